@@ -1,0 +1,28 @@
+// The `hostrun` command line: each command registers itself on the app.
+//
+// A command is registered only when what it does is real; there are no
+// placeholder commands.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <string>
+#include <vector>
+
+#include "plugin_loader.hpp"
+
+namespace hostrun::cli {
+
+// Options every command takes; commands write their exit status here.
+struct GlobalOptions {
+  std::vector<std::string> plugin_dirs;
+  std::string log_level = "warning";
+  int exit_code = 0;
+};
+
+// Applies --log-level and scans the plugin search path.
+core::PluginRegistry load_plugins(const GlobalOptions& options);
+
+void add_plugins_command(CLI::App& app, GlobalOptions& options);
+void add_manifest_command(CLI::App& app, GlobalOptions& options);
+
+}  // namespace hostrun::cli

@@ -1,0 +1,155 @@
+#include "plugin_loader.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <boost/dll/shared_library.hpp>
+#include <cstdlib>
+#include <system_error>
+
+namespace hostrun::core {
+
+namespace fs = std::filesystem;
+
+const RoleEntry* LoadedPlugin::role(Role r) const noexcept {
+  for (const auto& entry : roles)
+    if (entry.role == r) return &entry;
+  return nullptr;
+}
+
+fs::path executable_dir() {
+  std::error_code ec;
+  fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? fs::path() : exe.parent_path();
+}
+
+std::vector<fs::path> plugin_search_path(const std::vector<fs::path>& plugin_dirs) {
+  std::vector<fs::path> path(plugin_dirs.begin(), plugin_dirs.end());
+  if (const char* env = std::getenv("HOSTRUN_PLUGIN_PATH")) {
+    std::string_view rest = env;
+    while (!rest.empty()) {
+      size_t colon = rest.find(':');
+      std::string_view entry = rest.substr(0, colon);
+      if (!entry.empty()) path.emplace_back(entry);
+      if (colon == std::string_view::npos) break;
+      rest.remove_prefix(colon + 1);
+    }
+  }
+  if (fs::path exe = executable_dir(); !exe.empty())
+    path.push_back(exe.parent_path() / "lib" / "hostrun" / "plugins");
+  return path;
+}
+
+void PluginRegistry::scan(const std::vector<fs::path>& folders) {
+  for (const auto& folder : folders) {
+    std::error_code ec;
+    if (!fs::is_directory(folder, ec)) continue;
+    searched_.push_back(folder);
+    std::vector<fs::path> files;
+    for (const auto& item : fs::directory_iterator(folder, ec))
+      if (item.path().extension() == ".so" && item.is_regular_file(ec)) files.push_back(item.path());
+    // Directory order is arbitrary; a sorted scan makes shadowing predictable.
+    std::sort(files.begin(), files.end());
+    for (const auto& file : files) load_file(file);
+  }
+}
+
+void PluginRegistry::load_file(const fs::path& file) {
+  std::error_code ec;
+  fs::path canonical = fs::weakly_canonical(file, ec);
+  if (ec) canonical = file;
+  for (const auto& p : plugins_)
+    if (p.file == canonical) return;  // the same folder listed twice
+
+  auto refuse = [&](std::string reason) { refused_.push_back({canonical, std::move(reason)}); };
+
+  auto library = std::make_shared<boost::dll::shared_library>();
+  boost::dll::fs::error_code load_error;
+  // rtld_local keeps each plugin's symbols to itself, so two plugins may use
+  // different versions of a library without interposing on each other.
+  library->load(canonical, load_error, boost::dll::load_mode::rtld_lazy | boost::dll::load_mode::rtld_local);
+  if (load_error) return refuse(fmt::format("cannot be loaded: {}", load_error.message()));
+  if (!library->has(HOSTRUN_PLUGIN_ENTRY_SYMBOL))
+    return refuse("not a hostrun plugin: it exports no '" HOSTRUN_PLUGIN_ENTRY_SYMBOL "' symbol");
+
+  using EntryFn = const PluginDescriptor*() noexcept;
+  const PluginDescriptor* descriptor = library->get<EntryFn>(HOSTRUN_PLUGIN_ENTRY_SYMBOL)();
+  if (!descriptor) return refuse("its entry point returned no descriptor");
+
+  // The ABI version sits at offset 0 in every ABI; nothing else is read before it matches.
+  uint32_t abi = descriptor->abi_version;
+  if (abi != HOSTRUN_ABI_VERSION)
+    return refuse(fmt::format("built for plugin ABI version {}, but this hostrun has ABI version {}; rebuild "
+                              "the plugin against SDK {}",
+                              abi, HOSTRUN_ABI_VERSION, HOSTRUN_SDK_VERSION_STRING));
+  if (descriptor->struct_size < sizeof(PluginDescriptor))
+    return refuse(fmt::format("its descriptor is {} bytes, smaller than the {} this ABI defines",
+                              descriptor->struct_size, sizeof(PluginDescriptor)));
+  if (!descriptor->name || !*descriptor->name) return refuse("its descriptor has no name");
+  if (descriptor->role_count == 0 || !descriptor->roles) return refuse("its descriptor lists no roles");
+
+  LoadedPlugin plugin;
+  plugin.file = canonical;
+  plugin.name = descriptor->name;
+  plugin.version = descriptor->version ? descriptor->version : "";
+  plugin.description = descriptor->description ? descriptor->description : "";
+  plugin.sdk_version = descriptor->sdk_version ? descriptor->sdk_version : "";
+  plugin.roles.assign(descriptor->roles, descriptor->roles + descriptor->role_count);
+  for (const auto& entry : plugin.roles) {
+    if (!entry.create) return refuse(fmt::format("role '{}' has no factory", role_name(entry.role)));
+    for (uint32_t i = 0; i < entry.settings_count; ++i)
+      if (!entry.settings || !entry.settings[i].key)
+        return refuse(fmt::format("role '{}' declares a setting without a key", role_name(entry.role)));
+  }
+  if (const LoadedPlugin* earlier = find(plugin.name))
+    return refuse(fmt::format("plugin name '{}' is already taken by {}", plugin.name, earlier->file.string()));
+  plugin.library = std::move(library);
+  plugins_.push_back(std::move(plugin));
+}
+
+const LoadedPlugin* PluginRegistry::find(std::string_view name) const noexcept {
+  for (const auto& p : plugins_)
+    if (p.name == name) return &p;
+  return nullptr;
+}
+
+Result<std::shared_ptr<PluginObject>> PluginRegistry::create(std::string_view name, Role role,
+                                                             const Settings& settings, LogSink* log_sink,
+                                                             std::string_view instance_name) const {
+  const LoadedPlugin* plugin = find(name);
+  if (!plugin) {
+    std::string known;
+    for (const auto& p : plugins_) known += (known.empty() ? "" : ", ") + p.name;
+    return Status(ErrorCode::not_found,
+                  fmt::format("no plugin named '{}' was found (loaded: {})", name, known.empty() ? "none" : known));
+  }
+  const RoleEntry* entry = plugin->role(role);
+  if (!entry)
+    return Status(ErrorCode::invalid_argument, fmt::format("plugin '{}' ({}) has no '{}' role", plugin->name,
+                                                           plugin->file.string(), role_name(role)));
+  if (entry->probe) {
+    Status can_run = entry->probe();
+    if (!can_run.is_ok())
+      return Status(ErrorCode::unsupported, fmt::format("plugin '{}' ({}) cannot run here: {}", plugin->name,
+                                                        plugin->file.string(), can_run.message()));
+  }
+  std::string instance(instance_name.empty() ? role_name(role) : instance_name);
+  CreateContext context;
+  context.settings = &settings;
+  context.log_sink = log_sink;
+  context.instance_name = instance.c_str();
+  Status failure;
+  PluginObject* raw = entry->create(context, &failure);
+  if (!raw) {
+    if (failure.is_ok()) failure = Status(ErrorCode::internal, "the factory returned nothing and no error");
+    return Status(failure.code(), fmt::format("plugin '{}' ({}): {}", plugin->name, plugin->file.string(), failure.message()));
+  }
+  // The deleter runs the plugin's own destructor, then lets go of the library.
+  LibraryPin pin = plugin->library;
+  return std::shared_ptr<PluginObject>(raw, [pin](PluginObject* object) mutable {
+    delete object;
+    pin.reset();
+  });
+}
+
+}  // namespace hostrun::core

@@ -1,0 +1,116 @@
+// Role: Model — loads weights and runs one engine step on a batch of sequences
+// (prefill chunks and decode tokens mixed), returning sampled tokens.
+//
+// A vision encoder (LLaVA's CLIP ViT + projector) is a Model too, of kind
+// image_encoder: the engine asks it for embeddings and hands them to the text
+// model as EmbeddingSpans that replace the embeddings of placeholder tokens.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "hostrun/engine.hpp"
+#include "hostrun/exec.hpp"
+#include "hostrun/kv_cache.hpp"
+#include "hostrun/plugin_object.hpp"
+#include "hostrun/quantizer.hpp"
+#include "hostrun/status.hpp"
+#include "hostrun/tensor.hpp"
+#include "hostrun/weights.hpp"
+
+namespace hostrun {
+
+enum class ModelKind : uint8_t { causal_lm, image_encoder };
+
+struct ModelInfo {
+  ModelKind kind = ModelKind::causal_lm;
+  std::string architecture;  // "LlamaForCausalLM"
+  int32_t vocab_size = 0;
+  int32_t hidden_size = 0;
+  int32_t layers = 0;
+  int32_t q_heads = 0;
+  int32_t kv_heads = 0;
+  int32_t head_dim = 0;
+  int32_t max_positions = 0;
+  DType activation_dtype = DType::bf16;
+  Device device{};
+  size_t weight_bytes = 0;
+  std::vector<TokenId> eos_ids;  // from config.json / generation_config.json
+  std::optional<TokenId> bos_id;
+};
+
+struct LoadContext {
+  const WeightSource* weights = nullptr;
+  Device device{};
+  DType activation_dtype = DType::bf16;
+  Quantizer* quantizer = nullptr;       // null: the checkpoint's own dtype
+  KvCachePolicy* kv_policy = nullptr;   // null for an image encoder
+  int32_t tensor_parallel_rank = 0;
+  int32_t tensor_parallel_size = 1;
+};
+
+// Embeddings that replace a run of token embeddings (an image's features).
+struct EmbeddingSpan {
+  int32_t first_token = 0;  // index into the sequence's tokens of this step
+  TensorView values;        // [tokens, hidden_size] on the model's device
+};
+
+struct StepSequence {
+  int32_t query_start = 0;  // first of this sequence's tokens in StepInput::token_ids
+  int32_t query_len = 0;    // tokens computed this step (a prefill chunk, or 1 when decoding)
+  int32_t cached_len = 0;   // tokens already in the KV cache before this step
+  std::span<const int32_t> block_table;
+  bool sample = false;      // produce a token after the last query token
+  const SamplingParams* sampling = nullptr;
+  uint64_t rng_seed = 0;
+  uint32_t rng_offset = 0;  // tokens sampled so far, so a seeded request is reproducible
+  std::span<const TokenId> history;  // all ids so far, for repetition/presence penalties
+  std::span<const EmbeddingSpan> embeddings;
+  bool return_logits = false;  // copy this sequence's full-vocabulary logits to the host
+};
+
+struct StepInput {
+  std::span<const TokenId> token_ids;
+  std::span<const int32_t> positions;
+  std::span<const StepSequence> sequences;
+};
+
+struct StepOutput {
+  std::vector<TokenId> sampled;           // one per sequence with sample, in order
+  std::vector<TokenLogprob> logprobs;     // same order, when the sequence asked (top_logprobs >= 0)
+  std::vector<std::vector<float>> logits; // same order, when return_logits
+};
+
+struct MemoryReport {
+  size_t weight_bytes = 0;
+  size_t free_bytes = 0;   // device memory free now
+  size_t total_bytes = 0;
+};
+
+class Model : public PluginObject {
+ public:
+  virtual Status load(const LoadContext& context) noexcept = 0;
+  virtual ModelInfo info() const noexcept = 0;
+  virtual Result<MemoryReport> memory() const noexcept = 0;
+  // Makes the KV cache through the policy given at load (causal LMs only).
+  virtual Status allocate_kv_cache(int32_t num_blocks, int32_t block_tokens) noexcept = 0;
+  virtual Status step(const StepInput& input, StepOutput& output) noexcept = 0;
+  // Image encoders: one [tokens, hidden] tensor per image, owned by the model
+  // until the next call.
+  virtual Result<std::vector<TensorView>> encode_images(std::span<const ImageData> images) noexcept {
+    (void)images;
+    return Status(ErrorCode::unsupported, "this model does not encode images");
+  }
+  // Quantizer calibration: runs `tokens` and reports every linear layer's input.
+  virtual Status observe_linear_inputs(std::span<const TokenId> tokens,
+                                       CalibrationObserver& observer) noexcept {
+    (void)tokens;
+    (void)observer;
+    return Status(ErrorCode::unsupported, "this model does not support calibration");
+  }
+};
+
+}  // namespace hostrun

@@ -1,0 +1,22 @@
+// The SDK's two version numbers.
+//
+// HOSTRUN_SDK_VERSION_* follow semantic versioning of the headers as a product.
+// HOSTRUN_ABI_VERSION is the one number the host compares before it touches
+// anything else in a plugin library: it changes whenever a class layout, a
+// virtual table or the meaning of a descriptor field changes in a way an old
+// binary cannot survive. docs/plugin-guide.md says how the SDK grows without
+// bumping it (fields appended behind `struct_size`, new interfaces as new roles).
+#pragma once
+
+#define HOSTRUN_SDK_VERSION_MAJOR 0
+#define HOSTRUN_SDK_VERSION_MINOR 1
+#define HOSTRUN_SDK_VERSION_PATCH 0
+#define HOSTRUN_SDK_VERSION_STRING "0.1.0"
+
+// A test build may compile a plugin against another ABI number to prove the
+// host refuses it; nothing else should define this.
+#ifdef HOSTRUN_TEST_ABI_OVERRIDE
+#define HOSTRUN_ABI_VERSION HOSTRUN_TEST_ABI_OVERRIDE
+#else
+#define HOSTRUN_ABI_VERSION 1
+#endif

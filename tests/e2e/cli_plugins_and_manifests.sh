@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# `hostrun plugins` and `hostrun manifest check`, run as a user would.
+# Usage: cli_plugins_and_manifests.sh HOSTRUN TEST_PLUGIN_DIR DATA_DIR
+set -u
+hostrun=$1 plugin_dir=$2 data=$3
+work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+failures=0 passes=0
+expect() {  # expect NAME PATTERN FILE
+  if grep -qF -- "$2" "$3"; then echo "ok: $1"; passes=$((passes+1)); else echo "FAIL: $1: '$2' not in:"; cat "$3"; failures=$((failures+1)); fi
+}
+expect_status() {  # expect_status NAME WANT GOT
+  if [ "$2" = "$3" ]; then echo "ok: $1"; passes=$((passes+1)); else echo "FAIL: $1: exit status $3, expected $2"; failures=$((failures+1)); fi
+}
+
+"$hostrun" --help >"$work/help" 2>&1; expect_status "--help exits 0" 0 $?
+expect "--help lists plugins" "plugins" "$work/help"
+expect "--help lists manifest" "manifest" "$work/help"
+"$hostrun" manifest check --help >"$work/mhelp" 2>&1
+expect "manifest check --help names --set" "--set" "$work/mhelp"
+
+"$hostrun" plugins --plugin-dir "$plugin_dir" >"$work/plugins" 2>&1; expect_status "plugins exits 0" 0 $?
+expect "lists the fixture plugin" "fixture" "$work/plugins"
+expect "lists its roles" "tokenizer,frontend" "$work/plugins"
+expect "refuses the other ABI, naming both versions and the file" \
+  "hostrun_abi_mismatch.so: built for plugin ABI version 999, but this hostrun has ABI version 1" "$work/plugins"
+expect "refuses a library without the entry point" "hostrun_not_a_plugin.so: not a hostrun plugin" "$work/plugins"
+
+HOSTRUN_PLUGIN_PATH="$plugin_dir" "$hostrun" plugins --json >"$work/json" 2>&1
+expect "HOSTRUN_PLUGIN_PATH is searched" '"name": "fixture"' "$work/json"
+expect "--json lists settings" '"key": "budget"' "$work/json"
+
+"$hostrun" manifest check "$data/fixture_ok.toml" --plugin-dir "$plugin_dir" >"$work/ok" 2>&1
+expect_status "a good manifest passes" 0 $?
+expect "prints the wiring" "[tokenizer] tokenizer -> plugin 'fixture'" "$work/ok"
+expect "prints defaults" "add_bos = true    # default" "$work/ok"
+
+"$hostrun" manifest check "$data/fixture_typo.toml" --plugin-dir "$plugin_dir" >"$work/typo" 2>&1
+expect_status "a manifest with a typo fails" 1 $?
+expect "the typo is named with file, line and key" "fixture_typo.toml:6:1: unknown key 'bugdet' in [tokenizer]" "$work/typo"
+
+"$hostrun" manifest check "$data/fixture_ok.toml" --plugin-dir "$plugin_dir" --set tokenizer.budget=1000 >"$work/range" 2>&1
+expect_status "an override out of range fails" 1 $?
+expect "the override is named" "--set tokenizer.budget=1000: tokenizer.budget = 1000 is out of range [1, 100]" "$work/range"
+
+"$hostrun" frobnicate >"$work/unknown" 2>&1
+expect_status "an unknown command fails" 1 $(( $? != 0 ))
+expect "and says so" "frobnicate" "$work/unknown"
+
+echo "$passes passed, $failures failed"
+[ "$failures" -eq 0 ]

@@ -1,0 +1,73 @@
+// Test plugin: a Tokenizer role with one setting of every type, and a
+// Frontend role whose probe can decline. Built with the real SDK macro, so the
+// loader tests exercise exactly what a third party would ship.
+#include <cstdlib>
+#include <hostrun/sdk.hpp>
+
+namespace {
+
+using namespace hostrun;
+
+// Counts live objects so a test can see destructors run inside the library.
+int live_objects = 0;
+
+class FixtureTokenizer final : public Tokenizer {
+ public:
+  explicit FixtureTokenizer(const CreateContext& context)
+      : file_(context.settings->get_string("file")), scale_(context.settings->get_number("scale")) {
+    if (context.settings->get_int("fail_with") == 1) throw Error(ErrorCode::invalid_argument, "asked to fail");
+    if (context.settings->get_int("fail_with") == 2) throw 42;  // not even an exception type
+    ++live_objects;
+  }
+  ~FixtureTokenizer() override { --live_objects; }
+  Status encode(std::string_view text, const EncodeOptions&, std::vector<TokenId>& ids) const noexcept override {
+    ids.push_back(int32_t(text.size()));
+    ids.push_back(live_objects);
+    return {};
+  }
+  Status decode(std::span<const TokenId>, const DecodeOptions&, std::string& text) const noexcept override {
+    text += file_;
+    return {};
+  }
+  std::unique_ptr<IncrementalDecoder> incremental_decoder(const DecodeOptions&) const noexcept override {
+    return nullptr;
+  }
+  int32_t vocab_size() const noexcept override { return int32_t(scale_); }
+  std::optional<TokenId> token_to_id(std::string_view) const noexcept override { return std::nullopt; }
+  std::string id_to_token(TokenId) const noexcept override { return {}; }
+  bool is_special(TokenId) const noexcept override { return false; }
+  SpecialTokenIds special_tokens() const noexcept override { return {}; }
+
+ private:
+  std::string file_;
+  double scale_;
+};
+
+class FixtureFrontend final : public Frontend {
+ public:
+  explicit FixtureFrontend(const CreateContext&) {}
+  Status run(EngineHandle&) noexcept override { return {}; }
+  void stop() noexcept override {}
+};
+
+Status frontend_probe() noexcept {
+  if (std::getenv("HOSTRUN_TEST_DECLINE")) return {ErrorCode::unsupported, "no test device on this machine"};
+  return {};
+}
+
+const SettingSpec kTokenizerSettings[] = {
+    {"file", SettingType::string, "a file", true, nullptr, -1e300, 1e300, true},
+    {"add_bos", SettingType::boolean, "a flag", false, "true"},
+    {"budget", SettingType::integer, "an integer in 1..100", false, "10", 1, 100},
+    {"scale", SettingType::number, "a number", false, "0.5"},
+    {"stops", SettingType::string_list, "strings", false, "[]"},
+    {"fail_with", SettingType::integer, "0: succeed, 1: throw Error, 2: throw an int", false, "0"},
+};
+const RoleEntry kRoles[] = {
+    role_entry<Tokenizer, FixtureTokenizer>(kTokenizerSettings),
+    role_entry_without_settings<Frontend, FixtureFrontend>(&frontend_probe),
+};
+
+}  // namespace
+
+HOSTRUN_PLUGIN("fixture", "0.0.1", "Test fixture plugin", kRoles)

@@ -1,0 +1,119 @@
+#include <doctest/doctest.h>
+
+#include <cstdlib>
+
+#include "plugin_loader.hpp"
+
+using namespace hostrun;
+using namespace hostrun::core;
+
+namespace {
+
+const RefusedLibrary* refused_named(const PluginRegistry& registry, std::string_view file_part) {
+  for (const auto& r : registry.refused())
+    if (r.file.filename().string().find(file_part) != std::string::npos) return &r;
+  return nullptr;
+}
+
+Settings fixture_settings(int64_t fail_with = 0) {
+  Settings s;
+  s.set("file", std::string("vocab.txt"));
+  s.set("scale", 3.0);
+  s.set("fail_with", fail_with);
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("the loader finds plugins and refuses what is not one, saying why") {
+  PluginRegistry registry;
+  registry.scan({HOSTRUN_TEST_PLUGIN_DIR, "/nonexistent/folder"});
+  REQUIRE(registry.searched().size() == 1);
+
+  const LoadedPlugin* fixture = registry.find("fixture");
+  REQUIRE(fixture);
+  CHECK(fixture->version == "0.0.1");
+  CHECK(fixture->roles.size() == 2);
+  CHECK(fixture->role(Role::tokenizer) != nullptr);
+  CHECK(fixture->role(Role::model) == nullptr);
+
+  const RefusedLibrary* abi = refused_named(registry, "abi_mismatch");
+  REQUIRE(abi);
+  CHECK(abi->reason.find("built for plugin ABI version 999") != std::string::npos);
+  CHECK(abi->reason.find("this hostrun has ABI version " + std::to_string(HOSTRUN_ABI_VERSION)) != std::string::npos);
+
+  const RefusedLibrary* plain = refused_named(registry, "not_a_plugin");
+  REQUIRE(plain);
+  CHECK(plain->reason.find("exports no 'hostrun_plugin_entry' symbol") != std::string::npos);
+
+  const RefusedLibrary* garbage = refused_named(registry, "garbage");
+  REQUIRE(garbage);
+  CHECK(garbage->reason.find("cannot be loaded") != std::string::npos);
+}
+
+TEST_CASE("objects keep their library loaded and run their destructor inside it") {
+  PluginHandle<Tokenizer> tokenizer;
+  {
+    PluginRegistry registry;
+    registry.scan({HOSTRUN_TEST_PLUGIN_DIR});
+    auto made = registry.create<Tokenizer>("fixture", fixture_settings(), nullptr);
+    REQUIRE_MESSAGE(made.has_value(), made.status().message());
+    tokenizer = *made;
+    auto second = registry.create<Tokenizer>("fixture", fixture_settings(), nullptr);
+    REQUIRE(second.has_value());
+    std::vector<TokenId> ids;
+    REQUIRE(tokenizer->encode("abc", {}, ids).is_ok());
+    CHECK(ids == std::vector<TokenId>{3, 2});  // two live objects
+  }
+  // The registry is gone; the object's own pin keeps the code mapped.
+  std::vector<TokenId> ids;
+  REQUIRE(tokenizer->encode("abcd", {}, ids).is_ok());
+  CHECK(ids == std::vector<TokenId>{4, 1});
+  std::string text;
+  REQUIRE(tokenizer->decode({}, {}, text).is_ok());
+  CHECK(text == "vocab.txt");
+  CHECK(tokenizer->vocab_size() == 3);
+  tokenizer.reset();  // destructor runs, then the library may unload
+}
+
+TEST_CASE("factory failures come back as errors naming the plugin, never as exceptions") {
+  PluginRegistry registry;
+  registry.scan({HOSTRUN_TEST_PLUGIN_DIR});
+  auto thrown = registry.create<Tokenizer>("fixture", fixture_settings(1), nullptr);
+  REQUIRE_FALSE(thrown.has_value());
+  CHECK(thrown.status().code() == ErrorCode::invalid_argument);
+  CHECK(thrown.status().message().find("plugin 'fixture'") != std::string::npos);
+  CHECK(thrown.status().message().find("asked to fail") != std::string::npos);
+
+  auto odd = registry.create<Tokenizer>("fixture", fixture_settings(2), nullptr);
+  REQUIRE_FALSE(odd.has_value());
+  CHECK(odd.status().code() == ErrorCode::internal);
+
+  auto missing = registry.create<Tokenizer>("nope", fixture_settings(), nullptr);
+  CHECK(missing.status().code() == ErrorCode::not_found);
+  auto wrong_role = registry.create<Model>("fixture", fixture_settings(), nullptr);
+  CHECK(wrong_role.status().message().find("has no 'model' role") != std::string::npos);
+}
+
+TEST_CASE("a plugin that cannot run here declines through its probe") {
+  PluginRegistry registry;
+  registry.scan({HOSTRUN_TEST_PLUGIN_DIR});
+  ::setenv("HOSTRUN_TEST_DECLINE", "1", 1);
+  auto declined = registry.create<Frontend>("fixture", Settings(), nullptr);
+  ::unsetenv("HOSTRUN_TEST_DECLINE");
+  REQUIRE_FALSE(declined.has_value());
+  CHECK(declined.status().code() == ErrorCode::unsupported);
+  CHECK(declined.status().message().find("cannot run here: no test device on this machine") != std::string::npos);
+  CHECK(registry.create<Frontend>("fixture", Settings(), nullptr).has_value());
+}
+
+TEST_CASE("HOSTRUN_PLUGIN_PATH entries come after --plugin-dir and before the install folder") {
+  ::setenv("HOSTRUN_PLUGIN_PATH", "/a::/b", 1);
+  auto path = plugin_search_path({"/flag"});
+  ::unsetenv("HOSTRUN_PLUGIN_PATH");
+  REQUIRE(path.size() == 4);
+  CHECK(path[0] == "/flag");
+  CHECK(path[1] == "/a");
+  CHECK(path[2] == "/b");
+  CHECK(path[3].string().ends_with("lib/hostrun/plugins"));
+}
