@@ -82,9 +82,9 @@ void PluginRegistry::load_file(const fs::path& file) {
     return refuse(fmt::format("built for plugin ABI version {}, but this hostrun has ABI version {}; rebuild "
                               "the plugin against SDK {}",
                               abi, HOSTRUN_ABI_VERSION, HOSTRUN_SDK_VERSION_STRING));
-  if (descriptor->struct_size < sizeof(PluginDescriptor))
-    return refuse(fmt::format("its descriptor is {} bytes, smaller than the {} this ABI defines",
-                              descriptor->struct_size, sizeof(PluginDescriptor)));
+  if (descriptor->struct_size < kDescriptorBaseSize)
+    return refuse(fmt::format("its descriptor is {} bytes, smaller than the {} every ABI {} plugin has",
+                              descriptor->struct_size, kDescriptorBaseSize, HOSTRUN_ABI_VERSION));
   if (!descriptor->name || !*descriptor->name) return refuse("its descriptor has no name");
   if (descriptor->role_count == 0 || !descriptor->roles) return refuse("its descriptor lists no roles");
 

@@ -104,6 +104,9 @@ struct PluginDescriptor {
 
 static_assert(offsetof(PluginDescriptor, abi_version) == 0, "the ABI version must stay at offset 0");
 static_assert(offsetof(PluginDescriptor, struct_size) == 4, "the descriptor size must stay at offset 4");
+// The descriptor as ABI 1 first shipped it; fields appended later are read
+// only when a plugin's struct_size covers them.
+constexpr size_t kDescriptorBaseSize = offsetof(PluginDescriptor, role_count) + sizeof(uint32_t);
 
 // Calls `Impl(const CreateContext&)` and reports what it throws as a Status.
 template <typename Interface, typename Impl>
