@@ -43,7 +43,7 @@ TEST_CASE("a typo in a key names the file, line and key, and suggests the right 
   auto registry = fixture_registry();
   auto resolved = resolve_text("[tokenizer]\nplugin = \"fixture\"\nfile = \"x\"\nbugdet = 3\n", registry);
   REQUIRE_FALSE(resolved.has_value());
-  const std::string& message = resolved.status().message();
+  const std::string message = resolved.status().message();
   CHECK(message.find("m.toml:4:1") != std::string::npos);
   CHECK(message.find("unknown key 'bugdet'") != std::string::npos);
   CHECK(message.find("did you mean 'budget'") != std::string::npos);
@@ -56,7 +56,7 @@ TEST_CASE("wrong types, ranges, missing keys and unknown plugins are all reporte
       "[frontend]\nplugin = \"nonexistent\"\n[model]\nfile = \"m\"\n[wat]\nx = 1\n",
       registry);
   REQUIRE_FALSE(resolved.has_value());
-  const std::string& m = resolved.status().message();
+  const std::string m = resolved.status().message();
   CHECK(m.find("m.toml:3:1: 'tokenizer.add_bos' must be a boolean, found a string") != std::string::npos);
   CHECK(m.find("m.toml:4:1: tokenizer.budget = 500 is out of range") != std::string::npos);
   CHECK(m.find("m.toml:5:1: 'tokenizer.stops' must be a array of strings, found a array") != std::string::npos);
