@@ -1,0 +1,17 @@
+// Writing one step's new keys and values into their pages (paged_kv.hpp):
+//
+//   k_pages[slot_mapping[t]] = k[t]      v_pages[slot_mapping[t]] = v[t]
+//
+//   k, v  [num_tokens, kv_heads, head_dim] f32, rounded to the pool dtype
+#pragma once
+
+#include "ref/paged_kv.hpp"
+
+namespace hostrun::ref {
+
+// All slots are checked before anything is written: a slot < 0 or >=
+// num_blocks * block_tokens gives Status::slot_out_of_range and leaves the
+// pools untouched. Only step.slot_mapping and step.num_tokens() are used.
+Status write_kv(const KvCacheLayer& cache, const PagedKvStep& step, const float* k, const float* v);
+
+}  // namespace hostrun::ref
