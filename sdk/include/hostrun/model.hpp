@@ -68,6 +68,8 @@ struct StepSequence {
   uint64_t rng_seed = 0;
   uint32_t rng_offset = 0;  // tokens sampled so far, so a seeded request is reproducible
   std::span<const TokenId> history;  // all ids so far, for repetition/presence penalties
+  std::span<const TokenId> generated;  // the ids this request generated (a suffix of history)
+  std::span<const TokenId> suppressed;  // ids that must not be sampled now (eos before min_tokens)
   std::span<const EmbeddingSpan> embeddings;
   bool return_logits = false;  // copy this sequence's full-vocabulary logits to the host
 };

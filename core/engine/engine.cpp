@@ -1,0 +1,564 @@
+#include "engine/engine.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "engine/block_manager.hpp"
+
+namespace hostrun::core {
+
+struct Engine::Sequence {
+  uint64_t id = 0;
+  std::vector<TokenId> tokens;  // prompt, then generated
+  int32_t prompt_len = 0;
+  int32_t computed = 0;         // tokens whose K/V is in the cache
+  std::vector<int32_t> blocks;  // block table
+  std::vector<uint64_t> block_hashes;  // prefix hash of each published full block
+  SamplingParams sampling;
+  uint64_t seed = 0;
+  int32_t max_len = 0;          // tokens.size() at which generation stops (length)
+  StreamCallback callback;
+  std::unique_ptr<IncrementalDecoder> decoder;
+  std::string held_text;        // decoded but held back: it may begin a stop string
+  size_t longest_stop = 0;
+  bool text_closed = false;     // the decoder was flushed, or a stop string ended the text
+
+  int32_t generated() const { return int32_t(tokens.size()) - prompt_len; }
+};
+
+namespace {
+
+// splitmix64: seeds for requests that bring none.
+uint64_t next_seed(uint64_t& state) {
+  uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// Length of the longest prefix of `text` that ends on a UTF-8 character boundary.
+size_t utf8_safe_prefix(std::string_view text, size_t length) {
+  while (length > 0 && length < text.size() && (static_cast<unsigned char>(text[length]) & 0xC0) == 0x80) --length;
+  return length;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Engine>> Engine::start(EngineConfig config, EngineParts parts) {
+  if (!parts.model || !parts.kv_policy || !parts.tokenizer)
+    return Status(ErrorCode::invalid_argument, "the engine needs a model, a KV cache policy and a tokenizer");
+  ModelInfo info = parts.model->info();
+  if (config.session_len <= 0) config.session_len = info.max_positions;
+  if (config.session_len <= 1)
+    return Status(ErrorCode::invalid_argument, fmt::format("session length {} is too short", config.session_len));
+  if (config.cache_block_seq_len <= 0 || config.max_batch_size <= 0 || config.max_prefill_token_num <= 0)
+    return Status(ErrorCode::invalid_argument,
+                  "cache block length, max batch size and max prefill tokens must be positive");
+
+  KvShape shape{info.layers, info.kv_heads, info.head_dim, config.cache_block_seq_len};
+  size_t block_bytes = parts.kv_policy->bytes_per_block(shape);
+  int64_t num_blocks = config.num_kv_blocks;
+  if (num_blocks <= 0) {
+    if (config.cache_max_entry_count <= 0 || config.cache_max_entry_count > 1)
+      return Status(ErrorCode::invalid_argument,
+                    fmt::format("--cache-max-entry-count {} must be in (0, 1]", config.cache_max_entry_count));
+    int64_t free_bytes;
+    if (info.device.kind == DeviceKind::cpu) {
+      free_bytes = config.cpu_memory_budget_bytes;
+    } else {
+      auto memory = parts.model->memory();
+      if (!memory) return memory.status();
+      free_bytes = int64_t(memory->free_bytes);
+    }
+    num_blocks = int64_t(double(free_bytes) * config.cache_max_entry_count) / int64_t(std::max<size_t>(block_bytes, 1));
+    if (num_blocks < 1)
+      return Status(ErrorCode::out_of_memory,
+                    fmt::format("the KV cache does not fit: {} MiB free x cache-max-entry-count {} leaves less "
+                                "than one block of {} KiB ({} tokens x {} layers x {} KV heads x head dim {})",
+                                free_bytes >> 20, config.cache_max_entry_count, block_bytes >> 10,
+                                config.cache_block_seq_len, info.layers, info.kv_heads, info.head_dim));
+  }
+  if (num_blocks > INT32_MAX) num_blocks = INT32_MAX;
+  if (Status s = parts.model->allocate_kv_cache(int32_t(num_blocks), config.cache_block_seq_len); !s) return s;
+  return std::unique_ptr<Engine>(new Engine(std::move(config), std::move(parts), int32_t(num_blocks)));
+}
+
+Engine::Engine(EngineConfig config, EngineParts parts, int32_t num_blocks)
+    : config_(std::move(config)), parts_(std::move(parts)), log_(parts_.log_sink, "engine") {
+  model_info_ = parts_.model->info();
+  blocks_ = std::make_unique<BlockManager>(num_blocks, config_.cache_block_seq_len, config_.enable_prefix_caching);
+  seed_state_ = config_.seed ? config_.seed
+                             : uint64_t(std::chrono::steady_clock::now().time_since_epoch().count());
+  stop_ids_ = model_info_.eos_ids;
+  for (TokenId id : parts_.tokenizer->special_tokens().eos) stop_ids_.push_back(id);
+  for (TokenId id : parts_.extra_stop_ids) stop_ids_.push_back(id);
+  std::sort(stop_ids_.begin(), stop_ids_.end());
+  stop_ids_.erase(std::unique(stop_ids_.begin(), stop_ids_.end()), stop_ids_.end());
+  stats_.kv_blocks_total = num_blocks;
+  published_stats_ = stats_;
+  counters_.kv_blocks_total = uint32_t(num_blocks);
+  log_.info("KV cache: {} blocks of {} tokens; session length {}", num_blocks, config_.cache_block_seq_len,
+            config_.session_len);
+  thread_ = std::thread([this] { loop(); });
+}
+
+Engine::~Engine() {
+  {
+    std::lock_guard lock(inbox_mutex_);
+    stopping_ = true;
+  }
+  inbox_cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+Result<uint64_t> Engine::submit(GenerationRequest request, StreamCallback on_event) noexcept {
+  try {
+    auto seq = std::make_unique<Sequence>();
+    // Prompt ids from whatever the request carries.
+    if (auto* ids = std::get_if<std::vector<TokenId>>(&request.input)) {
+      seq->tokens = std::move(*ids);
+    } else if (auto* text = std::get_if<std::string>(&request.input)) {
+      // A raw prompt may spell special tokens (<|eot_id|>) on purpose, as in other OpenAI-style servers.
+      if (Status s = parts_.tokenizer->encode(*text, {.add_bos = std::nullopt, .parse_special = true}, seq->tokens); !s)
+        return s;
+    } else {
+      auto& messages = std::get<std::vector<ChatMessage>>(request.input);
+      if (!parts_.prompt_builder)
+        return Status(ErrorCode::unsupported, "this engine has no chat template; send a prompt instead");
+      auto ids = parts_.prompt_builder(messages);
+      if (!ids) return ids.status();
+      seq->tokens = std::move(*ids);
+    }
+    if (seq->tokens.empty()) return Status(ErrorCode::invalid_argument, "the prompt is empty");
+    for (TokenId id : seq->tokens)
+      if (id < 0 || id >= model_info_.vocab_size)
+        return Status(ErrorCode::invalid_argument,
+                      fmt::format("token id {} is outside the model's vocabulary of {}", id, model_info_.vocab_size));
+    seq->prompt_len = int32_t(seq->tokens.size());
+    if (seq->prompt_len >= config_.session_len)
+      return Status(ErrorCode::invalid_argument,
+                    fmt::format("the prompt has {} tokens; the session length is {}, which leaves no room to "
+                                "generate (raise --session-len or shorten the prompt)",
+                                seq->prompt_len, config_.session_len));
+    int64_t cache_tokens = int64_t(blocks_->num_blocks()) * config_.cache_block_seq_len;
+    if (seq->prompt_len + 1 > cache_tokens)
+      return Status(ErrorCode::resource_exhausted,
+                    fmt::format("the prompt has {} tokens but the whole KV cache holds {} ({} blocks of {}); "
+                                "raise --cache-max-entry-count",
+                                seq->prompt_len, cache_tokens, blocks_->num_blocks(), config_.cache_block_seq_len));
+    SamplingParams& sp = request.sampling;
+    if (sp.temperature < 0 || sp.top_p <= 0 || sp.top_p > 1 || sp.top_k < 0 || sp.min_p < 0 || sp.min_p > 1 ||
+        sp.repetition_penalty <= 0 || sp.min_tokens < 0)
+      return Status(ErrorCode::invalid_argument, "sampling parameters out of range");
+    seq->sampling = std::move(sp);
+    int64_t limit = config_.session_len;
+    if (seq->sampling.max_tokens >= 0) limit = std::min<int64_t>(limit, int64_t(seq->prompt_len) + seq->sampling.max_tokens);
+    seq->max_len = int32_t(limit);
+    seq->decoder = parts_.tokenizer->incremental_decoder({.skip_special_tokens = seq->sampling.skip_special_tokens});
+    if (!seq->decoder) return Status(ErrorCode::internal, "the tokenizer made no incremental decoder");
+    for (const auto& s : seq->sampling.stop) seq->longest_stop = std::max(seq->longest_stop, s.size());
+    seq->callback = std::move(on_event);
+
+    uint64_t id;
+    {
+      std::lock_guard lock(inbox_mutex_);
+      if (stopping_) return Status(ErrorCode::cancelled, "the engine is shutting down");
+      id = next_id_++;
+      seq->id = id;
+      seq->seed = seq->sampling.seed ? *seq->sampling.seed : next_seed(seed_state_);
+      ++counters_.requests_submitted;
+      counters_.prompt_tokens += uint64_t(seq->prompt_len);
+      inbox_.push_back(std::move(seq));
+    }
+    inbox_cv_.notify_all();
+    return id;
+  } catch (const std::bad_alloc&) {
+    return Status(ErrorCode::out_of_memory, "out of host memory while queueing the request");
+  } catch (const std::exception& e) {
+    return Status(ErrorCode::internal, e.what());
+  }
+}
+
+void Engine::cancel(uint64_t request_id) noexcept {
+  try {
+    {
+      std::lock_guard lock(inbox_mutex_);
+      cancel_inbox_.push_back(request_id);
+    }
+    inbox_cv_.notify_all();
+  } catch (...) {
+  }
+}
+
+EngineInfo Engine::info() const noexcept {
+  EngineInfo out;
+  try {
+    out.model_name = parts_.model_name;
+  } catch (...) {
+  }
+  out.session_len = config_.session_len;
+  out.remote = false;
+  return out;
+}
+
+EngineCounters Engine::counters() const noexcept {
+  std::lock_guard lock(inbox_mutex_);
+  return counters_;
+}
+
+EngineStats Engine::stats() const {
+  std::lock_guard lock(inbox_mutex_);
+  return published_stats_;
+}
+
+void Engine::wait_idle() {
+  std::unique_lock lock(inbox_mutex_);
+  idle_cv_.wait(lock, [&] { return inbox_.empty() && cancel_inbox_.empty() && counters_.running == 0 && counters_.waiting == 0; });
+}
+
+void Engine::loop() {
+  for (;;) {
+    {
+      std::unique_lock lock(inbox_mutex_);
+      inbox_cv_.wait(lock, [&] {
+        return stopping_ || !inbox_.empty() || !cancel_inbox_.empty() || !waiting_.empty() || !running_.empty();
+      });
+      if (stopping_) break;
+    }
+    take_inbox();
+    bool progressed = schedule_and_run();
+    {
+      std::lock_guard lock(inbox_mutex_);
+      counters_.running = uint32_t(running_.size());
+      counters_.waiting = uint32_t(waiting_.size() + inbox_.size());
+      counters_.kv_blocks_used = uint32_t(blocks_->held());
+      stats_.kv_blocks_held = blocks_->held();
+      published_stats_ = stats_;
+    }
+    idle_cv_.notify_all();
+    if (!progressed && !running_.empty()) {
+      // Cannot happen by construction (a lone sequence always gets a block or
+      // fails); guard against a spin if it ever does.
+      log_.error("no sequence could be scheduled; failing the running ones");
+      for (auto& seq : running_) finish(*seq, FinishReason::error, "the scheduler could not place this request");
+      running_.clear();
+    }
+  }
+  // Shutting down: every request still here ends, so no caller waits forever.
+  take_inbox();
+  for (auto& seq : running_) finish(*seq, FinishReason::cancelled);
+  for (auto& seq : waiting_) finish(*seq, FinishReason::cancelled);
+  running_.clear();
+  waiting_.clear();
+  {
+    std::lock_guard lock(inbox_mutex_);
+    counters_.running = counters_.waiting = 0;
+  }
+  idle_cv_.notify_all();
+}
+
+void Engine::take_inbox() {
+  std::vector<std::unique_ptr<Sequence>> arrived;
+  std::vector<uint64_t> cancelled;
+  {
+    std::lock_guard lock(inbox_mutex_);
+    arrived.swap(inbox_);
+    cancelled.swap(cancel_inbox_);
+  }
+  for (auto& seq : arrived) waiting_.push_back(std::move(seq));
+  if (cancelled.empty()) return;
+  auto is_cancelled = [&](const std::unique_ptr<Sequence>& seq) {
+    return std::find(cancelled.begin(), cancelled.end(), seq->id) != cancelled.end();
+  };
+  // Cancelled requests leave now, with their blocks, before anything is scheduled.
+  for (auto& seq : running_)
+    if (is_cancelled(seq)) finish(*seq, FinishReason::cancelled);
+  for (auto& seq : waiting_)
+    if (is_cancelled(seq)) finish(*seq, FinishReason::cancelled);
+  std::erase_if(running_, [](const auto& seq) { return seq->callback == nullptr; });
+  std::erase_if(waiting_, [](const auto& seq) { return seq->callback == nullptr; });
+}
+
+bool Engine::grow(Sequence& seq, int32_t tokens) {
+  int32_t needed = (tokens + config_.cache_block_seq_len - 1) / config_.cache_block_seq_len;
+  while (int32_t(seq.blocks.size()) < needed) {
+    auto block = blocks_->allocate();
+    if (!block) return false;
+    seq.blocks.push_back(*block);
+  }
+  return true;
+}
+
+void Engine::admit_prefix(Sequence& seq) {
+  // Reuse cached full blocks of the prompt, always leaving at least one token
+  // to compute so the step has logits to sample from.
+  const int32_t bt = config_.cache_block_seq_len;
+  int32_t reusable = (int32_t(seq.tokens.size()) - 1) / bt;
+  uint64_t hash = 0;
+  for (int32_t b = 0; b < reusable; ++b) {
+    std::span<const TokenId> block_tokens(seq.tokens.data() + size_t(b) * bt, size_t(bt));
+    hash = BlockManager::chain_hash(hash, block_tokens);
+    auto block = blocks_->acquire_cached(hash, block_tokens);
+    if (!block) break;
+    seq.blocks.push_back(*block);
+    seq.block_hashes.push_back(hash);
+  }
+  seq.computed = int32_t(seq.blocks.size()) * bt;
+  stats_.prefix_cache_hit_tokens += uint64_t(seq.computed);
+}
+
+void Engine::publish_full_blocks(Sequence& seq) {
+  if (!blocks_->prefix_caching()) return;
+  const int32_t bt = config_.cache_block_seq_len;
+  int32_t full = seq.computed / bt;
+  while (int32_t(seq.block_hashes.size()) < full) {
+    size_t b = seq.block_hashes.size();
+    std::span<const TokenId> block_tokens(seq.tokens.data() + b * size_t(bt), size_t(bt));
+    uint64_t hash = BlockManager::chain_hash(b ? seq.block_hashes[b - 1] : 0, block_tokens);
+    blocks_->publish(seq.blocks[b], hash, block_tokens);
+    seq.block_hashes.push_back(hash);
+  }
+}
+
+void Engine::preempt(Sequence& seq) {
+  // Recompute later from the start: prompt and generated tokens become the new
+  // prefill; the prefix cache (when on) usually gives most of it back.
+  blocks_->release_all(seq.blocks);
+  seq.block_hashes.clear();
+  seq.computed = 0;
+  ++stats_.preemptions;
+}
+
+bool Engine::schedule_and_run() {
+  struct Planned {
+    Sequence* seq;
+    int32_t query_len;
+  };
+  std::vector<Planned> plan;
+  int32_t prefill_budget = config_.max_prefill_token_num;
+  const uint64_t preemptions_before = stats_.preemptions;
+
+  // 1. Running sequences, oldest first; the newest give way when blocks run out.
+  for (size_t i = 0; i < running_.size();) {
+    Sequence& seq = *running_[i];
+    int32_t remaining = int32_t(seq.tokens.size()) - seq.computed;
+    bool decoding = remaining == 1;
+    int32_t want = decoding ? 1 : std::min(remaining, prefill_budget);
+    if (want <= 0) {
+      ++i;
+      continue;
+    }
+    bool placed = grow(seq, seq.computed + want);
+    while (!placed && running_.size() > i + 1) {
+      std::unique_ptr<Sequence> victim = std::move(running_.back());
+      running_.pop_back();
+      preempt(*victim);
+      waiting_.push_front(std::move(victim));
+      placed = grow(seq, seq.computed + want);
+    }
+    if (!placed) {
+      std::unique_ptr<Sequence> self = std::move(running_[i]);
+      running_.erase(running_.begin() + std::ptrdiff_t(i));
+      if (i == 0) {
+        // Alone in the cache and still no room: it can never finish.
+        finish(*self, FinishReason::error,
+               fmt::format("the KV cache ({} blocks of {} tokens) cannot hold this request's {} tokens",
+                           blocks_->num_blocks(), config_.cache_block_seq_len, self->computed + want));
+      } else {
+        preempt(*self);
+        waiting_.push_front(std::move(self));
+      }
+      break;  // it was the newest; nothing runs after it
+    }
+    if (!decoding) prefill_budget -= want;
+    plan.push_back({&seq, want});
+    ++i;
+  }
+
+  // 2. Admit waiting requests while there is room and prefill budget (not
+  // in a step that just preempted: the freed blocks are for the running ones).
+  while (stats_.preemptions == preemptions_before && !waiting_.empty() && int32_t(running_.size()) < config_.max_batch_size && prefill_budget > 0) {
+    Sequence& seq = *waiting_.front();
+    if (seq.blocks.empty()) admit_prefix(seq);
+    int32_t remaining = int32_t(seq.tokens.size()) - seq.computed;
+    int32_t capacity = (int32_t(seq.blocks.size()) + blocks_->available()) * config_.cache_block_seq_len - seq.computed;
+    int32_t want = std::min({remaining, prefill_budget, capacity});
+    if (want <= 0 || !grow(seq, seq.computed + want)) {
+      if (running_.empty() && plan.empty()) {
+        // Nothing else holds blocks; this can only be a lone oversize request.
+        finish(seq, FinishReason::error,
+               fmt::format("the KV cache ({} blocks of {} tokens) cannot hold this request",
+                           blocks_->num_blocks(), config_.cache_block_seq_len));
+        waiting_.pop_front();
+        continue;
+      }
+      // Give back the cached prefix so it does not pin blocks while waiting.
+      blocks_->release_all(seq.blocks);
+      seq.block_hashes.clear();
+      seq.computed = 0;
+      break;
+    }
+    prefill_budget -= want;
+    plan.push_back({&seq, want});
+    running_.push_back(std::move(waiting_.front()));
+    waiting_.pop_front();
+  }
+  if (plan.empty()) return false;
+
+  // 3. Lay the step out as the Model expects it.
+  std::vector<TokenId> token_ids;
+  std::vector<int32_t> positions;
+  std::vector<StepSequence> sequences;
+  // Stop ids may not be sampled before min_tokens; each sequence that needs it gets its list here.
+  std::vector<std::vector<TokenId>> suppressed;
+  suppressed.reserve(plan.size());
+  sequences.reserve(plan.size());
+  for (const auto& p : plan) {
+    Sequence& seq = *p.seq;
+    StepSequence s;
+    s.query_start = int32_t(token_ids.size());
+    s.query_len = p.query_len;
+    s.cached_len = seq.computed;
+    s.block_table = seq.blocks;
+    s.sample = seq.computed + p.query_len == int32_t(seq.tokens.size());
+    s.sampling = &seq.sampling;
+    s.rng_seed = seq.seed;
+    s.rng_offset = uint32_t(seq.generated());
+    s.history = seq.tokens;
+    s.generated = std::span<const TokenId>(seq.tokens).subspan(size_t(seq.prompt_len));
+    if (s.sample && seq.generated() < seq.sampling.min_tokens) {
+      auto& ids = suppressed.emplace_back(seq.sampling.stop_token_ids);
+      if (!seq.sampling.ignore_eos) ids.insert(ids.end(), stop_ids_.begin(), stop_ids_.end());
+      s.suppressed = ids;
+    }
+    for (int32_t t = 0; t < p.query_len; ++t) {
+      token_ids.push_back(seq.tokens[size_t(seq.computed + t)]);
+      positions.push_back(seq.computed + t);
+    }
+    sequences.push_back(s);
+  }
+  StepInput input{token_ids, positions, sequences};
+  StepOutput output;
+  Status stepped = parts_.model->step(input, output);
+  ++stats_.steps;
+  if (!stepped) {
+    log_.error("model step failed: {}", stepped.message());
+    for (const auto& p : plan) finish(*p.seq, FinishReason::error, stepped.message());
+    std::erase_if(running_, [](const auto& s) { return s->callback == nullptr; });
+    return true;
+  }
+
+  // 4. Account, sample, stop.
+  size_t sampled_index = 0;
+  for (const auto& p : plan) {
+    Sequence& seq = *p.seq;
+    bool prefill = int32_t(seq.tokens.size()) - seq.computed > 1 || seq.generated() == 0;
+    (prefill ? stats_.prefill_tokens_computed : stats_.decode_tokens_computed) += uint64_t(p.query_len);
+    seq.computed += p.query_len;
+    publish_full_blocks(seq);
+    if (seq.computed != int32_t(seq.tokens.size())) continue;  // more prefill to come
+    if (sampled_index >= output.sampled.size()) {
+      finish(seq, FinishReason::error, "the model returned fewer tokens than sequences that sample");
+      continue;
+    }
+    TokenLogprob* logprob = sampled_index < output.logprobs.size() ? &output.logprobs[sampled_index] : nullptr;
+    after_sample(seq, output.sampled[sampled_index], logprob);
+    ++sampled_index;
+  }
+  std::erase_if(running_, [](const auto& s) { return s->callback == nullptr; });
+  return true;
+}
+
+void Engine::after_sample(Sequence& seq, TokenId token, TokenLogprob* logprob) {
+  seq.tokens.push_back(token);
+  std::vector<TokenLogprob> logprobs;
+  if (logprob && seq.sampling.top_logprobs >= 0) logprobs.push_back(std::move(*logprob));
+  {
+    std::lock_guard lock(inbox_mutex_);
+    ++counters_.completion_tokens;
+  }
+  bool is_stop_id = std::binary_search(stop_ids_.begin(), stop_ids_.end(), token) ||
+                    std::find(seq.sampling.stop_token_ids.begin(), seq.sampling.stop_token_ids.end(), token) !=
+                        seq.sampling.stop_token_ids.end();
+  bool eos_allowed = !seq.sampling.ignore_eos || !std::binary_search(stop_ids_.begin(), stop_ids_.end(), token);
+  if (is_stop_id && eos_allowed && seq.generated() > seq.sampling.min_tokens - 1) {
+    // The stop token itself is not part of the text, as in OpenAI's API.
+    emit(seq, {}, {token}, std::move(logprobs));
+    finish(seq, FinishReason::stop);
+    return;
+  }
+  std::string piece;
+  if (Status s = seq.decoder->push(token, piece); !s) {
+    finish(seq, FinishReason::error, s.message());
+    return;
+  }
+  seq.held_text += piece;
+  bool at_length = int32_t(seq.tokens.size()) >= seq.max_len;
+  if (at_length) {
+    if (Status s = seq.decoder->finish(seq.held_text); !s) log_.warn("request {}: {}", seq.id, s.message());
+    seq.text_closed = true;
+  }
+
+  // Stop strings: the earliest match ends the text before it.
+  if (!seq.sampling.stop.empty() && seq.generated() >= seq.sampling.min_tokens) {
+    size_t best = std::string::npos;
+    for (const auto& stop : seq.sampling.stop)
+      if (!stop.empty()) best = std::min(best, seq.held_text.find(stop));
+    if (best != std::string::npos) {
+      emit(seq, seq.held_text.substr(0, best), {token}, std::move(logprobs));
+      seq.held_text.clear();
+      seq.text_closed = true;
+      finish(seq, FinishReason::stop);
+      return;
+    }
+  }
+  // Hold back what could still become the start of a stop string.
+  size_t keep = seq.longest_stop ? seq.longest_stop - 1 : 0;
+  size_t ready = seq.held_text.size() > keep ? seq.held_text.size() - keep : 0;
+  if (at_length) ready = seq.held_text.size();
+  ready = utf8_safe_prefix(seq.held_text, ready);
+  std::string text = seq.held_text.substr(0, ready);
+  seq.held_text.erase(0, ready);
+  emit(seq, std::move(text), {token}, std::move(logprobs));
+  if (at_length) finish(seq, FinishReason::length);
+}
+
+void Engine::emit(Sequence& seq, std::string text, std::vector<TokenId> ids, std::vector<TokenLogprob> logprobs) {
+  if (!seq.callback) return;
+  StreamEvent event;
+  event.request_id = seq.id;
+  event.text = std::move(text);
+  event.token_ids = std::move(ids);
+  event.logprobs = std::move(logprobs);
+  seq.callback(event);
+}
+
+void Engine::finish(Sequence& seq, FinishReason reason, std::string error) {
+  if (!seq.callback) return;
+  blocks_->release_all(seq.blocks);
+  seq.block_hashes.clear();
+  StreamEvent event;
+  event.request_id = seq.id;
+  // Whatever was held back (stop-string look-ahead, an unfinished UTF-8
+  // sequence) is final now.
+  if (!seq.text_closed && seq.decoder)
+    if (Status s = seq.decoder->finish(seq.held_text); !s) log_.warn("request {}: {}", seq.id, s.message());
+  seq.text_closed = true;
+  event.text = std::move(seq.held_text);
+  event.finish = reason;
+  event.error = std::move(error);
+  event.prompt_tokens = seq.prompt_len;
+  event.completion_tokens = std::max(seq.generated(), 0);
+  {
+    std::lock_guard lock(inbox_mutex_);
+    ++counters_.requests_finished;
+    if (reason == FinishReason::cancelled) ++counters_.requests_cancelled;
+  }
+  auto callback = std::move(seq.callback);
+  seq.callback = nullptr;  // marks the sequence finished; the loop drops it
+  callback(event);
+}
+
+}  // namespace hostrun::core

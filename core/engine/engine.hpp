@@ -1,0 +1,127 @@
+// The local engine: continuous batching over a paged KV cache.
+//
+// One thread runs the loop: take new requests and cancellations, schedule a
+// step (decode tokens of running sequences, then chunks of prefill under a
+// token budget, then new admissions), run Model::step, apply stop rules,
+// stream text. Everything device-specific is behind Model and KvCachePolicy.
+//
+// Invariants (tests/engine checks them):
+//  - a sequence's first `computed` tokens have K/V in the blocks of its block
+//    table, in order; nothing else is assumed about a block's contents;
+//  - memory pressure only delays: when a running sequence needs a block and
+//    none is free, the most recently admitted sequence is preempted (its blocks
+//    freed, its tokens recomputed later), so no request fails unless it alone
+//    needs more blocks than the cache holds;
+//  - a cancelled request's blocks are free before the next step is scheduled.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "hostrun/sdk.hpp"
+#include "plugin_loader.hpp"
+
+namespace hostrun::core {
+
+struct EngineConfig {
+  int32_t max_batch_size = 128;           // sequences in one step
+  int32_t max_prefill_token_num = 8192;   // prefill tokens in one step (chunked prefill)
+  int32_t session_len = 0;                // prompt + completion; 0: the model's max positions
+  int32_t cache_block_seq_len = 64;       // tokens per KV block
+  double cache_max_entry_count = 0.8;     // share of memory left after weights given to the KV cache
+  int64_t num_kv_blocks = 0;              // > 0: exactly this many blocks (overrides the share)
+  bool enable_prefix_caching = false;
+  // On the CPU there is no "free device memory"; the share applies to this budget.
+  int64_t cpu_memory_budget_bytes = int64_t(2) << 30;
+  uint64_t seed = 0;                      // seeds requests that bring none; 0: from the clock
+};
+
+// Host-side statistics the tests and /metrics read.
+struct EngineStats {
+  uint64_t steps = 0;
+  uint64_t prefill_tokens_computed = 0;  // prompt (and recomputed) tokens run through the model
+  uint64_t decode_tokens_computed = 0;
+  uint64_t prefix_cache_hit_tokens = 0;  // prompt tokens whose K/V came from the prefix cache
+  uint64_t preemptions = 0;
+  int32_t kv_blocks_total = 0;
+  int32_t kv_blocks_held = 0;
+};
+
+// Turns chat messages into prompt ids (chat template + tokenizer), wired by the host.
+using PromptBuilder = std::function<Result<std::vector<TokenId>>(const std::vector<ChatMessage>&)>;
+
+struct EngineParts {
+  PluginHandle<Model> model;  // loaded, with its KV policy
+  PluginHandle<KvCachePolicy> kv_policy;
+  PluginHandle<Tokenizer> tokenizer;
+  PromptBuilder prompt_builder;          // may be empty: chat requests are then refused
+  std::vector<TokenId> extra_stop_ids;   // e.g. the chat template's stop tokens
+  std::vector<std::string> extra_stop_strings;
+  std::string model_name;
+  LogSink* log_sink = nullptr;
+};
+
+class Engine final : public EngineHandle {
+ public:
+  // Sizes and allocates the KV cache, then starts the loop thread.
+  static Result<std::unique_ptr<Engine>> start(EngineConfig config, EngineParts parts);
+  ~Engine() override;
+
+  Result<uint64_t> submit(GenerationRequest request, StreamCallback on_event) noexcept override;
+  void cancel(uint64_t request_id) noexcept override;
+  EngineInfo info() const noexcept override;
+  EngineCounters counters() const noexcept override;
+  const Tokenizer* tokenizer() const noexcept override { return parts_.tokenizer.get(); }
+
+  EngineStats stats() const;
+  const EngineConfig& config() const noexcept { return config_; }
+  // Blocks until no request is waiting or running.
+  void wait_idle();
+
+ private:
+  struct Sequence;
+  Engine(EngineConfig config, EngineParts parts, int32_t num_blocks);
+  void loop();
+  void take_inbox();
+  bool schedule_and_run();
+  void finish(Sequence& seq, FinishReason reason, std::string error = {});
+  void emit(Sequence& seq, std::string text, std::vector<TokenId> ids, std::vector<TokenLogprob> logprobs);
+  bool grow(Sequence& seq, int32_t tokens);
+  void admit_prefix(Sequence& seq);
+  void publish_full_blocks(Sequence& seq);
+  void preempt(Sequence& seq);
+  void after_sample(Sequence& seq, TokenId token, TokenLogprob* logprob);
+
+  EngineConfig config_;
+  EngineParts parts_;
+  ModelInfo model_info_;
+  Logger log_;
+
+  // Shared with submitters.
+  mutable std::mutex inbox_mutex_;
+  std::condition_variable inbox_cv_;
+  std::condition_variable idle_cv_;
+  std::vector<std::unique_ptr<Sequence>> inbox_;
+  std::vector<uint64_t> cancel_inbox_;
+  bool stopping_ = false;
+  uint64_t next_id_ = 1;
+  EngineCounters counters_;
+  EngineStats published_stats_;  // a copy of stats_ made after each step
+  uint64_t seed_state_;
+
+  // Owned by the loop thread.
+  std::unique_ptr<class BlockManager> blocks_;
+  std::deque<std::unique_ptr<Sequence>> waiting_;
+  std::vector<std::unique_ptr<Sequence>> running_;  // in admission order
+  std::vector<TokenId> stop_ids_;                    // model eos + template stop tokens
+  EngineStats stats_;
+  std::thread thread_;
+};
+
+}  // namespace hostrun::core

@@ -1,0 +1,464 @@
+// The engine against a model whose every answer depends on what it reads
+// back from the paged KV cache.
+//
+// PagedEchoModel writes each computed token into its slot (block table ->
+// block, offset) and samples next = f(all tokens read back through the block
+// table). A scheduler bug — a wrong block, a stale prefix-cache block, a
+// position off by one, a lost chunk — changes the tokens, so comparing with
+// `expected_run` (the same rule applied to a plain vector) checks the
+// scheduler, the block manager, preemption and prefix caching end to end.
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <future>
+#include <map>
+#include <random>
+
+#include "engine/block_manager.hpp"
+#include "engine/engine.hpp"
+
+using namespace hostrun;
+using namespace hostrun::core;
+
+namespace {
+
+constexpr TokenId kEos = 999;
+constexpr int32_t kVocab = 1000;
+
+// The next token after `context`: eos sometimes, else 1..996.
+TokenId next_token(std::span<const TokenId> context, uint64_t seed, uint32_t offset, bool random) {
+  uint64_t h = 0;
+  for (size_t i = 0; i < context.size(); ++i) h = h * 1000003u + uint64_t(context[i]) * (i + 1);
+  if (random) h ^= (seed + 0x9e37u * offset) * 0xbf58476d1ce4e5b9ull;
+  if (h % 41 == 0) return kEos;
+  return TokenId(1 + h % 996);
+}
+
+class PagedEchoModel final : public Model {
+ public:
+  Status load(const LoadContext&) noexcept override { return {}; }
+  ModelInfo info() const noexcept override {
+    ModelInfo m;
+    m.vocab_size = kVocab;
+    m.layers = 1;
+    m.kv_heads = 1;
+    m.head_dim = 1;
+    m.max_positions = 100000;
+    m.eos_ids = {kEos};
+    m.device = {DeviceKind::cpu, 0};
+    return m;
+  }
+  Result<MemoryReport> memory() const noexcept override { return MemoryReport{}; }
+  Status allocate_kv_cache(int32_t num_blocks, int32_t block_tokens) noexcept override {
+    block_tokens_ = block_tokens;
+    slots_.assign(size_t(num_blocks) * size_t(block_tokens), -1);
+    return {};
+  }
+  Status step(const StepInput& input, StepOutput& output) noexcept override {
+    ++steps;
+    max_batch = std::max(max_batch, input.sequences.size());
+    for (const StepSequence& s : input.sequences) {
+      for (int32_t j = 0; j < s.query_len; ++j) {
+        int32_t position = s.cached_len + j;
+        if (input.positions[size_t(s.query_start + j)] != position) return {ErrorCode::internal, "wrong position"};
+        int32_t block = s.block_table[size_t(position / block_tokens_)];
+        slots_[size_t(block * block_tokens_ + position % block_tokens_)] = input.token_ids[size_t(s.query_start + j)];
+      }
+      if (!s.sample) continue;
+      std::vector<TokenId> context;
+      for (int32_t p = 0; p < s.cached_len + s.query_len; ++p) {
+        int32_t block = s.block_table[size_t(p / block_tokens_)];
+        context.push_back(slots_[size_t(block * block_tokens_ + p % block_tokens_)]);
+      }
+      bool random = s.sampling->temperature > 0;
+      TokenId next = next_token(context, s.rng_seed, s.rng_offset, random);
+      while (std::find(s.suppressed.begin(), s.suppressed.end(), next) != s.suppressed.end()) next = next % 996 + 1;
+      output.sampled.push_back(next);
+    }
+    return {};
+  }
+  size_t steps = 0;
+  size_t max_batch = 0;
+
+ private:
+  int32_t block_tokens_ = 1;
+  std::vector<TokenId> slots_;
+};
+
+class FixedBytesPolicy final : public KvCachePolicy {
+ public:
+  KvFormat format() const noexcept override { return {"test", 0, 16}; }
+  size_t bytes_per_block(const KvShape& shape) const noexcept override { return size_t(shape.block_tokens) * 4; }
+  Result<std::unique_ptr<KvCache>> allocate(const KvShape&, int32_t, Device) noexcept override {
+    return Status(ErrorCode::unsupported, "the test model keeps its own cache");
+  }
+  Status write(KvCache&, int32_t, const TensorView&, const TensorView&, const PagedKvBatch&,
+               const ExecContext&) noexcept override {
+    return {ErrorCode::unsupported, ""};
+  }
+  Status attend(const KvCache&, int32_t, const TensorView&, const PagedKvBatch&, float, const TensorView&,
+                const ExecContext&) noexcept override {
+    return {ErrorCode::unsupported, ""};
+  }
+};
+
+// One letter per id; eos has no text.
+class LetterTokenizer final : public Tokenizer {
+ public:
+  Status encode(std::string_view text, const EncodeOptions&, std::vector<TokenId>& ids) const noexcept override {
+    for (char c : text) ids.push_back(TokenId(c));
+    return {};
+  }
+  static std::string letter(TokenId id) { return id == kEos ? "" : std::string(1, char('a' + id % 26)); }
+  Status decode(std::span<const TokenId> ids, const DecodeOptions&, std::string& text) const noexcept override {
+    for (TokenId id : ids) text += letter(id);
+    return {};
+  }
+  class Stream final : public IncrementalDecoder {
+   public:
+    Status push(TokenId id, std::string& piece) noexcept override {
+      piece += letter(id);
+      return {};
+    }
+    Status finish(std::string&) noexcept override { return {}; }
+  };
+  std::unique_ptr<IncrementalDecoder> incremental_decoder(const DecodeOptions&) const noexcept override {
+    return std::make_unique<Stream>();
+  }
+  int32_t vocab_size() const noexcept override { return kVocab; }
+  std::optional<TokenId> token_to_id(std::string_view) const noexcept override { return std::nullopt; }
+  std::string id_to_token(TokenId id) const noexcept override { return letter(id); }
+  bool is_special(TokenId id) const noexcept override { return id == kEos; }
+  SpecialTokenIds special_tokens() const noexcept override { return {std::nullopt, {kEos}, std::nullopt}; }
+};
+
+struct Outcome {
+  std::vector<TokenId> generated;
+  std::string text;
+  FinishReason finish = FinishReason::none;
+  std::string error;
+  int32_t prompt_tokens = 0;
+  int32_t completion_tokens = 0;
+};
+
+// What a request must produce, computed without the engine.
+Outcome expected_run(const std::vector<TokenId>& prompt, const SamplingParams& sp, int32_t session_len, uint64_t seed) {
+  Outcome out;
+  std::vector<TokenId> tokens = prompt;
+  int32_t limit = sp.max_tokens >= 0 ? std::min<int32_t>(session_len, int32_t(prompt.size()) + sp.max_tokens) : session_len;
+  for (;;) {
+    TokenId next = next_token(tokens, seed, uint32_t(out.generated.size()), sp.temperature > 0);
+    if (int32_t(out.generated.size()) < sp.min_tokens && !sp.ignore_eos)
+      while (next == kEos) next = next % 996 + 1;
+    tokens.push_back(next);
+    out.generated.push_back(next);
+    if (next == kEos && !sp.ignore_eos) {
+      out.finish = FinishReason::stop;
+      break;
+    }
+    out.text += LetterTokenizer::letter(next);
+    if (int32_t(tokens.size()) >= limit) {
+      out.finish = FinishReason::length;
+      break;
+    }
+  }
+  out.prompt_tokens = int32_t(prompt.size());
+  out.completion_tokens = int32_t(out.generated.size());
+  return out;
+}
+
+struct Harness {
+  std::shared_ptr<PagedEchoModel> model = std::make_shared<PagedEchoModel>();
+  std::unique_ptr<Engine> engine;
+
+  explicit Harness(EngineConfig config) {
+    EngineParts parts;
+    parts.model = model;
+    parts.kv_policy = std::make_shared<FixedBytesPolicy>();
+    parts.tokenizer = std::make_shared<LetterTokenizer>();
+    parts.model_name = "echo";
+    auto started = Engine::start(config, std::move(parts));
+    REQUIRE_MESSAGE(started.has_value(), started.status().message());
+    engine = std::move(started.value());
+  }
+
+  // Submits and returns a future of the outcome, collecting streamed pieces.
+  std::future<Outcome> run(std::vector<TokenId> prompt, SamplingParams sp, uint64_t* id_out = nullptr) {
+    auto promise = std::make_shared<std::promise<Outcome>>();
+    auto outcome = std::make_shared<Outcome>();
+    GenerationRequest request;
+    request.input = std::move(prompt);
+    request.sampling = std::move(sp);
+    auto id = engine->submit(std::move(request), [promise, outcome](const StreamEvent& e) {
+      outcome->text += e.text;
+      outcome->generated.insert(outcome->generated.end(), e.token_ids.begin(), e.token_ids.end());
+      if (e.finish != FinishReason::none) {
+        outcome->finish = e.finish;
+        outcome->error = e.error;
+        outcome->prompt_tokens = e.prompt_tokens;
+        outcome->completion_tokens = e.completion_tokens;
+        promise->set_value(*outcome);
+      }
+    });
+    REQUIRE_MESSAGE(id.has_value(), id.status().message());
+    if (id_out) *id_out = *id;
+    return promise->get_future();
+  }
+};
+
+std::vector<TokenId> random_prompt(std::mt19937& rng, int32_t length) {
+  std::uniform_int_distribution<TokenId> token(1, 996);
+  std::vector<TokenId> p(static_cast<size_t>(length));
+  for (auto& t : p) t = token(rng);
+  return p;
+}
+
+SamplingParams greedy(int32_t max_tokens) {
+  SamplingParams sp;
+  sp.temperature = 0;
+  sp.max_tokens = max_tokens;
+  return sp;
+}
+
+void check_same(const Outcome& got, const Outcome& want) {
+  CHECK(got.finish == want.finish);
+  CHECK(got.generated == want.generated);
+  CHECK(got.text == want.text);
+  CHECK(got.completion_tokens == want.completion_tokens);
+  CHECK(got.prompt_tokens == want.prompt_tokens);
+}
+
+// 64 requests of different lengths at once, each compared with its run alone.
+void run_many(EngineConfig config, uint64_t seed, bool expect_preemption) {
+  Harness h(config);
+  std::mt19937 rng{static_cast<uint32_t>(seed)};
+  std::vector<std::vector<TokenId>> prompts;
+  std::vector<SamplingParams> params;
+  std::vector<std::future<Outcome>> futures;
+  for (int i = 0; i < 64; ++i) {
+    prompts.push_back(random_prompt(rng, 1 + int32_t(rng() % 300)));
+    SamplingParams sp = greedy(1 + int32_t(rng() % 60));
+    sp.ignore_eos = i % 3 == 0;
+    sp.min_tokens = i % 5 == 0 ? 10 : 0;
+    params.push_back(sp);
+    futures.push_back(h.run(prompts.back(), sp));
+  }
+  for (int i = 0; i < 64; ++i) {
+    CAPTURE(i);
+    check_same(futures[size_t(i)].get(), expected_run(prompts[size_t(i)], params[size_t(i)], config.session_len, 0));
+  }
+  h.engine->wait_idle();
+  EngineStats stats = h.engine->stats();
+  CHECK(stats.kv_blocks_held == 0);
+  if (expect_preemption) CHECK(stats.preemptions > 0);
+  CHECK(h.model->max_batch <= size_t(config.max_batch_size));
+}
+
+}  // namespace
+
+TEST_CASE("block manager: allocation, sharing and eviction of cached blocks") {
+  BlockManager bm(3, 4, true);
+  auto a = bm.allocate(), b = bm.allocate(), c = bm.allocate();
+  REQUIRE((a && b && c));
+  CHECK_FALSE(bm.allocate().has_value());
+  std::vector<int32_t> tokens{1, 2, 3, 4};
+  uint64_t h = BlockManager::chain_hash(0, tokens);
+  bm.publish(*a, h, tokens);
+  bm.release(*a);
+  CHECK(bm.available() == 1);  // cached but unheld: evictable
+  auto again = bm.acquire_cached(h, tokens);
+  REQUIRE(again.has_value());
+  CHECK(*again == *a);
+  CHECK_FALSE(bm.acquire_cached(h, std::vector<int32_t>{1, 2, 3, 5}).has_value());  // a collision is not a hit
+  bm.release(*a);
+  bm.release(*b);
+  auto d = bm.allocate();  // the never-cached block goes first
+  CHECK(*d == *b);
+  auto e = bm.allocate();  // then the cached one is evicted and forgotten
+  CHECK(*e == *a);
+  CHECK_FALSE(bm.acquire_cached(h, tokens).has_value());
+}
+
+TEST_CASE("one request alone gives the expected tokens and usage") {
+  EngineConfig config;
+  config.session_len = 4096;
+  config.num_kv_blocks = 64;
+  config.cache_block_seq_len = 16;
+  Harness h(config);
+  std::vector<TokenId> prompt{5, 6, 7, 8, 9};
+  Outcome got = h.run(prompt, greedy(30)).get();
+  check_same(got, expected_run(prompt, greedy(30), config.session_len, 0));
+}
+
+TEST_CASE("batch invariance: 64 concurrent requests equal their runs alone (chunked prefill)") {
+  EngineConfig config;
+  config.session_len = 4096;
+  config.num_kv_blocks = 2000;
+  config.cache_block_seq_len = 16;
+  config.max_prefill_token_num = 100;  // forces prompts into chunks, mixed with decodes
+  config.max_batch_size = 24;
+  run_many(config, 11, false);
+}
+
+TEST_CASE("a KV budget for only a few sequences: all 64 finish with the same tokens, by preemption") {
+  EngineConfig config;
+  config.session_len = 4096;
+  config.num_kv_blocks = 40;  // 640 tokens: about two of the longest requests
+  config.cache_block_seq_len = 16;
+  config.max_prefill_token_num = 256;
+  run_many(config, 12, true);
+}
+
+TEST_CASE("the same under preemption with prefix caching on") {
+  EngineConfig config;
+  config.session_len = 4096;
+  config.num_kv_blocks = 40;
+  config.cache_block_seq_len = 16;
+  config.enable_prefix_caching = true;
+  run_many(config, 13, true);
+}
+
+TEST_CASE("prefix caching: a shared prefix is prefilled once") {
+  EngineConfig config;
+  config.session_len = 4096;
+  config.num_kv_blocks = 200;
+  config.cache_block_seq_len = 16;
+  config.enable_prefix_caching = true;
+  Harness h(config);
+  std::mt19937 rng(5);
+  std::vector<TokenId> shared = random_prompt(rng, 200);
+  std::vector<TokenId> first = shared, second = shared;
+  first.push_back(3);
+  second.insert(second.end(), {4, 5, 6});
+  check_same(h.run(first, greedy(8)).get(), expected_run(first, greedy(8), 4096, 0));
+  h.engine->wait_idle();
+  EngineStats before = h.engine->stats();
+  check_same(h.run(second, greedy(8)).get(), expected_run(second, greedy(8), 4096, 0));
+  h.engine->wait_idle();
+  EngineStats after = h.engine->stats();
+  // 12 full blocks (192 tokens) of the shared 200 come from the cache; only 203 - 192 are computed.
+  CHECK(after.prefix_cache_hit_tokens - before.prefix_cache_hit_tokens == 192);
+  CHECK(after.prefill_tokens_computed - before.prefill_tokens_computed == 203 - 192);
+}
+
+TEST_CASE("cancelling a running request frees all its blocks") {
+  EngineConfig config;
+  config.session_len = 100000;
+  config.num_kv_blocks = 500;
+  config.cache_block_seq_len = 16;
+  Harness h(config);
+  std::mt19937 rng(7);
+  SamplingParams sp = greedy(-1);
+  sp.ignore_eos = true;
+  uint64_t id = 0;
+  auto running = h.run(random_prompt(rng, 100), sp, &id);
+  while (h.engine->counters().completion_tokens < 50) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  CHECK(h.engine->stats().kv_blocks_held > 0);
+  h.engine->cancel(id);
+  Outcome got = running.get();
+  CHECK(got.finish == FinishReason::cancelled);
+  h.engine->wait_idle();
+  CHECK(h.engine->stats().kv_blocks_held == 0);
+  CHECK(h.engine->counters().requests_cancelled == 1);
+}
+
+TEST_CASE("session length: a prompt over it is refused, generation reaching it ends with length") {
+  EngineConfig config;
+  config.session_len = 64;
+  config.num_kv_blocks = 100;
+  config.cache_block_seq_len = 16;
+  Harness h(config);
+  GenerationRequest too_long;
+  too_long.input = std::vector<TokenId>(64, 7);
+  auto refused = h.engine->submit(too_long, [](const StreamEvent&) {});
+  REQUIRE_FALSE(refused.has_value());
+  CHECK(refused.status().message().find("session length is 64") != std::string::npos);
+
+  SamplingParams sp = greedy(-1);
+  sp.ignore_eos = true;
+  std::vector<TokenId> prompt(50, 9);
+  Outcome got = h.run(prompt, sp).get();
+  CHECK(got.finish == FinishReason::length);
+  CHECK(got.completion_tokens == 14);
+  check_same(got, expected_run(prompt, sp, 64, 0));
+}
+
+TEST_CASE("stop strings end the text before them; stop ids and min_tokens") {
+  EngineConfig config;
+  config.session_len = 4096;
+  config.num_kv_blocks = 100;
+  config.cache_block_seq_len = 16;
+  Harness h(config);
+  std::vector<TokenId> prompt{1, 2, 3};
+  SamplingParams sp = greedy(40);
+  sp.ignore_eos = true;
+  Outcome reference = expected_run(prompt, sp, 4096, 0);
+  REQUIRE(reference.text.size() >= 20);
+  std::string stop = reference.text.substr(12, 3);
+  size_t cut = reference.text.find(stop);
+  sp.stop = {stop, "not-present"};
+  Outcome got = h.run(prompt, sp).get();
+  CHECK(got.finish == FinishReason::stop);
+  CHECK(got.text == reference.text.substr(0, cut));
+
+  SamplingParams by_id = greedy(40);
+  by_id.ignore_eos = true;
+  by_id.stop_token_ids = {reference.generated[5]};
+  size_t first = size_t(std::find(reference.generated.begin(), reference.generated.end(), reference.generated[5]) -
+                        reference.generated.begin());
+  Outcome stopped = h.run(prompt, by_id).get();
+  CHECK(stopped.finish == FinishReason::stop);
+  CHECK(stopped.completion_tokens == int32_t(first + 1));
+  std::string before_stop;
+  for (size_t i = 0; i < first; ++i) before_stop += LetterTokenizer::letter(reference.generated[i]);
+  CHECK(stopped.text == before_stop);
+}
+
+TEST_CASE("seeded sampling is reproducible and differs across seeds") {
+  EngineConfig config;
+  config.session_len = 4096;
+  config.num_kv_blocks = 100;
+  config.cache_block_seq_len = 16;
+  Harness h(config);
+  SamplingParams sp;
+  sp.temperature = 0.8f;
+  sp.max_tokens = 20;
+  sp.ignore_eos = true;
+  sp.seed = 42;
+  std::vector<TokenId> prompt{4, 4, 4};
+  Outcome a = h.run(prompt, sp).get(), b = h.run(prompt, sp).get();
+  CHECK(a.generated == b.generated);
+  check_same(a, expected_run(prompt, sp, 4096, 42));
+  sp.seed = 43;
+  CHECK(h.run(prompt, sp).get().generated != a.generated);
+}
+
+TEST_CASE("bad requests are refused at submit") {
+  EngineConfig config;
+  config.session_len = 4096;
+  config.num_kv_blocks = 4;
+  config.cache_block_seq_len = 16;
+  Harness h(config);
+  GenerationRequest empty;
+  empty.input = std::vector<TokenId>{};
+  CHECK_FALSE(h.engine->submit(empty, [](const StreamEvent&) {}).has_value());
+  GenerationRequest outside;
+  outside.input = std::vector<TokenId>{1, kVocab};
+  CHECK(h.engine->submit(outside, [](const StreamEvent&) {}).status().message().find("outside the model's vocabulary") !=
+        std::string::npos);
+  GenerationRequest huge;
+  huge.input = std::vector<TokenId>(100, 3);  // more than 4 blocks of 16
+  CHECK(h.engine->submit(huge, [](const StreamEvent&) {}).status().code() == ErrorCode::resource_exhausted);
+  GenerationRequest chat;
+  chat.input = std::vector<ChatMessage>{{"user", "hi", {}}};
+  CHECK(h.engine->submit(chat, [](const StreamEvent&) {}).status().code() == ErrorCode::unsupported);
+
+  // A request that fits as a prompt but not with its generation fails alone, clearly.
+  SamplingParams sp = greedy(-1);
+  sp.ignore_eos = true;
+  Outcome got = h.run(std::vector<TokenId>(60, 3), sp).get();
+  CHECK(got.finish == FinishReason::error);
+  CHECK(got.error.find("cannot hold this request") != std::string::npos);
+  h.engine->wait_idle();
+  CHECK(h.engine->stats().kv_blocks_held == 0);
+}
