@@ -1,0 +1,103 @@
+// config.json and generation_config.json of a Llama checkpoint
+// (LlamaForCausalLM), as typed structs.
+//
+// Parsing fills defaults the way HF transformers does and validates what the
+// model code will rely on; every error names the file and the key.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "hostrun/status.hpp"
+#include "hostrun/tensor.hpp"
+
+namespace hostrun::checkpoint {
+
+// rope_scaling {"rope_type": "llama3", ...} (Llama 3.1 and later): long
+// wavelengths are divided by `factor`, short ones kept, and the band between
+// low_freq_factor and high_freq_factor interpolated.
+struct Llama3RopeScaling {
+  double factor = 8.0;
+  double low_freq_factor = 1.0;
+  double high_freq_factor = 4.0;
+  int64_t original_max_position_embeddings = 8192;
+  friend bool operator==(const Llama3RopeScaling&, const Llama3RopeScaling&) = default;
+};
+
+struct LlamaConfig {
+  std::vector<std::string> architectures{"LlamaForCausalLM"};
+  std::string model_type = "llama";
+  int64_t hidden_size = 0;
+  int64_t intermediate_size = 0;
+  int64_t num_hidden_layers = 0;
+  int64_t num_attention_heads = 0;
+  int64_t num_key_value_heads = 0;  // parsing fills num_attention_heads when absent
+  int64_t head_dim = 0;             // parsing fills hidden_size / num_attention_heads when absent
+  int64_t vocab_size = 0;
+  int64_t max_position_embeddings = 2048;
+  double rope_theta = 10000.0;
+  std::optional<Llama3RopeScaling> rope_scaling;
+  double rms_norm_eps = 1e-6;
+  bool tie_word_embeddings = false;
+  bool attention_bias = false;  // q/k/v/o_proj carry a .bias
+  bool mlp_bias = false;        // gate/up/down_proj carry a .bias
+  std::string hidden_act = "silu";
+  std::optional<int64_t> bos_token_id;
+  std::vector<int64_t> eos_token_ids;  // eos_token_id, an int or a list
+  std::string torch_dtype;             // as written ("bfloat16"); "" when absent
+  // quantization_config.quant_method ("awq"), when the checkpoint is quantized.
+  std::optional<std::string> quant_method;
+
+  int64_t q_size() const noexcept { return num_attention_heads * head_dim; }
+  int64_t kv_size() const noexcept { return num_key_value_heads * head_dim; }
+  friend bool operator==(const LlamaConfig&, const LlamaConfig&) = default;
+};
+
+// Sampling defaults and stop ids from generation_config.json.
+struct GenerationConfig {
+  std::optional<int64_t> bos_token_id;
+  std::vector<int64_t> eos_token_ids;
+  std::optional<bool> do_sample;
+  std::optional<double> temperature;
+  std::optional<double> top_p;
+  std::optional<int64_t> top_k;
+  friend bool operator==(const GenerationConfig&, const GenerationConfig&) = default;
+};
+
+// Both files of a directory, merged.
+struct LlamaCheckpointConfig {
+  LlamaConfig model;
+  std::optional<GenerationConfig> generation;  // absent when the file is
+  // Stop ids: config.json's then generation_config.json's, without repeats
+  // (Llama 3 Instruct lists <|eot_id|> only in generation_config.json).
+  std::vector<int64_t> eos_token_ids;
+  std::optional<int64_t> bos_token_id;  // generation_config.json's wins
+};
+
+// `source` names the text in errors ("/models/llama/config.json").
+Result<LlamaConfig> parse_llama_config(std::string_view json_text,
+                                       std::string_view source = "config.json") noexcept;
+Result<GenerationConfig> parse_generation_config(std::string_view json_text,
+                                                 std::string_view source = "generation_config.json") noexcept;
+// Reads DIR/config.json and, when present, DIR/generation_config.json.
+Result<LlamaCheckpointConfig> load_llama_config(const std::filesystem::path& directory) noexcept;
+
+// The checks parse_llama_config applies, for configs built in code.
+Status validate_llama_config(const LlamaConfig& config, std::string_view source = "config.json") noexcept;
+
+// config.json text with every field above (pretty-printed, HF key names).
+std::string llama_config_to_json(const LlamaConfig& config);
+
+// "bfloat16" / "float16" / "float32" <-> dtype.
+std::optional<DType> dtype_from_torch_name(std::string_view torch_dtype) noexcept;
+std::string_view torch_dtype_name(DType dtype) noexcept;  // "" for dtypes torch checkpoints don't use
+
+// Shapes worth having by name: Llama-3-8B, and a tiny one for tests.
+LlamaConfig llama3_8b_config();
+LlamaConfig tiny_llama_config();
+
+}  // namespace hostrun::checkpoint

@@ -1,0 +1,93 @@
+#include "checkpoint/llama_weights.hpp"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "checkpoint/detail.hpp"
+
+namespace hostrun::checkpoint {
+
+using detail::quote_name;
+using detail::shape_text;
+
+std::vector<TensorSpec> llama_tensor_specs(const LlamaConfig& c, DType dtype) {
+  std::vector<TensorSpec> specs;
+  auto add = [&](std::string name, std::vector<int64_t> shape) {
+    specs.push_back(TensorSpec{std::move(name), dtype, std::move(shape)});
+  };
+  const int64_t hidden = c.hidden_size;
+  add("model.embed_tokens.weight", {c.vocab_size, hidden});
+  for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
+    const std::string p = fmt::format("model.layers.{}.", layer);
+    add(p + "input_layernorm.weight", {hidden});
+    add(p + "self_attn.q_proj.weight", {c.q_size(), hidden});
+    add(p + "self_attn.k_proj.weight", {c.kv_size(), hidden});
+    add(p + "self_attn.v_proj.weight", {c.kv_size(), hidden});
+    add(p + "self_attn.o_proj.weight", {hidden, c.q_size()});
+    if (c.attention_bias) {
+      add(p + "self_attn.q_proj.bias", {c.q_size()});
+      add(p + "self_attn.k_proj.bias", {c.kv_size()});
+      add(p + "self_attn.v_proj.bias", {c.kv_size()});
+      add(p + "self_attn.o_proj.bias", {hidden});
+    }
+    add(p + "post_attention_layernorm.weight", {hidden});
+    add(p + "mlp.gate_proj.weight", {c.intermediate_size, hidden});
+    add(p + "mlp.up_proj.weight", {c.intermediate_size, hidden});
+    add(p + "mlp.down_proj.weight", {hidden, c.intermediate_size});
+    if (c.mlp_bias) {
+      add(p + "mlp.gate_proj.bias", {c.intermediate_size});
+      add(p + "mlp.up_proj.bias", {c.intermediate_size});
+      add(p + "mlp.down_proj.bias", {hidden});
+    }
+  }
+  add("model.norm.weight", {hidden});
+  if (!c.tie_word_embeddings) add("lm_head.weight", {c.vocab_size, hidden});
+  return specs;
+}
+
+Status validate_llama_weights(const LlamaConfig& config, const WeightSource& weights) noexcept {
+  return guard([&]() -> Status {
+    const std::string where = weights.directory();
+    if (config.quant_method)
+      return Status(ErrorCode::unsupported,
+                    fmt::format("{}: config is quantized (quant_method '{}'); validate_llama_weights checks "
+                                "unquantized Llama weights only",
+                                where, *config.quant_method));
+    if (Status s = validate_llama_config(config); !s) return s;
+
+    // Every problem at once: a converter that got one layer wrong usually got
+    // them all wrong, and one error per run makes that slow to see.
+    constexpr size_t kMaxListed = 32;
+    std::vector<std::string> problems;
+    size_t count = 0;
+    ErrorCode code = ErrorCode::corrupt_data;
+    auto problem = [&](ErrorCode c, std::string text) {
+      if (count++ == 0 || c == ErrorCode::not_found) code = c;
+      if (problems.size() < kMaxListed) problems.push_back(std::move(text));
+    };
+    for (const auto& spec : llama_tensor_specs(config, DType::f32)) {
+      auto view = weights.tensor(spec.name);
+      if (!view) {
+        problem(ErrorCode::not_found,
+                fmt::format("tensor {}: missing (expected shape {})", quote_name(spec.name), shape_text(spec.shape)));
+        continue;
+      }
+      std::span<const int64_t> found(view->shape.data(), view->rank);
+      if (!std::equal(found.begin(), found.end(), spec.shape.begin(), spec.shape.end()))
+        problem(ErrorCode::corrupt_data, fmt::format("tensor {}: expected shape {}, found {}", quote_name(spec.name),
+                                                     shape_text(spec.shape), shape_text(found)));
+      else if (view->dtype != DType::f32 && view->dtype != DType::f16 && view->dtype != DType::bf16)
+        problem(ErrorCode::corrupt_data, fmt::format("tensor {}: expected a float dtype (f32, f16, bf16), found {}",
+                                                     quote_name(spec.name), dtype_name(view->dtype)));
+    }
+    if (count == 0) return Status::ok();
+    std::string message =
+        fmt::format("{}: {} Llama weight problem{}: {}", where, count, count == 1 ? "" : "s", fmt::join(problems, "; "));
+    if (count > problems.size()) message += fmt::format("; and {} more", count - problems.size());
+    return Status(code, std::move(message));
+  });
+}
+
+}  // namespace hostrun::checkpoint
