@@ -24,5 +24,6 @@ core::PluginRegistry load_plugins(const GlobalOptions& options);
 
 void add_plugins_command(CLI::App& app, GlobalOptions& options);
 void add_manifest_command(CLI::App& app, GlobalOptions& options);
+void add_checkpoint_command(CLI::App& app, GlobalOptions& options);
 
 }  // namespace hostrun::cli

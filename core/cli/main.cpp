@@ -40,6 +40,7 @@ int main(int argc, char** argv) {
 
   cli::add_plugins_command(app, options);
   cli::add_manifest_command(app, options);
+  cli::add_checkpoint_command(app, options);
 
   // CLI11 reports a mistyped command only as "a subcommand is required"; say what was typed.
   if (argc > 1 && argv[1][0] != '-') {

@@ -1,0 +1,132 @@
+// `hostrun checkpoint random DIR`: a randomly initialised Llama checkpoint of
+// any shape in the HF layout, so tests and benchmarks need no downloaded
+// weights (speed does not depend on the values).
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <optional>
+
+#include "checkpoint/llama_config.hpp"
+#include "checkpoint/llama_weights.hpp"
+#include "commands.hpp"
+
+namespace hostrun::cli {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct RandomCheckpointOptions {
+  std::string directory;
+  std::string shape = "tiny";
+  std::string dtype = "bf16";
+  uint64_t seed = 0;
+  double init_std = 0.02;
+  std::optional<int64_t> hidden_size, intermediate_size, layers, heads, kv_heads, head_dim, vocab_size,
+      max_position_embeddings;
+  std::optional<double> rope_theta;
+  std::optional<bool> tie_word_embeddings;
+  std::string rope_scaling;  // "", "none" or "llama3"
+  std::string tokenizer_dir;
+  uint64_t max_shard_mb = 5000;
+};
+
+int write(const RandomCheckpointOptions& o) {
+  checkpoint::LlamaConfig config;
+  if (o.shape == "tiny") {
+    config = checkpoint::tiny_llama_config();
+  } else if (o.shape == "llama3-8b") {
+    config = checkpoint::llama3_8b_config();
+  } else {
+    fmt::print(stderr, "--shape '{}': expected tiny or llama3-8b\n", o.shape);
+    return 2;
+  }
+  if (o.hidden_size) config.hidden_size = *o.hidden_size;
+  if (o.intermediate_size) config.intermediate_size = *o.intermediate_size;
+  if (o.layers) config.num_hidden_layers = *o.layers;
+  if (o.heads) config.num_attention_heads = *o.heads;
+  if (o.kv_heads) config.num_key_value_heads = *o.kv_heads;
+  if (o.head_dim) config.head_dim = *o.head_dim;
+  else if (o.hidden_size || o.heads) config.head_dim = config.hidden_size / std::max<int64_t>(config.num_attention_heads, 1);
+  if (o.vocab_size) config.vocab_size = *o.vocab_size;
+  if (o.max_position_embeddings) config.max_position_embeddings = *o.max_position_embeddings;
+  if (o.rope_theta) config.rope_theta = *o.rope_theta;
+  if (o.tie_word_embeddings) config.tie_word_embeddings = *o.tie_word_embeddings;
+  if (o.rope_scaling == "llama3") config.rope_scaling = checkpoint::Llama3RopeScaling{};
+  else if (o.rope_scaling == "none") config.rope_scaling.reset();
+  else if (!o.rope_scaling.empty()) {
+    fmt::print(stderr, "--rope-scaling '{}': expected none or llama3\n", o.rope_scaling);
+    return 2;
+  }
+  if (!o.tokenizer_dir.empty()) {
+    // Llama-3's special ids, so the checkpoint agrees with its tokenizer.
+    config.bos_token_id = 128000;
+    config.eos_token_ids = {128001, 128009};
+  }
+  checkpoint::RandomLlamaOptions options;
+  options.seed = o.seed;
+  options.init_std = o.init_std;
+  options.max_shard_bytes = o.max_shard_mb << 20;
+  if (o.dtype == "bf16") options.dtype = DType::bf16;
+  else if (o.dtype == "f16") options.dtype = DType::f16;
+  else if (o.dtype == "f32") options.dtype = DType::f32;
+  else {
+    fmt::print(stderr, "--dtype '{}': expected bf16, f16 or f32\n", o.dtype);
+    return 2;
+  }
+  if (Status valid = checkpoint::validate_llama_config(config, "the requested shape"); !valid) {
+    fmt::print(stderr, "{}\n", valid.message());
+    return 2;
+  }
+  if (Status written = checkpoint::write_random_llama_checkpoint(o.directory, config, options); !written) {
+    fmt::print(stderr, "{}\n", written.message());
+    return 1;
+  }
+  if (!o.tokenizer_dir.empty()) {
+    for (const char* name : {"tokenizer.json", "tokenizer_config.json"}) {
+      std::error_code ec;
+      fs::copy_file(fs::path(o.tokenizer_dir) / name, fs::path(o.directory) / name,
+                    fs::copy_options::overwrite_existing, ec);
+      if (ec) {
+        fmt::print(stderr, "{}: cannot copy into {}: {}\n", (fs::path(o.tokenizer_dir) / name).string(), o.directory,
+                   ec.message());
+        return 1;
+      }
+    }
+  }
+  fmt::print("wrote {}: {} layers, hidden {}, {} heads ({} KV), vocab {}, {}\n", o.directory, config.num_hidden_layers,
+             config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.vocab_size, o.dtype);
+  return 0;
+}
+
+}  // namespace
+
+void add_checkpoint_command(CLI::App& app, GlobalOptions& options) {
+  auto* group = app.add_subcommand("checkpoint", "Work with HF checkpoint folders");
+  group->require_subcommand(1);
+  auto* cmd = group->add_subcommand("random", "Write a randomly initialised Llama checkpoint of any shape "
+                                              "(config.json, safetensors, generation_config.json)");
+  auto o = std::make_shared<RandomCheckpointOptions>();
+  cmd->add_option("DIR", o->directory, "Folder to write (created)")->required();
+  cmd->add_option("--shape", o->shape, "Base shape: tiny or llama3-8b; the flags below change it")->capture_default_str();
+  cmd->add_option("--dtype", o->dtype, "Stored dtype: bf16, f16 or f32")->capture_default_str();
+  cmd->add_option("--seed", o->seed, "Random seed (the same seed writes the same bytes)")->capture_default_str();
+  cmd->add_option("--init-std", o->init_std, "Standard deviation of the weights")->capture_default_str();
+  cmd->add_option("--hidden-size", o->hidden_size);
+  cmd->add_option("--intermediate-size", o->intermediate_size);
+  cmd->add_option("--layers", o->layers, "num_hidden_layers");
+  cmd->add_option("--heads", o->heads, "num_attention_heads");
+  cmd->add_option("--kv-heads", o->kv_heads, "num_key_value_heads");
+  cmd->add_option("--head-dim", o->head_dim, "head_dim (default hidden / heads)");
+  cmd->add_option("--vocab-size", o->vocab_size);
+  cmd->add_option("--max-position-embeddings", o->max_position_embeddings);
+  cmd->add_option("--rope-theta", o->rope_theta);
+  cmd->add_option("--rope-scaling", o->rope_scaling, "none or llama3 (Llama-3.1's factors)");
+  cmd->add_option("--tie-word-embeddings", o->tie_word_embeddings, "true or false");
+  cmd->add_option("--tokenizer", o->tokenizer_dir,
+                  "Folder with tokenizer.json and tokenizer_config.json to copy in (sets Llama-3's bos/eos ids)");
+  cmd->add_option("--max-shard-mb", o->max_shard_mb, "Shard the weights above this size")->capture_default_str();
+  cmd->callback([&options, o] { options.exit_code = write(*o); });
+}
+
+}  // namespace hostrun::cli
