@@ -1,0 +1,10 @@
+// The decode attention instances for bf16 (head_dim 64 and 128): one small
+// file per dtype so each compiles on its own and in parallel.
+#include "cuda/attention_decode.cuh"
+
+namespace hostrun::cuda::detail {
+
+template cudaError_t launch_decode_split<__nv_bfloat16, 64>(const AttentionKernelParams&, int, cudaStream_t);
+template cudaError_t launch_decode_split<__nv_bfloat16, 128>(const AttentionKernelParams&, int, cudaStream_t);
+
+}  // namespace hostrun::cuda::detail

@@ -1,0 +1,89 @@
+// Device helpers shared by the CUDA ops: dtype conversion, 128-bit vector
+// loads/stores, block reductions and the error flag. Internal to kernels/cuda.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/dtype.hpp"
+
+namespace hostrun::cuda::detail {
+
+// f32 <-> storage type. The _rn conversions round to nearest even like
+// ref::f32_to_bf16 / f32_to_f16, so a kernel that computes the same f32 value
+// stores the same bits.
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_f32(float v);
+template <>
+__device__ __forceinline__ float from_f32<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+template <>
+__device__ __forceinline__ __half from_f32<__half>(float v) {
+  return __float2half_rn(v);
+}
+
+// Elements per 16-byte access.
+template <typename T>
+inline constexpr int vec_width = 16 / static_cast<int>(sizeof(T));
+
+// One 16-byte load, unpacked to f32. p must be 16-byte aligned.
+template <typename T>
+__device__ __forceinline__ void load_vec(const T* p, float (&out)[vec_width<T>]) {
+  union {
+    uint4 raw;
+    T elements[vec_width<T>];
+  } u;
+  u.raw = *reinterpret_cast<const uint4*>(p);
+#pragma unroll
+  for (int i = 0; i < vec_width<T>; ++i) out[i] = to_f32(u.elements[i]);
+}
+
+template <typename T>
+__device__ __forceinline__ void store_vec(T* p, const float (&in)[vec_width<T>]) {
+  union {
+    uint4 raw;
+    T elements[vec_width<T>];
+  } u;
+#pragma unroll
+  for (int i = 0; i < vec_width<T>; ++i) u.elements[i] = from_f32<T>(in[i]);
+  *reinterpret_cast<uint4*>(p) = u.raw;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Sum over the block; every thread gets the result. `scratch` holds >= 32
+// floats. Callable repeatedly (the leading barrier protects scratch reuse).
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int warps = (blockDim.x + 31) >> 5;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float total = lane < warps ? scratch[lane] : 0.0f;
+  return warp_sum(total);
+}
+
+// Records the first problem of a launch sequence; later ones keep it.
+__device__ __forceinline__ void raise_error(int32_t* error_flag, Status status) {
+  if (error_flag != nullptr) atomicCAS(error_flag, 0, static_cast<int32_t>(status));
+}
+
+}  // namespace hostrun::cuda::detail

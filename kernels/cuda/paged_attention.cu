@@ -1,0 +1,208 @@
+#include <algorithm>
+#include <cstdio>
+
+#include "cuda/attention_common.cuh"
+#include "cuda/paged_attention.hpp"
+
+namespace hostrun::cuda {
+
+namespace {
+
+constexpr int decode_block_n = 64;    // attention_decode.cuh
+constexpr int prefill_block_m = 64;   // attention_prefill.cuh
+constexpr int prefill_block_n = 64;
+constexpr int max_decode_group = 16;  // rows of the decode mma tile
+// A chunk shorter than this spends more on its prologue (Q load, first-tile
+// latency, the merge) than on streaming K/V.
+constexpr int min_split_tokens = 256;
+constexpr int max_splits = 128;
+
+std::size_t align256(std::size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+const char* dtype_label(DType dtype) {
+  switch (dtype) {
+    case DType::bf16: return "bf16";
+    case DType::f16: return "f16";
+    case DType::f32: return "f32";
+  }
+  return "?";
+}
+
+// Merges the chunks of one (decode sequence, q head): out = sum_i w_i o_i /
+// sum_i w_i with w_i = exp2(lse_i - max lse). grid (q_heads, sequences).
+template <typename T>
+__global__ void decode_reduce_kernel(const detail::AttentionKernelParams p, int head_dim) {
+  const int head = blockIdx.x;
+  const int sequence = blockIdx.y;
+  const int q_heads = gridDim.x;
+  const int q_begin = p.query_start[sequence];
+  if (p.query_start[sequence + 1] - q_begin != 1) return;
+  const int context = p.context_lens[sequence];
+  const int active = min(p.splits, (context + p.split_tokens - 1) / p.split_tokens);
+  if (active <= 1) return;  // decode_split wrote this one directly
+  const std::int64_t base = (static_cast<std::int64_t>(sequence) * q_heads + head) * p.splits;
+  float max_lse = -INFINITY;
+  for (int i = 0; i < active; ++i) max_lse = fmaxf(max_lse, p.partial_lse[base + i]);
+  T* out = static_cast<T*>(p.out) + static_cast<std::int64_t>(q_begin) * p.out_row_stride +
+           static_cast<std::int64_t>(head) * head_dim;
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    float weight_sum = 0.0f, acc = 0.0f;
+    for (int i = 0; i < active; ++i) {
+      const float w = exp2f(p.partial_lse[base + i] - max_lse);
+      weight_sum += w;
+      acc += w * p.partial_out[(base + i) * head_dim + d];
+    }
+    out[d] = detail::from_f32<T>(acc / weight_sum);
+  }
+}
+
+template <typename T>
+cudaError_t run(const AttentionPlan& plan, const detail::AttentionKernelParams& params, int num_sequences,
+                cudaStream_t stream) {
+  const int head_dim = plan.problem.head_dim;
+  if (plan.run_decode) {
+    const cudaError_t e = head_dim == 64 ? detail::launch_decode_split<T, 64>(params, num_sequences, stream)
+                                         : detail::launch_decode_split<T, 128>(params, num_sequences, stream);
+    if (e != cudaSuccess) return e;
+    if (params.splits > 1) {
+      decode_reduce_kernel<T><<<dim3(plan.problem.q_heads, num_sequences), head_dim, 0, stream>>>(params, head_dim);
+      if (const cudaError_t r = cudaGetLastError(); r != cudaSuccess) return r;
+    }
+  }
+  if (plan.run_prefill) {
+    return head_dim == 64
+               ? detail::launch_prefill<T, 64>(params, plan.prefill_q_tiles, num_sequences, stream)
+               : detail::launch_prefill<T, 128>(params, plan.prefill_q_tiles, num_sequences, stream);
+  }
+  return cudaSuccess;
+}
+
+}  // namespace
+
+std::string AttentionKernelDesc::to_string() const {
+  char text[256];
+  if (kind == AttentionKernel::decode_split) {
+    std::snprintf(text, sizeof text,
+                  "decode_split<%s,hd%d> group=%d rows=16 block_n=%d warps=%d splits=%d x %d positions "
+                  "mma.m16n8k16%s",
+                  dtype_label(dtype), head_dim, group, block_n, warps, splits, split_tokens,
+                  splits > 1 ? " +decode_reduce" : "");
+  } else {
+    std::snprintf(text, sizeof text, "prefill<%s,hd%d> group=%d block_m=%d block_n=%d warps=%d mma.m16n8k16",
+                  dtype_label(dtype), head_dim, group, block_m, block_n, warps);
+  }
+  return text;
+}
+
+std::string AttentionPlan::describe() const {
+  if (!valid) return "paged_attention[invalid: " + error + "]";
+  std::string text = "paged_attention[";
+  if (run_decode) text += decode.to_string();
+  if (run_decode && run_prefill) text += " | ";
+  if (run_prefill) {
+    text += prefill.to_string() + " q_tiles=" + std::to_string(prefill_q_tiles);
+    if (!run_decode) text += " (also decode tokens)";
+  }
+  return text + "]";
+}
+
+AttentionPlan plan_paged_attention(const AttentionProblem& problem) {
+  AttentionPlan plan;
+  plan.problem = problem;
+  const auto fail = [&plan](const char* why) {
+    plan.valid = false;
+    plan.error = why;
+    return plan;
+  };
+  if (problem.dtype != DType::bf16 && problem.dtype != DType::f16) return fail("dtype must be bf16 or f16");
+  if (problem.head_dim != 64 && problem.head_dim != 128) return fail("head_dim must be 64 or 128");
+  if (problem.kv_heads <= 0 || problem.q_heads <= 0 || problem.q_heads % problem.kv_heads != 0) {
+    return fail("q_heads must be a positive multiple of kv_heads");
+  }
+  if (problem.num_sequences < 0 || problem.num_sequences > 65535 || problem.max_query_len < 0 ||
+      problem.max_context_len < 0) {
+    return fail("sizes out of range (num_sequences <= 65535)");
+  }
+  const int group = problem.q_heads / problem.kv_heads;
+
+  plan.run_decode = group <= max_decode_group;
+  plan.run_prefill = problem.max_query_len > 1 || !plan.run_decode;
+  if (plan.run_decode) {
+    int splits = 1;
+    const int context = std::max(problem.max_context_len, 1);
+    if (problem.force_splits > 0) {
+      splits = problem.force_splits;
+    } else {
+      // Aim for about four CTAs per SM (74 KB of shared memory each at
+      // head_dim 128 allows three resident, plus a tail wave), never a chunk
+      // under min_split_tokens positions.
+      const int ctas = std::max(problem.num_sequences, 1) * problem.kv_heads;
+      const int wanted = (4 * std::max(problem.num_sms, 1) + ctas - 1) / ctas;
+      splits = std::clamp(std::min(wanted, (context + min_split_tokens - 1) / min_split_tokens), 1, max_splits);
+    }
+    int split_tokens = (context + splits - 1) / splits;
+    split_tokens = std::max(decode_block_n, (split_tokens + decode_block_n - 1) / decode_block_n * decode_block_n);
+    splits = (context + split_tokens - 1) / split_tokens;
+    plan.decode = {AttentionKernel::decode_split, problem.dtype, problem.head_dim, group, 16, decode_block_n, 4,
+                   splits, split_tokens};
+    if (splits > 1) {
+      const std::size_t partials = static_cast<std::size_t>(std::max(problem.num_sequences, 1)) *
+                                   static_cast<std::size_t>(problem.q_heads) * static_cast<std::size_t>(splits);
+      plan.workspace_bytes = align256(partials * problem.head_dim * sizeof(float)) + align256(partials * sizeof(float));
+    }
+  }
+  if (plan.run_prefill) {
+    plan.prefill = {AttentionKernel::prefill, problem.dtype, problem.head_dim, group, prefill_block_m,
+                    prefill_block_n, 4, 1, 0};
+    const long long rows = static_cast<long long>(std::max(problem.max_query_len, 1)) * group;
+    plan.prefill_q_tiles = static_cast<int>(std::min<long long>((rows + prefill_block_m - 1) / prefill_block_m, 65535));
+  }
+  plan.valid = true;
+  return plan;
+}
+
+cudaError_t paged_attention(const AttentionPlan& plan, const PagedKvPools& pools, const PagedAttentionBatch& batch,
+                            const void* q, std::int64_t q_row_stride, float softmax_scale, void* out,
+                            std::int64_t out_row_stride, void* workspace, std::size_t workspace_bytes,
+                            cudaStream_t stream) {
+  const AttentionProblem& problem = plan.problem;
+  if (!plan.valid || pools.dtype != problem.dtype || pools.head_dim != problem.head_dim ||
+      pools.kv_heads != problem.kv_heads || pools.block_tokens <= 0 || batch.num_sequences > problem.num_sequences ||
+      workspace_bytes < plan.workspace_bytes || (plan.workspace_bytes > 0 && workspace == nullptr) ||
+      q_row_stride % 8 != 0 || reinterpret_cast<std::uintptr_t>(q) % 16 != 0 ||
+      reinterpret_cast<std::uintptr_t>(pools.k_pages) % 16 != 0 ||
+      reinterpret_cast<std::uintptr_t>(pools.v_pages) % 16 != 0 || out_row_stride % 2 != 0) {
+    return cudaErrorInvalidValue;
+  }
+  if (batch.num_sequences == 0) return cudaSuccess;
+
+  detail::AttentionKernelParams params;
+  params.q = q;
+  params.q_row_stride = q_row_stride;
+  params.out = out;
+  params.out_row_stride = out_row_stride;
+  params.k_pages = pools.k_pages;
+  params.v_pages = pools.v_pages;
+  params.kv_heads = pools.kv_heads;
+  params.block_tokens = pools.block_tokens;
+  params.query_start = batch.query_start;
+  params.context_lens = batch.context_lens;
+  params.block_tables = batch.block_tables;
+  params.max_blocks_per_sequence = batch.max_blocks_per_sequence;
+  params.group = problem.q_heads / problem.kv_heads;
+  params.scale_log2 = softmax_scale * 1.4426950408889634f;
+  params.split_tokens = plan.decode.split_tokens;
+  params.splits = plan.run_decode ? plan.decode.splits : 1;
+  if (plan.workspace_bytes > 0) {
+    const std::size_t partials = static_cast<std::size_t>(std::max(problem.num_sequences, 1)) *
+                                 static_cast<std::size_t>(problem.q_heads) * static_cast<std::size_t>(params.splits);
+    params.partial_out = static_cast<float*>(workspace);
+    params.partial_lse = reinterpret_cast<float*>(static_cast<char*>(workspace) +
+                                                  align256(partials * problem.head_dim * sizeof(float)));
+  }
+  params.prefill_skips_decode = plan.run_decode;
+  return problem.dtype == DType::bf16 ? run<__nv_bfloat16>(plan, params, batch.num_sequences, stream)
+                                      : run<__half>(plan, params, batch.num_sequences, stream);
+}
+
+}  // namespace hostrun::cuda

@@ -1,0 +1,1005 @@
+// test_kernels_cuda: every CUDA op against its kernels/ref twin on fresh random
+// inputs (the seed is printed; --seed N or HOSTRUN_TEST_SEED=N replays a run),
+// plus --bench timings at Llama-3-8B sizes.
+//
+//   test_kernels_cuda                 all checks, one line per op and shape group,
+//                                     then "kernels_cuda: N passed, M failed"
+//   test_kernels_cuda --seed 1234     replay
+//   test_kernels_cuda --bench         timings (cudaEvent, median of repeats)
+//   test_kernels_cuda -tc='*attention*'   doctest filters work as usual
+//
+// Without a GPU it exits with status 2 and says so (CI builds it and excludes
+// the ctest label "gpu").
+//
+// Outputs are poisoned (0xFF bytes: NaN in every dtype) before each launch so
+// an unwritten element fails; any NaN/inf where the reference is finite fails
+// whatever the error norm. Error = ||gpu - ref||_2 / ||ref||_2 over the group.
+#define DOCTEST_CONFIG_IMPLEMENT
+#include <doctest/doctest.h>
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cuda/embedding.hpp"
+#include "cuda/paged_attention.hpp"
+#include "cuda/rmsnorm.hpp"
+#include "cuda/rope_kv.hpp"
+#include "cuda/sampling.hpp"
+#include "cuda/silu_mul.hpp"
+#include "ref/dtype.hpp"
+#include "ref/embedding.hpp"
+#include "ref/paged_attention.hpp"
+#include "ref/rmsnorm.hpp"
+#include "ref/rope.hpp"
+#include "ref/sampling.hpp"
+#include "ref/silu_mul.hpp"
+
+namespace {
+
+using hostrun::ref::DType;
+namespace ref = hostrun::ref;
+namespace gpu = hostrun::cuda;
+
+std::uint64_t g_seed = 0;
+int g_passed = 0;
+int g_failed = 0;
+int g_num_sms = 132;
+bool g_bench = false;  // outside doctest: a CUDA error ends the run
+
+// A fresh generator per test case, derived from the run seed and the case
+// name, so one case can be replayed alone with -tc and the same --seed.
+std::mt19937_64 rng_for(const char* name) {
+  std::uint64_t h = g_seed ^ 0x9E3779B97F4A7C15ull;
+  for (const char* c = name; *c != '\0'; ++c) h = (h ^ static_cast<unsigned char>(*c)) * 0x100000001B3ull;
+  return std::mt19937_64(h);
+}
+
+void cuda_check(cudaError_t e, const char* what, const char* file, int line) {
+  if (e != cudaSuccess) {
+    std::printf("CUDA error %s (%s) at %s:%d: %s\n", cudaGetErrorName(e), cudaGetErrorString(e), file, line, what);
+    std::fflush(stdout);
+    FAIL("CUDA error " << cudaGetErrorName(e) << " in " << what);
+  }
+}
+#define CUDA_OK(expr) cuda_check((expr), #expr, __FILE__, __LINE__)
+// After a launch: the launch error, then any error the kernel raised.
+#define LAUNCH_OK(expr)                  \
+  do {                                   \
+    CUDA_OK(expr);                       \
+    CUDA_OK(cudaDeviceSynchronize());    \
+  } while (0)
+
+template <typename T>
+struct DeviceBuffer {
+  T* ptr = nullptr;
+  std::size_t count = 0;
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(std::size_t n) { resize(n); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() {
+    if (ptr != nullptr) cudaFree(ptr);
+  }
+  void resize(std::size_t n) {
+    if (ptr != nullptr) cudaFree(ptr);
+    ptr = nullptr;
+    count = n;
+    if (n > 0) CUDA_OK(cudaMalloc(&ptr, n * sizeof(T)));
+  }
+  std::size_t bytes() const { return count * sizeof(T); }
+  void upload(const std::vector<T>& host) {
+    resize(host.size());
+    if (count > 0) CUDA_OK(cudaMemcpy(ptr, host.data(), bytes(), cudaMemcpyHostToDevice));
+  }
+  std::vector<T> download() const {
+    std::vector<T> host(count);
+    if (count > 0) CUDA_OK(cudaMemcpy(host.data(), ptr, bytes(), cudaMemcpyDeviceToHost));
+    return host;
+  }
+  void poison() {
+    if (count > 0) CUDA_OK(cudaMemset(ptr, 0xFF, bytes()));
+  }
+};
+
+// ---- host data -----------------------------------------------------------
+
+std::vector<float> random_floats(std::mt19937_64& rng, std::size_t n, float low, float high) {
+  std::uniform_real_distribution<float> dist(low, high);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+// values as stored in dtype (bytes) ...
+std::vector<unsigned char> to_bytes(const std::vector<float>& values, DType dtype) {
+  std::vector<unsigned char> bytes(values.size() * ref::dtype_size(dtype));
+  ref::convert_from_f32(values.data(), values.size(), bytes.data(), dtype);
+  return bytes;
+}
+// ... and read back as f32.
+std::vector<float> from_bytes(const std::vector<unsigned char>& bytes, DType dtype) {
+  std::vector<float> values(bytes.size() / ref::dtype_size(dtype));
+  ref::convert_to_f32(bytes.data(), dtype, values.size(), values.data());
+  return values;
+}
+// Rounds values to what dtype can hold, so the reference sees the GPU's inputs.
+std::vector<float> rounded(const std::vector<float>& values, DType dtype) { return from_bytes(to_bytes(values, dtype), dtype); }
+
+const char* name_of(DType dtype) { return ref::dtype_name(dtype); }
+
+double tolerance_for(DType dtype) { return dtype == DType::f32 ? 1e-5 : 1e-2; }
+
+struct Comparison {
+  double rel_err = 0.0;
+  long long non_finite = 0;  // gpu NaN/inf where ref is finite
+  std::size_t first_bad = 0;
+};
+
+Comparison compare(const std::vector<float>& got, const std::vector<float>& want) {
+  Comparison c;
+  REQUIRE(got.size() == want.size());
+  double diff = 0.0, norm = 0.0;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(got[i]) && std::isfinite(want[i])) {
+      if (c.non_finite++ == 0) c.first_bad = i;
+      continue;
+    }
+    const double d = static_cast<double>(got[i]) - want[i];
+    diff += d * d;
+    norm += static_cast<double>(want[i]) * want[i];
+  }
+  c.rel_err = norm > 0.0 ? std::sqrt(diff / norm) : std::sqrt(diff);
+  if (!std::isfinite(c.rel_err)) c.non_finite = std::max<long long>(c.non_finite, 1);
+  return c;
+}
+
+// One printed line per op and shape group; counts toward the final summary.
+bool report(const std::string& op, const std::string& group, const Comparison& c, double tol,
+            const std::string& extra = "") {
+  const bool ok = c.non_finite == 0 && c.rel_err < tol;
+  std::printf("[%s] %-16s %-64s rel_err %.2e (tol %.0e)", ok ? "PASS" : "FAIL", op.c_str(), group.c_str(), c.rel_err,
+              tol);
+  if (c.non_finite > 0) std::printf("  %lld non-finite, first at %zu", c.non_finite, c.first_bad);
+  if (!extra.empty()) std::printf("  %s", extra.c_str());
+  std::printf("\n");
+  std::fflush(stdout);
+  (ok ? g_passed : g_failed) += 1;
+  CHECK_MESSAGE(ok, op << " " << group << " rel_err " << c.rel_err);
+  return ok;
+}
+
+bool report_bool(const std::string& op, const std::string& group, bool ok, const std::string& detail) {
+  std::printf("[%s] %-16s %-64s %s\n", ok ? "PASS" : "FAIL", op.c_str(), group.c_str(), detail.c_str());
+  std::fflush(stdout);
+  (ok ? g_passed : g_failed) += 1;
+  CHECK_MESSAGE(ok, op << " " << group << " " << detail);
+  return ok;
+}
+
+std::string fmt(const char* format, ...) __attribute__((format(printf, 1, 2)));
+std::string fmt(const char* format, ...) {
+  char text[512];
+  va_list args;
+  va_start(args, format);
+  std::vsnprintf(text, sizeof text, format, args);
+  va_end(args);
+  return text;
+}
+
+constexpr DType all_dtypes[] = {DType::f32, DType::bf16, DType::f16};
+constexpr DType half_dtypes[] = {DType::bf16, DType::f16};
+
+// ---- embedding -----------------------------------------------------------
+
+TEST_CASE("embedding") {
+  auto rng = rng_for("embedding");
+  struct Shape {
+    int vocab, hidden, tokens;
+  };
+  const Shape shapes[] = {{1000, 4096, 1}, {1000, 4096, 1000}, {5003, 4095, 37}, {128, 7, 300}};
+  for (const DType dtype : all_dtypes) {
+    for (const Shape& shape : shapes) {
+      const auto table_f32 = random_floats(rng, static_cast<std::size_t>(shape.vocab) * shape.hidden, -1, 1);
+      const auto table_bytes = to_bytes(table_f32, dtype);
+      std::vector<std::int32_t> ids(shape.tokens);
+      std::uniform_int_distribution<int> id_dist(0, shape.vocab - 1);
+      for (auto& id : ids) id = id_dist(rng);
+      std::vector<float> want(static_cast<std::size_t>(shape.tokens) * shape.hidden);
+      REQUIRE(ref::embedding_lookup(ids.data(), ids.size(), table_bytes.data(), dtype, shape.vocab, shape.hidden,
+                                    want.data()) == ref::Status::ok);
+      DeviceBuffer<unsigned char> table, out(want.size() * ref::dtype_size(dtype));
+      DeviceBuffer<std::int32_t> d_ids, flag(1);
+      table.upload(table_bytes);
+      d_ids.upload(ids);
+      out.poison();
+      CUDA_OK(cudaMemset(flag.ptr, 0, 4));
+      LAUNCH_OK(gpu::embedding_lookup(d_ids.ptr, shape.tokens, table.ptr, dtype, shape.vocab, shape.hidden, out.ptr,
+                                      flag.ptr, nullptr));
+      const auto got = from_bytes(out.download(), dtype);
+      report("embedding", fmt("%s vocab=%d hidden=%d tokens=%d", name_of(dtype), shape.vocab, shape.hidden, shape.tokens),
+             compare(got, want), 1e-7, flag.download()[0] == 0 ? "" : "unexpected error flag");
+    }
+  }
+  // Bad ids: flagged, their rows zeroed, the good rows still right.
+  const int vocab = 64, hidden = 256;
+  const auto table_bytes = to_bytes(random_floats(rng, vocab * hidden, -1, 1), DType::bf16);
+  const std::vector<std::int32_t> ids = {3, -1, 63, 64, 0};
+  DeviceBuffer<unsigned char> table, out(ids.size() * hidden * 2);
+  DeviceBuffer<std::int32_t> d_ids, flag(1);
+  table.upload(table_bytes);
+  d_ids.upload(ids);
+  out.poison();
+  CUDA_OK(cudaMemset(flag.ptr, 0, 4));
+  LAUNCH_OK(gpu::embedding_lookup(d_ids.ptr, static_cast<int>(ids.size()), table.ptr, DType::bf16, vocab, hidden,
+                                  out.ptr, flag.ptr, nullptr));
+  const auto got = from_bytes(out.download(), DType::bf16);
+  const auto table_f32 = from_bytes(table_bytes, DType::bf16);
+  bool rows_ok = true;
+  for (std::size_t t = 0; t < ids.size(); ++t) {
+    for (int i = 0; i < hidden; ++i) {
+      const bool bad = ids[t] < 0 || ids[t] >= vocab;
+      const float expected = bad ? 0.0f : table_f32[static_cast<std::size_t>(ids[t]) * hidden + i];
+      rows_ok &= got[t * hidden + i] == expected;
+    }
+  }
+  const int flag_value = flag.download()[0];
+  report_bool("embedding", "out-of-range ids -> error flag, zero rows",
+              rows_ok && flag_value == static_cast<int>(ref::Status::token_id_out_of_range),
+              fmt("flag=%d (%s) rows %s", flag_value, ref::status_name(static_cast<ref::Status>(flag_value)),
+                  rows_ok ? "ok" : "WRONG"));
+}
+
+// ---- RMSNorm -------------------------------------------------------------
+
+TEST_CASE("rmsnorm") {
+  auto rng = rng_for("rmsnorm");
+  struct Shape {
+    int rows, hidden;
+  };
+  const Shape shapes[] = {{1, 4096}, {1000, 4096}, {5, 8192}, {3, 40000}, {17, 4095}, {64, 100}, {2, 5120}};
+  const float eps = 1e-5f;
+  for (const DType dtype : all_dtypes) {
+    for (const Shape& shape : shapes) {
+      const std::size_t n = static_cast<std::size_t>(shape.rows) * shape.hidden;
+      const auto x = rounded(random_floats(rng, n, -2, 2), dtype);
+      const auto residual = rounded(random_floats(rng, n, -4, 4), dtype);
+      const auto weight_f32 = random_floats(rng, shape.hidden, 0.5f, 1.5f);
+      const auto weight_bytes = to_bytes(weight_f32, dtype);
+
+      std::vector<float> want_plain(n), want_fused(n), want_residual = residual;
+      ref::rmsnorm(x.data(), weight_bytes.data(), dtype, shape.rows, shape.hidden, eps, want_plain.data());
+      ref::add_rmsnorm(want_residual.data(), x.data(), weight_bytes.data(), dtype, shape.rows, shape.hidden, eps,
+                       want_fused.data());
+
+      DeviceBuffer<unsigned char> d_x, d_w, d_res, d_y(n * ref::dtype_size(dtype));
+      d_x.upload(to_bytes(x, dtype));
+      d_w.upload(weight_bytes);
+      d_y.poison();
+      LAUNCH_OK(gpu::rmsnorm(d_x.ptr, d_w.ptr, dtype, shape.rows, shape.hidden, eps, d_y.ptr, nullptr));
+      const std::string group = fmt("%s rows=%d hidden=%d", name_of(dtype), shape.rows, shape.hidden);
+      report("rmsnorm", group, compare(from_bytes(d_y.download(), dtype), want_plain), tolerance_for(dtype));
+
+      d_res.upload(to_bytes(residual, dtype));
+      d_y.poison();
+      LAUNCH_OK(gpu::add_rmsnorm(d_res.ptr, d_x.ptr, d_w.ptr, dtype, shape.rows, shape.hidden, eps, d_y.ptr, nullptr));
+      const Comparison res_cmp = compare(from_bytes(d_res.download(), dtype), want_residual);
+      Comparison y_cmp = compare(from_bytes(d_y.download(), dtype), want_fused);
+      y_cmp.rel_err = std::max(y_cmp.rel_err, res_cmp.rel_err);
+      y_cmp.non_finite += res_cmp.non_finite;
+      report("add_rmsnorm", group, y_cmp, tolerance_for(dtype), "(y and residual)");
+
+      // In place (y aliases x), the way a model normalises its hidden state.
+      d_y.upload(to_bytes(x, dtype));
+      LAUNCH_OK(gpu::rmsnorm(d_y.ptr, d_w.ptr, dtype, shape.rows, shape.hidden, eps, d_y.ptr, nullptr));
+      report("rmsnorm", group + " in-place", compare(from_bytes(d_y.download(), dtype), want_plain),
+             tolerance_for(dtype));
+    }
+  }
+}
+
+// ---- SiLU-and-multiply ---------------------------------------------------
+
+TEST_CASE("silu_and_mul") {
+  auto rng = rng_for("silu_and_mul");
+  struct Shape {
+    int tokens, intermediate;
+  };
+  const Shape shapes[] = {{1, 14336}, {1000, 14336}, {37, 1001}, {5, 8}};
+  for (const DType dtype : all_dtypes) {
+    for (const Shape& shape : shapes) {
+      const std::size_t n = static_cast<std::size_t>(shape.tokens) * shape.intermediate;
+      auto gate_up = random_floats(rng, 2 * n, -8, 8);
+      gate_up[0] = -100.0f;  // exp(-g) overflows: the limit is -0
+      if (gate_up.size() > 2) gate_up[1] = 90.0f;
+      gate_up = rounded(gate_up, dtype);
+      std::vector<float> want(n);
+      ref::silu_and_mul(gate_up.data(), shape.tokens, shape.intermediate, want.data());
+      DeviceBuffer<unsigned char> d_in, d_out(n * ref::dtype_size(dtype));
+      d_in.upload(to_bytes(gate_up, dtype));
+      d_out.poison();
+      LAUNCH_OK(gpu::silu_and_mul(d_in.ptr, dtype, shape.tokens, shape.intermediate, d_out.ptr, nullptr));
+      report("silu_and_mul", fmt("%s tokens=%d intermediate=%d", name_of(dtype), shape.tokens, shape.intermediate),
+             compare(from_bytes(d_out.download(), dtype), want), tolerance_for(dtype));
+    }
+  }
+}
+
+// ---- RoPE + KV write -----------------------------------------------------
+
+TEST_CASE("rope_and_write_kv") {
+  auto rng = rng_for("rope_and_write_kv");
+  struct Shape {
+    int tokens, q_heads, kv_heads, head_dim;
+    bool llama3, in_place;
+    int max_position;
+  };
+  const Shape shapes[] = {{1, 32, 8, 128, true, true, 8000},     {300, 32, 8, 128, true, false, 130000},
+                          {17, 8, 8, 64, false, true, 4096},     {1000, 16, 2, 64, false, false, 1000},
+                          {64, 32, 4, 128, false, true, 100000}};
+  const int block_tokens = 16;
+  for (const DType dtype : all_dtypes) {
+    for (const Shape& shape : shapes) {
+      ref::RopeParams rope_params;
+      rope_params.head_dim = shape.head_dim;
+      rope_params.theta = shape.llama3 ? 500000.0 : 10000.0;
+      rope_params.scaling_type = shape.llama3 ? ref::RopeScalingType::llama3 : ref::RopeScalingType::none;
+      const ref::RopeTable table = ref::make_rope_table(rope_params);
+
+      const int hd = shape.head_dim;
+      const int row = (shape.q_heads + 2 * shape.kv_heads) * hd;
+      const auto qkv = rounded(random_floats(rng, static_cast<std::size_t>(shape.tokens) * row, -2, 2), dtype);
+      std::vector<std::int32_t> positions(shape.tokens);
+      std::uniform_int_distribution<int> pos_dist(0, shape.max_position);
+      for (auto& p : positions) p = pos_dist(rng);
+      // Slots: a random injective map into a pool with spare slots; token 0 is
+      // a padding token (slot -1) when there are several.
+      const int num_blocks = (shape.tokens + block_tokens - 1) / block_tokens + 3;
+      const int num_slots = num_blocks * block_tokens;
+      std::vector<std::int32_t> all_slots(num_slots);
+      std::iota(all_slots.begin(), all_slots.end(), 0);
+      std::shuffle(all_slots.begin(), all_slots.end(), rng);
+      std::vector<std::int32_t> slots(all_slots.begin(), all_slots.begin() + shape.tokens);
+      if (shape.tokens > 1) slots[0] = -1;
+
+      // Reference: rope on f32 copies, then the stores rounded to the dtype.
+      std::vector<float> q(static_cast<std::size_t>(shape.tokens) * shape.q_heads * hd);
+      std::vector<float> k(static_cast<std::size_t>(shape.tokens) * shape.kv_heads * hd), v(k.size());
+      for (int t = 0; t < shape.tokens; ++t) {
+        const float* src = qkv.data() + static_cast<std::size_t>(t) * row;
+        std::copy(src, src + shape.q_heads * hd, q.begin() + static_cast<std::size_t>(t) * shape.q_heads * hd);
+        std::copy(src + shape.q_heads * hd, src + (shape.q_heads + shape.kv_heads) * hd,
+                  k.begin() + static_cast<std::size_t>(t) * shape.kv_heads * hd);
+        std::copy(src + (shape.q_heads + shape.kv_heads) * hd, src + row,
+                  v.begin() + static_cast<std::size_t>(t) * shape.kv_heads * hd);
+      }
+      ref::apply_rope(table, positions.data(), shape.tokens, q.data(), shape.q_heads, k.data(), shape.kv_heads);
+
+      DeviceBuffer<unsigned char> d_qkv, d_q(shape.in_place ? 0 : q.size() * ref::dtype_size(dtype));
+      const std::size_t pool_elements = static_cast<std::size_t>(num_slots) * shape.kv_heads * hd;
+      DeviceBuffer<unsigned char> k_pool(pool_elements * ref::dtype_size(dtype)), v_pool(k_pool.count);
+      DeviceBuffer<std::int32_t> d_pos, d_slots, flag(1);
+      DeviceBuffer<float> d_inv_freq;
+      d_qkv.upload(to_bytes(qkv, dtype));
+      d_pos.upload(positions);
+      d_slots.upload(slots);
+      d_inv_freq.upload(table.inv_freq);
+      k_pool.poison();
+      v_pool.poison();
+      if (!shape.in_place) d_q.poison();
+      CUDA_OK(cudaMemset(flag.ptr, 0, 4));
+
+      gpu::RopeKvArgs args;
+      args.dtype = dtype;
+      args.num_tokens = shape.tokens;
+      args.q_heads = shape.q_heads;
+      args.kv_heads = shape.kv_heads;
+      args.head_dim = hd;
+      args.qkv = d_qkv.ptr;
+      args.qkv_row_stride = row;
+      args.q_out = shape.in_place ? d_qkv.ptr : d_q.ptr;
+      args.q_out_row_stride = shape.in_place ? row : shape.q_heads * hd;
+      args.positions = d_pos.ptr;
+      args.inv_freq = d_inv_freq.ptr;
+      args.slot_mapping = d_slots.ptr;
+      args.k_pages = k_pool.ptr;
+      args.v_pages = v_pool.ptr;
+      args.num_slots = num_slots;
+      args.error_flag = flag.ptr;
+      LAUNCH_OK(gpu::rope_and_write_kv(args, nullptr));
+
+      std::vector<float> got_q;
+      if (shape.in_place) {
+        const auto all = from_bytes(d_qkv.download(), dtype);
+        for (int t = 0; t < shape.tokens; ++t) {
+          got_q.insert(got_q.end(), all.begin() + static_cast<std::size_t>(t) * row,
+                       all.begin() + static_cast<std::size_t>(t) * row + shape.q_heads * hd);
+        }
+      } else {
+        got_q = from_bytes(d_q.download(), dtype);
+      }
+      const auto k_got_pool = from_bytes(k_pool.download(), dtype);
+      const auto v_got_pool = from_bytes(v_pool.download(), dtype);
+      // Gather written slots; every other slot must still hold the poison.
+      std::vector<float> got_k, want_k, got_v, want_v;
+      std::vector<char> written(num_slots, 0);
+      const std::size_t token_elements = static_cast<std::size_t>(shape.kv_heads) * hd;
+      for (int t = 0; t < shape.tokens; ++t) {
+        if (slots[t] < 0) continue;
+        written[slots[t]] = 1;
+        const std::size_t at = static_cast<std::size_t>(slots[t]) * token_elements;
+        got_k.insert(got_k.end(), k_got_pool.begin() + at, k_got_pool.begin() + at + token_elements);
+        got_v.insert(got_v.end(), v_got_pool.begin() + at, v_got_pool.begin() + at + token_elements);
+        want_k.insert(want_k.end(), k.begin() + t * token_elements, k.begin() + (t + 1) * token_elements);
+        want_v.insert(want_v.end(), v.begin() + t * token_elements, v.begin() + (t + 1) * token_elements);
+      }
+      bool untouched = true;
+      for (int s = 0; s < num_slots; ++s) {
+        if (written[s]) continue;
+        for (std::size_t e = 0; e < token_elements; ++e) untouched &= std::isnan(k_got_pool[s * token_elements + e]);
+      }
+      const std::string group = fmt("%s tokens=%d heads=%d/%d hd=%d %s%s", name_of(dtype), shape.tokens, shape.q_heads,
+                                    shape.kv_heads, hd, shape.llama3 ? "llama3" : "plain",
+                                    shape.in_place ? " in-place" : "");
+      Comparison c = compare(got_q, q);
+      const Comparison ck = compare(got_k, want_k);
+      const Comparison cv = compare(got_v, rounded(want_v, dtype));
+      c.rel_err = std::max({c.rel_err, ck.rel_err, cv.rel_err * 1e3});  // v is a copy: must be exact
+      c.non_finite += ck.non_finite + cv.non_finite;
+      report("rope_write_kv", group, c, tolerance_for(dtype),
+             untouched && flag.download()[0] == 0 ? "(q, k, v)" : "WROTE A PADDING/UNUSED SLOT or flagged");
+      if (!untouched) {
+        ++g_failed;
+        CHECK(untouched);
+      }
+    }
+  }
+  // A slot past the pool: flagged, nothing written out of bounds.
+  {
+    const int hd = 64, kv = 2, qh = 4, row = (qh + 2 * kv) * hd;
+    DeviceBuffer<unsigned char> d_qkv, k_pool(16 * kv * hd * 2), v_pool(16 * kv * hd * 2);
+    d_qkv.upload(to_bytes(random_floats(rng, 2 * row, -1, 1), DType::bf16));
+    DeviceBuffer<std::int32_t> d_pos, d_slots, flag(1);
+    d_pos.upload({5, 6});
+    d_slots.upload({3, 16});
+    DeviceBuffer<float> d_inv;
+    ref::RopeParams rp;
+    rp.head_dim = hd;
+    d_inv.upload(ref::make_rope_table(rp).inv_freq);
+    CUDA_OK(cudaMemset(flag.ptr, 0, 4));
+    gpu::RopeKvArgs args;
+    args.dtype = DType::bf16;
+    args.num_tokens = 2;
+    args.q_heads = qh;
+    args.kv_heads = kv;
+    args.head_dim = hd;
+    args.qkv = d_qkv.ptr;
+    args.qkv_row_stride = row;
+    args.q_out = d_qkv.ptr;
+    args.q_out_row_stride = row;
+    args.positions = d_pos.ptr;
+    args.inv_freq = d_inv.ptr;
+    args.slot_mapping = d_slots.ptr;
+    args.k_pages = k_pool.ptr;
+    args.v_pages = v_pool.ptr;
+    args.num_slots = 16;
+    args.error_flag = flag.ptr;
+    LAUNCH_OK(gpu::rope_and_write_kv(args, nullptr));
+    const int flag_value = flag.download()[0];
+    report_bool("rope_write_kv", "slot past the pool -> error flag", flag_value == static_cast<int>(ref::Status::slot_out_of_range),
+                fmt("flag=%d", flag_value));
+  }
+}
+
+// ---- paged attention -----------------------------------------------------
+
+struct SequenceSpec {
+  int cached;
+  int new_tokens;
+};
+
+struct AttentionCase {
+  std::string name;
+  DType dtype;
+  int head_dim, kv_heads, group, block_tokens;
+  std::vector<SequenceSpec> sequences;
+  int force_splits = 0;
+  bool fused_q = false;  // q read from a [tokens, (q_heads + 2 kv_heads) * hd] buffer
+};
+
+// Builds pools with shuffled blocks, random K/V for every context position and
+// NaN everywhere else, runs ref and the GPU, compares. Returns the plan text.
+void run_attention_case(const AttentionCase& tc, std::mt19937_64& rng) {
+  const int hd = tc.head_dim, kv = tc.kv_heads, qh = kv * tc.group, bt = tc.block_tokens;
+  const int num_seqs = static_cast<int>(tc.sequences.size());
+  std::vector<std::int32_t> query_start(num_seqs + 1, 0), context_lens(num_seqs);
+  int max_blocks = 1, total_blocks = 0, max_query = 0, max_context = 0;
+  for (int i = 0; i < num_seqs; ++i) {
+    const auto& s = tc.sequences[i];
+    query_start[i + 1] = query_start[i] + s.new_tokens;
+    context_lens[i] = s.cached + s.new_tokens;
+    const int blocks = (context_lens[i] + bt - 1) / bt;
+    max_blocks = std::max(max_blocks, blocks);
+    total_blocks += blocks;
+    max_query = std::max(max_query, s.new_tokens);
+    max_context = std::max(max_context, context_lens[i]);
+  }
+  const int num_tokens = query_start[num_seqs];
+  const int num_blocks = total_blocks + 5;
+  std::vector<std::int32_t> block_ids(num_blocks);
+  std::iota(block_ids.begin(), block_ids.end(), 0);
+  std::shuffle(block_ids.begin(), block_ids.end(), rng);
+  std::vector<std::int32_t> block_tables(static_cast<std::size_t>(num_seqs) * max_blocks, -1);
+  std::vector<std::int64_t> slot_mapping(num_tokens);
+  const std::size_t token_elements = static_cast<std::size_t>(kv) * hd;
+  const std::size_t pool_elements = static_cast<std::size_t>(num_blocks) * bt * token_elements;
+  const std::uint16_t nan_bits = tc.dtype == DType::bf16 ? 0x7FC0 : 0x7E00;
+  std::vector<std::uint16_t> k_pool(pool_elements, nan_bits), v_pool(pool_elements, nan_bits);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  const auto to16 = [&](float x) { return tc.dtype == DType::bf16 ? ref::f32_to_bf16(x) : ref::f32_to_f16(x); };
+  int next_block = 0;
+  for (int i = 0; i < num_seqs; ++i) {
+    const int blocks = (context_lens[i] + bt - 1) / bt;
+    for (int b = 0; b < blocks; ++b) block_tables[static_cast<std::size_t>(i) * max_blocks + b] = block_ids[next_block++];
+    for (int p = 0; p < context_lens[i]; ++p) {
+      const std::int64_t slot = static_cast<std::int64_t>(block_tables[static_cast<std::size_t>(i) * max_blocks + p / bt]) * bt + p % bt;
+      for (std::size_t e = 0; e < token_elements; ++e) {
+        k_pool[slot * token_elements + e] = to16(dist(rng) * 2.0f);
+        v_pool[slot * token_elements + e] = to16(dist(rng));
+      }
+      const int cached = context_lens[i] - tc.sequences[i].new_tokens;
+      if (p >= cached) slot_mapping[query_start[i] + p - cached] = slot;
+    }
+  }
+  const int q_row = tc.fused_q ? (qh + 2 * kv) * hd : qh * hd;
+  std::vector<float> q_full = rounded(random_floats(rng, static_cast<std::size_t>(num_tokens) * q_row, -1.5f, 1.5f), tc.dtype);
+  std::vector<float> q(static_cast<std::size_t>(num_tokens) * qh * hd);
+  for (int t = 0; t < num_tokens; ++t) {
+    std::copy(q_full.begin() + static_cast<std::size_t>(t) * q_row, q_full.begin() + static_cast<std::size_t>(t) * q_row + qh * hd,
+              q.begin() + static_cast<std::size_t>(t) * qh * hd);
+  }
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+
+  ref::KvCacheLayer layer{k_pool.data(), v_pool.data(), tc.dtype, static_cast<std::size_t>(num_blocks),
+                          static_cast<std::size_t>(bt), static_cast<std::size_t>(kv), static_cast<std::size_t>(hd)};
+  ref::PagedKvStep step;
+  step.num_sequences = num_seqs;
+  step.query_start = query_start.data();
+  step.context_lens = context_lens.data();
+  step.block_tables = block_tables.data();
+  step.max_blocks_per_sequence = max_blocks;
+  step.block_tokens = bt;
+  step.slot_mapping = slot_mapping.data();
+  std::vector<float> want(q.size());
+  REQUIRE(ref::paged_attention(layer, step, q.data(), qh, scale, want.data()) == ref::Status::ok);
+
+  gpu::AttentionProblem problem;
+  problem.dtype = tc.dtype;
+  problem.head_dim = hd;
+  problem.q_heads = qh;
+  problem.kv_heads = kv;
+  problem.num_sequences = num_seqs;
+  problem.max_query_len = max_query;
+  problem.max_context_len = max_context;
+  problem.num_sms = g_num_sms;
+  problem.force_splits = tc.force_splits;
+  const gpu::AttentionPlan plan = gpu::plan_paged_attention(problem);
+  REQUIRE_MESSAGE(plan.valid, plan.error);
+
+  DeviceBuffer<std::uint16_t> d_k, d_v;
+  d_k.upload(k_pool);
+  d_v.upload(v_pool);
+  DeviceBuffer<unsigned char> d_q, d_out(q.size() * 2), workspace(std::max<std::size_t>(plan.workspace_bytes, 1));
+  d_q.upload(to_bytes(q_full, tc.dtype));
+  DeviceBuffer<std::int32_t> d_qs, d_ctx, d_bt;
+  d_qs.upload(query_start);
+  d_ctx.upload(context_lens);
+  d_bt.upload(block_tables);
+  d_out.poison();
+  workspace.poison();
+  const gpu::PagedKvPools pools{d_k.ptr, d_v.ptr, tc.dtype, num_blocks, bt, kv, hd};
+  const gpu::PagedAttentionBatch batch{num_seqs, d_qs.ptr, d_ctx.ptr, d_bt.ptr, max_blocks};
+  LAUNCH_OK(gpu::paged_attention(plan, pools, batch, d_q.ptr, q_row, scale, d_out.ptr, qh * hd, workspace.ptr,
+                                 workspace.bytes(), nullptr));
+  const auto got = from_bytes(d_out.download(), tc.dtype);
+  report("paged_attention",
+         fmt("%s %s hd=%d heads=%d/%d bt=%d seqs=%d tokens=%d ctx<=%d", tc.name.c_str(), name_of(tc.dtype), hd, qh, kv,
+             bt, num_seqs, num_tokens, max_context),
+         compare(got, want), 1e-2);
+  std::printf("       plan: %s\n", plan.describe().c_str());
+}
+
+std::vector<SequenceSpec> decode_batch(std::mt19937_64& rng, int count, int min_ctx, int max_ctx) {
+  std::uniform_int_distribution<int> ctx(min_ctx, max_ctx);
+  std::vector<SequenceSpec> s(count);
+  for (auto& x : s) x = {ctx(rng) - 1, 1};
+  return s;
+}
+
+TEST_CASE("paged_attention") {
+  auto rng = rng_for("paged_attention");
+  std::vector<AttentionCase> cases;
+  for (const DType dtype : half_dtypes) {
+    // decode: short contexts (one chunk, written directly), GQA 4 and 8
+    cases.push_back({"decode", dtype, 128, 8, 4, 16, decode_batch(rng, 16, 1, 600)});
+    cases.push_back({"decode", dtype, 64, 4, 8, 64, decode_batch(rng, 9, 1, 300)});
+    // decode, no GQA, forced split into 7 chunks (several of them partial)
+    cases.push_back({"decode-split7", dtype, 64, 8, 1, 32, decode_batch(rng, 5, 200, 1500), 7});
+    // long contexts: automatic split-K
+    cases.push_back({"decode-long", dtype, 128, 8, 4, 64, {{8191 + 37, 1}, {9000, 1}}});
+    cases.push_back({"decode-long", dtype, 128, 2, 8, 16, {{16383, 1}}});
+    // prefill chunks without and with cached prefixes
+    cases.push_back({"prefill", dtype, 128, 2, 4, 16, {{0, 1}, {0, 77}, {0, 300}}});
+    cases.push_back({"prefill-cached", dtype, 64, 4, 1, 32, {{500, 129}, {31, 2}, {1, 64}}});
+    // mixed prefill + decode, partially filled last blocks, fused-QKV q rows
+    {
+      AttentionCase mixed{"mixed", dtype, 128, 8, 4, 16, decode_batch(rng, 6, 1, 2000)};
+      mixed.sequences.push_back({0, 200});
+      mixed.sequences.push_back({333, 65});
+      mixed.sequences.push_back({1000, 1});
+      mixed.fused_q = true;
+      cases.push_back(mixed);
+    }
+    {
+      AttentionCase mixed{"mixed", dtype, 64, 2, 8, 64, decode_batch(rng, 4, 100, 5000)};
+      mixed.sequences.insert(mixed.sequences.begin() + 2, {700, 333});
+      cases.push_back(mixed);
+    }
+  }
+  // one long prefill chunk (tokens > 1000), and a group too large for the
+  // decode tile (the prefill kernel takes the decode tokens)
+  cases.push_back({"prefill-1k", DType::bf16, 128, 2, 4, 64, {{100, 1100}}});
+  cases.push_back({"group32", DType::bf16, 64, 1, 32, 16, {{40, 1}, {0, 50}, {3000, 1}}});
+  for (const auto& c : cases) run_attention_case(c, rng);
+}
+
+// ---- sampling ------------------------------------------------------------
+
+TEST_CASE("sampling") {
+  auto rng = rng_for("sampling");
+  for (const int vocab : {32000, 128256}) {
+    const int rows = 64;
+    std::normal_distribution<float> normal(0.0f, 3.0f);
+    std::vector<float> logits(static_cast<std::size_t>(rows) * vocab);
+    for (float& l : logits) l = normal(rng);
+    std::vector<gpu::SamplingRow> params(rows);
+    std::vector<std::int32_t> history;
+    std::uniform_int_distribution<int> id_dist(0, vocab - 1);
+    std::uniform_int_distribution<int> pick(0, 99);
+    const int top_ks[] = {0, 0, 1, 20, 50, 1000};
+    const float top_ps[] = {1.0f, 1.0f, 0.9f, 0.5f, 0.95f};
+    for (int r = 0; r < rows; ++r) {
+      auto& p = params[r];
+      const int kind = r % 8;
+      p.temperature = kind == 0 ? 0.0f : 0.5f + 0.1f * static_cast<float>(pick(rng) % 10);
+      p.top_k = top_ks[pick(rng) % 6];
+      p.top_p = top_ps[pick(rng) % 5];
+      p.min_p = pick(rng) < 30 ? 0.05f : 0.0f;
+      p.repetition_penalty = pick(rng) < 40 ? 1.3f : 1.0f;
+      p.presence_penalty = pick(rng) < 30 ? 0.5f : 0.0f;
+      p.frequency_penalty = pick(rng) < 30 ? 0.25f : 0.0f;
+      p.seed = (static_cast<std::uint64_t>(rng()) << 1) ^ rng();
+      p.step = static_cast<std::uint64_t>(pick(rng)) + (r % 5 == 0 ? (1ull << 33) : 0);
+      // history with repeats: prompt then generated ids
+      const int prompt = pick(rng) < 20 ? 0 : pick(rng) * 3;
+      const int generated = pick(rng) * 2;
+      p.prompt_offset = static_cast<std::int32_t>(history.size());
+      p.num_prompt_ids = prompt;
+      for (int i = 0; i < prompt; ++i) history.push_back(i > 0 && pick(rng) < 20 ? history.back() : id_dist(rng));
+      p.generated_offset = static_cast<std::int32_t>(history.size());
+      p.num_generated_ids = generated;
+      for (int i = 0; i < generated; ++i) {
+        history.push_back(i > 0 && pick(rng) < 30 ? history[history.size() - 1 - pick(rng) % i] : id_dist(rng));
+      }
+      if (kind == 1) {  // exact ties at the maximum: greedy and sampling must pick by id order
+        p.temperature = r % 16 == 1 ? 0.0f : 1.0f;
+        float* row = logits.data() + static_cast<std::size_t>(r) * vocab;
+        for (int i = 0; i < 5; ++i) row[id_dist(rng)] = 20.0f;
+        p.repetition_penalty = 1.0f;
+        p.presence_penalty = p.frequency_penalty = 0.0f;
+      }
+    }
+    std::vector<std::int32_t> want(rows);
+    for (int r = 0; r < rows; ++r) {
+      const auto& p = params[r];
+      ref::SamplingParams rp;
+      rp.temperature = p.temperature;
+      rp.top_k = p.top_k;
+      rp.top_p = p.top_p;
+      rp.min_p = p.min_p;
+      rp.repetition_penalty = p.repetition_penalty;
+      rp.presence_penalty = p.presence_penalty;
+      rp.frequency_penalty = p.frequency_penalty;
+      rp.seed = p.seed;
+      const ref::TokenHistory h{history.data() + p.prompt_offset, static_cast<std::size_t>(p.num_prompt_ids),
+                                history.data() + p.generated_offset, static_cast<std::size_t>(p.num_generated_ids)};
+      REQUIRE(ref::sample_token(logits.data() + static_cast<std::size_t>(r) * vocab, vocab, rp, h, p.step, &want[r]) ==
+              ref::Status::ok);
+    }
+    DeviceBuffer<float> d_logits;
+    d_logits.upload(logits);
+    DeviceBuffer<gpu::SamplingRow> d_params;
+    d_params.upload(params);
+    DeviceBuffer<std::int32_t> d_history, d_tokens(rows), flag(1);
+    d_history.upload(history);
+    DeviceBuffer<unsigned char> workspace(gpu::sampling_workspace_bytes(rows, vocab));
+    workspace.poison();
+    CUDA_OK(cudaMemset(d_tokens.ptr, 0xFF, d_tokens.bytes()));
+    CUDA_OK(cudaMemset(flag.ptr, 0, 4));
+    gpu::SamplingBatch batch;
+    batch.rows = rows;
+    batch.vocab_size = vocab;
+    batch.logits = d_logits.ptr;
+    batch.logits_row_stride = vocab;
+    batch.params = d_params.ptr;
+    batch.history_ids = d_history.ptr;
+    batch.tokens_out = d_tokens.ptr;
+    batch.error_flag = flag.ptr;
+    LAUNCH_OK(gpu::sample_tokens(batch, workspace.ptr, workspace.bytes(), nullptr));
+    const auto got = d_tokens.download();
+    int mismatches = 0;
+    std::string detail;
+    for (int r = 0; r < rows; ++r) {
+      if (got[r] == want[r]) continue;
+      if (++mismatches <= 4) {
+        const auto& p = params[r];
+        detail += fmt(" [row %d: gpu %d ref %d; T=%.2f k=%d p=%.2f minp=%.2f rep=%.2f pres=%.2f freq=%.2f]", r, got[r],
+                      want[r], p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty, p.presence_penalty,
+                      p.frequency_penalty);
+      }
+    }
+    const bool logits_intact = d_logits.download() == logits;
+    report_bool("sample_tokens",
+                fmt("vocab=%d rows=%d greedy/top-k/top-p/min-p/penalties", vocab, rows),
+                mismatches == 0 && logits_intact && flag.download()[0] == 0,
+                fmt("%d/%d tokens match ref%s%s", rows - mismatches, rows, logits_intact ? "" : ", LOGITS MODIFIED",
+                    detail.c_str()));
+  }
+}
+
+// ---- bench ---------------------------------------------------------------
+
+constexpr double hbm_peak_gbs = 3350.0;  // H100 SXM HBM3 datasheet
+
+template <typename Launch>
+float median_ms(Launch&& launch, int repeats = 50) {
+  for (int i = 0; i < 5; ++i) launch();
+  CUDA_OK(cudaDeviceSynchronize());
+  cudaEvent_t start, stop;
+  CUDA_OK(cudaEventCreate(&start));
+  CUDA_OK(cudaEventCreate(&stop));
+  std::vector<float> times;
+  for (int i = 0; i < repeats; ++i) {
+    CUDA_OK(cudaEventRecord(start));
+    launch();
+    CUDA_OK(cudaEventRecord(stop));
+    CUDA_OK(cudaEventSynchronize(stop));
+    float ms = 0;
+    CUDA_OK(cudaEventElapsedTime(&ms, start, stop));
+    times.push_back(ms);
+  }
+  CUDA_OK(cudaEventDestroy(start));
+  CUDA_OK(cudaEventDestroy(stop));
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+void bench_rmsnorm() {
+  std::printf("\n== add_rmsnorm bf16, hidden 4096 (bytes: x + residual read, residual + y written, + weight) ==\n");
+  std::mt19937_64 rng(g_seed);
+  const int hidden = 4096;
+  for (const int rows : {1, 16, 256, 4096, 16384}) {
+    const std::size_t n = static_cast<std::size_t>(rows) * hidden;
+    DeviceBuffer<unsigned char> x, res, y, w;
+    x.upload(to_bytes(random_floats(rng, n, -1, 1), DType::bf16));
+    res.upload(to_bytes(random_floats(rng, n, -1, 1), DType::bf16));
+    w.upload(to_bytes(random_floats(rng, hidden, 0.5, 1.5), DType::bf16));
+    y.resize(n * 2);
+    const float ms = median_ms([&] {
+      CUDA_OK(gpu::add_rmsnorm(res.ptr, x.ptr, w.ptr, DType::bf16, rows, hidden, 1e-5f, y.ptr, nullptr));
+    });
+    const double bytes = 4.0 * n * 2 + hidden * 2;
+    std::printf("rows=%6d  %9.2f us  %7.0f GB/s  (%4.1f%% of %.0f)\n", rows, ms * 1e3, bytes / (ms * 1e-3) / 1e9,
+                100.0 * bytes / (ms * 1e-3) / 1e9 / hbm_peak_gbs, hbm_peak_gbs);
+  }
+}
+
+void bench_decode_attention() {
+  std::printf("\n== decode attention bf16, Llama-3-8B layer (32 q heads, 8 kv heads, hd 128, 64-token pages) ==\n");
+  std::mt19937_64 rng(g_seed);
+  const int qh = 32, kv = 8, hd = 128, bt = 64;
+  struct Shape {
+    int batch, context;
+  };
+  for (const Shape shape : {Shape{1, 1024}, Shape{1, 8192}, Shape{1, 32768}, Shape{8, 4096}, Shape{32, 2048},
+                            Shape{64, 4096}, Shape{256, 1024}}) {
+    const int blocks_per_seq = (shape.context + bt - 1) / bt;
+    const int num_blocks = shape.batch * blocks_per_seq;
+    const std::size_t pool = static_cast<std::size_t>(num_blocks) * bt * kv * hd;
+    DeviceBuffer<std::uint16_t> k(pool), v(pool);
+    // Random bits in [-1, 1) bf16: fill on the host once per size.
+    std::vector<std::uint16_t> host(pool);
+    std::uniform_real_distribution<float> dist(-1, 1);
+    for (auto& h : host) h = ref::f32_to_bf16(dist(rng));
+    CUDA_OK(cudaMemcpy(k.ptr, host.data(), k.bytes(), cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(v.ptr, host.data(), v.bytes(), cudaMemcpyHostToDevice));
+    std::vector<std::int32_t> qs(shape.batch + 1), ctx(shape.batch, shape.context), tables(num_blocks);
+    std::iota(qs.begin(), qs.end(), 0);
+    std::iota(tables.begin(), tables.end(), 0);
+    std::shuffle(tables.begin(), tables.end(), rng);
+    DeviceBuffer<std::int32_t> d_qs, d_ctx, d_tables;
+    d_qs.upload(qs);
+    d_ctx.upload(ctx);
+    d_tables.upload(tables);
+    DeviceBuffer<unsigned char> q, out(static_cast<std::size_t>(shape.batch) * qh * hd * 2);
+    q.upload(to_bytes(random_floats(rng, static_cast<std::size_t>(shape.batch) * qh * hd, -1, 1), DType::bf16));
+    gpu::AttentionProblem problem;
+    problem.dtype = DType::bf16;
+    problem.head_dim = hd;
+    problem.q_heads = qh;
+    problem.kv_heads = kv;
+    problem.num_sequences = shape.batch;
+    problem.max_query_len = 1;
+    problem.max_context_len = shape.context;
+    problem.num_sms = g_num_sms;
+    const auto plan = gpu::plan_paged_attention(problem);
+    DeviceBuffer<unsigned char> workspace(std::max<std::size_t>(plan.workspace_bytes, 1));
+    const gpu::PagedKvPools pools{k.ptr, v.ptr, DType::bf16, num_blocks, bt, kv, hd};
+    const gpu::PagedAttentionBatch batch{shape.batch, d_qs.ptr, d_ctx.ptr, d_tables.ptr, blocks_per_seq};
+    const float ms = median_ms([&] {
+      CUDA_OK(gpu::paged_attention(plan, pools, batch, q.ptr, qh * hd, 0.088f, out.ptr, qh * hd, workspace.ptr,
+                                   workspace.bytes(), nullptr));
+    });
+    const double bytes = 2.0 * shape.batch * static_cast<double>(shape.context) * kv * hd * 2;
+    std::printf("batch=%4d ctx=%6d  %9.2f us  %7.0f GB/s  (%4.1f%% of %.0f)  splits=%d\n", shape.batch, shape.context,
+                ms * 1e3, bytes / (ms * 1e-3) / 1e9, 100.0 * bytes / (ms * 1e-3) / 1e9 / hbm_peak_gbs, hbm_peak_gbs,
+                plan.decode.splits);
+  }
+}
+
+void bench_prefill_attention() {
+  std::printf("\n== prefill attention bf16, Llama-3-8B layer, one sequence, causal ==\n");
+  std::mt19937_64 rng(g_seed);
+  const int qh = 32, kv = 8, hd = 128, bt = 64;
+  for (const int tokens : {512, 2048, 8192}) {
+    const int num_blocks = (tokens + bt - 1) / bt;
+    const std::size_t pool = static_cast<std::size_t>(num_blocks) * bt * kv * hd;
+    DeviceBuffer<unsigned char> k, v, q;
+    k.upload(to_bytes(random_floats(rng, pool, -1, 1), DType::bf16));
+    v.upload(to_bytes(random_floats(rng, pool, -1, 1), DType::bf16));
+    q.upload(to_bytes(random_floats(rng, static_cast<std::size_t>(tokens) * qh * hd, -1, 1), DType::bf16));
+    DeviceBuffer<unsigned char> out(static_cast<std::size_t>(tokens) * qh * hd * 2);
+    std::vector<std::int32_t> tables(num_blocks);
+    std::iota(tables.begin(), tables.end(), 0);
+    DeviceBuffer<std::int32_t> d_qs, d_ctx, d_tables;
+    d_qs.upload({0, tokens});
+    d_ctx.upload({tokens});
+    d_tables.upload(tables);
+    gpu::AttentionProblem problem;
+    problem.dtype = DType::bf16;
+    problem.head_dim = hd;
+    problem.q_heads = qh;
+    problem.kv_heads = kv;
+    problem.num_sequences = 1;
+    problem.max_query_len = tokens;
+    problem.max_context_len = tokens;
+    problem.num_sms = g_num_sms;
+    const auto plan = gpu::plan_paged_attention(problem);
+    DeviceBuffer<unsigned char> workspace(std::max<std::size_t>(plan.workspace_bytes, 1));
+    const gpu::PagedKvPools pools{k.ptr, v.ptr, DType::bf16, num_blocks, bt, kv, hd};
+    const gpu::PagedAttentionBatch batch{1, d_qs.ptr, d_ctx.ptr, d_tables.ptr, num_blocks};
+    const float ms = median_ms([&] {
+      CUDA_OK(gpu::paged_attention(plan, pools, batch, q.ptr, qh * hd, 0.088f, out.ptr, qh * hd, workspace.ptr,
+                                   workspace.bytes(), nullptr));
+    }, 20);
+    const double flops = 4.0 * qh * hd * (static_cast<double>(tokens) * (tokens + 1) / 2);
+    std::printf("tokens=%5d  %9.2f us  %6.1f TFLOP/s (causal, dense bf16 peak ~990)\n", tokens, ms * 1e3,
+                flops / (ms * 1e-3) / 1e12);
+  }
+}
+
+void bench_sampling() {
+  std::printf("\n== sample_tokens, vocab 128256 ==\n");
+  std::mt19937_64 rng(g_seed);
+  const int vocab = 128256;
+  for (const int rows : {1, 64, 256}) {
+    for (const int mode : {0, 1, 2}) {
+      DeviceBuffer<float> logits;
+      logits.upload(random_floats(rng, static_cast<std::size_t>(rows) * vocab, -5, 5));
+      std::vector<gpu::SamplingRow> params(rows);
+      for (auto& p : params) {
+        p.temperature = mode == 0 ? 0.0f : 0.8f;
+        if (mode == 2) {
+          p.top_k = 50;
+          p.top_p = 0.9f;
+        }
+        p.seed = rng();
+      }
+      DeviceBuffer<gpu::SamplingRow> d_params;
+      d_params.upload(params);
+      DeviceBuffer<std::int32_t> tokens(rows);
+      DeviceBuffer<unsigned char> workspace(gpu::sampling_workspace_bytes(rows, vocab));
+      gpu::SamplingBatch batch;
+      batch.rows = rows;
+      batch.vocab_size = vocab;
+      batch.logits = logits.ptr;
+      batch.logits_row_stride = vocab;
+      batch.params = d_params.ptr;
+      batch.tokens_out = tokens.ptr;
+      const float ms = median_ms([&] { CUDA_OK(gpu::sample_tokens(batch, workspace.ptr, workspace.bytes(), nullptr)); }, 20);
+      std::printf("rows=%4d %-22s %9.2f us\n", rows,
+                  mode == 0 ? "greedy" : (mode == 1 ? "temperature" : "top-k 50 + top-p 0.9"), ms * 1e3);
+    }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool bench = false;
+  bool seed_given = false;
+  std::vector<char*> rest;
+  for (int i = 0; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--bench") {
+      bench = true;
+    } else if (arg == "--seed" && i + 1 < argc) {
+      g_seed = std::strtoull(argv[++i], nullptr, 0);
+      seed_given = true;
+    } else if (arg.rfind("--seed=", 0) == 0) {
+      g_seed = std::strtoull(arg.c_str() + 7, nullptr, 0);
+      seed_given = true;
+    } else {
+      rest.push_back(argv[i]);
+    }
+  }
+  if (!seed_given) {
+    if (const char* env = std::getenv("HOSTRUN_TEST_SEED"); env != nullptr) {
+      g_seed = std::strtoull(env, nullptr, 0);
+    } else {
+      g_seed = std::random_device{}();
+      g_seed = (g_seed << 32) ^ std::random_device{}();
+    }
+  }
+
+  int devices = 0;
+  const cudaError_t e = cudaGetDeviceCount(&devices);
+  if (e != cudaSuccess || devices == 0) {
+    std::fprintf(stderr, "test_kernels_cuda: no CUDA device (%s). This driver needs an NVIDIA GPU; CI skips it "
+                         "with ctest -LE gpu.\n",
+                 e != cudaSuccess ? cudaGetErrorString(e) : "device count is 0");
+    return 2;
+  }
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return 2;
+  g_num_sms = prop.multiProcessorCount;
+  std::printf("test_kernels_cuda: %s (sm_%d%d, %d SMs, %.1f GiB), seed %llu (replay: --seed %llu)\n", prop.name,
+              prop.major, prop.minor, prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0,
+              static_cast<unsigned long long>(g_seed), static_cast<unsigned long long>(g_seed));
+
+  if (bench) {
+    g_bench = true;
+    bench_rmsnorm();
+    bench_decode_attention();
+    bench_prefill_attention();
+    bench_sampling();
+    return 0;
+  }
+
+  doctest::Context context;
+  context.applyCommandLine(static_cast<int>(rest.size()), rest.data());
+  const int rc = context.run();
+  std::printf("\nkernels_cuda: %d passed, %d failed (seed %llu)\n", g_passed, g_failed,
+              static_cast<unsigned long long>(g_seed));
+  return rc != 0 || g_failed != 0 ? 1 : 0;
+}
