@@ -9,7 +9,7 @@ packages=(cmake ninja-build g++ pkg-config ccache
   libboost-dev libfmt-dev libtomlplusplus-dev libcli11-dev nlohmann-json3-dev libpcre2-dev doctest-dev)
 if [ "${1:-}" = "--test" ]; then
   # clang + its runtime for the libFuzzer targets.
-  packages+=(clang libclang-rt-14-dev)
+  packages+=(clang libclang-rt-14-dev tmux)
 fi
 
 missing=()

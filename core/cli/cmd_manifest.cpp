@@ -2,7 +2,9 @@
 #include <fmt/format.h>
 
 #include "commands.hpp"
+#include "chat_template.hpp"
 #include "manifest.hpp"
+#include "runtime.hpp"
 
 namespace hostrun::cli {
 
@@ -32,7 +34,8 @@ int check(const GlobalOptions& options, const ManifestCheckOptions& check_option
     }
   }
   core::PluginRegistry registry = load_plugins(options);
-  auto resolved = core::resolve(*manifest, registry);
+  const core::HostTableSchema host_tables[] = {core::engine_schema(), core::chat_template_schema()};
+  auto resolved = core::resolve(*manifest, registry, host_tables);
   if (!resolved) {
     fmt::print(stderr, "{}\n", resolved.status().message());
     return 1;
@@ -67,7 +70,8 @@ void add_manifest_command(CLI::App& app, GlobalOptions& options) {
   auto check_options = std::make_shared<ManifestCheckOptions>();
   cmd->add_option("FILE", check_options->file, "The manifest")->required()->check(CLI::ExistingFile);
   cmd->add_option("--set", check_options->sets, "Override a value as a flag would: TABLE.KEY=VALUE (repeatable)")
-      ->type_name("TABLE.KEY=VALUE");
+      ->type_name("TABLE.KEY=VALUE")
+      ->allow_extra_args(false);
   cmd->callback([&options, check_options] { options.exit_code = check(options, *check_options); });
 }
 

@@ -28,7 +28,8 @@ int main(int argc, char** argv) {
   app.add_option("--plugin-dir", options.plugin_dirs,
                  "Extra folder to search for plugins, before HOSTRUN_PLUGIN_PATH and the install location "
                  "(repeatable)")
-      ->type_name("DIR");
+      ->type_name("DIR")
+      ->allow_extra_args(false);  // one folder per --plugin-dir, so a positional may follow
   app.add_option("--log-level", options.log_level, "Log level: trace, debug, info, warning, error, off")
       ->check([](const std::string& text) {
         return core::parse_log_level(text) ? std::string() : "unknown log level '" + text + "'";
@@ -40,7 +41,10 @@ int main(int argc, char** argv) {
 
   cli::add_plugins_command(app, options);
   cli::add_manifest_command(app, options);
+  cli::add_chat_command(app, options);
   cli::add_checkpoint_command(app, options);
+  cli::add_tokenize_command(app, options);
+  cli::add_bench_tokenizer_command(app, options);
 
   // CLI11 reports a mistyped command only as "a subcommand is required"; say what was typed.
   if (argc > 1 && argv[1][0] != '-') {

@@ -116,6 +116,7 @@ Engine::~Engine() {
 Result<uint64_t> Engine::submit(GenerationRequest request, StreamCallback on_event) noexcept {
   try {
     auto seq = std::make_unique<Sequence>();
+    const bool is_chat = std::holds_alternative<std::vector<ChatMessage>>(request.input);
     // Prompt ids from whatever the request carries.
     if (auto* ids = std::get_if<std::vector<TokenId>>(&request.input)) {
       seq->tokens = std::move(*ids);
@@ -153,6 +154,10 @@ Result<uint64_t> Engine::submit(GenerationRequest request, StreamCallback on_eve
         sp.repetition_penalty <= 0 || sp.min_tokens < 0)
       return Status(ErrorCode::invalid_argument, "sampling parameters out of range");
     seq->sampling = std::move(sp);
+    // The chat template's own stop strings end chat replies.
+    if (is_chat)
+      seq->sampling.stop.insert(seq->sampling.stop.end(), parts_.extra_stop_strings.begin(),
+                                parts_.extra_stop_strings.end());
     int64_t limit = config_.session_len;
     if (seq->sampling.max_tokens >= 0) limit = std::min<int64_t>(limit, int64_t(seq->prompt_len) + seq->sampling.max_tokens);
     seq->max_len = int32_t(limit);

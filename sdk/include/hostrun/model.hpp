@@ -43,6 +43,7 @@ struct ModelInfo {
 };
 
 struct LoadContext {
+  // Kept alive by the host for as long as the model, so a model may keep views into it.
   const WeightSource* weights = nullptr;
   Device device{};
   DType activation_dtype = DType::bf16;
@@ -80,10 +81,14 @@ struct StepInput {
   std::span<const StepSequence> sequences;
 };
 
+// `logprobs` and `logits` are either empty or hold exactly one entry per
+// sampled token, in the order of `sampled`; an entry for a sequence that did
+// not ask (top_logprobs < 0, return_logits false) holds only the chosen id,
+// or no values.
 struct StepOutput {
   std::vector<TokenId> sampled;           // one per sequence with sample, in order
-  std::vector<TokenLogprob> logprobs;     // same order, when the sequence asked (top_logprobs >= 0)
-  std::vector<std::vector<float>> logits; // same order, when return_logits
+  std::vector<TokenLogprob> logprobs;     // see above
+  std::vector<std::vector<float>> logits; // see above
 };
 
 struct MemoryReport {

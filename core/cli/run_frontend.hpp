@@ -1,0 +1,36 @@
+// Running a frontend plugin over the local engine, for chat and serve.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine_flags.hpp"
+#include "runtime.hpp"
+
+namespace hostrun::cli {
+
+// Blocks SIGINT/SIGTERM in this thread and every thread it makes later, so a
+// watcher thread can take them with sigwait.
+void block_stop_signals();
+
+// Opens the runtime for `flags` (plus `frontend_overrides`, which name the
+// frontend plugin and its settings), runs the frontend until it returns, and
+// stops it on SIGINT/SIGTERM. Returns the process exit status.
+int run_frontend(const EngineFlags& flags, const std::vector<std::string>& plugin_dirs,
+                 std::vector<core::ManifestOverride> frontend_overrides);
+
+// Makes the engine a frontend runs over when it is not the local one (e.g. a
+// core::RemoteEngine); called after the stop signals are blocked.
+using EngineOpener = std::function<Result<std::unique_ptr<EngineHandle>>()>;
+
+// Runs a frontend plugin over an engine `open_engine` makes, with no manifest:
+// `frontend_overrides` name the plugin ("frontend.plugin") and its settings
+// ("frontend.KEY"), validated against what the plugin declares as a manifest
+// table would be, before the engine is opened. Stops it on SIGINT/SIGTERM.
+// Returns the process exit status.
+int run_frontend(const std::vector<std::string>& plugin_dirs, const std::vector<core::ManifestOverride>& frontend_overrides,
+                 const EngineOpener& open_engine);
+
+}  // namespace hostrun::cli

@@ -1,0 +1,235 @@
+#include "runtime.hpp"
+
+#include <fmt/format.h>
+
+#include "builtin_manifests.hpp"
+#include "checkpoint/llama_config.hpp"
+#include "checkpoint/model_directory.hpp"
+
+namespace hostrun::core {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// LMDeploy's names and defaults where it has them.
+const SettingSpec kEngineSettings[] = {
+    {"session_len", SettingType::integer, "Most tokens (prompt + reply) one request may hold; 0: the model's maximum",
+     false, "0", 0, 1e9},
+    {"max_batch_size", SettingType::integer, "Most sequences in one engine step", false, "128", 1, 65536},
+    {"max_prefill_token_num", SettingType::integer, "Most prompt tokens computed in one step (chunked prefill)", false,
+     "8192", 1, 1e9},
+    {"cache_block_seq_len", SettingType::integer, "Tokens per KV-cache block", false, "64", 1, 65536},
+    {"cache_max_entry_count", SettingType::number,
+     "Share of the memory left after the weights that the KV cache takes (on the CPU: of cpu_memory_budget_mb)",
+     false, "0.8", 1e-6, 1},
+    {"num_kv_blocks", SettingType::integer, "Exactly this many KV blocks (0: from cache_max_entry_count)", false, "0",
+     0, 1e9},
+    {"enable_prefix_caching", SettingType::boolean, "Reuse the KV blocks of identical prompt prefixes", false,
+     "false"},
+    {"cpu_memory_budget_mb", SettingType::integer, "On the CPU, the memory the KV-cache share applies to", false,
+     "2048", 1, 1e9},
+    {"seed", SettingType::integer, "Seed for requests that bring none (0: from the clock)", false, "0", 0, 9.2e18},
+};
+
+EngineConfig engine_config_from(const Settings& s) {
+  EngineConfig c;
+  c.session_len = int32_t(s.get_int("session_len"));
+  c.max_batch_size = int32_t(s.get_int("max_batch_size"));
+  c.max_prefill_token_num = int32_t(s.get_int("max_prefill_token_num"));
+  c.cache_block_seq_len = int32_t(s.get_int("cache_block_seq_len"));
+  c.cache_max_entry_count = s.get_number("cache_max_entry_count");
+  c.num_kv_blocks = s.get_int("num_kv_blocks");
+  c.enable_prefix_caching = s.get_bool("enable_prefix_caching");
+  c.cpu_memory_budget_bytes = s.get_int("cpu_memory_budget_mb") << 20;
+  c.seed = uint64_t(s.get_int("seed"));
+  return c;
+}
+
+std::string join_problems(const std::vector<std::string>& problems) {
+  std::string joined;
+  for (const auto& p : problems) joined += (joined.empty() ? "" : "\n") + p;
+  return joined;
+}
+
+}  // namespace
+
+HostTableSchema engine_schema() { return {"engine", kEngineSettings}; }
+
+fs::path shipped_model_dir() {
+  fs::path exe = executable_dir();
+  return exe.empty() ? fs::path() : exe.parent_path() / "share" / "hostrun" / "models" / "tiny";
+}
+
+Result<std::unique_ptr<Runtime>> Runtime::open(const RuntimeOptions& options, LogSink* log_sink) {
+  std::unique_ptr<Runtime> runtime(new Runtime());
+  Status built = guard([&] { return runtime->build(options, log_sink); });
+  if (!built) return built;
+  return runtime;
+}
+
+Runtime::~Runtime() {
+  engine_.reset();  // the loop thread stops before the model and tokenizer go
+}
+
+Status Runtime::build(const RuntimeOptions& options, LogSink* log_sink) {
+  log_sink_ = log_sink;
+  Logger log(log_sink, "hostrun");
+
+  // The model folder.
+  if (options.model_dir.empty()) {
+    model_dir_ = shipped_model_dir().string();
+    if (!fs::exists(fs::path(model_dir_) / "config.json"))
+      return Status(ErrorCode::not_found,
+                    fmt::format("no MODEL_DIR was given and the small model hostrun ships is not at {} "
+                                "(scripts/run.sh makes it)",
+                                model_dir_));
+  } else {
+    model_dir_ = options.model_dir;
+  }
+  if (!fs::is_directory(model_dir_))
+    return Status(ErrorCode::not_found, fmt::format("{}: not a model folder (expected an HF folder with config.json)",
+                                                    model_dir_));
+  auto config = checkpoint::load_llama_config(model_dir_);
+  if (!config) return config.status();
+  if (config->model.quant_method)
+    return Status(ErrorCode::unsupported,
+                  fmt::format("{}/config.json: quantization_config.quant_method '{}' is not supported by this build",
+                              model_dir_, *config->model.quant_method));
+
+  registry_.scan(plugin_search_path(options.plugin_dirs));
+  if (options.device != "auto" && options.device != "cpu" && options.device != "cuda")
+    return Status(ErrorCode::invalid_argument, fmt::format("--device '{}': expected auto, cpu or cuda", options.device));
+  if (options.device == "cuda")
+    return Status(ErrorCode::unsupported, "--device cuda: this build has no CUDA model plugin yet; use --device cpu");
+  if (options.device == "auto") log.info("no CUDA model plugin in this build: running on the CPU");
+
+  // The manifest.
+  Result<Manifest> manifest = Status(ErrorCode::internal, "no manifest");
+  if (!options.manifest_file.empty()) {
+    manifest = Manifest::parse_file(options.manifest_file);
+    manifest_name_ = options.manifest_file;
+  } else {
+    // The CPU path is the only Llama path in this build; a CUDA manifest joins it with the CUDA plugin.
+    manifest_name_ = "llama3-cpu";
+    const BuiltinManifest* builtin = nullptr;
+    for (const auto& m : builtin_manifests())
+      if (m.name == manifest_name_) builtin = &m;
+    if (!builtin) return Status(ErrorCode::internal, "the built-in manifest llama3-cpu is missing from this build");
+    manifest = Manifest::parse_string(builtin->text, "builtin:" + manifest_name_, model_dir_);
+  }
+  if (!manifest) return manifest.status();
+  const ManifestTable* tokenizer_table = manifest->table("tokenizer");
+  if (!tokenizer_table || !tokenizer_table->values.count("file"))
+    if (Status s = manifest->set_override("tokenizer.file", model_dir_, "MODEL_DIR"); !s) return s;
+  for (const auto& o : options.overrides)
+    if (Status s = manifest->set_override(o.key, o.value, o.label); !s) return s;
+  const HostTableSchema host_tables[] = {engine_schema(), chat_template_schema()};
+  auto resolved = resolve(*manifest, registry_, host_tables);
+  if (!resolved) return resolved.status();
+  resolved_ = std::move(resolved.value());
+
+  auto instance_of = [&](const char* table) -> Result<const ResolvedInstance*> {
+    const ResolvedInstance* i = resolved_.instance(table);
+    if (!i) return Status(ErrorCode::invalid_argument, fmt::format("{}: the manifest has no [{}] table", manifest_name_, table));
+    return i;
+  };
+
+  // The objects.
+  auto tokenizer_instance = instance_of("tokenizer");
+  if (!tokenizer_instance) return tokenizer_instance.status();
+  auto tokenizer = registry_.create<Tokenizer>((*tokenizer_instance)->plugin->name, (*tokenizer_instance)->settings,
+                                               log_sink, "tokenizer");
+  if (!tokenizer) return tokenizer.status();
+  tokenizer_ = *tokenizer;
+
+  auto kv_instance = instance_of("kv_cache");
+  if (!kv_instance) return kv_instance.status();
+  auto kv_policy = registry_.create<KvCachePolicy>((*kv_instance)->plugin->name, (*kv_instance)->settings, log_sink,
+                                                   "kv_cache");
+  if (!kv_policy) return kv_policy.status();
+  kv_policy_ = *kv_policy;
+
+  auto model_instance = instance_of("model");
+  if (!model_instance) return model_instance.status();
+  auto model = registry_.create<Model>((*model_instance)->plugin->name, (*model_instance)->settings, log_sink, "model");
+  if (!model) return model.status();
+  model_ = *model;
+
+  auto weights = checkpoint::ModelDirectory::open(model_dir_);
+  if (!weights) return weights.status();
+  weights_ = std::move(weights.value());
+  LoadContext load;
+  load.weights = weights_.get();
+  load.device = {DeviceKind::cpu, 0};
+  load.activation_dtype = DType::f32;
+  load.kv_policy = kv_policy_.get();
+  if (Status loaded = model_->load(load); !loaded)
+    return Status(loaded.code(), fmt::format("loading {}: {}", model_dir_, loaded.message()));
+
+  // The chat template: the flag, else the manifest's table, else Llama-3's.
+  if (!options.chat_template.empty()) {
+    auto chosen = resolve_chat_template(options.chat_template);
+    if (!chosen) return chosen.status();
+    chat_template_ = *chosen;
+  } else if (const ResolvedHostTable* table = resolved_.host_table("chat_template")) {
+    auto chosen = chat_template_from_settings(table->settings, manifest_name_ + " [chat_template]");
+    if (!chosen) return chosen.status();
+    chat_template_ = *chosen;
+  } else {
+    chat_template_ = *find_builtin_chat_template("llama3");
+  }
+
+  EngineParts parts;
+  parts.model = model_;
+  parts.kv_policy = kv_policy_;
+  parts.tokenizer = tokenizer_;
+  parts.model_name = fs::path(model_dir_).filename().string();
+  if (parts.model_name.empty()) parts.model_name = model_dir_;
+  parts.log_sink = log_sink;
+  std::vector<std::string> problems;
+  for (const auto& stop : chat_template_.stop_tokens) {
+    if (auto id = tokenizer_->token_to_id(stop)) parts.extra_stop_ids.push_back(*id);
+    else problems.push_back(fmt::format("chat template '{}': stop token '{}' is not in the tokenizer's vocabulary",
+                                        chat_template_.name, stop));
+  }
+  if (!problems.empty()) return Status(ErrorCode::invalid_argument, join_problems(problems));
+  parts.extra_stop_strings = chat_template_.stop_strings;
+  // Template text may spell special tokens; message content is always plain
+  // text, so a user cannot inject <|eot_id|> and end a turn early.
+  parts.prompt_builder = [tokenizer = tokenizer_, chat_template = chat_template_](
+                             const std::vector<ChatMessage>& messages) -> Result<std::vector<TokenId>> {
+    auto segments = render_chat_segments(chat_template, messages, true);
+    if (!segments) return segments.status();
+    std::vector<TokenId> ids;
+    for (const auto& segment : *segments) {
+      EncodeOptions encode{.add_bos = false, .parse_special = segment.from_template};
+      if (Status s = tokenizer->encode(segment.text, encode, ids); !s) return s;
+    }
+    return ids;
+  };
+
+  const ResolvedHostTable* engine_table = resolved_.host_table("engine");
+  EngineConfig engine_config;
+  if (engine_table) {
+    engine_config = engine_config_from(engine_table->settings);
+  } else {
+    // No [engine] table at all: the defaults of the schema, validated like a table.
+    std::map<std::string, ValueOrigin> origins;
+    engine_config = engine_config_from(
+        validate_settings(kEngineSettings, {}, "engine", "hostrun", {}, origins, problems));
+  }
+  auto engine = Engine::start(engine_config, std::move(parts));
+  if (!engine) return engine.status();
+  engine_ = std::move(engine.value());
+  log.info("model {} ({}), manifest {}", model_dir_, model_->info().architecture, manifest_name_);
+  return Status();
+}
+
+Result<PluginHandle<Frontend>> Runtime::make_frontend() {
+  const ResolvedInstance* frontend = resolved_.instance("frontend");
+  if (!frontend) return Status(ErrorCode::invalid_argument, fmt::format("{}: no [frontend] table", manifest_name_));
+  return registry_.create<Frontend>(frontend->plugin->name, frontend->settings, log_sink_, "frontend");
+}
+
+}  // namespace hostrun::core

@@ -1,0 +1,193 @@
+// load(): config.json (and generation_config.json beside it), checks of what
+// this plugin supports, and the weights converted to f32.
+#include <fmt/format.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "llama_model.hpp"
+#include "ref/dtype.hpp"
+
+namespace hostrun::llama_cpu {
+
+namespace {
+
+[[noreturn]] void fail(ErrorCode code, std::string message) { throw Error(code, "llama_cpu: " + std::move(message)); }
+void throw_if_error(const Status& status) {
+  if (!status) throw Error(status);
+}
+
+std::string shape_text(const TensorView& view) {
+  std::string out = "[";
+  for (uint8_t r = 0; r < view.rank; ++r) out += (r ? ", " : "") + std::to_string(view.shape[r]);
+  return out + "]";
+}
+
+// One tensor of the checkpoint as f32, after checking its dtype and shape.
+std::vector<float> take_tensor(const WeightSource& weights, const std::string& name, std::vector<int64_t> shape) {
+  auto found = weights.tensor(name);
+  if (!found) throw Error(found.status());  // not_found already names the tensor and the directory
+  const TensorView& view = found.value();
+  ref::DType stored;
+  switch (view.dtype) {
+    case DType::f32: stored = ref::DType::f32; break;
+    case DType::bf16: stored = ref::DType::bf16; break;
+    case DType::f16: stored = ref::DType::f16; break;
+    default:
+      fail(ErrorCode::unsupported, fmt::format("{}: tensor '{}': expected f32, bf16 or f16, found {}",
+                                               weights.directory(), name, dtype_name(view.dtype)));
+  }
+  bool same_shape = view.rank == shape.size();
+  for (size_t r = 0; same_shape && r < shape.size(); ++r) same_shape = view.shape[r] == shape[r];
+  if (!same_shape) {
+    TensorView expected;
+    expected.rank = uint8_t(shape.size());
+    for (size_t r = 0; r < shape.size(); ++r) expected.shape[r] = shape[r];
+    fail(ErrorCode::corrupt_data, fmt::format("{}: tensor '{}': expected shape {}, found {}", weights.directory(), name,
+                                              shape_text(expected), shape_text(view)));
+  }
+  if (view.device.kind != DeviceKind::cpu || !view.is_contiguous() || view.data == nullptr)
+    fail(ErrorCode::invalid_argument,
+         fmt::format("{}: tensor '{}': expected a contiguous view in host memory", weights.directory(), name));
+  std::vector<float> out(size_t(view.numel()));
+  ref::convert_to_f32(view.data, stored, out.size(), out.data());
+  return out;
+}
+
+std::string read_text_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(ErrorCode::io_error, fmt::format("{}: cannot open", path.string()));
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) fail(ErrorCode::io_error, fmt::format("{}: read failed", path.string()));
+  return text.str();
+}
+
+}  // namespace
+
+void LlamaCpuModel::load_checked(const LoadContext& context) {
+  if (loaded_) fail(ErrorCode::invalid_argument, "load() called twice; make a new model object instead");
+  if (context.weights == nullptr) fail(ErrorCode::invalid_argument, "load() needs a weight source");
+  if (context.device.kind != DeviceKind::cpu)
+    fail(ErrorCode::unsupported,
+         fmt::format("this plugin runs on the CPU; device cuda:{} was asked for (use a CUDA model plugin)",
+                     context.device.index));
+  if (context.tensor_parallel_size != 1)
+    fail(ErrorCode::unsupported,
+         fmt::format("tensor parallelism is not supported (tensor_parallel_size {})", context.tensor_parallel_size));
+  if (context.quantizer != nullptr)
+    fail(ErrorCode::unsupported, "a quantizer was given; this plugin runs the checkpoint's own f32/bf16/f16 weights");
+  if (context.kv_policy == nullptr)
+    fail(ErrorCode::invalid_argument, "a causal LM needs a KV cache policy (the manifest's [kv_cache] table)");
+  const WeightSource& weights = *context.weights;
+  const std::string directory = weights.directory();
+  const std::filesystem::path config_path = std::filesystem::path(directory) / "config.json";
+
+  auto parsed = checkpoint::parse_llama_config(weights.config_json(), config_path.string());
+  throw_if_error(parsed.status());
+  checkpoint::LlamaConfig config = std::move(parsed.value());
+  const std::string source = config_path.string();
+  if (config.quant_method)
+    fail(ErrorCode::unsupported,
+         fmt::format("{}: key 'quantization_config.quant_method': \"{}\" checkpoints are unsupported (f32/bf16/f16 "
+                     "weights only)",
+                     source, *config.quant_method));
+  if (config.attention_bias)
+    fail(ErrorCode::unsupported,
+         fmt::format("{}: key 'attention_bias': true is unsupported (q/k/v/o_proj without bias only)", source));
+  if (config.mlp_bias)
+    fail(ErrorCode::unsupported,
+         fmt::format("{}: key 'mlp_bias': true is unsupported (gate/up/down_proj without bias only)", source));
+  if (config.head_dim % 2 != 0)
+    fail(ErrorCode::unsupported,
+         fmt::format("{}: key 'head_dim': expected an even number (RoPE rotates pairs of dimensions), found {}", source,
+                     config.head_dim));
+  for (auto [key, value] : {std::pair{"vocab_size", config.vocab_size}, {"hidden_size", config.hidden_size},
+                            {"intermediate_size", config.intermediate_size}, {"head_dim", config.head_dim},
+                            {"num_attention_heads", config.num_attention_heads},
+                            {"num_hidden_layers", config.num_hidden_layers},
+                            {"max_position_embeddings", config.max_position_embeddings}})
+    if (value > INT32_MAX) fail(ErrorCode::unsupported, fmt::format("{}: key '{}': {} is too large", source, key, value));
+
+  // Stop and start ids: config.json's, then generation_config.json's (Llama 3
+  // Instruct lists <|eot_id|> only there), as checkpoint::load_llama_config merges them.
+  std::vector<TokenId> eos_ids;
+  for (int64_t id : config.eos_token_ids) eos_ids.push_back(TokenId(id));
+  std::optional<TokenId> bos_id;
+  if (config.bos_token_id) bos_id = TokenId(*config.bos_token_id);
+  const std::filesystem::path generation_path = std::filesystem::path(directory) / "generation_config.json";
+  std::error_code ec;
+  if (!directory.empty() && std::filesystem::exists(generation_path, ec)) {
+    auto generation = checkpoint::parse_generation_config(read_text_file(generation_path), generation_path.string());
+    throw_if_error(generation.status());
+    for (int64_t id : generation->eos_token_ids) {
+      if (id < 0 || id >= config.vocab_size)
+        fail(ErrorCode::invalid_argument,
+             fmt::format("{}: key 'eos_token_id': {} is outside the vocabulary of {}", generation_path.string(), id,
+                         config.vocab_size));
+      if (std::find(eos_ids.begin(), eos_ids.end(), TokenId(id)) == eos_ids.end()) eos_ids.push_back(TokenId(id));
+    }
+    if (auto id = generation->bos_token_id; id && *id >= 0 && *id < config.vocab_size) bos_id = TokenId(*id);
+  }
+
+  const int64_t hidden = config.hidden_size;
+  const int64_t intermediate = config.intermediate_size;
+  LlamaWeights loaded;
+  loaded.embed_tokens = take_tensor(weights, "model.embed_tokens.weight", {config.vocab_size, hidden});
+  for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
+    const std::string prefix = fmt::format("model.layers.{}.", l);
+    LayerWeights layer;
+    layer.input_norm = take_tensor(weights, prefix + "input_layernorm.weight", {hidden});
+    layer.qkv = take_tensor(weights, prefix + "self_attn.q_proj.weight", {config.q_size(), hidden});
+    for (const char* name : {"self_attn.k_proj.weight", "self_attn.v_proj.weight"}) {
+      std::vector<float> rows = take_tensor(weights, prefix + name, {config.kv_size(), hidden});
+      layer.qkv.insert(layer.qkv.end(), rows.begin(), rows.end());
+    }
+    layer.o_proj = take_tensor(weights, prefix + "self_attn.o_proj.weight", {hidden, config.q_size()});
+    layer.post_norm = take_tensor(weights, prefix + "post_attention_layernorm.weight", {hidden});
+    layer.gate_up = take_tensor(weights, prefix + "mlp.gate_proj.weight", {intermediate, hidden});
+    std::vector<float> up = take_tensor(weights, prefix + "mlp.up_proj.weight", {intermediate, hidden});
+    layer.gate_up.insert(layer.gate_up.end(), up.begin(), up.end());
+    layer.down_proj = take_tensor(weights, prefix + "mlp.down_proj.weight", {hidden, intermediate});
+    loaded.layers.push_back(std::move(layer));
+  }
+  loaded.final_norm = take_tensor(weights, "model.norm.weight", {hidden});
+  // Tied checkpoints may still carry lm_head.weight; HF ignores it then, and so do we.
+  if (!config.tie_word_embeddings) loaded.lm_head = take_tensor(weights, "lm_head.weight", {config.vocab_size, hidden});
+
+  size_t floats = loaded.embed_tokens.size() + loaded.final_norm.size() + loaded.lm_head.size();
+  for (const auto& layer : loaded.layers)
+    floats += layer.input_norm.size() + layer.qkv.size() + layer.o_proj.size() + layer.post_norm.size() +
+              layer.gate_up.size() + layer.down_proj.size();
+  loaded.bytes = floats * sizeof(float);
+
+  ref::RopeParams rope;
+  rope.head_dim = size_t(config.head_dim);
+  rope.theta = config.rope_theta;
+  if (config.rope_scaling) {
+    rope.scaling_type = ref::RopeScalingType::llama3;
+    rope.factor = config.rope_scaling->factor;
+    rope.low_freq_factor = config.rope_scaling->low_freq_factor;
+    rope.high_freq_factor = config.rope_scaling->high_freq_factor;
+    rope.original_max_position_embeddings = double(config.rope_scaling->original_max_position_embeddings);
+  }
+
+  rope_ = ref::make_rope_table(rope);
+  // HF's eager attention multiplies the scores by head_dim ** -0.5.
+  softmax_scale_ = float(1.0 / std::sqrt(double(config.head_dim)));
+  weights_ = std::move(loaded);
+  config_ = std::move(config);
+  eos_ids_ = std::move(eos_ids);
+  bos_id_ = bos_id;
+  kv_policy_ = context.kv_policy;
+  loaded_ = true;
+  log_.info("loaded {}: {} layers, hidden {}, {} heads ({} KV) x {}, vocab {}{}{}; {} MiB of f32 weights, {} thread(s)",
+            directory, config_.num_hidden_layers, config_.hidden_size, config_.num_attention_heads,
+            config_.num_key_value_heads, config_.head_dim, config_.vocab_size,
+            config_.tie_word_embeddings ? ", tied embeddings" : "", config_.rope_scaling ? ", llama3 RoPE scaling" : "",
+            weights_.bytes >> 20, threads_);
+}
+
+}  // namespace hostrun::llama_cpu

@@ -1,0 +1,72 @@
+#include "llama_model.hpp"
+
+#include <fmt/format.h>
+
+namespace hostrun::llama_cpu {
+
+LlamaCpuModel::LlamaCpuModel(const CreateContext& context)
+    : log_(plugin_logger(context, "llama_cpu")), threads_(int(context.settings->get_int("threads"))) {}
+
+Status LlamaCpuModel::load(const LoadContext& context) noexcept {
+  return guard([&] { load_checked(context); });
+}
+
+Status LlamaCpuModel::step(const StepInput& input, StepOutput& output) noexcept {
+  return guard([&] { run_step(input, output); });
+}
+
+ModelInfo LlamaCpuModel::info() const noexcept {
+  ModelInfo out;
+  out.kind = ModelKind::causal_lm;
+  out.device = Device{DeviceKind::cpu, 0};
+  out.activation_dtype = DType::f32;
+  if (!loaded_) return out;
+  try {
+    out.architecture = "LlamaForCausalLM";
+    out.eos_ids = eos_ids_;
+  } catch (...) {
+    // Out of memory copying a few strings: the numbers below still hold.
+  }
+  out.vocab_size = int32_t(config_.vocab_size);
+  out.hidden_size = int32_t(config_.hidden_size);
+  out.layers = int32_t(config_.num_hidden_layers);
+  out.q_heads = int32_t(config_.num_attention_heads);
+  out.kv_heads = int32_t(config_.num_key_value_heads);
+  out.head_dim = int32_t(config_.head_dim);
+  out.max_positions = int32_t(config_.max_position_embeddings);
+  out.weight_bytes = weights_.bytes;
+  out.bos_id = bos_id_;
+  return out;
+}
+
+Result<MemoryReport> LlamaCpuModel::memory() const noexcept {
+  // The CPU has no device memory of its own to report; the engine sizes the
+  // KV cache from its CPU budget instead.
+  MemoryReport report;
+  report.weight_bytes = weights_.bytes;
+  return report;
+}
+
+Status LlamaCpuModel::allocate_kv_cache(int32_t num_blocks, int32_t block_tokens) noexcept {
+  return guard([&]() -> Status {
+  if (!loaded_) return Status(ErrorCode::invalid_argument, "llama_cpu: allocate_kv_cache before load");
+  if (num_blocks <= 0 || block_tokens <= 0)
+    return Status(ErrorCode::invalid_argument,
+                  fmt::format("llama_cpu: allocate_kv_cache: expected positive block count and block size, found {} "
+                              "blocks of {} tokens",
+                              num_blocks, block_tokens));
+  KvShape shape{int32_t(config_.num_hidden_layers), int32_t(config_.num_key_value_heads), int32_t(config_.head_dim),
+                block_tokens};
+  kv_cache_.reset();  // the old cache's memory goes back before the new one is taken
+  auto made = kv_policy_->allocate(shape, num_blocks, Device{DeviceKind::cpu, 0});
+  if (!made) return made.status();
+  kv_cache_ = std::move(made.value());
+  if (!kv_cache_) return Status(ErrorCode::internal, "llama_cpu: the KV cache policy returned no cache");
+  block_tokens_ = block_tokens;
+  log_.info("KV cache: {} blocks of {} tokens, {} MiB ({})", num_blocks, block_tokens, kv_cache_->bytes() >> 20,
+            kv_policy_->format().name);
+  return {};
+  });
+}
+
+}  // namespace hostrun::llama_cpu
