@@ -10,6 +10,8 @@ packages=(cmake ninja-build g++ pkg-config ccache
 if [ "${1:-}" = "--test" ]; then
   # clang + its runtime for the libFuzzer targets.
   packages+=(clang libclang-rt-14-dev tmux)
+  # Headless Chromium for the web page's browser test (playwright-core drives it), with a font for screenshots.
+  packages+=(chromium fonts-dejavu-core curl)
 fi
 
 missing=()

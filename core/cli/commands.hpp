@@ -28,5 +28,11 @@ void add_checkpoint_command(CLI::App& app, GlobalOptions& options);
 void add_chat_command(CLI::App& app, GlobalOptions& options);
 void add_tokenize_command(CLI::App& app, GlobalOptions& options);
 void add_bench_tokenizer_command(CLI::App& app, GlobalOptions& options);
+// Makes the `serve` group (with api_server) and returns it for the client commands.
+CLI::App* add_serve_command(CLI::App& app, GlobalOptions& options);
+// `serve api_client URL` and `serve gradio URL|MODEL_DIR`, on the serve group.
+void add_serve_client_commands(CLI::App* serve_group, GlobalOptions& options);
+// `bench serving URL`, on the bench group (made here if no benchmark made it yet).
+void add_bench_serving_command(CLI::App& app, GlobalOptions& options);
 
 }  // namespace hostrun::cli

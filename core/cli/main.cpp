@@ -45,6 +45,9 @@ int main(int argc, char** argv) {
   cli::add_checkpoint_command(app, options);
   cli::add_tokenize_command(app, options);
   cli::add_bench_tokenizer_command(app, options);
+  [[maybe_unused]] CLI::App* serve_group = cli::add_serve_command(app, options);
+  cli::add_serve_client_commands(serve_group, options);
+  cli::add_bench_serving_command(app, options);
 
   // CLI11 reports a mistyped command only as "a subcommand is required"; say what was typed.
   if (argc > 1 && argv[1][0] != '-') {

@@ -1,0 +1,173 @@
+// The client side of `hostrun serve` (the seed's section 4.2 and 4.3):
+//
+//   hostrun serve api_client http://localhost:23333 [--api-key KEY]
+//   hostrun serve gradio http://localhost:23333 --server-name 0.0.0.0 --server-port 6006
+//   hostrun serve gradio MODEL_DIR --server-port 6006 [engine flags]
+//
+// api_client is the terminal "chat" frontend over a core::RemoteEngine, so it
+// behaves exactly like `hostrun chat` (Enter twice sends, `end`, `exit`).
+// gradio runs the "gradio" frontend over a RemoteEngine when given a URL and
+// over the local engine when given a model folder.
+#include "commands.hpp"
+#include "engine_flags.hpp"
+#include "remote_engine.hpp"
+#include "run_frontend.hpp"
+
+namespace hostrun::cli {
+
+namespace {
+
+// The chat controls of `hostrun chat`, as frontend settings.
+struct SamplingFlags {
+  std::optional<double> temperature, top_p, repetition_penalty;
+  std::optional<int64_t> top_k, max_new_tokens, seed;
+  std::string system;
+
+  void add_to(CLI::App* cmd, bool with_seed) {
+    cmd->add_option("--temperature", temperature, "Sampling temperature (default 0.8; 0: greedy)");
+    cmd->add_option("--top-p", top_p, "Nucleus sampling (default 0.8)");
+    cmd->add_option("--top-k", top_k, "Top-k sampling (default 40; 0: off)");
+    cmd->add_option("--repetition-penalty", repetition_penalty, "Repetition penalty (default 1.0)");
+    cmd->add_option("--max-new-tokens", max_new_tokens, "Most tokens in one reply (default 512)");
+    if (with_seed) cmd->add_option("--seed", seed, "Sampling seed (default: a new one each reply)");
+    cmd->add_option("--system", system, "System prompt");
+  }
+
+  void append(std::vector<core::ManifestOverride>& out) const {
+    auto add = [&](const char* key, const auto& value, const char* flag) {
+      if (value) out.push_back({key, fmt::format("{}", *value), flag});
+    };
+    add("frontend.temperature", temperature, "--temperature");
+    add("frontend.top_p", top_p, "--top-p");
+    add("frontend.top_k", top_k, "--top-k");
+    add("frontend.repetition_penalty", repetition_penalty, "--repetition-penalty");
+    add("frontend.max_new_tokens", max_new_tokens, "--max-new-tokens");
+    add("frontend.seed", seed, "--seed");
+    if (!system.empty()) out.push_back({"frontend.system", system, "--system"});
+  }
+};
+
+struct RemoteFlags {
+  std::string api_key;
+  std::string model;
+
+  void add_to(CLI::App* cmd) {
+    cmd->add_option("--api-key", api_key, "Bearer key the server expects (its --api-keys)");
+    cmd->add_option("--model", model, "Which of the server's models to use (default: the first /v1/models lists)");
+  }
+
+  EngineOpener opener(std::string url) const {
+    return [url, key = api_key, model = model]() -> Result<std::unique_ptr<EngineHandle>> {
+      core::RemoteEngineOptions options;
+      options.url = url;
+      options.api_key = key;
+      options.model = model;
+      auto engine = core::RemoteEngine::open(std::move(options));
+      if (!engine) return engine.status();
+      return std::unique_ptr<EngineHandle>(std::move(*engine));
+    };
+  }
+};
+
+struct ApiClientOptions {
+  std::string url;
+  RemoteFlags remote;
+  SamplingFlags sampling;
+};
+
+struct GradioOptions {
+  std::string target;
+  EngineFlags engine;
+  RemoteFlags remote;
+  SamplingFlags sampling;
+  std::string server_name = "0.0.0.0";
+  int64_t server_port = 6006;
+  std::string title;
+};
+
+void add_api_client(CLI::App& serve, GlobalOptions& options) {
+  auto* cmd = serve.add_subcommand(
+      "api_client", "Chat in the terminal with an OpenAI-compatible server (hostrun, vLLM, LMDeploy), streaming; "
+                    "Enter twice sends, 'end' resets the conversation, 'exit' quits. Reads a pipe too.");
+  auto o = std::make_shared<ApiClientOptions>();
+  cmd->add_option("URL", o->url, "The server, e.g. http://localhost:23333 (a trailing /v1 is fine)")->required();
+  o->remote.add_to(cmd);
+  o->sampling.add_to(cmd, true);
+  cmd->callback([&options, o] {
+    auto url = core::parse_server_url(o->url);
+    if (!url) {
+      fmt::print(stderr, "hostrun serve api_client: {}\n", url.status().message());
+      options.exit_code = 2;
+      return;
+    }
+    std::vector<core::ManifestOverride> frontend{{"frontend.plugin", "chat", "hostrun serve api_client"}};
+    o->sampling.append(frontend);
+    options.exit_code = run_frontend(options.plugin_dirs, frontend, o->remote.opener(o->url));
+  });
+}
+
+void add_gradio(CLI::App& serve, GlobalOptions& options) {
+  auto* cmd = serve.add_subcommand(
+      "gradio", "Serve a web chat page (streaming, history, sampling controls, stop and reset) that also answers "
+                "Gradio's client API; its engine is a server URL or a local model folder");
+  auto o = std::make_shared<GradioOptions>();
+  cmd->add_option("URL|MODEL_DIR", o->target,
+                  "http(s)://... of an OpenAI-compatible server, or an HF model folder (none: the small model "
+                  "hostrun ships)");
+  cmd->add_option("--server-name", o->server_name, "Address to listen on (0.0.0.0: every interface)")
+      ->capture_default_str();
+  cmd->add_option("--server-port", o->server_port, "Port to listen on (0: any free port, printed at start)")
+      ->check(CLI::Range(0, 65535))
+      ->capture_default_str();
+  cmd->add_option("--title", o->title, "Title of the page (default 'hostrun chat')");
+  o->remote.add_to(cmd);
+  o->sampling.add_to(cmd, false);
+  o->engine.add_to(cmd);
+  cmd->callback([&options, o, cmd] {
+    std::vector<core::ManifestOverride> frontend{
+        {"frontend.plugin", "gradio", "hostrun serve gradio"},
+        {"frontend.server_name", o->server_name, "--server-name"},
+        {"frontend.server_port", std::to_string(o->server_port), "--server-port"},
+    };
+    if (!o->title.empty()) frontend.push_back({"frontend.title", o->title, "--title"});
+    o->sampling.append(frontend);
+    if (core::looks_like_url(o->target)) {
+      // Engine flags configure a local engine; with a URL they would be silently ignored.
+      for (const char* flag : {"--manifest", "--chat-template", "--device", "--session-len", "--max-batch-size",
+                               "--max-prefill-token-num", "--cache-max-entry-count", "--cache-block-seq-len",
+                               "--num-kv-blocks", "--enable-prefix-caching", "--set"}) {
+        if (cmd->count(flag) > 0) {
+          fmt::print(stderr, "hostrun serve gradio: {} configures a local engine; with a URL ({}) the server's own "
+                             "settings apply, so leave it out\n", flag, o->target);
+          options.exit_code = 2;
+          return;
+        }
+      }
+      auto url = core::parse_server_url(o->target);
+      if (!url) {
+        fmt::print(stderr, "hostrun serve gradio: {}\n", url.status().message());
+        options.exit_code = 2;
+        return;
+      }
+      options.exit_code = run_frontend(options.plugin_dirs, frontend, o->remote.opener(o->target));
+      return;
+    }
+    if (!o->remote.api_key.empty() || !o->remote.model.empty()) {
+      fmt::print(stderr, "hostrun serve gradio: --api-key and --model are for a server URL; '{}' is not one "
+                         "(expected http:// or https://)\n", o->target);
+      options.exit_code = 2;
+      return;
+    }
+    o->engine.model_dir = o->target;
+    options.exit_code = run_frontend(o->engine, options.plugin_dirs, frontend);
+  });
+}
+
+}  // namespace
+
+void add_serve_client_commands(CLI::App* serve_group, GlobalOptions& options) {
+  add_api_client(*serve_group, options);
+  add_gradio(*serve_group, options);
+}
+
+}  // namespace hostrun::cli

@@ -1,0 +1,588 @@
+// Gradio's client API for one chat function (see the header for the shape).
+#include "gradio_api.hpp"
+
+#include <fmt/format.h>
+
+#include <charconv>
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <random>
+#include <thread>
+
+namespace hostrun::gradio {
+
+namespace {
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+// The component and dependency ids of the app the config describes.
+constexpr int kChatFn = 1;
+enum Component : int { kMessage = 1, kHistory, kSystem, kTemperature, kTopP, kMaxTokens, kReply };
+
+// Gradio clients older than the prefix use the bare paths; both are served.
+constexpr const char* kApiPrefix = "/gradio_api";
+// Gradio sends one every 15 s so that proxies keep an idle stream open.
+constexpr auto kHeartbeatEvery = std::chrono::seconds(15);
+// A session whose client never opened its stream is dropped after this.
+constexpr auto kUnclaimedSessionLife = std::chrono::seconds(120);
+// How long an idle session's stream stays open before close_stream. The
+// client reuses a stream it believes open: one that submits again right after
+// a result (a script calling predict twice) must find it still open, or its
+// next event would go to a stream the client is about to drop.
+constexpr auto kCloseGrace = std::chrono::seconds(1);
+
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+http::Response json_response(int status, const json& body) {
+  http::Response r;
+  r.status = status;
+  r.body = dump(body);
+  return r;
+}
+
+// Gradio answers a request it cannot use with 422 and {"detail": ...}.
+http::Response unprocessable(std::string detail) { return json_response(422, {{"detail", std::move(detail)}}); }
+
+std::string query_value(std::string_view query, std::string_view key) {
+  size_t start = 0;
+  while (start <= query.size()) {
+    size_t end = query.find('&', start);
+    std::string_view pair = query.substr(start, end == std::string_view::npos ? std::string_view::npos : end - start);
+    size_t eq = pair.find('=');
+    if (pair.substr(0, eq) == key && eq != std::string_view::npos) {
+      // Session hashes are [a-z0-9]; decode %XX anyway for any other client.
+      std::string out;
+      std::string_view v = pair.substr(eq + 1);
+      for (size_t i = 0; i < v.size(); ++i) {
+        unsigned byte = 0;
+        if (v[i] == '%' && i + 2 < v.size() &&
+            std::from_chars(v.data() + i + 1, v.data() + i + 3, byte, 16).ptr == v.data() + i + 3) {
+          out += char(byte);
+          i += 2;
+        } else {
+          out += v[i] == '+' ? ' ' : v[i];
+        }
+      }
+      return out;
+    }
+    if (end == std::string_view::npos) break;
+    start = end + 1;
+  }
+  return {};
+}
+
+// The text of a message content in any of the shapes Gradio clients send:
+// a string, {"text": ...}, or a list of parts ({"type": "text", "text"} or strings).
+std::optional<std::string> content_text(const json& content) {
+  if (content.is_null()) return std::string();
+  if (content.is_string()) return content.get<std::string>();
+  if (content.is_object()) {
+    auto text = content.find("text");
+    if (text != content.end() && text->is_string()) return text->get<std::string>();
+    return std::nullopt;
+  }
+  if (content.is_array()) {
+    std::string out;
+    for (const auto& part : content) {
+      auto piece = content_text(part);
+      if (!piece) return std::nullopt;
+      out += *piece;
+    }
+    return out;
+  }
+  return std::nullopt;
+}
+
+struct ChatInputs {
+  std::vector<ChatMessage> messages;
+  SamplingParams sampling;
+};
+
+// data = [message, history, system_prompt, temperature, top_p, max_tokens];
+// trailing values may be missing or null (their defaults apply).
+Result<ChatInputs> parse_chat_inputs(const json& data, const ChatDefaults& defaults) {
+  auto bad = [](std::string message) { return Status(ErrorCode::invalid_argument, std::move(message)); };
+  if (!data.is_array()) return bad("\"data\" must be an array: [message, history, system_prompt, temperature, top_p, max_tokens]");
+  if (data.size() > 6) return bad(fmt::format("\"data\" has {} values; /chat takes at most 6", data.size()));
+  auto at = [&](size_t i) -> const json& {
+    static const json null_value;
+    return i < data.size() ? data[i] : null_value;
+  };
+  ChatInputs in;
+  auto message = content_text(at(0));
+  if (!message || message->empty()) return bad("data[0] (message) must be a non-empty string");
+  std::string system = defaults.system;
+  if (!at(2).is_null()) {
+    if (!at(2).is_string()) return bad("data[2] (system_prompt) must be a string");
+    system = at(2).get<std::string>();
+  }
+  if (!system.empty()) in.messages.push_back({"system", system, {}});
+  const json& history = at(1);
+  if (!history.is_null() && !history.is_array()) return bad("data[1] (history) must be a list");
+  if (history.is_array()) {
+    for (size_t i = 0; i < history.size(); ++i) {
+      const json& turn = history[i];
+      if (turn.is_object()) {  // messages format: {"role", "content"}
+        auto role = turn.find("role");
+        auto text = turn.contains("content") ? content_text(turn["content"]) : std::nullopt;
+        if (role == turn.end() || !role->is_string() || !text)
+          return bad(fmt::format("history[{}] must be {{\"role\": ..., \"content\": ...}}", i));
+        std::string r = role->get<std::string>();
+        if (r != "user" && r != "assistant" && r != "system")
+          return bad(fmt::format("history[{}].role is '{}'; expected user, assistant or system", i, r));
+        in.messages.push_back({r, *text, {}});
+      } else if (turn.is_array() && turn.size() == 2) {  // tuples format: [user, assistant]
+        auto user = content_text(turn[0]);
+        auto assistant = content_text(turn[1]);
+        if (!user || !assistant) return bad(fmt::format("history[{}] must be [user_text, assistant_text]", i));
+        if (!user->empty()) in.messages.push_back({"user", *user, {}});
+        if (!assistant->empty()) in.messages.push_back({"assistant", *assistant, {}});
+      } else {
+        return bad(fmt::format("history[{}] must be a {{role, content}} message or a [user, assistant] pair", i));
+      }
+    }
+  }
+  in.messages.push_back({"user", *message, {}});
+  auto number = [&](size_t i, const char* name, double fallback, double lo, double hi) -> Result<double> {
+    const json& v = at(i);
+    if (v.is_null()) return fallback;
+    if (!v.is_number()) return bad(fmt::format("data[{}] ({}) must be a number", i, name));
+    double x = v.get<double>();
+    if (!(x >= lo && x <= hi)) return bad(fmt::format("data[{}] ({}) is {}; expected {} to {}", i, name, x, lo, hi));
+    return x;
+  };
+  auto temperature = number(3, "temperature", defaults.temperature, 0, 100);
+  if (!temperature) return temperature.status();
+  auto top_p = number(4, "top_p", defaults.top_p, 1e-6, 1);
+  if (!top_p) return top_p.status();
+  auto max_tokens = number(5, "max_tokens", double(defaults.max_new_tokens), 1, 1e9);
+  if (!max_tokens) return max_tokens.status();
+  in.sampling = chat_sampling(defaults, *temperature, *top_p, int64_t(*max_tokens));
+  return in;
+}
+
+json parameter(const char* label, const char* name, const char* component, json type, const char* python_type,
+               const char* description, std::optional<json> fallback, json example) {
+  json p = {{"label", label},
+            {"parameter_name", name},
+            {"parameter_has_default", fallback.has_value()},
+            {"parameter_default", fallback ? *fallback : json()},
+            {"type", std::move(type)},
+            {"python_type", {{"type", python_type}, {"description", description}}},
+            {"component", component},
+            {"example_input", std::move(example)}};
+  return p;
+}
+
+}  // namespace
+
+struct GradioApi::State {
+  EngineHandle& engine;
+  ChatDefaults defaults;
+  Logger log;
+  int64_t app_id = 0;
+
+  struct Session {
+    std::shared_ptr<http::Exchange> stream;  // the open /queue/data answer, if any
+    std::vector<std::string> pending;        // SSE events waiting for a stream
+    int open_events = 0;
+    Clock::time_point touched = Clock::now();
+    std::optional<Clock::time_point> close_at;  // when idle: when to send close_stream
+  };
+  struct Event {
+    std::string id;
+    std::string session;
+    uint64_t request_id = 0;  // 0 until submit() returned
+    bool cancel_asked = false;
+    bool sent_first = false;
+    std::string reply;
+    Clock::time_point started = Clock::now();
+  };
+
+  std::mutex mutex;
+  std::map<std::string, Session> sessions;
+  std::map<std::string, std::shared_ptr<Event>> events;
+  std::mt19937_64 random{std::random_device{}()};
+  bool stopped = false;
+  std::condition_variable wake;
+  std::thread timers;
+
+  State(EngineHandle& e, ChatDefaults d, Logger l) : engine(e), defaults(std::move(d)), log(std::move(l)) {
+    app_id = int64_t(random() >> 12);
+  }
+
+  std::string new_event_id() {
+    return fmt::format("{:016x}{:016x}", random(), random());
+  }
+
+  // Sends (or keeps for later) one message of a session's stream. Lock held.
+  void send(Session& session, const json& message) {
+    std::string event = http::sse_event(dump(message));
+    session.touched = Clock::now();
+    if (session.stream && session.stream->write(event)) return;
+    session.stream.reset();
+    session.pending.push_back(std::move(event));
+  }
+
+  // After an event ended or a stream connected: an idle session's stream is
+  // closed after kCloseGrace (by the timer thread). Lock held.
+  void settle(const std::string& hash) {
+    auto it = sessions.find(hash);
+    if (it == sessions.end()) return;
+    Session& s = it->second;
+    if (s.open_events > 0) return;
+    if (s.stream) {
+      s.close_at = Clock::now() + kCloseGrace;
+      wake.notify_all();
+    } else if (s.pending.empty()) {
+      sessions.erase(it);
+    }
+  }
+
+  // Closes idle streams when their grace ends, sends heartbeats, drops
+  // sessions nobody came for.
+  void run_timers() {
+    std::unique_lock lock(mutex);
+    auto next_heartbeat = Clock::now() + kHeartbeatEvery;
+    while (!stopped) {
+      auto now = Clock::now();
+      bool beat = now >= next_heartbeat;
+      if (beat) next_heartbeat = now + kHeartbeatEvery;
+      auto next_wake = next_heartbeat;
+      for (auto it = sessions.begin(); it != sessions.end();) {
+        Session& s = it->second;
+        if (s.open_events > 0) s.close_at.reset();
+        if (s.stream && s.close_at && *s.close_at <= now) {
+          s.stream->write(http::sse_event(R"({"msg":"close_stream","event_id":null})"));
+          s.stream->finish();
+          s.stream.reset();
+          s.close_at.reset();
+        } else if (s.stream && s.close_at) {
+          next_wake = std::min(next_wake, *s.close_at);
+        } else if (s.stream && beat) {
+          s.stream->write(http::sse_event(R"({"msg":"heartbeat"})"));
+        }
+        bool unclaimed = !s.stream && s.open_events == 0 && now - s.touched > kUnclaimedSessionLife;
+        if ((!s.stream && s.open_events == 0 && s.pending.empty()) || unclaimed)
+          it = sessions.erase(it);
+        else
+          ++it;
+      }
+      wake.wait_until(lock, next_wake);
+    }
+  }
+
+  json config() const {
+    auto component = [](int id, const char* type, json props) {
+      props["visible"] = true;
+      return json{{"id", id}, {"type", type}, {"props", std::move(props)}, {"skip_api", false},
+                  {"component_class_id", type}, {"key", nullptr}};
+    };
+    json components = json::array({
+        component(kMessage, "textbox", {{"label", "Message"}, {"value", ""}, {"lines", 2}}),
+        component(kHistory, "json", {{"label", "History"}, {"value", json::array()}}),
+        component(kSystem, "textbox", {{"label", "System prompt"}, {"value", defaults.system}}),
+        component(kTemperature, "slider",
+                  {{"label", "Temperature"}, {"minimum", 0}, {"maximum", 2}, {"step", 0.05}, {"value", defaults.temperature}}),
+        component(kTopP, "slider",
+                  {{"label", "Top-p"}, {"minimum", 0.01}, {"maximum", 1}, {"step", 0.01}, {"value", defaults.top_p}}),
+        component(kMaxTokens, "slider",
+                  {{"label", "Max new tokens"}, {"minimum", 1}, {"maximum", std::max<int64_t>(defaults.max_new_tokens, 4096)},
+                   {"step", 1}, {"value", defaults.max_new_tokens}}),
+        component(kReply, "textbox", {{"label", "Reply"}, {"value", ""}}),
+    });
+    json ids = json::array();
+    json children = json::array();
+    for (int id = kMessage; id <= kReply; ++id) {
+      ids.push_back(id);
+      children.push_back({{"id", id}});
+    }
+    json layout = {{"id", 0}, {"children", children}};
+    json dependency = {
+        {"id", kChatFn},
+        {"targets", json::array({json::array({kMessage, "submit"})})},
+        {"inputs", json::array({kMessage, kHistory, kSystem, kTemperature, kTopP, kMaxTokens})},
+        {"outputs", json::array({kReply})},
+        {"backend_fn", true},
+        {"js", nullptr},
+        {"queue", true},
+        {"api_name", "chat"},
+        {"api_visibility", "public"},
+        {"show_api", true},
+        {"scroll_to_output", false},
+        {"show_progress", "full"},
+        {"batch", false},
+        {"max_batch_size", 4},
+        {"cancels", json::array()},
+        {"types", {{"generator", true}, {"cancel", false}}},
+        {"collects_event_data", false},
+        {"trigger_after", nullptr},
+        {"trigger_only_on_success", false},
+        {"trigger_mode", "once"},
+        {"rendered_in", nullptr},
+        {"connection", "sse"},
+        {"time_limit", nullptr},
+        {"stream_every", 0.5},
+        {"event_specific_args", nullptr},
+        {"zerogpu", false},
+    };
+    return {
+        {"version", "5.0.0"},  // the API generation answered here, not a Gradio install
+        {"mode", "blocks"},
+        {"app_id", app_id},
+        {"dev_mode", false},
+        {"analytics_enabled", false},
+        {"components", components},
+        {"css", nullptr},
+        {"js", nullptr},
+        {"head", nullptr},
+        {"title", defaults.title},
+        {"space_id", nullptr},
+        {"enable_queue", true},
+        {"show_error", true},
+        {"show_api", true},
+        {"is_colab", false},
+        {"max_file_size", nullptr},
+        {"stylesheets", json::array()},
+        {"theme", "default"},
+        {"protocol", "sse_v3"},
+        {"body_css", json::object()},
+        {"fill_height", false},
+        {"fill_width", false},
+        {"theme_hash", ""},
+        {"layout", layout},
+        {"dependencies", json::array({dependency})},
+        {"root", ""},  // empty: the client uses the URL it connected to
+        {"username", nullptr},
+        {"api_prefix", kApiPrefix},
+        {"connect_heartbeat", false},
+        {"page", {{"", {{"components", ids}, {"dependencies", json::array({kChatFn})}, {"layout", layout}}}}},
+        {"pages", json::array({json::array({"", "Home"})})},
+        {"current_page", ""},
+    };
+  }
+
+  json info() const {
+    json parameters = json::array({
+        parameter("Message", "message", "Textbox", {{"type", "string"}}, "str", "", std::nullopt, "Hello!!"),
+        parameter("History", "history", "Json", {{"type", "array"}, {"items", {{"type", "object"}}}}, "list[dict]",
+                  "earlier turns: {role, content} messages or [user, assistant] pairs", json::array(), json::array()),
+        parameter("System prompt", "system_prompt", "Textbox", {{"type", "string"}}, "str", "", json(defaults.system),
+                  "You are a helpful assistant."),
+        parameter("Temperature", "temperature", "Slider", {{"type", "number"}}, "float", "numeric value between 0 and 2",
+                  json(defaults.temperature), defaults.temperature),
+        parameter("Top-p", "top_p", "Slider", {{"type", "number"}}, "float", "numeric value between 0.01 and 1",
+                  json(defaults.top_p), defaults.top_p),
+        parameter("Max new tokens", "max_tokens", "Slider", {{"type", "number"}}, "float", "numeric value of at least 1",
+                  json(defaults.max_new_tokens), defaults.max_new_tokens),
+    });
+    json returns = json::array({{{"label", "Reply"},
+                                 {"type", {{"type", "string"}}},
+                                 {"python_type", {{"type", "str"}, {"description", ""}}},
+                                 {"component", "Textbox"}}});
+    return {{"named_endpoints", {{"/chat", {{"parameters", parameters}, {"returns", returns}, {"show_api", true}}}}},
+            {"unnamed_endpoints", json::object()}};
+  }
+
+  void join(const std::shared_ptr<http::Exchange>& exchange) {
+    json body = json::parse(exchange->request().body, nullptr, false);
+    if (body.is_discarded() || !body.is_object())
+      return exchange->respond(unprocessable("the body must be a JSON object {data, fn_index, session_hash}"));
+    auto hash = body.find("session_hash");
+    if (hash == body.end() || !hash->is_string() || hash->get_ref<const std::string&>().empty())
+      return exchange->respond(unprocessable("session_hash must be a non-empty string"));
+    auto fn = body.find("fn_index");
+    if (fn != body.end() && !fn->is_null() && !(fn->is_number_integer() && fn->get<int>() == kChatFn))
+      return exchange->respond(unprocessable(fmt::format("fn_index {} does not exist; this app has {} (/chat)",
+                                                         fn->dump(), kChatFn)));
+    auto inputs = parse_chat_inputs(body.value("data", json::array()), defaults);
+    if (!inputs) return exchange->respond(unprocessable(inputs.status().message()));
+
+    auto event = std::make_shared<Event>();
+    event->session = hash->get<std::string>();
+    {
+      std::lock_guard lock(mutex);
+      if (stopped) return exchange->respond(json_response(503, {{"detail", "the server is stopping"}}));
+      event->id = new_event_id();
+      events[event->id] = event;
+      Session& s = sessions[event->session];
+      s.open_events++;
+      s.close_at.reset();  // the stream stays open for this event
+      send(s, {{"msg", "estimation"}, {"event_id", event->id}, {"rank", 0}, {"queue_size", 1}, {"rank_eta", nullptr}});
+      send(s, {{"msg", "process_starts"}, {"event_id", event->id}, {"eta", nullptr}, {"progress_data", nullptr}});
+    }
+    exchange->respond(json_response(200, {{"event_id", event->id}}));
+
+    GenerationRequest request;
+    request.input = std::move(inputs->messages);
+    request.sampling = inputs->sampling;
+    request.user = "gradio:" + event->session;
+    // submit() and cancel() are called with no lock held: the engine may call
+    // back (taking the lock) from its thread at any time.
+    auto id = engine.submit(std::move(request), [this, event](const StreamEvent& e) { on_stream(event, e); });
+    if (!id) {
+      std::lock_guard lock(mutex);
+      complete(event, FinishReason::error, id.status().message());
+      return;
+    }
+    bool cancel_now = false;
+    {
+      std::lock_guard lock(mutex);
+      event->request_id = *id;
+      cancel_now = event->cancel_asked;
+    }
+    if (cancel_now) engine.cancel(*id);
+  }
+
+  void on_stream(const std::shared_ptr<Event>& event, const StreamEvent& e) {
+    std::lock_guard lock(mutex);
+    auto it = sessions.find(event->session);
+    if (it == sessions.end()) return;
+    if (!e.text.empty()) {
+      json data = event->sent_first ? json::array({json::array({json::array({"append", json::array(), e.text})})})
+                                     : json::array({event->reply + e.text});
+      event->reply += e.text;
+      event->sent_first = true;
+      send(it->second, {{"msg", "process_generating"},
+                        {"event_id", event->id},
+                        {"output", {{"data", data}, {"is_generating", true}}},
+                        {"success", true}});
+    }
+    if (e.finish != FinishReason::none) complete(event, e.finish, e.error);
+  }
+
+  // The event's last message. Lock held.
+  void complete(const std::shared_ptr<Event>& event, FinishReason finish, const std::string& error) {
+    if (!events.erase(event->id)) return;
+    auto it = sessions.find(event->session);
+    if (it == sessions.end()) return;
+    double seconds = std::chrono::duration<double>(Clock::now() - event->started).count();
+    if (finish == FinishReason::error) {
+      send(it->second, {{"msg", "process_completed"},
+                        {"event_id", event->id},
+                        {"output", {{"error", error.empty() ? "the engine failed" : error}}},
+                        {"success", false}});
+    } else {
+      // A cancelled event ends like a finished one, with the reply it had.
+      send(it->second, {{"msg", "process_completed"},
+                        {"event_id", event->id},
+                        {"output",
+                         {{"data", json::array({event->reply})},
+                          {"is_generating", false},
+                          {"duration", seconds},
+                          {"average_duration", seconds}}},
+                        {"success", true}});
+    }
+    it->second.open_events--;
+    settle(event->session);
+  }
+
+  void data(const std::shared_ptr<http::Exchange>& exchange) {
+    std::string hash = query_value(exchange->request().query, "session_hash");
+    std::lock_guard lock(mutex);
+    auto it = sessions.find(hash);
+    exchange->begin_stream(200, "text/event-stream", {{"Cache-Control", "no-cache"}, {"X-Accel-Buffering", "no"}});
+    if (it == sessions.end()) {
+      // What Gradio says to a stream for a session with nothing queued.
+      exchange->write(http::sse_event(
+          R"({"msg":"unexpected_error","message":"Session not found.","session_not_found":true})"));
+      exchange->finish();
+      return;
+    }
+    Session& s = it->second;
+    if (s.stream) s.stream->finish();  // a reconnect replaces the old stream
+    s.stream = exchange;
+    s.close_at.reset();
+    for (auto& event : s.pending) exchange->write(std::move(event));
+    s.pending.clear();
+    std::weak_ptr<http::Exchange> weak = exchange;
+    exchange->on_abort([this, hash, weak] { on_stream_lost(hash, weak); });
+    settle(hash);
+  }
+
+  // The client's stream went away: its events have no one to tell, so stop them.
+  void on_stream_lost(const std::string& hash, const std::weak_ptr<http::Exchange>& lost) {
+    std::vector<uint64_t> to_cancel;
+    {
+      std::lock_guard lock(mutex);
+      auto it = sessions.find(hash);
+      if (it == sessions.end() || it->second.stream != lost.lock()) return;
+      it->second.stream.reset();
+      for (auto& [id, event] : events) {
+        if (event->session != hash) continue;
+        event->cancel_asked = true;
+        if (event->request_id) to_cancel.push_back(event->request_id);
+      }
+    }
+    for (uint64_t id : to_cancel) engine.cancel(id);
+  }
+
+  void cancel(const std::shared_ptr<http::Exchange>& exchange) {
+    json body = json::parse(exchange->request().body, nullptr, false);
+    std::string event_id = body.is_object() && body.contains("event_id") && body["event_id"].is_string()
+                               ? body["event_id"].get<std::string>()
+                               : std::string();
+    uint64_t request_id = 0;
+    {
+      std::lock_guard lock(mutex);
+      auto it = events.find(event_id);
+      if (it != events.end()) {
+        it->second->cancel_asked = true;
+        request_id = it->second->request_id;
+      }
+    }
+    if (request_id) engine.cancel(request_id);
+    exchange->respond(json_response(200, {{"success", true}}));
+  }
+
+  void stop() {
+    std::vector<uint64_t> to_cancel;
+    {
+      std::lock_guard lock(mutex);
+      if (stopped) return;
+      stopped = true;
+      for (auto& [id, event] : events) {
+        event->cancel_asked = true;
+        if (event->request_id) to_cancel.push_back(event->request_id);
+      }
+    }
+    wake.notify_all();
+    for (uint64_t id : to_cancel) engine.cancel(id);
+    if (timers.joinable()) timers.join();
+  }
+};
+
+GradioApi::GradioApi(EngineHandle& engine, ChatDefaults defaults, Logger log)
+    : state_(std::make_shared<State>(engine, std::move(defaults), std::move(log))) {
+  state_->timers = std::thread([s = state_.get()] { s->run_timers(); });
+}
+
+GradioApi::~GradioApi() { stop(); }
+
+void GradioApi::stop() { state_->stop(); }
+
+void GradioApi::add_routes(http::Server& server) {
+  State* s = state_.get();
+  for (std::string prefix : {std::string(), std::string(kApiPrefix)}) {
+    server.route("GET", prefix + "/config", [s](std::shared_ptr<http::Exchange> x) {
+      x->respond(json_response(200, s->config()));
+    });
+    server.route("GET", prefix + "/info", [s](std::shared_ptr<http::Exchange> x) {
+      x->respond(json_response(200, s->info()));
+    });
+    server.route("POST", prefix + "/queue/join", [s](std::shared_ptr<http::Exchange> x) { s->join(x); });
+    server.route("GET", prefix + "/queue/data", [s](std::shared_ptr<http::Exchange> x) { s->data(x); });
+    server.route("POST", prefix + "/cancel", [s](std::shared_ptr<http::Exchange> x) { s->cancel(x); });
+    server.route("POST", prefix + "/reset", [s](std::shared_ptr<http::Exchange> x) { s->cancel(x); });
+    server.route("GET", prefix + "/app_id", [s](std::shared_ptr<http::Exchange> x) {
+      x->respond(json_response(200, {{"app_id", s->app_id}}));
+    });
+  }
+}
+
+}  // namespace hostrun::gradio

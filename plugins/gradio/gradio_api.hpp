@@ -1,0 +1,49 @@
+// The subset of Gradio's HTTP API that the official clients (@gradio/client,
+// gradio_client) use to call a chat function, answered without Gradio.
+//
+// The app it describes has one function, api_name "chat", shaped like
+// gr.ChatInterface's: chat(message, history=[], system_prompt="",
+// temperature, top_p, max_tokens) -> str, a generator (the reply grows as it
+// streams). Routes, each also under the /gradio_api prefix that Gradio 5+
+// announces in its config:
+//   GET  /config                 the app: components, dependencies, protocol "sse_v3"
+//   GET  /info                   the named endpoint "/chat" with its parameters
+//   POST /queue/join             {data, fn_index, session_hash} -> {event_id}
+//   GET  /queue/data?session_hash=...  one SSE stream per session carrying every
+//        event's estimation, process_starts, process_generating (first the
+//        whole value, then ["append", [], text] diffs), process_completed,
+//        heartbeats every 15 s, then close_stream once the session has had
+//        nothing running for a second (so a client that submits again at
+//        once still finds its stream open)
+//   POST /cancel, /reset         stop an event
+// Messages queued for a session before its stream connects are kept and sent
+// when it does (the client opens the stream after the join answers).
+#pragma once
+
+#include <hostrun/engine.hpp>
+#include <hostrun/log.hpp>
+#include <memory>
+
+#include "chat_settings.hpp"
+#include "http_server.hpp"
+
+namespace hostrun::gradio {
+
+class GradioApi {
+ public:
+  GradioApi(EngineHandle& engine, ChatDefaults defaults, Logger log);
+  ~GradioApi();
+  GradioApi(const GradioApi&) = delete;
+  GradioApi& operator=(const GradioApi&) = delete;
+
+  void add_routes(http::Server& server);
+  // Cancels every running event and ends every stream; call before the engine goes away.
+  void stop();
+
+  struct State;
+
+ private:
+  std::shared_ptr<State> state_;
+};
+
+}  // namespace hostrun::gradio

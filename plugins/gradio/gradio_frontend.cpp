@@ -1,0 +1,268 @@
+// Frontend "gradio": a web chat page served by hostrun itself, plus Gradio's
+// client API for the same chat function (gradio_api.hpp), so the page works
+// in any browser and the Gradio ecosystem's clients can call it. The engine
+// may be local or remote (`hostrun serve gradio URL|MODEL_DIR`); the plugin
+// sees only an EngineHandle.
+//
+// Routes:
+//   GET  /            the page (page.cpp), with the title, model and defaults filled in
+//   GET  /api/info    the same facts as JSON
+//   POST /api/chat    {messages, temperature, top_p, max_tokens} -> text/event-stream of
+//                     {"text"} deltas and a last {"finish", "prompt_tokens",
+//                     "completion_tokens"} or {"error"}; closing the connection cancels
+//   + the Gradio routes
+#include <hostrun/sdk.hpp>
+
+#include <atomic>
+#include <cstdio>
+#include <mutex>
+#include <nlohmann/json.hpp>
+
+#include "chat_settings.hpp"
+#include "gradio_api.hpp"
+#include "http_server.hpp"
+#include "page.hpp"
+
+namespace {
+
+using namespace hostrun;
+using json = nlohmann::json;
+
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+std::string html_escape(std::string_view text) {
+  std::string out;
+  for (char c : text) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&quot;"; break;
+      case '\'': out += "&#39;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+void replace_all(std::string& text, std::string_view from, std::string_view to) {
+  for (size_t at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size()))
+    text.replace(at, from.size(), to);
+}
+
+http::Response bad_request(std::string message) {
+  return http::json_error(400, message, "invalid_request_error");
+}
+
+// One /api/chat answer: who to cancel when the page goes away.
+struct PageRequest {
+  std::mutex mutex;
+  uint64_t request_id = 0;
+  bool aborted = false;
+};
+
+class GradioFrontend final : public Frontend {
+ public:
+  explicit GradioFrontend(const CreateContext& context) : log_(plugin_logger(context, "gradio")) {
+    const Settings& s = *context.settings;
+    server_name_ = s.get_string("server_name");
+    server_port_ = uint16_t(s.get_int("server_port"));
+    threads_ = int(s.get_int("threads"));
+    defaults_.title = s.get_string("title");
+    defaults_.system = s.get_string("system");
+    defaults_.temperature = s.get_number("temperature");
+    defaults_.top_p = s.get_number("top_p");
+    defaults_.top_k = s.get_int("top_k");
+    defaults_.repetition_penalty = s.get_number("repetition_penalty");
+    defaults_.max_new_tokens = s.get_int("max_new_tokens");
+  }
+
+  Status run(EngineHandle& engine) noexcept override {
+    return guard([&]() -> Status {
+      engine_ = &engine;
+      info_ = engine.info();
+      page_ = render_page();
+      http::ServerOptions options;
+      options.address = server_name_;
+      options.port = server_port_;
+      options.threads = threads_;
+      options.log = log_;
+      options.server_header = "hostrun-gradio";
+      auto server = std::make_unique<http::Server>(options);
+      gradio::GradioApi gradio(engine, defaults_, log_);
+      server->route("GET", "/", [this](std::shared_ptr<http::Exchange> x) {
+        http::Response r;
+        r.content_type = "text/html; charset=utf-8";
+        r.body = page_;
+        r.headers.push_back({"Cache-Control", "no-cache"});
+        x->respond(std::move(r));
+      });
+      server->route("GET", "/api/info", [this](std::shared_ptr<http::Exchange> x) {
+        http::Response r;
+        r.body = dump(page_config());
+        x->respond(std::move(r));
+      });
+      server->route("POST", "/api/chat", [this](std::shared_ptr<http::Exchange> x) { chat(x); });
+      server->route("GET", "/favicon.ico", [](std::shared_ptr<http::Exchange> x) {
+        http::Response r;
+        r.status = 204;
+        r.content_type = "image/x-icon";
+        x->respond(std::move(r));
+      });
+      gradio.add_routes(*server);
+      Status started = server->start();
+      if (!started) return started;
+      {
+        std::lock_guard lock(mutex_);
+        server_ = server.get();
+        if (stop_requested_) server_->stop();
+      }
+      // Scripts and people read this line for the address (port 0 picks a free one).
+      std::printf("hostrun gradio: serving '%s' (model %s%s) on http://%s:%u\n", defaults_.title.c_str(),
+                  info_.model_name.c_str(), info_.remote ? ", remote" : "",
+                  server_name_.find(':') != std::string::npos ? ("[" + server_name_ + "]").c_str()
+                                                              : server_name_.c_str(),
+                  unsigned(server->port()));
+      std::fflush(stdout);
+      server->join();
+      gradio.stop();
+      {
+        std::lock_guard lock(mutex_);
+        server_ = nullptr;
+      }
+      return Status();
+    });
+  }
+
+  void stop() noexcept override {
+    std::lock_guard lock(mutex_);
+    stop_requested_ = true;
+    if (server_) server_->stop();
+  }
+
+ private:
+  json page_config() const {
+    return {{"title", defaults_.title},
+            {"model", info_.model_name},
+            {"remote", info_.remote},
+            {"session_len", info_.session_len},
+            {"temperature", defaults_.temperature},
+            {"top_p", defaults_.top_p},
+            {"max_new_tokens", defaults_.max_new_tokens},
+            {"system", defaults_.system}};
+  }
+
+  std::string render_page() const {
+    std::string page = gradio::kPageTemplate;
+    std::string config = dump(page_config());
+    replace_all(config, "</", "<\\/");  // nothing in the JSON may end the <script> element
+    replace_all(page, "TITLE_HTML", html_escape(defaults_.title));
+    replace_all(page, "CONFIG_JSON", config);
+    return page;
+  }
+
+  void chat(const std::shared_ptr<http::Exchange>& exchange) {
+    json body = json::parse(exchange->request().body, nullptr, false);
+    if (body.is_discarded() || !body.is_object())
+      return exchange->respond(bad_request("the body must be a JSON object {messages, temperature, top_p, max_tokens}"));
+    auto messages_it = body.find("messages");
+    if (messages_it == body.end() || !messages_it->is_array() || messages_it->empty())
+      return exchange->respond(bad_request("\"messages\" must be a non-empty list of {role, content}"));
+    std::vector<ChatMessage> messages;
+    for (size_t i = 0; i < messages_it->size(); ++i) {
+      const json& m = (*messages_it)[i];
+      if (!m.is_object() || !m.contains("role") || !m["role"].is_string() || !m.contains("content") ||
+          !m["content"].is_string())
+        return exchange->respond(bad_request(fmt::format("messages[{}] must be {{\"role\": string, \"content\": string}}", i)));
+      std::string role = m["role"].get<std::string>();
+      if (role != "system" && role != "user" && role != "assistant")
+        return exchange->respond(bad_request(fmt::format("messages[{}].role is '{}'; expected system, user or assistant", i, role)));
+      messages.push_back({role, m["content"].get<std::string>(), {}});
+    }
+    auto number = [&](const char* key, double fallback, double lo, double hi) -> std::optional<double> {
+      auto it = body.find(key);
+      if (it == body.end() || it->is_null()) return fallback;
+      if (!it->is_number() || !(it->get<double>() >= lo && it->get<double>() <= hi)) return std::nullopt;
+      return it->get<double>();
+    };
+    auto temperature = number("temperature", defaults_.temperature, 0, 100);
+    auto top_p = number("top_p", defaults_.top_p, 1e-6, 1);
+    auto max_tokens = number("max_tokens", double(defaults_.max_new_tokens), 1, 1e9);
+    if (!temperature) return exchange->respond(bad_request("temperature must be a number from 0 to 100"));
+    if (!top_p) return exchange->respond(bad_request("top_p must be a number above 0 and at most 1"));
+    if (!max_tokens) return exchange->respond(bad_request("max_tokens must be a number of at least 1"));
+
+    GenerationRequest request;
+    request.input = std::move(messages);
+    request.sampling = gradio::chat_sampling(defaults_, *temperature, *top_p, int64_t(*max_tokens));
+    request.user = "page";
+    auto state = std::make_shared<PageRequest>();
+    EngineHandle* engine = engine_;
+    exchange->on_abort([state, engine] {
+      std::lock_guard lock(state->mutex);
+      state->aborted = true;
+      if (state->request_id) engine->cancel(state->request_id);
+    });
+    exchange->begin_stream(200, "text/event-stream", {{"Cache-Control", "no-cache"}, {"X-Accel-Buffering", "no"}});
+    std::weak_ptr<http::Exchange> weak = exchange;
+    auto id = engine->submit(std::move(request), [weak, state, engine](const StreamEvent& e) {
+      auto x = weak.lock();
+      if (!x) return;
+      bool gone = false;
+      if (!e.text.empty()) gone = !x->write(http::sse_event(dump({{"text", e.text}})));
+      if (e.finish != FinishReason::none) {
+        json last = e.finish == FinishReason::error
+                        ? json{{"error", e.error.empty() ? "the engine failed" : e.error}}
+                        : json{{"finish", finish_reason_name(e.finish)},
+                               {"prompt_tokens", e.prompt_tokens},
+                               {"completion_tokens", e.completion_tokens}};
+        x->write(http::sse_event(dump(last)));
+        x->finish();
+      } else if (gone) {
+        std::lock_guard lock(state->mutex);
+        if (state->request_id && !state->aborted) engine->cancel(state->request_id);
+        state->aborted = true;
+      }
+    });
+    if (!id) {
+      exchange->write(http::sse_event(dump({{"error", id.status().message()}})));
+      exchange->finish();
+      return;
+    }
+    std::lock_guard lock(state->mutex);
+    state->request_id = *id;
+    if (state->aborted) engine->cancel(*id);
+  }
+
+  Logger log_;
+  std::string server_name_;
+  uint16_t server_port_ = 6006;
+  int threads_ = 2;
+  gradio::ChatDefaults defaults_;
+  EngineHandle* engine_ = nullptr;
+  EngineInfo info_;
+  std::string page_;
+  std::mutex mutex_;
+  http::Server* server_ = nullptr;
+  bool stop_requested_ = false;
+};
+
+// LMDeploy's `serve gradio` defaults (0.0.0.0:6006) and the chat plugin's sampling defaults.
+const SettingSpec kSettings[] = {
+    {"server_name", SettingType::string, "Address to listen on", false, "\"0.0.0.0\""},
+    {"server_port", SettingType::integer, "Port to listen on (0: any free port, printed at start)", false, "6006", 0,
+     65535},
+    {"title", SettingType::string, "Title of the page and of the Gradio app", false, "\"hostrun chat\""},
+    {"system", SettingType::string, "Default system prompt (empty: the chat template's)", false, "\"\""},
+    {"temperature", SettingType::number, "Default sampling temperature (0: greedy)", false, "0.8", 0, 100},
+    {"top_p", SettingType::number, "Default nucleus sampling threshold", false, "0.8", 1e-6, 1},
+    {"top_k", SettingType::integer, "Top-k for every reply (0: all tokens)", false, "40", 0, 1e9},
+    {"repetition_penalty", SettingType::number, "Repetition penalty for every reply", false, "1.0", 1e-6, 100},
+    {"max_new_tokens", SettingType::integer, "Default most tokens in one reply", false, "512", 1, 1e9},
+    {"threads", SettingType::integer, "HTTP server threads", false, "2", 1, 64},
+};
+const RoleEntry kRoles[] = {role_entry<Frontend, GradioFrontend>(kSettings)};
+
+}  // namespace
+
+HOSTRUN_PLUGIN("gradio", "0.1.0", "Web chat page with streaming replies, plus Gradio's client API (/chat)", kRoles)

@@ -1,0 +1,812 @@
+// The HTTP/1.1 server behind http_server.hpp: Beast parses requests, responses
+// are written as plain bytes through one queue per connection.
+//
+// Why one queue of bytes: a full response, the head of a stream and each chunk
+// all go through it, so pieces queued while a write is in flight leave in one
+// batch (fewer syscalls under load) and the queue's length is the measure of
+// backpressure.
+#include "http_server.hpp"
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <atomic>
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <condition_variable>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <thread>
+#include <unordered_map>
+
+namespace hostrun::http {
+
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+using tcp = net::ip::tcp;
+using Strand = net::strand<net::io_context::executor_type>;
+
+namespace {
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) c = char(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+// A header value must not end the header block early.
+std::string header_safe(std::string_view s) {
+  std::string out(s);
+  for (char& c : out)
+    if (c == '\r' || c == '\n') c = ' ';
+  return out;
+}
+
+std::string join_list(const std::vector<std::string>& items, std::string_view separator) {
+  std::string out;
+  for (const auto& item : items) {
+    if (!out.empty()) out += separator;
+    out += item;
+  }
+  return out;
+}
+
+bool contains(const std::vector<std::string>& items, std::string_view wanted) {
+  return std::find(items.begin(), items.end(), wanted) != items.end();
+}
+
+}  // namespace
+
+const std::string* Request::header(std::string_view name) const noexcept {
+  for (const auto& h : headers)
+    if (iequals(h.name, name)) return &h.value;
+  return nullptr;
+}
+
+Response json_error(int status, std::string_view message, std::string_view type, std::string_view param,
+                    std::string_view code) {
+  using json = nlohmann::ordered_json;
+  json error = {{"message", std::string(message)},
+                {"type", std::string(type)},
+                {"param", param.empty() ? json() : json(std::string(param))},
+                {"code", code.empty() ? json() : json(std::string(code))}};
+  Response response;
+  response.status = status;
+  response.body = json{{"error", error}}.dump(-1, ' ', false, json::error_handler_t::replace);
+  return response;
+}
+
+std::string sse_event(std::string_view data) {
+  std::string out;
+  out.reserve(data.size() + 8);
+  size_t start = 0;
+  for (;;) {
+    size_t end = data.find('\n', start);
+    out += "data: ";
+    out.append(data.substr(start, end == std::string_view::npos ? std::string_view::npos : end - start));
+    out += '\n';
+    if (end == std::string_view::npos) break;
+    start = end + 1;
+  }
+  out += '\n';
+  return out;
+}
+
+class Connection;
+
+struct Route {
+  std::string method;
+  std::string path;
+  bool exact;
+  Handler handler;
+};
+
+class Server::Impl : public std::enable_shared_from_this<Impl> {
+ public:
+  explicit Impl(ServerOptions o) : options(std::move(o)), acceptor(ioc), retry_timer(ioc) {}
+
+  // Runs `work` on `strand` unless the server has shut down for good.
+  void post(const Strand& strand, std::function<void()> work) {
+    std::lock_guard lock(gate_mutex);
+    if (gate_closed) return;
+    net::post(strand, std::move(work));
+  }
+
+  void accept();
+  void forget(Connection* connection);
+  void dispatch(const std::shared_ptr<Exchange>& exchange);
+  std::string cors_headers(const Request& request, bool preflight) const;
+  bool origin_allowed(const std::string& origin) const {
+    return contains(options.cors.allow_origins, "*") || contains(options.cors.allow_origins, origin);
+  }
+
+  ServerOptions options;
+  std::vector<Route> routes;
+  std::function<void(std::shared_ptr<Exchange>, const Handler&)> filter;
+
+  net::io_context ioc;
+  tcp::acceptor acceptor;
+  net::steady_timer retry_timer;
+  std::vector<std::thread> threads;
+  uint16_t bound_port = 0;
+
+  std::mutex gate_mutex;
+  bool gate_closed = false;
+
+  std::mutex connections_mutex;
+  std::unordered_map<Connection*, std::weak_ptr<Connection>> connections;
+
+  std::mutex stop_mutex;
+  std::condition_variable stop_cv;
+  bool stop_requested = false;
+  bool joined = false;
+  std::atomic<bool> draining{false};
+
+  std::atomic<uint64_t> accepted{0}, open{0}, requests{0}, aborted{0};
+};
+
+class ExchangeImpl;
+
+class Connection : public std::enable_shared_from_this<Connection> {
+ public:
+  Connection(std::shared_ptr<Server::Impl> server, Strand strand, tcp::socket socket)
+      : server_(std::move(server)), strand_(std::move(strand)), stream_(std::move(socket)) {
+    boost::system::error_code ec;
+    auto endpoint = stream_.socket().remote_endpoint(ec);
+    if (!ec) remote_ = endpoint.address().to_string() + ":" + std::to_string(endpoint.port());
+    // Tokens are small writes that must leave now, not after a delayed ACK.
+    stream_.socket().set_option(tcp::no_delay(true), ec);
+  }
+  ~Connection() { close_socket(); }
+
+  void start() { read_request(); }
+
+  // Runs `work` on this connection's strand: now when already there, else posted.
+  void run_here(std::function<void()> work) {
+    if (strand_.running_in_this_thread())
+      work();
+    else
+      server_->post(strand_, std::move(work));
+  }
+  void post(std::function<void()> work) { server_->post(strand_, std::move(work)); }
+
+  // The exchange's answers, on the strand. `owner` guards against a late call
+  // for an exchange the connection has already moved past.
+  void send_response(ExchangeImpl* owner, Response response);
+  void send_stream_head(ExchangeImpl* owner, int status, const std::string& content_type,
+                        const std::vector<Header>& headers);
+  void send_chunk(ExchangeImpl* owner, std::string piece);
+  void send_stream_end(ExchangeImpl* owner);
+  // Client gone or server stopping: abort the pending exchange, close the socket.
+  void abort(const char* why);
+
+ private:
+  void read_request();
+  void on_header(beast::error_code ec);
+  void read_body();
+  void on_read(beast::error_code ec);
+  void handle(bhttp::request<bhttp::string_body> message);
+  void reject(int status, std::string_view message);
+  std::string head(int status, std::string_view content_type, const std::vector<Header>& headers,
+                   std::optional<size_t> content_length);
+  void enqueue(std::string bytes, bool ends_response);
+  void flush();
+  void on_written(beast::error_code ec);
+  void after_response();
+  void watch_for_disconnect();
+  void close_socket();
+
+  std::shared_ptr<Server::Impl> server_;
+  Strand strand_;
+  beast::tcp_stream stream_;
+  beast::flat_buffer buffer_;
+  std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
+  std::string remote_;
+
+  std::shared_ptr<ExchangeImpl> current_;  // reset when its response is written or it is aborted
+  bool keep_alive_ = true;
+  bool http10_ = false;
+  bool streaming_ = false;
+  bool response_queued_ = false;  // the last byte of current_'s response is in the queue
+  std::string queue_;             // bytes waiting for the next write
+  std::string in_flight_;         // bytes of the write in progress
+  bool writing_ = false;
+  bool watching_ = false;
+  bool closed_ = false;
+  bool counted_open_ = true;
+};
+
+class ExchangeImpl final : public Exchange, public std::enable_shared_from_this<ExchangeImpl> {
+ public:
+  ExchangeImpl(std::shared_ptr<Connection> connection, Request request)
+      : connection_(std::move(connection)), request_(std::move(request)) {}
+
+  const Request& request() const noexcept override { return request_; }
+
+  void respond(Response response) override {
+    if (answered_.exchange(true)) return;
+    connection_->run_here([self = shared_from_this(), response = std::move(response)]() mutable {
+      self->connection_->send_response(self.get(), std::move(response));
+    });
+  }
+
+  void begin_stream(int status, std::string content_type, std::vector<Header> headers) override {
+    if (answered_.exchange(true)) return;
+    connection_->run_here([self = shared_from_this(), status, content_type = std::move(content_type),
+                           headers = std::move(headers)] {
+      self->connection_->send_stream_head(self.get(), status, content_type, headers);
+    });
+  }
+
+  bool write(std::string piece) override {
+    if (aborted_) return false;
+    connection_->run_here([self = shared_from_this(), piece = std::move(piece)]() mutable {
+      self->connection_->send_chunk(self.get(), std::move(piece));
+    });
+    return !aborted_;
+  }
+
+  void finish() override {
+    if (finished_.exchange(true)) return;
+    connection_->run_here([self = shared_from_this()] { self->connection_->send_stream_end(self.get()); });
+  }
+
+  void on_abort(std::function<void()> callback) override {
+    bool call_now = false;
+    {
+      std::lock_guard lock(mutex_);
+      if (aborted_)
+        call_now = true;
+      else
+        on_abort_ = std::move(callback);
+    }
+    if (call_now && callback) post(std::move(callback));
+  }
+
+  bool aborted() const noexcept override { return aborted_; }
+
+  void post(std::function<void()> work) override { connection_->post(std::move(work)); }
+
+  // On the strand.
+  void mark_aborted() {
+    std::function<void()> callback;
+    {
+      std::lock_guard lock(mutex_);
+      if (aborted_) return;
+      aborted_ = true;
+      callback = std::move(on_abort_);
+      on_abort_ = nullptr;
+    }
+    if (callback) {
+      try {
+        callback();
+      } catch (...) {
+        // An abort callback that throws must not take the io thread with it.
+      }
+    }
+  }
+  void mark_complete() {
+    std::lock_guard lock(mutex_);
+    on_abort_ = nullptr;  // drops what the callback holds (an engine request, a frontend's state)
+  }
+
+ private:
+  std::shared_ptr<Connection> connection_;
+  Request request_;
+  std::atomic<bool> answered_{false};
+  std::atomic<bool> finished_{false};
+  std::atomic<bool> aborted_{false};
+  std::mutex mutex_;
+  std::function<void()> on_abort_;
+};
+
+// ---- Connection ----------------------------------------------------------
+
+void Connection::read_request() {
+  if (closed_) return;
+  parser_.emplace();
+  parser_->header_limit(uint32_t(std::min<size_t>(server_->options.max_header_bytes, UINT32_MAX)));
+  parser_->body_limit(server_->options.max_body_bytes);
+  stream_.expires_after(server_->options.idle_timeout);
+  bhttp::async_read_header(stream_, buffer_, *parser_,
+                           [self = shared_from_this()](beast::error_code ec, size_t) { self->on_header(ec); });
+}
+
+void Connection::on_header(beast::error_code ec) {
+  if (ec) return on_read(ec);
+  // curl and others wait for "100 Continue" before sending a large body.
+  const auto& message = parser_->get();
+  auto expect = message.find(bhttp::field::expect);
+  if (expect != message.end() && iequals(expect->value(), "100-continue") && message.version() >= 11) {
+    in_flight_ = "HTTP/1.1 100 Continue\r\n\r\n";
+    writing_ = true;
+    net::async_write(stream_, net::buffer(in_flight_), [self = shared_from_this()](beast::error_code ec, size_t) {
+      self->writing_ = false;
+      self->in_flight_.clear();
+      if (ec) return self->abort("the client went away");
+      self->read_body();
+    });
+    return;
+  }
+  read_body();
+}
+
+void Connection::read_body() {
+  if (closed_) return;
+  bhttp::async_read(stream_, buffer_, *parser_,
+                    [self = shared_from_this()](beast::error_code ec, size_t) { self->on_read(ec); });
+}
+
+void Connection::on_read(beast::error_code ec) {
+  if (closed_) return;
+  if (ec == bhttp::error::end_of_stream || ec == net::error::eof || ec == net::error::connection_reset ||
+      ec == net::error::operation_aborted || ec == beast::error::timeout) {
+    return abort("closed");
+  }
+  if (ec == bhttp::error::body_limit) {
+    keep_alive_ = false;
+    return reject(413, fmt::format("the request body is over the limit of {} bytes", server_->options.max_body_bytes));
+  }
+  if (ec == bhttp::error::header_limit) {
+    keep_alive_ = false;
+    return reject(431, "the request headers are too large");
+  }
+  if (ec.category() == bhttp::make_error_code(bhttp::error::bad_method).category()) {
+    keep_alive_ = false;
+    return reject(400, "malformed HTTP request: " + ec.message());
+  }
+  if (ec) return abort("read error");
+  stream_.expires_never();
+  handle(parser_->release());
+}
+
+void Connection::reject(int status, std::string_view message) {
+  http10_ = false;
+  streaming_ = false;
+  Response response = json_error(status, message, "invalid_request_error");
+  enqueue(head(status, response.content_type, {}, response.body.size()) + response.body, true);
+}
+
+void Connection::handle(bhttp::request<bhttp::string_body> message) {
+  Request request;
+  request.method = std::string(message.method_string());
+  request.target = std::string(message.target());
+  size_t question = request.target.find('?');
+  request.path = request.target.substr(0, question);
+  if (question != std::string::npos) request.query = request.target.substr(question + 1);
+  for (const auto& field : message) request.headers.push_back({lower(field.name_string()), std::string(field.value())});
+  request.body = std::move(message.body());
+  request.remote_address = remote_;
+  request.received = std::chrono::steady_clock::now();
+  keep_alive_ = message.keep_alive();
+  http10_ = message.version() < 11;
+  streaming_ = false;
+  response_queued_ = false;
+  ++server_->requests;
+  server_->options.log.debug("{} {} from {}", request.method, request.target, remote_);
+
+  current_ = std::make_shared<ExchangeImpl>(shared_from_this(), std::move(request));
+  auto exchange = current_;
+  server_->dispatch(exchange);
+  // Whatever the handler did, a client that leaves before its answer is complete must be noticed.
+  if (current_ == exchange && !closed_) watch_for_disconnect();
+}
+
+std::string Connection::head(int status, std::string_view content_type, const std::vector<Header>& headers,
+                             std::optional<size_t> content_length) {
+  std::string out = fmt::format("HTTP/1.1 {} {}\r\nServer: {}\r\n", status,
+                                std::string_view(bhttp::obsolete_reason(bhttp::int_to_status(unsigned(status)))),
+                                header_safe(server_->options.server_header));
+  if (!content_type.empty()) out += fmt::format("Content-Type: {}\r\n", header_safe(content_type));
+  if (content_length)
+    out += fmt::format("Content-Length: {}\r\n", *content_length);
+  else if (!http10_)
+    out += "Transfer-Encoding: chunked\r\n";
+  bool keep = keep_alive_ && !closed_ && !(http10_ && !content_length);
+  out += keep ? "Connection: keep-alive\r\n" : "Connection: close\r\n";
+  if (!keep) keep_alive_ = false;
+  for (const auto& h : headers) out += fmt::format("{}: {}\r\n", header_safe(h.name), header_safe(h.value));
+  if (current_) out += server_->cors_headers(current_->request(), false);
+  out += "\r\n";
+  return out;
+}
+
+void Connection::send_response(ExchangeImpl* owner, Response response) {
+  if (closed_ || owner != current_.get() || response_queued_) return;
+  streaming_ = false;
+  std::string bytes = head(response.status, response.content_type, response.headers, response.body.size());
+  bytes += response.body;
+  enqueue(std::move(bytes), true);
+}
+
+void Connection::send_stream_head(ExchangeImpl* owner, int status, const std::string& content_type,
+                                  const std::vector<Header>& headers) {
+  if (closed_ || owner != current_.get() || response_queued_) return;
+  streaming_ = true;
+  std::vector<Header> all = headers;
+  // Proxies (nginx) buffer event streams unless told not to.
+  all.push_back({"Cache-Control", "no-cache"});
+  all.push_back({"X-Accel-Buffering", "no"});
+  enqueue(head(status, content_type, all, std::nullopt), false);
+}
+
+void Connection::send_chunk(ExchangeImpl* owner, std::string piece) {
+  if (closed_ || owner != current_.get() || !streaming_ || response_queued_ || piece.empty()) return;
+  if (http10_) return enqueue(std::move(piece), false);
+  enqueue(fmt::format("{:x}\r\n", piece.size()) + piece + "\r\n", false);
+}
+
+void Connection::send_stream_end(ExchangeImpl* owner) {
+  if (closed_ || owner != current_.get() || !streaming_ || response_queued_) return;
+  if (http10_) keep_alive_ = false;
+  enqueue(http10_ ? std::string() : std::string("0\r\n\r\n"), true);
+}
+
+void Connection::enqueue(std::string bytes, bool ends_response) {
+  if (closed_) return;
+  queue_ += bytes;
+  if (ends_response) response_queued_ = true;
+  // A reader that does not keep up must not make us hold its whole answer.
+  if (queue_.size() + in_flight_.size() > server_->options.max_stream_buffer_bytes) {
+    server_->options.log.warn("dropping {}: it is not reading ({} bytes queued)", remote_,
+                              queue_.size() + in_flight_.size());
+    return abort("not reading");
+  }
+  if (!writing_) flush();
+}
+
+void Connection::flush() {
+  if (closed_ || writing_) return;
+  if (queue_.empty()) {
+    if (response_queued_) after_response();
+    return;
+  }
+  writing_ = true;
+  in_flight_.swap(queue_);
+  queue_.clear();
+  stream_.expires_after(server_->options.write_timeout);
+  net::async_write(stream_, net::buffer(in_flight_),
+                   [self = shared_from_this()](beast::error_code ec, size_t) { self->on_written(ec); });
+}
+
+void Connection::on_written(beast::error_code ec) {
+  writing_ = false;
+  in_flight_.clear();
+  if (closed_) return;
+  if (ec) return abort("write failed");
+  stream_.expires_never();
+  flush();
+}
+
+void Connection::after_response() {
+  if (current_) current_->mark_complete();
+  current_.reset();
+  response_queued_ = false;
+  streaming_ = false;
+  if (!keep_alive_ || server_->draining.load()) {
+    boost::system::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    return abort("done");
+  }
+  read_request();
+}
+
+// A pending answer (the engine is still generating) does not read the socket,
+// so a client that hangs up would go unnoticed until the next write. Waiting
+// for readability and peeking tells EOF (gone) from bytes (a pipelined request).
+void Connection::watch_for_disconnect() {
+  if (watching_ || closed_) return;
+  watching_ = true;
+  stream_.socket().async_wait(tcp::socket::wait_read, net::bind_executor(strand_, [self = shared_from_this()](
+                                                                                      beast::error_code ec) {
+    self->watching_ = false;
+    if (self->closed_ || ec) return;
+    char byte;
+    boost::system::error_code peek_error;
+    self->stream_.socket().non_blocking(true, peek_error);
+    size_t n = self->stream_.socket().receive(net::buffer(&byte, 1), tcp::socket::message_peek, peek_error);
+    if (peek_error == net::error::would_block || peek_error == net::error::try_again) {
+      if (self->current_) self->watch_for_disconnect();
+      return;
+    }
+    if (peek_error || n == 0) return self->abort("the client disconnected");
+    // Bytes of the next request: the read after this response takes them.
+  }));
+}
+
+void Connection::abort(const char* why) {
+  if (closed_) return;
+  closed_ = true;
+  if (current_ && !(response_queued_ && queue_.empty() && !writing_)) {
+    ++server_->aborted;
+    server_->options.log.debug("{}: {} before its response was complete", remote_, why);
+    current_->mark_aborted();
+  }
+  if (current_) current_->mark_complete();
+  current_.reset();
+  close_socket();
+}
+
+void Connection::close_socket() {
+  boost::system::error_code ignored;
+  stream_.socket().close(ignored);
+  stream_.cancel();
+  if (counted_open_) {
+    counted_open_ = false;
+    --server_->open;
+    server_->forget(this);
+  }
+}
+
+// ---- Server ----------------------------------------------------------------
+
+void Server::Impl::forget(Connection* connection) {
+  std::lock_guard lock(connections_mutex);
+  connections.erase(connection);
+}
+
+void Server::Impl::accept() {
+  auto strand = net::make_strand(ioc);
+  acceptor.async_accept(strand, [self = shared_from_this(), strand](beast::error_code ec, tcp::socket socket) {
+    if (ec == net::error::operation_aborted || self->draining.load()) return;
+    if (ec) {
+      // Out of file descriptors: wait a little instead of spinning on accept.
+      self->options.log.warn("accept failed: {}", ec.message());
+      self->retry_timer.expires_after(std::chrono::milliseconds(100));
+      self->retry_timer.async_wait([self](beast::error_code wait_error) {
+        if (!wait_error) self->accept();
+      });
+      return;
+    }
+    ++self->accepted;
+    if (self->open.load() >= self->options.max_connections) {
+      self->options.log.warn("refusing a connection: {} are open (max_connections)", self->open.load());
+      boost::system::error_code ignored;
+      socket.close(ignored);
+    } else {
+      ++self->open;
+      auto connection = std::make_shared<Connection>(self, strand, std::move(socket));
+      {
+        std::lock_guard lock(self->connections_mutex);
+        self->connections.emplace(connection.get(), connection);
+      }
+      net::post(strand, [connection] { connection->start(); });
+    }
+    self->accept();
+  });
+}
+
+std::string Server::Impl::cors_headers(const Request& request, bool preflight) const {
+  const CorsOptions& cors = options.cors;
+  const std::string* origin = request.header("origin");
+  if (cors.allow_origins.empty() || !origin || !origin_allowed(*origin)) return {};
+  std::string out;
+  // With credentials the browser refuses "*", so the origin is echoed.
+  if (contains(cors.allow_origins, "*") && !cors.allow_credentials)
+    out += "Access-Control-Allow-Origin: *\r\n";
+  else
+    out += "Access-Control-Allow-Origin: " + header_safe(*origin) + "\r\nVary: Origin\r\n";
+  if (cors.allow_credentials) out += "Access-Control-Allow-Credentials: true\r\n";
+  if (preflight) {
+    const std::string* method = request.header("access-control-request-method");
+    const std::string* headers = request.header("access-control-request-headers");
+    std::string methods = contains(cors.allow_methods, "*") && method ? *method : join_list(cors.allow_methods, ", ");
+    if (contains(cors.allow_methods, "*") && !cors.allow_credentials) methods = "*";
+    out += "Access-Control-Allow-Methods: " + header_safe(methods) + "\r\n";
+    std::string allowed_headers = contains(cors.allow_headers, "*") ? (headers ? *headers : std::string())
+                                                                   : join_list(cors.allow_headers, ", ");
+    if (!allowed_headers.empty()) out += "Access-Control-Allow-Headers: " + header_safe(allowed_headers) + "\r\n";
+    out += "Access-Control-Max-Age: 600\r\n";
+  }
+  return out;
+}
+
+void Server::Impl::dispatch(const std::shared_ptr<Exchange>& exchange) {
+  const Request& request = exchange->request();
+  // A CORS preflight is answered here, before routing and authentication (browsers send no credentials with it).
+  if (request.method == "OPTIONS" && !options.cors.allow_origins.empty() && request.header("origin") &&
+      request.header("access-control-request-method")) {
+    if (!origin_allowed(*request.header("origin")))
+      return exchange->respond(json_error(400, "this origin is not allowed (see allow_origins)", "invalid_request_error"));
+    Response response;
+    response.status = 204;
+    response.content_type.clear();
+    std::string cors = cors_headers(request, true);
+    // cors_headers() returns header lines; split them back into Header values.
+    size_t start = 0;
+    while (start < cors.size()) {
+      size_t end = cors.find("\r\n", start);
+      std::string line = cors.substr(start, end - start);
+      size_t colon = line.find(':');
+      // Access-Control-Allow-Origin (and Vary) are added again by head(); keep only the preflight ones.
+      std::string name = line.substr(0, colon);
+      if (name != "Access-Control-Allow-Origin" && name != "Vary" && name != "Access-Control-Allow-Credentials")
+        response.headers.push_back({name, line.substr(colon + 2)});
+      start = end + 2;
+    }
+    return exchange->respond(std::move(response));
+  }
+
+  const Route* best = nullptr;
+  bool path_matched = false;
+  std::vector<std::string> allowed;
+  for (const auto& route : routes) {
+    bool matches = route.exact ? request.path == route.path : request.path.starts_with(route.path);
+    if (!matches) continue;
+    if (route.method != "*" && route.method != request.method) {
+      path_matched = true;
+      allowed.push_back(route.method);
+      continue;
+    }
+    if (!best || route.path.size() > best->path.size()) best = &route;
+  }
+  if (!best) {
+    if (path_matched) {
+      Response response = json_error(405, fmt::format("{} is not allowed on {}; allowed: {}", request.method,
+                                                      request.path, join_list(allowed, ", ")),
+                                     "invalid_request_error");
+      response.headers.push_back({"Allow", join_list(allowed, ", ")});
+      return exchange->respond(std::move(response));
+    }
+    return exchange->respond(json_error(404, fmt::format("no route for {} {}", request.method, request.path),
+                                        "invalid_request_error", {}, "not_found"));
+  }
+  try {
+    if (filter)
+      filter(exchange, best->handler);
+    else
+      best->handler(exchange);
+  } catch (const std::exception& e) {
+    options.log.error("handler for {} {} threw: {}", request.method, request.path, e.what());
+    exchange->respond(json_error(500, std::string("internal error: ") + e.what(), "server_error"));
+  } catch (...) {
+    exchange->respond(json_error(500, "internal error", "server_error"));
+  }
+}
+
+Server::Server(ServerOptions options) : impl_(std::make_shared<Impl>(std::move(options))) {}
+
+Server::~Server() {
+  stop();
+  join();
+}
+
+void Server::route(std::string method, std::string path, Handler handler, bool exact) {
+  impl_->routes.push_back({std::move(method), std::move(path), exact, std::move(handler)});
+}
+
+void Server::set_filter(std::function<void(std::shared_ptr<Exchange>, const Handler&)> filter) {
+  impl_->filter = std::move(filter);
+}
+
+Status Server::start() {
+  Impl& s = *impl_;
+  // Each open stream is a file descriptor; the default soft limit (often 1024) is far below what we serve.
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+    limit.rlim_cur = limit.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &limit);
+  }
+  boost::system::error_code ec;
+  auto address = net::ip::make_address(s.options.address, ec);
+  if (ec) {
+    // A host name ("localhost"): listen on its first address.
+    tcp::resolver resolver(s.ioc);
+    auto found = resolver.resolve(s.options.address, "", ec);
+    if (ec || found.empty())
+      return Status(ErrorCode::invalid_argument,
+                    fmt::format("server_name '{}' is neither an IP address nor a name that resolves ({})",
+                                s.options.address, ec ? ec.message() : "no addresses"));
+    address = found.begin()->endpoint().address();
+    ec.clear();
+  }
+  tcp::endpoint endpoint(address, s.options.port);
+  auto fail = [&](const char* step) {
+    return Status(ErrorCode::io_error, fmt::format("cannot listen on {}:{}: {} failed: {}", s.options.address,
+                                                   s.options.port, step, ec.message()));
+  };
+  s.acceptor.open(endpoint.protocol(), ec);
+  if (ec) return fail("open");
+  s.acceptor.set_option(net::socket_base::reuse_address(true), ec);
+  s.acceptor.bind(endpoint, ec);
+  if (ec) return fail("bind");
+  s.acceptor.listen(net::socket_base::max_listen_connections, ec);
+  if (ec) return fail("listen");
+  s.bound_port = s.acceptor.local_endpoint(ec).port();
+  s.accept();
+  int threads = std::max(1, s.options.threads);
+  for (int i = 0; i < threads; ++i) {
+    s.threads.emplace_back([impl = impl_] {
+      for (;;) {
+        try {
+          impl->ioc.run();
+          return;
+        } catch (const std::exception& e) {
+          impl->options.log.error("an io handler threw: {}", e.what());
+        } catch (...) {
+          impl->options.log.error("an io handler threw");
+        }
+      }
+    });
+  }
+  return Status();
+}
+
+uint16_t Server::port() const noexcept { return impl_->bound_port; }
+
+void Server::drain() noexcept {
+  try {
+    if (impl_->draining.exchange(true)) return;
+    net::post(impl_->ioc, [impl = impl_] {
+      boost::system::error_code ignored;
+      impl->acceptor.close(ignored);
+      impl->retry_timer.cancel();
+    });
+  } catch (...) {
+  }
+}
+
+void Server::stop() noexcept {
+  try {
+    Impl& s = *impl_;
+    {
+      std::lock_guard lock(s.stop_mutex);
+      if (s.stop_requested) return;
+      s.stop_requested = true;
+    }
+    s.stop_cv.notify_all();
+    drain();
+    std::vector<std::shared_ptr<Connection>> open;
+    {
+      std::lock_guard lock(s.connections_mutex);
+      for (auto& [raw, weak] : s.connections)
+        if (auto connection = weak.lock()) open.push_back(std::move(connection));
+    }
+    for (auto& connection : open) connection->post([connection] { connection->abort("the server is stopping"); });
+  } catch (...) {
+    // stop() runs from signal watchers and destructors; there is nobody to report to.
+  }
+}
+
+void Server::join() noexcept {
+  Impl& s = *impl_;
+  {
+    std::unique_lock lock(s.stop_mutex);
+    s.stop_cv.wait(lock, [&] { return s.stop_requested; });
+    if (s.joined) return;
+    s.joined = true;
+  }
+  // Everything was closed by stop(); the threads end when the last handler has run.
+  // A handler that keeps work alive past that is cut off after two seconds.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (s.open.load() > 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  s.ioc.stop();
+  for (auto& thread : s.threads)
+    if (thread.joinable()) thread.join();
+  {
+    std::lock_guard lock(s.gate_mutex);
+    s.gate_closed = true;
+  }
+  // Run what was posted in the meantime, so no queued handler keeps a connection (and this object) alive.
+  s.ioc.restart();
+  try {
+    s.ioc.poll();
+  } catch (...) {
+  }
+}
+
+ServerStats Server::stats() const noexcept {
+  return {impl_->accepted.load(), impl_->open.load(), impl_->requests.load(), impl_->aborted.load()};
+}
+
+}  // namespace hostrun::http

@@ -1,0 +1,248 @@
+// plugins/http_common and the api_server's request parser, without a model:
+// raw sockets against http::Server for what client libraries never send
+// (pipelining, HTTP/1.0, 100-continue, oversized bodies, a client that hangs
+// up while its answer is pending), and the OpenAI body parser's errors.
+#include <arpa/inet.h>
+#include <doctest/doctest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <string>
+#include <thread>
+
+#include "http_server.hpp"
+#include "openai_request.hpp"
+
+using namespace hostrun;
+
+namespace {
+
+// A blocking loopback client with a receive timeout, so a broken server fails the test instead of hanging it.
+struct RawClient {
+  int fd = -1;
+  explicit RawClient(uint16_t port) {
+    fd = socket(AF_INET, SOCK_STREAM, 0);
+    timeval timeout{5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(port);
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
+  }
+  ~RawClient() {
+    if (fd >= 0) close(fd);
+  }
+  void send_text(const std::string& text) { REQUIRE(::send(fd, text.data(), text.size(), MSG_NOSIGNAL) == ssize_t(text.size())); }
+  // Reads until `needle` has arrived `count` times, the peer closes, or 5 s pass.
+  std::string read_until(const std::string& needle, int count = 1) {
+    std::string got;
+    char buffer[4096];
+    for (;;) {
+      int seen = 0;
+      for (size_t at = got.find(needle); at != std::string::npos; at = got.find(needle, at + 1)) ++seen;
+      if (seen >= count) return got;
+      ssize_t n = recv(fd, buffer, sizeof buffer, 0);
+      if (n <= 0) return got;
+      got.append(buffer, size_t(n));
+    }
+  }
+};
+
+struct TestServer {
+  http::Server server;
+  std::atomic<int> aborted{0};
+  std::shared_ptr<http::Exchange> parked;  // an exchange left unanswered on purpose
+  std::mutex mutex;
+
+  TestServer() : server(options()) {
+    server.route("POST", "/echo", [](std::shared_ptr<http::Exchange> e) {
+      http::Response r;
+      r.content_type = "text/plain";
+      r.body = e->request().body;
+      e->respond(std::move(r));
+    });
+    server.route("GET", "/stream", [](std::shared_ptr<http::Exchange> e) {
+      e->begin_stream(200, "text/event-stream");
+      // From another thread, as an engine callback would.
+      std::thread([e] {
+        for (int i = 0; i < 3; ++i) e->write(http::sse_event("piece " + std::to_string(i)));
+        e->write(http::sse_event("[DONE]"));
+        e->finish();
+      }).detach();
+    });
+    server.route("GET", "/park", [this](std::shared_ptr<http::Exchange> e) {
+      e->on_abort([this] { ++aborted; });
+      std::lock_guard lock(mutex);
+      parked = e;
+    });
+    REQUIRE(server.start().is_ok());
+  }
+  static http::ServerOptions options() {
+    http::ServerOptions o;
+    o.address = "127.0.0.1";
+    o.port = 0;
+    o.threads = 2;
+    o.max_body_bytes = 1024;
+    return o;
+  }
+};
+
+bool eventually(const std::function<bool()>& condition) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (!condition()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_SUITE("http_server") {
+  TEST_CASE("keep-alive, pipelining, HTTP/1.0, 100-continue, limits, routing") {
+    TestServer t;
+    {
+      RawClient c(t.server.port());
+      // Two requests in one write: both answered, in order, on one connection.
+      c.send_text("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nonePOST /echo HTTP/1.1\r\nHost: x\r\n"
+                  "Content-Length: 3\r\n\r\ntwo");
+      std::string got = c.read_until("two");  // the second body, so both answers are in
+      CHECK(got.find("HTTP/1.1 200") < got.find("one"));
+      CHECK(got.find("one") < got.find("HTTP/1.1 200", got.find("one")));
+      CHECK(got.find("one") < got.find("two"));
+      // 100-continue: the interim answer comes before the body is sent.
+      c.send_text("POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n");
+      CHECK(c.read_until("\r\n\r\n").starts_with("HTTP/1.1 100 Continue"));
+      c.send_text("hello");
+      CHECK(c.read_until("hello").find("200 OK") != std::string::npos);
+    }
+    {
+      RawClient c(t.server.port());
+      c.send_text("POST /echo HTTP/1.0\r\nContent-Length: 2\r\n\r\nhi");
+      std::string got = c.read_until("\r\n\r\nhi");
+      CHECK(got.find("Connection: close") != std::string::npos);
+    }
+    {
+      RawClient c(t.server.port());
+      c.send_text("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n" + std::string(5000, 'x'));
+      CHECK(c.read_until("}}").starts_with("HTTP/1.1 413"));
+    }
+    {
+      RawClient c(t.server.port());
+      c.send_text("GARBAGE\r\n\r\n");
+      CHECK(c.read_until("}}").starts_with("HTTP/1.1 400"));
+    }
+    {
+      RawClient c(t.server.port());
+      c.send_text("GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n");
+      CHECK(c.read_until("}}").starts_with("HTTP/1.1 404"));
+      c.send_text("GET /echo HTTP/1.1\r\nHost: x\r\n\r\n");
+      std::string got = c.read_until("}}");
+      CHECK(got.starts_with("HTTP/1.1 405"));
+      CHECK(got.find("Allow: POST") != std::string::npos);
+    }
+    CHECK(eventually([&] { return t.server.stats().connections_open == 0; }));
+  }
+
+  TEST_CASE("a chunked event stream written from another thread") {
+    TestServer t;
+    RawClient c(t.server.port());
+    c.send_text("GET /stream HTTP/1.1\r\nHost: x\r\n\r\n");
+    std::string got = c.read_until("0\r\n\r\n");
+    CHECK(got.find("Transfer-Encoding: chunked") != std::string::npos);
+    CHECK(got.find("data: piece 0\n\n") < got.find("data: piece 2\n\n"));
+    CHECK(got.find("data: [DONE]") != std::string::npos);
+  }
+
+  TEST_CASE("a client that hangs up while its answer is pending aborts the exchange") {
+    TestServer t;
+    {
+      RawClient c(t.server.port());
+      c.send_text("GET /park HTTP/1.1\r\nHost: x\r\n\r\n");
+      REQUIRE(eventually([&] {
+        std::lock_guard lock(t.mutex);
+        return t.parked != nullptr;
+      }));
+    }
+    CHECK(eventually([&] { return t.aborted.load() == 1; }));
+    CHECK(t.parked->aborted());
+    CHECK_FALSE(t.parked->write("late"));
+    t.parked->respond({});  // ignored, no crash
+    CHECK(eventually([&] { return t.server.stats().connections_open == 0; }));
+  }
+
+  TEST_CASE("stop() aborts pending exchanges and closes connections") {
+    TestServer t;
+    RawClient c(t.server.port());
+    c.send_text("GET /park HTTP/1.1\r\nHost: x\r\n\r\n");
+    REQUIRE(eventually([&] {
+      std::lock_guard lock(t.mutex);
+      return t.parked != nullptr;
+    }));
+    t.server.stop();
+    t.server.join();
+    CHECK(t.aborted.load() == 1);
+    CHECK(t.server.stats().connections_open == 0);
+    t.parked->write("after the server stopped");  // dropped, no crash
+  }
+
+  TEST_CASE("json_error and sse_event") {
+    http::Response r = http::json_error(400, "bad \"x\"", "invalid_request_error", "x");
+    CHECK(r.status == 400);
+    CHECK(r.body == R"({"error":{"message":"bad \"x\"","type":"invalid_request_error","param":"x","code":null}})");
+    CHECK(http::sse_event("a\nb") == "data: a\ndata: b\n\n");
+  }
+}
+
+TEST_SUITE("openai_request") {
+  using api::ApiException;
+  auto param_of = [](auto&& parse, const std::string& body) -> std::string {
+    try {
+      parse(body);
+    } catch (const ApiException& e) {
+      return e.error.param.empty() ? "(none)" : e.error.param;
+    }
+    return "(accepted)";
+  };
+
+  TEST_CASE("chat bodies") {
+    auto chat = [](const std::string& b) { return api::parse_chat_request(b); };
+    auto r = api::parse_chat_request(
+        R"({"model":"m","messages":[{"role":"developer","content":"s"},{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]},{"role":"assistant","content":null}],
+            "temperature":0,"top_k":-1,"max_tokens":16.0,"max_completion_tokens":8,"stop":"x","n":2,"seed":-1,
+            "stream":true,"stream_options":{"include_usage":true},"logprobs":true,"top_logprobs":2,"unknown_field":1})");
+    CHECK(r.messages.size() == 3);
+    CHECK(r.messages[0].role == "system");
+    CHECK(r.messages[1].content == "ab");
+    CHECK(r.sampling.top_k == 0);
+    CHECK(r.sampling.max_tokens == 8);
+    CHECK(r.sampling.stop == std::vector<std::string>{"x"});
+    CHECK(*r.sampling.seed == UINT64_MAX);
+    CHECK(r.include_usage);
+    CHECK(r.sampling.top_logprobs == 2);
+    CHECK(param_of(chat, "{") == "(none)");
+    CHECK(param_of(chat, "[]") == "(none)");
+    CHECK(param_of(chat, R"({"messages":[{"role":"user","content":"x"}],"temperature":"1"})") == "temperature");
+    CHECK(param_of(chat, R"({"messages":[{"role":"user","content":"x"}],"top_p":0})") == "top_p");
+    CHECK(param_of(chat, R"({"messages":[{"role":"tool","content":"x"}]})") == "messages[0].role");
+    CHECK(param_of(chat, R"({"messages":[{"role":"user","content":[{"type":"text"}]}]})") == "messages[0].content[0].text");
+    CHECK(param_of(chat, R"({"messages":[{"role":"user","content":"x"}],"stop":["a",1]})") == "stop[1]");
+  }
+
+  TEST_CASE("completion bodies") {
+    auto completion = [](const std::string& b) { return api::parse_completion_request(b); };
+    auto r = api::parse_completion_request(R"({"prompt":[[1,2],"text"],"echo":true,"logprobs":0})");
+    CHECK(r.prompts.size() == 2);
+    CHECK(std::get<std::vector<TokenId>>(r.prompts[0]) == std::vector<TokenId>{1, 2});
+    CHECK(r.sampling.max_tokens == 16);  // OpenAI's default for completions
+    CHECK(r.sampling.top_logprobs == 0);
+    CHECK(param_of(completion, R"({"prompt":[-1]})") == "prompt[0]");
+    CHECK(param_of(completion, R"({"prompt":"x","n":100,"max_tokens":1})") == "(accepted)");
+    CHECK(param_of(completion, R"({"prompt":["a","b"],"n":100})") == "n");
+    CHECK(param_of(completion, R"({"prompt":"x","max_tokens":1e400})") == "(none)");
+  }
+}
