@@ -14,6 +14,7 @@
 #include <map>
 #include <random>
 
+#include "../support/letter_tokenizer.hpp"
 #include "engine/block_manager.hpp"
 #include "engine/engine.hpp"
 
@@ -102,35 +103,8 @@ class FixedBytesPolicy final : public KvCachePolicy {
   }
 };
 
-// One letter per id; eos has no text.
-class LetterTokenizer final : public Tokenizer {
- public:
-  Status encode(std::string_view text, const EncodeOptions&, std::vector<TokenId>& ids) const noexcept override {
-    for (char c : text) ids.push_back(TokenId(c));
-    return {};
-  }
-  static std::string letter(TokenId id) { return id == kEos ? "" : std::string(1, char('a' + id % 26)); }
-  Status decode(std::span<const TokenId> ids, const DecodeOptions&, std::string& text) const noexcept override {
-    for (TokenId id : ids) text += letter(id);
-    return {};
-  }
-  class Stream final : public IncrementalDecoder {
-   public:
-    Status push(TokenId id, std::string& piece) noexcept override {
-      piece += letter(id);
-      return {};
-    }
-    Status finish(std::string&) noexcept override { return {}; }
-  };
-  std::unique_ptr<IncrementalDecoder> incremental_decoder(const DecodeOptions&) const noexcept override {
-    return std::make_unique<Stream>();
-  }
-  int32_t vocab_size() const noexcept override { return kVocab; }
-  std::optional<TokenId> token_to_id(std::string_view) const noexcept override { return std::nullopt; }
-  std::string id_to_token(TokenId id) const noexcept override { return letter(id); }
-  bool is_special(TokenId id) const noexcept override { return id == kEos; }
-  SpecialTokenIds special_tokens() const noexcept override { return {std::nullopt, {kEos}, std::nullopt}; }
-};
+using hostrun::testing::LetterTokenizer;
+const LetterTokenizer kLetters(kVocab, kEos);
 
 struct Outcome {
   std::vector<TokenId> generated;
@@ -156,7 +130,7 @@ Outcome expected_run(const std::vector<TokenId>& prompt, const SamplingParams& s
       out.finish = FinishReason::stop;
       break;
     }
-    out.text += LetterTokenizer::letter(next);
+    out.text += kLetters.letter(next);
     if (int32_t(tokens.size()) >= limit) {
       out.finish = FinishReason::length;
       break;
@@ -175,7 +149,7 @@ struct Harness {
     EngineParts parts;
     parts.model = model;
     parts.kv_policy = std::make_shared<FixedBytesPolicy>();
-    parts.tokenizer = std::make_shared<LetterTokenizer>();
+    parts.tokenizer = std::make_shared<LetterTokenizer>(kVocab, kEos);
     parts.model_name = "echo";
     auto started = Engine::start(config, std::move(parts));
     REQUIRE_MESSAGE(started.has_value(), started.status().message());
@@ -410,7 +384,7 @@ TEST_CASE("stop strings end the text before them; stop ids and min_tokens") {
   CHECK(stopped.finish == FinishReason::stop);
   CHECK(stopped.completion_tokens == int32_t(first + 1));
   std::string before_stop;
-  for (size_t i = 0; i < first; ++i) before_stop += LetterTokenizer::letter(reference.generated[i]);
+  for (size_t i = 0; i < first; ++i) before_stop += kLetters.letter(reference.generated[i]);
   CHECK(stopped.text == before_stop);
 }
 

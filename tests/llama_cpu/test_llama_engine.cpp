@@ -1,5 +1,6 @@
 // The engine with llama_cpu + kv_cpu: batching and preemption must not change
 // a single greedy token.
+#include "../support/letter_tokenizer.hpp"
 #include <doctest/doctest.h>
 
 #include <future>
@@ -12,39 +13,6 @@ using namespace llama_test;
 namespace {
 
 // One letter per id; no ids of its own beyond the model's.
-class LetterTokenizer final : public Tokenizer {
- public:
-  explicit LetterTokenizer(int32_t vocab) : vocab_(vocab) {}
-  Status encode(std::string_view text, const EncodeOptions&, std::vector<TokenId>& ids) const noexcept override {
-    for (char c : text) ids.push_back(TokenId(uint8_t(c)));
-    return {};
-  }
-  static std::string letter(TokenId id) { return std::string(1, char('a' + id % 26)); }
-  Status decode(std::span<const TokenId> ids, const DecodeOptions&, std::string& text) const noexcept override {
-    for (TokenId id : ids) text += letter(id);
-    return {};
-  }
-  class Stream final : public IncrementalDecoder {
-   public:
-    Status push(TokenId id, std::string& piece) noexcept override {
-      piece += letter(id);
-      return {};
-    }
-    Status finish(std::string&) noexcept override { return {}; }
-  };
-  std::unique_ptr<IncrementalDecoder> incremental_decoder(const DecodeOptions&) const noexcept override {
-    return std::make_unique<Stream>();
-  }
-  int32_t vocab_size() const noexcept override { return vocab_; }
-  std::optional<TokenId> token_to_id(std::string_view) const noexcept override { return std::nullopt; }
-  std::string id_to_token(TokenId id) const noexcept override { return letter(id); }
-  bool is_special(TokenId) const noexcept override { return false; }
-  SpecialTokenIds special_tokens() const noexcept override { return {}; }
-
- private:
-  int32_t vocab_;
-};
-
 struct Finished {
   std::vector<TokenId> generated;
   FinishReason finish = FinishReason::none;
@@ -60,7 +28,7 @@ struct EngineUnderTest {
     core::EngineParts parts;
     parts.model = loaded->model;
     parts.kv_policy = loaded->policy;
-    parts.tokenizer = std::make_shared<LetterTokenizer>(loaded->model->info().vocab_size);
+    parts.tokenizer = std::make_shared<hostrun::testing::LetterTokenizer>(loaded->model->info().vocab_size);
     parts.model_name = "llama_cpu";
     auto started = core::Engine::start(config, std::move(parts));
     REQUIRE_MESSAGE(started.has_value(), started.status().message());
