@@ -433,14 +433,7 @@ int run(const GlobalOptions& global, const BenchServingOptions& o) {
 }  // namespace
 
 void add_bench_serving_command(CLI::App& app, GlobalOptions& options) {
-  // `bench` is a group other benchmarks join: whoever registers first makes it.
-  CLI::App* bench = nullptr;
-  try {
-    bench = app.get_subcommand("bench");
-  } catch (const CLI::OptionNotFound&) {
-    bench = app.add_subcommand("bench", "Benchmarks (numbers for docs/benchmarks.md)");
-    bench->require_subcommand(1);
-  }
+  CLI::App* bench = bench_group(app);
   auto* cmd = bench->add_subcommand(
       "serving", "Streamed requests against an OpenAI-compatible server: requests/s, token throughput, TTFT, "
                  "inter-token latency and TPOT percentiles");

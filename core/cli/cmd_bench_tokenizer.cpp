@@ -267,14 +267,7 @@ int run(const GlobalOptions& global, BenchTokenizerOptions o) {
 }  // namespace
 
 void add_bench_tokenizer_command(CLI::App& app, GlobalOptions& options) {
-  // `bench` is a group other benchmarks join: whoever registers first makes it.
-  CLI::App* bench = nullptr;
-  try {
-    bench = app.get_subcommand("bench");
-  } catch (const CLI::OptionNotFound&) {
-    bench = app.add_subcommand("bench", "Benchmarks (numbers for docs/benchmarks.md)");
-    bench->require_subcommand(1);
-  }
+  CLI::App* bench = bench_group(app);
   auto* cmd = bench->add_subcommand("tokenizer", "Encode MB/s, single thread, on English prose and mixed text, "
                                                  "beside the JS oracle; plus 1 MB of one letter and of spaces");
   auto o = std::make_shared<BenchTokenizerOptions>();

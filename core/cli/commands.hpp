@@ -19,6 +19,9 @@ struct GlobalOptions {
   int exit_code = 0;
 };
 
+// The `bench` group every benchmark joins; made on first use.
+CLI::App* bench_group(CLI::App& app);
+
 // Applies --log-level and scans the plugin search path.
 core::PluginRegistry load_plugins(const GlobalOptions& options);
 

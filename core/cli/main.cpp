@@ -12,6 +12,14 @@ core::PluginRegistry load_plugins(const GlobalOptions& options) {
   return registry;
 }
 
+CLI::App* bench_group(CLI::App& app) {
+  for (CLI::App* sub : app.get_subcommands({}))
+    if (sub->get_name() == "bench") return sub;
+  CLI::App* bench = app.add_subcommand("bench", "Benchmarks (numbers for docs/benchmarks.md)");
+  bench->require_subcommand(1);
+  return bench;
+}
+
 }  // namespace hostrun::cli
 
 int main(int argc, char** argv) {
