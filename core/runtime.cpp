@@ -30,6 +30,9 @@ const SettingSpec kEngineSettings[] = {
     {"cpu_memory_budget_mb", SettingType::integer, "On the CPU, the memory the KV-cache share applies to", false,
      "2048", 1, 1e9},
     {"seed", SettingType::integer, "Seed for requests that bring none (0: from the clock)", false, "0", 0, 9.2e18},
+    {"device", SettingType::string, "Where the model runs: cpu or cuda (the model plugin must support it)", false,
+     "\"cpu\""},
+    {"activation_dtype", SettingType::string, "The model's activation dtype: f32, bf16 or f16", false, "\"f32\""},
 };
 
 EngineConfig engine_config_from(const Settings& s) {
@@ -100,9 +103,23 @@ Status Runtime::build(const RuntimeOptions& options, LogSink* log_sink) {
   registry_.scan(plugin_search_path(options.plugin_dirs));
   if (options.device != "auto" && options.device != "cpu" && options.device != "cuda")
     return Status(ErrorCode::invalid_argument, fmt::format("--device '{}': expected auto, cpu or cuda", options.device));
-  if (options.device == "cuda")
-    return Status(ErrorCode::unsupported, "--device cuda: this build has no CUDA model plugin yet; use --device cpu");
-  if (options.device == "auto") log.info("no CUDA model plugin in this build: running on the CPU");
+  // The device: cuda when asked for (the plugin must load and its probe
+  // accept, else the run stops saying why), or for auto when the llama_cuda
+  // plugin is there and sees a GPU; otherwise the CPU path, unchanged.
+  bool use_cuda = false;
+  if (options.device != "cpu" && options.manifest_file.empty()) {
+    const LoadedPlugin* cuda_model = registry_.find("llama_cuda");
+    const RoleEntry* role = cuda_model ? cuda_model->role(Role::model) : nullptr;
+    Status probed = !role ? Status(ErrorCode::not_found, "the llama_cuda plugin is not in the plugin search path")
+                    : role->probe ? role->probe()
+                                  : Status();
+    if (options.device == "cuda" && !probed)
+      return Status(ErrorCode::unsupported,
+                    fmt::format("--device cuda: {}{}", cuda_model ? "llama_cuda (" + cuda_model->file.string() + "): " : "",
+                                probed.message()));
+    use_cuda = probed.is_ok();
+    if (options.device == "auto" && !use_cuda) log.info("running on the CPU: {}", probed.message());
+  }
 
   // The manifest.
   Result<Manifest> manifest = Status(ErrorCode::internal, "no manifest");
@@ -110,12 +127,12 @@ Status Runtime::build(const RuntimeOptions& options, LogSink* log_sink) {
     manifest = Manifest::parse_file(options.manifest_file);
     manifest_name_ = options.manifest_file;
   } else {
-    // The CPU path is the only Llama path in this build; a CUDA manifest joins it with the CUDA plugin.
-    manifest_name_ = "llama3-cpu";
+    manifest_name_ = use_cuda ? "llama3-cuda" : "llama3-cpu";
     const BuiltinManifest* builtin = nullptr;
     for (const auto& m : builtin_manifests())
       if (m.name == manifest_name_) builtin = &m;
-    if (!builtin) return Status(ErrorCode::internal, "the built-in manifest llama3-cpu is missing from this build");
+    if (!builtin)
+      return Status(ErrorCode::internal, fmt::format("the built-in manifest {} is missing from this build", manifest_name_));
     manifest = Manifest::parse_string(builtin->text, "builtin:" + manifest_name_, model_dir_);
   }
   if (!manifest) return manifest.status();
@@ -161,8 +178,17 @@ Status Runtime::build(const RuntimeOptions& options, LogSink* log_sink) {
   weights_ = std::move(weights.value());
   LoadContext load;
   load.weights = weights_.get();
-  load.device = {DeviceKind::cpu, 0};
-  load.activation_dtype = DType::f32;
+  // Device and activation dtype are manifest data ([engine]), not guessed from plugin names.
+  const Settings* engine_settings = resolved_.host_table("engine") ? &resolved_.host_table("engine")->settings : nullptr;
+  const std::string device = engine_settings ? engine_settings->get_string("device") : "cpu";
+  const std::string dtype = engine_settings ? engine_settings->get_string("activation_dtype") : "f32";
+  if (device != "cpu" && device != "cuda")
+    return Status(ErrorCode::invalid_argument, fmt::format("{}: engine.device '{}': expected cpu or cuda", manifest_name_, device));
+  if (dtype != "f32" && dtype != "bf16" && dtype != "f16")
+    return Status(ErrorCode::invalid_argument,
+                  fmt::format("{}: engine.activation_dtype '{}': expected f32, bf16 or f16", manifest_name_, dtype));
+  load.device = device == "cuda" ? Device{DeviceKind::cuda, 0} : Device{DeviceKind::cpu, 0};
+  load.activation_dtype = dtype == "f32" ? DType::f32 : dtype == "bf16" ? DType::bf16 : DType::f16;
   load.kv_policy = kv_policy_.get();
   if (Status loaded = model_->load(load); !loaded)
     return Status(loaded.code(), fmt::format("loading {}: {}", model_dir_, loaded.message()));

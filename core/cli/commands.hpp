@@ -37,5 +37,7 @@ CLI::App* add_serve_command(CLI::App& app, GlobalOptions& options);
 void add_serve_client_commands(CLI::App* serve_group, GlobalOptions& options);
 // `bench serving URL`, on the bench group (made here if no benchmark made it yet).
 void add_bench_serving_command(CLI::App& app, GlobalOptions& options);
+// `bench throughput` and `bench latency` (the local engine), on the bench group.
+void add_bench_model_commands(CLI::App& app, GlobalOptions& options);
 
 }  // namespace hostrun::cli

@@ -1,0 +1,156 @@
+// The Llama model on CUDA: bf16/f16 weights on the GPU, cuBLAS GEMMs, the rest
+// from kernels/cuda, K/V through the KvCachePolicy given at load (kv_cuda).
+//
+// Same StepInput semantics as llama_cpu (its README is the contract): the
+// whole step is checked on the host before anything runs; q/k/v_proj are one
+// fused [q + 2 kv, hidden] matrix and gate/up one [2 intermediate, hidden]
+// matrix; the final norm and LM head run only on sampling positions; sampling
+// (penalties, temperature, top-k/p, min-p, Philox) runs on the GPU; logits go
+// to the host only for logprobs and return_logits.
+//
+// Memory: weights and a workspace sized at load for `max_tokens_per_step`
+// tokens and `max_batch` sampled rows; a step with more tokens is run as
+// several passes (whole sequences, or chunks of one long prefill), more rows
+// as several LM-head chunks, so no step fails for its size. Only the index
+// arena (block tables, penalty histories) grows, and only when a step needs
+// more than any before it.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+#include <hostrun/sdk.hpp>
+
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "checkpoint/llama_config.hpp"
+#include "cuda/sampling.hpp"
+
+namespace hostrun::llama_cuda {
+
+// cudaMalloc'd memory, freed on destruction.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  ~DeviceBuffer() { reset(); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  void allocate(size_t bytes, const char* what);  // throws Error naming `what` and the free memory
+  void reset();
+  std::byte* data() const { return data_; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  std::byte* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// cudaMallocHost'd memory (staging for uploads and read-backs).
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  ~PinnedBuffer() { reset(); }
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  void allocate(size_t bytes, const char* what);
+  void reset();
+  std::byte* data() const { return data_; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  std::byte* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+struct LayerWeights {
+  const void* input_norm = nullptr;  // [hidden]
+  const void* qkv = nullptr;         // [q_size + 2 kv_size, hidden]
+  const void* o_proj = nullptr;      // [hidden, q_size]
+  const void* post_norm = nullptr;   // [hidden]
+  const void* gate_up = nullptr;     // [2 intermediate, hidden]
+  const void* down_proj = nullptr;   // [hidden, intermediate]
+};
+
+// One forward pass's share of a sequence: tokens [first, first + count) of its query.
+struct Piece {
+  size_t sequence = 0;
+  int32_t first = 0;
+  int32_t count = 0;
+  bool sample = false;
+};
+
+class LlamaCudaModel final : public Model {
+ public:
+  explicit LlamaCudaModel(const CreateContext& context);
+  ~LlamaCudaModel() override;
+
+  Status load(const LoadContext& context) noexcept override;
+  ModelInfo info() const noexcept override;
+  Result<MemoryReport> memory() const noexcept override;
+  Status allocate_kv_cache(int32_t num_blocks, int32_t block_tokens) noexcept override;
+  Status step(const StepInput& input, StepOutput& output) noexcept override;
+
+ private:
+  void load_checked(const LoadContext& context);
+  void upload_weights(const WeightSource& weights);
+  void allocate_workspace();
+  void check_step(const StepInput& input) const;
+  void run_step(const StepInput& input, StepOutput& output);
+  void forward(const StepInput& input, const std::vector<Piece>& pieces, StepOutput& output);
+  void gemm(const void* x, const void* weight, int m, int n, int k, void* y, bool f32_out = false);
+
+  Logger log_;
+  int64_t max_tokens_per_step_ = 8192;
+  int64_t max_batch_ = 256;
+  bool loaded_ = false;
+  checkpoint::LlamaConfig config_;
+  std::vector<TokenId> eos_ids_;
+  std::optional<TokenId> bos_id_;
+  Device device_{DeviceKind::cuda, 0};
+  DType dtype_ = DType::bf16;
+  float softmax_scale_ = 1.0f;
+  KvCachePolicy* kv_policy_ = nullptr;
+  std::unique_ptr<KvCache> kv_cache_;
+  int32_t block_tokens_ = 0;
+
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  DeviceBuffer weight_memory_;
+  size_t weight_bytes_ = 0;
+  const void* embed_tokens_ = nullptr;
+  const void* final_norm_ = nullptr;
+  const void* lm_head_ = nullptr;  // embed_tokens_ when tied
+  std::vector<LayerWeights> layers_;
+
+  // Activations for max_tokens_per_step tokens, rows for max_batch sampled rows.
+  DeviceBuffer workspace_;
+  void* residual_ = nullptr;
+  void* normed_ = nullptr;
+  void* delta_ = nullptr;
+  void* qkv_ = nullptr;
+  void* attended_ = nullptr;
+  void* gate_up_ = nullptr;
+  void* activated_ = nullptr;
+  void* last_residual_ = nullptr;
+  void* last_delta_ = nullptr;
+  void* last_normed_ = nullptr;
+  float* logits_ = nullptr;
+  void* sampling_workspace_ = nullptr;
+  size_t sampling_workspace_bytes_ = 0;
+  void* attention_workspace_ = nullptr;
+  size_t attention_workspace_bytes_ = 0;
+  float* inv_freq_ = nullptr;
+  int32_t* error_flag_ = nullptr;
+  int32_t* tokens_out_ = nullptr;
+
+  // Per-pass index arrays (ids, positions, paged layout, sampling rows,
+  // histories), packed on the host into pinned memory and sent in one copy.
+  std::vector<std::byte> host_arena_;
+  PinnedBuffer pinned_arena_;
+  DeviceBuffer device_arena_;
+  PinnedBuffer pinned_tokens_;   // [max_batch] sampled ids + the error flag
+  PinnedBuffer pinned_logits_;   // [max_batch, vocab] f32, for logprobs / return_logits
+};
+
+}  // namespace hostrun::llama_cuda

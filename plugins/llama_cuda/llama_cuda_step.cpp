@@ -1,0 +1,442 @@
+// step(): one engine step as docs/architecture.md draws it, on the GPU. Every
+// check on the caller's input happens on the host before the first launch,
+// so a bad step fails with a message and leaves the KV cache as it was.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "cuda/embedding.hpp"
+#include "cuda/rmsnorm.hpp"
+#include "cuda/silu_mul.hpp"
+#include "llama_cuda_model.hpp"
+#include "llama_kernels.hpp"
+#include "ref/logprobs.hpp"
+
+namespace hostrun::llama_cuda {
+
+namespace {
+
+[[noreturn]] void fail(ErrorCode code, std::string message) {
+  throw Error(code, "llama_cuda: step: " + std::move(message));
+}
+void throw_if_error(const Status& status) {
+  if (!status) throw Error(status);
+}
+void check_cuda(cudaError_t error, const char* what) {
+  if (error != cudaSuccess)
+    fail(ErrorCode::internal, fmt::format("{}: {} ({})", what, cudaGetErrorString(error), cudaGetErrorName(error)));
+}
+
+bool has_penalties(const SamplingParams& sp) {
+  return sp.repetition_penalty != 1.0f || sp.presence_penalty != 0.0f || sp.frequency_penalty != 0.0f;
+}
+
+// Sections of the per-pass index arena, each 16-byte aligned.
+struct ArenaLayout {
+  size_t bytes = 0;
+  size_t add(size_t size) {
+    const size_t at = bytes;
+    bytes += (size + 15) / 16 * 16;
+    return at;
+  }
+};
+
+}  // namespace
+
+void LlamaCudaModel::gemm(const void* x, const void* weight, int m, int n, int k, void* y, bool f32_out) {
+  // Row-major y[m, n] = x[m, k] . weight[n, k]^T is column-major y^T = weight^T . x^T.
+  const float alpha = 1.0f, beta = 0.0f;
+  const cudaDataType_t in = dtype_ == DType::f16 ? CUDA_R_16F : CUDA_R_16BF;
+  const cublasStatus_t status =
+      cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, weight, in, k, x, in, k, &beta, y,
+                   f32_out ? CUDA_R_32F : in, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  if (status != CUBLAS_STATUS_SUCCESS)
+    fail(ErrorCode::internal, fmt::format("cublasGemmEx (m {}, n {}, k {}) failed: {}", m, n, k,
+                                          cublasGetStatusString(status)));
+}
+
+void LlamaCudaModel::check_step(const StepInput& input) const {
+  const size_t num_tokens = input.token_ids.size();
+  const size_t num_sequences = input.sequences.size();
+  if (input.positions.size() != num_tokens)
+    fail(ErrorCode::invalid_argument, fmt::format("{} token ids but {} positions", num_tokens, input.positions.size()));
+  if (num_tokens > size_t(INT32_MAX)) fail(ErrorCode::invalid_argument, "too many tokens in one step");
+  if (num_sequences == 0 && num_tokens != 0)
+    fail(ErrorCode::invalid_argument, fmt::format("{} tokens but no sequences", num_tokens));
+  const int64_t vocab = config_.vocab_size;
+  const int32_t num_blocks = kv_cache_->num_blocks();
+  int32_t expected_start = 0;
+  for (size_t s = 0; s < num_sequences; ++s) {
+    const StepSequence& seq = input.sequences[s];
+    if (seq.query_start != expected_start)
+      fail(ErrorCode::invalid_argument,
+           fmt::format("sequence {}: query_start {}, expected {} (sequences own consecutive runs of token_ids, in order)",
+                       s, seq.query_start, expected_start));
+    if (seq.query_len <= 0 || int64_t(seq.query_start) + seq.query_len > int64_t(num_tokens))
+      fail(ErrorCode::invalid_argument, fmt::format("sequence {}: query_len {} from token {} does not fit the step's {} tokens",
+                                                    s, seq.query_len, seq.query_start, num_tokens));
+    if (seq.cached_len < 0 || int64_t(seq.cached_len) + seq.query_len > INT32_MAX)
+      fail(ErrorCode::invalid_argument, fmt::format("sequence {}: cached_len {} is out of range", s, seq.cached_len));
+    const int32_t context = seq.cached_len + seq.query_len;
+    for (int32_t j = 0; j < seq.query_len; ++j) {
+      const size_t t = size_t(seq.query_start + j);
+      if (input.positions[t] != seq.cached_len + j)
+        fail(ErrorCode::invalid_argument, fmt::format("sequence {}: token {} is at position {}, expected cached_len + {} = {}",
+                                                      s, t, input.positions[t], j, seq.cached_len + j));
+      if (input.token_ids[t] < 0 || input.token_ids[t] >= vocab)
+        fail(ErrorCode::invalid_argument,
+             fmt::format("token id {} (token {} of the step, sequence {}) is outside the vocabulary of {}",
+                         input.token_ids[t], t, s, vocab));
+    }
+    const int32_t blocks_needed = int32_t((int64_t(context) + block_tokens_ - 1) / block_tokens_);
+    if (int64_t(seq.block_table.size()) < blocks_needed)
+      fail(ErrorCode::invalid_argument,
+           fmt::format("sequence {}: {} tokens of context need {} blocks of {}, but its block table has {}", s, context,
+                       blocks_needed, block_tokens_, seq.block_table.size()));
+    for (int32_t b = 0; b < blocks_needed; ++b)
+      if (seq.block_table[size_t(b)] < 0 || seq.block_table[size_t(b)] >= num_blocks)
+        fail(ErrorCode::invalid_argument, fmt::format("sequence {}: block table entry {} is {}, outside the cache's {} blocks",
+                                                      s, b, seq.block_table[size_t(b)], num_blocks));
+    if (seq.sample && seq.sampling == nullptr)
+      fail(ErrorCode::invalid_argument, fmt::format("sequence {} samples but has no sampling parameters", s));
+    if (seq.generated.size() > seq.history.size())
+      fail(ErrorCode::invalid_argument, fmt::format("sequence {}: {} generated ids but only {} in its history", s,
+                                                    seq.generated.size(), seq.history.size()));
+    if (seq.sample)
+      for (size_t i = 0; i < seq.history.size(); ++i)
+        if (seq.history[i] < 0 || seq.history[i] >= vocab)
+          fail(ErrorCode::invalid_argument, fmt::format("sequence {}: history id {} (index {}) is outside the vocabulary of {}",
+                                                        s, seq.history[i], i, vocab));
+    for (const EmbeddingSpan& span : seq.embeddings) {
+      const TensorView& v = span.values;
+      const int64_t rows = v.rank > 0 ? v.shape[0] : 0;
+      if (v.rank != 2 || v.shape[1] != config_.hidden_size || v.device.kind != DeviceKind::cuda || !v.is_contiguous() ||
+          v.dtype != dtype_)
+        fail(ErrorCode::invalid_argument,
+             fmt::format("sequence {}: an embedding span must be a contiguous GPU [tokens, {}] {} tensor", s,
+                         config_.hidden_size, dtype_name(dtype_)));
+      if (span.first_token < 0 || int64_t(span.first_token) + rows > seq.query_len)
+        fail(ErrorCode::invalid_argument, fmt::format("sequence {}: embedding span of {} tokens at {} is outside its {} tokens of this step",
+                                                      s, rows, span.first_token, seq.query_len));
+    }
+    expected_start = seq.query_start + seq.query_len;
+  }
+  if (size_t(expected_start) != num_tokens)
+    fail(ErrorCode::invalid_argument, fmt::format("the sequences cover {} tokens but the step has {}", expected_start, num_tokens));
+}
+
+void LlamaCudaModel::run_step(const StepInput& input, StepOutput& output) {
+  if (!loaded_) fail(ErrorCode::invalid_argument, "the model is not loaded");
+  if (!kv_cache_) fail(ErrorCode::invalid_argument, "no KV cache: call allocate_kv_cache first");
+  output.sampled.clear();
+  output.logprobs.clear();
+  output.logits.clear();
+  check_step(input);
+  if (input.sequences.empty()) return;
+  check_cuda(cudaSetDevice(device_.index), "cudaSetDevice");
+
+  // Passes of at most max_tokens_per_step tokens, in sequence order, so the
+  // sampled ids come out in the order of the sequences; a prefill longer than
+  // a pass is cut into chunks, each reading the K/V the previous one wrote.
+  std::vector<Piece> pass;
+  int64_t pass_tokens = 0;
+  for (size_t s = 0; s < input.sequences.size(); ++s) {
+    const StepSequence& seq = input.sequences[s];
+    int32_t first = 0;
+    while (first < seq.query_len) {
+      if (pass_tokens == max_tokens_per_step_) {
+        forward(input, pass, output);
+        pass.clear();
+        pass_tokens = 0;
+      }
+      const int32_t count = int32_t(std::min<int64_t>(seq.query_len - first, max_tokens_per_step_ - pass_tokens));
+      pass.push_back(Piece{s, first, count, seq.sample && first + count == seq.query_len});
+      pass_tokens += count;
+      first += count;
+    }
+  }
+  if (!pass.empty()) forward(input, pass, output);
+}
+
+void LlamaCudaModel::forward(const StepInput& input, const std::vector<Piece>& pieces, StepOutput& output) {
+  const int64_t vocab = config_.vocab_size;
+  // Whether any sampling sequence of the whole step asks for logprobs / logits
+  // (then every sampled token gets an entry, as llama_cpu does).
+  bool any_logprobs = false, any_logits = false;
+  for (const StepSequence& seq : input.sequences)
+    if (seq.sample) {
+      any_logprobs |= seq.sampling->top_logprobs >= 0;
+      any_logits |= seq.return_logits;
+    }
+
+  // The pass's layout on the host.
+  const int32_t num_sequences = int32_t(pieces.size());
+  int32_t num_tokens = 0, max_query_len = 0, max_context_len = 0, max_blocks = 0, num_rows = 0;
+  size_t history_ids = 0, suppressed_pairs = 0;
+  for (const Piece& p : pieces) {
+    const StepSequence& seq = input.sequences[p.sequence];
+    const int32_t context = seq.cached_len + p.first + p.count;
+    num_tokens += p.count;
+    max_query_len = std::max(max_query_len, p.count);
+    max_context_len = std::max(max_context_len, context);
+    max_blocks = std::max(max_blocks, (context + block_tokens_ - 1) / block_tokens_);
+    if (p.sample) {
+      ++num_rows;
+      if (has_penalties(*seq.sampling)) history_ids += seq.history.size();
+      suppressed_pairs += seq.suppressed.size();
+    }
+  }
+  ArenaLayout layout;
+  const size_t at_ids = layout.add(size_t(num_tokens) * 4);
+  const size_t at_positions = layout.add(size_t(num_tokens) * 4);
+  const size_t at_slots = layout.add(size_t(num_tokens) * 4);
+  const size_t at_query_start = layout.add(size_t(num_sequences + 1) * 4);
+  const size_t at_context = layout.add(size_t(num_sequences) * 4);
+  const size_t at_blocks = layout.add(size_t(num_sequences) * size_t(max_blocks) * 4);
+  const size_t at_rows = layout.add(size_t(num_rows) * 4);
+  const size_t at_params = layout.add(size_t(num_rows) * sizeof(cuda::SamplingRow));
+  const size_t at_history = layout.add(history_ids * 4);
+  const size_t at_suppressed = layout.add(suppressed_pairs * 8);
+  host_arena_.assign(layout.bytes, std::byte{0});
+  auto ints = [&](size_t at) { return reinterpret_cast<int32_t*>(host_arena_.data() + at); };
+  int32_t* ids = ints(at_ids);
+  int32_t* positions = ints(at_positions);
+  int32_t* slots = ints(at_slots);
+  int32_t* query_start = ints(at_query_start);
+  int32_t* context_lens = ints(at_context);
+  int32_t* block_tables = ints(at_blocks);
+  int32_t* rows = ints(at_rows);
+  auto* params = reinterpret_cast<cuda::SamplingRow*>(host_arena_.data() + at_params);
+  int32_t* history = ints(at_history);
+  int32_t* suppressed = ints(at_suppressed);
+  // Suppressed pairs are (row within its LM-head chunk, id); chunk c's pairs
+  // are [suppressed_begin[c], suppressed_begin[c + 1]).
+  std::vector<int32_t> suppressed_begin{0};
+  std::vector<size_t> row_sequence;  // the StepSequence of each sampled row
+  int32_t token = 0, row = 0, history_at = 0, pair = 0;
+  for (int32_t i = 0; i < num_sequences; ++i) {
+    const Piece& p = pieces[size_t(i)];
+    const StepSequence& seq = input.sequences[p.sequence];
+    const int32_t cached = seq.cached_len + p.first;
+    query_start[i] = token;
+    context_lens[i] = cached + p.count;
+    const int32_t blocks = (cached + p.count + block_tokens_ - 1) / block_tokens_;
+    std::copy_n(seq.block_table.begin(), blocks, block_tables + size_t(i) * size_t(max_blocks));
+    for (int32_t j = 0; j < p.count; ++j) {
+      const int32_t position = cached + j;
+      ids[token + j] = input.token_ids[size_t(seq.query_start + p.first + j)];
+      positions[token + j] = position;
+      slots[token + j] = seq.block_table[size_t(position / block_tokens_)] * block_tokens_ + position % block_tokens_;
+    }
+    token += p.count;
+    if (p.sample) {
+      rows[row] = token - 1;
+      const SamplingParams& sp = *seq.sampling;
+      cuda::SamplingRow& r = params[row];
+      r.temperature = sp.temperature;
+      r.top_k = sp.top_k;
+      r.top_p = sp.top_p;
+      r.min_p = sp.min_p;
+      r.repetition_penalty = sp.repetition_penalty;
+      r.presence_penalty = sp.presence_penalty;
+      r.frequency_penalty = sp.frequency_penalty;
+      r.seed = seq.rng_seed;
+      r.step = seq.rng_offset;
+      if (has_penalties(sp)) {
+        const int32_t prompt = int32_t(seq.history.size() - seq.generated.size());
+        std::copy(seq.history.begin(), seq.history.end(), history + history_at);
+        r.prompt_offset = history_at;
+        r.num_prompt_ids = prompt;
+        r.generated_offset = history_at + prompt;
+        r.num_generated_ids = int32_t(seq.generated.size());
+        history_at += int32_t(seq.history.size());
+      }
+      for (TokenId id : seq.suppressed)
+        if (id >= 0 && id < vocab) {
+          suppressed[2 * pair] = int32_t(row % max_batch_);
+          suppressed[2 * pair + 1] = id;
+          ++pair;
+        }
+      row_sequence.push_back(p.sequence);
+      ++row;
+      if (row % max_batch_ == 0) suppressed_begin.push_back(pair);
+    }
+  }
+  query_start[num_sequences] = token;
+  if (row % max_batch_ != 0) suppressed_begin.push_back(pair);
+
+  // One upload: host arena -> pinned -> device. The previous pass ended with a
+  // stream synchronize, so the pinned buffer is free to overwrite.
+  if (pinned_arena_.bytes() < layout.bytes) {
+    const size_t grown = std::max<size_t>(layout.bytes * 2, size_t(1) << 20);
+    pinned_arena_.allocate(grown, "the step's index arrays");
+    device_arena_.allocate(grown, "the step's index arrays");
+  }
+  std::memcpy(pinned_arena_.data(), host_arena_.data(), layout.bytes);
+  check_cuda(cudaMemcpyAsync(device_arena_.data(), pinned_arena_.data(), layout.bytes, cudaMemcpyHostToDevice, stream_),
+             "uploading the step");
+  auto device_ints = [&](size_t at) { return reinterpret_cast<int32_t*>(device_arena_.data() + at); };
+
+  PagedKvBatch batch;
+  batch.num_sequences = num_sequences;
+  batch.num_tokens = num_tokens;
+  batch.query_start = device_ints(at_query_start);
+  batch.context_lens = device_ints(at_context);
+  batch.block_tables = device_ints(at_blocks);
+  batch.max_blocks_per_sequence = max_blocks;
+  batch.slot_mapping = device_ints(at_slots);
+  batch.positions = device_ints(at_positions);
+  batch.max_query_len = max_query_len;
+  batch.max_context_len = max_context_len;
+  batch.device = device_;
+
+  const cuda::DType kdtype = dtype_ == DType::f16 ? cuda::DType::f16 : cuda::DType::bf16;
+  const int hidden = int(config_.hidden_size);
+  const size_t e = 2;
+  check_cuda(cuda::embedding_lookup(device_ints(at_ids), num_tokens, embed_tokens_, kdtype, vocab, hidden, residual_,
+                                    error_flag_, stream_),
+             "embedding_lookup");
+  token = 0;
+  for (const Piece& p : pieces) {
+    const StepSequence& seq = input.sequences[p.sequence];
+    for (const EmbeddingSpan& span : seq.embeddings) {
+      const int32_t span_rows = int32_t(span.values.shape[0]);
+      const int32_t lo = std::max(span.first_token, p.first), hi = std::min(span.first_token + span_rows, p.first + p.count);
+      if (lo >= hi) continue;
+      check_cuda(cudaMemcpyAsync(static_cast<std::byte*>(residual_) + size_t(token + lo - p.first) * hidden * e,
+                                 static_cast<const std::byte*>(span.values.data) + size_t(lo - span.first_token) * hidden * e,
+                                 size_t(hi - lo) * hidden * e, cudaMemcpyDeviceToDevice, stream_),
+                 "copying image embeddings");
+    }
+    token += p.count;
+  }
+
+  const int64_t q_heads = config_.num_attention_heads, kv_heads = config_.num_key_value_heads;
+  const int64_t head_dim = config_.head_dim;
+  const int64_t q_size = config_.q_size(), kv_size = config_.kv_size(), qkv_width = q_size + 2 * kv_size;
+  const int inter = int(config_.intermediate_size);
+  const float eps = float(config_.rms_norm_eps);
+  const Device device = device_;
+  auto strided = [&](void* data, int64_t heads, int64_t row_stride) {
+    TensorView v;
+    v.data = data;
+    v.dtype = dtype_;
+    v.device = device;
+    v.rank = 3;
+    v.shape = {num_tokens, heads, head_dim};
+    v.strides = {row_stride, head_dim, 1};
+    return v;
+  };
+  std::byte* qkv = static_cast<std::byte*>(qkv_);
+  const TensorView queries = strided(qkv, q_heads, qkv_width);
+  const TensorView keys = strided(qkv + size_t(q_size) * e, kv_heads, qkv_width);
+  const TensorView values = strided(qkv + size_t(q_size + kv_size) * e, kv_heads, qkv_width);
+  const TensorView attended = strided(attended_, q_heads, q_size);
+  ExecContext exec;
+  exec.device = device_;
+  exec.stream = stream_;
+  exec.workspace = TensorView::contiguous(attention_workspace_, DType::u8, {int64_t(attention_workspace_bytes_)}, device_);
+
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const LayerWeights& w = layers_[l];
+    if (l == 0)
+      check_cuda(cuda::rmsnorm(residual_, w.input_norm, kdtype, num_tokens, hidden, eps, normed_, stream_), "rmsnorm");
+    else
+      check_cuda(cuda::add_rmsnorm(residual_, delta_, w.input_norm, kdtype, num_tokens, hidden, eps, normed_, stream_),
+                 "add_rmsnorm");
+    gemm(normed_, w.qkv, num_tokens, int(qkv_width), hidden, qkv_);
+    check_cuda(rope_in_place(kdtype, qkv_, qkv_width, num_tokens, int(q_heads + kv_heads), int(head_dim),
+                             batch.positions, inv_freq_, stream_),
+               "rope");
+    throw_if_error(kv_policy_->write(*kv_cache_, int32_t(l), keys, values, batch, exec));
+    throw_if_error(kv_policy_->attend(*kv_cache_, int32_t(l), queries, batch, softmax_scale_, attended, exec));
+    gemm(attended_, w.o_proj, num_tokens, hidden, int(q_size), delta_);
+    check_cuda(cuda::add_rmsnorm(residual_, delta_, w.post_norm, kdtype, num_tokens, hidden, eps, normed_, stream_),
+               "add_rmsnorm");
+    gemm(normed_, w.gate_up, num_tokens, 2 * inter, hidden, gate_up_);
+    check_cuda(cuda::silu_and_mul(gate_up_, kdtype, num_tokens, inter, activated_, stream_), "silu_and_mul");
+    gemm(activated_, w.down_proj, num_tokens, hidden, inter, delta_);
+  }
+
+  // Final norm, LM head and sampling on the sampled rows, max_batch rows at a time.
+  auto* pinned = reinterpret_cast<int32_t*>(pinned_tokens_.data());
+  for (int32_t chunk_start = 0, chunk = 0; chunk_start < num_rows; chunk_start += int32_t(max_batch_), ++chunk) {
+    const int32_t chunk_rows = int32_t(std::min<int64_t>(max_batch_, num_rows - chunk_start));
+    const int32_t* chunk_row_ids = device_ints(at_rows) + chunk_start;
+    check_cuda(gather_rows(residual_, hidden, chunk_row_ids, chunk_rows, last_residual_, stream_), "gather_rows");
+    check_cuda(gather_rows(delta_, hidden, chunk_row_ids, chunk_rows, last_delta_, stream_), "gather_rows");
+    check_cuda(cuda::add_rmsnorm(last_residual_, last_delta_, final_norm_, kdtype, chunk_rows, hidden, eps, last_normed_,
+                                 stream_),
+               "add_rmsnorm");
+    gemm(last_normed_, lm_head_, chunk_rows, int(vocab), hidden, logits_, true);
+    const bool read_logits = any_logprobs || any_logits;
+    if (read_logits) {
+      // The raw logits (before suppression), as llama_cpu reports them.
+      if (pinned_logits_.bytes() == 0)
+        pinned_logits_.allocate(size_t(max_batch_) * size_t(vocab) * sizeof(float), "logits read-back");
+      check_cuda(cudaMemcpyAsync(pinned_logits_.data(), logits_, size_t(chunk_rows) * size_t(vocab) * sizeof(float),
+                                 cudaMemcpyDeviceToHost, stream_),
+                 "copying logits");
+    }
+    const int32_t pair_begin = suppressed_begin[size_t(chunk)], pair_end = suppressed_begin[size_t(chunk) + 1];
+    check_cuda(suppress_ids(logits_, vocab, device_ints(at_suppressed) + 2 * pair_begin, pair_end - pair_begin, stream_),
+               "suppress_ids");
+    cuda::SamplingBatch sampling;
+    sampling.rows = chunk_rows;
+    sampling.vocab_size = int(vocab);
+    sampling.logits = logits_;
+    sampling.logits_row_stride = vocab;
+    sampling.params = reinterpret_cast<const cuda::SamplingRow*>(device_arena_.data() + at_params) + chunk_start;
+    sampling.history_ids = history_ids ? device_ints(at_history) : nullptr;
+    sampling.tokens_out = tokens_out_;
+    sampling.error_flag = error_flag_;
+    check_cuda(cuda::sample_tokens(sampling, sampling_workspace_, sampling_workspace_bytes_, stream_), "sample_tokens");
+    check_cuda(cudaMemcpyAsync(pinned, tokens_out_, size_t(chunk_rows) * 4, cudaMemcpyDeviceToHost, stream_),
+               "reading sampled tokens");
+    check_cuda(cudaMemcpyAsync(pinned + max_batch_, error_flag_, 4, cudaMemcpyDeviceToHost, stream_), "reading the error flag");
+    check_cuda(cudaStreamSynchronize(stream_), "the step");
+    if (pinned[max_batch_] != 0) {
+      cudaMemsetAsync(error_flag_, 0, 4, stream_);
+      fail(ErrorCode::internal, fmt::format("a kernel reported {}", ref::status_name(ref::Status(pinned[max_batch_]))));
+    }
+    for (int32_t r = 0; r < chunk_rows; ++r) {
+      const StepSequence& seq = input.sequences[row_sequence[size_t(chunk_start + r)]];
+      const TokenId chosen = pinned[r];
+      output.sampled.push_back(chosen);
+      const float* logits = reinterpret_cast<const float*>(pinned_logits_.data()) + size_t(r) * size_t(vocab);
+      if (any_logprobs) {
+        TokenLogprob reported;
+        reported.id = chosen;
+        if (seq.sampling->top_logprobs >= 0) {
+          const size_t num_top = std::min(size_t(seq.sampling->top_logprobs), size_t(vocab));
+          std::vector<ref::TokenLogprob> top(num_top);
+          ref::TokenLogprob chosen_logprob;
+          size_t rank = 0;
+          if (ref::token_logprobs(logits, size_t(vocab), chosen, num_top, &chosen_logprob, &rank, top.data()) !=
+              ref::Status::ok)
+            fail(ErrorCode::internal, fmt::format("logprobs of token {} failed", chosen));
+          reported.logprob = chosen_logprob.logprob;
+          for (const auto& entry : top) reported.top.emplace_back(entry.token_id, entry.logprob);
+        }
+        output.logprobs.push_back(std::move(reported));
+      }
+      if (any_logits) {
+        output.logits.emplace_back();
+        if (seq.return_logits) output.logits.back().assign(logits, logits + vocab);
+      }
+    }
+  }
+  if (num_rows == 0) {
+    check_cuda(cudaMemcpyAsync(pinned + max_batch_, error_flag_, 4, cudaMemcpyDeviceToHost, stream_), "reading the error flag");
+    check_cuda(cudaStreamSynchronize(stream_), "the step");
+    if (pinned[max_batch_] != 0) {
+      cudaMemsetAsync(error_flag_, 0, 4, stream_);
+      fail(ErrorCode::internal, fmt::format("a kernel reported {}", ref::status_name(ref::Status(pinned[max_batch_]))));
+    }
+  }
+}
+
+}  // namespace hostrun::llama_cuda

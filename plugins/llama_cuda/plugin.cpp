@@ -1,0 +1,35 @@
+// The library's one entry point: plugin "llama_cuda", role Model.
+#include <hostrun/sdk.hpp>
+
+#include <cuda_runtime_api.h>
+#include <fmt/format.h>
+
+#include "llama_cuda_model.hpp"
+
+namespace {
+
+hostrun::Status probe() noexcept {
+  int count = 0;
+  const cudaError_t error = cudaGetDeviceCount(&count);
+  if (error != cudaSuccess)
+    return hostrun::Status(hostrun::ErrorCode::unsupported,
+                           fmt::format("no CUDA device: cudaGetDeviceCount failed: {}", cudaGetErrorString(error)));
+  if (count == 0) return hostrun::Status(hostrun::ErrorCode::unsupported, "no CUDA device: cudaGetDeviceCount found 0");
+  return {};
+}
+
+const hostrun::SettingSpec kSettings[] = {
+    {"max_tokens_per_step", hostrun::SettingType::integer,
+     "Tokens one forward pass holds (the workspace is sized for it at load; a larger step runs as several passes)",
+     false, "8192", 16, 1 << 20},
+    {"max_batch", hostrun::SettingType::integer,
+     "Sampled rows per LM-head pass (logits and sampling workspace are sized for it at load)", false, "256", 1, 65536},
+};
+const hostrun::RoleEntry kRoles[] = {
+    hostrun::role_entry<hostrun::Model, hostrun::llama_cuda::LlamaCudaModel>(kSettings, &probe)};
+
+}  // namespace
+
+HOSTRUN_PLUGIN("llama_cuda", "0.1.0",
+               "Llama (LlamaForCausalLM) on a CUDA GPU: bf16/f16 weights, cuBLAS GEMMs, kernels/cuda for the rest",
+               kRoles)
