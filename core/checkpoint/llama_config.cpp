@@ -296,16 +296,16 @@ Status validate_llama_config(const LlamaConfig& config, std::string_view source)
   return guard([&] { validate(config, source); });
 }
 
-Result<LlamaCheckpointConfig> load_llama_config(const std::filesystem::path& directory) noexcept {
+Result<LlamaCheckpointConfig> parse_llama_checkpoint_config(std::string_view config_json,
+                                                            const std::filesystem::path& directory) noexcept {
   return detail::to_result<LlamaCheckpointConfig>([&] {
     LlamaCheckpointConfig out;
-    const auto config_path = directory / kConfigFileName;
-    out.model = parse_config(detail::read_text_file(config_path), config_path.string());
+    out.model = parse_config(config_json, (directory / kConfigFileName).string());
     out.eos_token_ids = out.model.eos_token_ids;
     out.bos_token_id = out.model.bos_token_id;
     const auto generation_path = directory / kGenerationConfigFileName;
     std::error_code ec;
-    if (std::filesystem::exists(generation_path, ec)) {
+    if (!directory.empty() && std::filesystem::exists(generation_path, ec)) {
       const std::string source = generation_path.string();
       out.generation = parse_generation(detail::read_text_file(generation_path), source);
       check_token_ids(source, "eos_token_id", out.generation->eos_token_ids, out.model.vocab_size);
@@ -319,6 +319,13 @@ Result<LlamaCheckpointConfig> load_llama_config(const std::filesystem::path& dir
     }
     return out;
   });
+}
+
+Result<LlamaCheckpointConfig> load_llama_config(const std::filesystem::path& directory) noexcept {
+  std::string text;
+  Status read = guard([&] { text = detail::read_text_file(directory / kConfigFileName); });
+  if (!read) return read;
+  return parse_llama_checkpoint_config(text, directory);
 }
 
 std::string llama_config_to_json(const LlamaConfig& c) {

@@ -83,6 +83,10 @@ Result<LlamaConfig> parse_llama_config(std::string_view json_text,
                                        std::string_view source = "config.json") noexcept;
 Result<GenerationConfig> parse_generation_config(std::string_view json_text,
                                                  std::string_view source = "generation_config.json") noexcept;
+// config.json's text (as a WeightSource gives it) merged with
+// DIR/generation_config.json when present; what model plugins call.
+Result<LlamaCheckpointConfig> parse_llama_checkpoint_config(std::string_view config_json,
+                                                            const std::filesystem::path& directory) noexcept;
 // Reads DIR/config.json and, when present, DIR/generation_config.json.
 Result<LlamaCheckpointConfig> load_llama_config(const std::filesystem::path& directory) noexcept;
 

@@ -4,8 +4,6 @@
 
 #include <cmath>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "llama_model.hpp"
 #include "ref/dtype.hpp"
@@ -56,15 +54,6 @@ std::vector<float> take_tensor(const WeightSource& weights, const std::string& n
   return out;
 }
 
-std::string read_text_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(ErrorCode::io_error, fmt::format("{}: cannot open", path.string()));
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) fail(ErrorCode::io_error, fmt::format("{}: read failed", path.string()));
-  return text.str();
-}
-
 }  // namespace
 
 void LlamaCpuModel::load_checked(const LoadContext& context) {
@@ -85,9 +74,9 @@ void LlamaCpuModel::load_checked(const LoadContext& context) {
   const std::string directory = weights.directory();
   const std::filesystem::path config_path = std::filesystem::path(directory) / "config.json";
 
-  auto parsed = checkpoint::parse_llama_config(weights.config_json(), config_path.string());
+  auto parsed = checkpoint::parse_llama_checkpoint_config(weights.config_json(), directory);
   throw_if_error(parsed.status());
-  checkpoint::LlamaConfig config = std::move(parsed.value());
+  checkpoint::LlamaConfig config = parsed->model;
   const std::string source = config_path.string();
   if (config.quant_method)
     fail(ErrorCode::unsupported,
@@ -111,26 +100,11 @@ void LlamaCpuModel::load_checked(const LoadContext& context) {
                             {"max_position_embeddings", config.max_position_embeddings}})
     if (value > INT32_MAX) fail(ErrorCode::unsupported, fmt::format("{}: key '{}': {} is too large", source, key, value));
 
-  // Stop and start ids: config.json's, then generation_config.json's (Llama 3
-  // Instruct lists <|eot_id|> only there), as checkpoint::load_llama_config merges them.
-  std::vector<TokenId> eos_ids;
-  for (int64_t id : config.eos_token_ids) eos_ids.push_back(TokenId(id));
+  // Stop ids: config.json's, then generation_config.json's (Llama 3 Instruct
+  // lists <|eot_id|> only there); its bos id wins.
+  std::vector<TokenId> eos_ids(parsed->eos_token_ids.begin(), parsed->eos_token_ids.end());
   std::optional<TokenId> bos_id;
-  if (config.bos_token_id) bos_id = TokenId(*config.bos_token_id);
-  const std::filesystem::path generation_path = std::filesystem::path(directory) / "generation_config.json";
-  std::error_code ec;
-  if (!directory.empty() && std::filesystem::exists(generation_path, ec)) {
-    auto generation = checkpoint::parse_generation_config(read_text_file(generation_path), generation_path.string());
-    throw_if_error(generation.status());
-    for (int64_t id : generation->eos_token_ids) {
-      if (id < 0 || id >= config.vocab_size)
-        fail(ErrorCode::invalid_argument,
-             fmt::format("{}: key 'eos_token_id': {} is outside the vocabulary of {}", generation_path.string(), id,
-                         config.vocab_size));
-      if (std::find(eos_ids.begin(), eos_ids.end(), TokenId(id)) == eos_ids.end()) eos_ids.push_back(TokenId(id));
-    }
-    if (auto id = generation->bos_token_id; id && *id >= 0 && *id < config.vocab_size) bos_id = TokenId(*id);
-  }
+  if (parsed->bos_token_id) bos_id = TokenId(*parsed->bos_token_id);
 
   const int64_t hidden = config.hidden_size;
   const int64_t intermediate = config.intermediate_size;
