@@ -1,6 +1,7 @@
 // The client side of `hostrun serve` (the seed's section 4.2 and 4.3):
 //
 //   hostrun serve api_client http://localhost:23333 [--api-key KEY]
+//   hostrun serve api_client MODEL_DIR [engine flags]
 //   hostrun serve gradio http://localhost:23333 --server-name 0.0.0.0 --server-port 6006
 //   hostrun serve gradio MODEL_DIR --server-port 6006 [engine flags]
 //
@@ -70,7 +71,8 @@ struct RemoteFlags {
 };
 
 struct ApiClientOptions {
-  std::string url;
+  std::string target;
+  EngineFlags engine;
   RemoteFlags remote;
   SamplingFlags sampling;
 };
@@ -85,24 +87,54 @@ struct GradioOptions {
   std::string title;
 };
 
+// Runs `frontend` over the server at `target` (a URL) or over a local engine
+// on the model folder `target`, refusing flags that do not apply to the choice.
+int run_over_target(const char* command, const std::string& target, const CLI::App* cmd, EngineFlags& engine,
+                    const RemoteFlags& remote, const std::vector<core::ManifestOverride>& frontend,
+                    const GlobalOptions& options) {
+  // Anything with a scheme is meant as a server (ftp:// is then refused by name), not a folder.
+  if (core::looks_like_url(target) || target.find("://") != std::string::npos) {
+    // Engine flags configure a local engine; with a URL they would be silently ignored.
+    for (const char* flag : {"--manifest", "--chat-template", "--device", "--session-len", "--max-batch-size",
+                             "--max-prefill-token-num", "--cache-max-entry-count", "--cache-block-seq-len",
+                             "--num-kv-blocks", "--enable-prefix-caching", "--set"}) {
+      if (cmd->count(flag) > 0) {
+        fmt::print(stderr, "hostrun {}: {} configures a local engine; with a URL ({}) the server's own settings "
+                           "apply, so leave it out\n", command, flag, target);
+        return 2;
+      }
+    }
+    auto url = core::parse_server_url(target);
+    if (!url) {
+      fmt::print(stderr, "hostrun {}: {}\n", command, url.status().message());
+      return 2;
+    }
+    return run_frontend(options.plugin_dirs, frontend, remote.opener(target));
+  }
+  if (!remote.api_key.empty() || !remote.model.empty()) {
+    fmt::print(stderr, "hostrun {}: --api-key and --model are for a server URL; '{}' is not one "
+                       "(expected http:// or https://)\n", command, target);
+    return 2;
+  }
+  engine.model_dir = target;
+  return run_frontend(engine, options.plugin_dirs, frontend);
+}
+
 void add_api_client(CLI::App& serve, GlobalOptions& options) {
   auto* cmd = serve.add_subcommand(
       "api_client", "Chat in the terminal with an OpenAI-compatible server (hostrun, vLLM, LMDeploy), streaming; "
                     "Enter twice sends, 'end' resets the conversation, 'exit' quits. Reads a pipe too.");
   auto o = std::make_shared<ApiClientOptions>();
-  cmd->add_option("URL", o->url, "The server, e.g. http://localhost:23333 (a trailing /v1 is fine)")->required();
+  cmd->add_option("URL|MODEL_DIR", o->target,
+                  "http(s)://... of an OpenAI-compatible server (a trailing /v1 is fine), or an HF model folder "
+                  "to chat with a local engine (none: the small model hostrun ships)");
   o->remote.add_to(cmd);
   o->sampling.add_to(cmd, true);
-  cmd->callback([&options, o] {
-    auto url = core::parse_server_url(o->url);
-    if (!url) {
-      fmt::print(stderr, "hostrun serve api_client: {}\n", url.status().message());
-      options.exit_code = 2;
-      return;
-    }
+  o->engine.add_to(cmd);
+  cmd->callback([&options, o, cmd] {
     std::vector<core::ManifestOverride> frontend{{"frontend.plugin", "chat", "hostrun serve api_client"}};
     o->sampling.append(frontend);
-    options.exit_code = run_frontend(options.plugin_dirs, frontend, o->remote.opener(o->url));
+    options.exit_code = run_over_target("serve api_client", o->target, cmd, o->engine, o->remote, frontend, options);
   });
 }
 
@@ -131,35 +163,7 @@ void add_gradio(CLI::App& serve, GlobalOptions& options) {
     };
     if (!o->title.empty()) frontend.push_back({"frontend.title", o->title, "--title"});
     o->sampling.append(frontend);
-    if (core::looks_like_url(o->target)) {
-      // Engine flags configure a local engine; with a URL they would be silently ignored.
-      for (const char* flag : {"--manifest", "--chat-template", "--device", "--session-len", "--max-batch-size",
-                               "--max-prefill-token-num", "--cache-max-entry-count", "--cache-block-seq-len",
-                               "--num-kv-blocks", "--enable-prefix-caching", "--set"}) {
-        if (cmd->count(flag) > 0) {
-          fmt::print(stderr, "hostrun serve gradio: {} configures a local engine; with a URL ({}) the server's own "
-                             "settings apply, so leave it out\n", flag, o->target);
-          options.exit_code = 2;
-          return;
-        }
-      }
-      auto url = core::parse_server_url(o->target);
-      if (!url) {
-        fmt::print(stderr, "hostrun serve gradio: {}\n", url.status().message());
-        options.exit_code = 2;
-        return;
-      }
-      options.exit_code = run_frontend(options.plugin_dirs, frontend, o->remote.opener(o->target));
-      return;
-    }
-    if (!o->remote.api_key.empty() || !o->remote.model.empty()) {
-      fmt::print(stderr, "hostrun serve gradio: --api-key and --model are for a server URL; '{}' is not one "
-                         "(expected http:// or https://)\n", o->target);
-      options.exit_code = 2;
-      return;
-    }
-    o->engine.model_dir = o->target;
-    options.exit_code = run_frontend(o->engine, options.plugin_dirs, frontend);
+    options.exit_code = run_over_target("serve gradio", o->target, cmd, o->engine, o->remote, frontend, options);
   });
 }
 

@@ -37,6 +37,9 @@ local_reply=$(reply "$work/local" 1) remote_reply=$(reply "$work/remote" 1)
 [ "$remote_reply" != "''" ] && [ "$remote_reply" = "$local_reply" ] \
   && ok "the streamed reply equals hostrun chat's with the same controls: $remote_reply" \
   || fail "api_client replied $remote_reply, hostrun chat $local_reply"
+printf 'Tell me about the sea.\n\n' | timeout 60 "$hostrun" serve api_client "$model" "${controls[@]}" >"$work/folder" 2>&1
+[ "$(reply "$work/folder" 1)" = "$local_reply" ] && ok "api_client on a local model folder replies as hostrun chat does" \
+  || fail "api_client on $model replied $(reply "$work/folder" 1), hostrun chat $local_reply"
 
 printf 'First question,\non two lines.\n\nend\n\nTell me about the sea.\n\nexit\n\nnot sent\n\n' \
   | client "${controls[@]}" >"$work/reset" 2>&1
