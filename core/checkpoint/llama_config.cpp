@@ -296,6 +296,48 @@ Status validate_llama_config(const LlamaConfig& config, std::string_view source)
   return guard([&] { validate(config, source); });
 }
 
+Status check_dense_llama(const LlamaConfig& config, std::string_view source) noexcept {
+  return guard([&] {
+    auto unsupported = [&](std::string message) { throw Error(ErrorCode::unsupported, std::move(message)); };
+    if (config.quant_method)
+      unsupported(fmt::format("{}: key 'quantization_config.quant_method': \"{}\" checkpoints need a quantizer "
+                              "(this plugin runs f32/bf16/f16 weights)",
+                              source, *config.quant_method));
+    if (config.attention_bias)
+      unsupported(fmt::format("{}: key 'attention_bias': true is unsupported (q/k/v/o_proj without bias only)", source));
+    if (config.mlp_bias)
+      unsupported(fmt::format("{}: key 'mlp_bias': true is unsupported (gate/up/down_proj without bias only)", source));
+    if (config.head_dim % 2 != 0)
+      unsupported(fmt::format("{}: key 'head_dim': expected an even number (RoPE rotates pairs of dimensions), "
+                              "found {}",
+                              source, config.head_dim));
+    for (auto [key, value] : {std::pair{"vocab_size", config.vocab_size}, {"hidden_size", config.hidden_size},
+                              {"intermediate_size", config.intermediate_size}, {"head_dim", config.head_dim},
+                              {"num_attention_heads", config.num_attention_heads},
+                              {"num_hidden_layers", config.num_hidden_layers},
+                              {"max_position_embeddings", config.max_position_embeddings}})
+      if (value > std::numeric_limits<int32_t>::max())
+        unsupported(fmt::format("{}: key '{}': {} is too large", source, key, value));
+  });
+}
+
+ModelInfo llama_model_info(const LlamaConfig& config, const std::vector<TokenId>& eos_ids,
+                           std::optional<TokenId> bos_id) {
+  ModelInfo out;
+  out.kind = ModelKind::causal_lm;
+  out.architecture = "LlamaForCausalLM";
+  out.vocab_size = int32_t(config.vocab_size);
+  out.hidden_size = int32_t(config.hidden_size);
+  out.layers = int32_t(config.num_hidden_layers);
+  out.q_heads = int32_t(config.num_attention_heads);
+  out.kv_heads = int32_t(config.num_key_value_heads);
+  out.head_dim = int32_t(config.head_dim);
+  out.max_positions = int32_t(config.max_position_embeddings);
+  out.eos_ids = eos_ids;
+  out.bos_id = bos_id;
+  return out;
+}
+
 Result<LlamaCheckpointConfig> parse_llama_checkpoint_config(std::string_view config_json,
                                                             const std::filesystem::path& directory) noexcept {
   return detail::to_result<LlamaCheckpointConfig>([&] {

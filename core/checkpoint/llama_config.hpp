@@ -12,6 +12,7 @@
 #include <string_view>
 #include <vector>
 
+#include "hostrun/model.hpp"
 #include "hostrun/status.hpp"
 #include "hostrun/tensor.hpp"
 
@@ -92,6 +93,16 @@ Result<LlamaCheckpointConfig> load_llama_config(const std::filesystem::path& dir
 
 // The checks parse_llama_config applies, for configs built in code.
 Status validate_llama_config(const LlamaConfig& config, std::string_view source = "config.json") noexcept;
+
+// What every dense Llama model plugin requires beyond validate_llama_config:
+// the checkpoint's own weights (no quantization_config), no biases, an even
+// head_dim (RoPE rotates pairs), and sizes that fit in int32. Errors name the key.
+Status check_dense_llama(const LlamaConfig& config, std::string_view source) noexcept;
+
+// ModelInfo's architecture, shape and stop/start ids; a plugin adds its
+// device, activation dtype and weight bytes.
+ModelInfo llama_model_info(const LlamaConfig& config, const std::vector<TokenId>& eos_ids,
+                           std::optional<TokenId> bos_id);
 
 // config.json text with every field above (pretty-printed, HF key names).
 std::string llama_config_to_json(const LlamaConfig& config);

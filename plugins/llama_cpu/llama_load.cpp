@@ -78,27 +78,7 @@ void LlamaCpuModel::load_checked(const LoadContext& context) {
   throw_if_error(parsed.status());
   checkpoint::LlamaConfig config = parsed->model;
   const std::string source = config_path.string();
-  if (config.quant_method)
-    fail(ErrorCode::unsupported,
-         fmt::format("{}: key 'quantization_config.quant_method': \"{}\" checkpoints are unsupported (f32/bf16/f16 "
-                     "weights only)",
-                     source, *config.quant_method));
-  if (config.attention_bias)
-    fail(ErrorCode::unsupported,
-         fmt::format("{}: key 'attention_bias': true is unsupported (q/k/v/o_proj without bias only)", source));
-  if (config.mlp_bias)
-    fail(ErrorCode::unsupported,
-         fmt::format("{}: key 'mlp_bias': true is unsupported (gate/up/down_proj without bias only)", source));
-  if (config.head_dim % 2 != 0)
-    fail(ErrorCode::unsupported,
-         fmt::format("{}: key 'head_dim': expected an even number (RoPE rotates pairs of dimensions), found {}", source,
-                     config.head_dim));
-  for (auto [key, value] : {std::pair{"vocab_size", config.vocab_size}, {"hidden_size", config.hidden_size},
-                            {"intermediate_size", config.intermediate_size}, {"head_dim", config.head_dim},
-                            {"num_attention_heads", config.num_attention_heads},
-                            {"num_hidden_layers", config.num_hidden_layers},
-                            {"max_position_embeddings", config.max_position_embeddings}})
-    if (value > INT32_MAX) fail(ErrorCode::unsupported, fmt::format("{}: key '{}': {} is too large", source, key, value));
+  throw_if_error(checkpoint::check_dense_llama(config, source));
 
   // Stop ids: config.json's, then generation_config.json's (Llama 3 Instruct
   // lists <|eot_id|> only there); its bos id wins.

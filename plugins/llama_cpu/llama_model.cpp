@@ -17,25 +17,17 @@ Status LlamaCpuModel::step(const StepInput& input, StepOutput& output) noexcept 
 
 ModelInfo LlamaCpuModel::info() const noexcept {
   ModelInfo out;
-  out.kind = ModelKind::causal_lm;
+  if (loaded_) {
+    try {
+      out = checkpoint::llama_model_info(config_, eos_ids_, bos_id_);
+    } catch (...) {
+      // Out of memory copying the eos list: report the device, not a half-filled shape.
+      out = ModelInfo{};
+    }
+    out.weight_bytes = weights_.bytes;
+  }
   out.device = Device{DeviceKind::cpu, 0};
   out.activation_dtype = DType::f32;
-  if (!loaded_) return out;
-  try {
-    out.architecture = "LlamaForCausalLM";
-    out.eos_ids = eos_ids_;
-  } catch (...) {
-    // Out of memory copying a few strings: the numbers below still hold.
-  }
-  out.vocab_size = int32_t(config_.vocab_size);
-  out.hidden_size = int32_t(config_.hidden_size);
-  out.layers = int32_t(config_.num_hidden_layers);
-  out.q_heads = int32_t(config_.num_attention_heads);
-  out.kv_heads = int32_t(config_.num_key_value_heads);
-  out.head_dim = int32_t(config_.head_dim);
-  out.max_positions = int32_t(config_.max_position_embeddings);
-  out.weight_bytes = weights_.bytes;
-  out.bos_id = bos_id_;
   return out;
 }
 

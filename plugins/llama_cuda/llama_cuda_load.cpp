@@ -90,24 +90,16 @@ Status LlamaCudaModel::step(const StepInput& input, StepOutput& output) noexcept
 
 ModelInfo LlamaCudaModel::info() const noexcept {
   ModelInfo out;
-  out.kind = ModelKind::causal_lm;
+  if (loaded_) {
+    try {
+      out = checkpoint::llama_model_info(config_, eos_ids_, bos_id_);
+    } catch (...) {
+      out = ModelInfo{};
+    }
+    out.weight_bytes = weight_bytes_;
+  }
   out.device = device_;
   out.activation_dtype = dtype_;
-  if (!loaded_) return out;
-  try {
-    out.architecture = "LlamaForCausalLM";
-    out.eos_ids = eos_ids_;
-  } catch (...) {
-  }
-  out.vocab_size = int32_t(config_.vocab_size);
-  out.hidden_size = int32_t(config_.hidden_size);
-  out.layers = int32_t(config_.num_hidden_layers);
-  out.q_heads = int32_t(config_.num_attention_heads);
-  out.kv_heads = int32_t(config_.num_key_value_heads);
-  out.head_dim = int32_t(config_.head_dim);
-  out.max_positions = int32_t(config_.max_position_embeddings);
-  out.weight_bytes = weight_bytes_;
-  out.bos_id = bos_id_;
   return out;
 }
 
@@ -176,12 +168,7 @@ void LlamaCudaModel::load_checked(const LoadContext& context) {
   throw_if_error(parsed.status());
   checkpoint::LlamaConfig config = parsed->model;
   const std::string source = config_path.string();
-  if (config.quant_method)
-    fail(ErrorCode::unsupported, fmt::format("{}: key 'quantization_config.quant_method': \"{}\" checkpoints are "
-                                             "unsupported (bf16/f16/f32 weights only)",
-                                             source, *config.quant_method));
-  if (config.attention_bias) fail(ErrorCode::unsupported, fmt::format("{}: key 'attention_bias': true is unsupported", source));
-  if (config.mlp_bias) fail(ErrorCode::unsupported, fmt::format("{}: key 'mlp_bias': true is unsupported", source));
+  throw_if_error(checkpoint::check_dense_llama(config, source));
   if (config.head_dim != 64 && config.head_dim != 128)
     fail(ErrorCode::unsupported,
          fmt::format("{}: key 'head_dim': {} (the attention kernels are built for 64 and 128)", source, config.head_dim));
@@ -191,10 +178,6 @@ void LlamaCudaModel::load_checked(const LoadContext& context) {
   if (config.hidden_size % 8 != 0 || config.intermediate_size % 8 != 0)
     fail(ErrorCode::unsupported, fmt::format("{}: hidden_size {} and intermediate_size {} must be multiples of 8",
                                              source, config.hidden_size, config.intermediate_size));
-  for (auto [key, value] : {std::pair{"vocab_size", config.vocab_size}, {"hidden_size", config.hidden_size},
-                            {"intermediate_size", config.intermediate_size},
-                            {"max_position_embeddings", config.max_position_embeddings}})
-    if (value > INT32_MAX) fail(ErrorCode::unsupported, fmt::format("{}: key '{}': {} is too large", source, key, value));
 
   // Stop ids: config.json's, then generation_config.json's (Llama 3 Instruct
   // lists <|eot_id|> only there); its bos id wins.
