@@ -3,7 +3,7 @@
 # transformers but none of our Debian build dependencies (fmt, toml++, Boost,
 # PCRE2): the hostrun binary, its plugins and the shared libraries they need
 # that a stock image may lack. Build here (CUDA 13 is installed here too),
-# carry the folder, and run it there with LD_LIBRARY_PATH=FOLDER/lib.
+# carry the folder, and run it there with LD_LIBRARY_PATH=FOLDER/lib:FOLDER/lib/hostrun.
 #   device-bundle.sh BUILD_DIR OUT_DIR      (OUT_DIR: e.g. .devcarry, git-ignored)
 set -euo pipefail
 build=$1 out=$2
@@ -11,6 +11,7 @@ rm -rf "$out"
 mkdir -p "$out/bin" "$out/lib/hostrun/plugins"
 cp "$build/bin/hostrun" "$out/bin/"
 cp "$build"/lib/hostrun/plugins/*.so "$out/lib/hostrun/plugins/"
+cp "$build"/lib/hostrun/*.so "$out/lib/hostrun/" 2>/dev/null || true  # libhostrun_kernels_cuda.so
 for test_binary in "$build"/bin/test_*; do [ -x "$test_binary" ] && cp "$test_binary" "$out/bin/"; done
 # Libraries from Debian's -dev packages we link; the C/C++ runtimes are left to the image.
 for f in "$out"/bin/* "$out"/lib/hostrun/plugins/*.so; do
