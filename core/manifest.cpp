@@ -133,7 +133,10 @@ std::optional<SettingValue> parse_flag_text(const std::string& text, SettingType
   return std::nullopt;
 }
 
-std::optional<SettingValue> parse_default(const SettingSpec& spec) {
+
+}  // namespace
+
+std::optional<SettingValue> default_setting_value(const SettingSpec& spec) {
   if (!spec.default_toml) return std::nullopt;
   try {
     toml::table t = toml::parse(std::string("v = ") + spec.default_toml);
@@ -142,8 +145,6 @@ std::optional<SettingValue> parse_default(const SettingSpec& spec) {
   }
   return std::nullopt;
 }
-
-}  // namespace
 
 std::string ValueOrigin::describe() const {
   if (!file.empty() && line > 0) return fmt::format("{}:{}:{}", file, line, column);
@@ -322,7 +323,7 @@ Settings validate_settings(std::span<const SettingSpec> schema, const std::map<s
   }
   for (const auto& spec : schema) {
     if (settings.has(spec.key)) continue;
-    if (auto fallback = parse_default(spec)) {
+    if (auto fallback = default_setting_value(spec)) {
       settings.set(spec.key, std::move(*fallback));
       origins[spec.key].label = "default";
     } else if (spec.required) {

@@ -121,4 +121,7 @@ Settings validate_settings(std::span<const SettingSpec> schema, const std::map<s
 // TOML text of a setting value, as `manifest check` prints it.
 std::string format_setting(const SettingValue& value);
 
+// A setting's declared default (its TOML text parsed), or nothing when it has none.
+std::optional<SettingValue> default_setting_value(const SettingSpec& spec);
+
 }  // namespace hostrun::core

@@ -1,10 +1,13 @@
 #include "plugin_loader.hpp"
 
+#include "manifest.hpp"
+
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <boost/dll/shared_library.hpp>
 #include <cstdlib>
+#include <dlfcn.h>
 #include <system_error>
 
 namespace hostrun::core {
@@ -67,7 +70,14 @@ void PluginRegistry::load_file(const fs::path& file) {
   boost::dll::fs::error_code load_error;
   // rtld_local keeps each plugin's symbols to itself, so two plugins may use
   // different versions of a library without interposing on each other.
-  library->load(canonical, load_error, boost::dll::load_mode::rtld_lazy | boost::dll::load_mode::rtld_local);
+  // RTLD_NODELETE keeps a library mapped once loaded: a CUDA plugin's kernels
+  // are registered with the runtime when it is mapped, and after a dlclose a
+  // second dlopen in the same process left them unregistered (llama_cuda's
+  // RoPE launch failed with cudaErrorSymbolNotFound in tests/llama_cuda,
+  // which loads the plugins once per registry).
+  const auto mode = boost::dll::load_mode::rtld_lazy | boost::dll::load_mode::rtld_local |
+                    static_cast<boost::dll::load_mode::type>(RTLD_NODELETE);
+  library->load(canonical, load_error, mode);
   if (load_error) return refuse(fmt::format("cannot be loaded: {}", load_error.message()));
   if (!library->has(HOSTRUN_PLUGIN_ENTRY_SYMBOL))
     return refuse("not a hostrun plugin: it exports no '" HOSTRUN_PLUGIN_ENTRY_SYMBOL "' symbol");
@@ -133,9 +143,17 @@ Result<std::shared_ptr<PluginObject>> PluginRegistry::create(std::string_view na
       return Status(ErrorCode::unsupported, fmt::format("plugin '{}' ({}) cannot run here: {}", plugin->name,
                                                         plugin->file.string(), can_run.message()));
   }
+  // Declared defaults for keys not given: a manifest fills them too, so code
+  // that creates a plugin directly (tests, embedders) sees the same settings.
+  Settings filled = settings;
+  for (uint32_t i = 0; i < entry->settings_count; ++i) {
+    const SettingSpec& spec = entry->settings[i];
+    if (!filled.has(spec.key))
+      if (auto fallback = default_setting_value(spec)) filled.set(spec.key, std::move(*fallback));
+  }
   std::string instance(instance_name.empty() ? role_name(role) : instance_name);
   CreateContext context;
-  context.settings = &settings;
+  context.settings = &filled;
   context.log_sink = log_sink;
   context.instance_name = instance.c_str();
   Status failure;
