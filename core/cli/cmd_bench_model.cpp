@@ -379,6 +379,13 @@ int run_throughput(const ThroughputOptions& o, const GlobalOptions& global) {
   j["total_token_throughput"] = double(prompt_tokens + completion_tokens) / elapsed;
   j["rps"] = double(ok) / elapsed;
   j["rpm"] = double(ok) / elapsed * 60.0;
+  const core::EngineStats stats = engine.stats();
+  j["engine_stats"] = {{"steps", stats.steps},
+                       {"prefill_tokens_computed", stats.prefill_tokens_computed},
+                       {"decode_tokens_computed", stats.decode_tokens_computed},
+                       {"preemptions", stats.preemptions},
+                       {"model_step_s", stats.model_step_seconds},
+                       {"scheduling_s", stats.scheduling_seconds}};
 
   fmt::print("hostrun bench throughput: {} ({}), {} prompts, concurrency {}\n", runtime->model_dir(),
              runtime->manifest_name(), n, o.concurrency);
@@ -395,6 +402,9 @@ int run_throughput(const ThroughputOptions& o, const GlobalOptions& global) {
   fmt::print("{:<36}{:.1f}\n", "token throughput (total, tok/s)", double(prompt_tokens + completion_tokens) / elapsed);
   fmt::print("{:<36}{:.3f}\n", "RPS (requests/s)", double(ok) / elapsed);
   fmt::print("{:<36}{:.1f}\n", "RPM (requests/min)", double(ok) / elapsed * 60.0);
+  fmt::print("{:<36}{} ({} preemptions)\n", "engine steps", stats.steps, stats.preemptions);
+  fmt::print("{:<36}{:.3f}  {:.3f}\n", "engine time in model / scheduling (s)", stats.model_step_seconds,
+             stats.scheduling_seconds);
   fmt::print("--------------------------------------------------\n");
   if (failed) fmt::print(stderr, "hostrun bench throughput: {} requests failed; the first: {}\n", failed, first_error);
   if (short_replies)

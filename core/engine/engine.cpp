@@ -232,8 +232,13 @@ void Engine::loop() {
       });
       if (stopping_) break;
     }
+    const auto iteration_start = std::chrono::steady_clock::now();
+    const double step_seconds_before = stats_.model_step_seconds;
     take_inbox();
     bool progressed = schedule_and_run();
+    stats_.scheduling_seconds +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - iteration_start).count() -
+        (stats_.model_step_seconds - step_seconds_before);
     {
       std::lock_guard lock(inbox_mutex_);
       counters_.running = uint32_t(running_.size());
@@ -446,7 +451,9 @@ bool Engine::schedule_and_run() {
   }
   StepInput input{token_ids, positions, sequences};
   StepOutput output;
+  const auto step_start = std::chrono::steady_clock::now();
   Status stepped = parts_.model->step(input, output);
+  stats_.model_step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
   ++stats_.steps;
   if (!stepped) {
     log_.error("model step failed: {}", stepped.message());

@@ -49,6 +49,10 @@ struct EngineStats {
   uint64_t decode_tokens_computed = 0;
   uint64_t prefix_cache_hit_tokens = 0;  // prompt tokens whose K/V came from the prefix cache
   uint64_t preemptions = 0;
+  // Wall time of the loop thread: inside Model::step, and scheduling plus
+  // output handling around it (the GPU idles during the latter today).
+  double model_step_seconds = 0;
+  double scheduling_seconds = 0;
   int32_t kv_blocks_total = 0;
   int32_t kv_blocks_held = 0;
 };
