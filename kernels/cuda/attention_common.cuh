@@ -45,12 +45,16 @@ struct AttentionKernelParams {
   float* partial_lse = nullptr;  // [num_sequences, q_heads, splits], log2 domain
   // prefill: leave query_len == 1 sequences to decode_split
   bool prefill_skips_decode = false;
+  // prefill: the first query tile of each sequence in the step's flat list of
+  // tiles, [num_sequences + 1] (prefill_schedule_kernel writes it)
+  const std::int32_t* prefill_tile_start = nullptr;
+  int num_sequences = 0;
 };
 
 template <typename T, int kHeadDim>
 cudaError_t launch_decode_split(const AttentionKernelParams& params, int num_sequences, cudaStream_t stream);
 template <typename T, int kHeadDim>
-cudaError_t launch_prefill(const AttentionKernelParams& params, int q_tiles, int num_sequences, cudaStream_t stream);
+cudaError_t launch_prefill(const AttentionKernelParams& params, int grid_tiles, cudaStream_t stream);
 
 // Raises a kernel's dynamic shared-memory limit once per device (the call
 // costs microseconds of host time, too much for every decode launch).

@@ -33,6 +33,7 @@ constexpr int decode_smem_bytes() {
 
 template <typename T, int kHeadDim>
 __global__ void __launch_bounds__(decode_threads) decode_split_kernel(const AttentionKernelParams p) {
+  allow_next_grid_to_launch();  // the output projection may start streaming its weights
   constexpr int BN = decode_block_n;
   constexpr int ROW = smem_row<kHeadDim>;
   constexpr int KSTEPS = kHeadDim / 16;

@@ -14,7 +14,11 @@
 //   out = O / l
 //
 // Tiles strictly below the CTA's first query position need no mask; only the
-// ones crossing the diagonal do. Query positions: token j of a sequence with
+// ones crossing the diagonal do. The grid is (tiles, kv_heads) over the step's
+// flat list of query tiles (paged_attention.cu's schedule), not (tiles,
+// kv_heads, sequences): in a mixed step of 250 decodes and one long prompt the
+// latter launched ~250x more CTAs than there was work for, each of which
+// exited at once. Query positions: token j of a sequence with
 // `cached` earlier tokens is at cached + j and sees keys 0 .. cached + j.
 #pragma once
 
@@ -33,6 +37,7 @@ constexpr int prefill_smem_bytes() {
 
 template <typename T, int kHeadDim>
 __global__ void __launch_bounds__(prefill_threads) prefill_kernel(const AttentionKernelParams p) {
+  allow_next_grid_to_launch();
   constexpr int BM = prefill_block_m;
   constexpr int BN = prefill_block_n;
   constexpr int ROW = smem_row<kHeadDim>;
@@ -44,184 +49,194 @@ __global__ void __launch_bounds__(prefill_threads) prefill_kernel(const Attentio
   T* v_tiles = k_tiles + 2 * BN * ROW;     // [2][BN][ROW]
 
   const int kv_head = blockIdx.y;
-  const int sequence = blockIdx.z;
-  const int q_begin = p.query_start[sequence];
-  const int q_len = p.query_start[sequence + 1] - q_begin;
-  if (q_len == 0 || (p.prefill_skips_decode && q_len == 1)) return;
-  const int group = p.group;
-  const int rows = q_len * group;
-  const int cached = p.context_lens[sequence] - q_len;
-  const std::int32_t* block_table = p.block_tables + static_cast<std::int64_t>(sequence) * p.max_blocks_per_sequence;
-  const T* q = static_cast<const T*>(p.q);
-  T* out = static_cast<T*>(p.out);
-  const int warp = threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  const int quad_col = (lane % 4) * 2;  // first of the two columns a thread holds in a fragment
-
-  // Tiles beyond gridDim.x (a chunk longer than the plan's max_query_len)
-  // are looped over rather than dropped: slower, never wrong.
-  for (int row0 = blockIdx.x * BM; row0 < rows; row0 += gridDim.x * BM) {
-    {  // Q tile, rows past the chunk zero-filled
-      constexpr int chunks = kHeadDim / 8;
-      constexpr int rows_per_pass = prefill_threads / chunks;
-      const int chunk = threadIdx.x % chunks;
-#pragma unroll
-      for (int pass = 0; pass < BM / rows_per_pass; ++pass) {
-        const int r = pass * rows_per_pass + threadIdx.x / chunks;
-        const int row = row0 + r;
-        const bool valid = row < rows;
-        std::int64_t element = 0;
-        if (valid) {
-          const std::int64_t token = q_begin + row / group;
-          element = token * p.q_row_stride + static_cast<std::int64_t>(kv_head * group + row % group) * kHeadDim +
-                    chunk * 8;
-        }
-        cp_async_16(q_tile + r * ROW + chunk * 8, q + element, valid);
-      }
+  // grid.x walks the step's flat list of query tiles (a mixed step's decode
+  // sequences own none), looping when the list outgrows the grid.
+  const int total_tiles = p.prefill_tile_start[p.num_sequences];
+  for (int item = blockIdx.x; item < total_tiles; item += gridDim.x) {
+    // The sequence owning the tile: the last one whose first tile is <= item
+    // (sequences without tiles share their start with the next one).
+    int sequence = 0;
+    for (int hi = p.num_sequences - 1; sequence < hi;) {
+      const int mid = (sequence + hi + 1) / 2;
+      if (p.prefill_tile_start[mid] <= item) sequence = mid;
+      else hi = mid - 1;
     }
-    const int last_row = min(rows, row0 + BM) - 1;
-    const int max_position = cached + last_row / group;  // the furthest key any row of the tile sees
-    const int min_position = cached + row0 / group;      // the nearest diagonal
-    const int num_tiles = max_position / BN + 1;
-    load_kv_tile<T, kHeadDim, BN, prefill_threads>(k_tiles, v_tiles, p, block_table, kv_head, 0, max_position + 1);
-    cp_async_commit();
+    const int q_begin = p.query_start[sequence];
+    const int q_len = p.query_start[sequence + 1] - q_begin;
+    const int group = p.group;
+    const int rows = q_len * group;
+    const int cached = p.context_lens[sequence] - q_len;
+    const std::int32_t* block_table = p.block_tables + static_cast<std::int64_t>(sequence) * p.max_blocks_per_sequence;
+    const T* q = static_cast<const T*>(p.q);
+    T* out = static_cast<T*>(p.out);
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    const int quad_col = (lane % 4) * 2;  // first of the two columns a thread holds in a fragment
 
-    // This thread's two rows (fragment rows g and g + 8 of its warp); padding
-    // rows borrow the last real row's position so their softmax stays finite.
-    const int row_lo = row0 + warp * 16 + lane / 4;
-    const int pos_lo = cached + min(row_lo, last_row) / group;
-    const int pos_hi = cached + min(row_lo + 8, last_row) / group;
-
-    std::uint32_t q_frag[KSTEPS][4];
-    float o[DTILES][4];
+    {
+      const int row0 = (item - p.prefill_tile_start[sequence]) * BM;
+      {  // Q tile, rows past the chunk zero-filled
+        constexpr int chunks = kHeadDim / 8;
+        constexpr int rows_per_pass = prefill_threads / chunks;
+        const int chunk = threadIdx.x % chunks;
 #pragma unroll
-    for (int d = 0; d < DTILES; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
-    float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;
-
-    for (int n = 0; n < num_tiles; ++n) {
-      const int buffer = n & 1;
-      if (n + 1 < num_tiles) {
-        load_kv_tile<T, kHeadDim, BN, prefill_threads>(k_tiles + (buffer ^ 1) * BN * ROW,
-                                                       v_tiles + (buffer ^ 1) * BN * ROW, p, block_table, kv_head,
-                                                       (n + 1) * BN, max_position + 1);
-      }
-      cp_async_commit();  // an empty group on the last tile keeps wait<1> uniform
-      cp_async_wait<1>();
-      __syncthreads();
-      if (n == 0) {
-#pragma unroll
-        for (int kk = 0; kk < KSTEPS; ++kk) {
-          ldmatrix_x4(q_frag[kk], q_tile + (warp * 16 + lane % 16) * ROW + kk * 16 + (lane / 16) * 8);
+        for (int pass = 0; pass < BM / rows_per_pass; ++pass) {
+          const int r = pass * rows_per_pass + threadIdx.x / chunks;
+          const int row = row0 + r;
+          const bool valid = row < rows;
+          std::int64_t element = 0;
+          if (valid) {
+            const std::int64_t token = q_begin + row / group;
+            element = token * p.q_row_stride + static_cast<std::int64_t>(kv_head * group + row % group) * kHeadDim +
+                      chunk * 8;
+          }
+          cp_async_16(q_tile + r * ROW + chunk * 8, q + element, valid);
         }
       }
-      const T* k_tile = k_tiles + buffer * BN * ROW;
-      const T* v_tile = v_tiles + buffer * BN * ROW;
+      const int last_row = min(rows, row0 + BM) - 1;
+      const int max_position = cached + last_row / group;  // the furthest key any row of the tile sees
+      const int min_position = cached + row0 / group;      // the nearest diagonal
+      const int num_tiles = max_position / BN + 1;
+      load_kv_tile<T, kHeadDim, BN, prefill_threads>(k_tiles, v_tiles, p, block_table, kv_head, 0, max_position + 1);
+      cp_async_commit();
 
-      float s[BN / 8][4];
+      // This thread's two rows (fragment rows g and g + 8 of its warp); padding
+      // rows borrow the last real row's position so their softmax stays finite.
+      const int row_lo = row0 + warp * 16 + lane / 4;
+      const int pos_lo = cached + min(row_lo, last_row) / group;
+      const int pos_hi = cached + min(row_lo + 8, last_row) / group;
+
+      std::uint32_t q_frag[KSTEPS][4];
+      float o[DTILES][4];
 #pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt) {
-        s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < KSTEPS; kk += 2) {
-          std::uint32_t b[4];
-          ldmatrix_x4(b, k_tile + (nt * 8 + lane % 8) * ROW + kk * 16 + (lane / 8) * 8);
-          mma_16816<T>(s[nt], q_frag[kk], b[0], b[1]);
-          mma_16816<T>(s[nt], q_frag[kk + 1], b[2], b[3]);
+      for (int d = 0; d < DTILES; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+      float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;
+
+      for (int n = 0; n < num_tiles; ++n) {
+        const int buffer = n & 1;
+        if (n + 1 < num_tiles) {
+          load_kv_tile<T, kHeadDim, BN, prefill_threads>(k_tiles + (buffer ^ 1) * BN * ROW,
+                                                         v_tiles + (buffer ^ 1) * BN * ROW, p, block_table, kv_head,
+                                                         (n + 1) * BN, max_position + 1);
         }
-      }
-
-      const int key0 = n * BN;
-      const bool needs_mask = key0 + BN - 1 > min_position;
-      float tile_max_lo = m_lo, tile_max_hi = m_hi;
+        cp_async_commit();  // an empty group on the last tile keeps wait<1> uniform
+        cp_async_wait<1>();
+        __syncthreads();
+        if (n == 0) {
 #pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float v = s[nt][e] * p.scale_log2;
-          if (needs_mask && key0 + nt * 8 + quad_col + (e & 1) > (e < 2 ? pos_lo : pos_hi)) v = -INFINITY;
-          s[nt][e] = v;
+          for (int kk = 0; kk < KSTEPS; ++kk) {
+            ldmatrix_x4(q_frag[kk], q_tile + (warp * 16 + lane % 16) * ROW + kk * 16 + (lane / 16) * 8);
+          }
         }
-        tile_max_lo = fmaxf(tile_max_lo, fmaxf(s[nt][0], s[nt][1]));
-        tile_max_hi = fmaxf(tile_max_hi, fmaxf(s[nt][2], s[nt][3]));
-      }
-      // The 4 threads of a quad hold one row's 64 columns between them.
-      tile_max_lo = fmaxf(tile_max_lo, __shfl_xor_sync(0xffffffffu, tile_max_lo, 1));
-      tile_max_lo = fmaxf(tile_max_lo, __shfl_xor_sync(0xffffffffu, tile_max_lo, 2));
-      tile_max_hi = fmaxf(tile_max_hi, __shfl_xor_sync(0xffffffffu, tile_max_hi, 1));
-      tile_max_hi = fmaxf(tile_max_hi, __shfl_xor_sync(0xffffffffu, tile_max_hi, 2));
-      // Tile 0 holds key 0, which every row sees: the maxima are finite from
-      // here on, and exp2(-inf - finite) = 0 rescales the empty start.
-      const float alpha_lo = exp2f(m_lo - tile_max_lo);
-      const float alpha_hi = exp2f(m_hi - tile_max_hi);
-      m_lo = tile_max_lo;
-      m_hi = tile_max_hi;
-      float sum_lo = 0.0f, sum_hi = 0.0f;
-#pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt) {
-        s[nt][0] = exp2f(s[nt][0] - m_lo);
-        s[nt][1] = exp2f(s[nt][1] - m_lo);
-        s[nt][2] = exp2f(s[nt][2] - m_hi);
-        s[nt][3] = exp2f(s[nt][3] - m_hi);
-        sum_lo += s[nt][0] + s[nt][1];
-        sum_hi += s[nt][2] + s[nt][3];
-      }
-      l_lo = l_lo * alpha_lo + sum_lo;
-      l_hi = l_hi * alpha_hi + sum_hi;
-#pragma unroll
-      for (int d = 0; d < DTILES; ++d) {
-        o[d][0] *= alpha_lo;
-        o[d][1] *= alpha_lo;
-        o[d][2] *= alpha_hi;
-        o[d][3] *= alpha_hi;
-      }
+        const T* k_tile = k_tiles + buffer * BN * ROW;
+        const T* v_tile = v_tiles + buffer * BN * ROW;
 
+        float s[BN / 8][4];
 #pragma unroll
-      for (int kt = 0; kt < BN / 16; ++kt) {
-        // Accumulators of n-tiles 2kt, 2kt+1 are exactly the A fragment of
-        // the 16x16 block of P over keys 16kt .. 16kt+15.
-        const std::uint32_t a[4] = {pack2<T>(s[2 * kt][0], s[2 * kt][1]), pack2<T>(s[2 * kt][2], s[2 * kt][3]),
-                                    pack2<T>(s[2 * kt + 1][0], s[2 * kt + 1][1]),
-                                    pack2<T>(s[2 * kt + 1][2], s[2 * kt + 1][3])};
+        for (int nt = 0; nt < BN / 8; ++nt) {
+          s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
 #pragma unroll
-        for (int d = 0; d < DTILES; d += 2) {
-          std::uint32_t b[4];
-          ldmatrix_x4_trans(b, v_tile + (kt * 16 + lane % 8 + ((lane / 8) % 2) * 8) * ROW + d * 8 + (lane / 16) * 8);
-          mma_16816<T>(o[d], a, b[0], b[1]);
-          mma_16816<T>(o[d + 1], a, b[2], b[3]);
+          for (int kk = 0; kk < KSTEPS; kk += 2) {
+            std::uint32_t b[4];
+            ldmatrix_x4(b, k_tile + (nt * 8 + lane % 8) * ROW + kk * 16 + (lane / 8) * 8);
+            mma_16816<T>(s[nt], q_frag[kk], b[0], b[1]);
+            mma_16816<T>(s[nt], q_frag[kk + 1], b[2], b[3]);
+          }
         }
-      }
-      __syncthreads();  // the next iteration's prefetch overwrites this buffer
-    }
 
-    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
-    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
-    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
-    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
-    const float inv_lo = 1.0f / l_lo;
-    const float inv_hi = 1.0f / l_hi;
+        const int key0 = n * BN;
+        const bool needs_mask = key0 + BN - 1 > min_position;
+        float tile_max_lo = m_lo, tile_max_hi = m_hi;
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int row = row_lo + half * 8;
-      if (row >= rows) continue;
-      const float inv = half == 0 ? inv_lo : inv_hi;
-      T* out_row = out + static_cast<std::int64_t>(q_begin + row / group) * p.out_row_stride +
-                   static_cast<std::int64_t>(kv_head * group + row % group) * kHeadDim;
+        for (int nt = 0; nt < BN / 8; ++nt) {
 #pragma unroll
-      for (int d = 0; d < DTILES; ++d) {
-        *reinterpret_cast<std::uint32_t*>(out_row + d * 8 + quad_col) =
-            pack2<T>(o[d][2 * half] * inv, o[d][2 * half + 1] * inv);
+          for (int e = 0; e < 4; ++e) {
+            float v = s[nt][e] * p.scale_log2;
+            if (needs_mask && key0 + nt * 8 + quad_col + (e & 1) > (e < 2 ? pos_lo : pos_hi)) v = -INFINITY;
+            s[nt][e] = v;
+          }
+          tile_max_lo = fmaxf(tile_max_lo, fmaxf(s[nt][0], s[nt][1]));
+          tile_max_hi = fmaxf(tile_max_hi, fmaxf(s[nt][2], s[nt][3]));
+        }
+        // The 4 threads of a quad hold one row's 64 columns between them.
+        tile_max_lo = fmaxf(tile_max_lo, __shfl_xor_sync(0xffffffffu, tile_max_lo, 1));
+        tile_max_lo = fmaxf(tile_max_lo, __shfl_xor_sync(0xffffffffu, tile_max_lo, 2));
+        tile_max_hi = fmaxf(tile_max_hi, __shfl_xor_sync(0xffffffffu, tile_max_hi, 1));
+        tile_max_hi = fmaxf(tile_max_hi, __shfl_xor_sync(0xffffffffu, tile_max_hi, 2));
+        // Tile 0 holds key 0, which every row sees: the maxima are finite from
+        // here on, and exp2(-inf - finite) = 0 rescales the empty start.
+        const float alpha_lo = exp2f(m_lo - tile_max_lo);
+        const float alpha_hi = exp2f(m_hi - tile_max_hi);
+        m_lo = tile_max_lo;
+        m_hi = tile_max_hi;
+        float sum_lo = 0.0f, sum_hi = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; ++nt) {
+          s[nt][0] = exp2f(s[nt][0] - m_lo);
+          s[nt][1] = exp2f(s[nt][1] - m_lo);
+          s[nt][2] = exp2f(s[nt][2] - m_hi);
+          s[nt][3] = exp2f(s[nt][3] - m_hi);
+          sum_lo += s[nt][0] + s[nt][1];
+          sum_hi += s[nt][2] + s[nt][3];
+        }
+        l_lo = l_lo * alpha_lo + sum_lo;
+        l_hi = l_hi * alpha_hi + sum_hi;
+#pragma unroll
+        for (int d = 0; d < DTILES; ++d) {
+          o[d][0] *= alpha_lo;
+          o[d][1] *= alpha_lo;
+          o[d][2] *= alpha_hi;
+          o[d][3] *= alpha_hi;
+        }
+
+#pragma unroll
+        for (int kt = 0; kt < BN / 16; ++kt) {
+          // Accumulators of n-tiles 2kt, 2kt+1 are exactly the A fragment of
+          // the 16x16 block of P over keys 16kt .. 16kt+15.
+          const std::uint32_t a[4] = {pack2<T>(s[2 * kt][0], s[2 * kt][1]), pack2<T>(s[2 * kt][2], s[2 * kt][3]),
+                                      pack2<T>(s[2 * kt + 1][0], s[2 * kt + 1][1]),
+                                      pack2<T>(s[2 * kt + 1][2], s[2 * kt + 1][3])};
+#pragma unroll
+          for (int d = 0; d < DTILES; d += 2) {
+            std::uint32_t b[4];
+            ldmatrix_x4_trans(b, v_tile + (kt * 16 + lane % 8 + ((lane / 8) % 2) * 8) * ROW + d * 8 + (lane / 16) * 8);
+            mma_16816<T>(o[d], a, b[0], b[1]);
+            mma_16816<T>(o[d + 1], a, b[2], b[3]);
+          }
+        }
+        __syncthreads();  // the next iteration's prefetch overwrites this buffer
+      }
+
+      l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
+      l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
+      l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
+      l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
+      const float inv_lo = 1.0f / l_lo;
+      const float inv_hi = 1.0f / l_hi;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int row = row_lo + half * 8;
+        if (row >= rows) continue;
+        const float inv = half == 0 ? inv_lo : inv_hi;
+        T* out_row = out + static_cast<std::int64_t>(q_begin + row / group) * p.out_row_stride +
+                     static_cast<std::int64_t>(kv_head * group + row % group) * kHeadDim;
+#pragma unroll
+        for (int d = 0; d < DTILES; ++d) {
+          *reinterpret_cast<std::uint32_t*>(out_row + d * 8 + quad_col) =
+              pack2<T>(o[d][2 * half] * inv, o[d][2 * half + 1] * inv);
+        }
       }
     }
   }
 }
 
 template <typename T, int kHeadDim>
-cudaError_t launch_prefill(const AttentionKernelParams& params, int q_tiles, int num_sequences, cudaStream_t stream) {
+cudaError_t launch_prefill(const AttentionKernelParams& params, int grid_tiles, cudaStream_t stream) {
   constexpr int smem = prefill_smem_bytes<kHeadDim>();
   if (const cudaError_t e = allow_dynamic_smem<prefill_kernel<T, kHeadDim>>(smem); e != cudaSuccess) {
     return e;
   }
-  const dim3 grid(q_tiles, params.kv_heads, num_sequences);
+  const dim3 grid(grid_tiles, params.kv_heads);
   prefill_kernel<T, kHeadDim><<<grid, prefill_threads, smem, stream>>>(params);
   return cudaGetLastError();
 }

@@ -81,6 +81,25 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   return warp_sum(total);
 }
 
+// Programmatic dependent launch (sm_90+). A kernel launched with the
+// programmatic-serialization attribute may start while the kernel before it
+// in the stream still runs; it must call wait_for_previous_grid() before it
+// reads anything that kernel (or earlier work) writes: the wait returns once
+// the previous grid has finished and its writes are visible. A kernel calls
+// allow_next_grid_to_launch() to let such a dependent start early (it only
+// lets it be scheduled: the dependent's wait still sees all of this grid's
+// writes). Both are no-ops below sm_90 and for ordinary launches.
+__device__ __forceinline__ void wait_for_previous_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void allow_next_grid_to_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // Records the first problem of a launch sequence; later ones keep it.
 __device__ __forceinline__ void raise_error(int32_t* error_flag, Status status) {
   if (error_flag != nullptr) atomicCAS(error_flag, 0, static_cast<int32_t>(status));

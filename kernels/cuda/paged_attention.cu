@@ -12,9 +12,12 @@ constexpr int decode_block_n = 64;    // attention_decode.cuh
 constexpr int prefill_block_m = 64;   // attention_prefill.cuh
 constexpr int prefill_block_n = 64;
 constexpr int max_decode_group = 16;  // rows of the decode mma tile
-// A chunk shorter than this spends more on its prologue (Q load, first-tile
-// latency, the merge) than on streaming K/V.
-constexpr int min_split_tokens = 256;
+// Shortest chunk of a split decode: one K/V tile. A small batch has too few
+// (sequence, kv head) CTAs to fill the GPU, and its time is one CTA's walk
+// over the whole context; cutting that walk into one-tile chunks spreads it
+// over the SMs for one extra merge launch (batch 1, 8 kv heads, 384 positions:
+// 48 CTAs instead of 16). Large batches get one split anyway.
+constexpr int min_split_tokens = 64;
 constexpr int max_splits = 128;
 
 std::size_t align256(std::size_t bytes) { return (bytes + 255) / 256 * 256; }
@@ -32,6 +35,7 @@ const char* dtype_label(DType dtype) {
 // sum_i w_i with w_i = exp2(lse_i - max lse). grid (q_heads, sequences).
 template <typename T>
 __global__ void decode_reduce_kernel(const detail::AttentionKernelParams p, int head_dim) {
+  detail::allow_next_grid_to_launch();  // the output projection may start streaming its weights
   const int head = blockIdx.x;
   const int sequence = blockIdx.y;
   const int q_heads = gridDim.x;
@@ -56,6 +60,53 @@ __global__ void decode_reduce_kernel(const detail::AttentionKernelParams p, int 
   }
 }
 
+// The prefill kernel's work list: tile_start[s] = the first of sequence s's
+// 64-row query tiles in the step's flat list (exclusive prefix sum of
+// ceil(query_len * group / 64), 0 for decode tokens left to decode_split),
+// tile_start[num_sequences] = the total. One block; a block-wide scan per
+// 1024 sequences.
+__global__ void __launch_bounds__(1024)
+    prefill_schedule_kernel(const std::int32_t* query_start, int num_sequences, int group, bool skip_decode,
+                            std::int32_t* tile_start) {
+  __shared__ int warp_totals[32];
+  __shared__ int carry;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  if (threadIdx.x == 0) carry = 0;
+  __syncthreads();
+  for (int base = 0; base < num_sequences; base += blockDim.x) {
+    const int s = base + threadIdx.x;
+    int tiles = 0;
+    if (s < num_sequences) {
+      const int q_len = query_start[s + 1] - query_start[s];
+      if (q_len > 0 && !(skip_decode && q_len == 1)) tiles = (q_len * group + prefill_block_m - 1) / prefill_block_m;
+    }
+    int inclusive = tiles;  // within the warp
+#pragma unroll
+    for (int offset = 1; offset < 32; offset <<= 1) {
+      const int other = __shfl_up_sync(0xffffffffu, inclusive, offset);
+      if (lane >= offset) inclusive += other;
+    }
+    if (lane == 31) warp_totals[warp] = inclusive;
+    __syncthreads();
+    if (warp == 0) {
+      int total = lane < warps ? warp_totals[lane] : 0;
+#pragma unroll
+      for (int offset = 1; offset < 32; offset <<= 1) {
+        const int other = __shfl_up_sync(0xffffffffu, total, offset);
+        if (lane >= offset) total += other;
+      }
+      warp_totals[lane] = total;  // inclusive over warps
+    }
+    __syncthreads();
+    const int before_warp = warp > 0 ? warp_totals[warp - 1] : 0;
+    if (s < num_sequences) tile_start[s] = carry + before_warp + inclusive - tiles;
+    __syncthreads();
+    if (threadIdx.x == 0) carry += warp_totals[warps - 1];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) tile_start[num_sequences] = carry;
+}
+
 template <typename T>
 cudaError_t run(const AttentionPlan& plan, const detail::AttentionKernelParams& params, int num_sequences,
                 cudaStream_t stream) {
@@ -70,9 +121,12 @@ cudaError_t run(const AttentionPlan& plan, const detail::AttentionKernelParams& 
     }
   }
   if (plan.run_prefill) {
-    return head_dim == 64
-               ? detail::launch_prefill<T, 64>(params, plan.prefill_q_tiles, num_sequences, stream)
-               : detail::launch_prefill<T, 128>(params, plan.prefill_q_tiles, num_sequences, stream);
+    prefill_schedule_kernel<<<1, 1024, 0, stream>>>(params.query_start, num_sequences, params.group,
+                                                   params.prefill_skips_decode,
+                                                   const_cast<std::int32_t*>(params.prefill_tile_start));
+    if (const cudaError_t r = cudaGetLastError(); r != cudaSuccess) return r;
+    return head_dim == 64 ? detail::launch_prefill<T, 64>(params, plan.prefill_q_tiles, stream)
+                          : detail::launch_prefill<T, 128>(params, plan.prefill_q_tiles, stream);
   }
   return cudaSuccess;
 }
@@ -100,7 +154,7 @@ std::string AttentionPlan::describe() const {
   if (run_decode) text += decode.to_string();
   if (run_decode && run_prefill) text += " | ";
   if (run_prefill) {
-    text += prefill.to_string() + " q_tiles=" + std::to_string(prefill_q_tiles);
+    text += prefill.to_string() + " tiles<=" + std::to_string(prefill_q_tiles) + " +schedule";
     if (!run_decode) text += " (also decode tokens)";
   }
   return text + "]";
@@ -151,11 +205,22 @@ AttentionPlan plan_paged_attention(const AttentionProblem& problem) {
       plan.workspace_bytes = align256(partials * problem.head_dim * sizeof(float)) + align256(partials * sizeof(float));
     }
   }
+  plan.prefill_schedule_offset = plan.workspace_bytes;
   if (plan.run_prefill) {
     plan.prefill = {AttentionKernel::prefill, problem.dtype, problem.head_dim, group, prefill_block_m,
                     prefill_block_n, 4, 1, 0};
-    const long long rows = static_cast<long long>(std::max(problem.max_query_len, 1)) * group;
-    plan.prefill_q_tiles = static_cast<int>(std::min<long long>((rows + prefill_block_m - 1) / prefill_block_m, 65535));
+    // A bound on the step's query tiles: every sequence at max_query_len, or,
+    // when the step's token count is known, its tiles plus one partial tile
+    // per sequence. The kernel loops if the real list is longer.
+    const long long sequences = std::max(problem.num_sequences, 1);
+    const long long per_sequence = (static_cast<long long>(std::max(problem.max_query_len, 1)) * group +
+                                    prefill_block_m - 1) / prefill_block_m;
+    long long tiles = sequences * per_sequence;
+    if (problem.max_tokens > 0)
+      tiles = std::min(tiles, (static_cast<long long>(problem.max_tokens) * group + prefill_block_m - 1) /
+                                      prefill_block_m + sequences);
+    plan.prefill_q_tiles = static_cast<int>(std::clamp<long long>(tiles, 1, 1 << 30));
+    plan.workspace_bytes += align256(static_cast<std::size_t>(sequences + 1) * sizeof(std::int32_t));
   }
   plan.valid = true;
   return plan;
@@ -201,6 +266,9 @@ cudaError_t paged_attention(const AttentionPlan& plan, const PagedKvPools& pools
                                                   align256(partials * problem.head_dim * sizeof(float)));
   }
   params.prefill_skips_decode = plan.run_decode;
+  params.num_sequences = batch.num_sequences;
+  params.prefill_tile_start =
+      reinterpret_cast<const std::int32_t*>(static_cast<char*>(workspace) + plan.prefill_schedule_offset);
   return problem.dtype == DType::bf16 ? run<__nv_bfloat16>(plan, params, batch.num_sequences, stream)
                                       : run<__half>(plan, params, batch.num_sequences, stream);
 }

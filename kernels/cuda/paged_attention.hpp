@@ -72,6 +72,7 @@ struct AttentionProblem {
   int num_sequences = 0;     // upper bound is fine
   int max_query_len = 1;     // longest new-token chunk of the step (1 = all decode)
   int max_context_len = 0;   // longest context (cached + new), upper bound is fine
+  int max_tokens = 0;        // new tokens of the whole step, upper bound is fine; 0: unknown
   int num_sms = 132;         // cudaDevAttrMultiProcessorCount
   int force_splits = 0;      // > 0: exactly this many decode chunks (tests); 0: automatic
 };
@@ -98,8 +99,9 @@ struct AttentionPlan {
   bool run_prefill = false;  // prefill (also takes decode tokens when !run_decode)
   AttentionKernelDesc decode;
   AttentionKernelDesc prefill;
-  int prefill_q_tiles = 0;          // grid.x of prefill
-  std::size_t workspace_bytes = 0;  // decode partials; 0 when not split
+  int prefill_q_tiles = 0;          // grid.x of prefill: a bound on the step's 64-row query tiles
+  std::size_t workspace_bytes = 0;  // decode partials (when split) + prefill's tile schedule
+  std::size_t prefill_schedule_offset = 0;  // where in the workspace the schedule starts
   bool valid = false;
   std::string error;  // why !valid
   std::string describe() const;

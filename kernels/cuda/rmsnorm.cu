@@ -18,6 +18,7 @@ __global__ void __launch_bounds__(1024) rmsnorm_vec_kernel(T* __restrict__ resid
                                                            T* y) {
   constexpr int V = detail::vec_width<T>;
   __shared__ float scratch[32];
+  detail::allow_next_grid_to_launch();  // the next linear layer may start streaming its weights
   const std::int64_t row_offset = static_cast<std::int64_t>(blockIdx.x) * hidden_size;
   const int vectors = hidden_size / V;
   const T* x_row = x + row_offset;
@@ -95,6 +96,7 @@ __global__ void __launch_bounds__(1024) rmsnorm_scalar_kernel(T* __restrict__ re
                                                               const T* __restrict__ weight, int hidden_size,
                                                               float eps, T* y) {
   __shared__ float scratch[32];
+  detail::allow_next_grid_to_launch();
   const std::int64_t row_offset = static_cast<std::int64_t>(blockIdx.x) * hidden_size;
   const T* x_row = x + row_offset;
   T* res_row = kAddResidual ? residual + row_offset : nullptr;

@@ -210,11 +210,13 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
       problem.num_sequences = batch.num_sequences;
       problem.max_query_len = std::max(1, batch.max_query_len);
       problem.max_context_len = batch.max_context_len;
+      problem.max_tokens = batch.num_tokens;
       problem.num_sms = num_sms_;
       // Every layer of a step has the same problem: plan once per step.
       if (!plan_ || plan_->problem.num_sequences != problem.num_sequences || plan_->problem.q_heads != problem.q_heads ||
           plan_->problem.max_query_len != problem.max_query_len ||
-          plan_->problem.max_context_len != problem.max_context_len || plan_->problem.head_dim != problem.head_dim ||
+          plan_->problem.max_context_len != problem.max_context_len || plan_->problem.max_tokens != problem.max_tokens ||
+          plan_->problem.head_dim != problem.head_dim ||
           plan_->problem.kv_heads != problem.kv_heads)
         plan_ = std::make_unique<hostrun::cuda::AttentionPlan>(hostrun::cuda::plan_paged_attention(problem));
       const auto& plan = *plan_;

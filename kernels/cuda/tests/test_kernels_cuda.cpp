@@ -6,6 +6,7 @@
 //                                     then "kernels_cuda: N passed, M failed"
 //   test_kernels_cuda --seed 1234     replay
 //   test_kernels_cuda --bench         timings (cudaEvent, median of repeats)
+//   test_kernels_cuda --bench-gemm    the small_gemm timings alone
 //   test_kernels_cuda -tc='*attention*'   doctest filters work as usual
 //
 // Without a GPU it exits with status 2 and says so (CI builds it and excludes
@@ -37,7 +38,9 @@
 #include "cuda/rope_kv.hpp"
 #include "cuda/sampling.hpp"
 #include "cuda/silu_mul.hpp"
+#include "cuda/small_gemm.hpp"
 #include "ref/dtype.hpp"
+#include "ref/gemm.hpp"
 #include "ref/embedding.hpp"
 #include "ref/paged_attention.hpp"
 #include "ref/rmsnorm.hpp"
@@ -335,6 +338,111 @@ TEST_CASE("silu_and_mul") {
   }
 }
 
+// ---- small-m linear layer -------------------------------------------------
+
+TEST_CASE("small_gemm") {
+  auto rng = rng_for("small_gemm");
+  struct Shape {
+    int m, n, k;
+  };
+  // Llama-3-8B's fused QKV / O / down and odd sizes (k not a multiple of a
+  // warp's 256-element stride, n not a multiple of the block's 4 columns).
+  const Shape shapes[] = {{1, 6144, 4096}, {3, 4096, 14336}, {8, 1001, 4096}, {5, 77, 264}, {2, 3, 8}, {8, 130, 1032}};
+  for (const DType dtype : {DType::bf16, DType::f16}) {
+    for (const Shape& shape : shapes) {
+      for (const bool y_f32 : {false, true}) {
+        const auto x = rounded(random_floats(rng, std::size_t(shape.m) * shape.k, -1, 1), dtype);
+        const auto w = rounded(random_floats(rng, std::size_t(shape.n) * shape.k, -0.05f, 0.05f), dtype);
+        const auto w_bytes = to_bytes(w, dtype);
+        std::vector<float> want(std::size_t(shape.m) * shape.n);
+        ref::gemm(x.data(), w_bytes.data(), dtype, shape.m, shape.n, shape.k, want.data());
+        DeviceBuffer<unsigned char> d_x, d_w, d_y(want.size() * (y_f32 ? 4 : ref::dtype_size(dtype)));
+        d_x.upload(to_bytes(x, dtype));
+        d_w.upload(w_bytes);
+        d_y.poison();
+        LAUNCH_OK(gpu::small_gemm(d_x.ptr, d_w.ptr, dtype, shape.m, shape.n, shape.k, d_y.ptr, y_f32, nullptr));
+        const auto y = d_y.download();
+        std::vector<float> got(want.size());
+        if (y_f32) std::memcpy(got.data(), y.data(), y.size());
+        else got = from_bytes(y, dtype);
+        // f32 out: the same products summed in another order (1e-5); stored in
+        // bf16/f16: that dtype's rounding.
+        report("small_gemm", fmt("%s m=%d n=%d k=%d out=%s", name_of(dtype), shape.m, shape.n, shape.k,
+                                 y_f32 ? "f32" : name_of(dtype)),
+               compare(got, want), y_f32 ? 1e-5 : tolerance_for(dtype));
+      }
+    }
+  }
+  // Gate/up with SiLU-and-multiply fused: against ref::gemm then ref::silu_and_mul in f32.
+  for (const DType dtype : {DType::bf16, DType::f16}) {
+    for (const Shape& shape : {Shape{1, 14336, 4096}, Shape{3, 300, 264}, Shape{8, 77, 1032}}) {
+      const int inter = shape.n;
+      const auto x = rounded(random_floats(rng, std::size_t(shape.m) * shape.k, -1, 1), dtype);
+      const auto w = rounded(random_floats(rng, std::size_t(2 * inter) * shape.k, -0.1f, 0.1f), dtype);
+      const auto w_bytes = to_bytes(w, dtype);
+      std::vector<float> gate_up(std::size_t(shape.m) * 2 * inter), want(std::size_t(shape.m) * inter);
+      ref::gemm(x.data(), w_bytes.data(), dtype, shape.m, 2 * inter, shape.k, gate_up.data());
+      ref::silu_and_mul(gate_up.data(), shape.m, inter, want.data());
+      DeviceBuffer<unsigned char> d_x, d_w, d_y(want.size() * ref::dtype_size(dtype));
+      d_x.upload(to_bytes(x, dtype));
+      d_w.upload(w_bytes);
+      d_y.poison();
+      LAUNCH_OK(gpu::small_gemm_silu_mul(d_x.ptr, d_w.ptr, dtype, shape.m, inter, shape.k, d_y.ptr, nullptr));
+      report("small_gemm_silu", fmt("%s m=%d intermediate=%d k=%d", name_of(dtype), shape.m, inter, shape.k),
+             compare(from_bytes(d_y.download(), dtype), want), tolerance_for(dtype));
+    }
+  }
+  // The QKV projection with RoPE fused: against ref::gemm, rounded to dtype,
+  // then ref::apply_rope on the first rope_heads heads, rounded again.
+  for (const DType dtype : {DType::bf16, DType::f16}) {
+    struct RopeShape {
+      int m, q_heads, kv_heads, head_dim, k;
+    };
+    for (const RopeShape shape : {RopeShape{1, 32, 8, 128, 4096}, RopeShape{3, 4, 2, 64, 264}, RopeShape{8, 6, 1, 128, 1032}}) {
+      const int rope_heads = shape.q_heads + shape.kv_heads;
+      const int n = (shape.q_heads + 2 * shape.kv_heads) * shape.head_dim;
+      ref::RopeParams params;
+      params.head_dim = std::size_t(shape.head_dim);
+      params.theta = 500000.0;
+      params.scaling_type = ref::RopeScalingType::llama3;
+      const ref::RopeTable table = ref::make_rope_table(params);
+      std::vector<std::int32_t> positions(std::size_t(shape.m));
+      for (auto& p : positions) p = std::uniform_int_distribution<int>(0, 100000)(rng);
+      const auto x = rounded(random_floats(rng, std::size_t(shape.m) * shape.k, -1, 1), dtype);
+      const auto w = rounded(random_floats(rng, std::size_t(n) * shape.k, -0.1f, 0.1f), dtype);
+      const auto w_bytes = to_bytes(w, dtype);
+      std::vector<float> want(std::size_t(shape.m) * n);
+      ref::gemm(x.data(), w_bytes.data(), dtype, shape.m, n, shape.k, want.data());
+      want = rounded(want, dtype);
+      for (int r = 0; r < shape.m; ++r) {
+        float* row = want.data() + std::size_t(r) * n;  // [q heads | k heads] are contiguous: rotate them as "q"
+        ref::apply_rope(table, &positions[std::size_t(r)], 1, row, std::size_t(rope_heads), nullptr, 0);
+      }
+      want = rounded(want, dtype);
+      DeviceBuffer<unsigned char> d_x, d_w, d_y(want.size() * ref::dtype_size(dtype));
+      DeviceBuffer<std::int32_t> d_pos;
+      DeviceBuffer<float> d_freq;
+      d_x.upload(to_bytes(x, dtype));
+      d_w.upload(w_bytes);
+      d_pos.upload(positions);
+      d_freq.upload(table.inv_freq);
+      d_y.poison();
+      LAUNCH_OK(gpu::small_gemm_rope(d_x.ptr, d_w.ptr, dtype, shape.m, n, shape.k, rope_heads, shape.head_dim,
+                                     d_pos.ptr, d_freq.ptr, d_y.ptr, nullptr));
+      report("small_gemm_rope",
+             fmt("%s m=%d heads=%d/%d hd=%d k=%d", name_of(dtype), shape.m, shape.q_heads, shape.kv_heads,
+                 shape.head_dim, shape.k),
+             compare(from_bytes(d_y.download(), dtype), want), tolerance_for(dtype));
+    }
+  }
+  // Refused: k not a multiple of 8, m beyond the instantiated widths, f32.
+  DeviceBuffer<unsigned char> any(1024);
+  CHECK(gpu::small_gemm(any.ptr, any.ptr, DType::bf16, 1, 4, 12, any.ptr, false, nullptr) == cudaErrorInvalidValue);
+  CHECK(gpu::small_gemm(any.ptr, any.ptr, DType::bf16, gpu::small_gemm_max_rows + 1, 4, 8, any.ptr, false, nullptr) ==
+        cudaErrorInvalidValue);
+  CHECK(gpu::small_gemm(any.ptr, any.ptr, DType::f32, 1, 4, 8, any.ptr, false, nullptr) == cudaErrorInvalidValue);
+}
+
 // ---- RoPE + KV write -----------------------------------------------------
 
 TEST_CASE("rope_and_write_kv") {
@@ -593,6 +701,10 @@ void run_attention_case(const AttentionCase& tc, std::mt19937_64& rng) {
   problem.max_context_len = max_context;
   problem.num_sms = g_num_sms;
   problem.force_splits = tc.force_splits;
+  // The prefill grid's bound: from the sequences alone, from the step's token
+  // count, or too small on purpose (1 token: the kernel must loop over the rest).
+  const int bound_mode = std::uniform_int_distribution<int>(0, 2)(rng);
+  problem.max_tokens = bound_mode == 0 ? 0 : (bound_mode == 1 ? num_tokens : 1);
   const gpu::AttentionPlan plan = gpu::plan_paged_attention(problem);
   REQUIRE_MESSAGE(plan.valid, plan.error);
 
@@ -613,8 +725,9 @@ void run_attention_case(const AttentionCase& tc, std::mt19937_64& rng) {
                                  workspace.bytes(), nullptr));
   const auto got = from_bytes(d_out.download(), tc.dtype);
   report("paged_attention",
-         fmt("%s %s hd=%d heads=%d/%d bt=%d seqs=%d tokens=%d ctx<=%d", tc.name.c_str(), name_of(tc.dtype), hd, qh, kv,
-             bt, num_seqs, num_tokens, max_context),
+         fmt("%s %s hd=%d heads=%d/%d bt=%d seqs=%d tokens=%d ctx<=%d grid<=%s", tc.name.c_str(), name_of(tc.dtype), hd,
+             qh, kv, bt, num_seqs, num_tokens, max_context,
+             bound_mode == 0 ? "seqs" : (bound_mode == 1 ? "tokens" : "1")),
          compare(got, want), 1e-2);
   std::printf("       plan: %s\n", plan.describe().c_str());
 }
@@ -814,6 +927,62 @@ void bench_rmsnorm() {
   }
 }
 
+void bench_small_gemm() {
+  std::printf("\n== small_gemm bf16, Llama-3-8B matrices (bytes: the weight, read once) ==\n");
+  std::mt19937_64 rng(g_seed);
+  struct Shape {
+    const char* name;
+    int n, k;
+  };
+  for (const Shape shape : {Shape{"qkv", 6144, 4096}, Shape{"o_proj", 4096, 4096}, Shape{"gate_up", 28672, 4096} /* with silu_mul fused */,
+                            Shape{"down", 4096, 14336}, Shape{"lm_head", 128256, 4096}}) {
+    const std::size_t weights = std::size_t(shape.n) * shape.k;
+    DeviceBuffer<unsigned char> w(weights * 2), x(8 * std::size_t(shape.k) * 2), y(8 * std::size_t(shape.n) * 4);
+    CUDA_OK(cudaMemset(w.ptr, 0x3c, w.bytes()));  // small bf16 values; the speed does not depend on them
+    x.upload(to_bytes(random_floats(rng, 8 * std::size_t(shape.k), -1, 1), DType::bf16));
+    for (const int m : {1, 2, 4, 8}) {
+      const bool gated = std::string(shape.name) == "gate_up";
+      const float ms = median_ms([&] {
+        if (gated) CUDA_OK(gpu::small_gemm_silu_mul(x.ptr, w.ptr, DType::bf16, m, shape.n / 2, shape.k, y.ptr, nullptr));
+        else CUDA_OK(gpu::small_gemm(x.ptr, w.ptr, DType::bf16, m, shape.n, shape.k, y.ptr, false, nullptr));
+      });
+      const double bytes = double(weights) * 2;
+      std::printf("%-8s m=%d n=%6d k=%5d %9.2f us  %7.0f GB/s  (%4.1f%% of %.0f)\n", shape.name, m, shape.n, shape.k,
+                  ms * 1e3, bytes / (ms * 1e-3) / 1e9, 100.0 * bytes / (ms * 1e-3) / 1e9 / hbm_peak_gbs, hbm_peak_gbs);
+    }
+  }
+}
+
+void bench_small_gemm_shapes() {
+  std::printf("\n== small_gemm launch shapes, bf16 m=1 (unroll x warps/block; bytes: the weight) ==\n");
+  std::mt19937_64 rng(g_seed);
+  struct Shape {
+    const char* name;
+    int n, k;
+    bool gated;
+  };
+  // Weights larger than L2 (50 MB) by rotating through 4 copies, as the model streams 32 layers.
+  for (const Shape shape : {Shape{"qkv", 6144, 4096, false}, Shape{"o_proj", 4096, 4096, false},
+                            Shape{"gate_up", 14336, 4096, true}, Shape{"down", 4096, 14336, false}}) {
+    const std::size_t weights = std::size_t(shape.n) * shape.k * (shape.gated ? 2 : 1);
+    constexpr int copies = 4;
+    DeviceBuffer<unsigned char> w(weights * 2 * copies), x(std::size_t(shape.k) * 2), y(std::size_t(shape.n) * 4);
+    CUDA_OK(cudaMemset(w.ptr, 0x3c, w.bytes()));
+    x.upload(to_bytes(random_floats(rng, std::size_t(shape.k), -1, 1), DType::bf16));
+    for (const auto& [unroll, warps] : {std::pair{2, 4}, std::pair{4, 4}, std::pair{8, 4}, std::pair{4, 8},
+                                       std::pair{8, 8}, std::pair{8, 2}}) {
+      int turn = 0;
+      const float ms = median_ms([&] {
+        const unsigned char* copy = w.ptr + (turn++ % copies) * weights * 2;
+        CUDA_OK(gpu::small_gemm_sweep(unroll, warps, shape.gated, x.ptr, copy, shape.n, shape.k, y.ptr, nullptr));
+      });
+      const double bytes = double(weights) * 2;
+      std::printf("%-8s unroll %d warps %d %9.2f us  %7.0f GB/s  (%4.1f%% of %.0f)\n", shape.name, unroll, warps,
+                  ms * 1e3, bytes / (ms * 1e-3) / 1e9, 100.0 * bytes / (ms * 1e-3) / 1e9 / hbm_peak_gbs, hbm_peak_gbs);
+    }
+  }
+}
+
 void bench_decode_attention() {
   std::printf("\n== decode attention bf16, Llama-3-8B layer (32 q heads, 8 kv heads, hd 128, 64-token pages) ==\n");
   std::mt19937_64 rng(g_seed);
@@ -947,12 +1116,16 @@ void bench_sampling() {
 
 int main(int argc, char** argv) {
   bool bench = false;
+  bool bench_gemm_only = false;  // --bench-gemm: the small_gemm timings alone
   bool seed_given = false;
   std::vector<char*> rest;
   for (int i = 0; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--bench") {
       bench = true;
+    } else if (arg == "--bench-gemm") {
+      bench = true;
+      bench_gemm_only = true;
     } else if (arg == "--seed" && i + 1 < argc) {
       g_seed = std::strtoull(argv[++i], nullptr, 0);
       seed_given = true;
@@ -989,6 +1162,9 @@ int main(int argc, char** argv) {
 
   if (bench) {
     g_bench = true;
+    bench_small_gemm();
+    bench_small_gemm_shapes();
+    if (bench_gemm_only) return 0;
     bench_rmsnorm();
     bench_decode_attention();
     bench_prefill_attention();
