@@ -20,9 +20,11 @@ into each checkpoint). Options: --out (default tests/fixtures/hf of this
 repository), --work (where checkpoints are written; a temporary folder by
 default, removed at the end), --device (cpu or cuda; default cpu).
 
-For each fixture (three shapes: GQA 4:1 tied with llama3 RoPE scaling, MHA
-1:1 untied, GQA 2:1 untied with llama3 scaling; hidden size 64, Llama-3's
-vocabulary of 128256) it:
+For each fixture (three shapes of hidden size 64: GQA 4:1 tied with llama3
+RoPE scaling, MHA 1:1 untied, GQA 2:1 untied with llama3 scaling; two of
+hidden size 256 with the head dims the CUDA kernels take: 64 (GQA 4:1, tied,
+llama3 scaling) and 128 (GQA 2:1, untied); all with Llama-3's vocabulary of
+128256; --only NAME,... records some of them) it:
   a. writes the checkpoint with `hostrun checkpoint random DIR --vocab-size
      128256 --tokenizer TOKDIR --dtype bf16 --seed S ...`;
   b. loads it with LlamaForCausalLM (torch_dtype=float32,
@@ -79,6 +81,17 @@ FIXTURES = [
         "--heads", "4", "--kv-heads", "2", "--head-dim", "16",
         "--tie-word-embeddings", "false", "--rope-theta", "500000", "--rope-scaling", "llama3",
         "--max-position-embeddings", "2048"]),
+    # Shapes the CUDA attention kernels take (head_dim 64 and 128), for
+    # llama_cuda's run of the same check (tests/llama_cuda).
+    ("hd64_gqa4_tied_llama3", 4, [
+        "--hidden-size", "256", "--intermediate-size", "512", "--layers", "2",
+        "--heads", "4", "--kv-heads", "1", "--head-dim", "64",
+        "--tie-word-embeddings", "true", "--rope-theta", "500000", "--rope-scaling", "llama3",
+        "--max-position-embeddings", "2048"]),
+    ("hd128_gqa2_untied", 5, [
+        "--hidden-size", "256", "--intermediate-size", "384", "--layers", "2",
+        "--heads", "2", "--kv-heads", "1", "--head-dim", "128",
+        "--tie-word-embeddings", "false", "--rope-theta", "500000", "--rope-scaling", "none"]),
 ]
 
 PLAIN_PROMPTS = [
@@ -213,6 +226,7 @@ def main():
     parser.add_argument("--out", default=os.path.join(repo, "tests", "fixtures", "hf"))
     parser.add_argument("--work", help="where to write the checkpoints (default: a temporary folder)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--only", help="comma-separated fixture names to (re)record; default all")
     args = parser.parse_args()
 
     for name in ("tokenizer.json", "tokenizer_config.json"):
@@ -230,7 +244,10 @@ def main():
     work = args.work or tempfile.mkdtemp(prefix="hostrun-fixtures-")
     os.makedirs(args.out, exist_ok=True)
     try:
+        only = set(args.only.split(",")) if args.only else None
         for fixture, seed, shape_flags in FIXTURES:
+            if only is not None and fixture not in only:
+                continue
             print(f"{fixture}:")
             checkpoint = os.path.join(work, fixture)
             flags = ["--vocab-size", str(VOCAB_SIZE), "--tokenizer", "TOKDIR", "--dtype", "bf16",

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <bit>
+#include <cstdlib>
 #include <cstring>
 #include <cmath>
 #include <filesystem>
@@ -63,35 +64,50 @@ struct LoadedModel {
   core::PluginHandle<Model> model;
 };
 
-inline std::unique_ptr<core::PluginRegistry> load_registry() {
+// Which plugins run the model: llama_cpu + kv_cpu (f32 activations), or
+// llama_cuda + kv_cuda (bf16) where the test is built with CUDA and run on a GPU.
+struct Backend {
+  bool cuda = false;
+  std::string model_plugin() const { return cuda ? "llama_cuda" : "llama_cpu"; }
+  std::string kv_plugin() const { return cuda ? "kv_cuda" : "kv_cpu"; }
+};
+
+// The build's plugin folder, or HOSTRUN_TEST_PLUGIN_DIR (a bundle carried to the GPU machine).
+inline fs::path test_plugin_dir() {
+  const char* dir = std::getenv("HOSTRUN_TEST_PLUGIN_DIR");
+  return dir && *dir ? fs::path(dir) : fs::path(HOSTRUN_PLUGIN_BUILD_DIR);
+}
+
+inline std::unique_ptr<core::PluginRegistry> load_registry(const Backend& backend = {}) {
   auto registry = std::make_unique<core::PluginRegistry>();
-  for (const char* name : {"hostrun_llama_cpu.so", "hostrun_kv_cpu.so"})
-    registry->load_file(fs::path(HOSTRUN_PLUGIN_BUILD_DIR) / name);
+  for (const std::string& name : {backend.model_plugin(), backend.kv_plugin()})
+    registry->load_file(test_plugin_dir() / ("hostrun_" + name + ".so"));
   for (const auto& refused : registry->refused()) FAIL(refused.file.string() << ": " << refused.reason);
   return registry;
 }
 
 inline Result<std::unique_ptr<LoadedModel>> try_load(const fs::path& dir, int threads = 1,
                                                      const std::string& kv_dtype = "f32", int32_t num_blocks = 256,
-                                                     int32_t block_tokens = 16) {
+                                                     int32_t block_tokens = 16, const Backend& backend = {}) {
   auto loaded = std::make_unique<LoadedModel>();
-  loaded->registry = load_registry();
+  loaded->registry = load_registry(backend);
   auto weights = checkpoint::ModelDirectory::open(dir);
   if (!weights) return weights.status();
   loaded->weights = std::move(weights.value());
   Settings kv_settings;
   kv_settings.set("dtype", kv_dtype);
-  auto policy = loaded->registry->create<KvCachePolicy>("kv_cpu", kv_settings, nullptr);
+  auto policy = loaded->registry->create<KvCachePolicy>(backend.kv_plugin(), kv_settings, nullptr);
   if (!policy) return policy.status();
   loaded->policy = policy.value();
   Settings model_settings;
-  model_settings.set("threads", int64_t(threads));
-  auto model = loaded->registry->create<Model>("llama_cpu", model_settings, nullptr);
+  if (!backend.cuda) model_settings.set("threads", int64_t(threads));
+  auto model = loaded->registry->create<Model>(backend.model_plugin(), model_settings, nullptr);
   if (!model) return model.status();
   loaded->model = model.value();
   LoadContext context;
   context.weights = loaded->weights.get();
-  context.device = Device{DeviceKind::cpu, 0};
+  context.device = Device{backend.cuda ? DeviceKind::cuda : DeviceKind::cpu, 0};
+  if (backend.cuda) context.activation_dtype = kv_dtype == "f16" ? DType::f16 : DType::bf16;
   context.kv_policy = loaded->policy.get();
   if (Status s = loaded->model->load(context); !s) return s;
   if (num_blocks > 0)
@@ -100,8 +116,9 @@ inline Result<std::unique_ptr<LoadedModel>> try_load(const fs::path& dir, int th
 }
 
 inline std::unique_ptr<LoadedModel> load(const fs::path& dir, int threads = 1, const std::string& kv_dtype = "f32",
-                                         int32_t num_blocks = 256, int32_t block_tokens = 16) {
-  auto loaded = try_load(dir, threads, kv_dtype, num_blocks, block_tokens);
+                                         int32_t num_blocks = 256, int32_t block_tokens = 16,
+                                         const Backend& backend = {}) {
+  auto loaded = try_load(dir, threads, kv_dtype, num_blocks, block_tokens, backend);
   REQUIRE_MESSAGE(loaded.has_value(), loaded.status().message());
   return std::move(loaded.value());
 }
