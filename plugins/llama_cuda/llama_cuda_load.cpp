@@ -71,10 +71,18 @@ void PinnedBuffer::reset() {
 LlamaCudaModel::LlamaCudaModel(const CreateContext& context)
     : log_(plugin_logger(context, "llama_cuda")),
       max_tokens_per_step_(context.settings->get_int("max_tokens_per_step")),
-      max_batch_(context.settings->get_int("max_batch")) {}
+      max_batch_(context.settings->get_int("max_batch")),
+      small_gemm_max_rows_(context.settings->get_int("small_gemm_max_rows")) {
+  if (context.settings->get_bool("profile")) profile_.enable();
+  use_graphs_ = context.settings->get_bool("cuda_graphs");
+}
+
+void LlamaCudaModel::clear_graphs() { graphs_.clear(); }
 
 LlamaCudaModel::~LlamaCudaModel() {
   if (stream_) cudaStreamSynchronize(stream_);
+  graphs_.clear();
+  if (profile_.enabled()) log_.info("step profile (CUDA events; times are spans between consecutive ops):\n{}", profile_.report());
   kv_cache_.reset();
   if (cublas_) cublasDestroy(cublas_);
   if (stream_) cudaStreamDestroy(stream_);
@@ -126,12 +134,18 @@ Status LlamaCudaModel::allocate_kv_cache(int32_t num_blocks, int32_t block_token
     KvShape shape{int32_t(config_.num_hidden_layers), int32_t(config_.num_key_value_heads), int32_t(config_.head_dim),
                   block_tokens};
     if (stream_) cudaStreamSynchronize(stream_);
+    clear_graphs();  // they hold the old cache's addresses
     kv_cache_.reset();
     auto made = kv_policy_->allocate(shape, num_blocks, device_);
     if (!made) return made.status();
     kv_cache_ = std::move(made.value());
     if (!kv_cache_) return Status(ErrorCode::internal, "llama_cuda: the KV cache policy returned no cache");
     block_tokens_ = block_tokens;
+    // Block-table capacity of a graphed decode pass: the model's longest context.
+    graph_blocks_ = int32_t((config_.max_position_embeddings + block_tokens - 1) / block_tokens);
+    graph_arena_.reset();
+    if (use_graphs_) graph_arena_.allocate(size_t(graph_max_sequences) * (size_t(graph_blocks_) + 16) * 4 + 4096,
+                                           "the graphed decode pass's index arrays");
     log_.info("KV cache: {} blocks of {} tokens, {} MiB ({})", num_blocks, block_tokens, kv_cache_->bytes() >> 20,
               kv_policy_->format().name);
     return {};
@@ -347,8 +361,9 @@ void LlamaCudaModel::allocate_workspace() {
     problem.q_heads = int(config_.num_attention_heads);
     problem.kv_heads = int(config_.num_key_value_heads);
     problem.num_sequences = int(sequences);
-    problem.max_query_len = 1;
+    problem.max_query_len = 2;  // decode partials and the prefill schedule both sized
     problem.max_context_len = int(config_.max_position_embeddings);
+    problem.max_tokens = int(max_tokens_per_step_);
     problem.num_sms = num_sms;
     const cuda::AttentionPlan plan = cuda::plan_paged_attention(problem);
     if (!plan.valid) fail(ErrorCode::unsupported, fmt::format("no attention kernel for this shape: {}", plan.error));

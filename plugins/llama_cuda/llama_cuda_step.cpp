@@ -4,6 +4,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <bit>
+#include <functional>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -11,6 +13,7 @@
 #include "cuda/embedding.hpp"
 #include "cuda/rmsnorm.hpp"
 #include "cuda/silu_mul.hpp"
+#include "cuda/small_gemm.hpp"
 #include "llama_cuda_model.hpp"
 #include "llama_kernels.hpp"
 #include "ref/logprobs.hpp"
@@ -47,6 +50,12 @@ struct ArenaLayout {
 }  // namespace
 
 void LlamaCudaModel::gemm(const void* x, const void* weight, int m, int n, int k, void* y, bool f32_out) {
+  // A few rows (batch-1..8 decode): our bandwidth-bound kernel; else cuBLAS.
+  const cuda::DType kdtype = dtype_ == DType::f16 ? cuda::DType::f16 : cuda::DType::bf16;
+  if (m <= small_gemm_max_rows_ && cuda::small_gemm_supported(kdtype, m, k, x, weight)) {
+    check_cuda(cuda::small_gemm(x, weight, kdtype, m, n, k, y, f32_out, stream_), "small_gemm");
+    return;
+  }
   // Row-major y[m, n] = x[m, k] . weight[n, k]^T is column-major y^T = weight^T . x^T.
   const float alpha = 1.0f, beta = 0.0f;
   const cudaDataType_t in = dtype_ == DType::f16 ? CUDA_R_16F : CUDA_R_16BF;
@@ -189,17 +198,30 @@ void LlamaCudaModel::forward(const StepInput& input, const std::vector<Piece>& p
       suppressed_pairs += seq.suppressed.size();
     }
   }
+  bool decode_pass = true;
+  for (const Piece& p : pieces) decode_pass &= p.count == 1;
+  bool has_embeddings = false;
+  for (const Piece& p : pieces) has_embeddings |= !input.sequences[p.sequence].embeddings.empty();
+  // A graphed pass lays its arrays out for graph_max_sequences sequences of
+  // graph_blocks_ blocks, so every such pass has the same device addresses.
+  bool graphed = use_graphs_ && decode_pass && num_sequences <= graph_max_sequences && num_rows == num_sequences &&
+                 num_rows <= max_batch_ && !any_logprobs && !any_logits && history_ids == 0 && suppressed_pairs == 0 &&
+                 !has_embeddings && max_blocks <= graph_blocks_;
+  const int32_t seq_slots = graphed ? graph_max_sequences : num_sequences;
+  const int32_t block_stride = graphed ? graph_blocks_ : max_blocks;
   ArenaLayout layout;
-  const size_t at_ids = layout.add(size_t(num_tokens) * 4);
-  const size_t at_positions = layout.add(size_t(num_tokens) * 4);
-  const size_t at_slots = layout.add(size_t(num_tokens) * 4);
-  const size_t at_query_start = layout.add(size_t(num_sequences + 1) * 4);
-  const size_t at_context = layout.add(size_t(num_sequences) * 4);
-  const size_t at_blocks = layout.add(size_t(num_sequences) * size_t(max_blocks) * 4);
-  const size_t at_rows = layout.add(size_t(num_rows) * 4);
-  const size_t at_params = layout.add(size_t(num_rows) * sizeof(cuda::SamplingRow));
+  const size_t at_ids = layout.add(size_t(graphed ? seq_slots : num_tokens) * 4);
+  const size_t at_positions = layout.add(size_t(graphed ? seq_slots : num_tokens) * 4);
+  const size_t at_slots = layout.add(size_t(graphed ? seq_slots : num_tokens) * 4);
+  const size_t at_query_start = layout.add(size_t(seq_slots + 1) * 4);
+  const size_t at_context = layout.add(size_t(seq_slots) * 4);
+  const size_t at_blocks = layout.add(size_t(seq_slots) * size_t(block_stride) * 4);
+  const size_t at_rows = layout.add(size_t(graphed ? seq_slots : num_rows) * 4);
+  const size_t at_params = layout.add(size_t(graphed ? seq_slots : num_rows) * sizeof(cuda::SamplingRow));
   const size_t at_history = layout.add(history_ids * 4);
   const size_t at_suppressed = layout.add(suppressed_pairs * 8);
+  if (graphed && layout.bytes > graph_arena_.bytes()) graphed = false;
+  profile_.begin_pass(decode_pass);
   host_arena_.assign(layout.bytes, std::byte{0});
   auto ints = [&](size_t at) { return reinterpret_cast<int32_t*>(host_arena_.data() + at); };
   int32_t* ids = ints(at_ids);
@@ -224,7 +246,7 @@ void LlamaCudaModel::forward(const StepInput& input, const std::vector<Piece>& p
     query_start[i] = token;
     context_lens[i] = cached + p.count;
     const int32_t blocks = (cached + p.count + block_tokens_ - 1) / block_tokens_;
-    std::copy_n(seq.block_table.begin(), blocks, block_tables + size_t(i) * size_t(max_blocks));
+    std::copy_n(seq.block_table.begin(), blocks, block_tables + size_t(i) * size_t(block_stride));
     for (int32_t j = 0; j < p.count; ++j) {
       const int32_t position = cached + j;
       ids[token + j] = input.token_ids[size_t(seq.query_start + p.first + j)];
@@ -276,9 +298,11 @@ void LlamaCudaModel::forward(const StepInput& input, const std::vector<Piece>& p
     device_arena_.allocate(grown, "the step's index arrays");
   }
   std::memcpy(pinned_arena_.data(), host_arena_.data(), layout.bytes);
-  check_cuda(cudaMemcpyAsync(device_arena_.data(), pinned_arena_.data(), layout.bytes, cudaMemcpyHostToDevice, stream_),
+  profile_.mark(Op::upload, stream_);
+  std::byte* const device_arena = graphed ? graph_arena_.data() : device_arena_.data();
+  check_cuda(cudaMemcpyAsync(device_arena, pinned_arena_.data(), layout.bytes, cudaMemcpyHostToDevice, stream_),
              "uploading the step");
-  auto device_ints = [&](size_t at) { return reinterpret_cast<int32_t*>(device_arena_.data() + at); };
+  auto device_ints = [&](size_t at) { return reinterpret_cast<int32_t*>(device_arena + at); };
 
   PagedKvBatch batch;
   batch.num_sequences = num_sequences;
@@ -286,94 +310,128 @@ void LlamaCudaModel::forward(const StepInput& input, const std::vector<Piece>& p
   batch.query_start = device_ints(at_query_start);
   batch.context_lens = device_ints(at_context);
   batch.block_tables = device_ints(at_blocks);
-  batch.max_blocks_per_sequence = max_blocks;
+  batch.max_blocks_per_sequence = block_stride;
   batch.slot_mapping = device_ints(at_slots);
   batch.positions = device_ints(at_positions);
   batch.max_query_len = max_query_len;
-  batch.max_context_len = max_context_len;
+  // A graph's attention plan serves contexts up to the next power of two.
+  const int32_t graph_context = graphed ? int32_t(std::min<int64_t>(std::bit_ceil(uint32_t(std::max(max_context_len, 64))),
+                                                                    std::max<int64_t>(config_.max_position_embeddings, max_context_len)))
+                                        : max_context_len;
+  batch.max_context_len = graph_context;
   batch.device = device_;
 
   const cuda::DType kdtype = dtype_ == DType::f16 ? cuda::DType::f16 : cuda::DType::bf16;
   const int hidden = int(config_.hidden_size);
   const size_t e = 2;
-  check_cuda(cuda::embedding_lookup(device_ints(at_ids), num_tokens, embed_tokens_, kdtype, vocab, hidden, residual_,
-                                    error_flag_, stream_),
-             "embedding_lookup");
-  token = 0;
-  for (const Piece& p : pieces) {
-    const StepSequence& seq = input.sequences[p.sequence];
-    for (const EmbeddingSpan& span : seq.embeddings) {
-      const int32_t span_rows = int32_t(span.values.shape[0]);
-      const int32_t lo = std::max(span.first_token, p.first), hi = std::min(span.first_token + span_rows, p.first + p.count);
-      if (lo >= hi) continue;
-      check_cuda(cudaMemcpyAsync(static_cast<std::byte*>(residual_) + size_t(token + lo - p.first) * hidden * e,
-                                 static_cast<const std::byte*>(span.values.data) + size_t(lo - span.first_token) * hidden * e,
-                                 size_t(hi - lo) * hidden * e, cudaMemcpyDeviceToDevice, stream_),
-                 "copying image embeddings");
-    }
-    token += p.count;
-  }
-
-  const int64_t q_heads = config_.num_attention_heads, kv_heads = config_.num_key_value_heads;
-  const int64_t head_dim = config_.head_dim;
-  const int64_t q_size = config_.q_size(), kv_size = config_.kv_size(), qkv_width = q_size + 2 * kv_size;
-  const int inter = int(config_.intermediate_size);
   const float eps = float(config_.rms_norm_eps);
-  const Device device = device_;
-  auto strided = [&](void* data, int64_t heads, int64_t row_stride) {
-    TensorView v;
-    v.data = data;
-    v.dtype = dtype_;
-    v.device = device;
-    v.rank = 3;
-    v.shape = {num_tokens, heads, head_dim};
-    v.strides = {row_stride, head_dim, 1};
-    return v;
-  };
-  std::byte* qkv = static_cast<std::byte*>(qkv_);
-  const TensorView queries = strided(qkv, q_heads, qkv_width);
-  const TensorView keys = strided(qkv + size_t(q_size) * e, kv_heads, qkv_width);
-  const TensorView values = strided(qkv + size_t(q_size + kv_size) * e, kv_heads, qkv_width);
-  const TensorView attended = strided(attended_, q_heads, q_size);
-  ExecContext exec;
-  exec.device = device_;
-  exec.stream = stream_;
-  exec.workspace = TensorView::contiguous(attention_workspace_, DType::u8, {int64_t(attention_workspace_bytes_)}, device_);
+  // Embedding and every layer, enqueued on stream_ (also under graph capture).
+  auto enqueue_layers = [&] {
+    profile_.mark(Op::embedding, stream_);
+    check_cuda(cuda::embedding_lookup(device_ints(at_ids), num_tokens, embed_tokens_, kdtype, vocab, hidden, residual_,
+                                      error_flag_, stream_),
+               "embedding_lookup");
+    token = 0;
+    for (const Piece& p : pieces) {
+      const StepSequence& seq = input.sequences[p.sequence];
+      for (const EmbeddingSpan& span : seq.embeddings) {
+        const int32_t span_rows = int32_t(span.values.shape[0]);
+        const int32_t lo = std::max(span.first_token, p.first), hi = std::min(span.first_token + span_rows, p.first + p.count);
+        if (lo >= hi) continue;
+        check_cuda(cudaMemcpyAsync(static_cast<std::byte*>(residual_) + size_t(token + lo - p.first) * hidden * e,
+                                   static_cast<const std::byte*>(span.values.data) + size_t(lo - span.first_token) * hidden * e,
+                                   size_t(hi - lo) * hidden * e, cudaMemcpyDeviceToDevice, stream_),
+                   "copying image embeddings");
+      }
+      token += p.count;
+    }
 
-  for (size_t l = 0; l < layers_.size(); ++l) {
-    const LayerWeights& w = layers_[l];
-    if (l == 0)
-      check_cuda(cuda::rmsnorm(residual_, w.input_norm, kdtype, num_tokens, hidden, eps, normed_, stream_), "rmsnorm");
-    else
-      check_cuda(cuda::add_rmsnorm(residual_, delta_, w.input_norm, kdtype, num_tokens, hidden, eps, normed_, stream_),
+    const int64_t q_heads = config_.num_attention_heads, kv_heads = config_.num_key_value_heads;
+    const int64_t head_dim = config_.head_dim;
+    const int64_t q_size = config_.q_size(), kv_size = config_.kv_size(), qkv_width = q_size + 2 * kv_size;
+    const int inter = int(config_.intermediate_size);
+    const Device device = device_;
+    auto strided = [&](void* data, int64_t heads, int64_t row_stride) {
+      TensorView v;
+      v.data = data;
+      v.dtype = dtype_;
+      v.device = device;
+      v.rank = 3;
+      v.shape = {num_tokens, heads, head_dim};
+      v.strides = {row_stride, head_dim, 1};
+      return v;
+    };
+    std::byte* qkv = static_cast<std::byte*>(qkv_);
+    const TensorView queries = strided(qkv, q_heads, qkv_width);
+    const TensorView keys = strided(qkv + size_t(q_size) * e, kv_heads, qkv_width);
+    const TensorView values = strided(qkv + size_t(q_size + kv_size) * e, kv_heads, qkv_width);
+    const TensorView attended = strided(attended_, q_heads, q_size);
+    ExecContext exec;
+    exec.device = device_;
+    exec.stream = stream_;
+    exec.workspace = TensorView::contiguous(attention_workspace_, DType::u8, {int64_t(attention_workspace_bytes_)}, device_);
+
+    for (size_t l = 0; l < layers_.size(); ++l) {
+      const LayerWeights& w = layers_[l];
+      profile_.mark(Op::norm, stream_);
+      if (l == 0)
+        check_cuda(cuda::rmsnorm(residual_, w.input_norm, kdtype, num_tokens, hidden, eps, normed_, stream_), "rmsnorm");
+      else
+        check_cuda(cuda::add_rmsnorm(residual_, delta_, w.input_norm, kdtype, num_tokens, hidden, eps, normed_, stream_),
+                   "add_rmsnorm");
+      profile_.mark(Op::qkv_gemm, stream_);
+      if (num_tokens <= small_gemm_max_rows_ && cuda::small_gemm_supported(kdtype, num_tokens, hidden, normed_, w.qkv)) {
+        // RoPE in the bandwidth-bound product's epilogue: one launch fewer per layer.
+        check_cuda(cuda::small_gemm_rope(normed_, w.qkv, kdtype, num_tokens, int(qkv_width), hidden,
+                                         int(q_heads + kv_heads), int(head_dim), batch.positions, inv_freq_, qkv_,
+                                         stream_),
+                   "small_gemm_rope");
+      } else {
+        gemm(normed_, w.qkv, num_tokens, int(qkv_width), hidden, qkv_);
+        profile_.mark(Op::rope, stream_);
+        check_cuda(rope_in_place(kdtype, qkv_, qkv_width, num_tokens, int(q_heads + kv_heads), int(head_dim),
+                                 batch.positions, inv_freq_, stream_),
+                   "rope");
+      }
+      profile_.mark(Op::kv_write, stream_);
+      throw_if_error(kv_policy_->write(*kv_cache_, int32_t(l), keys, values, batch, exec));
+      profile_.mark(Op::attention, stream_);
+      throw_if_error(kv_policy_->attend(*kv_cache_, int32_t(l), queries, batch, softmax_scale_, attended, exec));
+      profile_.mark(Op::o_gemm, stream_);
+      gemm(attended_, w.o_proj, num_tokens, hidden, int(q_size), delta_);
+      profile_.mark(Op::norm, stream_);
+      check_cuda(cuda::add_rmsnorm(residual_, delta_, w.post_norm, kdtype, num_tokens, hidden, eps, normed_, stream_),
                  "add_rmsnorm");
-    gemm(normed_, w.qkv, num_tokens, int(qkv_width), hidden, qkv_);
-    check_cuda(rope_in_place(kdtype, qkv_, qkv_width, num_tokens, int(q_heads + kv_heads), int(head_dim),
-                             batch.positions, inv_freq_, stream_),
-               "rope");
-    throw_if_error(kv_policy_->write(*kv_cache_, int32_t(l), keys, values, batch, exec));
-    throw_if_error(kv_policy_->attend(*kv_cache_, int32_t(l), queries, batch, softmax_scale_, attended, exec));
-    gemm(attended_, w.o_proj, num_tokens, hidden, int(q_size), delta_);
-    check_cuda(cuda::add_rmsnorm(residual_, delta_, w.post_norm, kdtype, num_tokens, hidden, eps, normed_, stream_),
-               "add_rmsnorm");
-    gemm(normed_, w.gate_up, num_tokens, 2 * inter, hidden, gate_up_);
-    check_cuda(cuda::silu_and_mul(gate_up_, kdtype, num_tokens, inter, activated_, stream_), "silu_and_mul");
-    gemm(activated_, w.down_proj, num_tokens, hidden, inter, delta_);
-  }
+      profile_.mark(Op::gate_up_gemm, stream_);
+      if (num_tokens <= small_gemm_max_rows_ && cuda::small_gemm_supported(kdtype, num_tokens, hidden, normed_, w.gate_up)) {
+        // SiLU-and-multiply fused into the bandwidth-bound product: one launch fewer per layer.
+        check_cuda(cuda::small_gemm_silu_mul(normed_, w.gate_up, kdtype, num_tokens, inter, hidden, activated_, stream_),
+                   "small_gemm_silu_mul");
+      } else {
+        gemm(normed_, w.gate_up, num_tokens, 2 * inter, hidden, gate_up_);
+        profile_.mark(Op::silu_mul, stream_);
+        check_cuda(cuda::silu_and_mul(gate_up_, kdtype, num_tokens, inter, activated_, stream_), "silu_and_mul");
+      }
+      profile_.mark(Op::down_gemm, stream_);
+      gemm(activated_, w.down_proj, num_tokens, hidden, inter, delta_);
+    }
+  };
 
-  // Final norm, LM head and sampling on the sampled rows, max_batch rows at a time.
+  // Final norm, LM head and sampling on the sampled rows [chunk_start, +chunk_rows),
+  // then the sampled ids and the error flag copied to pinned memory.
   auto* pinned = reinterpret_cast<int32_t*>(pinned_tokens_.data());
-  for (int32_t chunk_start = 0, chunk = 0; chunk_start < num_rows; chunk_start += int32_t(max_batch_), ++chunk) {
-    const int32_t chunk_rows = int32_t(std::min<int64_t>(max_batch_, num_rows - chunk_start));
+  const bool read_logits = any_logprobs || any_logits;
+  auto enqueue_head = [&](int32_t chunk_start, int32_t chunk_rows, int32_t chunk) {
     const int32_t* chunk_row_ids = device_ints(at_rows) + chunk_start;
+    profile_.mark(Op::lm_head, stream_);
     check_cuda(gather_rows(residual_, hidden, chunk_row_ids, chunk_rows, last_residual_, stream_), "gather_rows");
     check_cuda(gather_rows(delta_, hidden, chunk_row_ids, chunk_rows, last_delta_, stream_), "gather_rows");
     check_cuda(cuda::add_rmsnorm(last_residual_, last_delta_, final_norm_, kdtype, chunk_rows, hidden, eps, last_normed_,
                                  stream_),
                "add_rmsnorm");
     gemm(last_normed_, lm_head_, chunk_rows, int(vocab), hidden, logits_, true);
-    const bool read_logits = any_logprobs || any_logits;
     if (read_logits) {
+      profile_.mark(Op::read_back, stream_);
       // The raw logits (before suppression), as llama_cpu reports them.
       if (pinned_logits_.bytes() == 0)
         pinned_logits_.allocate(size_t(max_batch_) * size_t(vocab) * sizeof(float), "logits read-back");
@@ -381,6 +439,7 @@ void LlamaCudaModel::forward(const StepInput& input, const std::vector<Piece>& p
                                  cudaMemcpyDeviceToHost, stream_),
                  "copying logits");
     }
+    profile_.mark(Op::sampling, stream_);
     const int32_t pair_begin = suppressed_begin[size_t(chunk)], pair_end = suppressed_begin[size_t(chunk) + 1];
     check_cuda(suppress_ids(logits_, vocab, device_ints(at_suppressed) + 2 * pair_begin, pair_end - pair_begin, stream_),
                "suppress_ids");
@@ -389,19 +448,25 @@ void LlamaCudaModel::forward(const StepInput& input, const std::vector<Piece>& p
     sampling.vocab_size = int(vocab);
     sampling.logits = logits_;
     sampling.logits_row_stride = vocab;
-    sampling.params = reinterpret_cast<const cuda::SamplingRow*>(device_arena_.data() + at_params) + chunk_start;
+    sampling.params = reinterpret_cast<const cuda::SamplingRow*>(device_arena + at_params) + chunk_start;
     sampling.history_ids = history_ids ? device_ints(at_history) : nullptr;
     sampling.tokens_out = tokens_out_;
     sampling.error_flag = error_flag_;
     check_cuda(cuda::sample_tokens(sampling, sampling_workspace_, sampling_workspace_bytes_, stream_), "sample_tokens");
     check_cuda(cudaMemcpyAsync(pinned, tokens_out_, size_t(chunk_rows) * 4, cudaMemcpyDeviceToHost, stream_),
                "reading sampled tokens");
-    check_cuda(cudaMemcpyAsync(pinned + max_batch_, error_flag_, 4, cudaMemcpyDeviceToHost, stream_), "reading the error flag");
-    check_cuda(cudaStreamSynchronize(stream_), "the step");
+    check_cuda(cudaMemcpyAsync(pinned + max_batch_, error_flag_, 4, cudaMemcpyDeviceToHost, stream_),
+               "reading the error flag");
+  };
+  // After the synchronize: a kernel's error, else the chunk's tokens (and logprobs / logits) into output.
+  auto check_error_flag = [&] {
     if (pinned[max_batch_] != 0) {
       cudaMemsetAsync(error_flag_, 0, 4, stream_);
       fail(ErrorCode::internal, fmt::format("a kernel reported {}", ref::status_name(ref::Status(pinned[max_batch_]))));
     }
+  };
+  auto report_rows = [&](int32_t chunk_start, int32_t chunk_rows) {
+    check_error_flag();
     for (int32_t r = 0; r < chunk_rows; ++r) {
       const StepSequence& seq = input.sequences[row_sequence[size_t(chunk_start + r)]];
       const TokenId chosen = pinned[r];
@@ -428,15 +493,86 @@ void LlamaCudaModel::forward(const StepInput& input, const std::vector<Piece>& p
         if (seq.return_logits) output.logits.back().assign(logits, logits + vocab);
       }
     }
+  };
+
+  if (graphed) {
+    const auto key = std::make_pair(num_sequences, graph_context);
+    auto found = graphs_.find(key);
+    if (found == graphs_.end()) {
+      if (auto made = capture_graph([&] {
+            enqueue_layers();
+            enqueue_head(0, num_rows, 0);
+          }))
+        found = graphs_.emplace(key, std::move(made)).first;
+      else
+        graphed = false;  // capture failed (logged): this pass runs eagerly on the same arrays
+    }
+    if (graphed) {
+      profile_.mark(Op::graph, stream_);
+      check_cuda(cudaGraphLaunch(found->second->get(), stream_), "cudaGraphLaunch");
+      profile_.before_sync(stream_);
+      check_cuda(cudaStreamSynchronize(stream_), "the step");
+      profile_.after_sync(num_tokens);
+      report_rows(0, num_rows);
+      return;
+    }
+  }
+
+  enqueue_layers();
+  // max_batch rows at a time (the logits and sampling workspace hold that many).
+  for (int32_t chunk_start = 0, chunk = 0; chunk_start < num_rows; chunk_start += int32_t(max_batch_), ++chunk) {
+    const int32_t chunk_rows = int32_t(std::min<int64_t>(max_batch_, num_rows - chunk_start));
+    const bool last_chunk = chunk_start + chunk_rows == num_rows;
+    enqueue_head(chunk_start, chunk_rows, chunk);
+    if (last_chunk) profile_.before_sync(stream_);
+    check_cuda(cudaStreamSynchronize(stream_), "the step");
+    if (last_chunk) profile_.after_sync(num_tokens);
+    report_rows(chunk_start, chunk_rows);
   }
   if (num_rows == 0) {
     check_cuda(cudaMemcpyAsync(pinned + max_batch_, error_flag_, 4, cudaMemcpyDeviceToHost, stream_), "reading the error flag");
+    profile_.before_sync(stream_);
     check_cuda(cudaStreamSynchronize(stream_), "the step");
-    if (pinned[max_batch_] != 0) {
-      cudaMemsetAsync(error_flag_, 0, 4, stream_);
-      fail(ErrorCode::internal, fmt::format("a kernel reported {}", ref::status_name(ref::Status(pinned[max_batch_]))));
-    }
+    profile_.after_sync(num_tokens);
+    check_error_flag();
   }
+}
+
+std::unique_ptr<GraphExec> LlamaCudaModel::capture_graph(const std::function<void()>& enqueue) {
+  // Nothing runs while capturing: the launches are recorded, and the graph is
+  // replayed after the (already enqueued) upload of this pass's arrays.
+  profile_.pause(true);
+  std::string failure;
+  cudaError_t began = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal);
+  if (began != cudaSuccess) {
+    failure = fmt::format("cudaStreamBeginCapture: {}", cudaGetErrorString(began));
+  } else {
+    try {
+      enqueue();
+    } catch (const std::exception& error) {
+      failure = error.what();
+    }
+    cudaGraph_t graph = nullptr;
+    const cudaError_t ended = cudaStreamEndCapture(stream_, &graph);
+    if (failure.empty() && ended != cudaSuccess) failure = fmt::format("cudaStreamEndCapture: {}", cudaGetErrorString(ended));
+    if (failure.empty()) {
+      cudaGraphExec_t exec = nullptr;
+      const cudaError_t instantiated = cudaGraphInstantiate(&exec, graph, 0);
+      if (instantiated == cudaSuccess) {
+        cudaGraphDestroy(graph);
+        profile_.pause(false);
+        return std::make_unique<GraphExec>(exec);
+      }
+      failure = fmt::format("cudaGraphInstantiate: {}", cudaGetErrorString(instantiated));
+    }
+    if (graph) cudaGraphDestroy(graph);
+  }
+  profile_.pause(false);
+  cudaGetLastError();  // clear the (non-sticky) error a failed capture leaves behind
+  log_.warn("CUDA graph capture failed ({}); decode passes run without graphs from now on", failure);
+  use_graphs_ = false;
+  graphs_.clear();
+  return nullptr;
 }
 
 }  // namespace hostrun::llama_cuda

@@ -16,34 +16,44 @@ __device__ __forceinline__ float load_f32(const __half* p) { return __half2float
 __device__ __forceinline__ void store_f32(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 __device__ __forceinline__ void store_f32(__half* p, float v) { *p = __float2half_rn(v); }
 
-// One block per token: cos/sin once into shared memory, then every (head, i)
-// pair of the q and k heads (heads = q_heads + kv_heads, contiguous in the row).
+// grid (token, group of kHeadsPerBlock heads), one thread per rotation
+// frequency i: cos/sin once (double, as kernels/ref does, on the f32-rounded
+// angle), then pair (i, i + half_dim) of each head of the group (heads =
+// q_heads + kv_heads, contiguous in the row), loads issued before use. One
+// block per token walked ~20 dependent load/store rounds per thread at batch
+// 1; one block per head recomputed cos/sin 40 times per token at prefill.
+constexpr int kHeadsPerBlock = 8;
+
 template <typename T>
 __global__ void rope_kernel(T* qkv, std::int64_t row_stride, int heads, int head_dim, const std::int32_t* positions,
                             const float* inv_freq) {
-  __shared__ float cos_table[kMaxHalfDim];
-  __shared__ float sin_table[kMaxHalfDim];
   const int t = blockIdx.x;
+  const int first_head = blockIdx.y * kHeadsPerBlock;
   const int half_dim = head_dim / 2;
   const float position = static_cast<float>(positions[t]);
+  T* row = qkv + static_cast<std::int64_t>(t) * row_stride;
   for (int i = threadIdx.x; i < half_dim; i += blockDim.x) {
     const float angle = __fmul_rn(position, inv_freq[i]);
-    double s, c;
-    sincos(static_cast<double>(angle), &s, &c);
-    cos_table[i] = static_cast<float>(c);
-    sin_table[i] = static_cast<float>(s);
-  }
-  __syncthreads();
-  T* row = qkv + static_cast<std::int64_t>(t) * row_stride;
-  for (int item = threadIdx.x; item < heads * half_dim; item += blockDim.x) {
-    const int head = item / half_dim;
-    const int i = item % half_dim;
-    T* x = row + head * head_dim;
-    const float first = load_f32(x + i);
-    const float second = load_f32(x + i + half_dim);
-    const float c = cos_table[i], s = sin_table[i];
-    store_f32(x + i, __fsub_rn(__fmul_rn(first, c), __fmul_rn(second, s)));
-    store_f32(x + i + half_dim, __fadd_rn(__fmul_rn(second, c), __fmul_rn(first, s)));
+    double sd, cd;
+    sincos(static_cast<double>(angle), &sd, &cd);
+    const float c = static_cast<float>(cd), s = static_cast<float>(sd);
+    float first[kHeadsPerBlock], second[kHeadsPerBlock];
+#pragma unroll
+    for (int h = 0; h < kHeadsPerBlock; ++h) {
+      if (first_head + h < heads) {
+        const T* x = row + static_cast<std::int64_t>(first_head + h) * head_dim;
+        first[h] = load_f32(x + i);
+        second[h] = load_f32(x + i + half_dim);
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < kHeadsPerBlock; ++h) {
+      if (first_head + h < heads) {
+        T* x = row + static_cast<std::int64_t>(first_head + h) * head_dim;
+        store_f32(x + i, __fsub_rn(__fmul_rn(first[h], c), __fmul_rn(second[h], s)));
+        store_f32(x + i + half_dim, __fadd_rn(__fmul_rn(second[h], c), __fmul_rn(first[h], s)));
+      }
+    }
   }
 }
 
@@ -73,12 +83,15 @@ cudaError_t rope_in_place(cuda::DType dtype, void* qkv, std::int64_t row_stride,
                           int head_dim, const std::int32_t* positions, const float* inv_freq, cudaStream_t stream) {
   if (num_tokens == 0) return cudaSuccess;
   if (head_dim % 2 != 0 || head_dim / 2 > kMaxHalfDim) return cudaErrorInvalidValue;
+  if (heads <= 0) return cudaErrorInvalidValue;
+  const dim3 grid(num_tokens, (heads + kHeadsPerBlock - 1) / kHeadsPerBlock);
+  const int threads = (head_dim / 2 + 31) / 32 * 32;
   if (dtype == cuda::DType::bf16)
-    rope_kernel<<<num_tokens, 128, 0, stream>>>(static_cast<__nv_bfloat16*>(qkv), row_stride, heads, head_dim,
-                                                positions, inv_freq);
+    rope_kernel<<<grid, threads, 0, stream>>>(static_cast<__nv_bfloat16*>(qkv), row_stride, heads, head_dim, positions,
+                                              inv_freq);
   else if (dtype == cuda::DType::f16)
-    rope_kernel<<<num_tokens, 128, 0, stream>>>(static_cast<__half*>(qkv), row_stride, heads, head_dim, positions,
-                                                inv_freq);
+    rope_kernel<<<grid, threads, 0, stream>>>(static_cast<__half*>(qkv), row_stride, heads, head_dim, positions,
+                                              inv_freq);
   else
     return cudaErrorInvalidValue;
   return cudaGetLastError();

@@ -24,6 +24,15 @@ const hostrun::SettingSpec kSettings[] = {
      false, "8192", 16, 1 << 20},
     {"max_batch", hostrun::SettingType::integer,
      "Sampled rows per LM-head pass (logits and sampling workspace are sized for it at load)", false, "256", 1, 65536},
+    {"small_gemm_max_rows", hostrun::SettingType::integer,
+     "Linear layers over at most this many tokens use the bandwidth-bound small_gemm kernel (with SiLU-mul and "
+     "RoPE fused) instead of cuBLAS; 0: always cuBLAS. From 4 rows cuBLAS's tensor cores are faster "
+     "(kernels/cuda/NOTES.md)",
+     false, "1", 0, 8},
+    {"cuda_graphs", hostrun::SettingType::boolean,
+     "Replay decode passes of up to 8 sequences as CUDA graphs (fewer launch gaps at small batch)", false, "true"},
+    {"profile", hostrun::SettingType::boolean,
+     "Time every op of every pass with CUDA events and log the breakdown when the model is unloaded", false, "false"},
 };
 const hostrun::RoleEntry kRoles[] = {
     hostrun::role_entry<hostrun::Model, hostrun::llama_cuda::LlamaCudaModel>(kSettings, &probe)};

@@ -119,7 +119,7 @@ void write_checkpoint(const fs::path& dir, const checkpoint::LlamaConfig& config
 
 // Runs prompt then `steps` greedy decode steps on one sequence, returning each step's logits.
 std::vector<std::vector<float>> run_sequence(Model& model, const std::vector<TokenId>& prompt, int steps,
-                                             std::vector<TokenId>& generated) {
+                                             std::vector<TokenId>& generated, const std::string& label) {
   SamplingParams sp;
   sp.temperature = 0;
   std::vector<int32_t> table(128);
@@ -143,6 +143,9 @@ std::vector<std::vector<float>> run_sequence(Model& model, const std::vector<Tok
     StepInput input{ids, positions, std::span<const StepSequence>(&seq, 1)};
     StepOutput out;
     Status st = model.step(input, out);
+    // Progress on stderr, so a run that stops answering shows where.
+    fmt::print(stderr, "{} step {}: {}\n", label, s, st.is_ok() ? "ok" : st.message());
+    std::fflush(stderr);
     REQUIRE_MESSAGE(st.is_ok(), st.message());
     REQUIRE(out.sampled.size() == 1);
     logits.push_back(out.logits.at(0));
@@ -168,7 +171,10 @@ TEST_CASE("llama_cuda logits and greedy tokens follow llama_cpu on several shape
       {"hd64_gqa2_tied", shape(384, 6, 3, 64, 2, 300, true)},
   };
   std::mt19937 rng(7);
+  // HOSTRUN_TEST_SHAPE=name runs one shape alone.
+  const char* only = std::getenv("HOSTRUN_TEST_SHAPE");
   for (const Case& c : cases) {
+    if (only && *only && std::string(only) != c.name) continue;
     CAPTURE(c.name);
     TempDir dir(c.name);
     write_checkpoint(dir.path, c.config, 11);
@@ -179,11 +185,11 @@ TEST_CASE("llama_cuda logits and greedy tokens follow llama_cpu on several shape
     std::vector<std::vector<float>> cpu, gpu;
     {
       auto m = load(dir.path, false, 128);
-      cpu = run_sequence(*m->model, prompt, steps, cpu_tokens);
+      cpu = run_sequence(*m->model, prompt, steps, cpu_tokens, std::string(c.name) + " cpu");
     }
     {
       auto m = load(dir.path, true, 128);
-      gpu = run_sequence(*m->model, prompt, steps, gpu_tokens);
+      gpu = run_sequence(*m->model, prompt, steps, gpu_tokens, std::string(c.name) + " cuda");
     }
     double worst = 0;
     for (int s = 0; s <= steps; ++s) {
