@@ -5,7 +5,8 @@
 //
 // Checks:
 //  - logits of a prefill + decode steps: ||cuda - cpu|| / ||cpu|| < 2e-2 per
-//    step (bf16 weights and activations, f32 accumulation, vs f32 on the CPU);
+//    step (bf16 weights and activations, f32 accumulation, vs f32 on the CPU;
+//    one shape also with f16 activations and K/V);
 //  - greedy tokens of both equal for the first steps, unless the CPU's margin
 //    between its top two logits is under 2e-2 of the logits' scale at that
 //    step (then bf16 rounding may legitimately flip the choice);
@@ -59,7 +60,8 @@ fs::path plugin_dir() {
   return dir && *dir ? fs::path(dir) : fs::path(HOSTRUN_PLUGIN_BUILD_DIR);
 }
 
-std::unique_ptr<Loaded> load(const fs::path& dir, bool cuda, int32_t num_blocks) {
+// On CUDA, `half` picks the activation and KV dtype (bf16 or f16); the CPU runs f32.
+std::unique_ptr<Loaded> load(const fs::path& dir, bool cuda, int32_t num_blocks, DType half = DType::bf16) {
   auto loaded = std::make_unique<Loaded>();
   loaded->registry = std::make_unique<core::PluginRegistry>();
   for (const char* name : {"hostrun_llama_cpu.so", "hostrun_kv_cpu.so", "hostrun_llama_cuda.so", "hostrun_kv_cuda.so"})
@@ -67,7 +69,7 @@ std::unique_ptr<Loaded> load(const fs::path& dir, bool cuda, int32_t num_blocks)
   for (const auto& refused : loaded->registry->refused()) FAIL(refused.file.string() << ": " << refused.reason);
   loaded->weights = std::move(checkpoint::ModelDirectory::open(dir).value());
   Settings kv;
-  kv.set("dtype", std::string(cuda ? "bf16" : "f32"));
+  kv.set("dtype", std::string(cuda ? (half == DType::f16 ? "f16" : "bf16") : "f32"));
   auto policy = loaded->registry->create<KvCachePolicy>(cuda ? "kv_cuda" : "kv_cpu", kv, nullptr);
   REQUIRE_MESSAGE(policy.has_value(), policy.status().message());
   loaded->policy = *policy;
@@ -84,7 +86,7 @@ std::unique_ptr<Loaded> load(const fs::path& dir, bool cuda, int32_t num_blocks)
   LoadContext context;
   context.weights = loaded->weights.get();
   context.device = cuda ? Device{DeviceKind::cuda, 0} : Device{DeviceKind::cpu, 0};
-  context.activation_dtype = cuda ? DType::bf16 : DType::f32;
+  context.activation_dtype = cuda ? half : DType::f32;
   context.kv_policy = loaded->policy.get();
   Status s = loaded->model->load(context);
   REQUIRE_MESSAGE(s.is_ok(), s.message());
@@ -163,12 +165,14 @@ TEST_CASE("llama_cuda logits and greedy tokens follow llama_cpu on several shape
   struct Case {
     const char* name;
     checkpoint::LlamaConfig config;
+    DType half = DType::bf16;  // activations and K/V on the GPU
   };
   const Case cases[] = {
       {"hd128_gqa4_untied", shape(512, 8, 2, 128, 3, 1000, false)},
       {"hd64_mha_tied", shape(256, 4, 4, 64, 2, 500, true)},
       {"hd128_gqa8_untied", shape(1024, 8, 1, 128, 2, 700, false)},
       {"hd64_gqa2_tied", shape(384, 6, 3, 64, 2, 300, true)},
+      {"hd128_gqa4_untied_f16", shape(512, 8, 2, 128, 3, 1000, false), DType::f16},
   };
   std::mt19937 rng(7);
   // HOSTRUN_TEST_SHAPE=name runs one shape alone.
@@ -188,7 +192,7 @@ TEST_CASE("llama_cuda logits and greedy tokens follow llama_cpu on several shape
       cpu = run_sequence(*m->model, prompt, steps, cpu_tokens, std::string(c.name) + " cpu");
     }
     {
-      auto m = load(dir.path, true, 128);
+      auto m = load(dir.path, true, 128, c.half);
       gpu = run_sequence(*m->model, prompt, steps, gpu_tokens, std::string(c.name) + " cuda");
     }
     double worst = 0;
