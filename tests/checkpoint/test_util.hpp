@@ -2,6 +2,8 @@
 // safetensors bytes.
 #pragma once
 
+#include "../support/temp_dir.hpp"
+
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -21,26 +23,7 @@ namespace checkpoint_test {
 
 namespace fs = std::filesystem;
 
-// A fresh directory under the system temp dir, removed with everything in it.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "hostrun-ckpt-XXXXXX").string();
-    REQUIRE(::mkdtemp(pattern.data()) != nullptr);
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const fs::path& path() const { return path_; }
-  fs::path operator/(std::string_view name) const { return path_ / name; }
-
- private:
-  fs::path path_;
-};
+using TempDir = hostrun::test::TempDir;
 
 inline std::vector<std::byte> bytes_of(std::string_view text) {
   std::vector<std::byte> out(text.size());

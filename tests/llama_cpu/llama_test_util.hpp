@@ -27,32 +27,14 @@
 #include "checkpoint/model_directory.hpp"
 #include "checkpoint/safetensors.hpp"
 #include "plugin_loader.hpp"
+#include "../support/temp_dir.hpp"
 
 namespace llama_test {
 
 using namespace hostrun;
 namespace fs = std::filesystem;
 
-// A folder under the system temp dir, removed with everything in it.
-class TempDir {
- public:
-  explicit TempDir(const std::string& name) {
-    static int counter = 0;
-    path_ = fs::temp_directory_path() / fmt::format("hostrun_llama_cpu_{}_{}_{}", ::getpid(), counter++, name);
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using hostrun::test::TempDir;
 
 // The plugins as the host wires them. Members are destroyed bottom-up: the
 // model (and the KV cache it holds, whose code is in kv_cpu) before the

@@ -28,24 +28,14 @@
 #include "checkpoint/model_directory.hpp"
 #include "engine/engine.hpp"
 #include "plugin_loader.hpp"
+#include "../support/temp_dir.hpp"
 
 using namespace hostrun;
 namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name) {
-    path = fs::temp_directory_path() / fmt::format("hostrun_llama_cuda_{}_{}", ::getpid(), name);
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
+using hostrun::test::TempDir;
 
 struct Loaded {
   std::unique_ptr<core::PluginRegistry> registry;
@@ -181,18 +171,18 @@ TEST_CASE("llama_cuda logits and greedy tokens follow llama_cpu on several shape
     if (only && *only && std::string(only) != c.name) continue;
     CAPTURE(c.name);
     TempDir dir(c.name);
-    write_checkpoint(dir.path, c.config, 11);
+    write_checkpoint(dir.path(), c.config, 11);
     std::vector<TokenId> prompt(100);  // > max_tokens_per_step: the prefill takes two passes
     for (auto& id : prompt) id = TokenId(rng() % uint32_t(c.config.vocab_size));
     const int steps = 12;
     std::vector<TokenId> cpu_tokens, gpu_tokens;
     std::vector<std::vector<float>> cpu, gpu;
     {
-      auto m = load(dir.path, false, 128);
+      auto m = load(dir.path(), false, 128);
       cpu = run_sequence(*m->model, prompt, steps, cpu_tokens, std::string(c.name) + " cpu");
     }
     {
-      auto m = load(dir.path, true, 128, c.half);
+      auto m = load(dir.path(), true, 128, c.half);
       gpu = run_sequence(*m->model, prompt, steps, gpu_tokens, std::string(c.name) + " cuda");
     }
     double worst = 0;
@@ -303,17 +293,17 @@ std::vector<std::vector<TokenId>> run_engine(const fs::path& dir, const std::vec
 
 TEST_CASE("llama_cuda on the engine: concurrent requests equal each alone, also under preemption") {
   TempDir dir("engine");
-  write_checkpoint(dir.path, shape(512, 8, 2, 128, 2, 400, false), 5);
+  write_checkpoint(dir.path(), shape(512, 8, 2, 128, 2, 400, false), 5);
   std::mt19937 rng(3);
   std::vector<std::vector<TokenId>> prompts(48);
   for (auto& p : prompts) {
     p.resize(1 + rng() % 120);
     for (auto& id : p) id = TokenId(rng() % 400);
   }
-  const auto alone = run_engine(dir.path, prompts, 20, 1024, true, nullptr);
-  const auto together = run_engine(dir.path, prompts, 20, 1024, false, nullptr);
+  const auto alone = run_engine(dir.path(), prompts, 20, 1024, true, nullptr);
+  const auto together = run_engine(dir.path(), prompts, 20, 1024, false, nullptr);
   uint64_t preemptions = 0;
-  const auto tight = run_engine(dir.path, prompts, 20, 40, false, &preemptions);
+  const auto tight = run_engine(dir.path(), prompts, 20, 40, false, &preemptions);
   int equal_together = 0, equal_tight = 0;
   for (size_t i = 0; i < prompts.size(); ++i) {
     equal_together += together[i] == alone[i];

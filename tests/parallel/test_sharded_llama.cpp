@@ -29,6 +29,7 @@
 #include "ref/rmsnorm.hpp"
 #include "ref/rope.hpp"
 #include "ref/silu_mul.hpp"
+#include "../support/temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using hostrun::checkpoint::LlamaConfig;
@@ -40,24 +41,7 @@ namespace {
 constexpr double kTolerance = 1e-5;
 using Floats = std::vector<float>;
 
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "hostrun-tp-XXXXXX").string();
-    REQUIRE(::mkdtemp(pattern.data()) != nullptr);
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using hostrun::test::TempDir;
 
 // hidden (40) differs from q_size (64) and from intermediate (72), so a
 // transposed or mis-sliced weight cannot line up by accident; the vocabulary
