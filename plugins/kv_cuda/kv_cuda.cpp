@@ -4,9 +4,10 @@
 // setting, which must match the model's). Each layer has one K pool and one
 // V pool laid out as kernels/cuda expects ([num_blocks, block_tokens,
 // kv_heads, head_dim]), all layers in one cudaMalloc. write() is a plain copy
-// kernel (the model applies RoPE before it: the SDK's write takes rotated
-// keys, so the fused rope_kv kernel cannot be used across this boundary
-// without an SDK extension; docs/cuda.md); attend() plans and runs
+// kernel of rotated keys; write_rotary() runs kernels/cuda's rope_kv (RoPE on
+// q in place, rotated k and v into the pools, one kernel) when q, k and v are
+// the consecutive head groups of one fused QKV row, as llama_cuda lays them
+// out, and answers unsupported otherwise; attend() plans and runs
 // kernels/cuda's paged_attention, taking its split-K workspace from the
 // caller's ExecContext. quant_policy is 0 (no quantization).
 #include <hostrun/sdk.hpp>
@@ -21,6 +22,7 @@
 #include <string>
 
 #include "cuda/paged_attention.hpp"
+#include "cuda/rope_kv.hpp"
 #include "kv_write.hpp"
 
 namespace {
@@ -178,6 +180,58 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
       args.num_slots = int64_t(ours->num_blocks()) * shape.block_tokens;
       if (cudaError_t e = hostrun::kv_cuda::write_kv(args, static_cast<cudaStream_t>(exec.stream)); e != cudaSuccess)
         return cuda_status("write", e);
+      return {};
+    });
+  }
+
+  Status write_rotary(hostrun::KvCache& cache, int32_t layer, const TensorView& queries, const TensorView& keys,
+                      const TensorView& values, const float* inv_freq, const PagedKvBatch& batch,
+                      const hostrun::ExecContext& exec) noexcept override {
+    return hostrun::guard([&]() -> Status {
+      CudaKvCache* ours = nullptr;
+      if (Status s = check_cache("write_rotary", cache, layer, batch, ours); !s) return s;
+      if (batch.num_tokens == 0) return {};
+      const KvShape shape = ours->shape();
+      const int64_t row = int64_t(shape.kv_heads) * shape.head_dim;
+      int64_t q_stride = 0, k_stride = 0, v_stride = 0;
+      if (queries.rank != 3 || queries.shape[2] != shape.head_dim || queries.shape[1] % shape.kv_heads != 0)
+        return Status(ErrorCode::invalid_argument,
+                      fmt::format("kv_cuda: write_rotary: queries: expected [tokens, q_heads (a multiple of {}), {}]",
+                                  shape.kv_heads, shape.head_dim));
+      const int64_t q_heads = queries.shape[1];
+      if (Status s = check_rows("write_rotary: queries", queries, batch.num_tokens, q_heads * shape.head_dim, dtype_, &q_stride); !s)
+        return s;
+      if (Status s = check_rows("write_rotary: keys", keys, batch.num_tokens, row, dtype_, &k_stride); !s) return s;
+      if (Status s = check_rows("write_rotary: values", values, batch.num_tokens, row, dtype_, &v_stride); !s) return s;
+      if (inv_freq == nullptr || batch.positions == nullptr)
+        return Status(ErrorCode::invalid_argument, "kv_cuda: write_rotary: no inv_freq table or positions");
+      // rope_kv reads one fused row: [q heads | k heads | v heads].
+      const auto* q = static_cast<const std::byte*>(queries.data);
+      const size_t element = 2;
+      const bool fused_row = q_stride == k_stride && k_stride == v_stride &&
+                             static_cast<const std::byte*>(keys.data) == q + size_t(q_heads * shape.head_dim) * element &&
+                             static_cast<const std::byte*>(values.data) == q + size_t(q_heads * shape.head_dim + row) * element &&
+                             shape.head_dim % 16 == 0;
+      if (!fused_row)
+        return Status(ErrorCode::unsupported, "kv_cuda: write_rotary takes q, k and v as one fused row only");
+      hostrun::cuda::RopeKvArgs args;
+      args.dtype = kernel_dtype(dtype_);
+      args.num_tokens = batch.num_tokens;
+      args.q_heads = int(q_heads);
+      args.kv_heads = shape.kv_heads;
+      args.head_dim = shape.head_dim;
+      args.qkv = queries.data;
+      args.qkv_row_stride = q_stride;
+      args.q_out = queries.data;  // rotated in place
+      args.q_out_row_stride = q_stride;
+      args.positions = batch.positions;
+      args.inv_freq = inv_freq;
+      args.slot_mapping = batch.slot_mapping;
+      args.k_pages = ours->k_pool(layer);
+      args.v_pages = ours->v_pool(layer);
+      args.num_slots = int64_t(ours->num_blocks()) * shape.block_tokens;
+      if (cudaError_t e = hostrun::cuda::rope_and_write_kv(args, static_cast<cudaStream_t>(exec.stream)); e != cudaSuccess)
+        return cuda_status("write_rotary", e);
       return {};
     });
   }

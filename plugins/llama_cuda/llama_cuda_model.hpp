@@ -127,6 +127,7 @@ class LlamaCudaModel final : public Model {
   int64_t max_tokens_per_step_ = 8192;
   int64_t max_batch_ = 256;
   int64_t small_gemm_max_rows_ = 1;  // GEMMs of at most this many rows use cuda::small_gemm
+  bool rotary_write_ = true;         // the KV policy's write_rotary, until it answers unsupported
   bool loaded_ = false;
   checkpoint::LlamaConfig config_;
   std::vector<TokenId> eos_ids_;

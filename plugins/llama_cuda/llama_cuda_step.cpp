@@ -386,15 +386,28 @@ void LlamaCudaModel::forward(const StepInput& input, const std::vector<Piece>& p
                                          int(q_heads + kv_heads), int(head_dim), batch.positions, inv_freq_, qkv_,
                                          stream_),
                    "small_gemm_rope");
+        profile_.mark(Op::kv_write, stream_);
+        throw_if_error(kv_policy_->write(*kv_cache_, int32_t(l), keys, values, batch, exec));
       } else {
         gemm(normed_, w.qkv, num_tokens, int(qkv_width), hidden, qkv_);
-        profile_.mark(Op::rope, stream_);
-        check_cuda(rope_in_place(kdtype, qkv_, qkv_width, num_tokens, int(q_heads + kv_heads), int(head_dim),
-                                 batch.positions, inv_freq_, stream_),
-                   "rope");
+        // RoPE fused with the KV write when the policy offers it (kv_cuda
+        // does); else rotate here and store the rotated keys.
+        profile_.mark(Op::kv_write, stream_);
+        Status fused = rotary_write_ ? kv_policy_->write_rotary(*kv_cache_, int32_t(l), queries, keys, values, inv_freq_,
+                                                                batch, exec)
+                                     : Status(ErrorCode::unsupported, "");
+        if (fused.code() == ErrorCode::unsupported) {
+          rotary_write_ = false;
+          profile_.mark(Op::rope, stream_);
+          check_cuda(rope_in_place(kdtype, qkv_, qkv_width, num_tokens, int(q_heads + kv_heads), int(head_dim),
+                                   batch.positions, inv_freq_, stream_),
+                     "rope");
+          profile_.mark(Op::kv_write, stream_);
+          throw_if_error(kv_policy_->write(*kv_cache_, int32_t(l), keys, values, batch, exec));
+        } else {
+          throw_if_error(fused);
+        }
       }
-      profile_.mark(Op::kv_write, stream_);
-      throw_if_error(kv_policy_->write(*kv_cache_, int32_t(l), keys, values, batch, exec));
       profile_.mark(Op::attention, stream_);
       throw_if_error(kv_policy_->attend(*kv_cache_, int32_t(l), queries, batch, softmax_scale_, attended, exec));
       profile_.mark(Op::o_gemm, stream_);

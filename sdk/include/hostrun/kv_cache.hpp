@@ -68,6 +68,21 @@ class KvCachePolicy : public PluginObject {
   // activation dtype) of one layer into their slots.
   virtual Status write(KvCache& cache, int32_t layer, const TensorView& keys, const TensorView& values,
                        const PagedKvBatch& batch, const ExecContext& exec) noexcept = 0;
+  // Optional: RoPE fused with the store, so queries and keys are not read and
+  // written once more just to rotate them. `queries` ([num_tokens, q_heads,
+  // head_dim]) and `keys` arrive unrotated; the policy rotates the queries in
+  // place and stores rotated keys and the values. RoPE as HF's rotate_half
+  // pairs (i, i + head_dim/2) at angle float(batch.positions[t]) * inv_freq[i],
+  // `inv_freq` [head_dim / 2] f32 on the batch's device (ref::make_rope_table,
+  // llama3 scaling included). A policy that cannot (this default, or a layout
+  // it does not take) answers unsupported without touching anything; the
+  // model then rotates and calls write().
+  virtual Status write_rotary(KvCache& cache, int32_t layer, const TensorView& queries, const TensorView& keys,
+                              const TensorView& values, const float* inv_freq, const PagedKvBatch& batch,
+                              const ExecContext& exec) noexcept {
+    (void)cache, (void)layer, (void)queries, (void)keys, (void)values, (void)inv_freq, (void)batch, (void)exec;
+    return Status(ErrorCode::unsupported, "this KV cache policy does not fuse RoPE with its write");
+  }
   // Causal attention of the step's queries ([num_tokens, q_heads, head_dim])
   // over each sequence's cached context; q_heads is a multiple of kv_heads
   // (grouped-query attention). Writes [num_tokens, q_heads, head_dim] to `out`.

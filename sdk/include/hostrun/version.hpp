@@ -9,14 +9,15 @@
 #pragma once
 
 #define HOSTRUN_SDK_VERSION_MAJOR 0
-#define HOSTRUN_SDK_VERSION_MINOR 1
+#define HOSTRUN_SDK_VERSION_MINOR 2
 #define HOSTRUN_SDK_VERSION_PATCH 0
-#define HOSTRUN_SDK_VERSION_STRING "0.1.0"
+#define HOSTRUN_SDK_VERSION_STRING "0.2.0"
 
 // A test build may compile a plugin against another ABI number to prove the
 // host refuses it; nothing else should define this.
 #ifdef HOSTRUN_TEST_ABI_OVERRIDE
 #define HOSTRUN_ABI_VERSION HOSTRUN_TEST_ABI_OVERRIDE
 #else
-#define HOSTRUN_ABI_VERSION 1
+// 2: KvCachePolicy::write_rotary (a virtual method added).
+#define HOSTRUN_ABI_VERSION 2
 #endif
