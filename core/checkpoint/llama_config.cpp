@@ -321,6 +321,22 @@ Status check_dense_llama(const LlamaConfig& config, std::string_view source) noe
   });
 }
 
+Result<DenseLlamaCheckpoint> read_dense_llama(const WeightSource& weights) noexcept {
+  const std::string directory = weights.directory();
+  auto parsed = parse_llama_checkpoint_config(weights.config_json(), directory);
+  if (!parsed) return parsed.status();
+  DenseLlamaCheckpoint out;
+  Status filled = guard([&] {
+    out.source = (std::filesystem::path(directory) / "config.json").string();
+    if (Status s = check_dense_llama(parsed->model, out.source); !s) throw Error(s);
+    out.config = std::move(parsed->model);
+    out.eos_ids.assign(parsed->eos_token_ids.begin(), parsed->eos_token_ids.end());
+    if (parsed->bos_token_id) out.bos_id = TokenId(*parsed->bos_token_id);
+  });
+  if (!filled) return filled;
+  return out;
+}
+
 ModelInfo llama_model_info(const LlamaConfig& config, const std::vector<TokenId>& eos_ids,
                            std::optional<TokenId> bos_id) {
   ModelInfo out;

@@ -15,6 +15,7 @@
 #include "hostrun/model.hpp"
 #include "hostrun/status.hpp"
 #include "hostrun/tensor.hpp"
+#include "hostrun/weights.hpp"
 
 namespace hostrun::checkpoint {
 
@@ -98,6 +99,17 @@ Status validate_llama_config(const LlamaConfig& config, std::string_view source 
 // the checkpoint's own weights (no quantization_config), no biases, an even
 // head_dim (RoPE rotates pairs), and sizes that fit in int32. Errors name the key.
 Status check_dense_llama(const LlamaConfig& config, std::string_view source) noexcept;
+
+// What a dense Llama model plugin reads from its weight source before any
+// tensor: the merged config (check_dense_llama passed), the stop and start ids
+// as token ids, and config.json's path, which errors about the shape name.
+struct DenseLlamaCheckpoint {
+  LlamaConfig config;
+  std::vector<TokenId> eos_ids;  // config.json's, then generation_config.json's
+  std::optional<TokenId> bos_id;
+  std::string source;            // DIR/config.json
+};
+Result<DenseLlamaCheckpoint> read_dense_llama(const WeightSource& weights) noexcept;
 
 // ModelInfo's architecture, shape and stop/start ids; a plugin adds its
 // device, activation dtype and weight bytes.

@@ -72,19 +72,9 @@ void LlamaCpuModel::load_checked(const LoadContext& context) {
     fail(ErrorCode::invalid_argument, "a causal LM needs a KV cache policy (the manifest's [kv_cache] table)");
   const WeightSource& weights = *context.weights;
   const std::string directory = weights.directory();
-  const std::filesystem::path config_path = std::filesystem::path(directory) / "config.json";
-
-  auto parsed = checkpoint::parse_llama_checkpoint_config(weights.config_json(), directory);
-  throw_if_error(parsed.status());
-  checkpoint::LlamaConfig config = parsed->model;
-  const std::string source = config_path.string();
-  throw_if_error(checkpoint::check_dense_llama(config, source));
-
-  // Stop ids: config.json's, then generation_config.json's (Llama 3 Instruct
-  // lists <|eot_id|> only there); its bos id wins.
-  std::vector<TokenId> eos_ids(parsed->eos_token_ids.begin(), parsed->eos_token_ids.end());
-  std::optional<TokenId> bos_id;
-  if (parsed->bos_token_id) bos_id = TokenId(*parsed->bos_token_id);
+  auto dense = checkpoint::read_dense_llama(weights);
+  throw_if_error(dense.status());
+  checkpoint::LlamaConfig config = dense->config;
 
   const int64_t hidden = config.hidden_size;
   const int64_t intermediate = config.intermediate_size;
@@ -133,8 +123,8 @@ void LlamaCpuModel::load_checked(const LoadContext& context) {
   softmax_scale_ = float(1.0 / std::sqrt(double(config.head_dim)));
   weights_ = std::move(loaded);
   config_ = std::move(config);
-  eos_ids_ = std::move(eos_ids);
-  bos_id_ = bos_id;
+  eos_ids_ = std::move(dense->eos_ids);
+  bos_id_ = dense->bos_id;
   kv_policy_ = context.kv_policy;
   loaded_ = true;
   log_.info("loaded {}: {} layers, hidden {}, {} heads ({} KV) x {}, vocab {}{}{}; {} MiB of f32 weights, {} thread(s)",

@@ -177,12 +177,10 @@ void LlamaCudaModel::load_checked(const LoadContext& context) {
 
   const WeightSource& weights = *context.weights;
   const std::string directory = weights.directory();
-  const std::filesystem::path config_path = std::filesystem::path(directory) / "config.json";
-  auto parsed = checkpoint::parse_llama_checkpoint_config(weights.config_json(), directory);
-  throw_if_error(parsed.status());
-  checkpoint::LlamaConfig config = parsed->model;
-  const std::string source = config_path.string();
-  throw_if_error(checkpoint::check_dense_llama(config, source));
+  auto dense = checkpoint::read_dense_llama(weights);
+  throw_if_error(dense.status());
+  checkpoint::LlamaConfig config = dense->config;
+  const std::string& source = dense->source;
   if (config.head_dim != 64 && config.head_dim != 128)
     fail(ErrorCode::unsupported,
          fmt::format("{}: key 'head_dim': {} (the attention kernels are built for 64 and 128)", source, config.head_dim));
@@ -193,14 +191,9 @@ void LlamaCudaModel::load_checked(const LoadContext& context) {
     fail(ErrorCode::unsupported, fmt::format("{}: hidden_size {} and intermediate_size {} must be multiples of 8",
                                              source, config.hidden_size, config.intermediate_size));
 
-  // Stop ids: config.json's, then generation_config.json's (Llama 3 Instruct
-  // lists <|eot_id|> only there); its bos id wins.
-  std::vector<TokenId> eos_ids(parsed->eos_token_ids.begin(), parsed->eos_token_ids.end());
-  std::optional<TokenId> bos_id;
-  if (parsed->bos_token_id) bos_id = TokenId(*parsed->bos_token_id);
   config_ = std::move(config);
-  eos_ids_ = std::move(eos_ids);
-  bos_id_ = bos_id;
+  eos_ids_ = std::move(dense->eos_ids);
+  bos_id_ = dense->bos_id;
 
   check_cuda(cudaSetDevice(device_.index), "cudaSetDevice");
   check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
