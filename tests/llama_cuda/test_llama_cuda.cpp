@@ -27,6 +27,7 @@
 #include "checkpoint/llama_weights.hpp"
 #include "checkpoint/model_directory.hpp"
 #include "engine/engine.hpp"
+#include "llama_test_util.hpp"
 #include "plugin_loader.hpp"
 #include "../support/temp_dir.hpp"
 
@@ -44,18 +45,12 @@ struct Loaded {
   core::PluginHandle<Model> model;
 };
 
-// The build's plugin folder, or HOSTRUN_TEST_PLUGIN_DIR (a bundle carried to the GPU machine).
-fs::path plugin_dir() {
-  const char* dir = std::getenv("HOSTRUN_TEST_PLUGIN_DIR");
-  return dir && *dir ? fs::path(dir) : fs::path(HOSTRUN_PLUGIN_BUILD_DIR);
-}
-
 // On CUDA, `half` picks the activation and KV dtype (bf16 or f16); the CPU runs f32.
 std::unique_ptr<Loaded> load(const fs::path& dir, bool cuda, int32_t num_blocks, DType half = DType::bf16) {
   auto loaded = std::make_unique<Loaded>();
   loaded->registry = std::make_unique<core::PluginRegistry>();
   for (const char* name : {"hostrun_llama_cpu.so", "hostrun_kv_cpu.so", "hostrun_llama_cuda.so", "hostrun_kv_cuda.so"})
-    loaded->registry->load_file(plugin_dir() / name);
+    loaded->registry->load_file(llama_test::test_plugin_dir() / name);
   for (const auto& refused : loaded->registry->refused()) FAIL(refused.file.string() << ": " << refused.reason);
   loaded->weights = std::move(checkpoint::ModelDirectory::open(dir).value());
   Settings kv;
