@@ -39,7 +39,9 @@ llama3 scaling) and 128 (GQA 2:1, untied); all with Llama-3's vocabulary of
      the full vocabulary; logits of every position for a fixed subset of 256
      ids; and HF's greedy continuation of 40 tokens (argmax of the model's
      logits each step; transformers' generate(do_sample=False) is run too and
-     must agree for as long as it runs — it may stop early at an eos id).
+     must agree for as long as it runs — it may stop early at an eos id);
+     for a large fixture also how far HF's own bf16 run is from its f32 one
+     (hf_bf16_relative_error), which bounds llama_cuda's error at that size.
 
 Output, per fixture, in OUT/<fixture>/: manifest.json (the exact `hostrun
 checkpoint random` flags, the config.json written, seed/dtype/init_std for
@@ -139,7 +141,7 @@ class WarningCollector(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def load_hf_model(directory, device):
+def load_hf_model(directory, device, dtype="float32"):
     import torch
     import transformers
     from transformers import LlamaForCausalLM
@@ -149,7 +151,7 @@ def load_hf_model(directory, device):
     hf_logger.addHandler(collector)
     try:
         model, info = LlamaForCausalLM.from_pretrained(
-            directory, torch_dtype=torch.float32, attn_implementation="eager", output_loading_info=True)
+            directory, torch_dtype=getattr(torch, dtype), attn_implementation="eager", output_loading_info=True)
     finally:
         hf_logger.removeHandler(collector)
     problems = {key: info.get(key) for key in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")
@@ -203,7 +205,12 @@ def encode_prompts(tokenizer_dir):
     return prompts
 
 
-def record(model, prompt, subset_ids, device, out_dir):
+def relative_error(got, want):
+    """max |got - want| / max |want| over a row, as the C++ checks define it."""
+    return float((got - want).abs().max() / want.abs().max().clamp_min(1e-30))
+
+
+def record(model, prompt, subset_ids, device, out_dir, bf16_model=None):
     import torch
 
     ids = prompt["ids"]
@@ -225,13 +232,27 @@ def record(model, prompt, subset_ids, device, out_dir):
     if generated != greedy[:len(generated)] or not generated:
         fail(f"{prompt['name']}: generate(do_sample=False) gave {generated}, the argmax loop {greedy}")
     name = prompt["name"]
+    bf16_error = {}
+    if bf16_model is not None:
+        # HF's own bf16 run against its f32 one, by the C++ check's measure:
+        # what "within bf16 expectations" means for this checkpoint.
+        with torch.no_grad():
+            ours = bf16_model(input_ids=torch.tensor([ids], device=device)).logits[0].float().cpu()
+        bf16_error = {"last": relative_error(ours[-1], logits[-1]),
+                      "per_position_subset": max(relative_error(ours[p, subset_ids], logits[p, subset_ids])
+                                                 for p in range(len(ids)))}
+        print(f"  {name}: HF bf16 vs f32 relative error: last {bf16_error['last']:.4f}, "
+              f"per position {bf16_error['per_position_subset']:.4f}")
     write_f32(os.path.join(out_dir, f"{name}.last_logits.f32"), logits[-1].tolist())
     write_f32(os.path.join(out_dir, f"{name}.subset_logits.f32"), logits[:, subset_ids].reshape(-1).tolist())
     if min(margins) < 1e-4:
         print(f"  warning: {name}: a greedy step's top-2 logits differ by only {min(margins):.2e}; "
               "an f32 rounding difference could flip it", file=sys.stderr)
-    return dict(prompt, last_logits_file=f"{name}.last_logits.f32", subset_logits_file=f"{name}.subset_logits.f32",
-                greedy_ids=greedy, generate_ids=generated, greedy_top2_margins=margins)
+    recorded = dict(prompt, last_logits_file=f"{name}.last_logits.f32", subset_logits_file=f"{name}.subset_logits.f32",
+                    greedy_ids=greedy, generate_ids=generated, greedy_top2_margins=margins)
+    if bf16_error:
+        recorded["hf_bf16_relative_error"] = bf16_error
+    return recorded
 
 
 def main():
@@ -276,12 +297,16 @@ def main():
             with open(os.path.join(checkpoint, "config.json")) as f:
                 config = json.load(f)
             model = load_hf_model(checkpoint, args.device)
+            # Large fixtures also run HF in bf16: over 32 layers of random
+            # weights bf16 rounding alone moves the logits by percents, and
+            # the C++ check bounds llama_cuda's error by HF's own.
+            bf16_model = load_hf_model(checkpoint, args.device, "bfloat16") if fixture in large_names else None
             out_dir = os.path.join(args.out, fixture)
             shutil.rmtree(out_dir, ignore_errors=True)
             os.makedirs(out_dir)
             recorded = []
             for prompt in prompts:
-                recorded.append(record(model, prompt, subset_ids, args.device, out_dir))
+                recorded.append(record(model, prompt, subset_ids, args.device, out_dir, bf16_model))
                 print(f"  {prompt['name']}: {len(prompt['ids'])} prompt ids, greedy {recorded[-1]['greedy_ids'][:8]}...")
             manifest = {
                 "format": 1,
@@ -297,6 +322,7 @@ def main():
                 "logit_subset_ids": subset_ids,
                 "prompts": recorded,
             }
+            del model, bf16_model
             with open(os.path.join(out_dir, "manifest.json"), "w") as f:
                 json.dump(manifest, f, indent=1, ensure_ascii=False)
                 f.write("\n")

@@ -29,7 +29,10 @@ TEST_CASE("llama_cuda matches HF transformers on the recorded fixtures (bf16)") 
 
 // The full Llama-3-8B shape, recorded by HF on the GPU machine into
 // tests/fixtures/hf_large (scripts/make_fixtures.py --only llama3_8b --device
-// cuda --out tests/fixtures/hf_large). 32 bf16 layers against HF's f32.
+// cuda --out tests/fixtures/hf_large). 32 bf16 layers against HF's f32: over
+// that depth bf16 rounding alone moves random-weight logits by several
+// percent, so the bound is twice what HF's own bf16 run differs from its f32
+// run (recorded with the fixture), or 3e-2 where that is larger.
 TEST_CASE("llama_cuda matches HF transformers at the Llama-3-8B shape (bf16)") {
   const char* env = std::getenv("HOSTRUN_HF_LARGE_FIXTURE_DIR");
   const fs::path root = env && *env ? fs::path(env) : fs::path(HOSTRUN_HF_LARGE_FIXTURE_DIR);
@@ -38,5 +41,5 @@ TEST_CASE("llama_cuda matches HF transformers at the Llama-3-8B shape (bf16)") {
     MESSAGE("no Llama-3-8B fixture in " << root.string() << " yet: record it with scripts/make_fixtures.py");
     return;
   }
-  check_fixture(root / "llama3_8b", Backend{true}, FixtureTolerance{3e-2, 2e-2});
+  check_fixture(root / "llama3_8b", Backend{true}, FixtureTolerance{3e-2, 2e-2, 2.0});
 }
