@@ -30,6 +30,8 @@ const SettingSpec kEngineSettings[] = {
     {"cpu_memory_budget_mb", SettingType::integer, "On the CPU, the memory the KV-cache share applies to", false,
      "2048", 1, 1e9},
     {"seed", SettingType::integer, "Seed for requests that bring none (0: from the clock)", false, "0", 0, 9.2e18},
+    {"overlap_steps", SettingType::boolean,
+     "Schedule step N+1 while the device runs step N, when the model offers it", false, "true"},
     {"device", SettingType::string, "Where the model runs: cpu or cuda (the model plugin must support it)", false,
      "\"cpu\""},
     {"activation_dtype", SettingType::string, "The model's activation dtype: f32, bf16 or f16", false, "\"f32\""},
@@ -46,6 +48,7 @@ EngineConfig engine_config_from(const Settings& s) {
   c.enable_prefix_caching = s.get_bool("enable_prefix_caching");
   c.cpu_memory_budget_bytes = s.get_int("cpu_memory_budget_mb") << 20;
   c.seed = uint64_t(s.get_int("seed"));
+  c.overlap_steps = s.get_bool("overlap_steps");
   return c;
 }
 

@@ -13,7 +13,9 @@ struct Engine::Sequence {
   uint64_t id = 0;
   std::vector<TokenId> tokens;  // prompt, then generated
   int32_t prompt_len = 0;
-  int32_t computed = 0;         // tokens whose K/V is in the cache
+  int32_t computed = 0;         // tokens whose K/V is in the cache (or will be, once the step in flight ran)
+  int32_t pending = 0;          // tokens sampled by the step in flight, not yet in `tokens` (0 or 1)
+  int32_t pending_index = -1;   // which of that step's samples is this sequence's
   std::vector<int32_t> blocks;  // block table
   std::vector<uint64_t> block_hashes;  // prefix hash of each published full block
   SamplingParams sampling;
@@ -26,6 +28,7 @@ struct Engine::Sequence {
   bool text_closed = false;     // the decoder was flushed, or a stop string ended the text
 
   int32_t generated() const { return int32_t(tokens.size()) - prompt_len; }
+  int32_t length() const { return int32_t(tokens.size()) + pending; }  // tokens known and pending
 };
 
 namespace {
@@ -36,6 +39,10 @@ uint64_t next_seed(uint64_t& state) {
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
   return z ^ (z >> 31);
+}
+
+bool has_penalties(const SamplingParams& sp) {
+  return sp.repetition_penalty != 1.0f || sp.presence_penalty != 0.0f || sp.frequency_penalty != 0.0f;
 }
 
 // Length of the longest prefix of `text` that ends on a UTF-8 character boundary.
@@ -99,8 +106,9 @@ Engine::Engine(EngineConfig config, EngineParts parts, int32_t num_blocks)
   stats_.kv_blocks_total = num_blocks;
   published_stats_ = stats_;
   counters_.kv_blocks_total = uint32_t(num_blocks);
-  log_.info("KV cache: {} blocks of {} tokens; session length {}", num_blocks, config_.cache_block_seq_len,
-            config_.session_len);
+  overlap_ = config_.overlap_steps && parts_.model->overlaps_steps();
+  log_.info("KV cache: {} blocks of {} tokens; session length {}; {}", num_blocks, config_.cache_block_seq_len,
+            config_.session_len, overlap_ ? "overlapped steps" : "one step at a time");
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -115,7 +123,7 @@ Engine::~Engine() {
 
 Result<uint64_t> Engine::submit(GenerationRequest request, StreamCallback on_event) noexcept {
   try {
-    auto seq = std::make_unique<Sequence>();
+    auto seq = std::make_shared<Sequence>();
     const bool is_chat = std::holds_alternative<std::vector<ChatMessage>>(request.input);
     // Prompt ids from whatever the request carries.
     if (auto* ids = std::get_if<std::vector<TokenId>>(&request.input)) {
@@ -220,7 +228,10 @@ EngineStats Engine::stats() const {
 
 void Engine::wait_idle() {
   std::unique_lock lock(inbox_mutex_);
-  idle_cv_.wait(lock, [&] { return inbox_.empty() && cancel_inbox_.empty() && counters_.running == 0 && counters_.waiting == 0; });
+  idle_cv_.wait(lock, [&] {
+    return inbox_.empty() && cancel_inbox_.empty() && counters_.running == 0 && counters_.waiting == 0 &&
+           !step_in_flight_;
+  });
 }
 
 void Engine::loop() {
@@ -228,7 +239,8 @@ void Engine::loop() {
     {
       std::unique_lock lock(inbox_mutex_);
       inbox_cv_.wait(lock, [&] {
-        return stopping_ || !inbox_.empty() || !cancel_inbox_.empty() || !waiting_.empty() || !running_.empty();
+        return stopping_ || !inbox_.empty() || !cancel_inbox_.empty() || !waiting_.empty() || !running_.empty() ||
+               in_flight_.has_value();
       });
       if (stopping_) break;
     }
@@ -245,6 +257,7 @@ void Engine::loop() {
       counters_.waiting = uint32_t(waiting_.size() + inbox_.size());
       counters_.kv_blocks_used = uint32_t(blocks_->held());
       stats_.kv_blocks_held = blocks_->held();
+      step_in_flight_ = in_flight_.has_value();
       published_stats_ = stats_;
     }
     idle_cv_.notify_all();
@@ -256,7 +269,9 @@ void Engine::loop() {
       running_.clear();
     }
   }
-  // Shutting down: every request still here ends, so no caller waits forever.
+  // Shutting down: every request still here ends, so no caller waits forever
+  // (the step in flight is collected first: the model may not be left with it).
+  if (in_flight_) collect_in_flight();
   take_inbox();
   for (auto& seq : running_) finish(*seq, FinishReason::cancelled);
   for (auto& seq : waiting_) finish(*seq, FinishReason::cancelled);
@@ -270,7 +285,7 @@ void Engine::loop() {
 }
 
 void Engine::take_inbox() {
-  std::vector<std::unique_ptr<Sequence>> arrived;
+  std::vector<std::shared_ptr<Sequence>> arrived;
   std::vector<uint64_t> cancelled;
   {
     std::lock_guard lock(inbox_mutex_);
@@ -279,7 +294,7 @@ void Engine::take_inbox() {
   }
   for (auto& seq : arrived) waiting_.push_back(std::move(seq));
   if (cancelled.empty()) return;
-  auto is_cancelled = [&](const std::unique_ptr<Sequence>& seq) {
+  auto is_cancelled = [&](const std::shared_ptr<Sequence>& seq) {
     return std::find(cancelled.begin(), cancelled.end(), seq->id) != cancelled.end();
   };
   // Cancelled requests leave now, with their blocks, before anything is scheduled.
@@ -322,7 +337,8 @@ void Engine::admit_prefix(Sequence& seq) {
 void Engine::publish_full_blocks(Sequence& seq) {
   if (!blocks_->prefix_caching()) return;
   const int32_t bt = config_.cache_block_seq_len;
-  int32_t full = seq.computed / bt;
+  // A block is named by its tokens, so one ending in a pending token waits.
+  int32_t full = std::min(seq.computed, int32_t(seq.tokens.size())) / bt;
   while (int32_t(seq.block_hashes.size()) < full) {
     size_t b = seq.block_hashes.size();
     std::span<const TokenId> block_tokens(seq.tokens.data() + b * size_t(bt), size_t(bt));
@@ -341,11 +357,7 @@ void Engine::preempt(Sequence& seq) {
   ++stats_.preemptions;
 }
 
-bool Engine::schedule_and_run() {
-  struct Planned {
-    Sequence* seq;
-    int32_t query_len;
-  };
+std::vector<Engine::Planned> Engine::schedule() {
   std::vector<Planned> plan;
   int32_t prefill_budget = config_.max_prefill_token_num;
   const uint64_t preemptions_before = stats_.preemptions;
@@ -353,23 +365,24 @@ bool Engine::schedule_and_run() {
   // 1. Running sequences, oldest first; the newest give way when blocks run out.
   for (size_t i = 0; i < running_.size();) {
     Sequence& seq = *running_[i];
-    int32_t remaining = int32_t(seq.tokens.size()) - seq.computed;
+    int32_t remaining = seq.length() - seq.computed;
     bool decoding = remaining == 1;
     int32_t want = decoding ? 1 : std::min(remaining, prefill_budget);
-    if (want <= 0) {
+    // A pending token that reaches the length limit ends the sequence when it is collected.
+    if (want <= 0 || (seq.pending > 0 && seq.length() >= seq.max_len)) {
       ++i;
       continue;
     }
     bool placed = grow(seq, seq.computed + want);
     while (!placed && running_.size() > i + 1) {
-      std::unique_ptr<Sequence> victim = std::move(running_.back());
+      std::shared_ptr<Sequence> victim = std::move(running_.back());
       running_.pop_back();
       preempt(*victim);
       waiting_.push_front(std::move(victim));
       placed = grow(seq, seq.computed + want);
     }
     if (!placed) {
-      std::unique_ptr<Sequence> self = std::move(running_[i]);
+      std::shared_ptr<Sequence> self = std::move(running_[i]);
       running_.erase(running_.begin() + std::ptrdiff_t(i));
       if (i == 0) {
         // Alone in the cache and still no room: it can never finish.
@@ -383,20 +396,22 @@ bool Engine::schedule_and_run() {
       break;  // it was the newest; nothing runs after it
     }
     if (!decoding) prefill_budget -= want;
-    plan.push_back({&seq, want});
+    plan.push_back({running_[i], want, seq.computed + want == seq.length()});
     ++i;
   }
 
   // 2. Admit waiting requests while there is room and prefill budget (not
   // in a step that just preempted: the freed blocks are for the running ones).
-  while (stats_.preemptions == preemptions_before && !waiting_.empty() && int32_t(running_.size()) < config_.max_batch_size && prefill_budget > 0) {
+  // One preempted while its sample was in flight waits until that is collected.
+  while (stats_.preemptions == preemptions_before && !waiting_.empty() && waiting_.front()->pending == 0 &&
+         int32_t(running_.size()) < config_.max_batch_size && prefill_budget > 0) {
     Sequence& seq = *waiting_.front();
     if (seq.blocks.empty()) admit_prefix(seq);
     int32_t remaining = int32_t(seq.tokens.size()) - seq.computed;
     int32_t capacity = (int32_t(seq.blocks.size()) + blocks_->available()) * config_.cache_block_seq_len - seq.computed;
     int32_t want = std::min({remaining, prefill_budget, capacity});
     if (want <= 0 || !grow(seq, seq.computed + want)) {
-      if (running_.empty() && plan.empty()) {
+      if (running_.empty() && plan.empty() && !in_flight_) {
         // Nothing else holds blocks; this can only be a lone oversize request.
         finish(seq, FinishReason::error,
                fmt::format("the KV cache ({} blocks of {} tokens) cannot hold this request",
@@ -411,13 +426,92 @@ bool Engine::schedule_and_run() {
       break;
     }
     prefill_budget -= want;
-    plan.push_back({&seq, want});
+    plan.push_back({waiting_.front(), want, seq.computed + want == int32_t(seq.tokens.size())});
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
   }
-  if (plan.empty()) return false;
+  return plan;
+}
 
-  // 3. Lay the step out as the Model expects it.
+// What a step does to the host state once it is handed to the model: K/V
+// will be there (the device runs steps in order), and a sampling sequence
+// has a pending token until the step is collected.
+void Engine::commit(const std::vector<Planned>& plan) {
+  int32_t sampled = 0;
+  for (const Planned& p : plan) {
+    Sequence& seq = *p.seq;
+    bool prefill = seq.length() - seq.computed > 1 || seq.generated() + seq.pending == 0;
+    (prefill ? stats_.prefill_tokens_computed : stats_.decode_tokens_computed) += uint64_t(p.query_len);
+    seq.computed += p.query_len;
+    publish_full_blocks(seq);
+    if (p.sample) {
+      ++seq.pending;
+      seq.pending_index = sampled++;
+    }
+  }
+}
+
+// A collected step's tokens, to the sequences that are still there.
+void Engine::apply(const std::vector<Planned>& plan, StepOutput& output) {
+  size_t sampled_index = 0;
+  for (const Planned& p : plan) {
+    if (!p.sample) continue;
+    Sequence& seq = *p.seq;
+    // Still pending after this: a sample of the step submitted after this one.
+    if (--seq.pending == 0) seq.pending_index = -1;
+    if (sampled_index >= output.sampled.size()) {
+      finish(seq, FinishReason::error, "the model returned fewer tokens than sequences that sample");
+      continue;
+    }
+    TokenLogprob* logprob = sampled_index < output.logprobs.size() ? &output.logprobs[sampled_index] : nullptr;
+    const TokenId token = output.sampled[sampled_index++];
+    // Finished (stopped in the step before, or cancelled) while this step ran: its token is dropped.
+    if (seq.callback) after_sample(seq, token, logprob);
+  }
+  // Blocks that ended in the pending token are named now.
+  for (const Planned& p : plan)
+    if (p.seq->callback) publish_full_blocks(*p.seq);
+}
+
+// `committed`: the step had been handed over (its samples are pending).
+void Engine::fail_plan(const std::vector<Planned>& plan, const std::string& message, bool committed) {
+  log_.error("model step failed: {}", message);
+  for (const Planned& p : plan) {
+    if (committed && p.sample && --p.seq->pending == 0) p.seq->pending_index = -1;
+    finish(*p.seq, FinishReason::error, message);
+  }
+}
+
+void Engine::collect_in_flight() {
+  std::vector<Planned> plan = std::move(*in_flight_);
+  in_flight_.reset();
+  StepOutput output;
+  const auto start = std::chrono::steady_clock::now();
+  Status collected = parts_.model->collect_step(output);
+  stats_.model_step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (collected)
+    apply(plan, output);
+  else
+    fail_plan(plan, collected.message(), true);
+  std::erase_if(running_, [](const auto& s) { return s->callback == nullptr; });
+}
+
+bool Engine::schedule_and_run() {
+  // A sequence whose sampling reads its whole history (penalties) cannot
+  // decode a token still on the device: collect it first.
+  if (in_flight_ && std::any_of(in_flight_->begin(), in_flight_->end(), [](const Planned& p) {
+        return p.sample && p.seq->callback && has_penalties(p.seq->sampling);
+      }))
+    collect_in_flight();
+
+  std::vector<Planned> plan = schedule();
+  if (plan.empty()) {
+    if (!in_flight_) return false;
+    collect_in_flight();
+    return true;
+  }
+
+  // Lay the step out as the Model expects it.
   std::vector<TokenId> token_ids;
   std::vector<int32_t> positions;
   std::vector<StepSequence> sequences;
@@ -427,57 +521,62 @@ bool Engine::schedule_and_run() {
   sequences.reserve(plan.size());
   for (const auto& p : plan) {
     Sequence& seq = *p.seq;
+    const int32_t generated = seq.generated() + seq.pending;  // counting the pending token
     StepSequence s;
     s.query_start = int32_t(token_ids.size());
     s.query_len = p.query_len;
     s.cached_len = seq.computed;
     s.block_table = seq.blocks;
-    s.sample = seq.computed + p.query_len == int32_t(seq.tokens.size());
+    s.sample = p.sample;
     s.sampling = &seq.sampling;
     s.rng_seed = seq.seed;
-    s.rng_offset = uint32_t(seq.generated());
+    s.rng_offset = uint32_t(generated);
     s.history = seq.tokens;
     s.generated = std::span<const TokenId>(seq.tokens).subspan(size_t(seq.prompt_len));
-    if (s.sample && seq.generated() < seq.sampling.min_tokens) {
+    if (s.sample && generated < seq.sampling.min_tokens) {
       auto& ids = suppressed.emplace_back(seq.sampling.stop_token_ids);
       if (!seq.sampling.ignore_eos) ids.insert(ids.end(), stop_ids_.begin(), stop_ids_.end());
       s.suppressed = ids;
     }
     for (int32_t t = 0; t < p.query_len; ++t) {
-      token_ids.push_back(seq.tokens[size_t(seq.computed + t)]);
-      positions.push_back(seq.computed + t);
+      const int32_t position = seq.computed + t;
+      if (position < int32_t(seq.tokens.size())) {
+        token_ids.push_back(seq.tokens[size_t(position)]);
+      } else {
+        // The pending token (a decode right after the step in flight): the model takes it from the device.
+        token_ids.push_back(0);
+        s.previous_sample = seq.pending_index;
+      }
+      positions.push_back(position);
     }
     sequences.push_back(s);
   }
   StepInput input{token_ids, positions, sequences};
-  StepOutput output;
   const auto step_start = std::chrono::steady_clock::now();
-  Status stepped = parts_.model->step(input, output);
-  stats_.model_step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
-  ++stats_.steps;
-  if (!stepped) {
-    log_.error("model step failed: {}", stepped.message());
-    for (const auto& p : plan) finish(*p.seq, FinishReason::error, stepped.message());
-    std::erase_if(running_, [](const auto& s) { return s->callback == nullptr; });
-    return true;
-  }
-
-  // 4. Account, sample, stop.
-  size_t sampled_index = 0;
-  for (const auto& p : plan) {
-    Sequence& seq = *p.seq;
-    bool prefill = int32_t(seq.tokens.size()) - seq.computed > 1 || seq.generated() == 0;
-    (prefill ? stats_.prefill_tokens_computed : stats_.decode_tokens_computed) += uint64_t(p.query_len);
-    seq.computed += p.query_len;
-    publish_full_blocks(seq);
-    if (seq.computed != int32_t(seq.tokens.size())) continue;  // more prefill to come
-    if (sampled_index >= output.sampled.size()) {
-      finish(seq, FinishReason::error, "the model returned fewer tokens than sequences that sample");
-      continue;
+  if (overlap_) {
+    Status submitted = parts_.model->submit_step(input);
+    stats_.model_step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
+    ++stats_.steps;
+    if (submitted) {
+      commit(plan);
+      if (in_flight_) ++stats_.overlapped_steps;
+    } else {
+      fail_plan(plan, submitted.message(), false);
     }
-    TokenLogprob* logprob = sampled_index < output.logprobs.size() ? &output.logprobs[sampled_index] : nullptr;
-    after_sample(seq, output.sampled[sampled_index], logprob);
-    ++sampled_index;
+    // Step N+1 is queued: now step N's tokens, while the device runs N+1.
+    if (in_flight_) collect_in_flight();
+    if (submitted) in_flight_ = std::move(plan);
+  } else {
+    StepOutput output;
+    Status stepped = parts_.model->step(input, output);
+    stats_.model_step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
+    ++stats_.steps;
+    if (stepped) {
+      commit(plan);
+      apply(plan, output);
+    } else {
+      fail_plan(plan, stepped.message(), false);
+    }
   }
   std::erase_if(running_, [](const auto& s) { return s->callback == nullptr; });
   return true;

@@ -5,6 +5,14 @@
 // token budget, then new admissions), run Model::step, apply stop rules,
 // stream text. Everything device-specific is behind Model and KvCachePolicy.
 //
+// Overlapped steps (a model that offers them, EngineConfig::overlap_steps):
+// step N+1 is scheduled and submitted while the device still runs step N,
+// and only then is step N collected and its tokens streamed, so the device
+// never waits for the host. A sequence that sampled in step N has one
+// `pending` token: step N+1 decodes it from the device (previous_sample).
+// What this costs: a sequence that stops in step N (a stop id or string)
+// has already been given a step N+1, whose token is dropped.
+//
 // Invariants (tests/engine checks them):
 //  - a sequence's first `computed` tokens have K/V in the blocks of its block
 //    table, in order; nothing else is assumed about a block's contents;
@@ -21,6 +29,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -40,6 +49,7 @@ struct EngineConfig {
   // On the CPU there is no "free device memory"; the share applies to this budget.
   int64_t cpu_memory_budget_bytes = int64_t(2) << 30;
   uint64_t seed = 0;                      // seeds requests that bring none; 0: from the clock
+  bool overlap_steps = true;              // overlapped steps when the model offers them
 };
 
 // Host-side statistics the tests and /metrics read.
@@ -49,8 +59,10 @@ struct EngineStats {
   uint64_t decode_tokens_computed = 0;
   uint64_t prefix_cache_hit_tokens = 0;  // prompt tokens whose K/V came from the prefix cache
   uint64_t preemptions = 0;
-  // Wall time of the loop thread: inside Model::step, and scheduling plus
-  // output handling around it (the GPU idles during the latter today).
+  uint64_t overlapped_steps = 0;         // steps submitted before the previous one was collected
+  // Wall time of the loop thread: inside the Model's step calls (step, or
+  // submit_step and collect_step), and scheduling plus output handling
+  // around them (overlapped with the device when steps overlap).
   double model_step_seconds = 0;
   double scheduling_seconds = 0;
   int32_t kv_blocks_total = 0;
@@ -90,10 +102,21 @@ class Engine final : public EngineHandle {
 
  private:
   struct Sequence;
+  // One sequence's share of a step.
+  struct Planned {
+    std::shared_ptr<Sequence> seq;  // shared: a step in flight outlives a cancelled request's place in running_
+    int32_t query_len = 0;
+    bool sample = false;
+  };
   Engine(EngineConfig config, EngineParts parts, int32_t num_blocks);
   void loop();
   void take_inbox();
   bool schedule_and_run();
+  std::vector<Planned> schedule();
+  void commit(const std::vector<Planned>& plan);
+  void apply(const std::vector<Planned>& plan, StepOutput& output);
+  void fail_plan(const std::vector<Planned>& plan, const std::string& message, bool committed);
+  void collect_in_flight();
   void finish(Sequence& seq, FinishReason reason, std::string error = {});
   void emit(Sequence& seq, std::string text, std::vector<TokenId> ids, std::vector<TokenLogprob> logprobs);
   bool grow(Sequence& seq, int32_t tokens);
@@ -111,18 +134,21 @@ class Engine final : public EngineHandle {
   mutable std::mutex inbox_mutex_;
   std::condition_variable inbox_cv_;
   std::condition_variable idle_cv_;
-  std::vector<std::unique_ptr<Sequence>> inbox_;
+  std::vector<std::shared_ptr<Sequence>> inbox_;
   std::vector<uint64_t> cancel_inbox_;
   bool stopping_ = false;
   uint64_t next_id_ = 1;
   EngineCounters counters_;
   EngineStats published_stats_;  // a copy of stats_ made after each step
   uint64_t seed_state_;
+  bool step_in_flight_ = false;  // published copy of in_flight_.has_value(), for wait_idle
 
   // Owned by the loop thread.
   std::unique_ptr<class BlockManager> blocks_;
-  std::deque<std::unique_ptr<Sequence>> waiting_;
-  std::vector<std::unique_ptr<Sequence>> running_;  // in admission order
+  std::deque<std::shared_ptr<Sequence>> waiting_;
+  std::vector<std::shared_ptr<Sequence>> running_;  // in admission order
+  bool overlap_ = false;                             // config says so and the model offers it
+  std::optional<std::vector<Planned>> in_flight_;   // the step submitted and not yet collected
   std::vector<TokenId> stop_ids_;                    // model eos + template stop tokens
   EngineStats stats_;
   std::thread thread_;

@@ -10,6 +10,7 @@
 #include <doctest/doctest.h>
 
 #include <chrono>
+#include <deque>
 #include <future>
 #include <map>
 #include <random>
@@ -35,8 +36,33 @@ TokenId next_token(std::span<const TokenId> context, uint64_t seed, uint32_t off
   return TokenId(1 + h % 996);
 }
 
+// How the fake model runs steps: Model::step only; overlapped, each step
+// run when it is submitted (a device that keeps up); or overlapped, each run
+// only when it is collected (a device that runs late, so whatever the host
+// changes between submit and collect must not matter).
+enum class Mode { step, overlap_at_submit, overlap_at_collect };
+
+const char* mode_name(Mode mode) {
+  switch (mode) {
+    case Mode::step: return "one step at a time";
+    case Mode::overlap_at_submit: return "overlapped, run at submit";
+    case Mode::overlap_at_collect: return "overlapped, run at collect";
+  }
+  return "?";
+}
+
+// Each test runs once per mode.
+Mode pick_mode() {
+  Mode mode = Mode::step;
+  SUBCASE("one step at a time") { mode = Mode::step; }
+  SUBCASE("overlapped, run at submit") { mode = Mode::overlap_at_submit; }
+  SUBCASE("overlapped, run at collect") { mode = Mode::overlap_at_collect; }
+  return mode;
+}
+
 class PagedEchoModel final : public Model {
  public:
+  explicit PagedEchoModel(Mode mode) : mode_(mode) {}
   Status load(const LoadContext&) noexcept override { return {}; }
   ModelInfo info() const noexcept override {
     ModelInfo m;
@@ -56,9 +82,82 @@ class PagedEchoModel final : public Model {
     return {};
   }
   Status step(const StepInput& input, StepOutput& output) noexcept override {
+    for (const StepSequence& s : input.sequences)
+      if (s.previous_sample >= 0) return {ErrorCode::invalid_argument, "previous_sample outside submit_step"};
+    Step copy = copy_step(input);
+    return run(copy, output);
+  }
+  bool overlaps_steps() const noexcept override { return mode_ != Mode::step; }
+  Status submit_step(const StepInput& input) noexcept override {
+    if (queued_.size() >= 2) return {ErrorCode::internal, "a third step submitted before the first was collected"};
+    for (const StepSequence& s : input.sequences)
+      if (s.previous_sample >= 0 && s.sample &&
+          (s.sampling->repetition_penalty != 1.0f || s.sampling->presence_penalty != 0.0f ||
+           s.sampling->frequency_penalty != 0.0f))
+        return {ErrorCode::invalid_argument, "previous_sample for a sequence with penalties"};
+    queued_.push_back({copy_step(input), {}, false, {}});
+    if (mode_ == Mode::overlap_at_submit) queued_.back().status = run(queued_.back().input, queued_.back().output);
+    queued_.back().ran = mode_ == Mode::overlap_at_submit;
+    return {};
+  }
+  Status collect_step(StepOutput& output) noexcept override {
+    if (queued_.empty()) return {ErrorCode::internal, "collect_step with no step submitted"};
+    Queued& front = queued_.front();
+    if (!front.ran) front.status = run(front.input, front.output);
+    Status status = front.status;
+    output = std::move(front.output);
+    queued_.pop_front();
+    return status;
+  }
+  size_t steps = 0;
+  size_t max_batch = 0;
+
+ private:
+  // A step as the model keeps it after submit: nothing points into the engine.
+  struct Step {
+    std::vector<TokenId> token_ids;
+    std::vector<int32_t> positions;
+    std::vector<StepSequence> sequences;
+    std::vector<std::vector<int32_t>> block_tables;
+    std::vector<std::vector<TokenId>> suppressed;
+    std::vector<SamplingParams> sampling;
+  };
+  struct Queued {
+    Step input;
+    StepOutput output;
+    bool ran = false;
+    Status status;
+  };
+
+  static Step copy_step(const StepInput& input) {
+    Step step;
+    step.token_ids.assign(input.token_ids.begin(), input.token_ids.end());
+    step.positions.assign(input.positions.begin(), input.positions.end());
+    step.sequences.assign(input.sequences.begin(), input.sequences.end());
+    for (const StepSequence& s : input.sequences) {
+      step.block_tables.emplace_back(s.block_table.begin(), s.block_table.end());
+      step.suppressed.emplace_back(s.suppressed.begin(), s.suppressed.end());
+      step.sampling.push_back(s.sampling ? *s.sampling : SamplingParams{});
+    }
+    for (size_t i = 0; i < step.sequences.size(); ++i) {
+      step.sequences[i].block_table = step.block_tables[i];
+      step.sequences[i].suppressed = step.suppressed[i];
+      step.sequences[i].sampling = &step.sampling[i];
+      step.sequences[i].history = {};  // the engine's, and stale by then
+      step.sequences[i].generated = {};
+    }
+    return step;
+  }
+
+  Status run(Step& input, StepOutput& output) {
     ++steps;
     max_batch = std::max(max_batch, input.sequences.size());
     for (const StepSequence& s : input.sequences) {
+      if (s.previous_sample >= 0) {
+        if (size_t(s.previous_sample) >= last_sampled_.size())
+          return {ErrorCode::invalid_argument, "previous_sample beyond the previous step's samples"};
+        input.token_ids[size_t(s.query_start)] = last_sampled_[size_t(s.previous_sample)];
+      }
       for (int32_t j = 0; j < s.query_len; ++j) {
         int32_t position = s.cached_len + j;
         if (input.positions[size_t(s.query_start + j)] != position) return {ErrorCode::internal, "wrong position"};
@@ -76,14 +175,15 @@ class PagedEchoModel final : public Model {
       while (std::find(s.suppressed.begin(), s.suppressed.end(), next) != s.suppressed.end()) next = next % 996 + 1;
       output.sampled.push_back(next);
     }
+    last_sampled_ = output.sampled;
     return {};
   }
-  size_t steps = 0;
-  size_t max_batch = 0;
 
- private:
+  Mode mode_;
   int32_t block_tokens_ = 1;
   std::vector<TokenId> slots_;
+  std::deque<Queued> queued_;
+  std::vector<TokenId> last_sampled_;  // of the step run last
 };
 
 class FixedBytesPolicy final : public KvCachePolicy {
@@ -142,10 +242,11 @@ Outcome expected_run(const std::vector<TokenId>& prompt, const SamplingParams& s
 }
 
 struct Harness {
-  std::shared_ptr<PagedEchoModel> model = std::make_shared<PagedEchoModel>();
+  std::shared_ptr<PagedEchoModel> model;
   std::unique_ptr<Engine> engine;
 
-  explicit Harness(EngineConfig config) {
+  explicit Harness(EngineConfig config, Mode mode) : model(std::make_shared<PagedEchoModel>(mode)) {
+    CAPTURE(mode_name(mode));
     EngineParts parts;
     parts.model = model;
     parts.kv_policy = std::make_shared<FixedBytesPolicy>();
@@ -204,7 +305,8 @@ void check_same(const Outcome& got, const Outcome& want) {
 
 // 64 requests of different lengths at once, each compared with its run alone.
 void run_many(EngineConfig config, uint64_t seed, bool expect_preemption) {
-  Harness h(config);
+  const Mode mode = pick_mode();
+  Harness h(config, mode);
   std::mt19937 rng{static_cast<uint32_t>(seed)};
   std::vector<std::vector<TokenId>> prompts;
   std::vector<SamplingParams> params;
@@ -214,6 +316,9 @@ void run_many(EngineConfig config, uint64_t seed, bool expect_preemption) {
     SamplingParams sp = greedy(1 + int32_t(rng() % 60));
     sp.ignore_eos = i % 3 == 0;
     sp.min_tokens = i % 5 == 0 ? 10 : 0;
+    // The echo model ignores penalties, but overlapped steps must not hand it
+    // a device-side token for a sequence whose sampling reads its history.
+    if (i % 7 == 0) sp.repetition_penalty = 1.3f;
     params.push_back(sp);
     futures.push_back(h.run(prompts.back(), sp));
   }
@@ -226,6 +331,7 @@ void run_many(EngineConfig config, uint64_t seed, bool expect_preemption) {
   CHECK(stats.kv_blocks_held == 0);
   if (expect_preemption) CHECK(stats.preemptions > 0);
   CHECK(h.model->max_batch <= size_t(config.max_batch_size));
+  if (mode != Mode::step) CHECK(stats.overlapped_steps > 0);
 }
 
 }  // namespace
@@ -258,7 +364,7 @@ TEST_CASE("one request alone gives the expected tokens and usage") {
   config.session_len = 4096;
   config.num_kv_blocks = 64;
   config.cache_block_seq_len = 16;
-  Harness h(config);
+  Harness h(config, pick_mode());
   std::vector<TokenId> prompt{5, 6, 7, 8, 9};
   Outcome got = h.run(prompt, greedy(30)).get();
   check_same(got, expected_run(prompt, greedy(30), config.session_len, 0));
@@ -298,7 +404,7 @@ TEST_CASE("prefix caching: a shared prefix is prefilled once") {
   config.num_kv_blocks = 200;
   config.cache_block_seq_len = 16;
   config.enable_prefix_caching = true;
-  Harness h(config);
+  Harness h(config, pick_mode());
   std::mt19937 rng(5);
   std::vector<TokenId> shared = random_prompt(rng, 200);
   std::vector<TokenId> first = shared, second = shared;
@@ -320,7 +426,7 @@ TEST_CASE("cancelling a running request frees all its blocks") {
   config.session_len = 100000;
   config.num_kv_blocks = 500;
   config.cache_block_seq_len = 16;
-  Harness h(config);
+  Harness h(config, pick_mode());
   std::mt19937 rng(7);
   SamplingParams sp = greedy(-1);
   sp.ignore_eos = true;
@@ -341,7 +447,7 @@ TEST_CASE("session length: a prompt over it is refused, generation reaching it e
   config.session_len = 64;
   config.num_kv_blocks = 100;
   config.cache_block_seq_len = 16;
-  Harness h(config);
+  Harness h(config, pick_mode());
   GenerationRequest too_long;
   too_long.input = std::vector<TokenId>(64, 7);
   auto refused = h.engine->submit(too_long, [](const StreamEvent&) {});
@@ -362,7 +468,7 @@ TEST_CASE("stop strings end the text before them; stop ids and min_tokens") {
   config.session_len = 4096;
   config.num_kv_blocks = 100;
   config.cache_block_seq_len = 16;
-  Harness h(config);
+  Harness h(config, pick_mode());
   std::vector<TokenId> prompt{1, 2, 3};
   SamplingParams sp = greedy(40);
   sp.ignore_eos = true;
@@ -393,7 +499,7 @@ TEST_CASE("seeded sampling is reproducible and differs across seeds") {
   config.session_len = 4096;
   config.num_kv_blocks = 100;
   config.cache_block_seq_len = 16;
-  Harness h(config);
+  Harness h(config, pick_mode());
   SamplingParams sp;
   sp.temperature = 0.8f;
   sp.max_tokens = 20;
@@ -412,7 +518,7 @@ TEST_CASE("bad requests are refused at submit") {
   config.session_len = 4096;
   config.num_kv_blocks = 4;
   config.cache_block_seq_len = 16;
-  Harness h(config);
+  Harness h(config, pick_mode());
   GenerationRequest empty;
   empty.input = std::vector<TokenId>{};
   CHECK_FALSE(h.engine->submit(empty, [](const StreamEvent&) {}).has_value());

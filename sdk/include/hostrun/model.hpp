@@ -73,6 +73,11 @@ struct StepSequence {
   std::span<const TokenId> suppressed;  // ids that must not be sampled now (eos before min_tokens)
   std::span<const EmbeddingSpan> embeddings;
   bool return_logits = false;  // copy this sequence's full-vocabulary logits to the host
+  // submit_step only. >= 0: the first query token is the previous_sample-th
+  // token sampled by the step submitted just before this one (still on the
+  // device, perhaps not yet computed); its entry in token_ids is a placeholder.
+  // Such a sequence has no penalties: `history` lacks that token.
+  int32_t previous_sample = -1;
 };
 
 struct StepInput {
@@ -105,6 +110,24 @@ class Model : public PluginObject {
   // Makes the KV cache through the policy given at load (causal LMs only).
   virtual Status allocate_kv_cache(int32_t num_blocks, int32_t block_tokens) noexcept = 0;
   virtual Status step(const StepInput& input, StepOutput& output) noexcept = 0;
+
+  // Overlapped steps (optional; docs/architecture.md, "Overlapped steps").
+  // submit_step checks and queues a step and returns while the device runs
+  // it; it reads `input` only during the call. collect_step waits for the
+  // oldest queued step and gives its output, as step would have. The engine
+  // submits step N+1, whose decoding sequences take step N's samples through
+  // StepSequence::previous_sample, before it collects step N, so the device
+  // never waits for the host; at most two steps are queued. A step that fails
+  // at submit is not queued; a step whose kernels fail reports it at collect.
+  virtual bool overlaps_steps() const noexcept { return false; }
+  virtual Status submit_step(const StepInput& input) noexcept {
+    (void)input;
+    return Status(ErrorCode::unsupported, "this model does not overlap steps");
+  }
+  virtual Status collect_step(StepOutput& output) noexcept {
+    (void)output;
+    return Status(ErrorCode::unsupported, "this model does not overlap steps");
+  }
   // Image encoders: one [tokens, hidden] tensor per image, owned by the model
   // until the next call.
   virtual Result<std::vector<TensorView>> encode_images(std::span<const ImageData> images) noexcept {

@@ -9,9 +9,9 @@
 #pragma once
 
 #define HOSTRUN_SDK_VERSION_MAJOR 0
-#define HOSTRUN_SDK_VERSION_MINOR 2
+#define HOSTRUN_SDK_VERSION_MINOR 3
 #define HOSTRUN_SDK_VERSION_PATCH 0
-#define HOSTRUN_SDK_VERSION_STRING "0.2.0"
+#define HOSTRUN_SDK_VERSION_STRING "0.3.0"
 
 // A test build may compile a plugin against another ABI number to prove the
 // host refuses it; nothing else should define this.
@@ -19,5 +19,6 @@
 #define HOSTRUN_ABI_VERSION HOSTRUN_TEST_ABI_OVERRIDE
 #else
 // 2: KvCachePolicy::write_rotary (a virtual method added).
-#define HOSTRUN_ABI_VERSION 2
+// 3: Model::overlaps_steps / submit_step / collect_step, StepSequence::previous_sample.
+#define HOSTRUN_ABI_VERSION 3
 #endif
