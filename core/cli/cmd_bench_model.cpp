@@ -384,6 +384,7 @@ int run_throughput(const ThroughputOptions& o, const GlobalOptions& global) {
                        {"prefill_tokens_computed", stats.prefill_tokens_computed},
                        {"decode_tokens_computed", stats.decode_tokens_computed},
                        {"preemptions", stats.preemptions},
+                       {"overlapped_steps", stats.overlapped_steps},
                        {"model_step_s", stats.model_step_seconds},
                        {"scheduling_s", stats.scheduling_seconds}};
 
@@ -402,7 +403,8 @@ int run_throughput(const ThroughputOptions& o, const GlobalOptions& global) {
   fmt::print("{:<36}{:.1f}\n", "token throughput (total, tok/s)", double(prompt_tokens + completion_tokens) / elapsed);
   fmt::print("{:<36}{:.3f}\n", "RPS (requests/s)", double(ok) / elapsed);
   fmt::print("{:<36}{:.1f}\n", "RPM (requests/min)", double(ok) / elapsed * 60.0);
-  fmt::print("{:<36}{} ({} preemptions)\n", "engine steps", stats.steps, stats.preemptions);
+  fmt::print("{:<36}{} ({} overlapped, {} preemptions)\n", "engine steps", stats.steps, stats.overlapped_steps,
+             stats.preemptions);
   fmt::print("{:<36}{:.3f}  {:.3f}\n", "engine time in model / scheduling (s)", stats.model_step_seconds,
              stats.scheduling_seconds);
   fmt::print("--------------------------------------------------\n");

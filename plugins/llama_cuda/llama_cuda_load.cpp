@@ -84,6 +84,8 @@ LlamaCudaModel::~LlamaCudaModel() {
   graphs_.clear();
   if (profile_.enabled()) log_.info("step profile (CUDA events; times are spans between consecutive ops):\n{}", profile_.report());
   kv_cache_.reset();
+  for (cudaEvent_t done : step_done_)
+    if (done) cudaEventDestroy(done);
   if (cublas_) cublasDestroy(cublas_);
   if (stream_) cudaStreamDestroy(stream_);
 }
@@ -93,7 +95,20 @@ Status LlamaCudaModel::load(const LoadContext& context) noexcept {
 }
 
 Status LlamaCudaModel::step(const StepInput& input, StepOutput& output) noexcept {
-  return guard([&] { run_step(input, output); });
+  return guard([&] {
+    if (!queued_.empty())
+      fail(ErrorCode::invalid_argument, "step() while submitted steps wait to be collected; collect them first");
+    submit_checked(input);
+    collect_checked(output);
+  });
+}
+
+Status LlamaCudaModel::submit_step(const StepInput& input) noexcept {
+  return guard([&] { submit_checked(input); });
+}
+
+Status LlamaCudaModel::collect_step(StepOutput& output) noexcept {
+  return guard([&] { collect_checked(output); });
 }
 
 ModelInfo LlamaCudaModel::info() const noexcept {
@@ -197,6 +212,8 @@ void LlamaCudaModel::load_checked(const LoadContext& context) {
 
   check_cuda(cudaSetDevice(device_.index), "cudaSetDevice");
   check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+  for (cudaEvent_t& done : step_done_)
+    check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
   if (cublasCreate(&cublas_) != CUBLAS_STATUS_SUCCESS) fail(ErrorCode::internal, "cublasCreate failed");
   cublasSetStream(cublas_, stream_);
 
@@ -382,7 +399,6 @@ void LlamaCudaModel::allocate_workspace() {
       attention_bytes,
       size_t(config_.head_dim / 2) * sizeof(float),  // inv_freq
       sizeof(int32_t),                               // error flag
-      r * sizeof(int32_t),                           // sampled tokens
   };
   size_t total = 0;
   for (size_t s : sizes) total += align256(s);
@@ -416,9 +432,8 @@ void LlamaCudaModel::allocate_workspace() {
   attention_workspace_bytes_ = attention_bytes;
   inv_freq_ = static_cast<float*>(parts[13]);
   error_flag_ = static_cast<int32_t*>(parts[14]);
-  tokens_out_ = static_cast<int32_t*>(parts[15]);
   check_cuda(cudaMemset(error_flag_, 0, sizeof(int32_t)), "cudaMemset");
-  pinned_tokens_.allocate((r + 1) * sizeof(int32_t), "sampled tokens");
+  ensure_sample_capacity(int32_t(max_batch_));
 }
 
 }  // namespace hostrun::llama_cuda

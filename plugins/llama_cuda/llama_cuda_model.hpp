@@ -14,12 +14,22 @@
 // as several LM-head chunks, so no step fails for its size. Only the index
 // arena (block tables, penalty histories) grows, and only when a step needs
 // more than any before it.
+//
+// Overlapped steps (Model::submit_step / collect_step): a step is enqueued
+// whole (all passes, no synchronize) and collected by an event, so the
+// engine schedules step N+1 while the GPU runs step N. The two queued steps
+// alternate between two sets of pinned buffers (index arrays waiting for
+// their upload; sampled ids and the error flag coming back), chosen by the
+// step's parity. Sampled ids also stay on the GPU in sampled_; a step that
+// decodes them (previous_sample) first copies them to previous_sampled_, and
+// a kernel puts them in its token ids before the embedding lookup.
 #pragma once
 
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 #include <hostrun/sdk.hpp>
 
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -42,6 +52,10 @@ class DeviceBuffer {
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
   void allocate(size_t bytes, const char* what);  // throws Error naming `what` and the free memory
   void reset();
+  void swap(DeviceBuffer& other) noexcept {
+    std::swap(data_, other.data_);
+    std::swap(bytes_, other.bytes_);
+  }
   std::byte* data() const { return data_; }
   size_t bytes() const { return bytes_; }
 
@@ -109,14 +123,24 @@ class LlamaCudaModel final : public Model {
   Result<MemoryReport> memory() const noexcept override;
   Status allocate_kv_cache(int32_t num_blocks, int32_t block_tokens) noexcept override;
   Status step(const StepInput& input, StepOutput& output) noexcept override;
+  // Not while profiling: the profile synchronizes every pass to read its events.
+  bool overlaps_steps() const noexcept override { return !profile_.enabled(); }
+  Status submit_step(const StepInput& input) noexcept override;
+  Status collect_step(StepOutput& output) noexcept override;
 
  private:
   void load_checked(const LoadContext& context);
   void upload_weights(const WeightSource& weights);
   void allocate_workspace();
   void check_step(const StepInput& input) const;
-  void run_step(const StepInput& input, StepOutput& output);
-  void forward(const StepInput& input, const std::vector<Piece>& pieces, StepOutput& output);
+  void submit_checked(const StepInput& input);
+  void collect_checked(StepOutput& output);
+  // One pass; its sampled rows are the step's rows [first_row, ...). With
+  // `read_now` (logprobs / logits asked for) every LM-head chunk is
+  // synchronized and reported into `output` at once.
+  void forward(const StepInput& input, const std::vector<Piece>& pieces, int32_t first_row, bool read_now,
+               StepOutput& output);
+  void ensure_sample_capacity(int32_t rows);
   void clear_graphs();
   // Records `enqueue`'s launches on stream_ as a graph; nullptr (logged, graphs
   // turned off) when capture fails.
@@ -167,15 +191,36 @@ class LlamaCudaModel final : public Model {
   size_t attention_workspace_bytes_ = 0;
   float* inv_freq_ = nullptr;
   int32_t* error_flag_ = nullptr;
-  int32_t* tokens_out_ = nullptr;
 
   // Per-pass index arrays (ids, positions, paged layout, sampling rows,
-  // histories), packed on the host into pinned memory and sent in one copy.
+  // histories), packed on the host, placed in the step's pinned arena (after
+  // the passes before it: their uploads may not have run yet) and sent in one
+  // copy to device_arena_ (reused by every pass in stream order).
   std::vector<std::byte> host_arena_;
-  PinnedBuffer pinned_arena_;
+  PinnedBuffer pinned_arena_[2];  // by step parity
+  size_t pinned_arena_used_ = 0;  // of the current step's arena
   DeviceBuffer device_arena_;
-  PinnedBuffer pinned_tokens_;   // [max_batch] sampled ids + the error flag
   PinnedBuffer pinned_logits_;   // [max_batch, vocab] f32, for logprobs / return_logits
+
+  // Sampled ids of the step submitted last, [sampled_capacity_] each.
+  DeviceBuffer sampled_memory_;
+  int32_t* sampled_ = nullptr;
+  int32_t* previous_sampled_ = nullptr;
+  int32_t sampled_capacity_ = 0;
+  // Queued steps, oldest first (at most two).
+  struct QueuedStep {
+    int parity = 0;
+    int32_t rows = 0;       // sampled ids it returns
+    bool reported = false;  // `output` was filled at submit (logprobs / logits)
+    StepOutput output;
+  };
+  std::deque<QueuedStep> queued_;
+  uint64_t submitted_ = 0;
+  int parity_ = 0;                // of the step being submitted
+  int32_t step_rows_ = 0;         // its sampled rows
+  int32_t previous_rows_ = 0;     // sampled rows of the step submitted last (previous_sample's range)
+  PinnedBuffer pinned_results_[2];  // by parity: [rows] sampled ids, then the error flag
+  cudaEvent_t step_done_[2] = {nullptr, nullptr};
 
   StepProfile profile_;  // setting `profile`
 

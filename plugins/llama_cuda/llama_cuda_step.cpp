@@ -111,6 +111,13 @@ void LlamaCudaModel::check_step(const StepInput& input) const {
                                                       s, b, seq.block_table[size_t(b)], num_blocks));
     if (seq.sample && seq.sampling == nullptr)
       fail(ErrorCode::invalid_argument, fmt::format("sequence {} samples but has no sampling parameters", s));
+    if (seq.previous_sample >= previous_rows_)
+      fail(ErrorCode::invalid_argument, fmt::format("sequence {}: previous_sample {}, but the step submitted before "
+                                                    "this one sampled {} ids",
+                                                    s, seq.previous_sample, previous_rows_));
+    if (seq.previous_sample >= 0 && seq.sample && has_penalties(*seq.sampling))
+      fail(ErrorCode::invalid_argument,
+           fmt::format("sequence {}: penalties read the whole history, which lacks its previous_sample", s));
     if (seq.generated.size() > seq.history.size())
       fail(ErrorCode::invalid_argument, fmt::format("sequence {}: {} generated ids but only {} in its history", s,
                                                     seq.generated.size(), seq.history.size()));
@@ -137,40 +144,114 @@ void LlamaCudaModel::check_step(const StepInput& input) const {
     fail(ErrorCode::invalid_argument, fmt::format("the sequences cover {} tokens but the step has {}", expected_start, num_tokens));
 }
 
-void LlamaCudaModel::run_step(const StepInput& input, StepOutput& output) {
+void LlamaCudaModel::ensure_sample_capacity(int32_t rows) {
+  if (rows <= sampled_capacity_) return;
+  const int32_t capacity = std::max(rows, 2 * sampled_capacity_);
+  // The queued steps read and write the old buffers: let them finish, and
+  // keep the last step's ids (a step may still decode them).
+  check_cuda(cudaStreamSynchronize(stream_), "waiting for the queued steps");
+  DeviceBuffer grown;
+  grown.allocate(2 * size_t(capacity) * sizeof(int32_t), "sampled ids");
+  if (sampled_ && previous_rows_ > 0)
+    check_cuda(cudaMemcpy(grown.data(), sampled_, size_t(previous_rows_) * sizeof(int32_t), cudaMemcpyDeviceToDevice),
+               "keeping the sampled ids");
+  sampled_memory_.swap(grown);
+  sampled_ = reinterpret_cast<int32_t*>(sampled_memory_.data());
+  previous_sampled_ = sampled_ + capacity;
+  sampled_capacity_ = capacity;
+  clear_graphs();  // they hold the old addresses
+}
+
+void LlamaCudaModel::submit_checked(const StepInput& input) {
   if (!loaded_) fail(ErrorCode::invalid_argument, "the model is not loaded");
   if (!kv_cache_) fail(ErrorCode::invalid_argument, "no KV cache: call allocate_kv_cache first");
-  output.sampled.clear();
-  output.logprobs.clear();
-  output.logits.clear();
+  if (queued_.size() >= 2) fail(ErrorCode::invalid_argument, "two steps are queued already; collect one first");
   check_step(input);
-  if (input.sequences.empty()) return;
   check_cuda(cudaSetDevice(device_.index), "cudaSetDevice");
+
+  QueuedStep queued;
+  queued.parity = int(submitted_ % 2);
+  bool any_previous = false;
+  for (const StepSequence& seq : input.sequences) {
+    queued.rows += seq.sample ? 1 : 0;
+    queued.reported |= seq.sample && (seq.sampling->top_logprobs >= 0 || seq.return_logits);
+    any_previous |= seq.previous_sample >= 0;
+  }
+  ensure_sample_capacity(queued.rows);
+  // Until it is queued, a failing step leaves no ids for the next to decode.
+  const int32_t previous_rows = previous_rows_;
+  previous_rows_ = 0;
+  // This parity's pinned buffers were last used by the step before the one
+  // still queued, which has been collected: free to reuse or replace.
+  const size_t results_bytes = (size_t(queued.rows) + 1) * sizeof(int32_t);
+  if (pinned_results_[queued.parity].bytes() < results_bytes)
+    pinned_results_[queued.parity].allocate(std::max<size_t>(results_bytes, size_t(max_batch_ + 1) * sizeof(int32_t)),
+                                            "sampled ids read-back");
+  parity_ = queued.parity;
+  step_rows_ = queued.rows;
+  pinned_arena_used_ = 0;
+  if (any_previous)
+    check_cuda(cudaMemcpyAsync(previous_sampled_, sampled_, size_t(previous_rows) * sizeof(int32_t),
+                               cudaMemcpyDeviceToDevice, stream_),
+               "keeping the previous step's ids");
 
   // Passes of at most max_tokens_per_step tokens, in sequence order, so the
   // sampled ids come out in the order of the sequences; a prefill longer than
   // a pass is cut into chunks, each reading the K/V the previous one wrote.
   std::vector<Piece> pass;
   int64_t pass_tokens = 0;
+  int32_t first_row = 0, pass_rows = 0;
+  auto run_pass = [&] {
+    forward(input, pass, first_row, queued.reported, queued.output);
+    first_row += pass_rows;
+    pass.clear();
+    pass_tokens = 0;
+    pass_rows = 0;
+  };
   for (size_t s = 0; s < input.sequences.size(); ++s) {
     const StepSequence& seq = input.sequences[s];
     int32_t first = 0;
     while (first < seq.query_len) {
-      if (pass_tokens == max_tokens_per_step_) {
-        forward(input, pass, output);
-        pass.clear();
-        pass_tokens = 0;
-      }
+      if (pass_tokens == max_tokens_per_step_) run_pass();
       const int32_t count = int32_t(std::min<int64_t>(seq.query_len - first, max_tokens_per_step_ - pass_tokens));
-      pass.push_back(Piece{s, first, count, seq.sample && first + count == seq.query_len});
+      const bool sample = seq.sample && first + count == seq.query_len;
+      pass.push_back(Piece{s, first, count, sample});
       pass_tokens += count;
+      pass_rows += sample ? 1 : 0;
       first += count;
     }
   }
-  if (!pass.empty()) forward(input, pass, output);
+  if (!pass.empty()) run_pass();
+  auto* results = reinterpret_cast<int32_t*>(pinned_results_[queued.parity].data());
+  check_cuda(cudaMemcpyAsync(results + queued.rows, error_flag_, 4, cudaMemcpyDeviceToHost, stream_),
+             "reading the error flag");
+  check_cuda(cudaEventRecord(step_done_[queued.parity], stream_), "cudaEventRecord");
+  queued_.push_back(std::move(queued));
+  ++submitted_;
+  previous_rows_ = step_rows_;
 }
 
-void LlamaCudaModel::forward(const StepInput& input, const std::vector<Piece>& pieces, StepOutput& output) {
+void LlamaCudaModel::collect_checked(StepOutput& output) {
+  if (queued_.empty()) fail(ErrorCode::invalid_argument, "collect_step with no step submitted");
+  QueuedStep queued = std::move(queued_.front());
+  queued_.pop_front();
+  check_cuda(cudaEventSynchronize(step_done_[queued.parity]), "the step");
+  const auto* results = reinterpret_cast<const int32_t*>(pinned_results_[queued.parity].data());
+  if (const int32_t flag = results[queued.rows]; flag != 0) {
+    cudaMemsetAsync(error_flag_, 0, 4, stream_);
+    fail(ErrorCode::internal, fmt::format("a kernel reported {}", ref::status_name(ref::Status(flag))));
+  }
+  if (queued.reported) {
+    output = std::move(queued.output);
+    return;
+  }
+  output.sampled.assign(results, results + queued.rows);
+  output.logprobs.clear();
+  output.logits.clear();
+}
+
+void LlamaCudaModel::forward(const StepInput& input, const std::vector<Piece>& pieces, int32_t first_row,
+                             bool read_now, StepOutput& output) {
   const int64_t vocab = config_.vocab_size;
   // Whether any sampling sequence of the whole step asks for logprobs / logits
   // (then every sampled token gets an entry, as llama_cpu does).
@@ -204,7 +285,7 @@ void LlamaCudaModel::forward(const StepInput& input, const std::vector<Piece>& p
   for (const Piece& p : pieces) has_embeddings |= !input.sequences[p.sequence].embeddings.empty();
   // A graphed pass lays its arrays out for graph_max_sequences sequences of
   // graph_blocks_ blocks, so every such pass has the same device addresses.
-  bool graphed = use_graphs_ && decode_pass && num_sequences <= graph_max_sequences && num_rows == num_sequences &&
+  bool graphed = use_graphs_ && first_row == 0 && decode_pass && num_sequences <= graph_max_sequences && num_rows == num_sequences &&
                  num_rows <= max_batch_ && !any_logprobs && !any_logits && history_ids == 0 && suppressed_pairs == 0 &&
                  !has_embeddings && max_blocks <= graph_blocks_;
   const int32_t seq_slots = graphed ? graph_max_sequences : num_sequences;
@@ -220,6 +301,7 @@ void LlamaCudaModel::forward(const StepInput& input, const std::vector<Piece>& p
   const size_t at_params = layout.add(size_t(graphed ? seq_slots : num_rows) * sizeof(cuda::SamplingRow));
   const size_t at_history = layout.add(history_ids * 4);
   const size_t at_suppressed = layout.add(suppressed_pairs * 8);
+  const size_t at_previous = layout.add(size_t(graphed ? seq_slots : num_tokens) * 4);
   if (graphed && layout.bytes > graph_arena_.bytes()) graphed = false;
   profile_.begin_pass(decode_pass);
   host_arena_.assign(layout.bytes, std::byte{0});
@@ -234,6 +316,9 @@ void LlamaCudaModel::forward(const StepInput& input, const std::vector<Piece>& p
   auto* params = reinterpret_cast<cuda::SamplingRow*>(host_arena_.data() + at_params);
   int32_t* history = ints(at_history);
   int32_t* suppressed = ints(at_suppressed);
+  int32_t* previous = ints(at_previous);  // per token: which previous sample it is, or -1
+  std::fill_n(previous, graphed ? seq_slots : num_tokens, -1);
+  bool has_previous = false;
   // Suppressed pairs are (row within its LM-head chunk, id); chunk c's pairs
   // are [suppressed_begin[c], suppressed_begin[c + 1]).
   std::vector<int32_t> suppressed_begin{0};
@@ -247,6 +332,10 @@ void LlamaCudaModel::forward(const StepInput& input, const std::vector<Piece>& p
     context_lens[i] = cached + p.count;
     const int32_t blocks = (cached + p.count + block_tokens_ - 1) / block_tokens_;
     std::copy_n(seq.block_table.begin(), blocks, block_tables + size_t(i) * size_t(block_stride));
+    if (p.first == 0 && seq.previous_sample >= 0) {
+      previous[token] = seq.previous_sample;
+      has_previous = true;
+    }
     for (int32_t j = 0; j < p.count; ++j) {
       const int32_t position = cached + j;
       ids[token + j] = input.token_ids[size_t(seq.query_start + p.first + j)];
@@ -290,17 +379,23 @@ void LlamaCudaModel::forward(const StepInput& input, const std::vector<Piece>& p
   query_start[num_sequences] = token;
   if (row % max_batch_ != 0) suppressed_begin.push_back(pair);
 
-  // One upload: host arena -> pinned -> device. The previous pass ended with a
-  // stream synchronize, so the pinned buffer is free to overwrite.
-  if (pinned_arena_.bytes() < layout.bytes) {
+  // One upload: host arena -> the step's pinned arena -> device. Uploads of
+  // this step's earlier passes may still wait in the stream, so each pass
+  // takes the next free part; when none is left, wait for the stream first.
+  PinnedBuffer& pinned_arena = pinned_arena_[parity_];
+  if (pinned_arena_used_ + layout.bytes > pinned_arena.bytes() || layout.bytes > device_arena_.bytes()) {
+    check_cuda(cudaStreamSynchronize(stream_), "waiting for earlier uploads");
+    pinned_arena_used_ = 0;
     const size_t grown = std::max<size_t>(layout.bytes * 2, size_t(1) << 20);
-    pinned_arena_.allocate(grown, "the step's index arrays");
-    device_arena_.allocate(grown, "the step's index arrays");
+    if (layout.bytes > pinned_arena.bytes()) pinned_arena.allocate(grown, "the step's index arrays");
+    if (layout.bytes > device_arena_.bytes()) device_arena_.allocate(grown, "the step's index arrays");
   }
-  std::memcpy(pinned_arena_.data(), host_arena_.data(), layout.bytes);
+  std::byte* const staged = pinned_arena.data() + pinned_arena_used_;
+  pinned_arena_used_ += (layout.bytes + 255) / 256 * 256;
+  std::memcpy(staged, host_arena_.data(), layout.bytes);
   profile_.mark(Op::upload, stream_);
   std::byte* const device_arena = graphed ? graph_arena_.data() : device_arena_.data();
-  check_cuda(cudaMemcpyAsync(device_arena, pinned_arena_.data(), layout.bytes, cudaMemcpyHostToDevice, stream_),
+  check_cuda(cudaMemcpyAsync(device_arena, staged, layout.bytes, cudaMemcpyHostToDevice, stream_),
              "uploading the step");
   auto device_ints = [&](size_t at) { return reinterpret_cast<int32_t*>(device_arena + at); };
 
@@ -328,6 +423,11 @@ void LlamaCudaModel::forward(const StepInput& input, const std::vector<Piece>& p
   // Embedding and every layer, enqueued on stream_ (also under graph capture).
   auto enqueue_layers = [&] {
     profile_.mark(Op::embedding, stream_);
+    // Graphs always take it (a step with none marks every slot -1).
+    if (graphed || has_previous)
+      check_cuda(take_previous_samples(device_ints(at_ids), device_ints(at_previous), previous_sampled_,
+                                       graphed ? seq_slots : num_tokens, stream_),
+                 "take_previous_samples");
     check_cuda(cuda::embedding_lookup(device_ints(at_ids), num_tokens, embed_tokens_, kdtype, vocab, hidden, residual_,
                                       error_flag_, stream_),
                "embedding_lookup");
@@ -430,10 +530,9 @@ void LlamaCudaModel::forward(const StepInput& input, const std::vector<Piece>& p
     }
   };
 
-  // Final norm, LM head and sampling on the sampled rows [chunk_start, +chunk_rows),
-  // then the sampled ids and the error flag copied to pinned memory.
-  auto* pinned = reinterpret_cast<int32_t*>(pinned_tokens_.data());
-  const bool read_logits = any_logprobs || any_logits;
+  // Final norm, LM head and sampling on the sampled rows [chunk_start, +chunk_rows)
+  // of this pass; the ids go to sampled_ at the step's row.
+  auto* const results = reinterpret_cast<int32_t*>(pinned_results_[parity_].data());
   auto enqueue_head = [&](int32_t chunk_start, int32_t chunk_rows, int32_t chunk) {
     const int32_t* chunk_row_ids = device_ints(at_rows) + chunk_start;
     profile_.mark(Op::lm_head, stream_);
@@ -443,7 +542,7 @@ void LlamaCudaModel::forward(const StepInput& input, const std::vector<Piece>& p
                                  stream_),
                "add_rmsnorm");
     gemm(last_normed_, lm_head_, chunk_rows, int(vocab), hidden, logits_, true);
-    if (read_logits) {
+    if (read_now) {
       profile_.mark(Op::read_back, stream_);
       // The raw logits (before suppression), as llama_cpu reports them.
       if (pinned_logits_.bytes() == 0)
@@ -463,26 +562,27 @@ void LlamaCudaModel::forward(const StepInput& input, const std::vector<Piece>& p
     sampling.logits_row_stride = vocab;
     sampling.params = reinterpret_cast<const cuda::SamplingRow*>(device_arena + at_params) + chunk_start;
     sampling.history_ids = history_ids ? device_ints(at_history) : nullptr;
-    sampling.tokens_out = tokens_out_;
+    sampling.tokens_out = sampled_ + first_row + chunk_start;
     sampling.error_flag = error_flag_;
     check_cuda(cuda::sample_tokens(sampling, sampling_workspace_, sampling_workspace_bytes_, stream_), "sample_tokens");
-    check_cuda(cudaMemcpyAsync(pinned, tokens_out_, size_t(chunk_rows) * 4, cudaMemcpyDeviceToHost, stream_),
+  };
+  // The pass's ids [row, row + rows) to the step's pinned results (outside
+  // any graph: the pinned buffer depends on the step's parity).
+  auto read_back_ids = [&](int32_t row, int32_t rows) {
+    if (rows == 0) return;
+    check_cuda(cudaMemcpyAsync(results + first_row + row, sampled_ + first_row + row, size_t(rows) * 4,
+                               cudaMemcpyDeviceToHost, stream_),
                "reading sampled tokens");
-    check_cuda(cudaMemcpyAsync(pinned + max_batch_, error_flag_, 4, cudaMemcpyDeviceToHost, stream_),
-               "reading the error flag");
   };
-  // After the synchronize: a kernel's error, else the chunk's tokens (and logprobs / logits) into output.
-  auto check_error_flag = [&] {
-    if (pinned[max_batch_] != 0) {
-      cudaMemsetAsync(error_flag_, 0, 4, stream_);
-      fail(ErrorCode::internal, fmt::format("a kernel reported {}", ref::status_name(ref::Status(pinned[max_batch_]))));
-    }
-  };
+  // read_now: after the chunk's synchronize, a kernel's error, else its ids, logprobs and logits into output.
   auto report_rows = [&](int32_t chunk_start, int32_t chunk_rows) {
-    check_error_flag();
+    if (const int32_t flag = results[step_rows_]; flag != 0) {
+      cudaMemsetAsync(error_flag_, 0, 4, stream_);
+      fail(ErrorCode::internal, fmt::format("a kernel reported {}", ref::status_name(ref::Status(flag))));
+    }
     for (int32_t r = 0; r < chunk_rows; ++r) {
       const StepSequence& seq = input.sequences[row_sequence[size_t(chunk_start + r)]];
-      const TokenId chosen = pinned[r];
+      const TokenId chosen = results[first_row + chunk_start + r];
       output.sampled.push_back(chosen);
       const float* logits = reinterpret_cast<const float*>(pinned_logits_.data()) + size_t(r) * size_t(vocab);
       if (any_logprobs) {
@@ -507,6 +607,13 @@ void LlamaCudaModel::forward(const StepInput& input, const std::vector<Piece>& p
       }
     }
   };
+  // With the profile on, every pass waits for itself so its events can be read.
+  auto end_profiled_pass = [&] {
+    if (!profile_.enabled()) return;
+    profile_.before_sync(stream_);
+    check_cuda(cudaStreamSynchronize(stream_), "the step");
+    profile_.after_sync(num_tokens);
+  };
 
   if (graphed) {
     const auto key = std::make_pair(num_sequences, graph_context);
@@ -523,10 +630,8 @@ void LlamaCudaModel::forward(const StepInput& input, const std::vector<Piece>& p
     if (graphed) {
       profile_.mark(Op::graph, stream_);
       check_cuda(cudaGraphLaunch(found->second->get(), stream_), "cudaGraphLaunch");
-      profile_.before_sync(stream_);
-      check_cuda(cudaStreamSynchronize(stream_), "the step");
-      profile_.after_sync(num_tokens);
-      report_rows(0, num_rows);
+      read_back_ids(0, num_rows);
+      end_profiled_pass();
       return;
     }
   }
@@ -535,20 +640,18 @@ void LlamaCudaModel::forward(const StepInput& input, const std::vector<Piece>& p
   // max_batch rows at a time (the logits and sampling workspace hold that many).
   for (int32_t chunk_start = 0, chunk = 0; chunk_start < num_rows; chunk_start += int32_t(max_batch_), ++chunk) {
     const int32_t chunk_rows = int32_t(std::min<int64_t>(max_batch_, num_rows - chunk_start));
-    const bool last_chunk = chunk_start + chunk_rows == num_rows;
     enqueue_head(chunk_start, chunk_rows, chunk);
-    if (last_chunk) profile_.before_sync(stream_);
-    check_cuda(cudaStreamSynchronize(stream_), "the step");
-    if (last_chunk) profile_.after_sync(num_tokens);
-    report_rows(chunk_start, chunk_rows);
+    if (read_now) {
+      // The logits buffer holds one chunk: read it before the next overwrites it.
+      read_back_ids(chunk_start, chunk_rows);
+      check_cuda(cudaMemcpyAsync(results + step_rows_, error_flag_, 4, cudaMemcpyDeviceToHost, stream_),
+                 "reading the error flag");
+      check_cuda(cudaStreamSynchronize(stream_), "the step");
+      report_rows(chunk_start, chunk_rows);
+    }
   }
-  if (num_rows == 0) {
-    check_cuda(cudaMemcpyAsync(pinned + max_batch_, error_flag_, 4, cudaMemcpyDeviceToHost, stream_), "reading the error flag");
-    profile_.before_sync(stream_);
-    check_cuda(cudaStreamSynchronize(stream_), "the step");
-    profile_.after_sync(num_tokens);
-    check_error_flag();
-  }
+  if (!read_now) read_back_ids(0, num_rows);
+  end_profiled_pass();
 }
 
 std::unique_ptr<GraphExec> LlamaCudaModel::capture_graph(const std::function<void()>& enqueue) {

@@ -77,6 +77,12 @@ __global__ void suppress_kernel(float* logits, std::int64_t row_stride, const st
   if (i < count) logits[static_cast<std::int64_t>(pairs[2 * i]) * row_stride + pairs[2 * i + 1]] = -INFINITY;
 }
 
+__global__ void take_previous_kernel(std::int32_t* ids, const std::int32_t* previous_index,
+                                     const std::int32_t* previous_sampled, int count) {
+  const int t = blockIdx.x * blockDim.x + threadIdx.x;
+  if (t < count && previous_index[t] >= 0) ids[t] = previous_sampled[previous_index[t]];
+}
+
 }  // namespace
 
 cudaError_t rope_in_place(cuda::DType dtype, void* qkv, std::int64_t row_stride, int num_tokens, int heads,
@@ -114,6 +120,13 @@ cudaError_t suppress_ids(float* logits, std::int64_t row_stride, const std::int3
                          cudaStream_t stream) {
   if (count == 0) return cudaSuccess;
   suppress_kernel<<<(count + 255) / 256, 256, 0, stream>>>(logits, row_stride, pairs, count);
+  return cudaGetLastError();
+}
+
+cudaError_t take_previous_samples(std::int32_t* ids, const std::int32_t* previous_index,
+                                  const std::int32_t* previous_sampled, int count, cudaStream_t stream) {
+  if (count == 0) return cudaSuccess;
+  take_previous_kernel<<<(count + 255) / 256, 256, 0, stream>>>(ids, previous_index, previous_sampled, count);
   return cudaGetLastError();
 }
 

@@ -8,6 +8,8 @@
 //   first and the policy copies (docs/cuda.md: next step is an SDK hook).
 // gather_rows: dst[r] = src[rows[r]] (rows of `row_elements` 16-bit values).
 // suppress_ids: logits[row * stride + id] = -inf for each (row, id) pair.
+// take_previous_samples: ids[t] = previous_sampled[previous_index[t]] where
+//   previous_index[t] >= 0 (overlapped steps: decode tokens still on the GPU).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -26,5 +28,8 @@ cudaError_t gather_rows(const void* src, int row_elements, const std::int32_t* r
 
 cudaError_t suppress_ids(float* logits, std::int64_t row_stride, const std::int32_t* pairs, int count,
                          cudaStream_t stream);
+
+cudaError_t take_previous_samples(std::int32_t* ids, const std::int32_t* previous_index,
+                                  const std::int32_t* previous_sampled, int count, cudaStream_t stream);
 
 }  // namespace hostrun::llama_cuda

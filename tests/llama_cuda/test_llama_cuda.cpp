@@ -244,7 +244,8 @@ class IdTokenizer final : public Tokenizer {
 
 std::vector<std::vector<TokenId>> run_engine(const fs::path& dir, const std::vector<std::vector<TokenId>>& prompts,
                                              int max_tokens, int64_t num_blocks, bool one_at_a_time,
-                                             uint64_t* preemptions) {
+                                             uint64_t* preemptions, bool overlap = true,
+                                             uint64_t* overlapped_steps = nullptr) {
   auto loaded = load(dir, true, 0);
   core::EngineParts parts;
   parts.model = loaded->model;
@@ -256,6 +257,7 @@ std::vector<std::vector<TokenId>> run_engine(const fs::path& dir, const std::vec
   config.cache_block_seq_len = 16;
   config.max_batch_size = 64;
   config.max_prefill_token_num = 256;
+  config.overlap_steps = overlap;
   auto engine = core::Engine::start(config, std::move(parts));
   REQUIRE_MESSAGE(engine.has_value(), engine.status().message());
   std::vector<std::vector<TokenId>> out(prompts.size());
@@ -279,13 +281,18 @@ std::vector<std::vector<TokenId>> run_engine(const fs::path& dir, const std::vec
     if (one_at_a_time) done.back().wait();
   }
   for (auto& f : done) f.wait();
+  (*engine)->wait_idle();
   if (preemptions) *preemptions = (*engine)->stats().preemptions;
+  if (overlapped_steps) *overlapped_steps = (*engine)->stats().overlapped_steps;
   engine->reset();
   return out;
 }
 
 }  // namespace
 
+// Steps overlap (the engine submits step N+1 before collecting step N, decode
+// tokens taken on the GPU) except in `one_step`, which runs the batched case
+// one step at a time.
 TEST_CASE("llama_cuda on the engine: concurrent requests equal each alone, also under preemption") {
   TempDir dir("engine");
   write_checkpoint(dir.path(), shape(512, 8, 2, 128, 2, 400, false), 5);
@@ -296,16 +303,23 @@ TEST_CASE("llama_cuda on the engine: concurrent requests equal each alone, also 
     for (auto& id : p) id = TokenId(rng() % 400);
   }
   const auto alone = run_engine(dir.path(), prompts, 20, 1024, true, nullptr);
-  const auto together = run_engine(dir.path(), prompts, 20, 1024, false, nullptr);
+  uint64_t overlapped = 0;
+  const auto together = run_engine(dir.path(), prompts, 20, 1024, false, nullptr, true, &overlapped);
+  const auto one_step = run_engine(dir.path(), prompts, 20, 1024, false, nullptr, false);
   uint64_t preemptions = 0;
   const auto tight = run_engine(dir.path(), prompts, 20, 40, false, &preemptions);
-  int equal_together = 0, equal_tight = 0;
+  int equal_together = 0, equal_tight = 0, equal_one_step = 0;
   for (size_t i = 0; i < prompts.size(); ++i) {
     equal_together += together[i] == alone[i];
     equal_tight += tight[i] == alone[i];
+    equal_one_step += one_step[i] == alone[i];
   }
-  MESSAGE(fmt::format("batched: {}/{} equal to alone; tight cache ({} preemptions): {}/{}", equal_together,
-                      prompts.size(), preemptions, equal_tight, prompts.size()));
+  MESSAGE(fmt::format("batched: {}/{} equal to alone ({} overlapped steps); one step at a time: {}/{}; tight cache "
+                      "({} preemptions): {}/{}",
+                      equal_together, prompts.size(), overlapped, equal_one_step, prompts.size(), preemptions,
+                      equal_tight, prompts.size()));
+  CHECK(overlapped > 0);
+  CHECK(equal_one_step >= int(prompts.size()) * 9 / 10);
   // cuBLAS may pick another kernel for another batch size, so bit-equality is
   // not promised; a random model's near-ties are rare, so nearly all agree.
   CHECK(equal_together >= int(prompts.size()) * 9 / 10);
