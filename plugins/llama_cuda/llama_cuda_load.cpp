@@ -4,7 +4,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <filesystem>
 
@@ -76,7 +75,6 @@ LlamaCudaModel::LlamaCudaModel(const CreateContext& context)
       small_gemm_max_rows_(context.settings->get_int("small_gemm_max_rows")) {
   if (context.settings->get_bool("profile")) profile_.enable();
   use_graphs_ = context.settings->get_bool("cuda_graphs");
-  tune_gemms_ = context.settings->get_bool("gemm_tuning");
 }
 
 void LlamaCudaModel::clear_graphs() { graphs_.clear(); }
@@ -221,7 +219,6 @@ void LlamaCudaModel::load_checked(const LoadContext& context) {
 
   upload_weights(weights);
   allocate_workspace();
-  if (tune_gemms_) tune_gemms();
 
   ref::RopeParams rope;
   rope.head_dim = size_t(config_.head_dim);
@@ -354,56 +351,6 @@ void LlamaCudaModel::upload_weights(const WeightSource& weights) {
   }
 }
 
-void LlamaCudaModel::tune_gemms() {
-  const auto started = std::chrono::steady_clock::now();
-  tuned_gemm_.init(stream_, dtype_ == DType::f16 ? CUDA_R_16F : CUDA_R_16BF, gemm_workspace_, kGemmWorkspaceBytes);
-  // Scratch inputs of every product's largest row count: finite values, so
-  // the timing is of ordinary arithmetic.
-  check_cuda(cudaMemsetAsync(normed_, 0x3c, size_t(max_tokens_per_step_) * config_.hidden_size * 2, stream_), "cudaMemset");
-  check_cuda(cudaMemsetAsync(attended_, 0x3c, size_t(max_tokens_per_step_) * config_.q_size() * 2, stream_), "cudaMemset");
-  check_cuda(cudaMemsetAsync(activated_, 0x3c, size_t(max_tokens_per_step_) * config_.intermediate_size * 2, stream_),
-             "cudaMemset");
-  check_cuda(cudaMemsetAsync(last_normed_, 0x3c, size_t(max_batch_) * config_.hidden_size * 2, stream_), "cudaMemset");
-  // Row counts: powers of two up to 64, then steps of 64 to 512 (where
-  // continuous batching spends most steps), then coarser.
-  const int fine[] = {2, 4, 8, 16, 32, 64, 128, 192, 256, 320, 384, 448, 512, 640, 768, 1024, 1536, 2048, 3072, 4096,
-                      6144, 8192, 12288, 16384};
-  auto buckets_to = [&](int64_t most) {
-    std::vector<int> buckets;
-    for (int m : fine)
-      if (m < most) buckets.push_back(m);
-    buckets.push_back(int(most));
-    return buckets;
-  };
-  const std::vector<int> step_buckets = buckets_to(max_tokens_per_step_), head_buckets = buckets_to(max_batch_);
-  const LayerWeights& w = layers_.front();
-  const int hidden = int(config_.hidden_size), q = int(config_.q_size()), kv = int(config_.kv_size());
-  const int inter = int(config_.intermediate_size), vocab = int(config_.vocab_size);
-  struct Product {
-    const char* name;
-    int n, k;
-    bool f32_out;
-    const void *weight, *x;
-    void* y;
-    const std::vector<int>& buckets;
-  };
-  const Product products[] = {
-      {"qkv", q + 2 * kv, hidden, false, w.qkv, normed_, qkv_, step_buckets},
-      {"o_proj", hidden, q, false, w.o_proj, attended_, delta_, step_buckets},
-      {"gate_up", 2 * inter, hidden, false, w.gate_up, normed_, gate_up_, step_buckets},
-      {"down_proj", hidden, inter, false, w.down_proj, activated_, delta_, step_buckets},
-      {"lm_head", vocab, hidden, true, lm_head_, last_normed_, logits_, head_buckets},
-  };
-  std::string table = "rows  product    heuristic us  tuned us  gain";
-  for (const Product& p : products) {
-    for (const auto& t : tuned_gemm_.tune(p.n, p.k, p.f32_out, p.weight, p.x, p.y, p.buckets, 16))
-      table += fmt::format("\n{:>5}  {:<9} {:>12.1f} {:>9.1f} {:>5.2f}x", t.rows, p.name, t.heuristic_us, t.tuned_us,
-                           t.heuristic_us / t.tuned_us);
-  }
-  log_.info("GEMM algorithms tuned in {:.1f} s (cuBLASLt's first choice vs the fastest of its candidates):\n{}",
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count(), table);
-}
-
 void LlamaCudaModel::allocate_workspace() {
   const size_t t = size_t(max_tokens_per_step_), r = size_t(max_batch_), e = 2;
   const size_t hidden = size_t(config_.hidden_size), inter = size_t(config_.intermediate_size);
@@ -452,7 +399,6 @@ void LlamaCudaModel::allocate_workspace() {
       attention_bytes,
       size_t(config_.head_dim / 2) * sizeof(float),  // inv_freq
       sizeof(int32_t),                               // error flag
-      kGemmWorkspaceBytes,                           // cuBLASLt's (split-K)
   };
   size_t total = 0;
   for (size_t s : sizes) total += align256(s);
@@ -486,7 +432,6 @@ void LlamaCudaModel::allocate_workspace() {
   attention_workspace_bytes_ = attention_bytes;
   inv_freq_ = static_cast<float*>(parts[13]);
   error_flag_ = static_cast<int32_t*>(parts[14]);
-  gemm_workspace_ = parts[15];
   check_cuda(cudaMemset(error_flag_, 0, sizeof(int32_t)), "cudaMemset");
   ensure_sample_capacity(int32_t(max_batch_));
 }

@@ -40,7 +40,6 @@
 #include "checkpoint/llama_config.hpp"
 #include "cuda/sampling.hpp"
 #include "step_profile.hpp"
-#include "tuned_gemm.hpp"
 
 namespace hostrun::llama_cuda {
 
@@ -133,7 +132,6 @@ class LlamaCudaModel final : public Model {
   void load_checked(const LoadContext& context);
   void upload_weights(const WeightSource& weights);
   void allocate_workspace();
-  void tune_gemms();
   void check_step(const StepInput& input) const;
   void submit_checked(const StepInput& input);
   void collect_checked(StepOutput& output);
@@ -193,11 +191,6 @@ class LlamaCudaModel final : public Model {
   size_t attention_workspace_bytes_ = 0;
   float* inv_freq_ = nullptr;
   int32_t* error_flag_ = nullptr;
-  static constexpr size_t kGemmWorkspaceBytes = size_t(32) << 20;
-  void* gemm_workspace_ = nullptr;
-  // Setting `gemm_tuning`: cuBLASLt algorithms timed per shape and row bucket at load.
-  bool tune_gemms_ = true;
-  TunedGemm tuned_gemm_;
 
   // Per-pass index arrays (ids, positions, paged layout, sampling rows,
   // histories), packed on the host, placed in the step's pinned arena (after

@@ -56,7 +56,6 @@ void LlamaCudaModel::gemm(const void* x, const void* weight, int m, int n, int k
     check_cuda(cuda::small_gemm(x, weight, kdtype, m, n, k, y, f32_out, stream_), "small_gemm");
     return;
   }
-  if (tuned_gemm_.run(x, weight, m, n, k, y, f32_out)) return;
   // Row-major y[m, n] = x[m, k] . weight[n, k]^T is column-major y^T = weight^T . x^T.
   const float alpha = 1.0f, beta = 0.0f;
   const cudaDataType_t in = dtype_ == DType::f16 ? CUDA_R_16F : CUDA_R_16BF;

@@ -31,10 +31,6 @@ const hostrun::SettingSpec kSettings[] = {
      false, "1", 0, 8},
     {"cuda_graphs", hostrun::SettingType::boolean,
      "Replay decode passes of up to 8 sequences as CUDA graphs (fewer launch gaps at small batch)", false, "true"},
-    {"gemm_tuning", hostrun::SettingType::boolean,
-     "Time cuBLASLt's candidate algorithms for each linear layer and row-count bucket at load (a few seconds) and "
-     "use the fastest; false: cuBLAS's default choice",
-     false, "true"},
     {"profile", hostrun::SettingType::boolean,
      "Time every op of every pass with CUDA events and log the breakdown when the model is unloaded", false, "false"},
 };
