@@ -4,7 +4,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <filesystem>
 
@@ -76,7 +75,6 @@ LlamaCudaModel::LlamaCudaModel(const CreateContext& context)
       small_gemm_max_rows_(context.settings->get_int("small_gemm_max_rows")) {
   if (context.settings->get_bool("profile")) profile_.enable();
   use_graphs_ = context.settings->get_bool("cuda_graphs");
-  pad_gemm_rows_ = context.settings->get_bool("gemm_row_padding");
 }
 
 void LlamaCudaModel::clear_graphs() { graphs_.clear(); }
@@ -221,7 +219,6 @@ void LlamaCudaModel::load_checked(const LoadContext& context) {
 
   upload_weights(weights);
   allocate_workspace();
-  if (pad_gemm_rows_) measure_row_padding();
 
   ref::RopeParams rope;
   rope.head_dim = size_t(config_.head_dim);
@@ -352,82 +349,6 @@ void LlamaCudaModel::upload_weights(const WeightSource& weights) {
     put("lm_head.weight", {vocab, hidden}, head);
     lm_head_ = head;
   }
-}
-
-void LlamaCudaModel::measure_row_padding() {
-  const auto started = std::chrono::steady_clock::now();
-  const int hidden = int(config_.hidden_size), q = int(config_.q_size()), kv = int(config_.kv_size());
-  const int inter = int(config_.intermediate_size), vocab = int(config_.vocab_size);
-  // Finite scratch inputs for every product's largest row count.
-  check_cuda(cudaMemsetAsync(normed_, 0x3c, size_t(max_tokens_per_step_) * hidden * 2, stream_), "cudaMemset");
-  check_cuda(cudaMemsetAsync(attended_, 0x3c, size_t(max_tokens_per_step_) * q * 2, stream_), "cudaMemset");
-  check_cuda(cudaMemsetAsync(activated_, 0x3c, size_t(max_tokens_per_step_) * inter * 2, stream_), "cudaMemset");
-  check_cuda(cudaMemsetAsync(last_normed_, 0x3c, size_t(max_batch_) * hidden * 2, stream_), "cudaMemset");
-  struct Product {
-    const char* name;
-    int n, k;
-    bool f32_out;
-    const void* x;
-    void* y;
-    int64_t most_rows;
-    const void* LayerWeights::*weight;  // null: the LM head
-  };
-  const int64_t step_rows = std::min<int64_t>(max_tokens_per_step_, 2048);
-  const Product products[] = {
-      {"qkv", q + 2 * kv, hidden, false, normed_, qkv_, step_rows, &LayerWeights::qkv},
-      {"o_proj", hidden, q, false, attended_, delta_, step_rows, &LayerWeights::o_proj},
-      {"gate_up", 2 * inter, hidden, false, normed_, gate_up_, step_rows, &LayerWeights::gate_up},
-      {"down_proj", hidden, inter, false, activated_, delta_, step_rows, &LayerWeights::down_proj},
-      {"lm_head", vocab, hidden, true, last_normed_, logits_, std::min<int64_t>(max_batch_, 2048), nullptr},
-  };
-  cudaEvent_t start = nullptr, stop = nullptr;
-  check_cuda(cudaEventCreate(&start), "cudaEventCreate");
-  check_cuda(cudaEventCreate(&stop), "cudaEventCreate");
-  std::string report;
-  for (const Product& p : products) {
-    RowPadding padding{p.n, p.k, p.f32_out, {}};
-    const int counts = int(p.most_rows / kRowPaddingStep);
-    std::vector<float> us(size_t(counts), 0.0f);
-    for (int i = 0; i < counts; ++i) {
-      const int m = (i + 1) * kRowPaddingStep;
-      // Every layer's own weight once, as a step reads them: none stays in L2.
-      const size_t launches = p.weight ? layers_.size() : 8;
-      auto weight = [&](size_t l) { return p.weight ? layers_[l].*p.weight : lm_head_; };
-      gemm(p.x, weight(0), m, p.n, p.k, p.y, p.f32_out);
-      check_cuda(cudaEventRecord(start, stream_), "cudaEventRecord");
-      for (size_t l = 0; l < launches; ++l) gemm(p.x, weight(l), m, p.n, p.k, p.y, p.f32_out);
-      check_cuda(cudaEventRecord(stop, stream_), "cudaEventRecord");
-      check_cuda(cudaEventSynchronize(stop), "timing a GEMM");
-      float ms = 0;
-      cudaEventElapsedTime(&ms, start, stop);
-      us[size_t(i)] = ms * 1000.0f / float(launches);
-    }
-    // Up to a quarter more rows, when that is at least 5% faster than the
-    // row count itself (less is timing noise).
-    padding.rows.assign(size_t(counts), 0);
-    int padded = 0;
-    float saved = 0;
-    for (int i = 0; i < counts; ++i) {
-      int best = i;
-      for (int j = i + 1; j < counts && j <= i + std::max(1, (i + 1) / 4); ++j)
-        if (us[size_t(j)] < us[size_t(best)]) best = j;
-      if (best != i && us[size_t(best)] < 0.95f * us[size_t(i)]) {
-        padding.rows[size_t(i)] = (best + 1) * kRowPaddingStep;
-        ++padded;
-        saved = std::max(saved, 1.0f - us[size_t(best)] / us[size_t(i)]);
-        report += fmt::format("\n  {} {} rows: {:.1f} us, as {} rows: {:.1f} us", p.name, (i + 1) * kRowPaddingStep,
-                              us[size_t(i)], (best + 1) * kRowPaddingStep, us[size_t(best)]);
-      }
-    }
-    log_.info("GEMM row padding: {} of {} row counts of {} run padded (largest saving {:.0f}%)", padded, counts,
-              p.name, saved * 100.0f);
-    row_padding_.push_back(std::move(padding));
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  log_.info("GEMM row counts that run padded (cuBLAS's times, one launch per layer):{}", report);
-  log_.info("GEMM row padding measured in {:.1f} s",
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
 }
 
 void LlamaCudaModel::allocate_workspace() {

@@ -132,7 +132,6 @@ class LlamaCudaModel final : public Model {
   void load_checked(const LoadContext& context);
   void upload_weights(const WeightSource& weights);
   void allocate_workspace();
-  void measure_row_padding();
   void check_step(const StepInput& input) const;
   void submit_checked(const StepInput& input);
   void collect_checked(StepOutput& output);
@@ -224,21 +223,6 @@ class LlamaCudaModel final : public Model {
   cudaEvent_t step_done_[2] = {nullptr, nullptr};
 
   StepProfile profile_;  // setting `profile`
-
-  // Setting `gemm_row_padding`. cuBLAS's choice of kernel for some row
-  // counts is much slower than for a few more rows (on the H100, gate_up at
-  // 448 rows took 1.9x the time of 512). At load every multiple of
-  // kRowPaddingStep rows up to 2048 is timed per product, and a product of
-  // m rows runs as the padded count where that was >= 5% faster (the extra
-  // rows read stale activations and write rows nobody reads).
-  static constexpr int kRowPaddingStep = 16;
-  struct RowPadding {
-    int n = 0, k = 0;
-    bool f32_out = false;
-    std::vector<int32_t> rows;  // [i]: rows to run for up to (i + 1) * kRowPaddingStep rows; 0: as they are
-  };
-  bool pad_gemm_rows_ = true;
-  std::vector<RowPadding> row_padding_;
 
   // CUDA graphs for small decode passes (setting `cuda_graphs`): at batch 1
   // a token is ~300 launches, most of a few microseconds, and replaying them

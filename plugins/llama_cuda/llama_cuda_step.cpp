@@ -56,12 +56,6 @@ void LlamaCudaModel::gemm(const void* x, const void* weight, int m, int n, int k
     check_cuda(cuda::small_gemm(x, weight, kdtype, m, n, k, y, f32_out, stream_), "small_gemm");
     return;
   }
-  for (const RowPadding& padding : row_padding_)
-    if (padding.n == n && padding.k == k && padding.f32_out == f32_out) {
-      const size_t i = size_t((m + kRowPaddingStep - 1) / kRowPaddingStep - 1);
-      if (i < padding.rows.size() && padding.rows[i] > 0) m = padding.rows[i];
-      break;
-    }
   // Row-major y[m, n] = x[m, k] . weight[n, k]^T is column-major y^T = weight^T . x^T.
   const float alpha = 1.0f, beta = 0.0f;
   const cudaDataType_t in = dtype_ == DType::f16 ? CUDA_R_16F : CUDA_R_16BF;

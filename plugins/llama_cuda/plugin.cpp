@@ -31,10 +31,6 @@ const hostrun::SettingSpec kSettings[] = {
      false, "1", 0, 8},
     {"cuda_graphs", hostrun::SettingType::boolean,
      "Replay decode passes of up to 8 sequences as CUDA graphs (fewer launch gaps at small batch)", false, "true"},
-    {"gemm_row_padding", hostrun::SettingType::boolean,
-     "Time cuBLAS at every 16 rows up to 2048 per linear layer at load (about a second) and run a row count as a "
-     "few more rows where that is faster",
-     false, "true"},
     {"profile", hostrun::SettingType::boolean,
      "Time every op of every pass with CUDA events and log the breakdown when the model is unloaded", false, "false"},
 };
