@@ -129,6 +129,7 @@ inline void check_fixture(const fs::path& folder, const Backend& backend = {}, c
     const auto hf_last = read_f32(folder / prompt.at("last_logits_file").get<std::string>(), vocab);
     const double last_error = relative_error(first.output.logits.at(0), hf_last);
     CHECK_MESSAGE(last_error < last_bound, "last-position logits differ from HF by " << last_error << " (relative)");
+    if (last_bound != tolerance.logits) MESSAGE(name << "/" << prompt_name << ": last-position error " << last_error);
     request.return_logits = false;
     while (request.generated().size() < hf_greedy.size()) {
       auto next = driver.run({{&request, 1}});
@@ -170,6 +171,7 @@ inline void check_fixture(const fs::path& folder, const Backend& backend = {}, c
       if (position + 1 < ids.size()) forced.tokens.back() = ids[position + 1];
     }
     CHECK_MESSAGE(worst < per_position_bound, "per-position logits differ from HF by up to " << worst << " (relative)");
+    if (per_position_bound != tolerance.logits) MESSAGE(name << "/" << prompt_name << ": per-position error " << worst);
   }
 }
 
