@@ -7,6 +7,8 @@
 //   test_kernels_cuda --seed 1234     replay
 //   test_kernels_cuda --bench         timings (cudaEvent, median of repeats)
 //   test_kernels_cuda --bench-gemm    the small_gemm timings alone
+//   test_kernels_cuda --bench-decode [BxC]  decode attention alone (one
+//                                     batch B x context C: for ncu)
 //   test_kernels_cuda -tc='*attention*'   doctest filters work as usual
 //
 // Without a GPU it exits with status 2 and says so (CI builds it and excludes
@@ -983,15 +985,19 @@ void bench_small_gemm_shapes() {
   }
 }
 
-void bench_decode_attention() {
+struct DecodeShape {
+  int batch, context;
+};
+
+// The default list ends with the 10k ShareGPT-like run's own shape: ~256
+// sequences of a few hundred positions.
+void bench_decode_attention(std::vector<DecodeShape> shapes = {{1, 1024}, {1, 8192}, {1, 32768}, {8, 4096},
+                                                               {32, 2048}, {64, 4096}, {256, 1024}, {256, 256},
+                                                               {256, 384}, {256, 512}}) {
   std::printf("\n== decode attention bf16, Llama-3-8B layer (32 q heads, 8 kv heads, hd 128, 64-token pages) ==\n");
   std::mt19937_64 rng(g_seed);
   const int qh = 32, kv = 8, hd = 128, bt = 64;
-  struct Shape {
-    int batch, context;
-  };
-  for (const Shape shape : {Shape{1, 1024}, Shape{1, 8192}, Shape{1, 32768}, Shape{8, 4096}, Shape{32, 2048},
-                            Shape{64, 4096}, Shape{256, 1024}}) {
+  for (const DecodeShape shape : shapes) {
     const int blocks_per_seq = (shape.context + bt - 1) / bt;
     const int num_blocks = shape.batch * blocks_per_seq;
     const std::size_t pool = static_cast<std::size_t>(num_blocks) * bt * kv * hd;
@@ -1117,6 +1123,8 @@ void bench_sampling() {
 int main(int argc, char** argv) {
   bool bench = false;
   bool bench_gemm_only = false;  // --bench-gemm: the small_gemm timings alone
+  bool bench_decode_only = false;  // --bench-decode [BxC]
+  std::vector<DecodeShape> decode_shapes;
   bool seed_given = false;
   std::vector<char*> rest;
   for (int i = 0; i < argc; ++i) {
@@ -1126,6 +1134,14 @@ int main(int argc, char** argv) {
     } else if (arg == "--bench-gemm") {
       bench = true;
       bench_gemm_only = true;
+    } else if (arg == "--bench-decode") {
+      bench = true;
+      bench_decode_only = true;
+      int batch = 0, context = 0;
+      if (i + 1 < argc && std::sscanf(argv[i + 1], "%dx%d", &batch, &context) == 2 && batch > 0 && context > 0) {
+        decode_shapes.push_back({batch, context});
+        ++i;
+      }
     } else if (arg == "--seed" && i + 1 < argc) {
       g_seed = std::strtoull(argv[++i], nullptr, 0);
       seed_given = true;
@@ -1162,6 +1178,13 @@ int main(int argc, char** argv) {
 
   if (bench) {
     g_bench = true;
+    if (bench_decode_only) {
+      if (decode_shapes.empty())
+        bench_decode_attention();
+      else
+        bench_decode_attention(decode_shapes);
+      return 0;
+    }
     bench_small_gemm();
     bench_small_gemm_shapes();
     if (bench_gemm_only) return 0;
