@@ -108,26 +108,49 @@ __global__ void __launch_bounds__(1024)
 }
 
 template <typename T>
-cudaError_t run(const AttentionPlan& plan, const detail::AttentionKernelParams& params, int num_sequences,
-                cudaStream_t stream) {
+cudaError_t enqueue_prefill(const AttentionPlan& plan, const detail::AttentionKernelParams& params, int num_sequences,
+                           cudaStream_t stream) {
+  prefill_schedule_kernel<<<1, 1024, 0, stream>>>(params.query_start, num_sequences, params.group,
+                                                 params.prefill_skips_decode,
+                                                 const_cast<std::int32_t*>(params.prefill_tile_start));
+  if (const cudaError_t r = cudaGetLastError(); r != cudaSuccess) return r;
+  return plan.problem.head_dim == 64 ? detail::launch_prefill<T, 64>(params, plan.prefill_q_tiles, stream)
+                                     : detail::launch_prefill<T, 128>(params, plan.prefill_q_tiles, stream);
+}
+
+template <typename T>
+cudaError_t enqueue_decode(const AttentionPlan& plan, const detail::AttentionKernelParams& params, int num_sequences,
+                          cudaStream_t stream) {
   const int head_dim = plan.problem.head_dim;
-  if (plan.run_decode) {
-    const cudaError_t e = head_dim == 64 ? detail::launch_decode_split<T, 64>(params, num_sequences, stream)
-                                         : detail::launch_decode_split<T, 128>(params, num_sequences, stream);
-    if (e != cudaSuccess) return e;
-    if (params.splits > 1) {
-      decode_reduce_kernel<T><<<dim3(plan.problem.q_heads, num_sequences), head_dim, 0, stream>>>(params, head_dim);
-      if (const cudaError_t r = cudaGetLastError(); r != cudaSuccess) return r;
-    }
+  const cudaError_t e = head_dim == 64 ? detail::launch_decode_split<T, 64>(params, num_sequences, stream)
+                                       : detail::launch_decode_split<T, 128>(params, num_sequences, stream);
+  if (e != cudaSuccess) return e;
+  if (params.splits > 1) {
+    decode_reduce_kernel<T><<<dim3(plan.problem.q_heads, num_sequences), head_dim, 0, stream>>>(params, head_dim);
+    return cudaGetLastError();
   }
-  if (plan.run_prefill) {
-    prefill_schedule_kernel<<<1, 1024, 0, stream>>>(params.query_start, num_sequences, params.group,
-                                                   params.prefill_skips_decode,
-                                                   const_cast<std::int32_t*>(params.prefill_tile_start));
-    if (const cudaError_t r = cudaGetLastError(); r != cudaSuccess) return r;
-    return head_dim == 64 ? detail::launch_prefill<T, 64>(params, plan.prefill_q_tiles, stream)
-                          : detail::launch_prefill<T, 128>(params, plan.prefill_q_tiles, stream);
+  return cudaSuccess;
+}
+
+template <typename T>
+cudaError_t run(const AttentionPlan& plan, const detail::AttentionKernelParams& params, int num_sequences,
+                cudaStream_t stream, const SideStream* side) {
+  if (plan.run_decode && plan.run_prefill && side != nullptr && side->stream != nullptr) {
+    // Prefill first on the side stream (its few CTAs start before decode's
+    // thousands take the SMs), decode on the main stream, then join. The two
+    // write disjoint rows of `out` and disjoint parts of the workspace.
+    if (cudaError_t e = cudaEventRecord(side->fork, stream); e != cudaSuccess) return e;
+    if (cudaError_t e = cudaStreamWaitEvent(side->stream, side->fork, 0); e != cudaSuccess) return e;
+    const cudaError_t prefill = enqueue_prefill<T>(plan, params, num_sequences, side->stream);
+    const cudaError_t decode = enqueue_decode<T>(plan, params, num_sequences, stream);
+    // Join even after a failed launch, so the side stream never holds work the main stream does not wait for.
+    if (cudaError_t e = cudaEventRecord(side->join, side->stream); e != cudaSuccess) return e;
+    if (cudaError_t e = cudaStreamWaitEvent(stream, side->join, 0); e != cudaSuccess) return e;
+    return prefill != cudaSuccess ? prefill : decode;
   }
+  if (plan.run_decode)
+    if (const cudaError_t e = enqueue_decode<T>(plan, params, num_sequences, stream); e != cudaSuccess) return e;
+  if (plan.run_prefill) return enqueue_prefill<T>(plan, params, num_sequences, stream);
   return cudaSuccess;
 }
 
@@ -229,7 +252,7 @@ AttentionPlan plan_paged_attention(const AttentionProblem& problem) {
 cudaError_t paged_attention(const AttentionPlan& plan, const PagedKvPools& pools, const PagedAttentionBatch& batch,
                             const void* q, std::int64_t q_row_stride, float softmax_scale, void* out,
                             std::int64_t out_row_stride, void* workspace, std::size_t workspace_bytes,
-                            cudaStream_t stream) {
+                            cudaStream_t stream, const SideStream* side) {
   const AttentionProblem& problem = plan.problem;
   if (!plan.valid || pools.dtype != problem.dtype || pools.head_dim != problem.head_dim ||
       pools.kv_heads != problem.kv_heads || pools.block_tokens <= 0 || batch.num_sequences > problem.num_sequences ||
@@ -269,8 +292,8 @@ cudaError_t paged_attention(const AttentionPlan& plan, const PagedKvPools& pools
   params.num_sequences = batch.num_sequences;
   params.prefill_tile_start =
       reinterpret_cast<const std::int32_t*>(static_cast<char*>(workspace) + plan.prefill_schedule_offset);
-  return problem.dtype == DType::bf16 ? run<__nv_bfloat16>(plan, params, batch.num_sequences, stream)
-                                      : run<__half>(plan, params, batch.num_sequences, stream);
+  return problem.dtype == DType::bf16 ? run<__nv_bfloat16>(plan, params, batch.num_sequences, stream, side)
+                                      : run<__half>(plan, params, batch.num_sequences, stream, side);
 }
 
 }  // namespace hostrun::cuda

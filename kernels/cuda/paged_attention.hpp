@@ -109,14 +109,29 @@ struct AttentionPlan {
 
 AttentionPlan plan_paged_attention(const AttentionProblem& problem);
 
+// A second stream for a mixed step's prefill kernels, so they run beside
+// decode_split instead of after it: decode streams K/V (bandwidth-bound),
+// prefill multiplies (tensor-core-bound), and a short prompt's prefill alone
+// fills a few SMs for tens of microseconds. `fork` and `join` are events the
+// caller owns (cudaEventDisableTiming); the call records `fork` on the main
+// stream, makes `side` wait for it, and makes the main stream wait for
+// `join` after both kernels, so to the caller the main stream is ordered as
+// before. Legal under CUDA graph capture (the side stream joins the capture).
+struct SideStream {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t fork = nullptr;
+  cudaEvent_t join = nullptr;
+};
+
 // q_row_stride / out_row_stride: elements between consecutive tokens' rows
 // (q_heads * head_dim when packed). workspace: plan.workspace_bytes of device
 // memory, 256-byte aligned (may be null when the size is 0). Never allocates,
 // never synchronizes. cudaErrorInvalidValue if the plan is invalid or does not
-// match the pools.
+// match the pools. `side` (may be null): where a plan that runs both kernels
+// runs prefill.
 cudaError_t paged_attention(const AttentionPlan& plan, const PagedKvPools& pools, const PagedAttentionBatch& batch,
                             const void* q, std::int64_t q_row_stride, float softmax_scale, void* out,
                             std::int64_t out_row_stride, void* workspace, std::size_t workspace_bytes,
-                            cudaStream_t stream);
+                            cudaStream_t stream, const SideStream* side = nullptr);
 
 }  // namespace hostrun::cuda

@@ -9,7 +9,9 @@
 // the consecutive head groups of one fused QKV row, as llama_cuda lays them
 // out, and answers unsupported otherwise; attend() plans and runs
 // kernels/cuda's paged_attention, taking its split-K workspace from the
-// caller's ExecContext. quant_policy is 0 (no quantization).
+// caller's ExecContext; in a step with both decode and prefill tokens the
+// prefill kernels run on a second stream of the policy's, beside decode
+// (setting concurrent_prefill). quant_policy is 0 (no quantization).
 #include <hostrun/sdk.hpp>
 
 #include <cuda_runtime_api.h>
@@ -126,7 +128,13 @@ Status check_rows(const char* what, const TensorView& view, int32_t num_tokens, 
 class CudaKvPolicy final : public hostrun::KvCachePolicy {
  public:
   explicit CudaKvPolicy(const hostrun::CreateContext& context)
-      : dtype_(parse_dtype_setting(context.settings->get_string("dtype"))) {}
+      : dtype_(parse_dtype_setting(context.settings->get_string("dtype"))),
+        concurrent_prefill_(context.settings->get_bool("concurrent_prefill")) {}
+  ~CudaKvPolicy() override {
+    if (side_.stream) cudaStreamDestroy(side_.stream);
+    if (side_.fork) cudaEventDestroy(side_.fork);
+    if (side_.join) cudaEventDestroy(side_.join);
+  }
 
   hostrun::KvFormat format() const noexcept override {
     return hostrun::KvFormat{dtype_ == DType::f16 ? "f16" : "bf16", 0, 16};
@@ -295,9 +303,19 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
       step.context_lens = batch.context_lens;
       step.block_tables = batch.block_tables;
       step.max_blocks_per_sequence = batch.max_blocks_per_sequence;
+      // Made on first use, on the device this policy's caches live on.
+      if (concurrent_prefill_ && plan.run_decode && plan.run_prefill && side_.stream == nullptr) {
+        if (cudaError_t made = cudaStreamCreateWithFlags(&side_.stream, cudaStreamNonBlocking); made != cudaSuccess)
+          return cuda_status("creating the prefill stream", made);
+        if (cudaError_t made = cudaEventCreateWithFlags(&side_.fork, cudaEventDisableTiming); made != cudaSuccess)
+          return cuda_status("creating an event", made);
+        if (cudaError_t made = cudaEventCreateWithFlags(&side_.join, cudaEventDisableTiming); made != cudaSuccess)
+          return cuda_status("creating an event", made);
+      }
       const cudaError_t e = hostrun::cuda::paged_attention(plan, pools, step, queries.data, q_stride, softmax_scale,
                                                            out.data, out_stride, exec.workspace.data, workspace_bytes,
-                                                           static_cast<cudaStream_t>(exec.stream));
+                                                           static_cast<cudaStream_t>(exec.stream),
+                                                           concurrent_prefill_ ? &side_ : nullptr);
       if (e != cudaSuccess) return cuda_status(fmt::format("attend ({})", plan.describe()).c_str(), e);
       return {};
     });
@@ -326,6 +344,8 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
   }
 
   DType dtype_;
+  bool concurrent_prefill_ = true;
+  hostrun::cuda::SideStream side_;  // prefill's stream and the fork/join events
   int num_sms_ = 132;
   std::unique_ptr<hostrun::cuda::AttentionPlan> plan_;  // the last step's, reused by its other layers
 };
@@ -333,6 +353,9 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
 const hostrun::SettingSpec kSettings[] = {
     {"dtype", hostrun::SettingType::string,
      "Storage format of K/V pages: \"bf16\" or \"f16\" (must be the model's activation dtype)", false, "\"bf16\""},
+    {"concurrent_prefill", hostrun::SettingType::boolean,
+     "In a step with decode and prefill tokens, run the prefill attention on a second stream beside decode", false,
+     "true"},
 };
 const hostrun::RoleEntry kRoles[] = {hostrun::role_entry<hostrun::KvCachePolicy, CudaKvPolicy>(kSettings, &probe)};
 

@@ -732,6 +732,27 @@ void run_attention_case(const AttentionCase& tc, std::mt19937_64& rng) {
              bound_mode == 0 ? "seqs" : (bound_mode == 1 ? "tokens" : "1")),
          compare(got, want), 1e-2);
   std::printf("       plan: %s\n", plan.describe().c_str());
+  if (plan.run_decode && plan.run_prefill) {
+    // The same step with prefill on a side stream beside decode.
+    gpu::SideStream side;
+    CUDA_OK(cudaStreamCreateWithFlags(&side.stream, cudaStreamNonBlocking));
+    CUDA_OK(cudaEventCreateWithFlags(&side.fork, cudaEventDisableTiming));
+    CUDA_OK(cudaEventCreateWithFlags(&side.join, cudaEventDisableTiming));
+    cudaStream_t main_stream = nullptr;
+    CUDA_OK(cudaStreamCreateWithFlags(&main_stream, cudaStreamNonBlocking));
+    d_out.poison();
+    workspace.poison();
+    CUDA_OK(cudaDeviceSynchronize());  // the poison is on the legacy stream, which a non-blocking one does not wait for
+    LAUNCH_OK(gpu::paged_attention(plan, pools, batch, d_q.ptr, q_row, scale, d_out.ptr, qh * hd, workspace.ptr,
+                                   workspace.bytes(), main_stream, &side));
+    CUDA_OK(cudaStreamSynchronize(main_stream));
+    report("paged_attention", fmt("%s %s, prefill on a side stream", tc.name.c_str(), name_of(tc.dtype)),
+           compare(from_bytes(d_out.download(), tc.dtype), want), 1e-2);
+    cudaStreamDestroy(main_stream);
+    cudaStreamDestroy(side.stream);
+    cudaEventDestroy(side.fork);
+    cudaEventDestroy(side.join);
+  }
 }
 
 std::vector<SequenceSpec> decode_batch(std::mt19937_64& rng, int count, int min_ctx, int max_ctx) {
