@@ -85,8 +85,12 @@ class PagedEchoModel final : public Model {
     for (const StepSequence& s : input.sequences)
       if (s.previous_sample >= 0) return {ErrorCode::invalid_argument, "previous_sample outside submit_step"};
     Step copy = copy_step(input);
-    return run(copy, output);
+    Status status = run(copy, output);
+    if (status && fail_step_ > 0 && steps_done_++ == fail_step_) status = {ErrorCode::internal, "injected kernel failure"};
+    return status;
   }
+  // The fail_step-th step (counting from 0) reports a failure when its output is asked for.
+  void fail_step(size_t step) { fail_step_ = step; }
   bool overlaps_steps() const noexcept override { return mode_ != Mode::step; }
   Status submit_step(const StepInput& input) noexcept override {
     if (queued_.size() >= 2) return {ErrorCode::internal, "a third step submitted before the first was collected"};
@@ -105,6 +109,7 @@ class PagedEchoModel final : public Model {
     Queued& front = queued_.front();
     if (!front.ran) front.status = run(front.input, front.output);
     Status status = front.status;
+    if (status && fail_step_ > 0 && steps_done_++ == fail_step_) status = {ErrorCode::internal, "injected kernel failure"};
     output = std::move(front.output);
     queued_.pop_front();
     return status;
@@ -180,6 +185,8 @@ class PagedEchoModel final : public Model {
   }
 
   Mode mode_;
+  size_t fail_step_ = 0;   // 0: none
+  size_t steps_done_ = 0;  // outputs given so far
   int32_t block_tokens_ = 1;
   std::vector<TokenId> slots_;
   std::deque<Queued> queued_;
@@ -539,6 +546,36 @@ TEST_CASE("bad requests are refused at submit") {
   Outcome got = h.run(std::vector<TokenId>(60, 3), sp).get();
   CHECK(got.finish == FinishReason::error);
   CHECK(got.error.find("cannot hold this request") != std::string::npos);
+  h.engine->wait_idle();
+  CHECK(h.engine->stats().kv_blocks_held == 0);
+}
+
+TEST_CASE("a step that fails ends its requests with the error; the engine goes on") {
+  EngineConfig config;
+  config.session_len = 4096;
+  config.num_kv_blocks = 400;
+  config.cache_block_seq_len = 16;
+  Harness h(config, pick_mode());
+  h.model->fail_step(3);
+  std::mt19937 rng(21);
+  SamplingParams sp = greedy(40);
+  sp.ignore_eos = true;
+  std::vector<std::future<Outcome>> futures;
+  for (int i = 0; i < 8; ++i) futures.push_back(h.run(random_prompt(rng, 20 + i), sp));
+  int failed = 0;
+  for (auto& f : futures) {
+    Outcome got = f.get();
+    if (got.finish == FinishReason::error) {
+      ++failed;
+      CHECK(got.error == "injected kernel failure");
+    } else {
+      CHECK(got.finish == FinishReason::length);
+    }
+  }
+  CHECK(failed > 0);
+  // Nothing is lost: the blocks come back and a new request runs as if nothing happened.
+  std::vector<TokenId> prompt{7, 8, 9};
+  check_same(h.run(prompt, greedy(12)).get(), expected_run(prompt, greedy(12), 4096, 0));
   h.engine->wait_idle();
   CHECK(h.engine->stats().kv_blocks_held == 0);
 }
