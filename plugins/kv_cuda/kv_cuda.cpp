@@ -303,19 +303,22 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
       step.context_lens = batch.context_lens;
       step.block_tables = batch.block_tables;
       step.max_blocks_per_sequence = batch.max_blocks_per_sequence;
-      // Made on first use, on the device this policy's caches live on.
-      if (concurrent_prefill_ && plan.run_decode && plan.run_prefill && side_.stream == nullptr) {
-        if (cudaError_t made = cudaStreamCreateWithFlags(&side_.stream, cudaStreamNonBlocking); made != cudaSuccess)
-          return cuda_status("creating the prefill stream", made);
-        if (cudaError_t made = cudaEventCreateWithFlags(&side_.fork, cudaEventDisableTiming); made != cudaSuccess)
-          return cuda_status("creating an event", made);
-        if (cudaError_t made = cudaEventCreateWithFlags(&side_.join, cudaEventDisableTiming); made != cudaSuccess)
-          return cuda_status("creating an event", made);
+      // Made on first use, on the device this policy's caches live on (what
+      // a failed creation left missing is tried again next time).
+      if (concurrent_prefill_ && plan.run_decode && plan.run_prefill) {
+        if (!side_.stream)
+          if (cudaError_t made = cudaStreamCreateWithFlags(&side_.stream, cudaStreamNonBlocking); made != cudaSuccess)
+            return cuda_status("creating the prefill stream", made);
+        for (cudaEvent_t* event : {&side_.fork, &side_.join})
+          if (!*event)
+            if (cudaError_t made = cudaEventCreateWithFlags(event, cudaEventDisableTiming); made != cudaSuccess)
+              return cuda_status("creating an event", made);
       }
+      const bool side_ready = side_.stream && side_.fork && side_.join;
       const cudaError_t e = hostrun::cuda::paged_attention(plan, pools, step, queries.data, q_stride, softmax_scale,
                                                            out.data, out_stride, exec.workspace.data, workspace_bytes,
                                                            static_cast<cudaStream_t>(exec.stream),
-                                                           concurrent_prefill_ ? &side_ : nullptr);
+                                                           concurrent_prefill_ && side_ready ? &side_ : nullptr);
       if (e != cudaSuccess) return cuda_status(fmt::format("attend ({})", plan.describe()).c_str(), e);
       return {};
     });
