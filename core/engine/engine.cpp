@@ -41,10 +41,6 @@ uint64_t next_seed(uint64_t& state) {
   return z ^ (z >> 31);
 }
 
-bool has_penalties(const SamplingParams& sp) {
-  return sp.repetition_penalty != 1.0f || sp.presence_penalty != 0.0f || sp.frequency_penalty != 0.0f;
-}
-
 // Length of the longest prefix of `text` that ends on a UTF-8 character boundary.
 size_t utf8_safe_prefix(std::string_view text, size_t length) {
   while (length > 0 && length < text.size() && (static_cast<unsigned char>(text[length]) & 0xC0) == 0x80) --length;
@@ -500,7 +496,7 @@ bool Engine::schedule_and_run() {
   // A sequence whose sampling reads its whole history (penalties) cannot
   // decode a token still on the device: collect it first.
   if (in_flight_ && std::any_of(in_flight_->begin(), in_flight_->end(), [](const Planned& p) {
-        return p.sample && p.seq->callback && has_penalties(p.seq->sampling);
+        return p.sample && p.seq->callback && p.seq->sampling.has_penalties();
       }))
     collect_in_flight();
 

@@ -33,10 +33,6 @@ void check_cuda(cudaError_t error, const char* what) {
     fail(ErrorCode::internal, fmt::format("{}: {} ({})", what, cudaGetErrorString(error), cudaGetErrorName(error)));
 }
 
-bool has_penalties(const SamplingParams& sp) {
-  return sp.repetition_penalty != 1.0f || sp.presence_penalty != 0.0f || sp.frequency_penalty != 0.0f;
-}
-
 // Sections of the per-pass index arena, each 16-byte aligned.
 struct ArenaLayout {
   size_t bytes = 0;
@@ -115,7 +111,7 @@ void LlamaCudaModel::check_step(const StepInput& input) const {
       fail(ErrorCode::invalid_argument, fmt::format("sequence {}: previous_sample {}, but the step submitted before "
                                                     "this one sampled {} ids",
                                                     s, seq.previous_sample, previous_rows_));
-    if (seq.previous_sample >= 0 && seq.sample && has_penalties(*seq.sampling))
+    if (seq.previous_sample >= 0 && seq.sample && seq.sampling->has_penalties())
       fail(ErrorCode::invalid_argument,
            fmt::format("sequence {}: penalties read the whole history, which lacks its previous_sample", s));
     if (seq.generated.size() > seq.history.size())
@@ -275,7 +271,7 @@ void LlamaCudaModel::forward(const StepInput& input, const std::vector<Piece>& p
     max_blocks = std::max(max_blocks, (context + block_tokens_ - 1) / block_tokens_);
     if (p.sample) {
       ++num_rows;
-      if (has_penalties(*seq.sampling)) history_ids += seq.history.size();
+      if (seq.sampling->has_penalties()) history_ids += seq.history.size();
       suppressed_pairs += seq.suppressed.size();
     }
   }
@@ -356,7 +352,7 @@ void LlamaCudaModel::forward(const StepInput& input, const std::vector<Piece>& p
       r.frequency_penalty = sp.frequency_penalty;
       r.seed = seq.rng_seed;
       r.step = seq.rng_offset;
-      if (has_penalties(sp)) {
+      if (sp.has_penalties()) {
         const int32_t prompt = int32_t(seq.history.size() - seq.generated.size());
         std::copy(seq.history.begin(), seq.history.end(), history + history_at);
         r.prompt_offset = history_at;

@@ -95,9 +95,7 @@ class PagedEchoModel final : public Model {
   Status submit_step(const StepInput& input) noexcept override {
     if (queued_.size() >= 2) return {ErrorCode::internal, "a third step submitted before the first was collected"};
     for (const StepSequence& s : input.sequences)
-      if (s.previous_sample >= 0 && s.sample &&
-          (s.sampling->repetition_penalty != 1.0f || s.sampling->presence_penalty != 0.0f ||
-           s.sampling->frequency_penalty != 0.0f))
+      if (s.previous_sample >= 0 && s.sample && s.sampling->has_penalties())
         return {ErrorCode::invalid_argument, "previous_sample for a sequence with penalties"};
     queued_.push_back({copy_step(input), {}, false, {}});
     if (mode_ == Mode::overlap_at_submit) queued_.back().status = run(queued_.back().input, queued_.back().output);

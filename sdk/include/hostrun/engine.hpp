@@ -35,6 +35,12 @@ struct SamplingParams {
   std::vector<TokenId> stop_token_ids;   // in addition to the model's eos ids
   int32_t top_logprobs = -1;             // -1: no logprobs; 0: the chosen token's; n: plus top n
   bool skip_special_tokens = true;
+
+  // Whether sampling reads the request's token history (repetition, presence
+  // or frequency penalty). A non-virtual inline: no change to the layout.
+  bool has_penalties() const {
+    return repetition_penalty != 1.0f || presence_penalty != 0.0f || frequency_penalty != 0.0f;
+  }
 };
 
 struct ImageData {
