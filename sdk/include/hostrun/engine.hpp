@@ -14,39 +14,11 @@
 #include <variant>
 #include <vector>
 
+#include "hostrun/generation.hpp"
 #include "hostrun/status.hpp"
 #include "hostrun/tokenizer.hpp"
 
 namespace hostrun {
-
-struct SamplingParams {
-  float temperature = 1.0f;  // 0 means greedy
-  float top_p = 1.0f;
-  int32_t top_k = 0;  // 0 means no top-k cut
-  float min_p = 0.0f;
-  float repetition_penalty = 1.0f;
-  float presence_penalty = 0.0f;
-  float frequency_penalty = 0.0f;
-  std::optional<uint64_t> seed;
-  int32_t max_tokens = -1;  // -1: up to the session length
-  int32_t min_tokens = 0;
-  bool ignore_eos = false;
-  std::vector<std::string> stop;         // stop strings, matched on decoded text
-  std::vector<TokenId> stop_token_ids;   // in addition to the model's eos ids
-  int32_t top_logprobs = -1;             // -1: no logprobs; 0: the chosen token's; n: plus top n
-  bool skip_special_tokens = true;
-
-  // Whether sampling reads the request's token history (repetition, presence
-  // or frequency penalty). A non-virtual inline: no change to the layout.
-  bool has_penalties() const {
-    return repetition_penalty != 1.0f || presence_penalty != 0.0f || frequency_penalty != 0.0f;
-  }
-};
-
-struct ImageData {
-  std::string mime_type;       // "image/png", "image/jpeg"
-  std::vector<uint8_t> bytes;  // the encoded file
-};
 
 struct ChatMessage {
   std::string role;  // system, user, assistant
@@ -74,12 +46,6 @@ constexpr const char* finish_reason_name(FinishReason r) noexcept {
   }
   return "?";
 }
-
-struct TokenLogprob {
-  TokenId id = -1;
-  float logprob = 0.0f;
-  std::vector<std::pair<TokenId, float>> top;  // most likely first
-};
 
 // One delivery to the frontend. Tokens arrive in order; the last event of a
 // request has finish != none and is the only one with it.

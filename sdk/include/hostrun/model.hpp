@@ -1,32 +1,27 @@
 // Role: Model — loads weights and runs one engine step on a batch of sequences
 // (prefill chunks and decode tokens mixed), returning sampled tokens.
-//
-// A vision encoder (LLaVA's CLIP ViT + projector) is a Model too, of kind
-// image_encoder: the engine asks it for embeddings and hands them to the text
-// model as EmbeddingSpans that replace the embeddings of placeholder tokens.
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
-#include "hostrun/engine.hpp"
 #include "hostrun/exec.hpp"
+#include "hostrun/generation.hpp"
 #include "hostrun/kv_cache.hpp"
 #include "hostrun/plugin_object.hpp"
 #include "hostrun/quantizer.hpp"
 #include "hostrun/status.hpp"
 #include "hostrun/tensor.hpp"
+#include "hostrun/tokenizer.hpp"
 #include "hostrun/weights.hpp"
 
 namespace hostrun {
 
-enum class ModelKind : uint8_t { causal_lm, image_encoder };
-
 struct ModelInfo {
-  ModelKind kind = ModelKind::causal_lm;
   std::string architecture;  // "LlamaForCausalLM"
   int32_t vocab_size = 0;
   int32_t hidden_size = 0;
@@ -47,8 +42,10 @@ struct LoadContext {
   const WeightSource* weights = nullptr;
   Device device{};
   DType activation_dtype = DType::bf16;
-  Quantizer* quantizer = nullptr;       // null: the checkpoint's own dtype
-  KvCachePolicy* kv_policy = nullptr;   // null for an image encoder
+  // The manifest's [quantizer]: the model builds its linear layers through it
+  // (Quantizer::load_linear). Null: the checkpoint's own dense weights.
+  Quantizer* quantizer = nullptr;
+  KvCachePolicy* kv_policy = nullptr;
   int32_t tensor_parallel_rank = 0;
   int32_t tensor_parallel_size = 1;
 };
@@ -102,12 +99,19 @@ struct MemoryReport {
   size_t total_bytes = 0;
 };
 
+// Memory on a model's device that the engine owns (image embeddings kept
+// while a request lives). Freed when the object goes.
+class DeviceTensor : public PluginObject {
+ public:
+  virtual TensorView view() const noexcept = 0;
+};
+
 class Model : public PluginObject {
  public:
   virtual Status load(const LoadContext& context) noexcept = 0;
   virtual ModelInfo info() const noexcept = 0;
   virtual Result<MemoryReport> memory() const noexcept = 0;
-  // Makes the KV cache through the policy given at load (causal LMs only).
+  // Makes the KV cache through the policy given at load.
   virtual Status allocate_kv_cache(int32_t num_blocks, int32_t block_tokens) noexcept = 0;
   virtual Status step(const StepInput& input, StepOutput& output) noexcept = 0;
 
@@ -128,15 +132,18 @@ class Model : public PluginObject {
     (void)output;
     return Status(ErrorCode::unsupported, "this model does not overlap steps");
   }
-  // Image encoders: one [tokens, hidden] tensor per image, owned by the model
-  // until the next call.
-  virtual Result<std::vector<TensorView>> encode_images(std::span<const ImageData> images) noexcept {
-    (void)images;
-    return Status(ErrorCode::unsupported, "this model does not encode images");
-  }
-  // Quantizer calibration: runs `tokens` and reports every linear layer's input.
-  virtual Status observe_linear_inputs(std::span<const TokenId> tokens,
-                                       CalibrationObserver& observer) noexcept {
+
+  // Inputs the engine prepares ahead of a step (image embeddings): memory for
+  // `rows` embeddings of [hidden_size] in the dtype EmbeddingSpans must have,
+  // on the model's device, and the context work that fills it runs in (on a
+  // GPU, the stream the model's steps run on, so a step queued later sees it).
+  virtual Result<PluginPtr<DeviceTensor>> allocate_embeddings(int64_t rows) noexcept = 0;
+  virtual ExecContext embedding_exec() const noexcept = 0;
+
+  // Quantizer calibration: runs `tokens` as one sequence through the model
+  // (after load; the KV cache, if any, is left as it was) and reports every
+  // linear layer's input.
+  virtual Status observe_linear_inputs(std::span<const TokenId> tokens, CalibrationObserver& observer) noexcept {
     (void)tokens;
     (void)observer;
     return Status(ErrorCode::unsupported, "this model does not support calibration");

@@ -23,8 +23,10 @@
 #include "hostrun/plugin_object.hpp"
 #include "hostrun/quantizer.hpp"
 #include "hostrun/status.hpp"
+#include "hostrun/tensor.hpp"
 #include "hostrun/tokenizer.hpp"
 #include "hostrun/version.hpp"
+#include "hostrun/vision.hpp"
 
 #if defined(_WIN32)
 #define HOSTRUN_EXPORT __declspec(dllexport)
@@ -40,6 +42,7 @@ enum class Role : uint32_t {
   kv_cache_policy = 1u << 2,
   tokenizer = 1u << 3,
   frontend = 1u << 4,
+  vision_encoder = 1u << 5,  // ABI 4
 };
 
 constexpr const char* role_name(Role role) noexcept {
@@ -49,6 +52,7 @@ constexpr const char* role_name(Role role) noexcept {
     case Role::kv_cache_policy: return "kv_cache";
     case Role::tokenizer: return "tokenizer";
     case Role::frontend: return "frontend";
+    case Role::vision_encoder: return "vision";
   }
   return "?";
 }
@@ -60,6 +64,7 @@ template <> struct RoleInterface<Role::quantizer> { using type = Quantizer; };
 template <> struct RoleInterface<Role::kv_cache_policy> { using type = KvCachePolicy; };
 template <> struct RoleInterface<Role::tokenizer> { using type = Tokenizer; };
 template <> struct RoleInterface<Role::frontend> { using type = Frontend; };
+template <> struct RoleInterface<Role::vision_encoder> { using type = VisionEncoder; };
 
 template <typename I> constexpr Role role_of();
 template <> constexpr Role role_of<Model>() { return Role::model; }
@@ -67,6 +72,7 @@ template <> constexpr Role role_of<Quantizer>() { return Role::quantizer; }
 template <> constexpr Role role_of<KvCachePolicy>() { return Role::kv_cache_policy; }
 template <> constexpr Role role_of<Tokenizer>() { return Role::tokenizer; }
 template <> constexpr Role role_of<Frontend>() { return Role::frontend; }
+template <> constexpr Role role_of<VisionEncoder>() { return Role::vision_encoder; }
 
 // What the host gives a factory. Grows by appending fields (see struct_size).
 struct CreateContext {
@@ -74,14 +80,18 @@ struct CreateContext {
   const Settings* settings = nullptr;  // validated against the role's SettingSpecs
   LogSink* log_sink = nullptr;
   const char* instance_name = "";      // the manifest table, e.g. "tokenizer"
+  // This plugin's library: objects the plugin hands out later (caches,
+  // decoders, layers) carry a copy (make_pinned), so the library outlives them.
+  LibraryPin library;
 };
 
 // Makes one object of the role's interface, returned as its PluginObject base.
 // Never throws: on failure it returns nullptr and sets *error.
 using CreateFn = PluginObject* (*)(const CreateContext& context, Status* error) noexcept;
-// Says whether the role can run on this machine (e.g. a CUDA plugin without a
-// GPU): ok, or a Status whose message is the reason. May be null (always can).
-using ProbeFn = Status (*)() noexcept;
+// Says whether the role can run on `device` of this machine (a CUDA plugin
+// asked for the CPU, or for a GPU the machine lacks): ok, or a Status whose
+// message is the reason. May be null (runs anywhere).
+using ProbeFn = Status (*)(const Device& device) noexcept;
 
 struct RoleEntry {
   Role role;

@@ -1,5 +1,10 @@
-// Role: Quantizer — offline, turns a checkpoint into a quantized one (e.g. AWQ
-// calibration); at load time, supplies the linear layers for its format.
+// Role: Quantizer — at load, supplies the linear layers of its weight format
+// (AWQ's packed int4, FP8, ...); offline, writes a quantized checkpoint from
+// a full-precision one (AWQ calibration: `hostrun lite`).
+//
+// A model plugin given a quantizer (LoadContext::quantizer) asks it for every
+// linear layer it would otherwise build from dense weights, and calls
+// LinearLayer::forward where it would have run its own GEMM.
 #pragma once
 
 #include <cstdint>
@@ -18,21 +23,86 @@
 
 namespace hostrun {
 
-// y[tokens, out_features] = x[tokens, in_features] * W^T, in whatever storage
-// format the quantizer chose for W. Made once at load, used every step.
+// Work a linear layer may do on its output before writing it, saving the
+// model a kernel and a round trip through memory. Bits of a mask.
+enum LinearEpilogue : uint32_t {
+  kEpilogueNone = 0,
+  // RoPE on the first `rope.rotated_heads` heads of each output row (the q and
+  // k heads of a fused QKV product), as KvCachePolicy::write_rotary defines it.
+  kEpilogueRope = 1u << 0,
+  // SiLU-and-multiply: the product's columns are [gate | up] (out_features =
+  // 2 n) and y receives silu(gate) * up, [rows, n].
+  kEpilogueSiluMul = 1u << 1,
+  // y = x W^T + residual (residual [rows, out_features]; it may alias y).
+  kEpilogueResidualAdd = 1u << 2,
+};
+
+struct LinearRope {
+  const int32_t* positions = nullptr;  // [rows], on the layer's device
+  const float* inv_freq = nullptr;     // [head_dim / 2] f32, on the layer's device
+  int32_t rotated_heads = 0;           // heads from the start of each row that rotate
+  int32_t head_dim = 0;
+};
+
+// One call: y = epilogue(x W^T). x [rows, in_features] and y [rows, out] are
+// views in the layer's activation dtype on its device; rows are contiguous,
+// the row stride is free.
+struct LinearCall {
+  TensorView x;
+  TensorView y;
+  uint32_t epilogue = kEpilogueNone;  // a subset of fused_epilogues(rows)
+  LinearRope rope;                    // kEpilogueRope
+  TensorView residual;                // kEpilogueResidualAdd
+};
+
+struct LinearInfo {
+  int64_t in_features = 0;
+  int64_t out_features = 0;  // of the product (before a SiLU-and-multiply halves it)
+  size_t weight_bytes = 0;   // on the device, scales and zero points included
+  DType activation_dtype = DType::bf16;
+  Device device{};
+  std::string format;        // "awq-w4-g128", "bf16", ... for logs
+};
+
+// y[rows, out_features] = x[rows, in_features] * W^T, in whatever storage
+// format the quantizer chose for W (repacked at load into the layout its
+// kernels read best). Made once at load, used every step; forward() follows
+// KvCachePolicy's rules (no allocation, no synchronize, legal under capture).
 class LinearLayer : public PluginObject {
  public:
-  virtual int64_t in_features() const noexcept = 0;
-  virtual int64_t out_features() const noexcept = 0;
-  virtual size_t weight_bytes() const noexcept = 0;
-  virtual Status forward(const TensorView& x, const TensorView& y, const ExecContext& exec) noexcept = 0;
+  virtual LinearInfo info() const noexcept = 0;
+  // The epilogues this layer fuses for a call of `rows` rows (a mask). For an
+  // epilogue it needs and the layer lacks, the model calls with that bit
+  // clear and runs its own kernel on y afterwards (RoPE, SiLU-and-multiply,
+  // the residual add), so a layer that fuses nothing is always correct.
+  virtual uint32_t fused_epilogues(int64_t rows) const noexcept = 0;
+  // Device workspace forward() needs for calls of up to `max_rows` rows.
+  virtual size_t workspace_bytes(int64_t max_rows) const noexcept = 0;
+  virtual Status forward(const LinearCall& call, const ExecContext& exec) noexcept = 0;
+  // W as the layer computes with it, dequantized to f32 [out_features,
+  // in_features] in host memory (conformance tests, calibration, debugging).
+  virtual Status dequantize(std::span<float> weight) const noexcept = 0;
+};
+
+// What load_linear gets: the checkpoint, which of its linear layers to
+// build, and where they run.
+struct LinearLoad {
+  const WeightSource* weights = nullptr;
+  // Checkpoint prefixes ("model.layers.3.self_attn.q_proj"); several are fused
+  // along the output dimension in order (q/k/v into one QKV product, gate/up
+  // into one), all with the same in_features.
+  std::span<const std::string> prefixes;
+  Device device{};
+  DType activation_dtype = DType::bf16;
+  int64_t max_rows = 0;  // the most rows one call will have (for pre-packing choices)
 };
 
 // What a Model reports during calibration: the input of every linear layer.
 class CalibrationObserver {
  public:
   virtual ~CalibrationObserver() = default;
-  // `linear` is the checkpoint prefix, e.g. "model.layers.3.mlp.down_proj".
+  // `linear` is the checkpoint prefix, e.g. "model.layers.3.mlp.down_proj";
+  // `x` [tokens, in_features] f32 in host memory, valid during the call.
   virtual void on_linear_input(std::string_view linear, const TensorView& x) noexcept = 0;
 };
 
@@ -42,18 +112,15 @@ struct QuantizeJob {
   const WeightSource* source = nullptr;  // the full-precision checkpoint
   Model* model = nullptr;                // loaded from `source`, to run calibration batches
   std::span<const std::vector<TokenId>> calibration;  // token sequences
-  std::string output_dir;                // where the quantized HF directory is written
+  WeightSink* output = nullptr;          // where the quantized HF folder is written
 };
 
 class Quantizer : public PluginObject {
  public:
-  // The checkpoint format this quantizer reads and writes ("awq").
+  // The checkpoint format this quantizer reads and writes, as config.json's
+  // quantization_config.quant_method spells it ("awq", "fp8").
   virtual std::string format() const noexcept = 0;
-  // Builds one linear layer from the checkpoint. Several prefixes are fused
-  // along the output dimension (q/k/v into one QKV product, gate/up into one).
-  virtual Result<std::unique_ptr<LinearLayer>> load_linear(const WeightSource& weights,
-                                                           std::span<const std::string> prefixes,
-                                                           Device device) noexcept = 0;
+  virtual Result<PluginPtr<LinearLayer>> load_linear(const LinearLoad& load) noexcept = 0;
   // Offline: writes a quantized checkpoint. A quantizer that only loads says unsupported.
   virtual Status quantize(const QuantizeJob& job) noexcept = 0;
 };

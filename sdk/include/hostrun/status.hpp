@@ -28,6 +28,11 @@ enum class ErrorCode : int {
   resource_exhausted, // a budget (KV blocks, session length, queue) is full
   cancelled,
   internal,           // a bug: an invariant broke
+  // ABI 4: codes frontends used to guess from message text.
+  context_length_exceeded,  // prompt (+ requested tokens) is longer than the session or the whole KV cache
+  deadline_exceeded,        // a time limit ran out
+  unavailable,              // the engine is stopping or cannot take work now; retrying later may succeed
+  permission_denied,        // authenticated, or not, but not allowed
 };
 
 const char* to_string(ErrorCode code) noexcept;
@@ -119,6 +124,10 @@ inline const char* to_string(ErrorCode code) noexcept {
     case ErrorCode::resource_exhausted: return "resource exhausted";
     case ErrorCode::cancelled: return "cancelled";
     case ErrorCode::internal: return "internal error";
+    case ErrorCode::context_length_exceeded: return "context length exceeded";
+    case ErrorCode::deadline_exceeded: return "deadline exceeded";
+    case ErrorCode::unavailable: return "unavailable";
+    case ErrorCode::permission_denied: return "permission denied";
   }
   return "unknown error";
 }

@@ -13,7 +13,9 @@
 
 namespace hostrun {
 
-enum class DType : uint8_t { f32, f16, bf16, i32, i64, i8, u8, i4, u4 };
+// f8_e4m3 / f8_e5m2: OCP FP8 (safetensors F8_E4M3 / F8_E5M2); e4m3 is the
+// "fn" variant (no infinities, 0x7f/0xff NaN), as PyTorch's float8_e4m3fn.
+enum class DType : uint8_t { f32, f16, bf16, i32, i64, i8, u8, i4, u4, f8_e4m3, f8_e5m2 };
 
 constexpr size_t kMaxTensorRank = 6;
 
@@ -23,7 +25,7 @@ constexpr unsigned dtype_bits(DType t) noexcept {
     case DType::f32: case DType::i32: return 32;
     case DType::f16: case DType::bf16: return 16;
     case DType::i64: return 64;
-    case DType::i8: case DType::u8: return 8;
+    case DType::i8: case DType::u8: case DType::f8_e4m3: case DType::f8_e5m2: return 8;
     case DType::i4: case DType::u4: return 4;
   }
   return 0;
@@ -40,11 +42,20 @@ constexpr std::string_view dtype_name(DType t) noexcept {
     case DType::u8: return "u8";
     case DType::i4: return "i4";
     case DType::u4: return "u4";
+    case DType::f8_e4m3: return "f8_e4m3";
+    case DType::f8_e5m2: return "f8_e5m2";
   }
   return "?";
 }
 
+// One bit per dtype, for sets of dtypes (KvFormat::activation_dtypes, ...).
+constexpr uint32_t dtype_bit(DType t) noexcept { return 1u << unsigned(t); }
+
 enum class DeviceKind : uint8_t { cpu, cuda };
+
+constexpr std::string_view device_kind_name(DeviceKind kind) noexcept {
+  return kind == DeviceKind::cuda ? "cuda" : "cpu";
+}
 
 struct Device {
   DeviceKind kind = DeviceKind::cpu;

@@ -32,9 +32,8 @@ struct DecodeOptions {
 // Decodes a growing list of ids piece by piece. The concatenation of every
 // piece returned by push() and then finish() equals Tokenizer::decode() of all
 // ids pushed; no piece ever ends inside a UTF-8 sequence.
-class IncrementalDecoder {
+class IncrementalDecoder : public PluginObject {
  public:
-  virtual ~IncrementalDecoder() = default;
   // Appends to `piece` whatever text is now final (possibly nothing).
   virtual Status push(TokenId id, std::string& piece) noexcept = 0;
   // Appends the text still held back (an incomplete UTF-8 tail decodes as U+FFFD).
@@ -55,8 +54,9 @@ class Tokenizer : public PluginObject {
   // Appends the text of `ids` to `text`. An id outside the vocabulary is an error.
   virtual Status decode(std::span<const TokenId> ids, const DecodeOptions& options,
                         std::string& text) const noexcept = 0;
-  virtual std::unique_ptr<IncrementalDecoder> incremental_decoder(
-      const DecodeOptions& options) const noexcept = 0;
+  // A decoder that keeps this tokenizer's library loaded (plugin_object.hpp).
+  // It may read the tokenizer: the caller keeps the tokenizer alive longer.
+  virtual PluginPtr<IncrementalDecoder> incremental_decoder(const DecodeOptions& options) const noexcept = 0;
 
   // Number of ids, added tokens included (the model's embedding may be larger).
   virtual int32_t vocab_size() const noexcept = 0;

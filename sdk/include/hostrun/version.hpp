@@ -9,9 +9,9 @@
 #pragma once
 
 #define HOSTRUN_SDK_VERSION_MAJOR 0
-#define HOSTRUN_SDK_VERSION_MINOR 3
+#define HOSTRUN_SDK_VERSION_MINOR 4
 #define HOSTRUN_SDK_VERSION_PATCH 0
-#define HOSTRUN_SDK_VERSION_STRING "0.3.0"
+#define HOSTRUN_SDK_VERSION_STRING "0.4.0"
 
 // A test build may compile a plugin against another ABI number to prove the
 // host refuses it; nothing else should define this.
@@ -20,5 +20,8 @@
 #else
 // 2: KvCachePolicy::write_rotary (a virtual method added).
 // 3: Model::overlaps_steps / submit_step / collect_step, StepSequence::previous_sample.
-#define HOSTRUN_ABI_VERSION 3
+// 4: the VisionEncoder role, LinearLayer's calls and epilogues, KV formats as
+//    fields and KV workspaces, PluginPtr/LibraryPin, probes per device, FP8
+//    dtypes, new error codes (docs/plugin-guide.md has the whole list).
+#define HOSTRUN_ABI_VERSION 4
 #endif
