@@ -9,7 +9,7 @@ set -euo pipefail
 build=$1 out=$2
 rm -rf "$out"
 mkdir -p "$out/bin" "$out/lib/hostrun/plugins"
-cp "$build/bin/hostrun" "$out/bin/"
+cp "$build/bin/hostrun" "$build/bin/hostrun-llama-checkpoint" "$out/bin/"
 cp "$build"/lib/hostrun/plugins/*.so "$out/lib/hostrun/plugins/"
 cp "$build"/lib/hostrun/*.so "$out/lib/hostrun/" 2>/dev/null || true  # libhostrun_kernels_cuda.so
 for test_binary in "$build"/bin/test_*; do [ -x "$test_binary" ] && cp "$test_binary" "$out/bin/"; done

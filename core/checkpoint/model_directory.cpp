@@ -31,6 +31,24 @@ void check_shard_name(const std::string& file, const std::string& tensor, const 
 
 }  // namespace
 
+Result<std::string> ModelDirectory::read_file(std::string_view name) const noexcept {
+  return detail::to_result<std::string>([&] {
+    if (name.empty() || name == "." || name == ".." || name.find('/') != std::string_view::npos ||
+        name.find('\0') != std::string_view::npos)
+      detail::fail(ErrorCode::invalid_argument, "{}: {} is not a plain file name of the folder", directory_.string(),
+                   detail::quote_name(name));
+    const fs::path path = directory_ / std::string(name);
+    std::error_code ec;
+    if (!fs::exists(fs::symlink_status(path, ec))) detail::fail(ErrorCode::not_found, "{}: no such file", path.string());
+    // A link may point anywhere; what it names must still be in the folder.
+    const fs::path target = fs::weakly_canonical(path, ec);
+    const fs::path folder = fs::weakly_canonical(directory_, ec);
+    if (ec || target.parent_path() != folder)
+      detail::fail(ErrorCode::invalid_argument, "{}: a link out of the model folder", path.string());
+    return detail::read_text_file(target);
+  });
+}
+
 Result<std::unique_ptr<ModelDirectory>> ModelDirectory::open(const fs::path& directory) noexcept {
   return detail::to_result<std::unique_ptr<ModelDirectory>>([&] {
     std::unique_ptr<ModelDirectory> dir(new ModelDirectory());

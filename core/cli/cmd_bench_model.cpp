@@ -27,7 +27,6 @@
 #include <random>
 #include <sstream>
 
-#include "checkpoint/llama_config.hpp"
 #include "commands.hpp"
 #include "engine_flags.hpp"
 #include "log.hpp"
@@ -153,10 +152,7 @@ std::vector<TokenId> random_prompt(std::mt19937_64& rng, int32_t length, const T
 
 // Ids both the tokenizer and the model know.
 int32_t prompt_vocab(const core::Runtime& runtime, const Tokenizer& tokenizer) {
-  int32_t vocab = tokenizer.vocab_size();
-  if (auto config = checkpoint::load_llama_config(runtime.model_dir()))
-    vocab = std::min<int32_t>(vocab, int32_t(config->model.vocab_size));
-  return vocab;
+  return std::min<int32_t>(tokenizer.vocab_size(), runtime.model_info().vocab_size);
 }
 
 SamplingParams sampling_for(const CommonOptions& o, int32_t output_len, uint64_t seed) {

@@ -27,7 +27,6 @@ core::PluginRegistry load_plugins(const GlobalOptions& options);
 
 void add_plugins_command(CLI::App& app, GlobalOptions& options);
 void add_manifest_command(CLI::App& app, GlobalOptions& options);
-void add_checkpoint_command(CLI::App& app, GlobalOptions& options);
 void add_chat_command(CLI::App& app, GlobalOptions& options);
 void add_tokenize_command(CLI::App& app, GlobalOptions& options);
 void add_bench_tokenizer_command(CLI::App& app, GlobalOptions& options);

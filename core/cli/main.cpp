@@ -50,7 +50,6 @@ int main(int argc, char** argv) {
   cli::add_plugins_command(app, options);
   cli::add_manifest_command(app, options);
   cli::add_chat_command(app, options);
-  cli::add_checkpoint_command(app, options);
   cli::add_tokenize_command(app, options);
   cli::add_bench_tokenizer_command(app, options);
   [[maybe_unused]] CLI::App* serve_group = cli::add_serve_command(app, options);

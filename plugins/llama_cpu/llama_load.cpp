@@ -72,9 +72,9 @@ void LlamaCpuModel::load_checked(const LoadContext& context) {
     fail(ErrorCode::invalid_argument, "a causal LM needs a KV cache policy (the manifest's [kv_cache] table)");
   const WeightSource& weights = *context.weights;
   const std::string directory = weights.directory();
-  auto dense = checkpoint::read_dense_llama(weights);
+  auto dense = llama::read_llama_checkpoint(weights, context.quantizer != nullptr);
   throw_if_error(dense.status());
-  checkpoint::LlamaConfig config = dense->config;
+  llama::LlamaConfig config = dense->config;
 
   const int64_t hidden = config.hidden_size;
   const int64_t intermediate = config.intermediate_size;

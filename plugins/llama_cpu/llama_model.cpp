@@ -19,7 +19,7 @@ ModelInfo LlamaCpuModel::info() const noexcept {
   ModelInfo out;
   if (loaded_) {
     try {
-      out = checkpoint::llama_model_info(config_, eos_ids_, bos_id_);
+      out = llama::llama_model_info(config_, eos_ids_, bos_id_);
     } catch (...) {
       // Out of memory copying the eos list: report the device, not a half-filled shape.
       out = ModelInfo{};

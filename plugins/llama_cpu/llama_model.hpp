@@ -14,7 +14,7 @@
 #include <optional>
 #include <vector>
 
-#include "checkpoint/llama_config.hpp"
+#include "llama_common/llama_config.hpp"
 #include "ref/rope.hpp"
 
 namespace hostrun::llama_cpu {
@@ -57,7 +57,7 @@ class LlamaCpuModel final : public Model {
   Logger log_;
   int threads_ = 1;
   bool loaded_ = false;
-  checkpoint::LlamaConfig config_;
+  llama::LlamaConfig config_;
   std::vector<TokenId> eos_ids_;  // config.json's, then generation_config.json's
   std::optional<TokenId> bos_id_;
   LlamaWeights weights_;

@@ -115,7 +115,7 @@ ModelInfo LlamaCudaModel::info() const noexcept {
   ModelInfo out;
   if (loaded_) {
     try {
-      out = checkpoint::llama_model_info(config_, eos_ids_, bos_id_);
+      out = llama::llama_model_info(config_, eos_ids_, bos_id_);
     } catch (...) {
       out = ModelInfo{};
     }
@@ -192,9 +192,9 @@ void LlamaCudaModel::load_checked(const LoadContext& context) {
 
   const WeightSource& weights = *context.weights;
   const std::string directory = weights.directory();
-  auto dense = checkpoint::read_dense_llama(weights);
+  auto dense = llama::read_dense_llama(weights);
   throw_if_error(dense.status());
-  checkpoint::LlamaConfig config = dense->config;
+  llama::LlamaConfig config = dense->config;
   const std::string& source = dense->source;
   if (config.head_dim != 64 && config.head_dim != 128)
     fail(ErrorCode::unsupported,

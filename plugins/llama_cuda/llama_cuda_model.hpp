@@ -153,7 +153,7 @@ class LlamaCudaModel final : public Model {
   int64_t small_gemm_max_rows_ = 1;  // GEMMs of at most this many rows use cuda::small_gemm
   bool rotary_write_ = true;         // the KV policy's write_rotary, until it answers unsupported
   bool loaded_ = false;
-  checkpoint::LlamaConfig config_;
+  llama::LlamaConfig config_;
   std::vector<TokenId> eos_ids_;
   std::optional<TokenId> bos_id_;
   Device device_{DeviceKind::cuda, 0};

@@ -2,7 +2,8 @@
 // index can disagree with its shards.
 #include <nlohmann/json.hpp>
 
-#include "checkpoint/llama_weights.hpp"
+#include <sys/stat.h>
+
 #include "checkpoint/model_directory.hpp"
 #include "test_util.hpp"
 
@@ -139,37 +140,24 @@ TEST_CASE("model directory: an index that is not one") {
                {"model.safetensors.index.json", "'a'", "inside the directory"});
 }
 
-TEST_CASE("model directory: random Llama checkpoints agree single and sharded") {
-  TempDir single, sharded;
-  LlamaConfig config = tiny_llama_config();
-  RandomLlamaOptions options;
-  options.seed = 7;
-  options.dtype = DType::bf16;
-  REQUIRE(write_random_llama_checkpoint(single.path(), config, options).is_ok());
-  options.max_shard_bytes = 40'000;  // several shards for the tiny model
-  REQUIRE(write_random_llama_checkpoint(sharded.path(), config, options).is_ok());
-  CHECK(fs::exists(single / "model.safetensors"));
-  CHECK_FALSE(fs::exists(single / "model.safetensors.index.json"));
-  CHECK(fs::exists(sharded / "model.safetensors.index.json"));
-  CHECK_FALSE(fs::exists(sharded / "model.safetensors"));
 
-  auto a = ModelDirectory::open(single.path());
-  auto b = ModelDirectory::open(sharded.path());
-  REQUIRE_MESSAGE(a.has_value(), a.status().message());
-  REQUIRE_MESSAGE(b.has_value(), b.status().message());
-  CHECK((*b)->files().size() > 2);
-  CHECK((*a)->tensor_names() == (*b)->tensor_names());
-  CHECK((*a)->total_tensor_bytes() == (*b)->total_tensor_bytes());
-  for (const auto& name : (*a)->tensor_names()) {
-    auto x = (*a)->tensor(name);
-    auto y = (*b)->tensor(name);
-    REQUIRE(x.has_value());
-    REQUIRE(y.has_value());
-    CHECK(x->nbytes() == y->nbytes());
-    CHECK_MESSAGE(std::memcmp(x->data, y->data, x->nbytes()) == 0, name);
-  }
-  // The index's total_size is what the shards hold, as transformers expects.
-  auto index = json::parse(read_text(sharded / "model.safetensors.index.json"));
-  CHECK(index["metadata"]["total_size"].get<uint64_t>() == (*b)->total_tensor_bytes());
-  CHECK(index["weight_map"].size() == (*b)->tensor_names().size());
+TEST_CASE("model directory: read_file reads small plain files of the folder, nothing else") {
+  TempDir dir;
+  write_two_shards(dir, kGoodMap);
+  write_text(dir / "generation_config.json", R"({"eos_token_id": 2})");
+  auto source = ModelDirectory::open(dir.path());
+  REQUIRE_MESSAGE(source.has_value(), source.status().message());
+  auto generation = (*source)->read_file("generation_config.json");
+  REQUIRE_MESSAGE(generation.has_value(), generation.status().message());
+  CHECK(*generation == R"({"eos_token_id": 2})");
+  CHECK((*source)->read_file("preprocessor_config.json").status().code() == ErrorCode::not_found);
+  for (std::string_view bad : {"", ".", "..", "../config.json", "sub/file.json"})
+    CHECK((*source)->read_file(bad).status().code() == ErrorCode::invalid_argument);
+  // A link that leaves the folder, and a FIFO (a read would never end).
+  TempDir outside;
+  write_text(outside / "secret.json", "{}");
+  fs::create_symlink(outside / "secret.json", dir / "linked.json");
+  CHECK((*source)->read_file("linked.json").status().code() == ErrorCode::invalid_argument);
+  REQUIRE(::mkfifo((dir / "fifo.json").c_str(), 0600) == 0);
+  CHECK((*source)->read_file("fifo.json").status().code() == ErrorCode::invalid_argument);
 }

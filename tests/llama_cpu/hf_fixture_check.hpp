@@ -72,15 +72,15 @@ inline void check_fixture(const fs::path& folder, const Backend& backend = {}, c
   CAPTURE(name);
 
   // The checkpoint HF saw, written again.
-  auto parsed = checkpoint::parse_llama_config(manifest.at("config").dump(), name + " manifest config");
+  auto parsed = llama::parse_llama_config(manifest.at("config").dump(), name + " manifest config");
   REQUIRE_MESSAGE(parsed.has_value(), parsed.status().message());
-  const checkpoint::LlamaConfig config = parsed.value();
-  checkpoint::RandomLlamaOptions options;
+  const llama::LlamaConfig config = parsed.value();
+  llama::RandomLlamaOptions options;
   options.seed = manifest.at("seed").get<uint64_t>();
   options.dtype = dtype_named(manifest.at("dtype"));
   options.init_std = manifest.at("init_std").get<double>();
   TempDir dir("hf_" + name);
-  Status written = checkpoint::write_random_llama_checkpoint(dir.path(), config, options);
+  Status written = llama::write_random_llama_checkpoint(dir.path(), config, options);
   REQUIRE_MESSAGE(written.is_ok(), written.message());
   auto loaded = load(dir.path(), 2, backend.cuda ? "bf16" : "f32", 64, 16, backend);
   // The same weights as HF loaded, or nothing below means anything.

@@ -22,8 +22,9 @@
 #include <string>
 #include <vector>
 
-#include "checkpoint/llama_config.hpp"
-#include "checkpoint/llama_weights.hpp"
+#include "llama_common/llama_config.hpp"
+#include "llama_common/llama_weights.hpp"
+#include "random_checkpoint.hpp"
 #include "checkpoint/model_directory.hpp"
 #include "checkpoint/safetensors.hpp"
 #include "plugin_loader.hpp"
@@ -106,19 +107,19 @@ inline std::unique_ptr<LoadedModel> load(const fs::path& dir, int threads = 1, c
 }
 
 // A small Llama; the tests change the fields that matter to them.
-inline checkpoint::LlamaConfig small_config() {
-  checkpoint::LlamaConfig c = checkpoint::tiny_llama_config();
+inline llama::LlamaConfig small_config() {
+  llama::LlamaConfig c = llama::tiny_llama_config();
   c.vocab_size = 300;
   c.max_position_embeddings = 1024;
   return c;
 }
 
-inline void write_checkpoint(const fs::path& dir, const checkpoint::LlamaConfig& config, uint64_t seed,
+inline void write_checkpoint(const fs::path& dir, const llama::LlamaConfig& config, uint64_t seed,
                              DType dtype = DType::bf16) {
-  checkpoint::RandomLlamaOptions options;
+  llama::RandomLlamaOptions options;
   options.seed = seed;
   options.dtype = dtype;
-  Status written = checkpoint::write_random_llama_checkpoint(dir, config, options);
+  Status written = llama::write_random_llama_checkpoint(dir, config, options);
   REQUIRE_MESSAGE(written.is_ok(), written.message());
 }
 
@@ -185,7 +186,7 @@ inline std::vector<double> tensor_values(const WeightSource& weights, const std:
 // The oracle: HF's LlamaForCausalLM forward, dense and unpaged, in double.
 class DenseLlama {
  public:
-  DenseLlama(const WeightSource& weights, const checkpoint::LlamaConfig& config, bool apply_rope_scaling = true)
+  DenseLlama(const WeightSource& weights, const llama::LlamaConfig& config, bool apply_rope_scaling = true)
       : c_(config) {
     embed_ = tensor_values(weights, "model.embed_tokens.weight");
     for (int64_t l = 0; l < c_.num_hidden_layers; ++l) {
@@ -307,7 +308,7 @@ class DenseLlama {
     }
   }
 
-  checkpoint::LlamaConfig c_;
+  llama::LlamaConfig c_;
   std::vector<double> embed_, norm_, lm_head_;
   std::vector<Layer> layers_;
   std::vector<double> inv_freq_;

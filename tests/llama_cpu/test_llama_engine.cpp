@@ -59,7 +59,7 @@ struct EngineUnderTest {
 
 TEST_CASE("engine: 64 concurrent greedy requests equal each run alone, also when the KV cache forces preemption") {
   TempDir dir("engine");
-  checkpoint::LlamaConfig config = small_config();
+  llama::LlamaConfig config = small_config();
   config.eos_token_ids = {2};
   write_checkpoint(dir.path(), config, 9);
   randomize_norms(dir.path(), 9);

@@ -28,8 +28,8 @@ const Shape kShapes[] = {
     {"gqa2_tied_hd16_3layers_bf16", 64, 96, 3, 4, 2, 16, true, false, DType::bf16, true},
 };
 
-checkpoint::LlamaConfig config_of(const Shape& s) {
-  checkpoint::LlamaConfig c = small_config();
+llama::LlamaConfig config_of(const Shape& s) {
+  llama::LlamaConfig c = small_config();
   c.hidden_size = s.hidden;
   c.intermediate_size = s.intermediate;
   c.num_hidden_layers = s.layers;
@@ -42,7 +42,7 @@ checkpoint::LlamaConfig config_of(const Shape& s) {
     // scaling changes the angles of a 40-token test noticeably (with
     // Llama-3.1's 8192 it would hide in rounding noise at these positions).
     c.rope_theta = 500000.0;
-    c.rope_scaling = checkpoint::Llama3RopeScaling{4.0, 1.0, 4.0, 32};
+    c.rope_scaling = llama::Llama3RopeScaling{4.0, 1.0, 4.0, 32};
   }
   return c;
 }
@@ -57,7 +57,7 @@ std::vector<TokenId> prompt_of(size_t length, uint32_t seed, int32_t vocab = 300
 // A checkpoint of the small default shape, written once per test case.
 struct SmallModel {
   TempDir dir{"small"};
-  checkpoint::LlamaConfig config = small_config();
+  llama::LlamaConfig config = small_config();
   SmallModel() {
     config.num_key_value_heads = 1;  // GQA 4:1
     write_checkpoint(dir.path(), config, 5);
@@ -93,7 +93,7 @@ TEST_CASE("logits match the dense oracle for every shape, in prefill and decode"
     const std::string shape_name = shape.name;
     CAPTURE(shape_name);
     TempDir dir(shape.name);
-    const checkpoint::LlamaConfig config = config_of(shape);
+    const llama::LlamaConfig config = config_of(shape);
     write_checkpoint(dir.path(), config, 17, shape.dtype);
     if (shape.random_norms) randomize_norms(dir.path(), 17);
     auto loaded = load(dir.path());
@@ -368,7 +368,7 @@ TEST_CASE("bad steps are errors that name the problem, and leave the model usabl
 TEST_CASE("load refuses what it does not support, naming the key or tensor") {
   SUBCASE("attention bias") {
     TempDir dir("bias");
-    checkpoint::LlamaConfig c = small_config();
+    llama::LlamaConfig c = small_config();
     c.attention_bias = true;
     write_checkpoint(dir.path(), c, 1);
     auto loaded = try_load(dir.path());
@@ -378,12 +378,12 @@ TEST_CASE("load refuses what it does not support, naming the key or tensor") {
   }
   SUBCASE("a missing tensor") {
     TempDir dir("missing");
-    checkpoint::LlamaConfig c = small_config();
+    llama::LlamaConfig c = small_config();
     c.tie_word_embeddings = true;
     write_checkpoint(dir.path(), c, 1);
     // The same weights under an untied config: lm_head.weight is missing.
     c.tie_word_embeddings = false;
-    std::ofstream(dir.path() / "config.json") << checkpoint::llama_config_to_json(c);
+    std::ofstream(dir.path() / "config.json") << llama::llama_config_to_json(c);
     auto loaded = try_load(dir.path());
     REQUIRE_FALSE(loaded.has_value());
     CHECK(loaded.status().code() == ErrorCode::not_found);
@@ -391,10 +391,10 @@ TEST_CASE("load refuses what it does not support, naming the key or tensor") {
   }
   SUBCASE("a tensor of the wrong shape") {
     TempDir dir("shape");
-    checkpoint::LlamaConfig c = small_config();
+    llama::LlamaConfig c = small_config();
     write_checkpoint(dir.path(), c, 1);
     c.intermediate_size = 100;
-    std::ofstream(dir.path() / "config.json") << checkpoint::llama_config_to_json(c);
+    std::ofstream(dir.path() / "config.json") << llama::llama_config_to_json(c);
     auto loaded = try_load(dir.path());
     REQUIRE_FALSE(loaded.has_value());
     CHECK(loaded.status().message().find("model.layers.0.mlp.gate_proj.weight") != std::string::npos);

@@ -23,8 +23,8 @@
 #include <future>
 #include <random>
 
-#include "checkpoint/llama_config.hpp"
-#include "checkpoint/llama_weights.hpp"
+#include "llama_common/llama_config.hpp"
+#include "llama_common/llama_weights.hpp"
 #include "checkpoint/model_directory.hpp"
 #include "engine/engine.hpp"
 #include "llama_test_util.hpp"
@@ -82,8 +82,8 @@ std::unique_ptr<Loaded> load(const fs::path& dir, bool cuda, int32_t num_blocks,
   return loaded;
 }
 
-checkpoint::LlamaConfig shape(int hidden, int heads, int kv_heads, int head_dim, int layers, int vocab, bool tied) {
-  checkpoint::LlamaConfig c = checkpoint::tiny_llama_config();
+llama::LlamaConfig shape(int hidden, int heads, int kv_heads, int head_dim, int layers, int vocab, bool tied) {
+  llama::LlamaConfig c = llama::tiny_llama_config();
   c.hidden_size = hidden;
   c.num_attention_heads = heads;
   c.num_key_value_heads = kv_heads;
@@ -96,11 +96,11 @@ checkpoint::LlamaConfig shape(int hidden, int heads, int kv_heads, int head_dim,
   return c;
 }
 
-void write_checkpoint(const fs::path& dir, const checkpoint::LlamaConfig& config, uint64_t seed) {
-  checkpoint::RandomLlamaOptions options;
+void write_checkpoint(const fs::path& dir, const llama::LlamaConfig& config, uint64_t seed) {
+  llama::RandomLlamaOptions options;
   options.seed = seed;
   options.dtype = DType::bf16;
-  Status written = checkpoint::write_random_llama_checkpoint(dir, config, options);
+  Status written = llama::write_random_llama_checkpoint(dir, config, options);
   REQUIRE_MESSAGE(written.is_ok(), written.message());
 }
 
@@ -149,7 +149,7 @@ std::vector<std::vector<float>> run_sequence(Model& model, const std::vector<Tok
 TEST_CASE("llama_cuda logits and greedy tokens follow llama_cpu on several shapes") {
   struct Case {
     const char* name;
-    checkpoint::LlamaConfig config;
+    llama::LlamaConfig config;
     DType half = DType::bf16;  // activations and K/V on the GPU
   };
   const Case cases[] = {

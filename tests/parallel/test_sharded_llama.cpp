@@ -21,9 +21,9 @@
 #include <string>
 #include <vector>
 
-#include "checkpoint/llama_weights.hpp"
+#include "llama_common/llama_weights.hpp"
 #include "checkpoint/safetensors.hpp"
-#include "parallel/tensor_parallel.hpp"
+#include "llama_common/tensor_parallel.hpp"
 #include "ref/embedding.hpp"
 #include "ref/gemm.hpp"
 #include "ref/rmsnorm.hpp"
@@ -32,9 +32,9 @@
 #include "../support/temp_dir.hpp"
 
 namespace fs = std::filesystem;
-using hostrun::checkpoint::LlamaConfig;
+using hostrun::llama::LlamaConfig;
 using hostrun::checkpoint::SafetensorsFile;
-using namespace hostrun::parallel;
+using namespace hostrun::llama;
 
 namespace {
 
@@ -69,7 +69,7 @@ LlamaConfig small_llama(int64_t q_heads, int64_t kv_heads) {
 fs::path write_random_model(const LlamaConfig& config, const fs::path& directory, uint32_t seed) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> spread(-0.5f, 0.5f);
-  const auto specs = hostrun::checkpoint::llama_tensor_specs(config, hostrun::DType::f32);
+  const auto specs = hostrun::llama::llama_tensor_specs(config);
   std::vector<Floats> values;
   std::vector<hostrun::checkpoint::TensorData> tensors;
   for (const auto& spec : specs) {
@@ -80,7 +80,7 @@ fs::path write_random_model(const LlamaConfig& config, const fs::path& directory
     for (float& x : v) x = is_norm ? 1.0f + spread(rng) : spread(rng);
   }
   for (size_t i = 0; i < specs.size(); ++i)
-    tensors.push_back({specs[i].name, specs[i].dtype, specs[i].shape,
+    tensors.push_back({specs[i].name, hostrun::DType::f32, specs[i].shape,
                        std::as_bytes(std::span<const float>(values[i]))});
   const fs::path path = directory / "model.safetensors";
   auto written = hostrun::checkpoint::write_safetensors(path, tensors);

@@ -8,12 +8,12 @@
 #include <string>
 #include <vector>
 
-#include "checkpoint/llama_weights.hpp"
-#include "parallel/tensor_parallel.hpp"
+#include "llama_common/llama_weights.hpp"
+#include "llama_common/tensor_parallel.hpp"
 
 using hostrun::ErrorCode;
-using hostrun::checkpoint::LlamaConfig;
-using namespace hostrun::parallel;
+using hostrun::llama::LlamaConfig;
+using namespace hostrun::llama;
 
 namespace {
 
@@ -33,7 +33,7 @@ const TensorShard& shard_of(const LlamaShardPlan& plan, const std::string& name)
 
 // Llama-3-70B's shape: 64 query heads, 8 KV heads.
 LlamaConfig llama3_70b_config() {
-  LlamaConfig c = hostrun::checkpoint::llama3_8b_config();
+  LlamaConfig c = hostrun::llama::llama3_8b_config();
   c.hidden_size = 8192;
   c.intermediate_size = 28672;
   c.num_hidden_layers = 80;
@@ -45,7 +45,7 @@ LlamaConfig llama3_70b_config() {
 }  // namespace
 
 TEST_CASE("Llama-3-8B at tp 4: rank 1's slices of every kind of tensor") {
-  const LlamaConfig config = hostrun::checkpoint::llama3_8b_config();
+  const LlamaConfig config = hostrun::llama::llama3_8b_config();
   const LlamaShardPlan plan = plan_of(config, 4, 1);
   CHECK(plan.q_heads == IndexRange{8, 8});
   CHECK(plan.kv_heads == IndexRange{2, 2});
@@ -87,7 +87,7 @@ TEST_CASE("Llama-3-8B at tp 4: rank 1's slices of every kind of tensor") {
 }
 
 TEST_CASE("byte runs: one run for a row slice, one run per row for a column slice (bf16)") {
-  const LlamaShardPlan plan = plan_of(hostrun::checkpoint::llama3_8b_config(), 4, 1);
+  const LlamaShardPlan plan = plan_of(hostrun::llama::llama3_8b_config(), 4, 1);
   // q_proj rows [1024, 2048) of [4096, 4096]: one contiguous block.
   CHECK(byte_runs(shard_of(plan, "model.layers.0.self_attn.q_proj.weight"), 2) ==
         ByteRuns{1024ull * 4096 * 2, 1024ull * 4096 * 2, 1024ull * 4096 * 2, 1});
@@ -123,12 +123,12 @@ TEST_CASE("copy_shard reads a column slice out of the full tensor, and checks bo
 TEST_CASE("the plan names exactly llama_tensor_specs(), and splits add back up to the whole model") {
   for (bool tied : {false, true})
     for (bool biases : {false, true}) {
-      LlamaConfig config = hostrun::checkpoint::tiny_llama_config();
+      LlamaConfig config = hostrun::llama::tiny_llama_config();
       config.vocab_size = 250;  // not a multiple of 4: a padded last shard
       config.tie_word_embeddings = tied;
       config.attention_bias = biases;
       config.mlp_bias = biases;
-      const auto specs = hostrun::checkpoint::llama_tensor_specs(config, hostrun::DType::bf16);
+      const auto specs = hostrun::llama::llama_tensor_specs(config);
       for (int tp : {1, 2, 4}) {
         CAPTURE(tied);
         CAPTURE(biases);
@@ -184,7 +184,7 @@ TEST_CASE("fewer KV heads than ranks: each rank holds the one KV head its query 
     CHECK(shard_of(plan, "model.layers.0.self_attn.k_proj.weight").slice == TensorSlice{0, 128 * (rank / 2), 128});
   }
   // Multi-query (one KV head) on 4 ranks: the same head everywhere.
-  LlamaConfig mqa = hostrun::checkpoint::tiny_llama_config();
+  LlamaConfig mqa = hostrun::llama::tiny_llama_config();
   mqa.num_key_value_heads = 1;
   for (int rank = 0; rank < 4; ++rank) {
     const LlamaShardPlan plan = plan_of(mqa, 4, rank);
@@ -197,7 +197,7 @@ TEST_CASE("fewer KV heads than ranks: each rank holds the one KV head its query 
 TEST_CASE("every rank's query heads attend with KV heads that rank holds, the same count on every rank") {
   for (auto [q_heads, kv_heads] : {std::pair{8, 8}, {8, 4}, {8, 2}, {8, 1}, {32, 8}, {64, 8}})
     for (int tp : {1, 2, 4, 8}) {
-      LlamaConfig config = hostrun::checkpoint::tiny_llama_config();
+      LlamaConfig config = hostrun::llama::tiny_llama_config();
       config.num_attention_heads = q_heads;
       config.num_key_value_heads = kv_heads;
       if (!check_tensor_parallel(config, tp)) continue;
@@ -223,7 +223,7 @@ TEST_CASE("vocabulary shards: equal padded pieces, the real rows shorter at the 
   CHECK(vocab.padded_vocab() == 104);
   CHECK(vocab.gathered_index(2, 80, 5) == (3 * 5 + 2) * 26 + 2);
   // Smaller than tp: the last rank holds nothing but padding.
-  LlamaConfig config = hostrun::checkpoint::tiny_llama_config();
+  LlamaConfig config = hostrun::llama::tiny_llama_config();
   config.vocab_size = 7;
   config.bos_token_id = 1;
   config.eos_token_ids = {2};
@@ -239,7 +239,7 @@ TEST_CASE("vocabulary shards: equal padded pieces, the real rows shorter at the 
 }
 
 TEST_CASE("shapes that cannot be split: the error names every size and the numbers") {
-  const LlamaConfig llama8b = hostrun::checkpoint::llama3_8b_config();
+  const LlamaConfig llama8b = hostrun::llama::llama3_8b_config();
   CHECK(check_tensor_parallel(llama8b, 1).is_ok());
   CHECK(check_tensor_parallel(llama8b, 8).is_ok());
   CHECK(check_tensor_parallel(llama8b, 16).is_ok());  // 8 KV heads, each on 2 ranks
@@ -298,7 +298,7 @@ TEST_CASE("a rank's share of Llama-3-70B's weights at tp 8") {
   }
   // Only the norms are held by every rank: 161 vectors of 8192.
   int64_t model_numel = 0;
-  for (const auto& spec : hostrun::checkpoint::llama_tensor_specs(config, hostrun::DType::bf16))
+  for (const auto& spec : hostrun::llama::llama_tensor_specs(config))
     model_numel += std::accumulate(spec.shape.begin(), spec.shape.end(), int64_t{1}, std::multiplies<>());
   CHECK(total == model_numel + 7 * 161 * 8192);
   CHECK(largest * 8 == total);

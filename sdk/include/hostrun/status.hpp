@@ -112,6 +112,22 @@ Status guard(Body&& body) noexcept {
   }
 }
 
+// Runs `body` (returning T) and turns anything it throws into a Result<T>.
+template <typename T, typename Body>
+Result<T> guard_result(Body&& body) noexcept {
+  try {
+    return Result<T>(body());
+  } catch (const Error& e) {
+    return e.status();
+  } catch (const std::bad_alloc&) {
+    return Status(ErrorCode::out_of_memory, "out of host memory");
+  } catch (const std::exception& e) {
+    return Status(ErrorCode::internal, e.what());
+  } catch (...) {
+    return Status(ErrorCode::internal, "unknown exception");
+  }
+}
+
 inline const char* to_string(ErrorCode code) noexcept {
   switch (code) {
     case ErrorCode::ok: return "ok";

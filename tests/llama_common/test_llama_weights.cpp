@@ -4,13 +4,18 @@
 
 #include <nlohmann/json.hpp>
 
-#include "checkpoint/llama_weights.hpp"
+#include <cstring>
+
+#include "llama_common/llama_weights.hpp"
+#include "random_checkpoint.hpp"
 #include "checkpoint/model_directory.hpp"
 #include "test_util.hpp"
 
 using namespace hostrun;
 using namespace hostrun::checkpoint;
+using namespace hostrun::llama;
 using namespace checkpoint_test;
+using nlohmann::json;
 
 namespace {
 
@@ -35,7 +40,7 @@ std::unique_ptr<ModelDirectory> open_dir(const TempDir& dir) {
 
 TEST_CASE("llama weights: Llama-3-8B has 8,030,261,248 parameters") {
   uint64_t params = 0;
-  for (const auto& spec : llama_tensor_specs(llama3_8b_config(), DType::bf16)) {
+  for (const auto& spec : llama_tensor_specs(llama3_8b_config())) {
     uint64_t n = 1;
     for (auto d : spec.shape) n *= uint64_t(d);
     params += n;
@@ -57,7 +62,7 @@ TEST_CASE("llama weights: random checkpoints in every dtype validate and load ba
     CHECK_MESSAGE(valid.is_ok(), valid.message());
 
     // config.json says what was written, and reads back as the same config.
-    auto loaded = load_llama_config(dir.path());
+    auto loaded = read_llama_checkpoint_config(*source);
     REQUIRE_MESSAGE(loaded.has_value(), loaded.status().message());
     config.torch_dtype = std::string(torch_dtype_name(dtype));
     CHECK(loaded->model == config);
@@ -157,13 +162,13 @@ TEST_CASE("llama weights: a missing tensor and a non-float dtype") {
   write_file(dir / "config.json", bytes_of(llama_config_to_json(config)));
   std::vector<std::vector<std::byte>> storage;
   std::vector<TensorData> tensors;
-  for (auto& spec : llama_tensor_specs(config, DType::f32)) {
+  for (auto& spec : llama_tensor_specs(config)) {
     if (spec.name == "model.norm.weight") continue;
-    if (spec.name == "model.layers.1.input_layernorm.weight") spec.dtype = DType::i32;
+    const DType dtype = spec.name == "model.layers.1.input_layernorm.weight" ? DType::i32 : DType::f32;
     uint64_t n = 4;
     for (auto d : spec.shape) n *= uint64_t(d);
     storage.emplace_back(n);
-    tensors.push_back({spec.name, spec.dtype, spec.shape, storage.back()});
+    tensors.push_back({spec.name, dtype, spec.shape, storage.back()});
   }
   REQUIRE(write_safetensors(dir / "model.safetensors", tensors).is_ok());
   auto source = open_dir(dir);
@@ -174,4 +179,39 @@ TEST_CASE("llama weights: a missing tensor and a non-float dtype") {
 
   config.quant_method = "awq";
   expect_error(validate_llama_weights(config, *source), ErrorCode::unsupported, {"awq"});
+}
+
+TEST_CASE("llama weights: random Llama checkpoints agree single and sharded") {
+  TempDir single, sharded;
+  LlamaConfig config = tiny_llama_config();
+  RandomLlamaOptions options;
+  options.seed = 7;
+  options.dtype = DType::bf16;
+  REQUIRE(write_random_llama_checkpoint(single.path(), config, options).is_ok());
+  options.max_shard_bytes = 40'000;  // several shards for the tiny model
+  REQUIRE(write_random_llama_checkpoint(sharded.path(), config, options).is_ok());
+  CHECK(fs::exists(single / "model.safetensors"));
+  CHECK_FALSE(fs::exists(single / "model.safetensors.index.json"));
+  CHECK(fs::exists(sharded / "model.safetensors.index.json"));
+  CHECK_FALSE(fs::exists(sharded / "model.safetensors"));
+
+  auto a = ModelDirectory::open(single.path());
+  auto b = ModelDirectory::open(sharded.path());
+  REQUIRE_MESSAGE(a.has_value(), a.status().message());
+  REQUIRE_MESSAGE(b.has_value(), b.status().message());
+  CHECK((*b)->files().size() > 2);
+  CHECK((*a)->tensor_names() == (*b)->tensor_names());
+  CHECK((*a)->total_tensor_bytes() == (*b)->total_tensor_bytes());
+  for (const auto& name : (*a)->tensor_names()) {
+    auto x = (*a)->tensor(name);
+    auto y = (*b)->tensor(name);
+    REQUIRE(x.has_value());
+    REQUIRE(y.has_value());
+    CHECK(x->nbytes() == y->nbytes());
+    CHECK_MESSAGE(std::memcmp(x->data, y->data, x->nbytes()) == 0, name);
+  }
+  // The index's total_size is what the shards hold, as transformers expects.
+  auto index = json::parse(read_text(sharded / "model.safetensors.index.json"));
+  CHECK(index["metadata"]["total_size"].get<uint64_t>() == (*b)->total_tensor_bytes());
+  CHECK(index["weight_map"].size() == (*b)->tensor_names().size());
 }

@@ -1,16 +1,17 @@
-// `hostrun checkpoint random DIR`: a randomly initialised Llama checkpoint of
-// any shape in the HF layout, so tests and benchmarks need no downloaded
-// weights (speed does not depend on the values).
+// `hostrun-llama-checkpoint random DIR`: a randomly initialised Llama
+// checkpoint of any shape in the HF layout, so tests and benchmarks need no
+// downloaded weights (speed does not depend on the values). A tool of the
+// Llama library, not of the host: the host knows no model family.
+#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include <filesystem>
 #include <optional>
 
-#include "checkpoint/llama_config.hpp"
-#include "checkpoint/llama_weights.hpp"
-#include "commands.hpp"
+#include "llama_common/llama_config.hpp"
+#include "random_checkpoint.hpp"
 
-namespace hostrun::cli {
+namespace hostrun::llama {
 
 namespace {
 
@@ -32,11 +33,11 @@ struct RandomCheckpointOptions {
 };
 
 int write(const RandomCheckpointOptions& o) {
-  checkpoint::LlamaConfig config;
+  LlamaConfig config;
   if (o.shape == "tiny") {
-    config = checkpoint::tiny_llama_config();
+    config = tiny_llama_config();
   } else if (o.shape == "llama3-8b") {
-    config = checkpoint::llama3_8b_config();
+    config = llama3_8b_config();
   } else {
     fmt::print(stderr, "--shape '{}': expected tiny or llama3-8b\n", o.shape);
     return 2;
@@ -52,7 +53,7 @@ int write(const RandomCheckpointOptions& o) {
   if (o.max_position_embeddings) config.max_position_embeddings = *o.max_position_embeddings;
   if (o.rope_theta) config.rope_theta = *o.rope_theta;
   if (o.tie_word_embeddings) config.tie_word_embeddings = *o.tie_word_embeddings;
-  if (o.rope_scaling == "llama3") config.rope_scaling = checkpoint::Llama3RopeScaling{};
+  if (o.rope_scaling == "llama3") config.rope_scaling = Llama3RopeScaling{};
   else if (o.rope_scaling == "none") config.rope_scaling.reset();
   else if (!o.rope_scaling.empty()) {
     fmt::print(stderr, "--rope-scaling '{}': expected none or llama3\n", o.rope_scaling);
@@ -63,7 +64,7 @@ int write(const RandomCheckpointOptions& o) {
     config.bos_token_id = 128000;
     config.eos_token_ids = {128001, 128009};
   }
-  checkpoint::RandomLlamaOptions options;
+  RandomLlamaOptions options;
   options.seed = o.seed;
   options.init_std = o.init_std;
   options.max_shard_bytes = o.max_shard_mb << 20;
@@ -74,11 +75,11 @@ int write(const RandomCheckpointOptions& o) {
     fmt::print(stderr, "--dtype '{}': expected bf16, f16 or f32\n", o.dtype);
     return 2;
   }
-  if (Status valid = checkpoint::validate_llama_config(config, "the requested shape"); !valid) {
+  if (Status valid = validate_llama_config(config, "the requested shape"); !valid) {
     fmt::print(stderr, "{}\n", valid.message());
     return 2;
   }
-  if (Status written = checkpoint::write_random_llama_checkpoint(o.directory, config, options); !written) {
+  if (Status written = write_random_llama_checkpoint(o.directory, config, options); !written) {
     fmt::print(stderr, "{}\n", written.message());
     return 1;
   }
@@ -101,32 +102,34 @@ int write(const RandomCheckpointOptions& o) {
 
 }  // namespace
 
-void add_checkpoint_command(CLI::App& app, GlobalOptions& options) {
-  auto* group = app.add_subcommand("checkpoint", "Work with HF checkpoint folders");
-  group->require_subcommand(1);
-  auto* cmd = group->add_subcommand("random", "Write a randomly initialised Llama checkpoint of any shape "
-                                              "(config.json, safetensors, generation_config.json)");
-  auto o = std::make_shared<RandomCheckpointOptions>();
-  cmd->add_option("DIR", o->directory, "Folder to write (created)")->required();
-  cmd->add_option("--shape", o->shape, "Base shape: tiny or llama3-8b; the flags below change it")->capture_default_str();
-  cmd->add_option("--dtype", o->dtype, "Stored dtype: bf16, f16 or f32")->capture_default_str();
-  cmd->add_option("--seed", o->seed, "Random seed (the same seed writes the same bytes)")->capture_default_str();
-  cmd->add_option("--init-std", o->init_std, "Standard deviation of the weights")->capture_default_str();
-  cmd->add_option("--hidden-size", o->hidden_size);
-  cmd->add_option("--intermediate-size", o->intermediate_size);
-  cmd->add_option("--layers", o->layers, "num_hidden_layers");
-  cmd->add_option("--heads", o->heads, "num_attention_heads");
-  cmd->add_option("--kv-heads", o->kv_heads, "num_key_value_heads");
-  cmd->add_option("--head-dim", o->head_dim, "head_dim (default hidden / heads)");
-  cmd->add_option("--vocab-size", o->vocab_size);
-  cmd->add_option("--max-position-embeddings", o->max_position_embeddings);
-  cmd->add_option("--rope-theta", o->rope_theta);
-  cmd->add_option("--rope-scaling", o->rope_scaling, "none or llama3 (Llama-3.1's factors)");
-  cmd->add_option("--tie-word-embeddings", o->tie_word_embeddings, "true or false");
-  cmd->add_option("--tokenizer", o->tokenizer_dir,
-                  "Folder with tokenizer.json and tokenizer_config.json to copy in (sets Llama-3's bos/eos ids)");
-  cmd->add_option("--max-shard-mb", o->max_shard_mb, "Shard the weights above this size")->capture_default_str();
-  cmd->callback([&options, o] { options.exit_code = write(*o); });
-}
+}  // namespace hostrun::llama
 
-}  // namespace hostrun::cli
+int main(int argc, char** argv) {
+  using hostrun::llama::RandomCheckpointOptions;
+  CLI::App app("Llama checkpoints for tests and benchmarks", "hostrun-llama-checkpoint");
+  app.require_subcommand(1);
+  auto* cmd = app.add_subcommand("random", "Write a randomly initialised Llama checkpoint of any shape "
+                                           "(config.json, safetensors, generation_config.json)");
+  RandomCheckpointOptions o;
+  cmd->add_option("DIR", o.directory, "Folder to write (created)")->required();
+  cmd->add_option("--shape", o.shape, "Base shape: tiny or llama3-8b; the flags below change it")->capture_default_str();
+  cmd->add_option("--dtype", o.dtype, "Stored dtype: bf16, f16 or f32")->capture_default_str();
+  cmd->add_option("--seed", o.seed, "Random seed (the same seed writes the same bytes)")->capture_default_str();
+  cmd->add_option("--init-std", o.init_std, "Standard deviation of the weights")->capture_default_str();
+  cmd->add_option("--hidden-size", o.hidden_size);
+  cmd->add_option("--intermediate-size", o.intermediate_size);
+  cmd->add_option("--layers", o.layers, "num_hidden_layers");
+  cmd->add_option("--heads", o.heads, "num_attention_heads");
+  cmd->add_option("--kv-heads", o.kv_heads, "num_key_value_heads");
+  cmd->add_option("--head-dim", o.head_dim, "head_dim (default hidden / heads)");
+  cmd->add_option("--vocab-size", o.vocab_size);
+  cmd->add_option("--max-position-embeddings", o.max_position_embeddings);
+  cmd->add_option("--rope-theta", o.rope_theta);
+  cmd->add_option("--rope-scaling", o.rope_scaling, "none or llama3 (Llama-3.1's factors)");
+  cmd->add_option("--tie-word-embeddings", o.tie_word_embeddings, "true or false");
+  cmd->add_option("--tokenizer", o.tokenizer_dir,
+                  "Folder with tokenizer.json and tokenizer_config.json to copy in (sets Llama-3's bos/eos ids)");
+  cmd->add_option("--max-shard-mb", o.max_shard_mb, "Shard the weights above this size")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  return hostrun::llama::write(o);
+}

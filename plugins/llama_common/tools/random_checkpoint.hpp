@@ -1,30 +1,17 @@
-// What a Llama checkpoint must hold, the check that it does, and a writer of
-// randomly initialised ones (fixtures for tests, inputs for `hostrun bench`).
+// Randomly initialised Llama checkpoints in the HF layout: fixtures for tests
+// and inputs for benchmarks (speed does not depend on the values). A host-side
+// tool (it writes through the host's safetensors writer), never part of a plugin.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
-#include <vector>
+#include <string_view>
 
-#include "checkpoint/llama_config.hpp"
-#include "checkpoint/safetensors.hpp"
-#include "hostrun/weights.hpp"
+#include "hostrun/status.hpp"
+#include "hostrun/tensor.hpp"
+#include "llama_common/llama_config.hpp"
 
-namespace hostrun::checkpoint {
-
-// Every tensor LlamaForCausalLM loads, with its HF name and shape (nn.Linear
-// weights are [out_features, in_features]), in HF's order: embeddings, layer
-// by layer, final norm, lm_head (absent when tie_word_embeddings).
-std::vector<TensorSpec> llama_tensor_specs(const LlamaConfig& config, DType dtype);
-
-// Checks that `weights` holds every tensor of llama_tensor_specs() with that
-// shape and a floating dtype (f32, f16, bf16). Extra tensors are allowed (old
-// checkpoints carry rotary_emb.inv_freq). The error lists every problem
-// (up to a few dozen), each naming the tensor, the expected and the found
-// shape; its code is not_found when a tensor is missing, corrupt_data
-// otherwise. A quantized config (quant_method set) is `unsupported` here:
-// its linear layers are stored in another layout.
-Status validate_llama_weights(const LlamaConfig& config, const WeightSource& weights) noexcept;
+namespace hostrun::llama {
 
 struct RandomLlamaOptions {
   uint64_t seed = 0;
@@ -52,4 +39,4 @@ Status write_random_llama_checkpoint(const std::filesystem::path& directory, con
 // normal-initialised tensor, before rounding to the dtype (for tests).
 float random_llama_value(uint64_t seed, std::string_view tensor_name, uint64_t index, double init_std) noexcept;
 
-}  // namespace hostrun::checkpoint
+}  // namespace hostrun::llama

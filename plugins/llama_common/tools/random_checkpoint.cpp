@@ -9,12 +9,16 @@
 #include <nlohmann/json.hpp>
 
 #include "checkpoint/detail.hpp"
-#include "checkpoint/llama_weights.hpp"
 #include "checkpoint/model_directory.hpp"
+#include "llama_common/llama_weights.hpp"
+#include "random_checkpoint.hpp"
 
-namespace hostrun::checkpoint {
+namespace hostrun::llama {
 
-using detail::fail;
+using checkpoint::SafetensorsWriter;
+using checkpoint::TensorSpec;
+using checkpoint::detail::fail;
+namespace detail = checkpoint::detail;
 namespace fs = std::filesystem;
 
 namespace {
@@ -156,7 +160,7 @@ Status write_random_llama_checkpoint(const fs::path& directory, const LlamaConfi
     LlamaConfig config = config_in;
     config.torch_dtype = std::string(torch_dtype_name(options.dtype));
     config.quant_method.reset();  // the weights written here are never quantized
-    const fs::path config_path = directory / kConfigFileName;
+    const fs::path config_path = directory / checkpoint::kConfigFileName;
     if (Status s = validate_llama_config(config, config_path.string()); !s) throw Error(s);
 
     std::error_code ec;
@@ -168,11 +172,12 @@ Status write_random_llama_checkpoint(const fs::path& directory, const LlamaConfi
       generation["bos_token_id"] = config.bos_token_id ? nlohmann::ordered_json(*config.bos_token_id) : nullptr;
       if (config.eos_token_ids.size() == 1) generation["eos_token_id"] = config.eos_token_ids.front();
       else if (!config.eos_token_ids.empty()) generation["eos_token_id"] = config.eos_token_ids;
-      detail::write_text_file(directory / kGenerationConfigFileName, generation.dump(2) + "\n");
+      detail::write_text_file(directory / checkpoint::kGenerationConfigFileName, generation.dump(2) + "\n");
     }
 
     // Greedy shards in HF order, as transformers' save_pretrained does.
-    std::vector<TensorSpec> specs = llama_tensor_specs(config, options.dtype);
+    std::vector<TensorSpec> specs;
+    for (auto& spec : llama_tensor_specs(config)) specs.push_back({std::move(spec.name), options.dtype, std::move(spec.shape)});
     std::vector<std::vector<TensorSpec>> shards(1);
     uint64_t shard_bytes = 0;
     uint64_t total_bytes = 0;
@@ -190,14 +195,14 @@ Status write_random_llama_checkpoint(const fs::path& directory, const LlamaConfi
 
     // Readers prefer model.safetensors over an index; neither may be left
     // over from an earlier checkpoint in this directory.
-    remove_if_present(directory / kSingleFileName);
-    remove_if_present(directory / kIndexFileName);
+    remove_if_present(directory / checkpoint::kSingleFileName);
+    remove_if_present(directory / checkpoint::kIndexFileName);
     // transformers refuses safetensors files without metadata format "pt".
     const std::map<std::string, std::string> metadata{{"format", "pt"}};
     nlohmann::json weight_map = nlohmann::json::object();
     for (size_t k = 0; k < shards.size(); ++k) {
       const std::string file_name = shards.size() == 1
-                                        ? std::string(kSingleFileName)
+                                        ? std::string(checkpoint::kSingleFileName)
                                         : fmt::format("model-{:05}-of-{:05}.safetensors", k + 1, shards.size());
       auto writer = SafetensorsWriter::create(directory / file_name, shards[k], metadata);
       if (!writer) throw Error(writer.status());
@@ -209,9 +214,9 @@ Status write_random_llama_checkpoint(const fs::path& directory, const LlamaConfi
     }
     if (shards.size() > 1) {
       nlohmann::json index = {{"metadata", {{"total_size", total_bytes}}}, {"weight_map", weight_map}};
-      detail::write_text_file(directory / kIndexFileName, index.dump(2) + "\n");
+      detail::write_text_file(directory / checkpoint::kIndexFileName, index.dump(2) + "\n");
     }
   });
 }
 
-}  // namespace hostrun::checkpoint
+}  // namespace hostrun::llama

@@ -1,9 +1,12 @@
 // config.json / generation_config.json parsing and validation.
-#include "checkpoint/llama_config.hpp"
+#include "llama_common/llama_config.hpp"
 #include "test_util.hpp"
 
+#include <fstream>
+#include <iterator>
+
 using namespace hostrun;
-using namespace hostrun::checkpoint;
+using namespace hostrun::llama;
 using namespace checkpoint_test;
 
 namespace {
@@ -169,6 +172,23 @@ TEST_CASE("llama config: rope scaling other than llama3 is unsupported, naming t
   expect_error(parse_llama_config(config_with(R"("rope_scaling": "llama3")")).status(), ErrorCode::invalid_argument,
                {"config.json", "'rope_scaling'"});
 }
+
+namespace {
+
+// config.json and, when present, generation_config.json of `dir`, merged.
+Result<LlamaCheckpointConfig> load_llama_config(const std::filesystem::path& dir) {
+  auto read = [](const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  std::optional<std::string> generation;
+  if (std::filesystem::exists(dir / "generation_config.json")) generation = read(dir / "generation_config.json");
+  std::optional<std::string_view> generation_view;
+  if (generation) generation_view = *generation;
+  return parse_llama_checkpoint_config(read(dir / "config.json"), generation_view, dir.string());
+}
+
+}  // namespace
 
 TEST_CASE("llama config: generation_config.json and the eos union") {
   TempDir dir;

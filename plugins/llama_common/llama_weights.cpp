@@ -1,21 +1,18 @@
-#include "checkpoint/llama_weights.hpp"
+#include "llama_common/llama_weights.hpp"
 
 #include <algorithm>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include "checkpoint/detail.hpp"
+#include "llama_common/text.hpp"
 
-namespace hostrun::checkpoint {
+namespace hostrun::llama {
 
-using detail::quote_name;
-using detail::shape_text;
-
-std::vector<TensorSpec> llama_tensor_specs(const LlamaConfig& c, DType dtype) {
-  std::vector<TensorSpec> specs;
+std::vector<LlamaTensorSpec> llama_tensor_specs(const LlamaConfig& c) {
+  std::vector<LlamaTensorSpec> specs;
   auto add = [&](std::string name, std::vector<int64_t> shape) {
-    specs.push_back(TensorSpec{std::move(name), dtype, std::move(shape)});
+    specs.push_back(LlamaTensorSpec{std::move(name), std::move(shape)});
   };
   const int64_t hidden = c.hidden_size;
   add("model.embed_tokens.weight", {c.vocab_size, hidden});
@@ -67,7 +64,7 @@ Status validate_llama_weights(const LlamaConfig& config, const WeightSource& wei
       if (count++ == 0 || c == ErrorCode::not_found) code = c;
       if (problems.size() < kMaxListed) problems.push_back(std::move(text));
     };
-    for (const auto& spec : llama_tensor_specs(config, DType::f32)) {
+    for (const auto& spec : llama_tensor_specs(config)) {
       auto view = weights.tensor(spec.name);
       if (!view) {
         problem(ErrorCode::not_found,
@@ -90,4 +87,4 @@ Status validate_llama_weights(const LlamaConfig& config, const WeightSource& wei
   });
 }
 
-}  // namespace hostrun::checkpoint
+}  // namespace hostrun::llama

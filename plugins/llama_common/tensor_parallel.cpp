@@ -1,4 +1,4 @@
-#include "parallel/tensor_parallel.hpp"
+#include "llama_common/tensor_parallel.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -6,11 +6,9 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-namespace hostrun::parallel {
+namespace hostrun::llama {
 
 namespace {
-
-using checkpoint::LlamaConfig;
 
 int64_t product(std::span<const int64_t> dims) noexcept {
   int64_t n = 1;
@@ -64,7 +62,7 @@ class ShardList {
 };
 
 // Every tensor of the model with the slice `plan` holds of it. The names and
-// shapes are those of checkpoint::llama_tensor_specs() (the tests check that
+// shapes are those of llama_tensor_specs() (the tests check that
 // they agree); listing them here keeps this library a leaf that needs only
 // the config.
 std::vector<TensorShard> llama_shards(const LlamaConfig& c, const LlamaShardPlan& plan) {
@@ -257,7 +255,7 @@ Status check_tensor_parallel(const LlamaConfig& config, int tp_size) noexcept {
 }
 
 Result<LlamaShardPlan> plan_llama_shards(const LlamaConfig& config, int tp_size, int rank) noexcept {
-  if (Status s = checkpoint::validate_llama_config(config); !s) return s;
+  if (Status s = validate_llama_config(config); !s) return s;
   if (Status s = check_tensor_parallel(config, tp_size); !s) return s;
   if (rank < 0 || rank >= tp_size)
     return error(ErrorCode::invalid_argument,
@@ -294,4 +292,4 @@ Result<LlamaShardPlan> plan_llama_shards(const LlamaConfig& config, int tp_size,
   }
 }
 
-}  // namespace hostrun::parallel
+}  // namespace hostrun::llama

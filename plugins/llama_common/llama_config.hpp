@@ -1,12 +1,13 @@
 // config.json and generation_config.json of a Llama checkpoint
-// (LlamaForCausalLM), as typed structs.
+// (LlamaForCausalLM), as typed structs: the Llama model plugins' one reader.
 //
 // Parsing fills defaults the way HF transformers does and validates what the
-// model code will rely on; every error names the file and the key.
+// model code will rely on; every error names the file and the key. Files come
+// through the SDK's WeightSource (the host reads the folder), never from the
+// file system directly.
 #pragma once
 
 #include <cstdint>
-#include <filesystem>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -17,7 +18,7 @@
 #include "hostrun/tensor.hpp"
 #include "hostrun/weights.hpp"
 
-namespace hostrun::checkpoint {
+namespace hostrun::llama {
 
 // rope_scaling {"rope_type": "llama3", ...} (Llama 3.1 and later): long
 // wavelengths are divided by `factor`, short ones kept, and the band between
@@ -85,31 +86,34 @@ Result<LlamaConfig> parse_llama_config(std::string_view json_text,
                                        std::string_view source = "config.json") noexcept;
 Result<GenerationConfig> parse_generation_config(std::string_view json_text,
                                                  std::string_view source = "generation_config.json") noexcept;
-// config.json's text (as a WeightSource gives it) merged with
-// DIR/generation_config.json when present; what model plugins call.
+// config.json's text merged with generation_config.json's (when the folder
+// has one); `directory` names both in errors.
 Result<LlamaCheckpointConfig> parse_llama_checkpoint_config(std::string_view config_json,
-                                                            const std::filesystem::path& directory) noexcept;
-// Reads DIR/config.json and, when present, DIR/generation_config.json.
-Result<LlamaCheckpointConfig> load_llama_config(const std::filesystem::path& directory) noexcept;
+                                                            std::optional<std::string_view> generation_json,
+                                                            std::string_view directory) noexcept;
+// The same, both files read through `weights`.
+Result<LlamaCheckpointConfig> read_llama_checkpoint_config(const WeightSource& weights) noexcept;
 
 // The checks parse_llama_config applies, for configs built in code.
 Status validate_llama_config(const LlamaConfig& config, std::string_view source = "config.json") noexcept;
 
-// What every dense Llama model plugin requires beyond validate_llama_config:
-// the checkpoint's own weights (no quantization_config), no biases, an even
-// head_dim (RoPE rotates pairs), and sizes that fit in int32. Errors name the key.
-Status check_dense_llama(const LlamaConfig& config, std::string_view source) noexcept;
+// What the Llama model plugins require beyond validate_llama_config: no
+// biases, an even head_dim (RoPE rotates pairs), and sizes that fit in int32.
+// Errors name the key.
+Status check_llama_shape(const LlamaConfig& config, std::string_view source) noexcept;
 
-// What a dense Llama model plugin reads from its weight source before any
-// tensor: the merged config (check_dense_llama passed), the stop and start ids
-// as token ids, and config.json's path, which errors about the shape name.
-struct DenseLlamaCheckpoint {
+// What a Llama model plugin reads from its weight source before any tensor:
+// the merged config (check_llama_shape passed), the stop and start ids as
+// token ids, and config.json's path, which errors about the shape name. A
+// quantized checkpoint (quantization_config) is refused unless the model was
+// given a quantizer to read its linear layers.
+struct LlamaCheckpoint {
   LlamaConfig config;
   std::vector<TokenId> eos_ids;  // config.json's, then generation_config.json's
   std::optional<TokenId> bos_id;
   std::string source;            // DIR/config.json
 };
-Result<DenseLlamaCheckpoint> read_dense_llama(const WeightSource& weights) noexcept;
+Result<LlamaCheckpoint> read_llama_checkpoint(const WeightSource& weights, bool with_quantizer) noexcept;
 
 // ModelInfo's architecture, shape and stop/start ids; a plugin adds its
 // device, activation dtype and weight bytes.
@@ -127,4 +131,4 @@ std::string_view torch_dtype_name(DType dtype) noexcept;  // "" for dtypes torch
 LlamaConfig llama3_8b_config();
 LlamaConfig tiny_llama_config();
 
-}  // namespace hostrun::checkpoint
+}  // namespace hostrun::llama

@@ -1,4 +1,4 @@
-#include "checkpoint/llama_config.hpp"
+#include "llama_common/llama_config.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -7,15 +7,18 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
-#include "checkpoint/detail.hpp"
-#include "checkpoint/model_directory.hpp"
+#include "llama_common/text.hpp"
 
-namespace hostrun::checkpoint {
+namespace hostrun::llama {
 
-using detail::fail;
 using nlohmann::json;
 
 namespace {
+
+template <typename... Args>
+[[noreturn]] void fail(ErrorCode code, fmt::format_string<Args...> format, Args&&... args) {
+  throw Error(code, fmt::format(format, std::forward<Args>(args)...));
+}
 
 // Sizes above this are not real models, and keeping every size below 2^31
 // means products of two (vocab * hidden, heads * head_dim) fit in int64.
@@ -23,7 +26,7 @@ constexpr int64_t kMaxSize = std::numeric_limits<int32_t>::max();
 
 std::string found(const json& value) {
   if (value.is_number() || value.is_boolean() || value.is_null()) return value.dump();
-  if (value.is_string()) return detail::quote_name(value.get_ref<const std::string&>());
+  if (value.is_string()) return quote_name(value.get_ref<const std::string&>());
   return std::string("a JSON ") + value.type_name();
 }
 
@@ -285,24 +288,20 @@ GenerationConfig parse_generation(std::string_view text, std::string_view source
 }  // namespace
 
 Result<LlamaConfig> parse_llama_config(std::string_view json_text, std::string_view source) noexcept {
-  return detail::to_result<LlamaConfig>([&] { return parse_config(json_text, source); });
+  return guard_result<LlamaConfig>([&] { return parse_config(json_text, source); });
 }
 
 Result<GenerationConfig> parse_generation_config(std::string_view json_text, std::string_view source) noexcept {
-  return detail::to_result<GenerationConfig>([&] { return parse_generation(json_text, source); });
+  return guard_result<GenerationConfig>([&] { return parse_generation(json_text, source); });
 }
 
 Status validate_llama_config(const LlamaConfig& config, std::string_view source) noexcept {
   return guard([&] { validate(config, source); });
 }
 
-Status check_dense_llama(const LlamaConfig& config, std::string_view source) noexcept {
+Status check_llama_shape(const LlamaConfig& config, std::string_view source) noexcept {
   return guard([&] {
     auto unsupported = [&](std::string message) { throw Error(ErrorCode::unsupported, std::move(message)); };
-    if (config.quant_method)
-      unsupported(fmt::format("{}: key 'quantization_config.quant_method': \"{}\" checkpoints need a quantizer "
-                              "(this plugin runs f32/bf16/f16 weights)",
-                              source, *config.quant_method));
     if (config.attention_bias)
       unsupported(fmt::format("{}: key 'attention_bias': true is unsupported (q/k/v/o_proj without bias only)", source));
     if (config.mlp_bias)
@@ -321,14 +320,18 @@ Status check_dense_llama(const LlamaConfig& config, std::string_view source) noe
   });
 }
 
-Result<DenseLlamaCheckpoint> read_dense_llama(const WeightSource& weights) noexcept {
-  const std::string directory = weights.directory();
-  auto parsed = parse_llama_checkpoint_config(weights.config_json(), directory);
+Result<LlamaCheckpoint> read_llama_checkpoint(const WeightSource& weights, bool with_quantizer) noexcept {
+  auto parsed = read_llama_checkpoint_config(weights);
   if (!parsed) return parsed.status();
-  DenseLlamaCheckpoint out;
+  LlamaCheckpoint out;
   Status filled = guard([&] {
-    out.source = (std::filesystem::path(directory) / "config.json").string();
-    if (Status s = check_dense_llama(parsed->model, out.source); !s) throw Error(s);
+    out.source = fmt::format("{}/config.json", weights.directory());
+    if (parsed->model.quant_method && !with_quantizer)
+      throw Error(ErrorCode::unsupported,
+                  fmt::format("{}: key 'quantization_config.quant_method': \"{}\" weights are read by a quantizer "
+                              "plugin, and the manifest has no [quantizer] table",
+                              out.source, *parsed->model.quant_method));
+    if (Status s = check_llama_shape(parsed->model, out.source); !s) throw Error(s);
     out.config = std::move(parsed->model);
     out.eos_ids.assign(parsed->eos_token_ids.begin(), parsed->eos_token_ids.end());
     if (parsed->bos_token_id) out.bos_id = TokenId(*parsed->bos_token_id);
@@ -340,7 +343,6 @@ Result<DenseLlamaCheckpoint> read_dense_llama(const WeightSource& weights) noexc
 ModelInfo llama_model_info(const LlamaConfig& config, const std::vector<TokenId>& eos_ids,
                            std::optional<TokenId> bos_id) {
   ModelInfo out;
-  out.kind = ModelKind::causal_lm;
   out.architecture = "LlamaForCausalLM";
   out.vocab_size = int32_t(config.vocab_size);
   out.hidden_size = int32_t(config.hidden_size);
@@ -355,17 +357,16 @@ ModelInfo llama_model_info(const LlamaConfig& config, const std::vector<TokenId>
 }
 
 Result<LlamaCheckpointConfig> parse_llama_checkpoint_config(std::string_view config_json,
-                                                            const std::filesystem::path& directory) noexcept {
-  return detail::to_result<LlamaCheckpointConfig>([&] {
+                                                            std::optional<std::string_view> generation_json,
+                                                            std::string_view directory) noexcept {
+  return guard_result<LlamaCheckpointConfig>([&] {
     LlamaCheckpointConfig out;
-    out.model = parse_config(config_json, (directory / kConfigFileName).string());
+    out.model = parse_config(config_json, fmt::format("{}/config.json", directory));
     out.eos_token_ids = out.model.eos_token_ids;
     out.bos_token_id = out.model.bos_token_id;
-    const auto generation_path = directory / kGenerationConfigFileName;
-    std::error_code ec;
-    if (!directory.empty() && std::filesystem::exists(generation_path, ec)) {
-      const std::string source = generation_path.string();
-      out.generation = parse_generation(detail::read_text_file(generation_path), source);
+    if (generation_json) {
+      const std::string source = fmt::format("{}/generation_config.json", directory);
+      out.generation = parse_generation(*generation_json, source);
       check_token_ids(source, "eos_token_id", out.generation->eos_token_ids, out.model.vocab_size);
       if (out.generation->bos_token_id) {
         check_token_ids(source, "bos_token_id", {*out.generation->bos_token_id}, out.model.vocab_size);
@@ -379,11 +380,13 @@ Result<LlamaCheckpointConfig> parse_llama_checkpoint_config(std::string_view con
   });
 }
 
-Result<LlamaCheckpointConfig> load_llama_config(const std::filesystem::path& directory) noexcept {
-  std::string text;
-  Status read = guard([&] { text = detail::read_text_file(directory / kConfigFileName); });
-  if (!read) return read;
-  return parse_llama_checkpoint_config(text, directory);
+Result<LlamaCheckpointConfig> read_llama_checkpoint_config(const WeightSource& weights) noexcept {
+  const std::string directory = weights.directory();
+  auto generation = weights.read_file("generation_config.json");
+  if (!generation && generation.status().code() != ErrorCode::not_found) return generation.status();
+  std::optional<std::string_view> generation_json;
+  if (generation) generation_json = *generation;
+  return parse_llama_checkpoint_config(weights.config_json(), generation_json, directory);
 }
 
 std::string llama_config_to_json(const LlamaConfig& c) {
@@ -478,4 +481,4 @@ LlamaConfig tiny_llama_config() {
   return c;
 }
 
-}  // namespace hostrun::checkpoint
+}  // namespace hostrun::llama

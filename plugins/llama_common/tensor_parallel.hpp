@@ -25,7 +25,7 @@
 //
 // This library is only the plan: sizes, ranges and the checks that make them
 // valid. It depends on the Llama config and nothing else (no NCCL, no CUDA),
-// so the host, the model plugins and CPU tests share one definition of the split.
+// so the model plugins and CPU tests share one definition of the split.
 #pragma once
 
 #include <cstddef>
@@ -35,10 +35,10 @@
 #include <string_view>
 #include <vector>
 
-#include "checkpoint/llama_config.hpp"
+#include "llama_common/llama_config.hpp"
 #include "hostrun/status.hpp"
 
-namespace hostrun::parallel {
+namespace hostrun::llama {
 
 // How a tensor is divided among the ranks.
 enum class Sharding : uint8_t {
@@ -162,9 +162,9 @@ struct LlamaShardPlan {
 // num_attention_heads and intermediate_size, and num_key_value_heads and tp
 // divide one another. invalid_argument otherwise, naming every size that does
 // not divide and the numbers involved.
-Status check_tensor_parallel(const checkpoint::LlamaConfig& config, int tp_size) noexcept;
+Status check_tensor_parallel(const LlamaConfig& config, int tp_size) noexcept;
 
 // The plan of `rank` (0 <= rank < tp_size). Also runs validate_llama_config.
-Result<LlamaShardPlan> plan_llama_shards(const checkpoint::LlamaConfig& config, int tp_size, int rank) noexcept;
+Result<LlamaShardPlan> plan_llama_shards(const LlamaConfig& config, int tp_size, int rank) noexcept;
 
-}  // namespace hostrun::parallel
+}  // namespace hostrun::llama
