@@ -14,7 +14,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr Role kRoles[] = {Role::model, Role::quantizer, Role::kv_cache_policy, Role::tokenizer, Role::frontend};
+constexpr Role kRoles[] = {Role::model,    Role::quantizer,      Role::kv_cache_policy,
+                           Role::tokenizer, Role::vision_encoder, Role::frontend};
 
 std::optional<Role> role_from_name(std::string_view name) {
   for (Role r : kRoles)
@@ -352,8 +353,8 @@ Result<ResolvedManifest> resolve(const Manifest& manifest, const PluginRegistry&
     if (!table.role) {
       std::string hosts;
       for (const auto& h : host_tables) hosts += ", " + h.name;
-      problems.push_back(fmt::format("{}: unknown table [{}]: expected a role ({}{}) or a table with role = \"...\"",
-                                     where, table.name, role_list(), hosts));
+      problems.push_back(fmt::format("{}: unknown table [{}]: expected a role table ({}) or a host table ({})", where,
+                                     table.name, role_list(), hosts.empty() ? "none" : hosts.substr(2)));
       continue;
     }
     if (table.plugin.empty()) {
@@ -375,6 +376,15 @@ Result<ResolvedManifest> resolve(const Manifest& manifest, const PluginRegistry&
     if (!entry) {
       problems.push_back(fmt::format("{}: [{}] names plugin '{}', which has no {} role", where, table.name,
                                      table.plugin, role_name(*table.role)));
+      continue;
+    }
+    // The host wires one object of each role, found by the role's own table
+    // name; a second instance (a table with role = "...") would be validated
+    // and then never used, so it is refused here.
+    if (table.name != role_name(*table.role)) {
+      problems.push_back(fmt::format("{}: table [{}] is a second {} instance; hostrun wires one of each role, in the "
+                                     "table named after it ([{}])",
+                                     where, table.name, role_name(*table.role), role_name(*table.role)));
       continue;
     }
     ResolvedInstance instance;

@@ -1,15 +1,13 @@
 // Manifests: TOML files that wire plugins together.
 //
-//   [tokenizer]              # a role table: model, quantizer, kv_cache, tokenizer, frontend
+//   [tokenizer]              # a role table: model, quantizer, kv_cache, tokenizer, vision, frontend
 //   plugin = "hf_tokenizer"  # which plugin fills the role
 //   file = "tokenizer.json"  # the plugin's own settings, checked against what it declares
 //
-//   [vision]                 # a second instance of a role names the role
-//   role = "model"
-//   plugin = "llava_vision"
-//
-// Tables the host itself reads (e.g. [engine]) are validated against host
-// schemas the same way. Every error names the file, the line and the key.
+// The host wires exactly one object per role, from the table named after the
+// role; any other table is a host table (e.g. [engine]), validated against its
+// host schema the same way, or an error. Every error names the file, the line
+// and the key.
 // Command-line flags become overrides ("tokenizer.file" = "...") applied on top.
 #pragma once
 

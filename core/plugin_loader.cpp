@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
 #include <boost/dll/shared_library.hpp>
 #include <cstdlib>
 #include <dlfcn.h>
@@ -13,6 +14,23 @@
 namespace hostrun::core {
 
 namespace fs = std::filesystem;
+
+namespace {
+
+// What a LibraryPin points at: the Boost.DLL handle and a count of pins.
+struct PinnedLibrary {
+  std::atomic<long> pins{0};
+  boost::dll::shared_library library;
+};
+
+void retain_library(void* library) noexcept { static_cast<PinnedLibrary*>(library)->pins.fetch_add(1); }
+void release_library(void* library) noexcept {
+  auto* pinned = static_cast<PinnedLibrary*>(library);
+  if (pinned->pins.fetch_sub(1) == 1) delete pinned;  // unloads (unless RTLD_NODELETE keeps it mapped)
+}
+constexpr LibraryPin::Ops kPinOps{&retain_library, &release_library};
+
+}  // namespace
 
 const RoleEntry* LoadedPlugin::role(Role r) const noexcept {
   for (const auto& entry : roles)
@@ -66,7 +84,8 @@ void PluginRegistry::load_file(const fs::path& file) {
 
   auto refuse = [&](std::string reason) { refused_.push_back({canonical, std::move(reason)}); };
 
-  auto library = std::make_shared<boost::dll::shared_library>();
+  auto pinned = std::make_unique<PinnedLibrary>();
+  boost::dll::shared_library* library = &pinned->library;
   boost::dll::fs::error_code load_error;
   // rtld_local keeps each plugin's symbols to itself, so two plugins may use
   // different versions of a library without interposing on each other.
@@ -113,7 +132,7 @@ void PluginRegistry::load_file(const fs::path& file) {
   }
   if (const LoadedPlugin* earlier = find(plugin.name))
     return refuse(fmt::format("plugin name '{}' is already taken by {}", plugin.name, earlier->file.string()));
-  plugin.library = std::move(library);
+  plugin.library = LibraryPin(pinned.release(), &kPinOps);
   plugins_.push_back(std::move(plugin));
 }
 
@@ -125,7 +144,7 @@ const LoadedPlugin* PluginRegistry::find(std::string_view name) const noexcept {
 
 Result<std::shared_ptr<PluginObject>> PluginRegistry::create(std::string_view name, Role role,
                                                              const Settings& settings, LogSink* log_sink,
-                                                             std::string_view instance_name) const {
+                                                             std::string_view instance_name, Device device) const {
   const LoadedPlugin* plugin = find(name);
   if (!plugin) {
     std::string known;
@@ -138,10 +157,11 @@ Result<std::shared_ptr<PluginObject>> PluginRegistry::create(std::string_view na
     return Status(ErrorCode::invalid_argument, fmt::format("plugin '{}' ({}) has no '{}' role", plugin->name,
                                                            plugin->file.string(), role_name(role)));
   if (entry->probe) {
-    Status can_run = entry->probe();
+    Status can_run = entry->probe(device);
     if (!can_run.is_ok())
-      return Status(ErrorCode::unsupported, fmt::format("plugin '{}' ({}) cannot run here: {}", plugin->name,
-                                                        plugin->file.string(), can_run.message()));
+      return Status(ErrorCode::unsupported, fmt::format("plugin '{}' ({}) cannot run on {}: {}", plugin->name,
+                                                        plugin->file.string(), device_kind_name(device.kind),
+                                                        can_run.message()));
   }
   // Declared defaults for keys not given: a manifest fills them too, so code
   // that creates a plugin directly (tests, embedders) sees the same settings.
@@ -156,6 +176,7 @@ Result<std::shared_ptr<PluginObject>> PluginRegistry::create(std::string_view na
   context.settings = &filled;
   context.log_sink = log_sink;
   context.instance_name = instance.c_str();
+  context.library = plugin->library;
   Status failure;
   PluginObject* raw = entry->create(context, &failure);
   if (!raw) {
@@ -163,11 +184,7 @@ Result<std::shared_ptr<PluginObject>> PluginRegistry::create(std::string_view na
     return Status(failure.code(), fmt::format("plugin '{}' ({}): {}", plugin->name, plugin->file.string(), failure.message()));
   }
   // The deleter runs the plugin's own destructor, then lets go of the library.
-  LibraryPin pin = plugin->library;
-  return std::shared_ptr<PluginObject>(raw, [pin](PluginObject* object) mutable {
-    delete object;
-    pin.reset();
-  });
+  return std::shared_ptr<PluginObject>(raw, PinnedDelete{plugin->library});
 }
 
 }  // namespace hostrun::core

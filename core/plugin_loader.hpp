@@ -4,9 +4,12 @@
 // reported as shadowed): each --plugin-dir, then each entry of
 // HOSTRUN_PLUGIN_PATH (colon-separated), then <exe>/../lib/hostrun/plugins.
 //
-// Lifetime: every object a plugin makes is returned inside a shared_ptr whose
-// deleter holds the library; the library is unloaded only after the last such
-// object is destroyed and the registry itself is gone.
+// Lifetime: every library gets a LibraryPin (sdk plugin_object.hpp) when it is
+// loaded. The registry holds one; every object a plugin makes is returned
+// inside a shared_ptr whose deleter holds another, and the plugin gets a copy
+// in its CreateContext for the objects it hands out later (PluginPtr). The
+// library is unloaded only after the last pin is gone (and, besides, it is
+// mapped RTLD_NODELETE).
 #pragma once
 
 #include <filesystem>
@@ -22,8 +25,6 @@ class shared_library;
 
 namespace hostrun::core {
 
-using LibraryPin = std::shared_ptr<boost::dll::shared_library>;
-
 struct LoadedPlugin {
   std::filesystem::path file;
   std::string name;
@@ -31,7 +32,7 @@ struct LoadedPlugin {
   std::string description;
   std::string sdk_version;
   std::vector<RoleEntry> roles;
-  LibraryPin library;
+  LibraryPin library;  // while any copy lives, the library stays loaded
 
   const RoleEntry* role(Role r) const noexcept;
 };
@@ -59,14 +60,16 @@ class PluginRegistry {
 
   const LoadedPlugin* find(std::string_view name) const noexcept;
 
-  // Makes an object of `role` from plugin `name`. Errors name the plugin and its file.
+  // Makes an object of `role` from plugin `name`, after the role's probe
+  // accepted `device`. Errors name the plugin and its file.
   Result<std::shared_ptr<PluginObject>> create(std::string_view name, Role role, const Settings& settings,
-                                               LogSink* log_sink, std::string_view instance_name = "") const;
+                                               LogSink* log_sink, std::string_view instance_name = "",
+                                               Device device = {}) const;
 
   template <typename Interface>
   Result<PluginHandle<Interface>> create(std::string_view name, const Settings& settings, LogSink* log_sink,
-                                         std::string_view instance_name = "") const {
-    auto made = create(name, role_of<Interface>(), settings, log_sink, instance_name);
+                                         std::string_view instance_name = "", Device device = {}) const {
+    auto made = create(name, role_of<Interface>(), settings, log_sink, instance_name, device);
     if (!made) return made.status();
     // The factory returned the Interface's own PluginObject base (plugin.hpp),
     // so a static downcast recovers it; no RTTI crosses the library boundary.

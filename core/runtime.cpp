@@ -2,9 +2,13 @@
 
 #include <fmt/format.h>
 
-#include "builtin_manifests.hpp"
-#include "checkpoint/llama_config.hpp"
+#include <fmt/ranges.h>
+
+#include <algorithm>
+
+#include "checkpoint/folder_config.hpp"
 #include "checkpoint/model_directory.hpp"
+#include "manifest_table.hpp"
 
 namespace hostrun::core {
 
@@ -35,6 +39,8 @@ const SettingSpec kEngineSettings[] = {
     {"device", SettingType::string, "Where the model runs: cpu or cuda (the model plugin must support it)", false,
      "\"cpu\""},
     {"activation_dtype", SettingType::string, "The model's activation dtype: f32, bf16 or f16", false, "\"f32\""},
+    {"max_images_per_step", SettingType::integer,
+     "Most images the vision encoder takes in one call (its workspace is sized for it)", false, "8", 1, 4096},
 };
 
 EngineConfig engine_config_from(const Settings& s) {
@@ -49,6 +55,7 @@ EngineConfig engine_config_from(const Settings& s) {
   c.cpu_memory_budget_bytes = s.get_int("cpu_memory_budget_mb") << 20;
   c.seed = uint64_t(s.get_int("seed"));
   c.overlap_steps = s.get_bool("overlap_steps");
+  c.max_images_per_step = int32_t(s.get_int("max_images_per_step"));
   return c;
 }
 
@@ -61,6 +68,8 @@ std::string join_problems(const std::vector<std::string>& problems) {
 }  // namespace
 
 HostTableSchema engine_schema() { return {"engine", kEngineSettings}; }
+
+std::vector<HostTableSchema> host_table_schemas() { return {engine_schema(), chat_template_schema(), serves_schema()}; }
 
 fs::path shipped_model_dir() {
   fs::path exe = executable_dir();
@@ -80,7 +89,6 @@ Runtime::~Runtime() {
 
 Status Runtime::build(const RuntimeOptions& options, LogSink* log_sink) {
   log_sink_ = log_sink;
-  Logger log(log_sink, "hostrun");
 
   // The model folder.
   if (options.model_dir.empty()) {
@@ -96,91 +104,68 @@ Status Runtime::build(const RuntimeOptions& options, LogSink* log_sink) {
   if (!fs::is_directory(model_dir_))
     return Status(ErrorCode::not_found, fmt::format("{}: not a model folder (expected an HF folder with config.json)",
                                                     model_dir_));
-  auto config = checkpoint::load_llama_config(model_dir_);
-  if (!config) return config.status();
-  if (config->model.quant_method)
-    return Status(ErrorCode::unsupported,
-                  fmt::format("{}/config.json: quantization_config.quant_method '{}' is not supported by this build",
-                              model_dir_, *config->model.quant_method));
-
-  registry_.scan(plugin_search_path(options.plugin_dirs));
   if (options.device != "auto" && options.device != "cpu" && options.device != "cuda")
     return Status(ErrorCode::invalid_argument, fmt::format("--device '{}': expected auto, cpu or cuda", options.device));
-  // The device: cuda when asked for (the plugin must load and its probe
-  // accept, else the run stops saying why), or for auto when the llama_cuda
-  // plugin is there and sees a GPU; otherwise the CPU path, unchanged.
-  bool use_cuda = false;
-  if (options.device != "cpu" && options.manifest_file.empty()) {
-    const LoadedPlugin* cuda_model = registry_.find("llama_cuda");
-    const RoleEntry* role = cuda_model ? cuda_model->role(Role::model) : nullptr;
-    Status probed = !role ? Status(ErrorCode::not_found, "the llama_cuda plugin is not in the plugin search path")
-                    : role->probe ? role->probe()
-                                  : Status();
-    if (options.device == "cuda" && !probed)
-      return Status(ErrorCode::unsupported,
-                    fmt::format("--device cuda: {}{}", cuda_model ? "llama_cuda (" + cuda_model->file.string() + "): " : "",
-                                probed.message()));
-    use_cuda = probed.is_ok();
-    if (options.device == "auto" && !use_cuda) log.info("running on the CPU: {}", probed.message());
-  }
+  registry_.scan(plugin_search_path(options.plugin_dirs));
 
-  // The manifest.
-  Result<Manifest> manifest = Status(ErrorCode::internal, "no manifest");
-  if (!options.manifest_file.empty()) {
-    manifest = Manifest::parse_file(options.manifest_file);
-    manifest_name_ = options.manifest_file;
-  } else {
-    manifest_name_ = use_cuda ? "llama3-cuda" : "llama3-cpu";
-    const BuiltinManifest* builtin = nullptr;
-    for (const auto& m : builtin_manifests())
-      if (m.name == manifest_name_) builtin = &m;
-    if (!builtin)
-      return Status(ErrorCode::internal, fmt::format("the built-in manifest {} is missing from this build", manifest_name_));
-    manifest = Manifest::parse_string(builtin->text, "builtin:" + manifest_name_, model_dir_);
-  }
+  auto manifest = choose_manifest(options);
   if (!manifest) return manifest.status();
   const ManifestTable* tokenizer_table = manifest->table("tokenizer");
   if (!tokenizer_table || !tokenizer_table->values.count("file"))
     if (Status s = manifest->set_override("tokenizer.file", model_dir_, "MODEL_DIR"); !s) return s;
   for (const auto& o : options.overrides)
     if (Status s = manifest->set_override(o.key, o.value, o.label); !s) return s;
-  const HostTableSchema host_tables[] = {engine_schema(), chat_template_schema()};
-  auto resolved = resolve(*manifest, registry_, host_tables);
+  auto resolved = resolve(*manifest, registry_, host_table_schemas());
   if (!resolved) return resolved.status();
   resolved_ = std::move(resolved.value());
+  if (Status s = make_objects(); !s) return s;
+  return start_engine(options);
+}
 
-  auto instance_of = [&](const char* table) -> Result<const ResolvedInstance*> {
-    const ResolvedInstance* i = resolved_.instance(table);
-    if (!i) return Status(ErrorCode::invalid_argument, fmt::format("{}: the manifest has no [{}] table", manifest_name_, table));
-    return i;
-  };
+// The manifest and the device: --manifest as given (with --device applied to
+// its [engine] device, or refused when its model plugin cannot run there), or
+// the built-in manifest the table gives for the folder.
+Result<Manifest> Runtime::choose_manifest(const RuntimeOptions& options) {
+  auto folder = checkpoint::read_folder_config(model_dir_);
+  if (!folder) return folder.status();
+  Logger log(log_sink_, "hostrun");
+  if (!options.manifest_file.empty()) {
+    auto manifest = Manifest::parse_file(options.manifest_file);
+    if (!manifest) return manifest.status();
+    manifest_name_ = options.manifest_file;
+    if (options.device != "auto")
+      if (Status s = manifest->set_override("engine.device", options.device, "--device"); !s) return s;
+    // A [serves] table says which folders the manifest runs; hold it to that.
+    if (const ManifestTable* serves = manifest->table("serves")) {
+      ManifestRow row;
+      for (const auto& [key, raw] : serves->values)
+        if (raw.value)
+          if (auto* list = std::get_if<std::vector<std::string>>(&*raw.value))
+            (key == "architectures" ? row.architectures : row.quantizations) = *list;
+      if (row.quantizations.empty()) row.quantizations = {"none"};
+      auto listed = [](const std::vector<std::string>& list, const std::string& v) {
+        return std::find(list.begin(), list.end(), v) != list.end();
+      };
+      if (!row.architectures.empty() &&
+          (!listed(row.architectures, folder->architecture()) || !listed(row.quantizations, folder->quantization())))
+        return Status(ErrorCode::invalid_argument,
+                      fmt::format("{}: [serves] ({}) runs {} with {}, but {} is {} with {}", manifest_name_,
+                                  serves->origin.describe(), fmt::join(row.architectures, "|"),
+                                  fmt::join(row.quantizations, "|"), model_dir_, folder->architecture(),
+                                  folder->quantization()));
+    }
+    return manifest;
+  }
+  const std::vector<ManifestRow> table = builtin_manifest_table();
+  auto choice = core::choose_manifest(table, *folder, options.device, registry_);
+  if (!choice) return choice.status();
+  if (!choice->note.empty()) log.info("running on the CPU: {}", choice->note);
+  manifest_name_ = choice->row->manifest;
+  return Manifest::parse_string(choice->row->text, "builtin:" + manifest_name_, model_dir_);
+}
 
-  // The objects.
-  auto tokenizer_instance = instance_of("tokenizer");
-  if (!tokenizer_instance) return tokenizer_instance.status();
-  auto tokenizer = registry_.create<Tokenizer>((*tokenizer_instance)->plugin->name, (*tokenizer_instance)->settings,
-                                               log_sink, "tokenizer");
-  if (!tokenizer) return tokenizer.status();
-  tokenizer_ = *tokenizer;
-
-  auto kv_instance = instance_of("kv_cache");
-  if (!kv_instance) return kv_instance.status();
-  auto kv_policy = registry_.create<KvCachePolicy>((*kv_instance)->plugin->name, (*kv_instance)->settings, log_sink,
-                                                   "kv_cache");
-  if (!kv_policy) return kv_policy.status();
-  kv_policy_ = *kv_policy;
-
-  auto model_instance = instance_of("model");
-  if (!model_instance) return model_instance.status();
-  auto model = registry_.create<Model>((*model_instance)->plugin->name, (*model_instance)->settings, log_sink, "model");
-  if (!model) return model.status();
-  model_ = *model;
-
-  auto weights = checkpoint::ModelDirectory::open(model_dir_);
-  if (!weights) return weights.status();
-  weights_ = std::move(weights.value());
-  LoadContext load;
-  load.weights = weights_.get();
+// One object per role table, each handed to whoever uses it.
+Status Runtime::make_objects() {
   // Device and activation dtype are manifest data ([engine]), not guessed from plugin names.
   const Settings* engine_settings = resolved_.host_table("engine") ? &resolved_.host_table("engine")->settings : nullptr;
   const std::string device = engine_settings ? engine_settings->get_string("device") : "cpu";
@@ -190,12 +175,74 @@ Status Runtime::build(const RuntimeOptions& options, LogSink* log_sink) {
   if (dtype != "f32" && dtype != "bf16" && dtype != "f16")
     return Status(ErrorCode::invalid_argument,
                   fmt::format("{}: engine.activation_dtype '{}': expected f32, bf16 or f16", manifest_name_, dtype));
-  load.device = device == "cuda" ? Device{DeviceKind::cuda, 0} : Device{DeviceKind::cpu, 0};
-  load.activation_dtype = dtype == "f32" ? DType::f32 : dtype == "bf16" ? DType::bf16 : DType::f16;
+  device_ = device == "cuda" ? Device{DeviceKind::cuda, 0} : Device{DeviceKind::cpu, 0};
+  activation_dtype_ = dtype == "f32" ? DType::f32 : dtype == "bf16" ? DType::bf16 : DType::f16;
+
+  auto required = [&](const char* table) -> Result<const ResolvedInstance*> {
+    const ResolvedInstance* i = resolved_.instance(table);
+    if (!i) return Status(ErrorCode::invalid_argument, fmt::format("{}: the manifest has no [{}] table", manifest_name_, table));
+    return i;
+  };
+  auto make = [&]<typename Interface>(const ResolvedInstance& instance, PluginHandle<Interface>& into) -> Status {
+    auto made = registry_.create<Interface>(instance.plugin->name, instance.settings, log_sink_, instance.table, device_);
+    if (!made) return made.status();
+    into = *made;
+    return Status();
+  };
+  auto tokenizer = required("tokenizer"), kv_cache = required("kv_cache"), model = required("model");
+  for (const auto* found : {&tokenizer, &kv_cache, &model})
+    if (!*found) return found->status();
+  if (Status s = make(**tokenizer, tokenizer_); !s) return s;
+  if (Status s = make(**kv_cache, kv_policy_); !s) return s;
+  if (const ResolvedInstance* quantizer = resolved_.instance("quantizer"))
+    if (Status s = make(*quantizer, quantizer_); !s) return s;
+  if (Status s = make(**model, model_); !s) return s;
+
+  auto weights = checkpoint::ModelDirectory::open(model_dir_);
+  if (!weights) return weights.status();
+  weights_ = std::move(weights.value());
+  auto folder = checkpoint::parse_folder_config(weights_->config_json(), model_dir_ + "/config.json");
+  if (!folder) return folder.status();
+  // A quantized folder is read by a quantizer of its format; a plain one may
+  // still be quantized at load by a quantizer that can.
+  if (!folder->quant_method.empty()) {
+    if (!quantizer_)
+      return Status(ErrorCode::invalid_argument,
+                    fmt::format("{}: quantization_config.quant_method is \"{}\", but {} has no [quantizer] table to "
+                                "read such weights",
+                                folder->source, folder->quant_method, manifest_name_));
+    if (quantizer_->format() != folder->quant_method)
+      return Status(ErrorCode::invalid_argument,
+                    fmt::format("{}: quantization_config.quant_method is \"{}\", but the [quantizer] of {} ('{}') reads "
+                                "\"{}\"",
+                                folder->source, folder->quant_method, manifest_name_,
+                                resolved_.instance("quantizer")->plugin->name, quantizer_->format()));
+  }
+
+  LoadContext load;
+  load.weights = weights_.get();
+  load.device = device_;
+  load.activation_dtype = activation_dtype_;
+  load.quantizer = quantizer_.get();
   load.kv_policy = kv_policy_.get();
   if (Status loaded = model_->load(load); !loaded)
     return Status(loaded.code(), fmt::format("loading {}: {}", model_dir_, loaded.message()));
 
+  if (const ResolvedInstance* vision = resolved_.instance("vision")) {
+    if (Status s = make(*vision, vision_); !s) return s;
+    VisionLoadContext vision_load;
+    vision_load.weights = weights_.get();
+    vision_load.device = device_;
+    vision_load.activation_dtype = activation_dtype_;
+    const Settings* engine = engine_settings;
+    vision_load.max_images = engine ? int32_t(engine->get_int("max_images_per_step")) : 1;
+    if (Status loaded = vision_->load(vision_load); !loaded)
+      return Status(loaded.code(), fmt::format("loading the vision encoder of {}: {}", model_dir_, loaded.message()));
+  }
+  return Status();
+}
+
+Status Runtime::start_engine(const RuntimeOptions& options) {
   // The chat template: the flag, else the manifest's table, else Llama-3's.
   if (!options.chat_template.empty()) {
     auto chosen = resolve_chat_template(options.chat_template);
@@ -213,9 +260,10 @@ Status Runtime::build(const RuntimeOptions& options, LogSink* log_sink) {
   parts.model = model_;
   parts.kv_policy = kv_policy_;
   parts.tokenizer = tokenizer_;
+  parts.vision = vision_;
   parts.model_name = fs::path(model_dir_).filename().string();
   if (parts.model_name.empty()) parts.model_name = model_dir_;
-  parts.log_sink = log_sink;
+  parts.log_sink = log_sink_;
   std::vector<std::string> problems;
   for (const auto& stop : chat_template_.stop_tokens) {
     if (auto id = tokenizer_->token_to_id(stop)) parts.extra_stop_ids.push_back(*id);
@@ -224,8 +272,9 @@ Status Runtime::build(const RuntimeOptions& options, LogSink* log_sink) {
   }
   if (!problems.empty()) return Status(ErrorCode::invalid_argument, join_problems(problems));
   parts.extra_stop_strings = chat_template_.stop_strings;
-  // Template text may spell special tokens; message content is always plain
-  // text, so a user cannot inject <|eot_id|> and end a turn early.
+  // Template text may spell special tokens (and the image placeholder);
+  // message content is always plain text, so a user cannot inject
+  // <|eot_id|> and end a turn early, nor forge an image position.
   parts.prompt_builder = [tokenizer = tokenizer_, chat_template = chat_template_](
                              const std::vector<ChatMessage>& messages) -> Result<std::vector<TokenId>> {
     auto segments = render_chat_segments(chat_template, messages, true);
@@ -251,14 +300,17 @@ Status Runtime::build(const RuntimeOptions& options, LogSink* log_sink) {
   auto engine = Engine::start(engine_config, std::move(parts));
   if (!engine) return engine.status();
   engine_ = std::move(engine.value());
-  log.info("model {} ({}), manifest {}", model_dir_, model_->info().architecture, manifest_name_);
+  Logger(log_sink_, "hostrun")
+      .info("model {} ({}), manifest {}{}{}", model_dir_, model_->info().architecture, manifest_name_,
+            quantizer_ ? ", quantizer " + resolved_.instance("quantizer")->plugin->name : "",
+            vision_ ? ", vision " + resolved_.instance("vision")->plugin->name : "");
   return Status();
 }
 
 Result<PluginHandle<Frontend>> Runtime::make_frontend() {
   const ResolvedInstance* frontend = resolved_.instance("frontend");
   if (!frontend) return Status(ErrorCode::invalid_argument, fmt::format("{}: no [frontend] table", manifest_name_));
-  return registry_.create<Frontend>(frontend->plugin->name, frontend->settings, log_sink_, "frontend");
+  return registry_.create<Frontend>(frontend->plugin->name, frontend->settings, log_sink_, "frontend", device_);
 }
 
 }  // namespace hostrun::core

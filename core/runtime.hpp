@@ -1,12 +1,16 @@
 // From a model folder to a running engine: what `chat`, `serve` and `bench` share.
 //
-//  1. the manifest: --manifest FILE, or the built-in one for the folder's
-//     architecture and the device (manifests/);
+//  1. the manifest: --manifest FILE, or the built-in one the manifest table
+//     (manifest_table.hpp) gives for the folder's architecture, quantization
+//     format and the device; the host reads nothing else of config.json;
 //  2. overrides from the command's flags (--session-len -> engine.session_len,
-//     the model folder -> tokenizer.file, the command's frontend, ...);
+//     --device -> engine.device, the model folder -> tokenizer.file, the
+//     command's frontend, ...);
 //  3. validation of every table against its plugin or host schema;
-//  4. the objects: tokenizer, KV-cache policy, model (loaded from the
-//     folder's safetensors), the chat template, then the engine.
+//  4. one object per role table, each created and used: tokenizer, KV-cache
+//     policy, quantizer (handed to the model at load), model (loaded from the
+//     folder's safetensors), vision encoder (handed to the engine), the chat
+//     template, then the engine; the frontend when the command runs it.
 #pragma once
 
 #include <memory>
@@ -41,6 +45,9 @@ struct RuntimeOptions {
 
 // The [engine] host table: what the engine flags set.
 HostTableSchema engine_schema();
+// Every table the host itself reads ([engine], [chat_template], [serves]),
+// for resolve(): what `chat`, `serve` and `manifest check` validate against.
+std::vector<HostTableSchema> host_table_schemas();
 
 // Where the shipped small model lives: <prefix>/share/hostrun/models/tiny.
 std::filesystem::path shipped_model_dir();
@@ -55,22 +62,30 @@ class Runtime {
   const std::string& model_dir() const noexcept { return model_dir_; }
   const std::string& manifest_name() const noexcept { return manifest_name_; }
   const PluginRegistry& registry() const noexcept { return registry_; }
+  ModelInfo model_info() const noexcept { return model_->info(); }
   // Makes the plugin named by the manifest's [frontend] table.
   Result<PluginHandle<Frontend>> make_frontend();
 
  private:
   Runtime() = default;
   Status build(const RuntimeOptions& options, LogSink* log_sink);
+  Result<Manifest> choose_manifest(const RuntimeOptions& options);
+  Status make_objects();
+  Status start_engine(const RuntimeOptions& options);
 
   PluginRegistry registry_;
   ResolvedManifest resolved_;
   std::string model_dir_;
   std::string manifest_name_;
+  Device device_{};
+  DType activation_dtype_ = DType::f32;
   LogSink* log_sink_ = nullptr;
   std::unique_ptr<checkpoint::ModelDirectory> weights_;
   PluginHandle<Tokenizer> tokenizer_;
   PluginHandle<KvCachePolicy> kv_policy_;
+  PluginHandle<Quantizer> quantizer_;     // null without a [quantizer] table
   PluginHandle<Model> model_;
+  PluginHandle<VisionEncoder> vision_;    // null without a [vision] table
   ChatTemplate chat_template_;
   std::unique_ptr<Engine> engine_;  // declared last: stops first
 };

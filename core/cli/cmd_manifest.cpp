@@ -1,9 +1,11 @@
 // `hostrun manifest check FILE`: validate a manifest and print the resolved wiring.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "commands.hpp"
 #include "chat_template.hpp"
 #include "manifest.hpp"
+#include "manifest_table.hpp"
 #include "runtime.hpp"
 
 namespace hostrun::cli {
@@ -34,8 +36,7 @@ int check(const GlobalOptions& options, const ManifestCheckOptions& check_option
     }
   }
   core::PluginRegistry registry = load_plugins(options);
-  const core::HostTableSchema host_tables[] = {core::engine_schema(), core::chat_template_schema()};
-  auto resolved = core::resolve(*manifest, registry, host_tables);
+  auto resolved = core::resolve(*manifest, registry, core::host_table_schemas());
   if (!resolved) {
     fmt::print(stderr, "{}\n", resolved.status().message());
     return 1;
@@ -60,6 +61,21 @@ int check(const GlobalOptions& options, const ManifestCheckOptions& check_option
   return 0;
 }
 
+// The built-in manifest table: which manifest runs which folders, where, and
+// whether its model plugin is in this build and can run there.
+int table(const GlobalOptions& options) {
+  core::PluginRegistry registry = load_plugins(options);
+  fmt::print("{:<16} {:<34} {:<14} {:<6} {}\n", "manifest", "architectures", "quantization", "device", "model plugin");
+  for (const auto& row : core::builtin_manifest_table()) {
+    const Device device = row.device == "cuda" ? Device{DeviceKind::cuda, 0} : Device{DeviceKind::cpu, 0};
+    Status can = core::probe_plugin(registry, row.model_plugin, Role::model, device);
+    fmt::print("{:<16} {:<34} {:<14} {:<6} {}{}\n", row.manifest, fmt::join(row.architectures, ", "),
+               fmt::join(row.quantizations, ", "), row.device, row.model_plugin,
+               can ? "" : fmt::format(" (unavailable: {})", can.message()));
+  }
+  return 0;
+}
+
 }  // namespace
 
 void add_manifest_command(CLI::App& app, GlobalOptions& options) {
@@ -73,6 +89,10 @@ void add_manifest_command(CLI::App& app, GlobalOptions& options) {
       ->type_name("TABLE.KEY=VALUE")
       ->allow_extra_args(false);
   cmd->callback([&options, check_options] { options.exit_code = check(options, *check_options); });
+  auto* table_cmd = manifest->add_subcommand(
+      "table", "Print the built-in manifest table: which manifest runs which architecture and quantization format on "
+               "which device, and whether its model plugin can run here");
+  table_cmd->callback([&options] { options.exit_code = table(options); });
 }
 
 }  // namespace hostrun::cli

@@ -47,7 +47,7 @@ void BlockManager::release_all(std::vector<int32_t>& held_blocks) {
   held_blocks.clear();
 }
 
-uint64_t BlockManager::chain_hash(uint64_t parent, std::span<const int32_t> tokens) {
+uint64_t BlockManager::chain_hash(uint64_t parent, std::span<const int32_t> tokens, uint64_t inputs) {
   // FNV-1a over the parent hash and the token ids, then a final avalanche
   // (splitmix64) so near-identical prefixes land far apart in the map.
   uint64_t h = 1469598103934665603ull ^ parent;
@@ -58,6 +58,8 @@ uint64_t BlockManager::chain_hash(uint64_t parent, std::span<const int32_t> toke
     }
   };
   for (int32_t t : tokens) mix(uint32_t(t));
+  mix(uint32_t(inputs));
+  mix(uint32_t(inputs >> 32));
   h ^= h >> 30;
   h *= 0xbf58476d1ce4e5b9ull;
   h ^= h >> 27;
@@ -66,19 +68,21 @@ uint64_t BlockManager::chain_hash(uint64_t parent, std::span<const int32_t> toke
   return h;
 }
 
-std::optional<int32_t> BlockManager::acquire_cached(uint64_t prefix_hash, std::span<const int32_t> tokens) {
+std::optional<int32_t> BlockManager::acquire_cached(uint64_t prefix_hash, std::span<const int32_t> tokens,
+                                                   uint64_t inputs) {
   if (!prefix_caching_) return std::nullopt;
   auto it = by_hash_.find(prefix_hash);
   if (it == by_hash_.end()) return std::nullopt;
   int32_t block = it->second;
   Block& b = blocks_[size_t(block)];
-  if (!std::equal(b.tokens.begin(), b.tokens.end(), tokens.begin(), tokens.end())) return std::nullopt;
+  if (b.inputs != inputs || !std::equal(b.tokens.begin(), b.tokens.end(), tokens.begin(), tokens.end()))
+    return std::nullopt;
   if (b.holders == 0) evictable_.erase(b.evictable_at);
   ++b.holders;
   return block;
 }
 
-void BlockManager::publish(int32_t block, uint64_t prefix_hash, std::span<const int32_t> tokens) {
+void BlockManager::publish(int32_t block, uint64_t prefix_hash, std::span<const int32_t> tokens, uint64_t inputs) {
   if (!prefix_caching_) return;
   Block& b = blocks_[size_t(block)];
   if (b.cached) return;
@@ -87,6 +91,7 @@ void BlockManager::publish(int32_t block, uint64_t prefix_hash, std::span<const 
   b.cached = true;
   b.hash = prefix_hash;
   b.tokens.assign(tokens.begin(), tokens.end());
+  b.inputs = inputs;
   by_hash_[prefix_hash] = block;
 }
 

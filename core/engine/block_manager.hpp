@@ -36,20 +36,25 @@ class BlockManager {
   void release_all(std::vector<int32_t>& blocks);
 
   // Hash of a full block's tokens chained to the hash of everything before it.
-  static uint64_t chain_hash(uint64_t parent, std::span<const int32_t> block_tokens);
+  // `inputs` is a digest of what else decides the block's K/V: the images
+  // whose embeddings replace some of its tokens, and where (0 when none), so
+  // two requests whose placeholder ids agree but whose images differ never
+  // share a block.
+  static uint64_t chain_hash(uint64_t parent, std::span<const int32_t> block_tokens, uint64_t inputs = 0);
 
-  // Prefix caching: the cached block for this prefix hash whose tokens match
-  // exactly, now held once more; nullopt when there is none.
-  std::optional<int32_t> acquire_cached(uint64_t prefix_hash, std::span<const int32_t> tokens);
+  // Prefix caching: the cached block for this prefix hash whose tokens (and
+  // inputs digest) match exactly, now held once more; nullopt when there is none.
+  std::optional<int32_t> acquire_cached(uint64_t prefix_hash, std::span<const int32_t> tokens, uint64_t inputs = 0);
   // Records that `block` (full, held) holds `tokens`, the block ending the prefix with `prefix_hash`.
-  void publish(int32_t block, uint64_t prefix_hash, std::span<const int32_t> tokens);
+  void publish(int32_t block, uint64_t prefix_hash, std::span<const int32_t> tokens, uint64_t inputs = 0);
 
  private:
   struct Block {
     int32_t holders = 0;
     bool cached = false;  // published under `hash`
     uint64_t hash = 0;
-    std::vector<int32_t> tokens;  // the block's tokens, to rule out hash collisions
+    std::vector<int32_t> tokens;  // the block's tokens and inputs digest, to rule out hash collisions
+    uint64_t inputs = 0;
     std::list<int32_t>::iterator evictable_at;
   };
   void forget(int32_t block);

@@ -9,6 +9,12 @@
 
 namespace hostrun::core {
 
+// An image's place in its sequence: tokens_per_image positions from first_position.
+struct Engine::ImageSpan {
+  int32_t first_position = 0;
+  uint64_t digest = 0;  // of the encoded bytes, for the prefix cache
+};
+
 struct Engine::Sequence {
   uint64_t id = 0;
   std::vector<TokenId> tokens;  // prompt, then generated
@@ -22,10 +28,13 @@ struct Engine::Sequence {
   uint64_t seed = 0;
   int32_t max_len = 0;          // tokens.size() at which generation stops (length)
   StreamCallback callback;
-  std::unique_ptr<IncrementalDecoder> decoder;
+  PluginPtr<IncrementalDecoder> decoder;
   std::string held_text;        // decoded but held back: it may begin a stop string
   size_t longest_stop = 0;
   bool text_closed = false;     // the decoder was flushed, or a stop string ended the text
+  std::vector<ImageSpan> images;          // in prompt order
+  std::vector<ImageData> unencoded;       // the images' bytes until the engine thread encodes them
+  PluginPtr<DeviceTensor> embeddings;     // [images * tokens_per_image, hidden], kept while the request lives
 
   int32_t generated() const { return int32_t(tokens.size()) - prompt_len; }
   int32_t length() const { return int32_t(tokens.size()) + pending; }  // tokens known and pending
@@ -39,6 +48,26 @@ uint64_t next_seed(uint64_t& state) {
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
   return z ^ (z >> 31);
+}
+
+// FNV-1a over an image's bytes (and type), finished with splitmix64's avalanche.
+uint64_t image_digest(const ImageData& image) {
+  uint64_t h = 1469598103934665603ull;
+  for (char c : image.mime_type) h = (h ^ uint8_t(c)) * 1099511628211ull;
+  for (uint8_t b : image.bytes) h = (h ^ b) * 1099511628211ull;
+  h ^= h >> 30;
+  h *= 0xbf58476d1ce4e5b9ull;
+  h ^= h >> 27;
+  h *= 0x94d049bb133111ebull;
+  return h ^ (h >> 31);
+}
+
+// Rows [first, first + count) of a [rows, hidden] tensor.
+TensorView rows_of(const TensorView& all, int64_t first, int64_t count) {
+  TensorView part = all;
+  part.data = static_cast<std::byte*>(all.data) + size_t(first * all.strides[0]) * dtype_bits(all.dtype) / 8;
+  part.shape[0] = count;
+  return part;
 }
 
 // Length of the longest prefix of `text` that ends on a UTF-8 character boundary.
@@ -60,7 +89,19 @@ Result<std::unique_ptr<Engine>> Engine::start(EngineConfig config, EngineParts p
     return Status(ErrorCode::invalid_argument,
                   "cache block length, max batch size and max prefill tokens must be positive");
 
-  KvShape shape{info.layers, info.kv_heads, info.head_dim, config.cache_block_seq_len};
+  if (parts.vision) {
+    const VisionInfo vision = parts.vision->info();
+    if (vision.hidden_size != info.hidden_size || vision.tokens_per_image <= 0 || vision.placeholder_id < 0 ||
+        vision.placeholder_id >= info.vocab_size)
+      return Status(ErrorCode::invalid_argument,
+                    fmt::format("the vision encoder makes {} embeddings of width {} for placeholder id {}, but the "
+                                "model's hidden size is {} and its vocabulary {} ids",
+                                vision.tokens_per_image, vision.hidden_size, vision.placeholder_id, info.hidden_size,
+                                info.vocab_size));
+    if (config.max_images_per_step <= 0)
+      return Status(ErrorCode::invalid_argument, "engine.max_images_per_step must be positive");
+  }
+  KvShape shape{info.layers, info.kv_heads, info.head_dim, config.cache_block_seq_len, info.activation_dtype};
   size_t block_bytes = parts.kv_policy->bytes_per_block(shape);
   int64_t num_blocks = config.num_kv_blocks;
   if (num_blocks <= 0) {
@@ -91,6 +132,7 @@ Result<std::unique_ptr<Engine>> Engine::start(EngineConfig config, EngineParts p
 Engine::Engine(EngineConfig config, EngineParts parts, int32_t num_blocks)
     : config_(std::move(config)), parts_(std::move(parts)), log_(parts_.log_sink, "engine") {
   model_info_ = parts_.model->info();
+  if (parts_.vision) vision_info_ = parts_.vision->info();
   blocks_ = std::make_unique<BlockManager>(num_blocks, config_.cache_block_seq_len, config_.enable_prefix_caching);
   seed_state_ = config_.seed ? config_.seed
                              : uint64_t(std::chrono::steady_clock::now().time_since_epoch().count());
@@ -128,28 +170,32 @@ Result<uint64_t> Engine::submit(GenerationRequest request, StreamCallback on_eve
       // A raw prompt may spell special tokens (<|eot_id|>) on purpose, as in other OpenAI-style servers.
       if (Status s = parts_.tokenizer->encode(*text, {.add_bos = std::nullopt, .parse_special = true}, seq->tokens); !s)
         return s;
-    } else {
-      auto& messages = std::get<std::vector<ChatMessage>>(request.input);
+    }
+    std::vector<ImageData> images;
+    if (auto* messages = std::get_if<std::vector<ChatMessage>>(&request.input)) {
       if (!parts_.prompt_builder)
         return Status(ErrorCode::unsupported, "this engine has no chat template; send a prompt instead");
-      auto ids = parts_.prompt_builder(messages);
+      auto ids = parts_.prompt_builder(*messages);
       if (!ids) return ids.status();
       seq->tokens = std::move(*ids);
+      for (auto& message : *messages)
+        for (auto& image : message.images) images.push_back(std::move(image));
     }
     if (seq->tokens.empty()) return Status(ErrorCode::invalid_argument, "the prompt is empty");
+    if (Status s = expand_images(*seq, std::move(images)); !s) return s;
     for (TokenId id : seq->tokens)
       if (id < 0 || id >= model_info_.vocab_size)
         return Status(ErrorCode::invalid_argument,
                       fmt::format("token id {} is outside the model's vocabulary of {}", id, model_info_.vocab_size));
     seq->prompt_len = int32_t(seq->tokens.size());
     if (seq->prompt_len >= config_.session_len)
-      return Status(ErrorCode::invalid_argument,
+      return Status(ErrorCode::context_length_exceeded,
                     fmt::format("the prompt has {} tokens; the session length is {}, which leaves no room to "
                                 "generate (raise --session-len or shorten the prompt)",
                                 seq->prompt_len, config_.session_len));
     int64_t cache_tokens = int64_t(blocks_->num_blocks()) * config_.cache_block_seq_len;
     if (seq->prompt_len + 1 > cache_tokens)
-      return Status(ErrorCode::resource_exhausted,
+      return Status(ErrorCode::context_length_exceeded,
                     fmt::format("the prompt has {} tokens but the whole KV cache holds {} ({} blocks of {}); "
                                 "raise --cache-max-entry-count",
                                 seq->prompt_len, cache_tokens, blocks_->num_blocks(), config_.cache_block_seq_len));
@@ -173,7 +219,7 @@ Result<uint64_t> Engine::submit(GenerationRequest request, StreamCallback on_eve
     uint64_t id;
     {
       std::lock_guard lock(inbox_mutex_);
-      if (stopping_) return Status(ErrorCode::cancelled, "the engine is shutting down");
+      if (stopping_) return Status(ErrorCode::unavailable, "the engine is shutting down");
       id = next_id_++;
       seq->id = id;
       seq->seed = seq->sampling.seed ? *seq->sampling.seed : next_seed(seed_state_);
@@ -209,6 +255,7 @@ EngineInfo Engine::info() const noexcept {
   }
   out.session_len = config_.session_len;
   out.remote = false;
+  out.accepts_images = vision_info_.has_value();
   return out;
 }
 
@@ -288,7 +335,14 @@ void Engine::take_inbox() {
     arrived.swap(inbox_);
     cancelled.swap(cancel_inbox_);
   }
-  for (auto& seq : arrived) waiting_.push_back(std::move(seq));
+  for (auto& seq : arrived) {
+    if (!seq->unencoded.empty())
+      if (Status encoded = encode_images(*seq); !encoded) {
+        finish(*seq, FinishReason::error, encoded.message());
+        continue;
+      }
+    waiting_.push_back(std::move(seq));
+  }
   if (cancelled.empty()) return;
   auto is_cancelled = [&](const std::shared_ptr<Sequence>& seq) {
     return std::find(cancelled.begin(), cancelled.end(), seq->id) != cancelled.end();
@@ -320,8 +374,9 @@ void Engine::admit_prefix(Sequence& seq) {
   uint64_t hash = 0;
   for (int32_t b = 0; b < reusable; ++b) {
     std::span<const TokenId> block_tokens(seq.tokens.data() + size_t(b) * bt, size_t(bt));
-    hash = BlockManager::chain_hash(hash, block_tokens);
-    auto block = blocks_->acquire_cached(hash, block_tokens);
+    const uint64_t inputs = block_inputs(seq, size_t(b));
+    hash = BlockManager::chain_hash(hash, block_tokens, inputs);
+    auto block = blocks_->acquire_cached(hash, block_tokens, inputs);
     if (!block) break;
     seq.blocks.push_back(*block);
     seq.block_hashes.push_back(hash);
@@ -338,8 +393,9 @@ void Engine::publish_full_blocks(Sequence& seq) {
   while (int32_t(seq.block_hashes.size()) < full) {
     size_t b = seq.block_hashes.size();
     std::span<const TokenId> block_tokens(seq.tokens.data() + b * size_t(bt), size_t(bt));
-    uint64_t hash = BlockManager::chain_hash(b ? seq.block_hashes[b - 1] : 0, block_tokens);
-    blocks_->publish(seq.blocks[b], hash, block_tokens);
+    const uint64_t inputs = block_inputs(seq, b);
+    uint64_t hash = BlockManager::chain_hash(b ? seq.block_hashes[b - 1] : 0, block_tokens, inputs);
+    blocks_->publish(seq.blocks[b], hash, block_tokens, inputs);
     seq.block_hashes.push_back(hash);
   }
 }
@@ -514,6 +570,9 @@ bool Engine::schedule_and_run() {
   // Stop ids may not be sampled before min_tokens; each sequence that needs it gets its list here.
   std::vector<std::vector<TokenId>> suppressed;
   suppressed.reserve(plan.size());
+  // Image embeddings at this step's positions of each sequence.
+  std::vector<std::vector<EmbeddingSpan>> spans;
+  spans.reserve(plan.size());
   sequences.reserve(plan.size());
   for (const auto& p : plan) {
     Sequence& seq = *p.seq;
@@ -533,6 +592,11 @@ bool Engine::schedule_and_run() {
       auto& ids = suppressed.emplace_back(seq.sampling.stop_token_ids);
       if (!seq.sampling.ignore_eos) ids.insert(ids.end(), stop_ids_.begin(), stop_ids_.end());
       s.suppressed = ids;
+    }
+    if (!seq.images.empty()) {
+      auto& mine = spans.emplace_back();
+      embedding_spans(seq, seq.computed, p.query_len, mine);
+      s.embeddings = mine;
     }
     for (int32_t t = 0; t < p.query_len; ++t) {
       const int32_t position = seq.computed + t;
@@ -630,6 +694,93 @@ void Engine::after_sample(Sequence& seq, TokenId token, TokenLogprob* logprob) {
   seq.held_text.erase(0, ready);
   emit(seq, std::move(text), {token}, std::move(logprobs));
   if (at_length) finish(seq, FinishReason::length);
+}
+
+// Expands each image placeholder of the prompt to the encoder's tokens per
+// image and keeps the images for the engine thread to encode.
+Status Engine::expand_images(Sequence& seq, std::vector<ImageData> images) {
+  if (!vision_info_) {
+    if (images.empty()) return Status();
+    return Status(ErrorCode::invalid_argument,
+                  fmt::format("this model takes no images (its manifest has no [vision] table), and the request "
+                              "carries {}",
+                              images.size()));
+  }
+  const TokenId placeholder = vision_info_->placeholder_id;
+  const size_t placeholders = size_t(std::count(seq.tokens.begin(), seq.tokens.end(), placeholder));
+  if (placeholders != images.size())
+    return Status(ErrorCode::invalid_argument,
+                  fmt::format("the prompt holds {} image placeholder(s) ('{}', id {}) but the request carries {} "
+                              "image(s)",
+                              placeholders, vision_info_->placeholder, placeholder, images.size()));
+  if (images.empty()) return Status();
+  std::vector<TokenId> expanded;
+  expanded.reserve(seq.tokens.size() + images.size() * size_t(vision_info_->tokens_per_image));
+  size_t image = 0;
+  for (TokenId id : seq.tokens) {
+    if (id != placeholder) {
+      expanded.push_back(id);
+      continue;
+    }
+    seq.images.push_back({int32_t(expanded.size()), image_digest(images[image++])});
+    expanded.insert(expanded.end(), size_t(vision_info_->tokens_per_image), placeholder);
+  }
+  seq.tokens = std::move(expanded);
+  seq.unencoded = std::move(images);
+  return Status();
+}
+
+// All of a request's images, max_images_per_step per call, into memory on the
+// model's device that the request keeps (a preempted sequence is recomputed
+// from the same embeddings).
+Status Engine::encode_images(Sequence& seq) {
+  const int64_t per_image = vision_info_->tokens_per_image;
+  const int64_t count = int64_t(seq.unencoded.size());
+  auto memory = parts_.model->allocate_embeddings(count * per_image);
+  if (!memory) return memory.status();
+  const TensorView all = (*memory)->view();
+  if ((vision_info_->output_dtypes & dtype_bit(all.dtype)) == 0)
+    return Status(ErrorCode::invalid_argument,
+                  fmt::format("the model takes {} image embeddings, which the vision encoder cannot write",
+                              dtype_name(all.dtype)));
+  const ExecContext exec = parts_.model->embedding_exec();
+  for (int64_t first = 0; first < count; first += config_.max_images_per_step) {
+    const int64_t n = std::min<int64_t>(config_.max_images_per_step, count - first);
+    std::span<const ImageData> batch(seq.unencoded.data() + first, size_t(n));
+    if (Status s = parts_.vision->encode(batch, exec, rows_of(all, first * per_image, n * per_image)); !s)
+      return Status(s.code(), fmt::format("image {}..{}: {}", first + 1, first + n, s.message()));
+  }
+  seq.embeddings = std::move(memory.value());
+  seq.unencoded.clear();
+  stats_.images_encoded += uint64_t(count);
+  return Status();
+}
+
+// The digest of the images a block of `seq` holds, each with its offset.
+uint64_t Engine::block_inputs(const Sequence& seq, size_t block) const {
+  if (seq.images.empty()) return 0;
+  const int64_t begin = int64_t(block) * config_.cache_block_seq_len, end = begin + config_.cache_block_seq_len;
+  uint64_t digest = 0;
+  for (const ImageSpan& image : seq.images) {
+    const int64_t first = image.first_position, last = first + vision_info_->tokens_per_image;
+    if (last <= begin || first >= end) continue;
+    digest = BlockManager::chain_hash(digest ^ image.digest, std::span<const int32_t>(), uint64_t(first - begin));
+  }
+  return digest;
+}
+
+// The embeddings of query positions [first, first + count) of `seq`.
+void Engine::embedding_spans(const Sequence& seq, int32_t first, int32_t count, std::vector<EmbeddingSpan>& spans) const {
+  const int32_t per_image = vision_info_->tokens_per_image;
+  for (size_t i = 0; i < seq.images.size(); ++i) {
+    const int32_t image_first = seq.images[i].first_position;
+    const int32_t lo = std::max(image_first, first), hi = std::min(image_first + per_image, first + count);
+    if (lo >= hi) continue;
+    EmbeddingSpan span;
+    span.first_token = lo - first;
+    span.values = rows_of(seq.embeddings->view(), int64_t(i) * per_image + (lo - image_first), hi - lo);
+    spans.push_back(span);
+  }
 }
 
 void Engine::emit(Sequence& seq, std::string text, std::vector<TokenId> ids, std::vector<TokenLogprob> logprobs) {

@@ -20,7 +20,14 @@
 //    none is free, the most recently admitted sequence is preempted (its blocks
 //    freed, its tokens recomputed later), so no request fails unless it alone
 //    needs more blocks than the cache holds;
-//  - a cancelled request's blocks are free before the next step is scheduled.
+//  - a cancelled request's blocks are free before the next step is scheduled;
+//  - a request's images (when the model has a vision encoder) are encoded
+//    once, when the engine takes the request, into memory the request owns
+//    until it ends; each image's placeholder token is expanded to the
+//    encoder's tokens per image, whose prompt positions take the embeddings
+//    instead of the token's own (recomputed prefills after preemption too);
+//    a block's prefix-cache hash includes the digests of the images it holds,
+//    so equal placeholder ids with different images never share K/V.
 #pragma once
 
 #include <atomic>
@@ -50,6 +57,7 @@ struct EngineConfig {
   int64_t cpu_memory_budget_bytes = int64_t(2) << 30;
   uint64_t seed = 0;                      // seeds requests that bring none; 0: from the clock
   bool overlap_steps = true;              // overlapped steps when the model offers them
+  int32_t max_images_per_step = 8;        // images one VisionEncoder::encode call takes
 };
 
 // Host-side statistics the tests and /metrics read.
@@ -60,6 +68,7 @@ struct EngineStats {
   uint64_t prefix_cache_hit_tokens = 0;  // prompt tokens whose K/V came from the prefix cache
   uint64_t preemptions = 0;
   uint64_t overlapped_steps = 0;         // steps submitted before the previous one was collected
+  uint64_t images_encoded = 0;
   // Wall time of the loop thread: inside the Model's step calls (step, or
   // submit_step and collect_step), and scheduling plus output handling
   // around them (overlapped with the device when steps overlap).
@@ -76,6 +85,7 @@ struct EngineParts {
   PluginHandle<Model> model;  // loaded, with its KV policy
   PluginHandle<KvCachePolicy> kv_policy;
   PluginHandle<Tokenizer> tokenizer;
+  PluginHandle<VisionEncoder> vision;    // may be empty: requests with images are then refused
   PromptBuilder prompt_builder;          // may be empty: chat requests are then refused
   std::vector<TokenId> extra_stop_ids;   // e.g. the chat template's stop tokens
   std::vector<std::string> extra_stop_strings;
@@ -102,6 +112,7 @@ class Engine final : public EngineHandle {
 
  private:
   struct Sequence;
+  struct ImageSpan;
   // One sequence's share of a step.
   struct Planned {
     std::shared_ptr<Sequence> seq;  // shared: a step in flight outlives a cancelled request's place in running_
@@ -124,10 +135,15 @@ class Engine final : public EngineHandle {
   void publish_full_blocks(Sequence& seq);
   void preempt(Sequence& seq);
   void after_sample(Sequence& seq, TokenId token, TokenLogprob* logprob);
+  Status expand_images(Sequence& seq, std::vector<ImageData> images);
+  Status encode_images(Sequence& seq);
+  uint64_t block_inputs(const Sequence& seq, size_t block) const;
+  void embedding_spans(const Sequence& seq, int32_t first, int32_t count, std::vector<EmbeddingSpan>& spans) const;
 
   EngineConfig config_;
   EngineParts parts_;
   ModelInfo model_info_;
+  std::optional<VisionInfo> vision_info_;  // when the model takes images
   Logger log_;
 
   // Shared with submitters.

@@ -68,6 +68,7 @@ struct EngineInfo {
   std::string model_name;
   int32_t session_len = 0;  // prompt + completion tokens a request may hold
   bool remote = false;
+  bool accepts_images = false;  // chat messages may carry images (the model has a vision encoder)
 };
 
 struct EngineCounters {
