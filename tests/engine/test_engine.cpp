@@ -7,8 +7,11 @@
 // position off by one, a lost chunk — changes the tokens, so comparing with
 // `expected_run` (the same rule applied to a plain vector) checks the
 // scheduler, the block manager, preemption and prefix caching end to end.
+// Where an image embedding replaces a token, the model stores a value made
+// from the embedding instead, so image positions are checked the same way.
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <chrono>
 #include <deque>
 #include <future>
@@ -26,6 +29,11 @@ namespace {
 
 constexpr TokenId kEos = 999;
 constexpr int32_t kVocab = 1000;
+// The vision test encoder: each image becomes kImageTokens embeddings of width 1.
+constexpr TokenId kImagePlaceholder = 900;
+constexpr int32_t kImageTokens = 3;
+// What the echo model stores at a position an embedding value replaces.
+TokenId embedded_token(float value) { return TokenId(2000 + int32_t(value)); }
 
 // The next token after `context`: eos sometimes, else 1..996.
 TokenId next_token(std::span<const TokenId> context, uint64_t seed, uint32_t offset, bool random) {
@@ -60,6 +68,18 @@ Mode pick_mode() {
   return mode;
 }
 
+// Host memory standing in for device memory the engine owns.
+class HostTensor final : public DeviceTensor {
+ public:
+  explicit HostTensor(int64_t rows) : values_(size_t(rows)) {}
+  TensorView view() const noexcept override {
+    return TensorView::contiguous(const_cast<float*>(values_.data()), DType::f32, {int64_t(values_.size()), 1});
+  }
+
+ private:
+  std::vector<float> values_;
+};
+
 class PagedEchoModel final : public Model {
  public:
   explicit PagedEchoModel(Mode mode) : mode_(mode) {}
@@ -67,6 +87,8 @@ class PagedEchoModel final : public Model {
   ModelInfo info() const noexcept override {
     ModelInfo m;
     m.vocab_size = kVocab;
+    m.hidden_size = 1;
+    m.activation_dtype = DType::f32;
     m.layers = 1;
     m.kv_heads = 1;
     m.head_dim = 1;
@@ -89,6 +111,12 @@ class PagedEchoModel final : public Model {
     if (status && fail_step_ > 0 && steps_done_++ == fail_step_) status = {ErrorCode::internal, "injected kernel failure"};
     return status;
   }
+  Result<PluginPtr<DeviceTensor>> allocate_embeddings(int64_t rows) noexcept override {
+    ++embedding_allocations;
+    return PluginPtr<DeviceTensor>(make_pinned<HostTensor>(LibraryPin{}, rows));
+  }
+  ExecContext embedding_exec() const noexcept override { return ExecContext{}; }
+  size_t embedding_allocations = 0;
   // The fail_step-th step (counting from 0) reports a failure when its output is asked for.
   void fail_step(size_t step) { fail_step_ = step; }
   bool overlaps_steps() const noexcept override { return mode_ != Mode::step; }
@@ -124,6 +152,7 @@ class PagedEchoModel final : public Model {
     std::vector<std::vector<int32_t>> block_tables;
     std::vector<std::vector<TokenId>> suppressed;
     std::vector<SamplingParams> sampling;
+    std::vector<std::vector<EmbeddingSpan>> embeddings;  // views into memory the engine keeps
   };
   struct Queued {
     Step input;
@@ -141,11 +170,13 @@ class PagedEchoModel final : public Model {
       step.block_tables.emplace_back(s.block_table.begin(), s.block_table.end());
       step.suppressed.emplace_back(s.suppressed.begin(), s.suppressed.end());
       step.sampling.push_back(s.sampling ? *s.sampling : SamplingParams{});
+      step.embeddings.emplace_back(s.embeddings.begin(), s.embeddings.end());
     }
     for (size_t i = 0; i < step.sequences.size(); ++i) {
       step.sequences[i].block_table = step.block_tables[i];
       step.sequences[i].suppressed = step.suppressed[i];
       step.sequences[i].sampling = &step.sampling[i];
+      step.sequences[i].embeddings = step.embeddings[i];
       step.sequences[i].history = {};  // the engine's, and stale by then
       step.sequences[i].generated = {};
     }
@@ -161,11 +192,20 @@ class PagedEchoModel final : public Model {
           return {ErrorCode::invalid_argument, "previous_sample beyond the previous step's samples"};
         input.token_ids[size_t(s.query_start)] = last_sampled_[size_t(s.previous_sample)];
       }
+      std::vector<TokenId> stored(input.token_ids.begin() + s.query_start,
+                                  input.token_ids.begin() + s.query_start + s.query_len);
+      for (const EmbeddingSpan& span : s.embeddings) {
+        if (span.values.dtype != DType::f32 || span.values.shape[1] != 1 || span.first_token < 0 ||
+            span.first_token + span.values.shape[0] > s.query_len)
+          return {ErrorCode::invalid_argument, "an embedding span outside the sequence's tokens"};
+        for (int64_t r = 0; r < span.values.shape[0]; ++r)
+          stored[size_t(span.first_token + r)] = embedded_token(span.values.as<float>()[r]);
+      }
       for (int32_t j = 0; j < s.query_len; ++j) {
         int32_t position = s.cached_len + j;
         if (input.positions[size_t(s.query_start + j)] != position) return {ErrorCode::internal, "wrong position"};
         int32_t block = s.block_table[size_t(position / block_tokens_)];
-        slots_[size_t(block * block_tokens_ + position % block_tokens_)] = input.token_ids[size_t(s.query_start + j)];
+        slots_[size_t(block * block_tokens_ + position % block_tokens_)] = stored[size_t(j)];
       }
       if (!s.sample) continue;
       std::vector<TokenId> context;
@@ -193,11 +233,12 @@ class PagedEchoModel final : public Model {
 
 class FixedBytesPolicy final : public KvCachePolicy {
  public:
-  KvFormat format() const noexcept override { return {"test", 0, 16}; }
+  KvFormat format() const noexcept override { return {"test", 0, 16, dtype_bit(DType::f32), DeviceKind::cpu, false}; }
   size_t bytes_per_block(const KvShape& shape) const noexcept override { return size_t(shape.block_tokens) * 4; }
-  Result<std::unique_ptr<KvCache>> allocate(const KvShape&, int32_t, Device) noexcept override {
+  Result<PluginPtr<KvCache>> allocate(const KvShape&, int32_t, Device) noexcept override {
     return Status(ErrorCode::unsupported, "the test model keeps its own cache");
   }
+  Result<size_t> workspace_bytes(const KvWorkspaceQuery&) const noexcept override { return size_t(0); }
   Status write(KvCache&, int32_t, const TensorView&, const TensorView&, const PagedKvBatch&,
                const ExecContext&) noexcept override {
     return {ErrorCode::unsupported, ""};
@@ -207,6 +248,45 @@ class FixedBytesPolicy final : public KvCachePolicy {
     return {ErrorCode::unsupported, ""};
   }
 };
+
+// A vision encoder for engine tests: an image's kImageTokens embeddings are
+// a function of its bytes, so images with different bytes differ.
+class ByteSumVision final : public VisionEncoder {
+ public:
+  static float image_value(const ImageData& image) {
+    uint32_t sum = 0;
+    for (uint8_t b : image.bytes) sum = sum * 31 + b;
+    return float(sum % 997) * 4;
+  }
+  Status load(const VisionLoadContext&) noexcept override { return {}; }
+  VisionInfo info() const noexcept override {
+    VisionInfo v;
+    v.tokens_per_image = kImageTokens;
+    v.hidden_size = 1;
+    v.placeholder_id = kImagePlaceholder;
+    v.placeholder = "<image>";
+    v.output_dtypes = dtype_bit(DType::f32);
+    return v;
+  }
+  Status encode(std::span<const ImageData> images, const ExecContext&, const TensorView& out) noexcept override {
+    if (out.dtype != DType::f32 || out.shape[0] != int64_t(images.size()) * kImageTokens || out.shape[1] != 1)
+      return {ErrorCode::invalid_argument, "the engine gave memory of the wrong shape"};
+    for (size_t i = 0; i < images.size(); ++i) {
+      if (images[i].bytes.empty()) return {ErrorCode::invalid_argument, fmt::format("image {}: no bytes", i)};
+      for (int32_t t = 0; t < kImageTokens; ++t) out.as<float>()[i * kImageTokens + size_t(t)] = image_value(images[i]) + float(t);
+    }
+    encoded += images.size();
+    return {};
+  }
+  std::atomic<size_t> encoded{0};
+};
+
+ImageData image_of(uint8_t seed, size_t size = 64) {
+  ImageData image;
+  image.mime_type = "image/png";
+  for (size_t i = 0; i < size; ++i) image.bytes.push_back(uint8_t(seed * 7 + i));
+  return image;
+}
 
 using hostrun::testing::LetterTokenizer;
 const LetterTokenizer kLetters(kVocab, kEos);
@@ -246,16 +326,46 @@ Outcome expected_run(const std::vector<TokenId>& prompt, const SamplingParams& s
   return out;
 }
 
+// Chat messages as the model sees them: each image's placeholder, then the
+// message's bytes as ids (the letter tokenizer's encoding).
+std::vector<TokenId> chat_prompt(const std::vector<ChatMessage>& messages) {
+  std::vector<TokenId> ids;
+  for (const auto& m : messages) {
+    ids.insert(ids.end(), m.images.size(), kImagePlaceholder);
+    (void)kLetters.encode(m.content, {}, ids);
+  }
+  return ids;
+}
+
+// The prompt the echo model reads back: placeholders expanded, each image
+// position holding what the model stores for its embedding.
+std::vector<TokenId> model_view(const std::vector<ChatMessage>& messages) {
+  std::vector<TokenId> out;
+  for (const auto& m : messages) {
+    for (const auto& image : m.images)
+      for (int32_t t = 0; t < kImageTokens; ++t) out.push_back(embedded_token(ByteSumVision::image_value(image) + float(t)));
+    (void)kLetters.encode(m.content, {}, out);
+  }
+  return out;
+}
+
 struct Harness {
   std::shared_ptr<PagedEchoModel> model;
+  std::shared_ptr<ByteSumVision> vision;  // null for a text-only model
   std::unique_ptr<Engine> engine;
 
-  explicit Harness(EngineConfig config, Mode mode) : model(std::make_shared<PagedEchoModel>(mode)) {
+  explicit Harness(EngineConfig config, Mode mode, bool with_vision = false)
+      : model(std::make_shared<PagedEchoModel>(mode)),
+        vision(with_vision ? std::make_shared<ByteSumVision>() : nullptr) {
     CAPTURE(mode_name(mode));
     EngineParts parts;
     parts.model = model;
     parts.kv_policy = std::make_shared<FixedBytesPolicy>();
     parts.tokenizer = std::make_shared<LetterTokenizer>(kVocab, kEos);
+    parts.vision = vision;
+    parts.prompt_builder = [](const std::vector<ChatMessage>& messages) -> Result<std::vector<TokenId>> {
+      return chat_prompt(messages);
+    };
     parts.model_name = "echo";
     auto started = Engine::start(config, std::move(parts));
     REQUIRE_MESSAGE(started.has_value(), started.status().message());
@@ -264,11 +374,20 @@ struct Harness {
 
   // Submits and returns a future of the outcome, collecting streamed pieces.
   std::future<Outcome> run(std::vector<TokenId> prompt, SamplingParams sp, uint64_t* id_out = nullptr) {
-    auto promise = std::make_shared<std::promise<Outcome>>();
-    auto outcome = std::make_shared<Outcome>();
     GenerationRequest request;
     request.input = std::move(prompt);
     request.sampling = std::move(sp);
+    return submit(std::move(request), id_out);
+  }
+  std::future<Outcome> chat(std::vector<ChatMessage> messages, SamplingParams sp) {
+    GenerationRequest request;
+    request.input = std::move(messages);
+    request.sampling = std::move(sp);
+    return submit(std::move(request), nullptr);
+  }
+  std::future<Outcome> submit(GenerationRequest request, uint64_t* id_out) {
+    auto promise = std::make_shared<std::promise<Outcome>>();
+    auto outcome = std::make_shared<Outcome>();
     auto id = engine->submit(std::move(request), [promise, outcome](const StreamEvent& e) {
       outcome->text += e.text;
       outcome->generated.insert(outcome->generated.end(), e.token_ids.begin(), e.token_ids.end());
@@ -457,6 +576,7 @@ TEST_CASE("session length: a prompt over it is refused, generation reaching it e
   too_long.input = std::vector<TokenId>(64, 7);
   auto refused = h.engine->submit(too_long, [](const StreamEvent&) {});
   REQUIRE_FALSE(refused.has_value());
+  CHECK(refused.status().code() == ErrorCode::context_length_exceeded);
   CHECK(refused.status().message().find("session length is 64") != std::string::npos);
 
   SamplingParams sp = greedy(-1);
@@ -533,10 +653,7 @@ TEST_CASE("bad requests are refused at submit") {
         std::string::npos);
   GenerationRequest huge;
   huge.input = std::vector<TokenId>(100, 3);  // more than 4 blocks of 16
-  CHECK(h.engine->submit(huge, [](const StreamEvent&) {}).status().code() == ErrorCode::resource_exhausted);
-  GenerationRequest chat;
-  chat.input = std::vector<ChatMessage>{{"user", "hi", {}}};
-  CHECK(h.engine->submit(chat, [](const StreamEvent&) {}).status().code() == ErrorCode::unsupported);
+  CHECK(h.engine->submit(huge, [](const StreamEvent&) {}).status().code() == ErrorCode::context_length_exceeded);
 
   // A request that fits as a prompt but not with its generation fails alone, clearly.
   SamplingParams sp = greedy(-1);
@@ -576,4 +693,121 @@ TEST_CASE("a step that fails ends its requests with the error; the engine goes o
   check_same(h.run(prompt, greedy(12)).get(), expected_run(prompt, greedy(12), 4096, 0));
   h.engine->wait_idle();
   CHECK(h.engine->stats().kv_blocks_held == 0);
+}
+
+TEST_CASE("images: each placeholder becomes the encoder's tokens, and their embeddings reach the model there") {
+  EngineConfig config;
+  config.session_len = 4096;
+  config.num_kv_blocks = 200;
+  config.cache_block_seq_len = 4;
+  config.max_prefill_token_num = 5;  // image spans cut across prefill chunks
+  config.max_images_per_step = 2;    // three images take two encoder calls
+  Harness h(config, pick_mode(), true);
+  std::vector<ChatMessage> messages{{"user", "describe", {image_of(1), image_of(2)}},
+                                    {"assistant", "two", {}},
+                                    {"user", "and", {image_of(3)}}};
+  SamplingParams sp = greedy(16);
+  sp.ignore_eos = true;
+  const std::vector<TokenId> seen = model_view(messages);
+  Outcome got = h.chat(messages, sp).get();
+  check_same(got, expected_run(seen, sp, 4096, 0));
+  CHECK(got.prompt_tokens == int32_t(chat_prompt(messages).size()) + 3 * (kImageTokens - 1));
+  CHECK(h.vision->encoded == 3);
+  CHECK(h.model->embedding_allocations == 1);
+  h.engine->wait_idle();
+  CHECK(h.engine->stats().images_encoded == 3);
+  CHECK(h.engine->info().accepts_images);
+}
+
+TEST_CASE("images and the prefix cache: equal placeholder ids with different images share no block; the same image does") {
+  EngineConfig config;
+  config.session_len = 4096;
+  config.num_kv_blocks = 200;
+  config.cache_block_seq_len = 4;
+  config.enable_prefix_caching = true;
+  Harness h(config, pick_mode(), true);
+  const std::string text = "the same question, long enough for several blocks";
+  SamplingParams sp = greedy(12);
+  sp.ignore_eos = true;
+  auto ask = [&](const ImageData& image) {
+    std::vector<ChatMessage> messages{{"user", text, {image}}};
+    Outcome got = h.chat(messages, sp).get();
+    check_same(got, expected_run(model_view(messages), sp, 4096, 0));
+    h.engine->wait_idle();
+    return h.engine->stats().prefix_cache_hit_tokens;
+  };
+  const uint64_t first = ask(image_of(10));
+  // The image sits in the first block, so a different one changes every block's hash.
+  const uint64_t other_image = ask(image_of(11));
+  CHECK(other_image == first);
+  // The same image again: every full block of the prompt but the last comes from the cache.
+  const uint64_t same_image = ask(image_of(10));
+  const int32_t prompt = int32_t(text.size()) + kImageTokens;
+  CHECK(same_image - other_image == uint64_t((prompt - 1) / 4 * 4));
+  // Images after a shared text prefix: the blocks before the image are shared.
+  auto ask_after = [&](const ImageData& image) {
+    std::vector<ChatMessage> messages{{"system", text, {}}, {"user", "look", {image}}};
+    Outcome got = h.chat(messages, sp).get();
+    check_same(got, expected_run(model_view(messages), sp, 4096, 0));
+    h.engine->wait_idle();
+    return h.engine->stats().prefix_cache_hit_tokens;
+  };
+  const uint64_t before = ask_after(image_of(20));
+  const uint64_t after = ask_after(image_of(21));
+  CHECK(after - before == uint64_t(text.size() / 4 * 4));
+}
+
+TEST_CASE("images under preemption: recomputed prefills take the embeddings the request keeps") {
+  EngineConfig config;
+  config.session_len = 4096;
+  config.num_kv_blocks = 24;  // 96 tokens: a few requests at a time
+  config.cache_block_seq_len = 4;
+  config.max_prefill_token_num = 32;
+  Harness h(config, pick_mode(), true);
+  std::vector<std::vector<ChatMessage>> requests;
+  std::vector<std::future<Outcome>> futures;
+  SamplingParams sp = greedy(30);
+  sp.ignore_eos = true;
+  for (int i = 0; i < 12; ++i) {
+    requests.push_back({{"user", std::string(size_t(5 + i), char('a' + i)), {image_of(uint8_t(40 + i % 5))}}});
+    futures.push_back(h.chat(requests.back(), sp));
+  }
+  for (size_t i = 0; i < futures.size(); ++i) {
+    CAPTURE(i);
+    check_same(futures[i].get(), expected_run(model_view(requests[i]), sp, 4096, 0));
+  }
+  h.engine->wait_idle();
+  CHECK(h.engine->stats().preemptions > 0);
+  CHECK(h.vision->encoded == 12);  // once per request, whatever was recomputed
+  CHECK(h.engine->stats().kv_blocks_held == 0);
+}
+
+TEST_CASE("images are refused where they cannot be placed") {
+  EngineConfig config;
+  config.session_len = 4096;
+  config.num_kv_blocks = 100;
+  config.cache_block_seq_len = 16;
+  {
+    Harness text_only(config, Mode::step, false);
+    GenerationRequest request;
+    request.input = std::vector<ChatMessage>{{"user", "what is this", {image_of(1)}}};
+    auto refused = text_only.engine->submit(request, [](const StreamEvent&) {});
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.status().code() == ErrorCode::invalid_argument);
+    CHECK(refused.status().message().find("takes no images") != std::string::npos);
+    CHECK_FALSE(text_only.engine->info().accepts_images);
+  }
+  Harness h(config, Mode::step, true);
+  // Placeholder ids without images (they cannot come from chat content: only from ids or raw text).
+  GenerationRequest forged;
+  forged.input = std::vector<TokenId>{5, kImagePlaceholder, 6};
+  auto refused = h.engine->submit(forged, [](const StreamEvent&) {});
+  REQUIRE_FALSE(refused.has_value());
+  CHECK(refused.status().message().find("1 image placeholder") != std::string::npos);
+  // An image the encoder cannot read ends that request alone, with the encoder's error.
+  Outcome broken = h.chat({{"user", "x", {ImageData{"image/png", {}}}}}, greedy(4)).get();
+  CHECK(broken.finish == FinishReason::error);
+  CHECK(broken.error.find("no bytes") != std::string::npos);
+  std::vector<ChatMessage> fine{{"user", "y", {image_of(2)}}};
+  check_same(h.chat(fine, greedy(4)).get(), expected_run(model_view(fine), greedy(4), 4096, 0));
 }

@@ -22,8 +22,8 @@ class LetterTokenizer final : public Tokenizer {
     for (TokenId id : ids) text += letter(id);
     return {};
   }
-  std::unique_ptr<IncrementalDecoder> incremental_decoder(const DecodeOptions&) const noexcept override {
-    return std::make_unique<Stream>(*this);
+  PluginPtr<IncrementalDecoder> incremental_decoder(const DecodeOptions&) const noexcept override {
+    return make_pinned<Stream>(LibraryPin{}, *this);  // made in the test binary: no library to pin
   }
   int32_t vocab_size() const noexcept override { return vocab_; }
   std::optional<TokenId> token_to_id(std::string_view) const noexcept override { return std::nullopt; }
