@@ -3,9 +3,9 @@
 // rope_in_place: HF rotate_half RoPE on the q and k heads of the fused QKV
 //   rows, in place (twin of ref::apply_rope: f32 angle = f32(position) *
 //   inv_freq[i], cos/sin of it in double rounded to f32, unfused f32 rotate).
-//   kernels/cuda's rope_kv fuses this with the paged write, but the SDK's
-//   KvCachePolicy::write receives keys already rotated, so the model rotates
-//   first and the policy copies (docs/cuda.md: next step is an SDK hook).
+//   Only for a KV policy whose write_rotary answers unsupported (kv_cuda's
+//   runs kernels/cuda's rope_kv instead): the model rotates first and the
+//   policy's write copies (docs/cuda.md, "RoPE with the KV write").
 // gather_rows: dst[r] = src[rows[r]] (rows of `row_elements` 16-bit values).
 // suppress_ids: logits[row * stride + id] = -inf for each (row, id) pair.
 // take_previous_samples: ids[t] = previous_sampled[previous_index[t]] where
