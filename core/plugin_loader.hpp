@@ -71,7 +71,7 @@ class PluginRegistry {
                                          std::string_view instance_name = "", Device device = {}) const {
     auto made = create(name, role_of<Interface>(), settings, log_sink, instance_name, device);
     if (!made) return made.status();
-    // The factory returned the Interface's own PluginObject base (plugin.hpp),
+    // The factory returned the Interface's own PluginObject base (plugin_object.hpp),
     // so a static downcast recovers it; no RTTI crosses the library boundary.
     auto& object = made.value();
     return PluginHandle<Interface>(object, static_cast<Interface*>(object.get()));
