@@ -5,11 +5,28 @@
 //   f16:  IEEE 754 binary16 (1 sign, 5 exponent, 10 mantissa, bias 15,
 //         subnormals down to 2^-24). f32 -> f16 rounds to nearest, ties to
 //         even, overflows to +-inf (|x| >= 65520), NaN stays a (quiet) NaN.
+//   e4m3: OCP FP8 E4M3 in its "fn" form (1 sign, 4 exponent, 3 mantissa,
+//         bias 7, subnormals down to 2^-9, no infinities, S.1111.111 is NaN,
+//         largest finite 448). f32 -> e4m3 rounds to nearest, ties to even,
+//         and saturates: every finite value beyond +-448, and +-inf, becomes
+//         +-448; NaN stays NaN. This is the conversion FP8 quantizers and the
+//         GPU use (CUDA's __NV_SATFINITE, PTX cvt.rn.satfinite), because a
+//         weight scaled to just past the range should lose a little, not turn
+//         into NaN. PyTorch's `.to(torch.float8_e4m3fn)` differs: it makes
+//         NaN of |x| > 464 and of inf (c10's Float8_e4m3fn.h), so checkpoints
+//         written by it never hold such values and read back the same here.
+//   e5m2: OCP FP8 E5M2, the top byte of an IEEE half (1 sign, 5 exponent,
+//         2 mantissa, bias 15, subnormals down to 2^-16, infinities and
+//         NaNs as in f16, largest finite 57344). f32 -> e5m2 is IEEE: rounds
+//         to nearest, ties to even, overflows to inf (|x| >= 61440), NaN
+//         stays NaN; the same as PyTorch's float8_e5m2.
 //
-// 16-bit values are carried as raw bits (std::uint16_t) because that is what
-// safetensors files and KV pages hold; the DType tag says how to read them.
-// The scalar conversions are inline because GEMM and attention call them in
-// their inner loops.
+// 16-bit values are carried as raw bits (std::uint16_t), 8-bit ones as
+// std::uint8_t, because that is what safetensors files and KV pages hold; the
+// DType tag says how to read them. The scalar conversions are inline because
+// GEMM and attention call them in their inner loops. FP8 is not (yet) a
+// DType of the reference ops: a model reading FP8 weights converts them with
+// the scalar functions.
 #pragma once
 
 #include <bit>
@@ -83,6 +100,77 @@ inline std::uint16_t f32_to_f16(float value) {
   const std::uint32_t remainder = mantissa & 0x1fffu;
   if (remainder > 0x1000u || (remainder == 0x1000u && (half & 1u))) ++half;
   return static_cast<std::uint16_t>(sign | half);
+}
+
+namespace detail {
+
+// Rounds a finite, non-negative f32 (its bits) to nearest, ties to even, into
+// a small float format with `mantissa_bits` stored mantissa bits and exponent
+// bias `bias`, and returns the format's bits. The result may round past the
+// format's largest finite value into its top exponent; callers deal with
+// overflow before calling.
+inline std::uint32_t round_f32_magnitude(std::uint32_t magnitude, unsigned mantissa_bits, unsigned bias) {
+  const std::uint32_t exponent = magnitude >> 23;
+  const std::uint32_t mantissa = (magnitude & 0x7fffffu) | 0x800000u;  // with the implicit 1
+  const std::uint32_t smallest_normal_exponent = 127 + 1 - bias;    // 2^(1 - bias) as an f32 exponent
+  std::uint32_t shift;        // how many low bits of `mantissa` are dropped
+  std::uint32_t kept_base;    // the result before adding the kept mantissa bits
+  if (exponent < smallest_normal_exponent) {
+    // Subnormal: round(|x| / 2^(1 - bias - mantissa_bits)), where
+    // |x| = mantissa * 2^(exponent - 150).
+    shift = 150 - (bias - 1 + mantissa_bits) - exponent;
+    // Below half the smallest subnormal, or f32 zero/subnormal: rounds to 0
+    // (exactly half is a tie, to even = 0).
+    if (shift > 24 || exponent == 0) return 0;
+    kept_base = 0;
+  } else {
+    shift = 23 - mantissa_bits;
+    // The implicit 1 lands on the exponent's lowest bit, so the rebias is one less.
+    kept_base = (exponent - smallest_normal_exponent) << mantissa_bits;
+  }
+  // A carry out of the kept mantissa bumps the exponent, which is exactly
+  // rounding up into the next binade (subnormal -> smallest normal included).
+  std::uint32_t rounded = kept_base + (mantissa >> shift);
+  const std::uint32_t remainder = mantissa & ((1u << shift) - 1u);
+  const std::uint32_t halfway = 1u << (shift - 1);
+  if (remainder > halfway || (remainder == halfway && (rounded & 1u))) ++rounded;
+  return rounded;
+}
+
+}  // namespace detail
+
+inline float e4m3_to_f32(std::uint8_t bits) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(bits & 0x80u) << 24;
+  const std::uint32_t exponent = (bits >> 3) & 0xfu;
+  const std::uint32_t mantissa = bits & 0x7u;
+  if ((bits & 0x7fu) == 0x7fu) return std::bit_cast<float>(sign | 0x7fc00000u);  // the only NaN
+  if (exponent == 0) {
+    const float magnitude = static_cast<float>(mantissa) * 0x1p-9f;
+    return std::bit_cast<float>(sign | std::bit_cast<std::uint32_t>(magnitude));
+  }
+  return std::bit_cast<float>(sign | ((exponent + (127 - 7)) << 23) | (mantissa << 20));
+}
+
+inline std::uint8_t f32_to_e4m3(float value) {
+  const std::uint32_t bits = std::bit_cast<std::uint32_t>(value);
+  const std::uint8_t sign = static_cast<std::uint8_t>((bits >> 24) & 0x80u);
+  const std::uint32_t magnitude = bits & 0x7fffffffu;
+  if (magnitude > 0x7f800000u) return sign | 0x7fu;
+  if (magnitude >= 0x43e00000u) return sign | 0x7eu;  // >= 448 (inf too): saturate, see the top
+  return static_cast<std::uint8_t>(sign | detail::round_f32_magnitude(magnitude, 3, 7));
+}
+
+inline float e5m2_to_f32(std::uint8_t bits) { return f16_to_f32(static_cast<std::uint16_t>(bits << 8)); }
+
+inline std::uint8_t f32_to_e5m2(float value) {
+  const std::uint32_t bits = std::bit_cast<std::uint32_t>(value);
+  const std::uint8_t sign = static_cast<std::uint8_t>((bits >> 24) & 0x80u);
+  const std::uint32_t magnitude = bits & 0x7fffffffu;
+  if (magnitude > 0x7f800000u) return sign | 0x7eu;  // quiet NaN
+  // 61440 is halfway between the largest e5m2 (57344, odd mantissa) and
+  // 2^16; ties-to-even sends it (and everything above) to inf.
+  if (magnitude >= 0x47700000u) return sign | 0x7cu;
+  return static_cast<std::uint8_t>(sign | detail::round_f32_magnitude(magnitude, 2, 15));
 }
 
 // Element i of a buffer of the given dtype, as f32.
