@@ -31,13 +31,16 @@ std::optional<std::string_view> safetensors_dtype_name(DType dtype) noexcept {
     case DType::i64: return "I64";
     case DType::i8: return "I8";
     case DType::u8: return "U8";
+    case DType::f8_e4m3: return "F8_E4M3";
+    case DType::f8_e5m2: return "F8_E5M2";
     case DType::i4: case DType::u4: return std::nullopt;
   }
   return std::nullopt;
 }
 
 std::optional<DType> dtype_from_safetensors(std::string_view name) noexcept {
-  for (DType dtype : {DType::f32, DType::f16, DType::bf16, DType::i32, DType::i64, DType::i8, DType::u8})
+  for (DType dtype : {DType::f32, DType::f16, DType::bf16, DType::i32, DType::i64, DType::i8, DType::u8,
+                      DType::f8_e4m3, DType::f8_e5m2})
     if (safetensors_dtype_name(dtype) == name) return dtype;
   return std::nullopt;
 }

@@ -164,7 +164,8 @@ void SafetensorsFile::parse() {
     const auto& dtype_name = dtype_it->get_ref<const std::string&>();
     auto dtype = detail::dtype_from_safetensors(dtype_name);
     if (!dtype)
-      fail(ErrorCode::unsupported, "{}: dtype {} is not supported (supported: F32, F16, BF16, I32, I64, I8, U8)",
+      fail(ErrorCode::unsupported,
+           "{}: dtype {} is not supported (supported: F32, F16, BF16, I32, I64, I8, U8, F8_E4M3, F8_E5M2)",
            where, quote_name(dtype_name));
     entry.dtype = *dtype;
 

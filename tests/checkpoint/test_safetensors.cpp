@@ -42,6 +42,7 @@ TEST_CASE("safetensors: every dtype round-trips through write and read") {
       make_tensor("e.i64", DType::i64, {3}, 5),        make_tensor("f.i8", DType::i8, {5}, 6),
       make_tensor("g.u8", DType::u8, {3, 1}, 7),       make_tensor("h.empty", DType::u8, {0, 4}, 8),
       make_tensor("i.scalar", DType::f32, {}, 9),      make_tensor("j.rank6", DType::bf16, {1, 2, 1, 2, 1, 3}, 10),
+      make_tensor("k.e4m3", DType::f8_e4m3, {3, 4}, 11), make_tensor("l.e5m2", DType::f8_e5m2, {5}, 12),
   };
   const auto path = dir / "all.safetensors";
   REQUIRE(write_safetensors(path, as_data(tensors), {{"format", "pt"}}).is_ok());
