@@ -2,7 +2,8 @@
 //
 // Small enough to read in a minute, complete enough to run: it shows the
 // settings table, the factory, noexcept methods that report errors as
-// Status, and an incremental decoder that never splits a UTF-8 sequence.
+// Status, and an incremental decoder that never splits a UTF-8 sequence and
+// keeps this library loaded while it lives (make_pinned).
 #include <hostrun/sdk.hpp>
 
 namespace {
@@ -90,7 +91,7 @@ class ByteDecoder final : public hostrun::IncrementalDecoder {
 class ByteTokenizer final : public hostrun::Tokenizer {
  public:
   explicit ByteTokenizer(const hostrun::CreateContext& context)
-      : add_bos_(context.settings->get_bool("add_bos")) {
+      : add_bos_(context.settings->get_bool("add_bos")), library_(context.library) {
     hostrun::plugin_logger(context, "byte_tokenizer").debug("made, add_bos={}", add_bos_);
   }
 
@@ -118,9 +119,10 @@ class ByteTokenizer final : public hostrun::Tokenizer {
     return decoder.finish(text);
   }
 
-  std::unique_ptr<hostrun::IncrementalDecoder> incremental_decoder(const DecodeOptions& options) const noexcept override {
+  hostrun::PluginPtr<hostrun::IncrementalDecoder> incremental_decoder(
+      const DecodeOptions& options) const noexcept override {
     try {
-      return std::make_unique<ByteDecoder>(options.skip_special_tokens);
+      return hostrun::make_pinned<ByteDecoder>(library_, options.skip_special_tokens);
     } catch (...) {
       return nullptr;
     }
@@ -144,6 +146,9 @@ class ByteTokenizer final : public hostrun::Tokenizer {
 
  private:
   bool add_bos_;
+  // This library, as the host gave it; every decoder carries a copy so the
+  // code of ~ByteDecoder stays mapped until it has run.
+  hostrun::LibraryPin library_;
 };
 
 const hostrun::SettingSpec kSettings[] = {

@@ -21,16 +21,15 @@ using hostrun::hf::HfTokenizer;
 // bytes, so the pieces concatenated always equal decode(all ids).
 class StreamDecoder final : public hostrun::IncrementalDecoder {
  public:
-  StreamDecoder(std::shared_ptr<const HfTokenizer> tokenizer, bool skip_special)
-      : tokenizer_(std::move(tokenizer)), skip_special_(skip_special) {}
+  StreamDecoder(const HfTokenizer& tokenizer, bool skip_special) : tokenizer_(tokenizer), skip_special_(skip_special) {}
 
   Status push(TokenId id, std::string& piece) noexcept override {
     return hostrun::guard([&]() -> Status {
-      const std::string* bytes = tokenizer_->token_bytes(id);
+      const std::string* bytes = tokenizer_.token_bytes(id);
       if (!bytes)
         return {ErrorCode::invalid_argument, fmt::format("token id {} is not in the vocabulary (ids 0..{})", id,
-                                                         tokenizer_->vocab_size() - 1)};
-      if (skip_special_ && tokenizer_->is_special(id)) return {};
+                                                         tokenizer_.vocab_size() - 1)};
+      if (skip_special_ && tokenizer_.is_special(id)) return {};
       pending_ += *bytes;
       size_t held = hostrun::hf::append_utf8_lossy(pending_, piece, true);
       pending_.erase(0, pending_.size() - held);
@@ -46,14 +45,14 @@ class StreamDecoder final : public hostrun::IncrementalDecoder {
   }
 
  private:
-  std::shared_ptr<const HfTokenizer> tokenizer_;  // decoders may outlive nothing but the plugin object; share it
+  const HfTokenizer& tokenizer_;  // the SDK has callers keep the tokenizer longer than its decoders
   bool skip_special_;
   std::string pending_;
 };
 
 class HfTokenizerPlugin final : public hostrun::Tokenizer {
  public:
-  explicit HfTokenizerPlugin(const hostrun::CreateContext& context) {
+  explicit HfTokenizerPlugin(const hostrun::CreateContext& context) : library_(context.library) {
     const std::string& file = context.settings->get_string("file");
     auto loaded = HfTokenizer::load(file);
     if (!loaded) throw hostrun::Error(loaded.status());
@@ -74,9 +73,10 @@ class HfTokenizerPlugin final : public hostrun::Tokenizer {
     return hostrun::guard([&] { return tokenizer_->decode(ids, options.skip_special_tokens, text); });
   }
 
-  std::unique_ptr<hostrun::IncrementalDecoder> incremental_decoder(const DecodeOptions& options) const noexcept override {
+  hostrun::PluginPtr<hostrun::IncrementalDecoder> incremental_decoder(
+      const DecodeOptions& options) const noexcept override {
     try {
-      return std::make_unique<StreamDecoder>(tokenizer_, options.skip_special_tokens);
+      return hostrun::make_pinned<StreamDecoder>(library_, *tokenizer_, options.skip_special_tokens);
     } catch (...) {
       return nullptr;
     }
@@ -107,7 +107,8 @@ class HfTokenizerPlugin final : public hostrun::Tokenizer {
   }
 
  private:
-  std::shared_ptr<const HfTokenizer> tokenizer_;
+  hostrun::LibraryPin library_;  // carried by every decoder this tokenizer makes
+  std::unique_ptr<const HfTokenizer> tokenizer_;
 };
 
 const hostrun::SettingSpec kSettings[] = {

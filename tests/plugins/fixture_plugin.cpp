@@ -1,5 +1,6 @@
-// Test plugin: a Tokenizer role with one setting of every type, and a
-// Frontend role whose probe can decline. Built with the real SDK macro, so the
+// Test plugin: a Tokenizer role with one setting of every type (its decoders
+// pin the library and count as live objects), and a Frontend role whose
+// probe can decline. Built with the real SDK macro, so the
 // loader tests exercise exactly what a third party would ship.
 #include <cstdlib>
 #include <hostrun/sdk.hpp>
@@ -11,10 +12,23 @@ using namespace hostrun;
 // Counts live objects so a test can see destructors run inside the library.
 int live_objects = 0;
 
+// Streams each id as its decimal text and a space.
+class FixtureDecoder final : public IncrementalDecoder {
+ public:
+  FixtureDecoder() { ++live_objects; }
+  ~FixtureDecoder() override { --live_objects; }
+  Status push(TokenId id, std::string& piece) noexcept override {
+    return guard([&] { piece += std::to_string(id) + " "; });
+  }
+  Status finish(std::string&) noexcept override { return {}; }
+};
+
 class FixtureTokenizer final : public Tokenizer {
  public:
   explicit FixtureTokenizer(const CreateContext& context)
-      : file_(context.settings->get_string("file")), scale_(context.settings->get_number("scale")) {
+      : file_(context.settings->get_string("file")),
+        scale_(context.settings->get_number("scale")),
+        library_(context.library) {
     if (context.settings->get_int("fail_with") == 1) throw Error(ErrorCode::invalid_argument, "asked to fail");
     if (context.settings->get_int("fail_with") == 2) throw 42;  // not even an exception type
     ++live_objects;
@@ -29,8 +43,12 @@ class FixtureTokenizer final : public Tokenizer {
     text += file_;
     return {};
   }
-  std::unique_ptr<IncrementalDecoder> incremental_decoder(const DecodeOptions&) const noexcept override {
-    return nullptr;
+  PluginPtr<IncrementalDecoder> incremental_decoder(const DecodeOptions&) const noexcept override {
+    try {
+      return make_pinned<FixtureDecoder>(library_);
+    } catch (...) {
+      return nullptr;
+    }
   }
   int32_t vocab_size() const noexcept override { return int32_t(scale_); }
   std::optional<TokenId> token_to_id(std::string_view) const noexcept override { return std::nullopt; }
@@ -41,6 +59,7 @@ class FixtureTokenizer final : public Tokenizer {
  private:
   std::string file_;
   double scale_;
+  LibraryPin library_;
 };
 
 class FixtureFrontend final : public Frontend {
@@ -50,9 +69,14 @@ class FixtureFrontend final : public Frontend {
   void stop() noexcept override {}
 };
 
-Status frontend_probe() noexcept {
-  if (std::getenv("HOSTRUN_TEST_DECLINE")) return {ErrorCode::unsupported, "no test device on this machine"};
-  return {};
+// Declines CUDA devices always, and every device when the test asks.
+Status frontend_probe(const Device& device) noexcept {
+  return guard([&]() -> Status {
+    if (device.kind == DeviceKind::cuda)
+      return {ErrorCode::unsupported, "runs on the CPU only; asked for cuda:" + std::to_string(device.index)};
+    if (std::getenv("HOSTRUN_TEST_DECLINE")) return {ErrorCode::unsupported, "no test device on this machine"};
+    return {};
+  });
 }
 
 const SettingSpec kTokenizerSettings[] = {
