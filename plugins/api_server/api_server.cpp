@@ -93,30 +93,6 @@ const char* finish_reason_text(FinishReason r) {
   }
 }
 
-// Maps an engine refusal to the status a client should see.
-ApiError submit_error(const Status& s) {
-  ApiError e;
-  e.message = s.message();
-  switch (s.code()) {
-    case ErrorCode::invalid_argument:
-    case ErrorCode::unsupported:
-    case ErrorCode::resource_exhausted:
-      e.status = 400;
-      if (s.message().find("session length") != std::string::npos || s.message().find("KV cache holds") != std::string::npos)
-        e.code = "context_length_exceeded";
-      break;
-    case ErrorCode::cancelled:
-    case ErrorCode::out_of_memory:
-      e.status = 503;
-      e.type = "server_error";
-      break;
-    default:
-      e.status = 500;
-      e.type = "server_error";
-  }
-  return e;
-}
-
 struct ChoiceState {
   size_t prompt_index = 0;
   uint64_t engine_id = 0;
@@ -136,8 +112,14 @@ struct ChoiceState {
 // Touched only on its connection's strand.
 class Job : public std::enable_shared_from_this<Job> {
  public:
-  Job(std::shared_ptr<Shared> shared, std::shared_ptr<http::Exchange> exchange, ParsedRequest request)
-      : shared_(std::move(shared)), exchange_(std::move(exchange)), request_(std::move(request)) {
+  // `engine_prompts`: what the engine gets for each of a completion's prompts
+  // (openai_request.hpp); unused for chat.
+  Job(std::shared_ptr<Shared> shared, std::shared_ptr<http::Exchange> exchange, ParsedRequest request,
+      std::vector<PromptInput> engine_prompts)
+      : shared_(std::move(shared)),
+        exchange_(std::move(exchange)),
+        request_(std::move(request)),
+        engine_prompts_(std::move(engine_prompts)) {
     id_ = random_id(request_.chat ? "chatcmpl-" : "cmpl-");
     created_ = unix_now();
     size_t groups = request_.chat ? 1 : request_.prompts.size();
@@ -157,7 +139,7 @@ class Job : public std::enable_shared_from_this<Job> {
       if (request_.chat)
         r.input = request_.messages;
       else
-        std::visit([&](const auto& prompt) { r.input = prompt; }, request_.prompts[choices_[i].prompt_index]);
+        std::visit([&](const auto& prompt) { r.input = prompt; }, engine_prompts_[choices_[i].prompt_index]);
       r.sampling = request_.sampling;
       // Choices of one request differ, yet a seeded request is reproducible.
       if (r.sampling.seed) *r.sampling.seed += uint64_t(i % size_t(request_.n));
@@ -171,7 +153,7 @@ class Job : public std::enable_shared_from_this<Job> {
       if (!submitted) {
         --shared_->in_flight;
         cancel_submitted();
-        return reply_error(*shared_, *exchange_, submit_error(submitted.status()));
+        return reply_error(*shared_, *exchange_, engine_refusal(submitted.status(), request_.chat));
       }
       choices_[i].engine_id = *submitted;
       choices_[i].submitted = true;
@@ -398,6 +380,7 @@ class Job : public std::enable_shared_from_this<Job> {
   std::shared_ptr<Shared> shared_;
   std::shared_ptr<http::Exchange> exchange_;
   ParsedRequest request_;
+  std::vector<PromptInput> engine_prompts_;
   std::string id_;
   int64_t created_ = 0;
   std::vector<ChoiceState> choices_;
@@ -405,47 +388,6 @@ class Job : public std::enable_shared_from_this<Job> {
   bool first_token_seen_ = false;
   bool aborted_ = false;
 };
-
-// Prompt length checks the engine cannot make as well: a completion's prompt
-// is counted exactly; a chat's only from below (the template adds a few tokens
-// per message), so a request is refused here only when it is over for certain;
-// otherwise the engine caps the reply at the session length (finish "length").
-void check_lengths(const Shared& shared, const ParsedRequest& request) {
-  if (!shared.tokenizer || shared.session_len <= 0) return;
-  int64_t max_tokens = request.sampling.max_tokens > 0 ? request.sampling.max_tokens : 0;
-  auto over = [&](int64_t prompt_tokens, bool at_least) {
-    if (prompt_tokens + max_tokens <= shared.session_len && prompt_tokens < shared.session_len) return;
-    fail(400,
-         fmt::format("This model's maximum context length is {} tokens. However, you requested {}{} tokens ({}{} in "
-                     "the {}, {} for the completion). Please reduce the length of the {} or the completion.",
-                     shared.session_len, at_least ? "at least " : "", prompt_tokens + max_tokens,
-                     at_least ? "at least " : "", prompt_tokens, request.chat ? "messages" : "prompt", max_tokens,
-                     request.chat ? "messages" : "prompt"),
-         request.chat ? "messages" : "prompt", "context_length_exceeded");
-  };
-  std::vector<TokenId> ids;
-  if (request.chat) {
-    int64_t total = 0;
-    for (const auto& m : request.messages) {
-      ids.clear();
-      if (shared.tokenizer->encode(m.content, {.add_bos = false, .parse_special = false}, ids)) total += int64_t(ids.size());
-    }
-    if (request.max_tokens_given) over(total, true);
-    return;
-  }
-  for (const auto& prompt : request.prompts) {
-    int64_t count;
-    if (auto* text = std::get_if<std::string>(&prompt)) {
-      ids.clear();
-      // As the engine will encode it: special tokens spelled out count as one.
-      if (!shared.tokenizer->encode(*text, {.add_bos = std::nullopt, .parse_special = true}, ids)) continue;
-      count = int64_t(ids.size());
-    } else {
-      count = int64_t(std::get<std::vector<TokenId>>(prompt).size());
-    }
-    over(count, false);
-  }
-}
 
 void handle_generation(const std::shared_ptr<Shared>& shared, const std::shared_ptr<http::Exchange>& exchange,
                        bool chat) {
@@ -456,8 +398,9 @@ void handle_generation(const std::shared_ptr<Shared>& shared, const std::shared_
     if (!request.model.empty() && request.model != shared->model_name)
       fail(404, fmt::format("The model '{}' does not exist; this server serves '{}'", request.model, shared->model_name),
            "model", "model_not_found");
-    check_lengths(*shared, request);
-    std::make_shared<Job>(shared, exchange, std::move(request))->start();
+    std::vector<PromptInput> prompts = engine_prompts(shared->tokenizer, request);
+    check_context_length(shared->session_len, request, prompts);
+    std::make_shared<Job>(shared, exchange, std::move(request), std::move(prompts))->start();
   } catch (const ApiException& e) {
     reply_error(*shared, *exchange, e.error);
   }

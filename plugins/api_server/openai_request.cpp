@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -106,10 +107,7 @@ void read_common(const json& body, ParsedRequest& out) {
   constexpr int64_t kMaxTokens = 1 << 30;
   std::optional<int64_t> max_tokens = integer(body, "max_tokens", 1, kMaxTokens);
   if (auto v = integer(body, "max_completion_tokens", 1, kMaxTokens)) max_tokens = v;  // the newer name wins
-  if (max_tokens) {
-    sp.max_tokens = int32_t(*max_tokens);
-    out.max_tokens_given = true;
-  }
+  if (max_tokens) sp.max_tokens = int32_t(*max_tokens);
   if (auto v = integer(body, "min_tokens", 0, kMaxTokens)) sp.min_tokens = int32_t(*v);
   if (const json* stop = field(body, "stop")) {
     auto add = [&](const json& item, const std::string& param) {
@@ -284,6 +282,88 @@ ParsedRequest parse_completion_request(const std::string& body_text) {
   if (auto v = integer(body, "best_of", 1, 128); v && *v != out.n)
     fail(400, "'best_of' other than n is not supported", "best_of", "unsupported_parameter");
   return out;
+}
+
+std::vector<PromptInput> engine_prompts(const Tokenizer* tokenizer, const ParsedRequest& request) {
+  std::vector<PromptInput> prompts;
+  for (const auto& prompt : request.prompts) {
+    const auto* text = std::get_if<std::string>(&prompt);
+    std::vector<TokenId> ids;
+    if (text && tokenizer && tokenizer->encode(*text, {.add_bos = std::nullopt, .parse_special = true}, ids))
+      prompts.push_back(std::move(ids));
+    else
+      prompts.push_back(prompt);
+  }
+  return prompts;
+}
+
+void check_context_length(int32_t session_len, const ParsedRequest& request,
+                          const std::vector<PromptInput>& engine_prompts) {
+  if (session_len <= 0) return;
+  const int64_t max_tokens = std::max<int64_t>(request.sampling.max_tokens, 0);
+  const char* what = request.chat ? "messages" : "prompt";
+  auto refuse = [&](int64_t prompt_tokens, bool at_least) {
+    fail(400,
+         fmt::format("This model's maximum context length is {} tokens. However, you requested {}{} tokens ({}{} in "
+                     "the {}, {} for the completion). Please reduce the length of the {} or the completion.",
+                     session_len, at_least ? "at least " : "", prompt_tokens + max_tokens, at_least ? "at least " : "",
+                     prompt_tokens, what, max_tokens, what),
+         what, "context_length_exceeded");
+  };
+  if (request.chat) {
+    if (max_tokens >= session_len) refuse(1, true);  // a chat prompt has at least one token
+    return;
+  }
+  for (const auto& prompt : engine_prompts) {
+    const auto* ids = std::get_if<std::vector<TokenId>>(&prompt);
+    if (!ids) continue;
+    const int64_t count = int64_t(ids->size());
+    if (count + max_tokens > session_len || count >= session_len) refuse(count, false);
+  }
+}
+
+ApiError engine_refusal(const Status& refusal, bool chat) {
+  ApiError e;
+  e.message = refusal.message();
+  switch (refusal.code()) {
+    case ErrorCode::context_length_exceeded:
+      e.status = 400;
+      e.param = chat ? "messages" : "prompt";
+      e.code = "context_length_exceeded";
+      break;
+    case ErrorCode::invalid_argument:
+    case ErrorCode::unsupported:
+      e.status = 400;
+      break;
+    case ErrorCode::not_found:
+      e.status = 404;
+      break;
+    case ErrorCode::permission_denied:
+      e.status = 403;
+      break;
+    case ErrorCode::resource_exhausted:  // a queue or budget that frees up: retry later
+      e.status = 429;
+      e.type = "server_error";
+      break;
+    case ErrorCode::unavailable:
+    case ErrorCode::cancelled:
+    case ErrorCode::out_of_memory:
+      e.status = 503;
+      e.type = "server_error";
+      break;
+    case ErrorCode::deadline_exceeded:
+      e.status = 504;
+      e.type = "server_error";
+      break;
+    case ErrorCode::ok:
+    case ErrorCode::io_error:
+    case ErrorCode::corrupt_data:
+    case ErrorCode::internal:
+      e.status = 500;
+      e.type = "server_error";
+      break;
+  }
+  return e;
 }
 
 }  // namespace hostrun::api

@@ -44,7 +44,6 @@ struct ParsedRequest {
   std::vector<ChatMessage> messages;       // chat
   std::vector<PromptInput> prompts;        // completions: one choice group per prompt
   SamplingParams sampling;
-  bool max_tokens_given = false;
   int n = 1;
   bool stream = false;
   bool include_usage = false;
@@ -60,5 +59,29 @@ ParsedRequest parse_completion_request(const std::string& body);
 
 // Parses a body that must be a JSON object.
 nlohmann::json parse_json_object(const std::string& body);
+
+// What the engine gets for each prompt of a completion. A text prompt is
+// tokenized here, once, as the engine would (its tokenizer, BOS by the
+// tokenizer's rule, special tokens spelled out parsed), so its length is
+// exact and the engine takes the ids as they are. Without a tokenizer (a
+// remote engine) the text goes on and whoever tokenizes it judges it; so does
+// a text the tokenizer refuses, for the engine to refuse with its reason.
+std::vector<PromptInput> engine_prompts(const Tokenizer* tokenizer, const ParsedRequest& request);
+
+// OpenAI refuses a request whose prompt + max_tokens exceed the context
+// (400, code context_length_exceeded); this throws that refusal. A
+// completion's prompts are counted exactly (`engine_prompts`, ids by now). A
+// chat prompt exists only once the engine applies the chat template, so it
+// is refused here only when max_tokens alone leaves no room; one that alone
+// does not fit is refused by the engine (engine_refusal), and one that fits
+// has its reply capped at the session length (finish "length").
+// `session_len` <= 0 (unknown) checks nothing.
+void check_context_length(int32_t session_len, const ParsedRequest& request,
+                          const std::vector<PromptInput>& engine_prompts);
+
+// What a client sees when the engine refuses a request, chosen by the code
+// alone (the message is the engine's and may change). `chat` says which
+// parameter a length refusal is about.
+ApiError engine_refusal(const Status& refusal, bool chat);
 
 }  // namespace hostrun::api

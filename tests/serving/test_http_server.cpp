@@ -1,7 +1,8 @@
 // plugins/http_common and the api_server's request parser, without a model:
 // raw sockets against http::Server for what client libraries never send
 // (pipelining, HTTP/1.0, 100-continue, oversized bodies, a client that hangs
-// up while its answer is pending), and the OpenAI body parser's errors.
+// up while its answer is pending), and the OpenAI body parser's errors, the
+// prompts it hands the engine and how engine refusals reach a client.
 #include <arpa/inet.h>
 #include <doctest/doctest.h>
 #include <netinet/in.h>
@@ -244,5 +245,111 @@ TEST_SUITE("openai_request") {
     CHECK(param_of(completion, R"({"prompt":"x","n":100,"max_tokens":1})") == "(accepted)");
     CHECK(param_of(completion, R"({"prompt":["a","b"],"n":100})") == "n");
     CHECK(param_of(completion, R"({"prompt":"x","max_tokens":1e400})") == "(none)");
+  }
+  // Records how it was asked to encode: BOS (id 1000) unless told not to,
+  // "<eot>" as one id (1001) only when special tokens are parsed, otherwise
+  // one id per byte; a 0xff byte is refused.
+  class OptionsTokenizer final : public Tokenizer {
+   public:
+    Status encode(std::string_view text, const EncodeOptions& options, std::vector<TokenId>& ids) const noexcept override {
+      if (text.find('\xff') != std::string_view::npos) return {ErrorCode::invalid_argument, "not UTF-8"};
+      if (options.add_bos.value_or(true)) ids.push_back(1000);
+      for (size_t i = 0; i < text.size();) {
+        if (options.parse_special && text.substr(i).starts_with("<eot>")) {
+          ids.push_back(1001);
+          i += 5;
+        } else {
+          ids.push_back(TokenId(uint8_t(text[i++])));
+        }
+      }
+      return {};
+    }
+    Status decode(std::span<const TokenId>, const DecodeOptions&, std::string&) const noexcept override { return {}; }
+    PluginPtr<IncrementalDecoder> incremental_decoder(const DecodeOptions&) const noexcept override { return nullptr; }
+    int32_t vocab_size() const noexcept override { return 1002; }
+    std::optional<TokenId> token_to_id(std::string_view) const noexcept override { return std::nullopt; }
+    std::string id_to_token(TokenId) const noexcept override { return {}; }
+    bool is_special(TokenId id) const noexcept override { return id >= 1000; }
+    SpecialTokenIds special_tokens() const noexcept override { return {}; }
+  };
+
+  TEST_CASE("a completion's text prompts reach the engine as ids, tokenized once as the engine would") {
+    OptionsTokenizer tokenizer;
+    auto r = api::parse_completion_request(R"({"prompt":["ab<eot>", [5, 6, 7], "\u00ff"]})");
+    r.prompts.push_back(std::string("\xff"));  // JSON cannot carry it; a tokenizer may refuse other text too
+    auto prompts = api::engine_prompts(&tokenizer, r);
+    REQUIRE(prompts.size() == 4);
+    CHECK(std::get<std::vector<TokenId>>(prompts[0]) == std::vector<TokenId>{1000, 'a', 'b', 1001});
+    CHECK(std::get<std::vector<TokenId>>(prompts[1]) == std::vector<TokenId>{5, 6, 7});
+    CHECK(std::get<std::vector<TokenId>>(prompts[2]) == std::vector<TokenId>{1000, 0xc3, 0xbf});
+    CHECK(std::get<std::string>(prompts[3]) == "\xff");  // left for the engine to refuse with its reason
+    // A remote engine has no tokenizer: the server it talks to tokenizes.
+    auto untouched = api::engine_prompts(nullptr, r);
+    CHECK(std::get<std::string>(untouched[0]) == "ab<eot>");
+    CHECK(std::get<std::vector<TokenId>>(untouched[1]) == std::vector<TokenId>{5, 6, 7});
+  }
+
+  TEST_CASE("prompt + max_tokens over the session length: exact for completions, certain only for chat") {
+    OptionsTokenizer tokenizer;
+    auto refusal = [](int32_t session_len, const api::ParsedRequest& r,
+                      const std::vector<api::PromptInput>& prompts) -> std::optional<api::ApiError> {
+      try {
+        api::check_context_length(session_len, r, prompts);
+      } catch (const ApiException& e) {
+        return e.error;
+      }
+      return std::nullopt;
+    };
+    auto completion = api::parse_completion_request(R"({"prompt":"abc","max_tokens":5})");
+    auto ids = api::engine_prompts(&tokenizer, completion);  // BOS + 3: 4 tokens
+    CHECK_FALSE(refusal(9, completion, ids));
+    auto over = refusal(8, completion, ids);
+    REQUIRE(over);
+    CHECK(over->status == 400);
+    CHECK(over->type == "invalid_request_error");
+    CHECK(over->param == "prompt");
+    CHECK(over->code == "context_length_exceeded");
+    CHECK(over->message.find("maximum context length is 8 tokens") != std::string::npos);
+    CHECK(over->message.find("you requested 9 tokens (4 in the prompt, 5 for the completion)") != std::string::npos);
+    CHECK_FALSE(refusal(0, completion, ids));  // session length unknown
+    // The second of two prompts is over.
+    auto two = api::parse_completion_request(R"({"prompt":[[1], [1, 2, 3, 4, 5, 6, 7, 8]],"max_tokens":1})");
+    auto second = refusal(8, two, api::engine_prompts(&tokenizer, two));
+    REQUIRE(second);
+    CHECK(second->message.find("(8 in the prompt, 1 for the completion)") != std::string::npos);
+
+    auto chat = api::parse_chat_request(R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":8})");
+    CHECK_FALSE(refusal(9, chat, {}));  // may fit: the engine caps the reply at the session length
+    auto no_room = refusal(8, chat, {});
+    REQUIRE(no_room);
+    CHECK(no_room->param == "messages");
+    CHECK(no_room->code == "context_length_exceeded");
+    CHECK(no_room->message.find("at least 9 tokens (at least 1 in the messages, 8 for the completion)") !=
+          std::string::npos);
+    auto unbounded = api::parse_chat_request(R"({"messages":[{"role":"user","content":"hi"}]})");
+    CHECK_FALSE(refusal(2, unbounded, {}));  // no max_tokens: up to the session length
+  }
+
+  TEST_CASE("engine refusals reach the client by their code") {
+    auto seen = [](ErrorCode code, bool chat = true) { return api::engine_refusal(Status(code, "why"), chat); };
+    auto length = seen(ErrorCode::context_length_exceeded);
+    CHECK(length.status == 400);
+    CHECK(length.type == "invalid_request_error");
+    CHECK(length.code == "context_length_exceeded");
+    CHECK(length.param == "messages");
+    CHECK(length.message == "why");
+    CHECK(seen(ErrorCode::context_length_exceeded, false).param == "prompt");
+    CHECK(seen(ErrorCode::invalid_argument).status == 400);
+    CHECK(seen(ErrorCode::invalid_argument).code.empty());
+    CHECK(seen(ErrorCode::unsupported).status == 400);
+    CHECK(seen(ErrorCode::permission_denied).status == 403);
+    CHECK(seen(ErrorCode::resource_exhausted).status == 429);
+    for (ErrorCode code : {ErrorCode::unavailable, ErrorCode::cancelled, ErrorCode::out_of_memory}) {
+      CHECK(seen(code).status == 503);
+      CHECK(seen(code).type == "server_error");
+    }
+    CHECK(seen(ErrorCode::deadline_exceeded).status == 504);
+    CHECK(seen(ErrorCode::internal).status == 500);
+    CHECK(seen(ErrorCode::io_error).type == "server_error");
   }
 }
