@@ -66,7 +66,11 @@ class ChatFrontend final : public Frontend {
         if (!answered) {
           std::printf("\n");
           std::fflush(stdout);
-          std::fprintf(stderr, "hostrun chat: %s\n", answered.message().c_str());
+          // Told by the code, whatever the engine's wording: the conversation outgrew the session.
+          const char* hint = answered.code() == ErrorCode::context_length_exceeded
+                                 ? " (the conversation no longer fits; 'end' starts a new one)"
+                                 : "";
+          std::fprintf(stderr, "hostrun chat: %s%s\n", answered.message().c_str(), hint);
           history.pop_back();
           continue;
         }

@@ -1,8 +1,9 @@
-// What the page and the Gradio API share: the plugin's defaults and how one
-// chat turn becomes a GenerationRequest.
+// What the page and the Gradio API share: the plugin's defaults, how one
+// chat turn becomes a GenerationRequest, and how a refused turn reads.
 #pragma once
 
 #include <hostrun/engine.hpp>
+#include <hostrun/status.hpp>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,15 @@ inline SamplingParams chat_sampling(const ChatDefaults& defaults, double tempera
   s.repetition_penalty = float(defaults.repetition_penalty);
   s.max_tokens = int32_t(max_tokens);
   return s;
+}
+
+// What a person reads when the engine refuses a turn: its reason and, when
+// the conversation has outgrown the session (told by the code, whatever the
+// wording), what to do about it.
+inline std::string refusal_text(const Status& refusal) {
+  if (refusal.code() == ErrorCode::context_length_exceeded)
+    return refusal.message() + " (the conversation no longer fits the model's context: start a new one)";
+  return refusal.message();
 }
 
 }  // namespace hostrun::gradio

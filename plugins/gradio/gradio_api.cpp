@@ -427,7 +427,7 @@ struct GradioApi::State {
     auto id = engine.submit(std::move(request), [this, event](const StreamEvent& e) { on_stream(event, e); });
     if (!id) {
       std::lock_guard lock(mutex);
-      complete(event, FinishReason::error, id.status().message());
+      complete(event, FinishReason::error, refusal_text(id.status()));
       return;
     }
     bool cancel_now = false;

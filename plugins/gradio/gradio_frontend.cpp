@@ -225,7 +225,7 @@ class GradioFrontend final : public Frontend {
       }
     });
     if (!id) {
-      exchange->write(http::sse_event(dump({{"error", id.status().message()}})));
+      exchange->write(http::sse_event(dump({{"error", gradio::refusal_text(id.status())}})));
       exchange->finish();
       return;
     }

@@ -42,6 +42,14 @@ with_history=$(reply "$work/multi" 2 1)
 [ "$with_history" != "$alone" ] && ok "without 'end' the history changes the reply" \
   || fail "history made no difference ('$with_history')"
 
+# A conversation that outgrows the session is refused by its code, with the way out, and the chat goes on.
+long_prompt=$(python3 -c "print(' '.join(['word'] * 200))")
+printf '%s\n\nTell me about the sea.\n\n' "$long_prompt" | chat --session-len 64 >"$work/long" 2>&1
+[ $? -eq 0 ] && ok "a refused prompt does not end the chat" || fail "chat exited after a refused prompt"
+grep -q "no longer fits; 'end' starts a new one" "$work/long" && ok "an over-long prompt says how to go on" \
+  || { fail "no hint for an over-long prompt"; cat "$work/long"; }
+[ "$(reply "$work/long" 2 1)" != "''" ] && ok "the next prompt is answered" || fail "no reply after the refusal"
+
 # A real terminal.
 if command -v tmux >/dev/null; then
   tmux new-session -d -s chat -x 200 -y 50 "$hostrun chat $model --temperature 0 --max-new-tokens 12; echo CHAT-ENDED; sleep 30"
