@@ -81,6 +81,28 @@ std::string server_error_message(std::string_view body) {
   return clip(j.dump());
 }
 
+// The kind of a server's refusal: OpenAI's error code where it names one the
+// SDK has (hostrun's api_server and OpenAI send "context_length_exceeded";
+// vLLM and LMDeploy send only the HTTP status as their code), else the HTTP
+// status. Never the message, whose wording differs from server to server.
+ErrorCode error_code_of(unsigned http_status, std::string_view body) {
+  json j = json::parse(body, nullptr, false);
+  if (!j.is_discarded() && j.is_object())
+    if (auto e = j.find("error"); e != j.end() && e->is_object())
+      if (auto code = e->find("code"); code != e->end() && *code == "context_length_exceeded")
+        return ErrorCode::context_length_exceeded;
+  switch (http_status) {
+    case 400: case 413: case 422: return ErrorCode::invalid_argument;
+    case 401: case 403: return ErrorCode::permission_denied;
+    case 404: return ErrorCode::not_found;
+    case 408: case 504: return ErrorCode::deadline_exceeded;
+    case 429: return ErrorCode::resource_exhausted;
+    case 502: case 503: return ErrorCode::unavailable;
+    case 500: return ErrorCode::internal;
+    default: return ErrorCode::io_error;
+  }
+}
+
 bool is_error_object(const json& j) {
   return j.contains("error") || (j.contains("object") && j["object"] == "error");
 }
@@ -290,6 +312,7 @@ class Call final : public CallBase, public std::enable_shared_from_this<Call<Str
 
   void on_connect(beast::error_code ec) {
     if (ec) return fail(ec);
+    connected_ = true;
 #ifdef HOSTRUN_REMOTE_TLS
     if constexpr (!std::is_same_v<Stream, beast::tcp_stream>) {
       phase_ = "negotiating TLS with";
@@ -431,21 +454,25 @@ class Call final : public CallBase, public std::enable_shared_from_this<Call<Str
     if ((ec == http::error::end_of_stream || ec == net::error::eof || ec == http::error::partial_message) &&
         streaming_ok() && (saw_done_ || finish_ != FinishReason::none))
       return complete();
-    std::string what = ec == beast::error::timeout ? "timed out" : ec.message();
-    std::string message = fmt::format("{} {} failed: {}", phase_, engine_.url.text(), what);
+    const bool timed_out = ec == beast::error::timeout;
+    std::string message = fmt::format("{} {} failed: {}", phase_, engine_.url.text(), timed_out ? "timed out" : ec.message());
     message[0] = char(std::toupper(static_cast<unsigned char>(message[0])));
-    end_with_error(message);
+    // A server that cannot be reached may be back later; one that broke off an answer failed it.
+    end(FinishReason::error, std::move(message),
+        timed_out ? ErrorCode::deadline_exceeded : connected_ ? ErrorCode::io_error : ErrorCode::unavailable);
   }
 
   void end_with_error(std::string message) { end(FinishReason::error, std::move(message)); }
 
-  void end(FinishReason reason, std::string error) {
+  // `code`: the kind of error for a buffered exchange, whose caller gets a
+  // Status (a stream's last event carries only the message).
+  void end(FinishReason reason, std::string error, ErrorCode code = ErrorCode::io_error) {
     if (done_) return;
     done_ = true;
     close();
     if (!x_.streaming) {
-      x_.on_reply(Status(reason == FinishReason::cancelled ? ErrorCode::cancelled : ErrorCode::io_error,
-                         reason == FinishReason::cancelled ? "the request was cancelled" : error));
+      x_.on_reply(reason == FinishReason::cancelled ? Status(ErrorCode::cancelled, "the request was cancelled")
+                                                    : Status(code, std::move(error)));
       engine_.calls.erase(x_.id);
       return;
     }
@@ -477,6 +504,7 @@ class Call final : public CallBase, public std::enable_shared_from_this<Call<Str
   const char* phase_ = "";
   unsigned status_ = 0;
   bool started_ = false;
+  bool connected_ = false;
   bool done_ = false;
   bool cancelled_ = false;
   bool saw_done_ = false;
@@ -635,7 +663,7 @@ Result<std::unique_ptr<RemoteEngine>> RemoteEngine::open(RemoteEngineOptions opt
   if (reply->status != 200) {
     std::string hint = reply->status == 401 && impl->options.api_key.empty() ? " (the server wants an API key: --api-key)"
                                                                              : "";
-    return Status(reply->status == 401 ? ErrorCode::invalid_argument : ErrorCode::io_error,
+    return Status(error_code_of(reply->status, reply->body),
                   fmt::format("GET {} answered {}: {}{}", where, reply->status, server_error_message(reply->body), hint));
   }
   json models = json::parse(reply->body, nullptr, false);
@@ -680,7 +708,14 @@ Result<uint64_t> RemoteEngine::submit(GenerationRequest request, StreamCallback 
   Impl& impl = *impl_;
   std::optional<Exchange> exchange;
   Status built = guard([&]() -> Status {
-    if (impl.closing) return Status(ErrorCode::cancelled, "the remote engine is shutting down");
+    if (impl.closing) return Status(ErrorCode::unavailable, "the remote engine is shutting down");
+    // What the server would refuse for certain, refused at once with its kind:
+    // a stream's refusal reaches the caller only as its last event's message.
+    const int32_t session_len = impl.info.session_len;
+    if (session_len > 0 && request.sampling.max_tokens >= session_len)
+      return Status(ErrorCode::context_length_exceeded,
+                    fmt::format("max_tokens is {}, but {} holds at most {} tokens (prompt and reply) per request",
+                                request.sampling.max_tokens, impl.url.text(), session_len));
     json body = sampling_fields(request.sampling);
     body["model"] = impl.info.model_name;
     body["stream"] = true;

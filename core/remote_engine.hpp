@@ -18,7 +18,14 @@
 //    ignore_eos, min_tokens, skip_special_tokens, stop_token_ids) are sent
 //    only when they differ from their neutral value;
 //  - a non-200 answer or an error object in the stream -> a final event with
-//    finish == error and the server's own message;
+//    finish == error and the server's own message (a StreamEvent has no
+//    error code); what the server would refuse for certain (max_tokens at or
+//    over its max_model_len) fails at submit with context_length_exceeded;
+//  - GET /v1/models failing -> a Status whose code is the answer's kind:
+//    OpenAI's error code where it is one the SDK has, else the HTTP status
+//    (401/403 permission_denied, 429 resource_exhausted, 503 unavailable,
+//    ...); a server that cannot be reached is unavailable, one that times
+//    out deadline_exceeded;
 //  - info() -> the model named by GET /v1/models (the first, unless one is
 //    asked for) and its max_model_len when the server reports one.
 // Logprobs are not mapped: a remote server reports tokens as text, and

@@ -14,6 +14,7 @@
 #include <functional>
 #include <future>
 #include <mutex>
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
@@ -25,12 +26,14 @@ using json = nlohmann::json;
 
 namespace {
 
-// Answers each connection with `respond(request_text, fd)`; GET /v1/models is built in.
+// Answers each connection with `respond(request_text, fd)`; GET /v1/models
+// gets `models_reply` (a whole HTTP response), by default one model.
 class FakeServer {
  public:
   using Responder = std::function<void(const std::string& request, int fd)>;
 
-  explicit FakeServer(Responder respond) : respond_(std::move(respond)) {
+  explicit FakeServer(Responder respond, std::string models_reply = default_models_reply())
+      : respond_(std::move(respond)), models_reply_(std::move(models_reply)) {
     listener_ = socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in address{};
     address.sin_family = AF_INET;
@@ -56,6 +59,14 @@ class FakeServer {
   std::string last_request() {
     std::lock_guard lock(mutex_);
     return last_request_;
+  }
+
+  static std::string http_reply(std::string_view status_line, std::string_view json_body) {
+    return fmt::format("HTTP/1.1 {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                       status_line, json_body.size(), json_body);
+  }
+  static std::string default_models_reply() {
+    return http_reply("200 OK", R"({"object":"list","data":[{"id":"fake-model","object":"model","max_model_len":4096}]})");
   }
 
   static void send_all(int fd, std::string_view text) {
@@ -92,9 +103,7 @@ class FakeServer {
       request.append(buffer, size_t(n));
     }
     if (request.starts_with("GET /v1/models")) {
-      std::string body = R"({"object":"list","data":[{"id":"fake-model","object":"model","max_model_len":4096}]})";
-      send_all(fd, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " +
-                       std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body);
+      send_all(fd, models_reply_);
     } else {
       {
         std::lock_guard lock(mutex_);
@@ -106,6 +115,7 @@ class FakeServer {
   }
 
   Responder respond_;
+  std::string models_reply_;
   int listener_ = -1;
   uint16_t port_ = 0;
   std::thread thread_;
@@ -279,5 +289,44 @@ TEST_CASE("cancel closes the connection") {
 TEST_CASE("an unreachable server") {
   auto engine = core::RemoteEngine::open(remote("http://127.0.0.1:1"));
   REQUIRE(!engine.has_value());
+  CHECK(engine.status().code() == ErrorCode::unavailable);  // it may be up later
   CHECK(engine.status().message().find("Connecting to http://127.0.0.1:1 failed") != std::string::npos);
+}
+
+TEST_CASE("a server that refuses GET /v1/models: the code follows its answer, not its wording") {
+  auto refusing = [](std::string reply) {
+    FakeServer server([](const std::string&, int) {}, std::move(reply));
+    return core::RemoteEngine::open(remote(server.url())).status();
+  };
+  Status unauthorized = refusing(FakeServer::http_reply(
+      "401 Unauthorized", R"({"error":{"message":"Incorrect API key provided","type":"invalid_request_error","code":"invalid_api_key"}})"));
+  CHECK(unauthorized.code() == ErrorCode::permission_denied);
+  CHECK(unauthorized.message().find("answered 401: Incorrect API key provided (the server wants an API key: --api-key)") !=
+        std::string::npos);
+  CHECK(refusing(FakeServer::http_reply("403 Forbidden", R"({"detail":"no"})")).code() == ErrorCode::permission_denied);
+  CHECK(refusing(FakeServer::http_reply("503 Service Unavailable", R"({"object":"error","message":"loading","code":503})"))
+            .code() == ErrorCode::unavailable);
+  CHECK(refusing(FakeServer::http_reply("429 Too Many Requests", "{}")).code() == ErrorCode::resource_exhausted);
+  CHECK(refusing(FakeServer::http_reply("504 Gateway Timeout", "")).code() == ErrorCode::deadline_exceeded);
+  CHECK(refusing(FakeServer::http_reply("404 Not Found", R"({"detail":"Not Found"})")).code() == ErrorCode::not_found);
+  CHECK(refusing(FakeServer::http_reply(
+                     "400 Bad Request", R"({"error":{"message":"too long","code":"context_length_exceeded"}})"))
+            .code() == ErrorCode::context_length_exceeded);
+  CHECK(refusing(FakeServer::http_reply("418 I'm a teapot", "{}")).code() == ErrorCode::io_error);
+}
+
+TEST_CASE("a request the server would refuse for certain fails at submit, with its kind") {
+  std::atomic<int> posts{0};
+  FakeServer server([&](const std::string&, int) { ++posts; });
+  auto engine = core::RemoteEngine::open(remote(server.url()));
+  REQUIRE(engine.has_value());
+  GenerationRequest request = chat("hi");
+  request.sampling.max_tokens = 4096;  // the fake server's max_model_len: no room for any prompt
+  auto refused = (*engine)->submit(std::move(request), [](const StreamEvent&) { FAIL("no event for a refused request"); });
+  REQUIRE_FALSE(refused.has_value());
+  CHECK(refused.status().code() == ErrorCode::context_length_exceeded);
+  CHECK(refused.status().message().find("max_tokens is 4096") != std::string::npos);
+  CHECK(refused.status().message().find("at most 4096 tokens") != std::string::npos);
+  CHECK(posts == 0);
+  CHECK((*engine)->counters().requests_submitted == 0);
 }
