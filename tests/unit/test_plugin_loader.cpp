@@ -103,8 +103,38 @@ TEST_CASE("a plugin that cannot run here declines through its probe") {
   ::unsetenv("HOSTRUN_TEST_DECLINE");
   REQUIRE_FALSE(declined.has_value());
   CHECK(declined.status().code() == ErrorCode::unsupported);
-  CHECK(declined.status().message().find("cannot run here: no test device on this machine") != std::string::npos);
+  CHECK(declined.status().message().find("cannot run on cpu: no test device on this machine") != std::string::npos);
   CHECK(registry.create<Frontend>("fixture", Settings(), nullptr).has_value());
+  // The probe is asked about the device the object is for.
+  auto on_gpu = registry.create<Frontend>("fixture", Settings(), nullptr, "", Device{DeviceKind::cuda, 1});
+  REQUIRE_FALSE(on_gpu.has_value());
+  CHECK(on_gpu.status().message().find("cannot run on cuda: runs on the CPU only; asked for cuda:1") !=
+        std::string::npos);
+}
+
+TEST_CASE("a decoder a plugin hands out keeps its library and is destroyed inside it") {
+  PluginPtr<IncrementalDecoder> decoder;
+  PluginHandle<Tokenizer> tokenizer;
+  {
+    PluginRegistry registry;
+    registry.scan({HOSTRUN_TEST_PLUGIN_DIR});
+    auto made = registry.create<Tokenizer>("fixture", fixture_settings(), nullptr);
+    REQUIRE_MESSAGE(made.has_value(), made.status().message());
+    tokenizer = *made;
+    decoder = tokenizer->incremental_decoder({});
+    REQUIRE(decoder);
+  }
+  std::vector<TokenId> ids;
+  REQUIRE(tokenizer->encode("ab", {}, ids).is_ok());
+  CHECK(ids == std::vector<TokenId>{2, 2});  // the tokenizer and its decoder are alive
+  std::string piece;
+  REQUIRE(decoder->push(7, piece).is_ok());
+  REQUIRE(decoder->push(42, piece).is_ok());
+  CHECK(piece == "7 42 ");
+  decoder.reset();  // its destructor runs in the library, then its pin lets go
+  ids.clear();
+  REQUIRE(tokenizer->encode("ab", {}, ids).is_ok());
+  CHECK(ids == std::vector<TokenId>{2, 1});
 }
 
 TEST_CASE("HOSTRUN_PLUGIN_PATH entries come after --plugin-dir and before the install folder") {
