@@ -35,7 +35,8 @@ class ModelDirectory final : public WeightSource {
   std::vector<std::string> tensor_names() const noexcept override;
   Result<TensorView> tensor(std::string_view name) const noexcept override;
   // A small file of the folder: a plain name (no '/', not '.' or '..'), a
-  // regular file after links are followed, inside the folder, at most 64 MiB.
+  // regular file once links are followed (HF cache snapshots are links into
+  // the cache's blobs), at most 64 MiB.
   Result<std::string> read_file(std::string_view name) const noexcept override;
 
   // The validated header entry of a tensor, and the file that holds it.

@@ -153,11 +153,19 @@ TEST_CASE("model directory: read_file reads small plain files of the folder, not
   CHECK((*source)->read_file("preprocessor_config.json").status().code() == ErrorCode::not_found);
   for (std::string_view bad : {"", ".", "..", "../config.json", "sub/file.json"})
     CHECK((*source)->read_file(bad).status().code() == ErrorCode::invalid_argument);
-  // A link that leaves the folder, and a FIFO (a read would never end).
-  TempDir outside;
-  write_text(outside / "secret.json", "{}");
-  fs::create_symlink(outside / "secret.json", dir / "linked.json");
-  CHECK((*source)->read_file("linked.json").status().code() == ErrorCode::invalid_argument);
+  // A link is followed (an HF cache snapshot links into ../../blobs) to a
+  // regular file; a FIFO, a folder or a link to either is refused (a read
+  // would never end, or means nothing).
+  TempDir blobs;
+  write_text(blobs / "0123abcd", R"({"do_sample": true})");
+  fs::create_symlink(blobs / "0123abcd", dir / "linked.json");
+  auto linked = (*source)->read_file("linked.json");
+  REQUIRE_MESSAGE(linked.has_value(), linked.status().message());
+  CHECK(*linked == R"({"do_sample": true})");
   REQUIRE(::mkfifo((dir / "fifo.json").c_str(), 0600) == 0);
   CHECK((*source)->read_file("fifo.json").status().code() == ErrorCode::invalid_argument);
+  fs::create_symlink(dir / "fifo.json", dir / "to_fifo.json");
+  CHECK((*source)->read_file("to_fifo.json").status().code() == ErrorCode::invalid_argument);
+  fs::create_directory(dir / "folder.json");
+  CHECK((*source)->read_file("folder.json").status().code() == ErrorCode::invalid_argument);
 }

@@ -29,8 +29,8 @@ class WeightSource {
   // missing name is ErrorCode::not_found naming the tensor and the directory.
   virtual Result<TensorView> tensor(std::string_view name) const noexcept = 0;
   // A small file of the folder by its plain name ("generation_config.json",
-  // "preprocessor_config.json"): a regular file of at most 64 MiB, read
-  // whole. Absent: not_found; a path, a link out of the folder, a FIFO or a
+  // "preprocessor_config.json"): a regular file (links followed) of at most
+  // 64 MiB, read whole. Absent: not_found; a path, a FIFO, a folder or a
   // larger file: invalid_argument / corrupt_data naming it. Plugins read the
   // folder through this, never through the file system.
   virtual Result<std::string> read_file(std::string_view name) const noexcept = 0;
