@@ -209,6 +209,13 @@ Result<uint64_t> Engine::submit(GenerationRequest request, StreamCallback on_eve
       seq->sampling.stop.insert(seq->sampling.stop.end(), parts_.extra_stop_strings.begin(),
                                 parts_.extra_stop_strings.end());
     int64_t limit = config_.session_len;
+    if (request.refuse_over_session_len && seq->sampling.max_tokens >= 0 &&
+        int64_t(seq->prompt_len) + seq->sampling.max_tokens > config_.session_len)
+      return Status(ErrorCode::context_length_exceeded,
+                    fmt::format("this model's session length is {} tokens, but {} were asked for ({} in the prompt, "
+                                "{} to generate)",
+                                config_.session_len, int64_t(seq->prompt_len) + seq->sampling.max_tokens,
+                                seq->prompt_len, seq->sampling.max_tokens));
     if (seq->sampling.max_tokens >= 0) limit = std::min<int64_t>(limit, int64_t(seq->prompt_len) + seq->sampling.max_tokens);
     seq->max_len = int32_t(limit);
     seq->decoder = parts_.tokenizer->incremental_decoder({.skip_special_tokens = seq->sampling.skip_special_tokens});
@@ -308,7 +315,8 @@ void Engine::loop() {
       // Cannot happen by construction (a lone sequence always gets a block or
       // fails); guard against a spin if it ever does.
       log_.error("no sequence could be scheduled; failing the running ones");
-      for (auto& seq : running_) finish(*seq, FinishReason::error, "the scheduler could not place this request");
+      for (auto& seq : running_)
+        finish(*seq, FinishReason::error, Status(ErrorCode::internal, "the scheduler could not place this request"));
       running_.clear();
     }
   }
@@ -338,7 +346,7 @@ void Engine::take_inbox() {
   for (auto& seq : arrived) {
     if (!seq->unencoded.empty())
       if (Status encoded = encode_images(*seq); !encoded) {
-        finish(*seq, FinishReason::error, encoded.message());
+        finish(*seq, FinishReason::error, encoded);
         continue;
       }
     waiting_.push_back(std::move(seq));
@@ -439,8 +447,9 @@ std::vector<Engine::Planned> Engine::schedule() {
       if (i == 0) {
         // Alone in the cache and still no room: it can never finish.
         finish(*self, FinishReason::error,
-               fmt::format("the KV cache ({} blocks of {} tokens) cannot hold this request's {} tokens",
-                           blocks_->num_blocks(), config_.cache_block_seq_len, self->computed + want));
+               Status(ErrorCode::context_length_exceeded,
+                      fmt::format("the KV cache ({} blocks of {} tokens) cannot hold this request's {} tokens",
+                                  blocks_->num_blocks(), config_.cache_block_seq_len, self->computed + want)));
       } else {
         preempt(*self);
         waiting_.push_front(std::move(self));
@@ -466,8 +475,9 @@ std::vector<Engine::Planned> Engine::schedule() {
       if (running_.empty() && plan.empty() && !in_flight_) {
         // Nothing else holds blocks; this can only be a lone oversize request.
         finish(seq, FinishReason::error,
-               fmt::format("the KV cache ({} blocks of {} tokens) cannot hold this request",
-                           blocks_->num_blocks(), config_.cache_block_seq_len));
+               Status(ErrorCode::context_length_exceeded,
+                      fmt::format("the KV cache ({} blocks of {} tokens) cannot hold this request",
+                                  blocks_->num_blocks(), config_.cache_block_seq_len)));
         waiting_.pop_front();
         continue;
       }
@@ -512,7 +522,8 @@ void Engine::apply(const std::vector<Planned>& plan, StepOutput& output) {
     // Still pending after this: a sample of the step submitted after this one.
     if (--seq.pending == 0) seq.pending_index = -1;
     if (sampled_index >= output.sampled.size()) {
-      finish(seq, FinishReason::error, "the model returned fewer tokens than sequences that sample");
+      finish(seq, FinishReason::error,
+             Status(ErrorCode::internal, "the model returned fewer tokens than sequences that sample"));
       continue;
     }
     TokenLogprob* logprob = sampled_index < output.logprobs.size() ? &output.logprobs[sampled_index] : nullptr;
@@ -526,11 +537,11 @@ void Engine::apply(const std::vector<Planned>& plan, StepOutput& output) {
 }
 
 // `committed`: the step had been handed over (its samples are pending).
-void Engine::fail_plan(const std::vector<Planned>& plan, const std::string& message, bool committed) {
-  log_.error("model step failed: {}", message);
+void Engine::fail_plan(const std::vector<Planned>& plan, const Status& failure, bool committed) {
+  log_.error("model step failed: {}", failure.message());
   for (const Planned& p : plan) {
     if (committed && p.sample && --p.seq->pending == 0) p.seq->pending_index = -1;
-    finish(*p.seq, FinishReason::error, message);
+    finish(*p.seq, FinishReason::error, failure);
   }
 }
 
@@ -544,7 +555,7 @@ void Engine::collect_in_flight() {
   if (collected)
     apply(plan, output);
   else
-    fail_plan(plan, collected.message(), true);
+    fail_plan(plan, collected, true);
   std::erase_if(running_, [](const auto& s) { return s->callback == nullptr; });
 }
 
@@ -621,7 +632,7 @@ bool Engine::schedule_and_run() {
       commit(plan);
       if (in_flight_) ++stats_.overlapped_steps;
     } else {
-      fail_plan(plan, submitted.message(), false);
+      fail_plan(plan, submitted, false);
     }
     // Step N+1 is queued: now step N's tokens, while the device runs N+1.
     if (in_flight_) collect_in_flight();
@@ -635,7 +646,7 @@ bool Engine::schedule_and_run() {
       commit(plan);
       apply(plan, output);
     } else {
-      fail_plan(plan, stepped.message(), false);
+      fail_plan(plan, stepped, false);
     }
   }
   std::erase_if(running_, [](const auto& s) { return s->callback == nullptr; });
@@ -662,7 +673,7 @@ void Engine::after_sample(Sequence& seq, TokenId token, TokenLogprob* logprob) {
   }
   std::string piece;
   if (Status s = seq.decoder->push(token, piece); !s) {
-    finish(seq, FinishReason::error, s.message());
+    finish(seq, FinishReason::error, s);
     return;
   }
   seq.held_text += piece;
@@ -793,7 +804,7 @@ void Engine::emit(Sequence& seq, std::string text, std::vector<TokenId> ids, std
   seq.callback(event);
 }
 
-void Engine::finish(Sequence& seq, FinishReason reason, std::string error) {
+void Engine::finish(Sequence& seq, FinishReason reason, const Status& error) {
   if (!seq.callback) return;
   blocks_->release_all(seq.blocks);
   seq.block_hashes.clear();
@@ -806,7 +817,8 @@ void Engine::finish(Sequence& seq, FinishReason reason, std::string error) {
   seq.text_closed = true;
   event.text = std::move(seq.held_text);
   event.finish = reason;
-  event.error = std::move(error);
+  event.error = error.message();
+  event.error_code = error.code();
   event.prompt_tokens = seq.prompt_len;
   event.completion_tokens = std::max(seq.generated(), 0);
   {

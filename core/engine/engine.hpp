@@ -126,9 +126,9 @@ class Engine final : public EngineHandle {
   std::vector<Planned> schedule();
   void commit(const std::vector<Planned>& plan);
   void apply(const std::vector<Planned>& plan, StepOutput& output);
-  void fail_plan(const std::vector<Planned>& plan, const std::string& message, bool committed);
+  void fail_plan(const std::vector<Planned>& plan, const Status& failure, bool committed);
   void collect_in_flight();
-  void finish(Sequence& seq, FinishReason reason, std::string error = {});
+  void finish(Sequence& seq, FinishReason reason, const Status& error = Status());
   void emit(Sequence& seq, std::string text, std::vector<TokenId> ids, std::vector<TokenLogprob> logprobs);
   bool grow(Sequence& seq, int32_t tokens);
   void admit_prefix(Sequence& seq);

@@ -141,6 +141,8 @@ class Job : public std::enable_shared_from_this<Job> {
       else
         std::visit([&](const auto& prompt) { r.input = prompt; }, engine_prompts_[choices_[i].prompt_index]);
       r.sampling = request_.sampling;
+      // OpenAI refuses prompt + max_tokens over the context instead of cutting the reply.
+      r.refuse_over_session_len = true;
       // Choices of one request differ, yet a seeded request is reproducible.
       if (r.sampling.seed) *r.sampling.seed += uint64_t(i % size_t(request_.n));
       r.user = request_.user;

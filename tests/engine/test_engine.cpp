@@ -296,6 +296,7 @@ struct Outcome {
   std::string text;
   FinishReason finish = FinishReason::none;
   std::string error;
+  ErrorCode error_code = ErrorCode::ok;
   int32_t prompt_tokens = 0;
   int32_t completion_tokens = 0;
 };
@@ -394,6 +395,7 @@ struct Harness {
       if (e.finish != FinishReason::none) {
         outcome->finish = e.finish;
         outcome->error = e.error;
+        outcome->error_code = e.error_code;
         outcome->prompt_tokens = e.prompt_tokens;
         outcome->completion_tokens = e.completion_tokens;
         promise->set_value(*outcome);
@@ -578,6 +580,20 @@ TEST_CASE("session length: a prompt over it is refused, generation reaching it e
   REQUIRE_FALSE(refused.has_value());
   CHECK(refused.status().code() == ErrorCode::context_length_exceeded);
   CHECK(refused.status().message().find("session length is 64") != std::string::npos);
+  // OpenAI's rule on request: prompt + max_tokens over the session is refused, not cut.
+  GenerationRequest strict;
+  strict.input = std::vector<TokenId>(50, 7);
+  strict.sampling = greedy(20);
+  strict.refuse_over_session_len = true;
+  auto over = h.engine->submit(strict, [](const StreamEvent&) {});
+  REQUIRE_FALSE(over.has_value());
+  CHECK(over.status().code() == ErrorCode::context_length_exceeded);
+  CHECK(over.status().message().find("70 were asked for (50 in the prompt, 20 to generate)") != std::string::npos);
+  strict.sampling = greedy(14);  // exactly the session: accepted
+  strict.sampling.ignore_eos = true;
+  Outcome fits = h.submit(strict, nullptr).get();
+  CHECK(fits.finish == FinishReason::length);
+  CHECK(fits.completion_tokens == 14);
 
   SamplingParams sp = greedy(-1);
   sp.ignore_eos = true;
@@ -661,6 +677,7 @@ TEST_CASE("bad requests are refused at submit") {
   Outcome got = h.run(std::vector<TokenId>(60, 3), sp).get();
   CHECK(got.finish == FinishReason::error);
   CHECK(got.error.find("cannot hold this request") != std::string::npos);
+  CHECK(got.error_code == ErrorCode::context_length_exceeded);
   h.engine->wait_idle();
   CHECK(h.engine->stats().kv_blocks_held == 0);
 }
@@ -683,6 +700,7 @@ TEST_CASE("a step that fails ends its requests with the error; the engine goes o
     if (got.finish == FinishReason::error) {
       ++failed;
       CHECK(got.error == "injected kernel failure");
+      CHECK(got.error_code == ErrorCode::internal);
     } else {
       CHECK(got.finish == FinishReason::length);
     }

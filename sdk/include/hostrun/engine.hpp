@@ -32,6 +32,10 @@ struct GenerationRequest {
   std::variant<std::vector<ChatMessage>, std::string, std::vector<TokenId>> input;
   SamplingParams sampling;
   std::string user;  // free-form tag for logs and metrics
+  // Refuse at submit (context_length_exceeded) a request whose prompt plus
+  // sampling.max_tokens exceeds the session length, as OpenAI's API does,
+  // instead of cutting its reply at the session length (LMDeploy's way).
+  bool refuse_over_session_len = false;
 };
 
 enum class FinishReason : uint8_t { none, stop, length, cancelled, error };
@@ -56,6 +60,7 @@ struct StreamEvent {
   std::vector<TokenLogprob> logprobs;
   FinishReason finish = FinishReason::none;
   std::string error;              // when finish == error
+  ErrorCode error_code = ErrorCode::ok;  // when finish == error: what kind (frontends map it, never the text)
   int32_t prompt_tokens = 0;      // set on the last event
   int32_t completion_tokens = 0;  // set on the last event
 };
