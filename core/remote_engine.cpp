@@ -397,8 +397,9 @@ class Call final : public CallBase, public std::enable_shared_from_this<Call<Str
       return end_with_error(fmt::format("the server at {} sent a stream event that is not a JSON object: '{}'",
                                         engine_.url.text(), clip(data, 200)));
     if (is_error_object(j))
-      return end_with_error(fmt::format("the server at {} reported: {}", engine_.url.text(),
-                                        server_error_message(data)));
+      return end(FinishReason::error,
+                 fmt::format("the server at {} reported: {}", engine_.url.text(), server_error_message(data)),
+                 error_code_of(500, data));
     if (auto usage = j.find("usage"); usage != j.end() && usage->is_object()) {
       prompt_tokens_ = usage->value("prompt_tokens", 0);
       completion_tokens_ = usage->value("completion_tokens", 0);
@@ -437,8 +438,10 @@ class Call final : public CallBase, public std::enable_shared_from_this<Call<Str
       return;
     }
     if (status_ != 200)
-      return end_with_error(fmt::format("the server at {} answered {} {}: {}", engine_.url.text(), status_,
-                                        std::string(parser_->get().reason()), server_error_message(body_)));
+      return end(FinishReason::error,
+                 fmt::format("the server at {} answered {} {}: {}", engine_.url.text(), status_,
+                             std::string(parser_->get().reason()), server_error_message(body_)),
+                 error_code_of(status_, body_));
     sse_.end([this](std::string_view data) { on_sse(data); });
     if (done_) return;
     if (finish_ == FinishReason::none)
@@ -464,8 +467,8 @@ class Call final : public CallBase, public std::enable_shared_from_this<Call<Str
 
   void end_with_error(std::string message) { end(FinishReason::error, std::move(message)); }
 
-  // `code`: the kind of error for a buffered exchange, whose caller gets a
-  // Status (a stream's last event carries only the message).
+  // `code`: the kind of error, in the buffered exchange's Status or the
+  // stream's last event.
   void end(FinishReason reason, std::string error, ErrorCode code = ErrorCode::io_error) {
     if (done_) return;
     done_ = true;
@@ -480,6 +483,7 @@ class Call final : public CallBase, public std::enable_shared_from_this<Call<Str
     event.request_id = x_.id;
     event.finish = reason;
     event.error = std::move(error);
+    if (reason == FinishReason::error) event.error_code = code;
     event.prompt_tokens = prompt_tokens_;
     event.completion_tokens = completion_tokens_;
     engine_.finished(x_.id, event, x_.on_event);
