@@ -20,7 +20,7 @@ expect "manifest check --help names --set" "--set" "$work/mhelp"
 
 "$hostrun" plugins --plugin-dir "$plugin_dir" >"$work/plugins" 2>&1; expect_status "plugins exits 0" 0 $?
 expect "lists the fixture plugin" "fixture" "$work/plugins"
-expect "lists its roles" "tokenizer,frontend" "$work/plugins"
+expect "lists its roles" "tokenizer,frontend,vision" "$work/plugins"
 abi=$("$hostrun" --version | sed -n 's/.*plugin ABI \([0-9]*\).*/\1/p')
 expect "refuses the other ABI, naming both versions and the file" \
   "hostrun_abi_mismatch.so: built for plugin ABI version 999, but this hostrun has ABI version ${abi:-?}" "$work/plugins"
@@ -42,6 +42,12 @@ expect "the typo is named with file, line and key" "fixture_typo.toml:6:1: unkno
 "$hostrun" manifest check "$data/fixture_ok.toml" --plugin-dir "$plugin_dir" --set tokenizer.budget=1000 >"$work/range" 2>&1
 expect_status "an override out of range fails" 1 $?
 expect "the override is named" "--set tokenizer.budget=1000: tokenizer.budget = 1000 is out of range [1, 100]" "$work/range"
+
+printf '[tokenizer]\nplugin = "fixture"\nfile = "v.txt"\n[vision]\nplugin = "fixture"\ntokens_per_image = 576\n' >"$work/vision.toml"
+"$hostrun" manifest check "$work/vision.toml" --plugin-dir "$plugin_dir" >"$work/vision" 2>&1
+expect_status "a manifest with a [vision] table passes" 0 $?
+expect "and shows the vision instance" "[vision] vision -> plugin 'fixture'" "$work/vision"
+expect "with its settings" "tokens_per_image = 576" "$work/vision"
 
 "$hostrun" frobnicate >"$work/unknown" 2>&1
 expect_status "an unknown command fails" 1 $(( $? != 0 ))

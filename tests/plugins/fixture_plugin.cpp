@@ -2,6 +2,7 @@
 // pin the library and count as live objects), and a Frontend role whose
 // probe can decline. Built with the real SDK macro, so the
 // loader tests exercise exactly what a third party would ship.
+#include <algorithm>
 #include <cstdlib>
 #include <hostrun/sdk.hpp>
 
@@ -69,6 +70,50 @@ class FixtureFrontend final : public Frontend {
   void stop() noexcept override {}
 };
 
+// A vision encoder with settings, so `manifest check` shows a [vision]
+// instance: each image becomes tokens_per_image rows of width hidden_size,
+// every value the image's mean byte (f32 output only).
+class FixtureVision final : public VisionEncoder {
+ public:
+  explicit FixtureVision(const CreateContext& context)
+      : tokens_per_image_(int32_t(context.settings->get_int("tokens_per_image"))),
+        hidden_size_(int32_t(context.settings->get_int("hidden_size"))) {}
+  Status load(const VisionLoadContext& context) noexcept override {
+    device_ = context.device;
+    return {};
+  }
+  VisionInfo info() const noexcept override {
+    VisionInfo v;
+    v.tokens_per_image = tokens_per_image_;
+    v.hidden_size = hidden_size_;
+    v.placeholder_id = 0;
+    v.placeholder = "<image>";
+    v.image_height = v.image_width = 8;
+    v.output_dtypes = dtype_bit(DType::f32);
+    v.device = device_;
+    return v;
+  }
+  Status encode(std::span<const ImageData> images, const ExecContext&, const TensorView& out) noexcept override {
+    if (out.dtype != DType::f32 || out.device.kind != DeviceKind::cpu || out.rank != 2 ||
+        out.shape[0] != int64_t(images.size()) * tokens_per_image_ || out.shape[1] != hidden_size_)
+      return {ErrorCode::invalid_argument, "fixture vision: expected [images * tokens, hidden] f32 host memory"};
+    for (size_t i = 0; i < images.size(); ++i) {
+      if (images[i].bytes.empty()) return {ErrorCode::invalid_argument, "fixture vision: image " + std::to_string(i) + " is empty"};
+      double sum = 0;
+      for (uint8_t b : images[i].bytes) sum += b;
+      const float mean = float(sum / double(images[i].bytes.size()));
+      std::fill_n(out.as<float>() + i * size_t(tokens_per_image_) * size_t(hidden_size_),
+                  size_t(tokens_per_image_) * size_t(hidden_size_), mean);
+    }
+    return {};
+  }
+
+ private:
+  int32_t tokens_per_image_;
+  int32_t hidden_size_;
+  Device device_{};
+};
+
 // Declines CUDA devices always, and every device when the test asks.
 Status frontend_probe(const Device& device) noexcept {
   return guard([&]() -> Status {
@@ -87,9 +132,14 @@ const SettingSpec kTokenizerSettings[] = {
     {"stops", SettingType::string_list, "strings", false, "[]"},
     {"fail_with", SettingType::integer, "0: succeed, 1: throw Error, 2: throw an int", false, "0"},
 };
+const SettingSpec kVisionSettings[] = {
+    {"tokens_per_image", SettingType::integer, "embeddings per image", false, "4", 1, 4096},
+    {"hidden_size", SettingType::integer, "width of each embedding", false, "8", 1, 65536},
+};
 const RoleEntry kRoles[] = {
     role_entry<Tokenizer, FixtureTokenizer>(kTokenizerSettings),
     role_entry_without_settings<Frontend, FixtureFrontend>(&frontend_probe),
+    role_entry<VisionEncoder, FixtureVision>(kVisionSettings),
 };
 
 }  // namespace

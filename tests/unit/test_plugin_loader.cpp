@@ -33,8 +33,9 @@ TEST_CASE("the loader finds plugins and refuses what is not one, saying why") {
   const LoadedPlugin* fixture = registry.find("fixture");
   REQUIRE(fixture);
   CHECK(fixture->version == "0.0.1");
-  CHECK(fixture->roles.size() == 2);
+  CHECK(fixture->roles.size() == 3);
   CHECK(fixture->role(Role::tokenizer) != nullptr);
+  CHECK(fixture->role(Role::vision_encoder) != nullptr);
   CHECK(fixture->role(Role::model) == nullptr);
 
   const RefusedLibrary* abi = refused_named(registry, "abi_mismatch");
