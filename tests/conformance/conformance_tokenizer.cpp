@@ -52,6 +52,7 @@ struct TokenizerRow {
 const TokenizerRow kRows[] = {
     {"hf_tokenizer, the real Llama-3 tokenizer.json", "hf_tokenizer",
      [] { return SettingList{{"file", required_env("HOSTRUN_TOKENIZER_DIR")}}; }, true},
+    {"byte_tokenizer (examples/, built in-tree)", "byte_tokenizer", [] { return SettingList{}; }, false},
 };
 
 // JSON lines of the corpus folder.

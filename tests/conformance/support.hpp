@@ -34,13 +34,14 @@ inline hostrun::Settings settings_of(const SettingList& list) {
 }
 
 // Every plugin the build made (HOSTRUN_PLUGIN_BUILD_DIR, or HOSTRUN_TEST_PLUGIN_DIR
-// for a bundle carried to another machine) and the test-only ones
-// (tests/plugins: test_rtn_int8), scanned as the host scans --plugin-dir.
+// for a bundle carried to another machine), the test-only ones (tests/plugins:
+// test_rtn_int8) and the suites' own (the example byte_tokenizer), scanned as
+// the host scans --plugin-dir.
 inline std::unique_ptr<hostrun::core::PluginRegistry> plugin_registry() {
   const char* bundle = std::getenv("HOSTRUN_TEST_PLUGIN_DIR");
   auto registry = std::make_unique<hostrun::core::PluginRegistry>();
   registry->scan({bundle && *bundle ? fs::path(bundle) : fs::path(HOSTRUN_PLUGIN_BUILD_DIR),
-                  fs::path(HOSTRUN_FIXTURE_PLUGIN_DIR)});
+                  fs::path(HOSTRUN_FIXTURE_PLUGIN_DIR), fs::path(HOSTRUN_CONFORMANCE_PLUGIN_DIR)});
   return registry;
 }
 
