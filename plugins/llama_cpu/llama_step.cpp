@@ -100,12 +100,6 @@ void LlamaCpuModel::observe(std::span<const TokenId> tokens, CalibrationObserver
   // cache (allocated or not) is never touched and the numbers are a step's.
   const int32_t num_tokens = int32_t(tokens.size());
   const int32_t num_blocks = (num_tokens + kCalibrationBlockTokens - 1) / kCalibrationBlockTokens;
-  const KvShape shape{int32_t(config_.num_hidden_layers), int32_t(config_.num_key_value_heads),
-                      int32_t(config_.head_dim), kCalibrationBlockTokens, DType::f32};
-  auto cache = kv_policy_->allocate(shape, num_blocks, Device{DeviceKind::cpu, 0});
-  if (!cache)
-    fail(cache.status().code(), fmt::format("observe_linear_inputs: a KV cache for {} tokens: {}", num_tokens,
-                                            cache.status().message()));
   std::vector<int32_t> block_table(static_cast<size_t>(num_blocks));
   std::iota(block_table.begin(), block_table.end(), 0);
   std::vector<int32_t> positions(static_cast<size_t>(num_tokens));
@@ -120,6 +114,12 @@ void LlamaCpuModel::observe(std::span<const TokenId> tokens, CalibrationObserver
   limits.block_tokens = kCalibrationBlockTokens;
   limits.hidden_size = config_.hidden_size;
   if (Status s = check_step_input(input, limits); !s) fail(s.code(), "observe_linear_inputs: " + s.message());
+  const KvShape shape{int32_t(config_.num_hidden_layers), int32_t(config_.num_key_value_heads),
+                      int32_t(config_.head_dim), kCalibrationBlockTokens, DType::f32};
+  auto cache = kv_policy_->allocate(shape, num_blocks, Device{DeviceKind::cpu, 0});
+  if (!cache)
+    fail(cache.status().code(), fmt::format("observe_linear_inputs: a KV cache for {} tokens: {}", num_tokens,
+                                            cache.status().message()));
 
   PagedLayout layout;
   const std::vector<StepPiece> pieces = whole_sequences(input);
