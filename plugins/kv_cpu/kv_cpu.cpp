@@ -1,15 +1,17 @@
 // kv_cpu: the floating-point paged KV cache on the CPU.
 //
-// Pages hold K and V in the `dtype` setting (f32, bf16 or f16); activations
-// stay f32 and are rounded once, when written. Each layer has one K pool and
-// one V pool laid out as kernels/ref expects ([num_blocks, block_tokens,
-// kv_heads, head_dim]), so write and attend are thin translations of the
-// SDK's PagedKvBatch into ref::PagedKvStep. quant_policy is 0 (LMDeploy's
-// number for an unquantized cache) whatever the dtype.
+// Pages hold K and V in the `dtype` setting (f32, bf16 or f16), the storage
+// format; activations are f32 (llama_cpu computes in f32) and are rounded
+// once, when written. Each layer has one K pool and one V pool laid out as
+// kernels/ref expects ([num_blocks, block_tokens, kv_heads, head_dim]), so
+// write and attend are translations of the SDK's PagedKvBatch into
+// ref::PagedKvStep. quant_policy is 0 (LMDeploy's number for an unquantized
+// cache) whatever the dtype.
 #include <hostrun/sdk.hpp>
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <limits>
@@ -24,9 +26,11 @@
 namespace {
 
 namespace ref = hostrun::ref;
+using hostrun::DeviceKind;
 using hostrun::ErrorCode;
 using hostrun::KvShape;
 using hostrun::PagedKvBatch;
+using hostrun::Result;
 using hostrun::Status;
 using hostrun::TensorView;
 
@@ -36,6 +40,15 @@ ref::DType parse_dtype_setting(const std::string& name) {
   if (name == "f16") return ref::DType::f16;
   throw hostrun::Error(ErrorCode::invalid_argument,
                        fmt::format("kv_cpu: setting 'dtype': expected \"f32\", \"bf16\" or \"f16\", found \"{}\"", name));
+}
+
+Status probe(const hostrun::Device& device) noexcept {
+  if (device.kind != DeviceKind::cpu)
+    return Status(ErrorCode::unsupported,
+                  fmt::format("kv_cpu keeps its pages in host memory and attends on the CPU; {}:{} was asked for "
+                              "(use a GPU KV cache policy such as kv_cuda)",
+                              hostrun::device_kind_name(device.kind), device.index));
+  return {};
 }
 
 // Bytes of one layer's K pool (or V pool) per block; 0 when the shape is not positive.
@@ -88,9 +101,8 @@ class CpuKvCache final : public hostrun::KvCache {
 std::string describe(ref::Status status, const CpuKvCache& cache) {
   switch (status) {
     case ref::Status::slot_out_of_range:
-      return fmt::format("a slot_mapping entry is outside the pool of {} blocks x {} tokens, or is not the slot the "
-                         "block table gives its position",
-                         cache.num_blocks(), cache.shape().block_tokens);
+      return fmt::format("a slot_mapping entry is outside the pool of {} blocks x {} tokens", cache.num_blocks(),
+                         cache.shape().block_tokens);
     case ref::Status::block_out_of_range:
       return fmt::format("a block table entry is outside the pool of {} blocks", cache.num_blocks());
     case ref::Status::bad_step_layout:
@@ -102,28 +114,62 @@ std::string describe(ref::Status status, const CpuKvCache& cache) {
   }
 }
 
-// The caller's tensor of [num_tokens, heads, head_dim] f32 values in host memory.
-Status check_activation(const char* what, const TensorView& view, int32_t num_tokens, int64_t row_elements) {
-  if (view.device.kind != hostrun::DeviceKind::cpu || view.dtype != hostrun::DType::f32 || !view.is_contiguous() ||
-      (view.data == nullptr && view.numel() > 0))
+// A caller's [num_tokens, heads, head_dim] f32 view in host memory: head_dim
+// contiguous, the head and row strides free (q, k and v may be parts of one
+// fused row). `heads` < 0 takes the view's own head count.
+struct Rows {
+  float* data = nullptr;
+  int64_t heads = 0;
+  int64_t head_dim = 0;
+  int64_t row_stride = 0;
+  int64_t head_stride = 0;
+
+  float* head(int64_t token, int64_t h) const { return data + token * row_stride + h * head_stride; }
+};
+
+Result<Rows> host_rows(const char* what, const TensorView& view, int32_t num_tokens, int64_t heads,
+                       int64_t head_dim) {
+  if (view.device.kind != DeviceKind::cpu || view.dtype != hostrun::DType::f32)
     return Status(ErrorCode::invalid_argument,
-                  fmt::format("kv_cpu: {}: expected a contiguous f32 tensor in host memory, found {} on {}", what,
-                              hostrun::dtype_name(view.dtype),
-                              view.device.kind == hostrun::DeviceKind::cpu ? "the CPU" : "a GPU"));
-  if (view.numel() != int64_t(num_tokens) * row_elements || (view.rank > 0 && view.shape[0] != num_tokens))
+                  fmt::format("kv_cpu: {}: expected f32 values in host memory, found {} on {}", what,
+                              hostrun::dtype_name(view.dtype), hostrun::device_kind_name(view.device.kind)));
+  if (view.rank != 3 || view.shape[0] != num_tokens || (heads >= 0 && view.shape[1] != heads) ||
+      view.shape[1] <= 0 || view.shape[2] != head_dim)
     return Status(ErrorCode::invalid_argument,
-                  fmt::format("kv_cpu: {}: expected {} tokens x {} values, found {} values (first dimension {})", what,
-                              num_tokens, row_elements, view.numel(), view.rank > 0 ? view.shape[0] : 0));
-  return {};
+                  fmt::format("kv_cpu: {}: expected [{} tokens, {} heads, head_dim {}], found rank {} [{}, {}, {}]",
+                              what, num_tokens, heads >= 0 ? fmt::to_string(heads) : std::string("q"), head_dim,
+                              view.rank, view.shape[0], view.shape[1], view.shape[2]));
+  if (view.strides[2] != 1 || view.strides[1] < 0 || view.strides[0] < 0 || (view.data == nullptr && num_tokens > 0))
+    return Status(ErrorCode::invalid_argument,
+                  fmt::format("kv_cpu: {}: head_dim must be contiguous and the strides non-negative, found strides "
+                              "[{}, {}, {}]",
+                              what, view.strides[0], view.strides[1], view.strides[2]));
+  return Rows{view.as<float>(), view.shape[1], head_dim, view.strides[0], view.strides[1]};
+}
+
+// Copies tokens `which` of `rows` into a packed [which.size(), heads, head_dim] array.
+std::vector<float> pack(const Rows& rows, const std::vector<int32_t>& which) {
+  std::vector<float> packed(which.size() * size_t(rows.heads * rows.head_dim));
+  float* to = packed.data();
+  for (int32_t t : which)
+    for (int64_t h = 0; h < rows.heads; ++h, to += rows.head_dim) std::copy_n(rows.head(t, h), rows.head_dim, to);
+  return packed;
 }
 
 class CpuKvPolicy final : public hostrun::KvCachePolicy {
  public:
   explicit CpuKvPolicy(const hostrun::CreateContext& context)
-      : dtype_(parse_dtype_setting(context.settings->get_string("dtype"))) {}
+      : library_(context.library), dtype_(parse_dtype_setting(context.settings->get_string("dtype"))) {}
 
   hostrun::KvFormat format() const noexcept override {
-    return hostrun::KvFormat{ref::dtype_name(dtype_), 0, int32_t(8 * ref::dtype_size(dtype_))};
+    hostrun::KvFormat format;
+    format.name = ref::dtype_name(dtype_);  // the storage dtype: activations are f32 whatever it is
+    format.quant_policy = 0;
+    format.value_bits = int32_t(8 * ref::dtype_size(dtype_));
+    format.activation_dtypes = hostrun::dtype_bit(hostrun::DType::f32);
+    format.device = DeviceKind::cpu;
+    format.rotary_write = false;  // the model rotates (ref::apply_rope), then calls write()
+    return format;
   }
 
   size_t bytes_per_block(const KvShape& shape) const noexcept override {
@@ -131,20 +177,24 @@ class CpuKvPolicy final : public hostrun::KvCachePolicy {
     return 2 * size_t(shape.layers) * pool_bytes_per_block(shape, dtype_);
   }
 
-  hostrun::Result<std::unique_ptr<hostrun::KvCache>> allocate(const KvShape& shape, int32_t num_blocks,
-                                                              hostrun::Device device) noexcept override {
-    if (device.kind != hostrun::DeviceKind::cpu)
-      return Status(ErrorCode::unsupported, "kv_cpu: the KV cache lives in host memory; a GPU device was asked for");
+  Result<hostrun::PluginPtr<hostrun::KvCache>> allocate(const KvShape& shape, int32_t num_blocks,
+                                                                 hostrun::Device device) noexcept override {
+    if (Status s = probe(device); !s) return Status(s.code(), "kv_cpu: allocate: " + s.message());
     if (shape.layers <= 0 || shape.kv_heads <= 0 || shape.head_dim <= 0 || shape.block_tokens <= 0 || num_blocks <= 0)
       return Status(ErrorCode::invalid_argument,
                     fmt::format("kv_cpu: expected positive layers, kv_heads, head_dim, block_tokens and block count, "
                                 "found {} layers, {} KV heads, head dim {}, {} tokens per block, {} blocks",
                                 shape.layers, shape.kv_heads, shape.head_dim, shape.block_tokens, num_blocks));
+    if (shape.activation_dtype != hostrun::DType::f32)
+      return Status(ErrorCode::invalid_argument,
+                    fmt::format("kv_cpu: takes f32 keys and values (any page dtype), but the shape says the model's "
+                                "activations are {}",
+                                hostrun::dtype_name(shape.activation_dtype)));
     const size_t per_block = bytes_per_block(shape);
     if (size_t(num_blocks) > std::numeric_limits<size_t>::max() / 4 / per_block)
       return Status(ErrorCode::out_of_memory, fmt::format("kv_cpu: {} blocks of {} bytes overflow", num_blocks, per_block));
-    std::unique_ptr<hostrun::KvCache> cache;
-    Status made = hostrun::guard([&] { cache = std::make_unique<CpuKvCache>(shape, num_blocks, dtype_); });
+    hostrun::PluginPtr<hostrun::KvCache> cache;
+    Status made = hostrun::guard([&] { cache = hostrun::make_pinned<CpuKvCache>(library_, shape, num_blocks, dtype_); });
     if (!made) {
       if (made.code() == ErrorCode::out_of_memory)
         return Status(ErrorCode::out_of_memory,
@@ -155,20 +205,46 @@ class CpuKvPolicy final : public hostrun::KvCachePolicy {
     return cache;
   }
 
+  // None: the CPU kernels run synchronously on the calling thread, never
+  // under stream capture, so the little scratch they take (a row of scores,
+  // packed copies of strided views) comes from the heap during the call and
+  // there is no device memory for the model to plan.
+  Result<size_t> workspace_bytes(const hostrun::KvWorkspaceQuery& query) const noexcept override {
+    if (Status s = probe(query.device); !s) return Status(s.code(), "kv_cpu: workspace_bytes: " + s.message());
+    return size_t(0);
+  }
+
   Status write(hostrun::KvCache& cache, int32_t layer, const TensorView& keys, const TensorView& values,
                const PagedKvBatch& batch, const hostrun::ExecContext&) noexcept override {
     return hostrun::guard([&]() -> Status {
-      const CpuKvCache* ours = nullptr;
-      ref::PagedKvStep step;
+      auto ours = checked_cache("write", cache, layer, batch);
+      if (!ours) return ours.status();
+      const KvShape shape = ours.value()->shape();
+      auto k = host_rows("write: keys", keys, batch.num_tokens, shape.kv_heads, shape.head_dim);
+      if (!k) return k.status();
+      auto v = host_rows("write: values", values, batch.num_tokens, shape.kv_heads, shape.head_dim);
+      if (!v) return v.status();
+      if (batch.num_tokens > 0 && batch.slot_mapping == nullptr)
+        return Status(ErrorCode::invalid_argument, "kv_cpu: write: slot_mapping must be given");
+      // Tokens with a negative slot are padding: not written.
+      std::vector<int32_t> written;
       std::vector<int64_t> slots;
-      if (Status s = translate("write", cache, layer, batch, ours, step, slots); !s) return s;
-      const int64_t row = int64_t(ours->shape().kv_heads) * ours->shape().head_dim;
-      if (Status s = check_activation("write: keys", keys, batch.num_tokens, row); !s) return s;
-      if (Status s = check_activation("write: values", values, batch.num_tokens, row); !s) return s;
-      const ref::Status written = ref::write_kv(ours->layer(layer), step, keys.as<float>(), values.as<float>());
-      if (written != ref::Status::ok)
+      for (int32_t t = 0; t < batch.num_tokens; ++t)
+        if (batch.slot_mapping[t] >= 0) {
+          written.push_back(t);
+          slots.push_back(batch.slot_mapping[t]);
+        }
+      // ref::write_kv reads only the slots and the token count of its step.
+      const int32_t query_start[2] = {0, int32_t(written.size())};
+      ref::PagedKvStep step;
+      step.num_sequences = 1;
+      step.query_start = query_start;
+      step.slot_mapping = slots.data();
+      const ref::Status status =
+          ref::write_kv(ours.value()->layer(layer), step, pack(k.value(), written).data(), pack(v.value(), written).data());
+      if (status != ref::Status::ok)
         return Status(ErrorCode::invalid_argument,
-                      fmt::format("kv_cpu: write (layer {}): {}", layer, describe(written, *ours)));
+                      fmt::format("kv_cpu: write (layer {}): {}", layer, describe(status, *ours.value())));
       return {};
     });
   }
@@ -176,80 +252,105 @@ class CpuKvPolicy final : public hostrun::KvCachePolicy {
   Status attend(const hostrun::KvCache& cache, int32_t layer, const TensorView& queries, const PagedKvBatch& batch,
                 float softmax_scale, const TensorView& out, const hostrun::ExecContext&) noexcept override {
     return hostrun::guard([&]() -> Status {
-      const CpuKvCache* ours = nullptr;
-      ref::PagedKvStep step;
-      std::vector<int64_t> slots;
-      if (Status s = translate("attend", cache, layer, batch, ours, step, slots); !s) return s;
-      const int64_t head_dim = ours->shape().head_dim;
-      if (batch.num_tokens == 0) return {};
-      const int64_t per_token = queries.numel() / batch.num_tokens;
-      if (per_token % head_dim != 0 || per_token == 0)
-        return Status(ErrorCode::invalid_argument,
-                      fmt::format("kv_cpu: attend: queries: expected {} tokens x q_heads x head dim {}, found {} values",
-                                  batch.num_tokens, head_dim, queries.numel()));
-      if (Status s = check_activation("attend: queries", queries, batch.num_tokens, per_token); !s) return s;
-      if (Status s = check_activation("attend: out", out, batch.num_tokens, per_token); !s) return s;
+      auto ours = checked_cache("attend", cache, layer, batch);
+      if (!ours) return ours.status();
+      const KvShape shape = ours.value()->shape();
+      auto q = host_rows("attend: queries", queries, batch.num_tokens, -1, shape.head_dim);
+      if (!q) return q.status();
+      const int64_t q_heads = q.value().heads;
+      auto o = host_rows("attend: out", out, batch.num_tokens, q_heads, shape.head_dim);
+      if (!o) return o.status();
       if (!std::isfinite(softmax_scale))
         return Status(ErrorCode::invalid_argument, fmt::format("kv_cpu: attend: softmax scale {} is not finite", softmax_scale));
-      const ref::Status attended = ref::paged_attention(ours->layer(layer), step, queries.as<float>(),
-                                                        size_t(per_token / head_dim), softmax_scale, out.as<float>());
-      if (attended != ref::Status::ok)
+      if (batch.num_sequences > 0 &&
+          (batch.query_start == nullptr || batch.context_lens == nullptr || batch.block_tables == nullptr))
+        return Status(ErrorCode::invalid_argument, "kv_cpu: attend: query_start, context_lens and block_tables must be given");
+      const int32_t covered = batch.num_sequences > 0 ? batch.query_start[batch.num_sequences] : 0;
+      if (covered != batch.num_tokens)
         return Status(ErrorCode::invalid_argument,
-                      fmt::format("kv_cpu: attend (layer {}): {}", layer, describe(attended, *ours)));
+                      fmt::format("kv_cpu: attend: query_start ends at {} but the step has {} tokens", covered,
+                                  batch.num_tokens));
+      std::vector<int64_t> slots = slots_from_block_tables(batch, shape.block_tokens);
+      ref::PagedKvStep step;
+      step.num_sequences = size_t(batch.num_sequences);
+      step.query_start = batch.query_start;
+      step.context_lens = batch.context_lens;
+      step.block_tables = batch.block_tables;
+      step.max_blocks_per_sequence = size_t(batch.max_blocks_per_sequence);
+      step.block_tokens = size_t(shape.block_tokens);
+      step.slot_mapping = slots.data();
+      std::vector<int32_t> all_tokens(size_t(batch.num_tokens));
+      for (int32_t t = 0; t < batch.num_tokens; ++t) all_tokens[size_t(t)] = t;
+      std::vector<float> attended(all_tokens.size() * size_t(q_heads * shape.head_dim));
+      const ref::Status status = ref::paged_attention(ours.value()->layer(layer), step, pack(q.value(), all_tokens).data(),
+                                                      size_t(q_heads), softmax_scale, attended.data());
+      if (status != ref::Status::ok)
+        return Status(ErrorCode::invalid_argument,
+                      fmt::format("kv_cpu: attend (layer {}): {}", layer, describe(status, *ours.value())));
+      const float* from = attended.data();
+      for (int32_t t = 0; t < batch.num_tokens; ++t)
+        for (int64_t h = 0; h < q_heads; ++h, from += shape.head_dim) std::copy_n(from, shape.head_dim, o.value().head(t, h));
       return {};
     });
   }
 
  private:
-  // Checks what the ref kernels do not (the cache is ours, the layer exists,
-  // the arrays are there) and fills a ref::PagedKvStep that points into
-  // `batch`, with the slots widened to the kernels' int64.
-  Status translate(const char* op, const hostrun::KvCache& cache, int32_t layer, const PagedKvBatch& batch,
-                   const CpuKvCache*& ours, ref::PagedKvStep& step, std::vector<int64_t>& slots) const {
-    ours = dynamic_cast<const CpuKvCache*>(&cache);
+  // The cache is ours, the layer exists, the batch's arrays are host memory
+  // and its sizes are not negative.
+  static Result<const CpuKvCache*> checked_cache(const char* op, const hostrun::KvCache& cache, int32_t layer,
+                                                 const PagedKvBatch& batch) {
+    const auto* ours = dynamic_cast<const CpuKvCache*>(&cache);
     if (ours == nullptr)
       return Status(ErrorCode::invalid_argument, fmt::format("kv_cpu: {}: the KV cache was not made by kv_cpu", op));
     if (layer < 0 || layer >= ours->shape().layers)
       return Status(ErrorCode::invalid_argument,
                     fmt::format("kv_cpu: {}: layer {} is outside 0..{}", op, layer, ours->shape().layers - 1));
-    if (batch.device.kind != hostrun::DeviceKind::cpu)
+    if (batch.device.kind != DeviceKind::cpu)
       return Status(ErrorCode::invalid_argument, fmt::format("kv_cpu: {}: the step's index arrays must be in host memory", op));
     if (batch.num_sequences < 0 || batch.num_tokens < 0 || batch.max_blocks_per_sequence < 0)
       return Status(ErrorCode::invalid_argument,
                     fmt::format("kv_cpu: {}: negative sizes ({} sequences, {} tokens, {} blocks per sequence)", op,
                                 batch.num_sequences, batch.num_tokens, batch.max_blocks_per_sequence));
-    if (batch.num_sequences > 0 &&
-        (batch.query_start == nullptr || batch.context_lens == nullptr || batch.block_tables == nullptr))
-      return Status(ErrorCode::invalid_argument,
-                    fmt::format("kv_cpu: {}: query_start, context_lens and block_tables must be given", op));
-    const int32_t tokens = batch.num_sequences > 0 ? batch.query_start[batch.num_sequences] : 0;
-    if (tokens != batch.num_tokens || (batch.num_sequences == 0 && batch.num_tokens != 0))
-      return Status(ErrorCode::invalid_argument,
-                    fmt::format("kv_cpu: {}: query_start ends at {} but the step has {} tokens", op, tokens,
-                                batch.num_tokens));
-    if (batch.num_tokens > 0 && batch.slot_mapping == nullptr)
-      return Status(ErrorCode::invalid_argument, fmt::format("kv_cpu: {}: slot_mapping must be given", op));
-    slots.assign(batch.slot_mapping, batch.slot_mapping + batch.num_tokens);
-    step.num_sequences = size_t(batch.num_sequences);
-    step.query_start = batch.query_start;
-    step.context_lens = batch.context_lens;
-    step.block_tables = batch.block_tables;
-    step.max_blocks_per_sequence = size_t(batch.max_blocks_per_sequence);
-    step.block_tokens = size_t(ours->shape().block_tokens);
-    step.slot_mapping = slots.data();
-    return {};
+    return ours;
   }
 
+  // Attention reads every position through the block tables, never through
+  // slot_mapping (a padding token has none); ref::paged_attention checks each
+  // new token's slot against its block table, so it is given exactly those.
+  // A layout too broken to say (a position past the sequence's blocks) gets
+  // -1, which that check reports.
+  static std::vector<int64_t> slots_from_block_tables(const PagedKvBatch& batch, int32_t block_tokens) {
+    std::vector<int64_t> slots(size_t(batch.num_tokens), -1);
+    for (int32_t s = 0; s < batch.num_sequences; ++s) {
+      const int32_t first = batch.query_start[s];
+      const int32_t new_tokens = batch.query_start[s + 1] - first;
+      const int32_t cached = batch.context_lens[s] - new_tokens;
+      for (int32_t j = 0; j < new_tokens && cached >= 0; ++j) {
+        const int32_t position = cached + j;
+        const int32_t block = position / block_tokens;
+        if (first + j < 0 || first + j >= batch.num_tokens || block >= batch.max_blocks_per_sequence) continue;
+        slots[size_t(first + j)] =
+            int64_t(batch.block_tables[size_t(s) * size_t(batch.max_blocks_per_sequence) + size_t(block)]) *
+                block_tokens +
+            position % block_tokens;
+      }
+    }
+    return slots;
+  }
+
+  hostrun::LibraryPin library_;
   ref::DType dtype_;
 };
 
 const hostrun::SettingSpec kSettings[] = {
     {"dtype", hostrun::SettingType::string,
-     "Storage format of K/V pages: \"f32\", \"bf16\" or \"f16\" (activations stay f32)", false, "\"f32\""},
+     "Storage format of K/V pages: \"f32\", \"bf16\" or \"f16\" (keys and values arrive as f32 and are rounded once, "
+     "when written)",
+     false, "\"f32\""},
 };
-const hostrun::RoleEntry kRoles[] = {hostrun::role_entry<hostrun::KvCachePolicy, CpuKvPolicy>(kSettings)};
+const hostrun::RoleEntry kRoles[] = {hostrun::role_entry<hostrun::KvCachePolicy, CpuKvPolicy>(kSettings, &probe)};
 
 }  // namespace
 
-HOSTRUN_PLUGIN("kv_cpu", "0.1.0", "Paged KV cache in host memory (f32, bf16 or f16 pages) with reference attention",
+HOSTRUN_PLUGIN("kv_cpu", "0.2.0", "Paged KV cache in host memory (f32, bf16 or f16 pages) with reference attention",
                kRoles)

@@ -1,10 +1,14 @@
 // load(): config.json (and generation_config.json beside it), checks of what
-// this plugin supports, and the weights converted to f32.
+// this plugin supports, the dense weights converted to f32, and the linear
+// layers from the quantizer (or dense ones of our own).
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
+#include <algorithm>
 #include <cmath>
-#include <filesystem>
+#include <numeric>
 
+#include "dense_linear.hpp"
 #include "llama_model.hpp"
 #include "ref/dtype.hpp"
 
@@ -56,6 +60,43 @@ std::vector<float> take_tensor(const WeightSource& weights, const std::string& n
 
 }  // namespace
 
+PluginPtr<LinearLayer> LlamaCpuModel::load_linear(const LoadContext& context, const std::vector<std::string>& prefixes,
+                                                   int64_t in_features, const std::vector<int64_t>& out_features) const {
+  const WeightSource& weights = *context.weights;
+  const int64_t total_out = std::accumulate(out_features.begin(), out_features.end(), int64_t(0));
+  if (context.quantizer == nullptr) {
+    std::vector<float> stacked;
+    stacked.reserve(size_t(total_out * in_features));
+    for (size_t i = 0; i < prefixes.size(); ++i) {
+      std::vector<float> rows = take_tensor(weights, prefixes[i] + ".weight", {out_features[i], in_features});
+      stacked.insert(stacked.end(), rows.begin(), rows.end());
+    }
+    return make_pinned<DenseLinear>(LibraryPin{}, std::move(stacked), in_features, threads_);
+  }
+  LinearLoad request;
+  request.weights = &weights;
+  request.prefixes = prefixes;
+  request.device = Device{DeviceKind::cpu, 0};
+  request.activation_dtype = DType::f32;
+  request.max_rows = kLinearRows;
+  const std::string which = fmt::format("{}", fmt::join(prefixes, " + "));
+  auto made = context.quantizer->load_linear(request);
+  if (!made)
+    throw Error(made.status().code(), fmt::format("llama_cpu: the quantizer ({}) could not build {}: {}",
+                                                  context.quantizer->format(), which, made.status().message()));
+  PluginPtr<LinearLayer> layer = std::move(made.value());
+  if (!layer) fail(ErrorCode::internal, fmt::format("the quantizer returned no layer for {}", which));
+  const LinearInfo info = layer->info();
+  if (info.in_features != in_features || info.out_features != total_out || info.activation_dtype != DType::f32 ||
+      info.device.kind != DeviceKind::cpu)
+    fail(ErrorCode::invalid_argument,
+         fmt::format("the quantizer's layer for {}: expected {} -> {} features, f32 activations on the CPU, found {} "
+                     "-> {}, {} on {}",
+                     which, in_features, total_out, info.in_features, info.out_features,
+                     dtype_name(info.activation_dtype), device_kind_name(info.device.kind)));
+  return layer;
+}
+
 void LlamaCpuModel::load_checked(const LoadContext& context) {
   if (loaded_) fail(ErrorCode::invalid_argument, "load() called twice; make a new model object instead");
   if (context.weights == nullptr) fail(ErrorCode::invalid_argument, "load() needs a weight source");
@@ -63,18 +104,23 @@ void LlamaCpuModel::load_checked(const LoadContext& context) {
     fail(ErrorCode::unsupported,
          fmt::format("this plugin runs on the CPU; device cuda:{} was asked for (use a CUDA model plugin)",
                      context.device.index));
+  if (context.activation_dtype != DType::f32)
+    fail(ErrorCode::unsupported, fmt::format("this plugin computes in f32; activation dtype {} was asked for "
+                                             "(engine.activation_dtype)",
+                                             dtype_name(context.activation_dtype)));
   if (context.tensor_parallel_size != 1)
     fail(ErrorCode::unsupported,
          fmt::format("tensor parallelism is not supported (tensor_parallel_size {})", context.tensor_parallel_size));
-  if (context.quantizer != nullptr)
-    fail(ErrorCode::unsupported, "a quantizer was given; this plugin runs the checkpoint's own f32/bf16/f16 weights");
   if (context.kv_policy == nullptr)
     fail(ErrorCode::invalid_argument, "a causal LM needs a KV cache policy (the manifest's [kv_cache] table)");
+  throw_if_error(check_kv_format(context.kv_policy->format(), context.device, DType::f32));
   const WeightSource& weights = *context.weights;
   const std::string directory = weights.directory();
-  auto dense = llama::read_llama_checkpoint(weights, context.quantizer != nullptr);
-  throw_if_error(dense.status());
-  llama::LlamaConfig config = dense->config;
+  // A quantized folder is read only through a quantizer; its embeddings,
+  // norms and LM head are still dense tensors, read below like any others.
+  auto checkpoint = llama::read_llama_checkpoint(weights, context.quantizer != nullptr);
+  throw_if_error(checkpoint.status());
+  llama::LlamaConfig config = checkpoint->config;
 
   const int64_t hidden = config.hidden_size;
   const int64_t intermediate = config.intermediate_size;
@@ -84,28 +130,30 @@ void LlamaCpuModel::load_checked(const LoadContext& context) {
     const std::string prefix = fmt::format("model.layers.{}.", l);
     LayerWeights layer;
     layer.input_norm = take_tensor(weights, prefix + "input_layernorm.weight", {hidden});
-    layer.qkv = take_tensor(weights, prefix + "self_attn.q_proj.weight", {config.q_size(), hidden});
-    for (const char* name : {"self_attn.k_proj.weight", "self_attn.v_proj.weight"}) {
-      std::vector<float> rows = take_tensor(weights, prefix + name, {config.kv_size(), hidden});
-      layer.qkv.insert(layer.qkv.end(), rows.begin(), rows.end());
-    }
-    layer.o_proj = take_tensor(weights, prefix + "self_attn.o_proj.weight", {hidden, config.q_size()});
+    layer.qkv = load_linear(context,
+                            {prefix + "self_attn.q_proj", prefix + "self_attn.k_proj", prefix + "self_attn.v_proj"},
+                            hidden, {config.q_size(), config.kv_size(), config.kv_size()});
+    layer.o_proj = load_linear(context, {prefix + "self_attn.o_proj"}, config.q_size(), {hidden});
     layer.post_norm = take_tensor(weights, prefix + "post_attention_layernorm.weight", {hidden});
-    layer.gate_up = take_tensor(weights, prefix + "mlp.gate_proj.weight", {intermediate, hidden});
-    std::vector<float> up = take_tensor(weights, prefix + "mlp.up_proj.weight", {intermediate, hidden});
-    layer.gate_up.insert(layer.gate_up.end(), up.begin(), up.end());
-    layer.down_proj = take_tensor(weights, prefix + "mlp.down_proj.weight", {hidden, intermediate});
+    layer.gate_up = load_linear(context, {prefix + "mlp.gate_proj", prefix + "mlp.up_proj"}, hidden,
+                                {intermediate, intermediate});
+    layer.down_proj = load_linear(context, {prefix + "mlp.down_proj"}, intermediate, {hidden});
     loaded.layers.push_back(std::move(layer));
   }
   loaded.final_norm = take_tensor(weights, "model.norm.weight", {hidden});
   // Tied checkpoints may still carry lm_head.weight; HF ignores it then, and so do we.
   if (!config.tie_word_embeddings) loaded.lm_head = take_tensor(weights, "lm_head.weight", {config.vocab_size, hidden});
 
-  size_t floats = loaded.embed_tokens.size() + loaded.final_norm.size() + loaded.lm_head.size();
-  for (const auto& layer : loaded.layers)
-    floats += layer.input_norm.size() + layer.qkv.size() + layer.o_proj.size() + layer.post_norm.size() +
-              layer.gate_up.size() + layer.down_proj.size();
-  loaded.bytes = floats * sizeof(float);
+  size_t bytes = (loaded.embed_tokens.size() + loaded.final_norm.size() + loaded.lm_head.size()) * sizeof(float);
+  size_t workspace = 0;
+  for (const auto& layer : loaded.layers) {
+    bytes += (layer.input_norm.size() + layer.post_norm.size()) * sizeof(float);
+    for (const LinearLayer* linear : {layer.qkv.get(), layer.o_proj.get(), layer.gate_up.get(), layer.down_proj.get()}) {
+      bytes += linear->info().weight_bytes;
+      workspace = std::max(workspace, linear->workspace_bytes(kLinearRows));
+    }
+  }
+  loaded.bytes = bytes;
 
   ref::RopeParams rope;
   rope.head_dim = size_t(config.head_dim);
@@ -121,17 +169,21 @@ void LlamaCpuModel::load_checked(const LoadContext& context) {
   rope_ = ref::make_rope_table(rope);
   // HF's eager attention multiplies the scores by head_dim ** -0.5.
   softmax_scale_ = float(1.0 / std::sqrt(double(config.head_dim)));
+  linear_workspace_.memory = workspace > 0 ? std::make_unique<std::byte[]>(workspace) : nullptr;
+  linear_workspace_.bytes = workspace;
+  linear_format_ = context.quantizer ? context.quantizer->format() : "f32";
   weights_ = std::move(loaded);
   config_ = std::move(config);
-  eos_ids_ = std::move(dense->eos_ids);
-  bos_id_ = dense->bos_id;
+  eos_ids_ = std::move(checkpoint->eos_ids);
+  bos_id_ = checkpoint->bos_id;
   kv_policy_ = context.kv_policy;
   loaded_ = true;
-  log_.info("loaded {}: {} layers, hidden {}, {} heads ({} KV) x {}, vocab {}{}{}; {} MiB of f32 weights, {} thread(s)",
+  log_.info("loaded {}: {} layers, hidden {}, {} heads ({} KV) x {}, vocab {}{}{}; linear layers {}; {} MiB of "
+            "weights, {} thread(s)",
             directory, config_.num_hidden_layers, config_.hidden_size, config_.num_attention_heads,
             config_.num_key_value_heads, config_.head_dim, config_.vocab_size,
             config_.tie_word_embeddings ? ", tied embeddings" : "", config_.rope_scaling ? ", llama3 RoPE scaling" : "",
-            weights_.bytes >> 20, threads_);
+            linear_format_, weights_.bytes >> 20, threads_);
 }
 
 }  // namespace hostrun::llama_cpu

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -69,9 +70,11 @@ inline std::unique_ptr<core::PluginRegistry> load_registry(const Backend& backen
   return registry;
 }
 
+// `quantizer` (owned by the caller, outliving the model) builds the linear layers when given.
 inline Result<std::unique_ptr<LoadedModel>> try_load(const fs::path& dir, int threads = 1,
                                                      const std::string& kv_dtype = "f32", int32_t num_blocks = 256,
-                                                     int32_t block_tokens = 16, const Backend& backend = {}) {
+                                                     int32_t block_tokens = 16, const Backend& backend = {},
+                                                     Quantizer* quantizer = nullptr) {
   auto loaded = std::make_unique<LoadedModel>();
   loaded->registry = load_registry(backend);
   auto weights = checkpoint::ModelDirectory::open(dir);
@@ -90,8 +93,9 @@ inline Result<std::unique_ptr<LoadedModel>> try_load(const fs::path& dir, int th
   LoadContext context;
   context.weights = loaded->weights.get();
   context.device = Device{backend.cuda ? DeviceKind::cuda : DeviceKind::cpu, 0};
-  if (backend.cuda) context.activation_dtype = kv_dtype == "f16" ? DType::f16 : DType::bf16;
+  context.activation_dtype = !backend.cuda ? DType::f32 : kv_dtype == "f16" ? DType::f16 : DType::bf16;
   context.kv_policy = loaded->policy.get();
+  context.quantizer = quantizer;
   if (Status s = loaded->model->load(context); !s) return s;
   if (num_blocks > 0)
     if (Status s = loaded->model->allocate_kv_cache(num_blocks, block_tokens); !s) return s;
@@ -100,8 +104,8 @@ inline Result<std::unique_ptr<LoadedModel>> try_load(const fs::path& dir, int th
 
 inline std::unique_ptr<LoadedModel> load(const fs::path& dir, int threads = 1, const std::string& kv_dtype = "f32",
                                          int32_t num_blocks = 256, int32_t block_tokens = 16,
-                                         const Backend& backend = {}) {
-  auto loaded = try_load(dir, threads, kv_dtype, num_blocks, block_tokens, backend);
+                                         const Backend& backend = {}, Quantizer* quantizer = nullptr) {
+  auto loaded = try_load(dir, threads, kv_dtype, num_blocks, block_tokens, backend, quantizer);
   REQUIRE_MESSAGE(loaded.has_value(), loaded.status().message());
   return std::move(loaded.value());
 }
@@ -224,26 +228,35 @@ class DenseLlama {
     }
   }
 
+  // What every linear layer of a decoder layer takes in, by checkpoint prefix
+  // ("model.layers.0.self_attn.q_proj"): [tokens][in_features].
+  using LinearInputs = std::function<void(const std::string& linear, const std::vector<std::vector<double>>& x)>;
+
   // Logits [tokens][vocab] of every position of `tokens` (positions 0..n-1).
-  std::vector<std::vector<double>> forward(const std::vector<TokenId>& tokens) const {
+  std::vector<std::vector<double>> forward(const std::vector<TokenId>& tokens, const LinearInputs& record = {}) const {
     const size_t n = tokens.size(), h = size_t(c_.hidden_size), d = size_t(c_.head_dim);
     const size_t qh = size_t(c_.num_attention_heads), kvh = size_t(c_.num_key_value_heads);
     const size_t inter = size_t(c_.intermediate_size), vocab = size_t(c_.vocab_size);
+    auto report = [&](size_t layer, const char* linear, const std::vector<std::vector<double>>& x) {
+      if (record) record(fmt::format("model.layers.{}.{}", layer, linear), x);
+    };
     std::vector<std::vector<double>> x(n, std::vector<double>(h));
     for (size_t t = 0; t < n; ++t)
       for (size_t i = 0; i < h; ++i) x[t][i] = embed_[size_t(tokens[t]) * h + i];
-    for (const Layer& layer : layers_) {
-      std::vector<std::vector<double>> q(n), k(n), v(n);
+    for (size_t l = 0; l < layers_.size(); ++l) {
+      const Layer& layer = layers_[l];
+      std::vector<std::vector<double>> normed(n), q(n), k(n), v(n);
+      for (size_t t = 0; t < n; ++t) normed[t] = rmsnorm(x[t], layer.input_norm);
+      for (const char* linear : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}) report(l, linear, normed);
       for (size_t t = 0; t < n; ++t) {
-        const std::vector<double> normed = rmsnorm(x[t], layer.input_norm);
-        q[t] = matvec(layer.q, normed, qh * d);
-        k[t] = matvec(layer.k, normed, kvh * d);
-        v[t] = matvec(layer.v, normed, kvh * d);
+        q[t] = matvec(layer.q, normed[t], qh * d);
+        k[t] = matvec(layer.k, normed[t], kvh * d);
+        v[t] = matvec(layer.v, normed[t], kvh * d);
         rope(q[t], qh, double(t));
         rope(k[t], kvh, double(t));
       }
+      std::vector<std::vector<double>> attended(n, std::vector<double>(qh * d, 0.0));
       for (size_t t = 0; t < n; ++t) {
-        std::vector<double> attended(qh * d, 0.0);
         for (size_t head = 0; head < qh; ++head) {
           const size_t g = head / (qh / kvh);
           std::vector<double> scores(t + 1);
@@ -257,18 +270,25 @@ class DenseLlama {
           double total = 0;
           for (double& s : scores) total += (s = std::exp(s - top));
           for (size_t s = 0; s <= t; ++s)
-            for (size_t i = 0; i < d; ++i) attended[head * d + i] += scores[s] / total * v[s][g * d + i];
+            for (size_t i = 0; i < d; ++i) attended[t][head * d + i] += scores[s] / total * v[s][g * d + i];
         }
-        const std::vector<double> out = matvec(layer.o, attended, h);
+      }
+      report(l, "self_attn.o_proj", attended);
+      for (size_t t = 0; t < n; ++t) {
+        const std::vector<double> out = matvec(layer.o, attended[t], h);
         for (size_t i = 0; i < h; ++i) x[t][i] += out[i];
       }
+      for (size_t t = 0; t < n; ++t) normed[t] = rmsnorm(x[t], layer.post_norm);
+      for (const char* linear : {"mlp.gate_proj", "mlp.up_proj"}) report(l, linear, normed);
+      std::vector<std::vector<double>> act(n, std::vector<double>(inter));
       for (size_t t = 0; t < n; ++t) {
-        const std::vector<double> normed = rmsnorm(x[t], layer.post_norm);
-        const std::vector<double> gate = matvec(layer.gate, normed, inter);
-        const std::vector<double> up = matvec(layer.up, normed, inter);
-        std::vector<double> act(inter);
-        for (size_t i = 0; i < inter; ++i) act[i] = gate[i] / (1 + std::exp(-gate[i])) * up[i];
-        const std::vector<double> out = matvec(layer.down, act, h);
+        const std::vector<double> gate = matvec(layer.gate, normed[t], inter);
+        const std::vector<double> up = matvec(layer.up, normed[t], inter);
+        for (size_t i = 0; i < inter; ++i) act[t][i] = gate[i] / (1 + std::exp(-gate[i])) * up[i];
+      }
+      report(l, "mlp.down_proj", act);
+      for (size_t t = 0; t < n; ++t) {
+        const std::vector<double> out = matvec(layer.down, act[t], h);
         for (size_t i = 0; i < h; ++i) x[t][i] += out[i];
       }
     }

@@ -287,7 +287,9 @@ TEST_CASE("threads: the same bits for any thread count") {
   CHECK(a.tokens == b.tokens);
 }
 
-TEST_CASE("kv_cpu: 16-bit pages round K/V, stay close to f32, and count their bytes exactly") {
+// The policy on its own is tests/conformance's (conformance_kv_cache); this is
+// what its page dtype does to a whole model.
+TEST_CASE("kv_cpu: 16-bit pages round K/V, and the model stays close to f32 pages") {
   SmallModel small;
   auto f32 = load(small.dir.path());
   const std::vector<TokenId> prompt = prompt_of(30, 71);
@@ -296,22 +298,12 @@ TEST_CASE("kv_cpu: 16-bit pages round K/V, stay close to f32, and count their by
   for (const char* dtype : {"bf16", "f16"}) {
     CAPTURE(dtype);
     auto loaded = load(small.dir.path(), 1, dtype);
-    CHECK(loaded->policy->format().name == dtype);
-    CHECK(loaded->policy->format().quant_policy == 0);
-    const KvShape shape{2, 1, 16, 16};
-    CHECK(loaded->policy->bytes_per_block(shape) == size_t(2 * 2 * 16 * 1 * 16 * 2));
     Request r(prompt);
     const auto got = run_chunked(*loaded->model, r, {30}, 0);
     const double error = relative_error(got[0], want[0]);
     CHECK(error > 0);       // the pages really are 16-bit
     CHECK(error < 2e-2);
   }
-  CHECK(f32->policy->bytes_per_block(KvShape{3, 2, 64, 32}) == size_t(3 * 2 * 32 * 2 * 64 * 4));
-  Settings bad;
-  bad.set("dtype", std::string("int3"));
-  auto refused = f32->registry->create<KvCachePolicy>("kv_cpu", bad, nullptr);
-  REQUIRE_FALSE(refused.has_value());
-  CHECK(refused.status().message().find("int3") != std::string::npos);
 }
 
 TEST_CASE("bad steps are errors that name the problem, and leave the model usable") {
@@ -412,6 +404,7 @@ TEST_CASE("load refuses what it does not support, naming the key or tensor") {
     REQUIRE(model.has_value());
     LoadContext context;
     context.weights = weights.value().get();
+    context.activation_dtype = DType::f32;
     Status s = model.value()->load(context);
     CHECK(s.message().find("KV cache policy") != std::string::npos);
     auto loaded = load(dir.path(), 1, "f32", 0);
@@ -422,4 +415,133 @@ TEST_CASE("load refuses what it does not support, naming the key or tensor") {
     s = loaded->model->step(StepInput{ids, std::vector<int32_t>{0}, std::span(&seq, 1)}, out);
     CHECK(s.message().find("allocate_kv_cache") != std::string::npos);
   }
+  SUBCASE("a GPU device: the probe declines it, saying why") {
+    auto registry = load_registry();
+    Settings settings;
+    settings.set("threads", int64_t(1));
+    auto model = registry->create<Model>("llama_cpu", settings, nullptr, "model", Device{DeviceKind::cuda, 0});
+    REQUIRE_FALSE(model.has_value());
+    CHECK(model.status().code() == ErrorCode::unsupported);
+    CHECK(model.status().message().find("llama_cpu computes on the CPU") != std::string::npos);
+  }
+  SUBCASE("activations other than f32, and a KV policy whose format does not fit") {
+    TempDir dir("formats");
+    write_checkpoint(dir.path(), small_config(), 1);
+    auto registry = load_registry();
+    auto weights = checkpoint::ModelDirectory::open(dir.path());
+    REQUIRE(weights.has_value());
+    Settings kv_settings;
+    kv_settings.set("dtype", std::string("bf16"));
+    auto policy = registry->create<KvCachePolicy>("kv_cpu", kv_settings, nullptr);
+    REQUIRE(policy.has_value());
+    Settings settings;
+    settings.set("threads", int64_t(1));
+    LoadContext context;
+    context.weights = weights.value().get();
+    context.kv_policy = policy.value().get();
+    context.activation_dtype = DType::bf16;
+    auto bf16_model = registry->create<Model>("llama_cpu", settings, nullptr).value();
+    Status s = bf16_model->load(context);
+    CHECK(s.code() == ErrorCode::unsupported);
+    CHECK(s.message().find("computes in f32; activation dtype bf16") != std::string::npos);
+
+    // kv_cpu as a policy that says it keeps its cache on a GPU.
+    class GpuFormat final : public KvCachePolicy {
+     public:
+      explicit GpuFormat(KvCachePolicy& real) : real_(real) {}
+      KvFormat format() const noexcept override {
+        KvFormat format = real_.format();
+        format.device = DeviceKind::cuda;
+        return format;
+      }
+      size_t bytes_per_block(const KvShape& shape) const noexcept override { return real_.bytes_per_block(shape); }
+      Result<PluginPtr<KvCache>> allocate(const KvShape& shape, int32_t blocks, Device device) noexcept override {
+        return real_.allocate(shape, blocks, device);
+      }
+      Result<size_t> workspace_bytes(const KvWorkspaceQuery& query) const noexcept override {
+        return real_.workspace_bytes(query);
+      }
+      Status write(KvCache& cache, int32_t layer, const TensorView& k, const TensorView& v, const PagedKvBatch& batch,
+                   const ExecContext& exec) noexcept override {
+        return real_.write(cache, layer, k, v, batch, exec);
+      }
+      Status attend(const KvCache& cache, int32_t layer, const TensorView& q, const PagedKvBatch& batch, float scale,
+                    const TensorView& out, const ExecContext& exec) noexcept override {
+        return real_.attend(cache, layer, q, batch, scale, out, exec);
+      }
+
+     private:
+      KvCachePolicy& real_;
+    } gpu_format(*policy.value());
+    context.activation_dtype = DType::f32;
+    context.kv_policy = &gpu_format;
+    auto gpu_kv_model = registry->create<Model>("llama_cpu", settings, nullptr).value();
+    s = gpu_kv_model->load(context);
+    CHECK(s.code() == ErrorCode::invalid_argument);
+    CHECK(s.message().find("keeps its cache on cuda but the model runs on cpu") != std::string::npos);
+    // The same policy as it describes itself (bf16 pages, f32 activations) is fine.
+    context.kv_policy = policy.value().get();
+    auto model = registry->create<Model>("llama_cpu", settings, nullptr).value();
+    s = model->load(context);
+    CHECK_MESSAGE(s.is_ok(), s.message());
+  }
+}
+
+TEST_CASE("image embeddings: memory from allocate_embeddings replaces token embeddings in a step") {
+  SmallModel small;
+  auto loaded = load(small.dir.path(), 1, "f32", 64);
+  Model& model = *loaded->model;
+  const int64_t hidden = small.config.hidden_size;
+  const ExecContext exec = model.embedding_exec();
+  CHECK(exec.device.kind == DeviceKind::cpu);
+  CHECK(exec.stream == nullptr);
+
+  // The embeddings of four real tokens, written into the engine-owned memory.
+  const std::vector<TokenId> prompt = prompt_of(12, 91);
+  const std::vector<TokenId> pictured(prompt.begin() + 5, prompt.begin() + 9);
+  auto memory = model.allocate_embeddings(int64_t(pictured.size()));
+  REQUIRE_MESSAGE(memory.has_value(), memory.status().message());
+  const TensorView view = memory.value()->view();
+  REQUIRE(view.rank == 2);
+  CHECK(view.shape[0] == int64_t(pictured.size()));
+  CHECK(view.shape[1] == hidden);
+  CHECK(view.dtype == DType::f32);
+  CHECK(view.device.kind == DeviceKind::cpu);
+  CHECK(view.is_contiguous());
+  const std::vector<double> table = tensor_values(*loaded->weights, "model.embed_tokens.weight");
+  for (size_t r = 0; r < pictured.size(); ++r)
+    for (int64_t i = 0; i < hidden; ++i)
+      view.as<float>()[r * size_t(hidden) + size_t(i)] = float(table[size_t(pictured[r]) * size_t(hidden) + size_t(i)]);
+
+  // The same prompt with placeholders where the span goes: the same logits, bit for bit.
+  auto run = [&](const std::vector<TokenId>& ids, std::span<const EmbeddingSpan> spans, int32_t first_block) {
+    const std::vector<int32_t> blocks{first_block};
+    std::vector<int32_t> positions(ids.size());
+    std::iota(positions.begin(), positions.end(), 0);
+    SamplingParams greedy = Request::greedy_params();
+    StepSequence seq;
+    seq.query_len = int32_t(ids.size());
+    seq.block_table = blocks;
+    seq.sample = true;
+    seq.sampling = &greedy;
+    seq.return_logits = true;
+    seq.embeddings = spans;
+    StepOutput out;
+    Status s = model.step(StepInput{ids, positions, std::span(&seq, 1)}, out);
+    REQUIRE_MESSAGE(s.is_ok(), s.message());
+    return out.logits.at(0);
+  };
+  std::vector<TokenId> placeholders = prompt;
+  std::fill(placeholders.begin() + 5, placeholders.begin() + 9, TokenId(0));
+  const EmbeddingSpan span{5, view};
+  const auto spliced = run(placeholders, std::span(&span, 1), 3);
+  CHECK(spliced == run(prompt, {}, 4));
+  CHECK(spliced != run(placeholders, {}, 5));
+
+  CHECK(model.allocate_embeddings(0).status().code() == ErrorCode::invalid_argument);
+  auto registry = load_registry();
+  Settings settings;
+  settings.set("threads", int64_t(1));
+  auto unloaded = registry->create<Model>("llama_cpu", settings, nullptr).value();
+  CHECK(unloaded->allocate_embeddings(4).status().message().find("before load") != std::string::npos);
 }

@@ -1,0 +1,33 @@
+// The KV cache policies that run on a GPU, through the KvCachePolicy suite
+// (kv_cache_suite.cpp): inputs are copied to the device, results back, and
+// compared with kv_cpu's f32 pages on the host. Built with CUDA, run on the
+// GPU machine (ctest label gpu). A new GPU policy joins with one row.
+#include "cuda_memory.hpp"
+#include "kv_cache_suite.hpp"
+
+namespace conformance {
+
+namespace {
+
+using hostrun::DeviceKind;
+using hostrun::DType;
+
+// label, plugin, settings, device, activation dtype, tolerance (relative, vs kv_cpu f32 pages)
+const KvPolicyRow kRows[] = {
+    // Pages in the activation dtype; attention accumulates in f32 and writes 16-bit outputs.
+    {"kv_cuda bf16", "kv_cuda", {}, DeviceKind::cuda, DType::bf16, 2e-2},
+    {"kv_cuda f16", "kv_cuda", {}, DeviceKind::cuda, DType::f16, 5e-3},
+    {"kv_cuda bf16, prefill on the decode stream", "kv_cuda", {{"concurrent_prefill", false}}, DeviceKind::cuda,
+     DType::bf16, 2e-2},
+};
+
+}  // namespace
+
+std::span<const KvPolicyRow> kv_policy_rows() { return kRows; }
+
+DeviceMemory& kv_device_memory() {
+  static CudaMemory memory;
+  return memory;
+}
+
+}  // namespace conformance
