@@ -192,11 +192,12 @@ Status Runtime::make_objects() {
   auto tokenizer = required("tokenizer"), kv_cache = required("kv_cache"), model = required("model");
   for (const auto* found : {&tokenizer, &kv_cache, &model})
     if (!*found) return found->status();
+  // The model first: it is what --device chooses, so its probe speaks first.
+  if (Status s = make(**model, model_); !s) return s;
   if (Status s = make(**tokenizer, tokenizer_); !s) return s;
   if (Status s = make(**kv_cache, kv_policy_); !s) return s;
   if (const ResolvedInstance* quantizer = resolved_.instance("quantizer"))
     if (Status s = make(*quantizer, quantizer_); !s) return s;
-  if (Status s = make(**model, model_); !s) return s;
 
   auto weights = checkpoint::ModelDirectory::open(model_dir_);
   if (!weights) return weights.status();

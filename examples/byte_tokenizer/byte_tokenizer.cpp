@@ -28,6 +28,20 @@ size_t utf8_length(unsigned char lead) {
   return 1;
 }
 
+// Whether `next` may follow `lead` as the second byte of a well-formed
+// sequence: the plain continuation range, narrowed after E0/ED/F0/F4 so
+// overlong forms, surrogates (ED A0..BF) and code points past U+10FFFF are
+// malformed, as Unicode's table 3-7 says.
+bool second_byte_ok(unsigned char lead, unsigned char next) {
+  switch (lead) {
+    case 0xE0: return next >= 0xA0 && next <= 0xBF;
+    case 0xED: return next >= 0x80 && next <= 0x9F;
+    case 0xF0: return next >= 0x90 && next <= 0xBF;
+    case 0xF4: return next >= 0x80 && next <= 0x8F;
+    default: return (next & 0xC0) == 0x80;
+  }
+}
+
 // Copies bytes, replacing each malformed sequence with U+FFFD. Returns how
 // many bytes at the end were held back as a possibly incomplete sequence
 // (only when `hold_tail` is set).
@@ -42,8 +56,11 @@ size_t append_valid_utf8(std::string_view bytes, std::string& out, bool hold_tai
       continue;
     }
     size_t have = 1;
-    while (have < need && i + have < bytes.size() && (static_cast<unsigned char>(bytes[i + have]) & 0xC0) == 0x80)
+    while (have < need && i + have < bytes.size()) {
+      const auto next = static_cast<unsigned char>(bytes[i + have]);
+      if (have == 1 ? !second_byte_ok(lead, next) : (next & 0xC0) != 0x80) break;
       ++have;
+    }
     if (have == need) {
       out.append(bytes.substr(i, need));
     } else if (i + have == bytes.size() && hold_tail) {

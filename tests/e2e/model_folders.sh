@@ -67,10 +67,10 @@ role = "model"
 plugin = "llama_cpu"
 TOML
 "$hostrun" manifest check "$work/second.toml" >"$work/second.out" 2>&1; expect_status "a second model instance is refused" 1 $?
-expect "with file:line" "second.toml:3:1: table [draft] is a second model instance" "$work/second.out"
+expect "with file:line" "second.toml:3:2: table [draft] is a second model instance" "$work/second.out"
 printf '[model]\nplugin = "llama_cpu"\n[visoin]\nplugin = "x"\n' >"$work/typo.toml"
 "$hostrun" manifest check "$work/typo.toml" >"$work/typo.out" 2>&1; expect_status "an unknown table is refused" 1 $?
-expect "with file:line and the tables there are" "typo.toml:3:1: unknown table [visoin]: expected a role table (model, quantizer, kv_cache, tokenizer, vision, frontend)" "$work/typo.out"
+expect "with file:line and the tables there are" "typo.toml:3:2: unknown table [visoin]: expected a role table (model, quantizer, kv_cache, tokenizer, vision, frontend)" "$work/typo.out"
 
 "$hostrun" manifest table >"$work/table.out" 2>&1; expect_status "manifest table" 0 $?
 expect "lists the CPU row" "llama3-cpu" "$work/table.out"
