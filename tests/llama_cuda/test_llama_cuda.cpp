@@ -20,6 +20,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <array>
 #include <cmath>
 #include <filesystem>
 #include <future>
@@ -59,9 +60,9 @@ struct CudaOptions {
 std::unique_ptr<Loaded> load(const fs::path& dir, bool cuda, int32_t num_blocks, const CudaOptions& options = {}) {
   auto loaded = std::make_unique<Loaded>();
   loaded->registry = std::make_unique<core::PluginRegistry>();
-  for (const char* name : cuda ? std::initializer_list<const char*>{"hostrun_llama_cuda.so", "hostrun_kv_cuda.so"}
-                               : std::initializer_list<const char*>{"hostrun_llama_cpu.so", "hostrun_kv_cpu.so"})
-    loaded->registry->load_file(llama_test::test_plugin_dir() / name);
+  const std::array<const char*, 2> plugins = cuda ? std::array<const char*, 2>{"hostrun_llama_cuda.so", "hostrun_kv_cuda.so"}
+                                                 : std::array<const char*, 2>{"hostrun_llama_cpu.so", "hostrun_kv_cpu.so"};
+  for (const char* name : plugins) loaded->registry->load_file(llama_test::test_plugin_dir() / name);
   for (const auto& refused : loaded->registry->refused()) FAIL(refused.file.string() << ": " << refused.reason);
   loaded->weights = std::move(checkpoint::ModelDirectory::open(dir).value());
   const Device device = cuda ? Device{DeviceKind::cuda, 0} : Device{DeviceKind::cpu, 0};
