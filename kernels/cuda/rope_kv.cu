@@ -8,13 +8,42 @@ namespace {
 constexpr int rope_threads = 128;
 constexpr int max_half_dim = 256;  // head_dim up to 512
 
-// Work items of one token, each one 16-byte vector of V elements:
-//   [0, q_items)            rotate V pairs (i, i + d/2) of a q head
+// Elements [0, V) at p: one 16-byte access when V fills one, else V scalar ones.
+template <typename T, int V>
+__device__ __forceinline__ void load_elements(const T* p, float (&out)[V]) {
+  if constexpr (V == detail::vec_width<T>) {
+    detail::load_vec(p, out);
+  } else {
+#pragma unroll
+    for (int e = 0; e < V; ++e) out[e] = detail::to_f32(p[e]);
+  }
+}
+template <typename T, int V>
+__device__ __forceinline__ void store_elements(T* p, const float (&in)[V]) {
+  if constexpr (V == detail::vec_width<T>) {
+    detail::store_vec(p, in);
+  } else {
+#pragma unroll
+    for (int e = 0; e < V; ++e) p[e] = detail::from_f32<T>(in[e]);
+  }
+}
+template <typename T, int V>
+__device__ __forceinline__ void copy_elements(T* dst, const T* src) {
+  if constexpr (V == detail::vec_width<T>) {
+    *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+  } else {
+#pragma unroll
+    for (int e = 0; e < V; ++e) dst[e] = src[e];
+  }
+}
+
+// Work items of one token, each V consecutive elements (V = one 16-byte
+// vector, or 1 for views that are not aligned to 16 bytes):
+//   [0, q_items)            rotate V pairs (i, i + d/2) of a q head in place
 //   [q_items, +k_items)     rotate V pairs of a k head, store into the K pool
 //   [.., +v_items)          copy V elements of a v head into the V pool
-template <typename T>
+template <typename T, int V>
 __global__ void __launch_bounds__(rope_threads) rope_kv_kernel(RopeKvArgs args) {
-  constexpr int V = detail::vec_width<T>;
   __shared__ float cos_table[max_half_dim];
   __shared__ float sin_table[max_half_dim];
   const int t = blockIdx.x;
@@ -38,17 +67,16 @@ __global__ void __launch_bounds__(rope_threads) rope_kv_kernel(RopeKvArgs args) 
   const bool write_kv = slot >= 0 && slot < args.num_slots;
   if (slot >= args.num_slots && threadIdx.x == 0) detail::raise_error(args.error_flag, Status::slot_out_of_range);
 
-  const int pair_vectors = half_dim / V;  // vectors per half head
+  const int pair_vectors = half_dim / V;  // work items per half head
   const int q_items = args.q_heads * pair_vectors;
   const int k_items = args.kv_heads * pair_vectors;
   const int v_items = args.kv_heads * (head_dim / V);
-  const T* row = static_cast<const T*>(args.qkv) + static_cast<std::int64_t>(t) * args.qkv_row_stride;
-  T* q_row = static_cast<T*>(args.q_out) + static_cast<std::int64_t>(t) * args.q_out_row_stride;
+  T* q_row = static_cast<T*>(args.q) + static_cast<std::int64_t>(t) * args.q_row_stride;
+  const T* k_row = static_cast<const T*>(args.k) + static_cast<std::int64_t>(t) * args.k_row_stride;
+  const T* v_row = static_cast<const T*>(args.v) + static_cast<std::int64_t>(t) * args.v_row_stride;
   const std::int64_t slot_offset = static_cast<std::int64_t>(write_kv ? slot : 0) * args.kv_heads * head_dim;
   T* k_slot = static_cast<T*>(args.k_pages) + slot_offset;
   T* v_slot = static_cast<T*>(args.v_pages) + slot_offset;
-  const T* k_src = row + static_cast<std::int64_t>(args.q_heads) * head_dim;
-  const T* v_src = k_src + static_cast<std::int64_t>(args.kv_heads) * head_dim;
 
   for (int item = threadIdx.x; item < q_items + k_items + v_items; item += blockDim.x) {
     if (item < q_items + k_items) {
@@ -57,11 +85,11 @@ __global__ void __launch_bounds__(rope_threads) rope_kv_kernel(RopeKvArgs args) 
       if (!is_q && !write_kv) continue;
       const int head = local / pair_vectors;
       const int i0 = (local % pair_vectors) * V;
-      const T* src = (is_q ? row : k_src) + head * head_dim;
+      const T* src = is_q ? q_row + head * head_dim : k_row + head * head_dim;
       T* dst = is_q ? q_row + head * head_dim : k_slot + head * head_dim;
       float first[V], second[V], out_first[V], out_second[V];
-      detail::load_vec(src + i0, first);
-      detail::load_vec(src + i0 + half_dim, second);
+      load_elements<T, V>(src + i0, first);
+      load_elements<T, V>(src + i0 + half_dim, second);
 #pragma unroll
       for (int e = 0; e < V; ++e) {
         const float c = cos_table[i0 + e];
@@ -70,11 +98,11 @@ __global__ void __launch_bounds__(rope_threads) rope_kv_kernel(RopeKvArgs args) 
         out_first[e] = __fsub_rn(__fmul_rn(first[e], c), __fmul_rn(second[e], s));
         out_second[e] = __fadd_rn(__fmul_rn(second[e], c), __fmul_rn(first[e], s));
       }
-      detail::store_vec(dst + i0, out_first);
-      detail::store_vec(dst + i0 + half_dim, out_second);
+      store_elements<T, V>(dst + i0, out_first);
+      store_elements<T, V>(dst + i0 + half_dim, out_second);
     } else if (write_kv) {
       const int local = item - q_items - k_items;
-      *reinterpret_cast<uint4*>(v_slot + local * V) = *reinterpret_cast<const uint4*>(v_src + local * V);
+      copy_elements<T, V>(v_slot + local * V, v_row + local * V);
     }
   }
 }
@@ -82,12 +110,14 @@ __global__ void __launch_bounds__(rope_threads) rope_kv_kernel(RopeKvArgs args) 
 template <typename T>
 cudaError_t launch(const RopeKvArgs& args, cudaStream_t stream) {
   constexpr int V = detail::vec_width<T>;
-  const auto misaligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 != 0; };
-  if ((args.head_dim / 2) % V != 0 || args.qkv_row_stride % V != 0 || args.q_out_row_stride % V != 0 ||
-      misaligned(args.qkv) || misaligned(args.q_out) || misaligned(args.k_pages) || misaligned(args.v_pages)) {
-    return cudaErrorInvalidValue;
-  }
-  rope_kv_kernel<T><<<args.num_tokens, rope_threads, 0, stream>>>(args);
+  const auto aligned = [](const void* p) { return p == nullptr || reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
+  const bool vectors = (args.head_dim / 2) % V == 0 && args.q_row_stride % V == 0 && args.k_row_stride % V == 0 &&
+                       args.v_row_stride % V == 0 && aligned(args.q) && aligned(args.k) && aligned(args.v) &&
+                       aligned(args.k_pages) && aligned(args.v_pages);
+  if (vectors)
+    rope_kv_kernel<T, V><<<args.num_tokens, rope_threads, 0, stream>>>(args);
+  else
+    rope_kv_kernel<T, 1><<<args.num_tokens, rope_threads, 0, stream>>>(args);
   return cudaGetLastError();
 }
 
@@ -95,8 +125,11 @@ cudaError_t launch(const RopeKvArgs& args, cudaStream_t stream) {
 
 cudaError_t rope_and_write_kv(const RopeKvArgs& args, cudaStream_t stream) {
   if (args.num_tokens == 0) return cudaSuccess;
-  if (args.num_tokens < 0 || args.head_dim <= 0 || args.head_dim % 16 != 0 || args.head_dim / 2 > max_half_dim ||
-      args.q_heads < 0 || args.kv_heads <= 0) {
+  const std::int64_t kv_row = std::int64_t(args.kv_heads) * args.head_dim;
+  if (args.num_tokens < 0 || args.head_dim <= 0 || args.head_dim % 2 != 0 || args.head_dim / 2 > max_half_dim ||
+      args.q_heads < 0 || args.kv_heads <= 0 || (args.q_heads > 0 && args.q == nullptr) || args.k == nullptr ||
+      args.v == nullptr || args.q_row_stride < std::int64_t(args.q_heads) * args.head_dim ||
+      args.k_row_stride < kv_row || args.v_row_stride < kv_row) {
     return cudaErrorInvalidValue;
   }
   switch (args.dtype) {

@@ -1,25 +1,31 @@
 // RoPE fused with the paged KV write (twins: ref/rope.hpp, ref/write_kv.hpp).
 //
-// Input: the fused QKV projection of one step, per token
-//   qkv[t] = [ q heads (q_heads*head_dim) | k heads (kv_heads*head_dim) | v heads ]
+// Input: one step's queries, keys and values, each as rows with a row stride
+// of its own (in elements; head_dim contiguous, heads back to back):
+//   q[t] [q_heads, head_dim]   k[t] [kv_heads, head_dim]   v[t] [kv_heads, head_dim]
+// They may be three buffers, or the three head groups of one fused QKV row
+// (q = qkv, k = qkv + q_heads*head_dim, v = k + kv_heads*head_dim, one stride
+// for all three): the kernel does not care which.
 // For token t at positions[t], with inv_freq from ref::make_rope_table
 // (llama3 scaling included), angle_i = f32(position) * inv_freq[i] (an f32
 // product, as HF forms it), cos/sin of that f32 angle evaluated in double
 // and rounded to f32 (as ref does), and HF's rotate_half pairing (i, i + d/2):
 //
-//   q_out[t, h]            = rope(q[t, h])
-//   k_pages[slot_mapping[t], g] = rope(k[t, g])    (pool dtype = activation dtype)
+//   q[t, h]                     = rope(q[t, h])      (in place)
+//   k_pages[slot_mapping[t], g] = rope(k[t, g])      (pool dtype = activation dtype)
 //   v_pages[slot_mapping[t], g] = v[t, g]
 //
 // Pools are [num_blocks, block_tokens, kv_heads, head_dim]; a slot is
 // block * block_tokens + offset. A negative slot means "padding token, do not
 // write" (vLLM's convention, so a CUDA graph can run a padded batch); a slot
 // >= num_blocks * block_tokens is skipped and sets error_flag to
-// Status::slot_out_of_range. q_out may equal qkv (rotated in place, same row
-// stride) or be a separate [num_tokens, q_heads, head_dim] buffer.
+// Status::slot_out_of_range.
 //
-// dtype f32 / bf16 / f16; head_dim a multiple of 16 (64, 128, ...).
-// One block of 128 threads per token; 16-byte accesses.
+// dtype f32 / bf16 / f16; head_dim even, up to 512. One block of 128 threads
+// per token. 16-byte accesses when every pointer is 16-byte aligned and every
+// row stride and head_dim / 2 are multiples of 16 bytes' worth of elements
+// (a fused bf16 row of head_dim 64 or 128 always is); one element at a time
+// otherwise, so any strided view works.
 #pragma once
 
 #include "cuda/dtype.hpp"
@@ -32,10 +38,12 @@ struct RopeKvArgs {
   int q_heads = 0;
   int kv_heads = 0;
   int head_dim = 0;
-  const void* qkv = nullptr;          // [num_tokens, qkv_row_stride], device
-  std::int64_t qkv_row_stride = 0;    // elements; >= (q_heads + 2 * kv_heads) * head_dim
-  void* q_out = nullptr;              // may equal qkv
-  std::int64_t q_out_row_stride = 0;  // elements
+  void* q = nullptr;                // [num_tokens, q_row_stride], device; rotated in place
+  std::int64_t q_row_stride = 0;    // elements; >= q_heads * head_dim
+  const void* k = nullptr;          // [num_tokens, k_row_stride]
+  std::int64_t k_row_stride = 0;    // elements; >= kv_heads * head_dim
+  const void* v = nullptr;          // [num_tokens, v_row_stride]
+  std::int64_t v_row_stride = 0;    // elements; >= kv_heads * head_dim
   const std::int32_t* positions = nullptr;     // [num_tokens]
   const float* inv_freq = nullptr;             // [head_dim / 2], device copy of RopeTable::inv_freq
   const std::int32_t* slot_mapping = nullptr;  // [num_tokens]

@@ -1,22 +1,24 @@
-// kv_cuda: the floating-point paged KV cache on the GPU.
+// kv_cuda: the 16-bit paged KV cache on the GPU.
 //
-// Pages hold K and V in the activation dtype (bf16 or f16, the `dtype`
-// setting, which must match the model's). Each layer has one K pool and one
-// V pool laid out as kernels/cuda expects ([num_blocks, block_tokens,
-// kv_heads, head_dim]), all layers in one cudaMalloc. write() is a plain copy
-// kernel of rotated keys; write_rotary() runs kernels/cuda's rope_kv (RoPE on
-// q in place, rotated k and v into the pools, one kernel) when q, k and v are
-// the consecutive head groups of one fused QKV row, as llama_cuda lays them
-// out, and answers unsupported otherwise; attend() plans and runs
-// kernels/cuda's paged_attention, taking its split-K workspace from the
-// caller's ExecContext; in a step with both decode and prefill tokens the
-// prefill kernels run on a second stream of the policy's, beside decode
-// (setting concurrent_prefill). quant_policy is 0 (no quantization).
+// Pages hold K and V in the model's activation dtype (KvShape::activation_dtype,
+// bf16 or f16): what the model hands write() is what is stored. Each layer
+// has one K pool and one V pool laid out as kernels/cuda expects
+// ([num_blocks, block_tokens, kv_heads, head_dim]), all layers in one
+// cudaMalloc. write() is a plain copy kernel of rotated keys; write_rotary()
+// runs kernels/cuda's rope_kv (RoPE on q in place, rotated k and v into the
+// pools, one kernel) on q, k and v views of any row strides; attend() plans
+// and runs kernels/cuda's paged_attention, taking its split-K workspace
+// (workspace_bytes()) from the caller's ExecContext. In a step with both
+// decode and prefill tokens the prefill kernels run on a second stream
+// beside decode (setting concurrent_prefill); that stream and its fork/join
+// events belong to the cache and are made with it, so the operations only
+// enqueue. quant_policy is 0 (no quantization).
 #include <hostrun/sdk.hpp>
 
 #include <cuda_runtime_api.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <limits>
@@ -36,44 +38,58 @@ using hostrun::PagedKvBatch;
 using hostrun::Status;
 using hostrun::TensorView;
 
-DType parse_dtype_setting(const std::string& name) {
-  if (name == "bf16") return DType::bf16;
-  if (name == "f16") return DType::f16;
-  throw hostrun::Error(ErrorCode::invalid_argument,
-                       fmt::format("kv_cuda: setting 'dtype': expected \"bf16\" or \"f16\", found \"{}\"", name));
-}
+constexpr uint32_t kActivationDtypes = hostrun::dtype_bit(DType::bf16) | hostrun::dtype_bit(DType::f16);
 
 hostrun::cuda::DType kernel_dtype(DType dtype) {
   return dtype == DType::f16 ? hostrun::cuda::DType::f16 : hostrun::cuda::DType::bf16;
 }
 
+size_t element_bytes(DType dtype) { return hostrun::dtype_bits(dtype) / 8; }
+
 size_t pool_bytes_per_block(const KvShape& shape) {
   if (shape.block_tokens <= 0 || shape.kv_heads <= 0 || shape.head_dim <= 0) return 0;
-  return size_t(shape.block_tokens) * size_t(shape.kv_heads) * size_t(shape.head_dim) * 2;
+  return size_t(shape.block_tokens) * size_t(shape.kv_heads) * size_t(shape.head_dim) *
+         element_bytes(shape.activation_dtype);
 }
 
-Status cuda_status(const char* what, cudaError_t error) {
+Status cuda_status(const std::string& what, cudaError_t error) {
   return Status(error == cudaErrorMemoryAllocation ? ErrorCode::out_of_memory : ErrorCode::internal,
                 fmt::format("kv_cuda: {}: {} ({})", what, cudaGetErrorString(error), cudaGetErrorName(error)));
 }
 
-Status probe() noexcept {
+Status probe(const hostrun::Device& device) noexcept {
+  if (device.kind != hostrun::DeviceKind::cuda)
+    return Status(ErrorCode::unsupported, fmt::format("kv_cuda keeps its cache in GPU memory; {} was asked for",
+                                                      hostrun::device_kind_name(device.kind)));
   int count = 0;
-  const cudaError_t error = cudaGetDeviceCount(&count);
-  if (error != cudaSuccess)
+  if (const cudaError_t error = cudaGetDeviceCount(&count); error != cudaSuccess)
     return Status(ErrorCode::unsupported,
                   fmt::format("no CUDA device: cudaGetDeviceCount failed: {}", cudaGetErrorString(error)));
-  if (count == 0) return Status(ErrorCode::unsupported, "no CUDA device: cudaGetDeviceCount found 0 devices");
+  if (device.index < 0 || device.index >= count)
+    return Status(ErrorCode::unsupported,
+                  fmt::format("cuda:{} was asked for but this machine has {} CUDA device(s)", device.index, count));
   return {};
 }
 
+int multiprocessors(int device) {
+  int count = 0;
+  if (cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    cudaGetLastError();
+    throw hostrun::Error(ErrorCode::internal, fmt::format("kv_cuda: cannot read the SM count of cuda:{}", device));
+  }
+  return count;
+}
+
+// The pools of every layer, and the stream and events attend() runs a mixed
+// step's prefill on.
 class CudaKvCache final : public hostrun::KvCache {
  public:
-  CudaKvCache(const KvShape& shape, int32_t num_blocks, DType dtype, int device)
-      : shape_(shape), num_blocks_(num_blocks), dtype_(dtype), device_(device) {
+  CudaKvCache(const KvShape& shape, int32_t num_blocks, int device, bool concurrent_prefill)
+      : shape_(shape), num_blocks_(num_blocks), device_(device) {
     pool_bytes_ = pool_bytes_per_block(shape) * size_t(num_blocks);
     bytes_ = 2 * pool_bytes_ * size_t(shape.layers);
     if (cudaError_t e = cudaSetDevice(device); e != cudaSuccess) throw hostrun::Error(cuda_status("cudaSetDevice", e));
+    num_sms_ = multiprocessors(device);
     void* memory = nullptr;
     if (cudaError_t e = cudaMalloc(&memory, bytes_); e != cudaSuccess) {
       size_t free_bytes = 0, total_bytes = 0;
@@ -85,8 +101,20 @@ class CudaKvCache final : public hostrun::KvCache {
                                        cudaGetErrorString(e)));
     }
     memory_ = static_cast<std::byte*>(memory);
+    if (concurrent_prefill) {
+      // Made here, not on first use: attend() may run under stream capture,
+      // where creating a stream or an event is not allowed.
+      if (cudaError_t e = cudaStreamCreateWithFlags(&side_.stream, cudaStreamNonBlocking); e != cudaSuccess)
+        throw hostrun::Error(cuda_status("creating the prefill stream", e));
+      for (cudaEvent_t* event : {&side_.fork, &side_.join})
+        if (cudaError_t e = cudaEventCreateWithFlags(event, cudaEventDisableTiming); e != cudaSuccess)
+          throw hostrun::Error(cuda_status("creating the prefill stream's events", e));
+    }
   }
   ~CudaKvCache() override {
+    if (side_.stream) cudaStreamDestroy(side_.stream);
+    if (side_.fork) cudaEventDestroy(side_.fork);
+    if (side_.join) cudaEventDestroy(side_.join);
     if (memory_) cudaFree(memory_);
   }
 
@@ -96,48 +124,70 @@ class CudaKvCache final : public hostrun::KvCache {
 
   void* k_pool(int32_t layer) const { return memory_ + size_t(2 * layer) * pool_bytes_; }
   void* v_pool(int32_t layer) const { return memory_ + size_t(2 * layer + 1) * pool_bytes_; }
-  DType dtype() const { return dtype_; }
+  DType dtype() const { return shape_.activation_dtype; }
+  int device() const { return device_; }
+  int num_sms() const { return num_sms_; }
+  int64_t num_slots() const { return int64_t(num_blocks_) * shape_.block_tokens; }
+  // Null without concurrent_prefill.
+  const hostrun::cuda::SideStream* prefill_stream() const { return side_.stream ? &side_ : nullptr; }
 
  private:
   KvShape shape_;
   int32_t num_blocks_;
-  DType dtype_;
   int device_;
+  int num_sms_ = 0;
   size_t pool_bytes_ = 0;
   size_t bytes_ = 0;
   std::byte* memory_ = nullptr;
+  hostrun::cuda::SideStream side_;
 };
 
-// Device tensors of [num_tokens, heads, head_dim] rows with a row stride.
-Status check_rows(const char* what, const TensorView& view, int32_t num_tokens, int64_t heads_times_dim,
-                  DType dtype, int64_t* row_stride) {
-  if (view.device.kind != hostrun::DeviceKind::cuda || view.dtype != dtype || view.data == nullptr)
+// A [num_tokens, heads, head_dim] view of the cache's dtype on its GPU, heads
+// back to back in a row, rows `*row_stride` elements apart.
+Status check_heads(const char* what, const TensorView& view, int32_t num_tokens, int64_t heads, int64_t head_dim,
+                   const CudaKvCache& cache, int64_t* row_stride) {
+  if (view.device.kind != hostrun::DeviceKind::cuda || view.device.index != cache.device() ||
+      view.dtype != cache.dtype() || view.data == nullptr)
     return Status(ErrorCode::invalid_argument,
-                  fmt::format("kv_cuda: {}: expected a {} tensor in GPU memory, found {} on {}", what,
-                              hostrun::dtype_name(dtype), hostrun::dtype_name(view.dtype),
-                              view.device.kind == hostrun::DeviceKind::cuda ? "a GPU" : "the CPU"));
-  if (view.rank != 3 || view.shape[0] != num_tokens || view.shape[1] * view.shape[2] != heads_times_dim ||
-      view.strides[2] != 1 || view.strides[1] != view.shape[2] || view.strides[0] < heads_times_dim)
+                  fmt::format("kv_cuda: {}: expected a {} tensor on cuda:{}, found {} on {}:{}", what,
+                              hostrun::dtype_name(cache.dtype()), cache.device(), hostrun::dtype_name(view.dtype),
+                              hostrun::device_kind_name(view.device.kind), view.device.index));
+  if (view.rank != 3 || view.shape[0] != num_tokens || view.shape[1] != heads || view.shape[2] != head_dim ||
+      view.strides[2] != 1 || view.strides[1] != head_dim || view.strides[0] < heads * head_dim)
     return Status(ErrorCode::invalid_argument,
-                  fmt::format("kv_cuda: {}: expected [{} tokens, heads, head_dim] rows of {} contiguous values", what,
-                              num_tokens, heads_times_dim));
+                  fmt::format("kv_cuda: {}: expected [{} tokens, {} heads, {}] with heads back to back and a row "
+                              "stride of at least {}, found rank {} [{}, {}, {}] strides [{}, {}, {}]",
+                              what, num_tokens, heads, head_dim, heads * head_dim, view.rank, view.shape[0],
+                              view.shape[1], view.shape[2], view.strides[0], view.strides[1], view.strides[2]));
   *row_stride = view.strides[0];
+  return {};
+}
+
+// The query heads a [tokens, q_heads, head_dim] view holds (a multiple of kv_heads).
+Status query_heads(const char* what, const TensorView& queries, const KvShape& shape, int64_t* q_heads) {
+  if (queries.rank != 3 || queries.shape[2] != shape.head_dim || queries.shape[1] <= 0 ||
+      queries.shape[1] % shape.kv_heads != 0)
+    return Status(ErrorCode::invalid_argument,
+                  fmt::format("kv_cuda: {}: queries: expected [tokens, q_heads (a multiple of {}), {}]", what,
+                              shape.kv_heads, shape.head_dim));
+  *q_heads = queries.shape[1];
   return {};
 }
 
 class CudaKvPolicy final : public hostrun::KvCachePolicy {
  public:
   explicit CudaKvPolicy(const hostrun::CreateContext& context)
-      : dtype_(parse_dtype_setting(context.settings->get_string("dtype"))),
-        concurrent_prefill_(context.settings->get_bool("concurrent_prefill")) {}
-  ~CudaKvPolicy() override {
-    if (side_.stream) cudaStreamDestroy(side_.stream);
-    if (side_.fork) cudaEventDestroy(side_.fork);
-    if (side_.join) cudaEventDestroy(side_.join);
-  }
+      : library_(context.library), concurrent_prefill_(context.settings->get_bool("concurrent_prefill")) {}
 
   hostrun::KvFormat format() const noexcept override {
-    return hostrun::KvFormat{dtype_ == DType::f16 ? "f16" : "bf16", 0, 16};
+    hostrun::KvFormat format;
+    format.name = "bf16/f16";  // pages in the activation dtype, whichever of the two it is
+    format.quant_policy = 0;
+    format.value_bits = 16;
+    format.activation_dtypes = kActivationDtypes;
+    format.device = hostrun::DeviceKind::cuda;
+    format.rotary_write = true;
+    return format;
   }
 
   size_t bytes_per_block(const KvShape& shape) const noexcept override {
@@ -145,47 +195,97 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
     return 2 * size_t(shape.layers) * pool_bytes_per_block(shape);
   }
 
-  hostrun::Result<std::unique_ptr<hostrun::KvCache>> allocate(const KvShape& shape, int32_t num_blocks,
-                                                              hostrun::Device device) noexcept override {
-    if (device.kind != hostrun::DeviceKind::cuda)
-      return Status(ErrorCode::unsupported, "kv_cuda: the KV cache lives in GPU memory; the CPU was asked for");
+  hostrun::Result<hostrun::PluginPtr<hostrun::KvCache>> allocate(const KvShape& shape, int32_t num_blocks,
+                                                                 hostrun::Device device) noexcept override {
+    if (Status s = probe(device); !s) return Status(s.code(), "kv_cuda: allocate: " + s.message());
     if (shape.layers <= 0 || shape.kv_heads <= 0 || shape.head_dim <= 0 || shape.block_tokens <= 0 || num_blocks <= 0)
       return Status(ErrorCode::invalid_argument,
                     fmt::format("kv_cuda: expected positive layers, kv_heads, head_dim, block_tokens and block count, "
                                 "found {} layers, {} KV heads, head dim {}, {} tokens per block, {} blocks",
                                 shape.layers, shape.kv_heads, shape.head_dim, shape.block_tokens, num_blocks));
+    if ((kActivationDtypes & hostrun::dtype_bit(shape.activation_dtype)) == 0)
+      return Status(ErrorCode::unsupported,
+                    fmt::format("kv_cuda: pages hold bf16 or f16 keys and values; the model's activation dtype is {}",
+                                hostrun::dtype_name(shape.activation_dtype)));
     if (int64_t(num_blocks) * shape.block_tokens > std::numeric_limits<int32_t>::max())
       return Status(ErrorCode::invalid_argument,
                     fmt::format("kv_cuda: {} blocks x {} tokens overflow the int32 slot numbers", num_blocks,
                                 shape.block_tokens));
-    std::unique_ptr<hostrun::KvCache> cache;
-    Status made = hostrun::guard([&] { cache = std::make_unique<CudaKvCache>(shape, num_blocks, dtype_, device.index); });
+    hostrun::PluginPtr<hostrun::KvCache> cache;
+    Status made = hostrun::guard([&] {
+      cache = hostrun::make_pinned<CudaKvCache>(library_, shape, num_blocks, device.index, concurrent_prefill_);
+    });
     if (!made) return made;
-    if (cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device.index) != cudaSuccess) num_sms_ = 132;
     return cache;
+  }
+
+  // The largest split-K partials and prefill schedule of any step within the
+  // query. The plan caps splits so that sequences x splits stays near a few
+  // CTAs per SM, so the need peaks somewhere between one sequence and many:
+  // sampled at every power of two (and the maximum), x2 for the sizes between.
+  hostrun::Result<size_t> workspace_bytes(const hostrun::KvWorkspaceQuery& query) const noexcept override {
+    if (Status s = probe(query.device); !s) return Status(s.code(), "kv_cuda: workspace_bytes: " + s.message());
+    if (query.max_tokens <= 0 || query.max_sequences <= 0 || query.max_context <= 0 || query.q_heads <= 0)
+      return Status(ErrorCode::invalid_argument,
+                    fmt::format("kv_cuda: workspace_bytes: expected positive max_tokens, max_sequences, max_context "
+                                "and q_heads, found {}, {}, {} and {}",
+                                query.max_tokens, query.max_sequences, query.max_context, query.q_heads));
+    if ((kActivationDtypes & hostrun::dtype_bit(query.shape.activation_dtype)) == 0)
+      return Status(ErrorCode::unsupported,
+                    fmt::format("kv_cuda: workspace_bytes: attention takes bf16 or f16, not {}",
+                                hostrun::dtype_name(query.shape.activation_dtype)));
+    size_t most = 0;
+    Status planned = hostrun::guard([&]() -> Status {
+      hostrun::cuda::AttentionProblem problem;
+      problem.dtype = kernel_dtype(query.shape.activation_dtype);
+      problem.head_dim = query.shape.head_dim;
+      problem.q_heads = query.q_heads;
+      problem.kv_heads = query.shape.kv_heads;
+      problem.max_query_len = 2;  // both kernels: decode partials and the prefill schedule
+      problem.max_context_len = query.max_context;
+      problem.max_tokens = query.max_tokens;
+      problem.num_sms = multiprocessors(query.device.index);
+      for (int32_t sequences = 1;; sequences = std::min<int64_t>(int64_t(sequences) * 2, query.max_sequences)) {
+        problem.num_sequences = sequences;
+        const hostrun::cuda::AttentionPlan plan = hostrun::cuda::plan_paged_attention(problem);
+        if (!plan.valid)
+          return Status(ErrorCode::unsupported, fmt::format("kv_cuda: no attention kernel for {} q heads over {} KV "
+                                                            "heads of {}: {}",
+                                                            query.q_heads, query.shape.kv_heads,
+                                                            query.shape.head_dim, plan.error));
+        most = std::max(most, plan.workspace_bytes);
+        if (sequences == query.max_sequences) break;
+      }
+      return {};
+    });
+    if (!planned) return planned;
+    return 2 * most;
   }
 
   Status write(hostrun::KvCache& cache, int32_t layer, const TensorView& keys, const TensorView& values,
                const PagedKvBatch& batch, const hostrun::ExecContext& exec) noexcept override {
     return hostrun::guard([&]() -> Status {
-      CudaKvCache* ours = nullptr;
+      const CudaKvCache* ours = nullptr;
       if (Status s = check_cache("write", cache, layer, batch, ours); !s) return s;
       const KvShape shape = ours->shape();
-      const int64_t row = int64_t(shape.kv_heads) * shape.head_dim;
       hostrun::kv_cuda::KvWriteArgs args;
-      if (Status s = check_rows("write: keys", keys, batch.num_tokens, row, dtype_, &args.keys_row_stride); !s)
+      if (Status s = check_heads("write: keys", keys, batch.num_tokens, shape.kv_heads, shape.head_dim, *ours,
+                                 &args.keys_row_stride);
+          !s)
         return s;
-      if (Status s = check_rows("write: values", values, batch.num_tokens, row, dtype_, &args.values_row_stride); !s)
+      if (Status s = check_heads("write: values", values, batch.num_tokens, shape.kv_heads, shape.head_dim, *ours,
+                                 &args.values_row_stride);
+          !s)
         return s;
       args.num_tokens = batch.num_tokens;
-      args.row_elements = int(row);
-      args.element_bytes = 2;
+      args.row_elements = shape.kv_heads * shape.head_dim;
+      args.element_bytes = int(element_bytes(ours->dtype()));
       args.keys = keys.data;
       args.values = values.data;
       args.slot_mapping = batch.slot_mapping;
       args.k_pages = ours->k_pool(layer);
       args.v_pages = ours->v_pool(layer);
-      args.num_slots = int64_t(ours->num_blocks()) * shape.block_tokens;
+      args.num_slots = ours->num_slots();
       if (cudaError_t e = hostrun::kv_cuda::write_kv(args, static_cast<cudaStream_t>(exec.stream)); e != cudaSuccess)
         return cuda_status("write", e);
       return {};
@@ -196,49 +296,44 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
                       const TensorView& values, const float* inv_freq, const PagedKvBatch& batch,
                       const hostrun::ExecContext& exec) noexcept override {
     return hostrun::guard([&]() -> Status {
-      CudaKvCache* ours = nullptr;
+      const CudaKvCache* ours = nullptr;
       if (Status s = check_cache("write_rotary", cache, layer, batch, ours); !s) return s;
       if (batch.num_tokens == 0) return {};
       const KvShape shape = ours->shape();
-      const int64_t row = int64_t(shape.kv_heads) * shape.head_dim;
-      int64_t q_stride = 0, k_stride = 0, v_stride = 0;
-      if (queries.rank != 3 || queries.shape[2] != shape.head_dim || queries.shape[1] % shape.kv_heads != 0)
-        return Status(ErrorCode::invalid_argument,
-                      fmt::format("kv_cuda: write_rotary: queries: expected [tokens, q_heads (a multiple of {}), {}]",
-                                  shape.kv_heads, shape.head_dim));
-      const int64_t q_heads = queries.shape[1];
-      if (Status s = check_rows("write_rotary: queries", queries, batch.num_tokens, q_heads * shape.head_dim, dtype_, &q_stride); !s)
-        return s;
-      if (Status s = check_rows("write_rotary: keys", keys, batch.num_tokens, row, dtype_, &k_stride); !s) return s;
-      if (Status s = check_rows("write_rotary: values", values, batch.num_tokens, row, dtype_, &v_stride); !s) return s;
-      if (inv_freq == nullptr || batch.positions == nullptr)
-        return Status(ErrorCode::invalid_argument, "kv_cuda: write_rotary: no inv_freq table or positions");
-      // rope_kv reads one fused row: [q heads | k heads | v heads].
-      const auto* q = static_cast<const std::byte*>(queries.data);
-      const size_t element = 2;
-      const bool fused_row = q_stride == k_stride && k_stride == v_stride &&
-                             static_cast<const std::byte*>(keys.data) == q + size_t(q_heads * shape.head_dim) * element &&
-                             static_cast<const std::byte*>(values.data) == q + size_t(q_heads * shape.head_dim + row) * element &&
-                             shape.head_dim % 16 == 0;
-      if (!fused_row)
-        return Status(ErrorCode::unsupported, "kv_cuda: write_rotary takes q, k and v as one fused row only");
+      int64_t q_heads = 0;
+      if (Status s = query_heads("write_rotary", queries, shape, &q_heads); !s) return s;
       hostrun::cuda::RopeKvArgs args;
-      args.dtype = kernel_dtype(dtype_);
+      if (Status s = check_heads("write_rotary: queries", queries, batch.num_tokens, q_heads, shape.head_dim, *ours,
+                                 &args.q_row_stride);
+          !s)
+        return s;
+      if (Status s = check_heads("write_rotary: keys", keys, batch.num_tokens, shape.kv_heads, shape.head_dim, *ours,
+                                 &args.k_row_stride);
+          !s)
+        return s;
+      if (Status s = check_heads("write_rotary: values", values, batch.num_tokens, shape.kv_heads, shape.head_dim,
+                                 *ours, &args.v_row_stride);
+          !s)
+        return s;
+      if (inv_freq == nullptr || batch.positions == nullptr)
+        return Status(ErrorCode::invalid_argument,
+                      "kv_cuda: write_rotary: expected an inv_freq table and the batch's positions, found null");
+      args.dtype = kernel_dtype(ours->dtype());
       args.num_tokens = batch.num_tokens;
       args.q_heads = int(q_heads);
       args.kv_heads = shape.kv_heads;
       args.head_dim = shape.head_dim;
-      args.qkv = queries.data;
-      args.qkv_row_stride = q_stride;
-      args.q_out = queries.data;  // rotated in place
-      args.q_out_row_stride = q_stride;
+      args.q = queries.data;
+      args.k = keys.data;
+      args.v = values.data;
       args.positions = batch.positions;
       args.inv_freq = inv_freq;
       args.slot_mapping = batch.slot_mapping;
       args.k_pages = ours->k_pool(layer);
       args.v_pages = ours->v_pool(layer);
-      args.num_slots = int64_t(ours->num_blocks()) * shape.block_tokens;
-      if (cudaError_t e = hostrun::cuda::rope_and_write_kv(args, static_cast<cudaStream_t>(exec.stream)); e != cudaSuccess)
+      args.num_slots = ours->num_slots();
+      if (cudaError_t e = hostrun::cuda::rope_and_write_kv(args, static_cast<cudaStream_t>(exec.stream));
+          e != cudaSuccess)
         return cuda_status("write_rotary", e);
       return {};
     });
@@ -247,25 +342,24 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
   Status attend(const hostrun::KvCache& cache, int32_t layer, const TensorView& queries, const PagedKvBatch& batch,
                 float softmax_scale, const TensorView& out, const hostrun::ExecContext& exec) noexcept override {
     return hostrun::guard([&]() -> Status {
-      CudaKvCache* ours = nullptr;
-      if (Status s = check_cache("attend", const_cast<hostrun::KvCache&>(cache), layer, batch, ours); !s) return s;
+      const CudaKvCache* ours = nullptr;
+      if (Status s = check_cache("attend", cache, layer, batch, ours); !s) return s;
       if (batch.num_tokens == 0) return {};
       const KvShape shape = ours->shape();
-      if (queries.rank != 3 || queries.shape[2] != shape.head_dim || queries.shape[1] % shape.kv_heads != 0)
-        return Status(ErrorCode::invalid_argument,
-                      fmt::format("kv_cuda: attend: queries: expected [tokens, q_heads (a multiple of {}), {}]",
-                                  shape.kv_heads, shape.head_dim));
-      const int64_t q_heads = queries.shape[1];
+      int64_t q_heads = 0;
+      if (Status s = query_heads("attend", queries, shape, &q_heads); !s) return s;
       int64_t q_stride = 0, out_stride = 0;
-      if (Status s = check_rows("attend: queries", queries, batch.num_tokens, q_heads * shape.head_dim, dtype_, &q_stride); !s)
+      if (Status s = check_heads("attend: queries", queries, batch.num_tokens, q_heads, shape.head_dim, *ours, &q_stride);
+          !s)
         return s;
-      if (Status s = check_rows("attend: out", out, batch.num_tokens, q_heads * shape.head_dim, dtype_, &out_stride); !s)
+      if (Status s = check_heads("attend: out", out, batch.num_tokens, q_heads, shape.head_dim, *ours, &out_stride); !s)
         return s;
       if (!std::isfinite(softmax_scale))
-        return Status(ErrorCode::invalid_argument, fmt::format("kv_cuda: attend: softmax scale {} is not finite", softmax_scale));
+        return Status(ErrorCode::invalid_argument,
+                      fmt::format("kv_cuda: attend: softmax scale {} is not finite", softmax_scale));
 
       hostrun::cuda::AttentionProblem problem;
-      problem.dtype = kernel_dtype(dtype_);
+      problem.dtype = kernel_dtype(ours->dtype());
       problem.head_dim = shape.head_dim;
       problem.q_heads = int(q_heads);
       problem.kv_heads = shape.kv_heads;
@@ -273,13 +367,9 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
       problem.max_query_len = std::max(1, batch.max_query_len);
       problem.max_context_len = batch.max_context_len;
       problem.max_tokens = batch.num_tokens;
-      problem.num_sms = num_sms_;
+      problem.num_sms = ours->num_sms();
       // Every layer of a step has the same problem: plan once per step.
-      if (!plan_ || plan_->problem.num_sequences != problem.num_sequences || plan_->problem.q_heads != problem.q_heads ||
-          plan_->problem.max_query_len != problem.max_query_len ||
-          plan_->problem.max_context_len != problem.max_context_len || plan_->problem.max_tokens != problem.max_tokens ||
-          plan_->problem.head_dim != problem.head_dim ||
-          plan_->problem.kv_heads != problem.kv_heads)
+      if (!plan_ || !same_problem(plan_->problem, problem))
         plan_ = std::make_unique<hostrun::cuda::AttentionPlan>(hostrun::cuda::plan_paged_attention(problem));
       const auto& plan = *plan_;
       if (!plan.valid)
@@ -287,12 +377,13 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
       const size_t workspace_bytes = exec.workspace.data ? exec.workspace.nbytes() : 0;
       if (plan.workspace_bytes > workspace_bytes)
         return Status(ErrorCode::invalid_argument,
-                      fmt::format("kv_cuda: attend: the attention plan needs {} bytes of workspace, the caller gave {} ({})",
+                      fmt::format("kv_cuda: attend: the attention plan needs {} bytes of workspace, the caller gave {} "
+                                  "({}); size it with workspace_bytes()",
                                   plan.workspace_bytes, workspace_bytes, plan.describe()));
       hostrun::cuda::PagedKvPools pools;
       pools.k_pages = ours->k_pool(layer);
       pools.v_pages = ours->v_pool(layer);
-      pools.dtype = kernel_dtype(dtype_);
+      pools.dtype = kernel_dtype(ours->dtype());
       pools.num_blocks = ours->num_blocks();
       pools.block_tokens = shape.block_tokens;
       pools.kv_heads = shape.kv_heads;
@@ -303,40 +394,36 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
       step.context_lens = batch.context_lens;
       step.block_tables = batch.block_tables;
       step.max_blocks_per_sequence = batch.max_blocks_per_sequence;
-      // Made on first use, on the device this policy's caches live on (what
-      // a failed creation left missing is tried again next time).
-      if (concurrent_prefill_ && plan.run_decode && plan.run_prefill) {
-        if (!side_.stream)
-          if (cudaError_t made = cudaStreamCreateWithFlags(&side_.stream, cudaStreamNonBlocking); made != cudaSuccess)
-            return cuda_status("creating the prefill stream", made);
-        for (cudaEvent_t* event : {&side_.fork, &side_.join})
-          if (!*event)
-            if (cudaError_t made = cudaEventCreateWithFlags(event, cudaEventDisableTiming); made != cudaSuccess)
-              return cuda_status("creating an event", made);
-      }
-      const bool side_ready = side_.stream && side_.fork && side_.join;
       const cudaError_t e = hostrun::cuda::paged_attention(plan, pools, step, queries.data, q_stride, softmax_scale,
                                                            out.data, out_stride, exec.workspace.data, workspace_bytes,
                                                            static_cast<cudaStream_t>(exec.stream),
-                                                           concurrent_prefill_ && side_ready ? &side_ : nullptr);
-      if (e != cudaSuccess) return cuda_status(fmt::format("attend ({})", plan.describe()).c_str(), e);
+                                                           ours->prefill_stream());
+      if (e != cudaSuccess) return cuda_status(fmt::format("attend ({})", plan.describe()), e);
       return {};
     });
   }
 
  private:
-  Status check_cache(const char* op, hostrun::KvCache& cache, int32_t layer, const PagedKvBatch& batch,
-                     CudaKvCache*& ours) const {
-    // Both classes live in this library, so dynamic_cast sees the same type information (as kv_cpu does).
-    ours = dynamic_cast<CudaKvCache*>(&cache);
+  static bool same_problem(const hostrun::cuda::AttentionProblem& a, const hostrun::cuda::AttentionProblem& b) {
+    return a.dtype == b.dtype && a.head_dim == b.head_dim && a.q_heads == b.q_heads && a.kv_heads == b.kv_heads &&
+           a.num_sequences == b.num_sequences && a.max_query_len == b.max_query_len &&
+           a.max_context_len == b.max_context_len && a.max_tokens == b.max_tokens && a.num_sms == b.num_sms &&
+           a.force_splits == b.force_splits;
+  }
+
+  Status check_cache(const char* op, const hostrun::KvCache& cache, int32_t layer, const PagedKvBatch& batch,
+                     const CudaKvCache*& ours) const {
+    // Both classes live in this library, so dynamic_cast sees the same type information.
+    ours = dynamic_cast<const CudaKvCache*>(&cache);
     if (ours == nullptr)
       return Status(ErrorCode::invalid_argument, fmt::format("kv_cuda: {}: the KV cache was not made by kv_cuda", op));
     if (layer < 0 || layer >= ours->shape().layers)
       return Status(ErrorCode::invalid_argument,
                     fmt::format("kv_cuda: {}: layer {} is outside 0..{}", op, layer, ours->shape().layers - 1));
-    if (batch.device.kind != hostrun::DeviceKind::cuda)
+    if (batch.device.kind != hostrun::DeviceKind::cuda || batch.device.index != ours->device())
       return Status(ErrorCode::invalid_argument,
-                    fmt::format("kv_cuda: {}: the step's index arrays must be in GPU memory", op));
+                    fmt::format("kv_cuda: {}: the step's index arrays must be on cuda:{} with the cache, found {}:{}",
+                                op, ours->device(), hostrun::device_kind_name(batch.device.kind), batch.device.index));
     if (batch.num_sequences < 0 || batch.num_tokens < 0 || batch.max_blocks_per_sequence < 0)
       return Status(ErrorCode::invalid_argument, fmt::format("kv_cuda: {}: negative sizes in the step", op));
     if (batch.num_tokens > 0 && (batch.slot_mapping == nullptr || batch.query_start == nullptr ||
@@ -346,16 +433,12 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
     return {};
   }
 
-  DType dtype_;
+  hostrun::LibraryPin library_;  // carried by every cache handed out
   bool concurrent_prefill_ = true;
-  hostrun::cuda::SideStream side_;  // prefill's stream and the fork/join events
-  int num_sms_ = 132;
   std::unique_ptr<hostrun::cuda::AttentionPlan> plan_;  // the last step's, reused by its other layers
 };
 
 const hostrun::SettingSpec kSettings[] = {
-    {"dtype", hostrun::SettingType::string,
-     "Storage format of K/V pages: \"bf16\" or \"f16\" (must be the model's activation dtype)", false, "\"bf16\""},
     {"concurrent_prefill", hostrun::SettingType::boolean,
      "In a step with decode and prefill tokens, run the prefill attention on a second stream beside decode", false,
      "true"},
@@ -364,5 +447,7 @@ const hostrun::RoleEntry kRoles[] = {hostrun::role_entry<hostrun::KvCachePolicy,
 
 }  // namespace
 
-HOSTRUN_PLUGIN("kv_cuda", "0.1.0", "Paged KV cache in GPU memory (bf16 or f16 pages) with kernels/cuda attention",
+HOSTRUN_PLUGIN("kv_cuda", "0.2.0",
+               "Paged KV cache in GPU memory (pages in the model's bf16/f16 activation dtype) with kernels/cuda "
+               "attention",
                kRoles)

@@ -5,7 +5,8 @@ namespace hostrun::kv_cuda {
 namespace {
 
 // One block per token; 16-byte copies when every row start is 16-byte
-// aligned (always for head_dim 64/128 bf16 in a fused QKV row), else 2-byte.
+// aligned (always for head_dim 64/128 bf16 in a fused QKV row), else 2-byte
+// words (any even element size).
 template <typename Word>
 __global__ void write_kv_kernel(KvWriteArgs args) {
   const int t = blockIdx.x;
@@ -31,6 +32,7 @@ bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 
 
 cudaError_t write_kv(const KvWriteArgs& args, cudaStream_t stream) {
   if (args.num_tokens <= 0) return cudaSuccess;
+  if (args.element_bytes <= 0 || args.element_bytes % 2 != 0) return cudaErrorInvalidValue;
   const std::int64_t row_bytes = std::int64_t(args.row_elements) * args.element_bytes;
   const bool wide = row_bytes % 16 == 0 && aligned16(args.keys) && aligned16(args.values) &&
                     aligned16(args.k_pages) && aligned16(args.v_pages) &&

@@ -4,7 +4,8 @@
 //   v_pages[slot_mapping[t], g, :] = values[t, g, :]
 //
 // keys/values are rows of kv_heads * head_dim contiguous elements with a row
-// stride (they are usually views into the model's fused QKV buffer). A slot
+// stride (often views into the model's fused QKV buffer); elements are
+// element_bytes wide, an even number (the pages hold the activation dtype). A slot
 // < 0 is padding and skipped; a slot >= num_slots is skipped too (the model
 // checks every slot on the host before the step, so that never happens).
 #pragma once
@@ -18,7 +19,7 @@ namespace hostrun::kv_cuda {
 struct KvWriteArgs {
   int num_tokens = 0;
   int row_elements = 0;  // kv_heads * head_dim
-  int element_bytes = 2;
+  int element_bytes = 0;
   const void* keys = nullptr;
   const void* values = nullptr;
   std::int64_t keys_row_stride = 0;    // elements

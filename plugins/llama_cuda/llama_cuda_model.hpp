@@ -1,19 +1,31 @@
-// The Llama model on CUDA: bf16/f16 weights on the GPU, cuBLAS GEMMs, the rest
-// from kernels/cuda, K/V through the KvCachePolicy given at load (kv_cuda).
+// The Llama model on CUDA: weights on the GPU, linear layers through
+// hostrun::LinearLayer (the quantizer's, or dense_linear.hpp's cuBLAS and
+// small_gemm), the rest from kernels/cuda, K/V through the KvCachePolicy
+// given at load (kv_cuda).
 //
 // Same StepInput semantics as llama_cpu (its README is the contract): the
-// whole step is checked on the host before anything runs; q/k/v_proj are one
-// fused [q + 2 kv, hidden] matrix and gate/up one [2 intermediate, hidden]
-// matrix; the final norm and LM head run only on sampling positions; sampling
-// (penalties, temperature, top-k/p, min-p, Philox) runs on the GPU; logits go
-// to the host only for logprobs and return_logits.
+// whole step is checked on the host before anything runs
+// (hostrun::check_step_input); q/k/v_proj are one fused [q + 2 kv, hidden]
+// product and gate/up one [2 intermediate, hidden] product; the final norm
+// and LM head run only on sampling positions; sampling (penalties,
+// temperature, top-k/p, min-p, Philox) runs on the GPU; logits go to the
+// host only for logprobs and return_logits.
 //
-// Memory: weights and a workspace sized at load for `max_tokens_per_step`
-// tokens and `max_batch` sampled rows; a step with more tokens is run as
-// several passes (whole sequences, or chunks of one long prefill), more rows
-// as several LM-head chunks, so no step fails for its size. Only the index
-// arena (block tables, penalty histories) grows, and only when a step needs
-// more than any before it.
+// A step, file by file:
+//   llama_cuda_step.cpp  submit / collect, and the step cut into passes
+//   step_layout.cpp      a pass's index arrays: StepInput -> hostrun::PagedLayout
+//                        and sampling rows -> pinned -> device arena (Pass)
+//   step_layers.cpp      embedding, then per layer: norm, QKV, RoPE + KV write,
+//                        attention, o_proj, MLP
+//   step_head.cpp        final norm, LM head, sampling, logprobs/logits read-back
+//   step_graphs.cpp      CUDA graphs of small decode passes
+//
+// Memory: weights and a workspace (step_workspace.hpp) sized at load for
+// `max_tokens_per_step` tokens and `max_batch` sampled rows; a step with more
+// tokens is run as several passes (whole sequences, or chunks of one long
+// prefill), more rows as several LM-head chunks, so no step fails for its
+// size. Only the index arena (block tables, penalty histories) grows, and
+// only when a step needs more than any before it.
 //
 // Overlapped steps (Model::submit_step / collect_step): a step is enqueued
 // whole (all passes, no synchronize) and collected by an event, so the
@@ -25,7 +37,6 @@
 // a kernel puts them in its token ids before the embedding lookup.
 #pragma once
 
-#include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 #include <hostrun/sdk.hpp>
 
@@ -34,83 +45,60 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <utility>
 #include <vector>
 
-#include "checkpoint/llama_config.hpp"
 #include "cuda/sampling.hpp"
+#include "dense_linear.hpp"
+#include "device_memory.hpp"
+#include "llama_common/llama_config.hpp"
 #include "step_profile.hpp"
+#include "step_workspace.hpp"
 
 namespace hostrun::llama_cuda {
 
-// cudaMalloc'd memory, freed on destruction.
-class DeviceBuffer {
- public:
-  DeviceBuffer() = default;
-  ~DeviceBuffer() { reset(); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  void allocate(size_t bytes, const char* what);  // throws Error naming `what` and the free memory
-  void reset();
-  void swap(DeviceBuffer& other) noexcept {
-    std::swap(data_, other.data_);
-    std::swap(bytes_, other.bytes_);
-  }
-  std::byte* data() const { return data_; }
-  size_t bytes() const { return bytes_; }
-
- private:
-  std::byte* data_ = nullptr;
-  size_t bytes_ = 0;
-};
-
-// cudaMallocHost'd memory (staging for uploads and read-backs).
-class PinnedBuffer {
- public:
-  PinnedBuffer() = default;
-  ~PinnedBuffer() { reset(); }
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-  void allocate(size_t bytes, const char* what);
-  void reset();
-  std::byte* data() const { return data_; }
-  size_t bytes() const { return bytes_; }
-
- private:
-  std::byte* data_ = nullptr;
-  size_t bytes_ = 0;
-};
-
+// One layer's weights: the norms dense on the GPU, the products as linear layers.
 struct LayerWeights {
   const void* input_norm = nullptr;  // [hidden]
-  const void* qkv = nullptr;         // [q_size + 2 kv_size, hidden]
-  const void* o_proj = nullptr;      // [hidden, q_size]
+  PluginPtr<LinearLayer> qkv;        // [q_size + 2 kv_size, hidden]: q, k, v fused in that order
+  PluginPtr<LinearLayer> o_proj;     // [hidden, q_size]
   const void* post_norm = nullptr;   // [hidden]
-  const void* gate_up = nullptr;     // [2 intermediate, hidden]
-  const void* down_proj = nullptr;   // [hidden, intermediate]
+  PluginPtr<LinearLayer> gate_up;    // [2 intermediate, hidden]: gate, up fused in that order
+  PluginPtr<LinearLayer> down_proj;  // [hidden, intermediate]
 };
 
-// An instantiated CUDA graph, destroyed with its owner.
-class GraphExec {
- public:
-  explicit GraphExec(cudaGraphExec_t exec) : exec_(exec) {}
-  ~GraphExec() {
-    if (exec_) cudaGraphExecDestroy(exec_);
-  }
-  GraphExec(const GraphExec&) = delete;
-  GraphExec& operator=(const GraphExec&) = delete;
-  cudaGraphExec_t get() const { return exec_; }
-
- private:
-  cudaGraphExec_t exec_ = nullptr;
-};
-
-// One forward pass's share of a sequence: tokens [first, first + count) of its query.
-struct Piece {
-  size_t sequence = 0;
-  int32_t first = 0;
-  int32_t count = 0;
-  bool sample = false;
+// One forward pass over pieces of a step, laid out (step_layout.cpp): its
+// index arrays on the device and what its head needs on the host.
+struct Pass {
+  std::span<const StepPiece> pieces;
+  int32_t first_row = 0;        // the step's sampled row of the pass's first
+  int32_t num_tokens = 0;
+  int32_t num_rows = 0;         // sampled rows
+  bool decode = false;          // every piece is one token
+  bool graphed = false;         // laid out in graph_arena_, at a CUDA graph's fixed addresses
+  bool has_previous = false;    // a token is the previous step's sample (overlapped steps)
+  bool has_embeddings = false;  // a piece has embedding spans
+  // Whether any sampling sequence of the whole step asks for logprobs /
+  // logits (then every sampled row gets an entry, as llama_cpu does).
+  bool any_logprobs = false;
+  bool any_logits = false;
+  PagedKvBatch batch;  // on the device
+  // On the device: token ids and, per token, which previous sample it is (or
+  // -1), [token_slots] each; the pass's token each sampled row reads and its
+  // sampling parameters, [num_rows] each; penalties' ids (null when none);
+  // suppressed (row within its LM-head chunk, id) pairs.
+  int32_t token_slots = 0;
+  int32_t* token_ids = nullptr;
+  const int32_t* previous_index = nullptr;
+  const int32_t* row_tokens = nullptr;
+  const cuda::SamplingRow* sampling = nullptr;
+  const int32_t* history_ids = nullptr;
+  const int32_t* suppressed = nullptr;
+  // On the host: LM-head chunk c's suppressed pairs are [suppressed_begin[c],
+  // suppressed_begin[c + 1]); the StepSequence of each sampled row.
+  std::vector<int32_t> suppressed_begin;
+  std::vector<int32_t> row_sequence;
 };
 
 class LlamaCudaModel final : public Model {
@@ -127,31 +115,59 @@ class LlamaCudaModel final : public Model {
   bool overlaps_steps() const noexcept override { return !profile_.enabled(); }
   Status submit_step(const StepInput& input) noexcept override;
   Status collect_step(StepOutput& output) noexcept override;
+  Result<PluginPtr<DeviceTensor>> allocate_embeddings(int64_t rows) noexcept override;
+  ExecContext embedding_exec() const noexcept override;
 
  private:
+  struct LayerViews;  // step_layers.cpp
+
+  // llama_cuda_load.cpp
   void load_checked(const LoadContext& context);
-  void upload_weights(const WeightSource& weights);
+  void load_weights(const WeightSource& weights, Quantizer* quantizer);
   void allocate_workspace();
-  void check_step(const StepInput& input) const;
+  void upload_rope_table();
+  void allocate_kv_cache_checked(int32_t num_blocks, int32_t block_tokens);
+
+  // llama_cuda_step.cpp
   void submit_checked(const StepInput& input);
   void collect_checked(StepOutput& output);
+  void ensure_sample_capacity(int32_t rows);
   // One pass; its sampled rows are the step's rows [first_row, ...). With
   // `read_now` (logprobs / logits asked for) every LM-head chunk is
   // synchronized and reported into `output` at once.
-  void forward(const StepInput& input, const std::vector<Piece>& pieces, int32_t first_row, bool read_now,
-               StepOutput& output);
-  void ensure_sample_capacity(int32_t rows);
-  void clear_graphs();
-  // Records `enqueue`'s launches on stream_ as a graph; nullptr (logged, graphs
-  // turned off) when capture fails.
+  void run_pass(const StepInput& input, std::span<const StepPiece> pieces, int32_t first_row, bool read_now,
+                StepOutput& output);
+  void end_profiled_pass(int32_t tokens);
+
+  // step_layout.cpp
+  Pass lay_out_pass(const StepInput& input, std::span<const StepPiece> pieces, int32_t first_row);
+  size_t graph_arena_bytes() const;
+
+  // step_layers.cpp
+  void enqueue_layers(const StepInput& input, const Pass& pass);
+  void enqueue_embeddings(const StepInput& input, const Pass& pass);
+  void enqueue_attention(int32_t layer, const Pass& pass, const LayerViews& views);
+  void enqueue_mlp(int32_t layer, const Pass& pass, const LayerViews& views);
+
+  // step_head.cpp
+  void run_head(const StepInput& input, const Pass& pass, bool read_now, StepOutput& output);
+  void enqueue_head(const Pass& pass, int32_t chunk_start, int32_t chunk_rows, int32_t chunk, bool read_now);
+  void read_back_ids(const Pass& pass, int32_t row, int32_t rows);
+  void report_rows(const StepInput& input, const Pass& pass, int32_t chunk_start, int32_t chunk_rows,
+                   StepOutput& output);
+
+  // step_graphs.cpp
+  // Replays the pass's graph, capturing it first if new; false when capture
+  // failed (logged; graphs are off from then on).
+  bool replay_graph(const StepInput& input, const Pass& pass);
   std::unique_ptr<GraphExec> capture_graph(const std::function<void()>& enqueue);
-  void gemm(const void* x, const void* weight, int m, int n, int k, void* y, bool f32_out = false);
+  void clear_graphs();
 
   Logger log_;
+  LibraryPin library_;  // carried by the embedding rows handed out
   int64_t max_tokens_per_step_ = 8192;
   int64_t max_batch_ = 256;
-  int64_t small_gemm_max_rows_ = 1;  // GEMMs of at most this many rows use cuda::small_gemm
-  bool rotary_write_ = true;         // the KV policy's write_rotary, until it answers unsupported
+  int64_t small_gemm_max_rows_ = 1;  // products of at most this many rows use cuda::small_gemm
   bool loaded_ = false;
   llama::LlamaConfig config_;
   std::vector<TokenId> eos_ids_;
@@ -160,47 +176,31 @@ class LlamaCudaModel final : public Model {
   DType dtype_ = DType::bf16;
   float softmax_scale_ = 1.0f;
   KvCachePolicy* kv_policy_ = nullptr;
-  std::unique_ptr<KvCache> kv_cache_;
+  KvFormat kv_format_;
+  PluginPtr<KvCache> kv_cache_;
+  DeviceBuffer attention_workspace_;  // KvCachePolicy::workspace_bytes for the cache's shape
   int32_t block_tokens_ = 0;
 
   cudaStream_t stream_ = nullptr;
-  cublasHandle_t cublas_ = nullptr;
-  DeviceBuffer weight_memory_;
-  size_t weight_bytes_ = 0;
+  std::unique_ptr<DenseGemm> gemm_;  // the dense layers' and the LM head's
+  DeviceBuffer weight_memory_;       // embeddings, norms, LM head, and the dense layers' weights
+  size_t weight_bytes_ = 0;          // weight_memory_ and the quantizer's layers
   const void* embed_tokens_ = nullptr;
   const void* final_norm_ = nullptr;
   const void* lm_head_ = nullptr;  // embed_tokens_ when tied
   std::vector<LayerWeights> layers_;
 
-  // Activations for max_tokens_per_step tokens, rows for max_batch sampled rows.
-  DeviceBuffer workspace_;
-  void* residual_ = nullptr;
-  void* normed_ = nullptr;
-  void* delta_ = nullptr;
-  void* qkv_ = nullptr;
-  void* attended_ = nullptr;
-  void* gate_up_ = nullptr;
-  void* activated_ = nullptr;
-  void* last_residual_ = nullptr;
-  void* last_delta_ = nullptr;
-  void* last_normed_ = nullptr;
-  float* logits_ = nullptr;
-  void* sampling_workspace_ = nullptr;
-  size_t sampling_workspace_bytes_ = 0;
-  void* attention_workspace_ = nullptr;
-  size_t attention_workspace_bytes_ = 0;
-  float* inv_freq_ = nullptr;
-  int32_t* error_flag_ = nullptr;
+  StepWorkspace workspace_;
 
-  // Per-pass index arrays (ids, positions, paged layout, sampling rows,
-  // histories), packed on the host, placed in the step's pinned arena (after
-  // the passes before it: their uploads may not have run yet) and sent in one
-  // copy to device_arena_ (reused by every pass in stream order).
-  std::vector<std::byte> host_arena_;
+  // Per-pass index arrays: laid out by paged_layout_ (and the sampling rows)
+  // straight into the step's pinned arena (after the passes before it: their
+  // uploads may not have run yet) and sent in one copy to device_arena_
+  // (reused by every pass in stream order).
+  PagedLayout paged_layout_;
   PinnedBuffer pinned_arena_[2];  // by step parity
   size_t pinned_arena_used_ = 0;  // of the current step's arena
   DeviceBuffer device_arena_;
-  PinnedBuffer pinned_logits_;   // [max_batch, vocab] f32, for logprobs / return_logits
+  PinnedBuffer pinned_logits_;  // [max_batch, vocab] f32, for logprobs / return_logits
 
   // Sampled ids of the step submitted last, [sampled_capacity_] each.
   DeviceBuffer sampled_memory_;
@@ -216,9 +216,9 @@ class LlamaCudaModel final : public Model {
   };
   std::deque<QueuedStep> queued_;
   uint64_t submitted_ = 0;
-  int parity_ = 0;                // of the step being submitted
-  int32_t step_rows_ = 0;         // its sampled rows
-  int32_t previous_rows_ = 0;     // sampled rows of the step submitted last (previous_sample's range)
+  int parity_ = 0;                  // of the step being submitted
+  int32_t step_rows_ = 0;           // its sampled rows
+  int32_t previous_rows_ = 0;       // sampled rows of the step submitted last (previous_sample's range)
   PinnedBuffer pinned_results_[2];  // by parity: [rows] sampled ids, then the error flag
   cudaEvent_t step_done_[2] = {nullptr, nullptr};
 
@@ -226,15 +226,15 @@ class LlamaCudaModel final : public Model {
 
   // CUDA graphs for small decode passes (setting `cuda_graphs`): at batch 1
   // a token is ~300 launches, most of a few microseconds, and replaying them
-  // as one graph removes the launch gaps between them (157.5 -> 168.2 tok/s). A pass qualifies when
-  // every sequence decodes one token, there are at most graph_max_sequences
-  // of them, and nothing varies in size between steps (no logprobs/logits
-  // read-back, penalties, suppressed ids or embeddings). Its index arrays go
-  // to graph_arena_ at offsets fixed for graph_max_sequences sequences and
-  // graph_blocks_ block-table entries each, so one graph per (sequences,
-  // attention plan context) serves every such step; the graph's attention
-  // plan is made for the context rounded up to a power of two (the decode
-  // kernel reads each sequence's real length).
+  // as one graph removes the launch gaps between them (157.5 -> 168.2 tok/s).
+  // A pass qualifies when every sequence decodes one token, there are at most
+  // graph_max_sequences of them, and nothing varies in size between steps (no
+  // logprobs/logits read-back, penalties, suppressed ids or embeddings). Its
+  // index arrays go to graph_arena_ at offsets fixed for graph_max_sequences
+  // sequences and graph_blocks_ block-table entries each, so one graph per
+  // (sequences, attention plan context) serves every such step; the graph's
+  // attention plan is made for the context rounded up to a power of two (the
+  // decode kernel reads each sequence's real length).
   static constexpr int32_t graph_max_sequences = 8;
   bool use_graphs_ = true;
   int32_t graph_blocks_ = 0;

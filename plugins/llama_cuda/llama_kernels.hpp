@@ -3,7 +3,7 @@
 // rope_in_place: HF rotate_half RoPE on the q and k heads of the fused QKV
 //   rows, in place (twin of ref::apply_rope: f32 angle = f32(position) *
 //   inv_freq[i], cos/sin of it in double rounded to f32, unfused f32 rotate).
-//   Only for a KV policy whose write_rotary answers unsupported (kv_cuda's
+//   Only for a KV policy without write_rotary (KvFormat::rotary_write; kv_cuda's
 //   runs kernels/cuda's rope_kv instead): the model rotates first and the
 //   policy's write copies (docs/cuda.md, "RoPE with the KV write").
 // gather_rows: dst[r] = src[rows[r]] (rows of `row_elements` 16-bit values).

@@ -8,13 +8,19 @@
 
 namespace {
 
-hostrun::Status probe() noexcept {
+hostrun::Status probe(const hostrun::Device& device) noexcept {
+  if (device.kind != hostrun::DeviceKind::cuda)
+    return hostrun::Status(hostrun::ErrorCode::unsupported,
+                           fmt::format("llama_cuda runs on a CUDA GPU; {} was asked for (llama_cpu runs there)",
+                                       hostrun::device_kind_name(device.kind)));
   int count = 0;
-  const cudaError_t error = cudaGetDeviceCount(&count);
-  if (error != cudaSuccess)
+  if (const cudaError_t error = cudaGetDeviceCount(&count); error != cudaSuccess)
     return hostrun::Status(hostrun::ErrorCode::unsupported,
                            fmt::format("no CUDA device: cudaGetDeviceCount failed: {}", cudaGetErrorString(error)));
-  if (count == 0) return hostrun::Status(hostrun::ErrorCode::unsupported, "no CUDA device: cudaGetDeviceCount found 0");
+  if (device.index < 0 || device.index >= count)
+    return hostrun::Status(hostrun::ErrorCode::unsupported,
+                           fmt::format("cuda:{} was asked for but this machine has {} CUDA device(s)", device.index,
+                                       count));
   return {};
 }
 
@@ -39,6 +45,7 @@ const hostrun::RoleEntry kRoles[] = {
 
 }  // namespace
 
-HOSTRUN_PLUGIN("llama_cuda", "0.1.0",
-               "Llama (LlamaForCausalLM) on a CUDA GPU: bf16/f16 weights, cuBLAS GEMMs, kernels/cuda for the rest",
+HOSTRUN_PLUGIN("llama_cuda", "0.2.0",
+               "Llama (LlamaForCausalLM) on a CUDA GPU: bf16/f16 activations, linear layers dense (cuBLAS, small_gemm) "
+               "or a quantizer's, kernels/cuda for the rest",
                kRoles)

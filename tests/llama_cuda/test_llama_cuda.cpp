@@ -11,13 +11,16 @@
 //    between its top two logits is under 2e-2 of the logits' scale at that
 //    step (then bf16 rounding may legitimately flip the choice);
 //  - the engine on CUDA: 48 concurrent greedy requests equal each run alone,
-//    and again with a KV budget so tight the engine must preempt.
+//    and again with a KV budget so tight the engine must preempt;
+//  - llama_cuda given a quantizer (dense_test_quantizer.hpp: the test's own
+//    cuBLAS layers, fusing no epilogue) gives the dense model's logits.
 #include <cuda_runtime_api.h>
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <array>
 #include <cmath>
 #include <filesystem>
 #include <future>
@@ -26,9 +29,11 @@
 #include "llama_common/llama_config.hpp"
 #include "llama_common/llama_weights.hpp"
 #include "checkpoint/model_directory.hpp"
+#include "dense_test_quantizer.hpp"
 #include "engine/engine.hpp"
 #include "llama_test_util.hpp"
 #include "plugin_loader.hpp"
+#include "../support/letter_tokenizer.hpp"
 #include "../support/temp_dir.hpp"
 
 using namespace hostrun;
@@ -45,34 +50,43 @@ struct Loaded {
   core::PluginHandle<Model> model;
 };
 
-// On CUDA, `half` picks the activation and KV dtype (bf16 or f16); the CPU runs f32.
-std::unique_ptr<Loaded> load(const fs::path& dir, bool cuda, int32_t num_blocks, DType half = DType::bf16) {
+// How the CUDA model is made; the CPU runs f32 with its defaults.
+struct CudaOptions {
+  DType half = DType::bf16;       // activations and K/V pages: bf16 or f16
+  Quantizer* quantizer = nullptr;  // given to load(): the linear layers come from it
+  int64_t small_gemm_max_rows = -1;  // >= 0: the setting; else the plugin's default
+};
+
+std::unique_ptr<Loaded> load(const fs::path& dir, bool cuda, int32_t num_blocks, const CudaOptions& options = {}) {
   auto loaded = std::make_unique<Loaded>();
   loaded->registry = std::make_unique<core::PluginRegistry>();
-  for (const char* name : {"hostrun_llama_cpu.so", "hostrun_kv_cpu.so", "hostrun_llama_cuda.so", "hostrun_kv_cuda.so"})
-    loaded->registry->load_file(llama_test::test_plugin_dir() / name);
+  const std::array<const char*, 2> plugins = cuda ? std::array<const char*, 2>{"hostrun_llama_cuda.so", "hostrun_kv_cuda.so"}
+                                                 : std::array<const char*, 2>{"hostrun_llama_cpu.so", "hostrun_kv_cpu.so"};
+  for (const char* name : plugins) loaded->registry->load_file(llama_test::test_plugin_dir() / name);
   for (const auto& refused : loaded->registry->refused()) FAIL(refused.file.string() << ": " << refused.reason);
   loaded->weights = std::move(checkpoint::ModelDirectory::open(dir).value());
-  Settings kv;
-  kv.set("dtype", std::string(cuda ? (half == DType::f16 ? "f16" : "bf16") : "f32"));
-  auto policy = loaded->registry->create<KvCachePolicy>(cuda ? "kv_cuda" : "kv_cpu", kv, nullptr);
+  const Device device = cuda ? Device{DeviceKind::cuda, 0} : Device{DeviceKind::cpu, 0};
+  const Settings kv;  // both policies' defaults: kv_cuda's pages take the model's activation dtype
+  auto policy = loaded->registry->create<KvCachePolicy>(cuda ? "kv_cuda" : "kv_cpu", kv, nullptr, "", device);
   REQUIRE_MESSAGE(policy.has_value(), policy.status().message());
   loaded->policy = *policy;
   Settings ms;
   if (cuda) {
     ms.set("max_tokens_per_step", int64_t(64));  // small, so long prefills take several passes
     ms.set("max_batch", int64_t(16));            // and many sampled rows several LM-head chunks
+    if (options.small_gemm_max_rows >= 0) ms.set("small_gemm_max_rows", options.small_gemm_max_rows);
   } else {
     ms.set("threads", int64_t(4));
   }
-  auto model = loaded->registry->create<Model>(cuda ? "llama_cuda" : "llama_cpu", ms, nullptr);
+  auto model = loaded->registry->create<Model>(cuda ? "llama_cuda" : "llama_cpu", ms, nullptr, "", device);
   REQUIRE_MESSAGE(model.has_value(), model.status().message());
   loaded->model = *model;
   LoadContext context;
   context.weights = loaded->weights.get();
-  context.device = cuda ? Device{DeviceKind::cuda, 0} : Device{DeviceKind::cpu, 0};
-  context.activation_dtype = cuda ? half : DType::f32;
+  context.device = device;
+  context.activation_dtype = cuda ? options.half : DType::f32;
   context.kv_policy = loaded->policy.get();
+  context.quantizer = options.quantizer;
   Status s = loaded->model->load(context);
   REQUIRE_MESSAGE(s.is_ok(), s.message());
   if (num_blocks > 0) {
@@ -104,9 +118,12 @@ void write_checkpoint(const fs::path& dir, const llama::LlamaConfig& config, uin
   REQUIRE_MESSAGE(written.is_ok(), written.message());
 }
 
-// Runs prompt then `steps` greedy decode steps on one sequence, returning each step's logits.
+// Runs prompt then `steps` greedy decode steps on one sequence, returning
+// each step's logits (none without `with_logits`: then decode steps of one
+// sequence run as CUDA graphs).
 std::vector<std::vector<float>> run_sequence(Model& model, const std::vector<TokenId>& prompt, int steps,
-                                             std::vector<TokenId>& generated, const std::string& label) {
+                                             std::vector<TokenId>& generated, const std::string& label,
+                                             bool with_logits = true) {
   SamplingParams sp;
   sp.temperature = 0;
   std::vector<int32_t> table(128);
@@ -126,7 +143,7 @@ std::vector<std::vector<float>> run_sequence(Model& model, const std::vector<Tok
     seq.sampling = &sp;
     seq.history = history;
     seq.generated = std::span<const TokenId>(history).subspan(prompt.size());
-    seq.return_logits = true;
+    seq.return_logits = with_logits;
     StepInput input{ids, positions, std::span<const StepSequence>(&seq, 1)};
     StepOutput out;
     Status st = model.step(input, out);
@@ -135,7 +152,7 @@ std::vector<std::vector<float>> run_sequence(Model& model, const std::vector<Tok
     std::fflush(stderr);
     REQUIRE_MESSAGE(st.is_ok(), st.message());
     REQUIRE(out.sampled.size() == 1);
-    logits.push_back(out.logits.at(0));
+    if (with_logits) logits.push_back(out.logits.at(0));
     cached += int32_t(ids.size());
     ids = {out.sampled[0]};
     history.push_back(out.sampled[0]);
@@ -177,7 +194,7 @@ TEST_CASE("llama_cuda logits and greedy tokens follow llama_cpu on several shape
       cpu = run_sequence(*m->model, prompt, steps, cpu_tokens, std::string(c.name) + " cpu");
     }
     {
-      auto m = load(dir.path(), true, 128, c.half);
+      auto m = load(dir.path(), true, 128, CudaOptions{c.half});
       gpu = run_sequence(*m->model, prompt, steps, gpu_tokens, std::string(c.name) + " cuda");
     }
     double worst = 0;
@@ -210,37 +227,63 @@ TEST_CASE("llama_cuda logits and greedy tokens follow llama_cpu on several shape
 
 namespace {
 
-class IdTokenizer final : public Tokenizer {
- public:
-  explicit IdTokenizer(int32_t vocab) : vocab_(vocab) {}
-  Status encode(std::string_view text, const EncodeOptions&, std::vector<TokenId>& ids) const noexcept override {
-    for (char c : text) ids.push_back(TokenId(uint8_t(c)));
-    return {};
+double relative_error(const std::vector<float>& got, const std::vector<float>& want) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double d = double(got[i]) - want[i];
+    num += d * d;
+    den += double(want[i]) * want[i];
   }
-  Status decode(std::span<const TokenId> ids, const DecodeOptions&, std::string& text) const noexcept override {
-    for (TokenId id : ids) text += char('a' + id % 26);
-    return {};
-  }
-  class Stream final : public IncrementalDecoder {
-   public:
-    Status push(TokenId id, std::string& piece) noexcept override {
-      piece += char('a' + id % 26);
-      return {};
-    }
-    Status finish(std::string&) noexcept override { return {}; }
-  };
-  std::unique_ptr<IncrementalDecoder> incremental_decoder(const DecodeOptions&) const noexcept override {
-    return std::make_unique<Stream>();
-  }
-  int32_t vocab_size() const noexcept override { return vocab_; }
-  std::optional<TokenId> token_to_id(std::string_view) const noexcept override { return std::nullopt; }
-  std::string id_to_token(TokenId id) const noexcept override { return std::string(1, char('a' + id % 26)); }
-  bool is_special(TokenId) const noexcept override { return false; }
-  SpecialTokenIds special_tokens() const noexcept override { return {}; }
+  return std::sqrt(num / den);
+}
 
- private:
-  int32_t vocab_;
-};
+}  // namespace
+
+// The quantizer path: every linear layer from LoadContext::quantizer, the
+// epilogues it does not fuse (all of them) run by the model. Against the
+// dense model with small_gemm off both run the same cuBLAS products and the
+// same RoPE/KV/SiLU kernels, so the logits agree to the bit (1e-6 allows a
+// -0 / +0); against the dense model's fused small_gemm epilogues (the
+// default), to bf16 rounding. Greedy tokens without logits read-back also
+// run the quantizer's layers inside CUDA graphs.
+TEST_CASE("llama_cuda with a quantizer's linear layers gives the dense model's logits") {
+  TempDir dir("quantizer");
+  const llama::LlamaConfig config = shape(512, 8, 2, 128, 3, 1000, false);
+  write_checkpoint(dir.path(), config, 13);
+  std::mt19937 rng(5);
+  std::vector<TokenId> prompt(100);  // > max_tokens_per_step: the prefill takes two passes
+  for (auto& id : prompt) id = TokenId(rng() % uint32_t(config.vocab_size));
+  const int steps = 12;
+  auto run = [&](Quantizer* quantizer, int64_t small_gemm_max_rows, bool with_logits, std::vector<TokenId>& tokens) {
+    auto m = load(dir.path(), true, 128, CudaOptions{DType::bf16, quantizer, small_gemm_max_rows});
+    const std::string label = fmt::format("{} small_gemm_max_rows={}", quantizer ? "quantizer" : "dense",
+                                          small_gemm_max_rows);
+    return run_sequence(*m->model, prompt, steps, tokens, label, with_logits);
+  };
+  llama_cuda_test::DenseTestQuantizer quantizer;
+  std::vector<TokenId> dense_tokens, quantized_tokens, fused_tokens, graphed_tokens, dense_graphed_tokens;
+  const auto dense = run(nullptr, 0, true, dense_tokens);
+  const auto quantized = run(&quantizer, 0, true, quantized_tokens);
+  CHECK(quantizer.layers_loaded == 4 * int(config.num_hidden_layers));
+  const auto fused = run(nullptr, -1, true, fused_tokens);
+  double worst_equal = 0, worst_fused = 0;
+  for (int s = 0; s <= steps; ++s) {
+    worst_equal = std::max(worst_equal, relative_error(quantized[size_t(s)], dense[size_t(s)]));
+    worst_fused = std::max(worst_fused, relative_error(quantized[size_t(s)], fused[size_t(s)]));
+  }
+  MESSAGE(fmt::format("quantizer path vs dense: worst relative error {:.3e} (small_gemm off), {:.3e} (dense with "
+                      "small_gemm's fused epilogues)",
+                      worst_equal, worst_fused));
+  CHECK(worst_equal < 1e-6);
+  CHECK(quantized_tokens == dense_tokens);
+  CHECK(worst_fused < 2e-2);
+  run(&quantizer, 0, false, graphed_tokens);
+  run(nullptr, 0, false, dense_graphed_tokens);
+  CHECK(graphed_tokens == dense_graphed_tokens);
+  CHECK(graphed_tokens == quantized_tokens);
+}
+
+namespace {
 
 std::vector<std::vector<TokenId>> run_engine(const fs::path& dir, const std::vector<std::vector<TokenId>>& prompts,
                                              int max_tokens, int64_t num_blocks, bool one_at_a_time,
@@ -250,7 +293,7 @@ std::vector<std::vector<TokenId>> run_engine(const fs::path& dir, const std::vec
   core::EngineParts parts;
   parts.model = loaded->model;
   parts.kv_policy = loaded->policy;
-  parts.tokenizer = std::make_shared<IdTokenizer>(loaded->model->info().vocab_size);
+  parts.tokenizer = std::make_shared<hostrun::testing::LetterTokenizer>(loaded->model->info().vocab_size);
   parts.model_name = "llama_cuda";
   core::EngineConfig config;
   config.num_kv_blocks = num_blocks;

@@ -1,0 +1,60 @@
+#include "device_memory.hpp"
+
+#include <fmt/format.h>
+
+#include "errors.hpp"
+
+namespace hostrun::llama_cuda {
+
+void DeviceBuffer::allocate(size_t bytes, const char* what) {
+  reset();
+  if (bytes == 0) return;
+  void* p = nullptr;
+  if (cudaError_t e = cudaMalloc(&p, bytes); e != cudaSuccess) {
+    cudaGetLastError();
+    size_t free_bytes = 0, total_bytes = 0;
+    cudaMemGetInfo(&free_bytes, &total_bytes);
+    fail(ErrorCode::out_of_memory, fmt::format("cannot allocate {} MiB for {}: {} MiB free of {} MiB on the GPU ({})",
+                                               bytes >> 20, what, free_bytes >> 20, total_bytes >> 20,
+                                               cudaGetErrorString(e)));
+  }
+  data_ = static_cast<std::byte*>(p);
+  bytes_ = bytes;
+}
+
+void DeviceBuffer::reset() {
+  if (data_) cudaFree(data_);
+  data_ = nullptr;
+  bytes_ = 0;
+}
+
+void PinnedBuffer::allocate(size_t bytes, const char* what) {
+  reset();
+  if (bytes == 0) return;
+  void* p = nullptr;
+  if (cudaError_t e = cudaMallocHost(&p, bytes); e != cudaSuccess) {
+    cudaGetLastError();
+    fail(ErrorCode::out_of_memory,
+         fmt::format("cannot allocate {} MiB of pinned host memory for {} ({})", bytes >> 20, what, cudaGetErrorString(e)));
+  }
+  data_ = static_cast<std::byte*>(p);
+  bytes_ = bytes;
+}
+
+void PinnedBuffer::reset() {
+  if (data_) cudaFreeHost(data_);
+  data_ = nullptr;
+  bytes_ = 0;
+}
+
+EmbeddingRows::EmbeddingRows(int64_t rows, int64_t hidden, DType dtype, Device device)
+    : rows_(rows), hidden_(hidden), dtype_(dtype), device_(device) {
+  check_cuda(cudaSetDevice(device.index), "cudaSetDevice");
+  memory_.allocate(size_t(rows) * size_t(hidden) * (dtype_bits(dtype) / 8), "embedding rows");
+}
+
+TensorView EmbeddingRows::view() const noexcept {
+  return TensorView::contiguous(memory_.data(), dtype_, {rows_, hidden_}, device_);
+}
+
+}  // namespace hostrun::llama_cuda
