@@ -80,19 +80,21 @@ inline Result<std::unique_ptr<LoadedModel>> try_load(const fs::path& dir, int th
   auto weights = checkpoint::ModelDirectory::open(dir);
   if (!weights) return weights.status();
   loaded->weights = std::move(weights.value());
+  const Device device{backend.cuda ? DeviceKind::cuda : DeviceKind::cpu, 0};
+  // kv_cpu's dtype is its pages' storage; kv_cuda stores the activation dtype and has no such setting.
   Settings kv_settings;
-  kv_settings.set("dtype", kv_dtype);
-  auto policy = loaded->registry->create<KvCachePolicy>(backend.kv_plugin(), kv_settings, nullptr);
+  if (!backend.cuda) kv_settings.set("dtype", kv_dtype);
+  auto policy = loaded->registry->create<KvCachePolicy>(backend.kv_plugin(), kv_settings, nullptr, "kv_cache", device);
   if (!policy) return policy.status();
   loaded->policy = policy.value();
   Settings model_settings;
   if (!backend.cuda) model_settings.set("threads", int64_t(threads));
-  auto model = loaded->registry->create<Model>(backend.model_plugin(), model_settings, nullptr);
+  auto model = loaded->registry->create<Model>(backend.model_plugin(), model_settings, nullptr, "model", device);
   if (!model) return model.status();
   loaded->model = model.value();
   LoadContext context;
   context.weights = loaded->weights.get();
-  context.device = Device{backend.cuda ? DeviceKind::cuda : DeviceKind::cpu, 0};
+  context.device = device;
   context.activation_dtype = !backend.cuda ? DType::f32 : kv_dtype == "f16" ? DType::f16 : DType::bf16;
   context.kv_policy = loaded->policy.get();
   context.quantizer = quantizer;
