@@ -8,6 +8,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "llama_common/llama_rope.hpp"
 #include "dense_linear.hpp"
 #include "llama_model.hpp"
 #include "ref/dtype.hpp"
@@ -155,16 +156,7 @@ void LlamaCpuModel::load_checked(const LoadContext& context) {
   }
   loaded.bytes = bytes;
 
-  ref::RopeParams rope;
-  rope.head_dim = size_t(config.head_dim);
-  rope.theta = config.rope_theta;
-  if (config.rope_scaling) {
-    rope.scaling_type = ref::RopeScalingType::llama3;
-    rope.factor = config.rope_scaling->factor;
-    rope.low_freq_factor = config.rope_scaling->low_freq_factor;
-    rope.high_freq_factor = config.rope_scaling->high_freq_factor;
-    rope.original_max_position_embeddings = double(config.rope_scaling->original_max_position_embeddings);
-  }
+  const ref::RopeParams rope = llama::rope_params(config);
 
   rope_ = ref::make_rope_table(rope);
   // HF's eager attention multiplies the scores by head_dim ** -0.5.

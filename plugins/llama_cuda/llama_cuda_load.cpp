@@ -9,6 +9,7 @@
 #include <initializer_list>
 #include <string>
 
+#include "llama_common/llama_rope.hpp"
 #include "errors.hpp"
 #include "llama_cuda_model.hpp"
 #include "ref/dtype.hpp"
@@ -427,16 +428,7 @@ void LlamaCudaModel::allocate_workspace() {
 }
 
 void LlamaCudaModel::upload_rope_table() {
-  ref::RopeParams rope;
-  rope.head_dim = size_t(config_.head_dim);
-  rope.theta = config_.rope_theta;
-  if (config_.rope_scaling) {
-    rope.scaling_type = ref::RopeScalingType::llama3;
-    rope.factor = config_.rope_scaling->factor;
-    rope.low_freq_factor = config_.rope_scaling->low_freq_factor;
-    rope.high_freq_factor = config_.rope_scaling->high_freq_factor;
-    rope.original_max_position_embeddings = double(config_.rope_scaling->original_max_position_embeddings);
-  }
+  const ref::RopeParams rope = llama::rope_params(config_);
   const ref::RopeTable table = ref::make_rope_table(rope);
   check_cuda(cudaMemcpy(workspace_.inv_freq, table.inv_freq.data(), table.inv_freq.size() * sizeof(float),
                         cudaMemcpyHostToDevice),

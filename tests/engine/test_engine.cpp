@@ -747,13 +747,14 @@ TEST_CASE("images and the prefix cache: equal placeholder ids with different ima
   const std::string text = "the same question, long enough for several blocks";
   SamplingParams sp = greedy(12);
   sp.ignore_eos = true;
-  auto ask = [&](const ImageData& image) {
-    std::vector<ChatMessage> messages{{"user", text, {image}}};
+  // Runs one chat, checks its tokens, and gives the prefix-cache hits so far.
+  auto hits_after = [&](const std::vector<ChatMessage>& messages) {
     Outcome got = h.chat(messages, sp).get();
     check_same(got, expected_run(model_view(messages), sp, 4096, 0));
     h.engine->wait_idle();
     return h.engine->stats().prefix_cache_hit_tokens;
   };
+  auto ask = [&](const ImageData& image) { return hits_after({{"user", text, {image}}}); };
   const uint64_t first = ask(image_of(10));
   // The image sits in the first block, so a different one changes every block's hash.
   const uint64_t other_image = ask(image_of(11));
@@ -763,13 +764,7 @@ TEST_CASE("images and the prefix cache: equal placeholder ids with different ima
   const int32_t prompt = int32_t(text.size()) + kImageTokens;
   CHECK(same_image - other_image == uint64_t((prompt - 1) / 4 * 4));
   // Images after a shared text prefix: the blocks before the image are shared.
-  auto ask_after = [&](const ImageData& image) {
-    std::vector<ChatMessage> messages{{"system", text, {}}, {"user", "look", {image}}};
-    Outcome got = h.chat(messages, sp).get();
-    check_same(got, expected_run(model_view(messages), sp, 4096, 0));
-    h.engine->wait_idle();
-    return h.engine->stats().prefix_cache_hit_tokens;
-  };
+  auto ask_after = [&](const ImageData& image) { return hits_after({{"system", text, {}}, {"user", "look", {image}}}); };
   const uint64_t before = ask_after(image_of(20));
   const uint64_t after = ask_after(image_of(21));
   CHECK(after - before == uint64_t(text.size() / 4 * 4));

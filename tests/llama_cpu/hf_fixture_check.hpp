@@ -1,6 +1,6 @@
 // The HF-fixture check shared by llama_cpu's suite (test_hf_fixtures.cpp)
 // and llama_cuda's (tests/llama_cuda): scripts/make_fixtures.py ran on the GPU
-// machine: it wrote random checkpoints with `hostrun checkpoint random`, ran
+// machine: it wrote random checkpoints with `hostrun checkpoint random` (now `hostrun-llama-checkpoint random`), ran
 // them in transformers (float32, eager attention) and recorded, per prompt,
 // HF's logits and greedy tokens in tests/fixtures/hf/<fixture>/. The
 // checkpoints are not committed: the writer is deterministic, so the check

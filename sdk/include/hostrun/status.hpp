@@ -91,16 +91,10 @@ class Error : public std::exception {
   Status status_;
 };
 
-// Runs `body` (returning void or Status) and turns anything it throws into a Status.
-template <typename Body>
-Status guard(Body&& body) noexcept {
+// The Status of the exception being handled; call only inside a catch block.
+inline Status status_of_current_exception() noexcept {
   try {
-    if constexpr (std::is_same_v<decltype(body()), void>) {
-      body();
-      return Status();
-    } else {
-      return body();
-    }
+    throw;
   } catch (const Error& e) {
     return e.status();
   } catch (const std::bad_alloc&) {
@@ -112,19 +106,28 @@ Status guard(Body&& body) noexcept {
   }
 }
 
+// Runs `body` (returning void or Status) and turns anything it throws into a Status.
+template <typename Body>
+Status guard(Body&& body) noexcept {
+  try {
+    if constexpr (std::is_same_v<decltype(body()), void>) {
+      body();
+      return Status();
+    } else {
+      return body();
+    }
+  } catch (...) {
+    return status_of_current_exception();
+  }
+}
+
 // Runs `body` (returning T) and turns anything it throws into a Result<T>.
 template <typename T, typename Body>
 Result<T> guard_result(Body&& body) noexcept {
   try {
     return Result<T>(body());
-  } catch (const Error& e) {
-    return e.status();
-  } catch (const std::bad_alloc&) {
-    return Status(ErrorCode::out_of_memory, "out of host memory");
-  } catch (const std::exception& e) {
-    return Status(ErrorCode::internal, e.what());
   } catch (...) {
-    return Status(ErrorCode::internal, "unknown exception");
+    return status_of_current_exception();
   }
 }
 
