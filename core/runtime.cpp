@@ -126,8 +126,10 @@ Status Runtime::build(const RuntimeOptions& options, LogSink* log_sink) {
 // its [engine] device, or refused when its model plugin cannot run there), or
 // the built-in manifest the table gives for the folder.
 Result<Manifest> Runtime::choose_manifest(const RuntimeOptions& options) {
-  auto folder = checkpoint::read_folder_config(model_dir_);
-  if (!folder) return folder.status();
+  auto read = checkpoint::read_folder_config(model_dir_);
+  if (!read) return read.status();
+  folder_ = std::move(read.value());
+  const checkpoint::FolderConfig* folder = &folder_;
   Logger log(log_sink_, "hostrun");
   if (!options.manifest_file.empty()) {
     auto manifest = Manifest::parse_file(options.manifest_file);
@@ -202,8 +204,7 @@ Status Runtime::make_objects() {
   auto weights = checkpoint::ModelDirectory::open(model_dir_);
   if (!weights) return weights.status();
   weights_ = std::move(weights.value());
-  auto folder = checkpoint::parse_folder_config(weights_->config_json(), model_dir_ + "/config.json");
-  if (!folder) return folder.status();
+  const checkpoint::FolderConfig* folder = &folder_;
   // A quantized folder is read by a quantizer of its format; a plain one may
   // still be quantized at load by a quantizer that can.
   if (!folder->quant_method.empty()) {

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "chat_template.hpp"
+#include "checkpoint/folder_config.hpp"
 #include "engine/engine.hpp"
 #include "manifest.hpp"
 #include "plugin_loader.hpp"
@@ -77,6 +78,7 @@ class Runtime {
   ResolvedManifest resolved_;
   std::string model_dir_;
   std::string manifest_name_;
+  checkpoint::FolderConfig folder_;  // what the host reads of config.json
   Device device_{};
   DType activation_dtype_ = DType::f32;
   LogSink* log_sink_ = nullptr;
