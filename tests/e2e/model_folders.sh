@@ -5,9 +5,9 @@
 # the table; never an error about some model family's missing fields. Also
 # --device with --manifest (applied or refused), [serves], and manifests whose
 # role tables the host would not use.
-# Usage: model_folders.sh HOSTRUN TINY_MODEL_DIR SOURCE_DIR
+# Usage: model_folders.sh HOSTRUN TINY_MODEL_DIR SOURCE_DIR TEST_PLUGIN_DIR
 set -u
-hostrun=$1 tiny=$2 source=$3
+hostrun=$1 tiny=$2 source=$3 test_plugins=$4
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 failures=0 passes=0
 expect() {  # expect NAME PATTERN FILE
@@ -57,6 +57,17 @@ chat "$tiny" --manifest "$cpu_manifest" --device cpu >"$work/cpu.out" 2>&1; expe
 # [serves]: a manifest is held to the folders it says it runs.
 chat "$work/awq" --manifest "$cpu_manifest" >"$work/serves.out" 2>&1; expect_status "the CPU manifest refuses an AWQ folder" 1 $?
 expect "through its [serves] table" "runs LlamaForCausalLM with none, but $work/awq is LlamaForCausalLM with awq" "$work/serves.out"
+
+# [quantizer] reaches the model through the runtime: the test quantizer's
+# int8 layers run a real chat; a folder of another format is refused by name.
+sed 's/^\[model\]/[quantizer]\nplugin = "test_rtn_int8"\n\n[model]/' "$cpu_manifest" | grep -v '^\[serves\]' \
+  | grep -v '^architectures\|^quantization' >"$work/rtn.toml"
+chat "$tiny" --manifest "$work/rtn.toml" --plugin-dir "$test_plugins" --log-level info >"$work/rtn.out" 2>&1
+expect_status "a manifest with a [quantizer] runs" 0 $?
+expect "and says so" "quantizer test_rtn_int8" "$work/rtn.out"
+chat "$work/awq" --manifest "$work/rtn.toml" --plugin-dir "$test_plugins" >"$work/rtn-awq.out" 2>&1
+expect_status "an AWQ folder with a quantizer of another format is refused" 1 $?
+expect "naming both formats" "quant_method is \"awq\", but the [quantizer] of $work/rtn.toml ('test_rtn_int8') reads \"rtn-int8\"" "$work/rtn-awq.out"
 
 # Tables the host would validate and then never use are errors with file:line.
 cat >"$work/second.toml" <<'TOML'
