@@ -1,6 +1,7 @@
 #include "plugin_loader.hpp"
 
 #include "manifest.hpp"
+#include "plugin_file.hpp"
 
 #include <fmt/format.h>
 
@@ -83,6 +84,7 @@ void PluginRegistry::load_file(const fs::path& file) {
     if (p.file == canonical) return;  // the same folder listed twice
 
   auto refuse = [&](std::string reason) { refused_.push_back({canonical, std::move(reason)}); };
+  if (Status file_ok = check_plugin_file(canonical); !file_ok) return refuse(file_ok.message());
 
   auto pinned = std::make_unique<PinnedLibrary>();
   boost::dll::shared_library* library = &pinned->library;
@@ -97,7 +99,15 @@ void PluginRegistry::load_file(const fs::path& file) {
   const auto mode = boost::dll::load_mode::rtld_lazy | boost::dll::load_mode::rtld_local |
                     static_cast<boost::dll::load_mode::type>(RTLD_NODELETE);
   library->load(canonical, load_error, mode);
-  if (load_error) return refuse(fmt::format("cannot be loaded: {}", load_error.message()));
+  if (load_error) {
+    // Boost.DLL reports an errno-like code ("Bad file descriptor"); the
+    // dynamic loader's own message (a missing dependency, an undefined
+    // symbol) is what tells a user what to fix, so ask it directly.
+    std::string reason = load_error.message();
+    if (void* handle = ::dlopen(canonical.c_str(), RTLD_LAZY | RTLD_LOCAL)) ::dlclose(handle);
+    else if (const char* dl = ::dlerror()) reason = dl;
+    return refuse(fmt::format("cannot be loaded: {}", reason));
+  }
   if (!library->has(HOSTRUN_PLUGIN_ENTRY_SYMBOL))
     return refuse("not a hostrun plugin: it exports no '" HOSTRUN_PLUGIN_ENTRY_SYMBOL "' symbol");
 
@@ -130,8 +140,12 @@ void PluginRegistry::load_file(const fs::path& file) {
       if (!entry.settings || !entry.settings[i].key)
         return refuse(fmt::format("role '{}' declares a setting without a key", role_name(entry.role)));
   }
-  if (const LoadedPlugin* earlier = find(plugin.name))
-    return refuse(fmt::format("plugin name '{}' is already taken by {}", plugin.name, earlier->file.string()));
+  if (const LoadedPlugin* earlier = find(plugin.name)) {
+    refuse(fmt::format("plugin name '{}' is already taken by {}, which shadows this one", plugin.name,
+                       earlier->file.string()));
+    refused_.back().shadowed_by = earlier->file;
+    return;
+  }
   plugin.library = LibraryPin(pinned.release(), &kPinOps);
   plugins_.push_back(std::move(plugin));
 }

@@ -40,6 +40,9 @@ struct LoadedPlugin {
 struct RefusedLibrary {
   std::filesystem::path file;
   std::string reason;
+  // Set when the library was refused because an earlier one in the search
+  // path already claimed its plugin name: that library's file.
+  std::filesystem::path shadowed_by;
 };
 
 // An object made by a plugin; keeps its library loaded while alive.

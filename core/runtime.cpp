@@ -107,6 +107,13 @@ Status Runtime::build(const RuntimeOptions& options, LogSink* log_sink) {
   if (options.device != "auto" && options.device != "cpu" && options.device != "cuda")
     return Status(ErrorCode::invalid_argument, fmt::format("--device '{}': expected auto, cpu or cuda", options.device));
   registry_.scan(plugin_search_path(options.plugin_dirs));
+  // A plugin from --plugin-dir or HOSTRUN_PLUGIN_PATH that takes the name of
+  // one hostrun ships replaces it silently otherwise: say so once.
+  const fs::path builtin_dir = executable_dir().parent_path() / "lib" / "hostrun" / "plugins";
+  for (const auto& refused : registry_.refused())
+    if (!refused.shadowed_by.empty() && refused.file.parent_path() == fs::weakly_canonical(builtin_dir))
+      Logger(log_sink_, "hostrun").warn("{} shadows the plugin hostrun ships ({})", refused.shadowed_by.string(),
+                                        refused.file.string());
 
   auto manifest = choose_manifest(options);
   if (!manifest) return manifest.status();

@@ -24,13 +24,31 @@ namespace {
 constexpr std::string_view kGpt2Pattern =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
+// The largest tokenizer file read: Llama-3's tokenizer.json is 9 MB, the
+// largest vocabularies in use a few times that.
+constexpr uintmax_t kMaxTokenizerFileBytes = uintmax_t(256) << 20;
+
+// A regular file (links followed) of bounded size, read whole: a FIFO or
+// /dev/zero named as a tokenizer would otherwise block or grow without end.
 Result<std::string> read_file(const fs::path& file, const char* what) {
+  std::error_code ec;
+  const fs::file_status status = fs::status(file, ec);
+  if (!fs::exists(status)) return Status(ErrorCode::not_found, fmt::format("{}: the {} does not exist", file.string(), what));
+  if (!fs::is_regular_file(status))
+    return Status(ErrorCode::invalid_argument,
+                  fmt::format("{}: the {} is not a regular file (a device, FIFO or folder)", file.string(), what));
+  const uintmax_t size = fs::file_size(file, ec);
+  if (ec) return Status(ErrorCode::io_error, fmt::format("{}: cannot read the {}'s size: {}", file.string(), what, ec.message()));
+  if (size > kMaxTokenizerFileBytes)
+    return Status(ErrorCode::invalid_argument, fmt::format("{}: the {} has {} bytes; at most {} are read", file.string(),
+                                                           what, size, kMaxTokenizerFileBytes));
   std::ifstream in(file, std::ios::binary);
   if (!in) return Status(ErrorCode::not_found, fmt::format("{}: cannot open the {}", file.string(), what));
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) return Status(ErrorCode::io_error, fmt::format("{}: reading the {} failed", file.string(), what));
-  return text.str();
+  std::string text(size_t(size), '\0');
+  in.read(text.data(), std::streamsize(size));
+  if (in.gcount() != std::streamsize(size))
+    return Status(ErrorCode::io_error, fmt::format("{}: read {} of the {}'s {} bytes", file.string(), in.gcount(), what, size));
+  return text;
 }
 
 // "line L, column C" of a byte offset, for JSON syntax errors.

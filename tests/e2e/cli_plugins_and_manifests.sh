@@ -49,6 +49,20 @@ expect_status "a manifest with a [vision] table passes" 0 $?
 expect "and shows the vision instance" "[vision] vision -> plugin 'fixture'" "$work/vision"
 expect "with its settings" "tokens_per_image = 576" "$work/vision"
 
+# A truncated library in a plugin folder is refused with the reason; every command goes on.
+built_in=$(dirname "$hostrun")/../lib/hostrun/plugins
+mkdir -p "$work/broken"
+cp "$plugin_dir/hostrun_fixture.so" "$work/broken/hostrun_cut.so"
+truncate -s $(( $(stat -c%s "$work/broken/hostrun_cut.so") / 2 )) "$work/broken/hostrun_cut.so"
+"$hostrun" plugins --plugin-dir "$work/broken" >"$work/broken.out" 2>&1; expect_status "plugins survives a truncated library" 0 $?
+expect "and names why it was refused" "hostrun_cut.so: truncated: a loadable segment ends at byte" "$work/broken.out"
+# A plugin that takes a shipped plugin's name is reported, by plugins and at start.
+if [ -f "$built_in/hostrun_hf_tokenizer.so" ]; then
+  mkdir -p "$work/shadow"; cp "$built_in/hostrun_hf_tokenizer.so" "$work/shadow/"
+  "$hostrun" plugins --plugin-dir "$work/shadow" >"$work/shadow.out" 2>&1
+  expect "plugins reports the shadowed one" "which shadows this one" "$work/shadow.out"
+fi
+
 "$hostrun" frobnicate >"$work/unknown" 2>&1
 expect_status "an unknown command fails" 1 $(( $? != 0 ))
 expect "and says so" "frobnicate" "$work/unknown"

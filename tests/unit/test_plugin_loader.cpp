@@ -1,11 +1,16 @@
 #include <doctest/doctest.h>
 
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 
+#include "../support/temp_dir.hpp"
+#include "plugin_file.hpp"
 #include "plugin_loader.hpp"
 
 using namespace hostrun;
 using namespace hostrun::core;
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -49,7 +54,7 @@ TEST_CASE("the loader finds plugins and refuses what is not one, saying why") {
 
   const RefusedLibrary* garbage = refused_named(registry, "garbage");
   REQUIRE(garbage);
-  CHECK(garbage->reason.find("cannot be loaded") != std::string::npos);
+  CHECK(garbage->reason == "not an ELF file");
 }
 
 TEST_CASE("objects keep their library loaded and run their destructor inside it") {
@@ -147,4 +152,61 @@ TEST_CASE("HOSTRUN_PLUGIN_PATH entries come after --plugin-dir and before the in
   CHECK(path[1] == "/a");
   CHECK(path[2] == "/b");
   CHECK(path[3].string().ends_with("lib/hostrun/plugins"));
+}
+
+TEST_CASE("files that are not whole plugins for this machine are refused before dlopen, and the scan goes on") {
+  const fs::path fixture = fs::path(HOSTRUN_TEST_PLUGIN_DIR) / "hostrun_fixture.so";
+  REQUIRE(fs::exists(fixture));
+  hostrun::test::TempDir dir;
+  const auto size = fs::file_size(fixture);
+  auto truncated_copy = [&](const char* name, uintmax_t bytes) {
+    fs::copy_file(fixture, dir.path() / name);
+    fs::resize_file(dir.path() / name, bytes);
+  };
+  // The loader used to die with SIGBUS inside dlopen on these.
+  truncated_copy("hostrun_a_ninety.so", size * 9 / 10);
+  truncated_copy("hostrun_b_half.so", size / 2);
+  truncated_copy("hostrun_c_header.so", 40);
+  {
+    std::ofstream(dir.path() / "hostrun_d_text.so") << "not a library\n";
+  }
+  // A 32-bit ELF header is another class, whatever follows.
+  {
+    std::string bytes(64, '\0');
+    bytes.replace(0, 4, "\x7f" "ELF");
+    bytes[4] = 1;  // ELFCLASS32
+    bytes[5] = 1;
+    std::ofstream(dir.path() / "hostrun_e_elf32.so", std::ios::binary) << bytes;
+  }
+  fs::copy_file(fixture, dir.path() / "hostrun_f_whole.so");
+
+  PluginRegistry registry;
+  registry.scan({dir.path()});
+  CHECK(registry.find("fixture") != nullptr);  // the whole copy, loaded after the broken ones
+  auto reason = [&](const char* file) {
+    const RefusedLibrary* r = refused_named(registry, file);
+    return r ? r->reason : std::string("not refused");
+  };
+  CHECK(reason("ninety").find("truncated: its section headers end at byte") != std::string::npos);
+  CHECK(reason("half").find("truncated: a loadable segment ends at byte") != std::string::npos);
+  CHECK(reason("header").find("truncated") != std::string::npos);
+  CHECK(reason("text") == "not an ELF file");
+  CHECK(reason("elf32") == "an ELF32 library; this hostrun is ELF64");
+  CHECK(check_plugin_file(dir.path()).message() == "not a regular file");
+}
+
+TEST_CASE("a plugin that takes the name of one found later shadows it, and the registry says which") {
+  hostrun::test::TempDir dir;
+  fs::copy_file(fs::path(HOSTRUN_TEST_PLUGIN_DIR) / "hostrun_fixture.so", dir.path() / "hostrun_fixture.so");
+  PluginRegistry registry;
+  registry.scan({dir.path(), HOSTRUN_TEST_PLUGIN_DIR});
+  const LoadedPlugin* winner = registry.find("fixture");
+  REQUIRE(winner);
+  CHECK(winner->file.parent_path() == fs::weakly_canonical(dir.path()));
+  const RefusedLibrary* shadowed = nullptr;
+  for (const auto& r : registry.refused())
+    if (!r.shadowed_by.empty()) shadowed = &r;
+  REQUIRE(shadowed);
+  CHECK(shadowed->shadowed_by == winner->file);
+  CHECK(shadowed->reason.find("which shadows this one") != std::string::npos);
 }
