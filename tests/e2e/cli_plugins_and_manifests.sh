@@ -56,6 +56,13 @@ cp "$plugin_dir/hostrun_fixture.so" "$work/broken/hostrun_cut.so"
 truncate -s $(( $(stat -c%s "$work/broken/hostrun_cut.so") / 2 )) "$work/broken/hostrun_cut.so"
 "$hostrun" plugins --plugin-dir "$work/broken" >"$work/broken.out" 2>&1; expect_status "plugins survives a truncated library" 0 $?
 expect "and names why it was refused" "hostrun_cut.so: truncated: a loadable segment ends at byte" "$work/broken.out"
+# A tokenizer file that would never end (a device, a FIFO) is refused, not read.
+mkfifo "$work/fifo.json"
+for bad in /dev/zero "$work/fifo.json"; do
+  echo hi | timeout 20 "$hostrun" tokenize "$bad" >"$work/bad_tok.out" 2>&1
+  expect_status "tokenize $bad ends with an error" 1 $?
+  expect "saying why" "is not a regular file" "$work/bad_tok.out"
+done
 # A plugin that takes a shipped plugin's name is reported, by plugins and at start.
 if [ -f "$built_in/hostrun_hf_tokenizer.so" ]; then
   mkdir -p "$work/shadow"; cp "$built_in/hostrun_hf_tokenizer.so" "$work/shadow/"
