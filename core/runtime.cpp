@@ -173,40 +173,66 @@ Result<Manifest> Runtime::choose_manifest(const RuntimeOptions& options) {
   return Manifest::parse_string(choice->row->text, "builtin:" + manifest_name_, model_dir_);
 }
 
-// One object per role table, each handed to whoever uses it.
-Status Runtime::make_objects() {
+Result<Wiring> wire(const ResolvedManifest& resolved, const PluginRegistry& registry, LogSink* log_sink,
+                    const std::string& manifest_name) {
+  Wiring w;
   // Device and activation dtype are manifest data ([engine]), not guessed from plugin names.
-  const Settings* engine_settings = resolved_.host_table("engine") ? &resolved_.host_table("engine")->settings : nullptr;
+  const Settings* engine_settings = resolved.host_table("engine") ? &resolved.host_table("engine")->settings : nullptr;
   const std::string device = engine_settings ? engine_settings->get_string("device") : "cpu";
   const std::string dtype = engine_settings ? engine_settings->get_string("activation_dtype") : "f32";
   if (device != "cpu" && device != "cuda")
-    return Status(ErrorCode::invalid_argument, fmt::format("{}: engine.device '{}': expected cpu or cuda", manifest_name_, device));
+    return Status(ErrorCode::invalid_argument, fmt::format("{}: engine.device '{}': expected cpu or cuda", manifest_name, device));
   if (dtype != "f32" && dtype != "bf16" && dtype != "f16")
     return Status(ErrorCode::invalid_argument,
-                  fmt::format("{}: engine.activation_dtype '{}': expected f32, bf16 or f16", manifest_name_, dtype));
-  device_ = device == "cuda" ? Device{DeviceKind::cuda, 0} : Device{DeviceKind::cpu, 0};
-  activation_dtype_ = dtype == "f32" ? DType::f32 : dtype == "bf16" ? DType::bf16 : DType::f16;
+                  fmt::format("{}: engine.activation_dtype '{}': expected f32, bf16 or f16", manifest_name, dtype));
+  w.device = device == "cuda" ? Device{DeviceKind::cuda, 0} : Device{DeviceKind::cpu, 0};
+  w.activation_dtype = dtype == "f32" ? DType::f32 : dtype == "bf16" ? DType::bf16 : DType::f16;
+  if (const ResolvedHostTable* table = resolved.host_table("chat_template")) {
+    auto chosen = chat_template_from_settings(table->settings, manifest_name + " [chat_template]");
+    if (!chosen) return chosen.status();
+    w.chat_template = *chosen;
+  }
 
-  auto required = [&](const char* table) -> Result<const ResolvedInstance*> {
-    const ResolvedInstance* i = resolved_.instance(table);
-    if (!i) return Status(ErrorCode::invalid_argument, fmt::format("{}: the manifest has no [{}] table", manifest_name_, table));
-    return i;
-  };
-  auto make = [&]<typename Interface>(const ResolvedInstance& instance, PluginHandle<Interface>& into) -> Status {
-    auto made = registry_.create<Interface>(instance.plugin->name, instance.settings, log_sink_, instance.table, device_);
+  std::vector<std::string> missing;
+  for (const char* table : {"model", "kv_cache", "tokenizer"})
+    if (!resolved.instance(table)) missing.push_back(fmt::format("[{}]", table));
+  if (!missing.empty())
+    return Status(ErrorCode::invalid_argument, fmt::format("{}: the manifest has no {} table{} (a model needs a model, "
+                                                           "a KV cache policy and a tokenizer)",
+                                                           manifest_name, fmt::join(missing, ", "),
+                                                           missing.size() > 1 ? "s" : ""));
+  auto make = [&]<typename Interface>(const char* table, PluginHandle<Interface>& into) -> Status {
+    const ResolvedInstance* instance = resolved.instance(table);
+    if (!instance) return Status();
+    auto made = registry.create<Interface>(instance->plugin->name, instance->settings, log_sink, instance->table, w.device);
     if (!made) return made.status();
     into = *made;
     return Status();
   };
-  auto tokenizer = required("tokenizer"), kv_cache = required("kv_cache"), model = required("model");
-  for (const auto* found : {&tokenizer, &kv_cache, &model})
-    if (!*found) return found->status();
   // The model first: it is what --device chooses, so its probe speaks first.
-  if (Status s = make(**model, model_); !s) return s;
-  if (Status s = make(**tokenizer, tokenizer_); !s) return s;
-  if (Status s = make(**kv_cache, kv_policy_); !s) return s;
-  if (const ResolvedInstance* quantizer = resolved_.instance("quantizer"))
-    if (Status s = make(*quantizer, quantizer_); !s) return s;
+  if (Status s = make("model", w.model); !s) return s;
+  if (Status s = make("tokenizer", w.tokenizer); !s) return s;
+  if (Status s = make("kv_cache", w.kv_policy); !s) return s;
+  if (Status s = make("quantizer", w.quantizer); !s) return s;
+  if (Status s = make("vision", w.vision); !s) return s;
+  if (Status s = check_kv_format(w.kv_policy->format(), w.device, w.activation_dtype); !s)
+    return Status(s.code(), fmt::format("{}: {}", manifest_name, s.message()));
+  return w;
+}
+
+// One object per role table, each handed to whoever uses it.
+Status Runtime::make_objects() {
+  auto wired = wire(resolved_, registry_, log_sink_, manifest_name_);
+  if (!wired) return wired.status();
+  device_ = wired->device;
+  activation_dtype_ = wired->activation_dtype;
+  model_ = wired->model;
+  tokenizer_ = wired->tokenizer;
+  kv_policy_ = wired->kv_policy;
+  quantizer_ = wired->quantizer;
+  chat_template_ = wired->chat_template;
+  PluginHandle<VisionEncoder> vision = wired->vision;
+  const Settings* engine_settings = resolved_.host_table("engine") ? &resolved_.host_table("engine")->settings : nullptr;
 
   auto weights = checkpoint::ModelDirectory::open(model_dir_);
   if (!weights) return weights.status();
@@ -237,8 +263,8 @@ Status Runtime::make_objects() {
   if (Status loaded = model_->load(load); !loaded)
     return Status(loaded.code(), fmt::format("loading {}: {}", model_dir_, loaded.message()));
 
-  if (const ResolvedInstance* vision = resolved_.instance("vision")) {
-    if (Status s = make(*vision, vision_); !s) return s;
+  if (vision) {
+    vision_ = vision;
     VisionLoadContext vision_load;
     vision_load.weights = weights_.get();
     vision_load.device = device_;
@@ -257,11 +283,7 @@ Status Runtime::start_engine(const RuntimeOptions& options) {
     auto chosen = resolve_chat_template(options.chat_template);
     if (!chosen) return chosen.status();
     chat_template_ = *chosen;
-  } else if (const ResolvedHostTable* table = resolved_.host_table("chat_template")) {
-    auto chosen = chat_template_from_settings(table->settings, manifest_name_ + " [chat_template]");
-    if (!chosen) return chosen.status();
-    chat_template_ = *chosen;
-  } else {
+  } else if (!resolved_.host_table("chat_template")) {
     chat_template_ = *find_builtin_chat_template("llama3");
   }
 

@@ -50,6 +50,24 @@ HostTableSchema engine_schema();
 // for resolve(): what `chat`, `serve` and `manifest check` validate against.
 std::vector<HostTableSchema> host_table_schemas();
 
+// What a manifest becomes before any weights are read: one object per role
+// table, made for the [engine] device (each plugin checks its own settings
+// and its probe the device), the KV format checked against the device and
+// activation dtype, the [chat_template] table's template. What `chat` and
+// `serve` build on and what `manifest check` runs, so the two never disagree.
+struct Wiring {
+  Device device{};
+  DType activation_dtype = DType::f32;
+  PluginHandle<Model> model;
+  PluginHandle<Tokenizer> tokenizer;
+  PluginHandle<KvCachePolicy> kv_policy;
+  PluginHandle<Quantizer> quantizer;   // null without [quantizer]
+  PluginHandle<VisionEncoder> vision;  // null without [vision]
+  ChatTemplate chat_template;          // the [chat_template] table's, when there is one
+};
+Result<Wiring> wire(const ResolvedManifest& resolved, const PluginRegistry& registry, LogSink* log_sink,
+                    const std::string& manifest_name);
+
 // Where the shipped small model lives: <prefix>/share/hostrun/models/tiny.
 std::filesystem::path shipped_model_dir();
 

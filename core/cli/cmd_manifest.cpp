@@ -1,4 +1,5 @@
-// `hostrun manifest check FILE`: validate a manifest and print the resolved wiring.
+// `hostrun manifest check FILE`: validate a manifest as chat and serve do
+// (every role object made for its device) and print the resolved wiring.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -41,6 +42,20 @@ int check(const GlobalOptions& options, const ManifestCheckOptions& check_option
     fmt::print(stderr, "{}\n", resolved.status().message());
     return 1;
   }
+  // Exactly what chat and serve do before reading weights: every role object
+  // made for the [engine] device, settings checked by the plugins themselves.
+  auto wired = core::wire(*resolved, registry, nullptr, check_options.file);
+  if (!wired) {
+    fmt::print(stderr, "{}\n", wired.status().message());
+    return 1;
+  }
+  if (const core::ResolvedInstance* frontend = resolved->instance("frontend"))
+    if (auto made = registry.create<Frontend>(frontend->plugin->name, frontend->settings, nullptr, "frontend",
+                                              wired->device);
+        !made) {
+      fmt::print(stderr, "{}\n", made.status().message());
+      return 1;
+    }
   fmt::print("{}: ok\n", check_options.file);
   auto print_settings = [](const Settings& settings, const std::map<std::string, core::ValueOrigin>& origins) {
     for (const auto& [key, value] : settings.values()) {

@@ -43,11 +43,26 @@ expect "the typo is named with file, line and key" "fixture_typo.toml:6:1: unkno
 expect_status "an override out of range fails" 1 $?
 expect "the override is named" "--set tokenizer.budget=1000: tokenizer.budget = 1000 is out of range [1, 100]" "$work/range"
 
-printf '[tokenizer]\nplugin = "fixture"\nfile = "v.txt"\n[vision]\nplugin = "fixture"\ntokens_per_image = 576\n' >"$work/vision.toml"
+printf '[model]\nplugin = "llama_cpu"\n[kv_cache]\nplugin = "kv_cpu"\n[tokenizer]\nplugin = "fixture"\nfile = "v.txt"\n[vision]\nplugin = "fixture"\ntokens_per_image = 576\n' >"$work/vision.toml"
 "$hostrun" manifest check "$work/vision.toml" --plugin-dir "$plugin_dir" >"$work/vision" 2>&1
 expect_status "a manifest with a [vision] table passes" 0 $?
 expect "and shows the vision instance" "[vision] vision -> plugin 'fixture'" "$work/vision"
 expect "with its settings" "tokens_per_image = 576" "$work/vision"
+
+# manifest check runs what chat runs: what chat would refuse, check refuses.
+check_refuses() {  # check_refuses NAME PATTERN TOML_TEXT
+  printf '%b' "$3" >"$work/refuse.toml"
+  "$hostrun" manifest check "$work/refuse.toml" --plugin-dir "$plugin_dir" >"$work/refuse.out" 2>&1
+  expect_status "manifest check refuses $1" 1 $?
+  expect "naming why ($1)" "$2" "$work/refuse.out"
+}
+base='[model]\nplugin = "llama_cpu"\n[kv_cache]\nplugin = "kv_cpu"\n[tokenizer]\nplugin = "fixture"\nfile = "v"\n'
+check_refuses "a KV page dtype the policy lacks" "kv_cpu: setting 'dtype'" \
+  '[model]\nplugin = "llama_cpu"\n[kv_cache]\nplugin = "kv_cpu"\ndtype = "f8"\n[tokenizer]\nplugin = "fixture"\nfile = "v"\n'
+check_refuses "an unknown device" "engine.device 'tpu': expected cpu or cuda" "$base[engine]\ndevice = \"tpu\"\n"
+check_refuses "an unknown chat template base" "mistral" "$base[chat_template]\nbase = \"mistral\"\n"
+check_refuses "an empty file" "has no [model], [kv_cache], [tokenizer] tables" ""
+check_refuses "no [model]" "has no [model] table" '[kv_cache]\nplugin = "kv_cpu"\n[tokenizer]\nplugin = "fixture"\nfile = "v"\n'
 
 # A truncated library in a plugin folder is refused with the reason; every command goes on.
 built_in=$(dirname "$hostrun")/../lib/hostrun/plugins
