@@ -41,6 +41,12 @@ const SettingSpec kEngineSettings[] = {
     {"activation_dtype", SettingType::string, "The model's activation dtype: f32, bf16 or f16", false, "\"f32\""},
     {"max_images_per_step", SettingType::integer,
      "Most images the vision encoder takes in one call (its workspace is sized for it)", false, "8", 1, 4096},
+    {"max_queued_requests", SettingType::integer,
+     "Requests that may wait for a place in the batch; more are refused (a server answers 429). 0: no bound", false,
+     "2048", 0, 1e9},
+    {"request_timeout_s", SettingType::number,
+     "A request still running this many seconds after it arrived ends with an error. 0: no limit", false, "0", 0,
+     1e9},
 };
 
 EngineConfig engine_config_from(const Settings& s) {
@@ -56,6 +62,8 @@ EngineConfig engine_config_from(const Settings& s) {
   c.seed = uint64_t(s.get_int("seed"));
   c.overlap_steps = s.get_bool("overlap_steps");
   c.max_images_per_step = int32_t(s.get_int("max_images_per_step"));
+  c.max_queued_requests = int32_t(s.get_int("max_queued_requests"));
+  c.request_timeout_seconds = s.get_number("request_timeout_s");
   return c;
 }
 

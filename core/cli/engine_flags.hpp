@@ -18,7 +18,8 @@ struct EngineFlags {
   std::string chat_template;
   std::string device = "auto";
   std::optional<int64_t> session_len, max_batch_size, max_prefill_token_num, cache_block_seq_len, num_kv_blocks;
-  std::optional<double> cache_max_entry_count;
+  std::optional<double> cache_max_entry_count, request_timeout;
+  std::optional<int64_t> max_queued_requests;
   bool enable_prefix_caching = false;
   std::vector<std::string> sets;
 
@@ -35,6 +36,11 @@ struct EngineFlags {
                     "Share of the memory left after the weights that the KV cache takes (default 0.8)");
     cmd->add_option("--cache-block-seq-len", cache_block_seq_len, "Tokens per KV-cache block (default 64)");
     cmd->add_option("--num-kv-blocks", num_kv_blocks, "Exactly this many KV-cache blocks");
+    cmd->add_option("--max-queued-requests", max_queued_requests,
+                    "Requests that may wait for a place in the batch; more are refused (HTTP 429). 0: no bound "
+                    "(default 2048)");
+    cmd->add_option("--request-timeout", request_timeout,
+                    "Seconds a request may run before it ends with an error (HTTP streams end with it). 0: no limit");
     cmd->add_flag("--enable-prefix-caching", enable_prefix_caching, "Reuse the KV blocks of identical prefixes");
     cmd->add_option("--set", sets, "Any manifest value: TABLE.KEY=VALUE (repeatable)")->type_name("TABLE.KEY=VALUE")->allow_extra_args(false);
   }
@@ -56,6 +62,8 @@ struct EngineFlags {
     add("engine.cache_max_entry_count", cache_max_entry_count, "--cache-max-entry-count");
     add("engine.cache_block_seq_len", cache_block_seq_len, "--cache-block-seq-len");
     add("engine.num_kv_blocks", num_kv_blocks, "--num-kv-blocks");
+    add("engine.max_queued_requests", max_queued_requests, "--max-queued-requests");
+    add("engine.request_timeout_s", request_timeout, "--request-timeout");
     if (enable_prefix_caching) o.overrides.push_back({"engine.enable_prefix_caching", "true", "--enable-prefix-caching"});
     for (const auto& assignment : sets) {
       size_t eq = assignment.find('=');

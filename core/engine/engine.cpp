@@ -26,6 +26,8 @@ struct Engine::Sequence {
   std::vector<uint64_t> block_hashes;  // prefix hash of each published full block
   SamplingParams sampling;
   uint64_t seed = 0;
+  std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
+  bool admitted = false;  // left the queue for the batch once (preemption does not requeue it as new)
   int32_t max_len = 0;          // tokens.size() at which generation stops (length)
   StreamCallback callback;
   PluginPtr<IncrementalDecoder> decoder;
@@ -227,9 +229,20 @@ Result<uint64_t> Engine::submit(GenerationRequest request, StreamCallback on_eve
     {
       std::lock_guard lock(inbox_mutex_);
       if (stopping_) return Status(ErrorCode::unavailable, "the engine is shutting down");
+      if (config_.max_queued_requests > 0 && queued_ >= uint32_t(config_.max_queued_requests)) {
+        ++counters_.requests_rejected;
+        return Status(ErrorCode::resource_exhausted,
+                      fmt::format("{} requests are already waiting (engine.max_queued_requests); try again later",
+                                  queued_));
+      }
+      ++queued_;
       id = next_id_++;
       seq->id = id;
       seq->seed = seq->sampling.seed ? *seq->sampling.seed : next_seed(seed_state_);
+      if (config_.request_timeout_seconds > 0)
+        seq->deadline = std::chrono::steady_clock::now() +
+                        std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                            std::chrono::duration<double>(config_.request_timeout_seconds));
       ++counters_.requests_submitted;
       counters_.prompt_tokens += uint64_t(seq->prompt_len);
       inbox_.push_back(std::move(seq));
@@ -343,6 +356,7 @@ void Engine::take_inbox() {
     arrived.swap(inbox_);
     cancelled.swap(cancel_inbox_);
   }
+  expire_overdue();
   for (auto& seq : arrived) {
     if (!seq->unencoded.empty())
       if (Status encoded = encode_images(*seq); !encoded) {
@@ -489,6 +503,11 @@ std::vector<Engine::Planned> Engine::schedule() {
     }
     prefill_budget -= want;
     plan.push_back({waiting_.front(), want, seq.computed + want == int32_t(seq.tokens.size())});
+    if (!seq.admitted) {
+      seq.admitted = true;
+      std::lock_guard lock(inbox_mutex_);
+      --queued_;
+    }
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
   }
@@ -707,6 +726,21 @@ void Engine::after_sample(Sequence& seq, TokenId token, TokenLogprob* logprob) {
   if (at_length) finish(seq, FinishReason::length);
 }
 
+// Requests past their time limit end now, with what they produced so far.
+void Engine::expire_overdue() {
+  if (config_.request_timeout_seconds <= 0) return;
+  const auto now = std::chrono::steady_clock::now();
+  const Status overdue(ErrorCode::deadline_exceeded,
+                       fmt::format("the request ran past its time limit of {} s (engine.request_timeout_s)",
+                                   config_.request_timeout_seconds));
+  for (auto& seq : running_)
+    if (seq->deadline <= now) finish(*seq, FinishReason::error, overdue);
+  for (auto& seq : waiting_)
+    if (seq->deadline <= now) finish(*seq, FinishReason::error, overdue);
+  std::erase_if(running_, [](const auto& seq) { return seq->callback == nullptr; });
+  std::erase_if(waiting_, [](const auto& seq) { return seq->callback == nullptr; });
+}
+
 // Expands each image placeholder of the prompt to the encoder's tokens per
 // image and keeps the images for the engine thread to encode.
 Status Engine::expand_images(Sequence& seq, std::vector<ImageData> images) {
@@ -825,6 +859,11 @@ void Engine::finish(Sequence& seq, FinishReason reason, const Status& error) {
     std::lock_guard lock(inbox_mutex_);
     ++counters_.requests_finished;
     if (reason == FinishReason::cancelled) ++counters_.requests_cancelled;
+    if (error.code() == ErrorCode::deadline_exceeded) ++counters_.requests_timed_out;
+    if (!seq.admitted) {
+      seq.admitted = true;
+      --queued_;
+    }
   }
   auto callback = std::move(seq.callback);
   seq.callback = nullptr;  // marks the sequence finished; the loop drops it

@@ -58,6 +58,12 @@ struct EngineConfig {
   uint64_t seed = 0;                      // seeds requests that bring none; 0: from the clock
   bool overlap_steps = true;              // overlapped steps when the model offers them
   int32_t max_images_per_step = 8;        // images one VisionEncoder::encode call takes
+  // Admission control: requests waiting for a place in the batch beyond this
+  // are refused at submit (resource_exhausted; a server answers 429). 0: no bound.
+  int32_t max_queued_requests = 0;
+  // A request still running this long after submit ends with
+  // deadline_exceeded (its text so far delivered). 0: no limit.
+  double request_timeout_seconds = 0;
 };
 
 // Host-side statistics the tests and /metrics read.
@@ -122,6 +128,7 @@ class Engine final : public EngineHandle {
   Engine(EngineConfig config, EngineParts parts, int32_t num_blocks);
   void loop();
   void take_inbox();
+  void expire_overdue();
   bool schedule_and_run();
   std::vector<Planned> schedule();
   void commit(const std::vector<Planned>& plan);
@@ -154,6 +161,7 @@ class Engine final : public EngineHandle {
   std::vector<uint64_t> cancel_inbox_;
   bool stopping_ = false;
   uint64_t next_id_ = 1;
+  uint32_t queued_ = 0;  // submitted and not yet admitted to the batch (nor finished)
   EngineCounters counters_;
   EngineStats published_stats_;  // a copy of stats_ made after each step
   uint64_t seed_state_;

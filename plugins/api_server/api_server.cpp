@@ -82,7 +82,11 @@ struct Shared {
 
 void reply_error(Shared& shared, http::Exchange& exchange, const ApiError& e) {
   shared.metrics.count_error(e.status);
-  exchange.respond(http::json_error(e.status, e.message, e.type, e.param, e.code));
+  http::Response response = http::json_error(e.status, e.message, e.type, e.param, e.code);
+  // A full queue (429) or a stopping engine (503) is worth retrying: say when,
+  // as TGI and the OpenAI clients' backoff expect.
+  if (e.status == 429 || e.status == 503) response.headers.push_back({"Retry-After", "1"});
+  exchange.respond(std::move(response));
 }
 
 const char* finish_reason_text(FinishReason r) {

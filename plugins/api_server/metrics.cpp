@@ -83,6 +83,10 @@ std::string Metrics::render(const ScrapeInputs& in) const {
          double(e.requests_finished));
   metric(out, "hostrun_requests_cancelled_total", "counter", "Requests the engine cancelled",
          double(e.requests_cancelled));
+  metric(out, "hostrun_requests_rejected_total", "counter",
+         "Requests refused because the queue was full (engine.max_queued_requests)", double(e.requests_rejected));
+  metric(out, "hostrun_requests_timed_out_total", "counter",
+         "Requests ended by the time limit (engine.request_timeout_s)", double(e.requests_timed_out));
   metric(out, "hostrun_prompt_tokens_total", "counter", "Prompt tokens of accepted requests", double(e.prompt_tokens));
   metric(out, "hostrun_generation_tokens_total", "counter", "Tokens generated", double(e.completion_tokens));
   metric(out, "hostrun_requests_running", "gauge", "Sequences in the running batch", double(e.running));

@@ -824,3 +824,41 @@ TEST_CASE("images are refused where they cannot be placed") {
   std::vector<ChatMessage> fine{{"user", "y", {image_of(2)}}};
   check_same(h.chat(fine, greedy(4)).get(), expected_run(model_view(fine), greedy(4), 4096, 0));
 }
+
+TEST_CASE("admission control: a full queue refuses at submit; a time limit ends a request with what it made") {
+  EngineConfig config;
+  config.session_len = 100000;
+  config.num_kv_blocks = 20000;    // no request reaches the cache's or the session's end in its time
+  config.cache_block_seq_len = 16;
+  config.max_batch_size = 1;       // one runs, the rest wait
+  config.max_queued_requests = 3;
+  config.request_timeout_seconds = 0.3;
+  Harness h(config, pick_mode());
+  SamplingParams forever = greedy(-1);
+  forever.ignore_eos = true;
+  std::vector<std::future<Outcome>> accepted;
+  accepted.push_back(h.run({1, 2, 3}, forever));
+  while (h.engine->counters().running == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  for (int i = 0; i < 3; ++i) accepted.push_back(h.run({4, 5, TokenId(6 + i)}, forever));
+  GenerationRequest over;
+  over.input = std::vector<TokenId>{7, 8, 9};
+  over.sampling = forever;
+  auto refused = h.engine->submit(over, [](const StreamEvent&) {});
+  REQUIRE_FALSE(refused.has_value());
+  CHECK(refused.status().code() == ErrorCode::resource_exhausted);
+  CHECK(refused.status().message().find("engine.max_queued_requests") != std::string::npos);
+  // Every accepted request, running or waiting, ends by the limit with the tokens it made so far.
+  for (auto& f : accepted) {
+    Outcome got = f.get();
+    CHECK(got.finish == FinishReason::error);
+    CHECK(got.error_code == ErrorCode::deadline_exceeded);
+  }
+  h.engine->wait_idle();
+  EngineCounters counters = h.engine->counters();
+  CHECK(counters.requests_rejected == 1);
+  CHECK(counters.requests_timed_out == 4);
+  CHECK(h.engine->stats().kv_blocks_held == 0);
+  // The queue has room again.
+  std::vector<TokenId> prompt{7, 8, 9};
+  check_same(h.run(prompt, greedy(6)).get(), expected_run(prompt, greedy(6), 100000, 0));
+}

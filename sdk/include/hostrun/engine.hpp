@@ -80,6 +80,8 @@ struct EngineCounters {
   uint64_t requests_submitted = 0;
   uint64_t requests_finished = 0;
   uint64_t requests_cancelled = 0;
+  uint64_t requests_rejected = 0;   // refused at submit because the queue was full
+  uint64_t requests_timed_out = 0;  // ended by the per-request time limit
   uint64_t prompt_tokens = 0;
   uint64_t completion_tokens = 0;
   uint32_t running = 0;
