@@ -26,13 +26,6 @@ struct ApiServerOptions {
   std::optional<int64_t> io_threads;
 };
 
-// A list flag as a manifest override: items joined by commas (manifest.cpp splits them again).
-std::string comma_list(const std::vector<std::string>& items) {
-  std::string out;
-  for (size_t i = 0; i < items.size(); ++i) out += (i ? "," : "") + items[i];
-  return out;
-}
-
 void add_api_server(CLI::App& serve, GlobalOptions& options) {
   auto* cmd = serve.add_subcommand(
       "api_server", "Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, "
