@@ -192,7 +192,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
  private:
   void read_request();
-  void on_header(beast::error_code ec);
+  void read_head();
+  void on_head();
   void read_body();
   void on_read(beast::error_code ec);
   void handle();
@@ -210,6 +211,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   Strand strand_;
   beast::tcp_stream stream_;
   beast::flat_buffer buffer_;
+  size_t head_searched_ = 0;  // how much of buffer_ read_head() has searched for the end of the head
   std::optional<RequestParser> parser_;
   std::string remote_;
 
@@ -316,18 +318,43 @@ void Connection::read_request() {
   if (closed_) return;
   parser_.emplace();
   limit_parser(*parser_, server_->options);
+  head_searched_ = 0;
   stream_.expires_after(server_->options.idle_timeout);
-  bhttp::async_read_header(stream_, buffer_, *parser_,
-                           [self = shared_from_this()](beast::error_code ec, size_t) { self->on_header(ec); });
+  read_head();
 }
 
-void Connection::on_header(beast::error_code ec) {
-  if (ec) return on_read(ec);
+// Reads until the buffer holds a whole head. Beast's own async_read_header
+// would parse the head as it arrives, unfolding folded lines before anyone
+// could see them; the head's bytes are checked first (parse_head).
+void Connection::read_head() {
+  if (closed_) return;
+  std::string_view buffered(static_cast<const char*>(buffer_.data().data()), buffer_.size());
+  size_t end = head_end(buffered, head_searched_);
+  if (end == std::string_view::npos) {
+    if (buffered.size() > server_->options.max_header_bytes) {
+      keep_alive_ = false;
+      return reject(431, "the request headers are too large");
+    }
+    head_searched_ = buffered.size();
+    constexpr size_t kReadSize = 4096;
+    stream_.async_read_some(buffer_.prepare(kReadSize), [self = shared_from_this()](beast::error_code ec, size_t n) {
+      self->buffer_.commit(n);
+      if (ec) return self->on_read(ec);
+      self->read_head();
+    });
+    return;
+  }
   // Framing is judged on the head alone: a body whose length is in doubt is never read.
-  if (auto refusal = head_refusal(*parser_)) {
+  auto refusal = parse_head(*parser_, buffered.substr(0, end), server_->options);
+  buffer_.consume(end);
+  if (refusal) {
     keep_alive_ = false;
     return reject(refusal->status, refusal->message);
   }
+  on_head();
+}
+
+void Connection::on_head() {
   // curl and others wait for "100 Continue" before sending a large body.
   const auto& message = parser_->get();
   auto expect = message.find(bhttp::field::expect);

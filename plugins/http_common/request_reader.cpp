@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <boost/asio/buffer.hpp>
 #include <boost/beast/http/error.hpp>
 #include <cstdint>
 
@@ -24,7 +25,18 @@ std::vector<Header> header_fields(const RequestParser& parser) {
   return fields;
 }
 
-std::optional<Refusal> head_refusal(const RequestParser& parser) {
+size_t head_end(std::string_view buffered, size_t searched) {
+  // The blank line may have begun in what was searched before.
+  size_t end = buffered.find("\r\n\r\n", searched < 3 ? 0 : searched - 3);
+  return end == std::string_view::npos ? end : end + 4;
+}
+
+std::optional<Refusal> parse_head(RequestParser& parser, std::string_view head, const ServerOptions& options) {
+  if (auto refusal = check_head_bytes(head)) return refusal;
+  boost::beast::error_code error;
+  parser.put(boost::asio::buffer(head.data(), head.size()), error);
+  if (!error && !parser.is_header_done()) error = bhttp::error::partial_message;
+  if (error) return parse_error_refusal(error, options).value_or(Refusal{400, "malformed HTTP request head: " + error.message()});
   return check_framing(parser.get().version(), header_fields(parser));
 }
 

@@ -25,8 +25,15 @@ void limit_parser(RequestParser& parser, const ServerOptions& options);
 // The head's fields with lower-case names, in the order sent.
 std::vector<Header> header_fields(const RequestParser& parser);
 
-// The framing checks of request_rules.hpp on a parsed head (parser.is_header_done()).
-std::optional<Refusal> head_refusal(const RequestParser& parser);
+// Where the head in `buffered` ends (just past its blank line), or npos.
+// `searched` is how far an earlier call on the same buffer looked.
+size_t head_end(std::string_view buffered, size_t searched = 0);
+
+// Parses a complete head (the bytes up to and including its blank line): its
+// bytes are checked first, then Beast parses it, then its framing is checked.
+// Nothing when the body may be read; otherwise the answer, after which the
+// connection closes.
+std::optional<Refusal> parse_head(RequestParser& parser, std::string_view head, const ServerOptions& options);
 
 // The answer to a request Beast could not parse: 413 over the body limit, 431
 // over the header limit, 400 for a malformed one (naming Transfer-Encoding or

@@ -4,6 +4,8 @@
 #include <arpa/inet.h>
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "ascii.hpp"
 
 namespace hostrun::http {
@@ -89,6 +91,16 @@ std::optional<HostPort> parse_host(std::string_view value) {
 }
 
 }  // namespace
+
+std::optional<Refusal> check_head_bytes(std::string_view head) {
+  for (size_t line = head.find("\r\n"); line != std::string_view::npos; line = head.find("\r\n", line + 2)) {
+    if (line + 2 < head.size() && (head[line + 2] == ' ' || head[line + 2] == '\t'))
+      return Refusal{400, fmt::format("header line {} starts with a space or tab (obsolete line folding, refused "
+                                      "by RFC 9112 section 5.2); send each header on one line",
+                                      std::count(head.begin(), head.begin() + ptrdiff_t(line), '\n') + 2)};
+  }
+  return std::nullopt;
+}
 
 std::optional<Refusal> check_framing(unsigned http_version, std::span<const Header> headers) {
   std::vector<std::string_view> transfer_encodings, content_lengths;

@@ -34,6 +34,12 @@ struct Refusal {
   std::string message;
 };
 
+// The raw head (request line to blank line): no header line may start with a
+// space or tab. That is obsolete line folding (RFC 9112 section 5.2), which a
+// parser may unfold into the line above; a proxy that reads it otherwise
+// would see, e.g., "Transfer-Encoding:" and " chunked" as two lines.
+std::optional<Refusal> check_head_bytes(std::string_view head);
+
 // `http_version` is 10 or 11; `headers` have lower-case names, in the order sent.
 std::optional<Refusal> check_framing(unsigned http_version, std::span<const Header> headers);
 

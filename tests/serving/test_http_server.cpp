@@ -232,6 +232,9 @@ TEST_SUITE("http_server") {
         {"two Content-Length fields", post + "Content-Length: 0\r\nContent-Length: 0\r\n\r\n" + hidden,
          "Content-Length"},
         {"a Content-Length list", post + "Content-Length: 0, 0\r\n\r\n" + hidden, "Content-Length"},
+        {"chunked folded onto a second line", post + "Transfer-Encoding:\r\n chunked\r\n\r\n" + chunked_hidden,
+         "line folding"},
+        {"a folded Content-Length", post + "Content-Length:\r\n\t0\r\n\r\n" + hidden, "line folding"},
         {"two Host fields", "GET /stream HTTP/1.1\r\nHost: localhost\r\nHost: localhost\r\n\r\n" + hidden, "Host"},
         {"no Host in HTTP/1.1", "GET /stream HTTP/1.1\r\n\r\n" + hidden, "Host"},
     };

@@ -61,6 +61,16 @@ TEST_SUITE("request_rules") {
     CHECK(refusal->message.size() < 300);
   }
 
+  TEST_CASE("head bytes: no folded header lines") {
+    CHECK_FALSE(check_head_bytes("GET / HTTP/1.1\r\nHost: a\r\nX-Spaced: a  b\t c\r\n\r\n"));
+    auto folded = check_head_bytes("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n chunked\r\n\r\n");
+    REQUIRE(folded);
+    CHECK(folded->status == 400);
+    CHECK(folded->message.find("header line 4 starts with a space or tab") != std::string::npos);
+    CHECK(check_head_bytes("GET / HTTP/1.1\r\nHost: a\r\n\tb\r\n\r\n"));
+    CHECK(check_head_bytes("GET / HTTP/1.1\r\n Host: a\r\n\r\n"));
+  }
+
   TEST_CASE("Host: addresses, localhost, the bound name, this machine, the allowed list") {
     AccessRules rules;
     rules.server_address = "gpu-box.lan";
