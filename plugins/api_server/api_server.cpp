@@ -425,12 +425,13 @@ class ApiServer final : public Frontend {
     options_.server_header = "hostrun-api_server";
     options_.log = log_;
     api_keys_ = s.get_strings("api_keys");
+    // Refused here, before the engine is opened; the host reports what this throws.
+    if (Status keys = http::validate_api_keys(api_keys_, "api_server's api_keys"); !keys) throw Error(std::move(keys));
     served_model_name_ = s.get_string("served_model_name");
   }
 
   Status run(EngineHandle& engine) noexcept override {
     return guard([&]() -> Status {
-      if (Status keys = http::validate_api_keys(api_keys_, "api_server's api_keys"); !keys) return keys;
       auto shared = std::make_shared<Shared>();
       shared->engine = &engine;
       shared->tokenizer = engine.tokenizer();
