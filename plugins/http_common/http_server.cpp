@@ -59,12 +59,6 @@ bool contains(const std::vector<std::string>& items, std::string_view wanted) {
 
 }  // namespace
 
-const std::string* Request::header(std::string_view name) const noexcept {
-  for (const auto& h : headers)
-    if (iequals(h.name, name)) return &h.value;
-  return nullptr;
-}
-
 Response json_error(int status, std::string_view message, std::string_view type, std::string_view param,
                     std::string_view code) {
   using json = nlohmann::ordered_json;
@@ -213,6 +207,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   beast::flat_buffer buffer_;
   size_t head_searched_ = 0;  // how much of buffer_ read_head() has searched for the end of the head
   std::optional<RequestParser> parser_;
+  // The head's fields, taken before the body is read: the parser adds a
+  // chunked body's trailer fields to its own, and those must not pass for
+  // headers (RFC 9110 section 6.5.1), e.g. a Content-Type the head lacked.
+  std::vector<Header> head_fields_;
   std::string remote_;
 
   std::shared_ptr<ExchangeImpl> current_;  // reset when its response is written or it is aborted
@@ -351,6 +349,7 @@ void Connection::read_head() {
     keep_alive_ = false;
     return reject(refusal->status, refusal->message);
   }
+  head_fields_ = header_fields(*parser_);
   on_head();
 }
 
@@ -405,7 +404,7 @@ void Connection::reject(int status, std::string_view message) {
 void Connection::handle() {
   keep_alive_ = parser_->get().keep_alive();
   http10_ = parser_->get().version() < 11;
-  Request request = make_request(*parser_, header_fields(*parser_), remote_);
+  Request request = make_request(*parser_, std::move(head_fields_), remote_);
   request.received = std::chrono::steady_clock::now();
   streaming_ = false;
   response_queued_ = false;

@@ -34,6 +34,8 @@
 #include <hostrun/log.hpp>
 #include <hostrun/status.hpp>
 
+#include "ascii.hpp"
+
 namespace hostrun::http {
 
 struct Header {
@@ -52,7 +54,11 @@ struct Request {
   std::chrono::steady_clock::time_point received;  // when the whole request had been read
 
   // The first header of that name (case-insensitive), or nullptr.
-  const std::string* header(std::string_view name) const noexcept;
+  const std::string* header(std::string_view name) const noexcept {
+    for (const auto& h : headers)
+      if (iequals(h.name, name)) return &h.value;
+    return nullptr;
+  }
 };
 
 struct Response {

@@ -41,7 +41,8 @@ std::optional<Refusal> parse_head(RequestParser& parser, std::string_view head, 
 // connection itself (end of stream, reset, timeout), which are not answered.
 std::optional<Refusal> parse_error_refusal(boost::beast::error_code error, const ServerOptions& options);
 
-// The request a handler sees, from a complete message and its head's fields.
+// The request a handler sees, from a complete message and the fields of its
+// head, taken when the head was parsed: trailer fields are not headers.
 Request make_request(RequestParser& parser, std::vector<Header> fields, std::string remote_address);
 
 }  // namespace hostrun::http

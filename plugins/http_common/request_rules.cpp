@@ -26,19 +26,6 @@ std::string_view trim_whitespace(std::string_view s) {
   return s;
 }
 
-// The elements of a comma-separated header value; empty elements are
-// dropped, as RFC 9110 section 5.6.1 says a recipient must.
-std::vector<std::string_view> list_elements(std::string_view value) {
-  std::vector<std::string_view> out;
-  for (;;) {
-    size_t comma = value.find(',');
-    std::string_view element = trim_whitespace(value.substr(0, comma));
-    if (!element.empty()) out.push_back(element);
-    if (comma == std::string_view::npos) return out;
-    value.remove_prefix(comma + 1);
-  }
-}
-
 bool listed(std::string_view wanted, const std::vector<std::string>& items) {
   for (const auto& item : items)
     if (item == "*" || iequals(item, wanted)) return true;
@@ -119,10 +106,9 @@ std::optional<Refusal> check_framing(unsigned http_version, std::span<const Head
     if (http_version < 11)
       return Refusal{400, fmt::format("Transfer-Encoding is not allowed in an HTTP/1.0 request (found {}); "
                                       "send Content-Length", quoted(found))};
-    std::vector<std::string_view> codings;
-    for (auto value : transfer_encodings)
-      for (auto coding : list_elements(value)) codings.push_back(coding);
-    if (transfer_encodings.size() != 1 || codings.size() != 1 || !iequals(codings[0], "chunked"))
+    // Exactly the word: even the empty list elements RFC 9110 lets a recipient
+    // skip (", chunked") are refused, since a proxy may not skip them.
+    if (transfer_encodings.size() != 1 || !iequals(trim_whitespace(transfer_encodings[0]), "chunked"))
       return Refusal{400, fmt::format("Transfer-Encoding must be exactly 'chunked', in one header; found {} in {} "
                                       "header(s)", quoted(found), transfer_encodings.size())};
     if (!content_lengths.empty())
@@ -153,11 +139,10 @@ std::optional<Refusal> check_host(const Request& request, const AccessRules& rul
     auto entry = parse_host(allowed);
     if (entry && entry->host == host->host) return std::nullopt;
   }
+  // Which names would do is not said: the answer may be read by the very page that sent it.
   return Refusal{403, fmt::format("the Host header {} is not a name this server answers to; expected an IP address, "
-                                  "localhost, '{}', '{}' or one of the allowed hosts ({}); a proxy's public name "
-                                  "goes in --allowed-hosts",
-                                  quoted(*value), rules.server_address, rules.machine_name,
-                                  list_text(rules.allowed_hosts))};
+                                  "localhost, the server's own name or one of --allowed-hosts (where a proxy's "
+                                  "public name goes)", quoted(*value))};
 }
 
 std::optional<Refusal> check_origin(const Request& request, const AccessRules& rules) {

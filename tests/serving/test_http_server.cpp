@@ -304,6 +304,13 @@ TEST_SUITE("http_server") {
           "HTTP/1.1 415 Unsupported Media Type");
     CHECK(status_of(post("localhost", "")) == "HTTP/1.1 415 Unsupported Media Type");
     CHECK(status_of(post("localhost", "Content-Type: application/jsonx\r\n")) == "HTTP/1.1 415 Unsupported Media Type");
+    {
+      // A chunked body's trailer fields are not headers: a Content-Type there does not count.
+      RawClient trailer(t.server.port());
+      trailer.send_text("POST /echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        "2\r\n{}\r\n0\r\nContent-Type: application/json\r\n\r\n");
+      CHECK(trailer.read_until("}}").starts_with("HTTP/1.1 415"));
+    }
     // The refusal says what was found and what would be accepted; every answer carries nosniff.
     RawClient client(t.server.port());
     client.send_text("POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi");
