@@ -76,6 +76,21 @@ for cap in max_pending_bytes_per_session:1 max_pending_bytes:2; do
   stop_checked
 done
 
+# --- the manifest key: api_server with [frontend] api_keys, nothing on the command line
+{ cat "$here/../../manifests/llama3-cpu.toml"; printf '\n[frontend]\napi_keys = ["manifest-key"]\n'; } >"$work/keys.toml"
+if start_server "$work/keyed.log" "$hostrun" serve api_server "$model" --server-name 127.0.0.1 --server-port 0 \
+     --manifest "$work/keys.toml"; then
+  statuses=$(node --input-type=module -e '
+    const url = process.argv[1] + "/v1/models";
+    const none = await fetch(url), keyed = await fetch(url, { headers: { authorization: "Bearer manifest-key" } });
+    console.log(none.status, keyed.status);' "$server_url")
+  [ "$statuses" = "401 200" ] && ok "api_server takes its key from the manifest (401 without, 200 with)" ||
+    fail "api_server with the manifest key: $statuses"
+else
+  fail "serve api_server --manifest (keys) started"
+fi
+stop_checked
+
 # --- what the command line says ---------------------------------------------
 if start_server "$work/cors.log" "$hostrun" serve api_server "$model" --server-name 127.0.0.1 --server-port 0 \
      --allow-origins '*' --allow-credentials; then
