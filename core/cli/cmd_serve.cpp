@@ -19,18 +19,12 @@ struct ApiServerOptions {
   int64_t server_port = 23333;
   int64_t tp = 1;
   std::vector<std::string> api_keys;
+  std::vector<std::string> allowed_hosts;
   std::vector<std::string> allow_origins, allow_methods, allow_headers;
   bool allow_credentials = false;
   std::string served_model_name;
   std::optional<int64_t> io_threads;
 };
-
-// A list flag as a manifest override: items joined by commas (manifest.cpp splits them again).
-std::string comma_list(const std::vector<std::string>& items) {
-  std::string out;
-  for (size_t i = 0; i < items.size(); ++i) out += (i ? "," : "") + items[i];
-  return out;
-}
 
 void add_api_server(CLI::App& serve, GlobalOptions& options) {
   auto* cmd = serve.add_subcommand(
@@ -46,8 +40,14 @@ void add_api_server(CLI::App& serve, GlobalOptions& options) {
       ->check(CLI::Range(0, 65535))
       ->capture_default_str();
   cmd->add_option("--tp", o->tp, "Tensor parallelism: GPUs per model (only 1 for now)")->capture_default_str();
-  cmd->add_option("--api-keys", o->api_keys, "Bearer keys the /v1 API accepts (none: no authentication)")
+  cmd->add_option("--api-keys", o->api_keys,
+                  "Bearer keys the /v1 API accepts (none: no authentication); on a shared machine prefer the "
+                  "manifest's [frontend] api_keys, since others can read a command line")
       ->type_name("KEY[,KEY...]")->allow_extra_args(false)->delimiter(',');
+  cmd->add_option("--allowed-hosts", o->allowed_hosts,
+                  "Host names requests may address besides IP addresses, localhost, --server-name and this "
+                  "machine's name (a proxy's public name; '*': any)")
+      ->type_name("HOST[,...]")->allow_extra_args(false)->delimiter(',');
   cmd->add_option("--allow-origins", o->allow_origins, "CORS: origins allowed to call the API ('*': any)")
       ->type_name("ORIGIN[,...]")->allow_extra_args(false)->delimiter(',');
   cmd->add_flag("--allow-credentials", o->allow_credentials, "CORS: allow credentials");
@@ -74,6 +74,7 @@ void add_api_server(CLI::App& serve, GlobalOptions& options) {
       if (!items.empty()) frontend.push_back({key, comma_list(items), flag});
     };
     strings("frontend.api_keys", o->api_keys, "--api-keys");
+    strings("frontend.allowed_hosts", o->allowed_hosts, "--allowed-hosts");
     strings("frontend.allow_origins", o->allow_origins, "--allow-origins");
     strings("frontend.allow_methods", o->allow_methods, "--allow-methods");
     strings("frontend.allow_headers", o->allow_headers, "--allow-headers");

@@ -2,13 +2,15 @@
 //
 //   hostrun serve api_client http://localhost:23333 [--api-key KEY]
 //   hostrun serve api_client MODEL_DIR [engine flags]
-//   hostrun serve gradio http://localhost:23333 --server-name 0.0.0.0 --server-port 6006
+//   hostrun serve gradio http://localhost:23333 --server-name 0.0.0.0 --server-port 6006 [--api-keys K]
 //   hostrun serve gradio MODEL_DIR --server-port 6006 [engine flags]
 //
 // api_client is the terminal "chat" frontend over a core::RemoteEngine, so it
 // behaves exactly like `hostrun chat` (Enter twice sends, `end`, `exit`).
 // gradio runs the "gradio" frontend over a RemoteEngine when given a URL and
-// over the local engine when given a model folder.
+// over the local engine when given a model folder. With a URL, a --manifest
+// may hold a [frontend] table only (the server's own settings apply to the
+// engine), and --set may set frontend.KEY only.
 #include "commands.hpp"
 #include "engine_flags.hpp"
 #include "remote_engine.hpp"
@@ -85,7 +87,12 @@ struct GradioOptions {
   std::string server_name = "0.0.0.0";
   int64_t server_port = 6006;
   std::string title;
+  std::vector<std::string> api_keys, allowed_hosts;
 };
+
+bool is_loopback(std::string_view address) {
+  return address == "localhost" || address == "::1" || address.starts_with("127.");
+}
 
 // Runs `frontend` over the server at `target` (a URL) or over a local engine
 // on the model folder `target`, refusing flags that do not apply to the choice.
@@ -95,21 +102,31 @@ int run_over_target(const char* command, const std::string& target, const CLI::A
   // Anything with a scheme is meant as a server (ftp:// is then refused by name), not a folder.
   if (core::looks_like_url(target) || target.find("://") != std::string::npos) {
     // Engine flags configure a local engine; with a URL they would be silently ignored.
-    for (const char* flag : {"--manifest", "--chat-template", "--device", "--session-len", "--max-batch-size",
+    for (const char* flag : {"--chat-template", "--device", "--session-len", "--max-batch-size",
                              "--max-prefill-token-num", "--cache-max-entry-count", "--cache-block-seq-len",
-                             "--num-kv-blocks", "--enable-prefix-caching", "--set"}) {
+                             "--num-kv-blocks", "--enable-prefix-caching"}) {
       if (cmd->count(flag) > 0) {
         fmt::print(stderr, "hostrun {}: {} configures a local engine; with a URL ({}) the server's own settings "
                            "apply, so leave it out\n", command, flag, target);
         return 2;
       }
     }
+    std::vector<core::ManifestOverride> settings = frontend;
+    for (const auto& assignment : engine.sets) {
+      size_t eq = assignment.find('=');
+      if (!assignment.starts_with("frontend.") || eq == std::string::npos) {
+        fmt::print(stderr, "hostrun {}: --set '{}': with a URL ({}) only frontend settings apply; expected "
+                           "frontend.KEY=VALUE\n", command, assignment, target);
+        return 2;
+      }
+      settings.push_back({assignment.substr(0, eq), assignment.substr(eq + 1), "--set " + assignment});
+    }
     auto url = core::parse_server_url(target);
     if (!url) {
       fmt::print(stderr, "hostrun {}: {}\n", command, url.status().message());
       return 2;
     }
-    return run_frontend(options.plugin_dirs, frontend, remote.opener(target));
+    return run_frontend(options.plugin_dirs, settings, remote.opener(target), engine.manifest);
   }
   if (!remote.api_key.empty() || !remote.model.empty()) {
     fmt::print(stderr, "hostrun {}: --api-key and --model are for a server URL; '{}' is not one "
@@ -152,6 +169,14 @@ void add_gradio(CLI::App& serve, GlobalOptions& options) {
       ->check(CLI::Range(0, 65535))
       ->capture_default_str();
   cmd->add_option("--title", o->title, "Title of the page (default 'hostrun chat')");
+  cmd->add_option("--api-keys", o->api_keys,
+                  "Bearer keys this server's page API and Gradio API accept (none: no authentication); on a shared "
+                  "machine prefer api_keys in a --manifest [frontend] table, since others can read a command line")
+      ->type_name("KEY[,KEY...]")->allow_extra_args(false)->delimiter(',');
+  cmd->add_option("--allowed-hosts", o->allowed_hosts,
+                  "Host names requests may address besides IP addresses, localhost, --server-name and this "
+                  "machine's name (a proxy's public name; '*': any)")
+      ->type_name("HOST[,...]")->allow_extra_args(false)->delimiter(',');
   o->remote.add_to(cmd);
   o->sampling.add_to(cmd, false);
   o->engine.add_to(cmd);
@@ -162,7 +187,16 @@ void add_gradio(CLI::App& serve, GlobalOptions& options) {
         {"frontend.server_port", std::to_string(o->server_port), "--server-port"},
     };
     if (!o->title.empty()) frontend.push_back({"frontend.title", o->title, "--title"});
+    if (!o->api_keys.empty()) frontend.push_back({"frontend.api_keys", comma_list(o->api_keys), "--api-keys"});
+    if (!o->allowed_hosts.empty())
+      frontend.push_back({"frontend.allowed_hosts", comma_list(o->allowed_hosts), "--allowed-hosts"});
     o->sampling.append(frontend);
+    // The bridge calls the server with its key for whoever reaches the bridge.
+    bool own_keys_possible = !o->api_keys.empty() || !o->engine.manifest.empty() || !o->engine.sets.empty();
+    if (!o->remote.api_key.empty() && !own_keys_possible && !is_loopback(o->server_name))
+      fmt::print(stderr, "hostrun serve gradio: warning: anyone who reaches {}:{} uses {} with your --api-key; give "
+                         "this server keys of its own (--api-keys, or api_keys in a --manifest [frontend] table)\n",
+                 o->server_name, o->server_port, o->target);
     options.exit_code = run_over_target("serve gradio", o->target, cmd, o->engine, o->remote, frontend, options);
   });
 }

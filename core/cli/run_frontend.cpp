@@ -39,6 +39,12 @@ void watch_signals(Frontend* frontend) {
 
 }  // namespace
 
+std::string comma_list(const std::vector<std::string>& items) {
+  std::string out;
+  for (size_t i = 0; i < items.size(); ++i) out += (i ? "," : "") + items[i];
+  return out;
+}
+
 void block_stop_signals() {
   // Every thread made from here on inherits the mask, so only the watcher sees the signals.
   sigset_t set;
@@ -80,10 +86,28 @@ int run_frontend(const EngineFlags& flags, const std::vector<std::string>& plugi
 }
 
 int run_frontend(const std::vector<std::string>& plugin_dirs, const std::vector<core::ManifestOverride>& frontend_overrides,
-                 const EngineOpener& open_engine) {
+                 const EngineOpener& open_engine, const std::string& manifest_file) {
   // The plugin and its settings, checked before anything connects anywhere.
-  std::string plugin;
+  std::string plugin, manifest_plugin;
   std::map<std::string, core::RawValue> values;
+  std::filesystem::path base_dir;
+  if (!manifest_file.empty()) {
+    auto manifest = core::Manifest::parse_file(manifest_file);
+    if (!manifest) {
+      fmt::print(stderr, "hostrun: {}\n", manifest.status().message());
+      return 2;
+    }
+    for (const auto& table : manifest->tables()) {
+      if (table.name != "frontend") {
+        fmt::print(stderr, "hostrun: {}: [{}] configures a local engine, and this command talks to a server; "
+                           "expected a [frontend] table only\n", table.origin.describe(), table.name);
+        return 2;
+      }
+      values = table.values;  // the flags below override any of these
+      manifest_plugin = table.plugin;
+    }
+    base_dir = manifest->base_dir();
+  }
   for (const auto& o : frontend_overrides) {
     std::string_view key = o.key;
     if (!key.starts_with("frontend.")) {
@@ -95,9 +119,15 @@ int run_frontend(const std::vector<std::string>& plugin_dirs, const std::vector<
       plugin = o.value;
       continue;
     }
-    core::RawValue& raw = values[std::string(key)];
+    core::RawValue raw;
     raw.flag_text = o.value;
     raw.origin.label = o.label;
+    values[std::string(key)] = std::move(raw);
+  }
+  if (!manifest_plugin.empty() && manifest_plugin != plugin) {
+    fmt::print(stderr, "hostrun: {}: [frontend] names plugin '{}', but this command runs '{}'\n", manifest_file,
+               manifest_plugin, plugin);
+    return 2;
   }
   block_stop_signals();
   GlobalOptions global;
@@ -119,7 +149,7 @@ int run_frontend(const std::vector<std::string>& plugin_dirs, const std::vector<
   std::map<std::string, core::ValueOrigin> origins;
   std::vector<std::string> problems;
   Settings settings = core::validate_settings(std::span(entry->settings, entry->settings_count), values, "frontend",
-                                              fmt::format("plugin '{}'", plugin), {}, origins, problems);
+                                              fmt::format("plugin '{}'", plugin), base_dir, origins, problems);
   if (!problems.empty()) {
     for (const auto& p : problems) fmt::print(stderr, "hostrun: {}\n", p);
     return 2;

@@ -11,6 +11,9 @@
 
 namespace hostrun::cli {
 
+// A list flag as a frontend override: items joined by commas (manifest.cpp splits them again).
+std::string comma_list(const std::vector<std::string>& items);
+
 // Blocks SIGINT/SIGTERM in this thread and every thread it makes later, so a
 // watcher thread can take them with sigwait.
 void block_stop_signals();
@@ -25,12 +28,14 @@ int run_frontend(const EngineFlags& flags, const std::vector<std::string>& plugi
 // core::RemoteEngine); called after the stop signals are blocked.
 using EngineOpener = std::function<Result<std::unique_ptr<EngineHandle>>()>;
 
-// Runs a frontend plugin over an engine `open_engine` makes, with no manifest:
+// Runs a frontend plugin over an engine `open_engine` makes:
 // `frontend_overrides` name the plugin ("frontend.plugin") and its settings
-// ("frontend.KEY"), validated against what the plugin declares as a manifest
-// table would be, before the engine is opened. Stops it on SIGINT/SIGTERM.
-// Returns the process exit status.
+// ("frontend.KEY"), over those of `manifest_file`'s [frontend] table when one
+// is given (a manifest with any other table is refused: there is no local
+// engine for it to configure). They are validated against what the plugin
+// declares, as a manifest table would be, before the engine is opened. Stops
+// it on SIGINT/SIGTERM. Returns the process exit status.
 int run_frontend(const std::vector<std::string>& plugin_dirs, const std::vector<core::ManifestOverride>& frontend_overrides,
-                 const EngineOpener& open_engine);
+                 const EngineOpener& open_engine, const std::string& manifest_file = {});
 
 }  // namespace hostrun::cli

@@ -25,6 +25,7 @@
 #include "http_server.hpp"
 #include "metrics.hpp"
 #include "openai_request.hpp"
+#include "request_rules.hpp"
 
 namespace {
 
@@ -424,9 +425,12 @@ class ApiServer final : public Frontend {
     options_.cors.allow_methods = s.get_strings("allow_methods");
     options_.cors.allow_headers = s.get_strings("allow_headers");
     options_.max_body_bytes = size_t(s.get_int("max_body_bytes"));
+    options_.allowed_hosts = s.get_strings("allowed_hosts");
     options_.server_header = "hostrun-api_server";
     options_.log = log_;
     api_keys_ = s.get_strings("api_keys");
+    // Refused here, before the engine is opened; the host reports what this throws.
+    if (Status keys = http::validate_api_keys(api_keys_, "api_server's api_keys"); !keys) throw Error(std::move(keys));
     served_model_name_ = s.get_string("served_model_name");
   }
 
@@ -483,22 +487,10 @@ class ApiServer final : public Frontend {
     server.set_filter([shared](std::shared_ptr<http::Exchange> exchange, const http::Handler& next) {
       const http::Request& request = exchange->request();
       // As in LMDeploy, only the API needs the key; /health and /metrics stay open for probes and scrapers.
-      if (!shared->api_keys.empty() && request.path.starts_with("/v1/")) {
-        const std::string* authorization = request.header("authorization");
-        ApiError e{401, "", "invalid_request_error", "", "invalid_api_key"};
-        if (!authorization) {
-          e.message = "You didn't provide an API key; send 'Authorization: Bearer KEY'";
-        } else {
-          std::string_view value = *authorization;
-          bool bearer = value.size() > 7 && (value.substr(0, 7) == "Bearer " || value.substr(0, 7) == "bearer ");
-          std::string_view key = bearer ? value.substr(7) : std::string_view();
-          bool known = false;
-          for (const auto& k : shared->api_keys) known = known || k == key;
-          if (!known) e.message = bearer ? "Incorrect API key provided" : "The Authorization header must be 'Bearer KEY'";
-        }
-        if (!e.message.empty()) {
+      if (request.path.starts_with("/v1/")) {
+        if (auto problem = http::bearer_key_problem(request, shared->api_keys)) {
           shared->metrics.count_error(401);
-          http::Response response = http::json_error(401, e.message, e.type, e.param, e.code);
+          http::Response response = http::json_error(401, *problem, "invalid_request_error", {}, "invalid_api_key");
           response.headers.push_back({"WWW-Authenticate", "Bearer"});
           return exchange->respond(std::move(response));
         }
@@ -555,6 +547,9 @@ const SettingSpec kSettings[] = {
     {"server_port", SettingType::integer, "Port to listen on (0: any free port, printed at start)", false, "23333", 0,
      65535},
     {"api_keys", SettingType::string_list, "Bearer keys the /v1 API accepts (empty: no authentication)", false, "[]"},
+    {"allowed_hosts", SettingType::string_list,
+     "Host names besides the bound address, IP addresses, localhost and this machine's name that requests may "
+     "address (a proxy's public name; \"*\": any)", false, "[]"},
     {"allow_origins", SettingType::string_list, "CORS: origins allowed to call the API (\"*\": any; empty: no CORS)",
      false, "[]"},
     {"allow_credentials", SettingType::boolean, "CORS: allow credentials", false, "false"},

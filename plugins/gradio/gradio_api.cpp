@@ -30,6 +30,11 @@ constexpr const char* kApiPrefix = "/gradio_api";
 constexpr auto kHeartbeatEvery = std::chrono::seconds(15);
 // A session whose client never opened its stream is dropped after this.
 constexpr auto kUnclaimedSessionLife = std::chrono::seconds(120);
+// A job whose session has had no stream open for this long since it joined is
+// cancelled: @gradio/client opens the stream within milliseconds of the join,
+// and a job nobody reads would otherwise run to max_tokens while its events
+// pile up here.
+constexpr auto kUnwatchedJobGrace = std::chrono::seconds(5);
 // How long an idle session's stream stays open before close_stream. The
 // client reuses a stream it believes open: one that submits again right after
 // a result (a script calling predict twice) must find it still open, or its
@@ -184,12 +189,14 @@ json parameter(const char* label, const char* name, const char* component, json 
 struct GradioApi::State {
   EngineHandle& engine;
   ChatDefaults defaults;
+  JobLimits limits;
   Logger log;
   int64_t app_id = 0;
 
   struct Session {
     std::shared_ptr<http::Exchange> stream;  // the open /queue/data answer, if any
     std::vector<std::string> pending;        // SSE events waiting for a stream
+    size_t pending_bytes = 0;
     int open_events = 0;
     Clock::time_point touched = Clock::now();
     std::optional<Clock::time_point> close_at;  // when idle: when to send close_stream
@@ -199,20 +206,28 @@ struct GradioApi::State {
     std::string session;
     uint64_t request_id = 0;  // 0 until submit() returned
     bool cancel_asked = false;
+    bool completed = false;  // its process_completed was sent or kept; later engine events are dropped
     bool sent_first = false;
     std::string reply;
     Clock::time_point started = Clock::now();
+    // Set while its session has no stream open, from the join on; see kUnwatchedJobGrace.
+    std::optional<Clock::time_point> unwatched_since;
   };
 
   std::mutex mutex;
   std::map<std::string, Session> sessions;
   std::map<std::string, std::shared_ptr<Event>> events;
+  size_t pending_bytes = 0;  // over every session
+  // Engine requests to cancel, taken by the timer thread: cancel() must not be
+  // called with the lock held, and much of the code that decides to cancel runs with it.
+  std::vector<uint64_t> cancel_queue;
   std::mt19937_64 random{std::random_device{}()};
   bool stopped = false;
   std::condition_variable wake;
   std::thread timers;
 
-  State(EngineHandle& e, ChatDefaults d, Logger l) : engine(e), defaults(std::move(d)), log(std::move(l)) {
+  State(EngineHandle& e, ChatDefaults d, JobLimits j, Logger l)
+      : engine(e), defaults(std::move(d)), limits(j), log(std::move(l)) {
     app_id = int64_t(random() >> 12);
   }
 
@@ -220,13 +235,83 @@ struct GradioApi::State {
     return fmt::format("{:016x}{:016x}", random(), random());
   }
 
-  // Sends (or keeps for later) one message of a session's stream. Lock held.
-  void send(Session& session, const json& message) {
+  // Marks an event cancelled and has the timer thread cancel its engine
+  // request (join() cancels one whose request it has not got yet). Lock held.
+  void queue_cancel(Event& event) {
+    event.cancel_asked = true;
+    if (event.request_id) cancel_queue.push_back(event.request_id);
+    wake.notify_all();
+  }
+
+  // Keeps one message for a session's next stream. Lock held.
+  void keep(Session& session, std::string message) {
+    session.pending_bytes += message.size();
+    pending_bytes += message.size();
+    session.pending.push_back(std::move(message));
+  }
+
+  void forget_pending(Session& session) {
+    pending_bytes -= session.pending_bytes;
+    session.pending_bytes = 0;
+    session.pending.clear();
+  }
+
+  // The session's stream went away (the client left): nobody will read its
+  // jobs' results, so they are cancelled. Lock held.
+  void stream_gone(const std::string& hash, Session& session) {
+    session.stream.reset();
+    for (auto& [id, event] : events)
+      if (event->session == hash) queue_cancel(*event);
+  }
+
+  // Sends one message of a session's stream, or keeps it until the stream
+  // opens. When keeping it would pass a cap on undelivered messages, they are
+  // all dropped and the session's jobs end with an error saying which cap;
+  // the message is then dropped too, and the reason returned. Lock held.
+  std::optional<std::string> send(const std::string& hash, Session& session, const json& message) {
     std::string event = http::sse_event(dump(message));
     session.touched = Clock::now();
-    if (session.stream && session.stream->write(event)) return;
-    session.stream.reset();
-    session.pending.push_back(std::move(event));
+    if (session.stream) {
+      if (session.stream->write(event)) return std::nullopt;
+      stream_gone(hash, session);
+    }
+    std::string over;
+    if (session.pending_bytes + event.size() > limits.max_pending_bytes_per_session)
+      over = fmt::format("this session's undelivered messages passed {} bytes (max_pending_bytes_per_session) "
+                         "with no stream open to /queue/data", limits.max_pending_bytes_per_session);
+    else if (pending_bytes + event.size() > limits.max_pending_bytes)
+      over = fmt::format("undelivered messages of all sessions passed {} bytes (max_pending_bytes)",
+                         limits.max_pending_bytes);
+    if (over.empty()) {
+      keep(session, std::move(event));
+      return std::nullopt;
+    }
+    log.warn("gradio: {}; cancelling the session's jobs", over);
+    forget_pending(session);
+    std::vector<std::shared_ptr<Event>> open;
+    for (auto& [id, e] : events)
+      if (e->session == hash) open.push_back(e);
+    for (auto& e : open) fail(e, over + "; the job was cancelled");
+    return over;
+  }
+
+  // Ends an event at once with an error the client reads when its stream
+  // opens, and cancels its engine request. Kept whatever the caps: one small
+  // message per job, and jobs are capped. Lock held.
+  void fail(const std::shared_ptr<Event>& event, const std::string& error) {
+    if (event->completed) return;
+    queue_cancel(*event);
+    event->completed = true;
+    events.erase(event->id);
+    auto it = sessions.find(event->session);
+    if (it == sessions.end()) return;
+    json message = {{"msg", "process_completed"}, {"event_id", event->id}, {"output", {{"error", error}}},
+                    {"success", false}};
+    Session& session = it->second;
+    std::string text = http::sse_event(dump(message));
+    if (!(session.stream && session.stream->write(text))) keep(session, std::move(text));
+    session.open_events--;
+    settle(event->session);
   }
 
   // After an event ended or a stream connected: an idle session's stream is
@@ -245,11 +330,20 @@ struct GradioApi::State {
   }
 
   // Closes idle streams when their grace ends, sends heartbeats, drops
-  // sessions nobody came for.
+  // sessions nobody came for, cancels jobs nobody watches, and makes the
+  // engine cancellations the rest of the code queued.
   void run_timers() {
     std::unique_lock lock(mutex);
     auto next_heartbeat = Clock::now() + kHeartbeatEvery;
     while (!stopped) {
+      if (!cancel_queue.empty()) {
+        std::vector<uint64_t> to_cancel;
+        to_cancel.swap(cancel_queue);
+        lock.unlock();
+        for (uint64_t id : to_cancel) engine.cancel(id);
+        lock.lock();
+        continue;  // the state may have moved on meanwhile
+      }
       auto now = Clock::now();
       bool beat = now >= next_heartbeat;
       if (beat) next_heartbeat = now + kHeartbeatEvery;
@@ -268,11 +362,26 @@ struct GradioApi::State {
           s.stream->write(http::sse_event(R"({"msg":"heartbeat"})"));
         }
         bool unclaimed = !s.stream && s.open_events == 0 && now - s.touched > kUnclaimedSessionLife;
-        if ((!s.stream && s.open_events == 0 && s.pending.empty()) || unclaimed)
+        if ((!s.stream && s.open_events == 0 && s.pending.empty()) || unclaimed) {
+          forget_pending(s);
           it = sessions.erase(it);
-        else
+        } else {
           ++it;
+        }
       }
+      for (auto it = events.begin(); it != events.end();) {
+        std::shared_ptr<Event> event = (it++)->second;  // fail() erases it
+        if (!event->unwatched_since) continue;
+        auto deadline = *event->unwatched_since + kUnwatchedJobGrace;
+        if (deadline <= now) {
+          fail(event, fmt::format("no stream was open to /queue/data for this session within {} s of the join; "
+                                  "the job was cancelled",
+                                  std::chrono::duration_cast<std::chrono::seconds>(kUnwatchedJobGrace).count()));
+        } else {
+          next_wake = std::min(next_wake, deadline);
+        }
+      }
+      if (!cancel_queue.empty()) continue;
       wake.wait_until(lock, next_wake);
     }
   }
@@ -408,15 +517,38 @@ struct GradioApi::State {
     {
       std::lock_guard lock(mutex);
       if (stopped) return exchange->respond(json_response(503, {{"detail", "the server is stopping"}}));
+      // Gradio's own answer to a full queue is 503, which clients know to retry later.
+      if (events.size() >= limits.max_jobs)
+        return exchange->respond(json_response(
+            503, {{"detail", fmt::format("the server is running {} jobs, its limit (max_jobs); try again when one "
+                                         "has finished", events.size())}}));
+      auto existing = sessions.find(event->session);
+      if (existing != sessions.end() && size_t(existing->second.open_events) >= limits.max_jobs_per_session)
+        return exchange->respond(json_response(
+            429, {{"detail", fmt::format("this session already has {} jobs running, its limit "
+                                         "(max_jobs_per_session); wait for one to finish or cancel one",
+                                         existing->second.open_events)}}));
       event->id = new_event_id();
       events[event->id] = event;
       Session& s = sessions[event->session];
       s.open_events++;
       s.close_at.reset();  // the stream stays open for this event
-      send(s, {{"msg", "estimation"}, {"event_id", event->id}, {"rank", 0}, {"queue_size", 1}, {"rank_eta", nullptr}});
-      send(s, {{"msg", "process_starts"}, {"event_id", event->id}, {"eta", nullptr}, {"progress_data", nullptr}});
+      if (!s.stream) {
+        event->unwatched_since = Clock::now();
+        wake.notify_all();  // the timer thread's next deadline may now be this job's
+      }
+      const std::string& session = event->session;
+      // A send over a cap has failed this event; then there is nothing more to say about it.
+      if (!send(session, s, {{"msg", "estimation"}, {"event_id", event->id}, {"rank", 0}, {"queue_size", 1},
+                             {"rank_eta", nullptr}}))
+        send(session, s, {{"msg", "process_starts"}, {"event_id", event->id}, {"eta", nullptr},
+                          {"progress_data", nullptr}});
     }
     exchange->respond(json_response(200, {{"event_id", event->id}}));
+    {
+      std::lock_guard lock(mutex);
+      if (event->completed) return;
+    }
 
     GenerationRequest request;
     request.input = std::move(inputs->messages);
@@ -442,43 +574,51 @@ struct GradioApi::State {
   void on_stream(const std::shared_ptr<Event>& event, const StreamEvent& e) {
     std::lock_guard lock(mutex);
     auto it = sessions.find(event->session);
-    if (it == sessions.end()) return;
+    if (it == sessions.end() || event->completed) return;
     if (!e.text.empty()) {
       json data = event->sent_first ? json::array({json::array({json::array({"append", json::array(), e.text})})})
                                      : json::array({event->reply + e.text});
       event->reply += e.text;
       event->sent_first = true;
-      send(it->second, {{"msg", "process_generating"},
-                        {"event_id", event->id},
-                        {"output", {{"data", data}, {"is_generating", true}}},
-                        {"success", true}});
+      send(event->session, it->second,
+           {{"msg", "process_generating"},
+            {"event_id", event->id},
+            {"output", {{"data", data}, {"is_generating", true}}},
+            {"success", true}});
     }
+    // A send over a cap has failed the event already.
     if (e.finish != FinishReason::none) complete(event, e.finish, e.error);
   }
 
   // The event's last message. Lock held.
   void complete(const std::shared_ptr<Event>& event, FinishReason finish, const std::string& error) {
-    if (!events.erase(event->id)) return;
+    if (event->completed) return;
+    if (finish == FinishReason::error) {
+      event->request_id = 0;  // over in the engine: nothing to cancel
+      return fail(event, error.empty() ? "the engine failed" : error);
+    }
+    event->completed = true;
+    events.erase(event->id);
     auto it = sessions.find(event->session);
     if (it == sessions.end()) return;
     double seconds = std::chrono::duration<double>(Clock::now() - event->started).count();
-    if (finish == FinishReason::error) {
-      send(it->second, {{"msg", "process_completed"},
-                        {"event_id", event->id},
-                        {"output", {{"error", error.empty() ? "the engine failed" : error}}},
-                        {"success", false}});
-    } else {
-      // A cancelled event ends like a finished one, with the reply it had.
-      send(it->second, {{"msg", "process_completed"},
-                        {"event_id", event->id},
-                        {"output",
-                         {{"data", json::array({event->reply})},
-                          {"is_generating", false},
-                          {"duration", seconds},
-                          {"average_duration", seconds}}},
-                        {"success", true}});
-    }
     it->second.open_events--;
+    // A cancelled event ends like a finished one, with the reply it had.
+    auto over = send(event->session, it->second,
+                     {{"msg", "process_completed"},
+                      {"event_id", event->id},
+                      {"output",
+                       {{"data", json::array({event->reply})},
+                        {"is_generating", false},
+                        {"duration", seconds},
+                        {"average_duration", seconds}}},
+                      {"success", true}});
+    // The reply did not fit beside what is waiting; the client is told why instead.
+    if (over) {
+      json message = {{"msg", "process_completed"}, {"event_id", event->id},
+                      {"output", {{"error", *over + "; the reply was dropped"}}}, {"success", false}};
+      keep(it->second, http::sse_event(dump(message)));
+    }
     settle(event->session);
   }
 
@@ -499,7 +639,9 @@ struct GradioApi::State {
     s.stream = exchange;
     s.close_at.reset();
     for (auto& event : s.pending) exchange->write(std::move(event));
-    s.pending.clear();
+    forget_pending(s);
+    for (auto& [id, event] : events)
+      if (event->session == hash) event->unwatched_since.reset();
     std::weak_ptr<http::Exchange> weak = exchange;
     exchange->on_abort([this, hash, weak] { on_stream_lost(hash, weak); });
     settle(hash);
@@ -507,19 +649,9 @@ struct GradioApi::State {
 
   // The client's stream went away: its events have no one to tell, so stop them.
   void on_stream_lost(const std::string& hash, const std::weak_ptr<http::Exchange>& lost) {
-    std::vector<uint64_t> to_cancel;
-    {
-      std::lock_guard lock(mutex);
-      auto it = sessions.find(hash);
-      if (it == sessions.end() || it->second.stream != lost.lock()) return;
-      it->second.stream.reset();
-      for (auto& [id, event] : events) {
-        if (event->session != hash) continue;
-        event->cancel_asked = true;
-        if (event->request_id) to_cancel.push_back(event->request_id);
-      }
-    }
-    for (uint64_t id : to_cancel) engine.cancel(id);
+    std::lock_guard lock(mutex);
+    auto it = sessions.find(hash);
+    if (it != sessions.end() && it->second.stream && it->second.stream == lost.lock()) stream_gone(hash, it->second);
   }
 
   void cancel(const std::shared_ptr<http::Exchange>& exchange) {
@@ -557,8 +689,8 @@ struct GradioApi::State {
   }
 };
 
-GradioApi::GradioApi(EngineHandle& engine, ChatDefaults defaults, Logger log)
-    : state_(std::make_shared<State>(engine, std::move(defaults), std::move(log))) {
+GradioApi::GradioApi(EngineHandle& engine, ChatDefaults defaults, JobLimits limits, Logger log)
+    : state_(std::make_shared<State>(engine, std::move(defaults), limits, std::move(log))) {
   state_->timers = std::thread([s = state_.get()] { s->run_timers(); });
 }
 

@@ -17,7 +17,11 @@
 //        once still finds its stream open)
 //   POST /cancel, /reset         stop an event
 // Messages queued for a session before its stream connects are kept and sent
-// when it does (the client opens the stream after the join answers).
+// when it does (the client opens the stream after the join answers). Nobody
+// may park work here: a job whose session opens no stream within a few
+// seconds of the join is cancelled, and jobs and undelivered messages are
+// capped per session and over all (JobLimits); a job cut off by either ends
+// with an error saying which limit.
 #pragma once
 
 #include <hostrun/engine.hpp>
@@ -29,9 +33,17 @@
 
 namespace hostrun::gradio {
 
+// The caps on what clients may have running or waiting (the plugin's settings of the same names).
+struct JobLimits {
+  size_t max_jobs = 256;                                // jobs running at once, over every session (503 beyond)
+  size_t max_jobs_per_session = 8;                      // jobs running at once in one session (429 beyond)
+  size_t max_pending_bytes_per_session = size_t(1) << 20;  // messages kept for one session's stream
+  size_t max_pending_bytes = size_t(64) << 20;             // messages kept over every session
+};
+
 class GradioApi {
  public:
-  GradioApi(EngineHandle& engine, ChatDefaults defaults, Logger log);
+  GradioApi(EngineHandle& engine, ChatDefaults defaults, JobLimits limits, Logger log);
   ~GradioApi();
   GradioApi(const GradioApi&) = delete;
   GradioApi& operator=(const GradioApi&) = delete;

@@ -11,17 +11,23 @@
 //                     {"text"} deltas and a last {"finish", "prompt_tokens",
 //                     "completion_tokens"} or {"error"}; closing the connection cancels
 //   + the Gradio routes
+//
+// With api_keys set, every route but the page itself (which holds no
+// conversation and reaches no engine) needs `Authorization: Bearer KEY`, as
+// the api_server's /v1 does; the page asks for the key and sends it.
 #include <hostrun/sdk.hpp>
 
 #include <atomic>
 #include <cstdio>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <random>
 
 #include "chat_settings.hpp"
 #include "gradio_api.hpp"
 #include "http_server.hpp"
 #include "page.hpp"
+#include "request_rules.hpp"
 
 namespace {
 
@@ -54,6 +60,13 @@ http::Response bad_request(std::string message) {
   return http::json_error(400, message, "invalid_request_error");
 }
 
+// A fresh CSP nonce for each page load: only the page's own inline script and
+// style, which carry it, may run, so nothing injected into the page could.
+std::string csp_nonce() {
+  std::random_device device;  // the kernel's generator, not a seeded sequence: a nonce must not be guessable
+  return fmt::format("{:08x}{:08x}{:08x}{:08x}", device(), device(), device(), device());
+}
+
 // One /api/chat answer: who to cancel when the page goes away.
 struct PageRequest {
   std::mutex mutex;
@@ -75,26 +88,55 @@ class GradioFrontend final : public Frontend {
     defaults_.top_k = s.get_int("top_k");
     defaults_.repetition_penalty = s.get_number("repetition_penalty");
     defaults_.max_new_tokens = s.get_int("max_new_tokens");
+    api_keys_ = s.get_strings("api_keys");
+    // Refused here, before the engine is opened; the host reports what this throws.
+    if (Status keys = http::validate_api_keys(api_keys_, "gradio's api_keys"); !keys) throw Error(std::move(keys));
+    allowed_hosts_ = s.get_strings("allowed_hosts");
+    limits_.max_jobs = size_t(s.get_int("max_jobs"));
+    limits_.max_jobs_per_session = size_t(s.get_int("max_jobs_per_session"));
+    limits_.max_pending_bytes_per_session = size_t(s.get_int("max_pending_bytes_per_session"));
+    limits_.max_pending_bytes = size_t(s.get_int("max_pending_bytes"));
   }
 
   Status run(EngineHandle& engine) noexcept override {
     return guard([&]() -> Status {
       engine_ = &engine;
       info_ = engine.info();
-      page_ = render_page();
+      page_pieces_ = render_page();
       http::ServerOptions options;
       options.address = server_name_;
       options.port = server_port_;
       options.threads = threads_;
+      options.allowed_hosts = allowed_hosts_;
       options.log = log_;
       options.server_header = "hostrun-gradio";
       auto server = std::make_unique<http::Server>(options);
-      gradio::GradioApi gradio(engine, defaults_, log_);
+      gradio::GradioApi gradio(engine, defaults_, limits_, log_);
+      server->set_filter([this](std::shared_ptr<http::Exchange> x, const http::Handler& next) {
+        const http::Request& request = x->request();
+        bool open_route = request.path == "/" || request.path == "/favicon.ico";
+        auto problem = open_route ? std::nullopt : http::bearer_key_problem(request, api_keys_);
+        if (!problem) return next(std::move(x));
+        // The page reads OpenAI's error shape; Gradio's clients read {"detail"}.
+        http::Response r = request.path.starts_with("/api/")
+                               ? http::json_error(401, *problem, "invalid_request_error", {}, "invalid_api_key")
+                               : http::Response{401, "application/json", dump({{"detail", *problem}}), {}};
+        r.headers.push_back({"WWW-Authenticate", "Bearer"});
+        x->respond(std::move(r));
+      });
       server->route("GET", "/", [this](std::shared_ptr<http::Exchange> x) {
+        std::string nonce = csp_nonce();
         http::Response r;
         r.content_type = "text/html; charset=utf-8";
-        r.body = page_;
+        for (size_t i = 0; i < page_pieces_.size(); ++i) r.body += (i ? nonce : std::string()) + page_pieces_[i];
         r.headers.push_back({"Cache-Control", "no-cache"});
+        // The page loads nothing from elsewhere and talks only to this server; no other site may frame it.
+        r.headers.push_back({"Content-Security-Policy",
+                             fmt::format("default-src 'none'; script-src 'nonce-{0}'; style-src 'nonce-{0}'; "
+                                         "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; "
+                                         "frame-ancestors 'none'", nonce)});
+        r.headers.push_back({"X-Frame-Options", "DENY"});
+        r.headers.push_back({"Referrer-Policy", "no-referrer"});
         x->respond(std::move(r));
       });
       server->route("GET", "/api/info", [this](std::shared_ptr<http::Exchange> x) {
@@ -149,16 +191,27 @@ class GradioFrontend final : public Frontend {
             {"temperature", defaults_.temperature},
             {"top_p", defaults_.top_p},
             {"max_new_tokens", defaults_.max_new_tokens},
-            {"system", defaults_.system}};
+            {"system", defaults_.system},
+            {"api_key_required", !api_keys_.empty()}};
   }
 
-  std::string render_page() const {
-    std::string page = gradio::kPageTemplate;
+  // The page cut where each load's CSP nonce goes. Cut before the title and
+  // the config are filled in, so no text of theirs can stand in for a nonce.
+  std::vector<std::string> render_page() const {
     std::string config = dump(page_config());
     replace_all(config, "</", "<\\/");  // nothing in the JSON may end the <script> element
-    replace_all(page, "TITLE_HTML", html_escape(defaults_.title));
-    replace_all(page, "CONFIG_JSON", config);
-    return page;
+    std::vector<std::string> pieces;
+    std::string_view page = gradio::kPageTemplate;
+    constexpr std::string_view kNonce = "CSP_NONCE";
+    for (;;) {
+      size_t at = page.find(kNonce);
+      std::string piece(page.substr(0, at));
+      replace_all(piece, "TITLE_HTML", html_escape(defaults_.title));
+      replace_all(piece, "CONFIG_JSON", config);
+      pieces.push_back(std::move(piece));
+      if (at == std::string_view::npos) return pieces;
+      page.remove_prefix(at + kNonce.size());
+    }
   }
 
   void chat(const std::shared_ptr<http::Exchange>& exchange) {
@@ -239,9 +292,12 @@ class GradioFrontend final : public Frontend {
   uint16_t server_port_ = 6006;
   int threads_ = 2;
   gradio::ChatDefaults defaults_;
+  std::vector<std::string> api_keys_;
+  std::vector<std::string> allowed_hosts_;
+  gradio::JobLimits limits_;
   EngineHandle* engine_ = nullptr;
   EngineInfo info_;
-  std::string page_;
+  std::vector<std::string> page_pieces_;
   std::mutex mutex_;
   http::Server* server_ = nullptr;
   bool stop_requested_ = false;
@@ -260,6 +316,21 @@ const SettingSpec kSettings[] = {
     {"repetition_penalty", SettingType::number, "Repetition penalty for every reply", false, "1.0", 1e-6, 100},
     {"max_new_tokens", SettingType::integer, "Default most tokens in one reply", false, "512", 1, 1e9},
     {"threads", SettingType::integer, "HTTP server threads", false, "2", 1, 64},
+    {"api_keys", SettingType::string_list,
+     "Bearer keys the page's API and the Gradio API accept (empty: no authentication)", false, "[]"},
+    {"allowed_hosts", SettingType::string_list,
+     "Host names besides the bound address, IP addresses, localhost and this machine's name that requests may "
+     "address (a proxy's public name; \"*\": any)", false, "[]"},
+    {"max_jobs", SettingType::integer, "Gradio jobs running at once over every session (503 beyond)", false, "256", 1,
+     1e6},
+    {"max_jobs_per_session", SettingType::integer, "Gradio jobs running at once in one session (429 beyond)", false,
+     "8", 1, 1e6},
+    {"max_pending_bytes_per_session", SettingType::integer,
+     "Undelivered Gradio messages kept for one session's stream; beyond, its jobs are cancelled", false, "1048576",
+     1024, 1e12},
+    {"max_pending_bytes", SettingType::integer,
+     "Undelivered Gradio messages kept over every session; beyond, the session adding one has its jobs cancelled",
+     false, "67108864", 1024, 1e12},
 };
 const RoleEntry kRoles[] = {role_entry<Frontend, GradioFrontend>(kSettings)};
 

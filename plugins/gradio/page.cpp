@@ -1,7 +1,10 @@
 // The chat page, built into the plugin: one HTML document with its CSS and
 // JavaScript inline, no CDN, no web fonts, so it works on a machine with no
 // network beyond the one to hostrun. The server fills in CONFIG_JSON (title,
-// model, defaults) and TITLE_HTML before sending it.
+// model, defaults) and TITLE_HTML, and CSP_NONCE afresh for every load (the
+// Content-Security-Policy lets only elements carrying it run: nothing inline
+// in an attribute, nothing from elsewhere). When the server wants an API key,
+// the page asks for it and keeps it in the tab's sessionStorage.
 //
 // The page speaks to the plugin's own endpoint, POST /api/chat, reading the
 // Server-Sent Events of the answer through fetch() streaming; Stop aborts the
@@ -18,7 +21,7 @@ const char* const kPageTemplate = R"PAGE(<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1, viewport-fit=cover">
 <meta name="color-scheme" content="light dark">
 <title>TITLE_HTML</title>
-<style>
+<style nonce="CSP_NONCE">
 :root {
   --bg: #f6f7f9; --panel: #ffffff; --text: #1c1e21; --muted: #65676b; --border: #d9dce1;
   --accent: #2563eb; --accent-text: #ffffff; --user: #e7efff; --bot: #ffffff; --danger: #c62828;
@@ -66,7 +69,7 @@ aside summary { font-weight: 600; cursor: pointer; padding: 4px 0; }
 .field label { display: flex; justify-content: space-between; font-size: 0.9rem; margin-bottom: 4px; }
 .field output { color: var(--muted); font-variant-numeric: tabular-nums; }
 .field input[type=range] { width: 100%; accent-color: var(--accent); }
-.field input[type=number], .field textarea { width: 100%; font: inherit; padding: 8px; color: inherit;
+.field input[type=number], .field input[type=password], .field textarea { width: 100%; font: inherit; padding: 8px; color: inherit;
         background: var(--bg); border: 1px solid var(--border); border-radius: 8px; }
 #status { color: var(--muted); font-size: 0.85rem; min-height: 1.2em; margin-top: 8px; }
 @media (max-width: 760px) {
@@ -92,6 +95,10 @@ aside summary { font-weight: 600; cursor: pointer; padding: 4px 0; }
   <aside>
     <details id="settings" open>
       <summary>Settings</summary>
+      <div class="field" id="api-key-field" hidden>
+        <label for="api-key">API key</label>
+        <input type="password" id="api-key" autocomplete="off" spellcheck="false">
+      </div>
       <div class="field">
         <label for="temperature">Temperature <output id="temperature-value"></output></label>
         <input type="range" id="temperature" min="0" max="2" step="0.05">
@@ -121,7 +128,7 @@ aside summary { font-weight: 600; cursor: pointer; padding: 4px 0; }
   </form>
 </div>
 <script id="hostrun-config" type="application/json">CONFIG_JSON</script>
-<script>
+<script nonce="CSP_NONCE">
 "use strict";
 (() => {
   const config = JSON.parse(document.getElementById("hostrun-config").textContent);
@@ -129,6 +136,12 @@ aside summary { font-weight: 600; cursor: pointer; padding: 4px 0; }
   const messages = $("messages"), prompt = $("prompt"), send = $("send"), stop = $("stop"), reset = $("reset");
   const temperature = $("temperature"), topP = $("top-p"), maxTokens = $("max-tokens"), system = $("system");
   const status = $("status");
+  const apiKey = $("api-key");
+  if (config.api_key_required) {
+    $("api-key-field").hidden = false;
+    apiKey.value = sessionStorage.getItem("hostrun-api-key") || "";
+    apiKey.addEventListener("change", () => sessionStorage.setItem("hostrun-api-key", apiKey.value));
+  }
   // The conversation as the engine sees it: finished turns only.
   let history = [];
   let running = null;  // {controller, bubble, text}
@@ -206,9 +219,11 @@ aside summary { font-weight: 600; cursor: pointer; padding: 4px 0; }
     const started = performance.now();
     let first = 0, outcome = null;
     try {
+      const headers = { "Content-Type": "application/json" };
+      if (apiKey.value) headers.Authorization = "Bearer " + apiKey.value;
       const response = await fetch("api/chat", {
         method: "POST",
-        headers: { "Content-Type": "application/json" },
+        headers,
         body: JSON.stringify({
           messages: sent,
           temperature: Number(temperature.value),
@@ -220,6 +235,11 @@ aside summary { font-weight: 600; cursor: pointer; padding: 4px 0; }
       if (!response.ok) {
         let message = response.status + " " + response.statusText;
         try { message = (await response.json()).error.message; } catch (e) {}
+        if (response.status === 401) {
+          $("settings").open = true;
+          apiKey.focus();
+          message += " (enter the server's API key under Settings)";
+        }
         throw new Error(message);
       }
       for await (const event of events(response)) {

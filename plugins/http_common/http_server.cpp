@@ -8,6 +8,7 @@
 #include "http_server.hpp"
 
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -21,6 +22,10 @@
 #include <thread>
 #include <unordered_map>
 
+#include "ascii.hpp"
+#include "request_reader.hpp"
+#include "request_rules.hpp"
+
 namespace hostrun::http {
 
 namespace net = boost::asio;
@@ -30,18 +35,6 @@ using tcp = net::ip::tcp;
 using Strand = net::strand<net::io_context::executor_type>;
 
 namespace {
-
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
-         });
-}
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) c = char(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
 
 // A header value must not end the header block early.
 std::string header_safe(std::string_view s) {
@@ -65,12 +58,6 @@ bool contains(const std::vector<std::string>& items, std::string_view wanted) {
 }
 
 }  // namespace
-
-const std::string* Request::header(std::string_view name) const noexcept {
-  for (const auto& h : headers)
-    if (iequals(h.name, name)) return &h.value;
-  return nullptr;
-}
 
 Response json_error(int status, std::string_view message, std::string_view type, std::string_view param,
                     std::string_view code) {
@@ -112,7 +99,14 @@ struct Route {
 
 class Server::Impl : public std::enable_shared_from_this<Impl> {
  public:
-  explicit Impl(ServerOptions o) : options(std::move(o)), acceptor(ioc), retry_timer(ioc) {}
+  explicit Impl(ServerOptions o) : options(std::move(o)), acceptor(ioc), retry_timer(ioc) {
+    access.server_address = options.address;
+    char name[256] = {};
+    if (gethostname(name, sizeof name - 1) == 0) access.machine_name = name;
+    access.allowed_hosts = options.allowed_hosts;
+    access.allowed_origins = options.cors.allow_origins;
+    access.body_content_types = options.body_content_types;
+  }
 
   // Runs `work` on `strand` unless the server has shut down for good.
   void post(const Strand& strand, std::function<void()> work) {
@@ -130,6 +124,7 @@ class Server::Impl : public std::enable_shared_from_this<Impl> {
   }
 
   ServerOptions options;
+  AccessRules access;
   std::vector<Route> routes;
   std::function<void(std::shared_ptr<Exchange>, const Handler&)> filter;
 
@@ -191,10 +186,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
  private:
   void read_request();
-  void on_header(beast::error_code ec);
+  void read_head();
+  void on_head();
   void read_body();
   void on_read(beast::error_code ec);
-  void handle(bhttp::request<bhttp::string_body> message);
+  void handle();
   void reject(int status, std::string_view message);
   std::string head(int status, std::string_view content_type, const std::vector<Header>& headers,
                    std::optional<size_t> content_length);
@@ -209,7 +205,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
   Strand strand_;
   beast::tcp_stream stream_;
   beast::flat_buffer buffer_;
-  std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
+  size_t head_searched_ = 0;  // how much of buffer_ read_head() has searched for the end of the head
+  std::optional<RequestParser> parser_;
+  // The head's fields, taken before the body is read: the parser adds a
+  // chunked body's trailer fields to its own, and those must not pass for
+  // headers (RFC 9110 section 6.5.1), e.g. a Content-Type the head lacked.
+  std::vector<Header> head_fields_;
   std::string remote_;
 
   std::shared_ptr<ExchangeImpl> current_;  // reset when its response is written or it is aborted
@@ -314,15 +315,45 @@ class ExchangeImpl final : public Exchange, public std::enable_shared_from_this<
 void Connection::read_request() {
   if (closed_) return;
   parser_.emplace();
-  parser_->header_limit(uint32_t(std::min<size_t>(server_->options.max_header_bytes, UINT32_MAX)));
-  parser_->body_limit(server_->options.max_body_bytes);
+  limit_parser(*parser_, server_->options);
+  head_searched_ = 0;
   stream_.expires_after(server_->options.idle_timeout);
-  bhttp::async_read_header(stream_, buffer_, *parser_,
-                           [self = shared_from_this()](beast::error_code ec, size_t) { self->on_header(ec); });
+  read_head();
 }
 
-void Connection::on_header(beast::error_code ec) {
-  if (ec) return on_read(ec);
+// Reads until the buffer holds a whole head. Beast's own async_read_header
+// would parse the head as it arrives, unfolding folded lines before anyone
+// could see them; the head's bytes are checked first (parse_head).
+void Connection::read_head() {
+  if (closed_) return;
+  std::string_view buffered(static_cast<const char*>(buffer_.data().data()), buffer_.size());
+  size_t end = head_end(buffered, head_searched_);
+  if (end == std::string_view::npos) {
+    if (buffered.size() > server_->options.max_header_bytes) {
+      keep_alive_ = false;
+      return reject(431, "the request headers are too large");
+    }
+    head_searched_ = buffered.size();
+    constexpr size_t kReadSize = 4096;
+    stream_.async_read_some(buffer_.prepare(kReadSize), [self = shared_from_this()](beast::error_code ec, size_t n) {
+      self->buffer_.commit(n);
+      if (ec) return self->on_read(ec);
+      self->read_head();
+    });
+    return;
+  }
+  // Framing is judged on the head alone: a body whose length is in doubt is never read.
+  auto refusal = parse_head(*parser_, buffered.substr(0, end), server_->options);
+  buffer_.consume(end);
+  if (refusal) {
+    keep_alive_ = false;
+    return reject(refusal->status, refusal->message);
+  }
+  head_fields_ = header_fields(*parser_);
+  on_head();
+}
+
+void Connection::on_head() {
   // curl and others wait for "100 Continue" before sending a large body.
   const auto& message = parser_->get();
   auto expect = message.find(bhttp::field::expect);
@@ -352,21 +383,15 @@ void Connection::on_read(beast::error_code ec) {
       ec == net::error::operation_aborted || ec == beast::error::timeout) {
     return abort("closed");
   }
-  if (ec == bhttp::error::body_limit) {
+  if (ec) {
+    auto refusal = parse_error_refusal(ec, server_->options);
+    if (!refusal) return abort("read error");
+    // Where one request ends is no longer known, so nothing after it on this connection can be read.
     keep_alive_ = false;
-    return reject(413, fmt::format("the request body is over the limit of {} bytes", server_->options.max_body_bytes));
+    return reject(refusal->status, refusal->message);
   }
-  if (ec == bhttp::error::header_limit) {
-    keep_alive_ = false;
-    return reject(431, "the request headers are too large");
-  }
-  if (ec.category() == bhttp::make_error_code(bhttp::error::bad_method).category()) {
-    keep_alive_ = false;
-    return reject(400, "malformed HTTP request: " + ec.message());
-  }
-  if (ec) return abort("read error");
   stream_.expires_never();
-  handle(parser_->release());
+  handle();
 }
 
 void Connection::reject(int status, std::string_view message) {
@@ -376,19 +401,11 @@ void Connection::reject(int status, std::string_view message) {
   enqueue(head(status, response.content_type, {}, response.body.size()) + response.body, true);
 }
 
-void Connection::handle(bhttp::request<bhttp::string_body> message) {
-  Request request;
-  request.method = std::string(message.method_string());
-  request.target = std::string(message.target());
-  size_t question = request.target.find('?');
-  request.path = request.target.substr(0, question);
-  if (question != std::string::npos) request.query = request.target.substr(question + 1);
-  for (const auto& field : message) request.headers.push_back({lower(field.name_string()), std::string(field.value())});
-  request.body = std::move(message.body());
-  request.remote_address = remote_;
+void Connection::handle() {
+  keep_alive_ = parser_->get().keep_alive();
+  http10_ = parser_->get().version() < 11;
+  Request request = make_request(*parser_, std::move(head_fields_), remote_);
   request.received = std::chrono::steady_clock::now();
-  keep_alive_ = message.keep_alive();
-  http10_ = message.version() < 11;
   streaming_ = false;
   response_queued_ = false;
   ++server_->requests;
@@ -414,6 +431,8 @@ std::string Connection::head(int status, std::string_view content_type, const st
   bool keep = keep_alive_ && !closed_ && !(http10_ && !content_length);
   out += keep ? "Connection: keep-alive\r\n" : "Connection: close\r\n";
   if (!keep) keep_alive_ = false;
+  // A JSON answer must never be read as a script or a page by a browser guessing its type.
+  out += "X-Content-Type-Options: nosniff\r\n";
   for (const auto& h : headers) out += fmt::format("{}: {}\r\n", header_safe(h.name), header_safe(h.value));
   if (current_) out += server_->cors_headers(current_->request(), false);
   out += "\r\n";
@@ -612,11 +631,14 @@ std::string Server::Impl::cors_headers(const Request& request, bool preflight) c
 
 void Server::Impl::dispatch(const std::shared_ptr<Exchange>& exchange) {
   const Request& request = exchange->request();
+  // Before anything else, the preflight included: a request for another name, or sent by another site's page.
+  for (auto check : {check_host, check_origin}) {
+    if (auto refusal = check(request, access))
+      return exchange->respond(json_error(refusal->status, refusal->message, "invalid_request_error"));
+  }
   // A CORS preflight is answered here, before routing and authentication (browsers send no credentials with it).
-  if (request.method == "OPTIONS" && !options.cors.allow_origins.empty() && request.header("origin") &&
+  if (request.method == "OPTIONS" && request.header("origin") && origin_allowed(*request.header("origin")) &&
       request.header("access-control-request-method")) {
-    if (!origin_allowed(*request.header("origin")))
-      return exchange->respond(json_error(400, "this origin is not allowed (see allow_origins)", "invalid_request_error"));
     Response response;
     response.status = 204;
     response.content_type.clear();
@@ -649,7 +671,10 @@ void Server::Impl::dispatch(const std::shared_ptr<Exchange>& exchange) {
     }
     if (!best || route.path.size() > best->path.size()) best = &route;
   }
-  if (!best) {
+  if (best) {
+    if (auto refusal = check_content_type(request, access))
+      return exchange->respond(json_error(refusal->status, refusal->message, "invalid_request_error"));
+  } else {
     if (path_matched) {
       Response response = json_error(405, fmt::format("{} is not allowed on {}; allowed: {}", request.method,
                                                       request.path, join_list(allowed, ", ")),
@@ -690,6 +715,10 @@ void Server::set_filter(std::function<void(std::shared_ptr<Exchange>, const Hand
 
 Status Server::start() {
   Impl& s = *impl_;
+  if (contains(s.options.cors.allow_origins, "*") && s.options.cors.allow_credentials)
+    s.options.log.warn("allow_origins '*' with allow_credentials: the origin of every request is echoed with "
+                       "Access-Control-Allow-Credentials, so a page on any web site can call this server with "
+                       "the browser's credentials; list the origins that may instead");
   // Each open stream is a file descriptor; the default soft limit (often 1024) is far below what we serve.
   rlimit limit{};
   if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {

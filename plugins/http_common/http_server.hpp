@@ -2,7 +2,8 @@
 //
 // One io_context, a few threads, no thread per connection: a connection costs a
 // socket, a parser and a strand, so thousands of long-lived streams are cheap.
-// Every request becomes an Exchange. A handler may answer at once, or keep the
+// Every request that passes request_rules.hpp (framing, Host, Origin,
+// Content-Type) becomes an Exchange. A handler may answer at once, or keep the
 // Exchange and answer later from any thread (an engine callback), or stream a
 // chunked body (Server-Sent Events) piece by piece. Work for a connection is
 // serialized on its strand: Exchange::post() runs code there, so per-request
@@ -33,6 +34,8 @@
 #include <hostrun/log.hpp>
 #include <hostrun/status.hpp>
 
+#include "ascii.hpp"
+
 namespace hostrun::http {
 
 struct Header {
@@ -51,7 +54,11 @@ struct Request {
   std::chrono::steady_clock::time_point received;  // when the whole request had been read
 
   // The first header of that name (case-insensitive), or nullptr.
-  const std::string* header(std::string_view name) const noexcept;
+  const std::string* header(std::string_view name) const noexcept {
+    for (const auto& h : headers)
+      if (iequals(h.name, name)) return &h.value;
+    return nullptr;
+  }
 };
 
 struct Response {
@@ -111,6 +118,11 @@ struct ServerOptions {
   std::chrono::seconds idle_timeout{120};   // waiting for (the rest of) a request
   std::chrono::seconds write_timeout{60};   // one write to a client that does not read
   CorsOptions cors;
+  // Names besides the bound address, IP addresses, localhost and this
+  // machine's name that the server answers to as Host ("*": any); see request_rules.hpp.
+  std::vector<std::string> allowed_hosts;
+  // What a POST body must be declared as (empty: anything).
+  std::vector<std::string> body_content_types = {"application/json"};
   std::string server_header = "hostrun";
   Logger log;  // access lines at debug, trouble at warning
 };

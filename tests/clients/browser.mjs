@@ -1,15 +1,20 @@
 // The web chat page in a real browser: playwright-core drives Debian's
 // Chromium headless. Type a message, watch the reply stream in, press Stop,
 // send another, press Reset; then the same page on a phone-sized screen.
-// Screenshots go to ARTIFACT_DIR (desktop.png, phone.png).
-//   node browser.mjs URL NPM_DIR ARTIFACT_DIR [CHROMIUM]
+// With KEYED_URL (a server started with --api-keys KEY): the page asks for
+// the key, a message sent without it says so, and with it the reply comes.
+// Every page runs under the server's Content-Security-Policy, so a script or
+// style it blocks shows up as an error here. Screenshots go to ARTIFACT_DIR
+// (desktop.png, phone.png).
+//   node browser.mjs URL NPM_DIR ARTIFACT_DIR [CHROMIUM [KEYED_URL KEY]]
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { check, load_package } from "./npm_packages.mjs";
 
-const [url, npm_dir, artifacts, chromium_path = "/usr/bin/chromium"] = process.argv.slice(2);
+const [url, npm_dir, artifacts, chromium_path = "/usr/bin/chromium", keyed_url, key] = process.argv.slice(2);
 const base = url.replace(/\/$/, "");
+const keyed_base = keyed_url?.replace(/\/$/, "");
 mkdirSync(artifacts, { recursive: true });
 const guard = setTimeout(() => {
   console.log("FAIL: the browser test did not finish within 150 s");
@@ -30,7 +35,7 @@ const context = await chromium.launchPersistentContext(profile, {
 const foreign = [];
 await context.route("**/*", (route) => {
   const target = route.request().url();
-  if (target.startsWith(base)) return route.continue();
+  if (target.startsWith(base) || (keyed_base && target.startsWith(keyed_base))) return route.continue();
   foreign.push(target);
   return route.abort();
 });
@@ -48,6 +53,7 @@ try {
   await page.waitForSelector("#prompt");
   check((await page.title()) === "hostrun chat", `the page's title (${await page.title()})`);
   check((await page.textContent("#model")).includes("tiny"), `the page names the model (${await page.textContent("#model")})`);
+  check(!(await page.isVisible("#api-key")), "a server without keys asks for none");
 
   // A long reply, so that it is still streaming when Stop is pressed.
   await page.fill("#temperature", "1");
@@ -104,6 +110,31 @@ try {
   check(send_box && send_box.y + send_box.height <= 844 && send_box.height >= 40,
         `the Send button is on screen and easy to tap (${JSON.stringify(send_box)})`);
   await page.screenshot({ path: join(artifacts, "phone.png") });
+
+  if (keyed_base) {
+    await page.setViewportSize({ width: 1280, height: 800 });
+    await page.goto(keyed_base + "/");
+    await page.waitForSelector("#prompt");
+    check(await page.isVisible("#api-key"), "a server with keys: the page shows an API key field");
+    await page.fill("#max-tokens", "8");
+    await page.fill("#prompt", "Hello without a key");
+    await page.press("#prompt", "Enter");
+    await page.waitForSelector(".msg.assistant.error");
+    const refused = await assistant.nth(0).textContent();
+    check(/API key/.test(refused), `without the key the reply says what is missing (${refused})`);
+    await page.fill("#api-key", key);
+    await page.fill("#prompt", "Hello with the key");
+    await page.press("#prompt", "Enter");
+    await page.waitForFunction(() => document.querySelectorAll(".msg.assistant").length === 2);
+    await idle();
+    const answered = assistant.nth(1);
+    check(!(await answered.getAttribute("class")).includes("error") && (await reply_length(1)) > 0,
+          `with the key the reply arrives (${await answered.textContent()})`);
+    // The browser logs the refused request itself; that one is expected.
+    const unexpected = page_errors.filter((e) => !/status of 401/.test(e));
+    page_errors.length = 0;
+    page_errors.push(...unexpected);
+  }
 
   check(foreign.length === 0, `the page loads nothing from elsewhere (${foreign.join(", ") || "nothing"})`);
   check(page_errors.length === 0, `no script errors (${page_errors.join(" | ") || "none"})`);

@@ -297,7 +297,9 @@ test('CORS: preflight and simple requests from an allowed origin', async () => {
   assert.match(pre.headers.get('access-control-allow-headers') ?? '', /authorization/);
   const simple = await raw('/v1/models', { headers: { origin: 'http://allowed.test' } });
   assert.equal(simple.headers.get('access-control-allow-origin'), 'http://allowed.test');
+  // Another site's page is refused outright (tests/adversarial has the other cross-site cases).
   const other = await raw('/v1/models', { headers: { origin: 'http://evil.test' } });
+  assert.equal(other.status, 403);
   assert.equal(other.headers.get('access-control-allow-origin'), null);
 });
 

@@ -11,8 +11,10 @@
 
 #include <atomic>
 #include <chrono>
+#include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "http_server.hpp"
 #include "openai_request.hpp"
@@ -24,6 +26,7 @@ namespace {
 // A blocking loopback client with a receive timeout, so a broken server fails the test instead of hanging it.
 struct RawClient {
   int fd = -1;
+  bool peer_closed = false;  // the server closed the connection
   explicit RawClient(uint16_t port) {
     fd = socket(AF_INET, SOCK_STREAM, 0);
     timeval timeout{5, 0};
@@ -47,10 +50,13 @@ struct RawClient {
       for (size_t at = got.find(needle); at != std::string::npos; at = got.find(needle, at + 1)) ++seen;
       if (seen >= count) return got;
       ssize_t n = recv(fd, buffer, sizeof buffer, 0);
+      peer_closed = peer_closed || n == 0;
       if (n <= 0) return got;
       got.append(buffer, size_t(n));
     }
   }
+  // Everything until the server closes the connection (or 5 s pass: then peer_closed stays false).
+  std::string read_to_close() { return read_until("\x01never sent\x01"); }
 };
 
 struct TestServer {
@@ -59,7 +65,7 @@ struct TestServer {
   std::shared_ptr<http::Exchange> parked;  // an exchange left unanswered on purpose
   std::mutex mutex;
 
-  TestServer() : server(options()) {
+  explicit TestServer(http::ServerOptions options = default_options()) : server(std::move(options)) {
     server.route("POST", "/echo", [](std::shared_ptr<http::Exchange> e) {
       http::Response r;
       r.content_type = "text/plain";
@@ -82,7 +88,7 @@ struct TestServer {
     });
     REQUIRE(server.start().is_ok());
   }
-  static http::ServerOptions options() {
+  static http::ServerOptions default_options() {
     http::ServerOptions o;
     o.address = "127.0.0.1";
     o.port = 0;
@@ -109,27 +115,29 @@ TEST_SUITE("http_server") {
     {
       RawClient c(t.server.port());
       // Two requests in one write: both answered, in order, on one connection.
-      c.send_text("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nonePOST /echo HTTP/1.1\r\nHost: x\r\n"
+      c.send_text("POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 3\r\n\r\n"
+                  "onePOST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                   "Content-Length: 3\r\n\r\ntwo");
       std::string got = c.read_until("two");  // the second body, so both answers are in
       CHECK(got.find("HTTP/1.1 200") < got.find("one"));
       CHECK(got.find("one") < got.find("HTTP/1.1 200", got.find("one")));
       CHECK(got.find("one") < got.find("two"));
       // 100-continue: the interim answer comes before the body is sent.
-      c.send_text("POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n");
+      c.send_text("POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n");
       CHECK(c.read_until("\r\n\r\n").starts_with("HTTP/1.1 100 Continue"));
       c.send_text("hello");
       CHECK(c.read_until("hello").find("200 OK") != std::string::npos);
     }
     {
       RawClient c(t.server.port());
-      c.send_text("POST /echo HTTP/1.0\r\nContent-Length: 2\r\n\r\nhi");
+      c.send_text("POST /echo HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\nhi");
       std::string got = c.read_until("\r\n\r\nhi");
       CHECK(got.find("Connection: close") != std::string::npos);
     }
     {
       RawClient c(t.server.port());
-      c.send_text("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n" + std::string(5000, 'x'));
+      c.send_text("POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n" +
+                  std::string(5000, 'x'));
       CHECK(c.read_until("}}").starts_with("HTTP/1.1 413"));
     }
     {
@@ -139,9 +147,9 @@ TEST_SUITE("http_server") {
     }
     {
       RawClient c(t.server.port());
-      c.send_text("GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n");
+      c.send_text("GET /nowhere HTTP/1.1\r\nHost: localhost\r\n\r\n");
       CHECK(c.read_until("}}").starts_with("HTTP/1.1 404"));
-      c.send_text("GET /echo HTTP/1.1\r\nHost: x\r\n\r\n");
+      c.send_text("GET /echo HTTP/1.1\r\nHost: localhost\r\n\r\n");
       std::string got = c.read_until("}}");
       CHECK(got.starts_with("HTTP/1.1 405"));
       CHECK(got.find("Allow: POST") != std::string::npos);
@@ -152,7 +160,7 @@ TEST_SUITE("http_server") {
   TEST_CASE("a chunked event stream written from another thread") {
     TestServer t;
     RawClient c(t.server.port());
-    c.send_text("GET /stream HTTP/1.1\r\nHost: x\r\n\r\n");
+    c.send_text("GET /stream HTTP/1.1\r\nHost: localhost\r\n\r\n");
     std::string got = c.read_until("0\r\n\r\n");
     CHECK(got.find("Transfer-Encoding: chunked") != std::string::npos);
     CHECK(got.find("data: piece 0\n\n") < got.find("data: piece 2\n\n"));
@@ -163,7 +171,7 @@ TEST_SUITE("http_server") {
     TestServer t;
     {
       RawClient c(t.server.port());
-      c.send_text("GET /park HTTP/1.1\r\nHost: x\r\n\r\n");
+      c.send_text("GET /park HTTP/1.1\r\nHost: localhost\r\n\r\n");
       REQUIRE(eventually([&] {
         std::lock_guard lock(t.mutex);
         return t.parked != nullptr;
@@ -179,7 +187,7 @@ TEST_SUITE("http_server") {
   TEST_CASE("stop() aborts pending exchanges and closes connections") {
     TestServer t;
     RawClient c(t.server.port());
-    c.send_text("GET /park HTTP/1.1\r\nHost: x\r\n\r\n");
+    c.send_text("GET /park HTTP/1.1\r\nHost: localhost\r\n\r\n");
     REQUIRE(eventually([&] {
       std::lock_guard lock(t.mutex);
       return t.parked != nullptr;
@@ -189,6 +197,154 @@ TEST_SUITE("http_server") {
     CHECK(t.aborted.load() == 1);
     CHECK(t.server.stats().connections_open == 0);
     t.parked->write("after the server stopped");  // dropped, no crash
+  }
+
+  TEST_CASE("framing a proxy could read differently is 400, and the connection closes unread") {
+    TestServer t;
+    // If the server ever reads this as a request, it answers 404 naming the path.
+    const std::string hidden = "GET /hidden-request HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    const std::string chunked_hidden = fmt::format("{:x}\r\n{}\r\n0\r\n\r\n", hidden.size(), hidden);
+    const std::string post = "POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n";
+    struct Case {
+      const char* name;
+      std::string bytes;
+      const char* named;  // what the 400's message must name
+    };
+    const Case cases[] = {
+        {"gzip", post + "Transfer-Encoding: gzip\r\n\r\n" + hidden, "Transfer-Encoding"},
+        {"identity", post + "Transfer-Encoding: identity\r\n\r\n" + hidden, "Transfer-Encoding"},
+        {"chunked, gzip", post + "Transfer-Encoding: chunked, gzip\r\n\r\n" + hidden, "Transfer-Encoding"},
+        {"gzip, chunked", post + "Transfer-Encoding: gzip, chunked\r\n\r\n" + chunked_hidden, "Transfer-Encoding"},
+        {"chunked, chunked", post + "Transfer-Encoding: chunked, chunked\r\n\r\n" + chunked_hidden,
+         "Transfer-Encoding"},
+        {"two fields, gzip then chunked", post + "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n" +
+         chunked_hidden, "Transfer-Encoding"},
+        {"two chunked fields", post + "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n" +
+         chunked_hidden, "Transfer-Encoding"},
+        {"gzip beside Content-Length", post + "Transfer-Encoding: gzip\r\nContent-Length: 0\r\n\r\n" + hidden,
+         "Transfer-Encoding"},
+        {"chunked, then Content-Length", post + fmt::format("Transfer-Encoding: chunked\r\nContent-Length: {}\r\n\r\n",
+                                                             chunked_hidden.size()) + chunked_hidden, "Content-Length"},
+        {"Content-Length, then chunked", post + "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n" +
+         chunked_hidden, "Transfer-Encoding"},
+        {"chunked in HTTP/1.0", "POST /echo HTTP/1.0\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked"
+         "\r\n\r\n" + chunked_hidden, "HTTP/1.0"},
+        {"two Content-Length fields", post + "Content-Length: 0\r\nContent-Length: 0\r\n\r\n" + hidden,
+         "Content-Length"},
+        {"a Content-Length list", post + "Content-Length: 0, 0\r\n\r\n" + hidden, "Content-Length"},
+        {"chunked folded onto a second line", post + "Transfer-Encoding:\r\n chunked\r\n\r\n" + chunked_hidden,
+         "line folding"},
+        {"a folded Content-Length", post + "Content-Length:\r\n\t0\r\n\r\n" + hidden, "line folding"},
+        {"two Host fields", "GET /stream HTTP/1.1\r\nHost: localhost\r\nHost: localhost\r\n\r\n" + hidden, "Host"},
+        {"no Host in HTTP/1.1", "GET /stream HTTP/1.1\r\n\r\n" + hidden, "Host"},
+    };
+    for (const auto& c : cases) {
+      std::string name = c.name;
+      CAPTURE(name);
+      RawClient client(t.server.port());
+      client.send_text(c.bytes);
+      std::string got = client.read_to_close();
+      CHECK(got.starts_with("HTTP/1.1 400"));
+      CHECK(got.find(c.named, got.find("\r\n\r\n")) != std::string::npos);
+      CHECK(got.find("Connection: close") != std::string::npos);
+      CHECK(client.peer_closed);
+      CHECK(got.find("hidden-request") == std::string::npos);
+      CHECK(got.find("Server: hostrun", got.find("Server: hostrun") + 1) == std::string::npos);  // one response
+    }
+    // What stays accepted: exactly "chunked" (any case, with spaces), and HTTP/1.0 without Host.
+    RawClient client(t.server.port());
+    client.send_text(post + "Transfer-Encoding:  Chunked \r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+    CHECK(client.read_until("abc").starts_with("HTTP/1.1 200"));
+    client.send_text("POST /echo HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\nok");
+    CHECK(client.read_to_close().starts_with("HTTP/1.1 200"));
+    CHECK(eventually([&] { return t.server.stats().connections_open == 0; }));
+  }
+
+  TEST_CASE("Host, Origin and Content-Type decide before any route") {
+    http::ServerOptions options = TestServer::default_options();
+    options.allowed_hosts = {"chat.example.com"};
+    options.cors.allow_origins = {"https://app.example.com"};
+    TestServer t(options);
+    const std::string port = std::to_string(t.server.port());
+    auto status_of = [&](const std::string& head, const std::string& body = "{}") {
+      RawClient client(t.server.port());
+      client.send_text(head + fmt::format("Content-Length: {}\r\nConnection: close\r\n\r\n", body.size()) + body);
+      std::string got = client.read_to_close();
+      return got.substr(0, got.find("\r\n"));
+    };
+    auto post = [&](const std::string& host, const std::string& extra) {
+      return "POST /echo HTTP/1.1\r\nHost: " + host + "\r\n" + extra;
+    };
+    const std::string json = "Content-Type: application/json\r\n";
+    // Host: names this server answers to, addresses, and nothing else.
+    CHECK(status_of(post("localhost:" + port, json)) == "HTTP/1.1 200 OK");
+    CHECK(status_of(post("127.0.0.1:" + port, json)) == "HTTP/1.1 200 OK");
+    CHECK(status_of(post("[::1]:" + port, json)) == "HTTP/1.1 200 OK");
+    CHECK(status_of(post("app.localhost", json)) == "HTTP/1.1 200 OK");
+    CHECK(status_of(post("Chat.Example.COM:443", json)) == "HTTP/1.1 200 OK");
+    char machine[256] = {};
+    REQUIRE(gethostname(machine, sizeof machine - 1) == 0);
+    CHECK(status_of(post(machine, json)) == "HTTP/1.1 200 OK");
+    CHECK(status_of(post("rebind.attacker.test:" + port, json)) == "HTTP/1.1 403 Forbidden");
+    CHECK(status_of(post("chat.example.com.attacker.test", json)) == "HTTP/1.1 403 Forbidden");
+    CHECK(status_of(post("bad host", json)) == "HTTP/1.1 400 Bad Request");
+    // Origin: the server's own page, the listed origin; not another site, not a sandboxed "null".
+    CHECK(status_of(post("localhost:" + port, json + "Origin: http://localhost:" + port + "\r\n")) == "HTTP/1.1 200 OK");
+    CHECK(status_of(post("localhost:" + port, json + "Origin: https://app.example.com\r\n")) == "HTTP/1.1 200 OK");
+    CHECK(status_of(post("localhost:" + port, json + "Origin: https://evil.test\r\n")) == "HTTP/1.1 403 Forbidden");
+    CHECK(status_of(post("localhost:" + port, json + "Origin: null\r\n")) == "HTTP/1.1 403 Forbidden");
+    CHECK(status_of("OPTIONS /echo HTTP/1.1\r\nHost: localhost\r\nOrigin: https://evil.test\r\n"
+                    "Access-Control-Request-Method: POST\r\n", "") == "HTTP/1.1 403 Forbidden");
+    CHECK(status_of("OPTIONS /echo HTTP/1.1\r\nHost: localhost\r\nOrigin: https://app.example.com\r\n"
+                    "Access-Control-Request-Method: POST\r\n", "") == "HTTP/1.1 204 No Content");
+    // Content-Type of a POST: JSON only, parameters and case aside.
+    CHECK(status_of(post("localhost", "Content-Type: Application/JSON; charset=utf-8\r\n")) == "HTTP/1.1 200 OK");
+    CHECK(status_of(post("localhost", "Content-Type: text/plain\r\n")) == "HTTP/1.1 415 Unsupported Media Type");
+    CHECK(status_of(post("localhost", "Content-Type: application/x-www-form-urlencoded\r\n")) ==
+          "HTTP/1.1 415 Unsupported Media Type");
+    CHECK(status_of(post("localhost", "")) == "HTTP/1.1 415 Unsupported Media Type");
+    CHECK(status_of(post("localhost", "Content-Type: application/jsonx\r\n")) == "HTTP/1.1 415 Unsupported Media Type");
+    {
+      // A chunked body's trailer fields are not headers: a Content-Type there does not count.
+      RawClient trailer(t.server.port());
+      trailer.send_text("POST /echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        "2\r\n{}\r\n0\r\nContent-Type: application/json\r\n\r\n");
+      CHECK(trailer.read_until("}}").starts_with("HTTP/1.1 415"));
+    }
+    // The refusal says what was found and what would be accepted; every answer carries nosniff.
+    RawClient client(t.server.port());
+    client.send_text("POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi");
+    std::string got = client.read_until("}}");
+    CHECK(got.find("X-Content-Type-Options: nosniff") != std::string::npos);
+    CHECK(got.find("found 'text/plain'") != std::string::npos);
+    CHECK(got.find("application/json") != std::string::npos);
+    // A refusal of access leaves the connection usable: the next request on it is answered.
+    client.send_text("GET /stream HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    CHECK(client.read_until("[DONE]").find("data: [DONE]") != std::string::npos);
+  }
+
+  TEST_CASE("allow_origins '*' with allow_credentials is warned about at start") {
+    struct Lines : LogSink {
+      std::mutex mutex;
+      std::vector<std::string> warnings;
+      void write(LogLevel level, std::string_view, std::string_view message) noexcept override {
+        std::lock_guard lock(mutex);
+        if (level == LogLevel::warning) warnings.emplace_back(message);
+      }
+      LogLevel level() const noexcept override { return LogLevel::warning; }
+    } lines;
+    auto warned_with = [&](std::vector<std::string> origins, bool credentials) {
+      lines.warnings.clear();
+      http::ServerOptions options = TestServer::default_options();
+      options.cors.allow_origins = std::move(origins);
+      options.cors.allow_credentials = credentials;
+      options.log = Logger(&lines, "test");
+      TestServer t(options);
+      return lines.warnings.size() == 1 && lines.warnings[0].find("allow_credentials") != std::string::npos;
+    };
+    CHECK(warned_with({"*"}, true));
+    CHECK_FALSE(warned_with({"*"}, false));
+    CHECK_FALSE(warned_with({"https://app.example.com"}, true));
   }
 
   TEST_CASE("json_error and sse_event") {
