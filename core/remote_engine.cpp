@@ -1,6 +1,7 @@
 // An EngineHandle over HTTP to an OpenAI-compatible server (see the header).
 #include "remote_engine.hpp"
 
+#include <hostrun/json_bounds.hpp>
 #include <hostrun/version.hpp>
 
 #include <fmt/format.h>
@@ -37,6 +38,13 @@ namespace net = boost::asio;
 using tcp = net::ip::tcp;
 using json = nlohmann::json;
 
+// The most of a reply kept (an error page) or of one stream event: the
+// api_server's own body limit; no OpenAI-compatible server sends more.
+constexpr size_t kMaxReplyBytes = size_t(16) << 20;
+// A server's JSON is parsed within these: never deeper than 64 levels, never
+// more memory than 4 x kMaxReplyBytes (json_bounds.hpp).
+const JsonLimits kReplyJsonLimits = network_json_limits(kMaxReplyBytes);
+
 std::string base64(const std::vector<uint8_t>& bytes) {
   static constexpr char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
   std::string out;
@@ -65,10 +73,11 @@ std::string clip(std::string_view text, size_t most = 400) {
 
 // The message inside an error body, whichever of the common shapes it has:
 // OpenAI {"error": {"message"}}, vLLM/LMDeploy {"object": "error", "message"},
-// FastAPI {"detail"}; otherwise the body itself, shortened.
+// FastAPI {"detail"} as a string; otherwise the body itself, shortened.
 std::string server_error_message(std::string_view body) {
-  json j = json::parse(body, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) return body.empty() ? "(empty body)" : clip(body);
+  Result<json> parsed = parse_json_bounded<json>(body, kReplyJsonLimits, "the reply");
+  if (!parsed || !parsed->is_object()) return body.empty() ? "(empty body)" : clip(body);
+  const json& j = *parsed;
   if (auto e = j.find("error"); e != j.end()) {
     if (e->is_string()) return e->get<std::string>();
     if (e->is_object()) {
@@ -77,8 +86,8 @@ std::string server_error_message(std::string_view body) {
     }
   }
   if (auto m = j.find("message"); m != j.end() && m->is_string()) return m->get<std::string>();
-  if (auto d = j.find("detail"); d != j.end()) return d->is_string() ? d->get<std::string>() : clip(d->dump());
-  return clip(j.dump());
+  if (auto d = j.find("detail"); d != j.end() && d->is_string()) return d->get<std::string>();
+  return clip(body);
 }
 
 // The kind of a server's refusal: OpenAI's error code where it names one the
@@ -86,9 +95,9 @@ std::string server_error_message(std::string_view body) {
 // vLLM and LMDeploy send only the HTTP status as their code), else the HTTP
 // status. Never the message, whose wording differs from server to server.
 ErrorCode error_code_of(unsigned http_status, std::string_view body) {
-  json j = json::parse(body, nullptr, false);
-  if (!j.is_discarded() && j.is_object())
-    if (auto e = j.find("error"); e != j.end() && e->is_object())
+  Result<json> parsed = parse_json_bounded<json>(body, kReplyJsonLimits, "the reply");
+  if (parsed && parsed->is_object())
+    if (auto e = parsed->find("error"); e != parsed->end() && e->is_object())
       if (auto code = e->find("code"); code != e->end() && *code == "context_length_exceeded")
         return ErrorCode::context_length_exceeded;
   switch (http_status) {
@@ -142,6 +151,8 @@ class SseSplitter {
     }
     pending_.erase(0, start);
   }
+  // What waits for the end of a line or of an event.
+  size_t buffered_bytes() const noexcept { return pending_.size() + data_.size(); }
   // A server that closes without the blank line after its last event still sent it.
   template <typename OnData>
   void end(OnData&& on_data) {
@@ -380,10 +391,13 @@ class Call final : public CallBase, public std::enable_shared_from_this<Call<Str
   void consume(std::string_view bytes) {
     if (!streaming_ok()) {
       // A buffered answer or an error page: keep it whole (within reason).
-      if (body_.size() < (size_t(64) << 20)) body_.append(bytes);
+      if (body_.size() < kMaxReplyBytes) body_.append(bytes.substr(0, kMaxReplyBytes - body_.size()));
       return;
     }
     sse_.feed(bytes, [this](std::string_view data) { on_sse(data); });
+    if (!done_ && sse_.buffered_bytes() > kMaxReplyBytes)
+      end_with_error(fmt::format("the server at {} sent a stream event of more than {} bytes without ending it",
+                                 engine_.url.text(), kMaxReplyBytes));
   }
 
   void on_sse(std::string_view data) {
@@ -392,8 +406,12 @@ class Call final : public CallBase, public std::enable_shared_from_this<Call<Str
       saw_done_ = true;
       return;
     }
-    json j = json::parse(data, nullptr, false);
-    if (j.is_discarded() || !j.is_object())
+    Result<json> parsed = parse_json_bounded<json>(data, kReplyJsonLimits, "the event");
+    if (!parsed)
+      return end_with_error(fmt::format("the server at {} sent a stream event that cannot be read ({}): '{}'",
+                                        engine_.url.text(), parsed.status().message(), clip(data, 200)));
+    const json& j = *parsed;
+    if (!j.is_object())
       return end_with_error(fmt::format("the server at {} sent a stream event that is not a JSON object: '{}'",
                                         engine_.url.text(), clip(data, 200)));
     if (is_error_object(j))
@@ -670,8 +688,10 @@ Result<std::unique_ptr<RemoteEngine>> RemoteEngine::open(RemoteEngineOptions opt
     return Status(error_code_of(reply->status, reply->body),
                   fmt::format("GET {} answered {}: {}{}", where, reply->status, server_error_message(reply->body), hint));
   }
-  json models = json::parse(reply->body, nullptr, false);
-  if (models.is_discarded() || !models.is_object() || !models.contains("data") || !models["data"].is_array())
+  Result<json> parsed = parse_json_bounded<json>(reply->body, kReplyJsonLimits, "the reply");
+  if (!parsed) return Status(ErrorCode::corrupt_data, fmt::format("GET {}: {}", where, parsed.status().message()));
+  json& models = *parsed;
+  if (!models.is_object() || !models.contains("data") || !models["data"].is_array())
     return Status(ErrorCode::corrupt_data,
                   fmt::format("GET {}: expected a JSON object with a \"data\" array of models, found '{}'", where,
                               clip(reply->body, 200)));

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 
+#include <hostrun/json_bounds.hpp>
 #include <nlohmann/json.hpp>
 
 #include "checkpoint/detail.hpp"
@@ -45,12 +46,9 @@ std::string quant_method_of(const json& object, std::string_view where, std::str
 }
 
 FolderConfig parse(std::string_view text, std::string_view source) {
-  json root;
-  try {
-    root = json::parse(text);
-  } catch (const json::exception& e) {
-    fail(ErrorCode::corrupt_data, "{}: not valid JSON: {}", source, e.what());
-  }
+  Result<json> parsed = parse_json_bounded<json>(text, JsonLimits{}, source);
+  if (!parsed) fail(ErrorCode::corrupt_data, "{}", parsed.status().message());
+  const json& root = *parsed;
   if (!root.is_object()) fail(ErrorCode::corrupt_data, "{}: expected a JSON object, found a JSON {}", source, root.type_name());
   FolderConfig out;
   out.source = std::string(source);

@@ -2,6 +2,7 @@
 
 #include <system_error>
 
+#include <hostrun/json_bounds.hpp>
 #include <nlohmann/json.hpp>
 
 #include "checkpoint/detail.hpp"
@@ -65,12 +66,9 @@ Result<std::unique_ptr<ModelDirectory>> ModelDirectory::open(const fs::path& dir
     } else if (is_file(index)) {
       dir->sharded_ = true;
       const std::string index_label = index.string();
-      json root;
-      try {
-        root = json::parse(detail::read_text_file(index));
-      } catch (const json::exception& e) {
-        fail(ErrorCode::corrupt_data, "{}: not valid JSON: {}", index_label, e.what());
-      }
+      Result<json> parsed = parse_json_bounded<json>(detail::read_text_file(index), JsonLimits{}, index_label);
+      if (!parsed) fail(ErrorCode::corrupt_data, "{}", parsed.status().message());
+      const json& root = *parsed;
       if (!root.is_object()) fail(ErrorCode::corrupt_data, "{}: expected a JSON object", index_label);
       auto map_it = root.find("weight_map");
       if (map_it == root.end() || !map_it->is_object())

@@ -6,6 +6,7 @@
 #include <limits>
 #include <unordered_set>
 
+#include <hostrun/json_bounds.hpp>
 #include <nlohmann/json.hpp>
 
 #include "checkpoint/detail.hpp"
@@ -21,36 +22,18 @@ using nlohmann::json;
 namespace {
 
 // A real header nests three deep ({name: {"shape": [...]}}); anything much
-// deeper is hostile, and refusing it up front bounds the parser's work.
-constexpr int kMaxHeaderNesting = 16;
+// deeper is hostile, and refusing it up front bounds the parser's work. The
+// memory budget is json_bounds.hpp's default.
+const JsonLimits kHeaderLimits = [] {
+  JsonLimits limits;
+  limits.max_depth = 16;
+  return limits;
+}();
 
 uint64_t read_le64(const std::byte* p) noexcept {
   uint64_t v = 0;
   for (int i = 7; i >= 0; --i) v = (v << 8) | uint64_t(p[i]);
   return v;
-}
-
-void check_nesting(std::string_view header, const std::string& label) {
-  int depth = 0;
-  bool in_string = false;
-  bool escaped = false;
-  for (char c : header) {
-    if (in_string) {
-      if (escaped) escaped = false;
-      else if (c == '\\') escaped = true;
-      else if (c == '"') in_string = false;
-      continue;
-    }
-    if (c == '"') {
-      in_string = true;
-    } else if (c == '{' || c == '[') {
-      if (++depth > kMaxHeaderNesting)
-        fail(ErrorCode::corrupt_data, "{}: header nests deeper than {} levels; a safetensors header needs 3",
-             label, kMaxHeaderNesting);
-    } else if ((c == '}' || c == ']') && depth > 0) {
-      --depth;
-    }
-  }
 }
 
 // A JSON integer as uint64, or nullopt when it is not a non-negative integer.
@@ -110,7 +93,20 @@ void SafetensorsFile::parse() {
   if (header.empty() || header.front() != '{')
     fail(ErrorCode::corrupt_data, "{}: header must be a JSON object starting with '{{', found {}", label_,
          header.empty() ? std::string("an empty header") : fmt::format("byte 0x{:02x}", uint8_t(header.front())));
-  check_nesting(header, label_);
+  // A header length that reaches into the tensor data: the object closes
+  // before the header ends and bytes other than the spaces safetensors pads
+  // with follow. Said first, since those bytes may look like anything.
+  const JsonShape shape = scan_json_shape(header, kHeaderLimits);
+  if (shape.first_value_end != std::string_view::npos) {
+    const size_t extra = header.find_first_not_of(" \t\r\n", shape.first_value_end);
+    if (extra != std::string_view::npos)
+      fail(ErrorCode::corrupt_data,
+           "{}: the header's JSON object ends at byte {} of {}, and byte {} after it is not padding: the header "
+           "length reaches into the tensor data (or the header has bytes after its object)",
+           label_, shape.first_value_end, header_len, extra);
+  }
+  if (Status bounds = check_json_bounds(header, kHeaderLimits, "the header"); !bounds)
+    fail(ErrorCode::corrupt_data, "{}: {}; a safetensors header needs 3 levels", label_, bounds.message());
 
   // nlohmann keeps the last of two equal keys silently; a tensor listed twice
   // is a lie about the file, so the parser callback watches top-level keys.

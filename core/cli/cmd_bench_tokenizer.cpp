@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <hostrun/json_bounds.hpp>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
@@ -158,9 +159,10 @@ Result<nlohmann::json> run_oracle(const BenchTokenizerOptions& o, const std::str
   char buffer[4096];
   while (size_t n = fread(buffer, 1, sizeof buffer, pipe)) output.append(buffer, n);
   int rc = pclose(pipe);
-  auto parsed = nlohmann::json::parse(output, nullptr, false);
-  if (rc != 0 || parsed.is_discarded())
-    return Status(ErrorCode::internal, fmt::format("the JS oracle failed (exit {}): {}", rc, output.substr(0, 800)));
+  Result<nlohmann::json> parsed = parse_json_bounded<nlohmann::json>(output, JsonLimits{}, "its report");
+  if (rc != 0 || !parsed)
+    return Status(ErrorCode::internal, fmt::format("the JS oracle failed (exit {}{}): {}", rc,
+                                                   parsed ? "" : "; " + parsed.status().message(), output.substr(0, 800)));
   return parsed;
 }
 

@@ -7,6 +7,7 @@
 //   echo '[{"role":"user","content":"Hi"}]' | hostrun tokenize MODEL_DIR --chat
 //   hostrun tokenize MODEL_DIR --jsonl < strings.jsonl     one id list per line
 #include <fmt/format.h>
+#include <hostrun/json_bounds.hpp>
 
 #include <iostream>
 #include <iterator>
@@ -37,14 +38,20 @@ struct TokenizeOptions {
 Result<std::string> handle(const Tokenizer& tokenizer, const core::ChatTemplate* chat_template,
                            const TokenizeOptions& o, std::string_view input, bool input_is_json) {
   using nlohmann::json;
+  // What the input is when it is not what a flag expects: why it could not be
+  // parsed (too deep, too large, not JSON), or its type and size.
+  auto found = [](const Result<json>& parsed) {
+    return parsed ? "got " + describe_json_value(parsed.value()) : parsed.status().message();
+  };
   if (o.decode) {
-    json parsed = json::parse(input.begin(), input.end(), nullptr, false);
-    if (!parsed.is_array())
-      return Status(ErrorCode::invalid_argument, "--decode expects a JSON array of token ids, e.g. [9906, 1917]");
+    Result<json> parsed = parse_json_bounded<json>(input, JsonLimits{}, "the input");
+    if (!parsed || !parsed->is_array())
+      return Status(ErrorCode::invalid_argument,
+                    fmt::format("--decode expects a JSON array of token ids, e.g. [9906, 1917]; {}", found(parsed)));
     std::vector<TokenId> ids;
-    for (const auto& v : parsed) {
+    for (const auto& v : *parsed) {
       if (!v.is_number_integer())
-        return Status(ErrorCode::invalid_argument, fmt::format("--decode: '{}' is not a token id", v.dump()));
+        return Status(ErrorCode::invalid_argument, fmt::format("--decode: {} is not a token id", describe_json_value(v)));
       ids.push_back(v.get<TokenId>());
     }
     std::string text;
@@ -57,18 +64,19 @@ Result<std::string> handle(const Tokenizer& tokenizer, const core::ChatTemplate*
 
   std::vector<TokenId> ids;
   if (o.chat) {
-    json parsed = json::parse(input.begin(), input.end(), nullptr, false);
-    if (!parsed.is_array())
+    Result<json> parsed = parse_json_bounded<json>(input, JsonLimits{}, "the input");
+    if (!parsed || !parsed->is_array())
       return Status(ErrorCode::invalid_argument,
-                    "--chat expects a JSON array of messages, e.g. [{\"role\": \"user\", \"content\": \"Hi\"}]");
+                    fmt::format("--chat expects a JSON array of messages, e.g. [{{\"role\": \"user\", \"content\": "
+                                "\"Hi\"}}]; {}", found(parsed)));
     std::vector<ChatMessage> messages;
-    for (size_t i = 0; i < parsed.size(); ++i) {
-      const json& m = parsed[i];
+    for (size_t i = 0; i < parsed->size(); ++i) {
+      const json& m = (*parsed)[i];
       if (!m.is_object() || !m.contains("role") || !m["role"].is_string() || !m.contains("content") ||
           !m["content"].is_string())
         return Status(ErrorCode::invalid_argument,
-                      fmt::format("--chat: message {} is not {{\"role\": string, \"content\": string}}: {}", i + 1,
-                                  m.dump()));
+                      fmt::format("--chat: message {} is not {{\"role\": string, \"content\": string}}; got {}",
+                                  i + 1, describe_json_value(m)));
       messages.push_back(ChatMessage{m["role"].get<std::string>(), m["content"].get<std::string>(), {}});
     }
     auto segments = core::render_chat_segments(*chat_template, messages, true);
@@ -92,10 +100,11 @@ Result<std::string> handle(const Tokenizer& tokenizer, const core::ChatTemplate*
   } else {
     std::string text;
     if (input_is_json) {
-      json parsed = json::parse(input.begin(), input.end(), nullptr, false);
-      if (!parsed.is_string())
-        return Status(ErrorCode::invalid_argument, "--jsonl expects one JSON string per line, e.g. \"Hello\"");
-      text = parsed.get<std::string>();
+      Result<json> parsed = parse_json_bounded<json>(input, JsonLimits{}, "the line");
+      if (!parsed || !parsed->is_string())
+        return Status(ErrorCode::invalid_argument,
+                      fmt::format("--jsonl expects one JSON string per line, e.g. \"Hello\"; {}", found(parsed)));
+      text = parsed->get<std::string>();
     } else {
       text = std::string(input);
     }

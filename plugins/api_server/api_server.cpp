@@ -54,6 +54,7 @@ struct Shared {
   int32_t session_len = 0;
   int64_t started = 0;
   std::vector<std::string> api_keys;
+  JsonLimits body_limits;  // request bodies: depth and memory once parsed (network_json_limits of max_body_bytes)
   Metrics metrics;
   std::atomic<int64_t> in_flight{0};
   Logger log;
@@ -400,8 +401,8 @@ void handle_generation(const std::shared_ptr<Shared>& shared, const std::shared_
                        bool chat) {
   shared->metrics.count_request(chat ? "/v1/chat/completions" : "/v1/completions");
   try {
-    ParsedRequest request = chat ? parse_chat_request(exchange->request().body)
-                                 : parse_completion_request(exchange->request().body);
+    ParsedRequest request = chat ? parse_chat_request(exchange->request().body, shared->body_limits)
+                                 : parse_completion_request(exchange->request().body, shared->body_limits);
     if (!request.model.empty() && request.model != shared->model_name)
       fail(404, fmt::format("The model '{}' does not exist; this server serves '{}'", request.model, shared->model_name),
            "model", "model_not_found");
@@ -444,6 +445,7 @@ class ApiServer final : public Frontend {
       shared->session_len = info.session_len;
       shared->started = unix_now();
       shared->api_keys = api_keys_;
+      shared->body_limits = network_json_limits(options_.max_body_bytes);
       shared->log = log_;
 
       auto server = std::make_unique<http::Server>(options_);

@@ -16,29 +16,15 @@ void fail(int status, std::string message, std::string param, std::string code, 
 
 namespace {
 
-// What a client sent, in the words of its own language's types.
-std::string json_type(const json& v) {
-  switch (v.type()) {
-    case json::value_t::null: return "null";
-    case json::value_t::boolean: return "a boolean";
-    case json::value_t::number_integer:
-    case json::value_t::number_unsigned: return "an integer";
-    case json::value_t::number_float: return "a number";
-    case json::value_t::string: return "a string";
-    case json::value_t::array: return "an array";
-    case json::value_t::object: return "an object";
-    default: return "another type";
-  }
-}
-
-std::string shown(const json& v) {
-  std::string text = v.dump(-1, ' ', false, json::error_handler_t::replace);
-  if (text.size() > 60) text = text.substr(0, 57) + "...";
-  return text;
+// A number as the client wrote it (for range errors), without serialising.
+std::string number_text(const json& v) {
+  if (v.is_number_unsigned()) return fmt::format("{}", v.get<uint64_t>());
+  if (v.is_number_integer()) return fmt::format("{}", v.get<int64_t>());
+  return fmt::format("{}", v.get<double>());
 }
 
 [[noreturn]] void wrong_type(const std::string& param, const char* expected, const json& found) {
-  fail(400, fmt::format("'{}' must be {}, got {} ({})", param, expected, json_type(found), shown(found)), param);
+  fail(400, fmt::format("'{}' must be {}, got {}", param, expected, describe_json_value(found)), param);
 }
 
 // A present, non-null field, or nullptr.
@@ -55,7 +41,7 @@ std::optional<double> number(const json& body, const char* key, double min, doub
   double x = v->get<double>();
   if (!std::isfinite(x) || x < min || x > max || (min_open && x == min))
     fail(400, fmt::format("'{}' must be {} {} and at most {}, got {}", key, min_open ? "over" : "at least", min, max,
-                          shown(*v)),
+                          number_text(*v)),
          key);
   return x;
 }
@@ -75,7 +61,7 @@ std::optional<int64_t> integer(const json& body, const char* key, int64_t min, i
   } else {
     wrong_type(key, "an integer", *v);
   }
-  if (x < min || x > max) fail(400, fmt::format("'{}' must be between {} and {}, got {}", key, min, max, shown(*v)), key);
+  if (x < min || x > max) fail(400, fmt::format("'{}' must be between {} and {}, got {}", key, min, max, number_text(*v)), key);
   return x;
 }
 
@@ -148,7 +134,7 @@ void read_common(const json& body, ParsedRequest& out) {
     if (!format->is_object()) wrong_type("response_format", "an object", *format);
     const json* type = field(*format, "type");
     if (type && !(type->is_string() && type->get<std::string>() == "text"))
-      fail(400, fmt::format("response_format type {} is not supported; only \"text\" is", shown(*type)),
+      fail(400, fmt::format("response_format type {} is not supported; only \"text\" is", describe_json_value(*type)),
            "response_format", "unsupported_parameter");
   }
 }
@@ -172,7 +158,7 @@ std::string message_content(const json& message, size_t index, const std::string
     if (!type || !type->is_string()) fail(400, fmt::format("'{}.type' must be a string", part_param), part_param + ".type");
     const std::string& kind = type->get_ref<const std::string&>();
     if (kind != "text")
-      fail(400, fmt::format("'{}' is a {} part; this server takes text parts only", part_param, kind),
+      fail(400, fmt::format("'{}.type' is {}; this server takes text parts only", part_param, describe_json_value(*type)),
            part_param + ".type", "unsupported_content");
     const json* value = field(part, "text");
     if (!value || !value->is_string()) wrong_type(part_param + ".text", "a string", value ? *value : json());
@@ -183,21 +169,15 @@ std::string message_content(const json& message, size_t index, const std::string
 
 }  // namespace
 
-json parse_json_object(const std::string& body) {
-  json parsed;
-  try {
-    parsed = json::parse(body);
-  } catch (const json::parse_error& e) {
-    fail(400, fmt::format("the request body is not valid JSON (at byte {}): {}", e.byte, e.what()));
-  } catch (const json::exception& e) {
-    fail(400, fmt::format("the request body is not usable JSON: {}", e.what()));  // e.g. a number out of range
-  }
-  if (!parsed.is_object()) fail(400, fmt::format("the request body must be a JSON object, got {}", json_type(parsed)));
-  return parsed;
+json parse_json_object(const std::string& body, const JsonLimits& limits) {
+  Result<json> parsed = parse_json_bounded<json>(body, limits, "the request body");
+  if (!parsed) fail(parsed.status().code() == ErrorCode::resource_exhausted ? 413 : 400, parsed.status().message());
+  if (!parsed->is_object()) fail(400, fmt::format("the request body must be a JSON object, got {}", describe_json_value(*parsed)));
+  return std::move(parsed).value();
 }
 
-ParsedRequest parse_chat_request(const std::string& body_text) {
-  json body = parse_json_object(body_text);
+ParsedRequest parse_chat_request(const std::string& body_text, const JsonLimits& limits) {
+  json body = parse_json_object(body_text, limits);
   ParsedRequest out;
   out.chat = true;
   read_common(body, out);
@@ -214,7 +194,7 @@ ParsedRequest parse_chat_request(const std::string& body_text) {
     std::string r = role->get<std::string>();
     if (r == "developer") r = "system";  // OpenAI's newer name for the system role
     if (r != "system" && r != "user" && r != "assistant")
-      fail(400, fmt::format("'{}.role' is '{}'; expected system, user or assistant", param, role->get<std::string>()),
+      fail(400, fmt::format("'{}.role' is {}; expected system, user or assistant", param, describe_json_value(*role)),
            param + ".role");
     out.messages.push_back({r, message_content(m, i, r), {}});
   }
@@ -228,8 +208,8 @@ ParsedRequest parse_chat_request(const std::string& body_text) {
   return out;
 }
 
-ParsedRequest parse_completion_request(const std::string& body_text) {
-  json body = parse_json_object(body_text);
+ParsedRequest parse_completion_request(const std::string& body_text, const JsonLimits& limits) {
+  json body = parse_json_object(body_text, limits);
   ParsedRequest out;
   out.chat = false;
   out.sampling.max_tokens = 16;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include <hostrun/engine.hpp>
+#include <hostrun/json_bounds.hpp>
 #include <nlohmann/json.hpp>
 
 namespace hostrun::api {
@@ -52,13 +53,17 @@ struct ParsedRequest {
   std::string user;
 };
 
-// `body` is the raw request body. Without max_tokens, a chat reply may run to
-// the session length; a completion gets 16 tokens (OpenAI's legacy default).
-ParsedRequest parse_chat_request(const std::string& body);
-ParsedRequest parse_completion_request(const std::string& body);
+// `body` is the raw request body, parsed within `limits` (the server passes
+// network_json_limits of its body limit). Without max_tokens, a chat reply
+// may run to the session length; a completion gets 16 tokens (OpenAI's legacy
+// default).
+ParsedRequest parse_chat_request(const std::string& body, const JsonLimits& limits = {});
+ParsedRequest parse_completion_request(const std::string& body, const JsonLimits& limits = {});
 
-// Parses a body that must be a JSON object.
-nlohmann::json parse_json_object(const std::string& body);
+// Parses a body that must be a JSON object: 400 when it is not JSON, not an
+// object or nested too deep, 413 when it would take more memory than
+// `limits` allow once parsed.
+nlohmann::json parse_json_object(const std::string& body, const JsonLimits& limits);
 
 // What the engine gets for each prompt of a completion. A text prompt is
 // tokenized here, once, as the engine would (its tokenizer, BOS by the

@@ -82,25 +82,27 @@ std::string query_value(std::string_view query, std::string_view key) {
 }
 
 // The text of a message content in any of the shapes Gradio clients send:
-// a string, {"text": ...}, or a list of parts ({"type": "text", "text"} or strings).
+// a string, {"text": ...}, or a list of parts, each a string or {"text": ...}.
+// A list inside a list is not a shape any client sends; refusing it keeps
+// this walk one level deep.
 std::optional<std::string> content_text(const json& content) {
-  if (content.is_null()) return std::string();
-  if (content.is_string()) return content.get<std::string>();
-  if (content.is_object()) {
-    auto text = content.find("text");
-    if (text != content.end() && text->is_string()) return text->get<std::string>();
-    return std::nullopt;
-  }
-  if (content.is_array()) {
-    std::string out;
-    for (const auto& part : content) {
-      auto piece = content_text(part);
-      if (!piece) return std::nullopt;
-      out += *piece;
+  auto single = [](const json& part) -> std::optional<std::string> {
+    if (part.is_string()) return part.get<std::string>();
+    if (part.is_object()) {
+      auto text = part.find("text");
+      if (text != part.end() && text->is_string()) return text->get<std::string>();
     }
-    return out;
+    return std::nullopt;
+  };
+  if (content.is_null()) return std::string();
+  if (!content.is_array()) return single(content);
+  std::string out;
+  for (const auto& part : content) {
+    auto piece = single(part);
+    if (!piece) return std::nullopt;
+    out += *piece;
   }
-  return std::nullopt;
+  return out;
 }
 
 struct ChatInputs {
@@ -139,7 +141,8 @@ Result<ChatInputs> parse_chat_inputs(const json& data, const ChatDefaults& defau
           return bad(fmt::format("history[{}] must be {{\"role\": ..., \"content\": ...}}", i));
         std::string r = role->get<std::string>();
         if (r != "user" && r != "assistant" && r != "system")
-          return bad(fmt::format("history[{}].role is '{}'; expected user, assistant or system", i, r));
+          return bad(fmt::format("history[{}].role is {}; expected user, assistant or system", i,
+                                 describe_json_value(*role)));
         in.messages.push_back({r, *text, {}});
       } else if (turn.is_array() && turn.size() == 2) {  // tuples format: [user, assistant]
         auto user = content_text(turn[0]);
@@ -190,6 +193,7 @@ struct GradioApi::State {
   EngineHandle& engine;
   ChatDefaults defaults;
   JobLimits limits;
+  JsonLimits body_limits;
   Logger log;
   int64_t app_id = 0;
 
@@ -226,8 +230,8 @@ struct GradioApi::State {
   std::condition_variable wake;
   std::thread timers;
 
-  State(EngineHandle& e, ChatDefaults d, JobLimits j, Logger l)
-      : engine(e), defaults(std::move(d)), limits(j), log(std::move(l)) {
+  State(EngineHandle& e, ChatDefaults d, JobLimits j, JsonLimits body, Logger l)
+      : engine(e), defaults(std::move(d)), limits(j), body_limits(body), log(std::move(l)) {
     app_id = int64_t(random() >> 12);
   }
 
@@ -499,17 +503,24 @@ struct GradioApi::State {
   }
 
   void join(const std::shared_ptr<http::Exchange>& exchange) {
-    json body = json::parse(exchange->request().body, nullptr, false);
-    if (body.is_discarded() || !body.is_object())
-      return exchange->respond(unprocessable("the body must be a JSON object {data, fn_index, session_hash}"));
+    Result<json> parsed = parse_json_bounded<json>(exchange->request().body, body_limits, "the body");
+    if (!parsed && parsed.status().code() == ErrorCode::resource_exhausted)
+      return exchange->respond(json_response(413, {{"detail", parsed.status().message()}}));
+    if (!parsed) return exchange->respond(unprocessable(parsed.status().message()));
+    const json& body = *parsed;
+    if (!body.is_object())
+      return exchange->respond(unprocessable(fmt::format(
+          "the body must be a JSON object {{data, fn_index, session_hash}}, got {}", describe_json_value(body))));
     auto hash = body.find("session_hash");
     if (hash == body.end() || !hash->is_string() || hash->get_ref<const std::string&>().empty())
       return exchange->respond(unprocessable("session_hash must be a non-empty string"));
     auto fn = body.find("fn_index");
     if (fn != body.end() && !fn->is_null() && !(fn->is_number_integer() && fn->get<int>() == kChatFn))
       return exchange->respond(unprocessable(fmt::format("fn_index {} does not exist; this app has {} (/chat)",
-                                                         fn->dump(), kChatFn)));
-    auto inputs = parse_chat_inputs(body.value("data", json::array()), defaults);
+                                                         describe_json_value(*fn), kChatFn)));
+    static const json no_data = json::array();
+    auto data = body.find("data");
+    auto inputs = parse_chat_inputs(data == body.end() ? no_data : *data, defaults);
     if (!inputs) return exchange->respond(unprocessable(inputs.status().message()));
 
     auto event = std::make_shared<Event>();
@@ -655,10 +666,11 @@ struct GradioApi::State {
   }
 
   void cancel(const std::shared_ptr<http::Exchange>& exchange) {
-    json body = json::parse(exchange->request().body, nullptr, false);
-    std::string event_id = body.is_object() && body.contains("event_id") && body["event_id"].is_string()
-                               ? body["event_id"].get<std::string>()
-                               : std::string();
+    // A body that names no event (or cannot be read) cancels nothing, as in Gradio.
+    Result<json> body = parse_json_bounded<json>(exchange->request().body, body_limits, "the body");
+    std::string event_id;
+    if (body && body->is_object())
+      if (auto id = body->find("event_id"); id != body->end() && id->is_string()) event_id = id->get<std::string>();
     uint64_t request_id = 0;
     {
       std::lock_guard lock(mutex);
@@ -689,8 +701,8 @@ struct GradioApi::State {
   }
 };
 
-GradioApi::GradioApi(EngineHandle& engine, ChatDefaults defaults, JobLimits limits, Logger log)
-    : state_(std::make_shared<State>(engine, std::move(defaults), limits, std::move(log))) {
+GradioApi::GradioApi(EngineHandle& engine, ChatDefaults defaults, JobLimits limits, JsonLimits body_limits, Logger log)
+    : state_(std::make_shared<State>(engine, std::move(defaults), limits, body_limits, std::move(log))) {
   state_->timers = std::thread([s = state_.get()] { s->run_timers(); });
 }
 

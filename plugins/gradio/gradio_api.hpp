@@ -16,6 +16,8 @@
 //        nothing running for a second (so a client that submits again at
 //        once still finds its stream open)
 //   POST /cancel, /reset         stop an event
+// A body nested deeper than its limits allow is a 422, one that would take
+// too much memory once parsed a 413, both with {"detail"} saying why.
 // Messages queued for a session before its stream connects are kept and sent
 // when it does (the client opens the stream after the join answers). Nobody
 // may park work here: a job whose session opens no stream within a few
@@ -25,6 +27,7 @@
 #pragma once
 
 #include <hostrun/engine.hpp>
+#include <hostrun/json_bounds.hpp>
 #include <hostrun/log.hpp>
 #include <memory>
 
@@ -43,7 +46,9 @@ struct JobLimits {
 
 class GradioApi {
  public:
-  GradioApi(EngineHandle& engine, ChatDefaults defaults, JobLimits limits, Logger log);
+  // `body_limits` bound every JSON body it reads (network_json_limits of the
+  // server's body limit).
+  GradioApi(EngineHandle& engine, ChatDefaults defaults, JobLimits limits, JsonLimits body_limits, Logger log);
   ~GradioApi();
   GradioApi(const GradioApi&) = delete;
   GradioApi& operator=(const GradioApi&) = delete;

@@ -15,6 +15,7 @@
 // With api_keys set, every route but the page itself (which holds no
 // conversation and reaches no engine) needs `Authorization: Bearer KEY`, as
 // the api_server's /v1 does; the page asks for the key and sends it.
+#include <hostrun/json_bounds.hpp>
 #include <hostrun/sdk.hpp>
 
 #include <atomic>
@@ -111,7 +112,8 @@ class GradioFrontend final : public Frontend {
       options.log = log_;
       options.server_header = "hostrun-gradio";
       auto server = std::make_unique<http::Server>(options);
-      gradio::GradioApi gradio(engine, defaults_, limits_, log_);
+      body_limits_ = network_json_limits(options.max_body_bytes);
+      gradio::GradioApi gradio(engine, defaults_, limits_, body_limits_, log_);
       server->set_filter([this](std::shared_ptr<http::Exchange> x, const http::Handler& next) {
         const http::Request& request = x->request();
         bool open_route = request.path == "/" || request.path == "/favicon.ico";
@@ -215,9 +217,14 @@ class GradioFrontend final : public Frontend {
   }
 
   void chat(const std::shared_ptr<http::Exchange>& exchange) {
-    json body = json::parse(exchange->request().body, nullptr, false);
-    if (body.is_discarded() || !body.is_object())
-      return exchange->respond(bad_request("the body must be a JSON object {messages, temperature, top_p, max_tokens}"));
+    Result<json> parsed = parse_json_bounded<json>(exchange->request().body, body_limits_, "the body");
+    if (!parsed && parsed.status().code() == ErrorCode::resource_exhausted)
+      return exchange->respond(http::json_error(413, parsed.status().message(), "invalid_request_error"));
+    if (!parsed) return exchange->respond(bad_request(parsed.status().message()));
+    const json& body = *parsed;
+    if (!body.is_object())
+      return exchange->respond(bad_request(fmt::format(
+          "the body must be a JSON object {{messages, temperature, top_p, max_tokens}}, got {}", describe_json_value(body))));
     auto messages_it = body.find("messages");
     if (messages_it == body.end() || !messages_it->is_array() || messages_it->empty())
       return exchange->respond(bad_request("\"messages\" must be a non-empty list of {role, content}"));
@@ -229,7 +236,8 @@ class GradioFrontend final : public Frontend {
         return exchange->respond(bad_request(fmt::format("messages[{}] must be {{\"role\": string, \"content\": string}}", i)));
       std::string role = m["role"].get<std::string>();
       if (role != "system" && role != "user" && role != "assistant")
-        return exchange->respond(bad_request(fmt::format("messages[{}].role is '{}'; expected system, user or assistant", i, role)));
+        return exchange->respond(bad_request(fmt::format("messages[{}].role is {}; expected system, user or assistant", i,
+                                                         describe_json_value(m["role"]))));
       messages.push_back({role, m["content"].get<std::string>(), {}});
     }
     auto number = [&](const char* key, double fallback, double lo, double hi) -> std::optional<double> {
@@ -288,6 +296,7 @@ class GradioFrontend final : public Frontend {
   }
 
   Logger log_;
+  JsonLimits body_limits_;  // what /api/chat and the Gradio routes read: network_json_limits of the body limit
   std::string server_name_;
   uint16_t server_port_ = 6006;
   int threads_ = 2;

@@ -6,6 +6,7 @@
 #include <cctype>
 #include <cstring>
 #include <fstream>
+#include <hostrun/json_bounds.hpp>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -62,7 +63,11 @@ std::string where_in_text(std::string_view text, size_t offset) {
   return fmt::format("line {}, column {}", line, column);
 }
 
+// Depth and memory are checked before nlohmann builds anything (json_bounds.hpp):
+// a hostile tokenizer.json is refused, not parsed into gigabytes.
 Result<json> parse_json(std::string_view text, const std::string& name) {
+  if (Status bounds = check_json_bounds(text, JsonLimits{}, name); !bounds)
+    return Status(ErrorCode::corrupt_data, bounds.message());
   try {
     return json::parse(text.begin(), text.end());
   } catch (const json::parse_error& e) {

@@ -5,6 +5,7 @@
 #include <limits>
 
 #include <fmt/ranges.h>
+#include <hostrun/json_bounds.hpp>
 #include <nlohmann/json.hpp>
 
 #include "llama_common/text.hpp"
@@ -112,15 +113,11 @@ class Fields {
 };
 
 json parse_object(std::string_view text, std::string_view source) {
-  json root;
-  try {
-    root = json::parse(text);
-  } catch (const json::exception& e) {
-    fail(ErrorCode::invalid_argument, "{}: not valid JSON: {}", source, e.what());
-  }
-  if (!root.is_object())
-    fail(ErrorCode::invalid_argument, "{}: expected a JSON object, found a JSON {}", source, root.type_name());
-  return root;
+  Result<json> root = parse_json_bounded<json>(text, JsonLimits{}, source);
+  if (!root) fail(ErrorCode::invalid_argument, "{}", root.status().message());
+  if (!root->is_object())
+    fail(ErrorCode::invalid_argument, "{}: expected a JSON object, found a JSON {}", source, root->type_name());
+  return std::move(root).value();
 }
 
 std::optional<Llama3RopeScaling> parse_rope_scaling(const Fields& top, std::string_view source) {

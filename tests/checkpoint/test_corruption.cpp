@@ -75,10 +75,32 @@ TEST_CASE("corruption: header that is not a JSON object") {
   expect_error(open_status(dir, make_file(R"({"a": )", 0)), ErrorCode::corrupt_data, {kFile, "not valid JSON"});
   expect_error(open_status(dir, make_file("[1, 2]", 0)), ErrorCode::corrupt_data, {kFile, "'{'"});
   expect_error(open_status(dir, make_file("", 0)), ErrorCode::corrupt_data, {kFile, "empty header"});
-  expect_error(open_status(dir, make_file(R"({} trailing)", 0)), ErrorCode::corrupt_data, {kFile, "not valid JSON"});
+  expect_error(open_status(dir, make_file(R"({} trailing)", 0)), ErrorCode::corrupt_data,
+               {kFile, "ends at byte 2 of 11", "reaches into the tensor data"});
+  CHECK(open_status(dir, make_file("{}    ", 0)).is_ok());  // the spaces safetensors pads with are not data
+
   expect_error(open_status(dir, make_file("{\"\xff\xfe\":1}", 0)), ErrorCode::corrupt_data, {kFile, "not valid JSON"});
   std::string deep = "{\"a\":" + std::string(100000, '[') + std::string(100000, ']') + "}";
-  expect_error(open_status(dir, make_file(deep, 0)), ErrorCode::corrupt_data, {kFile, "nests deeper"});
+  expect_error(open_status(dir, make_file(deep, 0)), ErrorCode::corrupt_data,
+               {kFile, "nests arrays and objects 100,001 deep", "at most 16 levels"});
+  // 3 bytes of text that would hold 64 bytes each once parsed: refused before parsing.
+  std::string empties = "{\"a\":[";
+  for (int i = 0; i < 200'000; ++i) empties += i ? ",[]" : "[]";
+  empties += "]}";
+  expect_error(open_status(dir, make_file(empties, 0)), ErrorCode::corrupt_data, {kFile, "once parsed", "per byte of JSON"});
+}
+
+TEST_CASE("corruption: a header length that reaches into the data is named as such") {
+  // The data behind the header holds '[' bytes: the old nesting check called
+  // this "nests deeper than 16 levels".
+  TempDir dir;
+  std::string header = fmt::format(R"({{"{}":{{"dtype":"U8","shape":[64],"data_offsets":[0,64]}}}})", kTensor);
+  std::vector<std::byte> bytes = make_file(header, 64);
+  for (size_t i = 8 + header.size(); i < bytes.size(); ++i) bytes[i] = std::byte('[');
+  const uint64_t longer = header.size() + 40;
+  for (int b = 0; b < 8; ++b) bytes[b] = std::byte((longer >> (8 * b)) & 0xff);
+  expect_error(open_status(dir, bytes), ErrorCode::corrupt_data,
+               {kFile, fmt::format("ends at byte {} of {}", header.size(), longer), "reaches into the tensor data"});
 }
 
 TEST_CASE("corruption: a tensor listed twice") {
