@@ -42,7 +42,7 @@ using json = nlohmann::json;
 // api_server's own body limit; no OpenAI-compatible server sends more.
 constexpr size_t kMaxReplyBytes = size_t(16) << 20;
 // A server's JSON is parsed within these: never deeper than 64 levels, never
-// more memory than 4 x kMaxReplyBytes (json_bounds.hpp).
+// more memory than 16 x kMaxReplyBytes (json_bounds.hpp).
 const JsonLimits kReplyJsonLimits = network_json_limits(kMaxReplyBytes);
 
 std::string base64(const std::vector<uint8_t>& bytes) {

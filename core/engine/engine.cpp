@@ -138,6 +138,7 @@ Engine::Engine(EngineConfig config, EngineParts parts, int32_t num_blocks)
   blocks_ = std::make_unique<BlockManager>(num_blocks, config_.cache_block_seq_len, config_.enable_prefix_caching);
   seed_state_ = config_.seed ? config_.seed
                              : uint64_t(std::chrono::steady_clock::now().time_since_epoch().count());
+  max_token_bytes_ = longest_token_bytes(*parts_.tokenizer);
   stop_ids_ = model_info_.eos_ids;
   for (TokenId id : parts_.tokenizer->special_tokens().eos) stop_ids_.push_back(id);
   for (TokenId id : parts_.extra_stop_ids) stop_ids_.push_back(id);
@@ -161,6 +162,41 @@ Engine::~Engine() {
   if (thread_.joinable()) thread_.join();
 }
 
+// Every token stands for at most max_token_bytes_ bytes of the text it was
+// encoded from (the tokenizer contract in tokenizer.hpp), so a text of B bytes
+// has at least ceil(B / max_token_bytes_) tokens. Counting that costs nothing;
+// tokenizing megabytes that cannot fit costs seconds of CPU.
+Status Engine::refuse_unfittable_text(size_t text_bytes) const {
+  const size_t fewest = fewest_tokens(text_bytes, max_token_bytes_);
+  if (fewest < size_t(config_.session_len)) return Status();
+  return Status(ErrorCode::context_length_exceeded,
+                fmt::format("the prompt is {} bytes, so at least {} tokens (no token of this tokenizer stands for more "
+                            "than {} bytes); the session length is {} (raise --session-len or shorten the prompt)",
+                            text_bytes, fewest, max_token_bytes_, config_.session_len));
+}
+
+Result<std::vector<TokenId>> Engine::chat_prompt(const std::vector<ChatMessage>& messages) {
+  auto same_text = [](const std::vector<ChatMessage>& a, const std::vector<ChatMessage>& b) {
+    if (a.size() != b.size()) return false;
+    for (size_t i = 0; i < a.size(); ++i)
+      if (a[i].role != b[i].role || a[i].content != b[i].content || !a[i].images.empty() || !b[i].images.empty())
+        return false;
+    return true;
+  };
+  bool has_images = false;
+  for (const auto& message : messages) has_images = has_images || !message.images.empty();
+  if (!has_images) {
+    std::lock_guard lock(last_chat_.mutex);
+    if (same_text(messages, last_chat_.messages)) return last_chat_.ids;
+  }
+  auto ids = parts_.prompt_builder(messages);
+  if (!ids || has_images) return ids;
+  std::lock_guard lock(last_chat_.mutex);
+  last_chat_.messages = messages;
+  last_chat_.ids = *ids;
+  return ids;
+}
+
 Result<uint64_t> Engine::submit(GenerationRequest request, StreamCallback on_event) noexcept {
   try {
     auto seq = std::make_shared<Sequence>();
@@ -169,6 +205,7 @@ Result<uint64_t> Engine::submit(GenerationRequest request, StreamCallback on_eve
     if (auto* ids = std::get_if<std::vector<TokenId>>(&request.input)) {
       seq->tokens = std::move(*ids);
     } else if (auto* text = std::get_if<std::string>(&request.input)) {
+      if (Status s = refuse_unfittable_text(text->size()); !s) return s;
       // A raw prompt may spell special tokens (<|eot_id|>) on purpose, as in other OpenAI-style servers.
       if (Status s = parts_.tokenizer->encode(*text, {.add_bos = std::nullopt, .parse_special = true}, seq->tokens); !s)
         return s;
@@ -177,7 +214,10 @@ Result<uint64_t> Engine::submit(GenerationRequest request, StreamCallback on_eve
     if (auto* messages = std::get_if<std::vector<ChatMessage>>(&request.input)) {
       if (!parts_.prompt_builder)
         return Status(ErrorCode::unsupported, "this engine has no chat template; send a prompt instead");
-      auto ids = parts_.prompt_builder(*messages);
+      size_t content_bytes = 0;
+      for (const auto& message : *messages) content_bytes += message.content.size();
+      if (Status s = refuse_unfittable_text(content_bytes); !s) return s;
+      auto ids = chat_prompt(*messages);
       if (!ids) return ids.status();
       seq->tokens = std::move(*ids);
       for (auto& message : *messages)

@@ -142,6 +142,8 @@ class Engine final : public EngineHandle {
   void publish_full_blocks(Sequence& seq);
   void preempt(Sequence& seq);
   void after_sample(Sequence& seq, TokenId token, TokenLogprob* logprob);
+  Status refuse_unfittable_text(size_t text_bytes) const;
+  Result<std::vector<TokenId>> chat_prompt(const std::vector<ChatMessage>& messages);
   Status expand_images(Sequence& seq, std::vector<ImageData> images);
   Status encode_images(Sequence& seq);
   uint64_t block_inputs(const Sequence& seq, size_t block) const;
@@ -152,6 +154,19 @@ class Engine final : public EngineHandle {
   ModelInfo model_info_;
   std::optional<VisionInfo> vision_info_;  // when the model takes images
   Logger log_;
+
+  // The most input bytes one token stands for (the longest decoded token): a
+  // text of more than session_len times this many bytes cannot fit, and is
+  // refused before it is tokenized.
+  size_t max_token_bytes_ = 0;
+  // The last chat prompt built without images, for the n choices of one
+  // request (submitted one after the other with the same messages): those
+  // are rendered and tokenized once.
+  struct LastChatPrompt {
+    std::mutex mutex;
+    std::vector<ChatMessage> messages;
+    std::vector<TokenId> ids;
+  } last_chat_;
 
   // Shared with submitters.
   mutable std::mutex inbox_mutex_;

@@ -6,12 +6,14 @@
 //   GET  /health               200 while serving
 //   GET  /metrics              Prometheus text
 //
-// Threads: the HTTP server's few io threads, and the engine's own thread. An
+// Threads: the HTTP server's few io threads, a few worker threads that parse,
+// tokenize and submit each generation request, and the engine's own thread. An
 // engine callback only stamps the time and posts the event to the request's
 // connection strand; everything else about a request (formatting, writing,
 // counting) happens there, so a request's state needs no lock and a slow client
 // never slows the engine. A client that goes away cancels its engine requests
 // from the strand, and the engine frees their KV blocks before its next step.
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -23,6 +25,7 @@
 #include <unordered_set>
 
 #include "http_server.hpp"
+#include "worker_pool.hpp"
 #include "metrics.hpp"
 #include "openai_request.hpp"
 #include "request_rules.hpp"
@@ -50,10 +53,12 @@ int64_t unix_now() {
 struct Shared {
   EngineHandle* engine = nullptr;  // valid while run() runs; run() waits for in-flight requests before returning
   const Tokenizer* tokenizer = nullptr;
+  size_t longest_token_bytes = 0;  // of `tokenizer`; 0 without one
   std::string model_name;
   int32_t session_len = 0;
   int64_t started = 0;
   std::vector<std::string> api_keys;
+  http::WorkerPool* workers = nullptr;  // parsing and tokenizing; outlives the server's threads
   JsonLimits body_limits;  // request bodies: depth and memory once parsed (network_json_limits of max_body_bytes)
   Metrics metrics;
   std::atomic<int64_t> in_flight{0};
@@ -115,7 +120,8 @@ struct ChoiceState {
 };
 
 // One HTTP request: n x prompts engine requests, answered as one response.
-// Touched only on its connection's strand.
+// Touched by one worker thread until submit_all() posts open(), then only on
+// its connection's strand.
 class Job : public std::enable_shared_from_this<Job> {
  public:
   // `engine_prompts`: what the engine gets for each of a completion's prompts
@@ -137,10 +143,13 @@ class Job : public std::enable_shared_from_this<Job> {
       }
   }
 
-  void start() {
+  // On a worker thread: submits every choice (the engine renders and
+  // tokenizes a chat's messages here, off the I/O threads), then hands the
+  // rest to the strand. Events that arrive before that wait for it.
+  void submit_all() {
     auto self = shared_from_this();
-    exchange_->on_abort([self] { self->on_abort(); });
     for (size_t i = 0; i < choices_.size(); ++i) {
+      if (exchange_->aborted()) break;  // the client left (or the server stopped) while this waited
       GenerationRequest r;
       if (request_.chat)
         r.input = request_.messages;
@@ -161,29 +170,47 @@ class Job : public std::enable_shared_from_this<Job> {
       if (!submitted) {
         --shared_->in_flight;
         cancel_submitted();
-        return reply_error(*shared_, *exchange_, engine_refusal(submitted.status(), request_.chat));
+        refused_ = true;
+        reply_error(*shared_, *exchange_, engine_refusal(submitted.status(), request_.chat));
+        break;
       }
       choices_[i].engine_id = *submitted;
       choices_[i].submitted = true;
       {
-        // Erased by on_event, which runs on this strand after start() returns.
+        // Erased by on_event when the choice finishes.
         std::lock_guard lock(shared_->live_mutex);
         shared_->live.insert(*submitted);
       }
     }
-    remaining_ = choices_.size();
-    if (!request_.stream) return;
-    exchange_->begin_stream(200, "text/event-stream");
-    for (size_t i = 0; i < choices_.size(); ++i) {
-      if (request_.chat) {
-        write_chunk(i, json{{"role", "assistant"}, {"content", ""}}, nullptr, nullptr);
-      } else if (request_.echo) {
-        write_chunk(i, prompt_text(choices_[i].prompt_index), nullptr, nullptr);
-      }
-    }
+    // Posted after every submit, so open() sees what this thread wrote.
+    exchange_->post([self] { self->open(); });
   }
 
  private:
+  // On the strand, once: from here on the client's hang-up cancels, the
+  // stream's head goes out, and the events that came early are handled.
+  void open() {
+    auto self = shared_from_this();
+    opened_ = true;
+    remaining_ = size_t(std::count_if(choices_.begin(), choices_.end(), [](const ChoiceState& c) { return c.submitted; }));
+    if (refused_) {
+      aborted_ = true;  // answered with the refusal already; the cancelled choices only need their ends counted
+    } else {
+      exchange_->on_abort([self] { self->on_abort(); });  // runs at once when the client has already gone
+      if (request_.stream) {
+        exchange_->begin_stream(200, "text/event-stream");
+        for (size_t i = 0; i < choices_.size(); ++i) {
+          if (request_.chat) {
+            write_chunk(i, json{{"role", "assistant"}, {"content", ""}}, nullptr, nullptr);
+          } else if (request_.echo) {
+            write_chunk(i, prompt_text(choices_[i].prompt_index), nullptr, nullptr);
+          }
+        }
+      }
+    }
+    for (auto& early : std::exchange(early_events_, {})) on_event(early.choice, std::move(early.event), early.at);
+  }
+
   void cancel_submitted() {
     for (auto& c : choices_)
       if (c.submitted && !c.done) shared_->engine->cancel(c.engine_id);
@@ -203,6 +230,10 @@ class Job : public std::enable_shared_from_this<Job> {
   }
 
   void on_event(size_t i, StreamEvent event, Clock::time_point at) {
+    if (!opened_) {
+      early_events_.push_back({i, std::move(event), at});
+      return;
+    }
     ChoiceState& c = choices_[i];
     if (c.done) return;
     size_t tokens = event.token_ids.empty() && !event.text.empty() ? 1 : event.token_ids.size();
@@ -395,23 +426,38 @@ class Job : public std::enable_shared_from_this<Job> {
   size_t remaining_ = 0;
   bool first_token_seen_ = false;
   bool aborted_ = false;
+  bool refused_ = false;  // the engine refused a choice; written by submit_all before open() runs
+  bool opened_ = false;
+  struct EarlyEvent {
+    size_t choice;
+    StreamEvent event;
+    Clock::time_point at;
+  };
+  std::vector<EarlyEvent> early_events_;  // events that reached the strand before open()
 };
 
+// Parsing, tokenizing and submitting run on a worker thread (Shared::workers);
+// the I/O thread only hands the request over.
 void handle_generation(const std::shared_ptr<Shared>& shared, const std::shared_ptr<http::Exchange>& exchange,
                        bool chat) {
   shared->metrics.count_request(chat ? "/v1/chat/completions" : "/v1/completions");
-  try {
-    ParsedRequest request = chat ? parse_chat_request(exchange->request().body, shared->body_limits)
-                                 : parse_completion_request(exchange->request().body, shared->body_limits);
-    if (!request.model.empty() && request.model != shared->model_name)
-      fail(404, fmt::format("The model '{}' does not exist; this server serves '{}'", request.model, shared->model_name),
-           "model", "model_not_found");
-    std::vector<PromptInput> prompts = engine_prompts(shared->tokenizer, request);
-    check_context_length(shared->session_len, request, prompts);
-    std::make_shared<Job>(shared, exchange, std::move(request), std::move(prompts))->start();
-  } catch (const ApiException& e) {
-    reply_error(*shared, *exchange, e.error);
-  }
+  shared->workers->post([shared, exchange, chat] {
+    if (exchange->aborted()) return;  // gone while it waited: nothing to parse for
+    try {
+      ParsedRequest request = chat ? parse_chat_request(exchange->request().body, shared->body_limits)
+                                   : parse_completion_request(exchange->request().body, shared->body_limits);
+      if (!request.model.empty() && request.model != shared->model_name)
+        fail(404, fmt::format("The model '{}' does not exist; this server serves '{}'", request.model,
+                              shared->model_name),
+             "model", "model_not_found");
+      refuse_unfittable_prompts(shared->session_len, shared->longest_token_bytes, request);
+      std::vector<PromptInput> prompts = engine_prompts(shared->tokenizer, request);
+      check_context_length(shared->session_len, request, prompts);
+      std::make_shared<Job>(shared, exchange, std::move(request), std::move(prompts))->submit_all();
+    } catch (const ApiException& e) {
+      reply_error(*shared, *exchange, e.error);
+    }
+  });
 }
 
 class ApiServer final : public Frontend {
@@ -421,6 +467,7 @@ class ApiServer final : public Frontend {
     options_.address = s.get_string("server_name");
     options_.port = uint16_t(s.get_int("server_port"));
     options_.threads = int(s.get_int("io_threads"));
+    worker_threads_ = int(s.get_int("worker_threads"));
     options_.cors.allow_origins = s.get_strings("allow_origins");
     options_.cors.allow_credentials = s.get_bool("allow_credentials");
     options_.cors.allow_methods = s.get_strings("allow_methods");
@@ -440,6 +487,7 @@ class ApiServer final : public Frontend {
       auto shared = std::make_shared<Shared>();
       shared->engine = &engine;
       shared->tokenizer = engine.tokenizer();
+      if (shared->tokenizer) shared->longest_token_bytes = longest_token_bytes(*shared->tokenizer);
       EngineInfo info = engine.info();
       shared->model_name = served_model_name_.empty() ? info.model_name : served_model_name_;
       shared->session_len = info.session_len;
@@ -447,6 +495,9 @@ class ApiServer final : public Frontend {
       shared->api_keys = api_keys_;
       shared->body_limits = network_json_limits(options_.max_body_bytes);
       shared->log = log_;
+      // Declared before the server, so it is joined after the server's threads, the only ones that post to it.
+      http::WorkerPool workers(worker_threads_, log_);
+      shared->workers = &workers;
 
       auto server = std::make_unique<http::Server>(options_);
       add_routes(*server, shared);
@@ -539,6 +590,7 @@ class ApiServer final : public Frontend {
   http::ServerOptions options_;
   std::vector<std::string> api_keys_;
   std::string served_model_name_;
+  int worker_threads_ = 2;
   std::mutex mutex_;
   std::condition_variable stop_cv_;
   bool stop_requested_ = false;
@@ -560,6 +612,8 @@ const SettingSpec kSettings[] = {
     {"served_model_name", SettingType::string, "Model name in /v1/models and responses (empty: the model folder's)",
      false, "\"\""},
     {"io_threads", SettingType::integer, "Threads serving HTTP (the engine has its own)", false, "2", 1, 64},
+    {"worker_threads", SettingType::integer, "Threads that parse and tokenize requests, off the HTTP threads", false,
+     "2", 1, 64},
     {"max_body_bytes", SettingType::integer, "Largest request body accepted", false, "16777216", 1024, 1 << 30},
 };
 const RoleEntry kRoles[] = {role_entry<Frontend, ApiServer>(kSettings)};

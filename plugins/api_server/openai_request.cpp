@@ -264,6 +264,22 @@ ParsedRequest parse_completion_request(const std::string& body_text, const JsonL
   return out;
 }
 
+void refuse_unfittable_prompts(int32_t session_len, size_t longest_token_bytes, const ParsedRequest& request) {
+  if (session_len <= 0 || request.chat) return;
+  for (const auto& prompt : request.prompts) {
+    const auto* text = std::get_if<std::string>(&prompt);
+    if (!text) continue;
+    const size_t fewest = fewest_tokens(text->size(), longest_token_bytes);
+    if (fewest >= size_t(session_len))
+      fail(400,
+           fmt::format("This model's maximum context length is {} tokens. However, your prompt of {} bytes is at "
+                       "least {} tokens (no token stands for more than {} bytes). Please reduce the length of the "
+                       "prompt.",
+                       session_len, text->size(), fewest, longest_token_bytes),
+           "prompt", "context_length_exceeded");
+  }
+}
+
 std::vector<PromptInput> engine_prompts(const Tokenizer* tokenizer, const ParsedRequest& request) {
   std::vector<PromptInput> prompts;
   for (const auto& prompt : request.prompts) {

@@ -65,6 +65,13 @@ ParsedRequest parse_completion_request(const std::string& body, const JsonLimits
 // `limits` allow once parsed.
 nlohmann::json parse_json_object(const std::string& body, const JsonLimits& limits);
 
+// Refuses (400, context_length_exceeded) a completion with a text prompt of
+// more bytes than `session_len` tokens can stand for, none of them over
+// `longest_token_bytes` (tokenizer.hpp), before anything is tokenized: a
+// megabyte prompt for a small session costs no tokenizer time. Chat messages
+// get the same check from the engine. 0 for either checks nothing.
+void refuse_unfittable_prompts(int32_t session_len, size_t longest_token_bytes, const ParsedRequest& request);
+
 // What the engine gets for each prompt of a completion. A text prompt is
 // tokenized here, once, as the engine would (its tokenizer, BOS by the
 // tokenizer's rule, special tokens spelled out parsed), so its length is

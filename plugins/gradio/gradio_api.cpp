@@ -710,7 +710,7 @@ GradioApi::~GradioApi() { stop(); }
 
 void GradioApi::stop() { state_->stop(); }
 
-void GradioApi::add_routes(http::Server& server) {
+void GradioApi::add_routes(http::Server& server, http::WorkerPool& workers) {
   State* s = state_.get();
   for (std::string prefix : {std::string(), std::string(kApiPrefix)}) {
     server.route("GET", prefix + "/config", [s](std::shared_ptr<http::Exchange> x) {
@@ -719,7 +719,12 @@ void GradioApi::add_routes(http::Server& server) {
     server.route("GET", prefix + "/info", [s](std::shared_ptr<http::Exchange> x) {
       x->respond(json_response(200, s->info()));
     });
-    server.route("POST", prefix + "/queue/join", [s](std::shared_ptr<http::Exchange> x) { s->join(x); });
+    // A join parses its body and submits the chat (tokenizing it): worker work.
+    server.route("POST", prefix + "/queue/join", [s, &workers](std::shared_ptr<http::Exchange> x) {
+      workers.post([s, x] {
+        if (!x->aborted()) s->join(x);
+      });
+    });
     server.route("GET", prefix + "/queue/data", [s](std::shared_ptr<http::Exchange> x) { s->data(x); });
     server.route("POST", prefix + "/cancel", [s](std::shared_ptr<http::Exchange> x) { s->cancel(x); });
     server.route("POST", prefix + "/reset", [s](std::shared_ptr<http::Exchange> x) { s->cancel(x); });

@@ -33,6 +33,7 @@
 
 #include "chat_settings.hpp"
 #include "http_server.hpp"
+#include "worker_pool.hpp"
 
 namespace hostrun::gradio {
 
@@ -53,7 +54,8 @@ class GradioApi {
   GradioApi(const GradioApi&) = delete;
   GradioApi& operator=(const GradioApi&) = delete;
 
-  void add_routes(http::Server& server);
+  // `workers` runs the joins (parsing, submitting); it must outlive the server's threads.
+  void add_routes(http::Server& server, http::WorkerPool& workers);
   // Cancels every running event and ends every stream; call before the engine goes away.
   void stop();
 

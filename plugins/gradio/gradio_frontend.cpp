@@ -82,6 +82,7 @@ class GradioFrontend final : public Frontend {
     server_name_ = s.get_string("server_name");
     server_port_ = uint16_t(s.get_int("server_port"));
     threads_ = int(s.get_int("threads"));
+    worker_threads_ = int(s.get_int("worker_threads"));
     defaults_.title = s.get_string("title");
     defaults_.system = s.get_string("system");
     defaults_.temperature = s.get_number("temperature");
@@ -114,6 +115,8 @@ class GradioFrontend final : public Frontend {
       auto server = std::make_unique<http::Server>(options);
       body_limits_ = network_json_limits(options.max_body_bytes);
       gradio::GradioApi gradio(engine, defaults_, limits_, body_limits_, log_);
+      // Parsing a body and submitting a chat (which tokenizes it) leave the HTTP threads.
+      http::WorkerPool workers(worker_threads_, log_);
       server->set_filter([this](std::shared_ptr<http::Exchange> x, const http::Handler& next) {
         const http::Request& request = x->request();
         bool open_route = request.path == "/" || request.path == "/favicon.ico";
@@ -146,14 +149,18 @@ class GradioFrontend final : public Frontend {
         r.body = dump(page_config());
         x->respond(std::move(r));
       });
-      server->route("POST", "/api/chat", [this](std::shared_ptr<http::Exchange> x) { chat(x); });
+      server->route("POST", "/api/chat", [this, &workers](std::shared_ptr<http::Exchange> x) {
+        workers.post([this, x] {
+          if (!x->aborted()) chat(x);
+        });
+      });
       server->route("GET", "/favicon.ico", [](std::shared_ptr<http::Exchange> x) {
         http::Response r;
         r.status = 204;
         r.content_type = "image/x-icon";
         x->respond(std::move(r));
       });
-      gradio.add_routes(*server);
+      gradio.add_routes(*server, workers);
       Status started = server->start();
       if (!started) return started;
       {
@@ -169,6 +176,7 @@ class GradioFrontend final : public Frontend {
                   unsigned(server->port()));
       std::fflush(stdout);
       server->join();
+      workers.join();  // what the HTTP threads handed over, before the API it calls stops
       gradio.stop();
       {
         std::lock_guard lock(mutex_);
@@ -300,6 +308,7 @@ class GradioFrontend final : public Frontend {
   std::string server_name_;
   uint16_t server_port_ = 6006;
   int threads_ = 2;
+  int worker_threads_ = 2;
   gradio::ChatDefaults defaults_;
   std::vector<std::string> api_keys_;
   std::vector<std::string> allowed_hosts_;
@@ -325,6 +334,8 @@ const SettingSpec kSettings[] = {
     {"repetition_penalty", SettingType::number, "Repetition penalty for every reply", false, "1.0", 1e-6, 100},
     {"max_new_tokens", SettingType::integer, "Default most tokens in one reply", false, "512", 1, 1e9},
     {"threads", SettingType::integer, "HTTP server threads", false, "2", 1, 64},
+    {"worker_threads", SettingType::integer, "Threads that parse and submit chats, off the HTTP threads", false, "2",
+     1, 64},
     {"api_keys", SettingType::string_list,
      "Bearer keys the page's API and the Gradio API accept (empty: no authentication)", false, "[]"},
     {"allowed_hosts", SettingType::string_list,

@@ -329,7 +329,10 @@ Outcome expected_run(const std::vector<TokenId>& prompt, const SamplingParams& s
 
 // Chat messages as the model sees them: each image's placeholder, then the
 // message's bytes as ids (the letter tokenizer's encoding).
+std::atomic<int> g_chat_prompts_built{0};  // calls of the harness's prompt builder
+
 std::vector<TokenId> chat_prompt(const std::vector<ChatMessage>& messages) {
+  ++g_chat_prompts_built;
   std::vector<TokenId> ids;
   for (const auto& m : messages) {
     ids.insert(ids.end(), m.images.size(), kImagePlaceholder);
@@ -602,6 +605,54 @@ TEST_CASE("session length: a prompt over it is refused, generation reaching it e
   CHECK(got.finish == FinishReason::length);
   CHECK(got.completion_tokens == 14);
   check_same(got, expected_run(prompt, sp, 64, 0));
+}
+
+TEST_CASE("a text whose bytes cannot fit the session is refused before it is tokenized") {
+  // LetterTokenizer: one byte per token, so 64 bytes are at least 64 tokens.
+  EngineConfig config;
+  config.session_len = 64;
+  config.num_kv_blocks = 100;
+  config.cache_block_seq_len = 16;
+  Harness h(config, pick_mode());
+  GenerationRequest text;
+  text.input = std::string(64, 'x');
+  auto refused = h.engine->submit(text, [](const StreamEvent&) {});
+  REQUIRE_FALSE(refused.has_value());
+  CHECK(refused.status().code() == ErrorCode::context_length_exceeded);
+  CHECK(refused.status().message().find("64 bytes, so at least 64 tokens") != std::string::npos);
+  const int built = g_chat_prompts_built;
+  GenerationRequest chat;
+  chat.input = std::vector<ChatMessage>{{"system", std::string(30, 's'), {}}, {"user", std::string(34, 'u'), {}}};
+  auto chat_refused = h.engine->submit(chat, [](const StreamEvent&) {});
+  REQUIRE_FALSE(chat_refused.has_value());
+  CHECK(chat_refused.status().message().find("at least 64 tokens") != std::string::npos);
+  CHECK(g_chat_prompts_built == built);  // never rendered
+  // One byte less fits as a prompt and is answered.
+  Outcome fits = h.submit([] {
+    GenerationRequest r;
+    r.input = std::string(63, 'x');
+    r.sampling = greedy(1);
+    return r;
+  }(), nullptr).get();
+  CHECK(fits.prompt_tokens == 63);
+}
+
+TEST_CASE("the n choices of a chat request are rendered and tokenized once") {
+  EngineConfig config;
+  config.session_len = 256;
+  config.num_kv_blocks = 100;
+  config.cache_block_seq_len = 16;
+  Harness h(config, pick_mode());
+  std::vector<ChatMessage> messages{{"user", "hello there", {}}};
+  const int before = g_chat_prompts_built;
+  std::vector<std::future<Outcome>> choices;
+  for (int i = 0; i < 4; ++i) choices.push_back(h.chat(messages, greedy(3)));
+  for (auto& c : choices) CHECK(c.get().prompt_tokens == 11);
+  CHECK(g_chat_prompts_built == before + 1);
+  // Other messages are built anew, and the first again after them.
+  h.chat({{"user", "hello therE", {}}}, greedy(1)).get();
+  h.chat(messages, greedy(1)).get();
+  CHECK(g_chat_prompts_built == before + 3);
 }
 
 TEST_CASE("stop strings end the text before them; stop ids and min_tokens") {

@@ -126,12 +126,12 @@ TEST_SUITE("json_bounds") {
     CHECK(limits.budget_for(std::numeric_limits<size_t>::max() / 2) == std::numeric_limits<size_t>::max());
 
     JsonLimits network = network_json_limits(size_t(16) << 20);
-    CHECK(network.max_bytes == size_t(64) << 20);
+    CHECK(network.max_bytes == size_t(256) << 20);
     CHECK(network.budget_for(size_t(1) << 20) == size_t(24) << 20);
-    CHECK(network.budget_for(size_t(16) << 20) == size_t(64) << 20);  // the ceiling, not 384 MiB
+    CHECK(network.budget_for(size_t(16) << 20) == size_t(256) << 20);  // the ceiling, not 384 MiB
     CHECK(network_json_limits(std::numeric_limits<size_t>::max()).max_bytes == std::numeric_limits<size_t>::max());
     // A ceiling under the floor wins.
-    CHECK(network_json_limits(1024).budget_for(10) == 4096);
+    CHECK(network_json_limits(1024).budget_for(10) == 16384);
   }
 
   TEST_CASE("huge flat arrays: refused by their estimate, before anything is built") {
@@ -148,16 +148,17 @@ TEST_SUITE("json_bounds") {
     Status refused = check_json_bounds(empties, limits, "the request body");
     CHECK(refused.code() == ErrorCode::resource_exhausted);
     CHECK(refused.message() == "the request body (16,777,213 bytes, 5,592,405 values) would take about 597.3 MiB once "
-                               "parsed; the limit for it is 64.0 MiB (24 per byte of JSON, at least 1.0 MiB, at most "
-                               "64.0 MiB)");
+                               "parsed; the limit for it is 256.0 MiB (24 per byte of JSON, at least 1.0 MiB, at most "
+                               "256.0 MiB)");
     // The same shape at 1 MiB is refused for its proportion (37 bytes per byte), not the ceiling.
     CHECK(check_json_bounds(list_of("[]", 350'000), limits, "x").code() == ErrorCode::resource_exhausted);
-    // Token ids (11 per byte) pass up to the ceiling, and so does a 4 MiB string prompt (13 per byte).
-    CHECK(check_json_bounds(list_of("128000", 700'000), limits, "x").is_ok());
-    CHECK(check_json_bounds(quoted(size_t(4) << 20), limits, "x").is_ok());
-    // Past the ceiling both are refused.
-    CHECK(!check_json_bounds(list_of("128000", 1'000'000), limits, "x").is_ok());
-    CHECK(!check_json_bounds(quoted(size_t(5) << 20), limits, "x").is_ok());
+    // Token ids (11 per byte) and a string prompt as long as a body may be
+    // (about 12.4 per byte) pass.
+    CHECK(check_json_bounds(list_of("128000", 2'300'000), limits, "x").is_ok());
+    CHECK(check_json_bounds(quoted((size_t(16) << 20) - 2), limits, "x").is_ok());
+    // Past the ceiling (a body over the server's limit, which the HTTP layer refuses first) both are refused.
+    CHECK(!check_json_bounds(list_of("128000", 3'600'000), limits, "x").is_ok());
+    CHECK(!check_json_bounds(quoted(size_t(21) << 20), limits, "x").is_ok());
   }
 
 #if HOSTRUN_TEST_COUNTS_HEAP

@@ -445,6 +445,29 @@ TEST_SUITE("openai_request") {
     CHECK(std::get<std::vector<TokenId>>(untouched[1]) == std::vector<TokenId>{5, 6, 7});
   }
 
+  TEST_CASE("a text prompt whose bytes cannot fit the session is refused before tokenizing") {
+    auto refusal = [](int32_t session_len, size_t longest, const api::ParsedRequest& r) -> std::optional<api::ApiError> {
+      try {
+        api::refuse_unfittable_prompts(session_len, longest, r);
+      } catch (const ApiException& e) {
+        return e.error;
+      }
+      return std::nullopt;
+    };
+    // 4 bytes a token at most: 32 bytes are at least 8 tokens, 29 bytes at least 8 too, 28 bytes 7.
+    auto over = api::parse_completion_request(R"({"prompt":["ok", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaa"]})");
+    auto refused = refusal(8, 4, over);
+    REQUIRE(refused);
+    CHECK(refused->status == 400);
+    CHECK(refused->param == "prompt");
+    CHECK(refused->code == "context_length_exceeded");
+    CHECK(refused->message.find("your prompt of 29 bytes is at least 8 tokens") != std::string::npos);
+    CHECK_FALSE(refusal(8, 4, api::parse_completion_request(R"({"prompt":"aaaaaaaaaaaaaaaaaaaaaaaaaaaa"})")));
+    CHECK_FALSE(refusal(0, 4, over));  // session length unknown
+    CHECK_FALSE(refusal(8, 0, over));  // no tokenizer to bound it
+    CHECK_FALSE(refusal(8, 4, api::parse_completion_request(R"({"prompt":[1,2,3,4,5,6,7,8,9]})")));  // ids: counted exactly later
+  }
+
   TEST_CASE("prompt + max_tokens over the session length: exact for completions, certain only for chat") {
     OptionsTokenizer tokenizer;
     auto refusal = [](int32_t session_len, const api::ParsedRequest& r,

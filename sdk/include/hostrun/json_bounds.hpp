@@ -82,12 +82,19 @@ struct JsonLimits {
 
 // The limits for JSON that arrives over a connection whose messages are at
 // most `max_message_bytes` (an HTTP server's body limit, a client's cap on a
-// reply): the defaults, and no document may take more than 4 times the
-// largest message, 64 MiB for 16 MiB bodies.
+// reply): the defaults, and no document may take more than 16 times the
+// largest message, 256 MiB for 16 MiB bodies. The largest legitimate body,
+// one prompt string as long as the limit allows, is estimated at about 12.4
+// times its size (the parser's copies of one long token), so it passes; the
+// proportional budget still refuses the shapes that balloon. The servers
+// parse on their worker threads, so at most that many documents are parsed
+// at once.
 inline JsonLimits network_json_limits(size_t max_message_bytes) {
+  constexpr size_t kCeilingFactor = 16;
   JsonLimits limits;
-  limits.max_bytes = max_message_bytes > std::numeric_limits<size_t>::max() / 4 ? std::numeric_limits<size_t>::max()
-                                                                                : 4 * max_message_bytes;
+  limits.max_bytes = max_message_bytes > std::numeric_limits<size_t>::max() / kCeilingFactor
+                         ? std::numeric_limits<size_t>::max()
+                         : kCeilingFactor * max_message_bytes;
   return limits;
 }
 

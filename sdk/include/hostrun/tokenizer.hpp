@@ -1,6 +1,8 @@
 // Role: Tokenizer — text <-> token ids, special tokens, streaming-safe decoding.
 #pragma once
 
+#include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -48,7 +50,10 @@ struct SpecialTokenIds {
 
 class Tokenizer : public PluginObject {
  public:
-  // Appends the ids of `text` to `ids`.
+  // Appends the ids of `text` to `ids`. No id stands for more bytes of `text`
+  // than decode() of that id alone gives back (true of byte-level BPE, where
+  // the ids' texts concatenate to the input): the engine refuses a text longer
+  // than session length x the longest decoded id before encoding it.
   virtual Status encode(std::string_view text, const EncodeOptions& options,
                         std::vector<TokenId>& ids) const noexcept = 0;
   // Appends the text of `ids` to `text`. An id outside the vocabulary is an error.
@@ -67,5 +72,24 @@ class Tokenizer : public PluginObject {
   virtual bool is_special(TokenId id) const noexcept = 0;
   virtual SpecialTokenIds special_tokens() const noexcept = 0;
 };
+
+// The most bytes of encode()'s input that one id stands for: the longest
+// decode() of a single id (the contract on encode). A text of B bytes then
+// has at least ceil(B / longest) ids, which says whether it can fit a session
+// without encoding it. 0 when no id decodes to any text.
+inline size_t longest_token_bytes(const Tokenizer& tokenizer) noexcept {
+  size_t longest = 0;
+  std::string text;
+  for (TokenId id = 0; id < tokenizer.vocab_size(); ++id) {
+    text.clear();
+    if (tokenizer.decode(std::span(&id, 1), {.skip_special_tokens = false}, text)) longest = std::max(longest, text.size());
+  }
+  return longest;
+}
+
+// The fewest ids a text of `bytes` bytes encodes to (see longest_token_bytes); 0 when `longest` is 0.
+inline size_t fewest_tokens(size_t bytes, size_t longest) noexcept {
+  return longest == 0 ? 0 : (bytes + longest - 1) / longest;
+}
 
 }  // namespace hostrun
