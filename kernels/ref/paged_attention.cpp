@@ -1,5 +1,7 @@
 #include "ref/paged_attention.hpp"
 
+#include "ref/kv_quant.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -9,12 +11,12 @@ namespace hostrun::ref {
 Status paged_attention(const KvCacheLayer& cache, const PagedKvStep& step, const float* q, std::size_t q_heads,
                        float softmax_scale, float* out) {
   if (cache.kv_heads == 0 || q_heads == 0 || q_heads % cache.kv_heads != 0) return Status::invalid_argument;
+  if (cache.quant_bits != 0 && !valid_kv_bits(cache.quant_bits)) return Status::invalid_argument;
   if (const Status status = validate_paged_kv_step(cache, step); status != Status::ok) return status;
 
   const std::size_t head_dim = cache.head_dim;
   const std::size_t kv_heads = cache.kv_heads;
   const std::size_t group = q_heads / kv_heads;
-  const std::size_t token_elements = kv_heads * head_dim;  // one slot of one pool
 
   std::size_t longest_context = 0;
   for (std::size_t i = 0; i < step.num_sequences; ++i) {
@@ -41,8 +43,7 @@ Status paged_attention(const KvCacheLayer& cache, const PagedKvStep& step, const
         for (std::size_t position = 0; position < visible; ++position) {
           const std::size_t slot = static_cast<std::size_t>(block_table[position / cache.block_tokens]) * cache.block_tokens +
                                    position % cache.block_tokens;
-          const std::size_t element = slot * token_elements + kv_head * head_dim;
-          for (std::size_t d = 0; d < head_dim; ++d) kv_row[d] = load_as_f32(cache.k_pages, cache.dtype, element + d);
+          load_kv_head(cache, cache.k_pages, slot, kv_head, kv_row.data());
           for (std::size_t h = 0; h < group; ++h) {
             const float* q_head = q_group + h * head_dim;
             float dot = 0.0f;
@@ -68,8 +69,7 @@ Status paged_attention(const KvCacheLayer& cache, const PagedKvStep& step, const
         for (std::size_t position = 0; position < visible; ++position) {
           const std::size_t slot = static_cast<std::size_t>(block_table[position / cache.block_tokens]) * cache.block_tokens +
                                    position % cache.block_tokens;
-          const std::size_t element = slot * token_elements + kv_head * head_dim;
-          for (std::size_t d = 0; d < head_dim; ++d) kv_row[d] = load_as_f32(cache.v_pages, cache.dtype, element + d);
+          load_kv_head(cache, cache.v_pages, slot, kv_head, kv_row.data());
           for (std::size_t h = 0; h < group; ++h) {
             const float weight = scores[h * visible + position];
             float* acc = accumulated.data() + h * head_dim;

@@ -9,7 +9,8 @@
 //   q, out  [num_tokens, q_heads, head_dim] f32
 //
 // The softmax subtracts the row maximum before exp (exp never overflows), and
-// all arithmetic is f32 on values loaded from the pools as f32. The K/V of
+// all arithmetic is f32 on values loaded from the pools as f32 (converted
+// from the float dtype, or dequantized with one FMA a value, kv_quant.hpp). The K/V of
 // this step's tokens must already be written (write_kv) — position p sees
 // itself and every earlier position of its sequence, never a later one.
 #pragma once

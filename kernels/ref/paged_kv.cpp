@@ -1,6 +1,60 @@
 #include "ref/paged_kv.hpp"
 
+#include <cstring>
+
+#include "ref/kv_quant.hpp"
+
 namespace hostrun::ref {
+
+namespace {
+
+// Where one token's one head lives in a quantized pool.
+struct QuantizedHead {
+  std::size_t codes;   // byte offset of its codes
+  std::size_t params;  // byte offset of its KvQuantParams
+};
+
+QuantizedHead quantized_head(const KvCacheLayer& cache, std::size_t slot, std::size_t head) {
+  const std::size_t block = slot / cache.block_tokens, offset = slot % cache.block_tokens;
+  const std::size_t row_bytes = kv_code_bytes(cache.head_dim, cache.quant_bits);
+  const std::size_t start = block * kv_pool_block_bytes(cache);
+  const std::size_t row = offset * cache.kv_heads + head;
+  return {start + row * row_bytes,
+          start + cache.block_tokens * cache.kv_heads * row_bytes + row * sizeof(KvQuantParams)};
+}
+
+}  // namespace
+
+std::size_t kv_pool_block_bytes(const KvCacheLayer& cache) {
+  const std::size_t rows = cache.block_tokens * cache.kv_heads;
+  if (cache.quant_bits == 0) return rows * cache.head_dim * dtype_size(cache.dtype);
+  return rows * (kv_code_bytes(cache.head_dim, cache.quant_bits) + sizeof(KvQuantParams));
+}
+
+void load_kv_head(const KvCacheLayer& cache, const void* pool, std::size_t slot, std::size_t head, float* out) {
+  const auto* bytes = static_cast<const unsigned char*>(pool);
+  if (cache.quant_bits == 0) {
+    const std::size_t element = (slot * cache.kv_heads + head) * cache.head_dim;
+    for (std::size_t d = 0; d < cache.head_dim; ++d) out[d] = load_as_f32(pool, cache.dtype, element + d);
+    return;
+  }
+  const QuantizedHead where = quantized_head(cache, slot, head);
+  KvQuantParams params;
+  std::memcpy(&params, bytes + where.params, sizeof params);
+  dequantize_kv_row(bytes + where.codes, cache.head_dim, cache.quant_bits, params, out);
+}
+
+void store_kv_head(const KvCacheLayer& cache, void* pool, std::size_t slot, std::size_t head, const float* in) {
+  auto* bytes = static_cast<unsigned char*>(pool);
+  if (cache.quant_bits == 0) {
+    const std::size_t element = (slot * cache.kv_heads + head) * cache.head_dim;
+    convert_from_f32(in, cache.head_dim, bytes + element * dtype_size(cache.dtype), cache.dtype);
+    return;
+  }
+  const QuantizedHead where = quantized_head(cache, slot, head);
+  const KvQuantParams params = quantize_kv_row(in, cache.head_dim, cache.quant_bits, bytes + where.codes);
+  std::memcpy(bytes + where.params, &params, sizeof params);
+}
 
 Status validate_paged_kv_step(const KvCacheLayer& cache, const PagedKvStep& step) {
   if (step.block_tokens == 0 || step.block_tokens != cache.block_tokens) return Status::bad_step_layout;

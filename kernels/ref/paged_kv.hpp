@@ -8,7 +8,14 @@
 //   pages[num_blocks, block_tokens, kv_heads, head_dim]      (f32 / bf16 / f16)
 //
 // so token slot s = block * block_tokens + offset starts at element
-// s * kv_heads * head_dim. Token position p of sequence i lives in block
+// s * kv_heads * head_dim. A quantized pool (quant_bits 8 or 4, kv_quant.hpp)
+// keeps each token's scales inside its block, so a block stays one opaque
+// span of bytes that copying, sharing and preemption move as it is:
+//
+//   block b = codes  [block_tokens, kv_heads, kv_code_bytes(head_dim)]
+//             params [block_tokens, kv_heads] (scale, zero) as two f16
+//
+// Token position p of sequence i lives in block
 // block_tables[i * max_blocks_per_sequence + p / block_tokens], offset
 // p % block_tokens.
 //
@@ -31,13 +38,14 @@
 namespace hostrun::ref {
 
 struct KvCacheLayer {
-  void* k_pages = nullptr;  // [num_blocks, block_tokens, kv_heads, head_dim]
+  void* k_pages = nullptr;  // [num_blocks, block_tokens, kv_heads, head_dim], or quantized blocks
   void* v_pages = nullptr;  // same shape
-  DType dtype = DType::f32;
+  DType dtype = DType::f32;  // of float pages; unused when quant_bits != 0
   std::size_t num_blocks = 0;
   std::size_t block_tokens = 0;
   std::size_t kv_heads = 0;
   std::size_t head_dim = 0;
+  int quant_bits = 0;  // 0: float pages; 8 or 4: quantized blocks (above)
 };
 
 struct PagedKvStep {
@@ -51,6 +59,14 @@ struct PagedKvStep {
 
   std::size_t num_tokens() const { return num_sequences == 0 ? 0 : static_cast<std::size_t>(query_start[num_sequences]); }
 };
+
+// Bytes one block of one pool (K or V) takes.
+std::size_t kv_pool_block_bytes(const KvCacheLayer& cache);
+
+// One token's one head of a pool as f32 (dequantized, or converted from the
+// float dtype), and the inverse (quantized, or rounded to the dtype).
+void load_kv_head(const KvCacheLayer& cache, const void* pool, std::size_t slot, std::size_t head, float* out);
+void store_kv_head(const KvCacheLayer& cache, void* pool, std::size_t slot, std::size_t head, const float* in);
 
 // Checks everything paged_attention relies on: query_start starts at 0 and
 // never decreases, each sequence's new tokens fit in its context, its context

@@ -1,5 +1,7 @@
 #include "ref/write_kv.hpp"
 
+#include "ref/kv_quant.hpp"
+
 namespace hostrun::ref {
 
 Status write_kv(const KvCacheLayer& cache, const PagedKvStep& step, const float* k, const float* v) {
@@ -8,14 +10,14 @@ Status write_kv(const KvCacheLayer& cache, const PagedKvStep& step, const float*
   for (std::size_t t = 0; t < num_tokens; ++t) {
     if (step.slot_mapping[t] < 0 || step.slot_mapping[t] >= num_slots) return Status::slot_out_of_range;
   }
+  if (cache.quant_bits != 0 && !valid_kv_bits(cache.quant_bits)) return Status::invalid_argument;
   const std::size_t token_elements = cache.kv_heads * cache.head_dim;
-  const std::size_t element_bytes = dtype_size(cache.dtype);
   for (std::size_t t = 0; t < num_tokens; ++t) {
-    const std::size_t offset_bytes = static_cast<std::size_t>(step.slot_mapping[t]) * token_elements * element_bytes;
-    convert_from_f32(k + t * token_elements, token_elements, static_cast<unsigned char*>(cache.k_pages) + offset_bytes,
-                     cache.dtype);
-    convert_from_f32(v + t * token_elements, token_elements, static_cast<unsigned char*>(cache.v_pages) + offset_bytes,
-                     cache.dtype);
+    const auto slot = static_cast<std::size_t>(step.slot_mapping[t]);
+    for (std::size_t head = 0; head < cache.kv_heads; ++head) {
+      store_kv_head(cache, cache.k_pages, slot, head, k + t * token_elements + head * cache.head_dim);
+      store_kv_head(cache, cache.v_pages, slot, head, v + t * token_elements + head * cache.head_dim);
+    }
   }
   return Status::ok;
 }

@@ -2,7 +2,8 @@
 //
 //   k_pages[slot_mapping[t]] = k[t]      v_pages[slot_mapping[t]] = v[t]
 //
-//   k, v  [num_tokens, kv_heads, head_dim] f32, rounded to the pool dtype
+//   k, v  [num_tokens, kv_heads, head_dim] f32, rounded to the pool dtype, or
+//         quantized row by row (kv_quant.hpp) when cache.quant_bits is 8 or 4
 #pragma once
 
 #include "ref/paged_kv.hpp"
@@ -11,7 +12,7 @@ namespace hostrun::ref {
 
 // All slots are checked before anything is written: a slot < 0 or >=
 // num_blocks * block_tokens gives Status::slot_out_of_range and leaves the
-// pools untouched. Only step.slot_mapping and step.num_tokens() are used.
+// pools untouched; quant_bits other than 0, 8 or 4 gives invalid_argument. Only step.slot_mapping and step.num_tokens() are used.
 Status write_kv(const KvCacheLayer& cache, const PagedKvStep& step, const float* k, const float* v);
 
 }  // namespace hostrun::ref

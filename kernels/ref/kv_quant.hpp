@@ -1,0 +1,51 @@
+// Online KV-cache quantization, the format of LMDeploy's TurboMind
+// (--quant-policy 8 and 4), so that results compare with it:
+//
+//   one row = one token's keys (or values) of one KV head, head_dim values;
+//   asymmetric, statistics over the row:
+//     scale = (max - min) / (2^bits - 1)        zero = min
+//     q     = round_half_even((x - zero) / scale), saturated to [0, 2^bits - 1]
+//     x'    = q * scale + zero                   (one fused multiply-add)
+//
+// Keys are quantized after RoPE (the model hands the rotated keys to write).
+// The (scale, zero) pair is kept as two IEEE f16 (2 + 2 bytes a row), and
+// the codes are computed with the f16-rounded pair, so x' is exactly what
+// the stored bytes say. Every kernel that quantizes computes the same f32
+// operations in the same order — max and min over the finite values, one
+// subtraction and one IEEE division per value, round half to even — so a GPU
+// kernel and this one produce the same bytes, and dequantize to the same
+// floats (fmaf(q, scale, zero)).
+//
+// Inputs that are not finite never make a NaN: the statistics skip them, a
+// NaN stores code 0 (x' = min), +inf the top code, -inf code 0. A row whose
+// finite values are all equal (max == min) has scale 0 and dequantizes to
+// that value exactly; one with no finite value to 0. Statistics beyond the
+// f16 range are saturated to +-65504.
+//
+// int4 packs two codes a byte: element 2i in the low nibble, 2i+1 in the high.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace hostrun::ref {
+
+// One row's (scale, zero), as stored: IEEE f16 bits.
+struct KvQuantParams {
+  std::uint16_t scale = 0;
+  std::uint16_t zero = 0;
+};
+
+// Bits a code takes: 8 or 4.
+constexpr bool valid_kv_bits(int bits) { return bits == 8 || bits == 4; }
+// Bytes `n` codes take.
+constexpr std::size_t kv_code_bytes(std::size_t n, int bits) { return bits == 8 ? n : (n + 1) / 2; }
+
+// Quantizes x[0, n) into `codes` (kv_code_bytes(n, bits) bytes) and returns
+// the row's parameters. `bits` must be 8 or 4.
+KvQuantParams quantize_kv_row(const float* x, std::size_t n, int bits, std::uint8_t* codes);
+
+// x'[0, n) from the codes and parameters quantize_kv_row made.
+void dequantize_kv_row(const std::uint8_t* codes, std::size_t n, int bits, KvQuantParams params, float* out);
+
+}  // namespace hostrun::ref
