@@ -82,6 +82,7 @@ class Runtime {
   const std::string& manifest_name() const noexcept { return manifest_name_; }
   const PluginRegistry& registry() const noexcept { return registry_; }
   ModelInfo model_info() const noexcept { return model_->info(); }
+  KvFormat kv_format() const noexcept { return kv_policy_->format(); }
   // Makes the plugin named by the manifest's [frontend] table.
   Result<PluginHandle<Frontend>> make_frontend();
 

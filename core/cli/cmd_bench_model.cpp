@@ -45,7 +45,6 @@ struct Workload {
 
 struct CommonOptions {
   EngineFlags engine;
-  int64_t quant_policy = 0;
   std::string model_format = "hf";
   uint64_t seed = 1;
   double temperature = 0.0;
@@ -75,8 +74,6 @@ void add_common(CLI::App* cmd, CommonOptions& o) {
   cmd->add_option("MODEL_DIR", o.engine.model_dir, "HF model folder (config.json, *.safetensors, tokenizer.json)")
       ->required();
   o.engine.add_to(cmd);
-  cmd->add_option("--quant-policy", o.quant_policy, "KV-cache quantization (LMDeploy's number): 0 only, for now")
-      ->capture_default_str();
   cmd->add_option("--model-format", o.model_format, "Weight format: hf (awq once a quantizer plugin exists)")
       ->capture_default_str();
   cmd->add_option("--seed", o.seed, "Seed of the random prompts and of sampling")->capture_default_str();
@@ -89,12 +86,6 @@ void add_common(CLI::App* cmd, CommonOptions& o) {
 
 // The runtime for a bench command, or an exit status after printing why.
 std::unique_ptr<core::Runtime> open_runtime(const CommonOptions& o, const GlobalOptions& global, int& exit_code) {
-  if (o.quant_policy != 0) {
-    fmt::print(stderr, "hostrun bench: --quant-policy {}: only 0 (bf16/f16 KV cache) is implemented so far\n",
-               o.quant_policy);
-    exit_code = 2;
-    return nullptr;
-  }
   if (o.model_format != "hf") {
     fmt::print(stderr, "hostrun bench: --model-format {}: only hf is implemented so far\n", o.model_format);
     exit_code = 2;
@@ -259,6 +250,9 @@ json engine_json(core::Runtime& runtime, const EngineFlags& flags) {
   j["manifest"] = runtime.manifest_name();
   j["device"] = flags.device;
   j["kv_blocks"] = runtime.engine().counters().kv_blocks_total;
+  const KvFormat kv = runtime.kv_format();
+  j["kv_format"] = kv.name;
+  j["quant_policy"] = kv.quant_policy;
   j["session_len"] = runtime.engine().info().session_len;
   if (flags.cache_max_entry_count) j["cache_max_entry_count"] = *flags.cache_max_entry_count;
   if (flags.max_batch_size) j["max_batch_size"] = *flags.max_batch_size;
@@ -387,6 +381,7 @@ int run_throughput(const ThroughputOptions& o, const GlobalOptions& global) {
   fmt::print("hostrun bench throughput: {} ({}), {} prompts, concurrency {}\n", runtime->model_dir(),
              runtime->manifest_name(), n, o.concurrency);
   fmt::print("--------------------------------------------------\n");
+  fmt::print("{:<36}{}, {} blocks\n", "KV cache", runtime->kv_format().name, engine.counters().kv_blocks_total);
   fmt::print("{:<36}{:.3f}\n", "elapsed time (s)", elapsed);
   fmt::print("{:<36}{}\n", "completed / failed requests", fmt::format("{} / {}", ok, failed));
   fmt::print("{:<36}{:.3f}  {:.3f}  {:.3f}\n", "first token latency min/max/avg (s)",

@@ -20,6 +20,7 @@ struct EngineFlags {
   std::optional<int64_t> session_len, max_batch_size, max_prefill_token_num, cache_block_seq_len, num_kv_blocks;
   std::optional<double> cache_max_entry_count, request_timeout;
   std::optional<int64_t> max_queued_requests;
+  std::optional<int64_t> quant_policy;
   bool enable_prefix_caching = false;
   std::vector<std::string> sets;
 
@@ -41,6 +42,9 @@ struct EngineFlags {
                     "(default 2048)");
     cmd->add_option("--request-timeout", request_timeout,
                     "Seconds a request may run before it ends with an error (HTTP streams end with it). 0: no limit");
+    cmd->add_option("--quant-policy", quant_policy,
+                    "KV-cache quantization (LMDeploy's number): 0 none, 8 int8, 4 int4; the manifest's KV cache "
+                    "policy says which it has");
     cmd->add_flag("--enable-prefix-caching", enable_prefix_caching, "Reuse the KV blocks of identical prefixes");
     cmd->add_option("--set", sets, "Any manifest value: TABLE.KEY=VALUE (repeatable)")->type_name("TABLE.KEY=VALUE")->allow_extra_args(false);
   }
@@ -64,6 +68,8 @@ struct EngineFlags {
     add("engine.num_kv_blocks", num_kv_blocks, "--num-kv-blocks");
     add("engine.max_queued_requests", max_queued_requests, "--max-queued-requests");
     add("engine.request_timeout_s", request_timeout, "--request-timeout");
+    // A setting of the KV cache policy: the format is the policy's business (kv_cache.hpp).
+    add("kv_cache.quant_policy", quant_policy, "--quant-policy");
     if (enable_prefix_caching) o.overrides.push_back({"engine.enable_prefix_caching", "true", "--enable-prefix-caching"});
     for (const auto& assignment : sets) {
       size_t eq = assignment.find('=');

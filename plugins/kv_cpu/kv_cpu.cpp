@@ -1,12 +1,12 @@
-// kv_cpu: the floating-point paged KV cache on the CPU.
+// kv_cpu: the paged KV cache on the CPU, in floating point or quantized.
 //
-// Pages hold K and V in the `dtype` setting (f32, bf16 or f16), the storage
-// format; activations are f32 (llama_cpu computes in f32) and are rounded
-// once, when written. Each layer has one K pool and one V pool laid out as
-// kernels/ref expects ([num_blocks, block_tokens, kv_heads, head_dim]), so
-// write and attend are translations of the SDK's PagedKvBatch into
-// ref::PagedKvStep. quant_policy is 0 (LMDeploy's number for an unquantized
-// cache) whatever the dtype.
+// With quant_policy 0 (LMDeploy's number for an unquantized cache), pages
+// hold K and V in the `dtype` setting (f32, bf16 or f16); with 8 or 4 they
+// hold TurboMind's int8 / int4 codes with each token's scales inside the
+// block (kernels/ref/kv_quant.hpp). Activations are f32 (llama_cpu computes
+// in f32) and are rounded or quantized once, when written. Each layer has one
+// K pool and one V pool laid out as kernels/ref expects, so write and attend
+// are translations of the SDK's PagedKvBatch into ref::PagedKvStep.
 #include <hostrun/sdk.hpp>
 
 #include <fmt/format.h>
@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "ref/kv_quant.hpp"
 #include "ref/paged_attention.hpp"
 #include "ref/paged_kv.hpp"
 #include "ref/write_kv.hpp"
@@ -42,6 +43,20 @@ ref::DType parse_dtype_setting(const std::string& name) {
                        fmt::format("kv_cpu: setting 'dtype': expected \"f32\", \"bf16\" or \"f16\", found \"{}\"", name));
 }
 
+// What one layer's pools hold: float pages of `dtype`, or quantized blocks.
+struct PageFormat {
+  ref::DType dtype = ref::DType::f32;
+  int quant_bits = 0;  // 0, 8 or 4
+};
+
+int parse_quant_policy(int64_t policy) {
+  if (policy == 0 || policy == 8 || policy == 4) return int(policy);
+  throw hostrun::Error(ErrorCode::invalid_argument,
+                       fmt::format("kv_cpu: setting 'quant_policy': expected 0 (pages in `dtype`), 8 (int8) or 4 "
+                                   "(int4), found {}",
+                                   policy));
+}
+
 Status probe(const hostrun::Device& device) noexcept {
   if (device.kind != DeviceKind::cpu)
     return Status(ErrorCode::unsupported,
@@ -52,16 +67,22 @@ Status probe(const hostrun::Device& device) noexcept {
 }
 
 // Bytes of one layer's K pool (or V pool) per block; 0 when the shape is not positive.
-size_t pool_bytes_per_block(const KvShape& shape, ref::DType dtype) {
+size_t pool_bytes_per_block(const KvShape& shape, PageFormat format) {
   if (shape.block_tokens <= 0 || shape.kv_heads <= 0 || shape.head_dim <= 0) return 0;
-  return size_t(shape.block_tokens) * size_t(shape.kv_heads) * size_t(shape.head_dim) * ref::dtype_size(dtype);
+  ref::KvCacheLayer layer;
+  layer.dtype = format.dtype;
+  layer.quant_bits = format.quant_bits;
+  layer.block_tokens = size_t(shape.block_tokens);
+  layer.kv_heads = size_t(shape.kv_heads);
+  layer.head_dim = size_t(shape.head_dim);
+  return ref::kv_pool_block_bytes(layer);
 }
 
 class CpuKvCache final : public hostrun::KvCache {
  public:
-  CpuKvCache(const KvShape& shape, int32_t num_blocks, ref::DType dtype)
-      : shape_(shape), num_blocks_(num_blocks), dtype_(dtype) {
-    const size_t pool_bytes = pool_bytes_per_block(shape, dtype) * size_t(num_blocks);
+  CpuKvCache(const KvShape& shape, int32_t num_blocks, PageFormat pages)
+      : shape_(shape), num_blocks_(num_blocks), pages_(pages) {
+    const size_t pool_bytes = pool_bytes_per_block(shape, pages) * size_t(num_blocks);
     for (int32_t layer = 0; layer < shape.layers; ++layer) {
       // Default-initialised on purpose: pages the engine never hands out stay
       // untouched (and, for a large budget, unbacked by the OS); attention
@@ -80,7 +101,8 @@ class CpuKvCache final : public hostrun::KvCache {
     ref::KvCacheLayer out;
     out.k_pages = k_pools_[size_t(index)].get();
     out.v_pages = v_pools_[size_t(index)].get();
-    out.dtype = dtype_;
+    out.dtype = pages_.dtype;
+    out.quant_bits = pages_.quant_bits;
     out.num_blocks = size_t(num_blocks_);
     out.block_tokens = size_t(shape_.block_tokens);
     out.kv_heads = size_t(shape_.kv_heads);
@@ -91,7 +113,7 @@ class CpuKvCache final : public hostrun::KvCache {
  private:
   KvShape shape_;
   int32_t num_blocks_;
-  ref::DType dtype_;
+  PageFormat pages_;
   size_t bytes_ = 0;
   std::vector<std::unique_ptr<std::byte[]>> k_pools_;
   std::vector<std::unique_ptr<std::byte[]>> v_pools_;
@@ -158,14 +180,17 @@ std::vector<float> pack(const Rows& rows, const std::vector<int32_t>& which) {
 
 class CpuKvPolicy final : public hostrun::KvCachePolicy {
  public:
-  explicit CpuKvPolicy(const hostrun::CreateContext& context)
-      : library_(context.library), dtype_(parse_dtype_setting(context.settings->get_string("dtype"))) {}
+  explicit CpuKvPolicy(const hostrun::CreateContext& context) : library_(context.library) {
+    pages_.dtype = parse_dtype_setting(context.settings->get_string("dtype"));
+    pages_.quant_bits = parse_quant_policy(context.settings->get_int("quant_policy"));
+  }
 
   hostrun::KvFormat format() const noexcept override {
     hostrun::KvFormat format;
-    format.name = ref::dtype_name(dtype_);  // the storage dtype: activations are f32 whatever it is
-    format.quant_policy = 0;
-    format.value_bits = int32_t(8 * ref::dtype_size(dtype_));
+    // The storage format: activations are f32 whatever it is.
+    format.name = pages_.quant_bits == 8 ? "int8" : pages_.quant_bits == 4 ? "int4" : ref::dtype_name(pages_.dtype);
+    format.quant_policy = pages_.quant_bits;
+    format.value_bits = pages_.quant_bits != 0 ? pages_.quant_bits : int32_t(8 * ref::dtype_size(pages_.dtype));
     format.activation_dtypes = hostrun::dtype_bit(hostrun::DType::f32);
     format.device = DeviceKind::cpu;
     format.rotary_write = false;  // the model rotates (ref::apply_rope), then calls write()
@@ -174,7 +199,7 @@ class CpuKvPolicy final : public hostrun::KvCachePolicy {
 
   size_t bytes_per_block(const KvShape& shape) const noexcept override {
     if (shape.layers <= 0) return 0;
-    return 2 * size_t(shape.layers) * pool_bytes_per_block(shape, dtype_);
+    return 2 * size_t(shape.layers) * pool_bytes_per_block(shape, pages_);
   }
 
   Result<hostrun::PluginPtr<hostrun::KvCache>> allocate(const KvShape& shape, int32_t num_blocks,
@@ -194,7 +219,7 @@ class CpuKvPolicy final : public hostrun::KvCachePolicy {
     if (size_t(num_blocks) > std::numeric_limits<size_t>::max() / 4 / per_block)
       return Status(ErrorCode::out_of_memory, fmt::format("kv_cpu: {} blocks of {} bytes overflow", num_blocks, per_block));
     hostrun::PluginPtr<hostrun::KvCache> cache;
-    Status made = hostrun::guard([&] { cache = hostrun::make_pinned<CpuKvCache>(library_, shape, num_blocks, dtype_); });
+    Status made = hostrun::guard([&] { cache = hostrun::make_pinned<CpuKvCache>(library_, shape, num_blocks, pages_); });
     if (!made) {
       if (made.code() == ErrorCode::out_of_memory)
         return Status(ErrorCode::out_of_memory,
@@ -339,18 +364,23 @@ class CpuKvPolicy final : public hostrun::KvCachePolicy {
   }
 
   hostrun::LibraryPin library_;
-  ref::DType dtype_;
+  PageFormat pages_;
 };
 
 const hostrun::SettingSpec kSettings[] = {
     {"dtype", hostrun::SettingType::string,
-     "Storage format of K/V pages: \"f32\", \"bf16\" or \"f16\" (keys and values arrive as f32 and are rounded once, "
-     "when written)",
+     "Storage format of K/V pages when quant_policy is 0: \"f32\", \"bf16\" or \"f16\" (keys and values arrive as "
+     "f32 and are rounded once, when written)",
      false, "\"f32\""},
+    {"quant_policy", hostrun::SettingType::integer,
+     "KV quantization, LMDeploy's --quant-policy: 0 (pages in dtype), 8 (int8) or 4 (int4), asymmetric per token "
+     "and KV head with the scales in the block",
+     false, "0", 0, 8},
 };
 const hostrun::RoleEntry kRoles[] = {hostrun::role_entry<hostrun::KvCachePolicy, CpuKvPolicy>(kSettings, &probe)};
 
 }  // namespace
 
-HOSTRUN_PLUGIN("kv_cpu", "0.2.0", "Paged KV cache in host memory (f32, bf16 or f16 pages) with reference attention",
+HOSTRUN_PLUGIN("kv_cpu", "0.3.0",
+               "Paged KV cache in host memory (f32, bf16 or f16 pages, or int8/int4 quantized) with reference attention",
                kRoles)

@@ -177,7 +177,15 @@ Status query_heads(const char* what, const TensorView& queries, const KvShape& s
 class CudaKvPolicy final : public hostrun::KvCachePolicy {
  public:
   explicit CudaKvPolicy(const hostrun::CreateContext& context)
-      : library_(context.library), concurrent_prefill_(context.settings->get_bool("concurrent_prefill")) {}
+      : library_(context.library), concurrent_prefill_(context.settings->get_bool("concurrent_prefill")) {
+    // Declared so that --quant-policy reaches this policy and is answered
+    // here, by what it can do, instead of as an unknown setting.
+    if (const int64_t policy = context.settings->get_int("quant_policy"); policy != 0)
+      throw hostrun::Error(ErrorCode::unsupported,
+                           fmt::format("kv_cuda: quant_policy {}: this build's CUDA KV cache keeps bf16/f16 pages "
+                                       "(quant_policy 0); int8 and int4 pages run on the CPU (kv_cpu, --device cpu)",
+                                       policy));
+  }
 
   hostrun::KvFormat format() const noexcept override {
     hostrun::KvFormat format;
@@ -442,6 +450,9 @@ const hostrun::SettingSpec kSettings[] = {
     {"concurrent_prefill", hostrun::SettingType::boolean,
      "In a step with decode and prefill tokens, run the prefill attention on a second stream beside decode", false,
      "true"},
+    {"quant_policy", hostrun::SettingType::integer,
+     "KV quantization, LMDeploy's --quant-policy: 0 (pages in the activation dtype) is what this policy stores", false,
+     "0", 0, 8},
 };
 const hostrun::RoleEntry kRoles[] = {hostrun::role_entry<hostrun::KvCachePolicy, CudaKvPolicy>(kSettings, &probe)};
 

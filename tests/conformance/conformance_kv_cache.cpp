@@ -3,6 +3,8 @@
 // conformance_kv_cache_gpu.cpp. A new CPU policy joins with one row.
 #include <doctest/doctest.h>
 
+#include <tuple>
+
 #include "hostrun/plugin.hpp"
 #include "kv_cache_suite.hpp"
 
@@ -21,6 +23,10 @@ const KvPolicyRow kRows[] = {
     {"kv_cpu bf16 pages", "kv_cpu", {{"dtype", std::string("bf16")}}, DeviceKind::cpu, DType::f32, 1e-2},
     // 11 significant bits per stored K and V.
     {"kv_cpu f16 pages", "kv_cpu", {{"dtype", std::string("f16")}}, DeviceKind::cpu, DType::f32, 2e-3},
+    // 255 steps over each row's range (TurboMind's int8); measured at most 1.2e-2.
+    {"kv_cpu int8", "kv_cpu", {{"quant_policy", int64_t(8)}}, DeviceKind::cpu, DType::f32, 2e-2},
+    // 15 steps over each row's range (TurboMind's int4); measured at most 0.18.
+    {"kv_cpu int4", "kv_cpu", {{"quant_policy", int64_t(4)}}, DeviceKind::cpu, DType::f32, 0.25},
 };
 
 }  // namespace
@@ -67,4 +73,29 @@ TEST_CASE("kv_cpu: format and exact block bytes for each page dtype; unknown dty
   auto refused = registry->create<KvCachePolicy>("kv_cpu", bad, nullptr);
   REQUIRE_FALSE(refused.has_value());
   CHECK(refused.status().message().find("int3") != std::string::npos);
+}
+
+// Quantized: TurboMind's format fields, and LMDeploy's bytes per token for
+// Llama-3-8B (32 layers, 8 KV heads, head_dim 128): 67,584 (int8), 34,816 (int4).
+TEST_CASE("kv_cpu: quant_policy 8 and 4 report their format and LMDeploy's block bytes; other policies refused") {
+  using namespace hostrun;
+  auto registry = conformance::plugin_registry();
+  for (auto [policy, name, per_token] : {std::tuple{8, "int8", 67584}, {4, "int4", 34816}}) {
+    CAPTURE(policy);
+    Settings settings;
+    settings.set("quant_policy", int64_t(policy));
+    auto made = registry->create<KvCachePolicy>("kv_cpu", settings, nullptr);
+    REQUIRE_MESSAGE(made.has_value(), made.status().message());
+    const KvFormat format = made.value()->format();
+    CHECK(format.name == name);
+    CHECK(format.quant_policy == policy);
+    CHECK(format.value_bits == policy);
+    CHECK(made.value()->bytes_per_block(KvShape{32, 8, 128, 1, DType::f32}) == size_t(per_token));
+    CHECK(made.value()->bytes_per_block(KvShape{32, 8, 128, 64, DType::f32}) == size_t(64 * per_token));
+  }
+  Settings bad;
+  bad.set("quant_policy", int64_t(3));
+  auto refused = registry->create<KvCachePolicy>("kv_cpu", bad, nullptr);
+  REQUIRE_FALSE(refused.has_value());
+  CHECK(refused.status().message().find("quant_policy") != std::string::npos);
 }
