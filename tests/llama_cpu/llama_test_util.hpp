@@ -81,9 +81,15 @@ inline Result<std::unique_ptr<LoadedModel>> try_load(const fs::path& dir, int th
   if (!weights) return weights.status();
   loaded->weights = std::move(weights.value());
   const Device device{backend.cuda ? DeviceKind::cuda : DeviceKind::cpu, 0};
-  // kv_cpu's dtype is its pages' storage; kv_cuda stores the activation dtype and has no such setting.
+  // kv_cpu's dtype is its pages' storage ("int8" / "int4": its quant_policy);
+  // kv_cuda stores the activation dtype and has no such setting.
   Settings kv_settings;
-  if (!backend.cuda) kv_settings.set("dtype", kv_dtype);
+  if (!backend.cuda) {
+    if (kv_dtype == "int8" || kv_dtype == "int4")
+      kv_settings.set("quant_policy", int64_t(kv_dtype == "int8" ? 8 : 4));
+    else
+      kv_settings.set("dtype", kv_dtype);
+  }
   auto policy = loaded->registry->create<KvCachePolicy>(backend.kv_plugin(), kv_settings, nullptr, "kv_cache", device);
   if (!policy) return policy.status();
   loaded->policy = policy.value();
