@@ -15,6 +15,7 @@
 #include "engine_flags.hpp"
 #include "remote_engine.hpp"
 #include "run_frontend.hpp"
+#include "tls_flags.hpp"
 
 namespace hostrun::cli {
 
@@ -88,6 +89,7 @@ struct GradioOptions {
   int64_t server_port = 6006;
   std::string title;
   std::vector<std::string> api_keys, allowed_hosts;
+  TlsFlags tls;
 };
 
 bool is_loopback(std::string_view address) {
@@ -177,6 +179,7 @@ void add_gradio(CLI::App& serve, GlobalOptions& options) {
                   "Host names requests may address besides IP addresses, localhost, --server-name and this "
                   "machine's name (a proxy's public name; '*': any)")
       ->type_name("HOST[,...]")->allow_extra_args(false)->delimiter(',');
+  o->tls.add_to(cmd);
   o->remote.add_to(cmd);
   o->sampling.add_to(cmd, false);
   o->engine.add_to(cmd);
@@ -190,6 +193,7 @@ void add_gradio(CLI::App& serve, GlobalOptions& options) {
     if (!o->api_keys.empty()) frontend.push_back({"frontend.api_keys", comma_list(o->api_keys), "--api-keys"});
     if (!o->allowed_hosts.empty())
       frontend.push_back({"frontend.allowed_hosts", comma_list(o->allowed_hosts), "--allowed-hosts"});
+    o->tls.append(frontend);
     o->sampling.append(frontend);
     // The bridge calls the server with its key for whoever reaches the bridge.
     bool own_keys_possible = !o->api_keys.empty() || !o->engine.manifest.empty() || !o->engine.sets.empty();
