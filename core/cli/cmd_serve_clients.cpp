@@ -54,18 +54,25 @@ struct SamplingFlags {
 struct RemoteFlags {
   std::string api_key;
   std::string model;
+  std::string ca_file;
 
   void add_to(CLI::App* cmd) {
     cmd->add_option("--api-key", api_key, "Bearer key the server expects (its --api-keys)");
     cmd->add_option("--model", model, "Which of the server's models to use (default: the first /v1/models lists)");
+    cmd->add_option("--ssl-ca-file", ca_file,
+                    "For an https:// URL: PEM certificate(s) of a CA to trust besides the system's (a private CA)")
+        ->type_name("FILE");
   }
 
+  bool any() const { return !api_key.empty() || !model.empty() || !ca_file.empty(); }
+
   EngineOpener opener(std::string url) const {
-    return [url, key = api_key, model = model]() -> Result<std::unique_ptr<EngineHandle>> {
+    return [url, key = api_key, model = model, ca_file = ca_file]() -> Result<std::unique_ptr<EngineHandle>> {
       core::RemoteEngineOptions options;
       options.url = url;
       options.api_key = key;
       options.model = model;
+      options.ca_file = ca_file;
       auto engine = core::RemoteEngine::open(std::move(options));
       if (!engine) return engine.status();
       return std::unique_ptr<EngineHandle>(std::move(*engine));
@@ -130,8 +137,8 @@ int run_over_target(const char* command, const std::string& target, const CLI::A
     }
     return run_frontend(options.plugin_dirs, settings, remote.opener(target), engine.manifest);
   }
-  if (!remote.api_key.empty() || !remote.model.empty()) {
-    fmt::print(stderr, "hostrun {}: --api-key and --model are for a server URL; '{}' is not one "
+  if (remote.any()) {
+    fmt::print(stderr, "hostrun {}: --api-key, --model and --ssl-ca-file are for a server URL; '{}' is not one "
                        "(expected http:// or https://)\n", command, target);
     return 2;
   }
