@@ -11,7 +11,9 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <cctype>
+#include <cerrno>
 #include <charconv>
+#include <cstring>
 #include <future>
 #include <limits>
 #include <mutex>
@@ -20,13 +22,13 @@
 #include <thread>
 #include <unordered_map>
 
-#ifdef HOSTRUN_REMOTE_TLS
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include <boost/asio/ssl.hpp>
 #include <boost/beast/ssl.hpp>
-#endif
+#include <fstream>
 
 namespace hostrun::core {
 
@@ -201,9 +203,7 @@ struct RemoteEngine::Impl {
   net::io_context io;
   net::executor_work_guard<net::io_context::executor_type> work{io.get_executor()};
   std::thread thread;
-#ifdef HOSTRUN_REMOTE_TLS
   std::unique_ptr<net::ssl::context> tls;
-#endif
   EngineInfo info;
   std::atomic<uint64_t> next_id{1};
   std::atomic<bool> closing{false};
@@ -324,23 +324,54 @@ class Call final : public CallBase, public std::enable_shared_from_this<Call<Str
   void on_connect(beast::error_code ec) {
     if (ec) return fail(ec);
     connected_ = true;
-#ifdef HOSTRUN_REMOTE_TLS
     if constexpr (!std::is_same_v<Stream, beast::tcp_stream>) {
       phase_ = "negotiating TLS with";
-      // SNI, and a certificate that must name the host we asked for.
-      if (!SSL_set_tlsext_host_name(stream_.native_handle(), engine_.url.host.c_str())) {
-        return fail(beast::error_code(int(::ERR_get_error()), net::error::get_ssl_category()));
-      }
-      stream_.set_verify_callback(net::ssl::host_name_verification(engine_.url.host));
+      if (beast::error_code refused = expect_host(stream_.native_handle(), engine_.url.host)) return fail(refused);
       stream_.async_handshake(net::ssl::stream_base::client,
                               [self = this->shared_from_this()](beast::error_code ec) {
-                                if (ec) return self->fail(ec);
+                                if (ec) return self->fail_handshake(ec);
                                 self->write();
                               });
       return;
     }
-#endif
     write();
+  }
+
+  // SNI, and a certificate that must name the host we asked for. OpenSSL
+  // checks the name itself, so a mismatch is reported as one ("hostname
+  // mismatch") rather than as a bare verification failure.
+  static beast::error_code expect_host(SSL* ssl, const std::string& host) {
+    X509_VERIFY_PARAM* param = SSL_get0_param(ssl);
+    bool address = X509_VERIFY_PARAM_set1_ip_asc(param, host.c_str()) == 1;
+    if (!address) {
+      ERR_clear_error();
+      // An address is not sent as SNI (RFC 6066 section 3); a name is.
+      if (!SSL_set_tlsext_host_name(ssl, host.c_str()) || X509_VERIFY_PARAM_set1_host(param, host.c_str(), 0) != 1)
+        return beast::error_code(int(::ERR_get_error()), net::error::get_ssl_category());
+    }
+    return {};
+  }
+
+  // "certificate verify failed" says nothing an operator can act on; OpenSSL's
+  // verification result does, and a certificate from a private CA needs that CA.
+  void fail_handshake(beast::error_code ec) {
+    if constexpr (!std::is_same_v<Stream, beast::tcp_stream>) {
+      long verified = SSL_get_verify_result(stream_.native_handle());
+      if (verified != X509_V_OK && !cancelled_ && !done_) {
+        bool unknown_issuer = verified == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY ||
+                              verified == X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN ||
+                              verified == X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT ||
+                              verified == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT;
+        return end(FinishReason::error,
+                   fmt::format("Negotiating TLS with {} failed: its certificate is not trusted ({}){}",
+                               engine_.url.text(), X509_verify_cert_error_string(verified),
+                               unknown_issuer ? "; for a certificate from your own CA, pass that CA's certificate "
+                                                "with --ssl-ca-file (or SSL_CERT_FILE)"
+                                              : ""),
+                   ErrorCode::permission_denied);
+      }
+    }
+    fail(ec);
   }
 
   void write() {
@@ -577,12 +608,10 @@ json chat_messages(const std::vector<ChatMessage>& messages) {
 void RemoteEngine::Impl::start_call(Exchange exchange) {
   uint64_t id = exchange.id;
   std::shared_ptr<CallBase> call;
-#ifdef HOSTRUN_REMOTE_TLS
   if (url.tls) {
     call = std::make_shared<Call<beast::ssl_stream<beast::tcp_stream>>>(
         *this, std::move(exchange), beast::ssl_stream<beast::tcp_stream>(io, *tls));
   }
-#endif
   if (!call) call = std::make_shared<Call<beast::tcp_stream>>(*this, std::move(exchange), beast::tcp_stream(io));
   calls[id] = call;
   if (closing) return call->abort();
@@ -656,6 +685,31 @@ Result<ServerUrl> parse_server_url(std::string_view text) {
 
 // ---- the engine
 
+namespace {
+
+// TLS 1.2 and newer; the system's CAs (or SSL_CERT_FILE / SSL_CERT_DIR, which
+// OpenSSL reads), plus `ca_file` when given, e.g. a private CA's certificate.
+Result<std::unique_ptr<net::ssl::context>> client_tls(const std::string& ca_file) {
+  auto tls = std::make_unique<net::ssl::context>(net::ssl::context::tls_client);
+  SSL_CTX_set_min_proto_version(tls->native_handle(), TLS1_2_VERSION);
+  beast::error_code ec;
+  tls->set_default_verify_paths(ec);
+  if (ec) return Status(ErrorCode::internal, "OpenSSL cannot use the system's CA certificates: " + ec.message());
+  tls->set_verify_mode(net::ssl::verify_peer);
+  if (ca_file.empty()) return tls;
+  if (!std::ifstream(ca_file))
+    return Status(ErrorCode::not_found, fmt::format("the CA file '{}' (--ssl-ca-file) cannot be read: {}", ca_file,
+                                                    std::strerror(errno)));
+  tls->load_verify_file(ca_file, ec);
+  if (ec)
+    return Status(ErrorCode::invalid_argument,
+                  fmt::format("the CA file '{}' (--ssl-ca-file) holds no PEM certificate OpenSSL accepts: {}", ca_file,
+                              ec.message()));
+  return tls;
+}
+
+}  // namespace
+
 Result<std::unique_ptr<RemoteEngine>> RemoteEngine::open(RemoteEngineOptions options) {
   auto url = parse_server_url(options.url);
   if (!url) return url.status();
@@ -664,16 +718,13 @@ Result<std::unique_ptr<RemoteEngine>> RemoteEngine::open(RemoteEngineOptions opt
   impl->options = std::move(options);
   impl->url = *url;
   if (impl->url.tls) {
-#ifdef HOSTRUN_REMOTE_TLS
-    impl->tls = std::make_unique<net::ssl::context>(net::ssl::context::tls_client);
-    impl->tls->set_default_verify_paths();
-    impl->tls->set_verify_mode(net::ssl::verify_peer);
-#else
-    return Status(ErrorCode::unsupported,
-                  fmt::format("{}: this hostrun was built without TLS (OpenSSL was not found at configure time); "
-                              "use an http:// URL or rebuild with libssl-dev installed",
-                              impl->url.text()));
-#endif
+    auto tls = client_tls(impl->options.ca_file);
+    if (!tls) return tls.status();
+    impl->tls = std::move(*tls);
+  } else if (!impl->options.ca_file.empty()) {
+    return Status(ErrorCode::invalid_argument,
+                  fmt::format("a CA file ('{}', --ssl-ca-file) is for an https:// server; {} is plain HTTP",
+                              impl->options.ca_file, impl->url.text()));
   }
   impl->thread = std::thread([raw = impl.get()] { raw->io.run(); });
   engine->impl_ = impl;

@@ -60,6 +60,9 @@ struct RemoteEngineOptions {
   std::string url;
   std::string api_key;  // sent as "Authorization: Bearer KEY" when not empty
   std::string model;    // empty: the first model GET /v1/models lists
+  // https:// only: PEM certificates of CAs trusted besides the system's (a
+  // private CA). The certificate must name the URL's host either way.
+  std::string ca_file;
   std::chrono::milliseconds connect_timeout{10'000};
   // The most time a request may wait for the next byte of its answer; a
   // prefill of a long prompt on a busy server is the slowest honest case.

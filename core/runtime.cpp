@@ -84,6 +84,26 @@ fs::path shipped_model_dir() {
   return exe.empty() ? fs::path() : exe.parent_path() / "share" / "hostrun" / "models" / "tiny";
 }
 
+namespace {
+
+// Device and activation dtype are manifest data ([engine]), not guessed from plugin names.
+Status read_engine_target(const ResolvedManifest& resolved, const std::string& manifest_name, Device& device_out,
+                          DType& dtype_out) {
+  const Settings* engine_settings = resolved.host_table("engine") ? &resolved.host_table("engine")->settings : nullptr;
+  const std::string device = engine_settings ? engine_settings->get_string("device") : "cpu";
+  const std::string dtype = engine_settings ? engine_settings->get_string("activation_dtype") : "f32";
+  if (device != "cpu" && device != "cuda")
+    return Status(ErrorCode::invalid_argument, fmt::format("{}: engine.device '{}': expected cpu or cuda", manifest_name, device));
+  if (dtype != "f32" && dtype != "bf16" && dtype != "f16")
+    return Status(ErrorCode::invalid_argument,
+                  fmt::format("{}: engine.activation_dtype '{}': expected f32, bf16 or f16", manifest_name, dtype));
+  device_out = device == "cuda" ? Device{DeviceKind::cuda, 0} : Device{DeviceKind::cpu, 0};
+  dtype_out = dtype == "f32" ? DType::f32 : dtype == "bf16" ? DType::bf16 : DType::f16;
+  return Status();
+}
+
+}  // namespace
+
 Result<std::unique_ptr<Runtime>> Runtime::open(const RuntimeOptions& options, LogSink* log_sink) {
   std::unique_ptr<Runtime> runtime(new Runtime());
   Status built = guard([&] { return runtime->build(options, log_sink); });
@@ -133,6 +153,14 @@ Status Runtime::build(const RuntimeOptions& options, LogSink* log_sink) {
   auto resolved = resolve(*manifest, registry_, host_table_schemas());
   if (!resolved) return resolved.status();
   resolved_ = std::move(resolved.value());
+  if (options.frontend_first) {
+    // Before the tokenizer and the weights load: a frontend's settings (a TLS
+    // key that is not the certificate's, an empty API key) stop the start at once.
+    if (Status s = read_engine_target(resolved_, manifest_name_, device_, activation_dtype_); !s) return s;
+    auto frontend = make_frontend();
+    if (!frontend) return frontend.status();
+    frontend_ = std::move(frontend.value());
+  }
   if (Status s = make_objects(); !s) return s;
   return start_engine(options);
 }
@@ -184,17 +212,7 @@ Result<Manifest> Runtime::choose_manifest(const RuntimeOptions& options) {
 Result<Wiring> wire(const ResolvedManifest& resolved, const PluginRegistry& registry, LogSink* log_sink,
                     const std::string& manifest_name) {
   Wiring w;
-  // Device and activation dtype are manifest data ([engine]), not guessed from plugin names.
-  const Settings* engine_settings = resolved.host_table("engine") ? &resolved.host_table("engine")->settings : nullptr;
-  const std::string device = engine_settings ? engine_settings->get_string("device") : "cpu";
-  const std::string dtype = engine_settings ? engine_settings->get_string("activation_dtype") : "f32";
-  if (device != "cpu" && device != "cuda")
-    return Status(ErrorCode::invalid_argument, fmt::format("{}: engine.device '{}': expected cpu or cuda", manifest_name, device));
-  if (dtype != "f32" && dtype != "bf16" && dtype != "f16")
-    return Status(ErrorCode::invalid_argument,
-                  fmt::format("{}: engine.activation_dtype '{}': expected f32, bf16 or f16", manifest_name, dtype));
-  w.device = device == "cuda" ? Device{DeviceKind::cuda, 0} : Device{DeviceKind::cpu, 0};
-  w.activation_dtype = dtype == "f32" ? DType::f32 : dtype == "bf16" ? DType::bf16 : DType::f16;
+  if (Status s = read_engine_target(resolved, manifest_name, w.device, w.activation_dtype); !s) return s;
   if (const ResolvedHostTable* table = resolved.host_table("chat_template")) {
     auto chosen = chat_template_from_settings(table->settings, manifest_name + " [chat_template]");
     if (!chosen) return chosen.status();
@@ -347,6 +365,7 @@ Status Runtime::start_engine(const RuntimeOptions& options) {
 }
 
 Result<PluginHandle<Frontend>> Runtime::make_frontend() {
+  if (frontend_) return std::move(frontend_);
   const ResolvedInstance* frontend = resolved_.instance("frontend");
   if (!frontend) return Status(ErrorCode::invalid_argument, fmt::format("{}: no [frontend] table", manifest_name_));
   return registry_.create<Frontend>(frontend->plugin->name, frontend->settings, log_sink_, "frontend", device_);

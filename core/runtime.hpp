@@ -42,6 +42,10 @@ struct RuntimeOptions {
   std::string device = "auto";  // auto, cpu or cuda
   std::vector<ManifestOverride> overrides;
   std::vector<std::filesystem::path> plugin_dirs;
+  // Make the [frontend] table's plugin before anything loads, so that its
+  // settings are refused in a moment rather than after the model has loaded;
+  // make_frontend() then hands that one over.
+  bool frontend_first = false;
 };
 
 // The [engine] host table: what the engine flags set.
@@ -83,7 +87,8 @@ class Runtime {
   const PluginRegistry& registry() const noexcept { return registry_; }
   ModelInfo model_info() const noexcept { return model_->info(); }
   KvFormat kv_format() const noexcept { return kv_policy_->format(); }
-  // Makes the plugin named by the manifest's [frontend] table.
+  // Makes the plugin named by the manifest's [frontend] table (or hands over
+  // the one made at open with RuntimeOptions::frontend_first).
   Result<PluginHandle<Frontend>> make_frontend();
 
  private:
@@ -108,6 +113,7 @@ class Runtime {
   PluginHandle<Model> model_;
   PluginHandle<VisionEncoder> vision_;    // null without a [vision] table
   ChatTemplate chat_template_;
+  PluginHandle<Frontend> frontend_;  // made first (frontend_first), until make_frontend() hands it over
   std::unique_ptr<Engine> engine_;  // declared last: stops first
 };
 

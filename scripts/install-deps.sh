@@ -6,12 +6,14 @@
 set -euo pipefail
 
 packages=(cmake ninja-build g++ pkg-config ccache
-  libboost-dev libfmt-dev libtomlplusplus-dev libcli11-dev nlohmann-json3-dev libpcre2-dev doctest-dev)
+  libboost-dev libfmt-dev libtomlplusplus-dev libcli11-dev nlohmann-json3-dev libpcre2-dev doctest-dev libssl-dev)
 if [ "${1:-}" = "--test" ]; then
   # clang + its runtime for the libFuzzer targets.
   packages+=(clang libclang-rt-14-dev tmux)
   # Headless Chromium for the web page's browser test (playwright-core drives it), with a font for screenshots.
   packages+=(chromium fonts-dejavu-core curl)
+  # The TLS tests make their certificate authority with the openssl command.
+  packages+=(openssl)
 fi
 
 missing=()

@@ -50,6 +50,7 @@ struct BenchServingOptions {
   int64_t output_len = 128;
   std::string api_key;
   std::string model;
+  std::string ca_file;
   std::string endpoint = "completions";
   std::string tokenizer;
   std::string tokenizer_plugin = "hf_tokenizer";
@@ -230,6 +231,7 @@ int run(const GlobalOptions& global, const BenchServingOptions& o) {
   remote.url = o.url;
   remote.api_key = o.api_key;
   remote.model = o.model;
+  remote.ca_file = o.ca_file;
   auto engine = core::RemoteEngine::open(remote);
   if (!engine) return fail(engine.status().message());
   EngineInfo info = (*engine)->info();
@@ -449,6 +451,9 @@ void add_bench_serving_command(CLI::App& app, GlobalOptions& options) {
       ->capture_default_str()->check(CLI::Range(1, 10'000'000));
   cmd->add_option("--api-key", o->api_key, "Bearer key the server expects");
   cmd->add_option("--model", o->model, "Which of the server's models (default: the first /v1/models lists)");
+  cmd->add_option("--ssl-ca-file", o->ca_file,
+                  "https:// only: PEM certificate(s) of a CA to trust besides the system's (a private CA)")
+      ->type_name("FILE");
   cmd->add_option("--endpoint", o->endpoint, "completions (/v1/completions) or chat (/v1/chat/completions)")->capture_default_str();
   cmd->add_option("--tokenizer", o->tokenizer, "Model folder or tokenizer.json: make prompts of exactly input_len tokens");
   cmd->add_option("--tokenizer-plugin", o->tokenizer_plugin, "The tokenizer plugin for --tokenizer")->capture_default_str();

@@ -8,6 +8,7 @@
 #include "commands.hpp"
 #include "engine_flags.hpp"
 #include "run_frontend.hpp"
+#include "tls_flags.hpp"
 
 namespace hostrun::cli {
 
@@ -24,6 +25,7 @@ struct ApiServerOptions {
   bool allow_credentials = false;
   std::string served_model_name;
   std::optional<int64_t> io_threads;
+  TlsFlags tls;
 };
 
 void add_api_server(CLI::App& serve, GlobalOptions& options) {
@@ -56,6 +58,7 @@ void add_api_server(CLI::App& serve, GlobalOptions& options) {
   cmd->add_option("--served-model-name", o->served_model_name,
                   "Model name in /v1/models and responses (default: the model folder's name)");
   cmd->add_option("--io-threads", o->io_threads, "Threads serving HTTP (default 2)")->check(CLI::Range(1, 64));
+  o->tls.add_to(cmd);
   cmd->callback([&options, o] {
     if (o->tp != 1) {
       fmt::print(stderr,
@@ -83,6 +86,7 @@ void add_api_server(CLI::App& serve, GlobalOptions& options) {
       frontend.push_back({"frontend.served_model_name", o->served_model_name,
                           "--served-model-name"});
     if (o->io_threads) frontend.push_back({"frontend.io_threads", std::to_string(*o->io_threads), "--io-threads"});
+    o->tls.append(frontend);
     options.exit_code = run_frontend(o->engine, options.plugin_dirs, frontend);
   });
 }

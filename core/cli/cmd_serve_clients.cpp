@@ -15,6 +15,7 @@
 #include "engine_flags.hpp"
 #include "remote_engine.hpp"
 #include "run_frontend.hpp"
+#include "tls_flags.hpp"
 
 namespace hostrun::cli {
 
@@ -53,18 +54,25 @@ struct SamplingFlags {
 struct RemoteFlags {
   std::string api_key;
   std::string model;
+  std::string ca_file;
 
   void add_to(CLI::App* cmd) {
     cmd->add_option("--api-key", api_key, "Bearer key the server expects (its --api-keys)");
     cmd->add_option("--model", model, "Which of the server's models to use (default: the first /v1/models lists)");
+    cmd->add_option("--ssl-ca-file", ca_file,
+                    "For an https:// URL: PEM certificate(s) of a CA to trust besides the system's (a private CA)")
+        ->type_name("FILE");
   }
 
+  bool any() const { return !api_key.empty() || !model.empty() || !ca_file.empty(); }
+
   EngineOpener opener(std::string url) const {
-    return [url, key = api_key, model = model]() -> Result<std::unique_ptr<EngineHandle>> {
+    return [url, key = api_key, model = model, ca_file = ca_file]() -> Result<std::unique_ptr<EngineHandle>> {
       core::RemoteEngineOptions options;
       options.url = url;
       options.api_key = key;
       options.model = model;
+      options.ca_file = ca_file;
       auto engine = core::RemoteEngine::open(std::move(options));
       if (!engine) return engine.status();
       return std::unique_ptr<EngineHandle>(std::move(*engine));
@@ -88,6 +96,7 @@ struct GradioOptions {
   int64_t server_port = 6006;
   std::string title;
   std::vector<std::string> api_keys, allowed_hosts;
+  TlsFlags tls;
 };
 
 bool is_loopback(std::string_view address) {
@@ -129,8 +138,8 @@ int run_over_target(const char* command, const std::string& target, const CLI::A
     }
     return run_frontend(options.plugin_dirs, settings, remote.opener(target), engine.manifest);
   }
-  if (!remote.api_key.empty() || !remote.model.empty()) {
-    fmt::print(stderr, "hostrun {}: --api-key and --model are for a server URL; '{}' is not one "
+  if (remote.any()) {
+    fmt::print(stderr, "hostrun {}: --api-key, --model and --ssl-ca-file are for a server URL; '{}' is not one "
                        "(expected http:// or https://)\n", command, target);
     return 2;
   }
@@ -178,6 +187,7 @@ void add_gradio(CLI::App& serve, GlobalOptions& options) {
                   "Host names requests may address besides IP addresses, localhost, --server-name and this "
                   "machine's name (a proxy's public name; '*': any)")
       ->type_name("HOST[,...]")->allow_extra_args(false)->delimiter(',');
+  o->tls.add_to(cmd);
   o->remote.add_to(cmd);
   o->sampling.add_to(cmd, false);
   o->engine.add_to(cmd);
@@ -191,6 +201,7 @@ void add_gradio(CLI::App& serve, GlobalOptions& options) {
     if (!o->api_keys.empty()) frontend.push_back({"frontend.api_keys", comma_list(o->api_keys), "--api-keys"});
     if (!o->allowed_hosts.empty())
       frontend.push_back({"frontend.allowed_hosts", comma_list(o->allowed_hosts), "--allowed-hosts"});
+    o->tls.append(frontend);
     o->sampling.append(frontend);
     // The bridge calls the server with its key for whoever reaches the bridge.
     bool own_keys_possible = !o->api_keys.empty() || !o->engine.manifest.empty() || !o->engine.sets.empty();

@@ -62,6 +62,7 @@ int run_frontend(const EngineFlags& flags, const std::vector<std::string>& plugi
     return 2;
   }
   options->overrides.insert(options->overrides.begin(), frontend_overrides.begin(), frontend_overrides.end());
+  options->frontend_first = true;
   block_stop_signals();
   if (flags.model_dir.empty())
     fmt::print(stderr, "hostrun: no MODEL_DIR given: running the small random-weight model hostrun ships ({})\n",

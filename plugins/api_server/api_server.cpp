@@ -479,6 +479,10 @@ class ApiServer final : public Frontend {
     api_keys_ = s.get_strings("api_keys");
     // Refused here, before the engine is opened; the host reports what this throws.
     if (Status keys = http::validate_api_keys(api_keys_, "api_server's api_keys"); !keys) throw Error(std::move(keys));
+    // Read here too, so a missing or mismatched certificate or key stops the start before the model loads.
+    auto tls = http::tls_from_settings(s.get_string("ssl_certfile"), s.get_string("ssl_keyfile"), "api_server");
+    if (!tls) throw Error(tls.status());
+    options_.tls = *tls;
     served_model_name_ = s.get_string("served_model_name");
   }
 
@@ -502,8 +506,9 @@ class ApiServer final : public Frontend {
       auto server = std::make_unique<http::Server>(options_);
       add_routes(*server, shared);
       if (Status started = server->start(); !started) return started;
-      std::printf("hostrun api_server: serving '%s' on http://%s:%u (OpenAI API under /v1; session length %d)\n",
-                  shared->model_name.c_str(), options_.address.c_str(), unsigned(server->port()), shared->session_len);
+      std::printf("hostrun api_server: serving '%s' on %s://%s:%u (OpenAI API under /v1; session length %d)\n",
+                  shared->model_name.c_str(), options_.tls ? "https" : "http", options_.address.c_str(),
+                  unsigned(server->port()), shared->session_len);
       std::fflush(stdout);
       {
         std::unique_lock lock(mutex_);
@@ -615,6 +620,10 @@ const SettingSpec kSettings[] = {
     {"worker_threads", SettingType::integer, "Threads that parse and tokenize requests, off the HTTP threads", false,
      "2", 1, 64},
     {"max_body_bytes", SettingType::integer, "Largest request body accepted", false, "16777216", 1024, 1 << 30},
+    {"ssl_certfile", SettingType::string,
+     "TLS: PEM certificate chain (the server's certificate first); with ssl_keyfile the server speaks HTTPS only",
+     false, "\"\""},
+    {"ssl_keyfile", SettingType::string, "TLS: the certificate's PEM private key, unencrypted", false, "\"\""},
 };
 const RoleEntry kRoles[] = {role_entry<Frontend, ApiServer>(kSettings)};
 

@@ -93,6 +93,10 @@ class GradioFrontend final : public Frontend {
     api_keys_ = s.get_strings("api_keys");
     // Refused here, before the engine is opened; the host reports what this throws.
     if (Status keys = http::validate_api_keys(api_keys_, "gradio's api_keys"); !keys) throw Error(std::move(keys));
+    // Read here too, so a missing or mismatched certificate or key stops the start before the model loads.
+    auto tls = http::tls_from_settings(s.get_string("ssl_certfile"), s.get_string("ssl_keyfile"), "gradio");
+    if (!tls) throw Error(tls.status());
+    tls_ = *tls;
     allowed_hosts_ = s.get_strings("allowed_hosts");
     limits_.max_jobs = size_t(s.get_int("max_jobs"));
     limits_.max_jobs_per_session = size_t(s.get_int("max_jobs_per_session"));
@@ -110,6 +114,7 @@ class GradioFrontend final : public Frontend {
       options.port = server_port_;
       options.threads = threads_;
       options.allowed_hosts = allowed_hosts_;
+      options.tls = tls_;
       options.log = log_;
       options.server_header = "hostrun-gradio";
       auto server = std::make_unique<http::Server>(options);
@@ -169,8 +174,8 @@ class GradioFrontend final : public Frontend {
         if (stop_requested_) server_->stop();
       }
       // Scripts and people read this line for the address (port 0 picks a free one).
-      std::printf("hostrun gradio: serving '%s' (model %s%s) on http://%s:%u\n", defaults_.title.c_str(),
-                  info_.model_name.c_str(), info_.remote ? ", remote" : "",
+      std::printf("hostrun gradio: serving '%s' (model %s%s) on %s://%s:%u\n", defaults_.title.c_str(),
+                  info_.model_name.c_str(), info_.remote ? ", remote" : "", tls_ ? "https" : "http",
                   server_name_.find(':') != std::string::npos ? ("[" + server_name_ + "]").c_str()
                                                               : server_name_.c_str(),
                   unsigned(server->port()));
@@ -312,6 +317,7 @@ class GradioFrontend final : public Frontend {
   gradio::ChatDefaults defaults_;
   std::vector<std::string> api_keys_;
   std::vector<std::string> allowed_hosts_;
+  std::shared_ptr<http::TlsContext> tls_;  // null: plain HTTP
   gradio::JobLimits limits_;
   EngineHandle* engine_ = nullptr;
   EngineInfo info_;
@@ -341,6 +347,10 @@ const SettingSpec kSettings[] = {
     {"allowed_hosts", SettingType::string_list,
      "Host names besides the bound address, IP addresses, localhost and this machine's name that requests may "
      "address (a proxy's public name; \"*\": any)", false, "[]"},
+    {"ssl_certfile", SettingType::string,
+     "TLS: PEM certificate chain (the server's certificate first); with ssl_keyfile the server speaks HTTPS only",
+     false, "\"\""},
+    {"ssl_keyfile", SettingType::string, "TLS: the certificate's PEM private key, unencrypted", false, "\"\""},
     {"max_jobs", SettingType::integer, "Gradio jobs running at once over every session (503 beyond)", false, "256", 1,
      1e6},
     {"max_jobs_per_session", SettingType::integer, "Gradio jobs running at once in one session (429 beyond)", false,

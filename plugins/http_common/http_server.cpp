@@ -15,6 +15,7 @@
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <condition_variable>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -25,6 +26,7 @@
 #include "ascii.hpp"
 #include "request_reader.hpp"
 #include "request_rules.hpp"
+#include "tls_context.hpp"
 
 namespace hostrun::http {
 
@@ -88,7 +90,7 @@ std::string sse_event(std::string_view data) {
   return out;
 }
 
-class Connection;
+class ConnectionBase;
 
 struct Route {
   std::string method;
@@ -116,7 +118,8 @@ class Server::Impl : public std::enable_shared_from_this<Impl> {
   }
 
   void accept();
-  void forget(Connection* connection);
+  std::shared_ptr<ConnectionBase> make_connection(const Strand& strand, tcp::socket socket);
+  void forget(ConnectionBase* connection);
   void dispatch(const std::shared_ptr<Exchange>& exchange);
   std::string cors_headers(const Request& request, bool preflight) const;
   bool origin_allowed(const std::string& origin) const {
@@ -138,7 +141,7 @@ class Server::Impl : public std::enable_shared_from_this<Impl> {
   bool gate_closed = false;
 
   std::mutex connections_mutex;
-  std::unordered_map<Connection*, std::weak_ptr<Connection>> connections;
+  std::unordered_map<ConnectionBase*, std::weak_ptr<ConnectionBase>> connections;
 
   std::mutex stop_mutex;
   std::condition_variable stop_cv;
@@ -151,19 +154,15 @@ class Server::Impl : public std::enable_shared_from_this<Impl> {
 
 class ExchangeImpl;
 
-class Connection : public std::enable_shared_from_this<Connection> {
+// What an exchange and the server need of a connection, whatever carries it.
+// The one implementation is Connection<Stream> below, over plain TCP or TLS.
+class ConnectionBase : public std::enable_shared_from_this<ConnectionBase> {
  public:
-  Connection(std::shared_ptr<Server::Impl> server, Strand strand, tcp::socket socket)
-      : server_(std::move(server)), strand_(std::move(strand)), stream_(std::move(socket)) {
-    boost::system::error_code ec;
-    auto endpoint = stream_.socket().remote_endpoint(ec);
-    if (!ec) remote_ = endpoint.address().to_string() + ":" + std::to_string(endpoint.port());
-    // Tokens are small writes that must leave now, not after a delayed ACK.
-    stream_.socket().set_option(tcp::no_delay(true), ec);
-  }
-  ~Connection() { close_socket(); }
+  ConnectionBase(std::shared_ptr<Server::Impl> server, Strand strand)
+      : server_(std::move(server)), strand_(std::move(strand)) {}
+  virtual ~ConnectionBase() = default;
 
-  void start() { read_request(); }
+  virtual void start() = 0;
 
   // Runs `work` on this connection's strand: now when already there, else posted.
   void run_here(std::function<void()> work) {
@@ -176,15 +175,63 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   // The exchange's answers, on the strand. `owner` guards against a late call
   // for an exchange the connection has already moved past.
-  void send_response(ExchangeImpl* owner, Response response);
-  void send_stream_head(ExchangeImpl* owner, int status, const std::string& content_type,
-                        const std::vector<Header>& headers);
-  void send_chunk(ExchangeImpl* owner, std::string piece);
-  void send_stream_end(ExchangeImpl* owner);
+  virtual void send_response(ExchangeImpl* owner, Response response) = 0;
+  virtual void send_stream_head(ExchangeImpl* owner, int status, const std::string& content_type,
+                                const std::vector<Header>& headers) = 0;
+  virtual void send_chunk(ExchangeImpl* owner, std::string piece) = 0;
+  virtual void send_stream_end(ExchangeImpl* owner) = 0;
   // Client gone or server stopping: abort the pending exchange, close the socket.
-  void abort(const char* why);
+  virtual void abort(const char* why) = 0;
+
+ protected:
+  std::shared_ptr<Server::Impl> server_;
+  Strand strand_;
+};
+
+using TlsStream = beast::ssl_stream<beast::tcp_stream>;
+
+template <typename Stream>
+class Connection final : public ConnectionBase {
+ public:
+  static constexpr bool kTls = std::is_same_v<Stream, TlsStream>;
+
+  Connection(std::shared_ptr<Server::Impl> server, Strand strand, Stream stream)
+      : ConnectionBase(std::move(server), std::move(strand)), stream_(std::move(stream)) {
+    boost::system::error_code ec;
+    auto endpoint = tcp().socket().remote_endpoint(ec);
+    if (!ec) remote_ = endpoint.address().to_string() + ":" + std::to_string(endpoint.port());
+    // Tokens are small writes that must leave now, not after a delayed ACK.
+    tcp().socket().set_option(tcp::no_delay(true), ec);
+  }
+  ~Connection() override { close_socket(); }
+
+  void start() override {
+    if constexpr (kTls)
+      read_client_hello();
+    else
+      read_request();
+  }
+
+  void send_response(ExchangeImpl* owner, Response response) override;
+  void send_stream_head(ExchangeImpl* owner, int status, const std::string& content_type,
+                        const std::vector<Header>& headers) override;
+  void send_chunk(ExchangeImpl* owner, std::string piece) override;
+  void send_stream_end(ExchangeImpl* owner) override;
+  void abort(const char* why) override;
 
  private:
+  static constexpr size_t kReadSize = 4096;
+
+  // The TCP connection under the stream (the stream itself when plain): its
+  // socket, and the timeouts, which cover every read and write above it.
+  beast::tcp_stream& tcp() { return beast::get_lowest_layer(stream_); }
+  std::shared_ptr<Connection> shared() { return std::static_pointer_cast<Connection>(shared_from_this()); }
+
+  // TLS only: the first bytes, the handshake, a plain-HTTP client's refusal.
+  void read_client_hello();
+  void handshake();
+  void refuse_plain_http();
+
   void read_request();
   void read_head();
   void on_head();
@@ -198,12 +245,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void flush();
   void on_written(beast::error_code ec);
   void after_response();
+  void close_gracefully();
   void watch_for_disconnect();
+  void read_ahead();
   void close_socket();
 
-  std::shared_ptr<Server::Impl> server_;
-  Strand strand_;
-  beast::tcp_stream stream_;
+  Stream stream_;
   beast::flat_buffer buffer_;
   size_t head_searched_ = 0;  // how much of buffer_ read_head() has searched for the end of the head
   std::optional<RequestParser> parser_;
@@ -222,13 +269,15 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::string in_flight_;         // bytes of the write in progress
   bool writing_ = false;
   bool watching_ = false;
+  bool reading_ahead_ = false;  // TLS: a read_ahead() is in progress
+  bool head_wanted_ = false;    // TLS: read_request() waits for that read to end
   bool closed_ = false;
   bool counted_open_ = true;
 };
 
 class ExchangeImpl final : public Exchange, public std::enable_shared_from_this<ExchangeImpl> {
  public:
-  ExchangeImpl(std::shared_ptr<Connection> connection, Request request)
+  ExchangeImpl(std::shared_ptr<ConnectionBase> connection, Request request)
       : connection_(std::move(connection)), request_(std::move(request)) {}
 
   const Request& request() const noexcept override { return request_; }
@@ -301,7 +350,7 @@ class ExchangeImpl final : public Exchange, public std::enable_shared_from_this<
   }
 
  private:
-  std::shared_ptr<Connection> connection_;
+  std::shared_ptr<ConnectionBase> connection_;
   Request request_;
   std::atomic<bool> answered_{false};
   std::atomic<bool> finished_{false};
@@ -312,21 +361,86 @@ class ExchangeImpl final : public Exchange, public std::enable_shared_from_this<
 
 // ---- Connection ----------------------------------------------------------
 
-void Connection::read_request() {
+// TLS: the first bytes tell a TLS client (a handshake record) from one that
+// speaks plain HTTP to this port, who is answered in plain HTTP and closed
+// instead of failing a handshake with no word why. Hello and handshake share
+// the idle timeout, so a client that connects and says nothing is closed.
+template <typename Stream>
+void Connection<Stream>::read_client_hello() {
+  tcp().expires_after(server_->options.idle_timeout);
+  tcp().async_read_some(buffer_.prepare(kReadSize), [self = shared()](beast::error_code ec, size_t n) {
+    self->buffer_.commit(n);
+    if (self->closed_) return;
+    if (ec) return self->abort("closed before the TLS handshake");
+    std::string_view first(static_cast<const char*>(self->buffer_.data().data()), self->buffer_.size());
+    if (!starts_tls_handshake(first)) return self->refuse_plain_http();
+    self->handshake();
+  });
+}
+
+template <typename Stream>
+void Connection<Stream>::handshake() {
+  // The bytes already read are the handshake's first; OpenSSL takes them from buffer_.
+  stream_.async_handshake(net::ssl::stream_base::server, buffer_.data(),
+                          [self = shared()](beast::error_code ec, size_t used) {
+                            if (self->closed_) return;
+                            if (ec) {
+                              self->server_->options.log.debug("{}: TLS handshake failed: {}", self->remote_,
+                                                               ec.message());
+                              return self->abort("TLS handshake failed");
+                            }
+                            self->buffer_.consume(used);
+                            self->read_request();
+                          });
+}
+
+template <typename Stream>
+void Connection<Stream>::refuse_plain_http() {
+  server_->options.log.debug("{}: plain HTTP on this TLS port", remote_);
+  keep_alive_ = false;
+  Response response = json_error(400, "this port speaks HTTPS: use an https:// URL", "invalid_request_error");
+  in_flight_ = head(response.status, response.content_type, {}, response.body.size()) + response.body;
+  writing_ = true;
+  tcp().expires_after(server_->options.write_timeout);
+  net::async_write(tcp(), net::buffer(in_flight_), [self = shared()](beast::error_code, size_t) {
+    self->writing_ = false;
+    boost::system::error_code ignored;
+    self->tcp().socket().shutdown(tcp::socket::shutdown_send, ignored);
+    self->abort("plain HTTP on the TLS port");
+  });
+}
+
+template <typename Stream>
+void Connection<Stream>::read_request() {
   if (closed_) return;
   parser_.emplace();
   limit_parser(*parser_, server_->options);
   head_searched_ = 0;
-  stream_.expires_after(server_->options.idle_timeout);
+  tcp().expires_after(server_->options.idle_timeout);
+  // One read at a time: the read-ahead's bytes (or its end) come first.
+  if (reading_ahead_) {
+    head_wanted_ = true;
+    return;
+  }
   read_head();
 }
 
 // Reads until the buffer holds a whole head. Beast's own async_read_header
 // would parse the head as it arrives, unfolding folded lines before anyone
 // could see them; the head's bytes are checked first (parse_head).
-void Connection::read_head() {
+template <typename Stream>
+void Connection<Stream>::read_head() {
   if (closed_) return;
   std::string_view buffered(static_cast<const char*>(buffer_.data().data()), buffer_.size());
+  if constexpr (!kTls) {
+    // No request starts with this byte; waiting for a head would leave the
+    // TLS client waiting for a server hello until the idle timeout.
+    if (starts_tls_handshake(buffered)) {
+      keep_alive_ = false;
+      server_->options.log.debug("{}: a TLS handshake on this plain-HTTP port", remote_);
+      return reject(400, "this port speaks plain HTTP, not TLS: use an http:// URL");
+    }
+  }
   size_t end = head_end(buffered, head_searched_);
   if (end == std::string_view::npos) {
     if (buffered.size() > server_->options.max_header_bytes) {
@@ -334,8 +448,7 @@ void Connection::read_head() {
       return reject(431, "the request headers are too large");
     }
     head_searched_ = buffered.size();
-    constexpr size_t kReadSize = 4096;
-    stream_.async_read_some(buffer_.prepare(kReadSize), [self = shared_from_this()](beast::error_code ec, size_t n) {
+    stream_.async_read_some(buffer_.prepare(kReadSize), [self = shared()](beast::error_code ec, size_t n) {
       self->buffer_.commit(n);
       if (ec) return self->on_read(ec);
       self->read_head();
@@ -353,14 +466,15 @@ void Connection::read_head() {
   on_head();
 }
 
-void Connection::on_head() {
+template <typename Stream>
+void Connection<Stream>::on_head() {
   // curl and others wait for "100 Continue" before sending a large body.
   const auto& message = parser_->get();
   auto expect = message.find(bhttp::field::expect);
   if (expect != message.end() && iequals(expect->value(), "100-continue") && message.version() >= 11) {
     in_flight_ = "HTTP/1.1 100 Continue\r\n\r\n";
     writing_ = true;
-    net::async_write(stream_, net::buffer(in_flight_), [self = shared_from_this()](beast::error_code ec, size_t) {
+    net::async_write(stream_, net::buffer(in_flight_), [self = shared()](beast::error_code ec, size_t) {
       self->writing_ = false;
       self->in_flight_.clear();
       if (ec) return self->abort("the client went away");
@@ -371,13 +485,15 @@ void Connection::on_head() {
   read_body();
 }
 
-void Connection::read_body() {
+template <typename Stream>
+void Connection<Stream>::read_body() {
   if (closed_) return;
   bhttp::async_read(stream_, buffer_, *parser_,
-                    [self = shared_from_this()](beast::error_code ec, size_t) { self->on_read(ec); });
+                    [self = shared()](beast::error_code ec, size_t) { self->on_read(ec); });
 }
 
-void Connection::on_read(beast::error_code ec) {
+template <typename Stream>
+void Connection<Stream>::on_read(beast::error_code ec) {
   if (closed_) return;
   if (ec == bhttp::error::end_of_stream || ec == net::error::eof || ec == net::error::connection_reset ||
       ec == net::error::operation_aborted || ec == beast::error::timeout) {
@@ -390,18 +506,20 @@ void Connection::on_read(beast::error_code ec) {
     keep_alive_ = false;
     return reject(refusal->status, refusal->message);
   }
-  stream_.expires_never();
+  tcp().expires_never();
   handle();
 }
 
-void Connection::reject(int status, std::string_view message) {
+template <typename Stream>
+void Connection<Stream>::reject(int status, std::string_view message) {
   http10_ = false;
   streaming_ = false;
   Response response = json_error(status, message, "invalid_request_error");
   enqueue(head(status, response.content_type, {}, response.body.size()) + response.body, true);
 }
 
-void Connection::handle() {
+template <typename Stream>
+void Connection<Stream>::handle() {
   keep_alive_ = parser_->get().keep_alive();
   http10_ = parser_->get().version() < 11;
   Request request = make_request(*parser_, std::move(head_fields_), remote_);
@@ -418,7 +536,8 @@ void Connection::handle() {
   if (current_ == exchange && !closed_) watch_for_disconnect();
 }
 
-std::string Connection::head(int status, std::string_view content_type, const std::vector<Header>& headers,
+template <typename Stream>
+std::string Connection<Stream>::head(int status, std::string_view content_type, const std::vector<Header>& headers,
                              std::optional<size_t> content_length) {
   std::string out = fmt::format("HTTP/1.1 {} {}\r\nServer: {}\r\n", status,
                                 std::string_view(bhttp::obsolete_reason(bhttp::int_to_status(unsigned(status)))),
@@ -439,7 +558,8 @@ std::string Connection::head(int status, std::string_view content_type, const st
   return out;
 }
 
-void Connection::send_response(ExchangeImpl* owner, Response response) {
+template <typename Stream>
+void Connection<Stream>::send_response(ExchangeImpl* owner, Response response) {
   if (closed_ || owner != current_.get() || response_queued_) return;
   streaming_ = false;
   std::string bytes = head(response.status, response.content_type, response.headers, response.body.size());
@@ -447,7 +567,8 @@ void Connection::send_response(ExchangeImpl* owner, Response response) {
   enqueue(std::move(bytes), true);
 }
 
-void Connection::send_stream_head(ExchangeImpl* owner, int status, const std::string& content_type,
+template <typename Stream>
+void Connection<Stream>::send_stream_head(ExchangeImpl* owner, int status, const std::string& content_type,
                                   const std::vector<Header>& headers) {
   if (closed_ || owner != current_.get() || response_queued_) return;
   streaming_ = true;
@@ -458,19 +579,22 @@ void Connection::send_stream_head(ExchangeImpl* owner, int status, const std::st
   enqueue(head(status, content_type, all, std::nullopt), false);
 }
 
-void Connection::send_chunk(ExchangeImpl* owner, std::string piece) {
+template <typename Stream>
+void Connection<Stream>::send_chunk(ExchangeImpl* owner, std::string piece) {
   if (closed_ || owner != current_.get() || !streaming_ || response_queued_ || piece.empty()) return;
   if (http10_) return enqueue(std::move(piece), false);
   enqueue(fmt::format("{:x}\r\n", piece.size()) + piece + "\r\n", false);
 }
 
-void Connection::send_stream_end(ExchangeImpl* owner) {
+template <typename Stream>
+void Connection<Stream>::send_stream_end(ExchangeImpl* owner) {
   if (closed_ || owner != current_.get() || !streaming_ || response_queued_) return;
   if (http10_) keep_alive_ = false;
   enqueue(http10_ ? std::string() : std::string("0\r\n\r\n"), true);
 }
 
-void Connection::enqueue(std::string bytes, bool ends_response) {
+template <typename Stream>
+void Connection<Stream>::enqueue(std::string bytes, bool ends_response) {
   if (closed_) return;
   queue_ += bytes;
   if (ends_response) response_queued_ = true;
@@ -483,7 +607,8 @@ void Connection::enqueue(std::string bytes, bool ends_response) {
   if (!writing_) flush();
 }
 
-void Connection::flush() {
+template <typename Stream>
+void Connection<Stream>::flush() {
   if (closed_ || writing_) return;
   if (queue_.empty()) {
     if (response_queued_) after_response();
@@ -492,57 +617,99 @@ void Connection::flush() {
   writing_ = true;
   in_flight_.swap(queue_);
   queue_.clear();
-  stream_.expires_after(server_->options.write_timeout);
+  tcp().expires_after(server_->options.write_timeout);
   net::async_write(stream_, net::buffer(in_flight_),
-                   [self = shared_from_this()](beast::error_code ec, size_t) { self->on_written(ec); });
+                   [self = shared()](beast::error_code ec, size_t) { self->on_written(ec); });
 }
 
-void Connection::on_written(beast::error_code ec) {
+template <typename Stream>
+void Connection<Stream>::on_written(beast::error_code ec) {
   writing_ = false;
   in_flight_.clear();
   if (closed_) return;
   if (ec) return abort("write failed");
-  stream_.expires_never();
+  tcp().expires_never();
   flush();
 }
 
-void Connection::after_response() {
+template <typename Stream>
+void Connection<Stream>::after_response() {
   if (current_) current_->mark_complete();
   current_.reset();
   response_queued_ = false;
   streaming_ = false;
-  if (!keep_alive_ || server_->draining.load()) {
-    boost::system::error_code ignored;
-    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
-    return abort("done");
-  }
+  if (!keep_alive_ || server_->draining.load()) return close_gracefully();
   read_request();
+}
+
+// The last response is out; the client learns that nothing more comes. Under
+// TLS that is a close_notify first, so a client reading a body that ends with
+// the connection (HTTP/1.0) can tell the end from a cut; waiting for the
+// client's own close_notify is bounded.
+template <typename Stream>
+void Connection<Stream>::close_gracefully() {
+  if constexpr (kTls) {
+    tcp().expires_after(std::min<std::chrono::steady_clock::duration>(server_->options.write_timeout,
+                                                                      std::chrono::seconds(5)));
+    stream_.async_shutdown([self = shared()](beast::error_code) { self->abort("done"); });
+  } else {
+    boost::system::error_code ignored;
+    tcp().socket().shutdown(tcp::socket::shutdown_send, ignored);
+    abort("done");
+  }
 }
 
 // A pending answer (the engine is still generating) does not read the socket,
 // so a client that hangs up would go unnoticed until the next write. Waiting
-// for readability and peeking tells EOF (gone) from bytes (a pipelined request).
-void Connection::watch_for_disconnect() {
+// for readability and peeking tells EOF (gone) from bytes. Plain, bytes are a
+// pipelined request; under TLS they may as well be the client's close_notify,
+// which only decrypting tells (read_ahead).
+template <typename Stream>
+void Connection<Stream>::watch_for_disconnect() {
   if (watching_ || closed_) return;
   watching_ = true;
-  stream_.socket().async_wait(tcp::socket::wait_read, net::bind_executor(strand_, [self = shared_from_this()](
+  tcp().socket().async_wait(tcp::socket::wait_read, net::bind_executor(strand_, [self = shared()](
                                                                                       beast::error_code ec) {
     self->watching_ = false;
-    if (self->closed_ || ec) return;
+    // Once the answer is complete, the next request's read watches the socket itself.
+    if (self->closed_ || ec || !self->current_) return;
     char byte;
     boost::system::error_code peek_error;
-    self->stream_.socket().non_blocking(true, peek_error);
-    size_t n = self->stream_.socket().receive(net::buffer(&byte, 1), tcp::socket::message_peek, peek_error);
+    self->tcp().socket().non_blocking(true, peek_error);
+    size_t n = self->tcp().socket().receive(net::buffer(&byte, 1), tcp::socket::message_peek, peek_error);
     if (peek_error == net::error::would_block || peek_error == net::error::try_again) {
       if (self->current_) self->watch_for_disconnect();
       return;
     }
     if (peek_error || n == 0) return self->abort("the client disconnected");
-    // Bytes of the next request: the read after this response takes them.
+    if constexpr (kTls) self->read_ahead();
   }));
 }
 
-void Connection::abort(const char* why) {
+// TLS: decrypts what arrived while an answer is pending. The end of the stream
+// (a close_notify, whose record type TLS 1.3 hides, or a cut) is the client
+// hanging up; data is its next request, left in buffer_ for read_head(). One
+// read of at most kReadSize, so a pipelining client cannot make us hold more.
+template <typename Stream>
+void Connection<Stream>::read_ahead() {
+  if (closed_ || reading_ahead_) return;
+  reading_ahead_ = true;
+  tcp().expires_after(server_->options.idle_timeout);  // a record that never completes
+  stream_.async_read_some(buffer_.prepare(kReadSize), [self = shared()](beast::error_code ec, size_t n) {
+    self->reading_ahead_ = false;
+    self->buffer_.commit(n);
+    if (self->closed_) return;
+    if (ec) return self->current_ ? self->abort("the client disconnected") : self->on_read(ec);
+    if (!self->head_wanted_) return;
+    // The answer was completed meanwhile and read_request() is waiting.
+    self->head_wanted_ = false;
+    self->tcp().expires_after(self->server_->options.idle_timeout);
+    self->read_head();
+  });
+}
+
+template <typename Stream>
+void Connection<Stream>::abort(const char* why) {
   if (closed_) return;
   closed_ = true;
   if (current_ && !(response_queued_ && queue_.empty() && !writing_)) {
@@ -555,10 +722,11 @@ void Connection::abort(const char* why) {
   close_socket();
 }
 
-void Connection::close_socket() {
+template <typename Stream>
+void Connection<Stream>::close_socket() {
   boost::system::error_code ignored;
-  stream_.socket().close(ignored);
-  stream_.cancel();
+  tcp().socket().close(ignored);
+  tcp().cancel();
   if (counted_open_) {
     counted_open_ = false;
     --server_->open;
@@ -568,7 +736,15 @@ void Connection::close_socket() {
 
 // ---- Server ----------------------------------------------------------------
 
-void Server::Impl::forget(Connection* connection) {
+std::shared_ptr<ConnectionBase> Server::Impl::make_connection(const Strand& strand, tcp::socket socket) {
+  auto self = shared_from_this();
+  if (options.tls)
+    return std::make_shared<Connection<TlsStream>>(self, strand,
+                                                   TlsStream(beast::tcp_stream(std::move(socket)), options.tls->ssl));
+  return std::make_shared<Connection<beast::tcp_stream>>(self, strand, beast::tcp_stream(std::move(socket)));
+}
+
+void Server::Impl::forget(ConnectionBase* connection) {
   std::lock_guard lock(connections_mutex);
   connections.erase(connection);
 }
@@ -593,7 +769,7 @@ void Server::Impl::accept() {
       socket.close(ignored);
     } else {
       ++self->open;
-      auto connection = std::make_shared<Connection>(self, strand, std::move(socket));
+      auto connection = self->make_connection(strand, std::move(socket));
       {
         std::lock_guard lock(self->connections_mutex);
         self->connections.emplace(connection.get(), connection);
@@ -794,7 +970,7 @@ void Server::stop() noexcept {
     }
     s.stop_cv.notify_all();
     drain();
-    std::vector<std::shared_ptr<Connection>> open;
+    std::vector<std::shared_ptr<ConnectionBase>> open;
     {
       std::lock_guard lock(s.connections_mutex);
       for (auto& [raw, weak] : s.connections)

@@ -15,7 +15,11 @@
 // ServerOptions::max_stream_buffer_bytes; then the connection is dropped and the
 // Exchange's abort callback runs, so a stalled reader cannot hold memory or an
 // engine slot forever. A client that disconnects is noticed while its response
-// is pending (the socket is watched for EOF), not only at the next write.
+// is pending (the socket is watched for EOF, and under TLS for a close_notify),
+// not only at the next write.
+//
+// With ServerOptions::tls every connection first completes a TLS handshake
+// (within the idle timeout) and then behaves exactly like a plain one.
 //
 // The header has no Boost in it; the Beast/Asio code lives in http_server.cpp.
 // This library is linked into plugins (built with hidden visibility), never
@@ -35,6 +39,7 @@
 #include <hostrun/status.hpp>
 
 #include "ascii.hpp"
+#include "tls.hpp"
 
 namespace hostrun::http {
 
@@ -125,6 +130,9 @@ struct ServerOptions {
   std::vector<std::string> body_content_types = {"application/json"};
   std::string server_header = "hostrun";
   Logger log;  // access lines at debug, trouble at warning
+  // Set: every connection is TLS (load_tls in tls.hpp), and one that sends
+  // plain HTTP gets a 400 saying so. Null: plain HTTP.
+  std::shared_ptr<TlsContext> tls;
 };
 
 // Counters the frontends export as metrics.

@@ -25,6 +25,11 @@ std::vector<Header> header_fields(const RequestParser& parser) {
   return fields;
 }
 
+bool starts_tls_handshake(std::string_view bytes) noexcept {
+  constexpr char kHandshakeRecord = 0x16;
+  return !bytes.empty() && bytes.front() == kHandshakeRecord;
+}
+
 size_t head_end(std::string_view buffered, size_t searched) {
   // The blank line may have begun in what was searched before.
   size_t end = buffered.find("\r\n\r\n", searched < 3 ? 0 : searched - 3);

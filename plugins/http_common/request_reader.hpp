@@ -25,6 +25,11 @@ void limit_parser(RequestParser& parser, const ServerOptions& options);
 // The head's fields with lower-case names, in the order sent.
 std::vector<Header> header_fields(const RequestParser& parser);
 
+// Whether a connection's first bytes are a TLS handshake record (type 22),
+// which no HTTP request starts with: how a TLS port tells a plain-HTTP client
+// and a plain port a TLS one.
+bool starts_tls_handshake(std::string_view bytes) noexcept;
+
 // Where the head in `buffered` ends (just past its blank line), or npos.
 // `searched` is how far an earlier call on the same buffer looked.
 size_t head_end(std::string_view buffered, size_t searched = 0);

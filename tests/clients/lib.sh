@@ -5,7 +5,7 @@ server_pids=()
 ok() { echo "ok: $1"; passes=$((passes+1)); }
 fail() { echo "FAIL: $1"; failures=$((failures+1)); }
 
-# start_server LOG COMMAND...: runs COMMAND (which must print "... on http://HOST:PORT")
+# start_server LOG COMMAND...: runs COMMAND (which must print "... on http(s)://HOST:PORT")
 # in the background and sets server_url; fails when no address shows within 60 s.
 start_server() {
   local log=$1; shift
@@ -14,7 +14,7 @@ start_server() {
   server_pids+=("$pid")
   server_url=
   for _ in $(seq 1 300); do
-    server_url=$(grep -o 'on http://[0-9.]*:[0-9]*' "$log" | head -1 | sed 's/^on //')
+    server_url=$(grep -o 'on https\?://[0-9.]*:[0-9]*' "$log" | head -1 | sed 's/^on //')
     [ -n "$server_url" ] && return 0
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.2
