@@ -59,7 +59,12 @@ void add_api_server(CLI::App& serve, GlobalOptions& options) {
                   "Model name in /v1/models and responses (default: the model folder's name)");
   cmd->add_option("--io-threads", o->io_threads, "Threads serving HTTP (default 2)")->check(CLI::Range(1, 64));
   o->tls.add_to(cmd);
-  cmd->callback([&options, o] {
+  cmd->callback([&options, o, cmd] {
+    if (auto problem = empty_api_key_problem(cmd->count("--api-keys") > 0, o->api_keys)) {
+      fmt::print(stderr, "hostrun serve api_server: {}\n", *problem);
+      options.exit_code = 2;
+      return;
+    }
     if (o->tp != 1) {
       fmt::print(stderr,
                  "hostrun serve api_server: --tp {} asks for tensor parallelism over {} GPUs; this build runs a "

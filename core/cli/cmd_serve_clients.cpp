@@ -192,6 +192,11 @@ void add_gradio(CLI::App& serve, GlobalOptions& options) {
   o->sampling.add_to(cmd, false);
   o->engine.add_to(cmd);
   cmd->callback([&options, o, cmd] {
+    if (auto problem = empty_api_key_problem(cmd->count("--api-keys") > 0, o->api_keys)) {
+      fmt::print(stderr, "hostrun serve gradio: {}\n", *problem);
+      options.exit_code = 2;
+      return;
+    }
     std::vector<core::ManifestOverride> frontend{
         {"frontend.plugin", "gradio", "hostrun serve gradio"},
         {"frontend.server_name", o->server_name, "--server-name"},

@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <thread>
@@ -43,6 +44,14 @@ std::string comma_list(const std::vector<std::string>& items) {
   std::string out;
   for (size_t i = 0; i < items.size(); ++i) out += (i ? "," : "") + items[i];
   return out;
+}
+
+std::optional<std::string> empty_api_key_problem(bool given, const std::vector<std::string>& keys) {
+  if (!given) return std::nullopt;
+  const bool any_empty = keys.empty() || std::any_of(keys.begin(), keys.end(), [](const auto& k) { return k.empty(); });
+  if (!any_empty) return std::nullopt;
+  return std::string("--api-keys was given an empty key; a server with an empty key list would let anyone in, so "
+                     "give each key or leave the flag out");
 }
 
 void block_stop_signals() {

@@ -3,6 +3,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,11 @@ namespace hostrun::cli {
 
 // A list flag as a frontend override: items joined by commas (manifest.cpp splits them again).
 std::string comma_list(const std::vector<std::string>& items);
+
+// Why `--api-keys` as given cannot be used (it was given, and a key is empty,
+// or there is none: `--api-keys ""` would otherwise mean no authentication),
+// or nothing.
+std::optional<std::string> empty_api_key_problem(bool given, const std::vector<std::string>& keys);
 
 // Blocks SIGINT/SIGTERM in this thread and every thread it makes later, so a
 // watcher thread can take them with sigwait.

@@ -114,4 +114,10 @@ printf '[frontend]\nplugin = "gradio"\napi_keys = ["a", ""]\n' >"$work/empty.tom
 "$hostrun" serve gradio http://127.0.0.1:9 --manifest "$work/empty.toml" >"$work/cli.log" 2>&1
 [ $? -eq 1 ] && grep -q "key 2 of 2 is empty" "$work/cli.log" &&
   ok "an empty key is refused at start" || fail "an empty key: $(cat "$work/cli.log")"
+# `--api-keys ""` would otherwise be no keys at all: no authentication.
+for command in "serve api_server $model" "serve gradio http://127.0.0.1:9"; do
+  "$hostrun" $command --api-keys "" >"$work/cli.log" 2>&1
+  [ $? -eq 2 ] && grep -q "api-keys was given an empty key" "$work/cli.log" &&
+    ok "$command --api-keys '' is refused" || fail "$command --api-keys '': $(cat "$work/cli.log")"
+done
 finish
