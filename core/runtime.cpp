@@ -81,7 +81,7 @@ std::vector<HostTableSchema> host_table_schemas() { return {engine_schema(), cha
 
 fs::path shipped_model_dir() {
   fs::path exe = executable_dir();
-  return exe.empty() ? fs::path() : exe.parent_path() / "share" / "hostrun" / "models" / "tiny";
+  return exe.empty() ? fs::path() : exe.parent_path() / "share" / "hostrun" / "models" / "small";
 }
 
 namespace {
@@ -124,7 +124,7 @@ Status Runtime::build(const RuntimeOptions& options, LogSink* log_sink) {
     if (!fs::exists(fs::path(model_dir_) / "config.json"))
       return Status(ErrorCode::not_found,
                     fmt::format("no MODEL_DIR was given and the small model hostrun ships is not at {} "
-                                "(scripts/run.sh makes it)",
+                                "(scripts/run.sh puts it there: scripts/make-small-model.sh DIR)",
                                 model_dir_));
   } else {
     model_dir_ = options.model_dir;

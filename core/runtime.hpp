@@ -72,7 +72,8 @@ struct Wiring {
 Result<Wiring> wire(const ResolvedManifest& resolved, const PluginRegistry& registry, LogSink* log_sink,
                     const std::string& manifest_name);
 
-// Where the shipped small model lives: <prefix>/share/hostrun/models/tiny.
+// Where the shipped small model lives: <prefix>/share/hostrun/models/small (the
+// trained one, models/small; scripts/make-small-model.sh puts it there).
 std::filesystem::path shipped_model_dir();
 
 class Runtime {

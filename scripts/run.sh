@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: install what is missing, build, fetch the
-# real Llama-3 tokenizer, make the small model hostrun ships, and chat with it
-# (on the CPU when there is no GPU). Extra arguments go to `hostrun chat`.
+# real Llama-3 tokenizer, put the small trained model hostrun ships beside it
+# (models/small), and chat with it on the CPU. Extra arguments go to
+# `hostrun chat` (--device cuda or auto to use a GPU: the model is so small
+# that the CPU answers at once, and the CPU needs no CUDA build).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bash "$root/scripts/install-deps.sh"
 bash "$root/scripts/build.sh" "$root/build"
-bash "$root/scripts/make-tiny-model.sh" "$root/build/bin/hostrun-llama-checkpoint" "$root/build/share/hostrun/models/tiny"
-exec "$root/build/bin/hostrun" chat "$@"
+bash "$root/scripts/make-small-model.sh" "$root/build/share/hostrun/models/small"
+device=(--device cpu)
+for arg in "$@"; do case "$arg" in --device|--device=*) device=() ;; esac; done
+exec "$root/build/bin/hostrun" chat "${device[@]}" "$@"

@@ -27,9 +27,7 @@
 #include <random>
 #include <sstream>
 
-#include "commands.hpp"
-#include "engine_flags.hpp"
-#include "log.hpp"
+#include "bench_runtime.hpp"
 
 namespace hostrun::cli {
 
@@ -44,8 +42,7 @@ struct Workload {
 };
 
 struct CommonOptions {
-  EngineFlags engine;
-  std::string model_format = "hf";
+  BenchModelFlags model;
   uint64_t seed = 1;
   double temperature = 0.0;
   double top_p = 1.0;
@@ -71,39 +68,13 @@ struct LatencyOptions {
 };
 
 void add_common(CLI::App* cmd, CommonOptions& o) {
-  cmd->add_option("MODEL_DIR", o.engine.model_dir, "HF model folder (config.json, *.safetensors, tokenizer.json)")
-      ->required();
-  o.engine.add_to(cmd);
-  cmd->add_option("--model-format", o.model_format, "Weight format: hf (awq once a quantizer plugin exists)")
-      ->capture_default_str();
+  o.model.add_to(cmd);
   cmd->add_option("--seed", o.seed, "Seed of the random prompts and of sampling")->capture_default_str();
   cmd->add_option("--temperature", o.temperature, "Sampling temperature (0: greedy)")->capture_default_str();
   cmd->add_option("--top-p", o.top_p, "Top-p")->capture_default_str();
   cmd->add_option("--top-k", o.top_k, "Top-k (0: off)")->capture_default_str();
   cmd->add_option("--output", o.output, "Write the results as JSON to this file");
   cmd->add_flag("--no-progress", o.no_progress, "No progress bar on stderr");
-}
-
-// The runtime for a bench command, or an exit status after printing why.
-std::unique_ptr<core::Runtime> open_runtime(const CommonOptions& o, const GlobalOptions& global, int& exit_code) {
-  if (o.model_format != "hf") {
-    fmt::print(stderr, "hostrun bench: --model-format {}: only hf is implemented so far\n", o.model_format);
-    exit_code = 2;
-    return nullptr;
-  }
-  auto options = o.engine.runtime_options(global.plugin_dirs);
-  if (!options) {
-    fmt::print(stderr, "hostrun bench: {}\n", options.status().message());
-    exit_code = 2;
-    return nullptr;
-  }
-  auto runtime = core::Runtime::open(*options, &core::process_log_sink());
-  if (!runtime) {
-    fmt::print(stderr, "hostrun bench: {}\n", runtime.status().message());
-    exit_code = 1;
-    return nullptr;
-  }
-  return std::move(runtime.value());
 }
 
 Result<std::vector<Workload>> read_dataset(const std::string& path, int64_t limit) {
@@ -244,33 +215,6 @@ class Tracker {
   size_t finished_ = 0;
 };
 
-json engine_json(core::Runtime& runtime, const EngineFlags& flags) {
-  json j;
-  j["model_dir"] = runtime.model_dir();
-  j["manifest"] = runtime.manifest_name();
-  j["device"] = flags.device;
-  j["kv_blocks"] = runtime.engine().counters().kv_blocks_total;
-  const KvFormat kv = runtime.kv_format();
-  j["kv_format"] = kv.name;
-  j["quant_policy"] = kv.quant_policy;
-  j["session_len"] = runtime.engine().info().session_len;
-  if (flags.cache_max_entry_count) j["cache_max_entry_count"] = *flags.cache_max_entry_count;
-  if (flags.max_batch_size) j["max_batch_size"] = *flags.max_batch_size;
-  if (flags.max_prefill_token_num) j["max_prefill_token_num"] = *flags.max_prefill_token_num;
-  return j;
-}
-
-int write_json(const std::string& path, const json& j) {
-  if (path.empty()) return 0;
-  std::ofstream out(path);
-  out << j.dump(2) << "\n";
-  if (!out) {
-    fmt::print(stderr, "hostrun bench: cannot write {}\n", path);
-    return 1;
-  }
-  return 0;
-}
-
 int run_throughput(const ThroughputOptions& o, const GlobalOptions& global) {
   if (o.num_prompts < 1 || o.concurrency < 1) {
     fmt::print(stderr, "hostrun bench throughput: --num-prompts and --concurrency must be positive\n");
@@ -288,7 +232,7 @@ int run_throughput(const ThroughputOptions& o, const GlobalOptions& global) {
     workload.assign(size_t(o.num_prompts), Workload{int32_t(o.input_len), int32_t(o.output_len)});
   }
   int exit_code = 0;
-  auto runtime = open_runtime(o.common, global, exit_code);
+  auto runtime = open_bench_runtime(o.common.model, global, "throughput", exit_code);
   if (!runtime) return exit_code;
   core::Engine& engine = runtime->engine();
   const Tokenizer& tokenizer = *engine.tokenizer();
@@ -350,7 +294,7 @@ int run_throughput(const ThroughputOptions& o, const GlobalOptions& global) {
   const int64_t ok = int64_t(n) - failed;
   json j;
   j["command"] = "bench throughput";
-  j["engine"] = engine_json(*runtime, o.common.engine);
+  j["engine"] = engine_json(*runtime, o.common.model.engine);
   j["dataset"] = o.dataset;
   j["num_prompts"] = n;
   j["concurrency"] = o.concurrency;
@@ -402,7 +346,7 @@ int run_throughput(const ThroughputOptions& o, const GlobalOptions& global) {
   if (failed) fmt::print(stderr, "hostrun bench throughput: {} requests failed; the first: {}\n", failed, first_error);
   if (short_replies)
     fmt::print(stderr, "hostrun bench throughput: {} replies did not have exactly output_len tokens\n", short_replies);
-  if (int rc = write_json(o.common.output, j); rc) return rc;
+  if (int rc = write_json(o.common.output, j, "throughput"); rc) return rc;
   return failed ? 1 : 0;
 }
 
@@ -412,7 +356,7 @@ int run_latency(const LatencyOptions& o, const GlobalOptions& global) {
     return 2;
   }
   int exit_code = 0;
-  auto runtime = open_runtime(o.common, global, exit_code);
+  auto runtime = open_bench_runtime(o.common.model, global, "latency", exit_code);
   if (!runtime) return exit_code;
   core::Engine& engine = runtime->engine();
   const Tokenizer& tokenizer = *engine.tokenizer();
@@ -452,7 +396,7 @@ int run_latency(const LatencyOptions& o, const GlobalOptions& global) {
   auto mean = [](const std::vector<double>& v) { return std::accumulate(v.begin(), v.end(), 0.0) / double(v.size()); };
   json j;
   j["command"] = "bench latency";
-  j["engine"] = engine_json(*runtime, o.common.engine);
+  j["engine"] = engine_json(*runtime, o.common.model.engine);
   j["input_len"] = o.input_len;
   j["output_len"] = o.output_len;
   j["runs"] = o.runs;
@@ -466,7 +410,7 @@ int run_latency(const LatencyOptions& o, const GlobalOptions& global) {
   fmt::print("{:<32}{:.4f} (min {:.4f})\n", "time to first token (s)", mean(ttft), j["time_to_first_token_s"]["min"].get<double>());
   fmt::print("{:<32}{:.1f} (max {:.1f})\n", "decode tokens/s", mean(decode_rate), j["decode_tokens_per_s"]["max"].get<double>());
   fmt::print("{:<32}{:.3f}\n", "request latency (s)", mean(total_s));
-  return write_json(o.common.output, j);
+  return write_json(o.common.output, j, "latency");
 }
 
 }  // namespace

@@ -38,5 +38,7 @@ void add_serve_client_commands(CLI::App* serve_group, GlobalOptions& options);
 void add_bench_serving_command(CLI::App& app, GlobalOptions& options);
 // `bench throughput` and `bench latency` (the local engine), on the bench group.
 void add_bench_model_commands(CLI::App& app, GlobalOptions& options);
+// `bench perplexity` (the local engine's teacher-forced scoring), on the bench group.
+void add_bench_perplexity_command(CLI::App& app, GlobalOptions& options);
 
 }  // namespace hostrun::cli

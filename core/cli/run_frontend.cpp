@@ -74,7 +74,8 @@ int run_frontend(const EngineFlags& flags, const std::vector<std::string>& plugi
   options->frontend_first = true;
   block_stop_signals();
   if (flags.model_dir.empty())
-    fmt::print(stderr, "hostrun: no MODEL_DIR given: running the small random-weight model hostrun ships ({})\n",
+    fmt::print(stderr, "hostrun: no MODEL_DIR given: running the small dictionary model hostrun ships ({}; "
+               "models/small/README.md says what it is)\n",
                core::shipped_model_dir().string());
   auto runtime = core::Runtime::open(*options, &core::process_log_sink());
   if (!runtime) {

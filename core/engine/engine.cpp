@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 
 #include "engine/block_manager.hpp"
 
@@ -37,9 +38,18 @@ struct Engine::Sequence {
   std::vector<ImageSpan> images;          // in prompt order
   std::vector<ImageData> unencoded;       // the images' bytes until the engine thread encodes them
   PluginPtr<DeviceTensor> embeddings;     // [images * tokens_per_image, hidden], kept while the request lives
+  // A score request (ScoreRequest): the targets in order. A target joins
+  // `tokens` when the step that scores it is handed to the model (it is the
+  // next step's input, known on the host), so such a sequence is never pending.
+  std::vector<TokenId> forced;
+  int32_t forced_submitted = 0;  // targets whose scoring step was handed to the model
+  int32_t forced_scored = 0;     // targets whose log-probability came back
 
   int32_t generated() const { return int32_t(tokens.size()) - prompt_len; }
   int32_t length() const { return int32_t(tokens.size()) + pending; }  // tokens known and pending
+  bool scoring() const { return !forced.empty(); }
+  // A step of it that samples is handed over and not yet collected.
+  bool awaiting_output() const { return pending > 0 || forced_submitted > forced_scored; }
 };
 
 namespace {
@@ -70,6 +80,14 @@ TensorView rows_of(const TensorView& all, int64_t first, int64_t count) {
   part.data = static_cast<std::byte*>(all.data) + size_t(first * all.strides[0]) * dtype_bits(all.dtype) / 8;
   part.shape[0] = count;
   return part;
+}
+
+// log_softmax(logits)[target], the sum in double.
+double target_logprob(const std::vector<float>& logits, TokenId target) {
+  const float max = *std::max_element(logits.begin(), logits.end());
+  double sum = 0;
+  for (float v : logits) sum += std::exp(double(v) - double(max));
+  return double(logits[size_t(target)]) - double(max) - std::log(sum);
 }
 
 // Length of the longest prefix of `text` that ends on a UTF-8 character boundary.
@@ -264,7 +282,55 @@ Result<uint64_t> Engine::submit(GenerationRequest request, StreamCallback on_eve
     if (!seq->decoder) return Status(ErrorCode::internal, "the tokenizer made no incremental decoder");
     for (const auto& s : seq->sampling.stop) seq->longest_stop = std::max(seq->longest_stop, s.size());
     seq->callback = std::move(on_event);
+    return enqueue(std::move(seq));
+  } catch (const std::bad_alloc&) {
+    return Status(ErrorCode::out_of_memory, "out of host memory while queueing the request");
+  } catch (const std::exception& e) {
+    return Status(ErrorCode::internal, e.what());
+  }
+}
 
+Result<uint64_t> Engine::submit_score(ScoreRequest request, StreamCallback on_event) noexcept {
+  try {
+    if (request.context.empty() || request.targets.empty())
+      return Status(ErrorCode::invalid_argument,
+                    fmt::format("a score request needs at least one context id and one target (got {} and {})",
+                                request.context.size(), request.targets.size()));
+    for (const auto* ids : {&request.context, &request.targets})
+      for (TokenId id : *ids)
+        if (id < 0 || id >= model_info_.vocab_size)
+          return Status(ErrorCode::invalid_argument,
+                        fmt::format("token id {} is outside the model's vocabulary of {}", id, model_info_.vocab_size));
+    // Every target but the last becomes an input, so the whole sequence is what the cache holds at most.
+    const int64_t total = int64_t(request.context.size()) + int64_t(request.targets.size());
+    if (total > config_.session_len)
+      return Status(ErrorCode::context_length_exceeded,
+                    fmt::format("{} context and {} target tokens exceed the session length of {}",
+                                request.context.size(), request.targets.size(), config_.session_len));
+    const int64_t cache_tokens = int64_t(blocks_->num_blocks()) * config_.cache_block_seq_len;
+    if (total > cache_tokens)
+      return Status(ErrorCode::context_length_exceeded,
+                    fmt::format("{} tokens to score in one sequence, but the whole KV cache holds {} ({} blocks of "
+                                "{}); raise --cache-max-entry-count",
+                                total, cache_tokens, blocks_->num_blocks(), config_.cache_block_seq_len));
+    auto seq = std::make_shared<Sequence>();
+    seq->tokens = std::move(request.context);
+    seq->prompt_len = int32_t(seq->tokens.size());
+    seq->forced = std::move(request.targets);
+    seq->max_len = int32_t(total);
+    seq->sampling.temperature = 0;  // the model samples anyway; greedy is its cheapest choice, and it is ignored
+    seq->text_closed = true;        // events carry ids and log-probabilities, no text
+    seq->callback = std::move(on_event);
+    return enqueue(std::move(seq));
+  } catch (const std::bad_alloc&) {
+    return Status(ErrorCode::out_of_memory, "out of host memory while queueing the request");
+  } catch (const std::exception& e) {
+    return Status(ErrorCode::internal, e.what());
+  }
+}
+
+Result<uint64_t> Engine::enqueue(std::shared_ptr<Sequence> seq) {
+  {
     uint64_t id;
     {
       std::lock_guard lock(inbox_mutex_);
@@ -289,10 +355,6 @@ Result<uint64_t> Engine::submit(GenerationRequest request, StreamCallback on_eve
     }
     inbox_cv_.notify_all();
     return id;
-  } catch (const std::bad_alloc&) {
-    return Status(ErrorCode::out_of_memory, "out of host memory while queueing the request");
-  } catch (const std::exception& e) {
-    return Status(ErrorCode::internal, e.what());
   }
 }
 
@@ -479,6 +541,11 @@ std::vector<Engine::Planned> Engine::schedule() {
   // 1. Running sequences, oldest first; the newest give way when blocks run out.
   for (size_t i = 0; i < running_.size();) {
     Sequence& seq = *running_[i];
+    // A score request whose last target's step is out has nothing left to compute.
+    if (seq.scoring() && seq.forced_submitted == int32_t(seq.forced.size())) {
+      ++i;
+      continue;
+    }
     int32_t remaining = seq.length() - seq.computed;
     bool decoding = remaining == 1;
     int32_t want = decoding ? 1 : std::min(remaining, prefill_budget);
@@ -518,7 +585,7 @@ std::vector<Engine::Planned> Engine::schedule() {
   // 2. Admit waiting requests while there is room and prefill budget (not
   // in a step that just preempted: the freed blocks are for the running ones).
   // One preempted while its sample was in flight waits until that is collected.
-  while (stats_.preemptions == preemptions_before && !waiting_.empty() && waiting_.front()->pending == 0 &&
+  while (stats_.preemptions == preemptions_before && !waiting_.empty() && !waiting_.front()->awaiting_output() &&
          int32_t(running_.size()) < config_.max_batch_size && prefill_budget > 0) {
     Sequence& seq = *waiting_.front();
     if (seq.blocks.empty()) admit_prefix(seq);
@@ -565,7 +632,11 @@ void Engine::commit(const std::vector<Planned>& plan) {
     (prefill ? stats_.prefill_tokens_computed : stats_.decode_tokens_computed) += uint64_t(p.query_len);
     seq.computed += p.query_len;
     publish_full_blocks(seq);
-    if (p.sample) {
+    if (p.sample && seq.scoring()) {
+      // The next input is the target this step scores: known, so not pending.
+      seq.tokens.push_back(seq.forced[size_t(seq.forced_submitted++)]);
+      ++sampled;
+    } else if (p.sample) {
       ++seq.pending;
       seq.pending_index = sampled++;
     }
@@ -578,6 +649,11 @@ void Engine::apply(const std::vector<Planned>& plan, StepOutput& output) {
   for (const Planned& p : plan) {
     if (!p.sample) continue;
     Sequence& seq = *p.seq;
+    if (seq.scoring()) {
+      const size_t index = sampled_index++;
+      after_score(seq, index < output.logits.size() ? &output.logits[index] : nullptr);
+      continue;
+    }
     // Still pending after this: a sample of the step submitted after this one.
     if (--seq.pending == 0) seq.pending_index = -1;
     if (sampled_index >= output.sampled.size()) {
@@ -658,6 +734,7 @@ bool Engine::schedule_and_run() {
     s.rng_offset = uint32_t(generated);
     s.history = seq.tokens;
     s.generated = std::span<const TokenId>(seq.tokens).subspan(size_t(seq.prompt_len));
+    s.return_logits = seq.scoring();
     if (s.sample && generated < seq.sampling.min_tokens) {
       auto& ids = suppressed.emplace_back(seq.sampling.stop_token_ids);
       if (!seq.sampling.ignore_eos) ids.insert(ids.end(), stop_ids_.begin(), stop_ids_.end());
@@ -764,6 +841,22 @@ void Engine::after_sample(Sequence& seq, TokenId token, TokenLogprob* logprob) {
   seq.held_text.erase(0, ready);
   emit(seq, std::move(text), {token}, std::move(logprobs));
   if (at_length) finish(seq, FinishReason::length);
+}
+
+// A score request's step came back: the log-probability of the target it scored.
+void Engine::after_score(Sequence& seq, const std::vector<float>* logits) {
+  const TokenId target = seq.forced[size_t(seq.forced_scored++)];
+  if (!seq.callback) return;  // finished (cancelled) while the step ran
+  if (!logits || logits->size() != size_t(model_info_.vocab_size)) {
+    finish(seq, FinishReason::error,
+           Status(ErrorCode::internal,
+                  fmt::format("the model returned {} logits for a sequence that asked for them; expected {}",
+                              logits ? logits->size() : 0, model_info_.vocab_size)));
+    return;
+  }
+  const double logprob = target_logprob(*logits, target);
+  emit(seq, {}, {target}, {TokenLogprob{target, float(logprob), {}}});
+  if (seq.forced_scored == int32_t(seq.forced.size())) finish(seq, FinishReason::length);
 }
 
 // Requests past their time limit end now, with what they produced so far.

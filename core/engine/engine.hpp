@@ -84,6 +84,16 @@ struct EngineStats {
   int32_t kv_blocks_held = 0;
 };
 
+// Teacher-forced scoring (what `bench perplexity` runs): the model's
+// log-probability of each target, given the context and the targets before
+// it. The sequence is scheduled like a generation (continuous batching,
+// chunked prefill, preemption, overlapped steps) but the engine supplies each
+// next token itself instead of sampling, so a target's step is one decode.
+struct ScoreRequest {
+  std::vector<TokenId> context;  // at least one id (BOS, usually)
+  std::vector<TokenId> targets;  // at least one id
+};
+
 // Turns chat messages into prompt ids (chat template + tokenizer), wired by the host.
 using PromptBuilder = std::function<Result<std::vector<TokenId>>(const std::vector<ChatMessage>&)>;
 
@@ -110,6 +120,13 @@ class Engine final : public EngineHandle {
   EngineInfo info() const noexcept override;
   EngineCounters counters() const noexcept override;
   const Tokenizer* tokenizer() const noexcept override { return parts_.tokenizer.get(); }
+
+  // Queues a ScoreRequest. Its events carry one target each, in order:
+  // token_ids = {target}, logprobs = {{target, log-probability}} (from the raw
+  // logits, natural log), no text; the event of the last target has finish =
+  // length. Refused at once when context + targets exceed the session length
+  // or the whole KV cache.
+  Result<uint64_t> submit_score(ScoreRequest request, StreamCallback on_event) noexcept;
 
   EngineStats stats() const;
   const EngineConfig& config() const noexcept { return config_; }
@@ -144,6 +161,8 @@ class Engine final : public EngineHandle {
   void after_sample(Sequence& seq, TokenId token, TokenLogprob* logprob);
   Status refuse_unfittable_text(size_t text_bytes) const;
   Result<std::vector<TokenId>> chat_prompt(const std::vector<ChatMessage>& messages);
+  void after_score(Sequence& seq, const std::vector<float>* logits);
+  Result<uint64_t> enqueue(std::shared_ptr<Sequence> seq);
   Status expand_images(Sequence& seq, std::vector<ImageData> images);
   Status encode_images(Sequence& seq);
   uint64_t block_inputs(const Sequence& seq, size_t block) const;

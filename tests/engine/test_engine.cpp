@@ -68,6 +68,20 @@ Mode pick_mode() {
   return mode;
 }
 
+// The echo model's logits after `context` (when a sequence asks for them):
+// a spread of values fixed by the context, so a log-probability computed from
+// the wrong context, or for the wrong target, differs.
+std::vector<float> echo_logits(std::span<const TokenId> context) {
+  uint64_t h = 1469598103934665603ull;
+  for (TokenId t : context) h = (h ^ uint64_t(t)) * 1099511628211ull;
+  std::vector<float> logits(kVocab);
+  for (int32_t v = 0; v < kVocab; ++v) {
+    uint64_t x = (h + uint64_t(v) * 0x9e3779b97f4a7c15ull) * 0xbf58476d1ce4e5b9ull;
+    logits[size_t(v)] = float((x >> 40) % 4096) / 256.0f;
+  }
+  return logits;
+}
+
 // Host memory standing in for device memory the engine owns.
 class HostTensor final : public DeviceTensor {
  public:
@@ -186,6 +200,9 @@ class PagedEchoModel final : public Model {
   Status run(Step& input, StepOutput& output) {
     ++steps;
     max_batch = std::max(max_batch, input.sequences.size());
+    // One logits entry per sample when any sequence asks (Model's contract).
+    const bool any_logits = std::any_of(input.sequences.begin(), input.sequences.end(),
+                                        [](const StepSequence& s) { return s.sample && s.return_logits; });
     for (const StepSequence& s : input.sequences) {
       if (s.previous_sample >= 0) {
         if (size_t(s.previous_sample) >= last_sampled_.size())
@@ -217,6 +234,7 @@ class PagedEchoModel final : public Model {
       TokenId next = next_token(context, s.rng_seed, s.rng_offset, random);
       while (std::find(s.suppressed.begin(), s.suppressed.end(), next) != s.suppressed.end()) next = next % 996 + 1;
       output.sampled.push_back(next);
+      if (any_logits) output.logits.push_back(s.return_logits ? echo_logits(context) : std::vector<float>{});
     }
     last_sampled_ = output.sampled;
     return {};
@@ -912,4 +930,109 @@ TEST_CASE("admission control: a full queue refuses at submit; a time limit ends 
   // The queue has room again.
   std::vector<TokenId> prompt{7, 8, 9};
   check_same(h.run(prompt, greedy(6)).get(), expected_run(prompt, greedy(6), 100000, 0));
+}
+
+namespace {
+
+// A score request's log-probabilities, computed without the engine.
+std::vector<double> expected_scores(std::vector<TokenId> context, const std::vector<TokenId>& targets) {
+  std::vector<double> out;
+  for (TokenId target : targets) {
+    std::vector<float> logits = echo_logits(context);
+    double max = *std::max_element(logits.begin(), logits.end()), sum = 0;
+    for (float v : logits) sum += std::exp(double(v) - max);
+    out.push_back(double(logits[size_t(target)]) - max - std::log(sum));
+    context.push_back(target);
+  }
+  return out;
+}
+
+struct Scored {
+  std::vector<TokenId> ids;
+  std::vector<double> logprobs;
+  FinishReason finish = FinishReason::none;
+  std::string error;
+};
+
+std::future<Scored> score(Engine& engine, ScoreRequest request) {
+  auto promise = std::make_shared<std::promise<Scored>>();
+  auto scored = std::make_shared<Scored>();
+  auto id = engine.submit_score(std::move(request), [promise, scored](const StreamEvent& e) {
+    CHECK(e.text.empty());
+    for (const TokenLogprob& lp : e.logprobs) {
+      scored->ids.push_back(lp.id);
+      scored->logprobs.push_back(lp.logprob);
+    }
+    if (e.finish != FinishReason::none) {
+      scored->finish = e.finish;
+      scored->error = e.error;
+      promise->set_value(*scored);
+    }
+  });
+  REQUIRE_MESSAGE(id.has_value(), id.status().message());
+  return promise->get_future();
+}
+
+}  // namespace
+
+TEST_CASE("score requests: each target's log-probability as alone, batched with generation and under preemption") {
+  EngineConfig config;
+  config.session_len = 4096;
+  config.num_kv_blocks = 40;  // 640 tokens: preemption among the longer requests
+  config.cache_block_seq_len = 16;
+  config.max_prefill_token_num = 128;
+  config.enable_prefix_caching = true;
+  Harness h(config, pick_mode());
+  std::mt19937 rng{21};
+  std::vector<ScoreRequest> requests;
+  std::vector<std::future<Scored>> scored;
+  std::vector<std::future<Outcome>> generated;
+  std::vector<std::vector<TokenId>> prompts;
+  for (int i = 0; i < 24; ++i) {
+    ScoreRequest r{random_prompt(rng, 1 + int32_t(rng() % 200)), random_prompt(rng, 1 + int32_t(rng() % 60))};
+    if (i % 6 == 0) r.targets.push_back(kEos);  // a stop id is only a target here
+    requests.push_back(r);
+    scored.push_back(score(*h.engine, r));
+    if (i % 3 == 0) {
+      prompts.push_back(random_prompt(rng, 1 + int32_t(rng() % 100)));
+      generated.push_back(h.run(prompts.back(), greedy(20)));
+    }
+  }
+  for (size_t i = 0; i < scored.size(); ++i) {
+    CAPTURE(i);
+    Scored got = scored[i].get();
+    CHECK(got.finish == FinishReason::length);
+    CHECK(got.ids == requests[i].targets);
+    const std::vector<double> want = expected_scores(requests[i].context, requests[i].targets);
+    REQUIRE(got.logprobs.size() == want.size());
+    for (size_t t = 0; t < want.size(); ++t) CHECK(got.logprobs[t] == doctest::Approx(want[t]).epsilon(1e-5));
+  }
+  for (size_t i = 0; i < generated.size(); ++i)
+    check_same(generated[i].get(), expected_run(prompts[i], greedy(20), config.session_len, 0));
+  h.engine->wait_idle();
+  CHECK(h.engine->stats().kv_blocks_held == 0);
+  CHECK(h.engine->stats().preemptions > 0);
+}
+
+TEST_CASE("score requests that cannot run are refused at submit") {
+  EngineConfig config;
+  config.session_len = 100;
+  config.num_kv_blocks = 64;
+  config.cache_block_seq_len = 16;
+  Harness h(config, Mode::step);
+  auto refused = [&](ScoreRequest r) {
+    auto id = h.engine->submit_score(std::move(r), [](const StreamEvent&) { FAIL("no event expected"); });
+    REQUIRE_FALSE(id.has_value());
+    return id.status();
+  };
+  CHECK(refused({{}, {1}}).code() == ErrorCode::invalid_argument);
+  CHECK(refused({{1}, {}}).code() == ErrorCode::invalid_argument);
+  CHECK(refused({{1}, {kVocab}}).code() == ErrorCode::invalid_argument);
+  Status over = refused({std::vector<TokenId>(60, 1), std::vector<TokenId>(41, 2)});
+  CHECK(over.code() == ErrorCode::context_length_exceeded);
+  CHECK(over.message().find("session length of 100") != std::string::npos);
+  // Exactly the session length fits.
+  Scored fits = score(*h.engine, {std::vector<TokenId>(60, 1), std::vector<TokenId>(40, 2)}).get();
+  CHECK(fits.finish == FinishReason::length);
+  CHECK(fits.logprobs.size() == 40);
 }

@@ -7,6 +7,7 @@
 
 #include "engine/engine.hpp"
 #include "llama_test_util.hpp"
+#include "perplexity.hpp"
 
 using namespace llama_test;
 
@@ -116,4 +117,55 @@ TEST_CASE("engine: 64 concurrent greedy requests equal each run alone, also when
     tight.num_kv_blocks = 12;
     run_together(tight, true);
   }
+}
+
+TEST_CASE("perplexity through the engine equals the dense oracle's log-softmax, windows and all") {
+  TempDir dir("perplexity");
+  llama::LlamaConfig config = small_config();
+  write_checkpoint(dir.path(), config, 31);
+  randomize_norms(dir.path(), 31);
+  auto weights = checkpoint::ModelDirectory::open(dir.path());
+  REQUIRE(weights.has_value());
+  const DenseLlama oracle(*weights.value(), config);
+
+  std::mt19937 rng(77);
+  std::vector<TokenId> text(150);
+  for (auto& id : text) id = TokenId(3 + rng() % 297);
+  core::PerplexityOptions options;
+  options.context = 40;
+  options.stride = 13;
+  options.bos = 1;
+  options.max_in_flight = 5;
+
+  // The oracle: every window run whole from BOS, its scored tokens' log_softmax in double.
+  auto windows = core::plan_windows(int64_t(text.size()), options);
+  REQUIRE(windows.has_value());
+  std::vector<double> nll;
+  for (const core::ScoreWindow& w : *windows) {
+    std::vector<TokenId> ids{*options.bos};
+    ids.insert(ids.end(), text.begin() + w.begin, text.begin() + w.end);
+    const auto logits = oracle.forward(ids);
+    for (int64_t t = w.scored_begin; t < w.end; ++t) {
+      const std::vector<double>& row = logits[size_t(t - w.begin)];  // row i predicts ids[i + 1]
+      const double top = *std::max_element(row.begin(), row.end());
+      double sum = 0;
+      for (double v : row) sum += std::exp(v - top);
+      nll.push_back(-(row[size_t(text[size_t(t)])] - top - std::log(sum)));
+    }
+  }
+  const core::PerplexityResult want = core::summarize_nll(nll);
+
+  core::EngineConfig engine_config;
+  engine_config.num_kv_blocks = 12;  // 192 tokens: five windows of 40 do not fit at once, so some are preempted
+  engine_config.cache_block_seq_len = 16;
+  engine_config.max_prefill_token_num = 24;
+  EngineUnderTest e(dir.path(), engine_config);
+  auto got = core::measure_perplexity(*e.engine, text, options);
+  REQUIRE_MESSAGE(got.has_value(), got.status().message());
+  CHECK(got->scored_tokens == int64_t(text.size()));
+  CHECK(got->windows == int64_t(windows->size()));
+  CHECK(got->mean_nll == doctest::Approx(want.mean_nll).epsilon(1e-5));
+  CHECK(got->perplexity == doctest::Approx(want.perplexity).epsilon(1e-5));
+  CHECK(got->mean_nll_stderr == doctest::Approx(want.mean_nll_stderr).epsilon(1e-4));
+  CHECK(e.engine->stats().preemptions > 0);
 }
