@@ -14,8 +14,8 @@ namespace hostrun::cli {
 // A list flag as a frontend override: items joined by commas (manifest.cpp splits them again).
 std::string comma_list(const std::vector<std::string>& items);
 
-// Blocks SIGINT/SIGTERM in this thread and every thread it makes later, so a
-// watcher thread can take them with sigwait.
+// Blocks SIGINT/SIGTERM in this thread and every thread it makes later, so
+// that run_frontend's watcher thread alone takes them (through a signalfd).
 void block_stop_signals();
 
 // Opens the runtime for `flags` (plus `frontend_overrides`, which name the
