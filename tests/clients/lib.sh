@@ -62,7 +62,14 @@ stop_checked() {
         fail "server $pid exited $rc on SIGTERM"
       fi
     fi
-    echo "--- output of server $pid (last 40 lines of $log) ---"; tail -n 40 "$log"
+    # A sanitizer's report is read from its start (the access, then where the memory came from).
+    local report
+    report=$(grep -n -m 1 -E '^==[0-9]+==(ERROR|WARNING)|^Tracer caught' "$log" | cut -d: -f1)
+    if [ -n "$report" ]; then
+      echo "--- output of server $pid ($log from line $report) ---"; tail -n "+$report" "$log" | head -n 150
+    else
+      echo "--- output of server $pid (last 40 lines of $log) ---"; tail -n 40 "$log"
+    fi
   done
   server_pids=() server_logs=()
 }
