@@ -20,8 +20,8 @@ std::string comma_list(const std::vector<std::string>& items);
 // or nothing.
 std::optional<std::string> empty_api_key_problem(bool given, const std::vector<std::string>& keys);
 
-// Blocks SIGINT/SIGTERM in this thread and every thread it makes later, so a
-// watcher thread can take them with sigwait.
+// Blocks SIGINT/SIGTERM in this thread and every thread it makes later, so
+// that run_frontend's watcher thread alone takes them (through a signalfd).
 void block_stop_signals();
 
 // Opens the runtime for `flags` (plus `frontend_overrides`, which name the

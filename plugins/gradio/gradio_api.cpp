@@ -189,7 +189,7 @@ json parameter(const char* label, const char* name, const char* component, json 
 
 }  // namespace
 
-struct GradioApi::State {
+struct GradioApi::State : std::enable_shared_from_this<GradioApi::State> {
   EngineHandle& engine;
   ChatDefaults defaults;
   JobLimits limits;
@@ -566,8 +566,13 @@ struct GradioApi::State {
     request.sampling = inputs->sampling;
     request.user = "gradio:" + event->session;
     // submit() and cancel() are called with no lock held: the engine may call
-    // back (taking the lock) from its thread at any time.
-    auto id = engine.submit(std::move(request), [this, event](const StreamEvent& e) { on_stream(event, e); });
+    // back (taking the lock) from its thread at any time. Even after this
+    // object is gone: a cancelled request's last event comes when the engine
+    // gets to it (a remote engine's, when its connection ends), so the
+    // callback holds the state weakly.
+    auto id = engine.submit(std::move(request), [weak = weak_from_this(), event](const StreamEvent& e) {
+      if (auto self = weak.lock()) self->on_stream(event, e);
+    });
     if (!id) {
       std::lock_guard lock(mutex);
       complete(event, FinishReason::error, refusal_text(id.status()));

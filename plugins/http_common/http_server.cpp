@@ -110,11 +110,18 @@ class Server::Impl : public std::enable_shared_from_this<Impl> {
     access.body_content_types = options.body_content_types;
   }
 
-  // Runs `work` on `strand` unless the server has shut down for good.
+  // Runs `work` on `strand` (or anywhere) unless the server has shut down for
+  // good: work queued after join()'s last poll would never run, and what it
+  // holds (this object, through the handlers') would never be freed.
   void post(const Strand& strand, std::function<void()> work) {
     std::lock_guard lock(gate_mutex);
     if (gate_closed) return;
     net::post(strand, std::move(work));
+  }
+  void post(std::function<void()> work) {
+    std::lock_guard lock(gate_mutex);
+    if (gate_closed) return;
+    net::post(ioc, std::move(work));
   }
 
   void accept();
@@ -145,7 +152,8 @@ class Server::Impl : public std::enable_shared_from_this<Impl> {
 
   std::mutex stop_mutex;
   std::condition_variable stop_cv;
-  bool stop_requested = false;
+  bool stop_requested = false;  // stop() has begun (it runs once)
+  bool stop_queued = false;     // ... and has queued all its work: join() may go on
   bool joined = false;
   std::atomic<bool> draining{false};
 
@@ -951,7 +959,7 @@ uint16_t Server::port() const noexcept { return impl_->bound_port; }
 void Server::drain() noexcept {
   try {
     if (impl_->draining.exchange(true)) return;
-    net::post(impl_->ioc, [impl = impl_] {
+    impl_->post([impl = impl_] {
       boost::system::error_code ignored;
       impl->acceptor.close(ignored);
       impl->retry_timer.cancel();
@@ -968,7 +976,8 @@ void Server::stop() noexcept {
       if (s.stop_requested) return;
       s.stop_requested = true;
     }
-    s.stop_cv.notify_all();
+    // join() (often on another thread) goes on only once all of this is
+    // queued; it then runs what is left after the io threads end.
     drain();
     std::vector<std::shared_ptr<ConnectionBase>> open;
     {
@@ -980,13 +989,18 @@ void Server::stop() noexcept {
   } catch (...) {
     // stop() runs from signal watchers and destructors; there is nobody to report to.
   }
+  {
+    std::lock_guard lock(impl_->stop_mutex);
+    impl_->stop_queued = true;
+  }
+  impl_->stop_cv.notify_all();
 }
 
 void Server::join() noexcept {
   Impl& s = *impl_;
   {
     std::unique_lock lock(s.stop_mutex);
-    s.stop_cv.wait(lock, [&] { return s.stop_requested; });
+    s.stop_cv.wait(lock, [&] { return s.stop_queued; });
     if (s.joined) return;
     s.joined = true;
   }

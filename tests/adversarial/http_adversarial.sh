@@ -18,22 +18,6 @@ run_node() {
   if timeout 120 node "$here/$script" "$@" >"$work/node.log" 2>&1; then ok "$name"; else fail "$name"; fi
   sed "s/^/  [$name] /" "$work/node.log"
 }
-# stop_checked: SIGTERM every server; each must exit 0 (a crash or a hang fails).
-stop_checked() {
-  local pid rc
-  for pid in "${server_pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-  for pid in "${server_pids[@]}"; do
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
-      kill -KILL "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; fail "server $pid did not stop within 5 s of SIGTERM"
-    else
-      wait "$pid"; rc=$?
-      [ "$rc" -eq 0 ] && ok "server $pid exited 0 on SIGTERM" || fail "server $pid exited $rc on SIGTERM"
-    fi
-  done
-  server_pids=()
-}
-
 # --- api_server, and the Gradio bridge over it (keys from a manifest) ------
 completion='{"prompt":"Hi","max_tokens":1}'
 if start_server "$work/api.log" "$hostrun" serve api_server "$model" --server-name 127.0.0.1 --server-port 0 \

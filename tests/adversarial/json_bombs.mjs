@@ -1,9 +1,10 @@
-// Sends hostile JSON to a running api_server and gradio bridge (json_bombs.sh
+// Sends hostile JSON (payloads.mjs) to a running api_server and gradio bridge (json_bombs.sh
 // starts them) and checks each answer, that each server still serves an
 // ordinary request afterwards, and how far its peak RSS (VmHWM) grew.
 //   node json_bombs.mjs API_URL API_PID GRADIO_URL GRADIO_PID
 // No npm packages: node's own fetch.
 import { readFileSync } from 'node:fs';
+import { deep, empty_arrays } from './payloads.mjs';
 
 const [apiUrl, apiPid, gradioUrl, gradioPid] = process.argv.slice(2);
 const maxGrowthMb = Number(process.env.JSON_BOMBS_MAX_GROWTH_MB ?? 100);
@@ -35,13 +36,7 @@ async function post(url, body) {
   }
 }
 
-const deep = (levels) => '['.repeat(levels) + ']'.repeat(levels);
 const bomb = deep(75_000);  // 150,000 bytes
-// `{"prefix...,"x":[[],[],...]}` as large as a 16 MiB body allows.
-function emptyArrays(prefix) {
-  const room = 16 * 1024 * 1024 - prefix.length - 10;
-  return `${prefix}"x":[${'[],'.repeat(Math.floor(room / 3) - 1)}[]]}`;
-}
 const hello = '"messages":[{"role":"user","content":"Hello"}]';
 
 // ---- api_server ----
@@ -78,7 +73,7 @@ for (const field of ['prompt', 'echo', 'logprobs', 'suffix', 'best_of', 'stop'])
 await ordinaryChat('after the deep bombs');
 
 {
-  const body = emptyArrays(`{${hello},`);
+  const body = empty_arrays(`{${hello},`);
   const before = memory(apiPid);
   const r = await post(`${apiUrl}/v1/chat/completions`, body);
   const after = memory(apiPid);
@@ -167,7 +162,7 @@ for (const [what, body, depth] of gradioBombs) {
   check(cancel.status === 200, `gradio: /cancel with a 75,000-deep event_id cancels nothing and answers 200 (got ${cancel.status})`);
 }
 {
-  const body = emptyArrays('{"data":["Hi"],"fn_index":1,"session_hash":"b2",');
+  const body = empty_arrays('{"data":["Hi"],"fn_index":1,"session_hash":"b2",');
   const before = memory(gradioPid);
   const r = await join(body);
   const after = memory(gradioPid);

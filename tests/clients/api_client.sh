@@ -84,7 +84,7 @@ for _ in $(seq 1 50); do after=$(metric hostrun_requests_cancelled_total); [ "${
   && ok "the server cancelled the request (hostrun_requests_cancelled_total $before -> $after)" \
   || fail "the server did not count a cancel (hostrun_requests_cancelled_total $before -> $after)"
 
-stop_servers
+stop_checked  # the server exits 0; then it is unreachable
 printf 'Hello\n\n' | timeout 30 "$hostrun" serve api_client "$api" >"$work/down" 2>&1
 status=$?
 [ $status -ne 0 ] && grep -q "Connecting to $api" "$work/down" \

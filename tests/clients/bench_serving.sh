@@ -66,4 +66,5 @@ result=$(check_report "$work/exact.json" 4 exact) && ok "exact prompt lengths: $
 timeout 30 "$hostrun" bench serving "$server_url" --dataset /nonexistent.csv >"$work/bad.out" 2>&1
 [ $? -eq 2 ] && grep -q "cannot open the dataset" "$work/bad.out" && ok "a missing dataset is a usage error" \
   || fail "missing dataset: $(cat "$work/bad.out")"
+stop_checked
 finish

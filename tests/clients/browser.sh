@@ -25,4 +25,5 @@ if start_server "$work/gradio.log" "$hostrun" serve gradio "$model" --server-nam
 else
   fail "serve gradio started (without and with --api-keys)"
 fi
+stop_checked
 finish

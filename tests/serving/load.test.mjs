@@ -6,50 +6,15 @@
 //    cancels exactly those 100 requests and frees their blocks.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import http from 'node:http';
 import { test } from 'node:test';
 import { URL_BASE, metrics, raw, served_model, waitForMetrics } from './common.mjs';
+import { complete_by_length, stream as stream_on } from './stream_client.mjs';
 
 const MODEL = await served_model();
 const SESSION_LEN = (await raw('/v1/models')).json.data[0].max_model_len;
 const { hostname, port } = new URL(URL_BASE);
 
-// One streaming request on its own connection; resolves with what arrived.
-function stream(body, timeoutMs) {
-  return new Promise((resolve) => {
-    const result = { status: 0, chunks: 0, text: '', finish: null, usage: null, done: false, error: null };
-    const req = http.request({ hostname, port, path: body.messages ? '/v1/chat/completions' : '/v1/completions', method: 'POST', agent: false,
-      headers: { 'content-type': 'application/json', connection: 'close' } }, (res) => {
-      result.status = res.statusCode;
-      let buffer = '';
-      res.setEncoding('utf8');
-      res.on('data', (data) => {
-        buffer += data;
-        let end;
-        while ((end = buffer.indexOf('\n\n')) >= 0) {
-          const event = buffer.slice(0, end);
-          buffer = buffer.slice(end + 2);
-          if (!event.startsWith('data: ')) continue;
-          const payload = event.slice(6);
-          if (payload === '[DONE]') { result.done = true; continue; }
-          const chunk = JSON.parse(payload);
-          if (chunk.error) result.error = chunk.error;
-          if (chunk.usage) result.usage = chunk.usage;
-          for (const c of chunk.choices ?? []) {
-            result.chunks++;
-            result.text += c.text ?? c.delta?.content ?? '';
-            if (c.finish_reason) result.finish = c.finish_reason;
-          }
-        }
-      });
-      res.on('end', () => resolve(result));
-      res.on('error', (e) => { result.error = String(e); resolve(result); });
-    });
-    req.setTimeout(timeoutMs, () => { result.error = 'timeout'; req.destroy(); resolve(result); });
-    req.on('error', (e) => { result.error = String(e); resolve(result); });
-    req.end(JSON.stringify(body));
-  });
-}
+const stream = (body, timeoutMs) => stream_on({ hostname, port, body, timeoutMs });
 
 test('1,000 concurrent streaming requests: none lost or truncated, nothing held afterwards', async () => {
   const N = 1000, MAX_TOKENS = 4;
@@ -60,8 +25,7 @@ test('1,000 concurrent streaming requests: none lost or truncated, nothing held 
     ignore_eos: true, stream: true, stream_options: { include_usage: true },
   }, 150_000)));
   const seconds = (Date.now() - started) / 1000;
-  const bad = results.map((r, i) => ({ i, ...r })).filter((r) =>
-    r.status !== 200 || !r.done || r.finish !== 'length' || r.usage?.completion_tokens !== MAX_TOKENS || r.error);
+  const bad = results.map((r, i) => ({ i, ...r })).filter((r) => !complete_by_length(r, MAX_TOKENS));
   assert.equal(bad.length, 0, `${bad.length} of ${N} streams lost or truncated; first: ${JSON.stringify(bad[0])}`);
   const after = await waitForMetrics((m) => m.hostrun_kv_blocks_used === 0 && m.hostrun_requests_running === 0 &&
     m.hostrun_requests_waiting === 0 && m.hostrun_http_open_connections === 1, 10_000);

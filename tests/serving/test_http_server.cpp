@@ -199,6 +199,30 @@ TEST_SUITE("http_server") {
     t.parked->write("after the server stopped");  // dropped, no crash
   }
 
+  // What `serve gradio` does on SIGTERM: the signal's thread calls stop()
+  // while the main thread waits in join(). join() used to wake as soon as
+  // stop() was asked for and could finish its last poll before stop() had
+  // queued its work; that work then stayed in the io_context the server owns,
+  // holding the server, and nothing was ever freed (LeakSanitizer found it).
+  // A route's captured object tells whether the server was freed.
+  TEST_CASE("stop() from another thread while join() waits: everything the server held is freed") {
+    for (int round = 0; round < 1000; ++round) {
+      auto token = std::make_shared<int>(round);
+      std::weak_ptr<int> watched = token;
+      {
+        http::Server server(TestServer::default_options());
+        server.route("GET", "/", [token](std::shared_ptr<http::Exchange> e) { e->respond({}); });
+        token.reset();
+        REQUIRE(server.start().is_ok());
+        std::thread stopper([&server] { server.stop(); });
+        server.join();
+        stopper.join();
+      }
+      INFO("round " << round);
+      REQUIRE(watched.expired());
+    }
+  }
+
   TEST_CASE("framing a proxy could read differently is 400, and the connection closes unread") {
     TestServer t;
     // If the server ever reads this as a request, it answers 404 naming the path.
