@@ -78,7 +78,8 @@ TEST_SUITE("gradio_api") {
       http::Server server(options);
       gradio::GradioApi api(engine, gradio::ChatDefaults{}, gradio::JobLimits{},
                             network_json_limits(options.max_body_bytes), Logger{});
-      api.add_routes(server);
+      http::WorkerPool workers(1, Logger{});
+      api.add_routes(server, workers);
       REQUIRE(server.start().is_ok());
       std::string body = R"({"data":["Hello",[],"",0,1,64],"fn_index":1,"session_hash":"late"})";
       std::string answer = exchange(server.port(), "POST /gradio_api/queue/join HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -97,6 +98,7 @@ TEST_SUITE("gradio_api") {
       }
       server.stop();
       server.join();
+      workers.join();
       api.stop();
       std::lock_guard lock(engine.mutex);
       CHECK(engine.cancelled == std::vector<uint64_t>{1});
