@@ -2,7 +2,7 @@
 # Makes the small random-weight Llama model hostrun ships (what `hostrun chat`
 # runs with no MODEL_DIR): Llama-3's real tokenizer and vocabulary, a tiny
 # body, deterministic weights. Quick when it is already there.
-#   make-tiny-model.sh HOSTRUN_LLAMA_CHECKPOINT OUT_DIR   (the tool plugins/llama_common/tools builds)
+#   make-tiny-model.sh HOSTRUN_LLAMA_CHECKPOINT OUT_DIR   (the tool tools/llama_checkpoint builds)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 writer=$1 out=$2

@@ -260,7 +260,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint-tool", required=True,
-                        help="the hostrun-llama-checkpoint binary (plugins/llama_common/tools)")
+                        help="the hostrun-llama-checkpoint binary (tools/llama_checkpoint)")
     parser.add_argument("--tokenizer-dir", required=True, help="folder with Llama-3's tokenizer.json")
     parser.add_argument("--out", default=os.path.join(repo, "tests", "fixtures", "hf"))
     parser.add_argument("--work", help="where to write the checkpoints (default: a temporary folder)")
