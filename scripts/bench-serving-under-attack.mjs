@@ -26,6 +26,7 @@ import { fileURLToPath } from 'node:url';
 import { exchange } from '../tests/adversarial/http_wire.mjs';
 import { deep, empty_arrays, framing_cases, smuggled_path } from '../tests/adversarial/payloads.mjs';
 import { complete_by_length, stream } from '../tests/serving/stream_client.mjs';
+import { parse_metrics } from '../tests/serving/metrics_text.mjs';
 
 function option(args, name, fallback) {
   const at = args.indexOf(name);
@@ -76,13 +77,7 @@ const get = (url, timeoutMs) => http_request(url, { timeoutMs });
 async function metrics(url) {
   const { status, text } = await get(`${url}/metrics`);
   if (status !== 200) throw new Error(`/metrics answered ${status}`);
-  const out = {};
-  for (const line of text.split('\n')) {
-    if (!line || line.startsWith('#')) continue;
-    const at = line.lastIndexOf(' ');
-    out[line.slice(0, at)] = Number(line.slice(at + 1));
-  }
-  return out;
+  return parse_metrics(text);
 }
 
 async function wait_for_metrics(url, predicate, timeoutMs) {

@@ -2,6 +2,7 @@
 // HTTP, /metrics parsing and the tokenizer oracle (`hostrun tokenize`).
 import { execFileSync } from 'node:child_process';
 import OpenAI from 'openai';
+import { parse_metrics } from './metrics_text.mjs';
 
 export const URL_BASE = process.env.HOSTRUN_URL;
 if (!URL_BASE || !/^http:\/\/127\.0\.0\.1:\d+$/.test(URL_BASE))
@@ -31,13 +32,7 @@ export async function raw(path, { method = 'GET', body, headers = {}, auth = tru
 export async function metrics() {
   const { status, text } = await raw('/metrics', { auth: false });
   if (status !== 200) throw new Error(`/metrics answered ${status}`);
-  const out = {};
-  for (const line of text.split('\n')) {
-    if (!line || line.startsWith('#')) continue;
-    const at = line.lastIndexOf(' ');
-    out[line.slice(0, at)] = Number(line.slice(at + 1));
-  }
-  return out;
+  return parse_metrics(text);
 }
 
 // Polls /metrics until `predicate(m)` holds; returns the last sample set.

@@ -74,7 +74,7 @@ if start_server "$work/gradio.log" "$hostrun" serve gradio "https://localhost:$p
      --server-name 127.0.0.1 --server-port 0 --ssl-certfile "$work/named.pem" --ssl-keyfile "$work/named.key"; then
   gradio_url=$server_url
   [[ $gradio_url == https://* ]] && ok "gradio's start line says https:// ($gradio_url)" || fail "gradio: $gradio_url"
-  cp "$here/tls.test.mjs" "$npm_dir/"
+  cp "$here/tls.test.mjs" "$here/metrics_text.mjs" "$npm_dir/"
   NODE_EXTRA_CA_CERTS="$work/ca.pem" HOSTRUN_TLS_URL="https://localhost:$port" \
     HOSTRUN_GRADIO_URL="https://localhost:${gradio_url##*:}" \
     timeout 240 node --test --test-reporter=spec "$npm_dir/tls.test.mjs" >"$work/node.log" 2>&1 &&

@@ -8,6 +8,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import OpenAI from 'openai';
+import { parse_metrics } from './metrics_text.mjs';
 
 const API = process.env.HOSTRUN_TLS_URL;        // https://localhost:PORT
 const GRADIO = process.env.HOSTRUN_GRADIO_URL;  // https://localhost:PORT
@@ -20,13 +21,7 @@ const chat = { model: 'tiny', messages: [{ role: 'user', content: 'Hello' }], ma
 
 async function metrics() {
   const text = await (await fetch(`${API}/metrics`, { signal: AbortSignal.timeout(10_000) })).text();
-  const out = {};
-  for (const line of text.split('\n')) {
-    if (!line || line.startsWith('#')) continue;
-    const at = line.lastIndexOf(' ');
-    out[line.slice(0, at)] = Number(line.slice(at + 1));
-  }
-  return out;
+  return parse_metrics(text);
 }
 
 async function waitFor(predicate, timeoutMs = 15_000) {
