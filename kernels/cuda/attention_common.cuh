@@ -20,6 +20,7 @@
 #include <type_traits>
 
 #include "cuda/common.cuh"
+#include "cuda/kv_quant.cuh"
 
 namespace hostrun::cuda::detail {
 
@@ -30,6 +31,7 @@ struct AttentionKernelParams {
   std::int64_t out_row_stride = 0;
   const void* k_pages = nullptr;
   const void* v_pages = nullptr;
+  std::int64_t kv_block_bytes = 0;  // quantized pages: one block of one pool (ref::KvQuantBlockLayout)
   int kv_heads = 0;
   int block_tokens = 0;
   const std::int32_t* query_start = nullptr;
@@ -51,9 +53,10 @@ struct AttentionKernelParams {
   int num_sequences = 0;
 };
 
-template <typename T, int kHeadDim>
+// kKvBits: 0 for pages of T, 8 or 4 for quantized pages.
+template <typename T, int kHeadDim, int kKvBits>
 cudaError_t launch_decode_split(const AttentionKernelParams& params, int num_sequences, cudaStream_t stream);
-template <typename T, int kHeadDim>
+template <typename T, int kHeadDim, int kKvBits>
 cudaError_t launch_prefill(const AttentionKernelParams& params, int grid_tiles, cudaStream_t stream);
 
 // Raises a kernel's dynamic shared-memory limit once per device (the call
@@ -81,6 +84,12 @@ __device__ __forceinline__ std::uint32_t smem_address(const void* p) {
 __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
   const int src_bytes = valid ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(smem)), "l"(gmem),
+               "r"(src_bytes));
+}
+// 4-byte variant (cp.async.ca: .cg takes only 16).
+__device__ __forceinline__ void cp_async_4(void* smem, const void* gmem, bool valid) {
+  const int src_bytes = valid ? 4 : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_address(smem)), "l"(gmem),
                "r"(src_bytes));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
@@ -140,32 +149,187 @@ __device__ __forceinline__ std::uint32_t pack2(float lo, float hi) {
 template <int kHeadDim>
 inline constexpr int smem_row = kHeadDim + 8;  // elements
 
-// Issues the cp.async copies of positions [first, first + kRows) of one
-// sequence's K and V (one kv head) into k_tile / v_tile. Positions >= limit
-// are zero-filled: their probabilities are 0, but 0 * garbage could be NaN.
-template <typename T, int kHeadDim, int kRows, int kThreads>
-__device__ __forceinline__ void load_kv_tile(T* k_tile, T* v_tile, const AttentionKernelParams& p,
-                                             const std::int32_t* block_table, int kv_head, int first, int limit) {
-  constexpr int chunks_per_row = kHeadDim / 8;  // 16-byte chunks
-  constexpr int rows_per_pass = kThreads / chunks_per_row;
-  static_assert(kThreads % chunks_per_row == 0 && kRows % rows_per_pass == 0);
-  const int chunk = threadIdx.x % chunks_per_row;
-  const T* k_pages = static_cast<const T*>(p.k_pages);
-  const T* v_pages = static_cast<const T*>(p.v_pages);
-#pragma unroll
-  for (int pass = 0; pass < kRows / rows_per_pass; ++pass) {
-    const int row = pass * rows_per_pass + threadIdx.x / chunks_per_row;
-    const int position = first + row;
-    const bool valid = position < limit;
-    std::int64_t element = 0;
-    if (valid) {
-      const int block = block_table[position / p.block_tokens];
-      const std::int64_t slot = static_cast<std::int64_t>(block) * p.block_tokens + position % p.block_tokens;
-      element = (slot * p.kv_heads + kv_head) * kHeadDim + chunk * 8;
-    }
-    cp_async_16(k_tile + row * smem_row<kHeadDim> + chunk * 8, k_pages + element, valid);
-    cp_async_16(v_tile + row * smem_row<kHeadDim> + chunk * 8, v_pages + element, valid);
+// Where the rows of a K/V tile live. When the tile lies inside one page (a
+// tile starts at a multiple of 64 and pages are usually a multiple of 64
+// tokens) row r is at the page's offset + r, found with one block-table read
+// and one division for the whole tile; otherwise each row looks its page up. The divisions by the runtime page size and the table
+// reads were a large share of a decode step's instructions.
+struct PageRow {
+  std::int64_t block;
+  int offset;  // within the page
+};
+// The decode kernel reads the next tile's page one step early, so the
+// block-table load is not waited for on the way to the copies.
+struct TileRows {
+  std::int32_t block = -1;  // the page holding the whole tile, else -1
+  int offset = 0;           // row 0's offset in it
+  __device__ __forceinline__ PageRow at(const AttentionKernelParams& p, const std::int32_t* block_table, int position,
+                                        int row) const {
+    if (block >= 0) return {block, offset + row};
+    return {block_table[position / p.block_tokens], position % p.block_tokens};
   }
+};
+template <int kRows>
+__device__ __forceinline__ TileRows tile_rows(const AttentionKernelParams& p, const std::int32_t* block_table,
+                                              int first) {
+  TileRows rows;
+  const int offset = first % p.block_tokens;
+  if (offset + kRows <= p.block_tokens) {
+    rows.block = block_table[first / p.block_tokens];
+    rows.offset = offset;
+  }
+  return rows;
 }
+
+// The K/V tiles of an attention kernel's loop over 64-position steps, for
+// either page format:
+//
+//   16-bit pages (kKvBits 0): cp.async copies rows straight into two
+//     buffers of [kRows][smem_row] K and V (double buffering).
+//   quantized pages (kKvBits 8/4): cp.async copies each row's codes and
+//     (scale, zero) word into two staging buffers. With kDequantizeToTile
+//     (prefill), ready() dequantizes the current one into a single buffer of
+//     16-bit rows (one FMA a value, exactly dequantize_kv) for the same
+//     ldmatrix/mma code; without it (decode) the kernel reads the codes
+//     straight into mma fragments (attention_decode.cuh). Either way the
+//     bytes read from HBM are the quantized ones.
+//
+// Per step n of a kernel's loop (kStages buffers, kStages - 1 issued ahead):
+//   issue(n + kStages - 1); cp_async_commit(); cp_async_wait<kStages - 1>();
+//   __syncthreads(); ready(n % kStages); ... read it ...; __syncthreads();
+// ready() ends with a barrier of its own when it writes the tile; the loop's
+// closing barrier protects both the tile and the staging buffer it came from.
+template <typename T, int kHeadDim, int kKvBits, int kRows, int kThreads, bool kDequantizeToTile = true,
+          int kStageCount = 2>
+struct KvTileStream {
+  static_assert(kStageCount == 2 || (kKvBits != 0 && !kDequantizeToTile), "deeper pipelines: staged codes only");
+  static constexpr int kStages = kStageCount;  // buffers issue() and k_codes() etc. take
+  static constexpr int kRow = smem_row<kHeadDim>;
+  static constexpr int kTileElements = kRows * kRow;  // one of K or V, 16-bit
+  static constexpr int kCodeBytes = kKvBits == 0 ? 0 : kv_row_code_bytes<kHeadDim, kKvBits>;
+  // Staged code rows are padded by 16 bytes so that the fragment reads of
+  // attention_decode.cuh (a quad of threads per row, or four rows per
+  // thread) spread over all 32 banks.
+  static constexpr int kStagePitch = kCodeBytes + 16;
+  static constexpr int kStageBuffer = kKvBits == 0 ? 0 : 2 * kRows * (kStagePitch + 4);  // K, V codes; K, V params
+  static constexpr int kTileBuffers = kKvBits == 0 ? 2 : kDequantizeToTile ? 1 : 0;
+  static constexpr int kTileBytes = kTileBuffers * 2 * kTileElements * static_cast<int>(sizeof(T));
+  static constexpr int kSmemBytes = kTileBytes + kStages * kStageBuffer;
+
+  unsigned char* smem;  // kSmemBytes, 16-byte aligned
+
+  __device__ __forceinline__ T* k(int buffer) const {
+    return reinterpret_cast<T*>(smem) + (kKvBits == 0 ? buffer : 0) * 2 * kTileElements;
+  }
+  __device__ __forceinline__ T* v(int buffer) const { return k(buffer) + kTileElements; }
+  // Staged rows of `buffer`: codes at row * kStagePitch, one (scale, zero) word a row.
+  __device__ __forceinline__ unsigned char* k_codes(int buffer) const { return smem + kTileBytes + buffer * kStageBuffer; }
+  __device__ __forceinline__ unsigned char* v_codes(int buffer) const { return k_codes(buffer) + kRows * kStagePitch; }
+  __device__ __forceinline__ std::uint32_t* k_params(int buffer) const {
+    return reinterpret_cast<std::uint32_t*>(k_codes(buffer) + 2 * kRows * kStagePitch);
+  }
+  __device__ __forceinline__ std::uint32_t* v_params(int buffer) const { return k_params(buffer) + kRows; }
+
+  // Issues the copies of positions [first, first + kRows) of one sequence's
+  // K and V (one kv head) into `buffer`; `rows` = tile_rows<kRows>(first). Positions >= limit are zero-filled:
+  // their probabilities are 0, but 0 * garbage could be NaN (and zero codes
+  // with zero parameters dequantize to 0).
+  __device__ __forceinline__ void issue(int buffer, const AttentionKernelParams& p, const std::int32_t* block_table,
+                                        int kv_head, int first, int limit, const TileRows& rows) const {
+    if constexpr (kKvBits == 0) {
+      constexpr int chunks_per_row = kHeadDim / 8;  // 16-byte chunks
+      constexpr int rows_per_pass = kThreads / chunks_per_row;
+      static_assert(kThreads % chunks_per_row == 0 && kRows % rows_per_pass == 0);
+      const int chunk = threadIdx.x % chunks_per_row;
+      const T* k_pages = static_cast<const T*>(p.k_pages);
+      const T* v_pages = static_cast<const T*>(p.v_pages);
+#pragma unroll
+      for (int pass = 0; pass < kRows / rows_per_pass; ++pass) {
+        const int row = pass * rows_per_pass + threadIdx.x / chunks_per_row;
+        const int position = first + row;
+        const bool valid = position < limit;
+        std::int64_t element = 0;
+        if (valid) {
+          const PageRow at = rows.at(p, block_table, position, row);
+          const std::int64_t slot = at.block * p.block_tokens + at.offset;
+          element = (slot * p.kv_heads + kv_head) * kHeadDim + chunk * 8;
+        }
+        cp_async_16(k(buffer) + row * kRow + chunk * 8, k_pages + element, valid);
+        cp_async_16(v(buffer) + row * kRow + chunk * 8, v_pages + element, valid);
+      }
+    } else {
+      constexpr int chunks_per_row = kCodeBytes / 16;
+      constexpr int rows_per_pass = kThreads / chunks_per_row;
+      static_assert(kThreads % chunks_per_row == 0 && kRows % rows_per_pass == 0 && kRows <= kThreads);
+      const auto* k_pages = static_cast<const unsigned char*>(p.k_pages);
+      const auto* v_pages = static_cast<const unsigned char*>(p.v_pages);
+      const std::int64_t params_start = static_cast<std::int64_t>(p.block_tokens) * p.kv_heads * kCodeBytes;
+      const int chunk = threadIdx.x % chunks_per_row;
+#pragma unroll
+      for (int pass = 0; pass < kRows / rows_per_pass; ++pass) {
+        const int row = pass * rows_per_pass + threadIdx.x / chunks_per_row;
+        const int position = first + row;
+        const bool valid = position < limit;
+        std::int64_t at = 0;
+        if (valid) {
+          const PageRow page = rows.at(p, block_table, position, row);
+          const int block_row = page.offset * p.kv_heads + kv_head;
+          at = page.block * p.kv_block_bytes + static_cast<std::int64_t>(block_row) * kCodeBytes + chunk * 16;
+        }
+        cp_async_16(k_codes(buffer) + row * kStagePitch + chunk * 16, k_pages + at, valid);
+        cp_async_16(v_codes(buffer) + row * kStagePitch + chunk * 16, v_pages + at, valid);
+      }
+      if (threadIdx.x < kRows) {
+        const int row = threadIdx.x;
+        const int position = first + row;
+        const bool valid = position < limit;
+        std::int64_t at = 0;
+        if (valid) {
+          const PageRow page = rows.at(p, block_table, position, row);
+          const int block_row = page.offset * p.kv_heads + kv_head;
+          at = page.block * p.kv_block_bytes + params_start + 4 * block_row;
+        }
+        cp_async_4(k_params(buffer) + row, k_pages + at, valid);
+        cp_async_4(v_params(buffer) + row, v_pages + at, valid);
+      }
+    }
+  }
+
+  // After the copies of `buffer` have landed and a barrier: with
+  // kDequantizeToTile, makes k(buffer), v(buffer) hold the step's rows.
+  __device__ __forceinline__ void ready(int buffer) const {
+    if constexpr (kKvBits != 0 && kDequantizeToTile) {
+      constexpr int values_per_chunk = 16 * 8 / kKvBits;  // 16 code bytes
+      constexpr int chunks_per_row = kCodeBytes / 16;
+      constexpr int chunks = 2 * kRows * chunks_per_row;  // K then V
+      for (int i = threadIdx.x; i < chunks; i += kThreads) {
+        const int half = i / (kRows * chunks_per_row);
+        const int local = i % (kRows * chunks_per_row);
+        const int row = local / chunks_per_row;
+        const int chunk = local % chunks_per_row;
+        const unsigned char* codes = (half == 0 ? k_codes(buffer) : v_codes(buffer)) + row * kStagePitch + chunk * 16;
+        const float2 params = unpack_kv_params((half == 0 ? k_params(buffer) : v_params(buffer))[row]);
+        const uint4 raw = *reinterpret_cast<const uint4*>(codes);
+        T* dst = (half == 0 ? k(0) : v(0)) + row * kRow + chunk * values_per_chunk;
+        const std::uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+        constexpr int per_word = 32 / kKvBits;
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+          // per_word values of this word: 4 (int8, one 8-byte store) or 8 (int4, one 16-byte store)
+          std::uint32_t packed[per_word / 2];
+#pragma unroll
+          for (int j = 0; j < per_word; j += 2)
+            packed[j / 2] = pack2<T>(dequantize_code<kKvBits>(words[w], j, params),
+                                     dequantize_code<kKvBits>(words[w], j + 1, params));
+          if constexpr (per_word == 4)
+            *reinterpret_cast<uint2*>(dst + w * per_word) = make_uint2(packed[0], packed[1]);
+          else
+            *reinterpret_cast<uint4*>(dst + w * per_word) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+        }
+      }
+      __syncthreads();
+    }
+  }
+};
 
 }  // namespace hostrun::cuda::detail

@@ -4,7 +4,7 @@
 
 namespace hostrun::cuda::detail {
 
-template cudaError_t launch_decode_split<__half, 64>(const AttentionKernelParams&, int, cudaStream_t);
-template cudaError_t launch_decode_split<__half, 128>(const AttentionKernelParams&, int, cudaStream_t);
+template cudaError_t launch_decode_split<__half, 64, 0>(const AttentionKernelParams&, int, cudaStream_t);
+template cudaError_t launch_decode_split<__half, 128, 0>(const AttentionKernelParams&, int, cudaStream_t);
 
 }  // namespace hostrun::cuda::detail

@@ -30,12 +30,15 @@ constexpr int prefill_block_m = 64;
 constexpr int prefill_block_n = 64;
 constexpr int prefill_threads = 128;
 
-template <int kHeadDim>
+template <typename T, int kHeadDim, int kKvBits>
+using PrefillTiles = KvTileStream<T, kHeadDim, kKvBits, prefill_block_n, prefill_threads>;
+
+template <typename T, int kHeadDim, int kKvBits>
 constexpr int prefill_smem_bytes() {
-  return (prefill_block_m + 4 * prefill_block_n) * smem_row<kHeadDim> * 2;
+  return prefill_block_m * smem_row<kHeadDim> * 2 + PrefillTiles<T, kHeadDim, kKvBits>::kSmemBytes;
 }
 
-template <typename T, int kHeadDim>
+template <typename T, int kHeadDim, int kKvBits>
 __global__ void __launch_bounds__(prefill_threads) prefill_kernel(const AttentionKernelParams p) {
   allow_next_grid_to_launch();
   constexpr int BM = prefill_block_m;
@@ -45,8 +48,7 @@ __global__ void __launch_bounds__(prefill_threads) prefill_kernel(const Attentio
   constexpr int DTILES = kHeadDim / 8;   // n8 tiles of O
   extern __shared__ __align__(16) unsigned char smem[];
   T* q_tile = reinterpret_cast<T*>(smem);  // [BM][ROW]
-  T* k_tiles = q_tile + BM * ROW;          // [2][BN][ROW]
-  T* v_tiles = k_tiles + 2 * BN * ROW;     // [2][BN][ROW]
+  const PrefillTiles<T, kHeadDim, kKvBits> tiles{reinterpret_cast<unsigned char*>(q_tile + BM * ROW)};
 
   const int kv_head = blockIdx.y;
   // grid.x walks the step's flat list of query tiles (a mixed step's decode
@@ -97,7 +99,7 @@ __global__ void __launch_bounds__(prefill_threads) prefill_kernel(const Attentio
       const int max_position = cached + last_row / group;  // the furthest key any row of the tile sees
       const int min_position = cached + row0 / group;      // the nearest diagonal
       const int num_tiles = max_position / BN + 1;
-      load_kv_tile<T, kHeadDim, BN, prefill_threads>(k_tiles, v_tiles, p, block_table, kv_head, 0, max_position + 1);
+      tiles.issue(0, p, block_table, kv_head, 0, max_position + 1, tile_rows<BN>(p, block_table, 0));
       cp_async_commit();
 
       // This thread's two rows (fragment rows g and g + 8 of its warp); padding
@@ -114,22 +116,21 @@ __global__ void __launch_bounds__(prefill_threads) prefill_kernel(const Attentio
 
       for (int n = 0; n < num_tiles; ++n) {
         const int buffer = n & 1;
-        if (n + 1 < num_tiles) {
-          load_kv_tile<T, kHeadDim, BN, prefill_threads>(k_tiles + (buffer ^ 1) * BN * ROW,
-                                                         v_tiles + (buffer ^ 1) * BN * ROW, p, block_table, kv_head,
-                                                         (n + 1) * BN, max_position + 1);
-        }
+        if (n + 1 < num_tiles)
+          tiles.issue(buffer ^ 1, p, block_table, kv_head, (n + 1) * BN, max_position + 1,
+                      tile_rows<BN>(p, block_table, (n + 1) * BN));
         cp_async_commit();  // an empty group on the last tile keeps wait<1> uniform
         cp_async_wait<1>();
         __syncthreads();
+        tiles.ready(buffer);
         if (n == 0) {
 #pragma unroll
           for (int kk = 0; kk < KSTEPS; ++kk) {
             ldmatrix_x4(q_frag[kk], q_tile + (warp * 16 + lane % 16) * ROW + kk * 16 + (lane / 16) * 8);
           }
         }
-        const T* k_tile = k_tiles + buffer * BN * ROW;
-        const T* v_tile = v_tiles + buffer * BN * ROW;
+        const T* k_tile = tiles.k(buffer);
+        const T* v_tile = tiles.v(buffer);
 
         float s[BN / 8][4];
 #pragma unroll
@@ -230,14 +231,14 @@ __global__ void __launch_bounds__(prefill_threads) prefill_kernel(const Attentio
   }
 }
 
-template <typename T, int kHeadDim>
+template <typename T, int kHeadDim, int kKvBits>
 cudaError_t launch_prefill(const AttentionKernelParams& params, int grid_tiles, cudaStream_t stream) {
-  constexpr int smem = prefill_smem_bytes<kHeadDim>();
-  if (const cudaError_t e = allow_dynamic_smem<prefill_kernel<T, kHeadDim>>(smem); e != cudaSuccess) {
+  constexpr int smem = prefill_smem_bytes<T, kHeadDim, kKvBits>();
+  if (const cudaError_t e = allow_dynamic_smem<prefill_kernel<T, kHeadDim, kKvBits>>(smem); e != cudaSuccess) {
     return e;
   }
   const dim3 grid(grid_tiles, params.kv_heads);
-  prefill_kernel<T, kHeadDim><<<grid, prefill_threads, smem, stream>>>(params);
+  prefill_kernel<T, kHeadDim, kKvBits><<<grid, prefill_threads, smem, stream>>>(params);
   return cudaGetLastError();
 }
 

@@ -2,6 +2,7 @@
 #include <cstdio>
 
 #include "cuda/attention_common.cuh"
+#include "cuda/kv_quant.hpp"
 #include "cuda/paged_attention.hpp"
 
 namespace hostrun::cuda {
@@ -30,6 +31,8 @@ const char* dtype_label(DType dtype) {
   }
   return "?";
 }
+
+const char* kv_label(int kv_bits) { return kv_bits == 8 ? ",kv int8" : kv_bits == 4 ? ",kv int4" : ""; }
 
 // Merges the chunks of one (decode sequence, q head): out = sum_i w_i o_i /
 // sum_i w_i with w_i = exp2(lse_i - max lse). grid (q_heads, sequences).
@@ -107,6 +110,19 @@ __global__ void __launch_bounds__(1024)
   if (threadIdx.x == 0) tile_start[num_sequences] = carry;
 }
 
+// Calls launch.template operator()<head_dim, kv_bits>() for the plan's shape.
+template <typename T, typename Launch>
+cudaError_t launch_for_format(const AttentionPlan& plan, Launch&& launch) {
+  const auto with_bits = [&]<int kHeadDim>() {
+    switch (plan.problem.kv_bits) {
+      case 8: return launch.template operator()<kHeadDim, 8>();
+      case 4: return launch.template operator()<kHeadDim, 4>();
+      default: return launch.template operator()<kHeadDim, 0>();
+    }
+  };
+  return plan.problem.head_dim == 64 ? with_bits.template operator()<64>() : with_bits.template operator()<128>();
+}
+
 template <typename T>
 cudaError_t enqueue_prefill(const AttentionPlan& plan, const detail::AttentionKernelParams& params, int num_sequences,
                            cudaStream_t stream) {
@@ -114,16 +130,18 @@ cudaError_t enqueue_prefill(const AttentionPlan& plan, const detail::AttentionKe
                                                  params.prefill_skips_decode,
                                                  const_cast<std::int32_t*>(params.prefill_tile_start));
   if (const cudaError_t r = cudaGetLastError(); r != cudaSuccess) return r;
-  return plan.problem.head_dim == 64 ? detail::launch_prefill<T, 64>(params, plan.prefill_q_tiles, stream)
-                                     : detail::launch_prefill<T, 128>(params, plan.prefill_q_tiles, stream);
+  return launch_for_format<T>(plan, [&]<int kHeadDim, int kKvBits>() {
+    return detail::launch_prefill<T, kHeadDim, kKvBits>(params, plan.prefill_q_tiles, stream);
+  });
 }
 
 template <typename T>
 cudaError_t enqueue_decode(const AttentionPlan& plan, const detail::AttentionKernelParams& params, int num_sequences,
                           cudaStream_t stream) {
   const int head_dim = plan.problem.head_dim;
-  const cudaError_t e = head_dim == 64 ? detail::launch_decode_split<T, 64>(params, num_sequences, stream)
-                                       : detail::launch_decode_split<T, 128>(params, num_sequences, stream);
+  const cudaError_t e = launch_for_format<T>(plan, [&]<int kHeadDim, int kKvBits>() {
+    return detail::launch_decode_split<T, kHeadDim, kKvBits>(params, num_sequences, stream);
+  });
   if (e != cudaSuccess) return e;
   if (params.splits > 1) {
     decode_reduce_kernel<T><<<dim3(plan.problem.q_heads, num_sequences), head_dim, 0, stream>>>(params, head_dim);
@@ -160,13 +178,13 @@ std::string AttentionKernelDesc::to_string() const {
   char text[256];
   if (kind == AttentionKernel::decode_split) {
     std::snprintf(text, sizeof text,
-                  "decode_split<%s,hd%d> group=%d rows=16 block_n=%d warps=%d splits=%d x %d positions "
+                  "decode_split<%s,hd%d%s> group=%d rows=16 block_n=%d warps=%d splits=%d x %d positions "
                   "mma.m16n8k16%s",
-                  dtype_label(dtype), head_dim, group, block_n, warps, splits, split_tokens,
+                  dtype_label(dtype), head_dim, kv_label(kv_bits), group, block_n, warps, splits, split_tokens,
                   splits > 1 ? " +decode_reduce" : "");
   } else {
-    std::snprintf(text, sizeof text, "prefill<%s,hd%d> group=%d block_m=%d block_n=%d warps=%d mma.m16n8k16",
-                  dtype_label(dtype), head_dim, group, block_m, block_n, warps);
+    std::snprintf(text, sizeof text, "prefill<%s,hd%d%s> group=%d block_m=%d block_n=%d warps=%d mma.m16n8k16",
+                  dtype_label(dtype), head_dim, kv_label(kv_bits), group, block_m, block_n, warps);
   }
   return text;
 }
@@ -193,6 +211,7 @@ AttentionPlan plan_paged_attention(const AttentionProblem& problem) {
   };
   if (problem.dtype != DType::bf16 && problem.dtype != DType::f16) return fail("dtype must be bf16 or f16");
   if (problem.head_dim != 64 && problem.head_dim != 128) return fail("head_dim must be 64 or 128");
+  if (problem.kv_bits != 0 && problem.kv_bits != 8 && problem.kv_bits != 4) return fail("kv_bits must be 0, 8 or 4");
   if (problem.kv_heads <= 0 || problem.q_heads <= 0 || problem.q_heads % problem.kv_heads != 0) {
     return fail("q_heads must be a positive multiple of kv_heads");
   }
@@ -221,7 +240,7 @@ AttentionPlan plan_paged_attention(const AttentionProblem& problem) {
     split_tokens = std::max(decode_block_n, (split_tokens + decode_block_n - 1) / decode_block_n * decode_block_n);
     splits = (context + split_tokens - 1) / split_tokens;
     plan.decode = {AttentionKernel::decode_split, problem.dtype, problem.head_dim, group, 16, decode_block_n, 4,
-                   splits, split_tokens};
+                   splits, split_tokens, problem.kv_bits};
     if (splits > 1) {
       const std::size_t partials = static_cast<std::size_t>(std::max(problem.num_sequences, 1)) *
                                    static_cast<std::size_t>(problem.q_heads) * static_cast<std::size_t>(splits);
@@ -231,7 +250,7 @@ AttentionPlan plan_paged_attention(const AttentionProblem& problem) {
   plan.prefill_schedule_offset = plan.workspace_bytes;
   if (plan.run_prefill) {
     plan.prefill = {AttentionKernel::prefill, problem.dtype, problem.head_dim, group, prefill_block_m,
-                    prefill_block_n, 4, 1, 0};
+                    prefill_block_n, 4, 1, 0, problem.kv_bits};
     // A bound on the step's query tiles: every sequence at max_query_len, or,
     // when the step's token count is known, its tiles plus one partial tile
     // per sequence. The kernel loops if the real list is longer.
@@ -259,7 +278,9 @@ cudaError_t paged_attention(const AttentionPlan& plan, const PagedKvPools& pools
       workspace_bytes < plan.workspace_bytes || (plan.workspace_bytes > 0 && workspace == nullptr) ||
       q_row_stride % 8 != 0 || reinterpret_cast<std::uintptr_t>(q) % 16 != 0 ||
       reinterpret_cast<std::uintptr_t>(pools.k_pages) % 16 != 0 ||
-      reinterpret_cast<std::uintptr_t>(pools.v_pages) % 16 != 0 || out_row_stride % 2 != 0) {
+      reinterpret_cast<std::uintptr_t>(pools.v_pages) % 16 != 0 || out_row_stride % 2 != 0 ||
+      pools.kv_bits != problem.kv_bits ||
+      (pools.kv_bits != 0 && !quantized_kv_supported(pools.kv_bits, pools.head_dim, pools.block_tokens, pools.kv_heads))) {
     return cudaErrorInvalidValue;
   }
   if (batch.num_sequences == 0) return cudaSuccess;
@@ -270,6 +291,11 @@ cudaError_t paged_attention(const AttentionPlan& plan, const PagedKvPools& pools
   params.out = out;
   params.out_row_stride = out_row_stride;
   params.k_pages = pools.k_pages;
+  if (pools.kv_bits != 0)
+    params.kv_block_bytes = static_cast<std::int64_t>(
+        ref::KvQuantBlockLayout{static_cast<std::size_t>(pools.block_tokens), static_cast<std::size_t>(pools.kv_heads),
+                                static_cast<std::size_t>(pools.head_dim), pools.kv_bits}
+            .block_bytes());
   params.v_pages = pools.v_pages;
   params.kv_heads = pools.kv_heads;
   params.block_tokens = pools.block_tokens;

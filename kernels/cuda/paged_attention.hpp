@@ -8,7 +8,9 @@
 //
 //   q, out  [num_tokens, q_heads, head_dim] rows (row strides given, so q can
 //           be read straight out of the fused QKV buffer)   bf16 / f16
-//   pools   [num_blocks, block_tokens, kv_heads, head_dim]   same dtype
+//   pools   [num_blocks, block_tokens, kv_heads, head_dim]   same dtype, or
+//           int8 / int4 blocks (kv_bits 8 / 4, ref::KvQuantBlockLayout),
+//           dequantized tile by tile in shared memory (attention_common.cuh)
 //
 // Two kernels (README.md has the design):
 //   decode_split  sequences with exactly one new token. grid (splits, kv_heads,
@@ -45,11 +47,12 @@ namespace hostrun::cuda {
 struct PagedKvPools {
   const void* k_pages = nullptr;
   const void* v_pages = nullptr;
-  DType dtype = DType::bf16;
+  DType dtype = DType::bf16;  // of q and out, and of the pages when kv_bits == 0
   int num_blocks = 0;
   int block_tokens = 0;
   int kv_heads = 0;
   int head_dim = 0;
+  int kv_bits = 0;  // 0: pages of dtype; 8 or 4: quantized blocks (kv_quant.hpp)
 };
 
 // The step's index arrays, on the device (same meaning as ref::PagedKvStep and
@@ -75,6 +78,7 @@ struct AttentionProblem {
   int max_tokens = 0;        // new tokens of the whole step, upper bound is fine; 0: unknown
   int num_sms = 132;         // cudaDevAttrMultiProcessorCount
   int force_splits = 0;      // > 0: exactly this many decode chunks (tests); 0: automatic
+  int kv_bits = 0;           // the pools' format: 0 (dtype), 8 or 4
 };
 
 enum class AttentionKernel : std::uint8_t { decode_split, prefill };
@@ -90,6 +94,7 @@ struct AttentionKernelDesc {
   int warps = 0;
   int splits = 1;       // decode: chunks per sequence
   int split_tokens = 0; // decode: positions per chunk
+  int kv_bits = 0;      // pages read: 0 (dtype), 8 or 4
   std::string to_string() const;
 };
 

@@ -1,4 +1,6 @@
 #include "cuda/common.cuh"
+#include "cuda/kv_quant.cuh"
+#include "cuda/kv_quant.hpp"
 #include "cuda/rope_kv.hpp"
 
 namespace hostrun::cuda {
@@ -42,8 +44,12 @@ __device__ __forceinline__ void copy_elements(T* dst, const T* src) {
 //   [0, q_items)            rotate V pairs (i, i + d/2) of a q head in place
 //   [q_items, +k_items)     rotate V pairs of a k head, store into the K pool
 //   [.., +v_items)          copy V elements of a v head into the V pool
-template <typename T, int V>
-__global__ void __launch_bounds__(rope_threads) rope_kv_kernel(RopeKvArgs args) {
+// Quantized pools (kBits 8 or 4) take only the q items there; warp w then
+// rotates and quantizes rows w, w + 4, ... of the token's keys and values
+// (quantize_k_v_rows), lane l holding elements [kPerLane l, + kPerLane).
+template <typename T, int V, int kBits = 0, int kPerLane = 1>
+__global__ void __launch_bounds__(rope_threads)
+    rope_kv_kernel(RopeKvArgs args, detail::QuantizedPool k_pool = {}, detail::QuantizedPool v_pool = {}) {
   __shared__ float cos_table[max_half_dim];
   __shared__ float sin_table[max_half_dim];
   const int t = blockIdx.x;
@@ -69,8 +75,8 @@ __global__ void __launch_bounds__(rope_threads) rope_kv_kernel(RopeKvArgs args) 
 
   const int pair_vectors = half_dim / V;  // work items per half head
   const int q_items = args.q_heads * pair_vectors;
-  const int k_items = args.kv_heads * pair_vectors;
-  const int v_items = args.kv_heads * (head_dim / V);
+  const int k_items = kBits == 0 ? args.kv_heads * pair_vectors : 0;
+  const int v_items = kBits == 0 ? args.kv_heads * (head_dim / V) : 0;
   T* q_row = static_cast<T*>(args.q) + static_cast<std::int64_t>(t) * args.q_row_stride;
   const T* k_row = static_cast<const T*>(args.k) + static_cast<std::int64_t>(t) * args.k_row_stride;
   const T* v_row = static_cast<const T*>(args.v) + static_cast<std::int64_t>(t) * args.v_row_stride;
@@ -105,10 +111,60 @@ __global__ void __launch_bounds__(rope_threads) rope_kv_kernel(RopeKvArgs args) 
       copy_elements<T, V>(v_slot + local * V, v_row + local * V);
     }
   }
+  if constexpr (kBits != 0) {
+    if (!write_kv) return;
+    // Lane l's partner in the rotation, element i +- head_dim / 2, is lane l ^ 16.
+    const int lane = threadIdx.x & 31;
+    const int first = lane * kPerLane;
+    const bool first_half = first < half_dim;
+    for (int row = threadIdx.x >> 5; row < 2 * args.kv_heads; row += rope_threads / 32) {
+      const bool is_key = row < args.kv_heads;
+      const int head = is_key ? row : row - args.kv_heads;
+      const T* src = (is_key ? k_row : v_row) + head * head_dim + first;
+      float x[kPerLane];
+#pragma unroll
+      for (int e = 0; e < kPerLane; ++e) x[e] = detail::to_f32(src[e]);
+      if (is_key) {
+#pragma unroll
+        for (int e = 0; e < kPerLane; ++e) {
+          const float partner = __shfl_xor_sync(0xffffffffu, x[e], 16);
+          const int i = (first + e) % half_dim;
+          const float c = cos_table[i], s = sin_table[i];
+          // The same unfused expressions as the 16-bit path above.
+          x[e] = first_half ? __fsub_rn(__fmul_rn(x[e], c), __fmul_rn(partner, s))
+                            : __fadd_rn(__fmul_rn(x[e], c), __fmul_rn(partner, s));
+        }
+      }
+      const detail::QuantizedPool& pool = is_key ? k_pool : v_pool;
+      detail::quantize_row_warp<kBits, kPerLane>(x, pool.codes(slot, head), pool.params(slot, head));
+    }
+  }
+}
+
+template <typename T, int kBits>
+cudaError_t launch_quantized(const RopeKvArgs& args, cudaStream_t stream) {
+  constexpr int V = detail::vec_width<T>;
+  const ref::KvQuantBlockLayout layout{static_cast<std::size_t>(args.block_tokens),
+                                       static_cast<std::size_t>(args.kv_heads),
+                                       static_cast<std::size_t>(args.head_dim), kBits};
+  const auto k_pool = detail::QuantizedPool::of(args.k_pages, layout);
+  const auto v_pool = detail::QuantizedPool::of(args.v_pages, layout);
+  const auto aligned = [](const void* p) { return p == nullptr || reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
+  const bool vectors = (args.head_dim / 2) % V == 0 && args.q_row_stride % V == 0 && aligned(args.q);
+  if (args.head_dim == 64) {
+    if (vectors) rope_kv_kernel<T, V, kBits, 2><<<args.num_tokens, rope_threads, 0, stream>>>(args, k_pool, v_pool);
+    else rope_kv_kernel<T, 1, kBits, 2><<<args.num_tokens, rope_threads, 0, stream>>>(args, k_pool, v_pool);
+  } else {
+    if (vectors) rope_kv_kernel<T, V, kBits, 4><<<args.num_tokens, rope_threads, 0, stream>>>(args, k_pool, v_pool);
+    else rope_kv_kernel<T, 1, kBits, 4><<<args.num_tokens, rope_threads, 0, stream>>>(args, k_pool, v_pool);
+  }
+  return cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t launch(const RopeKvArgs& args, cudaStream_t stream) {
+  if (args.kv_bits == 8) return launch_quantized<T, 8>(args, stream);
+  if (args.kv_bits == 4) return launch_quantized<T, 4>(args, stream);
   constexpr int V = detail::vec_width<T>;
   const auto aligned = [](const void* p) { return p == nullptr || reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
   const bool vectors = (args.head_dim / 2) % V == 0 && args.q_row_stride % V == 0 && args.k_row_stride % V == 0 &&
@@ -129,7 +185,8 @@ cudaError_t rope_and_write_kv(const RopeKvArgs& args, cudaStream_t stream) {
   if (args.num_tokens < 0 || args.head_dim <= 0 || args.head_dim % 2 != 0 || args.head_dim / 2 > max_half_dim ||
       args.q_heads < 0 || args.kv_heads <= 0 || (args.q_heads > 0 && args.q == nullptr) || args.k == nullptr ||
       args.v == nullptr || args.q_row_stride < std::int64_t(args.q_heads) * args.head_dim ||
-      args.k_row_stride < kv_row || args.v_row_stride < kv_row) {
+      args.k_row_stride < kv_row || args.v_row_stride < kv_row ||
+      (args.kv_bits != 0 && !quantized_kv_supported(args.kv_bits, args.head_dim, args.block_tokens, args.kv_heads))) {
     return cudaErrorInvalidValue;
   }
   switch (args.dtype) {

@@ -21,6 +21,12 @@
 // >= num_blocks * block_tokens is skipped and sets error_flag to
 // Status::slot_out_of_range.
 //
+// Quantized pools (kv_bits 8 or 4): k_pages / v_pages hold blocks of
+// ref::KvQuantBlockLayout(block_tokens, kv_heads, head_dim, kv_bits); the
+// rotated keys (f32, before any rounding to the dtype) and the values are
+// quantized in this kernel, one warp per (token, head) row, to the bytes
+// kv_quant.hpp's store writes; head_dim 64 or 128 (quantized_kv_supported).
+//
 // dtype f32 / bf16 / f16; head_dim even, up to 512. One block of 128 threads
 // per token. 16-byte accesses when every pointer is 16-byte aligned and every
 // row stride and head_dim / 2 are multiples of 16 bytes' worth of elements
@@ -51,6 +57,8 @@ struct RopeKvArgs {
   void* v_pages = nullptr;
   std::int64_t num_slots = 0;  // num_blocks * block_tokens
   std::int32_t* error_flag = nullptr;
+  int kv_bits = 0;       // 0: pools of `dtype`; 8 or 4: quantized blocks (above)
+  int block_tokens = 0;  // quantized pools only
 };
 
 cudaError_t rope_and_write_kv(const RopeKvArgs& args, cudaStream_t stream);

@@ -41,6 +41,29 @@ constexpr bool valid_kv_bits(int bits) { return bits == 8 || bits == 4; }
 // Bytes `n` codes take.
 constexpr std::size_t kv_code_bytes(std::size_t n, int bits) { return bits == 8 ? n : (n + 1) / 2; }
 
+// Where one token's one KV head lives inside a quantized block of a pool
+// (paged_kv.hpp), in bytes from the block's start: the codes of every
+// (offset, head) row first, then their parameters, so a block is one opaque
+// span. One definition for ref and kernels/cuda (constexpr, usable on the
+// device).
+struct KvQuantBlockLayout {
+  std::size_t block_tokens = 0;
+  std::size_t kv_heads = 0;
+  std::size_t head_dim = 0;
+  int bits = 8;
+
+  constexpr std::size_t row_code_bytes() const { return kv_code_bytes(head_dim, bits); }
+  constexpr std::size_t rows() const { return block_tokens * kv_heads; }
+  constexpr std::size_t params_start() const { return rows() * row_code_bytes(); }
+  constexpr std::size_t block_bytes() const { return rows() * (row_code_bytes() + sizeof(KvQuantParams)); }
+  constexpr std::size_t codes_at(std::size_t offset, std::size_t head) const {
+    return (offset * kv_heads + head) * row_code_bytes();
+  }
+  constexpr std::size_t params_at(std::size_t offset, std::size_t head) const {
+    return params_start() + (offset * kv_heads + head) * sizeof(KvQuantParams);
+  }
+};
+
 // Quantizes x[0, n) into `codes` (kv_code_bytes(n, bits) bytes) and returns
 // the row's parameters. `bits` must be 8 or 4.
 KvQuantParams quantize_kv_row(const float* x, std::size_t n, int bits, std::uint8_t* codes);

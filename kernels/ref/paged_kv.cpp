@@ -14,21 +14,22 @@ struct QuantizedHead {
   std::size_t params;  // byte offset of its KvQuantParams
 };
 
+KvQuantBlockLayout quant_layout(const KvCacheLayer& cache) {
+  return {cache.block_tokens, cache.kv_heads, cache.head_dim, cache.quant_bits};
+}
+
 QuantizedHead quantized_head(const KvCacheLayer& cache, std::size_t slot, std::size_t head) {
   const std::size_t block = slot / cache.block_tokens, offset = slot % cache.block_tokens;
-  const std::size_t row_bytes = kv_code_bytes(cache.head_dim, cache.quant_bits);
-  const std::size_t start = block * kv_pool_block_bytes(cache);
-  const std::size_t row = offset * cache.kv_heads + head;
-  return {start + row * row_bytes,
-          start + cache.block_tokens * cache.kv_heads * row_bytes + row * sizeof(KvQuantParams)};
+  const KvQuantBlockLayout layout = quant_layout(cache);
+  const std::size_t start = block * layout.block_bytes();
+  return {start + layout.codes_at(offset, head), start + layout.params_at(offset, head)};
 }
 
 }  // namespace
 
 std::size_t kv_pool_block_bytes(const KvCacheLayer& cache) {
-  const std::size_t rows = cache.block_tokens * cache.kv_heads;
-  if (cache.quant_bits == 0) return rows * cache.head_dim * dtype_size(cache.dtype);
-  return rows * (kv_code_bytes(cache.head_dim, cache.quant_bits) + sizeof(KvQuantParams));
+  if (cache.quant_bits == 0) return cache.block_tokens * cache.kv_heads * cache.head_dim * dtype_size(cache.dtype);
+  return quant_layout(cache).block_bytes();
 }
 
 void load_kv_head(const KvCacheLayer& cache, const void* pool, std::size_t slot, std::size_t head, float* out) {

@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "cuda/embedding.hpp"
+#include "cuda/kv_quant.hpp"
 #include "cuda/paged_attention.hpp"
 #include "cuda/rmsnorm.hpp"
 #include "cuda/rope_kv.hpp"
@@ -43,6 +44,7 @@
 #include "cuda/small_gemm.hpp"
 #include "ref/dtype.hpp"
 #include "ref/gemm.hpp"
+#include "ref/kv_quant.hpp"
 #include "ref/embedding.hpp"
 #include "ref/paged_attention.hpp"
 #include "ref/rmsnorm.hpp"
@@ -501,6 +503,47 @@ Comparison compare_pools(const std::vector<unsigned char>& got_bytes, const std:
   return c;
 }
 
+// Quantized pools whose keys went through RoPE on both sides: the rotated
+// f32 keys agree to rounding, not always to the bit, so a code may move by
+// one step (and a row's statistics by an ulp). Every written (slot, head) of
+// got must dequantize to within one quantization step (plus an ulp) of want;
+// unwritten bytes must be equal. Returns the rows outside that and counts
+// the rows whose bytes differ at all.
+struct QuantizedPoolComparison {
+  long long rows = 0, rows_differing = 0, rows_outside = 0, stray_bytes = 0;
+};
+QuantizedPoolComparison compare_quantized_pools(const std::vector<unsigned char>& got, const std::vector<unsigned char>& want,
+                                                const ref::KvCacheLayer& layout, const std::vector<std::int64_t>& slots) {
+  QuantizedPoolComparison c;
+  std::vector<unsigned char> written(got.size(), 0);
+  const ref::KvQuantBlockLayout block{layout.block_tokens, layout.kv_heads, layout.head_dim, layout.quant_bits};
+  std::vector<float> a(layout.head_dim), b(layout.head_dim);
+  for (const std::int64_t slot : slots) {
+    const std::size_t start = std::size_t(slot) / layout.block_tokens * block.block_bytes();
+    const std::size_t offset = std::size_t(slot) % layout.block_tokens;
+    for (std::size_t head = 0; head < layout.kv_heads; ++head) {
+      const std::size_t codes = start + block.codes_at(offset, head), params = start + block.params_at(offset, head);
+      std::fill_n(written.begin() + std::ptrdiff_t(codes), block.row_code_bytes(), 1);
+      std::fill_n(written.begin() + std::ptrdiff_t(params), 4, 1);
+      ++c.rows;
+      c.rows_differing += !std::equal(got.begin() + std::ptrdiff_t(codes),
+                                      got.begin() + std::ptrdiff_t(codes + block.row_code_bytes()),
+                                      want.begin() + std::ptrdiff_t(codes)) ||
+                          std::memcmp(got.data() + params, want.data() + params, 4) != 0;
+      ref::load_kv_head(layout, got.data(), std::size_t(slot), head, a.data());
+      ref::load_kv_head(layout, want.data(), std::size_t(slot), head, b.data());
+      const float step = (*std::max_element(b.begin(), b.end()) - *std::min_element(b.begin(), b.end())) /
+                         float((1 << layout.quant_bits) - 1);
+      bool inside = true;
+      for (std::size_t d = 0; d < layout.head_dim; ++d)
+        inside = inside && std::isfinite(a[d]) && std::fabs(a[d] - b[d]) <= 1.01f * step + 1e-6f * std::fabs(b[d]);
+      c.rows_outside += !inside;
+    }
+  }
+  for (std::size_t i = 0; i < got.size(); ++i) c.stray_bytes += !written[i] && got[i] != want[i];
+  return c;
+}
+
 TEST_CASE("rope_and_write_kv") {
   auto rng = rng_for("rope_and_write_kv");
   struct Shape {
@@ -519,7 +562,8 @@ TEST_CASE("rope_and_write_kv") {
   const int block_tokens = 16;
   for (const DType dtype : all_dtypes) {
     const int vector_elements = 16 / static_cast<int>(ref::dtype_size(dtype));
-    for (const Shape& shape : shapes) {
+    for (const Shape& shape : shapes) for (const int kv_bits : {0, 8, 4}) {
+      if (kv_bits != 0 && !gpu::quantized_kv_supported(kv_bits, shape.head_dim, block_tokens, shape.kv_heads)) continue;
       ref::RopeParams rope_params;
       rope_params.head_dim = shape.head_dim;
       rope_params.theta = shape.llama3 ? 500000.0 : 10000.0;
@@ -588,7 +632,10 @@ TEST_CASE("rope_and_write_kv") {
       ref::apply_rope(table, positions.data(), tokens, want_q.data(), shape.q_heads, rotated_k.data(), shape.kv_heads);
       std::vector<float> want_images[3] = {images[0], images[1], images[2]};
       place_rows(want_images[0], q_at, rounded(want_q, dtype), shape.tokens);
-      const std::size_t pool_bytes = std::size_t(num_slots) * kv_width * ref::dtype_size(dtype);
+      const ref::KvQuantBlockLayout quant_block{std::size_t(block_tokens), std::size_t(shape.kv_heads),
+                                                std::size_t(shape.head_dim), kv_bits};
+      const std::size_t pool_bytes = kv_bits != 0 ? std::size_t(num_blocks) * quant_block.block_bytes()
+                                                  : std::size_t(num_slots) * kv_width * ref::dtype_size(dtype);
       std::vector<unsigned char> want_k_pool(pool_bytes, 0xFF), want_v_pool(pool_bytes, 0xFF);
       std::vector<float> written_k, written_v;
       std::vector<std::int64_t> written_slots;
@@ -600,6 +647,7 @@ TEST_CASE("rope_and_write_kv") {
       }
       ref::KvCacheLayer ref_cache{want_k_pool.data(), want_v_pool.data(), dtype, std::size_t(num_blocks),
                                   std::size_t(block_tokens), std::size_t(shape.kv_heads), std::size_t(hd)};
+      ref_cache.quant_bits = kv_bits;
       const std::int32_t ref_query_start[2] = {0, std::int32_t(written_slots.size())};
       ref::PagedKvStep ref_step;
       ref_step.num_sequences = 1;
@@ -638,6 +686,8 @@ TEST_CASE("rope_and_write_kv") {
       args.v_pages = v_pool.ptr;
       args.num_slots = num_slots;
       args.error_flag = flag.ptr;
+      args.kv_bits = kv_bits;
+      args.block_tokens = block_tokens;
       LAUNCH_OK(gpu::rope_and_write_kv(args, nullptr));
 
       // q rotated in place; nothing else in the input buffers changes.
@@ -653,19 +703,30 @@ TEST_CASE("rope_and_write_kv") {
         c.non_finite += cb.non_finite;
         for (std::size_t i = 0; i < got.size(); ++i) input_changed += (b > 0 || !in_q[i]) && got[i] != images[b][i];
       }
-      const Comparison ck = compare_pools(k_pool.download(), want_k_pool, dtype);
-      // v is a copy: bit-equal to ref's pool, untouched slots included.
+      // v is a copy (or the same quantization of the same values): bit-equal
+      // to ref's pool, untouched slots included.
       const bool v_equal = v_pool.download() == want_v_pool;
-      c.rel_err = std::max(c.rel_err, ck.rel_err);
-      c.non_finite += ck.non_finite;
-      const std::string group = fmt("%s tokens=%d heads=%d/%d hd=%d %s %s", name_of(dtype), shape.tokens,
+      bool k_close = true;
+      std::string k_detail;
+      if (kv_bits == 0) {
+        const Comparison ck = compare_pools(k_pool.download(), want_k_pool, dtype);
+        c.rel_err = std::max(c.rel_err, ck.rel_err);
+        c.non_finite += ck.non_finite;
+      } else {
+        const auto ck = compare_quantized_pools(k_pool.download(), want_k_pool, ref_cache, written_slots);
+        k_close = ck.rows_outside == 0 && ck.stray_bytes == 0;
+        k_detail = fmt(", k rows differing from ref %lld of %lld (%lld beyond one step, %lld stray bytes)",
+                       ck.rows_differing, ck.rows, ck.rows_outside, ck.stray_bytes);
+      }
+      const std::string group = fmt("%s%s tokens=%d heads=%d/%d hd=%d %s %s", name_of(dtype),
+                                    kv_bits == 8 ? " kv-int8" : kv_bits == 4 ? " kv-int4" : "", shape.tokens,
                                     shape.q_heads, shape.kv_heads, hd, shape.llama3 ? "llama3" : "plain",
                                     layout_name(shape.layout));
-      const bool clean = v_equal && input_changed == 0 && flag.download()[0] == 0;
+      const bool clean = v_equal && k_close && input_changed == 0 && flag.download()[0] == 0;
       report("rope_write_kv", group, c, tolerance_for(dtype),
-             clean ? "(q, k pool, v pool)"
+             clean ? "(q, k pool, v pool)" + k_detail
                    : fmt("v pool equal %d, %lld input elements outside q changed, flag %d", int(v_equal), input_changed,
-                         flag.download()[0]));
+                         flag.download()[0]) + k_detail);
       if (!clean) {
         ++g_failed;
         CHECK(clean);
@@ -732,6 +793,7 @@ struct AttentionCase {
   std::vector<SequenceSpec> sequences;
   int force_splits = 0;
   bool fused_q = false;  // q read from a [tokens, (q_heads + 2 kv_heads) * hd] buffer
+  int kv_bits = 0;       // 8 / 4: int8 / int4 pages (ref::store_kv_head writes them, both sides read the same bytes)
 };
 
 // Builds pools with shuffled blocks, random K/V for every context position and
@@ -762,6 +824,16 @@ void run_attention_case(const AttentionCase& tc, std::mt19937_64& rng) {
   const std::size_t pool_elements = static_cast<std::size_t>(num_blocks) * bt * token_elements;
   const std::uint16_t nan_bits = tc.dtype == DType::bf16 ? 0x7FC0 : 0x7E00;
   std::vector<std::uint16_t> k_pool(pool_elements, nan_bits), v_pool(pool_elements, nan_bits);
+  // Quantized pages: every byte 0xFF (NaN scales) where nothing was stored.
+  ref::KvCacheLayer quantized{nullptr, nullptr, tc.dtype, static_cast<std::size_t>(num_blocks),
+                              static_cast<std::size_t>(bt), static_cast<std::size_t>(kv), static_cast<std::size_t>(hd)};
+  quantized.quant_bits = tc.kv_bits;
+  std::vector<unsigned char> k_quantized, v_quantized;
+  if (tc.kv_bits != 0) {
+    k_quantized.assign(num_blocks * ref::kv_pool_block_bytes(quantized), 0xFF);
+    v_quantized.assign(k_quantized.size(), 0xFF);
+  }
+  std::vector<float> k_head(hd), v_head(hd);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
   const auto to16 = [&](float x) { return tc.dtype == DType::bf16 ? ref::f32_to_bf16(x) : ref::f32_to_f16(x); };
   int next_block = 0;
@@ -770,9 +842,21 @@ void run_attention_case(const AttentionCase& tc, std::mt19937_64& rng) {
     for (int b = 0; b < blocks; ++b) block_tables[static_cast<std::size_t>(i) * max_blocks + b] = block_ids[next_block++];
     for (int p = 0; p < context_lens[i]; ++p) {
       const std::int64_t slot = static_cast<std::int64_t>(block_tables[static_cast<std::size_t>(i) * max_blocks + p / bt]) * bt + p % bt;
-      for (std::size_t e = 0; e < token_elements; ++e) {
-        k_pool[slot * token_elements + e] = to16(dist(rng) * 2.0f);
-        v_pool[slot * token_elements + e] = to16(dist(rng));
+      if (tc.kv_bits == 0) {
+        for (std::size_t e = 0; e < token_elements; ++e) {
+          k_pool[slot * token_elements + e] = to16(dist(rng) * 2.0f);
+          v_pool[slot * token_elements + e] = to16(dist(rng));
+        }
+      } else {
+        for (int g = 0; g < kv; ++g) {
+          for (int d = 0; d < hd; ++d) {
+            k_head[d] = dist(rng) * 2.0f;
+            v_head[d] = dist(rng);
+          }
+          if (p % 97 == 5) std::fill(k_head.begin(), k_head.end(), 0.75f);  // a constant row: scale 0
+          ref::store_kv_head(quantized, k_quantized.data(), std::size_t(slot), std::size_t(g), k_head.data());
+          ref::store_kv_head(quantized, v_quantized.data(), std::size_t(slot), std::size_t(g), v_head.data());
+        }
       }
       const int cached = context_lens[i] - tc.sequences[i].new_tokens;
       if (p >= cached) slot_mapping[query_start[i] + p - cached] = slot;
@@ -789,6 +873,11 @@ void run_attention_case(const AttentionCase& tc, std::mt19937_64& rng) {
 
   ref::KvCacheLayer layer{k_pool.data(), v_pool.data(), tc.dtype, static_cast<std::size_t>(num_blocks),
                           static_cast<std::size_t>(bt), static_cast<std::size_t>(kv), static_cast<std::size_t>(hd)};
+  if (tc.kv_bits != 0) {
+    layer = quantized;
+    layer.k_pages = k_quantized.data();
+    layer.v_pages = v_quantized.data();
+  }
   ref::PagedKvStep step;
   step.num_sequences = num_seqs;
   step.query_start = query_start.data();
@@ -810,6 +899,7 @@ void run_attention_case(const AttentionCase& tc, std::mt19937_64& rng) {
   problem.max_context_len = max_context;
   problem.num_sms = g_num_sms;
   problem.force_splits = tc.force_splits;
+  problem.kv_bits = tc.kv_bits;
   // The prefill grid's bound: from the sequences alone, from the step's token
   // count, or too small on purpose (1 token: the kernel must loop over the rest).
   const int bound_mode = std::uniform_int_distribution<int>(0, 2)(rng);
@@ -817,9 +907,14 @@ void run_attention_case(const AttentionCase& tc, std::mt19937_64& rng) {
   const gpu::AttentionPlan plan = gpu::plan_paged_attention(problem);
   REQUIRE_MESSAGE(plan.valid, plan.error);
 
-  DeviceBuffer<std::uint16_t> d_k, d_v;
-  d_k.upload(k_pool);
-  d_v.upload(v_pool);
+  DeviceBuffer<unsigned char> d_k, d_v;
+  const auto bytes_of = [](const std::vector<std::uint16_t>& v) {
+    std::vector<unsigned char> bytes(v.size() * 2);
+    std::memcpy(bytes.data(), v.data(), bytes.size());
+    return bytes;
+  };
+  d_k.upload(tc.kv_bits != 0 ? k_quantized : bytes_of(k_pool));
+  d_v.upload(tc.kv_bits != 0 ? v_quantized : bytes_of(v_pool));
   DeviceBuffer<unsigned char> d_q, d_out(q.size() * 2), workspace(std::max<std::size_t>(plan.workspace_bytes, 1));
   d_q.upload(to_bytes(q_full, tc.dtype));
   DeviceBuffer<std::int32_t> d_qs, d_ctx, d_bt;
@@ -828,13 +923,14 @@ void run_attention_case(const AttentionCase& tc, std::mt19937_64& rng) {
   d_bt.upload(block_tables);
   d_out.poison();
   workspace.poison();
-  const gpu::PagedKvPools pools{d_k.ptr, d_v.ptr, tc.dtype, num_blocks, bt, kv, hd};
+  const gpu::PagedKvPools pools{d_k.ptr, d_v.ptr, tc.dtype, num_blocks, bt, kv, hd, tc.kv_bits};
   const gpu::PagedAttentionBatch batch{num_seqs, d_qs.ptr, d_ctx.ptr, d_bt.ptr, max_blocks};
   LAUNCH_OK(gpu::paged_attention(plan, pools, batch, d_q.ptr, q_row, scale, d_out.ptr, qh * hd, workspace.ptr,
                                  workspace.bytes(), nullptr));
   const auto got = from_bytes(d_out.download(), tc.dtype);
   report("paged_attention",
-         fmt("%s %s hd=%d heads=%d/%d bt=%d seqs=%d tokens=%d ctx<=%d grid<=%s", tc.name.c_str(), name_of(tc.dtype), hd,
+         fmt("%s %s%s hd=%d heads=%d/%d bt=%d seqs=%d tokens=%d ctx<=%d grid<=%s", tc.name.c_str(), name_of(tc.dtype),
+             tc.kv_bits == 8 ? " kv-int8" : tc.kv_bits == 4 ? " kv-int4" : "", hd,
              qh, kv, bt, num_seqs, num_tokens, max_context,
              bound_mode == 0 ? "seqs" : (bound_mode == 1 ? "tokens" : "1")),
          compare(got, want), 1e-2);
@@ -903,7 +999,137 @@ TEST_CASE("paged_attention") {
   // decode tile (the prefill kernel takes the decode tokens)
   cases.push_back({"prefill-1k", DType::bf16, 128, 2, 4, 64, {{100, 1100}}});
   cases.push_back({"group32", DType::bf16, 64, 1, 32, 16, {{40, 1}, {0, 50}, {3000, 1}}});
+  // int8 / int4 pages: every case again over quantized pages (block_tokens x
+  // kv_heads a multiple of 4, which all of them are).
+  const std::size_t plain_cases = cases.size();
+  for (const int bits : {8, 4})
+    for (std::size_t i = 0; i < plain_cases; ++i) {
+      AttentionCase quantized = cases[i];
+      quantized.kv_bits = bits;
+      cases.push_back(quantized);
+    }
   for (const auto& c : cases) run_attention_case(c, rng);
+}
+
+// ---- quantized KV stores ---------------------------------------------------
+
+// quantize_and_write_kv against ref::write_kv on the same values: the same
+// bytes, untouched bytes included; dequantize_kv_slots against
+// ref::load_kv_head: the same floats. Rows with NaN / +-inf, a constant row
+// and a row with no finite value check the edge cases.
+TEST_CASE("quantize_and_write_kv") {
+  auto rng = rng_for("quantize_and_write_kv");
+  struct Shape {
+    int tokens, kv_heads, head_dim, block_tokens;
+    bool padded_rows;  // row strides longer than kv_heads * head_dim
+  };
+  const Shape shapes[] = {{37, 8, 128, 16, false}, {5, 2, 64, 64, true}, {300, 1, 64, 32, false}, {64, 4, 128, 64, true}};
+  for (const int bits : {8, 4})
+    for (const DType dtype : all_dtypes)
+      for (const Shape& shape : shapes) {
+        const int hd = shape.head_dim, kv = shape.kv_heads;
+        const int row = kv * hd, stride = row + (shape.padded_rows ? 3 * 8 : 0);
+        const std::size_t tokens = std::size_t(shape.tokens);
+        std::vector<float> k = rounded(random_floats(rng, tokens * stride, -4, 4), dtype);
+        std::vector<float> v = rounded(random_floats(rng, tokens * stride, -1, 1), dtype);
+        if (tokens > 3) {
+          std::fill_n(k.begin() + stride, hd, 0.5f);  // token 1, head 0: constant
+          k[2 * std::size_t(stride) + 1] = NAN;
+          k[2 * std::size_t(stride) + 7] = INFINITY;
+          k[2 * std::size_t(stride) + 9] = -INFINITY;
+          std::fill_n(v.begin() + 3 * std::size_t(stride), hd, NAN);  // token 3, head 0: nothing finite
+        }
+        const int num_blocks = int((tokens + shape.block_tokens - 1) / shape.block_tokens) + 2;
+        std::vector<std::int32_t> all_slots(std::size_t(num_blocks) * shape.block_tokens);
+        std::iota(all_slots.begin(), all_slots.end(), 0);
+        std::shuffle(all_slots.begin(), all_slots.end(), rng);
+        std::vector<std::int32_t> slots(all_slots.begin(), all_slots.begin() + shape.tokens);
+        if (tokens > 1) slots[tokens - 1] = -1;  // padding
+
+        ref::KvCacheLayer layer{nullptr, nullptr, dtype, std::size_t(num_blocks), std::size_t(shape.block_tokens),
+                                std::size_t(kv), std::size_t(hd)};
+        layer.quant_bits = bits;
+        std::vector<unsigned char> want_k(num_blocks * ref::kv_pool_block_bytes(layer), 0xA5), want_v = want_k;
+        layer.k_pages = want_k.data();
+        layer.v_pages = want_v.data();
+        std::vector<std::int64_t> written;
+        std::vector<float> packed_k, packed_v;
+        for (std::size_t t = 0; t < tokens; ++t) {
+          if (slots[t] < 0) continue;
+          written.push_back(slots[t]);
+          packed_k.insert(packed_k.end(), k.begin() + t * stride, k.begin() + t * stride + row);
+          packed_v.insert(packed_v.end(), v.begin() + t * stride, v.begin() + t * stride + row);
+        }
+        const std::int32_t query_start[2] = {0, std::int32_t(written.size())};
+        ref::PagedKvStep step;
+        step.num_sequences = 1;
+        step.query_start = query_start;
+        step.block_tokens = std::size_t(shape.block_tokens);
+        step.slot_mapping = written.data();
+        REQUIRE(ref::write_kv(layer, step, packed_k.data(), packed_v.data()) == ref::Status::ok);
+
+        DeviceBuffer<unsigned char> d_k, d_v, k_pages, v_pages;
+        d_k.upload(to_bytes(k, dtype));
+        d_v.upload(to_bytes(v, dtype));
+        k_pages.upload(std::vector<unsigned char>(want_k.size(), 0xA5));
+        v_pages.upload(std::vector<unsigned char>(want_v.size(), 0xA5));
+        DeviceBuffer<std::int32_t> d_slots, flag(1);
+        d_slots.upload(slots);
+        CUDA_OK(cudaMemset(flag.ptr, 0, 4));
+        gpu::KvQuantWriteArgs args;
+        args.pages = {k_pages.ptr, v_pages.ptr, bits, shape.block_tokens, kv, hd,
+                      std::int64_t(num_blocks) * shape.block_tokens};
+        args.dtype = dtype;
+        args.num_tokens = shape.tokens;
+        args.keys = d_k.ptr;
+        args.keys_row_stride = stride;
+        args.values = d_v.ptr;
+        args.values_row_stride = stride;
+        args.slot_mapping = d_slots.ptr;
+        args.error_flag = flag.ptr;
+        LAUNCH_OK(gpu::quantize_and_write_kv(args, nullptr));
+        const auto got_k = k_pages.download(), got_v = v_pages.download();
+        long long differing = 0;
+        for (std::size_t i = 0; i < got_k.size(); ++i) differing += (got_k[i] != want_k[i]) + (got_v[i] != want_v[i]);
+
+        // Dequantized through the attention kernels' device function: ref's floats, bit for bit.
+        std::vector<std::int32_t> read_slots(written.begin(), written.end());
+        DeviceBuffer<std::int32_t> d_read;
+        d_read.upload(read_slots);
+        DeviceBuffer<float> d_out(read_slots.size() * row);
+        d_out.poison();
+        LAUNCH_OK(gpu::dequantize_kv_slots(args.pages, k_pages.ptr, d_read.ptr, int(read_slots.size()), d_out.ptr, nullptr));
+        const auto got_floats = d_out.download();
+        long long float_mismatches = 0, non_finite = 0;
+        std::vector<float> want_head(hd);
+        for (std::size_t i = 0; i < read_slots.size(); ++i)
+          for (int g = 0; g < kv; ++g) {
+            ref::load_kv_head(layer, want_k.data(), std::size_t(read_slots[i]), std::size_t(g), want_head.data());
+            for (int d = 0; d < hd; ++d) {
+              const float got = got_floats[(i * kv + g) * hd + d];
+              non_finite += !std::isfinite(got);
+              float_mismatches += std::memcmp(&got, &want_head[d], 4) != 0;
+            }
+          }
+        const int flag_value = flag.download()[0];
+        report_bool("kv_quant_write",
+                    fmt("int%d %s tokens=%d kv_heads=%d hd=%d bt=%d%s", bits, name_of(dtype), shape.tokens, kv, hd,
+                        shape.block_tokens, shape.padded_rows ? " padded rows" : ""),
+                    differing == 0 && float_mismatches == 0 && non_finite == 0 && flag_value == 0,
+                    fmt("%lld pool bytes differ from ref, %lld dequantized floats differ, %lld non-finite, flag %d",
+                        differing, float_mismatches, non_finite, flag_value));
+      }
+  // Refused before launching: head_dim 96, a block of 3 x 1 rows (not 16-byte aligned).
+  gpu::KvQuantWriteArgs bad;
+  bad.pages = {reinterpret_cast<void*>(256), reinterpret_cast<void*>(512), 8, 16, 2, 96, 32};
+  bad.num_tokens = 1;
+  bad.keys = bad.values = reinterpret_cast<void*>(1024);
+  bad.keys_row_stride = bad.values_row_stride = 192;
+  bad.slot_mapping = reinterpret_cast<const std::int32_t*>(2048);
+  CHECK(gpu::quantize_and_write_kv(bad, nullptr) == cudaErrorInvalidValue);
+  bad.pages = {reinterpret_cast<void*>(256), reinterpret_cast<void*>(512), 8, 3, 1, 128, 3};
+  bad.keys_row_stride = bad.values_row_stride = 128;
+  CHECK(gpu::quantize_and_write_kv(bad, nullptr) == cudaErrorInvalidValue);
 }
 
 // ---- sampling ------------------------------------------------------------
@@ -1117,25 +1343,34 @@ struct DecodeShape {
   int batch, context;
 };
 
+// Device-to-device copy bandwidth (read + write bytes over time, 1 GiB
+// buffers): the ceiling the decode figures are quoted against.
+double measured_copy_gbs() {
+  static double gbs = 0;
+  if (gbs > 0) return gbs;
+  const std::size_t bytes = std::size_t(1) << 30;
+  DeviceBuffer<unsigned char> a(bytes), b(bytes);
+  CUDA_OK(cudaMemset(a.ptr, 1, bytes));
+  const float ms = median_ms([&] { CUDA_OK(cudaMemcpy(b.ptr, a.ptr, bytes, cudaMemcpyDeviceToDevice)); }, 20);
+  gbs = 2.0 * double(bytes) / (ms * 1e-3) / 1e9;
+  return gbs;
+}
+
 // The default list ends with the 10k ShareGPT-like run's own shape: ~256
-// sequences of a few hundred positions.
+// sequences of a few hundred positions. Each shape runs over bf16, int8 and
+// int4 pages (same positions, same block tables); bytes are what the kernel
+// reads of the cache: K and V codes plus the (scale, zero) words.
 void bench_decode_attention(std::vector<DecodeShape> shapes = {{1, 1024}, {1, 8192}, {1, 32768}, {8, 4096},
                                                                {32, 2048}, {64, 4096}, {256, 1024}, {256, 256},
                                                                {256, 384}, {256, 512}}) {
-  std::printf("\n== decode attention bf16, Llama-3-8B layer (32 q heads, 8 kv heads, hd 128, 64-token pages) ==\n");
+  const double copy_gbs = measured_copy_gbs();
+  std::printf("\n== decode attention, bf16 queries, Llama-3-8B layer (32 q heads, 8 kv heads, hd 128, 64-token pages); "
+              "copy bandwidth measured %.0f GB/s ==\n", copy_gbs);
   std::mt19937_64 rng(g_seed);
   const int qh = 32, kv = 8, hd = 128, bt = 64;
   for (const DecodeShape shape : shapes) {
     const int blocks_per_seq = (shape.context + bt - 1) / bt;
     const int num_blocks = shape.batch * blocks_per_seq;
-    const std::size_t pool = static_cast<std::size_t>(num_blocks) * bt * kv * hd;
-    DeviceBuffer<std::uint16_t> k(pool), v(pool);
-    // Random bits in [-1, 1) bf16: fill on the host once per size.
-    std::vector<std::uint16_t> host(pool);
-    std::uniform_real_distribution<float> dist(-1, 1);
-    for (auto& h : host) h = ref::f32_to_bf16(dist(rng));
-    CUDA_OK(cudaMemcpy(k.ptr, host.data(), k.bytes(), cudaMemcpyHostToDevice));
-    CUDA_OK(cudaMemcpy(v.ptr, host.data(), v.bytes(), cudaMemcpyHostToDevice));
     std::vector<std::int32_t> qs(shape.batch + 1), ctx(shape.batch, shape.context), tables(num_blocks);
     std::iota(qs.begin(), qs.end(), 0);
     std::iota(tables.begin(), tables.end(), 0);
@@ -1146,27 +1381,52 @@ void bench_decode_attention(std::vector<DecodeShape> shapes = {{1, 1024}, {1, 81
     d_tables.upload(tables);
     DeviceBuffer<unsigned char> q, out(static_cast<std::size_t>(shape.batch) * qh * hd * 2);
     q.upload(to_bytes(random_floats(rng, static_cast<std::size_t>(shape.batch) * qh * hd, -1, 1), DType::bf16));
-    gpu::AttentionProblem problem;
-    problem.dtype = DType::bf16;
-    problem.head_dim = hd;
-    problem.q_heads = qh;
-    problem.kv_heads = kv;
-    problem.num_sequences = shape.batch;
-    problem.max_query_len = 1;
-    problem.max_context_len = shape.context;
-    problem.num_sms = g_num_sms;
-    const auto plan = gpu::plan_paged_attention(problem);
-    DeviceBuffer<unsigned char> workspace(std::max<std::size_t>(plan.workspace_bytes, 1));
-    const gpu::PagedKvPools pools{k.ptr, v.ptr, DType::bf16, num_blocks, bt, kv, hd};
-    const gpu::PagedAttentionBatch batch{shape.batch, d_qs.ptr, d_ctx.ptr, d_tables.ptr, blocks_per_seq};
-    const float ms = median_ms([&] {
-      CUDA_OK(gpu::paged_attention(plan, pools, batch, q.ptr, qh * hd, 0.088f, out.ptr, qh * hd, workspace.ptr,
-                                   workspace.bytes(), nullptr));
-    });
-    const double bytes = 2.0 * shape.batch * static_cast<double>(shape.context) * kv * hd * 2;
-    std::printf("batch=%4d ctx=%6d  %9.2f us  %7.0f GB/s  (%4.1f%% of %.0f)  splits=%d\n", shape.batch, shape.context,
-                ms * 1e3, bytes / (ms * 1e-3) / 1e9, 100.0 * bytes / (ms * 1e-3) / 1e9 / hbm_peak_gbs, hbm_peak_gbs,
-                plan.decode.splits);
+    for (const int kv_bits : {0, 8, 4}) {
+      // Pages: random bf16 in [-1, 1), or random codes with a valid (scale, zero) per row.
+      const ref::KvQuantBlockLayout layout{std::size_t(bt), std::size_t(kv), std::size_t(hd), kv_bits == 0 ? 8 : kv_bits};
+      const std::size_t block_bytes = kv_bits == 0 ? std::size_t(bt) * kv * hd * 2 : layout.block_bytes();
+      std::vector<unsigned char> host(std::size_t(num_blocks) * block_bytes);
+      if (kv_bits == 0) {
+        std::uniform_real_distribution<float> dist(-1, 1);
+        for (std::size_t i = 0; i + 1 < host.size(); i += 2) {
+          const std::uint16_t h = ref::f32_to_bf16(dist(rng));
+          std::memcpy(&host[i], &h, 2);
+        }
+      } else {
+        for (auto& byte : host) byte = static_cast<unsigned char>(rng());
+        const ref::KvQuantParams params{ref::f32_to_f16(2.0f / ((1 << kv_bits) - 1)), ref::f32_to_f16(-1.0f)};
+        for (int b = 0; b < num_blocks; ++b)
+          for (std::size_t r = 0; r < layout.rows(); ++r)
+            std::memcpy(&host[b * block_bytes + layout.params_at(r / kv, r % kv)], &params, 4);
+      }
+      DeviceBuffer<unsigned char> k, v;
+      k.upload(host);
+      v.upload(host);
+      gpu::AttentionProblem problem;
+      problem.dtype = DType::bf16;
+      problem.head_dim = hd;
+      problem.q_heads = qh;
+      problem.kv_heads = kv;
+      problem.num_sequences = shape.batch;
+      problem.max_query_len = 1;
+      problem.max_context_len = shape.context;
+      problem.num_sms = g_num_sms;
+      problem.kv_bits = kv_bits;
+      const auto plan = gpu::plan_paged_attention(problem);
+      DeviceBuffer<unsigned char> workspace(std::max<std::size_t>(plan.workspace_bytes, 1));
+      const gpu::PagedKvPools pools{k.ptr, v.ptr, DType::bf16, num_blocks, bt, kv, hd, kv_bits};
+      const gpu::PagedAttentionBatch batch{shape.batch, d_qs.ptr, d_ctx.ptr, d_tables.ptr, blocks_per_seq};
+      const float ms = median_ms([&] {
+        CUDA_OK(gpu::paged_attention(plan, pools, batch, q.ptr, qh * hd, 0.088f, out.ptr, qh * hd, workspace.ptr,
+                                     workspace.bytes(), nullptr));
+      });
+      const double row_bytes = kv_bits == 0 ? hd * 2.0 : double(layout.row_code_bytes()) + 4;
+      const double bytes = 2.0 * shape.batch * static_cast<double>(shape.context) * kv * row_bytes;
+      const double gbs = bytes / (ms * 1e-3) / 1e9;
+      std::printf("%-4s batch=%4d ctx=%6d  %9.2f us  %7.0f GB/s  (%5.1f%% of the copy)  splits=%d\n",
+                  kv_bits == 8 ? "int8" : kv_bits == 4 ? "int4" : "bf16", shape.batch, shape.context, ms * 1e3, gbs,
+                  100.0 * gbs / copy_gbs, plan.decode.splits);
+    }
   }
 }
 
