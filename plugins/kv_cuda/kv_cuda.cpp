@@ -1,7 +1,11 @@
-// kv_cuda: the 16-bit paged KV cache on the GPU.
+// kv_cuda: the paged KV cache on the GPU, 16-bit or quantized.
 //
-// Pages hold K and V in the model's activation dtype (KvShape::activation_dtype,
-// bf16 or f16): what the model hands write() is what is stored. Each layer
+// quant_policy 0: pages hold K and V in the model's activation dtype
+// (KvShape::activation_dtype, bf16 or f16): what the model hands write() is
+// what is stored. quant_policy 8 / 4: pages hold int8 / int4 codes with a
+// per-token, per-KV-head (scale, zero) inside each block (kernels/ref
+// kv_quant.hpp, TurboMind's format); the stores quantize, attention
+// dequantizes each tile in shared memory. Each layer
 // has one K pool and one V pool laid out as kernels/cuda expects
 // ([num_blocks, block_tokens, kv_heads, head_dim]), all layers in one
 // cudaMalloc. write() is a plain copy kernel of rotated keys; write_rotary()
@@ -12,7 +16,7 @@
 // decode and prefill tokens the prefill kernels run on a second stream
 // beside decode (setting concurrent_prefill); that stream and its fork/join
 // events belong to the cache and are made with it, so the operations only
-// enqueue. quant_policy is 0 (no quantization).
+// enqueue.
 #include <hostrun/sdk.hpp>
 
 #include <cuda_runtime_api.h>
@@ -25,9 +29,11 @@
 #include <memory>
 #include <string>
 
+#include "cuda/kv_quant.hpp"
 #include "cuda/paged_attention.hpp"
 #include "cuda/rope_kv.hpp"
 #include "kv_write.hpp"
+#include "ref/kv_quant.hpp"
 
 namespace {
 
@@ -46,10 +52,23 @@ hostrun::cuda::DType kernel_dtype(DType dtype) {
 
 size_t element_bytes(DType dtype) { return hostrun::dtype_bits(dtype) / 8; }
 
-size_t pool_bytes_per_block(const KvShape& shape) {
+// Bytes of one block of one pool (K or V); kv_bits 0, 8 or 4.
+size_t pool_bytes_per_block(const KvShape& shape, int kv_bits) {
   if (shape.block_tokens <= 0 || shape.kv_heads <= 0 || shape.head_dim <= 0) return 0;
+  if (kv_bits != 0)
+    return hostrun::ref::KvQuantBlockLayout{size_t(shape.block_tokens), size_t(shape.kv_heads),
+                                            size_t(shape.head_dim), kv_bits}
+        .block_bytes();
   return size_t(shape.block_tokens) * size_t(shape.kv_heads) * size_t(shape.head_dim) *
          element_bytes(shape.activation_dtype);
+}
+
+int parse_quant_policy(int64_t policy) {
+  if (policy == 0 || policy == 8 || policy == 4) return int(policy);
+  throw hostrun::Error(ErrorCode::invalid_argument,
+                       fmt::format("kv_cuda: setting 'quant_policy': expected 0 (bf16/f16 pages), 8 (int8) or 4 "
+                                   "(int4), found {}",
+                                   policy));
 }
 
 Status cuda_status(const std::string& what, cudaError_t error) {
@@ -84,9 +103,9 @@ int multiprocessors(int device) {
 // step's prefill on.
 class CudaKvCache final : public hostrun::KvCache {
  public:
-  CudaKvCache(const KvShape& shape, int32_t num_blocks, int device, bool concurrent_prefill)
-      : shape_(shape), num_blocks_(num_blocks), device_(device) {
-    pool_bytes_ = pool_bytes_per_block(shape) * size_t(num_blocks);
+  CudaKvCache(const KvShape& shape, int kv_bits, int32_t num_blocks, int device, bool concurrent_prefill)
+      : shape_(shape), kv_bits_(kv_bits), num_blocks_(num_blocks), device_(device) {
+    pool_bytes_ = pool_bytes_per_block(shape, kv_bits) * size_t(num_blocks);
     bytes_ = 2 * pool_bytes_ * size_t(shape.layers);
     if (cudaError_t e = cudaSetDevice(device); e != cudaSuccess) throw hostrun::Error(cuda_status("cudaSetDevice", e));
     num_sms_ = multiprocessors(device);
@@ -125,6 +144,7 @@ class CudaKvCache final : public hostrun::KvCache {
   void* k_pool(int32_t layer) const { return memory_ + size_t(2 * layer) * pool_bytes_; }
   void* v_pool(int32_t layer) const { return memory_ + size_t(2 * layer + 1) * pool_bytes_; }
   DType dtype() const { return shape_.activation_dtype; }
+  int kv_bits() const { return kv_bits_; }
   int device() const { return device_; }
   int num_sms() const { return num_sms_; }
   int64_t num_slots() const { return int64_t(num_blocks_) * shape_.block_tokens; }
@@ -133,6 +153,7 @@ class CudaKvCache final : public hostrun::KvCache {
 
  private:
   KvShape shape_;
+  int kv_bits_;  // 0, 8 or 4
   int32_t num_blocks_;
   int device_;
   int num_sms_ = 0;
@@ -177,21 +198,16 @@ Status query_heads(const char* what, const TensorView& queries, const KvShape& s
 class CudaKvPolicy final : public hostrun::KvCachePolicy {
  public:
   explicit CudaKvPolicy(const hostrun::CreateContext& context)
-      : library_(context.library), concurrent_prefill_(context.settings->get_bool("concurrent_prefill")) {
-    // Declared so that --quant-policy reaches this policy and is answered
-    // here, by what it can do, instead of as an unknown setting.
-    if (const int64_t policy = context.settings->get_int("quant_policy"); policy != 0)
-      throw hostrun::Error(ErrorCode::unsupported,
-                           fmt::format("kv_cuda: quant_policy {}: this build's CUDA KV cache keeps bf16/f16 pages "
-                                       "(quant_policy 0); int8 and int4 pages run on the CPU (kv_cpu, --device cpu)",
-                                       policy));
-  }
+      : library_(context.library),
+        concurrent_prefill_(context.settings->get_bool("concurrent_prefill")),
+        kv_bits_(parse_quant_policy(context.settings->get_int("quant_policy"))) {}
 
   hostrun::KvFormat format() const noexcept override {
     hostrun::KvFormat format;
-    format.name = "bf16/f16";  // pages in the activation dtype, whichever of the two it is
-    format.quant_policy = 0;
-    format.value_bits = 16;
+    // 16-bit pages are in the activation dtype, whichever of the two it is.
+    format.name = kv_bits_ == 8 ? "int8" : kv_bits_ == 4 ? "int4" : "bf16/f16";
+    format.quant_policy = kv_bits_;
+    format.value_bits = kv_bits_ != 0 ? kv_bits_ : 16;
     format.activation_dtypes = kActivationDtypes;
     format.device = hostrun::DeviceKind::cuda;
     format.rotary_write = true;
@@ -200,7 +216,7 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
 
   size_t bytes_per_block(const KvShape& shape) const noexcept override {
     if (shape.layers <= 0) return 0;
-    return 2 * size_t(shape.layers) * pool_bytes_per_block(shape);
+    return 2 * size_t(shape.layers) * pool_bytes_per_block(shape, kv_bits_);
   }
 
   hostrun::Result<hostrun::PluginPtr<hostrun::KvCache>> allocate(const KvShape& shape, int32_t num_blocks,
@@ -215,13 +231,21 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
       return Status(ErrorCode::unsupported,
                     fmt::format("kv_cuda: pages hold bf16 or f16 keys and values; the model's activation dtype is {}",
                                 hostrun::dtype_name(shape.activation_dtype)));
+    if (kv_bits_ != 0 &&
+        !hostrun::cuda::quantized_kv_supported(kv_bits_, shape.head_dim, shape.block_tokens, shape.kv_heads))
+      return Status(ErrorCode::unsupported,
+                    fmt::format("kv_cuda: quant_policy {}: int{} pages need head_dim 64 or 128 and block_tokens x "
+                                "kv_heads a multiple of 4; this model has head_dim {}, {} KV heads, {} tokens per "
+                                "block (quant_policy 0 keeps bf16/f16 pages for any shape)",
+                                kv_bits_, kv_bits_, shape.head_dim, shape.kv_heads, shape.block_tokens));
     if (int64_t(num_blocks) * shape.block_tokens > std::numeric_limits<int32_t>::max())
       return Status(ErrorCode::invalid_argument,
                     fmt::format("kv_cuda: {} blocks x {} tokens overflow the int32 slot numbers", num_blocks,
                                 shape.block_tokens));
     hostrun::PluginPtr<hostrun::KvCache> cache;
     Status made = hostrun::guard([&] {
-      cache = hostrun::make_pinned<CudaKvCache>(library_, shape, num_blocks, device.index, concurrent_prefill_);
+      cache = hostrun::make_pinned<CudaKvCache>(library_, shape, kv_bits_, num_blocks, device.index,
+                                                concurrent_prefill_);
     });
     if (!made) return made;
     return cache;
@@ -250,6 +274,7 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
       problem.q_heads = query.q_heads;
       problem.kv_heads = query.shape.kv_heads;
       problem.max_query_len = 2;  // both kernels: decode partials and the prefill schedule
+      problem.kv_bits = kv_bits_;
       problem.max_context_len = query.max_context;
       problem.max_tokens = query.max_tokens;
       problem.num_sms = multiprocessors(query.device.index);
@@ -276,6 +301,7 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
       const CudaKvCache* ours = nullptr;
       if (Status s = check_cache("write", cache, layer, batch, ours); !s) return s;
       const KvShape shape = ours->shape();
+      if (ours->kv_bits() != 0) return write_quantized(*ours, layer, keys, values, batch, exec);
       hostrun::kv_cuda::KvWriteArgs args;
       if (Status s = check_heads("write: keys", keys, batch.num_tokens, shape.kv_heads, shape.head_dim, *ours,
                                  &args.keys_row_stride);
@@ -340,6 +366,8 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
       args.k_pages = ours->k_pool(layer);
       args.v_pages = ours->v_pool(layer);
       args.num_slots = ours->num_slots();
+      args.kv_bits = ours->kv_bits();
+      args.block_tokens = shape.block_tokens;
       if (cudaError_t e = hostrun::cuda::rope_and_write_kv(args, static_cast<cudaStream_t>(exec.stream));
           e != cudaSuccess)
         return cuda_status("write_rotary", e);
@@ -376,6 +404,7 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
       problem.max_context_len = batch.max_context_len;
       problem.max_tokens = batch.num_tokens;
       problem.num_sms = ours->num_sms();
+      problem.kv_bits = ours->kv_bits();
       // Every layer of a step has the same problem: plan once per step.
       if (!plan_ || !same_problem(plan_->problem, problem))
         plan_ = std::make_unique<hostrun::cuda::AttentionPlan>(hostrun::cuda::plan_paged_attention(problem));
@@ -396,6 +425,7 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
       pools.block_tokens = shape.block_tokens;
       pools.kv_heads = shape.kv_heads;
       pools.head_dim = shape.head_dim;
+      pools.kv_bits = ours->kv_bits();
       hostrun::cuda::PagedAttentionBatch step;
       step.num_sequences = batch.num_sequences;
       step.query_start = batch.query_start;
@@ -416,7 +446,33 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
     return a.dtype == b.dtype && a.head_dim == b.head_dim && a.q_heads == b.q_heads && a.kv_heads == b.kv_heads &&
            a.num_sequences == b.num_sequences && a.max_query_len == b.max_query_len &&
            a.max_context_len == b.max_context_len && a.max_tokens == b.max_tokens && a.num_sms == b.num_sms &&
-           a.force_splits == b.force_splits;
+           a.force_splits == b.force_splits && a.kv_bits == b.kv_bits;
+  }
+
+  // write() into int8/int4 pages: kernels/cuda's quantizing store.
+  static Status write_quantized(const CudaKvCache& cache, int32_t layer, const TensorView& keys,
+                                const TensorView& values, const PagedKvBatch& batch, const hostrun::ExecContext& exec) {
+    const KvShape shape = cache.shape();
+    hostrun::cuda::KvQuantWriteArgs args;
+    if (Status s = check_heads("write: keys", keys, batch.num_tokens, shape.kv_heads, shape.head_dim, cache,
+                               &args.keys_row_stride);
+        !s)
+      return s;
+    if (Status s = check_heads("write: values", values, batch.num_tokens, shape.kv_heads, shape.head_dim, cache,
+                               &args.values_row_stride);
+        !s)
+      return s;
+    args.pages = {cache.k_pool(layer), cache.v_pool(layer), cache.kv_bits(), shape.block_tokens, shape.kv_heads,
+                  shape.head_dim, cache.num_slots()};
+    args.dtype = kernel_dtype(cache.dtype());
+    args.num_tokens = batch.num_tokens;
+    args.keys = keys.data;
+    args.values = values.data;
+    args.slot_mapping = batch.slot_mapping;
+    if (cudaError_t e = hostrun::cuda::quantize_and_write_kv(args, static_cast<cudaStream_t>(exec.stream));
+        e != cudaSuccess)
+      return cuda_status("write", e);
+    return {};
   }
 
   Status check_cache(const char* op, const hostrun::KvCache& cache, int32_t layer, const PagedKvBatch& batch,
@@ -443,6 +499,7 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
 
   hostrun::LibraryPin library_;  // carried by every cache handed out
   bool concurrent_prefill_ = true;
+  int kv_bits_ = 0;  // quant_policy: 0, 8 or 4
   std::unique_ptr<hostrun::cuda::AttentionPlan> plan_;  // the last step's, reused by its other layers
 };
 
@@ -451,14 +508,15 @@ const hostrun::SettingSpec kSettings[] = {
      "In a step with decode and prefill tokens, run the prefill attention on a second stream beside decode", false,
      "true"},
     {"quant_policy", hostrun::SettingType::integer,
-     "KV quantization, LMDeploy's --quant-policy: 0 (pages in the activation dtype) is what this policy stores", false,
-     "0", 0, 8},
+     "KV quantization, LMDeploy's --quant-policy: 0 (pages in the activation dtype), 8 (int8) or 4 (int4; "
+     "per token and KV head scale/zero, TurboMind's format)",
+     false, "0", 0, 8},
 };
 const hostrun::RoleEntry kRoles[] = {hostrun::role_entry<hostrun::KvCachePolicy, CudaKvPolicy>(kSettings, &probe)};
 
 }  // namespace
 
-HOSTRUN_PLUGIN("kv_cuda", "0.2.0",
-               "Paged KV cache in GPU memory (pages in the model's bf16/f16 activation dtype) with kernels/cuda "
-               "attention",
+HOSTRUN_PLUGIN("kv_cuda", "0.3.0",
+               "Paged KV cache in GPU memory (bf16/f16 pages, or int8/int4 with --quant-policy 8/4) with "
+               "kernels/cuda attention",
                kRoles)

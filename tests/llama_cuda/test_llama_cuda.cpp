@@ -55,6 +55,7 @@ struct CudaOptions {
   DType half = DType::bf16;       // activations and K/V pages: bf16 or f16
   Quantizer* quantizer = nullptr;  // given to load(): the linear layers come from it
   int64_t small_gemm_max_rows = -1;  // >= 0: the setting; else the plugin's default
+  int64_t quant_policy = 0;          // kv_cuda's pages: 0 (the activation dtype), 8 or 4
 };
 
 std::unique_ptr<Loaded> load(const fs::path& dir, bool cuda, int32_t num_blocks, const CudaOptions& options = {}) {
@@ -66,7 +67,8 @@ std::unique_ptr<Loaded> load(const fs::path& dir, bool cuda, int32_t num_blocks,
   for (const auto& refused : loaded->registry->refused()) FAIL(refused.file.string() << ": " << refused.reason);
   loaded->weights = std::move(checkpoint::ModelDirectory::open(dir).value());
   const Device device = cuda ? Device{DeviceKind::cuda, 0} : Device{DeviceKind::cpu, 0};
-  const Settings kv;  // both policies' defaults: kv_cuda's pages take the model's activation dtype
+  Settings kv;  // the policies' defaults: kv_cuda's pages take the model's activation dtype
+  if (cuda && options.quant_policy != 0) kv.set("quant_policy", options.quant_policy);
   auto policy = loaded->registry->create<KvCachePolicy>(cuda ? "kv_cuda" : "kv_cpu", kv, nullptr, "", device);
   REQUIRE_MESSAGE(policy.has_value(), policy.status().message());
   loaded->policy = *policy;
@@ -281,6 +283,81 @@ TEST_CASE("llama_cuda with a quantizer's linear layers gives the dense model's l
   run(nullptr, 0, false, dense_graphed_tokens);
   CHECK(graphed_tokens == dense_graphed_tokens);
   CHECK(graphed_tokens == quantized_tokens);
+}
+
+// int8 / int4 pages (kv_cuda quant_policy 8 / 4) against bf16 pages on the
+// same model: every step's logits within cosine 0.999 (int8) / 0.99 (int4),
+// through a two-pass prefill that reads its own quantized prefix and the
+// decode steps; and the decode steps also run as CUDA graphs, giving the
+// same greedy tokens as the eager steps that returned logits.
+TEST_CASE("kv_cuda int8 and int4 pages keep llama_cuda's logits within cosine 0.999 / 0.99 of bf16 pages") {
+  TempDir dir("kv_quant");
+  const llama::LlamaConfig config = shape(512, 8, 2, 128, 3, 1000, false);
+  write_checkpoint(dir.path(), config, 17);
+  std::mt19937 rng(9);
+  std::vector<TokenId> prompt(100);  // > max_tokens_per_step: the prefill takes two passes
+  for (auto& id : prompt) id = TokenId(rng() % uint32_t(config.vocab_size));
+  const int steps = 12;
+  std::vector<TokenId> bf16_tokens;
+  std::vector<std::vector<float>> bf16;
+  {
+    auto m = load(dir.path(), true, 128);
+    bf16 = run_sequence(*m->model, prompt, steps, bf16_tokens, "bf16 pages");
+  }
+  for (auto [policy, bar] : {std::pair{int64_t(8), 0.999}, {int64_t(4), 0.99}}) {
+    CAPTURE(policy);
+    CudaOptions options;
+    options.quant_policy = policy;
+    auto m = load(dir.path(), true, 128, options);
+    CHECK(m->policy->format().quant_policy == policy);
+    std::vector<TokenId> tokens, graphed_tokens;
+    const auto got = run_sequence(*m->model, prompt, steps, tokens, fmt::format("int{} pages", policy));
+    double worst = 1.0;
+    for (int s = 0; s <= steps; ++s) {
+      double dot = 0, a = 0, b = 0;
+      for (size_t i = 0; i < got[size_t(s)].size(); ++i) {
+        dot += double(got[size_t(s)][i]) * bf16[size_t(s)][i];
+        a += double(got[size_t(s)][i]) * got[size_t(s)][i];
+        b += double(bf16[size_t(s)][i]) * bf16[size_t(s)][i];
+      }
+      worst = std::min(worst, dot / std::sqrt(a * b));
+      // After the first token that differs the two continue different texts.
+      if (tokens[size_t(s)] != bf16_tokens[size_t(s)]) break;
+    }
+    MESSAGE(fmt::format("int{} pages: worst logits cosine {:.6f} against bf16 pages, {} of {} greedy tokens equal",
+                        policy, worst,
+                        std::mismatch(tokens.begin(), tokens.end(), bf16_tokens.begin()).first - tokens.begin(),
+                        tokens.size()));
+    CHECK(worst >= bar);
+    CHECK(worst < 1.0);  // the pages really are quantized
+    auto graphed = load(dir.path(), true, 128, options);
+    run_sequence(*graphed->model, prompt, steps, graphed_tokens, fmt::format("int{} pages, graphs", policy), false);
+    CHECK(graphed_tokens == tokens);
+  }
+}
+
+// A quantized policy the model's shape cannot use is refused when the cache
+// is made, naming the shape and what would work; quant_policy 3 when the
+// policy is made.
+TEST_CASE("kv_cuda refuses quant_policy it cannot serve with a clear error") {
+  auto registry = std::make_unique<core::PluginRegistry>();
+  registry->load_file(llama_test::test_plugin_dir() / "hostrun_kv_cuda.so");
+  const Device gpu{DeviceKind::cuda, 0};
+  Settings bad;
+  bad.set("quant_policy", int64_t(3));
+  auto refused = registry->create<KvCachePolicy>("kv_cuda", bad, nullptr, "", gpu);
+  REQUIRE_FALSE(refused.has_value());
+  CHECK(refused.status().message().find("expected 0 (bf16/f16 pages), 8 (int8) or 4 (int4), found 3") !=
+        std::string::npos);
+  Settings int8;
+  int8.set("quant_policy", int64_t(8));
+  auto policy = registry->create<KvCachePolicy>("kv_cuda", int8, nullptr, "", gpu);
+  REQUIRE_MESSAGE(policy.has_value(), policy.status().message());
+  CHECK((*policy)->bytes_per_block(KvShape{32, 8, 128, 64, DType::bf16}) == size_t(64) * 67584);
+  auto odd_head = (*policy)->allocate(KvShape{2, 2, 96, 16, DType::bf16}, 4, gpu);
+  REQUIRE_FALSE(odd_head.has_value());
+  CHECK(odd_head.status().message().find("head_dim 64 or 128") != std::string::npos);
+  CHECK(odd_head.status().message().find("head_dim 96") != std::string::npos);
 }
 
 namespace {
