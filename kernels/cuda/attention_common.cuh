@@ -237,48 +237,15 @@ struct KvTileStream {
   __device__ __forceinline__ void issue(int buffer, const AttentionKernelParams& p, const std::int32_t* block_table,
                                         int kv_head, int first, int limit, const TileRows& rows) const {
     if constexpr (kKvBits == 0) {
-      constexpr int chunks_per_row = kHeadDim / 8;  // 16-byte chunks
-      constexpr int rows_per_pass = kThreads / chunks_per_row;
-      static_assert(kThreads % chunks_per_row == 0 && kRows % rows_per_pass == 0);
-      const int chunk = threadIdx.x % chunks_per_row;
-      const T* k_pages = static_cast<const T*>(p.k_pages);
-      const T* v_pages = static_cast<const T*>(p.v_pages);
-#pragma unroll
-      for (int pass = 0; pass < kRows / rows_per_pass; ++pass) {
-        const int row = pass * rows_per_pass + threadIdx.x / chunks_per_row;
-        const int position = first + row;
-        const bool valid = position < limit;
-        std::int64_t element = 0;
-        if (valid) {
-          const PageRow at = rows.at(p, block_table, position, row);
-          const std::int64_t slot = at.block * p.block_tokens + at.offset;
-          element = (slot * p.kv_heads + kv_head) * kHeadDim + chunk * 8;
-        }
-        cp_async_16(k(buffer) + row * kRow + chunk * 8, k_pages + element, valid);
-        cp_async_16(v(buffer) + row * kRow + chunk * 8, v_pages + element, valid);
-      }
+      constexpr int row_bytes = kHeadDim * static_cast<int>(sizeof(T));
+      const std::int64_t block_bytes = static_cast<std::int64_t>(p.block_tokens) * p.kv_heads * row_bytes;
+      copy_rows<row_bytes>(reinterpret_cast<unsigned char*>(k(buffer)), reinterpret_cast<unsigned char*>(v(buffer)),
+                           kRow * static_cast<int>(sizeof(T)), block_bytes, p, block_table, kv_head, first, limit, rows);
     } else {
-      constexpr int chunks_per_row = kCodeBytes / 16;
-      constexpr int rows_per_pass = kThreads / chunks_per_row;
-      static_assert(kThreads % chunks_per_row == 0 && kRows % rows_per_pass == 0 && kRows <= kThreads);
-      const auto* k_pages = static_cast<const unsigned char*>(p.k_pages);
-      const auto* v_pages = static_cast<const unsigned char*>(p.v_pages);
-      const std::int64_t params_start = static_cast<std::int64_t>(p.block_tokens) * p.kv_heads * kCodeBytes;
-      const int chunk = threadIdx.x % chunks_per_row;
-#pragma unroll
-      for (int pass = 0; pass < kRows / rows_per_pass; ++pass) {
-        const int row = pass * rows_per_pass + threadIdx.x / chunks_per_row;
-        const int position = first + row;
-        const bool valid = position < limit;
-        std::int64_t at = 0;
-        if (valid) {
-          const PageRow page = rows.at(p, block_table, position, row);
-          const int block_row = page.offset * p.kv_heads + kv_head;
-          at = page.block * p.kv_block_bytes + static_cast<std::int64_t>(block_row) * kCodeBytes + chunk * 16;
-        }
-        cp_async_16(k_codes(buffer) + row * kStagePitch + chunk * 16, k_pages + at, valid);
-        cp_async_16(v_codes(buffer) + row * kStagePitch + chunk * 16, v_pages + at, valid);
-      }
+      copy_rows<kCodeBytes>(k_codes(buffer), v_codes(buffer), kStagePitch, p.kv_block_bytes, p, block_table, kv_head,
+                            first, limit, rows);
+      // Then each row's (scale, zero) word, after the block's codes.
+      static_assert(kRows <= kThreads);
       if (threadIdx.x < kRows) {
         const int row = threadIdx.x;
         const int position = first + row;
@@ -286,12 +253,44 @@ struct KvTileStream {
         std::int64_t at = 0;
         if (valid) {
           const PageRow page = rows.at(p, block_table, position, row);
-          const int block_row = page.offset * p.kv_heads + kv_head;
-          at = page.block * p.kv_block_bytes + params_start + 4 * block_row;
+          const std::int64_t params_start = static_cast<std::int64_t>(p.block_tokens) * p.kv_heads * kCodeBytes;
+          at = page.block * p.kv_block_bytes + params_start + 4 * (page.offset * p.kv_heads + kv_head);
         }
+        const auto* k_pages = static_cast<const unsigned char*>(p.k_pages);
+        const auto* v_pages = static_cast<const unsigned char*>(p.v_pages);
         cp_async_4(k_params(buffer) + row, k_pages + at, valid);
         cp_async_4(v_params(buffer) + row, v_pages + at, valid);
       }
+    }
+  }
+
+  // The copies of kRows (token, kv head) rows of kRowBytes each, K and V, in
+  // 16-byte chunks: row r of the tile is at byte (offset * kv_heads + head) *
+  // kRowBytes of its page (`block_bytes` a page), and lands at r * dst_pitch.
+  template <int kRowBytes>
+  __device__ __forceinline__ void copy_rows(unsigned char* k_dst, unsigned char* v_dst, int dst_pitch,
+                                            std::int64_t block_bytes, const AttentionKernelParams& p,
+                                            const std::int32_t* block_table, int kv_head, int first, int limit,
+                                            const TileRows& rows) const {
+    constexpr int chunks_per_row = kRowBytes / 16;
+    constexpr int rows_per_pass = kThreads / chunks_per_row;
+    static_assert(kRowBytes % 16 == 0 && kThreads % chunks_per_row == 0 && kRows % rows_per_pass == 0);
+    const auto* k_pages = static_cast<const unsigned char*>(p.k_pages);
+    const auto* v_pages = static_cast<const unsigned char*>(p.v_pages);
+    const int chunk = threadIdx.x % chunks_per_row;
+#pragma unroll
+    for (int pass = 0; pass < kRows / rows_per_pass; ++pass) {
+      const int row = pass * rows_per_pass + threadIdx.x / chunks_per_row;
+      const int position = first + row;
+      const bool valid = position < limit;
+      std::int64_t at = 0;
+      if (valid) {
+        const PageRow page = rows.at(p, block_table, position, row);
+        at = page.block * block_bytes + static_cast<std::int64_t>(page.offset * p.kv_heads + kv_head) * kRowBytes +
+             chunk * 16;
+      }
+      cp_async_16(k_dst + row * dst_pitch + chunk * 16, k_pages + at, valid);
+      cp_async_16(v_dst + row * dst_pitch + chunk * 16, v_pages + at, valid);
     }
   }
 

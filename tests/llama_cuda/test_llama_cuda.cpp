@@ -229,6 +229,14 @@ TEST_CASE("llama_cuda logits and greedy tokens follow llama_cpu on several shape
 
 namespace {
 
+// 100 random ids: more than load()'s max_tokens_per_step, so the prefill takes two passes.
+std::vector<TokenId> two_pass_prompt(uint32_t seed, int64_t vocab) {
+  std::mt19937 rng(seed);
+  std::vector<TokenId> prompt(100);
+  for (auto& id : prompt) id = TokenId(rng() % uint32_t(vocab));
+  return prompt;
+}
+
 double relative_error(const std::vector<float>& got, const std::vector<float>& want) {
   double num = 0, den = 0;
   for (size_t i = 0; i < want.size(); ++i) {
@@ -252,9 +260,7 @@ TEST_CASE("llama_cuda with a quantizer's linear layers gives the dense model's l
   TempDir dir("quantizer");
   const llama::LlamaConfig config = shape(512, 8, 2, 128, 3, 1000, false);
   write_checkpoint(dir.path(), config, 13);
-  std::mt19937 rng(5);
-  std::vector<TokenId> prompt(100);  // > max_tokens_per_step: the prefill takes two passes
-  for (auto& id : prompt) id = TokenId(rng() % uint32_t(config.vocab_size));
+  const std::vector<TokenId> prompt = two_pass_prompt(5, config.vocab_size);
   const int steps = 12;
   auto run = [&](Quantizer* quantizer, int64_t small_gemm_max_rows, bool with_logits, std::vector<TokenId>& tokens) {
     auto m = load(dir.path(), true, 128, CudaOptions{DType::bf16, quantizer, small_gemm_max_rows});
@@ -294,9 +300,7 @@ TEST_CASE("kv_cuda int8 and int4 pages keep llama_cuda's logits within cosine 0.
   TempDir dir("kv_quant");
   const llama::LlamaConfig config = shape(512, 8, 2, 128, 3, 1000, false);
   write_checkpoint(dir.path(), config, 17);
-  std::mt19937 rng(9);
-  std::vector<TokenId> prompt(100);  // > max_tokens_per_step: the prefill takes two passes
-  for (auto& id : prompt) id = TokenId(rng() % uint32_t(config.vocab_size));
+  const std::vector<TokenId> prompt = two_pass_prompt(9, config.vocab_size);
   const int steps = 12;
   std::vector<TokenId> bf16_tokens;
   std::vector<std::vector<float>> bf16;
