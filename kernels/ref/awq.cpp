@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <vector>
 
 #include "ref/dtype.hpp"
 
@@ -35,24 +34,27 @@ void awq_dequantize(const AwqWeights& layer, float* weight) {
     for (std::size_t i = 0; i < layer.in_features; ++i) weight[o * layer.in_features + i] = awq_weight(layer, i, o);
 }
 
-void awq_gemm(const AwqWeights& layer, const float* x, std::size_t m, float* y) {
-  const std::size_t in = layer.in_features, out = layer.out_features, group = layer.group_size;
-  std::fill(y, y + m * out, 0.0f);
-  std::vector<float> w(group * out);  // one group of input channels, [group, out]
-  std::vector<float> partial(out);
-  for (std::size_t g0 = 0; g0 < in; g0 += group) {
+std::size_t awq_gemm_workspace_floats(const AwqWeights& layer) {
+  return (layer.group_size + 1) * layer.out_features;
+}
+
+void awq_gemm(const AwqWeights& layer, const float* x, std::size_t x_stride, std::size_t m, float* y,
+              std::size_t y_stride, float* workspace) {
+  const std::size_t out = layer.out_features, group = layer.group_size;
+  float* w = workspace;                   // one group of input channels, [group, out]
+  float* partial = workspace + group * out;  // [out]
+  for (std::size_t r = 0; r < m; ++r) std::fill(y + r * y_stride, y + r * y_stride + out, 0.0f);
+  for (std::size_t g0 = 0; g0 < layer.in_features; g0 += group) {
     for (std::size_t i = 0; i < group; ++i)
       for (std::size_t o = 0; o < out; ++o) w[i * out + o] = awq_weight(layer, g0 + i, o);
-    // Each group's partial dot products are summed in order, then added to y:
-    // a fixed order the GPU kernels can be compared with in f32.
     for (std::size_t r = 0; r < m; ++r) {
-      std::fill(partial.begin(), partial.end(), 0.0f);
+      std::fill(partial, partial + out, 0.0f);
       for (std::size_t i = 0; i < group; ++i) {
-        const float xi = x[r * in + g0 + i];
-        const float* wi = w.data() + i * out;
+        const float xi = x[r * x_stride + g0 + i];
+        const float* wi = w + i * out;
         for (std::size_t o = 0; o < out; ++o) partial[o] += xi * wi[o];
       }
-      for (std::size_t o = 0; o < out; ++o) y[r * out + o] += partial[o];
+      for (std::size_t o = 0; o < out; ++o) y[r * y_stride + o] += partial[o];
     }
   }
 }

@@ -55,8 +55,13 @@ void awq_dequantize(const AwqWeights& layer, float* weight);
 
 // y[m, out] = x[m, in] W^T with W dequantized as above, in f32 (the CPU path
 // and the oracle of the W4A16 kernels): dequantizes one group of input
-// channels at a time, so no [out, in] f32 copy is held.
-void awq_gemm(const AwqWeights& layer, const float* x, std::size_t m, float* y);
+// channels at a time into `workspace` (awq_gemm_workspace_floats), so no
+// [out, in] f32 copy is held and nothing is allocated. Rows of x and y are
+// `x_stride` / `y_stride` floats apart. Each group's partial sums are formed
+// in input order, then added to y group by group: a fixed order.
+std::size_t awq_gemm_workspace_floats(const AwqWeights& layer);
+void awq_gemm(const AwqWeights& layer, const float* x, std::size_t x_stride, std::size_t m, float* y,
+              std::size_t y_stride, float* workspace);
 
 // Round-to-nearest 4-bit of W [out, in] (f32): q [in, out], zeros [in / group,
 // out] (codes 0..15, unpacked), scales [in / group, out] (f16 bits).

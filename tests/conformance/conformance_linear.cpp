@@ -6,9 +6,11 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <cstring>
 #include <fstream>
 
 #include "checkpoint/safetensors.hpp"
+#include "ref/awq.hpp"
 #include "linear_suite.hpp"
 #include "ref/gemm.hpp"
 #include "ref/rope.hpp"
@@ -35,11 +37,49 @@ void write_dense_checkpoint(const fs::path& directory, std::span<const DenseLine
   std::ofstream(directory / "config.json") << "{}\n";
 }
 
+// For quantizers that read AutoAWQ's GEMM format: each layer rounded to
+// nearest 4-bit in groups of kGroup input channels (ref::awq_quantize_rtn),
+// packed as AutoAWQ packs (ref::awq_pack), with its quantization_config.
+template <int kGroup>
+void write_awq_checkpoint(const fs::path& directory, std::span<const DenseLinearWeight> layers) {
+  std::vector<std::vector<std::byte>> storage;
+  std::vector<checkpoint::TensorData> tensors;
+  const auto add = [&](std::string name, DType dtype, std::vector<int64_t> shape, const void* data, size_t bytes) {
+    storage.emplace_back(bytes);
+    std::memcpy(storage.back().data(), data, bytes);
+    tensors.push_back({std::move(name), dtype, std::move(shape), std::span<const std::byte>(storage.back())});
+  };
+  for (const DenseLinearWeight& layer : layers) {
+    const size_t out = size_t(layer.out_features), in = size_t(layer.in_features), groups = in / kGroup;
+    std::vector<uint8_t> q(in * out), zeros(groups * out);
+    std::vector<uint16_t> scales(groups * out);
+    ref::awq_quantize_rtn(layer.values.data(), out, in, kGroup, q.data(), zeros.data(), scales.data());
+    std::vector<int32_t> qweight(in * out / 8), qzeros(groups * out / 8);
+    ref::awq_pack(q.data(), in, out, qweight.data());
+    ref::awq_pack(zeros.data(), groups, out, qzeros.data());
+    add(layer.prefix + ".qweight", DType::i32, {int64_t(in), int64_t(out / 8)}, qweight.data(), qweight.size() * 4);
+    add(layer.prefix + ".qzeros", DType::i32, {int64_t(groups), int64_t(out / 8)}, qzeros.data(), qzeros.size() * 4);
+    add(layer.prefix + ".scales", DType::f16, {int64_t(groups), int64_t(out)}, scales.data(), scales.size() * 2);
+  }
+  Status written = checkpoint::write_safetensors(directory / "model.safetensors", tensors);
+  REQUIRE_MESSAGE(written.is_ok(), written.message());
+  std::ofstream(directory / "config.json")
+      << fmt::format(R"({{"quantization_config": {{"quant_method": "awq", "bits": 4, "group_size": {}, )"
+                     R"("zero_point": true, "version": "gemm"}}}})",
+                     kGroup)
+      << "\n";
+}
+
 // label, plugin, settings, activation dtype, checkpoint writer, weight tolerance, tolerance
 const QuantizerRow kRows[] = {
     // int8 with one scale per row: |W - q s| <= s / 2 = max|row| / 254. Its
     // forward multiplies the dequantized rows with ref::gemm: the same sums.
     {"test_rtn_int8", "test_rtn_int8", {}, DType::f32, &write_dense_checkpoint, 1.0 / 254 * 1.0001, 1e-6},
+    // AutoAWQ 4-bit, round to nearest: |W - W'| <= step / 2 with step = range / 15 <= 2 max|W| / 15 (plus the
+    // f16 rounding of the scale). Its forward sums each group in input order (ref::awq_gemm), ref::gemm blocks
+    // differently: f32 rounding apart.
+    {"awq, group 128", "awq", {}, DType::f32, &write_awq_checkpoint<128>, 1.0 / 15 * 1.01, 1e-5},
+    {"awq, group 32", "awq", {}, DType::f32, &write_awq_checkpoint<32>, 1.0 / 15 * 1.01, 1e-5},
 };
 
 // A dense layer made here that fuses every epilogue through the ref kernels,

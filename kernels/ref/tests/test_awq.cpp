@@ -119,8 +119,8 @@ TEST_CASE("awq: the CPU GEMM equals dequantize-then-multiply") {
   std::vector<float> w(out * in);
   awq_dequantize(layer.view, w.data());
   const std::vector<float> x = random_floats(rng, m * in);
-  std::vector<float> y(m * out);
-  awq_gemm(layer.view, x.data(), m, y.data());
+  std::vector<float> y(m * out), workspace(awq_gemm_workspace_floats(layer.view));
+  awq_gemm(layer.view, x.data(), in, m, y.data(), out, workspace.data());
   for (std::size_t r = 0; r < m; ++r)
     for (std::size_t o = 0; o < out; ++o) {
       double want = 0;
