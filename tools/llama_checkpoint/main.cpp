@@ -1,6 +1,7 @@
 // `hostrun-llama-checkpoint random DIR`: a randomly initialised Llama
 // checkpoint of any shape in the HF layout, so tests and benchmarks need no
-// downloaded weights (speed does not depend on the values). A tool of the
+// downloaded weights (speed does not depend on the values). `rtn-awq SRC DST`:
+// a folder's linear layers rounded to nearest 4-bit in AutoAWQ's format. A tool of the
 // Llama library, not of the host: the host knows no model family.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -10,6 +11,7 @@
 
 #include "llama_common/llama_config.hpp"
 #include "random_checkpoint.hpp"
+#include "rtn_awq.hpp"
 
 namespace hostrun::llama {
 
@@ -130,6 +132,25 @@ int main(int argc, char** argv) {
   cmd->add_option("--tokenizer", o.tokenizer_dir,
                   "Folder with tokenizer.json and tokenizer_config.json to copy in (sets Llama-3's bos/eos ids)");
   cmd->add_option("--max-shard-mb", o.max_shard_mb, "Shard the weights above this size")->capture_default_str();
+  auto* rtn = app.add_subcommand("rtn-awq", "Round a Llama folder's linear layers to nearest 4-bit in AutoAWQ's GEMM "
+                                            "format (the baseline AWQ's search must beat; AWQ folders for tests)");
+  std::string rtn_source, rtn_destination;
+  hostrun::llama::RtnAwqOptions rtn_options;
+  std::string twin;
+  rtn->add_option("SRC", rtn_source, "Unquantized Llama folder")->required();
+  rtn->add_option("DST", rtn_destination, "Folder to write (created)")->required();
+  rtn->add_option("--group-size", rtn_options.group_size, "32, 64 or 128")->capture_default_str();
+  rtn->add_option("--dequantized-twin", twin, "Also write the dequantized weights as a dense f32 folder here");
   CLI11_PARSE(app, argc, argv);
+  if (rtn->parsed()) {
+    rtn_options.dequantized_twin = twin;
+    if (hostrun::Status s = hostrun::llama::write_rtn_awq_checkpoint(rtn_source, rtn_destination, rtn_options); !s) {
+      fmt::print(stderr, "{}\n", s.message());
+      return 1;
+    }
+    fmt::print("wrote {}: linear layers as AWQ 4-bit, group {}{}\n", rtn_destination, rtn_options.group_size,
+               twin.empty() ? "" : fmt::format("; dequantized twin in {}", twin));
+    return 0;
+  }
   return hostrun::llama::write(o);
 }
