@@ -168,11 +168,38 @@ Status Runtime::build(const RuntimeOptions& options, LogSink* log_sink) {
 // The manifest and the device: --manifest as given (with --device applied to
 // its [engine] device, or refused when its model plugin cannot run there), or
 // the built-in manifest the table gives for the folder.
+// --model-format says what the folder must be: "hf" an unquantized one,
+// anything else the quant_method of its quantization_config. The host knows
+// no format: it compares the two strings.
+static Status check_model_format(const std::string& wanted, const checkpoint::FolderConfig& folder,
+                          const std::string& model_dir) {
+  if (wanted.empty()) return {};
+  std::string format = wanted;
+  std::transform(format.begin(), format.end(), format.begin(), [](unsigned char c) { return char(std::tolower(c)); });
+  if (format == "hf") {
+    if (folder.quant_method.empty()) return {};
+    return Status(ErrorCode::invalid_argument,
+                  fmt::format("--model-format hf: {} is a quantized folder (quantization_config.quant_method \"{}\"); "
+                              "say --model-format {} or leave the flag out",
+                              model_dir, folder.quant_method, folder.quant_method));
+  }
+  if (folder.quant_method == format) return {};
+  if (folder.quant_method.empty())
+    return Status(ErrorCode::invalid_argument,
+                  fmt::format("--model-format {}: {} has no quantization_config in its config.json: it is an "
+                              "unquantized folder (--model-format hf)",
+                              format, model_dir));
+  return Status(ErrorCode::invalid_argument,
+                fmt::format("--model-format {}: {} is a {} folder (quantization_config.quant_method \"{}\")", format,
+                            model_dir, folder.quant_method, folder.quant_method));
+}
+
 Result<Manifest> Runtime::choose_manifest(const RuntimeOptions& options) {
   auto read = checkpoint::read_folder_config(model_dir_);
   if (!read) return read.status();
   folder_ = std::move(read.value());
   const checkpoint::FolderConfig* folder = &folder_;
+  if (Status s = check_model_format(options.model_format, *folder, model_dir_); !s) return s;
   Logger log(log_sink_, "hostrun");
   if (!options.manifest_file.empty()) {
     auto manifest = Manifest::parse_file(options.manifest_file);

@@ -40,6 +40,10 @@ struct RuntimeOptions {
   std::string manifest_file;  // empty: the built-in manifest for the model
   std::string chat_template;  // NAME or FILE; empty: the manifest's
   std::string device = "auto";  // auto, cpu or cuda
+  // LMDeploy's --model-format: "hf" for an unquantized folder, or the
+  // quantization_config.quant_method the folder must have ("awq"); empty:
+  // whatever the folder is.
+  std::string model_format;
   std::vector<ManifestOverride> overrides;
   std::vector<std::filesystem::path> plugin_dirs;
   // Make the [frontend] table's plugin before anything loads, so that its

@@ -12,18 +12,10 @@ void BenchModelFlags::add_to(CLI::App* cmd) {
   cmd->add_option("MODEL_DIR", engine.model_dir, "HF model folder (config.json, *.safetensors, tokenizer.json)")
       ->required();
   engine.add_to(cmd);
-  cmd->add_option("--model-format", model_format, "Weight format: hf (awq once a quantizer plugin exists)")
-      ->capture_default_str();
 }
 
 std::unique_ptr<core::Runtime> open_bench_runtime(const BenchModelFlags& flags, const GlobalOptions& global,
                                                   const char* command, int& exit_code) {
-  if (flags.model_format != "hf") {
-    fmt::print(stderr, "hostrun bench {}: --model-format {}: only hf is implemented so far\n", command,
-               flags.model_format);
-    exit_code = 2;
-    return nullptr;
-  }
   auto options = flags.engine.runtime_options(global.plugin_dirs);
   if (!options) {
     fmt::print(stderr, "hostrun bench {}: {}\n", command, options.status().message());

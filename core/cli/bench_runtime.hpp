@@ -1,7 +1,6 @@
 // What the bench commands that run a model locally share: MODEL_DIR and the
-// engine flags (--quant-policy among them), LMDeploy's --model-format
-// (refused beyond what the build implements), the runtime, and the JSON they
-// write.
+// engine flags (--quant-policy and --model-format among them), the runtime,
+// and the JSON they write.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -16,7 +15,6 @@ namespace hostrun::cli {
 
 struct BenchModelFlags {
   EngineFlags engine;
-  std::string model_format = "hf";
 
   void add_to(CLI::App* cmd);
 };

@@ -17,6 +17,7 @@ struct EngineFlags {
   std::string manifest;
   std::string chat_template;
   std::string device = "auto";
+  std::string model_format;
   std::optional<int64_t> session_len, max_batch_size, max_prefill_token_num, cache_block_seq_len, num_kv_blocks;
   std::optional<double> cache_max_entry_count, request_timeout;
   std::optional<int64_t> max_queued_requests;
@@ -30,6 +31,9 @@ struct EngineFlags {
     cmd->add_option("--chat-template", chat_template, "Chat template: a built-in name (llama3, llava-llama3) or a "
                                                       "TOML file with a [chat_template] table");
     cmd->add_option("--device", device, "auto, cpu or cuda")->capture_default_str();
+    cmd->add_option("--model-format", model_format,
+                    "What MODEL_DIR must be: hf (unquantized) or a quantization format (awq); default: whatever "
+                    "its config.json says");
     cmd->add_option("--session-len", session_len, "Most tokens (prompt + reply) a request may hold");
     cmd->add_option("--max-batch-size", max_batch_size, "Most sequences in one engine step");
     cmd->add_option("--max-prefill-token-num", max_prefill_token_num, "Most prompt tokens computed in one step");
@@ -56,6 +60,7 @@ struct EngineFlags {
     o.manifest_file = manifest;
     o.chat_template = chat_template;
     o.device = device;
+    o.model_format = model_format;
     o.plugin_dirs.assign(plugin_dirs.begin(), plugin_dirs.end());
     auto add = [&](const char* key, const auto& value, const char* flag) {
       if (value) o.overrides.push_back({key, fmt::format("{}", *value), flag});

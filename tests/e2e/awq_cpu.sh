@@ -38,6 +38,15 @@ ask "$out/twin" > "$out/twin.reply"
 [ -s "$out/awq.reply" ] || { echo "no reply from the AWQ folder"; exit 1; }
 cmp -s "$out/awq.reply" "$out/twin.reply" || { echo "greedy replies differ:"; diff "$out/awq.reply" "$out/twin.reply"; exit 1; }
 
+# --model-format says what the folder must be: awq passes for the AWQ folder; hf is refused for it, awq for the twin.
+score_as() { "$hostrun" bench perplexity "$1" --device cpu --no-progress --text "$out/text.txt" --context 64 --model-format "$2"; }
+score_as "$out/awq" awq > /dev/null
+if score_as "$out/awq" hf 2> "$out/hf.err" > /dev/null; then echo "--model-format hf took an AWQ folder"; exit 1; fi
+grep -q -- '--model-format hf: .* is a quantized folder (quantization_config.quant_method "awq")' "$out/hf.err" ||
+  { echo "unclear refusal:"; cat "$out/hf.err"; exit 1; }
+if score_as "$out/twin" awq 2> "$out/twin.err" > /dev/null; then echo "--model-format awq took a dense folder"; exit 1; fi
+grep -q -- '--model-format awq: .* has no quantization_config' "$out/twin.err" || { echo "unclear refusal:"; cat "$out/twin.err"; exit 1; }
+
 # Layouts this plugin does not read: refused, naming the key.
 mkdir "$out/gemv"
 cp "$out/awq"/* "$out/gemv/"

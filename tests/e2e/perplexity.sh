@@ -61,6 +61,7 @@ expect_refusal "--context 1: a window needs at least 2 tokens" "$model" --device
 expect_refusal "--stride 64: expected 1 to 63" "$model" --device cpu --text "$out/text.txt" --context 64 --stride 64
 expect_refusal "over the session length of 32" "$model" --device cpu --text "$out/text.txt" --context 64 --session-len 32
 expect_refusal "quant_policy.*found 3" "$model" --device cpu --text "$out/text.txt" --quant-policy 3
-expect_refusal "--model-format awq: only hf" "$model" --device cpu --text "$out/text.txt" --model-format awq
+expect_refusal "--model-format awq: .* has no quantization_config in its config.json" "$model" \
+  --device cpu --text "$out/text.txt" --model-format awq
 expect_refusal "not a model folder" "$out/text.txt" --device cpu --text "$out/text.txt"
 echo "perplexity: ok"
