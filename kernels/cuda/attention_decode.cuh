@@ -30,11 +30,12 @@ constexpr int decode_threads = 128;
 constexpr int decode_max_group = 16;
 
 // Quantized pages are read from the staging buffers straight into mma
-// fragments (no 16-bit tile in shared memory), through a deeper pipeline:
-// a tile of codes is a half (int8) or a quarter (int4) of a 16-bit tile, and
-// the loaded latency of HBM, not the work per tile, sets how fast a CTA
-// walks its positions, so more tiles are kept in flight (3 int8, 4 int4
-// stages; 2 for 16-bit tiles, which are twice as large as int8's).
+// fragments (no 16-bit tile in shared memory). A tile of codes is a half
+// (int8) or a quarter (int4) of a 16-bit tile, so the same shared memory
+// keeps more of them in flight: 3 (int8) and 4 (int4) stages, 2 for 16-bit
+// tiles. Measured at 256 x 384 (int8): 168.5 us with 3 stages, 170.3 with 2,
+// before the changes that made the kernel 2x faster; it is bound by its
+// instructions, not by how many tiles are in flight (kernels/cuda/NOTES.md).
 template <int kKvBits>
 inline constexpr int decode_stages = kKvBits == 8 ? 3 : kKvBits == 4 ? 4 : 2;
 // CTAs an SM must hold (register budget): what the shared memory of the
@@ -79,7 +80,7 @@ constexpr int decode_smem_bytes() {
 // loaded once in that order. Likewise O = P V may permute the n dims: the
 // thread of column group n (= lane / 4) takes dims [n * D/8, (n + 1) * D/8)
 // of the four value rows its P fragment covers (16 or 8 bytes a row), and
-// the output dims are mapped back when O is stored (decode_o_dim).
+// the output dims are mapped back when O is stored (decode_o_index).
 
 // Where output dim `dim` sits in a warp's accumulators, as tile * 8 + column
 // (the fragment order the merge area keeps): the dim itself for 16-bit
@@ -385,8 +386,6 @@ __global__ void __launch_bounds__(decode_threads, decode_min_ctas<kKvBits>) deco
     }
     l_lo = l_lo * alpha_lo + sum_lo;
     l_hi = l_hi * alpha_hi + sum_hi;
-    const std::uint32_t a[4] = {pack2<T>(s[0][0], s[0][1]), pack2<T>(s[0][2], s[0][3]), pack2<T>(s[1][0], s[1][1]),
-                                pack2<T>(s[1][2], s[1][3])};
 #pragma unroll
     for (int d = 0; d < DTILES; ++d) {
       o[d][0] *= alpha_lo;
@@ -395,6 +394,9 @@ __global__ void __launch_bounds__(decode_threads, decode_min_ctas<kKvBits>) deco
       o[d][3] *= alpha_hi;
     }
     if constexpr (kKvBits == 0) {
+      // P re-packed from the S accumulators: the A operand, register for register.
+      const std::uint32_t a[4] = {pack2<T>(s[0][0], s[0][1]), pack2<T>(s[0][2], s[0][3]),
+                                  pack2<T>(s[1][0], s[1][1]), pack2<T>(s[1][2], s[1][3])};
       const T* v_rows = tiles.v(buffer) + warp * 16 * ROW;
 #pragma unroll
       for (int d = 0; d < DTILES; d += 2) {
@@ -404,10 +406,10 @@ __global__ void __launch_bounds__(decode_threads, decode_min_ctas<kKvBits>) deco
         mma_16816<T>(o[d + 1], a, b[2], b[3]);
       }
     } else {
-      const std::uint32_t a16[4] = {pack2<__half>(s[0][0], s[0][1]), pack2<__half>(s[0][2], s[0][3]),
-                                    pack2<__half>(s[1][0], s[1][1]), pack2<__half>(s[1][2], s[1][3])};
+      const std::uint32_t a[4] = {pack2<__half>(s[0][0], s[0][1]), pack2<__half>(s[0][2], s[0][3]),
+                                  pack2<__half>(s[1][0], s[1][1]), pack2<__half>(s[1][2], s[1][3])};
       quantized_values<kHeadDim, kKvBits, Tiles::kStagePitch>(
-          o, a16, tiles.v_codes(buffer) + warp * 16 * Tiles::kStagePitch, tiles.v_params(buffer) + warp * 16, lane);
+          o, a, tiles.v_codes(buffer) + warp * 16 * Tiles::kStagePitch, tiles.v_params(buffer) + warp * 16, lane);
     }
     __syncthreads();
   }

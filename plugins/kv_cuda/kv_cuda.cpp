@@ -4,8 +4,9 @@
 // (KvShape::activation_dtype, bf16 or f16): what the model hands write() is
 // what is stored. quant_policy 8 / 4: pages hold int8 / int4 codes with a
 // per-token, per-KV-head (scale, zero) inside each block (kernels/ref
-// kv_quant.hpp, TurboMind's format); the stores quantize, attention
-// dequantizes each tile in shared memory. Each layer
+// kv_quant.hpp, TurboMind's format); the stores quantize, decode attention
+// reads the codes straight into mma fragments and prefill attention
+// dequantizes tiles in shared memory (kernels/cuda/README.md). Each layer
 // has one K pool and one V pool laid out as kernels/cuda expects
 // ([num_blocks, block_tokens, kv_heads, head_dim]), all layers in one
 // cudaMalloc. write() is a plain copy kernel of rotated keys; write_rotary()
