@@ -1,0 +1,49 @@
+// AWQ's activation-aware scale search (Lin et al., "AWQ: Activation-aware
+// Weight Quantization", 2023), the heart of `lite auto_awq`: input channels
+// that carry large activations matter more, so they are scaled up before
+// 4-bit rounding (and the inverse scale folded into whatever produces the
+// input: the RMSNorm weight before q/k/v and gate/up, v_proj before o_proj,
+// up_proj before down_proj), which gives them finer steps.
+//
+// For one linear input x [tokens, in] shared by the layers W_1..W_k (q, k, v
+// share one):
+//
+//   a[i]    = mean over tokens of |x[t, i]|
+//   for alpha in {0, 1/n, ..., (n-1)/n}:
+//     s[i]  = a[i]^alpha, normalised by sqrt(max s * min s), floored at 1e-4
+//     W'    = RTN(W * s) / s             (columns scaled, rounded, unscaled)
+//     loss  = mean over tokens and outputs of (x W'^T - x W^T)^2, summed over the k layers
+//   keep the alpha with the least loss (alpha 0 is plain rounding, s = 1).
+//
+// RTN is awq_quantize_rtn's (awq.hpp), so the loss is the error of the
+// checkpoint that would be written.
+#pragma once
+
+#include <cstddef>
+#include <span>
+#include <vector>
+
+namespace hostrun::ref {
+
+struct AwqLinearView {
+  const float* weight = nullptr;  // [out_features, in_features]
+  std::size_t out_features = 0;
+};
+
+struct AwqScaleSearch {
+  float alpha = 0.0f;
+  std::vector<float> scales;  // [in_features]: multiply W's columns, divide the input
+  double loss = 0.0;          // at alpha
+  double rtn_loss = 0.0;      // at alpha 0 (plain rounding)
+};
+
+// x: [tokens, in_features] f32 (the calibration inputs of these layers).
+AwqScaleSearch awq_search_scales(std::span<const AwqLinearView> layers, std::size_t in_features, const float* x,
+                                 std::size_t tokens, std::size_t group_size, int grid = 20);
+
+// W * s column-wise, rounded to nearest 4-bit in groups, then / s: what the
+// layer computes after the scales are folded (dequantized, [out, in]).
+void awq_fake_quantize_scaled(const float* weight, std::size_t out_features, std::size_t in_features,
+                              std::size_t group_size, std::span<const float> scales, float* out);
+
+}  // namespace hostrun::ref
