@@ -33,14 +33,19 @@ folder llava '{"architectures": ["LlavaForConditionalGeneration"], "model_type":
 chat "$work/llava" --device cpu >"$work/llava.out" 2>&1; expect_status "a LLaVA folder is refused" 1 $?
 expect "naming the architecture, format and device" \
   "no plugin in this build handles LlavaForConditionalGeneration with unquantized weights on cpu" "$work/llava.out"
-expect "and listing the table" "the built-in manifest table: llama3-cpu: LlamaForCausalLM x none x cpu" "$work/llava.out"
+expect "and listing the table" "the built-in manifest table: llama3-cpu-awq: LlamaForCausalLM x awq x cpu; llama3-cpu: LlamaForCausalLM x none x cpu" "$work/llava.out"
 expect_not "with no word of Llama's fields" "hidden_size|num_attention_heads|intermediate_size|vocab_size" "$work/llava.out"
 
 tiny_config=$(cat "$tiny/config.json")
 with_quantization() { python3 -c 'import json,sys; c=json.loads(sys.argv[1]); c["quantization_config"]=json.loads(sys.argv[2]); print(json.dumps(c))' "$tiny_config" "$1"; }
 folder awq "$(with_quantization '{"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": true, "version": "gemm"}')"
-chat "$work/awq" >"$work/awq.out" 2>&1; expect_status "an AWQ folder is refused (no awq plugin yet)" 1 $?
-expect "naming AWQ" "no plugin in this build handles LlamaForCausalLM with awq on" "$work/awq.out"
+# The awq manifest takes it (quantization_config says awq), and the awq quantizer finds dense weights where
+# AutoAWQ's packed tensors should be.
+chat "$work/awq" >"$work/awq.out" 2>&1; expect_status "an AWQ config over dense weights is refused" 1 $?
+expect "naming the missing packed tensor" "the quantizer (awq) could not build model.layers.0.self_attn.q_proj" "$work/awq.out"
+expect "and the tensor" "checkpoint has no tensor 'model.layers.0.self_attn.q_proj.qweight'" "$work/awq.out"
+chat "$work/awq" --device cuda >"$work/awq-cuda.out" 2>&1; expect_status "an AWQ folder on cuda is refused" 1 $?
+expect "naming AWQ and the device" "no plugin in this build handles LlamaForCausalLM with awq on cuda" "$work/awq-cuda.out"
 folder fp8 "$(with_quantization '{"quant_method": "fp8", "activation_scheme": "dynamic"}')"
 chat "$work/fp8" --device cpu >"$work/fp8.out" 2>&1; expect_status "an FP8 folder is refused (no fp8 plugin yet)" 1 $?
 expect "naming FP8" "no plugin in this build handles LlamaForCausalLM with fp8 on cpu" "$work/fp8.out"
