@@ -165,14 +165,11 @@ Status Runtime::build(const RuntimeOptions& options, LogSink* log_sink) {
   return start_engine(options);
 }
 
-// The manifest and the device: --manifest as given (with --device applied to
-// its [engine] device, or refused when its model plugin cannot run there), or
-// the built-in manifest the table gives for the folder.
 // --model-format says what the folder must be: "hf" an unquantized one,
 // anything else the quant_method of its quantization_config. The host knows
 // no format: it compares the two strings.
 static Status check_model_format(const std::string& wanted, const checkpoint::FolderConfig& folder,
-                          const std::string& model_dir) {
+                                 const std::string& model_dir) {
   if (wanted.empty()) return {};
   std::string format = wanted;
   std::transform(format.begin(), format.end(), format.begin(), [](unsigned char c) { return char(std::tolower(c)); });
@@ -194,6 +191,9 @@ static Status check_model_format(const std::string& wanted, const checkpoint::Fo
                             model_dir, folder.quant_method, folder.quant_method));
 }
 
+// The manifest and the device: --manifest as given (with --device applied to
+// its [engine] device, or refused when its model plugin cannot run there), or
+// the built-in manifest the table gives for the folder.
 Result<Manifest> Runtime::choose_manifest(const RuntimeOptions& options) {
   auto read = checkpoint::read_folder_config(model_dir_);
   if (!read) return read.status();

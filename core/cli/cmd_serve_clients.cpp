@@ -113,8 +113,8 @@ int run_over_target(const char* command, const std::string& target, const CLI::A
     // Engine flags configure a local engine; with a URL they would be silently ignored.
     for (const char* flag : {"--chat-template", "--device", "--session-len", "--max-batch-size",
                              "--max-prefill-token-num", "--cache-max-entry-count", "--cache-block-seq-len",
-                             "--num-kv-blocks", "--enable-prefix-caching", "--quant-policy", "--model-format", "--max-queued-requests",
-                             "--request-timeout"}) {
+                             "--num-kv-blocks", "--enable-prefix-caching", "--quant-policy", "--model-format",
+                             "--max-queued-requests", "--request-timeout"}) {
       if (cmd->count(flag) > 0) {
         fmt::print(stderr, "hostrun {}: {} configures a local engine; with a URL ({}) the server's own settings "
                            "apply, so leave it out\n", command, flag, target);
