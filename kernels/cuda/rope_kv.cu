@@ -46,7 +46,8 @@ __device__ __forceinline__ void copy_elements(T* dst, const T* src) {
 //   [.., +v_items)          copy V elements of a v head into the V pool
 // Quantized pools (kBits 8 or 4) take only the q items there; warp w then
 // rotates and quantizes rows w, w + 4, ... of the token's keys and values
-// (quantize_k_v_rows), lane l holding elements [kPerLane l, + kPerLane).
+// (kv_quant.cuh's quantize_row_warp), lane l holding elements [kPerLane l,
+// + kPerLane).
 template <typename T, int V, int kBits = 0, int kPerLane = 1>
 __global__ void __launch_bounds__(rope_threads)
     rope_kv_kernel(RopeKvArgs args, detail::QuantizedPool k_pool = {}, detail::QuantizedPool v_pool = {}) {
