@@ -80,4 +80,21 @@ void awq_quantize_rtn(const float* weight, std::size_t out_features, std::size_t
     }
 }
 
+AwqPackedLayer awq_quantize_rtn_packed(const float* weight, std::size_t out_features, std::size_t in_features,
+                                       std::size_t group_size) {
+  const std::size_t groups = in_features / group_size;
+  std::vector<std::uint8_t> q(in_features * out_features), zeros(groups * out_features);
+  AwqPackedLayer layer;
+  layer.scales.resize(groups * out_features);
+  awq_quantize_rtn(weight, out_features, in_features, group_size, q.data(), zeros.data(), layer.scales.data());
+  layer.qweight.resize(in_features * out_features / 8);
+  layer.qzeros.resize(groups * out_features / 8);
+  awq_pack(q.data(), in_features, out_features, layer.qweight.data());
+  awq_pack(zeros.data(), groups, out_features, layer.qzeros.data());
+  layer.in_features = in_features;
+  layer.out_features = out_features;
+  layer.group_size = group_size;
+  return layer;
+}
+
 }  // namespace hostrun::ref

@@ -23,6 +23,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace hostrun::ref {
 
@@ -67,5 +68,18 @@ void awq_gemm(const AwqWeights& layer, const float* x, std::size_t x_stride, std
 // out] (codes 0..15, unpacked), scales [in / group, out] (f16 bits).
 void awq_quantize_rtn(const float* weight, std::size_t out_features, std::size_t in_features, std::size_t group_size,
                       std::uint8_t* q, std::uint8_t* zeros, std::uint16_t* scales);
+
+// The same, packed as a checkpoint holds it (the tensors own their storage).
+struct AwqPackedLayer {
+  std::vector<std::int32_t> qweight;  // [in, out / 8]
+  std::vector<std::int32_t> qzeros;   // [in / group, out / 8]
+  std::vector<std::uint16_t> scales;  // [in / group, out]
+  std::size_t in_features = 0, out_features = 0, group_size = 0;
+  AwqWeights view() const {
+    return {qweight.data(), qzeros.data(), scales.data(), in_features, out_features, group_size};
+  }
+};
+AwqPackedLayer awq_quantize_rtn_packed(const float* weight, std::size_t out_features, std::size_t in_features,
+                                       std::size_t group_size);
 
 }  // namespace hostrun::ref

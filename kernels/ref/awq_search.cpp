@@ -33,15 +33,7 @@ void awq_fake_quantize_scaled(const float* weight, std::size_t out_features, std
   for (std::size_t o = 0; o < out_features; ++o)
     for (std::size_t i = 0; i < in_features; ++i)
       scaled[o * in_features + i] = weight[o * in_features + i] * scales[i];
-  const std::size_t groups = in_features / group_size;
-  std::vector<std::uint8_t> q(in_features * out_features), zeros(groups * out_features);
-  std::vector<std::uint16_t> f16_scales(groups * out_features);
-  awq_quantize_rtn(scaled.data(), out_features, in_features, group_size, q.data(), zeros.data(), f16_scales.data());
-  std::vector<std::int32_t> qweight(in_features * out_features / 8), qzeros(groups * out_features / 8);
-  awq_pack(q.data(), in_features, out_features, qweight.data());
-  awq_pack(zeros.data(), groups, out_features, qzeros.data());
-  const AwqWeights layer{qweight.data(), qzeros.data(), f16_scales.data(), in_features, out_features, group_size};
-  awq_dequantize(layer, out);
+  awq_dequantize(awq_quantize_rtn_packed(scaled.data(), out_features, in_features, group_size).view(), out);
   for (std::size_t o = 0; o < out_features; ++o)
     for (std::size_t i = 0; i < in_features; ++i) out[o * in_features + i] /= scales[i];
 }

@@ -38,8 +38,8 @@ void write_dense_checkpoint(const fs::path& directory, std::span<const DenseLine
 }
 
 // For quantizers that read AutoAWQ's GEMM format: each layer rounded to
-// nearest 4-bit in groups of kGroup input channels (ref::awq_quantize_rtn),
-// packed as AutoAWQ packs (ref::awq_pack), with its quantization_config.
+// nearest 4-bit in groups of kGroup input channels and packed as AutoAWQ
+// packs (ref::awq_quantize_rtn_packed), with its quantization_config.
 template <int kGroup>
 void write_awq_checkpoint(const fs::path& directory, std::span<const DenseLinearWeight> layers) {
   std::vector<std::vector<std::byte>> storage;
@@ -51,15 +51,13 @@ void write_awq_checkpoint(const fs::path& directory, std::span<const DenseLinear
   };
   for (const DenseLinearWeight& layer : layers) {
     const size_t out = size_t(layer.out_features), in = size_t(layer.in_features), groups = in / kGroup;
-    std::vector<uint8_t> q(in * out), zeros(groups * out);
-    std::vector<uint16_t> scales(groups * out);
-    ref::awq_quantize_rtn(layer.values.data(), out, in, kGroup, q.data(), zeros.data(), scales.data());
-    std::vector<int32_t> qweight(in * out / 8), qzeros(groups * out / 8);
-    ref::awq_pack(q.data(), in, out, qweight.data());
-    ref::awq_pack(zeros.data(), groups, out, qzeros.data());
-    add(layer.prefix + ".qweight", DType::i32, {int64_t(in), int64_t(out / 8)}, qweight.data(), qweight.size() * 4);
-    add(layer.prefix + ".qzeros", DType::i32, {int64_t(groups), int64_t(out / 8)}, qzeros.data(), qzeros.size() * 4);
-    add(layer.prefix + ".scales", DType::f16, {int64_t(groups), int64_t(out)}, scales.data(), scales.size() * 2);
+    const ref::AwqPackedLayer packed = ref::awq_quantize_rtn_packed(layer.values.data(), out, in, kGroup);
+    add(layer.prefix + ".qweight", DType::i32, {int64_t(in), int64_t(out / 8)}, packed.qweight.data(),
+        packed.qweight.size() * 4);
+    add(layer.prefix + ".qzeros", DType::i32, {int64_t(groups), int64_t(out / 8)}, packed.qzeros.data(),
+        packed.qzeros.size() * 4);
+    add(layer.prefix + ".scales", DType::f16, {int64_t(groups), int64_t(out)}, packed.scales.data(),
+        packed.scales.size() * 2);
   }
   Status written = checkpoint::write_safetensors(directory / "model.safetensors", tensors);
   REQUIRE_MESSAGE(written.is_ok(), written.message());

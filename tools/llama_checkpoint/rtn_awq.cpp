@@ -102,22 +102,15 @@ Status write_rtn_awq_checkpoint(const fs::path& source, const fs::path& destinat
                                   "multiple of the group size {}",
                                   source.string(), name, out, in, group));
       const std::vector<float> w = as_f32(view);
-      const size_t groups = size_t(in / group);
-      std::vector<uint8_t> q(size_t(in * out)), zeros(groups * size_t(out));
-      std::vector<uint16_t> scales(groups * size_t(out));
-      ref::awq_quantize_rtn(w.data(), size_t(out), size_t(in), size_t(group), q.data(), zeros.data(), scales.data());
-      std::vector<int32_t> qweight(size_t(in * out / 8)), qzeros(groups * size_t(out / 8));
-      ref::awq_pack(q.data(), size_t(in), size_t(out), qweight.data());
-      ref::awq_pack(zeros.data(), groups, size_t(out), qzeros.data());
+      const int64_t groups = in / group;
+      const ref::AwqPackedLayer packed = ref::awq_quantize_rtn_packed(w.data(), size_t(out), size_t(in), size_t(group));
       const std::string prefix = name.substr(0, name.size() - std::string(".weight").size());
-      awq.add(prefix + ".qweight", DType::i32, {in, out / 8}, qweight.data(), qweight.size() * 4);
-      awq.add(prefix + ".qzeros", DType::i32, {int64_t(groups), out / 8}, qzeros.data(), qzeros.size() * 4);
-      awq.add(prefix + ".scales", DType::f16, {int64_t(groups), out}, scales.data(), scales.size() * 2);
+      awq.add(prefix + ".qweight", DType::i32, {in, out / 8}, packed.qweight.data(), packed.qweight.size() * 4);
+      awq.add(prefix + ".qzeros", DType::i32, {groups, out / 8}, packed.qzeros.data(), packed.qzeros.size() * 4);
+      awq.add(prefix + ".scales", DType::f16, {groups, out}, packed.scales.data(), packed.scales.size() * 2);
       if (!options.dequantized_twin.empty()) {
-        const ref::AwqWeights layer{qweight.data(), qzeros.data(), scales.data(), size_t(in), size_t(out),
-                                    size_t(group)};
         std::vector<float> dense(size_t(out * in));
-        ref::awq_dequantize(layer, dense.data());
+        ref::awq_dequantize(packed.view(), dense.data());
         twin.add(name, DType::f32, {out, in}, dense.data(), dense.size() * 4);
       }
     }

@@ -58,12 +58,6 @@ TEST_CASE("awq search: uniform activations are never made worse, and scales of 1
 
   std::vector<float> ones(in, 1.0f), fake(out * in), plain(out * in);
   awq_fake_quantize_scaled(w.data(), out, in, group, ones, fake.data());
-  std::vector<std::uint8_t> q(in * out), zeros(in / group * out);
-  std::vector<std::uint16_t> scales(in / group * out);
-  awq_quantize_rtn(w.data(), out, in, group, q.data(), zeros.data(), scales.data());
-  std::vector<std::int32_t> qweight(in * out / 8), qzeros(in / group * out / 8);
-  awq_pack(q.data(), in, out, qweight.data());
-  awq_pack(zeros.data(), in / group, out, qzeros.data());
-  awq_dequantize(AwqWeights{qweight.data(), qzeros.data(), scales.data(), in, out, group}, plain.data());
+  awq_dequantize(awq_quantize_rtn_packed(w.data(), out, in, group).view(), plain.data());
   CHECK(fake == plain);
 }
