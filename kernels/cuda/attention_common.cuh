@@ -1,6 +1,6 @@
 // Internal to kernels/cuda: what the attention kernels share — their
-// parameter block, the tensor-core and async-copy wrappers (inline PTX), and
-// the paged K/V tile loader.
+// parameter block and the paged K/V tile loader (the tensor-core and
+// async-copy wrappers are in mma.cuh).
 //
 // Why mma.sync (m16n8k16) through inline PTX rather than WMMA or wgmma:
 //  - WMMA hides the accumulator layout, and FlashAttention's online softmax
@@ -15,12 +15,12 @@
 //    keeps one code path for sm_80..sm_90.
 #pragma once
 
-#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
 #include "cuda/common.cuh"
 #include "cuda/kv_quant.cuh"
+#include "cuda/mma.cuh"
 
 namespace hostrun::cuda::detail {
 
@@ -58,88 +58,6 @@ template <typename T, int kHeadDim, int kKvBits>
 cudaError_t launch_decode_split(const AttentionKernelParams& params, int num_sequences, cudaStream_t stream);
 template <typename T, int kHeadDim, int kKvBits>
 cudaError_t launch_prefill(const AttentionKernelParams& params, int grid_tiles, cudaStream_t stream);
-
-// Raises a kernel's dynamic shared-memory limit once per device (the call
-// costs microseconds of host time, too much for every decode launch).
-template <auto kKernel>
-cudaError_t allow_dynamic_smem(int bytes) {
-  static std::atomic<std::uint64_t> done_devices{0};
-  int device = 0;
-  if (const cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
-  const std::uint64_t bit = device < 64 ? (1ull << device) : 0;
-  if (bit != 0 && (done_devices.load(std::memory_order_acquire) & bit) != 0) return cudaSuccess;
-  const cudaError_t e = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-  if (e == cudaSuccess) done_devices.fetch_or(bit, std::memory_order_acq_rel);
-  return e;
-}
-
-// ---- PTX wrappers -------------------------------------------------------
-
-__device__ __forceinline__ std::uint32_t smem_address(const void* p) {
-  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte global -> shared copy that bypasses registers; when !valid the
-// destination is zero-filled (src-size 0) and nothing is read.
-__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
-  const int src_bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(smem)), "l"(gmem),
-               "r"(src_bytes));
-}
-// 4-byte variant (cp.async.ca: .cg takes only 16).
-__device__ __forceinline__ void cp_async_4(void* smem, const void* gmem, bool valid) {
-  const int src_bytes = valid ? 4 : 0;
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_address(smem)), "l"(gmem),
-               "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
-}
-
-__device__ __forceinline__ void ldmatrix_x4(std::uint32_t (&r)[4], const void* smem) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_address(smem)));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(std::uint32_t (&r)[4], const void* smem) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_address(smem)));
-}
-
-// d += a * b, 16x8x16, f32 accumulators.
-template <typename T>
-__device__ __forceinline__ void mma_16816(float (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
-                                          std::uint32_t b1) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
-
-// Two f32 -> one register of two 16-bit values, `lo` in the low half (the
-// lower column of an mma fragment).
-template <typename T>
-__device__ __forceinline__ std::uint32_t pack2(float lo, float hi) {
-  union {
-    T halves[2];
-    std::uint32_t word;
-  } u;
-  u.halves[0] = from_f32<T>(lo);
-  u.halves[1] = from_f32<T>(hi);
-  return u.word;
-}
 
 // ---- shared-memory tiles ------------------------------------------------
 

@@ -1,11 +1,13 @@
 // Device helpers shared by the CUDA ops: dtype conversion, 128-bit vector
-// loads/stores, block reductions and the error flag. Internal to kernels/cuda.
+// loads/stores, block reductions, the error flag, programmatic dependent
+// launch, and two host-side launch helpers. Internal to kernels/cuda.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 
 #include "cuda/dtype.hpp"
@@ -103,6 +105,33 @@ __device__ __forceinline__ void allow_next_grid_to_launch() {
 // Records the first problem of a launch sequence; later ones keep it.
 __device__ __forceinline__ void raise_error(int32_t* error_flag, Status status) {
   if (error_flag != nullptr) atomicCAS(error_flag, 0, static_cast<int32_t>(status));
+}
+
+// ---- launch helpers (host) ----------------------------------------------
+
+// Whether this device takes programmatic dependent launches (sm_90+).
+inline bool device_has_pdl() {
+  int device = 0, major = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return major >= 9;
+}
+
+// Raises a kernel's dynamic shared-memory limit once per device (the call
+// costs microseconds of host time, too much for every decode launch).
+template <auto kKernel>
+cudaError_t allow_dynamic_smem(int bytes) {
+  static std::atomic<std::uint64_t> done_devices{0};
+  int device = 0;
+  if (const cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
+  const std::uint64_t bit = device < 64 ? (1ull << device) : 0;
+  if (bit != 0 && (done_devices.load(std::memory_order_acquire) & bit) != 0) return cudaSuccess;
+  const cudaError_t e = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (e == cudaSuccess) done_devices.fetch_or(bit, std::memory_order_acq_rel);
+  return e;
 }
 
 }  // namespace hostrun::cuda::detail

@@ -181,21 +181,10 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-// Whether this device takes programmatic dependent launches (sm_90+).
-bool device_has_pdl() {
-  int device = 0, major = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  return major >= 9;
-}
-
 template <typename T, int M, Epilogue E>
 cudaError_t launch_width(dim3 grid, dim3 block, cudaStream_t stream, const T* x, const T* weight, int m, int n, int k,
                          void* y, bool y_f32, const RopeArgs& rope) {
-  static const bool pdl = device_has_pdl();
+  static const bool pdl = detail::device_has_pdl();
   cudaLaunchAttribute attribute{};
   attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute.val.programmaticStreamSerializationAllowed = 1;
