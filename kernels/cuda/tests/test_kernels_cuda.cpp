@@ -6,7 +6,7 @@
 //                                     then "kernels_cuda: N passed, M failed"
 //   test_kernels_cuda --seed 1234     replay
 //   test_kernels_cuda --bench         timings (cudaEvent, median of repeats)
-//   test_kernels_cuda --bench-gemm    the small_gemm timings alone
+//   test_kernels_cuda --bench-gemm    the small_gemm and awq_gemm timings alone
 //   test_kernels_cuda --bench-decode [BxC]  decode attention alone (one
 //                                     batch B x context C: for ncu)
 //   test_kernels_cuda -tc='*attention*'   doctest filters work as usual
@@ -34,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/awq_gemm.hpp"
 #include "cuda/embedding.hpp"
 #include "cuda/kv_quant.hpp"
 #include "cuda/paged_attention.hpp"
@@ -42,6 +43,7 @@
 #include "cuda/sampling.hpp"
 #include "cuda/silu_mul.hpp"
 #include "cuda/small_gemm.hpp"
+#include "ref/awq.hpp"
 #include "ref/dtype.hpp"
 #include "ref/gemm.hpp"
 #include "ref/kv_quant.hpp"
@@ -1011,6 +1013,151 @@ TEST_CASE("paged_attention") {
   for (const auto& c : cases) run_attention_case(c, rng);
 }
 
+// ---- W4A16 GEMM (AutoAWQ weights) -----------------------------------------
+
+// An AWQ layer made from chosen codes, zero points and scales (what each case
+// varies), packed as a checkpoint holds it.
+struct AwqLayerData {
+  std::vector<std::int32_t> qweight, qzeros;
+  std::vector<std::uint16_t> scales;
+  ref::AwqWeights view(int n, int k, int group) const {
+    return {qweight.data(), qzeros.data(), scales.data(), std::size_t(k), std::size_t(n), std::size_t(group)};
+  }
+};
+
+enum class AwqValues { random, codes_all_zero, codes_all_fifteen, all_equal, zero_scales, tiny_scales };
+
+AwqLayerData make_awq_layer(std::mt19937_64& rng, int n, int k, int group, AwqValues values) {
+  const int groups = k / group;
+  std::uniform_int_distribution<int> code(0, 15);
+  std::vector<std::uint8_t> q(std::size_t(k) * n), z(std::size_t(groups) * n);
+  for (auto& c : q) c = std::uint8_t(code(rng));
+  for (auto& c : z) c = std::uint8_t(code(rng));
+  auto s = random_floats(rng, std::size_t(groups) * n, 0.001f, 0.02f);
+  switch (values) {
+    case AwqValues::random: break;
+    case AwqValues::codes_all_zero:  // w = -z s: the most negative weights with z = 15
+      std::fill(q.begin(), q.end(), 0);
+      std::fill(z.begin(), z.end(), 15);
+      break;
+    case AwqValues::codes_all_fifteen:
+      std::fill(q.begin(), q.end(), 15);
+      std::fill(z.begin(), z.end(), 0);
+      break;
+    case AwqValues::all_equal:  // one weight everywhere
+      std::fill(q.begin(), q.end(), 9);
+      std::fill(z.begin(), z.end(), 4);
+      std::fill(s.begin(), s.end(), 0.0078125f);
+      break;
+    case AwqValues::zero_scales:  // every other group contributes nothing
+      for (int g = 0; g < groups; g += 2) std::fill(s.begin() + std::size_t(g) * n, s.begin() + std::size_t(g + 1) * n, 0.0f);
+      break;
+    case AwqValues::tiny_scales:  // f16 subnormals
+      for (float& v : s) v *= 1e-4f;
+      break;
+  }
+  AwqLayerData layer;
+  layer.qweight.resize(std::size_t(k) * n / 8);
+  layer.qzeros.resize(std::size_t(groups) * n / 8);
+  ref::awq_pack(q.data(), std::size_t(k), std::size_t(n), layer.qweight.data());
+  ref::awq_pack(z.data(), std::size_t(groups), std::size_t(n), layer.qzeros.data());
+  layer.scales.resize(s.size());
+  ref::convert_from_f32(s.data(), s.size(), layer.scales.data(), DType::f16);
+  return layer;
+}
+
+// The repacked layer in device memory.
+struct AwqDeviceLayer {
+  DeviceBuffer<std::uint32_t> codes, zeros;
+  DeviceBuffer<std::uint16_t> scales;
+  gpu::AwqDeviceWeights weights;
+  explicit AwqDeviceLayer(const ref::AwqWeights& layer) {
+    const gpu::AwqRepacked r = gpu::awq_repack(layer);
+    codes.upload(r.codes);
+    zeros.upload(r.zeros);
+    scales.upload(r.scales);
+    weights = {codes.ptr, zeros.ptr, scales.ptr, r.in_features, r.out_features, r.group_size, r.padded_in};
+  }
+};
+
+// awq_gemm against ref::awq_gemm on the same x (rounded to dtype) and the same
+// packed weights. The GPU forms the same exact products and differs only in
+// the order of f32 additions, then rounds once to dtype: the tolerance is
+// that rounding (bf16 ~1e-3 rms, f16 ~1.5e-4).
+TEST_CASE("awq_gemm") {
+  auto rng = rng_for("awq_gemm");
+  struct Case {
+    int m, n, k, group;
+    AwqValues values;
+    const char* what;
+  };
+  // Llama-3-8B's QKV and down at decode sizes, a prefill-sized product, row
+  // counts either side of the kernel's 16 / 32 / 64-row tiles, in_features
+  // not a multiple of 128 (padded k-block), out_features not a multiple of
+  // 64 (partial CTA), and the adversarial groups.
+  const Case cases[] = {
+      {1, 6144, 4096, 128, AwqValues::random, "qkv"},
+      {1, 4096, 14336, 128, AwqValues::random, "down"},
+      {4, 4096, 4096, 64, AwqValues::random, "o_proj"},
+      {16, 1024, 1024, 32, AwqValues::random, "rows=16"},
+      {17, 520, 384, 128, AwqValues::random, "rows=17"},
+      {33, 264, 256, 64, AwqValues::random, "rows=33"},
+      {300, 1032, 640, 128, AwqValues::random, "rows=300"},
+      {3, 72, 192, 64, AwqValues::random, "k=192 padded"},
+      {9, 136, 96, 32, AwqValues::random, "k=96 padded"},
+      {2, 512, 512, 128, AwqValues::codes_all_zero, "q=0 z=15"},
+      {70, 512, 512, 32, AwqValues::codes_all_fifteen, "q=15 z=0"},
+      {5, 256, 1024, 128, AwqValues::all_equal, "all equal"},
+      {40, 256, 1024, 64, AwqValues::zero_scales, "zero scales"},
+      {1, 256, 1024, 128, AwqValues::tiny_scales, "subnormal scales"},
+  };
+  for (const DType dtype : half_dtypes) {
+    for (const Case& c : cases) {
+      const AwqLayerData layer = make_awq_layer(rng, c.n, c.k, c.group, c.values);
+      const ref::AwqWeights view = layer.view(c.n, c.k, c.group);
+      // x rows with a wider stride than k, as a model's views may have.
+      const int x_stride = c.k + 8;
+      const auto x = rounded(random_floats(rng, std::size_t(c.m) * x_stride, -1, 1), dtype);
+      std::vector<float> want(std::size_t(c.m) * c.n), scratch(ref::awq_gemm_workspace_floats(view));
+      ref::awq_gemm(view, x.data(), std::size_t(x_stride), std::size_t(c.m), want.data(), std::size_t(c.n),
+                    scratch.data());
+      AwqDeviceLayer device(view);
+      DeviceBuffer<unsigned char> d_x, d_y(want.size() * ref::dtype_size(dtype));
+      DeviceBuffer<unsigned char> d_ws(std::max<std::size_t>(gpu::awq_gemm_workspace_bytes(device.weights, c.m), 1));
+      d_x.upload(to_bytes(x, dtype));
+      d_y.poison();
+      LAUNCH_OK(gpu::awq_gemm(device.weights, d_x.ptr, x_stride, dtype, c.m, d_y.ptr, c.n, d_ws.ptr, d_ws.bytes(),
+                              nullptr));
+      report("awq_gemm", fmt("%s m=%d n=%d k=%d g%d %s", name_of(dtype), c.m, c.n, c.k, c.group, c.what),
+             compare(from_bytes(d_y.download(), dtype), want), dtype == DType::bf16 ? 3e-3 : 4e-4);
+    }
+  }
+  // The layout read back: every code where awq_repack says it put it.
+  {
+    const AwqLayerData layer = make_awq_layer(rng, 24, 160, 32, AwqValues::random);
+    const ref::AwqWeights view = layer.view(24, 160, 32);
+    const gpu::AwqRepacked r = gpu::awq_repack(view);
+    long long wrong = 0;
+    for (int k = 0; k < 160; ++k)
+      for (int n = 0; n < 24; ++n) wrong += gpu::awq_repacked_code(r, k, n) != ref::awq_code(view.qweight, 24, k, n);
+    report_bool("awq_gemm", "repacked codes read back", wrong == 0, fmt("%lld misplaced", wrong));
+  }
+  // Refusals: a workspace too small for a split call, misaligned x, f32.
+  {
+    const AwqLayerData layer = make_awq_layer(rng, 4096, 4096, 128, AwqValues::random);
+    AwqDeviceLayer device(layer.view(4096, 4096, 128));
+    DeviceBuffer<unsigned char> any(4096 * 2 * 4 + 64);
+    const std::size_t needed = gpu::awq_gemm_workspace_bytes(device.weights, 1);
+    CHECK(needed > 0);  // one row of a 4096-wide layer is split across CTAs
+    CHECK(gpu::awq_gemm(device.weights, any.ptr, 4096, DType::bf16, 1, any.ptr, 4096, any.ptr, needed - 1, nullptr) ==
+          cudaErrorInvalidValue);
+    CHECK(gpu::awq_gemm(device.weights, any.ptr + 2, 4096, DType::bf16, 1, any.ptr, 4096, nullptr, 0, nullptr) ==
+          cudaErrorInvalidValue);
+    CHECK(gpu::awq_gemm(device.weights, any.ptr, 4096, DType::f32, 1, any.ptr, 4096, nullptr, 0, nullptr) ==
+          cudaErrorInvalidValue);
+  }
+}
+
 // ---- quantized KV stores ---------------------------------------------------
 
 // quantize_and_write_kv against ref::write_kv on the same values: the same
@@ -1309,6 +1456,59 @@ void bench_small_gemm() {
   }
 }
 
+// Launches `launch` `batch` times back to back per timing, so the host's
+// launch overhead (two launches per split-k call) overlaps the GPU's work as
+// it does inside a CUDA graph; the time of one.
+template <typename Launch>
+float median_ms_batched(Launch&& launch, int batch = 20) {
+  return median_ms([&] {
+           for (int i = 0; i < batch; ++i) launch();
+         }) /
+         float(batch);
+}
+
+void bench_awq_gemm() {
+  std::printf("\n== awq_gemm bf16 g128, Llama-3-8B matrices (bytes: codes + zeros + scales, read once; "
+              "TFLOP/s: 2 m n k; 20 launches a timing) ==\n");
+  std::mt19937_64 rng(g_seed);
+  struct Shape {
+    const char* name;
+    int n, k;
+  };
+  for (const Shape shape : {Shape{"qkv", 6144, 4096}, Shape{"o_proj", 4096, 4096}, Shape{"gate_up", 28672, 4096},
+                            Shape{"down", 4096, 14336}}) {
+    const AwqLayerData layer = make_awq_layer(rng, shape.n, shape.k, 128, AwqValues::random);
+    AwqDeviceLayer device(layer.view(shape.n, shape.k, 128));
+    const int max_m = 4096;
+    DeviceBuffer<unsigned char> x(std::size_t(max_m) * shape.k * 2), y(std::size_t(max_m) * shape.n * 2);
+    // (room for the sweep's up to 16 splits of 16 rows too)
+    DeviceBuffer<unsigned char> ws(std::max<std::size_t>(gpu::awq_gemm_workspace_bytes(device.weights, max_m),
+                                                         std::size_t(16) * 16 * shape.n * 4));
+    x.upload(to_bytes(random_floats(rng, std::size_t(max_m) * shape.k, -1, 1), DType::bf16));
+    const double bytes = double(device.codes.bytes() + device.zeros.bytes() + device.scales.bytes());
+    const auto row = [&](const char* variant, int m, float ms) {
+      std::printf("%-8s m=%4d n=%6d k=%5d %-14s %9.2f us  %7.0f GB/s  (%4.1f%% of %.0f)  %6.1f TFLOP/s\n", shape.name,
+                  m, shape.n, shape.k, variant, ms * 1e3, bytes / (ms * 1e-3) / 1e9,
+                  100.0 * bytes / (ms * 1e-3) / 1e9 / hbm_peak_gbs, hbm_peak_gbs,
+                  2.0 * m * shape.n * shape.k / (ms * 1e-3) / 1e12);
+    };
+    for (const int m : {1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096}) {
+      row("awq_gemm", m, median_ms_batched([&] {
+            CUDA_OK(gpu::awq_gemm(device.weights, x.ptr, shape.k, DType::bf16, m, y.ptr, shape.n, ws.ptr, ws.bytes(),
+                                  nullptr));
+          }));
+    }
+    // The decode kernel's split-k target (CTAs per SM).
+    for (const int m : {1, 8})
+      for (const int ctas : {2, 3, 4, 6, 8}) {
+        const std::string variant = fmt("cta/sm %d", ctas);
+        row(variant.c_str(), m, median_ms_batched([&] {
+              CUDA_OK(gpu::awq_gemm_sweep(device.weights, x.ptr, m, y.ptr, ws.ptr, ws.bytes(), ctas, nullptr));
+            }));
+      }
+  }
+}
+
 void bench_small_gemm_shapes() {
   std::printf("\n== small_gemm launch shapes, bf16 m=1 (unroll x warps/block; bytes: the weight) ==\n");
   std::mt19937_64 rng(g_seed);
@@ -1574,6 +1774,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     bench_small_gemm();
+    bench_awq_gemm();
     bench_small_gemm_shapes();
     if (bench_gemm_only) return 0;
     bench_rmsnorm();

@@ -1,0 +1,678 @@
+// W4A16 GEMM on repacked AutoAWQ weights (awq_gemm.hpp has the layout and
+// why it is exact).
+#include "cuda/awq_gemm.hpp"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cstring>
+#include <thread>
+
+#include "cuda/common.cuh"
+#include "cuda/mma.cuh"
+
+namespace hostrun::cuda {
+
+// ---- repack (host) ------------------------------------------------------
+
+namespace {
+
+// Code of W[n, k] (k < in_features) in the checkpoint: column n of qweight row k.
+inline std::uint32_t checkpoint_code(const ref::AwqWeights& layer, int k, int n) {
+  return ref::awq_code(layer.qweight, layer.out_features, std::size_t(k), std::size_t(n));
+}
+
+// Where awq_repack puts W[n, k]: its word and nibble in `codes` (the order
+// awq_gemm.hpp describes).
+struct CodePlace {
+  std::size_t word;
+  int nibble;
+};
+inline CodePlace code_place(int k_blocks, int k, int n) {
+  const int kb = k / awq_k_block, within = k % awq_k_block;
+  const int step = within / 16, t = (within % 16) / 4, j = (within % 4) / 2, e = within % 2;
+  const int lane = (n % 8) * 4 + t;
+  return {((std::size_t(n / 8) * k_blocks + kb) * 32 + lane) * 4 + step / 2, 2 * (step % 2) + j + 4 * e};
+}
+
+}  // namespace
+
+AwqRepacked awq_repack(const ref::AwqWeights& layer) {
+  AwqRepacked r;
+  r.in_features = int(layer.in_features);
+  r.out_features = int(layer.out_features);
+  r.group_size = int(layer.group_size);
+  r.padded_in = (r.in_features + awq_k_block - 1) / awq_k_block * awq_k_block;
+  const int n = r.out_features, k_blocks = r.padded_in / awq_k_block, n_tiles = n / 8;
+  const int groups = int(layer.in_features / layer.group_size), padded_groups = r.padded_in / r.group_size;
+  r.codes.assign(std::size_t(n_tiles) * k_blocks * 32 * 4, 0u);
+  r.zeros.assign(std::size_t(padded_groups) * n_tiles, 0u);
+  r.scales.assign(std::size_t(padded_groups) * n, 0u);
+  // Codes: each output word gathers 8 codes from 8 rows of qweight. Column
+  // tiles are independent, so threads take interleaved ranges of them (an 8B
+  // model has ~7e9 codes; one thread would take seconds).
+  const auto pack_tiles = [&](int first, int step) {
+    for (int nt = first; nt < n_tiles; nt += step)
+      for (int k = 0; k < r.in_features; ++k)
+        for (int c = 0; c < 8; ++c) {
+          const CodePlace place = code_place(k_blocks, k, nt * 8 + c);
+          r.codes[place.word] |= checkpoint_code(layer, k, nt * 8 + c) << (4 * place.nibble);
+        }
+  };
+  const int workers = int(std::clamp<unsigned>(std::thread::hardware_concurrency(), 1u, 16u));
+  if (workers == 1 || std::size_t(n) * r.in_features < (1u << 20)) {
+    pack_tiles(0, 1);
+  } else {
+    std::vector<std::thread> threads;
+    for (int t = 0; t < workers; ++t) threads.emplace_back(pack_tiles, t, workers);
+    for (std::thread& thread : threads) thread.join();
+  }
+  for (int g = 0; g < groups; ++g) {
+    for (int nt = 0; nt < n_tiles; ++nt) {
+      std::uint32_t word = 0;
+      for (int c = 0; c < 8; ++c)
+        word |= ref::awq_code(layer.qzeros, layer.out_features, std::size_t(g), std::size_t(nt * 8 + c)) << (4 * c);
+      r.zeros[std::size_t(g) * n_tiles + nt] = word;
+    }
+    std::memcpy(r.scales.data() + std::size_t(g) * n, layer.scales + std::size_t(g) * n, std::size_t(n) * 2);
+  }
+  return r;
+}
+
+std::uint32_t awq_repacked_code(const AwqRepacked& repacked, int k, int n) {
+  const CodePlace place = code_place(repacked.padded_in / awq_k_block, k, n);
+  return (repacked.codes[place.word] >> (4 * place.nibble)) & 0xfu;
+}
+
+// ---- kernels ------------------------------------------------------------
+
+namespace {
+
+using namespace detail;
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kColumns = kWarps * 16;            // per CTA: two n8 tiles a warp
+constexpr int kTilesPerCta = kColumns / 8;
+constexpr int kPitch = awq_k_block + 16;         // x row in shared memory, elements: the 32-byte pad shifts each
+                                                 // row by 8 banks, so a half-warp's 8-byte A loads (4 rows x 4
+                                                 // lanes) hit 32 distinct banks
+constexpr int kCodeWordsPerStage = kTilesPerCta * 32 * 4;
+
+// OR a 4-bit code into the 16-bit pattern of 128 (bf16: 8 mantissa bits, so
+// 128..143 exactly) or 1024 (f16) and the register holds magic + code.
+template <typename T>
+struct Codes;
+template <>
+struct Codes<__nv_bfloat16> {
+  static constexpr std::uint32_t kMagic = 0x43004300u;
+  __device__ static std::uint32_t minus(std::uint32_t a, std::uint32_t b) {
+    __nv_bfloat162 x, y;
+    std::memcpy(&x, &a, 4);
+    std::memcpy(&y, &b, 4);
+    const __nv_bfloat162 d = __hsub2(x, y);
+    std::uint32_t out;
+    std::memcpy(&out, &d, 4);
+    return out;
+  }
+};
+template <>
+struct Codes<__half> {
+  static constexpr std::uint32_t kMagic = 0x64006400u;
+  __device__ static std::uint32_t minus(std::uint32_t a, std::uint32_t b) {
+    __half2 x, y;
+    std::memcpy(&x, &a, 4);
+    std::memcpy(&y, &b, 4);
+    const __half2 d = __hsub2(x, y);
+    std::uint32_t out;
+    std::memcpy(&out, &d, 4);
+    return out;
+  }
+};
+
+// One pipeline stage: a 128-deep slice of k for the CTA's columns and rows.
+template <typename T, int kMTiles, int kGroup>
+struct Stage {
+  static constexpr int kGroups = awq_k_block / kGroup;
+  static constexpr int kRows = kMTiles * 16;
+  static constexpr int kZerosOffset = kCodeWordsPerStage * 4;
+  static constexpr int kScalesOffset = kZerosOffset + kGroups * kTilesPerCta * 4;
+  static constexpr int kXOffset = kScalesOffset + kGroups * kColumns * 2;
+  static constexpr int kBytes = kXOffset + kRows * kPitch * int(sizeof(T));
+  static_assert(kXOffset % 16 == 0 && kBytes % 16 == 0);
+
+  unsigned char* base;
+  __device__ std::uint32_t* codes() const { return reinterpret_cast<std::uint32_t*>(base); }
+  __device__ std::uint32_t* zeros() const { return reinterpret_cast<std::uint32_t*>(base + kZerosOffset); }
+  __device__ std::uint16_t* scales() const { return reinterpret_cast<std::uint16_t*>(base + kScalesOffset); }
+  __device__ T* x() const { return reinterpret_cast<T*>(base + kXOffset); }
+};
+
+template <int kMTiles>
+inline constexpr int kStages = kMTiles == 4 ? 3 : 4;  // default pipeline depth
+
+struct GemmParams {
+  AwqDeviceWeights w;
+  const void* x;
+  std::int64_t x_stride;
+  int m;
+  void* y;
+  std::int64_t y_stride;
+  float* partial;  // [splits][m][n] when gridDim.y > 1
+  int blocks_per_split;
+};
+
+// Copies of the weights' part of k-block `kb` (codes, zeros, scales).
+template <typename T, int kMTiles, int kGroup>
+__device__ __forceinline__ void issue_weights(const Stage<T, kMTiles, kGroup>& st, const GemmParams& p, int kb) {
+  using S = Stage<T, kMTiles, kGroup>;
+  const int tid = threadIdx.x, n_tiles = p.w.out_features / 8, k_blocks = p.w.padded_in / awq_k_block;
+  const int tile0 = blockIdx.x * kTilesPerCta;
+#pragma unroll
+  for (int c = tid; c < kTilesPerCta * 32; c += kThreads) {
+    const int nt = tile0 + c / 32;
+    const bool valid = nt < n_tiles;
+    const std::uint32_t* src = p.w.codes + ((std::size_t(valid ? nt : 0) * k_blocks + kb) * 32 + c % 32) * 4;
+    cp_async_16(st.codes() + c * 4, src, valid);
+  }
+  if (tid < S::kGroups * kTilesPerCta) {
+    const int g = tid / kTilesPerCta, nt = tile0 + tid % kTilesPerCta;
+    const bool valid = nt < n_tiles;
+    const std::uint32_t* src = p.w.zeros + std::size_t(kb * S::kGroups + g) * n_tiles + (valid ? nt : 0);
+    cp_async_4(st.zeros() + tid, src, valid);
+  } else if (tid >= 64 && tid < 64 + S::kGroups * kTilesPerCta) {
+    const int c = tid - 64, g = c / kTilesPerCta, col = tile0 * 8 + (c % kTilesPerCta) * 8;
+    const bool valid = col < p.w.out_features;
+    const std::uint16_t* src = p.w.scales + std::size_t(kb * S::kGroups + g) * p.w.out_features + (valid ? col : 0);
+    cp_async_16(st.scales() + g * kColumns + (c % kTilesPerCta) * 8, src, valid);
+  }
+}
+
+// Copies of x's part of k-block `kb`: rows past m and k past in_features read as 0.
+template <typename T, int kMTiles, int kGroup>
+__device__ __forceinline__ void issue_x(const Stage<T, kMTiles, kGroup>& st, const GemmParams& p, int kb) {
+  using S = Stage<T, kMTiles, kGroup>;
+  const T* x = static_cast<const T*>(p.x);
+  const int row0 = blockIdx.z * S::kRows;
+#pragma unroll
+  for (int c = threadIdx.x; c < S::kRows * (awq_k_block / 8); c += kThreads) {
+    const int r = c / (awq_k_block / 8), k = kb * awq_k_block + (c % (awq_k_block / 8)) * 8;
+    const bool valid = row0 + r < p.m && k < p.w.in_features;
+    const T* src = valid ? x + (row0 + r) * p.x_stride + k : x;
+    cp_async_16(st.x() + r * kPitch + (c % (awq_k_block / 8)) * 8, src, valid);
+  }
+}
+
+// The warp's two n8 tiles over one k-block: per group, the codes minus the
+// zero point (exact small integers) times x on the tensor cores into f32
+// partial sums, then scaled into the accumulators.
+template <typename T, int kMTiles, int kGroup>
+__device__ __forceinline__ void compute_block(const Stage<T, kMTiles, kGroup>& st, int warp, int lane,
+                                              float (&acc)[kMTiles][2][4]) {
+  using S = Stage<T, kMTiles, kGroup>;
+  constexpr int kStepsPerGroup = kGroup / 16;
+  std::uint32_t words[2][4];
+#pragma unroll
+  for (int nt = 0; nt < 2; ++nt) {
+    const uint4 v = *reinterpret_cast<const uint4*>(st.codes() + ((warp * 2 + nt) * 32 + lane) * 4);
+    words[nt][0] = v.x;
+    words[nt][1] = v.y;
+    words[nt][2] = v.z;
+    words[nt][3] = v.w;
+  }
+#pragma unroll
+  for (int g = 0; g < S::kGroups; ++g) {
+    std::uint32_t zero2[2];
+    float2 scale[2];
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      const std::uint32_t z = (st.zeros()[g * kTilesPerCta + warp * 2 + nt] >> (4 * (lane >> 2))) & 0xfu;
+      zero2[nt] = Codes<T>::kMagic | z | (z << 16);
+      scale[nt] = __half22float2(
+          *reinterpret_cast<const __half2*>(st.scales() + g * kColumns + warp * 16 + nt * 8 + (lane & 3) * 2));
+    }
+    float part[kMTiles][2][4] = {};
+#pragma unroll
+    for (int s = g * kStepsPerGroup; s < (g + 1) * kStepsPerGroup; ++s) {
+      std::uint32_t a[kMTiles][4];
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        const T* row = st.x() + (mt * 16 + (lane >> 2)) * kPitch + s * 16 + (lane & 3) * 4;
+        const uint2 top = *reinterpret_cast<const uint2*>(row), bottom = *reinterpret_cast<const uint2*>(row + 8 * kPitch);
+        a[mt][0] = top.x;
+        a[mt][1] = bottom.x;
+        a[mt][2] = top.y;
+        a[mt][3] = bottom.y;
+      }
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        const std::uint32_t w = words[nt][s / 2] >> (8 * (s % 2));
+        const std::uint32_t b0 = Codes<T>::minus((w & 0x000f000fu) | Codes<T>::kMagic, zero2[nt]);
+        const std::uint32_t b1 = Codes<T>::minus(((w >> 4) & 0x000f000fu) | Codes<T>::kMagic, zero2[nt]);
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) mma_16816<T>(part[mt][nt], a[mt], b0, b1);
+      }
+    }
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        acc[mt][nt][0] += scale[nt].x * part[mt][nt][0];
+        acc[mt][nt][1] += scale[nt].y * part[mt][nt][1];
+        acc[mt][nt][2] += scale[nt].x * part[mt][nt][2];
+        acc[mt][nt][3] += scale[nt].y * part[mt][nt][3];
+      }
+  }
+}
+
+// grid (column blocks of 64, k splits, row blocks of 16 * kMTiles).
+template <typename T, int kMTiles, int kGroup, int kDepth>
+__global__ void __launch_bounds__(kThreads) awq_gemm_kernel(GemmParams p) {
+  using S = Stage<T, kMTiles, kGroup>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const auto stage = [&](int i) { return S{smem + (i % kDepth) * S::kBytes}; };
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int k_blocks = p.w.padded_in / awq_k_block;
+  const int kb_begin = blockIdx.y * p.blocks_per_split;
+  const int blocks = min(k_blocks - kb_begin, p.blocks_per_split);
+
+  // The weights are constant: copy the first stages' before the previous
+  // kernel (which writes x) has finished; x after. One group holds the whole
+  // prologue, padded with empty groups so block i's group is i from then on.
+#pragma unroll
+  for (int i = 0; i < kDepth - 1; ++i)
+    if (i < blocks) issue_weights(stage(i), p, kb_begin + i);
+  wait_for_previous_grid();
+#pragma unroll
+  for (int i = 0; i < kDepth - 1; ++i)
+    if (i < blocks) issue_x(stage(i), p, kb_begin + i);
+#pragma unroll
+  for (int i = 0; i < kDepth - 1; ++i) cp_async_commit();
+
+  float acc[kMTiles][2][4] = {};
+  for (int i = 0; i < blocks; ++i) {
+    cp_async_wait<kDepth - 2>();
+    __syncthreads();  // block i is in; every warp is done with the stage refilled next
+    if (i + kDepth - 1 < blocks) {
+      issue_weights(stage(i + kDepth - 1), p, kb_begin + i + kDepth - 1);
+      issue_x(stage(i + kDepth - 1), p, kb_begin + i + kDepth - 1);
+    }
+    cp_async_commit();
+    compute_block(stage(i), warp, lane, acc);
+  }
+  allow_next_grid_to_launch();
+
+  const int col0 = blockIdx.x * kColumns + warp * 16 + (lane & 3) * 2;
+  const int row0 = blockIdx.z * S::kRows + (lane >> 2);
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      const int col = col0 + nt * 8;
+      if (col >= p.w.out_features) continue;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int row = row0 + mt * 16 + half * 8;
+        if (row >= p.m) continue;
+        const float lo = acc[mt][nt][2 * half], hi = acc[mt][nt][2 * half + 1];
+        if (gridDim.y == 1) {
+          *reinterpret_cast<std::uint32_t*>(static_cast<T*>(p.y) + row * p.y_stride + col) = pack2<T>(lo, hi);
+        } else {
+          float* out = p.partial + (std::size_t(blockIdx.y) * p.m + row) * p.w.out_features + col;
+          *reinterpret_cast<float2*>(out) = make_float2(lo, hi);
+        }
+      }
+    }
+}
+
+// ---- decode rows: the weight-streaming kernel -----------------------------
+//
+// With at most 8 rows the roles in the mma swap: y^T = W x^T, the weights
+// are the 16-row A operand (two column tiles a product) and x^T the 8-column
+// B operand, so no half of the tensor-core product is padding and a lane's x
+// operand for step s is exactly its 8-byte load x[row][16s + 4t .. +3]
+// (row = lane / 4, the B column it serves). The codes a lane holds for tile
+// nt are then A's rows nt*8 + lane/4: its (j = 0, j = 1) pairs are A
+// registers 0 and 2 for the even tile of a pair, 1 and 3 for the odd one.
+
+constexpr int kGemvWarps = 4;
+constexpr int kGemvTiles = 4;                                // column tiles (n8) a warp
+constexpr int kGemvColumns = kGemvWarps * kGemvTiles * 8;    // per CTA
+constexpr int kGemvMaxRows = 8;                              // B's columns
+
+// One k-block of a warp's tiles in registers: the codes and, per group, the
+// zero-point word of each tile and the f16 scale of this lane's column.
+template <int kGroup>
+struct GemvBlock {
+  static constexpr int kGroups = awq_k_block / kGroup;
+  uint4 codes[kGemvTiles];
+  std::uint32_t zeros[kGemvTiles][kGroups];
+  std::uint16_t scales[kGemvTiles][kGroups];
+};
+
+// Read once: streamed past L1.
+__device__ __forceinline__ uint4 load_streaming(const std::uint32_t* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
+
+// Where a warp's tiles start in the three arrays; block kb is an offset.
+struct GemvTiles {
+  const std::uint32_t* codes;   // tile 0, this lane, k-block 0; tile i is i * tile_stride further
+  const std::uint32_t* zeros;   // tile 0's word in group row 0
+  const std::uint16_t* scales;  // tile 0, this lane's column, group row 0
+  std::size_t tile_stride;      // words between tiles in codes
+  int valid_tiles;              // tiles of this warp inside out_features
+};
+
+template <int kGroup>
+__device__ __forceinline__ void gemv_load(GemvBlock<kGroup>& b, const GemvTiles& t, const AwqDeviceWeights& w, int kb) {
+  using B = GemvBlock<kGroup>;
+  const int n_tiles = w.out_features / 8;
+#pragma unroll
+  for (int i = 0; i < kGemvTiles; ++i) {
+    if (i < t.valid_tiles) {
+      b.codes[i] = load_streaming(t.codes + i * t.tile_stride + std::size_t(kb) * 32 * 4);
+#pragma unroll
+      for (int g = 0; g < B::kGroups; ++g) {
+        const int row = kb * B::kGroups + g;
+        b.zeros[i][g] = __ldg(t.zeros + std::size_t(row) * n_tiles + i);
+        b.scales[i][g] = __ldg(t.scales + std::size_t(row) * w.out_features + i * 8);
+      }
+    } else {  // past the last column: contributes nothing, stored nowhere
+      b.codes[i] = make_uint4(0, 0, 0, 0);
+#pragma unroll
+      for (int g = 0; g < B::kGroups; ++g) {
+        b.zeros[i][g] = 0;
+        b.scales[i][g] = 0;
+      }
+    }
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ std::uint32_t code_pair(std::uint32_t word, std::uint32_t zero2) {
+  return Codes<T>::minus((word & 0x000f000fu) | Codes<T>::kMagic, zero2);
+}
+
+// acc[p] += this block's product for tiles 2p, 2p+1 (C rows: the lane's
+// column lane/4 of each; C columns: x rows 2(lane % 4) + 0/1).
+template <typename T, int kGroup>
+__device__ __forceinline__ void gemv_compute(const GemvBlock<kGroup>& b, const T* x_lane, bool row_valid,
+                                             int k_left, int lane, float (&acc)[kGemvTiles / 2][4]) {
+  using B = GemvBlock<kGroup>;
+  constexpr int kStepsPerGroup = kGroup / 16;
+  uint2 xs[awq_k_block / 16];  // step s: x[row][16s + 4t .. +3]
+#pragma unroll
+  for (int s = 0; s < awq_k_block / 16; ++s)
+    xs[s] = row_valid && s * 16 + (lane & 3) * 4 < k_left ? *reinterpret_cast<const uint2*>(x_lane + s * 16)
+                                                           : make_uint2(0, 0);
+#pragma unroll
+  for (int g = 0; g < B::kGroups; ++g) {
+    std::uint32_t zero2[kGemvTiles];
+#pragma unroll
+    for (int i = 0; i < kGemvTiles; ++i) {
+      const std::uint32_t z = (b.zeros[i][g] >> (4 * (lane >> 2))) & 0xfu;
+      zero2[i] = Codes<T>::kMagic | z | (z << 16);
+    }
+    float part[kGemvTiles / 2][4] = {};
+#pragma unroll
+    for (int s = g * kStepsPerGroup; s < (g + 1) * kStepsPerGroup; ++s) {
+#pragma unroll
+      for (int p = 0; p < kGemvTiles / 2; ++p) {
+        const uint4& even = b.codes[2 * p];
+        const uint4& odd = b.codes[2 * p + 1];
+        const std::uint32_t we = (s / 2 == 0 ? even.x : s / 2 == 1 ? even.y : s / 2 == 2 ? even.z : even.w) >> (8 * (s % 2));
+        const std::uint32_t wo = (s / 2 == 0 ? odd.x : s / 2 == 1 ? odd.y : s / 2 == 2 ? odd.z : odd.w) >> (8 * (s % 2));
+        const std::uint32_t a[4] = {code_pair<T>(we, zero2[2 * p]), code_pair<T>(wo, zero2[2 * p + 1]),
+                                    code_pair<T>(we >> 4, zero2[2 * p]), code_pair<T>(wo >> 4, zero2[2 * p + 1])};
+        mma_16816<T>(part[p], a, xs[s].x, xs[s].y);
+      }
+    }
+#pragma unroll
+    for (int p = 0; p < kGemvTiles / 2; ++p) {
+      const float even = __half2float(__ushort_as_half(b.scales[2 * p][g]));
+      const float odd = __half2float(__ushort_as_half(b.scales[2 * p + 1][g]));
+      acc[p][0] += even * part[p][0];
+      acc[p][1] += even * part[p][1];
+      acc[p][2] += odd * part[p][2];
+      acc[p][3] += odd * part[p][3];
+    }
+  }
+}
+
+// grid (column blocks of kGemvColumns, k splits). Two k-blocks in flight a warp.
+template <typename T, int kGroup>
+__global__ void __launch_bounds__(kGemvWarps * 32) awq_gemv_kernel(GemmParams p) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int tile0 = (blockIdx.x * kGemvWarps + warp) * kGemvTiles;
+  const int n_tiles = p.w.out_features / 8, k_blocks = p.w.padded_in / awq_k_block;
+  const int kb_begin = blockIdx.y * p.blocks_per_split;
+  const int blocks = min(k_blocks - kb_begin, p.blocks_per_split);
+  GemvTiles tiles;
+  tiles.tile_stride = std::size_t(k_blocks) * 32 * 4;
+  tiles.codes = p.w.codes + std::size_t(tile0) * tiles.tile_stride + lane * 4;
+  tiles.zeros = p.w.zeros + tile0;
+  tiles.scales = p.w.scales + tile0 * 8 + (lane >> 2);
+  tiles.valid_tiles = n_tiles - tile0;
+  GemvBlock<kGroup> even, odd;
+  gemv_load(even, tiles, p.w, kb_begin);
+  if (blocks > 1) gemv_load(odd, tiles, p.w, kb_begin + 1);
+  wait_for_previous_grid();  // x is the previous kernel's output
+
+  const int row = lane >> 2;  // the B column this lane loads
+  const bool row_valid = row < p.m;
+  const T* x_lane = static_cast<const T*>(p.x) + std::int64_t(row_valid ? row : 0) * p.x_stride + (lane & 3) * 4;
+  float acc[kGemvTiles / 2][4] = {};
+  for (int i = 0; i < blocks; i += 2) {
+    int kb = kb_begin + i;
+    gemv_compute(even, x_lane + kb * awq_k_block, row_valid, p.w.in_features - kb * awq_k_block, lane, acc);
+    if (i + 2 < blocks) gemv_load(even, tiles, p.w, kb + 2);
+    if (i + 1 < blocks) {
+      ++kb;
+      gemv_compute(odd, x_lane + kb * awq_k_block, row_valid, p.w.in_features - kb * awq_k_block, lane, acc);
+      if (i + 3 < blocks) gemv_load(odd, tiles, p.w, kb + 2);
+    }
+  }
+  allow_next_grid_to_launch();
+  // C rows: column (tile0 + 2p [+1]) * 8 + lane/4; C columns: x rows 2(lane % 4) + 0/1.
+#pragma unroll
+  for (int q = 0; q < kGemvTiles / 2; ++q)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int col = (tile0 + 2 * q + half) * 8 + (lane >> 2);
+      if (col >= p.w.out_features) continue;
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int out_row = (lane & 3) * 2 + e;
+        if (out_row >= p.m) continue;
+        const float v = acc[q][2 * half + e];
+        if (gridDim.y == 1)
+          static_cast<T*>(p.y)[out_row * p.y_stride + col] = from_f32<T>(v);
+        else
+          p.partial[(std::size_t(blockIdx.y) * p.m + out_row) * p.w.out_features + col] = v;
+      }
+    }
+}
+
+// y = the sum of the splits' partial products, in order.
+template <typename T>
+__global__ void awq_reduce_kernel(const float* partial, int splits, int m, int n, T* y, std::int64_t y_stride) {
+  const int pairs = n / 2;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < m * pairs; i += gridDim.x * blockDim.x) {
+    const int row = i / pairs, col = (i % pairs) * 2;
+    float2 sum = make_float2(0.0f, 0.0f);
+    for (int s = 0; s < splits; ++s) {
+      const float2 v = *reinterpret_cast<const float2*>(partial + (std::size_t(s) * m + row) * n + col);
+      sum.x += v.x;
+      sum.y += v.y;
+    }
+    *reinterpret_cast<std::uint32_t*>(y + row * y_stride + col) = pack2<T>(sum.x, sum.y);
+  }
+}
+
+int device_sms() {
+  int device = 0, sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    cudaGetLastError();
+    return 132;
+  }
+  return sms;
+}
+
+// How a call of m rows is cut: which kernel, rows per CTA and the number of
+// k splits. With few CTAs (small m, narrow layers) k is split until about
+// `ctas_per_sm` CTAs per SM stream weights, each split keeping at least two
+// k-blocks.
+struct Plan {
+  bool gemv = false;
+  int m_tiles = 1;
+  int splits = 1;
+  int blocks_per_split = 1;
+  dim3 grid;
+};
+bool takes_gemv(const AwqDeviceWeights& w, int m) { return m <= kGemvMaxRows && w.group_size >= 64; }
+Plan plan_for(const AwqDeviceWeights& w, int m, int sms, int ctas_per_sm = 0) {
+  Plan plan;
+  plan.gemv = takes_gemv(w, m);
+  plan.m_tiles = m <= 16 ? 1 : (m <= 32 ? 2 : 4);
+  const int rows = plan.gemv ? kGemvMaxRows : 16 * plan.m_tiles;
+  const int columns = plan.gemv ? kGemvColumns : kColumns;
+  if (ctas_per_sm == 0) ctas_per_sm = plan.gemv ? 4 : 3;
+  const int col_blocks = (w.out_features + columns - 1) / columns, row_blocks = (m + rows - 1) / rows;
+  const int k_blocks = w.padded_in / awq_k_block;
+  const long long ctas = static_cast<long long>(col_blocks) * row_blocks, target = 1ll * ctas_per_sm * sms;
+  int splits = ctas >= target ? 1 : int((target + ctas - 1) / ctas);
+  splits = std::max(1, std::min(splits, k_blocks / 2));
+  plan.blocks_per_split = (k_blocks + splits - 1) / splits;
+  plan.splits = (k_blocks + plan.blocks_per_split - 1) / plan.blocks_per_split;
+  plan.grid = dim3(col_blocks, plan.splits, row_blocks);
+  return plan;
+}
+
+std::size_t partial_bytes(const AwqDeviceWeights& w, int m, const Plan& plan) {
+  return plan.splits > 1 ? std::size_t(plan.splits) * m * w.out_features * sizeof(float) : 0;
+}
+
+template <typename T, int kMTiles, int kGroup, int kDepth = kStages<kMTiles>>
+cudaError_t launch_gemm(const GemmParams& params, const Plan& plan, cudaStream_t stream) {
+  constexpr auto kernel = awq_gemm_kernel<T, kMTiles, kGroup, kDepth>;
+  constexpr int smem = kDepth * Stage<T, kMTiles, kGroup>::kBytes;
+  if (const cudaError_t e = allow_dynamic_smem<kernel>(smem); e != cudaSuccess) return e;
+  static const bool pdl = device_has_pdl();
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = plan.grid;
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  config.attrs = &attribute;
+  config.numAttrs = pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, params);
+}
+
+template <typename T, int kGroup>
+cudaError_t launch_gemv(const GemmParams& params, const Plan& plan, cudaStream_t stream) {
+  static const bool pdl = device_has_pdl();
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = plan.grid;
+  config.blockDim = dim3(kGemvWarps * 32);
+  config.stream = stream;
+  config.attrs = &attribute;
+  config.numAttrs = pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&config, awq_gemv_kernel<T, kGroup>, params);
+}
+
+template <typename T, int kMTiles>
+cudaError_t launch_group(const GemmParams& params, const Plan& plan, cudaStream_t stream) {
+  switch (params.w.group_size) {
+    case 32: return launch_gemm<T, kMTiles, 32>(params, plan, stream);
+    case 64: return launch_gemm<T, kMTiles, 64>(params, plan, stream);
+    default: return launch_gemm<T, kMTiles, 128>(params, plan, stream);
+  }
+}
+
+template <typename T>
+cudaError_t reduce_splits(const GemmParams& params, const Plan& plan, cudaStream_t stream) {
+  const int items = params.m * (params.w.out_features / 2);
+  static const int sms = device_sms();
+  const int blocks = std::min((items + 255) / 256, 8 * sms);
+  awq_reduce_kernel<T><<<blocks, 256, 0, stream>>>(params.partial, plan.splits, params.m, params.w.out_features,
+                                                     static_cast<T*>(params.y), params.y_stride);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch(const GemmParams& params, const Plan& plan, cudaStream_t stream) {
+  cudaError_t e = plan.gemv             ? (params.w.group_size == 128 ? launch_gemv<T, 128>(params, plan, stream)
+                                                                      : launch_gemv<T, 64>(params, plan, stream))
+                  : plan.m_tiles == 1   ? launch_group<T, 1>(params, plan, stream)
+                  : plan.m_tiles == 2 ? launch_group<T, 2>(params, plan, stream)
+                                      : launch_group<T, 4>(params, plan, stream);
+  if (e != cudaSuccess || plan.splits == 1) return e;
+  return reduce_splits<T>(params, plan, stream);
+}
+
+bool weights_valid(const AwqDeviceWeights& w) {
+  return w.codes != nullptr && w.zeros != nullptr && w.scales != nullptr && w.in_features > 0 &&
+         w.in_features % 8 == 0 && w.out_features > 0 && w.out_features % 8 == 0 &&
+         (w.group_size == 32 || w.group_size == 64 || w.group_size == 128) && w.in_features % w.group_size == 0 &&
+         w.padded_in == (w.in_features + awq_k_block - 1) / awq_k_block * awq_k_block;
+}
+
+}  // namespace
+
+std::size_t awq_gemm_workspace_bytes(const AwqDeviceWeights& weights, int max_rows) {
+  if (!weights_valid(weights)) return 0;
+  static const int sms = device_sms();
+  std::size_t most = 0;
+  for (int m = 1; m <= max_rows; ++m) most = std::max(most, partial_bytes(weights, m, plan_for(weights, m, sms)));
+  return most;
+}
+
+cudaError_t awq_gemm(const AwqDeviceWeights& weights, const void* x, std::int64_t x_stride, DType dtype, int m,
+                     void* y, std::int64_t y_stride, void* workspace, std::size_t workspace_bytes,
+                     cudaStream_t stream) {
+  if ((dtype != DType::bf16 && dtype != DType::f16) || !weights_valid(weights) || m < 0) return cudaErrorInvalidValue;
+  if (m == 0) return cudaSuccess;
+  if (x == nullptr || y == nullptr || reinterpret_cast<std::uintptr_t>(x) % 16 != 0 || x_stride % 8 != 0 ||
+      x_stride < weights.in_features || reinterpret_cast<std::uintptr_t>(y) % 4 != 0 || y_stride % 2 != 0 ||
+      y_stride < weights.out_features)
+    return cudaErrorInvalidValue;
+  static const int sms = device_sms();
+  const Plan plan = plan_for(weights, m, sms);
+  const std::size_t needed = partial_bytes(weights, m, plan);
+  if (needed > 0 && (workspace == nullptr || workspace_bytes < needed ||
+                     reinterpret_cast<std::uintptr_t>(workspace) % 8 != 0))
+    return cudaErrorInvalidValue;
+  const GemmParams params{weights, x, x_stride, m, y, y_stride, static_cast<float*>(workspace),
+                          plan.blocks_per_split};
+  return dtype == DType::bf16 ? launch<__nv_bfloat16>(params, plan, stream) : launch<__half>(params, plan, stream);
+}
+
+cudaError_t awq_gemm_sweep(const AwqDeviceWeights& weights, const void* x, int m, void* y, void* workspace,
+                           std::size_t workspace_bytes, int ctas_per_sm, cudaStream_t stream) {
+  if (!weights_valid(weights) || !takes_gemv(weights, m) || weights.group_size != 128 || ctas_per_sm < 1)
+    return cudaErrorInvalidValue;
+  static const int sms = device_sms();
+  const Plan plan = plan_for(weights, m, sms, ctas_per_sm);
+  if (partial_bytes(weights, m, plan) > workspace_bytes) return cudaErrorInvalidValue;
+  const GemmParams params{weights, x, weights.in_features, m, y, weights.out_features, static_cast<float*>(workspace),
+                          plan.blocks_per_split};
+  using T = __nv_bfloat16;
+  const cudaError_t e = launch_gemv<T, 128>(params, plan, stream);
+  if (e != cudaSuccess || plan.splits == 1) return e;
+  return reduce_splits<T>(params, plan, stream);
+}
+
+}  // namespace hostrun::cuda

@@ -1,0 +1,107 @@
+// W4A16 linear layers on AutoAWQ weights (twin of ref::awq_gemm):
+//
+//   y[m, n] = sum_k x[m, k] * W[n, k],   W[n, k] = (q[k, n] - z[k / group, n]) * s[k / group, n]
+//
+//   x  [m, k] bf16 / f16 rows (16-byte aligned, row stride a multiple of 8)
+//   y  [m, n] the same dtype (4-byte aligned, even row stride)
+//
+// The checkpoint's tensors are repacked once at load (awq_repack, host code)
+// into the order the kernels consume them, so every weight load is a 16-byte
+// stream and every code lands in the register of the mma fragment that uses
+// it:
+//
+//   codes  u32 [n / 8][k_padded / 128][32 lanes][4 words]. Lane l of tile
+//          (nt, kb) serves column nt*8 + l/4 and, with t = l % 4, the input
+//          channels k = kb*128 + 16s + 4t + 2j + e of the eight m16n8k16 steps
+//          s = 0..7 (j: the fragment register, e: its half). Word s/2 holds
+//          step s's four codes in nibbles 2(s%2) + j + 4e. One shift and one
+//          AND-OR turn a (j) pair into two 16-bit numbers 128 + q (bf16) or
+//          1024 + q (f16) in the halves of a register, as mma's B fragment
+//          wants them.
+//   zeros  u32 [k_padded / group][n / 8], nibble j = column 8c + j (plain order).
+//   scales f16 [k_padded / group][n].
+//
+// The k order inside a step is permuted (mma sums over its 16 k in any
+// order, as long as x uses the same one): a lane's x operand for step s is
+// then the four consecutive values x[16s + 4t .. +3], one 8-byte load,
+// instead of a gather. Every step stays inside one 16-wide slice of k, so
+// the groups (32, 64, 128) stay whole.
+//
+// k_padded rounds in_features up to 128; the padding holds code 0 with zero
+// scale, and x is read as 0 there, so it adds nothing.
+//
+// Why exact: the kernels subtract (128 + z) from (128 + q) in 16 bits (exact:
+// small integers), multiply by x on the tensor cores with f32 accumulation
+// (exact products), and apply each group's f16 scale to the group's f32
+// partial sums. So the only difference from ref::awq_gemm on the same x is
+// the order of f32 additions; the result is rounded to dtype once.
+//
+// Two kernels read the layout:
+//  - decode rows (m <= 8, group 64 or 128): each warp streams the codes of
+//    four column tiles straight from memory into registers, two k-blocks in
+//    flight, and reads its x operand from L1; no shared memory, no barriers.
+//    This is the weight-streaming kernel: memory bound, ~0.25x the bytes of
+//    bf16.
+//  - more rows (and group 32): a CTA of 4 warps computes 64 columns x up to
+//    64 rows over a range of k; x tiles, codes and group parameters flow
+//    through shared memory in a cp.async pipeline.
+// For few CTAs k is split across them, the f32 partial sums meeting in
+// `workspace` and a second kernel adding them in a fixed order. Both are
+// programmatic dependents of the kernel before them (sm_90): they start
+// loading weights before x is ready (common.cuh), so the weights must not be
+// written by earlier work in the stream.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "cuda/dtype.hpp"
+#include "ref/awq.hpp"
+
+namespace hostrun::cuda {
+
+inline constexpr int awq_k_block = 128;  // k per codes tile; in_features is padded to it
+
+// The kernel's layout in host memory, made from a checkpoint's tensors.
+struct AwqRepacked {
+  std::vector<std::uint32_t> codes;
+  std::vector<std::uint32_t> zeros;
+  std::vector<std::uint16_t> scales;
+  int in_features = 0, out_features = 0, group_size = 0;
+  int padded_in = 0;  // in_features rounded up to awq_k_block
+};
+
+// Repacks one layer (out_features a multiple of 8, group_size 32/64/128
+// dividing in_features, in_features a multiple of 8). Host code.
+AwqRepacked awq_repack(const ref::AwqWeights& layer);
+
+// The code of W[n, k] as awq_repack placed it (tests read the layout back).
+std::uint32_t awq_repacked_code(const AwqRepacked& repacked, int k, int n);
+
+// The same arrays in device memory (the caller owns them).
+struct AwqDeviceWeights {
+  const std::uint32_t* codes = nullptr;
+  const std::uint32_t* zeros = nullptr;
+  const std::uint16_t* scales = nullptr;
+  int in_features = 0, out_features = 0, group_size = 0, padded_in = 0;
+};
+
+// Device workspace awq_gemm needs for calls of up to `max_rows` rows on the
+// current device (split-k partial sums; 0 when no call splits).
+std::size_t awq_gemm_workspace_bytes(const AwqDeviceWeights& weights, int max_rows);
+
+// y = x W^T as above. cudaErrorInvalidValue for a dtype other than bf16/f16,
+// misaligned x / y, a group size other than 32/64/128, or a workspace
+// smaller than awq_gemm_workspace_bytes(weights, m).
+cudaError_t awq_gemm(const AwqDeviceWeights& weights, const void* x, std::int64_t x_stride, DType dtype, int m,
+                     void* y, std::int64_t y_stride, void* workspace, std::size_t workspace_bytes,
+                     cudaStream_t stream);
+
+// For test_kernels_cuda --bench only: the decode-row kernel (bf16, group
+// 128, m <= 8, x and y contiguous) with another split-k target (CTAs per
+// SM), to measure the choice awq_gemm makes.
+cudaError_t awq_gemm_sweep(const AwqDeviceWeights& weights, const void* x, int m, void* y, void* workspace,
+                           std::size_t workspace_bytes, int ctas_per_sm, cudaStream_t stream);
+
+}  // namespace hostrun::cuda
