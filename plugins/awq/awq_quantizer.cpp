@@ -10,9 +10,11 @@
 // quant_method "awq", bits 4, zero_point true, version "gemm" (or "GEMM") and a
 // group_size of 32, 64 or 128 that the tensors' shapes agree with.
 //
-// This build runs on the CPU (f32 activations, kernels/ref's awq_gemm on the
-// packed weights, nothing dequantized ahead); it fuses no epilogue. It does
-// not write checkpoints yet (quantize(): unsupported).
+// On the CPU the layers compute in f32 with kernels/ref's awq_gemm on the
+// packed weights (nothing dequantized ahead); on a CUDA GPU (builds with
+// CUDA) in bf16/f16 with kernels/cuda's W4A16 GEMM (awq_cuda_linear.hpp).
+// Neither fuses an epilogue yet. It does not write checkpoints yet
+// (quantize(): unsupported).
 #include <hostrun/json_bounds.hpp>
 #include <hostrun/sdk.hpp>
 
@@ -27,6 +29,9 @@
 #include <vector>
 
 #include "ref/awq.hpp"
+#if HOSTRUN_AWQ_CUDA
+#include "awq_cuda_linear.hpp"
+#endif
 
 namespace {
 
@@ -40,11 +45,15 @@ using nlohmann::json;
 constexpr const char* kFormat = "awq";
 
 Status probe(const hostrun::Device& device) noexcept {
-  if (device.kind != DeviceKind::cpu)
-    return Status(ErrorCode::unsupported,
-                  fmt::format("awq: this build computes AWQ layers on the CPU only; {}:{} was asked for",
-                              hostrun::device_kind_name(device.kind), device.index));
-  return {};
+  if (device.kind == DeviceKind::cpu) return {};
+#if HOSTRUN_AWQ_CUDA
+  return hostrun::awq::cuda_probe(device);
+#else
+  return Status(ErrorCode::unsupported,
+                fmt::format("awq: this build computes AWQ layers on the CPU only (built without CUDA); {}:{} was "
+                            "asked for",
+                            hostrun::device_kind_name(device.kind), device.index));
+#endif
 }
 
 // The checkpoint's quantization_config, checked: the group size it names.
@@ -225,7 +234,7 @@ class AwqQuantizer final : public hostrun::Quantizer {
     if (load.weights == nullptr || load.prefixes.empty())
       throw hostrun::Error(ErrorCode::invalid_argument, "awq: load_linear needs a weight source and prefixes");
     if (Status s = probe(load.device); !s) throw hostrun::Error(s.code(), "awq: load_linear: " + s.message());
-    if (load.activation_dtype != DType::f32)
+    if (load.device.kind == DeviceKind::cpu && load.activation_dtype != DType::f32)
       throw hostrun::Error(ErrorCode::unsupported,
                            fmt::format("awq: load_linear: the CPU path computes in f32; {} activations were asked for",
                                        hostrun::dtype_name(load.activation_dtype)));
@@ -251,6 +260,13 @@ class AwqQuantizer final : public hostrun::Quantizer {
       place_columns(t.scales.as<const uint16_t>(), groups, t.out_features, scales, out_total, at);
       at += t.out_features;
     }
+#if HOSTRUN_AWQ_CUDA
+    if (load.device.kind == DeviceKind::cuda)
+      return hostrun::awq::make_cuda_linear(
+          library_,
+          {qweight.data(), qzeros.data(), scales.data(), size_t(in), size_t(out_total), size_t(group)},
+          load.device, load.activation_dtype);
+#endif
     return hostrun::make_pinned<AwqCpuLinear>(library_, std::move(qweight), std::move(qzeros), std::move(scales), in,
                                               out_total, group);
   }
@@ -262,6 +278,7 @@ const hostrun::RoleEntry kRoles[] = {hostrun::role_entry_without_settings<hostru
 
 }  // namespace
 
-HOSTRUN_PLUGIN("awq", "0.1.0",
-               "AutoAWQ 4-bit GEMM checkpoints as they are (qweight / qzeros / scales, group 32/64/128); CPU layers",
+HOSTRUN_PLUGIN("awq", "0.2.0",
+               "AutoAWQ 4-bit GEMM checkpoints as they are (qweight / qzeros / scales, group 32/64/128); CPU and CUDA "
+               "layers",
                kRoles)

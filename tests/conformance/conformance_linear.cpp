@@ -6,11 +6,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include <cstring>
-#include <fstream>
-
-#include "checkpoint/safetensors.hpp"
-#include "ref/awq.hpp"
+#include "linear_checkpoints.hpp"
 #include "linear_suite.hpp"
 #include "ref/gemm.hpp"
 #include "ref/rope.hpp"
@@ -21,52 +17,6 @@ namespace conformance {
 namespace {
 
 using namespace hostrun;
-
-// For quantizers that quantize at load: the dense weights as bf16 safetensors.
-void write_dense_checkpoint(const fs::path& directory, std::span<const DenseLinearWeight> layers) {
-  std::vector<std::vector<std::byte>> storage;
-  std::vector<checkpoint::TensorData> tensors;
-  for (const DenseLinearWeight& layer : layers) {
-    storage.emplace_back(layer.values.size() * 2);
-    ref::convert_from_f32(layer.values.data(), layer.values.size(), storage.back().data(), ref::DType::bf16);
-    tensors.push_back({layer.prefix + ".weight", DType::bf16, {layer.out_features, layer.in_features},
-                       std::span<const std::byte>(storage.back())});
-  }
-  Status written = checkpoint::write_safetensors(directory / "model.safetensors", tensors);
-  REQUIRE_MESSAGE(written.is_ok(), written.message());
-  std::ofstream(directory / "config.json") << "{}\n";
-}
-
-// For quantizers that read AutoAWQ's GEMM format: each layer rounded to
-// nearest 4-bit in groups of kGroup input channels and packed as AutoAWQ
-// packs (ref::awq_quantize_rtn_packed), with its quantization_config.
-template <int kGroup>
-void write_awq_checkpoint(const fs::path& directory, std::span<const DenseLinearWeight> layers) {
-  std::vector<std::vector<std::byte>> storage;
-  std::vector<checkpoint::TensorData> tensors;
-  const auto add = [&](std::string name, DType dtype, std::vector<int64_t> shape, const void* data, size_t bytes) {
-    storage.emplace_back(bytes);
-    std::memcpy(storage.back().data(), data, bytes);
-    tensors.push_back({std::move(name), dtype, std::move(shape), std::span<const std::byte>(storage.back())});
-  };
-  for (const DenseLinearWeight& layer : layers) {
-    const size_t out = size_t(layer.out_features), in = size_t(layer.in_features), groups = in / kGroup;
-    const ref::AwqPackedLayer packed = ref::awq_quantize_rtn_packed(layer.values.data(), out, in, kGroup);
-    add(layer.prefix + ".qweight", DType::i32, {int64_t(in), int64_t(out / 8)}, packed.qweight.data(),
-        packed.qweight.size() * 4);
-    add(layer.prefix + ".qzeros", DType::i32, {int64_t(groups), int64_t(out / 8)}, packed.qzeros.data(),
-        packed.qzeros.size() * 4);
-    add(layer.prefix + ".scales", DType::f16, {int64_t(groups), int64_t(out)}, packed.scales.data(),
-        packed.scales.size() * 2);
-  }
-  Status written = checkpoint::write_safetensors(directory / "model.safetensors", tensors);
-  REQUIRE_MESSAGE(written.is_ok(), written.message());
-  std::ofstream(directory / "config.json")
-      << fmt::format(R"({{"quantization_config": {{"quant_method": "awq", "bits": 4, "group_size": {}, )"
-                     R"("zero_point": true, "version": "gemm"}}}})",
-                     kGroup)
-      << "\n";
-}
 
 // label, plugin, settings, activation dtype, checkpoint writer, weight tolerance, tolerance
 const QuantizerRow kRows[] = {

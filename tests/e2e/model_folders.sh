@@ -44,8 +44,10 @@ folder awq "$(with_quantization '{"quant_method": "awq", "bits": 4, "group_size"
 chat "$work/awq" >"$work/awq.out" 2>&1; expect_status "an AWQ config over dense weights is refused" 1 $?
 expect "naming the missing packed tensor" "the quantizer (awq) could not build model.layers.0.self_attn.q_proj" "$work/awq.out"
 expect "and the tensor" "checkpoint has no tensor 'model.layers.0.self_attn.q_proj.qweight'" "$work/awq.out"
-chat "$work/awq" --device cuda >"$work/awq-cuda.out" 2>&1; expect_status "an AWQ folder on cuda is refused" 1 $?
-expect "naming AWQ and the device" "no plugin in this build handles LlamaForCausalLM with awq on cuda" "$work/awq-cuda.out"
+# On cuda the AWQ folder reaches the CUDA AWQ manifest (here refused: no GPU in CI, or no llama_cuda in a build
+# without CUDA).
+chat "$work/awq" --device cuda >"$work/awq-cuda.out" 2>&1; expect_status "an AWQ folder on cuda without a GPU is refused" 1 $?
+expect "by the CUDA AWQ manifest" "--device cuda: manifest llama3-cuda-awq: " "$work/awq-cuda.out"
 folder fp8 "$(with_quantization '{"quant_method": "fp8", "activation_scheme": "dynamic"}')"
 chat "$work/fp8" --device cpu >"$work/fp8.out" 2>&1; expect_status "an FP8 folder is refused (no fp8 plugin yet)" 1 $?
 expect "naming FP8" "no plugin in this build handles LlamaForCausalLM with fp8 on cpu" "$work/fp8.out"

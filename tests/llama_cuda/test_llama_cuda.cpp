@@ -13,7 +13,9 @@
 //  - the engine on CUDA: 48 concurrent greedy requests equal each run alone,
 //    and again with a KV budget so tight the engine must preempt;
 //  - llama_cuda given a quantizer (dense_test_quantizer.hpp: the test's own
-//    cuBLAS layers, fusing no epilogue) gives the dense model's logits.
+//    cuBLAS layers, fusing no epilogue) gives the dense model's logits;
+//  - an AWQ folder through the awq quantizer's W4A16 layers gives its
+//    dequantized twin's logits and tokens.
 #include <cuda_runtime_api.h>
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
@@ -33,6 +35,7 @@
 #include "engine/engine.hpp"
 #include "llama_test_util.hpp"
 #include "plugin_loader.hpp"
+#include "rtn_awq.hpp"
 #include "../support/letter_tokenizer.hpp"
 #include "../support/temp_dir.hpp"
 
@@ -289,6 +292,55 @@ TEST_CASE("llama_cuda with a quantizer's linear layers gives the dense model's l
   run(nullptr, 0, false, dense_graphed_tokens);
   CHECK(graphed_tokens == dense_graphed_tokens);
   CHECK(graphed_tokens == quantized_tokens);
+}
+
+// AWQ weights on the GPU: an AutoAWQ folder (round-to-nearest 4-bit of a
+// random checkpoint, group 64 so the MLP's 1,088 input channels pad to the
+// kernel's 128-deep blocks) through the awq quantizer's W4A16 layers, against
+// its dequantized twin (W = (q - z) s as dense weights, run in bf16 by
+// llama_cuda's own layers). The twin's weights are rounded to bf16 at load,
+// the AWQ layers use (q - z) s exactly, so the logits agree to bf16
+// rounding; greedy tokens equal; the AWQ decode steps also run inside CUDA
+// graphs with the same tokens.
+TEST_CASE("llama_cuda with awq's W4A16 layers gives its dequantized twin's logits and tokens") {
+  TempDir dir("awq");
+  const llama::LlamaConfig config = shape(512, 8, 2, 128, 3, 1000, false);
+  write_checkpoint(dir.path() / "bf16", config, 19);
+  llama::RtnAwqOptions rtn;
+  rtn.group_size = 64;
+  rtn.dequantized_twin = dir.path() / "twin";
+  Status written = llama::write_rtn_awq_checkpoint(dir.path() / "bf16", dir.path() / "awq", rtn);
+  REQUIRE_MESSAGE(written.is_ok(), written.message());
+  core::PluginRegistry quantizers;
+  quantizers.load_file(llama_test::test_plugin_dir() / "hostrun_awq.so");
+  for (const auto& refused : quantizers.refused()) FAIL(refused.file.string() << ": " << refused.reason);
+  auto made = quantizers.create<Quantizer>("awq", Settings{}, nullptr, "quantizer", Device{DeviceKind::cuda, 0});
+  REQUIRE_MESSAGE(made.has_value(), made.status().message());
+  Quantizer* awq = made.value().get();
+
+  const std::vector<TokenId> prompt = two_pass_prompt(7, config.vocab_size);
+  const int steps = 12;
+  std::vector<TokenId> twin_tokens, awq_tokens, graphed_tokens;
+  std::vector<std::vector<float>> twin, quantized;
+  {
+    auto m = load(dir.path() / "twin", true, 128);
+    twin = run_sequence(*m->model, prompt, steps, twin_tokens, "dequantized twin");
+  }
+  {
+    auto m = load(dir.path() / "awq", true, 128, CudaOptions{DType::bf16, awq, -1});
+    quantized = run_sequence(*m->model, prompt, steps, awq_tokens, "awq");
+  }
+  double worst = 0;
+  for (int s = 0; s <= steps; ++s) worst = std::max(worst, relative_error(quantized[size_t(s)], twin[size_t(s)]));
+  MESSAGE(fmt::format("awq W4A16 vs dequantized twin: worst logits relative error {:.3e}, {} of {} greedy tokens equal",
+                      worst, std::mismatch(awq_tokens.begin(), awq_tokens.end(), twin_tokens.begin()).first -
+                                 awq_tokens.begin(),
+                      awq_tokens.size()));
+  CHECK(worst < 2e-2);
+  CHECK(awq_tokens == twin_tokens);
+  auto graphed = load(dir.path() / "awq", true, 128, CudaOptions{DType::bf16, awq, -1});
+  run_sequence(*graphed->model, prompt, steps, graphed_tokens, "awq, graphs", false);
+  CHECK(graphed_tokens == awq_tokens);
 }
 
 // int8 / int4 pages (kv_cuda quant_policy 8 / 4) against bf16 pages on the

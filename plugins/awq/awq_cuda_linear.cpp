@@ -1,0 +1,208 @@
+// awq's CUDA layers (awq_cuda_linear.hpp).
+#include "awq_cuda_linear.hpp"
+
+#include <cuda_runtime_api.h>
+#include <fmt/format.h>
+
+#include <limits>
+#include <vector>
+
+#include "cuda/awq_gemm.hpp"
+
+namespace hostrun::awq {
+
+namespace {
+
+void check_cuda(cudaError_t e, const char* what) {
+  if (e != cudaSuccess)
+    throw Error(ErrorCode::internal, fmt::format("awq: {}: {} ({})", what, cudaGetErrorString(e), cudaGetErrorName(e)));
+}
+
+// Makes `device` current for the owner's lifetime, restoring the previous one.
+class DeviceScope {
+ public:
+  explicit DeviceScope(int device) {
+    check_cuda(cudaGetDevice(&previous_), "cudaGetDevice");
+    check_cuda(cudaSetDevice(device), "cudaSetDevice");
+  }
+  ~DeviceScope() { cudaSetDevice(previous_); }
+  DeviceScope(const DeviceScope&) = delete;
+  DeviceScope& operator=(const DeviceScope&) = delete;
+
+ private:
+  int previous_ = 0;
+};
+
+// One cudaMalloc'd array, uploaded from host memory.
+template <typename T>
+class DeviceArray {
+ public:
+  DeviceArray() = default;
+  explicit DeviceArray(const std::vector<T>& host) : count_(host.size()) {
+    check_cuda(cudaMalloc(reinterpret_cast<void**>(&data_), bytes()), "allocating AWQ weights");
+    if (const cudaError_t e = cudaMemcpy(data_, host.data(), bytes(), cudaMemcpyHostToDevice); e != cudaSuccess) {
+      cudaFree(data_);  // the destructor does not run for a constructor that throws
+      check_cuda(e, "uploading AWQ weights");
+    }
+  }
+  ~DeviceArray() {
+    if (data_ != nullptr) cudaFree(data_);
+  }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+  const T* data() const { return data_; }
+  size_t bytes() const { return count_ * sizeof(T); }
+  std::vector<T> download() const {
+    std::vector<T> host(count_);
+    check_cuda(cudaMemcpy(host.data(), data_, bytes(), cudaMemcpyDeviceToHost), "reading AWQ weights back");
+    return host;
+  }
+
+ private:
+  T* data_ = nullptr;
+  size_t count_ = 0;
+};
+
+class AwqCudaLinear final : public LinearLayer {
+ public:
+  AwqCudaLinear(const ref::AwqWeights& weights, Device device, DType activation_dtype)
+      : device_(device), dtype_(activation_dtype) {
+    DeviceScope scope(device.index);
+    const cuda::AwqRepacked repacked = cuda::awq_repack(weights);
+    codes_ = std::make_unique<DeviceArray<uint32_t>>(repacked.codes);
+    zeros_ = std::make_unique<DeviceArray<uint32_t>>(repacked.zeros);
+    scales_ = std::make_unique<DeviceArray<uint16_t>>(repacked.scales);
+    weights_ = {codes_->data(),         zeros_->data(),         scales_->data(),
+                repacked.in_features, repacked.out_features, repacked.group_size,
+                repacked.padded_in};
+    format_ = fmt::format("awq-w4-g{}", repacked.group_size);
+  }
+
+  LinearInfo info() const noexcept override {
+    LinearInfo out;
+    out.in_features = weights_.in_features;
+    out.out_features = weights_.out_features;
+    out.weight_bytes = codes_->bytes() + zeros_->bytes() + scales_->bytes();
+    out.activation_dtype = dtype_;
+    out.device = device_;
+    out.format = format_;
+    return out;
+  }
+
+  uint32_t fused_epilogues(int64_t) const noexcept override { return kEpilogueNone; }
+
+  size_t workspace_bytes(int64_t max_rows) const noexcept override {
+    return cuda::awq_gemm_workspace_bytes(weights_, int(std::min<int64_t>(max_rows, std::numeric_limits<int>::max())));
+  }
+
+  Status forward(const LinearCall& call, const ExecContext& exec) noexcept override {
+    return guard([&]() -> Status {
+      const TensorView& x = call.x;
+      const TensorView& y = call.y;
+      const int64_t rows = x.rank == 2 ? x.shape[0] : -1;
+      const auto matrix = [&](const TensorView& v, int64_t columns) {
+        return v.rank == 2 && v.shape[0] == rows && v.shape[1] == columns && v.strides[1] == 1 &&
+               v.strides[0] >= columns && v.dtype == dtype_ && v.device == device_ && v.data != nullptr;
+      };
+      if (rows < 0 || rows > std::numeric_limits<int>::max() || !matrix(x, weights_.in_features) ||
+          !matrix(y, weights_.out_features))
+        return Status(ErrorCode::invalid_argument,
+                      fmt::format("awq: linear [{} x {}]: expected x [rows, {}] and y [rows, {}] in {} on cuda:{} "
+                                  "with contiguous rows",
+                                  weights_.out_features, weights_.in_features, weights_.in_features,
+                                  weights_.out_features, dtype_name(dtype_), device_.index));
+      if (call.epilogue != kEpilogueNone)
+        return Status(ErrorCode::invalid_argument,
+                      fmt::format("awq: forward: epilogue mask {:#x} asked for, but this layer fuses none",
+                                  call.epilogue));
+      if (rows == 0) return {};
+      const size_t given = exec.workspace.data != nullptr ? exec.workspace.nbytes() : 0;
+      const cudaError_t e = cuda::awq_gemm(weights_, x.data, x.strides[0],
+                                           dtype_ == DType::bf16 ? cuda::DType::bf16 : cuda::DType::f16, int(rows),
+                                           y.data, y.strides[0], exec.workspace.data, given,
+                                           static_cast<cudaStream_t>(exec.stream));
+      if (e == cudaErrorInvalidValue)
+        return Status(ErrorCode::invalid_argument,
+                      fmt::format("awq: linear [{} x {}], {} rows: refused by awq_gemm: x needs 16-byte alignment and "
+                                  "a row stride that is a multiple of 8, y 4-byte alignment and an even row stride, "
+                                  "and the workspace {} bytes (workspace_bytes(); {} given)",
+                                  weights_.out_features, weights_.in_features, rows,
+                                  cuda::awq_gemm_workspace_bytes(weights_, int(rows)), given));
+      check_cuda(e, "awq_gemm");
+      return {};
+    });
+  }
+
+  // (q - z) * s from the device copy, so what is checked is what runs.
+  Status dequantize(std::span<float> weight) const noexcept override {
+    return guard([&]() -> Status {
+      const size_t n = size_t(weights_.out_features), k = size_t(weights_.in_features);
+      if (weight.size() != n * k)
+        return Status(ErrorCode::invalid_argument,
+                      fmt::format("awq: dequantize: expected room for {} x {} values, found {}", n, k, weight.size()));
+      DeviceScope scope(device_.index);
+      cuda::AwqRepacked r;
+      r.codes = codes_->download();
+      r.zeros = zeros_->download();
+      r.scales = scales_->download();
+      r.in_features = weights_.in_features;
+      r.out_features = weights_.out_features;
+      r.group_size = weights_.group_size;
+      r.padded_in = weights_.padded_in;
+      std::vector<float> scales(r.scales.size());
+      ref::convert_to_f32(r.scales.data(), ref::DType::f16, scales.size(), scales.data());
+      for (size_t kk = 0; kk < k; ++kk) {
+        const size_t g = kk / size_t(r.group_size);
+        for (size_t nn = 0; nn < n; ++nn) {
+          const uint32_t zero = (r.zeros[g * (n / 8) + nn / 8] >> (4 * (nn % 8))) & 0xfu;
+          const float code = float(cuda::awq_repacked_code(r, int(kk), int(nn)));
+          weight[nn * k + kk] = (code - float(zero)) * scales[g * n + nn];
+        }
+      }
+      return {};
+    });
+  }
+
+ private:
+  Device device_;
+  DType dtype_;
+  std::unique_ptr<DeviceArray<uint32_t>> codes_, zeros_;
+  std::unique_ptr<DeviceArray<uint16_t>> scales_;
+  cuda::AwqDeviceWeights weights_;
+  std::string format_;
+};
+
+}  // namespace
+
+Status cuda_probe(const Device& device) noexcept {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || device.index < 0 || device.index >= count) {
+    cudaGetLastError();
+    return Status(ErrorCode::unsupported,
+                  fmt::format("awq: cuda:{} is not a CUDA device here ({} found)", device.index, count));
+  }
+  int major = 0, minor = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device.index);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device.index);
+  if (major < 8)
+    return Status(ErrorCode::unsupported,
+                  fmt::format("awq: cuda:{} is sm_{}{}; the W4A16 kernels need sm_80 or newer (bf16 tensor cores)",
+                              device.index, major, minor));
+  return {};
+}
+
+PluginPtr<LinearLayer> make_cuda_linear(const LibraryPin& library, const ref::AwqWeights& weights, Device device,
+                                        DType activation_dtype) {
+  if (activation_dtype != DType::bf16 && activation_dtype != DType::f16)
+    throw Error(ErrorCode::unsupported,
+                fmt::format("awq: load_linear: the CUDA path computes in bf16 or f16; {} activations were asked for",
+                            dtype_name(activation_dtype)));
+  if (weights.in_features % 8 != 0)
+    throw Error(ErrorCode::unsupported,
+                fmt::format("awq: load_linear: in_features {} is not a multiple of 8, which the W4A16 kernel reads in "
+                            "16-byte rows",
+                            weights.in_features));
+  return make_pinned<AwqCudaLinear>(library, weights, device, activation_dtype);
+}
+
+}  // namespace hostrun::awq

@@ -1,0 +1,36 @@
+// The quantizers whose layers run on a GPU, through the LinearLayer suite
+// (linear_suite.cpp): inputs copied to the device, results back, compared on
+// the host with ref::gemm on the layer's dequantize()d weights. Built with
+// CUDA, run on the GPU machine (ctest label gpu). A new GPU quantizer joins
+// with one row.
+#include "cuda_memory.hpp"
+#include "linear_checkpoints.hpp"
+#include "linear_suite.hpp"
+
+namespace conformance {
+
+namespace {
+
+using hostrun::DType;
+
+// label, plugin, settings, activation dtype, checkpoint writer, weight tolerance, tolerance
+const QuantizerRow kRows[] = {
+    // AutoAWQ 4-bit (see conformance_linear.cpp for the weight bound). The
+    // W4A16 kernel's products are exact and its sums f32; the output is
+    // rounded once to the activation dtype: 2^-8 (bf16) / 2^-11 (f16) of the
+    // largest output, with margin.
+    {"awq, group 128, bf16", "awq", {}, DType::bf16, &write_awq_checkpoint<128>, 1.0 / 15 * 1.01, 6e-3},
+    {"awq, group 64, f16", "awq", {}, DType::f16, &write_awq_checkpoint<64>, 1.0 / 15 * 1.01, 1e-3},
+    {"awq, group 32, bf16", "awq", {}, DType::bf16, &write_awq_checkpoint<32>, 1.0 / 15 * 1.01, 6e-3},
+};
+
+}  // namespace
+
+std::span<const QuantizerRow> quantizer_rows() { return kRows; }
+
+DeviceMemory& linear_device_memory() {
+  static CudaMemory memory;
+  return memory;
+}
+
+}  // namespace conformance
