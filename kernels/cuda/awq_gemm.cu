@@ -394,42 +394,61 @@ __device__ __forceinline__ void gemv_load(GemvBlock<kGroup>& b, const GemvTiles&
   }
 }
 
+// x's part of k-block `kb` as this lane's B operands: step s is
+// x[row][kb*128 + 16s + 4t .. +3] (0 past in_features or for rows past m).
+using GemvX = uint2[awq_k_block / 16];
 template <typename T>
-__device__ __forceinline__ std::uint32_t code_pair(std::uint32_t word, std::uint32_t zero2) {
-  return Codes<T>::minus((word & 0x000f000fu) | Codes<T>::kMagic, zero2);
+__device__ __forceinline__ void gemv_load_x(GemvX& xs, const T* x_lane, bool row_valid, int in_features, int kb,
+                                            int lane) {
+  const int k_left = in_features - kb * awq_k_block - (lane & 3) * 4;
+#pragma unroll
+  for (int s = 0; s < awq_k_block / 16; ++s)
+    xs[s] = row_valid && s * 16 < k_left ? *reinterpret_cast<const uint2*>(x_lane + kb * awq_k_block + s * 16)
+                                         : make_uint2(0, 0);
 }
 
 // acc[p] += this block's product for tiles 2p, 2p+1 (C rows: the lane's
 // column lane/4 of each; C columns: x rows 2(lane % 4) + 0/1).
+//
+// bf16 skips the per-code zero-point subtraction: A holds 128 + q as the OR
+// makes it, and each group's product is corrected with the group's row sums
+// of x (one more mma per step, against a fragment of ones, shared by every
+// tile): sum (q - z) x = sum (128 + q) x - (128 + z) sum x. Products stay
+// exact; the f32 sums lose ~7 bits to the cancellation, far below bf16's
+// rounding of the result. f16's offset is 1024 (10 bits lost, too close to
+// f16's own rounding), so f16 subtracts per code as the tile kernel does.
 template <typename T, int kGroup>
-__device__ __forceinline__ void gemv_compute(const GemvBlock<kGroup>& b, const T* x_lane, bool row_valid,
-                                             int k_left, int lane, float (&acc)[kGemvTiles / 2][4]) {
+__device__ __forceinline__ void gemv_compute(const GemvBlock<kGroup>& b, const GemvX& xs, int lane,
+                                             float (&acc)[kGemvTiles / 2][4]) {
   using B = GemvBlock<kGroup>;
   constexpr int kStepsPerGroup = kGroup / 16;
-  uint2 xs[awq_k_block / 16];  // step s: x[row][16s + 4t .. +3]
-#pragma unroll
-  for (int s = 0; s < awq_k_block / 16; ++s)
-    xs[s] = row_valid && s * 16 + (lane & 3) * 4 < k_left ? *reinterpret_cast<const uint2*>(x_lane + s * 16)
-                                                           : make_uint2(0, 0);
+  constexpr bool kRowSums = std::is_same_v<T, __nv_bfloat16>;
+  constexpr std::uint32_t kOnes = 0x3f803f80u;  // bf16 1.0, twice
 #pragma unroll
   for (int g = 0; g < B::kGroups; ++g) {
-    std::uint32_t zero2[kGemvTiles];
+    std::uint32_t zero[kGemvTiles];
 #pragma unroll
-    for (int i = 0; i < kGemvTiles; ++i) {
-      const std::uint32_t z = (b.zeros[i][g] >> (4 * (lane >> 2))) & 0xfu;
-      zero2[i] = Codes<T>::kMagic | z | (z << 16);
-    }
+    for (int i = 0; i < kGemvTiles; ++i) zero[i] = (b.zeros[i][g] >> (4 * (lane >> 2))) & 0xfu;
+    const auto pair = [&](std::uint32_t word, int i) -> std::uint32_t {
+      const std::uint32_t magic_q = (word & 0x000f000fu) | Codes<T>::kMagic;
+      if constexpr (kRowSums) return magic_q;
+      else return Codes<T>::minus(magic_q, Codes<T>::kMagic | zero[i] | (zero[i] << 16));
+    };
     float part[kGemvTiles / 2][4] = {};
+    float row_sums[4] = {};  // [0] / [1]: sum of x over the group for rows 2(lane % 4) + 0 / 1
 #pragma unroll
     for (int s = g * kStepsPerGroup; s < (g + 1) * kStepsPerGroup; ++s) {
+      if constexpr (kRowSums) {
+        const std::uint32_t ones[4] = {kOnes, kOnes, kOnes, kOnes};
+        mma_16816<T>(row_sums, ones, xs[s].x, xs[s].y);
+      }
 #pragma unroll
       for (int p = 0; p < kGemvTiles / 2; ++p) {
         const uint4& even = b.codes[2 * p];
         const uint4& odd = b.codes[2 * p + 1];
         const std::uint32_t we = (s / 2 == 0 ? even.x : s / 2 == 1 ? even.y : s / 2 == 2 ? even.z : even.w) >> (8 * (s % 2));
         const std::uint32_t wo = (s / 2 == 0 ? odd.x : s / 2 == 1 ? odd.y : s / 2 == 2 ? odd.z : odd.w) >> (8 * (s % 2));
-        const std::uint32_t a[4] = {code_pair<T>(we, zero2[2 * p]), code_pair<T>(wo, zero2[2 * p + 1]),
-                                    code_pair<T>(we >> 4, zero2[2 * p]), code_pair<T>(wo >> 4, zero2[2 * p + 1])};
+        const std::uint32_t a[4] = {pair(we, 2 * p), pair(wo, 2 * p + 1), pair(we >> 4, 2 * p), pair(wo >> 4, 2 * p + 1)};
         mma_16816<T>(part[p], a, xs[s].x, xs[s].y);
       }
     }
@@ -437,17 +456,26 @@ __device__ __forceinline__ void gemv_compute(const GemvBlock<kGroup>& b, const T
     for (int p = 0; p < kGemvTiles / 2; ++p) {
       const float even = __half2float(__ushort_as_half(b.scales[2 * p][g]));
       const float odd = __half2float(__ushort_as_half(b.scales[2 * p + 1][g]));
-      acc[p][0] += even * part[p][0];
-      acc[p][1] += even * part[p][1];
-      acc[p][2] += odd * part[p][2];
-      acc[p][3] += odd * part[p][3];
+      if constexpr (kRowSums) {
+        const float even_zero = 128.0f + float(zero[2 * p]), odd_zero = 128.0f + float(zero[2 * p + 1]);
+        acc[p][0] += even * (part[p][0] - even_zero * row_sums[0]);
+        acc[p][1] += even * (part[p][1] - even_zero * row_sums[1]);
+        acc[p][2] += odd * (part[p][2] - odd_zero * row_sums[0]);
+        acc[p][3] += odd * (part[p][3] - odd_zero * row_sums[1]);
+      } else {
+        acc[p][0] += even * part[p][0];
+        acc[p][1] += even * part[p][1];
+        acc[p][2] += odd * part[p][2];
+        acc[p][3] += odd * part[p][3];
+      }
     }
   }
 }
 
-// grid (column blocks of kGemvColumns, k splits). Two k-blocks in flight a warp.
+// grid (column blocks of kGemvColumns, k splits). Two k-blocks in flight a warp;
+// four CTAs an SM fit in the registers at group 128 (three at 64).
 template <typename T, int kGroup>
-__global__ void __launch_bounds__(kGemvWarps * 32) awq_gemv_kernel(GemmParams p) {
+__global__ void __launch_bounds__(kGemvWarps * 32, kGroup == 128 ? 4 : 3) awq_gemv_kernel(GemmParams p) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int tile0 = (blockIdx.x * kGemvWarps + warp) * kGemvTiles;
   const int n_tiles = p.w.out_features / 8, k_blocks = p.w.padded_in / awq_k_block;
@@ -468,14 +496,18 @@ __global__ void __launch_bounds__(kGemvWarps * 32) awq_gemv_kernel(GemmParams p)
   const bool row_valid = row < p.m;
   const T* x_lane = static_cast<const T*>(p.x) + std::int64_t(row_valid ? row : 0) * p.x_stride + (lane & 3) * 4;
   float acc[kGemvTiles / 2][4] = {};
+  // x one block ahead of the math (L1/L2 hits, but not free), codes two.
+  GemvX x_even, x_odd;
+  gemv_load_x(x_even, x_lane, row_valid, p.w.in_features, kb_begin, lane);
   for (int i = 0; i < blocks; i += 2) {
-    int kb = kb_begin + i;
-    gemv_compute(even, x_lane + kb * awq_k_block, row_valid, p.w.in_features - kb * awq_k_block, lane, acc);
+    const int kb = kb_begin + i;
+    if (i + 1 < blocks) gemv_load_x(x_odd, x_lane, row_valid, p.w.in_features, kb + 1, lane);
+    gemv_compute<T>(even, x_even, lane, acc);
     if (i + 2 < blocks) gemv_load(even, tiles, p.w, kb + 2);
     if (i + 1 < blocks) {
-      ++kb;
-      gemv_compute(odd, x_lane + kb * awq_k_block, row_valid, p.w.in_features - kb * awq_k_block, lane, acc);
-      if (i + 3 < blocks) gemv_load(odd, tiles, p.w, kb + 2);
+      if (i + 2 < blocks) gemv_load_x(x_even, x_lane, row_valid, p.w.in_features, kb + 2, lane);
+      gemv_compute<T>(odd, x_odd, lane, acc);
+      if (i + 3 < blocks) gemv_load(odd, tiles, p.w, kb + 3);
     }
   }
   allow_next_grid_to_launch();
@@ -497,6 +529,37 @@ __global__ void __launch_bounds__(kGemvWarps * 32) awq_gemv_kernel(GemmParams p)
           p.partial[(std::size_t(blockIdx.y) * p.m + out_row) * p.w.out_features + col] = v;
       }
     }
+}
+
+// W [n, k] from the codes: one thread per (column tile, k-block, lane), its
+// 32 codes written as 8 runs of 4 values.
+template <typename T>
+__global__ void awq_dequantize_kernel(AwqDeviceWeights w, T* weight) {
+  const int n_tiles = w.out_features / 8, k_blocks = w.padded_in / awq_k_block;
+  const std::size_t threads = std::size_t(n_tiles) * k_blocks * 32;
+  for (std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < threads;
+       i += std::size_t(gridDim.x) * blockDim.x) {
+    const int lane = int(i % 32), kb = int(i / 32 % k_blocks), nt = int(i / 32 / k_blocks);
+    const int n = nt * 8 + lane / 4, t = lane % 4;
+    const uint4 c = *reinterpret_cast<const uint4*>(w.codes + i * 4);
+    const std::uint32_t words[4] = {c.x, c.y, c.z, c.w};
+#pragma unroll
+    for (int s = 0; s < awq_k_block / 16; ++s) {
+      const int k = kb * awq_k_block + s * 16 + t * 4;
+      if (k >= w.in_features) break;
+      const int group = k / w.group_size;
+      const float zero = float((w.zeros[std::size_t(group) * n_tiles + nt] >> (4 * (lane / 4))) & 0xfu);
+      const float scale = __half2float(__ushort_as_half(w.scales[std::size_t(group) * w.out_features + n]));
+      const std::uint32_t word = words[s / 2] >> (8 * (s % 2));
+      // nibbles 0, 4, 1, 5 of `word`: k + 0, +1, +2, +3 (j = 0 then 1, e = 0 then 1)
+      const float q0 = float(word & 0xfu), q1 = float((word >> 16) & 0xfu), q2 = float((word >> 4) & 0xfu),
+                  q3 = float((word >> 20) & 0xfu);
+      uint2 out;
+      out.x = pack2<T>((q0 - zero) * scale, (q1 - zero) * scale);
+      out.y = pack2<T>((q2 - zero) * scale, (q3 - zero) * scale);
+      *reinterpret_cast<uint2*>(weight + std::size_t(n) * w.in_features + k) = out;
+    }
+  }
 }
 
 // y = the sum of the splits' partial products, in order.
@@ -658,6 +721,20 @@ cudaError_t awq_gemm(const AwqDeviceWeights& weights, const void* x, std::int64_
   const GemmParams params{weights, x, x_stride, m, y, y_stride, static_cast<float*>(workspace),
                           plan.blocks_per_split};
   return dtype == DType::bf16 ? launch<__nv_bfloat16>(params, plan, stream) : launch<__half>(params, plan, stream);
+}
+
+cudaError_t awq_dequantize(const AwqDeviceWeights& weights, DType dtype, void* weight, cudaStream_t stream) {
+  if ((dtype != DType::bf16 && dtype != DType::f16) || !weights_valid(weights) || weight == nullptr ||
+      reinterpret_cast<std::uintptr_t>(weight) % 8 != 0 || weights.in_features % 4 != 0)
+    return cudaErrorInvalidValue;
+  static const int sms = device_sms();
+  const std::size_t threads = std::size_t(weights.out_features / 8) * (weights.padded_in / awq_k_block) * 32;
+  const int blocks = int(std::min<std::size_t>((threads + 255) / 256, std::size_t(sms) * 16));
+  if (dtype == DType::bf16)
+    awq_dequantize_kernel<<<blocks, 256, 0, stream>>>(weights, static_cast<__nv_bfloat16*>(weight));
+  else
+    awq_dequantize_kernel<<<blocks, 256, 0, stream>>>(weights, static_cast<__half*>(weight));
+  return cudaGetLastError();
 }
 
 cudaError_t awq_gemm_sweep(const AwqDeviceWeights& weights, const void* x, int m, void* y, void* workspace,

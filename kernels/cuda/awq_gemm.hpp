@@ -98,6 +98,14 @@ cudaError_t awq_gemm(const AwqDeviceWeights& weights, const void* x, std::int64_
                      void* y, std::int64_t y_stride, void* workspace, std::size_t workspace_bytes,
                      cudaStream_t stream);
 
+// W [n, k] in dtype from the repacked layer (twin of ref::awq_dequantize,
+// rounded once to dtype): (q - z) * s in f32. For products of many rows a
+// 16-bit tensor-core GEMM (cuBLAS) on W outruns awq_gemm's tile kernel by
+// more than the dequantization costs (docs/benchmarks.md, W4A16 rows), so a
+// layer may dequantize into scratch and multiply there. `weight` holds
+// n * k elements, 8-byte aligned; in_features a multiple of 4.
+cudaError_t awq_dequantize(const AwqDeviceWeights& weights, DType dtype, void* weight, cudaStream_t stream);
+
 // For test_kernels_cuda --bench only: the decode-row kernel (bf16, group
 // 128, m <= 8, x and y contiguous) with another split-k target (CTAs per
 // SM), to measure the choice awq_gemm makes.

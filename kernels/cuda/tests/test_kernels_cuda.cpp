@@ -23,6 +23,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdarg>
 #include <cstdint>
@@ -1132,6 +1133,25 @@ TEST_CASE("awq_gemm") {
              compare(from_bytes(d_y.download(), dtype), want), dtype == DType::bf16 ? 3e-3 : 4e-4);
     }
   }
+  // awq_dequantize: ref::awq_dequantize's floats rounded to dtype, bit for bit
+  // (a padded k-block with group 64, and group 32).
+  for (const DType dtype : half_dtypes)
+    for (const auto [n, k, group] : {std::array<int, 3>{264, 192, 64}, std::array<int, 3>{128, 512, 32}}) {
+      const AwqLayerData layer = make_awq_layer(rng, n, k, group, AwqValues::random);
+      const ref::AwqWeights view = layer.view(n, k, group);
+      std::vector<float> dense(std::size_t(n) * k);
+      ref::awq_dequantize(view, dense.data());
+      const auto want = to_bytes(dense, dtype);
+      AwqDeviceLayer device(view);
+      DeviceBuffer<unsigned char> d_w(want.size());
+      d_w.poison();
+      LAUNCH_OK(gpu::awq_dequantize(device.weights, dtype, d_w.ptr, nullptr));
+      const auto got = d_w.download();
+      long long differ = 0;
+      for (std::size_t i = 0; i < got.size(); ++i) differ += got[i] != want[i];
+      report_bool("awq_gemm", fmt("dequantize %s n=%d k=%d g%d", name_of(dtype), n, k, group), differ == 0,
+                  fmt("%lld bytes differ", differ));
+    }
   // The layout read back: every code where awq_repack says it put it.
   {
     const AwqLayerData layer = make_awq_layer(rng, 24, 160, 32, AwqValues::random);
@@ -1497,6 +1517,15 @@ void bench_awq_gemm() {
             CUDA_OK(gpu::awq_gemm(device.weights, x.ptr, shape.k, DType::bf16, m, y.ptr, shape.n, ws.ptr, ws.bytes(),
                                   nullptr));
           }));
+    }
+    {  // W dequantized to bf16 (the path above 64 rows, before cuBLAS): codes read, 2 bytes a weight written
+      DeviceBuffer<unsigned char> dense(std::size_t(shape.n) * shape.k * 2);
+      const float ms = median_ms_batched([&] {
+        CUDA_OK(gpu::awq_dequantize(device.weights, DType::bf16, dense.ptr, nullptr));
+      });
+      const double moved = bytes + double(dense.bytes());
+      std::printf("%-8s dequantize to bf16 n=%6d k=%5d %9.2f us  %7.0f GB/s (codes read + weights written)\n",
+                  shape.name, shape.n, shape.k, ms * 1e3, moved / (ms * 1e-3) / 1e9);
     }
     // The decode kernel's split-k target (CTAs per SM).
     for (const int m : {1, 8})
