@@ -1,10 +1,15 @@
 // awq's CUDA layers (awq_cuda_linear.hpp).
 #include "awq_cuda_linear.hpp"
 
+#include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <limits>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #include "cuda/awq_gemm.hpp"
@@ -17,6 +22,46 @@ void check_cuda(cudaError_t e, const char* what) {
   if (e != cudaSuccess)
     throw Error(ErrorCode::internal, fmt::format("awq: {}: {} ({})", what, cudaGetErrorString(e), cudaGetErrorName(e)));
 }
+
+// Above this many rows a layer dequantizes W into the workspace and
+// multiplies with cuBLAS: the W4A16 tile kernel reaches ~160 TFLOP/s, a
+// 16-bit cuBLAS GEMM several times that, which pays for writing W
+// (docs/benchmarks.md, W4A16 rows).
+constexpr int64_t kDequantizeAbove = 64;
+
+// One cuBLAS handle per device, shared by the layers on it (a handle holds a
+// workspace of its own; one per layer would cost hundreds of MB).
+class Cublas {
+ public:
+  explicit Cublas(int device) {
+    int previous = 0;
+    cudaGetDevice(&previous);
+    cudaSetDevice(device);
+    const cublasStatus_t status = cublasCreate(&handle_);
+    cudaSetDevice(previous);
+    if (status != CUBLAS_STATUS_SUCCESS)
+      throw Error(ErrorCode::internal, fmt::format("awq: cublasCreate failed: {}", cublasGetStatusString(status)));
+  }
+  ~Cublas() { cublasDestroy(handle_); }
+  Cublas(const Cublas&) = delete;
+  Cublas& operator=(const Cublas&) = delete;
+  cublasHandle_t handle() const { return handle_; }
+
+  static std::shared_ptr<Cublas> for_device(int device) {
+    static std::mutex mutex;
+    static std::map<int, std::weak_ptr<Cublas>> handles;
+    std::lock_guard<std::mutex> lock(mutex);
+    std::shared_ptr<Cublas> held = handles[device].lock();
+    if (!held) {
+      held = std::make_shared<Cublas>(device);
+      handles[device] = held;
+    }
+    return held;
+  }
+
+ private:
+  cublasHandle_t handle_ = nullptr;
+};
 
 // Makes `device` current for the owner's lifetime, restoring the previous one.
 class DeviceScope {
@@ -76,6 +121,7 @@ class AwqCudaLinear final : public LinearLayer {
                 repacked.in_features, repacked.out_features, repacked.group_size,
                 repacked.padded_in};
     format_ = fmt::format("awq-w4-g{}", repacked.group_size);
+    cublas_ = Cublas::for_device(device.index);
   }
 
   LinearInfo info() const noexcept override {
@@ -92,7 +138,8 @@ class AwqCudaLinear final : public LinearLayer {
   uint32_t fused_epilogues(int64_t) const noexcept override { return kEpilogueNone; }
 
   size_t workspace_bytes(int64_t max_rows) const noexcept override {
-    return cuda::awq_gemm_workspace_bytes(weights_, int(std::min<int64_t>(max_rows, std::numeric_limits<int>::max())));
+    const size_t kernel = cuda::awq_gemm_workspace_bytes(weights_, int(std::min(max_rows, kDequantizeAbove)));
+    return max_rows > kDequantizeAbove ? std::max(kernel, dequantized_bytes()) : kernel;
   }
 
   Status forward(const LinearCall& call, const ExecContext& exec) noexcept override {
@@ -117,10 +164,11 @@ class AwqCudaLinear final : public LinearLayer {
                                   call.epilogue));
       if (rows == 0) return {};
       const size_t given = exec.workspace.data != nullptr ? exec.workspace.nbytes() : 0;
+      const auto stream = static_cast<cudaStream_t>(exec.stream);
+      if (rows > kDequantizeAbove) return multiply_dequantized(x, y, int(rows), exec.workspace.data, given, stream);
       const cudaError_t e = cuda::awq_gemm(weights_, x.data, x.strides[0],
                                            dtype_ == DType::bf16 ? cuda::DType::bf16 : cuda::DType::f16, int(rows),
-                                           y.data, y.strides[0], exec.workspace.data, given,
-                                           static_cast<cudaStream_t>(exec.stream));
+                                           y.data, y.strides[0], exec.workspace.data, given, stream);
       if (e == cudaErrorInvalidValue)
         return Status(ErrorCode::invalid_argument,
                       fmt::format("awq: linear [{} x {}], {} rows: refused by awq_gemm: x needs 16-byte alignment and "
@@ -164,12 +212,40 @@ class AwqCudaLinear final : public LinearLayer {
   }
 
  private:
+  size_t dequantized_bytes() const { return size_t(weights_.out_features) * size_t(weights_.in_features) * 2; }
+
+  // W dequantized into the workspace, then cuBLAS: y^T = W^T' x^T in column-major terms.
+  Status multiply_dequantized(const TensorView& x, const TensorView& y, int rows, void* workspace, size_t given,
+                              cudaStream_t stream) {
+    if (workspace == nullptr || given < dequantized_bytes())
+      return Status(ErrorCode::invalid_argument,
+                    fmt::format("awq: linear [{} x {}], {} rows: needs {} bytes of workspace (workspace_bytes()), {} "
+                                "given",
+                                weights_.out_features, weights_.in_features, rows, dequantized_bytes(), given));
+    const cuda::DType kernel_dtype = dtype_ == DType::bf16 ? cuda::DType::bf16 : cuda::DType::f16;
+    check_cuda(cuda::awq_dequantize(weights_, kernel_dtype, workspace, stream), "awq_dequantize");
+    cublasHandle_t handle = cublas_->handle();
+    if (const cublasStatus_t status = cublasSetStream(handle, stream); status != CUBLAS_STATUS_SUCCESS)
+      throw Error(ErrorCode::internal, fmt::format("awq: cublasSetStream failed: {}", cublasGetStatusString(status)));
+    const float alpha = 1.0f, beta = 0.0f;
+    const cudaDataType_t type = dtype_ == DType::f16 ? CUDA_R_16F : CUDA_R_16BF;
+    const int n = weights_.out_features, k = weights_.in_features;
+    const cublasStatus_t status =
+        cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, n, rows, k, &alpha, workspace, type, k, x.data, type,
+                     int(x.strides[0]), &beta, y.data, type, int(y.strides[0]), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (status != CUBLAS_STATUS_SUCCESS)
+      throw Error(ErrorCode::internal, fmt::format("awq: cublasGemmEx (m {}, n {}, k {}) failed: {}", rows, n, k,
+                                                   cublasGetStatusString(status)));
+    return {};
+  }
+
   Device device_;
   DType dtype_;
   std::unique_ptr<DeviceArray<uint32_t>> codes_, zeros_;
   std::unique_ptr<DeviceArray<uint16_t>> scales_;
   cuda::AwqDeviceWeights weights_;
   std::string format_;
+  std::shared_ptr<Cublas> cublas_;
 };
 
 }  // namespace
@@ -197,7 +273,7 @@ PluginPtr<LinearLayer> make_cuda_linear(const LibraryPin& library, const ref::Aw
     throw Error(ErrorCode::unsupported,
                 fmt::format("awq: load_linear: the CUDA path computes in bf16 or f16; {} activations were asked for",
                             dtype_name(activation_dtype)));
-  if (weights.in_features % 8 != 0)
+  if (weights.in_features % 8 != 0 || weights.in_features > std::numeric_limits<int>::max())
     throw Error(ErrorCode::unsupported,
                 fmt::format("awq: load_linear: in_features {} is not a multiple of 8, which the W4A16 kernel reads in "
                             "16-byte rows",
