@@ -3,10 +3,13 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
+#include <future>
 #include <regex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "checkpoint/model_directory.hpp"
@@ -84,34 +87,56 @@ Status write_rtn_awq_checkpoint(const fs::path& source, const fs::path& destinat
       return Status(ErrorCode::invalid_argument,
                     fmt::format("{}: already quantized (config.json has a quantization_config)", source.string()));
     Output awq, twin;
-    for (const std::string& name : weights.tensor_names()) {
-      auto found = weights.tensor(name);
-      if (!found) return found.status();
-      const TensorView& view = found.value();
-      if (!is_quantized_linear(name)) {
-        awq.add(name, view.dtype, std::vector<int64_t>(view.shape.begin(), view.shape.begin() + view.rank), view.data, view.nbytes());
-        if (!options.dequantized_twin.empty())
-          twin.add(name, view.dtype, std::vector<int64_t>(view.shape.begin(), view.shape.begin() + view.rank), view.data,
-                   view.nbytes());
-        continue;
+    // Rounding is independent per tensor: waves of tensors run on all cores
+    // (an 8B model has 224 projections; one core takes minutes), outputs are
+    // added in the checkpoint's order.
+    struct Rounded {
+      ref::AwqPackedLayer packed;
+      std::vector<float> dense;  // the twin's weights, when asked for
+    };
+    const std::vector<std::string> names = weights.tensor_names();
+    const size_t workers = std::max<size_t>(1, std::min<size_t>(std::thread::hardware_concurrency(), 16));
+    for (size_t begin = 0; begin < names.size(); begin += workers) {
+      const size_t end = std::min(names.size(), begin + workers);
+      std::vector<std::future<Rounded>> rounding(end - begin);
+      for (size_t i = begin; i < end; ++i) {
+        auto found = weights.tensor(names[i]);
+        if (!found) return found.status();
+        const TensorView view = found.value();
+        if (!is_quantized_linear(names[i])) continue;
+        const int64_t out = view.shape[0], in = view.shape[1];
+        if (view.rank != 2 || out % 8 != 0 || in % group != 0)
+          return Status(ErrorCode::invalid_argument,
+                        fmt::format("{}: '{}' is [{}, {}]: AWQ needs out_features a multiple of 8 and in_features a "
+                                    "multiple of the group size {}",
+                                    source.string(), names[i], out, in, group));
+        const bool with_twin = !options.dequantized_twin.empty();
+        rounding[i - begin] = std::async(std::launch::async, [view, out, in, group, with_twin] {
+          const std::vector<float> w = as_f32(view);
+          Rounded r{ref::awq_quantize_rtn_packed(w.data(), size_t(out), size_t(in), size_t(group)), {}};
+          if (with_twin) {
+            r.dense.resize(size_t(out * in));
+            ref::awq_dequantize(r.packed.view(), r.dense.data());
+          }
+          return r;
+        });
       }
-      const int64_t out = view.shape[0], in = view.shape[1];
-      if (view.rank != 2 || out % 8 != 0 || in % group != 0)
-        return Status(ErrorCode::invalid_argument,
-                      fmt::format("{}: '{}' is [{}, {}]: AWQ needs out_features a multiple of 8 and in_features a "
-                                  "multiple of the group size {}",
-                                  source.string(), name, out, in, group));
-      const std::vector<float> w = as_f32(view);
-      const int64_t groups = in / group;
-      const ref::AwqPackedLayer packed = ref::awq_quantize_rtn_packed(w.data(), size_t(out), size_t(in), size_t(group));
-      const std::string prefix = name.substr(0, name.size() - std::string(".weight").size());
-      awq.add(prefix + ".qweight", DType::i32, {in, out / 8}, packed.qweight.data(), packed.qweight.size() * 4);
-      awq.add(prefix + ".qzeros", DType::i32, {groups, out / 8}, packed.qzeros.data(), packed.qzeros.size() * 4);
-      awq.add(prefix + ".scales", DType::f16, {groups, out}, packed.scales.data(), packed.scales.size() * 2);
-      if (!options.dequantized_twin.empty()) {
-        std::vector<float> dense(size_t(out * in));
-        ref::awq_dequantize(packed.view(), dense.data());
-        twin.add(name, DType::f32, {out, in}, dense.data(), dense.size() * 4);
+      for (size_t i = begin; i < end; ++i) {
+        const std::string& name = names[i];
+        const TensorView view = weights.tensor(name).value();
+        const std::vector<int64_t> shape(view.shape.begin(), view.shape.begin() + view.rank);
+        if (!is_quantized_linear(name)) {
+          awq.add(name, view.dtype, shape, view.data, view.nbytes());
+          if (!options.dequantized_twin.empty()) twin.add(name, view.dtype, shape, view.data, view.nbytes());
+          continue;
+        }
+        const Rounded r = rounding[i - begin].get();
+        const int64_t out = shape[0], in = shape[1], groups = in / group;
+        const std::string prefix = name.substr(0, name.size() - std::string(".weight").size());
+        awq.add(prefix + ".qweight", DType::i32, {in, out / 8}, r.packed.qweight.data(), r.packed.qweight.size() * 4);
+        awq.add(prefix + ".qzeros", DType::i32, {groups, out / 8}, r.packed.qzeros.data(), r.packed.qzeros.size() * 4);
+        awq.add(prefix + ".scales", DType::f16, {groups, out}, r.packed.scales.data(), r.packed.scales.size() * 2);
+        if (!options.dequantized_twin.empty()) twin.add(name, DType::f32, {out, in}, r.dense.data(), r.dense.size() * 4);
       }
     }
     nlohmann::ordered_json quantized = config;
