@@ -160,6 +160,7 @@ struct GemmParams {
   void* y;
   std::int64_t y_stride;
   float* partial;  // [splits][m][n] when gridDim.y > 1
+  std::uint32_t* counters;  // [row blocks][column blocks], zero between calls, when gridDim.y > 1
   int blocks_per_split;
 };
 
@@ -266,6 +267,40 @@ __device__ __forceinline__ void compute_block(const Stage<T, kMTiles, kGroup>& s
   }
 }
 
+// After a k-split CTA stored its partial tile: the last of the tile's splits
+// to arrive adds all of them in split order (the same sums whichever CTA is
+// last, so results do not depend on timing) and writes y, then leaves the
+// tile's counter at zero for the next call. Saves a reduction launch per
+// split call (a decode step makes ~100 of them).
+template <typename T>
+__device__ __forceinline__ void finish_splits(const GemmParams& p, int row_begin, int rows, int col_begin,
+                                              int columns) {
+  __shared__ bool last;
+  __threadfence();  // this CTA's partials are visible before its arrival is counted
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    std::uint32_t* counter = p.counters + blockIdx.z * gridDim.x + blockIdx.x;
+    last = atomicAdd(counter, 1u) == gridDim.y - 1;
+    if (last) *counter = 0;  // every split of this tile has arrived: none touches it again this call
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  rows = min(rows, p.m - row_begin);
+  columns = min(columns, p.w.out_features - col_begin);
+  const int pairs = columns / 2;
+  for (int i = threadIdx.x; i < rows * pairs; i += blockDim.x) {
+    const int row = row_begin + i / pairs, col = col_begin + (i % pairs) * 2;
+    float2 sum = make_float2(0.0f, 0.0f);
+    for (int s = 0; s < int(gridDim.y); ++s) {
+      const float2 v = __ldcg(reinterpret_cast<const float2*>(p.partial + (std::size_t(s) * p.m + row) * p.w.out_features + col));
+      sum.x += v.x;
+      sum.y += v.y;
+    }
+    *reinterpret_cast<std::uint32_t*>(static_cast<T*>(p.y) + row * p.y_stride + col) = pack2<T>(sum.x, sum.y);
+  }
+}
+
 // grid (column blocks of 64, k splits, row blocks of 16 * kMTiles).
 template <typename T, int kMTiles, int kGroup, int kDepth>
 __global__ void __launch_bounds__(kThreads) awq_gemm_kernel(GemmParams p) {
@@ -324,6 +359,7 @@ __global__ void __launch_bounds__(kThreads) awq_gemm_kernel(GemmParams p) {
         }
       }
     }
+  if (gridDim.y > 1) finish_splits<T>(p, blockIdx.z * S::kRows, S::kRows, blockIdx.x * kColumns, kColumns);
 }
 
 // ---- decode rows: the weight-streaming kernel -----------------------------
@@ -529,6 +565,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, kGroup == 128 ? 4 : 3) awq_ge
           p.partial[(std::size_t(blockIdx.y) * p.m + out_row) * p.w.out_features + col] = v;
       }
     }
+  if (gridDim.y > 1) finish_splits<T>(p, 0, kGemvMaxRows, blockIdx.x * kGemvColumns, kGemvColumns);
 }
 
 // W [n, k] from the codes: one thread per (column tile, k-block, lane), its
@@ -559,22 +596,6 @@ __global__ void awq_dequantize_kernel(AwqDeviceWeights w, T* weight) {
       out.y = pack2<T>((q2 - zero) * scale, (q3 - zero) * scale);
       *reinterpret_cast<uint2*>(weight + std::size_t(n) * w.in_features + k) = out;
     }
-  }
-}
-
-// y = the sum of the splits' partial products, in order.
-template <typename T>
-__global__ void awq_reduce_kernel(const float* partial, int splits, int m, int n, T* y, std::int64_t y_stride) {
-  const int pairs = n / 2;
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < m * pairs; i += gridDim.x * blockDim.x) {
-    const int row = i / pairs, col = (i % pairs) * 2;
-    float2 sum = make_float2(0.0f, 0.0f);
-    for (int s = 0; s < splits; ++s) {
-      const float2 v = *reinterpret_cast<const float2*>(partial + (std::size_t(s) * m + row) * n + col);
-      sum.x += v.x;
-      sum.y += v.y;
-    }
-    *reinterpret_cast<std::uint32_t*>(y + row * y_stride + col) = pack2<T>(sum.x, sum.y);
   }
 }
 
@@ -621,6 +642,7 @@ Plan plan_for(const AwqDeviceWeights& w, int m, int sms, int ctas_per_sm = 0) {
 std::size_t partial_bytes(const AwqDeviceWeights& w, int m, const Plan& plan) {
   return plan.splits > 1 ? std::size_t(plan.splits) * m * w.out_features * sizeof(float) : 0;
 }
+int counters_needed(const Plan& plan) { return plan.splits > 1 ? int(plan.grid.x * plan.grid.z) : 0; }
 
 template <typename T, int kMTiles, int kGroup, int kDepth = kStages<kMTiles>>
 cudaError_t launch_gemm(const GemmParams& params, const Plan& plan, cudaStream_t stream) {
@@ -666,24 +688,13 @@ cudaError_t launch_group(const GemmParams& params, const Plan& plan, cudaStream_
 }
 
 template <typename T>
-cudaError_t reduce_splits(const GemmParams& params, const Plan& plan, cudaStream_t stream) {
-  const int items = params.m * (params.w.out_features / 2);
-  static const int sms = device_sms();
-  const int blocks = std::min((items + 255) / 256, 8 * sms);
-  awq_reduce_kernel<T><<<blocks, 256, 0, stream>>>(params.partial, plan.splits, params.m, params.w.out_features,
-                                                     static_cast<T*>(params.y), params.y_stride);
-  return cudaGetLastError();
-}
-
-template <typename T>
 cudaError_t launch(const GemmParams& params, const Plan& plan, cudaStream_t stream) {
   cudaError_t e = plan.gemv             ? (params.w.group_size == 128 ? launch_gemv<T, 128>(params, plan, stream)
                                                                       : launch_gemv<T, 64>(params, plan, stream))
                   : plan.m_tiles == 1   ? launch_group<T, 1>(params, plan, stream)
                   : plan.m_tiles == 2 ? launch_group<T, 2>(params, plan, stream)
                                       : launch_group<T, 4>(params, plan, stream);
-  if (e != cudaSuccess || plan.splits == 1) return e;
-  return reduce_splits<T>(params, plan, stream);
+  return e;
 }
 
 bool weights_valid(const AwqDeviceWeights& w) {
@@ -703,9 +714,17 @@ std::size_t awq_gemm_workspace_bytes(const AwqDeviceWeights& weights, int max_ro
   return most;
 }
 
+int awq_gemm_counters(const AwqDeviceWeights& weights, int max_rows) {
+  if (!weights_valid(weights)) return 0;
+  static const int sms = device_sms();
+  int most = 0;
+  for (int m = 1; m <= max_rows; ++m) most = std::max(most, counters_needed(plan_for(weights, m, sms)));
+  return most;
+}
+
 cudaError_t awq_gemm(const AwqDeviceWeights& weights, const void* x, std::int64_t x_stride, DType dtype, int m,
                      void* y, std::int64_t y_stride, void* workspace, std::size_t workspace_bytes,
-                     cudaStream_t stream) {
+                     std::uint32_t* counters, int counter_count, cudaStream_t stream) {
   if ((dtype != DType::bf16 && dtype != DType::f16) || !weights_valid(weights) || m < 0) return cudaErrorInvalidValue;
   if (m == 0) return cudaSuccess;
   if (x == nullptr || y == nullptr || reinterpret_cast<std::uintptr_t>(x) % 16 != 0 || x_stride % 8 != 0 ||
@@ -716,9 +735,10 @@ cudaError_t awq_gemm(const AwqDeviceWeights& weights, const void* x, std::int64_
   const Plan plan = plan_for(weights, m, sms);
   const std::size_t needed = partial_bytes(weights, m, plan);
   if (needed > 0 && (workspace == nullptr || workspace_bytes < needed ||
-                     reinterpret_cast<std::uintptr_t>(workspace) % 8 != 0))
+                     reinterpret_cast<std::uintptr_t>(workspace) % 8 != 0 || counters == nullptr ||
+                     counter_count < counters_needed(plan)))
     return cudaErrorInvalidValue;
-  const GemmParams params{weights, x, x_stride, m, y, y_stride, static_cast<float*>(workspace),
+  const GemmParams params{weights, x, x_stride, m, y, y_stride, static_cast<float*>(workspace), counters,
                           plan.blocks_per_split};
   return dtype == DType::bf16 ? launch<__nv_bfloat16>(params, plan, stream) : launch<__half>(params, plan, stream);
 }
@@ -738,18 +758,17 @@ cudaError_t awq_dequantize(const AwqDeviceWeights& weights, DType dtype, void* w
 }
 
 cudaError_t awq_gemm_sweep(const AwqDeviceWeights& weights, const void* x, int m, void* y, void* workspace,
-                           std::size_t workspace_bytes, int ctas_per_sm, cudaStream_t stream) {
+                           std::size_t workspace_bytes, std::uint32_t* counters, int counter_count, int ctas_per_sm,
+                           cudaStream_t stream) {
   if (!weights_valid(weights) || !takes_gemv(weights, m) || weights.group_size != 128 || ctas_per_sm < 1)
     return cudaErrorInvalidValue;
   static const int sms = device_sms();
   const Plan plan = plan_for(weights, m, sms, ctas_per_sm);
-  if (partial_bytes(weights, m, plan) > workspace_bytes) return cudaErrorInvalidValue;
+  if (partial_bytes(weights, m, plan) > workspace_bytes || counter_count < counters_needed(plan))
+    return cudaErrorInvalidValue;
   const GemmParams params{weights, x, weights.in_features, m, y, weights.out_features, static_cast<float*>(workspace),
-                          plan.blocks_per_split};
-  using T = __nv_bfloat16;
-  const cudaError_t e = launch_gemv<T, 128>(params, plan, stream);
-  if (e != cudaSuccess || plan.splits == 1) return e;
-  return reduce_splits<T>(params, plan, stream);
+                          counters, plan.blocks_per_split};
+  return launch_gemv<__nv_bfloat16, 128>(params, plan, stream);
 }
 
 }  // namespace hostrun::cuda

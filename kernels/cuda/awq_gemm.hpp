@@ -46,7 +46,9 @@
 //    64 rows over a range of k; x tiles, codes and group parameters flow
 //    through shared memory in a cp.async pipeline.
 // For few CTAs k is split across them, the f32 partial sums meeting in
-// `workspace` and a second kernel adding them in a fixed order. Both are
+// `workspace`; the last CTA of a tile to finish adds them in split order
+// (counted in `counters`), so no second kernel runs and the result does not
+// depend on which CTA finishes last. Both are
 // programmatic dependents of the kernel before them (sm_90): they start
 // loading weights before x is ready (common.cuh), so the weights must not be
 // written by earlier work in the stream.
@@ -91,12 +93,18 @@ struct AwqDeviceWeights {
 // current device (split-k partial sums; 0 when no call splits).
 std::size_t awq_gemm_workspace_bytes(const AwqDeviceWeights& weights, int max_rows);
 
+// Split counters the calls need: a u32 array the caller owns, zeroed once
+// (cudaMemset), that every call leaves zero again. One array per layer, not
+// shared by calls that may run at the same time.
+int awq_gemm_counters(const AwqDeviceWeights& weights, int max_rows);
+
 // y = x W^T as above. cudaErrorInvalidValue for a dtype other than bf16/f16,
-// misaligned x / y, a group size other than 32/64/128, or a workspace
-// smaller than awq_gemm_workspace_bytes(weights, m).
+// misaligned x / y, a group size other than 32/64/128, or a workspace or
+// counter array smaller than the call needs (awq_gemm_workspace_bytes,
+// awq_gemm_counters for m rows).
 cudaError_t awq_gemm(const AwqDeviceWeights& weights, const void* x, std::int64_t x_stride, DType dtype, int m,
                      void* y, std::int64_t y_stride, void* workspace, std::size_t workspace_bytes,
-                     cudaStream_t stream);
+                     std::uint32_t* counters, int counter_count, cudaStream_t stream);
 
 // W [n, k] in dtype from the repacked layer (twin of ref::awq_dequantize,
 // rounded once to dtype): (q - z) * s in f32. For products of many rows a
@@ -110,6 +118,7 @@ cudaError_t awq_dequantize(const AwqDeviceWeights& weights, DType dtype, void* w
 // 128, m <= 8, x and y contiguous) with another split-k target (CTAs per
 // SM), to measure the choice awq_gemm makes.
 cudaError_t awq_gemm_sweep(const AwqDeviceWeights& weights, const void* x, int m, void* y, void* workspace,
-                           std::size_t workspace_bytes, int ctas_per_sm, cudaStream_t stream);
+                           std::size_t workspace_bytes, std::uint32_t* counters, int counter_count, int ctas_per_sm,
+                           cudaStream_t stream);
 
 }  // namespace hostrun::cuda

@@ -96,6 +96,7 @@ class DeviceArray {
   DeviceArray(const DeviceArray&) = delete;
   DeviceArray& operator=(const DeviceArray&) = delete;
   const T* data() const { return data_; }
+  T* data() { return data_; }
   size_t bytes() const { return count_ * sizeof(T); }
   std::vector<T> download() const {
     std::vector<T> host(count_);
@@ -122,6 +123,9 @@ class AwqCudaLinear final : public LinearLayer {
                 repacked.padded_in};
     format_ = fmt::format("awq-w4-g{}", repacked.group_size);
     cublas_ = Cublas::for_device(device.index);
+    // The kernel's split counters for any row count it takes (it leaves them zero).
+    counter_count_ = cuda::awq_gemm_counters(weights_, int(kDequantizeAbove));
+    counters_ = std::make_unique<DeviceArray<uint32_t>>(std::vector<uint32_t>(size_t(std::max(counter_count_, 1)), 0u));
   }
 
   LinearInfo info() const noexcept override {
@@ -168,7 +172,8 @@ class AwqCudaLinear final : public LinearLayer {
       if (rows > kDequantizeAbove) return multiply_dequantized(x, y, int(rows), exec.workspace.data, given, stream);
       const cudaError_t e = cuda::awq_gemm(weights_, x.data, x.strides[0],
                                            dtype_ == DType::bf16 ? cuda::DType::bf16 : cuda::DType::f16, int(rows),
-                                           y.data, y.strides[0], exec.workspace.data, given, stream);
+                                           y.data, y.strides[0], exec.workspace.data, given,
+                                           counters_->data(), counter_count_, stream);
       if (e == cudaErrorInvalidValue)
         return Status(ErrorCode::invalid_argument,
                       fmt::format("awq: linear [{} x {}], {} rows: refused by awq_gemm: x needs 16-byte alignment and "
@@ -246,6 +251,8 @@ class AwqCudaLinear final : public LinearLayer {
   cuda::AwqDeviceWeights weights_;
   std::string format_;
   std::shared_ptr<Cublas> cublas_;
+  std::unique_ptr<DeviceArray<uint32_t>> counters_;
+  int counter_count_ = 0;
 };
 
 }  // namespace

@@ -1067,9 +1067,10 @@ AwqLayerData make_awq_layer(std::mt19937_64& rng, int n, int k, int group, AwqVa
   return layer;
 }
 
-// The repacked layer in device memory.
+// The repacked layer in device memory, with its split counters (room for
+// the bench's sweep, which splits up to 8 CTAs an SM).
 struct AwqDeviceLayer {
-  DeviceBuffer<std::uint32_t> codes, zeros;
+  DeviceBuffer<std::uint32_t> codes, zeros, counters;
   DeviceBuffer<std::uint16_t> scales;
   gpu::AwqDeviceWeights weights;
   explicit AwqDeviceLayer(const ref::AwqWeights& layer) {
@@ -1078,6 +1079,14 @@ struct AwqDeviceLayer {
     zeros.upload(r.zeros);
     scales.upload(r.scales);
     weights = {codes.ptr, zeros.ptr, scales.ptr, r.in_features, r.out_features, r.group_size, r.padded_in};
+    counters.upload(std::vector<std::uint32_t>(
+        std::size_t(std::max(gpu::awq_gemm_counters(weights, 4096), 8 * g_num_sms * 2)), 0u));
+  }
+  int counter_count() const { return int(counters.count); }
+  // Every call leaves the counters at zero (the next call depends on it).
+  bool counters_clear() const {
+    const auto left = counters.download();
+    return std::all_of(left.begin(), left.end(), [](std::uint32_t c) { return c == 0; });
   }
 };
 
@@ -1126,11 +1135,17 @@ TEST_CASE("awq_gemm") {
       DeviceBuffer<unsigned char> d_x, d_y(want.size() * ref::dtype_size(dtype));
       DeviceBuffer<unsigned char> d_ws(std::max<std::size_t>(gpu::awq_gemm_workspace_bytes(device.weights, c.m), 1));
       d_x.upload(to_bytes(x, dtype));
-      d_y.poison();
-      LAUNCH_OK(gpu::awq_gemm(device.weights, d_x.ptr, x_stride, dtype, c.m, d_y.ptr, c.n, d_ws.ptr, d_ws.bytes(),
-                              nullptr));
-      report("awq_gemm", fmt("%s m=%d n=%d k=%d g%d %s", name_of(dtype), c.m, c.n, c.k, c.group, c.what),
-             compare(from_bytes(d_y.download(), dtype), want), dtype == DType::bf16 ? 3e-3 : 4e-4);
+      // Twice: the second call finds the split counters the first left.
+      for (int call = 0; call < 2; ++call) {
+        d_y.poison();
+        LAUNCH_OK(gpu::awq_gemm(device.weights, d_x.ptr, x_stride, dtype, c.m, d_y.ptr, c.n, d_ws.ptr, d_ws.bytes(),
+                                device.counters.ptr, device.counter_count(), nullptr));
+        report("awq_gemm", fmt("%s m=%d n=%d k=%d g%d %s%s", name_of(dtype), c.m, c.n, c.k, c.group, c.what,
+                               call == 1 ? " again" : ""),
+               compare(from_bytes(d_y.download(), dtype), want), dtype == DType::bf16 ? 3e-3 : 4e-4);
+      }
+      report_bool("awq_gemm", fmt("%s m=%d n=%d %s: split counters back at zero", name_of(dtype), c.m, c.n, c.what),
+                  device.counters_clear(), "counters left set");
     }
   }
   // awq_dequantize: ref::awq_dequantize's floats rounded to dtype, bit for bit
@@ -1169,12 +1184,15 @@ TEST_CASE("awq_gemm") {
     DeviceBuffer<unsigned char> any(4096 * 2 * 4 + 64);
     const std::size_t needed = gpu::awq_gemm_workspace_bytes(device.weights, 1);
     CHECK(needed > 0);  // one row of a 4096-wide layer is split across CTAs
-    CHECK(gpu::awq_gemm(device.weights, any.ptr, 4096, DType::bf16, 1, any.ptr, 4096, any.ptr, needed - 1, nullptr) ==
-          cudaErrorInvalidValue);
-    CHECK(gpu::awq_gemm(device.weights, any.ptr + 2, 4096, DType::bf16, 1, any.ptr, 4096, nullptr, 0, nullptr) ==
-          cudaErrorInvalidValue);
-    CHECK(gpu::awq_gemm(device.weights, any.ptr, 4096, DType::f32, 1, any.ptr, 4096, nullptr, 0, nullptr) ==
-          cudaErrorInvalidValue);
+    const int counters = device.counter_count();
+    CHECK(gpu::awq_gemm(device.weights, any.ptr, 4096, DType::bf16, 1, any.ptr, 4096, any.ptr, needed - 1,
+                        device.counters.ptr, counters, nullptr) == cudaErrorInvalidValue);
+    CHECK(gpu::awq_gemm(device.weights, any.ptr, 4096, DType::bf16, 1, any.ptr, 4096, any.ptr, needed, nullptr, 0,
+                        nullptr) == cudaErrorInvalidValue);
+    CHECK(gpu::awq_gemm(device.weights, any.ptr + 2, 4096, DType::bf16, 1, any.ptr, 4096, nullptr, 0,
+                        device.counters.ptr, counters, nullptr) == cudaErrorInvalidValue);
+    CHECK(gpu::awq_gemm(device.weights, any.ptr, 4096, DType::f32, 1, any.ptr, 4096, nullptr, 0, device.counters.ptr,
+                        counters, nullptr) == cudaErrorInvalidValue);
   }
 }
 
@@ -1515,7 +1533,7 @@ void bench_awq_gemm() {
     for (const int m : {1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096}) {
       row("awq_gemm", m, median_ms_batched([&] {
             CUDA_OK(gpu::awq_gemm(device.weights, x.ptr, shape.k, DType::bf16, m, y.ptr, shape.n, ws.ptr, ws.bytes(),
-                                  nullptr));
+                                  device.counters.ptr, device.counter_count(), nullptr));
           }));
     }
     {  // W dequantized to bf16 (the path above 64 rows, before cuBLAS): codes read, 2 bytes a weight written
@@ -1532,7 +1550,8 @@ void bench_awq_gemm() {
       for (const int ctas : {2, 3, 4, 6, 8}) {
         const std::string variant = fmt("cta/sm %d", ctas);
         row(variant.c_str(), m, median_ms_batched([&] {
-              CUDA_OK(gpu::awq_gemm_sweep(device.weights, x.ptr, m, y.ptr, ws.ptr, ws.bytes(), ctas, nullptr));
+              CUDA_OK(gpu::awq_gemm_sweep(device.weights, x.ptr, m, y.ptr, ws.ptr, ws.bytes(), device.counters.ptr,
+                                          device.counter_count(), ctas, nullptr));
             }));
       }
   }
