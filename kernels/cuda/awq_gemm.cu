@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstring>
 #include <thread>
+#include <type_traits>
 
 #include "cuda/common.cuh"
 #include "cuda/mma.cuh"
@@ -103,28 +104,16 @@ constexpr int kCodeWordsPerStage = kTilesPerCta * 32 * 4;
 // OR a 4-bit code into the 16-bit pattern of 128 (bf16: 8 mantissa bits, so
 // 128..143 exactly) or 1024 (f16) and the register holds magic + code.
 template <typename T>
-struct Codes;
-template <>
-struct Codes<__nv_bfloat16> {
-  static constexpr std::uint32_t kMagic = 0x43004300u;
+struct Codes {
+  static constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  using Pair = std::conditional_t<kBf16, __nv_bfloat162, __half2>;
+  static constexpr std::uint32_t kMagic = kBf16 ? 0x43004300u : 0x64006400u;
+  // a - b on two 16-bit values a register (exact for magic + code minus magic + zero).
   __device__ static std::uint32_t minus(std::uint32_t a, std::uint32_t b) {
-    __nv_bfloat162 x, y;
+    Pair x, y;
     std::memcpy(&x, &a, 4);
     std::memcpy(&y, &b, 4);
-    const __nv_bfloat162 d = __hsub2(x, y);
-    std::uint32_t out;
-    std::memcpy(&out, &d, 4);
-    return out;
-  }
-};
-template <>
-struct Codes<__half> {
-  static constexpr std::uint32_t kMagic = 0x64006400u;
-  __device__ static std::uint32_t minus(std::uint32_t a, std::uint32_t b) {
-    __half2 x, y;
-    std::memcpy(&x, &a, 4);
-    std::memcpy(&y, &b, 4);
-    const __half2 d = __hsub2(x, y);
+    const Pair d = __hsub2(x, y);
     std::uint32_t out;
     std::memcpy(&out, &d, 4);
     return out;
@@ -644,18 +633,17 @@ std::size_t partial_bytes(const AwqDeviceWeights& w, int m, const Plan& plan) {
 }
 int counters_needed(const Plan& plan) { return plan.splits > 1 ? int(plan.grid.x * plan.grid.z) : 0; }
 
-template <typename T, int kMTiles, int kGroup, int kDepth = kStages<kMTiles>>
-cudaError_t launch_gemm(const GemmParams& params, const Plan& plan, cudaStream_t stream) {
-  constexpr auto kernel = awq_gemm_kernel<T, kMTiles, kGroup, kDepth>;
-  constexpr int smem = kDepth * Stage<T, kMTiles, kGroup>::kBytes;
-  if (const cudaError_t e = allow_dynamic_smem<kernel>(smem); e != cudaSuccess) return e;
+// Both kernels launch as programmatic dependents of the kernel before them.
+template <typename Kernel>
+cudaError_t launch_dependent(Kernel kernel, dim3 grid, int threads, int smem, const GemmParams& params,
+                             cudaStream_t stream) {
   static const bool pdl = device_has_pdl();
   cudaLaunchAttribute attribute{};
   attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute.val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t config{};
-  config.gridDim = plan.grid;
-  config.blockDim = dim3(kThreads);
+  config.gridDim = grid;
+  config.blockDim = dim3(threads);
   config.dynamicSmemBytes = smem;
   config.stream = stream;
   config.attrs = &attribute;
@@ -663,19 +651,17 @@ cudaError_t launch_gemm(const GemmParams& params, const Plan& plan, cudaStream_t
   return cudaLaunchKernelEx(&config, kernel, params);
 }
 
+template <typename T, int kMTiles, int kGroup, int kDepth = kStages<kMTiles>>
+cudaError_t launch_gemm(const GemmParams& params, const Plan& plan, cudaStream_t stream) {
+  constexpr auto kernel = awq_gemm_kernel<T, kMTiles, kGroup, kDepth>;
+  constexpr int smem = kDepth * Stage<T, kMTiles, kGroup>::kBytes;
+  if (const cudaError_t e = allow_dynamic_smem<kernel>(smem); e != cudaSuccess) return e;
+  return launch_dependent(kernel, plan.grid, kThreads, smem, params, stream);
+}
+
 template <typename T, int kGroup>
 cudaError_t launch_gemv(const GemmParams& params, const Plan& plan, cudaStream_t stream) {
-  static const bool pdl = device_has_pdl();
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config{};
-  config.gridDim = plan.grid;
-  config.blockDim = dim3(kGemvWarps * 32);
-  config.stream = stream;
-  config.attrs = &attribute;
-  config.numAttrs = pdl ? 1 : 0;
-  return cudaLaunchKernelEx(&config, awq_gemv_kernel<T, kGroup>, params);
+  return launch_dependent(awq_gemv_kernel<T, kGroup>, plan.grid, kGemvWarps * 32, 0, params, stream);
 }
 
 template <typename T, int kMTiles>
