@@ -16,8 +16,8 @@
 //          s = 0..7 (j: the fragment register, e: its half). Word s/2 holds
 //          step s's four codes in nibbles 2(s%2) + j + 4e. One shift and one
 //          AND-OR turn a (j) pair into two 16-bit numbers 128 + q (bf16) or
-//          1024 + q (f16) in the halves of a register, as mma's B fragment
-//          wants them.
+//          1024 + q (f16) in the halves of a register, as an mma fragment
+//          wants them (B in the tile kernel, A in the decode kernel).
 //   zeros  u32 [k_padded / group][n / 8], nibble j = column 8c + j (plain order).
 //   scales f16 [k_padded / group][n].
 //
@@ -30,28 +30,32 @@
 // k_padded rounds in_features up to 128; the padding holds code 0 with zero
 // scale, and x is read as 0 there, so it adds nothing.
 //
-// Why exact: the kernels subtract (128 + z) from (128 + q) in 16 bits (exact:
-// small integers), multiply by x on the tensor cores with f32 accumulation
-// (exact products), and apply each group's f16 scale to the group's f32
-// partial sums. So the only difference from ref::awq_gemm on the same x is
-// the order of f32 additions; the result is rounded to dtype once.
+// Why exact: the tile kernel subtracts (128 + z) from (128 + q) in 16 bits
+// (exact: small integers), multiplies by x on the tensor cores with f32
+// accumulation (exact products), and applies each group's f16 scale to the
+// group's f32 partial sums. So the only difference from ref::awq_gemm on the
+// same x is the order of f32 additions; the result is rounded to dtype once.
+// The decode kernel in bf16 instead multiplies 128 + q and subtracts
+// (128 + z) times the group's sum of x (awq_gemm.cu says why): the same
+// exact products, ~7 bits of the f32 sums lost to the cancellation, still
+// far below the bf16 rounding of the result.
 //
 // Two kernels read the layout:
-//  - decode rows (m <= 8, group 64 or 128): each warp streams the codes of
-//    four column tiles straight from memory into registers, two k-blocks in
-//    flight, and reads its x operand from L1; no shared memory, no barriers.
-//    This is the weight-streaming kernel: memory bound, ~0.25x the bytes of
-//    bf16.
+//  - decode rows (m <= 8, group 64 or 128): the weights are the mma's A
+//    operand and x^T its B operand; each warp streams the codes of four
+//    column tiles straight from memory into registers, two k-blocks ahead,
+//    with x one block ahead from L1; no shared memory. The weight-streaming
+//    kernel: bound by bytes in flight and instruction latency (NOTES.md).
 //  - more rows (and group 32): a CTA of 4 warps computes 64 columns x up to
 //    64 rows over a range of k; x tiles, codes and group parameters flow
 //    through shared memory in a cp.async pipeline.
 // For few CTAs k is split across them, the f32 partial sums meeting in
 // `workspace`; the last CTA of a tile to finish adds them in split order
 // (counted in `counters`), so no second kernel runs and the result does not
-// depend on which CTA finishes last. Both are
-// programmatic dependents of the kernel before them (sm_90): they start
-// loading weights before x is ready (common.cuh), so the weights must not be
-// written by earlier work in the stream.
+// depend on which CTA finishes last. Both are programmatic dependents of
+// the kernel before them (sm_90): they start loading weights before x is
+// ready (common.cuh), so the weights must not be written by earlier work in
+// the stream.
 #pragma once
 
 #include <cstddef>

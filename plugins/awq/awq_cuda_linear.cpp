@@ -219,7 +219,8 @@ class AwqCudaLinear final : public LinearLayer {
  private:
   size_t dequantized_bytes() const { return size_t(weights_.out_features) * size_t(weights_.in_features) * 2; }
 
-  // W dequantized into the workspace, then cuBLAS: y^T = W^T' x^T in column-major terms.
+  // W dequantized into the workspace, then cuBLAS: row-major y = x W^T is
+  // column-major y^T = W x^T (W read transposed from its [n, k] rows).
   Status multiply_dequantized(const TensorView& x, const TensorView& y, int rows, void* workspace, size_t given,
                               cudaStream_t stream) {
     if (workspace == nullptr || given < dequantized_bytes())
