@@ -17,6 +17,20 @@
 //
 // RTN is awq_quantize_rtn's (awq.hpp), so the loss is the error of the
 // checkpoint that would be written.
+//
+// Then the clipping search (awq_search_clip), on the scaled weights: for
+// each output row o and group g of input channels, with m = max |W[o, g]|,
+//
+//   for k in 0 .. max_shrink * grid - 1:
+//     c    = m (1 - k / grid)
+//     W_c  = RTN(clamp(W[o, g], -c, c))           (this group alone)
+//     err  = mean over tokens of (x[t, g] . (W_c - W[o, g]))^2
+//   keep the c with the least err (k = 0 is plain rounding).
+//
+// Shrinking the range trades a few clipped outliers for finer steps for
+// every other weight of the group; the group's own partial products decide.
+// AutoAWQ leaves q_proj and k_proj unclipped (attention logits are
+// sensitive to their outliers); the caller chooses the layers.
 #pragma once
 
 #include <cstddef>
@@ -45,5 +59,16 @@ AwqScaleSearch awq_search_scales(std::span<const AwqLinearView> layers, std::siz
 // layer computes after the scales are folded (dequantized, [out, in]).
 void awq_fake_quantize_scaled(const float* weight, std::size_t out_features, std::size_t in_features,
                               std::size_t group_size, std::span<const float> scales, float* out);
+
+struct AwqClipSearch {
+  std::vector<float> clipped;  // W [out, in] with each (row, group) clamped to its chosen range: round this next
+  std::vector<float> shrink;   // [out, in / group]: the chosen k / grid (0: unclipped)
+  double loss = 0.0;           // mean over tokens and outputs of (x W'^T - x W^T)^2 after clipping and rounding
+  double rtn_loss = 0.0;       // the same for plain rounding
+};
+
+// W [out_features, in_features], x [tokens, in_features] (f32).
+AwqClipSearch awq_search_clip(const float* weight, std::size_t out_features, std::size_t in_features, const float* x,
+                              std::size_t tokens, std::size_t group_size, int grid = 20, double max_shrink = 0.5);
 
 }  // namespace hostrun::ref

@@ -61,3 +61,32 @@ TEST_CASE("awq search: uniform activations are never made worse, and scales of 1
   awq_dequantize(awq_quantize_rtn_packed(w.data(), out, in, group).view(), plain.data());
   CHECK(fake == plain);
 }
+
+// Heavy-tailed weights (Student t, 3 degrees of freedom: a few large values
+// in most groups, as trained weights have): plain rounding spends the
+// group's 16 steps on the extremes; clipping them trades a few weights'
+// error for finer steps everywhere else, and the partial products decide.
+TEST_CASE("awq clip search: heavy-tailed weights are clipped and the output error drops; no shrink is plain rounding") {
+  std::mt19937 rng(17);
+  const std::size_t in = 256, out = 48, tokens = 64, group = 128;
+  const std::vector<float> x = activations(rng, tokens, in, 4, 1.0f);
+  std::student_t_distribution<float> heavy(3.0f);
+  std::vector<float> w(out * in);
+  for (float& v : w) v = 0.01f * heavy(rng);
+  const AwqClipSearch found = awq_search_clip(w.data(), out, in, x.data(), tokens, group);
+  std::size_t shrunk = 0;
+  for (float k : found.shrink) shrunk += k > 0.0f;
+  MESSAGE("clipped loss " << found.loss << " against plain rounding's " << found.rtn_loss << "; " << shrunk << " of "
+                          << found.shrink.size() << " groups clipped");
+  CHECK(found.loss < 0.9 * found.rtn_loss);
+  REQUIRE(found.shrink.size() == out * (in / group));
+  CHECK(shrunk > found.shrink.size() / 2);
+  for (float k : found.shrink) CHECK((k >= 0.0f && k < 0.5f));
+  // Clipping only ever moves a weight toward zero.
+  for (std::size_t i = 0; i < w.size(); ++i) CHECK(std::fabs(found.clipped[i]) <= std::fabs(w[i]));
+
+  // A search of one step (no shrink) keeps W and equals plain rounding.
+  const AwqClipSearch none = awq_search_clip(w.data(), out, in, x.data(), tokens, group, 20, 0.05);
+  CHECK(none.clipped == w);
+  CHECK(none.loss == none.rtn_loss);
+}
