@@ -36,6 +36,7 @@ nlohmann::json engine_json(core::Runtime& runtime, const EngineFlags& flags) {
   j["model_dir"] = runtime.model_dir();
   j["manifest"] = runtime.manifest_name();
   j["device"] = flags.device;
+  j["weight_bytes"] = runtime.model_info().weight_bytes;  // as the model holds them on its device
   j["kv_blocks"] = runtime.engine().counters().kv_blocks_total;
   const KvFormat kv = runtime.kv_format();
   j["kv_format"] = kv.name;

@@ -5,7 +5,8 @@
 // the workload's (input_len, output_len) pairs, C in flight at once; each
 // prompt is exactly input_len random token ids and each reply exactly
 // output_len tokens (ignore_eos, max_tokens = min_tokens = output_len).
-// Reported: first-token latency min/max/avg, per-token latency percentiles
+// Reported: the weights' bytes on the model's device and the KV cache (format,
+// blocks), first-token latency min/max/avg, per-token latency percentiles
 // (the gaps between a request's streamed tokens; a delivery of k tokens counts
 // as k gaps of 1/k of it), prompt and completion tokens, token throughput
 // (completion, total), requests per second and per minute.
@@ -325,6 +326,7 @@ int run_throughput(const ThroughputOptions& o, const GlobalOptions& global) {
   fmt::print("hostrun bench throughput: {} ({}), {} prompts, concurrency {}\n", runtime->model_dir(),
              runtime->manifest_name(), n, o.concurrency);
   fmt::print("--------------------------------------------------\n");
+  fmt::print("{:<36}{:.1f} MiB\n", "weights", double(runtime->model_info().weight_bytes) / (1 << 20));
   fmt::print("{:<36}{}, {} blocks\n", "KV cache", runtime->kv_format().name, engine.counters().kv_blocks_total);
   fmt::print("{:<36}{:.3f}\n", "elapsed time (s)", elapsed);
   fmt::print("{:<36}{}\n", "completed / failed requests", fmt::format("{} / {}", ok, failed));
@@ -407,6 +409,7 @@ int run_latency(const LatencyOptions& o, const GlobalOptions& global) {
   j["request_latency_s"] = {{"mean", mean(total_s)}, {"all", total_s}};
   fmt::print("hostrun bench latency: {} ({}), batch 1, input {} tokens, output {} tokens, {} runs\n",
              runtime->model_dir(), runtime->manifest_name(), o.input_len, o.output_len, o.runs);
+  fmt::print("{:<32}{:.1f} MiB\n", "weights", double(runtime->model_info().weight_bytes) / (1 << 20));
   fmt::print("{:<32}{:.4f} (min {:.4f})\n", "time to first token (s)", mean(ttft), j["time_to_first_token_s"]["min"].get<double>());
   fmt::print("{:<32}{:.1f} (max {:.1f})\n", "decode tokens/s", mean(decode_rate), j["decode_tokens_per_s"]["max"].get<double>());
   fmt::print("{:<32}{:.3f}\n", "request latency (s)", mean(total_s));

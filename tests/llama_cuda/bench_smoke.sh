@@ -20,6 +20,8 @@ done
 grep -q '"completion_tokens": 25' "$out/throughput.json" || { echo "expected 25 completion tokens"; cat "$out/throughput.json"; exit 1; }
 grep -q '"failed": 0' "$out/throughput.json" || { echo "failed requests"; exit 1; }
 check "$out/latency.json" mean
+check "$out/latency.json" weight_bytes
+check "$out/throughput.json" weight_bytes
 grep -q '"kv_format": "f32"' "$out/throughput.json" || { echo "expected kv_format f32"; cat "$out/throughput.json"; exit 1; }
 # --quant-policy 8 and 4: the same report with the quantized KV format, and more blocks from the same memory.
 blocks() { grep -Eo '"kv_blocks": [0-9]+' "$1" | grep -Eo '[0-9]+'; }
