@@ -138,8 +138,10 @@ struct Stage {
   __device__ T* x() const { return reinterpret_cast<T*>(base + kXOffset); }
 };
 
+// Pipeline depth: 3 stages at 64 rows (the x tile is large), 4 below. The
+// depth did not change the timings at 1-16 rows (3 to 8 stages swept).
 template <int kMTiles>
-inline constexpr int kStages = kMTiles == 4 ? 3 : 4;  // default pipeline depth
+inline constexpr int kStages = kMTiles == 4 ? 3 : 4;
 
 struct GemmParams {
   AwqDeviceWeights w;
@@ -291,9 +293,10 @@ __device__ __forceinline__ void finish_splits(const GemmParams& p, int row_begin
 }
 
 // grid (column blocks of 64, k splits, row blocks of 16 * kMTiles).
-template <typename T, int kMTiles, int kGroup, int kDepth>
+template <typename T, int kMTiles, int kGroup>
 __global__ void __launch_bounds__(kThreads) awq_gemm_kernel(GemmParams p) {
   using S = Stage<T, kMTiles, kGroup>;
+  constexpr int kDepth = kStages<kMTiles>;
   extern __shared__ __align__(16) unsigned char smem[];
   const auto stage = [&](int i) { return S{smem + (i % kDepth) * S::kBytes}; };
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -651,10 +654,10 @@ cudaError_t launch_dependent(Kernel kernel, dim3 grid, int threads, int smem, co
   return cudaLaunchKernelEx(&config, kernel, params);
 }
 
-template <typename T, int kMTiles, int kGroup, int kDepth = kStages<kMTiles>>
+template <typename T, int kMTiles, int kGroup>
 cudaError_t launch_gemm(const GemmParams& params, const Plan& plan, cudaStream_t stream) {
-  constexpr auto kernel = awq_gemm_kernel<T, kMTiles, kGroup, kDepth>;
-  constexpr int smem = kDepth * Stage<T, kMTiles, kGroup>::kBytes;
+  constexpr auto kernel = awq_gemm_kernel<T, kMTiles, kGroup>;
+  constexpr int smem = kStages<kMTiles> * Stage<T, kMTiles, kGroup>::kBytes;
   if (const cudaError_t e = allow_dynamic_smem<kernel>(smem); e != cudaSuccess) return e;
   return launch_dependent(kernel, plan.grid, kThreads, smem, params, stream);
 }
@@ -675,12 +678,12 @@ cudaError_t launch_group(const GemmParams& params, const Plan& plan, cudaStream_
 
 template <typename T>
 cudaError_t launch(const GemmParams& params, const Plan& plan, cudaStream_t stream) {
-  cudaError_t e = plan.gemv             ? (params.w.group_size == 128 ? launch_gemv<T, 128>(params, plan, stream)
-                                                                      : launch_gemv<T, 64>(params, plan, stream))
-                  : plan.m_tiles == 1   ? launch_group<T, 1>(params, plan, stream)
-                  : plan.m_tiles == 2 ? launch_group<T, 2>(params, plan, stream)
-                                      : launch_group<T, 4>(params, plan, stream);
-  return e;
+  if (plan.gemv)
+    return params.w.group_size == 128 ? launch_gemv<T, 128>(params, plan, stream)
+                                      : launch_gemv<T, 64>(params, plan, stream);
+  return plan.m_tiles == 1   ? launch_group<T, 1>(params, plan, stream)
+         : plan.m_tiles == 2 ? launch_group<T, 2>(params, plan, stream)
+                             : launch_group<T, 4>(params, plan, stream);
 }
 
 bool weights_valid(const AwqDeviceWeights& w) {
@@ -690,22 +693,24 @@ bool weights_valid(const AwqDeviceWeights& w) {
          w.padded_in == (w.in_features + awq_k_block - 1) / awq_k_block * awq_k_block;
 }
 
-}  // namespace
-
-std::size_t awq_gemm_workspace_bytes(const AwqDeviceWeights& weights, int max_rows) {
-  if (!weights_valid(weights)) return 0;
+// The largest need(m, plan) over the row counts 1..max_rows.
+template <typename Need>
+auto most_over_rows(const AwqDeviceWeights& weights, int max_rows, Need need) {
+  decltype(need(1, Plan{})) most = 0;
+  if (!weights_valid(weights)) return most;
   static const int sms = device_sms();
-  std::size_t most = 0;
-  for (int m = 1; m <= max_rows; ++m) most = std::max(most, partial_bytes(weights, m, plan_for(weights, m, sms)));
+  for (int m = 1; m <= max_rows; ++m) most = std::max(most, need(m, plan_for(weights, m, sms)));
   return most;
 }
 
+}  // namespace
+
+std::size_t awq_gemm_workspace_bytes(const AwqDeviceWeights& weights, int max_rows) {
+  return most_over_rows(weights, max_rows, [&](int m, const Plan& plan) { return partial_bytes(weights, m, plan); });
+}
+
 int awq_gemm_counters(const AwqDeviceWeights& weights, int max_rows) {
-  if (!weights_valid(weights)) return 0;
-  static const int sms = device_sms();
-  int most = 0;
-  for (int m = 1; m <= max_rows; ++m) most = std::max(most, counters_needed(plan_for(weights, m, sms)));
-  return most;
+  return most_over_rows(weights, max_rows, [](int, const Plan& plan) { return counters_needed(plan); });
 }
 
 cudaError_t awq_gemm(const AwqDeviceWeights& weights, const void* x, std::int64_t x_stride, DType dtype, int m,

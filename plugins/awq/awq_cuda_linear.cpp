@@ -23,6 +23,21 @@ void check_cuda(cudaError_t e, const char* what) {
     throw Error(ErrorCode::internal, fmt::format("awq: {}: {} ({})", what, cudaGetErrorString(e), cudaGetErrorName(e)));
 }
 
+// Makes `device` current for the owner's lifetime, restoring the previous one.
+class DeviceScope {
+ public:
+  explicit DeviceScope(int device) {
+    check_cuda(cudaGetDevice(&previous_), "cudaGetDevice");
+    check_cuda(cudaSetDevice(device), "cudaSetDevice");
+  }
+  ~DeviceScope() { cudaSetDevice(previous_); }
+  DeviceScope(const DeviceScope&) = delete;
+  DeviceScope& operator=(const DeviceScope&) = delete;
+
+ private:
+  int previous_ = 0;
+};
+
 // Above this many rows a layer dequantizes W into the workspace and
 // multiplies with cuBLAS: the W4A16 tile kernel reaches ~160 TFLOP/s, a
 // 16-bit cuBLAS GEMM several times that, which pays for writing W
@@ -34,12 +49,8 @@ constexpr int64_t kDequantizeAbove = 64;
 class Cublas {
  public:
   explicit Cublas(int device) {
-    int previous = 0;
-    cudaGetDevice(&previous);
-    cudaSetDevice(device);
-    const cublasStatus_t status = cublasCreate(&handle_);
-    cudaSetDevice(previous);
-    if (status != CUBLAS_STATUS_SUCCESS)
+    DeviceScope scope(device);
+    if (const cublasStatus_t status = cublasCreate(&handle_); status != CUBLAS_STATUS_SUCCESS)
       throw Error(ErrorCode::internal, fmt::format("awq: cublasCreate failed: {}", cublasGetStatusString(status)));
   }
   ~Cublas() { cublasDestroy(handle_); }
@@ -61,21 +72,6 @@ class Cublas {
 
  private:
   cublasHandle_t handle_ = nullptr;
-};
-
-// Makes `device` current for the owner's lifetime, restoring the previous one.
-class DeviceScope {
- public:
-  explicit DeviceScope(int device) {
-    check_cuda(cudaGetDevice(&previous_), "cudaGetDevice");
-    check_cuda(cudaSetDevice(device), "cudaSetDevice");
-  }
-  ~DeviceScope() { cudaSetDevice(previous_); }
-  DeviceScope(const DeviceScope&) = delete;
-  DeviceScope& operator=(const DeviceScope&) = delete;
-
- private:
-  int previous_ = 0;
 };
 
 // One cudaMalloc'd array, uploaded from host memory.

@@ -99,10 +99,11 @@ Status write_rtn_awq_checkpoint(const fs::path& source, const fs::path& destinat
     for (size_t begin = 0; begin < names.size(); begin += workers) {
       const size_t end = std::min(names.size(), begin + workers);
       std::vector<std::future<Rounded>> rounding(end - begin);
+      std::vector<TensorView> views(end - begin);
       for (size_t i = begin; i < end; ++i) {
         auto found = weights.tensor(names[i]);
         if (!found) return found.status();
-        const TensorView view = found.value();
+        const TensorView view = views[i - begin] = found.value();
         if (!is_quantized_linear(names[i])) continue;
         const int64_t out = view.shape[0], in = view.shape[1];
         if (view.rank != 2 || out % 8 != 0 || in % group != 0)
@@ -123,7 +124,7 @@ Status write_rtn_awq_checkpoint(const fs::path& source, const fs::path& destinat
       }
       for (size_t i = begin; i < end; ++i) {
         const std::string& name = names[i];
-        const TensorView view = weights.tensor(name).value();
+        const TensorView& view = views[i - begin];
         const std::vector<int64_t> shape(view.shape.begin(), view.shape.begin() + view.rank);
         if (!is_quantized_linear(name)) {
           awq.add(name, view.dtype, shape, view.data, view.nbytes());
