@@ -84,6 +84,11 @@ fs::path shipped_model_dir() {
   return exe.empty() ? fs::path() : exe.parent_path() / "share" / "hostrun" / "models" / "small";
 }
 
+fs::path shipped_calibration_text() {
+  fs::path exe = executable_dir();
+  return exe.empty() ? fs::path() : exe.parent_path() / "share" / "hostrun" / "calib" / "gutenberg.txt";
+}
+
 namespace {
 
 // Device and activation dtype are manifest data ([engine]), not guessed from plugin names.
@@ -162,7 +167,36 @@ Status Runtime::build(const RuntimeOptions& options, LogSink* log_sink) {
     frontend_ = std::move(frontend.value());
   }
   if (Status s = make_objects(); !s) return s;
-  return start_engine(options);
+  return options.start_engine ? start_engine(options) : Status();
+}
+
+const checkpoint::ModelDirectory& Runtime::weights() const noexcept { return *weights_; }
+
+Result<PluginHandle<Quantizer>> Runtime::make_quantizer_for(const std::string& format) const {
+  checkpoint::FolderConfig quantized = folder_;
+  quantized.quant_method = format;
+  const std::vector<ManifestRow> table = builtin_manifest_table();
+  auto choice = core::choose_manifest(table, quantized, std::string(device_kind_name(device_.kind)), registry_);
+  if (!choice) return choice.status();
+  auto manifest = Manifest::parse_string(choice->row->text, "builtin:" + choice->row->manifest, model_dir_);
+  if (!manifest) return manifest.status();
+  // Resolved as build() resolves a manifest, so every table validates.
+  const ManifestTable* tokenizer_table = manifest->table("tokenizer");
+  if (!tokenizer_table || !tokenizer_table->values.count("file"))
+    if (Status s = manifest->set_override("tokenizer.file", model_dir_, "MODEL_DIR"); !s) return s;
+  auto resolved = resolve(*manifest, registry_, host_table_schemas());
+  if (!resolved) return resolved.status();
+  const ResolvedInstance* instance = resolved->instance("quantizer");
+  if (!instance)
+    return Status(ErrorCode::internal, fmt::format("builtin:{} serves {} folders but has no [quantizer] table",
+                                                   choice->row->manifest, format));
+  auto made = registry_.create<Quantizer>(instance->plugin->name, instance->settings, log_sink_, instance->table, device_);
+  if (!made) return made.status();
+  if ((*made)->format() != format)
+    return Status(ErrorCode::internal, fmt::format("builtin:{}'s quantizer '{}' reads \"{}\", not \"{}\"",
+                                                   choice->row->manifest, instance->plugin->name, (*made)->format(),
+                                                   format));
+  return made;
 }
 
 // --model-format says what the folder must be: "hf" an unquantized one,

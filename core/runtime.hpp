@@ -50,6 +50,9 @@ struct RuntimeOptions {
   // settings are refused in a moment rather than after the model has loaded;
   // make_frontend() then hands that one over.
   bool frontend_first = false;
+  // Load the model and stop: no engine, no KV cache (`hostrun lite`, which
+  // runs the model's calibration hook itself). engine() must not be called.
+  bool start_engine = true;
 };
 
 // The [engine] host table: what the engine flags set.
@@ -79,6 +82,10 @@ Result<Wiring> wire(const ResolvedManifest& resolved, const PluginRegistry& regi
 // Where the shipped small model lives: <prefix>/share/hostrun/models/small (the
 // trained one, models/small; scripts/make-small-model.sh puts it there).
 std::filesystem::path shipped_model_dir();
+// Where `hostrun lite`'s default calibration text lives:
+// <prefix>/share/hostrun/calib/gutenberg.txt (public-domain books from NLTK's
+// Gutenberg selection; scripts/make-calib-corpus.sh puts it there).
+std::filesystem::path shipped_calibration_text();
 
 class Runtime {
  public:
@@ -91,6 +98,16 @@ class Runtime {
   const std::string& manifest_name() const noexcept { return manifest_name_; }
   const PluginRegistry& registry() const noexcept { return registry_; }
   ModelInfo model_info() const noexcept { return model_->info(); }
+  // The loaded objects, for commands that drive the model without the engine.
+  Model& model() noexcept { return *model_; }
+  const Tokenizer& tokenizer() const noexcept { return *tokenizer_; }
+  const checkpoint::ModelDirectory& weights() const noexcept;
+  const Device& device() const noexcept { return device_; }
+  // The quantizer that reads `format` folders (quant_method, "awq") of this
+  // model's architecture on this device: the [quantizer] of the built-in
+  // manifest the table gives such a folder. The one that reads a format is
+  // the one that writes it (Quantizer::quantize).
+  Result<PluginHandle<Quantizer>> make_quantizer_for(const std::string& format) const;
   KvFormat kv_format() const noexcept { return kv_policy_->format(); }
   // Makes the plugin named by the manifest's [frontend] table (or hands over
   // the one made at open with RuntimeOptions::frontend_first).

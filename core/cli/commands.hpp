@@ -40,5 +40,7 @@ void add_bench_serving_command(CLI::App& app, GlobalOptions& options);
 void add_bench_model_commands(CLI::App& app, GlobalOptions& options);
 // `bench perplexity` (the local engine's teacher-forced scoring), on the bench group.
 void add_bench_perplexity_command(CLI::App& app, GlobalOptions& options);
+// `lite auto_awq` (offline quantization through a quantizer plugin).
+void add_lite_command(CLI::App& app, GlobalOptions& options);
 
 }  // namespace hostrun::cli

@@ -57,6 +57,7 @@ int main(int argc, char** argv) {
   cli::add_bench_serving_command(app, options);
   cli::add_bench_model_commands(app, options);
   cli::add_bench_perplexity_command(app, options);
+  cli::add_lite_command(app, options);
 
   // CLI11 reports a mistyped command only as "a subcommand is required"; say what was typed.
   if (argc > 1 && argv[1][0] != '-') {

@@ -11,25 +11,24 @@ namespace hostrun::ref {
 
 namespace {
 
-// Mean squared difference between x W_a^T and x W_b^T.
+// Mean squared difference between x W_a^T and x W_b^T, as x (W_a - W_b)^T:
+// one product instead of two.
 double output_error(const float* x, std::size_t tokens, std::size_t in, const float* w_a, const float* w_b,
-                    std::size_t out, std::vector<float>& y_a, std::vector<float>& y_b) {
-  y_a.resize(tokens * out);
-  y_b.resize(tokens * out);
-  gemm(x, w_a, DType::f32, tokens, out, in, y_a.data());
-  gemm(x, w_b, DType::f32, tokens, out, in, y_b.data());
+                    std::size_t out, std::vector<float>& difference, std::vector<float>& y) {
+  difference.resize(out * in);
+  for (std::size_t i = 0; i < out * in; ++i) difference[i] = w_a[i] - w_b[i];
+  y.resize(tokens * out);
+  gemm(x, difference.data(), DType::f32, tokens, out, in, y.data());
   double sum = 0.0;
-  for (std::size_t i = 0; i < y_a.size(); ++i) {
-    const double d = double(y_a[i]) - y_b[i];
-    sum += d * d;
-  }
-  return sum / double(y_a.size());
+  for (const float v : y) sum += double(v) * v;
+  return sum / double(y.size());
 }
 
 // One group of one row rounded to nearest 4-bit as awq_quantize_rtn rounds
 // it (asymmetric, f16 scale), dequantized into `out`.
 void round_group(const float* w, std::size_t group_size, float* out) {
-  std::vector<std::uint8_t> q(group_size);
+  thread_local std::vector<std::uint8_t> q;  // called once per clip candidate: no allocation each time
+  q.resize(group_size);
   std::uint8_t zero = 0;
   std::uint16_t scale = 0;
   // A [1, group] matrix: its columns are the group's weights of one output,
@@ -60,7 +59,7 @@ AwqScaleSearch awq_search_scales(std::span<const AwqLinearView> layers, std::siz
   for (double& a : mean_abs) a /= double(std::max<std::size_t>(tokens, 1));
 
   AwqScaleSearch best;
-  std::vector<float> scales(in_features), fake, y_a, y_b;
+  std::vector<float> scales(in_features), fake, difference, y;
   for (int step = 0; step < grid; ++step) {
     const double alpha = double(step) / grid;
     double lo = INFINITY, hi = 0.0;
@@ -76,7 +75,7 @@ AwqScaleSearch awq_search_scales(std::span<const AwqLinearView> layers, std::siz
     for (const AwqLinearView& layer : layers) {
       fake.resize(layer.out_features * in_features);
       awq_fake_quantize_scaled(layer.weight, layer.out_features, in_features, group_size, scales, fake.data());
-      loss += output_error(x, tokens, in_features, fake.data(), layer.weight, layer.out_features, y_a, y_b);
+      loss += output_error(x, tokens, in_features, fake.data(), layer.weight, layer.out_features, difference, y);
     }
     if (step == 0) best.rtn_loss = loss;
     if (step == 0 || loss < best.loss) {
@@ -94,41 +93,62 @@ AwqClipSearch awq_search_clip(const float* weight, std::size_t out_features, std
   found.clipped.assign(weight, weight + out_features * in_features);
   const std::size_t groups = in_features / group_size;
   found.shrink.assign(out_features * groups, 0.0f);
-  const int steps = std::max(1, int(max_shrink * grid));
-  std::vector<float> clamped(group_size), rounded(group_size), best(group_size);
-  for (std::size_t o = 0; o < out_features; ++o) {
-    for (std::size_t g = 0; g < groups; ++g) {
-      const float* w = weight + o * in_features + g * group_size;
-      float m = 0.0f;
-      for (std::size_t i = 0; i < group_size; ++i) m = std::max(m, std::fabs(w[i]));
-      double best_err = INFINITY;
-      for (int k = 0; k < steps; ++k) {
-        const float c = m * float(1.0 - double(k) / grid);
-        for (std::size_t i = 0; i < group_size; ++i) clamped[i] = std::clamp(w[i], -c, c);
-        round_group(clamped.data(), group_size, rounded.data());
-        double err = 0.0;
-        for (std::size_t t = 0; t < tokens; ++t) {
-          const float* xt = x + t * in_features + g * group_size;
-          double d = 0.0;
-          for (std::size_t i = 0; i < group_size; ++i) d += double(xt[i]) * (double(rounded[i]) - w[i]);
-          err += d * d;
-        }
-        if (err < best_err) {  // ties keep the smaller shrink
-          best_err = err;
-          best = clamped;
-          found.shrink[o * groups + g] = float(double(k) / grid);
+  const std::size_t steps = std::size_t(std::max(1, int(max_shrink * grid)));
+  // Per group of input channels, the candidates of a block of rows are judged
+  // together: their errors (rounded - w) form a matrix D [rows * steps,
+  // group], and x_g D^T gives every candidate's partial products at once
+  // (one GEMM instead of a scalar loop a candidate).
+  constexpr std::size_t kRowBlock = 64;
+  std::vector<float> x_group(tokens * group_size), rounded(group_size);
+  std::vector<float> candidates(kRowBlock * steps * group_size), delta(kRowBlock * steps * group_size);
+  std::vector<float> y(tokens * kRowBlock * steps);
+  for (std::size_t g = 0; g < groups; ++g) {
+    for (std::size_t t = 0; t < tokens; ++t)
+      std::copy_n(x + t * in_features + g * group_size, group_size, x_group.begin() + std::ptrdiff_t(t * group_size));
+    for (std::size_t o0 = 0; o0 < out_features; o0 += kRowBlock) {
+      const std::size_t rows = std::min(kRowBlock, out_features - o0);
+      for (std::size_t r = 0; r < rows; ++r) {
+        const float* w = weight + (o0 + r) * in_features + g * group_size;
+        float m = 0.0f;
+        for (std::size_t i = 0; i < group_size; ++i) m = std::max(m, std::fabs(w[i]));
+        for (std::size_t k = 0; k < steps; ++k) {
+          const float c = m * float(1.0 - double(k) / grid);
+          float* candidate = candidates.data() + (r * steps + k) * group_size;
+          for (std::size_t i = 0; i < group_size; ++i) candidate[i] = std::clamp(w[i], -c, c);
+          round_group(candidate, group_size, rounded.data());
+          float* d = delta.data() + (r * steps + k) * group_size;
+          for (std::size_t i = 0; i < group_size; ++i) d[i] = rounded[i] - w[i];
         }
       }
-      std::copy(best.begin(), best.end(), found.clipped.begin() + std::ptrdiff_t(o * in_features + g * group_size));
+      const std::size_t n = rows * steps;
+      gemm(x_group.data(), delta.data(), DType::f32, tokens, n, group_size, y.data());
+      for (std::size_t r = 0; r < rows; ++r) {
+        double best_err = INFINITY;
+        std::size_t best_k = 0;
+        for (std::size_t k = 0; k < steps; ++k) {
+          double err = 0.0;
+          for (std::size_t t = 0; t < tokens; ++t) {
+            const double v = y[t * n + r * steps + k];
+            err += v * v;
+          }
+          if (err < best_err) {  // ties keep the smaller shrink
+            best_err = err;
+            best_k = k;
+          }
+        }
+        found.shrink[(o0 + r) * groups + g] = float(double(best_k) / grid);
+        std::copy_n(candidates.begin() + std::ptrdiff_t((r * steps + best_k) * group_size), group_size,
+                    found.clipped.begin() + std::ptrdiff_t((o0 + r) * in_features + g * group_size));
+      }
     }
   }
   // The losses of the whole layer, as written: clipped-then-rounded and plainly rounded.
-  std::vector<float> quantized(out_features * in_features), y_a, y_b;
+  std::vector<float> quantized(out_features * in_features), difference;
   awq_dequantize(awq_quantize_rtn_packed(found.clipped.data(), out_features, in_features, group_size).view(),
                  quantized.data());
-  found.loss = output_error(x, tokens, in_features, quantized.data(), weight, out_features, y_a, y_b);
+  found.loss = output_error(x, tokens, in_features, quantized.data(), weight, out_features, difference, y);
   awq_dequantize(awq_quantize_rtn_packed(weight, out_features, in_features, group_size).view(), quantized.data());
-  found.rtn_loss = output_error(x, tokens, in_features, quantized.data(), weight, out_features, y_a, y_b);
+  found.rtn_loss = output_error(x, tokens, in_features, quantized.data(), weight, out_features, difference, y);
   return found;
 }
 

@@ -13,8 +13,9 @@
 // On the CPU the layers compute in f32 with kernels/ref's awq_gemm on the
 // packed weights (nothing dequantized ahead); on a CUDA GPU (builds with
 // CUDA) in bf16/f16 with kernels/cuda's W4A16 GEMM (awq_cuda_linear.hpp).
-// Neither fuses an epilogue yet. It does not write checkpoints yet
-// (quantize(): unsupported).
+// Neither fuses an epilogue yet. quantize() is `hostrun lite auto_awq`
+// (auto_awq.hpp): calibration, AWQ's scale and clipping searches, and an
+// AutoAWQ folder written.
 #include <hostrun/json_bounds.hpp>
 #include <hostrun/sdk.hpp>
 
@@ -28,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "auto_awq.hpp"
 #include "ref/awq.hpp"
 #if HOSTRUN_AWQ_CUDA
 #include "awq_cuda_linear.hpp"
@@ -225,9 +227,7 @@ class AwqQuantizer final : public hostrun::Quantizer {
     return hostrun::guard_result<hostrun::PluginPtr<hostrun::LinearLayer>>([&] { return load_checked(load); });
   }
 
-  Status quantize(const hostrun::QuantizeJob&) noexcept override {
-    return Status(ErrorCode::unsupported, "awq: writing AWQ checkpoints (hostrun lite auto_awq) is not built yet");
-  }
+  Status quantize(const hostrun::QuantizeJob& job) noexcept override { return hostrun::awq::run_auto_awq(job); }
 
  private:
   hostrun::PluginPtr<hostrun::LinearLayer> load_checked(const hostrun::LinearLoad& load) const {
@@ -278,7 +278,7 @@ const hostrun::RoleEntry kRoles[] = {hostrun::role_entry_without_settings<hostru
 
 }  // namespace
 
-HOSTRUN_PLUGIN("awq", "0.2.0",
+HOSTRUN_PLUGIN("awq", "0.3.0",
                "AutoAWQ 4-bit GEMM checkpoints as they are (qweight / qzeros / scales, group 32/64/128); CPU and CUDA "
-               "layers",
+               "layers; auto_awq writes them",
                kRoles)

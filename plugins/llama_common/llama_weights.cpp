@@ -44,6 +44,27 @@ std::vector<LlamaTensorSpec> llama_tensor_specs(const LlamaConfig& c) {
   return specs;
 }
 
+std::vector<LinearInputGroup> llama_linear_input_groups(const LlamaConfig& c) {
+  std::vector<LinearInputGroup> groups;
+  for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
+    const std::string p = fmt::format("model.layers.{}.", layer);
+    const auto producer_linear = [&](const std::string& prefix, bool bias) {
+      std::vector<std::string> tensors{prefix + ".weight"};
+      if (bias) tensors.push_back(prefix + ".bias");
+      return tensors;
+    };
+    groups.push_back({{{p + "self_attn.q_proj", true}, {p + "self_attn.k_proj", true}, {p + "self_attn.v_proj", false}},
+                      {p + "input_layernorm.weight"}});
+    groups.push_back({{{p + "self_attn.o_proj", false}},
+                      c.num_key_value_heads == c.num_attention_heads
+                          ? producer_linear(p + "self_attn.v_proj", c.attention_bias)
+                          : std::vector<std::string>{}});
+    groups.push_back({{{p + "mlp.gate_proj", false}, {p + "mlp.up_proj", false}}, {p + "post_attention_layernorm.weight"}});
+    groups.push_back({{{p + "mlp.down_proj", false}}, producer_linear(p + "mlp.up_proj", c.mlp_bias)});
+  }
+  return groups;
+}
+
 Status validate_llama_weights(const LlamaConfig& config, const WeightSource& weights) noexcept {
   return guard([&]() -> Status {
     const std::string where = weights.directory();

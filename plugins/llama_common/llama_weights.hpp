@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "hostrun/quantizer.hpp"
 #include "hostrun/weights.hpp"
 #include "llama_common/llama_config.hpp"
 
@@ -27,5 +28,12 @@ std::vector<LlamaTensorSpec> llama_tensor_specs(const LlamaConfig& config);
 // otherwise. A quantized config (quant_method set) is `unsupported` here:
 // its linear layers are stored in another layout.
 Status validate_llama_weights(const LlamaConfig& config, const WeightSource& weights) noexcept;
+
+// Model::linear_input_groups for a Llama graph, four groups a layer:
+// q/k/v after input_layernorm; o_proj after v_proj (a producer only without
+// grouped-query attention, when v's rows are o's columns one to one); gate/up
+// after post_attention_layernorm; down_proj after up_proj (silu(gate) * up is
+// linear in up's rows). Biases of producers are listed with their weights.
+std::vector<LinearInputGroup> llama_linear_input_groups(const LlamaConfig& config);
 
 }  // namespace hostrun::llama

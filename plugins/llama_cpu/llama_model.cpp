@@ -1,5 +1,7 @@
 #include "llama_model.hpp"
 
+#include "llama_common/llama_weights.hpp"
+
 #include <fmt/format.h>
 
 #include <memory>
@@ -36,6 +38,14 @@ Status LlamaCpuModel::load(const LoadContext& context) noexcept {
 
 Status LlamaCpuModel::step(const StepInput& input, StepOutput& output) noexcept {
   return guard([&] { run_step(input, output); });
+}
+
+std::vector<LinearInputGroup> LlamaCpuModel::linear_input_groups() const noexcept {
+  try {
+    return loaded_ ? llama::llama_linear_input_groups(config_) : std::vector<LinearInputGroup>{};
+  } catch (...) {  // out of memory: no groups, and the quantizer says so
+    return {};
+  }
 }
 
 Status LlamaCpuModel::observe_linear_inputs(std::span<const TokenId> tokens, CalibrationObserver& observer) noexcept {

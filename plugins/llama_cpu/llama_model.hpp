@@ -58,6 +58,7 @@ class LlamaCpuModel final : public Model {
   Result<PluginPtr<DeviceTensor>> allocate_embeddings(int64_t rows) noexcept override;
   ExecContext embedding_exec() const noexcept override;
   Status observe_linear_inputs(std::span<const TokenId> tokens, CalibrationObserver& observer) noexcept override;
+  std::vector<LinearInputGroup> linear_input_groups() const noexcept override;
 
  private:
   struct LinearWorkspace {

@@ -145,3 +145,106 @@ TEST_CASE("observe_linear_inputs before load is an error") {
   CHECK(s.code() == ErrorCode::invalid_argument);
   CHECK(s.message().find("not loaded") != std::string::npos);
 }
+
+namespace {
+
+// The logits of the last prompt position, the prompt computed in one chunk.
+std::vector<float> last_logits(Model& model, const std::vector<TokenId>& prompt) {
+  Request request(prompt);
+  StepDriver driver(model, 64, 16);
+  auto outcome = driver.run({{&request, int32_t(prompt.size())}});
+  REQUIRE_MESSAGE(outcome.status.is_ok(), outcome.status.message());
+  REQUIRE(!outcome.output.logits.empty());
+  return outcome.output.logits.at(0);
+}
+
+// Copies the f32 checkpoint in `from` to `to` with random positive scales
+// folded into every group that has producers: producers' channels divided,
+// readers' columns multiplied (or, with `readers_only`, the readers alone: a
+// change of the model, the control).
+void fold_random_scales(const fs::path& from, const fs::path& to, const std::vector<LinearInputGroup>& groups,
+                        bool readers_only) {
+  auto opened = checkpoint::ModelDirectory::open(from);
+  REQUIRE_MESSAGE(opened.has_value(), opened.status().message());
+  const auto& source = *opened.value();
+  std::map<std::string, std::vector<float>> values;
+  std::map<std::string, std::vector<int64_t>> shapes;
+  for (const std::string& name : source.tensor_names()) {
+    const TensorView view = source.tensor(name).value();
+    REQUIRE(view.dtype == DType::f32);
+    values[name].assign(view.as<const float>(), view.as<const float>() + view.numel());
+    shapes[name].assign(view.shape.begin(), view.shape.begin() + view.rank);
+  }
+  std::mt19937 rng(17);
+  std::uniform_real_distribution<float> exponent(-1.0f, 1.0f);
+  for (const LinearInputGroup& group : groups) {
+    if (group.producers.empty()) continue;
+    const size_t in = size_t(shapes.at(group.linears.front().prefix + ".weight")[1]);
+    std::vector<float> s(in);
+    for (float& v : s) v = std::exp(exponent(rng));
+    for (const CalibratedLinear& linear : group.linears) {
+      std::vector<float>& w = values.at(linear.prefix + ".weight");
+      for (size_t o = 0; o < w.size() / in; ++o)
+        for (size_t i = 0; i < in; ++i) w[o * in + i] *= s[i];
+    }
+    if (readers_only) continue;
+    for (const std::string& name : group.producers) {
+      std::vector<float>& p = values.at(name);
+      REQUIRE(size_t(shapes.at(name)[0]) == in);
+      const size_t slice = p.size() / in;
+      for (size_t c = 0; c < in; ++c)
+        for (size_t j = 0; j < slice; ++j) p[c * slice + j] /= s[c];
+    }
+  }
+  fs::create_directories(to);
+  fs::copy_file(from / "config.json", to / "config.json");
+  std::vector<checkpoint::TensorData> tensors;
+  for (const auto& [name, v] : values)
+    tensors.push_back({name, DType::f32, shapes.at(name),
+                       std::span<const std::byte>(reinterpret_cast<const std::byte*>(v.data()), v.size() * 4)});
+  Status written = checkpoint::write_safetensors(to / "model.safetensors", tensors);
+  REQUIRE_MESSAGE(written.is_ok(), written.message());
+}
+
+}  // namespace
+
+// The contract a quantizer relies on (Model::linear_input_groups): every
+// linear is in exactly one group, its members see one input, and scales
+// folded as the groups say leave the model's function unchanged.
+TEST_CASE("linear_input_groups: folding scales as the groups say leaves the logits as they were") {
+  for (const int64_t kv_heads : {int64_t(1), int64_t(0)}) {  // grouped-query attention; 0: as many as query heads
+    llama::LlamaConfig config = small_config();
+    config.num_key_value_heads = kv_heads == 0 ? config.num_attention_heads : kv_heads;
+    CAPTURE(config.num_key_value_heads);
+    TempDir dir("input_groups");
+    write_checkpoint(dir / "dense", config, 31, DType::f32);
+    auto loaded = load(dir / "dense", 1, "f32", 64);
+    const std::vector<LinearInputGroup> groups = loaded->model->linear_input_groups();
+    REQUIRE(groups.size() == size_t(4 * config.num_hidden_layers));
+
+    RecordingObserver observer;
+    const std::vector<TokenId> prompt = random_ids(23, 4);
+    REQUIRE(loaded->model->observe_linear_inputs(prompt, observer).is_ok());
+    std::map<std::string, int> membership;
+    for (const LinearInputGroup& group : groups)
+      for (const CalibratedLinear& linear : group.linears) {
+        ++membership[linear.prefix];
+        CHECK(observer.inputs.at(linear.prefix).values == observer.inputs.at(group.linears.front().prefix).values);
+      }
+    CHECK(membership.size() == observer.inputs.size());
+    for (const auto& [prefix, count] : membership) CHECK_MESSAGE(count == 1, prefix);
+    // o_proj can be scaled only when v's rows are o's columns one to one.
+    CHECK(groups[1].producers.empty() == (config.num_key_value_heads != config.num_attention_heads));
+    CHECK(groups[0].linears[0].feeds_attention_logits);
+    CHECK(groups[0].linears[1].feeds_attention_logits);
+    CHECK_FALSE(groups[0].linears[2].feeds_attention_logits);
+
+    const std::vector<float> want = last_logits(*loaded->model, prompt);
+    fold_random_scales(dir / "dense", dir / "folded", groups, false);
+    fold_random_scales(dir / "dense", dir / "readers_only", groups, true);
+    auto folded = load(dir / "folded", 1, "f32", 64);
+    auto changed = load(dir / "readers_only", 1, "f32", 64);
+    CHECK(relative_error(last_logits(*folded->model, prompt), want) < 1e-4);
+    CHECK(relative_error(last_logits(*changed->model, prompt), want) > 1e-2);
+  }
+}

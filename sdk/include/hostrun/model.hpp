@@ -148,6 +148,10 @@ class Model : public PluginObject {
     (void)observer;
     return Status(ErrorCode::unsupported, "this model does not support calibration");
   }
+  // The linear layers that share an input and what produces it (after load),
+  // so a quantizer can rescale channels; every linear observe_linear_inputs
+  // reports is in exactly one group. Empty: the model offers none.
+  virtual std::vector<LinearInputGroup> linear_input_groups() const noexcept { return {}; }
 };
 
 }  // namespace hostrun

@@ -103,7 +103,40 @@ class CalibrationObserver {
   virtual ~CalibrationObserver() = default;
   // `linear` is the checkpoint prefix, e.g. "model.layers.3.mlp.down_proj";
   // `x` [tokens, in_features] f32 in host memory, valid during the call.
+  // Linears that read one input (LinearInputGroup) are reported with equal x.
   virtual void on_linear_input(std::string_view linear, const TensorView& x) noexcept = 0;
+};
+
+struct CalibratedLinear {
+  std::string prefix;  // "model.layers.3.self_attn.q_proj": `prefix.weight` [out, in] in the checkpoint
+  // Its outputs become attention logits (q and k): outliers there matter
+  // beyond the layer's own output error, so quantizers that clip weights
+  // leave these unclipped (as AutoAWQ does).
+  bool feeds_attention_logits = false;
+};
+
+// Linear layers that read one input, and the tensors that produce that
+// input's channels: dividing channel c of the producers by s[c] and
+// multiplying column c of every reader by s[c] leaves the model's function
+// unchanged, which is what AWQ's activation-aware scaling does before it
+// rounds. What a model reports here is its knowledge of its own graph, so a
+// quantizer needs no table of model families.
+struct LinearInputGroup {
+  std::vector<CalibratedLinear> linears;  // in the order the model fuses them (q, k, v)
+  // Checkpoint tensors whose slice c along dimension 0 is channel c of the
+  // input: a norm's weight [in] (and bias), a producing linear's weight rows
+  // [in, ...] and bias [in]. Empty when nothing before the input is linear
+  // in it (o_proj under grouped-query attention: a v row feeds several heads'
+  // columns); such a group is only clipped, never scaled.
+  std::vector<std::string> producers;
+};
+
+// How far a quantize() has come, for a progress bar.
+class QuantizeProgress {
+ public:
+  virtual ~QuantizeProgress() = default;
+  // `stage` says what runs ("calibrating", "searching scales"), `done` of `total` units of it.
+  virtual void on_progress(std::string_view stage, int64_t done, int64_t total) noexcept = 0;
 };
 
 class Model;
@@ -112,7 +145,12 @@ struct QuantizeJob {
   const WeightSource* source = nullptr;  // the full-precision checkpoint
   Model* model = nullptr;                // loaded from `source`, to run calibration batches
   std::span<const std::vector<TokenId>> calibration;  // token sequences
-  WeightSink* output = nullptr;          // where the quantized HF folder is written
+  // Where the quantized folder's weights and config.json go; the host copies
+  // the other files (tokenizer, generation config) and calls finish().
+  WeightSink* output = nullptr;
+  int32_t bits = 4;                      // weight bits (--w-bits)
+  int32_t group_size = 128;              // input channels a scale covers (--w-group-size)
+  QuantizeProgress* progress = nullptr;  // optional
 };
 
 class Quantizer : public PluginObject {

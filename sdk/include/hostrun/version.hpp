@@ -9,9 +9,9 @@
 #pragma once
 
 #define HOSTRUN_SDK_VERSION_MAJOR 0
-#define HOSTRUN_SDK_VERSION_MINOR 4
-#define HOSTRUN_SDK_VERSION_PATCH 1
-#define HOSTRUN_SDK_VERSION_STRING "0.4.1"
+#define HOSTRUN_SDK_VERSION_MINOR 5
+#define HOSTRUN_SDK_VERSION_PATCH 0
+#define HOSTRUN_SDK_VERSION_STRING "0.5.0"
 
 // A test build may compile a plugin against another ABI number to prove the
 // host refuses it; nothing else should define this.
@@ -23,5 +23,7 @@
 // 4: the VisionEncoder role, LinearLayer's calls and epilogues, KV formats as
 //    fields and KV workspaces, PluginPtr/LibraryPin, probes per device, FP8
 //    dtypes, new error codes (docs/plugin-guide.md has the whole list).
-#define HOSTRUN_ABI_VERSION 4
+// 5: Model::linear_input_groups, QuantizeJob's bits / group_size / progress
+//    (`hostrun lite auto_awq`).
+#define HOSTRUN_ABI_VERSION 5
 #endif

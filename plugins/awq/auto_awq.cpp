@@ -1,0 +1,436 @@
+#include "auto_awq.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "ref/awq.hpp"
+#include "ref/awq_search.hpp"
+#include "ref/dtype.hpp"
+
+namespace hostrun::awq {
+
+namespace {
+
+using nlohmann::ordered_json;
+
+[[noreturn]] void fail(ErrorCode code, const std::string& message) { throw Error(code, "auto_awq: " + message); }
+
+std::optional<ref::DType> ref_dtype(DType dtype) {
+  switch (dtype) {
+    case DType::f32: return ref::DType::f32;
+    case DType::bf16: return ref::DType::bf16;
+    case DType::f16: return ref::DType::f16;
+    default: return std::nullopt;
+  }
+}
+
+// A floating checkpoint tensor in f32, with its shape.
+struct DenseTensor {
+  std::vector<int64_t> shape;
+  std::vector<float> values;
+};
+
+DenseTensor read_dense(const WeightSource& source, const std::string& name) {
+  auto view = source.tensor(name);
+  if (!view) throw Error(view.status());
+  const auto dtype = ref_dtype(view->dtype);
+  if (!dtype || !view->is_contiguous() || view->device.kind != DeviceKind::cpu)
+    fail(ErrorCode::corrupt_data, fmt::format("{}: tensor '{}' is {} (expected f32, bf16 or f16 in host memory)",
+                                              source.directory(), name, dtype_name(view->dtype)));
+  DenseTensor t;
+  t.shape.assign(view->shape.begin(), view->shape.begin() + view->rank);
+  t.values.resize(size_t(view->numel()));
+  ref::convert_to_f32(view->data, *dtype, t.values.size(), t.values.data());
+  return t;
+}
+
+// Runs body(i) for i in [0, count) on all cores; the first exception wins.
+void parallel_for(size_t count, const std::function<void(size_t)>& body) {
+  const size_t workers = std::max<size_t>(1, std::min<size_t>(count, std::thread::hardware_concurrency()));
+  std::atomic<size_t> next{0};
+  std::mutex error_mutex;
+  std::exception_ptr error;
+  auto work = [&] {
+    for (size_t i; (i = next.fetch_add(1)) < count;) {
+      try {
+        body(i);
+      } catch (...) {
+        std::lock_guard lock(error_mutex);
+        if (!error) error = std::current_exception();
+        next = count;
+      }
+    }
+  };
+  std::vector<std::thread> threads;
+  for (size_t w = 1; w < workers; ++w) threads.emplace_back(work);
+  work();
+  for (auto& t : threads) t.join();
+  if (error) std::rethrow_exception(error);
+}
+
+// Progress from several threads, one call at a time.
+class Progress {
+ public:
+  Progress(QuantizeProgress* sink, std::string stage, int64_t total) : sink_(sink), stage_(std::move(stage)), total_(total) {
+    if (sink_) sink_->on_progress(stage_, 0, total_);
+  }
+  void step() {
+    std::lock_guard lock(mutex_);
+    ++done_;
+    if (sink_) sink_->on_progress(stage_, done_, total_);
+  }
+
+ private:
+  QuantizeProgress* sink_;
+  std::string stage_;
+  int64_t total_ = 0, done_ = 0;
+  std::mutex mutex_;
+};
+
+// Keeps every `stride`-th token of each group's input (the first linear of
+// the group speaks for all of them).
+class InputSampler final : public CalibrationObserver {
+ public:
+  struct Sampled {
+    size_t in_features = 0;
+    size_t seen = 0;          // tokens reported
+    std::vector<float> rows;  // [count, in_features]
+    size_t count() const { return in_features ? rows.size() / in_features : 0; }
+  };
+
+  InputSampler(const std::vector<LinearInputGroup>& groups, size_t stride) : stride_(stride), sampled_(groups.size()) {
+    for (size_t g = 0; g < groups.size(); ++g)
+      for (size_t i = 0; i < groups[g].linears.size(); ++i) where_[groups[g].linears[i].prefix] = {g, i};
+  }
+
+  void on_linear_input(std::string_view linear, const TensorView& x) noexcept override {
+    if (error_.is_ok()) error_ = guard([&] { record(linear, x); });
+  }
+
+  const Status& error() const { return error_; }
+  std::vector<Sampled>& sampled() { return sampled_; }
+
+ private:
+  void record(std::string_view linear, const TensorView& x) {
+    const auto found = where_.find(linear);
+    if (found == where_.end())
+      fail(ErrorCode::internal, fmt::format("the model reported the input of '{}', which none of its "
+                                            "linear_input_groups() lists",
+                                            linear));
+    if (x.rank != 2 || x.dtype != DType::f32 || x.device.kind != DeviceKind::cpu || x.strides[1] != 1 ||
+        x.strides[0] < x.shape[1])
+      fail(ErrorCode::internal, fmt::format("the model reported '{}' as {} rank {} (expected f32 rows in host memory)",
+                                            linear, dtype_name(x.dtype), x.rank));
+    Sampled& s = sampled_[found->second.first];
+    const size_t in = size_t(x.shape[1]), tokens = size_t(x.shape[0]);
+    if (s.in_features != 0 && s.in_features != in)
+      fail(ErrorCode::internal, fmt::format("the model reported '{}' with {} input channels, its group had {}", linear,
+                                            in, s.in_features));
+    s.in_features = in;
+    if (found->second.second != 0) return;  // the group's first linear already gave these rows
+    const float* data = x.as<const float>();
+    for (size_t t = 0; t < tokens; ++t)
+      if ((s.seen + t) % stride_ == 0) s.rows.insert(s.rows.end(), data + t * size_t(x.strides[0]), data + t * size_t(x.strides[0]) + in);
+    s.seen += tokens;
+  }
+
+  size_t stride_;
+  std::vector<Sampled> sampled_;
+  std::map<std::string, std::pair<size_t, size_t>, std::less<>> where_;
+  Status error_;
+};
+
+// At most `most` rows of the sample, evenly spaced.
+std::vector<float> every_kth_row(const InputSampler::Sampled& s, size_t most) {
+  const size_t count = s.count(), step = std::max<size_t>(1, (count + most - 1) / most);
+  std::vector<float> rows;
+  for (size_t t = 0; t < count; t += step)
+    rows.insert(rows.end(), s.rows.begin() + std::ptrdiff_t(t * s.in_features),
+                s.rows.begin() + std::ptrdiff_t((t + 1) * s.in_features));
+  return rows;
+}
+
+struct GroupResult {
+  bool scaled = false;
+  ref::AwqScaleSearch search;
+};
+
+struct LinearResult {
+  bool clipped = false;
+  double mean_shrink = 0.0;
+  double loss = 0.0, rtn_loss = 0.0;  // after the group's scales: clipped-and-rounded, plainly rounded
+  ref::AwqPackedLayer packed;
+};
+
+void check_job(const QuantizeJob& job) {
+  if (!job.source || !job.model || !job.output)
+    fail(ErrorCode::invalid_argument, "a quantize job needs a source checkpoint, a loaded model and an output");
+  if (job.bits != 4)
+    fail(ErrorCode::invalid_argument,
+         fmt::format("--w-bits {}: AutoAWQ's GEMM format holds 4-bit weights only (--w-bits 4)", job.bits));
+  if (job.group_size != 32 && job.group_size != 64 && job.group_size != 128)
+    fail(ErrorCode::invalid_argument, fmt::format("--w-group-size {}: expected 32, 64 or 128", job.group_size));
+  if (job.calibration.empty()) fail(ErrorCode::invalid_argument, "no calibration sequences were given");
+}
+
+// Every linear's weight and every producer, in f32, checked against the groups.
+std::map<std::string, DenseTensor> read_group_tensors(const WeightSource& source,
+                                                      const std::vector<LinearInputGroup>& groups, size_t group_size,
+                                                      std::vector<size_t>& in_features) {
+  std::map<std::string, DenseTensor> tensors;
+  in_features.assign(groups.size(), 0);
+  for (size_t g = 0; g < groups.size(); ++g) {
+    if (groups[g].linears.empty()) fail(ErrorCode::internal, "the model reported a linear input group with no linears");
+    for (const CalibratedLinear& linear : groups[g].linears) {
+      const std::string name = linear.prefix + ".weight";
+      if (tensors.count(name))
+        fail(ErrorCode::internal, fmt::format("the model lists '{}' in two linear input groups", linear.prefix));
+      DenseTensor t = read_dense(source, name);
+      if (t.shape.size() != 2 || t.shape[0] % 8 != 0 || t.shape[1] % int64_t(group_size) != 0)
+        fail(ErrorCode::invalid_argument,
+             fmt::format("{}: '{}' is [{}]: AWQ needs [out, in] with out a multiple of 8 and in a multiple of the "
+                         "group size {}",
+                         source.directory(), name, fmt::join(t.shape, ", "), group_size));
+      if (in_features[g] != 0 && size_t(t.shape[1]) != in_features[g])
+        fail(ErrorCode::internal, fmt::format("'{}' reads {} channels, the others of its group {}", name, t.shape[1],
+                                              in_features[g]));
+      in_features[g] = size_t(t.shape[1]);
+      tensors.emplace(name, std::move(t));
+    }
+  }
+  for (size_t g = 0; g < groups.size(); ++g)
+    for (const std::string& name : groups[g].producers) {
+      if (!tensors.count(name)) tensors.emplace(name, read_dense(source, name));
+      const DenseTensor& t = tensors.at(name);
+      if (t.shape.empty() || size_t(t.shape[0]) != in_features[g])
+        fail(ErrorCode::internal, fmt::format("producer '{}' has {} channels along dimension 0; its group reads {}",
+                                              name, t.shape.empty() ? 0 : t.shape[0], in_features[g]));
+    }
+  return tensors;
+}
+
+// A contiguous host view of a shape known only at run time.
+TensorView host_view(void* data, DType dtype, const std::vector<int64_t>& shape) {
+  if (shape.size() > kMaxTensorRank) fail(ErrorCode::unsupported, fmt::format("a tensor of rank {}", shape.size()));
+  TensorView v = TensorView::contiguous(data, dtype, {});
+  v.rank = uint8_t(shape.size());
+  int64_t stride = 1;
+  for (int r = int(shape.size()) - 1; r >= 0; --r) {
+    v.shape[size_t(r)] = shape[size_t(r)];
+    v.strides[size_t(r)] = stride;
+    stride *= shape[size_t(r)];
+  }
+  return v;
+}
+
+void write_f16(WeightSink& output, const std::string& name, const std::vector<int64_t>& shape, const float* values,
+               size_t count) {
+  std::vector<uint16_t> half(count);
+  for (size_t i = 0; i < count; ++i) {
+    if (std::isfinite(values[i]) && std::fabs(values[i]) > 65504.0f)
+      fail(ErrorCode::invalid_argument, fmt::format("tensor '{}' holds {} at element {}, beyond f16's range (AutoAWQ "
+                                                    "folders keep 16-bit tensors in f16)",
+                                                    name, values[i], i));
+    half[i] = ref::f32_to_f16(values[i]);
+  }
+  if (Status s = output.add_tensor(name, host_view(half.data(), DType::f16, shape)); !s) throw Error(s);
+}
+
+void write_packed(WeightSink& output, const std::string& prefix, ref::AwqPackedLayer& p) {
+  const auto in = int64_t(p.in_features), out = int64_t(p.out_features), groups = int64_t(p.in_features / p.group_size);
+  const auto add = [&](const char* suffix, void* data, DType dtype, std::vector<int64_t> shape) {
+    if (Status s = output.add_tensor(prefix + suffix, host_view(data, dtype, shape)); !s) throw Error(s);
+  };
+  add(".qweight", p.qweight.data(), DType::i32, {in, out / 8});
+  add(".qzeros", p.qzeros.data(), DType::i32, {groups, out / 8});
+  add(".scales", p.scales.data(), DType::f16, {groups, out});
+}
+
+std::string config_with_quantization(const WeightSource& source, int32_t group_size) {
+  ordered_json config = ordered_json::parse(source.config_json());
+  if (!config.is_object()) fail(ErrorCode::corrupt_data, source.directory() + "/config.json is not an object");
+  if (config.contains("quantization_config"))
+    fail(ErrorCode::invalid_argument,
+         fmt::format("{} is already quantized (config.json has quantization_config); auto_awq starts from 16- or "
+                     "32-bit weights",
+                     source.directory()));
+  config["quantization_config"] = {{"quant_method", "awq"}, {"bits", 4},         {"group_size", group_size},
+                                   {"zero_point", true},    {"version", "gemm"}, {"modules_to_not_convert", nullptr}};
+  config["torch_dtype"] = "float16";
+  return config.dump(2) + "\n";
+}
+
+void auto_awq(const QuantizeJob& job) {
+  check_job(job);
+  const WeightSource& source = *job.source;
+  const size_t group_size = size_t(job.group_size);
+  const std::vector<LinearInputGroup> groups = job.model->linear_input_groups();
+  if (groups.empty())
+    fail(ErrorCode::unsupported, "the model reports no linear input groups (Model::linear_input_groups), so AWQ "
+                                 "cannot tell what to scale");
+  const std::string config_text = config_with_quantization(source, job.group_size);  // refuses a quantized source first
+  std::vector<size_t> in_features;
+  std::map<std::string, DenseTensor> tensors = read_group_tensors(source, groups, group_size, in_features);
+
+  // 1. Calibration.
+  size_t total_tokens = 0;
+  for (const auto& sequence : job.calibration) total_tokens += sequence.size();
+  InputSampler sampler(groups, std::max<size_t>(1, (total_tokens + kSearchTokens - 1) / kSearchTokens));
+  {
+    Progress progress(job.progress, "calibrating", int64_t(job.calibration.size()));
+    for (const auto& sequence : job.calibration) {
+      if (Status s = job.model->observe_linear_inputs(sequence, sampler); !s)
+        fail(s.code(), "calibration: " + s.message());
+      if (!sampler.error().is_ok()) fail(sampler.error().code(), sampler.error().message());
+      progress.step();
+    }
+  }
+  std::vector<InputSampler::Sampled>& inputs = sampler.sampled();
+  for (size_t g = 0; g < groups.size(); ++g)
+    if (inputs[g].count() == 0 || inputs[g].in_features != in_features[g])
+      fail(ErrorCode::internal, fmt::format("calibration never reported a {}-channel input for '{}'", in_features[g],
+                                            groups[g].linears.front().prefix));
+
+  // 2. Scales, searched on the original weights, then folded.
+  std::vector<GroupResult> group_results(groups.size());
+  {
+    Progress progress(job.progress, "searching scales", int64_t(groups.size()));
+    parallel_for(groups.size(), [&](size_t g) {
+      if (!groups[g].producers.empty()) {
+        std::vector<ref::AwqLinearView> views;
+        for (const CalibratedLinear& linear : groups[g].linears) {
+          const DenseTensor& w = tensors.at(linear.prefix + ".weight");
+          views.push_back({w.values.data(), size_t(w.shape[0])});
+        }
+        group_results[g].scaled = true;
+        group_results[g].search = ref::awq_search_scales(views, in_features[g], inputs[g].rows.data(),
+                                                         inputs[g].count(), group_size);
+      }
+      progress.step();
+    });
+  }
+  for (size_t g = 0; g < groups.size(); ++g) {
+    if (!group_results[g].scaled) continue;
+    const std::vector<float>& s = group_results[g].search.scales;
+    const size_t in = in_features[g];
+    for (const CalibratedLinear& linear : groups[g].linears) {
+      std::vector<float>& w = tensors.at(linear.prefix + ".weight").values;
+      for (size_t o = 0; o < w.size() / in; ++o)
+        for (size_t i = 0; i < in; ++i) w[o * in + i] *= s[i];
+    }
+    for (const std::string& name : groups[g].producers) {
+      std::vector<float>& p = tensors.at(name).values;
+      const size_t slice = p.size() / in;
+      for (size_t c = 0; c < in; ++c)
+        for (size_t j = 0; j < slice; ++j) p[c * slice + j] /= s[c];
+    }
+    std::vector<float>& x = inputs[g].rows;
+    for (size_t t = 0; t < inputs[g].count(); ++t)
+      for (size_t i = 0; i < in; ++i) x[t * in + i] /= s[i];
+  }
+
+  // 3 and 4. Clipping and rounding, one linear at a time.
+  std::vector<std::pair<size_t, const CalibratedLinear*>> linears;
+  for (size_t g = 0; g < groups.size(); ++g)
+    for (const CalibratedLinear& linear : groups[g].linears) linears.push_back({g, &linear});
+  std::map<std::string, LinearResult> linear_results;
+  for (const auto& [g, linear] : linears) linear_results[linear->prefix];
+  {
+    Progress progress(job.progress, "clipping and rounding", int64_t(linears.size()));
+    parallel_for(linears.size(), [&](size_t k) {
+      const auto [g, linear] = linears[k];
+      const std::vector<float>& w = tensors.at(linear->prefix + ".weight").values;
+      const size_t in = in_features[g], out = w.size() / in;
+      LinearResult& r = linear_results.at(linear->prefix);
+      if (!linear->feeds_attention_logits) {
+        const std::vector<float> x = every_kth_row(inputs[g], kClipTokens);
+        ref::AwqClipSearch clip = ref::awq_search_clip(w.data(), out, in, x.data(), x.size() / in, group_size);
+        r.clipped = true;
+        r.loss = clip.loss;
+        r.rtn_loss = clip.rtn_loss;
+        double shrink = 0.0;
+        for (float v : clip.shrink) shrink += v;
+        r.mean_shrink = shrink / double(std::max<size_t>(clip.shrink.size(), 1));
+        r.packed = ref::awq_quantize_rtn_packed(clip.clipped.data(), out, in, group_size);
+      } else {
+        r.packed = ref::awq_quantize_rtn_packed(w.data(), out, in, group_size);
+      }
+      progress.step();
+    });
+  }
+
+  // Writing, in the source's order.
+  const std::vector<std::string> names = source.tensor_names();
+  {
+    Progress progress(job.progress, "writing", int64_t(names.size()));
+    for (const std::string& name : names) {
+      const bool is_weight = name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0;
+      const std::string prefix = is_weight ? name.substr(0, name.size() - 7) : std::string();
+      if (is_weight && linear_results.count(prefix)) {
+        write_packed(*job.output, prefix, linear_results.at(prefix).packed);
+      } else if (auto found = tensors.find(name); found != tensors.end()) {
+        write_f16(*job.output, name, found->second.shape, found->second.values.data(), found->second.values.size());
+      } else {
+        auto view = source.tensor(name);
+        if (!view) throw Error(view.status());
+        if (ref_dtype(view->dtype)) {
+          const DenseTensor t = read_dense(source, name);
+          write_f16(*job.output, name, t.shape, t.values.data(), t.values.size());
+        } else if (Status s = job.output->add_tensor(name, *view); !s) {
+          throw Error(s);
+        }
+      }
+      progress.step();
+    }
+  }
+  if (Status s = job.output->write_file("config.json", config_text); !s) throw Error(s);
+
+  // What the searches found, beside the weights.
+  ordered_json summary;
+  summary["group_size"] = job.group_size;
+  summary["calibration_sequences"] = job.calibration.size();
+  summary["calibration_tokens"] = total_tokens;
+  summary["search_tokens"] = inputs.front().count();
+  summary["clip_tokens"] = every_kth_row(inputs.front(), kClipTokens).size() / inputs.front().in_features;
+  summary["note"] = "loss: mean squared output error of the written layer on the sampled calibration inputs; "
+                    "rtn_loss: the same for plain round-to-nearest";
+  ordered_json group_rows = ordered_json::array();
+  for (size_t g = 0; g < groups.size(); ++g) {
+    if (!group_results[g].scaled) continue;
+    std::vector<std::string> prefixes;
+    for (const CalibratedLinear& linear : groups[g].linears) prefixes.push_back(linear.prefix);
+    const ref::AwqScaleSearch& s = group_results[g].search;
+    group_rows.push_back({{"linears", prefixes}, {"alpha", s.alpha}, {"loss", s.loss}, {"rtn_loss", s.rtn_loss}});
+  }
+  summary["scaled_groups"] = std::move(group_rows);
+  ordered_json linear_rows = ordered_json::array();
+  for (const auto& [g, linear] : linears) {
+    const LinearResult& r = linear_results.at(linear->prefix);
+    if (r.clipped)
+      linear_rows.push_back({{"linear", linear->prefix}, {"mean_shrink", r.mean_shrink}, {"loss", r.loss},
+                             {"rtn_loss", r.rtn_loss}});
+  }
+  summary["clipped_linears"] = std::move(linear_rows);
+  if (Status s = job.output->write_file("awq_search.json", summary.dump(2) + "\n"); !s) throw Error(s);
+}
+
+}  // namespace
+
+Status run_auto_awq(const QuantizeJob& job) noexcept {
+  return guard([&] { auto_awq(job); });
+}
+
+}  // namespace hostrun::awq

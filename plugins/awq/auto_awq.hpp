@@ -1,0 +1,36 @@
+// `hostrun lite auto_awq`'s work inside the awq plugin (Quantizer::quantize):
+// calibrate, search scales and clipping, round, write an AutoAWQ folder.
+//
+//  1. Calibration: every sequence runs through the model
+//     (Model::observe_linear_inputs); for each LinearInputGroup the input's
+//     rows are sampled evenly (every k-th token) up to kSearchTokens.
+//  2. Scales (groups with producers): ref::awq_search_scales on the sampled
+//     rows, over the group's linears together; the scales multiply the
+//     linears' columns and divide the producers' channels (a norm's weight,
+//     up_proj's rows before down_proj), and the sampled rows.
+//  3. Clipping (every linear that does not feed attention logits):
+//     ref::awq_search_clip on the scaled weights and kClipTokens of the
+//     scaled rows (AutoAWQ's n_sample_token: each (row, group) candidate is
+//     judged on its own partial products, which few tokens pin down).
+//  4. Round to nearest 4-bit in groups (ref::awq_quantize_rtn_packed), packed
+//     as AutoAWQ's GEMM format; every other floating tensor (embeddings,
+//     norms, the LM head) written as f16, as AutoAWQ writes them; config.json
+//     gains quantization_config and torch_dtype float16. A summary of the
+//     searches (alpha and output error against plain rounding per group and
+//     linear) goes beside it as awq_search.json.
+//
+// Steps 2 and 3 run on all cores. The weights are held in f32 for the whole
+// job (a model of N parameters needs 4N bytes of host memory, plus the
+// samples).
+#pragma once
+
+#include <hostrun/sdk.hpp>
+
+namespace hostrun::awq {
+
+inline constexpr size_t kSearchTokens = 4096;
+inline constexpr size_t kClipTokens = 512;
+
+Status run_auto_awq(const QuantizeJob& job) noexcept;
+
+}  // namespace hostrun::awq
