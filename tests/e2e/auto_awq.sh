@@ -37,11 +37,13 @@ grep -q '"quantization_config":{"quant_method":"awq","bits":4,"group_size":128,"
 grep -q '"torch_dtype":"float16"' "$out/config.flat" || { echo "torch_dtype is not float16"; exit 1; }
 # The safetensors header: packed linears, f16 for the rest.
 header=$(dd if="$out/awq/model.safetensors" bs=1 skip=8 count=200000 2>/dev/null | tr -d '\0')
-for pattern in '"model.layers.0.self_attn.q_proj.qweight":{"dtype":"I32","shape":\[256,64\]' \
-               '"model.layers.0.self_attn.q_proj.qzeros":{"dtype":"I32","shape":\[2,32\]' \
-               '"model.layers.0.self_attn.q_proj.scales":{"dtype":"F16","shape":\[2,256\]' \
-               '"model.layers.5.mlp.down_proj.qweight":{"dtype":"I32","shape":\[768,32\]' \
-               '"model.layers.0.input_layernorm.weight":{"dtype":"F16"' '"model.embed_tokens.weight":{"dtype":"F16"'; do
+entry() { printf '"%s":{"data_offsets":\\[[0-9]*,[0-9]*\\],"dtype":"%s","shape":\\[%s\\]' "$1" "$2" "$3"; }
+for pattern in "$(entry model.layers.0.self_attn.q_proj.qweight I32 256,32)" \
+               "$(entry model.layers.0.self_attn.q_proj.qzeros I32 2,32)" \
+               "$(entry model.layers.0.self_attn.q_proj.scales F16 2,256)" \
+               "$(entry model.layers.5.mlp.down_proj.qweight I32 768,32)" \
+               "$(entry model.layers.0.input_layernorm.weight F16 256)" \
+               "$(entry model.embed_tokens.weight F16 128256,256)"; do
   grep -q "$pattern" <<< "$header" || { echo "header lacks $pattern"; exit 1; }
 done
 if grep -q 'q_proj.weight"' <<< "$header"; then echo "a dense linear weight was written"; exit 1; fi
