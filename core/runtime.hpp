@@ -102,7 +102,6 @@ class Runtime {
   Model& model() noexcept { return *model_; }
   const Tokenizer& tokenizer() const noexcept { return *tokenizer_; }
   const checkpoint::ModelDirectory& weights() const noexcept;
-  const Device& device() const noexcept { return device_; }
   // The quantizer that reads `format` folders (quant_method, "awq") of this
   // model's architecture on this device: the [quantizer] of the built-in
   // manifest the table gives such a folder. The one that reads a format is

@@ -43,9 +43,13 @@ struct AutoAwqFlags {
   bool no_progress = false;
 };
 
-[[noreturn]] void refuse(int exit_code, const std::string& message) {
-  throw std::pair<int, std::string>(exit_code, message);
-}
+// Why the command stops, and its exit status (2: the flags, 1: the work).
+struct Refusal {
+  int exit_code = 1;
+  std::string message;
+};
+
+[[noreturn]] void refuse(int exit_code, const std::string& message) { throw Refusal{exit_code, message}; }
 
 // The calibration text: a named corpus hostrun installs, a .jsonl file (the
 // "text" of each line's object, one document a line) or any other file as
@@ -253,9 +257,9 @@ void add_lite_command(CLI::App& app, GlobalOptions& global) {
   cmd->callback([flags, &global] {
     try {
       run(*flags, global);
-    } catch (const std::pair<int, std::string>& refused) {
-      fmt::print(stderr, "hostrun lite auto_awq: {}\n", refused.second);
-      global.exit_code = refused.first;
+    } catch (const Refusal& refused) {
+      fmt::print(stderr, "hostrun lite auto_awq: {}\n", refused.message);
+      global.exit_code = refused.exit_code;
     } catch (const std::exception& e) {
       fmt::print(stderr, "hostrun lite auto_awq: {}\n", e.what());
       global.exit_code = 1;
