@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # `hostrun lite auto_awq` on the trained small model (CPU), calibrated on the
 # default corpus (--calib-dataset gutenberg, which the calib_corpus fixture
-# installs): the folder it writes is an AutoAWQ folder (quantization_config,
-# packed tensors, tokenizer files, f16 elsewhere) that the host runs with
-# llama3-cpu-awq; its perplexity on held-out dictionary text stays near the
-# 16-bit model's and is no worse than plain round-to-nearest of the same
-# weights; the search summary shows the scales and clipping did better than
-# rounding on the calibration inputs; an existing folder is kept without
-# --force and replaced with it; bad flags and sources are refused naming the
-# flag, before any model loads.
-#   auto_awq.sh HOSTRUN HOSTRUN_LLAMA_CHECKPOINT SMALL_MODEL_DIR TEXT
+# installs).
+#  folder (every build, sanitizers too; 128 calibration tokens): the folder it
+#    writes is an AutoAWQ folder (quantization_config, packed tensors,
+#    tokenizer files, f16 elsewhere); the search summary shows the scales and
+#    clipping did better than rounding on the calibration inputs; an existing
+#    folder is kept without --force and replaced with it; bad flags and
+#    sources are refused naming the flag.
+#  quality (Release only: three perplexity runs; 512 calibration tokens): the
+#    host runs the folder with llama3-cpu-awq, and its perplexity on held-out
+#    dictionary text stays near the 16-bit model's and is no worse than plain
+#    round-to-nearest of the same weights.
+#   auto_awq.sh folder|quality HOSTRUN HOSTRUN_LLAMA_CHECKPOINT SMALL_MODEL_DIR TEXT
 set -euo pipefail
-hostrun=$1 checkpoint=$2 model=$3 text_source=$4
+mode=$1 hostrun=$2 checkpoint=$3 model=$4 text_source=$5
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 head -c 6000 "$text_source" > "$out/text.txt"
@@ -23,9 +26,10 @@ expect_refusal() {  # expect_refusal PATTERN ARGS...: status 2 and PATTERN on st
   grep -q -- "$pattern" "$out/err" || { echo "unclear refusal of $* (wanted '$pattern'):"; cat "$out/err"; exit 1; }
 }
 
-lite "$model" --work-dir "$out/awq" --calib-samples 4 --calib-seqlen 128 > "$out/lite.txt"
+if [ "$mode" = quality ]; then samples=4 seqlen=128; else samples=2 seqlen=64; fi
+lite "$model" --work-dir "$out/awq" --calib-samples $samples --calib-seqlen $seqlen > "$out/lite.txt"
 cat "$out/lite.txt"
-grep -q "^wrote $out/awq: AWQ 4-bit, group 128, 4 calibration blocks of 128 tokens" "$out/lite.txt" ||
+grep -q "^wrote $out/awq: AWQ 4-bit, group 128, $samples calibration blocks of $seqlen tokens" "$out/lite.txt" ||
   { echo "no summary line"; exit 1; }
 for f in config.json model.safetensors tokenizer.json tokenizer_config.json generation_config.json awq_search.json; do
   [ -s "$out/awq/$f" ] || { echo "$f missing from the folder"; ls -la "$out/awq"; exit 1; }
@@ -62,8 +66,11 @@ print(f"scale search: {sum(g['loss'] for g in groups) / sum(g['rtn_loss'] for g 
       f"clipping: {sum(c['loss'] for c in clipped) / sum(c['rtn_loss'] for c in clipped):.3f}")
 PY
 
-# Quality on held-out text: near the 16-bit model, no worse than plain rounding.
+# Plain rounding of the same weights: the quality baseline, and a quantized source to refuse.
 "$checkpoint" rtn-awq "$model" "$out/rtn" --group-size 128 > /dev/null
+
+if [ "$mode" = quality ]; then
+# Quality on held-out text: near the 16-bit model, no worse than plain rounding.
 score() { "$hostrun" bench perplexity "$1" --device cpu --no-progress --text "$out/text.txt" --context 256 --output "$2" > /dev/null; }
 score "$model" "$out/bf16.json"
 score "$out/rtn" "$out/rtn.json"
@@ -73,6 +80,9 @@ b=$(num "$out/bf16.json" perplexity) r=$(num "$out/rtn.json" perplexity) a=$(num
 echo "perplexity: bf16 $b, round-to-nearest $r, auto_awq $a"
 awk -v a="$a" -v b="$b" 'BEGIN { exit !(a < 1.25 * b) }' || { echo "auto_awq is far from the 16-bit model"; exit 1; }
 awk -v a="$a" -v r="$r" 'BEGIN { exit !(a < 1.01 * r) }' || { echo "auto_awq is worse than plain rounding"; exit 1; }
+echo "auto_awq quality: ok"
+exit 0
+fi
 
 # An existing folder: kept without --force, replaced with it.
 expect_refusal "exists and is not empty; --force replaces it" "$model" --work-dir "$out/awq" --calib-samples 1 --calib-seqlen 64
@@ -89,4 +99,4 @@ expect_refusal 'line 2 is not a JSON object with a "text" string' "$model" --wor
 expect_refusal "--model-format hf: .* is a quantized folder" "$out/rtn" --work-dir "$out/x"
 expect_refusal "--calib-seqlen 4096: .* holds at most 2048 positions" "$model" --work-dir "$out/x" --calib-seqlen 4096
 [ ! -e "$out/x" ] || { echo "a refused run left $out/x"; exit 1; }
-echo "auto_awq: ok"
+echo "auto_awq folder: ok"
