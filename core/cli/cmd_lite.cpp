@@ -193,7 +193,9 @@ void run(const AutoAwqFlags& o, const GlobalOptions& global) {
   const std::optional<TokenId> bos = info.bos_id ? info.bos_id : r.tokenizer().special_tokens().bos;
   const auto blocks = calibration_blocks(text, r.tokenizer(), bos, o);
 
-  const fs::path out = fs::absolute(o.work_dir);
+  // "OUT/" names OUT: the staging folder goes beside it, never inside.
+  fs::path out = fs::absolute(o.work_dir).lexically_normal();
+  if (!out.has_filename()) out = out.parent_path();
   fs::create_directories(out.parent_path());
   std::string pattern = (out.parent_path() / ("." + out.filename().string() + ".partial-XXXXXX")).string();
   if (::mkdtemp(pattern.data()) == nullptr) refuse(1, fmt::format("cannot make a folder beside {}", out.string()));

@@ -86,7 +86,7 @@ fi
 
 # An existing folder: kept without --force, replaced with it.
 expect_refusal "exists and is not empty; --force replaces it" "$model" --work-dir "$out/awq" --calib-samples 1 --calib-seqlen 64
-lite "$model" --work-dir "$out/awq" --calib-samples 1 --calib-seqlen 64 --force > /dev/null
+lite "$model" --work-dir "$out/awq/" --calib-samples 1 --calib-seqlen 64 --force > /dev/null  # "OUT/" is OUT
 grep -q '"calibration_sequences": 1' "$out/awq/awq_search.json" || { echo "--force did not replace the folder"; exit 1; }
 
 # Refusals.
