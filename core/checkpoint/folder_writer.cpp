@@ -3,7 +3,6 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include <algorithm>
 #include <cstring>
 
 #include "checkpoint/detail.hpp"
@@ -40,7 +39,7 @@ Status FolderWriter::add_tensor(std::string_view name, const TensorView& tensor)
     const std::string where = directory_.string();
     if (finished_) fail(ErrorCode::invalid_argument, "{}: add_tensor({}) after finish()", where, quote_name(name));
     if (name.empty()) fail(ErrorCode::invalid_argument, "{}: add_tensor: an empty tensor name", where);
-    if (shard_of_.count(name) || std::any_of(pending_.begin(), pending_.end(), [&](const Pending& p) { return p.name == name; }))
+    if (shard_of_.count(name))
       fail(ErrorCode::invalid_argument, "{}: tensor {} written twice", where, quote_name(name));
     if (!detail::safetensors_dtype_name(tensor.dtype))
       fail(ErrorCode::invalid_argument, "{}: tensor {}: safetensors cannot hold {}", where, quote_name(name),
@@ -56,6 +55,7 @@ Status FolderWriter::add_tensor(std::string_view name, const TensorView& tensor)
     if (!p.bytes.empty()) std::memcpy(p.bytes.data(), tensor.data, p.bytes.size());
     // A shard holds at least one tensor; one larger than a shard gets its own.
     if (!pending_.empty() && pending_bytes_ + p.bytes.size() > shard_bytes_) if (Status s = flush_shard(); !s) throw Error(s);
+    shard_of_[p.name] = shards_.size();  // the shard the pending tensors go to
     pending_bytes_ += p.bytes.size();
     total_bytes_ += p.bytes.size();
     pending_.push_back(std::move(p));
@@ -69,7 +69,6 @@ Status FolderWriter::flush_shard() {
   data.reserve(pending_.size());
   for (const Pending& p : pending_) data.push_back({p.name, p.dtype, p.shape, p.bytes});
   if (Status s = write_safetensors(path, data, {{"format", "pt"}}); !s) return s;
-  for (const Pending& p : pending_) shard_of_[p.name] = shards_.size();
   shards_.push_back(path);
   pending_.clear();
   pending_bytes_ = 0;

@@ -60,7 +60,7 @@ class FolderWriter final : public WeightSink {
   uint64_t pending_bytes_ = 0;
   uint64_t total_bytes_ = 0;
   std::vector<std::filesystem::path> shards_;  // temporary names, in order
-  std::map<std::string, size_t, std::less<>> shard_of_;  // tensor -> index into shards_
+  std::map<std::string, size_t, std::less<>> shard_of_;  // every tensor added -> index into shards_ (pending: the next)
   bool finished_ = false;
 };
 

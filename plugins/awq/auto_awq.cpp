@@ -43,18 +43,22 @@ struct DenseTensor {
   std::vector<float> values;
 };
 
+DenseTensor dense_of(const WeightSource& source, const std::string& name, const TensorView& view) {
+  const auto dtype = ref_dtype(view.dtype);
+  if (!dtype || !view.is_contiguous() || view.device.kind != DeviceKind::cpu)
+    fail(ErrorCode::corrupt_data, fmt::format("{}: tensor '{}' is {} (expected f32, bf16 or f16 in host memory)",
+                                              source.directory(), name, dtype_name(view.dtype)));
+  DenseTensor t;
+  t.shape.assign(view.shape.begin(), view.shape.begin() + view.rank);
+  t.values.resize(size_t(view.numel()));
+  ref::convert_to_f32(view.data, *dtype, t.values.size(), t.values.data());
+  return t;
+}
+
 DenseTensor read_dense(const WeightSource& source, const std::string& name) {
   auto view = source.tensor(name);
   if (!view) throw Error(view.status());
-  const auto dtype = ref_dtype(view->dtype);
-  if (!dtype || !view->is_contiguous() || view->device.kind != DeviceKind::cpu)
-    fail(ErrorCode::corrupt_data, fmt::format("{}: tensor '{}' is {} (expected f32, bf16 or f16 in host memory)",
-                                              source.directory(), name, dtype_name(view->dtype)));
-  DenseTensor t;
-  t.shape.assign(view->shape.begin(), view->shape.begin() + view->rank);
-  t.values.resize(size_t(view->numel()));
-  ref::convert_to_f32(view->data, *dtype, t.values.size(), t.values.data());
-  return t;
+  return dense_of(source, name, view.value());
 }
 
 // Runs body(i) for i in [0, count) on all cores; the first exception wins.
@@ -387,7 +391,7 @@ void auto_awq(const QuantizeJob& job) {
         auto view = source.tensor(name);
         if (!view) throw Error(view.status());
         if (ref_dtype(view->dtype)) {
-          const DenseTensor t = read_dense(source, name);
+          const DenseTensor t = dense_of(source, name, view.value());
           write_f16(*job.output, name, t.shape, t.values.data(), t.values.size());
         } else if (Status s = job.output->add_tensor(name, *view); !s) {
           throw Error(s);
