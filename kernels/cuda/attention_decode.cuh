@@ -34,8 +34,9 @@ constexpr int decode_max_group = 16;
 // (int8) or a quarter (int4) of a 16-bit tile, so the same shared memory
 // keeps more of them in flight: 3 (int8) and 4 (int4) stages, 2 for 16-bit
 // tiles. Measured at 256 x 384 (int8): 168.5 us with 3 stages, 170.3 with 2,
-// before the changes that made the kernel 2x faster; it is bound by its
-// instructions, not by how many tiles are in flight (kernels/cuda/NOTES.md).
+// before the changes that made the kernel 2x faster; it is bound by the
+// latency of each warp's chain of dependent instructions a tile, not by how
+// many tiles are in flight (kernels/cuda/NOTES.md).
 template <int kKvBits>
 inline constexpr int decode_stages = kKvBits == 8 ? 3 : kKvBits == 4 ? 4 : 2;
 // CTAs an SM must hold (register budget): what the shared memory of the
@@ -65,9 +66,15 @@ constexpr int decode_kv_area_bytes() {
              : decode_merge_bytes<kHeadDim>();
 }
 
+// Quantized pages: per warp and q row, the row's (offset, sum) of
+// query_row_sums, kept in shared memory (registers are at their cap).
+template <int kKvBits>
+inline constexpr int decode_q_sums_bytes = kKvBits == 0 ? 0 : decode_threads / 32 * decode_max_group * 8;
+
 template <typename T, int kHeadDim, int kKvBits>
 constexpr int decode_smem_bytes() {
-  return decode_max_group * smem_row<kHeadDim> * 2 + decode_kv_area_bytes<T, kHeadDim, kKvBits>();
+  return decode_max_group * smem_row<kHeadDim> * 2 + decode_kv_area_bytes<T, kHeadDim, kKvBits>() +
+         decode_q_sums_bytes<kKvBits>;
 }
 
 // ---- quantized pages: codes straight into mma fragments ------------------
@@ -113,32 +120,60 @@ __device__ __forceinline__ void load_code_words(const unsigned char* p, std::uin
   }
 }
 
-// Codes i and i + 1 (i even) of a run, dequantized as an f16 pair: the code
-// goes into the mantissa of 1024 (exact), 1024 is subtracted (exact), then
-// one HFMA2 with (scale, zero): each value is the exact q * scale + zero
-// rounded once to f16 (11 significant bits), which the f16 mma below takes
-// as it is. About 1.5 instructions a value (int8) or 2 (int4), against 3.5
-// for dequantize_kv's f32 FMA and a 16-bit pack.
+// The codes themselves are the mma operands. A row's values are x = c s +
+// z (codes c, one (scale s, zero z) a token), and both products let the
+// parameters out of the sums over codes:
+//   S[h, j] = sum_d q[h, d] (c[j, d] s_j + z_j) = s_j sum_d q c + z_j sum_d q
+//   O[h, d] = sum_j p[h, j] (c[j, d] s_j + z_j) = sum_j (p s_j) c + sum_j p z_j
+// so each parameter is applied once a token instead of once a value. A code
+// enters a fragment register as the f16 number 1024 + c (put into 1024's
+// mantissa: exact; one PRMT for an int8 pair, a PRMT and a LOP3 for an int4
+// pair, ~0.75 for a V pair, which B wants across two rows); the 1024s come
+// out again through the same mma against a fragment of constants, on the
+// same f16-rounded q and p s_j, so their rounding cancels. int4 pairs share
+// a byte and the high nibble lands as 1024 + 16 c: K feeds q / 16 for those
+// dims (exact), V divides those output dims by 16 at the end. p s_j goes in
+// relative to the largest V scale the warp has seen (r, rescaled with the
+// softmax), so it stays in [0, 1] where f16 is precise. Dequantizing each
+// value instead took 10% more instructions (int4) and as long
+// (kernels/cuda/NOTES.md: the kernel waits on latency, not on issue).
+inline constexpr std::uint32_t half_magic_pair = 0x64006400u;  // (1024, 1024) as f16
+inline constexpr std::uint32_t half_one_pair = 0x3C003C00u;    // (1, 1)
+
+// Codes i, i + 1 (i even) of one row's run as (1024 + c_i, 1024 + m c_i+1),
+// m = 1 (int8) or 16 (int4).
 template <int kKvBits, int kWords>
-__device__ __forceinline__ __half2 dequantize_pair_f16(const std::uint32_t (&w)[kWords], int i, __half2 scale,
-                                                       __half2 zero) {
+__device__ __forceinline__ std::uint32_t code_pair(const std::uint32_t (&w)[kWords], int i) {
   constexpr int per_word = 32 / kKvBits;
   const std::uint32_t word = w[i / per_word];
   const int at = i % per_word;
-  std::uint32_t magic;
   if constexpr (kKvBits == 8) {
-    // bytes [b_at, 0x64, b_at+1, 0x64]: halves 1024 + q_at, 1024 + q_at+1
-    magic = __byte_perm(word, 0x64646464u, 0x4040u | static_cast<unsigned>(at) | static_cast<unsigned>(at + 1) << 8);
+    // bytes [b_at, 0x64, b_at+1, 0x64]
+    return __byte_perm(word, 0x64646464u, 0x4040u | static_cast<unsigned>(at) | static_cast<unsigned>(at + 1) << 8);
   } else {
-    // byte at/2 twice, then its low nibble into half 0 and its high one
-    // into half 1 (as 16 q): 1024 + q_at, 1024 + 16 q_at+1
+    // byte at/2 into bytes 0 and 2; its low nibble stays in half 0, its high one in half 1 (as 16 c)
     const unsigned b = static_cast<unsigned>(at / 2);
-    magic = (__byte_perm(word, 0u, 0x4040u | b | b << 8) & 0x00F0000Fu) | 0x64006400u;
-    scale = __halves2half2(__low2half(scale), __hmul(__low2half(scale), __float2half_rn(0.0625f)));
+    return (__byte_perm(word, 0u, 0x4040u | b | b << 8) & 0x00F0000Fu) | half_magic_pair;
   }
-  __half2 q;
-  std::memcpy(&q, &magic, 4);
-  return __hfma2(__hsub2(q, __float2half2_rn(1024.0f)), scale, zero);
+}
+
+// One code word of each of two rows -> for dims d, d + 1 of those the word
+// covers (d even), the registers (1024 + c_row0, 1024 + m c_row1) (m = 16
+// for int4's odd dims).
+template <int kKvBits>
+__device__ __forceinline__ void code_columns(std::uint32_t w0, std::uint32_t w1, int d, std::uint32_t (&out)[2]) {
+  if constexpr (kKvBits == 8) {
+    // bytes d, d + 1 of both rows: r0.b_d r1.b_d r0.b_d+1 r1.b_d+1, then each dim's pair beside 0x64s
+    const std::uint32_t both = __byte_perm(w0, w1, d == 0 ? 0x5140u : 0x7362u);
+    out[0] = __byte_perm(both, 0x64646464u, 0x4140u);
+    out[1] = __byte_perm(both, 0x64646464u, 0x4342u);
+  } else {
+    // byte d/2 of each row: its low nibbles are dim d, its high ones dim d + 1
+    const unsigned k = static_cast<unsigned>(d / 2);
+    const std::uint32_t both = __byte_perm(w0, w1, k | k << 4 | (4 + k) << 8 | (4 + k) << 12);
+    out[0] = (both & 0x000F000Fu) | half_magic_pair;
+    out[1] = (both & 0x00F000F0u) | half_magic_pair;
+  }
 }
 
 __device__ __forceinline__ std::uint32_t half2_bits(__half2 h) {
@@ -147,34 +182,29 @@ __device__ __forceinline__ std::uint32_t half2_bits(__half2 h) {
   return bits;
 }
 
-// (scale, zero) word -> the two f16 pairs dequantize_pair_f16 takes.
-__device__ __forceinline__ void unpack_kv_params_f16(std::uint32_t word, __half2& scale, __half2& zero) {
-  __half2 both;
-  std::memcpy(&both, &word, 4);
-  scale = __low2half2(both);
-  zero = __high2half2(both);
-}
-
 // Q's A fragments in the permuted k order, as f16 (the mma over quantized
 // pages runs in f16): k-step 2g + h (h = 0, 1) holds dims c * D/4 + 8g + 4h
 // + {0, 1} (columns 2c, 2c + 1) and + {2, 3} (columns 2c + 8, 2c + 9), rows
 // lane / 4 and lane / 4 + 8. bf16 queries are rounded to f16 here, once per
-// CTA (saturated at +-65504, far beyond any query a model produces).
-template <typename T, int kHeadDim>
+// CTA (saturated at +-65504, far beyond any query a model produces); for
+// int4 the odd dims are divided by 16 (their codes arrive as 16 c).
+template <typename T, int kHeadDim, int kKvBits>
 __device__ __forceinline__ void load_q_fragments_permuted(std::uint32_t (&q_frag)[kHeadDim / 16][4], const T* q_tile,
                                                            int lane) {
   constexpr int ROW = smem_row<kHeadDim>;
   const int c = lane % 4, row = lane / 4;
   const auto to_f16 = [](std::uint32_t pair) -> std::uint32_t {
+    __half2 h;
     if constexpr (std::is_same_v<T, __half>) {
-      return pair;
+      std::memcpy(&h, &pair, 4);
     } else {
       __nv_bfloat162 b;
       std::memcpy(&b, &pair, 4);
       const float2 f = __bfloat1622float2(b);
-      return half2_bits(__floats2half2_rn(fminf(fmaxf(f.x, -65504.0f), 65504.0f),
-                                          fminf(fmaxf(f.y, -65504.0f), 65504.0f)));
+      h = __floats2half2_rn(fminf(fmaxf(f.x, -65504.0f), 65504.0f), fminf(fmaxf(f.y, -65504.0f), 65504.0f));
     }
+    if constexpr (kKvBits == 4) h = __hmul2(h, __halves2half2(__float2half_rn(1.0f), __float2half_rn(0.0625f)));
+    return half2_bits(h);
   };
 #pragma unroll
   for (int g = 0; g < kHeadDim / 32; ++g) {
@@ -191,11 +221,33 @@ __device__ __forceinline__ void load_q_fragments_permuted(std::uint32_t (&q_frag
   }
 }
 
-// s[nt] += Q K^T over the warp's 16 staged key rows (n-tile nt: rows 8nt ..).
+// What the scores need of Q besides its fragments, per q row: the 1024s its
+// codes carry (sum_d q' 1024 over the f16 fragments) and its sum (sum_d q,
+// for the zero points), as float2 (offset, sum) into the warp's `row_sums`
+// [16] (lanes of quad column 0 write rows lane / 4 and + 8).
+template <int kHeadDim, int kKvBits>
+__device__ __forceinline__ void store_query_row_sums(const std::uint32_t (&q_frag)[kHeadDim / 16][4],
+                                                     float2* row_sums, int lane) {
+  constexpr std::uint32_t multiples = kKvBits == 4 ? 0x4C003C00u : half_one_pair;  // (1, 16) undoes q / 16
+  float offset[4] = {0.0f, 0.0f, 0.0f, 0.0f}, sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+  for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+    mma_16816<__half>(offset, q_frag[kk], half_magic_pair, half_magic_pair);
+    mma_16816<__half>(sum, q_frag[kk], multiples, multiples);
+  }
+  if (lane % 4 == 0) {
+    row_sums[lane / 4] = make_float2(offset[0], sum[0]);
+    row_sums[lane / 4 + 8] = make_float2(offset[2], sum[2]);
+  }
+  __syncwarp();
+}
+
+// s[nt] = Q K^T over the warp's 16 staged key rows (n-tile nt: rows 8nt ..):
+// the codes' sums, then each key's (scale, zero) applied.
 template <int kHeadDim, int kKvBits, int kPitch>
 __device__ __forceinline__ void quantized_scores(float (&s)[2][4], const std::uint32_t (&q_frag)[kHeadDim / 16][4],
-                                                 const unsigned char* k_codes, const std::uint32_t* k_params,
-                                                 int lane) {
+                                                 const float2* row_sums, const unsigned char* k_codes,
+                                                 const std::uint32_t* k_params, int lane) {
   constexpr int run_bytes = kHeadDim / 4 * kKvBits / 8;  // a quad thread's codes of one row
   const int c = lane % 4;
 #pragma unroll
@@ -203,51 +255,62 @@ __device__ __forceinline__ void quantized_scores(float (&s)[2][4], const std::ui
     const int row = nt * 8 + lane / 4;
     std::uint32_t w[run_bytes / 4];
     load_code_words<run_bytes>(k_codes + row * kPitch + c * run_bytes, w);
-    __half2 scale, zero;
-    unpack_kv_params_f16(k_params[row], scale, zero);
 #pragma unroll
     for (int kk = 0; kk < kHeadDim / 16; ++kk) {
       // k-step kk = 2g + h: dims 8g + 4h + {0,1} and + {2,3} of the run
       const int first = 8 * (kk / 2) + 4 * (kk % 2);
-      mma_16816<__half>(s[nt], q_frag[kk], half2_bits(dequantize_pair_f16<kKvBits>(w, first, scale, zero)),
-                        half2_bits(dequantize_pair_f16<kKvBits>(w, first + 2, scale, zero)));
+      mma_16816<__half>(s[nt], q_frag[kk], code_pair<kKvBits>(w, first), code_pair<kKvBits>(w, first + 2));
     }
   }
+  // C: rows lane / 4 (e < 2) and + 8, columns (keys) 8 nt + 2c + e % 2
+  const float2 lo = row_sums[lane / 4], hi = row_sums[lane / 4 + 8];
+#pragma unroll
+  for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const float2 key = unpack_kv_params(k_params[nt * 8 + 2 * c + e]);
+      s[nt][e] = fmaf(key.x, s[nt][e] - lo.x, key.y * lo.y);
+      s[nt][e + 2] = fmaf(key.x, s[nt][e + 2] - hi.x, key.y * hi.y);
+    }
 }
 
-// o += P V over the warp's 16 staged value rows; `a` is P's A fragment (f16).
-// The run is taken 8 bytes at a time (fewer live registers: the kernel is
-// latency-bound and wants 4 CTAs an SM).
+// The V side's state beyond O: O and `ones` (sum_j p' for the 1024s of the
+// lane's rows lane / 4 and + 8) count in units of r, the largest V scale
+// seen; `zero` is sum_j p z_j over the lane's keys, absolute.
+struct QuantizedValueState {
+  float r = 0.0f;
+  float ones_lo = 0.0f, ones_hi = 0.0f;
+  float zero_lo = 0.0f, zero_hi = 0.0f;
+};
+
+// o += P V over the warp's 16 staged value rows (a: P' = p s_j / r, f16).
+// The run is taken 8 bytes at a time (fewer live registers).
 template <int kHeadDim, int kKvBits, int kPitch>
 __device__ __forceinline__ void quantized_values(float (&o)[kHeadDim / 8][4], const std::uint32_t (&a)[4],
-                                                 const unsigned char* v_codes, const std::uint32_t* v_params,
-                                                 int lane) {
+                                                 const unsigned char* v_codes, int lane) {
   constexpr int run_bytes = kHeadDim / 8 * kKvBits / 8;  // a thread's codes of one row
   constexpr int piece_bytes = run_bytes < 8 ? run_bytes : 8;
-  constexpr int piece_dims = piece_bytes * 8 / kKvBits;
+  constexpr int piece_words = piece_bytes / 4;
+  constexpr int per_word = 32 / kKvBits;
   const int c = lane % 4, n = lane / 4;
-  // B rows (k) 2c, 2c + 1 (b0) and 2c + 8, 2c + 9 (b1): the positions of P's columns.
+  // B rows (k) 2c, 2c + 1 (b0) and 2c + 8, 2c + 9 (b1): the keys of P's columns.
   const int rows[4] = {2 * c, 2 * c + 1, 2 * c + 8, 2 * c + 9};
-  __half2 scale[4], zero[4];
-#pragma unroll
-  for (int r = 0; r < 4; ++r) unpack_kv_params_f16(v_params[rows[r]], scale[r], zero[r]);
 #pragma unroll
   for (int piece = 0; piece < run_bytes / piece_bytes; ++piece) {
-    std::uint32_t w[4][piece_bytes / 4];
+    std::uint32_t w[4][piece_words];
 #pragma unroll
     for (int r = 0; r < 4; ++r)
       load_code_words<piece_bytes>(v_codes + rows[r] * kPitch + n * run_bytes + piece * piece_bytes, w[r]);
 #pragma unroll
-    for (int i = 0; i < piece_dims; i += 2) {
-      // Each row's pair (dims i, i + 1); B wants each dim's pair of rows.
-      const __half2 r0 = dequantize_pair_f16<kKvBits>(w[0], i, scale[0], zero[0]);
-      const __half2 r1 = dequantize_pair_f16<kKvBits>(w[1], i, scale[1], zero[1]);
-      const __half2 r2 = dequantize_pair_f16<kKvBits>(w[2], i, scale[2], zero[2]);
-      const __half2 r3 = dequantize_pair_f16<kKvBits>(w[3], i, scale[3], zero[3]);
-      mma_16816<__half>(o[piece * piece_dims + i], a, half2_bits(__lows2half2(r0, r1)),
-                        half2_bits(__lows2half2(r2, r3)));
-      mma_16816<__half>(o[piece * piece_dims + i + 1], a, half2_bits(__highs2half2(r0, r1)),
-                        half2_bits(__highs2half2(r2, r3)));
+    for (int i = 0; i < piece_words; ++i) {
+#pragma unroll
+      for (int d = 0; d < per_word; d += 2) {  // two dims at a time: fewer live registers
+        std::uint32_t b0[2], b1[2];
+        code_columns<kKvBits>(w[0][i], w[1][i], d, b0);
+        code_columns<kKvBits>(w[2][i], w[3][i], d, b1);
+        mma_16816<__half>(o[(piece * piece_words + i) * per_word + d], a, b0[0], b1[0]);
+        mma_16816<__half>(o[(piece * piece_words + i) * per_word + d + 1], a, b0[1], b1[1]);
+      }
     }
   }
 }
@@ -264,6 +327,9 @@ __global__ void __launch_bounds__(decode_threads, decode_min_ctas<kKvBits>) deco
   T* q_tile = reinterpret_cast<T*>(smem);  // [16][ROW]
   using Tiles = DecodeTiles<T, kHeadDim, kKvBits>;
   const Tiles tiles{reinterpret_cast<unsigned char*>(q_tile + decode_max_group * ROW)};
+  [[maybe_unused]] float2* q_row_sums =  // this warp's [16] of decode_q_sums_bytes, after the K/V area
+      reinterpret_cast<float2*>(smem + decode_max_group * ROW * 2 + decode_kv_area_bytes<T, kHeadDim, kKvBits>()) +
+      (threadIdx.x / 32) * decode_max_group;
 
   const int split = blockIdx.x;
   const int kv_head = blockIdx.y;
@@ -310,16 +376,20 @@ __global__ void __launch_bounds__(decode_threads, decode_min_ctas<kKvBits>) deco
 #pragma unroll
   for (int d = 0; d < DTILES; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
   float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;
+  [[maybe_unused]] QuantizedValueState v_state;
 
   for (int n = 0; n < num_tiles; ++n) {
     const int buffer = n % STAGES;
+    // Tile n has landed (groups 0..n of the S - 1 + n committed) and, after
+    // the barrier, every warp is done with tile n - 1, whose buffer is
+    // refilled next: one barrier a tile.
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
     if (n + STAGES - 1 < num_tiles) {
       tiles.issue((n + STAGES - 1) % STAGES, p, block_table, kv_head, begin + (n + STAGES - 1) * BN, end, next_rows);
       if (n + STAGES < num_tiles) next_rows = tile_rows<BN>(p, block_table, begin + (n + STAGES) * BN);
     }
     cp_async_commit();  // empty groups near the end keep the wait uniform
-    cp_async_wait<STAGES - 1>();
-    __syncthreads();
     if (n == 0) {
       if constexpr (kKvBits == 0) {
 #pragma unroll
@@ -327,7 +397,8 @@ __global__ void __launch_bounds__(decode_threads, decode_min_ctas<kKvBits>) deco
           ldmatrix_x4(q_frag[kk], q_tile + (lane % 16) * ROW + kk * 16 + (lane / 16) * 8);
         }
       } else {
-        load_q_fragments_permuted<T, kHeadDim>(q_frag, q_tile, lane);
+        load_q_fragments_permuted<T, kHeadDim, kKvBits>(q_frag, q_tile, lane);
+        store_query_row_sums<kHeadDim, kKvBits>(q_frag, q_row_sums, lane);
       }
     }
     const int key0 = begin + n * BN + warp * 16;  // this warp's 16 positions
@@ -349,7 +420,8 @@ __global__ void __launch_bounds__(decode_threads, decode_min_ctas<kKvBits>) deco
       }
     } else {
       quantized_scores<kHeadDim, kKvBits, Tiles::kStagePitch>(
-          s, q_frag, tiles.k_codes(buffer) + warp * 16 * Tiles::kStagePitch, tiles.k_params(buffer) + warp * 16, lane);
+          s, q_frag, q_row_sums, tiles.k_codes(buffer) + warp * 16 * Tiles::kStagePitch,
+          tiles.k_params(buffer) + warp * 16, lane);
     }
     float tile_max_lo = m_lo, tile_max_hi = m_hi;
 #pragma unroll
@@ -386,12 +458,41 @@ __global__ void __launch_bounds__(decode_threads, decode_min_ctas<kKvBits>) deco
     }
     l_lo = l_lo * alpha_lo + sum_lo;
     l_hi = l_hi * alpha_hi + sum_hi;
+    float o_alpha_lo = alpha_lo, o_alpha_hi = alpha_hi;
+    // (scale, zero) of the keys of P's columns 2c, 2c + 1, 2c + 8, 2c + 9, and p s_j / r for them
+    [[maybe_unused]] float2 v_key[4];
+    [[maybe_unused]] float v_ratio[4];
+    if constexpr (kKvBits != 0) {
+      const std::uint32_t* v_params = tiles.v_params(buffer) + warp * 16;
+      const int c = lane % 4;
+      v_key[0] = unpack_kv_params(v_params[2 * c]);
+      v_key[1] = unpack_kv_params(v_params[2 * c + 1]);
+      v_key[2] = unpack_kv_params(v_params[2 * c + 8]);
+      v_key[3] = unpack_kv_params(v_params[2 * c + 9]);
+      float tile_r = fmaxf(fmaxf(v_key[0].x, v_key[1].x), fmaxf(v_key[2].x, v_key[3].x));
+      tile_r = fmaxf(tile_r, __shfl_xor_sync(0xffffffffu, tile_r, 1));
+      tile_r = fmaxf(tile_r, __shfl_xor_sync(0xffffffffu, tile_r, 2));
+      const float r = fmaxf(v_state.r, tile_r);
+      const float rescale = r > 0.0f ? v_state.r / r : 1.0f;  // O and ones to units of the new r
+      const float inverse = r > 0.0f ? 1.0f / r : 0.0f;
+      v_state.r = r;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) v_ratio[j] = v_key[j].x * inverse;
+      o_alpha_lo *= rescale;
+      o_alpha_hi *= rescale;
+      v_state.ones_lo *= o_alpha_lo;
+      v_state.ones_hi *= o_alpha_hi;
+      v_state.zero_lo = v_state.zero_lo * alpha_lo + s[0][0] * v_key[0].y + s[0][1] * v_key[1].y +
+                        s[1][0] * v_key[2].y + s[1][1] * v_key[3].y;
+      v_state.zero_hi = v_state.zero_hi * alpha_hi + s[0][2] * v_key[0].y + s[0][3] * v_key[1].y +
+                        s[1][2] * v_key[2].y + s[1][3] * v_key[3].y;
+    }
 #pragma unroll
     for (int d = 0; d < DTILES; ++d) {
-      o[d][0] *= alpha_lo;
-      o[d][1] *= alpha_lo;
-      o[d][2] *= alpha_hi;
-      o[d][3] *= alpha_hi;
+      o[d][0] *= o_alpha_lo;
+      o[d][1] *= o_alpha_lo;
+      o[d][2] *= o_alpha_hi;
+      o[d][3] *= o_alpha_hi;
     }
     if constexpr (kKvBits == 0) {
       // P re-packed from the S accumulators: the A operand, register for register.
@@ -406,19 +507,40 @@ __global__ void __launch_bounds__(decode_threads, decode_min_ctas<kKvBits>) deco
         mma_16816<T>(o[d + 1], a, b[2], b[3]);
       }
     } else {
-      const std::uint32_t a[4] = {pack2<__half>(s[0][0], s[0][1]), pack2<__half>(s[0][2], s[0][3]),
-                                  pack2<__half>(s[1][0], s[1][1]), pack2<__half>(s[1][2], s[1][3])};
+      const std::uint32_t a[4] = {pack2<__half>(s[0][0] * v_ratio[0], s[0][1] * v_ratio[1]),
+                                  pack2<__half>(s[0][2] * v_ratio[0], s[0][3] * v_ratio[1]),
+                                  pack2<__half>(s[1][0] * v_ratio[2], s[1][1] * v_ratio[3]),
+                                  pack2<__half>(s[1][2] * v_ratio[2], s[1][3] * v_ratio[3])};
+      float ones[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      mma_16816<__half>(ones, a, half_one_pair, half_one_pair);
+      v_state.ones_lo += ones[0];
+      v_state.ones_hi += ones[2];
       quantized_values<kHeadDim, kKvBits, Tiles::kStagePitch>(
-          o, a, tiles.v_codes(buffer) + warp * 16 * Tiles::kStagePitch, tiles.v_params(buffer) + warp * 16, lane);
+          o, a, tiles.v_codes(buffer) + warp * 16 * Tiles::kStagePitch, lane);
     }
-    __syncthreads();
   }
   cp_async_wait<0>();  // nothing may still land in the buffers reused below
+  __syncthreads();     // and every warp is done with the last tile
 
   l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
   l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
   l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
   l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
+  if constexpr (kKvBits != 0) {  // O back to absolute units: r (o - 1024 ones) / m + sum_j p z_j
+    v_state.zero_lo += __shfl_xor_sync(0xffffffffu, v_state.zero_lo, 1);
+    v_state.zero_lo += __shfl_xor_sync(0xffffffffu, v_state.zero_lo, 2);
+    v_state.zero_hi += __shfl_xor_sync(0xffffffffu, v_state.zero_hi, 1);
+    v_state.zero_hi += __shfl_xor_sync(0xffffffffu, v_state.zero_hi, 2);
+    const float offset_lo = 1024.0f * v_state.ones_lo, offset_hi = 1024.0f * v_state.ones_hi;
+#pragma unroll
+    for (int d = 0; d < DTILES; ++d) {
+      const float r = kKvBits == 4 && d % 2 == 1 ? v_state.r * 0.0625f : v_state.r;  // int4's odd dims came as 16 c
+      o[d][0] = fmaf(r, o[d][0] - offset_lo, v_state.zero_lo);
+      o[d][1] = fmaf(r, o[d][1] - offset_lo, v_state.zero_lo);
+      o[d][2] = fmaf(r, o[d][2] - offset_hi, v_state.zero_hi);
+      o[d][3] = fmaf(r, o[d][3] - offset_hi, v_state.zero_hi);
+    }
+  }
 
   // Merge the four warps' states (rows >= group are padding: skipped).
   constexpr int MROW = decode_merge_row<kHeadDim>;
