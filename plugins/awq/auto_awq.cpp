@@ -1,4 +1,5 @@
 #include "auto_awq.hpp"
+#include "chunks.hpp"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -12,6 +13,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -190,39 +192,70 @@ void check_job(const QuantizeJob& job) {
   if (job.calibration.empty()) fail(ErrorCode::invalid_argument, "no calibration sequences were given");
 }
 
-// Every linear's weight and every producer, in f32, checked against the groups.
-std::map<std::string, DenseTensor> read_group_tensors(const WeightSource& source,
-                                                      const std::vector<LinearInputGroup>& groups, size_t group_size,
-                                                      std::vector<size_t>& in_features) {
-  std::map<std::string, DenseTensor> tensors;
-  in_features.assign(groups.size(), 0);
+// The shape of a checkpoint tensor, read from its header (no data).
+std::vector<int64_t> shape_of(const WeightSource& source, const std::string& name) {
+  auto view = source.tensor(name);
+  if (!view) throw Error(view.status());
+  return {view->shape.begin(), view->shape.begin() + view->rank};
+}
+
+// Each group's input channels and the f32 bytes of the tensors it lists,
+// after checking every linear and producer against the groups (before
+// calibration, which is the long part).
+struct GroupShapes {
+  std::vector<size_t> in_features;
+  std::vector<uint64_t> f32_bytes;
+};
+int64_t numel_of(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+GroupShapes check_groups(const WeightSource& source, const std::vector<LinearInputGroup>& groups, size_t group_size) {
+  std::vector<size_t> in_features(groups.size(), 0);
+  std::vector<uint64_t> f32_bytes(groups.size(), 0);
+  std::map<std::string, size_t> listed;  // linear prefix -> its group
   for (size_t g = 0; g < groups.size(); ++g) {
     if (groups[g].linears.empty()) fail(ErrorCode::internal, "the model reported a linear input group with no linears");
     for (const CalibratedLinear& linear : groups[g].linears) {
       const std::string name = linear.prefix + ".weight";
-      if (tensors.count(name))
+      if (!listed.emplace(linear.prefix, g).second)
         fail(ErrorCode::internal, fmt::format("the model lists '{}' in two linear input groups", linear.prefix));
-      DenseTensor t = read_dense(source, name);
-      if (t.shape.size() != 2 || t.shape[0] % 8 != 0 || t.shape[1] % int64_t(group_size) != 0)
+      const std::vector<int64_t> shape = shape_of(source, name);
+      if (shape.size() != 2 || shape[0] % 8 != 0 || shape[1] % int64_t(group_size) != 0)
         fail(ErrorCode::invalid_argument,
              fmt::format("{}: '{}' is [{}]: AWQ needs [out, in] with out a multiple of 8 and in a multiple of the "
                          "group size {}",
-                         source.directory(), name, fmt::join(t.shape, ", "), group_size));
-      if (in_features[g] != 0 && size_t(t.shape[1]) != in_features[g])
-        fail(ErrorCode::internal, fmt::format("'{}' reads {} channels, the others of its group {}", name, t.shape[1],
-                                              in_features[g]));
-      in_features[g] = size_t(t.shape[1]);
-      tensors.emplace(name, std::move(t));
+                         source.directory(), name, fmt::join(shape, ", "), group_size));
+      if (in_features[g] != 0 && size_t(shape[1]) != in_features[g])
+        fail(ErrorCode::internal,
+             fmt::format("'{}' reads {} channels, the others of its group {}", name, shape[1], in_features[g]));
+      in_features[g] = size_t(shape[1]);
+      f32_bytes[g] += 4 * uint64_t(numel_of(shape));
     }
   }
   for (size_t g = 0; g < groups.size(); ++g)
     for (const std::string& name : groups[g].producers) {
-      if (!tensors.count(name)) tensors.emplace(name, read_dense(source, name));
-      const DenseTensor& t = tensors.at(name);
-      if (t.shape.empty() || size_t(t.shape[0]) != in_features[g])
+      const std::vector<int64_t> shape = shape_of(source, name);
+      if (shape.empty() || size_t(shape[0]) != in_features[g])
         fail(ErrorCode::internal, fmt::format("producer '{}' has {} channels along dimension 0; its group reads {}",
-                                              name, t.shape.empty() ? 0 : t.shape[0], in_features[g]));
+                                              name, shape.empty() ? 0 : shape[0], in_features[g]));
+      f32_bytes[g] += 4 * uint64_t(numel_of(shape));
     }
+  return {std::move(in_features), std::move(f32_bytes)};
+}
+
+// A chunk's linear weights and producers in f32.
+std::map<std::string, DenseTensor> read_chunk_tensors(const WeightSource& source,
+                                                      const std::vector<LinearInputGroup>& groups,
+                                                      const std::vector<size_t>& chunk) {
+  std::map<std::string, DenseTensor> tensors;
+  for (size_t g : chunk) {
+    for (const CalibratedLinear& linear : groups[g].linears)
+      tensors.emplace(linear.prefix + ".weight", read_dense(source, linear.prefix + ".weight"));
+    for (const std::string& name : groups[g].producers)
+      if (!tensors.count(name)) tensors.emplace(name, read_dense(source, name));
+  }
   return tensors;
 }
 
@@ -277,17 +310,112 @@ std::string config_with_quantization(const WeightSource& source, int32_t group_s
   return config.dump(2) + "\n";
 }
 
+// What steps 2-4 record for awq_search.json.
+struct SearchSummary {
+  ordered_json scaled_groups = ordered_json::array();
+  ordered_json clipped_linears = ordered_json::array();
+};
+
+// Steps 2-4 for one chunk of groups (chunks_of): search the scales of its
+// groups (on their original weights), fold them, clip and round its
+// linears, and write them and the producers it changed.
+void quantize_chunk(const QuantizeJob& job, const std::vector<LinearInputGroup>& groups,
+                    const std::vector<size_t>& chunk, const std::vector<size_t>& in_features,
+                    std::vector<InputSampler::Sampled>& inputs, Progress& progress, SearchSummary& summary,
+                    std::set<std::string>& written) {
+  const size_t group_size = size_t(job.group_size);
+  std::map<std::string, DenseTensor> tensors = read_chunk_tensors(*job.source, groups, chunk);
+
+  // 2. Scales, searched on the original weights, then folded.
+  std::vector<GroupResult> group_results(chunk.size());
+  parallel_for(chunk.size(), [&](size_t c) {
+    const size_t g = chunk[c];
+    if (groups[g].producers.empty()) return;
+    std::vector<ref::AwqLinearView> views;
+    for (const CalibratedLinear& linear : groups[g].linears) {
+      const DenseTensor& w = tensors.at(linear.prefix + ".weight");
+      views.push_back({w.values.data(), size_t(w.shape[0])});
+    }
+    group_results[c].scaled = true;
+    group_results[c].search =
+        ref::awq_search_scales(views, in_features[g], inputs[g].rows.data(), inputs[g].count(), group_size);
+  });
+  for (size_t c = 0; c < chunk.size(); ++c) {
+    if (!group_results[c].scaled) continue;
+    const size_t g = chunk[c], in = in_features[g];
+    const std::vector<float>& s = group_results[c].search.scales;
+    for (const CalibratedLinear& linear : groups[g].linears) {
+      std::vector<float>& w = tensors.at(linear.prefix + ".weight").values;
+      for (size_t o = 0; o < w.size() / in; ++o)
+        for (size_t i = 0; i < in; ++i) w[o * in + i] *= s[i];
+    }
+    for (const std::string& name : groups[g].producers) {
+      std::vector<float>& p = tensors.at(name).values;
+      const size_t slice = p.size() / in;
+      for (size_t ch = 0; ch < in; ++ch)
+        for (size_t j = 0; j < slice; ++j) p[ch * slice + j] /= s[ch];
+    }
+    std::vector<float>& x = inputs[g].rows;
+    for (size_t t = 0; t < inputs[g].count(); ++t)
+      for (size_t i = 0; i < in; ++i) x[t * in + i] /= s[i];
+    std::vector<std::string> prefixes;
+    for (const CalibratedLinear& linear : groups[g].linears) prefixes.push_back(linear.prefix);
+    const ref::AwqScaleSearch& r = group_results[c].search;
+    summary.scaled_groups.push_back({{"linears", prefixes}, {"alpha", r.alpha}, {"loss", r.loss}, {"rtn_loss", r.rtn_loss}});
+  }
+
+  // 3 and 4. Clipping and rounding, one linear at a time.
+  std::vector<std::pair<size_t, const CalibratedLinear*>> linears;
+  for (size_t g : chunk)
+    for (const CalibratedLinear& linear : groups[g].linears) linears.push_back({g, &linear});
+  std::vector<LinearResult> results(linears.size());
+  parallel_for(linears.size(), [&](size_t k) {
+    const auto [g, linear] = linears[k];
+    const std::vector<float>& w = tensors.at(linear->prefix + ".weight").values;
+    const size_t in = in_features[g], out = w.size() / in;
+    LinearResult& r = results[k];
+    if (!linear->feeds_attention_logits) {
+      const std::vector<float> x = every_kth_row(inputs[g], kClipTokens);
+      ref::AwqClipSearch clip = ref::awq_search_clip(w.data(), out, in, x.data(), x.size() / in, group_size);
+      r.clipped = true;
+      r.loss = clip.loss;
+      r.rtn_loss = clip.rtn_loss;
+      double shrink = 0.0;
+      for (float v : clip.shrink) shrink += v;
+      r.mean_shrink = shrink / double(std::max<size_t>(clip.shrink.size(), 1));
+      r.packed = ref::awq_quantize_rtn_packed(clip.clipped.data(), out, in, group_size);
+    } else {
+      r.packed = ref::awq_quantize_rtn_packed(w.data(), out, in, group_size);
+    }
+    progress.step();
+  });
+
+  // Written: the packed linears, then the producers the scales changed that are not linears (norm weights).
+  for (size_t k = 0; k < linears.size(); ++k) {
+    const CalibratedLinear& linear = *linears[k].second;
+    write_packed(*job.output, linear.prefix, results[k].packed);
+    written.insert(linear.prefix + ".weight");
+    if (results[k].clipped)
+      summary.clipped_linears.push_back({{"linear", linear.prefix}, {"mean_shrink", results[k].mean_shrink},
+                                         {"loss", results[k].loss}, {"rtn_loss", results[k].rtn_loss}});
+  }
+  for (const auto& [name, tensor] : tensors)
+    if (!written.count(name)) {
+      write_f16(*job.output, name, tensor.shape, tensor.values.data(), tensor.values.size());
+      written.insert(name);
+    }
+}
+
 void auto_awq(const QuantizeJob& job) {
   check_job(job);
   const WeightSource& source = *job.source;
-  const size_t group_size = size_t(job.group_size);
   const std::vector<LinearInputGroup> groups = job.model->linear_input_groups();
   if (groups.empty())
     fail(ErrorCode::unsupported, "the model reports no linear input groups (Model::linear_input_groups), so AWQ "
                                  "cannot tell what to scale");
   const std::string config_text = config_with_quantization(source, job.group_size);  // refuses a quantized source first
-  std::vector<size_t> in_features;
-  std::map<std::string, DenseTensor> tensors = read_group_tensors(source, groups, group_size, in_features);
+  const GroupShapes shapes = check_groups(source, groups, size_t(job.group_size));
+  const std::vector<size_t>& in_features = shapes.in_features;
 
   // 1. Calibration.
   size_t total_tokens = 0;
@@ -307,95 +435,37 @@ void auto_awq(const QuantizeJob& job) {
     if (inputs[g].count() == 0 || inputs[g].in_features != in_features[g])
       fail(ErrorCode::internal, fmt::format("calibration never reported a {}-channel input for '{}'", in_features[g],
                                             groups[g].linears.front().prefix));
+  const size_t search_tokens = inputs.front().count();
+  const size_t clip_tokens = every_kth_row(inputs.front(), kClipTokens).size() / inputs.front().in_features;
 
-  // 2. Scales, searched on the original weights, then folded.
-  std::vector<GroupResult> group_results(groups.size());
+  // 2-4, a chunk of about kChunkBytes of weights at a time; a chunk's
+  // samples are dropped once it is written.
+  size_t linear_count = 0;
+  for (const LinearInputGroup& group : groups) linear_count += group.linears.size();
+  SearchSummary search;
+  std::set<std::string> written;
   {
-    Progress progress(job.progress, "searching scales", int64_t(groups.size()));
-    parallel_for(groups.size(), [&](size_t g) {
-      if (!groups[g].producers.empty()) {
-        std::vector<ref::AwqLinearView> views;
-        for (const CalibratedLinear& linear : groups[g].linears) {
-          const DenseTensor& w = tensors.at(linear.prefix + ".weight");
-          views.push_back({w.values.data(), size_t(w.shape[0])});
-        }
-        group_results[g].scaled = true;
-        group_results[g].search = ref::awq_search_scales(views, in_features[g], inputs[g].rows.data(),
-                                                         inputs[g].count(), group_size);
-      }
-      progress.step();
-    });
-  }
-  for (size_t g = 0; g < groups.size(); ++g) {
-    if (!group_results[g].scaled) continue;
-    const std::vector<float>& s = group_results[g].search.scales;
-    const size_t in = in_features[g];
-    for (const CalibratedLinear& linear : groups[g].linears) {
-      std::vector<float>& w = tensors.at(linear.prefix + ".weight").values;
-      for (size_t o = 0; o < w.size() / in; ++o)
-        for (size_t i = 0; i < in; ++i) w[o * in + i] *= s[i];
+    Progress progress(job.progress, "quantizing linears", int64_t(linear_count));
+    for (const std::vector<size_t>& chunk : awq_chunks(groups, shapes.f32_bytes, kChunkBytes)) {
+      quantize_chunk(job, groups, chunk, in_features, inputs, progress, search, written);
+      for (size_t g : chunk) std::vector<float>().swap(inputs[g].rows);
     }
-    for (const std::string& name : groups[g].producers) {
-      std::vector<float>& p = tensors.at(name).values;
-      const size_t slice = p.size() / in;
-      for (size_t c = 0; c < in; ++c)
-        for (size_t j = 0; j < slice; ++j) p[c * slice + j] /= s[c];
-    }
-    std::vector<float>& x = inputs[g].rows;
-    for (size_t t = 0; t < inputs[g].count(); ++t)
-      for (size_t i = 0; i < in; ++i) x[t * in + i] /= s[i];
   }
 
-  // 3 and 4. Clipping and rounding, one linear at a time.
-  std::vector<std::pair<size_t, const CalibratedLinear*>> linears;
-  for (size_t g = 0; g < groups.size(); ++g)
-    for (const CalibratedLinear& linear : groups[g].linears) linears.push_back({g, &linear});
-  std::map<std::string, LinearResult> linear_results;
-  for (const auto& [g, linear] : linears) linear_results[linear->prefix];
+  // The other tensors (embeddings, final norm, LM head), in the source's order.
+  std::vector<std::string> rest;
+  for (const std::string& name : source.tensor_names())
+    if (!written.count(name)) rest.push_back(name);
   {
-    Progress progress(job.progress, "clipping and rounding", int64_t(linears.size()));
-    parallel_for(linears.size(), [&](size_t k) {
-      const auto [g, linear] = linears[k];
-      const std::vector<float>& w = tensors.at(linear->prefix + ".weight").values;
-      const size_t in = in_features[g], out = w.size() / in;
-      LinearResult& r = linear_results.at(linear->prefix);
-      if (!linear->feeds_attention_logits) {
-        const std::vector<float> x = every_kth_row(inputs[g], kClipTokens);
-        ref::AwqClipSearch clip = ref::awq_search_clip(w.data(), out, in, x.data(), x.size() / in, group_size);
-        r.clipped = true;
-        r.loss = clip.loss;
-        r.rtn_loss = clip.rtn_loss;
-        double shrink = 0.0;
-        for (float v : clip.shrink) shrink += v;
-        r.mean_shrink = shrink / double(std::max<size_t>(clip.shrink.size(), 1));
-        r.packed = ref::awq_quantize_rtn_packed(clip.clipped.data(), out, in, group_size);
-      } else {
-        r.packed = ref::awq_quantize_rtn_packed(w.data(), out, in, group_size);
-      }
-      progress.step();
-    });
-  }
-
-  // Writing, in the source's order.
-  const std::vector<std::string> names = source.tensor_names();
-  {
-    Progress progress(job.progress, "writing", int64_t(names.size()));
-    for (const std::string& name : names) {
-      const bool is_weight = name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0;
-      const std::string prefix = is_weight ? name.substr(0, name.size() - 7) : std::string();
-      if (is_weight && linear_results.count(prefix)) {
-        write_packed(*job.output, prefix, linear_results.at(prefix).packed);
-      } else if (auto found = tensors.find(name); found != tensors.end()) {
-        write_f16(*job.output, name, found->second.shape, found->second.values.data(), found->second.values.size());
-      } else {
-        auto view = source.tensor(name);
-        if (!view) throw Error(view.status());
-        if (ref_dtype(view->dtype)) {
-          const DenseTensor t = dense_of(source, name, view.value());
-          write_f16(*job.output, name, t.shape, t.values.data(), t.values.size());
-        } else if (Status s = job.output->add_tensor(name, *view); !s) {
-          throw Error(s);
-        }
+    Progress progress(job.progress, "writing", int64_t(rest.size()));
+    for (const std::string& name : rest) {
+      auto view = source.tensor(name);
+      if (!view) throw Error(view.status());
+      if (ref_dtype(view->dtype)) {
+        const DenseTensor t = dense_of(source, name, view.value());
+        write_f16(*job.output, name, t.shape, t.values.data(), t.values.size());
+      } else if (Status s = job.output->add_tensor(name, *view); !s) {
+        throw Error(s);
       }
       progress.step();
     }
@@ -407,27 +477,12 @@ void auto_awq(const QuantizeJob& job) {
   summary["group_size"] = job.group_size;
   summary["calibration_sequences"] = job.calibration.size();
   summary["calibration_tokens"] = total_tokens;
-  summary["search_tokens"] = inputs.front().count();
-  summary["clip_tokens"] = every_kth_row(inputs.front(), kClipTokens).size() / inputs.front().in_features;
+  summary["search_tokens"] = search_tokens;
+  summary["clip_tokens"] = clip_tokens;
   summary["note"] = "loss: mean squared output error of the written layer on the sampled calibration inputs; "
                     "rtn_loss: the same for plain round-to-nearest";
-  ordered_json group_rows = ordered_json::array();
-  for (size_t g = 0; g < groups.size(); ++g) {
-    if (!group_results[g].scaled) continue;
-    std::vector<std::string> prefixes;
-    for (const CalibratedLinear& linear : groups[g].linears) prefixes.push_back(linear.prefix);
-    const ref::AwqScaleSearch& s = group_results[g].search;
-    group_rows.push_back({{"linears", prefixes}, {"alpha", s.alpha}, {"loss", s.loss}, {"rtn_loss", s.rtn_loss}});
-  }
-  summary["scaled_groups"] = std::move(group_rows);
-  ordered_json linear_rows = ordered_json::array();
-  for (const auto& [g, linear] : linears) {
-    const LinearResult& r = linear_results.at(linear->prefix);
-    if (r.clipped)
-      linear_rows.push_back({{"linear", linear->prefix}, {"mean_shrink", r.mean_shrink}, {"loss", r.loss},
-                             {"rtn_loss", r.rtn_loss}});
-  }
-  summary["clipped_linears"] = std::move(linear_rows);
+  summary["scaled_groups"] = std::move(search.scaled_groups);
+  summary["clipped_linears"] = std::move(search.clipped_linears);
   if (Status s = job.output->write_file("awq_search.json", summary.dump(2) + "\n"); !s) throw Error(s);
 }
 

@@ -19,9 +19,14 @@
 //     searches (alpha and output error against plain rounding per group and
 //     linear) goes beside it as awq_search.json.
 //
-// Steps 2 and 3 run on all cores. The weights are held in f32 for the whole
-// job (a model of N parameters needs 4N bytes of host memory, plus the
-// samples).
+// Steps 2-4 run a chunk of groups at a time (kChunkBytes of their weights in
+// f32, ~4 layers of an 8B model, all of a small one; groups that share a
+// tensor, such as up_proj, which down_proj's scales divide, stay in one
+// chunk), each chunk's searches and linears on all cores, and the chunk's
+// tensors are written and freed before the next is read: host memory holds
+// one chunk's weights plus the calibration samples (kSearchTokens rows of
+// every group's input in f32, ~14 GB for an 8B model; each chunk's dropped
+// once it is written).
 #pragma once
 
 #include <hostrun/sdk.hpp>
@@ -30,6 +35,7 @@ namespace hostrun::awq {
 
 inline constexpr size_t kSearchTokens = 4096;
 inline constexpr size_t kClipTokens = 512;
+inline constexpr uint64_t kChunkBytes = uint64_t(4) << 30;
 
 Status run_auto_awq(const QuantizeJob& job) noexcept;
 

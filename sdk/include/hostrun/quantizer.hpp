@@ -135,7 +135,7 @@ struct LinearInputGroup {
 class QuantizeProgress {
  public:
   virtual ~QuantizeProgress() = default;
-  // `stage` says what runs ("calibrating", "searching scales"), `done` of `total` units of it.
+  // `stage` says what runs ("calibrating", "quantizing linears"), `done` of `total` units of it.
   virtual void on_progress(std::string_view stage, int64_t done, int64_t total) noexcept = 0;
 };
 
