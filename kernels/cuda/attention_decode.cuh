@@ -5,12 +5,13 @@
 // head) and the positions [split * split_tokens, +split_tokens) of its
 // context (the last split also takes anything past splits * split_tokens, so a
 // plan made for a shorter max_context_len is slow, never wrong). The `group`
-// q heads of the kv head are the rows of one 16-row mma tile (rows >= group
-// are zero), so each K/V row is loaded from HBM once for the whole group.
+// (<= 8) q heads of the kv head are the 8 columns of the mma tiles (columns
+// >= group are zero; "roles" below), so each K/V row is loaded from HBM
+// once for the whole group.
 //
 // 64-position K/V tiles are streamed through shared memory (KvTileStream:
-// cp.async, double buffered; quantized codes go from there straight into mma
-// fragments, below); warp w takes positions 16w .. 16w+15 of each tile with its own
+// cp.async, 2-4 stages, one barrier a tile; quantized codes go from there
+// straight into mma fragments, below); warp w takes positions 16w .. 16w+15 of each tile with its own
 // online-softmax state (m, l, O), and the four states are merged through
 // shared memory at the end. Then:
 //   one chunk covers the context -> out = O / l, written directly;
@@ -27,7 +28,7 @@ namespace hostrun::cuda::detail {
 
 constexpr int decode_block_n = 64;
 constexpr int decode_threads = 128;
-constexpr int decode_max_group = 16;
+constexpr int decode_max_group = 16;  // q rows staged (the kernel reads the first 8)
 
 // Quantized pages are read from the staging buffers straight into mma
 // fragments (no 16-bit tile in shared memory). A tile of codes is a half
@@ -66,36 +67,36 @@ constexpr int decode_kv_area_bytes() {
              : decode_merge_bytes<kHeadDim>();
 }
 
-// Quantized pages: per warp and q row, the row's (offset, sum) of
-// query_row_sums, kept in shared memory (registers are at their cap).
-template <int kKvBits>
-inline constexpr int decode_q_sums_bytes = kKvBits == 0 ? 0 : decode_threads / 32 * decode_max_group * 8;
-
 template <typename T, int kHeadDim, int kKvBits>
 constexpr int decode_smem_bytes() {
-  return decode_max_group * smem_row<kHeadDim> * 2 + decode_kv_area_bytes<T, kHeadDim, kKvBits>() +
-         decode_q_sums_bytes<kKvBits>;
+  return decode_max_group * smem_row<kHeadDim> * 2 + decode_kv_area_bytes<T, kHeadDim, kKvBits>();
 }
 
-// ---- quantized pages: codes straight into mma fragments ------------------
+// ---- roles -------------------------------------------------------------
 //
-// A dot product does not care in which order its terms are summed, so S =
-// Q K^T may feed the k slots of the m16n8k16 fragments with any permutation of
-// head_dim, as long as Q and K use the same one: thread quad c (= lane % 4)
-// takes dims [c * D/4, (c + 1) * D/4) of its key row, one contiguous run of
-// codes (16 or 32 bytes, two 16-byte loads at most), and Q's fragments are
-// loaded once in that order. Likewise O = P V may permute the n dims: the
-// thread of column group n (= lane / 4) takes dims [n * D/8, (n + 1) * D/8)
-// of the four value rows its P fragment covers (16 or 8 bytes a row), and
-// the output dims are mapped back when O is stored (decode_o_index).
+// S^T = K Q^T and O^T = V^T P^T: the warp's 16 positions (then 16 head dims
+// at a time) are the mma's 16 rows and the group's q heads its 8 columns
+// (kHeadTiles tiles of 8; one is launched: groups up to 8). A GQA group of 4 then pads half
+// of each product instead of 3/4 (as the q heads in the rows did), O^T
+// holds D/16 x 4 accumulators a thread instead of D/8 x 4, and P^T, the B
+// operand of the second product, comes from S^T's accumulators with one
+// movmatrix (transpose) per 8 x 8 block. Thread (g = lane / 4, c = lane % 4)
+// holds S^T for positions g, g + 8 and heads 2c, 2c + 1 of each head tile.
+//
+// Quantized pages: a dot product does not care in which order its terms are
+// summed, so S^T may feed the k slots of the fragments with any permutation
+// of head_dim, as long as K and Q use the same one: thread quad c takes dims
+// [c * D/4, (c + 1) * D/4) of its key rows, one contiguous run of codes, and
+// Q's fragments are loaded once in that order (k-step kk, k slots 2c + e and
+// 2c + 8 + e: dims c * D/4 + 8 (kk / 2) + 4 (kk % 2) + e and + 2 + e). O^T's
+// rows may be permuted likewise: thread g takes dims [g * D/8, (g + 1) * D/8)
+// of the value rows, and row g (g + 8) of m-tile dt is dim g * D/8 + 2 dt
+// (+ 1); decode_o_dim maps them back when O is stored.
 
-// Where output dim `dim` sits in a warp's accumulators, as tile * 8 + column
-// (the fragment order the merge area keeps): the dim itself for 16-bit
-// pages; for quantized ones column = dim / (D/8), tile = dim % (D/8).
 template <int kHeadDim, int kKvBits>
-__device__ __forceinline__ int decode_o_index(int dim) {
-  if constexpr (kKvBits == 0) return dim;
-  else return (dim % (kHeadDim / 8)) * 8 + dim / (kHeadDim / 8);
+__device__ __forceinline__ int decode_o_dim(int dt, int row) {  // row: 0..15 of m-tile dt
+  if constexpr (kKvBits == 0) return dt * 16 + row;
+  else return (row % 8) * (kHeadDim / 8) + 2 * dt + row / 8;
 }
 
 // `kBytes` bytes of shared memory (16-byte aligned when kBytes >= 16) as words.
@@ -182,154 +183,172 @@ __device__ __forceinline__ std::uint32_t half2_bits(__half2 h) {
   return bits;
 }
 
-// Q's A fragments in the permuted k order, as f16 (the mma over quantized
-// pages runs in f16): k-step 2g + h (h = 0, 1) holds dims c * D/4 + 8g + 4h
-// + {0, 1} (columns 2c, 2c + 1) and + {2, 3} (columns 2c + 8, 2c + 9), rows
-// lane / 4 and lane / 4 + 8. bf16 queries are rounded to f16 here, once per
-// CTA (saturated at +-65504, far beyond any query a model produces); for
-// int4 the odd dims are divided by 16 (their codes arrive as 16 c).
-template <typename T, int kHeadDim, int kKvBits>
-__device__ __forceinline__ void load_q_fragments_permuted(std::uint32_t (&q_frag)[kHeadDim / 16][4], const T* q_tile,
-                                                           int lane) {
+// Q^T's B fragments, once per CTA: q[kk][nt] = {b0, b1} of k-step kk and
+// head tile nt (heads nt * 8 + g). Quantized pages: in the permuted order, as
+// f16 (the mma over codes runs in f16; bf16 queries are rounded here,
+// saturated at +-65504), int4's odd dims divided by 16 (their codes arrive
+// as 16 c).
+template <typename T, int kHeadDim, int kKvBits, int kHeadTiles>
+__device__ __forceinline__ void load_q_operands(std::uint32_t (&q)[kHeadDim / 16][kHeadTiles][2], const T* q_tile,
+                                                int lane) {
   constexpr int ROW = smem_row<kHeadDim>;
-  const int c = lane % 4, row = lane / 4;
-  const auto to_f16 = [](std::uint32_t pair) -> std::uint32_t {
-    __half2 h;
-    if constexpr (std::is_same_v<T, __half>) {
-      std::memcpy(&h, &pair, 4);
+  const int g = lane / 4, c = lane % 4;
+  const auto operand = [](std::uint32_t pair) -> std::uint32_t {
+    if constexpr (kKvBits == 0) {
+      return pair;
     } else {
-      __nv_bfloat162 b;
-      std::memcpy(&b, &pair, 4);
-      const float2 f = __bfloat1622float2(b);
-      h = __floats2half2_rn(fminf(fmaxf(f.x, -65504.0f), 65504.0f), fminf(fmaxf(f.y, -65504.0f), 65504.0f));
+      __half2 h;
+      if constexpr (std::is_same_v<T, __half>) {
+        std::memcpy(&h, &pair, 4);
+      } else {
+        __nv_bfloat162 b;
+        std::memcpy(&b, &pair, 4);
+        const float2 f = __bfloat1622float2(b);
+        h = __floats2half2_rn(fminf(fmaxf(f.x, -65504.0f), 65504.0f), fminf(fmaxf(f.y, -65504.0f), 65504.0f));
+      }
+      if constexpr (kKvBits == 4) h = __hmul2(h, __halves2half2(__float2half_rn(1.0f), __float2half_rn(0.0625f)));
+      return half2_bits(h);
     }
-    if constexpr (kKvBits == 4) h = __hmul2(h, __halves2half2(__float2half_rn(1.0f), __float2half_rn(0.0625f)));
-    return half2_bits(h);
   };
 #pragma unroll
-  for (int g = 0; g < kHeadDim / 32; ++g) {
-    const uint4 lo = *reinterpret_cast<const uint4*>(q_tile + row * ROW + c * (kHeadDim / 4) + 8 * g);
-    const uint4 hi = *reinterpret_cast<const uint4*>(q_tile + (row + 8) * ROW + c * (kHeadDim / 4) + 8 * g);
-    q_frag[2 * g][0] = to_f16(lo.x);
-    q_frag[2 * g][1] = to_f16(hi.x);
-    q_frag[2 * g][2] = to_f16(lo.y);
-    q_frag[2 * g][3] = to_f16(hi.y);
-    q_frag[2 * g + 1][0] = to_f16(lo.z);
-    q_frag[2 * g + 1][1] = to_f16(hi.z);
-    q_frag[2 * g + 1][2] = to_f16(lo.w);
-    q_frag[2 * g + 1][3] = to_f16(hi.w);
-  }
-}
-
-// What the scores need of Q besides its fragments, per q row: the 1024s its
-// codes carry (sum_d q' 1024 over the f16 fragments) and its sum (sum_d q,
-// for the zero points), as float2 (offset, sum) into the warp's `row_sums`
-// [16] (lanes of quad column 0 write rows lane / 4 and + 8).
-template <int kHeadDim, int kKvBits>
-__device__ __forceinline__ void store_query_row_sums(const std::uint32_t (&q_frag)[kHeadDim / 16][4],
-                                                     float2* row_sums, int lane) {
-  constexpr std::uint32_t multiples = kKvBits == 4 ? 0x4C003C00u : half_one_pair;  // (1, 16) undoes q / 16
-  float offset[4] = {0.0f, 0.0f, 0.0f, 0.0f}, sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-  for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-    mma_16816<__half>(offset, q_frag[kk], half_magic_pair, half_magic_pair);
-    mma_16816<__half>(sum, q_frag[kk], multiples, multiples);
-  }
-  if (lane % 4 == 0) {
-    row_sums[lane / 4] = make_float2(offset[0], sum[0]);
-    row_sums[lane / 4 + 8] = make_float2(offset[2], sum[2]);
-  }
-  __syncwarp();
-}
-
-// s[nt] = Q K^T over the warp's 16 staged key rows (n-tile nt: rows 8nt ..):
-// the codes' sums, then each key's (scale, zero) applied.
-template <int kHeadDim, int kKvBits, int kPitch>
-__device__ __forceinline__ void quantized_scores(float (&s)[2][4], const std::uint32_t (&q_frag)[kHeadDim / 16][4],
-                                                 const float2* row_sums, const unsigned char* k_codes,
-                                                 const std::uint32_t* k_params, int lane) {
-  constexpr int run_bytes = kHeadDim / 4 * kKvBits / 8;  // a quad thread's codes of one row
-  const int c = lane % 4;
-#pragma unroll
-  for (int nt = 0; nt < 2; ++nt) {
-    const int row = nt * 8 + lane / 4;
-    std::uint32_t w[run_bytes / 4];
-    load_code_words<run_bytes>(k_codes + row * kPitch + c * run_bytes, w);
+  for (int nt = 0; nt < kHeadTiles; ++nt) {
+    const T* row = q_tile + (nt * 8 + g) * ROW;
 #pragma unroll
     for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-      // k-step kk = 2g + h: dims 8g + 4h + {0,1} and + {2,3} of the run
-      const int first = 8 * (kk / 2) + 4 * (kk % 2);
-      mma_16816<__half>(s[nt], q_frag[kk], code_pair<kKvBits>(w, first), code_pair<kKvBits>(w, first + 2));
+      const int at = kKvBits == 0 ? kk * 16 + 2 * c : c * (kHeadDim / 4) + 8 * (kk / 2) + 4 * (kk % 2);
+      const int second = kKvBits == 0 ? 8 : 2;
+      q[kk][nt][0] = operand(*reinterpret_cast<const std::uint32_t*>(row + at));
+      q[kk][nt][1] = operand(*reinterpret_cast<const std::uint32_t*>(row + at + second));
     }
   }
-  // C: rows lane / 4 (e < 2) and + 8, columns (keys) 8 nt + 2c + e % 2
-  const float2 lo = row_sums[lane / 4], hi = row_sums[lane / 4 + 8];
-#pragma unroll
-  for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const float2 key = unpack_kv_params(k_params[nt * 8 + 2 * c + e]);
-      s[nt][e] = fmaf(key.x, s[nt][e] - lo.x, key.y * lo.y);
-      s[nt][e + 2] = fmaf(key.x, s[nt][e + 2] - hi.x, key.y * hi.y);
-    }
 }
 
-// The V side's state beyond O: O and `ones` (sum_j p' for the 1024s of the
-// lane's rows lane / 4 and + 8) count in units of r, the largest V scale
-// seen; `zero` is sum_j p z_j over the lane's keys, absolute.
-struct QuantizedValueState {
-  float r = 0.0f;
-  float ones_lo = 0.0f, ones_hi = 0.0f;
-  float zero_lo = 0.0f, zero_hi = 0.0f;
+// What quantized scores need of Q besides its fragments, for the lane's
+// heads 2c, 2c + 1 of each tile: the 1024s its codes carry (sum_d q' 1024
+// over the f16 operands) and its sum (sum_d q, for the zero points), from
+// the same mma against a constant A.
+template <int kHeadDim, int kKvBits, int kHeadTiles>
+struct QuerySums {
+  float offset[kHeadTiles][2], sum[kHeadTiles][2];
 };
+template <int kHeadDim, int kKvBits, int kHeadTiles>
+__device__ __forceinline__ QuerySums<kHeadDim, kKvBits, kHeadTiles> query_sums(
+    const std::uint32_t (&q)[kHeadDim / 16][kHeadTiles][2]) {
+  constexpr std::uint32_t multiples = kKvBits == 4 ? 0x4C003C00u : half_one_pair;  // (1, 16) undoes q / 16
+  const std::uint32_t magic[4] = {half_magic_pair, half_magic_pair, half_magic_pair, half_magic_pair};
+  const std::uint32_t ones[4] = {multiples, multiples, multiples, multiples};
+  QuerySums<kHeadDim, kKvBits, kHeadTiles> sums;
+#pragma unroll
+  for (int nt = 0; nt < kHeadTiles; ++nt) {
+    float offset[4] = {0.0f, 0.0f, 0.0f, 0.0f}, sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+      mma_16816<__half>(offset, magic, q[kk][nt][0], q[kk][nt][1]);
+      mma_16816<__half>(sum, ones, q[kk][nt][0], q[kk][nt][1]);
+    }
+    sums.offset[nt][0] = offset[0];
+    sums.offset[nt][1] = offset[1];
+    sums.sum[nt][0] = sum[0];
+    sums.sum[nt][1] = sum[1];
+  }
+  return sums;
+}
 
-// o += P V over the warp's 16 staged value rows (a: P' = p s_j / r, f16).
-// The run is taken 8 bytes at a time (fewer live registers).
-template <int kHeadDim, int kKvBits, int kPitch>
-__device__ __forceinline__ void quantized_values(float (&o)[kHeadDim / 8][4], const std::uint32_t (&a)[4],
-                                                 const unsigned char* v_codes, int lane) {
-  constexpr int run_bytes = kHeadDim / 8 * kKvBits / 8;  // a thread's codes of one row
-  constexpr int piece_bytes = run_bytes < 8 ? run_bytes : 8;
-  constexpr int piece_words = piece_bytes / 4;
-  constexpr int per_word = 32 / kKvBits;
-  const int c = lane % 4, n = lane / 4;
-  // B rows (k) 2c, 2c + 1 (b0) and 2c + 8, 2c + 9 (b1): the keys of P's columns.
-  const int rows[4] = {2 * c, 2 * c + 1, 2 * c + 8, 2 * c + 9};
+// s[nt] = S^T over the warp's 16 staged rows: K's A fragments (ldmatrix for
+// 16-bit pages, codes for quantized ones) against Q^T; quantized scores get
+// each key's (scale, zero) applied after the codes' sums.
+template <typename T, int kHeadDim, int kKvBits, int kHeadTiles, int kPitch>
+__device__ __forceinline__ void decode_scores(float (&s)[kHeadTiles][4],
+                                              const std::uint32_t (&q)[kHeadDim / 16][kHeadTiles][2],
+                                              const unsigned char* k_rows, const std::uint32_t* k_params,
+                                              const QuerySums<kHeadDim, kKvBits, kHeadTiles>& q_sums, int lane) {
+  const int g = lane / 4, c = lane % 4;
 #pragma unroll
-  for (int piece = 0; piece < run_bytes / piece_bytes; ++piece) {
-    std::uint32_t w[4][piece_words];
+  for (int nt = 0; nt < kHeadTiles; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+  if constexpr (kKvBits == 0) {
+    const T* rows = reinterpret_cast<const T*>(k_rows);
 #pragma unroll
-    for (int r = 0; r < 4; ++r)
-      load_code_words<piece_bytes>(v_codes + rows[r] * kPitch + n * run_bytes + piece * piece_bytes, w[r]);
+    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+      std::uint32_t a[4];
+      ldmatrix_x4(a, rows + (lane % 16) * kPitch + kk * 16 + (lane / 16) * 8);
 #pragma unroll
-    for (int i = 0; i < piece_words; ++i) {
+      for (int nt = 0; nt < kHeadTiles; ++nt) mma_16816<T>(s[nt], a, q[kk][nt][0], q[kk][nt][1]);
+    }
+  } else {
+    constexpr int run_bytes = kHeadDim / 4 * kKvBits / 8;  // a quad thread's codes of one row
+    std::uint32_t lo[run_bytes / 4], hi[run_bytes / 4];     // rows g and g + 8
+    load_code_words<run_bytes>(k_rows + g * kPitch + c * run_bytes, lo);
+    load_code_words<run_bytes>(k_rows + (g + 8) * kPitch + c * run_bytes, hi);
 #pragma unroll
-      for (int d = 0; d < per_word; d += 2) {  // two dims at a time: fewer live registers
-        std::uint32_t b0[2], b1[2];
-        code_columns<kKvBits>(w[0][i], w[1][i], d, b0);
-        code_columns<kKvBits>(w[2][i], w[3][i], d, b1);
-        mma_16816<__half>(o[(piece * piece_words + i) * per_word + d], a, b0[0], b1[0]);
-        mma_16816<__half>(o[(piece * piece_words + i) * per_word + d + 1], a, b0[1], b1[1]);
+    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+      const int first = 8 * (kk / 2) + 4 * (kk % 2);
+      const std::uint32_t a[4] = {code_pair<kKvBits>(lo, first), code_pair<kKvBits>(hi, first),
+                                  code_pair<kKvBits>(lo, first + 2), code_pair<kKvBits>(hi, first + 2)};
+#pragma unroll
+      for (int nt = 0; nt < kHeadTiles; ++nt) mma_16816<__half>(s[nt], a, q[kk][nt][0], q[kk][nt][1]);
+    }
+    const float2 key_lo = unpack_kv_params(k_params[g]), key_hi = unpack_kv_params(k_params[g + 8]);
+#pragma unroll
+    for (int nt = 0; nt < kHeadTiles; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        s[nt][e] = fmaf(key_lo.x, s[nt][e] - q_sums.offset[nt][e], key_lo.y * q_sums.sum[nt][e]);
+        s[nt][e + 2] = fmaf(key_hi.x, s[nt][e + 2] - q_sums.offset[nt][e], key_hi.y * q_sums.sum[nt][e]);
       }
+  }
+}
+
+// o[dt] += V^T P^T over the warp's 16 staged rows for head-dim tile dt
+// (p[nt]: P^T's B fragments). 16-bit pages: ldmatrix.trans of V; quantized:
+// the codes of rows 2c, 2c + 1 (and + 8) for the thread's dims.
+template <typename T, int kHeadDim, int kKvBits, int kHeadTiles, int kPitch>
+__device__ __forceinline__ void decode_values(float (&o)[kHeadDim / 16][kHeadTiles][4],
+                                              const std::uint32_t (&p)[kHeadTiles][2], const unsigned char* v_rows,
+                                              int lane) {
+  if constexpr (kKvBits == 0) {
+    const T* rows = reinterpret_cast<const T*>(v_rows);
+#pragma unroll
+    for (int dt = 0; dt < kHeadDim / 16; ++dt) {
+      std::uint32_t a[4];
+      ldmatrix_x4_trans(a, rows + (lane % 8 + (lane / 16) * 8) * kPitch + dt * 16 + ((lane / 8) % 2) * 8);
+#pragma unroll
+      for (int nt = 0; nt < kHeadTiles; ++nt) mma_16816<T>(o[dt][nt], a, p[nt][0], p[nt][1]);
+    }
+  } else {
+    constexpr int run_bytes = kHeadDim / 8 * kKvBits / 8;  // a thread's codes of one row
+    constexpr int per_word = 32 / kKvBits;
+    const int g = lane / 4, c = lane % 4;
+    const int rows[4] = {2 * c, 2 * c + 1, 2 * c + 8, 2 * c + 9};
+    std::uint32_t w[4][run_bytes / 4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) load_code_words<run_bytes>(v_rows + rows[r] * kPitch + g * run_bytes, w[r]);
+#pragma unroll
+    for (int dt = 0; dt < kHeadDim / 16; ++dt) {
+      // dims 2 dt, 2 dt + 1 of the run: A rows g and g + 8
+      std::uint32_t top[2], bottom[2];
+      code_columns<kKvBits>(w[0][2 * dt / per_word], w[1][2 * dt / per_word], 2 * dt % per_word, top);
+      code_columns<kKvBits>(w[2][2 * dt / per_word], w[3][2 * dt / per_word], 2 * dt % per_word, bottom);
+      const std::uint32_t a[4] = {top[0], top[1], bottom[0], bottom[1]};
+#pragma unroll
+      for (int nt = 0; nt < kHeadTiles; ++nt) mma_16816<__half>(o[dt][nt], a, p[nt][0], p[nt][1]);
     }
   }
 }
 
-template <typename T, int kHeadDim, int kKvBits>
+template <typename T, int kHeadDim, int kKvBits, int kHeadTiles>
 __global__ void __launch_bounds__(decode_threads, decode_min_ctas<kKvBits>) decode_split_kernel(const AttentionKernelParams p) {
   allow_next_grid_to_launch();  // the output projection may start streaming its weights
   constexpr int BN = decode_block_n;
   constexpr int ROW = smem_row<kHeadDim>;
   constexpr int KSTEPS = kHeadDim / 16;
-  constexpr int DTILES = kHeadDim / 8;
+  constexpr int DTILES = kHeadDim / 16;
   constexpr int WARPS = decode_threads / 32;
+  constexpr bool kQuantized = kKvBits != 0;
+  using P = std::conditional_t<kQuantized, __half, T>;  // the type of the products' operands
   extern __shared__ __align__(16) unsigned char smem[];
   T* q_tile = reinterpret_cast<T*>(smem);  // [16][ROW]
   using Tiles = DecodeTiles<T, kHeadDim, kKvBits>;
   const Tiles tiles{reinterpret_cast<unsigned char*>(q_tile + decode_max_group * ROW)};
-  [[maybe_unused]] float2* q_row_sums =  // this warp's [16] of decode_q_sums_bytes, after the K/V area
-      reinterpret_cast<float2*>(smem + decode_max_group * ROW * 2 + decode_kv_area_bytes<T, kHeadDim, kKvBits>()) +
-      (threadIdx.x / 32) * decode_max_group;
 
   const int split = blockIdx.x;
   const int kv_head = blockIdx.y;
@@ -347,7 +366,7 @@ __global__ void __launch_bounds__(decode_threads, decode_min_ctas<kKvBits>) deco
   const std::int32_t* block_table = p.block_tables + static_cast<std::int64_t>(sequence) * p.max_blocks_per_sequence;
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
-  const int quad_col = (lane % 4) * 2;
+  const int g = lane / 4, c = lane % 4;
 
   {  // the group's q rows; rows >= group zero-filled
     constexpr int chunks = kHeadDim / 8;
@@ -371,12 +390,26 @@ __global__ void __launch_bounds__(decode_threads, decode_min_ctas<kKvBits>) deco
   TileRows next_rows;
   if (STAGES - 1 < num_tiles) next_rows = tile_rows<BN>(p, block_table, begin + (STAGES - 1) * BN);
 
-  std::uint32_t q_frag[KSTEPS][4];
-  float o[DTILES][4];
+  std::uint32_t q_operands[KSTEPS][kHeadTiles][2];
+  [[maybe_unused]] QuerySums<kHeadDim, kKvBits, kHeadTiles> q_sums;
+  float o[DTILES][kHeadTiles][4];
 #pragma unroll
-  for (int d = 0; d < DTILES; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
-  float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;
-  [[maybe_unused]] QuantizedValueState v_state;
+  for (int dt = 0; dt < DTILES; ++dt)
+#pragma unroll
+    for (int nt = 0; nt < kHeadTiles; ++nt) o[dt][nt][0] = o[dt][nt][1] = o[dt][nt][2] = o[dt][nt][3] = 0.0f;
+  // Per head tile, the lane's heads 2c, 2c + 1: running max, sum of p (over the lane's positions until the end),
+  // and for quantized pages the V side's sums (attention_decode's codes section): sum of p' (units of r) and of p z.
+  float m[kHeadTiles][2], l[kHeadTiles][2];
+  [[maybe_unused]] float v_ones[kHeadTiles][2], v_zero[kHeadTiles][2];
+  [[maybe_unused]] float v_r = 0.0f;  // the largest V scale seen
+#pragma unroll
+  for (int nt = 0; nt < kHeadTiles; ++nt)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      m[nt][e] = -INFINITY;
+      l[nt][e] = 0.0f;
+      v_ones[nt][e] = v_zero[nt][e] = 0.0f;
+    }
 
   for (int n = 0; n < num_tiles; ++n) {
     const int buffer = n % STAGES;
@@ -391,211 +424,177 @@ __global__ void __launch_bounds__(decode_threads, decode_min_ctas<kKvBits>) deco
     }
     cp_async_commit();  // empty groups near the end keep the wait uniform
     if (n == 0) {
-      if constexpr (kKvBits == 0) {
-#pragma unroll
-        for (int kk = 0; kk < KSTEPS; ++kk) {
-          ldmatrix_x4(q_frag[kk], q_tile + (lane % 16) * ROW + kk * 16 + (lane / 16) * 8);
-        }
-      } else {
-        load_q_fragments_permuted<T, kHeadDim, kKvBits>(q_frag, q_tile, lane);
-        store_query_row_sums<kHeadDim, kKvBits>(q_frag, q_row_sums, lane);
-      }
+      load_q_operands<T, kHeadDim, kKvBits, kHeadTiles>(q_operands, q_tile, lane);
+      if constexpr (kQuantized) q_sums = query_sums<kHeadDim, kKvBits, kHeadTiles>(q_operands);
     }
     const int key0 = begin + n * BN + warp * 16;  // this warp's 16 positions
 
-    float s[2][4];
-#pragma unroll
-    for (int nt = 0; nt < 2; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-    if constexpr (kKvBits == 0) {
-      const T* k_rows = tiles.k(buffer) + warp * 16 * ROW;
-#pragma unroll
-      for (int nt = 0; nt < 2; ++nt) {
-#pragma unroll
-        for (int kk = 0; kk < KSTEPS; kk += 2) {
-          std::uint32_t b[4];
-          ldmatrix_x4(b, k_rows + (nt * 8 + lane % 8) * ROW + kk * 16 + (lane / 8) * 8);
-          mma_16816<T>(s[nt], q_frag[kk], b[0], b[1]);
-          mma_16816<T>(s[nt], q_frag[kk + 1], b[2], b[3]);
-        }
-      }
+    float s[kHeadTiles][4];
+    [[maybe_unused]] const std::uint32_t* v_params = nullptr;
+    if constexpr (kQuantized) {
+      decode_scores<T, kHeadDim, kKvBits, kHeadTiles, Tiles::kStagePitch>(
+          s, q_operands, tiles.k_codes(buffer) + warp * 16 * Tiles::kStagePitch, tiles.k_params(buffer) + warp * 16,
+          q_sums, lane);
+      v_params = tiles.v_params(buffer) + warp * 16;
     } else {
-      quantized_scores<kHeadDim, kKvBits, Tiles::kStagePitch>(
-          s, q_frag, q_row_sums, tiles.k_codes(buffer) + warp * 16 * Tiles::kStagePitch,
-          tiles.k_params(buffer) + warp * 16, lane);
+      decode_scores<T, kHeadDim, kKvBits, kHeadTiles, ROW>(
+          s, q_operands, reinterpret_cast<const unsigned char*>(tiles.k(buffer) + warp * 16 * ROW), nullptr, q_sums,
+          lane);
     }
-    float tile_max_lo = m_lo, tile_max_hi = m_hi;
+    // Past the chunk's end the rows were zero-filled: mask them out.
+    const bool valid_lo = key0 + g < end, valid_hi = key0 + g + 8 < end;
+    float alpha[kHeadTiles][2], o_alpha[kHeadTiles][2];
 #pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
+    for (int nt = 0; nt < kHeadTiles; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        // Past the chunk's end the rows were zero-filled: mask them out.
-        s[nt][e] = key0 + nt * 8 + quad_col + (e & 1) < end ? s[nt][e] * p.scale_log2 : -INFINITY;
+      for (int e = 0; e < 2; ++e) {
+        s[nt][e] = valid_lo ? s[nt][e] * p.scale_log2 : -INFINITY;
+        s[nt][e + 2] = valid_hi ? s[nt][e + 2] * p.scale_log2 : -INFINITY;
+        float tile_max = fmaxf(m[nt][e], fmaxf(s[nt][e], s[nt][e + 2]));
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 4));
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 8));
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 16));
+        // A warp whose positions all lie past the end has seen nothing yet: its
+        // max stays -inf, and both exp2 arguments would be NaN; keep it empty.
+        alpha[nt][e] = m[nt][e] == -INFINITY ? 0.0f : exp2f(m[nt][e] - tile_max);
+        const float shift = tile_max == -INFINITY ? 0.0f : tile_max;
+        m[nt][e] = tile_max;
+        s[nt][e] = exp2f(s[nt][e] - shift);
+        s[nt][e + 2] = exp2f(s[nt][e + 2] - shift);
+        l[nt][e] = l[nt][e] * alpha[nt][e] + s[nt][e] + s[nt][e + 2];
+        o_alpha[nt][e] = alpha[nt][e];
       }
-      tile_max_lo = fmaxf(tile_max_lo, fmaxf(s[nt][0], s[nt][1]));
-      tile_max_hi = fmaxf(tile_max_hi, fmaxf(s[nt][2], s[nt][3]));
-    }
-    tile_max_lo = fmaxf(tile_max_lo, __shfl_xor_sync(0xffffffffu, tile_max_lo, 1));
-    tile_max_lo = fmaxf(tile_max_lo, __shfl_xor_sync(0xffffffffu, tile_max_lo, 2));
-    tile_max_hi = fmaxf(tile_max_hi, __shfl_xor_sync(0xffffffffu, tile_max_hi, 1));
-    tile_max_hi = fmaxf(tile_max_hi, __shfl_xor_sync(0xffffffffu, tile_max_hi, 2));
-    // A warp whose positions all lie past the end has seen nothing yet: its
-    // max stays -inf, and both exp2 arguments would be NaN; keep it empty.
-    const float alpha_lo = m_lo == -INFINITY ? 0.0f : exp2f(m_lo - tile_max_lo);
-    const float alpha_hi = m_hi == -INFINITY ? 0.0f : exp2f(m_hi - tile_max_hi);
-    const float shift_lo = tile_max_lo == -INFINITY ? 0.0f : tile_max_lo;
-    const float shift_hi = tile_max_hi == -INFINITY ? 0.0f : tile_max_hi;
-    m_lo = tile_max_lo;
-    m_hi = tile_max_hi;
-    float sum_lo = 0.0f, sum_hi = 0.0f;
-#pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
-      s[nt][0] = exp2f(s[nt][0] - shift_lo);
-      s[nt][1] = exp2f(s[nt][1] - shift_lo);
-      s[nt][2] = exp2f(s[nt][2] - shift_hi);
-      s[nt][3] = exp2f(s[nt][3] - shift_hi);
-      sum_lo += s[nt][0] + s[nt][1];
-      sum_hi += s[nt][2] + s[nt][3];
-    }
-    l_lo = l_lo * alpha_lo + sum_lo;
-    l_hi = l_hi * alpha_hi + sum_hi;
-    float o_alpha_lo = alpha_lo, o_alpha_hi = alpha_hi;
-    // (scale, zero) of the keys of P's columns 2c, 2c + 1, 2c + 8, 2c + 9, and p s_j / r for them
-    [[maybe_unused]] float2 v_key[4];
-    [[maybe_unused]] float v_ratio[4];
-    if constexpr (kKvBits != 0) {
-      const std::uint32_t* v_params = tiles.v_params(buffer) + warp * 16;
-      const int c = lane % 4;
-      v_key[0] = unpack_kv_params(v_params[2 * c]);
-      v_key[1] = unpack_kv_params(v_params[2 * c + 1]);
-      v_key[2] = unpack_kv_params(v_params[2 * c + 8]);
-      v_key[3] = unpack_kv_params(v_params[2 * c + 9]);
-      float tile_r = fmaxf(fmaxf(v_key[0].x, v_key[1].x), fmaxf(v_key[2].x, v_key[3].x));
-      tile_r = fmaxf(tile_r, __shfl_xor_sync(0xffffffffu, tile_r, 1));
-      tile_r = fmaxf(tile_r, __shfl_xor_sync(0xffffffffu, tile_r, 2));
-      const float r = fmaxf(v_state.r, tile_r);
-      const float rescale = r > 0.0f ? v_state.r / r : 1.0f;  // O and ones to units of the new r
+    // P^T's B fragments: S^T's accumulators (positions g, g + 8 x heads 2c, 2c + 1) as two 8 x 8 blocks,
+    // transposed. Quantized pages: p s_j / r, and the sums the V side keeps.
+    float ratio_lo = 1.0f, ratio_hi = 1.0f;
+    if constexpr (kQuantized) {
+      const float2 value_lo = unpack_kv_params(v_params[g]), value_hi = unpack_kv_params(v_params[g + 8]);
+      float tile_r = fmaxf(value_lo.x, value_hi.x);
+      tile_r = fmaxf(tile_r, __shfl_xor_sync(0xffffffffu, tile_r, 4));
+      tile_r = fmaxf(tile_r, __shfl_xor_sync(0xffffffffu, tile_r, 8));
+      tile_r = fmaxf(tile_r, __shfl_xor_sync(0xffffffffu, tile_r, 16));
+      const float r = fmaxf(v_r, tile_r);
+      const float rescale = r > 0.0f ? v_r / r : 1.0f;  // O and v_ones to units of the new r
       const float inverse = r > 0.0f ? 1.0f / r : 0.0f;
-      v_state.r = r;
+      v_r = r;
+      ratio_lo = value_lo.x * inverse;
+      ratio_hi = value_hi.x * inverse;
 #pragma unroll
-      for (int j = 0; j < 4; ++j) v_ratio[j] = v_key[j].x * inverse;
-      o_alpha_lo *= rescale;
-      o_alpha_hi *= rescale;
-      v_state.ones_lo *= o_alpha_lo;
-      v_state.ones_hi *= o_alpha_hi;
-      v_state.zero_lo = v_state.zero_lo * alpha_lo + s[0][0] * v_key[0].y + s[0][1] * v_key[1].y +
-                        s[1][0] * v_key[2].y + s[1][1] * v_key[3].y;
-      v_state.zero_hi = v_state.zero_hi * alpha_hi + s[0][2] * v_key[0].y + s[0][3] * v_key[1].y +
-                        s[1][2] * v_key[2].y + s[1][3] * v_key[3].y;
+      for (int nt = 0; nt < kHeadTiles; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          o_alpha[nt][e] *= rescale;
+          v_ones[nt][e] *= o_alpha[nt][e];
+          v_zero[nt][e] = v_zero[nt][e] * alpha[nt][e] + s[nt][e] * value_lo.y + s[nt][e + 2] * value_hi.y;
+        }
     }
 #pragma unroll
-    for (int d = 0; d < DTILES; ++d) {
-      o[d][0] *= o_alpha_lo;
-      o[d][1] *= o_alpha_lo;
-      o[d][2] *= o_alpha_hi;
-      o[d][3] *= o_alpha_hi;
-    }
-    if constexpr (kKvBits == 0) {
-      // P re-packed from the S accumulators: the A operand, register for register.
-      const std::uint32_t a[4] = {pack2<T>(s[0][0], s[0][1]), pack2<T>(s[0][2], s[0][3]),
-                                  pack2<T>(s[1][0], s[1][1]), pack2<T>(s[1][2], s[1][3])};
-      const T* v_rows = tiles.v(buffer) + warp * 16 * ROW;
+    for (int dt = 0; dt < DTILES; ++dt)
 #pragma unroll
-      for (int d = 0; d < DTILES; d += 2) {
-        std::uint32_t b[4];
-        ldmatrix_x4_trans(b, v_rows + (lane % 8 + ((lane / 8) % 2) * 8) * ROW + d * 8 + (lane / 16) * 8);
-        mma_16816<T>(o[d], a, b[0], b[1]);
-        mma_16816<T>(o[d + 1], a, b[2], b[3]);
+      for (int nt = 0; nt < kHeadTiles; ++nt) {
+        o[dt][nt][0] *= o_alpha[nt][0];
+        o[dt][nt][1] *= o_alpha[nt][1];
+        o[dt][nt][2] *= o_alpha[nt][0];
+        o[dt][nt][3] *= o_alpha[nt][1];
       }
+    std::uint32_t p_t[kHeadTiles][2];
+#pragma unroll
+    for (int nt = 0; nt < kHeadTiles; ++nt) {
+      p_t[nt][0] = movmatrix_trans(pack2<P>(s[nt][0] * ratio_lo, s[nt][1] * ratio_lo));
+      p_t[nt][1] = movmatrix_trans(pack2<P>(s[nt][2] * ratio_hi, s[nt][3] * ratio_hi));
+    }
+    if constexpr (kQuantized) {
+      const std::uint32_t ones[4] = {half_one_pair, half_one_pair, half_one_pair, half_one_pair};
+#pragma unroll
+      for (int nt = 0; nt < kHeadTiles; ++nt) {
+        float sums[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        mma_16816<__half>(sums, ones, p_t[nt][0], p_t[nt][1]);
+        v_ones[nt][0] += sums[0];
+        v_ones[nt][1] += sums[1];
+      }
+      decode_values<T, kHeadDim, kKvBits, kHeadTiles, Tiles::kStagePitch>(
+          o, p_t, tiles.v_codes(buffer) + warp * 16 * Tiles::kStagePitch, lane);
     } else {
-      const std::uint32_t a[4] = {pack2<__half>(s[0][0] * v_ratio[0], s[0][1] * v_ratio[1]),
-                                  pack2<__half>(s[0][2] * v_ratio[0], s[0][3] * v_ratio[1]),
-                                  pack2<__half>(s[1][0] * v_ratio[2], s[1][1] * v_ratio[3]),
-                                  pack2<__half>(s[1][2] * v_ratio[2], s[1][3] * v_ratio[3])};
-      float ones[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      mma_16816<__half>(ones, a, half_one_pair, half_one_pair);
-      v_state.ones_lo += ones[0];
-      v_state.ones_hi += ones[2];
-      quantized_values<kHeadDim, kKvBits, Tiles::kStagePitch>(
-          o, a, tiles.v_codes(buffer) + warp * 16 * Tiles::kStagePitch, lane);
+      decode_values<T, kHeadDim, kKvBits, kHeadTiles, ROW>(
+          o, p_t, reinterpret_cast<const unsigned char*>(tiles.v(buffer) + warp * 16 * ROW), lane);
     }
   }
   cp_async_wait<0>();  // nothing may still land in the buffers reused below
   __syncthreads();     // and every warp is done with the last tile
 
-  l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
-  l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
-  l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
-  l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
-  if constexpr (kKvBits != 0) {  // O back to absolute units: r (o - 1024 ones) / m + sum_j p z_j
-    v_state.zero_lo += __shfl_xor_sync(0xffffffffu, v_state.zero_lo, 1);
-    v_state.zero_lo += __shfl_xor_sync(0xffffffffu, v_state.zero_lo, 2);
-    v_state.zero_hi += __shfl_xor_sync(0xffffffffu, v_state.zero_hi, 1);
-    v_state.zero_hi += __shfl_xor_sync(0xffffffffu, v_state.zero_hi, 2);
-    const float offset_lo = 1024.0f * v_state.ones_lo, offset_hi = 1024.0f * v_state.ones_hi;
+  // Sums over the lane's positions -> over the warp's (lanes of one c hold one head pair).
 #pragma unroll
-    for (int d = 0; d < DTILES; ++d) {
-      const float r = kKvBits == 4 && d % 2 == 1 ? v_state.r * 0.0625f : v_state.r;  // int4's odd dims came as 16 c
-      o[d][0] = fmaf(r, o[d][0] - offset_lo, v_state.zero_lo);
-      o[d][1] = fmaf(r, o[d][1] - offset_lo, v_state.zero_lo);
-      o[d][2] = fmaf(r, o[d][2] - offset_hi, v_state.zero_hi);
-      o[d][3] = fmaf(r, o[d][3] - offset_hi, v_state.zero_hi);
-    }
+  for (int nt = 0; nt < kHeadTiles; ++nt)
+#pragma unroll
+    for (int e = 0; e < 2; ++e)
+#pragma unroll
+      for (int offset = 4; offset < 32; offset <<= 1) {
+        l[nt][e] += __shfl_xor_sync(0xffffffffu, l[nt][e], offset);
+        if constexpr (kQuantized) v_zero[nt][e] += __shfl_xor_sync(0xffffffffu, v_zero[nt][e], offset);
+      }
+  if constexpr (kQuantized) {  // O back to absolute units: r (o - 1024 v_ones) / m + sum_j p z_j
+#pragma unroll
+    for (int dt = 0; dt < DTILES; ++dt)
+#pragma unroll
+      for (int nt = 0; nt < kHeadTiles; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          // rows g + 8 hold odd dims of the run, which int4 fed as 16 c
+          const float r = kKvBits == 4 && e >= 2 ? v_r * 0.0625f : v_r;
+          o[dt][nt][e] = fmaf(r, o[dt][nt][e] - 1024.0f * v_ones[nt][e % 2], v_zero[nt][e % 2]);
+        }
   }
 
-  // Merge the four warps' states (rows >= group are padding: skipped).
+  // Merge the four warps' states (heads >= group are padding: skipped).
   constexpr int MROW = decode_merge_row<kHeadDim>;
-  float* merge_o = reinterpret_cast<float*>(tiles.smem);  // [WARPS][16][MROW]
+  float* merge_o = reinterpret_cast<float*>(tiles.smem);  // [WARPS][16 heads][MROW], by dim
   float* merge_m = merge_o + WARPS * 16 * MROW;           // [WARPS][16]
   float* merge_l = merge_m + WARPS * 16;                  // [WARPS][16]
   float* merge_w = merge_l + WARPS * 16;                  // [WARPS][16]: exp2(m_w - m) / l
   float* merge_lse = merge_w + WARPS * 16;                // [16]: m + log2(l)
   static_assert(decode_merge_bytes<kHeadDim>() <= decode_kv_area_bytes<T, kHeadDim, kKvBits>());
-  const int row_lo = lane / 4;
-  if (lane % 4 == 0) {
-    merge_m[warp * 16 + row_lo] = m_lo;
-    merge_m[warp * 16 + row_lo + 8] = m_hi;
-    merge_l[warp * 16 + row_lo] = l_lo;
-    merge_l[warp * 16 + row_lo + 8] = l_hi;
-  }
-  float* lo = merge_o + (warp * 16 + row_lo) * MROW + quad_col;
-  float* hi = lo + 8 * MROW;
 #pragma unroll
-  for (int d = 0; d < DTILES; ++d) {
-    if (row_lo < group) {
-      lo[d * 8] = o[d][0];
-      lo[d * 8 + 1] = o[d][1];
+  for (int nt = 0; nt < kHeadTiles; ++nt)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int head = nt * 8 + 2 * c + e;
+      if (g == 0) {
+        merge_m[warp * 16 + head] = m[nt][e];
+        merge_l[warp * 16 + head] = l[nt][e];
+      }
+      if (head >= group) continue;
+      float* row = merge_o + (warp * 16 + head) * MROW;
+#pragma unroll
+      for (int dt = 0; dt < DTILES; ++dt) {
+        row[decode_o_dim<kHeadDim, kKvBits>(dt, g)] = o[dt][nt][e];
+        row[decode_o_dim<kHeadDim, kKvBits>(dt, g + 8)] = o[dt][nt][e + 2];
+      }
     }
-    if (row_lo + 8 < group) {
-      hi[d * 8] = o[d][2];
-      hi[d * 8 + 1] = o[d][3];
-    }
-  }
   __syncthreads();
-  if (threadIdx.x < group) {  // one thread a row: the merge weights, once
+  if (threadIdx.x < group) {  // one thread a head: the merge weights, once
     const int row = threadIdx.x;
-    float m = -INFINITY;
+    float mx = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < WARPS; ++w) m = fmaxf(m, merge_m[w * 16 + row]);
-    float scale[WARPS], l = 0.0f;
+    for (int w = 0; w < WARPS; ++w) mx = fmaxf(mx, merge_m[w * 16 + row]);
+    float scale[WARPS], sum = 0.0f;
 #pragma unroll
     for (int w = 0; w < WARPS; ++w) {
       const float mw = merge_m[w * 16 + row];
-      scale[w] = mw == -INFINITY ? 0.0f : exp2f(mw - m);
-      l += merge_l[w * 16 + row] * scale[w];
+      scale[w] = mw == -INFINITY ? 0.0f : exp2f(mw - mx);
+      sum += merge_l[w * 16 + row] * scale[w];
     }
 #pragma unroll
-    for (int w = 0; w < WARPS; ++w) merge_w[w * 16 + row] = scale[w] / l;
-    merge_lse[row] = m + log2f(l);
+    for (int w = 0; w < WARPS; ++w) merge_w[w * 16 + row] = scale[w] / sum;
+    merge_lse[row] = mx + log2f(sum);
   }
   __syncthreads();
 
   for (int i = threadIdx.x; i < group * kHeadDim; i += decode_threads) {
     const int row = i / kHeadDim;
     const int d = i % kHeadDim;
-    const int at = decode_o_index<kHeadDim, kKvBits>(d);
     float acc = 0.0f;
 #pragma unroll
-    for (int w = 0; w < WARPS; ++w) acc += merge_o[(w * 16 + row) * MROW + at] * merge_w[w * 16 + row];
+    for (int w = 0; w < WARPS; ++w) acc += merge_o[(w * 16 + row) * MROW + d] * merge_w[w * 16 + row];
     const int head = kv_head * group + row;
     if (active_splits == 1) {
       T* out = static_cast<T*>(p.out) + static_cast<std::int64_t>(q_begin) * p.out_row_stride +
@@ -609,15 +608,23 @@ __global__ void __launch_bounds__(decode_threads, decode_min_ctas<kKvBits>) deco
   }
 }
 
+template <typename T, int kHeadDim, int kKvBits, int kHeadTiles>
+cudaError_t launch_decode_heads(const AttentionKernelParams& params, int num_sequences, cudaStream_t stream) {
+  constexpr auto kernel = decode_split_kernel<T, kHeadDim, kKvBits, kHeadTiles>;
+  constexpr int smem = decode_smem_bytes<T, kHeadDim, kKvBits>();
+  if (const cudaError_t e = allow_dynamic_smem<kernel>(smem); e != cudaSuccess) return e;
+  kernel<<<dim3(params.splits, params.kv_heads, num_sequences), decode_threads, smem, stream>>>(params);
+  return cudaGetLastError();
+}
+
+// One head tile: paged_attention plans this kernel for groups up to 8 (two
+// tiles, groups up to 16, would compile, but int4's would spill at the
+// register cap, and no GPU run has covered them; larger groups' decode
+// tokens go through the prefill kernel).
 template <typename T, int kHeadDim, int kKvBits>
 cudaError_t launch_decode_split(const AttentionKernelParams& params, int num_sequences, cudaStream_t stream) {
-  constexpr int smem = decode_smem_bytes<T, kHeadDim, kKvBits>();
-  if (const cudaError_t e = allow_dynamic_smem<decode_split_kernel<T, kHeadDim, kKvBits>>(smem); e != cudaSuccess) {
-    return e;
-  }
-  const dim3 grid(params.splits, params.kv_heads, num_sequences);
-  decode_split_kernel<T, kHeadDim, kKvBits><<<grid, decode_threads, smem, stream>>>(params);
-  return cudaGetLastError();
+  if (params.group > 8) return cudaErrorInvalidValue;
+  return launch_decode_heads<T, kHeadDim, kKvBits, 1>(params, num_sequences, stream);
 }
 
 }  // namespace hostrun::cuda::detail

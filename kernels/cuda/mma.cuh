@@ -44,6 +44,15 @@ __device__ __forceinline__ void ldmatrix_x4_trans(std::uint32_t (&r)[4], const v
                : "r"(smem_address(smem)));
 }
 
+// The transpose of an 8 x 8 matrix of 16-bit values held as an m8n8
+// fragment (lane t: row t / 4, columns 2 (t % 4) and + 1): what an mma's
+// accumulator block becomes when the next product wants it as B.
+__device__ __forceinline__ std::uint32_t movmatrix_trans(std::uint32_t x) {
+  std::uint32_t y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
+}
+
 // d += a * b, 16x8x16, f32 accumulators.
 template <typename T>
 __device__ __forceinline__ void mma_16816(float (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0,

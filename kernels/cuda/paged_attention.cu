@@ -12,7 +12,8 @@ namespace {
 constexpr int decode_block_n = 64;    // attention_decode.cuh
 constexpr int prefill_block_m = 64;   // attention_prefill.cuh
 constexpr int prefill_block_n = 64;
-constexpr int max_decode_group = 16;  // rows of the decode mma tile
+constexpr int max_decode_group = 8;   // q heads in the decode kernel's 8 mma columns (attention_decode.cuh);
+                                      // larger groups' decode tokens go through the prefill kernel
 // Shortest chunk of a split decode: one K/V tile. A small batch has too few
 // (sequence, kv head) CTAs to fill the GPU, and its time is one CTA's walk
 // over the whole context; cutting that walk into one-tile chunks spreads it
@@ -178,7 +179,7 @@ std::string AttentionKernelDesc::to_string() const {
   char text[256];
   if (kind == AttentionKernel::decode_split) {
     std::snprintf(text, sizeof text,
-                  "decode_split<%s,hd%d%s> group=%d rows=16 block_n=%d warps=%d splits=%d x %d positions "
+                  "decode_split<%s,hd%d%s> group=%d heads=8 block_n=%d warps=%d splits=%d x %d positions "
                   "mma.m16n8k16%s",
                   dtype_label(dtype), head_dim, kv_label(kv_bits), group, block_n, warps, splits, split_tokens,
                   splits > 1 ? " +decode_reduce" : "");
@@ -239,7 +240,7 @@ AttentionPlan plan_paged_attention(const AttentionProblem& problem) {
     int split_tokens = (context + splits - 1) / splits;
     split_tokens = std::max(decode_block_n, (split_tokens + decode_block_n - 1) / decode_block_n * decode_block_n);
     splits = (context + split_tokens - 1) / split_tokens;
-    plan.decode = {AttentionKernel::decode_split, problem.dtype, problem.head_dim, group, 16, decode_block_n, 4,
+    plan.decode = {AttentionKernel::decode_split, problem.dtype, problem.head_dim, group, 8, decode_block_n, 4,
                    splits, split_tokens, problem.kv_bits};
     if (splits > 1) {
       const std::size_t partials = static_cast<std::size_t>(std::max(problem.num_sequences, 1)) *

@@ -15,13 +15,14 @@
 // Two kernels (README.md has the design):
 //   decode_split  sequences with exactly one new token. grid (splits, kv_heads,
 //                 sequences): each CTA owns one (sequence, kv head) and a chunk
-//                 of split_tokens positions, all `group` q heads of the kv head
-//                 as the 16 rows of one m16n8k16 tile, so each K/V row is read
-//                 once per group. A chunk's partial (normalised output, log2
+//                 of split_tokens positions, all `group` (<= 8) q heads of the
+//                 kv head as the 8 columns of m16n8k16 tiles whose rows are K
+//                 positions and V dims (S^T = K Q^T, O^T = V^T P^T), so each
+//                 K/V row is read once per group. A chunk's partial (normalised output, log2
 //                 sum-exp) goes to the workspace and decode_reduce merges the
 //                 chunks; a sequence that fits one chunk is written directly.
 //   prefill       sequences with > 1 new token (and every sequence when group
-//                 > 16). grid (q tiles, kv_heads, sequences): 64 rows per CTA,
+//                 > 8). grid (q tiles, kv_heads, sequences): 64 rows per CTA,
 //                 a row being a (token, q head of the group) pair, FA2-style
 //                 online softmax over 64-position K/V tiles, causal mask only
 //                 on the tiles that cross the diagonal.
