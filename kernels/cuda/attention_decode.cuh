@@ -129,7 +129,7 @@ __device__ __forceinline__ void load_code_words(const unsigned char* p, std::uin
 // so each parameter is applied once a token instead of once a value. A code
 // enters a fragment register as the f16 number 1024 + c (put into 1024's
 // mantissa: exact; one PRMT for an int8 pair, a PRMT and a LOP3 for an int4
-// pair, ~0.75 for a V pair, which B wants across two rows); the 1024s come
+// pair, ~0.75 for a V pair, which V^T pairs across two rows); the 1024s come
 // out again through the same mma against a fragment of constants, on the
 // same f16-rounded q and p s_j, so their rounding cancels. int4 pairs share
 // a byte and the high nibble lands as 1024 + 16 c: K feeds q / 16 for those

@@ -316,7 +316,7 @@ struct SearchSummary {
   ordered_json clipped_linears = ordered_json::array();
 };
 
-// Steps 2-4 for one chunk of groups (chunks_of): search the scales of its
+// Steps 2-4 for one chunk of groups (awq_chunks): search the scales of its
 // groups (on their original weights), fold them, clip and round its
 // linears, and write them and the producers it changed.
 void quantize_chunk(const QuantizeJob& job, const std::vector<LinearInputGroup>& groups,
