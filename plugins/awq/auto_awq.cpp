@@ -106,8 +106,9 @@ class Progress {
   std::mutex mutex_;
 };
 
-// Keeps every `stride`-th token of each group's input (the first linear of
-// the group speaks for all of them).
+// Keeps every `stride`-th token of the input of each group in `active` (the
+// first linear of the group speaks for all of them); other groups' inputs
+// are passed over.
 class InputSampler final : public CalibrationObserver {
  public:
   struct Sampled {
@@ -117,9 +118,11 @@ class InputSampler final : public CalibrationObserver {
     size_t count() const { return in_features ? rows.size() / in_features : 0; }
   };
 
-  InputSampler(const std::vector<LinearInputGroup>& groups, size_t stride) : stride_(stride), sampled_(groups.size()) {
+  InputSampler(const std::vector<LinearInputGroup>& groups, const std::vector<size_t>& active, size_t stride)
+      : stride_(stride), sampled_(groups.size()), active_(groups.size(), false) {
     for (size_t g = 0; g < groups.size(); ++g)
       for (size_t i = 0; i < groups[g].linears.size(); ++i) where_[groups[g].linears[i].prefix] = {g, i};
+    for (size_t g : active) active_[g] = true;
   }
 
   void on_linear_input(std::string_view linear, const TensorView& x) noexcept override {
@@ -136,6 +139,7 @@ class InputSampler final : public CalibrationObserver {
       fail(ErrorCode::internal, fmt::format("the model reported the input of '{}', which none of its "
                                             "linear_input_groups() lists",
                                             linear));
+    if (!active_[found->second.first]) return;
     if (x.rank != 2 || x.dtype != DType::f32 || x.device.kind != DeviceKind::cpu || x.strides[1] != 1 ||
         x.strides[0] < x.shape[1])
       fail(ErrorCode::internal, fmt::format("the model reported '{}' as {} rank {} (expected f32 rows in host memory)",
@@ -155,6 +159,7 @@ class InputSampler final : public CalibrationObserver {
 
   size_t stride_;
   std::vector<Sampled> sampled_;
+  std::vector<bool> active_;
   std::map<std::string, std::pair<size_t, size_t>, std::less<>> where_;
   Status error_;
 };
@@ -417,39 +422,46 @@ void auto_awq(const QuantizeJob& job) {
   const GroupShapes shapes = check_groups(source, groups, size_t(job.group_size));
   const std::vector<size_t>& in_features = shapes.in_features;
 
-  // 1. Calibration.
+  // A chunk of about kChunkBytes of weights at a time (awq_chunks): the
+  // calibration sequences run through the model once per chunk (1), keeping
+  // only the inputs of the chunk's groups, which are then quantized (2-4),
+  // so host memory holds one chunk's weights and samples. A model that fits
+  // one chunk is calibrated once.
   size_t total_tokens = 0;
   for (const auto& sequence : job.calibration) total_tokens += sequence.size();
-  InputSampler sampler(groups, std::max<size_t>(1, (total_tokens + kSearchTokens - 1) / kSearchTokens));
-  {
-    Progress progress(job.progress, "calibrating", int64_t(job.calibration.size()));
-    for (const auto& sequence : job.calibration) {
-      if (Status s = job.model->observe_linear_inputs(sequence, sampler); !s)
-        fail(s.code(), "calibration: " + s.message());
-      if (!sampler.error().is_ok()) fail(sampler.error().code(), sampler.error().message());
-      progress.step();
-    }
-  }
-  std::vector<InputSampler::Sampled>& inputs = sampler.sampled();
-  for (size_t g = 0; g < groups.size(); ++g)
-    if (inputs[g].count() == 0 || inputs[g].in_features != in_features[g])
-      fail(ErrorCode::internal, fmt::format("calibration never reported a {}-channel input for '{}'", in_features[g],
-                                            groups[g].linears.front().prefix));
-  const size_t search_tokens = inputs.front().count();
-  const size_t clip_tokens = every_kth_row(inputs.front(), kClipTokens).size() / inputs.front().in_features;
-
-  // 2-4, a chunk of about kChunkBytes of weights at a time; a chunk's
-  // samples are dropped once it is written.
-  size_t linear_count = 0;
-  for (const LinearInputGroup& group : groups) linear_count += group.linears.size();
+  const size_t stride = std::max<size_t>(1, (total_tokens + kSearchTokens - 1) / kSearchTokens);
+  const std::vector<std::vector<size_t>> chunks = awq_chunks(groups, shapes.f32_bytes, kChunkBytes);
   SearchSummary search;
   std::set<std::string> written;
-  {
-    Progress progress(job.progress, "quantizing linears", int64_t(linear_count));
-    for (const std::vector<size_t>& chunk : awq_chunks(groups, shapes.f32_bytes, kChunkBytes)) {
-      quantize_chunk(job, groups, chunk, in_features, inputs, progress, search, written);
-      for (size_t g : chunk) std::vector<float>().swap(inputs[g].rows);
+  size_t search_tokens = 0, clip_tokens = 0;
+  for (size_t k = 0; k < chunks.size(); ++k) {
+    const std::vector<size_t>& chunk = chunks[k];
+    const std::string of_chunk = chunks.size() == 1 ? "" : fmt::format(" (chunk {} of {})", k + 1, chunks.size());
+    // 1. Calibration.
+    InputSampler sampler(groups, chunk, stride);
+    {
+      Progress progress(job.progress, "calibrating" + of_chunk, int64_t(job.calibration.size()));
+      for (const auto& sequence : job.calibration) {
+        if (Status s = job.model->observe_linear_inputs(sequence, sampler); !s)
+          fail(s.code(), "calibration: " + s.message());
+        if (!sampler.error().is_ok()) fail(sampler.error().code(), sampler.error().message());
+        progress.step();
+      }
     }
+    std::vector<InputSampler::Sampled>& inputs = sampler.sampled();
+    for (size_t g : chunk)
+      if (inputs[g].count() == 0 || inputs[g].in_features != in_features[g])
+        fail(ErrorCode::internal, fmt::format("calibration never reported a {}-channel input for '{}'",
+                                              in_features[g], groups[g].linears.front().prefix));
+    if (k == 0) {
+      search_tokens = inputs[chunk.front()].count();
+      clip_tokens = every_kth_row(inputs[chunk.front()], kClipTokens).size() / in_features[chunk.front()];
+    }
+    // 2-4.
+    size_t linear_count = 0;
+    for (size_t g : chunk) linear_count += groups[g].linears.size();
+    Progress progress(job.progress, "quantizing linears" + of_chunk, int64_t(linear_count));
+    quantize_chunk(job, groups, chunk, in_features, inputs, progress, search, written);
   }
 
   // The other tensors (embeddings, final norm, LM head), in the source's order.

@@ -19,14 +19,15 @@
 //     searches (alpha and output error against plain rounding per group and
 //     linear) goes beside it as awq_search.json.
 //
-// Steps 2-4 run a chunk of groups at a time (kChunkBytes of their weights in
-// f32, ~4 layers of an 8B model, all of a small one; groups that share a
-// tensor, such as up_proj, which down_proj's scales divide, stay in one
-// chunk), each chunk's searches and linears on all cores, and the chunk's
-// tensors are written and freed before the next is read: host memory holds
-// one chunk's weights plus the calibration samples (kSearchTokens rows of
-// every group's input in f32, ~14 GB for an 8B model; each chunk's dropped
-// once it is written).
+// The work runs a chunk of groups at a time (chunks.hpp: kChunkBytes of
+// their weights in f32, ~4 layers of an 8B model, all of a small one;
+// groups that share a tensor, such as up_proj, which down_proj's scales
+// divide, in one chunk): the calibration sequences run through the model
+// once per chunk, keeping only the chunk's inputs, then steps 2-4 run on all
+// cores and the chunk's tensors are written and freed. Host memory holds one
+// chunk's weights and samples (kSearchTokens rows of each of its groups'
+// inputs in f32; ~2 GB for 4 layers of an 8B model); the price is one
+// calibration pass per chunk.
 #pragma once
 
 #include <hostrun/sdk.hpp>
