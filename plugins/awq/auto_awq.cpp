@@ -366,7 +366,8 @@ void quantize_chunk(const QuantizeJob& job, const std::vector<LinearInputGroup>&
     std::vector<std::string> prefixes;
     for (const CalibratedLinear& linear : groups[g].linears) prefixes.push_back(linear.prefix);
     const ref::AwqScaleSearch& r = group_results[c].search;
-    summary.scaled_groups.push_back({{"linears", prefixes}, {"alpha", r.alpha}, {"loss", r.loss}, {"rtn_loss", r.rtn_loss}});
+    summary.scaled_groups.push_back(
+        {{"linears", prefixes}, {"alpha", r.alpha}, {"loss", r.loss}, {"rtn_loss", r.rtn_loss}});
   }
 
   // 3 and 4. Clipping and rounding, one linear at a time.
