@@ -204,7 +204,8 @@ __device__ __forceinline__ void load_q_operands(std::uint32_t (&q)[kHeadDim / 16
         __nv_bfloat162 b;
         std::memcpy(&b, &pair, 4);
         const float2 f = __bfloat1622float2(b);
-        h = __floats2half2_rn(fminf(fmaxf(f.x, -65504.0f), 65504.0f), fminf(fmaxf(f.y, -65504.0f), 65504.0f));
+        const std::uint32_t bits = saturated_f16_bits(f.x) | std::uint32_t(saturated_f16_bits(f.y)) << 16;
+        std::memcpy(&h, &bits, 4);
       }
       if constexpr (kKvBits == 4) h = __hmul2(h, __halves2half2(__float2half_rn(1.0f), __float2half_rn(0.0625f)));
       return half2_bits(h);
