@@ -1,5 +1,5 @@
 // Split-K ("flash-decoding") attention for decode tokens over the paged KV
-// cache. Included only by attention_decode_{bf16,f16}.cu.
+// cache. Included only by attention_decode_{bf16,f16,kv8,kv4}.cu.
 //
 // grid (splits, kv_heads, sequences), 4 warps. A CTA owns one (sequence, kv
 // head) and the positions [split * split_tokens, +split_tokens) of its
@@ -28,48 +28,46 @@ namespace hostrun::cuda::detail {
 
 constexpr int decode_block_n = 64;
 constexpr int decode_threads = 128;
-constexpr int decode_max_group = 16;  // q rows staged (the kernel reads the first 8)
 
 // Quantized pages are read from the staging buffers straight into mma
 // fragments (no 16-bit tile in shared memory). A tile of codes is a half
-// (int8) or a quarter (int4) of a 16-bit tile, so the same shared memory
-// keeps more of them in flight: 3 (int8) and 4 (int4) stages, 2 for 16-bit
-// tiles. Measured at 256 x 384 (int8): 168.5 us with 3 stages, 170.3 with 2,
-// before the changes that made the kernel 2x faster; it is bound by the
-// latency of each warp's chain of dependent instructions a tile, not by how
-// many tiles are in flight (kernels/cuda/NOTES.md).
+// (int8) or a quarter (int4) of a 16-bit tile, so shared memory allows more
+// CTAs an SM; the stages and the register budget are chosen for 5 at head_dim
+// 128 (int8: 2 stages, 40 KB; int4: 3 stages, 35 KB; registers <= 102).
+// Measured against 3 / 4 stages at 3 / 4 CTAs an SM (kernels/cuda/NOTES.md,
+// occupancy): 4-9% faster at 256 sequences, 2 or 3 int4 stages the same, and
+// splitting the score mmas into two accumulator chains changed nothing.
+// 16-bit pages: 2 stages (70 KB, 3 CTAs an SM), at 88-97% of the copy.
 template <int kKvBits>
-inline constexpr int decode_stages = kKvBits == 8 ? 3 : kKvBits == 4 ? 4 : 2;
-// CTAs an SM must hold (register budget): what the shared memory of the
-// quantized pipelines allows at head_dim 128 (int8 61 KB, int4 47 KB).
+inline constexpr int decode_stages = kKvBits == 4 ? 3 : 2;
 template <int kKvBits>
-inline constexpr int decode_min_ctas = kKvBits == 8 ? 3 : kKvBits == 4 ? 4 : 1;
+inline constexpr int decode_min_ctas = kKvBits == 0 ? 1 : 5;
 template <typename T, int kHeadDim, int kKvBits>
 using DecodeTiles =
     KvTileStream<T, kHeadDim, kKvBits, decode_block_n, decode_threads, false, decode_stages<kKvBits>>;
 
-// The four warps' merge at the end reuses the K/V area: O as [warp][16 rows]
+// The four warps' merge at the end reuses the K/V area: O as [warp][head]
 // [fragment order], rows padded by 8 floats (a warp's stores then spread over
-// the banks), and per (warp, row) the max, the sum and the merge weight, and
-// per row the log2-sum-exp.
+// the banks), and per (warp, head) the max, the sum and the merge weight, and
+// per head the log2-sum-exp. kHeads = 8 a head tile: the q rows staged and merged.
 template <int kHeadDim>
 inline constexpr int decode_merge_row = kHeadDim + 8;
-template <int kHeadDim>
+template <int kHeadDim, int kHeads>
 constexpr int decode_merge_bytes() {
   constexpr int warps = decode_threads / 32;
-  return (warps * 16 * decode_merge_row<kHeadDim> + 3 * warps * 16 + 16) * 4;
+  return (warps * kHeads * decode_merge_row<kHeadDim> + 3 * warps * kHeads + kHeads) * 4;
 }
 
-template <typename T, int kHeadDim, int kKvBits>
+template <typename T, int kHeadDim, int kKvBits, int kHeads>
 constexpr int decode_kv_area_bytes() {
-  return DecodeTiles<T, kHeadDim, kKvBits>::kSmemBytes > decode_merge_bytes<kHeadDim>()
+  return DecodeTiles<T, kHeadDim, kKvBits>::kSmemBytes > decode_merge_bytes<kHeadDim, kHeads>()
              ? DecodeTiles<T, kHeadDim, kKvBits>::kSmemBytes
-             : decode_merge_bytes<kHeadDim>();
+             : decode_merge_bytes<kHeadDim, kHeads>();
 }
 
-template <typename T, int kHeadDim, int kKvBits>
+template <typename T, int kHeadDim, int kKvBits, int kHeads>
 constexpr int decode_smem_bytes() {
-  return decode_max_group * smem_row<kHeadDim> * 2 + decode_kv_area_bytes<T, kHeadDim, kKvBits>();
+  return kHeads * smem_row<kHeadDim> * 2 + decode_kv_area_bytes<T, kHeadDim, kKvBits, kHeads>();
 }
 
 // ---- roles -------------------------------------------------------------
@@ -345,11 +343,12 @@ __global__ void __launch_bounds__(decode_threads, decode_min_ctas<kKvBits>) deco
   constexpr int DTILES = kHeadDim / 16;
   constexpr int WARPS = decode_threads / 32;
   constexpr bool kQuantized = kKvBits != 0;
+  constexpr int HEADS = 8 * kHeadTiles;  // q rows staged; rows >= group are zeros
   using P = std::conditional_t<kQuantized, __half, T>;  // the type of the products' operands
   extern __shared__ __align__(16) unsigned char smem[];
-  T* q_tile = reinterpret_cast<T*>(smem);  // [16][ROW]
+  T* q_tile = reinterpret_cast<T*>(smem);  // [HEADS][ROW]
   using Tiles = DecodeTiles<T, kHeadDim, kKvBits>;
-  const Tiles tiles{reinterpret_cast<unsigned char*>(q_tile + decode_max_group * ROW)};
+  const Tiles tiles{reinterpret_cast<unsigned char*>(q_tile + HEADS * ROW)};
 
   const int split = blockIdx.x;
   const int kv_head = blockIdx.y;
@@ -373,7 +372,7 @@ __global__ void __launch_bounds__(decode_threads, decode_min_ctas<kKvBits>) deco
     constexpr int chunks = kHeadDim / 8;
     const T* q = static_cast<const T*>(p.q) + static_cast<std::int64_t>(q_begin) * p.q_row_stride +
                  static_cast<std::int64_t>(kv_head * group) * kHeadDim;
-    for (int i = threadIdx.x; i < decode_max_group * chunks; i += decode_threads) {
+    for (int i = threadIdx.x; i < HEADS * chunks; i += decode_threads) {
       const int row = i / chunks;
       const int chunk = i % chunks;
       const bool valid = row < group;
@@ -548,23 +547,23 @@ __global__ void __launch_bounds__(decode_threads, decode_min_ctas<kKvBits>) deco
 
   // Merge the four warps' states (heads >= group are padding: skipped).
   constexpr int MROW = decode_merge_row<kHeadDim>;
-  float* merge_o = reinterpret_cast<float*>(tiles.smem);  // [WARPS][16 heads][MROW], by dim
-  float* merge_m = merge_o + WARPS * 16 * MROW;           // [WARPS][16]
-  float* merge_l = merge_m + WARPS * 16;                  // [WARPS][16]
-  float* merge_w = merge_l + WARPS * 16;                  // [WARPS][16]: exp2(m_w - m) / l
-  float* merge_lse = merge_w + WARPS * 16;                // [16]: m + log2(l)
-  static_assert(decode_merge_bytes<kHeadDim>() <= decode_kv_area_bytes<T, kHeadDim, kKvBits>());
+  float* merge_o = reinterpret_cast<float*>(tiles.smem);  // [WARPS][HEADS][MROW], by dim
+  float* merge_m = merge_o + WARPS * HEADS * MROW;        // [WARPS][HEADS]
+  float* merge_l = merge_m + WARPS * HEADS;               // [WARPS][HEADS]
+  float* merge_w = merge_l + WARPS * HEADS;               // [WARPS][HEADS]: exp2(m_w - m) / l
+  float* merge_lse = merge_w + WARPS * HEADS;             // [HEADS]: m + log2(l)
+  static_assert(decode_merge_bytes<kHeadDim, HEADS>() <= decode_kv_area_bytes<T, kHeadDim, kKvBits, HEADS>());
 #pragma unroll
   for (int nt = 0; nt < kHeadTiles; ++nt)
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const int head = nt * 8 + 2 * c + e;
       if (g == 0) {
-        merge_m[warp * 16 + head] = m[nt][e];
-        merge_l[warp * 16 + head] = l[nt][e];
+        merge_m[warp * HEADS + head] = m[nt][e];
+        merge_l[warp * HEADS + head] = l[nt][e];
       }
       if (head >= group) continue;
-      float* row = merge_o + (warp * 16 + head) * MROW;
+      float* row = merge_o + (warp * HEADS + head) * MROW;
 #pragma unroll
       for (int dt = 0; dt < DTILES; ++dt) {
         row[decode_o_dim<kHeadDim, kKvBits>(dt, g)] = o[dt][nt][e];
@@ -576,16 +575,16 @@ __global__ void __launch_bounds__(decode_threads, decode_min_ctas<kKvBits>) deco
     const int row = threadIdx.x;
     float mx = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < WARPS; ++w) mx = fmaxf(mx, merge_m[w * 16 + row]);
+    for (int w = 0; w < WARPS; ++w) mx = fmaxf(mx, merge_m[w * HEADS + row]);
     float scale[WARPS], sum = 0.0f;
 #pragma unroll
     for (int w = 0; w < WARPS; ++w) {
-      const float mw = merge_m[w * 16 + row];
+      const float mw = merge_m[w * HEADS + row];
       scale[w] = mw == -INFINITY ? 0.0f : exp2f(mw - mx);
-      sum += merge_l[w * 16 + row] * scale[w];
+      sum += merge_l[w * HEADS + row] * scale[w];
     }
 #pragma unroll
-    for (int w = 0; w < WARPS; ++w) merge_w[w * 16 + row] = scale[w] / sum;
+    for (int w = 0; w < WARPS; ++w) merge_w[w * HEADS + row] = scale[w] / sum;
     merge_lse[row] = mx + log2f(sum);
   }
   __syncthreads();
@@ -595,7 +594,7 @@ __global__ void __launch_bounds__(decode_threads, decode_min_ctas<kKvBits>) deco
     const int d = i % kHeadDim;
     float acc = 0.0f;
 #pragma unroll
-    for (int w = 0; w < WARPS; ++w) acc += merge_o[(w * 16 + row) * MROW + d] * merge_w[w * 16 + row];
+    for (int w = 0; w < WARPS; ++w) acc += merge_o[(w * HEADS + row) * MROW + d] * merge_w[w * HEADS + row];
     const int head = kv_head * group + row;
     if (active_splits == 1) {
       T* out = static_cast<T*>(p.out) + static_cast<std::int64_t>(q_begin) * p.out_row_stride +
@@ -612,7 +611,7 @@ __global__ void __launch_bounds__(decode_threads, decode_min_ctas<kKvBits>) deco
 template <typename T, int kHeadDim, int kKvBits, int kHeadTiles>
 cudaError_t launch_decode_heads(const AttentionKernelParams& params, int num_sequences, cudaStream_t stream) {
   constexpr auto kernel = decode_split_kernel<T, kHeadDim, kKvBits, kHeadTiles>;
-  constexpr int smem = decode_smem_bytes<T, kHeadDim, kKvBits>();
+  constexpr int smem = decode_smem_bytes<T, kHeadDim, kKvBits, 8 * kHeadTiles>();
   if (const cudaError_t e = allow_dynamic_smem<kernel>(smem); e != cudaSuccess) return e;
   kernel<<<dim3(params.splits, params.kv_heads, num_sequences), decode_threads, smem, stream>>>(params);
   return cudaGetLastError();

@@ -230,8 +230,8 @@ AttentionPlan plan_paged_attention(const AttentionProblem& problem) {
     if (problem.force_splits > 0) {
       splits = problem.force_splits;
     } else {
-      // Aim for about four CTAs per SM (74 KB of shared memory each at
-      // head_dim 128 allows three resident, plus a tail wave), never a chunk
+      // Aim for about four CTAs per SM (3 fit at head_dim 128 with bf16
+      // pages, 5 with int8 or int4 ones: attention_decode.cuh), never a chunk
       // under min_split_tokens positions.
       const int ctas = std::max(problem.num_sequences, 1) * problem.kv_heads;
       const int wanted = (4 * std::max(problem.num_sms, 1) + ctas - 1) / ctas;
