@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The layering rule (docs/architecture.md), checked on the sources:
-#   plugins -> sdk (+ kernels, + plugins/llama_common for the Llama plugins)
+#   plugins -> sdk (+ kernels, + plugins/llama_common for the Llama plugins,
+#              + plugins/image_common for the vision plugins)
 #   core    -> sdk
 #   kernels -> nothing of ours
 # A plugin that includes a core/ header, or links a core library, fails; so
@@ -43,13 +44,14 @@ done < <(find plugins -name CMakeLists.txt)
 while read -r file; do
   while read -r where path; do
     [ -z "$path" ] && continue
-    if [[ "$path" == llama_common/* || "$path" == ref/* || "$path" == cuda/* || "$path" == *plugins/* ]]; then
+    if [[ "$path" == llama_common/* || "$path" == image_common/* || "$path" == ref/* || "$path" == cuda/* ||
+          "$path" == *plugins/* ]]; then
       fail "$where includes \"$path\" (core depends on sdk/ only)"
     fi
   done < <(quoted_includes "$file")
 done < <(sources core)
-if grep -rnE 'hostrun::(llama_common|kernels_ref|kernels_cuda)|hostrun_llama_common' core --include=CMakeLists.txt >/dev/null; then
-  fail "core links a plugin-side library: $(grep -rnE 'hostrun::(llama_common|kernels_ref|kernels_cuda)' core --include=CMakeLists.txt | head -1)"
+if grep -rnE 'hostrun::(llama_common|image_common|kernels_ref|kernels_cuda)|hostrun_(llama|image)_common' core --include=CMakeLists.txt >/dev/null; then
+  fail "core links a plugin-side library: $(grep -rnE 'hostrun::(llama_common|image_common|kernels_ref|kernels_cuda)' core --include=CMakeLists.txt | head -1)"
 fi
 # No model-side plugin (model, KV cache, quantizer, vision encoder) named in
 # the host's code as a string it would look up: it finds them through the
