@@ -9,6 +9,7 @@
 #include <array>
 #include <cstdint>
 #include <span>
+#include <string_view>
 
 #include "hostrun/status.hpp"
 #include "image_common/image.hpp"
@@ -58,5 +59,27 @@ RgbImage clip_pixels(const RgbImage& image, const ClipPreprocess& params);
 Status clip_preprocess(const RgbImage& image, const ClipPreprocess& params, std::span<float> out);
 // The [3, H, W] size clip_preprocess writes for an image of this size.
 std::array<int, 2> clip_output_size(int width, int height, const ClipPreprocess& params);  // {width, height}
+
+}  // namespace hostrun::image
+
+namespace hostrun {
+class WeightSource;
+}
+
+namespace hostrun::image {
+
+// The image processor's settings as transformers writes them:
+// preprocessor_config.json (transformers 4: the keys at the top) or
+// processor_config.json (transformers 5: under "image_processor").
+// `size` {"shortest_edge"} or a number, `crop_size` {"height", "width"} or a
+// number, `do_pad` (LlavaImageProcessor's pad to square), `resample` 3
+// (PIL's BICUBIC, the only one here: anything else is refused naming it),
+// image_mean / image_std of three, rescale_factor. Absent keys keep
+// CLIPImageProcessor's defaults; a key of the wrong type or out of range is
+// invalid_argument naming `source` and the key.
+Result<ClipPreprocess> parse_clip_preprocess(std::string_view json_text, std::string_view source);
+// From a model folder: preprocessor_config.json, else processor_config.json;
+// not_found naming both when neither is there.
+Result<ClipPreprocess> read_clip_preprocess(const WeightSource& folder);
 
 }  // namespace hostrun::image

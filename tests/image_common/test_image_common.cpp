@@ -7,12 +7,14 @@
 #include <cmath>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <random>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "image_common/clip_preprocess.hpp"
+#include "hostrun/weights.hpp"
 #include "image_common/image.hpp"
 
 namespace img = hostrun::image;
@@ -233,4 +235,94 @@ TEST_CASE("truncated and corrupted images are refused, never a crash") {
   const auto jcut = img::decode_image(std::vector<std::uint8_t>(jpeg.begin(), jpeg.begin() + std::ptrdiff_t(jpeg.size() / 2)));
   REQUIRE_FALSE(jcut.has_value());
   CHECK(jcut.status().message() == "bad JPEG image: the file ends early (truncated)");
+}
+
+namespace {
+
+// A model folder holding only small files (what read_clip_preprocess reads).
+class FilesOnly : public hostrun::WeightSource {
+ public:
+  FilesOnly(std::initializer_list<std::pair<const std::string, std::string>> files) : files_(files) {}
+  std::string directory() const noexcept override { return "/models/llava"; }
+  std::string config_json() const noexcept override { return "{}"; }
+  std::vector<std::string> tensor_names() const noexcept override { return {}; }
+  hostrun::Result<hostrun::TensorView> tensor(std::string_view name) const noexcept override {
+    return hostrun::Status(hostrun::ErrorCode::not_found, std::string(name));
+  }
+  hostrun::Result<std::string> read_file(std::string_view name) const noexcept override {
+    const auto it = files_.find(std::string(name));
+    if (it == files_.end()) return hostrun::Status(hostrun::ErrorCode::not_found, std::string(name));
+    return it->second;
+  }
+
+ private:
+  std::map<std::string, std::string> files_;
+};
+
+// llava-hf's and xtuner's -transformers folders (transformers 4).
+constexpr const char* kTransformers4 = R"({
+  "crop_size": {"height": 336, "width": 336}, "do_center_crop": true, "do_convert_rgb": true,
+  "do_normalize": true, "do_rescale": true, "do_resize": true,
+  "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_processor_type": "CLIPImageProcessor",
+  "image_std": [0.26862954, 0.26130258, 0.27577711], "processor_class": "LlavaProcessor",
+  "resample": 3, "rescale_factor": 0.00392156862745098, "size": {"shortest_edge": 336}})";
+
+}  // namespace
+
+TEST_CASE("processor configs: transformers 4 and 5 layouts, old integer sizes, LLaVA's pad") {
+  const auto four = img::parse_clip_preprocess(kTransformers4, "preprocessor_config.json");
+  REQUIRE_MESSAGE(four.has_value(), four.status().message());
+  CHECK(four->shortest_edge == 336);
+  CHECK(four->crop_width == 336);
+  CHECK(four->crop_height == 336);
+  CHECK_FALSE(four->pad_to_square);
+  CHECK(four->mean[1] == 0.4578275f);
+  CHECK(four->std[2] == 0.27577711f);
+
+  const std::string five = std::string(R"({"image_processor": )") +
+                           R"({"do_pad": true, "size": {"shortest_edge": 224}, "crop_size": {"height": 200, "width": 190},
+                               "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 3},
+                             "patch_size": 14, "processor_class": "LlavaProcessor"})";
+  const auto nested = img::parse_clip_preprocess(five, "processor_config.json");
+  REQUIRE_MESSAGE(nested.has_value(), nested.status().message());
+  CHECK(nested->pad_to_square);
+  CHECK(nested->shortest_edge == 224);
+  CHECK(nested->crop_height == 200);
+  CHECK(nested->crop_width == 190);
+  CHECK(img::mean_color(nested.value()) == std::array<std::uint8_t, 3>{127, 127, 127});
+
+  const auto old = img::parse_clip_preprocess(R"({"size": 224, "crop_size": 224})", "old.json");
+  REQUIRE(old.has_value());
+  CHECK(old->shortest_edge == 224);
+  CHECK(old->crop_width == 224);
+  CHECK(old->mean == img::ClipPreprocess{}.mean);
+
+  const auto message = [](const char* text) { return img::parse_clip_preprocess(text, "p.json").status().message(); };
+  CHECK(message(R"({"resample": 2})") == "p.json: \"resample\" is 2; only 3 (PIL's BICUBIC, what CLIP and LLaVA use) is supported");
+  CHECK(message(R"({"size": {"height": 336, "width": 336}})") ==
+        "p.json: \"size\" must name \"shortest_edge\" (CLIP's resize), found {\"height\":336,\"width\":336}");
+  CHECK(message(R"({"crop_size": 0})") == "p.json: \"crop_size\" must be a whole number of pixels from 1 to 8192, found 0");
+  CHECK(message(R"({"image_std": [0.5, 0, 0.5]})") == "p.json: \"image_std\" must be three positive numbers");
+  CHECK(message(R"({"image_mean": [0.5, 0.5]})") == "p.json: \"image_mean\" must be three numbers (R, G, B), found [0.5,0.5]");
+  CHECK(message(R"({"do_pad": "yes"})") == "p.json: \"do_pad\" must be true or false, found \"yes\"");
+  CHECK(message(R"({"do_convert_rgb": false})") ==
+        "p.json: \"do_convert_rgb\" false is not supported (images are always converted to RGB)");
+  CHECK(message("[1, 2]") == "p.json: expected a JSON object");
+  CHECK(message("{") .rfind("p.json is not valid JSON", 0) == 0);
+}
+
+TEST_CASE("read_clip_preprocess: preprocessor_config.json first, then processor_config.json") {
+  const FilesOnly four({{"preprocessor_config.json", kTransformers4}, {"processor_config.json", R"({"image_processor": {"size": 100}})"}});
+  CHECK(img::read_clip_preprocess(four)->shortest_edge == 336);
+  const FilesOnly five({{"processor_config.json", R"({"image_processor": {"size": 100}})"}});
+  CHECK(img::read_clip_preprocess(five)->shortest_edge == 100);
+  const FilesOnly none{};
+  const auto missing = img::read_clip_preprocess(none);
+  REQUIRE_FALSE(missing.has_value());
+  CHECK(missing.status().code() == hostrun::ErrorCode::not_found);
+  CHECK(missing.status().message() ==
+        "/models/llava has neither preprocessor_config.json nor processor_config.json (the image processor's sizes "
+        "and statistics)");
+  const FilesOnly broken({{"preprocessor_config.json", R"({"resample": 0})"}});
+  CHECK(img::read_clip_preprocess(broken).status().message().rfind("/models/llava/preprocessor_config.json: \"resample\" is 0", 0) == 0);
 }
