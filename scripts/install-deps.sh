@@ -7,7 +7,8 @@ set -euo pipefail
 
 packages=(cmake ninja-build g++ pkg-config ccache
   libboost-dev libfmt-dev libtomlplusplus-dev libcli11-dev nlohmann-json3-dev libpcre2-dev doctest-dev libssl-dev
-  libpng-dev libjpeg62-turbo-dev libwebp-dev libgif-dev)  # the image codecs: plugins/image_common
+  libpng-dev libjpeg62-turbo-dev libwebp-dev libgif-dev  # the image codecs: plugins/image_common
+  libonnx-dev libprotobuf-dev)                          # ONNX graphs: plugins/onnx_vision
 if [ "${1:-}" = "--test" ]; then
   # clang + its runtime for the libFuzzer targets.
   packages+=(clang libclang-rt-14-dev tmux)

@@ -44,7 +44,8 @@ done < <(find plugins -name CMakeLists.txt)
 while read -r file; do
   while read -r where path; do
     [ -z "$path" ] && continue
-    if [[ "$path" == llama_common/* || "$path" == image_common/* || "$path" == ref/* || "$path" == cuda/* ||
+    if [[ "$path" == llama_common/* || "$path" == image_common/* || "$path" == onnx_vision/* || "$path" == ref/* ||
+          "$path" == cuda/* ||
           "$path" == *plugins/* ]]; then
       fail "$where includes \"$path\" (core depends on sdk/ only)"
     fi
