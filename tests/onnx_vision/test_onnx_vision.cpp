@@ -11,6 +11,8 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -237,4 +239,230 @@ TEST_CASE("external data: read from the model's folder, never outside it") {
         std::string::npos);
   CHECK(load_model(model_with("missing.bin", "0"), options).status().message().find("does not exist") != std::string::npos);
   fs::remove_all(dir);
+}
+
+// ---- LLaVA's vision graph, written from a config -------------------------------------
+
+#include "onnx_vision/llava_graph.hpp"
+
+namespace {
+
+// A toy LLaVA: 4 x 4 images of 2 x 2 patches (4 patches + CLS), width 8, 2 heads, 3 layers, features from
+// hidden_states[-2] (two layers run), projector to width 6.
+constexpr const char* kToyLlava = R"({
+  "architectures": ["LlavaForConditionalGeneration"], "model_type": "llava", "image_token_index": 5,
+  "projector_hidden_act": "gelu", "vision_feature_layer": -2, "vision_feature_select_strategy": "default",
+  "text_config": {"model_type": "llama", "hidden_size": 6},
+  "vision_config": {"model_type": "clip_vision_model", "hidden_size": 8, "intermediate_size": 16,
+                    "num_hidden_layers": 3, "num_attention_heads": 2, "image_size": 4, "patch_size": 2}})";
+
+struct Weights {
+  std::map<std::string, std::pair<std::vector<std::int64_t>, std::vector<float>>> tensors;
+  std::mt19937 rng{42};
+  void add(const std::string& name, std::vector<std::int64_t> shape, float scale = 0.4f) {
+    std::normal_distribution<float> normal(0.0f, scale);
+    std::int64_t n = 1;
+    for (std::int64_t d : shape) n *= d;
+    std::vector<float> v(static_cast<std::size_t>(n));
+    for (float& x : v) x = normal(rng);
+    tensors[name] = {std::move(shape), std::move(v)};
+  }
+  const std::vector<float>& operator[](const std::string& name) const { return tensors.at(name).second; }
+};
+
+Weights toy_weights(const ov::LlavaVisionConfig& c, const ov::LlavaTensorNames& names) {
+  Weights w;
+  const std::int64_t d = c.hidden_size, tokens = c.patches_per_side() * c.patches_per_side() + 1;
+  const std::string& v = names.vision;
+  w.add(v + "embeddings.patch_embedding.weight", {d, c.num_channels, c.patch_size, c.patch_size});
+  w.add(v + "embeddings.class_embedding", {d});
+  w.add(v + "embeddings.position_embedding.weight", {tokens, d});
+  const auto norm = [&](const std::string& p) {
+    w.add(p + "weight", {d}, 0.3f);
+    for (float& x : w.tensors[p + "weight"].second) x += 1.0f;
+    w.add(p + "bias", {d}, 0.1f);
+  };
+  const auto linear = [&](const std::string& p, std::int64_t out, std::int64_t in) {
+    w.add(p + "weight", {out, in});
+    w.add(p + "bias", {out}, 0.1f);
+  };
+  norm(v + "pre_layrnorm.");
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = v + "encoder.layers." + std::to_string(l) + ".";
+    norm(p + "layer_norm1.");
+    norm(p + "layer_norm2.");
+    for (const char* proj : {"q_proj.", "k_proj.", "v_proj.", "out_proj."}) linear(p + "self_attn." + proj, d, d);
+    linear(p + "mlp.fc1.", c.intermediate_size, d);
+    linear(p + "mlp.fc2.", d, c.intermediate_size);
+  }
+  linear(names.projector + "linear_1.", c.text_hidden_size, d);
+  linear(names.projector + "linear_2.", c.text_hidden_size, c.text_hidden_size);
+  return w;
+}
+
+// LLaVA's vision path written out plainly (HF's CLIPVisionModel and LlavaMultiModalProjector), in double.
+std::vector<double> reference_features(const ov::LlavaVisionConfig& c, const ov::LlavaTensorNames& names,
+                                       const Weights& w, const std::vector<float>& pixels) {
+  const int d = c.hidden_size, p = c.patch_size, side = c.patches_per_side(), s = c.image_size;
+  const int tokens = side * side + 1, heads = c.num_attention_heads, hd = d / heads;
+  const std::string& v = names.vision;
+  using Rows = std::vector<std::vector<double>>;
+  Rows x(static_cast<std::size_t>(tokens), std::vector<double>(static_cast<std::size_t>(d)));
+  const auto& patch = w[v + "embeddings.patch_embedding.weight"];
+  for (int f = 0; f < d; ++f) {
+    x[0][std::size_t(f)] = w[v + "embeddings.class_embedding"][std::size_t(f)];
+    for (int py = 0; py < side; ++py)
+      for (int px = 0; px < side; ++px) {
+        double sum = 0.0;
+        for (int ch = 0; ch < c.num_channels; ++ch)
+          for (int ky = 0; ky < p; ++ky)
+            for (int kx = 0; kx < p; ++kx)
+              sum += pixels[std::size_t((ch * s + py * p + ky) * s + px * p + kx)] *
+                     patch[std::size_t(((f * c.num_channels + ch) * p + ky) * p + kx)];
+        x[std::size_t(1 + py * side + px)][std::size_t(f)] = sum;
+      }
+  }
+  for (int t = 0; t < tokens; ++t)
+    for (int f = 0; f < d; ++f) x[std::size_t(t)][std::size_t(f)] += w[v + "embeddings.position_embedding.weight"][std::size_t(t * d + f)];
+  const auto layer_norm = [&](const Rows& in, const std::string& prefix) {
+    Rows out = in;
+    for (auto& row : out) {
+      double mean = 0, var = 0;
+      for (double e : row) mean += e;
+      mean /= double(row.size());
+      for (double e : row) var += (e - mean) * (e - mean);
+      var /= double(row.size());
+      for (std::size_t k = 0; k < row.size(); ++k)
+        row[k] = (row[k] - mean) / std::sqrt(var + c.layer_norm_eps) * w[prefix + "weight"][k] + w[prefix + "bias"][k];
+    }
+    return out;
+  };
+  const auto linear = [&](const Rows& in, const std::string& prefix) {
+    const auto& weight = w[prefix + "weight"];
+    const auto& bias = w[prefix + "bias"];
+    const std::size_t out_width = bias.size(), in_width = in[0].size();
+    Rows out(in.size(), std::vector<double>(out_width));
+    for (std::size_t r = 0; r < in.size(); ++r)
+      for (std::size_t o = 0; o < out_width; ++o) {
+        double sum = bias[o];
+        for (std::size_t k = 0; k < in_width; ++k) sum += in[r][k] * weight[o * in_width + k];
+        out[r][o] = sum;
+      }
+    return out;
+  };
+  const auto act = [](Rows in, const std::string& kind) {
+    for (auto& row : in)
+      for (double& e : row) e = kind == "quick_gelu" ? e / (1.0 + std::exp(-1.702 * e)) : 0.5 * e * (1.0 + std::erf(e / std::sqrt(2.0)));
+    return in;
+  };
+  x = layer_norm(x, v + "pre_layrnorm.");
+  for (int l = 0; l < c.layers_run(); ++l) {
+    const std::string pre = v + "encoder.layers." + std::to_string(l) + ".";
+    const Rows h = layer_norm(x, pre + "layer_norm1.");
+    const Rows q = linear(h, pre + "self_attn.q_proj."), k = linear(h, pre + "self_attn.k_proj."), val = linear(h, pre + "self_attn.v_proj.");
+    Rows context(static_cast<std::size_t>(tokens), std::vector<double>(static_cast<std::size_t>(d), 0.0));
+    for (int head = 0; head < heads; ++head)
+      for (int i = 0; i < tokens; ++i) {
+        std::vector<double> score(static_cast<std::size_t>(tokens));
+        double max = -1e300, sum = 0;
+        for (int j = 0; j < tokens; ++j) {
+          double dot = 0;
+          for (int e = 0; e < hd; ++e) dot += q[std::size_t(i)][std::size_t(head * hd + e)] * k[std::size_t(j)][std::size_t(head * hd + e)];
+          score[std::size_t(j)] = dot / std::sqrt(double(hd));
+          max = std::max(max, score[std::size_t(j)]);
+        }
+        for (double& e : score) sum += (e = std::exp(e - max));
+        for (int j = 0; j < tokens; ++j)
+          for (int e = 0; e < hd; ++e)
+            context[std::size_t(i)][std::size_t(head * hd + e)] += score[std::size_t(j)] / sum * val[std::size_t(j)][std::size_t(head * hd + e)];
+      }
+    const Rows attn = linear(context, pre + "self_attn.out_proj.");
+    for (int t = 0; t < tokens; ++t)
+      for (int f = 0; f < d; ++f) x[std::size_t(t)][std::size_t(f)] += attn[std::size_t(t)][std::size_t(f)];
+    const Rows mlp = linear(act(linear(layer_norm(x, pre + "layer_norm2."), pre + "mlp.fc1."), c.hidden_act), pre + "mlp.fc2.");
+    for (int t = 0; t < tokens; ++t)
+      for (int f = 0; f < d; ++f) x[std::size_t(t)][std::size_t(f)] += mlp[std::size_t(t)][std::size_t(f)];
+  }
+  const Rows kept(x.begin() + (c.keep_cls ? 0 : 1), x.end());
+  const Rows out = linear(act(linear(kept, names.projector + "linear_1."), c.projector_hidden_act), names.projector + "linear_2.");
+  std::vector<double> flat;
+  for (const auto& row : out) flat.insert(flat.end(), row.begin(), row.end());
+  return flat;
+}
+
+}  // namespace
+
+TEST_CASE("LLaVA's vision graph from a config matches the model written out plainly") {
+  for (const bool transformers5 : {false, true}) {
+    CAPTURE(transformers5);
+    std::string text = kToyLlava;
+    if (transformers5) text.replace(text.find("\"image_token_index\""), 19, "\"image_token_id\"   ");
+    auto config = ov::parse_llava_vision_config(text, "config.json");
+    REQUIRE_MESSAGE(config.has_value(), config.status().message());
+    CHECK(config->layers_run() == 2);
+    CHECK(config->tokens_per_image() == 4);
+    CHECK(config->image_token_id == 5);
+    const ov::LlavaTensorNames names = transformers5
+        ? ov::LlavaTensorNames{"model.vision_tower.vision_model.", "model.multi_modal_projector."}
+        : ov::LlavaTensorNames{"vision_tower.vision_model.", "multi_modal_projector."};
+    const Weights weights = toy_weights(*config, names);
+    std::set<std::string> asked;
+    const onnx::ModelProto model = ov::llava_vision_graph(*config, names, [&](const std::string& name) {
+      asked.insert(name);
+      const auto& [shape, values] = weights.tensors.at(name);
+      onnx::TensorProto t;
+      t.set_data_type(onnx::TensorProto::FLOAT);
+      for (std::int64_t dim : shape) t.add_dims(dim);
+      t.set_raw_data(values.data(), values.size() * sizeof(float));
+      return t;
+    }, /*batch=*/2);
+    // Weights of the third layer are never read (features come from hidden_states[-2]).
+    CHECK(asked.size() == weights.tensors.size() - 16);
+    auto graph = load_model(model);
+    REQUIRE_MESSAGE(graph.has_value(), graph.status().message());
+    REQUIRE(graph->outputs.size() == 1);
+    CHECK(graph->outputs[0].shape == std::vector<std::int64_t>{2, 4, 6});
+
+    std::mt19937 rng(3);
+    std::normal_distribution<float> normal;
+    std::vector<float> pixels(2 * 3 * 4 * 4);
+    for (float& p : pixels) p = normal(rng);
+    const auto out = ov::run_on_cpu(*graph, {{"pixel_values", ov::HostTensor::floats({2, 3, 4, 4}, pixels)}});
+    REQUIRE_MESSAGE(out.has_value(), out.status().message());
+    const std::vector<float>& ours = out.value()[0].f;
+    for (int b = 0; b < 2; ++b) {
+      const std::vector<float> image(pixels.begin() + b * 48, pixels.begin() + (b + 1) * 48);
+      const std::vector<double> expected = reference_features(*config, names, weights, image);
+      REQUIRE(expected.size() == 24);
+      for (std::size_t k = 0; k < expected.size(); ++k)
+        CHECK(ours[std::size_t(b) * 24 + k] == doctest::Approx(expected[k]).epsilon(1e-4).scale(1.0));
+    }
+  }
+}
+
+TEST_CASE("LLaVA configs: CLIP's defaults, and refusals naming the key") {
+  const auto defaults = ov::parse_llava_vision_config(
+      R"({"vision_config": {}, "text_config": {"hidden_size": 4096}, "image_token_index": 32000})", "c.json");
+  REQUIRE(defaults.has_value());
+  CHECK(defaults->hidden_size == 768);
+  CHECK(defaults->patch_size == 32);
+  CHECK(defaults->tokens_per_image() == 49);
+  CHECK(defaults->layers_run() == 11);
+  const auto message = [](const std::string& text) { return ov::parse_llava_vision_config(text, "c.json").status().message(); };
+  CHECK(message(R"({"text_config": {"hidden_size": 8}, "image_token_index": 1})") ==
+        "c.json: \"vision_config\" is missing: not a LLaVA folder (LlavaForConditionalGeneration)");
+  CHECK(message(R"({"vision_config": {"hidden_act": "silu"}, "text_config": {"hidden_size": 8}, "image_token_index": 1})") ==
+        "c.json: \"vision_config.hidden_act\" 'silu' is not supported (quick_gelu, gelu, gelu_pytorch_tanh)");
+  CHECK(message(R"({"vision_config": {}, "vision_feature_layer": [-2, -5], "text_config": {"hidden_size": 8}, "image_token_index": 1})") ==
+        "c.json: \"vision_feature_layer\" must be one layer index (lists of layers are not supported), found [-2,-5]");
+  CHECK(message(R"({"vision_config": {}, "vision_feature_layer": -14, "text_config": {"hidden_size": 8}, "image_token_index": 1})") ==
+        "c.json: \"vision_feature_layer\" -14 is outside the 13 hidden states of a 12-layer encoder");
+  CHECK(message(R"({"vision_config": {}, "vision_feature_select_strategy": "cls", "text_config": {"hidden_size": 8}, "image_token_index": 1})") ==
+        "c.json: \"vision_feature_select_strategy\" 'cls' is not supported (default, full)");
+  CHECK(message(R"({"vision_config": {"image_size": 100, "patch_size": 14}, "text_config": {"hidden_size": 8}, "image_token_index": 1})") ==
+        "c.json: \"vision_config.patch_size\" 14 does not divide image_size 100");
+  CHECK(message(R"({"vision_config": {}, "text_config": {}, "image_token_index": 1})") ==
+        "c.json: \"text_config.hidden_size\" is missing (the projector's output width)");
+  CHECK(message(R"({"vision_config": {}, "text_config": {"hidden_size": 8}})") ==
+        "c.json: \"image_token_index\" is missing (the <image> placeholder's id)");
 }
