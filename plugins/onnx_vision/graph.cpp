@@ -10,6 +10,8 @@
 #include <onnx/defs/schema.h>
 #include <onnx/shape_inference/implementation.h>
 
+#include "ref/dtype.hpp"
+
 namespace hostrun::onnx_vision {
 
 std::int64_t HostTensor::numel() const {
@@ -64,35 +66,6 @@ Element element_of(int data_type, std::string_view what) {
                          "int32, int8, uint8, bool are)",
                          what, onnx::TensorProto::DataType_Name(onnx::TensorProto::DataType(data_type)), data_type));
   }
-}
-
-float half_to_float(std::uint16_t h) {
-  const std::uint32_t sign = std::uint32_t(h & 0x8000u) << 16;
-  std::uint32_t exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu, bits;
-  if (exponent == 0x1f) {
-    bits = sign | 0x7f800000u | (mantissa << 13);
-  } else if (exponent != 0) {
-    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
-  } else if (mantissa == 0) {
-    bits = sign;
-  } else {  // subnormal: normalize
-    exponent = 113;
-    while ((mantissa & 0x400u) == 0) {
-      mantissa <<= 1;
-      --exponent;
-    }
-    bits = sign | (exponent << 23) | ((mantissa & 0x3ffu) << 13);
-  }
-  float out;
-  std::memcpy(&out, &bits, 4);
-  return out;
-}
-
-float bf16_to_float(std::uint16_t b) {
-  const std::uint32_t bits = std::uint32_t(b) << 16;
-  float out;
-  std::memcpy(&out, &bits, 4);
-  return out;
 }
 
 std::size_t element_bytes(int data_type) {
@@ -197,7 +170,7 @@ HostTensor convert(const onnx::TensorProto& proto, const std::filesystem::path& 
         std::uint16_t v;
         if (raw) std::memcpy(&v, raw->data() + 2 * at, 2);
         else { if (k == 0) typed_size_is(proto.int32_data_size()); v = std::uint16_t(proto.int32_data(int(k))); }
-        t.f[at] = type == onnx::TensorProto::FLOAT16 ? half_to_float(v) : bf16_to_float(v);
+        t.f[at] = type == onnx::TensorProto::FLOAT16 ? ref::f16_to_f32(v) : ref::bf16_to_f32(v);
         break;
       }
       case onnx::TensorProto::INT64: {
