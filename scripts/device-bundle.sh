@@ -2,7 +2,7 @@
 # Packs a build for the GPU machine, which has CUDA, PyTorch and HF
 # transformers but none of our Debian build dependencies (fmt, toml++, Boost,
 # PCRE2): the hostrun binary, its plugins and the shared libraries they need
-# that a stock image may lack. Build here (CUDA 13 is installed here too),
+# that a stock image may lack (with the image codecs and libonnx onnx_vision links). Build here (CUDA 13 is installed here too),
 # carry the folder, and run it there with LD_LIBRARY_PATH=FOLDER/lib:FOLDER/lib/hostrun.
 #   device-bundle.sh BUILD_DIR OUT_DIR      (OUT_DIR: e.g. .devcarry, git-ignored)
 set -euo pipefail
@@ -19,5 +19,6 @@ done
 # Libraries from Debian's -dev packages we link; the C/C++ runtimes are left to the image.
 for f in "$out"/bin/* "$out"/lib/hostrun/plugins/*.so; do
   ldd "$f" 2>/dev/null | awk '/=>/ {print $3}'
-done | sort -u | grep -E "libfmt|libtomlplusplus|libpcre2|libssl|libcrypto" | while read -r lib; do cp -L "$lib" "$out/lib/"; done
+done | sort -u | grep -E "libfmt|libtomlplusplus|libpcre2|libssl|libcrypto|libonnx|libprotobuf|libpng16|libjpeg|libwebp|libgif" |
+  while read -r lib; do cp -L "$lib" "$out/lib/"; done  # the image codecs and ONNX: the onnx_vision plugin
 du -sh "$out"

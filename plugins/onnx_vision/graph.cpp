@@ -214,13 +214,10 @@ std::vector<std::int64_t> static_shape(const onnx::ValueInfoProto& value, std::s
   return shape;
 }
 
-Graph load(std::span<const std::uint8_t> bytes, const GraphLoadOptions& options) {
+Graph load(onnx::ModelProto parsed, const GraphLoadOptions& options) {
   Graph graph;
   graph.directory = options.directory;
-  if (bytes.size() > std::size_t(INT32_MAX) || !graph.model.ParseFromArray(bytes.data(), int(bytes.size())))
-    refuse(fmt::format("not an ONNX model: the {} bytes do not parse as a ModelProto (larger models keep their "
-                       "weights in external data files)",
-                       bytes.size()));
+  graph.model = std::move(parsed);
   onnx::ModelProto& model = graph.model;
   for (const auto& import : model.opset_import()) {
     if (import.domain().empty() || import.domain() == "ai.onnx") {
@@ -313,7 +310,18 @@ Result<HostTensor> tensor_from_proto(const onnx::TensorProto& proto, const std::
 }
 
 Result<Graph> load_graph(std::span<const std::uint8_t> onnx_bytes, const GraphLoadOptions& options) {
-  return guard_result<Graph>([&] { return load(onnx_bytes, options); });
+  return guard_result<Graph>([&] {
+    onnx::ModelProto model;
+    if (onnx_bytes.size() > std::size_t(INT32_MAX) || !model.ParseFromArray(onnx_bytes.data(), int(onnx_bytes.size())))
+      refuse(fmt::format("not an ONNX model: the {} bytes do not parse as a ModelProto (larger models keep their "
+                         "weights in external data files)",
+                         onnx_bytes.size()));
+    return load(std::move(model), options);
+  });
+}
+
+Result<Graph> load_graph(onnx::ModelProto model, const GraphLoadOptions& options) {
+  return guard_result<Graph>([&] { return load(std::move(model), options); });
 }
 
 Result<Graph> load_graph_file(const std::filesystem::path& onnx_file, GraphLoadOptions options) {

@@ -71,6 +71,8 @@ struct Graph {
 const std::vector<std::string>& supported_operators();
 
 Result<Graph> load_graph(std::span<const std::uint8_t> onnx_bytes, const GraphLoadOptions& options);
+// A model already in memory (llava_graph.hpp's), checked and loaded the same way.
+Result<Graph> load_graph(onnx::ModelProto model, const GraphLoadOptions& options);
 Result<Graph> load_graph_file(const std::filesystem::path& onnx_file, GraphLoadOptions options);
 
 // A TensorProto (Constant attributes, initializers) as a HostTensor;

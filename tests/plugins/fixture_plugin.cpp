@@ -80,6 +80,7 @@ class FixtureVision final : public VisionEncoder {
         hidden_size_(int32_t(context.settings->get_int("hidden_size"))) {}
   Status load(const VisionLoadContext& context) noexcept override {
     device_ = context.device;
+    max_images_ = context.max_images;
     return {};
   }
   VisionInfo info() const noexcept override {
@@ -94,6 +95,8 @@ class FixtureVision final : public VisionEncoder {
     return v;
   }
   Status encode(std::span<const ImageData> images, const ExecContext&, const TensorView& out) noexcept override {
+    if (images.size() > size_t(max_images_))
+      return {ErrorCode::invalid_argument, "fixture vision: more than max_images images in one call"};
     if (out.dtype != DType::f32 || out.device.kind != DeviceKind::cpu || out.rank != 2 ||
         out.shape[0] != int64_t(images.size()) * tokens_per_image_ || out.shape[1] != hidden_size_)
       return {ErrorCode::invalid_argument, "fixture vision: expected [images * tokens, hidden] f32 host memory"};
@@ -111,6 +114,7 @@ class FixtureVision final : public VisionEncoder {
  private:
   int32_t tokens_per_image_;
   int32_t hidden_size_;
+  int32_t max_images_ = 1;
   Device device_{};
 };
 
