@@ -35,8 +35,9 @@ constexpr int decode_threads = 128;
 // CTAs an SM; the stages and the register budget are chosen for 5 at head_dim
 // 128 (int8: 2 stages, 40 KB; int4: 3 stages, 35 KB; registers <= 102).
 // Measured against 3 / 4 stages at 3 / 4 CTAs an SM (kernels/cuda/NOTES.md,
-// occupancy): 4-9% faster at 256 sequences, 2 or 3 int4 stages the same, and
-// splitting the score mmas into two accumulator chains changed nothing.
+// occupancy): 4-14% faster at 256 sequences, 2 or 3 int4 stages the same, and
+// splitting the score mmas into two accumulator chains changed nothing (f16
+// queries over int8 pages spill 4 bytes at this budget).
 // 16-bit pages: 2 stages (70 KB, 3 CTAs an SM), at 88-97% of the copy.
 template <int kKvBits>
 inline constexpr int decode_stages = kKvBits == 4 ? 3 : 2;
