@@ -96,14 +96,6 @@ void resample_columns(const RgbImage& in, int row0, const AxisTaps& t, RgbImage&
   }
 }
 
-RgbImage sized(int width, int height, std::uint8_t fill = 0) {
-  RgbImage image;
-  image.width = width;
-  image.height = height;
-  image.rgb.assign(std::size_t(width) * std::size_t(height) * 3, fill);
-  return image;
-}
-
 int floor_div2(int v) { return v >= 0 ? v / 2 : -((-v + 1) / 2); }
 
 }  // namespace
@@ -113,12 +105,12 @@ RgbImage resize_bicubic(const RgbImage& image, int width, int height) {
   const AxisTaps across = axis_taps(image.width, width), down = axis_taps(image.height, height);
   const bool horizontal = width != image.width, vertical = height != image.height;
   if (!vertical) {
-    RgbImage out = sized(width, height);
+    RgbImage out = RgbImage::black(width, height);
     resample_rows(image, 0, across, out);
     return out;
   }
   if (!horizontal) {
-    RgbImage out = sized(width, height);
+    RgbImage out = RgbImage::black(width, height);
     resample_columns(image, 0, down, out);
     return out;
   }
@@ -126,9 +118,9 @@ RgbImage resize_bicubic(const RgbImage& image, int width, int height) {
   // vertical on that strip (both rounded to 8 bits, as PIL does).
   const int row0 = down.first.front();
   const int row1 = down.first.back() + down.count.back();
-  RgbImage strip = sized(width, row1 - row0);
+  RgbImage strip = RgbImage::black(width, row1 - row0);
   resample_rows(image, row0, across, strip);
-  RgbImage out = sized(width, height);
+  RgbImage out = RgbImage::black(width, height);
   resample_columns(strip, row0, down, out);
   return out;
 }
@@ -145,7 +137,7 @@ RgbImage center_crop(const RgbImage& image, int width, int height) {
   const int pad_w = std::max(width, image.width), pad_h = std::max(height, image.height);
   const int left_pad = (pad_w - image.width + 1) / 2, top_pad = (pad_h - image.height + 1) / 2;
   const int left = floor_div2(image.width - width) + left_pad, top = floor_div2(image.height - height) + top_pad;
-  RgbImage out = sized(width, height);
+  RgbImage out = RgbImage::black(width, height);
   for (int y = 0; y < height; ++y)
     for (int x = 0; x < width; ++x) {
       const int sx = left + x - left_pad, sy = top + y - top_pad;  // in the unpadded image
@@ -158,7 +150,7 @@ RgbImage center_crop(const RgbImage& image, int width, int height) {
 RgbImage pad_to_square(const RgbImage& image, std::array<std::uint8_t, 3> background) {
   if (image.width == image.height) return image;
   const int side = std::max(image.width, image.height);
-  RgbImage out = sized(side, side);
+  RgbImage out = RgbImage::black(side, side);
   for (std::size_t i = 0; i < out.rgb.size(); ++i) out.rgb[i] = background[i % 3];
   const int left = (side - image.width) / 2, top = (side - image.height) / 2;
   for (int y = 0; y < image.height; ++y)

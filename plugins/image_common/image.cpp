@@ -56,14 +56,6 @@ Status check_size(ImageFormat format, std::int64_t width, std::int64_t height, c
   return Status();
 }
 
-RgbImage blank(int width, int height) {
-  RgbImage image;
-  image.width = width;
-  image.height = height;
-  image.rgb.assign(std::size_t(width) * std::size_t(height) * 3, 0);
-  return image;
-}
-
 // ---- PNG (libpng) ---------------------------------------------------------
 
 struct PngInput {
@@ -132,7 +124,7 @@ bool png_decode_rows(PngInput& in, const DecodeLimits& limits, PngBuffers& buffe
   }
   png_set_interlace_handling(png);
   png_read_update_info(png, info);
-  out = blank(int(width), int(height));
+  out = RgbImage::black(int(width), int(height));
   rows.resize(height);
   if (grey16) {
     wide.resize(std::size_t(width) * height * 2);
@@ -216,7 +208,7 @@ bool jpeg_decode_rows(std::span<const std::uint8_t> bytes, const DecodeLimits& l
   cinfo.out_color_space = grey ? JCS_GRAYSCALE : cmyk ? JCS_CMYK : JCS_RGB;
   jpeg_start_decompress(&cinfo);
   const int width = int(cinfo.output_width), channels = cinfo.output_components;
-  out = blank(width, int(cinfo.output_height));
+  out = RgbImage::black(width, int(cinfo.output_height));
   row.resize(std::size_t(width) * std::size_t(channels));
   while (cinfo.output_scanline < cinfo.output_height) {
     const int y = int(cinfo.output_scanline);
@@ -257,7 +249,7 @@ Result<RgbImage> decode_webp(std::span<const std::uint8_t> bytes, const DecodeLi
   if (features.has_animation)
     return Status(ErrorCode::invalid_argument, "animated WebP images are not supported; send a still image");
   if (Status s = check_size(ImageFormat::webp, features.width, features.height, limits); !s) return s;
-  RgbImage out = blank(features.width, features.height);
+  RgbImage out = RgbImage::black(features.width, features.height);
   // RGB straight from the decoder: alpha, if any, is dropped, not blended.
   if (WebPDecodeRGBInto(bytes.data(), bytes.size(), out.rgb.data(), out.rgb.size(), out.width * 3) == nullptr)
     return bad(ImageFormat::webp, "the image data could not be decoded");
@@ -325,7 +317,7 @@ Result<RgbImage> decode_gif(std::span<const std::uint8_t> bytes, const DecodeLim
       if (DGifGetLine(gif, indices.data() + std::size_t(top + y) * std::size_t(gif->SWidth) + std::size_t(left),
                       int(fw)) == GIF_ERROR)
         return gif_error();
-  RgbImage out = blank(gif->SWidth, gif->SHeight);
+  RgbImage out = RgbImage::black(gif->SWidth, gif->SHeight);
   for (std::size_t i = 0; i < indices.size(); ++i) {
     if (indices[i] >= palette->ColorCount) continue;  // past the table: black
     const GifColorType& color = palette->Colors[indices[i]];

@@ -21,6 +21,9 @@ struct RgbImage {
   int height = 0;
   std::vector<std::uint8_t> rgb;
 
+  static RgbImage black(int width, int height) {
+    return {width, height, std::vector<std::uint8_t>(std::size_t(width) * std::size_t(height) * 3, 0)};
+  }
   std::uint8_t* pixel(int x, int y) { return rgb.data() + (std::size_t(y) * std::size_t(width) + std::size_t(x)) * 3; }
   const std::uint8_t* pixel(int x, int y) const {
     return rgb.data() + (std::size_t(y) * std::size_t(width) + std::size_t(x)) * 3;

@@ -111,10 +111,11 @@ TEST_CASE("CLIP pixels (pad, shortest-edge bicubic resize, centre crop) match PI
     params.shortest_edge = edge;
     params.crop_width = crop_w;
     params.crop_height = crop_h;
-    const img::RgbImage ours = img::clip_pixels(decode_file(source), params);
+    const img::RgbImage decoded = decode_file(source);
+    const img::RgbImage ours = img::clip_pixels(decoded, params);
     const Difference d = compare(ours, decode_file(reference));
     CHECK_MESSAGE(d.count == 0, reference << ": " << d.count << " samples differ, by up to " << d.largest);
-    const auto size = img::clip_output_size(decode_file(source).width, decode_file(source).height, params);
+    const auto size = img::clip_output_size(decoded.width, decoded.height, params);
     CHECK(size[0] == crop_w);
     CHECK(size[1] == crop_h);
     ++seen;
