@@ -130,18 +130,20 @@ HostTensor binary(const NodeCall& call, F f_float, bool compare = false) {
     for (std::size_t k = 0; k < n; ++k) r[k] = f_float(a.f[std::size_t(ia[k])], b.f[std::size_t(ib[k])]);
     return HostTensor::floats(out, std::move(r));
   }
-  std::vector<std::int64_t> r(n);
+  // Integer operands (shape arithmetic): the operation picked once, not per element.
   const std::string& op = call.node.op_type();
+  std::int64_t (*int_op)(std::int64_t, std::int64_t) = nullptr;
+  if (op == "Add") int_op = [](std::int64_t x, std::int64_t y) { return x + y; };
+  else if (op == "Sub") int_op = [](std::int64_t x, std::int64_t y) { return x - y; };
+  else if (op == "Mul") int_op = [](std::int64_t x, std::int64_t y) { return x * y; };
+  else if (op == "Div") int_op = [](std::int64_t x, std::int64_t y) { return x / y; };
+  else if (op == "Equal") int_op = [](std::int64_t x, std::int64_t y) { return std::int64_t(x == y); };
+  else call.fail("integer inputs are not supported");
+  std::vector<std::int64_t> r(n);
   for (std::size_t k = 0; k < n; ++k) {
     const std::int64_t x = a.i[std::size_t(ia[k])], y = b.i[std::size_t(ib[k])];
-    if (op == "Add") r[k] = x + y;
-    else if (op == "Sub") r[k] = x - y;
-    else if (op == "Mul") r[k] = x * y;
-    else if (op == "Div") {
-      if (y == 0) call.fail("integer division by zero");
-      r[k] = x / y;
-    } else if (op == "Equal") r[k] = x == y;
-    else call.fail("integer inputs are not supported");
+    if (op == "Div" && y == 0) call.fail("integer division by zero");
+    r[k] = int_op(x, y);
   }
   return HostTensor::ints(out, std::move(r));
 }
@@ -715,6 +717,12 @@ Result<std::vector<HostTensor>> run_on_cpu(const Graph& graph, const std::map<st
     for (const auto& [name, tensor] : inputs)
       if (!named.count(name)) refuse(fmt::format("'{}' is not an input of the graph", name));
     const auto& nodes = graph.proto().node();
+    // Each computed value is dropped after the last node that reads it (graph
+    // outputs never), so memory holds the live values, not the whole history.
+    std::map<std::string, int> last_read;
+    for (int n = 0; n < nodes.size(); ++n)
+      for (const auto& input : nodes[n].input()) last_read[input] = n;
+    for (const Graph::Value& output : graph.outputs) last_read[output.name] = nodes.size();
     for (int n = 0; n < nodes.size(); ++n) {
       const onnx::NodeProto& node = nodes[n];
       NodeCall call{node, n, {}};
@@ -723,6 +731,8 @@ Result<std::vector<HostTensor>> run_on_cpu(const Graph& graph, const std::map<st
       if (node.output_size() < 1) call.fail("has no output");
       auto [it, inserted] = values.insert_or_assign(node.output(0), std::move(out));
       named[node.output(0)] = &it->second;
+      for (const auto& input : node.input())
+        if (last_read[input] == n && values.erase(input) > 0) named.erase(input);
     }
     std::vector<HostTensor> outputs;
     for (const Graph::Value& output : graph.outputs) outputs.push_back(*named.at(output.name));
