@@ -120,12 +120,15 @@ json parse_object(std::string_view text, std::string_view source) {
   return std::move(root).value();
 }
 
-std::optional<Llama3RopeScaling> parse_rope_scaling(const Fields& top, std::string_view source) {
-  const json* scaling = top.get("rope_scaling");
+// `key` is "rope_scaling" (transformers 4) or "rope_parameters" (5, which
+// also holds rope_theta); both spell the scaling kind and its factors alike.
+std::optional<Llama3RopeScaling> parse_rope_scaling(const Fields& top, std::string_view source,
+                                                    std::string_view key = "rope_scaling") {
+  const json* scaling = top.get(key);
   if (scaling == nullptr) return std::nullopt;
   if (!scaling->is_object())
-    top.error(ErrorCode::invalid_argument, "rope_scaling", "expected null or an object, found {}", found(*scaling));
-  Fields fields(*scaling, source, "rope_scaling.");
+    top.error(ErrorCode::invalid_argument, key, "expected null or an object, found {}", found(*scaling));
+  Fields fields(*scaling, source, top.key_name(key) + ".");
   // Older configs spell the kind "type", newer ones "rope_type".
   auto rope_type = fields.string("rope_type");
   auto legacy_type = fields.string("type");
@@ -134,7 +137,8 @@ std::optional<Llama3RopeScaling> parse_rope_scaling(const Fields& top, std::stri
                  *legacy_type);
   if (!rope_type) rope_type = legacy_type;
   if (!rope_type)
-    fail(ErrorCode::invalid_argument, "{}: key 'rope_scaling': expected 'rope_type' (or 'type') inside it", source);
+    fail(ErrorCode::invalid_argument, "{}: key '{}': expected 'rope_type' (or 'type') inside it", source,
+         top.key_name(key));
   if (*rope_type == "default") return std::nullopt;
   if (*rope_type != "llama3")
     fields.error(ErrorCode::unsupported, fields.get("rope_type") ? "rope_type" : "type",
@@ -161,11 +165,15 @@ void check_token_ids(std::string_view source, std::string_view key, const std::v
            id, vocab_size);
 }
 
-void validate(const LlamaConfig& c, std::string_view source) {
-  if (!c.architectures.empty() &&
+void validate(const LlamaConfig& c, std::string_view config_source) {
+  if (!c.architectures.empty() && !c.is_llava() &&
       std::find(c.architectures.begin(), c.architectures.end(), "LlamaForCausalLM") == c.architectures.end())
-    fail(ErrorCode::unsupported, "{}: key 'architectures': expected [\"LlamaForCausalLM\"], found [{}]", source,
-         fmt::format("\"{}\"", fmt::join(c.architectures, "\", \"")));
+    fail(ErrorCode::unsupported,
+         "{}: key 'architectures': expected [\"LlamaForCausalLM\"] or [\"LlavaForConditionalGeneration\"], found [{}]",
+         config_source, fmt::format("\"{}\"", fmt::join(c.architectures, "\", \"")));
+  // A LLaVA folder's keys below are its text_config's.
+  const std::string where = c.is_llava() ? fmt::format("{}: text_config", config_source) : std::string(config_source);
+  const std::string_view source = where;
   check_positive(source, "hidden_size", c.hidden_size);
   check_positive(source, "intermediate_size", c.intermediate_size);
   check_positive(source, "num_hidden_layers", c.num_hidden_layers);
@@ -205,6 +213,64 @@ void validate(const LlamaConfig& c, std::string_view source) {
   check_token_ids(source, "eos_token_id", c.eos_token_ids, c.vocab_size);
 }
 
+// HF LlamaConfig's own defaults. transformers writes a nested config
+// (LLaVA's text_config) as its difference from them, so a LLaVA folder's
+// text_config usually leaves out hidden_size and the rest.
+struct LlamaClassDefaults {
+  int64_t vocab_size = 32000, hidden_size = 4096, intermediate_size = 11008, num_hidden_layers = 32,
+          num_attention_heads = 32, bos_token_id = 1, eos_token_id = 2;
+};
+
+// The language model's keys of `f` into `c`: every size required at the top
+// of a LlamaForCausalLM config.json, LlamaConfig's defaults inside text_config.
+void parse_text_fields(const Fields& f, std::string_view source, const LlamaClassDefaults* defaults, LlamaConfig& c) {
+  auto size = [&](std::string_view key, int64_t LlamaClassDefaults::*fallback) {
+    return defaults ? f.integer(key).value_or(defaults->*fallback) : f.required_integer(key);
+  };
+  c.model_type = f.string("model_type").value_or("llama");
+  if (defaults && c.model_type != "llama")
+    f.error(ErrorCode::unsupported, "model_type", "\"{}\" is not supported (LLaVA folders with a Llama language model)",
+            c.model_type);
+  c.hidden_size = size("hidden_size", &LlamaClassDefaults::hidden_size);
+  c.intermediate_size = size("intermediate_size", &LlamaClassDefaults::intermediate_size);
+  c.num_hidden_layers = size("num_hidden_layers", &LlamaClassDefaults::num_hidden_layers);
+  c.num_attention_heads = size("num_attention_heads", &LlamaClassDefaults::num_attention_heads);
+  c.vocab_size = size("vocab_size", &LlamaClassDefaults::vocab_size);
+  check_positive(source, f.key_name("hidden_size"), c.hidden_size);
+  check_positive(source, f.key_name("num_attention_heads"), c.num_attention_heads);
+  c.num_key_value_heads = f.integer("num_key_value_heads").value_or(c.num_attention_heads);
+  if (auto head_dim = f.integer("head_dim")) {
+    c.head_dim = *head_dim;
+  } else {
+    if (c.hidden_size % c.num_attention_heads != 0)
+      fail(ErrorCode::invalid_argument,
+           "{}: key '{}': expected a multiple of num_attention_heads ({}) since head_dim is not given, found {}",
+           source, f.key_name("hidden_size"), c.num_attention_heads, c.hidden_size);
+    c.head_dim = c.hidden_size / c.num_attention_heads;
+  }
+  c.max_position_embeddings = f.integer("max_position_embeddings").value_or(c.max_position_embeddings);
+  c.rope_theta = f.number("rope_theta").value_or(c.rope_theta);
+  c.rope_scaling = parse_rope_scaling(f, source);
+  // transformers 5: {"rope_type": ..., "rope_theta": ..., factors} in one object.
+  if (const json* parameters = f.get("rope_parameters")) {
+    if (parameters->is_object())
+      if (auto theta = Fields(*parameters, source, f.key_name("rope_parameters.")).number("rope_theta"))
+        c.rope_theta = *theta;
+    if (auto scaling = parse_rope_scaling(f, source, "rope_parameters")) c.rope_scaling = scaling;
+  }
+  c.rms_norm_eps = f.number("rms_norm_eps").value_or(c.rms_norm_eps);
+  c.tie_word_embeddings = f.boolean("tie_word_embeddings").value_or(false);
+  c.attention_bias = f.boolean("attention_bias").value_or(false);
+  c.mlp_bias = f.boolean("mlp_bias").value_or(false);
+  c.hidden_act = f.string("hidden_act").value_or("silu");
+  c.bos_token_id = f.integer("bos_token_id");
+  c.eos_token_ids = f.token_ids("eos_token_id");
+  if (defaults && !f.get("bos_token_id")) c.bos_token_id = defaults->bos_token_id;
+  if (defaults && !f.get("eos_token_id")) c.eos_token_ids = {defaults->eos_token_id};
+  // transformers >= 4.56 writes "dtype"; older versions "torch_dtype".
+  c.torch_dtype = f.string("torch_dtype").value_or(f.string("dtype").value_or(""));
+}
+
 LlamaConfig parse_config(std::string_view text, std::string_view source) {
   const json root = parse_object(text, source);
   Fields f(root, source);
@@ -220,37 +286,21 @@ LlamaConfig parse_config(std::string_view text, std::string_view source) {
       c.architectures.push_back(name.get<std::string>());
     }
   }
-  c.model_type = f.string("model_type").value_or("llama");
-  c.hidden_size = f.required_integer("hidden_size");
-  c.intermediate_size = f.required_integer("intermediate_size");
-  c.num_hidden_layers = f.required_integer("num_hidden_layers");
-  c.num_attention_heads = f.required_integer("num_attention_heads");
-  c.vocab_size = f.required_integer("vocab_size");
-  check_positive(source, "hidden_size", c.hidden_size);
-  check_positive(source, "num_attention_heads", c.num_attention_heads);
-  c.num_key_value_heads = f.integer("num_key_value_heads").value_or(c.num_attention_heads);
-  if (auto head_dim = f.integer("head_dim")) {
-    c.head_dim = *head_dim;
+  if (c.is_llava()) {
+    const json* text_config = f.get("text_config");
+    if (text_config == nullptr || !text_config->is_object())
+      f.error(ErrorCode::invalid_argument, "text_config", "expected the language model's config (an object), found {}",
+              text_config ? found(*text_config) : std::string("nothing"));
+    const LlamaClassDefaults defaults;
+    parse_text_fields(Fields(*text_config, source, "text_config."), source, &defaults, c);
+    // LlavaConfig keeps tie_word_embeddings and the dtype at the top too.
+    if (!Fields(*text_config, source).get("tie_word_embeddings"))
+      c.tie_word_embeddings = f.boolean("tie_word_embeddings").value_or(false);
+    if (c.torch_dtype.empty()) c.torch_dtype = f.string("torch_dtype").value_or(f.string("dtype").value_or(""));
+    c.names = llava_transformers4_names();
   } else {
-    if (c.hidden_size % c.num_attention_heads != 0)
-      fail(ErrorCode::invalid_argument,
-           "{}: key 'hidden_size': expected a multiple of num_attention_heads ({}) since head_dim is not given, "
-           "found {}",
-           source, c.num_attention_heads, c.hidden_size);
-    c.head_dim = c.hidden_size / c.num_attention_heads;
+    parse_text_fields(f, source, nullptr, c);
   }
-  c.max_position_embeddings = f.integer("max_position_embeddings").value_or(c.max_position_embeddings);
-  c.rope_theta = f.number("rope_theta").value_or(c.rope_theta);
-  c.rope_scaling = parse_rope_scaling(f, source);
-  c.rms_norm_eps = f.number("rms_norm_eps").value_or(c.rms_norm_eps);
-  c.tie_word_embeddings = f.boolean("tie_word_embeddings").value_or(false);
-  c.attention_bias = f.boolean("attention_bias").value_or(false);
-  c.mlp_bias = f.boolean("mlp_bias").value_or(false);
-  c.hidden_act = f.string("hidden_act").value_or("silu");
-  c.bos_token_id = f.integer("bos_token_id");
-  c.eos_token_ids = f.token_ids("eos_token_id");
-  // transformers >= 4.56 writes "dtype"; older versions "torch_dtype".
-  c.torch_dtype = f.string("torch_dtype").value_or(f.string("dtype").value_or(""));
   if (const json* quant = f.get("quantization_config")) {
     if (!quant->is_object())
       f.error(ErrorCode::invalid_argument, "quantization_config", "expected an object, found {}", found(*quant));
@@ -283,6 +333,13 @@ GenerationConfig parse_generation(std::string_view text, std::string_view source
 }
 
 }  // namespace
+
+LlamaTensorNames llava_transformers4_names() { return {"language_model.model.", "language_model.lm_head.weight"}; }
+LlamaTensorNames llava_transformers5_names() { return {"model.language_model.", "lm_head.weight"}; }
+
+bool LlamaConfig::is_llava() const noexcept {
+  return std::find(architectures.begin(), architectures.end(), "LlavaForConditionalGeneration") != architectures.end();
+}
 
 Result<LlamaConfig> parse_llama_config(std::string_view json_text, std::string_view source) noexcept {
   return guard_result<LlamaConfig>([&] { return parse_config(json_text, source); });
@@ -330,6 +387,10 @@ Result<LlamaCheckpoint> read_llama_checkpoint(const WeightSource& weights, bool 
                               out.source, *parsed->model.quant_method));
     if (Status s = check_llama_shape(parsed->model, out.source); !s) throw Error(s);
     out.config = std::move(parsed->model);
+    // A LLaVA folder saved by transformers 5 nests the decoder differently.
+    if (out.config.is_llava() && !weights.tensor(out.config.names.embed_tokens()) &&
+        weights.tensor(llava_transformers5_names().embed_tokens()))
+      out.config.names = llava_transformers5_names();
     out.eos_ids.assign(parsed->eos_token_ids.begin(), parsed->eos_token_ids.end());
     if (parsed->bos_token_id) out.bos_id = TokenId(*parsed->bos_token_id);
   });
@@ -340,7 +401,7 @@ Result<LlamaCheckpoint> read_llama_checkpoint(const WeightSource& weights, bool 
 ModelInfo llama_model_info(const LlamaConfig& config, const std::vector<TokenId>& eos_ids,
                            std::optional<TokenId> bos_id) {
   ModelInfo out;
-  out.architecture = "LlamaForCausalLM";
+  out.architecture = config.architectures.empty() ? "LlamaForCausalLM" : config.architectures.front();
   out.vocab_size = int32_t(config.vocab_size);
   out.hidden_size = int32_t(config.hidden_size);
   out.layers = int32_t(config.num_hidden_layers);

@@ -31,7 +31,27 @@ struct Llama3RopeScaling {
   friend bool operator==(const Llama3RopeScaling&, const Llama3RopeScaling&) = default;
 };
 
+// Where a checkpoint keeps the decoder's tensors. LlamaForCausalLM folders
+// hold them at the top ("model.layers.0.", "lm_head.weight"); LLaVA folders
+// (LlavaForConditionalGeneration) nest the language model beside the vision
+// tower: "language_model.model." and "language_model.lm_head.weight" as
+// transformers 4 saves them, "model.language_model." and "lm_head.weight" as
+// transformers 5 does.
+struct LlamaTensorNames {
+  std::string decoder = "model.";  // + "embed_tokens.weight", "layers.N.", "norm.weight"
+  std::string lm_head = "lm_head.weight";
+
+  std::string embed_tokens() const { return decoder + "embed_tokens.weight"; }
+  std::string layer(int64_t index) const { return decoder + "layers." + std::to_string(index) + "."; }
+  std::string final_norm() const { return decoder + "norm.weight"; }
+  friend bool operator==(const LlamaTensorNames&, const LlamaTensorNames&) = default;
+};
+LlamaTensorNames llava_transformers4_names();
+LlamaTensorNames llava_transformers5_names();
+
 struct LlamaConfig {
+  // The top-level architectures: ["LlamaForCausalLM"], or
+  // ["LlavaForConditionalGeneration"] when the fields below are its text_config's.
   std::vector<std::string> architectures{"LlamaForCausalLM"};
   std::string model_type = "llama";
   int64_t hidden_size = 0;
@@ -54,7 +74,12 @@ struct LlamaConfig {
   std::string torch_dtype;             // as written ("bfloat16"); "" when absent
   // quantization_config.quant_method ("awq"), when the checkpoint is quantized.
   std::optional<std::string> quant_method;
+  // Not a config.json key: parsing sets the LLaVA layout transformers 4 writes,
+  // read_llama_checkpoint the one the weights have.
+  LlamaTensorNames names;
 
+  // A LLaVA folder: the language model of an image-text model.
+  bool is_llava() const noexcept;
   int64_t q_size() const noexcept { return num_attention_heads * head_dim; }
   int64_t kv_size() const noexcept { return num_key_value_heads * head_dim; }
   friend bool operator==(const LlamaConfig&, const LlamaConfig&) = default;

@@ -15,9 +15,9 @@ std::vector<LlamaTensorSpec> llama_tensor_specs(const LlamaConfig& c) {
     specs.push_back(LlamaTensorSpec{std::move(name), std::move(shape)});
   };
   const int64_t hidden = c.hidden_size;
-  add("model.embed_tokens.weight", {c.vocab_size, hidden});
+  add(c.names.embed_tokens(), {c.vocab_size, hidden});
   for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
-    const std::string p = fmt::format("model.layers.{}.", layer);
+    const std::string p = c.names.layer(layer);
     add(p + "input_layernorm.weight", {hidden});
     add(p + "self_attn.q_proj.weight", {c.q_size(), hidden});
     add(p + "self_attn.k_proj.weight", {c.kv_size(), hidden});
@@ -39,15 +39,15 @@ std::vector<LlamaTensorSpec> llama_tensor_specs(const LlamaConfig& c) {
       add(p + "mlp.down_proj.bias", {hidden});
     }
   }
-  add("model.norm.weight", {hidden});
-  if (!c.tie_word_embeddings) add("lm_head.weight", {c.vocab_size, hidden});
+  add(c.names.final_norm(), {hidden});
+  if (!c.tie_word_embeddings) add(c.names.lm_head, {c.vocab_size, hidden});
   return specs;
 }
 
 std::vector<LinearInputGroup> llama_linear_input_groups(const LlamaConfig& c) {
   std::vector<LinearInputGroup> groups;
   for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
-    const std::string p = fmt::format("model.layers.{}.", layer);
+    const std::string p = c.names.layer(layer);
     const auto producer_linear = [&](const std::string& prefix, bool bias) {
       std::vector<std::string> tensors{prefix + ".weight"};
       if (bias) tensors.push_back(prefix + ".bias");

@@ -71,9 +71,9 @@ std::vector<TensorShard> llama_shards(const LlamaConfig& c, const LlamaShardPlan
   const IndexRange q_rows{plan.q_heads.start * head_dim, plan.q_heads.length * head_dim};
   const IndexRange kv_rows{plan.kv_heads.start * head_dim, plan.kv_heads.length * head_dim};
   ShardList list(plan.tp_size);
-  list.vocab_rows("model.embed_tokens.weight", {c.vocab_size, hidden}, plan.vocab_rows, Collective::all_reduce_sum);
+  list.vocab_rows(c.names.embed_tokens(), {c.vocab_size, hidden}, plan.vocab_rows, Collective::all_reduce_sum);
   for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
-    const std::string p = fmt::format("model.layers.{}.", layer);
+    const std::string p = c.names.layer(layer);
     list.replicated(p + "input_layernorm.weight", {hidden});
     list.split_rows(p + "self_attn.q_proj.weight", {c.q_size(), hidden}, q_rows);
     list.split_rows(p + "self_attn.k_proj.weight", {c.kv_size(), hidden}, kv_rows);
@@ -95,11 +95,11 @@ std::vector<TensorShard> llama_shards(const LlamaConfig& c, const LlamaShardPlan
       list.replicated(p + "mlp.down_proj.bias", {hidden}, /*add_after_reduce=*/true);
     }
   }
-  list.replicated("model.norm.weight", {hidden});
+  list.replicated(c.names.final_norm(), {hidden});
   // Tied checkpoints have no lm_head: the embed_tokens shard, the same rows,
   // serves as the LM head too (its product then all-gathered).
   if (!c.tie_word_embeddings)
-    list.vocab_rows("lm_head.weight", {c.vocab_size, hidden}, plan.vocab_rows, Collective::all_gather);
+    list.vocab_rows(c.names.lm_head, {c.vocab_size, hidden}, plan.vocab_rows, Collective::all_gather);
   return list.take();
 }
 

@@ -126,9 +126,9 @@ void LlamaCpuModel::load_checked(const LoadContext& context) {
   const int64_t hidden = config.hidden_size;
   const int64_t intermediate = config.intermediate_size;
   LlamaWeights loaded;
-  loaded.embed_tokens = take_tensor(weights, "model.embed_tokens.weight", {config.vocab_size, hidden});
+  loaded.embed_tokens = take_tensor(weights, config.names.embed_tokens(), {config.vocab_size, hidden});
   for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
-    const std::string prefix = fmt::format("model.layers.{}.", l);
+    const std::string prefix = config.names.layer(l);
     LayerWeights layer;
     layer.input_norm = take_tensor(weights, prefix + "input_layernorm.weight", {hidden});
     layer.qkv = load_linear(context,
@@ -141,9 +141,9 @@ void LlamaCpuModel::load_checked(const LoadContext& context) {
     layer.down_proj = load_linear(context, {prefix + "mlp.down_proj"}, intermediate, {hidden});
     loaded.layers.push_back(std::move(layer));
   }
-  loaded.final_norm = take_tensor(weights, "model.norm.weight", {hidden});
+  loaded.final_norm = take_tensor(weights, config.names.final_norm(), {hidden});
   // Tied checkpoints may still carry lm_head.weight; HF ignores it then, and so do we.
-  if (!config.tie_word_embeddings) loaded.lm_head = take_tensor(weights, "lm_head.weight", {config.vocab_size, hidden});
+  if (!config.tie_word_embeddings) loaded.lm_head = take_tensor(weights, config.names.lm_head, {config.vocab_size, hidden});
 
   size_t bytes = (loaded.embed_tokens.size() + loaded.final_norm.size() + loaded.lm_head.size()) * sizeof(float);
   size_t workspace = 0;

@@ -193,7 +193,7 @@ void LlamaCpuModel::run_layers(KvCache& cache, const PagedLayout& layout, std::v
   const ExecContext exec{Device{DeviceKind::cpu, 0}, nullptr, {}};
   const float eps = float(config_.rms_norm_eps);
   auto report = [&](size_t layer, const char* linear_name, std::vector<float>& x, size_t in_features) {
-    observer->on_linear_input(fmt::format("model.layers.{}.{}", layer, linear_name),
+    observer->on_linear_input(config_.names.layer(int64_t(layer)) + linear_name,
                               TensorView::contiguous(x.data(), DType::f32, {t, int64_t(in_features)}));
   };
 

@@ -386,10 +386,10 @@ void LlamaCudaModel::load_weights(const WeightSource& weights, Quantizer* quanti
   WeightLoader loader(weights, quantizer, *gemm_, device_, dtype_, max_tokens_per_step_, weight_memory_.data(),
                       block_bytes);
 
-  embed_tokens_ = loader.dense("model.embed_tokens.weight", {vocab, hidden});
+  embed_tokens_ = loader.dense(config_.names.embed_tokens(), {vocab, hidden});
   layers_.clear();
   for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
-    const std::string prefix = fmt::format("model.layers.{}.", l);
+    const std::string prefix = config_.names.layer(l);
     LayerWeights layer;
     layer.input_norm = loader.dense(prefix + "input_layernorm.weight", {hidden});
     layer.qkv = loader.linear({{prefix + "self_attn.q_proj", q}, {prefix + "self_attn.k_proj", kv},
@@ -401,9 +401,9 @@ void LlamaCudaModel::load_weights(const WeightSource& weights, Quantizer* quanti
     layer.down_proj = loader.linear({{prefix + "mlp.down_proj", hidden}}, inter);
     layers_.push_back(std::move(layer));
   }
-  final_norm_ = loader.dense("model.norm.weight", {hidden});
+  final_norm_ = loader.dense(config_.names.final_norm(), {hidden});
   // A tied checkpoint's own lm_head.weight, if any, is ignored (as HF does).
-  lm_head_ = config_.tie_word_embeddings ? embed_tokens_ : loader.dense("lm_head.weight", {vocab, hidden});
+  lm_head_ = config_.tie_word_embeddings ? embed_tokens_ : loader.dense(config_.names.lm_head, {vocab, hidden});
   weight_bytes_ = block_bytes + loader.quantized_bytes();
 }
 

@@ -88,10 +88,12 @@ LlavaVisionConfig parse(std::string_view config_text, std::string_view source) {
     if (!bias->is_boolean()) refuse(source, "multimodal_projector_bias", "must be true or false");
     c.projector_bias = bias->get<bool>();
   }
+  // The projector's output width. transformers writes text_config as its
+  // difference from LlamaConfig's defaults, whose hidden_size is 4096.
   const auto text = root.find("text_config");
-  if (text == root.end() || !text->is_object() || !text->contains("hidden_size"))
-    refuse(source, "text_config.hidden_size", "is missing (the projector's output width)");
-  c.text_hidden_size = read_int(*text, "hidden_size", 0, source, "text_config.", 1, 1 << 17);
+  if (text == root.end() || !text->is_object())
+    refuse(source, "text_config", "is missing (the language model's config; the projector's output width)");
+  c.text_hidden_size = read_int(*text, "hidden_size", 4096, source, "text_config.", 1, 1 << 17);
   for (const char* key : {"image_token_index", "image_token_id"}) {
     const auto id = root.find(key);
     if (id == root.end() || id->is_null()) continue;

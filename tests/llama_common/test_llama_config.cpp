@@ -245,3 +245,89 @@ TEST_CASE("llama config: to_json round-trips every field") {
   CHECK(*tiny_again == tiny);
   CHECK(validate_llama_config(llama3_8b_config()).is_ok());
 }
+
+// xtuner/llava-llama-3-8b-v1_1-transformers' config.json as published (vision_config cut to
+// what matters here): text_config lists only what differs from LlamaConfig's defaults.
+constexpr std::string_view kLlavaLlama3 = R"({
+  "architectures": ["LlavaForConditionalGeneration"],
+  "ignore_index": -100,
+  "image_token_index": 128257,
+  "model_type": "llava",
+  "pad_token_id": 128258,
+  "projector_hidden_act": "gelu",
+  "text_config": {
+    "architectures": ["LlamaForCausalLM"],
+    "bos_token_id": 128000,
+    "eos_token_id": 128001,
+    "intermediate_size": 14336,
+    "max_position_embeddings": 8192,
+    "model_type": "llama",
+    "num_key_value_heads": 8,
+    "rms_norm_eps": 1e-05,
+    "rope_theta": 500000.0,
+    "torch_dtype": "bfloat16",
+    "vocab_size": 128320
+  },
+  "tie_word_embeddings": false,
+  "torch_dtype": "float16",
+  "vision_config": {"hidden_size": 1024, "image_size": 336, "intermediate_size": 4096, "model_type": "clip_vision_model",
+                    "num_attention_heads": 16, "num_hidden_layers": 24, "patch_size": 14, "projection_dim": 768},
+  "vision_feature_layer": -2,
+  "vision_feature_select_strategy": "default"
+})";
+
+TEST_CASE("llama config: a LLaVA folder's text_config, with LlamaConfig's defaults where it is silent") {
+  auto config = parse_llama_config(kLlavaLlama3);
+  REQUIRE_MESSAGE(config.has_value(), config.status().message());
+  CHECK(config->is_llava());
+  CHECK(config->architectures == std::vector<std::string>{"LlavaForConditionalGeneration"});
+  CHECK(config->hidden_size == 4096);       // LlamaConfig's default
+  CHECK(config->num_hidden_layers == 32);   // default
+  CHECK(config->num_attention_heads == 32); // default
+  CHECK(config->num_key_value_heads == 8);
+  CHECK(config->head_dim == 128);
+  CHECK(config->intermediate_size == 14336);
+  CHECK(config->vocab_size == 128320);      // padded past the tokenizer's 128258 ids
+  CHECK(config->rope_theta == 500000.0);
+  CHECK(config->bos_token_id == 128000);
+  CHECK(config->eos_token_ids == std::vector<int64_t>{128001});
+  CHECK(config->torch_dtype == "bfloat16");  // the language model's own
+  CHECK(config->names == llava_transformers4_names());
+  CHECK(config->names.layer(3) == "language_model.model.layers.3.");
+  CHECK(config->names.embed_tokens() == "language_model.model.embed_tokens.weight");
+  CHECK(config->names.lm_head == "language_model.lm_head.weight");
+  ModelInfo info = llama_model_info(*config, {}, std::nullopt);
+  CHECK(info.architecture == "LlavaForConditionalGeneration");
+
+  // transformers 5 writes rope_parameters (rope_theta inside) and "dtype".
+  auto five = parse_llama_config(R"({"architectures": ["LlavaForConditionalGeneration"], "image_token_id": 7,
+      "text_config": {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                      "num_attention_heads": 4, "vocab_size": 100, "dtype": "bfloat16",
+                      "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                          "original_max_position_embeddings": 8192}}})");
+  REQUIRE_MESSAGE(five.has_value(), five.status().message());
+  CHECK(five->rope_theta == 500000.0);
+  REQUIRE(five->rope_scaling.has_value());
+  CHECK(five->rope_scaling->factor == 8.0);
+  CHECK(five->torch_dtype == "bfloat16");
+  CHECK(five->bos_token_id == 1);  // LlamaConfig's defaults, as transformers fills them
+  CHECK(five->eos_token_ids == std::vector<int64_t>{2});
+
+  // A top-level Llama config may also spell rope_parameters.
+  auto plain = parse_llama_config(config_with(R"("rope_parameters": {"rope_type": "default", "rope_theta": 123.0})"));
+  REQUIRE_MESSAGE(plain.has_value(), plain.status().message());
+  CHECK(plain->rope_theta == 123.0);
+  CHECK_FALSE(plain->rope_scaling.has_value());
+  CHECK(plain->names == LlamaTensorNames{});
+
+  expect_error(parse_llama_config(R"({"architectures": ["LlavaForConditionalGeneration"]})", "d/config.json").status(),
+               ErrorCode::invalid_argument,
+               {"d/config.json", "key 'text_config'", "expected the language model's config (an object)"});
+  expect_error(parse_llama_config(R"({"architectures": ["LlavaForConditionalGeneration"],
+                                      "text_config": {"model_type": "mistral"}})", "d/config.json").status(),
+               ErrorCode::unsupported, {"key 'text_config.model_type'", "\"mistral\" is not supported"});
+  expect_error(parse_llama_config(R"({"architectures": ["LlavaForConditionalGeneration"],
+                                      "text_config": {"num_key_value_heads": 5}})", "d/config.json").status(),
+               ErrorCode::invalid_argument, {"d/config.json: text_config: key 'num_key_value_heads'"});
+}

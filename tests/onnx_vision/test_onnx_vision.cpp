@@ -461,8 +461,12 @@ TEST_CASE("LLaVA configs: CLIP's defaults, and refusals naming the key") {
         "c.json: \"vision_feature_select_strategy\" 'cls' is not supported (default, full)");
   CHECK(message(R"({"vision_config": {"image_size": 100, "patch_size": 14}, "text_config": {"hidden_size": 8}, "image_token_index": 1})") ==
         "c.json: \"vision_config.patch_size\" 14 does not divide image_size 100");
-  CHECK(message(R"({"vision_config": {}, "text_config": {}, "image_token_index": 1})") ==
-        "c.json: \"text_config.hidden_size\" is missing (the projector's output width)");
+  // text_config as transformers writes it: LlamaConfig's defaults left out.
+  const auto llama_default = ov::parse_llava_vision_config(R"({"vision_config": {}, "text_config": {}, "image_token_index": 1})", "c.json");
+  REQUIRE(llama_default.has_value());
+  CHECK(llama_default->text_hidden_size == 4096);
+  CHECK(message(R"({"vision_config": {}, "image_token_index": 1})") ==
+        "c.json: \"text_config\" is missing (the language model's config; the projector's output width)");
   CHECK(message(R"({"vision_config": {}, "text_config": {"hidden_size": 8}})") ==
         "c.json: \"image_token_index\" is missing (the <image> placeholder's id)");
 }
