@@ -157,6 +157,7 @@ Engine::Engine(EngineConfig config, EngineParts parts, int32_t num_blocks)
   seed_state_ = config_.seed ? config_.seed
                              : uint64_t(std::chrono::steady_clock::now().time_since_epoch().count());
   max_token_bytes_ = longest_token_bytes(*parts_.tokenizer);
+  tokenizer_ids_ = parts_.tokenizer->vocab_size();
   stop_ids_ = model_info_.eos_ids;
   for (TokenId id : parts_.tokenizer->special_tokens().eos) stop_ids_.push_back(id);
   for (TokenId id : parts_.extra_stop_ids) stop_ids_.push_back(id);
@@ -201,8 +202,14 @@ Result<std::vector<TokenId>> Engine::chat_prompt(const std::vector<ChatMessage>&
         return false;
     return true;
   };
-  bool has_images = false;
-  for (const auto& message : messages) has_images = has_images || !message.images.empty();
+  size_t images = 0;
+  for (const auto& message : messages) images += message.images.size();
+  const bool has_images = images > 0;
+  if (has_images && !vision_info_)
+    return Status(ErrorCode::invalid_argument,
+                  fmt::format("this model takes no images (its manifest has no [vision] table), and the request "
+                              "carries {}",
+                              images));
   if (!has_images) {
     std::lock_guard lock(last_chat_.mutex);
     if (same_text(messages, last_chat_.messages)) return last_chat_.ids;
@@ -808,9 +815,13 @@ void Engine::after_sample(Sequence& seq, TokenId token, TokenLogprob* logprob) {
     return;
   }
   std::string piece;
-  if (Status s = seq.decoder->push(token, piece); !s) {
-    finish(seq, FinishReason::error, s);
-    return;
+  // Rows of a padded embedding (LLaVA's vocabulary is rounded up past the
+  // tokenizer's) have no text: HF's decode skips such ids, and so do we.
+  if (token < tokenizer_ids_) {
+    if (Status s = seq.decoder->push(token, piece); !s) {
+      finish(seq, FinishReason::error, s);
+      return;
+    }
   }
   seq.held_text += piece;
   bool at_length = int32_t(seq.tokens.size()) >= seq.max_len;
@@ -926,7 +937,10 @@ Status Engine::encode_images(Sequence& seq) {
     const int64_t n = std::min<int64_t>(config_.max_images_per_step, count - first);
     std::span<const ImageData> batch(seq.unencoded.data() + first, size_t(n));
     if (Status s = parts_.vision->encode(batch, exec, rows_of(all, first * per_image, n * per_image)); !s)
-      return Status(s.code(), fmt::format("image {}..{}: {}", first + 1, first + n, s.message()));
+      return Status(s.code(), fmt::format("encoding the request's image{} {} (the encoder's 0..{}): {}",
+                                          n == 1 ? "" : "s",
+                                          n == 1 ? fmt::format("{}", first + 1) : fmt::format("{} to {}", first + 1, first + n),
+                                          n - 1, s.message()));
   }
   seq.embeddings = std::move(memory.value());
   seq.unencoded.clear();

@@ -208,6 +208,7 @@ class Engine final : public EngineHandle {
   bool overlap_ = false;                             // config says so and the model offers it
   std::optional<std::vector<Planned>> in_flight_;   // the step submitted and not yet collected
   std::vector<TokenId> stop_ids_;                    // model eos + template stop tokens
+  TokenId tokenizer_ids_ = 0;                        // the tokenizer's vocabulary; the model's may be padded past it
   EngineStats stats_;
   std::thread thread_;
 };

@@ -376,14 +376,15 @@ struct Harness {
   std::shared_ptr<ByteSumVision> vision;  // null for a text-only model
   std::unique_ptr<Engine> engine;
 
-  explicit Harness(EngineConfig config, Mode mode, bool with_vision = false)
+  // `tokenizer_ids`: the tokenizer's vocabulary, smaller than the model's when its embedding is padded.
+  explicit Harness(EngineConfig config, Mode mode, bool with_vision = false, int32_t tokenizer_ids = kVocab)
       : model(std::make_shared<PagedEchoModel>(mode)),
         vision(with_vision ? std::make_shared<ByteSumVision>() : nullptr) {
     CAPTURE(mode_name(mode));
     EngineParts parts;
     parts.model = model;
     parts.kv_policy = std::make_shared<FixedBytesPolicy>();
-    parts.tokenizer = std::make_shared<LetterTokenizer>(kVocab, kEos);
+    parts.tokenizer = std::make_shared<LetterTokenizer>(tokenizer_ids, kEos);
     parts.vision = vision;
     parts.prompt_builder = [](const std::vector<ChatMessage>& messages) -> Result<std::vector<TokenId>> {
       return chat_prompt(messages);
@@ -515,6 +516,25 @@ TEST_CASE("one request alone gives the expected tokens and usage") {
   std::vector<TokenId> prompt{5, 6, 7, 8, 9};
   Outcome got = h.run(prompt, greedy(30)).get();
   check_same(got, expected_run(prompt, greedy(30), config.session_len, 0));
+}
+
+TEST_CASE("ids of a padded vocabulary (past the tokenizer's) are generated with no text, as HF decodes them") {
+  EngineConfig config;
+  config.session_len = 4096;
+  config.num_kv_blocks = 64;
+  config.cache_block_seq_len = 16;
+  constexpr int32_t kTokenizerIds = 400;
+  Harness h(config, pick_mode(), false, kTokenizerIds);
+  std::vector<TokenId> prompt{5, 6, 7, 8, 9};
+  SamplingParams sp = greedy(40);
+  sp.ignore_eos = true;
+  Outcome got = h.run(prompt, sp).get();
+  Outcome want = expected_run(prompt, sp, config.session_len, 0);
+  want.text.clear();
+  for (TokenId id : want.generated)
+    if (id < kTokenizerIds) want.text += kLetters.letter(id);
+  REQUIRE(std::any_of(want.generated.begin(), want.generated.end(), [](TokenId id) { return id >= kTokenizerIds; }));
+  check_same(got, want);
 }
 
 TEST_CASE("batch invariance: 64 concurrent requests equal their runs alone (chunked prefill)") {
