@@ -388,6 +388,21 @@ Status Runtime::start_engine(const RuntimeOptions& options) {
     else problems.push_back(fmt::format("chat template '{}': stop token '{}' is not in the tokenizer's vocabulary",
                                         chat_template_.name, stop));
   }
+  if (vision_) {
+    // The chat template spells each image as text the tokenizer must turn
+    // into exactly the id the encoder's embeddings replace.
+    const VisionInfo vision = vision_->info();
+    const std::optional<TokenId> id = tokenizer_->token_to_id(vision.placeholder);
+    if (id != vision.placeholder_id)
+      problems.push_back(fmt::format(
+          "the vision encoder's image placeholder '{}' is id {}, but the tokenizer {}", vision.placeholder,
+          vision.placeholder_id,
+          id ? fmt::format("gives it id {}", *id) : std::string("has no such token (an added token of tokenizer.json)")));
+    if (chat_template_.image_prefix.find(vision.placeholder) == std::string::npos)
+      problems.push_back(fmt::format("chat template '{}': its image_prefix \"{}\" does not hold the image placeholder "
+                                     "'{}'",
+                                     chat_template_.name, chat_template_.image_prefix, vision.placeholder));
+  }
   if (!problems.empty()) return Status(ErrorCode::invalid_argument, join_problems(problems));
   parts.extra_stop_strings = chat_template_.stop_strings;
   // Template text may spell special tokens (and the image placeholder);

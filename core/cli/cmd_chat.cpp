@@ -13,6 +13,7 @@ struct ChatOptions {
   std::optional<int64_t> top_k, max_new_tokens, seed;
   std::optional<double> repetition_penalty;
   std::string system;
+  std::vector<std::string> images;
 };
 
 }  // namespace
@@ -31,6 +32,9 @@ void add_chat_command(CLI::App& app, GlobalOptions& options) {
   cmd->add_option("--max-new-tokens", o->max_new_tokens, "Most tokens in one reply (default 512)");
   cmd->add_option("--seed", o->seed, "Sampling seed (default: a new one each reply)");
   cmd->add_option("--system", o->system, "System prompt");
+  cmd->add_option("--image", o->images,
+                  "Image file (PNG, JPEG, WebP, GIF) attached to the first message, for models with a vision "
+                  "encoder (LLaVA); repeatable. In a prompt, a line '/image PATH' attaches one to that message");
   cmd->callback([&options, o] {
     std::vector<core::ManifestOverride> frontend{{"frontend.plugin", "chat", "hostrun chat"}};
     auto add = [&](const char* key, const auto& value, const char* flag) {
@@ -43,6 +47,17 @@ void add_chat_command(CLI::App& app, GlobalOptions& options) {
     add("frontend.max_new_tokens", o->max_new_tokens, "--max-new-tokens");
     add("frontend.seed", o->seed, "--seed");
     if (!o->system.empty()) frontend.push_back({"frontend.system", o->system, "--system"});
+    if (!o->images.empty()) {
+      // The setting is a list written with commas; a path holding one cannot be told apart.
+      for (const std::string& path : o->images)
+        if (path.find(',') != std::string::npos) {
+          fmt::print(stderr, "hostrun chat: --image {}: paths with a comma are not supported; use a line "
+                             "'/image PATH' in the prompt\n", path);
+          options.exit_code = 2;
+          return;
+        }
+      frontend.push_back({"frontend.images", fmt::format("{}", fmt::join(o->images, ",")), "--image"});
+    }
     options.exit_code = run_frontend(o->engine, options.plugin_dirs, frontend);
   });
 }

@@ -6,16 +6,25 @@
 // last one is sent at end of input. Replies stream as they are generated.
 // The conversation is resent in full each turn; with prefix caching on, the
 // engine computes only the new tokens.
+//
+// Images (models with a vision encoder): `--image PATH` (the `images`
+// setting) attaches files to the first message sent, and a line of a prompt
+// that reads `/image PATH` attaches that file to its message. The message's
+// images stay with it for the rest of the conversation.
 #include <unistd.h>
 
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
+#include <fstream>
 #include <hostrun/sdk.hpp>
 #include <iostream>
+#include <iterator>
 #include <mutex>
 #include <optional>
 #include <string>
+
+#include "image_common/image.hpp"
 
 namespace {
 
@@ -32,6 +41,7 @@ class ChatFrontend final : public Frontend {
     sampling_.repetition_penalty = float(s.get_number("repetition_penalty"));
     if (int64_t seed = s.get_int("seed"); seed != 0) sampling_.seed = uint64_t(seed);
     system_prompt_ = s.get_string("system");
+    first_images_ = s.get_strings("images");
   }
 
   Status run(EngineHandle& engine) noexcept override {
@@ -58,9 +68,14 @@ class ChatFrontend final : public Frontend {
           std::printf("(conversation reset)\n");
           continue;
         }
-        if (prompt->empty()) continue;
         if (!interactive) std::printf("%s\n", prompt->c_str());  // a transcript reads like a session
-        history.push_back({"user", *prompt, {}});
+        ChatMessage message{"user", {}, {}};
+        if (Status attached = take_images(*prompt, message); !attached) {
+          std::fprintf(stderr, "hostrun chat: %s\n", attached.message().c_str());
+          continue;
+        }
+        if (message.content.empty() && message.images.empty()) continue;
+        history.push_back(std::move(message));
         std::string reply;
         Status answered = stream_reply(engine, history, reply);
         if (!answered) {
@@ -103,6 +118,56 @@ class ChatFrontend final : public Frontend {
     return text;
   }
 
+  // The prompt's text without its `/image PATH` lines into message.content,
+  // their files (and, for the first message, the `images` setting's) into
+  // message.images. Nothing is attached when a file cannot be read.
+  Status take_images(const std::string& prompt, ChatMessage& message) {
+    std::vector<std::string> paths;
+    if (!first_images_used_) paths = first_images_;
+    std::string text;
+    size_t start = 0;
+    while (start <= prompt.size()) {
+      size_t end = prompt.find('\n', start);
+      if (end == std::string::npos) end = prompt.size();
+      const std::string_view line(prompt.data() + start, end - start);
+      if (line.starts_with("/image ")) {
+        std::string_view path = line.substr(7);
+        while (!path.empty() && path.front() == ' ') path.remove_prefix(1);
+        paths.emplace_back(path);
+      } else {
+        if (!text.empty()) text += '\n';
+        text += line;
+      }
+      start = end + 1;
+    }
+    std::vector<ImageData> images;
+    for (const std::string& path : paths) {
+      auto image = read_image(path);
+      if (!image) return image.status();
+      images.push_back(std::move(image).value());
+    }
+    first_images_used_ = true;
+    message.content = std::move(text);
+    message.images = std::move(images);
+    return Status();
+  }
+
+  // A file's bytes and the type its signature names.
+  static Result<ImageData> read_image(const std::string& path) {
+    constexpr std::streamoff kMaxBytes = 64 << 20;
+    std::ifstream in(path, std::ios::binary | std::ios::ate);
+    if (!in) return Status(ErrorCode::not_found, "image " + path + ": cannot open the file");
+    const std::streamoff size = in.tellg();
+    if (size > kMaxBytes) return Status(ErrorCode::invalid_argument, "image " + path + ": larger than 64 MiB");
+    in.seekg(0);
+    ImageData image;
+    image.bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    auto format = image::sniff_image_format(image.bytes);
+    if (!format) return Status(ErrorCode::invalid_argument, "image " + path + ": " + format.status().message());
+    image.mime_type = image::mime_type(*format);
+    return image;
+  }
+
   Status stream_reply(EngineHandle& engine, const std::vector<ChatMessage>& history, std::string& reply) {
     std::mutex mutex;
     std::condition_variable done_cv;
@@ -142,6 +207,8 @@ class ChatFrontend final : public Frontend {
   Logger log_;
   SamplingParams sampling_;
   std::string system_prompt_;
+  std::vector<std::string> first_images_;  // attached to the first message sent
+  bool first_images_used_ = false;
   std::atomic<bool> stop_requested_{false};
   std::atomic<uint64_t> current_request_{0};
   EngineHandle* engine_ = nullptr;
@@ -158,6 +225,8 @@ const SettingSpec kSettings[] = {
      1e-6, 100},
     {"seed", SettingType::integer, "Random seed for sampling (0: a new one each reply)", false, "0", 0, 9.2e18},
     {"system", SettingType::string, "System prompt (empty: the chat template's default)", false, "\"\""},
+    {"images", SettingType::string_list, "Image files attached to the first message (models with a vision encoder)",
+     false, "[]"},
 };
 const RoleEntry kRoles[] = {role_entry<Frontend, ChatFrontend>(kSettings)};
 

@@ -25,6 +25,16 @@ const char* to_string(ImageFormat format) noexcept {
   return "?";
 }
 
+const char* mime_type(ImageFormat format) noexcept {
+  switch (format) {
+    case ImageFormat::png: return "image/png";
+    case ImageFormat::jpeg: return "image/jpeg";
+    case ImageFormat::webp: return "image/webp";
+    case ImageFormat::gif: return "image/gif";
+  }
+  return "application/octet-stream";
+}
+
 Result<ImageFormat> sniff_image_format(std::span<const std::uint8_t> bytes) {
   const auto starts = [&](std::size_t at, std::string_view magic) {
     return bytes.size() >= at + magic.size() && std::memcmp(bytes.data() + at, magic.data(), magic.size()) == 0;

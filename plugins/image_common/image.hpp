@@ -32,6 +32,7 @@ struct RgbImage {
 
 enum class ImageFormat { png, jpeg, webp, gif };
 const char* to_string(ImageFormat format) noexcept;
+const char* mime_type(ImageFormat format) noexcept;  // "image/png", ...
 
 // The format named by the first bytes (the signature), or invalid_argument
 // naming what was found.

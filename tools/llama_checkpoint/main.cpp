@@ -11,6 +11,7 @@
 
 #include "llama_common/llama_config.hpp"
 #include "random_checkpoint.hpp"
+#include "random_llava.hpp"
 #include "rtn_awq.hpp"
 
 namespace hostrun::llama {
@@ -34,7 +35,8 @@ struct RandomCheckpointOptions {
   uint64_t max_shard_mb = 5000;
 };
 
-int write(const RandomCheckpointOptions& o) {
+// The shape the flags ask for; nullopt after printing why not.
+std::optional<LlamaConfig> requested_config(const RandomCheckpointOptions& o) {
   LlamaConfig config;
   if (o.shape == "tiny") {
     config = tiny_llama_config();
@@ -42,7 +44,7 @@ int write(const RandomCheckpointOptions& o) {
     config = llama3_8b_config();
   } else {
     fmt::print(stderr, "--shape '{}': expected tiny or llama3-8b\n", o.shape);
-    return 2;
+    return std::nullopt;
   }
   if (o.hidden_size) config.hidden_size = *o.hidden_size;
   if (o.intermediate_size) config.intermediate_size = *o.intermediate_size;
@@ -59,13 +61,17 @@ int write(const RandomCheckpointOptions& o) {
   else if (o.rope_scaling == "none") config.rope_scaling.reset();
   else if (!o.rope_scaling.empty()) {
     fmt::print(stderr, "--rope-scaling '{}': expected none or llama3\n", o.rope_scaling);
-    return 2;
+    return std::nullopt;
   }
   if (!o.tokenizer_dir.empty()) {
     // Llama-3's special ids, so the checkpoint agrees with its tokenizer.
     config.bos_token_id = 128000;
     config.eos_token_ids = {128001, 128009};
   }
+  return config;
+}
+
+std::optional<RandomLlamaOptions> requested_weights(const RandomCheckpointOptions& o) {
   RandomLlamaOptions options;
   options.seed = o.seed;
   options.init_std = o.init_std;
@@ -75,8 +81,17 @@ int write(const RandomCheckpointOptions& o) {
   else if (o.dtype == "f32") options.dtype = DType::f32;
   else {
     fmt::print(stderr, "--dtype '{}': expected bf16, f16 or f32\n", o.dtype);
-    return 2;
+    return std::nullopt;
   }
+  return options;
+}
+
+int write(const RandomCheckpointOptions& o) {
+  std::optional<LlamaConfig> requested = requested_config(o);
+  std::optional<RandomLlamaOptions> weights = requested_weights(o);
+  if (!requested || !weights) return 2;
+  const LlamaConfig& config = *requested;
+  const RandomLlamaOptions& options = *weights;
   if (Status valid = validate_llama_config(config, "the requested shape"); !valid) {
     fmt::print(stderr, "{}\n", valid.message());
     return 2;
@@ -102,17 +117,29 @@ int write(const RandomCheckpointOptions& o) {
   return 0;
 }
 
-}  // namespace
+int write_llava(const RandomCheckpointOptions& o, const RandomLlavaOptions& llava_in) {
+  std::optional<LlamaConfig> requested = requested_config(o);
+  std::optional<RandomLlamaOptions> weights = requested_weights(o);
+  if (!requested || !weights) return 2;
+  if (o.tokenizer_dir.empty()) {
+    fmt::print(stderr, "random-llava needs --tokenizer (the <image> token is added to it)\n");
+    return 2;
+  }
+  RandomLlavaOptions llava = llava_in;
+  llava.weights = *weights;
+  llava.tokenizer_dir = o.tokenizer_dir;
+  if (Status written = write_random_llava_checkpoint(o.directory, *requested, llava); !written) {
+    fmt::print(stderr, "{}\n", written.message());
+    return 1;
+  }
+  fmt::print("wrote {}: LLaVA ({}), CLIP {} wide x {} layers at {} px, language model {} layers, hidden {}\n",
+             o.directory, llava.transformers5 ? "transformers 5" : "transformers 4", llava.vision.hidden_size,
+             llava.vision.layers, llava.vision.image_size, requested->num_hidden_layers, requested->hidden_size);
+  return 0;
+}
 
-}  // namespace hostrun::llama
-
-int main(int argc, char** argv) {
-  using hostrun::llama::RandomCheckpointOptions;
-  CLI::App app("Llama checkpoints for tests and benchmarks", "hostrun-llama-checkpoint");
-  app.require_subcommand(1);
-  auto* cmd = app.add_subcommand("random", "Write a randomly initialised Llama checkpoint of any shape "
-                                           "(config.json, safetensors, generation_config.json)");
-  RandomCheckpointOptions o;
+// The flags of the language model's shape and weights, on `random` and `random-llava`.
+void add_llama_flags(CLI::App* cmd, RandomCheckpointOptions& o) {
   cmd->add_option("DIR", o.directory, "Folder to write (created)")->required();
   cmd->add_option("--shape", o.shape, "Base shape: tiny or llama3-8b; the flags below change it")->capture_default_str();
   cmd->add_option("--dtype", o.dtype, "Stored dtype: bf16, f16 or f32")->capture_default_str();
@@ -132,6 +159,36 @@ int main(int argc, char** argv) {
   cmd->add_option("--tokenizer", o.tokenizer_dir,
                   "Folder with tokenizer.json and tokenizer_config.json to copy in (sets Llama-3's bos/eos ids)");
   cmd->add_option("--max-shard-mb", o.max_shard_mb, "Shard the weights above this size")->capture_default_str();
+}
+
+}  // namespace
+
+}  // namespace hostrun::llama
+
+int main(int argc, char** argv) {
+  using hostrun::llama::RandomCheckpointOptions;
+  CLI::App app("Llama checkpoints for tests and benchmarks", "hostrun-llama-checkpoint");
+  app.require_subcommand(1);
+  auto* cmd = app.add_subcommand("random", "Write a randomly initialised Llama checkpoint of any shape "
+                                           "(config.json, safetensors, generation_config.json)");
+  RandomCheckpointOptions o;
+  hostrun::llama::add_llama_flags(cmd, o);
+  auto* llava_cmd = app.add_subcommand("random-llava", "Write a randomly initialised LLaVA folder "
+                                                       "(LlavaForConditionalGeneration: the Llama flags for the "
+                                                       "language model, CLIP's below, <image> added to --tokenizer)");
+  RandomCheckpointOptions llava_text;
+  hostrun::llama::RandomLlavaOptions llava;
+  hostrun::llama::add_llama_flags(llava_cmd, llava_text);
+  llava_cmd->add_option("--vision-hidden-size", llava.vision.hidden_size)->capture_default_str();
+  llava_cmd->add_option("--vision-intermediate-size", llava.vision.intermediate_size)->capture_default_str();
+  llava_cmd->add_option("--vision-layers", llava.vision.layers)->capture_default_str();
+  llava_cmd->add_option("--vision-heads", llava.vision.heads)->capture_default_str();
+  llava_cmd->add_option("--image-size", llava.vision.image_size)->capture_default_str();
+  llava_cmd->add_option("--patch-size", llava.vision.patch_size)->capture_default_str();
+  llava_cmd->add_option("--feature-layer", llava.vision.feature_layer, "vision_feature_layer")->capture_default_str();
+  llava_cmd->add_option("--select-strategy", llava.vision.select_strategy, "default (drop CLS) or full")->capture_default_str();
+  llava_cmd->add_flag("--transformers5", llava.transformers5,
+                      "Names, image_token_id and processor_config.json as transformers 5 writes them");
   auto* rtn = app.add_subcommand("rtn-awq", "Round a Llama folder's linear layers to nearest 4-bit in AutoAWQ's GEMM "
                                             "format (the baseline AWQ's search must beat; AWQ folders for tests)");
   std::string rtn_source, rtn_destination;
@@ -142,6 +199,7 @@ int main(int argc, char** argv) {
   rtn->add_option("--group-size", rtn_options.group_size, "32, 64 or 128")->capture_default_str();
   rtn->add_option("--dequantized-twin", twin, "Also write the dequantized weights as a dense f32 folder here");
   CLI11_PARSE(app, argc, argv);
+  if (llava_cmd->parsed()) return hostrun::llama::write_llava(llava_text, llava);
   if (rtn->parsed()) {
     rtn_options.dequantized_twin = twin;
     if (hostrun::Status s = hostrun::llama::write_rtn_awq_checkpoint(rtn_source, rtn_destination, rtn_options); !s) {

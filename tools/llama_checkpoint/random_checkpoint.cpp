@@ -85,15 +85,19 @@ enum class Init { normal, ones, zeros };
 
 Init init_for(std::string_view name) {
   if (name.ends_with(".bias")) return Init::zeros;
-  if (name.ends_with("norm.weight")) return Init::ones;  // input_layernorm, post_attention_layernorm, model.norm
+  // input_layernorm, post_attention_layernorm, model.norm; CLIP's pre_layrnorm, layer_norm1/2, post_layernorm
+  if (name.ends_with("norm.weight") || name.ends_with("norm1.weight") || name.ends_with("norm2.weight"))
+    return Init::ones;
   return Init::normal;
 }
 
-void write_tensor(SafetensorsWriter& writer, const TensorSpec& spec, const RandomLlamaOptions& options) {
+// `values` picks them: the same name, the same values.
+void write_tensor(SafetensorsWriter& writer, const TensorSpec& spec, const TensorValues& values_from,
+                  const RandomLlamaOptions& options) {
   uint64_t numel = 1;
   for (int64_t d : spec.shape) numel *= uint64_t(d);
   const Init init = init_for(spec.name);
-  const uint64_t key = tensor_key(options.seed, spec.name);
+  const uint64_t key = tensor_key(options.seed, values_from.name);
   const float std = float(options.init_std);
   const size_t element = size_t(dtype_bits(spec.dtype) / 8);
   constexpr uint64_t kPieceElements = 1u << 24;  // 32-64 MB per piece
@@ -111,6 +115,8 @@ void write_tensor(SafetensorsWriter& writer, const TensorSpec& spec, const Rando
     } else {
       std::fill(values.begin() + ptrdiff_t(begin), values.begin() + ptrdiff_t(end), init == Init::ones ? 1.0f : 0.0f);
     }
+    for (size_t i = begin; i < end; ++i)
+      if (start + i >= values_from.zero_from) values[i] = 0.0f;
     if (spec.dtype == DType::f32) {
       std::memcpy(piece.data() + begin * 4, values.data() + begin, (end - begin) * 4);
     } else {
@@ -146,17 +152,70 @@ float random_llama_value(uint64_t seed, std::string_view tensor_name, uint64_t i
   return normal_like(tensor_key(seed, tensor_name), index, float(init_std));
 }
 
+void write_random_tensors(const fs::path& directory, std::vector<TensorSpec> specs, const RandomLlamaOptions& options,
+                          const ValuesOf& values_of) {
+  // Greedy shards in HF order, as transformers' save_pretrained does.
+  std::vector<std::vector<TensorSpec>> shards(1);
+  uint64_t shard_bytes = 0;
+  uint64_t total_bytes = 0;
+  for (auto& spec : specs) {
+    uint64_t bytes = dtype_bits(spec.dtype) / 8;
+    for (int64_t d : spec.shape) bytes *= uint64_t(d);  // bounded: validated config sizes are < 2^31
+    if (!shards.back().empty() && shard_bytes + bytes > options.max_shard_bytes) {
+      shards.emplace_back();
+      shard_bytes = 0;
+    }
+    shards.back().push_back(std::move(spec));
+    shard_bytes += bytes;
+    total_bytes += bytes;
+  }
+
+  // Readers prefer model.safetensors over an index; neither may be left
+  // over from an earlier checkpoint in this directory.
+  remove_if_present(directory / checkpoint::kSingleFileName);
+  remove_if_present(directory / checkpoint::kIndexFileName);
+  // transformers refuses safetensors files without metadata format "pt".
+  const std::map<std::string, std::string> metadata{{"format", "pt"}};
+  nlohmann::json weight_map = nlohmann::json::object();
+  for (size_t k = 0; k < shards.size(); ++k) {
+    const std::string file_name = shards.size() == 1
+                                      ? std::string(checkpoint::kSingleFileName)
+                                      : fmt::format("model-{:05}-of-{:05}.safetensors", k + 1, shards.size());
+    auto writer = SafetensorsWriter::create(directory / file_name, shards[k], metadata);
+    if (!writer) throw Error(writer.status());
+    for (const auto& spec : shards[k]) {
+      write_tensor(**writer, spec, values_of ? values_of(spec.name) : TensorValues{spec.name}, options);
+      weight_map[spec.name] = file_name;
+    }
+    if (Status s = (*writer)->finish(); !s) throw Error(s);
+  }
+  if (shards.size() > 1) {
+    nlohmann::json index = {{"metadata", {{"total_size", total_bytes}}}, {"weight_map", weight_map}};
+    detail::write_text_file(directory / checkpoint::kIndexFileName, index.dump(2) + "\n");
+  }
+}
+
+void write_generation_config(const fs::path& directory, const LlamaConfig& config) {
+  nlohmann::ordered_json generation;
+  generation["bos_token_id"] = config.bos_token_id ? nlohmann::ordered_json(*config.bos_token_id) : nullptr;
+  if (config.eos_token_ids.size() == 1) generation["eos_token_id"] = config.eos_token_ids.front();
+  else if (!config.eos_token_ids.empty()) generation["eos_token_id"] = config.eos_token_ids;
+  detail::write_text_file(directory / checkpoint::kGenerationConfigFileName, generation.dump(2) + "\n");
+}
+
+void check_random_options(const RandomLlamaOptions& options) {
+  if (options.dtype != DType::f32 && options.dtype != DType::f16 && options.dtype != DType::bf16)
+    fail(ErrorCode::invalid_argument, "random checkpoint: dtype {} given; expected f32, f16 or bf16",
+         dtype_name(options.dtype));
+  if (options.max_shard_bytes == 0) fail(ErrorCode::invalid_argument, "random checkpoint: max_shard_bytes must be positive");
+  if (!(options.init_std >= 0) || !std::isfinite(options.init_std))
+    fail(ErrorCode::invalid_argument, "random checkpoint: init_std {} given; expected a number >= 0", options.init_std);
+}
+
 Status write_random_llama_checkpoint(const fs::path& directory, const LlamaConfig& config_in,
                                      const RandomLlamaOptions& options) noexcept {
   return guard([&] {
-    if (options.dtype != DType::f32 && options.dtype != DType::f16 && options.dtype != DType::bf16)
-      fail(ErrorCode::invalid_argument, "random Llama checkpoint: dtype {} given; expected f32, f16 or bf16",
-           dtype_name(options.dtype));
-    if (options.max_shard_bytes == 0)
-      fail(ErrorCode::invalid_argument, "random Llama checkpoint: max_shard_bytes must be positive");
-    if (!(options.init_std >= 0) || !std::isfinite(options.init_std))
-      fail(ErrorCode::invalid_argument, "random Llama checkpoint: init_std {} given; expected a number >= 0",
-           options.init_std);
+    check_random_options(options);
     LlamaConfig config = config_in;
     config.torch_dtype = std::string(torch_dtype_name(options.dtype));
     config.quant_method.reset();  // the weights written here are never quantized
@@ -167,55 +226,11 @@ Status write_random_llama_checkpoint(const fs::path& directory, const LlamaConfi
     fs::create_directories(directory, ec);
     if (ec) fail(ErrorCode::io_error, "{}: cannot create the directory: {}", directory.string(), ec.message());
     detail::write_text_file(config_path, llama_config_to_json(config));
-    if (options.write_generation_config) {
-      nlohmann::ordered_json generation;
-      generation["bos_token_id"] = config.bos_token_id ? nlohmann::ordered_json(*config.bos_token_id) : nullptr;
-      if (config.eos_token_ids.size() == 1) generation["eos_token_id"] = config.eos_token_ids.front();
-      else if (!config.eos_token_ids.empty()) generation["eos_token_id"] = config.eos_token_ids;
-      detail::write_text_file(directory / checkpoint::kGenerationConfigFileName, generation.dump(2) + "\n");
-    }
+    if (options.write_generation_config) write_generation_config(directory, config);
 
-    // Greedy shards in HF order, as transformers' save_pretrained does.
     std::vector<TensorSpec> specs;
     for (auto& spec : llama_tensor_specs(config)) specs.push_back({std::move(spec.name), options.dtype, std::move(spec.shape)});
-    std::vector<std::vector<TensorSpec>> shards(1);
-    uint64_t shard_bytes = 0;
-    uint64_t total_bytes = 0;
-    for (auto& spec : specs) {
-      uint64_t bytes = dtype_bits(spec.dtype) / 8;
-      for (int64_t d : spec.shape) bytes *= uint64_t(d);  // bounded: validated config sizes are < 2^31
-      if (!shards.back().empty() && shard_bytes + bytes > options.max_shard_bytes) {
-        shards.emplace_back();
-        shard_bytes = 0;
-      }
-      shards.back().push_back(std::move(spec));
-      shard_bytes += bytes;
-      total_bytes += bytes;
-    }
-
-    // Readers prefer model.safetensors over an index; neither may be left
-    // over from an earlier checkpoint in this directory.
-    remove_if_present(directory / checkpoint::kSingleFileName);
-    remove_if_present(directory / checkpoint::kIndexFileName);
-    // transformers refuses safetensors files without metadata format "pt".
-    const std::map<std::string, std::string> metadata{{"format", "pt"}};
-    nlohmann::json weight_map = nlohmann::json::object();
-    for (size_t k = 0; k < shards.size(); ++k) {
-      const std::string file_name = shards.size() == 1
-                                        ? std::string(checkpoint::kSingleFileName)
-                                        : fmt::format("model-{:05}-of-{:05}.safetensors", k + 1, shards.size());
-      auto writer = SafetensorsWriter::create(directory / file_name, shards[k], metadata);
-      if (!writer) throw Error(writer.status());
-      for (const auto& spec : shards[k]) {
-        write_tensor(**writer, spec, options);
-        weight_map[spec.name] = file_name;
-      }
-      if (Status s = (*writer)->finish(); !s) throw Error(s);
-    }
-    if (shards.size() > 1) {
-      nlohmann::json index = {{"metadata", {{"total_size", total_bytes}}}, {"weight_map", weight_map}};
-      detail::write_text_file(directory / checkpoint::kIndexFileName, index.dump(2) + "\n");
-    }
+    write_random_tensors(directory, std::move(specs), options);
   });
 }
 

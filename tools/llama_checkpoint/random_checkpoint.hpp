@@ -5,8 +5,13 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <cstdint>
+#include <functional>
+#include <string>
 #include <string_view>
+#include <vector>
 
+#include "checkpoint/safetensors.hpp"
 #include "hostrun/status.hpp"
 #include "hostrun/tensor.hpp"
 #include "llama_common/llama_config.hpp"
@@ -34,6 +39,23 @@ struct RandomLlamaOptions {
 // checkpoint needs only that much memory.
 Status write_random_llama_checkpoint(const std::filesystem::path& directory, const LlamaConfig& config,
                                      const RandomLlamaOptions& options = {}) noexcept;
+
+// The pieces of write_random_llama_checkpoint other random folders (LLaVA)
+// share. They throw Error.
+void check_random_options(const RandomLlamaOptions& options);
+// The tensors of `specs`, in that order, in shards as save_pretrained makes
+// them (model.safetensors, or numbered files and an index). A tensor's values
+// come from the seed and the name values_of(its name) gives (default: its
+// own), so folders that name one tensor differently can hold the same
+// values; elements from zero_from on are zeros (padded embedding rows).
+struct TensorValues {
+  std::string name;
+  uint64_t zero_from = UINT64_MAX;
+};
+using ValuesOf = std::function<TensorValues(const std::string& name)>;
+void write_random_tensors(const std::filesystem::path& directory, std::vector<checkpoint::TensorSpec> specs,
+                          const RandomLlamaOptions& options, const ValuesOf& values_of = {});
+void write_generation_config(const std::filesystem::path& directory, const LlamaConfig& config);
 
 // The value write_random_llama_checkpoint stores at element `index` of a
 // normal-initialised tensor, before rounding to the dtype (for tests).
