@@ -6,6 +6,9 @@
 #include <cmath>
 #include <limits>
 
+#include "data_url.hpp"
+#include "image_common/image.hpp"
+
 namespace hostrun::api {
 
 using nlohmann::json;
@@ -139,17 +142,51 @@ void read_common(const json& body, ParsedRequest& out) {
   }
 }
 
-std::string message_content(const json& message, size_t index, const std::string& role) {
+// An image_url part's image: {"url": "data:image/png;base64,..."} (or the
+// URL as a plain string, which some clients send). Only data: URLs: the
+// server fetches nothing a request names.
+ImageData image_part(const json& part, const std::string& part_param) {
+  const json* value = field(part, "image_url");
+  const std::string param = part_param + ".image_url";
+  if (!value) fail(400, fmt::format("'{}' is missing", param), param);
+  const json* url = value;
+  std::string url_param = param;
+  if (value->is_object()) {
+    url = field(*value, "url");
+    url_param = param + ".url";
+    if (!url) fail(400, fmt::format("'{}' is missing", url_param), url_param);
+  }
+  if (!url->is_string()) wrong_type(url_param, "a string (a data: URL)", *url);
+  const std::string& text = url->get_ref<const std::string&>();
+  if (!text.starts_with("data:") && !text.starts_with("DATA:"))
+    fail(400,
+         fmt::format("'{}' must be a data: URL (\"data:image/png;base64,...\"); this server does not fetch {}", url_param,
+                     text.starts_with("http://") || text.starts_with("https://") ? "http(s) URLs" : "URLs or files"),
+         url_param, "unsupported_content");
+  Result<http::DataUrl> data = http::parse_data_url(text, kMaxImageBytes);
+  if (!data)
+    fail(data.status().code() == ErrorCode::resource_exhausted ? 413 : 400,
+         fmt::format("'{}': {}", url_param, data.status().message()), url_param);
+  Result<image::ImageFormat> format = image::sniff_image_format(data->bytes);
+  if (!format) fail(400, fmt::format("'{}': {}", url_param, format.status().message()), url_param);
+  return ImageData{image::mime_type(*format), std::move(data->bytes)};
+}
+
+// A message's text (its text parts joined) and its images, in order.
+ChatMessage message_content(const json& message, size_t index, const std::string& role) {
+  ChatMessage out{role, {}, {}};
   std::string param = fmt::format("messages[{}].content", index);
   auto it = message.find("content");
   if (it == message.end() || it->is_null()) {
     // An assistant turn that only called tools has no content.
-    if (role == "assistant") return {};
+    if (role == "assistant") return out;
     fail(400, fmt::format("'{}' is missing", param), param);
   }
-  if (it->is_string()) return it->get<std::string>();
+  if (it->is_string()) {
+    out.content = it->get<std::string>();
+    return out;
+  }
   if (!it->is_array()) wrong_type(param, "a string or an array of content parts", *it);
-  std::string text;
   for (size_t j = 0; j < it->size(); ++j) {
     const json& part = (*it)[j];
     std::string part_param = fmt::format("{}[{}]", param, j);
@@ -157,14 +194,22 @@ std::string message_content(const json& message, size_t index, const std::string
     const json* type = field(part, "type");
     if (!type || !type->is_string()) fail(400, fmt::format("'{}.type' must be a string", part_param), part_param + ".type");
     const std::string& kind = type->get_ref<const std::string&>();
+    if (kind == "image_url") {
+      if (role != "user")
+        fail(400, fmt::format("'{}' is an image in a {} message; images go in user messages", part_param, role),
+             part_param + ".type", "unsupported_content");
+      out.images.push_back(image_part(part, part_param));
+      continue;
+    }
     if (kind != "text")
-      fail(400, fmt::format("'{}.type' is {}; this server takes text parts only", part_param, describe_json_value(*type)),
+      fail(400, fmt::format("'{}.type' is {}; this server takes text and image_url parts", part_param,
+                            describe_json_value(*type)),
            part_param + ".type", "unsupported_content");
     const json* value = field(part, "text");
     if (!value || !value->is_string()) wrong_type(part_param + ".text", "a string", value ? *value : json());
-    text += value->get_ref<const std::string&>();
+    out.content += value->get_ref<const std::string&>();
   }
-  return text;
+  return out;
 }
 
 }  // namespace
@@ -196,7 +241,7 @@ ParsedRequest parse_chat_request(const std::string& body_text, const JsonLimits&
     if (r != "system" && r != "user" && r != "assistant")
       fail(400, fmt::format("'{}.role' is {}; expected system, user or assistant", param, describe_json_value(*role)),
            param + ".role");
-    out.messages.push_back({r, message_content(m, i, r), {}});
+    out.messages.push_back(message_content(m, i, r));
   }
   if (auto v = boolean(body, "logprobs")) out.logprobs = *v;
   if (auto v = integer(body, "top_logprobs", 0, 20)) {

@@ -3,8 +3,10 @@
 // Everything a client can get wrong is checked here, before the engine sees
 // it, so every mistake gets a 4xx naming the parameter, what was expected and
 // what was found. Unknown fields are ignored (clients send extras), but fields
-// we cannot honour (tools, a JSON response format, image parts) are refused
-// rather than silently dropped.
+// we cannot honour (tools, a JSON response format, images by http(s) URL)
+// are refused rather than silently dropped. Images come as image_url parts
+// holding data: URLs; the chat template puts each before its message's text
+// ("<image>\n" + text for LLaVA), whatever the parts' order.
 #pragma once
 
 #include <cstdint>
@@ -35,6 +37,9 @@ struct ApiException {
 
 [[noreturn]] void fail(int status, std::string message, std::string param = {}, std::string code = {},
                        std::string type = "invalid_request_error");
+
+// The most bytes one image of a request may have (OpenAI's limit too).
+inline constexpr size_t kMaxImageBytes = 20u << 20;
 
 // One prompt of /v1/completions: text, or token ids.
 using PromptInput = std::variant<std::string, std::vector<TokenId>>;

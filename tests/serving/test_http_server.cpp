@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "data_url.hpp"
 #include "http_server.hpp"
 #include "openai_request.hpp"
 
@@ -412,6 +413,58 @@ TEST_SUITE("openai_request") {
     CHECK(param_of(chat, R"({"messages":[{"role":"tool","content":"x"}]})") == "messages[0].role");
     CHECK(param_of(chat, R"({"messages":[{"role":"user","content":[{"type":"text"}]}]})") == "messages[0].content[0].text");
     CHECK(param_of(chat, R"({"messages":[{"role":"user","content":"x"}],"stop":["a",1]})") == "stop[1]");
+  }
+
+  TEST_CASE("chat bodies with images: data: URLs only, checked by their bytes") {
+    auto chat = [](const std::string& b) { return api::parse_chat_request(b); };
+    // A 1 x 1 GIF, as a client would send it.
+    const std::string gif = "R0lGODlhAQABAIAAAP///wAAACwAAAAAAQABAAACAkQBADs=";
+    auto r = chat(R"({"messages":[{"role":"user","content":[{"type":"text","text":"what is "},)"
+                  R"({"type":"image_url","image_url":{"url":"data:image/gif;base64,)" + gif + R"("}},)"
+                  R"({"type":"text","text":"this?"},{"type":"image_url","image_url":"data:image/png;base64,)" + gif + R"("}]}]})");
+    REQUIRE(r.messages.size() == 1);
+    CHECK(r.messages[0].content == "what is this?");
+    REQUIRE(r.messages[0].images.size() == 2);
+    CHECK(r.messages[0].images[0].mime_type == "image/gif");
+    CHECK(r.messages[0].images[1].mime_type == "image/gif");  // the bytes say so, whatever the URL claims
+    CHECK(r.messages[0].images[0].bytes.size() == 35);
+    CHECK(r.messages[0].images[0].bytes[0] == 'G');
+    const auto image = [](const std::string& url, const char* role = "user") {
+      return std::string(R"({"messages":[{"role":")") + role + R"(","content":[{"type":"image_url","image_url":{"url":")" +
+             url + R"("}}]}]})";
+    };
+    const std::string url_param = "messages[0].content[0].image_url.url";
+    CHECK(param_of(chat, image("https://example.com/cat.png")) == url_param);
+    CHECK(param_of(chat, image("file:///etc/passwd")) == url_param);
+    CHECK(param_of(chat, image("data:image/gif," + gif)) == url_param);          // not base64
+    CHECK(param_of(chat, image("data:image/gif;base64,R0lGOD!h")) == url_param);  // not the alphabet
+    CHECK(param_of(chat, image("data:image/png;base64,aGVsbG8=")) == url_param);  // "hello": no image
+    CHECK(param_of(chat, image("data:image/gif;base64," + gif, "system")) == "messages[0].content[0].type");
+    CHECK(param_of(chat, R"({"messages":[{"role":"user","content":[{"type":"image_url"}]}]})") ==
+          "messages[0].content[0].image_url");
+    CHECK(param_of(chat, R"({"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":5}}]}]})") ==
+          url_param);
+  }
+
+  TEST_CASE("base64 and data: URLs") {
+    auto bytes = http::decode_base64("aGVsbG8gd29ybGQ=");
+    REQUIRE(bytes.has_value());
+    CHECK(std::string(bytes->begin(), bytes->end()) == "hello world");
+    CHECK(http::decode_base64("aGVsbG8gd29ybGQ").has_value());  // padding may be left out
+    CHECK(http::decode_base64("").value().empty());
+    CHECK_FALSE(http::decode_base64("aGVsbG8gd29ybGR=").has_value());  // stray bits in the last character
+    CHECK_FALSE(http::decode_base64("a").has_value());                 // no encoder writes one character
+    CHECK_FALSE(http::decode_base64("aGVs\nbG8=").has_value());
+    CHECK(http::decode_base64("aG=sbG8=").status().message().find("offset 2") != std::string::npos);
+    auto url = http::parse_data_url("DATA:Image/PNG;charset=x;base64,aGk=", 100);
+    REQUIRE(url.has_value());
+    CHECK(url->media_type == "image/png");
+    CHECK(url->bytes.size() == 2);
+    CHECK(http::parse_data_url("data:image/png;base64,aGVsbG8gd29ybGQ=", 10).status().code() ==
+          ErrorCode::resource_exhausted);
+    CHECK(http::parse_data_url("data:;base64,aGk=", 10).value().media_type.empty());
+    CHECK_FALSE(http::parse_data_url("data:image/png;base64", 10).has_value());
+    CHECK_FALSE(http::parse_data_url("http://x/data:;base64,aGk=", 10).has_value());
   }
 
   TEST_CASE("completion bodies") {
