@@ -167,9 +167,9 @@ ImageData image_part(const json& part, const std::string& part_param) {
   if (!data)
     fail(data.status().code() == ErrorCode::resource_exhausted ? 413 : 400,
          fmt::format("'{}': {}", url_param, data.status().message()), url_param);
-  Result<image::ImageFormat> format = image::sniff_image_format(data->bytes);
-  if (!format) fail(400, fmt::format("'{}': {}", url_param, format.status().message()), url_param);
-  return ImageData{image::mime_type(*format), std::move(data->bytes)};
+  Result<ImageData> image = image::image_data(std::move(data->bytes));
+  if (!image) fail(400, fmt::format("'{}': {}", url_param, image.status().message()), url_param);
+  return std::move(image).value();
 }
 
 // A message's text (its text parts joined) and its images, in order.

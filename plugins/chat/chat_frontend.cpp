@@ -160,11 +160,8 @@ class ChatFrontend final : public Frontend {
     const std::streamoff size = in.tellg();
     if (size > kMaxBytes) return Status(ErrorCode::invalid_argument, "image " + path + ": larger than 64 MiB");
     in.seekg(0);
-    ImageData image;
-    image.bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-    auto format = image::sniff_image_format(image.bytes);
-    if (!format) return Status(ErrorCode::invalid_argument, "image " + path + ": " + format.status().message());
-    image.mime_type = image::mime_type(*format);
+    auto image = image::image_data({std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()});
+    if (!image) return Status(ErrorCode::invalid_argument, "image " + path + ": " + image.status().message());
     return image;
   }
 

@@ -13,6 +13,11 @@
 #include <random>
 #include <thread>
 
+#include "data_url.hpp"
+#include "image_common/image.hpp"
+#include "multipart.hpp"
+#include "uploads.hpp"
+
 namespace hostrun::gradio {
 
 namespace {
@@ -110,9 +115,49 @@ struct ChatInputs {
   SamplingParams sampling;
 };
 
+// The images of a MultimodalTextbox value ({"text", "files": [...]}): each
+// file a FileData ({"path", "url", ...}) or a path, naming a file uploaded to
+// this server (POST /upload) or holding a data: URL. Nothing is fetched.
+Result<std::vector<ImageData>> message_images(const json& message, UploadStore& uploads) {
+  std::vector<ImageData> images;
+  if (!message.is_object()) return images;
+  auto files = message.find("files");
+  if (files == message.end() || files->is_null()) return images;
+  auto bad = [](std::string message) { return Status(ErrorCode::invalid_argument, std::move(message)); };
+  if (!files->is_array()) return bad("data[0].files must be a list of files");
+  for (size_t i = 0; i < files->size(); ++i) {
+    const json& file = (*files)[i];
+    const std::string where = fmt::format("data[0].files[{}]", i);
+    std::string path, url;
+    if (file.is_string()) {
+      path = file.get<std::string>();
+    } else if (file.is_object()) {
+      if (auto p = file.find("path"); p != file.end() && p->is_string()) path = p->get<std::string>();
+      if (auto u = file.find("url"); u != file.end() && u->is_string()) url = u->get<std::string>();
+    } else {
+      return bad(fmt::format("{} must be a file ({{\"path\": ...}}) or a path", where));
+    }
+    std::optional<std::vector<uint8_t>> bytes = uploads.get(path);
+    if (!bytes) {
+      const std::string& data_url = url.starts_with("data:") ? url : path;
+      if (!data_url.starts_with("data:"))
+        return bad(fmt::format("{}: '{}' is neither a file uploaded to this server (POST /upload; uploads are "
+                               "kept 10 minutes) nor a data: URL; this server fetches nothing",
+                               where, path.empty() ? url : path));
+      Result<http::DataUrl> decoded = http::parse_data_url(data_url, UploadLimits{}.max_file_bytes);
+      if (!decoded) return bad(fmt::format("{}: {}", where, decoded.status().message()));
+      bytes = std::move(decoded->bytes);
+    }
+    Result<ImageData> image = image::image_data(std::move(*bytes));
+    if (!image) return bad(fmt::format("{}: {}", where, image.status().message()));
+    images.push_back(std::move(image).value());
+  }
+  return images;
+}
+
 // data = [message, history, system_prompt, temperature, top_p, max_tokens];
 // trailing values may be missing or null (their defaults apply).
-Result<ChatInputs> parse_chat_inputs(const json& data, const ChatDefaults& defaults) {
+Result<ChatInputs> parse_chat_inputs(const json& data, const ChatDefaults& defaults, UploadStore& uploads) {
   auto bad = [](std::string message) { return Status(ErrorCode::invalid_argument, std::move(message)); };
   if (!data.is_array()) return bad("\"data\" must be an array: [message, history, system_prompt, temperature, top_p, max_tokens]");
   if (data.size() > 6) return bad(fmt::format("\"data\" has {} values; /chat takes at most 6", data.size()));
@@ -122,7 +167,10 @@ Result<ChatInputs> parse_chat_inputs(const json& data, const ChatDefaults& defau
   };
   ChatInputs in;
   auto message = content_text(at(0));
-  if (!message || message->empty()) return bad("data[0] (message) must be a non-empty string");
+  auto images = message_images(at(0), uploads);
+  if (!images) return images.status();
+  if (!message || (message->empty() && images->empty()))
+    return bad("data[0] (message) must be a non-empty string, or {\"text\", \"files\"} with text or files");
   std::string system = defaults.system;
   if (!at(2).is_null()) {
     if (!at(2).is_string()) return bad("data[2] (system_prompt) must be a string");
@@ -155,7 +203,7 @@ Result<ChatInputs> parse_chat_inputs(const json& data, const ChatDefaults& defau
       }
     }
   }
-  in.messages.push_back({"user", *message, {}});
+  in.messages.push_back({"user", *message, std::move(images).value()});
   auto number = [&](size_t i, const char* name, double fallback, double lo, double hi) -> Result<double> {
     const json& v = at(i);
     if (v.is_null()) return fallback;
@@ -196,6 +244,8 @@ struct GradioApi::State : std::enable_shared_from_this<GradioApi::State> {
   JsonLimits body_limits;
   Logger log;
   int64_t app_id = 0;
+  bool accepts_images = false;  // the model has a vision encoder: the message is a MultimodalTextbox
+  UploadStore uploads;
 
   struct Session {
     std::shared_ptr<http::Exchange> stream;  // the open /queue/data answer, if any
@@ -233,6 +283,7 @@ struct GradioApi::State : std::enable_shared_from_this<GradioApi::State> {
   State(EngineHandle& e, ChatDefaults d, JobLimits j, JsonLimits body, Logger l)
       : engine(e), defaults(std::move(d)), limits(j), body_limits(body), log(std::move(l)) {
     app_id = int64_t(random() >> 12);
+    accepts_images = engine.info().accepts_images;
   }
 
   std::string new_event_id() {
@@ -397,7 +448,10 @@ struct GradioApi::State : std::enable_shared_from_this<GradioApi::State> {
                   {"component_class_id", type}, {"key", nullptr}};
     };
     json components = json::array({
-        component(kMessage, "textbox", {{"label", "Message"}, {"value", ""}, {"lines", 2}}),
+        accepts_images ? component(kMessage, "multimodaltextbox",
+                                   {{"label", "Message"}, {"value", {{"text", ""}, {"files", json::array()}}},
+                                    {"file_types", {"image"}}, {"file_count", "multiple"}, {"lines", 2}})
+                       : component(kMessage, "textbox", {{"label", "Message"}, {"value", ""}, {"lines", 2}}),
         component(kHistory, "json", {{"label", "History"}, {"value", json::array()}}),
         component(kSystem, "textbox", {{"label", "System prompt"}, {"value", defaults.system}}),
         component(kTemperature, "slider",
@@ -482,7 +536,14 @@ struct GradioApi::State : std::enable_shared_from_this<GradioApi::State> {
 
   json info() const {
     json parameters = json::array({
-        parameter("Message", "message", "Textbox", {{"type", "string"}}, "str", "", std::nullopt, "Hello!!"),
+        accepts_images
+            ? parameter("Message", "message", "Multimodaltextbox",
+                        {{"type", "object"},
+                         {"properties", {{"text", {{"type", "string"}}}, {"files", {{"type", "array"}, {"items", {{"type", "object"}}}}}}}},
+                        "dict(text: str, files: list[filepath])",
+                        "the text and its images (PNG, JPEG, WebP, GIF): uploaded files or data: URLs", std::nullopt,
+                        json{{"text", "Describe this image."}, {"files", json::array()}})
+            : parameter("Message", "message", "Textbox", {{"type", "string"}}, "str", "", std::nullopt, "Hello!!"),
         parameter("History", "history", "Json", {{"type", "array"}, {"items", {{"type", "object"}}}}, "list[dict]",
                   "earlier turns: {role, content} messages or [user, assistant] pairs", json::array(), json::array()),
         parameter("System prompt", "system_prompt", "Textbox", {{"type", "string"}}, "str", "", json(defaults.system),
@@ -500,6 +561,28 @@ struct GradioApi::State : std::enable_shared_from_this<GradioApi::State> {
                                  {"component", "Textbox"}}});
     return {{"named_endpoints", {{"/chat", {{"parameters", parameters}, {"returns", returns}, {"show_api", true}}}}},
             {"unnamed_endpoints", json::object()}};
+  }
+
+  // POST /upload: multipart/form-data whose "files" parts are kept
+  // (UploadStore) -> the list of their paths, in order, as Gradio answers.
+  void upload(const std::shared_ptr<http::Exchange>& exchange) {
+    const http::Request& request = exchange->request();
+    const std::string* type = request.header("content-type");
+    Result<std::string> boundary = http::multipart_boundary(type ? *type : std::string());
+    if (!boundary) return exchange->respond(json_response(400, {{"detail", boundary.status().message()}}));
+    auto parts = http::parse_multipart(request.body, *boundary);
+    if (!parts) return exchange->respond(json_response(400, {{"detail", parts.status().message()}}));
+    json paths = json::array();
+    for (const http::FormPart& part : *parts) {
+      if (part.name != "files") continue;
+      Result<std::string> path = uploads.put(part.data, part.filename);
+      if (!path)
+        return exchange->respond(json_response(
+            path.status().code() == ErrorCode::resource_exhausted ? 413 : 400, {{"detail", path.status().message()}}));
+      paths.push_back(*path);
+    }
+    if (paths.empty()) return exchange->respond(json_response(400, {{"detail", "the form has no \"files\" part"}}));
+    exchange->respond(json_response(200, paths));
   }
 
   void join(const std::shared_ptr<http::Exchange>& exchange) {
@@ -520,7 +603,7 @@ struct GradioApi::State : std::enable_shared_from_this<GradioApi::State> {
                                                          describe_json_value(*fn), kChatFn)));
     static const json no_data = json::array();
     auto data = body.find("data");
-    auto inputs = parse_chat_inputs(data == body.end() ? no_data : *data, defaults);
+    auto inputs = parse_chat_inputs(data == body.end() ? no_data : *data, defaults, uploads);
     if (!inputs) return exchange->respond(unprocessable(inputs.status().message()));
 
     auto event = std::make_shared<Event>();
@@ -715,6 +798,8 @@ GradioApi::~GradioApi() { stop(); }
 
 void GradioApi::stop() { state_->stop(); }
 
+std::vector<std::string> GradioApi::upload_paths() { return {"/upload", std::string(kApiPrefix) + "/upload"}; }
+
 void GradioApi::add_routes(http::Server& server, http::WorkerPool& workers) {
   State* s = state_.get();
   for (std::string prefix : {std::string(), std::string(kApiPrefix)}) {
@@ -732,6 +817,7 @@ void GradioApi::add_routes(http::Server& server, http::WorkerPool& workers) {
     });
     server.route("GET", prefix + "/queue/data", [s](std::shared_ptr<http::Exchange> x) { s->data(x); });
     server.route("POST", prefix + "/cancel", [s](std::shared_ptr<http::Exchange> x) { s->cancel(x); });
+    server.route("POST", prefix + "/upload", [s](std::shared_ptr<http::Exchange> x) { s->upload(x); });
     server.route("POST", prefix + "/reset", [s](std::shared_ptr<http::Exchange> x) { s->cancel(x); });
     server.route("GET", prefix + "/app_id", [s](std::shared_ptr<http::Exchange> x) {
       x->respond(json_response(200, {{"app_id", s->app_id}}));

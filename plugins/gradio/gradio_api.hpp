@@ -16,6 +16,10 @@
 //        nothing running for a second (so a client that submits again at
 //        once still finds its stream open)
 //   POST /cancel, /reset         stop an event
+//   POST /upload                 multipart/form-data "files" -> ["path", ...]
+//        (uploads.hpp: kept in memory for 10 minutes, 20 MiB each, 256 MiB in all)
+// When the model takes images, the message is a MultimodalTextbox's value,
+// {"text", "files": [FileData]}: each file one uploaded here or a data: URL.
 // A body nested deeper than its limits allow is a 422, one that would take
 // too much memory once parsed a 413, both with {"detail"} saying why.
 // Messages queued for a session before its stream connects are kept and sent
@@ -53,6 +57,9 @@ class GradioApi {
   ~GradioApi();
   GradioApi(const GradioApi&) = delete;
   GradioApi& operator=(const GradioApi&) = delete;
+
+  // The paths of POST /upload (bare and under the prefix): the server's multipart_paths.
+  static std::vector<std::string> upload_paths();
 
   // `workers` runs the joins (parsing, submitting); it must outlive the server's threads.
   void add_routes(http::Server& server, http::WorkerPool& workers);

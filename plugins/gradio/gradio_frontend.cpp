@@ -25,10 +25,13 @@
 #include <random>
 
 #include "chat_settings.hpp"
+#include "data_url.hpp"
 #include "gradio_api.hpp"
 #include "http_server.hpp"
+#include "image_common/image.hpp"
 #include "page.hpp"
 #include "request_rules.hpp"
+#include "uploads.hpp"
 
 namespace {
 
@@ -117,6 +120,9 @@ class GradioFrontend final : public Frontend {
       options.tls = tls_;
       options.log = log_;
       options.server_header = "hostrun-gradio";
+      // POST /upload takes files as browsers and @gradio/client send them;
+      // every other route keeps to JSON (a form any site can send is refused).
+      options.multipart_paths = gradio::GradioApi::upload_paths();
       auto server = std::make_unique<http::Server>(options);
       body_limits_ = network_json_limits(options.max_body_bytes);
       gradio::GradioApi gradio(engine, defaults_, limits_, body_limits_, log_);
@@ -143,7 +149,7 @@ class GradioFrontend final : public Frontend {
         // The page loads nothing from elsewhere and talks only to this server; no other site may frame it.
         r.headers.push_back({"Content-Security-Policy",
                              fmt::format("default-src 'none'; script-src 'nonce-{0}'; style-src 'nonce-{0}'; "
-                                         "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; "
+                                         "connect-src 'self'; img-src 'self' blob:; base-uri 'none'; form-action 'none'; "
                                          "frame-ancestors 'none'", nonce)});
         r.headers.push_back({"X-Frame-Options", "DENY"});
         r.headers.push_back({"Referrer-Policy", "no-referrer"});
@@ -207,7 +213,8 @@ class GradioFrontend final : public Frontend {
             {"top_p", defaults_.top_p},
             {"max_new_tokens", defaults_.max_new_tokens},
             {"system", defaults_.system},
-            {"api_key_required", !api_keys_.empty()}};
+            {"api_key_required", !api_keys_.empty()},
+            {"images", info_.accepts_images}};
   }
 
   // The page cut where each load's CSP nonce goes. Cut before the title and
@@ -251,7 +258,22 @@ class GradioFrontend final : public Frontend {
       if (role != "system" && role != "user" && role != "assistant")
         return exchange->respond(bad_request(fmt::format("messages[{}].role is {}; expected system, user or assistant", i,
                                                          describe_json_value(m["role"]))));
-      messages.push_back({role, m["content"].get<std::string>(), {}});
+      ChatMessage message{role, m["content"].get<std::string>(), {}};
+      // The page's images: data: URLs, each checked to be an image here.
+      if (auto images = m.find("images"); images != m.end() && !images->is_null()) {
+        if (!images->is_array() || role != "user")
+          return exchange->respond(bad_request(fmt::format("messages[{}].images must be a list of data: URLs in a user message", i)));
+        for (size_t k = 0; k < images->size(); ++k) {
+          const json& url = (*images)[k];
+          Result<http::DataUrl> data = url.is_string() ? http::parse_data_url(url.get<std::string>(), gradio::UploadLimits{}.max_file_bytes)
+                                                       : Result<http::DataUrl>(Status(ErrorCode::invalid_argument, "not a string"));
+          Result<ImageData> image = data ? image::image_data(std::move(data->bytes)) : Result<ImageData>(data.status());
+          if (!image)
+            return exchange->respond(bad_request(fmt::format("messages[{}].images[{}]: {}", i, k, image.status().message())));
+          message.images.push_back(std::move(image).value());
+        }
+      }
+      messages.push_back(std::move(message));
     }
     auto number = [&](const char* key, double fallback, double lo, double hi) -> std::optional<double> {
       auto it = body.find(key);

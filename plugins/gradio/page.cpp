@@ -10,6 +10,11 @@
 // Server-Sent Events of the answer through fetch() streaming; Stop aborts the
 // fetch, which closes the connection, which cancels the request in the
 // engine. History lives in the page and is sent whole each turn.
+//
+// When the model takes images (config.images), an Image button and drag and
+// drop onto the page attach PNG/JPEG/WebP/GIF files to the next message; they
+// travel as data: URLs in the message's "images" and show as thumbnails
+// (blob: URLs, which the CSP allows for images).
 #include "page.hpp"
 
 namespace hostrun::gradio {
@@ -58,6 +63,14 @@ header .model { color: var(--muted); font-size: 0.9rem; overflow-wrap: anywhere;
           color: inherit; background: var(--panel); border: 1px solid var(--border); border-radius: var(--radius); }
 #prompt:focus { outline: 2px solid var(--accent); outline-offset: 1px; }
 .buttons { display: flex; gap: 8px; }
+.thumbs { display: flex; flex-wrap: wrap; gap: 6px; }
+.thumbs:empty { display: none; }
+.thumbs img { height: 64px; max-width: 128px; object-fit: cover; border-radius: 8px; border: 1px solid var(--border); }
+.msg .thumbs { margin-bottom: 6px; }
+.attached { position: relative; }
+.attached button { position: absolute; top: -6px; right: -6px; min-height: 24px; min-width: 24px; padding: 0;
+                   border-radius: 12px; font-size: 0.8rem; }
+body.dragging #messages { outline: 3px dashed var(--accent); outline-offset: -6px; }
 button { font: inherit; min-height: 48px; min-width: 64px; padding: 0 16px; border-radius: var(--radius);
          border: 1px solid var(--border); background: var(--panel); color: var(--text); cursor: pointer; }
 button.primary { background: var(--accent); border-color: var(--accent); color: var(--accent-text); }
@@ -119,8 +132,11 @@ aside summary { font-weight: 600; cursor: pointer; padding: 4px 0; }
     <div id="status" role="status"></div>
   </aside>
   <form class="compose" id="compose">
+    <div class="thumbs" id="attachments" aria-label="Images attached to the next message"></div>
     <textarea id="prompt" rows="2" placeholder="Type a message" aria-label="Message"></textarea>
+    <input type="file" id="image-input" accept="image/png,image/jpeg,image/webp,image/gif" multiple hidden>
     <div class="buttons">
+      <button type="button" id="attach" hidden title="Attach images (or drop them on the page)">Image</button>
       <button type="submit" class="primary" id="send">Send</button>
       <button type="button" id="stop" disabled>Stop</button>
       <button type="button" id="reset">Reset</button>
@@ -144,6 +160,59 @@ aside summary { font-weight: 600; cursor: pointer; padding: 4px 0; }
   }
   // The conversation as the engine sees it: finished turns only.
   let history = [];
+  // Images for the next message: {file, url} (url: a blob: URL for the thumbnail).
+  let attached = [];
+  const attachments = $("attachments"), imageInput = $("image-input");
+  const imageTypes = ["image/png", "image/jpeg", "image/webp", "image/gif"];
+  function showAttached() {
+    attachments.replaceChildren(...attached.map((a, i) => {
+      const box = document.createElement("span");
+      box.className = "attached";
+      const img = document.createElement("img");
+      img.src = a.url;
+      img.alt = a.file.name;
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.textContent = "\u00d7";
+      remove.title = "Remove " + a.file.name;
+      remove.addEventListener("click", () => { URL.revokeObjectURL(a.url); attached.splice(i, 1); showAttached(); });
+      box.append(img, remove);
+      return box;
+    }));
+  }
+  function attach(files) {
+    for (const file of files) {
+      if (!imageTypes.includes(file.type)) {
+        status.textContent = file.name + " is not a PNG, JPEG, WebP or GIF image.";
+        continue;
+      }
+      attached.push({ file, url: URL.createObjectURL(file) });
+    }
+    showAttached();
+  }
+  const dataUrl = (file) => new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+  if (config.images) {
+    $("attach").hidden = false;
+    $("attach").addEventListener("click", () => imageInput.click());
+    imageInput.addEventListener("change", () => { attach(imageInput.files); imageInput.value = ""; });
+    document.addEventListener("dragover", (e) => {
+      if (![...e.dataTransfer.types].includes("Files")) return;
+      e.preventDefault();
+      document.body.classList.add("dragging");
+    });
+    document.addEventListener("dragleave", (e) => { if (!e.relatedTarget) document.body.classList.remove("dragging"); });
+    document.addEventListener("drop", (e) => {
+      if (!e.dataTransfer.files.length) return;
+      e.preventDefault();
+      document.body.classList.remove("dragging");
+      attach(e.dataTransfer.files);
+    });
+  }
   let running = null;  // {controller, bubble, text}
   let conversation = 0;  // Reset starts a new one; a reply stopped by Reset joins no history
 
@@ -162,13 +231,24 @@ aside summary { font-weight: 600; cursor: pointer; padding: 4px 0; }
   showValues();
   if (window.matchMedia("(max-width: 760px)").matches) $("settings").open = false;
 
-  function bubble(role, text) {
+  function bubble(role, text, thumbnails = []) {
     const empty = $("empty");
     if (empty) empty.remove();
     const div = document.createElement("div");
     div.className = "msg " + role;
     div.dataset.role = role;
-    div.textContent = text;
+    if (thumbnails.length) {
+      const strip = document.createElement("div");
+      strip.className = "thumbs";
+      for (const url of thumbnails) {
+        const img = document.createElement("img");
+        img.src = url;
+        img.alt = "attached image";
+        strip.appendChild(img);
+      }
+      div.appendChild(strip);
+    }
+    div.append(text);
     messages.appendChild(div);
     messages.scrollTop = messages.scrollHeight;
     return div;
@@ -204,11 +284,18 @@ aside summary { font-weight: 600; cursor: pointer; padding: 4px 0; }
     }
   }
 
-  async function ask(text) {
+  async function ask(text, images) {
     const turn = [];
     if (system.value.trim()) turn.push({ role: "system", content: system.value });
-    const sent = turn.concat(history, [{ role: "user", content: text }]);
-    bubble("user", text);
+    const message = { role: "user", content: text };
+    try {
+      if (images.length) message.images = await Promise.all(images.map((a) => dataUrl(a.file)));
+    } catch (err) {
+      status.textContent = "Could not read an image: " + err.message;
+      return;
+    }
+    const sent = turn.concat(history, [message]);
+    bubble("user", text, images.map((a) => a.url));
     const reply = bubble("assistant", "");
     reply.classList.add("streaming");
     const controller = new AbortController();
@@ -265,7 +352,7 @@ aside summary { font-weight: 600; cursor: pointer; padding: 4px 0; }
     }
     reply.classList.remove("streaming");
     if (outcome && mine === conversation) {
-      history.push({ role: "user", content: text }, { role: "assistant", content: running.text });
+      history.push(message, { role: "assistant", content: running.text });
       const seconds = (performance.now() - started) / 1000;
       const tokens = outcome.completion_tokens || 0;
       if (outcome.finish === "stopped") note(reply, "(stopped)");
@@ -283,9 +370,12 @@ aside summary { font-weight: 600; cursor: pointer; padding: 4px 0; }
   $("compose").addEventListener("submit", (e) => {
     e.preventDefault();
     const text = prompt.value.trim();
-    if (!text || running) return;
+    if ((!text && !attached.length) || running) return;
     prompt.value = "";
-    ask(text);
+    const images = attached;
+    attached = [];
+    showAttached();
+    ask(text, images);
   });
   prompt.addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {

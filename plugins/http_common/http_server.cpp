@@ -108,6 +108,7 @@ class Server::Impl : public std::enable_shared_from_this<Impl> {
     access.allowed_hosts = options.allowed_hosts;
     access.allowed_origins = options.cors.allow_origins;
     access.body_content_types = options.body_content_types;
+    access.multipart_paths = options.multipart_paths;
   }
 
   // Runs `work` on `strand` (or anywhere) unless the server has shut down for

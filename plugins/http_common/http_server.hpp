@@ -126,8 +126,10 @@ struct ServerOptions {
   // Names besides the bound address, IP addresses, localhost and this
   // machine's name that the server answers to as Host ("*": any); see request_rules.hpp.
   std::vector<std::string> allowed_hosts;
-  // What a POST body must be declared as (empty: anything).
+  // What a POST body must be declared as (empty: anything), and the paths
+  // that take multipart/form-data too (uploads; see request_rules.hpp).
   std::vector<std::string> body_content_types = {"application/json"};
+  std::vector<std::string> multipart_paths;
   std::string server_header = "hostrun";
   Logger log;  // access lines at debug, trouble at warning
   // Set: every connection is TLS (load_tls in tls.hpp), and one that sends

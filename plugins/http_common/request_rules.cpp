@@ -167,6 +167,9 @@ std::optional<Refusal> check_content_type(const Request& request, const AccessRu
                                              : std::string_view();
   for (const auto& accepted : rules.body_content_types)
     if (iequals(media_type, accepted)) return std::nullopt;
+  if (iequals(media_type, "multipart/form-data"))
+    for (const auto& path : rules.multipart_paths)
+      if (request.path == path) return std::nullopt;
   return Refusal{415, fmt::format("a POST body must be sent as Content-Type {}; found {} (forms and text/plain are "
                                   "refused because any web site can make a browser send them here)",
                                   list_text(rules.body_content_types),

@@ -54,6 +54,9 @@ struct AccessRules {
   std::vector<std::string> allowed_origins;
   // Media types a request with a body method (POST, PUT, PATCH, DELETE) must declare.
   std::vector<std::string> body_content_types;
+  // Paths that take multipart/form-data besides (file uploads); every other
+  // path keeps to body_content_types.
+  std::vector<std::string> multipart_paths;
 };
 
 // Host: accepted when absent (HTTP/1.0; check_framing refuses it in 1.1), an
@@ -69,7 +72,8 @@ std::optional<Refusal> check_host(const Request& request, const AccessRules& rul
 std::optional<Refusal> check_origin(const Request& request, const AccessRules& rules);
 
 // Content-Type of a request with a body method: its media type (before any
-// parameters, case-insensitive) must be one of body_content_types. 415 otherwise.
+// parameters, case-insensitive) must be one of body_content_types, or
+// multipart/form-data on one of multipart_paths. 415 otherwise.
 std::optional<Refusal> check_content_type(const Request& request, const AccessRules& rules);
 
 // Whether `presented` equals `secret`, in a time that depends on the secret's

@@ -35,6 +35,12 @@ const char* mime_type(ImageFormat format) noexcept {
   return "application/octet-stream";
 }
 
+Result<ImageData> image_data(std::vector<std::uint8_t> bytes) {
+  const Result<ImageFormat> format = sniff_image_format(bytes);
+  if (!format) return format.status();
+  return ImageData{mime_type(format.value()), std::move(bytes)};
+}
+
 Result<ImageFormat> sniff_image_format(std::span<const std::uint8_t> bytes) {
   const auto starts = [&](std::size_t at, std::string_view magic) {
     return bytes.size() >= at + magic.size() && std::memcmp(bytes.data() + at, magic.data(), magic.size()) == 0;

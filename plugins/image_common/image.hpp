@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "hostrun/generation.hpp"
 #include "hostrun/status.hpp"
 
 namespace hostrun::image {
@@ -37,6 +38,11 @@ const char* mime_type(ImageFormat format) noexcept;  // "image/png", ...
 // The format named by the first bytes (the signature), or invalid_argument
 // naming what was found.
 Result<ImageFormat> sniff_image_format(std::span<const std::uint8_t> bytes);
+
+// An image as a request carries it (generation.hpp): the bytes, and the MIME
+// type their signature names; invalid_argument when they are no image. What
+// frontends check before a request reaches the engine.
+Result<ImageData> image_data(std::vector<std::uint8_t> bytes);
 
 struct DecodeLimits {
   // Larger images are refused before their pixels are allocated: a small

@@ -63,6 +63,14 @@ if (kind === "api_server") {
   check(page.headers.get("x-frame-options") === "DENY", `X-Frame-Options: DENY (${page.headers.get("x-frame-options")})`);
   const again = await request(url, "/");
   check(!again.headers.get("content-security-policy").includes(nonce), "each load gets a new nonce");
+  // /upload takes multipart forms (the one route that does), but not from another site's page.
+  const form = '--x\r\nContent-Disposition: form-data; name="files"; filename="a.gif"\r\n\r\nGIF89a\r\n--x--\r\n';
+  const foreign = await raw_request(url, { method: "POST", path: "/gradio_api/upload", body: form,
+    headers: { ...auth, origin: "https://evil.test", "content-type": "multipart/form-data; boundary=x" } });
+  check(foreign.status === 403, `/gradio_api/upload: a form from another site's page is 403 (${foreign.status}: ${foreign.body.slice(0, 120)})`);
+  const own_form = await raw_request(url, { method: "POST", path: "/gradio_api/upload", body: form,
+    headers: { ...auth, origin: `http://${own}`, "content-type": "multipart/form-data; boundary=x" } });
+  check(own_form.status === 200 && /hostrun-upload/.test(own_form.body), `/gradio_api/upload: the same form from the server's own page is kept (${own_form.status}: ${own_form.body.slice(0, 120)})`);
 }
 
 const after = await request(url, ok_path, { headers: auth });

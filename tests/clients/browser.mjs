@@ -54,6 +54,7 @@ try {
   check((await page.title()) === "hostrun chat", `the page's title (${await page.title()})`);
   check((await page.textContent("#model")).includes("tiny"), `the page names the model (${await page.textContent("#model")})`);
   check(!(await page.isVisible("#api-key")), "a server without keys asks for none");
+  check(!(await page.isVisible("#attach")), "a text-only model offers no Image button");
 
   // A long reply, so that it is still streaming when Stop is pressed.
   await page.fill("#temperature", "1");

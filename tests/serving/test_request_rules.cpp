@@ -7,7 +7,9 @@
 #include <string>
 #include <vector>
 
+#include "multipart.hpp"
 #include "request_rules.hpp"
+#include "uploads.hpp"
 
 using namespace hostrun;
 using namespace hostrun::http;
@@ -197,4 +199,60 @@ TEST_SUITE("request_rules") {
     CAPTURE(last);
     CHECK(first > last / 4);
   }
+}
+
+TEST_CASE("multipart/form-data: parts as browsers send them; malformed bodies refused, naming what") {
+  using hostrun::http::multipart_boundary;
+  using hostrun::http::parse_multipart;
+  CHECK(multipart_boundary("multipart/form-data; boundary=----WebKitFormBoundaryAbC").value() == "----WebKitFormBoundaryAbC");
+  CHECK(multipart_boundary("Multipart/Form-Data; charset=utf-8; boundary=\"a b\"").value() == "a b");
+  CHECK_FALSE(multipart_boundary("application/json").has_value());
+  CHECK_FALSE(multipart_boundary("multipart/form-data").has_value());
+  CHECK_FALSE(multipart_boundary("multipart/form-data; boundary=" + std::string(71, 'x')).has_value());
+
+  const std::string body =
+      "preamble\r\n--B\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n"
+      "\x89PNG\r\n--Bnot a delimiter\r\n--B\r\ncontent-disposition: form-data; name=\"note\"\r\n\r\nhello\r\n--B--\r\nepilogue";
+  auto parts = parse_multipart(body, "B");
+  REQUIRE_MESSAGE(parts.has_value(), parts.status().message());
+  REQUIRE(parts->size() == 2);
+  CHECK((*parts)[0].name == "files");
+  CHECK((*parts)[0].filename == "a.png");
+  CHECK((*parts)[0].content_type == "image/png");
+  CHECK((*parts)[0].data == "\x89PNG\r\n--Bnot a delimiter");  // CRLF--B only counts before CRLF or --
+  CHECK((*parts)[1].name == "note");
+  CHECK((*parts)[1].filename.empty());
+  CHECK((*parts)[1].data == "hello");
+
+  const auto refused = [](const std::string& text) {
+    auto r = parse_multipart(text, "B");
+    return r.has_value() ? std::string("(accepted)") : r.status().message();
+  };
+  CHECK(refused("--B\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\nno end") ==
+        "multipart body: a part without a closing delimiter");
+  CHECK(refused("--B\r\nContent-Type: text/plain\r\n\r\nx\r\n--B--") == "multipart body: a part without Content-Disposition");
+  CHECK(refused("--B\r\nContent-Disposition: attachment; name=\"f\"\r\n\r\nx\r\n--B--") ==
+        "multipart body: a part that is not form-data");
+  CHECK(refused("--B\r\nContent-Disposition: form-data\r\n\r\nx\r\n--B--") == "multipart body: a part without a name");
+  CHECK(refused("nothing here") == "multipart body: no boundary delimiter");
+  std::string many;
+  for (int i = 0; i < 3; ++i) many += "--B\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\nx\r\n";
+  CHECK(parse_multipart(many + "--B--", "B", 2).status().message() == "multipart body: more than 2 parts");
+}
+
+TEST_CASE("uploads: kept by path, bounded in size, forgotten after a while") {
+  hostrun::gradio::UploadStore store({.max_file_bytes = 8, .max_total_bytes = 12, .keep_for = std::chrono::seconds(600)});
+  auto a = store.put("abcdef", "../../etc/passwd");
+  REQUIRE(a.has_value());
+  CHECK(a->starts_with("/hostrun-upload/"));
+  CHECK(a->ends_with("/.._.._etc_passwd"));  // the client's name, its unsafe characters replaced
+  CHECK(store.get(*a).value() == std::vector<uint8_t>{'a', 'b', 'c', 'd', 'e', 'f'});
+  CHECK(store.put("123456789", "big").status().code() == hostrun::ErrorCode::resource_exhausted);
+  CHECK(store.put("1234567", "second").status().code() == hostrun::ErrorCode::resource_exhausted);  // 6 + 7 > 12
+  CHECK_FALSE(store.get("/hostrun-upload/unknown/x").has_value());
+  hostrun::gradio::UploadStore brief({.keep_for = std::chrono::seconds(0)});
+  auto gone = brief.put("x", "f");
+  REQUIRE(gone.has_value());
+  CHECK_FALSE(brief.get(*gone).has_value());
+  CHECK(brief.bytes_kept() == 0);
 }
