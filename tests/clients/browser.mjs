@@ -58,7 +58,7 @@ try {
 
   // A long reply, so that it is still streaming when Stop is pressed.
   await page.fill("#temperature", "1");
-  await page.fill("#max-tokens", "3000");
+  await page.fill("#max-tokens", "8000");
   await page.fill("#prompt", "Tell me about the sea.");
   await page.press("#prompt", "Enter");
   await page.waitForSelector(".msg.user");
