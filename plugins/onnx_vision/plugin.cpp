@@ -2,8 +2,8 @@
 // ONNX graph, written at load from the folder's config.json and weights
 // (llava_graph.hpp) and run by the CPU executor. Images are decoded and
 // preprocessed by image_common exactly as LMDeploy + transformers do.
-// Not in any built-in manifest yet: the CUDA executor and the language
-// model's LLaVA folder support come first (README.md).
+// In the built-in llava-llama3-cpu manifest; CUDA needs the executor that
+// is not built yet (README.md).
 #include <fmt/format.h>
 
 #include <hostrun/plugin.hpp>
