@@ -21,6 +21,7 @@ struct ApiServerOptions {
   int64_t tp = 1;
   std::vector<std::string> api_keys;
   std::vector<std::string> allowed_hosts;
+  std::vector<std::string> image_url_hosts;
   std::vector<std::string> allow_origins, allow_methods, allow_headers;
   bool allow_credentials = false;
   std::string served_model_name;
@@ -49,6 +50,10 @@ void add_api_server(CLI::App& serve, GlobalOptions& options) {
   cmd->add_option("--allowed-hosts", o->allowed_hosts,
                   "Host names requests may address besides IP addresses, localhost, --server-name and this "
                   "machine's name (a proxy's public name; '*': any)")
+      ->type_name("HOST[,...]")->allow_extra_args(false)->delimiter(',');
+  cmd->add_option("--image-url-hosts", o->image_url_hosts,
+                  "Hosts whose http(s) image URLs the server may fetch for image_url parts ('*': any; none: data: "
+                  "URLs only); any client can make the server reach these hosts")
       ->type_name("HOST[,...]")->allow_extra_args(false)->delimiter(',');
   cmd->add_option("--allow-origins", o->allow_origins, "CORS: origins allowed to call the API ('*': any)")
       ->type_name("ORIGIN[,...]")->allow_extra_args(false)->delimiter(',');
@@ -84,6 +89,7 @@ void add_api_server(CLI::App& serve, GlobalOptions& options) {
     strings("frontend.api_keys", o->api_keys, "--api-keys");
     strings("frontend.allowed_hosts", o->allowed_hosts, "--allowed-hosts");
     strings("frontend.allow_origins", o->allow_origins, "--allow-origins");
+    strings("frontend.image_url_hosts", o->image_url_hosts, "--image-url-hosts");
     strings("frontend.allow_methods", o->allow_methods, "--allow-methods");
     strings("frontend.allow_headers", o->allow_headers, "--allow-headers");
     if (o->allow_credentials) frontend.push_back({"frontend.allow_credentials", "true", "--allow-credentials"});

@@ -24,6 +24,7 @@
 #include <thread>
 #include <unordered_set>
 
+#include "fetch.hpp"
 #include "http_server.hpp"
 #include "worker_pool.hpp"
 #include "metrics.hpp"
@@ -60,6 +61,7 @@ struct Shared {
   std::vector<std::string> api_keys;
   http::WorkerPool* workers = nullptr;  // parsing and tokenizing; outlives the server's threads
   JsonLimits body_limits;  // request bodies: depth and memory once parsed (network_json_limits of max_body_bytes)
+  ImageFetcher image_fetcher;  // image_url http(s) URLs on image_url_hosts; empty: none fetched
   Metrics metrics;
   std::atomic<int64_t> in_flight{0};
   Logger log;
@@ -444,7 +446,7 @@ void handle_generation(const std::shared_ptr<Shared>& shared, const std::shared_
   shared->workers->post([shared, exchange, chat] {
     if (exchange->aborted()) return;  // gone while it waited: nothing to parse for
     try {
-      ParsedRequest request = chat ? parse_chat_request(exchange->request().body, shared->body_limits)
+      ParsedRequest request = chat ? parse_chat_request(exchange->request().body, shared->body_limits, shared->image_fetcher)
                                    : parse_completion_request(exchange->request().body, shared->body_limits);
       if (!request.model.empty() && request.model != shared->model_name)
         fail(404, fmt::format("The model '{}' does not exist; this server serves '{}'", request.model,
@@ -484,6 +486,9 @@ class ApiServer final : public Frontend {
     if (!tls) throw Error(tls.status());
     options_.tls = *tls;
     served_model_name_ = s.get_string("served_model_name");
+    fetch_limits_.allowed_hosts = s.get_strings("image_url_hosts");
+    fetch_limits_.max_bytes = kMaxImageBytes;
+    fetch_limits_.timeout = std::chrono::milliseconds(int64_t(s.get_number("image_url_timeout") * 1000));
   }
 
   Status run(EngineHandle& engine) noexcept override {
@@ -498,6 +503,10 @@ class ApiServer final : public Frontend {
       shared->started = unix_now();
       shared->api_keys = api_keys_;
       shared->body_limits = network_json_limits(options_.max_body_bytes);
+      if (!fetch_limits_.allowed_hosts.empty()) {
+        shared->image_fetcher.allowed = [limits = fetch_limits_](const std::string& url) { return http::fetch_allowed(url, limits); };
+        shared->image_fetcher.fetch = [limits = fetch_limits_](const std::string& url) { return http::fetch_url(url, limits); };
+      }
       shared->log = log_;
       // Declared before the server, so it is joined after the server's threads, the only ones that post to it.
       http::WorkerPool workers(worker_threads_, log_);
@@ -597,6 +606,7 @@ class ApiServer final : public Frontend {
   std::string served_model_name_;
   int worker_threads_ = 2;
   std::mutex mutex_;
+  http::FetchLimits fetch_limits_;
   std::condition_variable stop_cv_;
   bool stop_requested_ = false;
 };
@@ -617,6 +627,11 @@ const SettingSpec kSettings[] = {
     {"served_model_name", SettingType::string, "Model name in /v1/models and responses (empty: the model folder's)",
      false, "\"\""},
     {"io_threads", SettingType::integer, "Threads serving HTTP (the engine has its own)", false, "2", 1, 64},
+    {"image_url_hosts", SettingType::string_list,
+     "Hosts whose http(s) image URLs the server fetches for image_url parts (\"*\": any; empty: data: URLs only). "
+     "A request can make the server reach any listed host", false, "[]"},
+    {"image_url_timeout", SettingType::number, "Seconds one image fetch may take, redirects (at most 3) included",
+     false, "10", 0.1, 600},
     {"worker_threads", SettingType::integer, "Threads that parse and tokenize requests, off the HTTP threads", false,
      "2", 1, 64},
     {"max_body_bytes", SettingType::integer, "Largest request body accepted", false, "16777216", 1024, 1 << 30},

@@ -143,9 +143,9 @@ void read_common(const json& body, ParsedRequest& out) {
 }
 
 // An image_url part's image: {"url": "data:image/png;base64,..."} (or the
-// URL as a plain string, which some clients send). Only data: URLs: the
-// server fetches nothing a request names.
-ImageData image_part(const json& part, const std::string& part_param) {
+// URL as a plain string, which some clients send), or an http(s) URL on a
+// host the operator listed, fetched here.
+ImageData image_part(const json& part, const std::string& part_param, const ImageFetcher& fetcher) {
   const json* value = field(part, "image_url");
   const std::string param = part_param + ".image_url";
   if (!value) fail(400, fmt::format("'{}' is missing", param), param);
@@ -158,10 +158,25 @@ ImageData image_part(const json& part, const std::string& part_param) {
   }
   if (!url->is_string()) wrong_type(url_param, "a string (a data: URL)", *url);
   const std::string& text = url->get_ref<const std::string&>();
+  const bool web = text.starts_with("http://") || text.starts_with("https://");
+  if (web && fetcher.allowed && fetcher.allowed(text)) {
+    Result<std::vector<uint8_t>> fetched = fetcher.fetch(text);
+    if (!fetched)
+      fail(fetched.status().code() == ErrorCode::resource_exhausted ? 413 : 400,
+           fmt::format("'{}': {}", url_param, fetched.status().message()), url_param,
+           fetched.status().code() == ErrorCode::permission_denied ? "unsupported_content" : "");
+    Result<ImageData> image = image::image_data(std::move(fetched).value());
+    if (!image) fail(400, fmt::format("'{}': {}", url_param, image.status().message()), url_param);
+    return std::move(image).value();
+  }
   if (!text.starts_with("data:") && !text.starts_with("DATA:"))
     fail(400,
-         fmt::format("'{}' must be a data: URL (\"data:image/png;base64,...\"); this server does not fetch {}", url_param,
-                     text.starts_with("http://") || text.starts_with("https://") ? "http(s) URLs" : "URLs or files"),
+         web ? fmt::format("'{}' must be a data: URL (\"data:image/png;base64,...\") or an http(s) URL on a host "
+                           "this server fetches images from (--image-url-hosts); it does not fetch from this one",
+                           url_param)
+             : fmt::format("'{}' must be a data: URL (\"data:image/png;base64,...\"); this server does not fetch URLs "
+                           "or files",
+                           url_param),
          url_param, "unsupported_content");
   Result<http::DataUrl> data = http::parse_data_url(text, kMaxImageBytes);
   if (!data)
@@ -173,7 +188,7 @@ ImageData image_part(const json& part, const std::string& part_param) {
 }
 
 // A message's text (its text parts joined) and its images, in order.
-ChatMessage message_content(const json& message, size_t index, const std::string& role) {
+ChatMessage message_content(const json& message, size_t index, const std::string& role, const ImageFetcher& fetcher) {
   ChatMessage out{role, {}, {}};
   std::string param = fmt::format("messages[{}].content", index);
   auto it = message.find("content");
@@ -198,7 +213,7 @@ ChatMessage message_content(const json& message, size_t index, const std::string
       if (role != "user")
         fail(400, fmt::format("'{}' is an image in a {} message; images go in user messages", part_param, role),
              part_param + ".type", "unsupported_content");
-      out.images.push_back(image_part(part, part_param));
+      out.images.push_back(image_part(part, part_param, fetcher));
       continue;
     }
     if (kind != "text")
@@ -221,7 +236,7 @@ json parse_json_object(const std::string& body, const JsonLimits& limits) {
   return std::move(parsed).value();
 }
 
-ParsedRequest parse_chat_request(const std::string& body_text, const JsonLimits& limits) {
+ParsedRequest parse_chat_request(const std::string& body_text, const JsonLimits& limits, const ImageFetcher& images) {
   json body = parse_json_object(body_text, limits);
   ParsedRequest out;
   out.chat = true;
@@ -241,7 +256,7 @@ ParsedRequest parse_chat_request(const std::string& body_text, const JsonLimits&
     if (r != "system" && r != "user" && r != "assistant")
       fail(400, fmt::format("'{}.role' is {}; expected system, user or assistant", param, describe_json_value(*role)),
            param + ".role");
-    out.messages.push_back(message_content(m, i, r));
+    out.messages.push_back(message_content(m, i, r, images));
   }
   if (auto v = boolean(body, "logprobs")) out.logprobs = *v;
   if (auto v = integer(body, "top_logprobs", 0, 20)) {

@@ -3,13 +3,16 @@
 // Everything a client can get wrong is checked here, before the engine sees
 // it, so every mistake gets a 4xx naming the parameter, what was expected and
 // what was found. Unknown fields are ignored (clients send extras), but fields
-// we cannot honour (tools, a JSON response format, images by http(s) URL)
-// are refused rather than silently dropped. Images come as image_url parts
-// holding data: URLs; the chat template puts each before its message's text
-// ("<image>\n" + text for LLaVA), whatever the parts' order.
+// we cannot honour (tools, a JSON response format, images from hosts the
+// operator did not list) are refused rather than silently dropped. Images
+// come as image_url parts holding data: URLs, or http(s) URLs the server
+// fetches when their host is listed (ImageFetcher); the chat template puts
+// each before its message's text ("<image>\n" + text for LLaVA), whatever
+// the parts' order.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <variant>
@@ -58,11 +61,20 @@ struct ParsedRequest {
   std::string user;
 };
 
+// What the server does with an image_url that is an http(s) URL: nothing
+// (an empty function: refused, 400), or fetch it when its host is listed
+// (http::fetch_url with the server's image_url_hosts).
+struct ImageFetcher {
+  std::function<bool(const std::string& url)> allowed;
+  std::function<Result<std::vector<uint8_t>>(const std::string& url)> fetch;
+};
+
 // `body` is the raw request body, parsed within `limits` (the server passes
 // network_json_limits of its body limit). Without max_tokens, a chat reply
 // may run to the session length; a completion gets 16 tokens (OpenAI's legacy
 // default).
-ParsedRequest parse_chat_request(const std::string& body, const JsonLimits& limits = {});
+ParsedRequest parse_chat_request(const std::string& body, const JsonLimits& limits = {},
+                                 const ImageFetcher& images = {});
 ParsedRequest parse_completion_request(const std::string& body, const JsonLimits& limits = {});
 
 // Parses a body that must be a JSON object: 400 when it is not JSON, not an

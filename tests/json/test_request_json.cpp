@@ -86,7 +86,7 @@ TEST_SUITE("request_json") {
     e = error_of(true, R"({"messages":[{"role":")" + long_role + R"(","content":"x"}]})");
     CHECK(e.message == "'messages[0].role' is a string of 1,000,000 bytes; expected system, user or assistant");
     e = error_of(true, R"({"messages":[{"role":"user","content":[{"type":")" + long_role + R"("}]}]})");
-    CHECK(e.message == "'messages[0].content[0].type' is a string of 1,000,000 bytes; this server takes text parts only");
+    CHECK(e.message == "'messages[0].content[0].type' is a string of 1,000,000 bytes; this server takes text and image_url parts");
     e = error_of(false, R"({"prompt":[[1, [2]]]})");
     CHECK(e.message == "'prompt[0][1]' must be a token id (an integer >= 0), got an array of 1 element");
     e = error_of(true, "[" + deep_but_allowed + "]");

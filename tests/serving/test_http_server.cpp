@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "data_url.hpp"
+#include "fetch.hpp"
 #include "http_server.hpp"
 #include "openai_request.hpp"
 
@@ -444,6 +445,27 @@ TEST_SUITE("openai_request") {
           "messages[0].content[0].image_url");
     CHECK(param_of(chat, R"({"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":5}}]}]})") ==
           url_param);
+  }
+
+  TEST_CASE("image URL fetching: which hosts, before anything is contacted") {
+    http::FetchLimits limits;
+    limits.allowed_hosts = {"images.example.com", "::1"};
+    CHECK(http::fetch_allowed("http://images.example.com/a.png", limits));
+    CHECK(http::fetch_allowed("https://IMAGES.example.com:8443/a.png?x=1", limits));
+    CHECK(http::fetch_allowed("http://[::1]:8080/a.png", limits));
+    CHECK_FALSE(http::fetch_allowed("http://example.com/a.png", limits));
+    CHECK_FALSE(http::fetch_allowed("http://images.example.com.evil.test/a.png", limits));
+    CHECK_FALSE(http::fetch_allowed("http://user@images.example.com/a.png", limits));  // no credentials
+    CHECK_FALSE(http::fetch_allowed("ftp://images.example.com/a.png", limits));
+    CHECK_FALSE(http::fetch_allowed("http://images.example.com:99999/a.png", limits));
+    CHECK_FALSE(http::fetch_allowed("http://images.example.com/a b.png", limits));
+    CHECK_FALSE(http::fetch_allowed("http://images.example.com/a.png", http::FetchLimits{}));  // nothing listed
+    http::FetchLimits any;
+    any.allowed_hosts = {"*"};
+    CHECK(http::fetch_allowed("http://anything.test/", any));
+    auto refused = http::fetch_url("http://example.com/a.png", limits);
+    CHECK(refused.status().code() == ErrorCode::permission_denied);
+    CHECK(refused.status().message().find("'example.com'") != std::string::npos);
   }
 
   TEST_CASE("base64 and data: URLs") {
