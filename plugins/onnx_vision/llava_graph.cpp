@@ -6,6 +6,8 @@
 #include <vector>
 
 #include <fmt/format.h>
+
+#include "ref/dtype.hpp"
 #include <hostrun/json_bounds.hpp>
 #include <nlohmann/json.hpp>
 
@@ -294,6 +296,60 @@ onnx::ModelProto llava_vision_graph(const LlavaVisionConfig& c, const LlavaTenso
   result->set_name("image_features");
   result->mutable_type()->mutable_tensor_type()->set_elem_type(onnx::TensorProto::FLOAT);
   return model;
+}
+
+namespace {
+
+[[noreturn]] void fail(ErrorCode code, std::string message) { throw Error(code, std::move(message)); }
+
+// transformers 5 folders keep the towers under "model.".
+onnx_vision::LlavaTensorNames tensor_names(const WeightSource& weights) {
+  const onnx_vision::LlavaTensorNames four{"vision_tower.vision_model.", "multi_modal_projector."};
+  const onnx_vision::LlavaTensorNames five{"model.vision_tower.vision_model.", "model.multi_modal_projector."};
+  for (const auto& names : {four, five})
+    if (weights.tensor(names.vision + "embeddings.class_embedding")) return names;
+  throw Error(ErrorCode::not_found, fmt::format("{} holds no CLIP vision tower (neither vision_tower.vision_model.* nor "
+                                         "model.vision_tower.vision_model.*)",
+                                         weights.directory()));
+}
+
+// A checkpoint tensor as an f32 initializer (ONNX's Conv and Gemm take no
+// bf16, and the executors compute in f32 anyway).
+onnx::TensorProto initializer_of(const WeightSource& weights, const std::string& name) {
+  Result<TensorView> view = weights.tensor(name);
+  if (!view) fail(view.status().code(), view.status().message());
+  ref::DType stored;
+  switch (view->dtype) {
+    case DType::f32: stored = ref::DType::f32; break;
+    case DType::bf16: stored = ref::DType::bf16; break;
+    case DType::f16: stored = ref::DType::f16; break;
+    default:
+      fail(ErrorCode::invalid_argument, fmt::format("{}: tensor {} is {}; the vision tower's weights must be f32, bf16 "
+                                                    "or f16",
+                                                    weights.directory(), name, dtype_name(view->dtype)));
+  }
+  const std::size_t count = std::size_t(view->numel());
+  std::string raw(count * sizeof(float), '\0');
+  ref::convert_to_f32(view->data, stored, count, reinterpret_cast<float*>(raw.data()));
+  onnx::TensorProto t;
+  t.set_data_type(onnx::TensorProto::FLOAT);
+  for (int k = 0; k < view->rank; ++k) t.add_dims(view->shape[k]);
+  t.set_raw_data(std::move(raw));
+  return t;
+}
+
+}  // namespace
+
+Result<LlavaFolderGraph> llava_folder_graph(const WeightSource& weights, int batch) {
+  return guard_result<LlavaFolderGraph>([&] {
+    Result<LlavaVisionConfig> config = parse_llava_vision_config(weights.config_json(), weights.directory() + "/config.json");
+    if (!config) throw Error(config.status());
+    LlavaFolderGraph out;
+    out.config = *config;
+    out.model = llava_vision_graph(*config, tensor_names(weights),
+                                   [&](const std::string& name) { return initializer_of(weights, name); }, batch);
+    return out;
+  });
 }
 
 }  // namespace hostrun::onnx_vision

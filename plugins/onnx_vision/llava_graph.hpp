@@ -12,6 +12,7 @@
 #include <onnx/onnx_pb.h>
 
 #include "hostrun/status.hpp"
+#include "hostrun/weights.hpp"
 
 namespace hostrun::onnx_vision {
 
@@ -62,5 +63,16 @@ using InitializerSource = std::function<onnx::TensorProto(const std::string& nam
 // opset 17; every weight an initializer named as in the checkpoint.
 onnx::ModelProto llava_vision_graph(const LlavaVisionConfig& config, const LlavaTensorNames& names,
                                     const InitializerSource& initializer, int batch = 1);
+
+// The graph of a LLaVA folder as `weights` holds it: config.json parsed, the
+// towers found under either layout's names, every weight an f32 initializer
+// with its data in the proto (ONNX's Conv and Gemm take no bf16). What the
+// plugin runs and `hostrun-vision-onnx` writes to a file. Errors name the
+// folder and what is missing.
+struct LlavaFolderGraph {
+  LlavaVisionConfig config;
+  onnx::ModelProto model;
+};
+Result<LlavaFolderGraph> llava_folder_graph(const WeightSource& weights, int batch = 1);
 
 }  // namespace hostrun::onnx_vision

@@ -5,6 +5,10 @@
 // In the built-in llava-llama3-cpu manifest; CUDA needs the executor that
 // is not built yet (README.md).
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <filesystem>
+#include <fstream>
 
 #include <hostrun/plugin.hpp>
 #include <hostrun/sdk.hpp>
@@ -25,45 +29,10 @@ using onnx_vision::HostTensor;
 
 [[noreturn]] void fail(ErrorCode code, std::string message) { throw Error(code, std::move(message)); }
 
-// transformers 5 folders keep the towers under "model.".
-onnx_vision::LlavaTensorNames tensor_names(const WeightSource& weights) {
-  const onnx_vision::LlavaTensorNames four{"vision_tower.vision_model.", "multi_modal_projector."};
-  const onnx_vision::LlavaTensorNames five{"model.vision_tower.vision_model.", "model.multi_modal_projector."};
-  for (const auto& names : {four, five})
-    if (weights.tensor(names.vision + "embeddings.class_embedding")) return names;
-  fail(ErrorCode::not_found, fmt::format("{} holds no CLIP vision tower (neither vision_tower.vision_model.* nor "
-                                         "model.vision_tower.vision_model.*)",
-                                         weights.directory()));
-}
-
-// A checkpoint tensor as an f32 initializer (ONNX's Conv and Gemm take no
-// bf16, and the executors compute in f32 anyway).
-onnx::TensorProto initializer_of(const WeightSource& weights, const std::string& name) {
-  Result<TensorView> view = weights.tensor(name);
-  if (!view) fail(view.status().code(), view.status().message());
-  ref::DType stored;
-  switch (view->dtype) {
-    case DType::f32: stored = ref::DType::f32; break;
-    case DType::bf16: stored = ref::DType::bf16; break;
-    case DType::f16: stored = ref::DType::f16; break;
-    default:
-      fail(ErrorCode::invalid_argument, fmt::format("{}: tensor {} is {}; the vision tower's weights must be f32, bf16 "
-                                                    "or f16",
-                                                    weights.directory(), name, dtype_name(view->dtype)));
-  }
-  const std::size_t count = std::size_t(view->numel());
-  std::string raw(count * sizeof(float), '\0');
-  ref::convert_to_f32(view->data, stored, count, reinterpret_cast<float*>(raw.data()));
-  onnx::TensorProto t;
-  t.set_data_type(onnx::TensorProto::FLOAT);
-  for (int k = 0; k < view->rank; ++k) t.add_dims(view->shape[k]);
-  t.set_raw_data(std::move(raw));
-  return t;
-}
-
 class OnnxVisionEncoder final : public VisionEncoder {
  public:
-  explicit OnnxVisionEncoder(const CreateContext& context) : library_(context.library) {}
+  explicit OnnxVisionEncoder(const CreateContext& context)
+      : library_(context.library), graph_file_(context.settings->get_string("graph")) {}
 
   Status load(const VisionLoadContext& context) noexcept override {
     return guard([&] {
@@ -76,6 +45,7 @@ class OnnxVisionEncoder final : public VisionEncoder {
       Result<onnx_vision::LlavaVisionConfig> config =
           onnx_vision::parse_llava_vision_config(weights.config_json(), weights.directory() + "/config.json");
       if (!config) fail(config.status().code(), config.status().message());
+      config_ = *config;
       Result<image::ClipPreprocess> preprocess = image::read_clip_preprocess(weights);
       if (!preprocess) fail(preprocess.status().code(), preprocess.status().message());
       if (!preprocess->do_center_crop || preprocess->crop_height != config->image_size ||
@@ -86,13 +56,15 @@ class OnnxVisionEncoder final : public VisionEncoder {
                              ? fmt::format("crops to {} x {}", preprocess->crop_width, preprocess->crop_height)
                              : std::string("does not crop"),
                          config->image_size, config->image_size));
-      const onnx_vision::LlavaTensorNames names = tensor_names(weights);
-      onnx::ModelProto model = onnx_vision::llava_vision_graph(
-          *config, names, [&](const std::string& name) { return initializer_of(weights, name); });
-      Result<onnx_vision::Graph> graph = onnx_vision::load_graph(std::move(model), {});
-      if (!graph) fail(graph.status().code(), fmt::format("{}: the vision graph: {}", weights.directory(), graph.status().message()));
-      graph_ = std::move(graph).value();
-      config_ = *config;
+      if (graph_file_.empty()) {
+        Result<onnx_vision::LlavaFolderGraph> written = onnx_vision::llava_folder_graph(weights);
+        if (!written) fail(written.status().code(), written.status().message());
+        Result<onnx_vision::Graph> graph = onnx_vision::load_graph(std::move(written->model), {});
+        if (!graph) fail(graph.status().code(), fmt::format("{}: the vision graph: {}", weights.directory(), graph.status().message()));
+        graph_ = std::move(graph).value();
+      } else {
+        load_graph_file(weights.directory());
+      }
       preprocess_ = *preprocess;
       max_images_ = std::max(context.max_images, 1);
       device_ = context.device;
@@ -100,10 +72,49 @@ class OnnxVisionEncoder final : public VisionEncoder {
     });
   }
 
+  // The `graph` setting: a graph from a file (hostrun-vision-onnx's, or any
+  // with one image input [1, 3, S, S] and one output [1, tokens, width]) in
+  // place of the one written from the folder. Its tokens per image are its
+  // output's; its width must be the language model's.
+  void load_graph_file(const std::string& folder) {
+    std::filesystem::path file = graph_file_;
+    if (file.is_relative()) file = std::filesystem::path(folder) / file;
+    onnx::ModelProto model;
+    {
+      std::ifstream in(file, std::ios::binary);
+      if (!in || !model.ParseFromIstream(&in))
+        fail(ErrorCode::invalid_argument, fmt::format("vision.graph: {} cannot be read as an ONNX model", file.string()));
+    }
+    std::vector<std::string> inputs;
+    for (const auto& input : model.graph().input()) {
+      bool initializer = false;
+      for (const auto& init : model.graph().initializer()) initializer = initializer || init.name() == input.name();
+      if (!initializer) inputs.push_back(input.name());
+    }
+    if (inputs.size() != 1 || model.graph().output_size() != 1)
+      fail(ErrorCode::invalid_argument, fmt::format("vision.graph: {} has {} image inputs and {} outputs; expected one "
+                                                    "of each (pixel values -> image features)",
+                                                    file.string(), inputs.size(), model.graph().output_size()));
+    onnx_vision::GraphLoadOptions options;
+    options.input_shapes[inputs[0]] = {1, 3, config_.image_size, config_.image_size};
+    options.directory = file.parent_path();
+    Result<onnx_vision::Graph> graph = onnx_vision::load_graph(std::move(model), options);
+    if (!graph) fail(graph.status().code(), fmt::format("vision.graph: {}: {}", file.string(), graph.status().message()));
+    const auto& out = graph->outputs[0].shape;
+    if (out.size() != 3 || out[0] != 1 || out[2] != config_.text_hidden_size)
+      fail(ErrorCode::invalid_argument,
+           fmt::format("vision.graph: {} makes [{}] from one image; expected [1, tokens, {}] (the language model's "
+                       "width: it must include the projector)",
+                       file.string(), fmt::join(out, ", "), config_.text_hidden_size));
+    tokens_per_image_ = out[1];
+    input_name_ = inputs[0];
+    graph_ = std::move(graph).value();
+  }
+
   VisionInfo info() const noexcept override {
     VisionInfo v;
     if (!loaded_) return v;
-    v.tokens_per_image = config_.tokens_per_image();
+    v.tokens_per_image = int32_t(tokens_per_image());
     v.hidden_size = config_.text_hidden_size;
     v.placeholder_id = TokenId(config_.image_token_id);
     v.placeholder = "<image>";
@@ -119,7 +130,7 @@ class OnnxVisionEncoder final : public VisionEncoder {
       if (images.empty() || std::int64_t(images.size()) > max_images_)
         fail(ErrorCode::invalid_argument, fmt::format("onnx_vision: {} images in one call; 1 to {} (max_images)",
                                                       images.size(), max_images_));
-      const std::int64_t tokens = config_.tokens_per_image(), hidden = config_.text_hidden_size;
+      const std::int64_t tokens = tokens_per_image(), hidden = config_.text_hidden_size;
       if (out.device.kind != DeviceKind::cpu || out.rank != 2 || out.shape[0] != std::int64_t(images.size()) * tokens ||
           out.shape[1] != hidden || !out.is_contiguous() ||
           (out.dtype != DType::f32 && out.dtype != DType::bf16 && out.dtype != DType::f16))
@@ -134,7 +145,7 @@ class OnnxVisionEncoder final : public VisionEncoder {
         if (Status s = image::clip_preprocess(*decoded, preprocess_, pixels); !s)
           fail(s.code(), fmt::format("image {}: {}", i, s.message()));
         Result<std::vector<HostTensor>> features =
-            onnx_vision::run_on_cpu(graph_, {{"pixel_values", HostTensor::floats({1, 3, side, side}, pixels)}});
+            onnx_vision::run_on_cpu(graph_, {{input_name_, HostTensor::floats({1, 3, side, side}, pixels)}});
         if (!features) fail(features.status().code(), fmt::format("image {}: {}", i, features.status().message()));
         const std::vector<float>& rows = features.value()[0].f;
         const std::size_t offset = i * std::size_t(tokens * hidden);
@@ -149,7 +160,14 @@ class OnnxVisionEncoder final : public VisionEncoder {
   }
 
  private:
+  std::int64_t tokens_per_image() const {
+    return tokens_per_image_ > 0 ? tokens_per_image_ : config_.tokens_per_image();
+  }
+
   LibraryPin library_;
+  std::string graph_file_;  // the `graph` setting
+  std::string input_name_ = "pixel_values";
+  std::int64_t tokens_per_image_ = 0;  // a graph file's; 0: the config's
   bool loaded_ = false;
   onnx_vision::Graph graph_;
   onnx_vision::LlavaVisionConfig config_;
@@ -165,7 +183,12 @@ Status probe(const Device& device) noexcept {
   return {ErrorCode::unsupported, fmt::format("runs on the CPU only so far; asked for cuda:{}", device.index)};
 }
 
-const RoleEntry kRoles[] = {role_entry_without_settings<VisionEncoder, OnnxVisionEncoder>(&probe)};
+const SettingSpec kSettings[] = {
+    {"graph", SettingType::string,
+     "An ONNX file (relative: in the model folder) to run instead of the graph written from the folder: one input "
+     "[1, 3, S, S], one output [1, tokens, language model width] (hostrun-vision-onnx writes one)", false, "\"\""},
+};
+const RoleEntry kRoles[] = {role_entry<VisionEncoder, OnnxVisionEncoder>(kSettings, &probe)};
 
 }  // namespace
 

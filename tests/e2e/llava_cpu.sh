@@ -3,9 +3,11 @@
 # `hostrun chat`. The folders (scripts/make-tiny-model.sh llava / llava-t5) hold the tiny Llama model's
 # values under LLaVA's names, so without images a LLaVA folder must answer exactly as the Llama folder,
 # in both layouts; with an image, both layouts alike, and differently from no image or another image.
-# Usage: llava_cpu.sh HOSTRUN LLAMA_DIR LLAVA_DIR IMAGE_DIR   (LLAVA_DIR-t5: the transformers 5 layout)
+# Then the graph as a file (hostrun-vision-onnx) run through the same plugin (--set vision.graph=FILE).
+# Usage: llava_cpu.sh HOSTRUN LLAMA_DIR LLAVA_DIR IMAGE_DIR VISION_ONNX ONNX_FIXTURES
+#   (LLAVA_DIR-t5: the transformers 5 layout)
 set -u
-hostrun=$1 llama=$2 llava=$3 images=$4
+hostrun=$1 llama=$2 llava=$3 images=$4 vision_onnx=$5 onnx_fixtures=$6
 llava5="$llava-t5"
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 failures=0 passes=0
@@ -53,6 +55,16 @@ if [ "$(replies "$work/inline.out" | sed -z "s|>>> /image $images/rgb.gif\n|>>> 
 else
   fail "a '/image PATH' line differs from --image PATH"; replies "$work/inline.out"; replies "$work/gif.out"
 fi
+
+# One execution path: the graph written to a file and run from it gives the same replies.
+"$vision_onnx" "$llava5" "$work/vision.onnx" >"$work/export.out" 2>&1 && ok "hostrun-vision-onnx writes the graph ($(cat "$work/export.out"))" \
+  || { fail "hostrun-vision-onnx"; cat "$work/export.out"; }
+chat "$llava" --image "$images/rgb.gif" --set vision.graph="$work/vision.onnx" <"$work/image.in" >"$work/file.out" 2>&1
+same "the graph from a file answers as the one written at load" "$work/gif.out" "$work/file.out"
+chat "$llava" --set vision.graph="$onnx_fixtures/vit_block.onnx" <"$work/image.in" >"$work/wrong.out" 2>&1
+expect "a graph of another shape is refused, saying what it must be" "vision.graph: $onnx_fixtures/vit_block.onnx" "$work/wrong.out"
+"$vision_onnx" "$llama" "$work/none.onnx" >"$work/none.out" 2>&1
+expect "a folder without a vision tower is refused by name" "vision_config" "$work/none.out"
 
 # Errors: clear, before anything is generated, and the chat goes on.
 printf 'hi\n\n/image %s\nhi\n\nhi\n\n' "$work/missing.png" | chat "$llava" >"$work/missing.out" 2>&1
