@@ -23,6 +23,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "image_common/image.hpp"
 
@@ -68,6 +69,7 @@ class ChatFrontend final : public Frontend {
           std::printf("(conversation reset)\n");
           continue;
         }
+        if (prompt->empty()) continue;
         if (!interactive) std::printf("%s\n", prompt->c_str());  // a transcript reads like a session
         ChatMessage message{"user", {}, {}};
         if (Status attached = take_images(*prompt, message); !attached) {
@@ -120,10 +122,10 @@ class ChatFrontend final : public Frontend {
 
   // The prompt's text without its `/image PATH` lines into message.content,
   // their files (and, for the first message, the `images` setting's) into
-  // message.images. Nothing is attached when a file cannot be read.
+  // message.images. Nothing is attached when a file cannot be read (the
+  // setting's files are tried once: a bad --image is reported, not repeated).
   Status take_images(const std::string& prompt, ChatMessage& message) {
-    std::vector<std::string> paths;
-    if (!first_images_used_) paths = first_images_;
+    std::vector<std::string> paths = std::exchange(first_images_, {});
     std::string text;
     size_t start = 0;
     while (start <= prompt.size()) {
@@ -146,7 +148,6 @@ class ChatFrontend final : public Frontend {
       if (!image) return image.status();
       images.push_back(std::move(image).value());
     }
-    first_images_used_ = true;
     message.content = std::move(text);
     message.images = std::move(images);
     return Status();
@@ -204,8 +205,7 @@ class ChatFrontend final : public Frontend {
   Logger log_;
   SamplingParams sampling_;
   std::string system_prompt_;
-  std::vector<std::string> first_images_;  // attached to the first message sent
-  bool first_images_used_ = false;
+  std::vector<std::string> first_images_;  // attached to the first message sent, then cleared
   std::atomic<bool> stop_requested_{false};
   std::atomic<uint64_t> current_request_{0};
   EngineHandle* engine_ = nullptr;

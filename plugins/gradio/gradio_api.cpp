@@ -566,6 +566,9 @@ struct GradioApi::State : std::enable_shared_from_this<GradioApi::State> {
   // POST /upload: multipart/form-data whose "files" parts are kept
   // (UploadStore) -> the list of their paths, in order, as Gradio answers.
   void upload(const std::shared_ptr<http::Exchange>& exchange) {
+    // Files are images, and only a model with a vision encoder takes them: nothing is kept for one without.
+    if (!accepts_images)
+      return exchange->respond(json_response(400, {{"detail", "this model takes no images, so this server keeps no uploads"}}));
     const http::Request& request = exchange->request();
     const std::string* type = request.header("content-type");
     Result<std::string> boundary = http::multipart_boundary(type ? *type : std::string());

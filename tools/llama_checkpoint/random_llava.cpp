@@ -18,16 +18,20 @@ using checkpoint::TensorSpec;
 using checkpoint::detail::fail;
 using nlohmann::ordered_json;
 
-ordered_json read_json(const fs::path& path) {
+// ordered_json keeps a file's key order, but inserts in linear time: the
+// 128k-entry vocabulary of tokenizer.json takes `Json` = nlohmann::json
+// (sorted keys, which no reader depends on).
+template <typename Json = ordered_json>
+Json read_json(const fs::path& path) {
   auto text = detail::read_text_file(path);
-  ordered_json parsed = ordered_json::parse(text, nullptr, false);
+  Json parsed = Json::parse(text, nullptr, false);
   if (parsed.is_discarded() || !parsed.is_object()) fail(ErrorCode::invalid_argument, "{}: not a JSON object", path.string());
   return parsed;
 }
 
 // The tokenizer with "<image>" appended as a special added token; its id.
 int64_t write_tokenizer_with_image_token(const fs::path& from, const fs::path& to) {
-  ordered_json tokenizer = read_json(from / "tokenizer.json");
+  nlohmann::json tokenizer = read_json<nlohmann::json>(from / "tokenizer.json");
   int64_t next = 0;
   if (tokenizer.contains("model") && tokenizer["model"].contains("vocab"))
     for (const auto& [text, id] : tokenizer["model"]["vocab"].items()) next = std::max<int64_t>(next, id.get<int64_t>() + 1);
@@ -37,7 +41,7 @@ int64_t write_tokenizer_with_image_token(const fs::path& from, const fs::path& t
   }
   ordered_json token = {{"id", next},        {"content", "<image>"}, {"single_word", false}, {"lstrip", false},
                         {"rstrip", false},   {"normalized", false},  {"special", true}};
-  tokenizer["added_tokens"].push_back(token);
+  tokenizer["added_tokens"].push_back(nlohmann::json::parse(token.dump()));
   detail::write_text_file(to / "tokenizer.json", tokenizer.dump(2) + "\n");
   ordered_json config = read_json(from / "tokenizer_config.json");
   token.erase("id");
