@@ -340,16 +340,20 @@ onnx::TensorProto initializer_of(const WeightSource& weights, const std::string&
 
 }  // namespace
 
-Result<LlavaFolderGraph> llava_folder_graph(const WeightSource& weights, int batch) {
+Result<LlavaFolderGraph> llava_folder_graph(const WeightSource& weights, const LlavaVisionConfig& config, int batch) {
   return guard_result<LlavaFolderGraph>([&] {
-    Result<LlavaVisionConfig> config = parse_llava_vision_config(weights.config_json(), weights.directory() + "/config.json");
-    if (!config) throw Error(config.status());
     LlavaFolderGraph out;
-    out.config = *config;
-    out.model = llava_vision_graph(*config, tensor_names(weights),
+    out.config = config;
+    out.model = llava_vision_graph(config, tensor_names(weights),
                                    [&](const std::string& name) { return initializer_of(weights, name); }, batch);
     return out;
   });
+}
+
+Result<LlavaFolderGraph> llava_folder_graph(const WeightSource& weights, int batch) {
+  Result<LlavaVisionConfig> config = parse_llava_vision_config(weights.config_json(), weights.directory() + "/config.json");
+  if (!config) return config.status();
+  return llava_folder_graph(weights, *config, batch);
 }
 
 }  // namespace hostrun::onnx_vision

@@ -74,5 +74,7 @@ struct LlavaFolderGraph {
   onnx::ModelProto model;
 };
 Result<LlavaFolderGraph> llava_folder_graph(const WeightSource& weights, int batch = 1);
+// The same from a config the caller already parsed from `weights`.
+Result<LlavaFolderGraph> llava_folder_graph(const WeightSource& weights, const LlavaVisionConfig& config, int batch = 1);
 
 }  // namespace hostrun::onnx_vision

@@ -57,7 +57,7 @@ class OnnxVisionEncoder final : public VisionEncoder {
                              : std::string("does not crop"),
                          config->image_size, config->image_size));
       if (graph_file_.empty()) {
-        Result<onnx_vision::LlavaFolderGraph> written = onnx_vision::llava_folder_graph(weights);
+        Result<onnx_vision::LlavaFolderGraph> written = onnx_vision::llava_folder_graph(weights, config_);
         if (!written) fail(written.status().code(), written.status().message());
         Result<onnx_vision::Graph> graph = onnx_vision::load_graph(std::move(written->model), {});
         if (!graph) fail(graph.status().code(), fmt::format("{}: the vision graph: {}", weights.directory(), graph.status().message()));
