@@ -698,6 +698,14 @@ HostTensor run_node(const NodeCall& call, const std::filesystem::path& directory
 
 }  // namespace
 
+Result<HostTensor> run_node_on_cpu(const onnx::NodeProto& node, int index, std::vector<const HostTensor*> inputs,
+                                   const std::filesystem::path& directory) {
+  return guard_result<HostTensor>([&] {
+    NodeCall call{node, index, std::move(inputs)};
+    return run_node(call, directory);
+  });
+}
+
 Result<std::vector<HostTensor>> run_on_cpu(const Graph& graph, const std::map<std::string, HostTensor>& inputs) {
   return guard_result<std::vector<HostTensor>>([&] {
     std::map<std::string, HostTensor> values;

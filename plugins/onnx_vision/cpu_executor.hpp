@@ -17,4 +17,9 @@ namespace hostrun::onnx_vision {
 // naming the input, or the node whose inputs an operator cannot take.
 Result<std::vector<HostTensor>> run_on_cpu(const Graph& graph, const std::map<std::string, HostTensor>& inputs);
 
+// One node on the CPU (constant folding): `inputs` in the node's order,
+// nullptr where an optional input is omitted; `index` names it in errors.
+Result<HostTensor> run_node_on_cpu(const onnx::NodeProto& node, int index, std::vector<const HostTensor*> inputs,
+                                   const std::filesystem::path& directory);
+
 }  // namespace hostrun::onnx_vision

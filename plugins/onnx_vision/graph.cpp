@@ -10,6 +10,7 @@
 #include <onnx/defs/schema.h>
 #include <onnx/shape_inference/implementation.h>
 
+#include "onnx_vision/cpu_executor.hpp"
 #include "ref/dtype.hpp"
 
 namespace hostrun::onnx_vision {
@@ -299,10 +300,63 @@ Graph load(onnx::ModelProto parsed, const GraphLoadOptions& options) {
   for (const auto& init : g.initializer())
     graph.initializers.emplace(init.name(), convert(init, options.directory, options.max_external_bytes));
   g.clear_initializer();
+  for (const auto& value : g.value_info()) {
+    if (!value.type().has_tensor_type()) continue;
+    const int type = value.type().tensor_type().elem_type();
+    if (type == onnx::TensorProto::UNDEFINED || type == onnx::TensorProto::STRING) continue;
+    graph.computed[value.name()] = {value.name(), element_of(type, "value '" + value.name() + "'"),
+                                    static_shape(value, "value")};
+  }
+  for (const Graph::Value& output : graph.outputs) graph.computed[output.name] = output;
+  fold_constants(graph);
   return graph;
 }
 
 }  // namespace
+
+void fold_constants(Graph& graph) {
+  onnx::GraphProto& g = *graph.model.mutable_graph();
+  google::protobuf::RepeatedPtrField<onnx::NodeProto> kept;
+  for (int n = 0; n < g.node_size(); ++n) {
+    onnx::NodeProto& node = *g.mutable_node(n);
+    std::vector<const HostTensor*> inputs;
+    bool constant = node.output_size() == 1;
+    for (const auto& name : node.input()) {
+      if (name.empty()) { inputs.push_back(nullptr); continue; }
+      const auto it = graph.initializers.find(name);
+      inputs.push_back(it == graph.initializers.end() ? nullptr : &it->second);
+      constant = constant && it != graph.initializers.end();
+    }
+    HostTensor shape_of;  // a stand-in of the input's shape (and no values): all Shape reads
+    if (node.op_type() == "Shape" && node.output_size() == 1 && node.input_size() == 1 && !constant) {
+      const auto value = graph.computed.find(node.input(0));
+      const auto input = std::find_if(graph.inputs.begin(), graph.inputs.end(),
+                                      [&](const Graph::Value& v) { return v.name == node.input(0); });
+      const std::vector<std::int64_t>* shape = value != graph.computed.end() ? &value->second.shape
+                                               : input != graph.inputs.end() ? &input->shape
+                                                                             : nullptr;
+      if (shape != nullptr) {
+        shape_of.shape = *shape;
+        inputs = {&shape_of};
+        constant = true;
+      }
+    }
+    if (!constant) {
+      *kept.Add() = std::move(node);
+      continue;
+    }
+    Result<HostTensor> value = run_node_on_cpu(node, n, inputs, graph.directory);
+    if (!value) refuse(fmt::format("folding constants: {}", value.status().message()));
+    graph.initializers[node.output(0)] = std::move(value).value();
+    ++graph.folded_nodes;
+  }
+  g.mutable_node()->Swap(&kept);
+  std::set<std::string> read;
+  for (const auto& node : g.node())
+    for (const auto& name : node.input()) read.insert(name);
+  for (const Graph::Value& output : graph.outputs) read.insert(output.name);
+  std::erase_if(graph.initializers, [&](const auto& entry) { return !read.count(entry.first); });
+}
 
 Result<HostTensor> tensor_from_proto(const onnx::TensorProto& proto, const std::filesystem::path& directory,
                                      std::int64_t max_external_bytes) {

@@ -62,10 +62,21 @@ struct Graph {
     std::vector<std::int64_t> shape;  // static after load
   };
   std::vector<Value> inputs, outputs;  // graph inputs that are not initializers, and outputs
+  // Every value a node computes, with its static shape (shape inference's
+  // value_info and the outputs): what the CUDA executor plans memory from.
+  std::map<std::string, Value> computed;
+  int folded_nodes = 0;                // nodes evaluated at load (constants folded)
   std::filesystem::path directory;     // where external data lives (GraphLoadOptions::directory)
 
   const onnx::GraphProto& proto() const { return model.graph(); }
 };
+
+// Constant folding, done by load_graph: every node whose inputs are all
+// initializers (or already folded), and every Shape node (the shapes are
+// static), is evaluated once with the CPU executor and becomes an
+// initializer; initializers no node reads any more are dropped. What is left
+// computes from the graph's inputs: for a ViT export, the float path only.
+void fold_constants(Graph& graph);
 
 // The operators the executors run (the ViT family's exports: CLIP, LLaVA's projector).
 const std::vector<std::string>& supported_operators();
