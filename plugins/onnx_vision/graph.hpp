@@ -63,7 +63,8 @@ struct Graph {
   };
   std::vector<Value> inputs, outputs;  // graph inputs that are not initializers, and outputs
   // Every value a node computes, with its static shape (shape inference's
-  // value_info and the outputs): what the CUDA executor plans memory from.
+  // value_info and the outputs): what Shape folds from, and what a device
+  // executor would plan memory from.
   std::map<std::string, Value> computed;
   int folded_nodes = 0;                // nodes evaluated at load (constants folded)
   std::filesystem::path directory;     // where external data lives (GraphLoadOptions::directory)
