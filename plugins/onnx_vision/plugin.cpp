@@ -1,9 +1,9 @@
 // The onnx_vision plugin: LLaVA's vision encoder (role VisionEncoder) as an
 // ONNX graph, written at load from the folder's config.json and weights
-// (llava_graph.hpp) and run by the CPU executor. Images are decoded and
-// preprocessed by image_common exactly as LMDeploy + transformers do.
-// In the built-in llava-llama3-cpu manifest; CUDA needs the executor that
-// is not built yet (README.md).
+// (llava_graph.hpp) and run by the CPU executor or, on a GPU, the CUDA one
+// (cuda_executor.hpp). Images are decoded and preprocessed on the host by
+// image_common exactly as LMDeploy + transformers do. In the built-in
+// llava-llama3-cpu and llava-llama3-cuda manifests.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -19,6 +19,11 @@
 #include "image_common/image.hpp"
 #include "onnx_vision/cpu_executor.hpp"
 #include "onnx_vision/graph.hpp"
+#ifdef HOSTRUN_ONNX_VISION_CUDA
+#include <cuda_runtime.h>
+
+#include "onnx_vision/cuda_executor.hpp"
+#endif
 #include "onnx_vision/llava_graph.hpp"
 #include "ref/dtype.hpp"
 
@@ -37,10 +42,6 @@ class OnnxVisionEncoder final : public VisionEncoder {
   Status load(const VisionLoadContext& context) noexcept override {
     return guard([&] {
       if (context.weights == nullptr) fail(ErrorCode::invalid_argument, "onnx_vision: no model folder to load from");
-      if (context.device.kind != DeviceKind::cpu)
-        fail(ErrorCode::unsupported, fmt::format("onnx_vision runs its graphs on the CPU only so far; asked for "
-                                                 "cuda:{}",
-                                                 context.device.index));
       const WeightSource& weights = *context.weights;
       Result<onnx_vision::LlavaVisionConfig> config =
           onnx_vision::parse_llava_vision_config(weights.config_json(), weights.directory() + "/config.json");
@@ -68,6 +69,7 @@ class OnnxVisionEncoder final : public VisionEncoder {
       preprocess_ = *preprocess;
       max_images_ = std::max(context.max_images, 1);
       device_ = context.device;
+      if (device_.kind == DeviceKind::cuda) load_on_cuda();
       loaded_ = true;
     });
   }
@@ -111,6 +113,21 @@ class OnnxVisionEncoder final : public VisionEncoder {
     graph_ = std::move(graph).value();
   }
 
+  // The graph planned for the GPU; the host copy of its weights is dropped.
+  void load_on_cuda() {
+#ifdef HOSTRUN_ONNX_VISION_CUDA
+    if (cudaError_t e = cudaSetDevice(device_.index); e != cudaSuccess)
+      fail(ErrorCode::unsupported, fmt::format("onnx_vision: cuda:{}: {}", device_.index, cudaGetErrorString(e)));
+    Result<std::unique_ptr<onnx_vision::CudaExecutor>> executor =
+        onnx_vision::CudaExecutor::create(graph_, onnx_vision::Precision::bf16_tensor_cores);
+    if (!executor) fail(executor.status().code(), fmt::format("the vision graph: {}", executor.status().message()));
+    cuda_ = std::move(executor).value();
+    graph_.initializers.clear();
+#else
+    fail(ErrorCode::unsupported, "onnx_vision was built without CUDA; it runs its graphs on the CPU");
+#endif
+  }
+
   VisionInfo info() const noexcept override {
     VisionInfo v;
     if (!loaded_) return v;
@@ -124,19 +141,19 @@ class OnnxVisionEncoder final : public VisionEncoder {
     return v;
   }
 
-  Status encode(std::span<const ImageData> images, const ExecContext&, const TensorView& out) noexcept override {
+  Status encode(std::span<const ImageData> images, const ExecContext& exec, const TensorView& out) noexcept override {
     return guard([&] {
       if (!loaded_) fail(ErrorCode::invalid_argument, "onnx_vision: encode before load");
       if (images.empty() || std::int64_t(images.size()) > max_images_)
         fail(ErrorCode::invalid_argument, fmt::format("onnx_vision: {} images in one call; 1 to {} (max_images)",
                                                       images.size(), max_images_));
       const std::int64_t tokens = tokens_per_image(), hidden = config_.text_hidden_size;
-      if (out.device.kind != DeviceKind::cpu || out.rank != 2 || out.shape[0] != std::int64_t(images.size()) * tokens ||
+      if (out.device.kind != device_.kind || out.rank != 2 || out.shape[0] != std::int64_t(images.size()) * tokens ||
           out.shape[1] != hidden || !out.is_contiguous() ||
           (out.dtype != DType::f32 && out.dtype != DType::bf16 && out.dtype != DType::f16))
         fail(ErrorCode::invalid_argument,
-             fmt::format("onnx_vision: the output must be contiguous host memory of [{} x {}, {}] f32, bf16 or f16",
-                         images.size(), tokens, hidden));
+             fmt::format("onnx_vision: the output must be contiguous {} memory of [{} x {}, {}] f32, bf16 or f16",
+                         device_.kind == DeviceKind::cpu ? "host" : "device", images.size(), tokens, hidden));
       const int side = config_.image_size;
       std::vector<float> pixels(std::size_t(3) * side * side);
       for (std::size_t i = 0; i < images.size(); ++i) {
@@ -144,11 +161,23 @@ class OnnxVisionEncoder final : public VisionEncoder {
         if (!decoded) fail(ErrorCode::invalid_argument, fmt::format("image {}: {}", i, decoded.status().message()));
         if (Status s = image::clip_preprocess(*decoded, preprocess_, pixels); !s)
           fail(s.code(), fmt::format("image {}: {}", i, s.message()));
+        const std::size_t offset = i * std::size_t(tokens * hidden);
+#ifdef HOSTRUN_ONNX_VISION_CUDA
+        if (cuda_) {
+          // One stream: image i + 1's pixels land after image i's graph has read them.
+          std::byte* rows = static_cast<std::byte*>(out.data) + offset * (dtype_bits(out.dtype) / 8);
+          Status s = cuda_->set_input(0, pixels, exec.stream);
+          if (s) s = cuda_->run(exec.stream);
+          if (s) s = cuda_->copy_output(0, out.dtype, rows, exec.stream);
+          if (!s) fail(s.code(), fmt::format("image {}: {}", i, s.message()));
+          continue;
+        }
+#endif
+        (void)exec;
         Result<std::vector<HostTensor>> features =
             onnx_vision::run_on_cpu(graph_, {{input_name_, HostTensor::floats({1, 3, side, side}, pixels)}});
         if (!features) fail(features.status().code(), fmt::format("image {}: {}", i, features.status().message()));
         const std::vector<float>& rows = features.value()[0].f;
-        const std::size_t offset = i * std::size_t(tokens * hidden);
         if (out.dtype == DType::f32) {
           std::copy(rows.begin(), rows.end(), static_cast<float*>(out.data) + offset);
         } else {
@@ -174,13 +203,22 @@ class OnnxVisionEncoder final : public VisionEncoder {
   image::ClipPreprocess preprocess_;
   std::int64_t max_images_ = 1;
   Device device_{};
+#ifdef HOSTRUN_ONNX_VISION_CUDA
+  std::unique_ptr<onnx_vision::CudaExecutor> cuda_;  // on a GPU
+#endif
 };
 
-// The encoder's output must be host memory (the CPU executor writes it), so
-// the language model must be on the CPU too.
+// The CPU always; a GPU when built with CUDA and the device exists.
 Status probe(const Device& device) noexcept {
   if (device.kind == DeviceKind::cpu) return {};
-  return {ErrorCode::unsupported, fmt::format("runs on the CPU only so far; asked for cuda:{}", device.index)};
+#ifdef HOSTRUN_ONNX_VISION_CUDA
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || device.index >= devices)
+    return {ErrorCode::unsupported, fmt::format("no CUDA device cuda:{}", device.index)};
+  return {};
+#else
+  return {ErrorCode::unsupported, "built without CUDA: runs on the CPU only"};
+#endif
 }
 
 const SettingSpec kSettings[] = {
@@ -194,5 +232,5 @@ const RoleEntry kRoles[] = {role_entry<VisionEncoder, OnnxVisionEncoder>(kSettin
 
 HOSTRUN_PLUGIN("onnx_vision", "0.1.0",
                "LLaVA's CLIP vision tower and projector as an ONNX graph written from the model folder, run on the "
-               "CPU; images decoded and preprocessed as LMDeploy and transformers do",
+               "CPU or a CUDA GPU; images decoded and preprocessed as LMDeploy and transformers do",
                kRoles)

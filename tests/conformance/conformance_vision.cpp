@@ -5,7 +5,10 @@
 // [images x tokens_per_image, hidden_size] deterministically, each image
 // independent of the others in its call, in every dtype it offers; it must
 // refuse a wrong output, too many images and bad image bytes (naming the
-// image's index) with invalid_argument.
+// image's index) with invalid_argument. Built with HOSTRUN_CONFORMANCE_CUDA
+// (conformance_vision_gpu, label gpu) the same suite runs the GPU rows
+// (onnx_vision's CUDA executor) with the output in device memory, encoded on
+// a stream of the suite's.
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
@@ -21,6 +24,11 @@
 #include "hostrun/plugin.hpp"
 #include "hostrun/vision.hpp"
 #include "support.hpp"
+#ifdef HOSTRUN_CONFORMANCE_CUDA
+#include "cuda_memory.hpp"
+#else
+#include "device_memory.hpp"
+#endif
 
 namespace conformance {
 namespace {
@@ -93,6 +101,9 @@ struct VisionRow {
 };
 
 std::vector<VisionRow> vision_rows() {
+#ifdef HOSTRUN_CONFORMANCE_CUDA
+  return {{"onnx_vision", {}, write_toy_llava}};
+#endif
   return {
       {"fixture", {{"tokens_per_image", SettingValue(std::int64_t(3))}, {"hidden_size", SettingValue(std::int64_t(5))}},
        [](const fs::path& dir) {  // it reads nothing, but a folder holds weights
@@ -106,15 +117,36 @@ std::vector<VisionRow> vision_rows() {
   };
 }
 
-std::vector<float> encode_f32(VisionEncoder& encoder, const std::vector<ImageData>& images, Status* status = nullptr) {
-  const VisionInfo info = encoder.info();
-  std::vector<float> out(images.size() * std::size_t(info.tokens_per_image) * std::size_t(info.hidden_size), NAN);
-  const TensorView view = TensorView::contiguous(out.data(), DType::f32,
-                                                 {int64_t(images.size()) * info.tokens_per_image, info.hidden_size});
-  const Status s = encoder.encode(images, ExecContext{Device{DeviceKind::cpu, 0}, nullptr, {}}, view);
+DeviceMemory& memory() {
+#ifdef HOSTRUN_CONFORMANCE_CUDA
+  static CudaMemory m;
+#else
+  static HostMemory m;
+#endif
+  return m;
+}
+
+ExecContext exec() { return ExecContext{memory().device(), memory().stream(), {}}; }
+
+// `rows` x `width` of `dtype` encoded into the device's memory, read back as stored.
+template <typename T>
+std::vector<T> encode_as(VisionEncoder& encoder, const std::vector<ImageData>& images, DType dtype, int64_t rows,
+                         int64_t width, Status* status = nullptr) {
+  std::vector<T> out(std::size_t(rows * width));
+  DeviceBuffer buffer(memory(), out.size() * sizeof(T));
+  const TensorView view = TensorView::contiguous(buffer.data(), dtype, {rows, width}, memory().device());
+  const Status s = encoder.encode(images, exec(), view);
+  memory().synchronize();
   if (status) *status = s;
   else REQUIRE_MESSAGE(s.is_ok(), s.message());
+  if (s.is_ok()) memory().download(out.data(), buffer.data(), out.size() * sizeof(T));
   return out;
+}
+
+std::vector<float> encode_f32(VisionEncoder& encoder, const std::vector<ImageData>& images, Status* status = nullptr) {
+  const VisionInfo info = encoder.info();
+  return encode_as<float>(encoder, images, DType::f32, int64_t(images.size()) * info.tokens_per_image,
+                          info.hidden_size, status);
 }
 
 }  // namespace
@@ -129,7 +161,7 @@ TEST_SUITE("vision") {
       auto registry = plugin_registry();
       REQUIRE_MESSAGE(registry->find(row.plugin), missing_plugin(*registry, row.plugin));
       auto made = registry->create<VisionEncoder>(row.plugin, settings_of(row.settings), nullptr, "vision",
-                                                  Device{DeviceKind::cpu, 0});
+                                                  memory().device());
       REQUIRE_MESSAGE(made.has_value(), made.status().message());
       VisionEncoder& encoder = *made.value();
       hostrun::test::TempDir dir("conformance-vision");
@@ -138,7 +170,7 @@ TEST_SUITE("vision") {
       REQUIRE_MESSAGE(folder.has_value(), folder.status().message());
       VisionLoadContext load;
       load.weights = folder.value().get();
-      load.device = Device{DeviceKind::cpu, 0};
+      load.device = memory().device();
       load.activation_dtype = DType::f32;
       load.max_images = 2;
       const Status loaded = encoder.load(load);
@@ -152,7 +184,7 @@ TEST_SUITE("vision") {
       CHECK(info.image_height > 0);
       CHECK(info.image_width > 0);
       CHECK((info.output_dtypes & dtype_bit(DType::f32)) != 0);
-      CHECK(info.device.kind == DeviceKind::cpu);
+      CHECK(info.device.kind == memory().device().kind);
 
       const std::vector<float> a = encode_f32(encoder, {first});
       for (float x : a) REQUIRE(std::isfinite(x));
@@ -166,9 +198,8 @@ TEST_SUITE("vision") {
       for (DType dtype : {DType::bf16, DType::f16}) {  // every dtype offered: the f32 result rounded once
         if ((info.output_dtypes & dtype_bit(dtype)) == 0) continue;
         INFO("dtype: " << dtype_name(dtype));
-        std::vector<std::uint16_t> out(a.size());
-        const TensorView view = TensorView::contiguous(out.data(), dtype, {info.tokens_per_image, info.hidden_size});
-        REQUIRE(encoder.encode(std::vector<ImageData>{first}, ExecContext{Device{DeviceKind::cpu, 0}, nullptr, {}}, view).is_ok());
+        const std::vector<std::uint16_t> out =
+            encode_as<std::uint16_t>(encoder, {first}, dtype, info.tokens_per_image, info.hidden_size);
         std::vector<float> widened(a.size());
         ref::convert_to_f32(out.data(), ref_dtype(dtype), out.size(), widened.data());
         CHECK(widened == rounded_to(a, dtype));
@@ -180,10 +211,8 @@ TEST_SUITE("vision") {
       encode_f32(encoder, {first, ImageData{"image/png", {}}}, &refused);
       CHECK(refused.code() == ErrorCode::invalid_argument);
       CHECK_MESSAGE(refused.message().find("image 1") != std::string::npos, refused.message());
-      std::vector<float> small(std::size_t(info.tokens_per_image) * std::size_t(info.hidden_size) - 1);
-      const TensorView wrong = TensorView::contiguous(small.data(), DType::f32, {int64_t(small.size()), 1});
-      CHECK(encoder.encode(std::vector<ImageData>{first}, ExecContext{Device{DeviceKind::cpu, 0}, nullptr, {}}, wrong).code() ==
-            ErrorCode::invalid_argument);
+      encode_as<float>(encoder, {first}, DType::f32, int64_t(info.tokens_per_image) * info.hidden_size - 1, 1, &refused);
+      CHECK(refused.code() == ErrorCode::invalid_argument);
     }
   }
 }

@@ -20,6 +20,13 @@
 
 #include "onnx_vision/cpu_executor.hpp"
 #include "onnx_vision/graph.hpp"
+#include "onnx_vision/llava_graph.hpp"
+
+#ifdef HOSTRUN_ONNX_VISION_CUDA
+#include <cuda_runtime.h>
+
+#include "onnx_vision/cuda_executor.hpp"
+#endif
 
 namespace ov = hostrun::onnx_vision;
 namespace fs = std::filesystem;
@@ -242,8 +249,6 @@ TEST_CASE("external data: read from the model's folder, never outside it") {
 }
 
 // ---- LLaVA's vision graph, written from a config -------------------------------------
-
-#include "onnx_vision/llava_graph.hpp"
 
 namespace {
 
@@ -470,3 +475,167 @@ TEST_CASE("LLaVA configs: CLIP's defaults, and refusals naming the key") {
   CHECK(message(R"({"vision_config": {}, "text_config": {"hidden_size": 8}})") ==
         "c.json: \"image_token_index\" is missing (the <image> placeholder's id)");
 }
+
+TEST_CASE("constants are folded at load: Shape chains and constant subgraphs leave no node") {
+  auto graph = ov::load_graph_file(kFixtures / "dynamic_shape.onnx", {});
+  REQUIRE_MESSAGE(graph.has_value(), graph.status().message());
+  CHECK(graph->folded_nodes > 0);
+  for (const auto& node : graph->proto().node()) {
+    CAPTURE(node.op_type());
+    CHECK(node.op_type() != "Shape");
+    CHECK(node.op_type() != "Constant");
+    CHECK(node.op_type() != "ConstantOfShape");
+  }
+  // Every initializer left is read by a node or is an output.
+  std::set<std::string> read;
+  for (const auto& node : graph->proto().node())
+    for (const auto& input : node.input()) read.insert(input);
+  for (const auto& output : graph->outputs) read.insert(output.name);
+  for (const auto& [name, tensor] : graph->initializers) CHECK_MESSAGE(read.count(name), name);
+  // Every computed value has its static shape.
+  for (const auto& node : graph->proto().node()) CHECK(graph->computed.count(node.output(0)));
+}
+
+#ifdef HOSTRUN_ONNX_VISION_CUDA
+namespace {
+
+// `graph` on the GPU with `inputs`; its outputs back on the host.
+// `stream` null: the nodes enqueued one by one; otherwise the CUDA graph.
+std::vector<std::vector<float>> run_on_gpu(ov::CudaExecutor& executor, const ov::Graph& graph,
+                                           const std::map<std::string, ov::HostTensor>& inputs,
+                                           cudaStream_t stream = nullptr) {
+  for (std::size_t k = 0; k < graph.inputs.size(); ++k) {
+    const ov::HostTensor& t = inputs.at(graph.inputs[k].name);
+    REQUIRE(cudaMemcpy(executor.input(k), t.f.data(), t.f.size() * 4, cudaMemcpyHostToDevice) == cudaSuccess);
+  }
+  const hostrun::Status run = executor.run(stream);
+  REQUIRE_MESSAGE(run.is_ok(), run.message());
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  std::vector<std::vector<float>> outputs;
+  for (std::size_t k = 0; k < graph.outputs.size(); ++k) {
+    std::int64_t n = 1;
+    for (std::int64_t d : graph.outputs[k].shape) n *= d;
+    std::vector<float> v(static_cast<std::size_t>(n));
+    REQUIRE(cudaMemcpy(v.data(), executor.output(k), v.size() * 4, cudaMemcpyDeviceToHost) == cudaSuccess);
+    outputs.push_back(std::move(v));
+  }
+  return outputs;
+}
+
+// The worst error as a multiple of the tolerance: f32 everywhere, or GEMM
+// operands rounded to bf16 (relative to the output's largest value).
+double worst_error(const std::vector<float>& ours, const std::vector<float>& expected, ov::Precision precision) {
+  REQUIRE(ours.size() == expected.size());
+  double largest = 0.0, worst = 0.0;
+  for (float v : expected) largest = std::max(largest, std::fabs(double(v)));
+  for (std::size_t e = 0; e < ours.size(); ++e) {
+    const double err = std::fabs(double(ours[e]) - double(expected[e]));
+    const double tolerance = precision == ov::Precision::f32 ? 1e-5 + 1e-4 * std::fabs(double(expected[e]))
+                                                             : 1e-3 + 2e-2 * largest;
+    worst = std::max(worst, std::isfinite(err) ? err / tolerance : 1e9);
+  }
+  return worst;
+}
+
+}  // namespace
+
+TEST_CASE("the CUDA executor against the CPU executor on every fixture" * doctest::test_suite("cuda")) {
+  const nlohmann::json cases = nlohmann::json::parse(read_bytes(kFixtures / "cases.json"));
+  int ran = 0;
+  for (const auto& c : cases) {
+    const std::string name = c["name"];
+    CAPTURE(name);
+    auto graph = ov::load_graph_file(kFixtures / c["model"].get<std::string>(), {});
+    REQUIRE_MESSAGE(graph.has_value(), graph.status().message());
+    std::map<std::string, ov::HostTensor> inputs;
+    for (const auto& input : c["inputs"])
+      inputs[input["name"]] = read_tensor(kFixtures / input["file"].get<std::string>(), input["dtype"],
+                                          input["shape"].get<std::vector<std::int64_t>>());
+    auto cpu = ov::run_on_cpu(*graph, inputs);
+    REQUIRE_MESSAGE(cpu.has_value(), cpu.status().message());
+    bool integer_outputs = false;
+    for (const auto& t : *cpu) integer_outputs = integer_outputs || t.element == ov::Element::i64;
+    for (const ov::Precision precision : {ov::Precision::f32, ov::Precision::bf16_tensor_cores}) {
+      CAPTURE(int(precision));
+      auto executor = ov::CudaExecutor::create(*graph, precision);
+      if (integer_outputs) {  // Cast to int64 and the like: the CPU executor's alone
+        REQUIRE_FALSE(executor.has_value());
+        CHECK(executor.status().message().find("integer") != std::string::npos);
+        continue;
+      }
+      REQUIRE_MESSAGE(executor.has_value(), executor.status().message());
+      const auto gpu = run_on_gpu(**executor, *graph, inputs);
+      for (std::size_t k = 0; k < gpu.size(); ++k) {
+        const std::string output = c["outputs"][k];
+        CAPTURE(output);
+        const double worst = worst_error(gpu[k], (*cpu)[k].f, precision);
+        CHECK_MESSAGE(worst <= 1.0, name << "." << output << ": error " << worst << "x the tolerance");
+      }
+      ++ran;
+    }
+  }
+  CHECK(ran == 2 * 9);  // all but dynamic_shape, whose outputs include integers
+}
+
+TEST_CASE("LLaVA's vision graph on CUDA matches the model written out plainly" * doctest::test_suite("cuda")) {
+  auto config = ov::parse_llava_vision_config(kToyLlava, "config.json");
+  REQUIRE(config.has_value());
+  const ov::LlavaTensorNames names{"vision_tower.vision_model.", "multi_modal_projector."};
+  const Weights weights = toy_weights(*config, names);
+  const onnx::ModelProto model = ov::llava_vision_graph(*config, names, [&](const std::string& name) {
+    const auto& [shape, values] = weights.tensors.at(name);
+    onnx::TensorProto t;
+    t.set_data_type(onnx::TensorProto::FLOAT);
+    for (std::int64_t dim : shape) t.add_dims(dim);
+    t.set_raw_data(values.data(), values.size() * sizeof(float));
+    return t;
+  }, /*batch=*/2);
+  auto graph = load_model(model);
+  REQUIRE_MESSAGE(graph.has_value(), graph.status().message());
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal;
+  std::vector<float> pixels(2 * 3 * 4 * 4);
+  for (float& p : pixels) p = normal(rng);
+  const std::map<std::string, ov::HostTensor> inputs = {{"pixel_values", ov::HostTensor::floats({2, 3, 4, 4}, pixels)}};
+  std::vector<float> expected;
+  for (int b = 0; b < 2; ++b) {
+    const std::vector<float> image(pixels.begin() + b * 48, pixels.begin() + (b + 1) * 48);
+    for (double v : reference_features(*config, names, weights, image)) expected.push_back(float(v));
+  }
+  for (const ov::Precision precision : {ov::Precision::f32, ov::Precision::bf16_tensor_cores}) {
+    CAPTURE(int(precision));
+    auto executor = ov::CudaExecutor::create(*graph, precision);
+    REQUIRE_MESSAGE(executor.has_value(), executor.status().message());
+    CHECK((*executor)->weight_bytes() > 0);
+    const auto gpu = run_on_gpu(**executor, *graph, inputs);
+    CHECK(worst_error(gpu[0], expected, precision) <= 1.0);
+    // On a stream: captured as a CUDA graph on the first run, replayed on the second, with new pixels.
+    cudaStream_t stream = nullptr;
+    REQUIRE(cudaStreamCreate(&stream) == cudaSuccess);
+    CHECK(run_on_gpu(**executor, *graph, inputs, stream)[0] == gpu[0]);
+    std::vector<float> other(pixels.size());
+    for (float& p : other) p = normal(rng);
+    const std::map<std::string, ov::HostTensor> other_inputs = {{"pixel_values", ov::HostTensor::floats({2, 3, 4, 4}, other)}};
+    const auto replayed = run_on_gpu(**executor, *graph, other_inputs, stream);
+    CHECK(replayed[0] == run_on_gpu(**executor, *graph, other_inputs)[0]);
+    CHECK(replayed[0] != gpu[0]);
+    cudaStreamDestroy(stream);
+  }
+}
+
+TEST_CASE("the CUDA executor refuses integers computed at run time, naming the node" * doctest::test_suite("cuda")) {
+  onnx::ModelProto model = one_node("Cast");
+  auto* to = model.mutable_graph()->mutable_node(0)->add_attribute();
+  to->set_name("to");
+  to->set_type(onnx::AttributeProto::INT);
+  to->set_i(onnx::TensorProto::INT64);
+  ov::GraphLoadOptions options;
+  options.input_shapes["x"] = {2, 3};
+  auto graph = load_model(model, options);
+  REQUIRE_MESSAGE(graph.has_value(), graph.status().message());
+  auto executor = ov::CudaExecutor::create(*graph, ov::Precision::f32);
+  REQUIRE_FALSE(executor.has_value());
+  CHECK(executor.status().message().find("node 0 'the_node' (Cast, opset 17)") != std::string::npos);
+  CHECK(executor.status().message().find("integer") != std::string::npos);
+}
+#endif

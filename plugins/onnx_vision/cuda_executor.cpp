@@ -1,0 +1,723 @@
+#include "onnx_vision/cuda_executor.hpp"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <functional>
+#include <limits>
+#include <numeric>
+#include <set>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "onnx_vision/cuda_ops.hpp"
+
+namespace hostrun::onnx_vision {
+
+namespace {
+
+using Shape = std::vector<std::int64_t>;
+using cuda_ops::Elementwise;
+using cuda_ops::OutputShape;
+using cuda_ops::StridedInput;
+
+std::int64_t count(const Shape& shape) {
+  return std::accumulate(shape.begin(), shape.end(), std::int64_t(1), std::multiplies<>());
+}
+
+void check_cuda(cudaError_t e, std::string_view what) {
+  if (e == cudaSuccess) return;
+  throw Error(e == cudaErrorMemoryAllocation ? ErrorCode::out_of_memory : ErrorCode::internal,
+              fmt::format("{}: {}", what, cudaGetErrorString(e)));
+}
+
+void check_blas(cublasStatus_t s, std::string_view what) {
+  if (s == CUBLAS_STATUS_SUCCESS) return;
+  throw Error(s == CUBLAS_STATUS_ALLOC_FAILED ? ErrorCode::out_of_memory : ErrorCode::internal,
+              fmt::format("{}: cuBLAS status {}", what, int(s)));
+}
+
+Shape contiguous_strides(const Shape& shape) {
+  Shape strides(shape.size(), 1);
+  for (std::size_t k = shape.size(); k-- > 1;) strides[k - 1] = strides[k] * shape[k];
+  return strides;
+}
+
+// Device memory for the activations: offsets into one arena, each block
+// reused once the last node reading it has run (best fit among the freed).
+class ArenaPlanner {
+ public:
+  std::int64_t allocate(std::int64_t bytes) {
+    bytes = (std::max<std::int64_t>(bytes, 1) + 255) / 256 * 256;
+    auto best = free_.end();
+    for (auto it = free_.begin(); it != free_.end(); ++it)
+      if (it->second >= bytes && (best == free_.end() || it->second < best->second)) best = it;
+    if (best == free_.end()) {
+      const std::int64_t offset = top_;
+      top_ += bytes;
+      return offset;
+    }
+    const std::int64_t offset = best->first, left = best->second - bytes;
+    free_.erase(best);
+    if (left > 0) free_[offset + bytes] = left;
+    return offset;
+  }
+  void release(std::int64_t offset, std::int64_t bytes) {
+    bytes = (std::max<std::int64_t>(bytes, 1) + 255) / 256 * 256;
+    auto [it, inserted] = free_.emplace(offset, bytes);
+    if (auto next = std::next(it); next != free_.end() && it->first + it->second == next->first) {
+      it->second += next->second;
+      free_.erase(next);
+    }
+    if (it != free_.begin()) {
+      auto prev = std::prev(it);
+      if (prev->first + prev->second == it->first) {
+        prev->second += it->second;
+        free_.erase(it);
+      }
+    }
+  }
+  std::int64_t size() const { return top_; }
+
+ private:
+  std::map<std::int64_t, std::int64_t> free_;  // offset -> bytes
+  std::int64_t top_ = 0;
+};
+
+bool aliases_input(const std::string& op) {
+  return op == "Reshape" || op == "Squeeze" || op == "Unsqueeze" || op == "Flatten" || op == "Identity" ||
+         op == "Cast";
+}
+
+}  // namespace
+
+struct CudaExecutor::Plan {
+  cublasHandle_t blas = nullptr;
+  cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
+  std::byte* arena = nullptr;
+  std::int64_t arena_size = 0, weight_size = 0;
+  std::vector<void*> weights;  // uploaded constants
+  std::vector<float*> inputs, outputs;
+  std::vector<std::int64_t> input_sizes, output_sizes;  // elements
+  struct Step {
+    std::string where;
+    std::function<void(cudaStream_t)> run;
+  };
+  std::vector<Step> steps;
+  // The steps captured once as a CUDA graph (hundreds of small launches a
+  // ViT becomes one), replayed on whichever stream run() is given.
+  cudaGraphExec_t graph = nullptr;
+  void* blas_workspace = nullptr;  // cuBLAS's, set once so that capture allocates nothing
+
+  void enqueue(cudaStream_t stream) const {
+    for (const Step& step : steps) {
+      try {
+        step.run(stream);
+      } catch (const Error& e) {
+        throw Error(e.status().code(), fmt::format("{}: {}", step.where, e.status().message()));
+      }
+    }
+  }
+
+  ~Plan() {
+    if (graph != nullptr) cudaGraphExecDestroy(graph);
+    if (blas_workspace != nullptr) cudaFree(blas_workspace);
+    for (void* w : weights) cudaFree(w);
+    if (arena != nullptr) cudaFree(arena);
+    if (blas != nullptr) cublasDestroy(blas);
+  }
+};
+
+namespace {
+
+// Builds the plan: liveness and aliasing, arena offsets, then one step per node.
+class Planner {
+ public:
+  Planner(const Graph& graph, CudaExecutor::Plan& plan) : graph_(graph), plan_(plan) {}
+
+  void build() {
+    const auto& nodes = graph_.proto().node();
+    for (const Graph::Value& input : graph_.inputs) {
+      if (input.element != Element::f32)
+        refuse_graph(fmt::format("input '{}' is integer; the CUDA executor takes float inputs", input.name));
+      values_[input.name] = {input.shape, new_storage(count(input.shape) * 4, -1)};
+      storages_[std::size_t(values_[input.name].storage)].last = kForever;
+    }
+    for (int n = 0; n < nodes.size(); ++n) plan_liveness(nodes[n], n);
+    for (const Graph::Value& output : graph_.outputs) {
+      const auto it = values_.find(output.name);
+      if (it == values_.end())
+        refuse_graph(fmt::format("output '{}' does not depend on the graph's inputs", output.name));
+      storages_[std::size_t(it->second.storage)].last = kForever;
+    }
+    place_storages(nodes.size());
+    check_cuda(cudaMalloc(reinterpret_cast<void**>(&plan_.arena), std::size_t(std::max<std::int64_t>(plan_.arena_size, 256))),
+               fmt::format("allocating {} bytes of activations", plan_.arena_size));
+    for (const Graph::Value& input : graph_.inputs) {
+      plan_.inputs.push_back(pointer(input.name));
+      plan_.input_sizes.push_back(count(input.shape));
+    }
+    for (int n = 0; n < nodes.size(); ++n) plan_node(nodes[n], n);
+    for (const Graph::Value& output : graph_.outputs) {
+      plan_.outputs.push_back(pointer(output.name));
+      plan_.output_sizes.push_back(count(output.shape));
+    }
+  }
+
+ private:
+  static constexpr int kForever = std::numeric_limits<int>::max();
+  struct Storage {
+    std::int64_t bytes = 0;
+    int first = 0, last = 0;
+    std::int64_t offset = -1;
+  };
+  struct Value {
+    Shape shape;
+    int storage = -1;
+  };
+
+  [[noreturn]] void refuse_graph(std::string why) const {
+    throw Error(ErrorCode::unsupported, fmt::format("the CUDA executor: {}", why));
+  }
+  std::string where(const onnx::NodeProto& node, int n) const {
+    return fmt::format("node {} '{}' ({}, opset {})", n, node.name(), node.op_type(), graph_.opset);
+  }
+  [[noreturn]] void refuse_node(const onnx::NodeProto& node, int n, std::string_view why) const {
+    throw Error(ErrorCode::unsupported, fmt::format("{}: {} on CUDA", where(node, n), why));
+  }
+
+  int new_storage(std::int64_t bytes, int first) {
+    storages_.push_back({bytes, first, first, -1});
+    return int(storages_.size()) - 1;
+  }
+
+  // ---- pass 1: which storage each value lives in, and until when --------
+
+  void plan_liveness(const onnx::NodeProto& node, int n) {
+    for (const auto& name : node.input())
+      if (const auto it = values_.find(name); it != values_.end())
+        storages_[std::size_t(it->second.storage)].last = std::max(storages_[std::size_t(it->second.storage)].last, n);
+    for (int k = 1; k < node.output_size(); ++k)
+      if (!node.output(k).empty() && read_later(node.output(k)))
+        refuse_node(node, n, fmt::format("output {} ('{}') is read, and only the first output is computed", k,
+                                         node.output(k)));
+    const std::string& name = node.output(0);
+    const auto computed = graph_.computed.find(name);
+    if (computed == graph_.computed.end()) refuse_node(node, n, "its output has no static shape");
+    if (computed->second.element != Element::f32)
+      refuse_node(node, n, "it computes an integer value from the graph's inputs, which only the CPU executor runs");
+    const Shape& shape = computed->second.shape;
+    if (aliases_input(node.op_type()) && node.input_size() > 0 && values_.count(node.input(0))) {
+      values_[name] = {shape, values_[node.input(0)].storage};
+      return;
+    }
+    values_[name] = {shape, new_storage(count(shape) * 4, n)};
+    if (node.op_type() == "Conv") workspace_[n] = new_storage(conv_columns(node, n) * 4, n);
+  }
+
+  bool read_later(const std::string& name) const {
+    for (const auto& node : graph_.proto().node())
+      for (const auto& input : node.input())
+        if (input == name) return true;
+    return std::any_of(graph_.outputs.begin(), graph_.outputs.end(), [&](const auto& o) { return o.name == name; });
+  }
+
+  // ---- pass 2: arena offsets ----------------------------------------------
+
+  void place_storages(int node_count) {
+    ArenaPlanner arena;
+    std::map<int, std::vector<int>> created, released;
+    for (int s = 0; s < int(storages_.size()); ++s) {
+      created[storages_[std::size_t(s)].first].push_back(s);
+      if (storages_[std::size_t(s)].last != kForever) released[storages_[std::size_t(s)].last].push_back(s);
+    }
+    for (int n = -1; n < node_count; ++n) {
+      for (int s : created[n]) storages_[std::size_t(s)].offset = arena.allocate(storages_[std::size_t(s)].bytes);
+      for (int s : released[n]) arena.release(storages_[std::size_t(s)].offset, storages_[std::size_t(s)].bytes);
+    }
+    plan_.arena_size = arena.size();
+  }
+
+  // ---- pass 3: steps ---------------------------------------------------------
+
+  float* pointer(const std::string& name) {
+    if (const auto it = values_.find(name); it != values_.end())
+      return reinterpret_cast<float*>(plan_.arena + storages_[std::size_t(it->second.storage)].offset);
+    return upload_floats(name);
+  }
+  const Shape& shape_of(const std::string& name) const {
+    if (const auto it = values_.find(name); it != values_.end()) return it->second.shape;
+    return constant(name).shape;
+  }
+  const HostTensor& constant(const std::string& name) const {
+    const auto it = graph_.initializers.find(name);
+    if (it == graph_.initializers.end()) throw Error(ErrorCode::internal, fmt::format("value '{}' is unknown", name));
+    return it->second;
+  }
+  bool is_constant(const std::string& name) const { return !values_.count(name); }
+
+  void* upload(const void* data, std::int64_t bytes) {
+    void* device = nullptr;
+    check_cuda(cudaMalloc(&device, std::size_t(std::max<std::int64_t>(bytes, 4))), "allocating weights");
+    plan_.weights.push_back(device);
+    check_cuda(cudaMemcpy(device, data, std::size_t(bytes), cudaMemcpyHostToDevice), "uploading weights");
+    plan_.weight_size += bytes;
+    return device;
+  }
+  // An initializer as device floats (integer ones, e.g. Where's condition, converted), once.
+  float* upload_floats(const std::string& name) {
+    if (const auto it = uploaded_.find(name); it != uploaded_.end()) return it->second;
+    const HostTensor& t = constant(name);
+    std::vector<float> converted;
+    if (t.element == Element::i64) converted.assign(t.i.begin(), t.i.end());
+    const std::vector<float>& values = t.element == Element::f32 ? t.f : converted;
+    float* device = static_cast<float*>(upload(values.data(), std::int64_t(values.size()) * 4));
+    uploaded_[name] = device;
+    return device;
+  }
+  const std::vector<std::int64_t>& constant_ints(const onnx::NodeProto& node, int n, int k) const {
+    if (k >= node.input_size() || node.input(k).empty()) refuse_node(node, n, fmt::format("input {} is missing", k));
+    if (!is_constant(node.input(k)))
+      refuse_node(node, n, fmt::format("input {} ('{}') must be a constant", k, node.input(k)));
+    const HostTensor& t = constant(node.input(k));
+    if (t.element != Element::i64) refuse_node(node, n, fmt::format("input {} must be integer", k));
+    return t.i;
+  }
+
+  void add_step(const onnx::NodeProto& node, int n, std::function<void(cudaStream_t)> run) {
+    plan_.steps.push_back({where(node, n), std::move(run)});
+  }
+
+  // `shape` read as the output's index space (numpy broadcasting, aligned right).
+  StridedInput broadcast_input(const onnx::NodeProto& node, int n, const std::string& name, const Shape& out) {
+    const Shape& shape = shape_of(name);
+    if (shape.size() > out.size()) refuse_node(node, n, "an input has more dimensions than the output");
+    StridedInput in;
+    in.data = pointer(name);
+    const Shape strides = contiguous_strides(shape);
+    const std::size_t lead = out.size() - shape.size();
+    for (std::size_t k = 0; k < shape.size(); ++k) in.strides[lead + k] = shape[k] == 1 ? 0 : strides[k];
+    return in;
+  }
+  OutputShape output_shape(const onnx::NodeProto& node, int n, const Shape& shape) const {
+    if (shape.size() > std::size_t(cuda_ops::kMaxRank))
+      refuse_node(node, n, fmt::format("rank {} is more than {}", shape.size(), cuda_ops::kMaxRank));
+    OutputShape o;
+    o.rank = int(shape.size());
+    std::copy(shape.begin(), shape.end(), o.sizes);
+    return o;
+  }
+
+  std::int64_t int_attr(const onnx::NodeProto& node, std::string_view name, std::int64_t fallback) const {
+    for (const auto& a : node.attribute())
+      if (a.name() == name) return a.i();
+    return fallback;
+  }
+  float float_attr(const onnx::NodeProto& node, std::string_view name, float fallback) const {
+    for (const auto& a : node.attribute())
+      if (a.name() == name) return a.f();
+    return fallback;
+  }
+  std::vector<std::int64_t> ints_attr(const onnx::NodeProto& node, std::string_view name,
+                                      std::vector<std::int64_t> fallback) const {
+    for (const auto& a : node.attribute())
+      if (a.name() == name) return {a.ints().begin(), a.ints().end()};
+    return fallback;
+  }
+  std::int64_t axis(const onnx::NodeProto& node, int n, std::int64_t value, std::int64_t rank) const {
+    if (value < -rank || value >= rank) refuse_node(node, n, fmt::format("axis {} out of range", value));
+    return value < 0 ? value + rank : value;
+  }
+
+  void plan_node(const onnx::NodeProto& node, int n) {
+    const std::string& op = node.op_type();
+    static const std::map<std::string, Elementwise> kElementwise = {
+        {"Add", Elementwise::add},         {"Sub", Elementwise::sub},   {"Mul", Elementwise::mul},
+        {"Div", Elementwise::div},         {"Pow", Elementwise::pow},   {"Where", Elementwise::where},
+        {"Sigmoid", Elementwise::sigmoid}, {"Erf", Elementwise::erf},   {"Sqrt", Elementwise::sqrt},
+        {"Tanh", Elementwise::tanh},       {"Relu", Elementwise::relu}, {"Neg", Elementwise::neg},
+        {"Expand", Elementwise::copy}};
+    if (aliases_input(op) && values_.count(node.input(0)) &&
+        values_[node.input(0)].storage == values_[node.output(0)].storage)
+      return;  // a view of its input: no work
+    if (const auto it = kElementwise.find(op); it != kElementwise.end()) return plan_elementwise(node, n, it->second);
+    if (op == "MatMul") return plan_matmul(node, n);
+    if (op == "Gemm") return plan_gemm(node, n);
+    if (op == "Conv") return plan_conv(node, n);
+    if (op == "Softmax") return plan_softmax(node, n);
+    if (op == "LayerNormalization") return plan_layer_norm(node, n);
+    if (op == "ReduceMean") return plan_reduce_mean(node, n);
+    if (op == "Transpose") return plan_transpose(node, n);
+    if (op == "Slice") return plan_slice(node, n);
+    if (op == "Gather") return plan_gather(node, n);
+    if (op == "Concat") return plan_concat(node, n);
+    refuse_node(node, n, "operator not implemented");
+  }
+
+  void plan_elementwise(const onnx::NodeProto& node, int n, Elementwise op) {
+    const Shape& out_shape = values_.at(node.output(0)).shape;
+    const OutputShape shape = output_shape(node, n, out_shape);
+    StridedInput in[3];
+    if (op == Elementwise::where) {
+      // ONNX's Where(condition, X, Y) is the kernel's c ? a : b.
+      in[2] = broadcast_input(node, n, node.input(0), out_shape);
+      in[0] = broadcast_input(node, n, node.input(1), out_shape);
+      in[1] = broadcast_input(node, n, node.input(2), out_shape);
+    } else {
+      // Expand's second input is the target shape, not an operand.
+      const int operands = op == Elementwise::copy ? 1 : node.input_size();
+      for (int k = 0; k < operands && k < 3; ++k) in[k] = broadcast_input(node, n, node.input(k), out_shape);
+    }
+    float* out = pointer(node.output(0));
+    add_step(node, n, [=](cudaStream_t stream) {
+      check_cuda(cuda_ops::elementwise(op, shape, in[0], in[1], in[2], out, stream), "elementwise");
+    });
+  }
+
+  // Row-major C[M,N] = A[M,K] B[K,N] as cuBLAS's column-major C^T = B^T A^T.
+  void gemm(cudaStream_t stream, bool trans_a, bool trans_b, std::int64_t m, std::int64_t nn, std::int64_t k,
+            float alpha, const float* a, std::int64_t stride_a, const float* b, std::int64_t stride_b, float beta,
+            float* c, std::int64_t batch) const {
+    (void)stream;
+    const float* alpha_p = &alpha;
+    const float* beta_p = &beta;
+    check_blas(cublasGemmStridedBatchedEx(plan_.blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                          trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, int(nn), int(m), int(k), alpha_p, b,
+                                          CUDA_R_32F, int(trans_b ? k : nn), stride_b, a, CUDA_R_32F,
+                                          int(trans_a ? m : k), stride_a, beta_p, c, CUDA_R_32F, int(nn), m * nn,
+                                          int(batch), plan_.compute, CUBLAS_GEMM_DEFAULT),
+               "GEMM");
+  }
+
+  void plan_matmul(const onnx::NodeProto& node, int n) {
+    Shape a = shape_of(node.input(0)), b = shape_of(node.input(1));
+    if (a.size() == 1) a.insert(a.begin(), 1);
+    if (b.size() == 1) b.push_back(1);
+    const std::int64_t m = a[a.size() - 2], k = a.back(), nn = b.back();
+    if (b[b.size() - 2] != k) refuse_node(node, n, "inner dimensions differ");
+    const Shape a_batch(a.begin(), a.end() - 2), b_batch(b.begin(), b.end() - 2);
+    const Shape& out = values_.at(node.output(0)).shape;
+    const std::int64_t batch = count(out) / std::max<std::int64_t>(m * nn, 1);
+    auto batch_stride = [&](const Shape& operand_batch, std::int64_t matrix) -> std::int64_t {
+      const std::int64_t c = count(operand_batch);
+      if (c == 1) return 0;
+      if (c == batch) return matrix;  // the same batch dims as the output's (broadcast shapes equal in count)
+      refuse_node(node, n, fmt::format("batch dimensions [{}] and [{}] broadcast partly", fmt::join(operand_batch, ", "),
+                                       fmt::join(b_batch, ", ")));
+    };
+    const std::int64_t stride_a = batch_stride(a_batch, m * k), stride_b = batch_stride(b_batch, k * nn);
+    const float* pa = pointer(node.input(0));
+    const float* pb = pointer(node.input(1));
+    float* pc = pointer(node.output(0));
+    if (stride_b == 0 && stride_a != 0) {  // a weight: one GEMM over every row of the batch
+      add_step(node, n, [=, this](cudaStream_t s) { gemm(s, false, false, m * batch, nn, k, 1.0f, pa, 0, pb, 0, 0.0f, pc, 1); });
+      return;
+    }
+    add_step(node, n, [=, this](cudaStream_t s) {
+      gemm(s, false, false, m, nn, k, 1.0f, pa, stride_a, pb, stride_b, 0.0f, pc, batch);
+    });
+  }
+
+  void plan_gemm(const onnx::NodeProto& node, int n) {
+    const Shape& a = shape_of(node.input(0));
+    const Shape& b = shape_of(node.input(1));
+    if (a.size() != 2 || b.size() != 2) refuse_node(node, n, "A and B must be matrices");
+    const bool trans_a = int_attr(node, "transA", 0) != 0, trans_b = int_attr(node, "transB", 0) != 0;
+    const float alpha = float_attr(node, "alpha", 1.0f);
+    float beta = float_attr(node, "beta", 1.0f);
+    const std::int64_t m = trans_a ? a[1] : a[0], k = trans_a ? a[0] : a[1], nn = trans_b ? b[0] : b[1];
+    const Shape& out = values_.at(node.output(0)).shape;
+    float* pc = pointer(node.output(0));
+    if (node.input_size() > 2 && !node.input(2).empty() && beta != 0.0f) {
+      const OutputShape shape = output_shape(node, n, out);
+      const StridedInput bias = broadcast_input(node, n, node.input(2), out);
+      add_step(node, n, [=](cudaStream_t stream) {
+        check_cuda(cuda_ops::elementwise(Elementwise::copy, shape, bias, {}, {}, pc, stream), "Gemm's C");
+      });
+    } else {
+      beta = 0.0f;
+    }
+    const float* pa = pointer(node.input(0));
+    const float* pb = pointer(node.input(1));
+    add_step(node, n, [=, this](cudaStream_t s) { gemm(s, trans_a, trans_b, m, nn, k, alpha, pa, 0, pb, 0, beta, pc, 1); });
+  }
+
+  cuda_ops::Im2col conv_shape(const onnx::NodeProto& node, int n) const {
+    const Shape& x = shape_of(node.input(0));
+    const Shape& w = shape_of(node.input(1));
+    if (x.size() != 4 || w.size() != 4) refuse_node(node, n, "only 2-D convolutions run");
+    const std::int64_t groups = int_attr(node, "group", 1);
+    if (groups < 1 || x[1] % groups != 0 || w[1] * groups != x[1]) refuse_node(node, n, "channels do not split into groups");
+    const auto strides = ints_attr(node, "strides", {1, 1}), dilations = ints_attr(node, "dilations", {1, 1}),
+               pads = ints_attr(node, "pads", {0, 0, 0, 0});
+    if (strides.size() != 2 || dilations.size() != 2 || pads.size() != 4) refuse_node(node, n, "bad attributes");
+    const Shape& out = values_.at(node.output(0)).shape;
+    return {int(x[1] / groups), int(x[2]), int(x[3]), int(w[2]), int(w[3]), int(strides[0]), int(strides[1]), int(pads[0]),
+            int(pads[1]), int(dilations[0]), int(dilations[1]), int(out[2]), int(out[3])};
+  }
+  std::int64_t conv_columns(const onnx::NodeProto& node, int n) const {
+    const cuda_ops::Im2col s = conv_shape(node, n);
+    return std::int64_t(s.channels) * s.kernel_h * s.kernel_w * s.out_h * s.out_w;
+  }
+
+  void plan_conv(const onnx::NodeProto& node, int n) {
+    const cuda_ops::Im2col s = conv_shape(node, n);
+    const Shape& x = shape_of(node.input(0));
+    const Shape& out = values_.at(node.output(0)).shape;
+    const std::int64_t groups = int_attr(node, "group", 1);
+    const std::int64_t images = x[0], group_out = out[1] / groups, pixels = std::int64_t(s.out_h) * s.out_w,
+                       patch = std::int64_t(s.channels) * s.kernel_h * s.kernel_w;
+    const float* px = pointer(node.input(0));
+    const float* pw = pointer(node.input(1));
+    float* columns = reinterpret_cast<float*>(plan_.arena + storages_[std::size_t(workspace_.at(n))].offset);
+    float* py = pointer(node.output(0));
+    const std::int64_t group_in = std::int64_t(s.channels) * s.height * s.width;
+    add_step(node, n, [=, this](cudaStream_t stream) {
+      for (std::int64_t i = 0; i < images; ++i)
+        for (std::int64_t g = 0; g < groups; ++g) {
+          check_cuda(cuda_ops::im2col(s, px + (i * groups + g) * group_in, columns, stream), "im2col");
+          // out[M, P] = W[M, patch] columns[patch, P], M the group's output channels
+          gemm(stream, false, false, group_out, pixels, patch, 1.0f, pw + g * group_out * patch, 0, columns, 0, 0.0f,
+               py + (i * groups + g) * group_out * pixels, 1);
+        }
+    });
+    if (node.input_size() > 2 && !node.input(2).empty()) {
+      const OutputShape shape = output_shape(node, n, out);
+      StridedInput y;
+      y.data = py;
+      const Shape strides = contiguous_strides(out);
+      std::copy(strides.begin(), strides.end(), y.strides);
+      StridedInput bias;
+      bias.data = pointer(node.input(2));
+      bias.strides[1] = 1;  // [M] along the channel axis
+      add_step(node, n, [=](cudaStream_t stream) {
+        check_cuda(cuda_ops::elementwise(Elementwise::add, shape, y, bias, {}, py, stream), "Conv's bias");
+      });
+    }
+  }
+
+  void plan_softmax(const onnx::NodeProto& node, int n) {
+    const Shape& x = shape_of(node.input(0));
+    const std::int64_t a = axis(node, n, int_attr(node, "axis", -1), std::int64_t(x.size()));
+    const std::int64_t outer = count(Shape(x.begin(), x.begin() + a)), length = x[std::size_t(a)],
+                       inner = count(Shape(x.begin() + a + 1, x.end()));
+    const float* in = pointer(node.input(0));
+    float* out = pointer(node.output(0));
+    add_step(node, n, [=](cudaStream_t stream) {
+      check_cuda(cuda_ops::softmax_axis(in, outer, length, inner, out, stream), "softmax");
+    });
+  }
+
+  void plan_layer_norm(const onnx::NodeProto& node, int n) {
+    const Shape& x = shape_of(node.input(0));
+    const std::int64_t a = axis(node, n, int_attr(node, "axis", -1), std::int64_t(x.size()));
+    const std::int64_t cols = count(Shape(x.begin() + a, x.end())), rows = count(x) / std::max<std::int64_t>(cols, 1);
+    if (node.input_size() < 2 || count(shape_of(node.input(1))) != cols)
+      refuse_node(node, n, "Scale must hold one value per normalized element");
+    const bool has_bias = node.input_size() > 2 && !node.input(2).empty();
+    if (has_bias && count(shape_of(node.input(2))) != cols) refuse_node(node, n, "B must hold one value per normalized element");
+    const float eps = float_attr(node, "epsilon", 1e-5f);
+    const float* in = pointer(node.input(0));
+    const float* scale = pointer(node.input(1));
+    const float* bias = has_bias ? pointer(node.input(2)) : nullptr;
+    float* out = pointer(node.output(0));
+    add_step(node, n, [=](cudaStream_t stream) {
+      check_cuda(cuda_ops::layer_norm_rows(in, scale, bias, rows, cols, eps, out, stream), "layer_norm");
+    });
+  }
+
+  void plan_reduce_mean(const onnx::NodeProto& node, int n) {
+    const Shape& x = shape_of(node.input(0));
+    const std::int64_t rank = std::int64_t(x.size());
+    std::vector<std::int64_t> axes = ints_attr(node, "axes", {});
+    if (axes.empty()) axes.resize(std::size_t(rank)), std::iota(axes.begin(), axes.end(), 0);
+    for (auto& v : axes) v = axis(node, n, v, rank);
+    std::sort(axes.begin(), axes.end());
+    for (std::size_t k = 0; k < axes.size(); ++k)
+      if (axes[k] != rank - std::int64_t(axes.size()) + std::int64_t(k))
+        refuse_node(node, n, "only a mean over the trailing axes is implemented");
+    const std::int64_t cols = count(Shape(x.end() - std::ptrdiff_t(axes.size()), x.end())),
+                       rows = count(x) / std::max<std::int64_t>(cols, 1);
+    const float* in = pointer(node.input(0));
+    float* out = pointer(node.output(0));
+    add_step(node, n, [=](cudaStream_t stream) { check_cuda(cuda_ops::mean_rows(in, rows, cols, out, stream), "mean"); });
+  }
+
+  void plan_transpose(const onnx::NodeProto& node, int n) {
+    const Shape& x = shape_of(node.input(0));
+    std::vector<std::int64_t> reversed(x.size());
+    std::iota(reversed.rbegin(), reversed.rend(), 0);
+    const std::vector<std::int64_t> perm = ints_attr(node, "perm", reversed);
+    const Shape& out = values_.at(node.output(0)).shape;
+    const OutputShape shape = output_shape(node, n, out);
+    if (perm.size() != x.size()) refuse_node(node, n, "perm does not match the rank");
+    const Shape strides = contiguous_strides(x);
+    StridedInput in;
+    in.data = pointer(node.input(0));
+    for (std::size_t k = 0; k < perm.size(); ++k) in.strides[k] = strides[std::size_t(axis(node, n, perm[k], std::int64_t(x.size())))];
+    float* py = pointer(node.output(0));
+    add_step(node, n, [=](cudaStream_t stream) {
+      check_cuda(cuda_ops::elementwise(Elementwise::copy, shape, in, {}, {}, py, stream), "transpose");
+    });
+  }
+
+  void plan_slice(const onnx::NodeProto& node, int n) {
+    const Shape& x = shape_of(node.input(0));
+    const std::int64_t rank = std::int64_t(x.size());
+    const auto& starts = constant_ints(node, n, 1);
+    const auto& ends = constant_ints(node, n, 2);
+    std::vector<std::int64_t> axes(starts.size()), steps(starts.size(), 1);
+    std::iota(axes.begin(), axes.end(), 0);
+    if (node.input_size() > 3 && !node.input(3).empty()) axes = constant_ints(node, n, 3);
+    if (node.input_size() > 4 && !node.input(4).empty()) steps = constant_ints(node, n, 4);
+    if (ends.size() != starts.size() || axes.size() != starts.size() || steps.size() != starts.size())
+      refuse_node(node, n, "starts, ends, axes and steps differ in length");
+    const Shape& out = values_.at(node.output(0)).shape;
+    const OutputShape shape = output_shape(node, n, out);
+    const Shape strides = contiguous_strides(x);
+    StridedInput in;
+    in.data = pointer(node.input(0));
+    for (std::size_t k = 0; k < x.size(); ++k) in.strides[k] = strides[k];
+    for (std::size_t j = 0; j < starts.size(); ++j) {
+      const std::int64_t a = axis(node, n, axes[j], rank), d = x[std::size_t(a)], step = steps[j];
+      if (step == 0) refuse_node(node, n, "a step of 0");
+      std::int64_t start = starts[j] < 0 ? starts[j] + d : starts[j];
+      start = step > 0 ? std::clamp<std::int64_t>(start, 0, d) : std::clamp<std::int64_t>(start, 0, d - 1);
+      in.offset += start * strides[std::size_t(a)];
+      in.strides[a] = strides[std::size_t(a)] * step;
+    }
+    float* py = pointer(node.output(0));
+    add_step(node, n, [=](cudaStream_t stream) {
+      check_cuda(cuda_ops::elementwise(Elementwise::copy, shape, in, {}, {}, py, stream), "slice");
+    });
+  }
+
+  void plan_gather(const onnx::NodeProto& node, int n) {
+    const Shape& x = shape_of(node.input(0));
+    const std::int64_t a = axis(node, n, int_attr(node, "axis", 0), std::int64_t(x.size()));
+    std::vector<std::int64_t> indices = constant_ints(node, n, 1);
+    const std::int64_t size = x[std::size_t(a)];
+    for (auto& i : indices) {
+      if (i < -size || i >= size) refuse_node(node, n, fmt::format("index {} is out of range for {}", i, size));
+      if (i < 0) i += size;
+    }
+    const std::int64_t outer = count(Shape(x.begin(), x.begin() + a)), inner = count(Shape(x.begin() + a + 1, x.end()));
+    const std::int64_t* device_indices =
+        static_cast<const std::int64_t*>(upload(indices.data(), std::int64_t(indices.size()) * 8));
+    const float* in = pointer(node.input(0));
+    float* out = pointer(node.output(0));
+    const std::int64_t index_count = std::int64_t(indices.size());
+    add_step(node, n, [=](cudaStream_t stream) {
+      check_cuda(cuda_ops::gather_axis(in, device_indices, outer, size, index_count, inner, out, stream), "gather");
+    });
+  }
+
+  void plan_concat(const onnx::NodeProto& node, int n) {
+    const Shape& out = values_.at(node.output(0)).shape;
+    const std::int64_t a = axis(node, n, int_attr(node, "axis", 0), std::int64_t(out.size()));
+    const std::int64_t outer = count(Shape(out.begin(), out.begin() + a)),
+                       inner = count(Shape(out.begin() + a + 1, out.end()));
+    float* py = pointer(node.output(0));
+    std::int64_t at = 0;
+    for (const auto& name : node.input()) {
+      const std::int64_t length = shape_of(name)[std::size_t(a)];
+      const float* src = pointer(name);
+      float* dst = py + at * inner;
+      const std::size_t width = std::size_t(length * inner) * 4, dst_pitch = std::size_t(out[std::size_t(a)] * inner) * 4;
+      if (width > 0)
+        add_step(node, n, [=](cudaStream_t stream) {
+          check_cuda(cudaMemcpy2DAsync(dst, dst_pitch, src, width, width, std::size_t(outer), cudaMemcpyDeviceToDevice, stream),
+                     "concat");
+        });
+      at += length;
+    }
+  }
+
+  const Graph& graph_;
+  CudaExecutor::Plan& plan_;
+  std::vector<Storage> storages_;
+  std::map<std::string, Value> values_;   // computed values (and inputs)
+  std::map<int, int> workspace_;          // Conv node -> its im2col columns' storage
+  std::map<std::string, float*> uploaded_;
+};
+
+}  // namespace
+
+CudaExecutor::CudaExecutor(std::unique_ptr<Plan> plan) : plan_(std::move(plan)) {}
+CudaExecutor::~CudaExecutor() = default;
+
+Result<std::unique_ptr<CudaExecutor>> CudaExecutor::create(const Graph& graph, Precision precision) {
+  return guard_result<std::unique_ptr<CudaExecutor>>([&] {
+    auto plan = std::make_unique<Plan>();
+    check_blas(cublasCreate(&plan->blas), "cublasCreate");
+    constexpr std::size_t kBlasWorkspace = std::size_t(32) << 20;  // what cuBLAS asks for on Hopper
+    check_cuda(cudaMalloc(&plan->blas_workspace, kBlasWorkspace), "allocating cuBLAS's workspace");
+    check_blas(cublasSetWorkspace(plan->blas, plan->blas_workspace, kBlasWorkspace), "cublasSetWorkspace");
+    plan->compute = precision == Precision::f32 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_16BF;
+    Planner(graph, *plan).build();
+    return std::unique_ptr<CudaExecutor>(new CudaExecutor(std::move(plan)));
+  });
+}
+
+float* CudaExecutor::input(std::size_t k) const { return plan_->inputs.at(k); }
+const float* CudaExecutor::output(std::size_t k) const { return plan_->outputs.at(k); }
+std::int64_t CudaExecutor::arena_bytes() const { return plan_->arena_size; }
+std::int64_t CudaExecutor::weight_bytes() const { return plan_->weight_size; }
+
+Status CudaExecutor::run(void* stream_handle) {
+  return guard([&] {
+    const auto stream = static_cast<cudaStream_t>(stream_handle);
+    check_blas(cublasSetStream(plan_->blas, stream), "cublasSetStream");
+    if (stream == nullptr) {  // the legacy default stream cannot be captured
+      plan_->enqueue(stream);
+      return;
+    }
+    if (plan_->graph == nullptr) {
+      check_cuda(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "starting the graph's capture");
+      cudaGraph_t graph = nullptr;
+      try {
+        plan_->enqueue(stream);
+      } catch (...) {
+        if (cudaStreamEndCapture(stream, &graph) == cudaSuccess && graph != nullptr) cudaGraphDestroy(graph);
+        throw;
+      }
+      check_cuda(cudaStreamEndCapture(stream, &graph), "capturing the graph");
+      const cudaError_t instantiated = cudaGraphInstantiate(&plan_->graph, graph, 0);
+      cudaGraphDestroy(graph);
+      check_cuda(instantiated, "instantiating the graph");
+    }
+    check_cuda(cudaGraphLaunch(plan_->graph, stream), "launching the graph");
+  });
+}
+
+Status CudaExecutor::set_input(std::size_t k, std::span<const float> values, void* stream) {
+  return guard([&] {
+    if (k >= plan_->inputs.size() || std::int64_t(values.size()) != plan_->input_sizes[k])
+      throw Error(ErrorCode::invalid_argument, fmt::format("input {} takes {} values, got {}", k,
+                                                           k < plan_->inputs.size() ? plan_->input_sizes[k] : 0,
+                                                           values.size()));
+    check_cuda(cudaMemcpyAsync(plan_->inputs[k], values.data(), values.size() * 4, cudaMemcpyHostToDevice,
+                               static_cast<cudaStream_t>(stream)),
+               "copying an input");
+  });
+}
+
+Status CudaExecutor::copy_output(std::size_t k, DType dtype, void* out, void* stream_handle) const {
+  return guard([&] {
+    if (k >= plan_->outputs.size()) throw Error(ErrorCode::invalid_argument, fmt::format("no output {}", k));
+    const auto stream = static_cast<cudaStream_t>(stream_handle);
+    const std::int64_t n = plan_->output_sizes[k];
+    if (dtype == DType::f32)
+      check_cuda(cudaMemcpyAsync(out, plan_->outputs[k], std::size_t(n) * 4, cudaMemcpyDeviceToDevice, stream),
+                 "copying an output");
+    else if (dtype == DType::bf16 || dtype == DType::f16)
+      check_cuda(cuda_ops::convert_f32(plan_->outputs[k], n, dtype == DType::bf16 ? 1 : 2, out, stream),
+                 "converting an output");
+    else
+      throw Error(ErrorCode::invalid_argument, "outputs are written as f32, bf16 or f16");
+  });
+}
+
+}  // namespace hostrun::onnx_vision

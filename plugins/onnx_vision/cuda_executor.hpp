@@ -1,0 +1,63 @@
+// Runs a loaded ONNX graph (graph.hpp) on a CUDA GPU: planned once at load
+// (every value's device memory in one arena, reused once its last reader has
+// run; Reshape-like nodes alias their input; the weights uploaded), then
+// enqueued node by node on the caller's stream with cuBLAS for MatMul, Gemm
+// and Conv and the kernels of cuda_ops.hpp for the rest. Activations are f32;
+// GEMMs take their operands as bf16 on the tensor cores with f32
+// accumulation (Precision::bf16_tensor_cores) or stay f32 throughout
+// (Precision::f32, what the tests compare with the CPU executor).
+//
+// What cannot run is refused at load naming the node, its operator and the
+// opset: integer values computed from the image (the CPU executor's int64
+// path; constant folding leaves none in a ViT export), MatMul batch
+// broadcasting other than one side's batch being all ones, Conv other than
+// 2-D, ReduceMean other than over the trailing axes, Slice / Gather with
+// computed starts or indices.
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "hostrun/tensor.hpp"
+#include "onnx_vision/graph.hpp"
+
+namespace hostrun::onnx_vision {
+
+enum class Precision { bf16_tensor_cores, f32 };
+
+class CudaExecutor {
+ public:
+  // Plans `graph` for the current CUDA device; the graph may be dropped after.
+  static Result<std::unique_ptr<CudaExecutor>> create(const Graph& graph, Precision precision);
+  ~CudaExecutor();
+  CudaExecutor(const CudaExecutor&) = delete;
+  CudaExecutor& operator=(const CudaExecutor&) = delete;
+
+  // Device memory of the graph's inputs and outputs (f32, contiguous, the
+  // shapes of Graph::inputs / outputs, in their order): the caller fills the
+  // inputs and reads the outputs on the stream it runs on.
+  float* input(std::size_t k) const;
+  const float* output(std::size_t k) const;
+  std::int64_t arena_bytes() const;   // activations (reused across nodes)
+  std::int64_t weight_bytes() const;  // the uploaded initializers
+
+  // Enqueues every node on `stream` (a cudaStream_t). The first run on a
+  // stream other than the legacy default (nullptr) captures the nodes as a
+  // CUDA graph; every later one launches that graph. Errors name the node.
+  Status run(void* stream);
+  // Host floats into input k (its whole size), enqueued on `stream`; the
+  // host memory may be reused when it returns.
+  Status set_input(std::size_t k, std::span<const float> values, void* stream);
+  // Output k into `out` (device memory of its size) as f32, bf16 or f16.
+  Status copy_output(std::size_t k, DType dtype, void* out, void* stream) const;
+
+  struct Plan;  // defined in cuda_executor.cpp
+
+ private:
+  explicit CudaExecutor(std::unique_ptr<Plan> plan);
+  std::unique_ptr<Plan> plan_;
+};
+
+}  // namespace hostrun::onnx_vision

@@ -1,0 +1,256 @@
+#include "onnx_vision/cuda_ops.hpp"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+
+namespace hostrun::onnx_vision::cuda_ops {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+int blocks_for(std::int64_t n) { return int(std::min<std::int64_t>((n + kThreads - 1) / kThreads, 65535 * 8)); }
+
+struct Operands {
+  StridedInput in[3];
+  OutputShape shape;
+};
+
+__device__ __forceinline__ float apply(Elementwise op, float a, float b, float c) {
+  switch (op) {
+    case Elementwise::copy: return a;
+    case Elementwise::add: return a + b;
+    case Elementwise::sub: return a - b;
+    case Elementwise::mul: return a * b;
+    case Elementwise::div: return a / b;
+    case Elementwise::pow: return powf(a, b);
+    case Elementwise::where: return c != 0.0f ? a : b;
+    case Elementwise::sigmoid: return 1.0f / (1.0f + expf(-a));
+    case Elementwise::erf: return erff(a);
+    case Elementwise::sqrt: return sqrtf(a);
+    case Elementwise::tanh: return tanhf(a);
+    case Elementwise::relu: return fmaxf(a, 0.0f);
+    case Elementwise::neg: return -a;
+  }
+  return a;
+}
+
+// Operands read: a always, b for the binary ops and where, c for where.
+__global__ void elementwise_kernel(Elementwise op, int operands, Operands o, float* __restrict__ out, std::int64_t n) {
+  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += std::int64_t(gridDim.x) * blockDim.x) {
+    std::int64_t at[3] = {o.in[0].offset, o.in[1].offset, o.in[2].offset};
+    std::int64_t rest = i;
+    for (int k = o.shape.rank - 1; k >= 0; --k) {
+      const std::int64_t size = o.shape.sizes[k];
+      const std::int64_t index = rest % size;
+      rest /= size;
+      for (int j = 0; j < operands; ++j) at[j] += index * o.in[j].strides[k];
+    }
+    const float a = o.in[0].data[at[0]];
+    const float b = operands > 1 ? o.in[1].data[at[1]] : 0.0f;
+    const float c = operands > 2 ? o.in[2].data[at[2]] : 0.0f;
+    out[i] = apply(op, a, b, c);
+  }
+}
+
+// Every operand contiguous in the output's order: no index arithmetic.
+__global__ void elementwise_flat_kernel(Elementwise op, int operands, const float* __restrict__ a,
+                                        const float* __restrict__ b, const float* __restrict__ c,
+                                        float* __restrict__ out, std::int64_t n) {
+  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += std::int64_t(gridDim.x) * blockDim.x)
+    out[i] = apply(op, a[i], operands > 1 ? b[i] : 0.0f, operands > 2 ? c[i] : 0.0f);
+}
+
+bool contiguous(const StridedInput& in, const OutputShape& shape) {
+  if (in.offset != 0) return false;
+  std::int64_t stride = 1;
+  for (int k = shape.rank - 1; k >= 0; --k) {
+    if (shape.sizes[k] != 1 && in.strides[k] != stride) return false;
+    stride *= shape.sizes[k];
+  }
+  return true;
+}
+
+// Sum over the block; every thread gets it. `scratch` holds 32 floats.
+__device__ float block_sum(float v, float* scratch) {
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();  // scratch may still be read from a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < int(blockDim.x / 32) ? scratch[lane] : 0.0f;
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+__device__ float block_max(float v, float* scratch) {
+  for (int offset = 16; offset > 0; offset /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < int(blockDim.x / 32) ? scratch[lane] : -INFINITY;
+  for (int offset = 16; offset > 0; offset /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+// One block per (outer, inner) row; its elements `inner` apart.
+__global__ void softmax_kernel(const float* __restrict__ in, std::int64_t length, std::int64_t inner,
+                               float* __restrict__ out) {
+  __shared__ float scratch[32];
+  const std::int64_t o = blockIdx.x / inner, i = blockIdx.x % inner;
+  const float* row = in + o * length * inner + i;
+  float* dst = out + o * length * inner + i;
+  float m = -INFINITY;
+  for (std::int64_t j = threadIdx.x; j < length; j += blockDim.x) m = fmaxf(m, row[j * inner]);
+  m = block_max(m, scratch);
+  float s = 0.0f;
+  for (std::int64_t j = threadIdx.x; j < length; j += blockDim.x) s += expf(row[j * inner] - m);
+  s = block_sum(s, scratch);
+  const float inv = 1.0f / s;
+  for (std::int64_t j = threadIdx.x; j < length; j += blockDim.x) dst[j * inner] = expf(row[j * inner] - m) * inv;
+}
+
+__global__ void layer_norm_kernel(const float* __restrict__ in, const float* __restrict__ scale,
+                                  const float* __restrict__ bias, std::int64_t cols, float eps,
+                                  float* __restrict__ out) {
+  __shared__ float scratch[32];
+  const float* row = in + blockIdx.x * cols;
+  float* dst = out + blockIdx.x * cols;
+  float s = 0.0f;
+  for (std::int64_t j = threadIdx.x; j < cols; j += blockDim.x) s += row[j];
+  const float mean = block_sum(s, scratch) / float(cols);
+  float q = 0.0f;
+  for (std::int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
+    const float d = row[j] - mean;
+    q += d * d;
+  }
+  const float inv = rsqrtf(block_sum(q, scratch) / float(cols) + eps);
+  for (std::int64_t j = threadIdx.x; j < cols; j += blockDim.x)
+    dst[j] = (row[j] - mean) * inv * scale[j] + (bias ? bias[j] : 0.0f);
+}
+
+__global__ void mean_kernel(const float* __restrict__ in, std::int64_t cols, float* __restrict__ out) {
+  __shared__ float scratch[32];
+  const float* row = in + blockIdx.x * cols;
+  float s = 0.0f;
+  for (std::int64_t j = threadIdx.x; j < cols; j += blockDim.x) s += row[j];
+  s = block_sum(s, scratch);
+  if (threadIdx.x == 0) out[blockIdx.x] = s / float(cols);
+}
+
+__global__ void gather_kernel(const float* __restrict__ in, const std::int64_t* __restrict__ indices,
+                              std::int64_t axis_size, std::int64_t index_count, std::int64_t inner,
+                              float* __restrict__ out, std::int64_t n) {
+  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += std::int64_t(gridDim.x) * blockDim.x) {
+    const std::int64_t e = i % inner, j = (i / inner) % index_count, outer = i / (inner * index_count);
+    out[i] = in[(outer * axis_size + indices[j]) * inner + e];
+  }
+}
+
+__global__ void im2col_kernel(Im2col s, const float* __restrict__ image, float* __restrict__ columns, std::int64_t n) {
+  const std::int64_t pixels = std::int64_t(s.out_h) * s.out_w;
+  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += std::int64_t(gridDim.x) * blockDim.x) {
+    const std::int64_t p = i % pixels, row = i / pixels;  // row: (channel, ky, kx)
+    const int kx = int(row % s.kernel_w), ky = int((row / s.kernel_w) % s.kernel_h),
+              ch = int(row / (s.kernel_w * s.kernel_h));
+    const int oy = int(p / s.out_w), ox = int(p % s.out_w);
+    const int y = oy * s.stride_h - s.pad_top + ky * s.dilation_h;
+    const int x = ox * s.stride_w - s.pad_left + kx * s.dilation_w;
+    columns[i] = (y >= 0 && y < s.height && x >= 0 && x < s.width)
+                     ? image[(std::int64_t(ch) * s.height + y) * s.width + x]
+                     : 0.0f;
+  }
+}
+
+template <typename T>
+__global__ void convert_kernel(const float* __restrict__ in, std::int64_t n, T* __restrict__ out) {
+  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += std::int64_t(gridDim.x) * blockDim.x) {
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) out[i] = __float2bfloat16_rn(in[i]);
+    else out[i] = __float2half_rn(in[i]);
+  }
+}
+
+int operand_count(Elementwise op) {
+  switch (op) {
+    case Elementwise::add: case Elementwise::sub: case Elementwise::mul: case Elementwise::div:
+    case Elementwise::pow: return 2;
+    case Elementwise::where: return 3;
+    default: return 1;
+  }
+}
+
+}  // namespace
+
+cudaError_t elementwise(Elementwise op, const OutputShape& shape, const StridedInput& a, const StridedInput& b,
+                        const StridedInput& c, float* out, cudaStream_t stream) {
+  const std::int64_t n = shape.count();
+  if (n == 0) return cudaSuccess;
+  const int operands = operand_count(op);
+  const StridedInput* in[3] = {&a, &b, &c};
+  bool flat = true;
+  for (int j = 0; j < operands; ++j) flat = flat && contiguous(*in[j], shape);
+  if (flat) {
+    elementwise_flat_kernel<<<blocks_for(n), kThreads, 0, stream>>>(op, operands, a.data, b.data, c.data, out, n);
+  } else {
+    Operands o{{a, b, c}, shape};
+    elementwise_kernel<<<blocks_for(n), kThreads, 0, stream>>>(op, operands, o, out, n);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t softmax_axis(const float* in, std::int64_t outer, std::int64_t length, std::int64_t inner, float* out,
+                         cudaStream_t stream) {
+  if (outer * inner == 0) return cudaSuccess;
+  softmax_kernel<<<unsigned(outer * inner), kThreads, 0, stream>>>(in, length, inner, out);
+  return cudaGetLastError();
+}
+
+cudaError_t layer_norm_rows(const float* in, const float* scale, const float* bias, std::int64_t rows,
+                            std::int64_t cols, float eps, float* out, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  layer_norm_kernel<<<unsigned(rows), kThreads, 0, stream>>>(in, scale, bias, cols, eps, out);
+  return cudaGetLastError();
+}
+
+cudaError_t mean_rows(const float* in, std::int64_t rows, std::int64_t cols, float* out, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  mean_kernel<<<unsigned(rows), kThreads, 0, stream>>>(in, cols, out);
+  return cudaGetLastError();
+}
+
+cudaError_t gather_axis(const float* in, const std::int64_t* indices, std::int64_t outer, std::int64_t axis_size,
+                        std::int64_t index_count, std::int64_t inner, float* out, cudaStream_t stream) {
+  const std::int64_t n = outer * index_count * inner;
+  if (n == 0) return cudaSuccess;
+  gather_kernel<<<blocks_for(n), kThreads, 0, stream>>>(in, indices, axis_size, index_count, inner, out, n);
+  return cudaGetLastError();
+}
+
+cudaError_t im2col(const Im2col& shape, const float* image, float* columns, cudaStream_t stream) {
+  const std::int64_t n =
+      std::int64_t(shape.channels) * shape.kernel_h * shape.kernel_w * shape.out_h * shape.out_w;
+  if (n == 0) return cudaSuccess;
+  im2col_kernel<<<blocks_for(n), kThreads, 0, stream>>>(shape, image, columns, n);
+  return cudaGetLastError();
+}
+
+cudaError_t convert_f32(const float* in, std::int64_t count, int to, void* out, cudaStream_t stream) {
+  if (count == 0) return cudaSuccess;
+  if (to == 1)
+    convert_kernel<<<blocks_for(count), kThreads, 0, stream>>>(in, count, static_cast<__nv_bfloat16*>(out));
+  else
+    convert_kernel<<<blocks_for(count), kThreads, 0, stream>>>(in, count, static_cast<__half*>(out));
+  return cudaGetLastError();
+}
+
+}  // namespace hostrun::onnx_vision::cuda_ops

@@ -1,0 +1,73 @@
+// The CUDA kernels of onnx_vision's CUDA executor (cuda_executor.hpp), f32
+// in and out, each the device twin of an operator of cpu_executor.cpp, which
+// is their reference: ctest onnx_vision_cuda runs graphs through both.
+// GEMMs are not here: the executor calls cuBLAS for MatMul, Gemm and Conv.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace hostrun::onnx_vision::cuda_ops {
+
+inline constexpr int kMaxRank = 6;
+
+// A tensor read through strides: element (i0, ..., i{rank-1}) of the output's
+// index space is at data[offset + sum(i_k * strides[k])]. A broadcast
+// dimension has stride 0; a transpose permutes strides; a slice scales them.
+struct StridedInput {
+  const float* data = nullptr;
+  std::int64_t offset = 0;
+  std::int64_t strides[kMaxRank] = {};
+};
+
+struct OutputShape {
+  int rank = 0;
+  std::int64_t sizes[kMaxRank] = {};
+  std::int64_t count() const {
+    std::int64_t n = 1;
+    for (int k = 0; k < rank; ++k) n *= sizes[k];
+    return n;
+  }
+};
+
+enum class Elementwise : int {
+  copy,     // a (Transpose, Slice, Expand, Gather of one index)
+  add, sub, mul, div, pow,  // a op b, numpy broadcasting through the strides
+  where,    // c != 0 ? a : b
+  sigmoid, erf, sqrt, tanh, relu, neg,
+};
+
+// out (contiguous, `shape`) = op(a[, b[, c]]).
+cudaError_t elementwise(Elementwise op, const OutputShape& shape, const StridedInput& a, const StridedInput& b,
+                        const StridedInput& c, float* out, cudaStream_t stream);
+
+// Softmax along the middle axis of in viewed as [outer, length, inner].
+cudaError_t softmax_axis(const float* in, std::int64_t outer, std::int64_t length, std::int64_t inner, float* out,
+                         cudaStream_t stream);
+// Row-wise over the last `cols` elements of `rows` contiguous rows.
+// (x - mean) / sqrt(var + eps) * scale + bias; bias may be null.
+cudaError_t layer_norm_rows(const float* in, const float* scale, const float* bias, std::int64_t rows,
+                            std::int64_t cols, float eps, float* out, cudaStream_t stream);
+cudaError_t mean_rows(const float* in, std::int64_t rows, std::int64_t cols, float* out, cudaStream_t stream);
+
+// Gather along one axis: in viewed as [outer, axis_size, inner], out as
+// [outer, index_count, inner]; indices (device, int64) already in range.
+cudaError_t gather_axis(const float* in, const std::int64_t* indices, std::int64_t outer, std::int64_t axis_size,
+                        std::int64_t index_count, std::int64_t inner, float* out, cudaStream_t stream);
+
+// Conv2d's patches: one image [channels, height, width] to columns
+// [channels * kernel_h * kernel_w, out_h * out_w], zeros where the window
+// reaches into the padding.
+struct Im2col {
+  int channels = 0, height = 0, width = 0;
+  int kernel_h = 0, kernel_w = 0, stride_h = 1, stride_w = 1, pad_top = 0, pad_left = 0, dilation_h = 1,
+      dilation_w = 1;
+  int out_h = 0, out_w = 0;
+};
+cudaError_t im2col(const Im2col& shape, const float* image, float* columns, cudaStream_t stream);
+
+// f32 to bf16 (1) or f16 (2), rounding to nearest even (the encoder's output).
+cudaError_t convert_f32(const float* in, std::int64_t count, int to, void* out, cudaStream_t stream);
+
+}  // namespace hostrun::onnx_vision::cuda_ops
