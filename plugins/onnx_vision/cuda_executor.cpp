@@ -13,6 +13,7 @@
 #include <fmt/ranges.h>
 
 #include "onnx_vision/cuda_ops.hpp"
+#include "ref/dtype.hpp"
 
 namespace hostrun::onnx_vision {
 
@@ -86,6 +87,25 @@ class ArenaPlanner {
   std::int64_t top_ = 0;
 };
 
+// One cuBLAS call: row-major C[M,N] = alpha A[M,K] B[K,N] + beta C, `batch`
+// times at the given element strides (0: the same matrix every time), read
+// through cuBLAS's column-major view as C^T = B^T A^T. A and B are both f32
+// or both bf16 (`operands`); C and the accumulation are f32.
+struct Gemm {
+  cudaDataType operands = CUDA_R_32F;
+  bool trans_a = false, trans_b = false;
+  std::int64_t m = 0, n = 0, k = 0, batch = 1, stride_a = 0, stride_b = 0;
+  float alpha = 1.0f, beta = 0.0f;
+
+  void run(cublasHandle_t blas, const void* a, const void* b, float* c) const {
+    check_blas(cublasGemmStridedBatchedEx(blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                          int(n), int(m), int(k), &alpha, b, operands, int(trans_b ? k : n), stride_b,
+                                          a, operands, int(trans_a ? m : k), stride_a, &beta, c, CUDA_R_32F, int(n),
+                                          m * n, int(batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+               "GEMM");
+  }
+};
+
 bool aliases_input(const std::string& op) {
   return op == "Reshape" || op == "Squeeze" || op == "Unsqueeze" || op == "Flatten" || op == "Identity" ||
          op == "Cast";
@@ -95,7 +115,6 @@ bool aliases_input(const std::string& op) {
 
 struct CudaExecutor::Plan {
   cublasHandle_t blas = nullptr;
-  cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
   std::byte* arena = nullptr;
   std::int64_t arena_size = 0, weight_size = 0;
   std::vector<void*> weights;  // uploaded constants
@@ -135,7 +154,8 @@ namespace {
 // Builds the plan: liveness and aliasing, arena offsets, then one step per node.
 class Planner {
  public:
-  Planner(const Graph& graph, CudaExecutor::Plan& plan) : graph_(graph), plan_(plan) {}
+  Planner(const Graph& graph, Precision precision, CudaExecutor::Plan& plan)
+      : graph_(graph), bf16_(precision == Precision::bf16_tensor_cores), plan_(plan) {}
 
   void build() {
     const auto& nodes = graph_.proto().node();
@@ -214,7 +234,14 @@ class Planner {
       return;
     }
     values_[name] = {shape, new_storage(count(shape) * 4, n)};
-    if (node.op_type() == "Conv") workspace_[n] = new_storage(conv_columns(node, n) * 4, n);
+    if (node.op_type() == "Conv") {
+      workspace_[n] = new_storage(conv_columns(node, n) * 4, n);
+      if (bf16_) bf16_scratch_[{n, 0}] = new_storage(conv_columns(node, n) * 2, n);
+    }
+    if (bf16_ && (node.op_type() == "MatMul" || node.op_type() == "Gemm"))
+      for (int k = 0; k < 2 && k < node.input_size(); ++k)
+        if (const auto it = values_.find(node.input(k)); it != values_.end())
+          bf16_scratch_[{n, k}] = new_storage(count(it->second.shape) * 2, n);
   }
 
   bool read_later(const std::string& name) const {
@@ -376,20 +403,36 @@ class Planner {
     });
   }
 
-  // Row-major C[M,N] = A[M,K] B[K,N] as cuBLAS's column-major C^T = B^T A^T.
-  void gemm(cudaStream_t stream, bool trans_a, bool trans_b, std::int64_t m, std::int64_t nn, std::int64_t k,
-            float alpha, const float* a, std::int64_t stride_a, const float* b, std::int64_t stride_b, float beta,
-            float* c, std::int64_t batch) const {
-    (void)stream;
-    const float* alpha_p = &alpha;
-    const float* beta_p = &beta;
-    check_blas(cublasGemmStridedBatchedEx(plan_.blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                          trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, int(nn), int(m), int(k), alpha_p, b,
-                                          CUDA_R_32F, int(trans_b ? k : nn), stride_b, a, CUDA_R_32F,
-                                          int(trans_a ? m : k), stride_a, beta_p, c, CUDA_R_32F, int(nn), m * nn,
-                                          int(batch), plan_.compute, CUBLAS_GEMM_DEFAULT),
-               "GEMM");
+  // Input k of a MatMul / Gemm as the GEMM reads it: f32 as it is, or bf16 (a
+  // constant converted once here; a computed value converted by a step
+  // enqueued now, before the GEMM's, into the node's scratch).
+  const void* gemm_operand(const onnx::NodeProto& node, int n, int k) {
+    if (!bf16_) return pointer(node.input(k));
+    if (is_constant(node.input(k))) return upload_bf16(node.input(k));
+    return to_bf16(node, n, k, pointer(node.input(k)), count(shape_of(node.input(k))));
   }
+  void* to_bf16(const onnx::NodeProto& node, int n, int k, const float* in, std::int64_t elements) {
+    void* out = plan_.arena + storages_[std::size_t(bf16_scratch_.at({n, k}))].offset;
+    add_step(node, n, [=](cudaStream_t stream) {
+      check_cuda(cuda_ops::convert_f32(in, elements, 1, out, stream), "converting a GEMM operand to bf16");
+    });
+    return out;
+  }
+  const void* upload_bf16(const std::string& name) {
+    if (const auto it = uploaded_bf16_.find(name); it != uploaded_bf16_.end()) return it->second;
+    const HostTensor& t = constant(name);
+    std::vector<std::uint16_t> bits;
+    bits.reserve(std::size_t(t.numel()));
+    if (t.element == Element::f32)
+      for (float v : t.f) bits.push_back(ref::f32_to_bf16(v));
+    else
+      for (std::int64_t v : t.i) bits.push_back(ref::f32_to_bf16(float(v)));
+    const void* device = upload(bits.data(), std::int64_t(bits.size()) * 2);
+    uploaded_bf16_[name] = device;
+    return device;
+  }
+  cudaDataType operand_type() const { return bf16_ ? CUDA_R_16BF : CUDA_R_32F; }
+  std::int64_t operand_bytes() const { return bf16_ ? 2 : 4; }
 
   void plan_matmul(const onnx::NodeProto& node, int n) {
     Shape a = shape_of(node.input(0)), b = shape_of(node.input(1));
@@ -407,17 +450,19 @@ class Planner {
       refuse_node(node, n, fmt::format("batch dimensions [{}] and [{}] broadcast partly", fmt::join(operand_batch, ", "),
                                        fmt::join(b_batch, ", ")));
     };
-    const std::int64_t stride_a = batch_stride(a_batch, m * k), stride_b = batch_stride(b_batch, k * nn);
-    const float* pa = pointer(node.input(0));
-    const float* pb = pointer(node.input(1));
-    float* pc = pointer(node.output(0));
-    if (stride_b == 0 && stride_a != 0) {  // a weight: one GEMM over every row of the batch
-      add_step(node, n, [=, this](cudaStream_t s) { gemm(s, false, false, m * batch, nn, k, 1.0f, pa, 0, pb, 0, 0.0f, pc, 1); });
-      return;
+    Gemm g{.operands = operand_type(), .m = m, .n = nn, .k = k, .batch = batch};
+    g.stride_a = batch_stride(a_batch, m * k);
+    g.stride_b = batch_stride(b_batch, k * nn);
+    if (g.stride_b == 0 && g.stride_a != 0) {  // a weight: one GEMM over every row of the batch
+      g.m = m * batch;
+      g.batch = 1;
+      g.stride_a = 0;
     }
-    add_step(node, n, [=, this](cudaStream_t s) {
-      gemm(s, false, false, m, nn, k, 1.0f, pa, stride_a, pb, stride_b, 0.0f, pc, batch);
-    });
+    const void* pa = gemm_operand(node, n, 0);
+    const void* pb = gemm_operand(node, n, 1);
+    float* pc = pointer(node.output(0));
+    const cublasHandle_t blas = plan_.blas;
+    add_step(node, n, [=](cudaStream_t) { g.run(blas, pa, pb, pc); });
   }
 
   void plan_gemm(const onnx::NodeProto& node, int n) {
@@ -439,9 +484,12 @@ class Planner {
     } else {
       beta = 0.0f;
     }
-    const float* pa = pointer(node.input(0));
-    const float* pb = pointer(node.input(1));
-    add_step(node, n, [=, this](cudaStream_t s) { gemm(s, trans_a, trans_b, m, nn, k, alpha, pa, 0, pb, 0, beta, pc, 1); });
+    const Gemm g{.operands = operand_type(), .trans_a = trans_a, .trans_b = trans_b, .m = m, .n = nn, .k = k,
+                 .alpha = alpha, .beta = beta};
+    const void* pa = gemm_operand(node, n, 0);
+    const void* pb = gemm_operand(node, n, 1);
+    const cublasHandle_t blas = plan_.blas;
+    add_step(node, n, [=](cudaStream_t) { g.run(blas, pa, pb, pc); });
   }
 
   cuda_ops::Im2col conv_shape(const onnx::NodeProto& node, int n) const {
@@ -470,17 +518,22 @@ class Planner {
     const std::int64_t images = x[0], group_out = out[1] / groups, pixels = std::int64_t(s.out_h) * s.out_w,
                        patch = std::int64_t(s.channels) * s.kernel_h * s.kernel_w;
     const float* px = pointer(node.input(0));
-    const float* pw = pointer(node.input(1));
+    const auto* pw = static_cast<const std::byte*>(bf16_ ? upload_bf16(node.input(1)) : pointer(node.input(1)));
     float* columns = reinterpret_cast<float*>(plan_.arena + storages_[std::size_t(workspace_.at(n))].offset);
+    void* operand =
+        bf16_ ? static_cast<void*>(plan_.arena + storages_[std::size_t(bf16_scratch_.at({n, 0}))].offset) : columns;
     float* py = pointer(node.output(0));
-    const std::int64_t group_in = std::int64_t(s.channels) * s.height * s.width;
-    add_step(node, n, [=, this](cudaStream_t stream) {
+    const std::int64_t group_in = std::int64_t(s.channels) * s.height * s.width, weight_bytes = operand_bytes();
+    // out[M, P] = W[M, patch] columns[patch, P], M the group's output channels
+    const Gemm gemm{.operands = operand_type(), .m = group_out, .n = pixels, .k = patch};
+    const cublasHandle_t blas = plan_.blas;
+    const bool bf16 = bf16_;
+    add_step(node, n, [=](cudaStream_t stream) {
       for (std::int64_t i = 0; i < images; ++i)
         for (std::int64_t g = 0; g < groups; ++g) {
           check_cuda(cuda_ops::im2col(s, px + (i * groups + g) * group_in, columns, stream), "im2col");
-          // out[M, P] = W[M, patch] columns[patch, P], M the group's output channels
-          gemm(stream, false, false, group_out, pixels, patch, 1.0f, pw + g * group_out * patch, 0, columns, 0, 0.0f,
-               py + (i * groups + g) * group_out * pixels, 1);
+          if (bf16) check_cuda(cuda_ops::convert_f32(columns, patch * pixels, 1, operand, stream), "im2col to bf16");
+          gemm.run(blas, pw + g * group_out * patch * weight_bytes, operand, py + (i * groups + g) * group_out * pixels);
         }
     });
     if (node.input_size() > 2 && !node.input(2).empty()) {
@@ -636,11 +689,14 @@ class Planner {
   }
 
   const Graph& graph_;
+  const bool bf16_;  // GEMM operands in bf16 (Precision::bf16_tensor_cores)
   CudaExecutor::Plan& plan_;
   std::vector<Storage> storages_;
   std::map<std::string, Value> values_;   // computed values (and inputs)
   std::map<int, int> workspace_;          // Conv node -> its im2col columns' storage
   std::map<std::string, float*> uploaded_;
+  std::map<std::pair<int, int>, int> bf16_scratch_;  // (node, input) -> the storage of its bf16 copy
+  std::map<std::string, const void*> uploaded_bf16_;
 };
 
 }  // namespace
@@ -655,8 +711,7 @@ Result<std::unique_ptr<CudaExecutor>> CudaExecutor::create(const Graph& graph, P
     constexpr std::size_t kBlasWorkspace = std::size_t(32) << 20;  // what cuBLAS asks for on Hopper
     check_cuda(cudaMalloc(&plan->blas_workspace, kBlasWorkspace), "allocating cuBLAS's workspace");
     check_blas(cublasSetWorkspace(plan->blas, plan->blas_workspace, kBlasWorkspace), "cublasSetWorkspace");
-    plan->compute = precision == Precision::f32 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_16BF;
-    Planner(graph, *plan).build();
+    Planner(graph, precision, *plan).build();
     return std::unique_ptr<CudaExecutor>(new CudaExecutor(std::move(plan)));
   });
 }

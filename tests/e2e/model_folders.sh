@@ -36,13 +36,13 @@ expect "naming the architecture, format and device" \
 expect "and listing the table" "the built-in manifest table: llama3-cpu-awq: LlamaForCausalLM x awq x cpu; llama3-cpu: LlamaForCausalLM x none x cpu" "$work/qwen2vl.out"
 expect "LLaVA's row too" "llava-llama3-cpu: LlavaForConditionalGeneration x none x cpu" "$work/qwen2vl.out"
 expect_not "with no word of Llama's fields" "hidden_size|num_attention_heads|intermediate_size|vocab_size" "$work/qwen2vl.out"
-# A LLaVA folder reaches its CPU manifest; on cuda no manifest serves it yet (the vision encoder runs on the CPU only).
+# A LLaVA folder reaches its CPU manifest, and on cuda its CUDA one (here refused: no GPU in CI, or no
+# llama_cuda in a build without CUDA).
 folder llava '{"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava", "image_token_index": 128256,
   "text_config": {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32},
   "vision_config": {"model_type": "clip_vision_model", "image_size": 336, "patch_size": 14}}'
-chat "$work/llava" --device cuda >"$work/llava.out" 2>&1; expect_status "a LLaVA folder on cuda is refused" 1 $?
-expect "naming the architecture and device" \
-  "no plugin in this build handles LlavaForConditionalGeneration with unquantized weights on cuda" "$work/llava.out"
+chat "$work/llava" --device cuda >"$work/llava.out" 2>&1; expect_status "a LLaVA folder on cuda without a GPU is refused" 1 $?
+expect "by the CUDA LLaVA manifest" "--device cuda: manifest llava-llama3-cuda: " "$work/llava.out"
 chat "$work/llava" --device cpu >"$work/llava-cpu.out" 2>&1; expect_status "a LLaVA folder of Llama weights is refused on cpu" 1 $?
 expect "by its manifest's model, naming LLaVA's tensor name" "checkpoint has no tensor 'language_model.model.embed_tokens.weight'" "$work/llava-cpu.out"
 
