@@ -14,6 +14,14 @@
 // latency is batch 1: time to first token and decode tokens/s of one request
 // at a time, best and mean of --runs after one warm-up.
 //
+// With --image (models with a vision encoder) each prompt becomes one user
+// chat message carrying --images-per-request copies of the file, whose text
+// is the random ids decoded: the chat template and re-tokenizing make its
+// length about input_len rather than exactly, so the engine's prompt tokens
+// (each image expanded to the encoder's tokens per image) are what is
+// reported. Every request's images are encoded (the prefix cache, off unless
+// --enable-prefix-caching, would share the same image's blocks).
+//
 // Requests are submitted from this thread; the engine's callback only
 // records times and wakes it (it must not call back into the engine).
 #include <fmt/format.h>
@@ -29,6 +37,7 @@
 #include <sstream>
 
 #include "bench_runtime.hpp"
+#include "image_file.hpp"
 
 namespace hostrun::cli {
 
@@ -50,6 +59,8 @@ struct CommonOptions {
   int64_t top_k = 0;
   std::string output;
   bool no_progress = false;
+  std::string image;
+  int64_t images_per_request = 1;
 };
 
 struct ThroughputOptions {
@@ -76,6 +87,27 @@ void add_common(CLI::App* cmd, CommonOptions& o) {
   cmd->add_option("--top-k", o.top_k, "Top-k (0: off)")->capture_default_str();
   cmd->add_option("--output", o.output, "Write the results as JSON to this file");
   cmd->add_flag("--no-progress", o.no_progress, "No progress bar on stderr");
+  cmd->add_option("--image", o.image, "Attach this image (PNG, JPEG, WebP, GIF) to every prompt, sent as a chat message");
+  cmd->add_option("--images-per-request", o.images_per_request, "Copies of --image in each prompt")
+      ->capture_default_str();
+}
+
+// The images every prompt carries (none without --image).
+Result<std::vector<ImageData>> bench_images(const CommonOptions& o) {
+  if (o.image.empty()) return std::vector<ImageData>{};
+  if (o.images_per_request < 1) return Status(ErrorCode::invalid_argument, "--images-per-request must be positive");
+  auto image = core::read_image_file(o.image);
+  if (!image) return Status(image.status().code(), fmt::format("--image {}", image.status().message()));
+  return std::vector<ImageData>(size_t(o.images_per_request), *image);
+}
+
+// The request's input: the ids as they are, or with images a chat message of their text.
+Result<decltype(GenerationRequest::input)> prompt_input(std::vector<TokenId> ids, const Tokenizer& tokenizer,
+                                                        const std::vector<ImageData>& images) {
+  if (images.empty()) return decltype(GenerationRequest::input)(std::move(ids));
+  std::string text;
+  if (Status s = tokenizer.decode(ids, {}, text); !s) return s;
+  return decltype(GenerationRequest::input)(std::vector<ChatMessage>{{"user", std::move(text), images}});
 }
 
 Result<std::vector<Workload>> read_dataset(const std::string& path, int64_t limit) {
@@ -232,6 +264,11 @@ int run_throughput(const ThroughputOptions& o, const GlobalOptions& global) {
   } else {
     workload.assign(size_t(o.num_prompts), Workload{int32_t(o.input_len), int32_t(o.output_len)});
   }
+  auto images = bench_images(o.common);
+  if (!images) {
+    fmt::print(stderr, "hostrun bench throughput: {}\n", images.status().message());
+    return 2;
+  }
   int exit_code = 0;
   auto runtime = open_bench_runtime(o.common.model, global, "throughput", exit_code);
   if (!runtime) return exit_code;
@@ -241,9 +278,16 @@ int run_throughput(const ThroughputOptions& o, const GlobalOptions& global) {
 
   // Prompts made before the clock starts.
   std::mt19937_64 rng(o.common.seed);
-  std::vector<std::vector<TokenId>> prompts;
+  std::vector<decltype(GenerationRequest::input)> prompts;
   prompts.reserve(workload.size());
-  for (const Workload& w : workload) prompts.push_back(random_prompt(rng, w.input_len, tokenizer, vocab));
+  for (const Workload& w : workload) {
+    auto input = prompt_input(random_prompt(rng, w.input_len, tokenizer, vocab), tokenizer, *images);
+    if (!input) {
+      fmt::print(stderr, "hostrun bench throughput: {}\n", input.status().message());
+      return 1;
+    }
+    prompts.push_back(std::move(*input));
+  }
 
   const size_t n = workload.size();
   Tracker tracker(n);
@@ -254,7 +298,7 @@ int run_throughput(const ThroughputOptions& o, const GlobalOptions& global) {
   while (finished < n) {
     while (next < n && next - finished < size_t(o.concurrency)) {
       GenerationRequest request;
-      request.input = prompts[next];
+      request.input = std::move(prompts[next]);
       request.sampling = sampling_for(o.common, workload[next].output_len, o.common.seed + next);
       tracker.mark_submitted(next);
       auto id = engine.submit(std::move(request), tracker.callback(next));
@@ -299,6 +343,8 @@ int run_throughput(const ThroughputOptions& o, const GlobalOptions& global) {
   j["dataset"] = o.dataset;
   j["num_prompts"] = n;
   j["concurrency"] = o.concurrency;
+  j["image"] = o.common.image;
+  j["images_per_request"] = images->size();
   j["elapsed_s"] = elapsed;
   j["completed"] = ok;
   j["failed"] = failed;
@@ -320,11 +366,13 @@ int run_throughput(const ThroughputOptions& o, const GlobalOptions& global) {
                        {"decode_tokens_computed", stats.decode_tokens_computed},
                        {"preemptions", stats.preemptions},
                        {"overlapped_steps", stats.overlapped_steps},
+                       {"images_encoded", stats.images_encoded},
                        {"model_step_s", stats.model_step_seconds},
                        {"scheduling_s", stats.scheduling_seconds}};
 
-  fmt::print("hostrun bench throughput: {} ({}), {} prompts, concurrency {}\n", runtime->model_dir(),
-             runtime->manifest_name(), n, o.concurrency);
+  fmt::print("hostrun bench throughput: {} ({}), {} prompts, concurrency {}{}\n", runtime->model_dir(),
+             runtime->manifest_name(), n, o.concurrency,
+             images->empty() ? "" : fmt::format(", {} image(s) per prompt", images->size()));
   fmt::print("--------------------------------------------------\n");
   fmt::print("{:<36}{:.1f} MiB\n", "weights", double(runtime->model_info().weight_bytes) / (1 << 20));
   fmt::print("{:<36}{}, {} blocks\n", "KV cache", runtime->kv_format().name, engine.counters().kv_blocks_total);
@@ -335,6 +383,7 @@ int run_throughput(const ThroughputOptions& o, const GlobalOptions& global) {
   fmt::print("{:<36}{:.4f}  {:.4f}  {:.4f}  {:.4f}\n", "per-token latency p50/75/95/99 (s)", percentile(gaps, 50),
              percentile(gaps, 75), percentile(gaps, 95), percentile(gaps, 99));
   fmt::print("{:<36}{}\n", "number of prompt tokens", prompt_tokens);
+  if (!images->empty()) fmt::print("{:<36}{}\n", "images encoded", stats.images_encoded);
   fmt::print("{:<36}{}\n", "number of completion tokens", completion_tokens);
   fmt::print("{:<36}{:.1f}\n", "token throughput (completion, tok/s)", double(completion_tokens) / elapsed);
   fmt::print("{:<36}{:.1f}\n", "token throughput (total, tok/s)", double(prompt_tokens + completion_tokens) / elapsed);
@@ -357,6 +406,11 @@ int run_latency(const LatencyOptions& o, const GlobalOptions& global) {
     fmt::print(stderr, "hostrun bench latency: expected --input-len >= 1, --output-len >= 2, --runs >= 1\n");
     return 2;
   }
+  auto images = bench_images(o.common);
+  if (!images) {
+    fmt::print(stderr, "hostrun bench latency: {}\n", images.status().message());
+    return 2;
+  }
   int exit_code = 0;
   auto runtime = open_bench_runtime(o.common.model, global, "latency", exit_code);
   if (!runtime) return exit_code;
@@ -366,12 +420,18 @@ int run_latency(const LatencyOptions& o, const GlobalOptions& global) {
   std::mt19937_64 rng(o.common.seed);
 
   std::vector<double> ttft, decode_rate, total_s;
+  int32_t prompt_tokens = 0;
   const bool progress = !o.common.no_progress;
   const auto start = Clock::now();
   for (int64_t run = 0; run <= o.runs; ++run) {  // run 0 warms up (kernel loads, cuBLAS heuristics)
     Tracker tracker(1);
     GenerationRequest request;
-    request.input = random_prompt(rng, int32_t(o.input_len), tokenizer, vocab);
+    auto input = prompt_input(random_prompt(rng, int32_t(o.input_len), tokenizer, vocab), tokenizer, *images);
+    if (!input) {
+      fmt::print(stderr, "hostrun bench latency: {}\n", input.status().message());
+      return 1;
+    }
+    request.input = std::move(*input);
     request.sampling = sampling_for(o.common, int32_t(o.output_len), o.common.seed + uint64_t(run));
     tracker.mark_submitted(0);
     auto id = engine.submit(std::move(request), tracker.callback(0));
@@ -389,6 +449,7 @@ int run_latency(const LatencyOptions& o, const GlobalOptions& global) {
     }
     if (progress) draw_progress("runs", size_t(run), size_t(o.runs), std::chrono::duration<double>(Clock::now() - start).count());
     if (run == 0) continue;
+    prompt_tokens = t.prompt_tokens;
     const double decode_s = std::accumulate(t.token_gaps_s.begin(), t.token_gaps_s.end(), 0.0);
     ttft.push_back(t.first_token_s);
     decode_rate.push_back(double(o.output_len - 1) / decode_s);
@@ -401,14 +462,19 @@ int run_latency(const LatencyOptions& o, const GlobalOptions& global) {
   j["engine"] = engine_json(*runtime, o.common.model.engine);
   j["input_len"] = o.input_len;
   j["output_len"] = o.output_len;
+  j["image"] = o.common.image;
+  j["images_per_request"] = images->size();
+  j["prompt_tokens"] = prompt_tokens;  // of the last run
   j["runs"] = o.runs;
   j["time_to_first_token_s"] = {{"mean", mean(ttft)}, {"min", *std::min_element(ttft.begin(), ttft.end())}, {"all", ttft}};
   j["decode_tokens_per_s"] = {{"mean", mean(decode_rate)},
                               {"max", *std::max_element(decode_rate.begin(), decode_rate.end())},
                               {"all", decode_rate}};
   j["request_latency_s"] = {{"mean", mean(total_s)}, {"all", total_s}};
-  fmt::print("hostrun bench latency: {} ({}), batch 1, input {} tokens, output {} tokens, {} runs\n",
-             runtime->model_dir(), runtime->manifest_name(), o.input_len, o.output_len, o.runs);
+  fmt::print("hostrun bench latency: {} ({}), batch 1, input {} tokens{}, output {} tokens, {} runs\n",
+             runtime->model_dir(), runtime->manifest_name(), o.input_len,
+             images->empty() ? "" : fmt::format(" and {} image(s) ({} prompt tokens)", images->size(), prompt_tokens),
+             o.output_len, o.runs);
   fmt::print("{:<32}{:.1f} MiB\n", "weights", double(runtime->model_info().weight_bytes) / (1 << 20));
   fmt::print("{:<32}{:.4f} (min {:.4f})\n", "time to first token (s)", mean(ttft), j["time_to_first_token_s"]["min"].get<double>());
   fmt::print("{:<32}{:.1f} (max {:.1f})\n", "decode tokens/s", mean(decode_rate), j["decode_tokens_per_s"]["max"].get<double>());

@@ -12,6 +12,7 @@
 
 #include <fmt/format.h>
 
+#include "image_file.hpp"
 #include "log.hpp"
 #include "runtime.hpp"
 
@@ -117,25 +118,6 @@ Result<Reply> Pipeline::ask(std::string text, std::vector<ImageData> images, con
   return chat(messages, sampling, on_text);
 }
 
-Result<ImageData> load_image(const std::string& path) noexcept {
-  try {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) return Status(ErrorCode::not_found, fmt::format("{}: cannot open the file", path));
-    ImageData image;
-    image.bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-    const auto starts = [&](size_t at, std::string_view magic) {
-      return image.bytes.size() >= at + magic.size() && std::memcmp(image.bytes.data() + at, magic.data(), magic.size()) == 0;
-    };
-    // The signatures the vision encoders decode; the encoder checks the rest.
-    if (starts(0, "\x89PNG\r\n\x1a\n")) image.mime_type = "image/png";
-    else if (starts(0, "\xff\xd8\xff")) image.mime_type = "image/jpeg";
-    else if (starts(0, "RIFF") && starts(8, "WEBP")) image.mime_type = "image/webp";
-    else if (starts(0, "GIF87a") || starts(0, "GIF89a")) image.mime_type = "image/gif";
-    else return Status(ErrorCode::invalid_argument, fmt::format("{}: not a PNG, JPEG, WebP or GIF image", path));
-    return image;
-  } catch (const std::exception& e) {
-    return Status(ErrorCode::internal, fmt::format("{}: {}", path, e.what()));
-  }
-}
+Result<ImageData> load_image(const std::string& path) noexcept { return core::read_image_file(path); }
 
 }  // namespace hostrun

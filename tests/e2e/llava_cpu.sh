@@ -66,6 +66,26 @@ expect "a graph of another shape is refused, saying what it must be" "vision.gra
 "$vision_onnx" "$llama" "$work/none.onnx" >"$work/none.out" 2>&1
 expect "a folder without a vision tower is refused by name" "vision_config" "$work/none.out"
 
+# The benchmarks with images: every request's images encoded, each expanded to the encoder's tokens.
+bench() { "$hostrun" bench "$@" --input-len 8 --output-len 2 --no-progress --output "$work/bench.json" >"$work/bench.out" 2>&1; }
+bench throughput "$llava" --image "$images/rgb.gif" --images-per-request 2 --num-prompts 3 --concurrency 2
+python3 - "$work/bench.json" "$llava/config.json" >"$work/bench.check" 2>&1 <<'PY'
+import json, sys
+j, c = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))["vision_config"]
+per_image = (c["image_size"] // c["patch_size"]) ** 2
+assert j["completed"] == 3 and j["failed"] == 0, j
+assert j["images_per_request"] == 2 and j["engine_stats"]["images_encoded"] == 6, j
+assert j["prompt_tokens"] >= 3 * 2 * per_image, (j["prompt_tokens"], per_image)
+print("ok")
+PY
+expect "bench throughput --image encodes every request's images" "ok" "$work/bench.check" || cat "$work/bench.out"
+bench latency "$llava" --image "$images/rgb.gif" --runs 1
+expect "bench latency --image reports the prompt with its image" "and 1 image(s) (" "$work/bench.out"
+bench latency "$llava" --image "$0" --runs 1
+expect "bench --image refuses a file that is no image" "--image $0: not a PNG, JPEG, WebP or GIF image" "$work/bench.out"
+bench throughput "$llama" --image "$images/rgb.gif" --num-prompts 1
+expect "and a text-only model" "this model takes no images" "$work/bench.out"
+
 # Errors: clear, before anything is generated, and the chat goes on.
 printf 'hi\n\n/image %s\nhi\n\nhi\n\n' "$work/missing.png" | chat "$llava" >"$work/missing.out" 2>&1
 expect "a missing file is named" "image $work/missing.png: cannot open the file" "$work/missing.out"
