@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "cuda/dense_attention.hpp"
 #include "onnx_vision/cuda_ops.hpp"
 #include "ref/dtype.hpp"
 
@@ -129,6 +130,7 @@ struct CudaExecutor::Plan {
   // ViT becomes one), replayed on whichever stream run() is given.
   cudaGraphExec_t graph = nullptr;
   void* blas_workspace = nullptr;  // cuBLAS's, set once so that capture allocates nothing
+  int fused_attention = 0;         // attention subgraphs run as one step
 
   void enqueue(cudaStream_t stream) const {
     for (const Step& step : steps) {
@@ -159,6 +161,7 @@ class Planner {
 
   void build() {
     const auto& nodes = graph_.proto().node();
+    if (bf16_) find_attention();
     for (const Graph::Value& input : graph_.inputs) {
       if (input.element != Element::f32)
         refuse_graph(fmt::format("input '{}' is integer; the CUDA executor takes float inputs", input.name));
@@ -213,9 +216,174 @@ class Planner {
     return int(storages_.size()) - 1;
   }
 
+  // ---- pass 0: attention subgraphs, fused -----------------------------------
+  //
+  // MatMul(Q, K^T) [-> Mul or Div by a constant scalar] -> Softmax(last axis)
+  // -> MatMul(., V), each intermediate read by the next node alone, becomes one
+  // dense_attention step (kernels/cuda) at the last node: the scores never
+  // reach memory. Transposes feeding Q, K^T or V, and one applied to the
+  // result, are absorbed too when nothing else reads them: the kernel reads
+  // and writes through their strides. Only with bf16 GEMMs (the kernel's
+  // products are bf16); Precision::f32 keeps every node, as the CPU runs it.
+
+  // A value as a MatMul of the pattern reads it: `source` through a
+  // Transpose's `perm` (empty: `source` as it is).
+  struct Operand {
+    std::string source;
+    std::vector<std::int64_t> perm;
+  };
+  struct Attention {
+    Operand q, kt, v;                    // [.., Lq, D], [.., D, Lk], [.., Lk, D]
+    std::string out;                     // what the step writes: the context, or its transpose
+    std::vector<std::int64_t> out_perm;  // that transpose's perm
+    Shape context;                       // [.., Lq, D]
+    float scale = 1.0f;
+  };
+
+  void find_attention() {
+    const auto& nodes = graph_.proto().node();
+    std::map<std::string, int> producer;
+    std::map<std::string, std::vector<int>> readers;
+    for (int n = 0; n < nodes.size(); ++n) {
+      for (const auto& out : nodes[n].output()) producer[out] = n;
+      for (const auto& in : nodes[n].input()) readers[in].push_back(n);
+    }
+    std::set<std::string> outputs;
+    for (const auto& o : graph_.outputs) outputs.insert(o.name);
+    const auto read_only_by = [&](const std::string& value, int reader) {
+      return !outputs.count(value) && readers[value] == std::vector<int>{reader};
+    };
+    const auto made_by = [&](const std::string& value, std::string_view op) {
+      const auto it = producer.find(value);
+      return it != producer.end() && nodes[it->second].op_type() == op ? it->second : -1;
+    };
+    const auto shape = [&](const std::string& value) -> const Shape* {
+      const auto it = graph_.computed.find(value);
+      return it == graph_.computed.end() || it->second.element != Element::f32 ? nullptr : &it->second.shape;
+    };
+    for (int s = 0; s < nodes.size(); ++s) {
+      const onnx::NodeProto& softmax = nodes[s];
+      if (softmax.op_type() != "Softmax") continue;
+      const Shape* scores_shape = shape(softmax.input(0));
+      if (scores_shape == nullptr || (scores_shape->size() != 3 && scores_shape->size() != 4)) continue;
+      const std::int64_t rank = std::int64_t(scores_shape->size()), softmax_axis = int_attr(softmax, "axis", -1);
+      if (softmax_axis != -1 && softmax_axis != rank - 1) continue;
+      std::vector<int> group;
+      std::string scores = softmax.input(0);
+      int scores_reader = s;
+      float scale = 1.0f;
+      for (const char* op : {"Mul", "Div"}) {
+        const int m = made_by(scores, op);
+        if (m < 0 || !read_only_by(scores, scores_reader)) continue;
+        for (int c = 0; c < 2; ++c) {
+          const auto it = graph_.initializers.find(nodes[m].input(c));
+          if (it == graph_.initializers.end() || it->second.element != Element::f32 || it->second.f.size() != 1 ||
+              (op == std::string_view("Div") && c == 0))
+            continue;
+          scale *= op == std::string_view("Mul") ? it->second.f[0] : 1.0f / it->second.f[0];
+          group.push_back(m);
+          scores = nodes[m].input(1 - c);
+          scores_reader = m;
+          break;
+        }
+      }
+      const int m1 = made_by(scores, "MatMul");
+      const std::string& probs = softmax.output(0);
+      if (m1 < 0 || !read_only_by(scores, scores_reader) || outputs.count(probs) || readers[probs].size() != 1) continue;
+      const int m2 = readers[probs][0];
+      if (nodes[m2].op_type() != "MatMul" || nodes[m2].input(0) != probs) continue;
+      const Shape *q = shape(nodes[m1].input(0)), *kt = shape(nodes[m1].input(1)), *v = shape(nodes[m2].input(1)),
+                  *context = shape(nodes[m2].output(0));
+      if (q == nullptr || kt == nullptr || v == nullptr || context == nullptr || q->size() != std::size_t(rank) ||
+          kt->size() != std::size_t(rank) || v->size() != std::size_t(rank) ||
+          !std::equal(q->begin(), q->end() - 2, kt->begin()) || !std::equal(q->begin(), q->end() - 2, v->begin()) ||
+          (*kt)[std::size_t(rank - 2)] != q->back() || v->back() != q->back() ||
+          (*v)[std::size_t(rank - 2)] != kt->back() || !cuda::dense_attention_supports(int(q->back())))
+        continue;
+      group.insert(group.end(), {s, m1});
+      // A Transpose producing `value`, read by `reader` alone, is read through instead.
+      const auto operand = [&](const std::string& value, int reader) {
+        const int t = made_by(value, "Transpose");
+        if (t < 0 || !read_only_by(value, reader) || shape(nodes[t].input(0)) == nullptr) return Operand{value, {}};
+        group.push_back(t);
+        return Operand{nodes[t].input(0), transpose_perm(nodes[t], shape(nodes[t].input(0))->size())};
+      };
+      Attention a{operand(nodes[m1].input(0), m1), operand(nodes[m1].input(1), m1), operand(nodes[m2].input(1), m2),
+                  nodes[m2].output(0), {}, *context, scale};
+      int last = m2;
+      const auto& context_readers = readers[nodes[m2].output(0)];
+      if (!outputs.count(a.out) && context_readers.size() == 1 && nodes[context_readers[0]].op_type() == "Transpose") {
+        group.push_back(m2);
+        last = context_readers[0];
+        a.out = nodes[last].output(0);
+        a.out_perm = transpose_perm(nodes[last], context->size());
+      }
+      absorbed_.insert(group.begin(), group.end());
+      attention_[last] = std::move(a);
+    }
+  }
+
+  std::vector<std::int64_t> transpose_perm(const onnx::NodeProto& node, std::size_t rank) const {
+    std::vector<std::int64_t> reversed(rank);
+    std::iota(reversed.rbegin(), reversed.rend(), 0);
+    std::vector<std::int64_t> perm = ints_attr(node, "perm", reversed);
+    for (auto& p : perm) p = p < 0 ? p + std::int64_t(rank) : p;
+    return perm;
+  }
+
+  // An operand's strides over (batch, head, token, dim); rank 3 has one batch.
+  static ref::AttentionStrides attention_strides(std::vector<std::int64_t> strides) {
+    if (strides.size() == 3) strides.insert(strides.begin(), 0);
+    return {strides[0], strides[1], strides[2], strides[3]};
+  }
+  ref::AttentionStrides operand_strides(const Operand& x, bool transposed) const {
+    const Shape source = contiguous_strides(shape_of(x.source));
+    std::vector<std::int64_t> strides = source;
+    for (std::size_t k = 0; k < x.perm.size(); ++k) strides[k] = source[std::size_t(x.perm[k])];
+    if (transposed) std::swap(strides[strides.size() - 1], strides[strides.size() - 2]);  // K^T read as K
+    return attention_strides(strides);
+  }
+
+  void plan_attention(const onnx::NodeProto& node, int n, const Attention& a) {
+    const Shape& c = a.context;
+    const std::size_t r = c.size();
+    // The context's strides: its own, or where the transpose puts each of its axes.
+    std::vector<std::int64_t> out = contiguous_strides(c);
+    if (!a.out_perm.empty()) {
+      const Shape written = contiguous_strides(shape_of(a.out));
+      for (std::size_t i = 0; i < r; ++i) out[std::size_t(a.out_perm[i])] = written[i];
+    }
+    ref::DenseAttentionShape s;
+    s.batch = int(r == 4 ? c[0] : 1);
+    s.heads = int(c[r - 3]);
+    s.q_len = int(c[r - 2]);
+    s.head_dim = int(c[r - 1]);
+    s.kv_len = int(attention_kv_len(a));
+    s.scale = a.scale;
+    const ref::AttentionStrides qs = operand_strides(a.q, false), ks = operand_strides(a.kt, true),
+                                vs = operand_strides(a.v, false), os = attention_strides(out);
+    const float* q = pointer(a.q.source);
+    const float* k = pointer(a.kt.source);
+    const float* v = pointer(a.v.source);
+    float* o = pointer(a.out);
+    add_step(node, n, [=](cudaStream_t stream) {
+      check_cuda(cuda::dense_attention(s, q, qs, k, ks, v, vs, o, os, stream), "fused attention");
+    });
+    ++plan_.fused_attention;
+  }
+  std::int64_t attention_kv_len(const Attention& a) const {
+    const Shape& source = shape_of(a.kt.source);
+    return a.kt.perm.empty() ? source.back() : source[std::size_t(a.kt.perm.back())];
+  }
+
   // ---- pass 1: which storage each value lives in, and until when --------
 
   void plan_liveness(const onnx::NodeProto& node, int n) {
+    if (absorbed_.count(n)) return;  // computed by a fused step at a later node
+    if (const auto fused = attention_.find(n); fused != attention_.end())
+      for (const std::string* name : {&fused->second.q.source, &fused->second.kt.source, &fused->second.v.source})
+        if (const auto it = values_.find(*name); it != values_.end())
+          storages_[std::size_t(it->second.storage)].last = std::max(storages_[std::size_t(it->second.storage)].last, n);
     for (const auto& name : node.input())
       if (const auto it = values_.find(name); it != values_.end())
         storages_[std::size_t(it->second.storage)].last = std::max(storages_[std::size_t(it->second.storage)].last, n);
@@ -236,12 +404,18 @@ class Planner {
     values_[name] = {shape, new_storage(count(shape) * 4, n)};
     if (node.op_type() == "Conv") {
       workspace_[n] = new_storage(conv_columns(node, n) * 4, n);
-      if (bf16_) bf16_scratch_[{n, 0}] = new_storage(conv_columns(node, n) * 2, n);
+      if (bf16_) conv_bf16_[n] = new_storage(conv_columns(node, n) * 2, n);
     }
-    if (bf16_ && (node.op_type() == "MatMul" || node.op_type() == "Gemm"))
+    // A value the GEMMs read is converted to bf16 once, at its first GEMM,
+    // and the copy kept until its last (a LayerNorm's output feeds q, k and v).
+    if (bf16_ && (node.op_type() == "MatMul" || node.op_type() == "Gemm") && !attention_.count(n))
       for (int k = 0; k < 2 && k < node.input_size(); ++k)
-        if (const auto it = values_.find(node.input(k)); it != values_.end())
-          bf16_scratch_[{n, k}] = new_storage(count(it->second.shape) * 2, n);
+        if (const auto it = values_.find(node.input(k)); it != values_.end()) {
+          if (const auto copy = bf16_copy_.find(node.input(k)); copy != bf16_copy_.end())
+            storages_[std::size_t(copy->second)].last = n;
+          else
+            bf16_copy_[node.input(k)] = new_storage(count(it->second.shape) * 2, n);
+        }
   }
 
   bool read_later(const std::string& name) const {
@@ -366,6 +540,8 @@ class Planner {
         {"Sigmoid", Elementwise::sigmoid}, {"Erf", Elementwise::erf},   {"Sqrt", Elementwise::sqrt},
         {"Tanh", Elementwise::tanh},       {"Relu", Elementwise::relu}, {"Neg", Elementwise::neg},
         {"Expand", Elementwise::copy}};
+    if (absorbed_.count(n)) return;  // computed by a fused step
+    if (const auto fused = attention_.find(n); fused != attention_.end()) return plan_attention(node, n, fused->second);
     if (aliases_input(op) && values_.count(node.input(0)) &&
         values_[node.input(0)].storage == values_[node.output(0)].storage)
       return;  // a view of its input: no work
@@ -404,19 +580,21 @@ class Planner {
   }
 
   // Input k of a MatMul / Gemm as the GEMM reads it: f32 as it is, or bf16 (a
-  // constant converted once here; a computed value converted by a step
-  // enqueued now, before the GEMM's, into the node's scratch).
+  // constant converted once here; a computed value converted into its copy by
+  // a step enqueued before its first GEMM's).
   const void* gemm_operand(const onnx::NodeProto& node, int n, int k) {
-    if (!bf16_) return pointer(node.input(k));
-    if (is_constant(node.input(k))) return upload_bf16(node.input(k));
-    return to_bf16(node, n, k, pointer(node.input(k)), count(shape_of(node.input(k))));
-  }
-  void* to_bf16(const onnx::NodeProto& node, int n, int k, const float* in, std::int64_t elements) {
-    void* out = plan_.arena + storages_[std::size_t(bf16_scratch_.at({n, k}))].offset;
-    add_step(node, n, [=](cudaStream_t stream) {
-      check_cuda(cuda_ops::convert_f32(in, elements, 1, out, stream), "converting a GEMM operand to bf16");
-    });
-    return out;
+    const std::string& name = node.input(k);
+    if (!bf16_) return pointer(name);
+    if (is_constant(name)) return upload_bf16(name);
+    void* copy = plan_.arena + storages_[std::size_t(bf16_copy_.at(name))].offset;
+    if (converted_.insert(name).second) {
+      const float* in = pointer(name);
+      const std::int64_t elements = count(shape_of(name));
+      add_step(node, n, [=](cudaStream_t stream) {
+        check_cuda(cuda_ops::convert_f32(in, elements, 1, copy, stream), "converting a GEMM operand to bf16");
+      });
+    }
+    return copy;
   }
   const void* upload_bf16(const std::string& name) {
     if (const auto it = uploaded_bf16_.find(name); it != uploaded_bf16_.end()) return it->second;
@@ -521,7 +699,7 @@ class Planner {
     const auto* pw = static_cast<const std::byte*>(bf16_ ? upload_bf16(node.input(1)) : pointer(node.input(1)));
     float* columns = reinterpret_cast<float*>(plan_.arena + storages_[std::size_t(workspace_.at(n))].offset);
     void* operand =
-        bf16_ ? static_cast<void*>(plan_.arena + storages_[std::size_t(bf16_scratch_.at({n, 0}))].offset) : columns;
+        bf16_ ? static_cast<void*>(plan_.arena + storages_[std::size_t(conv_bf16_.at(n))].offset) : columns;
     float* py = pointer(node.output(0));
     const std::int64_t group_in = std::int64_t(s.channels) * s.height * s.width, weight_bytes = operand_bytes();
     // out[M, P] = W[M, patch] columns[patch, P], M the group's output channels
@@ -695,8 +873,12 @@ class Planner {
   std::map<std::string, Value> values_;   // computed values (and inputs)
   std::map<int, int> workspace_;          // Conv node -> its im2col columns' storage
   std::map<std::string, float*> uploaded_;
-  std::map<std::pair<int, int>, int> bf16_scratch_;  // (node, input) -> the storage of its bf16 copy
+  std::map<std::string, int> bf16_copy_;  // a value GEMMs read -> the storage of its bf16 copy
+  std::set<std::string> converted_;       // values whose conversion step is planned
+  std::map<int, int> conv_bf16_;          // Conv node -> its columns' bf16 copy
   std::map<std::string, const void*> uploaded_bf16_;
+  std::map<int, Attention> attention_;  // node whose output a fused step writes -> the pattern
+  std::set<int> absorbed_;              // nodes a fused step computes (skipped)
 };
 
 }  // namespace
@@ -720,6 +902,7 @@ float* CudaExecutor::input(std::size_t k) const { return plan_->inputs.at(k); }
 const float* CudaExecutor::output(std::size_t k) const { return plan_->outputs.at(k); }
 std::int64_t CudaExecutor::arena_bytes() const { return plan_->arena_size; }
 std::int64_t CudaExecutor::weight_bytes() const { return plan_->weight_size; }
+int CudaExecutor::fused_attention() const { return plan_->fused_attention; }
 
 Status CudaExecutor::run(void* stream_handle) {
   return guard([&] {

@@ -2,7 +2,9 @@
 // (every value's device memory in one arena, reused once its last reader has
 // run; Reshape-like nodes alias their input; the weights uploaded), then
 // enqueued node by node on the caller's stream with cuBLAS for MatMul, Gemm
-// and Conv and the kernels of cuda_ops.hpp for the rest. Activations are f32;
+// and Conv, kernels/cuda's dense_attention for each attention subgraph
+// (MatMul, Softmax, MatMul and the transposes around them: one step), and the
+// kernels of cuda_ops.hpp for the rest. Activations are f32;
 // GEMMs take their operands as bf16 on the tensor cores with f32
 // accumulation (Precision::bf16_tensor_cores) or stay f32 throughout
 // (Precision::f32, what the tests compare with the CPU executor).
@@ -42,6 +44,8 @@ class CudaExecutor {
   const float* output(std::size_t k) const;
   std::int64_t arena_bytes() const;   // activations (reused across nodes)
   std::int64_t weight_bytes() const;  // the uploaded initializers
+  // Attention subgraphs run as one fused step (bf16 precision only).
+  int fused_attention() const;
 
   // Enqueues every node on `stream` (a cudaStream_t). The first run on a
   // stream other than the legacy default (nullptr) captures the nodes as a

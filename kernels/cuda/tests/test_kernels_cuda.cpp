@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "cuda/awq_gemm.hpp"
+#include "cuda/dense_attention.hpp"
 #include "cuda/embedding.hpp"
 #include "cuda/kv_quant.hpp"
 #include "cuda/paged_attention.hpp"
@@ -45,6 +46,7 @@
 #include "cuda/silu_mul.hpp"
 #include "cuda/small_gemm.hpp"
 #include "ref/awq.hpp"
+#include "ref/dense_attention.hpp"
 #include "ref/dtype.hpp"
 #include "ref/gemm.hpp"
 #include "ref/kv_quant.hpp"
@@ -344,6 +346,54 @@ TEST_CASE("silu_and_mul") {
              compare(from_bytes(d_out.download(), dtype), want), tolerance_for(dtype));
     }
   }
+}
+
+// ---- dense (vision) attention ----------------------------------------------
+
+TEST_CASE("dense_attention") {
+  auto rng = rng_for("dense_attention");
+  struct Case {
+    int batch, heads, q_len, kv_len, head_dim;
+    bool split;  // q, k, v in [batch, tokens, heads, dim] and out written back so (the ViT layout)
+  };
+  // ViT-L/14-336 (577 tokens, 16 heads of 64), and the edges: partial tiles, one key, small heads.
+  const Case cases[] = {{1, 16, 577, 577, 64, true}, {2, 3, 65, 63, 64, false}, {1, 2, 1, 1, 32, true},
+                        {3, 2, 130, 200, 16, true}, {1, 1, 64, 64, 32, false}, {2, 2, 17, 17, 8, true},
+                        {1, 3, 40, 70, 40, false}};
+  for (const Case& c : cases) {
+    const std::size_t n_q = std::size_t(c.batch) * c.heads * c.q_len * c.head_dim,
+                      n_kv = std::size_t(c.batch) * c.heads * c.kv_len * c.head_dim;
+    const auto strides = [&](int len) {
+      return c.split ? ref::AttentionStrides{std::int64_t(len) * c.heads * c.head_dim, c.head_dim,
+                                             std::int64_t(c.heads) * c.head_dim, 1}
+                     : ref::AttentionStrides{std::int64_t(c.heads) * len * c.head_dim, std::int64_t(len) * c.head_dim,
+                                             c.head_dim, 1};
+    };
+    // The kernel rounds q, k, v to bf16 as it loads them: the reference sees the same values.
+    const std::vector<float> q = rounded(random_floats(rng, n_q, -3, 3), DType::bf16),
+                             k = rounded(random_floats(rng, n_kv, -3, 3), DType::bf16),
+                             v = rounded(random_floats(rng, n_kv, -2, 2), DType::bf16);
+    const ref::DenseAttentionShape shape{c.batch, c.heads, c.q_len, c.kv_len, c.head_dim,
+                                         float(1.0 / std::sqrt(double(c.head_dim)))};
+    std::vector<float> want(n_q);
+    ref::dense_attention(shape, q.data(), strides(c.q_len), k.data(), strides(c.kv_len), v.data(), strides(c.kv_len),
+                         want.data(), strides(c.q_len));
+    DeviceBuffer<float> d_q, d_k, d_v, d_out(n_q);
+    d_q.upload(q);
+    d_k.upload(k);
+    d_v.upload(v);
+    d_out.poison();
+    LAUNCH_OK(gpu::dense_attention(shape, d_q.ptr, strides(c.q_len), d_k.ptr, strides(c.kv_len), d_v.ptr,
+                                   strides(c.kv_len), d_out.ptr, strides(c.q_len), nullptr));
+    // P is rounded to bf16 for the second product: ~3 significant digits.
+    report("dense_attention",
+           fmt("b=%d h=%d q=%d kv=%d d=%d %s", c.batch, c.heads, c.q_len, c.kv_len, c.head_dim,
+               c.split ? "[b,t,h,d]" : "[b,h,t,d]"),
+           compare(d_out.download(), want), 1e-2);
+  }
+  CHECK_FALSE(gpu::dense_attention_supports(128));
+  CHECK(gpu::dense_attention({1, 1, 4, 4, 72, 1.0f}, nullptr, {}, nullptr, {}, nullptr, {}, nullptr, {}, nullptr) ==
+        cudaErrorInvalidValue);
 }
 
 // ---- small-m linear layer -------------------------------------------------
