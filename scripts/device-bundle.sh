@@ -9,7 +9,7 @@ set -euo pipefail
 build=$1 out=$2
 rm -rf "$out"
 mkdir -p "$out/bin" "$out/lib/hostrun/plugins"
-cp "$build/bin/hostrun" "$build/bin/hostrun-llama-checkpoint" "$build/bin/hostrun-vision-onnx" "$out/bin/"
+cp "$build/bin/hostrun" "$build/bin/hostrun-llama-checkpoint" "$build/bin/hostrun-vision-onnx" "$build/bin/hostrun-onnx-run" "$out/bin/"
 cp "$build"/lib/hostrun/plugins/*.so "$out/lib/hostrun/plugins/"
 cp "$build"/lib/hostrun/*.so "$out/lib/hostrun/" 2>/dev/null || true  # libhostrun_kernels_cuda.so
 # The GPU test drivers (ctest label gpu) only: a device call carries at most 64 MiB.
