@@ -131,6 +131,7 @@ struct CudaExecutor::Plan {
   cudaGraphExec_t graph = nullptr;
   void* blas_workspace = nullptr;  // cuBLAS's, set once so that capture allocates nothing
   int fused_attention = 0;         // attention subgraphs run as one step
+  int fused_elementwise = 0;       // elementwise chains run as one kernel
 
   void enqueue(cudaStream_t stream) const {
     for (const Step& step : steps) {
@@ -162,6 +163,7 @@ class Planner {
   void build() {
     const auto& nodes = graph_.proto().node();
     if (bf16_) find_attention();
+    find_elementwise_chains();
     for (const Graph::Value& input : graph_.inputs) {
       if (input.element != Element::f32)
         refuse_graph(fmt::format("input '{}' is integer; the CUDA executor takes float inputs", input.name));
@@ -376,14 +378,134 @@ class Planner {
     return a.kt.perm.empty() ? source.back() : source[std::size_t(a.kt.perm.back())];
   }
 
+  // ---- pass 0b: elementwise chains, fused -----------------------------------
+  //
+  // An elementwise node whose output only one elementwise node reads, at the
+  // same shape, is computed inside that reader: from each root (a node no
+  // such reader takes in) the tree of absorbed producers becomes one
+  // ElementwiseProgram over its leaves (values read from memory, broadcast
+  // through strides). Every precision: each element's f32 operations are the
+  // same as node by node, only the round trips through memory go.
+
+  struct Chain {
+    std::vector<std::string> leaves;
+    cuda_ops::ElementwiseProgram program;
+  };
+
+  static bool chainable(const std::string& op) {
+    static const std::set<std::string> kOps = {"Add", "Sub",  "Mul",  "Div",  "Pow", "Sigmoid",
+                                               "Erf", "Sqrt", "Tanh", "Relu", "Neg"};
+    return kOps.count(op) > 0;
+  }
+
+  void find_elementwise_chains() {
+    using Program = cuda_ops::ElementwiseProgram;
+    static const std::map<std::string, Elementwise> kOp = {
+        {"Add", Elementwise::add},         {"Sub", Elementwise::sub}, {"Mul", Elementwise::mul},
+        {"Div", Elementwise::div},         {"Pow", Elementwise::pow}, {"Sigmoid", Elementwise::sigmoid},
+        {"Erf", Elementwise::erf},         {"Sqrt", Elementwise::sqrt}, {"Tanh", Elementwise::tanh},
+        {"Relu", Elementwise::relu},       {"Neg", Elementwise::neg}};
+    const auto& nodes = graph_.proto().node();
+    std::map<std::string, int> producer;
+    std::map<std::string, int> reads;  // how many times nodes read each value
+    for (int n = 0; n < nodes.size(); ++n) {
+      producer[nodes[n].output(0)] = n;
+      for (const auto& in : nodes[n].input()) ++reads[in];
+    }
+    std::set<std::string> outputs;
+    for (const auto& o : graph_.outputs) outputs.insert(o.name);
+    const auto shape = [&](const std::string& value) -> const Shape* {
+      const auto it = graph_.computed.find(value);
+      return it == graph_.computed.end() || it->second.element != Element::f32 ? nullptr : &it->second.shape;
+    };
+    std::set<int> taken;
+    for (int root = nodes.size() - 1; root >= 0; --root) {
+      const onnx::NodeProto& top = nodes[root];
+      if (taken.count(root) || absorbed_.count(root) || !chainable(top.op_type()) || top.output_size() != 1) continue;
+      const Shape* out = shape(top.output(0));
+      if (out == nullptr || out->size() > std::size_t(cuda_ops::kMaxRank)) continue;
+      Chain chain;
+      std::int8_t leaf_register[Program::kMaxLeaves] = {};
+      std::vector<int> members;
+      bool fits = true;
+      // Emits node x's instructions after its operands'; its register.
+      std::function<int(int)> emit = [&](int x) -> int {
+        const onnx::NodeProto& node = nodes[x];
+        const Elementwise op = kOp.at(node.op_type());
+        const int arity = op == Elementwise::add || op == Elementwise::sub || op == Elementwise::mul ||
+                                  op == Elementwise::div || op == Elementwise::pow
+                              ? 2
+                              : 1;
+        std::int8_t regs[2] = {0, 0};
+        for (int k = 0; k < arity && fits; ++k) {
+          if (k >= node.input_size()) {
+            fits = false;
+            break;
+          }
+          const std::string& in = node.input(k);
+          const auto p = producer.find(in);
+          const Shape* in_shape = shape(in);
+          if (p != producer.end() && chainable(nodes[p->second].op_type()) && !absorbed_.count(p->second) &&
+              !taken.count(p->second) && reads[in] == 1 && !outputs.count(in) && in_shape != nullptr &&
+              *in_shape == *out) {
+            members.push_back(p->second);
+            regs[k] = std::int8_t(emit(p->second));
+            continue;
+          }
+          const auto leaf = std::find(chain.leaves.begin(), chain.leaves.end(), in);
+          if (leaf != chain.leaves.end()) {  // loaded already
+            regs[k] = leaf_register[leaf - chain.leaves.begin()];
+            continue;
+          }
+          if (int(chain.leaves.size()) == Program::kMaxLeaves || chain.program.count == Program::kMaxInstructions) {
+            fits = false;
+            break;
+          }
+          chain.program.instruction[chain.program.count] = {std::int8_t(chain.leaves.size())};
+          chain.leaves.push_back(in);
+          leaf_register[chain.leaves.size() - 1] = std::int8_t(chain.program.count);
+          regs[k] = std::int8_t(chain.program.count++);
+        }
+        if (!fits || chain.program.count == Program::kMaxInstructions) {
+          fits = false;
+          return 0;
+        }
+        chain.program.instruction[chain.program.count] = {-1, op, regs[0], regs[1]};
+        return chain.program.count++;
+      };
+      emit(root);
+      if (!fits || members.empty()) continue;
+      for (int m : members) absorbed_.insert(m), taken.insert(m);
+      chains_[root] = std::move(chain);
+    }
+  }
+
+  void plan_chain(const onnx::NodeProto& node, int n, const Chain& chain) {
+    const Shape& out_shape = values_.at(node.output(0)).shape;
+    const OutputShape shape = output_shape(node, n, out_shape);
+    StridedInput leaves[cuda_ops::ElementwiseProgram::kMaxLeaves];
+    for (std::size_t j = 0; j < chain.leaves.size(); ++j)
+      leaves[j] = broadcast_input(node, n, chain.leaves[j], out_shape);
+    float* out = pointer(node.output(0));
+    const cuda_ops::ElementwiseProgram program = chain.program;
+    add_step(node, n, [=](cudaStream_t stream) {
+      check_cuda(cuda_ops::elementwise_program(program, shape, leaves, out, stream), "fused elementwise");
+    });
+    ++plan_.fused_elementwise;
+  }
+
   // ---- pass 1: which storage each value lives in, and until when --------
 
   void plan_liveness(const onnx::NodeProto& node, int n) {
     if (absorbed_.count(n)) return;  // computed by a fused step at a later node
+    std::vector<const std::string*> fused_reads;  // what the absorbed nodes read
     if (const auto fused = attention_.find(n); fused != attention_.end())
-      for (const std::string* name : {&fused->second.q.source, &fused->second.kt.source, &fused->second.v.source})
-        if (const auto it = values_.find(*name); it != values_.end())
-          storages_[std::size_t(it->second.storage)].last = std::max(storages_[std::size_t(it->second.storage)].last, n);
+      fused_reads = {&fused->second.q.source, &fused->second.kt.source, &fused->second.v.source};
+    if (const auto chain = chains_.find(n); chain != chains_.end())
+      for (const std::string& leaf : chain->second.leaves) fused_reads.push_back(&leaf);
+    for (const std::string* name : fused_reads)
+      if (const auto it = values_.find(*name); it != values_.end())
+        storages_[std::size_t(it->second.storage)].last = std::max(storages_[std::size_t(it->second.storage)].last, n);
     for (const auto& name : node.input())
       if (const auto it = values_.find(name); it != values_.end())
         storages_[std::size_t(it->second.storage)].last = std::max(storages_[std::size_t(it->second.storage)].last, n);
@@ -542,6 +664,7 @@ class Planner {
         {"Expand", Elementwise::copy}};
     if (absorbed_.count(n)) return;  // computed by a fused step
     if (const auto fused = attention_.find(n); fused != attention_.end()) return plan_attention(node, n, fused->second);
+    if (const auto chain = chains_.find(n); chain != chains_.end()) return plan_chain(node, n, chain->second);
     if (aliases_input(op) && values_.count(node.input(0)) &&
         values_[node.input(0)].storage == values_[node.output(0)].storage)
       return;  // a view of its input: no work
@@ -878,6 +1001,7 @@ class Planner {
   std::map<int, int> conv_bf16_;          // Conv node -> its columns' bf16 copy
   std::map<std::string, const void*> uploaded_bf16_;
   std::map<int, Attention> attention_;  // node whose output a fused step writes -> the pattern
+  std::map<int, Chain> chains_;         // a chain's last node -> the chain
   std::set<int> absorbed_;              // nodes a fused step computes (skipped)
 };
 
@@ -903,6 +1027,7 @@ const float* CudaExecutor::output(std::size_t k) const { return plan_->outputs.a
 std::int64_t CudaExecutor::arena_bytes() const { return plan_->arena_size; }
 std::int64_t CudaExecutor::weight_bytes() const { return plan_->weight_size; }
 int CudaExecutor::fused_attention() const { return plan_->fused_attention; }
+int CudaExecutor::fused_elementwise() const { return plan_->fused_elementwise; }
 
 Status CudaExecutor::run(void* stream_handle) {
   return guard([&] {

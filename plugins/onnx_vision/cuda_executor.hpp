@@ -46,6 +46,8 @@ class CudaExecutor {
   std::int64_t weight_bytes() const;  // the uploaded initializers
   // Attention subgraphs run as one fused step (bf16 precision only).
   int fused_attention() const;
+  // Chains of elementwise nodes run as one kernel (every precision).
+  int fused_elementwise() const;
 
   // Enqueues every node on `stream` (a cudaStream_t). The first run on a
   // stream other than the legacy default (nullptr) captures the nodes as a

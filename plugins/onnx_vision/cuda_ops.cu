@@ -58,6 +58,34 @@ __global__ void elementwise_kernel(Elementwise op, int operands, Operands o, flo
   }
 }
 
+struct ProgramOperands {
+  ElementwiseProgram program;
+  StridedInput leaves[ElementwiseProgram::kMaxLeaves];
+  OutputShape shape;
+  int leaf_count;
+};
+
+__global__ void elementwise_program_kernel(const ProgramOperands o, float* __restrict__ out, std::int64_t n) {
+  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += std::int64_t(gridDim.x) * blockDim.x) {
+    std::int64_t at[ElementwiseProgram::kMaxLeaves];
+    for (int j = 0; j < o.leaf_count; ++j) at[j] = o.leaves[j].offset;
+    std::int64_t rest = i;
+    for (int k = o.shape.rank - 1; k >= 0; --k) {
+      const std::int64_t size = o.shape.sizes[k];
+      const std::int64_t index = rest % size;
+      rest /= size;
+      for (int j = 0; j < o.leaf_count; ++j) at[j] += index * o.leaves[j].strides[k];
+    }
+    float r[ElementwiseProgram::kMaxInstructions];
+    for (int k = 0; k < o.program.count; ++k) {
+      const ElementwiseProgram::Instruction& in = o.program.instruction[k];
+      r[k] = in.leaf >= 0 ? o.leaves[in.leaf].data[at[in.leaf]] : apply(in.op, r[in.a], r[in.b], 0.0f);
+    }
+    out[i] = r[o.program.count - 1];
+  }
+}
+
 // Every operand contiguous in the output's order: no index arithmetic.
 __global__ void elementwise_flat_kernel(Elementwise op, int operands, const float* __restrict__ a,
                                         const float* __restrict__ b, const float* __restrict__ c,
@@ -241,6 +269,21 @@ cudaError_t im2col(const Im2col& shape, const float* image, float* columns, cuda
       std::int64_t(shape.channels) * shape.kernel_h * shape.kernel_w * shape.out_h * shape.out_w;
   if (n == 0) return cudaSuccess;
   im2col_kernel<<<blocks_for(n), kThreads, 0, stream>>>(shape, image, columns, n);
+  return cudaGetLastError();
+}
+
+cudaError_t elementwise_program(const ElementwiseProgram& program, const OutputShape& shape,
+                                const StridedInput (&leaves)[ElementwiseProgram::kMaxLeaves], float* out,
+                                cudaStream_t stream) {
+  const std::int64_t n = shape.count();
+  if (n == 0) return cudaSuccess;
+  if (program.count < 1 || program.count > ElementwiseProgram::kMaxInstructions) return cudaErrorInvalidValue;
+  ProgramOperands o{program, {}, shape, 0};
+  for (int j = 0; j < ElementwiseProgram::kMaxLeaves; ++j) {
+    o.leaves[j] = leaves[j];
+    if (leaves[j].data != nullptr) o.leaf_count = j + 1;
+  }
+  elementwise_program_kernel<<<blocks_for(n), kThreads, 0, stream>>>(o, out, n);
   return cudaGetLastError();
 }
 

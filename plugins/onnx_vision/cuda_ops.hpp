@@ -42,6 +42,25 @@ enum class Elementwise : int {
 cudaError_t elementwise(Elementwise op, const OutputShape& shape, const StridedInput& a, const StridedInput& b,
                         const StridedInput& c, float* out, cudaStream_t stream);
 
+// A chain of elementwise operators run as one kernel: instruction i sets
+// register i, either loading leaf `leaf` (read through its strides) or
+// applying `op` to registers a, b (earlier ones); the last register is the
+// output. The executor builds it from nodes whose intermediates nothing else
+// reads (x * sigmoid(1.702 x) is one pass, not three).
+struct ElementwiseProgram {
+  static constexpr int kMaxLeaves = 4, kMaxInstructions = 12;
+  struct Instruction {
+    std::int8_t leaf = -1;  // >= 0: load that leaf
+    Elementwise op = Elementwise::copy;
+    std::int8_t a = 0, b = 0;
+  };
+  int count = 0;
+  Instruction instruction[kMaxInstructions];
+};
+cudaError_t elementwise_program(const ElementwiseProgram& program, const OutputShape& shape,
+                                const StridedInput (&leaves)[ElementwiseProgram::kMaxLeaves], float* out,
+                                cudaStream_t stream);
+
 // Softmax along the middle axis of in viewed as [outer, length, inner].
 cudaError_t softmax_axis(const float* in, std::int64_t outer, std::int64_t length, std::int64_t inner, float* out,
                          cudaStream_t stream);
