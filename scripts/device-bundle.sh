@@ -21,4 +21,7 @@ for f in "$out"/bin/* "$out"/lib/hostrun/plugins/*.so; do
   ldd "$f" 2>/dev/null | awk '/=>/ {print $3}'
 done | sort -u | grep -E "libfmt|libtomlplusplus|libpcre2|libssl|libcrypto|libonnx|libprotobuf|libpng16|libjpeg|libwebp|libgif" |
   while read -r lib; do cp -L "$lib" "$out/lib/"; done  # the image codecs and ONNX: the onnx_vision plugin
+# Host symbols off (the device code, -lineinfo included, stays in the fat binaries): a call carries 64 MiB
+# with the working tree.
+strip --strip-unneeded "$out"/bin/* "$out"/lib/hostrun/*.so "$out"/lib/hostrun/plugins/*.so
 du -sh "$out"
