@@ -215,6 +215,61 @@ std::vector<std::int64_t> static_shape(const onnx::ValueInfoProto& value, std::s
   return shape;
 }
 
+bool static_dims(const onnx::ValueInfoProto& value) {
+  if (!value.type().has_tensor_type() || !value.type().tensor_type().has_shape()) return false;
+  for (const auto& dim : value.type().tensor_type().shape().dim())
+    if (!dim.has_dim_value() || dim.dim_value() < 0) return false;
+  return true;
+}
+
+// A folded value back as an initializer, in the element type inference gave
+// it (a folded Equal stays bool for the Where that reads it).
+onnx::TensorProto to_proto(const std::string& name, const HostTensor& t, int data_type) {
+  onnx::TensorProto proto;
+  proto.set_name(name);
+  for (std::int64_t d : t.shape) proto.add_dims(d);
+  if (t.element == Element::f32) {
+    proto.set_data_type(onnx::TensorProto::FLOAT);
+    proto.set_raw_data(t.f.data(), t.f.size() * sizeof(float));
+    return proto;
+  }
+  std::string raw;
+  const auto put = [&](auto value) { raw.append(reinterpret_cast<const char*>(&value), sizeof value); };
+  switch (data_type) {
+    case onnx::TensorProto::INT32: for (std::int64_t v : t.i) put(std::int32_t(v)); break;
+    case onnx::TensorProto::INT8: for (std::int64_t v : t.i) put(std::int8_t(v)); break;
+    case onnx::TensorProto::UINT8:
+    case onnx::TensorProto::BOOL: for (std::int64_t v : t.i) put(std::uint8_t(v)); break;
+    default: data_type = onnx::TensorProto::INT64; for (std::int64_t v : t.i) put(v); break;
+  }
+  proto.set_data_type(data_type);
+  proto.set_raw_data(raw);
+  return proto;
+}
+
+void infer_shapes(onnx::ModelProto& model) {
+  try {
+    onnx::shape_inference::InferShapes(model, onnx::OpSchemaRegistry::Instance(),
+                                       onnx::ShapeInferenceOptions(/*check_type=*/true, /*strict=*/1,
+                                                                   /*data_propagation=*/true));
+  } catch (const std::exception& e) {
+    refuse(fmt::format("shape inference failed: {}", e.what()));
+  }
+}
+
+// The shapes inference knows completely, by value name.
+void known_shapes(const onnx::GraphProto& g, Graph& graph) {
+  graph.computed.clear();
+  for (const auto* values : {&g.input(), &g.value_info(), &g.output()})
+    for (const auto& value : *values) {
+      if (!value.type().has_tensor_type() || !static_dims(value)) continue;
+      const int type = value.type().tensor_type().elem_type();
+      if (type == onnx::TensorProto::UNDEFINED || type == onnx::TensorProto::STRING) continue;
+      graph.computed[value.name()] = {value.name(), element_of(type, "value '" + value.name() + "'"),
+                                      static_shape(value, "value")};
+    }
+}
+
 Graph load(onnx::ModelProto parsed, const GraphLoadOptions& options) {
   Graph graph;
   graph.directory = options.directory;
@@ -280,12 +335,33 @@ Graph load(onnx::ModelProto parsed, const GraphLoadOptions& options) {
     for (const auto& output : node.output()) defined.insert(output);
   }
 
-  try {
-    onnx::shape_inference::InferShapes(model, onnx::OpSchemaRegistry::Instance(),
-                                       onnx::ShapeInferenceOptions(/*check_type=*/true, /*strict=*/1,
-                                                                   /*data_propagation=*/true));
-  } catch (const std::exception& e) {
-    refuse(fmt::format("shape inference failed: {}", e.what()));
+  infer_shapes(model);
+  for (const auto& init : g.initializer())
+    graph.initializers.emplace(init.name(), convert(init, options.directory, options.max_external_bytes));
+  // Shape computations onnx's data propagation does not follow (torch.onnx's
+  // Expand of the class token: Shape -> Gather -> Concat -> Equal -> Where)
+  // leave sizes unknown: fold what the known shapes and constants decide,
+  // hand the folded values back as initializers, and infer again.
+  for (int round = 0; round < 8; ++round) {
+    const auto unknown = [](const auto& values) {
+      return std::any_of(values.begin(), values.end(), [](const auto& v) { return !static_dims(v); });
+    };
+    if (!unknown(g.value_info()) && !unknown(g.output())) break;
+    known_shapes(g, graph);
+    std::map<std::string, int> types;
+    for (const auto& value : g.value_info()) types[value.name()] = value.type().tensor_type().elem_type();
+    const std::set<std::string> before = [&] {
+      std::set<std::string> names;
+      for (const auto& [name, t] : graph.initializers) names.insert(name);
+      return names;
+    }();
+    const int folded = graph.folded_nodes;
+    fold_constants(graph, /*drop_unread=*/false);
+    if (graph.folded_nodes == folded) break;
+    for (const auto& [name, t] : graph.initializers)
+      if (!before.count(name)) *g.add_initializer() = to_proto(name, t, types.count(name) ? types[name] : 0);
+    g.clear_value_info();
+    infer_shapes(model);
   }
 
   for (const auto& input : g.input()) {
@@ -297,9 +373,8 @@ Graph load(onnx::ModelProto parsed, const GraphLoadOptions& options) {
     const Element element = element_of(output.type().tensor_type().elem_type(), "output '" + output.name() + "'");
     graph.outputs.push_back({output.name(), element, static_shape(output, "output")});
   }
-  for (const auto& init : g.initializer())
-    graph.initializers.emplace(init.name(), convert(init, options.directory, options.max_external_bytes));
   g.clear_initializer();
+  graph.computed.clear();
   for (const auto& value : g.value_info()) {
     if (!value.type().has_tensor_type()) continue;
     const int type = value.type().tensor_type().elem_type();
@@ -314,7 +389,7 @@ Graph load(onnx::ModelProto parsed, const GraphLoadOptions& options) {
 
 }  // namespace
 
-void fold_constants(Graph& graph) {
+void fold_constants(Graph& graph, bool drop_unread) {
   onnx::GraphProto& g = *graph.model.mutable_graph();
   google::protobuf::RepeatedPtrField<onnx::NodeProto> kept;
   for (int n = 0; n < g.node_size(); ++n) {
@@ -351,6 +426,7 @@ void fold_constants(Graph& graph) {
     ++graph.folded_nodes;
   }
   g.mutable_node()->Swap(&kept);
+  if (!drop_unread) return;
   std::set<std::string> read;
   for (const auto& node : g.node())
     for (const auto& name : node.input()) read.insert(name);

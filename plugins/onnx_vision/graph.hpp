@@ -77,7 +77,9 @@ struct Graph {
 // static), is evaluated once with the CPU executor and becomes an
 // initializer; initializers no node reads any more are dropped. What is left
 // computes from the graph's inputs: for a ViT export, the float path only.
-void fold_constants(Graph& graph);
+// (load_graph also folds between rounds of shape inference, keeping
+// initializers: `drop_unread` false.)
+void fold_constants(Graph& graph, bool drop_unread = true);
 
 // The operators the executors run (the ViT family's exports: CLIP, LLaVA's projector).
 const std::vector<std::string>& supported_operators();

@@ -496,6 +496,83 @@ TEST_CASE("constants are folded at load: Shape chains and constant subgraphs lea
   for (const auto& node : graph->proto().node()) CHECK(graph->computed.count(node.output(0)));
 }
 
+TEST_CASE("sizes onnx's data propagation leaves unknown are found by folding and inferring again") {
+  // torch.onnx's class-token expand with a dynamic batch: Shape -> Gather -> Unsqueeze -> Concat -> Equal ->
+  // Where -> Expand, which onnx 1.12's data propagation does not follow through Equal and Where.
+  onnx::ModelProto model;
+  model.set_ir_version(8);
+  model.add_opset_import()->set_version(17);
+  auto* g = model.mutable_graph();
+  g->set_name("g");
+  auto* x = g->add_input();
+  x->set_name("x");
+  auto* type = x->mutable_type()->mutable_tensor_type();
+  type->set_elem_type(onnx::TensorProto::FLOAT);
+  type->mutable_shape()->add_dim()->set_dim_param("batch");
+  type->mutable_shape()->add_dim()->set_dim_value(4);
+  g->add_output()->set_name("y");
+  const auto ints = [&](const std::string& name, std::vector<std::int64_t> values, bool scalar = false) {
+    auto* t = g->add_initializer();
+    t->set_name(name);
+    t->set_data_type(onnx::TensorProto::INT64);
+    if (!scalar) t->add_dims(std::int64_t(values.size()));
+    for (std::int64_t v : values) t->add_int64_data(v);
+  };
+  auto* cls = g->add_initializer();
+  cls->set_name("cls");
+  cls->set_data_type(onnx::TensorProto::FLOAT);
+  for (std::int64_t d : {1, 1, 4}) cls->add_dims(d);
+  for (float v : {1.0f, 2.0f, 3.0f, 4.0f}) cls->add_float_data(v);
+  ints("zero", {0}, true);
+  ints("axes0", {0});
+  ints("axes1", {1});
+  ints("tail", {1, 4});
+  ints("minus_one", {-1});
+  ints("rank", {3});
+  const auto node = [&](const std::string& op, std::vector<std::string> in, const std::string& out) {
+    auto* n = g->add_node();
+    n->set_op_type(op);
+    n->set_name(out);
+    for (const auto& i : in) n->add_input(i);
+    n->add_output(out);
+    return n;
+  };
+  node("Shape", {"x"}, "shape");
+  node("Gather", {"shape", "zero"}, "batch");
+  node("Unsqueeze", {"batch", "axes0"}, "batch1");
+  auto* concat = node("Concat", {"batch1", "tail"}, "target");
+  auto* axis = concat->add_attribute();
+  axis->set_name("axis");
+  axis->set_type(onnx::AttributeProto::INT);
+  axis->set_i(0);
+  node("Equal", {"target", "minus_one"}, "is_free");
+  node("ConstantOfShape", {"rank"}, "ones_f");
+  node("Cast", {"ones_f"}, "ones")->add_attribute()->CopyFrom([] {
+    onnx::AttributeProto to;
+    to.set_name("to");
+    to.set_type(onnx::AttributeProto::INT);
+    to.set_i(onnx::TensorProto::INT64);
+    return to;
+  }());
+  node("Where", {"is_free", "ones", "target"}, "expand_shape");
+  node("Expand", {"cls", "expand_shape"}, "cls_rows");
+  node("Unsqueeze", {"x", "axes1"}, "x3");
+  node("Add", {"cls_rows", "x3"}, "y");
+
+  ov::GraphLoadOptions options;
+  options.input_shapes["x"] = {3, 4};
+  auto graph = load_model(model, options);
+  REQUIRE_MESSAGE(graph.has_value(), graph.status().message());
+  REQUIRE(graph->outputs.size() == 1);
+  CHECK(graph->outputs[0].shape == std::vector<std::int64_t>{3, 1, 4});
+  for (const auto& n : graph->proto().node()) CHECK(n.op_type() != "Where");  // the shape path is folded
+  std::vector<float> xs(12);
+  for (std::size_t k = 0; k < xs.size(); ++k) xs[k] = float(k);
+  auto out = ov::run_on_cpu(*graph, {{"x", ov::HostTensor::floats({3, 4}, xs)}});
+  REQUIRE_MESSAGE(out.has_value(), out.status().message());
+  for (std::size_t k = 0; k < xs.size(); ++k) CHECK((*out)[0].f[k] == xs[k] + float(k % 4 + 1));
+}
+
 #ifdef HOSTRUN_ONNX_VISION_CUDA
 namespace {
 
