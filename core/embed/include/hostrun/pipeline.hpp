@@ -75,7 +75,8 @@ class HOSTRUN_PIPELINE_API Pipeline {
 
 // An image file's bytes, typed by their signature (PNG, JPEG, WebP, GIF);
 // LMDeploy's load_image for a path. invalid_argument when the file is no
-// such image (the vision encoder decodes it), not_found when it cannot be read.
+// such image (the vision encoder decodes it) or is over 64 MiB, not_found
+// when it cannot be read.
 HOSTRUN_PIPELINE_API Result<ImageData> load_image(const std::string& path) noexcept;
 
 }  // namespace hostrun
