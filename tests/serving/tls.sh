@@ -6,9 +6,13 @@
 # api_client` and `bench serving` against it with --ssl-ca-file, what a client
 # says when it does not trust the certificate or the certificate names another
 # host, and the start errors of a bad certificate or key (before the model loads).
-# Usage: tls.sh HOSTRUN MODEL_DIR NPM_DIR   (NPM_DIR: where serving_npm put `openai`)
+# Then image_url parts with https:// URLs to a LLaVA folder: fetched from an
+# image server (openssl s_server) with a certificate of the CA, refused from
+# one whose certificate does not name the host or that the CA did not sign.
+# Usage: tls.sh HOSTRUN MODEL_DIR NPM_DIR LLAVA_DIR IMAGE_DIR
+#   (NPM_DIR: where serving_npm put `openai`)
 set -u
-hostrun=$1 model=$2 npm_dir=$3
+hostrun=$1 model=$2 npm_dir=$3 llava=$4 images=$5
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 work=$(mktemp -d)
 source "$here/../clients/lib.sh"
@@ -26,6 +30,8 @@ cert() {
 if ! openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/ca.key" -out "$work/ca.pem" \
        -days 1 -subj "/CN=hostrun test CA" 2>/dev/null ||
    ! cert server "DNS:localhost,IP:127.0.0.1" || ! cert named "DNS:localhost" ||
+   ! openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/rogue.key" \
+       -out "$work/rogue.pem" -days 1 -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost" 2>/dev/null ||
    ! openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/other.key" 2>/dev/null; then
   fail "openssl made the test CA and certificates"; finish; exit
 fi
@@ -111,6 +117,56 @@ completed=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r
   "$work/bench.json" 2>/dev/null)
 [ $status -eq 0 ] && [ "$completed" = "4 0" ] && ok "bench serving https:// --ssl-ca-file: 4 requests completed" ||
   fail "bench serving over TLS (exit $status, completed/failed: $completed): $(cat "$work/bench.log")"
+
+# --- image_url parts with https:// URLs ----------------------------------------
+# Image servers: openssl s_server -WWW serves the folder it runs in. The api_server trusts the CA through
+# SSL_CERT_FILE (OpenSSL's default verify paths, which the fetcher uses).
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+mkdir -p "$work/www" && cp "$images/rgb.gif" "$work/www/"
+image_server() {  # image_server CERT_NAME: serves $work/www over TLS; prints its port
+  local port; port=$(free_port)
+  (cd "$work/www" && exec openssl s_server -quiet -accept "127.0.0.1:$port" -cert "$work/$1.pem" \
+     -key "$work/$1.key" -WWW) >/dev/null 2>&1 &
+  server_pids+=("$!")
+  for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+  echo "$port"
+}
+trusted=$(image_server server) other_name=$(image_server named) rogue=$(image_server rogue)
+if SSL_CERT_FILE="$work/ca.pem" start_server "$work/llava.log" "$hostrun" serve api_server "$llava" \
+     --server-name 127.0.0.1 --server-port 0 --session-len 512 --image-url-hosts localhost,127.0.0.1 \
+     --set frontend.image_url_timeout=5; then
+  ask_image() {  # ask_image URL OUT: one greedy question about the image at URL
+    python3 - "$1" "${server_url}" >"$2" 2>&1 <<'PY'
+import json, sys, urllib.request, urllib.error
+url, server = sys.argv[1], sys.argv[2]
+model = json.load(urllib.request.urlopen(server + "/v1/models", timeout=60))["data"][0]["id"]
+body = {"model": model, "max_tokens": 8, "temperature": 0, "messages": [{"role": "user", "content": [
+    {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What is in this image?"}]}]}
+request = urllib.request.Request(server + "/v1/chat/completions", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+try:
+    reply = json.load(urllib.request.urlopen(request, timeout=60))
+    print("200", json.dumps(reply["choices"][0]["message"]["content"]), reply["usage"]["prompt_tokens"])
+except urllib.error.HTTPError as e:
+    print(e.code, json.load(e)["error"]["message"])
+PY
+  }
+  ask_image "data:image/gif;base64,$(base64 -w0 "$images/rgb.gif")" "$work/inline.out"
+  ask_image "https://localhost:$trusted/rgb.gif" "$work/https.out"
+  [ "$(cut -c1-3 "$work/https.out")" = 200 ] && cmp -s "$work/inline.out" "$work/https.out" &&
+    ok "an https image URL is fetched with the CA's certificate and answers as its data: URL" ||
+    fail "https image: $(cat "$work/https.out") against $(cat "$work/inline.out")"
+  ask_image "https://127.0.0.1:$other_name/rgb.gif" "$work/https_name.out"
+  grep -q "^400 .*certificate verify failed" "$work/https_name.out" &&
+    ok "an https image server whose certificate does not name the address is refused" ||
+    fail "https image, address mismatch: $(cat "$work/https_name.out")"
+  ask_image "https://localhost:$rogue/rgb.gif" "$work/https_rogue.out"
+  grep -q "^400 .*certificate verify failed" "$work/https_rogue.out" &&
+    ok "an https image server with a certificate the CA did not sign is refused" ||
+    fail "https image, untrusted: $(cat "$work/https_rogue.out")"
+else
+  fail "serve api_server LLAVA --image-url-hosts started"
+fi
 
 # --- every server exits 0 on SIGTERM -----------------------------------------
 for pid in "${server_pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
