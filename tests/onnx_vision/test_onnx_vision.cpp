@@ -58,6 +58,15 @@ ov::HostTensor read_tensor(const fs::path& path, const std::string& dtype, std::
   return ov::HostTensor::ints(std::move(shape), std::move(v));
 }
 
+// A fixture case's inputs (cases.json: name, file, dtype, shape of each).
+std::map<std::string, ov::HostTensor> case_inputs(const nlohmann::json& c) {
+  std::map<std::string, ov::HostTensor> inputs;
+  for (const auto& input : c["inputs"])
+    inputs[input["name"]] = read_tensor(kFixtures / input["file"].get<std::string>(), input["dtype"],
+                                        input["shape"].get<std::vector<std::int64_t>>());
+  return inputs;
+}
+
 // A one-node model: `op` from inputs x (float [2, 3]) to y.
 onnx::ModelProto one_node(const std::string& op, int opset = 17, const std::string& domain = "") {
   onnx::ModelProto model;
@@ -107,10 +116,7 @@ TEST_CASE("ort_parity" * doctest::test_suite("ort_parity")) {
     CAPTURE(name);
     auto graph = ov::load_graph_file(kFixtures / c["model"].get<std::string>(), {});
     REQUIRE_MESSAGE(graph.has_value(), graph.status().message());
-    std::map<std::string, ov::HostTensor> inputs;
-    for (const auto& input : c["inputs"])
-      inputs[input["name"]] = read_tensor(kFixtures / input["file"].get<std::string>(), input["dtype"],
-                                          input["shape"].get<std::vector<std::int64_t>>());
+    const std::map<std::string, ov::HostTensor> inputs = case_inputs(c);
     auto outputs = ov::run_on_cpu(graph.value(), inputs);
     REQUIRE_MESSAGE(outputs.has_value(), outputs.status().message());
     REQUIRE(outputs->size() == c["outputs"].size());
@@ -624,10 +630,7 @@ TEST_CASE("the CUDA executor against the CPU executor on every fixture" * doctes
     CAPTURE(name);
     auto graph = ov::load_graph_file(kFixtures / c["model"].get<std::string>(), {});
     REQUIRE_MESSAGE(graph.has_value(), graph.status().message());
-    std::map<std::string, ov::HostTensor> inputs;
-    for (const auto& input : c["inputs"])
-      inputs[input["name"]] = read_tensor(kFixtures / input["file"].get<std::string>(), input["dtype"],
-                                          input["shape"].get<std::vector<std::int64_t>>());
+    const std::map<std::string, ov::HostTensor> inputs = case_inputs(c);
     auto cpu = ov::run_on_cpu(*graph, inputs);
     REQUIRE_MESSAGE(cpu.has_value(), cpu.status().message());
     bool integer_outputs = false;
