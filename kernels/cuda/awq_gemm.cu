@@ -4,7 +4,6 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <cooperative_groups.h>
 
 #include <algorithm>
 #include <cstring>
@@ -154,10 +153,6 @@ struct GemmParams {
   float* partial;  // [splits][m][n] when gridDim.y > 1
   std::uint32_t* counters;  // [row blocks][column blocks], zero between calls, when gridDim.y > 1
   int blocks_per_split;
-  // The streaming kernel only:
-  int x_pitch = 0;     // elements between x rows in shared memory
-  int red_offset = 0;  // bytes: where the cluster reduction's partials start in shared memory
-  int cluster = 0;     // 1: the k splits of a column block are one thread-block cluster
 };
 
 // Copies of the weights' part of k-block `kb` (codes, zeros, scales).
@@ -376,12 +371,12 @@ constexpr int kGemvMaxRows = 8;                              // B's columns
 
 // One k-block of a warp's tiles in registers: the codes and, per group, the
 // zero-point word of each tile and the f16 scale of this lane's column.
-template <int kGroup, int kTiles = kGemvTiles>
+template <int kGroup>
 struct GemvBlock {
   static constexpr int kGroups = awq_k_block / kGroup;
-  uint4 codes[kTiles];
-  std::uint32_t zeros[kTiles][kGroups];
-  std::uint16_t scales[kTiles][kGroups];
+  uint4 codes[kGemvTiles];
+  std::uint32_t zeros[kGemvTiles][kGroups];
+  std::uint16_t scales[kGemvTiles][kGroups];
 };
 
 // Read once: streamed past L1.
@@ -402,13 +397,12 @@ struct GemvTiles {
   int valid_tiles;              // tiles of this warp inside out_features
 };
 
-template <int kGroup, int kTiles>
-__device__ __forceinline__ void gemv_load(GemvBlock<kGroup, kTiles>& b, const GemvTiles& t, const AwqDeviceWeights& w,
-                                          int kb) {
-  using B = GemvBlock<kGroup, kTiles>;
+template <int kGroup>
+__device__ __forceinline__ void gemv_load(GemvBlock<kGroup>& b, const GemvTiles& t, const AwqDeviceWeights& w, int kb) {
+  using B = GemvBlock<kGroup>;
   const int n_tiles = w.out_features / 8;
 #pragma unroll
-  for (int i = 0; i < kTiles; ++i) {
+  for (int i = 0; i < kGemvTiles; ++i) {
     if (i < t.valid_tiles) {
       b.codes[i] = load_streaming(t.codes + i * t.tile_stride + std::size_t(kb) * 32 * 4);
 #pragma unroll
@@ -451,24 +445,24 @@ __device__ __forceinline__ void gemv_load_x(GemvX& xs, const T* x_lane, bool row
 // exact; the f32 sums lose ~7 bits to the cancellation, far below bf16's
 // rounding of the result. f16's offset is 1024 (10 bits lost, too close to
 // f16's own rounding), so f16 subtracts per code as the tile kernel does.
-template <typename T, int kGroup, int kTiles>
-__device__ __forceinline__ void gemv_compute(const GemvBlock<kGroup, kTiles>& b, const GemvX& xs, int lane,
-                                             float (&acc)[kTiles / 2][4]) {
-  using B = GemvBlock<kGroup, kTiles>;
+template <typename T, int kGroup>
+__device__ __forceinline__ void gemv_compute(const GemvBlock<kGroup>& b, const GemvX& xs, int lane,
+                                             float (&acc)[kGemvTiles / 2][4]) {
+  using B = GemvBlock<kGroup>;
   constexpr int kStepsPerGroup = kGroup / 16;
   constexpr bool kRowSums = std::is_same_v<T, __nv_bfloat16>;
   constexpr std::uint32_t kOnes = 0x3f803f80u;  // bf16 1.0, twice
 #pragma unroll
   for (int g = 0; g < B::kGroups; ++g) {
-    std::uint32_t zero[kTiles];
+    std::uint32_t zero[kGemvTiles];
 #pragma unroll
-    for (int i = 0; i < kTiles; ++i) zero[i] = (b.zeros[i][g] >> (4 * (lane >> 2))) & 0xfu;
+    for (int i = 0; i < kGemvTiles; ++i) zero[i] = (b.zeros[i][g] >> (4 * (lane >> 2))) & 0xfu;
     const auto pair = [&](std::uint32_t word, int i) -> std::uint32_t {
       const std::uint32_t magic_q = (word & 0x000f000fu) | Codes<T>::kMagic;
       if constexpr (kRowSums) return magic_q;
       else return Codes<T>::minus(magic_q, Codes<T>::kMagic | zero[i] | (zero[i] << 16));
     };
-    float part[kTiles / 2][4] = {};
+    float part[kGemvTiles / 2][4] = {};
     float row_sums[4] = {};  // [0] / [1]: sum of x over the group for rows 2(lane % 4) + 0 / 1
 #pragma unroll
     for (int s = g * kStepsPerGroup; s < (g + 1) * kStepsPerGroup; ++s) {
@@ -477,7 +471,7 @@ __device__ __forceinline__ void gemv_compute(const GemvBlock<kGroup, kTiles>& b,
         mma_16816<T>(row_sums, ones, xs[s].x, xs[s].y);
       }
 #pragma unroll
-      for (int p = 0; p < kTiles / 2; ++p) {
+      for (int p = 0; p < kGemvTiles / 2; ++p) {
         const uint4& even = b.codes[2 * p];
         const uint4& odd = b.codes[2 * p + 1];
         const std::uint32_t we = (s / 2 == 0 ? even.x : s / 2 == 1 ? even.y : s / 2 == 2 ? even.z : even.w) >> (8 * (s % 2));
@@ -487,7 +481,7 @@ __device__ __forceinline__ void gemv_compute(const GemvBlock<kGroup, kTiles>& b,
       }
     }
 #pragma unroll
-    for (int p = 0; p < kTiles / 2; ++p) {
+    for (int p = 0; p < kGemvTiles / 2; ++p) {
       const float even = __half2float(__ushort_as_half(b.scales[2 * p][g]));
       const float odd = __half2float(__ushort_as_half(b.scales[2 * p + 1][g]));
       if constexpr (kRowSums) {
@@ -566,191 +560,6 @@ __global__ void __launch_bounds__(kGemvWarps * 32, kGroup == 128 ? 4 : 3) awq_ge
   if (gridDim.y > 1) finish_splits<T>(p, 0, kGemvMaxRows, blockIdx.x * kGemvColumns, kGemvColumns);
 }
 
-// ---- decode rows: the streaming kernel -----------------------------------
-//
-// The same warp math as awq_gemv_kernel (roles swapped, codes straight into
-// registers), organised for bytes in flight and a short tail:
-//  - a warp streams kPairs tile pairs (16 columns each) over its CTA's k
-//    range, kAhead k-blocks of codes in registers ahead of the math;
-//  - the CTA's slice of x (m rows) is copied to shared memory once, after
-//    the previous kernel, so a step's x operand is one shared load;
-//  - the k splits of a column block are one thread-block cluster on sm_90:
-//    their partial sums meet through distributed shared memory (each CTA
-//    adds a share of the outputs over the ranks, in rank order) instead of
-//    a global workspace, a counter and a last-CTA pass. Without clusters the
-//    splits meet as awq_gemv_kernel's do (finish_splits).
-// grid (column blocks, k splits); a cluster is (1, splits).
-constexpr int kStreamWarps = 4;
-
-template <typename T, int kGroup, int kPairs, int kAhead>
-__global__ void __launch_bounds__(kStreamWarps * 32) awq_stream_kernel(GemmParams p) {
-  constexpr int kTiles = 2 * kPairs;
-  using Block = GemvBlock<kGroup, kTiles>;
-  extern __shared__ __align__(16) unsigned char smem[];
-  T* x_tile = reinterpret_cast<T*>(smem);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int tile0 = (blockIdx.x * kStreamWarps + warp) * kTiles;
-  const int n_tiles = p.w.out_features / 8, k_blocks = p.w.padded_in / awq_k_block;
-  const int kb_begin = blockIdx.y * p.blocks_per_split;
-  const int blocks = max(0, min(k_blocks - kb_begin, p.blocks_per_split));
-  GemvTiles tiles;
-  tiles.tile_stride = std::size_t(k_blocks) * 32 * 4;
-  tiles.codes = p.w.codes + std::size_t(tile0) * tiles.tile_stride + lane * 4;
-  tiles.zeros = p.w.zeros + tile0;
-  tiles.scales = p.w.scales + tile0 * 8 + (lane >> 2);
-  tiles.valid_tiles = n_tiles - tile0;
-  Block ring[kAhead];
-#pragma unroll
-  for (int u = 0; u < kAhead; ++u)
-    if (u < blocks) gemv_load(ring[u], tiles, p.w, kb_begin + u);
-  wait_for_previous_grid();  // x is the previous kernel's output
-
-  // x[0, m) over this split's k-blocks; k past in_features reads as 0.
-  {
-    const T* x = static_cast<const T*>(p.x);
-    const int chunks = blocks * (awq_k_block / 8);
-    for (int c = threadIdx.x; c < p.m * chunks; c += blockDim.x) {
-      const int r = c / chunks, k = kb_begin * awq_k_block + (c % chunks) * 8;
-      const bool valid = k < p.w.in_features;
-      cp_async_16(x_tile + r * p.x_pitch + (c % chunks) * 8, valid ? x + r * p.x_stride + k : x, valid);
-    }
-    cp_async_commit();
-    cp_async_wait<0>();
-    __syncthreads();
-  }
-  const int row = lane >> 2;  // the B column (x row) this lane supplies
-  const bool row_valid = row < p.m;
-  const T* x_lane = x_tile + (row_valid ? row : 0) * p.x_pitch + (lane & 3) * 4;
-  float acc[kPairs][4] = {};
-  for (int i = 0; i < blocks; i += kAhead) {
-#pragma unroll
-    for (int u = 0; u < kAhead; ++u) {
-      if (i + u < blocks) {
-        GemvX xs;
-#pragma unroll
-        for (int s = 0; s < awq_k_block / 16; ++s)
-          xs[s] = row_valid ? *reinterpret_cast<const uint2*>(x_lane + (i + u) * awq_k_block + s * 16)
-                            : make_uint2(0, 0);
-        gemv_compute<T>(ring[u], xs, lane, acc);
-        if (i + u + kAhead < blocks) gemv_load(ring[u], tiles, p.w, kb_begin + i + u + kAhead);
-      }
-    }
-  }
-  allow_next_grid_to_launch();
-
-  // acc[q][j]: column (tile0 + 2q + j/2) * 8 + lane/4, x row 2(lane % 4) + j%2.
-  const auto column_of = [&](int w, int q, int j, int l) {
-    return ((blockIdx.x * kStreamWarps + w) * kTiles + 2 * q + j / 2) * 8 + l / 4;
-  };
-  if (gridDim.y == 1 || !p.cluster) {
-#pragma unroll
-    for (int q = 0; q < kPairs; ++q)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int col = column_of(warp, q, j, lane), out_row = (lane & 3) * 2 + j % 2;
-        if (col >= p.w.out_features || out_row >= p.m) continue;
-        if (gridDim.y == 1)
-          static_cast<T*>(p.y)[out_row * p.y_stride + col] = from_f32<T>(acc[q][j]);
-        else
-          p.partial[(std::size_t(blockIdx.y) * p.m + out_row) * p.w.out_features + col] = acc[q][j];
-      }
-    if (gridDim.y > 1) finish_splits<T>(p, 0, kGemvMaxRows, blockIdx.x * kStreamWarps * kTiles * 8,
-                                        kStreamWarps * kTiles * 8);
-    return;
-  }
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  namespace cg = cooperative_groups;
-  const cg::cluster_group cluster = cg::this_cluster();
-  // Partials as [warp][q][j][lane]: stores and remote reads hit 32 banks.
-  float* partials = reinterpret_cast<float*>(smem + p.red_offset);
-#pragma unroll
-  for (int q = 0; q < kPairs; ++q)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) partials[((warp * kPairs + q) * 4 + j) * 32 + lane] = acc[q][j];
-  cluster.sync();  // every rank's partials are written
-  constexpr int kEntries = kStreamWarps * kPairs * 4 * 32;
-  const int ranks = int(gridDim.y), rank = int(blockIdx.y);
-  for (int e = rank * blockDim.x + threadIdx.x; e < kEntries; e += ranks * blockDim.x) {
-    const int l = e % 32, j = e / 32 % 4, q = e / 128 % kPairs, w = e / (128 * kPairs);
-    const int col = column_of(w, q, j, l), out_row = (l & 3) * 2 + j % 2;
-    if (col >= p.w.out_features || out_row >= p.m) continue;
-    float sum = 0.0f;
-    for (int r = 0; r < ranks; ++r) sum += cluster.map_shared_rank(partials, r)[e];
-    static_cast<T*>(p.y)[out_row * p.y_stride + col] = from_f32<T>(sum);
-  }
-  cluster.sync();  // no rank leaves while another still reads its partials
-#endif
-}
-
-// ---- decode rows: the pipelined kernel -------------------------------------
-//
-// awq_gemm_kernel's cp.async pipeline (codes, zeros, scales and x of a k-block
-// a stage, kDepth stages; 64 columns a CTA, k split across CTAs) feeding the
-// decode math of awq_gemv_kernel (roles swapped: each warp's two tiles are
-// one A operand, x^T the B operand). The copies cost no registers, so a warp
-// holds only the block it computes and several CTAs an SM keep many k-blocks
-// in flight.
-template <typename T, int kGroup, int kDepth>
-__global__ void __launch_bounds__(kThreads) awq_decode_pipe_kernel(GemmParams p) {
-  using S = Stage<T, 1, kGroup>;
-  extern __shared__ __align__(16) unsigned char smem[];
-  const auto stage = [&](int i) { return S{smem + (i % kDepth) * S::kBytes}; };
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int k_blocks = p.w.padded_in / awq_k_block;
-  const int kb_begin = blockIdx.y * p.blocks_per_split;
-  const int blocks = min(k_blocks - kb_begin, p.blocks_per_split);
-#pragma unroll
-  for (int i = 0; i < kDepth - 1; ++i)
-    if (i < blocks) issue_weights(stage(i), p, kb_begin + i);
-  wait_for_previous_grid();
-#pragma unroll
-  for (int i = 0; i < kDepth - 1; ++i)
-    if (i < blocks) issue_x(stage(i), p, kb_begin + i);
-#pragma unroll
-  for (int i = 0; i < kDepth - 1; ++i) cp_async_commit();
-
-  const int row = lane >> 2;  // the x row (B column) this lane supplies; rows past m were copied as 0
-  float acc[1][4] = {};
-  for (int i = 0; i < blocks; ++i) {
-    cp_async_wait<kDepth - 2>();
-    __syncthreads();  // block i is in; every warp is done with the stage refilled next
-    if (i + kDepth - 1 < blocks) {
-      issue_weights(stage(i + kDepth - 1), p, kb_begin + i + kDepth - 1);
-      issue_x(stage(i + kDepth - 1), p, kb_begin + i + kDepth - 1);
-    }
-    cp_async_commit();
-    const S st = stage(i);
-    GemvBlock<kGroup, 2> block;
-#pragma unroll
-    for (int t = 0; t < 2; ++t) {
-      const int tile = warp * 2 + t;
-      block.codes[t] = *reinterpret_cast<const uint4*>(st.codes() + (tile * 32 + lane) * 4);
-#pragma unroll
-      for (int g = 0; g < S::kGroups; ++g) {
-        block.zeros[t][g] = st.zeros()[g * kTilesPerCta + tile];
-        block.scales[t][g] = st.scales()[g * kColumns + tile * 8 + row];
-      }
-    }
-    GemvX xs;
-#pragma unroll
-    for (int s = 0; s < awq_k_block / 16; ++s)
-      xs[s] = *reinterpret_cast<const uint2*>(st.x() + row * kPitch + s * 16 + (lane & 3) * 4);
-    gemv_compute<T>(block, xs, lane, acc);
-  }
-  allow_next_grid_to_launch();
-  // acc[0][j]: column (blockIdx.x * 8 + 2 warp + j/2) * 8 + lane/4, x row 2(lane % 4) + j%2.
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const int col = (blockIdx.x * kTilesPerCta + warp * 2 + j / 2) * 8 + row, out_row = (lane & 3) * 2 + j % 2;
-    if (col >= p.w.out_features || out_row >= p.m) continue;
-    if (gridDim.y == 1)
-      static_cast<T*>(p.y)[out_row * p.y_stride + col] = from_f32<T>(acc[0][j]);
-    else
-      p.partial[(std::size_t(blockIdx.y) * p.m + out_row) * p.w.out_features + col] = acc[0][j];
-  }
-  if (gridDim.y > 1) finish_splits<T>(p, 0, kGemvMaxRows, blockIdx.x * kColumns, kColumns);
-}
-
 // W [n, k] from the codes: one thread per (column tile, k-block, lane), its
 // 32 codes written as 8 runs of 4 values.
 template <typename T>
@@ -804,9 +613,9 @@ struct Plan {
   dim3 grid;
 };
 bool takes_gemv(const AwqDeviceWeights& w, int m) { return m <= kGemvMaxRows && w.group_size >= 64; }
-Plan plan_for(const AwqDeviceWeights& w, int m, int sms, int ctas_per_sm = 0, bool tiles_only = false) {
+Plan plan_for(const AwqDeviceWeights& w, int m, int sms, int ctas_per_sm = 0) {
   Plan plan;
-  plan.gemv = !tiles_only && takes_gemv(w, m);
+  plan.gemv = takes_gemv(w, m);
   plan.m_tiles = m <= 16 ? 1 : (m <= 32 ? 2 : 4);
   const int rows = plan.gemv ? kGemvMaxRows : 16 * plan.m_tiles;
   const int columns = plan.gemv ? kGemvColumns : kColumns;
@@ -843,104 +652,6 @@ cudaError_t launch_dependent(Kernel kernel, dim3 grid, int threads, int smem, co
   config.attrs = &attribute;
   config.numAttrs = pdl ? 1 : 0;
   return cudaLaunchKernelEx(&config, kernel, params);
-}
-
-// How the streaming kernel cuts a call of m <= 8 rows: k splits until about
-// `ctas_per_sm` CTAs an SM stream weights (each split at least two k-blocks,
-// at most 8 as a cluster), and at least enough that a split's x slice fits
-// 64 KB of shared memory.
-struct StreamPlan {
-  dim3 grid;
-  int blocks_per_split = 1;
-  int x_pitch = 0;
-  int red_offset = 0;
-  int smem = 0;
-  bool cluster = false;
-};
-constexpr int kStreamXBytes = 64 * 1024;
-constexpr int kMaxClusterSplits = 8;
-StreamPlan stream_plan(const AwqDeviceWeights& w, int m, int elem_bytes, int pairs, int ctas_per_sm, bool cluster,
-                       int sms) {
-  StreamPlan plan;
-  const int columns = kStreamWarps * pairs * 16, col_blocks = (w.out_features + columns - 1) / columns;
-  const int k_blocks = w.padded_in / awq_k_block;
-  const int row_block_bytes = m * awq_k_block * elem_bytes;
-  const int fewest = (k_blocks * row_block_bytes + kStreamXBytes - 1) / kStreamXBytes;
-  const long long target = 1ll * ctas_per_sm * sms;
-  int splits = col_blocks >= target ? 1 : int((target + col_blocks - 1) / col_blocks);
-  splits = std::max(1, std::min(splits, k_blocks / 2));
-  splits = std::max(splits, fewest);
-  if (cluster) splits = std::min(splits, kMaxClusterSplits);
-  plan.blocks_per_split = (k_blocks + splits - 1) / splits;
-  splits = (k_blocks + plan.blocks_per_split - 1) / plan.blocks_per_split;
-  plan.grid = dim3(col_blocks, splits);
-  plan.cluster = cluster && splits > 1;
-  plan.x_pitch = plan.blocks_per_split * awq_k_block + 16;  // 32 bytes more a row: rows 8 banks apart
-  plan.red_offset = (m * plan.x_pitch * elem_bytes + 15) / 16 * 16;
-  plan.smem = plan.red_offset + (plan.cluster ? kStreamWarps * pairs * 4 * 32 * 4 : 0);
-  return plan;
-}
-bool stream_plan_fits(const StreamPlan& plan, int m, int elem_bytes) {
-  return plan.smem <= 200 * 1024 && plan.blocks_per_split * awq_k_block * m * elem_bytes <= kStreamXBytes;
-}
-
-template <typename T, int kGroup, int kPairs, int kAhead>
-cudaError_t launch_stream(GemmParams params, const StreamPlan& plan, cudaStream_t stream) {
-  constexpr auto kernel = awq_stream_kernel<T, kGroup, kPairs, kAhead>;
-  if (plan.smem > 48 * 1024)
-    if (const cudaError_t e = allow_dynamic_smem<kernel>(plan.smem); e != cudaSuccess) return e;
-  params.blocks_per_split = plan.blocks_per_split;
-  params.x_pitch = plan.x_pitch;
-  params.red_offset = plan.red_offset;
-  params.cluster = plan.cluster ? 1 : 0;
-  static const bool pdl = device_has_pdl();
-  cudaLaunchAttribute attributes[2]{};
-  int count = 0;
-  if (pdl) {
-    attributes[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attributes[count++].val.programmaticStreamSerializationAllowed = 1;
-  }
-  if (plan.cluster) {
-    attributes[count].id = cudaLaunchAttributeClusterDimension;
-    attributes[count].val.clusterDim.x = 1;
-    attributes[count].val.clusterDim.y = plan.grid.y;
-    attributes[count++].val.clusterDim.z = 1;
-  }
-  cudaLaunchConfig_t config{};
-  config.gridDim = plan.grid;
-  config.blockDim = dim3(kStreamWarps * 32);
-  config.dynamicSmemBytes = plan.smem;
-  config.stream = stream;
-  config.attrs = attributes;
-  config.numAttrs = count;
-  return cudaLaunchKernelEx(&config, kernel, params);
-}
-
-template <typename T, int kGroup>
-cudaError_t launch_stream_shape(const GemmParams& params, const StreamPlan& plan, int pairs, int ahead,
-                                cudaStream_t stream) {
-  if (pairs == 1 && ahead == 2) return launch_stream<T, kGroup, 1, 2>(params, plan, stream);
-  if (pairs == 1 && ahead == 4) return launch_stream<T, kGroup, 1, 4>(params, plan, stream);
-  if (pairs == 2 && ahead == 2) return launch_stream<T, kGroup, 2, 2>(params, plan, stream);
-  if (pairs == 2 && ahead == 4) return launch_stream<T, kGroup, 2, 4>(params, plan, stream);
-  return cudaErrorInvalidValue;
-}
-
-template <typename T, int kGroup, int kDepth>
-cudaError_t launch_decode_pipe(const GemmParams& params, const Plan& plan, cudaStream_t stream) {
-  constexpr auto kernel = awq_decode_pipe_kernel<T, kGroup, kDepth>;
-  constexpr int smem = kDepth * Stage<T, 1, kGroup>::kBytes;
-  if (const cudaError_t e = allow_dynamic_smem<kernel>(smem); e != cudaSuccess) return e;
-  return launch_dependent(kernel, plan.grid, kThreads, smem, params, stream);
-}
-template <typename T, int kGroup>
-cudaError_t launch_decode_pipe_depth(const GemmParams& params, const Plan& plan, int depth, cudaStream_t stream) {
-  switch (depth) {
-    case 3: return launch_decode_pipe<T, kGroup, 3>(params, plan, stream);
-    case 4: return launch_decode_pipe<T, kGroup, 4>(params, plan, stream);
-    case 6: return launch_decode_pipe<T, kGroup, 6>(params, plan, stream);
-    default: return cudaErrorInvalidValue;
-  }
 }
 
 template <typename T, int kMTiles, int kGroup>
@@ -1037,52 +748,18 @@ cudaError_t awq_dequantize(const AwqDeviceWeights& weights, DType dtype, void* w
   return cudaGetLastError();
 }
 
-cudaError_t awq_gemm_variant(const AwqDeviceWeights& weights, DType dtype, const void* x, int m, void* y,
-                             void* workspace, std::size_t workspace_bytes, std::uint32_t* counters, int counter_count,
-                             const AwqDecodeVariant& variant, cudaStream_t stream) {
-  if ((dtype != DType::bf16 && dtype != DType::f16) || !weights_valid(weights) || !takes_gemv(weights, m) ||
-      variant.ctas_per_sm < 1)
+cudaError_t awq_gemm_sweep(const AwqDeviceWeights& weights, const void* x, int m, void* y, void* workspace,
+                           std::size_t workspace_bytes, std::uint32_t* counters, int counter_count, int ctas_per_sm,
+                           cudaStream_t stream) {
+  if (!weights_valid(weights) || !takes_gemv(weights, m) || weights.group_size != 128 || ctas_per_sm < 1)
     return cudaErrorInvalidValue;
   static const int sms = device_sms();
-  const GemmParams params{weights, x, weights.in_features, m, y, weights.out_features, static_cast<float*>(workspace),
-                          counters, 1};
-  if (variant.kernel == 0) {
-    const Plan plan = plan_for(weights, m, sms, variant.ctas_per_sm);
-    if (partial_bytes(weights, m, plan) > workspace_bytes || counter_count < counters_needed(plan))
-      return cudaErrorInvalidValue;
-    GemmParams split = params;
-    split.blocks_per_split = plan.blocks_per_split;
-    const bool g128 = weights.group_size == 128;
-    if (dtype == DType::bf16)
-      return g128 ? launch_gemv<__nv_bfloat16, 128>(split, plan, stream) : launch_gemv<__nv_bfloat16, 64>(split, plan, stream);
-    return g128 ? launch_gemv<__half, 128>(split, plan, stream) : launch_gemv<__half, 64>(split, plan, stream);
-  }
-  if (variant.kernel == 2) {
-    const Plan plan = plan_for(weights, m, sms, variant.ctas_per_sm, true);
-    if (partial_bytes(weights, m, plan) > workspace_bytes || counter_count < counters_needed(plan))
-      return cudaErrorInvalidValue;
-    GemmParams split = params;
-    split.blocks_per_split = plan.blocks_per_split;
-    const bool g128 = weights.group_size == 128;
-    if (dtype == DType::bf16)
-      return g128 ? launch_decode_pipe_depth<__nv_bfloat16, 128>(split, plan, variant.ahead, stream)
-                  : launch_decode_pipe_depth<__nv_bfloat16, 64>(split, plan, variant.ahead, stream);
-    return g128 ? launch_decode_pipe_depth<__half, 128>(split, plan, variant.ahead, stream)
-                : launch_decode_pipe_depth<__half, 64>(split, plan, variant.ahead, stream);
-  }
-  const int elem = 2;
-  const StreamPlan plan =
-      stream_plan(weights, m, elem, variant.pairs, variant.ctas_per_sm, variant.cluster && device_has_pdl(), sms);
-  if (!stream_plan_fits(plan, m, elem)) return cudaErrorInvalidValue;
-  if (!plan.cluster && plan.grid.y > 1 &&
-      (std::size_t(plan.grid.y) * m * weights.out_features * 4 > workspace_bytes || counter_count < int(plan.grid.x)))
+  const Plan plan = plan_for(weights, m, sms, ctas_per_sm);
+  if (partial_bytes(weights, m, plan) > workspace_bytes || counter_count < counters_needed(plan))
     return cudaErrorInvalidValue;
-  const bool g128 = weights.group_size == 128;
-  if (dtype == DType::bf16)
-    return g128 ? launch_stream_shape<__nv_bfloat16, 128>(params, plan, variant.pairs, variant.ahead, stream)
-                : launch_stream_shape<__nv_bfloat16, 64>(params, plan, variant.pairs, variant.ahead, stream);
-  return g128 ? launch_stream_shape<__half, 128>(params, plan, variant.pairs, variant.ahead, stream)
-              : launch_stream_shape<__half, 64>(params, plan, variant.pairs, variant.ahead, stream);
+  const GemmParams params{weights, x, weights.in_features, m, y, weights.out_features, static_cast<float*>(workspace),
+                          counters, plan.blocks_per_split};
+  return launch_gemv<__nv_bfloat16, 128>(params, plan, stream);
 }
 
 }  // namespace hostrun::cuda

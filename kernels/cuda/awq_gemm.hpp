@@ -118,18 +118,11 @@ cudaError_t awq_gemm(const AwqDeviceWeights& weights, const void* x, std::int64_
 // n * k elements, 8-byte aligned; in_features a multiple of 4.
 cudaError_t awq_dequantize(const AwqDeviceWeights& weights, DType dtype, void* weight, cudaStream_t stream);
 
-// For test_kernels_cuda only: the decode-row kernels (m <= 8, group 64 or
-// 128, x and y contiguous) in other shapes, to test and time them side by side.
-struct AwqDecodeVariant {
-  int kernel = 1;        // 0: the split-k weight-streaming kernel; 1: the streaming kernel with its x in shared memory;
-                         // 2: the pipelined kernel (`ahead`: stages, 3, 4 or 6)
-  int pairs = 1;         // kernel 1: tile pairs (16 columns) a warp: 1 or 2
-  int ahead = 4;         // kernel 1: k-blocks of codes in registers ahead of the math: 2 or 4
-  int ctas_per_sm = 4;   // the split-k target
-  bool cluster = true;   // kernel 1: a column block's splits meet in a cluster (sm_90) or through `workspace`
-};
-cudaError_t awq_gemm_variant(const AwqDeviceWeights& weights, DType dtype, const void* x, int m, void* y,
-                             void* workspace, std::size_t workspace_bytes, std::uint32_t* counters, int counter_count,
-                             const AwqDecodeVariant& variant, cudaStream_t stream);
+// For test_kernels_cuda --bench only: the decode-row kernel (bf16, group
+// 128, m <= 8, x and y contiguous) with another split-k target (CTAs per
+// SM), to measure the choice awq_gemm makes.
+cudaError_t awq_gemm_sweep(const AwqDeviceWeights& weights, const void* x, int m, void* y, void* workspace,
+                           std::size_t workspace_bytes, std::uint32_t* counters, int counter_count, int ctas_per_sm,
+                           cudaStream_t stream);
 
 }  // namespace hostrun::cuda

@@ -7,7 +7,6 @@
 //   test_kernels_cuda --seed 1234     replay
 //   test_kernels_cuda --bench         timings (cudaEvent, median of repeats)
 //   test_kernels_cuda --bench-gemm    the small_gemm and awq_gemm timings alone
-//   test_kernels_cuda --bench-awq-decode   the W4A16 decode kernels side by side
 //   test_kernels_cuda --bench-decode [BxC]  decode attention alone (one
 //                                     batch B x context C: for ncu)
 //   test_kernels_cuda -tc='*attention*'   doctest filters work as usual
@@ -26,7 +25,6 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <memory>
 #include <cstdarg>
 #include <cstdint>
 #include <cstdio>
@@ -1248,57 +1246,6 @@ TEST_CASE("awq_gemm") {
   }
 }
 
-// The decode-row kernels in every shape awq_gemm_variant offers (the
-// benchmark compares them), against ref::awq_gemm as above: partial tile
-// pairs (n = 72), padded k, f16 and group 64, splits through clusters and
-// through the workspace.
-const gpu::AwqDecodeVariant awq_decode_variants[] = {
-    {0, 1, 4, 4, true},  {1, 1, 4, 4, true}, {1, 1, 2, 4, true}, {1, 2, 4, 4, true},
-    {1, 2, 2, 8, true},  {1, 1, 4, 4, false}, {2, 1, 3, 4, true}, {2, 1, 4, 4, true},
-    {2, 1, 6, 4, true},  {2, 1, 4, 8, true},  {2, 1, 6, 8, true}, {2, 1, 4, 12, true},
-};
-std::string variant_name(const gpu::AwqDecodeVariant& v) {
-  if (v.kernel == 0) return fmt("split-k %d/sm", v.ctas_per_sm);
-  if (v.kernel == 2) return fmt("pipe d%d %d/sm", v.ahead, v.ctas_per_sm);
-  return fmt("stream p%d a%d %d/sm%s", v.pairs, v.ahead, v.ctas_per_sm, v.cluster ? "" : " ws");
-}
-
-TEST_CASE("awq_gemm decode variants") {
-  auto rng = rng_for("awq_gemm decode variants");
-  struct Case {
-    int m, n, k, group;
-    AwqValues values;
-  };
-  const Case cases[] = {{1, 6144, 4096, 128, AwqValues::random},    {8, 4096, 14336, 128, AwqValues::random},
-                        {3, 72, 192, 64, AwqValues::random},        {5, 256, 1024, 128, AwqValues::all_equal},
-                        {2, 512, 512, 128, AwqValues::codes_all_zero}, {7, 1032, 640, 64, AwqValues::random}};
-  for (const DType dtype : half_dtypes) {
-    for (const Case& c : cases) {
-      const AwqLayerData layer = make_awq_layer(rng, c.n, c.k, c.group, c.values);
-      const ref::AwqWeights view = layer.view(c.n, c.k, c.group);
-      const auto x = rounded(random_floats(rng, std::size_t(c.m) * c.k, -1, 1), dtype);
-      std::vector<float> want(std::size_t(c.m) * c.n), scratch(ref::awq_gemm_workspace_floats(view));
-      ref::awq_gemm(view, x.data(), std::size_t(c.k), std::size_t(c.m), want.data(), std::size_t(c.n), scratch.data());
-      AwqDeviceLayer device(view);
-      DeviceBuffer<unsigned char> d_x, d_y(want.size() * ref::dtype_size(dtype));
-      DeviceBuffer<unsigned char> d_ws(std::size_t(64) * c.m * c.n * 4);
-      d_x.upload(to_bytes(x, dtype));
-      for (const gpu::AwqDecodeVariant& v : awq_decode_variants) {
-        for (int call = 0; call < 2; ++call) {
-          d_y.poison();
-          LAUNCH_OK(gpu::awq_gemm_variant(device.weights, dtype, d_x.ptr, c.m, d_y.ptr, d_ws.ptr, d_ws.bytes(),
-                                          device.counters.ptr, device.counter_count(), v, nullptr));
-          report("awq_gemm", fmt("%s %s m=%d n=%d k=%d g%d%s", variant_name(v).c_str(), name_of(dtype), c.m, c.n,
-                                 c.k, c.group, call == 1 ? " again" : ""),
-                 compare(from_bytes(d_y.download(), dtype), want), dtype == DType::bf16 ? 3e-3 : 4e-4);
-        }
-      }
-      report_bool("awq_gemm", fmt("variants %s m=%d n=%d: split counters back at zero", name_of(dtype), c.m, c.n),
-                  device.counters_clear(), "counters left set");
-    }
-  }
-}
-
 // ---- quantized KV stores ---------------------------------------------------
 
 // quantize_and_write_kv against ref::write_kv on the same values: the same
@@ -1648,44 +1595,15 @@ void bench_awq_gemm() {
       std::printf("%-8s dequantize to bf16 n=%6d k=%5d %9.2f us  %7.0f GB/s (codes read + weights written)\n",
                   shape.name, shape.n, shape.k, ms * 1e3, moved / (ms * 1e-3) / 1e9);
     }
-  }
-}
-
-// The decode-row kernels side by side at Llama-3-8B's shapes, the weights
-// rotating through enough copies (> 200 MB) that L2 (50 MB) holds none of
-// them when it is read again, as in a model's pass over 32 layers.
-void bench_awq_decode() {
-  std::printf("\n== awq_gemm decode kernels, bf16 g128, Llama-3-8B matrices, weights rotating past L2 (bytes: codes + "
-              "zeros + scales; 20 launches a timing) ==\n");
-  std::mt19937_64 rng(g_seed);
-  struct Shape {
-    const char* name;
-    int n, k;
-  };
-  for (const Shape shape : {Shape{"qkv", 6144, 4096}, Shape{"o_proj", 4096, 4096}, Shape{"gate_up", 28672, 4096},
-                            Shape{"down", 4096, 14336}}) {
-    const AwqLayerData layer = make_awq_layer(rng, shape.n, shape.k, 128, AwqValues::random);
-    const double bytes_one = double(shape.n) * shape.k / 2 + double(shape.k / 128) * shape.n * 2.5;
-    const int copies = std::max(2, int(std::ceil(200e6 / bytes_one)));
-    std::vector<std::unique_ptr<AwqDeviceLayer>> layers;
-    for (int i = 0; i < copies; ++i) layers.push_back(std::make_unique<AwqDeviceLayer>(layer.view(shape.n, shape.k, 128)));
-    const double bytes = double(layers[0]->codes.bytes() + layers[0]->zeros.bytes() + layers[0]->scales.bytes());
-    DeviceBuffer<unsigned char> x(std::size_t(8) * shape.k * 2), y(std::size_t(8) * shape.n * 2);
-    DeviceBuffer<unsigned char> ws(std::size_t(64) * 8 * shape.n * 4);
-    x.upload(to_bytes(random_floats(rng, std::size_t(8) * shape.k, -1, 1), DType::bf16));
-    for (const int m : {1, 4, 8}) {
-      for (const gpu::AwqDecodeVariant& v : awq_decode_variants) {
-        int turn = 0;
-        const float ms = median_ms_batched([&] {
-          AwqDeviceLayer& l = *layers[turn++ % copies];
-          CUDA_OK(gpu::awq_gemm_variant(l.weights, DType::bf16, x.ptr, m, y.ptr, ws.ptr, ws.bytes(), l.counters.ptr,
-                                        l.counter_count(), v, nullptr));
-        });
-        std::printf("%-8s m=%d n=%6d k=%5d %-22s %8.2f us  %7.0f GB/s  (%4.1f%% of %.0f)\n", shape.name, m, shape.n,
-                    shape.k, variant_name(v).c_str(), ms * 1e3, bytes / (ms * 1e-3) / 1e9,
-                    100.0 * bytes / (ms * 1e-3) / 1e9 / hbm_peak_gbs, hbm_peak_gbs);
+    // The decode kernel's split-k target (CTAs per SM).
+    for (const int m : {1, 8})
+      for (const int ctas : {2, 3, 4, 6, 8}) {
+        const std::string variant = fmt("cta/sm %d", ctas);
+        row(variant.c_str(), m, median_ms_batched([&] {
+              CUDA_OK(gpu::awq_gemm_sweep(device.weights, x.ptr, m, y.ptr, ws.ptr, ws.bytes(), device.counters.ptr,
+                                          device.counter_count(), ctas, nullptr));
+            }));
       }
-    }
   }
 }
 
@@ -1892,7 +1810,6 @@ int main(int argc, char** argv) {
   bool bench = false;
   bool bench_gemm_only = false;  // --bench-gemm: the small_gemm timings alone
   bool bench_decode_only = false;  // --bench-decode [BxC]
-  bool bench_awq_decode_only = false;  // --bench-awq-decode: the W4A16 decode kernels side by side
   std::vector<DecodeShape> decode_shapes;
   bool seed_given = false;
   std::vector<char*> rest;
@@ -1903,9 +1820,6 @@ int main(int argc, char** argv) {
     } else if (arg == "--bench-gemm") {
       bench = true;
       bench_gemm_only = true;
-    } else if (arg == "--bench-awq-decode") {
-      bench = true;
-      bench_awq_decode_only = true;
     } else if (arg == "--bench-decode") {
       bench = true;
       bench_decode_only = true;
@@ -1950,10 +1864,6 @@ int main(int argc, char** argv) {
 
   if (bench) {
     g_bench = true;
-    if (bench_awq_decode_only) {
-      bench_awq_decode();
-      return 0;
-    }
     if (bench_decode_only) {
       if (decode_shapes.empty())
         bench_decode_attention();
