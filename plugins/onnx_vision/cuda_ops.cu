@@ -39,7 +39,6 @@ __device__ __forceinline__ float apply(Elementwise op, float a, float b, float c
   return a;
 }
 
-// Operands read: a always, b for the binary ops and where, c for where.
 // Where output element i reads each of `count` operands. Index is 32-bit
 // when the launch allows it (elementwise() decides): a 64-bit division per
 // dimension and element made these kernels compute-bound, ~10x the time of
@@ -56,6 +55,7 @@ __device__ __forceinline__ void operand_offsets(Index i, const OutputShape& shap
   }
 }
 
+// Operands read: a always, b for the binary ops and where, c for where.
 template <typename Index>
 __global__ void elementwise_kernel(Elementwise op, int operands, Operands o, float* __restrict__ out, Index n) {
   for (Index i = blockIdx.x * Index(blockDim.x) + threadIdx.x; i < n; i += Index(gridDim.x) * blockDim.x) {
@@ -94,6 +94,7 @@ __global__ void elementwise_program_kernel(const ProgramOperands o, float* __res
 // across both as across one (a bias [1024] over [8, 577, 1024] becomes
 // [4616, 1024]; the output is contiguous, so its flat index is unchanged).
 void coalesce(OutputShape& shape, StridedInput* in, int count) {
+  static_assert(ElementwiseProgram::kMaxLeaves <= 4, "strides below holds four operands");
   OutputShape merged;
   std::int64_t strides[4][kMaxRank] = {};  // [operand][merged dimension], innermost first
   int groups = 0;
