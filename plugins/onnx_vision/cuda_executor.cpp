@@ -1,11 +1,13 @@
 #include "onnx_vision/cuda_executor.hpp"
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <numeric>
 #include <set>
 
@@ -107,6 +109,73 @@ struct Gemm {
   }
 };
 
+// One cuBLASLt call: row-major D[M,N] = A[M,K] W + bias[N], A and W bf16, D,
+// bias and the accumulation f32; W is [K,N] (a MatMul's weight) or [N,K]
+// (a Gemm's with transB). The bias rides in the GEMM's epilogue, so the
+// output is written once instead of written, read and written again by an
+// add. Descriptors and the algorithm are chosen at plan time.
+class LtBiasGemm {
+ public:
+  LtBiasGemm(cublasLtHandle_t lt, std::int64_t m, std::int64_t n, std::int64_t k, bool weight_transposed,
+             const float* bias, void* workspace, std::size_t workspace_bytes)
+      : lt_(lt), workspace_(workspace), workspace_bytes_(workspace_bytes) {
+    // cuBLASLt is column-major: D^T[N,M] = W^T A^T, W^T as the first operand.
+    check_blas(cublasLtMatmulDescCreate(&op_, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
+    const cublasOperation_t trans_w = weight_transposed ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a = CUBLAS_OP_N;
+    const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+    set(CUBLASLT_MATMUL_DESC_TRANSA, trans_w);
+    set(CUBLASLT_MATMUL_DESC_TRANSB, trans_a);
+    set(CUBLASLT_MATMUL_DESC_EPILOGUE, epilogue);
+    set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
+    check_blas(weight_transposed ? cublasLtMatrixLayoutCreate(&w_, CUDA_R_16BF, std::uint64_t(k), std::uint64_t(n), k)
+                                 : cublasLtMatrixLayoutCreate(&w_, CUDA_R_16BF, std::uint64_t(n), std::uint64_t(k), n),
+               "cublasLtMatrixLayoutCreate");
+    check_blas(cublasLtMatrixLayoutCreate(&a_, CUDA_R_16BF, std::uint64_t(k), std::uint64_t(m), k),
+               "cublasLtMatrixLayoutCreate");
+    check_blas(cublasLtMatrixLayoutCreate(&d_, CUDA_R_32F, std::uint64_t(n), std::uint64_t(m), n),
+               "cublasLtMatrixLayoutCreate");
+    cublasLtMatmulPreference_t preference = nullptr;
+    check_blas(cublasLtMatmulPreferenceCreate(&preference), "cublasLtMatmulPreferenceCreate");
+    cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes_,
+                                         sizeof(workspace_bytes_));
+    int found = 0;
+    const cublasStatus_t status =
+        cublasLtMatmulAlgoGetHeuristic(lt_, op_, w_, a_, d_, d_, preference, 1, &heuristic_, &found);
+    cublasLtMatmulPreferenceDestroy(preference);
+    available_ = status == CUBLAS_STATUS_SUCCESS && found > 0;
+  }
+  LtBiasGemm(const LtBiasGemm&) = delete;
+  LtBiasGemm& operator=(const LtBiasGemm&) = delete;
+  ~LtBiasGemm() {
+    if (d_ != nullptr) cublasLtMatrixLayoutDestroy(d_);
+    if (a_ != nullptr) cublasLtMatrixLayoutDestroy(a_);
+    if (w_ != nullptr) cublasLtMatrixLayoutDestroy(w_);
+    if (op_ != nullptr) cublasLtMatmulDescDestroy(op_);
+  }
+  // Whether cuBLASLt offers an algorithm for this shape with the epilogue.
+  bool available() const { return available_; }
+
+  void run(const void* a, const void* w, float* d, cudaStream_t stream) const {
+    const float one = 1.0f, zero = 0.0f;
+    check_blas(cublasLtMatmul(lt_, op_, &one, w, w_, a, a_, &zero, d, d_, d, d_, &heuristic_.algo, workspace_,
+                              workspace_bytes_, stream),
+               "GEMM with bias");
+  }
+
+ private:
+  template <typename V>
+  void set(cublasLtMatmulDescAttributes_t attribute, const V& value) {
+    check_blas(cublasLtMatmulDescSetAttribute(op_, attribute, &value, sizeof(value)), "cublasLtMatmulDescSetAttribute");
+  }
+  cublasLtHandle_t lt_;
+  void* workspace_;
+  std::size_t workspace_bytes_;
+  cublasLtMatmulDesc_t op_ = nullptr;
+  cublasLtMatrixLayout_t w_ = nullptr, a_ = nullptr, d_ = nullptr;
+  cublasLtMatmulHeuristicResult_t heuristic_{};
+  bool available_ = false;
+};
+
 bool aliases_input(const std::string& op) {
   return op == "Reshape" || op == "Squeeze" || op == "Unsqueeze" || op == "Flatten" || op == "Identity" ||
          op == "Cast";
@@ -129,9 +198,13 @@ struct CudaExecutor::Plan {
   // The steps captured once as a CUDA graph (hundreds of small launches a
   // ViT becomes one), replayed on whichever stream run() is given.
   cudaGraphExec_t graph = nullptr;
-  void* blas_workspace = nullptr;  // cuBLAS's, set once so that capture allocates nothing
+  void* blas_workspace = nullptr;  // cuBLAS's and cuBLASLt's, set once so that capture allocates nothing
+  std::size_t blas_workspace_bytes = 0;
+  cublasLtHandle_t lt = nullptr;
+  std::vector<std::unique_ptr<LtBiasGemm>> bias_gemms;
   int fused_attention = 0;         // attention subgraphs run as one step
   int fused_elementwise = 0;       // elementwise chains run as one kernel
+  int fused_bias = 0;              // GEMMs with their bias add in the epilogue
 
   void enqueue(cudaStream_t stream) const {
     for (const Step& step : steps) {
@@ -145,6 +218,8 @@ struct CudaExecutor::Plan {
 
   ~Plan() {
     if (graph != nullptr) cudaGraphExecDestroy(graph);
+    bias_gemms.clear();
+    if (lt != nullptr) cublasLtDestroy(lt);
     if (blas_workspace != nullptr) cudaFree(blas_workspace);
     for (void* w : weights) cudaFree(w);
     if (arena != nullptr) cudaFree(arena);
@@ -163,6 +238,7 @@ class Planner {
   void build() {
     const auto& nodes = graph_.proto().node();
     if (bf16_) find_attention();
+    if (bf16_) find_bias_adds();
     find_elementwise_chains();
     for (const Graph::Value& input : graph_.inputs) {
       if (input.element != Element::f32)
@@ -378,6 +454,62 @@ class Planner {
     return a.kt.perm.empty() ? source.back() : source[std::size_t(a.kt.perm.back())];
   }
 
+  // ---- pass 0a: bias adds, into the GEMM before them --------------------------
+  //
+  // MatMul(x, W) with W a constant matrix, whose output only an Add of a
+  // constant bias over its last dimension reads (torch.onnx's nn.Linear):
+  // the MatMul step computes the Add's output with the bias in cuBLASLt's
+  // epilogue and the Add is skipped. A Gemm's bias input goes the same way
+  // (plan_gemm). bf16 precision only, as attention.
+
+  struct BiasAdd {
+    int add = -1;
+    std::string bias, output;  // the Add's constant input and its output
+  };
+
+  void find_bias_adds() {
+    const auto& nodes = graph_.proto().node();
+    std::map<std::string, std::vector<int>> readers;
+    for (int n = 0; n < nodes.size(); ++n)
+      for (const auto& in : nodes[n].input()) readers[in].push_back(n);
+    std::set<std::string> outputs;
+    for (const auto& o : graph_.outputs) outputs.insert(o.name);
+    const auto f32_constant = [&](const std::string& name) -> const HostTensor* {
+      const auto it = graph_.initializers.find(name);
+      return it == graph_.initializers.end() || it->second.element != Element::f32 ? nullptr : &it->second;
+    };
+    const auto computed_shape = [&](const std::string& name) -> const Shape* {
+      const auto it = graph_.computed.find(name);
+      return it == graph_.computed.end() ? nullptr : &it->second.shape;
+    };
+    for (int n = 0; n < nodes.size(); ++n) {
+      const onnx::NodeProto& node = nodes[n];
+      if (node.op_type() != "MatMul" || node.input_size() != 2 || absorbed_.count(n) || attention_.count(n)) continue;
+      const std::string& out = node.output(0);
+      const auto read = readers.find(out);
+      if (outputs.count(out) || read == readers.end() || read->second.size() != 1) continue;
+      const int add = read->second[0];
+      const onnx::NodeProto& add_node = nodes[add];
+      if (add_node.op_type() != "Add" || add_node.input_size() != 2 || add_node.input(0) == add_node.input(1) ||
+          absorbed_.count(add) || attention_.count(add))
+        continue;
+      const std::string& bias = add_node.input(0) == out ? add_node.input(1) : add_node.input(0);
+      const HostTensor* weight = f32_constant(node.input(1));
+      const HostTensor* bias_values = f32_constant(bias);
+      const Shape* x = computed_shape(node.input(0));
+      const Shape* y = computed_shape(out);
+      const Shape* sum = computed_shape(add_node.output(0));
+      if (weight == nullptr || bias_values == nullptr || x == nullptr || y == nullptr || sum == nullptr ||
+          graph_.initializers.count(node.input(0)) || weight->shape.size() != 2 || x->size() < 2 || *y != *sum)
+        continue;
+      const std::int64_t columns = weight->shape[1];
+      if (bias_values->shape.empty() || bias_values->shape.back() != columns || count(bias_values->shape) != columns)
+        continue;
+      bias_adds_[n] = {add, bias, add_node.output(0)};
+      absorbed_.insert(add);
+    }
+  }
+
   // ---- pass 0b: elementwise chains, fused -----------------------------------
   //
   // An elementwise node whose output only one elementwise node reads, at the
@@ -524,6 +656,8 @@ class Planner {
       return;
     }
     values_[name] = {shape, new_storage(count(shape) * 4, n)};
+    if (const auto bias = bias_adds_.find(n); bias != bias_adds_.end())
+      values_[bias->second.output] = values_[name];  // the Add's output: this node writes it
     if (node.op_type() == "Conv") {
       workspace_[n] = new_storage(conv_columns(node, n) * 4, n);
       if (bf16_) conv_bf16_[n] = new_storage(conv_columns(node, n) * 2, n);
@@ -736,6 +870,13 @@ class Planner {
   std::int64_t operand_bytes() const { return bf16_ ? 2 : 4; }
 
   void plan_matmul(const onnx::NodeProto& node, int n) {
+    if (const auto bias = bias_adds_.find(n); bias != bias_adds_.end()) {
+      const Shape& x = shape_of(node.input(0));
+      const Shape& w = shape_of(node.input(1));
+      if (w[0] != x.back()) refuse_node(node, n, "inner dimensions differ");
+      return plan_bias_gemm(node, n, count(x) / x.back(), w[1], x.back(), false, bias->second.bias,
+                            bias->second.output);
+    }
     Shape a = shape_of(node.input(0)), b = shape_of(node.input(1));
     if (a.size() == 1) a.insert(a.begin(), 1);
     if (b.size() == 1) b.push_back(1);
@@ -766,6 +907,42 @@ class Planner {
     add_step(node, n, [=](cudaStream_t) { g.run(blas, pa, pb, pc); });
   }
 
+  // Row-major out[m, nn] = x W + bias[nn] for node n (a MatMul or a Gemm): x is
+  // input 0 ([.., k] rows), W input 1 ([k, nn], or [nn, k] when transposed).
+  void plan_bias_gemm(const onnx::NodeProto& node, int n, std::int64_t m, std::int64_t nn, std::int64_t k,
+                      bool weight_transposed, const std::string& bias_name, const std::string& out_name) {
+    const float* bias = upload_floats(bias_name);
+    const void* x = gemm_operand(node, n, 0);
+    const void* w = gemm_operand(node, n, 1);
+    float* out = pointer(out_name);
+    auto lt = std::make_unique<LtBiasGemm>(plan_.lt, m, nn, k, weight_transposed, bias, plan_.blas_workspace,
+                                           plan_.blas_workspace_bytes);
+    if (lt->available()) {
+      const LtBiasGemm* gemm = lt.get();
+      plan_.bias_gemms.push_back(std::move(lt));
+      add_step(node, n, [=](cudaStream_t stream) { gemm->run(x, w, out, stream); });
+      ++plan_.fused_bias;
+      return;
+    }
+    // No cuBLASLt algorithm with the epilogue for this shape: the GEMM, then the bias added in place.
+    const Gemm g{.operands = operand_type(), .trans_b = weight_transposed, .m = m, .n = nn, .k = k};
+    cuda_ops::OutputShape shape;
+    shape.rank = 2;
+    shape.sizes[0] = m;
+    shape.sizes[1] = nn;
+    cuda_ops::StridedInput sum, addend;
+    sum.data = out;
+    sum.strides[0] = nn;
+    sum.strides[1] = 1;
+    addend.data = bias;
+    addend.strides[1] = 1;
+    const cublasHandle_t blas = plan_.blas;
+    add_step(node, n, [=](cudaStream_t stream) {
+      g.run(blas, x, w, out);
+      check_cuda(cuda_ops::elementwise(Elementwise::add, shape, sum, addend, {}, out, stream), "the bias");
+    });
+  }
+
   void plan_gemm(const onnx::NodeProto& node, int n) {
     const Shape& a = shape_of(node.input(0));
     const Shape& b = shape_of(node.input(1));
@@ -775,6 +952,13 @@ class Planner {
     float beta = float_attr(node, "beta", 1.0f);
     const std::int64_t m = trans_a ? a[1] : a[0], k = trans_a ? a[0] : a[1], nn = trans_b ? b[0] : b[1];
     const Shape& out = values_.at(node.output(0)).shape;
+    if (bf16_ && !trans_a && alpha == 1.0f && beta == 1.0f && node.input_size() > 2 && !node.input(2).empty() &&
+        is_constant(node.input(2)) &&
+        constant(node.input(2)).element == Element::f32) {
+      const Shape& c = shape_of(node.input(2));
+      if (!c.empty() && c.back() == nn && count(c) == nn)
+        return plan_bias_gemm(node, n, m, nn, k, trans_b, node.input(2), node.output(0));
+    }
     float* pc = pointer(node.output(0));
     if (node.input_size() > 2 && !node.input(2).empty() && beta != 0.0f) {
       const OutputShape shape = output_shape(node, n, out);
@@ -1003,6 +1187,7 @@ class Planner {
   std::map<int, Attention> attention_;  // node whose output a fused step writes -> the pattern
   std::map<int, Chain> chains_;         // a chain's last node -> the chain
   std::set<int> absorbed_;              // nodes a fused step computes (skipped)
+  std::map<int, BiasAdd> bias_adds_;    // MatMul node -> the Add it computes too
 };
 
 }  // namespace
@@ -1017,6 +1202,8 @@ Result<std::unique_ptr<CudaExecutor>> CudaExecutor::create(const Graph& graph, P
     constexpr std::size_t kBlasWorkspace = std::size_t(32) << 20;  // what cuBLAS asks for on Hopper
     check_cuda(cudaMalloc(&plan->blas_workspace, kBlasWorkspace), "allocating cuBLAS's workspace");
     check_blas(cublasSetWorkspace(plan->blas, plan->blas_workspace, kBlasWorkspace), "cublasSetWorkspace");
+    plan->blas_workspace_bytes = kBlasWorkspace;
+    check_blas(cublasLtCreate(&plan->lt), "cublasLtCreate");
     Planner(graph, precision, *plan).build();
     return std::unique_ptr<CudaExecutor>(new CudaExecutor(std::move(plan)));
   });
@@ -1028,6 +1215,7 @@ std::int64_t CudaExecutor::arena_bytes() const { return plan_->arena_size; }
 std::int64_t CudaExecutor::weight_bytes() const { return plan_->weight_size; }
 int CudaExecutor::fused_attention() const { return plan_->fused_attention; }
 int CudaExecutor::fused_elementwise() const { return plan_->fused_elementwise; }
+int CudaExecutor::fused_bias() const { return plan_->fused_bias; }
 
 Status CudaExecutor::run(void* stream_handle) {
   return guard([&] {

@@ -48,6 +48,8 @@ class CudaExecutor {
   int fused_attention() const;
   // Chains of elementwise nodes run as one kernel (every precision).
   int fused_elementwise() const;
+  // GEMMs whose bias add runs in their epilogue (bf16 precision only).
+  int fused_bias() const;
 
   // Enqueues every node on `stream` (a cudaStream_t). The first run on a
   // stream other than the legacy default (nullptr) captures the nodes as a

@@ -646,8 +646,14 @@ TEST_CASE("the CUDA executor against the CPU executor on every fixture" * doctes
       REQUIRE_MESSAGE(executor.has_value(), executor.status().message());
       // vit_block's attention is the only one among the fixtures: fused with bf16 GEMMs.
       CHECK((*executor)->fused_attention() == (name == "vit_block" && precision != ov::Precision::f32 ? 1 : 0));
-      // vit_block: q's bias and scale, and quick_gelu's Mul, Sigmoid, Mul at least, each one kernel.
-      if (name == "vit_block") CHECK((*executor)->fused_elementwise() >= 2);
+      // vit_block, f32: q's bias and scale, and quick_gelu's Mul, Sigmoid, Mul at least, each one kernel;
+      // bf16: q's, fc1's and fc2's bias adds in their GEMMs' epilogues, quick_gelu one kernel.
+      if (name == "vit_block") {
+        CHECK((*executor)->fused_elementwise() >= (precision == ov::Precision::f32 ? 2 : 1));
+        CHECK((*executor)->fused_bias() == (precision == ov::Precision::f32 ? 0 : 3));
+      } else {
+        CHECK((*executor)->fused_bias() == 0);
+      }
       const auto gpu = run_on_gpu(**executor, *graph, inputs);
       for (std::size_t k = 0; k < gpu.size(); ++k) {
         const std::string output = c["outputs"][k];
@@ -694,6 +700,8 @@ TEST_CASE("LLaVA's vision graph on CUDA matches the model written out plainly" *
     // bf16: every layer's attention is one fused step; f32 runs the nodes as the CPU does.
     CHECK((*executor)->fused_attention() == (precision == ov::Precision::f32 ? 0 : config->layers_run()));
     CHECK((*executor)->fused_elementwise() >= config->layers_run());  // quick_gelu in every layer
+    // bf16: every Gemm's bias in its epilogue (q, k, v, out, fc1, fc2 a layer, the projector's two).
+    CHECK((*executor)->fused_bias() == (precision == ov::Precision::f32 ? 0 : 6 * config->layers_run() + 2));
     const auto gpu = run_on_gpu(**executor, *graph, inputs);
     CHECK(worst_error(gpu[0], expected, precision) <= 1.0);
     // On a stream: captured as a CUDA graph on the first run, replayed on the second, with new pixels.

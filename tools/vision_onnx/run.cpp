@@ -138,6 +138,7 @@ int main(int argc, char** argv) {
     if (!executor) fail(executor.status().message());
     ov::CudaExecutor& e = **executor;
     summary["fused_attention"] = e.fused_attention();
+    summary["fused_bias"] = e.fused_bias();
     summary["arena_bytes"] = e.arena_bytes();
     summary["weight_bytes"] = e.weight_bytes();
     cudaStream_t stream = nullptr;
