@@ -103,6 +103,7 @@ def main():
         result["parity"][key] = compare(outputs) if outputs is not None else summary
         if outputs is not None and device == "cuda":
             result["parity"][key]["fused_attention"] = summary.get("fused_attention")
+            result["parity"][key]["fused_bias"] = summary.get("fused_bias")
         print(key, json.dumps(result["parity"][key]), flush=True)
     gpu_model = model.to("cuda")
     with torch.no_grad():
