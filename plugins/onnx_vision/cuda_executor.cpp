@@ -237,6 +237,7 @@ class Planner {
 
   void build() {
     const auto& nodes = graph_.proto().node();
+    find_uses();
     if (bf16_) find_attention();
     if (bf16_) find_bias_adds();
     find_elementwise_chains();
@@ -294,6 +295,21 @@ class Planner {
     return int(storages_.size()) - 1;
   }
 
+  // Who makes and who reads each value: what the fusion passes below ask.
+  struct Uses {
+    std::map<std::string, int> producer;                // value -> the node that outputs it
+    std::map<std::string, std::vector<int>> readers;    // value -> the nodes that read it, in order
+    std::set<std::string> outputs;                      // the graph's outputs
+  };
+  void find_uses() {
+    const auto& nodes = graph_.proto().node();
+    for (int n = 0; n < nodes.size(); ++n) {
+      for (const auto& out : nodes[n].output()) uses_.producer[out] = n;
+      for (const auto& in : nodes[n].input()) uses_.readers[in].push_back(n);
+    }
+    for (const auto& o : graph_.outputs) uses_.outputs.insert(o.name);
+  }
+
   // ---- pass 0: attention subgraphs, fused -----------------------------------
   //
   // MatMul(Q, K^T) [-> Mul or Div by a constant scalar] -> Softmax(last axis)
@@ -320,14 +336,9 @@ class Planner {
 
   void find_attention() {
     const auto& nodes = graph_.proto().node();
-    std::map<std::string, int> producer;
-    std::map<std::string, std::vector<int>> readers;
-    for (int n = 0; n < nodes.size(); ++n) {
-      for (const auto& out : nodes[n].output()) producer[out] = n;
-      for (const auto& in : nodes[n].input()) readers[in].push_back(n);
-    }
-    std::set<std::string> outputs;
-    for (const auto& o : graph_.outputs) outputs.insert(o.name);
+    const auto& producer = uses_.producer;
+    auto& readers = uses_.readers;
+    const auto& outputs = uses_.outputs;
     const auto read_only_by = [&](const std::string& value, int reader) {
       return !outputs.count(value) && readers[value] == std::vector<int>{reader};
     };
@@ -469,11 +480,8 @@ class Planner {
 
   void find_bias_adds() {
     const auto& nodes = graph_.proto().node();
-    std::map<std::string, std::vector<int>> readers;
-    for (int n = 0; n < nodes.size(); ++n)
-      for (const auto& in : nodes[n].input()) readers[in].push_back(n);
-    std::set<std::string> outputs;
-    for (const auto& o : graph_.outputs) outputs.insert(o.name);
+    const auto& readers = uses_.readers;
+    const auto& outputs = uses_.outputs;
     const auto f32_constant = [&](const std::string& name) -> const HostTensor* {
       const auto it = graph_.initializers.find(name);
       return it == graph_.initializers.end() || it->second.element != Element::f32 ? nullptr : &it->second;
@@ -538,14 +546,9 @@ class Planner {
         {"Erf", Elementwise::erf},         {"Sqrt", Elementwise::sqrt}, {"Tanh", Elementwise::tanh},
         {"Relu", Elementwise::relu},       {"Neg", Elementwise::neg}};
     const auto& nodes = graph_.proto().node();
-    std::map<std::string, int> producer;
-    std::map<std::string, int> reads;  // how many times nodes read each value
-    for (int n = 0; n < nodes.size(); ++n) {
-      producer[nodes[n].output(0)] = n;
-      for (const auto& in : nodes[n].input()) ++reads[in];
-    }
-    std::set<std::string> outputs;
-    for (const auto& o : graph_.outputs) outputs.insert(o.name);
+    const auto& producer = uses_.producer;
+    auto& readers = uses_.readers;
+    const auto& outputs = uses_.outputs;
     const auto shape = [&](const std::string& value) -> const Shape* {
       const auto it = graph_.computed.find(value);
       return it == graph_.computed.end() || it->second.element != Element::f32 ? nullptr : &it->second.shape;
@@ -578,7 +581,7 @@ class Planner {
           const auto p = producer.find(in);
           const Shape* in_shape = shape(in);
           if (p != producer.end() && chainable(nodes[p->second].op_type()) && !absorbed_.count(p->second) &&
-              !taken.count(p->second) && reads[in] == 1 && !outputs.count(in) && in_shape != nullptr &&
+              !taken.count(p->second) && readers[in].size() == 1 && !outputs.count(in) && in_shape != nullptr &&
               *in_shape == *out) {
             members.push_back(p->second);
             regs[k] = std::int8_t(emit(p->second));
@@ -1188,6 +1191,7 @@ class Planner {
   std::map<int, Chain> chains_;         // a chain's last node -> the chain
   std::set<int> absorbed_;              // nodes a fused step computes (skipped)
   std::map<int, BiasAdd> bias_adds_;    // MatMul node -> the Add it computes too
+  Uses uses_;
 };
 
 }  // namespace

@@ -257,17 +257,22 @@ void infer_shapes(onnx::ModelProto& model) {
   }
 }
 
+// A tensor value's element type and static shape into graph.computed
+// (static_shape refuses sizes left unknown).
+void record_computed(const onnx::ValueInfoProto& value, Graph& graph) {
+  if (!value.type().has_tensor_type()) return;
+  const int type = value.type().tensor_type().elem_type();
+  if (type == onnx::TensorProto::UNDEFINED || type == onnx::TensorProto::STRING) return;
+  graph.computed[value.name()] = {value.name(), element_of(type, "value '" + value.name() + "'"),
+                                  static_shape(value, "value")};
+}
+
 // The shapes inference knows completely, by value name.
 void known_shapes(const onnx::GraphProto& g, Graph& graph) {
   graph.computed.clear();
   for (const auto* values : {&g.input(), &g.value_info(), &g.output()})
-    for (const auto& value : *values) {
-      if (!value.type().has_tensor_type() || !static_dims(value)) continue;
-      const int type = value.type().tensor_type().elem_type();
-      if (type == onnx::TensorProto::UNDEFINED || type == onnx::TensorProto::STRING) continue;
-      graph.computed[value.name()] = {value.name(), element_of(type, "value '" + value.name() + "'"),
-                                      static_shape(value, "value")};
-    }
+    for (const auto& value : *values)
+      if (static_dims(value)) record_computed(value, graph);
 }
 
 Graph load(onnx::ModelProto parsed, const GraphLoadOptions& options) {
@@ -375,13 +380,7 @@ Graph load(onnx::ModelProto parsed, const GraphLoadOptions& options) {
   }
   g.clear_initializer();
   graph.computed.clear();
-  for (const auto& value : g.value_info()) {
-    if (!value.type().has_tensor_type()) continue;
-    const int type = value.type().tensor_type().elem_type();
-    if (type == onnx::TensorProto::UNDEFINED || type == onnx::TensorProto::STRING) continue;
-    graph.computed[value.name()] = {value.name(), element_of(type, "value '" + value.name() + "'"),
-                                    static_shape(value, "value")};
-  }
+  for (const auto& value : g.value_info()) record_computed(value, graph);
   for (const Graph::Value& output : graph.outputs) graph.computed[output.name] = output;
   fold_constants(graph);
   return graph;

@@ -67,6 +67,16 @@ std::map<std::string, ov::HostTensor> case_inputs(const nlohmann::json& c) {
   return inputs;
 }
 
+// A float graph input of shape [batch, width], the batch symbolic.
+void add_batch_input(onnx::GraphProto& g, const std::string& name, std::int64_t width) {
+  auto* x = g.add_input();
+  x->set_name(name);
+  auto* type = x->mutable_type()->mutable_tensor_type();
+  type->set_elem_type(onnx::TensorProto::FLOAT);
+  type->mutable_shape()->add_dim()->set_dim_param("batch");
+  type->mutable_shape()->add_dim()->set_dim_value(width);
+}
+
 // A one-node model: `op` from inputs x (float [2, 3]) to y.
 onnx::ModelProto one_node(const std::string& op, int opset = 17, const std::string& domain = "") {
   onnx::ModelProto model;
@@ -87,12 +97,7 @@ onnx::ModelProto one_node(const std::string& op, int opset = 17, const std::stri
   node->set_domain(domain);
   node->add_input("x");
   node->add_output("y");
-  auto* x = g->add_input();
-  x->set_name("x");
-  auto* type = x->mutable_type()->mutable_tensor_type();
-  type->set_elem_type(onnx::TensorProto::FLOAT);
-  type->mutable_shape()->add_dim()->set_dim_param("batch");
-  type->mutable_shape()->add_dim()->set_dim_value(3);
+  add_batch_input(*g, "x", 3);
   g->add_output()->set_name("y");
   return model;
 }
@@ -510,12 +515,7 @@ TEST_CASE("sizes onnx's data propagation leaves unknown are found by folding and
   model.add_opset_import()->set_version(17);
   auto* g = model.mutable_graph();
   g->set_name("g");
-  auto* x = g->add_input();
-  x->set_name("x");
-  auto* type = x->mutable_type()->mutable_tensor_type();
-  type->set_elem_type(onnx::TensorProto::FLOAT);
-  type->mutable_shape()->add_dim()->set_dim_param("batch");
-  type->mutable_shape()->add_dim()->set_dim_value(4);
+  add_batch_input(*g, "x", 4);
   g->add_output()->set_name("y");
   const auto ints = [&](const std::string& name, std::vector<std::int64_t> values, bool scalar = false) {
     auto* t = g->add_initializer();
