@@ -103,7 +103,8 @@ def main():
         result["parity"][key] = compare(outputs) if outputs is not None else summary
         if outputs is not None and device == "cuda":
             result["parity"][key]["fused_attention"] = summary.get("fused_attention")
-            result["parity"][key]["fused_bias"] = summary.get("fused_bias")
+            for counter in ("fused_bias", "fused_residual", "bf16_outputs", "activations"):
+                result["parity"][key][counter] = summary.get(counter)
         print(key, json.dumps(result["parity"][key]), flush=True)
     gpu_model = model.to("cuda")
     with torch.no_grad():

@@ -7,10 +7,8 @@
 // once per group, not once per head). Each warp owns 16 rows:
 //
 //   for each 64-position K/V tile (cp.async, double-buffered):
-//     S = Q K^T            mma m16n8k16, Q fragments kept in registers
-//     S = S * scale*log2e, masked (-inf) where key position > query position
-//     online softmax: m' = max(m, rowmax S); P = exp2(S - m'); rescale O, l
-//     O += P V             P re-used from the S accumulators as the A operand
+//     attention_tile.cuh's step: S = Q K^T, masked (-inf) where key position
+//     > query position, online softmax, O += P V
 //   out = O / l
 //
 // Tiles strictly below the CTA's first query position need no mask; only the
@@ -23,6 +21,7 @@
 #pragma once
 
 #include "cuda/attention_common.cuh"
+#include "cuda/attention_tile.cuh"
 
 namespace hostrun::cuda::detail {
 
@@ -112,7 +111,7 @@ __global__ void __launch_bounds__(prefill_threads) prefill_kernel(const Attentio
       float o[DTILES][4];
 #pragma unroll
       for (int d = 0; d < DTILES; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
-      float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;
+      RowSoftmax softmax;
 
       for (int n = 0; n < num_tiles; ++n) {
         const int buffer = n & 1;
@@ -129,91 +128,15 @@ __global__ void __launch_bounds__(prefill_threads) prefill_kernel(const Attentio
             ldmatrix_x4(q_frag[kk], q_tile + (warp * 16 + lane % 16) * ROW + kk * 16 + (lane / 16) * 8);
           }
         }
-        const T* k_tile = tiles.k(buffer);
-        const T* v_tile = tiles.v(buffer);
-
-        float s[BN / 8][4];
-#pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt) {
-          s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-#pragma unroll
-          for (int kk = 0; kk < KSTEPS; kk += 2) {
-            std::uint32_t b[4];
-            ldmatrix_x4(b, k_tile + (nt * 8 + lane % 8) * ROW + kk * 16 + (lane / 8) * 8);
-            mma_16816<T>(s[nt], q_frag[kk], b[0], b[1]);
-            mma_16816<T>(s[nt], q_frag[kk + 1], b[2], b[3]);
-          }
-        }
-
-        const int key0 = n * BN;
-        const bool needs_mask = key0 + BN - 1 > min_position;
-        float tile_max_lo = m_lo, tile_max_hi = m_hi;
-#pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            float v = s[nt][e] * p.scale_log2;
-            if (needs_mask && key0 + nt * 8 + quad_col + (e & 1) > (e < 2 ? pos_lo : pos_hi)) v = -INFINITY;
-            s[nt][e] = v;
-          }
-          tile_max_lo = fmaxf(tile_max_lo, fmaxf(s[nt][0], s[nt][1]));
-          tile_max_hi = fmaxf(tile_max_hi, fmaxf(s[nt][2], s[nt][3]));
-        }
-        // The 4 threads of a quad hold one row's 64 columns between them.
-        tile_max_lo = fmaxf(tile_max_lo, __shfl_xor_sync(0xffffffffu, tile_max_lo, 1));
-        tile_max_lo = fmaxf(tile_max_lo, __shfl_xor_sync(0xffffffffu, tile_max_lo, 2));
-        tile_max_hi = fmaxf(tile_max_hi, __shfl_xor_sync(0xffffffffu, tile_max_hi, 1));
-        tile_max_hi = fmaxf(tile_max_hi, __shfl_xor_sync(0xffffffffu, tile_max_hi, 2));
-        // Tile 0 holds key 0, which every row sees: the maxima are finite from
-        // here on, and exp2(-inf - finite) = 0 rescales the empty start.
-        const float alpha_lo = exp2f(m_lo - tile_max_lo);
-        const float alpha_hi = exp2f(m_hi - tile_max_hi);
-        m_lo = tile_max_lo;
-        m_hi = tile_max_hi;
-        float sum_lo = 0.0f, sum_hi = 0.0f;
-#pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt) {
-          s[nt][0] = exp2f(s[nt][0] - m_lo);
-          s[nt][1] = exp2f(s[nt][1] - m_lo);
-          s[nt][2] = exp2f(s[nt][2] - m_hi);
-          s[nt][3] = exp2f(s[nt][3] - m_hi);
-          sum_lo += s[nt][0] + s[nt][1];
-          sum_hi += s[nt][2] + s[nt][3];
-        }
-        l_lo = l_lo * alpha_lo + sum_lo;
-        l_hi = l_hi * alpha_hi + sum_hi;
-#pragma unroll
-        for (int d = 0; d < DTILES; ++d) {
-          o[d][0] *= alpha_lo;
-          o[d][1] *= alpha_lo;
-          o[d][2] *= alpha_hi;
-          o[d][3] *= alpha_hi;
-        }
-
-#pragma unroll
-        for (int kt = 0; kt < BN / 16; ++kt) {
-          // Accumulators of n-tiles 2kt, 2kt+1 are exactly the A fragment of
-          // the 16x16 block of P over keys 16kt .. 16kt+15.
-          const std::uint32_t a[4] = {pack2<T>(s[2 * kt][0], s[2 * kt][1]), pack2<T>(s[2 * kt][2], s[2 * kt][3]),
-                                      pack2<T>(s[2 * kt + 1][0], s[2 * kt + 1][1]),
-                                      pack2<T>(s[2 * kt + 1][2], s[2 * kt + 1][3])};
-#pragma unroll
-          for (int d = 0; d < DTILES; d += 2) {
-            std::uint32_t b[4];
-            ldmatrix_x4_trans(b, v_tile + (kt * 16 + lane % 8 + ((lane / 8) % 2) * 8) * ROW + d * 8 + (lane / 16) * 8);
-            mma_16816<T>(o[d], a, b[0], b[1]);
-            mma_16816<T>(o[d + 1], a, b[2], b[3]);
-          }
-        }
+        attend_tile<T, kHeadDim, BN, ROW>(
+            q_frag, tiles.k(buffer), tiles.v(buffer), n * BN, p.scale_log2,
+            n * BN + BN - 1 > min_position,  // only tiles crossing the diagonal need the mask
+            [&](int key, bool hi) { return key > (hi ? pos_hi : pos_lo); }, o, softmax);
         __syncthreads();  // the next iteration's prefetch overwrites this buffer
       }
 
-      l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
-      l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
-      l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
-      l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
-      const float inv_lo = 1.0f / l_lo;
-      const float inv_hi = 1.0f / l_hi;
+      float inv_lo, inv_hi;
+      softmax.finish(inv_lo, inv_hi);
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int row = row_lo + half * 8;

@@ -5,10 +5,12 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <functional>
 #include <limits>
 #include <memory>
 #include <numeric>
+#include <optional>
 #include <set>
 
 #include <fmt/format.h>
@@ -109,11 +111,12 @@ struct Gemm {
   }
 };
 
-// One cuBLASLt call: row-major D[M,N] = A[M,K] W + bias[N], A and W bf16, D,
-// bias and the accumulation f32; W is [K,N] (a MatMul's weight) or [N,K]
-// (a Gemm's with transB). The bias rides in the GEMM's epilogue, so the
-// output is written once instead of written, read and written again by an
-// add. Descriptors and the algorithm are chosen at plan time.
+// One cuBLASLt call: row-major D[M,N] = A[M,K] W + bias[N] (+ R[M,N]), A and
+// W bf16, D, bias, R and the accumulation f32; W is [K,N] (a MatMul's
+// weight) or [N,K] (a Gemm's with transB). The bias rides in the GEMM's
+// epilogue and R comes in as C with beta = 1, so the output is written once
+// instead of written, read and written again by each add. Descriptors and
+// the algorithm are chosen at plan time (the same for either beta).
 class LtBiasGemm {
  public:
   LtBiasGemm(cublasLtHandle_t lt, std::int64_t m, std::int64_t n, std::int64_t k, bool weight_transposed,
@@ -155,9 +158,11 @@ class LtBiasGemm {
   // Whether cuBLASLt offers an algorithm for this shape with the epilogue.
   bool available() const { return available_; }
 
-  void run(const void* a, const void* w, float* d, cudaStream_t stream) const {
+  // residual: R, or null for none.
+  void run(const void* a, const void* w, const float* residual, float* d, cudaStream_t stream) const {
     const float one = 1.0f, zero = 0.0f;
-    check_blas(cublasLtMatmul(lt_, op_, &one, w, w_, a, a_, &zero, d, d_, d, d_, &heuristic_.algo, workspace_,
+    check_blas(cublasLtMatmul(lt_, op_, &one, w, w_, a, a_, residual != nullptr ? &one : &zero,
+                              residual != nullptr ? residual : d, d_, d, d_, &heuristic_.algo, workspace_,
                               workspace_bytes_, stream),
                "GEMM with bias");
   }
@@ -205,6 +210,9 @@ struct CudaExecutor::Plan {
   int fused_attention = 0;         // attention subgraphs run as one step
   int fused_elementwise = 0;       // elementwise chains run as one kernel
   int fused_bias = 0;              // GEMMs with their bias add in the epilogue
+  int fused_residual = 0;          // of those, GEMMs that add a residual as C
+  int bf16_outputs = 0;            // values written as bf16 by their producer
+  int activations = 0;             // of the fused chains, those run as a known activation
 
   void enqueue(cudaStream_t stream) const {
     for (const Step& step : steps) {
@@ -241,6 +249,7 @@ class Planner {
     if (bf16_) find_attention();
     if (bf16_) find_bias_adds();
     find_elementwise_chains();
+    if (bf16_) find_bf16_values();
     for (const Graph::Value& input : graph_.inputs) {
       if (input.element != Element::f32)
         refuse_graph(fmt::format("input '{}' is integer; the CUDA executor takes float inputs", input.name));
@@ -325,7 +334,27 @@ class Planner {
   struct Operand {
     std::string source;
     std::vector<std::int64_t> perm;
+    float scale = 1.0f;  // constant factors absorbed on the way
   };
+
+  // A Mul by a constant scalar (either side) or a Div by one (the divisor):
+  // its factor, else 0. scalar_operand_index: the other input, the one scaled.
+  float scalar_factor(const onnx::NodeProto& node) const {
+    if ((node.op_type() != "Mul" && node.op_type() != "Div") || node.input_size() != 2) return 0.0f;
+    for (int c = node.op_type() == "Div" ? 1 : 0; c < 2; ++c) {
+      const auto it = graph_.initializers.find(node.input(c));
+      if (it == graph_.initializers.end() || it->second.element != Element::f32 || it->second.f.size() != 1 ||
+          graph_.initializers.count(node.input(1 - c)))
+        continue;
+      const float v = it->second.f[0];
+      if (v == 0.0f || !std::isfinite(v)) return 0.0f;
+      return node.op_type() == "Mul" ? v : 1.0f / v;
+    }
+    return 0.0f;
+  }
+  int scalar_operand_index(const onnx::NodeProto& node) const {
+    return graph_.initializers.count(node.input(0)) && (node.op_type() == "Mul") ? 1 : 0;
+  }
   struct Attention {
     Operand q, kt, v;                    // [.., Lq, D], [.., D, Lk], [.., Lk, D]
     std::string out;                     // what the step writes: the context, or its transpose
@@ -390,15 +419,39 @@ class Planner {
           (*v)[std::size_t(rank - 2)] != kt->back() || !cuda::dense_attention_supports(int(q->back())))
         continue;
       group.insert(group.end(), {s, m1});
-      // A Transpose producing `value`, read by `reader` alone, is read through instead.
-      const auto operand = [&](const std::string& value, int reader) {
-        const int t = made_by(value, "Transpose");
-        if (t < 0 || !read_only_by(value, reader) || shape(nodes[t].input(0)) == nullptr) return Operand{value, {}};
-        group.push_back(t);
-        return Operand{nodes[t].input(0), transpose_perm(nodes[t], shape(nodes[t].input(0))->size())};
+      // What feeds an operand through Transposes (read through their strides)
+      // and, for Q and K^T, Muls or Divs by a constant scalar (folded into the
+      // scale: torch.onnx's SDPA scales both by sqrt(scale)), each read by the
+      // next alone, is absorbed; the operand is read where the chain starts.
+      const auto operand = [&](const std::string& value, int reader, bool scalars) {
+        Operand x{value, {}};
+        for (;;) {
+          const auto p = producer.find(x.source);
+          if (p == producer.end() || !read_only_by(x.source, reader)) break;
+          const onnx::NodeProto& node = nodes[p->second];
+          if (node.op_type() == "Transpose" && shape(node.input(0)) != nullptr) {
+            // x reads source axis perm[k]; source is node's input with axis j at t[j].
+            const std::vector<std::int64_t> t = transpose_perm(node, shape(node.input(0))->size());
+            if (x.perm.empty()) x.perm = t;
+            else
+              for (auto& axis : x.perm) axis = t[std::size_t(axis)];
+          } else if (const float factor = scalars ? scalar_factor(node) : 0.0f;
+                     factor != 0.0f && shape(node.output(0)) != nullptr &&
+                     shape(node.input(scalar_operand_index(node))) != nullptr &&
+                     *shape(node.output(0)) == *shape(node.input(scalar_operand_index(node)))) {
+            x.scale *= factor;
+          } else {
+            break;
+          }
+          group.push_back(p->second);
+          reader = p->second;
+          x.source = node.input(node.op_type() == "Transpose" ? 0 : scalar_operand_index(node));
+        }
+        return x;
       };
-      Attention a{operand(nodes[m1].input(0), m1), operand(nodes[m1].input(1), m1), operand(nodes[m2].input(1), m2),
-                  nodes[m2].output(0), {}, *context, scale};
+      Attention a{operand(nodes[m1].input(0), m1, true), operand(nodes[m1].input(1), m1, true),
+                  operand(nodes[m2].input(1), m2, false), nodes[m2].output(0), {}, *context, scale};
+      a.scale *= a.q.scale * a.kt.scale;
       int last = m2;
       const auto& context_readers = readers[nodes[m2].output(0)];
       if (!outputs.count(a.out) && context_readers.size() == 1 && nodes[context_readers[0]].op_type() == "Transpose") {
@@ -442,6 +495,24 @@ class Planner {
       const Shape written = contiguous_strides(shape_of(a.out));
       for (std::size_t i = 0; i < r; ++i) out[std::size_t(a.out_perm[i])] = written[i];
     }
+    const ref::DenseAttentionShape s = attention_shape(a);
+    const ref::AttentionStrides qs = operand_strides(a.q, false), ks = operand_strides(a.kt, true),
+                                vs = operand_strides(a.v, false), os = attention_strides(out);
+    const float* q = pointer(a.q.source);
+    const float* k = pointer(a.kt.source);
+    const float* v = pointer(a.v.source);
+    float* o = pointer(a.out);
+    const ref::DType out_dtype = bf16_values_.count(a.out) ? ref::DType::bf16 : ref::DType::f32;
+    void* workspace = plan_.arena + storages_[std::size_t(workspace_.at(n))].offset;
+    add_step(node, n, [=](cudaStream_t stream) {
+      check_cuda(cuda::dense_attention(s, q, qs, k, ks, v, vs, o, out_dtype, os, workspace, stream),
+                 "fused attention");
+    });
+    ++plan_.fused_attention;
+  }
+  ref::DenseAttentionShape attention_shape(const Attention& a) const {
+    const Shape& c = a.context;
+    const std::size_t r = c.size();
     ref::DenseAttentionShape s;
     s.batch = int(r == 4 ? c[0] : 1);
     s.heads = int(c[r - 3]);
@@ -449,33 +520,29 @@ class Planner {
     s.head_dim = int(c[r - 1]);
     s.kv_len = int(attention_kv_len(a));
     s.scale = a.scale;
-    const ref::AttentionStrides qs = operand_strides(a.q, false), ks = operand_strides(a.kt, true),
-                                vs = operand_strides(a.v, false), os = attention_strides(out);
-    const float* q = pointer(a.q.source);
-    const float* k = pointer(a.kt.source);
-    const float* v = pointer(a.v.source);
-    float* o = pointer(a.out);
-    add_step(node, n, [=](cudaStream_t stream) {
-      check_cuda(cuda::dense_attention(s, q, qs, k, ks, v, vs, o, os, stream), "fused attention");
-    });
-    ++plan_.fused_attention;
+    return s;
   }
   std::int64_t attention_kv_len(const Attention& a) const {
     const Shape& source = shape_of(a.kt.source);
     return a.kt.perm.empty() ? source.back() : source[std::size_t(a.kt.perm.back())];
   }
 
-  // ---- pass 0a: bias adds, into the GEMM before them --------------------------
+  // ---- pass 0a: bias adds and residual adds, into the GEMM before them ------
   //
   // MatMul(x, W) with W a constant matrix, whose output only an Add of a
-  // constant bias over its last dimension reads (torch.onnx's nn.Linear):
-  // the MatMul step computes the Add's output with the bias in cuBLASLt's
-  // epilogue and the Add is skipped. A Gemm's bias input goes the same way
-  // (plan_gemm). bf16 precision only, as attention.
+  // constant bias over its last dimension reads (torch.onnx's nn.Linear), and
+  // a Gemm with a constant bias input C (alpha = beta = 1, A not transposed):
+  // the GEMM step computes the sum with the bias in cuBLASLt's epilogue and
+  // the Add is skipped. When that sum is read only by one more Add, of a value
+  // of the same shape computed before the GEMM (a transformer's residual), the
+  // GEMM takes that value as its C (beta = 1) and writes the second Add's
+  // output instead. bf16 precision only, as attention.
 
   struct BiasAdd {
-    int add = -1;
-    std::string bias, output;  // the Add's constant input and its output
+    std::string bias;      // the constant bias
+    std::string residual;  // the value added after the bias, or empty
+    std::string output;    // what the GEMM step writes
+    bool weight_transposed = false;
   };
 
   void find_bias_adds() {
@@ -490,32 +557,77 @@ class Planner {
       const auto it = graph_.computed.find(name);
       return it == graph_.computed.end() ? nullptr : &it->second.shape;
     };
+    const auto free_node = [&](int n) { return !absorbed_.count(n) && !attention_.count(n); };
+    // The one Add that reads `value` (and nothing else does), else -1.
+    const auto sole_add_reader = [&](const std::string& value) {
+      const auto read = readers.find(value);
+      if (outputs.count(value) || read == readers.end() || read->second.size() != 1) return -1;
+      const int add = read->second[0];
+      const onnx::NodeProto& node = nodes[add];
+      return node.op_type() == "Add" && node.input_size() == 2 && node.input(0) != node.input(1) && free_node(add)
+                 ? add
+                 : -1;
+    };
+    const auto is_bias_for = [&](const std::string& name, std::int64_t columns) {
+      const HostTensor* bias = f32_constant(name);
+      return bias != nullptr && !bias->shape.empty() && bias->shape.back() == columns &&
+             count(bias->shape) == columns;
+    };
     for (int n = 0; n < nodes.size(); ++n) {
       const onnx::NodeProto& node = nodes[n];
-      if (node.op_type() != "MatMul" || node.input_size() != 2 || absorbed_.count(n) || attention_.count(n)) continue;
-      const std::string& out = node.output(0);
-      const auto read = readers.find(out);
-      if (outputs.count(out) || read == readers.end() || read->second.size() != 1) continue;
-      const int add = read->second[0];
-      const onnx::NodeProto& add_node = nodes[add];
-      if (add_node.op_type() != "Add" || add_node.input_size() != 2 || add_node.input(0) == add_node.input(1) ||
-          absorbed_.count(add) || attention_.count(add))
+      if ((node.op_type() != "MatMul" && node.op_type() != "Gemm") || !free_node(n) || node.input_size() < 2 ||
+          graph_.initializers.count(node.input(0)))
         continue;
-      const std::string& bias = add_node.input(0) == out ? add_node.input(1) : add_node.input(0);
-      const HostTensor* weight = f32_constant(node.input(1));
-      const HostTensor* bias_values = f32_constant(bias);
       const Shape* x = computed_shape(node.input(0));
-      const Shape* y = computed_shape(out);
-      const Shape* sum = computed_shape(add_node.output(0));
-      if (weight == nullptr || bias_values == nullptr || x == nullptr || y == nullptr || sum == nullptr ||
-          graph_.initializers.count(node.input(0)) || weight->shape.size() != 2 || x->size() < 2 || *y != *sum)
+      const Shape* y = computed_shape(node.output(0));
+      if (x == nullptr || y == nullptr) continue;
+      BiasAdd fused;
+      if (node.op_type() == "MatMul" && node.input_size() == 2) {
+        const HostTensor* weight = f32_constant(node.input(1));
+        const int add = sole_add_reader(node.output(0));
+        if (weight == nullptr || weight->shape.size() != 2 || x->size() < 2 || add < 0) continue;
+        const onnx::NodeProto& add_node = nodes[add];
+        const std::string& bias = add_node.input(0) == node.output(0) ? add_node.input(1) : add_node.input(0);
+        const Shape* sum = computed_shape(add_node.output(0));
+        if (!is_bias_for(bias, weight->shape[1]) || sum == nullptr || *sum != *y) continue;
+        fused = {bias, {}, add_node.output(0), false};
+        absorbed_.insert(add);
+      } else if (node.op_type() == "Gemm" && node.input_size() > 2 && !node.input(2).empty()) {
+        const Shape* w = computed_shape(node.input(1));
+        const HostTensor* weight = f32_constant(node.input(1));
+        const bool trans_b = int_attr(node, "transB", 0) != 0;
+        if (int_attr(node, "transA", 0) != 0 || float_attr(node, "alpha", 1.0f) != 1.0f ||
+            float_attr(node, "beta", 1.0f) != 1.0f || x->size() != 2 || (weight == nullptr && w == nullptr))
+          continue;
+        const Shape& ws = weight != nullptr ? weight->shape : *w;
+        if (ws.size() != 2 || !is_bias_for(node.input(2), trans_b ? ws[0] : ws[1])) continue;
+        fused = {node.input(2), {}, node.output(0), trans_b};
+      } else {
         continue;
-      const std::int64_t columns = weight->shape[1];
-      if (bias_values->shape.empty() || bias_values->shape.back() != columns || count(bias_values->shape) != columns)
-        continue;
-      bias_adds_[n] = {add, bias, add_node.output(0)};
-      absorbed_.insert(add);
+      }
+      // A residual after the bias: Add(sum, r) with r the sum's shape, made before this GEMM.
+      if (const int add = sole_add_reader(fused.output); add >= 0) {
+        const onnx::NodeProto& add_node = nodes[add];
+        const std::string& residual = add_node.input(0) == fused.output ? add_node.input(1) : add_node.input(0);
+        const Shape* r = computed_shape(residual);
+        const Shape* sum = computed_shape(add_node.output(0));
+        const auto made = uses_.producer.find(residual);
+        const bool ready = made == uses_.producer.end() ? !graph_.initializers.count(residual) : made->second < n;
+        if (r != nullptr && sum != nullptr && *r == *y && *sum == *y && ready && materialized(residual)) {
+          fused.residual = residual;
+          fused.output = add_node.output(0);
+          absorbed_.insert(add);
+        }
+      }
+      bias_adds_[n] = std::move(fused);
     }
+  }
+  // Whether `value` reaches memory: made by a step of its own, or the sum a
+  // GEMM step writes (not an intermediate inside a fused step).
+  bool materialized(const std::string& value) const {
+    const auto made = uses_.producer.find(value);
+    return made == uses_.producer.end() || !absorbed_.count(made->second) ||
+           std::any_of(bias_adds_.begin(), bias_adds_.end(), [&](const auto& b) { return b.second.output == value; });
   }
 
   // ---- pass 0b: elementwise chains, fused -----------------------------------
@@ -530,6 +642,7 @@ class Planner {
   struct Chain {
     std::vector<std::string> leaves;
     cuda_ops::ElementwiseProgram program;
+    std::string output;  // the root's output: what the chain computes
   };
 
   static bool chainable(const std::string& op) {
@@ -611,22 +724,141 @@ class Planner {
       emit(root);
       if (!fits || members.empty()) continue;
       for (int m : members) absorbed_.insert(m), taken.insert(m);
+      chain.output = top.output(0);
       chains_[root] = std::move(chain);
     }
   }
 
+  // A chain that is a known activation of one computed value (and scalar
+  // constants) runs as cuda_ops::activation instead of the program. It is
+  // recognized by the chain's expression written with the operands of + and
+  // * in a fixed order, the value as "x" and each constant as "#", and the
+  // constants (in the order they appear) checked: so x * sigmoid(1.702 x)
+  // matches however the exporter ordered the Muls.
+  struct Expression {
+    std::string text;
+    std::vector<float> constants;
+  };
+  struct Activation {
+    cuda_ops::Activation kind;
+    float alpha = 0.0f;
+    std::string input;
+  };
+  std::optional<Activation> find_activation(const Chain& chain) const {
+    using Program = cuda_ops::ElementwiseProgram;
+    std::string variable;
+    bool fits = true;
+    std::function<Expression(int)> write = [&](int reg) -> Expression {
+      const Program::Instruction& in = chain.program.instruction[reg];
+      if (in.leaf >= 0) {
+        const std::string& name = chain.leaves[std::size_t(in.leaf)];
+        if (const auto c = graph_.initializers.find(name); c != graph_.initializers.end()) {
+          if (c->second.element != Element::f32 || c->second.f.size() != 1) fits = false;
+          return {"#", {c->second.f.empty() ? 0.0f : c->second.f[0]}};
+        }
+        if (!variable.empty() && variable != name) fits = false;
+        variable = name;
+        return {"x", {}};
+      }
+      static const std::map<Elementwise, std::string> kName = {
+          {Elementwise::add, "add"}, {Elementwise::sub, "sub"}, {Elementwise::mul, "mul"},
+          {Elementwise::div, "div"}, {Elementwise::pow, "pow"}, {Elementwise::sigmoid, "sigmoid"},
+          {Elementwise::erf, "erf"}, {Elementwise::sqrt, "sqrt"}, {Elementwise::tanh, "tanh"},
+          {Elementwise::relu, "relu"}, {Elementwise::neg, "neg"}};
+      const std::string& op = kName.at(in.op);
+      const bool binary = in.op == Elementwise::add || in.op == Elementwise::sub || in.op == Elementwise::mul ||
+                          in.op == Elementwise::div || in.op == Elementwise::pow;
+      Expression a = write(in.a);
+      if (!binary) return {op + "(" + a.text + ")", a.constants};
+      Expression b = write(in.b);
+      if ((in.op == Elementwise::add || in.op == Elementwise::mul) && b.text < a.text) std::swap(a, b);
+      a.constants.insert(a.constants.end(), b.constants.begin(), b.constants.end());
+      return {op + "(" + a.text + "," + b.text + ")", a.constants};
+    };
+    const Expression e = write(chain.program.count - 1);
+    if (!fits || variable.empty() || shape_of(variable) != values_.at(chain.output).shape) return {};
+    const auto near = [&](std::size_t k, double want) {
+      return std::fabs(double(e.constants[k]) - want) <= 1e-6 * std::fabs(want);
+    };
+    if (e.text == "mul(sigmoid(mul(#,x)),x)") return Activation{cuda_ops::Activation::quick_gelu, e.constants[0], variable};
+    // x / 2 (1 + erf(x / sqrt 2)) as llava_graph.cpp writes it (other forms run as programs).
+    if (e.text == "mul(add(#,erf(mul(#,x))),mul(#,x))" && near(0, 1.0) && near(1, M_SQRT1_2) && near(2, 0.5))
+      return Activation{cuda_ops::Activation::gelu, 0.0f, variable};
+    return {};
+  }
+
   void plan_chain(const onnx::NodeProto& node, int n, const Chain& chain) {
     const Shape& out_shape = values_.at(node.output(0)).shape;
+    if (const std::optional<Activation> a = find_activation(chain)) {
+      const float* x = pointer(a->input);
+      void* out = pointer(node.output(0));
+      const cuda_ops::Store store = written_as(node.output(0));
+      const std::int64_t elements = count(out_shape);
+      add_step(node, n, [=, kind = a->kind, alpha = a->alpha](cudaStream_t stream) {
+        check_cuda(cuda_ops::activation(kind, alpha, x, elements, out, store, stream), "activation");
+      });
+      ++plan_.fused_elementwise;
+      ++plan_.activations;
+      return;
+    }
     const OutputShape shape = output_shape(node, n, out_shape);
     StridedInput leaves[cuda_ops::ElementwiseProgram::kMaxLeaves];
     for (std::size_t j = 0; j < chain.leaves.size(); ++j)
       leaves[j] = broadcast_input(node, n, chain.leaves[j], out_shape);
     float* out = pointer(node.output(0));
+    const cuda_ops::Store store = written_as(node.output(0));
     const cuda_ops::ElementwiseProgram program = chain.program;
     add_step(node, n, [=](cudaStream_t stream) {
-      check_cuda(cuda_ops::elementwise_program(program, shape, leaves, out, stream), "fused elementwise");
+      check_cuda(cuda_ops::elementwise_program(program, shape, leaves, out, store, stream), "fused elementwise");
     });
     ++plan_.fused_elementwise;
+  }
+
+  // ---- pass 0c: values only GEMMs read, written as bf16 by their producer ----
+  //
+  // With bf16 GEMMs, a value every reader of which is a GEMM operand (seen
+  // through Reshape-like views) lives only as that bf16 operand, written so
+  // by the step that makes it — a LayerNormalization, a fused attention, an
+  // elementwise chain — instead of written in f32 and converted by a step of
+  // its own. The bits are the same: each rounds the same f32 to nearest even.
+
+  // Whether every reader of `value` (and of its views) is a MatMul or Gemm
+  // taking it as A or B; `views` collects those views.
+  bool read_by_gemms_only(const std::string& value, std::vector<std::string>& views) const {
+    const auto& nodes = graph_.proto().node();
+    const auto read = uses_.readers.find(value);
+    if (uses_.outputs.count(value) || read == uses_.readers.end()) return false;
+    for (const int r : read->second) {
+      const onnx::NodeProto& node = nodes[r];
+      if (absorbed_.count(r) || attention_.count(r) || chains_.count(r)) return false;
+      if (aliases_input(node.op_type()) && node.input(0) == value) {
+        for (int k = 1; k < node.input_size(); ++k)
+          if (node.input(k) == value) return false;
+        views.push_back(node.output(0));
+        if (!read_by_gemms_only(node.output(0), views)) return false;
+        continue;
+      }
+      if (node.op_type() != "MatMul" && node.op_type() != "Gemm") return false;
+      for (int k = 2; k < node.input_size(); ++k)
+        if (node.input(k) == value) return false;  // Gemm's C is added in f32
+    }
+    return true;
+  }
+
+  void find_bf16_values() {
+    const auto& nodes = graph_.proto().node();
+    for (int n = 0; n < nodes.size(); ++n) {
+      if (absorbed_.count(n)) continue;
+      std::string made;
+      if (const auto a = attention_.find(n); a != attention_.end()) made = a->second.out;
+      else if (chains_.count(n) || nodes[n].op_type() == "LayerNormalization") made = nodes[n].output(0);
+      else continue;
+      std::vector<std::string> views;
+      if (!read_by_gemms_only(made, views)) continue;
+      bf16_values_.insert(made);
+      bf16_values_.insert(views.begin(), views.end());
+      ++plan_.bf16_outputs;
+    }
   }
 
   // ---- pass 1: which storage each value lives in, and until when --------
@@ -638,6 +870,8 @@ class Planner {
       fused_reads = {&fused->second.q.source, &fused->second.kt.source, &fused->second.v.source};
     if (const auto chain = chains_.find(n); chain != chains_.end())
       for (const std::string& leaf : chain->second.leaves) fused_reads.push_back(&leaf);
+    if (const auto bias = bias_adds_.find(n); bias != bias_adds_.end() && !bias->second.residual.empty())
+      fused_reads.push_back(&bias->second.residual);
     for (const std::string* name : fused_reads)
       if (const auto it = values_.find(*name); it != values_.end())
         storages_[std::size_t(it->second.storage)].last = std::max(storages_[std::size_t(it->second.storage)].last, n);
@@ -658,9 +892,11 @@ class Planner {
       values_[name] = {shape, values_[node.input(0)].storage};
       return;
     }
-    values_[name] = {shape, new_storage(count(shape) * 4, n)};
+    values_[name] = {shape, new_storage(count(shape) * (bf16_values_.count(name) ? 2 : 4), n)};
     if (const auto bias = bias_adds_.find(n); bias != bias_adds_.end())
-      values_[bias->second.output] = values_[name];  // the Add's output: this node writes it
+      values_[bias->second.output] = values_[name];  // the last Add's output: this node writes it
+    if (const auto fused = attention_.find(n); fused != attention_.end())
+      workspace_[n] = new_storage(std::int64_t(cuda::dense_attention_workspace_bytes(attention_shape(fused->second))), n);
     if (node.op_type() == "Conv") {
       workspace_[n] = new_storage(conv_columns(node, n) * 4, n);
       if (bf16_) conv_bf16_[n] = new_storage(conv_columns(node, n) * 2, n);
@@ -669,7 +905,7 @@ class Planner {
     // and the copy kept until its last (a LayerNorm's output feeds q, k and v).
     if (bf16_ && (node.op_type() == "MatMul" || node.op_type() == "Gemm") && !attention_.count(n))
       for (int k = 0; k < 2 && k < node.input_size(); ++k)
-        if (const auto it = values_.find(node.input(k)); it != values_.end()) {
+        if (const auto it = values_.find(node.input(k)); it != values_.end() && !bf16_values_.count(node.input(k))) {
           if (const auto copy = bf16_copy_.find(node.input(k)); copy != bf16_copy_.end())
             storages_[std::size_t(copy->second)].last = n;
           else
@@ -844,7 +1080,7 @@ class Planner {
   // a step enqueued before its first GEMM's).
   const void* gemm_operand(const onnx::NodeProto& node, int n, int k) {
     const std::string& name = node.input(k);
-    if (!bf16_) return pointer(name);
+    if (!bf16_ || bf16_values_.count(name)) return pointer(name);
     if (is_constant(name)) return upload_bf16(name);
     void* copy = plan_.arena + storages_[std::size_t(bf16_copy_.at(name))].offset;
     if (converted_.insert(name).second) {
@@ -869,6 +1105,9 @@ class Planner {
     uploaded_bf16_[name] = device;
     return device;
   }
+  cuda_ops::Store written_as(const std::string& value) const {
+    return bf16_values_.count(value) ? cuda_ops::Store::bf16 : cuda_ops::Store::f32;
+  }
   cudaDataType operand_type() const { return bf16_ ? CUDA_R_16BF : CUDA_R_32F; }
   std::int64_t operand_bytes() const { return bf16_ ? 2 : 4; }
 
@@ -877,8 +1116,7 @@ class Planner {
       const Shape& x = shape_of(node.input(0));
       const Shape& w = shape_of(node.input(1));
       if (w[0] != x.back()) refuse_node(node, n, "inner dimensions differ");
-      return plan_bias_gemm(node, n, count(x) / x.back(), w[1], x.back(), false, bias->second.bias,
-                            bias->second.output);
+      return plan_bias_gemm(node, n, count(x) / x.back(), w[1], x.back(), bias->second);
     }
     Shape a = shape_of(node.input(0)), b = shape_of(node.input(1));
     if (a.size() == 1) a.insert(a.begin(), 1);
@@ -910,39 +1148,46 @@ class Planner {
     add_step(node, n, [=](cudaStream_t) { g.run(blas, pa, pb, pc); });
   }
 
-  // Row-major out[m, nn] = x W + bias[nn] for node n (a MatMul or a Gemm): x is
-  // input 0 ([.., k] rows), W input 1 ([k, nn], or [nn, k] when transposed).
+  // Row-major out[m, nn] = x W + bias[nn] (+ residual[m, nn]) for node n (a
+  // MatMul or a Gemm): x is input 0 ([.., k] rows), W input 1 ([k, nn], or
+  // [nn, k] when transposed).
   void plan_bias_gemm(const onnx::NodeProto& node, int n, std::int64_t m, std::int64_t nn, std::int64_t k,
-                      bool weight_transposed, const std::string& bias_name, const std::string& out_name) {
-    const float* bias = upload_floats(bias_name);
+                      const BiasAdd& fused) {
+    const float* bias = upload_floats(fused.bias);
+    const float* residual = fused.residual.empty() ? nullptr : pointer(fused.residual);
     const void* x = gemm_operand(node, n, 0);
     const void* w = gemm_operand(node, n, 1);
-    float* out = pointer(out_name);
-    auto lt = std::make_unique<LtBiasGemm>(plan_.lt, m, nn, k, weight_transposed, bias, plan_.blas_workspace,
+    float* out = pointer(fused.output);
+    auto lt = std::make_unique<LtBiasGemm>(plan_.lt, m, nn, k, fused.weight_transposed, bias, plan_.blas_workspace,
                                            plan_.blas_workspace_bytes);
     if (lt->available()) {
       const LtBiasGemm* gemm = lt.get();
       plan_.bias_gemms.push_back(std::move(lt));
-      add_step(node, n, [=](cudaStream_t stream) { gemm->run(x, w, out, stream); });
+      add_step(node, n, [=](cudaStream_t stream) { gemm->run(x, w, residual, out, stream); });
       ++plan_.fused_bias;
+      plan_.fused_residual += residual != nullptr;
       return;
     }
-    // No cuBLASLt algorithm with the epilogue for this shape: the GEMM, then the bias added in place.
-    const Gemm g{.operands = operand_type(), .trans_b = weight_transposed, .m = m, .n = nn, .k = k};
+    // No cuBLASLt algorithm with the epilogue for this shape: the GEMM, then the adds in place.
+    const Gemm g{.operands = operand_type(), .trans_b = fused.weight_transposed, .m = m, .n = nn, .k = k};
     cuda_ops::OutputShape shape;
     shape.rank = 2;
     shape.sizes[0] = m;
     shape.sizes[1] = nn;
-    cuda_ops::StridedInput sum, addend;
+    cuda_ops::StridedInput sum, addend, rows;
     sum.data = out;
     sum.strides[0] = nn;
     sum.strides[1] = 1;
     addend.data = bias;
     addend.strides[1] = 1;
+    rows = sum;
+    rows.data = residual;
     const cublasHandle_t blas = plan_.blas;
     add_step(node, n, [=](cudaStream_t stream) {
       g.run(blas, x, w, out);
       check_cuda(cuda_ops::elementwise(Elementwise::add, shape, sum, addend, {}, out, stream), "the bias");
+      if (residual != nullptr)
+        check_cuda(cuda_ops::elementwise(Elementwise::add, shape, sum, rows, {}, out, stream), "the residual");
     });
   }
 
@@ -955,13 +1200,7 @@ class Planner {
     float beta = float_attr(node, "beta", 1.0f);
     const std::int64_t m = trans_a ? a[1] : a[0], k = trans_a ? a[0] : a[1], nn = trans_b ? b[0] : b[1];
     const Shape& out = values_.at(node.output(0)).shape;
-    if (bf16_ && !trans_a && alpha == 1.0f && beta == 1.0f && node.input_size() > 2 && !node.input(2).empty() &&
-        is_constant(node.input(2)) &&
-        constant(node.input(2)).element == Element::f32) {
-      const Shape& c = shape_of(node.input(2));
-      if (!c.empty() && c.back() == nn && count(c) == nn)
-        return plan_bias_gemm(node, n, m, nn, k, trans_b, node.input(2), node.output(0));
-    }
+    if (const auto bias = bias_adds_.find(n); bias != bias_adds_.end()) return plan_bias_gemm(node, n, m, nn, k, bias->second);
     float* pc = pointer(node.output(0));
     if (node.input_size() > 2 && !node.input(2).empty() && beta != 0.0f) {
       const OutputShape shape = output_shape(node, n, out);
@@ -1064,8 +1303,9 @@ class Planner {
     const float* scale = pointer(node.input(1));
     const float* bias = has_bias ? pointer(node.input(2)) : nullptr;
     float* out = pointer(node.output(0));
+    const cuda_ops::Store store = written_as(node.output(0));
     add_step(node, n, [=](cudaStream_t stream) {
-      check_cuda(cuda_ops::layer_norm_rows(in, scale, bias, rows, cols, eps, out, stream), "layer_norm");
+      check_cuda(cuda_ops::layer_norm_rows(in, scale, bias, rows, cols, eps, out, store, stream), "layer_norm");
     });
   }
 
@@ -1181,9 +1421,10 @@ class Planner {
   CudaExecutor::Plan& plan_;
   std::vector<Storage> storages_;
   std::map<std::string, Value> values_;   // computed values (and inputs)
-  std::map<int, int> workspace_;          // Conv node -> its im2col columns' storage
+  std::map<int, int> workspace_;          // Conv node -> its im2col columns; fused attention -> its gathered q, k, v
   std::map<std::string, float*> uploaded_;
   std::map<std::string, int> bf16_copy_;  // a value GEMMs read -> the storage of its bf16 copy
+  std::set<std::string> bf16_values_;     // values only GEMMs read, stored as bf16 only (pass 0c)
   std::set<std::string> converted_;       // values whose conversion step is planned
   std::map<int, int> conv_bf16_;          // Conv node -> its columns' bf16 copy
   std::map<std::string, const void*> uploaded_bf16_;
@@ -1220,6 +1461,9 @@ std::int64_t CudaExecutor::weight_bytes() const { return plan_->weight_size; }
 int CudaExecutor::fused_attention() const { return plan_->fused_attention; }
 int CudaExecutor::fused_elementwise() const { return plan_->fused_elementwise; }
 int CudaExecutor::fused_bias() const { return plan_->fused_bias; }
+int CudaExecutor::fused_residual() const { return plan_->fused_residual; }
+int CudaExecutor::bf16_outputs() const { return plan_->bf16_outputs; }
+int CudaExecutor::activations() const { return plan_->activations; }
 
 Status CudaExecutor::run(void* stream_handle) {
   return guard([&] {

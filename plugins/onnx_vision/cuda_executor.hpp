@@ -4,10 +4,11 @@
 // enqueued node by node on the caller's stream with cuBLAS for MatMul, Gemm
 // and Conv, kernels/cuda's dense_attention for each attention subgraph
 // (MatMul, Softmax, MatMul and the transposes around them: one step), and the
-// kernels of cuda_ops.hpp for the rest. Activations are f32;
-// GEMMs take their operands as bf16 on the tensor cores with f32
-// accumulation (Precision::bf16_tensor_cores) or stay f32 throughout
-// (Precision::f32, what the tests compare with the CPU executor).
+// kernels of cuda_ops.hpp for the rest. Activations are f32, except that
+// with Precision::bf16_tensor_cores (GEMM operands bf16 on the tensor cores,
+// f32 accumulation) a value only GEMMs read is written as bf16 by its
+// producer; Precision::f32 stays f32 throughout (what the tests compare
+// with the CPU executor).
 //
 // What cannot run is refused at load naming the node, its operator and the
 // opset: integer values computed from the image (the CPU executor's int64
@@ -48,8 +49,16 @@ class CudaExecutor {
   int fused_attention() const;
   // Chains of elementwise nodes run as one kernel (every precision).
   int fused_elementwise() const;
+  // Of those, chains recognized as an activation (quick_gelu, GELU) and run
+  // as its kernel rather than interpreted.
+  int activations() const;
   // GEMMs whose bias add runs in their epilogue (bf16 precision only).
   int fused_bias() const;
+  // Of those, GEMMs that also add the residual after the bias (as cuBLASLt's C).
+  int fused_residual() const;
+  // Values only GEMMs read, written as bf16 by the step that makes them (a
+  // LayerNormalization, a fused attention or elementwise chain; bf16 only).
+  int bf16_outputs() const;
 
   // Enqueues every node on `stream` (a cudaStream_t). The first run on a
   // stream other than the legacy default (nullptr) captures the nodes as a

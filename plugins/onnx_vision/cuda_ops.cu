@@ -39,19 +39,27 @@ __device__ __forceinline__ float apply(Elementwise op, float a, float b, float c
   return a;
 }
 
-// Where output element i reads each of `count` operands. Index is 32-bit
-// when the launch allows it (elementwise() decides): a 64-bit division per
-// dimension and element made these kernels compute-bound, ~10x the time of
-// their bytes (ViT-L at batch 8, H100).
-template <typename Index>
+// Where output element i reads each of `count` (<= kMax) operands. Index is
+// 32-bit when the launch allows it (elementwise() decides): a 64-bit
+// division per dimension and element made these kernels compute-bound, ~10x
+// the time of their bytes (ViT-L at batch 8, H100). The loops run to the
+// compile-time maxima, so `at` stays in registers: bounded by the runtime
+// count and rank they put it in local memory.
+template <int kMax, typename Index>
 __device__ __forceinline__ void operand_offsets(Index i, const OutputShape& shape, const StridedInput* in, int count,
-                                                Index* at) {
-  for (int j = 0; j < count; ++j) at[j] = Index(in[j].offset);
-  for (int k = shape.rank - 1; k >= 0; --k) {
+                                                Index (&at)[kMax]) {
+#pragma unroll
+  for (int j = 0; j < kMax; ++j) at[j] = j < count ? Index(in[j].offset) : Index(0);
+#pragma unroll
+  for (int k = kMaxRank - 1; k >= 0; --k) {
+    if (k >= shape.rank) continue;
+    // What is left of i indexes the outermost dimension as it is.
     const Index size = Index(shape.sizes[k]);
-    const Index index = i % size;
-    i /= size;
-    for (int j = 0; j < count; ++j) at[j] += index * Index(in[j].strides[k]);
+    const Index index = k == 0 ? i : i % size;
+    if (k > 0) i /= size;
+#pragma unroll
+    for (int j = 0; j < kMax; ++j)
+      if (j < count) at[j] += index * Index(in[j].strides[k]);
   }
 }
 
@@ -68,25 +76,160 @@ __global__ void elementwise_kernel(Elementwise op, int operands, Operands o, flo
   }
 }
 
+// An ElementwiseProgram as the kernel runs it: values live in slots, the
+// leaves in slots 0 .. kMaxLeaves - 1 and step s's result in kMaxLeaves + s;
+// the loads are not steps (every leaf is loaded first).
+struct ProgramSteps {
+  static constexpr int kSlots = ElementwiseProgram::kMaxLeaves + ElementwiseProgram::kMaxInstructions;
+  struct Step {
+    Elementwise op;
+    std::int8_t a, b;  // slots
+  };
+  int count = 0;
+  int result = 0;  // slot
+  Step step[ElementwiseProgram::kMaxInstructions];
+};
+
+ProgramSteps compile(const ElementwiseProgram& program) {
+  ProgramSteps steps;
+  std::int8_t slot_of[ElementwiseProgram::kMaxInstructions] = {};
+  for (int k = 0; k < program.count; ++k) {
+    const ElementwiseProgram::Instruction& in = program.instruction[k];
+    if (in.leaf >= 0) {
+      slot_of[k] = in.leaf;
+      continue;
+    }
+    steps.step[steps.count] = {in.op, slot_of[in.a], slot_of[in.b]};
+    slot_of[k] = std::int8_t(ElementwiseProgram::kMaxLeaves + steps.count++);
+  }
+  steps.result = slot_of[program.count - 1];
+  return steps;
+}
+
 struct ProgramOperands {
-  ElementwiseProgram program;
+  ProgramSteps steps;
   StridedInput leaves[ElementwiseProgram::kMaxLeaves];
   OutputShape shape;
   int leaf_count;
 };
 
-template <typename Index>
-__global__ void elementwise_program_kernel(const ProgramOperands o, float* __restrict__ out, Index n) {
-  for (Index i = blockIdx.x * Index(blockDim.x) + threadIdx.x; i < n; i += Index(gridDim.x) * blockDim.x) {
-    Index at[ElementwiseProgram::kMaxLeaves];
-    operand_offsets(i, o.shape, o.leaves, o.leaf_count, at);
-    float r[ElementwiseProgram::kMaxInstructions];
-    for (int k = 0; k < o.program.count; ++k) {
-      const ElementwiseProgram::Instruction& in = o.program.instruction[k];
-      r[k] = in.leaf >= 0 ? o.leaves[in.leaf].data[at[in.leaf]] : apply(in.op, r[in.a], r[in.b], 0.0f);
-    }
-    out[i] = r[o.program.count - 1];
+__device__ __forceinline__ void write_value(float* p, float x) { *p = x; }
+__device__ __forceinline__ void write_value(__nv_bfloat16* p, float x) { *p = __float2bfloat16_rn(x); }
+__device__ __forceinline__ void write4(float* p, float a, float b, float c, float d) {
+  *reinterpret_cast<float4*>(p) = float4{a, b, c, d};
+}
+__device__ __forceinline__ void write4(__nv_bfloat16* p, float a, float b, float c, float d) {
+  const __nv_bfloat162 lo = __floats2bfloat162_rn(a, b), hi = __floats2bfloat162_rn(c, d);
+  uint2 packed;
+  packed.x = *reinterpret_cast<const unsigned*>(&lo);
+  packed.y = *reinterpret_cast<const unsigned*>(&hi);
+  *reinterpret_cast<uint2*>(p) = packed;
+}
+
+// Each thread runs the program over kProgramElements elements a block's
+// width apart (coalesced): every leaf of all of them is loaded first, so
+// that many loads are in flight per thread (one element a thread, one at a
+// time, left memory latency uncovered). The slots are the thread's own
+// column of shared memory: indexed by the program's runtime numbers,
+// registers go to local memory, and unrolling the program to keep them in
+// registers made ~240 KB of code, more than the instruction caches hold.
+// Interpreting still costs: on ViT-L's QuickGELU at batch 8 (H100) this
+// kernel takes 153 us, the first form 238 us, the bytes ~35 us, which is why
+// the executor runs the activations it recognizes as activation() instead.
+constexpr int kProgramElements = 4;
+constexpr int kProgramThreads = 128;
+
+// One step over a thread's elements (slot columns kProgramThreads apart):
+// the operator is dispatched once for all of them and the cheap ones
+// unrolled; powf, erff and tanhf stay one copy each in the code.
+template <int kStride, bool kUnroll, typename F>
+__device__ __forceinline__ void each_element(const float* a, const float* b, float* y, F f) {
+  if constexpr (kUnroll) {
+#pragma unroll
+    for (int e = 0; e < kProgramElements; ++e) y[e * kStride] = f(a[e * kStride], b[e * kStride]);
+  } else {
+#pragma unroll 1
+    for (int e = 0; e < kProgramElements; ++e) y[e * kStride] = f(a[e * kStride], b[e * kStride]);
   }
+}
+
+template <int kStride>
+__device__ __forceinline__ void run_step(Elementwise op, const float* a, const float* b, float* y) {
+  switch (op) {
+    case Elementwise::copy: return each_element<kStride, true>(a, b, y, [](float x, float) { return x; });
+    case Elementwise::add: return each_element<kStride, true>(a, b, y, [](float x, float z) { return x + z; });
+    case Elementwise::sub: return each_element<kStride, true>(a, b, y, [](float x, float z) { return x - z; });
+    case Elementwise::mul: return each_element<kStride, true>(a, b, y, [](float x, float z) { return x * z; });
+    case Elementwise::div: return each_element<kStride, true>(a, b, y, [](float x, float z) { return x / z; });
+    case Elementwise::sigmoid:
+      return each_element<kStride, true>(a, b, y, [](float x, float) { return 1.0f / (1.0f + expf(-x)); });
+    case Elementwise::sqrt: return each_element<kStride, true>(a, b, y, [](float x, float) { return sqrtf(x); });
+    case Elementwise::relu: return each_element<kStride, true>(a, b, y, [](float x, float) { return fmaxf(x, 0.0f); });
+    case Elementwise::neg: return each_element<kStride, true>(a, b, y, [](float x, float) { return -x; });
+    case Elementwise::pow: return each_element<kStride, false>(a, b, y, [](float x, float z) { return powf(x, z); });
+    case Elementwise::erf: return each_element<kStride, false>(a, b, y, [](float x, float) { return erff(x); });
+    case Elementwise::tanh: return each_element<kStride, false>(a, b, y, [](float x, float) { return tanhf(x); });
+    case Elementwise::where: return;  // three operands: never a program step (the planner's chainable ops)
+  }
+}
+
+template <typename Index, typename Out>
+__global__ void __launch_bounds__(kProgramThreads)
+    elementwise_program_kernel(const ProgramOperands o, Out* __restrict__ out, Index n) {
+  constexpr int E = kProgramElements;
+  __shared__ float slots[ProgramSteps::kSlots][E][kProgramThreads];
+  const int t = threadIdx.x;
+  const Index width = Index(kProgramThreads) * E;
+  for (Index base = blockIdx.x * width; base < n; base += Index(gridDim.x) * width) {
+    Index at[E][ElementwiseProgram::kMaxLeaves];
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const Index i = base + t + Index(e) * kProgramThreads;
+      operand_offsets(i < n ? i : Index(0), o.shape, o.leaves, o.leaf_count, at[e]);
+    }
+    float leaf[ElementwiseProgram::kMaxLeaves][E];
+#pragma unroll
+    for (int j = 0; j < ElementwiseProgram::kMaxLeaves; ++j)
+#pragma unroll
+      for (int e = 0; e < E; ++e) leaf[j][e] = j < o.leaf_count ? o.leaves[j].data[at[e][j]] : 0.0f;
+#pragma unroll
+    for (int j = 0; j < ElementwiseProgram::kMaxLeaves; ++j)
+#pragma unroll
+      for (int e = 0; e < E; ++e) slots[j][e][t] = leaf[j][e];
+    for (int s = 0; s < o.steps.count; ++s) {
+      const ProgramSteps::Step step = o.steps.step[s];
+      run_step<kProgramThreads>(step.op, &slots[step.a][0][t], &slots[step.b][0][t], &slots[ElementwiseProgram::kMaxLeaves + s][0][t]);
+    }
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const Index i = base + t + Index(e) * kProgramThreads;
+      if (i < n) write_value(out + i, slots[o.steps.result][e][t]);
+    }
+  }
+}
+
+// Four values a thread per step, a float4 in and a float4 or four bf16 out,
+// when n is a multiple of 4 and the pointers are aligned (else one a step).
+template <Activation kKind>
+__device__ __forceinline__ float activate(float x, float alpha) {
+  if constexpr (kKind == Activation::quick_gelu) return x * (1.0f / (1.0f + expf(-(x * alpha))));
+  else return (x * 0.5f) * (erff(x * 0.70710678118654752f) + 1.0f);
+}
+
+template <Activation kKind, typename Out>
+__global__ void activation_kernel(const float* __restrict__ x, float alpha, std::int64_t n, bool vectors,
+                                  Out* __restrict__ out) {
+  const std::int64_t stride = std::int64_t(gridDim.x) * blockDim.x;
+  if (vectors) {
+    for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n / 4; i += stride) {
+      const float4 v = reinterpret_cast<const float4*>(x)[i];
+      write4(out + 4 * i, activate<kKind>(v.x, alpha), activate<kKind>(v.y, alpha), activate<kKind>(v.z, alpha),
+             activate<kKind>(v.w, alpha));
+    }
+    return;
+  }
+  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n; i += stride)
+    write_value(out + i, activate<kKind>(x[i], alpha));
 }
 
 // The same reads over fewer dimensions: size-1 dimensions dropped, and a
@@ -192,12 +335,13 @@ __global__ void softmax_kernel(const float* __restrict__ in, std::int64_t length
   for (std::int64_t j = threadIdx.x; j < length; j += blockDim.x) dst[j * inner] = expf(row[j * inner] - m) * inv;
 }
 
+template <typename Out>
 __global__ void layer_norm_kernel(const float* __restrict__ in, const float* __restrict__ scale,
                                   const float* __restrict__ bias, std::int64_t cols, float eps,
-                                  float* __restrict__ out) {
+                                  Out* __restrict__ out) {
   __shared__ float scratch[32];
   const float* row = in + blockIdx.x * cols;
-  float* dst = out + blockIdx.x * cols;
+  Out* dst = out + blockIdx.x * cols;
   float s = 0.0f;
   for (std::int64_t j = threadIdx.x; j < cols; j += blockDim.x) s += row[j];
   const float mean = block_sum(s, scratch) / float(cols);
@@ -208,7 +352,48 @@ __global__ void layer_norm_kernel(const float* __restrict__ in, const float* __r
   }
   const float inv = rsqrtf(block_sum(q, scratch) / float(cols) + eps);
   for (std::int64_t j = threadIdx.x; j < cols; j += blockDim.x)
-    dst[j] = (row[j] - mean) * inv * scale[j] + (bias ? bias[j] : 0.0f);
+    write_value(dst + j, (row[j] - mean) * inv * scale[j] + (bias ? bias[j] : 0.0f));
+}
+
+// The same for rows of up to kThreads * 4 * kLayerNormVectors floats whose
+// width is a multiple of 4 (ViT-L's 1024): each thread reads its float4s of
+// the row once into registers, where both reductions and the output are
+// computed (the loop above reads the row three times).
+constexpr int kLayerNormVectors = 4;
+
+template <typename Out>
+__global__ void layer_norm_vector_kernel(const float* __restrict__ in, const float* __restrict__ scale,
+                                         const float* __restrict__ bias, int cols, float eps, Out* __restrict__ out) {
+  __shared__ float scratch[32];
+  const float4* row = reinterpret_cast<const float4*>(in + std::int64_t(blockIdx.x) * cols);
+  const int vectors = cols / 4;
+  float4 x[kLayerNormVectors];
+  float s = 0.0f;
+#pragma unroll
+  for (int v = 0; v < kLayerNormVectors; ++v) {
+    const int c = threadIdx.x + v * blockDim.x;
+    x[v] = c < vectors ? row[c] : float4{0.0f, 0.0f, 0.0f, 0.0f};
+    s += (x[v].x + x[v].y) + (x[v].z + x[v].w);
+  }
+  const float mean = block_sum(s, scratch) / float(cols);
+  float q = 0.0f;
+#pragma unroll
+  for (int v = 0; v < kLayerNormVectors; ++v) {
+    if (threadIdx.x + v * blockDim.x >= vectors) continue;
+    const float a = x[v].x - mean, b = x[v].y - mean, c = x[v].z - mean, d = x[v].w - mean;
+    q += (a * a + b * b) + (c * c + d * d);
+  }
+  const float inv = rsqrtf(block_sum(q, scratch) / float(cols) + eps);
+  Out* dst = out + std::int64_t(blockIdx.x) * cols;
+#pragma unroll
+  for (int v = 0; v < kLayerNormVectors; ++v) {
+    const int c = threadIdx.x + v * blockDim.x;
+    if (c >= vectors) continue;
+    const float4 g = reinterpret_cast<const float4*>(scale)[c];
+    const float4 b = bias ? reinterpret_cast<const float4*>(bias)[c] : float4{0.0f, 0.0f, 0.0f, 0.0f};
+    write4(dst + 4 * c, (x[v].x - mean) * inv * g.x + b.x, (x[v].y - mean) * inv * g.y + b.y,
+           (x[v].z - mean) * inv * g.z + b.z, (x[v].w - mean) * inv * g.w + b.w);
+  }
 }
 
 __global__ void mean_kernel(const float* __restrict__ in, std::int64_t cols, float* __restrict__ out) {
@@ -295,9 +480,24 @@ cudaError_t softmax_axis(const float* in, std::int64_t outer, std::int64_t lengt
 }
 
 cudaError_t layer_norm_rows(const float* in, const float* scale, const float* bias, std::int64_t rows,
-                            std::int64_t cols, float eps, float* out, cudaStream_t stream) {
+                            std::int64_t cols, float eps, void* out, Store store, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
-  layer_norm_kernel<<<unsigned(rows), kThreads, 0, stream>>>(in, scale, bias, cols, eps, out);
+  const auto aligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
+  if (cols % 4 == 0 && cols <= std::int64_t(kThreads) * 4 * kLayerNormVectors && aligned(in) && aligned(scale) &&
+      (bias == nullptr || aligned(bias)) && aligned(out)) {
+    if (store == Store::bf16)
+      layer_norm_vector_kernel<<<unsigned(rows), kThreads, 0, stream>>>(in, scale, bias, int(cols), eps,
+                                                                        static_cast<__nv_bfloat16*>(out));
+    else
+      layer_norm_vector_kernel<<<unsigned(rows), kThreads, 0, stream>>>(in, scale, bias, int(cols), eps,
+                                                                        static_cast<float*>(out));
+    return cudaGetLastError();
+  }
+  if (store == Store::bf16)
+    layer_norm_kernel<<<unsigned(rows), kThreads, 0, stream>>>(in, scale, bias, cols, eps,
+                                                               static_cast<__nv_bfloat16*>(out));
+  else
+    layer_norm_kernel<<<unsigned(rows), kThreads, 0, stream>>>(in, scale, bias, cols, eps, static_cast<float*>(out));
   return cudaGetLastError();
 }
 
@@ -324,21 +524,48 @@ cudaError_t im2col(const Im2col& shape, const float* image, float* columns, cuda
 }
 
 cudaError_t elementwise_program(const ElementwiseProgram& program, const OutputShape& shape,
-                                const StridedInput (&leaves)[ElementwiseProgram::kMaxLeaves], float* out,
+                                const StridedInput (&leaves)[ElementwiseProgram::kMaxLeaves], void* out, Store store,
                                 cudaStream_t stream) {
   const std::int64_t n = shape.count();
   if (n == 0) return cudaSuccess;
   if (program.count < 1 || program.count > ElementwiseProgram::kMaxInstructions) return cudaErrorInvalidValue;
-  ProgramOperands o{program, {}, shape, 0};
+  ProgramOperands o{compile(program), {}, shape, 0};
   for (int j = 0; j < ElementwiseProgram::kMaxLeaves; ++j) {
     o.leaves[j] = leaves[j];
     if (leaves[j].data != nullptr) o.leaf_count = j + 1;
   }
   coalesce(o.shape, o.leaves, o.leaf_count);
-  if (fits_32_bits(o.shape, o.leaves, o.leaf_count))
-    elementwise_program_kernel<<<blocks_for(n), kThreads, 0, stream>>>(o, out, std::uint32_t(n));
-  else
-    elementwise_program_kernel<<<blocks_for(n), kThreads, 0, stream>>>(o, out, n);
+  const bool narrow = fits_32_bits(o.shape, o.leaves, o.leaf_count);
+  const int blocks = int(std::min<std::int64_t>(
+      (n + kProgramThreads * kProgramElements - 1) / (kProgramThreads * kProgramElements), 65535 * 8));
+  const int threads = kProgramThreads;
+  if (store == Store::bf16) {
+    auto* y = static_cast<__nv_bfloat16*>(out);
+    if (narrow) elementwise_program_kernel<<<blocks, threads, 0, stream>>>(o, y, std::uint32_t(n));
+    else elementwise_program_kernel<<<blocks, threads, 0, stream>>>(o, y, n);
+  } else {
+    auto* y = static_cast<float*>(out);
+    if (narrow) elementwise_program_kernel<<<blocks, threads, 0, stream>>>(o, y, std::uint32_t(n));
+    else elementwise_program_kernel<<<blocks, threads, 0, stream>>>(o, y, n);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t activation(Activation kind, float alpha, const float* x, std::int64_t n, void* out, Store store,
+                       cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  const bool vectors = n % 4 == 0 && reinterpret_cast<std::uintptr_t>(x) % 16 == 0 &&
+                       reinterpret_cast<std::uintptr_t>(out) % (store == Store::bf16 ? 8 : 16) == 0;
+  const int blocks = blocks_for(vectors ? n / 4 : n);
+  const auto launch = [&](auto kind_tag) {
+    constexpr Activation kKind = decltype(kind_tag)::value;
+    if (store == Store::bf16)
+      activation_kernel<kKind><<<blocks, kThreads, 0, stream>>>(x, alpha, n, vectors, static_cast<__nv_bfloat16*>(out));
+    else
+      activation_kernel<kKind><<<blocks, kThreads, 0, stream>>>(x, alpha, n, vectors, static_cast<float*>(out));
+  };
+  if (kind == Activation::quick_gelu) launch(std::integral_constant<Activation, Activation::quick_gelu>{});
+  else launch(std::integral_constant<Activation, Activation::gelu>{});
   return cudaGetLastError();
 }
 

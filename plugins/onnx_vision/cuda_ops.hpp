@@ -31,6 +31,10 @@ struct OutputShape {
   }
 };
 
+// What a kernel that can write either stores: f32, or bf16 rounded to
+// nearest even (a value only GEMMs read, kept as their bf16 operand).
+enum class Store { f32, bf16 };
+
 enum class Elementwise : int {
   copy,     // a (Transpose, Slice, Expand, Gather of one index)
   add, sub, mul, div, pow,  // a op b, numpy broadcasting through the strides
@@ -58,8 +62,17 @@ struct ElementwiseProgram {
   Instruction instruction[kMaxInstructions];
 };
 cudaError_t elementwise_program(const ElementwiseProgram& program, const OutputShape& shape,
-                                const StridedInput (&leaves)[ElementwiseProgram::kMaxLeaves], float* out,
+                                const StridedInput (&leaves)[ElementwiseProgram::kMaxLeaves], void* out, Store store,
                                 cudaStream_t stream);
+
+// The activations of ViT-family MLPs over n contiguous floats: x *
+// sigmoid(alpha x) (CLIP's quick_gelu) and x / 2 (1 + erf(x / sqrt 2))
+// (exact GELU; alpha unused). The executor runs one for an elementwise chain
+// it recognizes as it: as a program the chain is interpreted per element and
+// runs at several times its bytes' time.
+enum class Activation { quick_gelu, gelu };
+cudaError_t activation(Activation kind, float alpha, const float* x, std::int64_t n, void* out, Store store,
+                       cudaStream_t stream);
 
 // Softmax along the middle axis of in viewed as [outer, length, inner].
 cudaError_t softmax_axis(const float* in, std::int64_t outer, std::int64_t length, std::int64_t inner, float* out,
@@ -67,7 +80,7 @@ cudaError_t softmax_axis(const float* in, std::int64_t outer, std::int64_t lengt
 // Row-wise over the last `cols` elements of `rows` contiguous rows.
 // (x - mean) / sqrt(var + eps) * scale + bias; bias may be null.
 cudaError_t layer_norm_rows(const float* in, const float* scale, const float* bias, std::int64_t rows,
-                            std::int64_t cols, float eps, float* out, cudaStream_t stream);
+                            std::int64_t cols, float eps, void* out, Store store, cudaStream_t stream);
 cudaError_t mean_rows(const float* in, std::int64_t rows, std::int64_t cols, float* out, cudaStream_t stream);
 
 // Gather along one axis: in viewed as [outer, axis_size, inner], out as

@@ -647,12 +647,19 @@ TEST_CASE("the CUDA executor against the CPU executor on every fixture" * doctes
       // vit_block's attention is the only one among the fixtures: fused with bf16 GEMMs.
       CHECK((*executor)->fused_attention() == (name == "vit_block" && precision != ov::Precision::f32 ? 1 : 0));
       // vit_block, f32: q's bias and scale, and quick_gelu's Mul, Sigmoid, Mul at least, each one kernel;
-      // bf16: q's, fc1's and fc2's bias adds in their GEMMs' epilogues, quick_gelu one kernel.
+      // bf16: q's, fc1's and fc2's bias adds in their GEMMs' epilogues, fc2's residual too (out's has no
+      // bias before it), quick_gelu one kernel; h, h2, the attention's context and quick_gelu's output
+      // written as bf16 by their producers, since only GEMMs read them.
+      const bool bf16 = precision != ov::Precision::f32;
       if (name == "vit_block") {
-        CHECK((*executor)->fused_elementwise() >= (precision == ov::Precision::f32 ? 2 : 1));
-        CHECK((*executor)->fused_bias() == (precision == ov::Precision::f32 ? 0 : 3));
+        CHECK((*executor)->fused_elementwise() >= (bf16 ? 1 : 2));
+        CHECK((*executor)->activations() == 1);  // quick_gelu, in either precision
+        CHECK((*executor)->fused_bias() == (bf16 ? 3 : 0));
+        CHECK((*executor)->fused_residual() == (bf16 ? 1 : 0));
+        CHECK((*executor)->bf16_outputs() == (bf16 ? 4 : 0));
       } else {
         CHECK((*executor)->fused_bias() == 0);
+        CHECK((*executor)->fused_residual() == 0);
       }
       const auto gpu = run_on_gpu(**executor, *graph, inputs);
       for (std::size_t k = 0; k < gpu.size(); ++k) {
@@ -700,8 +707,14 @@ TEST_CASE("LLaVA's vision graph on CUDA matches the model written out plainly" *
     // bf16: every layer's attention is one fused step; f32 runs the nodes as the CPU does.
     CHECK((*executor)->fused_attention() == (precision == ov::Precision::f32 ? 0 : config->layers_run()));
     CHECK((*executor)->fused_elementwise() >= config->layers_run());  // quick_gelu in every layer
+    // ... and its activation run as one: the encoder's quick_gelu in every layer, the projector's GELU.
+    CHECK((*executor)->activations() == config->layers_run() + 1);
     // bf16: every Gemm's bias in its epilogue (q, k, v, out, fc1, fc2 a layer, the projector's two).
     CHECK((*executor)->fused_bias() == (precision == ov::Precision::f32 ? 0 : 6 * config->layers_run() + 2));
+    // bf16: both residual adds of every layer as the out and fc2 Gemms' C; the two LayerNorms, the
+    // attention's context and the MLP's activation of every layer, and the projector's GELU, written as bf16.
+    CHECK((*executor)->fused_residual() == (precision == ov::Precision::f32 ? 0 : 2 * config->layers_run()));
+    CHECK((*executor)->bf16_outputs() == (precision == ov::Precision::f32 ? 0 : 4 * config->layers_run() + 1));
     const auto gpu = run_on_gpu(**executor, *graph, inputs);
     CHECK(worst_error(gpu[0], expected, precision) <= 1.0);
     // On a stream: captured as a CUDA graph on the first run, replayed on the second, with new pixels.

@@ -139,6 +139,9 @@ int main(int argc, char** argv) {
     ov::CudaExecutor& e = **executor;
     summary["fused_attention"] = e.fused_attention();
     summary["fused_bias"] = e.fused_bias();
+    summary["fused_residual"] = e.fused_residual();
+    summary["bf16_outputs"] = e.bf16_outputs();
+    summary["activations"] = e.activations();
     summary["arena_bytes"] = e.arena_bytes();
     summary["weight_bytes"] = e.weight_bytes();
     cudaStream_t stream = nullptr;

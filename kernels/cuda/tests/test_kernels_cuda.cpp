@@ -352,22 +352,26 @@ TEST_CASE("silu_and_mul") {
 
 TEST_CASE("dense_attention") {
   auto rng = rng_for("dense_attention");
+  enum Layout { bhtd, bthd, bhdt };  // storage order; bthd is the ViT's, bhdt reads each head transposed
   struct Case {
     int batch, heads, q_len, kv_len, head_dim;
-    bool split;  // q, k, v in [batch, tokens, heads, dim] and out written back so (the ViT layout)
+    Layout layout;  // of q, k, v and out alike
   };
-  // ViT-L/14-336 (577 tokens, 16 heads of 64), and the edges: partial tiles, one key, small heads.
-  const Case cases[] = {{1, 16, 577, 577, 64, true}, {2, 3, 65, 63, 64, false}, {1, 2, 1, 1, 32, true},
-                        {3, 2, 130, 200, 16, true}, {1, 1, 64, 64, 32, false}, {2, 2, 17, 17, 8, true},
-                        {1, 3, 40, 70, 40, false}};
+  // ViT-L/14-336 (577 tokens, 16 heads of 64), and the edges: partial tiles, one key, small heads, odd strides.
+  const Case cases[] = {{1, 16, 577, 577, 64, bthd}, {2, 3, 65, 63, 64, bhtd}, {1, 2, 1, 1, 32, bthd},
+                        {3, 2, 130, 200, 16, bthd},  {1, 1, 64, 64, 32, bhtd}, {2, 2, 17, 17, 8, bthd},
+                        {1, 3, 40, 70, 40, bhtd},    {2, 2, 33, 77, 64, bhdt}, {1, 3, 9, 130, 24, bhdt}};
+  static const char* const kLayoutName[] = {"[b,h,t,d]", "[b,t,h,d]", "[b,h,d,t]"};
   for (const Case& c : cases) {
     const std::size_t n_q = std::size_t(c.batch) * c.heads * c.q_len * c.head_dim,
                       n_kv = std::size_t(c.batch) * c.heads * c.kv_len * c.head_dim;
     const auto strides = [&](int len) {
-      return c.split ? ref::AttentionStrides{std::int64_t(len) * c.heads * c.head_dim, c.head_dim,
-                                             std::int64_t(c.heads) * c.head_dim, 1}
-                     : ref::AttentionStrides{std::int64_t(c.heads) * len * c.head_dim, std::int64_t(len) * c.head_dim,
-                                             c.head_dim, 1};
+      const std::int64_t per_batch = std::int64_t(len) * c.heads * c.head_dim;
+      switch (c.layout) {
+        case bthd: return ref::AttentionStrides{per_batch, c.head_dim, std::int64_t(c.heads) * c.head_dim, 1};
+        case bhdt: return ref::AttentionStrides{per_batch, std::int64_t(len) * c.head_dim, 1, len};
+        default: return ref::AttentionStrides{per_batch, std::int64_t(len) * c.head_dim, c.head_dim, 1};
+      }
     };
     // The kernel rounds q, k, v to bf16 as it loads them: the reference sees the same values.
     const std::vector<float> q = rounded(random_floats(rng, n_q, -3, 3), DType::bf16),
@@ -379,21 +383,35 @@ TEST_CASE("dense_attention") {
     ref::dense_attention(shape, q.data(), strides(c.q_len), k.data(), strides(c.kv_len), v.data(), strides(c.kv_len),
                          want.data(), strides(c.q_len));
     DeviceBuffer<float> d_q, d_k, d_v, d_out(n_q);
+    DeviceBuffer<std::uint16_t> d_out_bf16(n_q);
+    DeviceBuffer<unsigned char> workspace(gpu::dense_attention_workspace_bytes(shape));
     d_q.upload(q);
     d_k.upload(k);
     d_v.upload(v);
     d_out.poison();
+    d_out_bf16.poison();
+    const std::string what = fmt("b=%d h=%d q=%d kv=%d d=%d %s", c.batch, c.heads, c.q_len, c.kv_len, c.head_dim,
+                                 kLayoutName[c.layout]);
     LAUNCH_OK(gpu::dense_attention(shape, d_q.ptr, strides(c.q_len), d_k.ptr, strides(c.kv_len), d_v.ptr,
-                                   strides(c.kv_len), d_out.ptr, strides(c.q_len), nullptr));
+                                   strides(c.kv_len), d_out.ptr, DType::f32, strides(c.q_len), workspace.ptr, nullptr));
     // P is rounded to bf16 for the second product: ~3 significant digits.
-    report("dense_attention",
-           fmt("b=%d h=%d q=%d kv=%d d=%d %s", c.batch, c.heads, c.q_len, c.kv_len, c.head_dim,
-               c.split ? "[b,t,h,d]" : "[b,h,t,d]"),
-           compare(d_out.download(), want), 1e-2);
+    report("dense_attention", what, compare(d_out.download(), want), 1e-2);
+    // The same into bf16: each value the f32 run's, rounded.
+    LAUNCH_OK(gpu::dense_attention(shape, d_q.ptr, strides(c.q_len), d_k.ptr, strides(c.kv_len), d_v.ptr,
+                                   strides(c.kv_len), d_out_bf16.ptr, DType::bf16, strides(c.q_len), workspace.ptr,
+                                   nullptr));
+    const std::vector<float> f32_run = d_out.download();
+    const std::vector<std::uint16_t> bf16_run = d_out_bf16.download();
+    std::size_t differ = 0;
+    for (std::size_t i = 0; i < n_q; ++i) differ += bf16_run[i] != ref::f32_to_bf16(f32_run[i]);
+    CHECK_MESSAGE(differ == 0, "dense_attention bf16 out " << what << ": " << differ << " values differ");
   }
   CHECK_FALSE(gpu::dense_attention_supports(128));
-  CHECK(gpu::dense_attention({1, 1, 4, 4, 72, 1.0f}, nullptr, {}, nullptr, {}, nullptr, {}, nullptr, {}, nullptr) ==
-        cudaErrorInvalidValue);
+  CHECK(gpu::dense_attention({1, 1, 4, 4, 72, 1.0f}, nullptr, {}, nullptr, {}, nullptr, {}, nullptr, DType::f32, {},
+                             nullptr, nullptr) == cudaErrorInvalidValue);
+  unsigned char* scratch = nullptr;  // any non-null workspace: the dtype is refused before it is used
+  CHECK(gpu::dense_attention({1, 1, 4, 4, 64, 1.0f}, nullptr, {}, nullptr, {}, nullptr, {}, nullptr, DType::f16, {},
+                             &scratch, nullptr) == cudaErrorInvalidValue);
 }
 
 // ---- small-m linear layer -------------------------------------------------
