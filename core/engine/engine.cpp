@@ -169,6 +169,7 @@ Engine::Engine(EngineConfig config, EngineParts parts, int32_t num_blocks)
   overlap_ = config_.overlap_steps && parts_.model->overlaps_steps();
   log_.info("KV cache: {} blocks of {} tokens; session length {}; {}", num_blocks, config_.cache_block_seq_len,
             config_.session_len, overlap_ ? "overlapped steps" : "one step at a time");
+  if (parts_.vision) encoder_thread_ = std::thread([this] { encoder_loop(); });
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -411,8 +412,8 @@ void Engine::loop() {
     {
       std::unique_lock lock(inbox_mutex_);
       inbox_cv_.wait(lock, [&] {
-        return stopping_ || !inbox_.empty() || !cancel_inbox_.empty() || !waiting_.empty() || !running_.empty() ||
-               in_flight_.has_value();
+        return stopping_ || !inbox_.empty() || !cancel_inbox_.empty() || !encoded_.empty() || !waiting_.empty() ||
+               !running_.empty() || in_flight_.has_value();
       });
       if (stopping_) break;
     }
@@ -426,7 +427,7 @@ void Engine::loop() {
     {
       std::lock_guard lock(inbox_mutex_);
       counters_.running = uint32_t(running_.size());
-      counters_.waiting = uint32_t(waiting_.size() + inbox_.size());
+      counters_.waiting = uint32_t(waiting_.size() + inbox_.size() + encoding_.size());
       counters_.kv_blocks_used = uint32_t(blocks_->held());
       stats_.kv_blocks_held = blocks_->held();
       step_in_flight_ = in_flight_.has_value();
@@ -445,7 +446,10 @@ void Engine::loop() {
   // Shutting down: every request still here ends, so no caller waits forever
   // (the step in flight is collected first: the model may not be left with it).
   if (in_flight_) collect_in_flight();
+  stop_encoder();
   take_inbox();
+  for (auto& seq : encoding_) finish(*seq, FinishReason::cancelled);
+  encoding_.clear();
   for (auto& seq : running_) finish(*seq, FinishReason::cancelled);
   for (auto& seq : waiting_) finish(*seq, FinishReason::cancelled);
   running_.clear();
@@ -460,28 +464,36 @@ void Engine::loop() {
 void Engine::take_inbox() {
   std::vector<std::shared_ptr<Sequence>> arrived;
   std::vector<uint64_t> cancelled;
+  std::vector<EncodeJob> encoded;
+  bool encoder_stopped = false;
   {
     std::lock_guard lock(inbox_mutex_);
     arrived.swap(inbox_);
     cancelled.swap(cancel_inbox_);
+    encoded.swap(encoded_);
+    encoder_stopped = encoder_stopping_;
   }
   expire_overdue();
+  for (EncodeJob& job : encoded) finish_encoding(job);
   for (auto& seq : arrived) {
-    if (!seq->unencoded.empty())
-      if (Status encoded = encode_images(*seq); !encoded) {
-        finish(*seq, FinishReason::error, encoded);
-        continue;
-      }
+    if (!seq->unencoded.empty()) {
+      if (encoder_stopped) finish(*seq, FinishReason::cancelled);
+      else start_encoding(std::move(seq));
+      continue;
+    }
     waiting_.push_back(std::move(seq));
   }
   if (cancelled.empty()) return;
   auto is_cancelled = [&](const std::shared_ptr<Sequence>& seq) {
     return std::find(cancelled.begin(), cancelled.end(), seq->id) != cancelled.end();
   };
-  // Cancelled requests leave now, with their blocks, before anything is scheduled.
+  // Cancelled requests leave now, with their blocks, before anything is
+  // scheduled; one whose images are being encoded is dropped when they are.
   for (auto& seq : running_)
     if (is_cancelled(seq)) finish(*seq, FinishReason::cancelled);
   for (auto& seq : waiting_)
+    if (is_cancelled(seq)) finish(*seq, FinishReason::cancelled);
+  for (auto& seq : encoding_)
     if (is_cancelled(seq)) finish(*seq, FinishReason::cancelled);
   std::erase_if(running_, [](const auto& seq) { return seq->callback == nullptr; });
   std::erase_if(waiting_, [](const auto& seq) { return seq->callback == nullptr; });
@@ -919,33 +931,86 @@ Status Engine::expand_images(Sequence& seq, std::vector<ImageData> images) {
   return Status();
 }
 
-// All of a request's images, max_images_per_step per call, into memory on the
-// model's device that the request keeps (a preempted sequence is recomputed
-// from the same embeddings).
-Status Engine::encode_images(Sequence& seq) {
+// The embeddings' memory on the model's device (the request keeps it: a
+// preempted sequence is recomputed from the same embeddings), then the job
+// to the encoder thread.
+void Engine::start_encoding(std::shared_ptr<Sequence> seq) {
+  const int64_t count = int64_t(seq->unencoded.size());
+  auto memory = parts_.model->allocate_embeddings(count * vision_info_->tokens_per_image);
+  if (!memory) return finish(*seq, FinishReason::error, memory.status());
+  const DType dtype = memory.value()->view().dtype;
+  if ((vision_info_->output_dtypes & dtype_bit(dtype)) == 0)
+    return finish(*seq, FinishReason::error,
+                  Status(ErrorCode::invalid_argument,
+                         fmt::format("the model takes {} image embeddings, which the vision encoder cannot write",
+                                     dtype_name(dtype))));
+  EncodeJob job{seq, std::move(seq->unencoded), std::move(memory.value()), Status()};
+  seq->unencoded.clear();
+  encoding_.push_back(std::move(seq));
+  {
+    std::lock_guard lock(inbox_mutex_);
+    encode_queue_.push_back(std::move(job));
+  }
+  encode_cv_.notify_one();
+}
+
+void Engine::encoder_loop() {
+  for (;;) {
+    EncodeJob job;
+    {
+      std::unique_lock lock(inbox_mutex_);
+      encode_cv_.wait(lock, [&] { return encoder_stopping_ || !encode_queue_.empty(); });
+      if (encoder_stopping_) return;
+      job = std::move(encode_queue_.front());
+      encode_queue_.pop_front();
+    }
+    job.status = encode_job(job);
+    {
+      std::lock_guard lock(inbox_mutex_);
+      encoded_.push_back(std::move(job));
+    }
+    inbox_cv_.notify_all();
+  }
+}
+
+// All of a job's images, max_images_per_step per call.
+Status Engine::encode_job(const EncodeJob& job) {
   const int64_t per_image = vision_info_->tokens_per_image;
-  const int64_t count = int64_t(seq.unencoded.size());
-  auto memory = parts_.model->allocate_embeddings(count * per_image);
-  if (!memory) return memory.status();
-  const TensorView all = (*memory)->view();
-  if ((vision_info_->output_dtypes & dtype_bit(all.dtype)) == 0)
-    return Status(ErrorCode::invalid_argument,
-                  fmt::format("the model takes {} image embeddings, which the vision encoder cannot write",
-                              dtype_name(all.dtype)));
-  const ExecContext exec = parts_.model->embedding_exec();
+  const int64_t count = int64_t(job.images.size());
+  const TensorView all = job.memory->view();
   for (int64_t first = 0; first < count; first += config_.max_images_per_step) {
     const int64_t n = std::min<int64_t>(config_.max_images_per_step, count - first);
-    std::span<const ImageData> batch(seq.unencoded.data() + first, size_t(n));
-    if (Status s = parts_.vision->encode(batch, exec, rows_of(all, first * per_image, n * per_image)); !s)
+    std::span<const ImageData> batch(job.images.data() + first, size_t(n));
+    if (Status s = parts_.vision->encode(batch, rows_of(all, first * per_image, n * per_image)); !s)
       return Status(s.code(), fmt::format("encoding the request's image{} {} (the encoder's 0..{}): {}",
                                           n == 1 ? "" : "s",
                                           n == 1 ? fmt::format("{}", first + 1) : fmt::format("{} to {}", first + 1, first + n),
                                           n - 1, s.message()));
   }
-  seq.embeddings = std::move(memory.value());
-  seq.unencoded.clear();
-  stats_.images_encoded += uint64_t(count);
   return Status();
+}
+
+// A job back from the encoder thread: its request is queued, unless it was
+// cancelled meanwhile or its images could not be encoded.
+void Engine::finish_encoding(EncodeJob& job) {
+  std::erase(encoding_, job.seq);
+  if (job.status) stats_.images_encoded += uint64_t(job.images.size());
+  Sequence& seq = *job.seq;
+  if (!seq.callback) return;
+  if (!job.status) return finish(seq, FinishReason::error, job.status);
+  seq.embeddings = std::move(job.memory);
+  waiting_.push_back(std::move(job.seq));
+}
+
+// Waits for the image the encoder thread is on, if any; jobs still queued
+// stay in encode_queue_ and are dropped with the engine.
+void Engine::stop_encoder() {
+  {
+    std::lock_guard lock(inbox_mutex_);
+    encoder_stopping_ = true;
+  }
+  encode_cv_.notify_all();
+  if (encoder_thread_.joinable()) encoder_thread_.join();
 }
 
 // The digest of the images a block of `seq` holds, each with its offset.

@@ -22,8 +22,8 @@
 //    needs more blocks than the cache holds;
 //  - a cancelled request's blocks are free before the next step is scheduled;
 //  - a request's images (when the model has a vision encoder) are encoded
-//    once, when the engine takes the request, into memory the request owns
-//    until it ends; each image's placeholder token is expanded to the
+//    once, on the engine's encoder thread beside the loop's steps, into
+//    memory the request owns until it ends, before the request is queued; each image's placeholder token is expanded to the
 //    encoder's tokens per image, whose prompt positions take the embeddings
 //    instead of the token's own (recomputed prefills after preemption too);
 //    a block's prefix-cache hash includes the digests of the images it holds,
@@ -164,7 +164,25 @@ class Engine final : public EngineHandle {
   void after_score(Sequence& seq, const std::vector<float>* logits);
   Result<uint64_t> enqueue(std::shared_ptr<Sequence> seq);
   Status expand_images(Sequence& seq, std::vector<ImageData> images);
-  Status encode_images(Sequence& seq);
+
+  // The encoder thread (a model that takes images). VisionEncoder::encode
+  // returns once the embeddings are written, so it runs there, beside the
+  // loop's steps, and images never hold up running requests' decode. The
+  // loop allocates a request's embeddings and queues an EncodeJob; the
+  // thread encodes it and hands it back; the loop then queues the request
+  // (or finishes it with the encoder's error). The thread touches only the
+  // job's images and memory, never the Sequence.
+  struct EncodeJob {
+    std::shared_ptr<Sequence> seq;
+    std::vector<ImageData> images;
+    PluginPtr<DeviceTensor> memory;  // [images * tokens_per_image, hidden]
+    Status status;
+  };
+  void start_encoding(std::shared_ptr<Sequence> seq);
+  void encoder_loop();
+  Status encode_job(const EncodeJob& job);  // on the encoder thread
+  void finish_encoding(EncodeJob& job);
+  void stop_encoder();
   uint64_t block_inputs(const Sequence& seq, size_t block) const;
   void embedding_spans(const Sequence& seq, int32_t first, int32_t count, std::vector<EmbeddingSpan>& spans) const;
 
@@ -193,6 +211,10 @@ class Engine final : public EngineHandle {
   std::condition_variable idle_cv_;
   std::vector<std::shared_ptr<Sequence>> inbox_;
   std::vector<uint64_t> cancel_inbox_;
+  std::deque<EncodeJob> encode_queue_;  // to the encoder thread
+  std::vector<EncodeJob> encoded_;      // back from it
+  std::condition_variable encode_cv_;
+  bool encoder_stopping_ = false;
   bool stopping_ = false;
   uint64_t next_id_ = 1;
   uint32_t queued_ = 0;  // submitted and not yet admitted to the batch (nor finished)
@@ -209,7 +231,9 @@ class Engine final : public EngineHandle {
   std::optional<std::vector<Planned>> in_flight_;   // the step submitted and not yet collected
   std::vector<TokenId> stop_ids_;                    // model eos + template stop tokens
   TokenId tokenizer_ids_ = 0;                        // the tokenizer's vocabulary; the model's may be padded past it
+  std::vector<std::shared_ptr<Sequence>> encoding_;  // handed to the encoder thread and not back yet
   EngineStats stats_;
+  std::thread encoder_thread_;
   std::thread thread_;
 };
 

@@ -108,10 +108,4 @@ Result<PluginPtr<DeviceTensor>> LlamaCpuModel::allocate_embeddings(int64_t rows)
   });
 }
 
-ExecContext LlamaCpuModel::embedding_exec() const noexcept {
-  // Steps run on the caller's thread: embeddings written before step() is
-  // called are simply there.
-  return ExecContext{Device{DeviceKind::cpu, 0}, nullptr, {}};
-}
-
 }  // namespace hostrun::llama_cpu

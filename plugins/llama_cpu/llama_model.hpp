@@ -56,7 +56,6 @@ class LlamaCpuModel final : public Model {
   Status allocate_kv_cache(int32_t num_blocks, int32_t block_tokens) noexcept override;
   Status step(const StepInput& input, StepOutput& output) noexcept override;
   Result<PluginPtr<DeviceTensor>> allocate_embeddings(int64_t rows) noexcept override;
-  ExecContext embedding_exec() const noexcept override;
   Status observe_linear_inputs(std::span<const TokenId> tokens, CalibrationObserver& observer) noexcept override;
   std::vector<LinearInputGroup> linear_input_groups() const noexcept override;
 

@@ -47,11 +47,50 @@ void PinnedBuffer::reset() {
   bytes_ = 0;
 }
 
-EmbeddingRows::EmbeddingRows(int64_t rows, int64_t hidden, DType dtype, Device device)
-    : rows_(rows), hidden_(hidden), dtype_(dtype), device_(device) {
-  check_cuda(cudaSetDevice(device.index), "cudaSetDevice");
-  memory_.allocate(size_t(rows) * size_t(hidden) * (dtype_bits(dtype) / 8), "embedding rows");
+EmbeddingPool::~EmbeddingPool() {
+  for (auto& kept : kept_)
+    if (kept->released != nullptr) cudaEventDestroy(kept->released);
 }
+
+void EmbeddingPool::take(size_t bytes, DeviceBuffer& out) {
+  {
+    std::lock_guard lock(mutex_);
+    for (auto it = kept_.begin(); it != kept_.end(); ++it) {
+      if ((*it)->buffer.bytes() != bytes || cudaEventQuery((*it)->released) != cudaSuccess) continue;
+      out.swap((*it)->buffer);
+      cudaEventDestroy((*it)->released);
+      kept_.erase(it);
+      return;
+    }
+  }
+  cudaGetLastError();  // cudaEventQuery's cudaErrorNotReady is not an error
+  out.allocate(bytes, "embedding rows");
+}
+
+void EmbeddingPool::give_back(DeviceBuffer& buffer) {
+  if (buffer.data() == nullptr) return;
+  std::lock_guard lock(mutex_);
+  auto kept = std::make_unique<Kept>();
+  if (kept_.size() >= kKept || cudaSetDevice(device_) != cudaSuccess ||
+      cudaEventCreateWithFlags(&kept->released, cudaEventDisableTiming) != cudaSuccess ||
+      cudaEventRecord(kept->released, stream_) != cudaSuccess) {
+    if (kept->released != nullptr) cudaEventDestroy(kept->released);
+    cudaGetLastError();
+    buffer.reset();  // cudaFree: rare (a full pool), and always correct
+    return;
+  }
+  kept->buffer.swap(buffer);
+  kept_.push_back(std::move(kept));
+}
+
+EmbeddingRows::EmbeddingRows(std::shared_ptr<EmbeddingPool> pool, int64_t rows, int64_t hidden, DType dtype,
+                             Device device)
+    : pool_(std::move(pool)), rows_(rows), hidden_(hidden), dtype_(dtype), device_(device) {
+  check_cuda(cudaSetDevice(device.index), "cudaSetDevice");
+  pool_->take(size_t(rows) * size_t(hidden) * (dtype_bits(dtype) / 8), memory_);
+}
+
+EmbeddingRows::~EmbeddingRows() { pool_->give_back(memory_); }
 
 TensorView EmbeddingRows::view() const noexcept {
   return TensorView::contiguous(memory_.data(), dtype_, {rows_, hidden_}, device_);

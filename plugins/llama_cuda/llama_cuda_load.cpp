@@ -253,17 +253,11 @@ Result<PluginPtr<DeviceTensor>> LlamaCudaModel::allocate_embeddings(int64_t rows
     if (!loaded_) fail(ErrorCode::invalid_argument, "allocate_embeddings before load");
     if (rows <= 0)
       fail(ErrorCode::invalid_argument, fmt::format("allocate_embeddings: expected a positive row count, found {}", rows));
-    made = make_pinned<EmbeddingRows>(library_, rows, config_.hidden_size, dtype_, device_);
+    if (!embedding_pool_) embedding_pool_ = std::make_shared<EmbeddingPool>(stream_, device_.index);
+    made = make_pinned<EmbeddingRows>(library_, embedding_pool_, rows, config_.hidden_size, dtype_, device_);
   });
   if (!status) return status;
   return made;
-}
-
-ExecContext LlamaCudaModel::embedding_exec() const noexcept {
-  ExecContext exec;
-  exec.device = device_;
-  exec.stream = stream_;
-  return exec;
 }
 
 Status LlamaCudaModel::allocate_kv_cache(int32_t num_blocks, int32_t block_tokens) noexcept {

@@ -116,7 +116,6 @@ class LlamaCudaModel final : public Model {
   Status submit_step(const StepInput& input) noexcept override;
   Status collect_step(StepOutput& output) noexcept override;
   Result<PluginPtr<DeviceTensor>> allocate_embeddings(int64_t rows) noexcept override;
-  ExecContext embedding_exec() const noexcept override;
 
  private:
   struct LayerViews;  // step_layers.cpp
@@ -182,6 +181,7 @@ class LlamaCudaModel final : public Model {
   int32_t block_tokens_ = 0;
 
   cudaStream_t stream_ = nullptr;
+  std::shared_ptr<EmbeddingPool> embedding_pool_;  // shared with the rows handed out, which may outlive the model
   std::unique_ptr<DenseGemm> gemm_;  // the dense layers' and the LM head's
   DeviceBuffer weight_memory_;       // embeddings, norms, LM head, and the dense layers' weights
   size_t weight_bytes_ = 0;          // weight_memory_ and the quantizer's layers

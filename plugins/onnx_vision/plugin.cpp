@@ -9,6 +9,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <utility>
 
 #include <hostrun/plugin.hpp>
 #include <hostrun/sdk.hpp>
@@ -33,6 +34,73 @@ using namespace hostrun;
 using onnx_vision::HostTensor;
 
 [[noreturn]] void fail(ErrorCode code, std::string message) { throw Error(code, std::move(message)); }
+
+#ifdef HOSTRUN_ONNX_VISION_CUDA
+// The encoder's own CUDA stream (non-blocking: it never waits on the legacy default stream).
+class OwnedStream {
+ public:
+  OwnedStream() = default;
+  static OwnedStream create() {
+    OwnedStream s;
+    if (cudaError_t e = cudaStreamCreateWithFlags(&s.stream_, cudaStreamNonBlocking); e != cudaSuccess)
+      fail(ErrorCode::internal, fmt::format("onnx_vision: a CUDA stream: {}", cudaGetErrorString(e)));
+    return s;
+  }
+  OwnedStream(OwnedStream&& other) noexcept : stream_(std::exchange(other.stream_, nullptr)) {}
+  OwnedStream& operator=(OwnedStream&& other) noexcept {
+    std::swap(stream_, other.stream_);
+    return *this;
+  }
+  ~OwnedStream() {
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  }
+  cudaStream_t get() const { return stream_; }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+};
+
+// Page-locked staging for images' pixels on their way to the GPU. From
+// pageable memory, cudaMemcpyAsync returns only once the copy is done, so the
+// CPU could not decode the next image while the GPU ran the last. Slots are
+// taken round-robin, each once the copy that last read it has run (its event).
+class PinnedPixels {
+ public:
+  PinnedPixels(std::size_t floats, int slots) : floats_(floats) {
+    if (cudaError_t e = cudaMallocHost(&memory_, floats * std::size_t(slots) * sizeof(float)); e != cudaSuccess)
+      fail(ErrorCode::out_of_memory, fmt::format("onnx_vision: page-locked pixels: {}", cudaGetErrorString(e)));
+    events_.resize(std::size_t(slots), nullptr);
+    for (cudaEvent_t& event : events_)
+      if (cudaError_t e = cudaEventCreateWithFlags(&event, cudaEventDisableTiming); e != cudaSuccess)
+        fail(ErrorCode::internal, fmt::format("onnx_vision: an event: {}", cudaGetErrorString(e)));
+  }
+  PinnedPixels(const PinnedPixels&) = delete;
+  PinnedPixels& operator=(const PinnedPixels&) = delete;
+  ~PinnedPixels() {
+    for (cudaEvent_t event : events_)
+      if (event != nullptr) cudaEventSynchronize(event), cudaEventDestroy(event);
+    if (memory_ != nullptr) cudaFreeHost(memory_);
+  }
+  // The next slot, once free.
+  std::span<float> take() {
+    slot_ = (slot_ + 1) % events_.size();
+    if (cudaError_t e = cudaEventSynchronize(events_[slot_]); e != cudaSuccess)
+      fail(ErrorCode::internal, fmt::format("onnx_vision: waiting for a pixel copy: {}", cudaGetErrorString(e)));
+    return {memory_ + slot_ * floats_, floats_};
+  }
+  // The taken slot's copy is queued on `stream`.
+  void copy_queued(cudaStream_t stream) {
+    if (cudaError_t e = cudaEventRecord(events_[slot_], stream); e != cudaSuccess)
+      fail(ErrorCode::internal, fmt::format("onnx_vision: recording a pixel copy: {}", cudaGetErrorString(e)));
+  }
+
+ private:
+  std::size_t floats_;
+  float* memory_ = nullptr;
+  std::vector<cudaEvent_t> events_;
+  std::size_t slot_ = 0;
+};
+#endif
 
 class OnnxVisionEncoder final : public VisionEncoder {
  public:
@@ -122,6 +190,9 @@ class OnnxVisionEncoder final : public VisionEncoder {
         onnx_vision::CudaExecutor::create(graph_, onnx_vision::Precision::bf16_tensor_cores);
     if (!executor) fail(executor.status().code(), fmt::format("the vision graph: {}", executor.status().message()));
     cuda_ = std::move(executor).value();
+    stream_ = OwnedStream::create();
+    pinned_ = std::make_unique<PinnedPixels>(std::size_t(3) * config_.image_size * config_.image_size,
+                                             2 * int(max_images_));
     graph_.initializers.clear();
 #else
     fail(ErrorCode::unsupported, "onnx_vision was built without CUDA; it runs its graphs on the CPU");
@@ -141,7 +212,7 @@ class OnnxVisionEncoder final : public VisionEncoder {
     return v;
   }
 
-  Status encode(std::span<const ImageData> images, const ExecContext& exec, const TensorView& out) noexcept override {
+  Status encode(std::span<const ImageData> images, const TensorView& out) noexcept override {
     return guard([&] {
       if (!loaded_) fail(ErrorCode::invalid_argument, "onnx_vision: encode before load");
       if (images.empty() || std::int64_t(images.size()) > max_images_)
@@ -156,24 +227,35 @@ class OnnxVisionEncoder final : public VisionEncoder {
                          device_.kind == DeviceKind::cpu ? "host" : "device", images.size(), tokens, hidden));
       const int side = config_.image_size;
       std::vector<float> pixels(std::size_t(3) * side * side);
+#ifdef HOSTRUN_ONNX_VISION_CUDA
+      // The engine calls from a thread of its own, whose current device may be another.
+      if (cuda_)
+        if (cudaError_t e = cudaSetDevice(device_.index); e != cudaSuccess)
+          fail(ErrorCode::internal, fmt::format("onnx_vision: cuda:{}: {}", device_.index, cudaGetErrorString(e)));
+#endif
       for (std::size_t i = 0; i < images.size(); ++i) {
         Result<image::RgbImage> decoded = image::decode_image(images[i].bytes);
         if (!decoded) fail(ErrorCode::invalid_argument, fmt::format("image {}: {}", i, decoded.status().message()));
-        if (Status s = image::clip_preprocess(*decoded, preprocess_, pixels); !s)
+        std::span<float> target = pixels;
+#ifdef HOSTRUN_ONNX_VISION_CUDA
+        if (cuda_) target = pinned_->take();
+#endif
+        if (Status s = image::clip_preprocess(*decoded, preprocess_, target); !s)
           fail(s.code(), fmt::format("image {}: {}", i, s.message()));
         const std::size_t offset = i * std::size_t(tokens * hidden);
 #ifdef HOSTRUN_ONNX_VISION_CUDA
         if (cuda_) {
-          // One stream: image i + 1's pixels land after image i's graph has read them.
+          // One stream: image i + 1's pixels land after image i's graph has read them,
+          // and the CPU decodes image i + 1 while the GPU runs image i.
           std::byte* rows = static_cast<std::byte*>(out.data) + offset * (dtype_bits(out.dtype) / 8);
-          Status s = cuda_->set_input(0, pixels, exec.stream);
-          if (s) s = cuda_->run(exec.stream);
-          if (s) s = cuda_->copy_output(0, out.dtype, rows, exec.stream);
+          Status s = cuda_->set_input(0, target, stream_.get());
+          if (s) pinned_->copy_queued(stream_.get());
+          if (s) s = cuda_->run(stream_.get());
+          if (s) s = cuda_->copy_output(0, out.dtype, rows, stream_.get());
           if (!s) fail(s.code(), fmt::format("image {}: {}", i, s.message()));
           continue;
         }
 #endif
-        (void)exec;
         Result<std::vector<HostTensor>> features =
             onnx_vision::run_on_cpu(graph_, {{input_name_, HostTensor::floats({1, 3, side, side}, pixels)}});
         if (!features) fail(features.status().code(), fmt::format("image {}: {}", i, features.status().message()));
@@ -185,6 +267,11 @@ class OnnxVisionEncoder final : public VisionEncoder {
           ref::convert_from_f32(rows.data(), rows.size(), static_cast<std::uint16_t*>(out.data) + offset, stored);
         }
       }
+#ifdef HOSTRUN_ONNX_VISION_CUDA
+      if (cuda_)  // returns once `out` holds the embeddings (the contract: the model's stream reads them next)
+        if (cudaError_t e = cudaStreamSynchronize(stream_.get()); e != cudaSuccess)
+          fail(ErrorCode::internal, fmt::format("onnx_vision: encoding on cuda:{}: {}", device_.index, cudaGetErrorString(e)));
+#endif
     });
   }
 
@@ -202,6 +289,10 @@ class OnnxVisionEncoder final : public VisionEncoder {
   onnx_vision::LlavaVisionConfig config_;
   image::ClipPreprocess preprocess_;
   std::int64_t max_images_ = 1;
+#ifdef HOSTRUN_ONNX_VISION_CUDA
+  OwnedStream stream_;  // encode()'s: never the model's
+  std::unique_ptr<PinnedPixels> pinned_;
+#endif
   Device device_{};
 #ifdef HOSTRUN_ONNX_VISION_CUDA
   std::unique_ptr<onnx_vision::CudaExecutor> cuda_;  // on a GPU

@@ -17,6 +17,7 @@
 #include <fstream>
 #include <functional>
 #include <iterator>
+#include <thread>
 
 #include "../support/temp_dir.hpp"
 #include "checkpoint/model_directory.hpp"
@@ -126,8 +127,6 @@ DeviceMemory& memory() {
   return m;
 }
 
-ExecContext exec() { return ExecContext{memory().device(), memory().stream(), {}}; }
-
 // `rows` x `width` of `dtype` encoded into the device's memory, read back as stored.
 template <typename T>
 std::vector<T> encode_as(VisionEncoder& encoder, const std::vector<ImageData>& images, DType dtype, int64_t rows,
@@ -135,8 +134,8 @@ std::vector<T> encode_as(VisionEncoder& encoder, const std::vector<ImageData>& i
   std::vector<T> out(std::size_t(rows * width));
   DeviceBuffer buffer(memory(), out.size() * sizeof(T));
   const TensorView view = TensorView::contiguous(buffer.data(), dtype, {rows, width}, memory().device());
-  const Status s = encoder.encode(images, exec(), view);
-  memory().synchronize();
+  // No synchronization: encode() returns once `view` holds the embeddings.
+  const Status s = encoder.encode(images, view);
   if (status) *status = s;
   else REQUIRE_MESSAGE(s.is_ok(), s.message());
   if (s.is_ok()) memory().download(out.data(), buffer.data(), out.size() * sizeof(T));
@@ -194,6 +193,11 @@ TEST_SUITE("vision") {
       std::vector<float> both = a;
       both.insert(both.end(), b.begin(), b.end());
       CHECK(encode_f32(encoder, {first, second}) == both);  // images in one call stay independent
+      std::vector<float> elsewhere;  // the engine calls from a thread of its own
+      Status elsewhere_status;
+      std::thread([&] { elsewhere = encode_f32(encoder, {second}, &elsewhere_status); }).join();
+      CHECK_MESSAGE(elsewhere_status.is_ok(), elsewhere_status.message());
+      CHECK(elsewhere == b);
 
       for (DType dtype : {DType::bf16, DType::f16}) {  // every dtype offered: the f32 result rounded once
         if ((info.output_dtypes & dtype_bit(dtype)) == 0) continue;

@@ -14,7 +14,9 @@
 #include <atomic>
 #include <chrono>
 #include <deque>
+#include <condition_variable>
 #include <future>
+#include <mutex>
 #include <map>
 #include <random>
 
@@ -129,7 +131,6 @@ class PagedEchoModel final : public Model {
     ++embedding_allocations;
     return PluginPtr<DeviceTensor>(make_pinned<HostTensor>(LibraryPin{}, rows));
   }
-  ExecContext embedding_exec() const noexcept override { return ExecContext{}; }
   size_t embedding_allocations = 0;
   // The fail_step-th step (counting from 0) reports a failure when its output is asked for.
   void fail_step(size_t step) { fail_step_ = step; }
@@ -286,7 +287,13 @@ class ByteSumVision final : public VisionEncoder {
     v.output_dtypes = dtype_bit(DType::f32);
     return v;
   }
-  Status encode(std::span<const ImageData> images, const ExecContext&, const TensorView& out) noexcept override {
+  Status encode(std::span<const ImageData> images, const TensorView& out) noexcept override {
+    {
+      std::unique_lock lock(gate_mutex_);
+      ++calls_;
+      gate_cv_.notify_all();
+      gate_cv_.wait(lock, [&] { return !held_; });
+    }
     if (out.dtype != DType::f32 || out.shape[0] != int64_t(images.size()) * kImageTokens || out.shape[1] != 1)
       return {ErrorCode::invalid_argument, "the engine gave memory of the wrong shape"};
     for (size_t i = 0; i < images.size(); ++i) {
@@ -297,6 +304,30 @@ class ByteSumVision final : public VisionEncoder {
     return {};
   }
   std::atomic<size_t> encoded{0};
+
+  // While held, encode() waits: the engine's encoder thread stands still.
+  void hold() {
+    std::lock_guard lock(gate_mutex_);
+    held_ = true;
+  }
+  void release() {
+    {
+      std::lock_guard lock(gate_mutex_);
+      held_ = false;
+    }
+    gate_cv_.notify_all();
+  }
+  // Waits (up to a few seconds) until encode() has been entered `calls` times in all.
+  bool entered(size_t calls) {
+    std::unique_lock lock(gate_mutex_);
+    return gate_cv_.wait_for(lock, std::chrono::seconds(10), [&] { return calls_ >= calls; });
+  }
+
+ private:
+  std::mutex gate_mutex_;
+  std::condition_variable gate_cv_;
+  bool held_ = false;
+  size_t calls_ = 0;
 };
 
 ImageData image_of(uint8_t seed, size_t size = 64) {
@@ -824,6 +855,43 @@ TEST_CASE("images: each placeholder becomes the encoder's tokens, and their embe
   h.engine->wait_idle();
   CHECK(h.engine->stats().images_encoded == 3);
   CHECK(h.engine->info().accepts_images);
+}
+
+TEST_CASE("images: encoding runs beside the steps; a request waiting for its images holds up no other and can be cancelled") {
+  EngineConfig config;
+  config.session_len = 4096;
+  config.num_kv_blocks = 200;
+  config.cache_block_seq_len = 4;
+  Harness h(config, pick_mode(), true);
+  h.vision->hold();
+  struct Release {  // a failed check below must not leave the encoder thread held (the engine would never stop)
+    ByteSumVision& vision;
+    ~Release() { vision.release(); }
+  } release_at_exit{*h.vision};
+  const std::vector<ChatMessage> pictured{{"user", "describe", {image_of(1)}}};
+  SamplingParams sp = greedy(8);
+  sp.ignore_eos = true;
+  std::future<Outcome> with_image = h.chat(pictured, sp);
+  REQUIRE(h.vision->entered(1));
+  // The encoder is inside encode() and stays there: text requests run to the end meanwhile.
+  const std::vector<TokenId> prompt{7, 8, 9};
+  std::future<Outcome> text = h.run(prompt, greedy(12));
+  REQUIRE(text.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+  check_same(text.get(), expected_run(prompt, greedy(12), 4096, 0));
+  // A second image request, queued behind the first, is cancelled while it waits.
+  GenerationRequest second;
+  second.input = std::vector<ChatMessage>{{"user", "and", {image_of(2)}}};
+  second.sampling = sp;
+  uint64_t second_id = 0;
+  std::future<Outcome> cancelled = h.submit(std::move(second), &second_id);
+  h.engine->cancel(second_id);
+  CHECK(cancelled.get().finish == FinishReason::cancelled);
+  CHECK(with_image.wait_for(std::chrono::milliseconds(0)) == std::future_status::timeout);
+  h.vision->release();
+  check_same(with_image.get(), expected_run(model_view(pictured), sp, 4096, 0));
+  h.engine->wait_idle();
+  CHECK(h.engine->stats().images_encoded == 2);  // the cancelled one's too: it was on its way
+  CHECK(h.engine->stats().kv_blocks_held == 0);
 }
 
 TEST_CASE("images and the prefix cache: equal placeholder ids with different images share no block; the same image does") {

@@ -522,9 +522,6 @@ TEST_CASE("image embeddings: memory from allocate_embeddings replaces token embe
   auto loaded = load(small.dir.path(), 1, "f32", 64);
   Model& model = *loaded->model;
   const int64_t hidden = small.config.hidden_size;
-  const ExecContext exec = model.embedding_exec();
-  CHECK(exec.device.kind == DeviceKind::cpu);
-  CHECK(exec.stream == nullptr);
 
   // The embeddings of four real tokens, written into the engine-owned memory.
   const std::vector<TokenId> prompt = prompt_of(12, 91);

@@ -94,7 +94,7 @@ class FixtureVision final : public VisionEncoder {
     v.device = device_;
     return v;
   }
-  Status encode(std::span<const ImageData> images, const ExecContext&, const TensorView& out) noexcept override {
+  Status encode(std::span<const ImageData> images, const TensorView& out) noexcept override {
     if (images.size() > size_t(max_images_))
       return {ErrorCode::invalid_argument, "fixture vision: more than max_images images in one call"};
     if (out.dtype != DType::f32 || out.device.kind != DeviceKind::cpu || out.rank != 2 ||

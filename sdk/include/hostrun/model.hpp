@@ -135,10 +135,10 @@ class Model : public PluginObject {
 
   // Inputs the engine prepares ahead of a step (image embeddings): memory for
   // `rows` embeddings of [hidden_size] in the dtype EmbeddingSpans must have,
-  // on the model's device, and the context work that fills it runs in (on a
-  // GPU, the stream the model's steps run on, so a step queued later sees it).
+  // on the model's device: what the vision encoder fills (vision.hpp) and
+  // steps later read. Its release must not wait for the device (a request
+  // ends while steps are in flight).
   virtual Result<PluginPtr<DeviceTensor>> allocate_embeddings(int64_t rows) noexcept = 0;
-  virtual ExecContext embedding_exec() const noexcept = 0;
 
   // Quantizer calibration: runs `tokens` as one sequence through the model
   // (after load; the KV cache, if any, is left as it was) and reports every

@@ -9,9 +9,9 @@
 #pragma once
 
 #define HOSTRUN_SDK_VERSION_MAJOR 0
-#define HOSTRUN_SDK_VERSION_MINOR 5
+#define HOSTRUN_SDK_VERSION_MINOR 6
 #define HOSTRUN_SDK_VERSION_PATCH 0
-#define HOSTRUN_SDK_VERSION_STRING "0.5.0"
+#define HOSTRUN_SDK_VERSION_STRING "0.6.0"
 
 // A test build may compile a plugin against another ABI number to prove the
 // host refuses it; nothing else should define this.
@@ -25,5 +25,7 @@
 //    dtypes, new error codes (docs/plugin-guide.md has the whole list).
 // 5: Model::linear_input_groups, QuantizeJob's bits / group_size / progress
 //    (`hostrun lite auto_awq`).
-#define HOSTRUN_ABI_VERSION 5
+// 6: VisionEncoder::encode returns once written, on the encoder's own stream
+//    (called from the engine's encoder thread); Model::embedding_exec gone.
+#define HOSTRUN_ABI_VERSION 6
 #endif

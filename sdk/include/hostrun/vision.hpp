@@ -4,15 +4,17 @@
 // The engine owns the memory the embeddings go to (Model::allocate_embeddings,
 // on the language model's device) and keeps them while the request lives, so
 // a sequence recomputed after preemption is fed the same embeddings; the
-// encoder only fills it, on the stream the model's next step runs on
-// (Model::embedding_exec), so no synchronization is needed between them.
+// encoder only fills it. It does so on a thread of the engine's own, while
+// the model's steps go on (a GPU encoder on a stream of its own): a batch of
+// images never holds up the decode of running requests. encode() returns
+// once the memory holds the embeddings, so a step the engine queues after
+// it reads them with no further synchronization.
 #pragma once
 
 #include <cstdint>
 #include <span>
 #include <string>
 
-#include "hostrun/exec.hpp"
 #include "hostrun/generation.hpp"
 #include "hostrun/plugin_object.hpp"
 #include "hostrun/status.hpp"
@@ -50,9 +52,13 @@ class VisionEncoder : public PluginObject {
   virtual VisionInfo info() const noexcept = 0;
   // Decodes, preprocesses and encodes `images` (at most max_images) into
   // `out` ([images * tokens_per_image, hidden_size], contiguous, on the
-  // encoder's device, a dtype from output_dtypes), enqueued on exec.stream.
-  // Bad image bytes are invalid_argument naming the image's index.
-  virtual Status encode(std::span<const ImageData> images, const ExecContext& exec, const TensorView& out) noexcept = 0;
+  // encoder's device, a dtype from output_dtypes) and returns once `out`
+  // holds them. Called from one thread at a time, which need not be the one
+  // that loaded the encoder; a GPU encoder launches on a stream of its own
+  // and never on the model's (which may be capturing a CUDA graph), so the
+  // call runs beside the model's steps. Bad image bytes are
+  // invalid_argument naming the image's index.
+  virtual Status encode(std::span<const ImageData> images, const TensorView& out) noexcept = 0;
 };
 
 }  // namespace hostrun
