@@ -232,6 +232,14 @@ class OnnxVisionEncoder final : public VisionEncoder {
       if (cuda_)
         if (cudaError_t e = cudaSetDevice(device_.index); e != cudaSuccess)
           fail(ErrorCode::internal, fmt::format("onnx_vision: cuda:{}: {}", device_.index, cudaGetErrorString(e)));
+      // A failure on a later image returns only once the earlier images' work has run: the caller may
+      // hand `out` to another request as soon as this call returns.
+      struct FinishQueuedWork {
+        cudaStream_t stream;
+        ~FinishQueuedWork() {
+          if (stream != nullptr) cudaStreamSynchronize(stream);
+        }
+      } finish_queued{cuda_ ? stream_.get() : nullptr};
 #endif
       for (std::size_t i = 0; i < images.size(); ++i) {
         Result<image::RgbImage> decoded = image::decode_image(images[i].bytes);
