@@ -208,14 +208,17 @@ __global__ void __launch_bounds__(kProgramThreads)
   }
 }
 
-// Four values a thread per step, a float4 in and a float4 or four bf16 out,
-// when n is a multiple of 4 and the pointers are aligned (else one a step).
+// quick_gelu as the exported chain computes it, operation for operation
+// (x * sigmoid(alpha x), sigmoid as apply() has it), so its values are the
+// interpreter's to the bit; GELU in its exact erf form.
 template <Activation kKind>
 __device__ __forceinline__ float activate(float x, float alpha) {
   if constexpr (kKind == Activation::quick_gelu) return x * (1.0f / (1.0f + expf(-(x * alpha))));
   else return (x * 0.5f) * (erff(x * 0.70710678118654752f) + 1.0f);
 }
 
+// Four values a thread per step, a float4 in and a float4 or four bf16 out,
+// when n is a multiple of 4 and the pointers are aligned (else one a step).
 template <Activation kKind, typename Out>
 __global__ void activation_kernel(const float* __restrict__ x, float alpha, std::int64_t n, bool vectors,
                                   Out* __restrict__ out) {
@@ -232,7 +235,7 @@ __global__ void activation_kernel(const float* __restrict__ x, float alpha, std:
     write_value(out + i, activate<kKind>(x[i], alpha));
 }
 
-// The same reads over fewer dimensions: size-1 dimensions dropped, and a
+// operand_offsets' reads over fewer dimensions: size-1 dimensions dropped, and a
 // dimension merged into the one inside it wherever every operand steps
 // across both as across one (a bias [1024] over [8, 577, 1024] becomes
 // [4616, 1024]; the output is contiguous, so its flat index is unchanged).
