@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -645,19 +646,24 @@ class Planner {
     std::string output;  // the root's output: what the chain computes
   };
 
+  // The ONNX operators the elementwise kernels run, and as what.
+  static const std::map<std::string, Elementwise>& elementwise_operators() {
+    static const std::map<std::string, Elementwise> kOperators = {
+        {"Add", Elementwise::add},         {"Sub", Elementwise::sub},   {"Mul", Elementwise::mul},
+        {"Div", Elementwise::div},         {"Pow", Elementwise::pow},   {"Where", Elementwise::where},
+        {"Sigmoid", Elementwise::sigmoid}, {"Erf", Elementwise::erf},   {"Sqrt", Elementwise::sqrt},
+        {"Tanh", Elementwise::tanh},       {"Relu", Elementwise::relu}, {"Neg", Elementwise::neg},
+        {"Expand", Elementwise::copy}};
+    return kOperators;
+  }
+  // Of those, what a chain takes in: operators of one or two operands that compute.
   static bool chainable(const std::string& op) {
-    static const std::set<std::string> kOps = {"Add", "Sub",  "Mul",  "Div",  "Pow", "Sigmoid",
-                                               "Erf", "Sqrt", "Tanh", "Relu", "Neg"};
-    return kOps.count(op) > 0;
+    const auto it = elementwise_operators().find(op);
+    return it != elementwise_operators().end() && it->second != Elementwise::where && it->second != Elementwise::copy;
   }
 
   void find_elementwise_chains() {
     using Program = cuda_ops::ElementwiseProgram;
-    static const std::map<std::string, Elementwise> kOp = {
-        {"Add", Elementwise::add},         {"Sub", Elementwise::sub}, {"Mul", Elementwise::mul},
-        {"Div", Elementwise::div},         {"Pow", Elementwise::pow}, {"Sigmoid", Elementwise::sigmoid},
-        {"Erf", Elementwise::erf},         {"Sqrt", Elementwise::sqrt}, {"Tanh", Elementwise::tanh},
-        {"Relu", Elementwise::relu},       {"Neg", Elementwise::neg}};
     const auto& nodes = graph_.proto().node();
     const auto& producer = uses_.producer;
     auto& readers = uses_.readers;
@@ -679,11 +685,8 @@ class Planner {
       // Emits node x's instructions after its operands'; its register.
       std::function<int(int)> emit = [&](int x) -> int {
         const onnx::NodeProto& node = nodes[x];
-        const Elementwise op = kOp.at(node.op_type());
-        const int arity = op == Elementwise::add || op == Elementwise::sub || op == Elementwise::mul ||
-                                  op == Elementwise::div || op == Elementwise::pow
-                              ? 2
-                              : 1;
+        const Elementwise op = elementwise_operators().at(node.op_type());
+        const int arity = cuda_ops::operand_count(op);
         std::int8_t regs[2] = {0, 0};
         for (int k = 0; k < arity && fits; ++k) {
           if (k >= node.input_size()) {
@@ -760,14 +763,12 @@ class Planner {
         variable = name;
         return {"x", {}};
       }
-      static const std::map<Elementwise, std::string> kName = {
-          {Elementwise::add, "add"}, {Elementwise::sub, "sub"}, {Elementwise::mul, "mul"},
-          {Elementwise::div, "div"}, {Elementwise::pow, "pow"}, {Elementwise::sigmoid, "sigmoid"},
-          {Elementwise::erf, "erf"}, {Elementwise::sqrt, "sqrt"}, {Elementwise::tanh, "tanh"},
-          {Elementwise::relu, "relu"}, {Elementwise::neg, "neg"}};
-      const std::string& op = kName.at(in.op);
-      const bool binary = in.op == Elementwise::add || in.op == Elementwise::sub || in.op == Elementwise::mul ||
-                          in.op == Elementwise::div || in.op == Elementwise::pow;
+      // The operator's ONNX name in lower case ("Mul" -> "mul").
+      std::string op;
+      for (const auto& [name, kind] : elementwise_operators())
+        if (kind == in.op && chainable(name)) op = name;
+      std::transform(op.begin(), op.end(), op.begin(), [](unsigned char c) { return char(std::tolower(c)); });
+      const bool binary = cuda_ops::operand_count(in.op) == 2;
       Expression a = write(in.a);
       if (!binary) return {op + "(" + a.text + ")", a.constants};
       Expression b = write(in.b);
@@ -1029,19 +1030,14 @@ class Planner {
 
   void plan_node(const onnx::NodeProto& node, int n) {
     const std::string& op = node.op_type();
-    static const std::map<std::string, Elementwise> kElementwise = {
-        {"Add", Elementwise::add},         {"Sub", Elementwise::sub},   {"Mul", Elementwise::mul},
-        {"Div", Elementwise::div},         {"Pow", Elementwise::pow},   {"Where", Elementwise::where},
-        {"Sigmoid", Elementwise::sigmoid}, {"Erf", Elementwise::erf},   {"Sqrt", Elementwise::sqrt},
-        {"Tanh", Elementwise::tanh},       {"Relu", Elementwise::relu}, {"Neg", Elementwise::neg},
-        {"Expand", Elementwise::copy}};
     if (absorbed_.count(n)) return;  // computed by a fused step
     if (const auto fused = attention_.find(n); fused != attention_.end()) return plan_attention(node, n, fused->second);
     if (const auto chain = chains_.find(n); chain != chains_.end()) return plan_chain(node, n, chain->second);
     if (aliases_input(op) && values_.count(node.input(0)) &&
         values_[node.input(0)].storage == values_[node.output(0)].storage)
       return;  // a view of its input: no work
-    if (const auto it = kElementwise.find(op); it != kElementwise.end()) return plan_elementwise(node, n, it->second);
+    if (const auto it = elementwise_operators().find(op); it != elementwise_operators().end())
+      return plan_elementwise(node, n, it->second);
     if (op == "MatMul") return plan_matmul(node, n);
     if (op == "Gemm") return plan_gemm(node, n);
     if (op == "Conv") return plan_conv(node, n);

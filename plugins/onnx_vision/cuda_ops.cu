@@ -20,6 +20,10 @@ struct Operands {
   OutputShape shape;
 };
 
+// The one logistic function of every kernel here (the interpreter, the
+// single-operator kernels and quick_gelu), so their values agree to the bit.
+__device__ __forceinline__ float sigmoid_of(float x) { return 1.0f / (1.0f + expf(-x)); }
+
 __device__ __forceinline__ float apply(Elementwise op, float a, float b, float c) {
   switch (op) {
     case Elementwise::copy: return a;
@@ -29,7 +33,7 @@ __device__ __forceinline__ float apply(Elementwise op, float a, float b, float c
     case Elementwise::div: return a / b;
     case Elementwise::pow: return powf(a, b);
     case Elementwise::where: return c != 0.0f ? a : b;
-    case Elementwise::sigmoid: return 1.0f / (1.0f + expf(-a));
+    case Elementwise::sigmoid: return sigmoid_of(a);
     case Elementwise::erf: return erff(a);
     case Elementwise::sqrt: return sqrtf(a);
     case Elementwise::tanh: return tanhf(a);
@@ -162,7 +166,7 @@ __device__ __forceinline__ void run_step(Elementwise op, const float* a, const f
     case Elementwise::mul: return each_element<kStride, true>(a, b, y, [](float x, float z) { return x * z; });
     case Elementwise::div: return each_element<kStride, true>(a, b, y, [](float x, float z) { return x / z; });
     case Elementwise::sigmoid:
-      return each_element<kStride, true>(a, b, y, [](float x, float) { return 1.0f / (1.0f + expf(-x)); });
+      return each_element<kStride, true>(a, b, y, [](float x, float) { return sigmoid_of(x); });
     case Elementwise::sqrt: return each_element<kStride, true>(a, b, y, [](float x, float) { return sqrtf(x); });
     case Elementwise::relu: return each_element<kStride, true>(a, b, y, [](float x, float) { return fmaxf(x, 0.0f); });
     case Elementwise::neg: return each_element<kStride, true>(a, b, y, [](float x, float) { return -x; });
@@ -209,11 +213,11 @@ __global__ void __launch_bounds__(kProgramThreads)
 }
 
 // quick_gelu as the exported chain computes it, operation for operation
-// (x * sigmoid(alpha x), sigmoid as apply() has it), so its values are the
-// interpreter's to the bit; GELU in its exact erf form.
+// (x * sigmoid(alpha x)), so its values are the interpreter's to the bit;
+// GELU in its exact erf form.
 template <Activation kKind>
 __device__ __forceinline__ float activate(float x, float alpha) {
-  if constexpr (kKind == Activation::quick_gelu) return x * (1.0f / (1.0f + expf(-(x * alpha))));
+  if constexpr (kKind == Activation::quick_gelu) return x * sigmoid_of(x * alpha);
   else return (x * 0.5f) * (erff(x * 0.70710678118654752f) + 1.0f);
 }
 
@@ -443,6 +447,8 @@ __global__ void convert_kernel(const float* __restrict__ in, std::int64_t n, T* 
   }
 }
 
+}  // namespace
+
 int operand_count(Elementwise op) {
   switch (op) {
     case Elementwise::add: case Elementwise::sub: case Elementwise::mul: case Elementwise::div:
@@ -451,8 +457,6 @@ int operand_count(Elementwise op) {
     default: return 1;
   }
 }
-
-}  // namespace
 
 cudaError_t elementwise(Elementwise op, const OutputShape& shape, const StridedInput& a, const StridedInput& b,
                         const StridedInput& c, float* out, cudaStream_t stream) {

@@ -42,6 +42,9 @@ enum class Elementwise : int {
   sigmoid, erf, sqrt, tanh, relu, neg,
 };
 
+// The operands `op` reads: 1, 2, or 3 (where).
+int operand_count(Elementwise op);
+
 // out (contiguous, `shape`) = op(a[, b[, c]]).
 cudaError_t elementwise(Elementwise op, const OutputShape& shape, const StridedInput& a, const StridedInput& b,
                         const StridedInput& c, float* out, cudaStream_t stream);

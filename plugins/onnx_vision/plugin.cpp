@@ -226,7 +226,7 @@ class OnnxVisionEncoder final : public VisionEncoder {
              fmt::format("onnx_vision: the output must be contiguous {} memory of [{} x {}, {}] f32, bf16 or f16",
                          device_.kind == DeviceKind::cpu ? "host" : "device", images.size(), tokens, hidden));
       const int side = config_.image_size;
-      std::vector<float> pixels(std::size_t(3) * side * side);
+      std::vector<float> pixels;  // the CPU path's; on a GPU they go to page-locked staging
 #ifdef HOSTRUN_ONNX_VISION_CUDA
       // The engine calls from a thread of its own, whose current device may be another.
       if (cuda_)
@@ -244,9 +244,10 @@ class OnnxVisionEncoder final : public VisionEncoder {
       for (std::size_t i = 0; i < images.size(); ++i) {
         Result<image::RgbImage> decoded = image::decode_image(images[i].bytes);
         if (!decoded) fail(ErrorCode::invalid_argument, fmt::format("image {}: {}", i, decoded.status().message()));
-        std::span<float> target = pixels;
 #ifdef HOSTRUN_ONNX_VISION_CUDA
-        if (cuda_) target = pinned_->take();
+        const std::span<float> target = cuda_ ? pinned_->take() : cpu_pixels(pixels, side);
+#else
+        const std::span<float> target = cpu_pixels(pixels, side);
 #endif
         if (Status s = image::clip_preprocess(*decoded, preprocess_, target); !s)
           fail(s.code(), fmt::format("image {}: {}", i, s.message()));
@@ -284,6 +285,12 @@ class OnnxVisionEncoder final : public VisionEncoder {
   }
 
  private:
+  // One image's [3, side, side] floats in `pixels`, allocated on first use.
+  static std::span<float> cpu_pixels(std::vector<float>& pixels, int side) {
+    pixels.resize(std::size_t(3) * side * side);
+    return pixels;
+  }
+
   std::int64_t tokens_per_image() const {
     return tokens_per_image_ > 0 ? tokens_per_image_ : config_.tokens_per_image();
   }
