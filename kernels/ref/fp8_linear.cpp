@@ -21,50 +21,93 @@ float row_amax(const float* row, std::size_t k) {
   return amax;
 }
 
+// s_x of one row: the static scale, or max |row| / 448 (1 for zeros, NaN
+// for a row holding NaN or infinity).
+float row_scale(const float* row, std::size_t k, float static_scale) {
+  if (static_scale > 0.0f && std::isfinite(static_scale)) return static_scale;
+  const float amax = row_amax(row, k);
+  return std::isnan(amax) ? amax : amax > 0.0f ? amax / kE4m3Max : 1.0f;
+}
+
+// The row's codes for `scale` (a NaN scale quantizes as 1: the outputs are NaN anyway).
 void quantize_row(const float* row, std::size_t k, float scale, std::uint8_t* codes) {
-  for (std::size_t c = 0; c < k; ++c) codes[c] = f32_to_e4m3(row[c] / scale);
+  const float by = std::isnan(scale) ? 1.0f : scale;
+  for (std::size_t c = 0; c < k; ++c) codes[c] = f32_to_e4m3(row[c] / by);
 }
 
 }  // namespace
 
 void quantize_rows_e4m3(const float* x, std::size_t m, std::size_t k, std::uint8_t* codes, float* scales,
                         float static_scale) {
-  const bool fixed = static_scale > 0.0f && std::isfinite(static_scale);
   for (std::size_t i = 0; i < m; ++i) {
-    const float* row = x + i * k;
-    float scale = static_scale;
-    if (!fixed) {
-      const float amax = row_amax(row, k);
-      scale = std::isnan(amax) ? amax : amax > 0.0f ? amax / kE4m3Max : 1.0f;
+    scales[i] = row_scale(x + i * k, k, static_scale);
+    quantize_row(x + i * k, k, scales[i], codes + i * k);
+  }
+}
+
+std::size_t fp8_linear_workspace_floats(std::size_t m, std::size_t k) { return m * k + m + k; }
+
+void fp8_linear(const Fp8Rows& rows, std::size_t k, const Fp8Weight& weight, std::size_t n, float static_input_scale,
+                float* workspace) {
+  const std::size_t m = rows.m;
+  float* x_decoded = workspace;         // [m, k]: e4m3(x / s_x), as f32
+  float* x_scale = workspace + m * k;   // [m]
+  float* w_decoded = x_scale + m;       // [k]: one weight row
+  for (std::size_t i = 0; i < m; ++i) {
+    const float* row = rows.x + i * rows.x_stride;
+    x_scale[i] = row_scale(row, k, static_input_scale);
+    const float by = std::isnan(x_scale[i]) ? 1.0f : x_scale[i];
+    for (std::size_t c = 0; c < k; ++c) x_decoded[i * k + c] = e4m3_to_f32(f32_to_e4m3(row[c] / by));
+  }
+  for (std::size_t j = 0; j < n; ++j) {
+    for (std::size_t c = 0; c < k; ++c) w_decoded[c] = e4m3_to_f32(weight.codes[j * k + c]);
+    const float weight_scale = weight.per_channel ? weight.scale[j] : weight.scale[0];
+    for (std::size_t i = 0; i < m; ++i) {
+      const float* row = x_decoded + i * k;
+      float sum = 0.0f;  // each product is exact in f32 (4 + 4 significant bits); only the sum rounds
+      for (std::size_t c = 0; c < k; ++c) sum += row[c] * w_decoded[c];
+      rows.y[i * rows.y_stride + j] = std::isnan(x_scale[i]) ? x_scale[i] : sum * (x_scale[i] * weight_scale);
     }
-    scales[i] = scale;
-    quantize_row(row, k, std::isnan(scale) ? 1.0f : scale, codes + i * k);
   }
 }
 
 void fp8_linear(const float* x, std::size_t m, std::size_t k, const Fp8Weight& weight, std::size_t n, float* y,
                 float static_input_scale) {
-  std::vector<std::uint8_t> codes(k);
-  std::vector<float> row(k), weight_row(k);
-  for (std::size_t i = 0; i < m; ++i) {
-    float scale = 0.0f;
-    quantize_rows_e4m3(x + i * k, 1, k, codes.data(), &scale, static_input_scale);
-    for (std::size_t c = 0; c < k; ++c) row[c] = e4m3_to_f32(codes[c]);
-    for (std::size_t j = 0; j < n; ++j) {
-      const std::uint8_t* w = weight.codes + j * k;
-      float sum = 0.0f;  // each product is exact in f32 (4 + 4 significant bits); only the sum rounds
-      for (std::size_t c = 0; c < k; ++c) sum += row[c] * e4m3_to_f32(w[c]);
-      const float weight_scale = weight.per_channel ? weight.scale[j] : weight.scale[0];
-      y[i * n + j] = std::isnan(scale) ? scale : sum * (scale * weight_scale);
-    }
-  }
+  std::vector<float> workspace(fp8_linear_workspace_floats(m, k));
+  fp8_linear(Fp8Rows{x, k, y, n, m}, k, weight, n, static_input_scale, workspace.data());
 }
 
 void quantize_weight_e4m3(const float* w, std::size_t n, std::size_t k, std::uint8_t* codes, float* scale) {
   for (std::size_t j = 0; j < n; ++j) {
-    const float amax = row_amax(w + j * k, k);
-    scale[j] = std::isnan(amax) ? amax : amax > 0.0f ? amax / kE4m3Max : 1.0f;
-    quantize_row(w + j * k, k, std::isnan(scale[j]) ? 1.0f : scale[j], codes + j * k);
+    scale[j] = row_scale(w + j * k, k, 0.0f);
+    quantize_row(w + j * k, k, scale[j], codes + j * k);
+  }
+}
+
+void quantize_weight_e4m3_searched(const float* w, std::size_t n, std::size_t k, std::uint8_t* codes, float* scale,
+                                   unsigned steps) {
+  quantize_weight_e4m3(w, n, k, codes, scale);
+  for (std::size_t j = 0; j < n; ++j) {
+    const float* row = w + j * k;
+    const float base = scale[j];
+    if (!std::isfinite(base)) continue;  // NaN or infinity in the row: nothing to search
+    const auto squared_error = [&](float s) {
+      double sum = 0.0;
+      for (std::size_t c = 0; c < k; ++c) {
+        const double error = double(e4m3_to_f32(f32_to_e4m3(row[c] / s))) * s - row[c];
+        sum += error * error;
+      }
+      return sum;
+    };
+    double best = squared_error(base);
+    for (unsigned t = 1; t < steps && best > 0.0; ++t) {
+      const float candidate = base * std::exp2(float(t) / float(steps));
+      if (const double error = squared_error(candidate); error < best) {
+        best = error;
+        scale[j] = candidate;
+      }
+    }
+    quantize_row(row, k, scale[j], codes + j * k);
   }
 }
 

@@ -39,8 +39,27 @@ struct Fp8Weight {
   bool per_channel = true;
 };
 
-// y [m, n] = the formula above for x [m, k]; `static_input_scale` as in
-// quantize_rows_e4m3 (0: dynamic). y must not alias x.
+// The rows a product reads and writes, each with its stride in elements
+// (a LinearLayer's rows may be padded).
+struct Fp8Rows {
+  const float* x = nullptr;  // [m, k]
+  std::size_t x_stride = 0;
+  float* y = nullptr;        // [m, n]; must not alias x
+  std::size_t y_stride = 0;
+  std::size_t m = 0;
+};
+
+// Floats of workspace fp8_linear needs for m rows of k: the quantized rows
+// decoded (m x k), their scales (m) and one decoded weight row (k).
+std::size_t fp8_linear_workspace_floats(std::size_t m, std::size_t k);
+
+// y = the formula above; `static_input_scale` as in quantize_rows_e4m3 (0:
+// dynamic). Each weight row is decoded once for all m rows, and every sum
+// runs over k in order, so the result does not depend on m.
+void fp8_linear(const Fp8Rows& rows, std::size_t k, const Fp8Weight& weight, std::size_t n, float static_input_scale,
+                float* workspace);
+
+// The same for contiguous x [m, k] and y [m, n], with its own workspace.
 void fp8_linear(const float* x, std::size_t m, std::size_t k, const Fp8Weight& weight, std::size_t n, float* y,
                 float static_input_scale = 0.0f);
 
@@ -48,5 +67,15 @@ void fp8_linear(const float* x, std::size_t m, std::size_t k, const Fp8Weight& w
 // per output channel, scale[j] = max_k |w[j, k]| / 448 (1 for a row of
 // zeros), codes = e4m3(w / scale).
 void quantize_weight_e4m3(const float* w, std::size_t n, std::size_t k, std::uint8_t* codes, float* scale);
+
+// The same with each channel's scale searched: of amax / 448 * 2^(t / steps)
+// for t = 0 .. steps - 1 (one octave upward, so nothing saturates), the one
+// whose codes give the least squared error sum_k (w - e4m3(w / s) s)^2;
+// ties keep the smaller scale. e4m3's steps are relative to each value's
+// binade, so moving the scale within an octave moves where a row's values
+// fall between steps; on the trained small model this takes FP8's
+// perplexity cost from +0.9% to none (docs/quantization.md).
+void quantize_weight_e4m3_searched(const float* w, std::size_t n, std::size_t k, std::uint8_t* codes, float* scale,
+                                   unsigned steps = 32);
 
 }  // namespace hostrun::ref

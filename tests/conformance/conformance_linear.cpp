@@ -28,6 +28,13 @@ const QuantizerRow kRows[] = {
     // differently: f32 rounding apart.
     {"awq, group 128", "awq", {}, DType::f32, &write_awq_checkpoint<128>, 1.0 / 15 * 1.01, 1e-5},
     {"awq, group 32", "awq", {}, DType::f32, &write_awq_checkpoint<32>, 1.0 / 15 * 1.01, 1e-5},
+    // FP8 e4m3: a value rounds within half its binade's step, at most 16 at the top (256..448), so
+    // |W - W'| <= max|W| / 28 at either scale granularity. Its forward also rounds x to e4m3 per row (or on the
+    // static scale 0.004, which x in [-1, 1] never saturates): the product's error is that of x's rounding,
+    // 0.021-0.035 of the largest output over the suite's shapes, bounded at 0.05.
+    {"fp8, per-channel scales", "fp8", {}, DType::f32, &write_fp8_checkpoint<true>, 1.0 / 28 * 1.0001, 0.05},
+    {"fp8, per-tensor scale", "fp8", {}, DType::f32, &write_fp8_checkpoint<false>, 1.0 / 28 * 1.0001, 0.05},
+    {"fp8, static input scale", "fp8", {}, DType::f32, &write_fp8_checkpoint<true, 4>, 1.0 / 28 * 1.0001, 0.05},
 };
 
 // A dense layer made here that fuses every epilogue through the ref kernels,

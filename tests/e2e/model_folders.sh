@@ -33,7 +33,7 @@ folder qwen2vl '{"architectures": ["Qwen2VLForConditionalGeneration"], "model_ty
 chat "$work/qwen2vl" --device cpu >"$work/qwen2vl.out" 2>&1; expect_status "a folder no manifest serves is refused" 1 $?
 expect "naming the architecture, format and device" \
   "no plugin in this build handles Qwen2VLForConditionalGeneration with unquantized weights on cpu" "$work/qwen2vl.out"
-expect "and listing the table" "the built-in manifest table: llama3-cpu-awq: LlamaForCausalLM x awq x cpu; llama3-cpu: LlamaForCausalLM x none x cpu" "$work/qwen2vl.out"
+expect "and listing the table" "the built-in manifest table: llama3-cpu-awq: LlamaForCausalLM x awq x cpu; llama3-cpu-fp8: LlamaForCausalLM x fp8 x cpu; llama3-cpu: LlamaForCausalLM x none x cpu" "$work/qwen2vl.out"
 expect "LLaVA's row too" "llava-llama3-cpu: LlavaForConditionalGeneration x none x cpu" "$work/qwen2vl.out"
 expect_not "with no word of Llama's fields" "hidden_size|num_attention_heads|intermediate_size|vocab_size" "$work/qwen2vl.out"
 # A LLaVA folder reaches its CPU manifest, and on cuda its CUDA one (here refused: no GPU in CI, or no
@@ -59,8 +59,10 @@ expect "and the tensor" "checkpoint has no tensor 'model.layers.0.self_attn.q_pr
 chat "$work/awq" --device cuda >"$work/awq-cuda.out" 2>&1; expect_status "an AWQ folder on cuda without a GPU is refused" 1 $?
 expect "by the CUDA AWQ manifest" "--device cuda: manifest llama3-cuda-awq: " "$work/awq-cuda.out"
 folder fp8 "$(with_quantization '{"quant_method": "fp8", "activation_scheme": "dynamic"}')"
-chat "$work/fp8" --device cpu >"$work/fp8.out" 2>&1; expect_status "an FP8 folder is refused (no fp8 plugin yet)" 1 $?
-expect "naming FP8" "no plugin in this build handles LlamaForCausalLM with fp8 on cpu" "$work/fp8.out"
+chat "$work/fp8" --device cpu >"$work/fp8.out" 2>&1; expect_status "an FP8 config over dense weights is refused" 1 $?
+expect "by the fp8 quantizer, naming the tensor" "tensor 'model.layers.0.self_attn.q_proj.weight': expected an F8_E4M3 matrix [out, in], found bf16" "$work/fp8.out"
+chat "$work/fp8" --device cuda >"$work/fp8-cuda.out" 2>&1; expect_status "an FP8 folder on cuda is refused" 1 $?
+expect "no manifest runs FP8 on cuda yet" "no plugin in this build handles LlamaForCausalLM with fp8 on cuda" "$work/fp8-cuda.out"
 folder nothing '{"model_type": "llama"}'
 chat "$work/nothing" >"$work/nothing.out" 2>&1; expect_status "a config without architectures is refused" 1 $?
 expect "naming the key" "key 'architectures'" "$work/nothing.out"
