@@ -84,31 +84,4 @@ void quantize_weight_e4m3(const float* w, std::size_t n, std::size_t k, std::uin
   }
 }
 
-void quantize_weight_e4m3_searched(const float* w, std::size_t n, std::size_t k, std::uint8_t* codes, float* scale,
-                                   unsigned steps) {
-  quantize_weight_e4m3(w, n, k, codes, scale);
-  for (std::size_t j = 0; j < n; ++j) {
-    const float* row = w + j * k;
-    const float base = scale[j];
-    if (!std::isfinite(base)) continue;  // NaN or infinity in the row: nothing to search
-    const auto squared_error = [&](float s) {
-      double sum = 0.0;
-      for (std::size_t c = 0; c < k; ++c) {
-        const double error = double(e4m3_to_f32(f32_to_e4m3(row[c] / s))) * s - row[c];
-        sum += error * error;
-      }
-      return sum;
-    };
-    double best = squared_error(base);
-    for (unsigned t = 1; t < steps && best > 0.0; ++t) {
-      const float candidate = base * std::exp2(float(t) / float(steps));
-      if (const double error = squared_error(candidate); error < best) {
-        best = error;
-        scale[j] = candidate;
-      }
-    }
-    quantize_row(row, k, scale[j], codes + j * k);
-  }
-}
-
 }  // namespace hostrun::ref

@@ -68,14 +68,4 @@ void fp8_linear(const float* x, std::size_t m, std::size_t k, const Fp8Weight& w
 // zeros), codes = e4m3(w / scale).
 void quantize_weight_e4m3(const float* w, std::size_t n, std::size_t k, std::uint8_t* codes, float* scale);
 
-// The same with each channel's scale searched: of amax / 448 * 2^(t / steps)
-// for t = 0 .. steps - 1 (one octave upward, so nothing saturates), the one
-// whose codes give the least squared error sum_k (w - e4m3(w / s) s)^2;
-// ties keep the smaller scale. e4m3's steps are relative to each value's
-// binade, so moving the scale within an octave moves where a row's values
-// fall between steps; on the trained small model this takes FP8's
-// perplexity cost from +0.9% to none (docs/quantization.md).
-void quantize_weight_e4m3_searched(const float* w, std::size_t n, std::size_t k, std::uint8_t* codes, float* scale,
-                                   unsigned steps = 32);
-
 }  // namespace hostrun::ref

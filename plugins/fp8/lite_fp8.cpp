@@ -43,7 +43,7 @@ std::vector<float> read_weight(const WeightSource& source, const std::string& na
   return values;
 }
 
-// ref::quantize_weight_e4m3_searched over blocks of rows on all cores (rows are
+// ref::quantize_weight_e4m3 over blocks of rows on all cores (rows are
 // independent). Returns the first row holding NaN or infinity, or -1.
 int64_t quantize_weight(const std::vector<float>& w, int64_t out, int64_t in, std::vector<uint8_t>& codes,
                      std::vector<float>& scales) {
@@ -54,8 +54,8 @@ int64_t quantize_weight(const std::vector<float>& w, int64_t out, int64_t in, st
   for (int64_t t = 0; t < workers; ++t) {
     const int64_t begin = out * t / workers, end = out * (t + 1) / workers;
     threads.emplace_back([&, begin, end] {
-      ref::quantize_weight_e4m3_searched(w.data() + begin * in, size_t(end - begin), size_t(in), codes.data() + begin * in,
-                                         scales.data() + begin);
+      ref::quantize_weight_e4m3(w.data() + begin * in, size_t(end - begin), size_t(in), codes.data() + begin * in,
+                                scales.data() + begin);
     });
   }
   for (auto& thread : threads) thread.join();

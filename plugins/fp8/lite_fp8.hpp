@@ -4,10 +4,8 @@
 // Every linear layer the model lists (Model::linear_input_groups: q/k/v/o and
 // gate/up/down for Llama; the LM head and embeddings are not among them and
 // stay as they are) becomes `<prefix>.weight` F8_E4M3 [out, in] with
-// `<prefix>.weight_scale` f32 [out, 1]: per output channel, the scale of
-// least squared rounding error in the octave above max|row| / 448 (so no
-// value saturates) and codes = e4m3(w / scale)
-// (ref::quantize_weight_e4m3_searched).
+// `<prefix>.weight_scale` f32 [out, 1]: per output channel, scale =
+// max|row| / 448 and codes = e4m3(w / scale) (ref::quantize_weight_e4m3).
 // Every other tensor is copied in its own dtype. config.json gains
 // quantization_config {quant_method "fp8", activation_scheme "dynamic",
 // fmt "e4m3", ignored_layers ["lm_head"]}, which vLLM's and this plugin's
