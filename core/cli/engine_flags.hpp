@@ -32,8 +32,8 @@ struct EngineFlags {
                                                       "TOML file with a [chat_template] table");
     cmd->add_option("--device", device, "auto, cpu or cuda")->capture_default_str();
     cmd->add_option("--model-format", model_format,
-                    "What MODEL_DIR must be: hf (unquantized) or a quantization format (awq); default: whatever "
-                    "its config.json says");
+                    "What MODEL_DIR must be: hf (unquantized) or the quant_method of its quantization_config "
+                    "(awq, fp8); default: whatever its config.json says");
     cmd->add_option("--session-len", session_len, "Most tokens (prompt + reply) a request may hold");
     cmd->add_option("--max-batch-size", max_batch_size, "Most sequences in one engine step");
     cmd->add_option("--max-prefill-token-num", max_prefill_token_num, "Most prompt tokens computed in one step");
