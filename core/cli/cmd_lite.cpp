@@ -319,7 +319,8 @@ void add_lite_command(CLI::App& app, GlobalOptions& global) {
   auto fp8 = std::make_shared<FolderFlags>();
   CLI::App* fp8_cmd = lite->add_subcommand(
       "fp8", "FP8 (e4m3) weights with a scale per output channel, dynamic activation scales: no calibration");
-  add_folder_flags(fp8_cmd, *fp8, "Where the source model loads: cpu, or a device whose model plugin lists its linear layers");
+  add_folder_flags(fp8_cmd, *fp8,
+                   "Where the source model loads: cpu, or a device whose model plugin lists its linear layers");
   fp8_cmd->callback([fp8, &global] { run_reporting("fp8", global, [&] { run_fp8(*fp8, global); }); });
 }
 

@@ -68,7 +68,8 @@ Fp8Config read_fp8_config(const WeightSource& weights) {
   config.static_activations = scheme == "static";
   if (q.contains("weight_block_size") && !q["weight_block_size"].is_null())
     fail(fmt::format("weight_block_size is {} (block-wise scales are another layout)", q["weight_block_size"].dump()));
-  if (q.contains("fmt") && text("fmt") != "e4m3") fail(fmt::format("fmt is \"{}\" (weights here are e4m3)", text("fmt")));
+  if (q.contains("fmt") && text("fmt") != "e4m3")
+    fail(fmt::format("fmt is \"{}\" (weights here are e4m3)", text("fmt")));
   return config;
 }
 
