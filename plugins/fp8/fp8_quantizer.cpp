@@ -66,7 +66,7 @@ class Fp8CpuLinear final : public hostrun::LinearLayer {
   Fp8CpuLinear(std::vector<uint8_t> codes, std::vector<float> scales, int64_t in_features, float input_scale)
       : codes_(std::move(codes)), scales_(std::move(scales)), in_(in_features), out_(int64_t(scales_.size())),
         input_scale_(input_scale) {
-    format_ = input_scale > 0.0f ? "fp8-e4m3-static" : "fp8-e4m3-dynamic";
+    format_ = input_scale > 0.0f ? "fp8-e4m3-static" : "fp8-e4m3";
   }
 
   hostrun::LinearInfo info() const noexcept override {
