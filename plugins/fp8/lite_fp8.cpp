@@ -46,19 +46,27 @@ std::vector<float> read_weight(const WeightSource& source, const std::string& na
 // ref::quantize_weight_e4m3 over blocks of rows on all cores (rows are
 // independent). Returns the first row holding NaN or infinity, or -1.
 int64_t quantize_weight(const std::vector<float>& w, int64_t out, int64_t in, std::vector<uint8_t>& codes,
-                     std::vector<float>& scales) {
+                        std::vector<float>& scales) {
   codes.resize(w.size());
   scales.resize(size_t(out));
   const int64_t workers = std::clamp<int64_t>(std::thread::hardware_concurrency(), 1, std::max<int64_t>(out / 64, 1));
   std::vector<std::thread> threads;
-  for (int64_t t = 0; t < workers; ++t) {
-    const int64_t begin = out * t / workers, end = out * (t + 1) / workers;
-    threads.emplace_back([&, begin, end] {
-      ref::quantize_weight_e4m3(w.data() + begin * in, size_t(end - begin), size_t(in), codes.data() + begin * in,
-                                scales.data() + begin);
-    });
+  const auto join_all = [&] {
+    for (auto& thread : threads) thread.join();
+  };
+  try {
+    for (int64_t t = 0; t < workers; ++t) {
+      const int64_t begin = out * t / workers, end = out * (t + 1) / workers;
+      threads.emplace_back([&, begin, end] {
+        ref::quantize_weight_e4m3(w.data() + begin * in, size_t(end - begin), size_t(in), codes.data() + begin * in,
+                                  scales.data() + begin);
+      });
+    }
+  } catch (...) {  // a thread that could not start: the started ones must still be joined
+    join_all();
+    throw;
   }
-  for (auto& thread : threads) thread.join();
+  join_all();
   for (int64_t j = 0; j < out; ++j)
     if (!std::isfinite(scales[size_t(j)])) return j;
   return -1;
