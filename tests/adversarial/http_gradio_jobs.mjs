@@ -27,9 +27,12 @@ async function engine_until(done, seconds) {
   }
   return now;
 }
+// Greedy (temperature 0): a sampled reply of the random-weight model may draw
+// its end-of-turn token within seconds (a few percent of runs), finishing a
+// job these checks need cancelled; the greedy one runs its 4,000 tokens.
 const join = (session) => request(gradio, "/gradio_api/queue/join", {
   method: "POST", headers: auth,
-  body: JSON.stringify({ data: ["Write a very long story.", [], "", 1, 1, 4000], fn_index: 1, session_hash: session }),
+  body: JSON.stringify({ data: ["Write a very long story.", [], "", 0, 1, 4000], fn_index: 1, session_hash: session }),
 });
 
 // Earlier tests' requests have ended (or are ending) first, so the counts below are these jobs' alone.
