@@ -8,8 +8,8 @@
 // max|row| / 448 and codes = e4m3(w / scale) (ref::quantize_weight_e4m3).
 // Every other tensor is copied in its own dtype. config.json gains
 // quantization_config {quant_method "fp8", activation_scheme "dynamic",
-// fmt "e4m3", ignored_layers ["lm_head"]}, which vLLM's and this plugin's
-// loaders read.
+// fmt "e4m3", ignored_layers ["lm_head"]}: vLLM's keys (its own fp8 loader
+// takes one scale per tensor, so it does not read these channel scales).
 #pragma once
 
 #include <hostrun/sdk.hpp>
