@@ -35,9 +35,43 @@ __global__ void __launch_bounds__(store_threads)
     float x[kPerLane];
 #pragma unroll
     for (int e = 0; e < kPerLane; ++e) x[e] = detail::to_f32(src[e]);
+    if (is_key && ref::kv_keys_rotated(kBits)) detail::rotate_row_warp<kPerLane>(x);  // int4 keys: H k
     const detail::QuantizedPool& pool = is_key ? k_pool : v_pool;
     detail::quantize_row_warp<kBits, kPerLane>(x, pool.codes(slot, head), pool.params(slot, head));
   }
+}
+
+// ref::rotate_kv_row of each (token, head) row, one warp a row: read in T,
+// rotated in f32, written in T.
+template <typename T, int kPerLane>
+__global__ void rotate_rows_kernel(const T* __restrict__ x, std::int64_t x_row_stride, int tokens, int heads,
+                                   T* __restrict__ out) {
+  constexpr int head_dim = 32 * kPerLane;
+  const int row = blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
+  if (row >= tokens * heads) return;  // whole warps: rotate_row_warp needs all 32 lanes
+  const int token = row / heads, head = row % heads, lane = threadIdx.x & 31;
+  const T* src = x + static_cast<std::int64_t>(token) * x_row_stride + head * head_dim + lane * kPerLane;
+  float v[kPerLane];
+#pragma unroll
+  for (int e = 0; e < kPerLane; ++e) v[e] = detail::to_f32(src[e]);
+  detail::rotate_row_warp<kPerLane>(v);
+  T* dst = out + static_cast<std::int64_t>(row) * head_dim + lane * kPerLane;
+#pragma unroll
+  for (int e = 0; e < kPerLane; ++e) dst[e] = detail::from_f32<T>(v[e]);
+}
+
+template <typename T>
+cudaError_t launch_rotate(const void* x, std::int64_t x_row_stride, int tokens, int heads, int head_dim, void* out,
+                          cudaStream_t stream) {
+  constexpr int warps = 4;
+  const int blocks = static_cast<int>((static_cast<std::int64_t>(tokens) * heads + warps - 1) / warps);
+  if (head_dim == 64)
+    rotate_rows_kernel<T, 2><<<blocks, 32 * warps, 0, stream>>>(static_cast<const T*>(x), x_row_stride, tokens, heads,
+                                                               static_cast<T*>(out));
+  else
+    rotate_rows_kernel<T, 4><<<blocks, 32 * warps, 0, stream>>>(static_cast<const T*>(x), x_row_stride, tokens, heads,
+                                                               static_cast<T*>(out));
+  return cudaGetLastError();
 }
 
 template <int kBits, int kPerLane>
@@ -111,6 +145,21 @@ cudaError_t dequantize_kv_slots(const QuantizedKvPages& pages, const void* pool,
     else dequantize_kernel<4, 4><<<num_slots_to_read, 128, 0, stream>>>(view, slots, out);
   }
   return cudaGetLastError();
+}
+
+cudaError_t rotate_kv_rows(const void* x, DType dtype, std::int64_t x_row_stride, int tokens, int heads, int head_dim,
+                           void* out, cudaStream_t stream) {
+  if (tokens < 0 || heads <= 0 || (head_dim != 64 && head_dim != 128) ||
+      x_row_stride < static_cast<std::int64_t>(heads) * head_dim || x == nullptr || out == nullptr ||
+      static_cast<std::int64_t>(tokens) * heads > (std::int64_t(1) << 31) - 1)
+    return cudaErrorInvalidValue;
+  if (tokens == 0) return cudaSuccess;
+  switch (dtype) {
+    case DType::f32: return launch_rotate<float>(x, x_row_stride, tokens, heads, head_dim, out, stream);
+    case DType::bf16: return launch_rotate<__nv_bfloat16>(x, x_row_stride, tokens, heads, head_dim, out, stream);
+    case DType::f16: return launch_rotate<__half>(x, x_row_stride, tokens, heads, head_dim, out, stream);
+  }
+  return cudaErrorInvalidValue;
 }
 
 }  // namespace hostrun::cuda

@@ -85,6 +85,37 @@ __device__ __forceinline__ std::uint16_t saturated_f16_bits(float value) {
   return __half_as_ushort(__float2half_rn(fminf(fmaxf(value, -65504.0f), 65504.0f)));
 }
 
+// ref::rotate_kv_row of one row held by a warp, lane l holding elements
+// [kPerLane * l, + kPerLane) (head_dim = 32 * kPerLane, one block): the same
+// butterflies in the same order (strides 1, 2, ... within a lane, then across
+// lanes), then each value times the f32 nearest 1/sqrt(head_dim), so the
+// result equals ref's bit for bit. All 32 lanes must call it.
+template <int kPerLane>
+__device__ __forceinline__ void rotate_row_warp(float (&x)[kPerLane]) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int h = 1; h < kPerLane; h *= 2)
+#pragma unroll
+    for (int e = 0; e < kPerLane; ++e)
+      if ((e & h) == 0) {
+        const float a = x[e], b = x[e + h];
+        x[e] = __fadd_rn(a, b);
+        x[e + h] = __fsub_rn(a, b);
+      }
+#pragma unroll
+  for (int m = 1; m < 32; m *= 2) {  // element stride kPerLane * m: the partner is lane ^ m
+    const bool low = (lane & m) == 0;
+#pragma unroll
+    for (int e = 0; e < kPerLane; ++e) {
+      const float other = __shfl_xor_sync(0xffffffffu, x[e], m);
+      x[e] = low ? __fadd_rn(x[e], other) : __fsub_rn(other, x[e]);
+    }
+  }
+  const float norm = static_cast<float>(1.0 / sqrt(static_cast<double>(32 * kPerLane)));
+#pragma unroll
+  for (int e = 0; e < kPerLane; ++e) x[e] = __fmul_rn(x[e], norm);
+}
+
 // Quantizes one row held by a warp, lane l holding elements [kPerLane * l,
 // + kPerLane) (head_dim = 32 * kPerLane), and stores its codes at `codes`
 // (the row's kv_row_code_bytes bytes) and its parameters at `params`.

@@ -16,7 +16,9 @@
 // elements; head_dim 64 or 128; bits 8 or 4. A slot < 0 is padding and
 // skipped; a slot >= num_slots is skipped and sets error_flag to
 // Status::slot_out_of_range. RoPE'd keys go through rope_kv.hpp, which
-// quantizes in the same kernel.
+// quantizes in the same kernel. int4 keys are rotated before they are
+// quantized, as ref's write_kv does (ref/kv_quant.hpp, kv_keys_rotated), and
+// rotate_kv_rows gives attention over them the queries rotated alike.
 #pragma once
 
 #include <cstdint>
@@ -54,6 +56,13 @@ cudaError_t quantize_and_write_kv(const KvQuantWriteArgs& args, cudaStream_t str
 // path; nothing is checked on the device).
 cudaError_t dequantize_kv_slots(const QuantizedKvPages& pages, const void* pool, const std::int32_t* slots,
                                 int num_slots_to_read, float* out, cudaStream_t stream);
+
+// out[t, h, :] = ref::rotate_kv_row(x[t, h, :]) for tokens x heads rows of
+// head_dim (64 or 128) values, x's rows x_row_stride elements apart, out
+// packed [tokens, heads, head_dim]; read and written in `dtype`, rotated in
+// f32 with ref's operations (so f32 rows equal ref's bit for bit).
+cudaError_t rotate_kv_rows(const void* x, DType dtype, std::int64_t x_row_stride, int tokens, int heads, int head_dim,
+                           void* out, cudaStream_t stream);
 
 // Whether the quantized kernels (store, rope store, attention) take this shape.
 bool quantized_kv_supported(int bits, int head_dim, int block_tokens, int kv_heads);

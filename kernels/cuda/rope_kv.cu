@@ -136,6 +136,7 @@ __global__ void __launch_bounds__(rope_threads)
                             : __fadd_rn(__fmul_rn(x[e], c), __fmul_rn(partner, s));
         }
       }
+      if (is_key && ref::kv_keys_rotated(kBits)) detail::rotate_row_warp<kPerLane>(x);  // int4 keys: H k, after RoPE
       const detail::QuantizedPool& pool = is_key ? k_pool : v_pool;
       detail::quantize_row_warp<kBits, kPerLane>(x, pool.codes(slot, head), pool.params(slot, head));
     }

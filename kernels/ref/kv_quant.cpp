@@ -56,4 +56,22 @@ void dequantize_kv_row(const std::uint8_t* codes, std::size_t n, int bits, KvQua
   }
 }
 
+void rotate_kv_row(float* row, std::size_t n) {
+  if (n == 0) return;
+  const std::size_t block = n & (~n + 1);  // the lowest set bit: the largest power of two dividing n
+  if (block == 1) return;
+  const float norm = static_cast<float>(1.0 / std::sqrt(static_cast<double>(block)));
+  for (std::size_t start = 0; start < n; start += block) {
+    float* x = row + start;
+    for (std::size_t h = 1; h < block; h *= 2)
+      for (std::size_t i = 0; i < block; i += 2 * h)
+        for (std::size_t j = i; j < i + h; ++j) {
+          const float a = x[j], b = x[j + h];
+          x[j] = a + b;
+          x[j + h] = a - b;
+        }
+    for (std::size_t i = 0; i < block; ++i) x[i] *= norm;
+  }
+}
+
 }  // namespace hostrun::ref

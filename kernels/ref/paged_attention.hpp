@@ -13,6 +13,8 @@
 // from the float dtype, or dequantized with one FMA a value, kv_quant.hpp). The K/V of
 // this step's tokens must already be written (write_kv) — position p sees
 // itself and every earlier position of its sequence, never a later one.
+// Over int4 pages, whose keys are stored rotated (kv_quant.hpp), q must be
+// rotated the same way by the caller (the KV policies do it).
 #pragma once
 
 #include <cstddef>

@@ -3,7 +3,8 @@
 //   k_pages[slot_mapping[t]] = k[t]      v_pages[slot_mapping[t]] = v[t]
 //
 //   k, v  [num_tokens, kv_heads, head_dim] f32, rounded to the pool dtype, or
-//         quantized row by row (kv_quant.hpp) when cache.quant_bits is 8 or 4
+//         quantized row by row (kv_quant.hpp) when cache.quant_bits is 8 or 4;
+//         int4 keys are rotated first (kv_keys_rotated)
 #pragma once
 
 #include "ref/paged_kv.hpp"

@@ -307,8 +307,13 @@ class CpuKvPolicy final : public hostrun::KvCachePolicy {
       std::vector<int32_t> all_tokens(size_t(batch.num_tokens));
       for (int32_t t = 0; t < batch.num_tokens; ++t) all_tokens[size_t(t)] = t;
       std::vector<float> attended(all_tokens.size() * size_t(q_heads * shape.head_dim));
-      const ref::Status status = ref::paged_attention(ours.value()->layer(layer), step, pack(q.value(), all_tokens).data(),
-                                                      size_t(q_heads), softmax_scale, attended.data());
+      std::vector<float> queries = pack(q.value(), all_tokens);
+      const ref::KvCacheLayer& pages = ours.value()->layer(layer);
+      if (pages.quant_bits != 0 && ref::kv_keys_rotated(pages.quant_bits))  // int4 keys are stored rotated
+        for (size_t row = 0; row < queries.size() / size_t(shape.head_dim); ++row)
+          ref::rotate_kv_row(queries.data() + row * size_t(shape.head_dim), size_t(shape.head_dim));
+      const ref::Status status =
+          ref::paged_attention(pages, step, queries.data(), size_t(q_heads), softmax_scale, attended.data());
       if (status != ref::Status::ok)
         return Status(ErrorCode::invalid_argument,
                       fmt::format("kv_cpu: attend (layer {}): {}", layer, describe(status, *ours.value())));

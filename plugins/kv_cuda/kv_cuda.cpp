@@ -293,7 +293,11 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
       return {};
     });
     if (!planned) return planned;
-    return 2 * most;
+    const bool rotate_queries = kv_bits_ != 0 && hostrun::ref::kv_keys_rotated(kv_bits_);
+    return align256(2 * most) +
+           (rotate_queries ? rotated_query_bytes(query.max_tokens, query.q_heads, query.shape.head_dim,
+                                                 query.shape.activation_dtype)
+                           : 0);
   }
 
   Status write(hostrun::KvCache& cache, int32_t layer, const TensorView& keys, const TensorView& values,
@@ -413,11 +417,18 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
       if (!plan.valid)
         return Status(ErrorCode::unsupported, fmt::format("kv_cuda: attend: no attention kernel: {}", plan.error));
       const size_t workspace_bytes = exec.workspace.data ? exec.workspace.nbytes() : 0;
-      if (plan.workspace_bytes > workspace_bytes)
+      // int4 keys are stored rotated (kernels/ref kv_quant.hpp): the queries,
+      // rotated alike, go to the workspace after the plan's part.
+      const bool rotate_queries = ours->kv_bits() != 0 && hostrun::ref::kv_keys_rotated(ours->kv_bits());
+      const size_t plan_bytes = align256(plan.workspace_bytes);
+      const size_t needed = plan_bytes + (rotate_queries ? rotated_query_bytes(batch.num_tokens, q_heads, shape.head_dim,
+                                                                                ours->dtype())
+                                                         : 0);
+      if (needed > workspace_bytes)
         return Status(ErrorCode::invalid_argument,
                       fmt::format("kv_cuda: attend: the attention plan needs {} bytes of workspace, the caller gave {} "
                                   "({}); size it with workspace_bytes()",
-                                  plan.workspace_bytes, workspace_bytes, plan.describe()));
+                                  needed, workspace_bytes, plan.describe()));
       hostrun::cuda::PagedKvPools pools;
       pools.k_pages = ours->k_pool(layer);
       pools.v_pages = ours->v_pool(layer);
@@ -433,7 +444,18 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
       step.context_lens = batch.context_lens;
       step.block_tables = batch.block_tables;
       step.max_blocks_per_sequence = batch.max_blocks_per_sequence;
-      const cudaError_t e = hostrun::cuda::paged_attention(plan, pools, step, queries.data, q_stride, softmax_scale,
+      const void* q = queries.data;
+      if (rotate_queries) {
+        void* rotated = static_cast<std::byte*>(exec.workspace.data) + plan_bytes;
+        if (cudaError_t e = hostrun::cuda::rotate_kv_rows(queries.data, pools.dtype, q_stride, batch.num_tokens,
+                                                          int(q_heads), shape.head_dim, rotated,
+                                                          static_cast<cudaStream_t>(exec.stream));
+            e != cudaSuccess)
+          return cuda_status("attend (rotating the queries)", e);
+        q = rotated;
+        q_stride = q_heads * shape.head_dim;
+      }
+      const cudaError_t e = hostrun::cuda::paged_attention(plan, pools, step, q, q_stride, softmax_scale,
                                                            out.data, out_stride, exec.workspace.data, workspace_bytes,
                                                            static_cast<cudaStream_t>(exec.stream),
                                                            ours->prefill_stream());
@@ -443,6 +465,11 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
   }
 
  private:
+  static size_t align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
+  // The rotated copy of a step's queries over int4 pages: [tokens, q_heads, head_dim].
+  static size_t rotated_query_bytes(int64_t tokens, int64_t q_heads, int64_t head_dim, DType dtype) {
+    return align256(size_t(tokens) * size_t(q_heads) * size_t(head_dim) * element_bytes(dtype));
+  }
   static bool same_problem(const hostrun::cuda::AttentionProblem& a, const hostrun::cuda::AttentionProblem& b) {
     return a.dtype == b.dtype && a.head_dim == b.head_dim && a.q_heads == b.q_heads && a.kv_heads == b.kv_heads &&
            a.num_sequences == b.num_sequences && a.max_query_len == b.max_query_len &&

@@ -25,8 +25,12 @@ const KvPolicyRow kRows[] = {
     {"kv_cpu f16 pages", "kv_cpu", {{"dtype", std::string("f16")}}, DeviceKind::cpu, DType::f32, 2e-3},
     // 255 steps over each row's range (TurboMind's int8); measured at most 1.2e-2.
     {"kv_cpu int8", "kv_cpu", {{"quant_policy", int64_t(8)}}, DeviceKind::cpu, DType::f32, 2e-2},
-    // 15 steps over each row's range (TurboMind's int4); measured at most 0.18.
-    {"kv_cpu int4", "kv_cpu", {{"quant_policy", int64_t(4)}}, DeviceKind::cpu, DType::f32, 0.25},
+    // 15 steps over each row's range (TurboMind's int4), keys rotated by H
+    // first (kernels/ref/kv_quant.hpp). The suite's keys are uniform, the
+    // one case rotation makes worse: H turns a flat row Gaussian, whose range
+    // is a wider multiple of its spread (measured at most 0.32; 0.18 without
+    // the rotation). Trained models' keys, with a few large channels, gain.
+    {"kv_cpu int4", "kv_cpu", {{"quant_policy", int64_t(4)}}, DeviceKind::cpu, DType::f32, 0.4},
 };
 
 }  // namespace

@@ -23,7 +23,7 @@ const KvPolicyRow kRows[] = {
     // plus the 16-bit queries and outputs.
     {"kv_cuda int8, bf16 activations", "kv_cuda", {{"quant_policy", int64_t(8)}}, DeviceKind::cuda, DType::bf16, 3e-2},
     {"kv_cuda int8, f16 activations", "kv_cuda", {{"quant_policy", int64_t(8)}}, DeviceKind::cuda, DType::f16, 2e-2},
-    {"kv_cuda int4, bf16 activations", "kv_cuda", {{"quant_policy", int64_t(4)}}, DeviceKind::cuda, DType::bf16, 0.25},
+    {"kv_cuda int4, bf16 activations", "kv_cuda", {{"quant_policy", int64_t(4)}}, DeviceKind::cuda, DType::bf16, 0.4},
 };
 
 }  // namespace

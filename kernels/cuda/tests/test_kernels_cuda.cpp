@@ -1270,6 +1270,43 @@ TEST_CASE("awq_gemm") {
 // bytes, untouched bytes included; dequantize_kv_slots against
 // ref::load_kv_head: the same floats. Rows with NaN / +-inf, a constant row
 // and a row with no finite value check the edge cases.
+// The queries' rotation for attention over int4 pages (their keys are stored
+// rotated): f32 rows equal ref::rotate_kv_row bit for bit; bf16/f16 rows are
+// ref's f32 result rounded once.
+TEST_CASE("rotate_kv_rows") {
+  auto rng = rng_for("rotate_kv_rows");
+  struct Shape {
+    int tokens, heads, head_dim, padding;
+  };
+  const Shape shapes[] = {{1, 32, 128, 0}, {37, 4, 64, 64}, {5, 40, 128, 256}};
+  for (const DType dtype : {DType::f32, DType::bf16, DType::f16}) {
+    for (const Shape& shape : shapes) {
+      const std::size_t row = std::size_t(shape.heads) * shape.head_dim, stride = row + std::size_t(shape.padding);
+      std::vector<float> x = rounded(random_floats(rng, std::size_t(shape.tokens) * stride, -4, 4), dtype);
+      x[3] = 300.0f;  // a large channel
+      std::vector<float> want(std::size_t(shape.tokens) * row);
+      for (int t = 0; t < shape.tokens; ++t) {
+        std::copy_n(x.begin() + long(std::size_t(t) * stride), row, want.begin() + long(std::size_t(t) * row));
+        for (int h = 0; h < shape.heads; ++h)
+          ref::rotate_kv_row(want.data() + std::size_t(t) * row + std::size_t(h) * shape.head_dim,
+                             std::size_t(shape.head_dim));
+      }
+      DeviceBuffer<unsigned char> d_x, d_out(want.size() * ref::dtype_size(dtype));
+      d_x.upload(to_bytes(x, dtype));
+      d_out.poison();
+      LAUNCH_OK(gpu::rotate_kv_rows(d_x.ptr, dtype, std::int64_t(stride), shape.tokens, shape.heads, shape.head_dim,
+                                    d_out.ptr, nullptr));
+      const std::vector<float> got = from_bytes(d_out.download(), dtype), expected = rounded(want, dtype);
+      std::size_t mismatches = 0;
+      for (std::size_t i = 0; i < got.size(); ++i) mismatches += got[i] != expected[i];
+      report_bool("rotate_kv_rows",
+                  fmt("%s tokens=%d heads=%d head_dim=%d stride=%zu", name_of(dtype), shape.tokens, shape.heads,
+                      shape.head_dim, stride),
+                  mismatches == 0, fmt("%zu of %zu values differ from ref", mismatches, got.size()));
+    }
+  }
+}
+
 TEST_CASE("quantize_and_write_kv") {
   auto rng = rng_for("quantize_and_write_kv");
   struct Shape {

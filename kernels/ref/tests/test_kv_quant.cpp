@@ -165,13 +165,18 @@ TEST_CASE("kv quant: paged attention over quantized pages equals attention over 
     step.slot_mapping = step_slots.data();
     const std::vector<float> q = random_floats(rng, 41 * kv_heads * group * head_dim);
     const float scale = 1.0f / std::sqrt(float(head_dim));
-    auto attend = [&](const KvCacheLayer& cache) {
+    auto attend = [&](const KvCacheLayer& cache, const std::vector<float>& queries) {
       std::vector<float> out(q.size());
-      REQUIRE(paged_attention(cache, step, q.data(), kv_heads * group, scale, out.data()) == Status::ok);
+      REQUIRE(paged_attention(cache, step, queries.data(), kv_heads * group, scale, out.data()) == Status::ok);
       return out;
     };
-    const std::vector<float> from_quantized = attend(quantized), from_dequantized = attend(dequantized),
-                             from_exact = attend(exact);
+    // int4 pages hold H k (kv_quant.hpp), so their queries are rotated alike,
+    // as the KV policies do before attending.
+    std::vector<float> q_rotated = q;
+    if (kv_keys_rotated(bits))
+      for (std::size_t r = 0; r < q.size() / head_dim; ++r) rotate_kv_row(q_rotated.data() + r * head_dim, head_dim);
+    const std::vector<float> from_quantized = attend(quantized, q_rotated),
+                             from_dequantized = attend(dequantized, q_rotated), from_exact = attend(exact, q);
     CHECK(from_quantized == from_dequantized);
     // Close to the unquantized cache: cosine over each output row.
     double worst = 1.0;
@@ -186,6 +191,77 @@ TEST_CASE("kv quant: paged attention over quantized pages equals attention over 
     }
     CHECK(worst > (bits == 8 ? 0.9999 : 0.99));
   }
+}
+
+TEST_CASE("kv quant: rotate_kv_row is the normalized Walsh-Hadamard transform, its own inverse") {
+  std::mt19937 rng(11);
+  // H of 4: rows (1 1 1 1), (1 -1 1 -1), (1 1 -1 -1), (1 -1 -1 1), over 2.
+  std::vector<float> e1 = {1, 0, 0, 0};
+  rotate_kv_row(e1.data(), 4);
+  CHECK(e1 == std::vector<float>{0.5f, 0.5f, 0.5f, 0.5f});
+  std::vector<float> x = {1, 2, 3, 4};
+  rotate_kv_row(x.data(), 4);
+  CHECK(x == std::vector<float>{5, -1, -2, 0});
+  // 96 = 3 blocks of 32; an odd length is left as it is.
+  for (const std::size_t n : {64u, 128u, 96u}) {
+    CAPTURE(n);
+    const std::vector<float> row = random_floats(rng, n, -3.0f, 3.0f);
+    std::vector<float> once = row;
+    rotate_kv_row(once.data(), n);
+    double norm_in = 0, norm_out = 0, worst = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      norm_in += double(row[i]) * row[i];
+      norm_out += double(once[i]) * once[i];
+    }
+    CHECK(std::abs(norm_out - norm_in) <= 1e-5 * norm_in);  // orthogonal
+    std::vector<float> twice = once;
+    rotate_kv_row(twice.data(), n);
+    for (std::size_t i = 0; i < n; ++i) worst = std::max(worst, double(std::abs(twice[i] - row[i])));
+    CHECK(worst <= 1e-5);
+    if (n == 96) {  // the first value of block 2 (from 32): the block's sum over sqrt(32)
+      float sum = 0;
+      for (std::size_t i = 32; i < 64; ++i) sum += row[i];
+      CHECK(once[32] == doctest::Approx(sum / std::sqrt(32.0f)).epsilon(1e-5));
+    }
+  }
+  std::vector<float> odd = {1, 2, 3};
+  rotate_kv_row(odd.data(), 3);
+  CHECK(odd == std::vector<float>{1, 2, 3});
+}
+
+TEST_CASE("kv quant: int4 pages store keys rotated, int8 pages and values as they are") {
+  std::mt19937 rng(12);
+  const std::size_t head_dim = 64;
+  for (const int bits : {8, 4}) {
+    CAPTURE(bits);
+    KvCacheLayer layer;
+    layer.block_tokens = 16;
+    layer.kv_heads = 1;
+    layer.head_dim = head_dim;
+    layer.num_blocks = 1;
+    layer.quant_bits = bits;
+    std::vector<unsigned char> kp(kv_pool_block_bytes(layer)), vp(kp.size());
+    layer.k_pages = kp.data();
+    layer.v_pages = vp.data();
+    std::vector<float> k = random_floats(rng, head_dim, -2.0f, 2.0f), v = k;
+    k[5] = 40.0f;  // one large channel, as RoPE'd keys have
+    v[5] = 40.0f;
+    const std::vector<std::int32_t> start = {0, 1};
+    const std::vector<std::int64_t> slot = {3};
+    PagedKvStep step;
+    step.num_sequences = 1;
+    step.query_start = start.data();
+    step.slot_mapping = slot.data();
+    REQUIRE(write_kv(layer, step, k.data(), v.data()) == Status::ok);
+    std::vector<float> stored_k(head_dim), stored_v(head_dim), want_k = k;
+    load_kv_head(layer, layer.k_pages, 3, 0, stored_k.data());
+    load_kv_head(layer, layer.v_pages, 3, 0, stored_v.data());
+    if (kv_keys_rotated(bits)) rotate_kv_row(want_k.data(), head_dim);
+    CHECK(stored_k == round_trip(want_k, bits));
+    CHECK(stored_v == round_trip(v, bits));
+  }
+  CHECK(kv_keys_rotated(4));
+  CHECK(!kv_keys_rotated(8));
 }
 
 TEST_CASE("kv quant: write and attention refuse bit widths other than 8 and 4") {
