@@ -3,7 +3,8 @@
 // With quant_policy 0 (LMDeploy's number for an unquantized cache), pages
 // hold K and V in the `dtype` setting (f32, bf16 or f16); with 8 or 4 they
 // hold TurboMind's int8 / int4 codes with each token's scales inside the
-// block (kernels/ref/kv_quant.hpp). Activations are f32 (llama_cpu computes
+// block (kernels/ref/kv_quant.hpp; int4 keys stored Walsh-Hadamard-rotated,
+// so attend rotates the queries alike). Activations are f32 (llama_cpu computes
 // in f32) and are rounded or quantized once, when written. Each layer has one
 // K pool and one V pool laid out as kernels/ref expects, so write and attend
 // are translations of the SDK's PagedKvBatch into ref::PagedKvStep.

@@ -13,7 +13,9 @@
 // runs kernels/cuda's rope_kv (RoPE on q in place, rotated k and v into the
 // pools, one kernel) on q, k and v views of any row strides; attend() plans
 // and runs kernels/cuda's paged_attention, taking its split-K workspace
-// (workspace_bytes()) from the caller's ExecContext. In a step with both
+// (workspace_bytes()) from the caller's ExecContext. Over int4 pages, whose
+// keys the stores rotate (kernels/ref kv_quant.hpp), attend() first writes
+// the queries rotated alike into that workspace. In a step with both
 // decode and prefill tokens the prefill kernels run on a second stream
 // beside decode (setting concurrent_prefill); that stream and its fork/join
 // events belong to the cache and are made with it, so the operations only
