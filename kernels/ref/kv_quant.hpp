@@ -29,10 +29,10 @@
 // (rotate_kv_row; write_kv and the CUDA stores do it), and the KV policy
 // multiplies each query by the same H before attending over such pages
 // (paged_attention takes the queries as given), so q . k is unchanged (H is
-// orthogonal and symmetric). A few
-// large channels in a RoPE'd key row stretch its range over 15 steps; H
-// spreads them over the row, and on the small trained model int4's
-// perplexity cost falls from +4.9% to +2.8% (docs/benchmarks.md). The bytes
+// orthogonal and symmetric). A few large channels in a RoPE'd key row
+// stretch its range over 15 steps; H spreads them over the row, and on the
+// small trained model int4's perplexity cost falls from +4.9% to +2.8%
+// (docs/benchmarks.md). The bytes
 // and their layout stay TurboMind's; int8 keys and all values are stored as
 // they are (rotation buys them nothing measurable). Because H mixes the row,
 // a key row holding NaN or inf becomes a row without finite values, which

@@ -1266,10 +1266,6 @@ TEST_CASE("awq_gemm") {
 
 // ---- quantized KV stores ---------------------------------------------------
 
-// quantize_and_write_kv against ref::write_kv on the same values: the same
-// bytes, untouched bytes included; dequantize_kv_slots against
-// ref::load_kv_head: the same floats. Rows with NaN / +-inf, a constant row
-// and a row with no finite value check the edge cases.
 // The queries' rotation for attention over int4 pages (their keys are stored
 // rotated): f32 rows equal ref::rotate_kv_row bit for bit; bf16/f16 rows are
 // ref's f32 result rounded once.
@@ -1307,6 +1303,10 @@ TEST_CASE("rotate_kv_rows") {
   }
 }
 
+// quantize_and_write_kv against ref::write_kv on the same values: the same
+// bytes, untouched bytes included; dequantize_kv_slots against
+// ref::load_kv_head: the same floats. Rows with NaN / +-inf, a constant row
+// and a row with no finite value check the edge cases.
 TEST_CASE("quantize_and_write_kv") {
   auto rng = rng_for("quantize_and_write_kv");
   struct Shape {
