@@ -38,6 +38,7 @@
 #include "cuda/awq_gemm.hpp"
 #include "cuda/dense_attention.hpp"
 #include "cuda/embedding.hpp"
+#include "cuda/fp8_quant.hpp"
 #include "cuda/kv_quant.hpp"
 #include "cuda/paged_attention.hpp"
 #include "cuda/rmsnorm.hpp"
@@ -51,6 +52,7 @@
 #include "ref/gemm.hpp"
 #include "ref/kv_quant.hpp"
 #include "ref/embedding.hpp"
+#include "ref/fp8_linear.hpp"
 #include "ref/paged_attention.hpp"
 #include "ref/rmsnorm.hpp"
 #include "ref/rope.hpp"
@@ -344,6 +346,64 @@ TEST_CASE("silu_and_mul") {
       LAUNCH_OK(gpu::silu_and_mul(d_in.ptr, dtype, shape.tokens, shape.intermediate, d_out.ptr, nullptr));
       report("silu_and_mul", fmt("%s tokens=%d intermediate=%d", name_of(dtype), shape.tokens, shape.intermediate),
              compare(from_bytes(d_out.download(), dtype), want), tolerance_for(dtype));
+    }
+  }
+}
+
+// ---- FP8 activation quantization --------------------------------------------
+
+TEST_CASE("quantize_rows_e4m3") {
+  auto rng = rng_for("quantize_rows_e4m3");
+  struct Shape {
+    int rows, k, padding;
+    float static_scale;
+  };
+  // Llama-3-8B's linear inputs (4096, 14336), odd sizes, padded rows, and a
+  // static scale small enough that the largest inputs saturate.
+  const Shape shapes[] = {{1, 4096, 0, 0.0f}, {256, 4096, 0, 0.0f}, {7, 14336, 8, 0.0f}, {33, 1001, 3, 0.0f},
+                          {9, 4096, 0, 0.004f}};
+  for (const DType dtype : half_dtypes) {
+    for (const Shape& shape : shapes) {
+      const std::size_t stride = std::size_t(shape.k + shape.padding), m = std::size_t(shape.rows);
+      std::vector<float> x = random_floats(rng, m * stride, -3, 3);
+      if (m > 4) {
+        std::fill(x.begin() + long(stride), x.begin() + long(2 * stride), 0.0f);  // row 1: zeros (scale 1)
+        x[2 * stride + 5] = std::nanf("");                                         // row 2: NaN (scale NaN)
+        x[3 * stride + 1] = -INFINITY;                                             // row 3: inf (scale NaN)
+        x[4 * stride + 2] = 1e-30f;                                                // subnormal codes
+      }
+      x = rounded(x, dtype);
+      std::vector<float> dense(m * std::size_t(shape.k));
+      for (std::size_t i = 0; i < m; ++i)
+        std::copy_n(x.begin() + long(i * stride), shape.k, dense.begin() + long(i * std::size_t(shape.k)));
+      std::vector<std::uint8_t> want_codes(dense.size());
+      std::vector<float> want_scales(m);
+      ref::quantize_rows_e4m3(dense.data(), m, std::size_t(shape.k), want_codes.data(), want_scales.data(),
+                              shape.static_scale);
+      DeviceBuffer<unsigned char> d_x, d_codes(dense.size());
+      DeviceBuffer<float> d_scales(m);
+      d_x.upload(to_bytes(x, dtype));
+      d_codes.poison();
+      d_scales.poison();
+      LAUNCH_OK(gpu::quantize_rows_e4m3(d_x.ptr, dtype, std::int64_t(stride), shape.rows, shape.k, d_codes.ptr,
+                                        d_scales.ptr, shape.static_scale, nullptr));
+      const std::vector<unsigned char> codes = d_codes.download();
+      const std::vector<float> scales = d_scales.download();
+      std::size_t code_mismatches = 0, scale_mismatches = 0;
+      for (std::size_t i = 0; i < m; ++i) {
+        const bool nan_row = std::isnan(want_scales[i]);
+        if (nan_row ? !std::isnan(scales[i]) : scales[i] != want_scales[i]) ++scale_mismatches;
+        for (std::size_t c = 0; c < std::size_t(shape.k); ++c) {
+          const std::uint8_t got = codes[i * std::size_t(shape.k) + c], want = want_codes[i * std::size_t(shape.k) + c];
+          const bool both_nan = (got & 0x7f) == 0x7f && (want & 0x7f) == 0x7f;  // the sign of a NaN may differ
+          if (got != want && !both_nan) ++code_mismatches;
+        }
+      }
+      report_bool("quantize_rows_e4m3",
+                  fmt("%s rows=%d k=%d stride=%zu static=%g", name_of(dtype), shape.rows, shape.k, stride,
+                      double(shape.static_scale)),
+                  code_mismatches == 0 && scale_mismatches == 0,
+                  fmt("%zu codes and %zu scales differ from ref", code_mismatches, scale_mismatches));
     }
   }
 }
