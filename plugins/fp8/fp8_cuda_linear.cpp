@@ -181,7 +181,7 @@ class Fp8CudaLinear final : public LinearLayer {
     codes_ = std::make_unique<DeviceBytes>(layer.codes.data(), layer.codes.size());
     scales_ = std::make_unique<DeviceBytes>(layer.scales.data(), layer.scales.size() * sizeof(float));
     lt_ = LtHandle::for_device(device.index);
-    format_ = input_scale_ > 0.0f ? "fp8-e4m3-static" : "fp8-e4m3-dynamic";
+    format_ = input_scale_ > 0.0f ? "fp8-e4m3-static" : "fp8-e4m3";  // within the small-string buffer
     plan(1, out_);  // refuse at load, not at the first step, where cuBLASLt cannot do it
   }
 
