@@ -35,6 +35,11 @@ __global__ void quantize_rows_kernel(const T* __restrict__ x, std::int64_t x_str
   __shared__ float row_scale;
   const T* row = x + std::int64_t(blockIdx.x) * x_stride;
   std::uint8_t* out = codes + std::int64_t(blockIdx.x) * k;
+  // Launched as a programmatic dependent (common.cuh): the GEMM after this
+  // kernel may start streaming its weights now; x, and the codes' buffer
+  // (which the GEMM before may still read), only after the wait.
+  detail::allow_next_grid_to_launch();
+  detail::wait_for_previous_grid();
   if (threadIdx.x == 0) row_scale = static_scale;
   if (!(static_scale > 0.0f && isfinite(static_scale))) {
     float amax = 0.0f, bad = 0.0f;
@@ -57,9 +62,18 @@ __global__ void quantize_rows_kernel(const T* __restrict__ x, std::int64_t x_str
 template <typename T>
 cudaError_t launch(const void* x, std::int64_t x_stride, int m, int k, std::uint8_t* codes, float* scales,
                    float static_scale, cudaStream_t stream) {
-  quantize_rows_kernel<T><<<m, kThreads, 0, stream>>>(static_cast<const T*>(x), x_stride, k, codes, scales,
-                                                      static_scale);
-  return cudaGetLastError();
+  static const bool pdl = detail::device_has_pdl();
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(m);
+  config.blockDim = dim3(kThreads);
+  config.stream = stream;
+  config.attrs = &attribute;
+  config.numAttrs = pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&config, quantize_rows_kernel<T>, static_cast<const T*>(x), x_stride, k, codes, scales,
+                            static_scale);
 }
 
 }  // namespace

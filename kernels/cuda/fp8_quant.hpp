@@ -12,6 +12,9 @@
 // with the same IEEE f32 division as the reference, so the codes and scales
 // are equal to ref's for the same input, byte for byte (a NaN's sign bit
 // aside). codes are contiguous [m, k], ready for an FP8 GEMM.
+//
+// Launched as a programmatic dependent of the kernel before it (sm_90), and
+// lets the kernel after it (fp8_small_gemm) start its weight loads early.
 #pragma once
 
 #include <cstdint>

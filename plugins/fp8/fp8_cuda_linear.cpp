@@ -5,6 +5,7 @@
 #include <cuda_runtime_api.h>
 #include <fmt/format.h>
 
+#include <cstdlib>
 #include <limits>
 #include <map>
 #include <memory>
@@ -13,6 +14,7 @@
 #include <utility>
 
 #include "cuda/fp8_quant.hpp"
+#include "cuda/fp8_small_gemm.hpp"
 #include "ref/dtype.hpp"
 
 namespace hostrun::fp8 {
@@ -238,7 +240,23 @@ class Fp8CudaLinear final : public LinearLayer {
       check_cuda(cuda::quantize_rows_e4m3(x.data, dtype_ == DType::bf16 ? cuda::DType::bf16 : cuda::DType::f16,
                                           x.strides[0], int(rows), int(in_), x_codes, x_scales, input_scale_, stream),
                  "quantize_rows_e4m3");
-      plan(int(rows), y.strides[0]).run(lt_->get(), codes_->data(), x_codes, x_scales, y.data, lt_workspace, stream);
+      static const bool no_small = std::getenv("HOSTRUN_EXPERIMENT_FP8_NO_SMALL") != nullptr;  // EXPERIMENT: remove
+      if (!no_small && cuda::fp8_small_gemm_supported(int(rows), int(in_), x_codes, codes_->data())) {
+        cuda::Fp8SmallGemm gemm;
+        gemm.x_codes = x_codes;
+        gemm.x_scales = x_scales;
+        gemm.w_codes = static_cast<const uint8_t*>(codes_->data());
+        gemm.w_scales = static_cast<const float*>(scales_->data());
+        gemm.m = int(rows);
+        gemm.n = int(out_);
+        gemm.k = int(in_);
+        gemm.y = y.data;
+        gemm.y_stride = y.strides[0];
+        gemm.y_dtype = dtype_ == DType::bf16 ? cuda::DType::bf16 : cuda::DType::f16;
+        check_cuda(cuda::fp8_small_gemm(gemm, stream), "fp8_small_gemm");
+      } else {
+        plan(int(rows), y.strides[0]).run(lt_->get(), codes_->data(), x_codes, x_scales, y.data, lt_workspace, stream);
+      }
       return {};
     });
   }

@@ -6,7 +6,8 @@
 //                                     then "kernels_cuda: N passed, M failed"
 //   test_kernels_cuda --seed 1234     replay
 //   test_kernels_cuda --bench         timings (cudaEvent, median of repeats)
-//   test_kernels_cuda --bench-gemm    the small_gemm and awq_gemm timings alone
+//   test_kernels_cuda --bench-gemm    the small_gemm, fp8_small_gemm and awq_gemm timings alone
+//   test_kernels_cuda --bench-fp8     the small_gemm and fp8_small_gemm timings alone
 //   test_kernels_cuda --bench-decode [BxC]  decode attention alone (one
 //                                     batch B x context C: for ncu)
 //   test_kernels_cuda -tc='*attention*'   doctest filters work as usual
@@ -39,6 +40,7 @@
 #include "cuda/dense_attention.hpp"
 #include "cuda/embedding.hpp"
 #include "cuda/fp8_quant.hpp"
+#include "cuda/fp8_small_gemm.hpp"
 #include "cuda/kv_quant.hpp"
 #include "cuda/paged_attention.hpp"
 #include "cuda/rmsnorm.hpp"
@@ -411,6 +413,91 @@ TEST_CASE("quantize_rows_e4m3") {
                   fmt("%zu codes and %zu scales differ from ref", code_mismatches, scale_mismatches));
     }
   }
+}
+
+// x quantized by quantize_rows_e4m3, then fp8_small_gemm, against
+// ref::fp8_linear on the same f32 rows (which quantizes them the same way).
+// f32 out: the same products summed in another order by the tensor cores
+// (1e-3 leaves room for their f32 sums; a fragment-layout mistake is O(1));
+// bf16/f16 out: that dtype's rounding. Rows of zeros give zeros, a row with
+// a NaN gives NaN outputs, as in ref.
+TEST_CASE("fp8_small_gemm") {
+  auto rng = rng_for("fp8_small_gemm");
+  int major = 0, minor = 0;
+  CUDA_OK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
+  CUDA_OK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0));
+  if (major * 10 + minor < 89) {
+    report_bool("fp8_small_gemm", "below sm_89: refused", !gpu::fp8_small_gemm_supported(1, 64, nullptr, nullptr),
+                "fp8_small_gemm_supported is false");
+    return;
+  }
+  struct Shape {
+    int m, n, k, y_padding;
+  };
+  // Llama-3-8B's QKV / O / down at batch 1, every row count's fragment
+  // (1..8 one row group, 9..16 two), n not a multiple of 16, k of one chunk,
+  // k not a multiple of the block's 8 x 4 chunks, padded y rows.
+  const Shape shapes[] = {{1, 6144, 4096, 0}, {1, 4096, 14336, 0}, {3, 100, 128, 4}, {8, 33, 64, 0},
+                          {9, 48, 192, 0},    {16, 64, 4160, 8},  {13, 17, 1088, 1}, {5, 4096, 4096, 0}};
+  for (const DType out : {DType::bf16, DType::f16, DType::f32}) {
+    for (const Shape& shape : shapes) {
+      const std::size_t m = std::size_t(shape.m), n = std::size_t(shape.n), k = std::size_t(shape.k);
+      const std::size_t y_stride = n + std::size_t(shape.y_padding);
+      std::vector<float> x = random_floats(rng, m * k, -2, 2);
+      if (m > 4) {
+        std::fill(x.begin() + long(k), x.begin() + long(2 * k), 0.0f);  // row 1: zeros
+        x[2 * k + 7] = std::nanf("");                                   // row 2: NaN
+      }
+      const std::vector<float> w = random_floats(rng, n * k, -0.05f, 0.05f);
+      std::vector<std::uint8_t> w_codes(n * k), x_codes(m * k);
+      std::vector<float> w_scales(n), x_scales(m), want(m * n);
+      ref::quantize_weight_e4m3(w.data(), n, k, w_codes.data(), w_scales.data());
+      ref::quantize_rows_e4m3(x.data(), m, k, x_codes.data(), x_scales.data());
+      ref::fp8_linear(x.data(), m, k, ref::Fp8Weight{w_codes.data(), w_scales.data(), true}, n, want.data());
+      DeviceBuffer<std::uint8_t> d_x(x_codes.size()), d_w;
+      DeviceBuffer<float> d_xs, d_ws;
+      d_x.upload(x_codes);
+      d_w.upload(w_codes);
+      d_xs.upload(x_scales);
+      d_ws.upload(w_scales);
+      DeviceBuffer<unsigned char> d_y(m * y_stride * ref::dtype_size(out));
+      d_y.poison();
+      gpu::Fp8SmallGemm gemm;
+      gemm.x_codes = d_x.ptr;
+      gemm.x_scales = d_xs.ptr;
+      gemm.w_codes = d_w.ptr;
+      gemm.w_scales = d_ws.ptr;
+      gemm.m = shape.m;
+      gemm.n = shape.n;
+      gemm.k = shape.k;
+      gemm.y = d_y.ptr;
+      gemm.y_stride = std::int64_t(y_stride);
+      gemm.y_dtype = out;
+      LAUNCH_OK(gpu::fp8_small_gemm(gemm, nullptr));
+      const std::vector<float> padded = from_bytes(d_y.download(), out);
+      std::vector<float> got(m * n), expected = want;
+      std::size_t nan_rows_wrong = 0;
+      for (std::size_t i = 0; i < m; ++i)
+        for (std::size_t j = 0; j < n; ++j) {
+          got[i * n + j] = padded[i * y_stride + j];
+          if (std::isnan(want[i * n + j])) {  // a NaN row: NaN out, then left out of the error
+            if (!std::isnan(got[i * n + j])) ++nan_rows_wrong;
+            got[i * n + j] = expected[i * n + j] = 0.0f;
+          }
+        }
+      const std::string group = fmt("m=%d n=%d k=%d y_stride=%zu out=%s", shape.m, shape.n, shape.k, y_stride, name_of(out));
+      report("fp8_small_gemm", group, compare(got, expected), out == DType::f32 ? 1e-3 : tolerance_for(out),
+             nan_rows_wrong == 0 ? "" : fmt("%zu outputs of a NaN row not NaN", nan_rows_wrong));
+      if (nan_rows_wrong != 0) report_bool("fp8_small_gemm", group, false, "NaN rows");
+    }
+  }
+  // What the kernel does not take: callers fall back to cuBLASLt.
+  report_bool("fp8_small_gemm", "refuses m 0 / 17, k % 64, unaligned codes",
+              !gpu::fp8_small_gemm_supported(0, 64, nullptr, nullptr) &&
+                  !gpu::fp8_small_gemm_supported(17, 64, nullptr, nullptr) &&
+                  !gpu::fp8_small_gemm_supported(1, 96, nullptr, nullptr) &&
+                  !gpu::fp8_small_gemm_supported(1, 64, reinterpret_cast<void*>(8), nullptr),
+              "fp8_small_gemm_supported is false for each");
 }
 
 // ---- dense (vision) attention ----------------------------------------------
@@ -1747,6 +1834,49 @@ void bench_awq_gemm() {
   }
 }
 
+void bench_fp8_small_gemm() {
+  std::printf("\n== fp8_small_gemm e4m3, Llama-3-8B matrices (bytes: the weight codes, read once; quantize: "
+              "quantize_rows_e4m3 of x before it; 20 launches a timing) ==\n");
+  std::mt19937_64 rng(g_seed);
+  struct Shape {
+    const char* name;
+    int n, k;
+  };
+  for (const Shape shape : {Shape{"qkv", 6144, 4096}, Shape{"o_proj", 4096, 4096}, Shape{"gate_up", 28672, 4096},
+                            Shape{"down", 4096, 14336}}) {
+    const std::size_t weights = std::size_t(shape.n) * shape.k;
+    DeviceBuffer<unsigned char> w(weights), xb(16 * std::size_t(shape.k) * 2), xc(16 * std::size_t(shape.k)),
+        y(16 * std::size_t(shape.n) * 2);
+    DeviceBuffer<float> ws, xs(16);
+    CUDA_OK(cudaMemset(w.ptr, 0x30, w.bytes()));  // small e4m3 values; the speed does not depend on them
+    ws.upload(std::vector<float>(std::size_t(shape.n), 0.01f));
+    xb.upload(to_bytes(random_floats(rng, 16 * std::size_t(shape.k), -1, 1), DType::bf16));
+    for (const int m : {1, 2, 4, 8, 16}) {
+      gpu::Fp8SmallGemm gemm;
+      gemm.x_codes = xc.ptr;
+      gemm.x_scales = xs.ptr;
+      gemm.w_codes = w.ptr;
+      gemm.w_scales = ws.ptr;
+      gemm.m = m;
+      gemm.n = shape.n;
+      gemm.k = shape.k;
+      gemm.y = y.ptr;
+      gemm.y_stride = shape.n;
+      gemm.y_dtype = DType::bf16;
+      const float gemm_ms = median_ms_batched([&] { CUDA_OK(gpu::fp8_small_gemm(gemm, nullptr)); });
+      const float both_ms = median_ms_batched([&] {
+        CUDA_OK(gpu::quantize_rows_e4m3(xb.ptr, DType::bf16, shape.k, m, shape.k, xc.ptr, xs.ptr, 0.0f, nullptr));
+        CUDA_OK(gpu::fp8_small_gemm(gemm, nullptr));
+      });
+      const double bytes = double(weights);
+      std::printf("%-8s m=%2d n=%6d k=%5d %9.2f us  %7.0f GB/s  (%4.1f%% of %.0f); with quantize %9.2f us %7.0f GB/s\n",
+                  shape.name, m, shape.n, shape.k, gemm_ms * 1e3, bytes / (gemm_ms * 1e-3) / 1e9,
+                  100.0 * bytes / (gemm_ms * 1e-3) / 1e9 / hbm_peak_gbs, hbm_peak_gbs, both_ms * 1e3,
+                  bytes / (both_ms * 1e-3) / 1e9);
+    }
+  }
+}
+
 void bench_small_gemm_shapes() {
   std::printf("\n== small_gemm launch shapes, bf16 m=1 (unroll x warps/block; bytes: the weight) ==\n");
   std::mt19937_64 rng(g_seed);
@@ -1950,6 +2080,7 @@ int main(int argc, char** argv) {
   bool bench = false;
   bool bench_gemm_only = false;  // --bench-gemm: the small_gemm timings alone
   bool bench_decode_only = false;  // --bench-decode [BxC]
+  bool bench_fp8_only = false;     // --bench-fp8: small_gemm (bf16) and fp8_small_gemm alone
   std::vector<DecodeShape> decode_shapes;
   bool seed_given = false;
   std::vector<char*> rest;
@@ -1960,6 +2091,9 @@ int main(int argc, char** argv) {
     } else if (arg == "--bench-gemm") {
       bench = true;
       bench_gemm_only = true;
+    } else if (arg == "--bench-fp8") {
+      bench = true;
+      bench_fp8_only = true;
     } else if (arg == "--bench-decode") {
       bench = true;
       bench_decode_only = true;
@@ -2012,6 +2146,8 @@ int main(int argc, char** argv) {
       return 0;
     }
     bench_small_gemm();
+    bench_fp8_small_gemm();
+    if (bench_fp8_only) return 0;
     bench_awq_gemm();
     bench_small_gemm_shapes();
     if (bench_gemm_only) return 0;
