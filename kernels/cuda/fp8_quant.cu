@@ -60,6 +60,17 @@ __global__ void quantize_rows_kernel(const T* __restrict__ x, std::int64_t x_str
 }
 
 template <typename T>
+__global__ void apply_scales_kernel(const float* __restrict__ sums, int m, int n, const float* __restrict__ x_scales,
+                                    const float* __restrict__ w_scales, T* __restrict__ y, std::int64_t y_stride) {
+  const std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= std::int64_t(m) * n) return;
+  const int row = int(i / n), col = int(i % n);
+  const float x_scale = x_scales[row];
+  y[std::int64_t(row) * y_stride + col] =
+      detail::from_f32<T>(isnan(x_scale) ? x_scale : sums[i] * (x_scale * w_scales[col]));
+}
+
+template <typename T>
 cudaError_t launch(const void* x, std::int64_t x_stride, int m, int k, std::uint8_t* codes, float* scales,
                    float static_scale, cudaStream_t stream) {
   static const bool pdl = detail::device_has_pdl();
@@ -85,6 +96,25 @@ cudaError_t quantize_rows_e4m3(const void* x, DType dtype, std::int64_t x_stride
   switch (dtype) {
     case DType::bf16: return launch<__nv_bfloat16>(x, x_stride, m, k, codes, scales, static_scale, stream);
     case DType::f16: return launch<__half>(x, x_stride, m, k, codes, scales, static_scale, stream);
+    case DType::f32: break;
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t apply_fp8_scales(const float* sums, int m, int n, const float* x_scales, const float* w_scales, void* y,
+                             DType y_dtype, std::int64_t y_stride, cudaStream_t stream) {
+  if (m < 0 || n < 0 || y_stride < n) return cudaErrorInvalidValue;
+  if (m == 0 || n == 0) return cudaSuccess;
+  const std::int64_t total = std::int64_t(m) * n;
+  const unsigned blocks = unsigned((total + 255) / 256);
+  switch (y_dtype) {
+    case DType::bf16:
+      apply_scales_kernel<<<blocks, 256, 0, stream>>>(sums, m, n, x_scales, w_scales, static_cast<__nv_bfloat16*>(y),
+                                                      y_stride);
+      return cudaGetLastError();
+    case DType::f16:
+      apply_scales_kernel<<<blocks, 256, 0, stream>>>(sums, m, n, x_scales, w_scales, static_cast<__half*>(y), y_stride);
+      return cudaGetLastError();
     case DType::f32: break;
   }
   return cudaErrorInvalidValue;

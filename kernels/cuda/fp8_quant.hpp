@@ -27,4 +27,11 @@ namespace hostrun::cuda {
 cudaError_t quantize_rows_e4m3(const void* x, DType dtype, std::int64_t x_stride, int m, int k, std::uint8_t* codes,
                                float* scales, float static_scale, cudaStream_t stream);
 
+// The scales of an FP8 product applied to its raw sums (an FP8 GEMM run with
+// unit scales, f32 out), as ref::fp8_linear applies them:
+//   y[i, j] = sums[i, j] * (x_scales[i] * w_scales[j])      (NaN when x_scales[i] is)
+// sums [m, n] contiguous f32; y [m, n] bf16 or f16, rows y_stride elements apart.
+cudaError_t apply_fp8_scales(const float* sums, int m, int n, const float* x_scales, const float* w_scales, void* y,
+                             DType y_dtype, std::int64_t y_stride, cudaStream_t stream);
+
 }  // namespace hostrun::cuda

@@ -28,7 +28,7 @@ void check_cuda(cudaError_t e, const char* what) {
 
 void check_lt(cublasStatus_t status, const char* what) {
   if (status != CUBLAS_STATUS_SUCCESS)
-    throw Error(ErrorCode::internal, fmt::format("fp8: {} failed: {}", what, cublasGetStatusString(status)));
+    throw Error(ErrorCode::internal, fmt::format("fp8: {} failed: {}", what, cublasLtGetStatusString(status)));
 }
 
 // Makes `device` current for the owner's lifetime, restoring the previous one.
@@ -103,33 +103,31 @@ constexpr size_t aligned(size_t bytes) { return (bytes + kAlign - 1) / kAlign * 
 // cuBLASLt's own scratch for an FP8 GEMM (split-K partial sums and the like).
 constexpr size_t kLtWorkspaceBytes = size_t(32) << 20;
 
-// One cuBLASLt product shape: y^T [n, m] = W [n, k] . codes(x)^T [k, m] in
-// column-major terms (row-major y = x W^T), FP8 in, f32 sums, each output
-// times a_scale[j] (the weight's channel) and b_scale[i] (x's row).
+// Rows of x one cuBLASLt product takes at most: its f32 sums [rows, out]
+// live in the workspace until the scales are applied.
+constexpr int64_t kSumRows = 1024;
+
+// One cuBLASLt product shape: sums^T [n, m] = W [n, k] . codes(x)^T [k, m] in
+// column-major terms (row-major sums = x W^T), FP8 in, f32 sums out, unit
+// scales. cuBLASLt's per-row / per-channel scale mode
+// (CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F) is refused on the H100 with
+// CUDA 13's library, so the scales are applied afterwards
+// (cuda::apply_fp8_scales), which is also ref::fp8_linear's formula exactly.
 class Fp8Plan {
  public:
-  Fp8Plan(cublasLtHandle_t lt, int m, int n, int k, int64_t y_stride, cudaDataType_t out_type, const float* w_scales) {
+  Fp8Plan(cublasLtHandle_t lt, int m, int n, int k) {
     check_lt(cublasLtMatmulDescCreate(&op_, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
     const cublasOperation_t transpose = CUBLAS_OP_T, none = CUBLAS_OP_N;
     set(CUBLASLT_MATMUL_DESC_TRANSA, transpose);
     set(CUBLASLT_MATMUL_DESC_TRANSB, none);
-    const int32_t outer = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
-    set(CUBLASLT_MATMUL_DESC_A_SCALE_MODE, outer);
-    set(CUBLASLT_MATMUL_DESC_B_SCALE_MODE, outer);
-    set(CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, w_scales);
     check_lt(cublasLtMatrixLayoutCreate(&w_, CUDA_R_8F_E4M3, uint64_t(k), uint64_t(n), k), "layout W");
     check_lt(cublasLtMatrixLayoutCreate(&x_, CUDA_R_8F_E4M3, uint64_t(k), uint64_t(m), k), "layout x");
-    check_lt(cublasLtMatrixLayoutCreate(&y_, out_type, uint64_t(n), uint64_t(m), y_stride), "layout y");
+    check_lt(cublasLtMatrixLayoutCreate(&y_, CUDA_R_32F, uint64_t(n), uint64_t(m), n), "layout sums");
     cublasLtMatmulPreference_t preference = nullptr;
     check_lt(cublasLtMatmulPreferenceCreate(&preference), "cublasLtMatmulPreferenceCreate");
     const uint64_t workspace = kLtWorkspaceBytes;
-    const uint32_t y_alignment = 16;  // rows of y may start anywhere 16-byte aligned in the model's buffers
     cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace,
                                          sizeof(workspace));
-    cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &y_alignment,
-                                         sizeof(y_alignment));
-    cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &y_alignment,
-                                         sizeof(y_alignment));
     int found = 0;
     const cublasStatus_t status =
         cublasLtMatmulAlgoGetHeuristic(lt, op_, w_, x_, y_, y_, preference, 1, &heuristic_, &found);
@@ -137,20 +135,19 @@ class Fp8Plan {
     if (status != CUBLAS_STATUS_SUCCESS || found == 0) {
       destroy();
       throw Error(ErrorCode::unsupported,
-                  fmt::format("fp8: cuBLASLt offers no FP8 GEMM with per-row and per-channel scales for m {}, n {}, "
-                              "k {} ({}) on this GPU and library",
-                              m, n, k, status == CUBLAS_STATUS_SUCCESS ? "no algorithm" : cublasGetStatusString(status)));
+                  fmt::format("fp8: cuBLASLt offers no FP8 GEMM with f32 sums for m {}, n {}, k {} ({}) on this GPU "
+                              "and library",
+                              m, n, k, status == CUBLAS_STATUS_SUCCESS ? "no algorithm" : cublasLtGetStatusString(status)));
     }
   }
   ~Fp8Plan() { destroy(); }
   Fp8Plan(const Fp8Plan&) = delete;
   Fp8Plan& operator=(const Fp8Plan&) = delete;
 
-  void run(cublasLtHandle_t lt, const void* w_codes, const uint8_t* x_codes, const float* x_scales, void* y,
-           void* lt_workspace, cudaStream_t stream) {
-    set(CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, x_scales);
+  void run(cublasLtHandle_t lt, const void* w_codes, const uint8_t* x_codes, float* sums, void* lt_workspace,
+           cudaStream_t stream) {
     const float one = 1.0f, zero = 0.0f;
-    check_lt(cublasLtMatmul(lt, op_, &one, w_codes, w_, x_codes, x_, &zero, y, y_, y, y_, &heuristic_.algo,
+    check_lt(cublasLtMatmul(lt, op_, &one, w_codes, w_, x_codes, x_, &zero, sums, y_, sums, y_, &heuristic_.algo,
                             lt_workspace, kLtWorkspaceBytes, stream),
              "cublasLtMatmul (FP8)");
   }
@@ -184,7 +181,7 @@ class Fp8CudaLinear final : public LinearLayer {
     scales_ = std::make_unique<DeviceBytes>(layer.scales.data(), layer.scales.size() * sizeof(float));
     lt_ = LtHandle::for_device(device.index);
     format_ = input_scale_ > 0.0f ? "fp8-e4m3-static" : "fp8-e4m3";  // within the small-string buffer
-    plan(1, out_);  // refuse at load, not at the first step, where cuBLASLt cannot do it
+    plan(int(kSumRows));  // refuse at load, not at the first step, where cuBLASLt cannot do it
   }
 
   LinearInfo info() const noexcept override {
@@ -200,10 +197,10 @@ class Fp8CudaLinear final : public LinearLayer {
 
   uint32_t fused_epilogues(int64_t) const noexcept override { return kEpilogueNone; }
 
-  // x's codes and row scales, then cuBLASLt's scratch.
+  // x's codes and row scales, then the f32 sums of up to kSumRows rows, then cuBLASLt's scratch.
   size_t workspace_bytes(int64_t max_rows) const noexcept override {
     const size_t rows = size_t(std::max<int64_t>(max_rows, 0));
-    return aligned(rows * size_t(in_)) + aligned(rows * sizeof(float)) + kLtWorkspaceBytes;
+    return aligned(rows * size_t(in_)) + aligned(rows * sizeof(float)) + sums_bytes(max_rows) + kLtWorkspaceBytes;
   }
 
   Status forward(const LinearCall& call, const ExecContext& exec) noexcept override {
@@ -227,15 +224,15 @@ class Fp8CudaLinear final : public LinearLayer {
       if (rows == 0) return {};
       const size_t needed = workspace_bytes(rows);
       const size_t given = exec.workspace.data != nullptr ? exec.workspace.nbytes() : 0;
-      if (given < needed || reinterpret_cast<uintptr_t>(exec.workspace.data) % kAlign != 0 ||
-          reinterpret_cast<uintptr_t>(y.data) % 16 != 0 || (y.strides[0] * int64_t(dtype_bits(dtype_) / 8)) % 16 != 0)
+      if (given < needed || reinterpret_cast<uintptr_t>(exec.workspace.data) % kAlign != 0)
         return Status(ErrorCode::invalid_argument,
                       fmt::format("fp8: linear [{} x {}], {} rows: needs {} bytes of 256-byte aligned workspace "
-                                  "(workspace_bytes(); {} given) and y rows 16-byte aligned",
+                                  "(workspace_bytes(); {} given)",
                                   out_, in_, rows, needed, given));
       auto* x_codes = static_cast<uint8_t*>(exec.workspace.data);
       auto* x_scales = reinterpret_cast<float*>(x_codes + aligned(size_t(rows) * size_t(in_)));
-      void* lt_workspace = reinterpret_cast<uint8_t*>(x_scales) + aligned(size_t(rows) * sizeof(float));
+      auto* sums = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(x_scales) + aligned(size_t(rows) * sizeof(float)));
+      void* lt_workspace = reinterpret_cast<uint8_t*>(sums) + sums_bytes(rows);
       const auto stream = static_cast<cudaStream_t>(exec.stream);
       check_cuda(cuda::quantize_rows_e4m3(x.data, dtype_ == DType::bf16 ? cuda::DType::bf16 : cuda::DType::f16,
                                           x.strides[0], int(rows), int(in_), x_codes, x_scales, input_scale_, stream),
@@ -255,7 +252,18 @@ class Fp8CudaLinear final : public LinearLayer {
         gemm.y_dtype = dtype_ == DType::bf16 ? cuda::DType::bf16 : cuda::DType::f16;
         check_cuda(cuda::fp8_small_gemm(gemm, stream), "fp8_small_gemm");
       } else {
-        plan(int(rows), y.strides[0]).run(lt_->get(), codes_->data(), x_codes, x_scales, y.data, lt_workspace, stream);
+        const cuda::DType y_dtype = dtype_ == DType::bf16 ? cuda::DType::bf16 : cuda::DType::f16;
+        const size_t y_row_bytes = size_t(y.strides[0]) * (dtype_bits(dtype_) / 8);
+        for (int64_t first = 0; first < rows; first += kSumRows) {
+          const int count = int(std::min(kSumRows, rows - first));
+          plan(count).run(lt_->get(), codes_->data(), x_codes + size_t(first) * size_t(in_), sums, lt_workspace,
+                          stream);
+          check_cuda(cuda::apply_fp8_scales(sums, count, int(out_), x_scales + first,
+                                            static_cast<const float*>(scales_->data()),
+                                            static_cast<uint8_t*>(y.data) + size_t(first) * y_row_bytes, y_dtype,
+                                            y.strides[0], stream),
+                     "apply_fp8_scales");
+        }
       }
       return {};
     });
@@ -279,14 +287,13 @@ class Fp8CudaLinear final : public LinearLayer {
   }
 
  private:
-  // The plan for `rows` rows written `y_stride` apart, made once.
-  Fp8Plan& plan(int rows, int64_t y_stride) {
+  size_t sums_bytes(int64_t rows) const { return aligned(size_t(std::clamp<int64_t>(rows, 0, kSumRows)) * size_t(out_) * 4); }
+
+  // The plan for `rows` rows, made once.
+  Fp8Plan& plan(int rows) {
     std::lock_guard<std::mutex> lock(plans_mutex_);
-    auto& slot = plans_[{rows, y_stride}];
-    if (!slot)
-      slot = std::make_unique<Fp8Plan>(lt_->get(), rows, int(out_), int(in_), y_stride,
-                                       dtype_ == DType::bf16 ? CUDA_R_16BF : CUDA_R_16F,
-                                       static_cast<const float*>(scales_->data()));
+    auto& slot = plans_[rows];
+    if (!slot) slot = std::make_unique<Fp8Plan>(lt_->get(), rows, int(out_), int(in_));
     return *slot;
   }
 
@@ -298,7 +305,7 @@ class Fp8CudaLinear final : public LinearLayer {
   std::shared_ptr<LtHandle> lt_;
   std::string format_;
   std::mutex plans_mutex_;
-  std::map<std::pair<int, int64_t>, std::unique_ptr<Fp8Plan>> plans_;
+  std::map<int, std::unique_ptr<Fp8Plan>> plans_;
 };
 
 }  // namespace

@@ -3,9 +3,10 @@
 // quantizes x's rows to e4m3 (kernels/cuda fp8_quant.hpp, the twin of the
 // CPU path's rounding) and multiplies them with the weights: up to
 // fp8_small_gemm_max_rows rows with kernels/cuda's weight-streaming
-// fp8_small_gemm (decode of a few sequences), more with cuBLASLt's FP8 GEMM,
-// which applies both scale vectors to its f32 sums
-// (CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F). Both write bf16 or f16.
+// fp8_small_gemm (decode of a few sequences), more with cuBLASLt's FP8 GEMM
+// into f32 sums, to which cuda::apply_fp8_scales applies both scale vectors
+// (cuBLASLt's own per-row scale mode is refused on Hopper). Both write bf16
+// or f16.
 // Built only with CUDA (HOSTRUN_FP8_CUDA).
 #pragma once
 
