@@ -415,6 +415,53 @@ TEST_CASE("quantize_rows_e4m3") {
   }
 }
 
+// The scales of an FP8 product applied to f32 sums: the same two f32
+// multiplications as ref::fp8_linear, so equal after the output's rounding;
+// padded output rows untouched, a NaN row scale gives a NaN row.
+TEST_CASE("apply_fp8_scales") {
+  auto rng = rng_for("apply_fp8_scales");
+  struct Shape {
+    int m, n, padding;
+  };
+  const Shape shapes[] = {{1, 4096, 0}, {5, 1001, 7}, {300, 6144, 0}};
+  for (const DType dtype : half_dtypes) {
+    for (const Shape& shape : shapes) {
+      const std::size_t m = std::size_t(shape.m), n = std::size_t(shape.n), stride = n + std::size_t(shape.padding);
+      const std::vector<float> sums = random_floats(rng, m * n, -3000, 3000);
+      std::vector<float> x_scales = random_floats(rng, m, 1e-4f, 1e-2f), w_scales = random_floats(rng, n, 1e-5f, 1e-3f);
+      if (m > 2) x_scales[2] = std::nanf("");
+      std::vector<float> want(m * stride, 0.0f);
+      for (std::size_t i = 0; i < m; ++i)
+        for (std::size_t j = 0; j < n; ++j)
+          want[i * stride + j] = std::isnan(x_scales[i]) ? x_scales[i] : sums[i * n + j] * (x_scales[i] * w_scales[j]);
+      DeviceBuffer<float> d_sums(sums.size()), d_x_scales(m), d_w_scales(n);
+      d_sums.upload(sums);
+      d_x_scales.upload(x_scales);
+      d_w_scales.upload(w_scales);
+      DeviceBuffer<unsigned char> d_y(m * stride * ref::dtype_size(dtype));
+      d_y.upload(to_bytes(std::vector<float>(m * stride, 0.0f), dtype));
+      LAUNCH_OK(gpu::apply_fp8_scales(d_sums.ptr, shape.m, shape.n, d_x_scales.ptr, d_w_scales.ptr, d_y.ptr, dtype,
+                                      std::int64_t(stride), nullptr));
+      const std::vector<unsigned char> got = d_y.download(), expected = to_bytes(want, dtype);
+      std::size_t mismatches = 0;
+      const std::size_t bytes = ref::dtype_size(dtype);
+      for (std::size_t e = 0; e < m * stride; ++e) {
+        const float g = from_bytes({got.begin() + long(e * bytes), got.begin() + long((e + 1) * bytes)}, dtype)[0];
+        const bool both_nan = std::isnan(g) && std::isnan(want[e]);
+        if (!both_nan && std::memcmp(&got[e * bytes], &expected[e * bytes], bytes) != 0) ++mismatches;
+      }
+      report_bool("apply_fp8_scales", fmt("%s m=%d n=%d stride=%zu", name_of(dtype), shape.m, shape.n, stride),
+                  mismatches == 0, fmt("%zu of %zu outputs differ from ref's formula", mismatches, m * stride));
+    }
+  }
+  report_bool("apply_fp8_scales", "refuses f32 out and stride < n",
+              gpu::apply_fp8_scales(nullptr, 1, 8, nullptr, nullptr, nullptr, DType::f32, 8, nullptr) ==
+                      cudaErrorInvalidValue &&
+                  gpu::apply_fp8_scales(nullptr, 1, 8, nullptr, nullptr, nullptr, DType::bf16, 4, nullptr) ==
+                      cudaErrorInvalidValue,
+              "cudaErrorInvalidValue for each");
+}
+
 // x quantized by quantize_rows_e4m3, then fp8_small_gemm, against
 // ref::fp8_linear on the same f32 rows (which quantizes them the same way).
 // f32 out: the same products summed in another order by the tensor cores
