@@ -212,28 +212,41 @@ struct BlockWeights {
       }
   }
 
+  // The scales and offsets -(128 + z) * s of the group step s starts (rows g
+  // and g + 8 of each tile), computed once a group.
+  template <int s>
+  __device__ void group_constants(float (&scale)[kNTiles][2], float (&offset)[kNTiles][2], int g) const {
+    constexpr int gi = s * 16 / kGroup;
+#pragma unroll
+    for (int i = 0; i < kNTiles; ++i)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        scale[i][h] = __half2float(__ushort_as_half(scales[gi][i][h]));
+        offset[i][h] = -(128.0f + float((zeros[gi][i][h] >> (4 * g)) & 0xFu)) * scale[i][h];
+      }
+  }
+
   // Step s's A fragments: registers (row g, j 0), (g + 8, j 0), (g, j 1),
   // (g + 8, j 1). Word s / 2 holds step s's codes, nibble 2 (s % 2) + j (+ 4
   // for the second of a pair).
   template <typename T, int s>
-  __device__ void dequantize_step(std::uint32_t (&a)[kNTiles][4], int g) const {
-    constexpr int gi = s * 16 / kGroup, shift = 8 * (s % 2);
+  __device__ void dequantize_step(std::uint32_t (&a)[kNTiles][4], const float (&scale)[kNTiles][2],
+                                  const float (&offset)[kNTiles][2]) const {
+    constexpr int shift = 8 * (s % 2);
 #pragma unroll
     for (int i = 0; i < kNTiles; ++i) {
-      float scale[2], offset[2];
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        scale[h] = __half2float(__ushort_as_half(scales[gi][i][h]));
-        offset[h] = -(128.0f + float((zeros[gi][i][h] >> (4 * g)) & 0xFu)) * scale[h];
-      }
       const std::uint32_t w0 = s / 2 == 0 ? codes[i][0].x : s / 2 == 1 ? codes[i][0].y : s / 2 == 2 ? codes[i][0].z : codes[i][0].w;
       const std::uint32_t w1 = s / 2 == 0 ? codes[i][1].x : s / 2 == 1 ? codes[i][1].y : s / 2 == 2 ? codes[i][1].z : codes[i][1].w;
-      a[i][0] = dequantize_pair<T>(w0, shift, scale[0], offset[0]);
-      a[i][1] = dequantize_pair<T>(w1, shift, scale[1], offset[1]);
-      a[i][2] = dequantize_pair<T>(w0, shift + 4, scale[0], offset[0]);
-      a[i][3] = dequantize_pair<T>(w1, shift + 4, scale[1], offset[1]);
+      a[i][0] = dequantize_pair<T>(w0, shift, scale[i][0], offset[i][0]);
+      a[i][1] = dequantize_pair<T>(w1, shift, scale[i][1], offset[i][1]);
+      a[i][2] = dequantize_pair<T>(w0, shift + 4, scale[i][0], offset[i][0]);
+      a[i][3] = dequantize_pair<T>(w1, shift + 4, scale[i][1], offset[i][1]);
     }
   }
+
+  // Every step of the block into a[s].
+  template <typename T>
+  __device__ void dequantize_block(std::uint32_t (&a)[kSteps][kNTiles][4], int g) const;
 };
 
 template <int s, typename F>
@@ -242,6 +255,17 @@ __device__ __forceinline__ void for_steps(F&& f) {
     f(std::integral_constant<int, s>{});
     for_steps<s + 1>(f);
   }
+}
+
+template <int kNTiles, int kGroup>
+template <typename T>
+__device__ void BlockWeights<kNTiles, kGroup>::dequantize_block(std::uint32_t (&a)[kSteps][kNTiles][4], int g) const {
+  float scale[kNTiles][2], offset[kNTiles][2];
+  for_steps<0>([&](auto step) {
+    constexpr int s = decltype(step)::value;
+    if constexpr ((s * 16) % kGroup == 0) group_constants<s>(scale, offset, g);
+    dequantize_step<T, s>(a[s], scale, offset);
+  });
 }
 
 // Accumulator r of tile i: output column n_first + i * 64 + g (+ 8 when r
@@ -316,9 +340,11 @@ __global__ void __launch_bounds__(kThreads, 1) awq_gemm_wgmma_kernel(LargeParams
     for (int kb = 0; kb < k_blocks; ++kb) {
       if (kb + 1 < k_blocks) next.load(p.w, kb + 1, n_first, lane);
       const std::uint32_t stage = stage_ready(kb);
+      float scale[kNTiles][2], offset[kNTiles][2];
       for_steps<0>([&](auto step) {
         constexpr int s = decltype(step)::value, buffer = s & 1;
-        current.template dequantize_step<T, s>(a[buffer], g);
+        if constexpr ((s * 16) % kGroup == 0) current.template group_constants<s>(scale, offset, g);
+        current.template dequantize_step<T, s>(a[buffer], scale, offset);
         wgmma_fence();
 #pragma unroll
         for (int i = 0; i < kNTiles; ++i) wgmma_rs<T, kRows>(acc[i], a[buffer][i], descriptor(stage, s));
@@ -335,7 +361,7 @@ __global__ void __launch_bounds__(kThreads, 1) awq_gemm_wgmma_kernel(LargeParams
     // a[b][s]: block kb's step s in buffer kb % 2. The loop runs two blocks an
     // iteration so that every buffer index is a compile-time constant.
     std::uint32_t a[2][kSteps][kNTiles][4];
-    for_steps<0>([&](auto step) { current.template dequantize_step<T, decltype(step)::value>(a[0][decltype(step)::value], g); });
+    current.template dequantize_block<T>(a[0], g);
     if (k_blocks > 1) next.load(p.w, 1, n_first, lane);
     const auto block = [&](int kb, auto buffer_constant) {
       constexpr int b = decltype(buffer_constant)::value;
@@ -355,9 +381,7 @@ __global__ void __launch_bounds__(kThreads, 1) awq_gemm_wgmma_kernel(LargeParams
           for (int r = 0; r < 4; ++r) keep_alive(a[b ^ 1][decltype(step)::value][i][r]);
       });
       if (kb + 1 < k_blocks) {
-        for_steps<0>([&](auto step) {
-          next.template dequantize_step<T, decltype(step)::value>(a[b ^ 1][decltype(step)::value], g);
-        });
+        next.template dequantize_block<T>(a[b ^ 1], g);
         if (kb + 2 < k_blocks) next.load(p.w, kb + 2, n_first, lane);
       }
     };
