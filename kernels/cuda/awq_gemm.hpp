@@ -124,11 +124,12 @@ cudaError_t awq_gemm_large(const AwqDeviceWeights& weights, const void* x, std::
                            void* y, std::int64_t y_stride, cudaStream_t stream);
 // For test_kernels_cuda: awq_gemm_large with a chosen tile instead of the
 // planned one: rows_per_cta 64 or 128, column_tiles_per_warpgroup 1 or 2
-// (2 needs group 64 or 128, out_features a multiple of 256 and !whole_block);
-// whole_block: dequantize a k-block ahead instead of a k step.
+// (2 needs group 64 or 128, out_features a multiple of 256 and variant 0);
+// variant 0: A in registers a k step ahead, 1: a k-block ahead, 2: A
+// through shared memory.
 cudaError_t awq_gemm_large_shaped(const AwqDeviceWeights& weights, const void* x, std::int64_t x_stride, DType dtype,
                                   int m, void* y, std::int64_t y_stride, int rows_per_cta,
-                                  int column_tiles_per_warpgroup, bool whole_block, cudaStream_t stream);
+                                  int column_tiles_per_warpgroup, int variant, cudaStream_t stream);
 
 // W [n, k] in dtype from the repacked layer (twin of ref::awq_dequantize,
 // rounded once to dtype): (q - z) * s in f32. For products of many rows a

@@ -49,10 +49,21 @@ constexpr int kThreads = 256;  // two warpgroups
 constexpr int kStages = 4;     // x tiles in shared memory (two being copied, one read, one draining)
 constexpr int kSteps = awq_k_block / 16;  // k steps of 16 in a k-block
 
+// How the dequantized weights reach the tensor cores (measured side by side,
+// test_kernels_cuda --bench-awq-large):
+enum Mode : int {
+  kStepAhead = 0,   // A in registers, each k step dequantized while the step before runs (a wait a step)
+  kBlockAhead = 1,  // A in registers, a whole k-block dequantized while the block before runs (a wait a block)
+  kSharedA = 2,     // A through shared memory (stmatrix), a k-block ahead: no register operand in flight
+};
+
 template <int kRows>
 constexpr int kStageBytes = kRows * awq_k_block * 2;
-template <int kRows>
-constexpr int kSmemBytes = kStages * kStageBytes<kRows> + 1024;  // + room to align the stages to 1024
+// kSharedA's dequantized weights: two k-blocks of 64 x 128 bf16 per tile and warpgroup.
+constexpr int kWeightTileBytes = 64 * awq_k_block * 2;
+template <int kRows, int kNTiles, int kMode>
+constexpr int kSmemBytes = kStages * kStageBytes<kRows> + (kMode == kSharedA ? 2 * 2 * kNTiles * kWeightTileBytes : 0) +
+                           1024;  // + room to align the stages to 1024
 
 struct LargeParams {
   AwqDeviceWeights w;
@@ -105,6 +116,47 @@ __device__ __forceinline__ void wgmma_rs<__half, 128>(float (&d)[64], const std:
 }
 
 
+// The same with A from shared memory too (the kSharedA variant).
+template <typename T, int kN>
+__device__ __forceinline__ void wgmma_ss(float (&d)[kN / 2], std::uint64_t a, std::uint64_t b);
+
+template <>
+__device__ __forceinline__ void wgmma_ss<__nv_bfloat16, 64>(float (&d)[32], std::uint64_t a, std::uint64_t b) {
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, 1, 1, 1, 0, 0;\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(a), "l"(b));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_ss<__half, 64>(float (&d)[32], std::uint64_t a, std::uint64_t b) {
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, 1, 1, 1, 0, 0;\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(a), "l"(b));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_ss<__nv_bfloat16, 128>(float (&d)[64], std::uint64_t a, std::uint64_t b) {
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, 1, 1, 1, 0, 0;\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(a), "l"(b));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_ss<__half, 128>(float (&d)[64], std::uint64_t a, std::uint64_t b) {
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, 1, 1, 1, 0, 0;\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(a), "l"(b));
+}
+
+
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int kPending>
@@ -117,6 +169,14 @@ __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.
 // still reads (asynchronously) from being reused before the wait that ends it.
 __device__ __forceinline__ void keep_alive(std::uint32_t r) { asm volatile("" ::"r"(r)); }
 __device__ __forceinline__ void keep_alive(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+
+// Four 8x8 blocks of 16-bit values from mma fragment registers into shared
+// memory, lane l giving the address of row l % 8 of block l / 8.
+__device__ __forceinline__ void stmatrix_x4(std::uint32_t address, const std::uint32_t (&r)[4]) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(address), "r"(r[0]),
+               "r"(r[1]), "r"(r[2]), "r"(r[3])
+               : "memory");
+}
 
 // Descriptor of a K-major operand tile in shared memory with the 128-byte
 // swizzle: rows of 128 bytes (64 channels), 8-row groups 1024 bytes apart.
@@ -288,12 +348,8 @@ __device__ void store_y(const LargeParams& p, const float (&acc)[kNTiles][kRows 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
 // kRows: rows of x a CTA (the wgmma's N); kNTiles: 64-column tiles a
-// warpgroup (the CTA covers 2 * 64 * kNTiles output columns). kWholeBlock
-// false: each k step dequantizes into one of two A buffers while the tensor
-// cores run the step before (a wait a step); true: a whole k-block's A
-// fragments are dequantized while the tensor cores run the previous block's
-// 8 steps (a wait a block, twice the A registers).
-template <typename T, int kRows, int kNTiles, int kGroup, bool kWholeBlock>
+// warpgroup (the CTA covers 2 * 64 * kNTiles output columns); kMode: Mode.
+template <typename T, int kRows, int kNTiles, int kGroup, int kMode>
 __global__ void __launch_bounds__(kThreads, 1) awq_gemm_wgmma_kernel(LargeParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kAcc = kRows / 2;  // f32 accumulators a thread per 64-column tile
@@ -335,7 +391,7 @@ __global__ void __launch_bounds__(kThreads, 1) awq_gemm_wgmma_kernel(LargeParams
     return smem_descriptor(stage + (s / 4) * (kRows * 128) + (s % 4) * 32);
   };
 
-  if constexpr (!kWholeBlock) {
+  if constexpr (kMode == kStepAhead) {
     std::uint32_t a[2][kNTiles][4];
     for (int kb = 0; kb < k_blocks; ++kb) {
       if (kb + 1 < k_blocks) next.load(p.w, kb + 1, n_first, lane);
@@ -357,7 +413,7 @@ __global__ void __launch_bounds__(kThreads, 1) awq_gemm_wgmma_kernel(LargeParams
       });
       current = next;
     }
-  } else {
+  } else if constexpr (kMode == kBlockAhead) {
     // a[b][s]: block kb's step s in buffer kb % 2. The loop runs two blocks an
     // iteration so that every buffer index is a compile-time constant.
     std::uint32_t a[2][kSteps][kNTiles][4];
@@ -389,6 +445,49 @@ __global__ void __launch_bounds__(kThreads, 1) awq_gemm_wgmma_kernel(LargeParams
       block(kb, std::integral_constant<int, 0>{});
       if (kb + 1 < k_blocks) block(kb + 1, std::integral_constant<int, 1>{});
     }
+  } else {
+    // Weights of block kb in buffer kb % 2: per warpgroup and tile 64 rows x
+    // 128 channels as two 64-channel panels of 128-byte rows, swizzled like
+    // x's stages. Each warp stores its 16 rows of a step with one stmatrix.
+    const std::uint32_t weights_base = detail::smem_address(smem + kStages * kStageBytes<kRows>) +
+                                       std::uint32_t(warpgroup * kNTiles * kWeightTileBytes);
+    const int row = warp * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);  // the row lane l addresses
+    const auto weights_tile = [&](int buffer, int i) {
+      return weights_base + std::uint32_t((buffer * 2 * kNTiles + i) * kWeightTileBytes);
+    };
+    const auto store_block = [&](const BlockWeights<kNTiles, kGroup>& w, int buffer) {
+      float scale[kNTiles][2], offset[kNTiles][2];
+      for_steps<0>([&](auto step) {
+        constexpr int s = decltype(step)::value;
+        if constexpr ((s * 16) % kGroup == 0) w.template group_constants<s>(scale, offset, g);
+        std::uint32_t a[kNTiles][4];
+        w.template dequantize_step<T, s>(a, scale, offset);
+        const int chunk = (s % 4) * 2 + (lane >> 4);
+#pragma unroll
+        for (int i = 0; i < kNTiles; ++i)
+          stmatrix_x4(weights_tile(buffer, i) + (s / 4) * (64 * 128) + row * 128 + ((chunk ^ (row & 7)) << 4), a[i]);
+      });
+    };
+    store_block(current, 0);
+    if (k_blocks > 1) next.load(p.w, 1, n_first, lane);
+    for (int kb = 0; kb < k_blocks; ++kb) {
+      const int buffer = kb & 1;
+      const std::uint32_t stage = stage_ready(kb);  // its fence and barrier also publish block kb's weights
+      wgmma_fence();
+      for_steps<0>([&](auto step) {
+        constexpr int s = decltype(step)::value;
+#pragma unroll
+        for (int i = 0; i < kNTiles; ++i)
+          wgmma_ss<T, kRows>(acc[i], smem_descriptor(weights_tile(buffer, i) + (s / 4) * (64 * 128) + (s % 4) * 32),
+                             descriptor(stage, s));
+      });
+      wgmma_commit();
+      wgmma_wait<1>();  // block kb - 1 is done: the other weight buffer may be rewritten
+      if (kb + 1 < k_blocks) {
+        store_block(next, buffer ^ 1);
+        if (kb + 2 < k_blocks) next.load(p.w, kb + 2, n_first, lane);
+      }
+    }
   }
   wgmma_wait<0>();
 #pragma unroll
@@ -407,9 +506,9 @@ __global__ void __launch_bounds__(kThreads, 1) awq_gemm_wgmma_kernel(LargeParams
 namespace {
 
 struct Shape {
-  int rows = 0;              // rows of x a CTA
-  int n_tiles = 0;           // 64-column tiles a warpgroup
-  bool whole_block = false;  // dequantize a k-block ahead (else a step ahead)
+  int rows = 0;     // rows of x a CTA
+  int n_tiles = 0;  // 64-column tiles a warpgroup
+  int mode = kStepAhead;
 };
 
 int device_sms() {
@@ -435,7 +534,8 @@ bool device_is_sm90() {
 
 bool shape_fits(const AwqDeviceWeights& w, const Shape& shape) {
   return (shape.rows == 64 || shape.rows == 128) &&
-         (shape.n_tiles == 1 || (shape.n_tiles == 2 && w.group_size >= 64 && !shape.whole_block)) &&
+         (shape.mode == kStepAhead || shape.mode == kBlockAhead || shape.mode == kSharedA) &&
+         (shape.n_tiles == 1 || (shape.n_tiles == 2 && w.group_size >= 64 && shape.mode == kStepAhead)) &&
          w.out_features % (128 * shape.n_tiles) == 0;
 }
 
@@ -443,50 +543,56 @@ bool shape_fits(const AwqDeviceWeights& w, const Shape& shape) {
 // codes fewer times, but a grid smaller than the GPU leaves SMs idle.
 Shape shape_for(const AwqDeviceWeights& w, int m) {
   static const int sms = device_sms();
-  const Shape candidates[] = {{128, 2, false}, {64, 2, false}, {128, 1, false}, {64, 1, false}};
+  const Shape candidates[] = {{128, 2, kStepAhead}, {64, 2, kStepAhead}, {128, 1, kStepAhead}, {64, 1, kStepAhead}};
   for (const Shape& shape : candidates) {
     if (!shape_fits(w, shape)) continue;
     const long ctas = long(w.out_features / (128 * shape.n_tiles)) * ((m + shape.rows - 1) / shape.rows);
     if (ctas >= sms) return shape;
   }
-  return {64, 1, false};
+  return {64, 1, kStepAhead};
 }
 
-template <typename T, int kRows, int kNTiles, int kGroup, bool kWholeBlock>
+template <typename T, int kRows, int kNTiles, int kGroup, int kMode>
 cudaError_t launch(const LargeParams& p, cudaStream_t stream) {
-  constexpr auto kernel = awq_gemm_wgmma_kernel<T, kRows, kNTiles, kGroup, kWholeBlock>;
-  if (const cudaError_t e = detail::allow_dynamic_smem<kernel>(kSmemBytes<kRows>); e != cudaSuccess) return e;
+  constexpr auto kernel = awq_gemm_wgmma_kernel<T, kRows, kNTiles, kGroup, kMode>;
+  constexpr int smem = kSmemBytes<kRows, kNTiles, kMode>;
+  if (const cudaError_t e = detail::allow_dynamic_smem<kernel>(smem); e != cudaSuccess) return e;
   cudaLaunchAttribute attribute{};
   attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute.val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(unsigned(p.w.out_features / (128 * kNTiles)), unsigned((p.m + kRows - 1) / kRows));
   config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = kSmemBytes<kRows>;
+  config.dynamicSmemBytes = smem;
   config.stream = stream;
   config.attrs = &attribute;
   config.numAttrs = 1;
   return cudaLaunchKernelEx(&config, kernel, p);
 }
 
-template <typename T, int kRows, int kNTiles, bool kWholeBlock>
+template <typename T, int kRows, int kNTiles, int kMode>
 cudaError_t launch_group(const LargeParams& p, cudaStream_t stream) {
   switch (p.w.group_size) {
-    case 128: return launch<T, kRows, kNTiles, 128, kWholeBlock>(p, stream);
-    case 64: return launch<T, kRows, kNTiles, 64, kWholeBlock>(p, stream);
+    case 128: return launch<T, kRows, kNTiles, 128, kMode>(p, stream);
+    case 64: return launch<T, kRows, kNTiles, 64, kMode>(p, stream);
     default:
-      if constexpr (kNTiles == 1) return launch<T, kRows, 1, 32, kWholeBlock>(p, stream);
+      if constexpr (kNTiles == 1) return launch<T, kRows, 1, 32, kMode>(p, stream);
       return cudaErrorInvalidValue;
   }
 }
 
 template <typename T>
 cudaError_t launch_shape(const LargeParams& p, const Shape& shape, cudaStream_t stream) {
-  if (shape.whole_block)
-    return shape.rows == 128 ? launch_group<T, 128, 1, true>(p, stream) : launch_group<T, 64, 1, true>(p, stream);
+  if (shape.mode == kBlockAhead)
+    return shape.rows == 128 ? launch_group<T, 128, 1, kBlockAhead>(p, stream)
+                             : launch_group<T, 64, 1, kBlockAhead>(p, stream);
+  if (shape.mode == kSharedA)
+    return shape.rows == 128 ? launch_group<T, 128, 1, kSharedA>(p, stream) : launch_group<T, 64, 1, kSharedA>(p, stream);
   if (shape.rows == 128)
-    return shape.n_tiles == 2 ? launch_group<T, 128, 2, false>(p, stream) : launch_group<T, 128, 1, false>(p, stream);
-  return shape.n_tiles == 2 ? launch_group<T, 64, 2, false>(p, stream) : launch_group<T, 64, 1, false>(p, stream);
+    return shape.n_tiles == 2 ? launch_group<T, 128, 2, kStepAhead>(p, stream)
+                              : launch_group<T, 128, 1, kStepAhead>(p, stream);
+  return shape.n_tiles == 2 ? launch_group<T, 64, 2, kStepAhead>(p, stream)
+                            : launch_group<T, 64, 1, kStepAhead>(p, stream);
 }
 
 cudaError_t run(const AwqDeviceWeights& weights, const void* x, std::int64_t x_stride, DType dtype, int m, void* y,
@@ -526,9 +632,9 @@ cudaError_t awq_gemm_large(const AwqDeviceWeights& weights, const void* x, std::
 
 cudaError_t awq_gemm_large_shaped(const AwqDeviceWeights& weights, const void* x, std::int64_t x_stride, DType dtype,
                                   int m, void* y, std::int64_t y_stride, int rows_per_cta,
-                                  int column_tiles_per_warpgroup, bool whole_block, cudaStream_t stream) {
-  return run(weights, x, x_stride, dtype, m, y, y_stride,
-             Shape{rows_per_cta, column_tiles_per_warpgroup, whole_block}, stream);
+                                  int column_tiles_per_warpgroup, int variant, cudaStream_t stream) {
+  return run(weights, x, x_stride, dtype, m, y, y_stride, Shape{rows_per_cta, column_tiles_per_warpgroup, variant},
+             stream);
 }
 
 }  // namespace hostrun::cuda

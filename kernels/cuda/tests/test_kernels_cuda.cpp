@@ -1539,20 +1539,19 @@ TEST_CASE("awq_gemm_large") {
       DeviceBuffer<unsigned char> d_x, d_y(want.size() * ref::dtype_size(dtype));
       d_x.upload(to_bytes(x, dtype));
       // Planned, then every tile shape the layer takes; the padding columns stay untouched.
-      const std::array<std::array<int, 3>, 7> shapes{
-          {{0, 0, 0}, {64, 1, 0}, {128, 1, 0}, {64, 2, 0}, {128, 2, 0}, {64, 1, 1}, {128, 1, 1}}};
-      for (const auto [rows, tiles, whole_block] : shapes) {
+      const std::array<std::array<int, 3>, 9> shapes{
+          {{0, 0, 0}, {64, 1, 0}, {128, 1, 0}, {64, 2, 0}, {128, 2, 0}, {64, 1, 1}, {128, 1, 1}, {64, 1, 2}, {128, 1, 2}}};
+      for (const auto [rows, tiles, variant] : shapes) {
         if (tiles == 2 && (c.n % 256 != 0 || c.group < 64)) continue;
         d_y.upload(to_bytes(std::vector<float>(want.size(), 0.0f), dtype));
         if (rows == 0)
           LAUNCH_OK(gpu::awq_gemm_large(device.weights, d_x.ptr, x_stride, dtype, c.m, d_y.ptr, y_stride, nullptr));
         else
           LAUNCH_OK(gpu::awq_gemm_large_shaped(device.weights, d_x.ptr, x_stride, dtype, c.m, d_y.ptr, y_stride, rows,
-                                               tiles, whole_block != 0, nullptr));
+                                               tiles, variant, nullptr));
         report("awq_gemm_large",
                fmt("%s m=%d n=%d k=%d g%d %s, %s", name_of(dtype), c.m, c.n, c.k, c.group, c.what,
-                   rows == 0 ? "planned"
-                             : fmt("%d rows x %d tiles%s", rows, tiles, whole_block ? ", block ahead" : "").c_str()),
+                   rows == 0 ? "planned" : fmt("%d rows x %d tiles, variant %d", rows, tiles, variant).c_str()),
                compare(from_bytes(d_y.download(), dtype), want), dtype == DType::bf16 ? 3e-3 : 4e-4);
       }
     }
@@ -1570,8 +1569,8 @@ TEST_CASE("awq_gemm_large") {
                         cudaErrorInvalidValue &&
                     gpu::awq_gemm_large(narrow, any.ptr, 512, DType::bf16, 4, any.ptr, 256, nullptr) ==
                         cudaErrorInvalidValue &&
-                    gpu::awq_gemm_large_shaped(device.weights, any.ptr, 512, DType::bf16, 4, any.ptr, 256, 64, 2,
-                                               false, nullptr) == cudaErrorInvalidValue,
+                    gpu::awq_gemm_large_shaped(device.weights, any.ptr, 512, DType::bf16, 4, any.ptr, 256, 64, 2, 0,
+                                               nullptr) == cudaErrorInvalidValue,
                 "cudaErrorInvalidValue for each");
   }
 }
@@ -2031,12 +2030,12 @@ void bench_awq_large() {
       row("large (planned)", timed([&] {
             CUDA_OK(gpu::awq_gemm_large(device.weights, x.ptr, shape.k, DType::bf16, m, y.ptr, shape.n, nullptr));
           }));
-      for (const auto [rows, tiles, whole_block] :
-           {std::array<int, 3>{64, 1, 0}, {128, 1, 0}, {64, 2, 0}, {128, 2, 0}, {64, 1, 1}, {128, 1, 1}}) {
-        const std::string variant = fmt("large %d x %d%s", rows, tiles, whole_block ? " block" : "");
+      for (const auto [rows, tiles, mode] : {std::array<int, 3>{64, 1, 0}, {128, 1, 0}, {64, 2, 0}, {128, 2, 0},
+                                             {64, 1, 1}, {128, 1, 1}, {64, 1, 2}, {128, 1, 2}}) {
+        const std::string variant = fmt("large %d x %d v%d", rows, tiles, mode);
         row(variant.c_str(), timed([&] {
               CUDA_OK(gpu::awq_gemm_large_shaped(device.weights, x.ptr, shape.k, DType::bf16, m, y.ptr, shape.n, rows,
-                                                 tiles, whole_block != 0, nullptr));
+                                                 tiles, mode, nullptr));
             }));
       }
       row("dequantize + cuBLAS", timed([&] {
