@@ -5,7 +5,6 @@
 #include <cuda_runtime_api.h>
 #include <fmt/format.h>
 
-#include <cstdlib>
 #include <limits>
 #include <map>
 #include <memory>
@@ -237,8 +236,7 @@ class Fp8CudaLinear final : public LinearLayer {
       check_cuda(cuda::quantize_rows_e4m3(x.data, dtype_ == DType::bf16 ? cuda::DType::bf16 : cuda::DType::f16,
                                           x.strides[0], int(rows), int(in_), x_codes, x_scales, input_scale_, stream),
                  "quantize_rows_e4m3");
-      static const bool no_small = std::getenv("HOSTRUN_EXPERIMENT_FP8_NO_SMALL") != nullptr;  // EXPERIMENT: remove
-      if (!no_small && cuda::fp8_small_gemm_supported(int(rows), int(in_), x_codes, codes_->data())) {
+      if (cuda::fp8_small_gemm_supported(int(rows), int(in_), x_codes, codes_->data())) {
         cuda::Fp8SmallGemm gemm;
         gemm.x_codes = x_codes;
         gemm.x_scales = x_scales;
