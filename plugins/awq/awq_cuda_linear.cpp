@@ -6,7 +6,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <limits>
 #include <map>
 #include <memory>
@@ -39,12 +38,11 @@ class DeviceScope {
   int previous_ = 0;
 };
 
-// Above this many rows a layer runs awq_gemm_large on an sm_90 GPU (wgmma,
-// dequantizing in registers), elsewhere dequantizes W into the workspace and
-// multiplies with cuBLAS: awq_gemm's tile kernel reaches ~160 TFLOP/s, a
+// Above this many rows a layer dequantizes W into the workspace and
+// multiplies with cuBLAS: the W4A16 tile kernel reaches ~160 TFLOP/s, a
 // 16-bit cuBLAS GEMM several times that, which pays for writing W
 // (docs/benchmarks.md, W4A16 rows).
-constexpr int64_t kManyRowsAbove = 64;
+constexpr int64_t kDequantizeAbove = 64;
 
 // One cuBLAS handle per device, shared by the layers on it (a handle holds a
 // workspace of its own; one per layer would cost hundreds of MB).
@@ -120,11 +118,9 @@ class AwqCudaLinear final : public LinearLayer {
                 repacked.in_features, repacked.out_features, repacked.group_size,
                 repacked.padded_in};
     format_ = fmt::format("awq-w4-g{}", repacked.group_size);
-    wgmma_ = cuda::awq_gemm_large_supported(weights_, kernel_dtype()) &&
-             std::getenv("HOSTRUN_EXPERIMENT_AWQ_NO_WGMMA") == nullptr;
     cublas_ = Cublas::for_device(device.index);
     // The kernel's split counters for any row count it takes (it leaves them zero).
-    counter_count_ = cuda::awq_gemm_counters(weights_, int(kManyRowsAbove));
+    counter_count_ = cuda::awq_gemm_counters(weights_, int(kDequantizeAbove));
     counters_ = std::make_unique<DeviceArray<uint32_t>>(std::vector<uint32_t>(size_t(std::max(counter_count_, 1)), 0u));
   }
 
@@ -142,8 +138,8 @@ class AwqCudaLinear final : public LinearLayer {
   uint32_t fused_epilogues(int64_t) const noexcept override { return kEpilogueNone; }
 
   size_t workspace_bytes(int64_t max_rows) const noexcept override {
-    const size_t kernel = cuda::awq_gemm_workspace_bytes(weights_, int(std::min(max_rows, kManyRowsAbove)));
-    return max_rows > kManyRowsAbove && !wgmma_ ? std::max(kernel, dequantized_bytes()) : kernel;
+    const size_t kernel = cuda::awq_gemm_workspace_bytes(weights_, int(std::min(max_rows, kDequantizeAbove)));
+    return max_rows > kDequantizeAbove ? std::max(kernel, dequantized_bytes()) : kernel;
   }
 
   Status forward(const LinearCall& call, const ExecContext& exec) noexcept override {
@@ -169,14 +165,9 @@ class AwqCudaLinear final : public LinearLayer {
       if (rows == 0) return {};
       const size_t given = exec.workspace.data != nullptr ? exec.workspace.nbytes() : 0;
       const auto stream = static_cast<cudaStream_t>(exec.stream);
-      if (rows > kManyRowsAbove && wgmma_) {
-        check_cuda(cuda::awq_gemm_large(weights_, x.data, x.strides[0], kernel_dtype(), int(rows), y.data,
-                                        y.strides[0], stream),
-                   "awq_gemm_large");
-        return {};
-      }
-      if (rows > kManyRowsAbove) return multiply_dequantized(x, y, int(rows), exec.workspace.data, given, stream);
-      const cudaError_t e = cuda::awq_gemm(weights_, x.data, x.strides[0], kernel_dtype(), int(rows),
+      if (rows > kDequantizeAbove) return multiply_dequantized(x, y, int(rows), exec.workspace.data, given, stream);
+      const cudaError_t e = cuda::awq_gemm(weights_, x.data, x.strides[0],
+                                           dtype_ == DType::bf16 ? cuda::DType::bf16 : cuda::DType::f16, int(rows),
                                            y.data, y.strides[0], exec.workspace.data, given,
                                            counters_->data(), counter_count_, stream);
       if (e == cudaErrorInvalidValue)
@@ -222,7 +213,6 @@ class AwqCudaLinear final : public LinearLayer {
   }
 
  private:
-  cuda::DType kernel_dtype() const { return dtype_ == DType::bf16 ? cuda::DType::bf16 : cuda::DType::f16; }
   size_t dequantized_bytes() const { return size_t(weights_.out_features) * size_t(weights_.in_features) * 2; }
 
   // W dequantized into the workspace, then cuBLAS: row-major y = x W^T is
@@ -234,7 +224,8 @@ class AwqCudaLinear final : public LinearLayer {
                     fmt::format("awq: linear [{} x {}], {} rows: needs {} bytes of workspace (workspace_bytes()), {} "
                                 "given",
                                 weights_.out_features, weights_.in_features, rows, dequantized_bytes(), given));
-    check_cuda(cuda::awq_dequantize(weights_, kernel_dtype(), workspace, stream), "awq_dequantize");
+    const cuda::DType kernel_dtype = dtype_ == DType::bf16 ? cuda::DType::bf16 : cuda::DType::f16;
+    check_cuda(cuda::awq_dequantize(weights_, kernel_dtype, workspace, stream), "awq_dequantize");
     cublasHandle_t handle = cublas_->handle();
     if (const cublasStatus_t status = cublasSetStream(handle, stream); status != CUBLAS_STATUS_SUCCESS)
       throw Error(ErrorCode::internal, fmt::format("awq: cublasSetStream failed: {}", cublasGetStatusString(status)));
@@ -256,7 +247,6 @@ class AwqCudaLinear final : public LinearLayer {
   std::unique_ptr<DeviceArray<uint16_t>> scales_;
   cuda::AwqDeviceWeights weights_;
   std::string format_;
-  bool wgmma_ = false;  // many rows go to awq_gemm_large (sm_90) instead of awq_dequantize + cuBLAS
   std::shared_ptr<Cublas> cublas_;
   std::unique_ptr<DeviceArray<uint32_t>> counters_;
   int counter_count_ = 0;
