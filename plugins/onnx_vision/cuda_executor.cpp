@@ -128,9 +128,11 @@ class LtBiasGemm {
     check_blas(cublasLtMatmulDescCreate(&op_, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
     const cublasOperation_t trans_w = weight_transposed ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a = CUBLAS_OP_N;
     const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+    const cudaDataType bias_type = CUDA_R_32F;  // the f32 bias, also under a bf16 D (where cuBLASLt allows it)
     set(CUBLASLT_MATMUL_DESC_TRANSA, trans_w);
     set(CUBLASLT_MATMUL_DESC_TRANSB, trans_a);
     set(CUBLASLT_MATMUL_DESC_EPILOGUE, epilogue);
+    set(CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, bias_type);
     check_blas(weight_transposed ? cublasLtMatrixLayoutCreate(&w_, CUDA_R_16BF, std::uint64_t(k), std::uint64_t(n), k)
                                  : cublasLtMatrixLayoutCreate(&w_, CUDA_R_16BF, std::uint64_t(n), std::uint64_t(k), n),
                "cublasLtMatrixLayoutCreate");
@@ -142,19 +144,11 @@ class LtBiasGemm {
     check_blas(cublasLtMatmulPreferenceCreate(&preference), "cublasLtMatmulPreferenceCreate");
     cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes_,
                                          sizeof(workspace_bytes_));
-    // The f32 bias; under a bf16 D cuBLASLt may want the bias in D's type
-    // (the H200's cuBLASLt 13 offers no algorithm otherwise), then a bf16 copy.
-    for (const cudaDataType bias_type : {CUDA_R_32F, CUDA_R_16BF}) {
-      if (bias_type == CUDA_R_16BF && !d_bf16) break;
-      set(CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, bias_type);
-      int found = 0;
-      const cublasStatus_t status =
-          cublasLtMatmulAlgoGetHeuristic(lt_, op_, w_, a_, d_, d_, preference, 1, &heuristic_, &found);
-      available_ = status == CUBLAS_STATUS_SUCCESS && found > 0;
-      bias_bf16_ = bias_type == CUDA_R_16BF;
-      if (available_) break;
-    }
+    int found = 0;
+    const cublasStatus_t status =
+        cublasLtMatmulAlgoGetHeuristic(lt_, op_, w_, a_, d_, d_, preference, 1, &heuristic_, &found);
     cublasLtMatmulPreferenceDestroy(preference);
+    available_ = status == CUBLAS_STATUS_SUCCESS && found > 0;
   }
   LtBiasGemm(const LtBiasGemm&) = delete;
   LtBiasGemm& operator=(const LtBiasGemm&) = delete;
@@ -164,9 +158,8 @@ class LtBiasGemm {
     if (w_ != nullptr) cublasLtMatrixLayoutDestroy(w_);
     if (op_ != nullptr) cublasLtMatmulDescDestroy(op_);
   }
-  // The bias ([N], f32, or bf16 when bias_bf16()), set once its device copy exists.
-  void bind_bias(const void* bias) { set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias); }
-  bool bias_bf16() const { return bias_bf16_; }
+  // The bias (f32, [N]), set once its device copy exists.
+  void bind_bias(const float* bias) { set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias); }
   // Whether cuBLASLt offers an algorithm for this shape with the epilogue.
   bool available() const { return available_; }
 
@@ -191,7 +184,6 @@ class LtBiasGemm {
   cublasLtMatrixLayout_t w_ = nullptr, a_ = nullptr, d_ = nullptr;
   cublasLtMatmulHeuristicResult_t heuristic_{};
   bool available_ = false;
-  bool bias_bf16_ = false;
 };
 
 bool aliases_input(const std::string& op) {
@@ -1289,7 +1281,7 @@ class Planner {
                                                                         false, plan_.blas_workspace,
                                                                         plan_.blas_workspace_bytes);
     if (lt->available()) {
-      lt->bind_bias(lt->bias_bf16() ? upload_bf16(fused.bias) : bias);
+      lt->bind_bias(bias);
       const LtBiasGemm* gemm = lt.get();
       plan_.bias_gemms.push_back(std::move(lt));
       add_step(node, n, [=](cudaStream_t stream) { gemm->run(x, w, residual, out, stream); });
