@@ -1,12 +1,10 @@
-// Dense attention in one or two kernels:
+// Dense attention in two kernels:
 //
-//  1. gather (unless the operands are bf16 rows of exactly 32 or 64 with the
-//     head dimension contiguous, which attend reads in place): q, k and v
-//     through their strides, rounded to bf16 into contiguous rows
-//     [batch * heads][tokens][kDim] of the workspace (kDim: the head size
-//     padded with zeros to 32 or 64), one 16-byte store per thread and step;
-//     with the head dimension contiguous (the ViT layouts) the reads are
-//     vectors.
+//  1. gather: q, k and v, f32 through their strides, rounded to bf16 into
+//     contiguous rows [batch * heads][tokens][kDim] of the workspace (kDim:
+//     the head size padded with zeros to 32 or 64), one 16-byte store per
+//     thread and step; with the head dimension contiguous (the ViT layouts)
+//     the reads are float4s.
 //  2. attend: CTA = 4 warps, 64 query rows of one (batch, head). 64-key K/V
 //     tiles stream through shared memory by cp.async, double-buffered: tile
 //     n + 1 is in flight while tile n is attended (attention_tile.cuh's step;
@@ -43,31 +41,19 @@ std::size_t round_up_256(std::size_t bytes) { return (bytes + 255) / 256 * 256; 
 // ---- gather -------------------------------------------------------------
 
 struct GatherSource {
-  const void* data = nullptr;
+  const float* data = nullptr;
   ref::AttentionStrides strides;
   int tokens = 0;
-  bf16* rows = nullptr;       // [batch * heads][tokens][kDim]
-  bool vector_reads = false;  // dim contiguous, every row 16-byte aligned
+  bf16* rows = nullptr;  // [batch * heads][tokens][kDim]
+  bool float4_reads = false;  // dim contiguous, every row 16-byte aligned
 };
 struct GatherParams {
   GatherSource q, k, v;
   int batch = 0, heads = 0, head_dim = 0;
 };
 
-// 8 values from `src` (16-byte aligned) as f32.
-__device__ __forceinline__ void load8(const float* src, float (&x)[8]) {
-  const float4 lo = *reinterpret_cast<const float4*>(src), hi = *reinterpret_cast<const float4*>(src + 4);
-  x[0] = lo.x, x[1] = lo.y, x[2] = lo.z, x[3] = lo.w, x[4] = hi.x, x[5] = hi.y, x[6] = hi.z, x[7] = hi.w;
-}
-__device__ __forceinline__ void load8(const bf16* src, float (&x)[8]) {
-  const uint4 packed = *reinterpret_cast<const uint4*>(src);
-  const bf16* v = reinterpret_cast<const bf16*>(&packed);
-#pragma unroll
-  for (int j = 0; j < 8; ++j) x[j] = __bfloat162float(v[j]);
-}
-
 // grid.y picks q, k or v; each thread fills 8 columns of a row at a time.
-template <int kDim, typename In>
+template <int kDim>
 __global__ void __launch_bounds__(kGatherThreads) gather_kernel(const GatherParams p) {
   const GatherSource g = blockIdx.y == 0 ? p.q : blockIdx.y == 1 ? p.k : p.v;
   constexpr unsigned kChunks = kDim / 8;
@@ -77,14 +63,14 @@ __global__ void __launch_bounds__(kGatherThreads) gather_kernel(const GatherPara
     const unsigned row = i / kChunks, t = row % unsigned(g.tokens), bh = row / unsigned(g.tokens);
     const int d0 = int(i % kChunks) * 8;
     const int h = int(bh % unsigned(p.heads)), b = int(bh / unsigned(p.heads));
-    const In* src = static_cast<const In*>(g.data) +
-                    (b * g.strides.batch + h * g.strides.head + std::int64_t(t) * g.strides.token);
+    const float* src = g.data + (b * g.strides.batch + h * g.strides.head + std::int64_t(t) * g.strides.token);
     float x[8];
-    if (g.vector_reads && d0 + 8 <= p.head_dim) {
-      load8(src + d0, x);
+    if (g.float4_reads && d0 + 8 <= p.head_dim) {
+      const float4 lo = *reinterpret_cast<const float4*>(src + d0), hi = *reinterpret_cast<const float4*>(src + d0 + 4);
+      x[0] = lo.x, x[1] = lo.y, x[2] = lo.z, x[3] = lo.w, x[4] = hi.x, x[5] = hi.y, x[6] = hi.z, x[7] = hi.w;
     } else {
 #pragma unroll
-      for (int j = 0; j < 8; ++j) x[j] = d0 + j < p.head_dim ? detail::to_f32(src[(d0 + j) * g.strides.dim]) : 0.0f;
+      for (int j = 0; j < 8; ++j) x[j] = d0 + j < p.head_dim ? src[(d0 + j) * g.strides.dim] : 0.0f;
     }
     const uint4 packed{pack2<bf16>(x[0], x[1]), pack2<bf16>(x[2], x[3]), pack2<bf16>(x[4], x[5]),
                        pack2<bf16>(x[6], x[7])};
@@ -94,16 +80,8 @@ __global__ void __launch_bounds__(kGatherThreads) gather_kernel(const GatherPara
 
 // ---- attend ---------------------------------------------------------------
 
-// Where attend reads an operand: bf16 rows of kDim (head dimension
-// contiguous), row t of (b, h) at base + b * batch + h * head + t * token.
-struct Rows {
-  const bf16* base = nullptr;
-  std::int64_t batch = 0, head = 0, token = 0;
-  __device__ __forceinline__ const bf16* of(int b, int h) const { return base + b * batch + h * head; }
-};
-
 struct AttendParams {
-  Rows q, k, v;
+  const bf16 *q = nullptr, *k = nullptr, *v = nullptr;  // gathered rows
   void* out = nullptr;
   ref::AttentionStrides os;
   bool pair_writes = false;  // dim contiguous and every row's start even: two columns per store
@@ -111,14 +89,14 @@ struct AttendParams {
   float scale_log2 = 0.0f;
 };
 
-// 64 rows of `src` (`token` apart) from `first` into a [64][kRow] tile, zeros from `count` on.
+// 64 rows of `src` from `first` into a [64][kRow] tile, zeros from `count` on.
 template <int kDim>
-__device__ __forceinline__ void load_rows(bf16* tile, const bf16* src, std::int64_t token, int first, int count) {
+__device__ __forceinline__ void load_rows(bf16* tile, const bf16* src, int first, int count) {
   constexpr int kChunks = kDim / 8, kRow = detail::smem_row<kDim>;
   for (int e = threadIdx.x; e < kRows * kChunks; e += kThreads) {
     const int r = e / kChunks, c = e % kChunks, t = first + r;
     const bool valid = t < count;
-    cp_async_16(tile + r * kRow + c * 8, src + (valid ? t : 0) * token + c * 8, valid);
+    cp_async_16(tile + r * kRow + c * 8, src + std::size_t(valid ? t : 0) * kDim + c * 8, valid);
   }
 }
 
@@ -131,14 +109,13 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(const AttendParams p) 
   __shared__ __align__(16) bf16 v_tiles[2][kRows * kRow];
 
   const int bh = int(blockIdx.x) / p.q_tiles, row0 = (int(blockIdx.x) % p.q_tiles) * kRows;
-  const int b = bh / p.heads, h = bh % p.heads;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int q_len = p.q_len, kv_len = p.kv_len;
-  const bf16* k = p.k.of(b, h);
-  const bf16* v = p.v.of(b, h);
-  load_rows<kDim>(q_tile, p.q.of(b, h), p.q.token, row0, q_len);
-  load_rows<kDim>(k_tiles[0], k, p.k.token, 0, kv_len);
-  load_rows<kDim>(v_tiles[0], v, p.v.token, 0, kv_len);
+  const bf16* k = p.k + std::size_t(bh) * kv_len * kDim;
+  const bf16* v = p.v + std::size_t(bh) * kv_len * kDim;
+  load_rows<kDim>(q_tile, p.q + std::size_t(bh) * q_len * kDim, row0, q_len);
+  load_rows<kDim>(k_tiles[0], k, 0, kv_len);
+  load_rows<kDim>(v_tiles[0], v, 0, kv_len);
   detail::cp_async_commit();
 
   std::uint32_t q_frag[KSTEPS][4];
@@ -150,8 +127,8 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(const AttendParams p) 
   for (int n = 0; n < tiles; ++n) {
     const int buffer = n & 1;
     if (n + 1 < tiles) {
-      load_rows<kDim>(k_tiles[buffer ^ 1], k, p.k.token, (n + 1) * kRows, kv_len);
-      load_rows<kDim>(v_tiles[buffer ^ 1], v, p.v.token, (n + 1) * kRows, kv_len);
+      load_rows<kDim>(k_tiles[buffer ^ 1], k, (n + 1) * kRows, kv_len);
+      load_rows<kDim>(v_tiles[buffer ^ 1], v, (n + 1) * kRows, kv_len);
     }
     detail::cp_async_commit();  // an empty group on the last tile keeps wait<1> uniform
     detail::cp_async_wait<1>();
@@ -170,6 +147,7 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(const AttendParams p) 
 
   float inv[2];
   softmax.finish(inv[0], inv[1]);
+  const int b = bh / p.heads, h = bh % p.heads;
   const int quad_col = (lane % 4) * 2;
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
@@ -193,21 +171,12 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(const AttendParams p) 
 
 bool aligned(const void* p, std::size_t bytes) { return reinterpret_cast<std::uintptr_t>(p) % bytes == 0; }
 
-// bf16 rows of exactly kDim, the head dimension contiguous, rows 16-byte aligned.
-bool in_place(const ref::AttentionStrides& s, int head_dim) {
-  return s.dim == 1 && head_dim == padded_dim(head_dim) && s.batch % 8 == 0 && s.head % 8 == 0 && s.token % 8 == 0;
-}
-
 template <int kDim>
-cudaError_t launch(const ref::DenseAttentionShape& s, const GatherParams* gather, DType in_dtype,
-                   const AttendParams& attend, DType out_dtype, cudaStream_t stream) {
-  if (gather != nullptr) {
-    const std::int64_t most_rows = std::int64_t(s.batch) * s.heads * std::max(s.q_len, s.kv_len);
-    const dim3 grid(unsigned(std::min<std::int64_t>((most_rows * (kDim / 8) + kGatherThreads - 1) / kGatherThreads, 4096)),
-                    3);
-    if (in_dtype == DType::bf16) gather_kernel<kDim, bf16><<<grid, kGatherThreads, 0, stream>>>(*gather);
-    else gather_kernel<kDim, float><<<grid, kGatherThreads, 0, stream>>>(*gather);
-  }
+cudaError_t launch(const ref::DenseAttentionShape& s, const GatherParams& gather, const AttendParams& attend,
+                   DType out_dtype, cudaStream_t stream) {
+  const std::int64_t most_rows = std::int64_t(s.batch) * s.heads * std::max(s.q_len, s.kv_len);
+  const int blocks = int(std::min<std::int64_t>((most_rows * (kDim / 8) + kGatherThreads - 1) / kGatherThreads, 4096));
+  gather_kernel<kDim><<<dim3(unsigned(blocks), 3), kGatherThreads, 0, stream>>>(gather);
   const unsigned grid = unsigned(std::int64_t(s.batch) * s.heads * attend.q_tiles);
   if (out_dtype == DType::f32) attend_kernel<kDim, float><<<grid, kThreads, 0, stream>>>(attend);
   else attend_kernel<kDim, bf16><<<grid, kThreads, 0, stream>>>(attend);
@@ -218,13 +187,7 @@ cudaError_t launch(const ref::DenseAttentionShape& s, const GatherParams* gather
 
 bool dense_attention_supports(int head_dim) { return head_dim >= 1 && head_dim <= 64; }
 
-bool dense_attention_reads_in_place(const ref::DenseAttentionShape& shape, const DenseAttentionOperands& operands) {
-  return operands.dtype == DType::bf16 && in_place(operands.q_strides, shape.head_dim) &&
-         in_place(operands.k_strides, shape.head_dim) && in_place(operands.v_strides, shape.head_dim);
-}
-
-std::size_t dense_attention_workspace_bytes(const ref::DenseAttentionShape& s, const DenseAttentionOperands& operands) {
-  if (dense_attention_reads_in_place(s, operands)) return 0;
+std::size_t dense_attention_workspace_bytes(const ref::DenseAttentionShape& s) {
   const auto rows = [&](int tokens) {
     return round_up_256(std::size_t(std::max(s.batch, 0)) * std::size_t(std::max(s.heads, 0)) *
                         std::size_t(std::max(tokens, 0)) * std::size_t(padded_dim(s.head_dim)) * 2);
@@ -232,55 +195,35 @@ std::size_t dense_attention_workspace_bytes(const ref::DenseAttentionShape& s, c
   return rows(s.q_len) + 2 * rows(s.kv_len);
 }
 
-cudaError_t dense_attention(const ref::DenseAttentionShape& shape, const DenseAttentionOperands& operands, void* out,
-                            DType out_dtype, const ref::AttentionStrides& out_strides, void* workspace,
-                            cudaStream_t stream) {
+cudaError_t dense_attention(const ref::DenseAttentionShape& shape, const float* q, const ref::AttentionStrides& q_strides,
+                            const float* k, const ref::AttentionStrides& k_strides, const float* v,
+                            const ref::AttentionStrides& v_strides, void* out, DType out_dtype,
+                            const ref::AttentionStrides& out_strides, void* workspace, cudaStream_t stream) {
   if (!dense_attention_supports(shape.head_dim) || shape.q_len < 1 || shape.kv_len < 1 || shape.batch < 1 ||
-      shape.heads < 1 || (out_dtype != DType::f32 && out_dtype != DType::bf16) ||
-      (operands.dtype != DType::f32 && operands.dtype != DType::bf16))
+      shape.heads < 1 || (out_dtype != DType::f32 && out_dtype != DType::bf16) || workspace == nullptr)
     return cudaErrorInvalidValue;
   const int dim = padded_dim(shape.head_dim);
   const std::int64_t rows = std::int64_t(shape.batch) * shape.heads * std::max(shape.q_len, shape.kv_len);
   const int q_tiles = (shape.q_len + kRows - 1) / kRows;
   if (rows * dim >= (std::int64_t(1) << 31) || std::int64_t(shape.batch) * shape.heads * q_tiles >= (std::int64_t(1) << 31))
     return cudaErrorInvalidValue;
-  const bool direct = dense_attention_reads_in_place(shape, operands) && aligned(operands.q, 16) &&
-                      aligned(operands.k, 16) && aligned(operands.v, 16);
-  if (!direct && workspace == nullptr) return cudaErrorInvalidValue;
 
-  AttendParams attend;
-  GatherParams gather;
-  const auto in_place_rows = [](const void* data, const ref::AttentionStrides& s) {
-    return Rows{static_cast<const bf16*>(data), s.batch, s.head, s.token};
+  auto* base = static_cast<unsigned char*>(workspace);
+  const std::size_t q_bytes = round_up_256(std::size_t(shape.batch) * shape.heads * shape.q_len * dim * 2);
+  const std::size_t kv_bytes = round_up_256(std::size_t(shape.batch) * shape.heads * shape.kv_len * dim * 2);
+  auto* q_rows = reinterpret_cast<bf16*>(base);
+  auto* k_rows = reinterpret_cast<bf16*>(base + q_bytes);
+  auto* v_rows = reinterpret_cast<bf16*>(base + q_bytes + kv_bytes);
+  const auto source = [](const float* data, const ref::AttentionStrides& s, int tokens, bf16* rows_out) {
+    const bool rows_aligned = s.batch % 4 == 0 && s.head % 4 == 0 && s.token % 4 == 0;
+    return GatherSource{data, s, tokens, rows_out, s.dim == 1 && rows_aligned && aligned(data, 16)};
   };
-  if (direct) {
-    attend.q = in_place_rows(operands.q, operands.q_strides);
-    attend.k = in_place_rows(operands.k, operands.k_strides);
-    attend.v = in_place_rows(operands.v, operands.v_strides);
-  } else {
-    auto* base = static_cast<unsigned char*>(workspace);
-    const std::size_t q_bytes = round_up_256(std::size_t(shape.batch) * shape.heads * shape.q_len * dim * 2);
-    const std::size_t kv_bytes = round_up_256(std::size_t(shape.batch) * shape.heads * shape.kv_len * dim * 2);
-    auto* q_rows = reinterpret_cast<bf16*>(base);
-    auto* k_rows = reinterpret_cast<bf16*>(base + q_bytes);
-    auto* v_rows = reinterpret_cast<bf16*>(base + q_bytes + kv_bytes);
-    const std::size_t element = operands.dtype == DType::f32 ? 4 : 2;
-    const auto source = [&](const void* data, const ref::AttentionStrides& s, int tokens, bf16* rows_out) {
-      const std::int64_t vector = std::int64_t(16 / element);  // elements a 16-byte read takes
-      const bool rows_aligned = s.batch % vector == 0 && s.head % vector == 0 && s.token % vector == 0;
-      return GatherSource{data, s, tokens, rows_out, s.dim == 1 && rows_aligned && aligned(data, 16)};
-    };
-    gather = GatherParams{source(operands.q, operands.q_strides, shape.q_len, q_rows),
-                          source(operands.k, operands.k_strides, shape.kv_len, k_rows),
-                          source(operands.v, operands.v_strides, shape.kv_len, v_rows), shape.batch, shape.heads,
-                          shape.head_dim};
-    const auto gathered = [&](const bf16* rows_in, int tokens) {
-      return Rows{rows_in, std::int64_t(shape.heads) * tokens * dim, std::int64_t(tokens) * dim, dim};
-    };
-    attend.q = gathered(q_rows, shape.q_len);
-    attend.k = gathered(k_rows, shape.kv_len);
-    attend.v = gathered(v_rows, shape.kv_len);
-  }
+  const GatherParams gather{source(q, q_strides, shape.q_len, q_rows), source(k, k_strides, shape.kv_len, k_rows),
+                            source(v, v_strides, shape.kv_len, v_rows), shape.batch, shape.heads, shape.head_dim};
+  AttendParams attend;
+  attend.q = q_rows;
+  attend.k = k_rows;
+  attend.v = v_rows;
   attend.out = out;
   attend.os = out_strides;
   const std::size_t pair_bytes = out_dtype == DType::f32 ? 8 : 4;
@@ -292,9 +235,8 @@ cudaError_t dense_attention(const ref::DenseAttentionShape& shape, const DenseAt
   attend.head_dim = shape.head_dim;
   attend.q_tiles = q_tiles;
   attend.scale_log2 = shape.scale * 1.4426950408889634f;  // log2(e): the kernel's exp2
-  const GatherParams* gather_step = direct ? nullptr : &gather;
-  return dim == 32 ? launch<32>(shape, gather_step, operands.dtype, attend, out_dtype, stream)
-                   : launch<64>(shape, gather_step, operands.dtype, attend, out_dtype, stream);
+  return dim == 32 ? launch<32>(shape, gather, attend, out_dtype, stream)
+                   : launch<64>(shape, gather, attend, out_dtype, stream);
 }
 
 }  // namespace hostrun::cuda

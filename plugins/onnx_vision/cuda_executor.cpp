@@ -113,32 +113,30 @@ struct Gemm {
 };
 
 // One cuBLASLt call: row-major D[M,N] = A[M,K] W + bias[N] (+ R[M,N]), A and
-// W bf16, bias, R and the accumulation f32, D f32 or bf16; W is [K,N] (a
-// MatMul's weight) or [N,K] (a Gemm's with transB). The bias rides in the GEMM's
+// W bf16, D, bias, R and the accumulation f32; W is [K,N] (a MatMul's
+// weight) or [N,K] (a Gemm's with transB). The bias rides in the GEMM's
 // epilogue and R comes in as C with beta = 1, so the output is written once
 // instead of written, read and written again by each add. Descriptors and
 // the algorithm are chosen at plan time (the same for either beta).
 class LtBiasGemm {
  public:
-  // d_bf16: D is bf16 (a value only bf16 readers take; pass 0d) instead of f32.
-  LtBiasGemm(cublasLtHandle_t lt, std::int64_t m, std::int64_t n, std::int64_t k, bool weight_transposed, bool d_bf16,
-             void* workspace, std::size_t workspace_bytes)
+  LtBiasGemm(cublasLtHandle_t lt, std::int64_t m, std::int64_t n, std::int64_t k, bool weight_transposed,
+             const float* bias, void* workspace, std::size_t workspace_bytes)
       : lt_(lt), workspace_(workspace), workspace_bytes_(workspace_bytes) {
     // cuBLASLt is column-major: D^T[N,M] = W^T A^T, W^T as the first operand.
     check_blas(cublasLtMatmulDescCreate(&op_, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
     const cublasOperation_t trans_w = weight_transposed ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a = CUBLAS_OP_N;
     const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
-    const cudaDataType bias_type = CUDA_R_32F;  // the f32 bias, also under a bf16 D (where cuBLASLt allows it)
     set(CUBLASLT_MATMUL_DESC_TRANSA, trans_w);
     set(CUBLASLT_MATMUL_DESC_TRANSB, trans_a);
     set(CUBLASLT_MATMUL_DESC_EPILOGUE, epilogue);
-    set(CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, bias_type);
+    set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
     check_blas(weight_transposed ? cublasLtMatrixLayoutCreate(&w_, CUDA_R_16BF, std::uint64_t(k), std::uint64_t(n), k)
                                  : cublasLtMatrixLayoutCreate(&w_, CUDA_R_16BF, std::uint64_t(n), std::uint64_t(k), n),
                "cublasLtMatrixLayoutCreate");
     check_blas(cublasLtMatrixLayoutCreate(&a_, CUDA_R_16BF, std::uint64_t(k), std::uint64_t(m), k),
                "cublasLtMatrixLayoutCreate");
-    check_blas(cublasLtMatrixLayoutCreate(&d_, d_bf16 ? CUDA_R_16BF : CUDA_R_32F, std::uint64_t(n), std::uint64_t(m), n),
+    check_blas(cublasLtMatrixLayoutCreate(&d_, CUDA_R_32F, std::uint64_t(n), std::uint64_t(m), n),
                "cublasLtMatrixLayoutCreate");
     cublasLtMatmulPreference_t preference = nullptr;
     check_blas(cublasLtMatmulPreferenceCreate(&preference), "cublasLtMatmulPreferenceCreate");
@@ -158,13 +156,11 @@ class LtBiasGemm {
     if (w_ != nullptr) cublasLtMatrixLayoutDestroy(w_);
     if (op_ != nullptr) cublasLtMatmulDescDestroy(op_);
   }
-  // The bias (f32, [N]), set once its device copy exists.
-  void bind_bias(const float* bias) { set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias); }
   // Whether cuBLASLt offers an algorithm for this shape with the epilogue.
   bool available() const { return available_; }
 
-  // residual: R, or null for none (f32 D only); d: f32 or bf16 as constructed.
-  void run(const void* a, const void* w, const float* residual, void* d, cudaStream_t stream) const {
+  // residual: R, or null for none.
+  void run(const void* a, const void* w, const float* residual, float* d, cudaStream_t stream) const {
     const float one = 1.0f, zero = 0.0f;
     check_blas(cublasLtMatmul(lt_, op_, &one, w, w_, a, a_, residual != nullptr ? &one : &zero,
                               residual != nullptr ? residual : d, d_, d, d_, &heuristic_.algo, workspace_,
@@ -218,7 +214,6 @@ struct CudaExecutor::Plan {
   int fused_residual = 0;          // of those, GEMMs that add a residual as C
   int bf16_outputs = 0;            // values written as bf16 by their producer
   int activations = 0;             // of the fused chains, those run as a known activation
-  int bf16_gemm_outputs = 0;       // GEMM outputs written as bf16 (only bf16 readers)
 
   void enqueue(cudaStream_t stream) const {
     for (const Step& step : steps) {
@@ -256,7 +251,6 @@ class Planner {
     if (bf16_) find_bias_adds();
     find_elementwise_chains();
     if (bf16_) find_bf16_values();
-    if (bf16_) find_bf16_gemm_outputs();
     for (const Graph::Value& input : graph_.inputs) {
       if (input.element != Element::f32)
         refuse_graph(fmt::format("input '{}' is integer; the CUDA executor takes float inputs", input.name));
@@ -342,7 +336,6 @@ class Planner {
     std::string source;
     std::vector<std::int64_t> perm;
     float scale = 1.0f;  // constant factors absorbed on the way
-    int reader = -1;     // the absorbed node that reads `source`
   };
 
   // A Mul by a constant scalar (either side) or a Div by one (the divisor):
@@ -455,7 +448,6 @@ class Planner {
           reader = p->second;
           x.source = node.input(node.op_type() == "Transpose" ? 0 : scalar_operand_index(node));
         }
-        x.reader = reader;
         return x;
       };
       Attention a{operand(nodes[m1].input(0), m1, true), operand(nodes[m1].input(1), m1, true),
@@ -505,29 +497,19 @@ class Planner {
       for (std::size_t i = 0; i < r; ++i) out[std::size_t(a.out_perm[i])] = written[i];
     }
     const ref::DenseAttentionShape s = attention_shape(a);
-    cuda::DenseAttentionOperands operands = attention_operands(a);
-    operands.q = pointer(a.q.source);
-    operands.k = pointer(a.kt.source);
-    operands.v = pointer(a.v.source);
-    const ref::AttentionStrides os = attention_strides(out);
+    const ref::AttentionStrides qs = operand_strides(a.q, false), ks = operand_strides(a.kt, true),
+                                vs = operand_strides(a.v, false), os = attention_strides(out);
+    const float* q = pointer(a.q.source);
+    const float* k = pointer(a.kt.source);
+    const float* v = pointer(a.v.source);
     float* o = pointer(a.out);
     const ref::DType out_dtype = bf16_values_.count(a.out) ? ref::DType::bf16 : ref::DType::f32;
-    const auto it = workspace_.find(n);
-    void* workspace = it == workspace_.end() ? nullptr : plan_.arena + storages_[std::size_t(it->second)].offset;
+    void* workspace = plan_.arena + storages_[std::size_t(workspace_.at(n))].offset;
     add_step(node, n, [=](cudaStream_t stream) {
-      check_cuda(cuda::dense_attention(s, operands, o, out_dtype, os, workspace, stream), "fused attention");
+      check_cuda(cuda::dense_attention(s, q, qs, k, ks, v, vs, o, out_dtype, os, workspace, stream),
+                 "fused attention");
     });
     ++plan_.fused_attention;
-  }
-  // The operands' strides and dtype (all three bf16 when pass 0d made their
-  // GEMMs write bf16), pointers left to the caller.
-  cuda::DenseAttentionOperands attention_operands(const Attention& a) const {
-    cuda::DenseAttentionOperands o;
-    o.q_strides = operand_strides(a.q, false);
-    o.k_strides = operand_strides(a.kt, true);
-    o.v_strides = operand_strides(a.v, false);
-    o.dtype = bf16_values_.count(a.q.source) ? ref::DType::bf16 : ref::DType::f32;
-    return o;
   }
   ref::DenseAttentionShape attention_shape(const Attention& a) const {
     const Shape& c = a.context;
@@ -744,8 +726,7 @@ class Planner {
       };
       emit(root);
       if (!fits || members.empty()) continue;
-      for (int m : members) absorbed_.insert(m), taken.insert(m), chain_of_.emplace(m, root);
-      chain_of_.emplace(root, root);
+      for (int m : members) absorbed_.insert(m), taken.insert(m);
       chain.output = top.output(0);
       chains_[root] = std::move(chain);
     }
@@ -796,14 +777,7 @@ class Planner {
       return {op + "(" + a.text + "," + b.text + ")", a.constants};
     };
     const Expression e = write(chain.program.count - 1);
-    // (shapes as inferred at load: this runs in the passes, before values are placed)
-    const auto inferred = [&](const std::string& name) -> const Shape* {
-      const auto it = graph_.computed.find(name);
-      return it == graph_.computed.end() ? nullptr : &it->second.shape;
-    };
-    if (!fits || variable.empty() || inferred(variable) == nullptr || inferred(chain.output) == nullptr ||
-        *inferred(variable) != *inferred(chain.output))
-      return {};
+    if (!fits || variable.empty() || shape_of(variable) != values_.at(chain.output).shape) return {};
     const auto near = [&](std::size_t k, double want) {
       return std::fabs(double(e.constants[k]) - want) <= 1e-6 * std::fabs(want);
     };
@@ -817,13 +791,12 @@ class Planner {
   void plan_chain(const onnx::NodeProto& node, int n, const Chain& chain) {
     const Shape& out_shape = values_.at(node.output(0)).shape;
     if (const std::optional<Activation> a = find_activation(chain)) {
-      const void* x = pointer(a->input);
-      const cuda_ops::Store input = written_as(a->input);
+      const float* x = pointer(a->input);
       void* out = pointer(node.output(0));
       const cuda_ops::Store store = written_as(node.output(0));
       const std::int64_t elements = count(out_shape);
       add_step(node, n, [=, kind = a->kind, alpha = a->alpha](cudaStream_t stream) {
-        check_cuda(cuda_ops::activation(kind, alpha, x, input, elements, out, store, stream), "activation");
+        check_cuda(cuda_ops::activation(kind, alpha, x, elements, out, store, stream), "activation");
       });
       ++plan_.fused_elementwise;
       ++plan_.activations;
@@ -889,96 +862,6 @@ class Planner {
     }
   }
 
-  // ---- pass 0d: GEMM outputs written as bf16 ---------------------------------
-  //
-  // A bias GEMM's output (not one that adds a residual: the residual stream
-  // stays f32) whose every reader, seen through views, takes bf16 — another
-  // GEMM, the activation kernel of a chain it is the input of, or a fused
-  // attention reading it as Q, K or V — is written as bf16 by cuBLASLt: half
-  // the bytes written and read again, and attention then reads its operands
-  // in place instead of gathering them. An attention takes its three
-  // operands in one dtype, so where one of them cannot be bf16 none is.
-  bool read_as_bf16_only(const std::string& value, std::vector<std::string>& views) const {
-    const auto& nodes = graph_.proto().node();
-    const auto read = uses_.readers.find(value);
-    if (uses_.outputs.count(value) || read == uses_.readers.end()) return false;
-    for (const int r : read->second) {
-      const onnx::NodeProto& node = nodes[r];
-      if (aliases_input(node.op_type()) && !absorbed_.count(r) && node.input(0) == value) {
-        views.push_back(node.output(0));
-        if (!read_as_bf16_only(node.output(0), views)) return false;
-        continue;
-      }
-      const bool gemm = (node.op_type() == "MatMul" || node.op_type() == "Gemm") && !absorbed_.count(r) &&
-                        !attention_.count(r) &&
-                        !(node.input_size() > 2 && node.input(2) == value);  // Gemm's C is added in f32
-      if (gemm) continue;
-      if (const auto chain = chain_of_.find(r); chain != chain_of_.end()) {
-        const std::optional<Activation> a = find_activation(chains_.at(chain->second));
-        if (a && a->input == value) continue;
-        return false;
-      }
-      bool attention_operand = false;
-      for (const auto& [last, a] : attention_)
-        for (const Operand* x : {&a.q, &a.kt, &a.v}) attention_operand |= x->source == value && x->reader == r;
-      if (!attention_operand) return false;
-    }
-    return true;
-  }
-
-  // [m, columns, k] of the GEMM of bias_adds_ entry n, from the shapes inferred at load.
-  struct GemmDims {
-    std::int64_t m, columns, k;
-  };
-  GemmDims bias_gemm_dims(int n, const BiasAdd& fused) const {
-    const onnx::NodeProto& node = graph_.proto().node(n);
-    const Shape& x = graph_.computed.at(node.input(0)).shape;
-    const auto w = graph_.initializers.find(node.input(1));
-    const Shape& ws = w != graph_.initializers.end() ? w->second.shape : graph_.computed.at(node.input(1)).shape;
-    const std::int64_t k = x.back();
-    return {count(x) / std::max<std::int64_t>(k, 1), fused.weight_transposed ? ws[0] : ws[1], k};
-  }
-
-  void find_bf16_gemm_outputs() {
-    std::map<std::string, std::vector<std::string>> candidates;  // a GEMM output -> its views
-    std::map<std::string, std::string> root;                     // a candidate or its view -> the candidate
-    for (const auto& [n, fused] : bias_adds_) {
-      std::vector<std::string> views;
-      if (!fused.residual.empty() || !read_as_bf16_only(fused.output, views)) continue;
-      const auto [m, columns, k] = bias_gemm_dims(n, fused);
-      auto gemm = std::make_unique<LtBiasGemm>(plan_.lt, m, columns, k, fused.weight_transposed, true,
-                                               plan_.blas_workspace, plan_.blas_workspace_bytes);
-      if (!gemm->available()) continue;  // no bf16-output algorithm for this shape: it stays f32
-      bf16_gemms_[n] = std::move(gemm);
-      root[fused.output] = fused.output;
-      for (const std::string& v : views) root[v] = fused.output;
-      candidates[fused.output] = std::move(views);
-    }
-    // Until no attention is left with its operands in two dtypes (dropping one
-    // candidate may split another attention).
-    for (bool dropped = true; dropped;) {
-      dropped = false;
-      const auto kept = [&](const std::string& source) {
-        const auto it = root.find(source);
-        return it != root.end() && candidates.count(it->second);
-      };
-      for (const auto& [last, a] : attention_) {
-        const int bf16 = kept(a.q.source) + kept(a.kt.source) + kept(a.v.source);
-        if (bf16 == 0 || bf16 == 3) continue;
-        for (const std::string* source : {&a.q.source, &a.kt.source, &a.v.source})
-          if (kept(*source)) candidates.erase(root.at(*source));
-        dropped = true;
-      }
-    }
-    for (auto it = bf16_gemms_.begin(); it != bf16_gemms_.end();)
-      it = candidates.count(bias_adds_.at(it->first).output) ? std::next(it) : bf16_gemms_.erase(it);
-    for (const auto& [output, views] : candidates) {
-      bf16_values_.insert(output);
-      bf16_values_.insert(views.begin(), views.end());
-      ++plan_.bf16_gemm_outputs;
-    }
-  }
-
   // ---- pass 1: which storage each value lives in, and until when --------
 
   void plan_liveness(const onnx::NodeProto& node, int n) {
@@ -1014,10 +897,7 @@ class Planner {
     if (const auto bias = bias_adds_.find(n); bias != bias_adds_.end())
       values_[bias->second.output] = values_[name];  // the last Add's output: this node writes it
     if (const auto fused = attention_.find(n); fused != attention_.end())
-      if (const std::size_t bytes = cuda::dense_attention_workspace_bytes(attention_shape(fused->second),
-                                                                           attention_operands(fused->second));
-          bytes > 0)
-        workspace_[n] = new_storage(std::int64_t(bytes), n);
+      workspace_[n] = new_storage(std::int64_t(cuda::dense_attention_workspace_bytes(attention_shape(fused->second))), n);
     if (node.op_type() == "Conv") {
       workspace_[n] = new_storage(conv_columns(node, n) * 4, n);
       if (bf16_) conv_bf16_[n] = new_storage(conv_columns(node, n) * 2, n);
@@ -1274,14 +1154,9 @@ class Planner {
     const void* x = gemm_operand(node, n, 0);
     const void* w = gemm_operand(node, n, 1);
     float* out = pointer(fused.output);
-    // A bf16 output's GEMM was made (and found available) by pass 0d.
-    std::unique_ptr<LtBiasGemm> lt = bf16_values_.count(fused.output)
-                                         ? std::move(bf16_gemms_.at(n))
-                                         : std::make_unique<LtBiasGemm>(plan_.lt, m, nn, k, fused.weight_transposed,
-                                                                        false, plan_.blas_workspace,
-                                                                        plan_.blas_workspace_bytes);
+    auto lt = std::make_unique<LtBiasGemm>(plan_.lt, m, nn, k, fused.weight_transposed, bias, plan_.blas_workspace,
+                                           plan_.blas_workspace_bytes);
     if (lt->available()) {
-      lt->bind_bias(bias);
       const LtBiasGemm* gemm = lt.get();
       plan_.bias_gemms.push_back(std::move(lt));
       add_step(node, n, [=](cudaStream_t stream) { gemm->run(x, w, residual, out, stream); });
@@ -1545,14 +1420,12 @@ class Planner {
   std::map<int, int> workspace_;          // Conv node -> its im2col columns; fused attention -> its gathered q, k, v
   std::map<std::string, float*> uploaded_;
   std::map<std::string, int> bf16_copy_;  // a value GEMMs read -> the storage of its bf16 copy
-  std::set<std::string> bf16_values_;     // values stored as bf16 only (passes 0c and 0d)
-  std::map<int, std::unique_ptr<LtBiasGemm>> bf16_gemms_;  // pass 0d: GEMM node -> its bf16-output cuBLASLt call
+  std::set<std::string> bf16_values_;     // values only GEMMs read, stored as bf16 only (pass 0c)
   std::set<std::string> converted_;       // values whose conversion step is planned
   std::map<int, int> conv_bf16_;          // Conv node -> its columns' bf16 copy
   std::map<std::string, const void*> uploaded_bf16_;
   std::map<int, Attention> attention_;  // node whose output a fused step writes -> the pattern
   std::map<int, Chain> chains_;         // a chain's last node -> the chain
-  std::map<int, int> chain_of_;         // a chain's node (members and root) -> its last node
   std::set<int> absorbed_;              // nodes a fused step computes (skipped)
   std::map<int, BiasAdd> bias_adds_;    // MatMul node -> the Add it computes too
   Uses uses_;
@@ -1587,7 +1460,6 @@ int CudaExecutor::fused_bias() const { return plan_->fused_bias; }
 int CudaExecutor::fused_residual() const { return plan_->fused_residual; }
 int CudaExecutor::bf16_outputs() const { return plan_->bf16_outputs; }
 int CudaExecutor::activations() const { return plan_->activations; }
-int CudaExecutor::bf16_gemm_outputs() const { return plan_->bf16_gemm_outputs; }
 
 Status CudaExecutor::run(void* stream_handle) {
   return guard([&] {

@@ -52,9 +52,6 @@ class CudaExecutor {
   // Of those, chains recognized as an activation (quick_gelu, GELU) and run
   // as its kernel rather than interpreted.
   int activations() const;
-  // GEMM outputs written as bf16 because only bf16 readers take them (another
-  // GEMM, an activation kernel, attention's Q, K and V; bf16 only).
-  int bf16_gemm_outputs() const;
   // GEMMs whose bias add runs in their epilogue (bf16 precision only).
   int fused_bias() const;
   // Of those, GEMMs that also add the residual after the bias (as cuBLASLt's C).

@@ -221,33 +221,22 @@ __device__ __forceinline__ float activate(float x, float alpha) {
   else return (x * 0.5f) * (erff(x * 0.70710678118654752f) + 1.0f);
 }
 
-__device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
-__device__ __forceinline__ float4 load4(const __nv_bfloat16* p) {
-  const uint2 packed = *reinterpret_cast<const uint2*>(p);
-  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&packed.x));
-  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&packed.y));
-  return float4{lo.x, lo.y, hi.x, hi.y};
-}
-__device__ __forceinline__ float load1(const float* p) { return *p; }
-__device__ __forceinline__ float load1(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-
-// Four values a thread per step, a float4 (or four bf16) in and a float4 or
-// four bf16 out, when n is a multiple of 4 and the pointers are aligned (else
-// one a step).
-template <Activation kKind, typename In, typename Out>
-__global__ void activation_kernel(const In* __restrict__ x, float alpha, std::int64_t n, bool vectors,
+// Four values a thread per step, a float4 in and a float4 or four bf16 out,
+// when n is a multiple of 4 and the pointers are aligned (else one a step).
+template <Activation kKind, typename Out>
+__global__ void activation_kernel(const float* __restrict__ x, float alpha, std::int64_t n, bool vectors,
                                   Out* __restrict__ out) {
   const std::int64_t stride = std::int64_t(gridDim.x) * blockDim.x;
   if (vectors) {
     for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n / 4; i += stride) {
-      const float4 v = load4(x + 4 * i);
+      const float4 v = reinterpret_cast<const float4*>(x)[i];
       write4(out + 4 * i, activate<kKind>(v.x, alpha), activate<kKind>(v.y, alpha), activate<kKind>(v.z, alpha),
              activate<kKind>(v.w, alpha));
     }
     return;
   }
   for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n; i += stride)
-    write_value(out + i, activate<kKind>(load1(x + i), alpha));
+    write_value(out + i, activate<kKind>(x[i], alpha));
 }
 
 // operand_offsets' reads over fewer dimensions: size-1 dimensions dropped, and a
@@ -569,26 +558,21 @@ cudaError_t elementwise_program(const ElementwiseProgram& program, const OutputS
   return cudaGetLastError();
 }
 
-cudaError_t activation(Activation kind, float alpha, const void* x, Store input, std::int64_t n, void* out, Store store,
+cudaError_t activation(Activation kind, float alpha, const float* x, std::int64_t n, void* out, Store store,
                        cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  const auto aligned = [](const void* p, std::uintptr_t bytes) { return reinterpret_cast<std::uintptr_t>(p) % bytes == 0; };
-  const bool vectors = n % 4 == 0 && aligned(x, input == Store::bf16 ? 8 : 16) &&
-                       aligned(out, store == Store::bf16 ? 8 : 16);
+  const bool vectors = n % 4 == 0 && reinterpret_cast<std::uintptr_t>(x) % 16 == 0 &&
+                       reinterpret_cast<std::uintptr_t>(out) % (store == Store::bf16 ? 8 : 16) == 0;
   const int blocks = blocks_for(vectors ? n / 4 : n);
-  const auto launch = [&](auto kind_tag, const auto* in) {
+  const auto launch = [&](auto kind_tag) {
     constexpr Activation kKind = decltype(kind_tag)::value;
     if (store == Store::bf16)
-      activation_kernel<kKind><<<blocks, kThreads, 0, stream>>>(in, alpha, n, vectors, static_cast<__nv_bfloat16*>(out));
+      activation_kernel<kKind><<<blocks, kThreads, 0, stream>>>(x, alpha, n, vectors, static_cast<__nv_bfloat16*>(out));
     else
-      activation_kernel<kKind><<<blocks, kThreads, 0, stream>>>(in, alpha, n, vectors, static_cast<float*>(out));
+      activation_kernel<kKind><<<blocks, kThreads, 0, stream>>>(x, alpha, n, vectors, static_cast<float*>(out));
   };
-  const auto with_input = [&](auto kind_tag) {
-    if (input == Store::bf16) launch(kind_tag, static_cast<const __nv_bfloat16*>(x));
-    else launch(kind_tag, static_cast<const float*>(x));
-  };
-  if (kind == Activation::quick_gelu) with_input(std::integral_constant<Activation, Activation::quick_gelu>{});
-  else with_input(std::integral_constant<Activation, Activation::gelu>{});
+  if (kind == Activation::quick_gelu) launch(std::integral_constant<Activation, Activation::quick_gelu>{});
+  else launch(std::integral_constant<Activation, Activation::gelu>{});
   return cudaGetLastError();
 }
 

@@ -68,14 +68,13 @@ cudaError_t elementwise_program(const ElementwiseProgram& program, const OutputS
                                 const StridedInput (&leaves)[ElementwiseProgram::kMaxLeaves], void* out, Store store,
                                 cudaStream_t stream);
 
-// The activations of ViT-family MLPs over n contiguous values: x *
+// The activations of ViT-family MLPs over n contiguous floats: x *
 // sigmoid(alpha x) (CLIP's quick_gelu) and x / 2 (1 + erf(x / sqrt 2))
 // (exact GELU; alpha unused). The executor runs one for an elementwise chain
 // it recognizes as it: as a program the chain is interpreted per element and
 // runs at several times its bytes' time.
 enum class Activation { quick_gelu, gelu };
-// x is f32 or bf16 (`input`), out f32 or bf16 (`store`).
-cudaError_t activation(Activation kind, float alpha, const void* x, Store input, std::int64_t n, void* out, Store store,
+cudaError_t activation(Activation kind, float alpha, const float* x, std::int64_t n, void* out, Store store,
                        cudaStream_t stream);
 
 // Softmax along the middle axis of in viewed as [outer, length, inner].

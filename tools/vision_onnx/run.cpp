@@ -142,7 +142,6 @@ int main(int argc, char** argv) {
     summary["fused_residual"] = e.fused_residual();
     summary["bf16_outputs"] = e.bf16_outputs();
     summary["activations"] = e.activations();
-    summary["bf16_gemm_outputs"] = e.bf16_gemm_outputs();
     summary["arena_bytes"] = e.arena_bytes();
     summary["weight_bytes"] = e.weight_bytes();
     cudaStream_t stream = nullptr;

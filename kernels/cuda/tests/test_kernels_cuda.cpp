@@ -156,11 +156,6 @@ std::vector<float> from_bytes(const std::vector<unsigned char>& bytes, DType dty
 }
 // Rounds values to what dtype can hold, so the reference sees the GPU's inputs.
 std::vector<float> rounded(const std::vector<float>& values, DType dtype) { return from_bytes(to_bytes(values, dtype), dtype); }
-std::vector<std::uint16_t> to_bf16_bits(const std::vector<float>& values) {
-  std::vector<std::uint16_t> bits(values.size());
-  for (std::size_t i = 0; i < values.size(); ++i) bits[i] = hostrun::ref::f32_to_bf16(values[i]);
-  return bits;
-}
 
 const char* name_of(DType dtype) { return ref::dtype_name(dtype); }
 
@@ -586,55 +581,35 @@ TEST_CASE("dense_attention") {
     ref::dense_attention(shape, q.data(), strides(c.q_len), k.data(), strides(c.kv_len), v.data(), strides(c.kv_len),
                          want.data(), strides(c.q_len));
     DeviceBuffer<float> d_q, d_k, d_v, d_out(n_q);
-    DeviceBuffer<std::uint16_t> d_out_bf16(n_q), b_q, b_k, b_v;
+    DeviceBuffer<std::uint16_t> d_out_bf16(n_q);
+    DeviceBuffer<unsigned char> workspace(gpu::dense_attention_workspace_bytes(shape));
     d_q.upload(q);
     d_k.upload(k);
     d_v.upload(v);
-    // The same values as bf16 operands (exact: they were rounded to bf16 above).
-    b_q.upload(to_bf16_bits(q));
-    b_k.upload(to_bf16_bits(k));
-    b_v.upload(to_bf16_bits(v));
-    gpu::DenseAttentionOperands f32_in{d_q.ptr, d_k.ptr, d_v.ptr, strides(c.q_len), strides(c.kv_len),
-                                       strides(c.kv_len), DType::f32};
-    gpu::DenseAttentionOperands bf16_in{b_q.ptr, b_k.ptr, b_v.ptr, strides(c.q_len), strides(c.kv_len),
-                                        strides(c.kv_len), DType::bf16};
-    // bf16 rows of exactly 32 or 64 with the head dimension contiguous are read in place, nothing gathered.
-    const bool in_place = (c.head_dim == 32 || c.head_dim == 64) && c.layout != bhdt;
-    CHECK(gpu::dense_attention_reads_in_place(shape, bf16_in) == in_place);
-    CHECK_FALSE(gpu::dense_attention_reads_in_place(shape, f32_in));
-    CHECK((gpu::dense_attention_workspace_bytes(shape, bf16_in) == 0) == in_place);
-    DeviceBuffer<unsigned char> workspace(gpu::dense_attention_workspace_bytes(shape, f32_in));
     d_out.poison();
     d_out_bf16.poison();
     const std::string what = fmt("b=%d h=%d q=%d kv=%d d=%d %s", c.batch, c.heads, c.q_len, c.kv_len, c.head_dim,
                                  kLayoutName[c.layout]);
-    LAUNCH_OK(gpu::dense_attention(shape, f32_in, d_out.ptr, DType::f32, strides(c.q_len), workspace.ptr, nullptr));
+    LAUNCH_OK(gpu::dense_attention(shape, d_q.ptr, strides(c.q_len), d_k.ptr, strides(c.kv_len), d_v.ptr,
+                                   strides(c.kv_len), d_out.ptr, DType::f32, strides(c.q_len), workspace.ptr, nullptr));
     // P is rounded to bf16 for the second product: ~3 significant digits.
     report("dense_attention", what, compare(d_out.download(), want), 1e-2);
-    const std::vector<float> f32_run = d_out.download();
     // The same into bf16: each value the f32 run's, rounded.
-    LAUNCH_OK(gpu::dense_attention(shape, f32_in, d_out_bf16.ptr, DType::bf16, strides(c.q_len), workspace.ptr,
+    LAUNCH_OK(gpu::dense_attention(shape, d_q.ptr, strides(c.q_len), d_k.ptr, strides(c.kv_len), d_v.ptr,
+                                   strides(c.kv_len), d_out_bf16.ptr, DType::bf16, strides(c.q_len), workspace.ptr,
                                    nullptr));
+    const std::vector<float> f32_run = d_out.download();
     const std::vector<std::uint16_t> bf16_run = d_out_bf16.download();
     std::size_t differ = 0;
     for (std::size_t i = 0; i < n_q; ++i) differ += bf16_run[i] != ref::f32_to_bf16(f32_run[i]);
     CHECK_MESSAGE(differ == 0, "dense_attention bf16 out " << what << ": " << differ << " values differ");
-    // bf16 operands, read in place or gathered: the f32 run's bits.
-    d_out.poison();
-    LAUNCH_OK(gpu::dense_attention(shape, bf16_in, d_out.ptr, DType::f32, strides(c.q_len),
-                                   in_place ? nullptr : workspace.ptr, nullptr));
-    CHECK_MESSAGE(d_out.download() == f32_run, "dense_attention bf16 operands " << what);
   }
   CHECK_FALSE(gpu::dense_attention_supports(128));
-  CHECK(gpu::dense_attention({1, 1, 4, 4, 72, 1.0f}, {}, nullptr, DType::f32, {}, nullptr, nullptr) ==
-        cudaErrorInvalidValue);
-  unsigned char* scratch = nullptr;  // any non-null workspace: the dtypes are refused before it is used
-  CHECK(gpu::dense_attention({1, 1, 4, 4, 64, 1.0f}, {}, nullptr, DType::f16, {}, &scratch, nullptr) ==
-        cudaErrorInvalidValue);
-  gpu::DenseAttentionOperands f16_in;
-  f16_in.dtype = DType::f16;
-  CHECK(gpu::dense_attention({1, 1, 4, 4, 64, 1.0f}, f16_in, nullptr, DType::f32, {}, &scratch, nullptr) ==
-        cudaErrorInvalidValue);
+  CHECK(gpu::dense_attention({1, 1, 4, 4, 72, 1.0f}, nullptr, {}, nullptr, {}, nullptr, {}, nullptr, DType::f32, {},
+                             nullptr, nullptr) == cudaErrorInvalidValue);
+  unsigned char* scratch = nullptr;  // any non-null workspace: the dtype is refused before it is used
+  CHECK(gpu::dense_attention({1, 1, 4, 4, 64, 1.0f}, nullptr, {}, nullptr, {}, nullptr, {}, nullptr, DType::f16, {},
+                             &scratch, nullptr) == cudaErrorInvalidValue);
 }
 
 // ---- small-m linear layer -------------------------------------------------
