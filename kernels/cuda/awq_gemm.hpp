@@ -110,27 +110,6 @@ cudaError_t awq_gemm(const AwqDeviceWeights& weights, const void* x, std::int64_
                      void* y, std::int64_t y_stride, void* workspace, std::size_t workspace_bytes,
                      std::uint32_t* counters, int counter_count, cudaStream_t stream);
 
-// The same product for many rows on sm_90 (H100 / H200), on the tensor
-// cores' wgmma at close to a 16-bit GEMM's rate (awq_gemm_wgmma.cu says how):
-// the weights are dequantized in registers exactly as awq_dequantize writes
-// them (rounded once to dtype), so the result is that of a 16-bit GEMM on
-// awq_dequantize's W, summed in f32 in another order. No workspace. x 4-byte
-// aligned with an even row stride; out_features a multiple of 128.
-// Supported: built with sm_90 in HOSTRUN_CUDA_ARCHITECTURES and running on a
-// compute capability 9.0 device; otherwise awq_gemm_large refuses
-// (cudaErrorInvalidValue) and a layer uses awq_dequantize and cuBLAS.
-bool awq_gemm_large_supported(const AwqDeviceWeights& weights, DType dtype);
-cudaError_t awq_gemm_large(const AwqDeviceWeights& weights, const void* x, std::int64_t x_stride, DType dtype, int m,
-                           void* y, std::int64_t y_stride, cudaStream_t stream);
-// For test_kernels_cuda: awq_gemm_large with a chosen tile instead of the
-// planned one: rows_per_cta 64 or 128, column_tiles_per_warpgroup 1 or 2
-// (2 needs group 64 or 128, out_features a multiple of 256 and variant 0);
-// variant 0: A in registers a k step ahead, 1: a k-block ahead, 2: A
-// through shared memory.
-cudaError_t awq_gemm_large_shaped(const AwqDeviceWeights& weights, const void* x, std::int64_t x_stride, DType dtype,
-                                  int m, void* y, std::int64_t y_stride, int rows_per_cta,
-                                  int column_tiles_per_warpgroup, int variant, cudaStream_t stream);
-
 // W [n, k] in dtype from the repacked layer (twin of ref::awq_dequantize,
 // rounded once to dtype): (q - z) * s in f32. For products of many rows a
 // 16-bit tensor-core GEMM (cuBLAS) on W outruns awq_gemm's tile kernel by

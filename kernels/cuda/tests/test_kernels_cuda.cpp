@@ -8,8 +8,6 @@
 //   test_kernels_cuda --bench         timings (cudaEvent, median of repeats)
 //   test_kernels_cuda --bench-gemm    the small_gemm, fp8_small_gemm and awq_gemm timings alone
 //   test_kernels_cuda --bench-fp8     the small_gemm and fp8_small_gemm timings alone
-//   test_kernels_cuda --bench-awq-large  awq_gemm_large (sm_90) against awq_gemm, awq_dequantize +
-//                                     cuBLAS and cuBLAS bf16
 //   test_kernels_cuda --bench-decode [BxC]  decode attention alone (one
 //                                     batch B x context C: for ncu)
 //   test_kernels_cuda -tc='*attention*'   doctest filters work as usual
@@ -37,8 +35,6 @@
 #include <random>
 #include <string>
 #include <vector>
-
-#include <cublas_v2.h>
 
 #include "cuda/awq_gemm.hpp"
 #include "cuda/dense_attention.hpp"
@@ -1462,94 +1458,6 @@ TEST_CASE("awq_gemm") {
   }
 }
 
-// awq_gemm_large (sm_90 wgmma) against a GEMM on awq_dequantize's W (ref's
-// (q - z) * s rounded to dtype, which is what the kernel multiplies by) in
-// f32: the same products, f32 sums in another order, one rounding to dtype.
-// Every tile shape the kernel has, row counts around its 64 / 128-row tiles,
-// in_features padded to the 128-channel k-block, and the adversarial groups.
-TEST_CASE("awq_gemm_large") {
-  auto rng = rng_for("awq_gemm_large");
-  {
-    const AwqLayerData layer = make_awq_layer(rng, 256, 512, 128, AwqValues::random);
-    AwqDeviceLayer device(layer.view(256, 512, 128));
-    if (!gpu::awq_gemm_large_supported(device.weights, DType::bf16)) {
-      report_bool("awq_gemm_large", "not on this device or build (sm_90a only)", true, "skipped");
-      return;
-    }
-  }
-  struct Case {
-    int m, n, k, group;
-    AwqValues values;
-    const char* what;
-  };
-  const Case cases[] = {
-      {1, 256, 512, 128, AwqValues::random, "one row"},
-      {65, 512, 1024, 64, AwqValues::random, "rows=65"},
-      {130, 1024, 4096, 128, AwqValues::random, "rows=130 k=4096"},
-      {300, 384, 576, 64, AwqValues::random, "rows=300 k=576 padded"},
-      {257, 256, 1056, 32, AwqValues::random, "rows=257 g32 k=1056 padded"},
-      {200, 256, 512, 128, AwqValues::codes_all_zero, "q=0 z=15"},
-      {70, 256, 512, 32, AwqValues::codes_all_fifteen, "q=15 z=0"},
-      {128, 512, 1024, 64, AwqValues::zero_scales, "zero scales"},
-      {129, 256, 1024, 128, AwqValues::tiny_scales, "subnormal scales"},
-  };
-  for (const DType dtype : half_dtypes) {
-    for (const Case& c : cases) {
-      const AwqLayerData layer = make_awq_layer(rng, c.n, c.k, c.group, c.values);
-      const ref::AwqWeights view = layer.view(c.n, c.k, c.group);
-      std::vector<float> dense(std::size_t(c.n) * c.k);
-      ref::awq_dequantize(view, dense.data());
-      dense = rounded(dense, dtype);
-      const int x_stride = c.k + 8, y_stride = c.n + 8;
-      const auto x = rounded(random_floats(rng, std::size_t(c.m) * x_stride, -1, 1), dtype);
-      std::vector<float> want(std::size_t(c.m) * y_stride, 0.0f);
-      for (int i = 0; i < c.m; ++i)
-        for (int j = 0; j < c.n; ++j) {
-          double sum = 0.0;
-          for (int kk = 0; kk < c.k; ++kk)
-            sum += double(x[std::size_t(i) * x_stride + kk]) * dense[std::size_t(j) * c.k + kk];
-          want[std::size_t(i) * y_stride + j] = float(sum);
-        }
-      AwqDeviceLayer device(view);
-      DeviceBuffer<unsigned char> d_x, d_y(want.size() * ref::dtype_size(dtype));
-      d_x.upload(to_bytes(x, dtype));
-      // Planned, then every tile shape the layer takes; the padding columns stay untouched.
-      const std::array<std::array<int, 3>, 9> shapes{
-          {{0, 0, 0}, {64, 1, 0}, {128, 1, 0}, {64, 2, 0}, {128, 2, 0}, {64, 1, 1}, {128, 1, 1}, {64, 1, 2}, {128, 1, 2}}};
-      for (const auto [rows, tiles, variant] : shapes) {
-        if (tiles == 2 && (c.n % 256 != 0 || c.group < 64)) continue;
-        d_y.upload(to_bytes(std::vector<float>(want.size(), 0.0f), dtype));
-        if (rows == 0)
-          LAUNCH_OK(gpu::awq_gemm_large(device.weights, d_x.ptr, x_stride, dtype, c.m, d_y.ptr, y_stride, nullptr));
-        else
-          LAUNCH_OK(gpu::awq_gemm_large_shaped(device.weights, d_x.ptr, x_stride, dtype, c.m, d_y.ptr, y_stride, rows,
-                                               tiles, variant, nullptr));
-        report("awq_gemm_large",
-               fmt("%s m=%d n=%d k=%d g%d %s, %s", name_of(dtype), c.m, c.n, c.k, c.group, c.what,
-                   rows == 0 ? "planned" : fmt("%d rows x %d tiles, variant %d", rows, tiles, variant).c_str()),
-               compare(from_bytes(d_y.download(), dtype), want), dtype == DType::bf16 ? 3e-3 : 4e-4);
-      }
-    }
-  }
-  {  // Refusals: f32, odd x stride, out_features not a multiple of 128, 2 tiles with group 32.
-    const AwqLayerData layer = make_awq_layer(rng, 256, 512, 32, AwqValues::random);
-    AwqDeviceLayer device(layer.view(256, 512, 32));
-    DeviceBuffer<unsigned char> any(std::size_t(256) * 520 * 4);
-    gpu::AwqDeviceWeights narrow = device.weights;
-    narrow.out_features = 200;
-    report_bool("awq_gemm_large", "refusals", 
-                gpu::awq_gemm_large(device.weights, any.ptr, 512, DType::f32, 4, any.ptr, 256, nullptr) ==
-                        cudaErrorInvalidValue &&
-                    gpu::awq_gemm_large(device.weights, any.ptr, 513, DType::bf16, 4, any.ptr, 256, nullptr) ==
-                        cudaErrorInvalidValue &&
-                    gpu::awq_gemm_large(narrow, any.ptr, 512, DType::bf16, 4, any.ptr, 256, nullptr) ==
-                        cudaErrorInvalidValue &&
-                    gpu::awq_gemm_large_shaped(device.weights, any.ptr, 512, DType::bf16, 4, any.ptr, 256, 64, 2, 0,
-                                               nullptr) == cudaErrorInvalidValue,
-                "cudaErrorInvalidValue for each");
-  }
-}
-
 // ---- quantized KV stores ---------------------------------------------------
 
 // The queries' rotation for attention over int4 pages (their keys are stored
@@ -1948,81 +1856,6 @@ void bench_awq_gemm() {
   }
 }
 
-// W4A16 for many rows: awq_gemm_large (planned and each tile shape) beside
-// the paths it replaces (awq_gemm's kernels; awq_dequantize then cuBLAS) and
-// beside cuBLAS on the bf16 weights it stands for.
-void bench_awq_large() {
-  std::printf("\n== awq_gemm_large bf16 g128 (wgmma), Llama-3-8B matrices, against awq_gemm, awq_dequantize + "
-              "cuBLAS, and cuBLAS bf16 (TFLOP/s: 2 m n k) ==\n");
-  std::mt19937_64 rng(g_seed);
-  cublasHandle_t handle = nullptr;
-  if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) {
-    std::printf("cublasCreate failed\n");
-    return;
-  }
-  struct Shape {
-    const char* name;
-    int n, k;
-  };
-  for (const Shape shape : {Shape{"qkv", 6144, 4096}, Shape{"o_proj", 4096, 4096}, Shape{"gate_up", 28672, 4096},
-                            Shape{"down", 4096, 14336}}) {
-    const AwqLayerData layer = make_awq_layer(rng, shape.n, shape.k, 128, AwqValues::random);
-    AwqDeviceLayer device(layer.view(shape.n, shape.k, 128));
-    if (!gpu::awq_gemm_large_supported(device.weights, DType::bf16)) {
-      std::printf("awq_gemm_large: not supported here\n");
-      break;
-    }
-    const int max_m = 4096;
-    DeviceBuffer<unsigned char> x(std::size_t(max_m) * shape.k * 2), y(std::size_t(max_m) * shape.n * 2);
-    DeviceBuffer<unsigned char> dense(std::size_t(shape.n) * shape.k * 2);
-    DeviceBuffer<unsigned char> ws(std::max<std::size_t>(gpu::awq_gemm_workspace_bytes(device.weights, 64), 16));
-    x.upload(to_bytes(random_floats(rng, std::size_t(max_m) * shape.k, -1, 1), DType::bf16));
-    CUDA_OK(gpu::awq_dequantize(device.weights, DType::bf16, dense.ptr, nullptr));
-    const auto timed = [&](auto&& launch) {
-      return median_ms([&] {
-               for (int i = 0; i < 4; ++i) launch();
-             },
-                       12) /
-             4.0f;
-    };
-    const auto cublas = [&](int m) {
-      const float one = 1.0f, zero = 0.0f;
-      if (cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, shape.n, m, shape.k, &one, dense.ptr, CUDA_R_16BF, shape.k,
-                       x.ptr, CUDA_R_16BF, shape.k, &zero, y.ptr, CUDA_R_16BF, shape.n, CUBLAS_COMPUTE_32F,
-                       CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS)
-        std::printf("cublasGemmEx failed\n");
-    };
-    for (const int m : {16, 32, 64, 128, 256, 512, 2048, 4096}) {
-      const auto row = [&](const char* variant, float ms) {
-        std::printf("%-8s m=%4d n=%6d k=%5d %-24s %9.2f us  %6.1f TFLOP/s\n", shape.name, m, shape.n, shape.k,
-                    variant, ms * 1e3, 2.0 * m * shape.n * shape.k / (ms * 1e-3) / 1e12);
-      };
-      if (m <= 64)
-        row("awq_gemm", timed([&] {
-              CUDA_OK(gpu::awq_gemm(device.weights, x.ptr, shape.k, DType::bf16, m, y.ptr, shape.n, ws.ptr, ws.bytes(),
-                                    device.counters.ptr, device.counter_count(), nullptr));
-            }));
-      row("large (planned)", timed([&] {
-            CUDA_OK(gpu::awq_gemm_large(device.weights, x.ptr, shape.k, DType::bf16, m, y.ptr, shape.n, nullptr));
-          }));
-      for (const auto [rows, tiles, mode] : {std::array<int, 3>{64, 1, 0}, {128, 1, 0}, {64, 2, 0}, {128, 2, 0},
-                                             {64, 1, 1}, {128, 1, 1}, {64, 1, 2}, {128, 1, 2}}) {
-        const std::string variant = fmt("large %d x %d v%d", rows, tiles, mode);
-        row(variant.c_str(), timed([&] {
-              CUDA_OK(gpu::awq_gemm_large_shaped(device.weights, x.ptr, shape.k, DType::bf16, m, y.ptr, shape.n, rows,
-                                                 tiles, mode, nullptr));
-            }));
-      }
-      row("dequantize + cuBLAS", timed([&] {
-            CUDA_OK(gpu::awq_dequantize(device.weights, DType::bf16, dense.ptr, nullptr));
-            cublas(m);
-          }));
-      row("cuBLAS bf16", timed([&] { cublas(m); }));
-    }
-  }
-  cublasDestroy(handle);
-}
-
 void bench_fp8_small_gemm() {
   std::printf("\n== fp8_small_gemm e4m3, Llama-3-8B matrices (bytes: the weight codes, read once; quantize: "
               "quantize_rows_e4m3 of x before it; 20 launches a timing) ==\n");
@@ -2270,7 +2103,6 @@ int main(int argc, char** argv) {
   bool bench_gemm_only = false;  // --bench-gemm: the small_gemm timings alone
   bool bench_decode_only = false;  // --bench-decode [BxC]
   bool bench_fp8_only = false;     // --bench-fp8: small_gemm (bf16) and fp8_small_gemm alone
-  bool bench_awq_large_only = false;  // --bench-awq-large: awq_gemm_large against its alternatives
   std::vector<DecodeShape> decode_shapes;
   bool seed_given = false;
   std::vector<char*> rest;
@@ -2281,9 +2113,6 @@ int main(int argc, char** argv) {
     } else if (arg == "--bench-gemm") {
       bench = true;
       bench_gemm_only = true;
-    } else if (arg == "--bench-awq-large") {
-      bench = true;
-      bench_awq_large_only = true;
     } else if (arg == "--bench-fp8") {
       bench = true;
       bench_fp8_only = true;
@@ -2338,15 +2167,10 @@ int main(int argc, char** argv) {
         bench_decode_attention(decode_shapes);
       return 0;
     }
-    if (bench_awq_large_only) {
-      bench_awq_large();
-      return 0;
-    }
     bench_small_gemm();
     bench_fp8_small_gemm();
     if (bench_fp8_only) return 0;
     bench_awq_gemm();
-    bench_awq_large();
     bench_small_gemm_shapes();
     if (bench_gemm_only) return 0;
     bench_rmsnorm();
