@@ -1,8 +1,8 @@
 // fp8's layers on a CUDA GPU of compute capability 8.9 or newer (FP8 tensor
 // cores): e4m3 codes and per-channel scales uploaded once; each forward
 // quantizes x's rows to e4m3 (kernels/cuda fp8_quant.hpp, the twin of the
-// CPU path's rounding) and multiplies them with the weights: up to
-// fp8_small_gemm_max_rows rows with kernels/cuda's weight-streaming
+// CPU path's rounding) and multiplies them with the weights: up to 16
+// rows (fp8_small_gemm_supported) with kernels/cuda's weight-streaming
 // fp8_small_gemm (decode of a few sequences), more with cuBLASLt's FP8 GEMM
 // into f32 sums, to which cuda::apply_fp8_scales applies both scale vectors
 // (cuBLASLt's own per-row scale mode is refused on Hopper). Both write bf16
