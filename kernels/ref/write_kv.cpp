@@ -15,7 +15,7 @@ Status write_kv(const KvCacheLayer& cache, const PagedKvStep& step, const float*
   }
   if (cache.quant_bits != 0 && !valid_kv_bits(cache.quant_bits)) return Status::invalid_argument;
   const std::size_t token_elements = cache.kv_heads * cache.head_dim;
-  const bool rotate_keys = cache.quant_bits != 0 && kv_keys_rotated(cache.quant_bits);
+  const bool rotate_keys = kv_keys_rotated(cache.quant_bits);
   std::vector<float> rotated(rotate_keys ? cache.head_dim : 0);
   for (std::size_t t = 0; t < num_tokens; ++t) {
     const auto slot = static_cast<std::size_t>(step.slot_mapping[t]);

@@ -11,8 +11,8 @@
 // On the CPU the layers compute in f32 with kernels/ref's fp8_linear: each
 // input row quantized to e4m3 with its own scale (or the static one), the
 // products of codes summed in f32, the two scales applied once; nothing is
-// dequantized ahead. The CUDA path (FP8 tensor cores, sm_89+) is not built
-// yet: a GPU is refused by the probe, naming the CPU as what works.
+// dequantized ahead. On a CUDA GPU of sm_89 or newer (builds with CUDA) the
+// same arithmetic runs on FP8 tensor cores (fp8_cuda_linear.hpp).
 #include <hostrun/sdk.hpp>
 
 #include <fmt/format.h>
@@ -28,6 +28,9 @@
 #include "lite_fp8.hpp"
 #include "ref/dtype.hpp"
 #include "ref/fp8_linear.hpp"
+#if HOSTRUN_FP8_CUDA
+#include "fp8_cuda_linear.hpp"
+#endif
 
 namespace {
 
@@ -41,10 +44,14 @@ constexpr const char* kFormat = "fp8";
 
 Status probe(const hostrun::Device& device) noexcept {
   if (device.kind == DeviceKind::cpu) return {};
+#if HOSTRUN_FP8_CUDA
+  return hostrun::fp8::cuda_probe(device);
+#else
   return Status(ErrorCode::unsupported,
-                fmt::format("fp8: FP8 layers compute on the CPU in this build (the FP8 tensor-core path is not built "
-                            "yet); {}:{} was asked for: run with --device cpu",
+                fmt::format("fp8: this build computes FP8 layers on the CPU only (built without CUDA); {}:{} was "
+                            "asked for",
                             hostrun::device_kind_name(device.kind), device.index));
+#endif
 }
 
 Status check_rows(const char* what, const TensorView& view, int64_t rows, int64_t columns) {
@@ -143,7 +150,7 @@ class Fp8Quantizer final : public hostrun::Quantizer {
     if (load.weights == nullptr || load.prefixes.empty())
       throw hostrun::Error(ErrorCode::invalid_argument, "fp8: load_linear needs a weight source and prefixes");
     if (Status s = probe(load.device); !s) throw hostrun::Error(s.code(), "fp8: load_linear: " + s.message());
-    if (load.activation_dtype != DType::f32)
+    if (load.device.kind == DeviceKind::cpu && load.activation_dtype != DType::f32)
       throw hostrun::Error(ErrorCode::unsupported,
                            fmt::format("fp8: load_linear: the CPU path computes in f32; {} activations were asked for",
                                        hostrun::dtype_name(load.activation_dtype)));
@@ -165,6 +172,11 @@ class Fp8Quantizer final : public hostrun::Quantizer {
       scales.insert(scales.end(), p.channel_scales.begin(), p.channel_scales.end());
       input_scale = std::max(input_scale, p.input_scale);
     }
+#if HOSTRUN_FP8_CUDA
+    if (load.device.kind == DeviceKind::cuda)
+      return hostrun::fp8::make_cuda_linear(library_, {std::move(codes), std::move(scales), in, input_scale},
+                                            load.device, load.activation_dtype);
+#endif
     return hostrun::make_pinned<Fp8CpuLinear>(library_, std::move(codes), std::move(scales), in, input_scale);
   }
 
@@ -177,5 +189,5 @@ const hostrun::RoleEntry kRoles[] = {hostrun::role_entry_without_settings<hostru
 
 HOSTRUN_PLUGIN("fp8", "0.1.0",
                "FP8 e4m3 checkpoints as vLLM and AutoFP8 write them (per-tensor or per-channel weight scales, dynamic "
-               "or static activation scales); CPU layers; lite fp8 writes them",
+               "or static activation scales); CPU layers, and CUDA ones on FP8 tensor cores; lite fp8 writes them",
                kRoles)

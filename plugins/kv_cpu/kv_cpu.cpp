@@ -310,7 +310,7 @@ class CpuKvPolicy final : public hostrun::KvCachePolicy {
       std::vector<float> attended(all_tokens.size() * size_t(q_heads * shape.head_dim));
       std::vector<float> queries = pack(q.value(), all_tokens);
       const ref::KvCacheLayer& pages = ours.value()->layer(layer);
-      if (pages.quant_bits != 0 && ref::kv_keys_rotated(pages.quant_bits))  // int4 keys are stored rotated
+      if (ref::kv_keys_rotated(pages.quant_bits))  // int4 keys are stored rotated
         for (size_t row = 0; row < queries.size() / size_t(shape.head_dim); ++row)
           ref::rotate_kv_row(queries.data() + row * size_t(shape.head_dim), size_t(shape.head_dim));
       const ref::Status status =

@@ -295,7 +295,7 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
       return {};
     });
     if (!planned) return planned;
-    const bool rotate_queries = kv_bits_ != 0 && hostrun::ref::kv_keys_rotated(kv_bits_);
+    const bool rotate_queries = hostrun::ref::kv_keys_rotated(kv_bits_);
     return align256(2 * most) +
            (rotate_queries ? rotated_query_bytes(query.max_tokens, query.q_heads, query.shape.head_dim,
                                                  query.shape.activation_dtype)
@@ -421,7 +421,7 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
       const size_t workspace_bytes = exec.workspace.data ? exec.workspace.nbytes() : 0;
       // int4 keys are stored rotated (kernels/ref kv_quant.hpp): the queries,
       // rotated alike, go to the workspace after the plan's part.
-      const bool rotate_queries = ours->kv_bits() != 0 && hostrun::ref::kv_keys_rotated(ours->kv_bits());
+      const bool rotate_queries = hostrun::ref::kv_keys_rotated(ours->kv_bits());
       const size_t plan_bytes = align256(plan.workspace_bytes);
       const size_t needed = plan_bytes + (rotate_queries ? rotated_query_bytes(batch.num_tokens, q_heads, shape.head_dim,
                                                                                 ours->dtype())

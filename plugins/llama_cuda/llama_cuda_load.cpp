@@ -10,6 +10,7 @@
 #include <string>
 
 #include "llama_common/llama_rope.hpp"
+#include "llama_common/llama_weights.hpp"
 #include "errors.hpp"
 #include "llama_cuda_model.hpp"
 #include "ref/dtype.hpp"
@@ -233,6 +234,14 @@ ModelInfo LlamaCudaModel::info() const noexcept {
   out.device = device_;
   out.activation_dtype = dtype_;
   return out;
+}
+
+std::vector<LinearInputGroup> LlamaCudaModel::linear_input_groups() const noexcept {
+  try {
+    return loaded_ ? llama::llama_linear_input_groups(config_) : std::vector<LinearInputGroup>{};
+  } catch (...) {  // out of memory: no groups, and the quantizer says so
+    return {};
+  }
 }
 
 Result<MemoryReport> LlamaCudaModel::memory() const noexcept {

@@ -116,6 +116,10 @@ class LlamaCudaModel final : public Model {
   Status submit_step(const StepInput& input) noexcept override;
   Status collect_step(StepOutput& output) noexcept override;
   Result<PluginPtr<DeviceTensor>> allocate_embeddings(int64_t rows) noexcept override;
+  // Which linears read one input (`hostrun lite fp8 --device cuda` lists the
+  // layers to quantize from it); calibration (observe_linear_inputs) is not
+  // built on the GPU yet.
+  std::vector<LinearInputGroup> linear_input_groups() const noexcept override;
 
  private:
   struct LayerViews;  // step_layers.cpp

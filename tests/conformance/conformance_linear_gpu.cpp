@@ -23,6 +23,12 @@ const QuantizerRow kRows[] = {
     {"awq, group 128, bf16", "awq", {}, DType::bf16, &write_awq_checkpoint<128>, 1.0 / 15 * 1.01, 6e-3},
     {"awq, group 64, f16", "awq", {}, DType::f16, &write_awq_checkpoint<64>, 1.0 / 15 * 1.01, 1e-3},
     {"awq, group 32, bf16", "awq", {}, DType::bf16, &write_awq_checkpoint<32>, 1.0 / 15 * 1.01, 6e-3},
+    // FP8 e4m3 (see conformance_linear.cpp: x's rounding to e4m3 costs up to 0.035 of the largest output, bound
+    // 0.05 there), plus the output's rounding to the activation dtype and FP8 tensor cores' own sums.
+    {"fp8, per-channel scales, bf16", "fp8", {}, DType::bf16, &write_fp8_checkpoint<true>, 1.0 / 28 * 1.0001, 0.055},
+    {"fp8, per-tensor scale, f16", "fp8", {}, DType::f16, &write_fp8_checkpoint<false>, 1.0 / 28 * 1.0001, 0.055},
+    {"fp8, static input scale, bf16", "fp8", {}, DType::bf16, &write_fp8_checkpoint<true, 4>, 1.0 / 28 * 1.0001,
+     0.055},
 };
 
 }  // namespace

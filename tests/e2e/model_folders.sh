@@ -61,8 +61,8 @@ expect "by the CUDA AWQ manifest" "--device cuda: manifest llama3-cuda-awq: " "$
 folder fp8 "$(with_quantization '{"quant_method": "fp8", "activation_scheme": "dynamic"}')"
 chat "$work/fp8" --device cpu >"$work/fp8.out" 2>&1; expect_status "an FP8 config over dense weights is refused" 1 $?
 expect "by the fp8 quantizer, naming the tensor" "tensor 'model.layers.0.self_attn.q_proj.weight': expected an F8_E4M3 matrix [out, in], found bf16" "$work/fp8.out"
-chat "$work/fp8" --device cuda >"$work/fp8-cuda.out" 2>&1; expect_status "an FP8 folder on cuda is refused" 1 $?
-expect "no manifest runs FP8 on cuda yet" "no plugin in this build handles LlamaForCausalLM with fp8 on cuda" "$work/fp8-cuda.out"
+chat "$work/fp8" --device cuda >"$work/fp8-cuda.out" 2>&1; expect_status "an FP8 folder on cuda without a GPU is refused" 1 $?
+expect "by the CUDA FP8 manifest" "--device cuda: manifest llama3-cuda-fp8: " "$work/fp8-cuda.out"
 folder nothing '{"model_type": "llama"}'
 chat "$work/nothing" >"$work/nothing.out" 2>&1; expect_status "a config without architectures is refused" 1 $?
 expect "naming the key" "key 'architectures'" "$work/nothing.out"

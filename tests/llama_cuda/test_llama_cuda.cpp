@@ -15,26 +15,36 @@
 //  - llama_cuda given a quantizer (dense_test_quantizer.hpp: the test's own
 //    cuBLAS layers, fusing no epilogue) gives the dense model's logits;
 //  - an AWQ folder through the awq quantizer's W4A16 layers gives its
-//    dequantized twin's logits and tokens.
+//    dequantized twin's logits and tokens;
+//  - an FP8 folder through the fp8 quantizer's FP8 tensor-core layers stays
+//    within cosine 0.995 of its bf16 source and near the CPU's FP8 layers
+//    (as near as two roundings of activations to e4m3 allow).
 #include <cuda_runtime_api.h>
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 #include <unistd.h>
 
 #include <array>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <future>
 #include <random>
 
 #include "llama_common/llama_config.hpp"
 #include "llama_common/llama_weights.hpp"
 #include "checkpoint/model_directory.hpp"
+#include "checkpoint/safetensors.hpp"
 #include "dense_test_quantizer.hpp"
 #include "engine/engine.hpp"
 #include "llama_test_util.hpp"
 #include "plugin_loader.hpp"
+#include "ref/dtype.hpp"
+#include "ref/fp8_linear.hpp"
 #include "rtn_awq.hpp"
 #include "../support/letter_tokenizer.hpp"
 #include "../support/temp_dir.hpp"
@@ -341,6 +351,150 @@ TEST_CASE("llama_cuda with awq's W4A16 layers gives its dequantized twin's logit
   auto graphed = load(dir.path() / "awq", true, 128, CudaOptions{DType::bf16, awq, -1});
   run_sequence(*graphed->model, prompt, steps, graphed_tokens, "awq, graphs", false);
   CHECK(graphed_tokens == awq_tokens);
+}
+
+// The bf16 folder `source` as an FP8 folder in `destination`, as `hostrun lite
+// fp8` writes one: each layer's seven linear weights as e4m3 codes with
+// max/448 scales per output channel (ref::quantize_weight_e4m3), the rest as
+// it is, quantization_config added.
+void write_fp8_folder(const fs::path& source, const fs::path& destination) {
+  auto opened = checkpoint::ModelDirectory::open(source);
+  REQUIRE_MESSAGE(opened.has_value(), opened.status().message());
+  const checkpoint::ModelDirectory& weights = *opened.value();
+  std::vector<std::vector<std::byte>> storage;
+  std::vector<checkpoint::TensorData> tensors;
+  const auto add = [&](std::string name, DType dtype, std::vector<int64_t> shape, const void* data, size_t bytes) {
+    storage.emplace_back(bytes);
+    std::memcpy(storage.back().data(), data, bytes);
+    tensors.push_back({std::move(name), dtype, std::move(shape), std::span<const std::byte>(storage.back())});
+  };
+  storage.reserve(weights.tensor_names().size() * 2);
+  for (const std::string& name : weights.tensor_names()) {
+    const TensorView view = weights.tensor(name).value();
+    std::vector<int64_t> shape(view.shape.begin(), view.shape.begin() + view.rank);
+    const bool linear = name.starts_with("model.layers.") && name.ends_with("_proj.weight");
+    if (!linear) {
+      add(name, view.dtype, shape, view.data, view.nbytes());
+      continue;
+    }
+    REQUIRE(view.dtype == DType::bf16);
+    const size_t out = size_t(shape[0]), in = size_t(shape[1]);
+    std::vector<float> w(out * in);
+    ref::convert_to_f32(view.data, ref::DType::bf16, w.size(), w.data());
+    std::vector<uint8_t> codes(w.size());
+    std::vector<float> scales(out);
+    ref::quantize_weight_e4m3(w.data(), out, in, codes.data(), scales.data());
+    add(name, DType::f8_e4m3, shape, codes.data(), codes.size());
+    add(name.substr(0, name.size() - std::string("weight").size()) + "weight_scale", DType::f32, {int64_t(out), 1},
+        scales.data(), scales.size() * sizeof(float));
+  }
+  fs::create_directories(destination);
+  const Status written = checkpoint::write_safetensors(destination / "model.safetensors", tensors);
+  REQUIRE_MESSAGE(written.is_ok(), written.message());
+  nlohmann::json config = nlohmann::json::parse(weights.config_json());
+  config["quantization_config"] = {{"quant_method", "fp8"}, {"activation_scheme", "dynamic"}};
+  std::ofstream(destination / "config.json") << config.dump(2) << "\n";
+}
+
+double cosine(const std::vector<float>& a, const std::vector<float>& b) {
+  double dot = 0, aa = 0, bb = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    dot += double(a[i]) * b[i];
+    aa += double(a[i]) * a[i];
+    bb += double(b[i]) * b[i];
+  }
+  return dot / std::sqrt(aa * bb);
+}
+
+// FP8 weights and activations on the GPU (issue 17): an FP8 folder made from
+// a bf16 checkpoint, run through the fp8 quantizer's layers (x rounded to e4m3
+// per row by kernels/cuda, fp8_small_gemm or cuBLASLt's FP8 GEMM). Against
+// the bf16 source on the GPU every step's logits stay within cosine
+// `min_cosine` (the issue's 0.995) until the greedy texts part; the decode
+// steps in CUDA graphs give the eager steps' tokens. Against the same folder
+// on the CPU (fp8's ref layers) only within 0.985: the CPU rounds f32
+// activations to e4m3 and the GPU bf16 ones, e4m3's steps are 1/8 of a power
+// of two, so with activations ~1% apart several percent of the codes land a
+// step apart and the two FP8 results differ by about as much as each does
+// from its source (H200: 0.9920 between them, 0.9954 from the bf16 source).
+// The kernels themselves are checked on the same bytes in test_kernels_cuda.
+void compare_fp8_with_source(const fs::path& bf16_dir, const fs::path& fp8_dir, int64_t vocab, bool with_cpu,
+                             double min_cosine) {
+  core::PluginRegistry quantizers;
+  quantizers.load_file(llama_test::test_plugin_dir() / "hostrun_fp8.so");
+  for (const auto& refused : quantizers.refused()) FAIL(refused.file.string() << ": " << refused.reason);
+  auto on_gpu = quantizers.create<Quantizer>("fp8", Settings{}, nullptr, "quantizer", Device{DeviceKind::cuda, 0});
+  REQUIRE_MESSAGE(on_gpu.has_value(), on_gpu.status().message());
+  auto on_cpu = quantizers.create<Quantizer>("fp8", Settings{}, nullptr, "quantizer", Device{DeviceKind::cpu, 0});
+  REQUIRE_MESSAGE(on_cpu.has_value(), on_cpu.status().message());
+
+  const std::vector<TokenId> prompt = two_pass_prompt(5, vocab);
+  const int steps = 12;
+  std::vector<TokenId> bf16_tokens, fp8_tokens, cpu_tokens, graphed_tokens;
+  std::vector<std::vector<float>> bf16, fp8, cpu;
+  {
+    auto m = load(bf16_dir, true, 128);
+    bf16 = run_sequence(*m->model, prompt, steps, bf16_tokens, "bf16 source");
+  }
+  {
+    auto m = load(fp8_dir, true, 128, CudaOptions{DType::bf16, on_gpu.value().get(), -1});
+    fp8 = run_sequence(*m->model, prompt, steps, fp8_tokens, "fp8 on cuda");
+  }
+  if (with_cpu) {
+    auto m = load(fp8_dir, false, 128, CudaOptions{DType::bf16, on_cpu.value().get(), -1});
+    cpu = run_sequence(*m->model, prompt, steps, cpu_tokens, "fp8 on the cpu");
+  }
+  double worst_source = 1.0, worst_cpu = 1.0;
+  for (int s = 0; s <= steps; ++s) {
+    if (s == 0 || fp8_tokens[size_t(s - 1)] == bf16_tokens[size_t(s - 1)])
+      worst_source = std::min(worst_source, cosine(fp8[size_t(s)], bf16[size_t(s)]));
+    if (with_cpu && (s == 0 || fp8_tokens[size_t(s - 1)] == cpu_tokens[size_t(s - 1)]))
+      worst_cpu = std::min(worst_cpu, cosine(fp8[size_t(s)], cpu[size_t(s)]));
+  }
+  const auto equal_prefix = [&](const std::vector<TokenId>& other) {
+    return other.empty() ? 0 : std::mismatch(fp8_tokens.begin(), fp8_tokens.end(), other.begin()).first - fp8_tokens.begin();
+  };
+  MESSAGE(fmt::format("fp8 on cuda ({}): worst logits cosine {:.6f} against the bf16 source, {} against fp8 on the "
+                      "cpu; {} and {} of {} greedy tokens equal",
+                      fp8_dir.string(), worst_source, with_cpu ? fmt::format("{:.6f}", worst_cpu) : "not run",
+                      equal_prefix(bf16_tokens), equal_prefix(cpu_tokens), fp8_tokens.size()));
+  CHECK(worst_source >= min_cosine);
+  CHECK(worst_source < 1.0);  // the layers really are FP8
+  if (with_cpu) CHECK(worst_cpu >= 0.985);
+  auto graphed = load(fp8_dir, true, 128, CudaOptions{DType::bf16, on_gpu.value().get(), -1});
+  run_sequence(*graphed->model, prompt, steps, graphed_tokens, "fp8 on cuda, graphs", false);
+  CHECK(graphed_tokens == fp8_tokens);
+}
+
+TEST_CASE("llama_cuda with fp8's FP8 layers stays within cosine 0.995 of its bf16 source") {
+  TempDir dir("fp8");
+  const llama::LlamaConfig config = shape(512, 8, 2, 128, 3, 1000, false);
+  write_checkpoint(dir.path() / "bf16", config, 23);
+  write_fp8_folder(dir.path() / "bf16", dir.path() / "fp8");
+  compare_fp8_with_source(dir.path() / "bf16", dir.path() / "fp8", config.vocab_size, true, 0.995);
+}
+
+// The same comparison on a folder pair made outside the test (hostrun lite
+// fp8 of a model): HOSTRUN_TEST_FP8_FOLDERS=BF16_DIR:FP8_DIR, the bound
+// HOSTRUN_TEST_FP8_MIN_COSINE (default 0.995). The CPU run is left out there
+// (an 8B forward pass on kernels/ref would take hours). Random weights are
+// no test of the bound at depth: a random Llama-3-8B's logits move 7.5%
+// under bf16 rounding alone (the HF fixture rows of docs/benchmarks.md) and
+// 0.80 in cosine under FP8's 16x coarser rounding; the bound is for trained
+// folders.
+TEST_CASE("llama_cuda with fp8's FP8 layers on the folders HOSTRUN_TEST_FP8_FOLDERS names" *
+          doctest::skip(std::getenv("HOSTRUN_TEST_FP8_FOLDERS") == nullptr)) {
+  const std::string folders = std::getenv("HOSTRUN_TEST_FP8_FOLDERS");
+  const size_t colon = folders.find(':');
+  REQUIRE_MESSAGE(colon != std::string::npos, "HOSTRUN_TEST_FP8_FOLDERS is BF16_DIR:FP8_DIR");
+  const fs::path bf16_dir = folders.substr(0, colon), fp8_dir = folders.substr(colon + 1);
+  std::ifstream config_file(bf16_dir / "config.json");
+  const std::string config_text((std::istreambuf_iterator<char>(config_file)), std::istreambuf_iterator<char>());
+  auto config = llama::parse_llama_config(config_text, (bf16_dir / "config.json").string());
+  REQUIRE_MESSAGE(config.has_value(), config.status().message());
+  const char* min_cosine = std::getenv("HOSTRUN_TEST_FP8_MIN_COSINE");
+  compare_fp8_with_source(bf16_dir, fp8_dir, config.value().vocab_size, false,
+                          min_cosine != nullptr ? std::strtod(min_cosine, nullptr) : 0.995);
 }
 
 // int8 / int4 pages (kv_cuda quant_policy 8 / 4) against bf16 pages on the

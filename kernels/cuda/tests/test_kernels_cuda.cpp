@@ -6,7 +6,8 @@
 //                                     then "kernels_cuda: N passed, M failed"
 //   test_kernels_cuda --seed 1234     replay
 //   test_kernels_cuda --bench         timings (cudaEvent, median of repeats)
-//   test_kernels_cuda --bench-gemm    the small_gemm and awq_gemm timings alone
+//   test_kernels_cuda --bench-gemm    the small_gemm, fp8_small_gemm and awq_gemm timings alone
+//   test_kernels_cuda --bench-fp8     the small_gemm and fp8_small_gemm timings alone
 //   test_kernels_cuda --bench-decode [BxC]  decode attention alone (one
 //                                     batch B x context C: for ncu)
 //   test_kernels_cuda -tc='*attention*'   doctest filters work as usual
@@ -38,6 +39,8 @@
 #include "cuda/awq_gemm.hpp"
 #include "cuda/dense_attention.hpp"
 #include "cuda/embedding.hpp"
+#include "cuda/fp8_quant.hpp"
+#include "cuda/fp8_small_gemm.hpp"
 #include "cuda/kv_quant.hpp"
 #include "cuda/paged_attention.hpp"
 #include "cuda/rmsnorm.hpp"
@@ -51,6 +54,7 @@
 #include "ref/gemm.hpp"
 #include "ref/kv_quant.hpp"
 #include "ref/embedding.hpp"
+#include "ref/fp8_linear.hpp"
 #include "ref/paged_attention.hpp"
 #include "ref/rmsnorm.hpp"
 #include "ref/rope.hpp"
@@ -346,6 +350,196 @@ TEST_CASE("silu_and_mul") {
              compare(from_bytes(d_out.download(), dtype), want), tolerance_for(dtype));
     }
   }
+}
+
+// ---- FP8 activation quantization --------------------------------------------
+
+TEST_CASE("quantize_rows_e4m3") {
+  auto rng = rng_for("quantize_rows_e4m3");
+  struct Shape {
+    int rows, k, padding;
+    float static_scale;
+  };
+  // Llama-3-8B's linear inputs (4096, 14336), odd sizes, padded rows, and a
+  // static scale small enough that the largest inputs saturate.
+  const Shape shapes[] = {{1, 4096, 0, 0.0f}, {256, 4096, 0, 0.0f}, {7, 14336, 8, 0.0f}, {33, 1001, 3, 0.0f},
+                          {9, 4096, 0, 0.004f}};
+  for (const DType dtype : half_dtypes) {
+    for (const Shape& shape : shapes) {
+      const std::size_t stride = std::size_t(shape.k + shape.padding), m = std::size_t(shape.rows);
+      std::vector<float> x = random_floats(rng, m * stride, -3, 3);
+      if (m > 4) {
+        std::fill(x.begin() + long(stride), x.begin() + long(2 * stride), 0.0f);  // row 1: zeros (scale 1)
+        x[2 * stride + 5] = std::nanf("");                                         // row 2: NaN (scale NaN)
+        x[3 * stride + 1] = -INFINITY;                                             // row 3: inf (scale NaN)
+        x[4 * stride + 2] = 1e-30f;                                                // subnormal codes
+      }
+      x = rounded(x, dtype);
+      std::vector<float> dense(m * std::size_t(shape.k));
+      for (std::size_t i = 0; i < m; ++i)
+        std::copy_n(x.begin() + long(i * stride), shape.k, dense.begin() + long(i * std::size_t(shape.k)));
+      std::vector<std::uint8_t> want_codes(dense.size());
+      std::vector<float> want_scales(m);
+      ref::quantize_rows_e4m3(dense.data(), m, std::size_t(shape.k), want_codes.data(), want_scales.data(),
+                              shape.static_scale);
+      DeviceBuffer<unsigned char> d_x, d_codes(dense.size());
+      DeviceBuffer<float> d_scales(m);
+      d_x.upload(to_bytes(x, dtype));
+      d_codes.poison();
+      d_scales.poison();
+      LAUNCH_OK(gpu::quantize_rows_e4m3(d_x.ptr, dtype, std::int64_t(stride), shape.rows, shape.k, d_codes.ptr,
+                                        d_scales.ptr, shape.static_scale, nullptr));
+      const std::vector<unsigned char> codes = d_codes.download();
+      const std::vector<float> scales = d_scales.download();
+      std::size_t code_mismatches = 0, scale_mismatches = 0;
+      for (std::size_t i = 0; i < m; ++i) {
+        const bool nan_row = std::isnan(want_scales[i]);
+        if (nan_row ? !std::isnan(scales[i]) : scales[i] != want_scales[i]) ++scale_mismatches;
+        for (std::size_t c = 0; c < std::size_t(shape.k); ++c) {
+          const std::uint8_t got = codes[i * std::size_t(shape.k) + c], want = want_codes[i * std::size_t(shape.k) + c];
+          const bool both_nan = (got & 0x7f) == 0x7f && (want & 0x7f) == 0x7f;  // the sign of a NaN may differ
+          if (got != want && !both_nan) ++code_mismatches;
+        }
+      }
+      report_bool("quantize_rows_e4m3",
+                  fmt("%s rows=%d k=%d stride=%zu static=%g", name_of(dtype), shape.rows, shape.k, stride,
+                      double(shape.static_scale)),
+                  code_mismatches == 0 && scale_mismatches == 0,
+                  fmt("%zu codes and %zu scales differ from ref", code_mismatches, scale_mismatches));
+    }
+  }
+}
+
+// The scales of an FP8 product applied to f32 sums: the same two f32
+// multiplications as ref::fp8_linear, so equal after the output's rounding;
+// padded output rows untouched, a NaN row scale gives a NaN row.
+TEST_CASE("apply_fp8_scales") {
+  auto rng = rng_for("apply_fp8_scales");
+  struct Shape {
+    int m, n, padding;
+  };
+  const Shape shapes[] = {{1, 4096, 0}, {5, 1001, 7}, {300, 6144, 0}};
+  for (const DType dtype : half_dtypes) {
+    for (const Shape& shape : shapes) {
+      const std::size_t m = std::size_t(shape.m), n = std::size_t(shape.n), stride = n + std::size_t(shape.padding);
+      const std::vector<float> sums = random_floats(rng, m * n, -3000, 3000);
+      std::vector<float> x_scales = random_floats(rng, m, 1e-4f, 1e-2f), w_scales = random_floats(rng, n, 1e-5f, 1e-3f);
+      if (m > 2) x_scales[2] = std::nanf("");
+      std::vector<float> want(m * stride, 0.0f);
+      for (std::size_t i = 0; i < m; ++i)
+        for (std::size_t j = 0; j < n; ++j)
+          want[i * stride + j] = std::isnan(x_scales[i]) ? x_scales[i] : sums[i * n + j] * (x_scales[i] * w_scales[j]);
+      DeviceBuffer<float> d_sums(sums.size()), d_x_scales(m), d_w_scales(n);
+      d_sums.upload(sums);
+      d_x_scales.upload(x_scales);
+      d_w_scales.upload(w_scales);
+      DeviceBuffer<unsigned char> d_y(m * stride * ref::dtype_size(dtype));
+      d_y.upload(to_bytes(std::vector<float>(m * stride, 0.0f), dtype));
+      LAUNCH_OK(gpu::apply_fp8_scales(d_sums.ptr, shape.m, shape.n, d_x_scales.ptr, d_w_scales.ptr, d_y.ptr, dtype,
+                                      std::int64_t(stride), nullptr));
+      const std::vector<unsigned char> got = d_y.download(), expected = to_bytes(want, dtype);
+      std::size_t mismatches = 0;
+      const std::size_t bytes = ref::dtype_size(dtype);
+      for (std::size_t e = 0; e < m * stride; ++e) {
+        const float g = from_bytes({got.begin() + long(e * bytes), got.begin() + long((e + 1) * bytes)}, dtype)[0];
+        const bool both_nan = std::isnan(g) && std::isnan(want[e]);
+        if (!both_nan && std::memcmp(&got[e * bytes], &expected[e * bytes], bytes) != 0) ++mismatches;
+      }
+      report_bool("apply_fp8_scales", fmt("%s m=%d n=%d stride=%zu", name_of(dtype), shape.m, shape.n, stride),
+                  mismatches == 0, fmt("%zu of %zu outputs differ from ref's formula", mismatches, m * stride));
+    }
+  }
+  report_bool("apply_fp8_scales", "refuses f32 out and stride < n",
+              gpu::apply_fp8_scales(nullptr, 1, 8, nullptr, nullptr, nullptr, DType::f32, 8, nullptr) ==
+                      cudaErrorInvalidValue &&
+                  gpu::apply_fp8_scales(nullptr, 1, 8, nullptr, nullptr, nullptr, DType::bf16, 4, nullptr) ==
+                      cudaErrorInvalidValue,
+              "cudaErrorInvalidValue for each");
+}
+
+// x quantized by quantize_rows_e4m3, then fp8_small_gemm, against
+// ref::fp8_linear on the same f32 rows (which quantizes them the same way).
+// f32 out: the same products summed in another order by the tensor cores
+// (1e-3 leaves room for their f32 sums; a fragment-layout mistake is O(1));
+// bf16/f16 out: that dtype's rounding. Rows of zeros give zeros, a row with
+// a NaN gives NaN outputs, as in ref.
+TEST_CASE("fp8_small_gemm") {
+  auto rng = rng_for("fp8_small_gemm");
+  int major = 0, minor = 0;
+  CUDA_OK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
+  CUDA_OK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0));
+  if (major * 10 + minor < 89) {
+    report_bool("fp8_small_gemm", "below sm_89: refused", !gpu::fp8_small_gemm_supported(1, 64, nullptr, nullptr),
+                "fp8_small_gemm_supported is false");
+    return;
+  }
+  struct Shape {
+    int m, n, k, y_padding;
+  };
+  // Llama-3-8B's QKV / O / down at batch 1, every row count's fragment
+  // (1..8 one row group, 9..16 two), n not a multiple of 16, k of one chunk,
+  // k not a multiple of the block's 8 x 4 chunks, padded y rows.
+  const Shape shapes[] = {{1, 6144, 4096, 0}, {1, 4096, 14336, 0}, {3, 100, 128, 4}, {8, 33, 64, 0},
+                          {9, 48, 192, 0},    {16, 64, 4160, 8},  {13, 17, 1088, 1}, {5, 4096, 4096, 0}};
+  for (const DType out : {DType::bf16, DType::f16, DType::f32}) {
+    for (const Shape& shape : shapes) {
+      const std::size_t m = std::size_t(shape.m), n = std::size_t(shape.n), k = std::size_t(shape.k);
+      const std::size_t y_stride = n + std::size_t(shape.y_padding);
+      std::vector<float> x = random_floats(rng, m * k, -2, 2);
+      if (m > 4) {
+        std::fill(x.begin() + long(k), x.begin() + long(2 * k), 0.0f);  // row 1: zeros
+        x[2 * k + 7] = std::nanf("");                                   // row 2: NaN
+      }
+      const std::vector<float> w = random_floats(rng, n * k, -0.05f, 0.05f);
+      std::vector<std::uint8_t> w_codes(n * k), x_codes(m * k);
+      std::vector<float> w_scales(n), x_scales(m), want(m * n);
+      ref::quantize_weight_e4m3(w.data(), n, k, w_codes.data(), w_scales.data());
+      ref::quantize_rows_e4m3(x.data(), m, k, x_codes.data(), x_scales.data());
+      ref::fp8_linear(x.data(), m, k, ref::Fp8Weight{w_codes.data(), w_scales.data(), true}, n, want.data());
+      DeviceBuffer<std::uint8_t> d_x(x_codes.size()), d_w;
+      DeviceBuffer<float> d_xs, d_ws;
+      d_x.upload(x_codes);
+      d_w.upload(w_codes);
+      d_xs.upload(x_scales);
+      d_ws.upload(w_scales);
+      DeviceBuffer<unsigned char> d_y(m * y_stride * ref::dtype_size(out));
+      d_y.poison();
+      gpu::Fp8SmallGemm gemm;
+      gemm.x_codes = d_x.ptr;
+      gemm.x_scales = d_xs.ptr;
+      gemm.w_codes = d_w.ptr;
+      gemm.w_scales = d_ws.ptr;
+      gemm.m = shape.m;
+      gemm.n = shape.n;
+      gemm.k = shape.k;
+      gemm.y = d_y.ptr;
+      gemm.y_stride = std::int64_t(y_stride);
+      gemm.y_dtype = out;
+      LAUNCH_OK(gpu::fp8_small_gemm(gemm, nullptr));
+      const std::vector<float> padded = from_bytes(d_y.download(), out);
+      std::vector<float> got(m * n), expected = want;
+      std::size_t nan_rows_wrong = 0;
+      for (std::size_t i = 0; i < m; ++i)
+        for (std::size_t j = 0; j < n; ++j) {
+          got[i * n + j] = padded[i * y_stride + j];
+          if (std::isnan(want[i * n + j])) {  // a NaN row: NaN out, then left out of the error
+            if (!std::isnan(got[i * n + j])) ++nan_rows_wrong;
+            got[i * n + j] = expected[i * n + j] = 0.0f;
+          }
+        }
+      const std::string group = fmt("m=%d n=%d k=%d y_stride=%zu out=%s", shape.m, shape.n, shape.k, y_stride, name_of(out));
+      report("fp8_small_gemm", group, compare(got, expected), out == DType::f32 ? 1e-3 : tolerance_for(out),
+             nan_rows_wrong == 0 ? "" : fmt("%zu outputs of a NaN row not NaN", nan_rows_wrong));
+      if (nan_rows_wrong != 0) report_bool("fp8_small_gemm", group, false, "NaN rows");
+    }
+  }
+  // What the kernel does not take: callers fall back to cuBLASLt.
+  report_bool("fp8_small_gemm", "refuses m 0 / 17, k % 64, unaligned codes",
+              !gpu::fp8_small_gemm_supported(0, 64, nullptr, nullptr) &&
+                  !gpu::fp8_small_gemm_supported(17, 64, nullptr, nullptr) &&
+                  !gpu::fp8_small_gemm_supported(1, 96, nullptr, nullptr) &&
+                  !gpu::fp8_small_gemm_supported(1, 64, reinterpret_cast<void*>(8), nullptr),
+              "fp8_small_gemm_supported is false for each");
 }
 
 // ---- dense (vision) attention ----------------------------------------------
@@ -1662,6 +1856,49 @@ void bench_awq_gemm() {
   }
 }
 
+void bench_fp8_small_gemm() {
+  std::printf("\n== fp8_small_gemm e4m3, Llama-3-8B matrices (bytes: the weight codes, read once; quantize: "
+              "quantize_rows_e4m3 of x before it; 20 launches a timing) ==\n");
+  std::mt19937_64 rng(g_seed);
+  struct Shape {
+    const char* name;
+    int n, k;
+  };
+  for (const Shape shape : {Shape{"qkv", 6144, 4096}, Shape{"o_proj", 4096, 4096}, Shape{"gate_up", 28672, 4096},
+                            Shape{"down", 4096, 14336}}) {
+    const std::size_t weights = std::size_t(shape.n) * shape.k;
+    DeviceBuffer<unsigned char> w(weights), xb(16 * std::size_t(shape.k) * 2), xc(16 * std::size_t(shape.k)),
+        y(16 * std::size_t(shape.n) * 2);
+    DeviceBuffer<float> ws, xs(16);
+    CUDA_OK(cudaMemset(w.ptr, 0x30, w.bytes()));  // small e4m3 values; the speed does not depend on them
+    ws.upload(std::vector<float>(std::size_t(shape.n), 0.01f));
+    xb.upload(to_bytes(random_floats(rng, 16 * std::size_t(shape.k), -1, 1), DType::bf16));
+    for (const int m : {1, 2, 4, 8, 16}) {
+      gpu::Fp8SmallGemm gemm;
+      gemm.x_codes = xc.ptr;
+      gemm.x_scales = xs.ptr;
+      gemm.w_codes = w.ptr;
+      gemm.w_scales = ws.ptr;
+      gemm.m = m;
+      gemm.n = shape.n;
+      gemm.k = shape.k;
+      gemm.y = y.ptr;
+      gemm.y_stride = shape.n;
+      gemm.y_dtype = DType::bf16;
+      const float gemm_ms = median_ms_batched([&] { CUDA_OK(gpu::fp8_small_gemm(gemm, nullptr)); });
+      const float both_ms = median_ms_batched([&] {
+        CUDA_OK(gpu::quantize_rows_e4m3(xb.ptr, DType::bf16, shape.k, m, shape.k, xc.ptr, xs.ptr, 0.0f, nullptr));
+        CUDA_OK(gpu::fp8_small_gemm(gemm, nullptr));
+      });
+      const double bytes = double(weights);
+      std::printf("%-8s m=%2d n=%6d k=%5d %9.2f us  %7.0f GB/s  (%4.1f%% of %.0f); with quantize %9.2f us %7.0f GB/s\n",
+                  shape.name, m, shape.n, shape.k, gemm_ms * 1e3, bytes / (gemm_ms * 1e-3) / 1e9,
+                  100.0 * bytes / (gemm_ms * 1e-3) / 1e9 / hbm_peak_gbs, hbm_peak_gbs, both_ms * 1e3,
+                  bytes / (both_ms * 1e-3) / 1e9);
+    }
+  }
+}
+
 void bench_small_gemm_shapes() {
   std::printf("\n== small_gemm launch shapes, bf16 m=1 (unroll x warps/block; bytes: the weight) ==\n");
   std::mt19937_64 rng(g_seed);
@@ -1865,6 +2102,7 @@ int main(int argc, char** argv) {
   bool bench = false;
   bool bench_gemm_only = false;  // --bench-gemm: the small_gemm timings alone
   bool bench_decode_only = false;  // --bench-decode [BxC]
+  bool bench_fp8_only = false;     // --bench-fp8: small_gemm (bf16) and fp8_small_gemm alone
   std::vector<DecodeShape> decode_shapes;
   bool seed_given = false;
   std::vector<char*> rest;
@@ -1875,6 +2113,9 @@ int main(int argc, char** argv) {
     } else if (arg == "--bench-gemm") {
       bench = true;
       bench_gemm_only = true;
+    } else if (arg == "--bench-fp8") {
+      bench = true;
+      bench_fp8_only = true;
     } else if (arg == "--bench-decode") {
       bench = true;
       bench_decode_only = true;
@@ -1927,6 +2168,8 @@ int main(int argc, char** argv) {
       return 0;
     }
     bench_small_gemm();
+    bench_fp8_small_gemm();
+    if (bench_fp8_only) return 0;
     bench_awq_gemm();
     bench_small_gemm_shapes();
     if (bench_gemm_only) return 0;
