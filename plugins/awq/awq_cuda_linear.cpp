@@ -7,12 +7,11 @@
 
 #include <algorithm>
 #include <limits>
-#include <map>
 #include <memory>
-#include <mutex>
 #include <vector>
 
 #include "cuda/awq_gemm.hpp"
+#include "cuda/device_memory.hpp"
 
 namespace hostrun::awq {
 
@@ -23,33 +22,18 @@ void check_cuda(cudaError_t e, const char* what) {
     throw Error(ErrorCode::internal, fmt::format("awq: {}: {} ({})", what, cudaGetErrorString(e), cudaGetErrorName(e)));
 }
 
-// Makes `device` current for the owner's lifetime, restoring the previous one.
-class DeviceScope {
- public:
-  explicit DeviceScope(int device) {
-    check_cuda(cudaGetDevice(&previous_), "cudaGetDevice");
-    check_cuda(cudaSetDevice(device), "cudaSetDevice");
-  }
-  ~DeviceScope() { cudaSetDevice(previous_); }
-  DeviceScope(const DeviceScope&) = delete;
-  DeviceScope& operator=(const DeviceScope&) = delete;
-
- private:
-  int previous_ = 0;
-};
-
 // Above this many rows a layer dequantizes W into the workspace and
 // multiplies with cuBLAS: the W4A16 tile kernel reaches ~160 TFLOP/s, a
 // 16-bit cuBLAS GEMM several times that, which pays for writing W
 // (docs/benchmarks.md, W4A16 rows).
 constexpr int64_t kDequantizeAbove = 64;
 
-// One cuBLAS handle per device, shared by the layers on it (a handle holds a
-// workspace of its own; one per layer would cost hundreds of MB).
+// One cuBLAS handle per device, shared by the layers on it
+// (cuda::shared_for_device: a handle holds a workspace of its own).
 class Cublas {
  public:
   explicit Cublas(int device) {
-    DeviceScope scope(device);
+    cuda::DeviceScope scope(device, "awq");
     if (const cublasStatus_t status = cublasCreate(&handle_); status != CUBLAS_STATUS_SUCCESS)
       throw Error(ErrorCode::internal, fmt::format("awq: cublasCreate failed: {}", cublasGetStatusString(status)));
   }
@@ -58,70 +42,31 @@ class Cublas {
   Cublas& operator=(const Cublas&) = delete;
   cublasHandle_t handle() const { return handle_; }
 
-  static std::shared_ptr<Cublas> for_device(int device) {
-    static std::mutex mutex;
-    static std::map<int, std::weak_ptr<Cublas>> handles;
-    std::lock_guard<std::mutex> lock(mutex);
-    std::shared_ptr<Cublas> held = handles[device].lock();
-    if (!held) {
-      held = std::make_shared<Cublas>(device);
-      handles[device] = held;
-    }
-    return held;
-  }
-
  private:
   cublasHandle_t handle_ = nullptr;
 };
 
-// One cudaMalloc'd array, uploaded from host memory.
 template <typename T>
-class DeviceArray {
- public:
-  DeviceArray() = default;
-  explicit DeviceArray(const std::vector<T>& host) : count_(host.size()) {
-    check_cuda(cudaMalloc(reinterpret_cast<void**>(&data_), bytes()), "allocating AWQ weights");
-    if (const cudaError_t e = cudaMemcpy(data_, host.data(), bytes(), cudaMemcpyHostToDevice); e != cudaSuccess) {
-      cudaFree(data_);  // the destructor does not run for a constructor that throws
-      check_cuda(e, "uploading AWQ weights");
-    }
-  }
-  ~DeviceArray() {
-    if (data_ != nullptr) cudaFree(data_);
-  }
-  DeviceArray(const DeviceArray&) = delete;
-  DeviceArray& operator=(const DeviceArray&) = delete;
-  const T* data() const { return data_; }
-  T* data() { return data_; }
-  size_t bytes() const { return count_ * sizeof(T); }
-  std::vector<T> download() const {
-    std::vector<T> host(count_);
-    check_cuda(cudaMemcpy(host.data(), data_, bytes(), cudaMemcpyDeviceToHost), "reading AWQ weights back");
-    return host;
-  }
-
- private:
-  T* data_ = nullptr;
-  size_t count_ = 0;
-};
+using DeviceArray = cuda::DeviceArray<T>;
 
 class AwqCudaLinear final : public LinearLayer {
  public:
   AwqCudaLinear(const ref::AwqWeights& weights, Device device, DType activation_dtype)
       : device_(device), dtype_(activation_dtype) {
-    DeviceScope scope(device.index);
+    cuda::DeviceScope scope(device.index, "awq");
     const cuda::AwqRepacked repacked = cuda::awq_repack(weights);
-    codes_ = std::make_unique<DeviceArray<uint32_t>>(repacked.codes);
-    zeros_ = std::make_unique<DeviceArray<uint32_t>>(repacked.zeros);
-    scales_ = std::make_unique<DeviceArray<uint16_t>>(repacked.scales);
+    codes_ = std::make_unique<DeviceArray<uint32_t>>(repacked.codes, "awq", "AWQ weights");
+    zeros_ = std::make_unique<DeviceArray<uint32_t>>(repacked.zeros, "awq", "AWQ weights");
+    scales_ = std::make_unique<DeviceArray<uint16_t>>(repacked.scales, "awq", "AWQ weights");
     weights_ = {codes_->data(),         zeros_->data(),         scales_->data(),
                 repacked.in_features, repacked.out_features, repacked.group_size,
                 repacked.padded_in};
     format_ = fmt::format("awq-w4-g{}", repacked.group_size);
-    cublas_ = Cublas::for_device(device.index);
+    cublas_ = cuda::shared_for_device<Cublas>(device.index);
     // The kernel's split counters for any row count it takes (it leaves them zero).
     counter_count_ = cuda::awq_gemm_counters(weights_, int(kDequantizeAbove));
-    counters_ = std::make_unique<DeviceArray<uint32_t>>(std::vector<uint32_t>(size_t(std::max(counter_count_, 1)), 0u));
+    counters_ = std::make_unique<DeviceArray<uint32_t>>(std::vector<uint32_t>(size_t(std::max(counter_count_, 1)), 0u),
+                                                        "awq", "AWQ weights");
   }
 
   LinearInfo info() const noexcept override {
@@ -189,7 +134,7 @@ class AwqCudaLinear final : public LinearLayer {
       if (weight.size() != n * k)
         return Status(ErrorCode::invalid_argument,
                       fmt::format("awq: dequantize: expected room for {} x {} values, found {}", n, k, weight.size()));
-      DeviceScope scope(device_.index);
+      cuda::DeviceScope scope(device_.index, "awq");
       cuda::AwqRepacked r;
       r.codes = codes_->download();
       r.zeros = zeros_->download();

@@ -12,6 +12,7 @@
 #include <string>
 #include <utility>
 
+#include "cuda/device_memory.hpp"
 #include "cuda/fp8_quant.hpp"
 #include "cuda/fp8_small_gemm.hpp"
 #include "ref/dtype.hpp"
@@ -30,26 +31,11 @@ void check_lt(cublasStatus_t status, const char* what) {
     throw Error(ErrorCode::internal, fmt::format("fp8: {} failed: {}", what, cublasLtGetStatusString(status)));
 }
 
-// Makes `device` current for the owner's lifetime, restoring the previous one.
-class DeviceScope {
- public:
-  explicit DeviceScope(int device) {
-    check_cuda(cudaGetDevice(&previous_), "cudaGetDevice");
-    check_cuda(cudaSetDevice(device), "cudaSetDevice");
-  }
-  ~DeviceScope() { cudaSetDevice(previous_); }
-  DeviceScope(const DeviceScope&) = delete;
-  DeviceScope& operator=(const DeviceScope&) = delete;
-
- private:
-  int previous_ = 0;
-};
-
-// One cuBLASLt handle per device, shared by the layers on it.
+// One cuBLASLt handle per device, shared by the layers on it (cuda::shared_for_device).
 class LtHandle {
  public:
   explicit LtHandle(int device) {
-    DeviceScope scope(device);
+    cuda::DeviceScope scope(device, "fp8");
     check_lt(cublasLtCreate(&handle_), "cublasLtCreate");
   }
   ~LtHandle() { cublasLtDestroy(handle_); }
@@ -57,44 +43,8 @@ class LtHandle {
   LtHandle& operator=(const LtHandle&) = delete;
   cublasLtHandle_t get() const { return handle_; }
 
-  static std::shared_ptr<LtHandle> for_device(int device) {
-    static std::mutex mutex;
-    static std::map<int, std::weak_ptr<LtHandle>> handles;
-    std::lock_guard<std::mutex> lock(mutex);
-    std::shared_ptr<LtHandle> held = handles[device].lock();
-    if (!held) handles[device] = held = std::make_shared<LtHandle>(device);
-    return held;
-  }
-
  private:
   cublasLtHandle_t handle_ = nullptr;
-};
-
-// One cudaMalloc'd array uploaded from host memory.
-class DeviceBytes {
- public:
-  DeviceBytes(const void* host, size_t bytes) : bytes_(bytes) {
-    check_cuda(cudaMalloc(&data_, bytes), "allocating FP8 weights");
-    if (const cudaError_t e = cudaMemcpy(data_, host, bytes, cudaMemcpyHostToDevice); e != cudaSuccess) {
-      cudaFree(data_);  // the destructor does not run for a constructor that throws
-      check_cuda(e, "uploading FP8 weights");
-    }
-  }
-  ~DeviceBytes() { cudaFree(data_); }
-  DeviceBytes(const DeviceBytes&) = delete;
-  DeviceBytes& operator=(const DeviceBytes&) = delete;
-  void* data() const { return data_; }
-  size_t bytes() const { return bytes_; }
-  template <typename T>
-  std::vector<T> download() const {
-    std::vector<T> host(bytes_ / sizeof(T));
-    check_cuda(cudaMemcpy(host.data(), data_, bytes_, cudaMemcpyDeviceToHost), "reading FP8 weights back");
-    return host;
-  }
-
- private:
-  void* data_ = nullptr;
-  size_t bytes_ = 0;
 };
 
 constexpr size_t kAlign = 256;
@@ -175,10 +125,10 @@ class Fp8CudaLinear final : public LinearLayer {
   Fp8CudaLinear(const HostFp8Layer& layer, Device device, DType activation_dtype)
       : device_(device), dtype_(activation_dtype), in_(layer.in_features), out_(int64_t(layer.scales.size())),
         input_scale_(layer.input_scale) {
-    DeviceScope scope(device.index);
-    codes_ = std::make_unique<DeviceBytes>(layer.codes.data(), layer.codes.size());
-    scales_ = std::make_unique<DeviceBytes>(layer.scales.data(), layer.scales.size() * sizeof(float));
-    lt_ = LtHandle::for_device(device.index);
+    cuda::DeviceScope scope(device.index, "fp8");
+    codes_ = std::make_unique<cuda::DeviceArray<uint8_t>>(layer.codes, "fp8", "FP8 weights");
+    scales_ = std::make_unique<cuda::DeviceArray<float>>(layer.scales, "fp8", "FP8 weights");
+    lt_ = cuda::shared_for_device<LtHandle>(device.index);
     format_ = input_scale_ > 0.0f ? "fp8-e4m3-static" : "fp8-e4m3";  // within the small-string buffer
     plan(int(kSumRows));  // refuse at load, not at the first step, where cuBLASLt cannot do it
   }
@@ -240,8 +190,8 @@ class Fp8CudaLinear final : public LinearLayer {
         cuda::Fp8SmallGemm gemm;
         gemm.x_codes = x_codes;
         gemm.x_scales = x_scales;
-        gemm.w_codes = static_cast<const uint8_t*>(codes_->data());
-        gemm.w_scales = static_cast<const float*>(scales_->data());
+        gemm.w_codes = codes_->data();
+        gemm.w_scales = scales_->data();
         gemm.m = int(rows);
         gemm.n = int(out_);
         gemm.k = int(in_);
@@ -257,7 +207,7 @@ class Fp8CudaLinear final : public LinearLayer {
           plan(count).run(lt_->get(), codes_->data(), x_codes + size_t(first) * size_t(in_), sums, lt_workspace,
                           stream);
           check_cuda(cuda::apply_fp8_scales(sums, count, int(out_), x_scales + first,
-                                            static_cast<const float*>(scales_->data()),
+                                            scales_->data(),
                                             static_cast<uint8_t*>(y.data) + size_t(first) * y_row_bytes, y_dtype,
                                             y.strides[0], stream),
                      "apply_fp8_scales");
@@ -274,9 +224,9 @@ class Fp8CudaLinear final : public LinearLayer {
         return Status(ErrorCode::invalid_argument,
                       fmt::format("fp8: dequantize: expected room for {} x {} values, found {}", out_, in_,
                                   weight.size()));
-      DeviceScope scope(device_.index);
-      const std::vector<uint8_t> codes = codes_->download<uint8_t>();
-      const std::vector<float> scales = scales_->download<float>();
+      cuda::DeviceScope scope(device_.index, "fp8");
+      const std::vector<uint8_t> codes = codes_->download();
+      const std::vector<float> scales = scales_->download();
       for (int64_t j = 0; j < out_; ++j)
         for (int64_t c = 0; c < in_; ++c)
           weight[size_t(j * in_ + c)] = ref::e4m3_to_f32(codes[size_t(j * in_ + c)]) * scales[size_t(j)];
@@ -299,7 +249,8 @@ class Fp8CudaLinear final : public LinearLayer {
   DType dtype_;
   int64_t in_, out_;
   float input_scale_;
-  std::unique_ptr<DeviceBytes> codes_, scales_;
+  std::unique_ptr<cuda::DeviceArray<uint8_t>> codes_;
+  std::unique_ptr<cuda::DeviceArray<float>> scales_;
   std::shared_ptr<LtHandle> lt_;
   std::string format_;
   std::mutex plans_mutex_;
