@@ -55,8 +55,8 @@ __global__ void quantize_rows_kernel(const T* __restrict__ x, std::int64_t x_str
   __syncthreads();
   const float scale = row_scale;
   if (threadIdx.x == 0) scales[blockIdx.x] = scale;
-  const float by = isnan(scale) ? 1.0f : scale;
-  for (int c = threadIdx.x; c < k; c += kThreads) out[c] = to_e4m3(detail::to_f32(row[c]) / by);
+  const float inv = 1.0f / (isnan(scale) ? 1.0f : scale);
+  for (int c = threadIdx.x; c < k; c += kThreads) out[c] = to_e4m3(detail::to_f32(row[c]) * inv);
 }
 
 template <typename T>
@@ -68,6 +68,24 @@ __global__ void apply_scales_kernel(const float* __restrict__ sums, int m, int n
   const float x_scale = x_scales[row];
   y[std::int64_t(row) * y_stride + col] =
       detail::from_f32<T>(isnan(x_scale) ? x_scale : sums[i] * (x_scale * w_scales[col]));
+}
+
+// Exact expf and IEEE division, as silu_mul.cu.
+__device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
+
+// The same products for columns [gate | up] (n = 2 half), then silu(gate) * up: one thread an output.
+template <typename T>
+__global__ void apply_scales_silu_mul_kernel(const float* __restrict__ sums, int m, int half,
+                                             const float* __restrict__ x_scales, const float* __restrict__ w_scales,
+                                             T* __restrict__ y, std::int64_t y_stride) {
+  const std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= std::int64_t(m) * half) return;
+  const int row = int(i / half), col = int(i % half);
+  const float x_scale = x_scales[row];
+  const float* row_sums = sums + std::int64_t(row) * 2 * half;
+  const float gate = row_sums[col] * (x_scale * w_scales[col]);
+  const float up = row_sums[half + col] * (x_scale * w_scales[half + col]);
+  y[std::int64_t(row) * y_stride + col] = detail::from_f32<T>(isnan(x_scale) ? x_scale : silu(gate) * up);
 }
 
 template <typename T>
@@ -114,6 +132,26 @@ cudaError_t apply_fp8_scales(const float* sums, int m, int n, const float* x_sca
       return cudaGetLastError();
     case DType::f16:
       apply_scales_kernel<<<blocks, 256, 0, stream>>>(sums, m, n, x_scales, w_scales, static_cast<__half*>(y), y_stride);
+      return cudaGetLastError();
+    case DType::f32: break;
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t apply_fp8_scales_silu_mul(const float* sums, int m, int n, const float* x_scales, const float* w_scales,
+                                      void* y, DType y_dtype, std::int64_t y_stride, cudaStream_t stream) {
+  if (m < 0 || n < 0 || n % 2 != 0 || y_stride < n / 2) return cudaErrorInvalidValue;
+  if (m == 0 || n == 0) return cudaSuccess;
+  const int half = n / 2;
+  const unsigned blocks = unsigned((std::int64_t(m) * half + 255) / 256);
+  switch (y_dtype) {
+    case DType::bf16:
+      apply_scales_silu_mul_kernel<<<blocks, 256, 0, stream>>>(sums, m, half, x_scales, w_scales,
+                                                               static_cast<__nv_bfloat16*>(y), y_stride);
+      return cudaGetLastError();
+    case DType::f16:
+      apply_scales_silu_mul_kernel<<<blocks, 256, 0, stream>>>(sums, m, half, x_scales, w_scales,
+                                                               static_cast<__half*>(y), y_stride);
       return cudaGetLastError();
     case DType::f32: break;
   }

@@ -6,10 +6,10 @@
 //             = max_k |x[i, k]| / 448                otherwise (1 for a row of
 //                                                     zeros, NaN when the row
 //                                                     holds NaN or +-inf)
-//   codes[i * k + c] = e4m3(x[i, c] / scales[i])     nearest-even, saturating
-//                                                     (a NaN scale divides by 1)
+//   codes[i * k + c] = e4m3(x[i, c] * (1 / scales[i]))  nearest-even, saturating
+//                                                     (a NaN scale counts as 1)
 //
-// with the same IEEE f32 division as the reference, so the codes and scales
+// with the same IEEE f32 operations as the reference, so the codes and scales
 // are equal to ref's for the same input, byte for byte (a NaN's sign bit
 // aside). codes are contiguous [m, k], ready for an FP8 GEMM.
 //
@@ -33,5 +33,12 @@ cudaError_t quantize_rows_e4m3(const void* x, DType dtype, std::int64_t x_stride
 // sums [m, n] contiguous f32; y [m, n] bf16 or f16, rows y_stride elements apart.
 cudaError_t apply_fp8_scales(const float* sums, int m, int n, const float* x_scales, const float* w_scales, void* y,
                              DType y_dtype, std::int64_t y_stride, cudaStream_t stream);
+
+// The same with the SDK's SiLU-and-multiply epilogue: sums' columns are
+// [gate | up] (n even) and y [m, n / 2] receives silu(gate) * up of the
+// scaled values (exact expf and IEEE division, as silu_mul.cu), saving the
+// model a kernel and y's round trip.
+cudaError_t apply_fp8_scales_silu_mul(const float* sums, int m, int n, const float* x_scales, const float* w_scales,
+                                      void* y, DType y_dtype, std::int64_t y_stride, cudaStream_t stream);
 
 }  // namespace hostrun::cuda

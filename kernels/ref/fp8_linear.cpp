@@ -29,10 +29,11 @@ float row_scale(const float* row, std::size_t k, float static_scale) {
   return std::isnan(amax) ? amax : amax > 0.0f ? amax / kE4m3Max : 1.0f;
 }
 
-// The row's codes for `scale` (a NaN scale quantizes as 1: the outputs are NaN anyway).
+// The row's codes for `scale` (a NaN scale quantizes as 1: the outputs are NaN anyway). Times the
+// reciprocal, not divided: one division a row, and what the CUDA kernels that quantize x do too.
 void quantize_row(const float* row, std::size_t k, float scale, std::uint8_t* codes) {
-  const float by = std::isnan(scale) ? 1.0f : scale;
-  for (std::size_t c = 0; c < k; ++c) codes[c] = f32_to_e4m3(row[c] / by);
+  const float inv = 1.0f / (std::isnan(scale) ? 1.0f : scale);
+  for (std::size_t c = 0; c < k; ++c) codes[c] = f32_to_e4m3(row[c] * inv);
 }
 
 }  // namespace
@@ -56,8 +57,8 @@ void fp8_linear(const Fp8Rows& rows, std::size_t k, const Fp8Weight& weight, std
   for (std::size_t i = 0; i < m; ++i) {
     const float* row = rows.x + i * rows.x_stride;
     x_scale[i] = row_scale(row, k, static_input_scale);
-    const float by = std::isnan(x_scale[i]) ? 1.0f : x_scale[i];
-    for (std::size_t c = 0; c < k; ++c) x_decoded[i * k + c] = e4m3_to_f32(f32_to_e4m3(row[c] / by));
+    const float inv = 1.0f / (std::isnan(x_scale[i]) ? 1.0f : x_scale[i]);
+    for (std::size_t c = 0; c < k; ++c) x_decoded[i * k + c] = e4m3_to_f32(f32_to_e4m3(row[c] * inv));
   }
   for (std::size_t j = 0; j < n; ++j) {
     for (std::size_t c = 0; c < k; ++c) w_decoded[c] = e4m3_to_f32(weight.codes[j * k + c]);

@@ -4,7 +4,7 @@
 //
 //   s_x[i]  = max_k |x[i, k]| / 448                (448: e4m3's largest finite)
 //             or a checkpoint's static input_scale
-//   xq[i,k] = e4m3(x[i, k] / s_x[i])               (ref/dtype.hpp's conversion:
+//   xq[i,k] = e4m3(x[i, k] * (1 / s_x[i]))         (ref/dtype.hpp's conversion:
 //                                                   nearest-even, saturating)
 //   y[i, j] = s_x[i] * s_w[j] * sum_k e4m3_to_f32(xq[i, k]) * e4m3_to_f32(wq[j, k])
 //

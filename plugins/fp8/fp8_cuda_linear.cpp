@@ -144,7 +144,10 @@ class Fp8CudaLinear final : public LinearLayer {
     return out;
   }
 
-  uint32_t fused_epilogues(int64_t) const noexcept override { return kEpilogueNone; }
+  // SiLU-and-multiply: in fp8_small_gemm's epilogue up to 16 rows, above in the pass that scales cuBLASLt's sums.
+  uint32_t fused_epilogues(int64_t) const noexcept override {
+    return out_ % 2 == 0 ? kEpilogueSiluMul : kEpilogueNone;
+  }
 
   // x's codes and row scales, then the f32 sums of up to kSumRows rows, then cuBLASLt's scratch.
   size_t workspace_bytes(int64_t max_rows) const noexcept override {
@@ -161,15 +164,17 @@ class Fp8CudaLinear final : public LinearLayer {
         return v.rank == 2 && v.shape[0] == rows && v.shape[1] == columns && v.strides[1] == 1 &&
                v.strides[0] >= columns && v.dtype == dtype_ && v.device == device_ && v.data != nullptr;
       };
-      if (rows < 0 || rows > std::numeric_limits<int>::max() || !matrix(x, in_) || !matrix(y, out_))
+      const bool silu_mul = call.epilogue == kEpilogueSiluMul;
+      const int64_t y_columns = silu_mul ? out_ / 2 : out_;
+      if (rows < 0 || rows > std::numeric_limits<int>::max() || !matrix(x, in_) || !matrix(y, y_columns))
         return Status(ErrorCode::invalid_argument,
                       fmt::format("fp8: linear [{} x {}]: expected x [rows, {}] and y [rows, {}] in {} on cuda:{} "
                                   "with contiguous rows",
-                                  out_, in_, in_, out_, dtype_name(dtype_), device_.index));
-      if (call.epilogue != kEpilogueNone)
+                                  out_, in_, in_, y_columns, dtype_name(dtype_), device_.index));
+      if (call.epilogue != kEpilogueNone && (call.epilogue & ~fused_epilogues(rows)) != 0)
         return Status(ErrorCode::invalid_argument,
-                      fmt::format("fp8: forward: epilogue mask {:#x} asked for, but this layer fuses none",
-                                  call.epilogue));
+                      fmt::format("fp8: forward: epilogue mask {:#x} asked for {} rows; this layer fuses {:#x} there",
+                                  call.epilogue, rows, fused_epilogues(rows)));
       if (rows == 0) return {};
       const size_t needed = workspace_bytes(rows);
       const size_t given = exec.workspace.data != nullptr ? exec.workspace.nbytes() : 0;
@@ -183,21 +188,32 @@ class Fp8CudaLinear final : public LinearLayer {
       auto* sums = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(x_scales) + aligned(size_t(rows) * sizeof(float)));
       void* lt_workspace = reinterpret_cast<uint8_t*>(sums) + sums_bytes(rows);
       const auto stream = static_cast<cudaStream_t>(exec.stream);
-      check_cuda(cuda::quantize_rows_e4m3(x.data, dtype_ == DType::bf16 ? cuda::DType::bf16 : cuda::DType::f16,
-                                          x.strides[0], int(rows), int(in_), x_codes, x_scales, input_scale_, stream),
-                 "quantize_rows_e4m3");
-      if (cuda::fp8_small_gemm_supported(int(rows), int(in_), x_codes, codes_->data())) {
+      const cuda::DType x_dtype = dtype_ == DType::bf16 ? cuda::DType::bf16 : cuda::DType::f16;
+      // Up to 16 rows the small GEMM quantizes x itself while its codes fit its shared memory.
+      const bool quantize_in_gemm = small(rows) && cuda::fp8_small_gemm_quantizes(int(rows), int(in_), x.data, x.strides[0]);
+      if (!quantize_in_gemm)
+        check_cuda(cuda::quantize_rows_e4m3(x.data, x_dtype, x.strides[0], int(rows), int(in_), x_codes, x_scales,
+                                            input_scale_, stream),
+                   "quantize_rows_e4m3");
+      if (small(rows)) {
         cuda::Fp8SmallGemm gemm;
-        gemm.x_codes = x_codes;
-        gemm.x_scales = x_scales;
+        if (quantize_in_gemm) {
+          gemm.x16 = x.data;
+          gemm.x16_stride = x.strides[0];
+          gemm.static_scale = input_scale_;
+        } else {
+          gemm.x_codes = x_codes;
+          gemm.x_scales = x_scales;
+        }
         gemm.w_codes = codes_->data();
         gemm.w_scales = scales_->data();
         gemm.m = int(rows);
         gemm.n = int(out_);
         gemm.k = int(in_);
+        gemm.silu_mul = silu_mul;
         gemm.y = y.data;
         gemm.y_stride = y.strides[0];
-        gemm.y_dtype = dtype_ == DType::bf16 ? cuda::DType::bf16 : cuda::DType::f16;
+        gemm.y_dtype = x_dtype;
         check_cuda(cuda::fp8_small_gemm(gemm, stream), "fp8_small_gemm");
       } else {
         const cuda::DType y_dtype = dtype_ == DType::bf16 ? cuda::DType::bf16 : cuda::DType::f16;
@@ -206,10 +222,11 @@ class Fp8CudaLinear final : public LinearLayer {
           const int count = int(std::min(kSumRows, rows - first));
           plan(count).run(lt_->get(), codes_->data(), x_codes + size_t(first) * size_t(in_), sums, lt_workspace,
                           stream);
-          check_cuda(cuda::apply_fp8_scales(sums, count, int(out_), x_scales + first,
-                                            scales_->data(),
-                                            static_cast<uint8_t*>(y.data) + size_t(first) * y_row_bytes, y_dtype,
-                                            y.strides[0], stream),
+          void* y_rows = static_cast<uint8_t*>(y.data) + size_t(first) * y_row_bytes;
+          check_cuda(silu_mul ? cuda::apply_fp8_scales_silu_mul(sums, count, int(out_), x_scales + first,
+                                                                scales_->data(), y_rows, y_dtype, y.strides[0], stream)
+                              : cuda::apply_fp8_scales(sums, count, int(out_), x_scales + first, scales_->data(),
+                                                       y_rows, y_dtype, y.strides[0], stream),
                      "apply_fp8_scales");
         }
       }
@@ -235,6 +252,12 @@ class Fp8CudaLinear final : public LinearLayer {
   }
 
  private:
+  // Whether fp8_small_gemm takes `rows` rows (its codes and the workspace are 256-byte aligned).
+  bool small(int64_t rows) const {
+    return rows >= 1 && rows <= cuda::fp8_small_gemm_max_rows &&
+           cuda::fp8_small_gemm_supported(int(rows), int(in_), codes_->data(), codes_->data());
+  }
+
   size_t sums_bytes(int64_t rows) const { return aligned(size_t(std::clamp<int64_t>(rows, 0, kSumRows)) * size_t(out_) * 4); }
 
   // The plan for `rows` rows, made once.

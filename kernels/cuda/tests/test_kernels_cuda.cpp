@@ -449,6 +449,40 @@ TEST_CASE("apply_fp8_scales") {
                   mismatches == 0, fmt("%zu of %zu outputs differ from ref's formula", mismatches, m * stride));
     }
   }
+  // With SiLU-and-multiply: ref's product, then ref::silu_and_mul; expf differs from the host's in the last
+  // bits, so within the output's rounding.
+  for (const DType dtype : half_dtypes) {
+    const int m = 37, n = 2 * 700;
+    const std::size_t half = std::size_t(n) / 2, stride = half + 3;
+    const std::vector<float> sums = random_floats(rng, std::size_t(m) * n, -3000, 3000);
+    std::vector<float> x_scales = random_floats(rng, m, 1e-4f, 1e-2f), w_scales = random_floats(rng, n, 1e-5f, 1e-3f);
+    x_scales[2] = std::nanf("");
+    std::vector<float> product(std::size_t(m) * n), want(std::size_t(m) * half);
+    for (int i = 0; i < m; ++i)
+      for (int j = 0; j < n; ++j) product[std::size_t(i) * n + j] = sums[std::size_t(i) * n + j] * (x_scales[i] * w_scales[j]);
+    ref::silu_and_mul(product.data(), std::size_t(m), half, want.data());
+    DeviceBuffer<float> d_sums(sums.size()), d_x_scales{std::size_t(m)}, d_w_scales{std::size_t(n)};
+    d_sums.upload(sums);
+    d_x_scales.upload(x_scales);
+    d_w_scales.upload(w_scales);
+    DeviceBuffer<unsigned char> d_y(std::size_t(m) * stride * ref::dtype_size(dtype));
+    d_y.poison();
+    LAUNCH_OK(gpu::apply_fp8_scales_silu_mul(d_sums.ptr, m, n, d_x_scales.ptr, d_w_scales.ptr, d_y.ptr, dtype,
+                                             std::int64_t(stride), nullptr));
+    const std::vector<float> padded = from_bytes(d_y.download(), dtype);
+    std::vector<float> got(std::size_t(m) * half), expected = want;
+    std::size_t nan_wrong = 0;
+    for (std::size_t i = 0; i < std::size_t(m); ++i)
+      for (std::size_t j = 0; j < half; ++j) {
+        got[i * half + j] = padded[i * stride + j];
+        if (std::isnan(want[i * half + j])) {
+          if (!std::isnan(got[i * half + j])) ++nan_wrong;
+          got[i * half + j] = expected[i * half + j] = 0.0f;
+        }
+      }
+    report("apply_fp8_scales_silu_mul", fmt("%s m=%d n=%d stride=%zu", name_of(dtype), m, n, stride),
+           compare(got, expected), tolerance_for(dtype), nan_wrong == 0 ? "" : fmt("%zu NaN-row outputs not NaN", nan_wrong));
+  }
   report_bool("apply_fp8_scales", "refuses f32 out and stride < n",
               gpu::apply_fp8_scales(nullptr, 1, 8, nullptr, nullptr, nullptr, DType::f32, 8, nullptr) ==
                       cudaErrorInvalidValue &&
@@ -540,6 +574,126 @@ TEST_CASE("fp8_small_gemm") {
                   !gpu::fp8_small_gemm_supported(1, 96, nullptr, nullptr) &&
                   !gpu::fp8_small_gemm_supported(1, 64, reinterpret_cast<void*>(8), nullptr),
               "fp8_small_gemm_supported is false for each");
+}
+
+// fp8_small_gemm given x's 16-bit rows (it quantizes them itself) and with
+// the SiLU-and-multiply epilogue, against ref on the same 16-bit values:
+// quantize_rows_e4m3 (dynamic or a static scale), fp8_linear, silu_and_mul.
+// The fused epilogue applies SiLU to the f32 products, ref to its f32 ones,
+// so only the order of the sums differs; the bound is the output dtype's
+// rounding. Rows of zeros, NaN rows and padded x and y rows as above.
+TEST_CASE("fp8_small_gemm quantizing x, SiLU-and-multiply") {
+  auto rng = rng_for("fp8_small_gemm fused");
+  int major = 0, minor = 0;
+  CUDA_OK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
+  CUDA_OK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0));
+  if (major * 10 + minor < 89) return;  // refused there: the case above checks that
+  struct Shape {
+    int m, n, k, x_padding, y_padding;
+    bool x16, silu_mul;
+    float static_scale;
+    int special;  // 1: row 0 all zeros; 2: a NaN in the last row
+  };
+  // Batch-1 Llama-3-8B gate/up (SiLU) and down (x quantized here), two rows,
+  // a k that is not a multiple of 128, n not a multiple of 16; codes with
+  // SiLU in both row groups.
+  const Shape shapes[] = {{1, 28672, 4096, 0, 0, true, true, 0.0f, 0},  {1, 4096, 14336, 0, 0, true, false, 0.0f, 0},
+                          {2, 4096, 8192, 8, 0, true, false, 0.0f, 2},  {2, 96, 192, 8, 4, true, true, 0.0f, 1},
+                          {1, 34, 1088, 0, 2, true, false, 0.0f, 0},    {2, 64, 4160, 16, 0, true, true, 0.0f, 2},
+                          {1, 66, 64, 0, 0, true, false, 0.0f, 1},      {2, 48, 320, 0, 0, true, false, 0.004f, 0},
+                          {3, 64, 4096, 0, 0, false, true, 0.0f, 2},    {12, 130, 704, 0, 3, false, true, 0.0f, 1}};
+  for (const DType dtype : {DType::bf16, DType::f16}) {
+    for (const Shape& shape : shapes) {
+      const std::size_t m = std::size_t(shape.m), n = std::size_t(shape.n), k = std::size_t(shape.k);
+      const std::size_t outputs = shape.silu_mul ? n / 2 : n;
+      const std::size_t x_stride = k + std::size_t(shape.x_padding), y_stride = outputs + std::size_t(shape.y_padding);
+      // x as the 16-bit dtype holds it; ref reads the same values
+      std::vector<float> x = from_bytes(to_bytes(random_floats(rng, m * k, -2, 2), dtype), dtype);
+      if (shape.special == 1) std::fill(x.begin(), x.begin() + long(k), 0.0f);
+      if (shape.special == 2) x[(m - 1) * k + 7] = std::nanf("");
+      const std::vector<float> w = random_floats(rng, n * k, -0.05f, 0.05f);
+      std::vector<std::uint8_t> w_codes(n * k), x_codes(m * k);
+      std::vector<float> w_scales(n), x_scales(m), product(m * n), want(m * outputs);
+      ref::quantize_weight_e4m3(w.data(), n, k, w_codes.data(), w_scales.data());
+      ref::quantize_rows_e4m3(x.data(), m, k, x_codes.data(), x_scales.data(), shape.static_scale);
+      ref::fp8_linear(x.data(), m, k, ref::Fp8Weight{w_codes.data(), w_scales.data(), true}, n, product.data(),
+                      shape.static_scale);
+      if (shape.silu_mul) ref::silu_and_mul(product.data(), m, outputs, want.data());
+      else want = product;
+      std::vector<float> x_padded(m * x_stride, 0.0f);
+      for (std::size_t i = 0; i < m; ++i) std::copy_n(x.begin() + long(i * k), k, x_padded.begin() + long(i * x_stride));
+      DeviceBuffer<unsigned char> d_x16;
+      d_x16.upload(to_bytes(x_padded, dtype));
+      DeviceBuffer<std::uint8_t> d_x(x_codes.size()), d_w;
+      DeviceBuffer<float> d_xs, d_ws;
+      d_x.upload(x_codes);
+      d_w.upload(w_codes);
+      d_xs.upload(x_scales);
+      d_ws.upload(w_scales);
+      DeviceBuffer<unsigned char> d_y(m * y_stride * ref::dtype_size(dtype));
+      d_y.poison();
+      gpu::Fp8SmallGemm gemm;
+      if (shape.x16) {
+        CHECK(gpu::fp8_small_gemm_quantizes(shape.m, shape.k, d_x16.ptr, std::int64_t(x_stride)));
+        gemm.x16 = d_x16.ptr;
+        gemm.x16_stride = std::int64_t(x_stride);
+        gemm.static_scale = shape.static_scale;
+      } else {
+        gemm.x_codes = d_x.ptr;
+        gemm.x_scales = d_xs.ptr;
+      }
+      gemm.w_codes = d_w.ptr;
+      gemm.w_scales = d_ws.ptr;
+      gemm.m = shape.m;
+      gemm.n = shape.n;
+      gemm.k = shape.k;
+      gemm.silu_mul = shape.silu_mul;
+      gemm.y = d_y.ptr;
+      gemm.y_stride = std::int64_t(y_stride);
+      gemm.y_dtype = dtype;
+      LAUNCH_OK(gpu::fp8_small_gemm(gemm, nullptr));
+      const std::vector<float> padded = from_bytes(d_y.download(), dtype);
+      std::vector<float> got(m * outputs), expected = want;
+      std::size_t nan_rows_wrong = 0;
+      for (std::size_t i = 0; i < m; ++i)
+        for (std::size_t j = 0; j < outputs; ++j) {
+          got[i * outputs + j] = padded[i * y_stride + j];
+          if (std::isnan(want[i * outputs + j])) {
+            if (!std::isnan(got[i * outputs + j])) ++nan_rows_wrong;
+            got[i * outputs + j] = expected[i * outputs + j] = 0.0f;
+          }
+        }
+      const std::string group =
+          fmt("m=%d n=%d k=%d x=%s%s static=%g x_stride=%zu y_stride=%zu %s", shape.m, shape.n, shape.k,
+              shape.x16 ? "16-bit" : "codes", shape.silu_mul ? " silu_mul" : "", double(shape.static_scale), x_stride,
+              y_stride, name_of(dtype));
+      report("fp8_small_gemm fused", group, compare(got, expected), tolerance_for(dtype),
+             nan_rows_wrong == 0 ? "" : fmt("%zu outputs of a NaN row not NaN", nan_rows_wrong));
+      if (nan_rows_wrong != 0) report_bool("fp8_small_gemm fused", group, false, "NaN rows");
+    }
+  }
+  // Where quantizing x in the GEMM stops paying (fp8_small_gemm.cu), odd strides, an odd n for SiLU.
+  gpu::Fp8SmallGemm odd;
+  odd.x_codes = reinterpret_cast<const std::uint8_t*>(256);
+  odd.x_scales = reinterpret_cast<const float*>(256);
+  odd.w_codes = reinterpret_cast<const std::uint8_t*>(256);
+  odd.w_scales = reinterpret_cast<const float*>(256);
+  odd.m = 1;
+  odd.n = 33;
+  odd.k = 64;
+  odd.silu_mul = true;
+  odd.y = reinterpret_cast<void*>(256);
+  odd.y_stride = 64;
+  const void* aligned = reinterpret_cast<void*>(256);
+  report_bool("fp8_small_gemm fused", "quantizes 1 row of 16384 and 2 of 8192, refuses 3 rows, 1 of 16448, an odd x "
+              "stride, SiLU of odd n",
+              gpu::fp8_small_gemm_quantizes(1, 16384, aligned, 16384) &&
+                  gpu::fp8_small_gemm_quantizes(2, 8192, aligned, 8192) &&
+                  !gpu::fp8_small_gemm_quantizes(3, 1024, aligned, 1024) &&
+                  !gpu::fp8_small_gemm_quantizes(1, 16448, aligned, 16448) &&
+                  !gpu::fp8_small_gemm_quantizes(1, 64, aligned, 68) &&
+                  gpu::fp8_small_gemm(odd, nullptr) == cudaErrorInvalidValue,
+              "each as stated");
 }
 
 // ---- dense (vision) attention ----------------------------------------------
@@ -1890,11 +2044,24 @@ void bench_fp8_small_gemm() {
         CUDA_OK(gpu::quantize_rows_e4m3(xb.ptr, DType::bf16, shape.k, m, shape.k, xc.ptr, xs.ptr, 0.0f, nullptr));
         CUDA_OK(gpu::fp8_small_gemm(gemm, nullptr));
       });
+      // x quantized inside the GEMM (gate_up: and SiLU-and-multiply), where it fits
+      float fused_ms = 0.0f;
+      if (gpu::fp8_small_gemm_quantizes(m, shape.k, xb.ptr, shape.k)) {
+        gpu::Fp8SmallGemm fused = gemm;
+        fused.x_codes = nullptr;
+        fused.x_scales = nullptr;
+        fused.x16 = xb.ptr;
+        fused.x16_stride = shape.k;
+        fused.silu_mul = std::string(shape.name) == "gate_up";
+        fused_ms = median_ms_batched([&] { CUDA_OK(gpu::fp8_small_gemm(fused, nullptr)); });
+      }
       const double bytes = double(weights);
-      std::printf("%-8s m=%2d n=%6d k=%5d %9.2f us  %7.0f GB/s  (%4.1f%% of %.0f); with quantize %9.2f us %7.0f GB/s\n",
+      std::printf("%-8s m=%2d n=%6d k=%5d %9.2f us  %7.0f GB/s  (%4.1f%% of %.0f); with quantize %9.2f us %7.0f GB/s; "
+                  "quantizing in the GEMM%s %s\n",
                   shape.name, m, shape.n, shape.k, gemm_ms * 1e3, bytes / (gemm_ms * 1e-3) / 1e9,
                   100.0 * bytes / (gemm_ms * 1e-3) / 1e9 / hbm_peak_gbs, hbm_peak_gbs, both_ms * 1e3,
-                  bytes / (both_ms * 1e-3) / 1e9);
+                  bytes / (both_ms * 1e-3) / 1e9, std::string(shape.name) == "gate_up" ? " + SiLU" : "",
+                  fused_ms > 0.0f ? fmt("%9.2f us", fused_ms * 1e3).c_str() : "(not taken)");
     }
   }
 }
