@@ -108,6 +108,18 @@ struct Codes {
   static constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
   using Pair = std::conditional_t<kBf16, __nv_bfloat162, __half2>;
   static constexpr std::uint32_t kMagic = kBf16 ? 0x43004300u : 0x64006400u;
+  // (word & 0x000f000f) | magic, the codes of nibbles 0 and 4 as two 16-bit
+  // numbers magic + q, in one LOP3. Written as C++ the compiler emits an AND
+  // and an OR (a LOP3 takes one immediate and both masks are constants);
+  // with the magic in a register it is one instruction: a third of the decode
+  // kernel's integer work (kernels/cuda/NOTES.md, W4A16 SASS). The tile
+  // kernel keeps the two (one more live register spilled it at 32 rows).
+  __device__ static std::uint32_t low_pair(std::uint32_t word) {
+    std::uint32_t magic = kMagic, out;
+    asm volatile("" : "+r"(magic));  // keep the magic in a register
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(out) : "r"(word), "n"(0x000f000f), "r"(magic));
+    return out;
+  }
   // a - b on two 16-bit values a register (exact for magic + code minus magic + zero).
   __device__ static std::uint32_t minus(std::uint32_t a, std::uint32_t b) {
     Pair x, y;
@@ -429,6 +441,14 @@ template <typename T>
 __device__ __forceinline__ void gemv_load_x(GemvX& xs, const T* x_lane, bool row_valid, int in_features, int kb,
                                             int lane) {
   const int k_left = in_features - kb * awq_k_block - (lane & 3) * 4;
+  // The whole block inside in_features (every block of Llama's shapes): no
+  // test a step. A lane of a row past m reads row 0 there (x_lane points at
+  // it); its B column's sums are never stored.
+  if (k_left >= awq_k_block - 12) {
+#pragma unroll
+    for (int s = 0; s < awq_k_block / 16; ++s) xs[s] = *reinterpret_cast<const uint2*>(x_lane + kb * awq_k_block + s * 16);
+    return;
+  }
 #pragma unroll
   for (int s = 0; s < awq_k_block / 16; ++s)
     xs[s] = row_valid && s * 16 < k_left ? *reinterpret_cast<const uint2*>(x_lane + kb * awq_k_block + s * 16)
@@ -458,7 +478,7 @@ __device__ __forceinline__ void gemv_compute(const GemvBlock<kGroup>& b, const G
 #pragma unroll
     for (int i = 0; i < kGemvTiles; ++i) zero[i] = (b.zeros[i][g] >> (4 * (lane >> 2))) & 0xfu;
     const auto pair = [&](std::uint32_t word, int i) -> std::uint32_t {
-      const std::uint32_t magic_q = (word & 0x000f000fu) | Codes<T>::kMagic;
+      const std::uint32_t magic_q = Codes<T>::low_pair(word);
       if constexpr (kRowSums) return magic_q;
       else return Codes<T>::minus(magic_q, Codes<T>::kMagic | zero[i] | (zero[i] << 16));
     };
