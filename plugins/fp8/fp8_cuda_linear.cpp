@@ -189,7 +189,7 @@ class Fp8CudaLinear final : public LinearLayer {
       void* lt_workspace = reinterpret_cast<uint8_t*>(sums) + sums_bytes(rows);
       const auto stream = static_cast<cudaStream_t>(exec.stream);
       const cuda::DType x_dtype = dtype_ == DType::bf16 ? cuda::DType::bf16 : cuda::DType::f16;
-      // Up to 16 rows the small GEMM quantizes x itself while its codes fit its shared memory.
+      // At one or two rows the small GEMM rounds x to e4m3 itself (fp8_small_gemm_quantizes says where it pays).
       const bool quantize_in_gemm = small(rows) && cuda::fp8_small_gemm_quantizes(int(rows), int(in_), x.data, x.strides[0]);
       if (!quantize_in_gemm)
         check_cuda(cuda::quantize_rows_e4m3(x.data, x_dtype, x.strides[0], int(rows), int(in_), x_codes, x_scales,
