@@ -70,9 +70,6 @@ __global__ void apply_scales_kernel(const float* __restrict__ sums, int m, int n
       detail::from_f32<T>(isnan(x_scale) ? x_scale : sums[i] * (x_scale * w_scales[col]));
 }
 
-// Exact expf and IEEE division, as silu_mul.cu.
-__device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
-
 // The same products for columns [gate | up] (n = 2 half), then silu(gate) * up: one thread an output.
 template <typename T>
 __global__ void apply_scales_silu_mul_kernel(const float* __restrict__ sums, int m, int half,
@@ -85,7 +82,7 @@ __global__ void apply_scales_silu_mul_kernel(const float* __restrict__ sums, int
   const float* row_sums = sums + std::int64_t(row) * 2 * half;
   const float gate = row_sums[col] * (x_scale * w_scales[col]);
   const float up = row_sums[half + col] * (x_scale * w_scales[half + col]);
-  y[std::int64_t(row) * y_stride + col] = detail::from_f32<T>(isnan(x_scale) ? x_scale : silu(gate) * up);
+  y[std::int64_t(row) * y_stride + col] = detail::from_f32<T>(isnan(x_scale) ? x_scale : detail::silu(gate) * up);
 }
 
 template <typename T>

@@ -56,9 +56,6 @@ __device__ __forceinline__ void store(void* y, std::int64_t at, float v) {
   else static_cast<T*>(y)[at] = detail::from_f32<T>(v);
 }
 
-// Exact expf and IEEE division, as silu_mul.cu.
-__device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
-
 // Two e4m3 codes of (a, b), nearest-even and saturating, a in the low byte.
 __device__ __forceinline__ std::uint32_t e4m3_pair(float a, float b) {
   return static_cast<std::uint32_t>(__nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3));
@@ -235,7 +232,7 @@ __global__ void __launch_bounds__(kThreads)
       if (row >= p.m || channel >= outputs) continue;
       const float x_scale = x_scale_of(row);
       const float value = isnan(x_scale) ? x_scale
-                                         : silu(gate * (x_scale * p.w_scales[channel])) *
+                                         : detail::silu(gate * (x_scale * p.w_scales[channel])) *
                                                (up * (x_scale * p.w_scales[outputs + channel]));
       store<T>(p.y, std::int64_t(row) * p.y_stride + channel, value);
     }

@@ -7,9 +7,7 @@ namespace hostrun::cuda {
 
 namespace {
 
-// Exact expf and IEEE division, not __expf/__fdividef: for g < -88 exp(-g)
-// is inf and g / inf = -0 (the right limit), where __fdividef would give NaN.
-__device__ __forceinline__ float silu_times(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+__device__ __forceinline__ float silu_times(float g, float u) { return detail::silu(g) * u; }
 
 // grid.x = token (2^31 of them), grid.y * blockDim.x covers the row.
 template <typename T>

@@ -27,8 +27,6 @@ __device__ __forceinline__ void unpack(const uint4& raw, float (&out)[8]) {
   for (int i = 0; i < 8; ++i) out[i] = detail::to_f32(u.elements[i]);
 }
 
-// Exact expf and IEEE division, as silu_mul.cu.
-__device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
 
 // What a warp does with its column's dot products.
 enum class Epilogue {
@@ -161,7 +159,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       else static_cast<T*>(y)[at] = detail::from_f32<T>(first);
     } else if constexpr (E == Epilogue::silu_mul) {
       static_cast<T*>(y)[static_cast<std::int64_t>(r) * n + columns[0]] =
-          detail::from_f32<T>(silu(rounded(first)) * rounded(second));
+          detail::from_f32<T>(detail::silu(rounded(first)) * rounded(second));
     } else {
       float a = rounded(first), b = rounded(second);
       if (freq >= 0) {  // llama_kernels.cu's rope_kernel, term for term
