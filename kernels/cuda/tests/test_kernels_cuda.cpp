@@ -153,6 +153,29 @@ std::vector<float> from_bytes(const std::vector<unsigned char>& bytes, DType dty
 // Rounds values to what dtype can hold, so the reference sees the GPU's inputs.
 std::vector<float> rounded(const std::vector<float>& values, DType dtype) { return from_bytes(to_bytes(values, dtype), dtype); }
 
+// A [rows, columns] result read out of rows `stride` apart, next to the
+// reference: where the reference is NaN (a row holding NaN or inf) the output
+// must be NaN too (counted in nan_wrong) and both are then set to 0, so the
+// error norm covers the finite outputs.
+struct NanRowsResult {
+  std::vector<float> got, expected;
+  std::size_t nan_wrong = 0;
+};
+NanRowsResult unpad_nan_rows(const std::vector<float>& padded, std::size_t stride, const std::vector<float>& want,
+                             std::size_t rows, std::size_t columns) {
+  NanRowsResult r{std::vector<float>(rows * columns), want, 0};
+  for (std::size_t i = 0; i < rows; ++i)
+    for (std::size_t j = 0; j < columns; ++j) {
+      float& got = r.got[i * columns + j];
+      got = padded[i * stride + j];
+      if (std::isnan(want[i * columns + j])) {
+        if (!std::isnan(got)) ++r.nan_wrong;
+        got = r.expected[i * columns + j] = 0.0f;
+      }
+    }
+  return r;
+}
+
 const char* name_of(DType dtype) { return ref::dtype_name(dtype); }
 
 double tolerance_for(DType dtype) { return dtype == DType::f32 ? 1e-5 : 1e-2; }
@@ -469,19 +492,10 @@ TEST_CASE("apply_fp8_scales") {
     d_y.poison();
     LAUNCH_OK(gpu::apply_fp8_scales_silu_mul(d_sums.ptr, m, n, d_x_scales.ptr, d_w_scales.ptr, d_y.ptr, dtype,
                                              std::int64_t(stride), nullptr));
-    const std::vector<float> padded = from_bytes(d_y.download(), dtype);
-    std::vector<float> got(std::size_t(m) * half), expected = want;
-    std::size_t nan_wrong = 0;
-    for (std::size_t i = 0; i < std::size_t(m); ++i)
-      for (std::size_t j = 0; j < half; ++j) {
-        got[i * half + j] = padded[i * stride + j];
-        if (std::isnan(want[i * half + j])) {
-          if (!std::isnan(got[i * half + j])) ++nan_wrong;
-          got[i * half + j] = expected[i * half + j] = 0.0f;
-        }
-      }
+    const NanRowsResult r = unpad_nan_rows(from_bytes(d_y.download(), dtype), stride, want, std::size_t(m), half);
     report("apply_fp8_scales_silu_mul", fmt("%s m=%d n=%d stride=%zu", name_of(dtype), m, n, stride),
-           compare(got, expected), tolerance_for(dtype), nan_wrong == 0 ? "" : fmt("%zu NaN-row outputs not NaN", nan_wrong));
+           compare(r.got, r.expected), tolerance_for(dtype),
+           r.nan_wrong == 0 ? "" : fmt("%zu NaN-row outputs not NaN", r.nan_wrong));
   }
   report_bool("apply_fp8_scales", "refuses f32 out and stride < n",
               gpu::apply_fp8_scales(nullptr, 1, 8, nullptr, nullptr, nullptr, DType::f32, 8, nullptr) ==
@@ -550,21 +564,11 @@ TEST_CASE("fp8_small_gemm") {
       gemm.y_stride = std::int64_t(y_stride);
       gemm.y_dtype = out;
       LAUNCH_OK(gpu::fp8_small_gemm(gemm, nullptr));
-      const std::vector<float> padded = from_bytes(d_y.download(), out);
-      std::vector<float> got(m * n), expected = want;
-      std::size_t nan_rows_wrong = 0;
-      for (std::size_t i = 0; i < m; ++i)
-        for (std::size_t j = 0; j < n; ++j) {
-          got[i * n + j] = padded[i * y_stride + j];
-          if (std::isnan(want[i * n + j])) {  // a NaN row: NaN out, then left out of the error
-            if (!std::isnan(got[i * n + j])) ++nan_rows_wrong;
-            got[i * n + j] = expected[i * n + j] = 0.0f;
-          }
-        }
+      const NanRowsResult r = unpad_nan_rows(from_bytes(d_y.download(), out), y_stride, want, m, n);
       const std::string group = fmt("m=%d n=%d k=%d y_stride=%zu out=%s", shape.m, shape.n, shape.k, y_stride, name_of(out));
-      report("fp8_small_gemm", group, compare(got, expected), out == DType::f32 ? 1e-3 : tolerance_for(out),
-             nan_rows_wrong == 0 ? "" : fmt("%zu outputs of a NaN row not NaN", nan_rows_wrong));
-      if (nan_rows_wrong != 0) report_bool("fp8_small_gemm", group, false, "NaN rows");
+      report("fp8_small_gemm", group, compare(r.got, r.expected), out == DType::f32 ? 1e-3 : tolerance_for(out),
+             r.nan_wrong == 0 ? "" : fmt("%zu outputs of a NaN row not NaN", r.nan_wrong));
+      if (r.nan_wrong != 0) report_bool("fp8_small_gemm", group, false, "NaN rows");
     }
   }
   // What the kernel does not take: callers fall back to cuBLASLt.
@@ -652,24 +656,14 @@ TEST_CASE("fp8_small_gemm quantizing x, SiLU-and-multiply") {
       gemm.y_stride = std::int64_t(y_stride);
       gemm.y_dtype = dtype;
       LAUNCH_OK(gpu::fp8_small_gemm(gemm, nullptr));
-      const std::vector<float> padded = from_bytes(d_y.download(), dtype);
-      std::vector<float> got(m * outputs), expected = want;
-      std::size_t nan_rows_wrong = 0;
-      for (std::size_t i = 0; i < m; ++i)
-        for (std::size_t j = 0; j < outputs; ++j) {
-          got[i * outputs + j] = padded[i * y_stride + j];
-          if (std::isnan(want[i * outputs + j])) {
-            if (!std::isnan(got[i * outputs + j])) ++nan_rows_wrong;
-            got[i * outputs + j] = expected[i * outputs + j] = 0.0f;
-          }
-        }
+      const NanRowsResult r = unpad_nan_rows(from_bytes(d_y.download(), dtype), y_stride, want, m, outputs);
       const std::string group =
           fmt("m=%d n=%d k=%d x=%s%s static=%g x_stride=%zu y_stride=%zu %s", shape.m, shape.n, shape.k,
               shape.x16 ? "16-bit" : "codes", shape.silu_mul ? " silu_mul" : "", double(shape.static_scale), x_stride,
               y_stride, name_of(dtype));
-      report("fp8_small_gemm fused", group, compare(got, expected), tolerance_for(dtype),
-             nan_rows_wrong == 0 ? "" : fmt("%zu outputs of a NaN row not NaN", nan_rows_wrong));
-      if (nan_rows_wrong != 0) report_bool("fp8_small_gemm fused", group, false, "NaN rows");
+      report("fp8_small_gemm fused", group, compare(r.got, r.expected), tolerance_for(dtype),
+             r.nan_wrong == 0 ? "" : fmt("%zu outputs of a NaN row not NaN", r.nan_wrong));
+      if (r.nan_wrong != 0) report_bool("fp8_small_gemm fused", group, false, "NaN rows");
     }
   }
   // Where quantizing x in the GEMM stops paying (fp8_small_gemm.cu), odd strides, an odd n for SiLU.
