@@ -33,8 +33,8 @@ struct CodePlace {
 inline CodePlace code_place(int k_blocks, int k, int n) {
   const int kb = k / awq_k_block, within = k % awq_k_block;
   const int step = within / 16, t = (within % 16) / 4, j = (within % 4) / 2, e = within % 2;
-  const int lane = (n % 8) * 4 + t;
-  return {((std::size_t(n / 8) * k_blocks + kb) * 32 + lane) * 4 + step / 2, 2 * (step % 2) + j + 4 * e};
+  const int lane = (n % 8) * 4 + t, tile = n / 8;
+  return {(awq_tile_index(tile, kb, k_blocks) * 32 + lane) * 4 + step / 2, 2 * (step % 2) + j + 4 * e};
 }
 
 }  // namespace
@@ -47,7 +47,7 @@ AwqRepacked awq_repack(const ref::AwqWeights& layer) {
   r.padded_in = (r.in_features + awq_k_block - 1) / awq_k_block * awq_k_block;
   const int n = r.out_features, k_blocks = r.padded_in / awq_k_block, n_tiles = n / 8;
   const int groups = int(layer.in_features / layer.group_size), padded_groups = r.padded_in / r.group_size;
-  r.codes.assign(std::size_t(n_tiles) * k_blocks * 32 * 4, 0u);
+  r.codes.assign(std::size_t(awq_padded_tiles(n_tiles)) * k_blocks * 32 * 4, 0u);
   r.zeros.assign(std::size_t(padded_groups) * n_tiles, 0u);
   r.scales.assign(std::size_t(padded_groups) * n, 0u);
   // Codes: each output word gathers 8 codes from 8 rows of qweight. Column
@@ -177,7 +177,7 @@ __device__ __forceinline__ void issue_weights(const Stage<T, kMTiles, kGroup>& s
   for (int c = tid; c < kTilesPerCta * 32; c += kThreads) {
     const int nt = tile0 + c / 32;
     const bool valid = nt < n_tiles;
-    const std::uint32_t* src = p.w.codes + ((std::size_t(valid ? nt : 0) * k_blocks + kb) * 32 + c % 32) * 4;
+    const std::uint32_t* src = p.w.codes + (awq_tile_index(valid ? nt : 0, kb, k_blocks) * 32 + c % 32) * 4;
     cp_async_16(st.codes() + c * 4, src, valid);
   }
   if (tid < S::kGroups * kTilesPerCta) {
@@ -401,13 +401,15 @@ __device__ __forceinline__ uint4 load_streaming(const std::uint32_t* p) {
 }
 
 // Where a warp's tiles start in the three arrays; block kb is an offset.
+// The warp's four tiles are one group of the codes' layout, so tile i of
+// block kb is at a constant offset: kb * 512 + i * 128 words.
 struct GemvTiles {
-  const std::uint32_t* codes;   // tile 0, this lane, k-block 0; tile i is i * tile_stride further
+  const std::uint32_t* codes;   // tile 0, this lane, k-block 0
   const std::uint32_t* zeros;   // tile 0's word in group row 0
   const std::uint16_t* scales;  // tile 0, this lane's column, group row 0
-  std::size_t tile_stride;      // words between tiles in codes
   int valid_tiles;              // tiles of this warp inside out_features
 };
+static_assert(kGemvTiles == awq_tile_group, "a warp's tiles are one group of the codes layout");
 
 template <int kGroup>
 __device__ __forceinline__ void gemv_load(GemvBlock<kGroup>& b, const GemvTiles& t, const AwqDeviceWeights& w, int kb) {
@@ -416,7 +418,7 @@ __device__ __forceinline__ void gemv_load(GemvBlock<kGroup>& b, const GemvTiles&
 #pragma unroll
   for (int i = 0; i < kGemvTiles; ++i) {
     if (i < t.valid_tiles) {
-      b.codes[i] = load_streaming(t.codes + i * t.tile_stride + std::size_t(kb) * 32 * 4);
+      b.codes[i] = load_streaming(t.codes + std::size_t(kb) * (awq_tile_group * 32 * 4) + i * (32 * 4));
 #pragma unroll
       for (int g = 0; g < B::kGroups; ++g) {
         const int row = kb * B::kGroups + g;
@@ -530,8 +532,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, kGroup == 128 ? 4 : 3) awq_ge
   const int kb_begin = blockIdx.y * p.blocks_per_split;
   const int blocks = min(k_blocks - kb_begin, p.blocks_per_split);
   GemvTiles tiles;
-  tiles.tile_stride = std::size_t(k_blocks) * 32 * 4;
-  tiles.codes = p.w.codes + std::size_t(tile0) * tiles.tile_stride + lane * 4;
+  tiles.codes = p.w.codes + awq_tile_index(tile0, 0, k_blocks) * 32 * 4 + lane * 4;
   tiles.zeros = p.w.zeros + tile0;
   tiles.scales = p.w.scales + tile0 * 8 + (lane >> 2);
   tiles.valid_tiles = n_tiles - tile0;
@@ -585,10 +586,14 @@ __global__ void __launch_bounds__(kGemvWarps * 32, kGroup == 128 ? 4 : 3) awq_ge
 template <typename T>
 __global__ void awq_dequantize_kernel(AwqDeviceWeights w, T* weight) {
   const int n_tiles = w.out_features / 8, k_blocks = w.padded_in / awq_k_block;
-  const std::size_t threads = std::size_t(n_tiles) * k_blocks * 32;
+  const std::size_t threads = std::size_t(awq_padded_tiles(n_tiles)) * k_blocks * 32;
   for (std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < threads;
        i += std::size_t(gridDim.x) * blockDim.x) {
-    const int lane = int(i % 32), kb = int(i / 32 % k_blocks), nt = int(i / 32 / k_blocks);
+    // memory order: (tile group, block, tile in the group, lane)
+    const int lane = int(i % 32), in_group = int(i / 32 % awq_tile_group);
+    const int kb = int(i / (32 * awq_tile_group) % k_blocks);
+    const int nt = int(i / (std::size_t(32) * awq_tile_group * k_blocks)) * awq_tile_group + in_group;
+    if (nt >= n_tiles) continue;  // a group's padding tiles
     const int n = nt * 8 + lane / 4, t = lane % 4;
     const uint4 c = *reinterpret_cast<const uint4*>(w.codes + i * 4);
     const std::uint32_t words[4] = {c.x, c.y, c.z, c.w};
@@ -759,7 +764,8 @@ cudaError_t awq_dequantize(const AwqDeviceWeights& weights, DType dtype, void* w
       reinterpret_cast<std::uintptr_t>(weight) % 8 != 0 || weights.in_features % 4 != 0)
     return cudaErrorInvalidValue;
   static const int sms = device_sms();
-  const std::size_t threads = std::size_t(weights.out_features / 8) * (weights.padded_in / awq_k_block) * 32;
+  const std::size_t threads =
+      std::size_t(awq_padded_tiles(weights.out_features / 8)) * (weights.padded_in / awq_k_block) * 32;
   const int blocks = int(std::min<std::size_t>((threads + 255) / 256, std::size_t(sms) * 16));
   if (dtype == DType::bf16)
     awq_dequantize_kernel<<<blocks, 256, 0, stream>>>(weights, static_cast<__nv_bfloat16*>(weight));

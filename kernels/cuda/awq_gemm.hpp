@@ -10,8 +10,12 @@
 // stream and every code lands in the register of the mma fragment that uses
 // it:
 //
-//   codes  u32 [n / 8][k_padded / 128][32 lanes][4 words]. Lane l of tile
-//          (nt, kb) serves column nt*8 + l/4 and, with t = l % 4, the input
+//   codes  u32 [n / 32][k_padded / 128][4 tiles][32 lanes][4 words] (n / 8
+//          tiles rounded up to groups of four; padding tiles hold code 0):
+//          the four column tiles a decode warp streams sit side by side in
+//          each k-block, so every tile and block is a constant offset from
+//          one address. Lane l of tile (nt, kb) serves column nt*8 + l/4
+//          and, with t = l % 4, the input
 //          channels k = kb*128 + 16s + 4t + 2j + e of the eight m16n8k16 steps
 //          s = 0..7 (j: the fragment register, e: its half). Word s/2 holds
 //          step s's four codes in nibbles 2(s%2) + j + 4e. One shift and one
@@ -68,6 +72,14 @@
 namespace hostrun::cuda {
 
 inline constexpr int awq_k_block = 128;  // k per codes tile; in_features is padded to it
+inline constexpr int awq_tile_group = 4;  // column tiles side by side in each k-block of codes
+
+// Tiles of codes a layer of n_tiles column tiles stores (whole groups).
+constexpr int awq_padded_tiles(int n_tiles) { return (n_tiles + awq_tile_group - 1) / awq_tile_group * awq_tile_group; }
+// Index of the 32-lane unit of tile nt, block kb in codes (times 32 lanes x 4 words = its first word).
+constexpr std::size_t awq_tile_index(int nt, int kb, int k_blocks) {
+  return (std::size_t(nt / awq_tile_group) * k_blocks + kb) * awq_tile_group + nt % awq_tile_group;
+}
 
 // The kernel's layout in host memory, made from a checkpoint's tensors.
 struct AwqRepacked {

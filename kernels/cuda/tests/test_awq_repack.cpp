@@ -55,7 +55,7 @@ TEST_CASE("awq_repack places every code, zero point and scale where the kernel r
     const Layer layer = make_layer(s.n, s.k, s.group, std::uint64_t(s.n * 1000 + s.k));
     const gpu::AwqRepacked r = gpu::awq_repack(layer.view);
     CHECK(r.padded_in == (s.k + 127) / 128 * 128);
-    CHECK(r.codes.size() == std::size_t(s.n / 8) * (r.padded_in / 128) * 32 * 4);
+    CHECK(r.codes.size() == std::size_t((s.n / 8 + 3) / 4 * 4) * (r.padded_in / 128) * 32 * 4);
     long long misplaced = 0;
     for (int k = 0; k < s.k; ++k)
       for (int n = 0; n < s.n; ++n) misplaced += gpu::awq_repacked_code(r, k, n) != layer.q[std::size_t(k) * s.n + n];
@@ -64,6 +64,21 @@ TEST_CASE("awq_repack places every code, zero point and scale where the kernel r
     for (int k = s.k; k < r.padded_in; ++k)
       for (int n = 0; n < s.n; ++n) padding += gpu::awq_repacked_code(r, k, n) != 0;
     CHECK(padding == 0);
+    // The layout as awq_gemm.hpp writes it: [tile group][block][tile in group][lane][word]; the
+    // tiles that round n / 8 up to whole groups of four hold zeros.
+    const int k_blocks = r.padded_in / 128, n_tiles = s.n / 8;
+    long long off_layout = 0, padding_tiles = 0;
+    for (int k = 0; k < s.k; ++k)
+      for (int n = 0; n < s.n; ++n) {
+        const int kb = k / 128, within = k % 128, step = within / 16, t = (within % 16) / 4, j = (within % 4) / 2,
+                  e = within % 2, tile = n / 8, lane = (n % 8) * 4 + t;
+        const std::size_t word = ((((std::size_t(tile / 4) * k_blocks + kb) * 4 + tile % 4) * 32 + lane) * 4) + step / 2;
+        off_layout += ((r.codes[word] >> (4 * (2 * (step % 2) + j + 4 * e))) & 0xfu) != layer.q[std::size_t(k) * s.n + n];
+      }
+    for (std::size_t word = 0; word < r.codes.size(); ++word)
+      if (int(word / 128 % 4) + int(word / (128 * 4 * std::size_t(k_blocks))) * 4 >= n_tiles) padding_tiles += r.codes[word] != 0;
+    CHECK(off_layout == 0);
+    CHECK(padding_tiles == 0);
     // Zero points in plain nibble order, scales as they were; padded groups zero.
     const int groups = s.k / s.group, padded_groups = r.padded_in / s.group;
     REQUIRE(r.zeros.size() == std::size_t(padded_groups) * (s.n / 8));
