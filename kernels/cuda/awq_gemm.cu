@@ -377,6 +377,8 @@ __global__ void __launch_bounds__(kThreads) awq_gemm_kernel(GemmParams p) {
 // registers 0 and 2 for the even tile of a pair, 1 and 3 for the odd one.
 
 constexpr int kGemvWarps = 4;
+// CTAs of awq_gemv_kernel an SM holds (its launch bound: registers).
+constexpr int gemv_ctas_per_sm(int group_size) { return group_size == 128 ? 4 : 3; }
 constexpr int kGemvTiles = 4;                                // column tiles (n8) a warp
 constexpr int kGemvColumns = kGemvWarps * kGemvTiles * 8;    // per CTA
 constexpr int kGemvMaxRows = 8;                              // B's columns
@@ -525,7 +527,7 @@ __device__ __forceinline__ void gemv_compute(const GemvBlock<kGroup>& b, const G
 // grid (column blocks of kGemvColumns, k splits). Two k-blocks in flight a warp;
 // four CTAs an SM fit in the registers at group 128 (three at 64).
 template <typename T, int kGroup>
-__global__ void __launch_bounds__(kGemvWarps * 32, kGroup == 128 ? 4 : 3) awq_gemv_kernel(GemmParams p) {
+__global__ void __launch_bounds__(kGemvWarps * 32, gemv_ctas_per_sm(kGroup)) awq_gemv_kernel(GemmParams p) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int tile0 = (blockIdx.x * kGemvWarps + warp) * kGemvTiles;
   const int n_tiles = p.w.out_features / 8, k_blocks = p.w.padded_in / awq_k_block;
@@ -629,7 +631,10 @@ int device_sms() {
 // How a call of m rows is cut: which kernel, rows per CTA and the number of
 // k splits. With few CTAs (small m, narrow layers) k is split until about
 // `ctas_per_sm` CTAs per SM stream weights, each split keeping at least two
-// k-blocks.
+// k-blocks. The decode kernel's target is the CTAs an SM holds at once, and
+// its splits stop below it: a split more that overshoots leaves a second,
+// partial wave as a tail (gate/up at one row: 672 CTAs for 528 places took
+// 29.5 us, 448 took 25.4; H100, docs/benchmarks.md).
 struct Plan {
   bool gemv = false;
   int m_tiles = 1;
@@ -644,11 +649,11 @@ Plan plan_for(const AwqDeviceWeights& w, int m, int sms, int ctas_per_sm = 0) {
   plan.m_tiles = m <= 16 ? 1 : (m <= 32 ? 2 : 4);
   const int rows = plan.gemv ? kGemvMaxRows : 16 * plan.m_tiles;
   const int columns = plan.gemv ? kGemvColumns : kColumns;
-  if (ctas_per_sm == 0) ctas_per_sm = plan.gemv ? 4 : 3;
+  if (ctas_per_sm == 0) ctas_per_sm = plan.gemv ? gemv_ctas_per_sm(w.group_size) : 3;
   const int col_blocks = (w.out_features + columns - 1) / columns, row_blocks = (m + rows - 1) / rows;
   const int k_blocks = w.padded_in / awq_k_block;
   const long long ctas = static_cast<long long>(col_blocks) * row_blocks, target = 1ll * ctas_per_sm * sms;
-  int splits = ctas >= target ? 1 : int((target + ctas - 1) / ctas);
+  int splits = ctas >= target ? 1 : plan.gemv ? int(target / ctas) : int((target + ctas - 1) / ctas);
   splits = std::max(1, std::min(splits, k_blocks / 2));
   plan.blocks_per_split = (k_blocks + splits - 1) / splits;
   plan.splits = (k_blocks + plan.blocks_per_split - 1) / plan.blocks_per_split;
