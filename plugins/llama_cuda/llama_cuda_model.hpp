@@ -42,6 +42,7 @@
 
 #include <deque>
 #include <functional>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <optional>
@@ -117,9 +118,13 @@ class LlamaCudaModel final : public Model {
   Status collect_step(StepOutput& output) noexcept override;
   Result<PluginPtr<DeviceTensor>> allocate_embeddings(int64_t rows) noexcept override;
   // Which linears read one input (`hostrun lite fp8 --device cuda` lists the
-  // layers to quantize from it); calibration (observe_linear_inputs) is not
-  // built on the GPU yet.
+  // layers to quantize from it, `lite auto_awq --device cuda` what to scale).
   std::vector<LinearInputGroup> linear_input_groups() const noexcept override;
+  // The tokens as one prefill over a KV cache of its own (the model's, if
+  // any, is not touched; no step may be queued), in passes of at most
+  // max_tokens_per_step tokens; every linear input is widened to f32 on the
+  // GPU and read back before the observer sees it.
+  Status observe_linear_inputs(std::span<const TokenId> tokens, CalibrationObserver& observer) noexcept override;
 
  private:
   struct LayerViews;  // step_layers.cpp
@@ -141,6 +146,11 @@ class LlamaCudaModel final : public Model {
   void run_pass(const StepInput& input, std::span<const StepPiece> pieces, int32_t first_row, bool read_now,
                 StepOutput& output);
   void end_profiled_pass(int32_t tokens);
+  void observe(std::span<const TokenId> tokens, CalibrationObserver& observer);
+  // During observe(): `rows` [tokens, columns] of the pass, reported as the
+  // input of each of `linears` (names after the layer prefix).
+  void report_input(int32_t layer, std::initializer_list<const char*> linears, const std::byte* rows, int64_t tokens,
+                    int64_t columns);
 
   // step_layout.cpp
   Pass lay_out_pass(const StepInput& input, std::span<const StepPiece> pieces, int32_t first_row);
@@ -227,6 +237,12 @@ class LlamaCudaModel final : public Model {
   cudaEvent_t step_done_[2] = {nullptr, nullptr};
 
   StepProfile profile_;  // setting `profile`
+
+  // Set only inside observe(): the layers report their linears' inputs to it
+  // through f32 copies on the device and in pinned memory.
+  CalibrationObserver* observer_ = nullptr;
+  DeviceBuffer observed_f32_;
+  PinnedBuffer observed_host_;
 
   // CUDA graphs for small decode passes (setting `cuda_graphs`): at batch 1
   // a token is ~300 launches, most of a few microseconds, and replaying them

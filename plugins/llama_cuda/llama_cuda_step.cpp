@@ -8,9 +8,12 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <limits>
+#include <numeric>
 
 #include "errors.hpp"
 #include "llama_cuda_model.hpp"
+#include "llama_kernels.hpp"
 
 namespace hostrun::llama_cuda {
 
@@ -154,6 +157,118 @@ void LlamaCudaModel::end_profiled_pass(int32_t tokens) {
   profile_.before_sync(stream_);
   check_cuda(cudaStreamSynchronize(stream_), "step");
   profile_.after_sync(tokens);
+}
+
+namespace {
+
+// Pages of the private cache observe() runs on (any size gives a step's numbers).
+constexpr int32_t kCalibrationBlockTokens = 64;
+
+}  // namespace
+
+Status LlamaCudaModel::observe_linear_inputs(std::span<const TokenId> tokens, CalibrationObserver& observer) noexcept {
+  return guard([&] { observe(tokens, observer); });
+}
+
+void LlamaCudaModel::observe(std::span<const TokenId> tokens, CalibrationObserver& observer) {
+  if (!loaded_) fail(ErrorCode::invalid_argument, "observe_linear_inputs: the model is not loaded");
+  if (tokens.empty()) fail(ErrorCode::invalid_argument, "observe_linear_inputs: expected at least one token, found none");
+  if (tokens.size() > size_t(std::numeric_limits<int32_t>::max() - kCalibrationBlockTokens))
+    fail(ErrorCode::invalid_argument, fmt::format("observe_linear_inputs: {} tokens is too many", tokens.size()));
+  if (!queued_.empty())
+    fail(ErrorCode::invalid_argument, "observe_linear_inputs: a step is queued; collect it first");
+  check_cuda(cudaSetDevice(device_.index), "cudaSetDevice");
+
+  const int32_t num_tokens = int32_t(tokens.size());
+  const int32_t num_blocks = (num_tokens + kCalibrationBlockTokens - 1) / kCalibrationBlockTokens;
+  std::vector<int32_t> block_table(static_cast<size_t>(num_blocks)), positions(static_cast<size_t>(num_tokens));
+  std::iota(block_table.begin(), block_table.end(), 0);
+  std::iota(positions.begin(), positions.end(), 0);
+  StepSequence sequence;
+  sequence.query_len = num_tokens;
+  sequence.block_table = block_table;
+  const StepInput input{tokens, positions, std::span(&sequence, 1)};
+  StepLimits limits;
+  limits.vocab_size = config_.vocab_size;
+  limits.num_blocks = num_blocks;
+  limits.block_tokens = kCalibrationBlockTokens;
+  limits.hidden_size = config_.hidden_size;
+  if (Status s = check_step_input(input, limits); !s) fail(s.code(), "observe_linear_inputs: " + s.message());
+
+  // A cache and attention workspace of its own, swapped in for the passes
+  // and swapped back (after the GPU is done with them) however they end.
+  const std::vector<std::vector<StepPiece>> passes = cut_into_passes(input, max_tokens_per_step_);
+  const KvShape shape{int32_t(config_.num_hidden_layers), int32_t(config_.num_key_value_heads),
+                      int32_t(config_.head_dim), kCalibrationBlockTokens, dtype_};
+  KvWorkspaceQuery query;
+  query.shape = shape;
+  query.q_heads = int32_t(config_.num_attention_heads);
+  query.max_tokens = int32_t(std::min<int64_t>(num_tokens, max_tokens_per_step_));
+  query.max_sequences = 1;
+  query.max_context = num_tokens;
+  query.device = device_;
+  auto workspace_bytes = kv_policy_->workspace_bytes(query);
+  throw_if_error(workspace_bytes.status());
+  DeviceBuffer attention_workspace;
+  attention_workspace.allocate(workspace_bytes.value(), "the calibration pass's attention workspace");
+  auto made = kv_policy_->allocate(shape, num_blocks, device_);
+  if (!made)
+    fail(made.status().code(), fmt::format("observe_linear_inputs: a KV cache for {} tokens: {}", num_tokens,
+                                           made.status().message()));
+  PluginPtr<KvCache> cache = std::move(made.value());
+  if (!cache) fail(ErrorCode::internal, "the KV cache policy returned no cache");
+  const int64_t pass_tokens = std::min<int64_t>(num_tokens, max_tokens_per_step_);
+  const size_t widest = size_t(std::max({config_.hidden_size, config_.q_size(), config_.intermediate_size}));
+  const size_t observed_bytes = size_t(pass_tokens) * widest * sizeof(float);
+  if (observed_f32_.bytes() < observed_bytes) {
+    observed_f32_.reset();
+    observed_host_.reset();
+    observed_f32_.allocate(observed_bytes, "the calibration pass's f32 rows");
+    observed_host_.allocate(observed_bytes, "the calibration pass's f32 rows read-back");
+  }
+
+  struct Swapped {
+    LlamaCudaModel& model;
+    PluginPtr<KvCache>& cache;
+    DeviceBuffer& workspace;
+    int32_t block_tokens;
+    Swapped(LlamaCudaModel& m, PluginPtr<KvCache>& c, DeviceBuffer& w, CalibrationObserver& observer)
+        : model(m), cache(c), workspace(w), block_tokens(m.block_tokens_) {
+      std::swap(model.kv_cache_, cache);
+      model.attention_workspace_.swap(workspace);
+      model.block_tokens_ = kCalibrationBlockTokens;
+      model.observer_ = &observer;
+    }
+    ~Swapped() {
+      cudaStreamSynchronize(model.stream_);
+      std::swap(model.kv_cache_, cache);
+      model.attention_workspace_.swap(workspace);
+      model.block_tokens_ = block_tokens;
+      model.observer_ = nullptr;
+    }
+  } swapped(*this, cache, attention_workspace, observer);
+  parity_ = int(submitted_ % 2);
+  pinned_arena_used_ = 0;
+  for (const std::vector<StepPiece>& pieces : passes) {
+    const Pass pass = lay_out_pass(input, pieces, 0);
+    enqueue_layers(input, pass);
+    end_profiled_pass(pass.num_tokens);
+  }
+  check_cuda(cudaStreamSynchronize(stream_), "observe_linear_inputs");
+}
+
+void LlamaCudaModel::report_input(int32_t layer, std::initializer_list<const char*> linears, const std::byte* rows,
+                                  int64_t tokens, int64_t columns) {
+  const int64_t count = tokens * columns;
+  auto* widened = reinterpret_cast<float*>(observed_f32_.data());
+  check_cuda(widen_to_f32(dtype_ == DType::f16 ? cuda::DType::f16 : cuda::DType::bf16, rows, count, widened, stream_),
+             "widen_to_f32");
+  check_cuda(cudaMemcpyAsync(observed_host_.data(), widened, size_t(count) * sizeof(float), cudaMemcpyDeviceToHost,
+                             stream_),
+             "reading a linear input back");
+  check_cuda(cudaStreamSynchronize(stream_), "observe_linear_inputs");
+  const TensorView x = TensorView::contiguous(observed_host_.data(), DType::f32, {tokens, columns});
+  for (const char* linear : linears) observer_->on_linear_input(config_.names.layer(int64_t(layer)) + linear, x);
 }
 
 }  // namespace hostrun::llama_cuda

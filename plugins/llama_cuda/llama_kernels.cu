@@ -1,6 +1,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "llama_kernels.hpp"
@@ -127,6 +128,29 @@ cudaError_t take_previous_samples(std::int32_t* ids, const std::int32_t* previou
                                   const std::int32_t* previous_sampled, int count, cudaStream_t stream) {
   if (count == 0) return cudaSuccess;
   take_previous_kernel<<<(count + 255) / 256, 256, 0, stream>>>(ids, previous_index, previous_sampled, count);
+  return cudaGetLastError();
+}
+
+namespace {
+
+template <typename T>
+__global__ void widen_kernel(const T* src, std::int64_t count, float* dst) {
+  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += std::int64_t(gridDim.x) * blockDim.x)
+    dst[i] = float(src[i]);
+}
+
+}  // namespace
+
+cudaError_t widen_to_f32(cuda::DType dtype, const void* src, std::int64_t count, float* dst, cudaStream_t stream) {
+  if (count == 0) return cudaSuccess;
+  const int blocks = int(std::min<std::int64_t>((count + 255) / 256, 4096));
+  if (dtype == cuda::DType::bf16)
+    widen_kernel<<<blocks, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(src), count, dst);
+  else if (dtype == cuda::DType::f16)
+    widen_kernel<<<blocks, 256, 0, stream>>>(static_cast<const __half*>(src), count, dst);
+  else
+    return cudaErrorInvalidValue;
   return cudaGetLastError();
 }
 

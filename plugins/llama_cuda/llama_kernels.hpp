@@ -10,6 +10,8 @@
 // suppress_ids: logits[row * stride + id] = -inf for each (row, id) pair.
 // take_previous_samples: ids[t] = previous_sampled[previous_index[t]] where
 //   previous_index[t] >= 0 (overlapped steps: decode tokens still on the GPU).
+// widen_to_f32: dst[i] = f32(src[i]) for `count` bf16 / f16 values (exact);
+//   calibration reads activations back in f32 (CalibrationObserver).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -31,5 +33,7 @@ cudaError_t suppress_ids(float* logits, std::int64_t row_stride, const std::int3
 
 cudaError_t take_previous_samples(std::int32_t* ids, const std::int32_t* previous_index,
                                   const std::int32_t* previous_sampled, int count, cudaStream_t stream);
+
+cudaError_t widen_to_f32(cuda::DType dtype, const void* src, std::int64_t count, float* dst, cudaStream_t stream);
 
 }  // namespace hostrun::llama_cuda

@@ -126,6 +126,8 @@ void LlamaCudaModel::enqueue_attention(int32_t layer, const Pass& pass, const La
     check_cuda(cuda::add_rmsnorm(workspace_.residual, workspace_.delta, w.input_norm, kdtype, tokens, hidden, eps,
                                  workspace_.normed, stream_),
                "add_rmsnorm");
+  if (observer_) report_input(layer, {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}, workspace_.normed,
+                              tokens, hidden);
 
   profile_.mark(Op::qkv_gemm, stream_);
   LinearCall qkv;
@@ -157,6 +159,7 @@ void LlamaCudaModel::enqueue_attention(int32_t layer, const Pass& pass, const La
   profile_.mark(Op::attention, stream_);
   throw_if_error(
       kv_policy_->attend(*kv_cache_, layer, views.queries, pass.batch, softmax_scale_, views.attended_heads, views.kv));
+  if (observer_) report_input(layer, {"self_attn.o_proj"}, workspace_.attended, tokens, config_.q_size());
   profile_.mark(Op::o_gemm, stream_);
   LinearCall o_proj;
   o_proj.x = views.attended;
@@ -172,6 +175,8 @@ void LlamaCudaModel::enqueue_mlp(int32_t layer, const Pass& pass, const LayerVie
   check_cuda(cuda::add_rmsnorm(workspace_.residual, workspace_.delta, w.post_norm, kdtype, tokens,
                                int(config_.hidden_size), float(config_.rms_norm_eps), workspace_.normed, stream_),
              "add_rmsnorm");
+  if (observer_)
+    report_input(layer, {"mlp.gate_proj", "mlp.up_proj"}, workspace_.normed, tokens, config_.hidden_size);
 
   profile_.mark(Op::gate_up_gemm, stream_);
   LinearCall gate_up;
@@ -189,6 +194,7 @@ void LlamaCudaModel::enqueue_mlp(int32_t layer, const Pass& pass, const LayerVie
                                   workspace_.activated, stream_),
                "silu_and_mul");
   }
+  if (observer_) report_input(layer, {"mlp.down_proj"}, workspace_.activated, tokens, config_.intermediate_size);
   profile_.mark(Op::down_gemm, stream_);
   LinearCall down;
   down.x = views.activated;

@@ -26,12 +26,14 @@
 #include <nlohmann/json.hpp>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <future>
 #include <random>
 
@@ -269,6 +271,76 @@ double relative_error(const std::vector<float>& got, const std::vector<float>& w
 // -0 / +0); against the dense model's fused small_gemm epilogues (the
 // default), to bf16 rounding. Greedy tokens without logits read-back also
 // run the quantizer's layers inside CUDA graphs.
+namespace {
+
+// Every report kept; checked after the call (nothing may throw through the model's noexcept boundary).
+class RecordingObserver final : public CalibrationObserver {
+ public:
+  std::vector<std::string> order;
+  std::map<std::string, std::vector<float>> inputs;  // [tokens, in] as reported (appended per pass)
+  std::map<std::string, int64_t> in_features;
+  bool host_f32 = true;
+  void on_linear_input(std::string_view linear, const TensorView& x) noexcept override {
+    host_f32 &= x.rank == 2 && x.dtype == DType::f32 && x.device.kind == DeviceKind::cpu && x.is_contiguous();
+    if (!host_f32) return;
+    const std::string name(linear);
+    if (order.empty() || std::find(order.begin(), order.end(), name) == order.end()) order.push_back(name);
+    in_features[name] = x.shape[1];
+    std::vector<float>& rows = inputs[name];
+    rows.insert(rows.end(), x.as<const float>(), x.as<const float>() + x.numel());
+  }
+};
+
+}  // namespace
+
+// The CUDA model's calibration hook against llama_cpu's (f32): every linear
+// input of a prompt longer than one pass (max_tokens_per_step 64), in the
+// same order and within bf16 rounding; the model's own KV cache untouched
+// (the greedy run after it equals one without it).
+TEST_CASE("llama_cuda observe_linear_inputs reports llama_cpu's linear inputs within bf16 rounding") {
+  TempDir dir("observe");
+  const llama::LlamaConfig config = shape(512, 8, 2, 128, 2, 1000, false);
+  write_checkpoint(dir.path(), config, 5);
+  std::mt19937 rng(3);
+  std::vector<TokenId> prompt(150);
+  for (auto& id : prompt) id = TokenId(rng() % uint32_t(config.vocab_size));
+  RecordingObserver cpu, gpu;
+  {
+    auto m = load(dir.path(), false, 0);
+    Status s = m->model->observe_linear_inputs(prompt, cpu);
+    REQUIRE_MESSAGE(s.is_ok(), s.message());
+  }
+  auto m = load(dir.path(), true, 128);
+  std::vector<TokenId> before_tokens, after_tokens;
+  const std::vector<TokenId> short_prompt(prompt.begin(), prompt.begin() + 20);
+  run_sequence(*m->model, short_prompt, 4, before_tokens, "before calibration");
+  Status s = m->model->observe_linear_inputs(prompt, gpu);
+  REQUIRE_MESSAGE(s.is_ok(), s.message());
+  run_sequence(*m->model, short_prompt, 4, after_tokens, "after calibration");
+  CHECK(before_tokens == after_tokens);
+  REQUIRE(gpu.host_f32);
+  CHECK(gpu.order == cpu.order);
+  REQUIRE(gpu.order.size() == size_t(7 * config.num_hidden_layers));
+  double worst = 0.0;
+  for (const std::string& name : cpu.order) {
+    const std::vector<float>& want = cpu.inputs[name];
+    const std::vector<float>& got = gpu.inputs[name];
+    REQUIRE_MESSAGE(got.size() == want.size(), name);
+    CHECK(gpu.in_features[name] == cpu.in_features[name]);
+    CHECK(got.size() == prompt.size() * size_t(cpu.in_features[name]));
+    const double rel = relative_error(got, want);
+    worst = std::max(worst, rel);
+    CHECK_MESSAGE(rel < 2e-2, fmt::format("{}: relative error {:.3e}", name, rel));
+  }
+  MESSAGE(fmt::format("observe_linear_inputs: worst relative error against llama_cpu {:.3e}", worst));
+  {
+    RecordingObserver unused;
+    CHECK(m->model->observe_linear_inputs({}, unused).code() == ErrorCode::invalid_argument);
+    const std::vector<TokenId> outside{TokenId(config.vocab_size)};
+    CHECK(m->model->observe_linear_inputs(outside, unused).code() == ErrorCode::invalid_argument);
+  }
+}
+
 TEST_CASE("llama_cuda with a quantizer's linear layers gives the dense model's logits") {
   TempDir dir("quantizer");
   const llama::LlamaConfig config = shape(512, 8, 2, 128, 3, 1000, false);
