@@ -7,8 +7,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <numeric>
 
+#include "llama_common/calibration_step.hpp"
 #include "llama_model.hpp"
 #include "parallel_gemm.hpp"
 #include "ref/dtype.hpp"
@@ -93,27 +93,10 @@ void LlamaCpuModel::run_step(const StepInput& input, StepOutput& output) {
 
 void LlamaCpuModel::observe(std::span<const TokenId> tokens, CalibrationObserver& observer) {
   if (!loaded_) fail(ErrorCode::invalid_argument, "observe_linear_inputs: the model is not loaded");
-  if (tokens.empty()) fail(ErrorCode::invalid_argument, "observe_linear_inputs: expected at least one token, found none");
-  if (tokens.size() > size_t(std::numeric_limits<int32_t>::max() - kCalibrationBlockTokens))
-    fail(ErrorCode::invalid_argument, fmt::format("observe_linear_inputs: {} tokens is too many", tokens.size()));
-  // One sequence from position 0 over a cache of its own, so the model's own
-  // cache (allocated or not) is never touched and the numbers are a step's.
-  const int32_t num_tokens = int32_t(tokens.size());
-  const int32_t num_blocks = (num_tokens + kCalibrationBlockTokens - 1) / kCalibrationBlockTokens;
-  std::vector<int32_t> block_table(static_cast<size_t>(num_blocks));
-  std::iota(block_table.begin(), block_table.end(), 0);
-  std::vector<int32_t> positions(static_cast<size_t>(num_tokens));
-  std::iota(positions.begin(), positions.end(), 0);
-  StepSequence sequence;
-  sequence.query_len = num_tokens;
-  sequence.block_table = block_table;
-  const StepInput input{tokens, positions, std::span(&sequence, 1)};
-  StepLimits limits;
-  limits.vocab_size = config_.vocab_size;
-  limits.num_blocks = num_blocks;
-  limits.block_tokens = kCalibrationBlockTokens;
-  limits.hidden_size = config_.hidden_size;
-  if (Status s = check_step_input(input, limits); !s) fail(s.code(), "observe_linear_inputs: " + s.message());
+  auto step = llama::CalibrationStep::make(tokens, kCalibrationBlockTokens, config_);
+  if (!step) fail(step.status().code(), "observe_linear_inputs: " + step.status().message());
+  const StepInput& input = step.value()->input();
+  const int32_t num_tokens = step.value()->num_tokens(), num_blocks = step.value()->num_blocks();
   const KvShape shape{int32_t(config_.num_hidden_layers), int32_t(config_.num_key_value_heads),
                       int32_t(config_.head_dim), kCalibrationBlockTokens, DType::f32};
   auto cache = kv_policy_->allocate(shape, num_blocks, Device{DeviceKind::cpu, 0});

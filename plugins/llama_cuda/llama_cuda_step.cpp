@@ -8,10 +8,9 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <limits>
-#include <numeric>
 
 #include "errors.hpp"
+#include "llama_common/calibration_step.hpp"
 #include "llama_cuda_model.hpp"
 #include "llama_kernels.hpp"
 
@@ -172,28 +171,13 @@ Status LlamaCudaModel::observe_linear_inputs(std::span<const TokenId> tokens, Ca
 
 void LlamaCudaModel::observe(std::span<const TokenId> tokens, CalibrationObserver& observer) {
   if (!loaded_) fail(ErrorCode::invalid_argument, "observe_linear_inputs: the model is not loaded");
-  if (tokens.empty()) fail(ErrorCode::invalid_argument, "observe_linear_inputs: expected at least one token, found none");
-  if (tokens.size() > size_t(std::numeric_limits<int32_t>::max() - kCalibrationBlockTokens))
-    fail(ErrorCode::invalid_argument, fmt::format("observe_linear_inputs: {} tokens is too many", tokens.size()));
   if (!queued_.empty())
     fail(ErrorCode::invalid_argument, "observe_linear_inputs: a step is queued; collect it first");
+  auto step = llama::CalibrationStep::make(tokens, kCalibrationBlockTokens, config_);
+  if (!step) fail(step.status().code(), "observe_linear_inputs: " + step.status().message());
+  const StepInput& input = step.value()->input();
+  const int32_t num_tokens = step.value()->num_tokens(), num_blocks = step.value()->num_blocks();
   check_cuda(cudaSetDevice(device_.index), "cudaSetDevice");
-
-  const int32_t num_tokens = int32_t(tokens.size());
-  const int32_t num_blocks = (num_tokens + kCalibrationBlockTokens - 1) / kCalibrationBlockTokens;
-  std::vector<int32_t> block_table(static_cast<size_t>(num_blocks)), positions(static_cast<size_t>(num_tokens));
-  std::iota(block_table.begin(), block_table.end(), 0);
-  std::iota(positions.begin(), positions.end(), 0);
-  StepSequence sequence;
-  sequence.query_len = num_tokens;
-  sequence.block_table = block_table;
-  const StepInput input{tokens, positions, std::span(&sequence, 1)};
-  StepLimits limits;
-  limits.vocab_size = config_.vocab_size;
-  limits.num_blocks = num_blocks;
-  limits.block_tokens = kCalibrationBlockTokens;
-  limits.hidden_size = config_.hidden_size;
-  if (Status s = check_step_input(input, limits); !s) fail(s.code(), "observe_linear_inputs: " + s.message());
 
   // A cache and attention workspace of its own, swapped in for the passes
   // and swapped back (after the GPU is done with them) however they end.
