@@ -13,7 +13,7 @@ cp "$build/bin/hostrun" "$build/bin/hostrun-llama-checkpoint" "$build/bin/hostru
 cp "$build"/lib/hostrun/plugins/*.so "$out/lib/hostrun/plugins/"
 cp "$build"/lib/hostrun/*.so "$out/lib/hostrun/" 2>/dev/null || true  # libhostrun_kernels_cuda.so
 # The GPU test drivers (ctest label gpu) only: a device call carries at most 64 MiB.
-for test_binary in test_kernels_cuda test_llama_cuda test_onnx_vision_cuda conformance_kv_cache_gpu conformance_linear_gpu conformance_vision_gpu; do
+for test_binary in test_kernels_cuda test_llama_cuda test_awq_cuda_search test_onnx_vision_cuda conformance_kv_cache_gpu conformance_linear_gpu conformance_vision_gpu; do
   [ -x "$build/bin/$test_binary" ] && cp "$build/bin/$test_binary" "$out/bin/"
 done
 # Libraries from Debian's -dev packages we link; the C/C++ runtimes are left to the image.

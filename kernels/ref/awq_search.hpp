@@ -34,6 +34,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -55,6 +56,17 @@ struct AwqScaleSearch {
 AwqScaleSearch awq_search_scales(std::span<const AwqLinearView> layers, std::size_t in_features, const float* x,
                                  std::size_t tokens, std::size_t group_size, int grid = 20);
 
+// The pieces of the scale search a device twin reuses (plugins/awq's CUDA
+// search computes the loss on the GPU and walks the same grid):
+// a[i] = mean over tokens of |x[t, i]| (double sums);
+std::vector<double> awq_mean_abs(const float* x, std::size_t tokens, std::size_t in_features);
+// s for one alpha of the grid, normalised and floored as above;
+void awq_alpha_scales(std::span<const double> mean_abs, double alpha, std::span<float> scales);
+// the walk over alpha = 0, 1/grid, ... keeping the least loss(s) (ties keep
+// the smaller alpha; alpha 0's loss is rtn_loss).
+AwqScaleSearch awq_search_scales_with(std::span<const double> mean_abs, int grid,
+                                      const std::function<double(std::span<const float>)>& loss);
+
 // W * s column-wise, rounded to nearest 4-bit in groups, then / s: what the
 // layer computes after the scales are folded (dequantized, [out, in]).
 void awq_fake_quantize_scaled(const float* weight, std::size_t out_features, std::size_t in_features,
@@ -66,6 +78,13 @@ struct AwqClipSearch {
   double loss = 0.0;           // mean over tokens and outputs of (x W'^T - x W^T)^2 after clipping and rounding
   double rtn_loss = 0.0;       // the same for plain rounding
 };
+
+// Candidates a clip search tries per (row, group): max(1, int(max_shrink * grid)).
+std::size_t awq_clip_steps(int grid, double max_shrink);
+// Candidate k of one row's group w[group_size]: clamped[i] = clamp(w[i], -c, c)
+// with c = max|w| (1 - k / grid), and error[i] = RTN(clamped)[i] - w[i]
+// (RTN of the group alone, as awq_quantize_rtn rounds it).
+void awq_clip_candidate(const float* w, std::size_t group_size, int k, int grid, float* clamped, float* error);
 
 // W [out_features, in_features], x [tokens, in_features] (f32).
 AwqClipSearch awq_search_clip(const float* weight, std::size_t out_features, std::size_t in_features, const float* x,

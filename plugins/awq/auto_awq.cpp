@@ -21,6 +21,12 @@
 #include "ref/awq.hpp"
 #include "ref/awq_search.hpp"
 #include "ref/dtype.hpp"
+#ifndef HOSTRUN_AWQ_CUDA
+#define HOSTRUN_AWQ_CUDA 0
+#endif
+#if HOSTRUN_AWQ_CUDA
+#include "awq_cuda_search.hpp"
+#endif
 
 namespace hostrun::awq {
 
@@ -63,9 +69,10 @@ DenseTensor read_dense(const WeightSource& source, const std::string& name) {
   return dense_of(source, name, view.value());
 }
 
-// Runs body(i) for i in [0, count) on all cores; the first exception wins.
-void parallel_for(size_t count, const std::function<void(size_t)>& body) {
-  const size_t workers = std::max<size_t>(1, std::min<size_t>(count, std::thread::hardware_concurrency()));
+// Runs body(i) for i in [0, count) on `most` threads (0: all cores); the first exception wins.
+void parallel_for(size_t count, const std::function<void(size_t)>& body, size_t most = 0) {
+  const size_t cores = most != 0 ? most : std::thread::hardware_concurrency();
+  const size_t workers = std::max<size_t>(1, std::min<size_t>(count, cores));
   std::atomic<size_t> next{0};
   std::mutex error_mutex;
   std::exception_ptr error;
@@ -172,6 +179,50 @@ std::vector<float> every_kth_row(const InputSampler::Sampled& s, size_t most) {
     rows.insert(rows.end(), s.rows.begin() + std::ptrdiff_t(t * s.in_features),
                 s.rows.begin() + std::ptrdiff_t((t + 1) * s.in_features));
   return rows;
+}
+
+// Where steps 2 and 3 search: kernels/ref on all cores, or the GPU the
+// model runs on (awq_cuda_search.hpp: the same choices, one search at a time).
+struct Searches {
+  std::function<ref::AwqScaleSearch(std::span<const ref::AwqLinearView> layers, size_t in_features, const float* x,
+                                    size_t tokens, size_t group_size)>
+      scales;
+  std::function<ref::AwqClipSearch(const float* weight, size_t out_features, size_t in_features, const float* x,
+                                   size_t tokens, size_t group_size)>
+      clip;
+  size_t at_once = 0;  // searches run side by side (0: one a core)
+  std::string where = "cpu";
+};
+
+Searches searches_for(const Device& device) {
+  Searches s;
+  if (device.kind == DeviceKind::cpu) {
+    s.scales = [](std::span<const ref::AwqLinearView> layers, size_t in, const float* x, size_t tokens, size_t group) {
+      return ref::awq_search_scales(layers, in, x, tokens, group);
+    };
+    s.clip = [](const float* w, size_t out, size_t in, const float* x, size_t tokens, size_t group) {
+      return ref::awq_search_clip(w, out, in, x, tokens, group);
+    };
+    return s;
+  }
+#if HOSTRUN_AWQ_CUDA
+  if (device.kind == DeviceKind::cuda) {
+    auto gpu = std::make_shared<CudaAwqSearch>(device.index);
+    s.scales = [gpu](std::span<const ref::AwqLinearView> layers, size_t in, const float* x, size_t tokens,
+                     size_t group) { return gpu->search_scales(layers, in, x, tokens, group); };
+    s.clip = [gpu](const float* w, size_t out, size_t in, const float* x, size_t tokens, size_t group) {
+      return gpu->search_clip(w, out, in, x, tokens, group);
+    };
+    s.at_once = 1;
+    s.where = fmt::format("cuda:{}", device.index);
+    return s;
+  }
+#endif
+  fail(ErrorCode::unsupported,
+       fmt::format("the model runs on {}:{}, where this build of the awq plugin cannot search (it searches on the "
+                   "cpu{})",
+                   device.kind == DeviceKind::cuda ? "cuda" : "an unknown device", device.index,
+                   HOSTRUN_AWQ_CUDA ? " and cuda" : ""));
 }
 
 struct GroupResult {
@@ -326,8 +377,8 @@ struct SearchSummary {
 // linears, and write them and the producers it changed.
 void quantize_chunk(const QuantizeJob& job, const std::vector<LinearInputGroup>& groups,
                     const std::vector<size_t>& chunk, const std::vector<size_t>& in_features,
-                    std::vector<InputSampler::Sampled>& inputs, Progress& progress, SearchSummary& summary,
-                    std::set<std::string>& written) {
+                    std::vector<InputSampler::Sampled>& inputs, const Searches& search, Progress& progress,
+                    SearchSummary& summary, std::set<std::string>& written) {
   const size_t group_size = size_t(job.group_size);
   std::map<std::string, DenseTensor> tensors = read_chunk_tensors(*job.source, groups, chunk);
 
@@ -342,9 +393,8 @@ void quantize_chunk(const QuantizeJob& job, const std::vector<LinearInputGroup>&
       views.push_back({w.values.data(), size_t(w.shape[0])});
     }
     group_results[c].scaled = true;
-    group_results[c].search =
-        ref::awq_search_scales(views, in_features[g], inputs[g].rows.data(), inputs[g].count(), group_size);
-  });
+    group_results[c].search = search.scales(views, in_features[g], inputs[g].rows.data(), inputs[g].count(), group_size);
+  }, search.at_once);
   for (size_t c = 0; c < chunk.size(); ++c) {
     if (!group_results[c].scaled) continue;
     const size_t g = chunk[c], in = in_features[g];
@@ -370,29 +420,33 @@ void quantize_chunk(const QuantizeJob& job, const std::vector<LinearInputGroup>&
         {{"linears", prefixes}, {"alpha", r.alpha}, {"loss", r.loss}, {"rtn_loss", r.rtn_loss}});
   }
 
-  // 3 and 4. Clipping and rounding, one linear at a time.
+  // 3. Clipping, one linear at a time (the clipped weights replace the
+  // scaled ones), then 4. rounding, on all cores.
   std::vector<std::pair<size_t, const CalibratedLinear*>> linears;
   for (size_t g : chunk)
     for (const CalibratedLinear& linear : groups[g].linears) linears.push_back({g, &linear});
   std::vector<LinearResult> results(linears.size());
   parallel_for(linears.size(), [&](size_t k) {
     const auto [g, linear] = linears[k];
-    const std::vector<float>& w = tensors.at(linear->prefix + ".weight").values;
+    if (linear->feeds_attention_logits) return;
+    std::vector<float>& w = tensors.at(linear->prefix + ".weight").values;
     const size_t in = in_features[g], out = w.size() / in;
     LinearResult& r = results[k];
-    if (!linear->feeds_attention_logits) {
-      const std::vector<float> x = every_kth_row(inputs[g], kClipTokens);
-      ref::AwqClipSearch clip = ref::awq_search_clip(w.data(), out, in, x.data(), x.size() / in, group_size);
-      r.clipped = true;
-      r.loss = clip.loss;
-      r.rtn_loss = clip.rtn_loss;
-      double shrink = 0.0;
-      for (float v : clip.shrink) shrink += v;
-      r.mean_shrink = shrink / double(std::max<size_t>(clip.shrink.size(), 1));
-      r.packed = ref::awq_quantize_rtn_packed(clip.clipped.data(), out, in, group_size);
-    } else {
-      r.packed = ref::awq_quantize_rtn_packed(w.data(), out, in, group_size);
-    }
+    const std::vector<float> x = every_kth_row(inputs[g], kClipTokens);
+    ref::AwqClipSearch clip = search.clip(w.data(), out, in, x.data(), x.size() / in, group_size);
+    r.clipped = true;
+    r.loss = clip.loss;
+    r.rtn_loss = clip.rtn_loss;
+    double shrink = 0.0;
+    for (float v : clip.shrink) shrink += v;
+    r.mean_shrink = shrink / double(std::max<size_t>(clip.shrink.size(), 1));
+    w = std::move(clip.clipped);
+  }, search.at_once);
+  parallel_for(linears.size(), [&](size_t k) {
+    const auto [g, linear] = linears[k];
+    const std::vector<float>& w = tensors.at(linear->prefix + ".weight").values;
+    const size_t in = in_features[g], out = w.size() / in;
+    results[k].packed = ref::awq_quantize_rtn_packed(w.data(), out, in, group_size);
     progress.step();
   });
 
@@ -432,6 +486,7 @@ void auto_awq(const QuantizeJob& job) {
   for (const auto& sequence : job.calibration) total_tokens += sequence.size();
   const size_t stride = std::max<size_t>(1, (total_tokens + kSearchTokens - 1) / kSearchTokens);
   const std::vector<std::vector<size_t>> chunks = awq_chunks(groups, shapes.f32_bytes, kChunkBytes);
+  const Searches searches = searches_for(job.model->info().device);
   SearchSummary search;
   std::set<std::string> written;
   size_t search_tokens = 0, clip_tokens = 0;
@@ -462,7 +517,7 @@ void auto_awq(const QuantizeJob& job) {
     size_t linear_count = 0;
     for (size_t g : chunk) linear_count += groups[g].linears.size();
     Progress progress(job.progress, "quantizing linears" + of_chunk, int64_t(linear_count));
-    quantize_chunk(job, groups, chunk, in_features, inputs, progress, search, written);
+    quantize_chunk(job, groups, chunk, in_features, inputs, searches, progress, search, written);
   }
 
   // The other tensors (embeddings, final norm, LM head), in the source's order.
@@ -492,6 +547,7 @@ void auto_awq(const QuantizeJob& job) {
   summary["calibration_tokens"] = total_tokens;
   summary["search_tokens"] = search_tokens;
   summary["clip_tokens"] = clip_tokens;
+  summary["searched_on"] = searches.where;
   summary["note"] = "loss: mean squared output error of the written layer on the sampled calibration inputs; "
                     "rtn_loss: the same for plain round-to-nearest";
   summary["scaled_groups"] = std::move(search.scaled_groups);

@@ -23,8 +23,10 @@
 // their weights in f32, ~4 layers of an 8B model, all of a small one;
 // groups that share a tensor, such as up_proj, which down_proj's scales
 // divide, in one chunk): the calibration sequences run through the model
-// once per chunk, keeping only the chunk's inputs, then steps 2-4 run on all
-// cores and the chunk's tensors are written and freed. Host memory holds one
+// once per chunk, keeping only the chunk's inputs, then steps 2-4 run (the
+// searches on all cores, or on the model's GPU one at a time:
+// awq_cuda_search.hpp; the rounding on all cores) and the chunk's tensors
+// are written and freed. Host memory holds one
 // chunk's weights and samples (kSearchTokens rows of each of its groups'
 // inputs in f32; ~2 GB for 4 layers of an 8B model); the price is one
 // calibration pass per chunk.

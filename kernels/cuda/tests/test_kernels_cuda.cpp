@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "cuda/awq_gemm.hpp"
+#include "cuda/awq_search.hpp"
 #include "cuda/dense_attention.hpp"
 #include "cuda/embedding.hpp"
 #include "cuda/fp8_quant.hpp"
@@ -49,6 +50,7 @@
 #include "cuda/silu_mul.hpp"
 #include "cuda/small_gemm.hpp"
 #include "ref/awq.hpp"
+#include "ref/awq_search.hpp"
 #include "ref/dense_attention.hpp"
 #include "ref/dtype.hpp"
 #include "ref/gemm.hpp"
@@ -1604,6 +1606,73 @@ TEST_CASE("awq_gemm") {
     CHECK(gpu::awq_gemm(device.weights, any.ptr, 4096, DType::f32, 1, any.ptr, 4096, nullptr, 0, device.counters.ptr,
                         counters, nullptr) == cudaErrorInvalidValue);
   }
+}
+
+// The AWQ search's element-wise parts (plugins/awq's CUDA search) equal
+// ref's bit for bit: the scaled rounding error, the clip candidates' errors,
+// and column sums of squares against a double loop. Weights include rows of
+// one value (max == min), zeros, and outliers that clipping acts on.
+TEST_CASE("awq_search pieces") {
+  auto rng = rng_for("awq_search pieces");
+  struct Shape { int out, in, group; };
+  for (const Shape sh : {Shape{24, 256, 128}, Shape{16, 192, 64}, Shape{8, 96, 32}}) {
+    std::vector<float> w = random_floats(rng, std::size_t(sh.out) * sh.in, -0.05f, 0.05f);
+    for (int i = 0; i < sh.in; ++i) w[std::size_t(1) * sh.in + i] = 0.01f;  // row 1: one value
+    for (int i = 0; i < sh.in; ++i) w[std::size_t(2) * sh.in + i] = 0.0f;   // row 2: zeros
+    for (int o = 3; o < sh.out; o += 5) w[std::size_t(o) * sh.in + (o * 7) % sh.in] = 0.9f;  // outliers
+    std::vector<float> s = random_floats(rng, std::size_t(sh.in), 0.2f, 4.0f);
+    const std::string group = fmt("%d x %d, group %d", sh.out, sh.in, sh.group);
+
+    std::vector<float> want(w.size());
+    ref::awq_fake_quantize_scaled(w.data(), std::size_t(sh.out), std::size_t(sh.in), std::size_t(sh.group), s,
+                                  want.data());
+    for (std::size_t i = 0; i < w.size(); ++i) want[i] -= w[i];
+    DeviceBuffer<float> dw, ds, de(w.size());
+    dw.upload(w);
+    ds.upload(s);
+    LAUNCH_OK(gpu::awq_scaled_rounding_error(dw.ptr, dw.ptr, sh.out, sh.in, sh.group, ds.ptr, de.ptr, nullptr));
+    const std::vector<float> got = de.download();
+    long long differ = 0;
+    for (std::size_t i = 0; i < got.size(); ++i) differ += std::memcmp(&got[i], &want[i], sizeof(float)) != 0;
+    report_bool("awq_search", "scaled rounding error " + group, differ == 0, fmt("%lld of %zu differ", differ, got.size()));
+
+    const int grid = 20, steps = int(ref::awq_clip_steps(grid, 0.5)), groups = sh.in / sh.group;
+    DeviceBuffer<float> dc(std::size_t(sh.out) * steps * sh.group);
+    std::vector<float> clamped(std::size_t(sh.group)), error(std::size_t(sh.group));
+    differ = 0;
+    for (int g = 0; g < groups; ++g) {
+      LAUNCH_OK(gpu::awq_clip_candidate_errors(dw.ptr, sh.out, sh.in, sh.group, g, steps, grid, dc.ptr, nullptr));
+      const std::vector<float> candidates = dc.download();
+      for (int o = 0; o < sh.out; ++o)
+        for (int k = 0; k < steps; ++k) {
+          ref::awq_clip_candidate(w.data() + std::size_t(o) * sh.in + std::size_t(g) * sh.group,
+                                  std::size_t(sh.group), k, grid, clamped.data(), error.data());
+          differ += std::memcmp(candidates.data() + (std::size_t(o) * steps + k) * sh.group, error.data(),
+                                error.size() * sizeof(float)) != 0;
+        }
+    }
+    report_bool("awq_search", "clip candidates " + group, differ == 0,
+                fmt("%lld of %d candidate rows differ", differ, sh.out * steps * groups));
+  }
+  {
+    const std::int64_t rows = 37, columns = 1000;
+    const std::vector<float> y = random_floats(rng, std::size_t(rows * columns), -3.0f, 3.0f);
+    DeviceBuffer<float> dy;
+    dy.upload(y);
+    DeviceBuffer<double> sums{static_cast<std::size_t>(columns)};
+    LAUNCH_OK(gpu::column_sum_squares(dy.ptr, rows, columns, sums.ptr, nullptr));
+    const std::vector<double> got = sums.download();
+    long long differ = 0;
+    for (std::int64_t j = 0; j < columns; ++j) {
+      double want = 0.0;
+      for (std::int64_t r = 0; r < rows; ++r) want += double(y[r * columns + j]) * double(y[r * columns + j]);
+      differ += got[std::size_t(j)] != want;
+    }
+    report_bool("awq_search", "column sums of squares 37 x 1000", differ == 0, fmt("%lld differ", differ));
+  }
+  CHECK(gpu::awq_scaled_rounding_error(nullptr, nullptr, 8, 100, 128, nullptr, nullptr, nullptr) ==
+        cudaErrorInvalidValue);
+  CHECK(gpu::awq_clip_candidate_errors(nullptr, 8, 256, 128, 2, 10, 20, nullptr, nullptr) == cudaErrorInvalidValue);
 }
 
 // ---- quantized KV stores ---------------------------------------------------
