@@ -404,12 +404,15 @@ __device__ __forceinline__ uint4 load_streaming(const std::uint32_t* p) {
 
 // Where a warp's tiles start in the three arrays; block kb is an offset.
 // The warp's four tiles are one group of the codes' layout, so tile i of
-// block kb is at a constant offset: kb * 512 + i * 128 words.
+// block kb is at a constant offset: kb * 512 + i * 128 words. The group's
+// padding tiles hold codes in memory (zeros), so codes load unpredicated;
+// their zero points and scales are read from the group's last real tile.
+// A warp wholly past out_features reads group 0. Neither is ever stored.
 struct GemvTiles {
   const std::uint32_t* codes;   // tile 0, this lane, k-block 0
   const std::uint32_t* zeros;   // tile 0's word in group row 0
   const std::uint16_t* scales;  // tile 0, this lane's column, group row 0
-  int valid_tiles;              // tiles of this warp inside out_features
+  int last_tile;                // the last of the warp's tiles inside out_features (0..3)
 };
 static_assert(kGemvTiles == awq_tile_group, "a warp's tiles are one group of the codes layout");
 
@@ -419,21 +422,13 @@ __device__ __forceinline__ void gemv_load(GemvBlock<kGroup>& b, const GemvTiles&
   const int n_tiles = w.out_features / 8;
 #pragma unroll
   for (int i = 0; i < kGemvTiles; ++i) {
-    if (i < t.valid_tiles) {
-      b.codes[i] = load_streaming(t.codes + std::size_t(kb) * (awq_tile_group * 32 * 4) + i * (32 * 4));
+    b.codes[i] = load_streaming(t.codes + std::size_t(kb) * (awq_tile_group * 32 * 4) + i * (32 * 4));
+    const int real = min(i, t.last_tile);
 #pragma unroll
-      for (int g = 0; g < B::kGroups; ++g) {
-        const int row = kb * B::kGroups + g;
-        b.zeros[i][g] = __ldg(t.zeros + std::size_t(row) * n_tiles + i);
-        b.scales[i][g] = __ldg(t.scales + std::size_t(row) * w.out_features + i * 8);
-      }
-    } else {  // past the last column: contributes nothing, stored nowhere
-      b.codes[i] = make_uint4(0, 0, 0, 0);
-#pragma unroll
-      for (int g = 0; g < B::kGroups; ++g) {
-        b.zeros[i][g] = 0;
-        b.scales[i][g] = 0;
-      }
+    for (int g = 0; g < B::kGroups; ++g) {
+      const int row = kb * B::kGroups + g;
+      b.zeros[i][g] = __ldg(t.zeros + std::size_t(row) * n_tiles + real);
+      b.scales[i][g] = __ldg(t.scales + std::size_t(row) * w.out_features + real * 8);
     }
   }
 }
@@ -533,11 +528,12 @@ __global__ void __launch_bounds__(kGemvWarps * 32, gemv_ctas_per_sm(kGroup)) awq
   const int n_tiles = p.w.out_features / 8, k_blocks = p.w.padded_in / awq_k_block;
   const int kb_begin = blockIdx.y * p.blocks_per_split;
   const int blocks = min(k_blocks - kb_begin, p.blocks_per_split);
+  const int first = tile0 < n_tiles ? tile0 : 0;  // loads stay inside the arrays
   GemvTiles tiles;
-  tiles.codes = p.w.codes + awq_tile_index(tile0, 0, k_blocks) * 32 * 4 + lane * 4;
-  tiles.zeros = p.w.zeros + tile0;
-  tiles.scales = p.w.scales + tile0 * 8 + (lane >> 2);
-  tiles.valid_tiles = n_tiles - tile0;
+  tiles.codes = p.w.codes + awq_tile_index(first, 0, k_blocks) * 32 * 4 + lane * 4;
+  tiles.zeros = p.w.zeros + first;
+  tiles.scales = p.w.scales + first * 8 + (lane >> 2);
+  tiles.last_tile = min(n_tiles - first, kGemvTiles) - 1;
   GemvBlock<kGroup> even, odd;
   gemv_load(even, tiles, p.w, kb_begin);
   if (blocks > 1) gemv_load(odd, tiles, p.w, kb_begin + 1);
