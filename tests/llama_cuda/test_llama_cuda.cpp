@@ -644,10 +644,12 @@ TEST_CASE("kv_cuda refuses quant_policy it cannot serve with a clear error") {
 
 namespace {
 
+// Greedy replies; with `top2`, each reply token's two most likely ids and logprobs.
 std::vector<std::vector<TokenId>> run_engine(const fs::path& dir, const std::vector<std::vector<TokenId>>& prompts,
                                              int max_tokens, int64_t num_blocks, bool one_at_a_time,
                                              uint64_t* preemptions, bool overlap = true,
-                                             uint64_t* overlapped_steps = nullptr) {
+                                             uint64_t* overlapped_steps = nullptr,
+                                             std::vector<std::vector<TokenLogprob>>* top2 = nullptr) {
   auto loaded = load(dir, true, 0);
   core::EngineParts parts;
   parts.model = loaded->model;
@@ -663,6 +665,7 @@ std::vector<std::vector<TokenId>> run_engine(const fs::path& dir, const std::vec
   auto engine = core::Engine::start(config, std::move(parts));
   REQUIRE_MESSAGE(engine.has_value(), engine.status().message());
   std::vector<std::vector<TokenId>> out(prompts.size());
+  if (top2) top2->assign(prompts.size(), {});
   std::vector<std::future<void>> done;
   auto submit = [&](size_t i) {
     auto promise = std::make_shared<std::promise<void>>();
@@ -672,8 +675,10 @@ std::vector<std::vector<TokenId>> run_engine(const fs::path& dir, const std::vec
     request.sampling.temperature = 0;
     request.sampling.max_tokens = max_tokens;
     request.sampling.ignore_eos = true;
-    auto id = (*engine)->submit(std::move(request), [&out, i, promise](const StreamEvent& e) {
+    if (top2) request.sampling.top_logprobs = 2;
+    auto id = (*engine)->submit(std::move(request), [&out, i, promise, top2](const StreamEvent& e) {
       out[i].insert(out[i].end(), e.token_ids.begin(), e.token_ids.end());
+      if (top2) (*top2)[i].insert((*top2)[i].end(), e.logprobs.begin(), e.logprobs.end());
       if (e.finish != FinishReason::none) promise->set_value();
     });
     REQUIRE_MESSAGE(id.has_value(), id.status().message());
@@ -694,7 +699,11 @@ std::vector<std::vector<TokenId>> run_engine(const fs::path& dir, const std::vec
 
 // Steps overlap (the engine submits step N+1 before collecting step N, decode
 // tokens taken on the GPU) except in `one_step`, which runs the batched case
-// one step at a time.
+// one step at a time. Alone and batched take different products (small_gemm
+// at one row, cuBLAS above, whose kernel depends on the batch and the card),
+// so bit-equality is not promised: a reply that differs must first differ
+// where the alone run's top two tokens were a near-tie (their logprobs
+// within kNearTie), and most replies must be equal throughout.
 TEST_CASE("llama_cuda on the engine: concurrent requests equal each alone, also under preemption") {
   TempDir dir("engine");
   write_checkpoint(dir.path(), shape(512, 8, 2, 128, 2, 400, false), 5);
@@ -704,28 +713,48 @@ TEST_CASE("llama_cuda on the engine: concurrent requests equal each alone, also 
     p.resize(1 + rng() % 120);
     for (auto& id : p) id = TokenId(rng() % 400);
   }
-  const auto alone = run_engine(dir.path(), prompts, 20, 1024, true, nullptr);
+  std::vector<std::vector<TokenLogprob>> top2;
+  const auto alone = run_engine(dir.path(), prompts, 20, 1024, true, nullptr, true, nullptr, &top2);
   uint64_t overlapped = 0;
   const auto together = run_engine(dir.path(), prompts, 20, 1024, false, nullptr, true, &overlapped);
   const auto one_step = run_engine(dir.path(), prompts, 20, 1024, false, nullptr, false);
   uint64_t preemptions = 0;
   const auto tight = run_engine(dir.path(), prompts, 20, 40, false, &preemptions);
-  int equal_together = 0, equal_tight = 0, equal_one_step = 0;
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    equal_together += together[i] == alone[i];
-    equal_tight += tight[i] == alone[i];
-    equal_one_step += one_step[i] == alone[i];
-  }
+  constexpr float kNearTie = 0.05f;  // nats: bf16 products in another order move logits by ~1e-2
+  // Equal replies; a differing one is checked to part at a near-tie.
+  auto count_equal = [&](const std::vector<std::vector<TokenId>>& run, const char* mode) {
+    int equal = 0;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      REQUIRE(run[i].size() == alone[i].size());
+      REQUIRE(top2[i].size() == alone[i].size());
+      const size_t at = size_t(std::mismatch(run[i].begin(), run[i].end(), alone[i].begin()).first - run[i].begin());
+      if (at == run[i].size()) {
+        ++equal;
+        continue;
+      }
+      const TokenLogprob& first = top2[i][at];
+      REQUIRE(first.top.size() == 2);
+      const float margin = first.top[0].second - first.top[1].second;
+      CHECK_MESSAGE(margin < kNearTie, fmt::format("{}: prompt {} parts from alone at token {} ({} vs {}), where alone's "
+                                                   "top two logprobs are {:.4f} apart",
+                                                   mode, i, at, run[i][at], alone[i][at], margin));
+      CHECK_MESSAGE(run[i][at] == first.top[1].first,
+                    fmt::format("{}: prompt {} token {}: {} is not alone's second choice {}", mode, i, at, run[i][at],
+                                first.top[1].first));
+    }
+    return equal;
+  };
+  const int equal_together = count_equal(together, "batched");
+  const int equal_one_step = count_equal(one_step, "one step at a time");
+  const int equal_tight = count_equal(tight, "tight cache");
   MESSAGE(fmt::format("batched: {}/{} equal to alone ({} overlapped steps); one step at a time: {}/{}; tight cache "
-                      "({} preemptions): {}/{}",
+                      "({} preemptions): {}/{}; the others part at near-ties",
                       equal_together, prompts.size(), overlapped, equal_one_step, prompts.size(), preemptions,
                       equal_tight, prompts.size()));
   CHECK(overlapped > 0);
-  CHECK(equal_one_step >= int(prompts.size()) * 9 / 10);
-  // cuBLAS may pick another kernel for another batch size, so bit-equality is
-  // not promised; a random model's near-ties are rare, so nearly all agree.
-  CHECK(equal_together >= int(prompts.size()) * 9 / 10);
-  CHECK(equal_tight >= int(prompts.size()) * 9 / 10);
+  CHECK(equal_one_step >= int(prompts.size()) * 3 / 4);
+  CHECK(equal_together >= int(prompts.size()) * 3 / 4);
+  CHECK(equal_tight >= int(prompts.size()) * 3 / 4);
   CHECK(preemptions > 0);
 }
 
