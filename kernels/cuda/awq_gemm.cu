@@ -162,9 +162,12 @@ struct GemmParams {
   int m;
   void* y;
   std::int64_t y_stride;
-  float* partial;  // [splits][m][n] when gridDim.y > 1
+  float* partial;  // [splits][m][n] when gridDim.y > 1 or silu_half
   std::uint32_t* counters;  // [row blocks][column blocks], zero between calls, when gridDim.y > 1
   int blocks_per_split;
+  // Decode kernel only: 0, or n / 2 for SiLU-and-multiply over [gate | up]
+  // (y [m, n / 2]; a CTA takes 64 gate columns and the matching 64 up ones).
+  int silu_half = 0;
 };
 
 // Copies of the weights' part of k-block `kb` (codes, zeros, scales).
@@ -275,10 +278,14 @@ __device__ __forceinline__ void compute_block(const Stage<T, kMTiles, kGroup>& s
 // last, so results do not depend on timing) and writes y, then leaves the
 // tile's counter at zero for the next call. Saves a reduction launch per
 // split call (a decode step makes ~100 of them).
-template <typename T>
-__device__ __forceinline__ void finish_splits(const GemmParams& p, int row_begin, int rows, int col_begin,
-                                              int columns) {
+// Whether this CTA is the last split of its tile to arrive (then every
+// split's partials are visible to it); one split is always last.
+__device__ __forceinline__ bool last_split_arrived(const GemmParams& p) {
   __shared__ bool last;
+  if (gridDim.y == 1) {
+    __syncthreads();  // the CTA's own partials, written by its other warps
+    return true;
+  }
   __threadfence();  // this CTA's partials are visible before its arrival is counted
   __syncthreads();
   if (threadIdx.x == 0) {
@@ -287,8 +294,15 @@ __device__ __forceinline__ void finish_splits(const GemmParams& p, int row_begin
     if (last) *counter = 0;  // every split of this tile has arrived: none touches it again this call
   }
   __syncthreads();
-  if (!last) return;
+  if (!last) return false;
   __threadfence();
+  return true;
+}
+
+template <typename T>
+__device__ __forceinline__ void finish_splits(const GemmParams& p, int row_begin, int rows, int col_begin,
+                                              int columns) {
+  if (!last_split_arrived(p)) return;
   rows = min(rows, p.m - row_begin);
   columns = min(columns, p.w.out_features - col_begin);
   const int pairs = columns / 2;
@@ -301,6 +315,28 @@ __device__ __forceinline__ void finish_splits(const GemmParams& p, int row_begin
       sum.y += v.y;
     }
     *reinterpret_cast<std::uint32_t*>(static_cast<T*>(p.y) + row * p.y_stride + col) = pack2<T>(sum.x, sum.y);
+  }
+}
+
+// The decode kernel's SiLU-and-multiply: the last CTA of a column block adds
+// the splits of its gate columns [col_begin, + columns) and of the matching
+// up columns, rounds each to T (as the product would be stored) and writes
+// silu(gate) * up.
+template <typename T>
+__device__ __forceinline__ void finish_silu_mul(const GemmParams& p, int rows, int col_begin, int columns) {
+  if (!last_split_arrived(p)) return;
+  rows = min(rows, p.m);
+  const int n = p.w.out_features;
+  for (int i = threadIdx.x; i < rows * columns; i += blockDim.x) {
+    const int row = i / columns, col = col_begin + i % columns;
+    float gate = 0.0f, up = 0.0f;
+    for (int s = 0; s < int(gridDim.y); ++s) {
+      const float* sums = p.partial + (std::size_t(s) * p.m + row) * n;
+      gate += __ldcg(sums + col);
+      up += __ldcg(sums + p.silu_half + col);
+    }
+    const float g = to_f32(from_f32<T>(gate)), u = to_f32(from_f32<T>(up));
+    static_cast<T*>(p.y)[row * p.y_stride + col] = from_f32<T>(detail::silu(g) * u);
   }
 }
 
@@ -524,7 +560,11 @@ __device__ __forceinline__ void gemv_compute(const GemvBlock<kGroup>& b, const G
 template <typename T, int kGroup>
 __global__ void __launch_bounds__(kGemvWarps * 32, gemv_ctas_per_sm(kGroup)) awq_gemv_kernel(GemmParams p) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int tile0 = (blockIdx.x * kGemvWarps + warp) * kGemvTiles;
+  // With SiLU the CTA's first warps take gate columns, the others the matching up ones.
+  constexpr int kHalfWarps = kGemvWarps / 2;
+  const int tile0 = p.silu_half == 0 ? (blockIdx.x * kGemvWarps + warp) * kGemvTiles
+                                     : (warp < kHalfWarps ? 0 : p.silu_half / 8) +
+                                           (blockIdx.x * kHalfWarps + warp % kHalfWarps) * kGemvTiles;
   const int n_tiles = p.w.out_features / 8, k_blocks = p.w.padded_in / awq_k_block;
   const int kb_begin = blockIdx.y * p.blocks_per_split;
   const int blocks = min(k_blocks - kb_begin, p.blocks_per_split);
@@ -570,13 +610,16 @@ __global__ void __launch_bounds__(kGemvWarps * 32, gemv_ctas_per_sm(kGroup)) awq
         const int out_row = (lane & 3) * 2 + e;
         if (out_row >= p.m) continue;
         const float v = acc[q][2 * half + e];
-        if (gridDim.y == 1)
+        if (gridDim.y == 1 && p.silu_half == 0)
           static_cast<T*>(p.y)[out_row * p.y_stride + col] = from_f32<T>(v);
         else
           p.partial[(std::size_t(blockIdx.y) * p.m + out_row) * p.w.out_features + col] = v;
       }
     }
-  if (gridDim.y > 1) finish_splits<T>(p, 0, kGemvMaxRows, blockIdx.x * kGemvColumns, kGemvColumns);
+  if (p.silu_half != 0)
+    finish_silu_mul<T>(p, kGemvMaxRows, blockIdx.x * (kGemvColumns / 2), kGemvColumns / 2);
+  else if (gridDim.y > 1)
+    finish_splits<T>(p, 0, kGemvMaxRows, blockIdx.x * kGemvColumns, kGemvColumns);
 }
 
 // W [n, k] from the codes: one thread per (column tile, k-block, lane), its
@@ -657,8 +700,13 @@ Plan plan_for(const AwqDeviceWeights& w, int m, int sms, int ctas_per_sm = 0) {
   return plan;
 }
 
-std::size_t partial_bytes(const AwqDeviceWeights& w, int m, const Plan& plan) {
-  return plan.splits > 1 ? std::size_t(plan.splits) * m * w.out_features * sizeof(float) : 0;
+std::size_t partial_bytes(const AwqDeviceWeights& w, int m, const Plan& plan, bool silu = false) {
+  return plan.splits > 1 || silu ? std::size_t(plan.splits) * m * w.out_features * sizeof(float) : 0;
+}
+// SiLU-and-multiply rides on the decode kernel: its CTA's 128 columns split
+// into 64 gate and 64 up ones.
+bool fuses_silu_mul(const AwqDeviceWeights& w, int m) {
+  return m >= 1 && takes_gemv(w, m) && w.out_features % kGemvColumns == 0;
 }
 int counters_needed(const Plan& plan) { return plan.splits > 1 ? int(plan.grid.x * plan.grid.z) : 0; }
 
@@ -732,32 +780,57 @@ auto most_over_rows(const AwqDeviceWeights& weights, int max_rows, Need need) {
 }  // namespace
 
 std::size_t awq_gemm_workspace_bytes(const AwqDeviceWeights& weights, int max_rows) {
-  return most_over_rows(weights, max_rows, [&](int m, const Plan& plan) { return partial_bytes(weights, m, plan); });
+  return most_over_rows(weights, max_rows, [&](int m, const Plan& plan) {
+    return partial_bytes(weights, m, plan, fuses_silu_mul(weights, m));
+  });
+}
+
+bool awq_gemm_fuses_silu_mul(const AwqDeviceWeights& weights, int m) {
+  return weights_valid(weights) && fuses_silu_mul(weights, m);
 }
 
 int awq_gemm_counters(const AwqDeviceWeights& weights, int max_rows) {
   return most_over_rows(weights, max_rows, [](int, const Plan& plan) { return counters_needed(plan); });
 }
 
-cudaError_t awq_gemm(const AwqDeviceWeights& weights, const void* x, std::int64_t x_stride, DType dtype, int m,
-                     void* y, std::int64_t y_stride, void* workspace, std::size_t workspace_bytes,
-                     std::uint32_t* counters, int counter_count, cudaStream_t stream) {
+namespace {
+
+cudaError_t checked_launch(const AwqDeviceWeights& weights, const void* x, std::int64_t x_stride, DType dtype, int m,
+                           void* y, std::int64_t y_stride, void* workspace, std::size_t workspace_bytes,
+                           std::uint32_t* counters, int counter_count, bool silu, cudaStream_t stream) {
   if ((dtype != DType::bf16 && dtype != DType::f16) || !weights_valid(weights) || m < 0) return cudaErrorInvalidValue;
   if (m == 0) return cudaSuccess;
+  const int y_columns = silu ? weights.out_features / 2 : weights.out_features;
   if (x == nullptr || y == nullptr || reinterpret_cast<std::uintptr_t>(x) % 16 != 0 || x_stride % 8 != 0 ||
       x_stride < weights.in_features || reinterpret_cast<std::uintptr_t>(y) % 4 != 0 || y_stride % 2 != 0 ||
-      y_stride < weights.out_features)
+      y_stride < y_columns || (silu && !fuses_silu_mul(weights, m)))
     return cudaErrorInvalidValue;
   static const int sms = device_sms();
   const Plan plan = plan_for(weights, m, sms);
-  const std::size_t needed = partial_bytes(weights, m, plan);
+  const std::size_t needed = partial_bytes(weights, m, plan, silu);
   if (needed > 0 && (workspace == nullptr || workspace_bytes < needed ||
-                     reinterpret_cast<std::uintptr_t>(workspace) % 8 != 0 || counters == nullptr ||
-                     counter_count < counters_needed(plan)))
+                     reinterpret_cast<std::uintptr_t>(workspace) % 8 != 0 ||
+                     (counters == nullptr && counters_needed(plan) > 0) || counter_count < counters_needed(plan)))
     return cudaErrorInvalidValue;
   const GemmParams params{weights, x, x_stride, m, y, y_stride, static_cast<float*>(workspace), counters,
-                          plan.blocks_per_split};
+                          plan.blocks_per_split, silu ? weights.out_features / 2 : 0};
   return dtype == DType::bf16 ? launch<__nv_bfloat16>(params, plan, stream) : launch<__half>(params, plan, stream);
+}
+
+}  // namespace
+
+cudaError_t awq_gemm(const AwqDeviceWeights& weights, const void* x, std::int64_t x_stride, DType dtype, int m,
+                     void* y, std::int64_t y_stride, void* workspace, std::size_t workspace_bytes,
+                     std::uint32_t* counters, int counter_count, cudaStream_t stream) {
+  return checked_launch(weights, x, x_stride, dtype, m, y, y_stride, workspace, workspace_bytes, counters,
+                        counter_count, false, stream);
+}
+
+cudaError_t awq_gemm_silu_mul(const AwqDeviceWeights& weights, const void* x, std::int64_t x_stride, DType dtype,
+                              int m, void* out, std::int64_t out_stride, void* workspace, std::size_t workspace_bytes,
+                              std::uint32_t* counters, int counter_count, cudaStream_t stream) {
+  return checked_launch(weights, x, x_stride, dtype, m, out, out_stride, workspace, workspace_bytes, counters,
+                        counter_count, true, stream);
 }
 
 cudaError_t awq_dequantize(const AwqDeviceWeights& weights, DType dtype, void* weight, cudaStream_t stream) {

@@ -105,8 +105,9 @@ struct AwqDeviceWeights {
   int in_features = 0, out_features = 0, group_size = 0, padded_in = 0;
 };
 
-// Device workspace awq_gemm needs for calls of up to `max_rows` rows on the
-// current device (split-k partial sums; 0 when no call splits).
+// Device workspace awq_gemm and awq_gemm_silu_mul need for calls of up to
+// `max_rows` rows on the current device (split-k partial sums; 0 when no
+// call splits or fuses).
 std::size_t awq_gemm_workspace_bytes(const AwqDeviceWeights& weights, int max_rows);
 
 // Split counters the calls need: a u32 array the caller owns, zeroed once
@@ -121,6 +122,19 @@ int awq_gemm_counters(const AwqDeviceWeights& weights, int max_rows);
 cudaError_t awq_gemm(const AwqDeviceWeights& weights, const void* x, std::int64_t x_stride, DType dtype, int m,
                      void* y, std::int64_t y_stride, void* workspace, std::size_t workspace_bytes,
                      std::uint32_t* counters, int counter_count, cudaStream_t stream);
+
+// The MLP's first half on a [gate | up] layer (n = 2 intermediate) for a few
+// rows: out[r, j] = silu(gate_j) * up_j, [m, n / 2] in dtype, each product
+// rounded to dtype first (twin of ref::awq_gemm, rounding, then
+// ref::silu_and_mul), so no [m, n] product is written or launched for.
+// Taken by the decode kernel only: awq_gemm_fuses_silu_mul says when (up to
+// 8 rows, group 64 or 128, n a multiple of 128); cudaErrorInvalidValue
+// otherwise, and for what awq_gemm refuses. The sums always pass through the
+// workspace (awq_gemm_workspace_bytes covers it).
+bool awq_gemm_fuses_silu_mul(const AwqDeviceWeights& weights, int m);
+cudaError_t awq_gemm_silu_mul(const AwqDeviceWeights& weights, const void* x, std::int64_t x_stride, DType dtype,
+                              int m, void* out, std::int64_t out_stride, void* workspace, std::size_t workspace_bytes,
+                              std::uint32_t* counters, int counter_count, cudaStream_t stream);
 
 // W [n, k] in dtype from the repacked layer (twin of ref::awq_dequantize,
 // rounded once to dtype): (q - z) * s in f32. For products of many rows a

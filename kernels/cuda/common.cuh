@@ -17,7 +17,7 @@ namespace hostrun::cuda::detail {
 // silu(g) = g / (1 + e^-g) with the exact expf and IEEE division, not
 // __expf/__fdividef: for g < -88 exp(-g) is inf and g / inf = -0 (the right
 // limit), where __fdividef would give NaN. Every SiLU-and-multiply (silu_mul,
-// small_gemm's and the FP8 kernels' epilogues) uses this one.
+// small_gemm's, awq_gemm's and the FP8 kernels' epilogues) uses this one.
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
 
 // f32 <-> storage type. The _rn conversions round to nearest even like

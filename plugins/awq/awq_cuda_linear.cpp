@@ -80,7 +80,13 @@ class AwqCudaLinear final : public LinearLayer {
     return out;
   }
 
-  uint32_t fused_epilogues(int64_t) const noexcept override { return kEpilogueNone; }
+  // SiLU-and-multiply where the decode kernel takes the rows (up to 8; the
+  // tile kernel and the cuBLAS path leave it to the model).
+  uint32_t fused_epilogues(int64_t rows) const noexcept override {
+    return rows <= std::numeric_limits<int>::max() && cuda::awq_gemm_fuses_silu_mul(weights_, int(rows))
+               ? kEpilogueSiluMul
+               : kEpilogueNone;
+  }
 
   size_t workspace_bytes(int64_t max_rows) const noexcept override {
     const size_t kernel = cuda::awq_gemm_workspace_bytes(weights_, int(std::min(max_rows, kDequantizeAbove)));
@@ -92,29 +98,34 @@ class AwqCudaLinear final : public LinearLayer {
       const TensorView& x = call.x;
       const TensorView& y = call.y;
       const int64_t rows = x.rank == 2 ? x.shape[0] : -1;
+      const bool silu = call.epilogue == kEpilogueSiluMul;
+      const int64_t y_columns = silu ? weights_.out_features / 2 : weights_.out_features;
       const auto matrix = [&](const TensorView& v, int64_t columns) {
         return v.rank == 2 && v.shape[0] == rows && v.shape[1] == columns && v.strides[1] == 1 &&
                v.strides[0] >= columns && v.dtype == dtype_ && v.device == device_ && v.data != nullptr;
       };
       if (rows < 0 || rows > std::numeric_limits<int>::max() || !matrix(x, weights_.in_features) ||
-          !matrix(y, weights_.out_features))
+          !matrix(y, y_columns))
         return Status(ErrorCode::invalid_argument,
-                      fmt::format("awq: linear [{} x {}]: expected x [rows, {}] and y [rows, {}] in {} on cuda:{} "
+                      fmt::format("awq: linear [{} x {}]{}: expected x [rows, {}] and y [rows, {}] in {} on cuda:{} "
                                   "with contiguous rows",
-                                  weights_.out_features, weights_.in_features, weights_.in_features,
-                                  weights_.out_features, dtype_name(dtype_), device_.index));
-      if (call.epilogue != kEpilogueNone)
-        return Status(ErrorCode::invalid_argument,
-                      fmt::format("awq: forward: epilogue mask {:#x} asked for, but this layer fuses none",
-                                  call.epilogue));
+                                  weights_.out_features, weights_.in_features, silu ? " with SiLU-and-multiply" : "",
+                                  weights_.in_features, y_columns, dtype_name(dtype_), device_.index));
       if (rows == 0) return {};
+      if (call.epilogue != kEpilogueNone && (call.epilogue & ~fused_epilogues(rows)) != 0)
+        return Status(ErrorCode::invalid_argument,
+                      fmt::format("awq: forward: epilogue mask {:#x} asked for at {} rows, where this layer fuses "
+                                  "{:#x}",
+                                  call.epilogue, rows, fused_epilogues(rows)));
       const size_t given = exec.workspace.data != nullptr ? exec.workspace.nbytes() : 0;
       const auto stream = static_cast<cudaStream_t>(exec.stream);
       if (rows > kDequantizeAbove) return multiply_dequantized(x, y, int(rows), exec.workspace.data, given, stream);
-      const cudaError_t e = cuda::awq_gemm(weights_, x.data, x.strides[0],
-                                           dtype_ == DType::bf16 ? cuda::DType::bf16 : cuda::DType::f16, int(rows),
-                                           y.data, y.strides[0], exec.workspace.data, given,
-                                           counters_->data(), counter_count_, stream);
+      const cuda::DType kernel_dtype = dtype_ == DType::bf16 ? cuda::DType::bf16 : cuda::DType::f16;
+      const cudaError_t e =
+          silu ? cuda::awq_gemm_silu_mul(weights_, x.data, x.strides[0], kernel_dtype, int(rows), y.data, y.strides[0],
+                                         exec.workspace.data, given, counters_->data(), counter_count_, stream)
+               : cuda::awq_gemm(weights_, x.data, x.strides[0], kernel_dtype, int(rows), y.data, y.strides[0],
+                                exec.workspace.data, given, counters_->data(), counter_count_, stream);
       if (e == cudaErrorInvalidValue)
         return Status(ErrorCode::invalid_argument,
                       fmt::format("awq: linear [{} x {}], {} rows: refused by awq_gemm: x needs 16-byte alignment and "

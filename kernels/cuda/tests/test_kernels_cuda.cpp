@@ -1608,6 +1608,60 @@ TEST_CASE("awq_gemm") {
   }
 }
 
+// awq_gemm_silu_mul on [gate | up] layers: ref::awq_gemm, each product
+// rounded to dtype (as the unfused path stores it), then ref::silu_and_mul;
+// one and several k splits, a padded k-block, a layer of one value. The
+// decode kernel only (up to 8 rows; n a multiple of 128; group 64 or 128).
+TEST_CASE("awq_gemm_silu_mul") {
+  auto rng = rng_for("awq_gemm_silu_mul");
+  struct Case {
+    int m, n, k, group;
+    AwqValues values;
+  };
+  for (const DType dtype : half_dtypes)
+    for (const Case& c : {Case{1, 28672, 4096, 128, AwqValues::random}, Case{8, 256, 1024, 64, AwqValues::random},
+                          Case{3, 1024, 192, 64, AwqValues::random}, Case{5, 512, 512, 128, AwqValues::all_equal}}) {
+      const AwqLayerData layer = make_awq_layer(rng, c.n, c.k, c.group, c.values);
+      const ref::AwqWeights view = layer.view(c.n, c.k, c.group);
+      const auto x = rounded(random_floats(rng, std::size_t(c.m) * c.k, -1, 1), dtype);
+      std::vector<float> sums(std::size_t(c.m) * c.n), scratch(ref::awq_gemm_workspace_floats(view));
+      ref::awq_gemm(view, x.data(), std::size_t(c.k), std::size_t(c.m), sums.data(), std::size_t(c.n), scratch.data());
+      const std::vector<float> stored = rounded(sums, dtype);
+      std::vector<float> want(std::size_t(c.m) * c.n / 2);
+      ref::silu_and_mul(stored.data(), std::size_t(c.m), std::size_t(c.n / 2), want.data());
+      AwqDeviceLayer device(view);
+      REQUIRE(gpu::awq_gemm_fuses_silu_mul(device.weights, c.m));
+      DeviceBuffer<unsigned char> d_x, d_y(want.size() * ref::dtype_size(dtype));
+      DeviceBuffer<unsigned char> d_ws(std::max<std::size_t>(gpu::awq_gemm_workspace_bytes(device.weights, c.m), 1));
+      d_x.upload(to_bytes(x, dtype));
+      for (int call = 0; call < 2; ++call) {
+        d_y.poison();
+        LAUNCH_OK(gpu::awq_gemm_silu_mul(device.weights, d_x.ptr, c.k, dtype, c.m, d_y.ptr, c.n / 2, d_ws.ptr,
+                                         d_ws.bytes(), device.counters.ptr, device.counter_count(), nullptr));
+        report("awq_gemm", fmt("silu_mul %s m=%d n=%d k=%d g%d%s", name_of(dtype), c.m, c.n, c.k, c.group,
+                               call == 1 ? " again" : ""),
+               compare(from_bytes(d_y.download(), dtype), want), dtype == DType::bf16 ? 4e-3 : 6e-4);
+      }
+      report_bool("awq_gemm", fmt("silu_mul %s m=%d n=%d: split counters back at zero", name_of(dtype), c.m, c.n),
+                  device.counters_clear(), "counters left set");
+    }
+  // Where the decode kernel does not take the rows or the shape: refused.
+  {
+    const AwqLayerData layer = make_awq_layer(rng, 192, 256, 64, AwqValues::random);
+    AwqDeviceLayer narrow(layer.view(192, 256, 64));  // 192 columns: not a multiple of 128
+    CHECK_FALSE(gpu::awq_gemm_fuses_silu_mul(narrow.weights, 1));
+    const AwqLayerData wide = make_awq_layer(rng, 256, 256, 128, AwqValues::random);
+    AwqDeviceLayer device(wide.view(256, 256, 128));
+    CHECK(gpu::awq_gemm_fuses_silu_mul(device.weights, 8));
+    CHECK_FALSE(gpu::awq_gemm_fuses_silu_mul(device.weights, 9));
+    DeviceBuffer<unsigned char> any(256 * 16 * 4 + 64);
+    CHECK(gpu::awq_gemm_silu_mul(device.weights, any.ptr, 256, DType::bf16, 9, any.ptr, 128, any.ptr, any.bytes(),
+                                 device.counters.ptr, device.counter_count(), nullptr) == cudaErrorInvalidValue);
+    CHECK(gpu::awq_gemm_silu_mul(narrow.weights, any.ptr, 256, DType::bf16, 1, any.ptr, 96, any.ptr, any.bytes(),
+                                 narrow.counters.ptr, narrow.counter_count(), nullptr) == cudaErrorInvalidValue);
+  }
+}
+
 // The AWQ search's element-wise parts (plugins/awq's CUDA search) equal
 // ref's bit for bit: the scaled rounding error, the clip candidates' errors,
 // and column sums of squares against a double loop. Weights include rows of
