@@ -404,7 +404,7 @@ __global__ void __launch_bounds__(kThreads) awq_gemm_kernel(GemmParams p) {
 
 // ---- decode rows: the weight-streaming kernel -----------------------------
 //
-// With at most 8 rows the roles in the mma swap: y^T = W x^T, the weights
+// With few rows the roles in the mma swap: y^T = W x^T, the weights
 // are the 16-row A operand (two column tiles a product) and x^T the 8-column
 // B operand, so no half of the tensor-core product is padding and a lane's x
 // operand for step s is exactly its 8-byte load x[row][16s + 4t .. +3]
@@ -413,11 +413,19 @@ __global__ void __launch_bounds__(kThreads) awq_gemm_kernel(GemmParams p) {
 // registers 0 and 2 for the even tile of a pair, 1 and 3 for the odd one.
 
 constexpr int kGemvWarps = 4;
-// CTAs of awq_gemv_kernel an SM holds (its launch bound: registers).
-constexpr int gemv_ctas_per_sm(int group_size) { return group_size == 128 ? 4 : 3; }
 constexpr int kGemvTiles = 4;                                // column tiles (n8) a warp
 constexpr int kGemvColumns = kGemvWarps * kGemvTiles * 8;    // per CTA
-constexpr int kGemvMaxRows = 8;                              // B's columns
+// Rows come in groups of 8 (B's columns); a warp multiplies each A fragment
+// it builds with 1, 2 or 4 of them, so the dequantization (most of the
+// kernel's instructions) is shared by up to 32 rows.
+constexpr int kGemvGroupRows = 8;
+constexpr int kGemvMaxRowGroups = 4;
+constexpr int kGemvMaxRows = kGemvGroupRows * kGemvMaxRowGroups;
+constexpr int gemv_row_groups(int m) { return m <= 8 ? 1 : m <= 16 ? 2 : 4; }
+// CTAs of awq_gemv_kernel an SM holds (its launch bound: registers).
+constexpr int gemv_ctas_per_sm(int group_size, int row_groups) {
+  return row_groups > 1 ? 2 : group_size == 128 ? 4 : 3;
+}
 
 // One k-block of a warp's tiles in registers: the codes and, per group, the
 // zero-point word of each tile and the f16 scale of this lane's column.
@@ -469,25 +477,41 @@ __device__ __forceinline__ void gemv_load(GemvBlock<kGroup>& b, const GemvTiles&
   }
 }
 
-// x's part of k-block `kb` as this lane's B operands: step s is
-// x[row][kb*128 + 16s + 4t .. +3] (0 past in_features or for rows past m).
-using GemvX = uint2[awq_k_block / 16];
-template <typename T>
-__device__ __forceinline__ void gemv_load_x(GemvX& xs, const T* x_lane, bool row_valid, int in_features, int kb,
+// x's part of k-block `kb` as this lane's B operands, per row group r: step
+// s is x[8r + row][kb*128 + 16s + 4t .. +3] (0 past in_features or for rows
+// past m).
+template <int R>
+struct GemvX {
+  uint2 s[R][awq_k_block / 16];
+};
+// Where a lane reads x: its row of each group (row 0 for rows past m, whose
+// B columns' sums are never stored).
+template <typename T, int R>
+struct GemvXRows {
+  const T* lane[R];
+  bool valid[R];
+};
+template <typename T, int R>
+__device__ __forceinline__ void gemv_load_x(GemvX<R>& xs, const GemvXRows<T, R>& rows, int in_features, int kb,
                                             int lane) {
   const int k_left = in_features - kb * awq_k_block - (lane & 3) * 4;
   // The whole block inside in_features (every block of Llama's shapes): no
-  // test a step. A lane of a row past m reads row 0 there (x_lane points at
-  // it); its B column's sums are never stored.
+  // test a step.
   if (k_left >= awq_k_block - 12) {
 #pragma unroll
-    for (int s = 0; s < awq_k_block / 16; ++s) xs[s] = *reinterpret_cast<const uint2*>(x_lane + kb * awq_k_block + s * 16);
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int s = 0; s < awq_k_block / 16; ++s)
+        xs.s[r][s] = *reinterpret_cast<const uint2*>(rows.lane[r] + kb * awq_k_block + s * 16);
     return;
   }
 #pragma unroll
-  for (int s = 0; s < awq_k_block / 16; ++s)
-    xs[s] = row_valid && s * 16 < k_left ? *reinterpret_cast<const uint2*>(x_lane + kb * awq_k_block + s * 16)
-                                         : make_uint2(0, 0);
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int s = 0; s < awq_k_block / 16; ++s)
+      xs.s[r][s] = rows.valid[r] && s * 16 < k_left
+                       ? *reinterpret_cast<const uint2*>(rows.lane[r] + kb * awq_k_block + s * 16)
+                       : make_uint2(0, 0);
 }
 
 // acc[p] += this block's product for tiles 2p, 2p+1 (C rows: the lane's
@@ -500,9 +524,9 @@ __device__ __forceinline__ void gemv_load_x(GemvX& xs, const T* x_lane, bool row
 // exact; the f32 sums lose ~7 bits to the cancellation, far below bf16's
 // rounding of the result. f16's offset is 1024 (10 bits lost, too close to
 // f16's own rounding), so f16 subtracts per code as the tile kernel does.
-template <typename T, int kGroup>
-__device__ __forceinline__ void gemv_compute(const GemvBlock<kGroup>& b, const GemvX& xs, int lane,
-                                             float (&acc)[kGemvTiles / 2][4]) {
+template <typename T, int kGroup, int R>
+__device__ __forceinline__ void gemv_compute(const GemvBlock<kGroup>& b, const GemvX<R>& xs, int lane,
+                                             float (&acc)[R][kGemvTiles / 2][4]) {
   using B = GemvBlock<kGroup>;
   constexpr int kStepsPerGroup = kGroup / 16;
   constexpr bool kRowSums = std::is_same_v<T, __nv_bfloat16>;
@@ -517,13 +541,14 @@ __device__ __forceinline__ void gemv_compute(const GemvBlock<kGroup>& b, const G
       if constexpr (kRowSums) return magic_q;
       else return Codes<T>::minus(magic_q, Codes<T>::kMagic | zero[i] | (zero[i] << 16));
     };
-    float part[kGemvTiles / 2][4] = {};
-    float row_sums[4] = {};  // [0] / [1]: sum of x over the group for rows 2(lane % 4) + 0 / 1
+    float part[R][kGemvTiles / 2][4] = {};
+    float row_sums[R][4] = {};  // [r][0] / [1]: sum of x over the group for rows 8r + 2(lane % 4) + 0 / 1
 #pragma unroll
     for (int s = g * kStepsPerGroup; s < (g + 1) * kStepsPerGroup; ++s) {
       if constexpr (kRowSums) {
         const std::uint32_t ones[4] = {kOnes, kOnes, kOnes, kOnes};
-        mma_16816<T>(row_sums, ones, xs[s].x, xs[s].y);
+#pragma unroll
+        for (int r = 0; r < R; ++r) mma_16816<T>(row_sums[r], ones, xs.s[r][s].x, xs.s[r][s].y);
       }
 #pragma unroll
       for (int p = 0; p < kGemvTiles / 2; ++p) {
@@ -532,33 +557,38 @@ __device__ __forceinline__ void gemv_compute(const GemvBlock<kGroup>& b, const G
         const std::uint32_t we = (s / 2 == 0 ? even.x : s / 2 == 1 ? even.y : s / 2 == 2 ? even.z : even.w) >> (8 * (s % 2));
         const std::uint32_t wo = (s / 2 == 0 ? odd.x : s / 2 == 1 ? odd.y : s / 2 == 2 ? odd.z : odd.w) >> (8 * (s % 2));
         const std::uint32_t a[4] = {pair(we, 2 * p), pair(wo, 2 * p + 1), pair(we >> 4, 2 * p), pair(wo >> 4, 2 * p + 1)};
-        mma_16816<T>(part[p], a, xs[s].x, xs[s].y);
+#pragma unroll
+        for (int r = 0; r < R; ++r) mma_16816<T>(part[r][p], a, xs.s[r][s].x, xs.s[r][s].y);
       }
     }
 #pragma unroll
     for (int p = 0; p < kGemvTiles / 2; ++p) {
       const float even = __half2float(__ushort_as_half(b.scales[2 * p][g]));
       const float odd = __half2float(__ushort_as_half(b.scales[2 * p + 1][g]));
-      if constexpr (kRowSums) {
-        const float even_zero = 128.0f + float(zero[2 * p]), odd_zero = 128.0f + float(zero[2 * p + 1]);
-        acc[p][0] += even * (part[p][0] - even_zero * row_sums[0]);
-        acc[p][1] += even * (part[p][1] - even_zero * row_sums[1]);
-        acc[p][2] += odd * (part[p][2] - odd_zero * row_sums[0]);
-        acc[p][3] += odd * (part[p][3] - odd_zero * row_sums[1]);
-      } else {
-        acc[p][0] += even * part[p][0];
-        acc[p][1] += even * part[p][1];
-        acc[p][2] += odd * part[p][2];
-        acc[p][3] += odd * part[p][3];
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        if constexpr (kRowSums) {
+          const float even_zero = 128.0f + float(zero[2 * p]), odd_zero = 128.0f + float(zero[2 * p + 1]);
+          acc[r][p][0] += even * (part[r][p][0] - even_zero * row_sums[r][0]);
+          acc[r][p][1] += even * (part[r][p][1] - even_zero * row_sums[r][1]);
+          acc[r][p][2] += odd * (part[r][p][2] - odd_zero * row_sums[r][0]);
+          acc[r][p][3] += odd * (part[r][p][3] - odd_zero * row_sums[r][1]);
+        } else {
+          acc[r][p][0] += even * part[r][p][0];
+          acc[r][p][1] += even * part[r][p][1];
+          acc[r][p][2] += odd * part[r][p][2];
+          acc[r][p][3] += odd * part[r][p][3];
+        }
       }
     }
   }
 }
 
-// grid (column blocks of kGemvColumns, k splits). Two k-blocks in flight a warp;
-// four CTAs an SM fit in the registers at group 128 (three at 64).
-template <typename T, int kGroup>
-__global__ void __launch_bounds__(kGemvWarps * 32, gemv_ctas_per_sm(kGroup)) awq_gemv_kernel(GemmParams p) {
+// grid (column blocks of kGemvColumns, k splits), R row groups of 8. Two
+// k-blocks of codes in flight a warp; with one row group four CTAs an SM fit
+// in the registers at group 128 (three at 64), with more two.
+template <typename T, int kGroup, int R>
+__global__ void __launch_bounds__(kGemvWarps * 32, gemv_ctas_per_sm(kGroup, R)) awq_gemv_kernel(GemmParams p) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   // With SiLU the CTA's first warps take gate columns, the others the matching up ones.
   constexpr int kHalfWarps = kGemvWarps / 2;
@@ -579,47 +609,70 @@ __global__ void __launch_bounds__(kGemvWarps * 32, gemv_ctas_per_sm(kGroup)) awq
   if (blocks > 1) gemv_load(odd, tiles, p.w, kb_begin + 1);
   wait_for_previous_grid();  // x is the previous kernel's output
 
-  const int row = lane >> 2;  // the B column this lane loads
-  const bool row_valid = row < p.m;
-  const T* x_lane = static_cast<const T*>(p.x) + std::int64_t(row_valid ? row : 0) * p.x_stride + (lane & 3) * 4;
-  float acc[kGemvTiles / 2][4] = {};
-  // x one block ahead of the math (L1/L2 hits, but not free), codes two.
-  GemvX x_even, x_odd;
-  gemv_load_x(x_even, x_lane, row_valid, p.w.in_features, kb_begin, lane);
-  for (int i = 0; i < blocks; i += 2) {
-    const int kb = kb_begin + i;
-    if (i + 1 < blocks) gemv_load_x(x_odd, x_lane, row_valid, p.w.in_features, kb + 1, lane);
-    gemv_compute<T>(even, x_even, lane, acc);
-    if (i + 2 < blocks) gemv_load(even, tiles, p.w, kb + 2);
-    if (i + 1 < blocks) {
-      if (i + 2 < blocks) gemv_load_x(x_even, x_lane, row_valid, p.w.in_features, kb + 2, lane);
-      gemv_compute<T>(odd, x_odd, lane, acc);
-      if (i + 3 < blocks) gemv_load(odd, tiles, p.w, kb + 3);
+  GemvXRows<T, R> x_rows;  // the B column this lane loads in each row group
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int row = r * kGemvGroupRows + (lane >> 2);
+    x_rows.valid[r] = row < p.m;
+    x_rows.lane[r] = static_cast<const T*>(p.x) + std::int64_t(x_rows.valid[r] ? row : 0) * p.x_stride + (lane & 3) * 4;
+  }
+  float acc[R][kGemvTiles / 2][4] = {};
+  if constexpr (R == 1) {
+    // x one block ahead of the math (L1/L2 hits, but not free), codes two.
+    GemvX<R> x_even, x_odd;
+    gemv_load_x(x_even, x_rows, p.w.in_features, kb_begin, lane);
+    for (int i = 0; i < blocks; i += 2) {
+      const int kb = kb_begin + i;
+      if (i + 1 < blocks) gemv_load_x(x_odd, x_rows, p.w.in_features, kb + 1, lane);
+      gemv_compute<T>(even, x_even, lane, acc);
+      if (i + 2 < blocks) gemv_load(even, tiles, p.w, kb + 2);
+      if (i + 1 < blocks) {
+        if (i + 2 < blocks) gemv_load_x(x_even, x_rows, p.w.in_features, kb + 2, lane);
+        gemv_compute<T>(odd, x_odd, lane, acc);
+        if (i + 3 < blocks) gemv_load(odd, tiles, p.w, kb + 3);
+      }
+    }
+  } else {
+    // More row groups: x's registers (16 a group a block) leave no room for
+    // a second block of them, so x is read just before its block's math.
+    GemvX<R> xs;
+    for (int i = 0; i < blocks; i += 2) {
+      const int kb = kb_begin + i;
+      gemv_load_x(xs, x_rows, p.w.in_features, kb, lane);
+      gemv_compute<T>(even, xs, lane, acc);
+      if (i + 2 < blocks) gemv_load(even, tiles, p.w, kb + 2);
+      if (i + 1 < blocks) {
+        gemv_load_x(xs, x_rows, p.w.in_features, kb + 1, lane);
+        gemv_compute<T>(odd, xs, lane, acc);
+        if (i + 3 < blocks) gemv_load(odd, tiles, p.w, kb + 3);
+      }
     }
   }
   allow_next_grid_to_launch();
-  // C rows: column (tile0 + 2p [+1]) * 8 + lane/4; C columns: x rows 2(lane % 4) + 0/1.
+  // C rows: column (tile0 + 2p [+1]) * 8 + lane/4; C columns: x rows 8r + 2(lane % 4) + 0/1.
 #pragma unroll
-  for (int q = 0; q < kGemvTiles / 2; ++q)
+  for (int r = 0; r < R; ++r)
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int col = (tile0 + 2 * q + half) * 8 + (lane >> 2);
-      if (col >= p.w.out_features) continue;
+    for (int q = 0; q < kGemvTiles / 2; ++q)
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int out_row = (lane & 3) * 2 + e;
-        if (out_row >= p.m) continue;
-        const float v = acc[q][2 * half + e];
-        if (gridDim.y == 1 && p.silu_half == 0)
-          static_cast<T*>(p.y)[out_row * p.y_stride + col] = from_f32<T>(v);
-        else
-          p.partial[(std::size_t(blockIdx.y) * p.m + out_row) * p.w.out_features + col] = v;
+      for (int half = 0; half < 2; ++half) {
+        const int col = (tile0 + 2 * q + half) * 8 + (lane >> 2);
+        if (col >= p.w.out_features) continue;
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int out_row = r * kGemvGroupRows + (lane & 3) * 2 + e;
+          if (out_row >= p.m) continue;
+          const float v = acc[r][q][2 * half + e];
+          if (gridDim.y == 1 && p.silu_half == 0)
+            static_cast<T*>(p.y)[out_row * p.y_stride + col] = from_f32<T>(v);
+          else
+            p.partial[(std::size_t(blockIdx.y) * p.m + out_row) * p.w.out_features + col] = v;
+        }
       }
-    }
   if (p.silu_half != 0)
-    finish_silu_mul<T>(p, kGemvMaxRows, blockIdx.x * (kGemvColumns / 2), kGemvColumns / 2);
+    finish_silu_mul<T>(p, R * kGemvGroupRows, blockIdx.x * (kGemvColumns / 2), kGemvColumns / 2);
   else if (gridDim.y > 1)
-    finish_splits<T>(p, 0, kGemvMaxRows, blockIdx.x * kGemvColumns, kGemvColumns);
+    finish_splits<T>(p, 0, R * kGemvGroupRows, blockIdx.x * kGemvColumns, kGemvColumns);
 }
 
 // W [n, k] from the codes: one thread per (column tile, k-block, lane), its
@@ -676,19 +729,25 @@ int device_sms() {
 // 29.5 us, 448 took 25.4; H100, docs/benchmarks.md).
 struct Plan {
   bool gemv = false;
+  int row_groups = 1;  // the decode kernel's
   int m_tiles = 1;
   int splits = 1;
   int blocks_per_split = 1;
   dim3 grid;
 };
-bool takes_gemv(const AwqDeviceWeights& w, int m) { return m <= kGemvMaxRows && w.group_size >= 64; }
+// Group 64 holds twice the zero points and scales a k-block: four row
+// groups spill there, so it stops at two (16 rows).
+bool takes_gemv(const AwqDeviceWeights& w, int m) {
+  return w.group_size >= 64 && m <= (w.group_size == 128 ? kGemvMaxRows : 2 * kGemvGroupRows);
+}
 Plan plan_for(const AwqDeviceWeights& w, int m, int sms, int ctas_per_sm = 0) {
   Plan plan;
   plan.gemv = takes_gemv(w, m);
+  plan.row_groups = gemv_row_groups(m);
   plan.m_tiles = m <= 16 ? 1 : (m <= 32 ? 2 : 4);
   const int rows = plan.gemv ? kGemvMaxRows : 16 * plan.m_tiles;
   const int columns = plan.gemv ? kGemvColumns : kColumns;
-  if (ctas_per_sm == 0) ctas_per_sm = plan.gemv ? gemv_ctas_per_sm(w.group_size) : 3;
+  if (ctas_per_sm == 0) ctas_per_sm = plan.gemv ? gemv_ctas_per_sm(w.group_size, plan.row_groups) : 3;
   const int col_blocks = (w.out_features + columns - 1) / columns, row_blocks = (m + rows - 1) / rows;
   const int k_blocks = w.padded_in / awq_k_block;
   const long long ctas = static_cast<long long>(col_blocks) * row_blocks, target = 1ll * ctas_per_sm * sms;
@@ -738,7 +797,13 @@ cudaError_t launch_gemm(const GemmParams& params, const Plan& plan, cudaStream_t
 
 template <typename T, int kGroup>
 cudaError_t launch_gemv(const GemmParams& params, const Plan& plan, cudaStream_t stream) {
-  return launch_dependent(awq_gemv_kernel<T, kGroup>, plan.grid, kGemvWarps * 32, 0, params, stream);
+  if (plan.row_groups == 1)
+    return launch_dependent(awq_gemv_kernel<T, kGroup, 1>, plan.grid, kGemvWarps * 32, 0, params, stream);
+  if (plan.row_groups == 2 || kGroup != 128)
+    return launch_dependent(awq_gemv_kernel<T, kGroup, 2>, plan.grid, kGemvWarps * 32, 0, params, stream);
+  if constexpr (kGroup == 128)
+    return launch_dependent(awq_gemv_kernel<T, kGroup, 4>, plan.grid, kGemvWarps * 32, 0, params, stream);
+  return cudaErrorInvalidValue;
 }
 
 template <typename T, int kMTiles>

@@ -45,11 +45,14 @@
 // far below the bf16 rounding of the result.
 //
 // Two kernels read the layout:
-//  - decode rows (m <= 8, group 64 or 128): the weights are the mma's A
-//    operand and x^T its B operand; each warp streams the codes of four
-//    column tiles straight from memory into registers, two k-blocks ahead,
-//    with x one block ahead from L1; no shared memory. The weight-streaming
-//    kernel: bound by bytes in flight and instruction latency (NOTES.md).
+//  - decode rows (m <= 32 at group 128, <= 16 at 64): the weights are the
+//    mma's A operand and x^T its B operand, 8 rows of x a product; each
+//    warp streams the codes of four column tiles straight from memory into
+//    registers, two k-blocks ahead, and multiplies each A fragment it
+//    dequantizes with every 8-row group of x (1, 2 or 4), x one block ahead
+//    from L1 for one group, read just before use for more; no shared
+//    memory. The weight-streaming kernel: bound by instructions a byte
+//    (NOTES.md).
 //  - more rows (and group 32): a CTA of 4 warps computes 64 columns x up to
 //    64 rows over a range of k; x tiles, codes and group parameters flow
 //    through shared memory in a cp.async pipeline.
@@ -127,8 +130,8 @@ cudaError_t awq_gemm(const AwqDeviceWeights& weights, const void* x, std::int64_
 // rows: out[r, j] = silu(gate_j) * up_j, [m, n / 2] in dtype, each product
 // rounded to dtype first (twin of ref::awq_gemm, rounding, then
 // ref::silu_and_mul), so no [m, n] product is written or launched for.
-// Taken by the decode kernel only: awq_gemm_fuses_silu_mul says when (up to
-// 8 rows, group 64 or 128, n a multiple of 128); cudaErrorInvalidValue
+// Taken by the decode kernel only: awq_gemm_fuses_silu_mul says when (its
+// rows, n a multiple of 128); cudaErrorInvalidValue
 // otherwise, and for what awq_gemm refuses. The sums always pass through the
 // workspace (awq_gemm_workspace_bytes covers it).
 bool awq_gemm_fuses_silu_mul(const AwqDeviceWeights& weights, int m);
@@ -145,7 +148,7 @@ cudaError_t awq_gemm_silu_mul(const AwqDeviceWeights& weights, const void* x, st
 cudaError_t awq_dequantize(const AwqDeviceWeights& weights, DType dtype, void* weight, cudaStream_t stream);
 
 // For test_kernels_cuda --bench only: the decode-row kernel (bf16, group
-// 128, m <= 8, x and y contiguous) with another split-k target (CTAs per
+// 128, its rows, x and y contiguous) with another split-k target (CTAs per
 // SM), to measure the choice awq_gemm makes.
 cudaError_t awq_gemm_sweep(const AwqDeviceWeights& weights, const void* x, int m, void* y, void* workspace,
                            std::size_t workspace_bytes, std::uint32_t* counters, int counter_count, int ctas_per_sm,

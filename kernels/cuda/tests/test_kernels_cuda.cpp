@@ -1523,6 +1523,10 @@ TEST_CASE("awq_gemm") {
       {4, 4096, 4096, 64, AwqValues::random, "o_proj"},
       {16, 1024, 1024, 32, AwqValues::random, "rows=16"},
       {17, 520, 384, 128, AwqValues::random, "rows=17"},
+      {12, 4096, 4096, 128, AwqValues::random, "decode, two row groups"},
+      {32, 6144, 4096, 128, AwqValues::random, "decode, four row groups"},
+      {16, 520, 192, 64, AwqValues::random, "decode g64 padded, two row groups"},
+      {24, 256, 1024, 128, AwqValues::zero_scales, "decode, zero scales"},
       {33, 264, 256, 64, AwqValues::random, "rows=33"},
       {300, 1032, 640, 128, AwqValues::random, "rows=300"},
       {3, 72, 192, 64, AwqValues::random, "k=192 padded"},
@@ -1610,8 +1614,8 @@ TEST_CASE("awq_gemm") {
 
 // awq_gemm_silu_mul on [gate | up] layers: ref::awq_gemm, each product
 // rounded to dtype (as the unfused path stores it), then ref::silu_and_mul;
-// one and several k splits, a padded k-block, a layer of one value. The
-// decode kernel only (up to 8 rows; n a multiple of 128; group 64 or 128).
+// one and several k splits, one to four row groups, a padded k-block, a
+// layer of one value. The decode kernel only (n a multiple of 128).
 TEST_CASE("awq_gemm_silu_mul") {
   auto rng = rng_for("awq_gemm_silu_mul");
   struct Case {
@@ -1620,6 +1624,7 @@ TEST_CASE("awq_gemm_silu_mul") {
   };
   for (const DType dtype : half_dtypes)
     for (const Case& c : {Case{1, 28672, 4096, 128, AwqValues::random}, Case{8, 256, 1024, 64, AwqValues::random},
+                          Case{32, 28672, 4096, 128, AwqValues::random}, Case{13, 1024, 512, 64, AwqValues::random},
                           Case{3, 1024, 192, 64, AwqValues::random}, Case{5, 512, 512, 128, AwqValues::all_equal}}) {
       const AwqLayerData layer = make_awq_layer(rng, c.n, c.k, c.group, c.values);
       const ref::AwqWeights view = layer.view(c.n, c.k, c.group);
@@ -1652,10 +1657,11 @@ TEST_CASE("awq_gemm_silu_mul") {
     CHECK_FALSE(gpu::awq_gemm_fuses_silu_mul(narrow.weights, 1));
     const AwqLayerData wide = make_awq_layer(rng, 256, 256, 128, AwqValues::random);
     AwqDeviceLayer device(wide.view(256, 256, 128));
-    CHECK(gpu::awq_gemm_fuses_silu_mul(device.weights, 8));
-    CHECK_FALSE(gpu::awq_gemm_fuses_silu_mul(device.weights, 9));
-    DeviceBuffer<unsigned char> any(256 * 16 * 4 + 64);
-    CHECK(gpu::awq_gemm_silu_mul(device.weights, any.ptr, 256, DType::bf16, 9, any.ptr, 128, any.ptr, any.bytes(),
+    CHECK(gpu::awq_gemm_fuses_silu_mul(device.weights, 32));
+    CHECK_FALSE(gpu::awq_gemm_fuses_silu_mul(device.weights, 33));
+    CHECK(gpu::awq_gemm_fuses_silu_mul(narrow.weights, 1) == false);
+    DeviceBuffer<unsigned char> any(256 * 40 * 4 + 64);
+    CHECK(gpu::awq_gemm_silu_mul(device.weights, any.ptr, 256, DType::bf16, 33, any.ptr, 128, any.ptr, any.bytes(),
                                  device.counters.ptr, device.counter_count(), nullptr) == cudaErrorInvalidValue);
     CHECK(gpu::awq_gemm_silu_mul(narrow.weights, any.ptr, 256, DType::bf16, 1, any.ptr, 96, any.ptr, any.bytes(),
                                  narrow.counters.ptr, narrow.counter_count(), nullptr) == cudaErrorInvalidValue);
