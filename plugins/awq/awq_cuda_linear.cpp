@@ -80,8 +80,8 @@ class AwqCudaLinear final : public LinearLayer {
     return out;
   }
 
-  // SiLU-and-multiply where the decode kernel takes the rows (up to 8; the
-  // tile kernel and the cuBLAS path leave it to the model).
+  // SiLU-and-multiply where the decode kernel takes the rows (up to 32 at
+  // group 128; the tile kernel and the cuBLAS path leave it to the model).
   uint32_t fused_epilogues(int64_t rows) const noexcept override {
     return rows <= std::numeric_limits<int>::max() && cuda::awq_gemm_fuses_silu_mul(weights_, int(rows))
                ? kEpilogueSiluMul

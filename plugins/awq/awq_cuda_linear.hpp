@@ -1,7 +1,7 @@
 // awq's layers on a CUDA GPU: the checkpoint's packed tensors repacked once
 // into kernels/cuda's W4A16 layout (cuda/awq_gemm.hpp) and multiplied by
-// awq_gemm in bf16 or f16 for up to 64 rows (up to 8 rows with
-// SiLU-and-multiply fused when asked: awq_gemm_silu_mul); above that W is
+// awq_gemm in bf16 or f16 for up to 64 rows (SiLU-and-multiply fused when
+// asked where the decode kernel takes the rows: awq_gemm_silu_mul); above that W is
 // dequantized into the workspace and multiplied by cuBLAS (faster there,
 // measured). Built only with CUDA (HOSTRUN_AWQ_CUDA).
 #pragma once
