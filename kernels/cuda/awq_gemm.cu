@@ -617,7 +617,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, gemv_ctas_per_sm(kGroup, R)) 
     x_rows.lane[r] = static_cast<const T*>(p.x) + std::int64_t(x_rows.valid[r] ? row : 0) * p.x_stride + (lane & 3) * 4;
   }
   float acc[R][kGemvTiles / 2][4] = {};
-  if constexpr (R == 1) {
+  if constexpr (R <= 2) {
     // x one block ahead of the math (L1/L2 hits, but not free), codes two.
     GemvX<R> x_even, x_odd;
     gemv_load_x(x_even, x_rows, p.w.in_features, kb_begin, lane);
@@ -633,7 +633,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, gemv_ctas_per_sm(kGroup, R)) 
       }
     }
   } else {
-    // More row groups: x's registers (16 a group a block) leave no room for
+    // Four row groups: x's registers (16 a group a block) leave no room for
     // a second block of them, so x is read just before its block's math.
     GemvX<R> xs;
     for (int i = 0; i < blocks; i += 2) {
