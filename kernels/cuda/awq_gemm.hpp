@@ -50,8 +50,8 @@
 //    warp streams the codes of four column tiles straight from memory into
 //    registers, two k-blocks ahead, and multiplies each A fragment it
 //    dequantizes with every 8-row group of x (1, 2 or 4), x one block ahead
-//    from L1 for one group, read just before use for more; no shared
-//    memory. The weight-streaming kernel: bound by instructions a byte
+//    from L1 for one or two groups, read just before use for four; no
+//    shared memory. The weight-streaming kernel: bound by instructions a byte
 //    (NOTES.md).
 //  - more rows (and group 32): a CTA of 4 warps computes 64 columns x up to
 //    64 rows over a range of k; x tiles, codes and group parameters flow
