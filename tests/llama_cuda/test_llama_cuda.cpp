@@ -284,7 +284,7 @@ class RecordingObserver final : public CalibrationObserver {
     host_f32 &= x.rank == 2 && x.dtype == DType::f32 && x.device.kind == DeviceKind::cpu && x.is_contiguous();
     if (!host_f32) return;
     const std::string name(linear);
-    if (order.empty() || std::find(order.begin(), order.end(), name) == order.end()) order.push_back(name);
+    if (std::find(order.begin(), order.end(), name) == order.end()) order.push_back(name);
     in_features[name] = x.shape[1];
     std::vector<float>& rows = inputs[name];
     rows.insert(rows.end(), x.as<const float>(), x.as<const float>() + x.numel());
