@@ -306,11 +306,16 @@ __device__ __forceinline__ void finish_splits(const GemmParams& p, int row_begin
   rows = min(rows, p.m - row_begin);
   columns = min(columns, p.w.out_features - col_begin);
   const int pairs = columns / 2;
+  // Up to 64 rows x 128 columns x the splits from L2: the splits' loads of a
+  // pair four at a time (the sums stay in split order).
   for (int i = threadIdx.x; i < rows * pairs; i += blockDim.x) {
     const int row = row_begin + i / pairs, col = col_begin + (i % pairs) * 2;
+    const float* sums = p.partial + std::size_t(row) * p.w.out_features + col;
+    const std::size_t split_stride = std::size_t(p.m) * p.w.out_features;
     float2 sum = make_float2(0.0f, 0.0f);
+#pragma unroll 4
     for (int s = 0; s < int(gridDim.y); ++s) {
-      const float2 v = __ldcg(reinterpret_cast<const float2*>(p.partial + (std::size_t(s) * p.m + row) * p.w.out_features + col));
+      const float2 v = __ldcg(reinterpret_cast<const float2*>(sums + s * split_stride));
       sum.x += v.x;
       sum.y += v.y;
     }
@@ -323,13 +328,15 @@ __device__ __forceinline__ void finish_splits(const GemmParams& p, int row_begin
 // up columns, rounds each to T (as the product would be stored) and writes
 // silu(gate) * up.
 template <typename T>
-__device__ __forceinline__ void finish_silu_mul(const GemmParams& p, int rows, int col_begin, int columns) {
+__device__ __forceinline__ void finish_silu_mul(const GemmParams& p, int row_begin, int rows, int col_begin,
+                                                int columns) {
   if (!last_split_arrived(p)) return;
-  rows = min(rows, p.m);
+  rows = min(rows, p.m - row_begin);
   const int n = p.w.out_features;
   for (int i = threadIdx.x; i < rows * columns; i += blockDim.x) {
-    const int row = i / columns, col = col_begin + i % columns;
+    const int row = row_begin + i / columns, col = col_begin + i % columns;
     float gate = 0.0f, up = 0.0f;
+#pragma unroll 4
     for (int s = 0; s < int(gridDim.y); ++s) {
       const float* sums = p.partial + (std::size_t(s) * p.m + row) * n;
       gate += __ldcg(sums + col);
@@ -416,12 +423,19 @@ constexpr int kGemvWarps = 4;
 constexpr int kGemvTiles = 4;                                // column tiles (n8) a warp
 constexpr int kGemvColumns = kGemvWarps * kGemvTiles * 8;    // per CTA
 // Rows come in groups of 8 (B's columns); a warp multiplies each A fragment
-// it builds with 1, 2 or 4 of them, so the dequantization (most of the
-// kernel's instructions) is shared by up to 32 rows.
+// it builds with 1, 2, 4 or 8 of them, so the dequantization (most of the
+// kernel's instructions) is shared by up to 64 rows. From 4 groups on x is
+// staged per CTA in shared memory (kStagedRowGroups).
 constexpr int kGemvGroupRows = 8;
-constexpr int kGemvMaxRowGroups = 4;
-constexpr int kGemvMaxRows = kGemvGroupRows * kGemvMaxRowGroups;
-constexpr int gemv_row_groups(int m) { return m <= 8 ? 1 : m <= 16 ? 2 : 4; }
+constexpr int kGemvMaxRowGroups = 8;
+constexpr int kGemvMaxRows = kGemvGroupRows * kGemvMaxRowGroups;  // a CTA's
+// Above kGemvMaxRows the grid has a row block per 64 rows, each reading the
+// codes again. Three blocks (192 rows) still beat W dequantized for cuBLAS
+// (gate/up 188 against 218 us, H100); at four the grid runs 3.4 waves and
+// takes twice as long, so the kernel stops at 192.
+constexpr int kGemvMaxCallRows = 192;
+constexpr int kStagedRowGroups = 4;
+constexpr int gemv_row_groups(int m) { return m <= 8 ? 1 : m <= 16 ? 2 : m <= 32 ? 4 : 8; }
 // CTAs of awq_gemv_kernel an SM holds (its launch bound: registers).
 constexpr int gemv_ctas_per_sm(int group_size, int row_groups) {
   return row_groups > 1 ? 2 : group_size == 128 ? 4 : 3;
@@ -517,19 +531,38 @@ __device__ __forceinline__ void gemv_load_x(GemvX<R>& xs, const GemvXRows<T, R>&
 // acc[p] += this block's product for tiles 2p, 2p+1 (C rows: the lane's
 // column lane/4 of each; C columns: x rows 2(lane % 4) + 0/1).
 //
-// bf16 skips the per-code zero-point subtraction: A holds 128 + q as the OR
-// makes it, and each group's product is corrected with the group's row sums
-// of x (one more mma per step, against a fragment of ones, shared by every
-// tile): sum (q - z) x = sum (128 + q) x - (128 + z) sum x. Products stay
-// exact; the f32 sums lose ~7 bits to the cancellation, far below bf16's
-// rounding of the result. f16's offset is 1024 (10 bits lost, too close to
-// f16's own rounding), so f16 subtracts per code as the tile kernel does.
-template <typename T, int kGroup, int R>
-__device__ __forceinline__ void gemv_compute(const GemvBlock<kGroup>& b, const GemvX<R>& xs, int lane,
+// bf16 with one or two row groups skips the per-code zero-point
+// subtraction: A holds 128 + q as the OR makes it, and each group's product
+// is corrected with the group's row sums of x (one more mma per step and
+// row group, against a fragment of ones, shared by every tile):
+// sum (q - z) x = sum (128 + q) x - (128 + z) sum x. Products stay exact;
+// the f32 sums lose ~7 bits to the cancellation, far below bf16's rounding
+// of the result. f16's offset is 1024 (10 bits lost, too close to f16's own
+// rounding), so f16 subtracts per code as the tile kernel does, and so does
+// bf16 from four row groups on, where the row sums' mmas cost more than the
+// subtraction (gate/up at 64 rows: 83.8 -> 64.0 us, H100).
+// x's B operands held in registers (GemvX) ...
+template <int R>
+struct RegisterX {
+  const GemvX<R>& xs;
+  __device__ __forceinline__ uint2 at(int r, int s) const { return xs.s[r][s]; }
+};
+// ... or read from the CTA's staged block: rows 8 apart by kXPitch bytes, so
+// a half-warp's 8-byte reads (4 rows x 4 lanes) fall on 32 distinct banks.
+constexpr int kXPitch = awq_k_block * 2 + 32;
+struct StagedX {
+  const unsigned char* lane;  // row lane/4, k 4 (lane % 4) of the block
+  __device__ __forceinline__ uint2 at(int r, int s) const {
+    return *reinterpret_cast<const uint2*>(lane + r * kGemvGroupRows * kXPitch + s * 32);
+  }
+};
+
+template <typename T, int kGroup, int R, typename XSource>
+__device__ __forceinline__ void gemv_compute(const GemvBlock<kGroup>& b, const XSource& x, int lane,
                                              float (&acc)[R][kGemvTiles / 2][4]) {
   using B = GemvBlock<kGroup>;
   constexpr int kStepsPerGroup = kGroup / 16;
-  constexpr bool kRowSums = std::is_same_v<T, __nv_bfloat16>;
+  constexpr bool kRowSums = std::is_same_v<T, __nv_bfloat16> && R < kStagedRowGroups;
   constexpr std::uint32_t kOnes = 0x3f803f80u;  // bf16 1.0, twice
 #pragma unroll
   for (int g = 0; g < B::kGroups; ++g) {
@@ -548,7 +581,10 @@ __device__ __forceinline__ void gemv_compute(const GemvBlock<kGroup>& b, const G
       if constexpr (kRowSums) {
         const std::uint32_t ones[4] = {kOnes, kOnes, kOnes, kOnes};
 #pragma unroll
-        for (int r = 0; r < R; ++r) mma_16816<T>(row_sums[r], ones, xs.s[r][s].x, xs.s[r][s].y);
+        for (int r = 0; r < R; ++r) {
+          const uint2 v = x.at(r, s);
+          mma_16816<T>(row_sums[r], ones, v.x, v.y);
+        }
       }
 #pragma unroll
       for (int p = 0; p < kGemvTiles / 2; ++p) {
@@ -558,7 +594,10 @@ __device__ __forceinline__ void gemv_compute(const GemvBlock<kGroup>& b, const G
         const std::uint32_t wo = (s / 2 == 0 ? odd.x : s / 2 == 1 ? odd.y : s / 2 == 2 ? odd.z : odd.w) >> (8 * (s % 2));
         const std::uint32_t a[4] = {pair(we, 2 * p), pair(wo, 2 * p + 1), pair(we >> 4, 2 * p), pair(wo >> 4, 2 * p + 1)};
 #pragma unroll
-        for (int r = 0; r < R; ++r) mma_16816<T>(part[r][p], a, xs.s[r][s].x, xs.s[r][s].y);
+        for (int r = 0; r < R; ++r) {
+          const uint2 v = x.at(r, s);
+          mma_16816<T>(part[r][p], a, v.x, v.y);
+        }
       }
     }
 #pragma unroll
@@ -584,7 +623,21 @@ __device__ __forceinline__ void gemv_compute(const GemvBlock<kGroup>& b, const G
   }
 }
 
-// grid (column blocks of kGemvColumns, k splits), R row groups of 8. Two
+// The CTA's x rows (8R of them from row0) of k-block kb into `dst` by
+// cp.async, zeros past m and past in_features.
+template <typename T, int R>
+__device__ __forceinline__ void stage_x(unsigned char* dst, const GemmParams& p, int row0, int kb) {
+  constexpr int kChunks = awq_k_block / 8;  // 16-byte pieces a row
+  const T* x = static_cast<const T*>(p.x);
+#pragma unroll
+  for (int c = threadIdx.x; c < R * kGemvGroupRows * kChunks; c += kGemvWarps * 32) {
+    const int row = c / kChunks, k = kb * awq_k_block + (c % kChunks) * 8;
+    const bool valid = row0 + row < p.m && k < p.w.in_features;
+    cp_async_16(dst + row * kXPitch + (c % kChunks) * 16, valid ? x + (row0 + row) * p.x_stride + k : x, valid);
+  }
+}
+
+// grid (column blocks of kGemvColumns, k splits, row blocks of 64), R row groups of 8. Two
 // k-blocks of codes in flight a warp; with one row group four CTAs an SM fit
 // in the registers at group 128 (three at 64), with more two.
 template <typename T, int kGroup, int R>
@@ -599,6 +652,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, gemv_ctas_per_sm(kGroup, R)) 
   const int kb_begin = blockIdx.y * p.blocks_per_split;
   const int blocks = min(k_blocks - kb_begin, p.blocks_per_split);
   const int first = tile0 < n_tiles ? tile0 : 0;  // loads stay inside the arrays
+  const int row0 = blockIdx.z * kGemvMaxRows;  // above 64 rows a CTA takes 64 of them
   GemvTiles tiles;
   tiles.codes = p.w.codes + awq_tile_index(first, 0, k_blocks) * 32 * 4 + lane * 4;
   tiles.zeros = p.w.zeros + first;
@@ -609,43 +663,55 @@ __global__ void __launch_bounds__(kGemvWarps * 32, gemv_ctas_per_sm(kGroup, R)) 
   if (blocks > 1) gemv_load(odd, tiles, p.w, kb_begin + 1);
   wait_for_previous_grid();  // x is the previous kernel's output
 
-  GemvXRows<T, R> x_rows;  // the B column this lane loads in each row group
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const int row = r * kGemvGroupRows + (lane >> 2);
-    x_rows.valid[r] = row < p.m;
-    x_rows.lane[r] = static_cast<const T*>(p.x) + std::int64_t(x_rows.valid[r] ? row : 0) * p.x_stride + (lane & 3) * 4;
-  }
   float acc[R][kGemvTiles / 2][4] = {};
-  if constexpr (R <= 2) {
+  if constexpr (R < kStagedRowGroups) {
+    GemvXRows<T, R> x_rows;  // the B column this lane loads in each row group
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int row = row0 + r * kGemvGroupRows + (lane >> 2);
+      x_rows.valid[r] = row < p.m;
+      x_rows.lane[r] =
+          static_cast<const T*>(p.x) + std::int64_t(x_rows.valid[r] ? row : 0) * p.x_stride + (lane & 3) * 4;
+    }
     // x one block ahead of the math (L1/L2 hits, but not free), codes two.
     GemvX<R> x_even, x_odd;
     gemv_load_x(x_even, x_rows, p.w.in_features, kb_begin, lane);
     for (int i = 0; i < blocks; i += 2) {
       const int kb = kb_begin + i;
       if (i + 1 < blocks) gemv_load_x(x_odd, x_rows, p.w.in_features, kb + 1, lane);
-      gemv_compute<T>(even, x_even, lane, acc);
+      gemv_compute<T, kGroup, R>(even, RegisterX<R>{x_even}, lane, acc);
       if (i + 2 < blocks) gemv_load(even, tiles, p.w, kb + 2);
       if (i + 1 < blocks) {
         if (i + 2 < blocks) gemv_load_x(x_even, x_rows, p.w.in_features, kb + 2, lane);
-        gemv_compute<T>(odd, x_odd, lane, acc);
+        gemv_compute<T, kGroup, R>(odd, RegisterX<R>{x_odd}, lane, acc);
         if (i + 3 < blocks) gemv_load(odd, tiles, p.w, kb + 3);
       }
     }
   } else {
-    // Four row groups: x's registers (16 a group a block) leave no room for
-    // a second block of them, so x is read just before its block's math.
-    GemvX<R> xs;
-    for (int i = 0; i < blocks; i += 2) {
+    // Four or eight row groups: x's registers (16 a group a block) would not
+    // fit, so the CTA stages each block of x once in shared memory (one copy
+    // for its four warps), the next block in flight by cp.async while this
+    // one is multiplied.
+    extern __shared__ __align__(16) unsigned char staged[];
+    constexpr int kStageBytes = R * kGemvGroupRows * kXPitch;
+    const int lane_offset = (lane >> 2) * kXPitch + (lane & 3) * 8;
+    stage_x<T, R>(staged, p, row0, kb_begin);
+    cp_async_commit();
+    for (int i = 0; i < blocks; ++i) {
       const int kb = kb_begin + i;
-      gemv_load_x(xs, x_rows, p.w.in_features, kb, lane);
-      gemv_compute<T>(even, xs, lane, acc);
-      if (i + 2 < blocks) gemv_load(even, tiles, p.w, kb + 2);
-      if (i + 1 < blocks) {
-        gemv_load_x(xs, x_rows, p.w.in_features, kb + 1, lane);
-        gemv_compute<T>(odd, xs, lane, acc);
-        if (i + 3 < blocks) gemv_load(odd, tiles, p.w, kb + 3);
+      if (i + 1 < blocks) stage_x<T, R>(staged + ((i + 1) % 2) * kStageBytes, p, row0, kb + 1);
+      cp_async_commit();  // an empty group at the last block keeps the count
+      cp_async_wait<1>();
+      __syncthreads();  // block i's x, copied by every thread, is in place
+      const StagedX x{staged + (i % 2) * kStageBytes + lane_offset};
+      if (i % 2 == 0) {
+        gemv_compute<T, kGroup, R>(even, x, lane, acc);
+        if (i + 2 < blocks) gemv_load(even, tiles, p.w, kb + 2);
+      } else {
+        gemv_compute<T, kGroup, R>(odd, x, lane, acc);
+        if (i + 2 < blocks) gemv_load(odd, tiles, p.w, kb + 2);
       }
+      __syncthreads();  // every warp is done with this buffer before block i + 2 is staged into it
     }
   }
   allow_next_grid_to_launch();
@@ -660,7 +726,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, gemv_ctas_per_sm(kGroup, R)) 
         if (col >= p.w.out_features) continue;
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const int out_row = r * kGemvGroupRows + (lane & 3) * 2 + e;
+          const int out_row = row0 + r * kGemvGroupRows + (lane & 3) * 2 + e;
           if (out_row >= p.m) continue;
           const float v = acc[r][q][2 * half + e];
           if (gridDim.y == 1 && p.silu_half == 0)
@@ -670,9 +736,9 @@ __global__ void __launch_bounds__(kGemvWarps * 32, gemv_ctas_per_sm(kGroup, R)) 
         }
       }
   if (p.silu_half != 0)
-    finish_silu_mul<T>(p, R * kGemvGroupRows, blockIdx.x * (kGemvColumns / 2), kGemvColumns / 2);
+    finish_silu_mul<T>(p, row0, R * kGemvGroupRows, blockIdx.x * (kGemvColumns / 2), kGemvColumns / 2);
   else if (gridDim.y > 1)
-    finish_splits<T>(p, 0, R * kGemvGroupRows, blockIdx.x * kGemvColumns, kGemvColumns);
+    finish_splits<T>(p, row0, R * kGemvGroupRows, blockIdx.x * kGemvColumns, kGemvColumns);
 }
 
 // W [n, k] from the codes: one thread per (column tile, k-block, lane), its
@@ -738,7 +804,7 @@ struct Plan {
 // Group 64 holds twice the zero points and scales a k-block: four row
 // groups spill there, so it stops at two (16 rows).
 bool takes_gemv(const AwqDeviceWeights& w, int m) {
-  return w.group_size >= 64 && m <= (w.group_size == 128 ? kGemvMaxRows : 2 * kGemvGroupRows);
+  return w.group_size >= 64 && m <= (w.group_size == 128 ? kGemvMaxCallRows : 2 * kGemvGroupRows);
 }
 Plan plan_for(const AwqDeviceWeights& w, int m, int sms, int ctas_per_sm = 0) {
   Plan plan;
@@ -795,14 +861,24 @@ cudaError_t launch_gemm(const GemmParams& params, const Plan& plan, cudaStream_t
   return launch_dependent(kernel, plan.grid, kThreads, smem, params, stream);
 }
 
+// Shared memory of the staged path: two blocks of x.
+constexpr int gemv_smem_bytes(int row_groups) {
+  return row_groups < kStagedRowGroups ? 0 : 2 * row_groups * kGemvGroupRows * kXPitch;
+}
+
 template <typename T, int kGroup>
 cudaError_t launch_gemv(const GemmParams& params, const Plan& plan, cudaStream_t stream) {
   if (plan.row_groups == 1)
     return launch_dependent(awq_gemv_kernel<T, kGroup, 1>, plan.grid, kGemvWarps * 32, 0, params, stream);
   if (plan.row_groups == 2 || kGroup != 128)
     return launch_dependent(awq_gemv_kernel<T, kGroup, 2>, plan.grid, kGemvWarps * 32, 0, params, stream);
-  if constexpr (kGroup == 128)
-    return launch_dependent(awq_gemv_kernel<T, kGroup, 4>, plan.grid, kGemvWarps * 32, 0, params, stream);
+  if constexpr (kGroup == 128) {
+    if (plan.row_groups == 4)
+      return launch_dependent(awq_gemv_kernel<T, kGroup, 4>, plan.grid, kGemvWarps * 32, gemv_smem_bytes(4), params,
+                              stream);
+    return launch_dependent(awq_gemv_kernel<T, kGroup, 8>, plan.grid, kGemvWarps * 32, gemv_smem_bytes(8), params,
+                            stream);
+  }
   return cudaErrorInvalidValue;
 }
 
@@ -848,6 +924,10 @@ std::size_t awq_gemm_workspace_bytes(const AwqDeviceWeights& weights, int max_ro
   return most_over_rows(weights, max_rows, [&](int m, const Plan& plan) {
     return partial_bytes(weights, m, plan, fuses_silu_mul(weights, m));
   });
+}
+
+int awq_gemm_direct_rows(const AwqDeviceWeights& weights) {
+  return weights.group_size == 128 ? kGemvMaxCallRows : 64;
 }
 
 bool awq_gemm_fuses_silu_mul(const AwqDeviceWeights& weights, int m) {

@@ -39,20 +39,22 @@
 // accumulation (exact products), and applies each group's f16 scale to the
 // group's f32 partial sums. So the only difference from ref::awq_gemm on the
 // same x is the order of f32 additions; the result is rounded to dtype once.
-// The decode kernel in bf16 instead multiplies 128 + q and subtracts
-// (128 + z) times the group's sum of x (awq_gemm.cu says why): the same
-// exact products, ~7 bits of the f32 sums lost to the cancellation, still
-// far below the bf16 rounding of the result.
+// The decode kernel in bf16 at up to 16 rows instead multiplies 128 + q
+// and subtracts (128 + z) times the group's sum of x (awq_gemm.cu says
+// why): the same exact products, ~7 bits of the f32 sums lost to the
+// cancellation, still far below the bf16 rounding of the result.
 //
 // Two kernels read the layout:
-//  - decode rows (m <= 32 at group 128, <= 16 at 64): the weights are the
+//  - decode rows (m <= 192 at group 128, <= 16 at 64): the weights are the
 //    mma's A operand and x^T its B operand, 8 rows of x a product; each
 //    warp streams the codes of four column tiles straight from memory into
 //    registers, two k-blocks ahead, and multiplies each A fragment it
-//    dequantizes with every 8-row group of x (1, 2 or 4), x one block ahead
-//    from L1 for one or two groups, read just before use for four; no
-//    shared memory. The weight-streaming kernel: bound by instructions a byte
-//    (NOTES.md).
+//    dequantizes with every 8-row group of x (1, 2, 4 or 8; above 64 rows
+//    the grid has a row block a 64 rows). One or two groups read x a block
+//    ahead into registers (L1 hits); four or eight stage each block of x once
+//    a CTA in shared memory (cp.async, double-buffered) and subtract the zero
+//    point per code. The weight-streaming kernel: bound by instructions a
+//    byte (NOTES.md).
 //  - more rows (and group 32): a CTA of 4 warps computes 64 columns x up to
 //    64 rows over a range of k; x tiles, codes and group parameters flow
 //    through shared memory in a cp.async pipeline.
@@ -107,6 +109,13 @@ struct AwqDeviceWeights {
   const std::uint16_t* scales = nullptr;
   int in_features = 0, out_features = 0, group_size = 0, padded_in = 0;
 };
+
+// The most rows awq_gemm multiplies faster than dequantizing W once
+// (awq_dequantize) and running a 16-bit GEMM over it: where the decode kernel
+// takes the rows (192 at group 128), 64 otherwise (the tile kernel; H100
+// figures in kernels/cuda/NOTES.md). Callers with more rows take the dense
+// route.
+int awq_gemm_direct_rows(const AwqDeviceWeights& weights);
 
 // Device workspace awq_gemm and awq_gemm_silu_mul need for calls of up to
 // `max_rows` rows on the current device (split-k partial sums; 0 when no

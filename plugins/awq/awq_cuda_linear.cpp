@@ -22,12 +22,6 @@ void check_cuda(cudaError_t e, const char* what) {
     throw Error(ErrorCode::internal, fmt::format("awq: {}: {} ({})", what, cudaGetErrorString(e), cudaGetErrorName(e)));
 }
 
-// Above this many rows a layer dequantizes W into the workspace and
-// multiplies with cuBLAS: the W4A16 tile kernel reaches ~160 TFLOP/s, a
-// 16-bit cuBLAS GEMM several times that, which pays for writing W
-// (docs/benchmarks.md, W4A16 rows).
-constexpr int64_t kDequantizeAbove = 64;
-
 // One cuBLAS handle per device, shared by the layers on it
 // (cuda::shared_for_device: a handle holds a workspace of its own).
 class Cublas {
@@ -64,7 +58,10 @@ class AwqCudaLinear final : public LinearLayer {
     format_ = fmt::format("awq-w4-g{}", repacked.group_size);
     cublas_ = cuda::shared_for_device<Cublas>(device.index);
     // The kernel's split counters for any row count it takes (it leaves them zero).
-    counter_count_ = cuda::awq_gemm_counters(weights_, int(kDequantizeAbove));
+    // Above direct_rows_ rows W is dequantized into the workspace and
+    // multiplied by cuBLAS (the kernels' own choice: awq_gemm_direct_rows).
+    direct_rows_ = cuda::awq_gemm_direct_rows(weights_);
+    counter_count_ = cuda::awq_gemm_counters(weights_, int(direct_rows_));
     counters_ = std::make_unique<DeviceArray<uint32_t>>(std::vector<uint32_t>(size_t(std::max(counter_count_, 1)), 0u),
                                                         "awq", "AWQ weights");
   }
@@ -80,17 +77,17 @@ class AwqCudaLinear final : public LinearLayer {
     return out;
   }
 
-  // SiLU-and-multiply where the decode kernel takes the rows (up to 32 at
+  // SiLU-and-multiply where the decode kernel takes the rows (up to 192 at
   // group 128; the tile kernel and the cuBLAS path leave it to the model).
   uint32_t fused_epilogues(int64_t rows) const noexcept override {
-    return rows <= std::numeric_limits<int>::max() && cuda::awq_gemm_fuses_silu_mul(weights_, int(rows))
+    return rows <= direct_rows_ && cuda::awq_gemm_fuses_silu_mul(weights_, int(rows))
                ? kEpilogueSiluMul
                : kEpilogueNone;
   }
 
   size_t workspace_bytes(int64_t max_rows) const noexcept override {
-    const size_t kernel = cuda::awq_gemm_workspace_bytes(weights_, int(std::min(max_rows, kDequantizeAbove)));
-    return max_rows > kDequantizeAbove ? std::max(kernel, dequantized_bytes()) : kernel;
+    const size_t kernel = cuda::awq_gemm_workspace_bytes(weights_, int(std::min(max_rows, direct_rows_)));
+    return max_rows > direct_rows_ ? std::max(kernel, dequantized_bytes()) : kernel;
   }
 
   Status forward(const LinearCall& call, const ExecContext& exec) noexcept override {
@@ -119,7 +116,7 @@ class AwqCudaLinear final : public LinearLayer {
                                   call.epilogue, rows, fused_epilogues(rows)));
       const size_t given = exec.workspace.data != nullptr ? exec.workspace.nbytes() : 0;
       const auto stream = static_cast<cudaStream_t>(exec.stream);
-      if (rows > kDequantizeAbove) return multiply_dequantized(x, y, int(rows), exec.workspace.data, given, stream);
+      if (rows > direct_rows_) return multiply_dequantized(x, y, int(rows), exec.workspace.data, given, stream);
       const cuda::DType kernel_dtype = dtype_ == DType::bf16 ? cuda::DType::bf16 : cuda::DType::f16;
       const cudaError_t e =
           silu ? cuda::awq_gemm_silu_mul(weights_, x.data, x.strides[0], kernel_dtype, int(rows), y.data, y.strides[0],
@@ -205,6 +202,7 @@ class AwqCudaLinear final : public LinearLayer {
   std::string format_;
   std::shared_ptr<Cublas> cublas_;
   std::unique_ptr<DeviceArray<uint32_t>> counters_;
+  int64_t direct_rows_ = 0;
   int counter_count_ = 0;
 };
 

@@ -21,6 +21,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -1527,6 +1528,9 @@ TEST_CASE("awq_gemm") {
       {32, 6144, 4096, 128, AwqValues::random, "decode, four row groups"},
       {16, 520, 192, 64, AwqValues::random, "decode g64 padded, two row groups"},
       {24, 256, 1024, 128, AwqValues::zero_scales, "decode, zero scales"},
+      {48, 4096, 4096, 128, AwqValues::random, "decode, eight row groups, x staged"},
+      {64, 520, 384, 128, AwqValues::random, "decode, 64 rows, partial CTA"},
+      {200, 4096, 1024, 128, AwqValues::random, "decode, four row blocks"},
       {33, 264, 256, 64, AwqValues::random, "rows=33"},
       {300, 1032, 640, 128, AwqValues::random, "rows=300"},
       {3, 72, 192, 64, AwqValues::random, "k=192 padded"},
@@ -1625,6 +1629,7 @@ TEST_CASE("awq_gemm_silu_mul") {
   for (const DType dtype : half_dtypes)
     for (const Case& c : {Case{1, 28672, 4096, 128, AwqValues::random}, Case{8, 256, 1024, 64, AwqValues::random},
                           Case{32, 28672, 4096, 128, AwqValues::random}, Case{13, 1024, 512, 64, AwqValues::random},
+                          Case{64, 1024, 512, 128, AwqValues::random}, Case{130, 2048, 1024, 128, AwqValues::random},
                           Case{3, 1024, 192, 64, AwqValues::random}, Case{5, 512, 512, 128, AwqValues::all_equal}}) {
       const AwqLayerData layer = make_awq_layer(rng, c.n, c.k, c.group, c.values);
       const ref::AwqWeights view = layer.view(c.n, c.k, c.group);
@@ -1657,12 +1662,16 @@ TEST_CASE("awq_gemm_silu_mul") {
     CHECK_FALSE(gpu::awq_gemm_fuses_silu_mul(narrow.weights, 1));
     const AwqLayerData wide = make_awq_layer(rng, 256, 256, 128, AwqValues::random);
     AwqDeviceLayer device(wide.view(256, 256, 128));
-    CHECK(gpu::awq_gemm_fuses_silu_mul(device.weights, 32));
-    CHECK_FALSE(gpu::awq_gemm_fuses_silu_mul(device.weights, 33));
+    const int direct = gpu::awq_gemm_direct_rows(device.weights);
+    CHECK(direct == 192);
+    CHECK(gpu::awq_gemm_fuses_silu_mul(device.weights, direct));
+    CHECK_FALSE(gpu::awq_gemm_fuses_silu_mul(device.weights, direct + 1));
+    CHECK(gpu::awq_gemm_direct_rows(narrow.weights) == 64);
     CHECK(gpu::awq_gemm_fuses_silu_mul(narrow.weights, 1) == false);
-    DeviceBuffer<unsigned char> any(256 * 40 * 4 + 64);
-    CHECK(gpu::awq_gemm_silu_mul(device.weights, any.ptr, 256, DType::bf16, 33, any.ptr, 128, any.ptr, any.bytes(),
-                                 device.counters.ptr, device.counter_count(), nullptr) == cudaErrorInvalidValue);
+    DeviceBuffer<unsigned char> any(256 * std::size_t(direct + 8) * 4 + 64);
+    CHECK(gpu::awq_gemm_silu_mul(device.weights, any.ptr, 256, DType::bf16, direct + 1, any.ptr, 128, any.ptr,
+                                 any.bytes(), device.counters.ptr, device.counter_count(),
+                                 nullptr) == cudaErrorInvalidValue);
     CHECK(gpu::awq_gemm_silu_mul(narrow.weights, any.ptr, 256, DType::bf16, 1, any.ptr, 96, any.ptr, any.bytes(),
                                  narrow.counters.ptr, narrow.counter_count(), nullptr) == cudaErrorInvalidValue);
   }
@@ -2106,13 +2115,42 @@ void bench_awq_gemm() {
                   100.0 * bytes / (ms * 1e-3) / 1e9 / hbm_peak_gbs, hbm_peak_gbs,
                   2.0 * m * shape.n * shape.k / (ms * 1e-3) / 1e12);
     };
-    for (const int m : {1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096}) {
+    for (const int m : {1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 1024, 4096}) {
       row("awq_gemm", m, median_ms_batched([&] {
             CUDA_OK(gpu::awq_gemm(device.weights, x.ptr, shape.k, DType::bf16, m, y.ptr, shape.n, ws.ptr, ws.bytes(),
                                   device.counters.ptr, device.counter_count(), nullptr));
           }));
     }
-    {  // W dequantized to bf16 (the path above 64 rows, before cuBLAS): codes read, 2 bytes a weight written
+    {  // what the bf16 model does at these rows: cuBLAS over a 16-bit W (its bytes 3.5x the row's figure),
+       // and the route above awq_gemm_direct_rows: W dequantized, then cuBLAS
+      DeviceBuffer<unsigned char> dense(std::size_t(shape.n) * shape.k * 2);
+      CUDA_OK(gpu::awq_dequantize(device.weights, DType::bf16, dense.ptr, nullptr));
+      // (no doctest context here: a failed call reports and stops the bench)
+      const auto cublas_ok = [](cublasStatus_t status, const char* what) {
+        if (status == CUBLAS_STATUS_SUCCESS) return;
+        std::printf("cuBLAS error %s in %s\n", cublasGetStatusString(status), what);
+        std::exit(1);
+      };
+      cublasHandle_t handle = nullptr;
+      cublas_ok(cublasCreate(&handle), "cublasCreate");
+      const float one = 1.0f, zero = 0.0f;
+      // y [m, n] = x [m, k] W[n, k]^T, column-major: y^T = W x^T
+      const auto gemm = [&](int m) {
+        cublas_ok(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, shape.n, m, shape.k, &one, dense.ptr, CUDA_R_16BF,
+                               shape.k, x.ptr, CUDA_R_16BF, shape.k, &zero, y.ptr, CUDA_R_16BF, shape.n,
+                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                  "cublasGemmEx");
+      };
+      for (const int m : {16, 32, 64, 96, 128, 192, 256, 870, 2048})
+        row("cublas bf16 W", m, median_ms_batched([&] { gemm(m); }));
+      for (const int m : {192, 256, 870, 2048})
+        row("dequant+cublas", m, median_ms_batched([&] {
+              CUDA_OK(gpu::awq_dequantize(device.weights, DType::bf16, dense.ptr, nullptr));
+              gemm(m);
+            }));
+      cublasDestroy(handle);
+    }
+    {  // W dequantized to bf16 (above awq_gemm_direct_rows, before cuBLAS): codes read, 2 bytes a weight written
       DeviceBuffer<unsigned char> dense(std::size_t(shape.n) * shape.k * 2);
       const float ms = median_ms_batched([&] {
         CUDA_OK(gpu::awq_dequantize(device.weights, DType::bf16, dense.ptr, nullptr));
@@ -2122,8 +2160,9 @@ void bench_awq_gemm() {
                   shape.name, shape.n, shape.k, ms * 1e3, moved / (ms * 1e-3) / 1e9);
     }
     // The decode kernel's split-k target (CTAs per SM).
-    for (const int m : {1, 8})
-      for (const int ctas : {2, 3, 4, 6, 8}) {
+    for (const int m : {1, 8, 64})
+      for (const int ctas : {1, 2, 3, 4, 6, 8}) {
+        if (m == 64 && ctas > 2) continue;  // (two CTAs an SM hold 64 rows)
         const std::string variant = fmt("cta/sm %d", ctas);
         row(variant.c_str(), m, median_ms_batched([&] {
               CUDA_OK(gpu::awq_gemm_sweep(device.weights, x.ptr, m, y.ptr, ws.ptr, ws.bytes(), device.counters.ptr,
@@ -2450,6 +2489,7 @@ int main(int argc, char** argv) {
 
   if (bench) {
     g_bench = true;
+    std::setvbuf(stdout, nullptr, _IOLBF, 0);  // what a crash leaves behind is the last line printed
     if (bench_decode_only) {
       if (decode_shapes.empty())
         bench_decode_attention();
