@@ -48,6 +48,20 @@ nlohmann::json engine_json(core::Runtime& runtime, const EngineFlags& flags) {
   return j;
 }
 
+nlohmann::json engine_stats_json(const core::EngineStats& stats) {
+  return {{"steps", stats.steps},
+          {"prefill_steps", stats.prefill_steps},
+          {"prefill_step_tokens", stats.prefill_step_tokens},
+          {"prefill_tokens_computed", stats.prefill_tokens_computed},
+          {"decode_tokens_computed", stats.decode_tokens_computed},
+          {"prefix_cache_hit_tokens", stats.prefix_cache_hit_tokens},
+          {"preemptions", stats.preemptions},
+          {"overlapped_steps", stats.overlapped_steps},
+          {"images_encoded", stats.images_encoded},
+          {"model_step_s", stats.model_step_seconds},
+          {"scheduling_s", stats.scheduling_seconds}};
+}
+
 int write_json(const std::string& path, const nlohmann::json& j, const char* command) {
   if (path.empty()) return 0;
   std::ofstream out(path);

@@ -26,6 +26,9 @@ std::unique_ptr<core::Runtime> open_bench_runtime(const BenchModelFlags& flags, 
 // The engine's settings as a bench JSON records them.
 nlohmann::json engine_json(core::Runtime& runtime, const EngineFlags& flags);
 
+// The engine's counters after a run, as a bench JSON records them.
+nlohmann::json engine_stats_json(const core::EngineStats& stats);
+
 // Writes `j` to `path` (nothing when empty); an exit status.
 int write_json(const std::string& path, const nlohmann::json& j, const char* command);
 

@@ -361,14 +361,7 @@ int run_throughput(const ThroughputOptions& o, const GlobalOptions& global) {
   j["rps"] = double(ok) / elapsed;
   j["rpm"] = double(ok) / elapsed * 60.0;
   const core::EngineStats stats = engine.stats();
-  j["engine_stats"] = {{"steps", stats.steps},
-                       {"prefill_tokens_computed", stats.prefill_tokens_computed},
-                       {"decode_tokens_computed", stats.decode_tokens_computed},
-                       {"preemptions", stats.preemptions},
-                       {"overlapped_steps", stats.overlapped_steps},
-                       {"images_encoded", stats.images_encoded},
-                       {"model_step_s", stats.model_step_seconds},
-                       {"scheduling_s", stats.scheduling_seconds}};
+  j["engine_stats"] = engine_stats_json(stats);
 
   fmt::print("hostrun bench throughput: {} ({}), {} prompts, concurrency {}{}\n", runtime->model_dir(),
              runtime->manifest_name(), n, o.concurrency,
@@ -391,6 +384,15 @@ int run_throughput(const ThroughputOptions& o, const GlobalOptions& global) {
   fmt::print("{:<36}{:.1f}\n", "RPM (requests/min)", double(ok) / elapsed * 60.0);
   fmt::print("{:<36}{} ({} overlapped, {} preemptions)\n", "engine steps", stats.steps, stats.overlapped_steps,
              stats.preemptions);
+  // Where the model's rows are: the steps that carry prompt tokens (prefill
+  // chunks beside decodes) against those that only decode.
+  const uint64_t decode_steps = stats.steps - stats.prefill_steps;
+  const uint64_t decode_step_tokens =
+      stats.prefill_tokens_computed + stats.decode_tokens_computed - stats.prefill_step_tokens;
+  fmt::print("{:<36}{} with prompt tokens ({:.1f} tokens each), {} decode only ({:.1f} rows each)\n", "  of which",
+             stats.prefill_steps,
+             stats.prefill_steps ? double(stats.prefill_step_tokens) / double(stats.prefill_steps) : 0.0,
+             decode_steps, decode_steps ? double(decode_step_tokens) / double(decode_steps) : 0.0);
   fmt::print("{:<36}{:.3f}  {:.3f}\n", "engine time in model / scheduling (s)", stats.model_step_seconds,
              stats.scheduling_seconds);
   fmt::print("--------------------------------------------------\n");

@@ -119,11 +119,7 @@ int run_perplexity(const PerplexityFlags& o, const GlobalOptions& global) {
   j["elapsed_s"] = elapsed;
   j["tokens_per_s"] = double(r.scored_tokens) / elapsed;
   const core::EngineStats stats = engine.stats();
-  j["engine_stats"] = {{"steps", stats.steps},
-                       {"prefill_tokens_computed", stats.prefill_tokens_computed},
-                       {"decode_tokens_computed", stats.decode_tokens_computed},
-                       {"preemptions", stats.preemptions},
-                       {"model_step_s", stats.model_step_seconds}};
+  j["engine_stats"] = engine_stats_json(stats);
 
   fmt::print("hostrun bench perplexity: {} ({}), {}\n", runtime->model_dir(), runtime->manifest_name(), o.text);
   fmt::print("{:<28}{} tokens, {} scored in {} windows (context {}, stride {}{})\n", "text", r.text_tokens,

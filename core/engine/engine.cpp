@@ -645,10 +645,14 @@ std::vector<Engine::Planned> Engine::schedule() {
 // has a pending token until the step is collected.
 void Engine::commit(const std::vector<Planned>& plan) {
   int32_t sampled = 0;
+  bool any_prefill = false;
+  uint64_t step_tokens = 0;
   for (const Planned& p : plan) {
     Sequence& seq = *p.seq;
     bool prefill = seq.length() - seq.computed > 1 || seq.generated() + seq.pending == 0;
     (prefill ? stats_.prefill_tokens_computed : stats_.decode_tokens_computed) += uint64_t(p.query_len);
+    any_prefill = any_prefill || prefill;
+    step_tokens += uint64_t(p.query_len);
     seq.computed += p.query_len;
     publish_full_blocks(seq);
     if (p.sample && seq.scoring()) {
@@ -659,6 +663,10 @@ void Engine::commit(const std::vector<Planned>& plan) {
       ++seq.pending;
       seq.pending_index = sampled++;
     }
+  }
+  if (any_prefill) {
+    ++stats_.prefill_steps;
+    stats_.prefill_step_tokens += step_tokens;
   }
 }
 

@@ -71,6 +71,11 @@ struct EngineStats {
   uint64_t steps = 0;
   uint64_t prefill_tokens_computed = 0;  // prompt (and recomputed) tokens run through the model
   uint64_t decode_tokens_computed = 0;
+  // Steps that carry prompt tokens (mixed passes: a chunk of prefill beside
+  // whatever decodes), and every token those steps run. The other steps only
+  // decode: steps - prefill_steps of them, with the remaining tokens.
+  uint64_t prefill_steps = 0;
+  uint64_t prefill_step_tokens = 0;
   uint64_t prefix_cache_hit_tokens = 0;  // prompt tokens whose K/V came from the prefix cache
   uint64_t preemptions = 0;
   uint64_t overlapped_steps = 0;         // steps submitted before the previous one was collected

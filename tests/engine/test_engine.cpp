@@ -619,6 +619,44 @@ TEST_CASE("prefix caching: a shared prefix is prefilled once") {
   CHECK(after.prefill_tokens_computed - before.prefill_tokens_computed == 203 - 192);
 }
 
+TEST_CASE("engine stats: steps that carry prompt tokens and the tokens they run") {
+  EngineConfig config;
+  config.session_len = 4096;
+  config.num_kv_blocks = 200;
+  config.cache_block_seq_len = 16;
+  config.max_prefill_token_num = 64;
+  Harness h(config, pick_mode());
+  std::mt19937 rng(11);
+  const std::vector<TokenId> prompt = random_prompt(rng, 150);
+  check_same(h.run(prompt, greedy(6)).get(), expected_run(prompt, greedy(6), 4096, 0));
+  h.engine->wait_idle();
+  const EngineStats stats = h.engine->stats();
+  // 150 prompt tokens in chunks of at most 64: three steps with nothing else in them ...
+  CHECK(stats.prefill_steps == 3);
+  CHECK(stats.prefill_step_tokens == 150);
+  CHECK(stats.prefill_tokens_computed == 150);
+  // ... and the later tokens from steps that only decode.
+  CHECK(stats.steps - stats.prefill_steps == stats.decode_tokens_computed);
+  CHECK(stats.decode_tokens_computed > 0);
+
+  // Two requests at once: the steps that carry prompt tokens count every
+  // token they run (a decode beside a chunk included), so at least the
+  // prompt tokens; the other steps run at least one token each.
+  const std::vector<TokenId> second = random_prompt(rng, 300);
+  auto first_run = h.run(prompt, greedy(200));
+  auto second_run = h.run(second, greedy(4));
+  first_run.get();
+  second_run.get();
+  h.engine->wait_idle();
+  const EngineStats after = h.engine->stats();
+  CHECK(after.prefill_tokens_computed - stats.prefill_tokens_computed >= 300);
+  CHECK(after.prefill_step_tokens - stats.prefill_step_tokens >=
+        after.prefill_tokens_computed - stats.prefill_tokens_computed);
+  CHECK(after.prefill_steps > stats.prefill_steps);
+  CHECK(after.prefill_tokens_computed + after.decode_tokens_computed - after.prefill_step_tokens >=
+        after.steps - after.prefill_steps);
+}
+
 TEST_CASE("cancelling a running request frees all its blocks") {
   EngineConfig config;
   config.session_len = 100000;
