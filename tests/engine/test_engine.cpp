@@ -645,8 +645,8 @@ TEST_CASE("engine stats: steps that carry prompt tokens and the tokens they run"
   const std::vector<TokenId> second = random_prompt(rng, 300);
   auto first_run = h.run(prompt, greedy(200));
   auto second_run = h.run(second, greedy(4));
-  first_run.get();
-  second_run.get();
+  check_same(first_run.get(), expected_run(prompt, greedy(200), 4096, 0));
+  check_same(second_run.get(), expected_run(second, greedy(4), 4096, 0));
   h.engine->wait_idle();
   const EngineStats after = h.engine->stats();
   CHECK(after.prefill_tokens_computed - stats.prefill_tokens_computed >= 300);
