@@ -182,12 +182,13 @@ void LlamaCudaModel::observe(std::span<const TokenId> tokens, CalibrationObserve
   // A cache and attention workspace of its own, swapped in for the passes
   // and swapped back (after the GPU is done with them) however they end.
   const std::vector<std::vector<StepPiece>> passes = cut_into_passes(input, max_tokens_per_step_);
+  const int32_t pass_tokens = int32_t(std::min<int64_t>(num_tokens, max_tokens_per_step_));  // a pass's most
   const KvShape shape{int32_t(config_.num_hidden_layers), int32_t(config_.num_key_value_heads),
                       int32_t(config_.head_dim), kCalibrationBlockTokens, dtype_};
   KvWorkspaceQuery query;
   query.shape = shape;
   query.q_heads = int32_t(config_.num_attention_heads);
-  query.max_tokens = int32_t(std::min<int64_t>(num_tokens, max_tokens_per_step_));
+  query.max_tokens = pass_tokens;
   query.max_sequences = 1;
   query.max_context = num_tokens;
   query.device = device_;
@@ -201,7 +202,6 @@ void LlamaCudaModel::observe(std::span<const TokenId> tokens, CalibrationObserve
                                            made.status().message()));
   PluginPtr<KvCache> cache = std::move(made.value());
   if (!cache) fail(ErrorCode::internal, "the KV cache policy returned no cache");
-  const int64_t pass_tokens = std::min<int64_t>(num_tokens, max_tokens_per_step_);
   const size_t widest = size_t(std::max({config_.hidden_size, config_.q_size(), config_.intermediate_size}));
   const size_t observed_bytes = size_t(pass_tokens) * widest * sizeof(float);
   if (observed_f32_.bytes() < observed_bytes) {
