@@ -2,6 +2,7 @@
 // why it is exact).
 #include "cuda/awq_gemm.hpp"
 
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -168,6 +169,10 @@ struct GemmParams {
   // Decode kernel only: 0, or n / 2 for SiLU-and-multiply over [gate | up]
   // (y [m, n / 2]; a CTA takes 64 gate columns and the matching 64 up ones).
   int silu_half = 0;
+  // Decode kernel only, sm_90: the k splits of a column block are one thread
+  // block cluster and add their sums through each other's shared memory
+  // (no partials in `partial`, no counters).
+  bool cluster_reduce = false;
 };
 
 // Copies of the weights' part of k-block `kb` (codes, zeros, scales).
@@ -623,6 +628,75 @@ __device__ __forceinline__ void gemv_compute(const GemvBlock<kGroup>& b, const X
   }
 }
 
+// The cluster's reduction: row pitch of a CTA's sums in shared memory
+// (floats; 4 banks a row apart, so the four rows of a C fragment's store
+// land on distinct banks).
+constexpr int kReducePitch = kGemvColumns + 4;
+constexpr int kMaxClusterSplits = 8;  // the portable cluster size
+
+// The k splits of this column block (the CTAs of the cluster, gridDim.y of
+// them) add their sums: each CTA stores its own in shared memory, then
+// finishes a 1/splits share of the (row, column) pairs reading every CTA's
+// copy in split order (the same sums whichever CTA runs first), and writes
+// y (or silu(gate) * up). No partials go to global memory and no CTA waits
+// for the last one alone.
+template <typename T, int R>
+__device__ __forceinline__ void reduce_in_cluster(const GemmParams& p, const float (&acc)[R][kGemvTiles / 2][4],
+                                                  float* sums, int row0, int warp, int lane) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int q = 0; q < kGemvTiles / 2; ++q)
+#pragma unroll
+      for (int half = 0; half < 2; ++half)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int row = r * kGemvGroupRows + (lane & 3) * 2 + e;
+          const int col = (warp * kGemvTiles + 2 * q + half) * 8 + (lane >> 2);
+          sums[row * kReducePitch + col] = acc[r][q][2 * half + e];
+        }
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();  // every split's sums are in place
+  const int splits = int(cluster.num_blocks()), rank = int(cluster.block_rank());
+  const int rows = min(R * kGemvGroupRows, p.m - row0);
+  if (p.silu_half != 0) {
+    constexpr int kHalf = kGemvColumns / 2;  // gate columns at 0.., the matching up ones at kHalf..
+    const int items = rows * kHalf, share = (items + splits - 1) / splits;
+    const int end = min(items, (rank + 1) * share);
+    for (int i = rank * share + int(threadIdx.x); i < end; i += int(blockDim.x)) {
+      const int row = i / kHalf, j = i % kHalf;
+      float gate = 0.0f, up = 0.0f;
+      for (int s = 0; s < splits; ++s) {
+        const float* peer = cluster.map_shared_rank(sums, s);
+        gate += peer[row * kReducePitch + j];
+        up += peer[row * kReducePitch + kHalf + j];
+      }
+      const float g = to_f32(from_f32<T>(gate)), u = to_f32(from_f32<T>(up));
+      static_cast<T*>(p.y)[(row0 + row) * p.y_stride + blockIdx.x * kHalf + j] = from_f32<T>(detail::silu(g) * u);
+    }
+  } else {
+    const int col_begin = blockIdx.x * kGemvColumns;
+    const int pairs = min(kGemvColumns, p.w.out_features - col_begin) / 2;
+    const int items = rows * pairs, share = (items + splits - 1) / splits;
+    const int end = min(items, (rank + 1) * share);
+    for (int i = rank * share + int(threadIdx.x); i < end; i += int(blockDim.x)) {
+      const int row = i / pairs, c = (i % pairs) * 2;
+      float2 sum = make_float2(0.0f, 0.0f);
+      for (int s = 0; s < splits; ++s) {
+        const float2 v = *reinterpret_cast<const float2*>(cluster.map_shared_rank(sums, s) + row * kReducePitch + c);
+        sum.x += v.x;
+        sum.y += v.y;
+      }
+      *reinterpret_cast<std::uint32_t*>(static_cast<T*>(p.y) + (row0 + row) * p.y_stride + col_begin + c) =
+          pack2<T>(sum.x, sum.y);
+    }
+  }
+  cluster.sync();  // no CTA leaves while another still reads its shared memory
+#endif
+}
+
 // The CTA's x rows (8R of them from row0) of k-block kb into `dst` by
 // cp.async, zeros past m and past in_features.
 template <typename T, int R>
@@ -663,6 +737,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, gemv_ctas_per_sm(kGroup, R)) 
   if (blocks > 1) gemv_load(odd, tiles, p.w, kb_begin + 1);
   wait_for_previous_grid();  // x is the previous kernel's output
 
+  extern __shared__ __align__(16) unsigned char smem[];  // staged x, then the cluster's sums
   float acc[R][kGemvTiles / 2][4] = {};
   if constexpr (R < kStagedRowGroups) {
     GemvXRows<T, R> x_rows;  // the B column this lane loads in each row group
@@ -692,7 +767,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, gemv_ctas_per_sm(kGroup, R)) 
     // fit, so the CTA stages each block of x once in shared memory (one copy
     // for its four warps), the next block in flight by cp.async while this
     // one is multiplied.
-    extern __shared__ __align__(16) unsigned char staged[];
+    unsigned char* staged = smem;
     constexpr int kStageBytes = R * kGemvGroupRows * kXPitch;
     const int lane_offset = (lane >> 2) * kXPitch + (lane & 3) * 8;
     stage_x<T, R>(staged, p, row0, kb_begin);
@@ -715,6 +790,11 @@ __global__ void __launch_bounds__(kGemvWarps * 32, gemv_ctas_per_sm(kGroup, R)) 
     }
   }
   allow_next_grid_to_launch();
+  if (p.cluster_reduce) {
+    // (the staged blocks are done with: the loop's last barrier)
+    reduce_in_cluster<T, R>(p, acc, reinterpret_cast<float*>(smem), row0, warp, lane);
+    return;
+  }
   // C rows: column (tile0 + 2p [+1]) * 8 + lane/4; C columns: x rows 8r + 2(lane % 4) + 0/1.
 #pragma unroll
   for (int r = 0; r < R; ++r)
@@ -786,6 +866,21 @@ int device_sms() {
   return sms;
 }
 
+// Whether the decode kernel's splits may reduce in a cluster: an sm_90+
+// device running code built for sm_90+ (reduce_in_cluster is empty below).
+bool gemv_has_clusters() {
+  static const bool has = [] {
+    if (!device_has_pdl()) return false;
+    cudaFuncAttributes attributes{};
+    if (cudaFuncGetAttributes(&attributes, awq_gemv_kernel<__nv_bfloat16, 128, 1>) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return attributes.binaryVersion >= 90;
+  }();
+  return has;
+}
+
 // How a call of m rows is cut: which kernel, rows per CTA and the number of
 // k splits. With few CTAs (small m, narrow layers) k is split until about
 // `ctas_per_sm` CTAs per SM stream weights, each split keeping at least two
@@ -799,6 +894,7 @@ struct Plan {
   int m_tiles = 1;
   int splits = 1;
   int blocks_per_split = 1;
+  bool cluster = false;  // the decode kernel's splits reduce in a cluster (sm_90, at most 8 of them)
   dim3 grid;
 };
 // Group 64 holds twice the zero points and scales a k-block: four row
@@ -822,18 +918,22 @@ Plan plan_for(const AwqDeviceWeights& w, int m, int sms, int ctas_per_sm = 0) {
   plan.blocks_per_split = (k_blocks + splits - 1) / splits;
   plan.splits = (k_blocks + plan.blocks_per_split - 1) / plan.blocks_per_split;
   plan.grid = dim3(col_blocks, plan.splits, row_blocks);
+  plan.cluster = plan.gemv && plan.splits <= kMaxClusterSplits && gemv_has_clusters();
   return plan;
 }
 
 std::size_t partial_bytes(const AwqDeviceWeights& w, int m, const Plan& plan, bool silu = false) {
-  return plan.splits > 1 || silu ? std::size_t(plan.splits) * m * w.out_features * sizeof(float) : 0;
+  return !plan.cluster && (plan.splits > 1 || silu) ? std::size_t(plan.splits) * m * w.out_features * sizeof(float)
+                                                    : 0;
 }
 // SiLU-and-multiply rides on the decode kernel: its CTA's 128 columns split
 // into 64 gate and 64 up ones.
 bool fuses_silu_mul(const AwqDeviceWeights& w, int m) {
   return m >= 1 && takes_gemv(w, m) && w.out_features % kGemvColumns == 0;
 }
-int counters_needed(const Plan& plan) { return plan.splits > 1 ? int(plan.grid.x * plan.grid.z) : 0; }
+int counters_needed(const Plan& plan) {
+  return plan.splits > 1 && !plan.cluster ? int(plan.grid.x * plan.grid.z) : 0;
+}
 
 // Both kernels launch as programmatic dependents of the kernel before them.
 template <typename Kernel>
@@ -861,23 +961,46 @@ cudaError_t launch_gemm(const GemmParams& params, const Plan& plan, cudaStream_t
   return launch_dependent(kernel, plan.grid, kThreads, smem, params, stream);
 }
 
-// Shared memory of the staged path: two blocks of x.
-constexpr int gemv_smem_bytes(int row_groups) {
-  return row_groups < kStagedRowGroups ? 0 : 2 * row_groups * kGemvGroupRows * kXPitch;
+// Shared memory of the decode kernel: two staged blocks of x (four and
+// eight row groups), and the sums of the cluster's reduction after them
+// (they reuse the same bytes: the staging is over by then).
+constexpr int gemv_smem_bytes(int row_groups, bool cluster) {
+  const int staged = row_groups < kStagedRowGroups ? 0 : 2 * row_groups * kGemvGroupRows * kXPitch;
+  const int sums = cluster ? row_groups * kGemvGroupRows * kReducePitch * int(sizeof(float)) : 0;
+  return std::max(staged, sums);
+}
+static_assert(gemv_smem_bytes(kGemvMaxRowGroups, true) <= 48 * 1024, "the decode kernel needs no opt-in shared memory");
+
+template <typename T, int kGroup, int R>
+cudaError_t launch_gemv_rows(const GemmParams& params, const Plan& plan, cudaStream_t stream) {
+  static const bool pdl = device_has_pdl();
+  cudaLaunchAttribute attributes[2] = {};
+  int count = 0;
+  if (pdl) {
+    attributes[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attributes[count++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (params.cluster_reduce && plan.splits > 1) {
+    attributes[count].id = cudaLaunchAttributeClusterDimension;
+    attributes[count++].val.clusterDim = {1u, unsigned(plan.splits), 1u};
+  }
+  cudaLaunchConfig_t config{};
+  config.gridDim = plan.grid;
+  config.blockDim = dim3(kGemvWarps * 32);
+  config.dynamicSmemBytes = gemv_smem_bytes(R, params.cluster_reduce);
+  config.stream = stream;
+  config.attrs = attributes;
+  config.numAttrs = count;
+  return cudaLaunchKernelEx(&config, awq_gemv_kernel<T, kGroup, R>, params);
 }
 
 template <typename T, int kGroup>
 cudaError_t launch_gemv(const GemmParams& params, const Plan& plan, cudaStream_t stream) {
-  if (plan.row_groups == 1)
-    return launch_dependent(awq_gemv_kernel<T, kGroup, 1>, plan.grid, kGemvWarps * 32, 0, params, stream);
-  if (plan.row_groups == 2 || kGroup != 128)
-    return launch_dependent(awq_gemv_kernel<T, kGroup, 2>, plan.grid, kGemvWarps * 32, 0, params, stream);
+  if (plan.row_groups == 1) return launch_gemv_rows<T, kGroup, 1>(params, plan, stream);
+  if (plan.row_groups == 2 || kGroup != 128) return launch_gemv_rows<T, kGroup, 2>(params, plan, stream);
   if constexpr (kGroup == 128) {
-    if (plan.row_groups == 4)
-      return launch_dependent(awq_gemv_kernel<T, kGroup, 4>, plan.grid, kGemvWarps * 32, gemv_smem_bytes(4), params,
-                              stream);
-    return launch_dependent(awq_gemv_kernel<T, kGroup, 8>, plan.grid, kGemvWarps * 32, gemv_smem_bytes(8), params,
-                            stream);
+    if (plan.row_groups == 4) return launch_gemv_rows<T, kGroup, 4>(params, plan, stream);
+    return launch_gemv_rows<T, kGroup, 8>(params, plan, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -957,8 +1080,9 @@ cudaError_t checked_launch(const AwqDeviceWeights& weights, const void* x, std::
                      reinterpret_cast<std::uintptr_t>(workspace) % 8 != 0 ||
                      (counters == nullptr && counters_needed(plan) > 0) || counter_count < counters_needed(plan)))
     return cudaErrorInvalidValue;
-  const GemmParams params{weights, x, x_stride, m, y, y_stride, static_cast<float*>(workspace), counters,
-                          plan.blocks_per_split, silu ? weights.out_features / 2 : 0};
+  const GemmParams params{weights, x,         x_stride, m, y, y_stride, static_cast<float*>(workspace), counters,
+                          plan.blocks_per_split, silu ? weights.out_features / 2 : 0,
+                          plan.cluster && (plan.splits > 1 || silu)};
   return dtype == DType::bf16 ? launch<__nv_bfloat16>(params, plan, stream) : launch<__half>(params, plan, stream);
 }
 
@@ -995,15 +1119,16 @@ cudaError_t awq_dequantize(const AwqDeviceWeights& weights, DType dtype, void* w
 
 cudaError_t awq_gemm_sweep(const AwqDeviceWeights& weights, const void* x, int m, void* y, void* workspace,
                            std::size_t workspace_bytes, std::uint32_t* counters, int counter_count, int ctas_per_sm,
-                           cudaStream_t stream) {
+                           bool cluster_reduce, cudaStream_t stream) {
   if (!weights_valid(weights) || !takes_gemv(weights, m) || weights.group_size != 128 || ctas_per_sm < 1)
     return cudaErrorInvalidValue;
   static const int sms = device_sms();
-  const Plan plan = plan_for(weights, m, sms, ctas_per_sm);
+  Plan plan = plan_for(weights, m, sms, ctas_per_sm);
+  plan.cluster = plan.cluster && cluster_reduce;
   if (partial_bytes(weights, m, plan) > workspace_bytes || counter_count < counters_needed(plan))
     return cudaErrorInvalidValue;
   const GemmParams params{weights, x, weights.in_features, m, y, weights.out_features, static_cast<float*>(workspace),
-                          counters, plan.blocks_per_split};
+                          counters, plan.blocks_per_split, 0, plan.cluster && plan.splits > 1};
   return launch_gemv<__nv_bfloat16, 128>(params, plan, stream);
 }
 

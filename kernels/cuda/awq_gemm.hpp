@@ -158,9 +158,10 @@ cudaError_t awq_dequantize(const AwqDeviceWeights& weights, DType dtype, void* w
 
 // For test_kernels_cuda --bench only: the decode-row kernel (bf16, group
 // 128, its rows, x and y contiguous) with another split-k target (CTAs per
-// SM), to measure the choice awq_gemm makes.
+// SM) and the splits reduced in a cluster where the GPU allows it or by the
+// last CTA through `workspace`, to measure the choices awq_gemm makes.
 cudaError_t awq_gemm_sweep(const AwqDeviceWeights& weights, const void* x, int m, void* y, void* workspace,
                            std::size_t workspace_bytes, std::uint32_t* counters, int counter_count, int ctas_per_sm,
-                           cudaStream_t stream);
+                           bool cluster_reduce, cudaStream_t stream);
 
 }  // namespace hostrun::cuda

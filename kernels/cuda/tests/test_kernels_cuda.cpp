@@ -1597,6 +1597,31 @@ TEST_CASE("awq_gemm") {
       for (int n = 0; n < 24; ++n) wrong += gpu::awq_repacked_code(r, k, n) != ref::awq_code(view.qweight, 24, k, n);
     report_bool("awq_gemm", "repacked codes read back", wrong == 0, fmt("%lld misplaced", wrong));
   }
+  // The decode kernel's two ways of adding k splits (the last CTA through
+  // the workspace; on sm_90 the splits' cluster through shared memory) add
+  // in the same order: the same bytes.
+  // (Shapes whose splits are 2-8, so a cluster takes them.)
+  for (const auto [m, n, k] : {std::array<int, 3>{1, 14336, 4096}, std::array<int, 3>{6, 1032, 2048},
+                               std::array<int, 3>{24, 4096, 4096}, std::array<int, 3>{64, 520, 1024},
+                               std::array<int, 3>{150, 2048, 4096}}) {
+    const AwqLayerData layer = make_awq_layer(rng, n, k, 128, AwqValues::random);
+    AwqDeviceLayer device(layer.view(n, k, 128));
+    DeviceBuffer<unsigned char> d_x, d_last(std::size_t(m) * n * 2), d_cluster(std::size_t(m) * n * 2);
+    d_x.upload(to_bytes(random_floats(rng, std::size_t(m) * k, -1, 1), DType::bf16));
+    DeviceBuffer<unsigned char> d_ws(std::size_t(16) * m * n * 4);
+    const int ctas = m <= 8 ? 4 : 2;  // what awq_gemm takes at these rows
+    d_last.poison();
+    d_cluster.poison();
+    LAUNCH_OK(gpu::awq_gemm_sweep(device.weights, d_x.ptr, m, d_last.ptr, d_ws.ptr, d_ws.bytes(), device.counters.ptr,
+                                  device.counter_count(), ctas, false, nullptr));
+    LAUNCH_OK(gpu::awq_gemm_sweep(device.weights, d_x.ptr, m, d_cluster.ptr, d_ws.ptr, d_ws.bytes(),
+                                  device.counters.ptr, device.counter_count(), ctas, true, nullptr));
+    const auto last = d_last.download(), cluster = d_cluster.download();
+    long long differ = 0;
+    for (std::size_t i = 0; i < last.size(); ++i) differ += last[i] != cluster[i];
+    report_bool("awq_gemm", fmt("decode splits m=%d n=%d k=%d: cluster and last-CTA sums equal", m, n, k),
+                differ == 0, fmt("%lld bytes differ", differ));
+  }
   // Refusals: a workspace too small for a split call, misaligned x, f32.
   {
     const AwqLayerData layer = make_awq_layer(rng, 4096, 4096, 128, AwqValues::random);
@@ -2159,15 +2184,18 @@ void bench_awq_gemm() {
       std::printf("%-8s dequantize to bf16 n=%6d k=%5d %9.2f us  %7.0f GB/s (codes read + weights written)\n",
                   shape.name, shape.n, shape.k, ms * 1e3, moved / (ms * 1e-3) / 1e9);
     }
-    // The decode kernel's split-k target (CTAs per SM).
-    for (const int m : {1, 8, 64})
+    // The decode kernel's split-k target (CTAs per SM), and its splits added
+    // by the last CTA through global memory ("last") or in a cluster.
+    for (const int m : {1, 8, 32, 64})
       for (const int ctas : {1, 2, 3, 4, 6, 8}) {
-        if (m == 64 && ctas > 2) continue;  // (two CTAs an SM hold 64 rows)
-        const std::string variant = fmt("cta/sm %d", ctas);
-        row(variant.c_str(), m, median_ms_batched([&] {
-              CUDA_OK(gpu::awq_gemm_sweep(device.weights, x.ptr, m, y.ptr, ws.ptr, ws.bytes(), device.counters.ptr,
-                                          device.counter_count(), ctas, nullptr));
-            }));
+        if (m > 8 && ctas > 2) continue;  // (two CTAs an SM hold 16-64 rows)
+        for (const bool cluster : {false, true}) {
+          const std::string variant = fmt("cta/sm %d %s", ctas, cluster ? "clus" : "last");
+          row(variant.c_str(), m, median_ms_batched([&] {
+                CUDA_OK(gpu::awq_gemm_sweep(device.weights, x.ptr, m, y.ptr, ws.ptr, ws.bytes(), device.counters.ptr,
+                                            device.counter_count(), ctas, cluster, nullptr));
+              }));
+        }
       }
   }
 }
