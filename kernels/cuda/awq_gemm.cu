@@ -883,11 +883,16 @@ bool gemv_has_clusters() {
 
 // How a call of m rows is cut: which kernel, rows per CTA and the number of
 // k splits. With few CTAs (small m, narrow layers) k is split until about
-// `ctas_per_sm` CTAs per SM stream weights, each split keeping at least two
-// k-blocks. The decode kernel's target is the CTAs an SM holds at once, and
-// its splits stop below it: a split more that overshoots leaves a second,
-// partial wave as a tail (gate/up at one row: 672 CTAs for 528 places took
-// 29.5 us, 448 took 25.4; H100, docs/benchmarks.md).
+// as many CTAs stream weights as an SM holds at once (3 for the tile
+// kernel), each split keeping at least two k-blocks. The decode kernel's
+// splits stop below that count: a split more that overshoots leaves a
+// second, partial wave as a tail (gate/up at one row: 672 CTAs for 528
+// places took 29.5 us, 448 took 25.4; H100, docs/benchmarks.md). With 17-64
+// rows a CTA (x staged) and the splits added in a cluster, the splits aim at
+// 1.5 CTAs an SM: at 32 and 64 rows that was the fastest split count of a
+// sweep for each Llama-3-8B layer (qkv 4, o and down 6, gate/up 1; H100,
+// kernels/cuda/NOTES.md), where the two an SM hold at once were 10-50%
+// slower (the cluster's exchange of 64 x 128 sums a split is not free).
 struct Plan {
   bool gemv = false;
   int row_groups = 1;  // the decode kernel's
@@ -902,23 +907,27 @@ struct Plan {
 bool takes_gemv(const AwqDeviceWeights& w, int m) {
   return w.group_size >= 64 && m <= (w.group_size == 128 ? kGemvMaxCallRows : 2 * kGemvGroupRows);
 }
-Plan plan_for(const AwqDeviceWeights& w, int m, int sms, int ctas_per_sm = 0) {
+// `forced_splits` (test_kernels_cuda's sweep) replaces the choice when > 0.
+Plan plan_for(const AwqDeviceWeights& w, int m, int sms, int forced_splits = 0) {
   Plan plan;
   plan.gemv = takes_gemv(w, m);
   plan.row_groups = gemv_row_groups(m);
   plan.m_tiles = m <= 16 ? 1 : (m <= 32 ? 2 : 4);
   const int rows = plan.gemv ? kGemvMaxRows : 16 * plan.m_tiles;
   const int columns = plan.gemv ? kGemvColumns : kColumns;
-  if (ctas_per_sm == 0) ctas_per_sm = plan.gemv ? gemv_ctas_per_sm(w.group_size, plan.row_groups) : 3;
+  const bool clusters = plan.gemv && gemv_has_clusters();
+  const int ctas_per_sm = plan.gemv ? gemv_ctas_per_sm(w.group_size, plan.row_groups) : 3;
+  const long long target = clusters && plan.row_groups >= kStagedRowGroups ? 3ll * sms / 2 : 1ll * ctas_per_sm * sms;
   const int col_blocks = (w.out_features + columns - 1) / columns, row_blocks = (m + rows - 1) / rows;
   const int k_blocks = w.padded_in / awq_k_block;
-  const long long ctas = static_cast<long long>(col_blocks) * row_blocks, target = 1ll * ctas_per_sm * sms;
+  const long long ctas = static_cast<long long>(col_blocks) * row_blocks;
   int splits = ctas >= target ? 1 : plan.gemv ? int(target / ctas) : int((target + ctas - 1) / ctas);
   splits = std::max(1, std::min(splits, k_blocks / 2));
+  if (forced_splits > 0) splits = std::min(forced_splits, k_blocks);
   plan.blocks_per_split = (k_blocks + splits - 1) / splits;
   plan.splits = (k_blocks + plan.blocks_per_split - 1) / plan.blocks_per_split;
   plan.grid = dim3(col_blocks, plan.splits, row_blocks);
-  plan.cluster = plan.gemv && plan.splits <= kMaxClusterSplits && gemv_has_clusters();
+  plan.cluster = clusters && plan.splits <= kMaxClusterSplits;
   return plan;
 }
 
@@ -1118,12 +1127,12 @@ cudaError_t awq_dequantize(const AwqDeviceWeights& weights, DType dtype, void* w
 }
 
 cudaError_t awq_gemm_sweep(const AwqDeviceWeights& weights, const void* x, int m, void* y, void* workspace,
-                           std::size_t workspace_bytes, std::uint32_t* counters, int counter_count, int ctas_per_sm,
+                           std::size_t workspace_bytes, std::uint32_t* counters, int counter_count, int splits,
                            bool cluster_reduce, cudaStream_t stream) {
-  if (!weights_valid(weights) || !takes_gemv(weights, m) || weights.group_size != 128 || ctas_per_sm < 1)
+  if (!weights_valid(weights) || !takes_gemv(weights, m) || weights.group_size != 128 || splits < 0)
     return cudaErrorInvalidValue;
   static const int sms = device_sms();
-  Plan plan = plan_for(weights, m, sms, ctas_per_sm);
+  Plan plan = plan_for(weights, m, sms, splits);
   plan.cluster = plan.cluster && cluster_reduce;
   if (partial_bytes(weights, m, plan) > workspace_bytes || counter_count < counters_needed(plan))
     return cudaErrorInvalidValue;

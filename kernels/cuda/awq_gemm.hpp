@@ -156,12 +156,12 @@ cudaError_t awq_gemm_silu_mul(const AwqDeviceWeights& weights, const void* x, st
 // n * k elements, 8-byte aligned; in_features a multiple of 4.
 cudaError_t awq_dequantize(const AwqDeviceWeights& weights, DType dtype, void* weight, cudaStream_t stream);
 
-// For test_kernels_cuda --bench only: the decode-row kernel (bf16, group
-// 128, its rows, x and y contiguous) with another split-k target (CTAs per
-// SM) and the splits reduced in a cluster where the GPU allows it or by the
-// last CTA through `workspace`, to measure the choices awq_gemm makes.
+// For test_kernels_cuda only: the decode-row kernel (bf16, group 128, its
+// rows, x and y contiguous) with k cut into `splits` (0: awq_gemm's choice)
+// and the splits reduced in a cluster where the GPU allows it or by the last
+// CTA through `workspace`, to measure and check the choices awq_gemm makes.
 cudaError_t awq_gemm_sweep(const AwqDeviceWeights& weights, const void* x, int m, void* y, void* workspace,
-                           std::size_t workspace_bytes, std::uint32_t* counters, int counter_count, int ctas_per_sm,
+                           std::size_t workspace_bytes, std::uint32_t* counters, int counter_count, int splits,
                            bool cluster_reduce, cudaStream_t stream);
 
 }  // namespace hostrun::cuda

@@ -1609,13 +1609,13 @@ TEST_CASE("awq_gemm") {
     DeviceBuffer<unsigned char> d_x, d_last(std::size_t(m) * n * 2), d_cluster(std::size_t(m) * n * 2);
     d_x.upload(to_bytes(random_floats(rng, std::size_t(m) * k, -1, 1), DType::bf16));
     DeviceBuffer<unsigned char> d_ws(std::size_t(16) * m * n * 4);
-    const int ctas = m <= 8 ? 4 : 2;  // what awq_gemm takes at these rows
+    const int splits = k >= 4096 ? 5 : 3;
     d_last.poison();
     d_cluster.poison();
     LAUNCH_OK(gpu::awq_gemm_sweep(device.weights, d_x.ptr, m, d_last.ptr, d_ws.ptr, d_ws.bytes(), device.counters.ptr,
-                                  device.counter_count(), ctas, false, nullptr));
+                                  device.counter_count(), splits, false, nullptr));
     LAUNCH_OK(gpu::awq_gemm_sweep(device.weights, d_x.ptr, m, d_cluster.ptr, d_ws.ptr, d_ws.bytes(),
-                                  device.counters.ptr, device.counter_count(), ctas, true, nullptr));
+                                  device.counters.ptr, device.counter_count(), splits, true, nullptr));
     const auto last = d_last.download(), cluster = d_cluster.download();
     long long differ = 0;
     for (std::size_t i = 0; i < last.size(); ++i) differ += last[i] != cluster[i];
@@ -2129,9 +2129,9 @@ void bench_awq_gemm() {
     AwqDeviceLayer device(layer.view(shape.n, shape.k, 128));
     const int max_m = 4096;
     DeviceBuffer<unsigned char> x(std::size_t(max_m) * shape.k * 2), y(std::size_t(max_m) * shape.n * 2);
-    // (room for the sweep's up to 16 splits of 16 rows too)
+    // (room for the sweep's up to 12 splits of 64 rows too)
     DeviceBuffer<unsigned char> ws(std::max<std::size_t>(gpu::awq_gemm_workspace_bytes(device.weights, max_m),
-                                                         std::size_t(16) * 16 * shape.n * 4));
+                                                         std::size_t(12) * 64 * shape.n * 4));
     x.upload(to_bytes(random_floats(rng, std::size_t(max_m) * shape.k, -1, 1), DType::bf16));
     const double bytes = double(device.codes.bytes() + device.zeros.bytes() + device.scales.bytes());
     const auto row = [&](const char* variant, int m, float ms) {
@@ -2184,19 +2184,18 @@ void bench_awq_gemm() {
       std::printf("%-8s dequantize to bf16 n=%6d k=%5d %9.2f us  %7.0f GB/s (codes read + weights written)\n",
                   shape.name, shape.n, shape.k, ms * 1e3, moved / (ms * 1e-3) / 1e9);
     }
-    // The decode kernel's split-k target (CTAs per SM), and its splits added
-    // by the last CTA through global memory ("last") or in a cluster.
+    // The decode kernel with k cut into other numbers of splits, added by
+    // the last CTA through global memory ("last") or in a cluster.
     for (const int m : {1, 8, 32, 64})
-      for (const int ctas : {1, 2, 3, 4, 6, 8}) {
-        if (m > 8 && ctas > 2) continue;  // (two CTAs an SM hold 16-64 rows)
+      for (const int splits : {1, 2, 3, 4, 5, 6, 8, 12})
         for (const bool cluster : {false, true}) {
-          const std::string variant = fmt("cta/sm %d %s", ctas, cluster ? "clus" : "last");
+          if (cluster && (splits == 1 || splits > 8)) continue;  // (a cluster holds at most 8)
+          const std::string variant = fmt("splits %2d %s", splits, cluster ? "clus" : "last");
           row(variant.c_str(), m, median_ms_batched([&] {
                 CUDA_OK(gpu::awq_gemm_sweep(device.weights, x.ptr, m, y.ptr, ws.ptr, ws.bytes(), device.counters.ptr,
-                                            device.counter_count(), ctas, cluster, nullptr));
+                                            device.counter_count(), splits, cluster, nullptr));
               }));
         }
-      }
   }
 }
 
