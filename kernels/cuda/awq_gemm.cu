@@ -893,6 +893,8 @@ bool gemv_has_clusters() {
 // sweep for each Llama-3-8B layer (qkv 4, o and down 6, gate/up 1; H100,
 // kernels/cuda/NOTES.md), where the two an SM hold at once were 10-50%
 // slower (the cluster's exchange of 64 x 128 sums a split is not free).
+// From 4 rows up, on layers of at most 32 k-blocks, the decode kernel's
+// splits stop at a cluster's 8.
 struct Plan {
   bool gemv = false;
   int row_groups = 1;  // the decode kernel's
@@ -923,6 +925,12 @@ Plan plan_for(const AwqDeviceWeights& w, int m, int sms, int forced_splits = 0) 
   const long long ctas = static_cast<long long>(col_blocks) * row_blocks;
   int splits = ctas >= target ? 1 : plan.gemv ? int(target / ctas) : int((target + ctas - 1) / ctas);
   splits = std::max(1, std::min(splits, k_blocks / 2));
+  // From 4 rows up, on layers of at most 32 k-blocks (qkv, o), 8 splits
+  // added in a cluster beat the 11-16 the target asks for with the last CTA
+  // adding them (8 rows: qkv 11.7 -> 9.0 us, o 10.9 -> 8.1). At 1-2 rows, and
+  // for down's 112 k-blocks (14 a split with 8), they lost (o at 2 rows 6.8
+  // -> 7.3, down at 2 / 8 rows 13.1 / 17.2 -> 16.5 / 17.8; H100).
+  if (clusters && m >= 4 && k_blocks <= 4 * kMaxClusterSplits) splits = std::min(splits, kMaxClusterSplits);
   if (forced_splits > 0) splits = std::min(forced_splits, k_blocks);
   plan.blocks_per_split = (k_blocks + splits - 1) / splits;
   plan.splits = (k_blocks + plan.blocks_per_split - 1) / plan.blocks_per_split;
