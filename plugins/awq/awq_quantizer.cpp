@@ -132,19 +132,6 @@ PrefixTensors prefix_tensors(const hostrun::WeightSource& weights, const std::st
   return t;
 }
 
-Status check_rows(const char* what, const TensorView& view, int64_t rows, int64_t columns) {
-  if (view.device.kind != DeviceKind::cpu || view.dtype != DType::f32 || view.rank != 2 || view.shape[0] != rows ||
-      view.shape[1] != columns || view.strides[1] != 1 || view.strides[0] < columns ||
-      (view.data == nullptr && rows > 0))
-    return Status(ErrorCode::invalid_argument,
-                  fmt::format("awq: forward: {}: expected [{}, {}] f32 rows in host memory (row stride >= {}), found "
-                              "{} rank {} [{}, {}] strides [{}, {}] on {}",
-                              what, rows, columns, columns, hostrun::dtype_name(view.dtype), view.rank, view.shape[0],
-                              view.shape[1], view.strides[0], view.strides[1],
-                              hostrun::device_kind_name(view.device.kind)));
-  return {};
-}
-
 // The fused layer: the packed tensors of its prefixes side by side.
 class AwqCpuLinear final : public hostrun::LinearLayer {
  public:
@@ -178,8 +165,14 @@ class AwqCpuLinear final : public hostrun::LinearLayer {
       return Status(ErrorCode::invalid_argument,
                     fmt::format("awq: forward: epilogue mask {:#x} asked for, but this layer fuses none", call.epilogue));
     const int64_t rows = call.x.rank == 2 ? call.x.shape[0] : -1;
-    if (Status s = check_rows("x", call.x, rows, int64_t(layer_.in_features)); !s) return s;
-    if (Status s = check_rows("y", call.y, rows, int64_t(layer_.out_features)); !s) return s;
+    if (Status s = hostrun::check_linear_view("awq: forward", "x", call.x, rows, int64_t(layer_.in_features),
+                                              DType::f32, {});
+        !s)
+      return s;
+    if (Status s = hostrun::check_linear_view("awq: forward", "y", call.y, rows, int64_t(layer_.out_features),
+                                              DType::f32, {});
+        !s)
+      return s;
     const size_t needed = workspace_bytes(rows);
     const size_t given = exec.workspace.data ? exec.workspace.nbytes() : 0;
     if (given < needed || exec.workspace.device.kind != DeviceKind::cpu)

@@ -10,19 +10,6 @@ namespace hostrun::llama_cpu {
 
 namespace {
 
-// A [rows, columns] f32 host view whose rows are contiguous.
-Status check_matrix(const char* what, const TensorView& view, int64_t rows, int64_t columns) {
-  if (view.device.kind != DeviceKind::cpu || view.dtype != DType::f32 || view.rank != 2 || view.shape[0] != rows ||
-      view.shape[1] != columns || view.strides[1] != 1 || view.strides[0] < columns ||
-      (view.data == nullptr && rows > 0))
-    return Status(ErrorCode::invalid_argument,
-                  fmt::format("llama_cpu dense linear: {}: expected [{}, {}] f32 rows in host memory (row stride >= "
-                              "{}), found {} rank {} [{}, {}] strides [{}, {}] on {}",
-                              what, rows, columns, columns, dtype_name(view.dtype), view.rank, view.shape[0],
-                              view.shape[1], view.strides[0], view.strides[1], device_kind_name(view.device.kind)));
-  return {};
-}
-
 }  // namespace
 
 DenseLinear::DenseLinear(std::vector<float> weight, int64_t in_features, int threads)
@@ -49,8 +36,14 @@ Status DenseLinear::forward(const LinearCall& call, const ExecContext&) noexcept
                               "(fused_epilogues() is 0)",
                               call.epilogue));
   const int64_t rows = call.x.rank == 2 ? call.x.shape[0] : -1;
-  if (Status s = check_matrix("x", call.x, rows, in_features_); !s) return s;
-  if (Status s = check_matrix("y", call.y, rows, out_features_); !s) return s;
+  if (Status s = hostrun::check_linear_view("llama_cpu dense linear", "x", call.x, rows, in_features_,
+                                            DType::f32, {});
+      !s)
+    return s;
+  if (Status s = hostrun::check_linear_view("llama_cpu dense linear", "y", call.y, rows, out_features_,
+                                            DType::f32, {});
+      !s)
+    return s;
   return guard([&] {
     const auto* x = call.x.as<const float>();
     float* y = call.y.as<float>();

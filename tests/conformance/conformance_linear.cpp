@@ -41,7 +41,7 @@ const QuantizerRow kRows[] = {
 // each of which it can be told to get wrong.
 class EpilogueLayer final : public LinearLayer {
  public:
-  enum class Fault { none, rope_position, silu_without_silu, residual_dropped, writes_padding };
+  enum class Fault { none, rope_position, silu_without_silu, residual_dropped, writes_padding, skips_view_check };
   EpilogueLayer(std::vector<float> weight, int64_t in, Fault fault)
       : weight_(std::move(weight)), in_(in), out_(int64_t(weight_.size()) / in), fault_(fault) {}
 
@@ -53,7 +53,12 @@ class EpilogueLayer final : public LinearLayer {
   }
   size_t workspace_bytes(int64_t max_rows) const noexcept override { return size_t(max_rows * out_) * sizeof(float); }
   Status forward(const LinearCall& call, const ExecContext& exec) noexcept override {
-    const int64_t rows = call.x.shape[0];
+    const int64_t rows = call.x.rank == 2 ? call.x.shape[0] : -1;
+    const int64_t y_columns = call.epilogue & kEpilogueSiluMul ? out_ / 2 : out_;
+    if (fault_ != Fault::skips_view_check) {
+      if (Status s = check_linear_view("epilogue layer", "x", call.x, rows, in_, DType::f32, {}); !s) return s;
+      if (Status s = check_linear_view("epilogue layer", "y", call.y, rows, y_columns, DType::f32, {}); !s) return s;
+    }
     auto* product = static_cast<float*>(exec.workspace.data);  // [rows, out]
     for (int64_t r = 0; r < rows; ++r)
       ref::gemm(call.x.as<const float>() + r * call.x.strides[0], weight_.data(), ref::DType::f32, 1, size_t(out_),
@@ -123,7 +128,8 @@ TEST_CASE("the linear suite passes a layer that fuses every epilogue right, and 
   for (auto [fault, named] : {std::pair{Fault::rope_position, "RoPE epilogue off"},
                               {Fault::silu_without_silu, "SiLU-and-multiply epilogue off"},
                               {Fault::residual_dropped, "residual add epilogue off"},
-                              {Fault::writes_padding, "wrote outside y's rows"}}) {
+                              {Fault::writes_padding, "wrote outside y's rows"},
+                              {Fault::skips_view_check, "forward given y [rows, 255] for 256 outputs"}}) {
     INFO("fault: " << std::string(named));
     const auto found = problems_of(fault);
     const bool named_it =

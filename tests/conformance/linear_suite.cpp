@@ -194,6 +194,14 @@ std::vector<std::string> check_linear_layer(const QuantizerRow& row, LinearLayer
                           row.tolerance));
     if (!plain.padding_kept) problem(where + ": forward wrote outside y's rows");
     if (!plain.input_kept) problem(where + ": forward changed x");
+    if (rows == kRowCounts[0]) {
+      // The LinearCall contract (sdk's check_linear_view): a y one column
+      // short is refused as invalid_argument, and nothing lands past its rows.
+      const Call misfit = checker.forward(x, rows, kEpilogueNone, out - 1);
+      if (misfit.status.code() != ErrorCode::invalid_argument || !misfit.padding_kept)
+        problem(fmt::format("{}: forward given y [rows, {}] for {} outputs: {}", where, out - 1, out,
+                            misfit.status ? "accepted" : misfit.status.message()));
+    }
 
     const uint32_t fused = layer.fused_epilogues(rows);
     auto compare = [&](const char* epilogue, const Call& call, const std::vector<float>& fallback) {

@@ -14,6 +14,8 @@
 #include <string_view>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "hostrun/exec.hpp"
 #include "hostrun/plugin_object.hpp"
 #include "hostrun/status.hpp"
@@ -54,6 +56,25 @@ struct LinearCall {
   LinearRope rope;                    // kEpilogueRope
   TensorView residual;                // kEpilogueResidualAdd
 };
+
+// One view of a LinearCall against that contract: [rows, columns] in
+// `dtype` on `device`, each row contiguous and the row stride at least a
+// row. `layer` names the caller and `what` the view ("x", "y", "residual")
+// in the error, which says what was expected and what came.
+inline Status check_linear_view(std::string_view layer, std::string_view what, const TensorView& view, int64_t rows,
+                                int64_t columns, DType dtype, Device device) {
+  if (view.device == device && view.dtype == dtype && view.rank == 2 && view.shape[0] == rows &&
+      view.shape[1] == columns && view.strides[1] == 1 && view.strides[0] >= columns &&
+      (view.data != nullptr || rows == 0))
+    return Status();
+  return Status(ErrorCode::invalid_argument,
+                fmt::format("{}: {}: expected [{}, {}] {} rows on {}:{} (row stride >= {}), found {} rank {} "
+                            "[{}, {}] strides [{}, {}] on {}:{}{}",
+                            layer, what, rows, columns, dtype_name(dtype), device_kind_name(device.kind),
+                            device.index, columns, dtype_name(view.dtype), view.rank, view.shape[0], view.shape[1],
+                            view.strides[0], view.strides[1], device_kind_name(view.device.kind), view.device.index,
+                            view.data == nullptr && rows > 0 ? " with no data" : ""));
+}
 
 struct LinearInfo {
   int64_t in_features = 0;

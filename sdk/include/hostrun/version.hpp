@@ -10,8 +10,8 @@
 
 #define HOSTRUN_SDK_VERSION_MAJOR 0
 #define HOSTRUN_SDK_VERSION_MINOR 6
-#define HOSTRUN_SDK_VERSION_PATCH 0
-#define HOSTRUN_SDK_VERSION_STRING "0.6.0"
+#define HOSTRUN_SDK_VERSION_PATCH 1
+#define HOSTRUN_SDK_VERSION_STRING "0.6.1"
 
 // A test build may compile a plugin against another ABI number to prove the
 // host refuses it; nothing else should define this.
