@@ -8,10 +8,6 @@
 
 namespace hostrun::llama_cpu {
 
-namespace {
-
-}  // namespace
-
 DenseLinear::DenseLinear(std::vector<float> weight, int64_t in_features, int threads)
     : weight_(std::move(weight)),
       in_features_(in_features),
