@@ -56,7 +56,8 @@ struct AttentionKernelParams {
 // kKvBits: 0 for pages of T, 8 or 4 for quantized pages.
 template <typename T, int kHeadDim, int kKvBits>
 cudaError_t launch_decode_split(const AttentionKernelParams& params, int num_sequences, cudaStream_t stream);
-template <typename T, int kHeadDim, int kKvBits>
+// kWgmma: the sm_90a kernel (attention_prefill_wgmma_*.cu, head_dim 128).
+template <typename T, int kHeadDim, int kKvBits, bool kWgmma = false>
 cudaError_t launch_prefill(const AttentionKernelParams& params, int grid_tiles, cudaStream_t stream);
 
 // ---- shared-memory tiles ------------------------------------------------
@@ -112,17 +113,25 @@ __device__ __forceinline__ TileRows tile_rows(const AttentionKernelParams& p, co
 //     straight into mma fragments (attention_decode.cuh). Either way the
 //     bytes read from HBM are the quantized ones.
 //
+// The 16-bit tiles come in one of two layouts:
+//   padded_rows    row r at r * smem_row (ldmatrix reads, mma.sync kernels)
+//   core_matrices  element (r, c) at (c / 8) * kRows * 8 + r * 8 + c % 8
+//                  (wgmma reads, attention_tile_wgmma.cuh)
+//
 // Per step n of a kernel's loop (kStages buffers, kStages - 1 issued ahead):
 //   issue(n + kStages - 1); cp_async_commit(); cp_async_wait<kStages - 1>();
 //   __syncthreads(); ready(n % kStages); ... read it ...; __syncthreads();
 // ready() ends with a barrier of its own when it writes the tile; the loop's
 // closing barrier protects both the tile and the staging buffer it came from.
+enum class TileLayout { padded_rows, core_matrices };
+
 template <typename T, int kHeadDim, int kKvBits, int kRows, int kThreads, bool kDequantizeToTile = true,
-          int kStageCount = 2>
+          int kStageCount = 2, TileLayout kLayout = TileLayout::padded_rows>
 struct KvTileStream {
   static_assert(kStageCount == 2 || (kKvBits != 0 && !kDequantizeToTile), "deeper pipelines: staged codes only");
   static constexpr int kStages = kStageCount;  // buffers issue() and k_codes() etc. take
-  static constexpr int kRow = smem_row<kHeadDim>;
+  static constexpr bool kCore = kLayout == TileLayout::core_matrices;
+  static constexpr int kRow = kCore ? kHeadDim : smem_row<kHeadDim>;
   static constexpr int kTileElements = kRows * kRow;  // one of K or V, 16-bit
   static constexpr int kCodeBytes = kKvBits == 0 ? 0 : kv_row_code_bytes<kHeadDim, kKvBits>;
   // Staged code rows are padded by 16 bytes so that the fragment reads of
@@ -140,6 +149,11 @@ struct KvTileStream {
     return reinterpret_cast<T*>(smem) + (kKvBits == 0 ? buffer : 0) * 2 * kTileElements;
   }
   __device__ __forceinline__ T* v(int buffer) const { return k(buffer) + kTileElements; }
+  // Where element (row, column) of a 16-bit tile lives.
+  static __device__ __forceinline__ int tile_offset(int row, int column) {
+    if constexpr (kCore) return (column / 8) * (kRows * 8) + row * 8 + column % 8;
+    else return row * kRow + column;
+  }
   // Staged rows of `buffer`: codes at row * kStagePitch, one (scale, zero) word a row.
   __device__ __forceinline__ unsigned char* k_codes(int buffer) const { return smem + kTileBytes + buffer * kStageBuffer; }
   __device__ __forceinline__ unsigned char* v_codes(int buffer) const { return k_codes(buffer) + kRows * kStagePitch; }
@@ -154,7 +168,9 @@ struct KvTileStream {
   // with zero parameters dequantize to 0).
   __device__ __forceinline__ void issue(int buffer, const AttentionKernelParams& p, const std::int32_t* block_table,
                                         int kv_head, int first, int limit, const TileRows& rows) const {
-    if constexpr (kKvBits == 0) {
+    if constexpr (kKvBits == 0 && kCore) {
+      copy_core_rows<true, true>(buffer, buffer, p, block_table, kv_head, first, limit, rows);
+    } else if constexpr (kKvBits == 0) {
       constexpr int row_bytes = kHeadDim * static_cast<int>(sizeof(T));
       const std::int64_t block_bytes = static_cast<std::int64_t>(p.block_tokens) * p.kv_heads * row_bytes;
       copy_rows<row_bytes>(reinterpret_cast<unsigned char*>(k(buffer)), reinterpret_cast<unsigned char*>(v(buffer)),
@@ -212,6 +228,43 @@ struct KvTileStream {
     }
   }
 
+  // copy_rows for 16-bit rows into core-matrix tiles, K into k(k_buffer)
+  // and V into v(v_buffer) as kK / kV ask (a pipelined kernel fetches K one
+  // step ahead of V): the 8 threads of a shared-memory phase take one
+  // 16-byte column piece of 8 consecutive rows, one core matrix, so their
+  // stores cover all 32 banks once (a warp reads 8 rows x 64 contiguous
+  // bytes of the pages).
+  template <bool kK, bool kV>
+  __device__ __forceinline__ void copy_core_rows(int k_buffer, int v_buffer, const AttentionKernelParams& p,
+                                                 const std::int32_t* block_table, int kv_head, int first, int limit,
+                                                 const TileRows& rows) const {
+    static_assert(kCore && kKvBits == 0);
+    constexpr int row_bytes = kHeadDim * static_cast<int>(sizeof(T));
+    constexpr int chunks_per_row = row_bytes / 16;
+    constexpr int rows_per_pass = kThreads / chunks_per_row;
+    static_assert(rows_per_pass % 8 == 0 && kRows % rows_per_pass == 0);
+    const std::int64_t block_bytes = static_cast<std::int64_t>(p.block_tokens) * p.kv_heads * row_bytes;
+    const auto* k_pages = static_cast<const unsigned char*>(p.k_pages);
+    const auto* v_pages = static_cast<const unsigned char*>(p.v_pages);
+    const int chunk = (threadIdx.x / 8) % chunks_per_row;
+    const int row_in_pass = threadIdx.x % 8 + 8 * (threadIdx.x / (8 * chunks_per_row));
+#pragma unroll
+    for (int pass = 0; pass < kRows / rows_per_pass; ++pass) {
+      const int row = pass * rows_per_pass + row_in_pass;
+      const int position = first + row;
+      const bool valid = position < limit;
+      std::int64_t at = 0;
+      if (valid) {
+        const PageRow page = rows.at(p, block_table, position, row);
+        at = page.block * block_bytes + static_cast<std::int64_t>(page.offset * p.kv_heads + kv_head) * row_bytes +
+             chunk * 16;
+      }
+      const int dst = tile_offset(row, chunk * 8);
+      if constexpr (kK) cp_async_16(k(k_buffer) + dst, k_pages + at, valid);
+      if constexpr (kV) cp_async_16(v(v_buffer) + dst, v_pages + at, valid);
+    }
+  }
+
   // After the copies of `buffer` have landed and a barrier: with
   // kDequantizeToTile, makes k(buffer), v(buffer) hold the step's rows.
   __device__ __forceinline__ void ready(int buffer) const {
@@ -227,7 +280,7 @@ struct KvTileStream {
         const unsigned char* codes = (half == 0 ? k_codes(buffer) : v_codes(buffer)) + row * kStagePitch + chunk * 16;
         const float2 params = unpack_kv_params((half == 0 ? k_params(buffer) : v_params(buffer))[row]);
         const uint4 raw = *reinterpret_cast<const uint4*>(codes);
-        T* dst = (half == 0 ? k(0) : v(0)) + row * kRow + chunk * values_per_chunk;
+        T* dst = (half == 0 ? k(0) : v(0)) + tile_offset(row, chunk * values_per_chunk);
         const std::uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
         constexpr int per_word = 32 / kKvBits;
 #pragma unroll
@@ -238,12 +291,15 @@ struct KvTileStream {
           for (int j = 0; j < per_word; j += 2)
             packed[j / 2] = pack2<T>(dequantize_code<kKvBits>(words[w], j, params),
                                      dequantize_code<kKvBits>(words[w], j + 1, params));
+          // A word's values stay inside one 8-column block in either layout.
+          T* word_dst = kCore ? dst + (w * per_word / 8) * (kRows * 8) + (w * per_word) % 8 : dst + w * per_word;
           if constexpr (per_word == 4)
-            *reinterpret_cast<uint2*>(dst + w * per_word) = make_uint2(packed[0], packed[1]);
+            *reinterpret_cast<uint2*>(word_dst) = make_uint2(packed[0], packed[1]);
           else
-            *reinterpret_cast<uint4*>(dst + w * per_word) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+            *reinterpret_cast<uint4*>(word_dst) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
         }
       }
+      if constexpr (kCore) fence_shared_to_async_proxy();
       __syncthreads();
     }
   }

@@ -11,6 +11,11 @@
 //     > query position, online softmax, O += P V
 //   out = O / l
 //
+// With kWgmma (sm_90a, head_dim 128; attention_prefill_wgmma_*.cu) the four
+// warps are one warpgroup and each step's two products are wgmmas over K/V
+// tiles laid out as core matrices (attention_tile_wgmma.cuh); the rest of the
+// kernel is the same.
+//
 // Tiles strictly below the CTA's first query position need no mask; only the
 // ones crossing the diagonal do. The grid is (tiles, kv_heads) over the step's
 // flat list of query tiles (paged_attention.cu's schedule), not (tiles,
@@ -22,32 +27,140 @@
 
 #include "cuda/attention_common.cuh"
 #include "cuda/attention_tile.cuh"
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#include "cuda/attention_tile_wgmma.cuh"
+#endif
 
 namespace hostrun::cuda::detail {
 
-constexpr int prefill_block_m = 64;
+// Query rows a CTA: 64 for mma.sync (4 warps of 16 rows); two warpgroups of
+// 64 for wgmma, so each K/V tile fetched serves 128 rows: with GQA packing a
+// 64-row tile is only 16 tokens, and the mma.sync kernel and the one-warpgroup
+// wgmma kernel both stalled at ~150 TFLOP/s on the K/V re-reads
+// (paged_attention.cu's plan uses the same numbers).
+template <bool kWgmma>
+constexpr int prefill_block_m = kWgmma ? 128 : 64;
 constexpr int prefill_block_n = 64;
-constexpr int prefill_threads = 128;
+template <bool kWgmma>
+constexpr int prefill_threads = 2 * prefill_block_m<kWgmma>;  // a warp per 16 rows
 
-template <typename T, int kHeadDim, int kKvBits>
-using PrefillTiles = KvTileStream<T, kHeadDim, kKvBits, prefill_block_n, prefill_threads>;
+template <typename T, int kHeadDim, int kKvBits, bool kWgmma>
+using PrefillTiles = KvTileStream<T, kHeadDim, kKvBits, prefill_block_n, prefill_threads<kWgmma>, true, 2,
+                                  kWgmma ? TileLayout::core_matrices : TileLayout::padded_rows>;
 
-template <typename T, int kHeadDim, int kKvBits>
+template <typename T, int kHeadDim, int kKvBits, bool kWgmma>
 constexpr int prefill_smem_bytes() {
-  return prefill_block_m * smem_row<kHeadDim> * 2 + PrefillTiles<T, kHeadDim, kKvBits>::kSmemBytes;
+  return prefill_block_m<kWgmma> * smem_row<kHeadDim> * 2 + PrefillTiles<T, kHeadDim, kKvBits, kWgmma>::kSmemBytes;
 }
 
-template <typename T, int kHeadDim, int kKvBits>
-__global__ void __launch_bounds__(prefill_threads) prefill_kernel(const AttentionKernelParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// The K/V loop of the wgmma kernel over 16-bit pages, software-pipelined
+// (FlashAttention-3's overlap inside one warpgroup): while the tensor cores
+// add tile n's P V, the warps run tile n + 1's softmax, whose S was issued
+// just before it. K is fetched two tiles ahead and V one (two buffers each):
+//
+//   before: Q, K0, V0 landed; K1 in flight; S0 and its softmax done
+//   step n: wait for K(n+1), V(n) and barrier (every warp is past S(n) and
+//           P(n-1) V(n-1), so their buffers are free)
+//           fetch K(n+2) and V(n+1) into them
+//           issue S(n+1) = Q K(n+1)^T, then O += P(n) V(n)
+//           wait for S(n+1): softmax of tile n + 1 (O untouched)
+//           wait for P(n) V(n): rescale O, pack P(n+1)
+//
+// The caller has issued and committed Q, K0 and V0 into buffer 0.
+template <typename T, int kHeadDim, typename Tiles, typename Masked>
+__device__ __forceinline__ void attend_tiles_pipelined(const Tiles& tiles, const AttentionKernelParams& p,
+                                                       const std::int32_t* block_table, int kv_head,
+                                                       int max_position, int min_position, int num_tiles,
+                                                       const T* q_tile, const Masked& masked,
+                                                       float (&o)[kHeadDim / 8][4], RowSoftmax& softmax) {
+  constexpr int BN = prefill_block_n;
+  constexpr int ROW = smem_row<kHeadDim>;
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int limit = max_position + 1;
+  const auto fetch = [&]<bool kK, bool kV>(int k_buffer, int v_buffer, int tile) {
+    tiles.template copy_core_rows<kK, kV>(k_buffer, v_buffer, p, block_table, kv_head, tile * BN, limit,
+                                          tile_rows<BN>(p, block_table, tile * BN));
+  };
+  const auto needs_mask = [&](int tile) { return tile * BN + BN - 1 > min_position; };
+
+  if (num_tiles > 1) fetch.template operator()<true, false>(1, 0, 1);
+  cp_async_commit();
+  cp_async_wait<1>();
+  fence_shared_to_async_proxy();
+  __syncthreads();
+  std::uint32_t q_frag[kHeadDim / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < kHeadDim / 16; ++kk)
+    ldmatrix_x4(q_frag[kk], q_tile + (warp * 16 + lane % 16) * ROW + kk * 16 + (lane / 16) * 8);
+
+  float s[BN / 8][4];
+  std::uint32_t p_frag[BN / 16][4];
+  wgmma_fence();
+  issue_scores<T, kHeadDim, BN>(s, q_frag, tiles.k(0));
+  wgmma_commit();
+  wgmma_wait<0>();
+  wgmma_fence_operands(s);
+  {
+    float alpha_lo, alpha_hi;  // O is still zero
+    softmax_scores<BN>(s, 0, p.scale_log2, needs_mask(0), masked, softmax, alpha_lo, alpha_hi);
+  }
+#pragma unroll
+  for (int kt = 0; kt < BN / 16; ++kt) p_fragment<T>(s, kt, p_frag[kt]);
+
+  // Every step but the last; the branches stay outside the wgmma stages
+  // (ptxas serializes wgmmas whose stage holds control flow).
+  for (int n = 0; n + 1 < num_tiles; ++n) {
+    cp_async_wait<0>();
+    fence_shared_to_async_proxy();
+    __syncthreads();
+    if (n + 2 < num_tiles) fetch.template operator()<true, false>(n & 1, 0, n + 2);
+    fetch.template operator()<false, true>(0, (n + 1) & 1, n + 1);
+    cp_async_commit();
+    const bool mask_next = needs_mask(n + 1);
+
+    wgmma_fence_operands(o);
+    wgmma_fence();
+    issue_scores<T, kHeadDim, BN>(s, q_frag, tiles.k((n + 1) & 1));
+    wgmma_commit();
+    issue_values<T, kHeadDim, BN>(o, p_frag, tiles.v(n & 1));
+    wgmma_commit();
+    wgmma_wait<1>();
+    wgmma_fence_operands(s);
+    float alpha_lo, alpha_hi;
+    softmax_scores<BN>(s, (n + 1) * BN, p.scale_log2, mask_next, masked, softmax, alpha_lo, alpha_hi);
+    wgmma_wait<0>();
+    wgmma_fence_operands(o);
+    rescale_rows(o, alpha_lo, alpha_hi);
+#pragma unroll
+    for (int kt = 0; kt < BN / 16; ++kt) p_fragment<T>(s, kt, p_frag[kt]);
+  }
+  // The last tile's P V.
+  cp_async_wait<0>();
+  fence_shared_to_async_proxy();
+  __syncthreads();
+  wgmma_fence_operands(o);
+  wgmma_fence();
+  issue_values<T, kHeadDim, BN>(o, p_frag, tiles.v((num_tiles - 1) & 1));
+  wgmma_commit();
+  wgmma_wait<0>();
+  wgmma_fence_operands(o);
+  __syncthreads();  // the next query tile's copies overwrite the buffers
+}
+#endif
+
+template <typename T, int kHeadDim, int kKvBits, bool kWgmma>
+__global__ void __launch_bounds__(prefill_threads<kWgmma>) prefill_kernel(const AttentionKernelParams p) {
   allow_next_grid_to_launch();
-  constexpr int BM = prefill_block_m;
+  constexpr int BM = prefill_block_m<kWgmma>;
   constexpr int BN = prefill_block_n;
   constexpr int ROW = smem_row<kHeadDim>;
   constexpr int KSTEPS = kHeadDim / 16;  // k-steps of S = Q K^T
   constexpr int DTILES = kHeadDim / 8;   // n8 tiles of O
   extern __shared__ __align__(16) unsigned char smem[];
   T* q_tile = reinterpret_cast<T*>(smem);  // [BM][ROW]
-  const PrefillTiles<T, kHeadDim, kKvBits> tiles{reinterpret_cast<unsigned char*>(q_tile + BM * ROW)};
+  const PrefillTiles<T, kHeadDim, kKvBits, kWgmma> tiles{reinterpret_cast<unsigned char*>(q_tile + BM * ROW)};
 
   const int kv_head = blockIdx.y;
   // grid.x walks the step's flat list of query tiles (a mixed step's decode
@@ -78,7 +191,7 @@ __global__ void __launch_bounds__(prefill_threads) prefill_kernel(const Attentio
       const int row0 = (item - p.prefill_tile_start[sequence]) * BM;
       {  // Q tile, rows past the chunk zero-filled
         constexpr int chunks = kHeadDim / 8;
-        constexpr int rows_per_pass = prefill_threads / chunks;
+        constexpr int rows_per_pass = prefill_threads<kWgmma> / chunks;
         const int chunk = threadIdx.x % chunks;
 #pragma unroll
         for (int pass = 0; pass < BM / rows_per_pass; ++pass) {
@@ -113,6 +226,15 @@ __global__ void __launch_bounds__(prefill_threads) prefill_kernel(const Attentio
       for (int d = 0; d < DTILES; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
       RowSoftmax softmax;
 
+      const auto masked = [&](int key, bool hi) { return key > (hi ? pos_hi : pos_lo); };
+      if constexpr (kWgmma && kKvBits == 0) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+        attend_tiles_pipelined<T, kHeadDim>(tiles, p, block_table, kv_head, max_position, min_position, num_tiles,
+                                            q_tile, masked, o, softmax);
+#elif defined(__CUDA_ARCH__)
+        __trap();  // an instance built without sm_90a; the plan never picks it
+#endif
+      } else {
       for (int n = 0; n < num_tiles; ++n) {
         const int buffer = n & 1;
         if (n + 1 < num_tiles)
@@ -120,6 +242,7 @@ __global__ void __launch_bounds__(prefill_threads) prefill_kernel(const Attentio
                       tile_rows<BN>(p, block_table, (n + 1) * BN));
         cp_async_commit();  // an empty group on the last tile keeps wait<1> uniform
         cp_async_wait<1>();
+        if constexpr (kWgmma) fence_shared_to_async_proxy();
         __syncthreads();
         tiles.ready(buffer);
         if (n == 0) {
@@ -128,11 +251,20 @@ __global__ void __launch_bounds__(prefill_threads) prefill_kernel(const Attentio
             ldmatrix_x4(q_frag[kk], q_tile + (warp * 16 + lane % 16) * ROW + kk * 16 + (lane / 16) * 8);
           }
         }
-        attend_tile<T, kHeadDim, BN, ROW>(
-            q_frag, tiles.k(buffer), tiles.v(buffer), n * BN, p.scale_log2,
-            n * BN + BN - 1 > min_position,  // only tiles crossing the diagonal need the mask
-            [&](int key, bool hi) { return key > (hi ? pos_hi : pos_lo); }, o, softmax);
+        const bool needs_mask = n * BN + BN - 1 > min_position;  // only tiles crossing the diagonal
+        if constexpr (kWgmma) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+          attend_tile_wgmma<T, kHeadDim, BN>(q_frag, tiles.k(buffer), tiles.v(buffer), n * BN, p.scale_log2,
+                                             needs_mask, masked, o, softmax);
+#elif defined(__CUDA_ARCH__)
+          __trap();  // an instance built without sm_90a; the plan never picks it
+#endif
+        } else {
+          attend_tile<T, kHeadDim, BN, ROW>(q_frag, tiles.k(buffer), tiles.v(buffer), n * BN, p.scale_log2,
+                                            needs_mask, masked, o, softmax);
+        }
         __syncthreads();  // the next iteration's prefetch overwrites this buffer
+      }
       }
 
       float inv_lo, inv_hi;
@@ -154,14 +286,15 @@ __global__ void __launch_bounds__(prefill_threads) prefill_kernel(const Attentio
   }
 }
 
-template <typename T, int kHeadDim, int kKvBits>
+template <typename T, int kHeadDim, int kKvBits, bool kWgmma>
 cudaError_t launch_prefill(const AttentionKernelParams& params, int grid_tiles, cudaStream_t stream) {
-  constexpr int smem = prefill_smem_bytes<T, kHeadDim, kKvBits>();
-  if (const cudaError_t e = allow_dynamic_smem<prefill_kernel<T, kHeadDim, kKvBits>>(smem); e != cudaSuccess) {
+  constexpr int smem = prefill_smem_bytes<T, kHeadDim, kKvBits, kWgmma>();
+  if (const cudaError_t e = allow_dynamic_smem<prefill_kernel<T, kHeadDim, kKvBits, kWgmma>>(smem);
+      e != cudaSuccess) {
     return e;
   }
   const dim3 grid(grid_tiles, params.kv_heads);
-  prefill_kernel<T, kHeadDim, kKvBits><<<grid, prefill_threads, smem, stream>>>(params);
+  prefill_kernel<T, kHeadDim, kKvBits, kWgmma><<<grid, prefill_threads<kWgmma>, smem, stream>>>(params);
   return cudaGetLastError();
 }
 

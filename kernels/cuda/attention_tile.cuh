@@ -35,35 +35,19 @@ struct RowSoftmax {
   }
 };
 
-// One tile. k_tile and v_tile: [kKeys][kRow] 16-bit rows in shared memory
-// (kRow = smem_row<kHeadDim>, attention_common.cuh's padding). When
-// `needs_mask`, key (key0 + column) is dropped from a row where
-// masked(key, hi) is true (hi: the thread's second row). The first tile a
-// row attends must hold a key it sees: maxima are finite from then on, and
-// exp2(-inf - finite) = 0 rescales the empty start.
-template <typename T, int kHeadDim, int kKeys, int kRow, typename Masked>
-__device__ __forceinline__ void attend_tile(const std::uint32_t (&q_frag)[kHeadDim / 16][4], const T* k_tile,
-                                            const T* v_tile, int key0, float scale_log2, bool needs_mask,
-                                            const Masked& masked, float (&o)[kHeadDim / 8][4], RowSoftmax& rows) {
-  constexpr int KSTEPS = kHeadDim / 16;  // k-steps of S = Q K^T (taken in pairs)
-  constexpr int DTILES = kHeadDim / 8;   // n8 tiles of O
-  static_assert(KSTEPS % 2 == 0, "S's k-steps go in pairs: head sizes are multiples of 32");
-  const int lane = threadIdx.x % 32;
-  const int quad_col = (lane % 4) * 2;  // first of the two columns a thread holds in a fragment
-
-  float s[kKeys / 8][4];
-#pragma unroll
-  for (int nt = 0; nt < kKeys / 8; ++nt) {
-    s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < KSTEPS; kk += 2) {
-      std::uint32_t b[4];
-      ldmatrix_x4(b, k_tile + (nt * 8 + lane % 8) * kRow + kk * 16 + (lane / 8) * 8);
-      mma_16816<T>(s[nt], q_frag[kk], b[0], b[1]);
-      mma_16816<T>(s[nt], q_frag[kk + 1], b[2], b[3]);
-    }
-  }
-
+// The softmax half of a tile, between the two products: s holds S = Q K^T
+// of kKeys keys (m16n8 accumulator fragments); on return it holds P =
+// exp2(S' - m'), the row sums are updated, and alpha_lo / alpha_hi are what
+// O must be scaled by (rescale_rows) before this tile's P V is added. When
+// `needs_mask`, key (key0 + column) is dropped from a row where masked(key,
+// hi) is true (hi: the thread's second row). The first tile a row attends
+// must hold a key it sees: maxima are finite from then on, and exp2(-inf -
+// finite) = 0 rescales the empty start.
+template <int kKeys, typename Masked>
+__device__ __forceinline__ void softmax_scores(float (&s)[kKeys / 8][4], int key0, float scale_log2, bool needs_mask,
+                                               const Masked& masked, RowSoftmax& rows, float& alpha_lo,
+                                               float& alpha_hi) {
+  const int quad_col = (threadIdx.x % 4) * 2;  // first of the two columns a thread holds in a fragment
   float max_lo = rows.m_lo, max_hi = rows.m_hi;
 #pragma unroll
   for (int nt = 0; nt < kKeys / 8; ++nt) {
@@ -81,7 +65,8 @@ __device__ __forceinline__ void attend_tile(const std::uint32_t (&q_frag)[kHeadD
   max_lo = fmaxf(max_lo, __shfl_xor_sync(0xffffffffu, max_lo, 2));
   max_hi = fmaxf(max_hi, __shfl_xor_sync(0xffffffffu, max_hi, 1));
   max_hi = fmaxf(max_hi, __shfl_xor_sync(0xffffffffu, max_hi, 2));
-  const float alpha_lo = exp2f(rows.m_lo - max_lo), alpha_hi = exp2f(rows.m_hi - max_hi);
+  alpha_lo = exp2f(rows.m_lo - max_lo);
+  alpha_hi = exp2f(rows.m_hi - max_hi);
   rows.m_lo = max_lo;
   rows.m_hi = max_hi;
   float sum_lo = 0.0f, sum_hi = 0.0f;
@@ -96,21 +81,68 @@ __device__ __forceinline__ void attend_tile(const std::uint32_t (&q_frag)[kHeadD
   }
   rows.l_lo = rows.l_lo * alpha_lo + sum_lo;
   rows.l_hi = rows.l_hi * alpha_hi + sum_hi;
+}
+template <int kTiles>
+__device__ __forceinline__ void rescale_rows(float (&o)[kTiles][4], float alpha_lo, float alpha_hi) {
 #pragma unroll
-  for (int d = 0; d < DTILES; ++d) {
+  for (int d = 0; d < kTiles; ++d) {
     o[d][0] *= alpha_lo;
     o[d][1] *= alpha_lo;
     o[d][2] *= alpha_hi;
     o[d][3] *= alpha_hi;
   }
+}
+// Both: what a step does between S = Q K^T and O += P V when the two run
+// back to back.
+template <int kKeys, int kHeadDim, typename Masked>
+__device__ __forceinline__ void online_softmax(float (&s)[kKeys / 8][4], int key0, float scale_log2, bool needs_mask,
+                                               const Masked& masked, float (&o)[kHeadDim / 8][4], RowSoftmax& rows) {
+  float alpha_lo, alpha_hi;
+  softmax_scores<kKeys>(s, key0, scale_log2, needs_mask, masked, rows, alpha_lo, alpha_hi);
+  rescale_rows(o, alpha_lo, alpha_hi);
+}
+
+// n-tiles 2kt and 2kt+1 of P are, register for register, the A fragment of
+// the 16x16 block of P over keys 16kt .. 16kt+15.
+template <typename T, int kNTiles>
+__device__ __forceinline__ void p_fragment(const float (&p)[kNTiles][4], int kt, std::uint32_t (&a)[4]) {
+  a[0] = pack2<T>(p[2 * kt][0], p[2 * kt][1]);
+  a[1] = pack2<T>(p[2 * kt][2], p[2 * kt][3]);
+  a[2] = pack2<T>(p[2 * kt + 1][0], p[2 * kt + 1][1]);
+  a[3] = pack2<T>(p[2 * kt + 1][2], p[2 * kt + 1][3]);
+}
+
+// One tile. k_tile and v_tile: [kKeys][kRow] 16-bit rows in shared memory
+// (kRow = smem_row<kHeadDim>, attention_common.cuh's padding); masking as in
+// online_softmax.
+template <typename T, int kHeadDim, int kKeys, int kRow, typename Masked>
+__device__ __forceinline__ void attend_tile(const std::uint32_t (&q_frag)[kHeadDim / 16][4], const T* k_tile,
+                                            const T* v_tile, int key0, float scale_log2, bool needs_mask,
+                                            const Masked& masked, float (&o)[kHeadDim / 8][4], RowSoftmax& rows) {
+  constexpr int KSTEPS = kHeadDim / 16;  // k-steps of S = Q K^T (taken in pairs)
+  constexpr int DTILES = kHeadDim / 8;   // n8 tiles of O
+  static_assert(KSTEPS % 2 == 0, "S's k-steps go in pairs: head sizes are multiples of 32");
+  const int lane = threadIdx.x % 32;
+
+  float s[kKeys / 8][4];
+#pragma unroll
+  for (int nt = 0; nt < kKeys / 8; ++nt) {
+    s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < KSTEPS; kk += 2) {
+      std::uint32_t b[4];
+      ldmatrix_x4(b, k_tile + (nt * 8 + lane % 8) * kRow + kk * 16 + (lane / 8) * 8);
+      mma_16816<T>(s[nt], q_frag[kk], b[0], b[1]);
+      mma_16816<T>(s[nt], q_frag[kk + 1], b[2], b[3]);
+    }
+  }
+
+  online_softmax<kKeys, kHeadDim>(s, key0, scale_log2, needs_mask, masked, o, rows);
 
 #pragma unroll
   for (int kt = 0; kt < kKeys / 16; ++kt) {
-    // n-tiles 2kt and 2kt+1 of S are, register for register, the A fragment
-    // of the 16x16 block of P over keys 16kt .. 16kt+15.
-    const std::uint32_t a[4] = {pack2<T>(s[2 * kt][0], s[2 * kt][1]), pack2<T>(s[2 * kt][2], s[2 * kt][3]),
-                                pack2<T>(s[2 * kt + 1][0], s[2 * kt + 1][1]),
-                                pack2<T>(s[2 * kt + 1][2], s[2 * kt + 1][3])};
+    std::uint32_t a[4];
+    p_fragment<T>(s, kt, a);
 #pragma unroll
     for (int d = 0; d < DTILES; d += 2) {
       std::uint32_t b[4];

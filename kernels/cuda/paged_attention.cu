@@ -10,7 +10,8 @@ namespace hostrun::cuda {
 namespace {
 
 constexpr int decode_block_n = 64;    // attention_decode.cuh
-constexpr int prefill_block_m = 64;   // attention_prefill.cuh
+constexpr int prefill_block_m = 64;         // attention_prefill.cuh: mma.sync
+constexpr int prefill_block_m_wgmma = 128;  // and wgmma (two warpgroups)
 constexpr int prefill_block_n = 64;
 constexpr int max_decode_group = 8;   // q heads in the decode kernel's 8 mma columns (attention_decode.cuh);
                                       // larger groups' decode tokens go through the prefill kernel
@@ -21,6 +22,11 @@ constexpr int max_decode_group = 8;   // q heads in the decode kernel's 8 mma co
 // 48 CTAs instead of 16). Large batches get one split anyway.
 constexpr int min_split_tokens = 64;
 constexpr int max_splits = 128;
+#if defined(HOSTRUN_KERNELS_SM90A)
+constexpr bool kHaveWgmmaPrefill = true;  // attention_prefill_wgmma_*.cu are built
+#else
+constexpr bool kHaveWgmmaPrefill = false;
+#endif
 
 std::size_t align256(std::size_t bytes) { return (bytes + 255) / 256 * 256; }
 
@@ -65,13 +71,13 @@ __global__ void decode_reduce_kernel(const detail::AttentionKernelParams p, int 
 }
 
 // The prefill kernel's work list: tile_start[s] = the first of sequence s's
-// 64-row query tiles in the step's flat list (exclusive prefix sum of
-// ceil(query_len * group / 64), 0 for decode tokens left to decode_split),
+// block_m-row query tiles in the step's flat list (exclusive prefix sum of
+// ceil(query_len * group / block_m), 0 for decode tokens left to decode_split),
 // tile_start[num_sequences] = the total. One block; a block-wide scan per
 // 1024 sequences.
 __global__ void __launch_bounds__(1024)
-    prefill_schedule_kernel(const std::int32_t* query_start, int num_sequences, int group, bool skip_decode,
-                            std::int32_t* tile_start) {
+    prefill_schedule_kernel(const std::int32_t* query_start, int num_sequences, int group, int block_m,
+                            bool skip_decode, std::int32_t* tile_start) {
   __shared__ int warp_totals[32];
   __shared__ int carry;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
@@ -82,7 +88,7 @@ __global__ void __launch_bounds__(1024)
     int tiles = 0;
     if (s < num_sequences) {
       const int q_len = query_start[s + 1] - query_start[s];
-      if (q_len > 0 && !(skip_decode && q_len == 1)) tiles = (q_len * group + prefill_block_m - 1) / prefill_block_m;
+      if (q_len > 0 && !(skip_decode && q_len == 1)) tiles = (q_len * group + block_m - 1) / block_m;
     }
     int inclusive = tiles;  // within the warp
 #pragma unroll
@@ -128,10 +134,17 @@ template <typename T>
 cudaError_t enqueue_prefill(const AttentionPlan& plan, const detail::AttentionKernelParams& params, int num_sequences,
                            cudaStream_t stream) {
   prefill_schedule_kernel<<<1, 1024, 0, stream>>>(params.query_start, num_sequences, params.group,
+                                                 plan.prefill.block_m,
                                                  params.prefill_skips_decode,
                                                  const_cast<std::int32_t*>(params.prefill_tile_start));
   if (const cudaError_t r = cudaGetLastError(); r != cudaSuccess) return r;
   return launch_for_format<T>(plan, [&]<int kHeadDim, int kKvBits>() {
+#if defined(HOSTRUN_KERNELS_SM90A)
+    if constexpr (kHeadDim == 128) {
+      if (plan.prefill.wgmma)
+        return detail::launch_prefill<T, kHeadDim, kKvBits, true>(params, plan.prefill_q_tiles, stream);
+    }
+#endif
     return detail::launch_prefill<T, kHeadDim, kKvBits>(params, plan.prefill_q_tiles, stream);
   });
 }
@@ -184,8 +197,9 @@ std::string AttentionKernelDesc::to_string() const {
                   dtype_label(dtype), head_dim, kv_label(kv_bits), group, block_n, warps, splits, split_tokens,
                   splits > 1 ? " +decode_reduce" : "");
   } else {
-    std::snprintf(text, sizeof text, "prefill<%s,hd%d%s> group=%d block_m=%d block_n=%d warps=%d mma.m16n8k16",
-                  dtype_label(dtype), head_dim, kv_label(kv_bits), group, block_m, block_n, warps);
+    std::snprintf(text, sizeof text, "prefill<%s,hd%d%s> group=%d block_m=%d block_n=%d warps=%d %s",
+                  dtype_label(dtype), head_dim, kv_label(kv_bits), group, block_m, block_n, warps,
+                  wgmma ? "wgmma.m64nNk16" : "mma.m16n8k16");
   }
   return text;
 }
@@ -250,18 +264,22 @@ AttentionPlan plan_paged_attention(const AttentionProblem& problem) {
   }
   plan.prefill_schedule_offset = plan.workspace_bytes;
   if (plan.run_prefill) {
-    plan.prefill = {AttentionKernel::prefill, problem.dtype, problem.head_dim, group, prefill_block_m,
-                    prefill_block_n, 4, 1, 0, problem.kv_bits};
+    const bool wgmma = kHaveWgmmaPrefill && problem.compute_capability == 90 && problem.head_dim == 128 &&
+                       !problem.mma_sync_only;
+    const int block_m = wgmma ? prefill_block_m_wgmma : prefill_block_m;
+    plan.prefill = {AttentionKernel::prefill, problem.dtype, problem.head_dim, group, block_m,
+                    prefill_block_n, block_m / 16, 1, 0, problem.kv_bits};
+    plan.prefill.wgmma = wgmma;
     // A bound on the step's query tiles: every sequence at max_query_len, or,
     // when the step's token count is known, its tiles plus one partial tile
     // per sequence. The kernel loops if the real list is longer.
     const long long sequences = std::max(problem.num_sequences, 1);
     const long long per_sequence = (static_cast<long long>(std::max(problem.max_query_len, 1)) * group +
-                                    prefill_block_m - 1) / prefill_block_m;
+                                    block_m - 1) / block_m;
     long long tiles = sequences * per_sequence;
     if (problem.max_tokens > 0)
-      tiles = std::min(tiles, (static_cast<long long>(problem.max_tokens) * group + prefill_block_m - 1) /
-                                      prefill_block_m + sequences);
+      tiles = std::min(tiles, (static_cast<long long>(problem.max_tokens) * group + block_m - 1) /
+                                      block_m + sequences);
     plan.prefill_q_tiles = static_cast<int>(std::clamp<long long>(tiles, 1, 1 << 30));
     plan.workspace_bytes += align256(static_cast<std::size_t>(sequences + 1) * sizeof(std::int32_t));
   }

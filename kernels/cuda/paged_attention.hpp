@@ -27,7 +27,9 @@
 //                 online softmax over 64-position K/V tiles, causal mask only
 //                 on the tiles that cross the diagonal.
 // Both use mma.sync.m16n8k16 (f32 accumulate) with ldmatrix from padded
-// shared memory and cp.async double buffering of the K/V pages.
+// shared memory and cp.async double buffering of the K/V pages; on compute
+// capability 9.0 prefill at head_dim 128 runs the same kernel on wgmma
+// (AttentionProblem::compute_capability).
 //
 // Plan/launch split (FlashInfer style): plan_paged_attention() turns the
 // host-known sizes into an AttentionPlan (which kernels, split count, grid,
@@ -80,6 +82,11 @@ struct AttentionProblem {
   int num_sms = 132;         // cudaDevAttrMultiProcessorCount
   int force_splits = 0;      // > 0: exactly this many decode chunks (tests); 0: automatic
   int kv_bits = 0;           // the pools' format: 0 (dtype), 8 or 4
+  // The device's compute capability, major * 10 + minor. 90 (H100, H200)
+  // with a library built for sm_90 picks the wgmma prefill kernel at
+  // head_dim 128; other values (0: unknown) the mma.sync one.
+  int compute_capability = 0;
+  bool mma_sync_only = false;  // the mma.sync prefill on 9.0 too (comparisons)
 };
 
 enum class AttentionKernel : std::uint8_t { decode_split, prefill };
@@ -96,6 +103,7 @@ struct AttentionKernelDesc {
   int splits = 1;       // decode: chunks per sequence
   int split_tokens = 0; // decode: positions per chunk
   int kv_bits = 0;      // pages read: 0 (dtype), 8 or 4
+  bool wgmma = false;   // prefill: warpgroup MMA (sm_90a) instead of mma.sync
   std::string to_string() const;
 };
 

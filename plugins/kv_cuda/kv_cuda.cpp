@@ -102,6 +102,18 @@ int multiprocessors(int device) {
   return count;
 }
 
+// major * 10 + minor, what AttentionProblem::compute_capability takes.
+int device_compute_capability(int device) {
+  int major = 0, minor = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+    cudaGetLastError();
+    throw hostrun::Error(ErrorCode::internal,
+                         fmt::format("kv_cuda: cannot read the compute capability of cuda:{}", device));
+  }
+  return major * 10 + minor;
+}
+
 // The pools of every layer, and the stream and events attend() runs a mixed
 // step's prefill on.
 class CudaKvCache final : public hostrun::KvCache {
@@ -112,6 +124,7 @@ class CudaKvCache final : public hostrun::KvCache {
     bytes_ = 2 * pool_bytes_ * size_t(shape.layers);
     if (cudaError_t e = cudaSetDevice(device); e != cudaSuccess) throw hostrun::Error(cuda_status("cudaSetDevice", e));
     num_sms_ = multiprocessors(device);
+    compute_capability_ = device_compute_capability(device);
     void* memory = nullptr;
     if (cudaError_t e = cudaMalloc(&memory, bytes_); e != cudaSuccess) {
       size_t free_bytes = 0, total_bytes = 0;
@@ -150,6 +163,7 @@ class CudaKvCache final : public hostrun::KvCache {
   int kv_bits() const { return kv_bits_; }
   int device() const { return device_; }
   int num_sms() const { return num_sms_; }
+  int compute_capability() const { return compute_capability_; }
   int64_t num_slots() const { return int64_t(num_blocks_) * shape_.block_tokens; }
   // Null without concurrent_prefill.
   const hostrun::cuda::SideStream* prefill_stream() const { return side_.stream ? &side_ : nullptr; }
@@ -160,6 +174,7 @@ class CudaKvCache final : public hostrun::KvCache {
   int32_t num_blocks_;
   int device_;
   int num_sms_ = 0;
+  int compute_capability_ = 0;
   size_t pool_bytes_ = 0;
   size_t bytes_ = 0;
   std::byte* memory_ = nullptr;
@@ -203,6 +218,7 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
   explicit CudaKvPolicy(const hostrun::CreateContext& context)
       : library_(context.library),
         concurrent_prefill_(context.settings->get_bool("concurrent_prefill")),
+        wgmma_prefill_(context.settings->get_bool("wgmma_prefill")),
         kv_bits_(parse_quant_policy(context.settings->get_int("quant_policy"))) {}
 
   hostrun::KvFormat format() const noexcept override {
@@ -281,6 +297,7 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
       problem.max_context_len = query.max_context;
       problem.max_tokens = query.max_tokens;
       problem.num_sms = multiprocessors(query.device.index);
+      problem.compute_capability = device_compute_capability(query.device.index);
       for (int32_t sequences = 1;; sequences = std::min<int64_t>(int64_t(sequences) * 2, query.max_sequences)) {
         problem.num_sequences = sequences;
         const hostrun::cuda::AttentionPlan plan = hostrun::cuda::plan_paged_attention(problem);
@@ -411,6 +428,8 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
       problem.max_context_len = batch.max_context_len;
       problem.max_tokens = batch.num_tokens;
       problem.num_sms = ours->num_sms();
+      problem.compute_capability = ours->compute_capability();
+      problem.mma_sync_only = !wgmma_prefill_;
       problem.kv_bits = ours->kv_bits();
       // Every layer of a step has the same problem: plan once per step.
       if (!plan_ || !same_problem(plan_->problem, problem))
@@ -476,7 +495,8 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
     return a.dtype == b.dtype && a.head_dim == b.head_dim && a.q_heads == b.q_heads && a.kv_heads == b.kv_heads &&
            a.num_sequences == b.num_sequences && a.max_query_len == b.max_query_len &&
            a.max_context_len == b.max_context_len && a.max_tokens == b.max_tokens && a.num_sms == b.num_sms &&
-           a.force_splits == b.force_splits && a.kv_bits == b.kv_bits;
+           a.force_splits == b.force_splits && a.kv_bits == b.kv_bits &&
+           a.compute_capability == b.compute_capability && a.mma_sync_only == b.mma_sync_only;
   }
 
   // write() into int8/int4 pages: kernels/cuda's quantizing store.
@@ -529,6 +549,7 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
 
   hostrun::LibraryPin library_;  // carried by every cache handed out
   bool concurrent_prefill_ = true;
+  bool wgmma_prefill_ = true;
   int kv_bits_ = 0;  // quant_policy: 0, 8 or 4
   std::unique_ptr<hostrun::cuda::AttentionPlan> plan_;  // the last step's, reused by its other layers
 };
@@ -537,6 +558,10 @@ const hostrun::SettingSpec kSettings[] = {
     {"concurrent_prefill", hostrun::SettingType::boolean,
      "In a step with decode and prefill tokens, run the prefill attention on a second stream beside decode", false,
      "true"},
+    {"wgmma_prefill", hostrun::SettingType::boolean,
+     "On compute capability 9.0 (H100, H200), prefill attention at head_dim 128 on warpgroup MMA (wgmma); false "
+     "keeps the mma.sync kernel other GPUs run",
+     false, "true"},
     {"quant_policy", hostrun::SettingType::integer,
      "KV quantization, LMDeploy's --quant-policy: 0 (pages in the activation dtype), 8 (int8) or 4 (int4; "
      "per token and KV head scale/zero, TurboMind's format)",

@@ -19,6 +19,9 @@ const KvPolicyRow kRows[] = {
     {"kv_cuda f16", "kv_cuda", {}, DeviceKind::cuda, DType::f16, 5e-3},
     {"kv_cuda bf16, prefill on the decode stream", "kv_cuda", {{"concurrent_prefill", false}}, DeviceKind::cuda,
      DType::bf16, 2e-2},
+    // On compute capability 9.0 the rows above prefill on wgmma; this one on
+    // mma.sync (elsewhere it repeats the first row).
+    {"kv_cuda bf16, mma.sync prefill", "kv_cuda", {{"wgmma_prefill", false}}, DeviceKind::cuda, DType::bf16, 2e-2},
     // int8 / int4 pages (quant_policy): kv_cpu's tolerances for the formats,
     // plus the 16-bit queries and outputs.
     {"kv_cuda int8, bf16 activations", "kv_cuda", {{"quant_policy", int64_t(8)}}, DeviceKind::cuda, DType::bf16, 3e-2},

@@ -10,6 +10,8 @@
 //   test_kernels_cuda --bench-fp8     the small_gemm and fp8_small_gemm timings alone
 //   test_kernels_cuda --bench-decode [BxC]  decode attention alone (one
 //                                     batch B x context C: for ncu)
+//   test_kernels_cuda --bench-prefill prefill attention alone (wgmma and
+//                                     mma.sync side by side on sm_90)
 //   test_kernels_cuda -tc='*attention*'   doctest filters work as usual
 //
 // Without a GPU it exits with status 2 and says so (CI builds it and excludes
@@ -75,6 +77,7 @@ std::uint64_t g_seed = 0;
 int g_passed = 0;
 int g_failed = 0;
 int g_num_sms = 132;
+int g_compute_capability = 0;  // major * 10 + minor of the device
 bool g_bench = false;  // outside doctest: a CUDA error ends the run
 
 // A fresh generator per test case, derived from the run seed and the case
@@ -1214,7 +1217,9 @@ struct AttentionCase {
 
 // Builds pools with shuffled blocks, random K/V for every context position and
 // NaN everywhere else, runs ref and the GPU, compares. Returns the plan text.
-void run_attention_case(const AttentionCase& tc, std::mt19937_64& rng) {
+// mma_sync_only: the mma.sync prefill kernel even where the plan would pick
+// the wgmma one (compute capability 9.0).
+void run_attention_case(const AttentionCase& tc, std::mt19937_64& rng, bool mma_sync_only) {
   const int hd = tc.head_dim, kv = tc.kv_heads, qh = kv * tc.group, bt = tc.block_tokens;
   const int num_seqs = static_cast<int>(tc.sequences.size());
   std::vector<std::int32_t> query_start(num_seqs + 1, 0), context_lens(num_seqs);
@@ -1316,6 +1321,8 @@ void run_attention_case(const AttentionCase& tc, std::mt19937_64& rng) {
   problem.num_sms = g_num_sms;
   problem.force_splits = tc.force_splits;
   problem.kv_bits = tc.kv_bits;
+  problem.compute_capability = g_compute_capability;
+  problem.mma_sync_only = mma_sync_only;
   // The prefill grid's bound: from the sequences alone, from the step's token
   // count, or too small on purpose (1 token: the kernel must loop over the rest).
   const int bound_mode = std::uniform_int_distribution<int>(0, 2)(rng);
@@ -1424,7 +1431,12 @@ TEST_CASE("paged_attention") {
       quantized.kv_bits = bits;
       cases.push_back(quantized);
     }
-  for (const auto& c : cases) run_attention_case(c, rng);
+  for (const auto& c : cases) {
+    run_attention_case(c, rng, false);
+    // On a 9.0 device the prefill kernel above was the wgmma one: the
+    // mma.sync one too (other devices' only kernel).
+    if (g_compute_capability == 90) run_attention_case(c, rng, true);
+  }
 }
 
 // ---- W4A16 GEMM (AutoAWQ weights) -----------------------------------------
@@ -2376,44 +2388,76 @@ void bench_decode_attention(std::vector<DecodeShape> shapes = {{1, 1024}, {1, 81
   }
 }
 
+// Causal prefill of one sequence (`tokens` new tokens after `cached` ones)
+// over bf16, int8 and int4 pages; FLOPs count the causal products only
+// (4 * q_heads * head_dim per visible (query, key) pair). On a 9.0 device
+// each row runs the wgmma kernel and the mma.sync one beside it.
 void bench_prefill_attention() {
-  std::printf("\n== prefill attention bf16, Llama-3-8B layer, one sequence, causal ==\n");
+  std::printf("\n== prefill attention, bf16 queries, Llama-3-8B layer (32 q heads, 8 kv heads, hd 128, 64-token "
+              "pages), one sequence, causal ==\n");
   std::mt19937_64 rng(g_seed);
   const int qh = 32, kv = 8, hd = 128, bt = 64;
-  for (const int tokens : {512, 2048, 8192}) {
-    const int num_blocks = (tokens + bt - 1) / bt;
-    const std::size_t pool = static_cast<std::size_t>(num_blocks) * bt * kv * hd;
-    DeviceBuffer<unsigned char> k, v, q;
-    k.upload(to_bytes(random_floats(rng, pool, -1, 1), DType::bf16));
-    v.upload(to_bytes(random_floats(rng, pool, -1, 1), DType::bf16));
-    q.upload(to_bytes(random_floats(rng, static_cast<std::size_t>(tokens) * qh * hd, -1, 1), DType::bf16));
-    DeviceBuffer<unsigned char> out(static_cast<std::size_t>(tokens) * qh * hd * 2);
+  struct Shape {
+    int cached, tokens;
+  };
+  for (const Shape shape : {Shape{0, 512}, Shape{0, 2048}, Shape{0, 8192}, Shape{6144, 2048}}) {
+    const int context = shape.cached + shape.tokens;
+    const int num_blocks = (context + bt - 1) / bt;
     std::vector<std::int32_t> tables(num_blocks);
     std::iota(tables.begin(), tables.end(), 0);
     DeviceBuffer<std::int32_t> d_qs, d_ctx, d_tables;
-    d_qs.upload({0, tokens});
-    d_ctx.upload({tokens});
+    d_qs.upload({0, shape.tokens});
+    d_ctx.upload({context});
     d_tables.upload(tables);
-    gpu::AttentionProblem problem;
-    problem.dtype = DType::bf16;
-    problem.head_dim = hd;
-    problem.q_heads = qh;
-    problem.kv_heads = kv;
-    problem.num_sequences = 1;
-    problem.max_query_len = tokens;
-    problem.max_context_len = tokens;
-    problem.num_sms = g_num_sms;
-    const auto plan = gpu::plan_paged_attention(problem);
-    DeviceBuffer<unsigned char> workspace(std::max<std::size_t>(plan.workspace_bytes, 1));
-    const gpu::PagedKvPools pools{k.ptr, v.ptr, DType::bf16, num_blocks, bt, kv, hd};
-    const gpu::PagedAttentionBatch batch{1, d_qs.ptr, d_ctx.ptr, d_tables.ptr, num_blocks};
-    const float ms = median_ms([&] {
-      CUDA_OK(gpu::paged_attention(plan, pools, batch, q.ptr, qh * hd, 0.088f, out.ptr, qh * hd, workspace.ptr,
-                                   workspace.bytes(), nullptr));
-    }, 20);
-    const double flops = 4.0 * qh * hd * (static_cast<double>(tokens) * (tokens + 1) / 2);
-    std::printf("tokens=%5d  %9.2f us  %6.1f TFLOP/s (causal, dense bf16 peak ~990)\n", tokens, ms * 1e3,
-                flops / (ms * 1e-3) / 1e12);
+    DeviceBuffer<unsigned char> q, out(static_cast<std::size_t>(shape.tokens) * qh * hd * 2);
+    q.upload(to_bytes(random_floats(rng, static_cast<std::size_t>(shape.tokens) * qh * hd, -1, 1), DType::bf16));
+    for (const int kv_bits : {0, 8, 4}) {
+      const ref::KvQuantBlockLayout layout{std::size_t(bt), std::size_t(kv), std::size_t(hd), kv_bits == 0 ? 8 : kv_bits};
+      const std::size_t block_bytes = kv_bits == 0 ? std::size_t(bt) * kv * hd * 2 : layout.block_bytes();
+      std::vector<unsigned char> host(std::size_t(num_blocks) * block_bytes);
+      if (kv_bits == 0) {
+        const std::vector<unsigned char> values =
+            to_bytes(random_floats(rng, std::size_t(num_blocks) * bt * kv * hd, -1, 1), DType::bf16);
+        host.assign(values.begin(), values.end());
+      } else {
+        for (auto& byte : host) byte = static_cast<unsigned char>(rng());
+        const ref::KvQuantParams params{ref::f32_to_f16(2.0f / ((1 << kv_bits) - 1)), ref::f32_to_f16(-1.0f)};
+        for (int b = 0; b < num_blocks; ++b)
+          for (std::size_t r = 0; r < layout.rows(); ++r)
+            std::memcpy(&host[b * block_bytes + layout.params_at(r / kv, r % kv)], &params, 4);
+      }
+      DeviceBuffer<unsigned char> k, v;
+      k.upload(host);
+      v.upload(host);
+      gpu::AttentionProblem problem;
+      problem.dtype = DType::bf16;
+      problem.head_dim = hd;
+      problem.q_heads = qh;
+      problem.kv_heads = kv;
+      problem.num_sequences = 1;
+      problem.max_query_len = shape.tokens;
+      problem.max_context_len = context;
+      problem.num_sms = g_num_sms;
+      problem.kv_bits = kv_bits;
+      const gpu::PagedKvPools pools{k.ptr, v.ptr, DType::bf16, num_blocks, bt, kv, hd, kv_bits};
+      const gpu::PagedAttentionBatch batch{1, d_qs.ptr, d_ctx.ptr, d_tables.ptr, num_blocks};
+      problem.compute_capability = g_compute_capability;
+      for (const bool mma_sync_only : {false, true}) {
+        if (mma_sync_only && g_compute_capability != 90) continue;
+        problem.mma_sync_only = mma_sync_only;
+        const auto plan = gpu::plan_paged_attention(problem);
+        DeviceBuffer<unsigned char> workspace(std::max<std::size_t>(plan.workspace_bytes, 1));
+        const float ms = median_ms([&] {
+          CUDA_OK(gpu::paged_attention(plan, pools, batch, q.ptr, qh * hd, 0.088f, out.ptr, qh * hd, workspace.ptr,
+                                       workspace.bytes(), nullptr));
+        }, 20);
+        const double pairs = static_cast<double>(shape.tokens) * shape.cached +
+                             static_cast<double>(shape.tokens) * (shape.tokens + 1) / 2;
+        std::printf("cached=%5d tokens=%5d %-4s %-8s %9.2f us  %6.1f TFLOP/s\n", shape.cached, shape.tokens,
+                    kv_bits == 8 ? "int8" : kv_bits == 4 ? "int4" : "bf16", plan.prefill.wgmma ? "wgmma" : "mma.sync",
+                    ms * 1e3, 4.0 * qh * hd * pairs / (ms * 1e-3) / 1e12);
+      }
+    }
   }
 }
 
@@ -2458,6 +2502,7 @@ int main(int argc, char** argv) {
   bool bench = false;
   bool bench_gemm_only = false;  // --bench-gemm: the small_gemm timings alone
   bool bench_decode_only = false;  // --bench-decode [BxC]
+  bool bench_prefill_only = false;  // --bench-prefill
   bool bench_fp8_only = false;     // --bench-fp8: small_gemm (bf16) and fp8_small_gemm alone
   std::vector<DecodeShape> decode_shapes;
   bool seed_given = false;
@@ -2472,6 +2517,9 @@ int main(int argc, char** argv) {
     } else if (arg == "--bench-fp8") {
       bench = true;
       bench_fp8_only = true;
+    } else if (arg == "--bench-prefill") {
+      bench = true;
+      bench_prefill_only = true;
     } else if (arg == "--bench-decode") {
       bench = true;
       bench_decode_only = true;
@@ -2510,6 +2558,7 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop{};
   if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return 2;
   g_num_sms = prop.multiProcessorCount;
+  g_compute_capability = prop.major * 10 + prop.minor;
   std::printf("test_kernels_cuda: %s (sm_%d%d, %d SMs, %.1f GiB), seed %llu (replay: --seed %llu)\n", prop.name,
               prop.major, prop.minor, prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0,
               static_cast<unsigned long long>(g_seed), static_cast<unsigned long long>(g_seed));
@@ -2517,6 +2566,10 @@ int main(int argc, char** argv) {
   if (bench) {
     g_bench = true;
     std::setvbuf(stdout, nullptr, _IOLBF, 0);  // what a crash leaves behind is the last line printed
+    if (bench_prefill_only) {
+      bench_prefill_attention();
+      return 0;
+    }
     if (bench_decode_only) {
       if (decode_shapes.empty())
         bench_decode_attention();

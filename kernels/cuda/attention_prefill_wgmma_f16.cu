@@ -1,0 +1,11 @@
+// The wgmma prefill attention instances for f16 queries (head_dim 128; 16-bit,
+// int8 and int4 pages), built for sm_90a only (CMakeLists.txt).
+#include "cuda/attention_prefill.cuh"
+
+namespace hostrun::cuda::detail {
+
+template cudaError_t launch_prefill<__half, 128, 0, true>(const AttentionKernelParams&, int, cudaStream_t);
+template cudaError_t launch_prefill<__half, 128, 8, true>(const AttentionKernelParams&, int, cudaStream_t);
+template cudaError_t launch_prefill<__half, 128, 4, true>(const AttentionKernelParams&, int, cudaStream_t);
+
+}  // namespace hostrun::cuda::detail

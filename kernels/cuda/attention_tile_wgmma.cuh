@@ -1,0 +1,93 @@
+// Internal to kernels/cuda: the attention tile step of attention_tile.cuh on
+// Hopper's warpgroup MMA (sm_90a only). A warpgroup of four warps owns 64
+// query rows, warp w rows 16w .. 16w + 15 with the same per-thread rows and
+// columns as the mma.sync step, so the softmax between the products is that
+// step's own (online_softmax):
+//
+//   S = Q K^T   kHeadDim/16 wgmma m64n<kKeys>k16: Q from registers, K from
+//               shared memory (K-major)
+//   softmax     online_softmax, P left in S's registers
+//   O += P V    kKeys/16 wgmma m64n<kHeadDim>k16: P from registers, V from
+//               shared memory (MN-major: each key's values contiguous)
+//
+// K and V tiles are laid out as core matrices (wgmma.cuh): element (key, c)
+// of a tile of kKeys keys at (c / 8) * kKeys * 8 + key * 8 + c % 8, so eight
+// consecutive keys' 16-byte pieces of one column block are one core matrix,
+// for K as for V; KvTileStream's TileLayout::core_matrices writes it.
+//
+// Each product is issued whole, then waited for: the step is a chain of
+// three dependent phases per warpgroup, and two CTAs an SM overlap them.
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/attention_tile.cuh"
+#include "cuda/wgmma.cuh"
+
+namespace hostrun::cuda::detail {
+
+// Element offset of (row, column) in a core-matrix tile of kRows rows.
+template <int kRows>
+__device__ __forceinline__ int core_tile_offset(int row, int column) {
+  return (column / 8) * (kRows * 8) + row * 8 + column % 8;
+}
+
+// Issues S = Q K^T over one K tile (s is overwritten), uncommitted.
+template <typename T, int kHeadDim, int kKeys>
+__device__ __forceinline__ void issue_scores(float (&s)[kKeys / 8][4], const std::uint32_t (&q_frag)[kHeadDim / 16][4],
+                                             const T* k_tile) {
+  static_assert(kKeys == 64, "S is m64n64k16");
+  constexpr int kCoreBytes = 128;                // 8 rows x 16 bytes
+  constexpr int kColumnBlockBytes = kKeys * 16;  // one 8-column block of every key
+#pragma unroll
+  for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+    // K as B (n = keys, k = head dims), K-major: k steps by column blocks,
+    // rows by core matrices.
+    const std::uint64_t desc = smem_matrix_descriptor(k_tile + kk * 16 * kKeys, kColumnBlockBytes, kCoreBytes);
+    wgmma_m64n64k16_rs<T>(s, q_frag[kk], desc, kk > 0);
+  }
+}
+// Issues O += P V over one V tile, uncommitted; p: p_fragment's of P.
+template <typename T, int kHeadDim, int kKeys>
+__device__ __forceinline__ void issue_values(float (&o)[kHeadDim / 8][4], const std::uint32_t (&p)[kKeys / 16][4],
+                                             const T* v_tile) {
+  static_assert(kHeadDim == 128, "O is m64n128k16");
+  constexpr int kCoreBytes = 128;
+  constexpr int kColumnBlockBytes = kKeys * 16;
+#pragma unroll
+  for (int kt = 0; kt < kKeys / 16; ++kt) {
+    // V as B (k = keys, n = head dims), MN-major: k steps by core matrices
+    // (8 keys), n by column blocks.
+    const std::uint64_t desc = smem_matrix_descriptor(v_tile + kt * 16 * 8, kCoreBytes, kColumnBlockBytes);
+    wgmma_m64n128k16_rs_trans_b<T>(o, p[kt], desc, 1);
+  }
+}
+
+// attention_tile.cuh's attend_tile on wgmma: S, softmax, O += P V, each
+// product waited for before the next phase.
+template <typename T, int kHeadDim, int kKeys, typename Masked>
+__device__ __forceinline__ void attend_tile_wgmma(const std::uint32_t (&q_frag)[kHeadDim / 16][4], const T* k_tile,
+                                                  const T* v_tile, int key0, float scale_log2, bool needs_mask,
+                                                  const Masked& masked, float (&o)[kHeadDim / 8][4],
+                                                  RowSoftmax& rows) {
+  float s[kKeys / 8][4];
+  wgmma_fence();
+  issue_scores<T, kHeadDim, kKeys>(s, q_frag, k_tile);
+  wgmma_commit();
+  wgmma_wait<0>();
+  wgmma_fence_operands(s);
+
+  online_softmax<kKeys, kHeadDim>(s, key0, scale_log2, needs_mask, masked, o, rows);
+
+  std::uint32_t p[kKeys / 16][4];
+#pragma unroll
+  for (int kt = 0; kt < kKeys / 16; ++kt) p_fragment<T>(s, kt, p[kt]);
+  wgmma_fence_operands(o);
+  wgmma_fence();
+  issue_values<T, kHeadDim, kKeys>(o, p, v_tile);
+  wgmma_commit();
+  wgmma_wait<0>();
+  wgmma_fence_operands(o);
+}
+
+}  // namespace hostrun::cuda::detail
