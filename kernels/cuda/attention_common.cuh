@@ -56,8 +56,9 @@ struct AttentionKernelParams {
 // kKvBits: 0 for pages of T, 8 or 4 for quantized pages.
 template <typename T, int kHeadDim, int kKvBits>
 cudaError_t launch_decode_split(const AttentionKernelParams& params, int num_sequences, cudaStream_t stream);
-// kWgmma: the sm_90a kernel (attention_prefill_wgmma_*.cu, head_dim 128).
-template <typename T, int kHeadDim, int kKvBits, bool kWgmma = false>
+// kWgmma: the sm_90a kernel (attention_prefill_wgmma_*.cu, head_dim 128,
+// 128 rows); kBlockM: query rows a CTA, 64 or 128.
+template <typename T, int kHeadDim, int kKvBits, bool kWgmma = false, int kBlockM = 64>
 cudaError_t launch_prefill(const AttentionKernelParams& params, int grid_tiles, cudaStream_t stream);
 
 // ---- shared-memory tiles ------------------------------------------------
@@ -208,13 +209,18 @@ struct KvTileStream {
                                             const TileRows& rows) const {
     constexpr int chunks_per_row = kRowBytes / 16;
     constexpr int rows_per_pass = kThreads / chunks_per_row;
-    static_assert(kRowBytes % 16 == 0 && kThreads % chunks_per_row == 0 && kRows % rows_per_pass == 0);
+    // Short rows (int4 codes at head_dim 64) with many threads: one pass
+    // covers the tile with threads to spare.
+    static_assert(kRowBytes % 16 == 0 && kThreads % chunks_per_row == 0 &&
+                  (kRows % rows_per_pass == 0 || rows_per_pass % kRows == 0));
+    constexpr int passes = (kRows + rows_per_pass - 1) / rows_per_pass;
     const auto* k_pages = static_cast<const unsigned char*>(p.k_pages);
     const auto* v_pages = static_cast<const unsigned char*>(p.v_pages);
     const int chunk = threadIdx.x % chunks_per_row;
 #pragma unroll
-    for (int pass = 0; pass < kRows / rows_per_pass; ++pass) {
+    for (int pass = 0; pass < passes; ++pass) {
       const int row = pass * rows_per_pass + threadIdx.x / chunks_per_row;
+      if (rows_per_pass > kRows && row >= kRows) break;
       const int position = first + row;
       const bool valid = position < limit;
       std::int64_t at = 0;

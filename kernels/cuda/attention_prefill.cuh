@@ -33,24 +33,22 @@
 
 namespace hostrun::cuda::detail {
 
-// Query rows a CTA: 64 for mma.sync (4 warps of 16 rows); two warpgroups of
-// 64 for wgmma, so each K/V tile fetched serves 128 rows: with GQA packing a
-// 64-row tile is only 16 tokens, and the mma.sync kernel and the one-warpgroup
-// wgmma kernel both stalled at ~150 TFLOP/s on the K/V re-reads
-// (paged_attention.cu's plan uses the same numbers).
-template <bool kWgmma>
-constexpr int prefill_block_m = kWgmma ? 128 : 64;
+// kBlockM, the query rows of a CTA: 64 or 128, a warp per 16 rows (wgmma:
+// 128, two warpgroups). Each K/V tile fetched serves kBlockM rows; with GQA
+// packing 64 rows are only 16 tokens, and the 64-row kernels (mma.sync and a
+// one-warpgroup wgmma form) both stalled at ~150 TFLOP/s on the K/V re-reads
+// (kernels/cuda/NOTES.md).
 constexpr int prefill_block_n = 64;
-template <bool kWgmma>
-constexpr int prefill_threads = 2 * prefill_block_m<kWgmma>;  // a warp per 16 rows
+template <int kBlockM>
+constexpr int prefill_threads = 2 * kBlockM;
 
-template <typename T, int kHeadDim, int kKvBits, bool kWgmma>
-using PrefillTiles = KvTileStream<T, kHeadDim, kKvBits, prefill_block_n, prefill_threads<kWgmma>, true, 2,
+template <typename T, int kHeadDim, int kKvBits, bool kWgmma, int kBlockM>
+using PrefillTiles = KvTileStream<T, kHeadDim, kKvBits, prefill_block_n, prefill_threads<kBlockM>, true, 2,
                                   kWgmma ? TileLayout::core_matrices : TileLayout::padded_rows>;
 
-template <typename T, int kHeadDim, int kKvBits, bool kWgmma>
+template <typename T, int kHeadDim, int kKvBits, bool kWgmma, int kBlockM>
 constexpr int prefill_smem_bytes() {
-  return prefill_block_m<kWgmma> * smem_row<kHeadDim> * 2 + PrefillTiles<T, kHeadDim, kKvBits, kWgmma>::kSmemBytes;
+  return kBlockM * smem_row<kHeadDim> * 2 + PrefillTiles<T, kHeadDim, kKvBits, kWgmma, kBlockM>::kSmemBytes;
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -150,17 +148,19 @@ __device__ __forceinline__ void attend_tiles_pipelined(const Tiles& tiles, const
 }
 #endif
 
-template <typename T, int kHeadDim, int kKvBits, bool kWgmma>
-__global__ void __launch_bounds__(prefill_threads<kWgmma>) prefill_kernel(const AttentionKernelParams p) {
+template <typename T, int kHeadDim, int kKvBits, bool kWgmma, int kBlockM>
+__global__ void __launch_bounds__(prefill_threads<kBlockM>) prefill_kernel(const AttentionKernelParams p) {
+  static_assert(kBlockM == 64 || kBlockM == 128);
+  static_assert(!kWgmma || kBlockM == 128, "the wgmma kernel is two warpgroups");
   allow_next_grid_to_launch();
-  constexpr int BM = prefill_block_m<kWgmma>;
+  constexpr int BM = kBlockM;
   constexpr int BN = prefill_block_n;
   constexpr int ROW = smem_row<kHeadDim>;
   constexpr int KSTEPS = kHeadDim / 16;  // k-steps of S = Q K^T
   constexpr int DTILES = kHeadDim / 8;   // n8 tiles of O
   extern __shared__ __align__(16) unsigned char smem[];
   T* q_tile = reinterpret_cast<T*>(smem);  // [BM][ROW]
-  const PrefillTiles<T, kHeadDim, kKvBits, kWgmma> tiles{reinterpret_cast<unsigned char*>(q_tile + BM * ROW)};
+  const PrefillTiles<T, kHeadDim, kKvBits, kWgmma, kBlockM> tiles{reinterpret_cast<unsigned char*>(q_tile + BM * ROW)};
 
   const int kv_head = blockIdx.y;
   // grid.x walks the step's flat list of query tiles (a mixed step's decode
@@ -191,7 +191,7 @@ __global__ void __launch_bounds__(prefill_threads<kWgmma>) prefill_kernel(const 
       const int row0 = (item - p.prefill_tile_start[sequence]) * BM;
       {  // Q tile, rows past the chunk zero-filled
         constexpr int chunks = kHeadDim / 8;
-        constexpr int rows_per_pass = prefill_threads<kWgmma> / chunks;
+        constexpr int rows_per_pass = prefill_threads<kBlockM> / chunks;
         const int chunk = threadIdx.x % chunks;
 #pragma unroll
         for (int pass = 0; pass < BM / rows_per_pass; ++pass) {
@@ -286,15 +286,15 @@ __global__ void __launch_bounds__(prefill_threads<kWgmma>) prefill_kernel(const 
   }
 }
 
-template <typename T, int kHeadDim, int kKvBits, bool kWgmma>
+template <typename T, int kHeadDim, int kKvBits, bool kWgmma, int kBlockM>
 cudaError_t launch_prefill(const AttentionKernelParams& params, int grid_tiles, cudaStream_t stream) {
-  constexpr int smem = prefill_smem_bytes<T, kHeadDim, kKvBits, kWgmma>();
-  if (const cudaError_t e = allow_dynamic_smem<prefill_kernel<T, kHeadDim, kKvBits, kWgmma>>(smem);
+  constexpr int smem = prefill_smem_bytes<T, kHeadDim, kKvBits, kWgmma, kBlockM>();
+  if (const cudaError_t e = allow_dynamic_smem<prefill_kernel<T, kHeadDim, kKvBits, kWgmma, kBlockM>>(smem);
       e != cudaSuccess) {
     return e;
   }
   const dim3 grid(grid_tiles, params.kv_heads);
-  prefill_kernel<T, kHeadDim, kKvBits, kWgmma><<<grid, prefill_threads<kWgmma>, smem, stream>>>(params);
+  prefill_kernel<T, kHeadDim, kKvBits, kWgmma, kBlockM><<<grid, prefill_threads<kBlockM>, smem, stream>>>(params);
   return cudaGetLastError();
 }
 

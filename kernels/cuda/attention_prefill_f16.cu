@@ -6,5 +6,7 @@ namespace hostrun::cuda::detail {
 
 template cudaError_t launch_prefill<__half, 64, 0>(const AttentionKernelParams&, int, cudaStream_t);
 template cudaError_t launch_prefill<__half, 128, 0>(const AttentionKernelParams&, int, cudaStream_t);
+template cudaError_t launch_prefill<__half, 64, 0, false, 128>(const AttentionKernelParams&, int, cudaStream_t);
+template cudaError_t launch_prefill<__half, 128, 0, false, 128>(const AttentionKernelParams&, int, cudaStream_t);
 
 }  // namespace hostrun::cuda::detail

@@ -9,5 +9,9 @@ template cudaError_t launch_prefill<__nv_bfloat16, 64, 8>(const AttentionKernelP
 template cudaError_t launch_prefill<__nv_bfloat16, 128, 8>(const AttentionKernelParams&, int, cudaStream_t);
 template cudaError_t launch_prefill<__half, 64, 8>(const AttentionKernelParams&, int, cudaStream_t);
 template cudaError_t launch_prefill<__half, 128, 8>(const AttentionKernelParams&, int, cudaStream_t);
+template cudaError_t launch_prefill<__nv_bfloat16, 64, 8, false, 128>(const AttentionKernelParams&, int, cudaStream_t);
+template cudaError_t launch_prefill<__nv_bfloat16, 128, 8, false, 128>(const AttentionKernelParams&, int, cudaStream_t);
+template cudaError_t launch_prefill<__half, 64, 8, false, 128>(const AttentionKernelParams&, int, cudaStream_t);
+template cudaError_t launch_prefill<__half, 128, 8, false, 128>(const AttentionKernelParams&, int, cudaStream_t);
 
 }  // namespace hostrun::cuda::detail

@@ -10,7 +10,7 @@ namespace hostrun::cuda {
 namespace {
 
 constexpr int decode_block_n = 64;    // attention_decode.cuh
-constexpr int prefill_block_m = 64;         // attention_prefill.cuh: mma.sync
+constexpr int prefill_block_m = 64;         // attention_prefill.cuh: mma.sync (128 on request)
 constexpr int prefill_block_m_wgmma = 128;  // and wgmma (two warpgroups)
 constexpr int prefill_block_n = 64;
 constexpr int max_decode_group = 8;   // q heads in the decode kernel's 8 mma columns (attention_decode.cuh);
@@ -142,9 +142,11 @@ cudaError_t enqueue_prefill(const AttentionPlan& plan, const detail::AttentionKe
 #if defined(HOSTRUN_KERNELS_SM90A)
     if constexpr (kHeadDim == 128) {
       if (plan.prefill.wgmma)
-        return detail::launch_prefill<T, kHeadDim, kKvBits, true>(params, plan.prefill_q_tiles, stream);
+        return detail::launch_prefill<T, kHeadDim, kKvBits, true, 128>(params, plan.prefill_q_tiles, stream);
     }
 #endif
+    if (plan.prefill.block_m == 128)
+      return detail::launch_prefill<T, kHeadDim, kKvBits, false, 128>(params, plan.prefill_q_tiles, stream);
     return detail::launch_prefill<T, kHeadDim, kKvBits>(params, plan.prefill_q_tiles, stream);
   });
 }
@@ -264,9 +266,15 @@ AttentionPlan plan_paged_attention(const AttentionProblem& problem) {
   }
   plan.prefill_schedule_offset = plan.workspace_bytes;
   if (plan.run_prefill) {
-    const bool wgmma = kHaveWgmmaPrefill && problem.compute_capability == 90 && problem.head_dim == 128 &&
-                       !problem.mma_sync_only;
-    const int block_m = wgmma ? prefill_block_m_wgmma : prefill_block_m;
+    bool wgmma = kHaveWgmmaPrefill && problem.compute_capability == 90 && problem.head_dim == 128 &&
+                 !problem.mma_sync_only;
+    int block_m = wgmma ? prefill_block_m_wgmma : prefill_block_m;
+    if (problem.force_prefill_block_m != 0) {
+      if (problem.force_prefill_block_m != 64 && problem.force_prefill_block_m != 128)
+        return fail("force_prefill_block_m must be 0, 64 or 128");
+      block_m = problem.force_prefill_block_m;
+      wgmma = wgmma && block_m == prefill_block_m_wgmma;
+    }
     plan.prefill = {AttentionKernel::prefill, problem.dtype, problem.head_dim, group, block_m,
                     prefill_block_n, block_m / 16, 1, 0, problem.kv_bits};
     plan.prefill.wgmma = wgmma;

@@ -87,6 +87,7 @@ struct AttentionProblem {
   // head_dim 128; other values (0: unknown) the mma.sync one.
   int compute_capability = 0;
   bool mma_sync_only = false;  // the mma.sync prefill on 9.0 too (comparisons)
+  int force_prefill_block_m = 0;  // 64 or 128: prefill query rows a CTA (tests, benches); 0: the plan's
 };
 
 enum class AttentionKernel : std::uint8_t { decode_split, prefill };

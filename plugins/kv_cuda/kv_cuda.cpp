@@ -496,7 +496,8 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
            a.num_sequences == b.num_sequences && a.max_query_len == b.max_query_len &&
            a.max_context_len == b.max_context_len && a.max_tokens == b.max_tokens && a.num_sms == b.num_sms &&
            a.force_splits == b.force_splits && a.kv_bits == b.kv_bits &&
-           a.compute_capability == b.compute_capability && a.mma_sync_only == b.mma_sync_only;
+           a.compute_capability == b.compute_capability && a.mma_sync_only == b.mma_sync_only &&
+           a.force_prefill_block_m == b.force_prefill_block_m;
   }
 
   // write() into int8/int4 pages: kernels/cuda's quantizing store.

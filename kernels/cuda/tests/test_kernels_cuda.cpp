@@ -1217,9 +1217,13 @@ struct AttentionCase {
 
 // Builds pools with shuffled blocks, random K/V for every context position and
 // NaN everywhere else, runs ref and the GPU, compares. Returns the plan text.
-// mma_sync_only: the mma.sync prefill kernel even where the plan would pick
-// the wgmma one (compute capability 9.0).
-void run_attention_case(const AttentionCase& tc, std::mt19937_64& rng, bool mma_sync_only) {
+// The prefill kernel a run asks for beyond the plan's own choice.
+struct PrefillChoice {
+  bool mma_sync_only = false;  // mma.sync even where the plan would pick wgmma (compute capability 9.0)
+  int block_m = 0;             // AttentionProblem::force_prefill_block_m
+};
+
+void run_attention_case(const AttentionCase& tc, std::mt19937_64& rng, PrefillChoice choice) {
   const int hd = tc.head_dim, kv = tc.kv_heads, qh = kv * tc.group, bt = tc.block_tokens;
   const int num_seqs = static_cast<int>(tc.sequences.size());
   std::vector<std::int32_t> query_start(num_seqs + 1, 0), context_lens(num_seqs);
@@ -1322,7 +1326,8 @@ void run_attention_case(const AttentionCase& tc, std::mt19937_64& rng, bool mma_
   problem.force_splits = tc.force_splits;
   problem.kv_bits = tc.kv_bits;
   problem.compute_capability = g_compute_capability;
-  problem.mma_sync_only = mma_sync_only;
+  problem.mma_sync_only = choice.mma_sync_only;
+  problem.force_prefill_block_m = choice.block_m;
   // The prefill grid's bound: from the sequences alone, from the step's token
   // count, or too small on purpose (1 token: the kernel must loop over the rest).
   const int bound_mode = std::uniform_int_distribution<int>(0, 2)(rng);
@@ -1432,10 +1437,11 @@ TEST_CASE("paged_attention") {
       cases.push_back(quantized);
     }
   for (const auto& c : cases) {
-    run_attention_case(c, rng, false);
+    run_attention_case(c, rng, {});
     // On a 9.0 device the prefill kernel above was the wgmma one: the
     // mma.sync one too (other devices' only kernel).
-    if (g_compute_capability == 90) run_attention_case(c, rng, true);
+    if (g_compute_capability == 90) run_attention_case(c, rng, {true, 0});
+    run_attention_case(c, rng, {true, 128});  // mma.sync with 128-row tiles
   }
 }
 
@@ -2390,8 +2396,9 @@ void bench_decode_attention(std::vector<DecodeShape> shapes = {{1, 1024}, {1, 81
 
 // Causal prefill of one sequence (`tokens` new tokens after `cached` ones)
 // over bf16, int8 and int4 pages; FLOPs count the causal products only
-// (4 * q_heads * head_dim per visible (query, key) pair). On a 9.0 device
-// each row runs the wgmma kernel and the mma.sync one beside it.
+// (4 * q_heads * head_dim per visible (query, key) pair). Each shape and
+// format runs the plan's kernel (wgmma on a 9.0 device) and mma.sync at 64
+// and 128 rows a CTA beside it.
 void bench_prefill_attention() {
   std::printf("\n== prefill attention, bf16 queries, Llama-3-8B layer (32 q heads, 8 kv heads, hd 128, 64-token "
               "pages), one sequence, causal ==\n");
@@ -2442,9 +2449,11 @@ void bench_prefill_attention() {
       const gpu::PagedKvPools pools{k.ptr, v.ptr, DType::bf16, num_blocks, bt, kv, hd, kv_bits};
       const gpu::PagedAttentionBatch batch{1, d_qs.ptr, d_ctx.ptr, d_tables.ptr, num_blocks};
       problem.compute_capability = g_compute_capability;
-      for (const bool mma_sync_only : {false, true}) {
-        if (mma_sync_only && g_compute_capability != 90) continue;
-        problem.mma_sync_only = mma_sync_only;
+      // The plan's own kernel, then mma.sync at 64 and 128 rows a CTA (on
+      // sm_90 the first is wgmma at 128).
+      for (const PrefillChoice choice : {PrefillChoice{}, PrefillChoice{true, 64}, PrefillChoice{true, 128}}) {
+        problem.mma_sync_only = choice.mma_sync_only;
+        problem.force_prefill_block_m = choice.block_m;
         const auto plan = gpu::plan_paged_attention(problem);
         DeviceBuffer<unsigned char> workspace(std::max<std::size_t>(plan.workspace_bytes, 1));
         const float ms = median_ms([&] {
@@ -2453,9 +2462,9 @@ void bench_prefill_attention() {
         }, 20);
         const double pairs = static_cast<double>(shape.tokens) * shape.cached +
                              static_cast<double>(shape.tokens) * (shape.tokens + 1) / 2;
-        std::printf("cached=%5d tokens=%5d %-4s %-8s %9.2f us  %6.1f TFLOP/s\n", shape.cached, shape.tokens,
+        std::printf("cached=%5d tokens=%5d %-4s %-8s rows=%3d %9.2f us  %6.1f TFLOP/s\n", shape.cached, shape.tokens,
                     kv_bits == 8 ? "int8" : kv_bits == 4 ? "int4" : "bf16", plan.prefill.wgmma ? "wgmma" : "mma.sync",
-                    ms * 1e3, 4.0 * qh * hd * pairs / (ms * 1e-3) / 1e12);
+                    plan.prefill.block_m, ms * 1e3, 4.0 * qh * hd * pairs / (ms * 1e-3) / 1e12);
       }
     }
   }
