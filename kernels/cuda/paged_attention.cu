@@ -10,8 +10,6 @@ namespace hostrun::cuda {
 namespace {
 
 constexpr int decode_block_n = 64;    // attention_decode.cuh
-constexpr int prefill_block_m = 64;         // attention_prefill.cuh: mma.sync (128 on request)
-constexpr int prefill_block_m_wgmma = 128;  // and wgmma (two warpgroups)
 constexpr int prefill_block_n = 64;
 constexpr int max_decode_group = 8;   // q heads in the decode kernel's 8 mma columns (attention_decode.cuh);
                                       // larger groups' decode tokens go through the prefill kernel
@@ -266,14 +264,22 @@ AttentionPlan plan_paged_attention(const AttentionProblem& problem) {
   }
   plan.prefill_schedule_offset = plan.workspace_bytes;
   if (plan.run_prefill) {
-    bool wgmma = kHaveWgmmaPrefill && problem.compute_capability == 90 && problem.head_dim == 128 &&
-                 !problem.mma_sync_only;
-    int block_m = wgmma ? prefill_block_m_wgmma : prefill_block_m;
-    if (problem.force_prefill_block_m != 0) {
-      if (problem.force_prefill_block_m != 64 && problem.force_prefill_block_m != 128)
-        return fail("force_prefill_block_m must be 0, 64 or 128");
-      block_m = problem.force_prefill_block_m;
-      wgmma = wgmma && block_m == prefill_block_m_wgmma;
+    const bool wgmma_possible = kHaveWgmmaPrefill && problem.compute_capability == 90 && problem.head_dim == 128;
+    bool wgmma = false;
+    int block_m = 64;
+    switch (problem.prefill_kernel) {
+      case PrefillKernelChoice::automatic:
+      case PrefillKernelChoice::mma_sync:
+        wgmma = wgmma_possible && problem.kv_bits != 8 && problem.prefill_kernel == PrefillKernelChoice::automatic;
+        block_m = problem.compute_capability == 90 && problem.head_dim == 128 ? 128 : 64;
+        break;
+      case PrefillKernelChoice::mma_sync_64: block_m = 64; break;
+      case PrefillKernelChoice::mma_sync_128: block_m = 128; break;
+      case PrefillKernelChoice::wgmma_128:
+        if (!wgmma_possible) return fail("the wgmma prefill needs compute capability 9.0, head_dim 128 and sm_90a objects");
+        wgmma = true;
+        block_m = 128;
+        break;
     }
     plan.prefill = {AttentionKernel::prefill, problem.dtype, problem.head_dim, group, block_m,
                     prefill_block_n, block_m / 16, 1, 0, problem.kv_bits};

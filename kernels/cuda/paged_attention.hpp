@@ -69,6 +69,17 @@ struct PagedAttentionBatch {
   int max_blocks_per_sequence = 0;
 };
 
+// Which prefill kernel a plan runs. automatic picks what measured fastest on
+// the H200 (--bench-prefill, docs/cuda.md): at head_dim 128 on compute
+// capability 9.0 (with the sm_90a objects built), wgmma with 128 query rows a
+// CTA over 16-bit and int4 pages and mma.sync with 128 rows over int8 pages
+// (whose dequantization into wgmma's shared-memory operand costs more than the
+// wgmma saves); mma.sync with 64 rows elsewhere (head_dim 64, other devices:
+// not measured at 128). mma_sync is automatic without wgmma (kv_cuda's
+// wgmma_prefill = false); the rest force one form (tests, benches) and fail
+// to plan where it cannot run.
+enum class PrefillKernelChoice : std::uint8_t { automatic, mma_sync, mma_sync_64, mma_sync_128, wgmma_128 };
+
 // What the plan needs to know, all of it known on the host before the step.
 struct AttentionProblem {
   DType dtype = DType::bf16;
@@ -82,12 +93,10 @@ struct AttentionProblem {
   int num_sms = 132;         // cudaDevAttrMultiProcessorCount
   int force_splits = 0;      // > 0: exactly this many decode chunks (tests); 0: automatic
   int kv_bits = 0;           // the pools' format: 0 (dtype), 8 or 4
-  // The device's compute capability, major * 10 + minor. 90 (H100, H200)
-  // with a library built for sm_90 picks the wgmma prefill kernel at
-  // head_dim 128; other values (0: unknown) the mma.sync one.
+  // The device's compute capability, major * 10 + minor: the prefill kernel
+  // depends on it (PrefillKernelChoice). 0: unknown.
   int compute_capability = 0;
-  bool mma_sync_only = false;  // the mma.sync prefill on 9.0 too (comparisons)
-  int force_prefill_block_m = 0;  // 64 or 128: prefill query rows a CTA (tests, benches); 0: the plan's
+  PrefillKernelChoice prefill_kernel = PrefillKernelChoice::automatic;
 };
 
 enum class AttentionKernel : std::uint8_t { decode_split, prefill };

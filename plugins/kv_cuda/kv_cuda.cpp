@@ -429,7 +429,8 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
       problem.max_tokens = batch.num_tokens;
       problem.num_sms = ours->num_sms();
       problem.compute_capability = ours->compute_capability();
-      problem.mma_sync_only = !wgmma_prefill_;
+      problem.prefill_kernel = wgmma_prefill_ ? hostrun::cuda::PrefillKernelChoice::automatic
+                                              : hostrun::cuda::PrefillKernelChoice::mma_sync;
       problem.kv_bits = ours->kv_bits();
       // Every layer of a step has the same problem: plan once per step.
       if (!plan_ || !same_problem(plan_->problem, problem))
@@ -496,8 +497,7 @@ class CudaKvPolicy final : public hostrun::KvCachePolicy {
            a.num_sequences == b.num_sequences && a.max_query_len == b.max_query_len &&
            a.max_context_len == b.max_context_len && a.max_tokens == b.max_tokens && a.num_sms == b.num_sms &&
            a.force_splits == b.force_splits && a.kv_bits == b.kv_bits &&
-           a.compute_capability == b.compute_capability && a.mma_sync_only == b.mma_sync_only &&
-           a.force_prefill_block_m == b.force_prefill_block_m;
+           a.compute_capability == b.compute_capability && a.prefill_kernel == b.prefill_kernel;
   }
 
   // write() into int8/int4 pages: kernels/cuda's quantizing store.
@@ -560,8 +560,8 @@ const hostrun::SettingSpec kSettings[] = {
      "In a step with decode and prefill tokens, run the prefill attention on a second stream beside decode", false,
      "true"},
     {"wgmma_prefill", hostrun::SettingType::boolean,
-     "On compute capability 9.0 (H100, H200), prefill attention at head_dim 128 on warpgroup MMA (wgmma); false "
-     "keeps the mma.sync kernel other GPUs run",
+     "On compute capability 9.0 (H100, H200), prefill attention at head_dim 128 over 16-bit and int4 pages on "
+     "warpgroup MMA (wgmma); false keeps the mma.sync kernel other GPUs run (int8 pages run it either way)",
      false, "true"},
     {"quant_policy", hostrun::SettingType::integer,
      "KV quantization, LMDeploy's --quant-policy: 0 (pages in the activation dtype), 8 (int8) or 4 (int4; "

@@ -1217,13 +1217,9 @@ struct AttentionCase {
 
 // Builds pools with shuffled blocks, random K/V for every context position and
 // NaN everywhere else, runs ref and the GPU, compares. Returns the plan text.
-// The prefill kernel a run asks for beyond the plan's own choice.
-struct PrefillChoice {
-  bool mma_sync_only = false;  // mma.sync even where the plan would pick wgmma (compute capability 9.0)
-  int block_m = 0;             // AttentionProblem::force_prefill_block_m
-};
-
-void run_attention_case(const AttentionCase& tc, std::mt19937_64& rng, PrefillChoice choice) {
+// choice: the plan's own prefill kernel, or one forced (every form is tested
+// on every case where it can run).
+void run_attention_case(const AttentionCase& tc, std::mt19937_64& rng, gpu::PrefillKernelChoice choice) {
   const int hd = tc.head_dim, kv = tc.kv_heads, qh = kv * tc.group, bt = tc.block_tokens;
   const int num_seqs = static_cast<int>(tc.sequences.size());
   std::vector<std::int32_t> query_start(num_seqs + 1, 0), context_lens(num_seqs);
@@ -1326,8 +1322,7 @@ void run_attention_case(const AttentionCase& tc, std::mt19937_64& rng, PrefillCh
   problem.force_splits = tc.force_splits;
   problem.kv_bits = tc.kv_bits;
   problem.compute_capability = g_compute_capability;
-  problem.mma_sync_only = choice.mma_sync_only;
-  problem.force_prefill_block_m = choice.block_m;
+  problem.prefill_kernel = choice;
   // The prefill grid's bound: from the sequences alone, from the step's token
   // count, or too small on purpose (1 token: the kernel must loop over the rest).
   const int bound_mode = std::uniform_int_distribution<int>(0, 2)(rng);
@@ -1437,11 +1432,11 @@ TEST_CASE("paged_attention") {
       cases.push_back(quantized);
     }
   for (const auto& c : cases) {
-    run_attention_case(c, rng, {});
-    // On a 9.0 device the prefill kernel above was the wgmma one: the
-    // mma.sync one too (other devices' only kernel).
-    if (g_compute_capability == 90) run_attention_case(c, rng, {true, 0});
-    run_attention_case(c, rng, {true, 128});  // mma.sync with 128-row tiles
+    using gpu::PrefillKernelChoice;
+    run_attention_case(c, rng, PrefillKernelChoice::automatic);
+    run_attention_case(c, rng, PrefillKernelChoice::mma_sync_64);
+    run_attention_case(c, rng, PrefillKernelChoice::mma_sync_128);
+    if (g_compute_capability == 90 && c.head_dim == 128) run_attention_case(c, rng, PrefillKernelChoice::wgmma_128);
   }
 }
 
@@ -2449,12 +2444,15 @@ void bench_prefill_attention() {
       const gpu::PagedKvPools pools{k.ptr, v.ptr, DType::bf16, num_blocks, bt, kv, hd, kv_bits};
       const gpu::PagedAttentionBatch batch{1, d_qs.ptr, d_ctx.ptr, d_tables.ptr, num_blocks};
       problem.compute_capability = g_compute_capability;
-      // The plan's own kernel, then mma.sync at 64 and 128 rows a CTA (on
-      // sm_90 the first is wgmma at 128).
-      for (const PrefillChoice choice : {PrefillChoice{}, PrefillChoice{true, 64}, PrefillChoice{true, 128}}) {
-        problem.mma_sync_only = choice.mma_sync_only;
-        problem.force_prefill_block_m = choice.block_m;
+      // Each form of the prefill kernel where it can run; the one the plan
+      // picks by itself is starred.
+      problem.prefill_kernel = gpu::PrefillKernelChoice::automatic;
+      const auto automatic = gpu::plan_paged_attention(problem).prefill;
+      for (const auto choice : {gpu::PrefillKernelChoice::wgmma_128, gpu::PrefillKernelChoice::mma_sync_64,
+                                gpu::PrefillKernelChoice::mma_sync_128}) {
+        problem.prefill_kernel = choice;
         const auto plan = gpu::plan_paged_attention(problem);
+        if (!plan.valid) continue;
         DeviceBuffer<unsigned char> workspace(std::max<std::size_t>(plan.workspace_bytes, 1));
         const float ms = median_ms([&] {
           CUDA_OK(gpu::paged_attention(plan, pools, batch, q.ptr, qh * hd, 0.088f, out.ptr, qh * hd, workspace.ptr,
@@ -2462,9 +2460,11 @@ void bench_prefill_attention() {
         }, 20);
         const double pairs = static_cast<double>(shape.tokens) * shape.cached +
                              static_cast<double>(shape.tokens) * (shape.tokens + 1) / 2;
-        std::printf("cached=%5d tokens=%5d %-4s %-8s rows=%3d %9.2f us  %6.1f TFLOP/s\n", shape.cached, shape.tokens,
-                    kv_bits == 8 ? "int8" : kv_bits == 4 ? "int4" : "bf16", plan.prefill.wgmma ? "wgmma" : "mma.sync",
-                    plan.prefill.block_m, ms * 1e3, 4.0 * qh * hd * pairs / (ms * 1e-3) / 1e12);
+        const bool picked = plan.prefill.wgmma == automatic.wgmma && plan.prefill.block_m == automatic.block_m;
+        std::printf("cached=%5d tokens=%5d %-4s %-8s rows=%3d %9.2f us  %6.1f TFLOP/s%s\n", shape.cached,
+                    shape.tokens, kv_bits == 8 ? "int8" : kv_bits == 4 ? "int4" : "bf16",
+                    plan.prefill.wgmma ? "wgmma" : "mma.sync", plan.prefill.block_m, ms * 1e3,
+                    4.0 * qh * hd * pairs / (ms * 1e-3) / 1e12, picked ? "  *" : "");
       }
     }
   }
