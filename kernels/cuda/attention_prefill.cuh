@@ -51,6 +51,112 @@ constexpr int prefill_smem_bytes() {
   return kBlockM * smem_row<kHeadDim> * 2 + PrefillTiles<T, kHeadDim, kKvBits, kWgmma, kBlockM>::kSmemBytes;
 }
 
+// One tile of the step's flat list of query tiles (paged_attention.cu's
+// schedule) and what its rows see. A row is (new token, q head of the kv
+// head's group); token j of a sequence with `cached` earlier positions is at
+// cached + j and sees keys 0 .. cached + j.
+struct PrefillQueryTile {
+  int q_begin = 0;   // the sequence's first new token in the step
+  int rows = 0;      // the sequence's rows: new tokens x group
+  int group = 0;
+  int cached = 0;
+  const std::int32_t* block_table = nullptr;
+  int row0 = 0;          // the tile's first row
+  int last_row = 0;      // its last real row
+  int max_position = 0;  // the furthest key any row of the tile sees
+  int min_position = 0;  // the nearest diagonal
+  int num_tiles = 0;     // K/V tiles of prefill_block_n positions it walks
+};
+
+// The positions of a thread's two rows (fragment rows g and g + 8 of warp
+// `warp`'s 16); padding rows borrow the last real row's position so their
+// softmax stays finite.
+struct RowPositions {
+  int row_lo = 0, pos_lo = 0, pos_hi = 0;
+  __device__ __forceinline__ bool masked(int key, bool hi) const { return key > (hi ? pos_hi : pos_lo); }
+};
+__device__ __forceinline__ RowPositions row_positions(const PrefillQueryTile& tile, int warp, int lane) {
+  RowPositions r;
+  r.row_lo = tile.row0 + warp * 16 + lane / 4;
+  r.pos_lo = tile.cached + min(r.row_lo, tile.last_row) / tile.group;
+  r.pos_hi = tile.cached + min(r.row_lo + 8, tile.last_row) / tile.group;
+  return r;
+}
+
+template <int kBlockM>
+__device__ __forceinline__ PrefillQueryTile locate_query_tile(const AttentionKernelParams& p, int item) {
+  // The sequence owning the tile: the last one whose first tile is <= item
+  // (sequences without tiles share their start with the next one).
+  int sequence = 0;
+  for (int hi = p.num_sequences - 1; sequence < hi;) {
+    const int mid = (sequence + hi + 1) / 2;
+    if (p.prefill_tile_start[mid] <= item) sequence = mid;
+    else hi = mid - 1;
+  }
+  PrefillQueryTile t;
+  t.q_begin = p.query_start[sequence];
+  const int q_len = p.query_start[sequence + 1] - t.q_begin;
+  t.group = p.group;
+  t.rows = q_len * t.group;
+  t.cached = p.context_lens[sequence] - q_len;
+  t.block_table = p.block_tables + static_cast<std::int64_t>(sequence) * p.max_blocks_per_sequence;
+  t.row0 = (item - p.prefill_tile_start[sequence]) * kBlockM;
+  t.last_row = min(t.rows, t.row0 + kBlockM) - 1;
+  t.max_position = t.cached + t.last_row / t.group;
+  t.min_position = t.cached + t.row0 / t.group;
+  t.num_tiles = t.max_position / prefill_block_n + 1;
+  return t;
+}
+
+// cp.async of the tile's queries into q_tile ([kBlockM][smem_row] rows,
+// uncommitted) by kThreads threads, `thread` being this one's index among
+// them; rows past the sequence's chunk are zero-filled.
+template <typename T, int kHeadDim, int kBlockM, int kThreads>
+__device__ __forceinline__ void copy_query_tile(const AttentionKernelParams& p, const PrefillQueryTile& tile,
+                                                int kv_head, const T* q, T* q_tile, int thread) {
+  constexpr int ROW = smem_row<kHeadDim>;
+  constexpr int chunks = kHeadDim / 8;
+  constexpr int rows_per_pass = kThreads / chunks;
+  const int chunk = thread % chunks;
+#pragma unroll
+  for (int pass = 0; pass < kBlockM / rows_per_pass; ++pass) {
+    const int r = pass * rows_per_pass + thread / chunks;
+    const int row = tile.row0 + r;
+    const bool valid = row < tile.rows;
+    std::int64_t element = 0;
+    if (valid) {
+      const std::int64_t token = tile.q_begin + row / tile.group;
+      element = token * p.q_row_stride + static_cast<std::int64_t>(kv_head * tile.group + row % tile.group) * kHeadDim +
+                chunk * 8;
+    }
+    cp_async_16(q_tile + r * ROW + chunk * 8, q + element, valid);
+  }
+}
+
+// out = O / l for this thread's two rows (row_lo and row_lo + 8).
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void store_output_rows(const AttentionKernelParams& p, const PrefillQueryTile& tile,
+                                                  int kv_head, int row_lo, const float (&o)[kHeadDim / 8][4],
+                                                  RowSoftmax& softmax) {
+  T* out = static_cast<T*>(p.out);
+  const int quad_col = (threadIdx.x % 4) * 2;  // first of the two columns a thread holds in a fragment
+  float inv_lo, inv_hi;
+  softmax.finish(inv_lo, inv_hi);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = row_lo + half * 8;
+    if (row >= tile.rows) continue;
+    const float inv = half == 0 ? inv_lo : inv_hi;
+    T* out_row = out + static_cast<std::int64_t>(tile.q_begin + row / tile.group) * p.out_row_stride +
+                 static_cast<std::int64_t>(kv_head * tile.group + row % tile.group) * kHeadDim;
+#pragma unroll
+    for (int d = 0; d < kHeadDim / 8; ++d) {
+      *reinterpret_cast<std::uint32_t*>(out_row + d * 8 + quad_col) =
+          pack2<T>(o[d][2 * half] * inv, o[d][2 * half + 1] * inv);
+    }
+  }
+}
+
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // The K/V loop of the wgmma kernel over 16-bit pages, software-pipelined
 // (FlashAttention-3's overlap inside one warpgroup): while the tensor cores
@@ -165,76 +271,34 @@ __global__ void __launch_bounds__(prefill_threads<kBlockM>) prefill_kernel(const
   const int kv_head = blockIdx.y;
   // grid.x walks the step's flat list of query tiles (a mixed step's decode
   // sequences own none), looping when the list outgrows the grid.
+  const T* q = static_cast<const T*>(p.q);
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
   const int total_tiles = p.prefill_tile_start[p.num_sequences];
   for (int item = blockIdx.x; item < total_tiles; item += gridDim.x) {
-    // The sequence owning the tile: the last one whose first tile is <= item
-    // (sequences without tiles share their start with the next one).
-    int sequence = 0;
-    for (int hi = p.num_sequences - 1; sequence < hi;) {
-      const int mid = (sequence + hi + 1) / 2;
-      if (p.prefill_tile_start[mid] <= item) sequence = mid;
-      else hi = mid - 1;
-    }
-    const int q_begin = p.query_start[sequence];
-    const int q_len = p.query_start[sequence + 1] - q_begin;
-    const int group = p.group;
-    const int rows = q_len * group;
-    const int cached = p.context_lens[sequence] - q_len;
-    const std::int32_t* block_table = p.block_tables + static_cast<std::int64_t>(sequence) * p.max_blocks_per_sequence;
-    const T* q = static_cast<const T*>(p.q);
-    T* out = static_cast<T*>(p.out);
-    const int warp = threadIdx.x / 32;
-    const int lane = threadIdx.x % 32;
-    const int quad_col = (lane % 4) * 2;  // first of the two columns a thread holds in a fragment
+    const PrefillQueryTile tile = locate_query_tile<BM>(p, item);
+    const std::int32_t* block_table = tile.block_table;
+    const int max_position = tile.max_position, min_position = tile.min_position, num_tiles = tile.num_tiles;
+    copy_query_tile<T, kHeadDim, BM, prefill_threads<kBlockM>>(p, tile, kv_head, q, q_tile, threadIdx.x);
+    tiles.issue(0, p, block_table, kv_head, 0, max_position + 1, tile_rows<BN>(p, block_table, 0));
+    cp_async_commit();
 
-    {
-      const int row0 = (item - p.prefill_tile_start[sequence]) * BM;
-      {  // Q tile, rows past the chunk zero-filled
-        constexpr int chunks = kHeadDim / 8;
-        constexpr int rows_per_pass = prefill_threads<kBlockM> / chunks;
-        const int chunk = threadIdx.x % chunks;
+    const RowPositions positions = row_positions(tile, warp, lane);
+    const auto masked = [&](int key, bool hi) { return positions.masked(key, hi); };
+    std::uint32_t q_frag[KSTEPS][4];
+    float o[DTILES][4];
 #pragma unroll
-        for (int pass = 0; pass < BM / rows_per_pass; ++pass) {
-          const int r = pass * rows_per_pass + threadIdx.x / chunks;
-          const int row = row0 + r;
-          const bool valid = row < rows;
-          std::int64_t element = 0;
-          if (valid) {
-            const std::int64_t token = q_begin + row / group;
-            element = token * p.q_row_stride + static_cast<std::int64_t>(kv_head * group + row % group) * kHeadDim +
-                      chunk * 8;
-          }
-          cp_async_16(q_tile + r * ROW + chunk * 8, q + element, valid);
-        }
-      }
-      const int last_row = min(rows, row0 + BM) - 1;
-      const int max_position = cached + last_row / group;  // the furthest key any row of the tile sees
-      const int min_position = cached + row0 / group;      // the nearest diagonal
-      const int num_tiles = max_position / BN + 1;
-      tiles.issue(0, p, block_table, kv_head, 0, max_position + 1, tile_rows<BN>(p, block_table, 0));
-      cp_async_commit();
+    for (int d = 0; d < DTILES; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+    RowSoftmax softmax;
 
-      // This thread's two rows (fragment rows g and g + 8 of its warp); padding
-      // rows borrow the last real row's position so their softmax stays finite.
-      const int row_lo = row0 + warp * 16 + lane / 4;
-      const int pos_lo = cached + min(row_lo, last_row) / group;
-      const int pos_hi = cached + min(row_lo + 8, last_row) / group;
-
-      std::uint32_t q_frag[KSTEPS][4];
-      float o[DTILES][4];
-#pragma unroll
-      for (int d = 0; d < DTILES; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
-      RowSoftmax softmax;
-
-      const auto masked = [&](int key, bool hi) { return key > (hi ? pos_hi : pos_lo); };
-      if constexpr (kWgmma && kKvBits == 0) {
+    if constexpr (kWgmma && kKvBits == 0) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-        attend_tiles_pipelined<T, kHeadDim>(tiles, p, block_table, kv_head, max_position, min_position, num_tiles,
-                                            q_tile, masked, o, softmax);
+      attend_tiles_pipelined<T, kHeadDim>(tiles, p, block_table, kv_head, max_position, min_position, num_tiles,
+                                          q_tile, masked, o, softmax);
 #elif defined(__CUDA_ARCH__)
-        __trap();  // an instance built without sm_90a; the plan never picks it
+      __trap();  // an instance built without sm_90a; the plan never picks it
 #endif
-      } else {
+    } else {
       for (int n = 0; n < num_tiles; ++n) {
         const int buffer = n & 1;
         if (n + 1 < num_tiles)
@@ -265,24 +329,8 @@ __global__ void __launch_bounds__(prefill_threads<kBlockM>) prefill_kernel(const
         }
         __syncthreads();  // the next iteration's prefetch overwrites this buffer
       }
-      }
-
-      float inv_lo, inv_hi;
-      softmax.finish(inv_lo, inv_hi);
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int row = row_lo + half * 8;
-        if (row >= rows) continue;
-        const float inv = half == 0 ? inv_lo : inv_hi;
-        T* out_row = out + static_cast<std::int64_t>(q_begin + row / group) * p.out_row_stride +
-                     static_cast<std::int64_t>(kv_head * group + row % group) * kHeadDim;
-#pragma unroll
-        for (int d = 0; d < DTILES; ++d) {
-          *reinterpret_cast<std::uint32_t*>(out_row + d * 8 + quad_col) =
-              pack2<T>(o[d][2 * half] * inv, o[d][2 * half + 1] * inv);
-        }
-      }
     }
+    store_output_rows<T, kHeadDim>(p, tile, kv_head, positions.row_lo, o, softmax);
   }
 }
 
