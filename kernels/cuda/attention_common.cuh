@@ -8,11 +8,14 @@
 //    register, the A operand of the P.V product, so P never touches shared
 //    memory. With mma.sync the layout is documented (PTX ISA, "Matrix fragments
 //    for mma.m16n8k16") and that reuse is free.
-//  - wgmma (sm_90a) is faster for large GEMMs but wants 64-row warpgroup tiles,
-//    TMA-friendly dense layouts and the sm_90a target; paged K/V gathers rows
-//    from scattered pages, decode tiles have <= 16 useful rows, and attention at
-//    these sizes is bound by K/V bandwidth, not by mma issue rate. mma.sync
-//    keeps one code path for sm_80..sm_90.
+//  - wgmma (sm_90a) wants 64-row warpgroup tiles and its B operand in shared
+//    memory as core matrices. Decode tiles have <= 16 useful rows and decode
+//    is bound by K/V bandwidth, so decode stays on mma.sync for sm_80..sm_90.
+//    Prefill at head_dim 128 on 9.0 has a wgmma form (attention_tile_wgmma.cuh,
+//    two warpgroups, 128 query rows): on the H200 it is the faster one over
+//    16-bit and int4 pages (209 against 164 TFLOP/s at 8k, bf16) and the
+//    slower one over int8 pages, whose dequantization into the core-matrix
+//    tile costs more than the wgmma saves; plan_paged_attention picks.
 #pragma once
 
 #include <cstdint>
@@ -60,6 +63,9 @@ cudaError_t launch_decode_split(const AttentionKernelParams& params, int num_seq
 // 128 rows); kBlockM: query rows a CTA, 64 or 128.
 template <typename T, int kHeadDim, int kKvBits, bool kWgmma = false, int kBlockM = 64>
 cudaError_t launch_prefill(const AttentionKernelParams& params, int grid_tiles, cudaStream_t stream);
+// The warp-specialized sm_90a kernel (attention_prefill_ws.cuh): 16-bit pages.
+template <typename T, int kHeadDim>
+cudaError_t launch_prefill_ws(const AttentionKernelParams& params, int grid_tiles, cudaStream_t stream);
 
 // ---- shared-memory tiles ------------------------------------------------
 
@@ -104,8 +110,8 @@ __device__ __forceinline__ TileRows tile_rows(const AttentionKernelParams& p, co
 // The K/V tiles of an attention kernel's loop over 64-position steps, for
 // either page format:
 //
-//   16-bit pages (kKvBits 0): cp.async copies rows straight into two
-//     buffers of [kRows][smem_row] K and V (double buffering).
+//   16-bit pages (kKvBits 0): cp.async copies rows straight into kStages
+//     buffers (two unless asked) of K and V rows.
 //   quantized pages (kKvBits 8/4): cp.async copies each row's codes and
 //     (scale, zero) word into two staging buffers. With kDequantizeToTile
 //     (prefill), ready() dequantizes the current one into a single buffer of
@@ -129,7 +135,8 @@ enum class TileLayout { padded_rows, core_matrices };
 template <typename T, int kHeadDim, int kKvBits, int kRows, int kThreads, bool kDequantizeToTile = true,
           int kStageCount = 2, TileLayout kLayout = TileLayout::padded_rows>
 struct KvTileStream {
-  static_assert(kStageCount == 2 || (kKvBits != 0 && !kDequantizeToTile), "deeper pipelines: staged codes only");
+  static_assert(kStageCount == 2 || kKvBits == 0 || !kDequantizeToTile,
+                "deeper pipelines: 16-bit tiles or staged codes");
   static constexpr int kStages = kStageCount;  // buffers issue() and k_codes() etc. take
   static constexpr bool kCore = kLayout == TileLayout::core_matrices;
   static constexpr int kRow = kCore ? kHeadDim : smem_row<kHeadDim>;
@@ -140,7 +147,7 @@ struct KvTileStream {
   // thread) spread over all 32 banks.
   static constexpr int kStagePitch = kCodeBytes + 16;
   static constexpr int kStageBuffer = kKvBits == 0 ? 0 : 2 * kRows * (kStagePitch + 4);  // K, V codes; K, V params
-  static constexpr int kTileBuffers = kKvBits == 0 ? 2 : kDequantizeToTile ? 1 : 0;
+  static constexpr int kTileBuffers = kKvBits == 0 ? kStages : kDequantizeToTile ? 1 : 0;
   static constexpr int kTileBytes = kTileBuffers * 2 * kTileElements * static_cast<int>(sizeof(T));
   static constexpr int kSmemBytes = kTileBytes + kStages * kStageBuffer;
 

@@ -77,8 +77,10 @@ struct PagedAttentionBatch {
 // wgmma saves); mma.sync with 64 rows elsewhere (head_dim 64, other devices:
 // not measured at 128). mma_sync is automatic without wgmma (kv_cuda's
 // wgmma_prefill = false); the rest force one form (tests, benches) and fail
-// to plan where it cannot run.
-enum class PrefillKernelChoice : std::uint8_t { automatic, mma_sync, mma_sync_64, mma_sync_128, wgmma_128 };
+// to plan where it cannot run. wgmma_ws is the warp-specialized wgmma kernel
+// (a producer warpgroup copying K/V for two consumer warpgroups; 16-bit
+// pages only), not picked automatically until it has measured faster.
+enum class PrefillKernelChoice : std::uint8_t { automatic, mma_sync, mma_sync_64, mma_sync_128, wgmma_128, wgmma_ws };
 
 // What the plan needs to know, all of it known on the host before the step.
 struct AttentionProblem {
@@ -114,6 +116,7 @@ struct AttentionKernelDesc {
   int split_tokens = 0; // decode: positions per chunk
   int kv_bits = 0;      // pages read: 0 (dtype), 8 or 4
   bool wgmma = false;   // prefill: warpgroup MMA (sm_90a) instead of mma.sync
+  bool warp_specialized = false;  // prefill, wgmma: a producer warpgroup beside the two that multiply
   std::string to_string() const;
 };
 

@@ -1,0 +1,253 @@
+// Prefill attention on Hopper with a producer warpgroup (sm_90a, head_dim 128,
+// 16-bit pages): FlashAttention-3's warp specialization over the paged cache.
+// Included only by attention_prefill_wgmma_*.cu.
+//
+// CTA = three warpgroups, 128 query rows (attention_prefill.cuh's rows: a
+// (new token, q head) pair of the CTA's kv head):
+//
+//   warpgroup 0, producer (40 registers): for each query tile of the grid's
+//     walk, the Q rows, then every K/V tile (64 positions, core-matrix
+//     layout) into a ring of kStages buffers, by cp.async gathers from the
+//     pages. A buffer is reused once the consumers have released it.
+//   warpgroups 1 and 2, consumers (232 registers): 64 query rows each,
+//     attention_prefill.cuh's software-pipelined step (S of tile n + 1 and
+//     P V of tile n issued together, softmax of n + 1 while P V runs).
+//
+// The two kernels differ in what the consumers wait for: here only for the
+// buffer they read (a phase of its "full" barrier), never for a block-wide
+// barrier, so copies run ahead of the products instead of between them.
+//
+// Handing a buffer over: wgmma reads shared memory through the async proxy,
+// cp.async writes it through the generic one, so the writing thread must
+// fence (fence.proxy.async) after its copies land and before it signals. A
+// producer thread therefore publishes a buffer two copy groups late:
+// cp.async.wait_group 2, fence, arrive on the buffer's "full" barrier, and
+// all of them before it waits for the Q rows to be free. Two groups stay in
+// flight a thread and the gather latency is hidden; at most four buffers are
+// held (two by the consumers' step, two in flight), which is why kStages is
+// 4: a producer waiting for buffer t to be free has published t - 3, all
+// the consumers need to free it.
+#pragma once
+
+#include "cuda/attention_prefill.cuh"
+#include "cuda/mbarrier.cuh"
+
+namespace hostrun::cuda::detail {
+
+constexpr int ws_stages = 4;
+constexpr int ws_threads = 384;
+constexpr int ws_producer_registers = 40;
+constexpr int ws_consumer_registers = 232;
+
+template <typename T, int kHeadDim>
+using WsTiles = KvTileStream<T, kHeadDim, 0, prefill_block_n, 128, true, ws_stages, TileLayout::core_matrices>;
+
+// Shared memory: Q rows, the K/V ring, then the barriers.
+template <typename T, int kHeadDim>
+struct WsLayout {
+  static constexpr int kQBytes = 128 * smem_row<kHeadDim> * static_cast<int>(sizeof(T));
+  static constexpr int kTilesBytes = WsTiles<T, kHeadDim>::kSmemBytes;
+  static constexpr int kBarriers = 2 * ws_stages + 2;  // full and empty a buffer; Q full and Q empty
+  static constexpr int kBytes = kQBytes + kTilesBytes + kBarriers * 8;
+  static_assert(kQBytes % 16 == 0 && kTilesBytes % 16 == 0);
+};
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+
+// The producer's copy groups and the barriers they will complete: a barrier
+// is arrived on once its group and the one after it have been committed and
+// the group two back has landed.
+struct WsPublisher {
+  std::uint64_t* oldest = nullptr;
+  std::uint64_t* newer = nullptr;
+  __device__ __forceinline__ void committed(std::uint64_t* barrier) {
+    if (oldest != nullptr) {
+      cp_async_wait<2>();
+      fence_shared_to_async_proxy();
+      mbarrier_arrive(oldest);
+    }
+    oldest = newer;
+    newer = barrier;
+  }
+  __device__ __forceinline__ void flush() {
+    cp_async_wait<0>();
+    fence_shared_to_async_proxy();
+    if (oldest != nullptr) mbarrier_arrive(oldest);
+    if (newer != nullptr) mbarrier_arrive(newer);
+    oldest = newer = nullptr;
+  }
+};
+
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void ws_produce(const AttentionKernelParams& p, T* q_tile, const WsTiles<T, kHeadDim>& tiles,
+                                           std::uint64_t* full, std::uint64_t* empty, std::uint64_t* q_full,
+                                           std::uint64_t* q_empty) {
+  constexpr int BN = prefill_block_n;
+  const int kv_head = blockIdx.y;
+  const T* q = static_cast<const T*>(p.q);
+  const int thread = threadIdx.x;  // 0..127: warpgroup 0
+  WsPublisher publisher;
+  std::uint32_t buffer_uses = 0;  // K/V buffers filled so far: buffer uses % kStages, round uses / kStages
+  std::uint32_t query_tiles = 0;
+  const int total_tiles = p.prefill_tile_start[p.num_sequences];
+  for (int item = blockIdx.x; item < total_tiles; item += gridDim.x, ++query_tiles) {
+    const PrefillQueryTile tile = locate_query_tile<128>(p, item);
+    // The consumers free the Q rows only after reading the last ones, which
+    // may not be published yet (a one-tile query tile): publish everything
+    // before waiting for them.
+    publisher.flush();
+    mbarrier_wait(q_empty, (query_tiles & 1) ^ 1);
+    copy_query_tile<T, kHeadDim, 128, 128>(p, tile, kv_head, q, q_tile, thread);
+    cp_async_commit();
+    publisher.committed(q_full);
+    const int limit = tile.max_position + 1;
+    for (int n = 0; n < tile.num_tiles; ++n, ++buffer_uses) {
+      const int buffer = static_cast<int>(buffer_uses % ws_stages);
+      mbarrier_wait(&empty[buffer], ((buffer_uses / ws_stages) & 1) ^ 1);
+      tiles.template copy_core_rows<true, true>(buffer, buffer, p, tile.block_table, kv_head, n * BN, limit,
+                                                tile_rows<BN>(p, tile.block_table, n * BN));
+      cp_async_commit();
+      publisher.committed(&full[buffer]);
+    }
+  }
+  publisher.flush();
+}
+
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void ws_consume(const AttentionKernelParams& p, const T* q_tile,
+                                           const WsTiles<T, kHeadDim>& tiles, std::uint64_t* full,
+                                           std::uint64_t* empty, std::uint64_t* q_full, std::uint64_t* q_empty) {
+  constexpr int BN = prefill_block_n;
+  constexpr int ROW = smem_row<kHeadDim>;
+  const int kv_head = blockIdx.y;
+  const int warp = threadIdx.x / 32 - 4;  // 0..7 over the two consumer warpgroups
+  const int lane = threadIdx.x % 32;
+  std::uint32_t buffer_uses = 0;
+  std::uint32_t query_tiles = 0;
+  const int total_tiles = p.prefill_tile_start[p.num_sequences];
+  for (int item = blockIdx.x; item < total_tiles; item += gridDim.x, ++query_tiles) {
+    const PrefillQueryTile tile = locate_query_tile<128>(p, item);
+    const RowPositions positions = row_positions(tile, warp, lane);
+    const auto masked = [&](int key, bool hi) { return positions.masked(key, hi); };
+    const auto needs_mask = [&](int n) { return n * BN + BN - 1 > tile.min_position; };
+    const auto wait_full = [&](std::uint32_t use) {
+      mbarrier_wait(&full[use % ws_stages], (use / ws_stages) & 1);
+    };
+
+    mbarrier_wait(q_full, query_tiles & 1);
+    std::uint32_t q_frag[kHeadDim / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < kHeadDim / 16; ++kk)
+      ldmatrix_x4(q_frag[kk], q_tile + (warp * 16 + lane % 16) * ROW + kk * 16 + (lane / 16) * 8);
+    mbarrier_arrive(q_empty);
+
+    float o[kHeadDim / 8][4];
+#pragma unroll
+    for (int d = 0; d < kHeadDim / 8; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+    RowSoftmax softmax;
+    float s[BN / 8][4];
+    std::uint32_t p_frag[BN / 16][4];
+
+    // Tile 0's scores and softmax.
+    wait_full(buffer_uses);
+    wgmma_fence();
+    issue_scores<T, kHeadDim, BN>(s, q_frag, tiles.k(static_cast<int>(buffer_uses % ws_stages)));
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_fence_operands(s);
+    {
+      float alpha_lo, alpha_hi;  // O is still zero
+      softmax_scores<BN>(s, 0, p.scale_log2, needs_mask(0), masked, softmax, alpha_lo, alpha_hi);
+    }
+#pragma unroll
+    for (int kt = 0; kt < BN / 16; ++kt) p_fragment<T>(s, kt, p_frag[kt]);
+
+    // Step n: S(n + 1) and O += P(n) V(n) in flight together, then the
+    // softmax of n + 1; buffer n is released once its P V has completed.
+    // The branches stay outside the wgmma stages (ptxas serializes wgmmas
+    // whose stage holds control flow).
+    for (int n = 0; n + 1 < tile.num_tiles; ++n, ++buffer_uses) {
+      const int current = static_cast<int>(buffer_uses % ws_stages);
+      const int next = static_cast<int>((buffer_uses + 1) % ws_stages);
+      wait_full(buffer_uses + 1);
+      const bool mask_next = needs_mask(n + 1);
+      wgmma_fence_operands(o);
+      wgmma_fence();
+      issue_scores<T, kHeadDim, BN>(s, q_frag, tiles.k(next));
+      wgmma_commit();
+      issue_values<T, kHeadDim, BN>(o, p_frag, tiles.v(current));
+      wgmma_commit();
+      wgmma_wait<1>();
+      wgmma_fence_operands(s);
+      float alpha_lo, alpha_hi;
+      softmax_scores<BN>(s, (n + 1) * BN, p.scale_log2, mask_next, masked, softmax, alpha_lo, alpha_hi);
+      wgmma_wait<0>();
+      wgmma_fence_operands(o);
+      mbarrier_arrive(&empty[current]);
+      rescale_rows(o, alpha_lo, alpha_hi);
+#pragma unroll
+      for (int kt = 0; kt < BN / 16; ++kt) p_fragment<T>(s, kt, p_frag[kt]);
+    }
+    // The last tile's P V.
+    {
+      const int current = static_cast<int>(buffer_uses % ws_stages);
+      wgmma_fence_operands(o);
+      wgmma_fence();
+      issue_values<T, kHeadDim, BN>(o, p_frag, tiles.v(current));
+      wgmma_commit();
+      wgmma_wait<0>();
+      wgmma_fence_operands(o);
+      mbarrier_arrive(&empty[current]);
+      ++buffer_uses;
+    }
+    store_output_rows<T, kHeadDim>(p, tile, kv_head, positions.row_lo, o, softmax);
+  }
+}
+
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
+template <typename T, int kHeadDim>
+__global__ void __launch_bounds__(ws_threads, 1) prefill_ws_kernel(const AttentionKernelParams p) {
+  static_assert(kHeadDim == 128, "consumers hold m64n128 accumulators");
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  allow_next_grid_to_launch();
+  using Layout = WsLayout<T, kHeadDim>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* q_tile = reinterpret_cast<T*>(smem);
+  const WsTiles<T, kHeadDim> tiles{smem + Layout::kQBytes};
+  auto* full = reinterpret_cast<std::uint64_t*>(smem + Layout::kQBytes + Layout::kTilesBytes);
+  std::uint64_t* empty = full + ws_stages;
+  std::uint64_t* q_full = empty + ws_stages;
+  std::uint64_t* q_empty = q_full + 1;
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < ws_stages; ++i) {
+      mbarrier_init(&full[i], 128);   // every producer thread, once its copies have landed
+      mbarrier_init(&empty[i], 256);  // every consumer thread, once its products have read the buffer
+    }
+    mbarrier_init(q_full, 128);
+    mbarrier_init(q_empty, 256);
+    mbarrier_init_fence();
+  }
+  __syncthreads();
+  if (threadIdx.x < 128) {
+    setmaxnreg_dec<ws_producer_registers>();
+    ws_produce<T, kHeadDim>(p, q_tile, tiles, full, empty, q_full, q_empty);
+  } else {
+    setmaxnreg_inc<ws_consumer_registers>();
+    ws_consume<T, kHeadDim>(p, q_tile, tiles, full, empty, q_full, q_empty);
+  }
+#elif defined(__CUDA_ARCH__)
+  __trap();  // an instance built without sm_90a; the plan never picks it
+#endif
+}
+
+template <typename T, int kHeadDim>
+cudaError_t launch_prefill_ws(const AttentionKernelParams& params, int grid_tiles, cudaStream_t stream) {
+  constexpr int smem = WsLayout<T, kHeadDim>::kBytes;
+  if (const cudaError_t e = allow_dynamic_smem<prefill_ws_kernel<T, kHeadDim>>(smem); e != cudaSuccess) return e;
+  const dim3 grid(grid_tiles, params.kv_heads);
+  prefill_ws_kernel<T, kHeadDim><<<grid, ws_threads, smem, stream>>>(params);
+  return cudaGetLastError();
+}
+
+}  // namespace hostrun::cuda::detail
