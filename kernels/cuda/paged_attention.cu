@@ -140,8 +140,10 @@ cudaError_t enqueue_prefill(const AttentionPlan& plan, const detail::AttentionKe
 #if defined(HOSTRUN_KERNELS_SM90A)
     if constexpr (kHeadDim == 128) {
       if constexpr (kKvBits == 0) {
+        if (plan.prefill.warp_specialized && plan.prefill.ping_pong)
+          return detail::launch_prefill_ws<T, kHeadDim, true>(params, plan.prefill_q_tiles, stream);
         if (plan.prefill.warp_specialized)
-          return detail::launch_prefill_ws<T, kHeadDim>(params, plan.prefill_q_tiles, stream);
+          return detail::launch_prefill_ws<T, kHeadDim, false>(params, plan.prefill_q_tiles, stream);
       }
       if (plan.prefill.wgmma)
         return detail::launch_prefill<T, kHeadDim, kKvBits, true, 128>(params, plan.prefill_q_tiles, stream);
@@ -203,7 +205,10 @@ std::string AttentionKernelDesc::to_string() const {
   } else {
     std::snprintf(text, sizeof text, "prefill<%s,hd%d%s> group=%d block_m=%d block_n=%d warps=%d %s",
                   dtype_label(dtype), head_dim, kv_label(kv_bits), group, block_m, block_n, warps,
-                  warp_specialized ? "wgmma.m64nNk16 +producer warpgroup" : wgmma ? "wgmma.m64nNk16" : "mma.m16n8k16");
+                  ping_pong          ? "wgmma.m64nNk16 +producer warpgroup +ping-pong"
+                  : warp_specialized ? "wgmma.m64nNk16 +producer warpgroup"
+                  : wgmma            ? "wgmma.m64nNk16"
+                                     : "mma.m16n8k16");
   }
   return text;
 }
@@ -281,8 +286,9 @@ AttentionPlan plan_paged_attention(const AttentionProblem& problem) {
       case PrefillKernelChoice::mma_sync_128: block_m = 128; break;
       case PrefillKernelChoice::wgmma_128:
       case PrefillKernelChoice::wgmma_ws:
+      case PrefillKernelChoice::wgmma_ws_pingpong:
         if (!wgmma_possible) return fail("the wgmma prefill needs compute capability 9.0, head_dim 128 and sm_90a objects");
-        if (problem.prefill_kernel == PrefillKernelChoice::wgmma_ws && problem.kv_bits != 0)
+        if (problem.prefill_kernel != PrefillKernelChoice::wgmma_128 && problem.kv_bits != 0)
           return fail("the warp-specialized wgmma prefill reads 16-bit pages only");
         wgmma = true;
         block_m = 128;
@@ -291,7 +297,9 @@ AttentionPlan plan_paged_attention(const AttentionProblem& problem) {
     plan.prefill = {AttentionKernel::prefill, problem.dtype, problem.head_dim, group, block_m,
                     prefill_block_n, block_m / 16, 1, 0, problem.kv_bits};
     plan.prefill.wgmma = wgmma;
-    plan.prefill.warp_specialized = problem.prefill_kernel == PrefillKernelChoice::wgmma_ws;
+    plan.prefill.warp_specialized = problem.prefill_kernel == PrefillKernelChoice::wgmma_ws ||
+                                    problem.prefill_kernel == PrefillKernelChoice::wgmma_ws_pingpong;
+    plan.prefill.ping_pong = problem.prefill_kernel == PrefillKernelChoice::wgmma_ws_pingpong;
     if (plan.prefill.warp_specialized) plan.prefill.warps = 12;
     // A bound on the step's query tiles: every sequence at max_query_len, or,
     // when the step's token count is known, its tiles plus one partial tile

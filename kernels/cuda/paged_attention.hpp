@@ -28,8 +28,8 @@
 //                 on the tiles that cross the diagonal.
 // Both use mma.sync.m16n8k16 (f32 accumulate) with ldmatrix from padded
 // shared memory and cp.async double buffering of the K/V pages; on compute
-// capability 9.0 prefill at head_dim 128 runs the same kernel on wgmma
-// (AttentionProblem::compute_capability).
+// capability 9.0 prefill at head_dim 128 runs on wgmma over most page
+// formats (PrefillKernelChoice).
 //
 // Plan/launch split (FlashInfer style): plan_paged_attention() turns the
 // host-known sizes into an AttentionPlan (which kernels, split count, grid,
@@ -79,8 +79,10 @@ struct PagedAttentionBatch {
 // wgmma_prefill = false); the rest force one form (tests, benches) and fail
 // to plan where it cannot run. wgmma_ws is the warp-specialized wgmma kernel
 // (a producer warpgroup copying K/V for two consumer warpgroups; 16-bit
-// pages only), not picked automatically until it has measured faster.
-enum class PrefillKernelChoice : std::uint8_t { automatic, mma_sync, mma_sync_64, mma_sync_128, wgmma_128, wgmma_ws };
+// pages only), wgmma_ws_pingpong the same with its two consumers taking
+// turns; neither is picked automatically until it has measured faster.
+enum class PrefillKernelChoice : std::uint8_t { automatic, mma_sync, mma_sync_64, mma_sync_128, wgmma_128, wgmma_ws,
+                                               wgmma_ws_pingpong };
 
 // What the plan needs to know, all of it known on the host before the step.
 struct AttentionProblem {
@@ -117,6 +119,7 @@ struct AttentionKernelDesc {
   int kv_bits = 0;      // pages read: 0 (dtype), 8 or 4
   bool wgmma = false;   // prefill: warpgroup MMA (sm_90a) instead of mma.sync
   bool warp_specialized = false;  // prefill, wgmma: a producer warpgroup beside the two that multiply
+  bool ping_pong = false;         // warp_specialized: the two take turns issuing products
   std::string to_string() const;
 };
 

@@ -1438,7 +1438,10 @@ TEST_CASE("paged_attention") {
     run_attention_case(c, rng, PrefillKernelChoice::mma_sync_128);
     if (g_compute_capability == 90 && c.head_dim == 128) {
       run_attention_case(c, rng, PrefillKernelChoice::wgmma_128);
-      if (c.kv_bits == 0) run_attention_case(c, rng, PrefillKernelChoice::wgmma_ws);
+      if (c.kv_bits == 0) {
+        run_attention_case(c, rng, PrefillKernelChoice::wgmma_ws);
+        run_attention_case(c, rng, PrefillKernelChoice::wgmma_ws_pingpong);
+      }
     }
   }
 }
@@ -2451,7 +2454,8 @@ void bench_prefill_attention() {
       // picks by itself is starred.
       problem.prefill_kernel = gpu::PrefillKernelChoice::automatic;
       const auto automatic = gpu::plan_paged_attention(problem).prefill;
-      for (const auto choice : {gpu::PrefillKernelChoice::wgmma_ws, gpu::PrefillKernelChoice::wgmma_128,
+      for (const auto choice : {gpu::PrefillKernelChoice::wgmma_ws, gpu::PrefillKernelChoice::wgmma_ws_pingpong,
+                                gpu::PrefillKernelChoice::wgmma_128,
                                 gpu::PrefillKernelChoice::mma_sync_64, gpu::PrefillKernelChoice::mma_sync_128}) {
         problem.prefill_kernel = choice;
         const auto plan = gpu::plan_paged_attention(problem);
@@ -2464,10 +2468,14 @@ void bench_prefill_attention() {
         const double pairs = static_cast<double>(shape.tokens) * shape.cached +
                              static_cast<double>(shape.tokens) * (shape.tokens + 1) / 2;
         const bool picked = plan.prefill.wgmma == automatic.wgmma && plan.prefill.block_m == automatic.block_m &&
-                            plan.prefill.warp_specialized == automatic.warp_specialized;
+                            plan.prefill.warp_specialized == automatic.warp_specialized &&
+                            plan.prefill.ping_pong == automatic.ping_pong;
         std::printf("cached=%5d tokens=%5d %-4s %-8s rows=%3d %9.2f us  %6.1f TFLOP/s%s\n", shape.cached,
                     shape.tokens, kv_bits == 8 ? "int8" : kv_bits == 4 ? "int4" : "bf16",
-                    plan.prefill.warp_specialized ? "wgmma-ws" : plan.prefill.wgmma ? "wgmma" : "mma.sync",
+                    plan.prefill.ping_pong          ? "wgmma-pp"
+                    : plan.prefill.warp_specialized ? "wgmma-ws"
+                    : plan.prefill.wgmma            ? "wgmma"
+                                                    : "mma.sync",
                     plan.prefill.block_m, ms * 1e3,
                     4.0 * qh * hd * pairs / (ms * 1e-3) / 1e12, picked ? "  *" : "");
       }
