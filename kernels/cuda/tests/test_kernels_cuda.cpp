@@ -2454,9 +2454,9 @@ void bench_prefill_attention() {
       // picks by itself is starred.
       problem.prefill_kernel = gpu::PrefillKernelChoice::automatic;
       const auto automatic = gpu::plan_paged_attention(problem).prefill;
-      for (const auto choice : {gpu::PrefillKernelChoice::wgmma_ws, gpu::PrefillKernelChoice::wgmma_ws_pingpong,
-                                gpu::PrefillKernelChoice::wgmma_128,
-                                gpu::PrefillKernelChoice::mma_sync_64, gpu::PrefillKernelChoice::mma_sync_128}) {
+      for (const auto choice : {gpu::PrefillKernelChoice::wgmma_128, gpu::PrefillKernelChoice::mma_sync_64,
+                                gpu::PrefillKernelChoice::mma_sync_128, gpu::PrefillKernelChoice::wgmma_ws,
+                                gpu::PrefillKernelChoice::wgmma_ws_pingpong}) {
         problem.prefill_kernel = choice;
         const auto plan = gpu::plan_paged_attention(problem);
         if (!plan.valid) continue;
