@@ -64,7 +64,7 @@ cudaError_t launch_decode_split(const AttentionKernelParams& params, int num_seq
 template <typename T, int kHeadDim, int kKvBits, bool kWgmma = false, int kBlockM = 64>
 cudaError_t launch_prefill(const AttentionKernelParams& params, int grid_tiles, cudaStream_t stream);
 // The warp-specialized sm_90a kernel (attention_prefill_ws.cuh): 16-bit pages.
-template <typename T, int kHeadDim, bool kPingPong>
+template <typename T, int kHeadDim>
 cudaError_t launch_prefill_ws(const AttentionKernelParams& params, int grid_tiles, cudaStream_t stream);
 
 // ---- shared-memory tiles ------------------------------------------------

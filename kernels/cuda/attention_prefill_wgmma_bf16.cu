@@ -8,7 +8,6 @@ namespace hostrun::cuda::detail {
 template cudaError_t launch_prefill<__nv_bfloat16, 128, 0, true, 128>(const AttentionKernelParams&, int, cudaStream_t);
 template cudaError_t launch_prefill<__nv_bfloat16, 128, 8, true, 128>(const AttentionKernelParams&, int, cudaStream_t);
 template cudaError_t launch_prefill<__nv_bfloat16, 128, 4, true, 128>(const AttentionKernelParams&, int, cudaStream_t);
-template cudaError_t launch_prefill_ws<__nv_bfloat16, 128, false>(const AttentionKernelParams&, int, cudaStream_t);
-template cudaError_t launch_prefill_ws<__nv_bfloat16, 128, true>(const AttentionKernelParams&, int, cudaStream_t);
+template cudaError_t launch_prefill_ws<__nv_bfloat16, 128>(const AttentionKernelParams&, int, cudaStream_t);
 
 }  // namespace hostrun::cuda::detail

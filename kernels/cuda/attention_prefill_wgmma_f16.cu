@@ -8,7 +8,6 @@ namespace hostrun::cuda::detail {
 template cudaError_t launch_prefill<__half, 128, 0, true, 128>(const AttentionKernelParams&, int, cudaStream_t);
 template cudaError_t launch_prefill<__half, 128, 8, true, 128>(const AttentionKernelParams&, int, cudaStream_t);
 template cudaError_t launch_prefill<__half, 128, 4, true, 128>(const AttentionKernelParams&, int, cudaStream_t);
-template cudaError_t launch_prefill_ws<__half, 128, false>(const AttentionKernelParams&, int, cudaStream_t);
-template cudaError_t launch_prefill_ws<__half, 128, true>(const AttentionKernelParams&, int, cudaStream_t);
+template cudaError_t launch_prefill_ws<__half, 128>(const AttentionKernelParams&, int, cudaStream_t);
 
 }  // namespace hostrun::cuda::detail

@@ -12,9 +12,6 @@
 //   warpgroups 1 and 2, consumers (232 registers): 64 query rows each,
 //     attention_prefill.cuh's software-pipelined step (S of tile n + 1 and
 //     P V of tile n issued together, softmax of n + 1 while P V runs).
-//     With kPingPong the two take turns issuing (FA3's ping-pong: named
-//     barriers 1 and 2), so one's softmax runs while the other's products
-//     hold the tensor cores.
 //
 // The two kernels differ in what the consumers wait for: here only for the
 // buffer they read (a phase of its "full" barrier), never for a block-wide
@@ -116,25 +113,7 @@ __device__ __forceinline__ void ws_produce(const AttentionKernelParams& p, T* q_
   publisher.flush();
 }
 
-// The consumers' turns with kPingPong: a warpgroup waits for its turn before
-// issuing a step's products and hands the turn over after.
-template <bool kPingPong>
-struct WsTurns {
-  int warpgroup = 0;  // 0 or 1 among the consumers
-  __device__ __forceinline__ void start() const {
-    if constexpr (kPingPong) {
-      if (warpgroup == 1) asm volatile("bar.arrive 1, 256;\n" ::: "memory");  // the first turn is the other's
-    }
-  }
-  __device__ __forceinline__ void wait() const {
-    if constexpr (kPingPong) asm volatile("bar.sync %0, 256;\n" ::"r"(1 + warpgroup) : "memory");
-  }
-  __device__ __forceinline__ void pass() const {
-    if constexpr (kPingPong) asm volatile("bar.arrive %0, 256;\n" ::"r"(2 - warpgroup) : "memory");
-  }
-};
-
-template <typename T, int kHeadDim, bool kPingPong>
+template <typename T, int kHeadDim>
 __device__ __forceinline__ void ws_consume(const AttentionKernelParams& p, const T* q_tile,
                                            const WsTiles<T, kHeadDim>& tiles, std::uint64_t* full,
                                            std::uint64_t* empty, std::uint64_t* q_full, std::uint64_t* q_empty) {
@@ -143,8 +122,6 @@ __device__ __forceinline__ void ws_consume(const AttentionKernelParams& p, const
   const int kv_head = blockIdx.y;
   const int warp = threadIdx.x / 32 - 4;  // 0..7 over the two consumer warpgroups
   const int lane = threadIdx.x % 32;
-  const WsTurns<kPingPong> turns{warp / 4};
-  turns.start();
   std::uint32_t buffer_uses = 0;
   std::uint32_t query_tiles = 0;
   const int total_tiles = p.prefill_tile_start[p.num_sequences];
@@ -173,11 +150,9 @@ __device__ __forceinline__ void ws_consume(const AttentionKernelParams& p, const
 
     // Tile 0's scores and softmax.
     wait_full(buffer_uses);
-    turns.wait();
     wgmma_fence();
     issue_scores<T, kHeadDim, BN>(s, q_frag, tiles.k(static_cast<int>(buffer_uses % ws_stages)));
     wgmma_commit();
-    turns.pass();
     wgmma_wait<0>();
     wgmma_fence_operands(s);
     {
@@ -196,15 +171,13 @@ __device__ __forceinline__ void ws_consume(const AttentionKernelParams& p, const
       const int next = static_cast<int>((buffer_uses + 1) % ws_stages);
       wait_full(buffer_uses + 1);
       const bool mask_next = needs_mask(n + 1);
-      turns.wait();
-      wgmma_fence_operands(o);
+        wgmma_fence_operands(o);
       wgmma_fence();
       issue_scores<T, kHeadDim, BN>(s, q_frag, tiles.k(next));
       wgmma_commit();
       issue_values<T, kHeadDim, BN>(o, p_frag, tiles.v(current));
       wgmma_commit();
-      turns.pass();
-      wgmma_wait<1>();
+        wgmma_wait<1>();
       wgmma_fence_operands(s);
       float alpha_lo, alpha_hi;
       softmax_scores<BN>(s, (n + 1) * BN, p.scale_log2, mask_next, masked, softmax, alpha_lo, alpha_hi);
@@ -218,13 +191,11 @@ __device__ __forceinline__ void ws_consume(const AttentionKernelParams& p, const
     // The last tile's P V.
     {
       const int current = static_cast<int>(buffer_uses % ws_stages);
-      turns.wait();
-      wgmma_fence_operands(o);
+        wgmma_fence_operands(o);
       wgmma_fence();
       issue_values<T, kHeadDim, BN>(o, p_frag, tiles.v(current));
       wgmma_commit();
-      turns.pass();
-      wgmma_wait<0>();
+        wgmma_wait<0>();
       wgmma_fence_operands(o);
       mbarrier_arrive(&empty[current]);
       ++buffer_uses;
@@ -235,13 +206,13 @@ __device__ __forceinline__ void ws_consume(const AttentionKernelParams& p, const
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
-template <typename T, int kHeadDim, bool kPingPong>
+template <typename T, int kHeadDim>
 __global__ void __launch_bounds__(ws_threads, 1) prefill_ws_kernel(const AttentionKernelParams p) {
   static_assert(kHeadDim == 128, "consumers hold m64n128 accumulators");
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   allow_next_grid_to_launch();
   using Layout = WsLayout<T, kHeadDim>;
-  extern __shared__ __align__(128) unsigned char smem[];
+  extern __shared__ __align__(16) unsigned char smem[];  // the prefill kernels' declaration: one symbol a file
   T* q_tile = reinterpret_cast<T*>(smem);
   const WsTiles<T, kHeadDim> tiles{smem + Layout::kQBytes};
   auto* full = reinterpret_cast<std::uint64_t*>(smem + Layout::kQBytes + Layout::kTilesBytes);
@@ -263,20 +234,19 @@ __global__ void __launch_bounds__(ws_threads, 1) prefill_ws_kernel(const Attenti
     ws_produce<T, kHeadDim>(p, q_tile, tiles, full, empty, q_full, q_empty);
   } else {
     setmaxnreg_inc<ws_consumer_registers>();
-    ws_consume<T, kHeadDim, kPingPong>(p, q_tile, tiles, full, empty, q_full, q_empty);
+    ws_consume<T, kHeadDim>(p, q_tile, tiles, full, empty, q_full, q_empty);
   }
 #elif defined(__CUDA_ARCH__)
   __trap();  // an instance built without sm_90a; the plan never picks it
 #endif
 }
 
-template <typename T, int kHeadDim, bool kPingPong>
+template <typename T, int kHeadDim>
 cudaError_t launch_prefill_ws(const AttentionKernelParams& params, int grid_tiles, cudaStream_t stream) {
   constexpr int smem = WsLayout<T, kHeadDim>::kBytes;
-  if (const cudaError_t e = allow_dynamic_smem<prefill_ws_kernel<T, kHeadDim, kPingPong>>(smem); e != cudaSuccess)
-    return e;
+  if (const cudaError_t e = allow_dynamic_smem<prefill_ws_kernel<T, kHeadDim>>(smem); e != cudaSuccess) return e;
   const dim3 grid(grid_tiles, params.kv_heads);
-  prefill_ws_kernel<T, kHeadDim, kPingPong><<<grid, ws_threads, smem, stream>>>(params);
+  prefill_ws_kernel<T, kHeadDim><<<grid, ws_threads, smem, stream>>>(params);
   return cudaGetLastError();
 }
 

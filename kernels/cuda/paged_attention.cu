@@ -20,6 +20,11 @@ constexpr int max_decode_group = 8;   // q heads in the decode kernel's 8 mma co
 // 48 CTAs instead of 16). Large batches get one split anyway.
 constexpr int min_split_tokens = 64;
 constexpr int max_splits = 128;
+// The warp-specialized wgmma prefill (16-bit pages) from this context on:
+// on the H100 it was 13% faster at 8k positions, 10% at 2k after 6k cached,
+// 6% at 2k, and 7% slower at 512 (its three warpgroups and barriers cost a
+// CTA more to start than the short walk wins back). 1k was not measured.
+constexpr int ws_min_context = 2048;
 #if defined(HOSTRUN_KERNELS_SM90A)
 constexpr bool kHaveWgmmaPrefill = true;  // attention_prefill_wgmma_*.cu are built
 #else
@@ -140,10 +145,8 @@ cudaError_t enqueue_prefill(const AttentionPlan& plan, const detail::AttentionKe
 #if defined(HOSTRUN_KERNELS_SM90A)
     if constexpr (kHeadDim == 128) {
       if constexpr (kKvBits == 0) {
-        if (plan.prefill.warp_specialized && plan.prefill.ping_pong)
-          return detail::launch_prefill_ws<T, kHeadDim, true>(params, plan.prefill_q_tiles, stream);
         if (plan.prefill.warp_specialized)
-          return detail::launch_prefill_ws<T, kHeadDim, false>(params, plan.prefill_q_tiles, stream);
+          return detail::launch_prefill_ws<T, kHeadDim>(params, plan.prefill_q_tiles, stream);
       }
       if (plan.prefill.wgmma)
         return detail::launch_prefill<T, kHeadDim, kKvBits, true, 128>(params, plan.prefill_q_tiles, stream);
@@ -205,8 +208,7 @@ std::string AttentionKernelDesc::to_string() const {
   } else {
     std::snprintf(text, sizeof text, "prefill<%s,hd%d%s> group=%d block_m=%d block_n=%d warps=%d %s",
                   dtype_label(dtype), head_dim, kv_label(kv_bits), group, block_m, block_n, warps,
-                  ping_pong          ? "wgmma.m64nNk16 +producer warpgroup +ping-pong"
-                  : warp_specialized ? "wgmma.m64nNk16 +producer warpgroup"
+                  warp_specialized ? "wgmma.m64nNk16 +producer warpgroup"
                   : wgmma            ? "wgmma.m64nNk16"
                                      : "mma.m16n8k16");
   }
@@ -274,33 +276,32 @@ AttentionPlan plan_paged_attention(const AttentionProblem& problem) {
   plan.prefill_schedule_offset = plan.workspace_bytes;
   if (plan.run_prefill) {
     const bool wgmma_possible = kHaveWgmmaPrefill && problem.compute_capability == 90 && problem.head_dim == 128;
-    bool wgmma = false;
+    bool wgmma = false, warp_specialized = false;
     int block_m = 64;
     switch (problem.prefill_kernel) {
       case PrefillKernelChoice::automatic:
       case PrefillKernelChoice::mma_sync:
         wgmma = wgmma_possible && problem.kv_bits != 8 && problem.prefill_kernel == PrefillKernelChoice::automatic;
+        warp_specialized = wgmma && problem.kv_bits == 0 && problem.max_context_len >= ws_min_context;
         block_m = problem.compute_capability == 90 && problem.head_dim == 128 ? 128 : 64;
         break;
       case PrefillKernelChoice::mma_sync_64: block_m = 64; break;
       case PrefillKernelChoice::mma_sync_128: block_m = 128; break;
       case PrefillKernelChoice::wgmma_128:
       case PrefillKernelChoice::wgmma_ws:
-      case PrefillKernelChoice::wgmma_ws_pingpong:
         if (!wgmma_possible) return fail("the wgmma prefill needs compute capability 9.0, head_dim 128 and sm_90a objects");
         if (problem.prefill_kernel != PrefillKernelChoice::wgmma_128 && problem.kv_bits != 0)
           return fail("the warp-specialized wgmma prefill reads 16-bit pages only");
         wgmma = true;
+        warp_specialized = problem.prefill_kernel == PrefillKernelChoice::wgmma_ws;
         block_m = 128;
         break;
     }
     plan.prefill = {AttentionKernel::prefill, problem.dtype, problem.head_dim, group, block_m,
                     prefill_block_n, block_m / 16, 1, 0, problem.kv_bits};
     plan.prefill.wgmma = wgmma;
-    plan.prefill.warp_specialized = problem.prefill_kernel == PrefillKernelChoice::wgmma_ws ||
-                                    problem.prefill_kernel == PrefillKernelChoice::wgmma_ws_pingpong;
-    plan.prefill.ping_pong = problem.prefill_kernel == PrefillKernelChoice::wgmma_ws_pingpong;
-    if (plan.prefill.warp_specialized) plan.prefill.warps = 12;
+    plan.prefill.warp_specialized = warp_specialized;
+    if (warp_specialized) plan.prefill.warps = 12;
     // A bound on the step's query tiles: every sequence at max_query_len, or,
     // when the step's token count is known, its tiles plus one partial tile
     // per sequence. The kernel loops if the real list is longer.

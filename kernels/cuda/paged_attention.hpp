@@ -79,10 +79,9 @@ struct PagedAttentionBatch {
 // wgmma_prefill = false); the rest force one form (tests, benches) and fail
 // to plan where it cannot run. wgmma_ws is the warp-specialized wgmma kernel
 // (a producer warpgroup copying K/V for two consumer warpgroups; 16-bit
-// pages only), wgmma_ws_pingpong the same with its two consumers taking
-// turns; neither is picked automatically until it has measured faster.
-enum class PrefillKernelChoice : std::uint8_t { automatic, mma_sync, mma_sync_64, mma_sync_128, wgmma_128, wgmma_ws,
-                                               wgmma_ws_pingpong };
+// pages only), which automatic picks over 16-bit pages from 2,048 context
+// positions on (paged_attention.cu, ws_min_context).
+enum class PrefillKernelChoice : std::uint8_t { automatic, mma_sync, mma_sync_64, mma_sync_128, wgmma_128, wgmma_ws };
 
 // What the plan needs to know, all of it known on the host before the step.
 struct AttentionProblem {
@@ -119,7 +118,6 @@ struct AttentionKernelDesc {
   int kv_bits = 0;      // pages read: 0 (dtype), 8 or 4
   bool wgmma = false;   // prefill: warpgroup MMA (sm_90a) instead of mma.sync
   bool warp_specialized = false;  // prefill, wgmma: a producer warpgroup beside the two that multiply
-  bool ping_pong = false;         // warp_specialized: the two take turns issuing products
   std::string to_string() const;
 };
 

@@ -1438,10 +1438,7 @@ TEST_CASE("paged_attention") {
     run_attention_case(c, rng, PrefillKernelChoice::mma_sync_128);
     if (g_compute_capability == 90 && c.head_dim == 128) {
       run_attention_case(c, rng, PrefillKernelChoice::wgmma_128);
-      if (c.kv_bits == 0) {
-        run_attention_case(c, rng, PrefillKernelChoice::wgmma_ws);
-        run_attention_case(c, rng, PrefillKernelChoice::wgmma_ws_pingpong);
-      }
+      if (c.kv_bits == 0) run_attention_case(c, rng, PrefillKernelChoice::wgmma_ws);
     }
   }
 }
@@ -2455,8 +2452,7 @@ void bench_prefill_attention() {
       problem.prefill_kernel = gpu::PrefillKernelChoice::automatic;
       const auto automatic = gpu::plan_paged_attention(problem).prefill;
       for (const auto choice : {gpu::PrefillKernelChoice::wgmma_128, gpu::PrefillKernelChoice::mma_sync_64,
-                                gpu::PrefillKernelChoice::mma_sync_128, gpu::PrefillKernelChoice::wgmma_ws,
-                                gpu::PrefillKernelChoice::wgmma_ws_pingpong}) {
+                                gpu::PrefillKernelChoice::mma_sync_128, gpu::PrefillKernelChoice::wgmma_ws}) {
         problem.prefill_kernel = choice;
         const auto plan = gpu::plan_paged_attention(problem);
         if (!plan.valid) continue;
@@ -2468,12 +2464,10 @@ void bench_prefill_attention() {
         const double pairs = static_cast<double>(shape.tokens) * shape.cached +
                              static_cast<double>(shape.tokens) * (shape.tokens + 1) / 2;
         const bool picked = plan.prefill.wgmma == automatic.wgmma && plan.prefill.block_m == automatic.block_m &&
-                            plan.prefill.warp_specialized == automatic.warp_specialized &&
-                            plan.prefill.ping_pong == automatic.ping_pong;
+                            plan.prefill.warp_specialized == automatic.warp_specialized;
         std::printf("cached=%5d tokens=%5d %-4s %-8s rows=%3d %9.2f us  %6.1f TFLOP/s%s\n", shape.cached,
                     shape.tokens, kv_bits == 8 ? "int8" : kv_bits == 4 ? "int4" : "bf16",
-                    plan.prefill.ping_pong          ? "wgmma-pp"
-                    : plan.prefill.warp_specialized ? "wgmma-ws"
+                    plan.prefill.warp_specialized ? "wgmma-ws"
                     : plan.prefill.wgmma            ? "wgmma"
                                                     : "mma.sync",
                     plan.prefill.block_m, ms * 1e3,
