@@ -7,7 +7,7 @@
 //
 //   warpgroup 0, producer (40 registers): for each query tile of the grid's
 //     walk, the Q rows, then every K/V tile (64 positions, core-matrix
-//     layout) into a ring of kStages buffers, by cp.async gathers from the
+//     layout) into a ring of ws_stages buffers, by cp.async gathers from the
 //     pages. A buffer is reused once the consumers have released it.
 //   warpgroups 1 and 2, consumers (232 registers): 64 query rows each,
 //     attention_prefill.cuh's software-pipelined step (S of tile n + 1 and
@@ -24,8 +24,8 @@
 // cp.async.wait_group 2, fence, arrive on the buffer's "full" barrier, and
 // all of them before it waits for the Q rows to be free. Two groups stay in
 // flight a thread and the gather latency is hidden; at most four buffers are
-// held (two by the consumers' step, two in flight), which is why kStages is
-// 4: a producer waiting for buffer t to be free has published t - 3, all
+// held (two by the consumers' step, two in flight), which is why ws_stages
+// is 4: a producer waiting for buffer t to be free has published t - 3, all
 // the consumers need to free it.
 #pragma once
 
@@ -87,7 +87,7 @@ __device__ __forceinline__ void ws_produce(const AttentionKernelParams& p, T* q_
   const T* q = static_cast<const T*>(p.q);
   const int thread = threadIdx.x;  // 0..127: warpgroup 0
   WsPublisher publisher;
-  std::uint32_t buffer_uses = 0;  // K/V buffers filled so far: buffer uses % kStages, round uses / kStages
+  std::uint32_t buffer_uses = 0;  // K/V buffers filled so far: buffer uses % ws_stages, round uses / ws_stages
   std::uint32_t query_tiles = 0;
   const int total_tiles = p.prefill_tile_start[p.num_sequences];
   for (int item = blockIdx.x; item < total_tiles; item += gridDim.x, ++query_tiles) {
@@ -171,13 +171,13 @@ __device__ __forceinline__ void ws_consume(const AttentionKernelParams& p, const
       const int next = static_cast<int>((buffer_uses + 1) % ws_stages);
       wait_full(buffer_uses + 1);
       const bool mask_next = needs_mask(n + 1);
-        wgmma_fence_operands(o);
+      wgmma_fence_operands(o);
       wgmma_fence();
       issue_scores<T, kHeadDim, BN>(s, q_frag, tiles.k(next));
       wgmma_commit();
       issue_values<T, kHeadDim, BN>(o, p_frag, tiles.v(current));
       wgmma_commit();
-        wgmma_wait<1>();
+      wgmma_wait<1>();
       wgmma_fence_operands(s);
       float alpha_lo, alpha_hi;
       softmax_scores<BN>(s, (n + 1) * BN, p.scale_log2, mask_next, masked, softmax, alpha_lo, alpha_hi);
@@ -191,11 +191,11 @@ __device__ __forceinline__ void ws_consume(const AttentionKernelParams& p, const
     // The last tile's P V.
     {
       const int current = static_cast<int>(buffer_uses % ws_stages);
-        wgmma_fence_operands(o);
+      wgmma_fence_operands(o);
       wgmma_fence();
       issue_values<T, kHeadDim, BN>(o, p_frag, tiles.v(current));
       wgmma_commit();
-        wgmma_wait<0>();
+      wgmma_wait<0>();
       wgmma_fence_operands(o);
       mbarrier_arrive(&empty[current]);
       ++buffer_uses;
