@@ -10,8 +10,8 @@
 //   test_kernels_cuda --bench-fp8     the small_gemm and fp8_small_gemm timings alone
 //   test_kernels_cuda --bench-decode [BxC]  decode attention alone (one
 //                                     batch B x context C: for ncu)
-//   test_kernels_cuda --bench-prefill prefill attention alone (wgmma and
-//                                     mma.sync side by side on sm_90)
+//   test_kernels_cuda --bench-prefill prefill attention alone (each form
+//                                     of the kernel side by side)
 //   test_kernels_cuda -tc='*attention*'   doctest filters work as usual
 //
 // Without a GPU it exits with status 2 and says so (CI builds it and excludes
@@ -2395,8 +2395,9 @@ void bench_decode_attention(std::vector<DecodeShape> shapes = {{1, 1024}, {1, 81
 // Causal prefill of one sequence (`tokens` new tokens after `cached` ones)
 // over bf16, int8 and int4 pages; FLOPs count the causal products only
 // (4 * q_heads * head_dim per visible (query, key) pair). Each shape and
-// format runs the plan's kernel (wgmma on a 9.0 device) and mma.sync at 64
-// and 128 rows a CTA beside it.
+// format runs every form of the prefill kernel the device can run (wgmma
+// with two warpgroups and the warp-specialized one on 9.0, mma.sync at 64
+// and 128 rows); a star marks the plan's own pick.
 void bench_prefill_attention() {
   std::printf("\n== prefill attention, bf16 queries, Llama-3-8B layer (32 q heads, 8 kv heads, hd 128, 64-token "
               "pages), one sequence, causal ==\n");
