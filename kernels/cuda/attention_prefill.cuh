@@ -133,6 +133,16 @@ __device__ __forceinline__ void copy_query_tile(const AttentionKernelParams& p, 
   }
 }
 
+// The A fragments of warp `warp`'s 16 query rows (mma.m16n8k16's layout,
+// which wgmma's register A shares).
+template <int kHeadDim, typename T>
+__device__ __forceinline__ void load_q_fragments(std::uint32_t (&q_frag)[kHeadDim / 16][4], const T* q_tile, int warp,
+                                                 int lane) {
+#pragma unroll
+  for (int kk = 0; kk < kHeadDim / 16; ++kk)
+    ldmatrix_x4(q_frag[kk], q_tile + (warp * 16 + lane % 16) * smem_row<kHeadDim> + kk * 16 + (lane / 16) * 8);
+}
+
 // out = O / l for this thread's two rows (row_lo and row_lo + 8).
 template <typename T, int kHeadDim>
 __device__ __forceinline__ void store_output_rows(const AttentionKernelParams& p, const PrefillQueryTile& tile,
@@ -179,7 +189,6 @@ __device__ __forceinline__ void attend_tiles_pipelined(const Tiles& tiles, const
                                                        const T* q_tile, const Masked& masked,
                                                        float (&o)[kHeadDim / 8][4], RowSoftmax& softmax) {
   constexpr int BN = prefill_block_n;
-  constexpr int ROW = smem_row<kHeadDim>;
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   const int limit = max_position + 1;
@@ -195,26 +204,13 @@ __device__ __forceinline__ void attend_tiles_pipelined(const Tiles& tiles, const
   fence_shared_to_async_proxy();
   __syncthreads();
   std::uint32_t q_frag[kHeadDim / 16][4];
-#pragma unroll
-  for (int kk = 0; kk < kHeadDim / 16; ++kk)
-    ldmatrix_x4(q_frag[kk], q_tile + (warp * 16 + lane % 16) * ROW + kk * 16 + (lane / 16) * 8);
+  load_q_fragments<kHeadDim>(q_frag, q_tile, warp, lane);
 
   float s[BN / 8][4];
   std::uint32_t p_frag[BN / 16][4];
-  wgmma_fence();
-  issue_scores<T, kHeadDim, BN>(s, q_frag, tiles.k(0));
-  wgmma_commit();
-  wgmma_wait<0>();
-  wgmma_fence_operands(s);
-  {
-    float alpha_lo, alpha_hi;  // O is still zero
-    softmax_scores<BN>(s, 0, p.scale_log2, needs_mask(0), masked, softmax, alpha_lo, alpha_hi);
-  }
-#pragma unroll
-  for (int kt = 0; kt < BN / 16; ++kt) p_fragment<T>(s, kt, p_frag[kt]);
+  pipelined_first_scores<T, kHeadDim, BN>(q_frag, tiles.k(0), p.scale_log2, needs_mask(0), masked, s, p_frag, softmax);
 
-  // Every step but the last; the branches stay outside the wgmma stages
-  // (ptxas serializes wgmmas whose stage holds control flow).
+  // Every step but the last.
   for (int n = 0; n + 1 < num_tiles; ++n) {
     cp_async_wait<0>();
     fence_shared_to_async_proxy();
@@ -223,33 +219,14 @@ __device__ __forceinline__ void attend_tiles_pipelined(const Tiles& tiles, const
     fetch.template operator()<false, true>(0, (n + 1) & 1, n + 1);
     cp_async_commit();
     const bool mask_next = needs_mask(n + 1);
-
-    wgmma_fence_operands(o);
-    wgmma_fence();
-    issue_scores<T, kHeadDim, BN>(s, q_frag, tiles.k((n + 1) & 1));
-    wgmma_commit();
-    issue_values<T, kHeadDim, BN>(o, p_frag, tiles.v(n & 1));
-    wgmma_commit();
-    wgmma_wait<1>();
-    wgmma_fence_operands(s);
-    float alpha_lo, alpha_hi;
-    softmax_scores<BN>(s, (n + 1) * BN, p.scale_log2, mask_next, masked, softmax, alpha_lo, alpha_hi);
-    wgmma_wait<0>();
-    wgmma_fence_operands(o);
-    rescale_rows(o, alpha_lo, alpha_hi);
-#pragma unroll
-    for (int kt = 0; kt < BN / 16; ++kt) p_fragment<T>(s, kt, p_frag[kt]);
+    pipelined_step<T, kHeadDim, BN>(q_frag, tiles.k((n + 1) & 1), tiles.v(n & 1), (n + 1) * BN, p.scale_log2,
+                                    mask_next, masked, s, p_frag, o, softmax);
   }
   // The last tile's P V.
   cp_async_wait<0>();
   fence_shared_to_async_proxy();
   __syncthreads();
-  wgmma_fence_operands(o);
-  wgmma_fence();
-  issue_values<T, kHeadDim, BN>(o, p_frag, tiles.v((num_tiles - 1) & 1));
-  wgmma_commit();
-  wgmma_wait<0>();
-  wgmma_fence_operands(o);
+  pipelined_last_values<T, kHeadDim, BN>(p_frag, tiles.v((num_tiles - 1) & 1), o);
   __syncthreads();  // the next query tile's copies overwrite the buffers
 }
 #endif
@@ -309,12 +286,7 @@ __global__ void __launch_bounds__(prefill_threads<kBlockM>) prefill_kernel(const
         if constexpr (kWgmma) fence_shared_to_async_proxy();
         __syncthreads();
         tiles.ready(buffer);
-        if (n == 0) {
-#pragma unroll
-          for (int kk = 0; kk < KSTEPS; ++kk) {
-            ldmatrix_x4(q_frag[kk], q_tile + (warp * 16 + lane % 16) * ROW + kk * 16 + (lane / 16) * 8);
-          }
-        }
+        if (n == 0) load_q_fragments<kHeadDim>(q_frag, q_tile, warp, lane);
         const bool needs_mask = n * BN + BN - 1 > min_position;  // only tiles crossing the diagonal
         if constexpr (kWgmma) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)

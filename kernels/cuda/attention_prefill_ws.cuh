@@ -118,7 +118,6 @@ __device__ __forceinline__ void ws_consume(const AttentionKernelParams& p, const
                                            const WsTiles<T, kHeadDim>& tiles, std::uint64_t* full,
                                            std::uint64_t* empty, std::uint64_t* q_full, std::uint64_t* q_empty) {
   constexpr int BN = prefill_block_n;
-  constexpr int ROW = smem_row<kHeadDim>;
   const int kv_head = blockIdx.y;
   const int warp = threadIdx.x / 32 - 4;  // 0..7 over the two consumer warpgroups
   const int lane = threadIdx.x % 32;
@@ -136,9 +135,7 @@ __device__ __forceinline__ void ws_consume(const AttentionKernelParams& p, const
 
     mbarrier_wait(q_full, query_tiles & 1);
     std::uint32_t q_frag[kHeadDim / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < kHeadDim / 16; ++kk)
-      ldmatrix_x4(q_frag[kk], q_tile + (warp * 16 + lane % 16) * ROW + kk * 16 + (lane / 16) * 8);
+    load_q_fragments<kHeadDim>(q_frag, q_tile, warp, lane);
     mbarrier_arrive(q_empty);
 
     float o[kHeadDim / 8][4];
@@ -148,58 +145,24 @@ __device__ __forceinline__ void ws_consume(const AttentionKernelParams& p, const
     float s[BN / 8][4];
     std::uint32_t p_frag[BN / 16][4];
 
-    // Tile 0's scores and softmax.
+    // Tile 0's scores and softmax; then each step reads buffer n + 1's K and
+    // buffer n's V and releases buffer n; the last tile's P V releases it.
     wait_full(buffer_uses);
-    wgmma_fence();
-    issue_scores<T, kHeadDim, BN>(s, q_frag, tiles.k(static_cast<int>(buffer_uses % ws_stages)));
-    wgmma_commit();
-    wgmma_wait<0>();
-    wgmma_fence_operands(s);
-    {
-      float alpha_lo, alpha_hi;  // O is still zero
-      softmax_scores<BN>(s, 0, p.scale_log2, needs_mask(0), masked, softmax, alpha_lo, alpha_hi);
-    }
-#pragma unroll
-    for (int kt = 0; kt < BN / 16; ++kt) p_fragment<T>(s, kt, p_frag[kt]);
-
-    // Step n: S(n + 1) and O += P(n) V(n) in flight together, then the
-    // softmax of n + 1; buffer n is released once its P V has completed.
-    // The branches stay outside the wgmma stages (ptxas serializes wgmmas
-    // whose stage holds control flow).
+    pipelined_first_scores<T, kHeadDim, BN>(q_frag, tiles.k(static_cast<int>(buffer_uses % ws_stages)), p.scale_log2,
+                                            needs_mask(0), masked, s, p_frag, softmax);
     for (int n = 0; n + 1 < tile.num_tiles; ++n, ++buffer_uses) {
       const int current = static_cast<int>(buffer_uses % ws_stages);
       const int next = static_cast<int>((buffer_uses + 1) % ws_stages);
       wait_full(buffer_uses + 1);
       const bool mask_next = needs_mask(n + 1);
-      wgmma_fence_operands(o);
-      wgmma_fence();
-      issue_scores<T, kHeadDim, BN>(s, q_frag, tiles.k(next));
-      wgmma_commit();
-      issue_values<T, kHeadDim, BN>(o, p_frag, tiles.v(current));
-      wgmma_commit();
-      wgmma_wait<1>();
-      wgmma_fence_operands(s);
-      float alpha_lo, alpha_hi;
-      softmax_scores<BN>(s, (n + 1) * BN, p.scale_log2, mask_next, masked, softmax, alpha_lo, alpha_hi);
-      wgmma_wait<0>();
-      wgmma_fence_operands(o);
+      pipelined_step<T, kHeadDim, BN>(q_frag, tiles.k(next), tiles.v(current), (n + 1) * BN, p.scale_log2, mask_next,
+                                      masked, s, p_frag, o, softmax);
       mbarrier_arrive(&empty[current]);
-      rescale_rows(o, alpha_lo, alpha_hi);
-#pragma unroll
-      for (int kt = 0; kt < BN / 16; ++kt) p_fragment<T>(s, kt, p_frag[kt]);
     }
-    // The last tile's P V.
-    {
-      const int current = static_cast<int>(buffer_uses % ws_stages);
-      wgmma_fence_operands(o);
-      wgmma_fence();
-      issue_values<T, kHeadDim, BN>(o, p_frag, tiles.v(current));
-      wgmma_commit();
-      wgmma_wait<0>();
-      wgmma_fence_operands(o);
-      mbarrier_arrive(&empty[current]);
-      ++buffer_uses;
-    }
+    const int last = static_cast<int>(buffer_uses % ws_stages);
+    pipelined_last_values<T, kHeadDim, BN>(p_frag, tiles.v(last), o);
+    mbarrier_arrive(&empty[last]);
+    ++buffer_uses;
     store_output_rows<T, kHeadDim>(p, tile, kv_head, positions.row_lo, o, softmax);
   }
 }

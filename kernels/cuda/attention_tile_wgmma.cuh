@@ -63,6 +63,66 @@ __device__ __forceinline__ void issue_values(float (&o)[kHeadDim / 8][4], const 
   }
 }
 
+// The phases of the software-pipelined K/V loop (FlashAttention-3's overlap
+// inside one warpgroup), shared by attention_prefill.cuh's two-warpgroup
+// kernel and the warp-specialized one: each kernel only decides when a
+// buffer may be read and when it may be refilled.
+//
+// Tile 0: S = Q K^T, its softmax, P packed for the first P V.
+template <typename T, int kHeadDim, int kKeys, typename Masked>
+__device__ __forceinline__ void pipelined_first_scores(const std::uint32_t (&q_frag)[kHeadDim / 16][4],
+                                                       const T* k_tile, float scale_log2, bool needs_mask,
+                                                       const Masked& masked, float (&s)[kKeys / 8][4],
+                                                       std::uint32_t (&p_frag)[kKeys / 16][4], RowSoftmax& rows) {
+  wgmma_fence();
+  issue_scores<T, kHeadDim, kKeys>(s, q_frag, k_tile);
+  wgmma_commit();
+  wgmma_wait<0>();
+  wgmma_fence_operands(s);
+  float alpha_lo, alpha_hi;  // O is still zero
+  softmax_scores<kKeys>(s, 0, scale_log2, needs_mask, masked, rows, alpha_lo, alpha_hi);
+#pragma unroll
+  for (int kt = 0; kt < kKeys / 16; ++kt) p_fragment<T>(s, kt, p_frag[kt]);
+}
+// Step n: S(n + 1) = Q K(n + 1)^T and O += P(n) V(n) in flight together, the
+// softmax of tile n + 1 (keys from key0) while P V runs, then O rescaled and
+// P(n + 1) packed. Both products have completed on return. The branches stay
+// outside the wgmma stages (ptxas serializes wgmmas whose stage holds
+// control flow).
+template <typename T, int kHeadDim, int kKeys, typename Masked>
+__device__ __forceinline__ void pipelined_step(const std::uint32_t (&q_frag)[kHeadDim / 16][4], const T* k_next,
+                                               const T* v_current, int key0, float scale_log2, bool needs_mask,
+                                               const Masked& masked, float (&s)[kKeys / 8][4],
+                                               std::uint32_t (&p_frag)[kKeys / 16][4], float (&o)[kHeadDim / 8][4],
+                                               RowSoftmax& rows) {
+  wgmma_fence_operands(o);
+  wgmma_fence();
+  issue_scores<T, kHeadDim, kKeys>(s, q_frag, k_next);
+  wgmma_commit();
+  issue_values<T, kHeadDim, kKeys>(o, p_frag, v_current);
+  wgmma_commit();
+  wgmma_wait<1>();
+  wgmma_fence_operands(s);
+  float alpha_lo, alpha_hi;
+  softmax_scores<kKeys>(s, key0, scale_log2, needs_mask, masked, rows, alpha_lo, alpha_hi);
+  wgmma_wait<0>();
+  wgmma_fence_operands(o);
+  rescale_rows(o, alpha_lo, alpha_hi);
+#pragma unroll
+  for (int kt = 0; kt < kKeys / 16; ++kt) p_fragment<T>(s, kt, p_frag[kt]);
+}
+// The last tile's O += P V, completed on return.
+template <typename T, int kHeadDim, int kKeys>
+__device__ __forceinline__ void pipelined_last_values(const std::uint32_t (&p_frag)[kKeys / 16][4], const T* v_tile,
+                                                      float (&o)[kHeadDim / 8][4]) {
+  wgmma_fence_operands(o);
+  wgmma_fence();
+  issue_values<T, kHeadDim, kKeys>(o, p_frag, v_tile);
+  wgmma_commit();
+  wgmma_wait<0>();
+  wgmma_fence_operands(o);
+}
+
 // attention_tile.cuh's attend_tile on wgmma: S, softmax, O += P V, each
 // product waited for before the next phase.
 template <typename T, int kHeadDim, int kKeys, typename Masked>
