@@ -31,6 +31,10 @@ const SettingSpec kEngineSettings[] = {
      0, 1e9},
     {"enable_prefix_caching", SettingType::boolean, "Reuse the KV blocks of identical prompt prefixes", false,
      "false"},
+    {"decode_reserve_tokens", SettingType::integer,
+     "Admit a request only while the free KV blocks also cover each running sequence's rest of prompt and next this "
+     "many tokens (fewer preemptions); 0: admit while a chunk fits",
+     false, "256", 0, 1e9},
     {"cpu_memory_budget_mb", SettingType::integer, "On the CPU, the memory the KV-cache share applies to", false,
      "2048", 1, 1e9},
     {"seed", SettingType::integer, "Seed for requests that bring none (0: from the clock)", false, "0", 0, 9.2e18},
@@ -58,6 +62,7 @@ EngineConfig engine_config_from(const Settings& s) {
   c.cache_max_entry_count = s.get_number("cache_max_entry_count");
   c.num_kv_blocks = s.get_int("num_kv_blocks");
   c.enable_prefix_caching = s.get_bool("enable_prefix_caching");
+  c.decode_reserve_tokens = int32_t(s.get_int("decode_reserve_tokens"));
   c.cpu_memory_budget_bytes = s.get_int("cpu_memory_budget_mb") << 20;
   c.seed = uint64_t(s.get_int("seed"));
   c.overlap_steps = s.get_bool("overlap_steps");

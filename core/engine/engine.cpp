@@ -509,6 +509,15 @@ bool Engine::grow(Sequence& seq, int32_t tokens) {
   return true;
 }
 
+// Blocks `seq` does not hold yet that it will need for its whole prompt and
+// its next decode_reserve_tokens tokens, up to its length limit.
+int64_t Engine::reserve_blocks(const Sequence& seq) const {
+  const int64_t bt = config_.cache_block_seq_len;
+  const int64_t reach = std::min<int64_t>(
+      seq.max_len, int64_t(std::max(seq.prompt_len, seq.length())) + config_.decode_reserve_tokens);
+  return std::max<int64_t>(0, (reach + bt - 1) / bt - int64_t(seq.blocks.size()));
+}
+
 void Engine::admit_prefix(Sequence& seq) {
   // Reuse cached full blocks of the prompt, always leaving at least one token
   // to compute so the step has logits to sample from.
@@ -604,6 +613,12 @@ std::vector<Engine::Planned> Engine::schedule() {
   // 2. Admit waiting requests while there is room and prefill budget (not
   // in a step that just preempted: the freed blocks are for the running ones).
   // One preempted while its sample was in flight waits until that is collected.
+  // With decode_reserve_tokens, a request joins only if the free blocks cover
+  // what it and every running sequence will still need (reserve_blocks);
+  // when nothing runs, the queue's head joins whenever its first chunk fits.
+  int64_t reserved = 0;
+  if (config_.decode_reserve_tokens > 0)
+    for (const auto& running : running_) reserved += reserve_blocks(*running);
   while (stats_.preemptions == preemptions_before && !waiting_.empty() && !waiting_.front()->awaiting_output() &&
          int32_t(running_.size()) < config_.max_batch_size && prefill_budget > 0) {
     Sequence& seq = *waiting_.front();
@@ -611,7 +626,9 @@ std::vector<Engine::Planned> Engine::schedule() {
     int32_t remaining = int32_t(seq.tokens.size()) - seq.computed;
     int32_t capacity = (int32_t(seq.blocks.size()) + blocks_->available()) * config_.cache_block_seq_len - seq.computed;
     int32_t want = std::min({remaining, prefill_budget, capacity});
-    if (want <= 0 || !grow(seq, seq.computed + want)) {
+    const bool reserve_short = config_.decode_reserve_tokens > 0 && !running_.empty() &&
+                               reserve_blocks(seq) + reserved > int64_t(blocks_->available());
+    if (want <= 0 || reserve_short || !grow(seq, seq.computed + want)) {
       if (running_.empty() && plan.empty() && !in_flight_) {
         // Nothing else holds blocks; this can only be a lone oversize request.
         finish(seq, FinishReason::error,
@@ -628,6 +645,7 @@ std::vector<Engine::Planned> Engine::schedule() {
       break;
     }
     prefill_budget -= want;
+    if (config_.decode_reserve_tokens > 0) reserved += reserve_blocks(seq);
     plan.push_back({waiting_.front(), want, seq.computed + want == int32_t(seq.tokens.size())});
     if (!seq.admitted) {
       seq.admitted = true;

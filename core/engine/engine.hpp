@@ -53,6 +53,12 @@ struct EngineConfig {
   double cache_max_entry_count = 0.8;     // share of memory left after weights given to the KV cache
   int64_t num_kv_blocks = 0;              // > 0: exactly this many blocks (overrides the share)
   bool enable_prefix_caching = false;
+  // Admission keeps free the KV blocks each running sequence needs for the
+  // rest of its prompt and its next decode_reserve_tokens tokens (fewer when
+  // its max_tokens ends sooner), so new prompts do not take blocks that
+  // running sequences will need and then force their preemption (each one
+  // recomputes its whole prompt). 0: admit while a chunk fits.
+  int32_t decode_reserve_tokens = 256;
   // On the CPU there is no "free device memory"; the share applies to this budget.
   int64_t cpu_memory_budget_bytes = int64_t(2) << 30;
   uint64_t seed = 0;                      // seeds requests that bring none; 0: from the clock
@@ -160,6 +166,7 @@ class Engine final : public EngineHandle {
   void finish(Sequence& seq, FinishReason reason, const Status& error = Status());
   void emit(Sequence& seq, std::string text, std::vector<TokenId> ids, std::vector<TokenLogprob> logprobs);
   bool grow(Sequence& seq, int32_t tokens);
+  int64_t reserve_blocks(const Sequence& seq) const;
   void admit_prefix(Sequence& seq);
   void publish_full_blocks(Sequence& seq);
   void preempt(Sequence& seq);

@@ -483,7 +483,7 @@ void check_same(const Outcome& got, const Outcome& want) {
 }
 
 // 64 requests of different lengths at once, each compared with its run alone.
-void run_many(EngineConfig config, uint64_t seed, bool expect_preemption) {
+EngineStats run_many(EngineConfig config, uint64_t seed, bool expect_preemption) {
   const Mode mode = pick_mode();
   Harness h(config, mode);
   std::mt19937 rng{static_cast<uint32_t>(seed)};
@@ -511,6 +511,7 @@ void run_many(EngineConfig config, uint64_t seed, bool expect_preemption) {
   if (expect_preemption) CHECK(stats.preemptions > 0);
   CHECK(h.model->max_batch <= size_t(config.max_batch_size));
   if (mode != Mode::step) CHECK(stats.overlapped_steps > 0);
+  return stats;
 }
 
 }  // namespace
@@ -584,6 +585,7 @@ TEST_CASE("a KV budget for only a few sequences: all 64 finish with the same tok
   config.num_kv_blocks = 40;  // 640 tokens: about two of the longest requests
   config.cache_block_seq_len = 16;
   config.max_prefill_token_num = 256;
+  config.decode_reserve_tokens = 0;  // admit while a chunk fits: running ones must then give way
   run_many(config, 12, true);
 }
 
@@ -593,7 +595,35 @@ TEST_CASE("the same under preemption with prefix caching on") {
   config.num_kv_blocks = 40;
   config.cache_block_seq_len = 16;
   config.enable_prefix_caching = true;
+  config.decode_reserve_tokens = 0;
   run_many(config, 13, true);
+}
+
+TEST_CASE("the same budget with admission reserving what running sequences will need: no preemption at all") {
+  EngineConfig config;
+  config.session_len = 4096;
+  config.num_kv_blocks = 40;
+  config.cache_block_seq_len = 16;
+  config.max_prefill_token_num = 256;
+  config.decode_reserve_tokens = 64;  // more than any request's max_tokens (<= 60): every need is reserved
+  const EngineStats stats = run_many(config, 12, false);
+  CHECK(stats.preemptions == 0);
+}
+
+TEST_CASE("a reserve larger than the cache still admits the queue's head when nothing runs") {
+  EngineConfig config;
+  config.session_len = 4096;
+  config.num_kv_blocks = 8;  // 128 tokens
+  config.cache_block_seq_len = 16;
+  config.decode_reserve_tokens = 100000;
+  Harness h(config, pick_mode());
+  std::vector<std::future<Outcome>> futures;
+  SamplingParams sp = greedy(20);
+  sp.ignore_eos = true;
+  for (int i = 0; i < 4; ++i) futures.push_back(h.run(std::vector<TokenId>(size_t(60 + i), TokenId(5 + i)), sp));
+  for (auto& f : futures) CHECK(f.get().finish == FinishReason::length);  // one at a time, none refused
+  h.engine->wait_idle();
+  CHECK(h.engine->stats().preemptions == 0);
 }
 
 TEST_CASE("prefix caching: a shared prefix is prefilled once") {
@@ -971,6 +1001,7 @@ TEST_CASE("images under preemption: recomputed prefills take the embeddings the 
   config.num_kv_blocks = 24;  // 96 tokens: a few requests at a time
   config.cache_block_seq_len = 4;
   config.max_prefill_token_num = 32;
+  config.decode_reserve_tokens = 0;  // admit while a chunk fits, so that some are preempted
   Harness h(config, pick_mode(), true);
   std::vector<std::vector<ChatMessage>> requests;
   std::vector<std::future<Outcome>> futures;
@@ -1108,6 +1139,7 @@ TEST_CASE("score requests: each target's log-probability as alone, batched with 
   config.cache_block_seq_len = 16;
   config.max_prefill_token_num = 128;
   config.enable_prefix_caching = true;
+  config.decode_reserve_tokens = 0;
   Harness h(config, pick_mode());
   std::mt19937 rng{21};
   std::vector<ScoreRequest> requests;

@@ -115,6 +115,7 @@ TEST_CASE("engine: 64 concurrent greedy requests equal each run alone, also when
   SUBCASE("a KV cache of 12 blocks x 16 tokens holds only a few sequences") {
     core::EngineConfig tight = roomy;
     tight.num_kv_blocks = 12;
+    tight.decode_reserve_tokens = 0;  // admit while a chunk fits: running ones give way
     run_together(tight, true);
   }
 }
@@ -159,6 +160,7 @@ TEST_CASE("perplexity through the engine equals the dense oracle's log-softmax, 
   engine_config.num_kv_blocks = 12;  // 192 tokens: five windows of 40 do not fit at once, so some are preempted
   engine_config.cache_block_seq_len = 16;
   engine_config.max_prefill_token_num = 24;
+  engine_config.decode_reserve_tokens = 0;
   EngineUnderTest e(dir.path(), engine_config);
   auto got = core::measure_perplexity(*e.engine, text, options);
   REQUIRE_MESSAGE(got.has_value(), got.status().message());

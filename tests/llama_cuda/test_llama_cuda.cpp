@@ -661,6 +661,7 @@ std::vector<std::vector<TokenId>> run_engine(const fs::path& dir, const std::vec
   config.cache_block_seq_len = 16;
   config.max_batch_size = 64;
   config.max_prefill_token_num = 256;
+  config.decode_reserve_tokens = 0;  // the tight runs must preempt
   config.overlap_steps = overlap;
   auto engine = core::Engine::start(config, std::move(parts));
   REQUIRE_MESSAGE(engine.has_value(), engine.status().message());
