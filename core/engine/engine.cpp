@@ -513,8 +513,8 @@ bool Engine::grow(Sequence& seq, int32_t tokens) {
 // its next decode_reserve_tokens tokens, up to its length limit.
 int64_t Engine::reserve_blocks(const Sequence& seq) const {
   const int64_t bt = config_.cache_block_seq_len;
-  const int64_t reach = std::min<int64_t>(
-      seq.max_len, int64_t(std::max(seq.prompt_len, seq.length())) + config_.decode_reserve_tokens);
+  // tokens holds the whole prompt from the start, so length() covers its rest.
+  const int64_t reach = std::min<int64_t>(seq.max_len, int64_t(seq.length()) + config_.decode_reserve_tokens);
   return std::max<int64_t>(0, (reach + bt - 1) / bt - int64_t(seq.blocks.size()));
 }
 
@@ -617,7 +617,7 @@ std::vector<Engine::Planned> Engine::schedule() {
   // what it and every running sequence will still need (reserve_blocks);
   // when nothing runs, the queue's head joins whenever its first chunk fits.
   int64_t reserved = 0;
-  if (config_.decode_reserve_tokens > 0)
+  if (config_.decode_reserve_tokens > 0 && !waiting_.empty())
     for (const auto& running : running_) reserved += reserve_blocks(*running);
   while (stats_.preemptions == preemptions_before && !waiting_.empty() && !waiting_.front()->awaiting_output() &&
          int32_t(running_.size()) < config_.max_batch_size && prefill_budget > 0) {
