@@ -65,7 +65,7 @@ template <typename T, int kHeadDim, int kKvBits, bool kWgmma = false, int kBlock
 cudaError_t launch_prefill(const AttentionKernelParams& params, int grid_tiles, cudaStream_t stream);
 // The warp-specialized sm_90a kernel (attention_prefill_ws.cuh): 16-bit pages.
 template <typename T, int kHeadDim>
-cudaError_t launch_prefill_ws(const AttentionKernelParams& params, int grid_tiles, cudaStream_t stream);
+cudaError_t launch_prefill_ws(const AttentionKernelParams& params, int ctas, cudaStream_t stream);
 
 // ---- shared-memory tiles ------------------------------------------------
 

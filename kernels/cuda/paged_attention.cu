@@ -20,11 +20,11 @@ constexpr int max_decode_group = 8;   // q heads in the decode kernel's 8 mma co
 // 48 CTAs instead of 16). Large batches get one split anyway.
 constexpr int min_split_tokens = 64;
 constexpr int max_splits = 128;
-// The warp-specialized wgmma prefill (16-bit pages) from this context on:
-// on the H100 it was 13% faster at 8k positions, 10% at 2k after 6k cached,
-// 6% at 2k, and 7% slower at 512 (its three warpgroups and barriers cost a
-// CTA more to start than the short walk wins back). 1k was not measured.
-constexpr int ws_min_context = 2048;
+// The warp-specialized wgmma prefill (16-bit pages) from this context on. On
+// the H100, persistent and longest first, against the two-warpgroup wgmma
+// kernel longest first: +8% at 8k positions, +7% at 2k after 6k cached, +29%
+// at 2k, +6% at 512 (kernels/cuda/NOTES.md); shorter was not measured.
+constexpr int ws_min_context = 512;
 #if defined(HOSTRUN_KERNELS_SM90A)
 constexpr bool kHaveWgmmaPrefill = true;  // attention_prefill_wgmma_*.cu are built
 #else
@@ -145,8 +145,11 @@ cudaError_t enqueue_prefill(const AttentionPlan& plan, const detail::AttentionKe
 #if defined(HOSTRUN_KERNELS_SM90A)
     if constexpr (kHeadDim == 128) {
       if constexpr (kKvBits == 0) {
-        if (plan.prefill.warp_specialized)
-          return detail::launch_prefill_ws<T, kHeadDim>(params, plan.prefill_q_tiles, stream);
+        if (plan.prefill.warp_specialized) {
+          const long long pairs = static_cast<long long>(plan.prefill_q_tiles) * plan.problem.kv_heads;
+          const int ctas = static_cast<int>(std::clamp<long long>(pairs, 1, std::max(plan.problem.num_sms, 1)));
+          return detail::launch_prefill_ws<T, kHeadDim>(params, ctas, stream);
+        }
       }
       if (plan.prefill.wgmma)
         return detail::launch_prefill<T, kHeadDim, kKvBits, true, 128>(params, plan.prefill_q_tiles, stream);
