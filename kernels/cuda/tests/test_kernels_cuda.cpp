@@ -1216,10 +1216,13 @@ struct AttentionCase {
 };
 
 // Builds pools with shuffled blocks, random K/V for every context position and
-// NaN everywhere else, runs ref and the GPU, compares. Returns the plan text.
-// choice: the plan's own prefill kernel, or one forced (every form is tested
-// on every case where it can run).
-void run_attention_case(const AttentionCase& tc, std::mt19937_64& rng, gpu::PrefillKernelChoice choice) {
+// NaN everywhere else, runs ref once, then the GPU once per prefill choice
+// (the plan's own kernel, or one forced: every form is tested on every case
+// where it can run), and compares each with ref. One set of pools and one
+// reference for all the choices: built per choice, the case ran ~1 s a check
+// on the H100, nearly all of it on the host.
+void run_attention_case(const AttentionCase& tc, std::mt19937_64& rng,
+                        const std::vector<gpu::PrefillKernelChoice>& choices) {
   const int hd = tc.head_dim, kv = tc.kv_heads, qh = kv * tc.group, bt = tc.block_tokens;
   const int num_seqs = static_cast<int>(tc.sequences.size());
   std::vector<std::int32_t> query_start(num_seqs + 1, 0), context_lens(num_seqs);
@@ -1310,74 +1313,77 @@ void run_attention_case(const AttentionCase& tc, std::mt19937_64& rng, gpu::Pref
   std::vector<float> want(q.size());
   REQUIRE(ref::paged_attention(layer, step, q.data(), qh, scale, want.data()) == ref::Status::ok);
 
-  gpu::AttentionProblem problem;
-  problem.dtype = tc.dtype;
-  problem.head_dim = hd;
-  problem.q_heads = qh;
-  problem.kv_heads = kv;
-  problem.num_sequences = num_seqs;
-  problem.max_query_len = max_query;
-  problem.max_context_len = max_context;
-  problem.num_sms = g_num_sms;
-  problem.force_splits = tc.force_splits;
-  problem.kv_bits = tc.kv_bits;
-  problem.compute_capability = g_compute_capability;
-  problem.prefill_kernel = choice;
-  // The prefill grid's bound: from the sequences alone, from the step's token
-  // count, or too small on purpose (1 token: the kernel must loop over the rest).
-  const int bound_mode = std::uniform_int_distribution<int>(0, 2)(rng);
-  problem.max_tokens = bound_mode == 0 ? 0 : (bound_mode == 1 ? num_tokens : 1);
-  const gpu::AttentionPlan plan = gpu::plan_paged_attention(problem);
-  REQUIRE_MESSAGE(plan.valid, plan.error);
+  for (const gpu::PrefillKernelChoice choice : choices) {
+    gpu::AttentionProblem problem;
+    problem.dtype = tc.dtype;
+    problem.head_dim = hd;
+    problem.q_heads = qh;
+    problem.kv_heads = kv;
+    problem.num_sequences = num_seqs;
+    problem.max_query_len = max_query;
+    problem.max_context_len = max_context;
+    problem.num_sms = g_num_sms;
+    problem.force_splits = tc.force_splits;
+    problem.kv_bits = tc.kv_bits;
+    problem.compute_capability = g_compute_capability;
+    problem.prefill_kernel = choice;
+    // The prefill grid's bound: from the sequences alone, from the step's token
+    // count, or too small on purpose (1 token: the kernel must loop over the rest).
+    const int bound_mode = std::uniform_int_distribution<int>(0, 2)(rng);
+    problem.max_tokens = bound_mode == 0 ? 0 : (bound_mode == 1 ? num_tokens : 1);
+    const gpu::AttentionPlan plan = gpu::plan_paged_attention(problem);
+    REQUIRE_MESSAGE(plan.valid, plan.error);
 
-  DeviceBuffer<unsigned char> d_k, d_v;
-  const auto bytes_of = [](const std::vector<std::uint16_t>& v) {
-    std::vector<unsigned char> bytes(v.size() * 2);
-    std::memcpy(bytes.data(), v.data(), bytes.size());
-    return bytes;
-  };
-  d_k.upload(tc.kv_bits != 0 ? k_quantized : bytes_of(k_pool));
-  d_v.upload(tc.kv_bits != 0 ? v_quantized : bytes_of(v_pool));
-  DeviceBuffer<unsigned char> d_q, d_out(q.size() * 2), workspace(std::max<std::size_t>(plan.workspace_bytes, 1));
-  d_q.upload(to_bytes(q_full, tc.dtype));
-  DeviceBuffer<std::int32_t> d_qs, d_ctx, d_bt;
-  d_qs.upload(query_start);
-  d_ctx.upload(context_lens);
-  d_bt.upload(block_tables);
-  d_out.poison();
-  workspace.poison();
-  const gpu::PagedKvPools pools{d_k.ptr, d_v.ptr, tc.dtype, num_blocks, bt, kv, hd, tc.kv_bits};
-  const gpu::PagedAttentionBatch batch{num_seqs, d_qs.ptr, d_ctx.ptr, d_bt.ptr, max_blocks};
-  LAUNCH_OK(gpu::paged_attention(plan, pools, batch, d_q.ptr, q_row, scale, d_out.ptr, qh * hd, workspace.ptr,
-                                 workspace.bytes(), nullptr));
-  const auto got = from_bytes(d_out.download(), tc.dtype);
-  report("paged_attention",
-         fmt("%s %s%s hd=%d heads=%d/%d bt=%d seqs=%d tokens=%d ctx<=%d grid<=%s", tc.name.c_str(), name_of(tc.dtype),
-             tc.kv_bits == 8 ? " kv-int8" : tc.kv_bits == 4 ? " kv-int4" : "", hd,
-             qh, kv, bt, num_seqs, num_tokens, max_context,
-             bound_mode == 0 ? "seqs" : (bound_mode == 1 ? "tokens" : "1")),
-         compare(got, want), 1e-2);
-  std::printf("       plan: %s\n", plan.describe().c_str());
-  if (plan.run_decode && plan.run_prefill) {
-    // The same step with prefill on a side stream beside decode.
-    gpu::SideStream side;
-    CUDA_OK(cudaStreamCreateWithFlags(&side.stream, cudaStreamNonBlocking));
-    CUDA_OK(cudaEventCreateWithFlags(&side.fork, cudaEventDisableTiming));
-    CUDA_OK(cudaEventCreateWithFlags(&side.join, cudaEventDisableTiming));
-    cudaStream_t main_stream = nullptr;
-    CUDA_OK(cudaStreamCreateWithFlags(&main_stream, cudaStreamNonBlocking));
+    DeviceBuffer<unsigned char> d_k, d_v;
+    const auto bytes_of = [](const std::vector<std::uint16_t>& v) {
+      std::vector<unsigned char> bytes(v.size() * 2);
+      std::memcpy(bytes.data(), v.data(), bytes.size());
+      return bytes;
+    };
+    d_k.upload(tc.kv_bits != 0 ? k_quantized : bytes_of(k_pool));
+    d_v.upload(tc.kv_bits != 0 ? v_quantized : bytes_of(v_pool));
+    DeviceBuffer<unsigned char> d_q, d_out(q.size() * 2), workspace(std::max<std::size_t>(plan.workspace_bytes, 1));
+    d_q.upload(to_bytes(q_full, tc.dtype));
+    DeviceBuffer<std::int32_t> d_qs, d_ctx, d_bt;
+    d_qs.upload(query_start);
+    d_ctx.upload(context_lens);
+    d_bt.upload(block_tables);
     d_out.poison();
     workspace.poison();
-    CUDA_OK(cudaDeviceSynchronize());  // the poison is on the legacy stream, which a non-blocking one does not wait for
+    const gpu::PagedKvPools pools{d_k.ptr, d_v.ptr, tc.dtype, num_blocks, bt, kv, hd, tc.kv_bits};
+    const gpu::PagedAttentionBatch batch{num_seqs, d_qs.ptr, d_ctx.ptr, d_bt.ptr, max_blocks};
     LAUNCH_OK(gpu::paged_attention(plan, pools, batch, d_q.ptr, q_row, scale, d_out.ptr, qh * hd, workspace.ptr,
-                                   workspace.bytes(), main_stream, &side));
-    CUDA_OK(cudaStreamSynchronize(main_stream));
-    report("paged_attention", fmt("%s %s, prefill on a side stream", tc.name.c_str(), name_of(tc.dtype)),
-           compare(from_bytes(d_out.download(), tc.dtype), want), 1e-2);
-    cudaStreamDestroy(main_stream);
-    cudaStreamDestroy(side.stream);
-    cudaEventDestroy(side.fork);
-    cudaEventDestroy(side.join);
+                                   workspace.bytes(), nullptr));
+    const auto got = from_bytes(d_out.download(), tc.dtype);
+    report("paged_attention",
+           fmt("%s %s%s hd=%d heads=%d/%d bt=%d seqs=%d tokens=%d ctx<=%d grid<=%s", tc.name.c_str(), name_of(tc.dtype),
+               tc.kv_bits == 8 ? " kv-int8" : tc.kv_bits == 4 ? " kv-int4" : "", hd,
+               qh, kv, bt, num_seqs, num_tokens, max_context,
+               bound_mode == 0 ? "seqs" : (bound_mode == 1 ? "tokens" : "1")),
+           compare(got, want), 1e-2);
+    std::printf("       plan: %s\n", plan.describe().c_str());
+    if (plan.run_decode && plan.run_prefill) {
+      // The same step with prefill on a side stream beside decode.
+      gpu::SideStream side;
+      CUDA_OK(cudaStreamCreateWithFlags(&side.stream, cudaStreamNonBlocking));
+      CUDA_OK(cudaEventCreateWithFlags(&side.fork, cudaEventDisableTiming));
+      CUDA_OK(cudaEventCreateWithFlags(&side.join, cudaEventDisableTiming));
+      cudaStream_t main_stream = nullptr;
+      CUDA_OK(cudaStreamCreateWithFlags(&main_stream, cudaStreamNonBlocking));
+      d_out.poison();
+      workspace.poison();
+      // The poison is on the legacy stream, which a non-blocking one does not wait for.
+      CUDA_OK(cudaDeviceSynchronize());
+      LAUNCH_OK(gpu::paged_attention(plan, pools, batch, d_q.ptr, q_row, scale, d_out.ptr, qh * hd, workspace.ptr,
+                                     workspace.bytes(), main_stream, &side));
+      CUDA_OK(cudaStreamSynchronize(main_stream));
+      report("paged_attention", fmt("%s %s, prefill on a side stream", tc.name.c_str(), name_of(tc.dtype)),
+             compare(from_bytes(d_out.download(), tc.dtype), want), 1e-2);
+      cudaStreamDestroy(main_stream);
+      cudaStreamDestroy(side.stream);
+      cudaEventDestroy(side.fork);
+      cudaEventDestroy(side.join);
+    }
   }
 }
 
@@ -1433,13 +1439,13 @@ TEST_CASE("paged_attention") {
     }
   for (const auto& c : cases) {
     using gpu::PrefillKernelChoice;
-    run_attention_case(c, rng, PrefillKernelChoice::automatic);
-    run_attention_case(c, rng, PrefillKernelChoice::mma_sync_64);
-    run_attention_case(c, rng, PrefillKernelChoice::mma_sync_128);
+    std::vector<PrefillKernelChoice> choices{PrefillKernelChoice::automatic, PrefillKernelChoice::mma_sync_64,
+                                             PrefillKernelChoice::mma_sync_128};
     if (g_compute_capability == 90 && c.head_dim == 128) {
-      run_attention_case(c, rng, PrefillKernelChoice::wgmma_128);
-      if (c.kv_bits == 0) run_attention_case(c, rng, PrefillKernelChoice::wgmma_ws);
+      choices.push_back(PrefillKernelChoice::wgmma_128);
+      if (c.kv_bits == 0) choices.push_back(PrefillKernelChoice::wgmma_ws);
     }
+    run_attention_case(c, rng, choices);
   }
 }
 
