@@ -37,8 +37,14 @@ namespace hostrun::cuda::detail {
 
 constexpr int ws_stages = 4;
 constexpr int ws_threads = 384;
+// setmaxnreg.inc takes only what the CTA's warpgroups released with .dec, so
+// the split must fit what the launch allocates, 168 a thread at 384 threads
+// (65,536 / 384 rounded down to 8), not the SM's file: past it the consumers
+// wait for registers forever (a 64 / 224 split over quantized pages hung on
+// the H100). 40 / 232 fits exactly.
 constexpr int ws_producer_registers = 40;
 constexpr int ws_consumer_registers = 232;
+static_assert(128 * ws_producer_registers + 256 * ws_consumer_registers <= ws_threads * 168);
 
 template <typename T, int kHeadDim>
 using WsTiles = KvTileStream<T, kHeadDim, 0, prefill_block_n, 128, true, ws_stages, TileLayout::core_matrices>;
