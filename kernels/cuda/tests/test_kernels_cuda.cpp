@@ -1313,19 +1313,37 @@ void run_attention_case(const AttentionCase& tc, std::mt19937_64& rng,
   std::vector<float> want(q.size());
   REQUIRE(ref::paged_attention(layer, step, q.data(), qh, scale, want.data()) == ref::Status::ok);
 
+  // The step's inputs on the device, read by every choice.
+  DeviceBuffer<unsigned char> d_k, d_v;
+  const auto bytes_of = [](const std::vector<std::uint16_t>& v) {
+    std::vector<unsigned char> bytes(v.size() * 2);
+    std::memcpy(bytes.data(), v.data(), bytes.size());
+    return bytes;
+  };
+  d_k.upload(tc.kv_bits != 0 ? k_quantized : bytes_of(k_pool));
+  d_v.upload(tc.kv_bits != 0 ? v_quantized : bytes_of(v_pool));
+  DeviceBuffer<unsigned char> d_q;
+  d_q.upload(to_bytes(q_full, tc.dtype));
+  DeviceBuffer<std::int32_t> d_qs, d_ctx, d_bt;
+  d_qs.upload(query_start);
+  d_ctx.upload(context_lens);
+  d_bt.upload(block_tables);
+  const gpu::PagedKvPools pools{d_k.ptr, d_v.ptr, tc.dtype, num_blocks, bt, kv, hd, tc.kv_bits};
+  const gpu::PagedAttentionBatch batch{num_seqs, d_qs.ptr, d_ctx.ptr, d_bt.ptr, max_blocks};
+  gpu::AttentionProblem problem;
+  problem.dtype = tc.dtype;
+  problem.head_dim = hd;
+  problem.q_heads = qh;
+  problem.kv_heads = kv;
+  problem.num_sequences = num_seqs;
+  problem.max_query_len = max_query;
+  problem.max_context_len = max_context;
+  problem.num_sms = g_num_sms;
+  problem.force_splits = tc.force_splits;
+  problem.kv_bits = tc.kv_bits;
+  problem.compute_capability = g_compute_capability;
+
   for (const gpu::PrefillKernelChoice choice : choices) {
-    gpu::AttentionProblem problem;
-    problem.dtype = tc.dtype;
-    problem.head_dim = hd;
-    problem.q_heads = qh;
-    problem.kv_heads = kv;
-    problem.num_sequences = num_seqs;
-    problem.max_query_len = max_query;
-    problem.max_context_len = max_context;
-    problem.num_sms = g_num_sms;
-    problem.force_splits = tc.force_splits;
-    problem.kv_bits = tc.kv_bits;
-    problem.compute_capability = g_compute_capability;
     problem.prefill_kernel = choice;
     // The prefill grid's bound: from the sequences alone, from the step's token
     // count, or too small on purpose (1 token: the kernel must loop over the rest).
@@ -1334,24 +1352,9 @@ void run_attention_case(const AttentionCase& tc, std::mt19937_64& rng,
     const gpu::AttentionPlan plan = gpu::plan_paged_attention(problem);
     REQUIRE_MESSAGE(plan.valid, plan.error);
 
-    DeviceBuffer<unsigned char> d_k, d_v;
-    const auto bytes_of = [](const std::vector<std::uint16_t>& v) {
-      std::vector<unsigned char> bytes(v.size() * 2);
-      std::memcpy(bytes.data(), v.data(), bytes.size());
-      return bytes;
-    };
-    d_k.upload(tc.kv_bits != 0 ? k_quantized : bytes_of(k_pool));
-    d_v.upload(tc.kv_bits != 0 ? v_quantized : bytes_of(v_pool));
-    DeviceBuffer<unsigned char> d_q, d_out(q.size() * 2), workspace(std::max<std::size_t>(plan.workspace_bytes, 1));
-    d_q.upload(to_bytes(q_full, tc.dtype));
-    DeviceBuffer<std::int32_t> d_qs, d_ctx, d_bt;
-    d_qs.upload(query_start);
-    d_ctx.upload(context_lens);
-    d_bt.upload(block_tables);
+    DeviceBuffer<unsigned char> d_out(q.size() * 2), workspace(std::max<std::size_t>(plan.workspace_bytes, 1));
     d_out.poison();
     workspace.poison();
-    const gpu::PagedKvPools pools{d_k.ptr, d_v.ptr, tc.dtype, num_blocks, bt, kv, hd, tc.kv_bits};
-    const gpu::PagedAttentionBatch batch{num_seqs, d_qs.ptr, d_ctx.ptr, d_bt.ptr, max_blocks};
     LAUNCH_OK(gpu::paged_attention(plan, pools, batch, d_q.ptr, q_row, scale, d_out.ptr, qh * hd, workspace.ptr,
                                    workspace.bytes(), nullptr));
     const auto got = from_bytes(d_out.download(), tc.dtype);
