@@ -616,8 +616,9 @@ std::vector<Engine::Planned> Engine::schedule() {
   // With decode_reserve_tokens, a request joins only if the free blocks cover
   // what it and every running sequence will still need (reserve_blocks);
   // when nothing runs, the queue's head joins whenever its first chunk fits.
+  const bool reserving = config_.decode_reserve_tokens > 0;
   int64_t reserved = 0;
-  if (config_.decode_reserve_tokens > 0 && !waiting_.empty())
+  if (reserving && !waiting_.empty())
     for (const auto& running : running_) reserved += reserve_blocks(*running);
   while (stats_.preemptions == preemptions_before && !waiting_.empty() && !waiting_.front()->awaiting_output() &&
          int32_t(running_.size()) < config_.max_batch_size && prefill_budget > 0) {
@@ -626,7 +627,7 @@ std::vector<Engine::Planned> Engine::schedule() {
     int32_t remaining = int32_t(seq.tokens.size()) - seq.computed;
     int32_t capacity = (int32_t(seq.blocks.size()) + blocks_->available()) * config_.cache_block_seq_len - seq.computed;
     int32_t want = std::min({remaining, prefill_budget, capacity});
-    const bool reserve_short = config_.decode_reserve_tokens > 0 && !running_.empty() &&
+    const bool reserve_short = reserving && !running_.empty() &&
                                reserve_blocks(seq) + reserved > int64_t(blocks_->available());
     if (want <= 0 || reserve_short || !grow(seq, seq.computed + want)) {
       if (running_.empty() && plan.empty() && !in_flight_) {
@@ -645,7 +646,7 @@ std::vector<Engine::Planned> Engine::schedule() {
       break;
     }
     prefill_budget -= want;
-    if (config_.decode_reserve_tokens > 0) reserved += reserve_blocks(seq);
+    if (reserving) reserved += reserve_blocks(seq);
     plan.push_back({waiting_.front(), want, seq.computed + want == int32_t(seq.tokens.size())});
     if (!seq.admitted) {
       seq.admitted = true;
