@@ -63,8 +63,9 @@ cudaError_t launch_decode_split(const AttentionKernelParams& params, int num_seq
 // 128 rows); kBlockM: query rows a CTA, 64 or 128.
 template <typename T, int kHeadDim, int kKvBits, bool kWgmma = false, int kBlockM = 64>
 cudaError_t launch_prefill(const AttentionKernelParams& params, int grid_tiles, cudaStream_t stream);
-// The warp-specialized sm_90a kernel (attention_prefill_ws.cuh): 16-bit pages.
-template <typename T, int kHeadDim>
+// The warp-specialized sm_90a kernel (attention_prefill_ws.cuh), head_dim
+// 128, over pages of T (kKvBits 0) or int8 / int4 ones.
+template <typename T, int kHeadDim, int kKvBits>
 cudaError_t launch_prefill_ws(const AttentionKernelParams& params, int ctas, cudaStream_t stream);
 
 // ---- shared-memory tiles ------------------------------------------------
@@ -113,12 +114,14 @@ __device__ __forceinline__ TileRows tile_rows(const AttentionKernelParams& p, co
 //   16-bit pages (kKvBits 0): cp.async copies rows straight into kStages
 //     buffers (two unless asked) of K and V rows.
 //   quantized pages (kKvBits 8/4): cp.async copies each row's codes and
-//     (scale, zero) word into two staging buffers. With kDequantizeToTile
-//     (prefill), ready() dequantizes the current one into a single buffer of
-//     16-bit rows (one FMA a value, exactly dequantize_kv) for the same
-//     ldmatrix/mma code; without it (decode) the kernel reads the codes
-//     straight into mma fragments (attention_decode.cuh). Either way the
-//     bytes read from HBM are the quantized ones.
+//     (scale, zero) word into kStages staging buffers. With kDequantizeToTile
+//     (the grid prefill kernels, two buffers), ready() dequantizes the current
+//     one into a single buffer of 16-bit rows (one FMA a value, exactly
+//     dequantize_kv) for the same ldmatrix/mma code; without it the decode
+//     kernel reads the codes straight into mma fragments
+//     (attention_decode.cuh) and the warp-specialized prefill's producer
+//     dequantizes them into its own ring (dequantize()). Either way the bytes
+//     read from HBM are the quantized ones.
 //
 // The 16-bit tiles come in one of two layouts:
 //   padded_rows    row r at r * smem_row (ldmatrix reads, mma.sync kernels)
@@ -282,38 +285,48 @@ struct KvTileStream {
   // kDequantizeToTile, makes k(buffer), v(buffer) hold the step's rows.
   __device__ __forceinline__ void ready(int buffer) const {
     if constexpr (kKvBits != 0 && kDequantizeToTile) {
-      constexpr int values_per_chunk = 16 * 8 / kKvBits;  // 16 code bytes
-      constexpr int chunks_per_row = kCodeBytes / 16;
-      constexpr int chunks = 2 * kRows * chunks_per_row;  // K then V
-      for (int i = threadIdx.x; i < chunks; i += kThreads) {
-        const int half = i / (kRows * chunks_per_row);
-        const int local = i % (kRows * chunks_per_row);
-        const int row = local / chunks_per_row;
-        const int chunk = local % chunks_per_row;
-        const unsigned char* codes = (half == 0 ? k_codes(buffer) : v_codes(buffer)) + row * kStagePitch + chunk * 16;
-        const float2 params = unpack_kv_params((half == 0 ? k_params(buffer) : v_params(buffer))[row]);
-        const uint4 raw = *reinterpret_cast<const uint4*>(codes);
-        T* dst = (half == 0 ? k(0) : v(0)) + tile_offset(row, chunk * values_per_chunk);
-        const std::uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
-        constexpr int per_word = 32 / kKvBits;
-#pragma unroll
-        for (int w = 0; w < 4; ++w) {
-          // per_word values of this word: 4 (int8, one 8-byte store) or 8 (int4, one 16-byte store)
-          std::uint32_t packed[per_word / 2];
-#pragma unroll
-          for (int j = 0; j < per_word; j += 2)
-            packed[j / 2] = pack2<T>(dequantize_code<kKvBits>(words[w], j, params),
-                                     dequantize_code<kKvBits>(words[w], j + 1, params));
-          // A word's values stay inside one 8-column block in either layout.
-          T* word_dst = kCore ? dst + (w * per_word / 8) * (kRows * 8) + (w * per_word) % 8 : dst + w * per_word;
-          if constexpr (per_word == 4)
-            *reinterpret_cast<uint2*>(word_dst) = make_uint2(packed[0], packed[1]);
-          else
-            *reinterpret_cast<uint4*>(word_dst) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
-        }
-      }
+      dequantize(buffer, k(0), v(0), threadIdx.x);
       if constexpr (kCore) fence_shared_to_async_proxy();
       __syncthreads();
+    }
+  }
+
+  // Staged rows of `buffer` as 16-bit K and V tiles of this layout at k_dst
+  // and v_dst, by the kThreads threads (`thread` this one's index among them)
+  // once every thread's copies of the buffer have landed; one FMA a value,
+  // exactly dequantize_kv. The warp-specialized prefill's producer writes its
+  // ring's buffers with it (attention_prefill_ws.cuh).
+  __device__ __forceinline__ void dequantize(int buffer, T* k_dst, T* v_dst, int thread) const {
+    static_assert(kKvBits != 0);
+    constexpr int values_per_chunk = 16 * 8 / kKvBits;  // 16 code bytes
+    constexpr int chunks_per_row = kCodeBytes / 16;
+    constexpr int chunks = 2 * kRows * chunks_per_row;  // K then V
+    for (int i = thread; i < chunks; i += kThreads) {
+      const int half = i / (kRows * chunks_per_row);
+      const int local = i % (kRows * chunks_per_row);
+      const int row = local / chunks_per_row;
+      const int chunk = local % chunks_per_row;
+      const unsigned char* codes = (half == 0 ? k_codes(buffer) : v_codes(buffer)) + row * kStagePitch + chunk * 16;
+      const float2 params = unpack_kv_params((half == 0 ? k_params(buffer) : v_params(buffer))[row]);
+      const uint4 raw = *reinterpret_cast<const uint4*>(codes);
+      T* dst = (half == 0 ? k_dst : v_dst) + tile_offset(row, chunk * values_per_chunk);
+      const std::uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+      constexpr int per_word = 32 / kKvBits;
+#pragma unroll
+      for (int w = 0; w < 4; ++w) {
+        // per_word values of this word: 4 (int8, one 8-byte store) or 8 (int4, one 16-byte store)
+        std::uint32_t packed[per_word / 2];
+#pragma unroll
+        for (int j = 0; j < per_word; j += 2)
+          packed[j / 2] = pack2<T>(dequantize_code<kKvBits>(words[w], j, params),
+                                   dequantize_code<kKvBits>(words[w], j + 1, params));
+        // A word's values stay inside one 8-column block in either layout.
+        T* word_dst = kCore ? dst + (w * per_word / 8) * (kRows * 8) + (w * per_word) % 8 : dst + w * per_word;
+        if constexpr (per_word == 4)
+          *reinterpret_cast<uint2*>(word_dst) = make_uint2(packed[0], packed[1]);
+        else
+          *reinterpret_cast<uint4*>(word_dst) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+      }
     }
   }
 };

@@ -1,33 +1,40 @@
-// Prefill attention on Hopper with a producer warpgroup (sm_90a, head_dim 128,
-// 16-bit pages): FlashAttention-3's warp specialization over the paged cache.
-// Included only by attention_prefill_wgmma_*.cu.
+// Prefill attention on Hopper with a producer warpgroup (sm_90a, head_dim
+// 128): FlashAttention-3's warp specialization over the paged cache, 16-bit,
+// int8 or int4 pages. Included only by attention_prefill_wgmma_*.cu and
+// attention_prefill_ws_kv_*.cu.
 //
 // CTA = three warpgroups, 128 query rows (attention_prefill.cuh's rows: a
 // (new token, q head) pair of the CTA's kv head):
 //
-//   warpgroup 0, producer (40 registers): for each (query tile, kv head) of
-//     the persistent grid's walk (WsWalk), the Q rows, then every K/V tile
-//     (64 positions, core-matrix layout) into a ring of ws_stages buffers,
-//     by cp.async gathers from the pages. A buffer is reused once the
-//     consumers have released it.
-//   warpgroups 1 and 2, consumers (232 registers): 64 query rows each,
-//     attention_prefill.cuh's software-pipelined step (S of tile n + 1 and
-//     P V of tile n issued together, softmax of n + 1 while P V runs).
+//   warpgroup 0, producer: for each (query tile, kv head) of the persistent
+//     grid's walk (WsWalk), the Q rows, then every K/V tile (64 positions,
+//     core-matrix layout) into a ring of ws_stages 16-bit buffers. A buffer
+//     is reused once the consumers have released it.
+//       16-bit pages: cp.async gathers from the pages into the ring.
+//       int8 / int4 pages: cp.async gathers of the codes and (scale, zero)
+//       words into ws_staging buffers of their own, which the producer then
+//       dequantizes into the ring, so the consumers run the 16-bit loop
+//       unchanged and the dequantization overlaps their products instead of
+//       stalling them (the two-warpgroup kernel dequantizes between its
+//       products, which made it slower over int8 pages than mma.sync).
+//   warpgroups 1 and 2, consumers: 64 query rows each, attention_prefill.cuh's
+//     software-pipelined step (S of tile n + 1 and P V of tile n issued
+//     together, softmax of n + 1 while P V runs).
 //
 // The two kernels differ in what the consumers wait for: here only for the
 // buffer they read (a phase of its "full" barrier), never for a block-wide
 // barrier, so copies run ahead of the products instead of between them.
 //
 // Handing a buffer over: wgmma reads shared memory through the async proxy,
-// cp.async writes it through the generic one, so the writing thread must
-// fence (fence.proxy.async) after its copies land and before it signals. A
-// producer thread therefore publishes a buffer two copy groups late:
-// cp.async.wait_group 2, fence, arrive on the buffer's "full" barrier, and
-// all of them before it waits for the Q rows to be free. Two groups stay in
-// flight a thread and the gather latency is hidden; at most four buffers are
-// held (two by the consumers' step, two in flight), which is why ws_stages
-// is 4: a producer waiting for buffer t to be free has published t - 3, all
-// the consumers need to free it.
+// cp.async and ordinary stores write it through the generic one, so the
+// writing thread must fence (fence.proxy.async) after its writes and before
+// it signals. Over 16-bit pages a producer thread therefore publishes a
+// buffer two copy groups late: cp.async.wait_group 2, fence, arrive on the
+// buffer's "full" barrier, and all of them before it waits for the Q rows to
+// be free. Two groups stay in flight a thread and the gather latency is
+// hidden; at most four buffers are held (two by the consumers' step, two in
+// flight), which is why ws_stages is 4: a producer waiting for buffer t to be
+// free has published t - 3, all the consumers need to free it.
 #pragma once
 
 #include "cuda/attention_prefill.cuh"
@@ -37,26 +44,41 @@ namespace hostrun::cuda::detail {
 
 constexpr int ws_stages = 4;
 constexpr int ws_threads = 384;
+// Quantized pages: code buffers, so that two tiles' gathers are in flight
+// while the producer dequantizes a third.
+constexpr int ws_staging = 3;
 // setmaxnreg.inc takes only what the CTA's warpgroups released with .dec, so
 // the split must fit what the launch allocates, 168 a thread at 384 threads
 // (65,536 / 384 rounded down to 8), not the SM's file: past it the consumers
 // wait for registers forever (a 64 / 224 split over quantized pages hung on
-// the H100). 40 / 232 fits exactly.
-constexpr int ws_producer_registers = 40;
-constexpr int ws_consumer_registers = 232;
-static_assert(128 * ws_producer_registers + 256 * ws_consumer_registers <= ws_threads * 168);
+// the H100). 40 / 232 fits exactly; the dequantizing producer needs 56.
+template <int kKvBits>
+constexpr int ws_producer_registers = kKvBits == 0 ? 40 : 56;
+template <int kKvBits>
+constexpr int ws_consumer_registers = kKvBits == 0 ? 232 : 224;
+static_assert(128 * ws_producer_registers<0> + 256 * ws_consumer_registers<0> <= ws_threads * 168);
+static_assert(128 * ws_producer_registers<8> + 256 * ws_consumer_registers<8> <= ws_threads * 168);
 
 template <typename T, int kHeadDim>
 using WsTiles = KvTileStream<T, kHeadDim, 0, prefill_block_n, 128, true, ws_stages, TileLayout::core_matrices>;
+// The producer's code buffers over quantized pages; dequantize() writes the
+// ring's layout (the same rows and core matrices as WsTiles).
+template <typename T, int kHeadDim, int kKvBits>
+using WsStaging =
+    KvTileStream<T, kHeadDim, kKvBits, prefill_block_n, 128, false, ws_staging, TileLayout::core_matrices>;
 
-// Shared memory: Q rows, the K/V ring, then the barriers.
-template <typename T, int kHeadDim>
+// Shared memory: Q rows, the K/V ring, the code buffers (quantized pages),
+// then the barriers.
+template <typename T, int kHeadDim, int kKvBits>
 struct WsLayout {
   static constexpr int kQBytes = 128 * smem_row<kHeadDim> * static_cast<int>(sizeof(T));
   static constexpr int kTilesBytes = WsTiles<T, kHeadDim>::kSmemBytes;
+  static constexpr int kStagingBytes = kKvBits == 0 ? 0 : WsStaging<T, kHeadDim, kKvBits>::kSmemBytes;
   static constexpr int kBarriers = 2 * ws_stages + 2;  // full and empty a buffer; Q full and Q empty
-  static constexpr int kBytes = kQBytes + kTilesBytes + kBarriers * 8;
-  static_assert(kQBytes % 16 == 0 && kTilesBytes % 16 == 0);
+  static constexpr int kBarriersOffset = kQBytes + kTilesBytes + kStagingBytes;
+  static constexpr int kBytes = kBarriersOffset + kBarriers * 8;
+  static_assert(kQBytes % 16 == 0 && kTilesBytes % 16 == 0 && kStagingBytes % 16 == 0);
+  static_assert(kBytes <= 227 * 1024, "an sm_90 CTA's shared memory");
 };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -145,6 +167,72 @@ __device__ __forceinline__ void ws_produce(const AttentionKernelParams& p, T* q_
   publisher.flush();
 }
 
+// The producer warpgroup's own barrier (barrier 0 is __syncthreads').
+__device__ __forceinline__ void producer_barrier() { asm volatile("bar.sync 1, 128;\n" ::: "memory"); }
+
+// The producer over int8 / int4 pages. Tile uses are numbered across query
+// tiles; use u's codes go to code buffer u % ws_staging, its 16-bit rows to
+// ring buffer u % ws_stages. Issuing use u needs use u - ws_staging
+// dequantized by every producer thread (its code buffer is reused), which the
+// barrier in retiring use u - ws_staging + 1 guarantees: each thread reaches
+// that barrier only after finishing the dequantization before it. The Q rows
+// travel in the copy group of their query tile's first use, and are published
+// with it.
+template <typename T, int kHeadDim, int kKvBits>
+__device__ __forceinline__ void ws_produce_quantized(const AttentionKernelParams& p, T* q_tile,
+                                                     const WsTiles<T, kHeadDim>& tiles,
+                                                     const WsStaging<T, kHeadDim, kKvBits>& staging,
+                                                     std::uint64_t* full, std::uint64_t* empty,
+                                                     std::uint64_t* q_full, std::uint64_t* q_empty) {
+  constexpr int BN = prefill_block_n;
+  const T* q = static_cast<const T*>(p.q);
+  const int thread = threadIdx.x;  // 0..127: warpgroup 0
+  std::uint32_t issued = 0;        // uses whose codes were issued
+  std::uint32_t retired = 0;       // uses dequantized into the ring and published
+  std::uint32_t q_in_group = 0;    // bit b: the use in code buffer b carries its query tile's Q rows
+  // Dequantizes and publishes the oldest issued use; kPending: the copy
+  // groups that may stay in flight (newer than it).
+  const auto retire = [&]<int kPending>() {
+    cp_async_wait<kPending>();
+    producer_barrier();  // every thread's copies of it have landed
+    const int code_buffer = static_cast<int>(retired % ws_staging);
+    const int buffer = static_cast<int>(retired % ws_stages);
+    mbarrier_wait(&empty[buffer], ((retired / ws_stages) & 1) ^ 1);
+    staging.dequantize(code_buffer, tiles.k(buffer), tiles.v(buffer), thread);
+    fence_shared_to_async_proxy();
+    if ((q_in_group >> code_buffer) & 1) {
+      q_in_group &= ~(1u << code_buffer);
+      mbarrier_arrive(q_full);
+    }
+    mbarrier_arrive(&full[buffer]);
+    ++retired;
+  };
+  std::uint32_t query_tiles = 0;
+  for (WsWalk walk(p); walk.valid(); walk.advance(), ++query_tiles) {
+    const PrefillQueryTile tile = locate_query_tile<128>(p, walk.item(p));
+    const int kv_head = walk.kv_head(p);
+    // The consumers free the Q rows once they have read them, which needs the
+    // previous query tile's first use published (a short query tile's may
+    // still be pending).
+    while (q_in_group != 0) retire.template operator()<0>();
+    mbarrier_wait(q_empty, (query_tiles & 1) ^ 1);
+    const int limit = tile.max_position + 1;
+    for (int n = 0; n < tile.num_tiles; ++n) {
+      if (issued - retired == ws_staging - 1) retire.template operator()<ws_staging - 2>();
+      const int code_buffer = static_cast<int>(issued % ws_staging);
+      if (n == 0) {
+        copy_query_tile<T, kHeadDim, 128, 128>(p, tile, kv_head, q, q_tile, thread);
+        q_in_group |= 1u << code_buffer;
+      }
+      staging.issue(code_buffer, p, tile.block_table, kv_head, n * BN, limit,
+                    tile_rows<BN>(p, tile.block_table, n * BN));
+      cp_async_commit();
+      ++issued;
+    }
+  }
+  while (retired != issued) retire.template operator()<0>();
+}
+
 template <typename T, int kHeadDim>
 __device__ __forceinline__ void ws_consume(const AttentionKernelParams& p, const T* q_tile,
                                            const WsTiles<T, kHeadDim>& tiles, std::uint64_t* full,
@@ -200,22 +288,22 @@ __device__ __forceinline__ void ws_consume(const AttentionKernelParams& p, const
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
-template <typename T, int kHeadDim>
+template <typename T, int kHeadDim, int kKvBits>
 __global__ void __launch_bounds__(ws_threads, 1) prefill_ws_kernel(const AttentionKernelParams p) {
   static_assert(kHeadDim == 128, "consumers hold m64n128 accumulators");
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   allow_next_grid_to_launch();
-  using Layout = WsLayout<T, kHeadDim>;
+  using Layout = WsLayout<T, kHeadDim, kKvBits>;
   extern __shared__ __align__(16) unsigned char smem[];  // the prefill kernels' declaration: one symbol a file
   T* q_tile = reinterpret_cast<T*>(smem);
   const WsTiles<T, kHeadDim> tiles{smem + Layout::kQBytes};
-  auto* full = reinterpret_cast<std::uint64_t*>(smem + Layout::kQBytes + Layout::kTilesBytes);
+  auto* full = reinterpret_cast<std::uint64_t*>(smem + Layout::kBarriersOffset);
   std::uint64_t* empty = full + ws_stages;
   std::uint64_t* q_full = empty + ws_stages;
   std::uint64_t* q_empty = q_full + 1;
   if (threadIdx.x == 0) {
     for (int i = 0; i < ws_stages; ++i) {
-      mbarrier_init(&full[i], 128);   // every producer thread, once its copies have landed
+      mbarrier_init(&full[i], 128);   // every producer thread, once its writes have landed
       mbarrier_init(&empty[i], 256);  // every consumer thread, once its products have read the buffer
     }
     mbarrier_init(q_full, 128);
@@ -224,10 +312,15 @@ __global__ void __launch_bounds__(ws_threads, 1) prefill_ws_kernel(const Attenti
   }
   __syncthreads();
   if (threadIdx.x < 128) {
-    setmaxnreg_dec<ws_producer_registers>();
-    ws_produce<T, kHeadDim>(p, q_tile, tiles, full, empty, q_full, q_empty);
+    setmaxnreg_dec<ws_producer_registers<kKvBits>>();
+    if constexpr (kKvBits == 0) {
+      ws_produce<T, kHeadDim>(p, q_tile, tiles, full, empty, q_full, q_empty);
+    } else {
+      const WsStaging<T, kHeadDim, kKvBits> staging{smem + Layout::kQBytes + Layout::kTilesBytes};
+      ws_produce_quantized<T, kHeadDim, kKvBits>(p, q_tile, tiles, staging, full, empty, q_full, q_empty);
+    }
   } else {
-    setmaxnreg_inc<ws_consumer_registers>();
+    setmaxnreg_inc<ws_consumer_registers<kKvBits>>();
     ws_consume<T, kHeadDim>(p, q_tile, tiles, full, empty, q_full, q_empty);
   }
 #elif defined(__CUDA_ARCH__)
@@ -236,12 +329,13 @@ __global__ void __launch_bounds__(ws_threads, 1) prefill_ws_kernel(const Attenti
 }
 
 // ctas: the persistent grid, at most one CTA an SM (one fits an SM).
-template <typename T, int kHeadDim>
+template <typename T, int kHeadDim, int kKvBits>
 cudaError_t launch_prefill_ws(const AttentionKernelParams& params, int ctas, cudaStream_t stream) {
-  constexpr int smem = WsLayout<T, kHeadDim>::kBytes;
-  if (const cudaError_t e = allow_dynamic_smem<prefill_ws_kernel<T, kHeadDim>>(smem); e != cudaSuccess) return e;
+  constexpr int smem = WsLayout<T, kHeadDim, kKvBits>::kBytes;
+  if (const cudaError_t e = allow_dynamic_smem<prefill_ws_kernel<T, kHeadDim, kKvBits>>(smem); e != cudaSuccess)
+    return e;
   const dim3 grid(ctas);
-  prefill_ws_kernel<T, kHeadDim><<<grid, ws_threads, smem, stream>>>(params);
+  prefill_ws_kernel<T, kHeadDim, kKvBits><<<grid, ws_threads, smem, stream>>>(params);
   return cudaGetLastError();
 }
 

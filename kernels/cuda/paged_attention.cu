@@ -144,12 +144,10 @@ cudaError_t enqueue_prefill(const AttentionPlan& plan, const detail::AttentionKe
   return launch_for_format<T>(plan, [&]<int kHeadDim, int kKvBits>() {
 #if defined(HOSTRUN_KERNELS_SM90A)
     if constexpr (kHeadDim == 128) {
-      if constexpr (kKvBits == 0) {
-        if (plan.prefill.warp_specialized) {
-          const long long pairs = static_cast<long long>(plan.prefill_q_tiles) * plan.problem.kv_heads;
-          const int ctas = static_cast<int>(std::clamp<long long>(pairs, 1, std::max(plan.problem.num_sms, 1)));
-          return detail::launch_prefill_ws<T, kHeadDim>(params, ctas, stream);
-        }
+      if (plan.prefill.warp_specialized) {
+        const long long pairs = static_cast<long long>(plan.prefill_q_tiles) * plan.problem.kv_heads;
+        const int ctas = static_cast<int>(std::clamp<long long>(pairs, 1, std::max(plan.problem.num_sms, 1)));
+        return detail::launch_prefill_ws<T, kHeadDim, kKvBits>(params, ctas, stream);
       }
       if (plan.prefill.wgmma)
         return detail::launch_prefill<T, kHeadDim, kKvBits, true, 128>(params, plan.prefill_q_tiles, stream);
@@ -293,8 +291,6 @@ AttentionPlan plan_paged_attention(const AttentionProblem& problem) {
       case PrefillKernelChoice::wgmma_128:
       case PrefillKernelChoice::wgmma_ws:
         if (!wgmma_possible) return fail("the wgmma prefill needs compute capability 9.0, head_dim 128 and sm_90a objects");
-        if (problem.prefill_kernel != PrefillKernelChoice::wgmma_128 && problem.kv_bits != 0)
-          return fail("the warp-specialized wgmma prefill reads 16-bit pages only");
         wgmma = true;
         warp_specialized = problem.prefill_kernel == PrefillKernelChoice::wgmma_ws;
         block_m = 128;

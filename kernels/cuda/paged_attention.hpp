@@ -78,9 +78,9 @@ struct PagedAttentionBatch {
 // not measured at 128). mma_sync is automatic without wgmma (kv_cuda's
 // wgmma_prefill = false); the rest force one form (tests, benches) and fail
 // to plan where it cannot run. wgmma_ws is the warp-specialized wgmma kernel
-// (a producer warpgroup copying K/V for two consumer warpgroups; 16-bit
-// pages only), which automatic picks over 16-bit pages from 512 context
-// positions on (paged_attention.cu, ws_min_context).
+// (a producer warpgroup copying K/V, and dequantizing int8 / int4 pages,
+// for two consumer warpgroups), which automatic picks over 16-bit pages from
+// 512 context positions on (paged_attention.cu, ws_min_context).
 enum class PrefillKernelChoice : std::uint8_t { automatic, mma_sync, mma_sync_64, mma_sync_128, wgmma_128, wgmma_ws };
 
 // What the plan needs to know, all of it known on the host before the step.

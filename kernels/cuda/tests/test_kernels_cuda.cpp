@@ -1446,7 +1446,7 @@ TEST_CASE("paged_attention") {
                                              PrefillKernelChoice::mma_sync_128};
     if (g_compute_capability == 90 && c.head_dim == 128) {
       choices.push_back(PrefillKernelChoice::wgmma_128);
-      if (c.kv_bits == 0) choices.push_back(PrefillKernelChoice::wgmma_ws);
+      choices.push_back(PrefillKernelChoice::wgmma_ws);
     }
     run_attention_case(c, rng, choices);
   }
