@@ -301,11 +301,15 @@ struct KvTileStream {
     constexpr int values_per_chunk = 16 * 8 / kKvBits;  // 16 code bytes
     constexpr int chunks_per_row = kCodeBytes / 16;
     constexpr int chunks = 2 * kRows * chunks_per_row;  // K then V
+    // Consecutive threads take consecutive rows of one chunk column: their
+    // 16-bit stores land 16 bytes apart in the core-matrix layout (a chunk
+    // a thread, row-major, put a warp's stores 1-2 KB apart, on one bank),
+    // and their code reads stay conflict-free through the padded pitch.
     for (int i = thread; i < chunks; i += kThreads) {
       const int half = i / (kRows * chunks_per_row);
       const int local = i % (kRows * chunks_per_row);
-      const int row = local / chunks_per_row;
-      const int chunk = local % chunks_per_row;
+      const int row = local % kRows;
+      const int chunk = local / kRows;
       const unsigned char* codes = (half == 0 ? k_codes(buffer) : v_codes(buffer)) + row * kStagePitch + chunk * 16;
       const float2 params = unpack_kv_params((half == 0 ? k_params(buffer) : v_params(buffer))[row]);
       const uint4 raw = *reinterpret_cast<const uint4*>(codes);
