@@ -11,11 +11,10 @@
 //  - wgmma (sm_90a) wants 64-row warpgroup tiles and its B operand in shared
 //    memory as core matrices. Decode tiles have <= 16 useful rows and decode
 //    is bound by K/V bandwidth, so decode stays on mma.sync for sm_80..sm_90.
-//    Prefill at head_dim 128 on 9.0 has a wgmma form (attention_tile_wgmma.cuh,
-//    two warpgroups, 128 query rows): on the H200 it is the faster one over
-//    16-bit and int4 pages (209 against 164 TFLOP/s at 8k, bf16) and the
-//    slower one over int8 pages, whose dequantization into the core-matrix
-//    tile costs more than the wgmma saves; plan_paged_attention picks.
+//    Prefill at head_dim 128 on 9.0 has wgmma forms (attention_tile_wgmma.cuh):
+//    two warpgroups with 128 query rows, and a warp-specialized one whose
+//    producer warpgroup copies (and dequantizes) K/V for them
+//    (attention_prefill_ws.cuh); plan_paged_attention picks.
 #pragma once
 
 #include <cstdint>

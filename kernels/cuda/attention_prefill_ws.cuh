@@ -16,7 +16,7 @@
 //       dequantizes into the ring, so the consumers run the 16-bit loop
 //       unchanged and the dequantization overlaps their products instead of
 //       stalling them (the two-warpgroup kernel dequantizes between its
-//       products, which made it slower over int8 pages than mma.sync).
+//       products: over int8 pages at 8k 189 against 236 TFLOP/s here, H100).
 //   warpgroups 1 and 2, consumers: 64 query rows each, attention_prefill.cuh's
 //     software-pipelined step (S of tile n + 1 and P V of tile n issued
 //     together, softmax of n + 1 while P V runs).

@@ -20,10 +20,12 @@ constexpr int max_decode_group = 8;   // q heads in the decode kernel's 8 mma co
 // 48 CTAs instead of 16). Large batches get one split anyway.
 constexpr int min_split_tokens = 64;
 constexpr int max_splits = 128;
-// The warp-specialized wgmma prefill (16-bit pages) from this context on. On
-// the H100, persistent and longest first, against the two-warpgroup wgmma
-// kernel longest first: +8% at 8k positions, +7% at 2k after 6k cached, +29%
-// at 2k, +6% at 512 (kernels/cuda/NOTES.md); shorter was not measured.
+// The warp-specialized wgmma prefill from this context on, over every page
+// format. On the H100, persistent and longest first, against the best grid
+// kernel of the format (kernels/cuda/NOTES.md): 16-bit pages +8% at 8k
+// positions, +7% at 2k after 6k cached, +29% at 2k, +6% at 512; int8 +12% /
+// +16% / +36% / +11%, int4 +54% / +58% / +70% / +25%. Shorter was not
+// measured.
 constexpr int ws_min_context = 512;
 #if defined(HOSTRUN_KERNELS_SM90A)
 constexpr bool kHaveWgmmaPrefill = true;  // attention_prefill_wgmma_*.cu are built
@@ -282,8 +284,8 @@ AttentionPlan plan_paged_attention(const AttentionProblem& problem) {
     switch (problem.prefill_kernel) {
       case PrefillKernelChoice::automatic:
       case PrefillKernelChoice::mma_sync:
-        wgmma = wgmma_possible && problem.kv_bits != 8 && problem.prefill_kernel == PrefillKernelChoice::automatic;
-        warp_specialized = wgmma && problem.kv_bits == 0 && problem.max_context_len >= ws_min_context;
+        wgmma = wgmma_possible && problem.prefill_kernel == PrefillKernelChoice::automatic;
+        warp_specialized = wgmma && problem.max_context_len >= ws_min_context;
         block_m = problem.compute_capability == 90 && problem.head_dim == 128 ? 128 : 64;
         break;
       case PrefillKernelChoice::mma_sync_64: block_m = 64; break;

@@ -69,18 +69,17 @@ struct PagedAttentionBatch {
   int max_blocks_per_sequence = 0;
 };
 
-// Which prefill kernel a plan runs. automatic picks what measured fastest on
-// the H200 (--bench-prefill, docs/cuda.md): at head_dim 128 on compute
-// capability 9.0 (with the sm_90a objects built), wgmma with 128 query rows a
-// CTA over 16-bit and int4 pages and mma.sync with 128 rows over int8 pages
-// (whose dequantization into wgmma's shared-memory operand costs more than the
-// wgmma saves); mma.sync with 64 rows elsewhere (head_dim 64, other devices:
-// not measured at 128). mma_sync is automatic without wgmma (kv_cuda's
-// wgmma_prefill = false); the rest force one form (tests, benches) and fail
-// to plan where it cannot run. wgmma_ws is the warp-specialized wgmma kernel
-// (a producer warpgroup copying K/V, and dequantizing int8 / int4 pages,
-// for two consumer warpgroups), which automatic picks over 16-bit pages from
-// 512 context positions on (paged_attention.cu, ws_min_context).
+// Which prefill kernel a plan runs. automatic picks what measured fastest
+// (--bench-prefill, docs/cuda.md): at head_dim 128 on compute capability 9.0
+// (with the sm_90a objects built), the warp-specialized wgmma kernel (a
+// producer warpgroup copying K/V, and dequantizing int8 / int4 pages, for two
+// consumer warpgroups) from 512 context positions on (paged_attention.cu,
+// ws_min_context), over every page format, and below that wgmma with 128
+// query rows a CTA (two warpgroups); mma.sync with 128 rows on 9.0 without
+// wgmma and with 64 rows elsewhere (head_dim 64, other devices: not measured
+// at 128). mma_sync is automatic without wgmma (kv_cuda's wgmma_prefill =
+// false); the rest force one form (tests, benches) and fail to plan where it
+// cannot run.
 enum class PrefillKernelChoice : std::uint8_t { automatic, mma_sync, mma_sync_64, mma_sync_128, wgmma_128, wgmma_ws };
 
 // What the plan needs to know, all of it known on the host before the step.

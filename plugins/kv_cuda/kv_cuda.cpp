@@ -560,8 +560,9 @@ const hostrun::SettingSpec kSettings[] = {
      "In a step with decode and prefill tokens, run the prefill attention on a second stream beside decode", false,
      "true"},
     {"wgmma_prefill", hostrun::SettingType::boolean,
-     "On compute capability 9.0 (H100, H200), prefill attention at head_dim 128 over 16-bit and int4 pages on "
-     "warpgroup MMA (wgmma); false keeps the mma.sync kernel other GPUs run (int8 pages run it either way)",
+     "On compute capability 9.0 (H100, H200), prefill attention at head_dim 128 on warpgroup MMA (wgmma: "
+     "warp-specialized from 512 context positions over every page format); false keeps the mma.sync kernel other "
+     "GPUs run",
      false, "true"},
     {"quant_policy", hostrun::SettingType::integer,
      "KV quantization, LMDeploy's --quant-policy: 0 (pages in the activation dtype), 8 (int8) or 4 (int4; "
