@@ -124,15 +124,21 @@ __device__ __forceinline__ TileRows tile_rows(const AttentionKernelParams& p, co
 //
 // The 16-bit tiles come in one of two layouts:
 //   padded_rows    row r at r * smem_row (ldmatrix reads, mma.sync kernels)
-//   core_matrices  element (r, c) at (c / 8) * kRows * 8 + r * 8 + c % 8
-//                  (wgmma reads, attention_tile_wgmma.cuh)
+//   swizzled_128   wgmma's 128-byte swizzle (attention_tile_wgmma.cuh):
+//                  columns in blocks of 64 (128 bytes), block-major; in a
+//                  block, row r's 16-byte piece j at piece j ^ (r % 8). The
+//                  eight pieces of a row, 128 contiguous bytes of a page,
+//                  land on all 32 banks, and so do piece j of eight
+//                  consecutive rows: gathers and dequantized stores are
+//                  conflict-free in either order. Tiles start 1024-byte
+//                  aligned (the swizzle reads address bits 4-9).
 //
 // Per step n of a kernel's loop (kStages buffers, kStages - 1 issued ahead):
 //   issue(n + kStages - 1); cp_async_commit(); cp_async_wait<kStages - 1>();
 //   __syncthreads(); ready(n % kStages); ... read it ...; __syncthreads();
 // ready() ends with a barrier of its own when it writes the tile; the loop's
 // closing barrier protects both the tile and the staging buffer it came from.
-enum class TileLayout { padded_rows, core_matrices };
+enum class TileLayout { padded_rows, swizzled_128 };
 
 template <typename T, int kHeadDim, int kKvBits, int kRows, int kThreads, bool kDequantizeToTile = true,
           int kStageCount = 2, TileLayout kLayout = TileLayout::padded_rows>
@@ -140,7 +146,7 @@ struct KvTileStream {
   static_assert(kStageCount == 2 || kKvBits == 0 || !kDequantizeToTile,
                 "deeper pipelines: 16-bit tiles or staged codes");
   static constexpr int kStages = kStageCount;  // buffers issue() and k_codes() etc. take
-  static constexpr bool kCore = kLayout == TileLayout::core_matrices;
+  static constexpr bool kCore = kLayout == TileLayout::swizzled_128;  // wgmma's operand layout
   static constexpr int kRow = kCore ? kHeadDim : smem_row<kHeadDim>;
   static constexpr int kTileElements = kRows * kRow;  // one of K or V, 16-bit
   static constexpr int kCodeBytes = kKvBits == 0 ? 0 : kv_row_code_bytes<kHeadDim, kKvBits>;
@@ -161,7 +167,10 @@ struct KvTileStream {
   __device__ __forceinline__ T* v(int buffer) const { return k(buffer) + kTileElements; }
   // Where element (row, column) of a 16-bit tile lives.
   static __device__ __forceinline__ int tile_offset(int row, int column) {
-    if constexpr (kCore) return (column / 8) * (kRows * 8) + row * 8 + column % 8;
+    if constexpr (kCore) {
+      static_assert(sizeof(T) == 2 && kHeadDim % 64 == 0);
+      return (column / 64) * (kRows * 64) + row * 64 + (((column % 64) / 8) ^ (row % 8)) * 8 + column % 8;
+    }
     else return row * kRow + column;
   }
   // Staged rows of `buffer`: codes at row * kStagePitch, one (scale, zero) word a row.
@@ -243,12 +252,11 @@ struct KvTileStream {
     }
   }
 
-  // copy_rows for 16-bit rows into core-matrix tiles, K into k(k_buffer)
-  // and V into v(v_buffer) as kK / kV ask (a pipelined kernel fetches K one
-  // step ahead of V): the 8 threads of a shared-memory phase take one
-  // 16-byte column piece of 8 consecutive rows, one core matrix, so their
-  // stores cover all 32 banks once (a warp reads 8 rows x 64 contiguous
-  // bytes of the pages).
+  // copy_rows for 16-bit rows into swizzled tiles, K into k(k_buffer) and V
+  // into v(v_buffer) as kK / kV ask (a pipelined kernel fetches K one step
+  // ahead of V): consecutive threads take consecutive 16-byte pieces of a
+  // row, so a warp reads two rows' 512 contiguous bytes of the pages and the
+  // 8 threads of a shared-memory phase write one row's 128 swizzled bytes.
   template <bool kK, bool kV>
   __device__ __forceinline__ void copy_core_rows(int k_buffer, int v_buffer, const AttentionKernelParams& p,
                                                  const std::int32_t* block_table, int kv_head, int first, int limit,
@@ -257,12 +265,12 @@ struct KvTileStream {
     constexpr int row_bytes = kHeadDim * static_cast<int>(sizeof(T));
     constexpr int chunks_per_row = row_bytes / 16;
     constexpr int rows_per_pass = kThreads / chunks_per_row;
-    static_assert(rows_per_pass % 8 == 0 && kRows % rows_per_pass == 0);
+    static_assert(kThreads % chunks_per_row == 0 && kRows % rows_per_pass == 0);
     const std::int64_t block_bytes = static_cast<std::int64_t>(p.block_tokens) * p.kv_heads * row_bytes;
     const auto* k_pages = static_cast<const unsigned char*>(p.k_pages);
     const auto* v_pages = static_cast<const unsigned char*>(p.v_pages);
-    const int chunk = (threadIdx.x / 8) % chunks_per_row;
-    const int row_in_pass = threadIdx.x % 8 + 8 * (threadIdx.x / (8 * chunks_per_row));
+    const int chunk = threadIdx.x % chunks_per_row;
+    const int row_in_pass = threadIdx.x / chunks_per_row;
 #pragma unroll
     for (int pass = 0; pass < kRows / rows_per_pass; ++pass) {
       const int row = pass * rows_per_pass + row_in_pass;
@@ -300,10 +308,11 @@ struct KvTileStream {
     constexpr int values_per_chunk = 16 * 8 / kKvBits;  // 16 code bytes
     constexpr int chunks_per_row = kCodeBytes / 16;
     constexpr int chunks = 2 * kRows * chunks_per_row;  // K then V
-    // Consecutive threads take consecutive rows of one chunk column: their
-    // 16-bit stores land 16 bytes apart in the core-matrix layout (a chunk
-    // a thread, row-major, put a warp's stores 1-2 KB apart, on one bank),
-    // and their code reads stay conflict-free through the padded pitch.
+    // Consecutive threads take consecutive rows of one chunk column: the
+    // same piece of eight consecutive rows covers all 32 banks in either
+    // tile layout (a chunk a thread, row-major, would put a warp's pieces
+    // on a few banks), and the code reads stay conflict-free through the
+    // padded pitch.
     for (int i = thread; i < chunks; i += kThreads) {
       const int half = i / (kRows * chunks_per_row);
       const int local = i % (kRows * chunks_per_row);
@@ -312,23 +321,22 @@ struct KvTileStream {
       const unsigned char* codes = (half == 0 ? k_codes(buffer) : v_codes(buffer)) + row * kStagePitch + chunk * 16;
       const float2 params = unpack_kv_params((half == 0 ? k_params(buffer) : v_params(buffer))[row]);
       const uint4 raw = *reinterpret_cast<const uint4*>(codes);
-      T* dst = (half == 0 ? k_dst : v_dst) + tile_offset(row, chunk * values_per_chunk);
+      T* dst = half == 0 ? k_dst : v_dst;
       const std::uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
       constexpr int per_word = 32 / kKvBits;
+      // One 16-byte store a piece of 8 values (int8: two words, int4: one):
+      // 8-byte stores put a quarter-warp on half the banks of the swizzle.
 #pragma unroll
-      for (int w = 0; w < 4; ++w) {
-        // per_word values of this word: 4 (int8, one 8-byte store) or 8 (int4, one 16-byte store)
-        std::uint32_t packed[per_word / 2];
+      for (int piece = 0; piece < values_per_chunk / 8; ++piece) {
+        std::uint32_t packed[4];
 #pragma unroll
-        for (int j = 0; j < per_word; j += 2)
-          packed[j / 2] = pack2<T>(dequantize_code<kKvBits>(words[w], j, params),
-                                   dequantize_code<kKvBits>(words[w], j + 1, params));
-        // A word's values stay inside one 8-column block in either layout.
-        T* word_dst = kCore ? dst + (w * per_word / 8) * (kRows * 8) + (w * per_word) % 8 : dst + w * per_word;
-        if constexpr (per_word == 4)
-          *reinterpret_cast<uint2*>(word_dst) = make_uint2(packed[0], packed[1]);
-        else
-          *reinterpret_cast<uint4*>(word_dst) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+        for (int v = 0; v < 8; v += 2) {
+          const int value = piece * 8 + v;
+          packed[v / 2] = pack2<T>(dequantize_code<kKvBits>(words[value / per_word], value % per_word, params),
+                                   dequantize_code<kKvBits>(words[value / per_word], value % per_word + 1, params));
+        }
+        *reinterpret_cast<uint4*>(dst + tile_offset(row, chunk * values_per_chunk + piece * 8)) =
+            make_uint4(packed[0], packed[1], packed[2], packed[3]);
       }
     }
   }

@@ -13,7 +13,7 @@
 //
 // With kWgmma (sm_90a, head_dim 128; attention_prefill_wgmma_*.cu) the four
 // warps are one warpgroup and each step's two products are wgmmas over K/V
-// tiles laid out as core matrices (attention_tile_wgmma.cuh); the rest of the
+// tiles in wgmma's 128-byte swizzle (attention_tile_wgmma.cuh); the rest of the
 // kernel is the same.
 //
 // Tiles strictly below the CTA's first query position need no mask; only the
@@ -44,7 +44,7 @@ constexpr int prefill_threads = 2 * kBlockM;
 
 template <typename T, int kHeadDim, int kKvBits, bool kWgmma, int kBlockM>
 using PrefillTiles = KvTileStream<T, kHeadDim, kKvBits, prefill_block_n, prefill_threads<kBlockM>, true, 2,
-                                  kWgmma ? TileLayout::core_matrices : TileLayout::padded_rows>;
+                                  kWgmma ? TileLayout::swizzled_128 : TileLayout::padded_rows>;
 
 template <typename T, int kHeadDim, int kKvBits, bool kWgmma, int kBlockM>
 constexpr int prefill_smem_bytes() {
@@ -241,7 +241,7 @@ __global__ void __launch_bounds__(prefill_threads<kBlockM>) prefill_kernel(const
   constexpr int ROW = smem_row<kHeadDim>;
   constexpr int KSTEPS = kHeadDim / 16;  // k-steps of S = Q K^T
   constexpr int DTILES = kHeadDim / 8;   // n8 tiles of O
-  extern __shared__ __align__(16) unsigned char smem[];
+  extern __shared__ __align__(1024) unsigned char smem[];
   T* q_tile = reinterpret_cast<T*>(smem);  // [BM][ROW]
   const PrefillTiles<T, kHeadDim, kKvBits, kWgmma, kBlockM> tiles{reinterpret_cast<unsigned char*>(q_tile + BM * ROW)};
 

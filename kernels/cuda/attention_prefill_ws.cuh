@@ -8,7 +8,7 @@
 //
 //   warpgroup 0, producer: for each (query tile, kv head) of the persistent
 //     grid's walk (WsWalk), the Q rows, then every K/V tile (64 positions,
-//     core-matrix layout) into a ring of ws_stages 16-bit buffers. A buffer
+//     128-byte swizzle) into a ring of ws_stages 16-bit buffers. A buffer
 //     is reused once the consumers have released it.
 //       16-bit pages: cp.async gathers from the pages into the ring.
 //       int8 / int4 pages: cp.async gathers of the codes and (scale, zero)
@@ -60,12 +60,12 @@ static_assert(128 * ws_producer_registers<0> + 256 * ws_consumer_registers<0> <=
 static_assert(128 * ws_producer_registers<8> + 256 * ws_consumer_registers<8> <= ws_threads * 168);
 
 template <typename T, int kHeadDim>
-using WsTiles = KvTileStream<T, kHeadDim, 0, prefill_block_n, 128, true, ws_stages, TileLayout::core_matrices>;
+using WsTiles = KvTileStream<T, kHeadDim, 0, prefill_block_n, 128, true, ws_stages, TileLayout::swizzled_128>;
 // The producer's code buffers over quantized pages; dequantize() writes the
-// ring's layout (the same rows and core matrices as WsTiles).
+// ring's layout (the same rows and swizzle as WsTiles).
 template <typename T, int kHeadDim, int kKvBits>
 using WsStaging =
-    KvTileStream<T, kHeadDim, kKvBits, prefill_block_n, 128, false, ws_staging, TileLayout::core_matrices>;
+    KvTileStream<T, kHeadDim, kKvBits, prefill_block_n, 128, false, ws_staging, TileLayout::swizzled_128>;
 
 // Shared memory: Q rows, the K/V ring, the code buffers (quantized pages),
 // then the barriers.
@@ -294,7 +294,7 @@ __global__ void __launch_bounds__(ws_threads, 1) prefill_ws_kernel(const Attenti
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   allow_next_grid_to_launch();
   using Layout = WsLayout<T, kHeadDim, kKvBits>;
-  extern __shared__ __align__(16) unsigned char smem[];  // the prefill kernels' declaration: one symbol a file
+  extern __shared__ __align__(1024) unsigned char smem[];  // the prefill kernels' declaration: one symbol a file
   T* q_tile = reinterpret_cast<T*>(smem);
   const WsTiles<T, kHeadDim> tiles{smem + Layout::kQBytes};
   auto* full = reinterpret_cast<std::uint64_t*>(smem + Layout::kBarriersOffset);

@@ -10,10 +10,12 @@
 //   O += P V    kKeys/16 wgmma m64n<kHeadDim>k16: P from registers, V from
 //               shared memory (MN-major: each key's values contiguous)
 //
-// K and V tiles are laid out as core matrices (wgmma.cuh): element (key, c)
-// of a tile of kKeys keys at (c / 8) * kKeys * 8 + key * 8 + c % 8, so eight
-// consecutive keys' 16-byte pieces of one column block are one core matrix,
-// for K as for V; KvTileStream's TileLayout::core_matrices writes it.
+// K and V tiles are laid out with wgmma's 128-byte swizzle (wgmma.cuh;
+// KvTileStream's TileLayout::swizzled_128 writes it): element (key, c) of a
+// tile of kKeys keys in column block c / 64 (kKeys * 64 elements each), row
+// key, 16-byte piece ((c % 64) / 8) ^ (key % 8). K is the K-major operand
+// (each key's head dims along the row), V the MN-major one (each key's head
+// dims along the row, keys being k).
 //
 // Each product is issued whole, then waited for: the step is a chain of
 // three dependent phases per warpgroup, and two CTAs an SM overlap them.
@@ -26,24 +28,18 @@
 
 namespace hostrun::cuda::detail {
 
-// Element offset of (row, column) in a core-matrix tile of kRows rows.
-template <int kRows>
-__device__ __forceinline__ int core_tile_offset(int row, int column) {
-  return (column / 8) * (kRows * 8) + row * 8 + column % 8;
-}
-
 // Issues S = Q K^T over one K tile (s is overwritten), uncommitted.
 template <typename T, int kHeadDim, int kKeys>
 __device__ __forceinline__ void issue_scores(float (&s)[kKeys / 8][4], const std::uint32_t (&q_frag)[kHeadDim / 16][4],
                                              const T* k_tile) {
   static_assert(kKeys == 64, "S is m64n64k16");
-  constexpr int kCoreBytes = 128;                // 8 rows x 16 bytes
-  constexpr int kColumnBlockBytes = kKeys * 16;  // one 8-column block of every key
+  constexpr int kAtomBytes = 8 * 128;  // 8 keys' 128-byte rows
 #pragma unroll
   for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-    // K as B (n = keys, k = head dims), K-major: k steps by column blocks,
-    // rows by core matrices.
-    const std::uint64_t desc = smem_matrix_descriptor(k_tile + kk * 16 * kKeys, kColumnBlockBytes, kCoreBytes);
+    // K as B (n = keys, k = head dims), K-major: a k16 step is 32 bytes of
+    // a row, four to a 64-column block.
+    const T* start = k_tile + (kk / 4) * (kKeys * 64) + (kk % 4) * 16;
+    const std::uint64_t desc = smem_swizzled_descriptor(start, 16, kAtomBytes);
     wgmma_m64n64k16_rs<T>(s, q_frag[kk], desc, kk > 0);
   }
 }
@@ -52,13 +48,13 @@ template <typename T, int kHeadDim, int kKeys>
 __device__ __forceinline__ void issue_values(float (&o)[kHeadDim / 8][4], const std::uint32_t (&p)[kKeys / 16][4],
                                              const T* v_tile) {
   static_assert(kHeadDim == 128, "O is m64n128k16");
-  constexpr int kCoreBytes = 128;
-  constexpr int kColumnBlockBytes = kKeys * 16;
+  constexpr int kAtomBytes = 8 * 128;              // 8 keys' 128-byte rows
+  constexpr int kColumnBlockBytes = kKeys * 128;   // 64 head dims of every key
 #pragma unroll
   for (int kt = 0; kt < kKeys / 16; ++kt) {
-    // V as B (k = keys, n = head dims), MN-major: k steps by core matrices
-    // (8 keys), n by column blocks.
-    const std::uint64_t desc = smem_matrix_descriptor(v_tile + kt * 16 * 8, kCoreBytes, kColumnBlockBytes);
+    // V as B (k = keys, n = head dims), MN-major: a k16 step is two atoms
+    // of keys, n spans two column blocks.
+    const std::uint64_t desc = smem_swizzled_descriptor(v_tile + kt * 16 * 64, kColumnBlockBytes, kAtomBytes);
     wgmma_m64n128k16_rs_trans_b<T>(o, p[kt], desc, 1);
   }
 }

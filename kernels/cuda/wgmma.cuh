@@ -8,7 +8,7 @@
 // m16n8 accumulator fragments side by side (PTX ISA, "Register Fragments" of
 // wgmma): the mma.sync code's softmax and its S -> P register reuse carry
 // over as they are. B lives in shared memory, described by a 64-bit
-// descriptor (smem_matrix_descriptor).
+// descriptor (smem_swizzled_descriptor).
 #pragma once
 
 #include <cstdint>
@@ -19,18 +19,22 @@
 
 namespace hostrun::cuda::detail {
 
-// Shared memory without swizzling is made of "core matrices": 8 rows of 16
-// contiguous bytes, 128 bytes in all. The descriptor names where the first
-// one starts and the byte steps to the next core matrix along the two
-// dimensions: for a K-major operand (each row's k values contiguous, like K
-// in S = Q K^T) `leading` steps along k and `stride` along the rows; for an
-// MN-major one (V in O += P V, each key's head_dim values contiguous)
-// `leading` steps along k (the keys) and `stride` along n. PTX ISA, "Matrix
-// Descriptor Format" and "Canonical Layouts".
-__device__ __forceinline__ std::uint64_t smem_matrix_descriptor(const void* start, std::uint32_t leading_bytes,
-                                                                std::uint32_t stride_bytes) {
+// A B operand in shared memory with the 128-byte swizzle: 8-row atoms of
+// 128-byte rows (1024 bytes), row r's 16-byte piece j stored at piece
+// j ^ (r % 8), the XOR taken on address bits 4-6 by bits 7-9, so atoms must
+// start 1024-byte aligned. The descriptor names where the operand starts and
+// two byte strides (PTX ISA, "Matrix Descriptor Format", "Canonical
+// Layouts"): `stride` from one 8-row atom to the next along the 128-byte
+// rows' other dimension; `leading` from one 64-element column block to the
+// next along the rows, which only an MN-major operand wider than 64 (V in
+// O += P V) steps over (a K-major operand's k16 step stays inside a row).
+// A K-major operand steps k by moving the start inside the row: the
+// hardware swizzles the address it computes.
+__device__ __forceinline__ std::uint64_t smem_swizzled_descriptor(const void* start, std::uint32_t leading_bytes,
+                                                                  std::uint32_t stride_bytes) {
   const auto encode = [](std::uint32_t x) { return static_cast<std::uint64_t>((x & 0x3FFFF) >> 4); };
-  return encode(smem_address(start)) | encode(leading_bytes) << 16 | encode(stride_bytes) << 32;  // no swizzle
+  constexpr std::uint64_t kSwizzle128 = 1;  // layout type, bits 62-63
+  return encode(smem_address(start)) | encode(leading_bytes) << 16 | encode(stride_bytes) << 32 | kSwizzle128 << 62;
 }
 
 // Orders this thread's register writes before the wgmmas that read them
