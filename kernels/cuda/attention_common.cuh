@@ -313,30 +313,56 @@ struct KvTileStream {
     // tile layout (a chunk a thread, row-major, would put a warp's pieces
     // on a few banks), and the code reads stay conflict-free through the
     // padded pitch.
-    for (int i = thread; i < chunks; i += kThreads) {
-      const int half = i / (kRows * chunks_per_row);
+    // A thread loads kBatch chunks before it converts any: the compiler
+    // cannot move a load above the stores before it (both shared memory),
+    // and one load at a time leaves the producer warpgroup (one warp a
+    // scheduler) waiting on each. Measured in the ws producer (56 registers,
+    // H100, 8k, against 1): int8 +5% at 4 (though 44 bytes spill), +2.6% at
+    // 2; int4 (twice the values a chunk) -7% at 4 (spills), +1% at 2.
+    constexpr int kBatch = kKvBits == 8 ? 4 : 1;
+    const auto locate = [&](int i, int& half, int& row, int& chunk) {
+      half = i / (kRows * chunks_per_row);
       const int local = i % (kRows * chunks_per_row);
-      const int row = local % kRows;
-      const int chunk = local / kRows;
-      const unsigned char* codes = (half == 0 ? k_codes(buffer) : v_codes(buffer)) + row * kStagePitch + chunk * 16;
-      const float2 params = unpack_kv_params((half == 0 ? k_params(buffer) : v_params(buffer))[row]);
-      const uint4 raw = *reinterpret_cast<const uint4*>(codes);
-      T* dst = half == 0 ? k_dst : v_dst;
-      const std::uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
-      constexpr int per_word = 32 / kKvBits;
-      // One 16-byte store a piece of 8 values (int8: two words, int4: one):
-      // 8-byte stores put a quarter-warp on half the banks of the swizzle.
+      row = local % kRows;
+      chunk = local / kRows;
+    };
+    for (int first = thread; first < chunks; first += kBatch * kThreads) {
+      uint4 raw[kBatch];
+      std::uint32_t param_words[kBatch];
 #pragma unroll
-      for (int piece = 0; piece < values_per_chunk / 8; ++piece) {
-        std::uint32_t packed[4];
+      for (int b = 0; b < kBatch; ++b) {
+        const int i = first + b * kThreads;
+        if (chunks % (kBatch * kThreads) != 0 && i >= chunks) break;
+        int half, row, chunk;
+        locate(i, half, row, chunk);
+        raw[b] = *reinterpret_cast<const uint4*>((half == 0 ? k_codes(buffer) : v_codes(buffer)) +
+                                                 row * kStagePitch + chunk * 16);
+        param_words[b] = (half == 0 ? k_params(buffer) : v_params(buffer))[row];
+      }
 #pragma unroll
-        for (int v = 0; v < 8; v += 2) {
-          const int value = piece * 8 + v;
-          packed[v / 2] = pack2<T>(dequantize_code<kKvBits>(words[value / per_word], value % per_word, params),
-                                   dequantize_code<kKvBits>(words[value / per_word], value % per_word + 1, params));
+      for (int b = 0; b < kBatch; ++b) {
+        const int i = first + b * kThreads;
+        if (chunks % (kBatch * kThreads) != 0 && i >= chunks) break;
+        int half, row, chunk;
+        locate(i, half, row, chunk);
+        const float2 params = unpack_kv_params(param_words[b]);
+        T* dst = half == 0 ? k_dst : v_dst;
+        const std::uint32_t words[4] = {raw[b].x, raw[b].y, raw[b].z, raw[b].w};
+        constexpr int per_word = 32 / kKvBits;
+        // One 16-byte store a piece of 8 values (int8: two words, int4: one):
+        // 8-byte stores put a quarter-warp on half the banks of the swizzle.
+#pragma unroll
+        for (int piece = 0; piece < values_per_chunk / 8; ++piece) {
+          std::uint32_t packed[4];
+#pragma unroll
+          for (int v = 0; v < 8; v += 2) {
+            const int value = piece * 8 + v;
+            packed[v / 2] = pack2<T>(dequantize_code<kKvBits>(words[value / per_word], value % per_word, params),
+                                     dequantize_code<kKvBits>(words[value / per_word], value % per_word + 1, params));
+          }
+          *reinterpret_cast<uint4*>(dst + tile_offset(row, chunk * values_per_chunk + piece * 8)) =
+              make_uint4(packed[0], packed[1], packed[2], packed[3]);
         }
-        *reinterpret_cast<uint4*>(dst + tile_offset(row, chunk * values_per_chunk + piece * 8)) =
-            make_uint4(packed[0], packed[1], packed[2], packed[3]);
       }
     }
   }
