@@ -317,8 +317,8 @@ struct KvTileStream {
     // cannot move a load above the stores before it (both shared memory),
     // and one load at a time leaves the producer warpgroup (one warp a
     // scheduler) waiting on each. Measured in the ws producer (56 registers,
-    // H100, 8k, against 1): int8 +5% at 4 (though 44 bytes spill), +2.6% at
-    // 2; int4 (twice the values a chunk) -7% at 4 (spills), +1% at 2.
+    // H100, 8k, against 1): int8 +6% at 4 (though 44 bytes spill), +3% at
+    // 2; int4 (twice the values a chunk) -6% at 4, +1.5% at 2 (both spill).
     constexpr int kBatch = kKvBits == 8 ? 4 : 1;
     const auto locate = [&](int i, int& half, int& row, int& chunk) {
       half = i / (kRows * chunks_per_row);
