@@ -157,6 +157,7 @@ struct KvTileStream {
   static constexpr int kStageBuffer = kKvBits == 0 ? 0 : 2 * kRows * (kStagePitch + 4);  // K, V codes; K, V params
   static constexpr int kTileBuffers = kKvBits == 0 ? kStages : kDequantizeToTile ? 1 : 0;
   static constexpr int kTileBytes = kTileBuffers * 2 * kTileElements * static_cast<int>(sizeof(T));
+  static_assert(!kCore || kTileElements * sizeof(T) % 1024 == 0, "swizzled tiles stay 1024-byte aligned");
   static constexpr int kSmemBytes = kTileBytes + kStages * kStageBuffer;
 
   unsigned char* smem;  // kSmemBytes, 16-byte aligned

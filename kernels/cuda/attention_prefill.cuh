@@ -48,6 +48,8 @@ using PrefillTiles = KvTileStream<T, kHeadDim, kKvBits, prefill_block_n, prefill
 
 template <typename T, int kHeadDim, int kKvBits, bool kWgmma, int kBlockM>
 constexpr int prefill_smem_bytes() {
+  // The K/V tiles follow the Q rows; swizzled ones must start 1024-byte aligned.
+  static_assert(!kWgmma || kBlockM * smem_row<kHeadDim> * 2 % 1024 == 0);
   return kBlockM * smem_row<kHeadDim> * 2 + PrefillTiles<T, kHeadDim, kKvBits, kWgmma, kBlockM>::kSmemBytes;
 }
 

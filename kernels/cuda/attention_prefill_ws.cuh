@@ -77,7 +77,8 @@ struct WsLayout {
   static constexpr int kBarriers = 2 * ws_stages + 2;  // full and empty a buffer; Q full and Q empty
   static constexpr int kBarriersOffset = kQBytes + kTilesBytes + kStagingBytes;
   static constexpr int kBytes = kBarriersOffset + kBarriers * 8;
-  static_assert(kQBytes % 16 == 0 && kTilesBytes % 16 == 0 && kStagingBytes % 16 == 0);
+  static_assert(kQBytes % 1024 == 0, "the swizzled ring starts 1024-byte aligned");
+  static_assert(kTilesBytes % 16 == 0 && kStagingBytes % 16 == 0);
   static_assert(kBytes <= 227 * 1024, "an sm_90 CTA's shared memory");
 };
 
