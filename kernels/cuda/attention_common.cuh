@@ -9,7 +9,7 @@
 //    memory. With mma.sync the layout is documented (PTX ISA, "Matrix fragments
 //    for mma.m16n8k16") and that reuse is free.
 //  - wgmma (sm_90a) wants 64-row warpgroup tiles and its B operand in shared
-//    memory as core matrices. Decode tiles have <= 16 useful rows and decode
+//    memory (8-row core matrices, here swizzled). Decode tiles have <= 16 useful rows and decode
 //    is bound by K/V bandwidth, so decode stays on mma.sync for sm_80..sm_90.
 //    Prefill at head_dim 128 on 9.0 has wgmma forms (attention_tile_wgmma.cuh):
 //    two warpgroups with 128 query rows, and a warp-specialized one whose
@@ -146,8 +146,8 @@ struct KvTileStream {
   static_assert(kStageCount == 2 || kKvBits == 0 || !kDequantizeToTile,
                 "deeper pipelines: 16-bit tiles or staged codes");
   static constexpr int kStages = kStageCount;  // buffers issue() and k_codes() etc. take
-  static constexpr bool kCore = kLayout == TileLayout::swizzled_128;  // wgmma's operand layout
-  static constexpr int kRow = kCore ? kHeadDim : smem_row<kHeadDim>;
+  static constexpr bool kSwizzled = kLayout == TileLayout::swizzled_128;
+  static constexpr int kRow = kSwizzled ? kHeadDim : smem_row<kHeadDim>;
   static constexpr int kTileElements = kRows * kRow;  // one of K or V, 16-bit
   static constexpr int kCodeBytes = kKvBits == 0 ? 0 : kv_row_code_bytes<kHeadDim, kKvBits>;
   // Staged code rows are padded by 16 bytes so that the fragment reads of
@@ -157,7 +157,7 @@ struct KvTileStream {
   static constexpr int kStageBuffer = kKvBits == 0 ? 0 : 2 * kRows * (kStagePitch + 4);  // K, V codes; K, V params
   static constexpr int kTileBuffers = kKvBits == 0 ? kStages : kDequantizeToTile ? 1 : 0;
   static constexpr int kTileBytes = kTileBuffers * 2 * kTileElements * static_cast<int>(sizeof(T));
-  static_assert(!kCore || kTileElements * sizeof(T) % 1024 == 0, "swizzled tiles stay 1024-byte aligned");
+  static_assert(!kSwizzled || kTileElements * sizeof(T) % 1024 == 0, "swizzled tiles stay 1024-byte aligned");
   static constexpr int kSmemBytes = kTileBytes + kStages * kStageBuffer;
 
   unsigned char* smem;  // kSmemBytes, 16-byte aligned
@@ -168,7 +168,7 @@ struct KvTileStream {
   __device__ __forceinline__ T* v(int buffer) const { return k(buffer) + kTileElements; }
   // Where element (row, column) of a 16-bit tile lives.
   static __device__ __forceinline__ int tile_offset(int row, int column) {
-    if constexpr (kCore) {
+    if constexpr (kSwizzled) {
       static_assert(sizeof(T) == 2 && kHeadDim % 64 == 0);
       return (column / 64) * (kRows * 64) + row * 64 + (((column % 64) / 8) ^ (row % 8)) * 8 + column % 8;
     }
@@ -188,8 +188,8 @@ struct KvTileStream {
   // with zero parameters dequantize to 0).
   __device__ __forceinline__ void issue(int buffer, const AttentionKernelParams& p, const std::int32_t* block_table,
                                         int kv_head, int first, int limit, const TileRows& rows) const {
-    if constexpr (kKvBits == 0 && kCore) {
-      copy_core_rows<true, true>(buffer, buffer, p, block_table, kv_head, first, limit, rows);
+    if constexpr (kKvBits == 0 && kSwizzled) {
+      copy_swizzled_rows<true, true>(buffer, buffer, p, block_table, kv_head, first, limit, rows);
     } else if constexpr (kKvBits == 0) {
       constexpr int row_bytes = kHeadDim * static_cast<int>(sizeof(T));
       const std::int64_t block_bytes = static_cast<std::int64_t>(p.block_tokens) * p.kv_heads * row_bytes;
@@ -259,10 +259,10 @@ struct KvTileStream {
   // row, so a warp reads two rows' 512 contiguous bytes of the pages and the
   // 8 threads of a shared-memory phase write one row's 128 swizzled bytes.
   template <bool kK, bool kV>
-  __device__ __forceinline__ void copy_core_rows(int k_buffer, int v_buffer, const AttentionKernelParams& p,
+  __device__ __forceinline__ void copy_swizzled_rows(int k_buffer, int v_buffer, const AttentionKernelParams& p,
                                                  const std::int32_t* block_table, int kv_head, int first, int limit,
                                                  const TileRows& rows) const {
-    static_assert(kCore && kKvBits == 0);
+    static_assert(kSwizzled && kKvBits == 0);
     constexpr int row_bytes = kHeadDim * static_cast<int>(sizeof(T));
     constexpr int chunks_per_row = row_bytes / 16;
     constexpr int rows_per_pass = kThreads / chunks_per_row;
@@ -294,7 +294,7 @@ struct KvTileStream {
   __device__ __forceinline__ void ready(int buffer) const {
     if constexpr (kKvBits != 0 && kDequantizeToTile) {
       dequantize(buffer, k(0), v(0), threadIdx.x);
-      if constexpr (kCore) fence_shared_to_async_proxy();
+      if constexpr (kSwizzled) fence_shared_to_async_proxy();
       __syncthreads();
     }
   }
