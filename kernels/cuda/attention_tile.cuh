@@ -7,8 +7,9 @@
 // g = lane / 4 ("lo") and g + 8 ("hi"), and four columns of every n8 tile.
 // Per tile of kKeys keys:
 //   S = Q K^T            Q as A fragments kept in registers, K rows in shared
-//   S *= scale * log2(e), then -inf where the caller's mask says
-//   m' = max(m, rowmax S); P = exp2(S - m'); O and l rescaled by exp2(m - m')
+//   S = -inf where the caller's mask says; c = scale * log2(e)
+//   m' = max(m, c rowmax S); P = exp2(c S - m') (one FMA a score); O and l
+//   rescaled by exp2(m - m')
 //   O += P V             P taken from S's accumulators as the A operand
 #pragma once
 
@@ -37,25 +38,26 @@ struct RowSoftmax {
 
 // The softmax half of a tile, between the two products: s holds S = Q K^T
 // of kKeys keys (m16n8 accumulator fragments); on return it holds P =
-// exp2(S' - m'), the row sums are updated, and alpha_lo / alpha_hi are what
+// exp2(c S - m'), the row sums are updated, and alpha_lo / alpha_hi are what
 // O must be scaled by (rescale_rows) before this tile's P V is added. When
 // `needs_mask`, key (key0 + column) is dropped from a row where masked(key,
 // hi) is true (hi: the thread's second row). The first tile a row attends
 // must hold a key it sees: maxima are finite from then on, and exp2(-inf -
-// finite) = 0 rescales the empty start.
+// finite) = 0 rescales the empty start. The maximum is taken over the raw
+// scores and scaled once: c > 0 and rounding is monotonic, so it is the
+// maximum of the scaled ones, and each score then costs one FMA and an ex2.
 template <int kKeys, typename Masked>
 __device__ __forceinline__ void softmax_scores(float (&s)[kKeys / 8][4], int key0, float scale_log2, bool needs_mask,
                                                const Masked& masked, RowSoftmax& rows, float& alpha_lo,
                                                float& alpha_hi) {
   const int quad_col = (threadIdx.x % 4) * 2;  // first of the two columns a thread holds in a fragment
-  float max_lo = rows.m_lo, max_hi = rows.m_hi;
+  float max_lo = -INFINITY, max_hi = -INFINITY;
 #pragma unroll
   for (int nt = 0; nt < kKeys / 8; ++nt) {
+    if (needs_mask) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      float x = s[nt][e] * scale_log2;
-      if (needs_mask && masked(key0 + nt * 8 + quad_col + (e & 1), e >= 2)) x = -INFINITY;
-      s[nt][e] = x;
+      for (int e = 0; e < 4; ++e)
+        if (masked(key0 + nt * 8 + quad_col + (e & 1), e >= 2)) s[nt][e] = -INFINITY;
     }
     max_lo = fmaxf(max_lo, fmaxf(s[nt][0], s[nt][1]));
     max_hi = fmaxf(max_hi, fmaxf(s[nt][2], s[nt][3]));
@@ -65,17 +67,19 @@ __device__ __forceinline__ void softmax_scores(float (&s)[kKeys / 8][4], int key
   max_lo = fmaxf(max_lo, __shfl_xor_sync(0xffffffffu, max_lo, 2));
   max_hi = fmaxf(max_hi, __shfl_xor_sync(0xffffffffu, max_hi, 1));
   max_hi = fmaxf(max_hi, __shfl_xor_sync(0xffffffffu, max_hi, 2));
-  alpha_lo = exp2f(rows.m_lo - max_lo);
-  alpha_hi = exp2f(rows.m_hi - max_hi);
+  max_lo = fmaxf(rows.m_lo, max_lo * scale_log2);
+  max_hi = fmaxf(rows.m_hi, max_hi * scale_log2);
+  alpha_lo = exp2_flush(rows.m_lo - max_lo);
+  alpha_hi = exp2_flush(rows.m_hi - max_hi);
   rows.m_lo = max_lo;
   rows.m_hi = max_hi;
   float sum_lo = 0.0f, sum_hi = 0.0f;
 #pragma unroll
   for (int nt = 0; nt < kKeys / 8; ++nt) {
-    s[nt][0] = exp2f(s[nt][0] - max_lo);
-    s[nt][1] = exp2f(s[nt][1] - max_lo);
-    s[nt][2] = exp2f(s[nt][2] - max_hi);
-    s[nt][3] = exp2f(s[nt][3] - max_hi);
+    s[nt][0] = exp2_flush(fmaf(s[nt][0], scale_log2, -max_lo));
+    s[nt][1] = exp2_flush(fmaf(s[nt][1], scale_log2, -max_lo));
+    s[nt][2] = exp2_flush(fmaf(s[nt][2], scale_log2, -max_hi));
+    s[nt][3] = exp2_flush(fmaf(s[nt][3], scale_log2, -max_hi));
     sum_lo += s[nt][0] + s[nt][1];
     sum_hi += s[nt][2] + s[nt][3];
   }

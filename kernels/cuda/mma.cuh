@@ -10,6 +10,15 @@
 
 namespace hostrun::cuda::detail {
 
+// 2^x on the SFU as it is: exp2f without --use_fast_math wraps it in a
+// compare and two multiplies for results below 2^-126, which softmax
+// probabilities and rescale factors (relative to a row maximum of 2^0) can
+// lose to zero.
+__device__ __forceinline__ float exp2_flush(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
 __device__ __forceinline__ std::uint32_t smem_address(const void* p) {
   return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
 }
