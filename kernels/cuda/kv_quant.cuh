@@ -68,8 +68,13 @@ __device__ __forceinline__ float dequantize_kv(std::uint32_t q, float2 params) {
 }
 
 // Code i of a 32-bit word of codes (int8: byte i; int4: nibble i, low
-// first), dequantized: the same float as dequantize_kv, in fewer
-// instructions (a byte goes into 2^23's mantissa with one PRMT).
+// first; i a constant once unrolled), dequantized: the same float as
+// dequantize_kv, in fewer instructions. A byte goes into 2^23's mantissa with
+// one PRMT. A nibble is masked in place (one LOP3, no shift) from the word or,
+// for nibbles 4-7, its upper half shifted down once: 2^23 + c 16^k less 2^23
+// is c 16^k exactly (k = i % 4), and scale 16^-k is exact too (a power of
+// two; fp16 scales stay normal in f32), so the FMA sees the same product c
+// scale as dequantize_kv's.
 template <int kBits>
 __device__ __forceinline__ float dequantize_code(std::uint32_t word, int i, float2 params) {
   if constexpr (kBits == 8) {
@@ -77,7 +82,10 @@ __device__ __forceinline__ float dequantize_code(std::uint32_t word, int i, floa
                               8388608.0f);
     return __fmaf_rn(q, params.x, params.y);
   } else {
-    return dequantize_kv((word >> (4 * i)) & 0xfu, params);
+    const std::uint32_t half = i < 4 ? word : word >> 16;
+    const int k = i % 4;
+    const float q = __fsub_rn(__uint_as_float((half & (0xFu << (4 * k))) | 0x4B000000u), 8388608.0f);
+    return __fmaf_rn(q, __fmul_rn(params.x, 1.0f / static_cast<float>(1 << (4 * k))), params.y);
   }
 }
 
