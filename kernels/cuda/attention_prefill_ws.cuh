@@ -234,7 +234,8 @@ __device__ __forceinline__ void ws_produce_quantized(const AttentionKernelParams
   while (retired != issued) retire.template operator()<0>();
 }
 
-template <typename T, int kHeadDim>
+// kQuantizedPages: the producer dequantizes, and binds (pipelined_step's kSkipSettledRescale).
+template <typename T, int kHeadDim, bool kQuantizedPages>
 __device__ __forceinline__ void ws_consume(const AttentionKernelParams& p, const T* q_tile,
                                            const WsTiles<T, kHeadDim>& tiles, std::uint64_t* full,
                                            std::uint64_t* empty, std::uint64_t* q_full, std::uint64_t* q_empty) {
@@ -275,8 +276,8 @@ __device__ __forceinline__ void ws_consume(const AttentionKernelParams& p, const
       const int next = static_cast<int>((buffer_uses + 1) % ws_stages);
       wait_full(buffer_uses + 1);
       const bool mask_next = needs_mask(n + 1);
-      pipelined_step<T, kHeadDim, BN>(q_frag, tiles.k(next), tiles.v(current), (n + 1) * BN, p.scale_log2, mask_next,
-                                      masked, s, p_frag, o, softmax);
+      pipelined_step<T, kHeadDim, BN, kQuantizedPages>(q_frag, tiles.k(next), tiles.v(current), (n + 1) * BN,
+                                                       p.scale_log2, mask_next, masked, s, p_frag, o, softmax);
       mbarrier_arrive(&empty[current]);
     }
     const int last = static_cast<int>(buffer_uses % ws_stages);
@@ -322,7 +323,7 @@ __global__ void __launch_bounds__(ws_threads, 1) prefill_ws_kernel(const Attenti
     }
   } else {
     setmaxnreg_inc<ws_consumer_registers<kKvBits>>();
-    ws_consume<T, kHeadDim>(p, q_tile, tiles, full, empty, q_full, q_empty);
+    ws_consume<T, kHeadDim, kKvBits != 0>(p, q_tile, tiles, full, empty, q_full, q_empty);
   }
 #elif defined(__CUDA_ARCH__)
   __trap();  // an instance built without sm_90a; the plan never picks it

@@ -85,7 +85,14 @@ __device__ __forceinline__ void pipelined_first_scores(const std::uint32_t (&q_f
 // P(n + 1) packed. Both products have completed on return. The branches stay
 // outside the wgmma stages (ptxas serializes wgmmas whose stage holds
 // control flow).
-template <typename T, int kHeadDim, int kKeys, typename Masked>
+//
+// kSkipSettledRescale: once a row's maximum has settled, exp2(m - m') is
+// exactly 1 and the rescale's multiplies change nothing; a warp then skips
+// them when none of its rows moved. That frees issue slots for a producer
+// warp sharing the schedulers (the ws kernel over quantized pages, which its
+// dequantization binds: +3-5%), and costs where the consumers bind (bf16
+// pages: -12%; kernels/cuda/NOTES.md, softmax).
+template <typename T, int kHeadDim, int kKeys, bool kSkipSettledRescale = false, typename Masked>
 __device__ __forceinline__ void pipelined_step(const std::uint32_t (&q_frag)[kHeadDim / 16][4], const T* k_next,
                                                const T* v_current, int key0, float scale_log2, bool needs_mask,
                                                const Masked& masked, float (&s)[kKeys / 8][4],
@@ -103,7 +110,8 @@ __device__ __forceinline__ void pipelined_step(const std::uint32_t (&q_frag)[kHe
   softmax_scores<kKeys>(s, key0, scale_log2, needs_mask, masked, rows, alpha_lo, alpha_hi);
   wgmma_wait<0>();
   wgmma_fence_operands(o);
-  rescale_rows(o, alpha_lo, alpha_hi);
+  if (!kSkipSettledRescale || __any_sync(0xffffffffu, alpha_lo != 1.0f || alpha_hi != 1.0f))
+    rescale_rows(o, alpha_lo, alpha_hi);
 #pragma unroll
   for (int kt = 0; kt < kKeys / 16; ++kt) p_fragment<T>(s, kt, p_frag[kt]);
 }
