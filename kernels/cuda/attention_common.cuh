@@ -9,8 +9,9 @@
 //    memory. With mma.sync the layout is documented (PTX ISA, "Matrix fragments
 //    for mma.m16n8k16") and that reuse is free.
 //  - wgmma (sm_90a) wants 64-row warpgroup tiles and its B operand in shared
-//    memory (8-row core matrices, here swizzled). Decode tiles have <= 16 useful rows and decode
-//    is bound by K/V bandwidth, so decode stays on mma.sync for sm_80..sm_90.
+//    memory (8-row core matrices, here swizzled). Decode tiles have <= 16
+//    useful rows and decode is bound by K/V bandwidth, so decode stays on
+//    mma.sync for sm_80..sm_90.
 //    Prefill at head_dim 128 on 9.0 has wgmma forms (attention_tile_wgmma.cuh):
 //    two warpgroups with 128 query rows, and a warp-specialized one whose
 //    producer warpgroup copies (and dequantizes) K/V for them
@@ -260,8 +261,8 @@ struct KvTileStream {
   // 8 threads of a shared-memory phase write one row's 128 swizzled bytes.
   template <bool kK, bool kV>
   __device__ __forceinline__ void copy_swizzled_rows(int k_buffer, int v_buffer, const AttentionKernelParams& p,
-                                                 const std::int32_t* block_table, int kv_head, int first, int limit,
-                                                 const TileRows& rows) const {
+                                                     const std::int32_t* block_table, int kv_head, int first,
+                                                     int limit, const TileRows& rows) const {
     static_assert(kSwizzled && kKvBits == 0);
     constexpr int row_bytes = kHeadDim * static_cast<int>(sizeof(T));
     constexpr int chunks_per_row = row_bytes / 16;

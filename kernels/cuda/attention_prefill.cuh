@@ -196,7 +196,7 @@ __device__ __forceinline__ void attend_tiles_pipelined(const Tiles& tiles, const
   const int limit = max_position + 1;
   const auto fetch = [&]<bool kK, bool kV>(int k_buffer, int v_buffer, int tile) {
     tiles.template copy_swizzled_rows<kK, kV>(k_buffer, v_buffer, p, block_table, kv_head, tile * BN, limit,
-                                          tile_rows<BN>(p, block_table, tile * BN));
+                                              tile_rows<BN>(p, block_table, tile * BN));
   };
   const auto needs_mask = [&](int tile) { return tile * BN + BN - 1 > min_position; };
 

@@ -160,7 +160,7 @@ __device__ __forceinline__ void ws_produce(const AttentionKernelParams& p, T* q_
       const int buffer = static_cast<int>(buffer_uses % ws_stages);
       mbarrier_wait(&empty[buffer], ((buffer_uses / ws_stages) & 1) ^ 1);
       tiles.template copy_swizzled_rows<true, true>(buffer, buffer, p, tile.block_table, kv_head, n * BN, limit,
-                                                tile_rows<BN>(p, tile.block_table, n * BN));
+                                                    tile_rows<BN>(p, tile.block_table, n * BN));
       cp_async_commit();
       publisher.committed(&full[buffer]);
     }
