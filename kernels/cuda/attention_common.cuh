@@ -107,6 +107,30 @@ __device__ __forceinline__ TileRows tile_rows(const AttentionKernelParams& p, co
   }
   return rows;
 }
+// tile_rows of consecutive kRows-position tiles, with one division for the
+// whole walk instead of one a tile (the decode kernel's loop is short on
+// bytes a tile over quantized pages, and a division by the runtime page size
+// is ~25 instructions a warp).
+template <int kRows>
+struct TileWalk {
+  int page, offset;  // of the next tile's first position
+  __device__ __forceinline__ TileWalk(const AttentionKernelParams& p, int first)
+      : page(first / p.block_tokens), offset(first % p.block_tokens) {}
+  // The next tile's rows; only for tiles that hold a position of the sequence.
+  __device__ __forceinline__ TileRows next(const AttentionKernelParams& p, const std::int32_t* block_table) {
+    TileRows rows;
+    if (offset + kRows <= p.block_tokens) {
+      rows.block = block_table[page];
+      rows.offset = offset;
+    }
+    offset += kRows;
+    while (offset >= p.block_tokens) {
+      offset -= p.block_tokens;
+      ++page;
+    }
+    return rows;
+  }
+};
 
 // The K/V tiles of an attention kernel's loop over 64-position steps, for
 // either page format:

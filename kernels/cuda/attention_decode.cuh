@@ -127,34 +127,53 @@ __device__ __forceinline__ void load_code_words(const unsigned char* p, std::uin
 //   O[h, d] = sum_j p[h, j] (c[j, d] s_j + z_j) = sum_j (p s_j) c + sum_j p z_j
 // so each parameter is applied once a token instead of once a value. A code
 // enters a fragment register as the f16 number 1024 + c (put into 1024's
-// mantissa: exact; one PRMT for an int8 pair, a PRMT and a LOP3 for an int4
-// pair, ~0.75 for a V pair, which V^T pairs across two rows); the 1024s come
-// out again through the same mma against a fragment of constants, on the
-// same f16-rounded q and p s_j, so their rounding cancels. int4 pairs share
-// a byte and the high nibble lands as 1024 + 16 c: K feeds q / 16 for those
-// dims (exact), V divides those output dims by 16 at the end. p s_j goes in
+// mantissa: exact; one PRMT for an int8 pair, a LOP3 for a K int4 pair, 1.5
+// instructions for a V pair, which V^T pairs across two rows); the 1024s
+// come out again through the same mma against a fragment of constants, on
+// the same f16-rounded q and p s_j, so their rounding cancels. int4 codes
+// are masked where they lie, no shift: one LOP3 puts nibbles k and k + 4 of
+// a K word (or nibble k of two V rows' bytes) beside 1024's exponent, and a
+// high nibble of its byte lands as 1024 + 16 c: K feeds q / 16 for those k
+// slots (exact), V divides those output dims by 16 at the end. p s_j goes in
 // relative to the largest V scale the warp has seen (r, rescaled with the
 // softmax), so it stays in [0, 1] where f16 is precise. Dequantizing each
 // value instead took 10% more instructions (int4) and as long
 // (kernels/cuda/NOTES.md: the kernel waits on latency, not on issue).
 inline constexpr std::uint32_t half_magic_pair = 0x64006400u;  // (1024, 1024) as f16
 inline constexpr std::uint32_t half_one_pair = 0x3C003C00u;    // (1, 1)
+inline constexpr std::uint32_t half_sixteen_pair = 0x4C004C00u;  // (16, 16)
 
-// Codes i, i + 1 (i even) of one row's run as (1024 + c_i, 1024 + m c_i+1),
-// m = 1 (int8) or 16 (int4).
+// K's A fragment of k-step kk from a quad thread's run of codes of rows g
+// (lo) and g + 8 (hi). The run's order of dims is free (the roles above) as
+// long as load_q_operands takes Q's in the same one:
+//   int8: word kk, bytes (0, 1) in a0 / a1 and (2, 3) in a2 / a3;
+//   int4: word kk / 2, shifted down a byte for odd kk; nibbles (0, 4) in
+//         a0 / a1 and (1, 5), as 16 c, in a2 / a3: four LOP3s and a shift a
+//         word, where a pair of adjacent nibbles took a PRMT and a LOP3 each.
 template <int kKvBits, int kWords>
-__device__ __forceinline__ std::uint32_t code_pair(const std::uint32_t (&w)[kWords], int i) {
-  constexpr int per_word = 32 / kKvBits;
-  const std::uint32_t word = w[i / per_word];
-  const int at = i % per_word;
+__device__ __forceinline__ void key_fragment(const std::uint32_t (&lo)[kWords], const std::uint32_t (&hi)[kWords],
+                                             int kk, std::uint32_t (&a)[4]) {
   if constexpr (kKvBits == 8) {
-    // bytes [b_at, 0x64, b_at+1, 0x64]
-    return __byte_perm(word, 0x64646464u, 0x4040u | static_cast<unsigned>(at) | static_cast<unsigned>(at + 1) << 8);
+    // bytes [b, 0x64, b + 1, 0x64]
+    a[0] = __byte_perm(lo[kk], 0x64646464u, 0x4140u);
+    a[1] = __byte_perm(hi[kk], 0x64646464u, 0x4140u);
+    a[2] = __byte_perm(lo[kk], 0x64646464u, 0x4342u);
+    a[3] = __byte_perm(hi[kk], 0x64646464u, 0x4342u);
   } else {
-    // byte at/2 into bytes 0 and 2; its low nibble stays in half 0, its high one in half 1 (as 16 c)
-    const unsigned b = static_cast<unsigned>(at / 2);
-    return (__byte_perm(word, 0u, 0x4040u | b | b << 8) & 0x00F0000Fu) | half_magic_pair;
+    const std::uint32_t l = kk % 2 ? lo[kk / 2] >> 8 : lo[kk / 2];
+    const std::uint32_t h = kk % 2 ? hi[kk / 2] >> 8 : hi[kk / 2];
+    a[0] = mask_or(l, 0x000F000Fu, half_magic_pair);
+    a[1] = mask_or(h, 0x000F000Fu, half_magic_pair);
+    a[2] = mask_or(l, 0x00F000F0u, half_magic_pair);
+    a[3] = mask_or(h, 0x00F000F0u, half_magic_pair);
   }
+}
+// Where key_fragment takes dim (k slot) 2c + e (+ 8 when `second`) of k-step
+// kk from, within the quad thread's run of kHeadDim / 4 dims.
+template <int kKvBits>
+__device__ __forceinline__ int key_run_dim(int kk, int e, bool second) {
+  if constexpr (kKvBits == 8) return 4 * kk + 2 * second + e;
+  else return 8 * (kk / 2) + 2 * (kk % 2) + second + 4 * e;
 }
 
 // One code word of each of two rows -> for dims d, d + 1 of those the word
@@ -171,8 +190,8 @@ __device__ __forceinline__ void code_columns(std::uint32_t w0, std::uint32_t w1,
     // byte d/2 of each row: its low nibbles are dim d, its high ones dim d + 1
     const unsigned k = static_cast<unsigned>(d / 2);
     const std::uint32_t both = __byte_perm(w0, w1, k | k << 4 | (4 + k) << 8 | (4 + k) << 12);
-    out[0] = (both & 0x000F000Fu) | half_magic_pair;
-    out[1] = (both & 0x00F000F0u) | half_magic_pair;
+    out[0] = mask_or(both, 0x000F000Fu, half_magic_pair);
+    out[1] = mask_or(both, 0x00F000F0u, half_magic_pair);
   }
 }
 
@@ -183,42 +202,34 @@ __device__ __forceinline__ std::uint32_t half2_bits(__half2 h) {
 }
 
 // Q^T's B fragments, once per CTA: q[kk][nt] = {b0, b1} of k-step kk and
-// head tile nt (heads nt * 8 + g). Quantized pages: in the permuted order, as
-// f16 (the mma over codes runs in f16; bf16 queries are rounded here,
-// saturated at +-65504), int4's odd dims divided by 16 (their codes arrive
-// as 16 c).
+// head tile nt (heads nt * 8 + g). Quantized pages: in key_fragment's order,
+// as f16 (the mma over codes runs in f16; bf16 queries are rounded here,
+// saturated at +-65504), int4's b1 divided by 16 (its codes arrive as 16 c).
 template <typename T, int kHeadDim, int kKvBits, int kHeadTiles>
 __device__ __forceinline__ void load_q_operands(std::uint32_t (&q)[kHeadDim / 16][kHeadTiles][2], const T* q_tile,
                                                 int lane) {
   constexpr int ROW = smem_row<kHeadDim>;
   const int g = lane / 4, c = lane % 4;
-  const auto operand = [](std::uint32_t pair) -> std::uint32_t {
-    if constexpr (kKvBits == 0) {
-      return pair;
-    } else {
-      __half2 h;
-      if constexpr (std::is_same_v<T, __half>) {
-        std::memcpy(&h, &pair, 4);
-      } else {
-        __nv_bfloat162 b;
-        std::memcpy(&b, &pair, 4);
-        const float2 f = __bfloat1622float2(b);
-        const std::uint32_t bits = saturated_f16_bits(f.x) | std::uint32_t(saturated_f16_bits(f.y)) << 16;
-        std::memcpy(&h, &bits, 4);
-      }
-      if constexpr (kKvBits == 4) h = __hmul2(h, __halves2half2(__float2half_rn(1.0f), __float2half_rn(0.0625f)));
-      return half2_bits(h);
-    }
+  // dims d0, d1 of the row as an f16 pair (times `multiple`, a power of two)
+  const auto operand = [](const T* row, int d0, int d1, float multiple) -> std::uint32_t {
+    const float x = to_f32(row[d0]) * multiple, y = to_f32(row[d1]) * multiple;
+    if constexpr (std::is_same_v<T, __half>) return half2_bits(__floats2half2_rn(x, y));
+    else return saturated_f16_bits(x) | std::uint32_t(saturated_f16_bits(y)) << 16;
   };
 #pragma unroll
   for (int nt = 0; nt < kHeadTiles; ++nt) {
     const T* row = q_tile + (nt * 8 + g) * ROW;
 #pragma unroll
     for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-      const int at = kKvBits == 0 ? kk * 16 + 2 * c : c * (kHeadDim / 4) + 8 * (kk / 2) + 4 * (kk % 2);
-      const int second = kKvBits == 0 ? 8 : 2;
-      q[kk][nt][0] = operand(*reinterpret_cast<const std::uint32_t*>(row + at));
-      q[kk][nt][1] = operand(*reinterpret_cast<const std::uint32_t*>(row + at + second));
+      if constexpr (kKvBits == 0) {
+        q[kk][nt][0] = *reinterpret_cast<const std::uint32_t*>(row + kk * 16 + 2 * c);
+        q[kk][nt][1] = *reinterpret_cast<const std::uint32_t*>(row + kk * 16 + 2 * c + 8);
+      } else {
+        const T* run = row + c * (kHeadDim / 4);
+        q[kk][nt][0] = operand(run, key_run_dim<kKvBits>(kk, 0, false), key_run_dim<kKvBits>(kk, 1, false), 1.0f);
+        q[kk][nt][1] = operand(run, key_run_dim<kKvBits>(kk, 0, true), key_run_dim<kKvBits>(kk, 1, true),
+                               kKvBits == 4 ? 0.0625f : 1.0f);
+      }
     }
   }
 }
@@ -234,9 +245,9 @@ struct QuerySums {
 template <int kHeadDim, int kKvBits, int kHeadTiles>
 __device__ __forceinline__ QuerySums<kHeadDim, kKvBits, kHeadTiles> query_sums(
     const std::uint32_t (&q)[kHeadDim / 16][kHeadTiles][2]) {
-  constexpr std::uint32_t multiples = kKvBits == 4 ? 0x4C003C00u : half_one_pair;  // (1, 16) undoes q / 16
+  constexpr std::uint32_t second = kKvBits == 4 ? half_sixteen_pair : half_one_pair;  // 16 undoes b1's q / 16
   const std::uint32_t magic[4] = {half_magic_pair, half_magic_pair, half_magic_pair, half_magic_pair};
-  const std::uint32_t ones[4] = {multiples, multiples, multiples, multiples};
+  const std::uint32_t ones[4] = {half_one_pair, half_one_pair, second, second};
   QuerySums<kHeadDim, kKvBits, kHeadTiles> sums;
 #pragma unroll
   for (int nt = 0; nt < kHeadTiles; ++nt) {
@@ -281,9 +292,8 @@ __device__ __forceinline__ void decode_scores(float (&s)[kHeadTiles][4],
     load_code_words<run_bytes>(k_rows + (g + 8) * kPitch + c * run_bytes, hi);
 #pragma unroll
     for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-      const int first = 8 * (kk / 2) + 4 * (kk % 2);
-      const std::uint32_t a[4] = {code_pair<kKvBits>(lo, first), code_pair<kKvBits>(hi, first),
-                                  code_pair<kKvBits>(lo, first + 2), code_pair<kKvBits>(hi, first + 2)};
+      std::uint32_t a[4];
+      key_fragment<kKvBits>(lo, hi, kk, a);
 #pragma unroll
       for (int nt = 0; nt < kHeadTiles; ++nt) mma_16816<__half>(s[nt], a, q[kk][nt][0], q[kk][nt][1]);
     }
@@ -382,14 +392,15 @@ __global__ void __launch_bounds__(decode_threads, decode_min_ctas<kKvBits>) deco
   }
   const int num_tiles = (end - begin + BN - 1) / BN;
   constexpr int STAGES = Tiles::kStages;
+  TileWalk<BN> walk(p, begin);
 #pragma unroll
   for (int t = 0; t < STAGES - 1; ++t) {  // the first group also holds q
-    if (t < num_tiles) tiles.issue(t, p, block_table, kv_head, begin + t * BN, end, tile_rows<BN>(p, block_table, begin + t * BN));
+    if (t < num_tiles) tiles.issue(t, p, block_table, kv_head, begin + t * BN, end, walk.next(p, block_table));
     cp_async_commit();
   }
   // The page of the next tile to issue, read one step before it is needed.
   TileRows next_rows;
-  if (STAGES - 1 < num_tiles) next_rows = tile_rows<BN>(p, block_table, begin + (STAGES - 1) * BN);
+  if (STAGES - 1 < num_tiles) next_rows = walk.next(p, block_table);
 
   std::uint32_t q_operands[KSTEPS][kHeadTiles][2];
   [[maybe_unused]] QuerySums<kHeadDim, kKvBits, kHeadTiles> q_sums;
@@ -421,7 +432,7 @@ __global__ void __launch_bounds__(decode_threads, decode_min_ctas<kKvBits>) deco
     __syncthreads();
     if (n + STAGES - 1 < num_tiles) {
       tiles.issue((n + STAGES - 1) % STAGES, p, block_table, kv_head, begin + (n + STAGES - 1) * BN, end, next_rows);
-      if (n + STAGES < num_tiles) next_rows = tile_rows<BN>(p, block_table, begin + (n + STAGES) * BN);
+      if (n + STAGES < num_tiles) next_rows = walk.next(p, block_table);
     }
     cp_async_commit();  // empty groups near the end keep the wait uniform
     if (n == 0) {
@@ -442,26 +453,29 @@ __global__ void __launch_bounds__(decode_threads, decode_min_ctas<kKvBits>) deco
           s, q_operands, reinterpret_cast<const unsigned char*>(tiles.k(buffer) + warp * 16 * ROW), nullptr, q_sums,
           lane);
     }
-    // Past the chunk's end the rows were zero-filled: mask them out.
+    // Past the chunk's end the rows were zero-filled: mask them out. The
+    // maximum is taken over the raw scores and scaled once (the scale is
+    // positive), so a score costs one FMA before its exp2 (attention_tile.cuh).
     const bool valid_lo = key0 + g < end, valid_hi = key0 + g + 8 < end;
     float alpha[kHeadTiles][2], o_alpha[kHeadTiles][2];
 #pragma unroll
     for (int nt = 0; nt < kHeadTiles; ++nt)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        s[nt][e] = valid_lo ? s[nt][e] * p.scale_log2 : -INFINITY;
-        s[nt][e + 2] = valid_hi ? s[nt][e + 2] * p.scale_log2 : -INFINITY;
-        float tile_max = fmaxf(m[nt][e], fmaxf(s[nt][e], s[nt][e + 2]));
+        if (!valid_lo) s[nt][e] = -INFINITY;
+        if (!valid_hi) s[nt][e + 2] = -INFINITY;
+        float tile_max = fmaxf(s[nt][e], s[nt][e + 2]);
         tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 4));
         tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 8));
         tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 16));
+        tile_max = fmaxf(m[nt][e], tile_max * p.scale_log2);
         // A warp whose positions all lie past the end has seen nothing yet: its
         // max stays -inf, and both exp2 arguments would be NaN; keep it empty.
-        alpha[nt][e] = m[nt][e] == -INFINITY ? 0.0f : exp2f(m[nt][e] - tile_max);
+        alpha[nt][e] = m[nt][e] == -INFINITY ? 0.0f : exp2_flush(m[nt][e] - tile_max);
         const float shift = tile_max == -INFINITY ? 0.0f : tile_max;
         m[nt][e] = tile_max;
-        s[nt][e] = exp2f(s[nt][e] - shift);
-        s[nt][e + 2] = exp2f(s[nt][e + 2] - shift);
+        s[nt][e] = exp2_flush(fmaf(s[nt][e], p.scale_log2, -shift));
+        s[nt][e + 2] = exp2_flush(fmaf(s[nt][e + 2], p.scale_log2, -shift));
         l[nt][e] = l[nt][e] * alpha[nt][e] + s[nt][e] + s[nt][e + 2];
         o_alpha[nt][e] = alpha[nt][e];
       }
@@ -475,8 +489,8 @@ __global__ void __launch_bounds__(decode_threads, decode_min_ctas<kKvBits>) deco
       tile_r = fmaxf(tile_r, __shfl_xor_sync(0xffffffffu, tile_r, 8));
       tile_r = fmaxf(tile_r, __shfl_xor_sync(0xffffffffu, tile_r, 16));
       const float r = fmaxf(v_r, tile_r);
-      const float rescale = r > 0.0f ? v_r / r : 1.0f;  // O and v_ones to units of the new r
-      const float inverse = r > 0.0f ? 1.0f / r : 0.0f;
+      const float inverse = r > 0.0f ? rcp_approx(r) : 0.0f;
+      const float rescale = r > v_r ? v_r * inverse : 1.0f;  // O and v_ones to units of the new r (exactly 1 if none)
       v_r = r;
       ratio_lo = value_lo.x * inverse;
       ratio_hi = value_hi.x * inverse;
@@ -489,15 +503,22 @@ __global__ void __launch_bounds__(decode_threads, decode_min_ctas<kKvBits>) deco
           v_zero[nt][e] = v_zero[nt][e] * alpha[nt][e] + s[nt][e] * value_lo.y + s[nt][e + 2] * value_hi.y;
         }
     }
+    // Once the maxima (and the V scale) settle, every factor is exactly 1
+    // (exp2(0) and the rescale above): the warp then skips O's multiplies.
+    bool o_moves = false;
 #pragma unroll
-    for (int dt = 0; dt < DTILES; ++dt)
+    for (int nt = 0; nt < kHeadTiles; ++nt) o_moves = o_moves || o_alpha[nt][0] != 1.0f || o_alpha[nt][1] != 1.0f;
+    if (__any_sync(0xffffffffu, o_moves)) {
 #pragma unroll
-      for (int nt = 0; nt < kHeadTiles; ++nt) {
-        o[dt][nt][0] *= o_alpha[nt][0];
-        o[dt][nt][1] *= o_alpha[nt][1];
-        o[dt][nt][2] *= o_alpha[nt][0];
-        o[dt][nt][3] *= o_alpha[nt][1];
-      }
+      for (int dt = 0; dt < DTILES; ++dt)
+#pragma unroll
+        for (int nt = 0; nt < kHeadTiles; ++nt) {
+          o[dt][nt][0] *= o_alpha[nt][0];
+          o[dt][nt][1] *= o_alpha[nt][1];
+          o[dt][nt][2] *= o_alpha[nt][0];
+          o[dt][nt][3] *= o_alpha[nt][1];
+        }
+    }
     std::uint32_t p_t[kHeadTiles][2];
 #pragma unroll
     for (int nt = 0; nt < kHeadTiles; ++nt) {

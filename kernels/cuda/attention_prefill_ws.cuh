@@ -156,11 +156,12 @@ __device__ __forceinline__ void ws_produce(const AttentionKernelParams& p, T* q_
     cp_async_commit();
     publisher.committed(q_full);
     const int limit = tile.max_position + 1;
+    TileWalk<BN> pages(p, 0);
     for (int n = 0; n < tile.num_tiles; ++n, ++buffer_uses) {
       const int buffer = static_cast<int>(buffer_uses % ws_stages);
       mbarrier_wait(&empty[buffer], ((buffer_uses / ws_stages) & 1) ^ 1);
       tiles.template copy_swizzled_rows<true, true>(buffer, buffer, p, tile.block_table, kv_head, n * BN, limit,
-                                                    tile_rows<BN>(p, tile.block_table, n * BN));
+                                                    pages.next(p, tile.block_table));
       cp_async_commit();
       publisher.committed(&full[buffer]);
     }
@@ -218,6 +219,7 @@ __device__ __forceinline__ void ws_produce_quantized(const AttentionKernelParams
     while (q_in_group != 0) retire.template operator()<0>();
     mbarrier_wait(q_empty, (query_tiles & 1) ^ 1);
     const int limit = tile.max_position + 1;
+    TileWalk<BN> pages(p, 0);
     for (int n = 0; n < tile.num_tiles; ++n) {
       if (issued - retired == ws_staging - 1) retire.template operator()<ws_staging - 2>();
       const int code_buffer = static_cast<int>(issued % ws_staging);
@@ -225,8 +227,7 @@ __device__ __forceinline__ void ws_produce_quantized(const AttentionKernelParams
         copy_query_tile<T, kHeadDim, 128, 128>(p, tile, kv_head, q, q_tile, thread);
         q_in_group |= 1u << code_buffer;
       }
-      staging.issue(code_buffer, p, tile.block_table, kv_head, n * BN, limit,
-                    tile_rows<BN>(p, tile.block_table, n * BN));
+      staging.issue(code_buffer, p, tile.block_table, kv_head, n * BN, limit, pages.next(p, tile.block_table));
       cp_async_commit();
       ++issued;
     }

@@ -19,6 +19,20 @@ __device__ __forceinline__ float exp2_flush(float x) {
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 }
+// 1/x on the SFU (within an ulp): a division is a dozen instructions and a
+// slow path; for scale factors that error is far below f16 operands'.
+__device__ __forceinline__ float rcp_approx(float x) {
+  float y;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+// (x & mask) | bits in one LOP3: written as two operations, with two
+// immediates, ptxas emits two.
+__device__ __forceinline__ std::uint32_t mask_or(std::uint32_t x, std::uint32_t mask, std::uint32_t bits) {
+  std::uint32_t y;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(y) : "r"(x), "r"(mask), "r"(bits));
+  return y;
+}
 
 __device__ __forceinline__ std::uint32_t smem_address(const void* p) {
   return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
