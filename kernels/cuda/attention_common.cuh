@@ -223,20 +223,34 @@ struct KvTileStream {
     } else {
       copy_rows<kCodeBytes>(k_codes(buffer), v_codes(buffer), kStagePitch, p.kv_block_bytes, p, block_table, kv_head,
                             first, limit, rows);
-      // Then each row's (scale, zero) word, after the block's codes.
-      static_assert(kRows <= kThreads);
-      if (threadIdx.x < kRows) {
+      // Then each row's (scale, zero) word, after the block's codes, head-major
+      // (ref::KvQuantBlockLayout): a tile inside one page finds its words
+      // contiguous and copies them 16 bytes (four rows) at a time, rows past
+      // the limit zero-filled; one spanning pages copies word by word.
+      static_assert(kRows <= kThreads && kRows % 4 == 0 && kRows / 2 <= kThreads);
+      const std::int64_t params_start = static_cast<std::int64_t>(p.block_tokens) * p.kv_heads * kCodeBytes;
+      const auto* k_pages = static_cast<const unsigned char*>(p.k_pages);
+      const auto* v_pages = static_cast<const unsigned char*>(p.v_pages);
+      if (rows.block >= 0 && (p.block_tokens | rows.offset) % 4 == 0) {
+        constexpr int pieces = kRows / 4;  // of K's words, then as many of V's
+        if (threadIdx.x < 2 * pieces) {
+          const int piece = threadIdx.x % pieces;
+          const int valid_rows = min(max(limit - (first + 4 * piece), 0), 4);
+          const std::int64_t at = rows.block * p.kv_block_bytes + params_start +
+                                  4 * (static_cast<std::int64_t>(kv_head) * p.block_tokens + rows.offset + 4 * piece);
+          const bool key = threadIdx.x < pieces;
+          cp_async_16_prefix((key ? k_params(buffer) : v_params(buffer)) + 4 * piece,
+                             (key ? k_pages : v_pages) + (valid_rows > 0 ? at : 0), 4 * valid_rows);
+        }
+      } else if (threadIdx.x < kRows) {
         const int row = threadIdx.x;
         const int position = first + row;
         const bool valid = position < limit;
         std::int64_t at = 0;
         if (valid) {
           const PageRow page = rows.at(p, block_table, position, row);
-          const std::int64_t params_start = static_cast<std::int64_t>(p.block_tokens) * p.kv_heads * kCodeBytes;
-          at = page.block * p.kv_block_bytes + params_start + 4 * (page.offset * p.kv_heads + kv_head);
+          at = page.block * p.kv_block_bytes + params_start + 4 * (kv_head * p.block_tokens + page.offset);
         }
-        const auto* k_pages = static_cast<const unsigned char*>(p.k_pages);
-        const auto* v_pages = static_cast<const unsigned char*>(p.v_pages);
         cp_async_4(k_params(buffer) + row, k_pages + at, valid);
         cp_async_4(v_params(buffer) + row, v_pages + at, valid);
       }

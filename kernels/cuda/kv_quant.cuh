@@ -24,8 +24,9 @@ template <int kHeadDim, int kBits>
 inline constexpr int kv_row_code_bytes = kHeadDim * kBits / 8;
 
 // A quantized pool as a kernel addresses it: block b starts at
-// b * block_bytes; (offset, head) row r = offset * kv_heads + head has its
-// codes at r * row_code_bytes and its (scale, zero) at params_start + 4 r.
+// b * block_bytes; row (offset, head) has its codes at (offset * kv_heads +
+// head) * row_code_bytes and its (scale, zero) at params_start + 4 (head *
+// block_tokens + offset) (ref::KvQuantBlockLayout).
 struct QuantizedPool {
   unsigned char* base = nullptr;
   std::int64_t block_bytes = 0;
@@ -46,8 +47,8 @@ struct QuantizedPool {
   }
   __device__ __forceinline__ std::uint32_t* params(std::int64_t slot, int head) const {
     const std::int64_t block = slot / block_tokens;
-    const int row = static_cast<int>(slot % block_tokens) * kv_heads + head;
-    return reinterpret_cast<std::uint32_t*>(base + block * block_bytes + params_start + 4 * row);
+    const int word = head * block_tokens + static_cast<int>(slot % block_tokens);
+    return reinterpret_cast<std::uint32_t*>(base + block * block_bytes + params_start + 4 * word);
   }
 };
 

@@ -40,10 +40,13 @@ __device__ __forceinline__ std::uint32_t smem_address(const void* p) {
 
 // 16-byte global -> shared copy that bypasses registers; when !valid the
 // destination is zero-filled (src-size 0) and nothing is read.
-__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
-  const int src_bytes = valid ? 16 : 0;
+// The first `src_bytes` (0..16) of the 16 from gmem, the rest zero.
+__device__ __forceinline__ void cp_async_16_prefix(void* smem, const void* gmem, int src_bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(smem)), "l"(gmem),
                "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
+  cp_async_16_prefix(smem, gmem, valid ? 16 : 0);
 }
 // 4-byte variant (cp.async.ca: .cg takes only 16).
 __device__ __forceinline__ void cp_async_4(void* smem, const void* gmem, bool valid) {

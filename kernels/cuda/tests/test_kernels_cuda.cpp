@@ -8,8 +8,10 @@
 //   test_kernels_cuda --bench         timings (cudaEvent, median of repeats)
 //   test_kernels_cuda --bench-gemm    the small_gemm, fp8_small_gemm and awq_gemm timings alone
 //   test_kernels_cuda --bench-fp8     the small_gemm and fp8_small_gemm timings alone
-//   test_kernels_cuda --bench-decode [BxC]  decode attention alone (one
-//                                     batch B x context C: for ncu)
+//   test_kernels_cuda --bench-decode [BxC[,BxC...]]  decode attention alone
+//                                     (those batch B x context C shapes: for ncu)
+//   test_kernels_cuda --bench-decode ... --decode-splits N[,N...]  each with
+//                                     N splits (0: the plan's own count)
 //   test_kernels_cuda --bench-prefill prefill attention alone (each form
 //                                     of the kernel side by side)
 //   test_kernels_cuda -tc='*attention*'   doctest filters work as usual
@@ -77,6 +79,7 @@ std::uint64_t g_seed = 0;
 int g_passed = 0;
 int g_failed = 0;
 int g_num_sms = 132;
+std::vector<int> g_decode_splits{0};  // --decode-splits N[,N...]: forced split counts (0: the plan's own)
 int g_compute_capability = 0;  // major * 10 + minor of the device
 bool g_bench = false;  // outside doctest: a CUDA error ends the run
 
@@ -2383,20 +2386,23 @@ void bench_decode_attention(std::vector<DecodeShape> shapes = {{1, 1024}, {1, 81
       problem.max_context_len = shape.context;
       problem.num_sms = g_num_sms;
       problem.kv_bits = kv_bits;
-      const auto plan = gpu::plan_paged_attention(problem);
-      DeviceBuffer<unsigned char> workspace(std::max<std::size_t>(plan.workspace_bytes, 1));
-      const gpu::PagedKvPools pools{k.ptr, v.ptr, DType::bf16, num_blocks, bt, kv, hd, kv_bits};
-      const gpu::PagedAttentionBatch batch{shape.batch, d_qs.ptr, d_ctx.ptr, d_tables.ptr, blocks_per_seq};
-      const float ms = median_ms([&] {
-        CUDA_OK(gpu::paged_attention(plan, pools, batch, q.ptr, qh * hd, 0.088f, out.ptr, qh * hd, workspace.ptr,
-                                     workspace.bytes(), nullptr));
-      });
-      const double row_bytes = kv_bits == 0 ? hd * 2.0 : double(layout.row_code_bytes()) + 4;
-      const double bytes = 2.0 * shape.batch * static_cast<double>(shape.context) * kv * row_bytes;
-      const double gbs = bytes / (ms * 1e-3) / 1e9;
-      std::printf("%-4s batch=%4d ctx=%6d  %9.2f us  %7.0f GB/s  (%5.1f%% of the copy)  splits=%d\n",
-                  kv_bits == 8 ? "int8" : kv_bits == 4 ? "int4" : "bf16", shape.batch, shape.context, ms * 1e3, gbs,
-                  100.0 * gbs / copy_gbs, plan.decode.splits);
+      for (const int splits : g_decode_splits) {
+        problem.force_splits = splits;
+        const auto plan = gpu::plan_paged_attention(problem);
+        DeviceBuffer<unsigned char> workspace(std::max<std::size_t>(plan.workspace_bytes, 1));
+        const gpu::PagedKvPools pools{k.ptr, v.ptr, DType::bf16, num_blocks, bt, kv, hd, kv_bits};
+        const gpu::PagedAttentionBatch batch{shape.batch, d_qs.ptr, d_ctx.ptr, d_tables.ptr, blocks_per_seq};
+        const float ms = median_ms([&] {
+          CUDA_OK(gpu::paged_attention(plan, pools, batch, q.ptr, qh * hd, 0.088f, out.ptr, qh * hd, workspace.ptr,
+                                       workspace.bytes(), nullptr));
+        });
+        const double row_bytes = kv_bits == 0 ? hd * 2.0 : double(layout.row_code_bytes()) + 4;
+        const double bytes = 2.0 * shape.batch * static_cast<double>(shape.context) * kv * row_bytes;
+        const double gbs = bytes / (ms * 1e-3) / 1e9;
+        std::printf("%-4s batch=%4d ctx=%6d  %9.2f us  %7.0f GB/s  (%5.1f%% of the copy)  splits=%d%s\n",
+                    kv_bits == 8 ? "int8" : kv_bits == 4 ? "int4" : "bf16", shape.batch, shape.context, ms * 1e3, gbs,
+                    100.0 * gbs / copy_gbs, plan.decode.splits, splits > 0 ? " (forced)" : "");
+      }
     }
   }
 }
@@ -2549,10 +2555,31 @@ int main(int argc, char** argv) {
     } else if (arg == "--bench-decode") {
       bench = true;
       bench_decode_only = true;
-      int batch = 0, context = 0;
-      if (i + 1 < argc && std::sscanf(argv[i + 1], "%dx%d", &batch, &context) == 2 && batch > 0 && context > 0) {
-        decode_shapes.push_back({batch, context});
-        ++i;
+      if (i + 1 < argc && argv[i + 1][0] != '-') {
+        std::string list = argv[++i];
+        for (std::size_t at = 0; at < list.size();) {
+          const std::size_t end = std::min(list.find(',', at), list.size());
+          int batch = 0, context = 0;
+          if (std::sscanf(list.substr(at, end - at).c_str(), "%dx%d", &batch, &context) != 2 || batch <= 0 ||
+              context <= 0) {
+            std::fprintf(stderr, "--bench-decode: '%s' is not BxC[,BxC...]\n", list.c_str());
+            return 2;
+          }
+          decode_shapes.push_back({batch, context});
+          at = end + 1;
+        }
+      }
+    } else if (arg == "--decode-splits" && i + 1 < argc) {
+      g_decode_splits.clear();
+      for (const char* at = argv[++i]; *at != '\0';) {
+        char* end = nullptr;
+        const long splits = std::strtol(at, &end, 10);
+        if (end == at || splits < 0 || splits > 128 || (*end != ',' && *end != '\0')) {
+          std::fprintf(stderr, "--decode-splits: '%s' is not N[,N...] with 0 <= N <= 128\n", argv[i]);
+          return 2;
+        }
+        g_decode_splits.push_back(static_cast<int>(splits));
+        at = *end == ',' ? end + 1 : end;
       }
     } else if (arg == "--seed" && i + 1 < argc) {
       g_seed = std::strtoull(argv[++i], nullptr, 0);
