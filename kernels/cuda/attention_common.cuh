@@ -258,8 +258,9 @@ struct KvTileStream {
   }
 
   // The copies of kRows (token, kv head) rows of kRowBytes each, K and V, in
-  // 16-byte chunks: row r of the tile is at byte (offset * kv_heads + head) *
-  // kRowBytes of its page (`block_bytes` a page), and lands at r * dst_pitch.
+  // 16-byte chunks: row r of the tile is row (offset * kv_heads + head) of
+  // its 16-bit page, or (head * block_tokens + offset) of its quantized one
+  // (ref::KvQuantBlockLayout), `block_bytes` a page, and lands at r * dst_pitch.
   template <int kRowBytes>
   __device__ __forceinline__ void copy_rows(unsigned char* k_dst, unsigned char* v_dst, int dst_pitch,
                                             std::int64_t block_bytes, const AttentionKernelParams& p,
@@ -284,8 +285,8 @@ struct KvTileStream {
       std::int64_t at = 0;
       if (valid) {
         const PageRow page = rows.at(p, block_table, position, row);
-        at = page.block * block_bytes + static_cast<std::int64_t>(page.offset * p.kv_heads + kv_head) * kRowBytes +
-             chunk * 16;
+        const int page_row = kKvBits == 0 ? page.offset * p.kv_heads + kv_head : kv_head * p.block_tokens + page.offset;
+        at = page.block * block_bytes + static_cast<std::int64_t>(page_row) * kRowBytes + chunk * 16;
       }
       cp_async_16(k_dst + row * dst_pitch + chunk * 16, k_pages + at, valid);
       cp_async_16(v_dst + row * dst_pitch + chunk * 16, v_pages + at, valid);

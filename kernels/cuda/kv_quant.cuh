@@ -24,9 +24,9 @@ template <int kHeadDim, int kBits>
 inline constexpr int kv_row_code_bytes = kHeadDim * kBits / 8;
 
 // A quantized pool as a kernel addresses it: block b starts at
-// b * block_bytes; row (offset, head) has its codes at (offset * kv_heads +
-// head) * row_code_bytes and its (scale, zero) at params_start + 4 (head *
-// block_tokens + offset) (ref::KvQuantBlockLayout).
+// b * block_bytes; row (offset, head), r = head * block_tokens + offset
+// (head-major, ref::KvQuantBlockLayout), has its codes at r * row_code_bytes
+// and its (scale, zero) at params_start + 4 r.
 struct QuantizedPool {
   unsigned char* base = nullptr;
   std::int64_t block_bytes = 0;
@@ -42,7 +42,7 @@ struct QuantizedPool {
   }
   __device__ __forceinline__ unsigned char* codes(std::int64_t slot, int head) const {
     const std::int64_t block = slot / block_tokens;
-    const int row = static_cast<int>(slot % block_tokens) * kv_heads + head;
+    const int row = head * block_tokens + static_cast<int>(slot % block_tokens);
     return base + block * block_bytes + static_cast<std::int64_t>(row) * row_code_bytes;
   }
   __device__ __forceinline__ std::uint32_t* params(std::int64_t slot, int head) const {

@@ -58,10 +58,11 @@ constexpr std::size_t kv_code_bytes(std::size_t n, int bits) { return bits == 8 
 // Where one token's one KV head lives inside a quantized block of a pool
 // (paged_kv.hpp), in bytes from the block's start: the codes of every
 // (offset, head) row first, then their parameters, so a block is one opaque
-// span. Codes go token-major (one token's heads side by side, as the writes
-// come); parameters head-major, so the words of one head's consecutive tokens
-// are contiguous: an attention tile of 64 positions reads its 256 bytes in
-// 16-byte pieces instead of 64 words 32 bytes apart (a sector each). One definition for ref and kernels/cuda (constexpr, usable on the
+// span. Both go head-major: one head's consecutive tokens are contiguous, so
+// an attention CTA (one KV head, 64 positions a tile) reads one run of codes
+// (4 KB of int4 at head_dim 128) and one of 256 parameter bytes, where
+// token-major rows would give it 64 pieces of 64 bytes 512 apart and 64
+// words 32 apart. One definition for ref and kernels/cuda (constexpr, usable on the
 // device).
 struct KvQuantBlockLayout {
   std::size_t block_tokens = 0;
@@ -74,7 +75,7 @@ struct KvQuantBlockLayout {
   constexpr std::size_t params_start() const { return rows() * row_code_bytes(); }
   constexpr std::size_t block_bytes() const { return rows() * (row_code_bytes() + sizeof(KvQuantParams)); }
   constexpr std::size_t codes_at(std::size_t offset, std::size_t head) const {
-    return (offset * kv_heads + head) * row_code_bytes();
+    return (head * block_tokens + offset) * row_code_bytes();
   }
   constexpr std::size_t params_at(std::size_t offset, std::size_t head) const {
     return params_start() + (head * block_tokens + offset) * sizeof(KvQuantParams);
