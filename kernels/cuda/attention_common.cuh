@@ -59,6 +59,10 @@ struct AttentionKernelParams {
 // kKvBits: 0 for pages of T, 8 or 4 for quantized pages.
 template <typename T, int kHeadDim, int kKvBits>
 cudaError_t launch_decode_split(const AttentionKernelParams& params, int num_sequences, cudaStream_t stream);
+// How many of that kernel's CTAs an SM of the current device holds at once
+// (asked of the CUDA runtime once a process); 0 when it cannot say.
+template <typename T, int kHeadDim, int kKvBits>
+int decode_ctas_per_sm();
 // kWgmma: the sm_90a kernel (attention_prefill_wgmma_*.cu, head_dim 128,
 // 128 rows); kBlockM: query rows a CTA, 64 or 128.
 template <typename T, int kHeadDim, int kKvBits, bool kWgmma = false, int kBlockM = 64>

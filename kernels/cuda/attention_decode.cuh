@@ -649,4 +649,20 @@ cudaError_t launch_decode_split(const AttentionKernelParams& params, int num_seq
   return launch_decode_heads<T, kHeadDim, kKvBits, 1>(params, num_sequences, stream);
 }
 
+template <typename T, int kHeadDim, int kKvBits>
+int decode_ctas_per_sm() {
+  static const int ctas = [] {
+    constexpr auto kernel = decode_split_kernel<T, kHeadDim, kKvBits, 1>;
+    constexpr int smem = decode_smem_bytes<T, kHeadDim, kKvBits, 8>();
+    int n = 0;
+    if (allow_dynamic_smem<kernel>(smem) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, decode_threads, smem) != cudaSuccess) {
+      cudaGetLastError();  // not sticky; the launch itself reports what is wrong
+      return 0;
+    }
+    return n;
+  }();
+  return ctas;
+}
+
 }  // namespace hostrun::cuda::detail

@@ -6,5 +6,7 @@ namespace hostrun::cuda::detail {
 
 template cudaError_t launch_decode_split<__nv_bfloat16, 64, 0>(const AttentionKernelParams&, int, cudaStream_t);
 template cudaError_t launch_decode_split<__nv_bfloat16, 128, 0>(const AttentionKernelParams&, int, cudaStream_t);
+template int decode_ctas_per_sm<__nv_bfloat16, 64, 0>();
+template int decode_ctas_per_sm<__nv_bfloat16, 128, 0>();
 
 }  // namespace hostrun::cuda::detail

@@ -9,5 +9,9 @@ template cudaError_t launch_decode_split<__nv_bfloat16, 64, 8>(const AttentionKe
 template cudaError_t launch_decode_split<__nv_bfloat16, 128, 8>(const AttentionKernelParams&, int, cudaStream_t);
 template cudaError_t launch_decode_split<__half, 64, 8>(const AttentionKernelParams&, int, cudaStream_t);
 template cudaError_t launch_decode_split<__half, 128, 8>(const AttentionKernelParams&, int, cudaStream_t);
+template int decode_ctas_per_sm<__nv_bfloat16, 64, 8>();
+template int decode_ctas_per_sm<__nv_bfloat16, 128, 8>();
+template int decode_ctas_per_sm<__half, 64, 8>();
+template int decode_ctas_per_sm<__half, 128, 8>();
 
 }  // namespace hostrun::cuda::detail

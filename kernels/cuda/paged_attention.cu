@@ -122,6 +122,21 @@ __global__ void __launch_bounds__(1024)
   if (threadIdx.x == 0) tile_start[num_sequences] = carry;
 }
 
+int decode_ctas_per_sm(const AttentionProblem& problem) {
+  const auto for_dtype = [&]<typename T>() {
+    const auto with_bits = [&]<int kHeadDim>() {
+      switch (problem.kv_bits) {
+        case 8: return detail::decode_ctas_per_sm<T, kHeadDim, 8>();
+        case 4: return detail::decode_ctas_per_sm<T, kHeadDim, 4>();
+        default: return detail::decode_ctas_per_sm<T, kHeadDim, 0>();
+      }
+    };
+    return problem.head_dim == 64 ? with_bits.template operator()<64>() : with_bits.template operator()<128>();
+  };
+  return problem.dtype == DType::f16 ? for_dtype.template operator()<__half>()
+                                     : for_dtype.template operator()<__nv_bfloat16>();
+}
+
 // Calls launch.template operator()<head_dim, kv_bits>() for the plan's shape.
 template <typename T, typename Launch>
 cudaError_t launch_for_format(const AttentionPlan& plan, Launch&& launch) {
@@ -258,11 +273,25 @@ AttentionPlan plan_paged_attention(const AttentionProblem& problem) {
     if (problem.force_splits > 0) {
       splits = problem.force_splits;
     } else {
-      // Aim for about four CTAs per SM (3 fit at head_dim 128 with bf16
-      // pages, 5 with int8 or int4 ones: attention_decode.cuh), never a chunk
-      // under min_split_tokens positions.
+      // One chunk a (sequence, kv head) while those CTAs give every SM one
+      // and their last partial wave still gives it two (or two full waves
+      // come before it): a split's partial results and the reduce then cost
+      // more than the idle slots they would fill (the split sweep in
+      // docs/cuda-results/bench-decode-params-ab-h100.txt: at 32 x 2k one
+      // chunk is 29% faster over int4 pages than three, at 128 x 1k 7% than
+      // two). Past one wave with a thin tail: splits enough for two waves.
+      // Fewer CTAs than SMs: about four an SM (bf16 pages hold 3 an SM at
+      // head_dim 128, int8 / int4 ones 5). Never a chunk under
+      // min_split_tokens positions.
+      const int sms = std::max(problem.num_sms, 1);
       const int ctas = std::max(problem.num_sequences, 1) * problem.kv_heads;
-      const int wanted = (4 * std::max(problem.num_sms, 1) + ctas - 1) / ctas;
+      const int slots = sms * std::max(decode_ctas_per_sm(problem), 1);
+      int wanted = 1;
+      if (ctas < sms) {
+        wanted = (4 * sms + ctas - 1) / ctas;
+      } else if (ctas > slots && ctas < 2 * slots && ctas % slots < 2 * sms) {
+        wanted = (2 * slots + ctas - 1) / ctas;
+      }
       splits = std::clamp(std::min(wanted, (context + min_split_tokens - 1) / min_split_tokens), 1, max_splits);
     }
     int split_tokens = (context + splits - 1) / splits;
