@@ -273,24 +273,29 @@ AttentionPlan plan_paged_attention(const AttentionProblem& problem) {
     if (problem.force_splits > 0) {
       splits = problem.force_splits;
     } else {
-      // One chunk a (sequence, kv head) while those CTAs give every SM one
-      // and their last partial wave still gives it two (or two full waves
-      // come before it): a split's partial results and the reduce then cost
-      // more than the idle slots they would fill (the split sweep in
-      // docs/cuda-results/bench-decode-params-ab-h100.txt: at 32 x 2k one
-      // chunk is 29% faster over int4 pages than three, at 128 x 1k 7% than
-      // two). Past one wave with a thin tail: splits enough for two waves.
-      // Fewer CTAs than SMs: about four an SM (bf16 pages hold 3 an SM at
-      // head_dim 128, int8 / int4 ones 5). Never a chunk under
-      // min_split_tokens positions.
+      // Two CTAs an SM already take what an SM gives this kernel, and a
+      // split's partials and reduce cost more than idle slots (the sweep in
+      // docs/cuda-results/bench-decode-params-ab-h100.txt). So: one chunk a
+      // (sequence, kv head) once the CTAs give every SM two (128 x 1k over
+      // int4 pages: 7% faster than two chunks); two while they give it one
+      // (32 x 2k: 24% faster than three, 7% slower than one, but a batch of
+      // unequal contexts keeps a shorter longest chunk); and where those
+      // chunks spill thinly past one wave of resident CTAs, enough splits for
+      // two waves (bf16 pages at 64 x 4k on the H200: 329 us in 1.29 waves,
+      // 286 in two chunks). Fewer CTAs than SMs: about four an SM (bf16 pages
+      // hold 3 an SM at head_dim 128, int8 / int4 ones 5), short chunks
+      // spreading one long context over the SMs. Never a chunk under
+      // min_split_tokens.
       const int sms = std::max(problem.num_sms, 1);
       const int ctas = std::max(problem.num_sequences, 1) * problem.kv_heads;
       const int slots = sms * std::max(decode_ctas_per_sm(problem), 1);
       int wanted = 1;
       if (ctas < sms) {
         wanted = (4 * sms + ctas - 1) / ctas;
-      } else if (ctas > slots && ctas < 2 * slots && ctas % slots < 2 * sms) {
-        wanted = (2 * slots + ctas - 1) / ctas;
+      } else {
+        wanted = ctas < 2 * sms ? 2 : 1;
+        const int grid = ctas * wanted;
+        if (grid > slots && grid < 2 * slots && grid % slots < 2 * sms) wanted = (2 * slots + ctas - 1) / ctas;
       }
       splits = std::clamp(std::min(wanted, (context + min_split_tokens - 1) / min_split_tokens), 1, max_splits);
     }
