@@ -12,6 +12,8 @@
 //                                     (those batch B x context C shapes: for ncu)
 //   test_kernels_cuda --bench-decode ... --decode-splits N[,N...]  each with
 //                                     N splits (0: the plan's own count)
+//   test_kernels_cuda --bench-decode ... --decode-unequal  contexts of a
+//                                     batch drawn from [64, C], one of them C
 //   test_kernels_cuda --bench-prefill prefill attention alone (each form
 //                                     of the kernel side by side)
 //   test_kernels_cuda -tc='*attention*'   doctest filters work as usual
@@ -80,6 +82,7 @@ int g_passed = 0;
 int g_failed = 0;
 int g_num_sms = 132;
 std::vector<int> g_decode_splits{0};  // --decode-splits N[,N...]: forced split counts (0: the plan's own)
+bool g_decode_unequal = false;  // --decode-unequal: contexts of one batch drawn from [64, C], one of them C
 int g_compute_capability = 0;  // major * 10 + minor of the device
 bool g_bench = false;  // outside doctest: a CUDA error ends the run
 
@@ -2346,6 +2349,11 @@ void bench_decode_attention(std::vector<DecodeShape> shapes = {{1, 1024}, {1, 81
     const int blocks_per_seq = (shape.context + bt - 1) / bt;
     const int num_blocks = shape.batch * blocks_per_seq;
     std::vector<std::int32_t> qs(shape.batch + 1), ctx(shape.batch, shape.context), tables(num_blocks);
+    if (g_decode_unequal) {  // the plan still sees max_context_len = C, as the engine's would
+      std::uniform_int_distribution<int> length(std::min(64, shape.context), shape.context);
+      for (int i = 1; i < shape.batch; ++i) ctx[i] = length(rng);
+    }
+    const double positions = std::accumulate(ctx.begin(), ctx.end(), 0.0);
     std::iota(qs.begin(), qs.end(), 0);
     std::iota(tables.begin(), tables.end(), 0);
     std::shuffle(tables.begin(), tables.end(), rng);
@@ -2397,11 +2405,12 @@ void bench_decode_attention(std::vector<DecodeShape> shapes = {{1, 1024}, {1, 81
                                        workspace.bytes(), nullptr));
         });
         const double row_bytes = kv_bits == 0 ? hd * 2.0 : double(layout.row_code_bytes()) + 4;
-        const double bytes = 2.0 * shape.batch * static_cast<double>(shape.context) * kv * row_bytes;
+        const double bytes = 2.0 * positions * kv * row_bytes;
         const double gbs = bytes / (ms * 1e-3) / 1e9;
-        std::printf("%-4s batch=%4d ctx=%6d  %9.2f us  %7.0f GB/s  (%5.1f%% of the copy)  splits=%d%s\n",
+        std::printf("%-4s batch=%4d ctx=%6d  %9.2f us  %7.0f GB/s  (%5.1f%% of the copy)  splits=%d%s%s\n",
                     kv_bits == 8 ? "int8" : kv_bits == 4 ? "int4" : "bf16", shape.batch, shape.context, ms * 1e3, gbs,
-                    100.0 * gbs / copy_gbs, plan.decode.splits, splits > 0 ? " (forced)" : "");
+                    100.0 * gbs / copy_gbs, plan.decode.splits, splits > 0 ? " (forced)" : "",
+                    g_decode_unequal ? fmt(" (contexts 64..C, mean %.0f)", positions / shape.batch).c_str() : "");
       }
     }
   }
@@ -2569,6 +2578,8 @@ int main(int argc, char** argv) {
           at = end + 1;
         }
       }
+    } else if (arg == "--decode-unequal") {
+      g_decode_unequal = true;
     } else if (arg == "--decode-splits" && i + 1 < argc) {
       g_decode_splits.clear();
       for (const char* at = argv[++i]; *at != '\0';) {
