@@ -38,13 +38,13 @@ __device__ __forceinline__ std::uint32_t smem_address(const void* p) {
   return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
 }
 
-// 16-byte global -> shared copy that bypasses registers; when !valid the
-// destination is zero-filled (src-size 0) and nothing is read.
-// The first `src_bytes` (0..16) of the 16 from gmem, the rest zero.
+// 16-byte global -> shared copy that bypasses registers: the first
+// `src_bytes` (0..16) from gmem, the rest of the 16 zero-filled.
 __device__ __forceinline__ void cp_async_16_prefix(void* smem, const void* gmem, int src_bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(smem)), "l"(gmem),
                "r"(src_bytes));
 }
+// All 16 bytes; when !valid the destination is zero-filled and nothing is read.
 __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
   cp_async_16_prefix(smem, gmem, valid ? 16 : 0);
 }

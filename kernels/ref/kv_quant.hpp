@@ -62,8 +62,8 @@ constexpr std::size_t kv_code_bytes(std::size_t n, int bits) { return bits == 8 
 // an attention CTA (one KV head, 64 positions a tile) reads one run of codes
 // (4 KB of int4 at head_dim 128) and one of 256 parameter bytes, where
 // token-major rows would give it 64 pieces of 64 bytes 512 apart and 64
-// words 32 apart. One definition for ref and kernels/cuda (constexpr, usable on the
-// device).
+// words 32 apart. One definition for ref and kernels/cuda (constexpr, usable
+// on the device).
 struct KvQuantBlockLayout {
   std::size_t block_tokens = 0;
   std::size_t kv_heads = 0;
