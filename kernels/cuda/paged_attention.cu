@@ -122,32 +122,26 @@ __global__ void __launch_bounds__(1024)
   if (threadIdx.x == 0) tile_start[num_sequences] = carry;
 }
 
-int decode_ctas_per_sm(const AttentionProblem& problem) {
-  const auto for_dtype = [&]<typename T>() {
-    const auto with_bits = [&]<int kHeadDim>() {
-      switch (problem.kv_bits) {
-        case 8: return detail::decode_ctas_per_sm<T, kHeadDim, 8>();
-        case 4: return detail::decode_ctas_per_sm<T, kHeadDim, 4>();
-        default: return detail::decode_ctas_per_sm<T, kHeadDim, 0>();
-      }
-    };
-    return problem.head_dim == 64 ? with_bits.template operator()<64>() : with_bits.template operator()<128>();
-  };
-  return problem.dtype == DType::f16 ? for_dtype.template operator()<__half>()
-                                     : for_dtype.template operator()<__nv_bfloat16>();
-}
-
-// Calls launch.template operator()<head_dim, kv_bits>() for the plan's shape.
-template <typename T, typename Launch>
-cudaError_t launch_for_format(const AttentionPlan& plan, Launch&& launch) {
+// Calls f.template operator()<head_dim, kv_bits>() for the problem's shape.
+template <typename F>
+auto for_format(const AttentionProblem& problem, F&& f) {
   const auto with_bits = [&]<int kHeadDim>() {
-    switch (plan.problem.kv_bits) {
-      case 8: return launch.template operator()<kHeadDim, 8>();
-      case 4: return launch.template operator()<kHeadDim, 4>();
-      default: return launch.template operator()<kHeadDim, 0>();
+    switch (problem.kv_bits) {
+      case 8: return f.template operator()<kHeadDim, 8>();
+      case 4: return f.template operator()<kHeadDim, 4>();
+      default: return f.template operator()<kHeadDim, 0>();
     }
   };
-  return plan.problem.head_dim == 64 ? with_bits.template operator()<64>() : with_bits.template operator()<128>();
+  return problem.head_dim == 64 ? with_bits.template operator()<64>() : with_bits.template operator()<128>();
+}
+
+int decode_ctas_per_sm(const AttentionProblem& problem) {
+  const auto of = [&]<typename T>() {
+    return for_format(problem, []<int kHeadDim, int kKvBits>() {
+      return detail::decode_ctas_per_sm<T, kHeadDim, kKvBits>();
+    });
+  };
+  return problem.dtype == DType::f16 ? of.template operator()<__half>() : of.template operator()<__nv_bfloat16>();
 }
 
 template <typename T>
@@ -158,7 +152,7 @@ cudaError_t enqueue_prefill(const AttentionPlan& plan, const detail::AttentionKe
                                                  params.prefill_skips_decode,
                                                  const_cast<std::int32_t*>(params.prefill_tile_start));
   if (const cudaError_t r = cudaGetLastError(); r != cudaSuccess) return r;
-  return launch_for_format<T>(plan, [&]<int kHeadDim, int kKvBits>() {
+  return for_format(plan.problem, [&]<int kHeadDim, int kKvBits>() {
 #if defined(HOSTRUN_KERNELS_SM90A)
     if constexpr (kHeadDim == 128) {
       if (plan.prefill.warp_specialized) {
@@ -180,7 +174,7 @@ template <typename T>
 cudaError_t enqueue_decode(const AttentionPlan& plan, const detail::AttentionKernelParams& params, int num_sequences,
                           cudaStream_t stream) {
   const int head_dim = plan.problem.head_dim;
-  const cudaError_t e = launch_for_format<T>(plan, [&]<int kHeadDim, int kKvBits>() {
+  const cudaError_t e = for_format(plan.problem, [&]<int kHeadDim, int kKvBits>() {
     return detail::launch_decode_split<T, kHeadDim, kKvBits>(params, num_sequences, stream);
   });
   if (e != cudaSuccess) return e;
