@@ -2337,6 +2337,24 @@ double measured_copy_gbs() {
 // sequences of a few hundred positions. Each shape runs over bf16, int8 and
 // int4 pages (same positions, same block tables); bytes are what the kernel
 // reads of the cache: K and V codes plus the (scale, zero) words.
+// A benchmark's pool of `num_blocks` pages of layout's shape (for 16-bit
+// pages, kv_bits 0, only its sizes count): random bf16 in [-1, 1),
+// or random codes with a valid (scale, zero) per row, one (2 / (2^b - 1), -1)
+// for all, so every dequantized value lies in [-1, 1] as well.
+std::vector<unsigned char> random_bench_pages(std::mt19937_64& rng, int num_blocks,
+                                              const ref::KvQuantBlockLayout& layout, int kv_bits) {
+  const std::size_t values = layout.block_tokens * layout.kv_heads * layout.head_dim;
+  if (kv_bits == 0) return to_bytes(random_floats(rng, std::size_t(num_blocks) * values, -1, 1), DType::bf16);
+  const std::size_t block_bytes = layout.block_bytes();
+  std::vector<unsigned char> host(std::size_t(num_blocks) * block_bytes);
+  for (auto& byte : host) byte = static_cast<unsigned char>(rng());
+  const ref::KvQuantParams params{ref::f32_to_f16(2.0f / ((1 << kv_bits) - 1)), ref::f32_to_f16(-1.0f)};
+  for (int b = 0; b < num_blocks; ++b)
+    for (std::size_t r = 0; r < layout.rows(); ++r)
+      std::memcpy(&host[b * block_bytes + layout.params_at(r / layout.kv_heads, r % layout.kv_heads)], &params, 4);
+  return host;
+}
+
 void bench_decode_attention(std::vector<DecodeShape> shapes = {{1, 1024}, {1, 8192}, {1, 32768}, {8, 4096},
                                                                {32, 2048}, {64, 4096}, {256, 1024}, {256, 256},
                                                                {256, 384}, {256, 512}}) {
@@ -2364,23 +2382,8 @@ void bench_decode_attention(std::vector<DecodeShape> shapes = {{1, 1024}, {1, 81
     DeviceBuffer<unsigned char> q, out(static_cast<std::size_t>(shape.batch) * qh * hd * 2);
     q.upload(to_bytes(random_floats(rng, static_cast<std::size_t>(shape.batch) * qh * hd, -1, 1), DType::bf16));
     for (const int kv_bits : {0, 8, 4}) {
-      // Pages: random bf16 in [-1, 1), or random codes with a valid (scale, zero) per row.
       const ref::KvQuantBlockLayout layout{std::size_t(bt), std::size_t(kv), std::size_t(hd), kv_bits == 0 ? 8 : kv_bits};
-      const std::size_t block_bytes = kv_bits == 0 ? std::size_t(bt) * kv * hd * 2 : layout.block_bytes();
-      std::vector<unsigned char> host(std::size_t(num_blocks) * block_bytes);
-      if (kv_bits == 0) {
-        std::uniform_real_distribution<float> dist(-1, 1);
-        for (std::size_t i = 0; i + 1 < host.size(); i += 2) {
-          const std::uint16_t h = ref::f32_to_bf16(dist(rng));
-          std::memcpy(&host[i], &h, 2);
-        }
-      } else {
-        for (auto& byte : host) byte = static_cast<unsigned char>(rng());
-        const ref::KvQuantParams params{ref::f32_to_f16(2.0f / ((1 << kv_bits) - 1)), ref::f32_to_f16(-1.0f)};
-        for (int b = 0; b < num_blocks; ++b)
-          for (std::size_t r = 0; r < layout.rows(); ++r)
-            std::memcpy(&host[b * block_bytes + layout.params_at(r / kv, r % kv)], &params, 4);
-      }
+      const std::vector<unsigned char> host = random_bench_pages(rng, num_blocks, layout, kv_bits);
       DeviceBuffer<unsigned char> k, v;
       k.upload(host);
       v.upload(host);
@@ -2443,19 +2446,7 @@ void bench_prefill_attention() {
     q.upload(to_bytes(random_floats(rng, static_cast<std::size_t>(shape.tokens) * qh * hd, -1, 1), DType::bf16));
     for (const int kv_bits : {0, 8, 4}) {
       const ref::KvQuantBlockLayout layout{std::size_t(bt), std::size_t(kv), std::size_t(hd), kv_bits == 0 ? 8 : kv_bits};
-      const std::size_t block_bytes = kv_bits == 0 ? std::size_t(bt) * kv * hd * 2 : layout.block_bytes();
-      std::vector<unsigned char> host(std::size_t(num_blocks) * block_bytes);
-      if (kv_bits == 0) {
-        const std::vector<unsigned char> values =
-            to_bytes(random_floats(rng, std::size_t(num_blocks) * bt * kv * hd, -1, 1), DType::bf16);
-        host.assign(values.begin(), values.end());
-      } else {
-        for (auto& byte : host) byte = static_cast<unsigned char>(rng());
-        const ref::KvQuantParams params{ref::f32_to_f16(2.0f / ((1 << kv_bits) - 1)), ref::f32_to_f16(-1.0f)};
-        for (int b = 0; b < num_blocks; ++b)
-          for (std::size_t r = 0; r < layout.rows(); ++r)
-            std::memcpy(&host[b * block_bytes + layout.params_at(r / kv, r % kv)], &params, 4);
-      }
+      const std::vector<unsigned char> host = random_bench_pages(rng, num_blocks, layout, kv_bits);
       DeviceBuffer<unsigned char> k, v;
       k.upload(host);
       v.upload(host);
