@@ -2333,10 +2333,6 @@ double measured_copy_gbs() {
   return gbs;
 }
 
-// The default list ends with the 10k ShareGPT-like run's own shape: ~256
-// sequences of a few hundred positions. Each shape runs over bf16, int8 and
-// int4 pages (same positions, same block tables); bytes are what the kernel
-// reads of the cache: K and V codes plus the (scale, zero) words.
 // A benchmark's pool of `num_blocks` pages of layout's shape (for 16-bit
 // pages, kv_bits 0, only its sizes count): random bf16 in [-1, 1),
 // or random codes with a valid (scale, zero) per row, one (2 / (2^b - 1), -1)
@@ -2355,6 +2351,10 @@ std::vector<unsigned char> random_bench_pages(std::mt19937_64& rng, int num_bloc
   return host;
 }
 
+// The default list ends with the 10k ShareGPT-like run's own shape: ~256
+// sequences of a few hundred positions. Each shape runs over bf16, int8 and
+// int4 pages (same positions, same block tables); bytes are what the kernel
+// reads of the cache: K and V codes plus the (scale, zero) words.
 void bench_decode_attention(std::vector<DecodeShape> shapes = {{1, 1024}, {1, 8192}, {1, 32768}, {8, 4096},
                                                                {32, 2048}, {64, 4096}, {256, 1024}, {256, 256},
                                                                {256, 384}, {256, 512}}) {
