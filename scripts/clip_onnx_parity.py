@@ -40,6 +40,8 @@ def main():
     parser.add_argument("--shape", default="vit-l-336", choices=sorted(SHAPES))
     parser.add_argument("--batches", default="1,32")
     parser.add_argument("--skip-cpu", action="store_true", help="no hostrun CPU run (slow at ViT-L)")
+    parser.add_argument("--compare-tool", help="a second hostrun-onnx-run (another build), checked and timed "
+                        "beside --tool on the same graph and pixels, alternating")
     args = parser.parse_args()
 
     import numpy as np
@@ -84,9 +86,10 @@ def main():
                          "rel_l2": float(np.linalg.norm(got - want) / np.linalg.norm(want))}
         return out
 
-    def hostrun(device, precision="bf16", batch=1, repeat=0, inputs=raw):
-        folder = os.path.join(args.work, f"{device}-{precision}-{batch}")
-        cmd = [args.tool, graph, "--input", f"pixel_values={inputs}", "--shape", f"pixel_values={batch},3,{side},{side}",
+    def hostrun(device, precision="bf16", batch=1, repeat=0, inputs=raw, tool=None):
+        tool = tool or args.tool
+        folder = os.path.join(args.work, f"{device}-{precision}-{batch}" + ("-b" if tool != args.tool else ""))
+        cmd = [tool, graph, "--input", f"pixel_values={inputs}", "--shape", f"pixel_values={batch},3,{side},{side}",
                "--out", folder, "--device", device, "--precision", precision, "--repeat", str(repeat)]
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode != 0:
@@ -96,10 +99,13 @@ def main():
         return summary, outputs
 
     result["parity"] = {}
-    runs = [("cuda", "f32"), ("cuda", "bf16")] + ([] if args.skip_cpu else [("cpu", "f32")])
-    for device, precision in runs:
-        summary, outputs = hostrun(device, precision)
+    runs = [("cuda", "f32", None), ("cuda", "bf16", None)] + ([] if args.skip_cpu else [("cpu", "f32", None)])
+    if args.compare_tool:
+        runs += [("cuda", "f32", args.compare_tool), ("cuda", "bf16", args.compare_tool)]
+    for device, precision, tool in runs:
+        summary, outputs = hostrun(device, precision, tool=tool)
         key = f"hostrun-{device}-{precision}" if device == "cuda" else "hostrun-cpu"
+        key = key.replace("hostrun-", "hostrun-b-") if tool else key
         result["parity"][key] = compare(outputs) if outputs is not None else summary
         if outputs is not None and device == "cuda":
             result["parity"][key]["fused_attention"] = summary.get("fused_attention")
@@ -121,15 +127,19 @@ def main():
         batch_pixels = torch.randn(batch, 3, side, side)
         path = os.path.join(args.work, f"pixels-{batch}.bin")
         batch_pixels.numpy().astype(np.float32).tofile(path)
-        summary, _ = hostrun("cuda", "bf16", batch, repeat=20, inputs=path)
         entry = {}
-        if "run_ms" in summary:
-            ms = sorted(summary["run_ms"])
-            entry["hostrun_ms"] = {"median": ms[len(ms) // 2], "min": ms[0]}
-            entry["hostrun_images_per_s"] = 1000.0 * batch / ms[len(ms) // 2]
-            entry["arena_bytes"] = summary.get("arena_bytes")
-        else:
-            entry["hostrun_error"] = summary.get("error")
+        tools = [("hostrun", args.tool)] + ([("hostrun_b", args.compare_tool)] if args.compare_tool else [])
+        for round in range(2 if args.compare_tool else 1):  # A, B, A, B: the GPU's clocks drift
+            for name, tool in tools:
+                summary, _ = hostrun("cuda", "bf16", batch, repeat=20, inputs=path, tool=tool)
+                key = name + ("" if round == 0 else f"_round{round + 1}")
+                if "run_ms" in summary:
+                    ms = sorted(summary["run_ms"])
+                    entry[f"{key}_ms"] = {"median": ms[len(ms) // 2], "min": ms[0]}
+                    entry[f"{key}_images_per_s"] = 1000.0 * batch / ms[len(ms) // 2]
+                    entry[f"{key}_arena_bytes"] = summary.get("arena_bytes")
+                else:
+                    entry[f"{key}_error"] = summary.get("error")
         with torch.no_grad():
             x = batch_pixels.to("cuda", torch.bfloat16)
             for _ in range(3):

@@ -1,21 +1,30 @@
-// Dense attention in two kernels:
+// Dense attention in up to two kernels:
 //
-//  1. gather: q, k and v, f32 through their strides, rounded to bf16 into
-//     contiguous rows [batch * heads][tokens][kDim] of the workspace (kDim:
-//     the head size padded with zeros to 32 or 64), one 16-byte store per
-//     thread and step; with the head dimension contiguous (the ViT layouts)
-//     the reads are float4s.
+//  1. gather (only for operands not read in place): q, k or v, f32 or bf16
+//     through their strides, rounded to bf16 into contiguous rows
+//     [batch * heads][tokens][kDim] of the workspace (kDim: the head size
+//     padded with zeros to 32 or 64), one 16-byte store per thread and step;
+//     with the head dimension contiguous (the ViT layouts) the reads are
+//     16-byte vectors.
 //  2. attend: CTA = 4 warps, 64 query rows of one (batch, head). 64-key K/V
 //     tiles stream through shared memory by cp.async, double-buffered: tile
-//     n + 1 is in flight while tile n is attended (attention_tile.cuh's step;
-//     keys past kv_len masked on the last tile). out = O / l, written through
-//     its strides as f32 or bf16.
+//     n + 1 is in flight while tile n is attended (attention_tile.cuh's step).
+//     Rows come from the gathered copy or, for a bf16 operand whose rows are
+//     contiguous and aligned (a bf16 GEMM's output seen through the head
+//     split), straight from the operand. out = O / l, written through its
+//     strides as f32 or bf16.
 //
-// Why gather first: loading f32 through strides inside the attention loop
+// Why gather f32 first: loading f32 through strides inside the attention loop
 // meant every one of a head's query tiles converted the same K/V again with
 // 64-bit index math per element, and the loads could not overlap the
 // products (ViT-L/14-336 ran at ~24 TFLOP/s, a third of the encoder's time).
-// Gathered once, a tile is a run of 16-byte copies.
+// Gathered once, a tile is a run of 16-byte copies; a bf16 operand in place
+// is that already, and skips the gather's read and write.
+//
+// Sequence lengths past a multiple of 64 (CLIP's 577 = 9 x 64 + 1): a warp
+// whose 16 query rows all lie past the end skips the products (it still
+// copies and meets the barriers), and the last key tile is attended in
+// 16-key steps up to its last key, not over 64.
 #include <cuda_bf16.h>
 
 #include "cuda/attention_common.cuh"
@@ -41,21 +50,46 @@ std::size_t round_up_256(std::size_t bytes) { return (bytes + 255) / 256 * 256; 
 // ---- gather -------------------------------------------------------------
 
 struct GatherSource {
-  const float* data = nullptr;
+  const void* data = nullptr;  // null: read in place, nothing to gather
+  bool bf16_in = false;
   ref::AttentionStrides strides;
   int tokens = 0;
   bf16* rows = nullptr;  // [batch * heads][tokens][kDim]
-  bool float4_reads = false;  // dim contiguous, every row 16-byte aligned
+  bool vector_reads = false;  // dim contiguous, every row 16-byte aligned
 };
 struct GatherParams {
   GatherSource q, k, v;
   int batch = 0, heads = 0, head_dim = 0;
 };
 
+// Eight values of a row from column d0, zeros past head_dim.
+template <typename In>
+__device__ __forceinline__ void load8(const In* src, int d0, int head_dim, std::int64_t dim_stride, bool vector,
+                                      float (&x)[8]) {
+  if (vector && d0 + 8 <= head_dim) {
+    if constexpr (std::is_same_v<In, float>) {
+      const float4 lo = *reinterpret_cast<const float4*>(src + d0), hi = *reinterpret_cast<const float4*>(src + d0 + 4);
+      x[0] = lo.x, x[1] = lo.y, x[2] = lo.z, x[3] = lo.w, x[4] = hi.x, x[5] = hi.y, x[6] = hi.z, x[7] = hi.w;
+    } else {
+      const uint4 w = *reinterpret_cast<const uint4*>(src + d0);
+      const std::uint32_t words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        x[2 * j] = __uint_as_float(words[j] << 16);
+        x[2 * j + 1] = __uint_as_float(words[j] & 0xffff0000u);
+      }
+    }
+    return;
+  }
+#pragma unroll
+  for (int j = 0; j < 8; ++j) x[j] = d0 + j < head_dim ? detail::to_f32(src[(d0 + j) * dim_stride]) : 0.0f;
+}
+
 // grid.y picks q, k or v; each thread fills 8 columns of a row at a time.
 template <int kDim>
 __global__ void __launch_bounds__(kGatherThreads) gather_kernel(const GatherParams p) {
   const GatherSource g = blockIdx.y == 0 ? p.q : blockIdx.y == 1 ? p.k : p.v;
+  if (g.data == nullptr) return;
   constexpr unsigned kChunks = kDim / 8;
   const unsigned rows = unsigned(p.batch) * unsigned(p.heads) * unsigned(g.tokens);
   const unsigned total = rows * kChunks;  // < 2^31, checked by the launch
@@ -63,15 +97,10 @@ __global__ void __launch_bounds__(kGatherThreads) gather_kernel(const GatherPara
     const unsigned row = i / kChunks, t = row % unsigned(g.tokens), bh = row / unsigned(g.tokens);
     const int d0 = int(i % kChunks) * 8;
     const int h = int(bh % unsigned(p.heads)), b = int(bh / unsigned(p.heads));
-    const float* src = g.data + (b * g.strides.batch + h * g.strides.head + std::int64_t(t) * g.strides.token);
+    const std::int64_t at = b * g.strides.batch + h * g.strides.head + std::int64_t(t) * g.strides.token;
     float x[8];
-    if (g.float4_reads && d0 + 8 <= p.head_dim) {
-      const float4 lo = *reinterpret_cast<const float4*>(src + d0), hi = *reinterpret_cast<const float4*>(src + d0 + 4);
-      x[0] = lo.x, x[1] = lo.y, x[2] = lo.z, x[3] = lo.w, x[4] = hi.x, x[5] = hi.y, x[6] = hi.z, x[7] = hi.w;
-    } else {
-#pragma unroll
-      for (int j = 0; j < 8; ++j) x[j] = d0 + j < p.head_dim ? src[(d0 + j) * g.strides.dim] : 0.0f;
-    }
+    if (g.bf16_in) load8(static_cast<const bf16*>(g.data) + at, d0, p.head_dim, g.strides.dim, g.vector_reads, x);
+    else load8(static_cast<const float*>(g.data) + at, d0, p.head_dim, g.strides.dim, g.vector_reads, x);
     const uint4 packed{pack2<bf16>(x[0], x[1]), pack2<bf16>(x[2], x[3]), pack2<bf16>(x[4], x[5]),
                        pack2<bf16>(x[6], x[7])};
     *reinterpret_cast<uint4*>(g.rows + std::size_t(row) * kDim + d0) = packed;
@@ -80,8 +109,16 @@ __global__ void __launch_bounds__(kGatherThreads) gather_kernel(const GatherPara
 
 // ---- attend ---------------------------------------------------------------
 
+// Where the attend kernel reads an operand's rows: the row of token t of
+// (b, h) at data + b * batch + h * head + t * token (elements).
+struct Rows {
+  const bf16* data = nullptr;
+  std::int64_t batch = 0, head = 0, token = 0;
+  __device__ __forceinline__ const bf16* of(int b, int h) const { return data + (b * batch + h * head); }
+};
+
 struct AttendParams {
-  const bf16 *q = nullptr, *k = nullptr, *v = nullptr;  // gathered rows
+  Rows q, k, v;
   void* out = nullptr;
   ref::AttentionStrides os;
   bool pair_writes = false;  // dim contiguous and every row's start even: two columns per store
@@ -89,14 +126,15 @@ struct AttendParams {
   float scale_log2 = 0.0f;
 };
 
-// 64 rows of `src` from `first` into a [64][kRow] tile, zeros from `count` on.
+// 64 rows of `src` (token stride `token`) from `first` into a [64][kRow]
+// tile, zeros from `count` on.
 template <int kDim>
-__device__ __forceinline__ void load_rows(bf16* tile, const bf16* src, int first, int count) {
+__device__ __forceinline__ void load_rows(bf16* tile, const bf16* src, std::int64_t token, int first, int count) {
   constexpr int kChunks = kDim / 8, kRow = detail::smem_row<kDim>;
   for (int e = threadIdx.x; e < kRows * kChunks; e += kThreads) {
     const int r = e / kChunks, c = e % kChunks, t = first + r;
     const bool valid = t < count;
-    cp_async_16(tile + r * kRow + c * 8, src + std::size_t(valid ? t : 0) * kDim + c * 8, valid);
+    cp_async_16(tile + r * kRow + c * 8, src + (valid ? t : 0) * token + c * 8, valid);
   }
 }
 
@@ -109,26 +147,30 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(const AttendParams p) 
   __shared__ __align__(16) bf16 v_tiles[2][kRows * kRow];
 
   const int bh = int(blockIdx.x) / p.q_tiles, row0 = (int(blockIdx.x) % p.q_tiles) * kRows;
+  const int b = bh / p.heads, h = bh % p.heads;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int q_len = p.q_len, kv_len = p.kv_len;
-  const bf16* k = p.k + std::size_t(bh) * kv_len * kDim;
-  const bf16* v = p.v + std::size_t(bh) * kv_len * kDim;
-  load_rows<kDim>(q_tile, p.q + std::size_t(bh) * q_len * kDim, row0, q_len);
-  load_rows<kDim>(k_tiles[0], k, 0, kv_len);
-  load_rows<kDim>(v_tiles[0], v, 0, kv_len);
+  const bf16* k = p.k.of(b, h);
+  const bf16* v = p.v.of(b, h);
+  load_rows<kDim>(q_tile, p.q.of(b, h), p.q.token, row0, q_len);
+  load_rows<kDim>(k_tiles[0], k, p.k.token, 0, kv_len);
+  load_rows<kDim>(v_tiles[0], v, p.v.token, 0, kv_len);
   detail::cp_async_commit();
 
+  // A warp with no query row left copies and meets the barriers, nothing else.
+  const bool has_rows = row0 + warp * 16 < q_len;
   std::uint32_t q_frag[KSTEPS][4];
   float o[DTILES][4];
 #pragma unroll
   for (int d = 0; d < DTILES; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
   detail::RowSoftmax softmax;
   const int tiles = (kv_len + kRows - 1) / kRows;
+  const auto past_end = [&](int key, bool) { return key >= kv_len; };
   for (int n = 0; n < tiles; ++n) {
     const int buffer = n & 1;
     if (n + 1 < tiles) {
-      load_rows<kDim>(k_tiles[buffer ^ 1], k, (n + 1) * kRows, kv_len);
-      load_rows<kDim>(v_tiles[buffer ^ 1], v, (n + 1) * kRows, kv_len);
+      load_rows<kDim>(k_tiles[buffer ^ 1], k, p.k.token, (n + 1) * kRows, kv_len);
+      load_rows<kDim>(v_tiles[buffer ^ 1], v, p.v.token, (n + 1) * kRows, kv_len);
     }
     detail::cp_async_commit();  // an empty group on the last tile keeps wait<1> uniform
     detail::cp_async_wait<1>();
@@ -138,16 +180,24 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(const AttendParams p) 
       for (int kk = 0; kk < KSTEPS; ++kk)
         ldmatrix_x4(q_frag[kk], q_tile + (warp * 16 + lane % 16) * kRow + kk * 16 + (lane / 16) * 8);
     }
-    const int key0 = n * kRows;
-    detail::attend_tile<bf16, kDim, kRows, kRow>(
-        q_frag, k_tiles[buffer], v_tiles[buffer], key0, p.scale_log2, key0 + kRows > kv_len,
-        [&](int key, bool) { return key >= kv_len; }, o, softmax);
+    const int key0 = n * kRows, keys = kv_len - key0;
+    const bf16 *kt = k_tiles[buffer], *vt = v_tiles[buffer];
+    if (!has_rows) {
+    } else if (keys >= kRows) {
+      detail::attend_tile<bf16, kDim, kRows, kRow>(q_frag, kt, vt, key0, p.scale_log2, false, past_end, o, softmax);
+    } else if (keys > 32) {  // the last tile, in as many 16-key steps as it has keys
+      detail::attend_tile<bf16, kDim, 48, kRow>(q_frag, kt, vt, key0, p.scale_log2, keys < 48, past_end, o, softmax);
+    } else if (keys > 16) {
+      detail::attend_tile<bf16, kDim, 32, kRow>(q_frag, kt, vt, key0, p.scale_log2, keys < 32, past_end, o, softmax);
+    } else {
+      detail::attend_tile<bf16, kDim, 16, kRow>(q_frag, kt, vt, key0, p.scale_log2, keys < 16, past_end, o, softmax);
+    }
     __syncthreads();  // the next iteration's copies overwrite this buffer
   }
+  if (!has_rows) return;
 
   float inv[2];
   softmax.finish(inv[0], inv[1]);
-  const int b = bh / p.heads, h = bh % p.heads;
   const int quad_col = (lane % 4) * 2;
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
@@ -174,9 +224,12 @@ bool aligned(const void* p, std::size_t bytes) { return reinterpret_cast<std::ui
 template <int kDim>
 cudaError_t launch(const ref::DenseAttentionShape& s, const GatherParams& gather, const AttendParams& attend,
                    DType out_dtype, cudaStream_t stream) {
-  const std::int64_t most_rows = std::int64_t(s.batch) * s.heads * std::max(s.q_len, s.kv_len);
-  const int blocks = int(std::min<std::int64_t>((most_rows * (kDim / 8) + kGatherThreads - 1) / kGatherThreads, 4096));
-  gather_kernel<kDim><<<dim3(unsigned(blocks), 3), kGatherThreads, 0, stream>>>(gather);
+  if (gather.q.data != nullptr || gather.k.data != nullptr || gather.v.data != nullptr) {
+    const std::int64_t most_rows = std::int64_t(s.batch) * s.heads * std::max(s.q_len, s.kv_len);
+    const int blocks =
+        int(std::min<std::int64_t>((most_rows * (kDim / 8) + kGatherThreads - 1) / kGatherThreads, 4096));
+    gather_kernel<kDim><<<dim3(unsigned(blocks), 3), kGatherThreads, 0, stream>>>(gather);
+  }
   const unsigned grid = unsigned(std::int64_t(s.batch) * s.heads * attend.q_tiles);
   if (out_dtype == DType::f32) attend_kernel<kDim, float><<<grid, kThreads, 0, stream>>>(attend);
   else attend_kernel<kDim, bf16><<<grid, kThreads, 0, stream>>>(attend);
@@ -187,6 +240,13 @@ cudaError_t launch(const ref::DenseAttentionShape& s, const GatherParams& gather
 
 bool dense_attention_supports(int head_dim) { return head_dim >= 1 && head_dim <= 64; }
 
+bool dense_attention_reads_in_place(const ref::DenseAttentionShape& shape, const DenseAttentionInput& input) {
+  const ref::AttentionStrides& s = input.strides;
+  return input.dtype == DType::bf16 && dense_attention_supports(shape.head_dim) &&
+         shape.head_dim == padded_dim(shape.head_dim) && s.dim == 1 && s.batch % 8 == 0 && s.head % 8 == 0 &&
+         s.token % 8 == 0 && aligned(input.data, 16);
+}
+
 std::size_t dense_attention_workspace_bytes(const ref::DenseAttentionShape& s) {
   const auto rows = [&](int tokens) {
     return round_up_256(std::size_t(std::max(s.batch, 0)) * std::size_t(std::max(s.heads, 0)) *
@@ -195,12 +255,15 @@ std::size_t dense_attention_workspace_bytes(const ref::DenseAttentionShape& s) {
   return rows(s.q_len) + 2 * rows(s.kv_len);
 }
 
-cudaError_t dense_attention(const ref::DenseAttentionShape& shape, const float* q, const ref::AttentionStrides& q_strides,
-                            const float* k, const ref::AttentionStrides& k_strides, const float* v,
-                            const ref::AttentionStrides& v_strides, void* out, DType out_dtype,
+cudaError_t dense_attention(const ref::DenseAttentionShape& shape, const DenseAttentionInput& q,
+                            const DenseAttentionInput& k, const DenseAttentionInput& v, void* out, DType out_dtype,
                             const ref::AttentionStrides& out_strides, void* workspace, cudaStream_t stream) {
+  const auto input_dtype_ok = [](const DenseAttentionInput& x) {
+    return x.dtype == DType::f32 || x.dtype == DType::bf16;
+  };
   if (!dense_attention_supports(shape.head_dim) || shape.q_len < 1 || shape.kv_len < 1 || shape.batch < 1 ||
-      shape.heads < 1 || (out_dtype != DType::f32 && out_dtype != DType::bf16) || workspace == nullptr)
+      shape.heads < 1 || (out_dtype != DType::f32 && out_dtype != DType::bf16) || !input_dtype_ok(q) ||
+      !input_dtype_ok(k) || !input_dtype_ok(v) || workspace == nullptr)
     return cudaErrorInvalidValue;
   const int dim = padded_dim(shape.head_dim);
   const std::int64_t rows = std::int64_t(shape.batch) * shape.heads * std::max(shape.q_len, shape.kv_len);
@@ -211,19 +274,28 @@ cudaError_t dense_attention(const ref::DenseAttentionShape& shape, const float* 
   auto* base = static_cast<unsigned char*>(workspace);
   const std::size_t q_bytes = round_up_256(std::size_t(shape.batch) * shape.heads * shape.q_len * dim * 2);
   const std::size_t kv_bytes = round_up_256(std::size_t(shape.batch) * shape.heads * shape.kv_len * dim * 2);
-  auto* q_rows = reinterpret_cast<bf16*>(base);
-  auto* k_rows = reinterpret_cast<bf16*>(base + q_bytes);
-  auto* v_rows = reinterpret_cast<bf16*>(base + q_bytes + kv_bytes);
-  const auto source = [](const float* data, const ref::AttentionStrides& s, int tokens, bf16* rows_out) {
-    const bool rows_aligned = s.batch % 4 == 0 && s.head % 4 == 0 && s.token % 4 == 0;
-    return GatherSource{data, s, tokens, rows_out, s.dim == 1 && rows_aligned && aligned(data, 16)};
+  // Each operand: read in place, or gathered into its part of the workspace.
+  const auto plan = [&](const DenseAttentionInput& x, int tokens, unsigned char* room, GatherSource& g, Rows& r) {
+    if (dense_attention_reads_in_place(shape, x)) {
+      r = Rows{static_cast<const bf16*>(x.data), x.strides.batch, x.strides.head, x.strides.token};
+      return;
+    }
+    const ref::AttentionStrides& s = x.strides;
+    const std::size_t bytes = x.dtype == DType::bf16 ? 2 : 4, per_vector = 16 / bytes;
+    const bool rows_aligned = s.batch % std::int64_t(per_vector) == 0 && s.head % std::int64_t(per_vector) == 0 &&
+                              s.token % std::int64_t(per_vector) == 0;
+    auto* gathered = reinterpret_cast<bf16*>(room);
+    g = GatherSource{x.data, x.dtype == DType::bf16, s, tokens, gathered, s.dim == 1 && rows_aligned && aligned(x.data, 16)};
+    r = Rows{gathered, std::int64_t(shape.heads) * tokens * dim, std::int64_t(tokens) * dim, dim};
   };
-  const GatherParams gather{source(q, q_strides, shape.q_len, q_rows), source(k, k_strides, shape.kv_len, k_rows),
-                            source(v, v_strides, shape.kv_len, v_rows), shape.batch, shape.heads, shape.head_dim};
+  GatherParams gather;
+  gather.batch = shape.batch;
+  gather.heads = shape.heads;
+  gather.head_dim = shape.head_dim;
   AttendParams attend;
-  attend.q = q_rows;
-  attend.k = k_rows;
-  attend.v = v_rows;
+  plan(q, shape.q_len, base, gather.q, attend.q);
+  plan(k, shape.kv_len, base + q_bytes, gather.k, attend.k);
+  plan(v, shape.kv_len, base + q_bytes + kv_bytes, gather.v, attend.v);
   attend.out = out;
   attend.os = out_strides;
   const std::size_t pair_bytes = out_dtype == DType::f32 ? 8 : 4;

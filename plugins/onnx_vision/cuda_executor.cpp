@@ -113,16 +113,18 @@ struct Gemm {
 };
 
 // One cuBLASLt call: row-major D[M,N] = A[M,K] W + bias[N] (+ R[M,N]), A and
-// W bf16, D, bias, R and the accumulation f32; W is [K,N] (a MatMul's
+// W bf16, the accumulation f32, D, bias and R f32 -- or D and bias bf16 with
+// no R (`bf16_out`: a value only bf16 readers take); W is [K,N] (a MatMul's
 // weight) or [N,K] (a Gemm's with transB). The bias rides in the GEMM's
 // epilogue and R comes in as C with beta = 1, so the output is written once
 // instead of written, read and written again by each add. Descriptors and
-// the algorithm are chosen at plan time (the same for either beta).
+// the algorithm are chosen at plan time (the same for either beta); a null
+// bias at that time stands for any 256-byte aligned one.
 class LtBiasGemm {
  public:
   LtBiasGemm(cublasLtHandle_t lt, std::int64_t m, std::int64_t n, std::int64_t k, bool weight_transposed,
-             const float* bias, void* workspace, std::size_t workspace_bytes)
-      : lt_(lt), workspace_(workspace), workspace_bytes_(workspace_bytes) {
+             const void* bias, bool bf16_out, void* workspace, std::size_t workspace_bytes)
+      : lt_(lt), workspace_(workspace), workspace_bytes_(workspace_bytes), bf16_out_(bf16_out) {
     // cuBLASLt is column-major: D^T[N,M] = W^T A^T, W^T as the first operand.
     check_blas(cublasLtMatmulDescCreate(&op_, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
     const cublasOperation_t trans_w = weight_transposed ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a = CUBLAS_OP_N;
@@ -131,12 +133,14 @@ class LtBiasGemm {
     set(CUBLASLT_MATMUL_DESC_TRANSB, trans_a);
     set(CUBLASLT_MATMUL_DESC_EPILOGUE, epilogue);
     set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
+    const cudaDataType out_type = bf16_out ? CUDA_R_16BF : CUDA_R_32F;
+    set(CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, std::int32_t(out_type));  // cuBLASLt's rule: the bias is D's type
     check_blas(weight_transposed ? cublasLtMatrixLayoutCreate(&w_, CUDA_R_16BF, std::uint64_t(k), std::uint64_t(n), k)
                                  : cublasLtMatrixLayoutCreate(&w_, CUDA_R_16BF, std::uint64_t(n), std::uint64_t(k), n),
                "cublasLtMatrixLayoutCreate");
     check_blas(cublasLtMatrixLayoutCreate(&a_, CUDA_R_16BF, std::uint64_t(k), std::uint64_t(m), k),
                "cublasLtMatrixLayoutCreate");
-    check_blas(cublasLtMatrixLayoutCreate(&d_, CUDA_R_32F, std::uint64_t(n), std::uint64_t(m), n),
+    check_blas(cublasLtMatrixLayoutCreate(&d_, out_type, std::uint64_t(n), std::uint64_t(m), n),
                "cublasLtMatrixLayoutCreate");
     cublasLtMatmulPreference_t preference = nullptr;
     check_blas(cublasLtMatmulPreferenceCreate(&preference), "cublasLtMatmulPreferenceCreate");
@@ -159,8 +163,9 @@ class LtBiasGemm {
   // Whether cuBLASLt offers an algorithm for this shape with the epilogue.
   bool available() const { return available_; }
 
-  // residual: R, or null for none.
-  void run(const void* a, const void* w, const float* residual, float* d, cudaStream_t stream) const {
+  // residual: R, or null for none (always none with bf16_out).
+  void run(const void* a, const void* w, const float* residual, void* d, cudaStream_t stream) const {
+    if (bf16_out_ && residual != nullptr) throw Error(ErrorCode::internal, "a bf16 GEMM output takes no residual");
     const float one = 1.0f, zero = 0.0f;
     check_blas(cublasLtMatmul(lt_, op_, &one, w, w_, a, a_, residual != nullptr ? &one : &zero,
                               residual != nullptr ? residual : d, d_, d, d_, &heuristic_.algo, workspace_,
@@ -176,6 +181,7 @@ class LtBiasGemm {
   cublasLtHandle_t lt_;
   void* workspace_;
   std::size_t workspace_bytes_;
+  bool bf16_out_;
   cublasLtMatmulDesc_t op_ = nullptr;
   cublasLtMatrixLayout_t w_ = nullptr, a_ = nullptr, d_ = nullptr;
   cublasLtMatmulHeuristicResult_t heuristic_{};
@@ -251,6 +257,7 @@ class Planner {
     if (bf16_) find_bias_adds();
     find_elementwise_chains();
     if (bf16_) find_bf16_values();
+    if (bf16_) find_bf16_gemm_outputs();
     for (const Graph::Value& input : graph_.inputs) {
       if (input.element != Element::f32)
         refuse_graph(fmt::format("input '{}' is integer; the CUDA executor takes float inputs", input.name));
@@ -462,6 +469,7 @@ class Planner {
         a.out_perm = transpose_perm(nodes[last], context->size());
       }
       absorbed_.insert(group.begin(), group.end());
+      for (const int g : group) attention_of_[g] = last;
       attention_[last] = std::move(a);
     }
   }
@@ -499,15 +507,15 @@ class Planner {
     const ref::DenseAttentionShape s = attention_shape(a);
     const ref::AttentionStrides qs = operand_strides(a.q, false), ks = operand_strides(a.kt, true),
                                 vs = operand_strides(a.v, false), os = attention_strides(out);
-    const float* q = pointer(a.q.source);
-    const float* k = pointer(a.kt.source);
-    const float* v = pointer(a.v.source);
+    const auto input = [&](const Operand& x, const ref::AttentionStrides& strides) {
+      return cuda::DenseAttentionInput{pointer(x.source), stored_dtype(x.source), strides};
+    };
+    const cuda::DenseAttentionInput q = input(a.q, qs), k = input(a.kt, ks), v = input(a.v, vs);
     float* o = pointer(a.out);
-    const ref::DType out_dtype = bf16_values_.count(a.out) ? ref::DType::bf16 : ref::DType::f32;
+    const ref::DType out_dtype = stored_dtype(a.out);
     void* workspace = plan_.arena + storages_[std::size_t(workspace_.at(n))].offset;
     add_step(node, n, [=](cudaStream_t stream) {
-      check_cuda(cuda::dense_attention(s, q, qs, k, ks, v, vs, o, out_dtype, os, workspace, stream),
-                 "fused attention");
+      check_cuda(cuda::dense_attention(s, q, k, v, o, out_dtype, os, workspace, stream), "fused attention");
     });
     ++plan_.fused_attention;
   }
@@ -726,7 +734,8 @@ class Planner {
       };
       emit(root);
       if (!fits || members.empty()) continue;
-      for (int m : members) absorbed_.insert(m), taken.insert(m);
+      for (int m : members) absorbed_.insert(m), taken.insert(m), chain_of_[m] = root;
+      chain_of_[root] = root;
       chain.output = top.output(0);
       chains_[root] = std::move(chain);
     }
@@ -777,7 +786,10 @@ class Planner {
       return {op + "(" + a.text + "," + b.text + ")", a.constants};
     };
     const Expression e = write(chain.program.count - 1);
-    if (!fits || variable.empty() || shape_of(variable) != values_.at(chain.output).shape) return {};
+    const auto x_shape = graph_.computed.find(variable), out_shape = graph_.computed.find(chain.output);
+    if (!fits || variable.empty() || x_shape == graph_.computed.end() || out_shape == graph_.computed.end() ||
+        x_shape->second.shape != out_shape->second.shape)
+      return {};
     const auto near = [&](std::size_t k, double want) {
       return std::fabs(double(e.constants[k]) - want) <= 1e-6 * std::fabs(want);
     };
@@ -791,12 +803,13 @@ class Planner {
   void plan_chain(const onnx::NodeProto& node, int n, const Chain& chain) {
     const Shape& out_shape = values_.at(node.output(0)).shape;
     if (const std::optional<Activation> a = find_activation(chain)) {
-      const float* x = pointer(a->input);
+      const void* x = pointer(a->input);
+      const cuda_ops::Store x_stored = written_as(a->input);
       void* out = pointer(node.output(0));
       const cuda_ops::Store store = written_as(node.output(0));
       const std::int64_t elements = count(out_shape);
       add_step(node, n, [=, kind = a->kind, alpha = a->alpha](cudaStream_t stream) {
-        check_cuda(cuda_ops::activation(kind, alpha, x, elements, out, store, stream), "activation");
+        check_cuda(cuda_ops::activation(kind, alpha, x, x_stored, elements, out, store, stream), "activation");
       });
       ++plan_.fused_elementwise;
       ++plan_.activations;
@@ -857,6 +870,76 @@ class Planner {
       std::vector<std::string> views;
       if (!read_by_gemms_only(made, views)) continue;
       bf16_values_.insert(made);
+      bf16_values_.insert(views.begin(), views.end());
+      ++plan_.bf16_outputs;
+    }
+  }
+
+  // ---- pass 0d: GEMM outputs written as bf16 -------------------------------
+  //
+  // A GEMM with its bias in the epilogue (and no residual) whose sum only
+  // bf16 readers take -- GEMMs as an operand, fused attention as q, k or v
+  // (read in place when its rows allow), a recognized activation as its
+  // input -- writes that sum as bf16 from cuBLASLt's epilogue: half the bytes
+  // written, half read, and no f32 copy for the conversions or the
+  // attention's gather. The readers would round it to bf16 first anyway,
+  // except the activation, which then computes from the rounded value as a
+  // bf16 model's Linear hands it on (HF's bf16 CLIP does the same).
+
+  // Whether every reader of `value` (and of its views) takes it as bf16; `views` collects the views.
+  bool read_as_bf16_only(const std::string& value, std::vector<std::string>& views) const {
+    const auto& nodes = graph_.proto().node();
+    const auto read = uses_.readers.find(value);
+    if (uses_.outputs.count(value) || read == uses_.readers.end()) return false;
+    for (const int r : read->second) {
+      const onnx::NodeProto& node = nodes[r];
+      if (const auto a = attention_of_.find(r); a != attention_of_.end()) {
+        const Attention& fused = attention_.at(a->second);
+        if (value != fused.q.source && value != fused.kt.source && value != fused.v.source) return false;
+        continue;
+      }
+      if (const auto c = chain_of_.find(r); c != chain_of_.end()) {
+        const std::optional<Activation> activation = find_activation(chains_.at(c->second));
+        if (!activation || activation->input != value) return false;
+        continue;
+      }
+      if (absorbed_.count(r) || attention_.count(r)) return false;
+      if (aliases_input(node.op_type()) && node.input(0) == value) {
+        for (int k = 1; k < node.input_size(); ++k)
+          if (node.input(k) == value) return false;
+        views.push_back(node.output(0));
+        if (!read_as_bf16_only(node.output(0), views)) return false;
+        continue;
+      }
+      if (node.op_type() != "MatMul" && node.op_type() != "Gemm") return false;
+      for (int k = 2; k < node.input_size(); ++k)
+        if (node.input(k) == value) return false;  // Gemm's C is added in f32
+    }
+    return true;
+  }
+
+  void find_bf16_gemm_outputs() {
+    const auto& nodes = graph_.proto().node();
+    for (const auto& [n, fused] : bias_adds_) {
+      if (!fused.residual.empty()) continue;
+      std::vector<std::string> views;
+      if (!read_as_bf16_only(fused.output, views)) continue;
+      // The GEMM as plan_bias_gemm will run it: x [.., k] rows times W.
+      const onnx::NodeProto& node = nodes[n];
+      const auto known_shape = [&](const std::string& name) -> const Shape* {
+        if (const auto c = graph_.computed.find(name); c != graph_.computed.end()) return &c->second.shape;
+        if (const auto i = graph_.initializers.find(name); i != graph_.initializers.end()) return &i->second.shape;
+        return nullptr;
+      };
+      const Shape *x = known_shape(node.input(0)), *w = known_shape(node.input(1));
+      if (x == nullptr || w == nullptr || x->size() < 2 || w->size() != 2) continue;
+      const std::int64_t k = x->back(), m = count(*x) / std::max<std::int64_t>(k, 1);
+      const std::int64_t nn = fused.weight_transposed ? (*w)[0] : (*w)[1];
+      if (!LtBiasGemm(plan_.lt, m, nn, k, fused.weight_transposed, nullptr, true, plan_.blas_workspace,
+                      plan_.blas_workspace_bytes)
+               .available())
+        continue;
+      bf16_values_.insert({node.output(0), fused.output});
       bf16_values_.insert(views.begin(), views.end());
       ++plan_.bf16_outputs;
     }
@@ -1101,6 +1184,9 @@ class Planner {
     uploaded_bf16_[name] = device;
     return device;
   }
+  ref::DType stored_dtype(const std::string& value) const {
+    return bf16_values_.count(value) ? ref::DType::bf16 : ref::DType::f32;
+  }
   cuda_ops::Store written_as(const std::string& value) const {
     return bf16_values_.count(value) ? cuda_ops::Store::bf16 : cuda_ops::Store::f32;
   }
@@ -1149,13 +1235,16 @@ class Planner {
   // [nn, k] when transposed).
   void plan_bias_gemm(const onnx::NodeProto& node, int n, std::int64_t m, std::int64_t nn, std::int64_t k,
                       const BiasAdd& fused) {
-    const float* bias = upload_floats(fused.bias);
     const float* residual = fused.residual.empty() ? nullptr : pointer(fused.residual);
     const void* x = gemm_operand(node, n, 0);
     const void* w = gemm_operand(node, n, 1);
     float* out = pointer(fused.output);
-    auto lt = std::make_unique<LtBiasGemm>(plan_.lt, m, nn, k, fused.weight_transposed, bias, plan_.blas_workspace,
-                                           plan_.blas_workspace_bytes);
+    const bool bf16_out = bf16_values_.count(fused.output) != 0;
+    const void* bias_on_device = bf16_out ? upload_bf16(fused.bias) : static_cast<const void*>(upload_floats(fused.bias));
+    auto lt = std::make_unique<LtBiasGemm>(plan_.lt, m, nn, k, fused.weight_transposed, bias_on_device, bf16_out,
+                                           plan_.blas_workspace, plan_.blas_workspace_bytes);
+    if (bf16_out && !lt->available())  // pass 0d asked cuBLASLt for this very shape
+      refuse_node(node, n, "cuBLASLt offers no bf16-output GEMM with a bias for its shape");
     if (lt->available()) {
       const LtBiasGemm* gemm = lt.get();
       plan_.bias_gemms.push_back(std::move(lt));
@@ -1165,6 +1254,7 @@ class Planner {
       return;
     }
     // No cuBLASLt algorithm with the epilogue for this shape: the GEMM, then the adds in place.
+    const float* bias = upload_floats(fused.bias);
     const Gemm g{.operands = operand_type(), .trans_b = fused.weight_transposed, .m = m, .n = nn, .k = k};
     cuda_ops::OutputShape shape;
     shape.rank = 2;
@@ -1426,6 +1516,8 @@ class Planner {
   std::map<std::string, const void*> uploaded_bf16_;
   std::map<int, Attention> attention_;  // node whose output a fused step writes -> the pattern
   std::map<int, Chain> chains_;         // a chain's last node -> the chain
+  std::map<int, int> attention_of_;     // a node absorbed into fused attention -> that attention's node
+  std::map<int, int> chain_of_;         // a chain's node -> the chain's last node
   std::set<int> absorbed_;              // nodes a fused step computes (skipped)
   std::map<int, BiasAdd> bias_adds_;    // MatMul node -> the Add it computes too
   Uses uses_;

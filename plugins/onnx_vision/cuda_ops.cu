@@ -221,22 +221,32 @@ __device__ __forceinline__ float activate(float x, float alpha) {
   else return (x * 0.5f) * (erff(x * 0.70710678118654752f) + 1.0f);
 }
 
-// Four values a thread per step, a float4 in and a float4 or four bf16 out,
-// when n is a multiple of 4 and the pointers are aligned (else one a step).
-template <Activation kKind, typename Out>
-__global__ void activation_kernel(const float* __restrict__ x, float alpha, std::int64_t n, bool vectors,
+// Four values a thread per step (a float4 or four bf16 in; a float4 or four
+// bf16 out) when n is a multiple of 4 and the pointers are aligned (else one
+// a step). x in bf16 is a GEMM's output rounded by its epilogue.
+__device__ __forceinline__ float4 load4(const float* x, std::int64_t i) { return reinterpret_cast<const float4*>(x)[i]; }
+__device__ __forceinline__ float4 load4(const __nv_bfloat16* x, std::int64_t i) {
+  const uint2 w = reinterpret_cast<const uint2*>(x)[i];
+  return {__uint_as_float(w.x << 16), __uint_as_float(w.x & 0xffff0000u), __uint_as_float(w.y << 16),
+          __uint_as_float(w.y & 0xffff0000u)};
+}
+__device__ __forceinline__ float load1(const float* x, std::int64_t i) { return x[i]; }
+__device__ __forceinline__ float load1(const __nv_bfloat16* x, std::int64_t i) { return __bfloat162float(x[i]); }
+
+template <Activation kKind, typename In, typename Out>
+__global__ void activation_kernel(const In* __restrict__ x, float alpha, std::int64_t n, bool vectors,
                                   Out* __restrict__ out) {
   const std::int64_t stride = std::int64_t(gridDim.x) * blockDim.x;
   if (vectors) {
     for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n / 4; i += stride) {
-      const float4 v = reinterpret_cast<const float4*>(x)[i];
+      const float4 v = load4(x, i);
       write4(out + 4 * i, activate<kKind>(v.x, alpha), activate<kKind>(v.y, alpha), activate<kKind>(v.z, alpha),
              activate<kKind>(v.w, alpha));
     }
     return;
   }
   for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n; i += stride)
-    write_value(out + i, activate<kKind>(x[i], alpha));
+    write_value(out + i, activate<kKind>(load1(x, i), alpha));
 }
 
 // operand_offsets' reads over fewer dimensions: size-1 dimensions dropped, and a
@@ -558,21 +568,26 @@ cudaError_t elementwise_program(const ElementwiseProgram& program, const OutputS
   return cudaGetLastError();
 }
 
-cudaError_t activation(Activation kind, float alpha, const float* x, std::int64_t n, void* out, Store store,
-                       cudaStream_t stream) {
+cudaError_t activation(Activation kind, float alpha, const void* x, Store x_stored, std::int64_t n, void* out,
+                       Store store, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  const bool vectors = n % 4 == 0 && reinterpret_cast<std::uintptr_t>(x) % 16 == 0 &&
-                       reinterpret_cast<std::uintptr_t>(out) % (store == Store::bf16 ? 8 : 16) == 0;
+  const std::uintptr_t x_align = x_stored == Store::bf16 ? 8 : 16, out_align = store == Store::bf16 ? 8 : 16;
+  const bool vectors = n % 4 == 0 && reinterpret_cast<std::uintptr_t>(x) % x_align == 0 &&
+                       reinterpret_cast<std::uintptr_t>(out) % out_align == 0;
   const int blocks = blocks_for(vectors ? n / 4 : n);
-  const auto launch = [&](auto kind_tag) {
+  const auto launch = [&](auto kind_tag, const auto* in) {
     constexpr Activation kKind = decltype(kind_tag)::value;
     if (store == Store::bf16)
-      activation_kernel<kKind><<<blocks, kThreads, 0, stream>>>(x, alpha, n, vectors, static_cast<__nv_bfloat16*>(out));
+      activation_kernel<kKind><<<blocks, kThreads, 0, stream>>>(in, alpha, n, vectors, static_cast<__nv_bfloat16*>(out));
     else
-      activation_kernel<kKind><<<blocks, kThreads, 0, stream>>>(x, alpha, n, vectors, static_cast<float*>(out));
+      activation_kernel<kKind><<<blocks, kThreads, 0, stream>>>(in, alpha, n, vectors, static_cast<float*>(out));
   };
-  if (kind == Activation::quick_gelu) launch(std::integral_constant<Activation, Activation::quick_gelu>{});
-  else launch(std::integral_constant<Activation, Activation::gelu>{});
+  const auto with_input = [&](auto kind_tag) {
+    if (x_stored == Store::bf16) launch(kind_tag, static_cast<const __nv_bfloat16*>(x));
+    else launch(kind_tag, static_cast<const float*>(x));
+  };
+  if (kind == Activation::quick_gelu) with_input(std::integral_constant<Activation, Activation::quick_gelu>{});
+  else with_input(std::integral_constant<Activation, Activation::gelu>{});
   return cudaGetLastError();
 }
 

@@ -72,10 +72,11 @@ cudaError_t elementwise_program(const ElementwiseProgram& program, const OutputS
 // sigmoid(alpha x) (CLIP's quick_gelu) and x / 2 (1 + erf(x / sqrt 2))
 // (exact GELU; alpha unused). The executor runs one for an elementwise chain
 // it recognizes as it: as a program the chain is interpreted per element and
-// runs at several times its bytes' time.
+// runs at several times its bytes' time. x is f32 or, where a GEMM wrote it
+// for the activation alone, bf16 (`x_stored`).
 enum class Activation { quick_gelu, gelu };
-cudaError_t activation(Activation kind, float alpha, const float* x, std::int64_t n, void* out, Store store,
-                       cudaStream_t stream);
+cudaError_t activation(Activation kind, float alpha, const void* x, Store x_stored, std::int64_t n, void* out,
+                       Store store, cudaStream_t stream);
 
 // Softmax along the middle axis of in viewed as [outer, length, inner].
 cudaError_t softmax_axis(const float* in, std::int64_t outer, std::int64_t length, std::int64_t inner, float* out,

@@ -259,12 +259,15 @@ onnx::ModelProto llava_vision_graph(const LlavaVisionConfig& c, const LlavaTenso
   for (int l = 0; l < c.layers_run(); ++l) {
     const std::string p = fmt::format("{}encoder.layers.{}.", v, l);
     const std::string h = layer_norm(w, x, p + "layer_norm1.", c.layer_norm_eps);
-    const std::string q = w.node("Mul", {linear(w, h, p + "self_attn.q_proj."), "attention_scale"}, "q");
     const auto split = [&](const std::string& t, std::vector<std::int64_t> perm) {
       return w.node("Transpose", {w.node("Reshape", {t, "heads_shape"}, "heads")}, "heads",
                     [perm](onnx::NodeProto& n) { set_ints(n, "perm", perm); });
     };
-    const std::string qh = split(q, {0, 2, 1, 3});                                         // [b, H, T, hd]
+    // The scale after the head split, as torch's SDPA export has it: the CUDA executor folds a scalar Mul
+    // between the split and the product into the fused attention, and q_proj's sum then reaches the
+    // attention alone (written in bf16 by its GEMM).
+    const std::string qh = w.node("Mul", {split(linear(w, h, p + "self_attn.q_proj."), {0, 2, 1, 3}), "attention_scale"},
+                                  "q");                                                    // [b, H, T, hd]
     const std::string kh = split(linear(w, h, p + "self_attn.k_proj."), {0, 2, 3, 1});     // [b, H, hd, T]
     const std::string vh = split(linear(w, h, p + "self_attn.v_proj."), {0, 2, 1, 3});     // [b, H, T, hd]
     const std::string probs = w.node("Softmax", {w.node("MatMul", {qh, kh}, "scores")}, "probs",

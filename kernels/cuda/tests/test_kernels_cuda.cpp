@@ -746,26 +746,56 @@ TEST_CASE("dense_attention") {
     d_out_bf16.poison();
     const std::string what = fmt("b=%d h=%d q=%d kv=%d d=%d %s", c.batch, c.heads, c.q_len, c.kv_len, c.head_dim,
                                  kLayoutName[c.layout]);
-    LAUNCH_OK(gpu::dense_attention(shape, d_q.ptr, strides(c.q_len), d_k.ptr, strides(c.kv_len), d_v.ptr,
-                                   strides(c.kv_len), d_out.ptr, DType::f32, strides(c.q_len), workspace.ptr, nullptr));
+    const gpu::DenseAttentionInput f32_q{d_q.ptr, DType::f32, strides(c.q_len)},
+        f32_k{d_k.ptr, DType::f32, strides(c.kv_len)}, f32_v{d_v.ptr, DType::f32, strides(c.kv_len)};
+    LAUNCH_OK(gpu::dense_attention(shape, f32_q, f32_k, f32_v, d_out.ptr, DType::f32, strides(c.q_len), workspace.ptr,
+                                   nullptr));
     // P is rounded to bf16 for the second product: ~3 significant digits.
     report("dense_attention", what, compare(d_out.download(), want), 1e-2);
-    // The same into bf16: each value the f32 run's, rounded.
-    LAUNCH_OK(gpu::dense_attention(shape, d_q.ptr, strides(c.q_len), d_k.ptr, strides(c.kv_len), d_v.ptr,
-                                   strides(c.kv_len), d_out_bf16.ptr, DType::bf16, strides(c.q_len), workspace.ptr,
-                                   nullptr));
     const std::vector<float> f32_run = d_out.download();
+    // The same into bf16: each value the f32 run's, rounded.
+    LAUNCH_OK(gpu::dense_attention(shape, f32_q, f32_k, f32_v, d_out_bf16.ptr, DType::bf16, strides(c.q_len),
+                                   workspace.ptr, nullptr));
     const std::vector<std::uint16_t> bf16_run = d_out_bf16.download();
     std::size_t differ = 0;
     for (std::size_t i = 0; i < n_q; ++i) differ += bf16_run[i] != ref::f32_to_bf16(f32_run[i]);
     CHECK_MESSAGE(differ == 0, "dense_attention bf16 out " << what << ": " << differ << " values differ");
+    // bf16 operands holding the same values: read in place (contiguous rows
+    // of 32 or 64) or gathered, the tiles hold the same bits, so the output
+    // is the f32 operands' bit for bit.
+    const auto bits = [](const std::vector<float>& x) {
+      std::vector<std::uint16_t> b(x.size());
+      for (std::size_t i = 0; i < x.size(); ++i) b[i] = ref::f32_to_bf16(x[i]);
+      return b;
+    };
+    DeviceBuffer<std::uint16_t> b_q, b_k, b_v;
+    b_q.upload(bits(q));
+    b_k.upload(bits(k));
+    b_v.upload(bits(v));
+    const gpu::DenseAttentionInput bf16_q{b_q.ptr, DType::bf16, strides(c.q_len)},
+        bf16_k{b_k.ptr, DType::bf16, strides(c.kv_len)}, bf16_v{b_v.ptr, DType::bf16, strides(c.kv_len)};
+    const bool in_place = gpu::dense_attention_reads_in_place(shape, bf16_q) &&
+                          gpu::dense_attention_reads_in_place(shape, bf16_k) &&
+                          gpu::dense_attention_reads_in_place(shape, bf16_v);
+    CHECK_MESSAGE(in_place == ((c.head_dim == 32 || c.head_dim == 64) && c.layout != bhdt),
+                  "bf16 operands of " << what << (in_place ? " read in place" : " gathered"));
+    d_out.poison();
+    LAUNCH_OK(gpu::dense_attention(shape, bf16_q, bf16_k, bf16_v, d_out.ptr, DType::f32, strides(c.q_len),
+                                   workspace.ptr, nullptr));
+    const std::vector<float> bf16_operands_run = d_out.download();
+    differ = 0;
+    for (std::size_t i = 0; i < n_q; ++i) differ += std::memcmp(&bf16_operands_run[i], &f32_run[i], 4) != 0;
+    CHECK_MESSAGE(differ == 0, "dense_attention bf16 operands " << what << ": " << differ << " values differ");
   }
   CHECK_FALSE(gpu::dense_attention_supports(128));
-  CHECK(gpu::dense_attention({1, 1, 4, 4, 72, 1.0f}, nullptr, {}, nullptr, {}, nullptr, {}, nullptr, DType::f32, {},
-                             nullptr, nullptr) == cudaErrorInvalidValue);
+  CHECK(gpu::dense_attention({1, 1, 4, 4, 72, 1.0f}, {}, {}, {}, nullptr, DType::f32, {}, nullptr, nullptr) ==
+        cudaErrorInvalidValue);
   unsigned char* scratch = nullptr;  // any non-null workspace: the dtype is refused before it is used
-  CHECK(gpu::dense_attention({1, 1, 4, 4, 64, 1.0f}, nullptr, {}, nullptr, {}, nullptr, {}, nullptr, DType::f16, {},
-                             &scratch, nullptr) == cudaErrorInvalidValue);
+  CHECK(gpu::dense_attention({1, 1, 4, 4, 64, 1.0f}, {}, {}, {}, nullptr, DType::f16, {}, &scratch, nullptr) ==
+        cudaErrorInvalidValue);
+  const gpu::DenseAttentionInput f16_operand{nullptr, DType::f16, {}};
+  CHECK(gpu::dense_attention({1, 1, 4, 4, 64, 1.0f}, f16_operand, {}, {}, nullptr, DType::f32, {}, &scratch,
+                             nullptr) == cudaErrorInvalidValue);
 }
 
 // ---- small-m linear layer -------------------------------------------------
