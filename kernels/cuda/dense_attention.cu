@@ -183,8 +183,9 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(const AttendParams p) 
     const int key0 = n * kRows, keys = kv_len - key0;
     const bf16 *kt = k_tiles[buffer], *vt = v_tiles[buffer];
     if (!has_rows) {
-    } else if (keys >= kRows) {
-      detail::attend_tile<bf16, kDim, kRows, kRow>(q_frag, kt, vt, key0, p.scale_log2, false, past_end, o, softmax);
+    } else if (keys > 48) {
+      detail::attend_tile<bf16, kDim, kRows, kRow>(q_frag, kt, vt, key0, p.scale_log2, keys < kRows, past_end, o,
+                                                   softmax);
     } else if (keys > 32) {  // the last tile, in as many 16-key steps as it has keys
       detail::attend_tile<bf16, kDim, 48, kRow>(q_frag, kt, vt, key0, p.scale_log2, keys < 48, past_end, o, softmax);
     } else if (keys > 16) {
