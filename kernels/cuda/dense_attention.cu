@@ -23,8 +23,9 @@
 //
 // Sequence lengths past a multiple of 64 (CLIP's 577 = 9 x 64 + 1): a warp
 // whose 16 query rows all lie past the end skips the products (it still
-// copies and meets the barriers), and the last key tile is attended in
-// 16-key steps up to its last key, not over 64.
+// copies and meets the barriers), and a last key tile of up to 16 keys is
+// attended as one 16-key step, not over 64 (more step sizes cost registers:
+// ptxas spilled 48 bytes with 32- and 48-key steps beside these two).
 #include <cuda_bf16.h>
 
 #include "cuda/attention_common.cuh"
@@ -138,8 +139,10 @@ __device__ __forceinline__ void load_rows(bf16* tile, const bf16* src, std::int6
   }
 }
 
+// Three CTAs an SM (as main's 137 registers gave): with no minimum ptxas
+// capped this kernel at 128 registers and spilled 40 bytes.
 template <int kDim, typename Out>
-__global__ void __launch_bounds__(kThreads) attend_kernel(const AttendParams p) {
+__global__ void __launch_bounds__(kThreads, 3) attend_kernel(const AttendParams p) {
   constexpr int kRow = detail::smem_row<kDim>;
   constexpr int KSTEPS = kDim / 16, DTILES = kDim / 8;
   __shared__ __align__(16) bf16 q_tile[kRows * kRow];
@@ -183,14 +186,10 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(const AttendParams p) 
     const int key0 = n * kRows, keys = kv_len - key0;
     const bf16 *kt = k_tiles[buffer], *vt = v_tiles[buffer];
     if (!has_rows) {
-    } else if (keys > 48) {
+    } else if (keys > 16) {
       detail::attend_tile<bf16, kDim, kRows, kRow>(q_frag, kt, vt, key0, p.scale_log2, keys < kRows, past_end, o,
                                                    softmax);
-    } else if (keys > 32) {  // the last tile, in as many 16-key steps as it has keys
-      detail::attend_tile<bf16, kDim, 48, kRow>(q_frag, kt, vt, key0, p.scale_log2, keys < 48, past_end, o, softmax);
-    } else if (keys > 16) {
-      detail::attend_tile<bf16, kDim, 32, kRow>(q_frag, kt, vt, key0, p.scale_log2, keys < 32, past_end, o, softmax);
-    } else {
+    } else {  // a last tile of up to 16 keys (CLIP's 577 = 9 x 64 + 1) in one 16-key step
       detail::attend_tile<bf16, kDim, 16, kRow>(q_frag, kt, vt, key0, p.scale_log2, keys < 16, past_end, o, softmax);
     }
     __syncthreads();  // the next iteration's copies overwrite this buffer

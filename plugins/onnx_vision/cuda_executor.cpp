@@ -828,65 +828,19 @@ class Planner {
     ++plan_.fused_elementwise;
   }
 
-  // ---- pass 0c: values only GEMMs read, written as bf16 by their producer ----
+  // ---- pass 0c: values only bf16 readers take, written as bf16 by their producer ----
   //
-  // With bf16 GEMMs, a value every reader of which is a GEMM operand (seen
-  // through Reshape-like views) lives only as that bf16 operand, written so
-  // by the step that makes it — a LayerNormalization, a fused attention, an
-  // elementwise chain — instead of written in f32 and converted by a step of
-  // its own. The bits are the same: each rounds the same f32 to nearest even.
+  // With bf16 GEMMs, a value every reader of which takes it as bf16 (seen
+  // through Reshape-like views) -- a GEMM as its operand, a fused attention as
+  // q, k or v, a recognized activation as its input -- lives only in bf16,
+  // written so by the step that makes it: a LayerNormalization, a fused
+  // attention, an elementwise chain (here), or a GEMM with its bias in the
+  // epilogue (pass 0d). For the first three the bits are what the readers
+  // would have rounded to themselves: each rounds the same f32 to nearest
+  // even.
 
-  // Whether every reader of `value` (and of its views) is a MatMul or Gemm
-  // taking it as A or B; `views` collects those views.
-  bool read_by_gemms_only(const std::string& value, std::vector<std::string>& views) const {
-    const auto& nodes = graph_.proto().node();
-    const auto read = uses_.readers.find(value);
-    if (uses_.outputs.count(value) || read == uses_.readers.end()) return false;
-    for (const int r : read->second) {
-      const onnx::NodeProto& node = nodes[r];
-      if (absorbed_.count(r) || attention_.count(r) || chains_.count(r)) return false;
-      if (aliases_input(node.op_type()) && node.input(0) == value) {
-        for (int k = 1; k < node.input_size(); ++k)
-          if (node.input(k) == value) return false;
-        views.push_back(node.output(0));
-        if (!read_by_gemms_only(node.output(0), views)) return false;
-        continue;
-      }
-      if (node.op_type() != "MatMul" && node.op_type() != "Gemm") return false;
-      for (int k = 2; k < node.input_size(); ++k)
-        if (node.input(k) == value) return false;  // Gemm's C is added in f32
-    }
-    return true;
-  }
-
-  void find_bf16_values() {
-    const auto& nodes = graph_.proto().node();
-    for (int n = 0; n < nodes.size(); ++n) {
-      if (absorbed_.count(n)) continue;
-      std::string made;
-      if (const auto a = attention_.find(n); a != attention_.end()) made = a->second.out;
-      else if (chains_.count(n) || nodes[n].op_type() == "LayerNormalization") made = nodes[n].output(0);
-      else continue;
-      std::vector<std::string> views;
-      if (!read_by_gemms_only(made, views)) continue;
-      bf16_values_.insert(made);
-      bf16_values_.insert(views.begin(), views.end());
-      ++plan_.bf16_outputs;
-    }
-  }
-
-  // ---- pass 0d: GEMM outputs written as bf16 -------------------------------
-  //
-  // A GEMM with its bias in the epilogue (and no residual) whose sum only
-  // bf16 readers take -- GEMMs as an operand, fused attention as q, k or v
-  // (read in place when its rows allow), a recognized activation as its
-  // input -- writes that sum as bf16 from cuBLASLt's epilogue: half the bytes
-  // written, half read, and no f32 copy for the conversions or the
-  // attention's gather. The readers would round it to bf16 first anyway,
-  // except the activation, which then computes from the rounded value as a
-  // bf16 model's Linear hands it on (HF's bf16 CLIP does the same).
-
-  // Whether every reader of `value` (and of its views) takes it as bf16; `views` collects the views.
+  // Whether every reader of `value` (and of its views) takes it as bf16;
+  // `views` collects the views.
   bool read_as_bf16_only(const std::string& value, std::vector<std::string>& views) const {
     const auto& nodes = graph_.proto().node();
     const auto read = uses_.readers.find(value);
@@ -917,6 +871,33 @@ class Planner {
     }
     return true;
   }
+
+  void find_bf16_values() {
+    const auto& nodes = graph_.proto().node();
+    for (int n = 0; n < nodes.size(); ++n) {
+      if (absorbed_.count(n)) continue;
+      std::string made;
+      if (const auto a = attention_.find(n); a != attention_.end()) made = a->second.out;
+      else if (chains_.count(n) || nodes[n].op_type() == "LayerNormalization") made = nodes[n].output(0);
+      else continue;
+      std::vector<std::string> views;
+      if (!read_as_bf16_only(made, views)) continue;
+      bf16_values_.insert(made);
+      bf16_values_.insert(views.begin(), views.end());
+      ++plan_.bf16_outputs;
+    }
+  }
+
+  // ---- pass 0d: GEMM outputs written as bf16 -------------------------------
+  //
+  // A GEMM with its bias in the epilogue (and no residual) whose sum only
+  // bf16 readers take (read_as_bf16_only; the attention reads q, k and v in
+  // place when their rows allow) writes that sum as bf16 from cuBLASLt's
+  // epilogue: half the bytes written, half read, and no f32 copy for the
+  // conversions or the attention's gather. The readers would round it to
+  // bf16 first anyway, except the activation, which then computes from the
+  // rounded value as a bf16 model's Linear hands it on (HF's bf16 CLIP does
+  // the same).
 
   void find_bf16_gemm_outputs() {
     const auto& nodes = graph_.proto().node();
@@ -1510,7 +1491,7 @@ class Planner {
   std::map<int, int> workspace_;          // Conv node -> its im2col columns; fused attention -> its gathered q, k, v
   std::map<std::string, float*> uploaded_;
   std::map<std::string, int> bf16_copy_;  // a value GEMMs read -> the storage of its bf16 copy
-  std::set<std::string> bf16_values_;     // values only GEMMs read, stored as bf16 only (pass 0c)
+  std::set<std::string> bf16_values_;     // values only bf16 readers take, stored as bf16 only (passes 0c, 0d)
   std::set<std::string> converted_;       // values whose conversion step is planned
   std::map<int, int> conv_bf16_;          // Conv node -> its columns' bf16 copy
   std::map<std::string, const void*> uploaded_bf16_;
