@@ -16,6 +16,8 @@
 //                                     batch drawn from [64, C], one of them C
 //   test_kernels_cuda --bench-prefill prefill attention alone (each form
 //                                     of the kernel side by side)
+//   test_kernels_cuda --bench-dense   the vision encoders' attention alone
+//                                     (CLIP ViT-L's shape, f32 and bf16 operands)
 //   test_kernels_cuda -tc='*attention*'   doctest filters work as usual
 //
 // Without a GPU it exits with status 2 and says so (CI builds it and excludes
@@ -2523,6 +2525,40 @@ void bench_prefill_attention() {
   }
 }
 
+// The vision encoders' attention at CLIP ViT-L/14-336's shape (16 heads of
+// 64, 577 tokens, the [b, t, h, d] layout of a Linear's output): f32
+// operands (gathered to bf16 first) and bf16 operands (read in place).
+void bench_dense_attention() {
+  std::printf("\n== dense attention, CLIP ViT-L/14-336 (16 heads x 64, 577 tokens), [b,t,h,d] operands ==\n");
+  std::mt19937_64 rng(g_seed);
+  const int heads = 16, hd = 64, tokens = 577;
+  for (const int batch : {1, 8, 32}) {
+    const std::size_t n = std::size_t(batch) * tokens * heads * hd;
+    const ref::AttentionStrides strides{std::int64_t(tokens) * heads * hd, hd, std::int64_t(heads) * hd, 1};
+    const ref::DenseAttentionShape shape{batch, heads, tokens, tokens, hd, 0.125f};
+    const std::vector<float> values = random_floats(rng, n, -2, 2);
+    std::vector<std::uint16_t> bits(n);
+    for (std::size_t i = 0; i < n; ++i) bits[i] = ref::f32_to_bf16(values[i]);
+    DeviceBuffer<float> f32_operand;
+    DeviceBuffer<std::uint16_t> bf16_operand, out(n);
+    f32_operand.upload(values);
+    bf16_operand.upload(bits);
+    DeviceBuffer<unsigned char> workspace(gpu::dense_attention_workspace_bytes(shape));
+    for (const DType dtype : {DType::f32, DType::bf16}) {
+      const void* data = dtype == DType::f32 ? static_cast<const void*>(f32_operand.ptr) : bf16_operand.ptr;
+      const gpu::DenseAttentionInput operand{data, dtype, strides};
+      const float ms = median_ms([&] {
+        CUDA_OK(gpu::dense_attention(shape, operand, operand, operand, out.ptr, DType::bf16, strides, workspace.ptr,
+                                     nullptr));
+      }, 20);
+      const double flops = 4.0 * batch * heads * double(tokens) * tokens * hd;
+      std::printf("batch=%2d %-4s operands%s %9.2f us  %6.1f TFLOP/s\n", batch, dtype == DType::f32 ? "f32" : "bf16",
+                  gpu::dense_attention_reads_in_place(shape, operand) ? " (in place)" : " (gathered)", ms * 1e3,
+                  flops / (ms * 1e-3) / 1e12);
+    }
+  }
+}
+
 void bench_sampling() {
   std::printf("\n== sample_tokens, vocab 128256 ==\n");
   std::mt19937_64 rng(g_seed);
@@ -2566,6 +2602,7 @@ int main(int argc, char** argv) {
   bool bench_decode_only = false;  // --bench-decode [BxC]
   bool bench_prefill_only = false;  // --bench-prefill
   bool bench_fp8_only = false;     // --bench-fp8: small_gemm (bf16) and fp8_small_gemm alone
+  bool bench_dense_only = false;   // --bench-dense: the vision encoders' attention alone
   std::vector<DecodeShape> decode_shapes;
   bool seed_given = false;
   std::vector<char*> rest;
@@ -2582,6 +2619,9 @@ int main(int argc, char** argv) {
     } else if (arg == "--bench-prefill") {
       bench = true;
       bench_prefill_only = true;
+    } else if (arg == "--bench-dense") {
+      bench = true;
+      bench_dense_only = true;
     } else if (arg == "--bench-decode") {
       bench = true;
       bench_decode_only = true;
@@ -2655,6 +2695,10 @@ int main(int argc, char** argv) {
       bench_prefill_attention();
       return 0;
     }
+    if (bench_dense_only) {
+      bench_dense_attention();
+      return 0;
+    }
     if (bench_decode_only) {
       if (decode_shapes.empty())
         bench_decode_attention();
@@ -2671,6 +2715,7 @@ int main(int argc, char** argv) {
     bench_rmsnorm();
     bench_decode_attention();
     bench_prefill_attention();
+    bench_dense_attention();
     bench_sampling();
     return 0;
   }
