@@ -118,8 +118,7 @@ struct Gemm {
 // weight) or [N,K] (a Gemm's with transB). The bias rides in the GEMM's
 // epilogue and R comes in as C with beta = 1, so the output is written once
 // instead of written, read and written again by each add. Descriptors and
-// the algorithm are chosen at plan time (the same for either beta); a null
-// bias at that time stands for any 256-byte aligned one.
+// the algorithm are chosen at plan time (the same for either beta).
 class LtBiasGemm {
  public:
   LtBiasGemm(cublasLtHandle_t lt, std::int64_t m, std::int64_t n, std::int64_t k, bool weight_transposed,
@@ -470,6 +469,7 @@ class Planner {
       }
       absorbed_.insert(group.begin(), group.end());
       for (const int g : group) attention_of_[g] = last;
+      attention_of_[last] = last;  // the step's own node (MatMul(., V) itself when no transpose follows)
       attention_[last] = std::move(a);
     }
   }
@@ -916,8 +916,9 @@ class Planner {
       if (x == nullptr || w == nullptr || x->size() < 2 || w->size() != 2) continue;
       const std::int64_t k = x->back(), m = count(*x) / std::max<std::int64_t>(k, 1);
       const std::int64_t nn = fused.weight_transposed ? (*w)[0] : (*w)[1];
-      if (!LtBiasGemm(plan_.lt, m, nn, k, fused.weight_transposed, nullptr, true, plan_.blas_workspace,
-                      plan_.blas_workspace_bytes)
+      // Asked with the bias as the step will pass it (cuBLASLt reads the pointer's alignment).
+      if (!LtBiasGemm(plan_.lt, m, nn, k, fused.weight_transposed, upload_bf16(fused.bias), true,
+                      plan_.blas_workspace, plan_.blas_workspace_bytes)
                .available())
         continue;
       bf16_values_.insert({node.output(0), fused.output});
