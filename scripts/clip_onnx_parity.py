@@ -40,8 +40,9 @@ def main():
     parser.add_argument("--shape", default="vit-l-336", choices=sorted(SHAPES))
     parser.add_argument("--batches", default="1,32")
     parser.add_argument("--skip-cpu", action="store_true", help="no hostrun CPU run (slow at ViT-L)")
-    parser.add_argument("--compare-tool", help="a second hostrun-onnx-run (another build), checked and timed "
-                        "beside --tool on the same graph and pixels, alternating")
+    parser.add_argument("--compare-tool", action="append", default=[],
+                        help="another hostrun-onnx-run (another build), checked and timed beside --tool on the same "
+                        "graph and pixels, in turns; repeatable (reported as hostrun_b, hostrun_c, ...)")
     args = parser.parse_args()
 
     import numpy as np
@@ -88,7 +89,8 @@ def main():
 
     def hostrun(device, precision="bf16", batch=1, repeat=0, inputs=raw, tool=None):
         tool = tool or args.tool
-        folder = os.path.join(args.work, f"{device}-{precision}-{batch}" + ("-b" if tool != args.tool else ""))
+        suffix = "" if tool == args.tool else "-" + "bcdefgh"[args.compare_tool.index(tool)]
+        folder = os.path.join(args.work, f"{device}-{precision}-{batch}{suffix}")
         cmd = [tool, graph, "--input", f"pixel_values={inputs}", "--shape", f"pixel_values={batch},3,{side},{side}",
                "--out", folder, "--device", device, "--precision", precision, "--repeat", str(repeat)]
         run = subprocess.run(cmd, capture_output=True, text=True)
@@ -100,12 +102,13 @@ def main():
 
     result["parity"] = {}
     runs = [("cuda", "f32", None), ("cuda", "bf16", None)] + ([] if args.skip_cpu else [("cpu", "f32", None)])
-    if args.compare_tool:
-        runs += [("cuda", "f32", args.compare_tool), ("cuda", "bf16", args.compare_tool)]
+    letters = "bcdefgh"
+    for j, tool in enumerate(args.compare_tool):
+        runs += [("cuda", "f32", tool), ("cuda", "bf16", tool)]
     for device, precision, tool in runs:
         summary, outputs = hostrun(device, precision, tool=tool)
         key = f"hostrun-{device}-{precision}" if device == "cuda" else "hostrun-cpu"
-        key = key.replace("hostrun-", "hostrun-b-") if tool else key
+        key = key.replace("hostrun-", f"hostrun-{letters[args.compare_tool.index(tool)]}-") if tool else key
         result["parity"][key] = compare(outputs) if outputs is not None else summary
         if outputs is not None and device == "cuda":
             result["parity"][key]["fused_attention"] = summary.get("fused_attention")
@@ -128,7 +131,7 @@ def main():
         path = os.path.join(args.work, f"pixels-{batch}.bin")
         batch_pixels.numpy().astype(np.float32).tofile(path)
         entry = {}
-        tools = [("hostrun", args.tool)] + ([("hostrun_b", args.compare_tool)] if args.compare_tool else [])
+        tools = [("hostrun", args.tool)] + [(f"hostrun_{letters[j]}", t) for j, t in enumerate(args.compare_tool)]
         for round in range(2 if args.compare_tool else 1):  # A, B, A, B: the GPU's clocks drift
             for name, tool in tools:
                 summary, _ = hostrun("cuda", "bf16", batch, repeat=20, inputs=path, tool=tool)

@@ -6,9 +6,11 @@
 //     padded with zeros to 32 or 64), one 16-byte store per thread and step;
 //     with the head dimension contiguous (the ViT layouts) the reads are
 //     16-byte vectors.
-//  2. attend: CTA = 4 warps, 64 query rows of one (batch, head). 64-key K/V
-//     tiles stream through shared memory by cp.async, double-buffered: tile
-//     n + 1 is in flight while tile n is attended (attention_tile.cuh's step).
+//  2. attend: CTA = 4 warps, 128 query rows of one (batch, head), each warp
+//     two 16-row m-tiles that share every K and V fragment it reads. 64-key
+//     K/V tiles stream through shared memory by cp.async, double-buffered:
+//     tile n + 1 is in flight while tile n is attended (attention_tile.cuh's
+//     softmax).
 //     Rows come from the gathered copy or, for a bf16 operand whose rows are
 //     contiguous and aligned (a bf16 GEMM's output seen through the head
 //     split), straight from the operand. out = O / l, written through its
@@ -22,10 +24,10 @@
 // is that already, and skips the gather's read and write.
 //
 // Sequence lengths past a multiple of 64 (CLIP's 577 = 9 x 64 + 1): a warp
-// whose 16 query rows all lie past the end skips the products (it still
+// whose 32 query rows all lie past the end skips the products (it still
 // copies and meets the barriers), and a last key tile of up to 16 keys is
 // attended as one 16-key step, not over 64 (more step sizes cost registers:
-// ptxas spilled 48 bytes with 32- and 48-key steps beside these two).
+// ptxas spilled 40 bytes with 32- and 48-key steps beside these two).
 #include <cuda_bf16.h>
 
 #include "cuda/attention_common.cuh"
@@ -38,10 +40,12 @@ namespace {
 
 using detail::cp_async_16;
 using detail::ldmatrix_x4;
+using detail::ldmatrix_x4_trans;
 using detail::pack2;
 using bf16 = __nv_bfloat16;
 
-constexpr int kRows = 64;  // query rows per CTA, and keys per tile
+constexpr int kRows = 128;  // query rows per CTA: 4 warps of two 16-row m-tiles
+constexpr int kKeys = 64;   // keys per K/V tile
 constexpr int kThreads = 128;
 constexpr int kGatherThreads = 256;
 
@@ -127,27 +131,77 @@ struct AttendParams {
   float scale_log2 = 0.0f;
 };
 
-// 64 rows of `src` (token stride `token`) from `first` into a [64][kRow]
-// tile, zeros from `count` on.
-template <int kDim>
+// kCount rows of `src` (token stride `token`) from `first` into a
+// [kCount][kRow] tile, zeros from `count` on.
+template <int kDim, int kCount>
 __device__ __forceinline__ void load_rows(bf16* tile, const bf16* src, std::int64_t token, int first, int count) {
   constexpr int kChunks = kDim / 8, kRow = detail::smem_row<kDim>;
-  for (int e = threadIdx.x; e < kRows * kChunks; e += kThreads) {
+  for (int e = threadIdx.x; e < kCount * kChunks; e += kThreads) {
     const int r = e / kChunks, c = e % kChunks, t = first + r;
     const bool valid = t < count;
     cp_async_16(tile + r * kRow + c * 8, src + (valid ? t : 0) * token + c * 8, valid);
   }
 }
 
-// Three CTAs an SM (as main's 137 registers gave): with no minimum ptxas
-// capped this kernel at 128 registers and spilled 40 bytes.
+// One K/V tile of kTileKeys keys for a warp's two 16-row m-tiles
+// (attention_tile.cuh's step, twice over): each K and V fragment read from
+// shared memory feeds both m-tiles' products, so a product costs half the
+// ldmatrix traffic of one m-tile a warp (FlashAttention-2's shape for small
+// heads).
+template <int kDim, int kTileKeys, int kRow, typename Masked>
+__device__ __forceinline__ void attend_tile_pair(const std::uint32_t (&q_frag)[2][kDim / 16][4], const bf16* k_tile,
+                                                 const bf16* v_tile, int key0, float scale_log2, bool needs_mask,
+                                                 const Masked& masked, float (&o)[2][kDim / 8][4],
+                                                 detail::RowSoftmax (&rows)[2]) {
+  constexpr int KSTEPS = kDim / 16, DTILES = kDim / 8, NTILES = kTileKeys / 8;
+  const int lane = threadIdx.x % 32;
+  float s[2][NTILES][4];
+#pragma unroll
+  for (int nt = 0; nt < NTILES; ++nt) {
+#pragma unroll
+    for (int m = 0; m < 2; ++m) s[m][nt][0] = s[m][nt][1] = s[m][nt][2] = s[m][nt][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < KSTEPS; kk += 2) {
+      std::uint32_t b[4];
+      ldmatrix_x4(b, k_tile + (nt * 8 + lane % 8) * kRow + kk * 16 + (lane / 8) * 8);
+#pragma unroll
+      for (int m = 0; m < 2; ++m) {
+        detail::mma_16816<bf16>(s[m][nt], q_frag[m][kk], b[0], b[1]);
+        detail::mma_16816<bf16>(s[m][nt], q_frag[m][kk + 1], b[2], b[3]);
+      }
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < 2; ++m)
+    detail::online_softmax<kTileKeys, kDim>(s[m], key0, scale_log2, needs_mask, masked, o[m], rows[m]);
+#pragma unroll
+  for (int kt = 0; kt < kTileKeys / 16; ++kt) {
+    std::uint32_t a[2][4];
+    detail::p_fragment<bf16>(s[0], kt, a[0]);
+    detail::p_fragment<bf16>(s[1], kt, a[1]);
+#pragma unroll
+    for (int d = 0; d < DTILES; d += 2) {
+      std::uint32_t b[4];
+      ldmatrix_x4_trans(b, v_tile + (kt * 16 + lane % 8 + ((lane / 8) % 2) * 8) * kRow + d * 8 + (lane / 16) * 8);
+#pragma unroll
+      for (int m = 0; m < 2; ++m) {
+        detail::mma_16816<bf16>(o[m][d], a[m], b[0], b[1]);
+        detail::mma_16816<bf16>(o[m][d + 1], a[m], b[2], b[3]);
+      }
+    }
+  }
+}
+
 template <int kDim, typename Out>
-__global__ void __launch_bounds__(kThreads, 3) attend_kernel(const AttendParams p) {
-  constexpr int kRow = detail::smem_row<kDim>;
+__global__ void __launch_bounds__(kThreads) attend_kernel(const AttendParams p) {
+  constexpr int kRow = detail::smem_row<kDim>, kTile = kKeys * kRow;
   constexpr int KSTEPS = kDim / 16, DTILES = kDim / 8;
-  __shared__ __align__(16) bf16 q_tile[kRows * kRow];
-  __shared__ __align__(16) bf16 k_tiles[2][kRows * kRow];
-  __shared__ __align__(16) bf16 v_tiles[2][kRows * kRow];
+  // K and V of two tiles: [K0][V0][K1][V1]. The 128 query rows are first
+  // loaded over K1 and V1 (the same bytes), read into fragments, and the
+  // space handed to tile 1: the CTA fits in 37 KB (kDim 64) of static memory.
+  __shared__ __align__(16) bf16 tiles[4 * kTile];
+  static_assert(kRows * kRow == 2 * kTile, "the query rows fill the second buffer");
+  bf16* const q_rows = tiles + 2 * kTile;
 
   const int bh = int(blockIdx.x) / p.q_tiles, row0 = (int(blockIdx.x) % p.q_tiles) * kRows;
   const int b = bh / p.heads, h = bh % p.heads;
@@ -155,65 +209,74 @@ __global__ void __launch_bounds__(kThreads, 3) attend_kernel(const AttendParams 
   const int q_len = p.q_len, kv_len = p.kv_len;
   const bf16* k = p.k.of(b, h);
   const bf16* v = p.v.of(b, h);
-  load_rows<kDim>(q_tile, p.q.of(b, h), p.q.token, row0, q_len);
-  load_rows<kDim>(k_tiles[0], k, p.k.token, 0, kv_len);
-  load_rows<kDim>(v_tiles[0], v, p.v.token, 0, kv_len);
+  load_rows<kDim, kRows>(q_rows, p.q.of(b, h), p.q.token, row0, q_len);
+  load_rows<kDim, kKeys>(tiles, k, p.k.token, 0, kv_len);
+  load_rows<kDim, kKeys>(tiles + kTile, v, p.v.token, 0, kv_len);
   detail::cp_async_commit();
-
-  // A warp with no query row left copies and meets the barriers, nothing else.
-  const bool has_rows = row0 + warp * 16 < q_len;
-  std::uint32_t q_frag[KSTEPS][4];
-  float o[DTILES][4];
+  detail::cp_async_wait<0>();
+  __syncthreads();
+  std::uint32_t q_frag[2][KSTEPS][4];
 #pragma unroll
-  for (int d = 0; d < DTILES; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
-  detail::RowSoftmax softmax;
-  const int tiles = (kv_len + kRows - 1) / kRows;
+  for (int m = 0; m < 2; ++m)
+#pragma unroll
+    for (int kk = 0; kk < KSTEPS; ++kk)
+      ldmatrix_x4(q_frag[m][kk], q_rows + (warp * 32 + m * 16 + lane % 16) * kRow + kk * 16 + (lane / 16) * 8);
+  __syncthreads();  // the query rows' space now takes tile 1
+
+  // A warp with no query row left copies and meets the barriers, nothing
+  // else (one whose second m-tile alone is empty computes it anyway).
+  const bool has_rows = row0 + warp * 32 < q_len;
+  float o[2][DTILES][4];
+#pragma unroll
+  for (int m = 0; m < 2; ++m)
+#pragma unroll
+    for (int d = 0; d < DTILES; ++d) o[m][d][0] = o[m][d][1] = o[m][d][2] = o[m][d][3] = 0.0f;
+  detail::RowSoftmax softmax[2];
+  const int kv_tiles = (kv_len + kKeys - 1) / kKeys;
   const auto past_end = [&](int key, bool) { return key >= kv_len; };
-  for (int n = 0; n < tiles; ++n) {
-    const int buffer = n & 1;
-    if (n + 1 < tiles) {
-      load_rows<kDim>(k_tiles[buffer ^ 1], k, p.k.token, (n + 1) * kRows, kv_len);
-      load_rows<kDim>(v_tiles[buffer ^ 1], v, p.v.token, (n + 1) * kRows, kv_len);
+  for (int n = 0; n < kv_tiles; ++n) {
+    bf16* const kt = tiles + (n & 1) * 2 * kTile;
+    bf16* const vt = kt + kTile;
+    if (n + 1 < kv_tiles) {
+      bf16* const next = tiles + ((n + 1) & 1) * 2 * kTile;
+      load_rows<kDim, kKeys>(next, k, p.k.token, (n + 1) * kKeys, kv_len);
+      load_rows<kDim, kKeys>(next + kTile, v, p.v.token, (n + 1) * kKeys, kv_len);
     }
     detail::cp_async_commit();  // an empty group on the last tile keeps wait<1> uniform
     detail::cp_async_wait<1>();
     __syncthreads();
-    if (n == 0) {
-#pragma unroll
-      for (int kk = 0; kk < KSTEPS; ++kk)
-        ldmatrix_x4(q_frag[kk], q_tile + (warp * 16 + lane % 16) * kRow + kk * 16 + (lane / 16) * 8);
-    }
-    const int key0 = n * kRows, keys = kv_len - key0;
-    const bf16 *kt = k_tiles[buffer], *vt = v_tiles[buffer];
+    const int key0 = n * kKeys, keys = kv_len - key0;
     if (!has_rows) {
     } else if (keys > 16) {
-      detail::attend_tile<bf16, kDim, kRows, kRow>(q_frag, kt, vt, key0, p.scale_log2, keys < kRows, past_end, o,
-                                                   softmax);
+      attend_tile_pair<kDim, kKeys, kRow>(q_frag, kt, vt, key0, p.scale_log2, keys < kKeys, past_end, o, softmax);
     } else {  // a last tile of up to 16 keys (CLIP's 577 = 9 x 64 + 1) in one 16-key step
-      detail::attend_tile<bf16, kDim, 16, kRow>(q_frag, kt, vt, key0, p.scale_log2, keys < 16, past_end, o, softmax);
+      attend_tile_pair<kDim, 16, kRow>(q_frag, kt, vt, key0, p.scale_log2, keys < 16, past_end, o, softmax);
     }
     __syncthreads();  // the next iteration's copies overwrite this buffer
   }
   if (!has_rows) return;
 
-  float inv[2];
-  softmax.finish(inv[0], inv[1]);
   const int quad_col = (lane % 4) * 2;
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int row = row0 + warp * 16 + lane / 4 + half * 8;
-    if (row >= q_len) continue;
-    Out* base = static_cast<Out*>(p.out) + (b * p.os.batch + h * p.os.head + std::int64_t(row) * p.os.token);
+  for (int m = 0; m < 2; ++m) {
+    float inv[2];
+    softmax[m].finish(inv[0], inv[1]);
 #pragma unroll
-    for (int d = 0; d < DTILES; ++d) {
-      const int col = d * 8 + quad_col;
-      const float x0 = o[d][2 * half] * inv[half], x1 = o[d][2 * half + 1] * inv[half];
-      if (p.pair_writes && col + 1 < p.head_dim) {
-        if constexpr (std::is_same_v<Out, float>) *reinterpret_cast<float2*>(base + col) = float2{x0, x1};
-        else *reinterpret_cast<std::uint32_t*>(base + col) = pack2<bf16>(x0, x1);
-      } else {
-        if (col < p.head_dim) base[col * p.os.dim] = detail::from_f32<Out>(x0);
-        if (col + 1 < p.head_dim) base[(col + 1) * p.os.dim] = detail::from_f32<Out>(x1);
+    for (int half = 0; half < 2; ++half) {
+      const int row = row0 + warp * 32 + m * 16 + lane / 4 + half * 8;
+      if (row >= q_len) continue;
+      Out* base = static_cast<Out*>(p.out) + (b * p.os.batch + h * p.os.head + std::int64_t(row) * p.os.token);
+#pragma unroll
+      for (int d = 0; d < DTILES; ++d) {
+        const int col = d * 8 + quad_col;
+        const float x0 = o[m][d][2 * half] * inv[half], x1 = o[m][d][2 * half + 1] * inv[half];
+        if (p.pair_writes && col + 1 < p.head_dim) {
+          if constexpr (std::is_same_v<Out, float>) *reinterpret_cast<float2*>(base + col) = float2{x0, x1};
+          else *reinterpret_cast<std::uint32_t*>(base + col) = pack2<bf16>(x0, x1);
+        } else {
+          if (col < p.head_dim) base[col * p.os.dim] = detail::from_f32<Out>(x0);
+          if (col + 1 < p.head_dim) base[(col + 1) * p.os.dim] = detail::from_f32<Out>(x1);
+        }
       }
     }
   }
