@@ -32,7 +32,7 @@ namespace hostrun::cuda::detail {
 template <typename T, int kHeadDim, int kKeys>
 __device__ __forceinline__ void issue_scores(float (&s)[kKeys / 8][4], const std::uint32_t (&q_frag)[kHeadDim / 16][4],
                                              const T* k_tile) {
-  static_assert(kKeys == 64, "S is m64n64k16");
+  static_assert(kKeys == 64 || (kKeys == 16 && kHeadDim == 64), "S is m64n64k16, or m64n16k16 over one column block");
   constexpr int kAtomBytes = 8 * 128;  // 8 keys' 128-byte rows
 #pragma unroll
   for (int kk = 0; kk < kHeadDim / 16; ++kk) {
@@ -40,22 +40,26 @@ __device__ __forceinline__ void issue_scores(float (&s)[kKeys / 8][4], const std
     // a row, four to a 64-column block.
     const T* start = k_tile + (kk / 4) * (kKeys * 64) + (kk % 4) * 16;
     const std::uint64_t desc = smem_swizzled_descriptor(start, 16, kAtomBytes);
-    wgmma_m64n64k16_rs<T>(s, q_frag[kk], desc, kk > 0);
+    if constexpr (kKeys == 64) wgmma_m64n64k16_rs<T>(s, q_frag[kk], desc, kk > 0);
+    else wgmma_m64n16k16_rs<T>(s, q_frag[kk], desc, kk > 0);
   }
 }
 // Issues O += P V over one V tile, uncommitted; p: p_fragment's of P.
 template <typename T, int kHeadDim, int kKeys>
 __device__ __forceinline__ void issue_values(float (&o)[kHeadDim / 8][4], const std::uint32_t (&p)[kKeys / 16][4],
                                              const T* v_tile) {
-  static_assert(kHeadDim == 128, "O is m64n128k16");
+  // A tile of kKeys keys; with heads of 128 its buffer holds exactly that
+  // many (the column blocks' stride), with 64 the one block is all there is.
+  static_assert(kHeadDim == 64 || (kHeadDim == 128 && kKeys == 64), "O is m64n64k16 or m64n128k16");
   constexpr int kAtomBytes = 8 * 128;              // 8 keys' 128-byte rows
   constexpr int kColumnBlockBytes = kKeys * 128;   // 64 head dims of every key
 #pragma unroll
   for (int kt = 0; kt < kKeys / 16; ++kt) {
     // V as B (k = keys, n = head dims), MN-major: a k16 step is two atoms
-    // of keys, n spans two column blocks.
+    // of keys; with heads of 128, n spans two column blocks.
     const std::uint64_t desc = smem_swizzled_descriptor(v_tile + kt * 16 * 64, kColumnBlockBytes, kAtomBytes);
-    wgmma_m64n128k16_rs_trans_b<T>(o, p[kt], desc, 1);
+    if constexpr (kHeadDim == 128) wgmma_m64n128k16_rs_trans_b<T>(o, p[kt], desc, 1);
+    else wgmma_m64n64k16_rs_trans_b<T>(o, p[kt], desc, 1);
   }
 }
 

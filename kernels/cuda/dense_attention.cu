@@ -30,8 +30,9 @@
 // ptxas spilled 40 bytes with 32- and 48-key steps beside these two).
 #include <cuda_bf16.h>
 
-#include "cuda/attention_common.cuh"
-#include "cuda/attention_tile.cuh"
+#include <atomic>
+
+#include "cuda/dense_attention.cuh"
 #include "cuda/dense_attention.hpp"
 
 namespace hostrun::cuda {
@@ -42,10 +43,12 @@ using detail::cp_async_16;
 using detail::ldmatrix_x4;
 using detail::ldmatrix_x4_trans;
 using detail::pack2;
+using detail::dense::AttendParams;
+using detail::dense::kKeys;
+using detail::dense::kRows;  // query rows per CTA: 4 warps of two 16-row m-tiles
+using detail::dense::Rows;
 using bf16 = __nv_bfloat16;
 
-constexpr int kRows = 128;  // query rows per CTA: 4 warps of two 16-row m-tiles
-constexpr int kKeys = 64;   // keys per K/V tile
 constexpr int kThreads = 128;
 constexpr int kGatherThreads = 256;
 
@@ -114,35 +117,6 @@ __global__ void __launch_bounds__(kGatherThreads) gather_kernel(const GatherPara
 
 // ---- attend ---------------------------------------------------------------
 
-// Where the attend kernel reads an operand's rows: the row of token t of
-// (b, h) at data + b * batch + h * head + t * token (elements).
-struct Rows {
-  const bf16* data = nullptr;
-  std::int64_t batch = 0, head = 0, token = 0;
-  __device__ __forceinline__ const bf16* of(int b, int h) const { return data + (b * batch + h * head); }
-};
-
-struct AttendParams {
-  Rows q, k, v;
-  void* out = nullptr;
-  ref::AttentionStrides os;
-  bool pair_writes = false;  // dim contiguous and every row's start even: two columns per store
-  int heads = 0, q_len = 0, kv_len = 0, head_dim = 0, q_tiles = 0;
-  float scale_log2 = 0.0f;
-};
-
-// kCount rows of `src` (token stride `token`) from `first` into a
-// [kCount][kRow] tile, zeros from `count` on.
-template <int kDim, int kCount>
-__device__ __forceinline__ void load_rows(bf16* tile, const bf16* src, std::int64_t token, int first, int count) {
-  constexpr int kChunks = kDim / 8, kRow = detail::smem_row<kDim>;
-  for (int e = threadIdx.x; e < kCount * kChunks; e += kThreads) {
-    const int r = e / kChunks, c = e % kChunks, t = first + r;
-    const bool valid = t < count;
-    cp_async_16(tile + r * kRow + c * 8, src + (valid ? t : 0) * token + c * 8, valid);
-  }
-}
-
 // One K/V tile of kTileKeys keys for a warp's two 16-row m-tiles
 // (attention_tile.cuh's step, twice over): each K and V fragment read from
 // shared memory feeds both m-tiles' products, so a product costs half the
@@ -209,9 +183,10 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(const AttendParams p) 
   const int q_len = p.q_len, kv_len = p.kv_len;
   const bf16* k = p.k.of(b, h);
   const bf16* v = p.v.of(b, h);
-  load_rows<kDim, kRows>(q_rows, p.q.of(b, h), p.q.token, row0, q_len);
-  load_rows<kDim, kKeys>(tiles, k, p.k.token, 0, kv_len);
-  load_rows<kDim, kKeys>(tiles + kTile, v, p.v.token, 0, kv_len);
+  using detail::dense::load_rows;
+  load_rows<kDim, kRows, kThreads>(q_rows, p.q.of(b, h), p.q.token, row0, q_len);
+  load_rows<kDim, kKeys, kThreads>(tiles, k, p.k.token, 0, kv_len);
+  load_rows<kDim, kKeys, kThreads>(tiles + kTile, v, p.v.token, 0, kv_len);
   detail::cp_async_commit();
   detail::cp_async_wait<0>();
   __syncthreads();
@@ -239,8 +214,8 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(const AttendParams p) 
     bf16* const vt = kt + kTile;
     if (n + 1 < kv_tiles) {
       bf16* const next = tiles + ((n + 1) & 1) * 2 * kTile;
-      load_rows<kDim, kKeys>(next, k, p.k.token, (n + 1) * kKeys, kv_len);
-      load_rows<kDim, kKeys>(next + kTile, v, p.v.token, (n + 1) * kKeys, kv_len);
+      load_rows<kDim, kKeys, kThreads>(next, k, p.k.token, (n + 1) * kKeys, kv_len);
+      load_rows<kDim, kKeys, kThreads>(next + kTile, v, p.v.token, (n + 1) * kKeys, kv_len);
     }
     detail::cp_async_commit();  // an empty group on the last tile keeps wait<1> uniform
     detail::cp_async_wait<1>();
@@ -256,37 +231,43 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(const AttendParams p) 
   }
   if (!has_rows) return;
 
-  const int quad_col = (lane % 4) * 2;
 #pragma unroll
-  for (int m = 0; m < 2; ++m) {
-    float inv[2];
-    softmax[m].finish(inv[0], inv[1]);
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int row = row0 + warp * 32 + m * 16 + lane / 4 + half * 8;
-      if (row >= q_len) continue;
-      Out* base = static_cast<Out*>(p.out) + (b * p.os.batch + h * p.os.head + std::int64_t(row) * p.os.token);
-#pragma unroll
-      for (int d = 0; d < DTILES; ++d) {
-        const int col = d * 8 + quad_col;
-        const float x0 = o[m][d][2 * half] * inv[half], x1 = o[m][d][2 * half + 1] * inv[half];
-        if (p.pair_writes && col + 1 < p.head_dim) {
-          if constexpr (std::is_same_v<Out, float>) *reinterpret_cast<float2*>(base + col) = float2{x0, x1};
-          else *reinterpret_cast<std::uint32_t*>(base + col) = pack2<bf16>(x0, x1);
-        } else {
-          if (col < p.head_dim) base[col * p.os.dim] = detail::from_f32<Out>(x0);
-          if (col + 1 < p.head_dim) base[(col + 1) * p.os.dim] = detail::from_f32<Out>(x1);
-        }
-      }
-    }
-  }
+  for (int m = 0; m < 2; ++m) detail::dense::store_rows<kDim, Out>(p, b, h, row0 + warp * 32 + m * 16, o[m], softmax[m]);
 }
 
 bool aligned(const void* p, std::size_t bytes) { return reinterpret_cast<std::uintptr_t>(p) % bytes == 0; }
 
+#if defined(HOSTRUN_KERNELS_SM90A)
+constexpr bool kHaveWgmma = true;  // dense_attention_wgmma.cu is built
+#else
+constexpr bool kHaveWgmma = false;
+#endif
+
+// The current device's compute capability (major * 10 + minor), asked once
+// per device: the executor calls dense_attention while capturing CUDA graphs.
+int device_compute_capability() {
+  static std::atomic<int> known[64] = {};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 0;
+  if (device < 64) {
+    if (const int cc = known[device].load(std::memory_order_relaxed); cc != 0) return cc;
+  }
+  int major = 0, minor = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess)
+    return 0;
+  if (device < 64) known[device].store(major * 10 + minor, std::memory_order_relaxed);
+  return major * 10 + minor;
+}
+
+// Heads of 33 to 64 attend as 64 (padded with zeros by the gather).
+bool wgmma_runs(int head_dim) {
+  return kHaveWgmma && padded_dim(head_dim) == 64 && device_compute_capability() == 90;
+}
+
 template <int kDim>
 cudaError_t launch(const ref::DenseAttentionShape& s, const GatherParams& gather, const AttendParams& attend,
-                   DType out_dtype, cudaStream_t stream) {
+                   DType out_dtype, bool wgmma, cudaStream_t stream) {
   if (gather.q.data != nullptr || gather.k.data != nullptr || gather.v.data != nullptr) {
     const std::int64_t most_rows = std::int64_t(s.batch) * s.heads * std::max(s.q_len, s.kv_len);
     const int blocks =
@@ -294,6 +275,9 @@ cudaError_t launch(const ref::DenseAttentionShape& s, const GatherParams& gather
     gather_kernel<kDim><<<dim3(unsigned(blocks), 3), kGatherThreads, 0, stream>>>(gather);
   }
   const unsigned grid = unsigned(std::int64_t(s.batch) * s.heads * attend.q_tiles);
+  if constexpr (kHaveWgmma) {
+    if (wgmma) return detail::dense::launch_attend_wgmma(attend, grid, out_dtype, stream);
+  }
   if (out_dtype == DType::f32) attend_kernel<kDim, float><<<grid, kThreads, 0, stream>>>(attend);
   else attend_kernel<kDim, bf16><<<grid, kThreads, 0, stream>>>(attend);
   return cudaGetLastError();
@@ -302,6 +286,16 @@ cudaError_t launch(const ref::DenseAttentionShape& s, const GatherParams& gather
 }  // namespace
 
 bool dense_attention_supports(int head_dim) { return head_dim >= 1 && head_dim <= 64; }
+
+bool dense_attention_kernel_available(DenseAttentionKernel kernel, int head_dim) {
+  if (!dense_attention_supports(head_dim)) return false;
+  switch (kernel) {
+    case DenseAttentionKernel::mma_sync: return true;
+    case DenseAttentionKernel::wgmma: return wgmma_runs(head_dim);
+    case DenseAttentionKernel::automatic: return true;
+  }
+  return false;
+}
 
 bool dense_attention_reads_in_place(const ref::DenseAttentionShape& shape, const DenseAttentionInput& input) {
   const ref::AttentionStrides& s = input.strides;
@@ -320,7 +314,8 @@ std::size_t dense_attention_workspace_bytes(const ref::DenseAttentionShape& s) {
 
 cudaError_t dense_attention(const ref::DenseAttentionShape& shape, const DenseAttentionInput& q,
                             const DenseAttentionInput& k, const DenseAttentionInput& v, void* out, DType out_dtype,
-                            const ref::AttentionStrides& out_strides, void* workspace, cudaStream_t stream) {
+                            const ref::AttentionStrides& out_strides, void* workspace, cudaStream_t stream,
+                            DenseAttentionKernel kernel) {
   const auto input_dtype_ok = [](const DenseAttentionInput& x) {
     return x.dtype == DType::f32 || x.dtype == DType::bf16;
   };
@@ -328,6 +323,9 @@ cudaError_t dense_attention(const ref::DenseAttentionShape& shape, const DenseAt
       shape.heads < 1 || (out_dtype != DType::f32 && out_dtype != DType::bf16) || !input_dtype_ok(q) ||
       !input_dtype_ok(k) || !input_dtype_ok(v) || workspace == nullptr)
     return cudaErrorInvalidValue;
+  if (!dense_attention_kernel_available(kernel, shape.head_dim)) return cudaErrorNotSupported;
+  const bool wgmma = kernel == DenseAttentionKernel::wgmma ||
+                     (kernel == DenseAttentionKernel::automatic && wgmma_runs(shape.head_dim));
   const int dim = padded_dim(shape.head_dim);
   const std::int64_t rows = std::int64_t(shape.batch) * shape.heads * std::max(shape.q_len, shape.kv_len);
   const int q_tiles = (shape.q_len + kRows - 1) / kRows;
@@ -370,8 +368,8 @@ cudaError_t dense_attention(const ref::DenseAttentionShape& shape, const DenseAt
   attend.head_dim = shape.head_dim;
   attend.q_tiles = q_tiles;
   attend.scale_log2 = shape.scale * 1.4426950408889634f;  // log2(e): the kernel's exp2
-  return dim == 32 ? launch<32>(shape, gather, attend, out_dtype, stream)
-                   : launch<64>(shape, gather, attend, out_dtype, stream);
+  return dim == 32 ? launch<32>(shape, gather, attend, out_dtype, false, stream)
+                   : launch<64>(shape, gather, attend, out_dtype, wgmma, stream);
 }
 
 }  // namespace hostrun::cuda

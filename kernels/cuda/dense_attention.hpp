@@ -34,11 +34,21 @@ bool dense_attention_reads_in_place(const ref::DenseAttentionShape& shape, const
 // k and v into bf16 rows of 32 or 64 (the padded head size).
 std::size_t dense_attention_workspace_bytes(const ref::DenseAttentionShape& shape);
 
+// Which tensor-core step attends: mma.sync runs everywhere; wgmma (Hopper's
+// warpgroup MMA) on compute capability 9.0 with the sm_90a objects built,
+// for heads of 33 to 64. `automatic` takes wgmma where it can run.
+enum class DenseAttentionKernel { automatic, mma_sync, wgmma };
+
+// Whether `kernel` can attend heads of `head_dim` on the current device.
+bool dense_attention_kernel_available(DenseAttentionKernel kernel, int head_dim);
+
 // out_dtype: f32 or bf16. `workspace`: dense_attention_workspace_bytes(shape),
 // 256-byte aligned. cudaErrorInvalidValue for an unsupported head_dim or
-// dtype, empty lengths, or more than 2^31 gathered elements.
+// dtype, empty lengths, or more than 2^31 gathered elements;
+// cudaErrorNotSupported for a kernel that is not available.
 cudaError_t dense_attention(const ref::DenseAttentionShape& shape, const DenseAttentionInput& q,
                             const DenseAttentionInput& k, const DenseAttentionInput& v, void* out, DType out_dtype,
-                            const ref::AttentionStrides& out_strides, void* workspace, cudaStream_t stream);
+                            const ref::AttentionStrides& out_strides, void* workspace, cudaStream_t stream,
+                            DenseAttentionKernel kernel = DenseAttentionKernel::automatic);
 
 }  // namespace hostrun::cuda

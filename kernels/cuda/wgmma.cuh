@@ -1,5 +1,5 @@
 // Internal to kernels/cuda: the warpgroup MMA (wgmma, sm_90a) instructions
-// the Hopper attention kernel uses, as inline PTX wrappers. Only files built
+// the Hopper attention kernels use, as inline PTX wrappers. Only files built
 // for sm_90a include it (CMakeLists.txt's hostrun_kernels_cuda_sm90a).
 //
 // A warpgroup is four consecutive warps. With A in registers, warp w of the
@@ -103,6 +103,48 @@ __device__ __forceinline__ void wgmma_m64n64k16_rs(float (&d)[8][4], const std::
     HOSTRUN_WGMMA_M64N64K16_RS("f16.f16");
 }
 
+// d (+)= a * B: 64 x 16 x 16, A from registers, B K-major in shared memory
+// (a last tile of up to 16 keys).
+#define HOSTRUN_WGMMA_M64N16K16_RS(kTypes)                                                       \
+  asm volatile(                                                                                  \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"                                               \
+      "wgmma.mma_async.sync.aligned.m64n16k16.f32." kTypes " {"                                  \
+      "%0, %1, %2, %3, %4, %5, %6, %7"                                                          \
+      "}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"                                             \
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),                              \
+        "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3])                               \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(accumulate))
+
+template <typename T>
+__device__ __forceinline__ void wgmma_m64n16k16_rs(float (&d)[2][4], const std::uint32_t (&a)[4],
+                                                   std::uint64_t b_desc, int accumulate) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    HOSTRUN_WGMMA_M64N16K16_RS("bf16.bf16");
+  else
+    HOSTRUN_WGMMA_M64N16K16_RS("f16.f16");
+}
+
+// d (+)= a * B: 64 x 64 x 16, A from registers, B MN-major in shared memory
+// (O += P V for heads of 64).
+#define HOSTRUN_WGMMA_M64N64K16_RS_TRANS_B(kTypes)                                               \
+  asm volatile(                                                                                  \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                               \
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32." kTypes " {"                                  \
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                  \
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"          \
+      "}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"                                          \
+      : HOSTRUN_WGMMA_D32(d)                                                                     \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(accumulate))
+
+template <typename T>
+__device__ __forceinline__ void wgmma_m64n64k16_rs_trans_b(float (&d)[8][4], const std::uint32_t (&a)[4],
+                                                           std::uint64_t b_desc, int accumulate) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    HOSTRUN_WGMMA_M64N64K16_RS_TRANS_B("bf16.bf16");
+  else
+    HOSTRUN_WGMMA_M64N64K16_RS_TRANS_B("f16.f16");
+}
+
 // d (+)= a * B: 64 x 128 x 16, A from registers, B MN-major in shared memory
 // ("transposed": each k row's 128 n values contiguous).
 #define HOSTRUN_WGMMA_M64N128K16_RS_TRANS_B(kTypes)                                              \
@@ -127,6 +169,8 @@ __device__ __forceinline__ void wgmma_m64n128k16_rs_trans_b(float (&d)[16][4], c
 }
 
 #undef HOSTRUN_WGMMA_M64N128K16_RS_TRANS_B
+#undef HOSTRUN_WGMMA_M64N64K16_RS_TRANS_B
+#undef HOSTRUN_WGMMA_M64N16K16_RS
 #undef HOSTRUN_WGMMA_M64N64K16_RS
 #undef HOSTRUN_WGMMA_D64
 #undef HOSTRUN_WGMMA_D32

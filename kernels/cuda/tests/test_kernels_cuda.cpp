@@ -718,7 +718,10 @@ TEST_CASE("dense_attention") {
                         {3, 2, 130, 200, 16, bthd},  {1, 1, 64, 64, 32, bhtd}, {2, 2, 17, 17, 8, bthd},
                         {1, 3, 40, 70, 40, bhtd},    {2, 2, 33, 77, 64, bhdt}, {1, 3, 9, 130, 24, bhdt}};
   static const char* const kLayoutName[] = {"[b,h,t,d]", "[b,t,h,d]", "[b,h,d,t]"};
+  // Each kernel this device runs (wgmma: compute capability 9.0, heads of 33 to 64).
+  for (const gpu::DenseAttentionKernel kernel : {gpu::DenseAttentionKernel::mma_sync, gpu::DenseAttentionKernel::wgmma})
   for (const Case& c : cases) {
+    if (!gpu::dense_attention_kernel_available(kernel, c.head_dim)) continue;
     const std::size_t n_q = std::size_t(c.batch) * c.heads * c.q_len * c.head_dim,
                       n_kv = std::size_t(c.batch) * c.heads * c.kv_len * c.head_dim;
     const auto strides = [&](int len) {
@@ -746,18 +749,19 @@ TEST_CASE("dense_attention") {
     d_v.upload(v);
     d_out.poison();
     d_out_bf16.poison();
-    const std::string what = fmt("b=%d h=%d q=%d kv=%d d=%d %s", c.batch, c.heads, c.q_len, c.kv_len, c.head_dim,
-                                 kLayoutName[c.layout]);
+    const std::string what =
+        fmt("%s b=%d h=%d q=%d kv=%d d=%d %s", kernel == gpu::DenseAttentionKernel::wgmma ? "wgmma" : "mma.sync",
+            c.batch, c.heads, c.q_len, c.kv_len, c.head_dim, kLayoutName[c.layout]);
     const gpu::DenseAttentionInput f32_q{d_q.ptr, DType::f32, strides(c.q_len)},
         f32_k{d_k.ptr, DType::f32, strides(c.kv_len)}, f32_v{d_v.ptr, DType::f32, strides(c.kv_len)};
     LAUNCH_OK(gpu::dense_attention(shape, f32_q, f32_k, f32_v, d_out.ptr, DType::f32, strides(c.q_len), workspace.ptr,
-                                   nullptr));
+                                   nullptr, kernel));
     // P is rounded to bf16 for the second product: ~3 significant digits.
     report("dense_attention", what, compare(d_out.download(), want), 1e-2);
     const std::vector<float> f32_run = d_out.download();
     // The same into bf16: each value the f32 run's, rounded.
     LAUNCH_OK(gpu::dense_attention(shape, f32_q, f32_k, f32_v, d_out_bf16.ptr, DType::bf16, strides(c.q_len),
-                                   workspace.ptr, nullptr));
+                                   workspace.ptr, nullptr, kernel));
     const std::vector<std::uint16_t> bf16_run = d_out_bf16.download();
     std::size_t differ = 0;
     for (std::size_t i = 0; i < n_q; ++i) differ += bf16_run[i] != ref::f32_to_bf16(f32_run[i]);
@@ -783,13 +787,20 @@ TEST_CASE("dense_attention") {
                   "bf16 operands of " << what << (in_place ? " read in place" : " gathered"));
     d_out.poison();
     LAUNCH_OK(gpu::dense_attention(shape, bf16_q, bf16_k, bf16_v, d_out.ptr, DType::f32, strides(c.q_len),
-                                   workspace.ptr, nullptr));
+                                   workspace.ptr, nullptr, kernel));
     const std::vector<float> bf16_operands_run = d_out.download();
     differ = 0;
     for (std::size_t i = 0; i < n_q; ++i) differ += std::memcmp(&bf16_operands_run[i], &f32_run[i], 4) != 0;
     CHECK_MESSAGE(differ == 0, "dense_attention bf16 operands " << what << ": " << differ << " values differ");
   }
   CHECK_FALSE(gpu::dense_attention_supports(128));
+  CHECK_FALSE(gpu::dense_attention_kernel_available(gpu::DenseAttentionKernel::wgmma, 32));
+  CHECK_FALSE(gpu::dense_attention_kernel_available(gpu::DenseAttentionKernel::mma_sync, 72));
+  if (!gpu::dense_attention_kernel_available(gpu::DenseAttentionKernel::wgmma, 64)) {
+    unsigned char* some_workspace = nullptr;  // refused before any operand is read
+    CHECK(gpu::dense_attention({1, 1, 4, 4, 64, 1.0f}, {}, {}, {}, nullptr, DType::f32, {}, &some_workspace, nullptr,
+                               gpu::DenseAttentionKernel::wgmma) == cudaErrorNotSupported);
+  }
   CHECK(gpu::dense_attention({1, 1, 4, 4, 72, 1.0f}, {}, {}, {}, nullptr, DType::f32, {}, nullptr, nullptr) ==
         cudaErrorInvalidValue);
   unsigned char* scratch = nullptr;  // any non-null workspace: the dtype is refused before it is used
@@ -2544,17 +2555,22 @@ void bench_dense_attention() {
     f32_operand.upload(values);
     bf16_operand.upload(bits);
     DeviceBuffer<unsigned char> workspace(gpu::dense_attention_workspace_bytes(shape));
-    for (const DType dtype : {DType::f32, DType::bf16}) {
-      const void* data = dtype == DType::f32 ? static_cast<const void*>(f32_operand.ptr) : bf16_operand.ptr;
-      const gpu::DenseAttentionInput operand{data, dtype, strides};
-      const float ms = median_ms([&] {
-        CUDA_OK(gpu::dense_attention(shape, operand, operand, operand, out.ptr, DType::bf16, strides, workspace.ptr,
-                                     nullptr));
-      }, 20);
-      const double flops = 4.0 * batch * heads * double(tokens) * tokens * hd;
-      std::printf("batch=%2d %-4s operands%s %9.2f us  %6.1f TFLOP/s\n", batch, dtype == DType::f32 ? "f32" : "bf16",
-                  gpu::dense_attention_reads_in_place(shape, operand) ? " (in place)" : " (gathered)", ms * 1e3,
-                  flops / (ms * 1e-3) / 1e12);
+    for (const gpu::DenseAttentionKernel kernel :
+         {gpu::DenseAttentionKernel::mma_sync, gpu::DenseAttentionKernel::wgmma}) {
+      if (!gpu::dense_attention_kernel_available(kernel, hd)) continue;
+      for (const DType dtype : {DType::f32, DType::bf16}) {
+        const void* data = dtype == DType::f32 ? static_cast<const void*>(f32_operand.ptr) : bf16_operand.ptr;
+        const gpu::DenseAttentionInput operand{data, dtype, strides};
+        const float ms = median_ms([&] {
+          CUDA_OK(gpu::dense_attention(shape, operand, operand, operand, out.ptr, DType::bf16, strides, workspace.ptr,
+                                       nullptr, kernel));
+        }, 20);
+        const double flops = 4.0 * batch * heads * double(tokens) * tokens * hd;
+        std::printf("batch=%2d %-8s %-4s operands%s %9.2f us  %6.1f TFLOP/s\n", batch,
+                    kernel == gpu::DenseAttentionKernel::wgmma ? "wgmma" : "mma.sync", dtype == DType::f32 ? "f32" : "bf16",
+                    gpu::dense_attention_reads_in_place(shape, operand) ? " (in place)" : " (gathered)", ms * 1e3,
+                    flops / (ms * 1e-3) / 1e12);
+      }
     }
   }
 }
