@@ -716,7 +716,9 @@ TEST_CASE("dense_attention") {
   // ViT-L/14-336 (577 tokens, 16 heads of 64), and the edges: partial tiles, one key, small heads, odd strides.
   const Case cases[] = {{1, 16, 577, 577, 64, bthd}, {2, 3, 65, 63, 64, bhtd}, {1, 2, 1, 1, 32, bthd},
                         {3, 2, 130, 200, 16, bthd},  {1, 1, 64, 64, 32, bhtd}, {2, 2, 17, 17, 8, bthd},
-                        {1, 3, 40, 70, 40, bhtd},    {2, 2, 33, 77, 64, bhdt}, {1, 3, 9, 130, 24, bhdt}};
+                        {1, 3, 40, 70, 40, bhtd},    {2, 2, 33, 77, 64, bhdt}, {1, 3, 9, 130, 24, bhdt},
+                        // wgmma's tile plans: keys only in a short tile, two whole tiles, a short tile of exactly 16
+                        {2, 2, 5, 9, 64, bthd},      {1, 2, 128, 128, 64, bhtd}, {1, 1, 20, 80, 64, bthd}};
   static const char* const kLayoutName[] = {"[b,h,t,d]", "[b,t,h,d]", "[b,h,d,t]"};
   // Each kernel this device runs (wgmma: compute capability 9.0, heads of 33 to 64).
   for (const gpu::DenseAttentionKernel kernel : {gpu::DenseAttentionKernel::mma_sync, gpu::DenseAttentionKernel::wgmma})
