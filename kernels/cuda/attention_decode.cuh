@@ -347,6 +347,7 @@ __device__ __forceinline__ void decode_values(float (&o)[kHeadDim / 16][kHeadTil
 
 template <typename T, int kHeadDim, int kKvBits, int kHeadTiles>
 __global__ void __launch_bounds__(decode_threads, decode_min_ctas<kKvBits>) decode_split_kernel(const AttentionKernelParams p) {
+  wait_for_previous_grid();  // a programmatic dependent: the pages were just written
   allow_next_grid_to_launch();  // the output projection may start streaming its weights
   constexpr int BN = decode_block_n;
   constexpr int ROW = smem_row<kHeadDim>;
@@ -635,8 +636,8 @@ cudaError_t launch_decode_heads(const AttentionKernelParams& params, int num_seq
   constexpr auto kernel = decode_split_kernel<T, kHeadDim, kKvBits, kHeadTiles>;
   constexpr int smem = decode_smem_bytes<T, kHeadDim, kKvBits, 8 * kHeadTiles>();
   if (const cudaError_t e = allow_dynamic_smem<kernel>(smem); e != cudaSuccess) return e;
-  kernel<<<dim3(params.splits, params.kv_heads, num_sequences), decode_threads, smem, stream>>>(params);
-  return cudaGetLastError();
+  return launch_dependent(kernel, dim3(params.splits, params.kv_heads, num_sequences), dim3(decode_threads),
+                          std::size_t(smem), stream, params);
 }
 
 // One head tile: paged_attention plans this kernel for groups up to 8 (two

@@ -952,30 +952,12 @@ int counters_needed(const Plan& plan) {
   return plan.splits > 1 && !plan.cluster ? int(plan.grid.x * plan.grid.z) : 0;
 }
 
-// Both kernels launch as programmatic dependents of the kernel before them.
-template <typename Kernel>
-cudaError_t launch_dependent(Kernel kernel, dim3 grid, int threads, int smem, const GemmParams& params,
-                             cudaStream_t stream) {
-  static const bool pdl = device_has_pdl();
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config{};
-  config.gridDim = grid;
-  config.blockDim = dim3(threads);
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  config.attrs = &attribute;
-  config.numAttrs = pdl ? 1 : 0;
-  return cudaLaunchKernelEx(&config, kernel, params);
-}
-
 template <typename T, int kMTiles, int kGroup>
 cudaError_t launch_gemm(const GemmParams& params, const Plan& plan, cudaStream_t stream) {
   constexpr auto kernel = awq_gemm_kernel<T, kMTiles, kGroup>;
   constexpr int smem = kStages<kMTiles> * Stage<T, kMTiles, kGroup>::kBytes;
   if (const cudaError_t e = allow_dynamic_smem<kernel>(smem); e != cudaSuccess) return e;
-  return launch_dependent(kernel, plan.grid, kThreads, smem, params, stream);
+  return launch_dependent(kernel, plan.grid, dim3(kThreads), std::size_t(smem), stream, params);  // a programmatic dependent
 }
 
 // Shared memory of the decode kernel: two staged blocks of x (four and

@@ -8,7 +8,9 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
+#include <utility>
 
 #include "cuda/dtype.hpp"
 
@@ -124,6 +126,29 @@ inline bool device_has_pdl() {
     return false;
   }
   return major >= 9;
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...) as a programmatic dependent
+// of the kernel before it in the stream (an ordinary launch below sm_90). The
+// kernel must call wait_for_previous_grid() in every CTA before it reads or
+// writes memory that earlier work in the stream touches, and before any early
+// return: its grid's completion then implies its predecessors', which the
+// next dependent's wait relies on.
+template <typename... Params, typename... Args>
+cudaError_t launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream,
+                             Args&&... args) {
+  static const bool pdl = device_has_pdl();
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  config.attrs = &attribute;
+  config.numAttrs = pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
 }
 
 // Raises a kernel's dynamic shared-memory limit once per device (the call

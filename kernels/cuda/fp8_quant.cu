@@ -88,18 +88,8 @@ __global__ void apply_scales_silu_mul_kernel(const float* __restrict__ sums, int
 template <typename T>
 cudaError_t launch(const void* x, std::int64_t x_stride, int m, int k, std::uint8_t* codes, float* scales,
                    float static_scale, cudaStream_t stream) {
-  static const bool pdl = detail::device_has_pdl();
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(m);
-  config.blockDim = dim3(kThreads);
-  config.stream = stream;
-  config.attrs = &attribute;
-  config.numAttrs = pdl ? 1 : 0;
-  return cudaLaunchKernelEx(&config, quantize_rows_kernel<T>, static_cast<const T*>(x), x_stride, k, codes, scales,
-                            static_scale);
+  return detail::launch_dependent(quantize_rows_kernel<T>, dim3(m), dim3(kThreads), 0, stream, static_cast<const T*>(x),
+                                  x_stride, k, codes, scales, static_scale);
 }
 
 }  // namespace

@@ -253,20 +253,11 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename T, int kGroups, typename X, bool kSiluMul>
 cudaError_t launch(const Fp8SmallGemm& gemm, cudaStream_t stream) {
-  static const bool pdl = detail::device_has_pdl();
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config{};
   const int rows_a_block = kSiluMul ? kTile / 2 : kTile;
   const int outputs = kSiluMul ? gemm.n / 2 : gemm.n;
-  config.gridDim = dim3((outputs + rows_a_block - 1) / rows_a_block);
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = std::is_same_v<X, std::uint8_t> ? 0 : std::size_t(gemm.m) * x_pitch(gemm.k);
-  config.stream = stream;
-  config.attrs = &attribute;
-  config.numAttrs = pdl ? 1 : 0;
-  return cudaLaunchKernelEx(&config, fp8_small_gemm_kernel<T, kGroups, X, kSiluMul>, gemm);
+  const std::size_t smem = std::is_same_v<X, std::uint8_t> ? 0 : std::size_t(gemm.m) * x_pitch(gemm.k);
+  return detail::launch_dependent(fp8_small_gemm_kernel<T, kGroups, X, kSiluMul>,
+                                  dim3((outputs + rows_a_block - 1) / rows_a_block), dim3(kThreads), smem, stream, gemm);
 }
 
 template <typename T, typename X, bool kSiluMul>

@@ -17,6 +17,8 @@ ref::KvQuantBlockLayout layout_of(const QuantizedKvPages& pages) {
 template <typename T, int kBits, int kPerLane>
 __global__ void __launch_bounds__(store_threads)
     quantize_write_kernel(KvQuantWriteArgs args, detail::QuantizedPool k_pool, detail::QuantizedPool v_pool) {
+  detail::wait_for_previous_grid();  // a programmatic dependent: k and v come from the QKV product
+  detail::allow_next_grid_to_launch();  // attention may be scheduled (it waits for these pages)
   const int t = blockIdx.x;
   const std::int32_t slot = args.slot_mapping[t];
   if (slot < 0) return;
@@ -93,11 +95,8 @@ cudaError_t launch_write(const KvQuantWriteArgs& args, cudaStream_t stream) {
   const ref::KvQuantBlockLayout layout = layout_of(args.pages);
   const auto k_pool = detail::QuantizedPool::of(args.pages.k_pages, layout);
   const auto v_pool = detail::QuantizedPool::of(args.pages.v_pages, layout);
-  if (args.pages.head_dim == 64)
-    quantize_write_kernel<T, kBits, 2><<<args.num_tokens, store_threads, 0, stream>>>(args, k_pool, v_pool);
-  else
-    quantize_write_kernel<T, kBits, 4><<<args.num_tokens, store_threads, 0, stream>>>(args, k_pool, v_pool);
-  return cudaGetLastError();
+  const auto kernel = args.pages.head_dim == 64 ? quantize_write_kernel<T, kBits, 2> : quantize_write_kernel<T, kBits, 4>;
+  return detail::launch_dependent(kernel, dim3(args.num_tokens), dim3(store_threads), 0, stream, args, k_pool, v_pool);
 }
 
 template <typename T>

@@ -50,6 +50,7 @@ const char* kv_label(int kv_bits) { return kv_bits == 8 ? ",kv int8" : kv_bits =
 // sum_i w_i with w_i = exp2(lse_i - max lse). grid (q_heads, sequences).
 template <typename T>
 __global__ void decode_reduce_kernel(const detail::AttentionKernelParams p, int head_dim) {
+  detail::wait_for_previous_grid();  // a programmatic dependent (launch_dependent)
   detail::allow_next_grid_to_launch();  // the output projection may start streaming its weights
   const int head = blockIdx.x;
   const int sequence = blockIdx.y;
@@ -179,8 +180,8 @@ cudaError_t enqueue_decode(const AttentionPlan& plan, const detail::AttentionKer
   });
   if (e != cudaSuccess) return e;
   if (params.splits > 1) {
-    decode_reduce_kernel<T><<<dim3(plan.problem.q_heads, num_sequences), head_dim, 0, stream>>>(params, head_dim);
-    return cudaGetLastError();
+    return detail::launch_dependent(decode_reduce_kernel<T>, dim3(plan.problem.q_heads, num_sequences), dim3(head_dim), 0,
+                                    stream, params, head_dim);
   }
   return cudaSuccess;
 }

@@ -18,6 +18,7 @@ __global__ void __launch_bounds__(1024) rmsnorm_vec_kernel(T* __restrict__ resid
                                                            T* y) {
   constexpr int V = detail::vec_width<T>;
   __shared__ float scratch[32];
+  detail::wait_for_previous_grid();  // a programmatic dependent (launch_dependent)
   detail::allow_next_grid_to_launch();  // the next linear layer may start streaming its weights
   const std::int64_t row_offset = static_cast<std::int64_t>(blockIdx.x) * hidden_size;
   const int vectors = hidden_size / V;
@@ -96,6 +97,7 @@ __global__ void __launch_bounds__(1024) rmsnorm_scalar_kernel(T* __restrict__ re
                                                               const T* __restrict__ weight, int hidden_size,
                                                               float eps, T* y) {
   __shared__ float scratch[32];
+  detail::wait_for_previous_grid();  // a programmatic dependent (launch_dependent)
   detail::allow_next_grid_to_launch();
   const std::int64_t row_offset = static_cast<std::int64_t>(blockIdx.x) * hidden_size;
   const T* x_row = x + row_offset;
@@ -136,12 +138,13 @@ cudaError_t launch(void* residual, const void* x, const void* weight, int rows, 
     const int vectors = hidden_size / V;
     const int needed = (vectors + cached_vectors - 1) / cached_vectors;
     const int threads = std::clamp((needed + 31) / 32 * 32, 32, 1024);
-    rmsnorm_vec_kernel<T, kAddResidual><<<rows, threads, 0, stream>>>(res, in, w, hidden_size, eps, out);
+    return detail::launch_dependent(rmsnorm_vec_kernel<T, kAddResidual>, dim3(rows), dim3(threads), 0, stream, res, in,
+                                    w, hidden_size, eps, out);
   } else {
     const int threads = std::clamp((hidden_size + 31) / 32 * 32, 32, 512);
-    rmsnorm_scalar_kernel<T, kAddResidual><<<rows, threads, 0, stream>>>(res, in, w, hidden_size, eps, out);
+    return detail::launch_dependent(rmsnorm_scalar_kernel<T, kAddResidual>, dim3(rows), dim3(threads), 0, stream, res,
+                                    in, w, hidden_size, eps, out);
   }
-  return cudaGetLastError();
 }
 
 template <bool kAddResidual>

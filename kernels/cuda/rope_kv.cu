@@ -53,6 +53,8 @@ __global__ void __launch_bounds__(rope_threads)
     rope_kv_kernel(RopeKvArgs args, detail::QuantizedPool k_pool = {}, detail::QuantizedPool v_pool = {}) {
   __shared__ float cos_table[max_half_dim];
   __shared__ float sin_table[max_half_dim];
+  detail::wait_for_previous_grid();  // a programmatic dependent: q, k and v come from the QKV product
+  detail::allow_next_grid_to_launch();  // attention may be scheduled (it waits for these pages)
   const int t = blockIdx.x;
   const int head_dim = args.head_dim;
   const int half_dim = head_dim / 2;
@@ -153,14 +155,9 @@ cudaError_t launch_quantized(const RopeKvArgs& args, cudaStream_t stream) {
   const auto v_pool = detail::QuantizedPool::of(args.v_pages, layout);
   const auto aligned = [](const void* p) { return p == nullptr || reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
   const bool vectors = (args.head_dim / 2) % V == 0 && args.q_row_stride % V == 0 && aligned(args.q);
-  if (args.head_dim == 64) {
-    if (vectors) rope_kv_kernel<T, V, kBits, 2><<<args.num_tokens, rope_threads, 0, stream>>>(args, k_pool, v_pool);
-    else rope_kv_kernel<T, 1, kBits, 2><<<args.num_tokens, rope_threads, 0, stream>>>(args, k_pool, v_pool);
-  } else {
-    if (vectors) rope_kv_kernel<T, V, kBits, 4><<<args.num_tokens, rope_threads, 0, stream>>>(args, k_pool, v_pool);
-    else rope_kv_kernel<T, 1, kBits, 4><<<args.num_tokens, rope_threads, 0, stream>>>(args, k_pool, v_pool);
-  }
-  return cudaGetLastError();
+  const auto kernel = args.head_dim == 64 ? (vectors ? rope_kv_kernel<T, V, kBits, 2> : rope_kv_kernel<T, 1, kBits, 2>)
+                                           : (vectors ? rope_kv_kernel<T, V, kBits, 4> : rope_kv_kernel<T, 1, kBits, 4>);
+  return detail::launch_dependent(kernel, dim3(args.num_tokens), dim3(rope_threads), 0, stream, args, k_pool, v_pool);
 }
 
 template <typename T>
@@ -172,11 +169,8 @@ cudaError_t launch(const RopeKvArgs& args, cudaStream_t stream) {
   const bool vectors = (args.head_dim / 2) % V == 0 && args.q_row_stride % V == 0 && args.k_row_stride % V == 0 &&
                        args.v_row_stride % V == 0 && aligned(args.q) && aligned(args.k) && aligned(args.v) &&
                        aligned(args.k_pages) && aligned(args.v_pages);
-  if (vectors)
-    rope_kv_kernel<T, V><<<args.num_tokens, rope_threads, 0, stream>>>(args);
-  else
-    rope_kv_kernel<T, 1><<<args.num_tokens, rope_threads, 0, stream>>>(args);
-  return cudaGetLastError();
+  return detail::launch_dependent(vectors ? rope_kv_kernel<T, V> : rope_kv_kernel<T, 1>, dim3(args.num_tokens),
+                                  dim3(rope_threads), 0, stream, args, detail::QuantizedPool{}, detail::QuantizedPool{});
 }
 
 }  // namespace

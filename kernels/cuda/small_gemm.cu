@@ -182,17 +182,8 @@ __global__ void __launch_bounds__(kWarps * 32)
 template <typename T, int M, Epilogue E>
 cudaError_t launch_width(dim3 grid, dim3 block, cudaStream_t stream, const T* x, const T* weight, int m, int n, int k,
                          void* y, bool y_f32, const RopeArgs& rope) {
-  static const bool pdl = detail::device_has_pdl();
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config{};
-  config.gridDim = grid;
-  config.blockDim = block;
-  config.stream = stream;
-  config.attrs = &attribute;
-  config.numAttrs = pdl ? 1 : 0;
-  return cudaLaunchKernelEx(&config, small_gemm_kernel<T, M, E>, x, weight, m, n, k, y, y_f32, rope);
+  return detail::launch_dependent(small_gemm_kernel<T, M, E>, grid, block, 0, stream, x, weight, m, n, k, y, y_f32,
+                                  rope);
 }
 
 template <typename T, Epilogue E>
