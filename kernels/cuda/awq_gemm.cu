@@ -957,7 +957,7 @@ cudaError_t launch_gemm(const GemmParams& params, const Plan& plan, cudaStream_t
   constexpr auto kernel = awq_gemm_kernel<T, kMTiles, kGroup>;
   constexpr int smem = kStages<kMTiles> * Stage<T, kMTiles, kGroup>::kBytes;
   if (const cudaError_t e = allow_dynamic_smem<kernel>(smem); e != cudaSuccess) return e;
-  return launch_dependent(kernel, plan.grid, dim3(kThreads), std::size_t(smem), stream, params);  // a programmatic dependent
+  return launch_dependent(kernel, plan.grid, dim3(kThreads), std::size_t(smem), stream, params);
 }
 
 // Shared memory of the decode kernel: two staged blocks of x (four and
