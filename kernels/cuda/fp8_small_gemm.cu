@@ -256,8 +256,9 @@ cudaError_t launch(const Fp8SmallGemm& gemm, cudaStream_t stream) {
   const int rows_a_block = kSiluMul ? kTile / 2 : kTile;
   const int outputs = kSiluMul ? gemm.n / 2 : gemm.n;
   const std::size_t smem = std::is_same_v<X, std::uint8_t> ? 0 : std::size_t(gemm.m) * x_pitch(gemm.k);
-  return detail::launch_dependent(fp8_small_gemm_kernel<T, kGroups, X, kSiluMul>,
-                                  dim3((outputs + rows_a_block - 1) / rows_a_block), dim3(kThreads), smem, stream, gemm);
+  const dim3 grid((outputs + rows_a_block - 1) / rows_a_block);
+  return detail::launch_dependent(fp8_small_gemm_kernel<T, kGroups, X, kSiluMul>, grid, dim3(kThreads), smem, stream,
+                                  gemm);
 }
 
 template <typename T, typename X, bool kSiluMul>

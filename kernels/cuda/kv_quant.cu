@@ -95,7 +95,8 @@ cudaError_t launch_write(const KvQuantWriteArgs& args, cudaStream_t stream) {
   const ref::KvQuantBlockLayout layout = layout_of(args.pages);
   const auto k_pool = detail::QuantizedPool::of(args.pages.k_pages, layout);
   const auto v_pool = detail::QuantizedPool::of(args.pages.v_pages, layout);
-  const auto kernel = args.pages.head_dim == 64 ? quantize_write_kernel<T, kBits, 2> : quantize_write_kernel<T, kBits, 4>;
+  const auto kernel =
+      args.pages.head_dim == 64 ? quantize_write_kernel<T, kBits, 2> : quantize_write_kernel<T, kBits, 4>;
   return detail::launch_dependent(kernel, dim3(args.num_tokens), dim3(store_threads), 0, stream, args, k_pool, v_pool);
 }
 

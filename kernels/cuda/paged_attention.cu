@@ -180,8 +180,8 @@ cudaError_t enqueue_decode(const AttentionPlan& plan, const detail::AttentionKer
   });
   if (e != cudaSuccess) return e;
   if (params.splits > 1) {
-    return detail::launch_dependent(decode_reduce_kernel<T>, dim3(plan.problem.q_heads, num_sequences), dim3(head_dim), 0,
-                                    stream, params, head_dim);
+    const dim3 grid(plan.problem.q_heads, num_sequences);
+    return detail::launch_dependent(decode_reduce_kernel<T>, grid, dim3(head_dim), 0, stream, params, head_dim);
   }
   return cudaSuccess;
 }

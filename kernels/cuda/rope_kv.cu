@@ -155,8 +155,9 @@ cudaError_t launch_quantized(const RopeKvArgs& args, cudaStream_t stream) {
   const auto v_pool = detail::QuantizedPool::of(args.v_pages, layout);
   const auto aligned = [](const void* p) { return p == nullptr || reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
   const bool vectors = (args.head_dim / 2) % V == 0 && args.q_row_stride % V == 0 && aligned(args.q);
-  const auto kernel = args.head_dim == 64 ? (vectors ? rope_kv_kernel<T, V, kBits, 2> : rope_kv_kernel<T, 1, kBits, 2>)
-                                           : (vectors ? rope_kv_kernel<T, V, kBits, 4> : rope_kv_kernel<T, 1, kBits, 4>);
+  const auto kernel = args.head_dim == 64
+                          ? (vectors ? rope_kv_kernel<T, V, kBits, 2> : rope_kv_kernel<T, 1, kBits, 2>)
+                          : (vectors ? rope_kv_kernel<T, V, kBits, 4> : rope_kv_kernel<T, 1, kBits, 4>);
   return detail::launch_dependent(kernel, dim3(args.num_tokens), dim3(rope_threads), 0, stream, args, k_pool, v_pool);
 }
 
@@ -169,8 +170,9 @@ cudaError_t launch(const RopeKvArgs& args, cudaStream_t stream) {
   const bool vectors = (args.head_dim / 2) % V == 0 && args.q_row_stride % V == 0 && args.k_row_stride % V == 0 &&
                        args.v_row_stride % V == 0 && aligned(args.q) && aligned(args.k) && aligned(args.v) &&
                        aligned(args.k_pages) && aligned(args.v_pages);
+  const detail::QuantizedPool none{};  // 16-bit pages
   return detail::launch_dependent(vectors ? rope_kv_kernel<T, V> : rope_kv_kernel<T, 1>, dim3(args.num_tokens),
-                                  dim3(rope_threads), 0, stream, args, detail::QuantizedPool{}, detail::QuantizedPool{});
+                                  dim3(rope_threads), 0, stream, args, none, none);
 }
 
 }  // namespace
