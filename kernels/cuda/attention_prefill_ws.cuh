@@ -51,13 +51,17 @@ constexpr int ws_staging = 3;
 // the split must fit what the launch allocates, 168 a thread at 384 threads
 // (65,536 / 384 rounded down to 8), not the SM's file: past it the consumers
 // wait for registers forever (a 64 / 224 split over quantized pages hung on
-// the H100). 40 / 232 fits exactly; the dequantizing producer needs 56.
+// the H100). 40 / 232 fits exactly. The dequantizing producer needs 56 over
+// int4 pages; over int8 ones (16-byte (scale, zero) copies) it spilled 60
+// bytes at 56, and 72 / 208 is the split where ptxas spills in neither
+// warpgroup (64 / 216: 36 bytes, 80 / 200: 20).
 template <int kKvBits>
-constexpr int ws_producer_registers = kKvBits == 0 ? 40 : 56;
+constexpr int ws_producer_registers = kKvBits == 0 ? 40 : kKvBits == 8 ? 72 : 56;
 template <int kKvBits>
-constexpr int ws_consumer_registers = kKvBits == 0 ? 232 : 224;
+constexpr int ws_consumer_registers = kKvBits == 0 ? 232 : kKvBits == 8 ? 208 : 224;
 static_assert(128 * ws_producer_registers<0> + 256 * ws_consumer_registers<0> <= ws_threads * 168);
 static_assert(128 * ws_producer_registers<8> + 256 * ws_consumer_registers<8> <= ws_threads * 168);
+static_assert(128 * ws_producer_registers<4> + 256 * ws_consumer_registers<4> <= ws_threads * 168);
 
 template <typename T, int kHeadDim>
 using WsTiles = KvTileStream<T, kHeadDim, 0, prefill_block_n, 128, true, ws_stages, TileLayout::swizzled_128>;
