@@ -7,6 +7,8 @@
 #include <cmath>
 #include <type_traits>
 
+#include "cuda/common.cuh"
+
 namespace hostrun::onnx_vision::cuda_ops {
 
 namespace {
@@ -312,16 +314,17 @@ bool contiguous(const StridedInput& in, const OutputShape& shape) {
   return true;
 }
 
+using hostrun::cuda::detail::warp_sum;
+
 // Sum over the block; every thread gets it. `scratch` holds 32 floats.
 __device__ float block_sum(float v, float* scratch) {
-  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  v = warp_sum(v);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   __syncthreads();  // scratch may still be read from a previous call
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
   v = lane < int(blockDim.x / 32) ? scratch[lane] : 0.0f;
-  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
+  return warp_sum(v);
 }
 
 __device__ float block_max(float v, float* scratch) {
@@ -440,8 +443,7 @@ __global__ void layer_norm_warp_kernel(const float* __restrict__ in, const float
     x[v] = c < vectors ? row[c] : float4{0.0f, 0.0f, 0.0f, 0.0f};
     s += (x[v].x + x[v].y) + (x[v].z + x[v].w);
   }
-  for (int offset = 16; offset > 0; offset /= 2) s += __shfl_xor_sync(0xffffffffu, s, offset);
-  const float mean = s / float(cols);
+  const float mean = warp_sum(s) / float(cols);
   float q = 0.0f;
 #pragma unroll
   for (int v = 0; v < kWarpRowVectors; ++v) {
@@ -449,8 +451,7 @@ __global__ void layer_norm_warp_kernel(const float* __restrict__ in, const float
     const float a = x[v].x - mean, b = x[v].y - mean, c = x[v].z - mean, d = x[v].w - mean;
     q += (a * a + b * b) + (c * c + d * d);
   }
-  for (int offset = 16; offset > 0; offset /= 2) q += __shfl_xor_sync(0xffffffffu, q, offset);
-  const float inv = rsqrtf(q / float(cols) + eps);
+  const float inv = rsqrtf(warp_sum(q) / float(cols) + eps);
   Out* dst = out + r * cols;
 #pragma unroll
   for (int v = 0; v < kWarpRowVectors; ++v) {
