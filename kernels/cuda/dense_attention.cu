@@ -54,6 +54,11 @@ constexpr int kGatherThreads = 256;
 
 int padded_dim(int head_dim) { return head_dim <= 32 ? 32 : 64; }
 std::size_t round_up_256(std::size_t bytes) { return (bytes + 255) / 256 * 256; }
+// The workspace's room for one operand's gathered rows: [batch * heads][tokens][padded head] bf16.
+std::size_t gathered_bytes(const ref::DenseAttentionShape& s, int tokens) {
+  return round_up_256(std::size_t(std::max(s.batch, 0)) * std::size_t(std::max(s.heads, 0)) *
+                      std::size_t(std::max(tokens, 0)) * std::size_t(padded_dim(s.head_dim)) * 2);
+}
 
 // ---- gather -------------------------------------------------------------
 
@@ -305,11 +310,7 @@ bool dense_attention_reads_in_place(const ref::DenseAttentionShape& shape, const
 }
 
 std::size_t dense_attention_workspace_bytes(const ref::DenseAttentionShape& s) {
-  const auto rows = [&](int tokens) {
-    return round_up_256(std::size_t(std::max(s.batch, 0)) * std::size_t(std::max(s.heads, 0)) *
-                        std::size_t(std::max(tokens, 0)) * std::size_t(padded_dim(s.head_dim)) * 2);
-  };
-  return rows(s.q_len) + 2 * rows(s.kv_len);
+  return gathered_bytes(s, s.q_len) + 2 * gathered_bytes(s, s.kv_len);
 }
 
 cudaError_t dense_attention(const ref::DenseAttentionShape& shape, const DenseAttentionInput& q,
@@ -333,8 +334,7 @@ cudaError_t dense_attention(const ref::DenseAttentionShape& shape, const DenseAt
     return cudaErrorInvalidValue;
 
   auto* base = static_cast<unsigned char*>(workspace);
-  const std::size_t q_bytes = round_up_256(std::size_t(shape.batch) * shape.heads * shape.q_len * dim * 2);
-  const std::size_t kv_bytes = round_up_256(std::size_t(shape.batch) * shape.heads * shape.kv_len * dim * 2);
+  const std::size_t q_bytes = gathered_bytes(shape, shape.q_len), kv_bytes = gathered_bytes(shape, shape.kv_len);
   // Each operand: read in place, or gathered into its part of the workspace.
   const auto plan = [&](const DenseAttentionInput& x, int tokens, unsigned char* room, GatherSource& g, Rows& r) {
     if (dense_attention_reads_in_place(shape, x)) {
