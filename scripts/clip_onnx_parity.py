@@ -87,9 +87,12 @@ def main():
                          "rel_l2": float(np.linalg.norm(got - want) / np.linalg.norm(want))}
         return out
 
+    def letter(tool):  # a --compare-tool's name in folders and results: b, c, ...
+        return "bcdefgh"[args.compare_tool.index(tool)]
+
     def hostrun(device, precision="bf16", batch=1, repeat=0, inputs=raw, tool=None):
         tool = tool or args.tool
-        suffix = "" if tool == args.tool else "-" + "bcdefgh"[args.compare_tool.index(tool)]
+        suffix = "" if tool == args.tool else "-" + letter(tool)
         folder = os.path.join(args.work, f"{device}-{precision}-{batch}{suffix}")
         cmd = [tool, graph, "--input", f"pixel_values={inputs}", "--shape", f"pixel_values={batch},3,{side},{side}",
                "--out", folder, "--device", device, "--precision", precision, "--repeat", str(repeat)]
@@ -102,13 +105,12 @@ def main():
 
     result["parity"] = {}
     runs = [("cuda", "f32", None), ("cuda", "bf16", None)] + ([] if args.skip_cpu else [("cpu", "f32", None)])
-    letters = "bcdefgh"
-    for j, tool in enumerate(args.compare_tool):
+    for tool in args.compare_tool:
         runs += [("cuda", "f32", tool), ("cuda", "bf16", tool)]
     for device, precision, tool in runs:
         summary, outputs = hostrun(device, precision, tool=tool)
         key = f"hostrun-{device}-{precision}" if device == "cuda" else "hostrun-cpu"
-        key = key.replace("hostrun-", f"hostrun-{letters[args.compare_tool.index(tool)]}-") if tool else key
+        key = key.replace("hostrun-", f"hostrun-{letter(tool)}-") if tool else key
         result["parity"][key] = compare(outputs) if outputs is not None else summary
         if outputs is not None and device == "cuda":
             result["parity"][key]["fused_attention"] = summary.get("fused_attention")
@@ -131,7 +133,7 @@ def main():
         path = os.path.join(args.work, f"pixels-{batch}.bin")
         batch_pixels.numpy().astype(np.float32).tofile(path)
         entry = {}
-        tools = [("hostrun", args.tool)] + [(f"hostrun_{letters[j]}", t) for j, t in enumerate(args.compare_tool)]
+        tools = [("hostrun", args.tool)] + [(f"hostrun_{letter(t)}", t) for t in args.compare_tool]
         for round in range(2 if args.compare_tool else 1):  # A, B, A, B: the GPU's clocks drift
             for name, tool in tools:
                 summary, _ = hostrun("cuda", "bf16", batch, repeat=20, inputs=path, tool=tool)
